@@ -1,0 +1,213 @@
+//! The HTTP client for the DB server API, used by service servers, the OpS
+//! and the command-line tools.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::sse::{SseEvent, SseParser};
+use crate::state::ServerState;
+use crate::{headers, Order, OrdersRequest, OrdersResponse, RecordAnswer};
+use futures::{Stream, StreamExt};
+use std::time::Duration;
+
+/// Why a call to the DB server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached (refused, reset, timed out).
+    #[error("could not reach the DB server at {url}: {source}; check that it runs and that the URL is right")]
+    Transport { url: String, source: reqwest::Error },
+    /// The server answered with an API error.
+    #[error("DB server refused the request ({status} {}): {}", .error.code.as_str(), .error.message)]
+    Api { status: u16, error: ApiError, retry_after: Option<u64> },
+    /// The server answered something this client cannot decode.
+    #[error("unexpected answer from the DB server at {url} (status {status}): {detail}")]
+    Decode { url: String, status: u16, detail: String },
+}
+
+impl ClientError {
+    /// True if retrying later may succeed (transport errors and 503s).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => *status == 503,
+            ClientError::Decode { status, .. } => *status >= 500,
+        }
+    }
+}
+
+/// A record read: the answer plus the status and headers that matter.
+#[derive(Debug, Clone)]
+pub struct RecordRead {
+    pub answer: RecordAnswer,
+    /// `Retry-After` seconds, if the server sent one.
+    pub retry_after: Option<u64>,
+}
+
+/// A client for one DB server. Cheap to clone; keeps a connection pool.
+#[derive(Debug, Clone)]
+pub struct DbClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl DbClient {
+    /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`.
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .expect("a default reqwest client always builds");
+        Self { base: base.trim_end_matches('/').to_owned(), http }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `GET /v1/records/{table}/{key}`; registers interest as `subscriber`.
+    pub async fn get_record(&self, table: &str, key: &str, subscriber: Option<&str>) -> Result<RecordRead, ClientError> {
+        let url = self.url(&format!("/v1/records/{}/{}", encode_path(table), encode_path(key)));
+        let mut req = self.http.get(&url).timeout(Duration::from_secs(10));
+        if let Some(name) = subscriber {
+            req = req.header(headers::SUBSCRIBER, name);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(&resp);
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        if status == 200 || status == 404 {
+            if let Ok(answer) = serde_json::from_slice::<RecordAnswer>(&bytes) {
+                return Ok(RecordRead { answer, retry_after });
+            }
+        }
+        Err(decode_error(&url, status, &bytes, retry_after))
+    }
+
+    /// `POST /v1/orders`.
+    pub async fn post_orders(&self, orders: &[Order]) -> Result<OrdersResponse, ClientError> {
+        let body = OrdersRequest { orders: orders.to_vec() };
+        self.post_json("/v1/orders", &body).await
+    }
+
+    /// `GET /v1/state`.
+    pub async fn state(&self) -> Result<ServerState, ClientError> {
+        self.get_json("/v1/state").await
+    }
+
+    /// GET a JSON document.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let resp = self.http.get(&url).timeout(Duration::from_secs(30)).send().await;
+        Self::finish(url, resp).await
+    }
+
+    /// POST a JSON document, decode a JSON answer.
+    pub async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let resp = self.http.post(&url).timeout(Duration::from_secs(120)).json(body).send().await;
+        Self::finish(url, resp).await
+    }
+
+    async fn finish<T: serde::de::DeserializeOwned>(
+        url: String,
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<T, ClientError> {
+        let resp = resp.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(&resp);
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                url,
+                status,
+                detail: e.to_string(),
+            });
+        }
+        Err(decode_error(&url, status, &bytes, retry_after))
+    }
+
+    /// Opens `GET /v1/watch?subscriber=NAME`, resuming after `last_event_id`.
+    pub async fn watch(
+        &self,
+        subscriber: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + Send + 'static, ClientError> {
+        let url = self.url(&format!("/v1/watch?subscriber={}", encode_path(subscriber)));
+        let mut req = self.http.get(&url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header(headers::LAST_EVENT_ID, id);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let ra = retry_after(&resp);
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(decode_error(&url, status, &bytes, ra));
+        }
+        let mut parser = SseParser::new();
+        let stream = resp
+            .bytes_stream()
+            .map(move |chunk| match chunk {
+                Ok(bytes) => Ok(parser.feed(&bytes)),
+                Err(source) => Err(ClientError::Transport { url: url.clone(), source }),
+            })
+            .flat_map(|r| {
+                futures::stream::iter(match r {
+                    Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                })
+            });
+        Ok(stream)
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
+}
+
+fn decode_error(url: &str, status: u16, bytes: &[u8], retry_after: Option<u64>) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api { status, error: body.error, retry_after },
+        Err(_) => ClientError::Decode {
+            url: url.to_owned(),
+            status,
+            detail: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        },
+    }
+}
+
+/// Percent-encodes a path segment: keys may hold any UTF-8, including `/`.
+pub fn encode_path(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'+' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_reserved_bytes() {
+        assert_eq!(encode_path("+81312345678"), "+81312345678");
+        assert_eq!(encode_path("a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_path("é"), "%C3%A9");
+    }
+}

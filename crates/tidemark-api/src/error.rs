@@ -1,0 +1,150 @@
+//! The one JSON error shape and its stable codes.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error code the HTTP API can answer. The names are stable: callers
+/// branch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid JSON or not the expected shape.
+    BadJson,
+    /// The key is empty or longer than 256 bytes.
+    InvalidKey,
+    /// The table is not in the schema.
+    UnknownTable,
+    /// A field names a column the table does not have.
+    UnknownColumn,
+    /// A field's value does not fit its column's type.
+    WrongFieldType,
+    /// The order itself is malformed (e.g. a delete with fields).
+    InvalidOrder,
+    /// The request body is larger than the server accepts.
+    PayloadTooLarge,
+    /// The batch has more orders than the server accepts in one request.
+    BatchTooLarge,
+    /// A used `(source, seq)` was sent with different content.
+    OrderConflict,
+    /// An order older than its source's high-water mark that was never applied.
+    OrderOutOfOrder,
+    /// A query parameter is missing or malformed.
+    BadRequest,
+    /// No such route.
+    NotFound,
+    /// The server is quiescing or not yet ready; retry after `Retry-After`.
+    NotReady,
+    /// A `latest-only` read could not get current data before its deadline.
+    StaleData,
+    /// The DB server could not be reached or answered unexpectedly.
+    DbUnavailable,
+    /// The store failed; the request had no effect.
+    StoreFailure,
+    /// A bug: the request had no effect; report it with the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that fits the code (CONTRACT.md, Errors).
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            BadJson | InvalidKey | UnknownColumn | WrongFieldType | InvalidOrder | BadRequest => 400,
+            UnknownTable | NotFound => 404,
+            OrderConflict | OrderOutOfOrder => 409,
+            PayloadTooLarge | BatchTooLarge => 413,
+            NotReady | StaleData | DbUnavailable => 503,
+            StoreFailure | Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadJson => "bad_json",
+            InvalidKey => "invalid_key",
+            UnknownTable => "unknown_table",
+            UnknownColumn => "unknown_column",
+            WrongFieldType => "wrong_field_type",
+            InvalidOrder => "invalid_order",
+            PayloadTooLarge => "payload_too_large",
+            BatchTooLarge => "batch_too_large",
+            OrderConflict => "order_conflict",
+            OrderOutOfOrder => "order_out_of_order",
+            BadRequest => "bad_request",
+            NotFound => "not_found",
+            NotReady => "not_ready",
+            StaleData => "stale_data",
+            DbUnavailable => "db_unavailable",
+            StoreFailure => "store_failure",
+            Internal => "internal",
+        }
+    }
+
+    /// Every code, for the API document.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadJson,
+        ErrorCode::InvalidKey,
+        ErrorCode::UnknownTable,
+        ErrorCode::UnknownColumn,
+        ErrorCode::WrongFieldType,
+        ErrorCode::InvalidOrder,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::BatchTooLarge,
+        ErrorCode::OrderConflict,
+        ErrorCode::OrderOutOfOrder,
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::NotReady,
+        ErrorCode::StaleData,
+        ErrorCode::DbUnavailable,
+        ErrorCode::StoreFailure,
+        ErrorCode::Internal,
+    ];
+}
+
+/// An API error: a code and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// `{"error": {"code": "...", "message": "..."}}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+impl From<crate::schema::InvalidInput> for ApiError {
+    fn from(e: crate::schema::InvalidInput) -> Self {
+        use crate::schema::InvalidInput::*;
+        let code = match &e {
+            Key(_) => ErrorCode::InvalidKey,
+            UnknownTable { .. } => ErrorCode::UnknownTable,
+            UnknownColumn { .. } => ErrorCode::UnknownColumn,
+            FieldType { .. } => ErrorCode::WrongFieldType,
+            DeleteWithFields | Source(_) | ZeroSeq => ErrorCode::InvalidOrder,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_matches_as_str() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json.as_str().unwrap(), code.as_str());
+        }
+    }
+}

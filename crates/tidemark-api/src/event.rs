@@ -1,0 +1,145 @@
+//! Watch-stream events (`GET /v1/watch`) and their resumable ids.
+
+use crate::state::QuiesceNotice;
+use crate::RecordAnswer;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The id of a watch event: `{epoch}-{seq}-{boot}`.
+///
+/// `seq` is the last change-log seq the subscriber has been sent. `boot`
+/// names the DB server process; the subscriber interest a server keeps is
+/// lost with the process, so an id from another boot or epoch cannot be
+/// resumed and the server answers with an `epoch` event instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventId {
+    pub epoch: u64,
+    pub seq: u64,
+    pub boot: String,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.epoch, self.seq, self.boot)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut parts = s.splitn(3, '-');
+        let epoch = parts.next().ok_or(())?.parse().map_err(|_| ())?;
+        let seq = parts.next().ok_or(())?.parse().map_err(|_| ())?;
+        let boot = parts.next().ok_or(())?.to_owned();
+        if boot.is_empty() {
+            return Err(());
+        }
+        Ok(EventId { epoch, seq, boot })
+    }
+}
+
+/// Why caches must revalidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochReason {
+    /// A restore happened: the epoch grew.
+    Restore,
+    /// The server cannot resume from the given id (other boot, or the change
+    /// log no longer reaches back that far).
+    CannotResume,
+}
+
+/// Payload of the `epoch` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochEvent {
+    pub epoch: u64,
+    pub reason: EpochReason,
+}
+
+/// Payload of the `hello` event, the first event of every stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloEvent {
+    pub epoch: u64,
+    pub seq: u64,
+    pub boot: String,
+    pub resumed: bool,
+}
+
+/// Payload of the `quiesce` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuiesceEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<QuiesceNotice>,
+    pub cancelled: bool,
+}
+
+/// Payload of the `schema` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaEvent {
+    pub version: u64,
+}
+
+/// A decoded watch event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    Hello(HelloEvent),
+    Update(RecordAnswer),
+    Recovered(RecordAnswer),
+    Epoch(EpochEvent),
+    Quiesce(QuiesceEvent),
+    Schema(SchemaEvent),
+}
+
+impl WatchEvent {
+    /// The SSE `event:` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WatchEvent::Hello(_) => "hello",
+            WatchEvent::Update(_) => "update",
+            WatchEvent::Recovered(_) => "recovered",
+            WatchEvent::Epoch(_) => "epoch",
+            WatchEvent::Quiesce(_) => "quiesce",
+            WatchEvent::Schema(_) => "schema",
+        }
+    }
+
+    /// The SSE `data:` payload (one line of JSON).
+    pub fn data(&self) -> String {
+        let v = match self {
+            WatchEvent::Hello(e) => serde_json::to_string(e),
+            WatchEvent::Update(e) | WatchEvent::Recovered(e) => serde_json::to_string(e),
+            WatchEvent::Epoch(e) => serde_json::to_string(e),
+            WatchEvent::Quiesce(e) => serde_json::to_string(e),
+            WatchEvent::Schema(e) => serde_json::to_string(e),
+        };
+        v.unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// Decodes an event by name; unknown names give `Ok(None)` so old
+    /// clients skip events added later.
+    pub fn decode(name: &str, data: &str) -> Result<Option<Self>, serde_json::Error> {
+        Ok(Some(match name {
+            "hello" => WatchEvent::Hello(serde_json::from_str(data)?),
+            "update" => WatchEvent::Update(serde_json::from_str(data)?),
+            "recovered" => WatchEvent::Recovered(serde_json::from_str(data)?),
+            "epoch" => WatchEvent::Epoch(serde_json::from_str(data)?),
+            "quiesce" => WatchEvent::Quiesce(serde_json::from_str(data)?),
+            "schema" => WatchEvent::Schema(serde_json::from_str(data)?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_id_round_trips() {
+        let id = EventId { epoch: 3, seq: 42, boot: "a1b2".into() };
+        assert_eq!(id.to_string().parse::<EventId>(), Ok(id));
+        assert!("garbage".parse::<EventId>().is_err());
+        assert!("1-2-".parse::<EventId>().is_err());
+    }
+}

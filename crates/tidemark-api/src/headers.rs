@@ -1,0 +1,10 @@
+//! Header names of the Tidemark API.
+
+/// Request header: the service server that will hold the fetched record (P3).
+pub const SUBSCRIBER: &str = "tidemark-subscriber";
+/// Response header set to `1` when the answer carries the recovering identifier (P8).
+pub const RECOVERING: &str = "tidemark-recovering";
+/// Request header on a service server: `latest` or `stale-ok`, overriding its policy (P9).
+pub const FRESHNESS: &str = "tidemark-freshness";
+/// SSE resumption header.
+pub const LAST_EVENT_ID: &str = "last-event-id";

@@ -1,0 +1,102 @@
+//! Service orders (P3, P10).
+
+use crate::{Fields, Version};
+use serde::{Deserialize, Serialize};
+
+/// What an order does to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Create the record, or set the given fields of an existing one
+    /// (fields not named keep their values).
+    Upsert,
+    /// Remove the record.
+    Delete,
+}
+
+/// One service order, numbered by its source. Idempotent by `(source, seq)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub source: String,
+    pub seq: u64,
+    pub table: String,
+    pub key: String,
+    pub op: Op,
+    #[serde(default)]
+    pub fields: Fields,
+}
+
+impl Order {
+    /// A stable digest of the order's content, used to tell a harmless
+    /// resubmission from a different order under a used `(source, seq)`.
+    pub fn digest(&self) -> String {
+        // serde_json::Map keeps keys sorted (no preserve_order feature), so
+        // the encoding is canonical.
+        let body = serde_json::json!([self.table, self.key, self.op, self.fields]);
+        let text = body.to_string();
+        format!("{:016x}", fnv1a(text.as_bytes()))
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Body of `POST /v1/orders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrdersRequest {
+    pub orders: Vec<Order>,
+}
+
+/// What one order produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderResult {
+    pub source: String,
+    pub seq: u64,
+    /// The version the order produced (for a duplicate: the version it
+    /// produced when it was first applied, if still known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// True when the order had been applied before and was only acknowledged.
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// Answer of `POST /v1/orders`, one result per order in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrdersResponse {
+    pub results: Vec<OrderResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(fields: serde_json::Value) -> Order {
+        Order {
+            source: "ops-1".into(),
+            seq: 1,
+            table: "subscriber".into(),
+            key: "k".into(),
+            op: Op::Upsert,
+            fields: fields.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn digest_ignores_field_order_but_not_content() {
+        let a = order(serde_json::json!({"plan": "a", "status": "x"}));
+        let b: Order = serde_json::from_str(
+            r#"{"source":"ops-1","seq":1,"table":"subscriber","key":"k","op":"upsert","fields":{"status":"x","plan":"a"}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.digest(), b.digest());
+        let c = order(serde_json::json!({"plan": "b", "status": "x"}));
+        assert_ne!(a.digest(), c.digest());
+    }
+}

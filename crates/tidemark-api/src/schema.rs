@@ -1,0 +1,243 @@
+//! Tables, typed columns and the validation of keys and fields.
+//!
+//! Identifiers that reach SQL come only from a validated [`Schema`]: a table
+//! or column name is accepted only if it matches [`is_identifier`], and input
+//! names are looked up in the schema, never spliced into SQL.
+
+use crate::Fields;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Longest key in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// The type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Integer,
+    Boolean,
+    /// An RFC 3339 timestamp, kept as text.
+    Timestamp,
+    /// Any JSON value, kept as JSON text.
+    Json,
+}
+
+impl ColumnType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Integer => "integer",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::Json => "json",
+        }
+    }
+}
+
+/// A nullable, typed column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+}
+
+/// A table: its columns in order. Every table is keyed by the terminal ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub columns: Vec<Column>,
+}
+
+impl TableSchema {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    fn column_names(&self) -> String {
+        self.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The whole schema, with the version it was published as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schema {
+    pub version: u64,
+    pub tables: BTreeMap<String, TableSchema>,
+}
+
+/// Why a key, a table or a field was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    /// The key is empty or longer than [`MAX_KEY_BYTES`].
+    #[error("key must be 1 to {MAX_KEY_BYTES} bytes of UTF-8, got {0} bytes; send the terminal ID as the key")]
+    Key(usize),
+    /// The table is not in the schema.
+    #[error("table '{table}' is not in the schema (known tables: {known}); check the table name or publish a schema that adds it")]
+    UnknownTable { table: String, known: String },
+    /// A field names a column the table does not have.
+    #[error("column '{column}' is not in table '{table}' (known columns: {known}); remove the field or publish a schema that adds the column")]
+    UnknownColumn { table: String, column: String, known: String },
+    /// A field's value does not fit its column's type.
+    #[error("field '{column}' of table '{table}' must be {expected} or null, got {got}")]
+    FieldType { table: String, column: String, expected: &'static str, got: String },
+    /// A delete that carries fields.
+    #[error("a delete must not carry fields; send op \"upsert\" to change fields")]
+    DeleteWithFields,
+    /// The order's source name is empty or too long.
+    #[error("source must be 1 to 128 bytes, got {0} bytes; name the OpS that numbers the orders")]
+    Source(usize),
+    /// Order seqs start at 1.
+    #[error("seq must be 1 or more; the OpS numbers its orders from 1")]
+    ZeroSeq,
+}
+
+impl Schema {
+    /// The built-in schema: table `subscriber` (CONTRACT.md, Records).
+    pub fn default_schema() -> Self {
+        let col = |name: &str, ty| Column { name: name.to_owned(), ty };
+        let subscriber = TableSchema {
+            columns: vec![
+                col("plan", ColumnType::String),
+                col("status", ColumnType::String),
+                col("services", ColumnType::Json),
+                col("roaming", ColumnType::Boolean),
+                col("credit_limit", ColumnType::Integer),
+            ],
+        };
+        Schema { version: 1, tables: BTreeMap::from([("subscriber".to_owned(), subscriber)]) }
+    }
+
+    pub fn table(&self, name: &str) -> Result<&TableSchema, InvalidInput> {
+        self.tables.get(name).ok_or_else(|| InvalidInput::UnknownTable {
+            table: truncate(name),
+            known: self.tables.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Checks an upsert's fields against the table: every field must be a
+    /// column and fit its type (null is always allowed).
+    pub fn validate_fields(&self, table: &str, fields: &Fields) -> Result<(), InvalidInput> {
+        let t = self.table(table)?;
+        for (name, value) in fields {
+            let column = t.column(name).ok_or_else(|| InvalidInput::UnknownColumn {
+                table: table.to_owned(),
+                column: truncate(name),
+                known: t.column_names(),
+            })?;
+            if !value_fits(column.ty, value) {
+                return Err(InvalidInput::FieldType {
+                    table: table.to_owned(),
+                    column: name.clone(),
+                    expected: column.ty.name(),
+                    got: describe(value),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a key: 1 to 256 bytes (UTF-8 is guaranteed by `&str`).
+pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(InvalidInput::Key(key.len()));
+    }
+    Ok(())
+}
+
+/// A name that may become an SQL identifier: `[a-z][a-z0-9_]{0,62}`, not
+/// starting with the reserved prefix `tm_`.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && !name.starts_with("tm_")
+}
+
+fn value_fits(ty: ColumnType, value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (ty, value) {
+        (_, Value::Null) => true,
+        (ColumnType::String, Value::String(_)) => true,
+        (ColumnType::Integer, Value::Number(n)) => n.is_i64(),
+        (ColumnType::Boolean, Value::Bool(_)) => true,
+        (ColumnType::Timestamp, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+        (ColumnType::Json, _) => true,
+        _ => false,
+    }
+}
+
+fn describe(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(n) if n.is_i64() => "an integer".into(),
+        Value::Number(_) => "a non-integer number".into(),
+        Value::String(s) => format!("the string {:?}", truncate(s)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// Names echoed back in errors are cut so an error stays one readable line.
+fn truncate(s: &str) -> String {
+    if s.len() <= 64 {
+        return s.to_owned();
+    }
+    let mut end = 64;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: serde_json::Value) -> Fields {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn default_schema_accepts_typed_fields() {
+        let s = Schema::default_schema();
+        let f = fields(json!({"plan": "gold", "status": null, "services": ["voice"], "roaming": true, "credit_limit": 5000}));
+        assert_eq!(s.validate_fields("subscriber", &f), Ok(()));
+    }
+
+    #[test]
+    fn refuses_unknown_table_column_and_wrong_types() {
+        let s = Schema::default_schema();
+        assert!(matches!(s.validate_fields("nope", &Fields::new()), Err(InvalidInput::UnknownTable { .. })));
+        assert!(matches!(
+            s.validate_fields("subscriber", &fields(json!({"colour": "red"}))),
+            Err(InvalidInput::UnknownColumn { .. })
+        ));
+        for bad in [json!({"roaming": "yes"}), json!({"credit_limit": 1.5}), json!({"plan": 3})] {
+            assert!(matches!(s.validate_fields("subscriber", &fields(bad)), Err(InvalidInput::FieldType { .. })));
+        }
+    }
+
+    #[test]
+    fn key_bounds() {
+        assert!(validate_key("").is_err());
+        assert!(validate_key(&"x".repeat(256)).is_ok());
+        assert!(validate_key(&"x".repeat(257)).is_err());
+        assert!(validate_key("+81312345678").is_ok());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("subscriber"));
+        assert!(!is_identifier("Subscriber"));
+        assert!(!is_identifier("a;drop table x"));
+        assert!(!is_identifier("tm_changes"));
+        assert!(!is_identifier(""));
+    }
+}

@@ -1,0 +1,44 @@
+//! Errors a store reports to its callers.
+
+use tidemark_api::schema::InvalidInput;
+
+/// Why a store operation failed. Every variant leaves the store unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Order `index` of the batch is invalid; nothing in the batch was applied.
+    #[error("order {index} (source '{source_name}' seq {seq}): {error}; nothing in the batch was applied")]
+    Invalid { index: usize, source_name: String, seq: u64, error: InvalidInput },
+    /// A used `(source, seq)` came with different content.
+    #[error("order {index}: source '{source_name}' seq {seq} was already applied with different content; number new orders after the source's high-water mark {high_water}; nothing in the batch was applied")]
+    Conflict { index: usize, source_name: String, seq: u64, high_water: u64 },
+    /// An order below its source's high-water mark that was never applied.
+    #[error("order {index}: source '{source_name}' seq {seq} is below the high-water mark {high_water} but was never applied; orders of one source must arrive in seq order; nothing in the batch was applied")]
+    OutOfOrder { index: usize, source_name: String, seq: u64, high_water: u64 },
+    /// A read named something invalid (unknown table, bad key).
+    #[error("{0}")]
+    Input(InvalidInput),
+    /// The data directory cannot be used.
+    #[error("cannot use data directory {path}: {detail}")]
+    DataDir { path: String, detail: String },
+    /// Another process holds the data directory.
+    #[error("data directory {path} is in use by another process (pid {pid}); stop it first, or point --data-dir elsewhere")]
+    Locked { path: String, pid: String },
+    /// The database is not a Tidemark store or has an unknown format.
+    #[error("{0}")]
+    Format(String),
+    /// The engine failed; the operation had no effect.
+    #[error("storage engine failed: {0}")]
+    Engine(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Engine(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Engine(format!("stored JSON is unreadable: {e}"))
+    }
+}

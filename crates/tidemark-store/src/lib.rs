@@ -1,0 +1,26 @@
+//! Tidemark's storage engines behind one trait.
+//!
+//! A store keeps, in one database and so in one transaction: the schema,
+//! the records (one real SQL table per schema table) with their versions,
+//! the change log, the applied-order high-water mark per OpS source, and the
+//! recovery flags.
+//!
+//! # Layout
+//! - [`store`]: the [`Store`] trait every engine implements, and its value types.
+//! - [`error`]: [`StoreError`], what callers branch on.
+//! - [`sqlite`]: the embedded engine (rusqlite, WAL).
+//! - [`lock`]: the data-directory lock that a crashed holder cannot leave stuck.
+//! - [`apply`]: batch validation and the idempotency rules shared by engines.
+//! - [`testsuite`]: the one test suite every engine runs.
+
+pub mod apply;
+pub mod error;
+pub mod lock;
+pub mod sqlite;
+pub mod store;
+pub mod testsuite;
+
+pub use error::StoreError;
+pub use lock::DataDirLock;
+pub use sqlite::SqliteStore;
+pub use store::{ApplyOutcome, Change, Lookup, Store, StoreMeta};

@@ -1,0 +1,108 @@
+//! The data-directory lock.
+//!
+//! An advisory `flock` on `DIR/LOCK`: the kernel drops it when the holder
+//! dies, so a crashed server (even `kill -9`) never leaves it stuck. The
+//! file also holds the holder's pid and role, for error messages.
+
+use crate::StoreError;
+use fs4::fs_std::FileExt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Held for as long as a process uses a data directory.
+#[derive(Debug)]
+pub struct DataDirLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Takes the lock on `dir`, creating the directory if needed. `role`
+    /// names the holder (e.g. `server`, `restore`).
+    pub fn acquire(dir: &Path, role: &str) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::DataDir {
+            path: dir.display().to_string(),
+            detail: format!("{e}; create it or choose another --data-dir"),
+        })?;
+        let path = dir.join("LOCK");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::DataDir {
+                path: dir.display().to_string(),
+                detail: format!("cannot open {}: {e}; check permissions", path.display()),
+            })?;
+        match file.try_lock_exclusive() {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(StoreError::Locked {
+                    path: dir.display().to_string(),
+                    pid: holder.trim().to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::DataDir {
+                    path: dir.display().to_string(),
+                    detail: format!("cannot lock {}: {e}", path.display()),
+                })
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = file.seek(SeekFrom::Start(0));
+        let _ = write!(file, "{} ({role})", std::process::id());
+        let _ = file.sync_all();
+        Ok(Self { file, path })
+    }
+
+    /// Whether some live process holds the lock on `dir` right now.
+    pub fn holder(dir: &Path) -> Option<String> {
+        let path = dir.join("LOCK");
+        let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        match file.try_lock_exclusive() {
+            Ok(true) => {
+                let _ = FileExt::unlock(&file);
+                None
+            }
+            _ => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Some(holder.trim().to_owned())
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_until_first_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirLock::acquire(dir.path(), "server").unwrap();
+        assert!(DataDirLock::holder(dir.path()).unwrap().contains("server"));
+        match DataDirLock::acquire(dir.path(), "restore") {
+            Err(StoreError::Locked { pid, .. }) => assert!(pid.contains(&std::process::id().to_string())),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(first);
+        assert!(DataDirLock::holder(dir.path()).is_none());
+        DataDirLock::acquire(dir.path(), "restore").unwrap();
+    }
+}

@@ -1,0 +1,535 @@
+//! The embedded engine: one SQLite database in WAL mode.
+//!
+//! One writer connection applies batches in `BEGIN IMMEDIATE` transactions
+//! with `synchronous=FULL`, so a batch is durable before it is acknowledged.
+//! A small pool of reader connections serves point reads; in WAL mode they
+//! never wait on the writer.
+
+mod catalog;
+mod values;
+
+use crate::apply::validate_batch;
+use crate::lock::DataDirLock;
+use crate::store::{ApplyOutcome, Change, Lookup, Store, StoreMeta};
+use crate::StoreError;
+use async_trait::async_trait;
+use catalog::{Catalog, TableSql};
+use parking_lot::{Mutex, RwLock};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tidemark_api::{Fields, Op, Order, OrderResult, Record, Schema, Version};
+
+/// The database file inside a data directory.
+pub const DB_FILE: &str = "tidemark.db";
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+const INTERNAL_DDL: &str = "
+CREATE TABLE IF NOT EXISTS tm_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_tables (name TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_columns (tbl TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, ordinal INTEGER NOT NULL, PRIMARY KEY (tbl, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_changes (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, fields TEXT, source TEXT NOT NULL, source_seq INTEGER NOT NULL, digest TEXT NOT NULL, cleared INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS tm_changes_by_source ON tm_changes (source, source_seq);
+CREATE TABLE IF NOT EXISTS tm_sources (source TEXT PRIMARY KEY NOT NULL, high_water INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_tombstones (tbl TEXT NOT NULL, key TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_flags (tbl TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL, through_seq INTEGER NOT NULL, PRIMARY KEY (tbl, key, source)) WITHOUT ROWID;
+";
+
+/// The SQLite engine. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    catalog: RwLock<Arc<Catalog>>,
+    /// Mirrors `tm_meta.epoch`; changed only by the writer.
+    epoch: AtomicU64,
+    /// Mirrors `tm_meta.seq`; advanced after each commit.
+    seq: AtomicU64,
+    /// Rows in `tm_flags`; reads skip the flag lookup while it is zero.
+    flag_rows: AtomicU64,
+    closed: AtomicBool,
+    _lock: Option<DataDirLock>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("dir", &self.inner.dir).finish()
+    }
+}
+
+fn pragmas(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(())
+}
+
+fn meta_get(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn.query_row("SELECT value FROM tm_meta WHERE name = ?1", params![name], |r| r.get(0)).optional()?)
+}
+
+fn meta_u64(conn: &Connection, name: &str) -> Result<u64, StoreError> {
+    match meta_get(conn, name)? {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| StoreError::Format(format!("tm_meta.{name} is not a number: {v:?}"))),
+    }
+}
+
+fn meta_set(conn: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO tm_meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        params![name, value],
+    )?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`, taking the data
+    /// directory lock for `role`.
+    pub fn open(dir: &Path, role: &str) -> Result<Self, StoreError> {
+        let lock = DataDirLock::acquire(dir, role)?;
+        Self::open_with_lock(dir, Some(lock))
+    }
+
+    /// Opens the store under a lock the caller already holds (or none, for
+    /// a private copy such as a backup being verified).
+    pub fn open_with_lock(dir: &Path, lock: Option<DataDirLock>) -> Result<Self, StoreError> {
+        let path = dir.join(DB_FILE);
+        let writer = Connection::open(&path).map_err(|e| StoreError::DataDir {
+            path: dir.display().to_string(),
+            detail: format!("cannot open {}: {e}", path.display()),
+        })?;
+        pragmas(&writer)?;
+        let is_new = !writer
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'tm_meta'", [], |r| r.get::<_, i64>(0))
+            .map(|n| n > 0)
+            .map_err(|e| StoreError::Format(format!("{} is not a Tidemark store: {e}", path.display())))?;
+        writer.execute_batch(INTERNAL_DDL)?;
+        if is_new {
+            let tx = writer.unchecked_transaction()?;
+            meta_set(&tx, "format", &FORMAT_VERSION.to_string())?;
+            meta_set(&tx, "epoch", "1")?;
+            meta_set(&tx, "seq", "0")?;
+            let schema = Schema::default_schema();
+            meta_set(&tx, "schema_version", &schema.version.to_string())?;
+            for (name, t) in &schema.tables {
+                catalog::create_table(&tx, name, t)?;
+            }
+            tx.commit()?;
+        }
+        let format = meta_u64(&writer, "format")?;
+        if format != FORMAT_VERSION {
+            return Err(StoreError::Format(format!(
+                "{} has store format {format}, this build reads format {FORMAT_VERSION}; use a matching tidemark version",
+                path.display()
+            )));
+        }
+        let schema = catalog::load(&writer, meta_u64(&writer, "schema_version")?)?;
+        let epoch = meta_u64(&writer, "epoch")?;
+        let seq = meta_u64(&writer, "seq")?;
+        let flag_rows: i64 = writer.query_row("SELECT count(*) FROM tm_flags", [], |r| r.get(0))?;
+        let readers = (0..8)
+            .map(|_| {
+                let c = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                pragmas(&c)?;
+                c.execute_batch("PRAGMA query_only = 1")?;
+                Ok(Mutex::new(c))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                catalog: RwLock::new(Arc::new(Catalog::new(schema))),
+                epoch: AtomicU64::new(epoch),
+                seq: AtomicU64::new(seq),
+                flag_rows: AtomicU64::new(flag_rows as u64),
+                closed: AtomicBool::new(false),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog.read().clone()
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let n = self.inner.readers.len();
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Some(c) = self.inner.readers[(start + i) % n].try_lock() {
+                return f(&c);
+            }
+        }
+        let c = self.inner.readers[start % n].lock();
+        f(&c)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Engine(format!("store task failed: {e}")))?
+    }
+
+    fn read_record(conn: &Connection, t: &TableSql, key: &str) -> Result<Option<Record>, StoreError> {
+        let mut stmt = conn.prepare_cached(&t.select)?;
+        let mut rows = stmt.query(params![key])?;
+        let Some(row) = rows.next()? else { return Ok(None) };
+        let epoch: i64 = row.get(0)?;
+        let seq: i64 = row.get(1)?;
+        let mut fields = Fields::new();
+        for (i, c) in t.columns.iter().enumerate() {
+            let v = values::from_sql(c.ty, row.get_ref(i + 2)?)
+                .map_err(|e| StoreError::Format(format!("column {} of key {key:?}: {e}", c.name)))?;
+            fields.insert(c.name.clone(), v);
+        }
+        Ok(Some(Record { fields, version: Version::new(epoch as u64, seq as u64) }))
+    }
+
+    fn apply_blocking(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError> {
+        let catalog = self.catalog();
+        validate_batch(&catalog.schema, &orders)?;
+        let mut conn = self.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        let mut seq = self.inner.seq.load(Ordering::SeqCst);
+        let check_flags = self.inner.flag_rows.load(Ordering::SeqCst) > 0;
+        let mut flags_cleared = 0u64;
+        let mut high_water: HashMap<String, (u64, bool)> = HashMap::new();
+        let mut results = Vec::with_capacity(orders.len());
+        let mut changes = Vec::with_capacity(orders.len());
+        for (index, order) in orders.iter().enumerate() {
+            let hw = match high_water.get(&order.source) {
+                Some((hw, _)) => *hw,
+                None => {
+                    let hw: Option<i64> = tx
+                        .prepare_cached("SELECT high_water FROM tm_sources WHERE source = ?1")?
+                        .query_row(params![order.source], |r| r.get(0))
+                        .optional()?;
+                    let hw = hw.unwrap_or(0) as u64;
+                    high_water.insert(order.source.clone(), (hw, false));
+                    hw
+                }
+            };
+            let digest = order.digest();
+            if order.seq <= hw {
+                results.push(Self::duplicate(&tx, index, order, &digest, hw)?);
+                continue;
+            }
+            seq += 1;
+            let version = Version::new(epoch, seq);
+            let t = &catalog.tables[&order.table];
+            let fields = match order.op {
+                Op::Upsert => Some(Self::upsert(&tx, t, order, version)?),
+                Op::Delete => {
+                    let removed = tx.prepare_cached(&t.delete)?.execute(params![order.key])?;
+                    if removed > 0 {
+                        tx.prepare_cached(
+                            "INSERT INTO tm_tombstones (tbl, key, epoch, seq) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(tbl, key) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+                        )?
+                        .execute(params![order.table, order.key, epoch as i64, seq as i64])?;
+                    }
+                    None
+                }
+            };
+            let cleared = check_flags && {
+                let n = tx
+                    .prepare_cached("DELETE FROM tm_flags WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq <= ?4")?
+                    .execute(params![order.table, order.key, order.source, order.seq as i64])?;
+                flags_cleared += n as u64;
+                n > 0 && {
+                    let left: i64 = tx
+                        .prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?
+                        .query_row(params![order.table, order.key], |r| r.get(0))?;
+                    left == 0
+                }
+            };
+            let fields_text = fields.as_ref().map(|f| serde_json::Value::Object(f.clone()).to_string());
+            tx.prepare_cached(
+                "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                seq as i64,
+                epoch as i64,
+                order.table,
+                order.key,
+                fields_text,
+                order.source,
+                order.seq as i64,
+                digest,
+                cleared
+            ])?;
+            high_water.insert(order.source.clone(), (order.seq, true));
+            results.push(OrderResult { source: order.source.clone(), seq: order.seq, version: Some(version), duplicate: false });
+            changes.push(Change { table: order.table.clone(), key: order.key.clone(), fields, version, cleared_flag: cleared });
+        }
+        for (source, (hw, dirty)) in &high_water {
+            if *dirty {
+                tx.prepare_cached(
+                    "INSERT INTO tm_sources (source, high_water) VALUES (?1, ?2) ON CONFLICT(source) DO UPDATE SET high_water = excluded.high_water",
+                )?
+                .execute(params![source, *hw as i64])?;
+            }
+        }
+        meta_set(&tx, "seq", &seq.to_string())?;
+        tx.commit()?;
+        self.inner.seq.store(seq, Ordering::SeqCst);
+        if flags_cleared > 0 {
+            self.inner.flag_rows.fetch_sub(flags_cleared, Ordering::SeqCst);
+        }
+        Ok(ApplyOutcome { results, changes })
+    }
+
+    fn upsert(conn: &Connection, t: &TableSql, order: &Order, version: Version) -> Result<Fields, StoreError> {
+        let set: Vec<&str> = order.fields.keys().map(String::as_str).collect();
+        let sql = t.upsert(&set);
+        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(set.len() + 3);
+        args.push(order.key.clone().into());
+        args.push((version.epoch as i64).into());
+        args.push((version.seq as i64).into());
+        for name in &set {
+            // Validation guarantees the column exists.
+            let ty = t.columns.iter().find(|c| c.name == *name).map(|c| c.ty).unwrap_or(tidemark_api::ColumnType::Json);
+            args.push(values::to_sql(ty, &order.fields[*name]));
+        }
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let row = rows.next()?.ok_or_else(|| StoreError::Engine("upsert returned no row".into()))?;
+        let mut fields = Fields::new();
+        for (i, c) in t.columns.iter().enumerate() {
+            let v = values::from_sql(c.ty, row.get_ref(i)?).map_err(StoreError::Format)?;
+            fields.insert(c.name.clone(), v);
+        }
+        drop(rows);
+        conn.prepare_cached("DELETE FROM tm_tombstones WHERE tbl = ?1 AND key = ?2")?
+            .execute(params![order.table, order.key])?;
+        Ok(fields)
+    }
+
+    /// An order at or below its source's high-water mark: acknowledge it if
+    /// it is the same order, refuse it otherwise.
+    fn duplicate(conn: &Connection, index: usize, order: &Order, digest: &str, hw: u64) -> Result<OrderResult, StoreError> {
+        let seen: Option<(i64, i64, String)> = conn
+            .prepare_cached("SELECT seq, epoch, digest FROM tm_changes WHERE source = ?1 AND source_seq = ?2")?
+            .query_row(params![order.source, order.seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        match seen {
+            Some((seq, epoch, d)) if d == digest => Ok(OrderResult {
+                source: order.source.clone(),
+                seq: order.seq,
+                version: Some(Version::new(epoch as u64, seq as u64)),
+                duplicate: true,
+            }),
+            Some(_) => Err(StoreError::Conflict { index, source_name: order.source.clone(), seq: order.seq, high_water: hw }),
+            None => {
+                let oldest: Option<i64> = conn
+                    .prepare_cached("SELECT min(source_seq) FROM tm_changes WHERE source = ?1")?
+                    .query_row(params![order.source], |r| r.get(0))?;
+                match oldest {
+                    // Below what the log still holds: applied long ago, pruned since.
+                    Some(o) if (order.seq as i64) < o => Ok(OrderResult {
+                        source: order.source.clone(),
+                        seq: order.seq,
+                        version: None,
+                        duplicate: true,
+                    }),
+                    None => Ok(OrderResult { source: order.source.clone(), seq: order.seq, version: None, duplicate: true }),
+                    Some(_) => Err(StoreError::OutOfOrder {
+                        index,
+                        source_name: order.source.clone(),
+                        seq: order.seq,
+                        high_water: hw,
+                    }),
+                }
+            }
+        }
+    }
+
+    fn meta_blocking(&self) -> Result<StoreMeta, StoreError> {
+        let seq = self.inner.seq.load(Ordering::SeqCst);
+        let floor: Option<i64> = self.with_reader(|c| Ok(c.query_row("SELECT min(seq) FROM tm_changes", [], |r| r.get(0))?))?;
+        Ok(StoreMeta {
+            epoch: self.inner.epoch.load(Ordering::SeqCst),
+            seq,
+            schema_version: self.catalog().schema.version,
+            log_floor: floor.map(|f| f as u64).unwrap_or(seq + 1),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn schema(&self) -> Arc<Schema> {
+        self.catalog().schema.clone()
+    }
+
+    async fn meta(&self) -> Result<StoreMeta, StoreError> {
+        self.meta_blocking()
+    }
+
+    async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError> {
+        let catalog = self.catalog();
+        catalog.schema.table(table).map_err(StoreError::Input)?;
+        tidemark_api::schema::validate_key(key).map_err(StoreError::Input)?;
+        let t = &catalog.tables[table];
+        // Point reads are a few microseconds; they run inline rather than
+        // paying for a blocking-pool hop.
+        self.with_reader(|c| {
+            let record = Self::read_record(c, t, key)?;
+            let tombstone = if record.is_none() {
+                c.prepare_cached("SELECT epoch, seq FROM tm_tombstones WHERE tbl = ?1 AND key = ?2")?
+                    .query_row(params![table, key], |r| Ok(Version::new(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
+                    .optional()?
+            } else {
+                None
+            };
+            let flagged = self.inner.flag_rows.load(Ordering::SeqCst) > 0
+                && c.prepare_cached("SELECT 1 FROM tm_flags WHERE tbl = ?1 AND key = ?2 LIMIT 1")?
+                    .query_row(params![table, key], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+            Ok(Lookup { record, tombstone, flagged })
+        })
+    }
+
+    async fn apply(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine("the store is closed (server shutting down); retry on the restarted server".into()));
+        }
+        self.blocking(move |s| s.apply_blocking(orders)).await
+    }
+
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.blocking(move |s| {
+            s.with_reader(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, epoch, tbl, key, fields, cleared FROM tm_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, bool>(5)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, epoch, table, key, fields, cleared) = row?;
+                    let fields = match fields {
+                        Some(text) => match serde_json::from_str(&text)? {
+                            serde_json::Value::Object(m) => Some(m),
+                            _ => return Err(StoreError::Format(format!("change {seq} holds non-object fields"))),
+                        },
+                        None => None,
+                    };
+                    out.push(Change { table, key, fields, version: Version::new(epoch as u64, seq as u64), cleared_flag: cleared });
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn high_water_marks(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT source, high_water FROM tm_sources")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+        })
+    }
+
+    async fn prune_changes(&self, keep: u64) -> Result<u64, StoreError> {
+        self.blocking(move |s| {
+            let conn = s.inner.writer.lock();
+            let seq = s.inner.seq.load(Ordering::SeqCst);
+            let n = conn.execute("DELETE FROM tm_changes WHERE seq <= ?1", params![seq.saturating_sub(keep) as i64])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.blocking(|s| {
+            let conn = s.inner.writer.lock();
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_passes_the_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), "test").unwrap();
+        crate::testsuite::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path(), "test").unwrap();
+            crate::testsuite::load_some(&store).await;
+            store.close().await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path(), "test").unwrap();
+        crate::testsuite::check_some(&store).await;
+    }
+
+    #[test]
+    fn a_locked_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteStore::open(dir.path(), "server").unwrap();
+        let err = SqliteStore::open(dir.path(), "server").unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), b"this is not a database, just text").unwrap();
+        let err = SqliteStore::open(dir.path(), "server").unwrap_err();
+        assert!(matches!(err, StoreError::Format(_) | StoreError::DataDir { .. } | StoreError::Engine(_)), "{err}");
+    }
+}

@@ -1,0 +1,80 @@
+//! The storage trait and its value types.
+
+use crate::StoreError;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tidemark_api::{Fields, Order, OrderResult, Record, Schema, Version};
+
+/// One applied change, as kept in the change log and pushed to watchers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub table: String,
+    pub key: String,
+    /// The whole record after the change; `None` for a delete.
+    pub fields: Option<Fields>,
+    pub version: Version,
+    /// True if applying this change cleared the key's recovery flag.
+    pub cleared_flag: bool,
+}
+
+/// A point read: the record, or the version of its delete, and whether the
+/// key carries a recovery flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    pub record: Option<Record>,
+    /// For a missing key: the version of the delete that removed it, if known.
+    pub tombstone: Option<Version>,
+    pub flagged: bool,
+}
+
+/// What a batch of orders produced.
+#[derive(Debug, Clone)]
+pub struct ApplyOutcome {
+    /// One result per order, in request order.
+    pub results: Vec<OrderResult>,
+    /// The changes committed, in commit order (duplicates produce none).
+    pub changes: Vec<Change>,
+}
+
+/// The store's position: epoch, last committed seq, schema version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreMeta {
+    pub epoch: u64,
+    pub seq: u64,
+    pub schema_version: u64,
+    /// The oldest seq still in the change log (`seq + 1` if it is empty).
+    pub log_floor: u64,
+}
+
+/// An engine. Every method is atomic: it either happens whole or not at all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn engine(&self) -> &'static str;
+
+    /// The schema in force. Cheap: kept in memory.
+    fn schema(&self) -> Arc<Schema>;
+
+    /// Epoch, seq and schema version.
+    async fn meta(&self) -> Result<StoreMeta, StoreError>;
+
+    /// Point read of one record (P1). The table must be in the schema.
+    async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError>;
+
+    /// Validates and applies a batch of orders in one durable transaction:
+    /// all or nothing, idempotent by `(source, seq)` (P3, P10).
+    async fn apply(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError>;
+
+    /// Changes with seq greater than `after`, oldest first, at most `limit`.
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
+
+    /// The applied-order high-water mark of every source.
+    async fn high_water_marks(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+
+    /// Drops change-log entries so that at most `keep` remain.
+    async fn prune_changes(&self, keep: u64) -> Result<u64, StoreError>;
+
+    /// Makes everything durable and releases the engine.
+    async fn close(&self) -> Result<(), StoreError>;
+}

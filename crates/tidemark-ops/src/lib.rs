@@ -1,1 +1,15 @@
+//! The Tidemark operation system (OpS): journals service orders durably,
+//! numbers them per source, and submits them to the DB server (P3); after a
+//! restore it drives recovery (P6, P10).
+//!
+//! # Layout
+//! - [`input`]: parsing service orders given as JSON lines.
+//! - [`journal`]: the append-only, fsynced journal of numbered orders.
+//! - [`submit`]: `tidemark ops submit`: journal first, then submit in batches.
 
+pub mod input;
+pub mod journal;
+pub mod submit;
+
+pub use journal::Journal;
+pub use submit::{submit, SubmitOptions, SubmitReport};

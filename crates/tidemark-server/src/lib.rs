@@ -1,1 +1,19 @@
+//! The Tidemark DB server: owns the records, the change log and the
+//! recovery flags, answers reads, applies orders and pushes every change to
+//! the service servers that hold the key (P1, P3).
+//!
+//! # Layout
+//! - [`config`]: [`ServerConfig`], every setting with its default.
+//! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
+//! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
+//! - [`metrics`]: the server's Prometheus metrics.
+//! - [`http`]: one module per group of endpoints, and the one error shape.
 
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+
+pub use config::{ServerConfig, StoreKind};
+pub use server::Server;

@@ -1,1 +1,29 @@
+//! The Tidemark service server: answers terminal reads from a bounded cache,
+//! fetches misses from the DB server, applies pushed changes by version, and
+//! decides by its policy whether data flagged as recovering may be used
+//! (P2, P9, P11). Usable as a library ([`Service`]) and as `tidemark service`.
+//!
+//! # Layout
+//! - [`config`]: [`ServiceConfig`], every setting with its default.
+//! - [`policy`]: `latest-only` / `accept-stale` and the per-request override.
+//! - [`cache`]: the bounded, versioned cache; never replaces newer with older.
+//! - [`watcher`]: keeps the watch stream open and applies pushed events.
+//! - [`fetch`]: the miss path, and the wait of `latest-only` reads.
+//! - [`snapshot`]: the optional on-disk cache snapshot for warm restarts.
+//! - [`http`]: the terminal-facing HTTP API.
+//! - [`metrics`]: the service server's Prometheus metrics.
+//! - [`service`]: [`Service`]: wiring, `run(listener)`, shutdown.
 
+pub mod cache;
+pub mod config;
+pub mod fetch;
+pub mod http;
+pub mod metrics;
+pub mod policy;
+pub mod service;
+pub mod snapshot;
+pub mod watcher;
+
+pub use config::ServiceConfig;
+pub use policy::{Freshness, Policy};
+pub use service::Service;

@@ -14,8 +14,11 @@ pub struct Change {
     /// The whole record after the change; `None` for a delete.
     pub fields: Option<Fields>,
     pub version: Version,
-    /// True if applying this change cleared the key's recovery flag.
+    /// True if applying this change cleared the key's last recovery flag.
     pub cleared_flag: bool,
+    /// True if the key is still flagged after this change (more orders of
+    /// the recovery schedule are still to come for it).
+    pub flagged: bool,
 }
 
 /// A point read: the record, or the version of its delete, and whether the

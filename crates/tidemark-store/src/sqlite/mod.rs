@@ -258,17 +258,17 @@ impl SqliteStore {
                     None
                 }
             };
-            let cleared = check_flags && {
+            let (cleared, flagged) = if check_flags {
                 let n = tx
                     .prepare_cached("DELETE FROM tm_flags WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq <= ?4")?
                     .execute(params![order.table, order.key, order.source, order.seq as i64])?;
                 flags_cleared += n as u64;
-                n > 0 && {
-                    let left: i64 = tx
-                        .prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?
-                        .query_row(params![order.table, order.key], |r| r.get(0))?;
-                    left == 0
-                }
+                let left: i64 = tx
+                    .prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?
+                    .query_row(params![order.table, order.key], |r| r.get(0))?;
+                (n > 0 && left == 0, left > 0)
+            } else {
+                (false, false)
             };
             let fields_text = fields.as_ref().map(|f| serde_json::Value::Object(f.clone()).to_string());
             tx.prepare_cached(
@@ -287,7 +287,7 @@ impl SqliteStore {
             ])?;
             high_water.insert(order.source.clone(), (order.seq, true));
             results.push(OrderResult { source: order.source.clone(), seq: order.seq, version: Some(version), duplicate: false });
-            changes.push(Change { table: order.table.clone(), key: order.key.clone(), fields, version, cleared_flag: cleared });
+            changes.push(Change { table: order.table.clone(), key: order.key.clone(), fields, version, cleared_flag: cleared, flagged });
         }
         for (source, (hw, dirty)) in &high_water {
             if *dirty {
@@ -455,7 +455,7 @@ impl Store for SqliteStore {
                         },
                         None => None,
                     };
-                    out.push(Change { table, key, fields, version: Version::new(epoch as u64, seq as u64), cleared_flag: cleared });
+                    out.push(Change { table, key, fields, version: Version::new(epoch as u64, seq as u64), cleared_flag: cleared, flagged: false });
                 }
                 Ok(out)
             })

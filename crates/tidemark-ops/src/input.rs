@@ -1,0 +1,56 @@
+//! Service orders as the OpS receives them: one JSON object a line,
+//! `{"table", "key", "op", "fields"}`. The OpS adds `source` and `seq`.
+
+use serde::{Deserialize, Serialize};
+use tidemark_api::{Fields, Op};
+
+/// An order before the OpS numbers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputOrder {
+    pub table: String,
+    pub key: String,
+    pub op: Op,
+    #[serde(default)]
+    pub fields: Fields,
+}
+
+/// Why the input was refused. Nothing is journaled if any line is bad.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("line {line}: {detail}; each line must be {{\"table\": \"subscriber\", \"key\": \"…\", \"op\": \"upsert\"|\"delete\", \"fields\": {{…}}}}; nothing was journaled")]
+    Line { line: usize, detail: String },
+}
+
+/// Parses every non-blank line. All or nothing.
+pub fn parse(text: &str) -> Result<Vec<InputOrder>, InputError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let order: InputOrder =
+            serde_json::from_str(line).map_err(|e| InputError::Line { line: i + 1, detail: e.to_string() })?;
+        if order.key.is_empty() || order.key.len() > tidemark_api::schema::MAX_KEY_BYTES {
+            return Err(InputError::Line { line: i + 1, detail: format!("key must be 1 to 256 bytes, got {}", order.key.len()) });
+        }
+        out.push(order);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lines_and_names_the_bad_one() {
+        let ok = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"plan\":\"x\"}}\n\n{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"delete\"}\n";
+        assert_eq!(parse(ok).unwrap().len(), 2);
+        let bad = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\"}\n{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"merge\"}\n";
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.starts_with("line 2:"), "{err}");
+        assert!(parse("{\"table\":\"subscriber\",\"key\":\"\",\"op\":\"delete\"}").is_err());
+    }
+}

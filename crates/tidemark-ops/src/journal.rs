@@ -1,0 +1,213 @@
+//! The OpS journal: one append-only JSON-lines file per source.
+//!
+//! Every order is written and fsynced here *before* it is submitted, so an
+//! order the DB server acknowledged is always in the journal, and the
+//! journal is what recovery re-sends (P6, P10).
+//!
+//! Each entry remembers the input it came from (a BLAKE3 digest of the
+//! whole input and the order's index in it), so running `ops submit` again
+//! on the same input after a crash resumes it instead of numbering the same
+//! orders twice.
+
+use crate::input::InputOrder;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tidemark_api::Order;
+
+/// One journaled order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    /// Digest of the input this order came from.
+    pub input: String,
+    /// Index of the order within that input.
+    pub index: usize,
+    pub table: String,
+    pub key: String,
+    pub op: tidemark_api::Op,
+    #[serde(default)]
+    pub fields: tidemark_api::Fields,
+}
+
+impl Entry {
+    pub fn order(&self, source: &str) -> Order {
+        Order {
+            source: source.to_owned(),
+            seq: self.seq,
+            table: self.table.clone(),
+            key: self.key.clone(),
+            op: self.op,
+            fields: self.fields.clone(),
+        }
+    }
+}
+
+/// The journal of one source.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    source: String,
+    entries: Vec<Entry>,
+    /// Input digest to the number of its orders already journaled.
+    inputs: HashMap<String, usize>,
+}
+
+fn valid_source(source: &str) -> bool {
+    !source.is_empty()
+        && source.len() <= 128
+        && source.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Journal {
+    /// Opens (creating) the journal of `source` in `dir`.
+    pub fn open(dir: &Path, source: &str) -> anyhow::Result<Self> {
+        if !valid_source(source) {
+            anyhow::bail!("source name {source:?} is invalid: use 1 to 128 letters, digits, '-', '_' or '.'");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating journal directory {}", dir.display()))?;
+        let path = dir.join(format!("{source}.journal"));
+        let mut entries = Vec::new();
+        let mut inputs: HashMap<String, usize> = HashMap::new();
+        if path.exists() {
+            let mut bytes = std::fs::read(&path).with_context(|| format!("reading journal {}", path.display()))?;
+            // Every append ends with a newline and is fsynced before its orders
+            // are submitted; bytes after the last newline are a torn append
+            // from a crash, never submitted. Drop them.
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            if whole < bytes.len() {
+                tracing::warn!(journal = %path.display(), bytes = bytes.len() - whole, "dropping a torn journal append left by a crash");
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(whole as u64)?;
+                f.sync_all()?;
+                bytes.truncate(whole);
+            }
+            for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                if line.is_empty() {
+                    continue;
+                }
+                let e: Entry = serde_json::from_slice(line).map_err(|e| {
+                    anyhow::anyhow!("journal {} line {} is damaged ({e}); restore the journal from a copy", path.display(), n + 1)
+                })?;
+                if e.seq != entries.len() as u64 + 1 {
+                    anyhow::bail!(
+                        "journal {} line {}: seq {} breaks the sequence (expected {}); the journal is damaged, restore it from a copy",
+                        path.display(),
+                        n + 1,
+                        e.seq,
+                        entries.len() + 1
+                    );
+                }
+                *inputs.entry(e.input.clone()).or_default() += 1;
+                entries.push(e);
+            }
+        }
+        Ok(Self { path, source: source.to_owned(), entries, inputs })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The last seq journaled (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// How many orders of input `digest` are already journaled.
+    pub fn journaled_from(&self, digest: &str) -> usize {
+        self.inputs.get(digest).copied().unwrap_or(0)
+    }
+
+    /// Numbers and appends orders (from input `digest`, starting at input
+    /// index `first_index`), then fsyncs. Returns the new entries.
+    pub fn append(&mut self, digest: &str, first_index: usize, orders: &[InputOrder]) -> anyhow::Result<&[Entry]> {
+        let start = self.entries.len();
+        let mut buf = Vec::new();
+        let mut fresh = Vec::with_capacity(orders.len());
+        for (i, o) in orders.iter().enumerate() {
+            let e = Entry {
+                seq: (start + i) as u64 + 1,
+                input: digest.to_owned(),
+                index: first_index + i,
+                table: o.table.clone(),
+                key: o.key.clone(),
+                op: o.op,
+                fields: o.fields.clone(),
+            };
+            serde_json::to_writer(&mut buf, &e)?;
+            buf.push(b'\n');
+            fresh.push(e);
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening journal {} for append", self.path.display()))?;
+        f.write_all(&buf).with_context(|| format!("appending to journal {}", self.path.display()))?;
+        f.sync_all().with_context(|| format!("syncing journal {}", self.path.display()))?;
+        *self.inputs.entry(digest.to_owned()).or_default() += fresh.len();
+        self.entries.extend(fresh);
+        Ok(&self.entries[start..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark_api::Op;
+
+    fn orders(n: usize) -> Vec<InputOrder> {
+        (0..n)
+            .map(|i| InputOrder { table: "subscriber".into(), key: format!("k{i}"), op: Op::Delete, fields: Default::default() })
+            .collect()
+    }
+
+    #[test]
+    fn numbers_persist_and_remember_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+            j.append("d1", 0, &orders(3)).unwrap();
+            j.append("d1", 3, &orders(2)).unwrap();
+        }
+        let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+        assert_eq!(j.last_seq(), 5);
+        assert_eq!(j.journaled_from("d1"), 5);
+        assert_eq!(j.journaled_from("other"), 0);
+        let new = j.append("d2", 0, &orders(1)).unwrap();
+        assert_eq!(new[0].seq, 6);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+            j.append("d1", 0, &orders(2)).unwrap();
+        }
+        let path = dir.path().join("ops-1.journal");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":3,\"inp").unwrap();
+        drop(f);
+        let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+        assert_eq!(j.last_seq(), 2);
+        j.append("d1", 2, &orders(1)).unwrap();
+        let j = Journal::open(dir.path(), "ops-1").unwrap();
+        assert_eq!(j.last_seq(), 3);
+    }
+
+    #[test]
+    fn refuses_bad_source_names() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Journal::open(dir.path(), "../evil").is_err());
+        assert!(Journal::open(dir.path(), "").is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! `tidemark ops submit`: validate, journal (fsync), then submit in batches.
+//!
+//! Re-running after a crash is safe at any point: the same input is
+//! recognised by its digest and not journaled twice, and only journal
+//! entries above the DB server's high-water mark for this source are sent
+//! (the server would acknowledge the others as duplicates anyway).
+
+use crate::input;
+use crate::journal::Journal;
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tidemark_api::{DbClient, Schema};
+
+/// What `ops submit` is asked to do.
+#[derive(Debug, Clone)]
+pub struct SubmitOptions {
+    pub db: String,
+    pub journal: PathBuf,
+    pub source: String,
+    /// Orders per request.
+    pub batch: usize,
+    /// Journal the input as new orders even if the same input was journaled before.
+    pub again: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What `ops submit` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SubmitReport {
+    pub source: String,
+    /// Orders in the input.
+    pub input_orders: usize,
+    /// Of those, already in the journal from an earlier run.
+    pub already_journaled: usize,
+    /// Orders sent to the DB server in this run.
+    pub submitted: usize,
+    /// Of those, applied now.
+    pub applied: usize,
+    /// Of those, acknowledged as applied before.
+    pub duplicates: usize,
+    /// The source's high-water mark on the DB server at the end.
+    pub high_water: u64,
+}
+
+/// Runs `ops submit` on the raw input bytes.
+pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitReport> {
+    let text = std::str::from_utf8(raw).context("the input is not UTF-8 text; send JSON lines")?;
+    let orders = input::parse(text)?;
+    let client = DbClient::new(&opts.db);
+    let schema: Schema = client.get_json("/v1/schema").await.context("fetching the schema to validate orders")?;
+    for (i, o) in orders.iter().enumerate() {
+        let check = match o.op {
+            tidemark_api::Op::Upsert => schema.validate_fields(&o.table, &o.fields),
+            tidemark_api::Op::Delete if !o.fields.is_empty() => Err(tidemark_api::schema::InvalidInput::DeleteWithFields),
+            tidemark_api::Op::Delete => schema.table(&o.table).map(|_| ()),
+        };
+        check.map_err(|e| anyhow::anyhow!("order {} of the input: {e}; nothing was journaled or submitted", i + 1))?;
+    }
+    let mut digest = blake3::Hasher::new();
+    digest.update(raw);
+    if opts.again {
+        digest.update(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos().to_le_bytes());
+    }
+    let digest = digest.finalize().to_hex().to_string();
+
+    let mut journal = Journal::open(&opts.journal, &opts.source)?;
+    let done = journal.journaled_from(&digest);
+    if done > orders.len() {
+        anyhow::bail!("the journal holds {done} orders of this input but it has only {}; the journal does not match", orders.len());
+    }
+    if done > 0 {
+        tracing::info!(already = done, total = orders.len(), "this input was journaled before; resuming it (use --again to submit it as new orders)");
+    }
+    journal.append(&digest, done, &orders[done..])?;
+
+    let marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
+    let high_water = marks.get(&opts.source).copied().unwrap_or(0);
+    if high_water > journal.last_seq() {
+        anyhow::bail!(
+            "the DB server has applied source '{}' up to seq {high_water} but this journal ends at seq {}; point --journal at this source's journal, or use another --source",
+            opts.source,
+            journal.last_seq()
+        );
+    }
+    let pending = &journal.entries()[high_water as usize..];
+    let bar = if opts.progress { ProgressBar::new(pending.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} submitting [{bar:40}] {pos}/{len} orders ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut report = SubmitReport {
+        source: opts.source.clone(),
+        input_orders: orders.len(),
+        already_journaled: done,
+        high_water,
+        ..Default::default()
+    };
+    for chunk in pending.chunks(opts.batch.max(1)) {
+        let batch: Vec<_> = chunk.iter().map(|e| e.order(&opts.source)).collect();
+        let resp = send_with_retry(&client, &batch).await?;
+        report.submitted += batch.len();
+        for r in &resp.results {
+            if r.duplicate {
+                report.duplicates += 1;
+            } else {
+                report.applied += 1;
+            }
+        }
+        report.high_water = chunk.last().map(|e| e.seq).unwrap_or(report.high_water);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Sends one batch, retrying while the DB server is unreachable or busy.
+/// The batch is idempotent, so a retry after a lost answer is harmless.
+pub async fn send_with_retry(
+    client: &DbClient,
+    batch: &[tidemark_api::Order],
+) -> anyhow::Result<tidemark_api::OrdersResponse> {
+    let mut delay = Duration::from_millis(100);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.post_orders(batch).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e).context("the DB server did not take the batch; the orders stay journaled, run the same command again to resume")
+            }
+        }
+    }
+}

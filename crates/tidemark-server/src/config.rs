@@ -1,0 +1,79 @@
+//! The DB server's configuration.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which engine holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite in `data_dir` (the default).
+    #[default]
+    Sqlite,
+    /// PostgreSQL at `database_url`.
+    Postgres,
+}
+
+/// A value that never shows in `Debug` output or logs.
+#[derive(Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Settings of `tidemark server` (TOML section `[server]`, environment
+/// `TIDEMARK_SERVER__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Data directory of the embedded engine; holds the LOCK file.
+    pub data_dir: PathBuf,
+    /// Storage engine.
+    pub store: StoreKind,
+    /// PostgreSQL connection URL, for `store = "postgres"`.
+    pub database_url: Option<Secret>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most orders accepted in one `POST /v1/orders`.
+    pub max_batch_orders: usize,
+    /// Change-log entries kept for watch resumption and idempotency checks.
+    pub change_log_keep: u64,
+    /// Seconds that in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+    /// Capacity of the in-memory push queue per process; a watcher that
+    /// falls further behind is served from the change log.
+    pub push_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            data_dir: PathBuf::from("./tidemark-data"),
+            store: StoreKind::Sqlite,
+            database_url: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_orders: 10_000,
+            change_log_keep: 1_000_000,
+            shutdown_grace_secs: 10,
+            push_queue: 65_536,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = ServerConfig { database_url: Some(Secret("postgres://u:hunter2@h/db".into())), ..Default::default() };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

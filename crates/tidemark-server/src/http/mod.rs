@@ -1,0 +1,51 @@
+//! The HTTP API of the DB server, one module per group of endpoints.
+
+pub mod error;
+pub mod openapi;
+pub mod orders;
+pub mod probes;
+pub mod records;
+pub mod watch;
+
+use crate::config::ServerConfig;
+use crate::hub::Hub;
+use crate::metrics::ServerMetrics;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tidemark_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a handler may touch.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub hub: Hub,
+    pub metrics: ServerMetrics,
+    pub config: ServerConfig,
+    /// Names this process; part of every watch event id.
+    pub boot: String,
+    /// False until the store is open, and again once shutdown begins.
+    pub ready: AtomicBool,
+    pub shutdown: CancellationToken,
+}
+
+/// The router of every endpoint.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/records/{table}/{key}", get(records::get_record))
+        .route("/v1/orders", post(orders::post_orders))
+        .route("/v1/watch", get(watch::watch))
+        .route("/v1/state", get(probes::state))
+        .route("/v1/recovery", get(probes::recovery))
+        .route("/v1/sources", get(probes::sources))
+        .route("/v1/schema", get(probes::schema))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
+        .route("/openapi.json", get(openapi::openapi))
+        .fallback(error::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

@@ -1,0 +1,85 @@
+//! `GET /openapi.json`: the API as an OpenAPI 3 document.
+
+use axum::Json;
+use serde_json::{json, Value};
+use tidemark_api::ErrorCode;
+
+fn error_ref() -> Value {
+    json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+/// The OpenAPI document of the DB server.
+pub fn document() -> Value {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Tidemark DB server", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Record data per terminal, recovery with recovering identifiers, push to service servers."},
+        "paths": {
+            "/v1/records/{table}/{key}": {"get": {
+                "summary": "Read one record (P1, P8). 404 has the same shape with found=false.",
+                "parameters": [
+                    {"name": "table", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
+                    {"name": "Tidemark-Subscriber", "in": "header", "required": false, "schema": {"type": "string"},
+                     "description": "Registers that this service server holds the key (P3)."}
+                ],
+                "responses": {
+                    "200": {"description": "Found", "headers": {"Tidemark-Recovering": {"schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Record"}}}},
+                    "404": {"description": "Not found (or unknown table: error shape)",
+                            "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Record"}, {"$ref": "#/components/schemas/Error"}]}}}},
+                    "400": error_ref()
+                }
+            }},
+            "/v1/orders": {"post": {
+                "summary": "Apply a batch of service orders: atomic, idempotent by (source, seq), durable before the answer (P3, P10).",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OrdersRequest"}}}},
+                "responses": {"200": {"description": "Applied", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OrdersResponse"}}}},
+                              "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref(), "503": error_ref()}
+            }},
+            "/v1/watch": {"get": {
+                "summary": "Server-Sent Events for one service server: hello, update, recovered, epoch, quiesce, schema. Resumable with Last-Event-ID.",
+                "parameters": [{"name": "subscriber", "in": "query", "required": true, "schema": {"type": "string"}},
+                               {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "text/event-stream"}, "400": error_ref()}
+            }},
+            "/v1/state": {"get": {"summary": "State, role, epoch, seq, schema version, quiesce notice.",
+                "responses": {"200": {"description": "State", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/State"}}}}}}},
+            "/v1/recovery": {"get": {"summary": "Recovery progress (P5).",
+                "responses": {"200": {"description": "Recovery", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recovery"}}}}}}},
+            "/v1/sources": {"get": {"summary": "Applied-order high-water mark per OpS source.",
+                "responses": {"200": {"description": "source -> seq", "content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}},
+            "/v1/schema": {"get": {"summary": "The schema in force: tables and typed columns.",
+                "responses": {"200": {"description": "Schema", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "Readiness.", "responses": {"200": {"description": "ready"}, "503": error_ref()}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "text/plain"}}}},
+            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3"}}}}
+        },
+        "components": {"schemas": {
+            "Version": {"type": "object", "required": ["epoch", "seq"], "properties": {"epoch": {"type": "integer"}, "seq": {"type": "integer"}}},
+            "Record": {"type": "object", "required": ["table", "key", "found", "recovering"], "properties": {
+                "table": {"type": "string"}, "key": {"type": "string"}, "found": {"type": "boolean"},
+                "fields": {"type": "object"}, "version": {"$ref": "#/components/schemas/Version"},
+                "recovering": {"type": "boolean"}, "source": {"type": "string", "enum": ["cache", "db"]}}},
+            "Order": {"type": "object", "required": ["source", "seq", "table", "key", "op"], "properties": {
+                "source": {"type": "string"}, "seq": {"type": "integer", "minimum": 1}, "table": {"type": "string"},
+                "key": {"type": "string"}, "op": {"type": "string", "enum": ["upsert", "delete"]}, "fields": {"type": "object"}}},
+            "OrdersRequest": {"type": "object", "required": ["orders"], "properties": {"orders": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}}},
+            "OrdersResponse": {"type": "object", "properties": {"results": {"type": "array", "items": {"type": "object", "properties": {
+                "source": {"type": "string"}, "seq": {"type": "integer"}, "version": {"$ref": "#/components/schemas/Version"}, "duplicate": {"type": "boolean"}}}}}},
+            "State": {"type": "object", "properties": {"state": {"type": "string", "enum": ["normal", "recovering", "recovered"]},
+                "role": {"type": "string", "enum": ["primary", "standby"]}, "epoch": {"type": "integer"}, "seq": {"type": "integer"},
+                "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}, "boot": {"type": "string"}, "store": {"type": "string"}}},
+            "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer"},
+                "cleared": {"type": "integer"}, "started_at": {"type": "string", "nullable": true}}},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string", "enum": codes}, "message": {"type": "string"}}}}}
+        }}
+    })
+}
+
+pub async fn openapi() -> Json<Value> {
+    Json(document())
+}

@@ -1,0 +1,64 @@
+//! `POST /v1/orders` (P3, P10): validated, atomic, idempotent, durable.
+
+use super::error::HttpError;
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Json;
+use std::sync::Arc;
+use std::time::Instant;
+use tidemark_api::{ErrorCode, OrdersRequest, OrdersResponse};
+
+/// Applies a batch of orders, then pushes the changes to the holders.
+#[tracing::instrument(skip_all, fields(orders))]
+pub async fn post_orders(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<OrdersResponse>, HttpError> {
+    let started = Instant::now();
+    let result = apply(&app, body).await;
+    match &result {
+        Ok(_) => app.metrics.order_latency.observe(started.elapsed()),
+        Err(e) => {
+            app.metrics.orders_refused.inc();
+            tracing::info!(code = e.error.code.as_str(), message = %e.error.message, "order batch refused");
+        }
+    }
+    result.map(Json)
+}
+
+async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError> {
+    let req: OrdersRequest = serde_json::from_slice(&body).map_err(|e| {
+        HttpError::new(
+            ErrorCode::BadJson,
+            format!(
+                "the body is not a valid order batch: {e}; send {{\"orders\": [{{\"source\", \"seq\", \"table\", \"key\", \"op\", \"fields\"}}]}}"
+            ),
+        )
+    })?;
+    tracing::Span::current().record("orders", req.orders.len());
+    if req.orders.len() > app.config.max_batch_orders {
+        return Err(HttpError::new(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "the batch holds {} orders, at most {} are accepted; split it into smaller batches",
+                req.orders.len(),
+                app.config.max_batch_orders
+            ),
+        ));
+    }
+    if !app.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(HttpError::new(ErrorCode::NotReady, "the server is shutting down; resubmit to the restarted server")
+            .retry_after(1));
+    }
+    let _order = app.hub.commit_lock.lock().await;
+    let outcome = app.store.apply(req.orders).await?;
+    let applied = outcome.changes.len() as u64;
+    let duplicates = outcome.results.len() as u64 - applied;
+    if let Some(last) = outcome.changes.last() {
+        app.metrics.seq.set(last.version.seq as i64);
+    }
+    app.hub.publish_changes(outcome.changes);
+    drop(_order);
+    app.metrics.order_batches.inc();
+    app.metrics.orders_applied.add(applied);
+    app.metrics.orders_duplicate.add(duplicates);
+    Ok(OrdersResponse { results: outcome.results })
+}

@@ -1,0 +1,68 @@
+//! Probes, metrics, state and the small read-only documents.
+
+use super::error::HttpError;
+use super::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tidemark_api::{ErrorCode, RecoveryState, RecoveryStatus, Role, ServerState};
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the store is open and the server is not shutting down.
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, HttpError> {
+    if app.ready.load(Ordering::SeqCst) {
+        Ok(Json(serde_json::json!({"status": "ready"})))
+    } else {
+        Err(HttpError::new(ErrorCode::NotReady, "the server is starting or shutting down; retry shortly").retry_after(1))
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    if let Ok(meta) = app.store.meta().await {
+        app.metrics.seq.set(meta.seq as i64);
+        app.metrics.epoch.set(meta.epoch as i64);
+    }
+    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.registry.render())
+        .into_response()
+}
+
+/// `GET /v1/state`.
+pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>, HttpError> {
+    let meta = app.store.meta().await?;
+    Ok(Json(ServerState {
+        state: RecoveryState::Normal,
+        role: Role::Primary,
+        epoch: meta.epoch,
+        seq: meta.seq,
+        schema_version: meta.schema_version,
+        quiesce: None,
+        boot: app.boot.clone(),
+        store: app.store.engine().to_owned(),
+    }))
+}
+
+/// `GET /v1/recovery`.
+pub async fn recovery(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryStatus>, HttpError> {
+    let meta = app.store.meta().await?;
+    Ok(Json(RecoveryStatus { state: RecoveryState::Normal, epoch: meta.epoch, flagged: 0, cleared: 0, started_at: None }))
+}
+
+/// `GET /v1/sources`: the applied-order high-water mark of every OpS source,
+/// so an OpS knows where to resume.
+pub async fn sources(State(app): State<Arc<AppState>>) -> Result<Json<BTreeMap<String, u64>>, HttpError> {
+    Ok(Json(app.store.high_water_marks().await?))
+}
+
+/// `GET /v1/schema`: the schema in force, so clients can validate before sending.
+pub async fn schema(State(app): State<Arc<AppState>>) -> Json<tidemark_api::Schema> {
+    Json((*app.store.schema()).clone())
+}

@@ -1,0 +1,165 @@
+//! Who holds which key, and the ordered fan-out of committed changes (P3).
+//!
+//! Invariants:
+//! - A reader registers interest *before* it reads the store, and the
+//!   publisher looks interest up *after* the commit. So a service server
+//!   that read the old value of a key is always sent the new one.
+//! - Changes are published in commit order: the commit lock is held from
+//!   the start of a batch until its changes are on the queue.
+//! - Interest lives in memory. A restarted server cannot know it, so it
+//!   refuses to resume streams from an earlier boot (they get `epoch`).
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use tidemark_api::event::{EpochEvent, QuiesceEvent, SchemaEvent};
+use tidemark_store::Change;
+use tokio::sync::broadcast;
+
+const SHARDS: usize = 64;
+
+/// A subscriber's number, handed out per process.
+pub type SubscriberId = u32;
+
+/// What flows to every watch stream.
+#[derive(Debug, Clone)]
+pub enum Push {
+    /// A committed change and the subscribers that hold its key.
+    Change(Arc<Change>, Arc<[SubscriberId]>),
+    Epoch(EpochEvent),
+    Quiesce(QuiesceEvent),
+    Schema(SchemaEvent),
+}
+
+/// The interest registry and the push queue.
+pub struct Hub {
+    names: RwLock<HashMap<String, SubscriberId>>,
+    shards: Vec<Mutex<HashMap<Box<str>, Vec<SubscriberId>>>>,
+    tx: broadcast::Sender<Push>,
+    /// Held across "apply a batch, then publish its changes".
+    pub commit_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("subscribers", &self.names.read().len()).finish()
+    }
+}
+
+fn slot(table: &str, key: &str) -> String {
+    let mut s = String::with_capacity(table.len() + key.len() + 1);
+    s.push_str(table);
+    s.push('\0');
+    s.push_str(key);
+    s
+}
+
+impl Hub {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self {
+            names: RwLock::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            tx,
+            commit_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The id of a subscriber name, assigned on first use.
+    pub fn subscriber(&self, name: &str) -> SubscriberId {
+        if let Some(id) = self.names.read().get(name) {
+            return *id;
+        }
+        let mut names = self.names.write();
+        let next = names.len() as SubscriberId;
+        *names.entry(name.to_owned()).or_insert(next)
+    }
+
+    fn shard(&self, slot: &str) -> &Mutex<HashMap<Box<str>, Vec<SubscriberId>>> {
+        let mut h = DefaultHasher::new();
+        slot.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Records that `subscriber` holds `table/key`. Call before reading.
+    pub fn register(&self, subscriber: SubscriberId, table: &str, key: &str) {
+        let slot = slot(table, key);
+        let mut shard = self.shard(&slot).lock();
+        match shard.get_mut(slot.as_str()) {
+            Some(ids) => {
+                if !ids.contains(&subscriber) {
+                    ids.push(subscriber);
+                }
+            }
+            None => {
+                shard.insert(slot.into_boxed_str(), vec![subscriber]);
+            }
+        }
+    }
+
+    /// The subscribers that hold `table/key`.
+    pub fn holders(&self, table: &str, key: &str) -> Vec<SubscriberId> {
+        let slot = slot(table, key);
+        self.shard(&slot).lock().get(slot.as_str()).cloned().unwrap_or_default()
+    }
+
+    /// Whether `subscriber` holds `table/key`.
+    pub fn holds(&self, subscriber: SubscriberId, table: &str, key: &str) -> bool {
+        let slot = slot(table, key);
+        self.shard(&slot).lock().get(slot.as_str()).is_some_and(|ids| ids.contains(&subscriber))
+    }
+
+    /// Queues committed changes in commit order. Call with `commit_lock` held.
+    pub fn publish_changes(&self, changes: Vec<Change>) -> usize {
+        let mut sent = 0;
+        for change in changes {
+            let holders: Arc<[SubscriberId]> = self.holders(&change.table, &change.key).into();
+            if holders.is_empty() {
+                continue;
+            }
+            sent += holders.len();
+            let _ = self.tx.send(Push::Change(Arc::new(change), holders));
+        }
+        sent
+    }
+
+    /// Queues a server-wide event.
+    pub fn publish(&self, push: Push) {
+        let _ = self.tx.send(push);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Push> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark_api::Version;
+
+    fn change(key: &str, seq: u64) -> Change {
+        Change { table: "subscriber".into(), key: key.into(), fields: None, version: Version::new(1, seq), cleared_flag: false, flagged: false }
+    }
+
+    #[test]
+    fn pushes_only_to_holders_in_order() {
+        let hub = Hub::new(64);
+        let a = hub.subscriber("svc-a");
+        let b = hub.subscriber("svc-b");
+        assert_eq!(hub.subscriber("svc-a"), a);
+        hub.register(a, "subscriber", "k1");
+        hub.register(a, "subscriber", "k1");
+        hub.register(b, "subscriber", "k2");
+        let mut rx = hub.subscribe();
+        hub.publish_changes(vec![change("k1", 1), change("nobody", 2), change("k2", 3)]);
+        let mut got = Vec::new();
+        while let Ok(Push::Change(c, holders)) = rx.try_recv() {
+            got.push((c.version.seq, holders.to_vec()));
+        }
+        assert_eq!(got, vec![(1, vec![a]), (3, vec![b])]);
+        assert!(hub.holds(a, "subscriber", "k1") && !hub.holds(b, "subscriber", "k1"));
+    }
+}

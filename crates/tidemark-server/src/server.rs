@@ -1,0 +1,103 @@
+//! Opening the store, serving, and shutting down in a fixed order.
+
+use crate::config::{ServerConfig, StoreKind};
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::metrics::ServerMetrics;
+use anyhow::Context;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A DB server with its store open, ready to serve.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Opens the store named by `config`. Fails with a message that says
+    /// what to do if the data directory is unusable or locked.
+    pub async fn open(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let store: Arc<dyn Store> = match config.store {
+            StoreKind::Sqlite => {
+                let dir = config.data_dir.clone();
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, "server"))
+                    .await
+                    .context("opening the store")??;
+                Arc::new(store)
+            }
+            StoreKind::Postgres => anyhow::bail!(
+                "the PostgreSQL engine is not built yet; run with --store sqlite (the default) for now"
+            ),
+        };
+        let metrics = ServerMetrics::new();
+        let meta = store.meta().await?;
+        metrics.seq.set(meta.seq as i64);
+        metrics.epoch.set(meta.epoch as i64);
+        let boot = format!("{:08x}", rand::random::<u32>());
+        let hub = Hub::new(config.push_queue);
+        let state = Arc::new(AppState {
+            store,
+            hub,
+            metrics,
+            config,
+            boot,
+            ready: AtomicBool::new(false),
+            shutdown,
+        });
+        Ok(Self { state })
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then: stops
+    /// accepting, lets in-flight requests finish within the grace period,
+    /// stops the workers, and closes the store.
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        let state = self.state;
+        let shutdown = state.shutdown.clone();
+        let addr = listener.local_addr()?;
+        let workers = tokio::spawn(prune_worker(state.clone()));
+        let app = http::router(state.clone());
+        state.ready.store(true, Ordering::SeqCst);
+        let meta = state.store.meta().await?;
+        tracing::info!(%addr, store = state.store.engine(), epoch = meta.epoch, seq = meta.seq, boot = %state.boot, "DB server ready");
+
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        let signal = shutdown.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            signal.cancelled().await;
+        });
+        let serve = tokio::spawn(async move { serve.await });
+        shutdown.cancelled().await;
+        state.ready.store(false, Ordering::SeqCst);
+        tracing::info!("shutdown: no longer accepting; waiting for requests in flight");
+        match tokio::time::timeout(grace, serve).await {
+            Ok(r) => r.context("server task")?.context("serving")?,
+            Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; closing anyway"),
+        }
+        let _ = workers.await;
+        // Waits for any batch that is still committing, then closes.
+        let _commit = state.hub.commit_lock.lock().await;
+        state.store.close().await.context("closing the store")?;
+        tracing::info!("shutdown complete: store closed cleanly");
+        Ok(())
+    }
+}
+
+/// Keeps the change log bounded.
+async fn prune_worker(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match state.store.prune_changes(state.config.change_log_keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pruned = n, "change log pruned"),
+            Err(e) => tracing::warn!(error = %e, "change-log pruning failed; will retry"),
+        }
+    }
+}

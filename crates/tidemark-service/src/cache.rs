@@ -1,0 +1,226 @@
+//! The bounded, versioned record cache.
+//!
+//! Invariants:
+//! - An entry is never replaced by an older version (P11; CONTRACT.md: a
+//!   cached copy newer than the DB server's answer is kept).
+//! - Each entry remembers the cache generation it was validated in; an
+//!   `epoch` event bumps the generation, which makes every older entry
+//!   *suspect*: it is revalidated with the DB server on its next read
+//!   instead of being dropped all at once.
+//! - The answer body is serialised once, when the entry is stored, so a
+//!   hit only copies bytes.
+
+use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tidemark_api::{Fields, RecordAnswer, Source, Version};
+
+const SHARDS: usize = 64;
+
+/// One cached record (or a cached "not found").
+#[derive(Debug)]
+pub struct Entry {
+    pub table: String,
+    pub key: String,
+    pub found: bool,
+    pub fields: Option<Fields>,
+    pub version: Option<Version>,
+    /// The DB server flagged this key as recovering when we last heard.
+    pub recovering: bool,
+    pub generation: u64,
+    /// The answer as served from the cache.
+    pub body: Bytes,
+}
+
+impl Entry {
+    /// An entry for `a`, with its body serialised as served from the cache.
+    pub fn new(a: &RecordAnswer, recovering: bool, generation: u64) -> Self {
+        let mut served = a.clone();
+        served.recovering = recovering;
+        served.source = Some(Source::Cache);
+        let body = Bytes::from(serde_json::to_vec(&served).unwrap_or_default());
+        Entry {
+            table: a.table.clone(),
+            key: a.key.clone(),
+            found: a.found,
+            fields: a.fields.clone(),
+            version: a.version,
+            recovering,
+            generation,
+            body,
+        }
+    }
+
+    /// The answer this entry stands for.
+    pub fn answer(&self, source: Source) -> RecordAnswer {
+        RecordAnswer {
+            table: self.table.clone(),
+            key: self.key.clone(),
+            found: self.found,
+            fields: self.fields.clone(),
+            version: self.version,
+            recovering: self.recovering,
+            source: Some(source),
+        }
+    }
+
+    fn rank(&self) -> Version {
+        self.version.unwrap_or_default()
+    }
+}
+
+/// Where an offered answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// We asked the DB server: its flag is the key's current flag.
+    Fetch,
+    /// The DB server pushed it.
+    Push,
+}
+
+/// The cache.
+pub struct Cache {
+    shards: Vec<Mutex<LruCache<String, Arc<Entry>>>>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("len", &self.len()).finish()
+    }
+}
+
+fn slot(table: &str, key: &str) -> String {
+    let mut s = String::with_capacity(table.len() + key.len() + 1);
+    s.push_str(table);
+    s.push('\0');
+    s.push_str(key);
+    s
+}
+
+impl Cache {
+    pub fn new(capacity: usize) -> Self {
+        let per = NonZeroUsize::new((capacity / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per))).collect(), generation: AtomicU64::new(0) }
+    }
+
+    fn shard(&self, slot: &str) -> &Mutex<LruCache<String, Arc<Entry>>> {
+        let mut h = DefaultHasher::new();
+        slot.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Makes every entry suspect (after an `epoch` event).
+    pub fn bump_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The entry for a key, if cached.
+    pub fn get(&self, table: &str, key: &str) -> Option<Arc<Entry>> {
+        let slot = slot(table, key);
+        self.shard(&slot).lock().get(&slot).cloned()
+    }
+
+    /// Offers an answer; returns what the cache holds afterwards. An older
+    /// version never replaces a newer one. A fetched answer, even an older
+    /// one, refreshes the recovering flag and validates the entry.
+    pub fn offer(&self, answer: &RecordAnswer, origin: Origin) -> Arc<Entry> {
+        let generation = self.generation();
+        let slot = slot(&answer.table, &answer.key);
+        let mut shard = self.shard(&slot).lock();
+        let new_rank = answer.version.unwrap_or_default();
+        let entry = match shard.get(&slot) {
+            Some(old) if old.rank() > new_rank => match origin {
+                Origin::Push => return old.clone(),
+                Origin::Fetch => Arc::new(Entry::new(&old.answer(Source::Cache), answer.recovering, generation)),
+            },
+            Some(old) if old.rank() == new_rank && origin == Origin::Push && old.generation == generation => {
+                // A replayed push of what we already hold changes nothing
+                // but may clear the flag.
+                Arc::new(Entry::new(&old.answer(Source::Cache), answer.recovering, generation))
+            }
+            _ => Arc::new(Entry::new(answer, answer.recovering, generation)),
+        };
+        shard.put(slot, entry.clone());
+        entry
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every entry, for a snapshot.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            out.extend(s.lock().iter().map(|(_, e)| e.clone()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(seq: u64, plan: &str, recovering: bool) -> RecordAnswer {
+        RecordAnswer {
+            table: "subscriber".into(),
+            key: "k".into(),
+            found: true,
+            fields: Some(json!({"plan": plan}).as_object().unwrap().clone()),
+            version: Some(Version::new(1, seq)),
+            recovering,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn never_replaces_newer_with_older() {
+        let c = Cache::new(1000);
+        c.offer(&answer(5, "new", false), Origin::Push);
+        let e = c.offer(&answer(3, "old", false), Origin::Push);
+        assert_eq!(e.version, Some(Version::new(1, 5)));
+        let e = c.offer(&answer(3, "old", true), Origin::Fetch);
+        assert_eq!(e.fields.as_ref().unwrap()["plan"], json!("new"), "a fetched older copy does not replace a newer one");
+        assert!(e.recovering, "but it does carry the DB server's flag");
+        let e = c.offer(&answer(6, "newest", false), Origin::Push);
+        assert!(!e.recovering);
+        assert_eq!(c.get("subscriber", "k").unwrap().fields.as_ref().unwrap()["plan"], json!("newest"));
+    }
+
+    #[test]
+    fn epoch_makes_entries_suspect() {
+        let c = Cache::new(1000);
+        c.offer(&answer(5, "a", false), Origin::Fetch);
+        assert_eq!(c.get("subscriber", "k").unwrap().generation, c.generation());
+        c.bump_generation();
+        assert!(c.get("subscriber", "k").unwrap().generation < c.generation());
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let c = Cache::new(64 * 4);
+        for i in 0..10_000u64 {
+            let mut a = answer(i, "x", false);
+            a.key = format!("k{i}");
+            c.offer(&a, Origin::Fetch);
+        }
+        assert!(c.len() <= 64 * 4);
+    }
+}

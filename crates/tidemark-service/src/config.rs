@@ -1,0 +1,54 @@
+//! The service server's configuration.
+
+use crate::Policy;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Settings of `tidemark service` (TOML section `[service]`, environment
+/// `TIDEMARK_SERVICE__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// URL of the DB server.
+    pub db: String,
+    /// This service server's name; the DB server pushes to it by this name.
+    pub id: String,
+    /// `latest-only` or `accept-stale`.
+    pub policy: Policy,
+    /// Most records held in the cache.
+    pub cache_capacity: usize,
+    /// How long a `latest-only` read waits for current data before it
+    /// answers 503, in milliseconds.
+    pub latest_deadline_ms: u64,
+    /// First retry delay of a waiting read, in milliseconds (doubles, with jitter).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// If set, the cache and the watch position are saved here, so a
+    /// restarted service server resumes with `Last-Event-ID`.
+    pub cache_dir: Option<PathBuf>,
+    /// Seconds between cache snapshots (with `cache_dir`).
+    pub snapshot_interval_secs: u64,
+    /// Seconds that in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7080".into(),
+            db: "http://127.0.0.1:7070".into(),
+            id: String::new(),
+            policy: Policy::LatestOnly,
+            cache_capacity: 1_000_000,
+            latest_deadline_ms: 5_000,
+            retry_initial_ms: 20,
+            retry_max_ms: 1_000,
+            cache_dir: None,
+            snapshot_interval_secs: 1,
+            shutdown_grace_secs: 10,
+        }
+    }
+}

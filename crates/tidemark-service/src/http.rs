@@ -1,0 +1,148 @@
+//! The terminal-facing HTTP API of a service server.
+
+use crate::fetch::ReadError;
+use crate::policy::Freshness;
+use crate::service::Shared;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tidemark_api::{headers, ApiError, ErrorBody, ErrorCode};
+
+/// The router of every endpoint.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/records/{table}/{key}", get(get_record))
+        .route("/v1/state", get(state))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(|uri: axum::http::Uri| async move {
+            error(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("no endpoint at {}; see GET /openapi.json", uri.path()), None)
+        })
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: String, retry_after: Option<u64>) -> Response {
+    let body = serde_json::to_vec(&ErrorBody { error: ApiError::new(code, message) }).unwrap_or_default();
+    let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(secs) = retry_after {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+impl IntoResponse for ReadError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        error(status, self.code, self.message, self.retry_after)
+    }
+}
+
+/// `GET /v1/records/{table}/{key}` (P2, P9).
+async fn get_record(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    req_headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let Ok(Path((table, key))) = path else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "the path must be /v1/records/{table}/{key} with UTF-8, percent-encoded segments".into(),
+            None,
+        );
+    };
+    if let Err(e) = tidemark_api::schema::validate_key(&key) {
+        return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidKey, e.to_string(), None);
+    }
+    let header = req_headers.get(headers::FRESHNESS).map(|v| v.to_str().unwrap_or("(not UTF-8)"));
+    let freshness = match Freshness::of(shared.config.policy, header) {
+        Ok(f) => f,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg, None),
+    };
+    let resp = match crate::fetch::read(&shared, &table, &key, freshness).await {
+        Ok(served) => {
+            let status = if served.found { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], served.body).into_response();
+            if served.recovering {
+                resp.headers_mut().insert(headers::RECOVERING, HeaderValue::from_static("1"));
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    };
+    shared.metrics.read_latency.observe(started.elapsed());
+    resp
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.connected.load(Ordering::SeqCst) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotReady,
+            "the watch stream to the DB server is not open; reads are served but not cached until it is".into(),
+            Some(1),
+        )
+    }
+}
+
+async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "id": shared.config.id,
+        "policy": shared.config.policy.as_str(),
+        "db": shared.config.db,
+        "connected": shared.connected.load(Ordering::SeqCst),
+        "db_epoch": shared.db_epoch.load(Ordering::SeqCst),
+        "cache_entries": shared.cache.len(),
+        "cache_generation": shared.cache.generation(),
+        "last_event_id": *shared.last_event_id.lock(),
+        "snapshot_event_id": *shared.snapshot_event_id.lock(),
+        "schema_version": shared.schema_version.load(Ordering::SeqCst),
+        "quiesce": *shared.quiesce.lock(),
+    }))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared.metrics.cache_entries.set(shared.cache.len() as i64);
+    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.registry.render())
+        .into_response()
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Tidemark service server", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {
+            "/v1/records/{table}/{key}": {"get": {
+                "summary": "Terminal read (P2, P9): from the cache or the DB server, by policy.",
+                "parameters": [
+                    {"name": "table", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "Tidemark-Freshness", "in": "header", "required": false, "schema": {"type": "string", "enum": ["latest", "stale-ok"]}}
+                ],
+                "responses": {"200": {"description": "Record, with source cache|db"}, "404": {"description": "Not found"},
+                              "503": {"description": "Current data not available before the deadline (Retry-After)"}}
+            }},
+            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache.", "responses": {"200": {"description": "State"}}}},
+            "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"responses": {"200": {"description": "watch stream open"}, "503": {"description": "not connected"}}}},
+            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}}
+        },
+        "components": {"schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+            "code": {"type": "string", "enum": codes}, "message": {"type": "string"}}}}}}}
+    }))
+}

@@ -1,0 +1,145 @@
+//! Wiring of a service server: shared state, workers, and shutdown order.
+
+use crate::cache::{Cache, Origin};
+use crate::config::ServiceConfig;
+use crate::fetch::{self, Served};
+use crate::metrics::ServiceMetrics;
+use crate::policy::Freshness;
+use crate::{http, snapshot, watcher};
+use anyhow::Context;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_api::event::QuiesceEvent;
+use tidemark_api::DbClient;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// State shared by the HTTP handlers and the workers.
+pub struct Shared {
+    pub config: ServiceConfig,
+    pub client: DbClient,
+    pub cache: Cache,
+    pub metrics: ServiceMetrics,
+    /// True while the watch stream is open; only then are fetched records
+    /// cached, because only then are their later changes sure to arrive.
+    pub connected: AtomicBool,
+    /// The id of the last watch event applied.
+    pub last_event_id: Mutex<Option<String>>,
+    /// Reads waiting for a key to become current, by cache slot.
+    pub waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The watch-event id of the last snapshot written.
+    pub snapshot_event_id: Mutex<Option<String>>,
+    /// Bumped on every cache change, so snapshots skip idle periods.
+    pub changes: AtomicU64,
+    pub db_epoch: AtomicU64,
+    pub schema_version: AtomicU64,
+    pub quiesce: Mutex<Option<QuiesceEvent>>,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Wakes reads waiting on a key.
+    pub fn notify(&self, table: &str, key: &str) {
+        let slot = format!("{table}\0{key}");
+        if let Some(n) = self.waiters.lock().get(&slot) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiting read (after an `epoch` event).
+    pub fn notify_all(&self) {
+        for n in self.waiters.lock().values() {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// A service server. Embed it with [`Service::new`] and [`Service::run`],
+/// or read through it directly with [`Service::read`].
+#[derive(Clone)]
+pub struct Service {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Service {
+    /// Builds a service server; loads the cache snapshot if `cache_dir` has one.
+    pub fn new(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        if config.id.is_empty() || config.id.len() > 128 {
+            anyhow::bail!("a service server needs --id NAME (1 to 128 bytes): the DB server pushes changes to it by this name");
+        }
+        let client = DbClient::new(&config.db);
+        let cache = Cache::new(config.cache_capacity);
+        let mut last_event_id = None;
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating cache directory {}", dir.display()))?;
+            if let Some(snap) = snapshot::load(dir, &config.id)? {
+                for a in &snap.answers {
+                    cache.offer(a, Origin::Push);
+                }
+                tracing::info!(entries = snap.answers.len(), last_event_id = ?snap.last_event_id, "cache snapshot loaded");
+                last_event_id = snap.last_event_id;
+            }
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                cache,
+                metrics: ServiceMetrics::new(),
+                connected: AtomicBool::new(false),
+                last_event_id: Mutex::new(last_event_id),
+                waiters: Mutex::new(HashMap::new()),
+                changes: AtomicU64::new(0),
+                snapshot_event_id: Mutex::new(None),
+                db_epoch: AtomicU64::new(0),
+                schema_version: AtomicU64::new(0),
+                quiesce: Mutex::new(None),
+                shutdown,
+                config,
+            }),
+        })
+    }
+
+    /// Reads a record as a terminal would, applying `freshness`.
+    pub async fn read(&self, table: &str, key: &str, freshness: Freshness) -> Result<Served, fetch::ReadError> {
+        fetch::read(&self.shared, table, key, freshness).await
+    }
+
+    /// True while the watch stream is open.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    /// Serves on `listener` until shutdown: then stops accepting, lets reads
+    /// finish within the grace period, stops the watcher and writes a final
+    /// cache snapshot.
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        let shared = self.shared.clone();
+        let addr = listener.local_addr()?;
+        let watch = tokio::spawn(watcher::run(shared.clone()));
+        let snap = tokio::spawn(snapshot::worker(shared.clone()));
+        let app = http::router(shared.clone());
+        tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server ready");
+        let signal = shared.shutdown.clone();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await }).await
+        });
+        shared.shutdown.cancelled().await;
+        tracing::info!("shutdown: no longer accepting; waiting for reads in flight");
+        let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+        match tokio::time::timeout(grace, serve).await {
+            Ok(r) => r.context("server task")?.context("serving")?,
+            Err(_) => tracing::warn!("reads still in flight after the grace period; closing anyway"),
+        }
+        let _ = watch.await;
+        let _ = snap.await;
+        if shared.config.cache_dir.is_some() {
+            snapshot::save_now(&shared).context("writing the final cache snapshot")?;
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}

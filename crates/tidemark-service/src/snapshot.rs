@@ -1,0 +1,114 @@
+//! The optional on-disk cache snapshot, for warm restarts.
+//!
+//! One JSON-lines file: a header with the last applied watch-event id, then
+//! one cached answer per line. Written to a temporary file, synced, then
+//! renamed, so a crash leaves the previous snapshot whole. The id is read
+//! *before* the entries: the entries are at least as new as the id says,
+//! and replaying from an older id is harmless because the cache orders by
+//! version.
+
+use crate::service::Shared;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_api::{RecordAnswer, Source};
+
+const FILE: &str = "cache.snapshot";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    id: String,
+    last_event_id: Option<String>,
+}
+
+/// A loaded snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub last_event_id: Option<String>,
+    pub answers: Vec<RecordAnswer>,
+}
+
+/// Loads the snapshot in `dir`, if there is one for service `id`.
+pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
+    let path = dir.join(FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut lines = std::io::BufReader::new(file).lines();
+    let Some(first) = lines.next() else { return Ok(None) };
+    let header: Header = serde_json::from_str(&first?)
+        .with_context(|| format!("{} is not a cache snapshot; delete it to start cold", path.display()))?;
+    if header.format != FORMAT || header.id != id {
+        tracing::warn!(path = %path.display(), "cache snapshot is for another service id or format; starting cold");
+        return Ok(None);
+    }
+    let mut answers = Vec::new();
+    for line in lines {
+        let line = line?;
+        match serde_json::from_str(&line) {
+            Ok(a) => answers.push(a),
+            Err(_) => {
+                // A torn snapshot is not trusted at all.
+                tracing::warn!(path = %path.display(), "cache snapshot is damaged; starting cold");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(Snapshot { last_event_id: header.last_event_id, answers }))
+}
+
+/// Writes a snapshot now.
+pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
+    let Some(dir) = &shared.config.cache_dir else { return Ok(()) };
+    let last_event_id = shared.last_event_id.lock().clone();
+    let entries = shared.cache.entries();
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = BufWriter::new(file);
+    let last_event_id_saved = last_event_id.clone();
+    serde_json::to_writer(&mut w, &Header { format: FORMAT, id: shared.config.id.clone(), last_event_id })?;
+    w.write_all(b"\n")?;
+    for e in entries {
+        serde_json::to_writer(&mut w, &e.answer(Source::Cache))?;
+        w.write_all(b"\n")?;
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(FILE))?;
+    *shared.snapshot_event_id.lock() = last_event_id_saved;
+    Ok(())
+}
+
+/// Writes a snapshot every interval while the cache changes.
+pub async fn worker(shared: Arc<Shared>) {
+    if shared.config.cache_dir.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.snapshot_interval_secs.max(1)));
+    let mut saved_at = u64::MAX;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let changes = shared.changes.load(Ordering::Relaxed);
+        let id_known = shared.last_event_id.lock().is_some();
+        if changes == saved_at || !id_known {
+            continue;
+        }
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || save_now(&s)).await {
+            Ok(Ok(())) => saved_at = changes,
+            Ok(Err(e)) => tracing::warn!(error = %e, "cache snapshot failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "cache snapshot task failed"),
+        }
+    }
+}

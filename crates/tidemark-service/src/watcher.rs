@@ -1,0 +1,122 @@
+//! Keeps the watch stream to the DB server open and applies its events.
+//!
+//! Reconnects with exponential backoff and jitter, resuming with
+//! `Last-Event-ID`. The id is advanced only after its event is applied, so
+//! a snapshot never claims an event it does not hold.
+
+use crate::cache::Origin;
+use crate::service::Shared;
+use futures::StreamExt;
+use rand::Rng;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_api::sse::SseEvent;
+use tidemark_api::WatchEvent;
+
+/// Runs until shutdown.
+pub async fn run(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut reported_down = false;
+    loop {
+        if shared.shutdown.is_cancelled() {
+            break;
+        }
+        let last = shared.last_event_id.lock().clone();
+        match shared.client.watch(&shared.config.id, last.as_deref()).await {
+            Ok(stream) => {
+                tokio::pin!(stream);
+                loop {
+                    let next = tokio::select! {
+                        _ = shared.shutdown.cancelled() => break,
+                        n = stream.next() => n,
+                    };
+                    match next {
+                        Some(Ok(ev)) => {
+                            if apply(&shared, &ev) && reported_down {
+                                tracing::info!("watch stream to the DB server is back");
+                                reported_down = false;
+                            }
+                            backoff = Duration::from_millis(50);
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "watch stream broke; reconnecting");
+                            break;
+                        }
+                        None => {
+                            tracing::info!("watch stream ended by the DB server; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !reported_down {
+                    tracing::warn!(error = %e, "cannot open the watch stream; serving from cache and retrying");
+                    reported_down = true;
+                }
+            }
+        }
+        shared.connected.store(false, Ordering::SeqCst);
+        shared.metrics.connected.set(0);
+        if shared.shutdown.is_cancelled() {
+            break;
+        }
+        shared.metrics.reconnects.inc();
+        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    shared.connected.store(false, Ordering::SeqCst);
+}
+
+/// Applies one event. Returns true for the `hello` that opens a stream.
+fn apply(shared: &Shared, ev: &SseEvent) -> bool {
+    let decoded = match WatchEvent::decode(&ev.event, &ev.data) {
+        Ok(Some(d)) => d,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!(event = %ev.event, error = %e, "undecodable watch event skipped");
+            return false;
+        }
+    };
+    let mut hello = false;
+    match decoded {
+        WatchEvent::Hello(h) => {
+            shared.db_epoch.store(h.epoch, Ordering::SeqCst);
+            shared.connected.store(true, Ordering::SeqCst);
+            shared.metrics.connected.set(1);
+            tracing::info!(epoch = h.epoch, seq = h.seq, resumed = h.resumed, "watch stream open");
+            hello = true;
+        }
+        WatchEvent::Update(a) | WatchEvent::Recovered(a) => {
+            shared.cache.offer(&a, Origin::Push);
+            shared.changes.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.pushes.inc();
+            shared.notify(&a.table, &a.key);
+        }
+        WatchEvent::Epoch(e) => {
+            let generation = shared.cache.bump_generation();
+            shared.db_epoch.store(e.epoch, Ordering::SeqCst);
+            shared.metrics.epochs.inc();
+            shared.changes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(epoch = e.epoch, reason = ?e.reason, generation, "epoch event: cached records will be revalidated on their next read");
+            shared.notify_all();
+        }
+        WatchEvent::Quiesce(q) => {
+            tracing::info!(notice = ?q.notice, cancelled = q.cancelled, "quiesce notice from the DB server");
+            *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
+        }
+        WatchEvent::Schema(s) => {
+            tracing::info!(version = s.version, "schema published on the DB server");
+            shared.schema_version.store(s.version, Ordering::SeqCst);
+        }
+    }
+    if let Some(id) = &ev.id {
+        *shared.last_event_id.lock() = Some(id.clone());
+    }
+    hello
+}

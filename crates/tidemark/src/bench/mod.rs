@@ -1,0 +1,46 @@
+//! Load generators and benchmarks (`tidemark bench …`).
+//!
+//! - `http1`: a minimal keep-alive HTTP/1 client on hyper, so the load
+//!   generator spends as little CPU as possible per request.
+//! - `load`: bulk-loads records through `POST /v1/orders` (orders/s).
+//! - `reads`: point reads at N connections against a DB or service server.
+//! - `push`: latency from order submission to arrival on watch streams.
+//! - `stats`: latency histograms and the printed report.
+
+mod http1;
+mod load;
+mod push;
+mod reads;
+mod stats;
+
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Load N subscriber records through POST /v1/orders and report orders/s.
+    Load(load::LoadArgs),
+    /// Point reads against a DB server or a service server; reports reads/s and latency.
+    Reads(reads::ReadsArgs),
+    /// Push latency: submit single orders, time their arrival on N watch streams.
+    Push(push::PushArgs),
+}
+
+/// The key of record `i` in benchmark data: a phone-number-like terminal ID.
+pub fn key_of(i: u64) -> String {
+    format!("+8130{i:08}")
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Load(a) => load::run(a).await,
+        BenchCommand::Reads(a) => reads::run(a).await,
+        BenchCommand::Push(a) => push::run(a).await,
+    }
+}

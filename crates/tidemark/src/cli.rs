@@ -1,0 +1,233 @@
+//! The command line: every subcommand and flag.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Tidemark: terminal record data with disaster recovery that never serves
+/// restored-but-outdated data as current.
+#[derive(Debug, Parser)]
+#[command(name = "tidemark", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// TOML configuration file; TIDEMARK_* environment variables override it,
+    /// and flags override both.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format: plain or json (env TIDEMARK_LOG_FORMAT).
+    #[arg(long, global = true, value_name = "FORMAT", env = "TIDEMARK_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the DB server: owns the records, applies orders, pushes changes.
+    Server(ServerArgs),
+    /// Run a service server: caches records and answers terminals by policy.
+    Service(ServiceArgs),
+    /// The operation system: journal and submit service orders, drive recovery.
+    #[command(subcommand)]
+    Ops(OpsCommand),
+    /// Show a DB server's state, role, epoch, recovery progress, quiesce and schema version.
+    Status(StatusArgs),
+    /// Back up a DB server (online) or its data directory (offline).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Restore a data directory from a backup (refused while a server uses it).
+    Restore(RestoreArgs),
+    /// Normalise process information left behind by an online backup (B6).
+    Cleanup(CleanupArgs),
+    /// Send a quiesce notice to a server's users, or cancel it (S4).
+    Quiesce(QuiesceArgs),
+    /// Make a standby DB server the primary (S5).
+    Promote(PromoteArgs),
+    /// Stage, show and publish schema changes (S1).
+    Schema(SchemaArgs),
+    /// Run the whole disaster-recovery story with real processes and check it.
+    Demo(DemoArgs),
+    /// Load generators and benchmarks.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Data directory of the embedded engine [default: ./tidemark-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage engine: sqlite or postgres [default: sqlite].
+    #[arg(long, value_name = "ENGINE")]
+    pub store: Option<String>,
+    /// PostgreSQL URL, with --store postgres.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// URL of the DB server, e.g. http://127.0.0.1:7070.
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// This service server's name; the DB server pushes changes to it by this name.
+    #[arg(long, value_name = "NAME")]
+    pub id: Option<String>,
+    /// latest-only (never serve data known to be outdated) or accept-stale.
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:7080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Keep a cache snapshot here, so a restart resumes with Last-Event-ID.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most records held in the cache [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub cache_capacity: Option<usize>,
+    /// How long a latest-only read waits for current data, in ms [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub latest_deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Journal (fsync) then submit service orders given as JSON lines.
+    ///
+    /// Each line: {"table": "subscriber", "key": "…", "op": "upsert"|"delete", "fields": {…}}.
+    /// Orders are numbered per source. Re-running the same input after a crash
+    /// resumes it; nothing is applied twice.
+    Submit(OpsSubmitArgs),
+    /// After a restore: send the recovery schedule list, then the difference data.
+    Recover(OpsRecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OpsSubmitArgs {
+    /// URL of the DB server.
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// Journal directory.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// The OpS source name that numbers the orders [default: ops-1].
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+    /// Orders per request [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Submit this input as new orders even if the same input was submitted before.
+    #[arg(long)]
+    pub again: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Input file of JSON lines, or - for standard input.
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub file: String,
+}
+
+#[derive(Debug, Args)]
+pub struct OpsRecoverArgs {
+    /// URL of the DB server.
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// Journal directory.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// The backup the DB server was restored from.
+    #[arg(long, value_name = "DIR")]
+    pub backup: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// URL of the DB server.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup: online through a running server, or --offline from a stopped server's data directory.
+    Create(BackupCreateArgs),
+    /// Check a backup without restoring it.
+    Verify(BackupVerifyArgs),
+    /// List the backups under a folder.
+    List(BackupListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupCreateArgs {
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupVerifyArgs {
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupListArgs {
+    #[arg(value_name = "ROOT")]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub no_safety_backup: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuiesceArgs {
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    #[arg(long = "in", value_name = "SECONDS")]
+    pub in_secs: Option<u64>,
+    #[arg(long, value_name = "TEXT")]
+    pub message: Option<String>,
+    #[arg(long)]
+    pub cancel: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the temporary folder afterwards, and print where it is.
+    #[arg(long)]
+    pub keep: bool,
+}

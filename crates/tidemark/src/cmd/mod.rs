@@ -1,0 +1,42 @@
+//! One module per subcommand.
+
+mod ops;
+mod server;
+mod service;
+mod status;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = crate::config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Server(args) => server::run(config.server, args).await,
+        Command::Service(args) => service::run(config.service, args).await,
+        Command::Ops(cmd) => ops::run(config.ops, cmd).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Backup(_) => not_yet("backup", "issue 'Backups, restore and cleanup'"),
+        Command::Restore(_) => not_yet("restore", "issue 'Backups, restore and cleanup'"),
+        Command::Cleanup(_) => not_yet("cleanup", "issue 'Backups, restore and cleanup'"),
+        Command::Quiesce(_) => not_yet("quiesce", "the high-availability work"),
+        Command::Promote(_) => not_yet("promote", "the high-availability work"),
+        Command::Schema(_) => not_yet("schema", "the schema-publication work"),
+        Command::Demo(_) => not_yet("demo", "issue 'Disaster recovery … and tidemark demo'"),
+    }
+}
+
+fn not_yet(what: &str, issue: &str) -> anyhow::Result<()> {
+    anyhow::bail!("'tidemark {what}' is not built yet in this version (planned in {issue}); nothing was done")
+}
+
+/// Binds a listener, printing the bound address on stdout so scripts and
+/// tests that pass port 0 can find it.
+pub async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} for the {what}: {e}; choose another address with --listen")
+    })?;
+    let bound = listener.local_addr()?;
+    println!("listening on http://{bound}");
+    Ok(listener)
+}

@@ -1,0 +1,32 @@
+//! `tidemark service`.
+
+use crate::cli::ServiceArgs;
+use tidemark_service::{Service, ServiceConfig};
+
+pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result<()> {
+    if let Some(v) = args.db {
+        config.db = v;
+    }
+    if let Some(v) = args.id {
+        config.id = v;
+    }
+    if let Some(v) = args.policy {
+        config.policy = v.parse().map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.cache_dir {
+        config.cache_dir = Some(v);
+    }
+    if let Some(v) = args.cache_capacity {
+        config.cache_capacity = v;
+    }
+    if let Some(v) = args.latest_deadline_ms {
+        config.latest_deadline_ms = v;
+    }
+    let shutdown = crate::signals::shutdown_token();
+    let service = Service::new(config.clone(), shutdown)?;
+    let listener = super::bind(&config.listen, "service server").await?;
+    service.run(listener).await
+}

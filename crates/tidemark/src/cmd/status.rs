@@ -1,0 +1,33 @@
+//! `tidemark status`.
+
+use crate::cli::StatusArgs;
+use tidemark_api::{DbClient, RecoveryStatus, ServerState};
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let client = DbClient::new(&args.server);
+    let state: ServerState = client.state().await?;
+    let recovery: RecoveryStatus = client.get_json("/v1/recovery").await?;
+    if args.json {
+        println!("{}", serde_json::json!({"state": state, "recovery": recovery}));
+        return Ok(());
+    }
+    println!("server        {}", args.server);
+    println!("state         {:?}", state.state);
+    println!("role          {:?}", state.role);
+    println!("epoch         {}", state.epoch);
+    println!("commit seq    {}", state.seq);
+    println!("store         {}", state.store);
+    println!("schema        version {}", state.schema_version);
+    println!(
+        "recovery      {:?}: {} flagged, {} cleared{}",
+        recovery.state,
+        recovery.flagged,
+        recovery.cleared,
+        recovery.started_at.map(|s| format!(", started {s}")).unwrap_or_default()
+    );
+    match state.quiesce {
+        Some(q) => println!("quiesce       offline in {}s ({}): {}", q.seconds_left, q.deadline, q.message),
+        None => println!("quiesce       none"),
+    }
+    Ok(())
+}

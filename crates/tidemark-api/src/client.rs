@@ -16,10 +16,18 @@ pub enum ClientError {
     Transport { url: String, source: reqwest::Error },
     /// The server answered with an API error.
     #[error("DB server refused the request ({status} {}): {}", .error.code.as_str(), .error.message)]
-    Api { status: u16, error: ApiError, retry_after: Option<u64> },
+    Api {
+        status: u16,
+        error: ApiError,
+        retry_after: Option<u64>,
+    },
     /// The server answered something this client cannot decode.
     #[error("unexpected answer from the DB server at {url} (status {status}): {detail}")]
-    Decode { url: String, status: u16, detail: String },
+    Decode {
+        url: String,
+        status: u16,
+        detail: String,
+    },
 }
 
 impl ClientError {
@@ -57,7 +65,10 @@ impl DbClient {
             .tcp_nodelay(true)
             .build()
             .expect("a default reqwest client always builds");
-        Self { base: base.trim_end_matches('/').to_owned(), http }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -73,19 +84,40 @@ impl DbClient {
     }
 
     /// `GET /v1/records/{table}/{key}`; registers interest as `subscriber`.
-    pub async fn get_record(&self, table: &str, key: &str, subscriber: Option<&str>) -> Result<RecordRead, ClientError> {
-        let url = self.url(&format!("/v1/records/{}/{}", encode_path(table), encode_path(key)));
+    pub async fn get_record(
+        &self,
+        table: &str,
+        key: &str,
+        subscriber: Option<&str>,
+    ) -> Result<RecordRead, ClientError> {
+        let url = self.url(&format!(
+            "/v1/records/{}/{}",
+            encode_path(table),
+            encode_path(key)
+        ));
         let mut req = self.http.get(&url).timeout(Duration::from_secs(10));
         if let Some(name) = subscriber {
             req = req.header(headers::SUBSCRIBER, name);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status().as_u16();
         let retry_after = retry_after(&resp);
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         if status == 200 || status == 404 {
             if let Ok(answer) = serde_json::from_slice::<RecordAnswer>(&bytes) {
-                return Ok(RecordRead { answer, retry_after });
+                return Ok(RecordRead {
+                    answer,
+                    retry_after,
+                });
             }
         }
         Err(decode_error(&url, status, &bytes, retry_after))
@@ -93,7 +125,9 @@ impl DbClient {
 
     /// `POST /v1/orders`.
     pub async fn post_orders(&self, orders: &[Order]) -> Result<OrdersResponse, ClientError> {
-        let body = OrdersRequest { orders: orders.to_vec() };
+        let body = OrdersRequest {
+            orders: orders.to_vec(),
+        };
         self.post_json("/v1/orders", &body).await
     }
 
@@ -103,9 +137,17 @@ impl DbClient {
     }
 
     /// GET a JSON document.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ClientError> {
         let url = self.url(path);
-        let resp = self.http.get(&url).timeout(Duration::from_secs(30)).send().await;
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
         Self::finish(url, resp).await
     }
 
@@ -116,7 +158,13 @@ impl DbClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let url = self.url(path);
-        let resp = self.http.post(&url).timeout(Duration::from_secs(120)).json(body).send().await;
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(120))
+            .json(body)
+            .send()
+            .await;
         Self::finish(url, resp).await
     }
 
@@ -124,10 +172,19 @@ impl DbClient {
         url: String,
         resp: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
-        let resp = resp.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let resp = resp.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status().as_u16();
         let retry_after = retry_after(&resp);
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                 url,
@@ -143,13 +200,17 @@ impl DbClient {
         &self,
         subscriber: &str,
         last_event_id: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + Send + 'static, ClientError> {
+    ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + Send + 'static, ClientError>
+    {
         let url = self.url(&format!("/v1/watch?subscriber={}", encode_path(subscriber)));
         let mut req = self.http.get(&url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header(headers::LAST_EVENT_ID, id);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status().as_u16();
         if status != 200 {
             let ra = retry_after(&resp);
@@ -161,7 +222,10 @@ impl DbClient {
             .bytes_stream()
             .map(move |chunk| match chunk {
                 Ok(bytes) => Ok(parser.feed(&bytes)),
-                Err(source) => Err(ClientError::Transport { url: url.clone(), source }),
+                Err(source) => Err(ClientError::Transport {
+                    url: url.clone(),
+                    source,
+                }),
             })
             .flat_map(|r| {
                 futures::stream::iter(match r {
@@ -174,12 +238,22 @@ impl DbClient {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<u64> {
-    resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()
+    resp.headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn decode_error(url: &str, status: u16, bytes: &[u8], retry_after: Option<u64>) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(body) => ClientError::Api { status, error: body.error, retry_after },
+        Ok(body) => ClientError::Api {
+            status,
+            error: body.error,
+            retry_after,
+        },
         Err(_) => ClientError::Decode {
             url: url.to_owned(),
             status,
@@ -193,7 +267,9 @@ pub fn encode_path(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'+' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'+' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -48,7 +48,9 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            BadJson | InvalidKey | UnknownColumn | WrongFieldType | InvalidOrder | BadRequest => 400,
+            BadJson | InvalidKey | UnknownColumn | WrongFieldType | InvalidOrder | BadRequest => {
+                400
+            }
             UnknownTable | NotFound => 404,
             OrderConflict | OrderOutOfOrder => 409,
             PayloadTooLarge | BatchTooLarge => 413,
@@ -112,7 +114,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 

@@ -137,7 +137,11 @@ mod tests {
 
     #[test]
     fn event_id_round_trips() {
-        let id = EventId { epoch: 3, seq: 42, boot: "a1b2".into() };
+        let id = EventId {
+            epoch: 3,
+            seq: 42,
+            boot: "a1b2".into(),
+        };
         assert_eq!(id.to_string().parse::<EventId>(), Ok(id));
         assert!("garbage".parse::<EventId>().is_err());
         assert!("1-2-".parse::<EventId>().is_err());

@@ -56,7 +56,11 @@ impl TableSchema {
     }
 
     fn column_names(&self) -> String {
-        self.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -78,10 +82,19 @@ pub enum InvalidInput {
     UnknownTable { table: String, known: String },
     /// A field names a column the table does not have.
     #[error("column '{column}' is not in table '{table}' (known columns: {known}); remove the field or publish a schema that adds the column")]
-    UnknownColumn { table: String, column: String, known: String },
+    UnknownColumn {
+        table: String,
+        column: String,
+        known: String,
+    },
     /// A field's value does not fit its column's type.
     #[error("field '{column}' of table '{table}' must be {expected} or null, got {got}")]
-    FieldType { table: String, column: String, expected: &'static str, got: String },
+    FieldType {
+        table: String,
+        column: String,
+        expected: &'static str,
+        got: String,
+    },
     /// A delete that carries fields.
     #[error("a delete must not carry fields; send op \"upsert\" to change fields")]
     DeleteWithFields,
@@ -96,7 +109,10 @@ pub enum InvalidInput {
 impl Schema {
     /// The built-in schema: table `subscriber` (CONTRACT.md, Records).
     pub fn default_schema() -> Self {
-        let col = |name: &str, ty| Column { name: name.to_owned(), ty };
+        let col = |name: &str, ty| Column {
+            name: name.to_owned(),
+            ty,
+        };
         let subscriber = TableSchema {
             columns: vec![
                 col("plan", ColumnType::String),
@@ -106,14 +122,19 @@ impl Schema {
                 col("credit_limit", ColumnType::Integer),
             ],
         };
-        Schema { version: 1, tables: BTreeMap::from([("subscriber".to_owned(), subscriber)]) }
+        Schema {
+            version: 1,
+            tables: BTreeMap::from([("subscriber".to_owned(), subscriber)]),
+        }
     }
 
     pub fn table(&self, name: &str) -> Result<&TableSchema, InvalidInput> {
-        self.tables.get(name).ok_or_else(|| InvalidInput::UnknownTable {
-            table: truncate(name),
-            known: self.tables.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        self.tables
+            .get(name)
+            .ok_or_else(|| InvalidInput::UnknownTable {
+                table: truncate(name),
+                known: self.tables.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// Checks an upsert's fields against the table: every field must be a
@@ -164,7 +185,9 @@ fn value_fits(ty: ColumnType, value: &serde_json::Value) -> bool {
         (ColumnType::String, Value::String(_)) => true,
         (ColumnType::Integer, Value::Number(n)) => n.is_i64(),
         (ColumnType::Boolean, Value::Bool(_)) => true,
-        (ColumnType::Timestamp, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+        (ColumnType::Timestamp, Value::String(s)) => {
+            chrono::DateTime::parse_from_rfc3339(s).is_ok()
+        }
         (ColumnType::Json, _) => true,
         _ => false,
     }
@@ -207,20 +230,32 @@ mod tests {
     #[test]
     fn default_schema_accepts_typed_fields() {
         let s = Schema::default_schema();
-        let f = fields(json!({"plan": "gold", "status": null, "services": ["voice"], "roaming": true, "credit_limit": 5000}));
+        let f = fields(
+            json!({"plan": "gold", "status": null, "services": ["voice"], "roaming": true, "credit_limit": 5000}),
+        );
         assert_eq!(s.validate_fields("subscriber", &f), Ok(()));
     }
 
     #[test]
     fn refuses_unknown_table_column_and_wrong_types() {
         let s = Schema::default_schema();
-        assert!(matches!(s.validate_fields("nope", &Fields::new()), Err(InvalidInput::UnknownTable { .. })));
+        assert!(matches!(
+            s.validate_fields("nope", &Fields::new()),
+            Err(InvalidInput::UnknownTable { .. })
+        ));
         assert!(matches!(
             s.validate_fields("subscriber", &fields(json!({"colour": "red"}))),
             Err(InvalidInput::UnknownColumn { .. })
         ));
-        for bad in [json!({"roaming": "yes"}), json!({"credit_limit": 1.5}), json!({"plan": 3})] {
-            assert!(matches!(s.validate_fields("subscriber", &fields(bad)), Err(InvalidInput::FieldType { .. })));
+        for bad in [
+            json!({"roaming": "yes"}),
+            json!({"credit_limit": 1.5}),
+            json!({"plan": 3}),
+        ] {
+            assert!(matches!(
+                s.validate_fields("subscriber", &fields(bad)),
+                Err(InvalidInput::FieldType { .. })
+            ));
         }
     }
 

@@ -6,7 +6,9 @@ use std::fmt;
 /// `{epoch, seq}`: `seq` is the DB server's commit sequence number, `epoch`
 /// grows by one with every restore. Ordered by epoch first, then seq, so a
 /// service server can compare copies across a restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 pub struct Version {
     pub epoch: u64,
     pub seq: u64,

@@ -30,10 +30,15 @@ pub fn parse(text: &str) -> Result<Vec<InputOrder>, InputError> {
         if line.is_empty() {
             continue;
         }
-        let order: InputOrder =
-            serde_json::from_str(line).map_err(|e| InputError::Line { line: i + 1, detail: e.to_string() })?;
+        let order: InputOrder = serde_json::from_str(line).map_err(|e| InputError::Line {
+            line: i + 1,
+            detail: e.to_string(),
+        })?;
         if order.key.is_empty() || order.key.len() > tidemark_api::schema::MAX_KEY_BYTES {
-            return Err(InputError::Line { line: i + 1, detail: format!("key must be 1 to 256 bytes, got {}", order.key.len()) });
+            return Err(InputError::Line {
+                line: i + 1,
+                detail: format!("key must be 1 to 256 bytes, got {}", order.key.len()),
+            });
         }
         out.push(order);
     }

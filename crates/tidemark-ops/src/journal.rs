@@ -59,21 +59,27 @@ pub struct Journal {
 fn valid_source(source: &str) -> bool {
     !source.is_empty()
         && source.len() <= 128
-        && source.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && source
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Journal {
     /// Opens (creating) the journal of `source` in `dir`.
     pub fn open(dir: &Path, source: &str) -> anyhow::Result<Self> {
         if !valid_source(source) {
-            anyhow::bail!("source name {source:?} is invalid: use 1 to 128 letters, digits, '-', '_' or '.'");
+            anyhow::bail!(
+                "source name {source:?} is invalid: use 1 to 128 letters, digits, '-', '_' or '.'"
+            );
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating journal directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating journal directory {}", dir.display()))?;
         let path = dir.join(format!("{source}.journal"));
         let mut entries = Vec::new();
         let mut inputs: HashMap<String, usize> = HashMap::new();
         if path.exists() {
-            let mut bytes = std::fs::read(&path).with_context(|| format!("reading journal {}", path.display()))?;
+            let mut bytes = std::fs::read(&path)
+                .with_context(|| format!("reading journal {}", path.display()))?;
             // Every append ends with a newline and is fsynced before its orders
             // are submitted; bytes after the last newline are a torn append
             // from a crash, never submitted. Drop them.
@@ -90,7 +96,11 @@ impl Journal {
                     continue;
                 }
                 let e: Entry = serde_json::from_slice(line).map_err(|e| {
-                    anyhow::anyhow!("journal {} line {} is damaged ({e}); restore the journal from a copy", path.display(), n + 1)
+                    anyhow::anyhow!(
+                        "journal {} line {} is damaged ({e}); restore the journal from a copy",
+                        path.display(),
+                        n + 1
+                    )
                 })?;
                 if e.seq != entries.len() as u64 + 1 {
                     anyhow::bail!(
@@ -105,7 +115,12 @@ impl Journal {
                 entries.push(e);
             }
         }
-        Ok(Self { path, source: source.to_owned(), entries, inputs })
+        Ok(Self {
+            path,
+            source: source.to_owned(),
+            entries,
+            inputs,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -128,7 +143,12 @@ impl Journal {
 
     /// Numbers and appends orders (from input `digest`, starting at input
     /// index `first_index`), then fsyncs. Returns the new entries.
-    pub fn append(&mut self, digest: &str, first_index: usize, orders: &[InputOrder]) -> anyhow::Result<&[Entry]> {
+    pub fn append(
+        &mut self,
+        digest: &str,
+        first_index: usize,
+        orders: &[InputOrder],
+    ) -> anyhow::Result<&[Entry]> {
         let start = self.entries.len();
         let mut buf = Vec::new();
         let mut fresh = Vec::with_capacity(orders.len());
@@ -151,8 +171,10 @@ impl Journal {
             .append(true)
             .open(&self.path)
             .with_context(|| format!("opening journal {} for append", self.path.display()))?;
-        f.write_all(&buf).with_context(|| format!("appending to journal {}", self.path.display()))?;
-        f.sync_all().with_context(|| format!("syncing journal {}", self.path.display()))?;
+        f.write_all(&buf)
+            .with_context(|| format!("appending to journal {}", self.path.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing journal {}", self.path.display()))?;
         *self.inputs.entry(digest.to_owned()).or_default() += fresh.len();
         self.entries.extend(fresh);
         Ok(&self.entries[start..])
@@ -166,7 +188,12 @@ mod tests {
 
     fn orders(n: usize) -> Vec<InputOrder> {
         (0..n)
-            .map(|i| InputOrder { table: "subscriber".into(), key: format!("k{i}"), op: Op::Delete, fields: Default::default() })
+            .map(|i| InputOrder {
+                table: "subscriber".into(),
+                key: format!("k{i}"),
+                op: Op::Delete,
+                fields: Default::default(),
+            })
             .collect()
     }
 

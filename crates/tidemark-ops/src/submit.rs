@@ -51,19 +51,34 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     let text = std::str::from_utf8(raw).context("the input is not UTF-8 text; send JSON lines")?;
     let orders = input::parse(text)?;
     let client = DbClient::new(&opts.db);
-    let schema: Schema = client.get_json("/v1/schema").await.context("fetching the schema to validate orders")?;
+    let schema: Schema = client
+        .get_json("/v1/schema")
+        .await
+        .context("fetching the schema to validate orders")?;
     for (i, o) in orders.iter().enumerate() {
         let check = match o.op {
             tidemark_api::Op::Upsert => schema.validate_fields(&o.table, &o.fields),
-            tidemark_api::Op::Delete if !o.fields.is_empty() => Err(tidemark_api::schema::InvalidInput::DeleteWithFields),
+            tidemark_api::Op::Delete if !o.fields.is_empty() => {
+                Err(tidemark_api::schema::InvalidInput::DeleteWithFields)
+            }
             tidemark_api::Op::Delete => schema.table(&o.table).map(|_| ()),
         };
-        check.map_err(|e| anyhow::anyhow!("order {} of the input: {e}; nothing was journaled or submitted", i + 1))?;
+        check.map_err(|e| {
+            anyhow::anyhow!(
+                "order {} of the input: {e}; nothing was journaled or submitted",
+                i + 1
+            )
+        })?;
     }
     let mut digest = blake3::Hasher::new();
     digest.update(raw);
     if opts.again {
-        digest.update(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos().to_le_bytes());
+        digest.update(
+            &std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+                .to_le_bytes(),
+        );
     }
     let digest = digest.finalize().to_hex().to_string();
 
@@ -73,9 +88,14 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
         anyhow::bail!("the journal holds {done} orders of this input but it has only {}; the journal does not match", orders.len());
     }
     if done > 0 {
-        tracing::info!(already = done, total = orders.len(), "this input was journaled before; resuming it (use --again to submit it as new orders)");
+        tracing::info!(
+            already = done,
+            total = orders.len(),
+            "this input was journaled before; resuming it (use --again to submit it as new orders)"
+        );
     }
     journal.append(&digest, done, &orders[done..])?;
+    crate::failpoint::hit("ops.submit.after_journal");
 
     let marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
     let high_water = marks.get(&opts.source).copied().unwrap_or(0);
@@ -87,11 +107,17 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
         );
     }
     let pending = &journal.entries()[high_water as usize..];
-    let bar = if opts.progress { ProgressBar::new(pending.len() as u64) } else { ProgressBar::hidden() };
+    let bar = if opts.progress {
+        ProgressBar::new(pending.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} submitting [{bar:40}] {pos}/{len} orders ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} submitting [{bar:40}] {pos}/{len} orders ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let mut report = SubmitReport {
         source: opts.source.clone(),
@@ -113,6 +139,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
         }
         report.high_water = chunk.last().map(|e| e.seq).unwrap_or(report.high_water);
         bar.inc(chunk.len() as u64);
+        crate::failpoint::hit("ops.submit.after_batch");
     }
     bar.finish_and_clear();
     Ok(report)

@@ -73,7 +73,10 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let c = ServerConfig { database_url: Some(Secret("postgres://u:hunter2@h/db".into())), ..Default::default() };
+        let c = ServerConfig {
+            database_url: Some(Secret("postgres://u:hunter2@h/db".into())),
+            ..Default::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -44,7 +44,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("subscribers", &self.names.read().len()).finish()
+        f.debug_struct("Hub")
+            .field("subscribers", &self.names.read().len())
+            .finish()
     }
 }
 
@@ -102,13 +104,20 @@ impl Hub {
     /// The subscribers that hold `table/key`.
     pub fn holders(&self, table: &str, key: &str) -> Vec<SubscriberId> {
         let slot = slot(table, key);
-        self.shard(&slot).lock().get(slot.as_str()).cloned().unwrap_or_default()
+        self.shard(&slot)
+            .lock()
+            .get(slot.as_str())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether `subscriber` holds `table/key`.
     pub fn holds(&self, subscriber: SubscriberId, table: &str, key: &str) -> bool {
         let slot = slot(table, key);
-        self.shard(&slot).lock().get(slot.as_str()).is_some_and(|ids| ids.contains(&subscriber))
+        self.shard(&slot)
+            .lock()
+            .get(slot.as_str())
+            .is_some_and(|ids| ids.contains(&subscriber))
     }
 
     /// Queues committed changes in commit order. Call with `commit_lock` held.
@@ -141,7 +150,14 @@ mod tests {
     use tidemark_api::Version;
 
     fn change(key: &str, seq: u64) -> Change {
-        Change { table: "subscriber".into(), key: key.into(), fields: None, version: Version::new(1, seq), cleared_flag: false, flagged: false }
+        Change {
+            table: "subscriber".into(),
+            key: key.into(),
+            fields: None,
+            version: Version::new(1, seq),
+            cleared_flag: false,
+            flagged: false,
+        }
     }
 
     #[test]

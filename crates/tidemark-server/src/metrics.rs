@@ -27,18 +27,54 @@ impl ServerMetrics {
         let r = Registry::new();
         Self {
             reads: r.counter("tidemark_reads_total", "Record reads answered.", ""),
-            reads_recovering: r.counter("tidemark_reads_recovering_total", "Reads answered with the recovering identifier.", ""),
-            read_latency: r.histogram("tidemark_read_seconds", "Record read latency inside the server.", ""),
-            order_batches: r.counter("tidemark_order_batches_total", "Order batches committed.", ""),
+            reads_recovering: r.counter(
+                "tidemark_reads_recovering_total",
+                "Reads answered with the recovering identifier.",
+                "",
+            ),
+            read_latency: r.histogram(
+                "tidemark_read_seconds",
+                "Record read latency inside the server.",
+                "",
+            ),
+            order_batches: r.counter(
+                "tidemark_order_batches_total",
+                "Order batches committed.",
+                "",
+            ),
             orders_applied: r.counter("tidemark_orders_applied_total", "Orders applied.", ""),
-            orders_duplicate: r.counter("tidemark_orders_duplicate_total", "Orders acknowledged as already applied.", ""),
-            orders_refused: r.counter("tidemark_order_batches_refused_total", "Order batches refused.", ""),
-            order_latency: r.histogram("tidemark_order_batch_seconds", "Order batch latency, durable commit included.", ""),
-            pushes: r.counter("tidemark_pushes_total", "Events pushed to watch streams.", ""),
+            orders_duplicate: r.counter(
+                "tidemark_orders_duplicate_total",
+                "Orders acknowledged as already applied.",
+                "",
+            ),
+            orders_refused: r.counter(
+                "tidemark_order_batches_refused_total",
+                "Order batches refused.",
+                "",
+            ),
+            order_latency: r.histogram(
+                "tidemark_order_batch_seconds",
+                "Order batch latency, durable commit included.",
+                "",
+            ),
+            pushes: r.counter(
+                "tidemark_pushes_total",
+                "Events pushed to watch streams.",
+                "",
+            ),
             watchers: r.gauge("tidemark_watchers", "Open watch streams.", ""),
-            errors: r.counter("tidemark_http_errors_total", "Requests answered with an error.", ""),
+            errors: r.counter(
+                "tidemark_http_errors_total",
+                "Requests answered with an error.",
+                "",
+            ),
             seq: r.gauge("tidemark_commit_seq", "Last committed change-log seq.", ""),
-            epoch: r.gauge("tidemark_epoch", "Current epoch (grows with every restore).", ""),
+            epoch: r.gauge(
+                "tidemark_epoch",
+                "Current epoch (grows with every restore).",
+                "",
+            ),
             registry: r,
         }
     }

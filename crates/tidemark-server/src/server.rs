@@ -75,7 +75,10 @@ impl Server {
         tracing::info!("shutdown: no longer accepting; waiting for requests in flight");
         match tokio::time::timeout(grace, serve).await {
             Ok(r) => r.context("server task")?.context("serving")?,
-            Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; closing anyway"),
+            Err(_) => tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "requests still in flight after the grace period; closing anyway"
+            ),
         }
         let _ = workers.await;
         // Waits for any batch that is still committing, then closes.
@@ -94,7 +97,11 @@ async fn prune_worker(state: Arc<AppState>) {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match state.store.prune_changes(state.config.change_log_keep).await {
+        match state
+            .store
+            .prune_changes(state.config.change_log_keep)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::debug!(pruned = n, "change log pruned"),
             Err(e) => tracing::warn!(error = %e, "change-log pruning failed; will retry"),

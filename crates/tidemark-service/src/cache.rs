@@ -106,7 +106,12 @@ fn slot(table: &str, key: &str) -> String {
 impl Cache {
     pub fn new(capacity: usize) -> Self {
         let per = NonZeroUsize::new((capacity / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per))).collect(), generation: AtomicU64::new(0) }
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per)))
+                .collect(),
+            generation: AtomicU64::new(0),
+        }
     }
 
     fn shard(&self, slot: &str) -> &Mutex<LruCache<String, Arc<Entry>>> {
@@ -141,12 +146,24 @@ impl Cache {
         let entry = match shard.get(&slot) {
             Some(old) if old.rank() > new_rank => match origin {
                 Origin::Push => return old.clone(),
-                Origin::Fetch => Arc::new(Entry::new(&old.answer(Source::Cache), answer.recovering, generation)),
+                Origin::Fetch => Arc::new(Entry::new(
+                    &old.answer(Source::Cache),
+                    answer.recovering,
+                    generation,
+                )),
             },
-            Some(old) if old.rank() == new_rank && origin == Origin::Push && old.generation == generation => {
+            Some(old)
+                if old.rank() == new_rank
+                    && origin == Origin::Push
+                    && old.generation == generation =>
+            {
                 // A replayed push of what we already hold changes nothing
                 // but may clear the flag.
-                Arc::new(Entry::new(&old.answer(Source::Cache), answer.recovering, generation))
+                Arc::new(Entry::new(
+                    &old.answer(Source::Cache),
+                    answer.recovering,
+                    generation,
+                ))
             }
             _ => Arc::new(Entry::new(answer, answer.recovering, generation)),
         };
@@ -197,11 +214,18 @@ mod tests {
         let e = c.offer(&answer(3, "old", false), Origin::Push);
         assert_eq!(e.version, Some(Version::new(1, 5)));
         let e = c.offer(&answer(3, "old", true), Origin::Fetch);
-        assert_eq!(e.fields.as_ref().unwrap()["plan"], json!("new"), "a fetched older copy does not replace a newer one");
+        assert_eq!(
+            e.fields.as_ref().unwrap()["plan"],
+            json!("new"),
+            "a fetched older copy does not replace a newer one"
+        );
         assert!(e.recovering, "but it does carry the DB server's flag");
         let e = c.offer(&answer(6, "newest", false), Origin::Push);
         assert!(!e.recovering);
-        assert_eq!(c.get("subscriber", "k").unwrap().fields.as_ref().unwrap()["plan"], json!("newest"));
+        assert_eq!(
+            c.get("subscriber", "k").unwrap().fields.as_ref().unwrap()["plan"],
+            json!("newest")
+        );
     }
 
     #[test]

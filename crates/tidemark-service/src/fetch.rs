@@ -28,14 +28,24 @@ pub struct Served {
 
 impl Served {
     fn from_entry(e: &Entry) -> Self {
-        Served { body: e.body.clone(), found: e.found, recovering: e.recovering, source: Source::Cache }
+        Served {
+            body: e.body.clone(),
+            found: e.found,
+            recovering: e.recovering,
+            source: Source::Cache,
+        }
     }
 
     fn from_db(e: &Entry) -> Self {
         let mut a = e.answer(Source::Db);
         a.recovering = e.recovering;
         let body = Bytes::from(serde_json::to_vec(&a).unwrap_or_default());
-        Served { body, found: e.found, recovering: e.recovering, source: Source::Db }
+        Served {
+            body,
+            found: e.found,
+            recovering: e.recovering,
+            source: Source::Db,
+        }
     }
 
     /// The decoded answer (for library users).
@@ -67,8 +77,17 @@ struct Waiter<'a> {
 impl<'a> Waiter<'a> {
     fn new(shared: &'a Shared, table: &str, key: &str) -> Self {
         let slot = format!("{table}\0{key}");
-        let notify = shared.waiters.lock().entry(slot.clone()).or_insert_with(|| Arc::new(Notify::new())).clone();
-        Waiter { shared, slot, notify }
+        let notify = shared
+            .waiters
+            .lock()
+            .entry(slot.clone())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone();
+        Waiter {
+            shared,
+            slot,
+            notify,
+        }
     }
 }
 
@@ -83,7 +102,12 @@ impl Drop for Waiter<'_> {
 }
 
 /// Reads `table/key` with the given freshness.
-pub async fn read(shared: &Shared, table: &str, key: &str, freshness: Freshness) -> Result<Served, ReadError> {
+pub async fn read(
+    shared: &Shared,
+    table: &str,
+    key: &str,
+    freshness: Freshness,
+) -> Result<Served, ReadError> {
     let generation = shared.cache.generation();
     if let Some(e) = shared.cache.get(table, key) {
         if usable(&e, generation, freshness) {
@@ -114,7 +138,11 @@ pub async fn read(shared: &Shared, table: &str, key: &str, freshness: Freshness)
         }
         let mut hint = None;
         shared.metrics.db_fetches.inc();
-        match shared.client.get_record(table, key, Some(&shared.config.id)).await {
+        match shared
+            .client
+            .get_record(table, key, Some(&shared.config.id))
+            .await
+        {
             Ok(read) => {
                 let entry = if shared.connected.load(Ordering::SeqCst) {
                     shared.changes.fetch_add(1, Ordering::Relaxed);
@@ -127,12 +155,25 @@ pub async fn read(shared: &Shared, table: &str, key: &str, freshness: Freshness)
                         shared.metrics.stale_served.inc();
                     }
                     let same = entry.version == read.answer.version;
-                    return Ok(if same { Served::from_db(&entry) } else { Served::from_entry(&entry) });
+                    return Ok(if same {
+                        Served::from_db(&entry)
+                    } else {
+                        Served::from_entry(&entry)
+                    });
                 }
                 hint = read.retry_after;
             }
-            Err(ClientError::Api { status, error, retry_after }) if status != 503 => {
-                return Err(ReadError { code: error.code, status, message: error.message, retry_after });
+            Err(ClientError::Api {
+                status,
+                error,
+                retry_after,
+            }) if status != 503 => {
+                return Err(ReadError {
+                    code: error.code,
+                    status,
+                    message: error.message,
+                    retry_after,
+                });
             }
             Err(e) => {
                 if freshness == Freshness::StaleOk {
@@ -145,7 +186,9 @@ pub async fn read(shared: &Shared, table: &str, key: &str, freshness: Freshness)
                     return Err(ReadError {
                         code: ErrorCode::DbUnavailable,
                         status: 503,
-                        message: format!("{e}; this read has no cached answer to fall back on, retry later"),
+                        message: format!(
+                            "{e}; this read has no cached answer to fall back on, retry later"
+                        ),
                         retry_after: Some(1),
                     });
                 }
@@ -171,8 +214,14 @@ pub async fn read(shared: &Shared, table: &str, key: &str, freshness: Freshness)
             });
         }
         // Exponential backoff with full jitter, at least the server's hint.
-        let jittered = Duration::from_micros(rand::thread_rng().gen_range(delay.as_micros() as u64 / 2..=delay.as_micros() as u64));
-        let pause = hint.map(Duration::from_secs).unwrap_or_default().max(jittered).min(deadline - now);
+        let jittered = Duration::from_micros(
+            rand::thread_rng().gen_range(delay.as_micros() as u64 / 2..=delay.as_micros() as u64),
+        );
+        let pause = hint
+            .map(Duration::from_secs)
+            .unwrap_or_default()
+            .max(jittered)
+            .min(deadline - now);
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep(pause) => {}

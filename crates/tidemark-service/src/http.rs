@@ -25,17 +25,36 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(|uri: axum::http::Uri| async move {
-            error(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("no endpoint at {}; see GET /openapi.json", uri.path()), None)
+            error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                format!("no endpoint at {}; see GET /openapi.json", uri.path()),
+                None,
+            )
         })
         .with_state(shared)
 }
 
-fn error(status: StatusCode, code: ErrorCode, message: String, retry_after: Option<u64>) -> Response {
-    let body = serde_json::to_vec(&ErrorBody { error: ApiError::new(code, message) }).unwrap_or_default();
-    let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+fn error(
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<u64>,
+) -> Response {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: ApiError::new(code, message),
+    })
+    .unwrap_or_default();
+    let mut resp = (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
     if let Some(secs) = retry_after {
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
     }
     resp
@@ -59,24 +78,42 @@ async fn get_record(
         return error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
-            "the path must be /v1/records/{table}/{key} with UTF-8, percent-encoded segments".into(),
+            "the path must be /v1/records/{table}/{key} with UTF-8, percent-encoded segments"
+                .into(),
             None,
         );
     };
     if let Err(e) = tidemark_api::schema::validate_key(&key) {
-        return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidKey, e.to_string(), None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidKey,
+            e.to_string(),
+            None,
+        );
     }
-    let header = req_headers.get(headers::FRESHNESS).map(|v| v.to_str().unwrap_or("(not UTF-8)"));
+    let header = req_headers
+        .get(headers::FRESHNESS)
+        .map(|v| v.to_str().unwrap_or("(not UTF-8)"));
     let freshness = match Freshness::of(shared.config.policy, header) {
         Ok(f) => f,
         Err(msg) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg, None),
     };
     let resp = match crate::fetch::read(&shared, &table, &key, freshness).await {
         Ok(served) => {
-            let status = if served.found { StatusCode::OK } else { StatusCode::NOT_FOUND };
-            let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], served.body).into_response();
+            let status = if served.found {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            let mut resp = (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                served.body,
+            )
+                .into_response();
             if served.recovering {
-                resp.headers_mut().insert(headers::RECOVERING, HeaderValue::from_static("1"));
+                resp.headers_mut()
+                    .insert(headers::RECOVERING, HeaderValue::from_static("1"));
             }
             resp
         }
@@ -117,7 +154,14 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.metrics.cache_entries.set(shared.cache.len() as i64);
-    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.registry.render())
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        shared.metrics.registry.render(),
+    )
         .into_response()
 }
 

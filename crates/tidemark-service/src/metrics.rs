@@ -25,18 +25,66 @@ impl ServiceMetrics {
     pub fn new() -> Self {
         let r = Registry::new();
         Self {
-            hits: r.counter("tidemark_service_cache_hits_total", "Reads answered from the cache.", ""),
-            misses: r.counter("tidemark_service_cache_misses_total", "Reads that went to the DB server.", ""),
-            db_fetches: r.counter("tidemark_service_db_fetches_total", "Requests made to the DB server for records.", ""),
-            waits: r.counter("tidemark_service_waits_total", "Reads that waited for current data (latest-only).", ""),
-            stale_served: r.counter("tidemark_service_recovering_served_total", "Reads answered with recovering data.", ""),
-            deadline_503: r.counter("tidemark_service_deadline_total", "Reads that gave up waiting and answered 503.", ""),
-            pushes: r.counter("tidemark_service_pushes_total", "Pushed events applied.", ""),
-            reconnects: r.counter("tidemark_service_watch_reconnects_total", "Watch stream reconnects.", ""),
-            epochs: r.counter("tidemark_service_epoch_events_total", "Epoch events (cache revalidations).", ""),
-            cache_entries: r.gauge("tidemark_service_cache_entries", "Records in the cache.", ""),
-            connected: r.gauge("tidemark_service_watch_connected", "1 while the watch stream is open.", ""),
-            read_latency: r.histogram("tidemark_service_read_seconds", "Terminal read latency.", ""),
+            hits: r.counter(
+                "tidemark_service_cache_hits_total",
+                "Reads answered from the cache.",
+                "",
+            ),
+            misses: r.counter(
+                "tidemark_service_cache_misses_total",
+                "Reads that went to the DB server.",
+                "",
+            ),
+            db_fetches: r.counter(
+                "tidemark_service_db_fetches_total",
+                "Requests made to the DB server for records.",
+                "",
+            ),
+            waits: r.counter(
+                "tidemark_service_waits_total",
+                "Reads that waited for current data (latest-only).",
+                "",
+            ),
+            stale_served: r.counter(
+                "tidemark_service_recovering_served_total",
+                "Reads answered with recovering data.",
+                "",
+            ),
+            deadline_503: r.counter(
+                "tidemark_service_deadline_total",
+                "Reads that gave up waiting and answered 503.",
+                "",
+            ),
+            pushes: r.counter(
+                "tidemark_service_pushes_total",
+                "Pushed events applied.",
+                "",
+            ),
+            reconnects: r.counter(
+                "tidemark_service_watch_reconnects_total",
+                "Watch stream reconnects.",
+                "",
+            ),
+            epochs: r.counter(
+                "tidemark_service_epoch_events_total",
+                "Epoch events (cache revalidations).",
+                "",
+            ),
+            cache_entries: r.gauge(
+                "tidemark_service_cache_entries",
+                "Records in the cache.",
+                "",
+            ),
+            connected: r.gauge(
+                "tidemark_service_watch_connected",
+                "1 while the watch stream is open.",
+                "",
+            ),
+            read_latency: r.histogram(
+                "tidemark_service_read_seconds",
+                "Terminal read latency.",
+                "",
+            ),
             registry: r,
         }
     }

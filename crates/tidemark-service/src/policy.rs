@@ -20,7 +20,9 @@ impl FromStr for Policy {
         match s {
             "latest-only" => Ok(Policy::LatestOnly),
             "accept-stale" => Ok(Policy::AcceptStale),
-            other => Err(format!("policy must be 'latest-only' or 'accept-stale', not '{other}'")),
+            other => Err(format!(
+                "policy must be 'latest-only' or 'accept-stale', not '{other}'"
+            )),
         }
     }
 }
@@ -51,7 +53,9 @@ impl Freshness {
             }),
             Some("latest") => Ok(Freshness::Latest),
             Some("stale-ok") => Ok(Freshness::StaleOk),
-            Some(other) => Err(format!("Tidemark-Freshness must be 'latest' or 'stale-ok', not '{other}'")),
+            Some(other) => Err(format!(
+                "Tidemark-Freshness must be 'latest' or 'stale-ok', not '{other}'"
+            )),
         }
     }
 }

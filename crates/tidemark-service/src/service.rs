@@ -75,7 +75,8 @@ impl Service {
         let cache = Cache::new(config.cache_capacity);
         let mut last_event_id = None;
         if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating cache directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating cache directory {}", dir.display()))?;
             if let Some(snap) = snapshot::load(dir, &config.id)? {
                 for a in &snap.answers {
                     cache.offer(a, Origin::Push);
@@ -104,7 +105,12 @@ impl Service {
     }
 
     /// Reads a record as a terminal would, applying `freshness`.
-    pub async fn read(&self, table: &str, key: &str, freshness: Freshness) -> Result<Served, fetch::ReadError> {
+    pub async fn read(
+        &self,
+        table: &str,
+        key: &str,
+        freshness: Freshness,
+    ) -> Result<Served, fetch::ReadError> {
         fetch::read(&self.shared, table, key, freshness).await
     }
 
@@ -125,14 +131,18 @@ impl Service {
         tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server ready");
         let signal = shared.shutdown.clone();
         let serve = tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await }).await
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { signal.cancelled().await })
+                .await
         });
         shared.shutdown.cancelled().await;
         tracing::info!("shutdown: no longer accepting; waiting for reads in flight");
         let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
         match tokio::time::timeout(grace, serve).await {
             Ok(r) => r.context("server task")?.context("serving")?,
-            Err(_) => tracing::warn!("reads still in flight after the grace period; closing anyway"),
+            Err(_) => {
+                tracing::warn!("reads still in flight after the grace period; closing anyway")
+            }
         }
         let _ = watch.await;
         let _ = snap.await;

@@ -43,9 +43,15 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
     let mut lines = std::io::BufReader::new(file).lines();
-    let Some(first) = lines.next() else { return Ok(None) };
-    let header: Header = serde_json::from_str(&first?)
-        .with_context(|| format!("{} is not a cache snapshot; delete it to start cold", path.display()))?;
+    let Some(first) = lines.next() else {
+        return Ok(None);
+    };
+    let header: Header = serde_json::from_str(&first?).with_context(|| {
+        format!(
+            "{} is not a cache snapshot; delete it to start cold",
+            path.display()
+        )
+    })?;
     if header.format != FORMAT || header.id != id {
         tracing::warn!(path = %path.display(), "cache snapshot is for another service id or format; starting cold");
         return Ok(None);
@@ -62,19 +68,32 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
             }
         }
     }
-    Ok(Some(Snapshot { last_event_id: header.last_event_id, answers }))
+    Ok(Some(Snapshot {
+        last_event_id: header.last_event_id,
+        answers,
+    }))
 }
 
 /// Writes a snapshot now.
 pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
-    let Some(dir) = &shared.config.cache_dir else { return Ok(()) };
+    let Some(dir) = &shared.config.cache_dir else {
+        return Ok(());
+    };
     let last_event_id = shared.last_event_id.lock().clone();
     let entries = shared.cache.entries();
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = BufWriter::new(file);
     let last_event_id_saved = last_event_id.clone();
-    serde_json::to_writer(&mut w, &Header { format: FORMAT, id: shared.config.id.clone(), last_event_id })?;
+    serde_json::to_writer(
+        &mut w,
+        &Header {
+            format: FORMAT,
+            id: shared.config.id.clone(),
+            last_event_id,
+        },
+    )?;
     w.write_all(b"\n")?;
     for e in entries {
         serde_json::to_writer(&mut w, &e.answer(Source::Cache))?;
@@ -92,7 +111,9 @@ pub async fn worker(shared: Arc<Shared>) {
     if shared.config.cache_dir.is_none() {
         return;
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(shared.config.snapshot_interval_secs.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_secs(
+        shared.config.snapshot_interval_secs.max(1),
+    ));
     let mut saved_at = u64::MAX;
     loop {
         tokio::select! {

@@ -23,7 +23,11 @@ pub async fn run(shared: Arc<Shared>) {
             break;
         }
         let last = shared.last_event_id.lock().clone();
-        match shared.client.watch(&shared.config.id, last.as_deref()).await {
+        match shared
+            .client
+            .watch(&shared.config.id, last.as_deref())
+            .await
+        {
             Ok(stream) => {
                 tokio::pin!(stream);
                 loop {
@@ -89,7 +93,12 @@ fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             shared.db_epoch.store(h.epoch, Ordering::SeqCst);
             shared.connected.store(true, Ordering::SeqCst);
             shared.metrics.connected.set(1);
-            tracing::info!(epoch = h.epoch, seq = h.seq, resumed = h.resumed, "watch stream open");
+            tracing::info!(
+                epoch = h.epoch,
+                seq = h.seq,
+                resumed = h.resumed,
+                "watch stream open"
+            );
             hello = true;
         }
         WatchEvent::Update(a) | WatchEvent::Recovered(a) => {

@@ -12,7 +12,7 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
             index,
             source_name: order.source.clone(),
             seq: order.seq,
-            error,
+            error: Box::new(error),
         };
         if order.source.is_empty() || order.source.len() > 128 {
             return Err(invalid(InvalidInput::Source(order.source.len())));
@@ -22,7 +22,9 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
         }
         validate_key(&order.key).map_err(invalid)?;
         match order.op {
-            Op::Upsert => schema.validate_fields(&order.table, &order.fields).map_err(invalid)?,
+            Op::Upsert => schema
+                .validate_fields(&order.table, &order.fields)
+                .map_err(invalid)?,
             Op::Delete => {
                 schema.table(&order.table).map_err(invalid)?;
                 if !order.fields.is_empty() {

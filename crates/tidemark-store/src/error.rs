@@ -7,16 +7,31 @@ use tidemark_api::schema::InvalidInput;
 pub enum StoreError {
     /// Order `index` of the batch is invalid; nothing in the batch was applied.
     #[error("order {index} (source '{source_name}' seq {seq}): {error}; nothing in the batch was applied")]
-    Invalid { index: usize, source_name: String, seq: u64, error: InvalidInput },
+    Invalid {
+        index: usize,
+        source_name: String,
+        seq: u64,
+        error: Box<InvalidInput>,
+    },
     /// A used `(source, seq)` came with different content.
     #[error("order {index}: source '{source_name}' seq {seq} was already applied with different content; number new orders after the source's high-water mark {high_water}; nothing in the batch was applied")]
-    Conflict { index: usize, source_name: String, seq: u64, high_water: u64 },
+    Conflict {
+        index: usize,
+        source_name: String,
+        seq: u64,
+        high_water: u64,
+    },
     /// An order below its source's high-water mark that was never applied.
     #[error("order {index}: source '{source_name}' seq {seq} is below the high-water mark {high_water} but was never applied; orders of one source must arrive in seq order; nothing in the batch was applied")]
-    OutOfOrder { index: usize, source_name: String, seq: u64, high_water: u64 },
+    OutOfOrder {
+        index: usize,
+        source_name: String,
+        seq: u64,
+        high_water: u64,
+    },
     /// A read named something invalid (unknown table, bad key).
     #[error("{0}")]
-    Input(InvalidInput),
+    Input(Box<InvalidInput>),
     /// The data directory cannot be used.
     #[error("cannot use data directory {path}: {detail}")]
     DataDir { path: String, detail: String },

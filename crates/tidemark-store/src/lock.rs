@@ -98,7 +98,9 @@ mod tests {
         let first = DataDirLock::acquire(dir.path(), "server").unwrap();
         assert!(DataDirLock::holder(dir.path()).unwrap().contains("server"));
         match DataDirLock::acquire(dir.path(), "restore") {
-            Err(StoreError::Locked { pid, .. }) => assert!(pid.contains(&std::process::id().to_string())),
+            Err(StoreError::Locked { pid, .. }) => {
+                assert!(pid.contains(&std::process::id().to_string()))
+            }
             other => panic!("expected Locked, got {other:?}"),
         }
         drop(first);

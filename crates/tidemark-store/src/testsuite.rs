@@ -13,7 +13,14 @@ fn fields(v: serde_json::Value) -> Fields {
 
 /// An order of source `src` for `subscriber`.
 pub fn order(src: &str, seq: u64, key: &str, op: Op, f: serde_json::Value) -> Order {
-    Order { source: src.into(), seq, table: "subscriber".into(), key: key.into(), op, fields: fields(f) }
+    Order {
+        source: src.into(),
+        seq,
+        table: "subscriber".into(),
+        key: key.into(),
+        op,
+        fields: fields(f),
+    }
 }
 
 /// Runs every check against `store`, which must be freshly created.
@@ -29,8 +36,14 @@ async fn reads_and_writes(store: &dyn Store) {
     assert_eq!(meta.seq, 0, "a new store starts at seq 0");
     let epoch = meta.epoch;
 
-    assert!(matches!(store.get("nope", "k").await, Err(StoreError::Input(_))), "unknown table is refused");
-    assert!(matches!(store.get("subscriber", "").await, Err(StoreError::Input(_))), "empty key is refused");
+    assert!(
+        matches!(store.get("nope", "k").await, Err(StoreError::Input(_))),
+        "unknown table is refused"
+    );
+    assert!(
+        matches!(store.get("subscriber", "").await, Err(StoreError::Input(_))),
+        "empty key is refused"
+    );
     let miss = store.get("subscriber", "+81312345678").await.unwrap();
     assert!(miss.record.is_none() && miss.tombstone.is_none() && !miss.flagged);
 
@@ -48,33 +61,87 @@ async fn reads_and_writes(store: &dyn Store) {
     assert_eq!(v1, Version::new(epoch, 1));
     assert_eq!(out.changes.len(), 1);
 
-    let got = store.get("subscriber", "+81312345678").await.unwrap().record.unwrap();
+    let got = store
+        .get("subscriber", "+81312345678")
+        .await
+        .unwrap()
+        .record
+        .unwrap();
     assert_eq!(got.version, v1);
     assert_eq!(got.fields["plan"], json!("gold"));
     assert_eq!(got.fields["services"], json!({"voice": true}));
     assert_eq!(got.fields["roaming"], json!(false));
     assert_eq!(got.fields["credit_limit"], json!(5000));
-    assert_eq!(got.fields["status"], json!(null), "columns not given are null");
+    assert_eq!(
+        got.fields["status"],
+        json!(null),
+        "columns not given are null"
+    );
 
     // An upsert sets only the fields it names.
-    store.apply(vec![order("ops-1", 2, "+81312345678", Op::Upsert, json!({"status": "active"}))]).await.unwrap();
-    let got = store.get("subscriber", "+81312345678").await.unwrap().record.unwrap();
+    store
+        .apply(vec![order(
+            "ops-1",
+            2,
+            "+81312345678",
+            Op::Upsert,
+            json!({"status": "active"}),
+        )])
+        .await
+        .unwrap();
+    let got = store
+        .get("subscriber", "+81312345678")
+        .await
+        .unwrap()
+        .record
+        .unwrap();
     assert_eq!(got.fields["plan"], json!("gold"));
     assert_eq!(got.fields["status"], json!("active"));
     assert_eq!(got.version, Version::new(epoch, 2));
 
     // Keys are case-sensitive and may hold any UTF-8.
-    store.apply(vec![order("ops-1", 3, "Key/é", Op::Upsert, json!({"plan": "x"}))]).await.unwrap();
-    assert!(store.get("subscriber", "key/é").await.unwrap().record.is_none());
-    assert!(store.get("subscriber", "Key/é").await.unwrap().record.is_some());
+    store
+        .apply(vec![order(
+            "ops-1",
+            3,
+            "Key/é",
+            Op::Upsert,
+            json!({"plan": "x"}),
+        )])
+        .await
+        .unwrap();
+    assert!(store
+        .get("subscriber", "key/é")
+        .await
+        .unwrap()
+        .record
+        .is_none());
+    assert!(store
+        .get("subscriber", "Key/é")
+        .await
+        .unwrap()
+        .record
+        .is_some());
 
     // A delete leaves a tombstone with its version; a re-create removes it.
-    let out = store.apply(vec![order("ops-1", 4, "Key/é", Op::Delete, json!({}))]).await.unwrap();
+    let out = store
+        .apply(vec![order("ops-1", 4, "Key/é", Op::Delete, json!({}))])
+        .await
+        .unwrap();
     let dv = out.results[0].version.unwrap();
     let gone = store.get("subscriber", "Key/é").await.unwrap();
     assert!(gone.record.is_none());
     assert_eq!(gone.tombstone, Some(dv));
-    store.apply(vec![order("ops-1", 5, "Key/é", Op::Upsert, json!({"plan": "y"}))]).await.unwrap();
+    store
+        .apply(vec![order(
+            "ops-1",
+            5,
+            "Key/é",
+            Op::Upsert,
+            json!({"plan": "y"}),
+        )])
+        .await
+        .unwrap();
     let back = store.get("subscriber", "Key/é").await.unwrap();
     assert_eq!(back.record.unwrap().fields["plan"], json!("y"));
     assert_eq!(back.tombstone, None);
@@ -86,19 +153,55 @@ async fn idempotency(store: &dyn Store) {
     let first = store.apply(vec![o.clone()]).await.unwrap();
     let again = store.apply(vec![o.clone()]).await.unwrap();
     assert!(again.results[0].duplicate);
-    assert_eq!(again.results[0].version, first.results[0].version, "a duplicate answers the original version");
+    assert_eq!(
+        again.results[0].version, first.results[0].version,
+        "a duplicate answers the original version"
+    );
     assert!(again.changes.is_empty());
-    assert_eq!(store.meta().await.unwrap().seq, before + 1, "a duplicate is not applied twice");
+    assert_eq!(
+        store.meta().await.unwrap().seq,
+        before + 1,
+        "a duplicate is not applied twice"
+    );
 
     let mut different = o.clone();
     different.fields = fields(json!({"plan": "b"}));
-    assert!(matches!(store.apply(vec![different]).await, Err(StoreError::Conflict { .. })));
-    assert_eq!(store.get("subscriber", "dup").await.unwrap().record.unwrap().fields["plan"], json!("a"));
+    assert!(matches!(
+        store.apply(vec![different]).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store
+            .get("subscriber", "dup")
+            .await
+            .unwrap()
+            .record
+            .unwrap()
+            .fields["plan"],
+        json!("a")
+    );
 
     // A gap is allowed going forward; filling it later is out of order.
-    store.apply(vec![order("ops-2", 5, "dup", Op::Upsert, json!({"plan": "c"}))]).await.unwrap();
+    store
+        .apply(vec![order(
+            "ops-2",
+            5,
+            "dup",
+            Op::Upsert,
+            json!({"plan": "c"}),
+        )])
+        .await
+        .unwrap();
     assert!(matches!(
-        store.apply(vec![order("ops-2", 3, "dup", Op::Upsert, json!({"plan": "d"}))]).await,
+        store
+            .apply(vec![order(
+                "ops-2",
+                3,
+                "dup",
+                Op::Upsert,
+                json!({"plan": "d"})
+            )])
+            .await,
         Err(StoreError::OutOfOrder { .. })
     ));
     assert_eq!(store.high_water_marks().await.unwrap()["ops-2"], 5);
@@ -116,12 +219,24 @@ async fn atomic_batches(store: &dyn Store) {
             order("ops-3", 1, "atom-a", Op::Upsert, json!({"plan": "a"})),
             order("ops-3", 2, "atom-b", Op::Upsert, json!({"roaming": "yes"})),
         ],
-        vec![order("ops-3", 1, "atom-a", Op::Upsert, json!({"plan": "a"})), order("ops-3", 2, "", Op::Upsert, json!({}))],
-        vec![order("ops-3", 1, "atom-a", Op::Delete, json!({"plan": "a"}))],
+        vec![
+            order("ops-3", 1, "atom-a", Op::Upsert, json!({"plan": "a"})),
+            order("ops-3", 2, "", Op::Upsert, json!({})),
+        ],
+        vec![order(
+            "ops-3",
+            1,
+            "atom-a",
+            Op::Delete,
+            json!({"plan": "a"}),
+        )],
         vec![order("ops-3", 0, "atom-a", Op::Upsert, json!({}))],
         vec![
             order("ops-3", 1, "atom-a", Op::Upsert, json!({"plan": "a"})),
-            Order { table: "nope".into(), ..order("ops-3", 2, "atom-b", Op::Upsert, json!({})) },
+            Order {
+                table: "nope".into(),
+                ..order("ops-3", 2, "atom-b", Op::Upsert, json!({}))
+            },
         ],
         // Same (source, seq) twice with different content inside one batch.
         vec![
@@ -130,12 +245,26 @@ async fn atomic_batches(store: &dyn Store) {
         ],
     ];
     for batch in bad_batches {
-        let err = store.apply(batch.clone()).await.expect_err("an invalid batch is refused");
+        let err = store
+            .apply(batch.clone())
+            .await
+            .expect_err("an invalid batch is refused");
         assert!(
-            matches!(err, StoreError::Invalid { .. } | StoreError::Conflict { .. }),
+            matches!(
+                err,
+                StoreError::Invalid { .. } | StoreError::Conflict { .. }
+            ),
             "unexpected error {err:?} for {batch:?}"
         );
-        assert!(store.get("subscriber", "atom-a").await.unwrap().record.is_none(), "nothing of a refused batch is applied");
+        assert!(
+            store
+                .get("subscriber", "atom-a")
+                .await
+                .unwrap()
+                .record
+                .is_none(),
+            "nothing of a refused batch is applied"
+        );
         assert_eq!(store.meta().await.unwrap().seq, before);
         assert_eq!(store.high_water_marks().await.unwrap(), hw);
     }
@@ -143,14 +272,30 @@ async fn atomic_batches(store: &dyn Store) {
 
 async fn change_log(store: &dyn Store) {
     let start = store.meta().await.unwrap().seq;
-    let batch: Vec<Order> =
-        (1..=50).map(|i| order("ops-4", i, &format!("log-{}", i % 7), Op::Upsert, json!({"credit_limit": i}))).collect();
+    let batch: Vec<Order> = (1..=50)
+        .map(|i| {
+            order(
+                "ops-4",
+                i,
+                &format!("log-{}", i % 7),
+                Op::Upsert,
+                json!({"credit_limit": i}),
+            )
+        })
+        .collect();
     store.apply(batch).await.unwrap();
     let changes = store.changes_since(start, 1000).await.unwrap();
     assert_eq!(changes.len(), 50);
     for (i, c) in changes.iter().enumerate() {
-        assert_eq!(c.version.seq, start + 1 + i as u64, "changes come back in commit order");
-        assert_eq!(c.fields.as_ref().unwrap()["credit_limit"], json!(i as u64 + 1));
+        assert_eq!(
+            c.version.seq,
+            start + 1 + i as u64,
+            "changes come back in commit order"
+        );
+        assert_eq!(
+            c.fields.as_ref().unwrap()["credit_limit"],
+            json!(i as u64 + 1)
+        );
     }
     assert_eq!(store.changes_since(start, 10).await.unwrap().len(), 10);
     let seq = store.meta().await.unwrap().seq;
@@ -159,22 +304,45 @@ async fn change_log(store: &dyn Store) {
     assert_eq!(meta.log_floor, seq - 19, "pruning keeps the newest entries");
     assert_eq!(store.changes_since(0, 1000).await.unwrap().len(), 20);
     // An order whose log entry was pruned is still acknowledged, not reapplied.
-    let again = store.apply(vec![order("ops-4", 1, "log-1", Op::Upsert, json!({"credit_limit": 1}))]).await.unwrap();
+    let again = store
+        .apply(vec![order(
+            "ops-4",
+            1,
+            "log-1",
+            Op::Upsert,
+            json!({"credit_limit": 1}),
+        )])
+        .await
+        .unwrap();
     assert!(again.results[0].duplicate);
     assert_eq!(store.meta().await.unwrap().seq, seq);
 }
 
 /// Writes a small known data set, for reopen tests.
 pub async fn load_some(store: &dyn Store) {
-    let batch: Vec<Order> =
-        (1..=10).map(|i| order("ops-r", i, &format!("r{i}"), Op::Upsert, json!({"plan": format!("p{i}")}))).collect();
+    let batch: Vec<Order> = (1..=10)
+        .map(|i| {
+            order(
+                "ops-r",
+                i,
+                &format!("r{i}"),
+                Op::Upsert,
+                json!({"plan": format!("p{i}")}),
+            )
+        })
+        .collect();
     store.apply(batch).await.unwrap();
 }
 
 /// Checks what [`load_some`] wrote.
 pub async fn check_some(store: &dyn Store) {
     for i in 1..=10u64 {
-        let r = store.get("subscriber", &format!("r{i}")).await.unwrap().record.unwrap();
+        let r = store
+            .get("subscriber", &format!("r{i}"))
+            .await
+            .unwrap()
+            .record
+            .unwrap();
         assert_eq!(r.fields["plan"], json!(format!("p{i}")));
         assert_eq!(r.version.seq, i);
     }

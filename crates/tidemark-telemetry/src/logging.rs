@@ -18,7 +18,9 @@ impl FromStr for LogFormat {
         match s {
             "plain" => Ok(LogFormat::Plain),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("log format must be 'plain' or 'json', not '{other}'")),
+            other => Err(format!(
+                "log format must be 'plain' or 'json', not '{other}'"
+            )),
         }
     }
 }
@@ -27,7 +29,8 @@ impl FromStr for LogFormat {
 /// `default_filter` (e.g. `info`). Safe to call twice: the second call is a
 /// no-op.
 pub fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -41,8 +41,10 @@ impl Gauge {
 }
 
 /// Latency buckets in seconds, from 50µs to 10s.
-const BUCKETS: [f64; 16] =
-    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
 
 /// A histogram of seconds with fixed buckets.
 #[derive(Debug, Default)]
@@ -60,7 +62,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
@@ -88,7 +91,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("metrics", &self.entries.read().len()).finish()
+        f.debug_struct("Registry")
+            .field("metrics", &self.entries.read().len())
+            .finish()
     }
 }
 
@@ -117,7 +122,12 @@ impl Registry {
     }
 
     fn push(&self, name: &str, help: &str, labels: &str, metric: Metric) {
-        self.entries.write().push(Entry { name: name.into(), help: help.into(), labels: labels.into(), metric });
+        self.entries.write().push(Entry {
+            name: name.into(),
+            help: help.into(),
+            labels: labels.into(),
+            metric,
+        });
     }
 
     /// The Prometheus text exposition of every metric.
@@ -132,7 +142,11 @@ impl Registry {
                 Metric::Histogram(_) => "histogram",
             };
             if e.name != last_name {
-                let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", e.name, e.help, e.name, kind);
+                let _ = writeln!(
+                    out,
+                    "# HELP {} {}\n# TYPE {} {}",
+                    e.name, e.help, e.name, kind
+                );
                 last_name = &e.name;
             }
             let lb = |extra: &str| -> String {
@@ -154,7 +168,13 @@ impl Registry {
                     let mut cumulative = 0;
                     for (i, b) in BUCKETS.iter().enumerate() {
                         cumulative += h.buckets[i].load(Ordering::Relaxed);
-                        let _ = writeln!(out, "{}_bucket{} {}", e.name, lb(&format!("le=\"{b}\"")), cumulative);
+                        let _ = writeln!(
+                            out,
+                            "{}_bucket{} {}",
+                            e.name,
+                            lb(&format!("le=\"{b}\"")),
+                            cumulative
+                        );
                     }
                     let count = h.count();
                     let _ = writeln!(out, "{}_bucket{} {}", e.name, lb("le=\"+Inf\""), count);
@@ -187,9 +207,18 @@ mod tests {
         h.observe(Duration::from_micros(70));
         h.observe(Duration::from_millis(3));
         let text = r.render();
-        assert!(text.contains("tm_requests_total{route=\"get\"} 3"), "{text}");
-        assert!(text.contains("tm_latency_seconds_bucket{le=\"0.0001\"} 1"), "{text}");
-        assert!(text.contains("tm_latency_seconds_bucket{le=\"0.005\"} 2"), "{text}");
+        assert!(
+            text.contains("tm_requests_total{route=\"get\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tm_latency_seconds_bucket{le=\"0.0001\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tm_latency_seconds_bucket{le=\"0.005\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("tm_latency_seconds_count 2"), "{text}");
     }
 }

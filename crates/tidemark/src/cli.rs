@@ -13,7 +13,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log format: plain or json (env TIDEMARK_LOG_FORMAT).
-    #[arg(long, global = true, value_name = "FORMAT", env = "TIDEMARK_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        env = "TIDEMARK_LOG_FORMAT"
+    )]
     pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,

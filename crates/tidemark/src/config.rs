@@ -25,7 +25,12 @@ pub struct OpsConfig {
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        Self { db: "http://127.0.0.1:7070".into(), journal: PathBuf::from("./tidemark-journal"), source: "ops-1".into(), batch: 1000 }
+        Self {
+            db: "http://127.0.0.1:7070".into(),
+            journal: PathBuf::from("./tidemark-journal"),
+            source: "ops-1".into(),
+            batch: 1000,
+        }
     }
 }
 
@@ -44,18 +49,26 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
         if !path.exists() {
-            anyhow::bail!("config file {} does not exist; check the --config path", path.display());
+            anyhow::bail!(
+                "config file {} does not exist; check the --config path",
+                path.display()
+            );
         }
         fig = fig.merge(Toml::file(path));
     }
     fig = fig.merge(Env::prefixed("TIDEMARK_").split("__").filter(|k| {
-        let k = k.as_str();
-        k.starts_with("server") || k.starts_with("service") || k.starts_with("ops")
+        let k = k.as_str().to_ascii_lowercase();
+        ["server.", "service.", "ops."]
+            .iter()
+            .any(|p| k.starts_with(p))
     }));
-    fig.extract().map_err(|e| anyhow::anyhow!("{e}")).context("invalid configuration (file or TIDEMARK_* environment)")
+    fig.extract()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("invalid configuration (file or TIDEMARK_* environment)")
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's own error type
 mod tests {
     use super::*;
 

@@ -14,7 +14,10 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { error: ApiError::new(code, message), retry_after: None }
+        Self {
+            error: ApiError::new(code, message),
+            retry_after: None,
+        }
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -25,7 +28,10 @@ impl HttpError {
 
 impl From<ApiError> for HttpError {
     fn from(error: ApiError) -> Self {
-        Self { error, retry_after: None }
+        Self {
+            error,
+            retry_after: None,
+        }
     }
 }
 
@@ -34,16 +40,22 @@ impl From<StoreError> for HttpError {
         let message = e.to_string();
         match e {
             StoreError::Invalid { error, .. } => {
-                let code = ApiError::from(error).code;
+                let code = ApiError::from(*error).code;
                 HttpError::new(code, message)
             }
-            StoreError::Input(error) => ApiError::from(error).into(),
+            StoreError::Input(error) => ApiError::from(*error).into(),
             StoreError::Conflict { .. } => HttpError::new(ErrorCode::OrderConflict, message),
             StoreError::OutOfOrder { .. } => HttpError::new(ErrorCode::OrderOutOfOrder, message),
-            StoreError::DataDir { .. } | StoreError::Locked { .. } | StoreError::Format(_) | StoreError::Engine(_) => {
+            StoreError::DataDir { .. }
+            | StoreError::Locked { .. }
+            | StoreError::Format(_)
+            | StoreError::Engine(_) => {
                 tracing::error!(error = %message, "store failure");
-                HttpError::new(ErrorCode::StoreFailure, format!("{message}; the request had no effect, retry it"))
-                    .retry_after(1)
+                HttpError::new(
+                    ErrorCode::StoreFailure,
+                    format!("{message}; the request had no effect, retry it"),
+                )
+                .retry_after(1)
             }
         }
     }
@@ -51,12 +63,19 @@ impl From<StoreError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.error.code.status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&ErrorBody { error: self.error }).unwrap_or_default();
-        let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        let mut resp = (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
             }
         }
         resp
@@ -65,5 +84,11 @@ impl IntoResponse for HttpError {
 
 /// Fallback for unknown routes.
 pub async fn not_found(uri: axum::http::Uri) -> HttpError {
-    HttpError::new(ErrorCode::NotFound, format!("no endpoint at {}; see GET /openapi.json for the API", uri.path()))
+    HttpError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no endpoint at {}; see GET /openapi.json for the API",
+            uri.path()
+        ),
+    )
 }

@@ -3,6 +3,7 @@
 use super::error::HttpError;
 use super::AppState;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
 use std::sync::Arc;
@@ -11,9 +12,27 @@ use tidemark_api::{ErrorCode, OrdersRequest, OrdersResponse};
 
 /// Applies a batch of orders, then pushes the changes to the holders.
 #[tracing::instrument(skip_all, fields(orders))]
-pub async fn post_orders(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<OrdersResponse>, HttpError> {
+pub async fn post_orders(
+    State(app): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<OrdersResponse>, HttpError> {
     let started = Instant::now();
-    let result = apply(&app, body).await;
+    let result = match body {
+        Ok(body) => apply(&app, body).await,
+        Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(HttpError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body is larger than {} bytes; send fewer orders per batch",
+                    app.config.max_body_bytes
+                ),
+            ))
+        }
+        Err(rejection) => Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("cannot read the request body: {rejection}"),
+        )),
+    };
     match &result {
         Ok(_) => app.metrics.order_latency.observe(started.elapsed()),
         Err(e) => {
@@ -45,8 +64,11 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
         ));
     }
     if !app.ready.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(HttpError::new(ErrorCode::NotReady, "the server is shutting down; resubmit to the restarted server")
-            .retry_after(1));
+        return Err(HttpError::new(
+            ErrorCode::NotReady,
+            "the server is shutting down; resubmit to the restarted server",
+        )
+        .retry_after(1));
     }
     let _order = app.hub.commit_lock.lock().await;
     let outcome = app.store.apply(req.orders).await?;
@@ -60,5 +82,7 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     app.metrics.order_batches.inc();
     app.metrics.orders_applied.add(applied);
     app.metrics.orders_duplicate.add(duplicates);
-    Ok(OrdersResponse { results: outcome.results })
+    Ok(OrdersResponse {
+        results: outcome.results,
+    })
 }

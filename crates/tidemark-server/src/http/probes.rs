@@ -17,11 +17,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: the store is open and the server is not shutting down.
-pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, HttpError> {
+pub async fn readyz(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
     if app.ready.load(Ordering::SeqCst) {
         Ok(Json(serde_json::json!({"status": "ready"})))
     } else {
-        Err(HttpError::new(ErrorCode::NotReady, "the server is starting or shutting down; retry shortly").retry_after(1))
+        Err(HttpError::new(
+            ErrorCode::NotReady,
+            "the server is starting or shutting down; retry shortly",
+        )
+        .retry_after(1))
     }
 }
 
@@ -31,7 +37,14 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         app.metrics.seq.set(meta.seq as i64);
         app.metrics.epoch.set(meta.epoch as i64);
     }
-    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.registry.render())
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        app.metrics.registry.render(),
+    )
         .into_response()
 }
 
@@ -53,12 +66,20 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
 /// `GET /v1/recovery`.
 pub async fn recovery(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryStatus>, HttpError> {
     let meta = app.store.meta().await?;
-    Ok(Json(RecoveryStatus { state: RecoveryState::Normal, epoch: meta.epoch, flagged: 0, cleared: 0, started_at: None }))
+    Ok(Json(RecoveryStatus {
+        state: RecoveryState::Normal,
+        epoch: meta.epoch,
+        flagged: 0,
+        cleared: 0,
+        started_at: None,
+    }))
 }
 
 /// `GET /v1/sources`: the applied-order high-water mark of every OpS source,
 /// so an OpS knows where to resume.
-pub async fn sources(State(app): State<Arc<AppState>>) -> Result<Json<BTreeMap<String, u64>>, HttpError> {
+pub async fn sources(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<BTreeMap<String, u64>>, HttpError> {
     Ok(Json(app.store.high_water_marks().await?))
 }
 

@@ -19,12 +19,18 @@ pub async fn get_record(
 ) -> Result<Response, HttpError> {
     let started = Instant::now();
     let Path((table, key)) = path.map_err(|e| {
-        HttpError::new(ErrorCode::BadRequest, format!("{e}; percent-encode the table and key as UTF-8 path segments"))
+        HttpError::new(
+            ErrorCode::BadRequest,
+            format!("{e}; percent-encode the table and key as UTF-8 path segments"),
+        )
     })?;
     let schema = app.store.schema();
     schema.table(&table).map_err(tidemark_api::ApiError::from)?;
     tidemark_api::schema::validate_key(&key).map_err(tidemark_api::ApiError::from)?;
-    if let Some(name) = req_headers.get(headers::SUBSCRIBER).and_then(|v| v.to_str().ok()) {
+    if let Some(name) = req_headers
+        .get(headers::SUBSCRIBER)
+        .and_then(|v| v.to_str().ok())
+    {
         if !name.is_empty() && name.len() <= 128 {
             let id = app.hub.subscriber(name);
             app.hub.register(id, &table, &key);
@@ -33,16 +39,31 @@ pub async fn get_record(
     let lookup = app.store.get(&table, &key).await?;
     let recovering = lookup.flagged;
     let (status, answer) = match lookup.record {
-        Some(record) => (StatusCode::OK, RecordAnswer::found(&table, &key, record, recovering)),
-        None => (StatusCode::NOT_FOUND, RecordAnswer::missing(&table, &key, lookup.tombstone, recovering)),
+        Some(record) => (
+            StatusCode::OK,
+            RecordAnswer::found(&table, &key, record, recovering),
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            RecordAnswer::missing(&table, &key, lookup.tombstone, recovering),
+        ),
     };
     app.metrics.reads.inc();
-    let body = serde_json::to_vec(&answer).map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string()))?;
-    let mut resp = (status, [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+    let body = serde_json::to_vec(&answer)
+        .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string()))?;
+    let mut resp = (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
         .into_response();
     if recovering {
         app.metrics.reads_recovering.inc();
-        resp.headers_mut().insert(headers::RECOVERING, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(headers::RECOVERING, HeaderValue::from_static("1"));
     }
     app.metrics.read_latency.observe(started.elapsed());
     Ok(resp)

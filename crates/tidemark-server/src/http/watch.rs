@@ -49,10 +49,16 @@ pub async fn watch(
     let id = app.hub.subscriber(&name);
     let queue = app.hub.subscribe();
     let meta = app.store.meta().await?;
-    let last = req_headers.get(headers::LAST_EVENT_ID).and_then(|v| v.to_str().ok()).map(|s| s.parse::<EventId>());
+    let last = req_headers
+        .get(headers::LAST_EVENT_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.parse::<EventId>());
     let (cursor, resumed, cannot_resume) = match last {
         Some(Ok(eid))
-            if eid.boot == app.boot && eid.epoch == meta.epoch && eid.seq <= meta.seq && eid.seq + 1 >= meta.log_floor =>
+            if eid.boot == app.boot
+                && eid.epoch == meta.epoch
+                && eid.seq <= meta.seq
+                && eid.seq + 1 >= meta.log_floor =>
         {
             (eid.seq, true, false)
         }
@@ -61,9 +67,16 @@ pub async fn watch(
     };
     tracing::info!(subscriber = %name, cursor, resumed, cannot_resume, "watch stream opened");
     let (tx, rx) = mpsc::channel(1024);
-    let stream = WatchStream { app: app.clone(), id, epoch: meta.epoch, cursor, tx };
+    let stream = WatchStream {
+        app: app.clone(),
+        id,
+        epoch: meta.epoch,
+        cursor,
+        tx,
+    };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
-    Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(ReceiverStream::new(rx).map(Ok))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 struct WatchStream {
@@ -77,11 +90,19 @@ struct WatchStream {
 
 impl WatchStream {
     fn event_id(&self) -> String {
-        EventId { epoch: self.epoch, seq: self.cursor, boot: self.app.boot.clone() }.to_string()
+        EventId {
+            epoch: self.epoch,
+            seq: self.cursor,
+            boot: self.app.boot.clone(),
+        }
+        .to_string()
     }
 
     async fn send(&self, ev: WatchEvent) -> bool {
-        let event = Event::default().id(self.event_id()).event(ev.name()).data(ev.data());
+        let event = Event::default()
+            .id(self.event_id())
+            .event(ev.name())
+            .data(ev.data());
         let ok = self.tx.send(event).await.is_ok();
         if ok {
             self.app.metrics.pushes.inc();
@@ -103,7 +124,12 @@ impl WatchStream {
             },
             None => RecordAnswer::missing(&c.table, &c.key, Some(c.version), recovering),
         };
-        self.send(if c.cleared_flag { WatchEvent::Recovered(answer) } else { WatchEvent::Update(answer) }).await
+        self.send(if c.cleared_flag {
+            WatchEvent::Recovered(answer)
+        } else {
+            WatchEvent::Update(answer)
+        })
+        .await
     }
 
     /// Sends every logged change after the cursor that this subscriber holds.
@@ -120,7 +146,12 @@ impl WatchStream {
             if self.cursor + 1 < meta.log_floor {
                 // The log no longer reaches back: the subscriber must revalidate.
                 self.cursor = meta.seq;
-                return self.send(WatchEvent::Epoch(EpochEvent { epoch: self.epoch, reason: EpochReason::CannotResume })).await;
+                return self
+                    .send(WatchEvent::Epoch(EpochEvent {
+                        epoch: self.epoch,
+                        reason: EpochReason::CannotResume,
+                    }))
+                    .await;
             }
             let page = match self.app.store.changes_since(self.cursor, 1000).await {
                 Ok(p) => p,
@@ -141,12 +172,27 @@ impl WatchStream {
         }
     }
 
-    async fn run(mut self, mut queue: broadcast::Receiver<Push>, resumed: bool, cannot_resume: bool) {
+    async fn run(
+        mut self,
+        mut queue: broadcast::Receiver<Push>,
+        resumed: bool,
+        cannot_resume: bool,
+    ) {
         self.app.metrics.watchers.add(1);
-        let hello = HelloEvent { epoch: self.epoch, seq: self.cursor, boot: self.app.boot.clone(), resumed };
+        let hello = HelloEvent {
+            epoch: self.epoch,
+            seq: self.cursor,
+            boot: self.app.boot.clone(),
+            resumed,
+        };
         let mut alive = self.send(WatchEvent::Hello(hello)).await;
         if alive && cannot_resume {
-            alive = self.send(WatchEvent::Epoch(EpochEvent { epoch: self.epoch, reason: EpochReason::CannotResume })).await;
+            alive = self
+                .send(WatchEvent::Epoch(EpochEvent {
+                    epoch: self.epoch,
+                    reason: EpochReason::CannotResume,
+                }))
+                .await;
         }
         if alive && resumed {
             alive = self.replay().await;
@@ -172,7 +218,10 @@ impl WatchStream {
                 Ok(Push::Quiesce(q)) => self.send(WatchEvent::Quiesce(q)).await,
                 Ok(Push::Schema(s)) => self.send(WatchEvent::Schema(s)).await,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(skipped = n, "watch stream lagged; replaying from the change log");
+                    tracing::debug!(
+                        skipped = n,
+                        "watch stream lagged; replaying from the change log"
+                    );
                     self.replay().await
                 }
                 Err(broadcast::error::RecvError::Closed) => false,

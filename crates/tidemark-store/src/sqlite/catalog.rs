@@ -23,7 +23,11 @@ pub struct TableSql {
 impl TableSql {
     fn new(name: &str, t: &TableSchema) -> Self {
         let quoted = format!("\"{name}\"");
-        let cols: Vec<String> = t.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+        let cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
         let mut select = String::from("SELECT tm_epoch, tm_seq");
         for c in &cols {
             select.push_str(", ");
@@ -50,8 +54,16 @@ impl TableSql {
             values.push_str(&format!(", ?{}", i + 4));
             update.push_str(&format!(", \"{c}\" = excluded.\"{c}\""));
         }
-        let returning: Vec<String> = self.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
-        let returning = if returning.is_empty() { "tm_key".to_owned() } else { returning.join(", ") };
+        let returning: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let returning = if returning.is_empty() {
+            "tm_key".to_owned()
+        } else {
+            returning.join(", ")
+        };
         format!(
             "INSERT INTO {} ({names}) VALUES ({values}) ON CONFLICT(tm_key) DO UPDATE SET {update} RETURNING {returning}",
             self.quoted
@@ -68,8 +80,15 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(schema: Schema) -> Self {
-        let tables = schema.tables.iter().map(|(n, t)| (n.clone(), TableSql::new(n, t))).collect();
-        Self { schema: Arc::new(schema), tables }
+        let tables = schema
+            .tables
+            .iter()
+            .map(|(n, t)| (n.clone(), TableSql::new(n, t)))
+            .collect();
+        Self {
+            schema: Arc::new(schema),
+            tables,
+        }
     }
 }
 
@@ -80,7 +99,11 @@ fn type_from_name(name: &str) -> Result<ColumnType, StoreError> {
         "boolean" => ColumnType::Boolean,
         "timestamp" => ColumnType::Timestamp,
         "json" => ColumnType::Json,
-        other => return Err(StoreError::Format(format!("unknown column type '{other}' in tm_columns"))),
+        other => {
+            return Err(StoreError::Format(format!(
+                "unknown column type '{other}' in tm_columns"
+            )))
+        }
     })
 }
 
@@ -88,20 +111,41 @@ fn type_from_name(name: &str) -> Result<ColumnType, StoreError> {
 pub fn load(conn: &Connection, version: u64) -> Result<Schema, StoreError> {
     let mut stmt = conn.prepare("SELECT tbl, name, type FROM tm_columns ORDER BY tbl, ordinal")?;
     let mut tables: BTreeMap<String, TableSchema> = BTreeMap::new();
-    for t in conn.prepare("SELECT name FROM tm_tables")?.query_map([], |r| r.get::<_, String>(0))? {
-        tables.insert(t?, TableSchema { columns: Vec::new() });
+    for t in conn
+        .prepare("SELECT name FROM tm_tables")?
+        .query_map([], |r| r.get::<_, String>(0))?
+    {
+        tables.insert(
+            t?,
+            TableSchema {
+                columns: Vec::new(),
+            },
+        );
     }
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
     for row in rows {
         let (tbl, name, ty) = row?;
         if !is_identifier(&tbl) || !is_identifier(&name) {
-            return Err(StoreError::Format(format!("invalid identifier {tbl}.{name} in tm_columns")));
+            return Err(StoreError::Format(format!(
+                "invalid identifier {tbl}.{name} in tm_columns"
+            )));
         }
         tables
             .entry(tbl)
-            .or_insert_with(|| TableSchema { columns: Vec::new() })
+            .or_insert_with(|| TableSchema {
+                columns: Vec::new(),
+            })
             .columns
-            .push(Column { name, ty: type_from_name(&ty)? });
+            .push(Column {
+                name,
+                ty: type_from_name(&ty)?,
+            });
     }
     Ok(Schema { version, tables })
 }
@@ -110,7 +154,9 @@ pub fn load(conn: &Connection, version: u64) -> Result<Schema, StoreError> {
 /// transaction.
 pub fn create_table(conn: &Connection, name: &str, t: &TableSchema) -> Result<(), StoreError> {
     if !is_identifier(name) || t.columns.iter().any(|c| !is_identifier(&c.name)) {
-        return Err(StoreError::Format(format!("table '{name}' has an invalid identifier")));
+        return Err(StoreError::Format(format!(
+            "table '{name}' has an invalid identifier"
+        )));
     }
     let mut ddl = format!(
         "CREATE TABLE \"{name}\" (tm_key TEXT PRIMARY KEY NOT NULL, tm_epoch INTEGER NOT NULL, tm_seq INTEGER NOT NULL"

@@ -62,7 +62,9 @@ struct Inner {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("dir", &self.inner.dir).finish()
+        f.debug_struct("SqliteStore")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -76,13 +78,21 @@ fn pragmas(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn meta_get(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn.query_row("SELECT value FROM tm_meta WHERE name = ?1", params![name], |r| r.get(0)).optional()?)
+    Ok(conn
+        .query_row(
+            "SELECT value FROM tm_meta WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 fn meta_u64(conn: &Connection, name: &str) -> Result<u64, StoreError> {
     match meta_get(conn, name)? {
         None => Ok(0),
-        Some(v) => v.parse().map_err(|_| StoreError::Format(format!("tm_meta.{name} is not a number: {v:?}"))),
+        Some(v) => v
+            .parse()
+            .map_err(|_| StoreError::Format(format!("tm_meta.{name} is not a number: {v:?}"))),
     }
 }
 
@@ -112,9 +122,15 @@ impl SqliteStore {
         })?;
         pragmas(&writer)?;
         let is_new = !writer
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'tm_meta'", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tm_meta'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n > 0)
-            .map_err(|e| StoreError::Format(format!("{} is not a Tidemark store: {e}", path.display())))?;
+            .map_err(|e| {
+                StoreError::Format(format!("{} is not a Tidemark store: {e}", path.display()))
+            })?;
         writer.execute_batch(INTERNAL_DDL)?;
         if is_new {
             let tx = writer.unchecked_transaction()?;
@@ -175,7 +191,10 @@ impl SqliteStore {
         self.inner.catalog.read().clone()
     }
 
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let n = self.inner.readers.len();
         let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
@@ -197,19 +216,29 @@ impl SqliteStore {
             .map_err(|e| StoreError::Engine(format!("store task failed: {e}")))?
     }
 
-    fn read_record(conn: &Connection, t: &TableSql, key: &str) -> Result<Option<Record>, StoreError> {
+    fn read_record(
+        conn: &Connection,
+        t: &TableSql,
+        key: &str,
+    ) -> Result<Option<Record>, StoreError> {
         let mut stmt = conn.prepare_cached(&t.select)?;
         let mut rows = stmt.query(params![key])?;
-        let Some(row) = rows.next()? else { return Ok(None) };
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
         let epoch: i64 = row.get(0)?;
         let seq: i64 = row.get(1)?;
         let mut fields = Fields::new();
         for (i, c) in t.columns.iter().enumerate() {
-            let v = values::from_sql(c.ty, row.get_ref(i + 2)?)
-                .map_err(|e| StoreError::Format(format!("column {} of key {key:?}: {e}", c.name)))?;
+            let v = values::from_sql(c.ty, row.get_ref(i + 2)?).map_err(|e| {
+                StoreError::Format(format!("column {} of key {key:?}: {e}", c.name))
+            })?;
             fields.insert(c.name.clone(), v);
         }
-        Ok(Some(Record { fields, version: Version::new(epoch as u64, seq as u64) }))
+        Ok(Some(Record {
+            fields,
+            version: Version::new(epoch as u64, seq as u64),
+        }))
     }
 
     fn apply_blocking(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError> {
@@ -270,7 +299,9 @@ impl SqliteStore {
             } else {
                 (false, false)
             };
-            let fields_text = fields.as_ref().map(|f| serde_json::Value::Object(f.clone()).to_string());
+            let fields_text = fields
+                .as_ref()
+                .map(|f| serde_json::Value::Object(f.clone()).to_string());
             tx.prepare_cached(
                 "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
@@ -286,8 +317,20 @@ impl SqliteStore {
                 cleared
             ])?;
             high_water.insert(order.source.clone(), (order.seq, true));
-            results.push(OrderResult { source: order.source.clone(), seq: order.seq, version: Some(version), duplicate: false });
-            changes.push(Change { table: order.table.clone(), key: order.key.clone(), fields, version, cleared_flag: cleared, flagged });
+            results.push(OrderResult {
+                source: order.source.clone(),
+                seq: order.seq,
+                version: Some(version),
+                duplicate: false,
+            });
+            changes.push(Change {
+                table: order.table.clone(),
+                key: order.key.clone(),
+                fields,
+                version,
+                cleared_flag: cleared,
+                flagged,
+            });
         }
         for (source, (hw, dirty)) in &high_water {
             if *dirty {
@@ -301,12 +344,19 @@ impl SqliteStore {
         tx.commit()?;
         self.inner.seq.store(seq, Ordering::SeqCst);
         if flags_cleared > 0 {
-            self.inner.flag_rows.fetch_sub(flags_cleared, Ordering::SeqCst);
+            self.inner
+                .flag_rows
+                .fetch_sub(flags_cleared, Ordering::SeqCst);
         }
         Ok(ApplyOutcome { results, changes })
     }
 
-    fn upsert(conn: &Connection, t: &TableSql, order: &Order, version: Version) -> Result<Fields, StoreError> {
+    fn upsert(
+        conn: &Connection,
+        t: &TableSql,
+        order: &Order,
+        version: Version,
+    ) -> Result<Fields, StoreError> {
         let set: Vec<&str> = order.fields.keys().map(String::as_str).collect();
         let sql = t.upsert(&set);
         let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(set.len() + 3);
@@ -315,12 +365,19 @@ impl SqliteStore {
         args.push((version.seq as i64).into());
         for name in &set {
             // Validation guarantees the column exists.
-            let ty = t.columns.iter().find(|c| c.name == *name).map(|c| c.ty).unwrap_or(tidemark_api::ColumnType::Json);
+            let ty = t
+                .columns
+                .iter()
+                .find(|c| c.name == *name)
+                .map(|c| c.ty)
+                .unwrap_or(tidemark_api::ColumnType::Json);
             args.push(values::to_sql(ty, &order.fields[*name]));
         }
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-        let row = rows.next()?.ok_or_else(|| StoreError::Engine("upsert returned no row".into()))?;
+        let row = rows
+            .next()?
+            .ok_or_else(|| StoreError::Engine("upsert returned no row".into()))?;
         let mut fields = Fields::new();
         for (i, c) in t.columns.iter().enumerate() {
             let v = values::from_sql(c.ty, row.get_ref(i)?).map_err(StoreError::Format)?;
@@ -334,10 +391,20 @@ impl SqliteStore {
 
     /// An order at or below its source's high-water mark: acknowledge it if
     /// it is the same order, refuse it otherwise.
-    fn duplicate(conn: &Connection, index: usize, order: &Order, digest: &str, hw: u64) -> Result<OrderResult, StoreError> {
+    fn duplicate(
+        conn: &Connection,
+        index: usize,
+        order: &Order,
+        digest: &str,
+        hw: u64,
+    ) -> Result<OrderResult, StoreError> {
         let seen: Option<(i64, i64, String)> = conn
-            .prepare_cached("SELECT seq, epoch, digest FROM tm_changes WHERE source = ?1 AND source_seq = ?2")?
-            .query_row(params![order.source, order.seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached(
+                "SELECT seq, epoch, digest FROM tm_changes WHERE source = ?1 AND source_seq = ?2",
+            )?
+            .query_row(params![order.source, order.seq as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         match seen {
             Some((seq, epoch, d)) if d == digest => Ok(OrderResult {
@@ -346,7 +413,12 @@ impl SqliteStore {
                 version: Some(Version::new(epoch as u64, seq as u64)),
                 duplicate: true,
             }),
-            Some(_) => Err(StoreError::Conflict { index, source_name: order.source.clone(), seq: order.seq, high_water: hw }),
+            Some(_) => Err(StoreError::Conflict {
+                index,
+                source_name: order.source.clone(),
+                seq: order.seq,
+                high_water: hw,
+            }),
             None => {
                 let oldest: Option<i64> = conn
                     .prepare_cached("SELECT min(source_seq) FROM tm_changes WHERE source = ?1")?
@@ -359,7 +431,12 @@ impl SqliteStore {
                         version: None,
                         duplicate: true,
                     }),
-                    None => Ok(OrderResult { source: order.source.clone(), seq: order.seq, version: None, duplicate: true }),
+                    None => Ok(OrderResult {
+                        source: order.source.clone(),
+                        seq: order.seq,
+                        version: None,
+                        duplicate: true,
+                    }),
                     Some(_) => Err(StoreError::OutOfOrder {
                         index,
                         source_name: order.source.clone(),
@@ -373,7 +450,9 @@ impl SqliteStore {
 
     fn meta_blocking(&self) -> Result<StoreMeta, StoreError> {
         let seq = self.inner.seq.load(Ordering::SeqCst);
-        let floor: Option<i64> = self.with_reader(|c| Ok(c.query_row("SELECT min(seq) FROM tm_changes", [], |r| r.get(0))?))?;
+        let floor: Option<i64> = self.with_reader(|c| {
+            Ok(c.query_row("SELECT min(seq) FROM tm_changes", [], |r| r.get(0))?)
+        })?;
         Ok(StoreMeta {
             epoch: self.inner.epoch.load(Ordering::SeqCst),
             seq,
@@ -399,17 +478,24 @@ impl Store for SqliteStore {
 
     async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError> {
         let catalog = self.catalog();
-        catalog.schema.table(table).map_err(StoreError::Input)?;
-        tidemark_api::schema::validate_key(key).map_err(StoreError::Input)?;
+        catalog.schema.table(table).map_err(|e| StoreError::Input(Box::new(e)))?;
+        tidemark_api::schema::validate_key(key).map_err(|e| StoreError::Input(Box::new(e)))?;
         let t = &catalog.tables[table];
         // Point reads are a few microseconds; they run inline rather than
         // paying for a blocking-pool hop.
         self.with_reader(|c| {
             let record = Self::read_record(c, t, key)?;
             let tombstone = if record.is_none() {
-                c.prepare_cached("SELECT epoch, seq FROM tm_tombstones WHERE tbl = ?1 AND key = ?2")?
-                    .query_row(params![table, key], |r| Ok(Version::new(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
-                    .optional()?
+                c.prepare_cached(
+                    "SELECT epoch, seq FROM tm_tombstones WHERE tbl = ?1 AND key = ?2",
+                )?
+                .query_row(params![table, key], |r| {
+                    Ok(Version::new(
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                    ))
+                })
+                .optional()?
             } else {
                 None
             };
@@ -418,13 +504,19 @@ impl Store for SqliteStore {
                     .query_row(params![table, key], |_| Ok(()))
                     .optional()?
                     .is_some();
-            Ok(Lookup { record, tombstone, flagged })
+            Ok(Lookup {
+                record,
+                tombstone,
+                flagged,
+            })
         })
     }
 
     async fn apply(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(StoreError::Engine("the store is closed (server shutting down); retry on the restarted server".into()));
+            return Err(StoreError::Engine(
+                "the store is closed (server shutting down); retry on the restarted server".into(),
+            ));
         }
         self.blocking(move |s| s.apply_blocking(orders)).await
     }
@@ -466,7 +558,9 @@ impl Store for SqliteStore {
     async fn high_water_marks(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached("SELECT source, high_water FROM tm_sources")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
             Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
         })
     }
@@ -475,7 +569,10 @@ impl Store for SqliteStore {
         self.blocking(move |s| {
             let conn = s.inner.writer.lock();
             let seq = s.inner.seq.load(Ordering::SeqCst);
-            let n = conn.execute("DELETE FROM tm_changes WHERE seq <= ?1", params![seq.saturating_sub(keep) as i64])?;
+            let n = conn.execute(
+                "DELETE FROM tm_changes WHERE seq <= ?1",
+                params![seq.saturating_sub(keep) as i64],
+            )?;
             Ok(n as u64)
         })
         .await
@@ -528,8 +625,18 @@ mod tests {
     #[test]
     fn a_foreign_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(DB_FILE), b"this is not a database, just text").unwrap();
+        std::fs::write(
+            dir.path().join(DB_FILE),
+            b"this is not a database, just text",
+        )
+        .unwrap();
         let err = SqliteStore::open(dir.path(), "server").unwrap_err();
-        assert!(matches!(err, StoreError::Format(_) | StoreError::DataDir { .. } | StoreError::Engine(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Format(_) | StoreError::DataDir { .. } | StoreError::Engine(_)
+            ),
+            "{err}"
+        );
     }
 }

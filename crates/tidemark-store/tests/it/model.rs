@@ -9,12 +9,22 @@ use tidemark_store::{SqliteStore, Store};
 
 #[derive(Debug, Clone)]
 enum Step {
-    Upsert { key: u8, plan: Option<u8>, limit: Option<i64> },
-    Delete { key: u8 },
+    Upsert {
+        key: u8,
+        plan: Option<u8>,
+        limit: Option<i64>,
+    },
+    Delete {
+        key: u8,
+    },
     /// Re-send an earlier order (must be acknowledged, not reapplied).
-    Replay { back: u8 },
+    Replay {
+        back: u8,
+    },
     /// A batch whose last order is invalid (must change nothing).
-    Poisoned { key: u8 },
+    Poisoned {
+        key: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -36,7 +46,10 @@ fn apply_model(model: &mut Model, o: &Order) {
         }
         Op::Upsert => {
             let rec = model.entry(o.key.clone()).or_insert_with(|| {
-                ["plan", "status", "services", "roaming", "credit_limit"].iter().map(|c| (c.to_string(), json!(null))).collect()
+                ["plan", "status", "services", "roaming", "credit_limit"]
+                    .iter()
+                    .map(|c| (c.to_string(), json!(null)))
+                    .collect()
             });
             for (k, v) in &o.fields {
                 rec.insert(k.clone(), v.clone());

@@ -14,14 +14,23 @@ pub struct Conn {
 
 /// `http://host:port` to `host:port`.
 pub fn authority(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("http://").context("only http:// URLs are supported by the load generator")?;
-    Ok(rest.trim_end_matches('/').split('/').next().unwrap_or(rest).to_owned())
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported by the load generator")?;
+    Ok(rest
+        .trim_end_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or(rest)
+        .to_owned())
 }
 
 impl Conn {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let host = authority(url)?;
-        let stream = tokio::net::TcpStream::connect(&host).await.with_context(|| format!("connecting to {host}"))?;
+        let stream = tokio::net::TcpStream::connect(&host)
+            .await
+            .with_context(|| format!("connecting to {host}"))?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -31,7 +40,11 @@ impl Conn {
     }
 
     /// GET `path` with extra headers; returns the status and body length.
-    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, usize)> {
+    pub async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, usize)> {
         self.sender.ready().await?;
         let mut req = hyper::Request::get(path).header("host", &self.host);
         for (k, v) in headers {

@@ -33,8 +33,8 @@ pub fn fields_of(i: u64) -> Fields {
     serde_json::json!({
         "plan": plan,
         "status": "active",
-        "services": {"voice": true, "sms": i % 2 == 0},
-        "roaming": i % 5 == 0,
+        "services": {"voice": true, "sms": i.is_multiple_of(2)},
+        "roaming": i.is_multiple_of(5),
         "credit_limit": (i % 100) as i64 * 1000,
     })
     .as_object()
@@ -47,7 +47,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let marks: std::collections::BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
     let batches = args.records.div_ceil(args.batch);
     let bar = ProgressBar::new(args.records);
-    bar.set_style(ProgressStyle::with_template("loading [{bar:40}] {pos}/{len} ({per_sec})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("loading [{bar:40}] {pos}/{len} ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     // Orders of one source must arrive in seq order, so each writer numbers
@@ -66,7 +69,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let orders: Vec<Order> = (lo..hi)
                     .map(|i| {
                         seq += 1;
-                        Order { source: source.clone(), seq, table: "subscriber".into(), key: key_of(i), op: Op::Upsert, fields: fields_of(i) }
+                        Order {
+                            source: source.clone(),
+                            seq,
+                            table: "subscriber".into(),
+                            key: key_of(i),
+                            op: Op::Upsert,
+                            fields: fields_of(i),
+                        }
                     })
                     .collect();
                 tidemark_ops::submit::send_with_retry(&client, &orders).await?;
@@ -83,9 +93,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let rate = args.records as f64 / secs;
     if args.common.json {
-        println!("{}", serde_json::json!({"scenario": "load", "records": args.records, "batch": args.batch, "seconds": secs, "orders_per_sec": rate}));
+        println!(
+            "{}",
+            serde_json::json!({"scenario": "load", "records": args.records, "batch": args.batch, "seconds": secs, "orders_per_sec": rate})
+        );
     } else {
-        println!("loaded {} records in batches of {} in {secs:.2}s: {rate:.0} orders/s", args.records, args.batch);
+        println!(
+            "loaded {} records in batches of {} in {secs:.2}s: {rate:.0} orders/s",
+            args.records, args.batch
+        );
     }
     Ok(())
 }

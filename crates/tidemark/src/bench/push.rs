@@ -60,7 +60,8 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         });
     }
     for r in ready {
-        r.await.map_err(|_| anyhow::anyhow!("a watch stream closed before it opened"))?;
+        r.await
+            .map_err(|_| anyhow::anyhow!("a watch stream closed before it opened"))?;
     }
     let source = format!("bench-push-{run_id}");
     let mut h = stats::histogram();
@@ -72,7 +73,10 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
             table: "subscriber".into(),
             key: keys[(i % keys.len() as u64) as usize].clone(),
             op: Op::Upsert,
-            fields: serde_json::json!({"credit_limit": i}).as_object().cloned().unwrap_or_default(),
+            fields: serde_json::json!({"credit_limit": i})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
         };
         let t0 = Instant::now();
         let resp = client.post_orders(&[order]).await?;
@@ -80,7 +84,10 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         pending.insert(seq, (t0, 0));
         // Collect arrivals for this order before sending the next one.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pending.get(&seq).is_some_and(|(_, n)| *n < args.subscribers) {
+        while pending
+            .get(&seq)
+            .is_some_and(|(_, n)| *n < args.subscribers)
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, done_rx.recv()).await {
                 Ok(Some((_, s, at))) => {
@@ -89,14 +96,19 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
                         *n += 1;
                     }
                 }
-                _ => anyhow::bail!("order seq {seq} did not arrive on every watch stream within 5 s"),
+                _ => {
+                    anyhow::bail!("order seq {seq} did not arrive on every watch stream within 5 s")
+                }
             }
         }
         pending.remove(&seq);
     }
     let p = stats::percentiles(&h);
     if args.common.json {
-        println!("{}", serde_json::json!({"scenario": "push", "subscribers": args.subscribers, "orders": args.orders, "latency": p}));
+        println!(
+            "{}",
+            serde_json::json!({"scenario": "push", "subscribers": args.subscribers, "orders": args.orders, "latency": p})
+        );
     } else {
         println!(
             "push latency, order submitted -> arrival on each of {} watch streams ({} orders): p50 {} ms, p99 {} ms, p999 {} ms",

@@ -55,14 +55,20 @@ pub async fn run(args: ReadsArgs) -> anyhow::Result<()> {
             let mut h = stats::histogram();
             let (mut ok, mut not_found, mut other) = (0u64, 0u64, 0u64);
             let sub = args.subscriber.clone().unwrap_or_default();
-            let headers: Vec<(&str, &str)> =
-                if args.subscriber.is_some() { vec![("tidemark-subscriber", sub.as_str())] } else { vec![] };
+            let headers: Vec<(&str, &str)> = if args.subscriber.is_some() {
+                vec![("tidemark-subscriber", sub.as_str())]
+            } else {
+                vec![]
+            };
             loop {
                 let i = match &zipf {
                     Some(z) => (z.sample(&mut rng) as u64).saturating_sub(1),
                     None => rng.gen_range(0..space),
                 };
-                let path = format!("/v1/records/subscriber/{}", tidemark_api::client::encode_path(&key_of(i)));
+                let path = format!(
+                    "/v1/records/subscriber/{}",
+                    tidemark_api::client::encode_path(&key_of(i))
+                );
                 let t0 = Instant::now();
                 let (status, _) = conn.get(&path, &headers).await?;
                 let now = Instant::now();

@@ -27,14 +27,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn not_yet(what: &str, issue: &str) -> anyhow::Result<()> {
-    anyhow::bail!("'tidemark {what}' is not built yet in this version (planned in {issue}); nothing was done")
+    anyhow::bail!(
+        "'tidemark {what}' is not built yet in this version (planned in {issue}); nothing was done"
+    )
 }
 
 /// Binds a listener, printing the bound address on stdout so scripts and
 /// tests that pass port 0 can find it.
 pub async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {addr} for the {what}: {e}; choose another address with --listen")
+        anyhow::anyhow!(
+            "cannot listen on {addr} for the {what}: {e}; choose another address with --listen"
+        )
     })?;
     let bound = listener.local_addr()?;
     println!("listening on http://{bound}");

@@ -9,14 +9,19 @@ use tidemark_ops::{submit, SubmitOptions};
 pub async fn run(config: OpsConfig, cmd: OpsCommand) -> anyhow::Result<()> {
     match cmd {
         OpsCommand::Submit(args) => run_submit(config, args).await,
-        OpsCommand::Recover(_) => super::not_yet("ops recover", "issue 'Disaster recovery … and tidemark demo'"),
+        OpsCommand::Recover(_) => super::not_yet(
+            "ops recover",
+            "issue 'Disaster recovery … and tidemark demo'",
+        ),
     }
 }
 
 async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()> {
     let raw = if args.file == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading orders from standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading orders from standard input")?;
         buf
     } else {
         std::fs::read(&args.file).with_context(|| format!("reading orders from {}", args.file))?

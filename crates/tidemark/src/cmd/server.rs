@@ -22,7 +22,9 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.database_url = Some(Secret(u));
     }
     if config.store == StoreKind::Postgres && config.database_url.is_none() {
-        anyhow::bail!("--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)");
+        anyhow::bail!(
+            "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
+        );
     }
     let shutdown = crate::signals::shutdown_token();
     let server = Server::open(config.clone(), shutdown).await?;

@@ -11,7 +11,9 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
         config.id = v;
     }
     if let Some(v) = args.policy {
-        config.policy = v.parse().map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
+        config.policy = v
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
     }
     if let Some(v) = args.listen {
         config.listen = v;

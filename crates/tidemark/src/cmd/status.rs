@@ -8,7 +8,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let state: ServerState = client.state().await?;
     let recovery: RecoveryStatus = client.get_json("/v1/recovery").await?;
     if args.json {
-        println!("{}", serde_json::json!({"state": state, "recovery": recovery}));
+        println!(
+            "{}",
+            serde_json::json!({"state": state, "recovery": recovery})
+        );
         return Ok(());
     }
     println!("server        {}", args.server);
@@ -23,10 +26,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         recovery.state,
         recovery.flagged,
         recovery.cleared,
-        recovery.started_at.map(|s| format!(", started {s}")).unwrap_or_default()
+        recovery
+            .started_at
+            .map(|s| format!(", started {s}"))
+            .unwrap_or_default()
     );
     match state.quiesce {
-        Some(q) => println!("quiesce       offline in {}s ({}): {}", q.seconds_left, q.deadline, q.message),
+        Some(q) => println!(
+            "quiesce       offline in {}s ({}): {}",
+            q.seconds_left, q.deadline, q.message
+        ),
         None => println!("quiesce       none"),
     }
     Ok(())

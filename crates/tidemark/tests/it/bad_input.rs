@@ -1,0 +1,253 @@
+//! Every bad input gets its own error code, a message that says what to do,
+//! and changes nothing.
+
+use crate::harness::*;
+use serde_json::json;
+
+/// Posts `body` and checks the status, the code, and that nothing changed.
+async fn refused(db: &str, body: impl Into<reqwest::Body>, status: u16, code: &str) -> String {
+    let before = get_json(&format!("{db}/v1/state")).await.1["seq"].clone();
+    let marks = get_json(&format!("{db}/v1/sources")).await.1;
+    let (s, b) = post_raw(&format!("{db}/v1/orders"), body).await;
+    assert_eq!(s, status, "status for {code}: {b}");
+    assert_eq!(b["error"]["code"], code, "{b}");
+    let message = b["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.len() > 20, "a message that explains: {message}");
+    assert_eq!(
+        get_json(&format!("{db}/v1/state")).await.1["seq"],
+        before,
+        "nothing applied for {code}"
+    );
+    assert_eq!(
+        get_json(&format!("{db}/v1/sources")).await.1,
+        marks,
+        "no high-water mark moved for {code}"
+    );
+    message
+}
+
+fn batch(orders: serde_json::Value) -> String {
+    json!({"orders": orders}).to_string()
+}
+
+fn order(seq: u64, key: &str, fields: serde_json::Value) -> serde_json::Value {
+    json!({"source": "ops-t", "seq": seq, "table": "subscriber", "key": key, "op": "upsert", "fields": fields})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_bad_order_batch_is_refused_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(
+        tmp.path(),
+        &[
+            ("TIDEMARK_SERVER__MAX_BODY_BYTES", "65536"),
+            ("TIDEMARK_SERVER__MAX_BATCH_ORDERS", "50"),
+        ],
+    )
+    .await;
+    let u = &db.url;
+    let good = order(1, "good", json!({"plan": "a"}));
+
+    refused(u, "{not json", 400, "bad_json").await;
+    refused(u, json!({"orders": "no"}).to_string(), 400, "bad_json").await;
+    refused(u, batch(json!([good, {"source": "ops-t", "seq": 2, "table": "subscriber", "key": "k", "op": "merge"}])), 400, "bad_json").await;
+    let m = refused(u, batch(json!([good, {"source": "ops-t", "seq": 2, "table": "nope", "key": "k", "op": "upsert"}])), 404, "unknown_table").await;
+    assert!(m.contains("nope") && m.contains("subscriber"), "{m}");
+    let m = refused(
+        u,
+        batch(json!([good, order(2, "k", json!({"colour": "red"}))])),
+        400,
+        "unknown_column",
+    )
+    .await;
+    assert!(m.contains("colour") && m.contains("order 1"), "{m}");
+    refused(
+        u,
+        batch(json!([good, order(2, "k", json!({"roaming": "yes"}))])),
+        400,
+        "wrong_field_type",
+    )
+    .await;
+    refused(
+        u,
+        batch(json!([good, order(2, "k", json!({"credit_limit": 1.5}))])),
+        400,
+        "wrong_field_type",
+    )
+    .await;
+    refused(
+        u,
+        batch(json!([good, order(2, "", json!({}))])),
+        400,
+        "invalid_key",
+    )
+    .await;
+    refused(
+        u,
+        batch(json!([good, order(2, &"x".repeat(257), json!({}))])),
+        400,
+        "invalid_key",
+    )
+    .await;
+    refused(u, batch(json!([good, {"source": "ops-t", "seq": 2, "table": "subscriber", "key": "k", "op": "delete", "fields": {"plan": "x"}}])), 400, "invalid_order").await;
+    refused(
+        u,
+        batch(json!([order(0, "k", json!({}))])),
+        400,
+        "invalid_order",
+    )
+    .await;
+    let big: Vec<_> = (1..=51).map(|i| order(i, "k", json!({}))).collect();
+    refused(u, batch(json!(big)), 413, "batch_too_large").await;
+    let huge = batch(json!([order(1, "k", json!({"plan": "x".repeat(70_000)}))]));
+    refused(u, huge, 413, "payload_too_large").await;
+
+    // A reused (source, seq) with different content is a conflict; the same
+    // order again is acknowledged, not applied twice.
+    let (s, b) = post_raw(&format!("{u}/v1/orders"), batch(json!([good]))).await;
+    assert_eq!(s, 200, "{b}");
+    let v = b["results"][0]["version"].clone();
+    let (s, b) = post_raw(&format!("{u}/v1/orders"), batch(json!([good]))).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["results"][0]["duplicate"], true);
+    assert_eq!(b["results"][0]["version"], v);
+    refused(
+        u,
+        batch(json!([
+            order(2, "other", json!({})),
+            order(1, "good", json!({"plan": "b"}))
+        ])),
+        409,
+        "order_conflict",
+    )
+    .await;
+    let (_, r) = get_json(&format!("{u}/v1/records/subscriber/other")).await;
+    assert_eq!(
+        r["found"], false,
+        "the valid first order of a refused batch was not applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_reads_and_routes_are_refused_with_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
+    let cases = [
+        (
+            format!("{}/v1/records/nope/k", db.url),
+            404,
+            "unknown_table",
+        ),
+        (
+            format!("{}/v1/records/subscriber/{}", db.url, "x".repeat(257)),
+            400,
+            "invalid_key",
+        ),
+        (format!("{}/v1/nothing", db.url), 404, "not_found"),
+        (format!("{}/v1/watch", db.url), 400, "bad_request"),
+        (
+            format!("{}/v1/records/nope/k", svc.url),
+            404,
+            "unknown_table",
+        ),
+        (
+            format!("{}/v1/records/subscriber/{}", svc.url, "x".repeat(257)),
+            400,
+            "invalid_key",
+        ),
+    ];
+    for (url, status, code) in cases {
+        let (s, b) = get_json(&url).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{url}: {b}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/records/subscriber/k", svc.url))
+        .header("Tidemark-Freshness", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "bad_request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_refuses_a_locked_or_unusable_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _db = db_server(tmp.path(), &[]).await;
+    let data = tmp.path().join("data");
+    let out = run(
+        tmp.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another process") && err.contains("stop it first"),
+        "{err}"
+    );
+
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(
+        tmp.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            file.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot use data directory"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ops_refuses_bad_input_before_journaling_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let journal = tmp.path().join("journal");
+    let args = [
+        "ops",
+        "submit",
+        "--db",
+        db.url.as_str(),
+        "--journal",
+        journal.to_str().unwrap(),
+        "-",
+    ];
+    for (input, needle) in [
+        ("{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\"}\nnot json\n", "line 2"),
+        ("{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"colour\":1}}\n", "colour"),
+        ("{\"table\":\"nope\",\"key\":\"a\",\"op\":\"delete\"}\n", "nope"),
+    ] {
+        let out = run(tmp.path(), &args, Some(input.as_bytes()), &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle) && err.lines().count() == 1, "one line naming the problem: {err}");
+    }
+    assert!(
+        !journal.join("ops-1.journal").exists()
+            || std::fs::read(journal.join("ops-1.journal"))
+                .unwrap()
+                .is_empty()
+    );
+    assert_eq!(commit_seq(&db.url).await, 0);
+}

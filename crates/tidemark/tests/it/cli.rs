@@ -1,0 +1,141 @@
+//! The program's command line: help, exit codes, configuration layering.
+
+use crate::harness::*;
+
+#[test]
+fn every_subcommand_has_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in [
+        vec!["--help"],
+        vec!["server", "--help"],
+        vec!["service", "--help"],
+        vec!["ops", "submit", "--help"],
+        vec!["ops", "recover", "--help"],
+        vec!["status", "--help"],
+        vec!["bench", "reads", "--help"],
+    ] {
+        let out = run(tmp.path(), &cmd, None, &[]);
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_usage_exits_2_and_failures_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(
+        run(tmp.path(), &["no-such-command"], None, &[])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(tmp.path(), &["server", "--no-such-flag"], None, &[])
+            .status
+            .code(),
+        Some(2)
+    );
+    let out = run(
+        tmp.path(),
+        &["status", "--server", "http://127.0.0.1:1"],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("could not reach"), "{err}");
+    let out = run(
+        tmp.path(),
+        &[
+            "service",
+            "--db",
+            "http://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a service server without --id is refused"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--id"));
+    let out = run(
+        tmp.path(),
+        &["--config", "missing.toml", "status"],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_then_environment_then_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let from_file = tmp.path().join("from-file");
+    let from_env = tmp.path().join("from-env");
+    std::fs::write(
+        tmp.path().join("tidemark.toml"),
+        format!(
+            "[server]\ndata_dir = \"{}\"\nchange_log_keep = 5\n",
+            from_file.display()
+        ),
+    )
+    .unwrap();
+    let db = Proc::start(
+        "db",
+        tmp.path(),
+        &["--config", "tidemark.toml", "server"],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    assert!(
+        from_file.join("LOCK").exists(),
+        "the file's data_dir is used"
+    );
+    drop(db);
+    let db = Proc::start(
+        "db",
+        tmp.path(),
+        &["--config", "tidemark.toml", "server"],
+        &[("TIDEMARK_SERVER__DATA_DIR", from_env.to_str().unwrap())],
+    );
+    db.wait_ok("/readyz").await;
+    assert!(
+        from_env.join("LOCK").exists(),
+        "the environment overrides the file"
+    );
+    drop(db);
+    let from_flag = tmp.path().join("from-flag");
+    let db = Proc::start(
+        "db",
+        tmp.path(),
+        &[
+            "--config",
+            "tidemark.toml",
+            "server",
+            "--data-dir",
+            from_flag.to_str().unwrap(),
+        ],
+        &[("TIDEMARK_SERVER__DATA_DIR", from_env.to_str().unwrap())],
+    );
+    db.wait_ok("/readyz").await;
+    assert!(from_flag.join("LOCK").exists(), "the flag overrides both");
+    let (_, doc) = get_json(&format!("{}/openapi.json", db.url)).await;
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/v1/orders"].is_object());
+    let metrics = reqwest::get(format!("{}/metrics", db.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("# TYPE tidemark_reads_total counter"));
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real `tidemark` program, started as processes on
+//! free ports in temporary folders, driven over HTTP.
+
+mod bad_input;
+mod cli;
+mod data_path;
+mod harness;

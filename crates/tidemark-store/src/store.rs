@@ -80,4 +80,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything durable and releases the engine.
     async fn close(&self) -> Result<(), StoreError>;
+
+    // --- recovery (P5-P10) ---
+
+    /// Called by restore on the freshly restored copy, before it is swapped
+    /// in: sets the epoch to `new_epoch` and the recovery state to
+    /// `recovering` with no schedule list received yet, so the server starts
+    /// answering every read as recovering (P5, S2).
+    async fn mark_restored(&self, new_epoch: u64) -> Result<(), StoreError>;
+
+    // --- backup (B1-B6) ---
 }

@@ -578,6 +578,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn mark_restored(&self, new_epoch: u64) -> Result<(), StoreError> {
+        self.blocking(move |s| {
+            let mut conn = s.inner.writer.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            meta_set(&tx, "epoch", &new_epoch.to_string())?;
+            meta_set(&tx, "recovery_state", "recovering")?;
+            meta_set(&tx, "schedule_final", "0")?;
+            meta_set(&tx, "recovery_started_at", &chrono::Utc::now().to_rfc3339())?;
+            tx.commit()?;
+            s.inner.epoch.store(new_epoch, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());

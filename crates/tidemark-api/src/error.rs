@@ -27,6 +27,12 @@ pub enum ErrorCode {
     OrderConflict,
     /// An order older than its source's high-water mark that was never applied.
     OrderOutOfOrder,
+    /// During recovery an order skipped ahead of its source's next seq.
+    OrderGap,
+    /// A recovery request while the server is not recovering.
+    NotRecovering,
+    /// `recovery/complete` before the final chunk of the schedule list.
+    ScheduleIncomplete,
     /// A query parameter is missing or malformed.
     BadRequest,
     /// No such route.
@@ -52,7 +58,7 @@ impl ErrorCode {
                 400
             }
             UnknownTable | NotFound => 404,
-            OrderConflict | OrderOutOfOrder => 409,
+            OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete => 409,
             PayloadTooLarge | BatchTooLarge => 413,
             NotReady | StaleData | DbUnavailable => 503,
             StoreFailure | Internal => 500,
@@ -72,6 +78,9 @@ impl ErrorCode {
             BatchTooLarge => "batch_too_large",
             OrderConflict => "order_conflict",
             OrderOutOfOrder => "order_out_of_order",
+            OrderGap => "order_gap",
+            NotRecovering => "not_recovering",
+            ScheduleIncomplete => "schedule_incomplete",
             BadRequest => "bad_request",
             NotFound => "not_found",
             NotReady => "not_ready",
@@ -94,6 +103,9 @@ impl ErrorCode {
         ErrorCode::BatchTooLarge,
         ErrorCode::OrderConflict,
         ErrorCode::OrderOutOfOrder,
+        ErrorCode::OrderGap,
+        ErrorCode::NotRecovering,
+        ErrorCode::ScheduleIncomplete,
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::NotReady,

@@ -48,6 +48,11 @@ pub enum EpochReason {
     /// The server cannot resume from the given id (other boot, or the change
     /// log no longer reaches back that far).
     CannotResume,
+    /// The whole recovery schedule list has arrived: answers given as
+    /// "recovering" before it may now be current.
+    ScheduleComplete,
+    /// An operator ended a recovery: flags were dropped.
+    RecoveryAborted,
 }
 
 /// Payload of the `epoch` event.

@@ -37,6 +37,58 @@ pub struct RecoveryStatus {
     pub cleared: u64,
     #[serde(default)]
     pub started_at: Option<String>,
+    /// Flags still set.
+    #[serde(default)]
+    pub remaining: u64,
+    /// The final chunk of the schedule list has arrived; before it, every
+    /// read is answered as recovering.
+    #[serde(default)]
+    pub schedule_final: bool,
+    /// The OpS has said it sent all the difference data.
+    #[serde(default)]
+    pub complete_requested: bool,
+    /// Estimated end, from the clearing rate so far.
+    #[serde(default)]
+    pub estimated_end: Option<String>,
+}
+
+/// Body of `POST /v1/recovery/schedule` (P6, P7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleChunk {
+    pub source: String,
+    pub entries: Vec<ScheduleEntry>,
+    #[serde(default, rename = "final")]
+    pub final_chunk: bool,
+}
+
+/// One key of the recovery schedule list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleEntry {
+    pub table: String,
+    pub key: String,
+    pub through_seq: u64,
+}
+
+/// Answer of `POST /v1/recovery/schedule`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleAnswer {
+    pub flagged: u64,
+    /// Entries whose order the restored data already holds.
+    pub skipped: u64,
+    #[serde(rename = "final")]
+    pub final_chunk: bool,
+}
+
+/// One flag still set, for operators (`GET /v1/recovery/flags`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlagInfo {
+    pub table: String,
+    pub key: String,
+    pub source: String,
+    /// The key stays flagged until this order of `source` is applied.
+    pub through_seq: u64,
+    /// The source's applied-order high-water mark now.
+    pub high_water: u64,
 }
 
 /// Body of `GET /v1/state`.

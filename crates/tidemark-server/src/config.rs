@@ -49,6 +49,8 @@ pub struct ServerConfig {
     /// Capacity of the in-memory push queue per process; a watcher that
     /// falls further behind is served from the change log.
     pub push_queue: usize,
+    /// Seconds the state stays `recovered` before it returns to `normal`.
+    pub recovered_hold_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             change_log_keep: 1_000_000,
             shutdown_grace_secs: 10,
             push_queue: 65_536,
+            recovered_hold_secs: 300,
         }
     }
 }

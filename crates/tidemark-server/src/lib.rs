@@ -7,12 +7,14 @@
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
 //! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
 //! - [`metrics`]: the server's Prometheus metrics.
+//! - [`recovery`]: the recovery state machine, flags and the blanket window (P5–P10).
 //! - [`http`]: one module per group of endpoints, and the one error shape.
 
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod recovery;
 pub mod server;
 
 pub use config::{ServerConfig, StoreKind};

@@ -20,6 +20,9 @@ pub struct ServerMetrics {
     pub errors: Arc<Counter>,
     pub seq: Arc<Gauge>,
     pub epoch: Arc<Gauge>,
+    pub recovery_state: Arc<Gauge>,
+    pub recovery_flagged: Arc<Gauge>,
+    pub recovery_remaining: Arc<Gauge>,
 }
 
 impl ServerMetrics {
@@ -75,6 +78,9 @@ impl ServerMetrics {
                 "Current epoch (grows with every restore).",
                 "",
             ),
+            recovery_state: r.gauge("tidemark_recovery_state", "Recovery state: 0 normal, 1 recovering, 2 recovered.", ""),
+            recovery_flagged: r.gauge("tidemark_recovery_flagged", "Flags set since the recovery started.", ""),
+            recovery_remaining: r.gauge("tidemark_recovery_remaining", "Flags still set.", ""),
             registry: r,
         }
     }

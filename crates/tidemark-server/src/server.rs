@@ -39,9 +39,13 @@ impl Server {
         metrics.epoch.set(meta.epoch as i64);
         let boot = format!("{:08x}", rand::random::<u32>());
         let hub = Hub::new(config.push_queue);
+        let recovery = crate::recovery::Recovery::load(store.clone()).await?;
+        // A crash between the last flag clear and the state change is mended here.
+        recovery.maybe_finish().await?;
         let state = Arc::new(AppState {
             store,
             hub,
+            recovery,
             metrics,
             config,
             boot,
@@ -62,7 +66,7 @@ impl Server {
         let app = http::router(state.clone());
         state.ready.store(true, Ordering::SeqCst);
         let meta = state.store.meta().await?;
-        tracing::info!(%addr, store = state.store.engine(), epoch = meta.epoch, seq = meta.seq, boot = %state.boot, "DB server ready");
+        tracing::info!(%addr, store = state.store.engine(), epoch = meta.epoch, seq = meta.seq, boot = %state.boot, recovery = ?state.recovery.state(), "DB server ready");
 
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
         let signal = shutdown.clone();
@@ -89,13 +93,21 @@ impl Server {
     }
 }
 
-/// Keeps the change log bounded.
+/// Keeps the change log bounded, and moves `recovered` back to `normal`.
 async fn prune_worker(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Err(e) = state.recovery.settle(Duration::from_secs(state.config.recovered_hold_secs)).await {
+            tracing::warn!(error = %e, "recovery state update failed; will retry");
+        }
+        n += 1;
+        if n % 30 != 0 {
+            continue;
         }
         match state
             .store

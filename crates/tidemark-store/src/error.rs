@@ -29,6 +29,16 @@ pub enum StoreError {
         seq: u64,
         high_water: u64,
     },
+    /// During recovery, orders of a source must arrive without gaps, so the
+    /// difference data is replayed in order (P10).
+    #[error("order {index}: source '{source_name}' seq {seq} skips ahead of seq {expected}; the DB server is recovering and applies each source's orders strictly in order; send seq {expected} first (run 'tidemark ops recover'); nothing in the batch was applied")]
+    Gap { index: usize, source_name: String, seq: u64, expected: u64 },
+    /// A recovery schedule entry is malformed.
+    #[error("{0}")]
+    BadSchedule(String),
+    /// A recovery request while the server is not recovering.
+    #[error("the DB server is not recovering: a schedule list is only taken after a restore ('tidemark restore') and until the recovery completes")]
+    NotRecovering,
     /// A read named something invalid (unknown table, bad key).
     #[error("{0}")]
     Input(Box<InvalidInput>),

@@ -23,4 +23,4 @@ pub mod testsuite;
 pub use error::StoreError;
 pub use lock::DataDirLock;
 pub use sqlite::SqliteStore;
-pub use store::{ApplyOutcome, Change, Lookup, Store, StoreMeta};
+pub use store::{ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, RecoveryMeta, Store, StoreMeta};

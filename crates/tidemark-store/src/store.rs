@@ -4,7 +4,49 @@ use crate::StoreError;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tidemark_api::{Fields, Order, OrderResult, Record, Schema, Version};
+use tidemark_api::{Fields, Order, OrderResult, Record, RecoveryState, Schema, Version};
+
+/// The recovery state as the store keeps it (P5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryMeta {
+    pub state: RecoveryState,
+    /// The final chunk of the schedule list has arrived.
+    pub schedule_final: bool,
+    /// The OpS has said it sent everything.
+    pub complete_requested: bool,
+    pub started_at: Option<String>,
+    /// Flags set since the recovery started.
+    pub flagged_total: u64,
+    /// Flags still set.
+    pub remaining: u64,
+}
+
+/// One entry of the recovery schedule list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagEntry {
+    pub table: String,
+    pub key: String,
+    pub through_seq: u64,
+}
+
+/// What a schedule chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlagsAdded {
+    pub flagged: u64,
+    /// Entries whose order the store already holds.
+    pub skipped: u64,
+}
+
+/// A flag still set, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    pub table: String,
+    pub key: String,
+    pub source: String,
+    pub through_seq: u64,
+    /// The source's applied-order high-water mark now.
+    pub high_water: u64,
+}
 
 /// One applied change, as kept in the change log and pushed to watchers.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +130,25 @@ pub trait Store: Send + Sync + 'static {
     /// `recovering` with no schedule list received yet, so the server starts
     /// answering every read as recovering (P5, S2).
     async fn mark_restored(&self, new_epoch: u64) -> Result<(), StoreError>;
+
+    /// The persisted recovery state and progress.
+    async fn recovery_meta(&self) -> Result<RecoveryMeta, StoreError>;
+
+    /// Flags keys named in a chunk of the recovery schedule list (P7). An
+    /// entry whose order `(source, through_seq)` the store already holds is
+    /// skipped: the restored data is current for it. `final_chunk` records
+    /// that the whole list has arrived. Time is proportional to the chunk.
+    async fn add_flags(&self, source: &str, entries: Vec<FlagEntry>, final_chunk: bool) -> Result<FlagsAdded, StoreError>;
+
+    /// Sets the recovery state and the "OpS said complete" mark.
+    async fn set_recovery_state(&self, state: RecoveryState, complete_requested: bool) -> Result<RecoveryMeta, StoreError>;
+
+    /// Up to `limit` flags still set, in key order, for operators.
+    async fn list_flags(&self, limit: usize) -> Result<Vec<Flag>, StoreError>;
+
+    /// Drops every flag (an operator ending a recovery the OpS will never
+    /// complete). Returns how many were dropped.
+    async fn clear_flags(&self) -> Result<u64, StoreError>;
 
     // --- backup (B1-B6) ---
 }

@@ -35,6 +35,9 @@ pub enum Command {
     Ops(OpsCommand),
     /// Show a DB server's state, role, epoch, recovery progress, quiesce and schema version.
     Status(StatusArgs),
+    /// Operator tools for a recovery in progress: list flagged keys, or end it.
+    #[command(subcommand)]
+    Recovery(RecoveryCommand),
     /// Back up a DB server (online) or its data directory (offline).
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -138,12 +141,50 @@ pub struct OpsRecoverArgs {
     /// URL of the DB server.
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
-    /// Journal directory.
+    /// Journal directory (every SOURCE.journal in it is recovered).
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
-    /// The backup the DB server was restored from.
+    /// The backup the DB server was restored from (its manifest says which
+    /// orders the restored data already holds).
     #[arg(long, value_name = "DIR")]
-    pub backup: Option<PathBuf>,
+    pub backup: PathBuf,
+    /// Schedule-list entries per request.
+    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    pub chunk: usize,
+    /// Orders per replay request [default: the ops batch setting, 1000].
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoveryCommand {
+    /// List the keys still flagged as recovering, and the order each waits for.
+    Flags(RecoveryFlagsArgs),
+    /// End a recovery that the OpS will never complete: drops every flag (logged).
+    Abort(RecoveryAbortArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecoveryFlagsArgs {
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Most flags to list.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoveryAbortArgs {
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Why the recovery is ended (required; written to the server log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,9 @@ impl From<StoreError> for HttpError {
             StoreError::Input(error) => ApiError::from(*error).into(),
             StoreError::Conflict { .. } => HttpError::new(ErrorCode::OrderConflict, message),
             StoreError::OutOfOrder { .. } => HttpError::new(ErrorCode::OrderOutOfOrder, message),
+            StoreError::Gap { .. } => HttpError::new(ErrorCode::OrderGap, message),
+            StoreError::BadSchedule(_) => HttpError::new(ErrorCode::BadRequest, message),
+            StoreError::NotRecovering => HttpError::new(ErrorCode::NotRecovering, message),
             StoreError::DataDir { .. }
             | StoreError::Locked { .. }
             | StoreError::Format(_)

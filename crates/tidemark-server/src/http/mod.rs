@@ -5,6 +5,7 @@ pub mod openapi;
 pub mod orders;
 pub mod probes;
 pub mod records;
+pub mod recovery;
 pub mod watch;
 
 use crate::config::ServerConfig;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    pub recovery: crate::recovery::Recovery,
     pub metrics: ServerMetrics,
     pub config: ServerConfig,
     /// Names this process; part of every watch event id.
@@ -38,7 +40,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orders", post(orders::post_orders))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/state", get(probes::state))
-        .route("/v1/recovery", get(probes::recovery))
+        .route("/v1/recovery", get(recovery::status))
+        .route("/v1/recovery/schedule", post(recovery::schedule))
+        .route("/v1/recovery/complete", post(recovery::complete))
+        .route("/v1/recovery/flags", get(recovery::flags))
+        .route("/v1/recovery/abort", post(recovery::abort))
         .route("/v1/sources", get(probes::sources))
         .route("/v1/schema", get(probes::schema))
         .route("/healthz", get(probes::healthz))

@@ -73,12 +73,18 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     let _order = app.hub.commit_lock.lock().await;
     let outcome = app.store.apply(req.orders).await?;
     let applied = outcome.changes.len() as u64;
+    let cleared = outcome.changes.iter().any(|c| c.cleared_flag);
     let duplicates = outcome.results.len() as u64 - applied;
     if let Some(last) = outcome.changes.last() {
         app.metrics.seq.set(last.version.seq as i64);
     }
     app.hub.publish_changes(outcome.changes);
     drop(_order);
+    if cleared {
+        if let Err(e) = app.recovery.after_clear().await {
+            tracing::warn!(error = %e, "could not update the recovery state after clearing flags; it will be retried");
+        }
+    }
     app.metrics.order_batches.inc();
     app.metrics.orders_applied.add(applied);
     app.metrics.orders_duplicate.add(duplicates);

@@ -9,7 +9,7 @@ use axum::Json;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tidemark_api::{ErrorCode, RecoveryState, RecoveryStatus, Role, ServerState};
+use tidemark_api::{ErrorCode, Role, ServerState};
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -36,6 +36,15 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     if let Ok(meta) = app.store.meta().await {
         app.metrics.seq.set(meta.seq as i64);
         app.metrics.epoch.set(meta.epoch as i64);
+        if let Ok(r) = app.recovery.status(meta.epoch).await {
+            app.metrics.recovery_state.set(match r.state {
+                tidemark_api::RecoveryState::Normal => 0,
+                tidemark_api::RecoveryState::Recovering => 1,
+                tidemark_api::RecoveryState::Recovered => 2,
+            });
+            app.metrics.recovery_flagged.set(r.flagged as i64);
+            app.metrics.recovery_remaining.set(r.remaining as i64);
+        }
     }
     (
         StatusCode::OK,
@@ -52,7 +61,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>, HttpError> {
     let meta = app.store.meta().await?;
     Ok(Json(ServerState {
-        state: RecoveryState::Normal,
+        state: app.recovery.state(),
         role: Role::Primary,
         epoch: meta.epoch,
         seq: meta.seq,
@@ -60,18 +69,6 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
         quiesce: None,
         boot: app.boot.clone(),
         store: app.store.engine().to_owned(),
-    }))
-}
-
-/// `GET /v1/recovery`.
-pub async fn recovery(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryStatus>, HttpError> {
-    let meta = app.store.meta().await?;
-    Ok(Json(RecoveryStatus {
-        state: RecoveryState::Normal,
-        epoch: meta.epoch,
-        flagged: 0,
-        cleared: 0,
-        started_at: None,
     }))
 }
 

@@ -111,7 +111,7 @@ impl WatchStream {
     }
 
     async fn send_change(&self, c: &Change) -> bool {
-        let recovering = c.flagged;
+        let recovering = c.flagged || self.app.recovery.blanket();
         let answer = match &c.fields {
             Some(f) => RecordAnswer {
                 table: c.table.clone(),

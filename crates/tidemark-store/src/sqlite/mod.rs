@@ -10,7 +10,7 @@ mod values;
 
 use crate::apply::validate_batch;
 use crate::lock::DataDirLock;
-use crate::store::{ApplyOutcome, Change, Lookup, Store, StoreMeta};
+use crate::store::{ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, RecoveryMeta, Store, StoreMeta};
 use crate::StoreError;
 use async_trait::async_trait;
 use catalog::{Catalog, TableSql};
@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tidemark_api::{Fields, Op, Order, OrderResult, Record, Schema, Version};
+use tidemark_api::{Fields, Op, Order, OrderResult, Record, RecoveryState, Schema, Version};
 
 /// The database file inside a data directory.
 pub const DB_FILE: &str = "tidemark.db";
@@ -56,6 +56,9 @@ struct Inner {
     seq: AtomicU64,
     /// Rows in `tm_flags`; reads skip the flag lookup while it is zero.
     flag_rows: AtomicU64,
+    /// Mirrors `tm_meta.recovery_state == recovering`: orders of each source
+    /// must then arrive without gaps.
+    recovering: AtomicBool,
     closed: AtomicBool,
     _lock: Option<DataDirLock>,
 }
@@ -155,6 +158,7 @@ impl SqliteStore {
         let epoch = meta_u64(&writer, "epoch")?;
         let seq = meta_u64(&writer, "seq")?;
         let flag_rows: i64 = writer.query_row("SELECT count(*) FROM tm_flags", [], |r| r.get(0))?;
+        let recovering = meta_get(&writer, "recovery_state")?.as_deref() == Some("recovering");
         let readers = (0..8)
             .map(|_| {
                 let c = Connection::open_with_flags(
@@ -176,6 +180,7 @@ impl SqliteStore {
                 epoch: AtomicU64::new(epoch),
                 seq: AtomicU64::new(seq),
                 flag_rows: AtomicU64::new(flag_rows as u64),
+                recovering: AtomicBool::new(recovering),
                 closed: AtomicBool::new(false),
                 _lock: lock,
             }),
@@ -249,6 +254,7 @@ impl SqliteStore {
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let mut seq = self.inner.seq.load(Ordering::SeqCst);
         let check_flags = self.inner.flag_rows.load(Ordering::SeqCst) > 0;
+        let strict = self.inner.recovering.load(Ordering::SeqCst);
         let mut flags_cleared = 0u64;
         let mut high_water: HashMap<String, (u64, bool)> = HashMap::new();
         let mut results = Vec::with_capacity(orders.len());
@@ -270,6 +276,9 @@ impl SqliteStore {
             if order.seq <= hw {
                 results.push(Self::duplicate(&tx, index, order, &digest, hw)?);
                 continue;
+            }
+            if strict && order.seq != hw + 1 {
+                return Err(StoreError::Gap { index, source_name: order.source.clone(), seq: order.seq, expected: hw + 1 });
             }
             seq += 1;
             let version = Version::new(epoch, seq);
@@ -586,9 +595,138 @@ impl Store for SqliteStore {
             meta_set(&tx, "recovery_state", "recovering")?;
             meta_set(&tx, "schedule_final", "0")?;
             meta_set(&tx, "recovery_started_at", &chrono::Utc::now().to_rfc3339())?;
+            meta_set(&tx, "complete_requested", "0")?;
+            // Flags the backup held stay: their orders are after its high-water mark.
+            let rows: i64 = tx.query_row("SELECT count(*) FROM tm_flags", [], |r| r.get(0))?;
+            meta_set(&tx, "recovery_flagged", &rows.to_string())?;
             tx.commit()?;
             s.inner.epoch.store(new_epoch, Ordering::SeqCst);
+            s.inner.recovering.store(true, Ordering::SeqCst);
             Ok(())
+        })
+        .await
+    }
+
+    async fn recovery_meta(&self) -> Result<RecoveryMeta, StoreError> {
+        self.with_reader(|c| {
+            let state = match meta_get(c, "recovery_state")?.as_deref() {
+                None | Some("normal") => RecoveryState::Normal,
+                Some("recovering") => RecoveryState::Recovering,
+                Some("recovered") => RecoveryState::Recovered,
+                Some(other) => return Err(StoreError::Format(format!("unknown recovery state {other:?} in tm_meta"))),
+            };
+            Ok(RecoveryMeta {
+                state,
+                schedule_final: meta_u64(c, "schedule_final")? == 1,
+                complete_requested: meta_u64(c, "complete_requested")? == 1,
+                started_at: meta_get(c, "recovery_started_at")?,
+                flagged_total: meta_u64(c, "recovery_flagged")?,
+                remaining: self.inner.flag_rows.load(Ordering::SeqCst),
+            })
+        })
+    }
+
+    async fn add_flags(&self, source: &str, entries: Vec<FlagEntry>, final_chunk: bool) -> Result<FlagsAdded, StoreError> {
+        let catalog = self.catalog();
+        if source.is_empty() || source.len() > 128 {
+            return Err(StoreError::BadSchedule(format!(
+                "source must be 1 to 128 bytes, got {}; name the OpS source whose orders the list covers",
+                source.len()
+            )));
+        }
+        for (i, e) in entries.iter().enumerate() {
+            catalog.schema.table(&e.table).map_err(|err| StoreError::Input(Box::new(err)))?;
+            tidemark_api::schema::validate_key(&e.key).map_err(|err| StoreError::Input(Box::new(err)))?;
+            if e.through_seq == 0 {
+                return Err(StoreError::BadSchedule(format!("entry {i}: through_seq must be 1 or more")));
+            }
+        }
+        let source = source.to_owned();
+        self.blocking(move |s| {
+            let mut conn = s.inner.writer.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if meta_get(&tx, "recovery_state")?.as_deref() != Some("recovering") {
+                return Err(StoreError::NotRecovering);
+            }
+            let hw: u64 = tx
+                .query_row("SELECT high_water FROM tm_sources WHERE source = ?1", params![source], |r| r.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0) as u64;
+            let mut added = FlagsAdded::default();
+            {
+                let mut insert =
+                    tx.prepare_cached("INSERT OR IGNORE INTO tm_flags (tbl, key, source, through_seq) VALUES (?1, ?2, ?3, ?4)")?;
+                let mut raise = tx.prepare_cached(
+                    "UPDATE tm_flags SET through_seq = ?4 WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq < ?4",
+                )?;
+                for e in &entries {
+                    if e.through_seq <= hw {
+                        added.skipped += 1;
+                        continue;
+                    }
+                    let args = params![e.table, e.key, source, e.through_seq as i64];
+                    if insert.execute(args)? == 1 {
+                        added.flagged += 1;
+                    } else {
+                        raise.execute(args)?;
+                    }
+                }
+            }
+            let total = meta_u64(&tx, "recovery_flagged")? + added.flagged;
+            meta_set(&tx, "recovery_flagged", &total.to_string())?;
+            if final_chunk {
+                meta_set(&tx, "schedule_final", "1")?;
+            }
+            tx.commit()?;
+            s.inner.flag_rows.fetch_add(added.flagged, Ordering::SeqCst);
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn set_recovery_state(&self, state: RecoveryState, complete_requested: bool) -> Result<RecoveryMeta, StoreError> {
+        self.blocking(move |s| {
+            let mut conn = s.inner.writer.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let name = match state {
+                RecoveryState::Normal => "normal",
+                RecoveryState::Recovering => "recovering",
+                RecoveryState::Recovered => "recovered",
+            };
+            meta_set(&tx, "recovery_state", name)?;
+            meta_set(&tx, "complete_requested", if complete_requested { "1" } else { "0" })?;
+            tx.commit()?;
+            s.inner.recovering.store(state == RecoveryState::Recovering, Ordering::SeqCst);
+            Ok(())
+        })
+        .await?;
+        self.recovery_meta().await
+    }
+
+    async fn list_flags(&self, limit: usize) -> Result<Vec<Flag>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT f.tbl, f.key, f.source, f.through_seq, coalesce(s.high_water, 0) FROM tm_flags f LEFT JOIN tm_sources s ON s.source = f.source ORDER BY f.tbl, f.key, f.source LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok(Flag {
+                    table: r.get(0)?,
+                    key: r.get(1)?,
+                    source: r.get(2)?,
+                    through_seq: r.get::<_, i64>(3)? as u64,
+                    high_water: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn clear_flags(&self) -> Result<u64, StoreError> {
+        self.blocking(|s| {
+            let conn = s.inner.writer.lock();
+            let n = conn.execute("DELETE FROM tm_flags", [])?;
+            s.inner.flag_rows.store(0, Ordering::SeqCst);
+            Ok(n as u64)
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod ops;
+mod recovery;
 mod server;
 mod service;
 mod status;
@@ -15,6 +16,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(args) => service::run(config.service, args).await,
         Command::Ops(cmd) => ops::run(config.ops, cmd).await,
         Command::Status(args) => status::run(args).await,
+        Command::Recovery(cmd) => recovery::run(cmd).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
         Command::Backup(_) => not_yet("backup", "issue 'Backups, restore and cleanup'"),
         Command::Restore(_) => not_yet("restore", "issue 'Backups, restore and cleanup'"),

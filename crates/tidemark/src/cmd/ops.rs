@@ -1,10 +1,10 @@
 //! `tidemark ops submit` and `tidemark ops recover`.
 
-use crate::cli::{OpsCommand, OpsSubmitArgs};
+use crate::cli::{OpsCommand, OpsRecoverArgs, OpsSubmitArgs};
 use crate::config::OpsConfig;
 use anyhow::Context;
 use std::io::{IsTerminal, Read};
-use tidemark_ops::{submit, SubmitOptions};
+use tidemark_ops::{recover, submit, RecoverOptions, SubmitOptions};
 
 pub async fn run(config: OpsConfig, cmd: OpsCommand) -> anyhow::Result<()> {
     match cmd {
@@ -49,5 +49,38 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
             report.high_water
         );
     }
+    Ok(())
+}
+
+async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<()> {
+    let opts = RecoverOptions {
+        db: args.db.unwrap_or(config.db),
+        journal: args.journal.unwrap_or(config.journal),
+        backup: args.backup,
+        chunk: args.chunk,
+        batch: args.batch.unwrap_or(config.batch),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report = recover(&opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    if report.already_done {
+        println!("nothing to do: the DB server is {:?} and holds every journaled order", report.state.unwrap_or(tidemark_api::RecoveryState::Normal));
+        return Ok(());
+    }
+    for s in &report.sources {
+        println!(
+            "source {}: backup holds seq {}, journal ends at {}: {} keys scheduled, {} orders replayed",
+            s.source, s.backup_high_water, s.journal_last_seq, s.scheduled_keys, s.replayed
+        );
+    }
+    println!(
+        "schedule list: {} flags set, {} entries already current; recovery state now {:?}",
+        report.flagged,
+        report.skipped,
+        report.state.unwrap_or(tidemark_api::RecoveryState::Recovering)
+    );
     Ok(())
 }

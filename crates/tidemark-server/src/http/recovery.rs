@@ -1,0 +1,102 @@
+//! The recovery endpoints (P5–P7, P10): schedule list, complete, progress,
+//! flags, and the operator's explicit abort.
+
+use super::error::HttpError;
+use super::AppState;
+use crate::recovery::CompleteError;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use std::sync::Arc;
+use tidemark_api::state::{FlagInfo, ScheduleAnswer, ScheduleChunk};
+use tidemark_api::{ErrorCode, RecoveryStatus};
+
+/// Most entries accepted in one schedule chunk.
+const MAX_CHUNK: usize = 200_000;
+
+/// `GET /v1/recovery`.
+pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryStatus>, HttpError> {
+    let epoch = app.store.meta().await?.epoch;
+    Ok(Json(app.recovery.status(epoch).await?))
+}
+
+/// `POST /v1/recovery/schedule`: one chunk of the schedule list.
+#[tracing::instrument(skip_all, fields(source, entries, final_chunk))]
+pub async fn schedule(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<ScheduleAnswer>, HttpError> {
+    let chunk: ScheduleChunk = serde_json::from_slice(&body).map_err(|e| {
+        HttpError::new(
+            ErrorCode::BadJson,
+            format!("the body is not a schedule chunk: {e}; send {{\"source\", \"entries\": [{{\"table\", \"key\", \"through_seq\"}}], \"final\"}}"),
+        )
+    })?;
+    let span = tracing::Span::current();
+    span.record("source", chunk.source.as_str());
+    span.record("entries", chunk.entries.len());
+    span.record("final_chunk", chunk.final_chunk);
+    if chunk.entries.len() > MAX_CHUNK {
+        return Err(HttpError::new(
+            ErrorCode::BatchTooLarge,
+            format!("the chunk holds {} entries, at most {MAX_CHUNK} are accepted; send the list in more chunks", chunk.entries.len()),
+        ));
+    }
+    let added = app.recovery.schedule(&app.hub, &chunk.source, chunk.entries, chunk.final_chunk).await?;
+    tracing::info!(flagged = added.flagged, skipped = added.skipped, "schedule chunk applied");
+    Ok(Json(ScheduleAnswer { flagged: added.flagged, skipped: added.skipped, final_chunk: chunk.final_chunk }))
+}
+
+/// `POST /v1/recovery/complete`.
+pub async fn complete(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryStatus>, HttpError> {
+    match app.recovery.complete().await {
+        Ok(_) => {}
+        Err(CompleteError::ScheduleIncomplete) => {
+            return Err(HttpError::new(ErrorCode::ScheduleIncomplete, CompleteError::ScheduleIncomplete.to_string()))
+        }
+        Err(CompleteError::Store(e)) => return Err(e.into()),
+    }
+    status(State(app)).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FlagsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/recovery/flags?limit=N`: which keys are still flagged, and why.
+pub async fn flags(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<FlagsQuery>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let flags: Vec<FlagInfo> = app
+        .store
+        .list_flags(limit)
+        .await?
+        .into_iter()
+        .map(|f| FlagInfo { table: f.table, key: f.key, source: f.source, through_seq: f.through_seq, high_water: f.high_water })
+        .collect();
+    let remaining = app.store.recovery_meta().await?.remaining;
+    Ok(Json(serde_json::json!({"remaining": remaining, "flags": flags})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AbortBody {
+    reason: Option<String>,
+}
+
+/// `POST /v1/recovery/abort`: an operator ends a recovery the OpS will never
+/// complete. Explicit and logged; requires a reason.
+pub async fn abort(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<serde_json::Value>, HttpError> {
+    let reason = serde_json::from_slice::<AbortBody>(&body)
+        .ok()
+        .and_then(|b| b.reason)
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                "ending a recovery drops every recovery flag, so outdated records will be served as current; send {\"reason\": \"…\"} to confirm",
+            )
+        })?;
+    let dropped = app.recovery.abort(&app.hub, &reason).await?;
+    Ok(Json(serde_json::json!({"dropped_flags": dropped, "state": "normal", "reason": reason})))
+}

@@ -1,0 +1,209 @@
+//! The recovery state machine of the DB server (P5–P10).
+//!
+//! `normal` → `recovering` (set by restore, S2) → `recovered` once the OpS
+//! has said it is complete and no flag remains (S10) → `normal` after a hold
+//! period. The state lives in the store, so it survives restarts; this
+//! module keeps a copy for the read path.
+//!
+//! Invariant: from the restore until the final chunk of the schedule list,
+//! the server cannot know which records are outdated, so every read and
+//! every push is marked recovering (the *blanket*).
+
+use crate::hub::{Hub, Push};
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_api::event::{EpochEvent, EpochReason};
+use tidemark_api::state::ScheduleEntry;
+use tidemark_api::{RecoveryState, RecoveryStatus};
+use tidemark_store::{FlagEntry, FlagsAdded, RecoveryMeta, Store, StoreError};
+
+/// The recovery state of one server.
+pub struct Recovery {
+    store: Arc<dyn Store>,
+    meta: RwLock<RecoveryMeta>,
+    blanket: AtomicBool,
+    /// When clearing started and how many flags were left then (for the ETA).
+    clearing_since: RwLock<Option<(Instant, chrono::DateTime<chrono::Utc>, u64)>>,
+    recovered_at: RwLock<Option<Instant>>,
+    /// Serialises state transitions.
+    transition: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery").field("meta", &*self.meta.read()).finish()
+    }
+}
+
+fn blanket(m: &RecoveryMeta) -> bool {
+    m.state == RecoveryState::Recovering && !m.schedule_final
+}
+
+impl Recovery {
+    pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let meta = store.recovery_meta().await?;
+        let recovered_at = (meta.state == RecoveryState::Recovered).then(Instant::now);
+        Ok(Self {
+            blanket: AtomicBool::new(blanket(&meta)),
+            meta: RwLock::new(meta),
+            store,
+            clearing_since: RwLock::new(None),
+            recovered_at: RwLock::new(recovered_at),
+            transition: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// True while every answer must carry the recovering identifier.
+    pub fn blanket(&self) -> bool {
+        self.blanket.load(Ordering::SeqCst)
+    }
+
+    pub fn state(&self) -> RecoveryState {
+        self.meta.read().state
+    }
+
+    fn set(&self, meta: RecoveryMeta) {
+        self.blanket.store(blanket(&meta), Ordering::SeqCst);
+        *self.meta.write() = meta;
+    }
+
+    async fn refresh(&self) -> Result<RecoveryMeta, StoreError> {
+        let m = self.store.recovery_meta().await?;
+        self.set(m.clone());
+        Ok(m)
+    }
+
+    /// `GET /v1/recovery`.
+    pub async fn status(&self, epoch: u64) -> Result<RecoveryStatus, StoreError> {
+        let m = self.refresh().await?;
+        let cleared = m.flagged_total.saturating_sub(m.remaining);
+        let estimated_end = match *self.clearing_since.read() {
+            Some((t0, _, left0)) if m.state == RecoveryState::Recovering && left0 > m.remaining => {
+                let rate = (left0 - m.remaining) as f64 / t0.elapsed().as_secs_f64().max(0.001);
+                let secs = m.remaining as f64 / rate;
+                Some((chrono::Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64)).to_rfc3339())
+            }
+            _ => None,
+        };
+        Ok(RecoveryStatus {
+            state: m.state,
+            epoch,
+            flagged: m.flagged_total,
+            cleared,
+            started_at: m.started_at,
+            remaining: m.remaining,
+            schedule_final: m.schedule_final,
+            complete_requested: m.complete_requested,
+            estimated_end,
+        })
+    }
+
+    /// A chunk of the schedule list (P6, P7).
+    pub async fn schedule(
+        &self,
+        hub: &Hub,
+        source: &str,
+        entries: Vec<ScheduleEntry>,
+        final_chunk: bool,
+    ) -> Result<FlagsAdded, StoreError> {
+        let _t = self.transition.lock().await;
+        let was_blanket = self.blanket();
+        let entries = entries
+            .into_iter()
+            .map(|e| FlagEntry { table: e.table, key: e.key, through_seq: e.through_seq })
+            .collect();
+        let added = self.store.add_flags(source, entries, final_chunk).await?;
+        let m = self.refresh().await?;
+        if was_blanket && !self.blanket() {
+            tracing::info!(flagged = m.flagged_total, "recovery schedule list complete: only flagged records are answered as recovering now");
+            hub.publish(Push::Epoch(EpochEvent { epoch: self.store.meta().await?.epoch, reason: EpochReason::ScheduleComplete }));
+        }
+        drop(_t);
+        self.maybe_finish().await?;
+        Ok(added)
+    }
+
+    /// The OpS has sent everything (`POST /v1/recovery/complete`).
+    pub async fn complete(&self) -> Result<RecoveryMeta, CompleteError> {
+        let m = self.refresh().await?;
+        match m.state {
+            RecoveryState::Normal => return Err(CompleteError::Store(StoreError::NotRecovering)),
+            RecoveryState::Recovered => return Ok(m),
+            RecoveryState::Recovering => {}
+        }
+        if !m.schedule_final {
+            return Err(CompleteError::ScheduleIncomplete);
+        }
+        {
+            let _t = self.transition.lock().await;
+            let m = self.store.set_recovery_state(RecoveryState::Recovering, true).await?;
+            self.set(m);
+        }
+        self.maybe_finish().await?;
+        Ok(self.meta.read().clone())
+    }
+
+    /// Called after a batch that cleared flags.
+    pub async fn after_clear(&self) -> Result<(), StoreError> {
+        {
+            let mut since = self.clearing_since.write();
+            if since.is_none() {
+                let m = self.meta.read();
+                *since = Some((Instant::now(), chrono::Utc::now(), m.remaining + 1));
+            }
+        }
+        self.maybe_finish().await
+    }
+
+    /// Moves to `recovered` once complete was requested and no flag remains.
+    pub async fn maybe_finish(&self) -> Result<(), StoreError> {
+        let _t = self.transition.lock().await;
+        let m = self.refresh().await?;
+        if m.state == RecoveryState::Recovering && m.schedule_final && m.complete_requested && m.remaining == 0 {
+            let m = self.store.set_recovery_state(RecoveryState::Recovered, true).await?;
+            tracing::info!(flagged = m.flagged_total, "recovery complete: every flagged record holds the latest data");
+            self.set(m);
+            *self.recovered_at.write() = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Ends a recovery the OpS will never complete: drops every flag.
+    pub async fn abort(&self, hub: &Hub, reason: &str) -> Result<u64, StoreError> {
+        let _t = self.transition.lock().await;
+        if self.meta.read().state != RecoveryState::Recovering {
+            return Err(StoreError::NotRecovering);
+        }
+        let dropped = self.store.clear_flags().await?;
+        let m = self.store.set_recovery_state(RecoveryState::Normal, false).await?;
+        tracing::warn!(dropped, reason, "recovery ABORTED by an operator: flagged records are now answered as current although their difference data may be missing");
+        self.set(m);
+        hub.publish(Push::Epoch(EpochEvent { epoch: self.store.meta().await?.epoch, reason: EpochReason::RecoveryAborted }));
+        Ok(dropped)
+    }
+
+    /// `recovered` becomes `normal` after `hold`.
+    pub async fn settle(&self, hold: Duration) -> Result<(), StoreError> {
+        let due = matches!(*self.recovered_at.read(), Some(t) if t.elapsed() >= hold);
+        if due && self.state() == RecoveryState::Recovered {
+            let _t = self.transition.lock().await;
+            let m = self.store.set_recovery_state(RecoveryState::Normal, false).await?;
+            self.set(m);
+            *self.recovered_at.write() = None;
+            tracing::info!("recovery state back to normal");
+        }
+        Ok(())
+    }
+}
+
+/// Why `recovery/complete` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    /// The final chunk of the schedule list has not arrived.
+    #[error("the recovery schedule list is not complete: send its last chunk with \"final\": true before completing")]
+    ScheduleIncomplete,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,39 @@
+//! `tidemark recovery flags|abort`: operator tools for a recovery.
+
+use crate::cli::RecoveryCommand;
+use tidemark_api::DbClient;
+
+pub async fn run(cmd: RecoveryCommand) -> anyhow::Result<()> {
+    match cmd {
+        RecoveryCommand::Flags(a) => {
+            let client = DbClient::new(&a.server);
+            let v: serde_json::Value = client.get_json(&format!("/v1/recovery/flags?limit={}", a.limit)).await?;
+            if a.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("{} keys still flagged as recovering", v["remaining"]);
+            for f in v["flags"].as_array().into_iter().flatten() {
+                println!(
+                    "  {}/{}: waits for order {} seq {} (applied up to {})",
+                    f["table"].as_str().unwrap_or("?"),
+                    f["key"].as_str().unwrap_or("?"),
+                    f["source"].as_str().unwrap_or("?"),
+                    f["through_seq"],
+                    f["high_water"]
+                );
+            }
+            Ok(())
+        }
+        RecoveryCommand::Abort(a) => {
+            let client = DbClient::new(&a.server);
+            let v: serde_json::Value =
+                client.post_json("/v1/recovery/abort", &serde_json::json!({"reason": a.reason})).await?;
+            println!(
+                "recovery ended: {} flags dropped; flagged records are now served as current (reason logged on the server)",
+                v["dropped_flags"]
+            );
+            Ok(())
+        }
+    }
+}

@@ -9,10 +9,7 @@ use tidemark_ops::{recover, submit, RecoverOptions, SubmitOptions};
 pub async fn run(config: OpsConfig, cmd: OpsCommand) -> anyhow::Result<()> {
     match cmd {
         OpsCommand::Submit(args) => run_submit(config, args).await,
-        OpsCommand::Recover(_) => super::not_yet(
-            "ops recover",
-            "issue 'Disaster recovery … and tidemark demo'",
-        ),
+        OpsCommand::Recover(args) => run_recover(config, args).await,
     }
 }
 

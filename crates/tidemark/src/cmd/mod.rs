@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod demo;
 mod ops;
 mod recovery;
 mod server;
@@ -24,7 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quiesce(_) => not_yet("quiesce", "the high-availability work"),
         Command::Promote(_) => not_yet("promote", "the high-availability work"),
         Command::Schema(_) => not_yet("schema", "the schema-publication work"),
-        Command::Demo(_) => not_yet("demo", "issue 'Disaster recovery … and tidemark demo'"),
+        Command::Demo(args) => demo::run_demo(args).await,
     }
 }
 

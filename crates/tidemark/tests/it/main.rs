@@ -5,3 +5,4 @@ mod bad_input;
 mod cli;
 mod data_path;
 mod harness;
+mod recovery;

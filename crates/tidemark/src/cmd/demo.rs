@@ -1,0 +1,368 @@
+//! `tidemark demo`: the whole story of MISSION.md with real processes on
+//! the embedded engine, printed as a timeline; exits non-zero if any check
+//! fails.
+
+use crate::cli::DemoArgs;
+use anyhow::Context;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Timeline {
+    t0: Instant,
+    failed: Vec<String>,
+}
+
+impl Timeline {
+    fn say(&self, who: &str, what: &str) {
+        println!("[{:6.2}s] {who:<12} {what}", self.t0.elapsed().as_secs_f64());
+    }
+    fn step(&self, n: u32, title: &str) {
+        println!("\n== {n}. {title}");
+    }
+    fn check(&mut self, ok: bool, what: &str) {
+        println!("           {} {what}", if ok { "PASS" } else { "FAIL" });
+        if !ok {
+            self.failed.push(what.to_owned());
+        }
+    }
+}
+
+/// A child `tidemark` process serving HTTP.
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Proc {
+    fn start(exe: &Path, dir: &Path, log: &str, args: &[&str], listen: &str) -> anyhow::Result<Proc> {
+        let log = std::fs::File::create(dir.join(log))?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .args(["--listen", listen])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting a tidemark process")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line.trim().strip_prefix("listening on ").map(str::to_owned);
+        match url {
+            Some(url) => Ok(Proc { child, url }),
+            None => {
+                let _ = child.kill();
+                anyhow::bail!("a demo process did not start; see its log in {}", dir.display())
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{url} did not become ready")
+}
+
+fn run(exe: &Path, dir: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!("tidemark {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn key(i: usize) -> String {
+    format!("+8131{i:06}")
+}
+
+/// The latest data: every order applied in order.
+#[derive(Default, Clone)]
+struct Model(BTreeMap<String, Option<serde_json::Map<String, Value>>>);
+
+impl Model {
+    fn order(&mut self, k: &str, op: &str, fields: Value) -> String {
+        let e = self.0.entry(k.to_owned()).or_insert(None);
+        if op == "delete" {
+            *e = None;
+            return json!({"table": "subscriber", "key": k, "op": "delete"}).to_string() + "\n";
+        }
+        let rec = e.get_or_insert_with(|| {
+            ["plan", "status", "services", "roaming", "credit_limit"].iter().map(|c| (c.to_string(), Value::Null)).collect()
+        });
+        for (f, v) in fields.as_object().into_iter().flatten() {
+            rec.insert(f.clone(), v.clone());
+        }
+        json!({"table": "subscriber", "key": k, "op": "upsert", "fields": fields}).to_string() + "\n"
+    }
+    fn is_latest(&self, k: &str, status: u16, body: &Value) -> bool {
+        match self.0.get(k).cloned().flatten() {
+            Some(rec) => status == 200 && body["fields"].as_object() == Some(&rec),
+            None => status == 404,
+        }
+    }
+}
+
+async fn read(base: &str, k: &str) -> (u16, Value) {
+    let url = format!("{base}/v1/records/subscriber/{}", tidemark_api::client::encode_path(k));
+    match reqwest::get(&url).await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+fn show(status: u16, b: &Value) -> String {
+    if status == 503 {
+        return format!("503 {}", b["error"]["code"].as_str().unwrap_or(""));
+    }
+    format!(
+        "{status} plan={} version={}.{} recovering={} source={}",
+        b["fields"]["plan"],
+        b["version"]["epoch"],
+        b["version"]["seq"],
+        b["recovering"],
+        b["source"].as_str().unwrap_or("-")
+    )
+}
+
+pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the tidemark program")?;
+    let tmp = tempfile::Builder::new().prefix("tidemark-demo-").tempdir()?;
+    let dir: PathBuf = if args.keep { tmp.keep() } else { tmp.path().to_owned() };
+    let mut tl = Timeline { t0: Instant::now(), failed: Vec::new() };
+    println!("Tidemark demo in {}", dir.display());
+    let data = dir.join("data");
+    let journal = dir.join("journal");
+    let backup = dir.join("backups/b1");
+    let (data_s, journal_s, backup_s) = (data.to_str().unwrap_or(""), journal.to_str().unwrap_or(""), backup.to_str().unwrap_or(""));
+
+    tl.step(1, "a DB server, a latest-only and an accept-stale service server");
+    let mut db = Proc::start(&exe, &dir, "db.log", &["server", "--data-dir", data_s], "127.0.0.1:0")?;
+    wait_ready(&db.url).await?;
+    tl.say("db", &format!("DB server up at {}", db.url));
+    let latest = Proc::start(&exe, &dir, "svc-latest.log", &["service", "--db", &db.url, "--id", "svc-latest", "--policy", "latest-only", "--latest-deadline-ms", "30000"], "127.0.0.1:0")?;
+    let stale = Proc::start(&exe, &dir, "svc-stale.log", &["service", "--db", &db.url, "--id", "svc-stale", "--policy", "accept-stale"], "127.0.0.1:0")?;
+    wait_ready(&latest.url).await?;
+    wait_ready(&stale.url).await?;
+    tl.say("svc-latest", &format!("latest-only service server at {}", latest.url));
+    tl.say("svc-stale", &format!("accept-stale service server at {}", stale.url));
+
+    tl.step(2, "the OpS loads 60 subscribers");
+    let mut model = Model::default();
+    let mut input = String::new();
+    for i in 0..60 {
+        input += &model.order(&key(i), "upsert", json!({"plan": "basic", "status": "active", "credit_limit": 1000}));
+    }
+    let out = run(&exe, &dir, &["ops", "submit", "--db", &db.url, "--journal", journal_s, "-"], Some(&input))?;
+    tl.say("ops", &out);
+    let keys: Vec<String> = (0..70).map(key).collect();
+    for k in &keys {
+        read(&latest.url, k).await;
+        read(&stale.url, k).await;
+    }
+    let (s, b) = read(&latest.url, &key(0)).await;
+    tl.say("terminal", &format!("svc-latest {} -> {}", key(0), show(s, &b)));
+
+    tl.step(3, "online backup, while the servers keep serving");
+    let out = run(&exe, &dir, &["backup", "create", "--to", backup_s, "--server", &db.url], None)?;
+    tl.say("backup", out.lines().last().unwrap_or(""));
+
+    tl.step(4, "more orders after the backup: updates (three per key), creates, deletes");
+    let mut input = String::new();
+    for round in ["silver", "gold", "platinum"] {
+        for i in 0..10 {
+            input += &model.order(&key(i), "upsert", json!({"plan": round}));
+        }
+    }
+    for i in 60..65 {
+        input += &model.order(&key(i), "upsert", json!({"plan": "new", "status": "active"}));
+    }
+    for i in 40..45 {
+        input += &model.order(&key(i), "delete", json!({}));
+    }
+    let out = run(&exe, &dir, &["ops", "submit", "--db", &db.url, "--journal", journal_s, "-"], Some(&input))?;
+    tl.say("ops", &out);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, b) = read(&latest.url, &key(0)).await;
+        if model.is_latest(&key(0), s, &b) || Instant::now() > deadline {
+            tl.say("terminal", &format!("svc-latest {} -> {} (pushed, no refetch)", key(0), show(s, &b)));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    tl.step(5, "disaster: the DB server dies and its data is lost");
+    let addr = db.url.trim_start_matches("http://").to_owned();
+    db.kill9();
+    std::fs::remove_dir_all(&data)?;
+    tl.say("db", "killed (-9); data directory deleted");
+    let (s, b) = read(&stale.url, &key(0)).await;
+    tl.say("svc-stale", &format!("{} -> {} (keeps serving its cache)", key(0), show(s, &b)));
+    let (s, b) = read(&latest.url, &key(0)).await;
+    tl.say("svc-latest", &format!("{} -> {} (its cache is still the latest it knows)", key(0), show(s, &b)));
+
+    tl.step(6, "restore from the online backup");
+    let out = run(&exe, &dir, &["restore", "--from", backup_s, "--data-dir", data_s], None)?;
+    for l in out.lines() {
+        tl.say("restore", l);
+    }
+    let db = Proc::start(&exe, &dir, "db-restored.log", &["server", "--data-dir", data_s], &addr)?;
+    wait_ready(&db.url).await?;
+    let (_, r) = read_json(&format!("{}/v1/recovery", db.url)).await;
+    tl.say("db", &format!("restarted on the restored data: state={} epoch={}", r["state"], r["epoch"]));
+    tl.check(r["state"] == "recovering", "the DB server moved to recovering by itself after the restore (P5, S2)");
+
+    // Terminals read every key from both service servers from now on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers: Arc<Mutex<Vec<(&'static str, String, u16, Value)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut terminals = Vec::new();
+    for (name, base) in [("latest", latest.url.clone()), ("stale", stale.url.clone())] {
+        let (stop, answers, keys) = (stop.clone(), answers.clone(), keys.clone());
+        terminals.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let k = keys[i % keys.len()].clone();
+                i += 1;
+                let (s, b) = read(&base, &k).await;
+                answers.lock().unwrap_or_else(|e| e.into_inner()).push((name, k, s, b));
+            }
+        }));
+    }
+    let (s, b) = read(&db.url, &key(0)).await;
+    tl.say("db", &format!("{} -> {} (restored copy, flagged: the schedule list has not arrived)", key(0), show(s, &b)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut s, mut b) = read(&stale.url, &key(0)).await;
+    while b["recovering"] != true && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (s, b) = read(&stale.url, &key(0)).await;
+    }
+    tl.say("svc-stale", &format!("{} -> {} (accept-stale serves it, marked recovering)", key(0), show(s, &b)));
+    let waiting_url = latest.url.clone();
+    let k0 = key(0);
+    let waiting = tokio::spawn(async move {
+        let t = Instant::now();
+        let r = read(&waiting_url, &k0).await;
+        (r, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tl.say("svc-latest", &format!("{} -> (waiting: latest-only does not serve data it knows to be outdated)", key(0)));
+
+    tl.step(7, "the OpS recovers: schedule list, then the difference data");
+    let out = run(&exe, &dir, &["ops", "recover", "--db", &db.url, "--journal", journal_s, "--backup", backup_s], None)?;
+    for l in out.lines() {
+        tl.say("ops", l);
+    }
+    let ((s, b), waited) = waiting.await?;
+    tl.say("svc-latest", &format!("{} -> {} after waiting {:.0} ms", key(0), show(s, &b), waited.as_secs_f64() * 1000.0));
+
+    tl.step(8, "verification");
+    let mut all_current = true;
+    for k in &keys {
+        for base in [&latest.url, &stale.url] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (s, b) = read(base, k).await;
+                if model.is_latest(k, s, &b) && b["recovering"] != true {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    all_current = false;
+                    tl.say("verify", &format!("{base} {k} -> {}", show(s, &b)));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in terminals {
+        let _ = t.await;
+    }
+    let answers = answers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let latest_answers: Vec<_> = answers.iter().filter(|a| a.0 == "latest").collect();
+    let outdated = latest_answers.iter().filter(|(_, k, s, b)| *s != 503 && *s != 0 && !model.is_latest(k, *s, b)).count();
+    let waits = latest_answers.iter().filter(|a| a.2 == 503).count();
+    let stale_answers: Vec<_> = answers.iter().filter(|a| a.0 == "stale").collect();
+    let stale_flagged = stale_answers.iter().filter(|a| a.3["recovering"] == true).count();
+    tl.say(
+        "verify",
+        &format!(
+            "terminals read {} times from svc-latest ({} answered 503 while waiting) and {} times from svc-stale ({} marked recovering)",
+            latest_answers.len(),
+            waits,
+            stale_answers.len(),
+            stale_flagged
+        ),
+    );
+    let (_, r) = read_json(&format!("{}/v1/recovery", db.url)).await;
+    tl.check(outdated == 0, &format!("svc-latest never served outdated data ({outdated} outdated answers)"));
+    tl.check(stale_answers.iter().all(|a| a.2 == 200 || a.2 == 404), "svc-stale kept answering throughout");
+    tl.check(stale_flagged > 0, "svc-stale marked flagged data as recovering");
+    tl.check(all_current, "both service servers end with the latest data for every key (P11)");
+    tl.check(
+        r["state"] == "recovered" && r["remaining"] == 0,
+        &format!("the DB server moved to recovered by itself ({} flagged, {} cleared) (P5, S10)", r["flagged"], r["cleared"]),
+    );
+    drop(db);
+    drop(latest);
+    drop(stale);
+    if args.keep {
+        println!("\nlogs and data kept in {}", dir.display());
+    }
+    if tl.failed.is_empty() {
+        println!("\nall checks held");
+        Ok(())
+    } else {
+        anyhow::bail!("{} demo check(s) failed: {}", tl.failed.len(), tl.failed.join("; "))
+    }
+}
+
+async fn read_json(url: &str) -> (u16, Value) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}

@@ -1,3 +1,4 @@
 //! Integration tests of the storage engines.
 
 mod model;
+mod recovery_model;

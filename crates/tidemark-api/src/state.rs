@@ -105,4 +105,7 @@ pub struct ServerState {
     /// Names this server process; changes on every start.
     pub boot: String,
     pub store: String,
+    /// Recovery progress (also at `/v1/recovery`).
+    #[serde(default)]
+    pub recovery: Option<RecoveryStatus>,
 }

@@ -69,6 +69,7 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
         quiesce: None,
         boot: app.boot.clone(),
         store: app.store.engine().to_owned(),
+        recovery: Some(app.recovery.status(meta.epoch).await?),
     }))
 }
 

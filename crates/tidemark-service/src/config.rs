@@ -26,6 +26,10 @@ pub struct ServiceConfig {
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
     pub retry_max_ms: u64,
+    /// While the watch stream is open, a read waiting for a flagged key is
+    /// woken by the key's `recovered` push (or an `epoch` event), so it asks
+    /// the DB server again only this rarely, as a safety net, in milliseconds.
+    pub recovering_poll_ms: u64,
     /// If set, the cache and the watch position are saved here, so a
     /// restarted service server resumes with `Last-Event-ID`.
     pub cache_dir: Option<PathBuf>,
@@ -46,6 +50,7 @@ impl Default for ServiceConfig {
             latest_deadline_ms: 5_000,
             retry_initial_ms: 20,
             retry_max_ms: 1_000,
+            recovering_poll_ms: 10_000,
             cache_dir: None,
             snapshot_interval_secs: 1,
             shutdown_grace_secs: 10,

@@ -162,6 +162,7 @@ pub async fn read(
                     });
                 }
                 hint = read.retry_after;
+                tracing::debug!(%table, %key, version = ?read.answer.version, "DB answered recovering; waiting");
             }
             Err(ClientError::Api {
                 status,
@@ -213,17 +214,19 @@ pub async fn read(
                 retry_after: Some(1),
             });
         }
-        // Exponential backoff with full jitter, at least the server's hint.
+        // Exponential backoff with jitter, at least the server's hint. While
+        // the watch stream is open the key's push (or an `epoch` event) wakes
+        // us, so polling is only a rare safety net.
         let jittered = Duration::from_micros(
             rand::thread_rng().gen_range(delay.as_micros() as u64 / 2..=delay.as_micros() as u64),
         );
-        let pause = hint
-            .map(Duration::from_secs)
-            .unwrap_or_default()
-            .max(jittered)
-            .min(deadline - now);
+        let mut pause = hint.map(Duration::from_secs).unwrap_or_default().max(jittered);
+        if shared.connected.load(Ordering::SeqCst) && hint.is_some() {
+            pause = pause.max(Duration::from_millis(shared.config.recovering_poll_ms));
+        }
+        let pause = pause.min(deadline - now);
         tokio::select! {
-            _ = &mut notified => {}
+            _ = &mut notified => tracing::debug!(%table, %key, "woken"),
             _ = tokio::time::sleep(pause) => {}
             _ = shared.shutdown.cancelled() => {
                 return Err(ReadError { code: ErrorCode::NotReady, status: 503, message: "the service server is shutting down; retry on another".into(), retry_after: Some(1) });

@@ -5,12 +5,14 @@
 //! - `load`: bulk-loads records through `POST /v1/orders` (orders/s).
 //! - `reads`: point reads at N connections against a DB or service server.
 //! - `push`: latency from order submission to arrival on watch streams.
+//! - `recovery`: schedule-list and replay rates, requests per flagged key.
 //! - `stats`: latency histograms and the printed report.
 
 mod http1;
 mod load;
 mod push;
 mod reads;
+mod recovery;
 mod stats;
 
 use clap::{Args, Subcommand};
@@ -23,6 +25,8 @@ pub enum BenchCommand {
     Reads(reads::ReadsArgs),
     /// Push latency: submit single orders, time their arrival on N watch streams.
     Push(push::PushArgs),
+    /// Recovery figures: flagging, replay, DB requests per flagged key.
+    Recovery(recovery::RecoveryArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -42,5 +46,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Load(a) => load::run(a).await,
         BenchCommand::Reads(a) => reads::run(a).await,
         BenchCommand::Push(a) => push::run(a).await,
+        BenchCommand::Recovery(a) => recovery::run(a).await,
     }
 }

@@ -22,14 +22,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     println!("store         {}", state.store);
     println!("schema        version {}", state.schema_version);
     println!(
-        "recovery      {:?}: {} flagged, {} cleared{}",
+        "recovery      {:?}: {} flagged, {} cleared, {} remaining{}{}{}",
         recovery.state,
         recovery.flagged,
         recovery.cleared,
-        recovery
-            .started_at
-            .map(|s| format!(", started {s}"))
-            .unwrap_or_default()
+        recovery.remaining,
+        recovery.started_at.map(|s| format!(", started {s}")).unwrap_or_default(),
+        if recovery.state == tidemark_api::RecoveryState::Recovering && !recovery.schedule_final {
+            ", waiting for the schedule list (every read is answered as recovering)"
+        } else {
+            ""
+        },
+        recovery.estimated_end.map(|s| format!(", estimated end {s}")).unwrap_or_default()
     );
     match state.quiesce {
         Some(q) => println!(

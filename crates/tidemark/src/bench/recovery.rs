@@ -1,0 +1,226 @@
+//! `tidemark bench recovery`: the recovery figures.
+//!
+//! 1. Generates a store of N records in-process (fast, no HTTP), plus the
+//!    "missing" orders for F of its keys, and marks it restored — as
+//!    `tidemark restore` would leave it.
+//! 2. Starts a real DB server and a real `latest-only` service server on it.
+//! 3. Times the schedule list for F keys (`POST /v1/recovery/schedule`),
+//!    then the replay of the F missing orders (`POST /v1/orders`).
+//! 4. Meanwhile, S terminal reads wait on the service server; afterwards its
+//!    metrics say how many DB requests they cost per flagged key. A naive
+//!    client polling the DB server every 10 ms for S other keys shows what
+//!    the same wait costs without pushes.
+
+use super::key_of;
+use super::load::fields_of;
+use anyhow::Context;
+use clap::Args;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
+use tidemark_api::{DbClient, Op, Order};
+use tidemark_store::{SqliteStore, Store};
+
+#[derive(Debug, Args, Clone)]
+pub struct RecoveryArgs {
+    /// Records in the store.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Keys changed after the backup (flagged, then replayed).
+    #[arg(long, default_value_t = 100_000)]
+    pub flag: u64,
+    /// Orders per replay request.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: u64,
+    /// Schedule-list entries per request.
+    #[arg(long, default_value_t = 50_000)]
+    pub chunk: u64,
+    /// Terminal reads that wait on the latest-only service server (and
+    /// keys polled naively).
+    #[arg(long, default_value_t = 500)]
+    pub sample: u64,
+    /// Work folder (default: a temporary one, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub common: super::Common,
+}
+
+fn spawn(args: &[&str], dir: &std::path::Path, log: &str) -> anyhow::Result<(std::process::Child, String)> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(dir.join(log))?))
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let url = line.trim().strip_prefix("listening on ").context("the child did not start; see its log")?.to_owned();
+    Ok((child, url))
+}
+
+async fn ready(url: &str) -> anyhow::Result<()> {
+    for _ in 0..1000 {
+        if reqwest::get(format!("{url}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{url} did not become ready")
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.flag <= args.records, "--flag must not exceed --records");
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("data");
+    let source = "bench-gen";
+
+    // 1. The store as a restore leaves it.
+    let t = Instant::now();
+    {
+        let store = SqliteStore::open(&data, "bench")?;
+        let mut seq = 0u64;
+        let mut i = 0u64;
+        while i < args.records {
+            let hi = (i + 10_000).min(args.records);
+            let orders: Vec<Order> = (i..hi)
+                .map(|k| {
+                    seq += 1;
+                    Order { source: source.into(), seq, table: "subscriber".into(), key: key_of(k), op: Op::Upsert, fields: fields_of(k) }
+                })
+                .collect();
+            store.apply(orders).await?;
+            i = hi;
+        }
+        let epoch = store.meta().await?.epoch;
+        store.mark_restored(epoch + 1).await?;
+        store.close().await?;
+    }
+    let gen_secs = t.elapsed().as_secs_f64();
+    eprintln!("generated {} records in {gen_secs:.1}s", args.records);
+
+    // 2. Real processes.
+    let (mut db, db_url) = spawn(&["server", "--data-dir", data.to_str().unwrap_or("")], &dir, "db.log")?;
+    ready(&db_url).await?;
+    let (mut svc, svc_url) = spawn(
+        &["service", "--db", &db_url, "--id", "bench-latest", "--policy", "latest-only", "--latest-deadline-ms", "600000"],
+        &dir,
+        "svc.log",
+    )?;
+    ready(&svc_url).await?;
+    let client = DbClient::new(&db_url);
+
+    // Terminal reads that wait (keys 0..S), and a naive poller (keys S..2S).
+    let sample = args.sample.min(args.flag / 2).max(1);
+    let mut waiting = Vec::new();
+    for k in 0..sample {
+        let url = format!("{svc_url}/v1/records/subscriber/{}", tidemark_api::client::encode_path(&key_of(k)));
+        waiting.push(tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }));
+    }
+    let polls = Arc::new(AtomicU64::new(0));
+    let mut pollers = Vec::new();
+    for k in sample..2 * sample {
+        let (client, polls) = (client.clone(), polls.clone());
+        pollers.push(tokio::spawn(async move {
+            loop {
+                polls.fetch_add(1, Ordering::Relaxed);
+                match client.get_record("subscriber", &key_of(k), None).await {
+                    Ok(r) if !r.answer.recovering => return,
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
+    }
+
+    // 3a. The schedule list.
+    let first = args.records; // the missing orders are seqs records+1 ..= records+flag
+    let t = Instant::now();
+    let mut k = 0;
+    while k < args.flag {
+        let hi = (k + args.chunk).min(args.flag);
+        let chunk = ScheduleChunk {
+            source: source.into(),
+            entries: (k..hi).map(|i| ScheduleEntry { table: "subscriber".into(), key: key_of(i), through_seq: first + i + 1 }).collect(),
+            final_chunk: hi == args.flag,
+        };
+        let _: serde_json::Value = client.post_json("/v1/recovery/schedule", &chunk).await?;
+        k = hi;
+    }
+    let flag_secs = t.elapsed().as_secs_f64();
+
+    // 3b. The replay.
+    let t = Instant::now();
+    let mut k = 0;
+    while k < args.flag {
+        let hi = (k + args.batch).min(args.flag);
+        let orders: Vec<Order> = (k..hi)
+            .map(|i| {
+                let mut f = fields_of(i);
+                f.insert("plan".into(), serde_json::json!("replayed"));
+                Order { source: source.into(), seq: first + i + 1, table: "subscriber".into(), key: key_of(i), op: Op::Upsert, fields: f }
+            })
+            .collect();
+        tidemark_ops::submit::send_with_retry(&client, &orders).await?;
+        k = hi;
+    }
+    let replay_secs = t.elapsed().as_secs_f64();
+    let _: serde_json::Value = client.post_json("/v1/recovery/complete", &serde_json::json!({})).await?;
+
+    // 4. What the waiting reads cost.
+    let mut served = 0;
+    for w in waiting {
+        if w.await?? == 200 {
+            served += 1;
+        }
+    }
+    for p in pollers {
+        p.await?;
+    }
+    let m = reqwest::get(format!("{svc_url}/metrics")).await?.text().await?;
+    let fetches = metric(&m, "tidemark_service_db_fetches_total");
+    let per_key = fetches as f64 / sample as f64;
+    let naive = polls.load(Ordering::Relaxed) as f64 / sample as f64;
+    let state: serde_json::Value = client.get_json("/v1/recovery").await?;
+    let _ = svc.kill();
+    let _ = db.kill();
+    let _ = svc.wait();
+    let _ = db.wait();
+
+    let result = serde_json::json!({
+        "scenario": "recovery", "records": args.records, "flagged": args.flag,
+        "generate_seconds": gen_secs,
+        "flag_seconds": flag_secs, "flag_keys_per_sec": args.flag as f64 / flag_secs,
+        "replay_seconds": replay_secs, "replay_orders_per_sec": args.flag as f64 / replay_secs,
+        "latest_only_reads": sample, "latest_only_served": served,
+        "db_requests_per_flagged_key_push": per_key, "db_requests_per_flagged_key_naive_10ms_polling": naive,
+        "final_state": state["state"],
+    });
+    if args.common.json {
+        println!("{result}");
+    } else {
+        println!("store of {} records, {} keys changed after the backup", args.records, args.flag);
+        println!("  schedule list: {} keys flagged in {flag_secs:.2}s ({:.0} keys/s)", args.flag, args.flag as f64 / flag_secs);
+        println!("  replay: {} orders in {replay_secs:.2}s ({:.0} orders/s, batches of {})", args.flag, args.flag as f64 / replay_secs, args.batch);
+        println!(
+            "  latest-only reads of flagged keys: {served}/{sample} served current data; DB requests per key: {per_key:.2} with pushes, {naive:.1} for a client polling every 10 ms"
+        );
+        println!("  final state: {}", state["state"]);
+    }
+    anyhow::ensure!(served == sample, "{} waiting reads did not get current data", sample - served);
+    Ok(())
+}

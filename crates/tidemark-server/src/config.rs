@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// Capacity of the in-memory push queue per process; a watcher that
     /// falls further behind is served from the change log.
     pub push_queue: usize,
+    /// The `--config` file the server was started with, if any; online
+    /// backups include its content. Not a setting: filled in by the program.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +67,7 @@ impl Default for ServerConfig {
             change_log_keep: 1_000_000,
             shutdown_grace_secs: 10,
             push_queue: 65_536,
+            config_file: None,
         }
     }
 }

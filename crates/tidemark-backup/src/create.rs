@@ -5,7 +5,9 @@
 
 use crate::error::BackupError;
 use crate::hashio::CompressSink;
-use crate::manifest::{FileEntry, Kind, Manifest, DB_FILE, MANIFEST_FILE};
+use crate::manifest::{
+    FileEntry, Kind, Manifest, CONFIG_EFFECTIVE, CONFIG_FILE, DB_FILE, MANIFEST_FILE,
+};
 use crate::Progress;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -160,7 +162,8 @@ impl Drop for BackupWriter {
 }
 
 /// Backs up an open store (offline backups, safety backups): one snapshot,
-/// compressed into `target`.
+/// compressed into `target`, with the configuration files a restore left
+/// beside the database (`current/config/*`), if any.
 pub async fn from_store(
     store: &SqliteStore,
     target: &Path,
@@ -172,6 +175,16 @@ pub async fn from_store(
     let info = store.snapshot_to(&snap).await?;
     writer.add_db_from(&snap, progress)?;
     std::fs::remove_file(&snap).map_err(BackupError::io(&snap))?;
+    if let Some(config) = store.db_path().parent().map(|p| p.join("config")) {
+        for rel in [CONFIG_EFFECTIVE, CONFIG_FILE] {
+            let name = rel.trim_start_matches("config/");
+            match std::fs::read(config.join(name)) {
+                Ok(bytes) => writer.add_plain(rel, &bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BackupError::io(&config.join(name))(e)),
+            }
+        }
+    }
     writer.commit(Manifest::new(Kind::Offline, source, &info))
 }
 

@@ -58,27 +58,24 @@ pub struct RecoverReport {
     pub already_done: bool,
 }
 
-/// The high-water marks recorded in a backup's manifest.
+/// The high-water marks recorded in a backup's manifest (checked against
+/// its checksum).
 pub fn backup_high_water(backup: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
-    let path = backup.join("manifest.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}; --backup must name the backup the DB server was restored from", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a backup manifest", path.display()))?;
-    let marks = ["high_water", "high_water_marks", "sources"].iter().find_map(|k| v.get(*k).and_then(|m| m.as_object()));
-    let Some(marks) = marks else {
-        anyhow::bail!("{} has no high-water marks; is it a Tidemark backup manifest?", path.display());
-    };
-    marks
-        .iter()
-        .map(|(k, v)| v.as_u64().map(|n| (k.clone(), n)).ok_or_else(|| anyhow::anyhow!("high-water mark of {k} is not a number")))
-        .collect()
+    let manifest = tidemark_backup::manifest::Manifest::load(backup).with_context(|| {
+        format!(
+            "--backup {} must name the backup the DB server was restored from",
+            backup.display()
+        )
+    })?;
+    Ok(manifest.high_water)
 }
 
 /// The sources that have a journal in `dir`.
 pub fn journal_sources(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading journal directory {}", dir.display()))? {
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("reading journal directory {}", dir.display()))?
+    {
         let name = e?.file_name().to_string_lossy().into_owned();
         if let Some(source) = name.strip_suffix(".journal") {
             out.push(source.to_owned());
@@ -89,11 +86,17 @@ pub fn journal_sources(dir: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
-    let b = if progress { ProgressBar::new(len) } else { ProgressBar::hidden() };
+    let b = if progress {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
     b.set_style(
-        ProgressStyle::with_template(&format!("{what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"))
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     b
 }
@@ -104,7 +107,10 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let marks = backup_high_water(&opts.backup)?;
     let sources = journal_sources(&opts.journal)?;
     if sources.is_empty() {
-        anyhow::bail!("no journal (*.journal) in {}; point --journal at the OpS journal directory", opts.journal.display());
+        anyhow::bail!(
+            "no journal (*.journal) in {}; point --journal at the OpS journal directory",
+            opts.journal.display()
+        );
     }
     let mut journals = Vec::new();
     for s in &sources {
@@ -149,7 +155,11 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         }
         let entries: Vec<ScheduleEntry> = last
             .into_iter()
-            .map(|((t, k), seq)| ScheduleEntry { table: t.to_owned(), key: k.to_owned(), through_seq: seq })
+            .map(|((t, k), seq)| ScheduleEntry {
+                table: t.to_owned(),
+                key: k.to_owned(),
+                through_seq: seq,
+            })
             .collect();
         report.sources.push(SourceReport {
             source: j.source().to_owned(),
@@ -180,20 +190,30 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             let answer: ScheduleAnswer = client
                 .post_json("/v1/recovery/schedule", &body)
                 .await
-                .context("sending the recovery schedule list; run the same command again to resume")?;
+                .context(
+                    "sending the recovery schedule list; run the same command again to resume",
+                )?;
             report.flagged += answer.flagged;
             report.skipped += answer.skipped;
             b.inc(part.len() as u64);
         }
     }
     b.finish_and_clear();
-    tracing::info!(keys = total, flagged = report.flagged, skipped = report.skipped, "recovery schedule list sent");
+    tracing::info!(
+        keys = total,
+        flagged = report.flagged,
+        skipped = report.skipped,
+        "recovery schedule list sent"
+    );
 
     // The difference data, in order, from where the server stands now.
     let server_marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
     let missing: u64 = journals
         .iter()
-        .map(|j| j.last_seq().saturating_sub(server_marks.get(j.source()).copied().unwrap_or(0)))
+        .map(|j| {
+            j.last_seq()
+                .saturating_sub(server_marks.get(j.source()).copied().unwrap_or(0))
+        })
         .sum();
     let b = bar(opts.progress, missing, "replaying");
     for (j, r) in journals.iter().zip(report.sources.iter_mut()) {

@@ -51,6 +51,10 @@ pub struct ServerConfig {
     pub push_queue: usize,
     /// Seconds the state stays `recovered` before it returns to `normal`.
     pub recovered_hold_secs: u64,
+    /// The `--config` file the server was started with, if any; online
+    /// backups include its content. Not a setting: filled in by the program.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             push_queue: 65_536,
             recovered_hold_secs: 300,
+            config_file: None,
         }
     }
 }

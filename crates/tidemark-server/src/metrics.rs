@@ -78,8 +78,16 @@ impl ServerMetrics {
                 "Current epoch (grows with every restore).",
                 "",
             ),
-            recovery_state: r.gauge("tidemark_recovery_state", "Recovery state: 0 normal, 1 recovering, 2 recovered.", ""),
-            recovery_flagged: r.gauge("tidemark_recovery_flagged", "Flags set since the recovery started.", ""),
+            recovery_state: r.gauge(
+                "tidemark_recovery_state",
+                "Recovery state: 0 normal, 1 recovering, 2 recovered.",
+                "",
+            ),
+            recovery_flagged: r.gauge(
+                "tidemark_recovery_flagged",
+                "Flags set since the recovery started.",
+                "",
+            ),
             recovery_remaining: r.gauge("tidemark_recovery_remaining", "Flags still set.", ""),
             registry: r,
         }

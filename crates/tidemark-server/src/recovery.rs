@@ -33,7 +33,9 @@ pub struct Recovery {
 
 impl std::fmt::Debug for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recovery").field("meta", &*self.meta.read()).finish()
+        f.debug_struct("Recovery")
+            .field("meta", &*self.meta.read())
+            .finish()
     }
 }
 
@@ -83,7 +85,10 @@ impl Recovery {
             Some((t0, _, left0)) if m.state == RecoveryState::Recovering && left0 > m.remaining => {
                 let rate = (left0 - m.remaining) as f64 / t0.elapsed().as_secs_f64().max(0.001);
                 let secs = m.remaining as f64 / rate;
-                Some((chrono::Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64)).to_rfc3339())
+                Some(
+                    (chrono::Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+                        .to_rfc3339(),
+                )
             }
             _ => None,
         };
@@ -112,13 +117,20 @@ impl Recovery {
         let was_blanket = self.blanket();
         let entries = entries
             .into_iter()
-            .map(|e| FlagEntry { table: e.table, key: e.key, through_seq: e.through_seq })
+            .map(|e| FlagEntry {
+                table: e.table,
+                key: e.key,
+                through_seq: e.through_seq,
+            })
             .collect();
         let added = self.store.add_flags(source, entries, final_chunk).await?;
         let m = self.refresh().await?;
         if was_blanket && !self.blanket() {
             tracing::info!(flagged = m.flagged_total, "recovery schedule list complete: only flagged records are answered as recovering now");
-            hub.publish(Push::Epoch(EpochEvent { epoch: self.store.meta().await?.epoch, reason: EpochReason::ScheduleComplete }));
+            hub.publish(Push::Epoch(EpochEvent {
+                epoch: self.store.meta().await?.epoch,
+                reason: EpochReason::ScheduleComplete,
+            }));
         }
         drop(_t);
         self.maybe_finish().await?;
@@ -138,7 +150,10 @@ impl Recovery {
         }
         {
             let _t = self.transition.lock().await;
-            let m = self.store.set_recovery_state(RecoveryState::Recovering, true).await?;
+            let m = self
+                .store
+                .set_recovery_state(RecoveryState::Recovering, true)
+                .await?;
             self.set(m);
         }
         self.maybe_finish().await?;
@@ -161,9 +176,19 @@ impl Recovery {
     pub async fn maybe_finish(&self) -> Result<(), StoreError> {
         let _t = self.transition.lock().await;
         let m = self.refresh().await?;
-        if m.state == RecoveryState::Recovering && m.schedule_final && m.complete_requested && m.remaining == 0 {
-            let m = self.store.set_recovery_state(RecoveryState::Recovered, true).await?;
-            tracing::info!(flagged = m.flagged_total, "recovery complete: every flagged record holds the latest data");
+        if m.state == RecoveryState::Recovering
+            && m.schedule_final
+            && m.complete_requested
+            && m.remaining == 0
+        {
+            let m = self
+                .store
+                .set_recovery_state(RecoveryState::Recovered, true)
+                .await?;
+            tracing::info!(
+                flagged = m.flagged_total,
+                "recovery complete: every flagged record holds the latest data"
+            );
             self.set(m);
             *self.recovered_at.write() = Some(Instant::now());
         }
@@ -177,10 +202,16 @@ impl Recovery {
             return Err(StoreError::NotRecovering);
         }
         let dropped = self.store.clear_flags().await?;
-        let m = self.store.set_recovery_state(RecoveryState::Normal, false).await?;
+        let m = self
+            .store
+            .set_recovery_state(RecoveryState::Normal, false)
+            .await?;
         tracing::warn!(dropped, reason, "recovery ABORTED by an operator: flagged records are now answered as current although their difference data may be missing");
         self.set(m);
-        hub.publish(Push::Epoch(EpochEvent { epoch: self.store.meta().await?.epoch, reason: EpochReason::RecoveryAborted }));
+        hub.publish(Push::Epoch(EpochEvent {
+            epoch: self.store.meta().await?.epoch,
+            reason: EpochReason::RecoveryAborted,
+        }));
         Ok(dropped)
     }
 
@@ -189,7 +220,10 @@ impl Recovery {
         let due = matches!(*self.recovered_at.read(), Some(t) if t.elapsed() >= hold);
         if due && self.state() == RecoveryState::Recovered {
             let _t = self.transition.lock().await;
-            let m = self.store.set_recovery_state(RecoveryState::Normal, false).await?;
+            let m = self
+                .store
+                .set_recovery_state(RecoveryState::Normal, false)
+                .await?;
             self.set(m);
             *self.recovered_at.write() = None;
             tracing::info!("recovery state back to normal");

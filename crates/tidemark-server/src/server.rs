@@ -8,7 +8,7 @@ use anyhow::Context;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_store::{SqliteStore, Store};
+use tidemark_store::{ProcessInfo, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,11 +33,12 @@ impl Server {
                 "the PostgreSQL engine is not built yet; run with --store sqlite (the default) for now"
             ),
         };
+        let boot = format!("{:08x}", rand::random::<u32>());
+        record_process(store.as_ref(), &config, &boot).await?;
         let metrics = ServerMetrics::new();
         let meta = store.meta().await?;
         metrics.seq.set(meta.seq as i64);
         metrics.epoch.set(meta.epoch as i64);
-        let boot = format!("{:08x}", rand::random::<u32>());
         let hub = Hub::new(config.push_queue);
         let recovery = crate::recovery::Recovery::load(store.clone()).await?;
         // A crash between the last flag clear and the state change is mended here.
@@ -93,6 +94,32 @@ impl Server {
     }
 }
 
+/// Refuses data restored from an online backup that still needs cleanup
+/// (B6), then records this process in the store, so an online backup
+/// carries it.
+async fn record_process(
+    store: &dyn Store,
+    config: &ServerConfig,
+    boot: &str,
+) -> anyhow::Result<()> {
+    if store.needs_cleanup().await? {
+        let dir = config.data_dir.display();
+        anyhow::bail!(
+            "data directory {dir} holds process information restored from an online backup; run 'tidemark cleanup --data-dir {dir}' first"
+        );
+    }
+    store
+        .record_process(&ProcessInfo {
+            pid: std::process::id(),
+            boot: boot.to_owned(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+            listen: config.listen.clone(),
+        })
+        .await
+        .context("recording the process information")?;
+    Ok(())
+}
+
 /// Keeps the change log bounded, and moves `recovered` back to `normal`.
 async fn prune_worker(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -102,11 +129,15 @@ async fn prune_worker(state: Arc<AppState>) {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = state.recovery.settle(Duration::from_secs(state.config.recovered_hold_secs)).await {
+        if let Err(e) = state
+            .recovery
+            .settle(Duration::from_secs(state.config.recovered_hold_secs))
+            .await
+        {
             tracing::warn!(error = %e, "recovery state update failed; will retry");
         }
         n += 1;
-        if n % 30 != 0 {
+        if !n.is_multiple_of(30) {
             continue;
         }
         match state

@@ -220,7 +220,10 @@ pub async fn read(
         let jittered = Duration::from_micros(
             rand::thread_rng().gen_range(delay.as_micros() as u64 / 2..=delay.as_micros() as u64),
         );
-        let mut pause = hint.map(Duration::from_secs).unwrap_or_default().max(jittered);
+        let mut pause = hint
+            .map(Duration::from_secs)
+            .unwrap_or_default()
+            .max(jittered);
         if shared.connected.load(Ordering::SeqCst) && hint.is_some() {
             pause = pause.max(Duration::from_millis(shared.config.recovering_poll_ms));
         }

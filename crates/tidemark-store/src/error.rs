@@ -32,7 +32,12 @@ pub enum StoreError {
     /// During recovery, orders of a source must arrive without gaps, so the
     /// difference data is replayed in order (P10).
     #[error("order {index}: source '{source_name}' seq {seq} skips ahead of seq {expected}; the DB server is recovering and applies each source's orders strictly in order; send seq {expected} first (run 'tidemark ops recover'); nothing in the batch was applied")]
-    Gap { index: usize, source_name: String, seq: u64, expected: u64 },
+    Gap {
+        index: usize,
+        source_name: String,
+        seq: u64,
+        expected: u64,
+    },
     /// A recovery schedule entry is malformed.
     #[error("{0}")]
     BadSchedule(String),

@@ -9,12 +9,16 @@
 //! - [`store`]: the [`Store`] trait every engine implements, and its value types.
 //! - [`error`]: [`StoreError`], what callers branch on.
 //! - [`sqlite`]: the embedded engine (rusqlite, WAL).
+//! - [`layout`]: `current -> gen-N` generations and the atomic swap restore uses.
+//! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`lock`]: the data-directory lock that a crashed holder cannot leave stuck.
 //! - [`apply`]: batch validation and the idempotency rules shared by engines.
 //! - [`testsuite`]: the one test suite every engine runs.
 
 pub mod apply;
 pub mod error;
+pub mod failpoint;
+pub mod layout;
 pub mod lock;
 pub mod sqlite;
 pub mod store;
@@ -23,4 +27,7 @@ pub mod testsuite;
 pub use error::StoreError;
 pub use lock::DataDirLock;
 pub use sqlite::SqliteStore;
-pub use store::{ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, RecoveryMeta, Store, StoreMeta};
+pub use store::{
+    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
+    SnapshotInfo, Store, StoreMeta,
+};

@@ -3,6 +3,7 @@
 use crate::StoreError;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use tidemark_api::{Fields, Order, OrderResult, Record, RecoveryState, Schema, Version};
 
@@ -92,6 +93,33 @@ pub struct StoreMeta {
     pub log_floor: u64,
 }
 
+/// What a snapshot holds, read from the snapshot itself (B1).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    /// The store's on-disk format version.
+    pub store_format: u64,
+    pub epoch: u64,
+    /// Last committed seq in the snapshot: the backup's point.
+    pub seq: u64,
+    pub schema_version: u64,
+    /// Applied-order high-water mark per OpS source.
+    pub high_water: BTreeMap<String, u64>,
+    /// The process information (`tm_meta.process`) the snapshot carries:
+    /// present when the snapshot was taken from a running server (B6).
+    pub process: Option<serde_json::Value>,
+    /// Size of the snapshot file in bytes.
+    pub bytes: u64,
+}
+
+/// The process information a running server records in its store (B6).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub boot: String,
+    pub started_at: String,
+    pub listen: String,
+}
+
 /// An engine. Every method is atomic: it either happens whole or not at all.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -138,10 +166,19 @@ pub trait Store: Send + Sync + 'static {
     /// entry whose order `(source, through_seq)` the store already holds is
     /// skipped: the restored data is current for it. `final_chunk` records
     /// that the whole list has arrived. Time is proportional to the chunk.
-    async fn add_flags(&self, source: &str, entries: Vec<FlagEntry>, final_chunk: bool) -> Result<FlagsAdded, StoreError>;
+    async fn add_flags(
+        &self,
+        source: &str,
+        entries: Vec<FlagEntry>,
+        final_chunk: bool,
+    ) -> Result<FlagsAdded, StoreError>;
 
     /// Sets the recovery state and the "OpS said complete" mark.
-    async fn set_recovery_state(&self, state: RecoveryState, complete_requested: bool) -> Result<RecoveryMeta, StoreError>;
+    async fn set_recovery_state(
+        &self,
+        state: RecoveryState,
+        complete_requested: bool,
+    ) -> Result<RecoveryMeta, StoreError>;
 
     /// Up to `limit` flags still set, in key order, for operators.
     async fn list_flags(&self, limit: usize) -> Result<Vec<Flag>, StoreError>;
@@ -151,4 +188,25 @@ pub trait Store: Send + Sync + 'static {
     async fn clear_flags(&self) -> Result<u64, StoreError>;
 
     // --- backup (B1-B6) ---
+
+    /// Writes one consistent snapshot of the whole store to the new file
+    /// `path` (one read transaction: writers are not blocked, and the copy
+    /// is never a file being written). Returns what the snapshot holds.
+    async fn snapshot_to(&self, path: &Path) -> Result<SnapshotInfo, StoreError>;
+
+    /// Records the running server's process information (B6); an online
+    /// snapshot carries it, and `cleanup` removes it after a restore.
+    async fn record_process(&self, info: &ProcessInfo) -> Result<(), StoreError>;
+
+    /// Whether the store holds process information restored from an online
+    /// backup that `cleanup` has not normalised yet (B6).
+    async fn needs_cleanup(&self) -> Result<bool, StoreError>;
+
+    /// Marks the store as needing cleanup (restore of an online backup).
+    async fn mark_needs_cleanup(&self) -> Result<(), StoreError>;
+
+    /// Normalises process information (B6): removes the recorded process
+    /// and any quiesce notice, and clears the needs-cleanup mark. Returns
+    /// the names of the entries removed.
+    async fn cleanup_process_info(&self) -> Result<Vec<String>, StoreError>;
 }

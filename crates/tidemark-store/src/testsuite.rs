@@ -35,28 +35,72 @@ pub async fn run(store: &dyn Store) {
 async fn recovery_flags(store: &dyn Store) {
     use crate::FlagEntry;
     use tidemark_api::RecoveryState;
-    let entry = |key: &str, through_seq| FlagEntry { table: "subscriber".into(), key: key.into(), through_seq };
-    assert_eq!(store.recovery_meta().await.unwrap().state, RecoveryState::Normal);
+    let entry = |key: &str, through_seq| FlagEntry {
+        table: "subscriber".into(),
+        key: key.into(),
+        through_seq,
+    };
+    assert_eq!(
+        store.recovery_meta().await.unwrap().state,
+        RecoveryState::Normal
+    );
     assert!(
-        matches!(store.add_flags("ops-f", vec![entry("f1", 1)], true).await, Err(StoreError::NotRecovering)),
+        matches!(
+            store.add_flags("ops-f", vec![entry("f1", 1)], true).await,
+            Err(StoreError::NotRecovering)
+        ),
         "a schedule list is refused outside recovery"
     );
-    store.apply(vec![order("ops-f", 1, "f0", Op::Upsert, json!({"plan": "old"}))]).await.unwrap();
+    store
+        .apply(vec![order(
+            "ops-f",
+            1,
+            "f0",
+            Op::Upsert,
+            json!({"plan": "old"}),
+        )])
+        .await
+        .unwrap();
     let epoch = store.meta().await.unwrap().epoch;
     store.mark_restored(epoch + 1).await.unwrap();
     assert_eq!(store.meta().await.unwrap().epoch, epoch + 1);
     let m = store.recovery_meta().await.unwrap();
-    assert_eq!((m.state, m.schedule_final, m.remaining), (RecoveryState::Recovering, false, 0));
+    assert_eq!(
+        (m.state, m.schedule_final, m.remaining),
+        (RecoveryState::Recovering, false, 0)
+    );
 
     // f0 seq 1 is already held: skipped. f1 (absent) and f2 are flagged.
     let added = store
-        .add_flags("ops-f", vec![entry("f0", 1), entry("f1", 3), entry("f2", 2), entry("f1", 2)], false)
+        .add_flags(
+            "ops-f",
+            vec![
+                entry("f0", 1),
+                entry("f1", 3),
+                entry("f2", 2),
+                entry("f1", 2),
+            ],
+            false,
+        )
         .await
         .unwrap();
     assert_eq!((added.flagged, added.skipped), (2, 1));
-    assert!(matches!(store.add_flags("ops-f", vec![entry("f3", 0)], false).await, Err(StoreError::BadSchedule(_))));
     assert!(matches!(
-        store.add_flags("ops-f", vec![FlagEntry { table: "nope".into(), key: "k".into(), through_seq: 1 }], false).await,
+        store.add_flags("ops-f", vec![entry("f3", 0)], false).await,
+        Err(StoreError::BadSchedule(_))
+    ));
+    assert!(matches!(
+        store
+            .add_flags(
+                "ops-f",
+                vec![FlagEntry {
+                    table: "nope".into(),
+                    key: "k".into(),
+                    through_seq: 1
+                }],
+                false
+            )
+            .await,
         Err(StoreError::Input(_))
     ));
     store.add_flags("ops-f", vec![], true).await.unwrap();
@@ -64,34 +108,71 @@ async fn recovery_flags(store: &dyn Store) {
     assert!(m.schedule_final);
     assert_eq!((m.flagged_total, m.remaining), (2, 2));
     let missing = store.get("subscriber", "f1").await.unwrap();
-    assert!(missing.record.is_none() && missing.flagged, "a key absent from the restored data can be flagged");
+    assert!(
+        missing.record.is_none() && missing.flagged,
+        "a key absent from the restored data can be flagged"
+    );
     assert!(!store.get("subscriber", "f0").await.unwrap().flagged);
     let flags = store.list_flags(10).await.unwrap();
     assert_eq!(flags.len(), 2);
-    assert_eq!((flags[0].key.as_str(), flags[0].through_seq, flags[0].high_water), ("f1", 3, 1));
+    assert_eq!(
+        (
+            flags[0].key.as_str(),
+            flags[0].through_seq,
+            flags[0].high_water
+        ),
+        ("f1", 3, 1)
+    );
 
     // During recovery a source's orders must come without gaps.
     assert!(matches!(
-        store.apply(vec![order("ops-f", 3, "f1", Op::Upsert, json!({}))]).await,
+        store
+            .apply(vec![order("ops-f", 3, "f1", Op::Upsert, json!({}))])
+            .await,
         Err(StoreError::Gap { expected: 2, .. })
     ));
     // Seq 2 is the last order of f2: its flag clears; f1 stays flagged until seq 3.
     let out = store
-        .apply(vec![Order { key: "f2".into(), ..order("ops-f", 2, "f2", Op::Upsert, json!({"plan": "new"})) }])
+        .apply(vec![Order {
+            key: "f2".into(),
+            ..order("ops-f", 2, "f2", Op::Upsert, json!({"plan": "new"}))
+        }])
         .await
         .unwrap();
     assert!(out.changes[0].cleared_flag && !out.changes[0].flagged);
     assert!(!store.get("subscriber", "f2").await.unwrap().flagged);
-    let out = store.apply(vec![order("ops-f", 3, "f1", Op::Upsert, json!({"plan": "new"}))]).await.unwrap();
+    let out = store
+        .apply(vec![order(
+            "ops-f",
+            3,
+            "f1",
+            Op::Upsert,
+            json!({"plan": "new"}),
+        )])
+        .await
+        .unwrap();
     assert!(out.changes[0].cleared_flag);
-    assert_eq!(out.changes[0].version.epoch, epoch + 1, "changes after a restore carry the new epoch");
+    assert_eq!(
+        out.changes[0].version.epoch,
+        epoch + 1,
+        "changes after a restore carry the new epoch"
+    );
     let m = store.recovery_meta().await.unwrap();
     assert_eq!(m.remaining, 0);
-    let m = store.set_recovery_state(RecoveryState::Recovered, true).await.unwrap();
+    let m = store
+        .set_recovery_state(RecoveryState::Recovered, true)
+        .await
+        .unwrap();
     assert_eq!(m.state, RecoveryState::Recovered);
-    store.set_recovery_state(RecoveryState::Normal, false).await.unwrap();
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
     // Outside recovery, gaps are allowed again.
-    store.apply(vec![order("ops-f", 9, "f9", Op::Upsert, json!({}))]).await.unwrap();
+    store
+        .apply(vec![order("ops-f", 9, "f9", Op::Upsert, json!({}))])
+        .await
+        .unwrap();
 }
 
 async fn reads_and_writes(store: &dyn Store) {

@@ -201,48 +201,98 @@ pub struct StatusArgs {
 pub enum BackupCommand {
     /// Take a backup: online through a running server, or --offline from a stopped server's data directory.
     Create(BackupCreateArgs),
-    /// Check a backup without restoring it.
+    /// Check a backup without restoring it: every checksum, and that the data decodes.
     Verify(BackupVerifyArgs),
-    /// List the backups under a folder.
+    /// List the backups under a folder: time, size, epoch, and whether each verifies.
     List(BackupListArgs),
+    /// Keep the newest N backups under a folder and remove older ones.
+    Prune(BackupPruneArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct BackupCreateArgs {
+    /// The new backup directory (must not exist, or be empty).
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
-    #[arg(long, value_name = "URL")]
+    /// Back up this running DB server online, e.g. http://127.0.0.1:7070.
+    #[arg(long, value_name = "URL", conflicts_with = "offline")]
     pub server: Option<String>,
+    /// With --offline: the data directory of a stopped server [default: the server's data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Back up a stopped server's data directory (refused while anything uses it).
     #[arg(long)]
     pub offline: bool,
+    /// After the backup, keep only the newest N backups beside it (in the parent of --to).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: Option<u64>,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct BackupVerifyArgs {
+    /// The backup directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+    /// Check the manifest and checksums only; do not decode the data.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct BackupListArgs {
+    /// The folder holding backup directories.
     #[arg(value_name = "ROOT")]
     pub root: PathBuf,
+    /// Also decode each backup's data (slower).
+    #[arg(long)]
+    pub deep: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupPruneArgs {
+    /// The folder holding backup directories.
+    #[arg(value_name = "ROOT")]
+    pub root: PathBuf,
+    /// How many of the newest backups to keep.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
 }
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
+    /// The backup to restore.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
+    /// The data directory to restore into [default: the server's data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Do not back up the current state first (it cannot be recovered afterwards).
     #[arg(long)]
     pub no_safety_backup: bool,
+    /// Where the safety backup goes [default: <data-dir>.safety/<timestamp>].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_safety_backup")]
+    pub safety_dir: Option<PathBuf>,
+    /// Do not run cleanup after restoring an online backup; the server then
+    /// refuses to start until 'tidemark cleanup' has run.
+    #[arg(long)]
+    pub no_cleanup: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
+    /// The data directory of a stopped server [default: the server's data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }

@@ -1,5 +1,6 @@
 //! The HTTP API of the DB server, one module per group of endpoints.
 
+pub mod backup;
 pub mod error;
 pub mod openapi;
 pub mod orders;
@@ -47,6 +48,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/recovery/abort", post(recovery::abort))
         .route("/v1/sources", get(probes::sources))
         .route("/v1/schema", get(probes::schema))
+        .route("/v1/backup", post(backup::snapshot))
+        .route("/v1/backup/config", get(backup::config))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))

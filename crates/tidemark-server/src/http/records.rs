@@ -65,8 +65,10 @@ pub async fn get_record(
         resp.headers_mut()
             .insert(headers::RECOVERING, HeaderValue::from_static("1"));
         // A hint for clients that poll: a push says sooner when it is current.
-        resp.headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
     }
     app.metrics.read_latency.observe(started.elapsed());
     Ok(resp)

@@ -23,7 +23,10 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<RecoverySta
 
 /// `POST /v1/recovery/schedule`: one chunk of the schedule list.
 #[tracing::instrument(skip_all, fields(source, entries, final_chunk))]
-pub async fn schedule(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<ScheduleAnswer>, HttpError> {
+pub async fn schedule(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<ScheduleAnswer>, HttpError> {
     let chunk: ScheduleChunk = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(
             ErrorCode::BadJson,
@@ -40,9 +43,20 @@ pub async fn schedule(State(app): State<Arc<AppState>>, body: Bytes) -> Result<J
             format!("the chunk holds {} entries, at most {MAX_CHUNK} are accepted; send the list in more chunks", chunk.entries.len()),
         ));
     }
-    let added = app.recovery.schedule(&app.hub, &chunk.source, chunk.entries, chunk.final_chunk).await?;
-    tracing::info!(flagged = added.flagged, skipped = added.skipped, "schedule chunk applied");
-    Ok(Json(ScheduleAnswer { flagged: added.flagged, skipped: added.skipped, final_chunk: chunk.final_chunk }))
+    let added = app
+        .recovery
+        .schedule(&app.hub, &chunk.source, chunk.entries, chunk.final_chunk)
+        .await?;
+    tracing::info!(
+        flagged = added.flagged,
+        skipped = added.skipped,
+        "schedule chunk applied"
+    );
+    Ok(Json(ScheduleAnswer {
+        flagged: added.flagged,
+        skipped: added.skipped,
+        final_chunk: chunk.final_chunk,
+    }))
 }
 
 /// `POST /v1/recovery/complete`.
@@ -50,7 +64,10 @@ pub async fn complete(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryS
     match app.recovery.complete().await {
         Ok(_) => {}
         Err(CompleteError::ScheduleIncomplete) => {
-            return Err(HttpError::new(ErrorCode::ScheduleIncomplete, CompleteError::ScheduleIncomplete.to_string()))
+            return Err(HttpError::new(
+                ErrorCode::ScheduleIncomplete,
+                CompleteError::ScheduleIncomplete.to_string(),
+            ))
         }
         Err(CompleteError::Store(e)) => return Err(e.into()),
     }
@@ -73,10 +90,18 @@ pub async fn flags(
         .list_flags(limit)
         .await?
         .into_iter()
-        .map(|f| FlagInfo { table: f.table, key: f.key, source: f.source, through_seq: f.through_seq, high_water: f.high_water })
+        .map(|f| FlagInfo {
+            table: f.table,
+            key: f.key,
+            source: f.source,
+            through_seq: f.through_seq,
+            high_water: f.high_water,
+        })
         .collect();
     let remaining = app.store.recovery_meta().await?.remaining;
-    Ok(Json(serde_json::json!({"remaining": remaining, "flags": flags})))
+    Ok(Json(
+        serde_json::json!({"remaining": remaining, "flags": flags}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +111,10 @@ pub struct AbortBody {
 
 /// `POST /v1/recovery/abort`: an operator ends a recovery the OpS will never
 /// complete. Explicit and logged; requires a reason.
-pub async fn abort(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<serde_json::Value>, HttpError> {
+pub async fn abort(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, HttpError> {
     let reason = serde_json::from_slice::<AbortBody>(&body)
         .ok()
         .and_then(|b| b.reason)
@@ -98,5 +126,7 @@ pub async fn abort(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json
             )
         })?;
     let dropped = app.recovery.abort(&app.hub, &reason).await?;
-    Ok(Json(serde_json::json!({"dropped_flags": dropped, "state": "normal", "reason": reason})))
+    Ok(Json(
+        serde_json::json!({"dropped_flags": dropped, "state": "normal", "reason": reason}),
+    ))
 }

@@ -10,7 +10,10 @@ mod values;
 
 use crate::apply::validate_batch;
 use crate::lock::DataDirLock;
-use crate::store::{ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, RecoveryMeta, Store, StoreMeta};
+use crate::store::{
+    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
+    SnapshotInfo, Store, StoreMeta,
+};
 use crate::StoreError;
 use async_trait::async_trait;
 use catalog::{Catalog, TableSql};
@@ -46,6 +49,9 @@ pub struct SqliteStore {
 
 struct Inner {
     dir: PathBuf,
+    /// The database file: in the current generation of `dir`, or in `dir`
+    /// itself for a private copy.
+    db_path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -117,8 +123,12 @@ impl SqliteStore {
 
     /// Opens the store under a lock the caller already holds (or none, for
     /// a private copy such as a backup being verified).
+    ///
+    /// With a lock, `dir` is a data directory (see [`crate::layout`]): a
+    /// fresh one gets its first generation. Without, the database lives
+    /// directly in `dir`.
     pub fn open_with_lock(dir: &Path, lock: Option<DataDirLock>) -> Result<Self, StoreError> {
-        let path = dir.join(DB_FILE);
+        let path = crate::layout::resolve_for_open(dir, lock.is_some())?.join(DB_FILE);
         let writer = Connection::open(&path).map_err(|e| StoreError::DataDir {
             path: dir.display().to_string(),
             detail: format!("cannot open {}: {e}", path.display()),
@@ -173,6 +183,7 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
+                db_path: path,
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
@@ -190,6 +201,67 @@ impl SqliteStore {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The database file in use.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    fn snapshot_blocking(&self, dest: &Path) -> Result<SnapshotInfo, StoreError> {
+        let fail = |detail: String| StoreError::DataDir {
+            path: dest.display().to_string(),
+            detail,
+        };
+        if dest.exists() {
+            return Err(fail("the snapshot file already exists; remove it".into()));
+        }
+        let src = Connection::open_with_flags(
+            &self.inner.db_path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        src.busy_timeout(std::time::Duration::from_secs(10))?;
+        src.execute_batch("PRAGMA query_only = 1")?;
+        let mut dst = Connection::open(dest)
+            .map_err(|e| fail(format!("cannot create the snapshot file: {e}")))?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            // One step copies every page inside one read transaction: a
+            // consistent point, and in WAL mode writers go on meanwhile.
+            let mut tries = 0;
+            loop {
+                match backup.step(-1)? {
+                    rusqlite::backup::StepResult::Done => break,
+                    _ if tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    other => {
+                        return Err(StoreError::Engine(format!(
+                            "the snapshot could not complete ({other:?}); retry"
+                        )))
+                    }
+                }
+            }
+        }
+        // A self-contained file: no -wal beside it.
+        dst.execute_batch("PRAGMA journal_mode = DELETE;")?;
+        drop(dst);
+        std::fs::File::open(dest)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| fail(format!("cannot fsync the snapshot: {e}")))?;
+        inspect_snapshot(dest)
+    }
+
+    fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     fn catalog(&self) -> Arc<Catalog> {
@@ -278,7 +350,12 @@ impl SqliteStore {
                 continue;
             }
             if strict && order.seq != hw + 1 {
-                return Err(StoreError::Gap { index, source_name: order.source.clone(), seq: order.seq, expected: hw + 1 });
+                return Err(StoreError::Gap {
+                    index,
+                    source_name: order.source.clone(),
+                    seq: order.seq,
+                    expected: hw + 1,
+                });
             }
             seq += 1;
             let version = Version::new(epoch, seq);
@@ -470,6 +547,65 @@ impl SqliteStore {
     }
 }
 
+/// Checks a snapshot file (a backup's database, decoded) without opening it
+/// as a store: SQLite's integrity check, the format, and what it holds.
+pub fn inspect_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        StoreError::Format(format!(
+            "{} is not a readable Tidemark snapshot: {e}",
+            path.display()
+        ))
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| bad(&e))?;
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| bad(&e))?;
+    if check != "ok" {
+        return Err(bad(&format!("integrity check failed: {check}")));
+    }
+    let has_meta: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('tm_meta', 'tm_sources')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| bad(&e))?;
+    if has_meta != 2 {
+        return Err(bad(&"it has no Tidemark tables"));
+    }
+    let store_format = meta_u64(&conn, "format")?;
+    if store_format != FORMAT_VERSION {
+        return Err(StoreError::Format(format!(
+            "{} has store format {store_format}, this build reads format {FORMAT_VERSION}; use a matching tidemark version",
+            path.display()
+        )));
+    }
+    let mut stmt = conn.prepare("SELECT source, high_water FROM tm_sources")?;
+    let high_water = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let process = match meta_get(&conn, "process")? {
+        Some(text) => Some(serde_json::from_str(&text)?),
+        None => None,
+    };
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Ok(SnapshotInfo {
+        store_format,
+        epoch: meta_u64(&conn, "epoch")?,
+        seq: meta_u64(&conn, "seq")?,
+        schema_version: meta_u64(&conn, "schema_version")?,
+        high_water,
+        process,
+        bytes,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn engine(&self) -> &'static str {
@@ -486,7 +622,10 @@ impl Store for SqliteStore {
 
     async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError> {
         let catalog = self.catalog();
-        catalog.schema.table(table).map_err(|e| StoreError::Input(Box::new(e)))?;
+        catalog
+            .schema
+            .table(table)
+            .map_err(|e| StoreError::Input(Box::new(e)))?;
         tidemark_api::schema::validate_key(key).map_err(|e| StoreError::Input(Box::new(e)))?;
         let t = &catalog.tables[table];
         // Point reads are a few microseconds; they run inline rather than
@@ -612,7 +751,11 @@ impl Store for SqliteStore {
                 None | Some("normal") => RecoveryState::Normal,
                 Some("recovering") => RecoveryState::Recovering,
                 Some("recovered") => RecoveryState::Recovered,
-                Some(other) => return Err(StoreError::Format(format!("unknown recovery state {other:?} in tm_meta"))),
+                Some(other) => {
+                    return Err(StoreError::Format(format!(
+                        "unknown recovery state {other:?} in tm_meta"
+                    )))
+                }
             };
             Ok(RecoveryMeta {
                 state,
@@ -625,7 +768,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn add_flags(&self, source: &str, entries: Vec<FlagEntry>, final_chunk: bool) -> Result<FlagsAdded, StoreError> {
+    async fn add_flags(
+        &self,
+        source: &str,
+        entries: Vec<FlagEntry>,
+        final_chunk: bool,
+    ) -> Result<FlagsAdded, StoreError> {
         let catalog = self.catalog();
         if source.is_empty() || source.len() > 128 {
             return Err(StoreError::BadSchedule(format!(
@@ -634,10 +782,16 @@ impl Store for SqliteStore {
             )));
         }
         for (i, e) in entries.iter().enumerate() {
-            catalog.schema.table(&e.table).map_err(|err| StoreError::Input(Box::new(err)))?;
-            tidemark_api::schema::validate_key(&e.key).map_err(|err| StoreError::Input(Box::new(err)))?;
+            catalog
+                .schema
+                .table(&e.table)
+                .map_err(|err| StoreError::Input(Box::new(err)))?;
+            tidemark_api::schema::validate_key(&e.key)
+                .map_err(|err| StoreError::Input(Box::new(err)))?;
             if e.through_seq == 0 {
-                return Err(StoreError::BadSchedule(format!("entry {i}: through_seq must be 1 or more")));
+                return Err(StoreError::BadSchedule(format!(
+                    "entry {i}: through_seq must be 1 or more"
+                )));
             }
         }
         let source = source.to_owned();
@@ -683,7 +837,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_recovery_state(&self, state: RecoveryState, complete_requested: bool) -> Result<RecoveryMeta, StoreError> {
+    async fn set_recovery_state(
+        &self,
+        state: RecoveryState,
+        complete_requested: bool,
+    ) -> Result<RecoveryMeta, StoreError> {
         self.blocking(move |s| {
             let mut conn = s.inner.writer.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -693,9 +851,15 @@ impl Store for SqliteStore {
                 RecoveryState::Recovered => "recovered",
             };
             meta_set(&tx, "recovery_state", name)?;
-            meta_set(&tx, "complete_requested", if complete_requested { "1" } else { "0" })?;
+            meta_set(
+                &tx,
+                "complete_requested",
+                if complete_requested { "1" } else { "0" },
+            )?;
             tx.commit()?;
-            s.inner.recovering.store(state == RecoveryState::Recovering, Ordering::SeqCst);
+            s.inner
+                .recovering
+                .store(state == RecoveryState::Recovering, Ordering::SeqCst);
             Ok(())
         })
         .await?;
@@ -726,6 +890,46 @@ impl Store for SqliteStore {
             let n = conn.execute("DELETE FROM tm_flags", [])?;
             s.inner.flag_rows.store(0, Ordering::SeqCst);
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn snapshot_to(&self, path: &Path) -> Result<SnapshotInfo, StoreError> {
+        let path = path.to_owned();
+        self.blocking(move |s| s.snapshot_blocking(&path)).await
+    }
+
+    async fn record_process(&self, info: &ProcessInfo) -> Result<(), StoreError> {
+        let text = serde_json::to_string(info)?;
+        self.blocking(move |s| s.with_writer(|c| meta_set(c, "process", &text)))
+            .await
+    }
+
+    async fn needs_cleanup(&self) -> Result<bool, StoreError> {
+        self.with_reader(|c| Ok(meta_get(c, "needs_cleanup")?.as_deref() == Some("1")))
+    }
+
+    async fn mark_needs_cleanup(&self) -> Result<(), StoreError> {
+        self.blocking(|s| s.with_writer(|c| meta_set(c, "needs_cleanup", "1")))
+            .await
+    }
+
+    async fn cleanup_process_info(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking(|s| {
+            s.with_writer(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT name FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' ORDER BY name",
+                )?;
+                let names = stmt
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                c.execute(
+                    "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%'",
+                    [],
+                )?;
+                meta_set(c, "needs_cleanup", "0")?;
+                Ok(names)
+            })
         })
         .await
     }
@@ -772,6 +976,39 @@ mod tests {
         let _first = SqliteStore::open(dir.path(), "server").unwrap();
         let err = SqliteStore::open(dir.path(), "server").unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_everything_and_cleanup_normalises_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("data"), "test").unwrap();
+        crate::testsuite::load_some(&store).await;
+        let info = ProcessInfo {
+            pid: 7,
+            boot: "b".into(),
+            started_at: "now".into(),
+            listen: "x".into(),
+        };
+        store.record_process(&info).await.unwrap();
+        let snap = dir.path().join("snap.db");
+        let got = store.snapshot_to(&snap).await.unwrap();
+        let meta = store.meta().await.unwrap();
+        assert_eq!(got.seq, meta.seq);
+        assert_eq!(got.epoch, meta.epoch);
+        assert_eq!(got.high_water, store.high_water_marks().await.unwrap());
+        assert_eq!(got.process, Some(serde_json::to_value(&info).unwrap()));
+        assert!(store.snapshot_to(&snap).await.is_err(), "never overwrites");
+
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::copy(&snap, private.join(DB_FILE)).unwrap();
+        let copy = SqliteStore::open_with_lock(&private, None).unwrap();
+        crate::testsuite::check_some(&copy).await;
+        copy.mark_needs_cleanup().await.unwrap();
+        assert!(copy.needs_cleanup().await.unwrap());
+        assert_eq!(copy.cleanup_process_info().await.unwrap(), vec!["process"]);
+        assert!(!copy.needs_cleanup().await.unwrap());
+        assert!(!private.join(crate::layout::CURRENT).exists());
     }
 
     #[test]

@@ -26,7 +26,11 @@ fn orders(spec: &[(u8, bool, i64)]) -> Vec<Order> {
             table: "subscriber".into(),
             key: format!("k{k}"),
             op: if *delete { Op::Delete } else { Op::Upsert },
-            fields: if *delete { Fields::new() } else { json!({"credit_limit": v}).as_object().unwrap().clone() },
+            fields: if *delete {
+                Fields::new()
+            } else {
+                json!({"credit_limit": v}).as_object().unwrap().clone()
+            },
         })
         .collect()
 }
@@ -34,7 +38,10 @@ fn orders(spec: &[(u8, bool, i64)]) -> Vec<Order> {
 fn latest(orders: &[Order]) -> BTreeMap<String, Option<i64>> {
     let mut m = BTreeMap::new();
     for o in orders {
-        m.insert(o.key.clone(), (o.op == Op::Upsert).then(|| o.fields["credit_limit"].as_i64().unwrap()));
+        m.insert(
+            o.key.clone(),
+            (o.op == Op::Upsert).then(|| o.fields["credit_limit"].as_i64().unwrap()),
+        );
     }
     m
 }
@@ -66,7 +73,7 @@ proptest! {
             let entries: Vec<FlagEntry> = last.into_iter().map(|(key, through_seq)| FlagEntry { table: "subscriber".into(), key, through_seq }).collect();
             let chunks: Vec<Vec<FlagEntry>> = entries.chunks(chunk).map(|c| c.to_vec()).collect();
             let (mut sent, mut replayed, mut final_sent) = (0usize, backup_at, false);
-            let mut send_chunk = |sent: &mut usize, final_sent: &mut bool| {
+            let send_chunk = |sent: &mut usize, final_sent: &mut bool| {
                 let c = chunks.get(*sent).cloned().unwrap_or_default();
                 *sent += 1;
                 let fin = *sent >= chunks.len();

@@ -49,7 +49,11 @@ pub struct RecoveryArgs {
     pub common: super::Common,
 }
 
-fn spawn(args: &[&str], dir: &std::path::Path, log: &str) -> anyhow::Result<(std::process::Child, String)> {
+fn spawn(
+    args: &[&str],
+    dir: &std::path::Path,
+    log: &str,
+) -> anyhow::Result<(std::process::Child, String)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(args)
@@ -60,13 +64,20 @@ fn spawn(args: &[&str], dir: &std::path::Path, log: &str) -> anyhow::Result<(std
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let url = line.trim().strip_prefix("listening on ").context("the child did not start; see its log")?.to_owned();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("the child did not start; see its log")?
+        .to_owned();
     Ok((child, url))
 }
 
 async fn ready(url: &str) -> anyhow::Result<()> {
     for _ in 0..1000 {
-        if reqwest::get(format!("{url}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(format!("{url}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -83,7 +94,10 @@ fn metric(text: &str, name: &str) -> u64 {
 }
 
 pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.flag <= args.records, "--flag must not exceed --records");
+    anyhow::ensure!(
+        args.flag <= args.records,
+        "--flag must not exceed --records"
+    );
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
@@ -101,7 +115,14 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
             let orders: Vec<Order> = (i..hi)
                 .map(|k| {
                     seq += 1;
-                    Order { source: source.into(), seq, table: "subscriber".into(), key: key_of(k), op: Op::Upsert, fields: fields_of(k) }
+                    Order {
+                        source: source.into(),
+                        seq,
+                        table: "subscriber".into(),
+                        key: key_of(k),
+                        op: Op::Upsert,
+                        fields: fields_of(k),
+                    }
                 })
                 .collect();
             store.apply(orders).await?;
@@ -115,10 +136,24 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     eprintln!("generated {} records in {gen_secs:.1}s", args.records);
 
     // 2. Real processes.
-    let (mut db, db_url) = spawn(&["server", "--data-dir", data.to_str().unwrap_or("")], &dir, "db.log")?;
+    let (mut db, db_url) = spawn(
+        &["server", "--data-dir", data.to_str().unwrap_or("")],
+        &dir,
+        "db.log",
+    )?;
     ready(&db_url).await?;
     let (mut svc, svc_url) = spawn(
-        &["service", "--db", &db_url, "--id", "bench-latest", "--policy", "latest-only", "--latest-deadline-ms", "600000"],
+        &[
+            "service",
+            "--db",
+            &db_url,
+            "--id",
+            "bench-latest",
+            "--policy",
+            "latest-only",
+            "--latest-deadline-ms",
+            "600000",
+        ],
         &dir,
         "svc.log",
     )?;
@@ -129,8 +164,13 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     let sample = args.sample.min(args.flag / 2).max(1);
     let mut waiting = Vec::new();
     for k in 0..sample {
-        let url = format!("{svc_url}/v1/records/subscriber/{}", tidemark_api::client::encode_path(&key_of(k)));
-        waiting.push(tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }));
+        let url = format!(
+            "{svc_url}/v1/records/subscriber/{}",
+            tidemark_api::client::encode_path(&key_of(k))
+        );
+        waiting.push(tokio::spawn(async move {
+            reqwest::get(url).await.map(|r| r.status().as_u16())
+        }));
     }
     let polls = Arc::new(AtomicU64::new(0));
     let mut pollers = Vec::new();
@@ -155,7 +195,13 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         let hi = (k + args.chunk).min(args.flag);
         let chunk = ScheduleChunk {
             source: source.into(),
-            entries: (k..hi).map(|i| ScheduleEntry { table: "subscriber".into(), key: key_of(i), through_seq: first + i + 1 }).collect(),
+            entries: (k..hi)
+                .map(|i| ScheduleEntry {
+                    table: "subscriber".into(),
+                    key: key_of(i),
+                    through_seq: first + i + 1,
+                })
+                .collect(),
             final_chunk: hi == args.flag,
         };
         let _: serde_json::Value = client.post_json("/v1/recovery/schedule", &chunk).await?;
@@ -172,14 +218,23 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
             .map(|i| {
                 let mut f = fields_of(i);
                 f.insert("plan".into(), serde_json::json!("replayed"));
-                Order { source: source.into(), seq: first + i + 1, table: "subscriber".into(), key: key_of(i), op: Op::Upsert, fields: f }
+                Order {
+                    source: source.into(),
+                    seq: first + i + 1,
+                    table: "subscriber".into(),
+                    key: key_of(i),
+                    op: Op::Upsert,
+                    fields: f,
+                }
             })
             .collect();
         tidemark_ops::submit::send_with_retry(&client, &orders).await?;
         k = hi;
     }
     let replay_secs = t.elapsed().as_secs_f64();
-    let _: serde_json::Value = client.post_json("/v1/recovery/complete", &serde_json::json!({})).await?;
+    let _: serde_json::Value = client
+        .post_json("/v1/recovery/complete", &serde_json::json!({}))
+        .await?;
 
     // 4. What the waiting reads cost.
     let mut served = 0;
@@ -191,7 +246,10 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     for p in pollers {
         p.await?;
     }
-    let m = reqwest::get(format!("{svc_url}/metrics")).await?.text().await?;
+    let m = reqwest::get(format!("{svc_url}/metrics"))
+        .await?
+        .text()
+        .await?;
     let fetches = metric(&m, "tidemark_service_db_fetches_total");
     let per_key = fetches as f64 / sample as f64;
     let naive = polls.load(Ordering::Relaxed) as f64 / sample as f64;
@@ -213,14 +271,30 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     if args.common.json {
         println!("{result}");
     } else {
-        println!("store of {} records, {} keys changed after the backup", args.records, args.flag);
-        println!("  schedule list: {} keys flagged in {flag_secs:.2}s ({:.0} keys/s)", args.flag, args.flag as f64 / flag_secs);
-        println!("  replay: {} orders in {replay_secs:.2}s ({:.0} orders/s, batches of {})", args.flag, args.flag as f64 / replay_secs, args.batch);
+        println!(
+            "store of {} records, {} keys changed after the backup",
+            args.records, args.flag
+        );
+        println!(
+            "  schedule list: {} keys flagged in {flag_secs:.2}s ({:.0} keys/s)",
+            args.flag,
+            args.flag as f64 / flag_secs
+        );
+        println!(
+            "  replay: {} orders in {replay_secs:.2}s ({:.0} orders/s, batches of {})",
+            args.flag,
+            args.flag as f64 / replay_secs,
+            args.batch
+        );
         println!(
             "  latest-only reads of flagged keys: {served}/{sample} served current data; DB requests per key: {per_key:.2} with pushes, {naive:.1} for a client polling every 10 ms"
         );
         println!("  final state: {}", state["state"]);
     }
-    anyhow::ensure!(served == sample, "{} waiting reads did not get current data", sample - served);
+    anyhow::ensure!(
+        served == sample,
+        "{} waiting reads did not get current data",
+        sample - served
+    );
     Ok(())
 }

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// One terminal read: which service server, key, status, body.
+type TerminalAnswer = (&'static str, String, u16, Value);
+
 struct Timeline {
     t0: Instant,
     failed: Vec<String>,
@@ -20,7 +23,10 @@ struct Timeline {
 
 impl Timeline {
     fn say(&self, who: &str, what: &str) {
-        println!("[{:6.2}s] {who:<12} {what}", self.t0.elapsed().as_secs_f64());
+        println!(
+            "[{:6.2}s] {who:<12} {what}",
+            self.t0.elapsed().as_secs_f64()
+        );
     }
     fn step(&self, n: u32, title: &str) {
         println!("\n== {n}. {title}");
@@ -40,7 +46,13 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(exe: &Path, dir: &Path, log: &str, args: &[&str], listen: &str) -> anyhow::Result<Proc> {
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        log: &str,
+        args: &[&str],
+        listen: &str,
+    ) -> anyhow::Result<Proc> {
         let log = std::fs::File::create(dir.join(log))?;
         let mut child = Command::new(exe)
             .args(args)
@@ -59,7 +71,10 @@ impl Proc {
             Some(url) => Ok(Proc { child, url }),
             None => {
                 let _ = child.kill();
-                anyhow::bail!("a demo process did not start; see its log in {}", dir.display())
+                anyhow::bail!(
+                    "a demo process did not start; see its log in {}",
+                    dir.display()
+                )
             }
         }
     }
@@ -98,12 +113,20 @@ fn run(exe: &Path, dir: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Re
         .stderr(Stdio::piped())
         .spawn()?;
     if let Some(input) = stdin {
-        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
     }
     drop(child.stdin.take());
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        anyhow::bail!("tidemark {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "tidemark {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -124,12 +147,16 @@ impl Model {
             return json!({"table": "subscriber", "key": k, "op": "delete"}).to_string() + "\n";
         }
         let rec = e.get_or_insert_with(|| {
-            ["plan", "status", "services", "roaming", "credit_limit"].iter().map(|c| (c.to_string(), Value::Null)).collect()
+            ["plan", "status", "services", "roaming", "credit_limit"]
+                .iter()
+                .map(|c| (c.to_string(), Value::Null))
+                .collect()
         });
         for (f, v) in fields.as_object().into_iter().flatten() {
             rec.insert(f.clone(), v.clone());
         }
-        json!({"table": "subscriber", "key": k, "op": "upsert", "fields": fields}).to_string() + "\n"
+        json!({"table": "subscriber", "key": k, "op": "upsert", "fields": fields}).to_string()
+            + "\n"
     }
     fn is_latest(&self, k: &str, status: u16, body: &Value) -> bool {
         match self.0.get(k).cloned().flatten() {
@@ -140,7 +167,10 @@ impl Model {
 }
 
 async fn read(base: &str, k: &str) -> (u16, Value) {
-    let url = format!("{base}/v1/records/subscriber/{}", tidemark_api::client::encode_path(k));
+    let url = format!(
+        "{base}/v1/records/subscriber/{}",
+        tidemark_api::client::encode_path(k)
+    );
     match reqwest::get(&url).await {
         Ok(r) => {
             let s = r.status().as_u16();
@@ -166,33 +196,108 @@ fn show(status: u16, b: &Value) -> String {
 
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the tidemark program")?;
-    let tmp = tempfile::Builder::new().prefix("tidemark-demo-").tempdir()?;
-    let dir: PathBuf = if args.keep { tmp.keep() } else { tmp.path().to_owned() };
-    let mut tl = Timeline { t0: Instant::now(), failed: Vec::new() };
+    let tmp = tempfile::Builder::new()
+        .prefix("tidemark-demo-")
+        .tempdir()?;
+    let dir: PathBuf = if args.keep {
+        tmp.keep()
+    } else {
+        tmp.path().to_owned()
+    };
+    let mut tl = Timeline {
+        t0: Instant::now(),
+        failed: Vec::new(),
+    };
     println!("Tidemark demo in {}", dir.display());
     let data = dir.join("data");
     let journal = dir.join("journal");
     let backup = dir.join("backups/b1");
-    let (data_s, journal_s, backup_s) = (data.to_str().unwrap_or(""), journal.to_str().unwrap_or(""), backup.to_str().unwrap_or(""));
+    let (data_s, journal_s, backup_s) = (
+        data.to_str().unwrap_or(""),
+        journal.to_str().unwrap_or(""),
+        backup.to_str().unwrap_or(""),
+    );
 
-    tl.step(1, "a DB server, a latest-only and an accept-stale service server");
-    let mut db = Proc::start(&exe, &dir, "db.log", &["server", "--data-dir", data_s], "127.0.0.1:0")?;
+    tl.step(
+        1,
+        "a DB server, a latest-only and an accept-stale service server",
+    );
+    let mut db = Proc::start(
+        &exe,
+        &dir,
+        "db.log",
+        &["server", "--data-dir", data_s],
+        "127.0.0.1:0",
+    )?;
     wait_ready(&db.url).await?;
     tl.say("db", &format!("DB server up at {}", db.url));
-    let latest = Proc::start(&exe, &dir, "svc-latest.log", &["service", "--db", &db.url, "--id", "svc-latest", "--policy", "latest-only", "--latest-deadline-ms", "30000"], "127.0.0.1:0")?;
-    let stale = Proc::start(&exe, &dir, "svc-stale.log", &["service", "--db", &db.url, "--id", "svc-stale", "--policy", "accept-stale"], "127.0.0.1:0")?;
+    let latest = Proc::start(
+        &exe,
+        &dir,
+        "svc-latest.log",
+        &[
+            "service",
+            "--db",
+            &db.url,
+            "--id",
+            "svc-latest",
+            "--policy",
+            "latest-only",
+            "--latest-deadline-ms",
+            "30000",
+        ],
+        "127.0.0.1:0",
+    )?;
+    let stale = Proc::start(
+        &exe,
+        &dir,
+        "svc-stale.log",
+        &[
+            "service",
+            "--db",
+            &db.url,
+            "--id",
+            "svc-stale",
+            "--policy",
+            "accept-stale",
+        ],
+        "127.0.0.1:0",
+    )?;
     wait_ready(&latest.url).await?;
     wait_ready(&stale.url).await?;
-    tl.say("svc-latest", &format!("latest-only service server at {}", latest.url));
-    tl.say("svc-stale", &format!("accept-stale service server at {}", stale.url));
+    tl.say(
+        "svc-latest",
+        &format!("latest-only service server at {}", latest.url),
+    );
+    tl.say(
+        "svc-stale",
+        &format!("accept-stale service server at {}", stale.url),
+    );
 
     tl.step(2, "the OpS loads 60 subscribers");
     let mut model = Model::default();
     let mut input = String::new();
     for i in 0..60 {
-        input += &model.order(&key(i), "upsert", json!({"plan": "basic", "status": "active", "credit_limit": 1000}));
+        input += &model.order(
+            &key(i),
+            "upsert",
+            json!({"plan": "basic", "status": "active", "credit_limit": 1000}),
+        );
     }
-    let out = run(&exe, &dir, &["ops", "submit", "--db", &db.url, "--journal", journal_s, "-"], Some(&input))?;
+    let out = run(
+        &exe,
+        &dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal_s,
+            "-",
+        ],
+        Some(&input),
+    )?;
     tl.say("ops", &out);
     let keys: Vec<String> = (0..70).map(key).collect();
     for k in &keys {
@@ -200,13 +305,24 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         read(&stale.url, k).await;
     }
     let (s, b) = read(&latest.url, &key(0)).await;
-    tl.say("terminal", &format!("svc-latest {} -> {}", key(0), show(s, &b)));
+    tl.say(
+        "terminal",
+        &format!("svc-latest {} -> {}", key(0), show(s, &b)),
+    );
 
     tl.step(3, "online backup, while the servers keep serving");
-    let out = run(&exe, &dir, &["backup", "create", "--to", backup_s, "--server", &db.url], None)?;
+    let out = run(
+        &exe,
+        &dir,
+        &["backup", "create", "--to", backup_s, "--server", &db.url],
+        None,
+    )?;
     tl.say("backup", out.lines().last().unwrap_or(""));
 
-    tl.step(4, "more orders after the backup: updates (three per key), creates, deletes");
+    tl.step(
+        4,
+        "more orders after the backup: updates (three per key), creates, deletes",
+    );
     let mut input = String::new();
     for round in ["silver", "gold", "platinum"] {
         for i in 0..10 {
@@ -214,18 +330,42 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     for i in 60..65 {
-        input += &model.order(&key(i), "upsert", json!({"plan": "new", "status": "active"}));
+        input += &model.order(
+            &key(i),
+            "upsert",
+            json!({"plan": "new", "status": "active"}),
+        );
     }
     for i in 40..45 {
         input += &model.order(&key(i), "delete", json!({}));
     }
-    let out = run(&exe, &dir, &["ops", "submit", "--db", &db.url, "--journal", journal_s, "-"], Some(&input))?;
+    let out = run(
+        &exe,
+        &dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal_s,
+            "-",
+        ],
+        Some(&input),
+    )?;
     tl.say("ops", &out);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (s, b) = read(&latest.url, &key(0)).await;
         if model.is_latest(&key(0), s, &b) || Instant::now() > deadline {
-            tl.say("terminal", &format!("svc-latest {} -> {} (pushed, no refetch)", key(0), show(s, &b)));
+            tl.say(
+                "terminal",
+                &format!(
+                    "svc-latest {} -> {} (pushed, no refetch)",
+                    key(0),
+                    show(s, &b)
+                ),
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -237,24 +377,54 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::remove_dir_all(&data)?;
     tl.say("db", "killed (-9); data directory deleted");
     let (s, b) = read(&stale.url, &key(0)).await;
-    tl.say("svc-stale", &format!("{} -> {} (keeps serving its cache)", key(0), show(s, &b)));
+    tl.say(
+        "svc-stale",
+        &format!("{} -> {} (keeps serving its cache)", key(0), show(s, &b)),
+    );
     let (s, b) = read(&latest.url, &key(0)).await;
-    tl.say("svc-latest", &format!("{} -> {} (its cache is still the latest it knows)", key(0), show(s, &b)));
+    tl.say(
+        "svc-latest",
+        &format!(
+            "{} -> {} (its cache is still the latest it knows)",
+            key(0),
+            show(s, &b)
+        ),
+    );
 
     tl.step(6, "restore from the online backup");
-    let out = run(&exe, &dir, &["restore", "--from", backup_s, "--data-dir", data_s], None)?;
+    let out = run(
+        &exe,
+        &dir,
+        &["restore", "--from", backup_s, "--data-dir", data_s],
+        None,
+    )?;
     for l in out.lines() {
         tl.say("restore", l);
     }
-    let db = Proc::start(&exe, &dir, "db-restored.log", &["server", "--data-dir", data_s], &addr)?;
+    let db = Proc::start(
+        &exe,
+        &dir,
+        "db-restored.log",
+        &["server", "--data-dir", data_s],
+        &addr,
+    )?;
     wait_ready(&db.url).await?;
     let (_, r) = read_json(&format!("{}/v1/recovery", db.url)).await;
-    tl.say("db", &format!("restarted on the restored data: state={} epoch={}", r["state"], r["epoch"]));
-    tl.check(r["state"] == "recovering", "the DB server moved to recovering by itself after the restore (P5, S2)");
+    tl.say(
+        "db",
+        &format!(
+            "restarted on the restored data: state={} epoch={}",
+            r["state"], r["epoch"]
+        ),
+    );
+    tl.check(
+        r["state"] == "recovering",
+        "the DB server moved to recovering by itself after the restore (P5, S2)",
+    );
 
     // Terminals read every key from both service servers from now on.
     let stop = Arc::new(AtomicBool::new(false));
-    let answers: Arc<Mutex<Vec<(&'static str, String, u16, Value)>>> = Arc::new(Mutex::new(Vec::new()));
+    let answers: Arc<Mutex<Vec<TerminalAnswer>>> = Arc::new(Mutex::new(Vec::new()));
     let mut terminals = Vec::new();
     for (name, base) in [("latest", latest.url.clone()), ("stale", stale.url.clone())] {
         let (stop, answers, keys) = (stop.clone(), answers.clone(), keys.clone());
@@ -264,19 +434,36 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 let k = keys[i % keys.len()].clone();
                 i += 1;
                 let (s, b) = read(&base, &k).await;
-                answers.lock().unwrap_or_else(|e| e.into_inner()).push((name, k, s, b));
+                answers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((name, k, s, b));
             }
         }));
     }
     let (s, b) = read(&db.url, &key(0)).await;
-    tl.say("db", &format!("{} -> {} (restored copy, flagged: the schedule list has not arrived)", key(0), show(s, &b)));
+    tl.say(
+        "db",
+        &format!(
+            "{} -> {} (restored copy, flagged: the schedule list has not arrived)",
+            key(0),
+            show(s, &b)
+        ),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut s, mut b) = read(&stale.url, &key(0)).await;
     while b["recovering"] != true && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         (s, b) = read(&stale.url, &key(0)).await;
     }
-    tl.say("svc-stale", &format!("{} -> {} (accept-stale serves it, marked recovering)", key(0), show(s, &b)));
+    tl.say(
+        "svc-stale",
+        &format!(
+            "{} -> {} (accept-stale serves it, marked recovering)",
+            key(0),
+            show(s, &b)
+        ),
+    );
     let waiting_url = latest.url.clone();
     let k0 = key(0);
     let waiting = tokio::spawn(async move {
@@ -285,15 +472,46 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         (r, t.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tl.say("svc-latest", &format!("{} -> (waiting: latest-only does not serve data it knows to be outdated)", key(0)));
+    tl.say(
+        "svc-latest",
+        &format!(
+            "{} -> (waiting: latest-only does not serve data it knows to be outdated)",
+            key(0)
+        ),
+    );
 
-    tl.step(7, "the OpS recovers: schedule list, then the difference data");
-    let out = run(&exe, &dir, &["ops", "recover", "--db", &db.url, "--journal", journal_s, "--backup", backup_s], None)?;
+    tl.step(
+        7,
+        "the OpS recovers: schedule list, then the difference data",
+    );
+    let out = run(
+        &exe,
+        &dir,
+        &[
+            "ops",
+            "recover",
+            "--db",
+            &db.url,
+            "--journal",
+            journal_s,
+            "--backup",
+            backup_s,
+        ],
+        None,
+    )?;
     for l in out.lines() {
         tl.say("ops", l);
     }
     let ((s, b), waited) = waiting.await?;
-    tl.say("svc-latest", &format!("{} -> {} after waiting {:.0} ms", key(0), show(s, &b), waited.as_secs_f64() * 1000.0));
+    tl.say(
+        "svc-latest",
+        &format!(
+            "{} -> {} after waiting {:.0} ms",
+            key(0),
+            show(s, &b),
+            waited.as_secs_f64() * 1000.0
+        ),
+    );
 
     tl.step(8, "verification");
     let mut all_current = true;
@@ -320,10 +538,16 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let answers = answers.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let latest_answers: Vec<_> = answers.iter().filter(|a| a.0 == "latest").collect();
-    let outdated = latest_answers.iter().filter(|(_, k, s, b)| *s != 503 && *s != 0 && !model.is_latest(k, *s, b)).count();
+    let outdated = latest_answers
+        .iter()
+        .filter(|(_, k, s, b)| *s != 503 && *s != 0 && !model.is_latest(k, *s, b))
+        .count();
     let waits = latest_answers.iter().filter(|a| a.2 == 503).count();
     let stale_answers: Vec<_> = answers.iter().filter(|a| a.0 == "stale").collect();
-    let stale_flagged = stale_answers.iter().filter(|a| a.3["recovering"] == true).count();
+    let stale_flagged = stale_answers
+        .iter()
+        .filter(|a| a.3["recovering"] == true)
+        .count();
     tl.say(
         "verify",
         &format!(
@@ -335,13 +559,28 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         ),
     );
     let (_, r) = read_json(&format!("{}/v1/recovery", db.url)).await;
-    tl.check(outdated == 0, &format!("svc-latest never served outdated data ({outdated} outdated answers)"));
-    tl.check(stale_answers.iter().all(|a| a.2 == 200 || a.2 == 404), "svc-stale kept answering throughout");
-    tl.check(stale_flagged > 0, "svc-stale marked flagged data as recovering");
-    tl.check(all_current, "both service servers end with the latest data for every key (P11)");
+    tl.check(
+        outdated == 0,
+        &format!("svc-latest never served outdated data ({outdated} outdated answers)"),
+    );
+    tl.check(
+        stale_answers.iter().all(|a| a.2 == 200 || a.2 == 404),
+        "svc-stale kept answering throughout",
+    );
+    tl.check(
+        stale_flagged > 0,
+        "svc-stale marked flagged data as recovering",
+    );
+    tl.check(
+        all_current,
+        "both service servers end with the latest data for every key (P11)",
+    );
     tl.check(
         r["state"] == "recovered" && r["remaining"] == 0,
-        &format!("the DB server moved to recovered by itself ({} flagged, {} cleared) (P5, S10)", r["flagged"], r["cleared"]),
+        &format!(
+            "the DB server moved to recovered by itself ({} flagged, {} cleared) (P5, S10)",
+            r["flagged"], r["cleared"]
+        ),
     );
     drop(db);
     drop(latest);
@@ -353,7 +592,11 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("\nall checks held");
         Ok(())
     } else {
-        anyhow::bail!("{} demo check(s) failed: {}", tl.failed.len(), tl.failed.join("; "))
+        anyhow::bail!(
+            "{} demo check(s) failed: {}",
+            tl.failed.len(),
+            tl.failed.join("; ")
+        )
     }
 }
 

@@ -1,8 +1,11 @@
 //! One module per subcommand.
 
+mod backup;
+mod cleanup;
 mod demo;
 mod ops;
 mod recovery;
+mod restore;
 mod server;
 mod service;
 mod status;
@@ -11,7 +14,8 @@ use crate::cli::{Cli, Command};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = crate::config::load(cli.config.as_deref())?;
+    let mut config = crate::config::load(cli.config.as_deref())?;
+    config.server.config_file = cli.config.clone();
     match cli.command {
         Command::Server(args) => server::run(config.server, args).await,
         Command::Service(args) => service::run(config.service, args).await,
@@ -19,9 +23,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Recovery(cmd) => recovery::run(cmd).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
-        Command::Backup(_) => not_yet("backup", "issue 'Backups, restore and cleanup'"),
-        Command::Restore(_) => not_yet("restore", "issue 'Backups, restore and cleanup'"),
-        Command::Cleanup(_) => not_yet("cleanup", "issue 'Backups, restore and cleanup'"),
+        Command::Backup(cmd) => backup::run(config.server, cmd).await,
+        Command::Restore(args) => restore::run(config.server, args).await,
+        Command::Cleanup(args) => cleanup::run(config.server, args).await,
         Command::Quiesce(_) => not_yet("quiesce", "the high-availability work"),
         Command::Promote(_) => not_yet("promote", "the high-availability work"),
         Command::Schema(_) => not_yet("schema", "the schema-publication work"),

@@ -64,7 +64,10 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
         return Ok(());
     }
     if report.already_done {
-        println!("nothing to do: the DB server is {:?} and holds every journaled order", report.state.unwrap_or(tidemark_api::RecoveryState::Normal));
+        println!(
+            "nothing to do: the DB server is {:?} and holds every journaled order",
+            report.state.unwrap_or(tidemark_api::RecoveryState::Normal)
+        );
         return Ok(());
     }
     for s in &report.sources {
@@ -77,7 +80,9 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
         "schedule list: {} flags set, {} entries already current; recovery state now {:?}",
         report.flagged,
         report.skipped,
-        report.state.unwrap_or(tidemark_api::RecoveryState::Recovering)
+        report
+            .state
+            .unwrap_or(tidemark_api::RecoveryState::Recovering)
     );
     Ok(())
 }

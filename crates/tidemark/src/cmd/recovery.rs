@@ -7,7 +7,9 @@ pub async fn run(cmd: RecoveryCommand) -> anyhow::Result<()> {
     match cmd {
         RecoveryCommand::Flags(a) => {
             let client = DbClient::new(&a.server);
-            let v: serde_json::Value = client.get_json(&format!("/v1/recovery/flags?limit={}", a.limit)).await?;
+            let v: serde_json::Value = client
+                .get_json(&format!("/v1/recovery/flags?limit={}", a.limit))
+                .await?;
             if a.json {
                 println!("{v}");
                 return Ok(());
@@ -27,8 +29,12 @@ pub async fn run(cmd: RecoveryCommand) -> anyhow::Result<()> {
         }
         RecoveryCommand::Abort(a) => {
             let client = DbClient::new(&a.server);
-            let v: serde_json::Value =
-                client.post_json("/v1/recovery/abort", &serde_json::json!({"reason": a.reason})).await?;
+            let v: serde_json::Value = client
+                .post_json(
+                    "/v1/recovery/abort",
+                    &serde_json::json!({"reason": a.reason}),
+                )
+                .await?;
             println!(
                 "recovery ended: {} flags dropped; flagged records are now served as current (reason logged on the server)",
                 v["dropped_flags"]

@@ -27,13 +27,19 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         recovery.flagged,
         recovery.cleared,
         recovery.remaining,
-        recovery.started_at.map(|s| format!(", started {s}")).unwrap_or_default(),
+        recovery
+            .started_at
+            .map(|s| format!(", started {s}"))
+            .unwrap_or_default(),
         if recovery.state == tidemark_api::RecoveryState::Recovering && !recovery.schedule_final {
             ", waiting for the schedule list (every read is answered as recovering)"
         } else {
             ""
         },
-        recovery.estimated_end.map(|s| format!(", estimated end {s}")).unwrap_or_default()
+        recovery
+            .estimated_end
+            .map(|s| format!(", estimated end {s}"))
+            .unwrap_or_default()
     );
     match state.quiesce {
         Some(q) => println!(

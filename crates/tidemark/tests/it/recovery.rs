@@ -14,7 +14,10 @@ fn key(i: usize) -> String {
 }
 
 fn key_url(base: &str, k: &str) -> String {
-    format!("{base}/v1/records/subscriber/{}", tidemark_api::client::encode_path(k))
+    format!(
+        "{base}/v1/records/subscriber/{}",
+        tidemark_api::client::encode_path(k)
+    )
 }
 
 /// What the latest data is: the journal applied in order.
@@ -29,18 +32,27 @@ impl Model {
             return json!({"table": "subscriber", "key": k, "op": "delete"}).to_string() + "\n";
         }
         let rec = entry.get_or_insert_with(|| {
-            ["plan", "status", "services", "roaming", "credit_limit"].iter().map(|c| (c.to_string(), Value::Null)).collect()
+            ["plan", "status", "services", "roaming", "credit_limit"]
+                .iter()
+                .map(|c| (c.to_string(), Value::Null))
+                .collect()
         });
         for (f, v) in fields.as_object().unwrap() {
             rec.insert(f.clone(), v.clone());
         }
-        json!({"table": "subscriber", "key": k, "op": "upsert", "fields": fields}).to_string() + "\n"
+        json!({"table": "subscriber", "key": k, "op": "upsert", "fields": fields}).to_string()
+            + "\n"
     }
 
     /// Whether an answer shows exactly the latest data of its key.
     fn is_latest(&self, k: &str, status: u16, body: &Value) -> bool {
         match self.0.get(k).cloned().flatten() {
-            Some(rec) => status == 200 && body["fields"].as_object().is_some_and(|f| f.iter().all(|(c, v)| rec.get(c) == Some(v))),
+            Some(rec) => {
+                status == 200
+                    && body["fields"]
+                        .as_object()
+                        .is_some_and(|f| f.iter().all(|(c, v)| rec.get(c) == Some(v)))
+            }
             None => status == 404 && body["found"] == false,
         }
     }
@@ -48,8 +60,25 @@ impl Model {
 
 fn ops(dir: &Path, db: &str, input: &str) {
     let journal = dir.join("journal");
-    let out = run(dir, &["ops", "submit", "--db", db, "--journal", journal.to_str().unwrap(), "-"], Some(input.as_bytes()), &[]);
-    assert!(out.status.success(), "ops submit: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            db,
+            "--journal",
+            journal.to_str().unwrap(),
+            "-",
+        ],
+        Some(input.as_bytes()),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "ops submit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct World {
@@ -67,12 +96,23 @@ struct World {
 /// deletes), then lose the DB server and its data.
 async fn disaster(dir: &Path) -> World {
     let db = db_server(dir, &[]).await;
-    let latest = service(dir, "svc-latest", &db.url, "latest-only", &["--latest-deadline-ms", "30000"]).await;
+    let latest = service(
+        dir,
+        "svc-latest",
+        &db.url,
+        "latest-only",
+        &["--latest-deadline-ms", "30000"],
+    )
+    .await;
     let stale = service(dir, "svc-stale", &db.url, "accept-stale", &[]).await;
     let mut model = Model::default();
     let mut input = String::new();
     for i in 0..120 {
-        input += &model.line(&key(i), "upsert", json!({"plan": "basic", "credit_limit": i, "roaming": false}));
+        input += &model.line(
+            &key(i),
+            "upsert",
+            json!({"plan": "basic", "credit_limit": i, "roaming": false}),
+        );
     }
     ops(dir, &db.url, &input);
     let keys: Vec<String> = (0..150).map(key).collect();
@@ -81,16 +121,40 @@ async fn disaster(dir: &Path) -> World {
         get_json(&key_url(&stale.url, k)).await;
     }
     let backup = dir.join("backups").join("b1");
-    let out = run(dir, &["backup", "create", "--to", backup.to_str().unwrap(), "--server", &db.url], None, &[]);
-    assert!(out.status.success(), "backup create: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            backup.to_str().unwrap(),
+            "--server",
+            &db.url,
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "backup create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut input = String::new();
     for round in 0..3 {
         for i in 0..40 {
-            input += &model.line(&key(i), "upsert", json!({"plan": format!("gold-{round}"), "credit_limit": 1000 * round + i as i64}));
+            input += &model.line(
+                &key(i),
+                "upsert",
+                json!({"plan": format!("gold-{round}"), "credit_limit": 1000 * round + i as i64}),
+            );
         }
     }
     for i in 120..150 {
-        input += &model.line(&key(i), "upsert", json!({"plan": "new", "status": "active"}));
+        input += &model.line(
+            &key(i),
+            "upsert",
+            json!({"plan": "new", "status": "active"}),
+        );
     }
     for i in 100..110 {
         input += &model.line(&key(i), "delete", json!({}));
@@ -111,7 +175,15 @@ async fn disaster(dir: &Path) -> World {
         })
         .await;
     }
-    World { db, latest, stale, model, backup, keys, after_backup }
+    World {
+        db,
+        latest,
+        stale,
+        model,
+        backup,
+        keys,
+        after_backup,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,10 +195,16 @@ struct Answer {
 }
 
 /// Terminals reading every key from both service servers until stopped.
-fn terminals(w: &World, stop: Arc<AtomicBool>) -> (Arc<Mutex<Vec<Answer>>>, Vec<tokio::task::JoinHandle<()>>) {
+fn terminals(
+    w: &World,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<Answer>>>, Vec<tokio::task::JoinHandle<()>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for (service, base) in [("latest", w.latest.url.clone()), ("stale", w.stale.url.clone())] {
+    for (service, base) in [
+        ("latest", w.latest.url.clone()),
+        ("stale", w.stale.url.clone()),
+    ] {
         for t in 0..3 {
             let (log, stop, keys, base) = (log.clone(), stop.clone(), w.keys.clone(), base.clone());
             tasks.push(tokio::spawn(async move {
@@ -135,10 +213,17 @@ fn terminals(w: &World, stop: Arc<AtomicBool>) -> (Arc<Mutex<Vec<Answer>>>, Vec<
                 while !stop.load(Ordering::SeqCst) {
                     let k = keys[i % keys.len()].clone();
                     i += 1;
-                    let Ok(r) = client.get(key_url(&base, &k)).send().await else { continue };
+                    let Ok(r) = client.get(key_url(&base, &k)).send().await else {
+                        continue;
+                    };
                     let status = r.status().as_u16();
                     let body: Value = r.json().await.unwrap_or(Value::Null);
-                    log.lock().unwrap().push(Answer { service, key: k, status, body });
+                    log.lock().unwrap().push(Answer {
+                        service,
+                        key: k,
+                        status,
+                        body,
+                    });
                 }
             }));
         }
@@ -151,9 +236,29 @@ async fn restore_and_restart(dir: &Path, w: &mut World) -> Proc {
     w.db.kill9();
     let data = dir.join("data");
     std::fs::remove_dir_all(&data).unwrap();
-    let out = run(dir, &["restore", "--from", w.backup.to_str().unwrap(), "--data-dir", data.to_str().unwrap()], None, &[]);
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
-    let db = Proc::start_at("db-restored", dir, &["server", "--data-dir", data.to_str().unwrap()], &addr);
+    let out = run(
+        dir,
+        &[
+            "restore",
+            "--from",
+            w.backup.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = Proc::start_at(
+        "db-restored",
+        dir,
+        &["server", "--data-dir", data.to_str().unwrap()],
+        &addr,
+    );
     db.wait_ok("/readyz").await;
     db
 }
@@ -162,7 +267,19 @@ fn recover(dir: &Path, db: &str, backup: &Path, env: &[(&str, &str)]) -> std::pr
     let journal = dir.join("journal");
     run(
         dir,
-        &["ops", "recover", "--db", db, "--journal", journal.to_str().unwrap(), "--backup", backup.to_str().unwrap(), "--batch", "25", "--json"],
+        &[
+            "ops",
+            "recover",
+            "--db",
+            db,
+            "--journal",
+            journal.to_str().unwrap(),
+            "--backup",
+            backup.to_str().unwrap(),
+            "--batch",
+            "25",
+            "--json",
+        ],
         None,
         env,
     )
@@ -182,31 +299,51 @@ async fn latest_only_never_serves_outdated_data_through_a_disaster() {
     assert_eq!(r["state"], "recovering");
     assert_eq!(r["schedule_final"], false);
     let (s, b) = get_json(&key_url(&db.url, &key(115))).await;
-    assert_eq!((s, b["recovering"].as_bool()), (200, Some(true)), "before the schedule list every read is recovering");
+    assert_eq!(
+        (s, b["recovering"].as_bool()),
+        (200, Some(true)),
+        "before the schedule list every read is recovering"
+    );
     // The accept-stale server keeps answering, marked recovering.
-    eventually(10, "accept-stale to serve restored data marked recovering", || async {
-        let (s, b) = get_json(&key_url(&w.stale.url, &key(1))).await;
-        (s == 200 && b["recovering"] == true).then_some(())
-    })
+    eventually(
+        10,
+        "accept-stale to serve restored data marked recovering",
+        || async {
+            let (s, b) = get_json(&key_url(&w.stale.url, &key(1))).await;
+            (s == 200 && b["recovering"] == true).then_some(())
+        },
+    )
     .await;
 
     let out = recover(dir, &db.url, &w.backup, &[]);
-    assert!(out.status.success(), "ops recover: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ops recover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["state"], "recovered", "{report}");
-    assert_eq!(report["sources"][0]["replayed"].as_u64(), Some(w.after_backup as u64), "exactly the orders after the backup are replayed: {report}");
+    assert_eq!(
+        report["sources"][0]["replayed"].as_u64(),
+        Some(w.after_backup as u64),
+        "exactly the orders after the backup are replayed: {report}"
+    );
 
     // Both service servers end with the latest data.
     for k in &w.keys {
         for base in [&w.latest.url, &w.stale.url] {
             let (url, m, kk) = (key_url(base, k), w.model.clone(), k.clone());
-            eventually(10, "every key to be current on both service servers", || {
-                let (url, m, kk) = (url.clone(), m.clone(), kk.clone());
-                async move {
-                    let (s, b) = get_json(&url).await;
-                    (m.is_latest(&kk, s, &b) && b["recovering"] != true).then_some(())
-                }
-            })
+            eventually(
+                10,
+                "every key to be current on both service servers",
+                || {
+                    let (url, m, kk) = (url.clone(), m.clone(), kk.clone());
+                    async move {
+                        let (s, b) = get_json(&url).await;
+                        (m.is_latest(&kk, s, &b) && b["recovering"] != true).then_some(())
+                    }
+                },
+            )
             .await;
         }
     }
@@ -217,22 +354,39 @@ async fn latest_only_never_serves_outdated_data_through_a_disaster() {
     let log = log.lock().unwrap().clone();
     let latest: Vec<&Answer> = log.iter().filter(|a| a.service == "latest").collect();
     let stale: Vec<&Answer> = log.iter().filter(|a| a.service == "stale").collect();
-    assert!(latest.len() > 100 && stale.len() > 100, "terminals kept reading: {} / {}", latest.len(), stale.len());
+    assert!(
+        latest.len() > 100 && stale.len() > 100,
+        "terminals kept reading: {} / {}",
+        latest.len(),
+        stale.len()
+    );
     for a in &latest {
         if a.status == 503 {
             continue;
         }
-        assert!(w.model.is_latest(&a.key, a.status, &a.body), "latest-only served outdated data: {a:?}");
+        assert!(
+            w.model.is_latest(&a.key, a.status, &a.body),
+            "latest-only served outdated data: {a:?}"
+        );
         assert_ne!(a.body["recovering"], true);
     }
-    assert!(stale.iter().all(|a| a.status == 200 || a.status == 404), "accept-stale kept answering");
+    assert!(
+        stale.iter().all(|a| a.status == 200 || a.status == 404),
+        "accept-stale kept answering"
+    );
     assert!(
         stale.iter().any(|a| a.body["recovering"] == true),
         "accept-stale served flagged data marked recovering during the recovery"
     );
     let (_, r) = get_json(&format!("{}/v1/recovery", db.url)).await;
-    assert_eq!((r["state"].as_str(), r["remaining"].as_u64()), (Some("recovered"), Some(0)));
-    assert!(r["flagged"].as_u64().unwrap() > 0 && r["flagged"] == r["cleared"], "{r}");
+    assert_eq!(
+        (r["state"].as_str(), r["remaining"].as_u64()),
+        (Some("recovered"), Some(0))
+    );
+    assert!(
+        r["flagged"].as_u64().unwrap() > 0 && r["flagged"] == r["cleared"],
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,23 +398,43 @@ async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state() {
     let addr = db.url.trim_start_matches("http://").to_owned();
 
     // The OpS dies after two replay batches.
-    let out = recover(dir, &db.url, &w.backup, &[("TIDEMARK_FAILPOINTS", "ops.recover.after_batch=2")]);
+    let out = recover(
+        dir,
+        &db.url,
+        &w.backup,
+        &[("TIDEMARK_FAILPOINTS", "ops.recover.after_batch=2")],
+    );
     assert!(!out.status.success());
     let (_, r) = get_json(&format!("{}/v1/recovery", db.url)).await;
     assert_eq!(r["state"], "recovering");
     let remaining = r["remaining"].as_u64().unwrap();
     assert!(remaining > 0);
     let (_, flags) = get_json(&format!("{}/v1/recovery/flags?limit=5", db.url)).await;
-    assert_eq!(flags["flags"].as_array().unwrap().len(), 5, "operators can see what is still flagged and why");
-    assert!(flags["flags"][0]["through_seq"].as_u64().unwrap() > flags["flags"][0]["high_water"].as_u64().unwrap());
+    assert_eq!(
+        flags["flags"].as_array().unwrap().len(),
+        5,
+        "operators can see what is still flagged and why"
+    );
+    assert!(
+        flags["flags"][0]["through_seq"].as_u64().unwrap()
+            > flags["flags"][0]["high_water"].as_u64().unwrap()
+    );
 
     // The DB server dies too, and comes back still recovering, flags intact.
     db.kill9();
     let data = dir.join("data");
-    let db = Proc::start_at("db-again", dir, &["server", "--data-dir", data.to_str().unwrap()], &addr);
+    let db = Proc::start_at(
+        "db-again",
+        dir,
+        &["server", "--data-dir", data.to_str().unwrap()],
+        &addr,
+    );
     db.wait_ok("/readyz").await;
     let (_, r) = get_json(&format!("{}/v1/recovery", db.url)).await;
-    assert_eq!((r["state"].as_str(), r["remaining"].as_u64()), (Some("recovering"), Some(remaining)));
+    assert_eq!(
+        (r["state"].as_str(), r["remaining"].as_u64()),
+        (Some("recovering"), Some(remaining))
+    );
     // A gap is refused while recovering.
     let (s, b) = post_raw(
         &format!("{}/v1/orders", db.url),
@@ -271,10 +445,17 @@ async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state() {
 
     // Re-running the OpS finishes the job; a third run has nothing to do.
     let out = recover(dir, &db.url, &w.backup, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = recover(dir, &db.url, &w.backup, &[]);
     assert!(out.status.success());
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["already_done"], true);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["already_done"],
+        true
+    );
     for k in &w.keys {
         let (s, b) = get_json(&key_url(&db.url, k)).await;
         assert!(w.model.is_latest(k, s, &b), "{k}: {s} {b}");
@@ -289,13 +470,23 @@ async fn recovery_requests_in_the_wrong_state_are_refused() {
     let u = &db.url;
     let chunk = json!({"source": "ops-1", "entries": [{"table": "subscriber", "key": "k", "through_seq": 1}], "final": true});
     let (s, b) = post_raw(&format!("{u}/v1/recovery/schedule"), chunk.to_string()).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (409, Some("not_recovering")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("not_recovering"))
+    );
     let (s, b) = post_raw(&format!("{u}/v1/recovery/complete"), "{}").await;
-    assert_eq!((s, b["error"]["code"].as_str()), (409, Some("not_recovering")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("not_recovering"))
+    );
     let (s, b) = post_raw(&format!("{u}/v1/recovery/schedule"), "{\"entries\": 3}").await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_json")));
     let (s, b) = post_raw(&format!("{u}/v1/recovery/abort"), "{}").await;
-    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_request")), "abort needs a reason");
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "abort needs a reason"
+    );
     let (_, r) = get_json(&format!("{u}/v1/recovery")).await;
     assert_eq!(r["state"], "normal");
 }
@@ -312,12 +503,34 @@ async fn an_operator_can_end_a_recovery_explicitly() {
     let (s, _) = post_raw(&format!("{u}/v1/recovery/schedule"), chunk.to_string()).await;
     assert_eq!(s, 200);
     let (s, b) = post_raw(&format!("{u}/v1/recovery/complete"), "{}").await;
-    assert_eq!((s, b["error"]["code"].as_str()), (409, Some("schedule_incomplete")));
-    let out = run(dir, &["recovery", "abort", "--server", u, "--reason", "OpS journal lost"], None, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("schedule_incomplete"))
+    );
+    let out = run(
+        dir,
+        &[
+            "recovery",
+            "abort",
+            "--server",
+            u,
+            "--reason",
+            "OpS journal lost",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (_, r) = get_json(&format!("{u}/v1/recovery")).await;
     assert_eq!(r["state"], "normal");
     let (s, b) = get_json(&key_url(u, &key(1))).await;
     assert_eq!((s, b["recovering"].as_bool()), (200, Some(false)));
-    assert!(db.log_text().contains("OpS journal lost"), "the abort and its reason are logged");
+    assert!(
+        db.log_text().contains("OpS journal lost"),
+        "the abort and its reason are logged"
+    );
 }

@@ -1,0 +1,211 @@
+//! Writing a backup: into a hidden temporary directory beside the target,
+//! every file fsynced, the manifest last, then one rename. A backup that
+//! fails half-way (full disk, crash) leaves no directory that `list` would
+//! show as good.
+
+use crate::error::BackupError;
+use crate::hashio::CompressSink;
+use crate::manifest::{
+    FileEntry, Kind, Manifest, CONFIG_EFFECTIVE, CONFIG_FILE, DB_FILE, MANIFEST_FILE,
+};
+use crate::Progress;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use tidemark_store::layout::{fsync_dir, fsync_tree};
+use tidemark_store::{failpoint, DataDirLock, SqliteStore, Store};
+
+/// A backup being written. Dropped without [`BackupWriter::commit`], it
+/// removes its temporary directory.
+pub struct BackupWriter {
+    target: PathBuf,
+    tmp: PathBuf,
+    files: Vec<FileEntry>,
+    committed: bool,
+}
+
+/// The hidden temporary directory for `target`; `list` skips such names.
+pub fn tmp_dir_for(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "backup".into());
+    target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+impl BackupWriter {
+    /// Starts a backup that will appear at `target`, which must not exist
+    /// (or be an empty directory).
+    pub fn begin(target: &Path) -> Result<Self, BackupError> {
+        if target.exists() {
+            let empty = std::fs::read_dir(target)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            if !empty {
+                return Err(BackupError::DestinationExists(target.to_owned()));
+            }
+            std::fs::remove_dir(target).map_err(BackupError::io(target))?;
+        }
+        let tmp = tmp_dir_for(target);
+        if let Some(parent) = tmp.parent() {
+            std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
+        }
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(BackupError::io(&tmp))?;
+        }
+        std::fs::create_dir_all(tmp.join("config")).map_err(BackupError::io(&tmp))?;
+        Ok(Self {
+            target: target.to_owned(),
+            tmp,
+            files: Vec::new(),
+            committed: false,
+        })
+    }
+
+    /// The temporary directory (for scratch files that are not part of the backup).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// A compressing sink for the database snapshot; finish it with
+    /// [`BackupWriter::finish_db`].
+    pub fn db_sink(&self) -> Result<CompressSink, BackupError> {
+        CompressSink::create(&self.tmp.join(DB_FILE))
+    }
+
+    pub fn finish_db(&mut self, sink: CompressSink) -> Result<(), BackupError> {
+        let w = sink.finish()?;
+        self.files.push(FileEntry {
+            path: DB_FILE.into(),
+            size: w.size,
+            blake3: w.blake3,
+            compression: Some("zstd".into()),
+            raw_size: Some(w.raw_size),
+            raw_blake3: Some(w.raw_blake3),
+        });
+        Ok(())
+    }
+
+    /// Compresses the snapshot file `src` in as the database.
+    pub fn add_db_from(&mut self, src: &Path, progress: Progress) -> Result<(), BackupError> {
+        let mut sink = self.db_sink()?;
+        let mut file = std::fs::File::open(src).map_err(BackupError::io(src))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(BackupError::io(src))?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buf[..n])
+                .map_err(BackupError::io(&self.tmp.join(DB_FILE)))?;
+            done += n as u64;
+            progress(done);
+            failpoint::hit("backup.create.write");
+        }
+        self.finish_db(sink)
+    }
+
+    /// Adds a small uncompressed file (configuration).
+    pub fn add_plain(&mut self, rel: &str, bytes: &[u8]) -> Result<(), BackupError> {
+        let path = self.tmp.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
+        }
+        let mut f = std::fs::File::create(&path).map_err(BackupError::io(&path))?;
+        f.write_all(bytes).map_err(BackupError::io(&path))?;
+        f.sync_all().map_err(BackupError::io(&path))?;
+        self.files.push(FileEntry {
+            path: rel.into(),
+            size: bytes.len() as u64,
+            blake3: blake3::hash(bytes).to_hex().to_string(),
+            compression: None,
+            raw_size: None,
+            raw_blake3: None,
+        });
+        Ok(())
+    }
+
+    /// Writes the manifest last, fsyncs everything, and renames the
+    /// backup into place.
+    pub fn commit(mut self, mut manifest: Manifest) -> Result<Manifest, BackupError> {
+        manifest.files = self.files.clone();
+        // Scratch files (a raw snapshot) are not part of the backup.
+        for entry in std::fs::read_dir(&self.tmp).map_err(BackupError::io(&self.tmp))? {
+            let entry = entry.map_err(BackupError::io(&self.tmp))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                std::fs::remove_file(entry.path()).map_err(BackupError::io(&entry.path()))?;
+            }
+        }
+        let path = self.tmp.join(MANIFEST_FILE);
+        failpoint::hit("backup.create.before_manifest");
+        let mut f = std::fs::File::create(&path).map_err(BackupError::io(&path))?;
+        f.write_all(&manifest.encode())
+            .map_err(BackupError::io(&path))?;
+        f.sync_all().map_err(BackupError::io(&path))?;
+        fsync_tree(&self.tmp).map_err(BackupError::io(&self.tmp))?;
+        std::fs::rename(&self.tmp, &self.target).map_err(BackupError::io(&self.target))?;
+        self.committed = true;
+        if let Some(parent) = self.target.parent() {
+            fsync_dir(parent).map_err(BackupError::io(parent))?;
+        }
+        Ok(manifest)
+    }
+}
+
+impl Drop for BackupWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Backs up an open store (offline backups, safety backups): one snapshot,
+/// compressed into `target`, with the configuration files a restore left
+/// beside the database (`current/config/*`), if any.
+pub async fn from_store(
+    store: &SqliteStore,
+    target: &Path,
+    source: String,
+    progress: Progress<'_>,
+) -> Result<Manifest, BackupError> {
+    let mut writer = BackupWriter::begin(target)?;
+    let snap = writer.tmp_dir().join(".snapshot.db");
+    let info = store.snapshot_to(&snap).await?;
+    writer.add_db_from(&snap, progress)?;
+    std::fs::remove_file(&snap).map_err(BackupError::io(&snap))?;
+    if let Some(config) = store.db_path().parent().map(|p| p.join("config")) {
+        for rel in [CONFIG_EFFECTIVE, CONFIG_FILE] {
+            let name = rel.trim_start_matches("config/");
+            match std::fs::read(config.join(name)) {
+                Ok(bytes) => writer.add_plain(rel, &bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BackupError::io(&config.join(name))(e)),
+            }
+        }
+    }
+    writer.commit(Manifest::new(Kind::Offline, source, &info))
+}
+
+/// `backup create --offline`: the data directory of a stopped server
+/// (refused while anything holds its lock) (B2).
+pub async fn offline(
+    data_dir: &Path,
+    target: &Path,
+    progress: Progress<'_>,
+) -> Result<Manifest, BackupError> {
+    if tidemark_store::layout::existing_db_dir(data_dir)?.is_none() {
+        return Err(BackupError::NoStore(data_dir.to_owned()));
+    }
+    let lock = DataDirLock::acquire(data_dir, "backup")
+        .map_err(|e| BackupError::from_lock("offline backup", e))?;
+    let store = SqliteStore::open_with_lock(data_dir, Some(lock))?;
+    let source = std::fs::canonicalize(data_dir)
+        .unwrap_or_else(|_| data_dir.to_owned())
+        .display()
+        .to_string();
+    let result = from_store(&store, target, source, progress).await;
+    store.close().await?;
+    result
+}

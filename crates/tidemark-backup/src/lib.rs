@@ -1,0 +1,35 @@
+//! Backups, verification, retention, restore and cleanup (B1-B6).
+//!
+//! A backup is a directory: `manifest.json` (written last, with its own
+//! checksum line), `tidemark.db.zst` (one consistent SQLite snapshot,
+//! zstd-compressed) and `config/*` (the server's configuration files).
+//! Every file is listed in the manifest with its size and BLAKE3 checksum.
+//! A backup is written into a hidden temporary directory and renamed into
+//! place only once complete, so an interrupted one is never mistaken for a
+//! good one.
+//!
+//! # Layout
+//! - [`error`]: [`BackupError`]: what was refused, naming the file and what to do.
+//! - [`manifest`]: the manifest format, its self-check and version rules.
+//! - [`hashio`]: streaming zstd + BLAKE3 writers; memory stays flat.
+//! - [`create`]: [`create::BackupWriter`] (temp dir, fsync, manifest last,
+//!   rename) and offline backups of a stopped server's data directory.
+//! - [`verify`]: checksums, and decoding the data, without restoring.
+//! - [`list`]: the backups under a folder, and retention (keep the last N).
+//! - [`restore`]: lock, verify, safety backup, stage, mark restored, swap.
+//! - [`cleanup`]: normalising process information left by an online backup.
+
+pub mod cleanup;
+pub mod create;
+pub mod error;
+pub mod hashio;
+pub mod list;
+pub mod manifest;
+pub mod restore;
+pub mod verify;
+
+pub use error::BackupError;
+pub use manifest::{Kind, Manifest};
+
+/// Reports progress in bytes processed; a no-op is `&|_| {}`.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);

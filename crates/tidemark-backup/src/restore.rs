@@ -1,0 +1,299 @@
+//! `tidemark restore` (B3, B4, P4, P5).
+//!
+//! Order, each step safe to crash after:
+//! 1. take the data-directory lock (refused while a server or command runs);
+//! 2. check the backup's manifest and checksums;
+//! 3. decode the database into a new, unreferenced generation and check it;
+//! 4. take a safety backup of the current state;
+//! 5. on the staged copy: raise the epoch and enter `recovering`
+//!    (`mark_restored`), mark and run cleanup for online backups;
+//! 6. copy the configuration files into the staged generation; fsync it;
+//! 7. swap `current` to the new generation (one rename);
+//! 8. remove the old generation.
+//!
+//! Until step 7 the old state is in use; from it on, the new one. A crash
+//! leaves unreferenced generations that the next lock holder removes.
+
+use crate::error::BackupError;
+use crate::manifest::Manifest;
+use crate::Progress;
+use std::path::{Path, PathBuf};
+use tidemark_store::{failpoint, layout, DataDirLock, SqliteStore, Store};
+
+/// What to restore, and how.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub from: PathBuf,
+    pub data_dir: PathBuf,
+    /// Where the safety backup goes; `None` skips it.
+    pub safety_to: Option<PathBuf>,
+    /// Run cleanup on an online backup (the default); without, the server
+    /// refuses to start until `tidemark cleanup` has run.
+    pub cleanup: bool,
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub manifest: Manifest,
+    pub previous_epoch: Option<u64>,
+    pub new_epoch: u64,
+    pub safety: Option<PathBuf>,
+    /// Process information removed by cleanup.
+    pub cleaned: Vec<String>,
+    /// Set when the backup was online and cleanup was not run.
+    pub needs_cleanup: bool,
+    /// The generation now in use.
+    pub generation: PathBuf,
+    /// The restored configuration files, if the backup had any.
+    pub config_dir: Option<PathBuf>,
+}
+
+/// The default safety-backup location: `<data-dir>.safety/<timestamp>`.
+pub fn default_safety_dir(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "tidemark-data".into());
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    data_dir
+        .with_file_name(format!("{name}.safety"))
+        .join(stamp.to_string())
+}
+
+/// Restores `opts.from` into `opts.data_dir`.
+pub async fn run(
+    opts: &RestoreOptions,
+    progress: Progress<'_>,
+) -> Result<RestoreReport, BackupError> {
+    // The backup must be there before anything else is touched (even the
+    // data directory's creation).
+    Manifest::load(&opts.from)?;
+    let lock = DataDirLock::acquire(&opts.data_dir, "restore")
+        .map_err(|e| BackupError::from_lock("restore", e))?;
+    let manifest = crate::verify::checksums(&opts.from, progress)?;
+    failpoint::hit("restore.after_verify");
+
+    // Leftovers of an interrupted restore go first.
+    layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
+    let (gen_name, gen) =
+        layout::stage_gen(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
+    let staged = Staged(Some(gen.clone()));
+    crate::verify::decode_db(
+        &opts.from,
+        &manifest,
+        &gen.join(tidemark_store::sqlite::DB_FILE),
+        progress,
+    )?;
+    failpoint::hit("restore.after_stage");
+
+    let (previous_epoch, safety) = live_state(opts, progress).await?;
+    failpoint::hit("restore.after_safety");
+
+    let new_epoch = previous_epoch.unwrap_or(0).max(manifest.epoch) + 1;
+    let store = SqliteStore::open_with_lock(&gen, None)?;
+    let marked = async {
+        store.mark_restored(new_epoch).await?;
+        let mut cleaned = Vec::new();
+        if manifest.needs_cleanup {
+            store.mark_needs_cleanup().await?;
+            if opts.cleanup {
+                cleaned = store.cleanup_process_info().await?;
+            }
+        }
+        store.close().await?;
+        Ok::<_, BackupError>(cleaned)
+    }
+    .await;
+    drop(store);
+    let cleaned = marked?;
+    failpoint::hit("restore.after_mark");
+
+    let config_dir = copy_config(&opts.from, &manifest, &gen)?;
+    layout::fsync_tree(&gen).map_err(BackupError::io(&gen))?;
+    failpoint::hit("restore.before_swap");
+
+    layout::swap_current(&opts.data_dir, &gen_name).map_err(BackupError::io(&opts.data_dir))?;
+    staged.keep();
+    failpoint::hit("restore.after_swap");
+    layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
+    remove_flat_store(&opts.data_dir);
+    drop(lock);
+    Ok(RestoreReport {
+        previous_epoch,
+        new_epoch,
+        safety,
+        cleaned,
+        needs_cleanup: manifest.needs_cleanup && !opts.cleanup,
+        generation: gen,
+        config_dir,
+        manifest,
+    })
+}
+
+/// The live store's epoch (if readable), and the safety backup of it.
+async fn live_state(
+    opts: &RestoreOptions,
+    progress: Progress<'_>,
+) -> Result<(Option<u64>, Option<PathBuf>), BackupError> {
+    let live = match layout::existing_db_dir(&opts.data_dir) {
+        Ok(Some(_)) => SqliteStore::open_with_lock(&opts.data_dir, None),
+        Ok(None) => return Ok((None, None)),
+        Err(e) => Err(e),
+    };
+    let store = match live {
+        Ok(s) => s,
+        Err(e) if opts.safety_to.is_some() => {
+            return Err(BackupError::LiveUnreadable {
+                path: opts.data_dir.clone(),
+                detail: e.to_string(),
+            })
+        }
+        Err(_) => return Ok((None, None)),
+    };
+    let epoch = store.meta().await.ok().map(|m| m.epoch);
+    let safety = match &opts.safety_to {
+        Some(to) => {
+            let source = opts.data_dir.display().to_string();
+            let made = crate::create::from_store(&store, to, source, progress).await;
+            if let Err(e) = made {
+                store.close().await?;
+                return Err(e);
+            }
+            Some(to.clone())
+        }
+        None => None,
+    };
+    store.close().await?;
+    Ok((epoch, safety))
+}
+
+fn copy_config(from: &Path, m: &Manifest, gen: &Path) -> Result<Option<PathBuf>, BackupError> {
+    let mut any = None;
+    for f in m.files.iter().filter(|f| f.path.starts_with("config/")) {
+        let src = from.join(&f.path);
+        let dst = gen.join(&f.path);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
+        }
+        std::fs::copy(&src, &dst).map_err(BackupError::io(&src))?;
+        any = Some(gen.join("config"));
+    }
+    Ok(any)
+}
+
+/// A store from before generations sits directly in the data directory;
+/// once `current` exists it is shadowed, and goes.
+fn remove_flat_store(dir: &Path) {
+    for name in ["tidemark.db", "tidemark.db-wal", "tidemark.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}
+
+/// Removes the staged generation unless it was swapped in.
+struct Staged(Option<PathBuf>);
+
+impl Staged {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark_store::testsuite;
+
+    #[tokio::test]
+    async fn offline_backup_restores_to_its_point_with_a_raised_epoch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let store = SqliteStore::open(&data, "test").unwrap();
+        testsuite::load_some(&store).await;
+        let at_backup = store.meta().await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let backup = tmp.path().join("b/1");
+        let m = crate::create::offline(&data, &backup, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(m.seq, at_backup.seq);
+        crate::verify::full(&backup, &|_| {}).unwrap();
+
+        // Later changes, then restore.
+        let store = SqliteStore::open(&data, "test").unwrap();
+        store.prune_changes(0).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let opts = RestoreOptions {
+            from: backup.clone(),
+            data_dir: data.clone(),
+            safety_to: Some(default_safety_dir(&data)),
+            cleanup: true,
+        };
+        let report = run(&opts, &|_| {}).await.unwrap();
+        assert_eq!(report.new_epoch, at_backup.epoch + 1);
+        let safety = report.safety.unwrap();
+        crate::verify::full(&safety, &|_| {}).unwrap();
+        let store = SqliteStore::open(&data, "test").unwrap();
+        let meta = store.meta().await.unwrap();
+        assert_eq!(meta.seq, at_backup.seq);
+        assert_eq!(meta.epoch, at_backup.epoch + 1);
+        assert_eq!(
+            meta.log_floor, at_backup.log_floor,
+            "the pruned log came back"
+        );
+        testsuite::check_some(&store).await;
+        assert!(!store.needs_cleanup().await.unwrap());
+        // Only the new generation is left.
+        let gens: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("gen-"))
+            .collect();
+        assert_eq!(gens, vec!["gen-000002".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_or_a_damaged_backup_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let store = SqliteStore::open(&data, "test").unwrap();
+        testsuite::load_some(&store).await;
+        let backup = tmp.path().join("b");
+        crate::create::from_store(&store, &backup, "t".into(), &|_| {})
+            .await
+            .unwrap();
+        let opts = RestoreOptions {
+            from: backup.clone(),
+            data_dir: data.clone(),
+            safety_to: None,
+            cleanup: true,
+        };
+        let err = run(&opts, &|_| {}).await.unwrap_err();
+        assert!(matches!(err, BackupError::InUse { .. }), "{err}");
+        store.close().await.unwrap();
+        drop(store);
+
+        let db = backup.join(crate::manifest::DB_FILE);
+        let mut bytes = std::fs::read(&db).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&db, &bytes).unwrap();
+        let err = run(&opts, &|_| {}).await.unwrap_err();
+        assert!(matches!(err, BackupError::ChecksumMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("tidemark.db.zst"), "{err}");
+        let store = SqliteStore::open(&data, "test").unwrap();
+        assert_eq!(store.meta().await.unwrap().epoch, 1);
+        testsuite::check_some(&store).await;
+    }
+}

@@ -1,0 +1,234 @@
+//! The data-directory layout, and the atomic swap that restore relies on.
+//!
+//! ```text
+//! DATA_DIR/LOCK                  the DataDirLock
+//! DATA_DIR/current -> gen-000002 relative symlink: the one generation in use
+//! DATA_DIR/gen-000002/tidemark.db (+ -wal, -shm)
+//! DATA_DIR/gen-000002/config/    configuration files restored with the data
+//! ```
+//!
+//! Invariant: `current` always names a complete generation. A new generation
+//! is staged in full (and fsynced) before `current` is replaced by one
+//! `rename`, so a crash at any moment leaves the old generation or the new
+//! one in use, never a mix. Generations that `current` does not name are
+//! garbage, removed by whoever holds the lock next.
+
+use crate::StoreError;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The symlink naming the generation in use.
+pub const CURRENT: &str = "current";
+const CURRENT_TMP: &str = "current.tmp";
+const GEN_PREFIX: &str = "gen-";
+/// Prefix of the temporary snapshot files an online backup writes.
+pub const SNAPSHOT_PREFIX: &str = "snapshot-";
+
+/// The directory name of generation `n`.
+pub fn gen_name(n: u64) -> String {
+    format!("{GEN_PREFIX}{n:06}")
+}
+
+fn gen_number(name: &str) -> Option<u64> {
+    name.strip_prefix(GEN_PREFIX)?.parse().ok()
+}
+
+fn data_dir_err(dir: &Path, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::DataDir {
+        path: dir.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The generation directory `current` names, if the link exists.
+pub fn current_gen(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    match fs::read_link(dir.join(CURRENT)) {
+        Ok(target) => {
+            let name = target.to_string_lossy().to_string();
+            if gen_number(&name).is_none() || target.components().count() != 1 {
+                return Err(data_dir_err(
+                    dir,
+                    format!(
+                        "'current' points at {name:?}, not a generation; restore from a backup"
+                    ),
+                ));
+            }
+            let gen = dir.join(target);
+            if !gen.is_dir() {
+                return Err(data_dir_err(
+                    dir,
+                    format!("'current' points at {name}, which is missing; restore from a backup"),
+                ));
+            }
+            Ok(Some(gen))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(data_dir_err(dir, format!("cannot read 'current': {e}"))),
+    }
+}
+
+/// The directory that holds the database of data directory `dir`, if it has
+/// one: the current generation, or `dir` itself for a flat directory (a
+/// staged generation, a private copy, or a store from before generations).
+pub fn existing_db_dir(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    if let Some(gen) = current_gen(dir)? {
+        return Ok(Some(gen));
+    }
+    if dir.join(crate::sqlite::DB_FILE).exists() {
+        return Ok(Some(dir.to_owned()));
+    }
+    Ok(None)
+}
+
+/// Where to open the database of `dir`. With `owned` (the caller holds the
+/// data-directory lock) a fresh directory gets its first generation and
+/// garbage from interrupted work is removed; without, `dir` is a private
+/// copy and the database lives directly in it.
+pub fn resolve_for_open(dir: &Path, owned: bool) -> Result<PathBuf, StoreError> {
+    let found = existing_db_dir(dir)?;
+    if owned {
+        remove_garbage(dir).map_err(|e| data_dir_err(dir, format!("cannot tidy up: {e}")))?;
+    }
+    match found {
+        Some(d) => Ok(d),
+        None if owned => {
+            let gen = dir.join(gen_name(1));
+            fs::create_dir_all(&gen).map_err(|e| data_dir_err(dir, e))?;
+            swap_current(dir, &gen_name(1)).map_err(|e| data_dir_err(dir, e))?;
+            Ok(gen)
+        }
+        None => Ok(dir.to_owned()),
+    }
+}
+
+/// Creates an empty directory for the next generation and returns its name
+/// and path. Nothing refers to it until [`swap_current`].
+pub fn stage_gen(dir: &Path) -> io::Result<(String, PathBuf)> {
+    let mut next = 1;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(n) = gen_number(&entry.file_name().to_string_lossy()) {
+            next = next.max(n + 1);
+        }
+    }
+    let name = gen_name(next);
+    let path = dir.join(&name);
+    fs::create_dir(&path)?;
+    Ok((name, path))
+}
+
+/// Points `current` at generation `name` atomically: a new link
+/// `current.tmp`, renamed over `current`, then the directory fsynced.
+pub fn swap_current(dir: &Path, name: &str) -> io::Result<()> {
+    let tmp = dir.join(CURRENT_TMP);
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::symlink(name, &tmp)?;
+    crate::failpoint::hit("layout.swap.before_rename");
+    fs::rename(&tmp, dir.join(CURRENT))?;
+    crate::failpoint::hit("layout.swap.after_rename");
+    fsync_dir(dir)
+}
+
+/// Removes generations `current` does not name, a stray `current.tmp`, and
+/// left-over snapshot files. Only the lock holder may call it.
+pub fn remove_garbage(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let keep = match fs::read_link(dir.join(CURRENT)) {
+        Ok(t) => Some(t.to_string_lossy().to_string()),
+        Err(_) => None,
+    };
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        // Without a `current` link there is nothing to compare with: keep all.
+        if gen_number(&name).is_some() && keep.is_some() && keep.as_deref() != Some(&name) {
+            fs::remove_dir_all(&path)?;
+            removed.push(path);
+        } else if name == CURRENT_TMP
+            || (name.starts_with(SNAPSHOT_PREFIX) && name.ends_with(".tmp"))
+        {
+            fs::remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// fsyncs a directory, so renames and new entries in it are durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// fsyncs every file in `dir` (recursively), then `dir` itself.
+pub fn fsync_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            fsync_tree(&entry.path())?;
+        } else if ty.is_file() {
+            fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    fsync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_dir_gets_gen_one_and_a_relative_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = resolve_for_open(dir.path(), true).unwrap();
+        assert_eq!(db, dir.path().join("gen-000001"));
+        assert_eq!(
+            fs::read_link(dir.path().join(CURRENT)).unwrap(),
+            PathBuf::from("gen-000001")
+        );
+    }
+
+    #[test]
+    fn swap_moves_current_and_garbage_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        resolve_for_open(dir.path(), true).unwrap();
+        let (name, path) = stage_gen(dir.path()).unwrap();
+        assert_eq!(name, "gen-000002");
+        fs::write(path.join("x"), b"new").unwrap();
+        // A stale stage that was never swapped in.
+        let (stale, _) = stage_gen(dir.path()).unwrap();
+        swap_current(dir.path(), &name).unwrap();
+        assert_eq!(current_gen(dir.path()).unwrap().unwrap(), path);
+        let removed = remove_garbage(dir.path()).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!dir.path().join("gen-000001").exists());
+        assert!(!dir.path().join(stale).exists());
+        assert!(path.join("x").exists());
+    }
+
+    #[test]
+    fn a_dangling_current_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("gen-000009", dir.path().join(CURRENT)).unwrap();
+        let err = resolve_for_open(dir.path(), true).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_private_copy_stays_flat() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_for_open(dir.path(), false).unwrap(), dir.path());
+        assert!(!dir.path().join(CURRENT).exists());
+    }
+}

@@ -1,0 +1,275 @@
+//! `tidemark backup create|verify|list|prune` (B1, B2, B5).
+
+use crate::cli::{
+    BackupCommand, BackupCreateArgs, BackupListArgs, BackupPruneArgs, BackupVerifyArgs,
+};
+use anyhow::Context;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use tidemark_backup::create::BackupWriter;
+use tidemark_backup::manifest::{CONFIG_EFFECTIVE, CONFIG_FILE};
+use tidemark_backup::{Kind, Manifest};
+use tidemark_server::ServerConfig;
+use tidemark_store::SnapshotInfo;
+
+pub async fn run(config: ServerConfig, cmd: BackupCommand) -> anyhow::Result<()> {
+    match cmd {
+        BackupCommand::Create(a) => create(config, a).await,
+        BackupCommand::Verify(a) => verify(a),
+        BackupCommand::List(a) => list(a),
+        BackupCommand::Prune(a) => prune(&a),
+    }
+}
+
+/// A byte-progress bar on stderr when it is a terminal; hidden otherwise.
+pub(super) fn progress_bar(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {bytes} ({bytes_per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// `12.3 MiB`.
+pub(super) fn human(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()> {
+    let bar = progress_bar("backing up");
+    let progress = |n: u64| bar.set_position(n);
+    let manifest = match (&a.server, a.offline) {
+        (Some(url), false) => online(url, &a.to, &progress).await?,
+        (None, true) => {
+            let dir = a.data_dir.clone().unwrap_or(config.data_dir);
+            tidemark_backup::create::offline(&dir, &a.to, &progress).await?
+        }
+        _ => anyhow::bail!(
+            "backup create needs either --server URL (online) or --offline [--data-dir DIR]; nothing was done"
+        ),
+    };
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+    } else {
+        println!(
+            "backup {} created: {} {}, epoch {}, seq {}, {} files, {}",
+            a.to.display(),
+            match manifest.kind {
+                Kind::Online => "online",
+                Kind::Offline => "offline",
+            },
+            manifest.created_at,
+            manifest.epoch,
+            manifest.seq,
+            manifest.files.len(),
+            human(manifest.total_size())
+        );
+    }
+    if let Some(keep) = a.keep {
+        let root = match a.to.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => std::path::PathBuf::from("."),
+        };
+        for dir in tidemark_backup::list::prune(&root, keep as usize)? {
+            eprintln!("removed old backup {} (--keep {keep})", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// The body of an error answer, for the message.
+async fn error_text(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    match body["error"]["message"].as_str() {
+        Some(m) => format!("{status}: {m}"),
+        None => status.to_string(),
+    }
+}
+
+/// Online backup through the server: the snapshot is compressed and hashed
+/// as it streams in; it never sits uncompressed on this side.
+async fn online(
+    url: &str,
+    to: &Path,
+    progress: tidemark_backup::Progress<'_>,
+) -> anyhow::Result<Manifest> {
+    let url = url.trim_end_matches('/');
+    let client = reqwest::Client::new();
+    let unreachable =
+        || format!("cannot reach the DB server at {url}; check --server and that it runs");
+    let resp = client
+        .get(format!("{url}/v1/backup/config"))
+        .send()
+        .await
+        .with_context(unreachable)?;
+    if !resp.status().is_success() {
+        anyhow::bail!(
+            "the server refused to give its configuration: {}",
+            error_text(resp).await
+        );
+    }
+    let config: serde_json::Value = resp
+        .json()
+        .await
+        .context("reading the server's configuration")?;
+
+    let mut writer = BackupWriter::begin(to)?;
+    let resp = client
+        .post(format!("{url}/v1/backup"))
+        .send()
+        .await
+        .with_context(unreachable)?;
+    if !resp.status().is_success() {
+        anyhow::bail!("the server refused the backup: {}", error_text(resp).await);
+    }
+    let info: SnapshotInfo = resp
+        .headers()
+        .get("tidemark-snapshot")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .with_context(|| {
+            format!("{url} sent no snapshot metadata; is it a Tidemark DB server of this version?")
+        })?;
+    let mut sink = writer.db_sink()?;
+    let mut received = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.context("the server stopped sending the snapshot; nothing was kept, retry")?;
+        sink.write_all(&chunk)
+            .with_context(|| format!("writing the backup into {}", writer.tmp_dir().display()))?;
+        received += chunk.len() as u64;
+        progress(received);
+        tidemark_store::failpoint::hit("backup.online.chunk");
+    }
+    if received != info.bytes {
+        anyhow::bail!(
+            "the snapshot arrived incomplete ({received} of {} bytes); nothing was kept, retry",
+            info.bytes
+        );
+    }
+    writer.finish_db(sink)?;
+    let mut manifest = Manifest::new(Kind::Online, url.to_owned(), &info);
+    writer.add_plain(
+        CONFIG_EFFECTIVE,
+        &serde_json::to_vec_pretty(&config["effective"])?,
+    )?;
+    if let (Some(path), Some(content)) = (
+        config["file"]["path"].as_str(),
+        config["file"]["content"].as_str(),
+    ) {
+        writer.add_plain(CONFIG_FILE, content.as_bytes())?;
+        manifest.config_source = Some(path.to_owned());
+    }
+    Ok(writer.commit(manifest)?)
+}
+
+fn verify(a: BackupVerifyArgs) -> anyhow::Result<()> {
+    let bar = progress_bar("verifying");
+    let progress = |n: u64| bar.set_position(n);
+    let (manifest, decoded) = if a.quick {
+        (
+            tidemark_backup::verify::checksums(&a.dir, &progress)?,
+            false,
+        )
+    } else {
+        (tidemark_backup::verify::full(&a.dir, &progress)?.0, true)
+    };
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+    } else {
+        println!(
+            "backup {} verifies: {} files, {}, every checksum matches{}; epoch {}, seq {}, taken {}",
+            a.dir.display(),
+            manifest.files.len(),
+            human(manifest.total_size()),
+            if decoded { ", the data decodes and passes SQLite's integrity check" } else { "" },
+            manifest.epoch,
+            manifest.seq,
+            manifest.created_at
+        );
+    }
+    Ok(())
+}
+
+fn list(a: BackupListArgs) -> anyhow::Result<()> {
+    let listed = tidemark_backup::list::list(&a.root, a.deep)?;
+    if a.json {
+        let rows: Vec<_> = listed
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "dir": l.dir.display().to_string(),
+                    "created_at": l.manifest.as_ref().map(|m| m.created_at.clone()),
+                    "kind": l.manifest.as_ref().map(|m| m.kind),
+                    "epoch": l.manifest.as_ref().map(|m| m.epoch),
+                    "seq": l.manifest.as_ref().map(|m| m.seq),
+                    "size": l.manifest.as_ref().map(|m| m.total_size()),
+                    "ok": l.problem.is_none(),
+                    "problem": l.problem,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if listed.is_empty() {
+        println!("no backups under {}", a.root.display());
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<26} {:<8} {:>6} {:>10} {:>10}  STATUS",
+        "NAME", "CREATED", "KIND", "EPOCH", "SEQ", "SIZE"
+    );
+    for l in &listed {
+        let name = l
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let status = match &l.problem {
+            None => "ok".to_owned(),
+            Some(p) => format!("BAD: {p}"),
+        };
+        match &l.manifest {
+            Some(m) => println!(
+                "{:<24} {:<26} {:<8} {:>6} {:>10} {:>10}  {status}",
+                name,
+                m.created_at,
+                format!("{:?}", m.kind).to_lowercase(),
+                m.epoch,
+                m.seq,
+                human(m.total_size())
+            ),
+            None => println!(
+                "{:<24} {:<26} {:<8} {:>6} {:>10} {:>10}  {status}",
+                name, "-", "-", "-", "-", "-"
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn prune(a: &BackupPruneArgs) -> anyhow::Result<()> {
+    let removed = tidemark_backup::list::prune(&a.root, a.keep as usize)?;
+    for dir in &removed {
+        println!("removed {}", dir.display());
+    }
+    println!(
+        "kept the newest {} backups under {}; removed {}",
+        a.keep,
+        a.root.display(),
+        removed.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! `tidemark restore` (B3, B4, P4, P5).
+
+use crate::cli::RestoreArgs;
+use tidemark_backup::restore::{default_safety_dir, RestoreOptions};
+use tidemark_server::ServerConfig;
+
+pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
+    let data_dir = a.data_dir.clone().unwrap_or(config.data_dir);
+    let safety_to = if a.no_safety_backup {
+        eprintln!(
+            "warning: --no-safety-backup: the current data in {} is not backed up first and cannot be recovered after this restore",
+            data_dir.display()
+        );
+        None
+    } else {
+        Some(
+            a.safety_dir
+                .clone()
+                .unwrap_or_else(|| default_safety_dir(&data_dir)),
+        )
+    };
+    let opts = RestoreOptions {
+        from: a.from.clone(),
+        data_dir: data_dir.clone(),
+        safety_to,
+        cleanup: !a.no_cleanup,
+    };
+    let bar = super::backup::progress_bar("restoring");
+    let progress = |n: u64| bar.set_position(n);
+    let report = tidemark_backup::restore::run(&opts, &progress).await?;
+    bar.finish_and_clear();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "from": a.from.display().to_string(),
+                "data_dir": data_dir.display().to_string(),
+                "seq": report.manifest.seq,
+                "backup_epoch": report.manifest.epoch,
+                "previous_epoch": report.previous_epoch,
+                "epoch": report.new_epoch,
+                "state": "recovering",
+                "safety_backup": report.safety.as_ref().map(|p| p.display().to_string()),
+                "cleaned": report.cleaned,
+                "needs_cleanup": report.needs_cleanup,
+                "generation": report.generation.display().to_string(),
+                "config_dir": report.config_dir.as_ref().map(|p| p.display().to_string()),
+            }))?
+        );
+    } else {
+        if let Some(s) = &report.safety {
+            println!("safety backup of the previous state: {}", s.display());
+        }
+        println!(
+            "restored {} into {}: seq {}, epoch {} -> {}; the server will start in 'recovering'",
+            a.from.display(),
+            data_dir.display(),
+            report.manifest.seq,
+            report
+                .previous_epoch
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            report.new_epoch
+        );
+        if let Some(c) = &report.config_dir {
+            println!("configuration files restored into {}", c.display());
+        }
+        if !report.cleaned.is_empty() {
+            println!("cleanup: removed {}", report.cleaned.join(", "));
+        }
+    }
+    if report.needs_cleanup {
+        eprintln!(
+            "note: run 'tidemark cleanup --data-dir {}' before starting the server",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}

@@ -2,13 +2,13 @@
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 /// One keep-alive connection.
 pub struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
     host: String,
 }
 
@@ -50,9 +50,25 @@ impl Conn {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self.sender.send_request(req.body(Empty::new())?).await?;
+        let resp = self
+            .sender
+            .send_request(req.body(Full::new(Bytes::new()))?)
+            .await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, body.len()))
+    }
+
+    /// POST a JSON body to `path`; returns the status and body.
+    pub async fn post_json(&mut self, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+        self.sender.ready().await?;
+        let req = hyper::Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
 }

@@ -8,6 +8,7 @@
 //! - `recovery`: schedule-list and replay rates, requests per flagged key.
 //! - `stats`: latency histograms and the printed report.
 
+mod compare;
 mod http1;
 mod load;
 mod push;
@@ -27,6 +28,8 @@ pub enum BenchCommand {
     Push(push::PushArgs),
     /// Recovery figures: flagging, replay, DB requests per flagged key.
     Recovery(recovery::RecoveryArgs),
+    /// Side by side with Redis and PostgreSQL, started here on loopback; prints ratios.
+    Compare(compare::CompareArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -47,5 +50,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Reads(a) => reads::run(a).await,
         BenchCommand::Push(a) => push::run(a).await,
         BenchCommand::Recovery(a) => recovery::run(a).await,
+        BenchCommand::Compare(a) => compare::run(a).await,
     }
 }

@@ -25,6 +25,35 @@ pub struct PushArgs {
 }
 
 pub async fn run(args: PushArgs) -> anyhow::Result<()> {
+    let h = measure(&args.db, args.subscribers, args.orders).await?;
+    let p = stats::percentiles(&h);
+    if args.common.json {
+        println!(
+            "{}",
+            serde_json::json!({"scenario": "push", "subscribers": args.subscribers, "orders": args.orders, "latency": p})
+        );
+    } else {
+        println!(
+            "push latency, order submitted -> arrival on each of {} watch streams ({} orders): p50 {} ms, p99 {} ms, p999 {} ms",
+            args.subscribers, args.orders, p["p50_ms"], p["p99_ms"], p["p999_ms"]
+        );
+    }
+    Ok(())
+}
+
+/// Submits `orders` single orders one after another and records, for each,
+/// the time until it arrived on every one of `subscribers` watch streams.
+pub async fn measure(
+    db: &str,
+    subscribers: usize,
+    orders: u64,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let args = PushArgs {
+        db: db.to_owned(),
+        subscribers,
+        orders,
+        common: super::Common { json: false },
+    };
     let client = DbClient::new(&args.db);
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xffffff);
     let keys: Vec<String> = (0..64).map(|i| format!("push-{run_id}-{i}")).collect();
@@ -103,17 +132,5 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         }
         pending.remove(&seq);
     }
-    let p = stats::percentiles(&h);
-    if args.common.json {
-        println!(
-            "{}",
-            serde_json::json!({"scenario": "push", "subscribers": args.subscribers, "orders": args.orders, "latency": p})
-        );
-    } else {
-        println!(
-            "push latency, order submitted -> arrival on each of {} watch streams ({} orders): p50 {} ms, p99 {} ms, p999 {} ms",
-            args.subscribers, args.orders, p["p50_ms"], p["p99_ms"], p["p999_ms"]
-        );
-    }
-    Ok(())
+    Ok(h)
 }

@@ -1,0 +1,268 @@
+//! Starting the peers on loopback: Tidemark (DB and service server), Redis
+//! (Debian's `redis-server`) and a temporary PostgreSQL cluster. Nothing is
+//! installed here: a missing tool is reported with the command that
+//! installs it.
+
+use anyhow::Context;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A process we started; killed on drop.
+pub struct Spawned {
+    pub child: Child,
+    pub pid: u32,
+    /// `host:port`, or a URL for Tidemark.
+    pub addr: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Checks that the peers can be started; says how to install what is missing.
+pub fn check(pg_bin: &Path) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        missing.push("redis-server (apt-get install redis-server)");
+    }
+    if !pg_bin.join("postgres").exists() || !pg_bin.join("initdb").exists() {
+        missing
+            .push("PostgreSQL server binaries (apt-get install postgresql, or pass --pg-bin DIR)");
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "bench compare needs {}; it installs nothing by itself",
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// Starts `tidemark ARGS --listen 127.0.0.1:0` and reads its URL.
+pub fn tidemark(dir: &Path, log: &str, args: &[&str]) -> anyhow::Result<Spawned> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(dir.join(log))?))
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("tidemark did not start; see its log")?
+        .to_owned();
+    Ok(Spawned {
+        pid: child.id(),
+        child,
+        addr,
+    })
+}
+
+/// Redis with persistence that matches Tidemark's durable acknowledgements:
+/// an append-only file synced on every write.
+pub async fn redis(dir: &Path) -> anyhow::Result<Spawned> {
+    let port = free_port()?;
+    let rdir = dir.join("redis");
+    std::fs::create_dir_all(&rdir)?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args([
+            "--appendfsync",
+            "always",
+            "--dir",
+            rdir.to_str().unwrap_or("."),
+            "--protected-mode",
+            "no",
+        ])
+        .stdout(Stdio::from(std::fs::File::create(dir.join("redis.log"))?))
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let s = Spawned {
+        pid: child.id(),
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut r) = super::redis::Redis::connect(&s.addr).await {
+            if r.cmd(&[b"PING"]).await.is_ok() {
+                return Ok(s);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "redis-server did not start; see redis.log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn as_postgres(bin: &Path, tool: &str) -> Command {
+    // initdb refuses to run as root: run the cluster as the postgres user.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+/// A temporary PostgreSQL cluster, durable like Tidemark (fsync on,
+/// synchronous commit).
+pub async fn postgres(dir: &Path, bin: &Path) -> anyhow::Result<(Spawned, u16)> {
+    let data: PathBuf = dir.join("pg");
+    std::fs::create_dir_all(&data)?;
+    if unsafe { libc::geteuid() } == 0 {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()?;
+        anyhow::ensure!(status.success(), "chown of the PostgreSQL directory failed");
+    }
+    let out = as_postgres(bin, "initdb")
+        .args([
+            "-D",
+            data.to_str().unwrap_or(""),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ])
+        .output()
+        .context("running initdb")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port()?;
+    let child = as_postgres(bin, "postgres")
+        .args([
+            "-D",
+            data.to_str().unwrap_or(""),
+            "-p",
+            &port.to_string(),
+            "-k",
+            data.to_str().unwrap_or(""),
+        ])
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "shared_buffers=512MB",
+            "-c",
+            "max_connections=200",
+        ])
+        .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.join("postgres.log"),
+        )?))
+        .spawn()
+        .context("starting postgres")?;
+    let s = Spawned {
+        pid: child.id(),
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if super::pg::connect(port).await.is_ok() {
+            return Ok((s, port));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "postgres did not start; see postgres.log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Peak resident memory (VmHWM) of a process and all its children, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let mut total = hwm(pid);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            // ppid is the 2nd field after the ")" that closes the command name.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                total += hwm(child);
+            }
+        }
+    }
+    total
+}
+
+fn hwm(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

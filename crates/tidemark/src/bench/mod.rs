@@ -5,8 +5,10 @@
 //! - `load`: bulk-loads records through `POST /v1/orders` (orders/s).
 //! - `reads`: point reads at N connections against a DB or service server.
 //! - `push`: latency from order submission to arrival on watch streams.
+//! - `backup`: backup/verify/restore MB/s against cp and sqlite3 .backup.
 //! - `stats`: latency histograms and the printed report.
 
+mod backup;
 mod http1;
 mod load;
 mod push;
@@ -23,6 +25,8 @@ pub enum BenchCommand {
     Reads(reads::ReadsArgs),
     /// Push latency: submit single orders, time their arrival on N watch streams.
     Push(push::PushArgs),
+    /// Backup, verify and restore MB/s against cp and sqlite3 .backup.
+    Backup(backup::BackupArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -42,5 +46,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Load(a) => load::run(a).await,
         BenchCommand::Reads(a) => reads::run(a).await,
         BenchCommand::Push(a) => push::run(a).await,
+        BenchCommand::Backup(a) => backup::run(a).await,
     }
 }

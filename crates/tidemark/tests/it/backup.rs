@@ -644,6 +644,31 @@ async fn offline_backups_retention_and_interrupted_backups() {
     );
     assert!(!success && stderr.contains("failpoint"), "{stderr}");
     assert!(!half.exists());
+    // So does one whose client dies while the snapshot streams in; the
+    // server leaves no snapshot file behind and goes on serving.
+    let (success, _, stderr) = tm(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            s(&root.join("cut")),
+            "--server",
+            &db.url,
+        ],
+        &[("TIDEMARK_FAILPOINTS", "backup.online.chunk=1")],
+    );
+    assert!(!success && stderr.contains("failpoint"), "{stderr}");
+    eventually(20, "the server drops the snapshot file", || async {
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(state(&db.url).await, (1, 5));
     let listed = ok(dir, &["backup", "list", s(&root)]);
     assert!(listed.contains("no backups"), "{listed}");
     db.terminate();

@@ -253,6 +253,18 @@ mod tests {
         );
         testsuite::check_some(&store).await;
         assert!(!store.needs_cleanup().await.unwrap());
+        // The seam with recovery (P5): the server starts in `recovering`.
+        let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+        let meta = |name: &str| -> String {
+            conn.query_row("SELECT value FROM tm_meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(meta("recovery_state"), "recovering");
+        assert_eq!(meta("schedule_final"), "0");
+        assert_eq!(meta("epoch"), (at_backup.epoch + 1).to_string());
+        drop(conn);
         // Only the new generation is left.
         let gens: Vec<_> = std::fs::read_dir(&data)
             .unwrap()

@@ -253,6 +253,18 @@ mod tests {
         );
         testsuite::check_some(&store).await;
         assert!(!store.needs_cleanup().await.unwrap());
+        // The seam with recovery (P5): the server starts in `recovering`.
+        let conn = rusqlite::Connection::open(store.db_path()).unwrap();
+        let meta = |name: &str| -> String {
+            conn.query_row("SELECT value FROM tm_meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(meta("recovery_state"), "recovering");
+        assert_eq!(meta("schedule_final"), "0");
+        assert_eq!(meta("epoch"), (at_backup.epoch + 1).to_string());
+        drop(conn);
         // Only the new generation is left.
         let gens: Vec<_> = std::fs::read_dir(&data)
             .unwrap()
@@ -294,6 +306,44 @@ mod tests {
         assert!(err.to_string().contains("tidemark.db.zst"), "{err}");
         let store = SqliteStore::open(&data, "test").unwrap();
         assert_eq!(store.meta().await.unwrap().epoch, 1);
+        testsuite::check_some(&store).await;
+    }
+
+    #[tokio::test]
+    async fn unreadable_live_data_needs_an_explicit_no_safety_backup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let store = SqliteStore::open(&data, "test").unwrap();
+        testsuite::load_some(&store).await;
+        let backup = tmp.path().join("b");
+        crate::create::from_store(&store, &backup, "t".into(), &|_| {})
+            .await
+            .unwrap();
+        let db = store.db_path().to_owned();
+        store.close().await.unwrap();
+        drop(store);
+        std::fs::write(&db, b"not a database at all, the disk died").unwrap();
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+        }
+        let mut opts = RestoreOptions {
+            from: backup,
+            data_dir: data.clone(),
+            safety_to: Some(tmp.path().join("safety")),
+            cleanup: true,
+        };
+        let err = run(&opts, &|_| {}).await.unwrap_err();
+        assert!(matches!(err, BackupError::LiveUnreadable { .. }), "{err}");
+        assert!(err.to_string().contains("--no-safety-backup"), "{err}");
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            b"not a database at all, the disk died"
+        );
+        opts.safety_to = None;
+        let report = run(&opts, &|_| {}).await.unwrap();
+        assert_eq!(report.previous_epoch, None);
+        assert_eq!(report.new_epoch, 2);
+        let store = SqliteStore::open(&data, "test").unwrap();
         testsuite::check_some(&store).await;
     }
 }

@@ -1011,6 +1011,58 @@ mod tests {
         assert!(!private.join(crate::layout::CURRENT).exists());
     }
 
+    /// Every row of every table, as text, for comparing two databases.
+    fn dump(path: &Path) -> BTreeMap<String, Vec<String>> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        tables.sort();
+        let mut out = BTreeMap::new();
+        for t in tables {
+            let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+            let n = stmt.column_count();
+            let mut rows: Vec<String> = stmt
+                .query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            rows.sort();
+            out.insert(t, rows);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_equals_its_source_in_every_table_flags_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("data"), "test").unwrap();
+        crate::testsuite::load_some(&store).await;
+        {
+            let w = store.inner.writer.lock();
+            w.execute(
+                "INSERT INTO tm_flags (tbl, key, source, through_seq) VALUES ('subscriber', 'k', 'ops-1', 9)",
+                [],
+            )
+            .unwrap();
+        }
+        let snap = dir.path().join("snap.db");
+        store.snapshot_to(&snap).await.unwrap();
+        store.close().await.unwrap();
+        let source = dump(store.db_path());
+        assert!(source["tm_flags"].len() == 1 && !source["tm_changes"].is_empty());
+        assert_eq!(dump(&snap), source);
+    }
+
     #[test]
     fn a_foreign_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();

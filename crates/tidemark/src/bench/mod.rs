@@ -6,8 +6,11 @@
 //! - `reads`: point reads at N connections against a DB or service server.
 //! - `push`: latency from order submission to arrival on watch streams.
 //! - `recovery`: schedule-list and replay rates, requests per flagged key.
+//! - `backup`: backup/verify/restore MB/s against cp and sqlite3 .backup.
+//! - `compare`: side by side with Redis and PostgreSQL.
 //! - `stats`: latency histograms and the printed report.
 
+mod backup;
 mod compare;
 mod http1;
 mod load;
@@ -30,6 +33,8 @@ pub enum BenchCommand {
     Recovery(recovery::RecoveryArgs),
     /// Side by side with Redis and PostgreSQL, started here on loopback; prints ratios.
     Compare(compare::CompareArgs),
+    /// Backup, verify and restore MB/s against cp and sqlite3 .backup.
+    Backup(backup::BackupArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -51,5 +56,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Push(a) => push::run(a).await,
         BenchCommand::Recovery(a) => recovery::run(a).await,
         BenchCommand::Compare(a) => compare::run(a).await,
+        BenchCommand::Backup(a) => backup::run(a).await,
     }
 }

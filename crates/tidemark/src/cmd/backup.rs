@@ -45,16 +45,24 @@ pub(super) fn human(bytes: u64) -> String {
 async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()> {
     let bar = progress_bar("backing up");
     let progress = |n: u64| bar.set_position(n);
-    let manifest = match (&a.server, a.offline) {
-        (Some(url), false) => online(url, &a.to, &progress).await?,
+    let made = match (&a.server, a.offline) {
+        (Some(url), false) => online(url, &a.to, &progress).await,
         (None, true) => {
             let dir = a.data_dir.clone().unwrap_or(config.data_dir);
-            tidemark_backup::create::offline(&dir, &a.to, &progress).await?
+            tidemark_backup::create::offline(&dir, &a.to, &progress)
+                .await
+                .map_err(anyhow::Error::from)
         }
         _ => anyhow::bail!(
             "backup create needs either --server URL (online) or --offline [--data-dir DIR]; nothing was done"
         ),
     };
+    let manifest = made.with_context(|| {
+        format!(
+            "backup {} not created (nothing partial was kept)",
+            a.to.display()
+        )
+    })?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -145,8 +153,15 @@ async fn online(
     while let Some(chunk) = body.next().await {
         let chunk =
             chunk.context("the server stopped sending the snapshot; nothing was kept, retry")?;
-        sink.write_all(&chunk)
-            .with_context(|| format!("writing the backup into {}", writer.tmp_dir().display()))?;
+        sink.write_all(&chunk).with_context(|| {
+            format!(
+                "writing {} failed (is the disk full?)",
+                writer
+                    .tmp_dir()
+                    .join(tidemark_backup::manifest::DB_FILE)
+                    .display()
+            )
+        })?;
         received += chunk.len() as u64;
         progress(received);
         tidemark_store::failpoint::hit("backup.online.chunk");

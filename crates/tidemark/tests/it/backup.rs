@@ -644,6 +644,31 @@ async fn offline_backups_retention_and_interrupted_backups() {
     );
     assert!(!success && stderr.contains("failpoint"), "{stderr}");
     assert!(!half.exists());
+    // So does one whose client dies while the snapshot streams in; the
+    // server leaves no snapshot file behind and goes on serving.
+    let (success, _, stderr) = tm(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            s(&root.join("cut")),
+            "--server",
+            &db.url,
+        ],
+        &[("TIDEMARK_FAILPOINTS", "backup.online.chunk=1")],
+    );
+    assert!(!success && stderr.contains("failpoint"), "{stderr}");
+    eventually(20, "the server drops the snapshot file", || async {
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(state(&db.url).await, (1, 5));
     let listed = ok(dir, &["backup", "list", s(&root)]);
     assert!(listed.contains("no backups"), "{listed}");
     db.terminate();
@@ -707,4 +732,64 @@ async fn offline_backups_retention_and_interrupted_backups() {
         &[],
     );
     assert!(!success && stderr.contains("already exists"), "{stderr}");
+}
+
+/// A full disk while the backup is written (simulated with a file-size
+/// limit on the backup process: writes past it fail with EFBIG, as they
+/// would with ENOSPC) leaves no backup, not even a hidden half one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_during_backup_leaves_no_half_backup() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let root = dir.join("backups");
+    std::fs::create_dir(&root).unwrap();
+    let db = db_server(dir, &[]).await;
+    submit_some(dir, &db.url, 0..3000).await;
+    let to = root.join("full");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["backup", "create", "--to", s(&to), "--server", &db.url])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // An ignored SIGXFSZ stays ignored across exec; writes then fail.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 32 * 1024,
+                rlim_max: 32 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the backup fit in 32 KiB; make the store bigger"
+    );
+    assert!(
+        stderr.contains("tidemark.db.zst"),
+        "names the file: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "nothing left behind: {left:?}");
+    let listed = ok(dir, &["backup", "list", s(&root)]);
+    assert!(listed.contains("no backups"), "{listed}");
+    // With room again, the same command succeeds.
+    ok(
+        dir,
+        &["backup", "create", "--to", s(&to), "--server", &db.url],
+    );
+    ok(dir, &["backup", "verify", s(&to)]);
 }

@@ -31,20 +31,41 @@ impl Order {
     /// resubmission from a different order under a used `(source, seq)`.
     pub fn digest(&self) -> String {
         // serde_json::Map keeps keys sorted (no preserve_order feature), so
-        // the encoding is canonical.
-        let body = serde_json::json!([self.table, self.key, self.op, self.fields]);
-        let text = body.to_string();
-        format!("{:016x}", fnv1a(text.as_bytes()))
+        // the encoding is canonical. Streamed into the hash: no copies.
+        let mut h = Fnv1a(0xcbf29ce484222325);
+        let op: &[u8] = match self.op {
+            Op::Upsert => b"upsert",
+            Op::Delete => b"delete",
+        };
+        for part in [self.table.as_bytes(), self.key.as_bytes(), op] {
+            h.add(part);
+            h.add(&[0]);
+        }
+        let _ = serde_json::to_writer(&mut h, &self.fields);
+        format!("{:016x}", h.0)
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
+/// 64-bit FNV-1a, as an `io::Write` sink.
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn add(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
     }
-    h
+}
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.add(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Body of `POST /v1/orders`.

@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub push_queue: usize,
     /// Seconds the state stays `recovered` before it returns to `normal`.
     pub recovered_hold_secs: u64,
+    /// Record answers kept in memory in front of the store (0 turns the
+    /// cache off). Used only while no recovery is in progress.
+    pub read_cache_entries: usize,
     /// The `--config` file the server was started with, if any; online
     /// backups include its content. Not a setting: filled in by the program.
     #[serde(skip)]
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             push_queue: 65_536,
             recovered_hold_secs: 300,
+            read_cache_entries: 1_000_000,
             config_file: None,
         }
     }

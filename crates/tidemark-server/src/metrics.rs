@@ -9,6 +9,7 @@ pub struct ServerMetrics {
     pub registry: Registry,
     pub reads: Arc<Counter>,
     pub reads_recovering: Arc<Counter>,
+    pub read_cache_hits: Arc<Counter>,
     pub read_latency: Arc<Histogram>,
     pub order_batches: Arc<Counter>,
     pub orders_applied: Arc<Counter>,
@@ -33,6 +34,11 @@ impl ServerMetrics {
             reads_recovering: r.counter(
                 "tidemark_reads_recovering_total",
                 "Reads answered with the recovering identifier.",
+                "",
+            ),
+            read_cache_hits: r.counter(
+                "tidemark_read_cache_hits_total",
+                "Reads answered from the DB server's read cache.",
                 "",
             ),
             read_latency: r.histogram(

@@ -47,6 +47,7 @@ impl Server {
             store,
             hub,
             recovery,
+            read_cache: crate::read_cache::ReadCache::new(config.read_cache_entries),
             metrics,
             config,
             boot,

@@ -16,6 +16,11 @@ mod signals;
 use clap::Parser;
 use std::process::ExitCode;
 
+// Order batches, JSON and record answers allocate many small objects;
+// mimalloc measurably beats the system allocator on that (bench recovery).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let format = match cli.log_format.as_deref().unwrap_or("plain").parse() {

@@ -24,6 +24,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
     pub recovery: crate::recovery::Recovery,
+    /// Serialised answers, used only in the `normal` state; `None` if off.
+    pub read_cache: Option<crate::read_cache::ReadCache>,
     pub metrics: ServerMetrics,
     pub config: ServerConfig,
     /// Names this process; part of every watch event id.

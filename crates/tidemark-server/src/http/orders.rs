@@ -72,6 +72,12 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     }
     let _order = app.hub.commit_lock.lock().await;
     let outcome = app.store.apply(req.orders).await?;
+    // After the commit, before anyone can be told of it.
+    if let Some(cache) = &app.read_cache {
+        for c in &outcome.changes {
+            cache.invalidate(&c.table, &c.key);
+        }
+    }
     let applied = outcome.changes.len() as u64;
     let cleared = outcome.changes.iter().any(|c| c.cleared_flag);
     let duplicates = outcome.results.len() as u64 - applied;

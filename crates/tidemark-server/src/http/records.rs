@@ -2,13 +2,15 @@
 
 use super::error::HttpError;
 use super::AppState;
+use crate::read_cache::Cached;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
-use tidemark_api::{headers, ErrorCode, RecordAnswer};
+use tidemark_api::{headers, ErrorCode, RecordAnswer, RecoveryState};
 
 /// Reads one record. With `Tidemark-Subscriber: NAME`, records that NAME
 /// holds the key, before reading, so it is sent every later change.
@@ -36,6 +38,35 @@ pub async fn get_record(
             app.hub.register(id, &table, &key);
         }
     }
+    // The cache serves only while no recovery is in progress.
+    let cache = app
+        .read_cache
+        .as_ref()
+        .filter(|_| app.recovery.state() == RecoveryState::Normal);
+    let ticket = match cache.map(|c| c.get(&table, &key)) {
+        Some(Ok(hit)) => {
+            app.metrics.reads.inc();
+            app.metrics.read_cache_hits.inc();
+            let status = if hit.found {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            let resp = (
+                status,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                hit.body,
+            )
+                .into_response();
+            app.metrics.read_latency.observe(started.elapsed());
+            return Ok(resp);
+        }
+        Some(Err(ticket)) => Some(ticket),
+        None => None,
+    };
     let lookup = app.store.get(&table, &key).await?;
     let recovering = lookup.flagged || app.recovery.blanket();
     let (status, answer) = match lookup.record {
@@ -49,8 +80,23 @@ pub async fn get_record(
         ),
     };
     app.metrics.reads.inc();
-    let body = serde_json::to_vec(&answer)
-        .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string()))?;
+    let body = Bytes::from(
+        serde_json::to_vec(&answer)
+            .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string()))?,
+    );
+    if let (Some(cache), Some(ticket)) = (cache, ticket) {
+        if !recovering {
+            cache.fill(
+                ticket,
+                &table,
+                &key,
+                Cached {
+                    found: status == StatusCode::OK,
+                    body: body.clone(),
+                },
+            );
+        }
+    }
     let mut resp = (
         status,
         [(

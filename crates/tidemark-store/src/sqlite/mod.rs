@@ -77,6 +77,24 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Process-wide SQLite settings, applied once before the first connection:
+/// memory statistics off, because they take a global mutex on every
+/// allocation.
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config is called before any connection of this
+        // process exists; if SQLite was already initialised it returns
+        // SQLITE_MISUSE and changes nothing, which is harmless.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            );
+        }
+    });
+}
+
 fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(
@@ -128,6 +146,7 @@ impl SqliteStore {
     /// fresh one gets its first generation. Without, the database lives
     /// directly in `dir`.
     pub fn open_with_lock(dir: &Path, lock: Option<DataDirLock>) -> Result<Self, StoreError> {
+        configure_sqlite();
         let path = crate::layout::resolve_for_open(dir, lock.is_some())?.join(DB_FILE);
         let writer = Connection::open(&path).map_err(|e| StoreError::DataDir {
             path: dir.display().to_string(),
@@ -385,9 +404,7 @@ impl SqliteStore {
             } else {
                 (false, false)
             };
-            let fields_text = fields
-                .as_ref()
-                .map(|f| serde_json::Value::Object(f.clone()).to_string());
+            let fields_text = fields.as_ref().map(serde_json::to_string).transpose()?;
             tx.prepare_cached(
                 "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?

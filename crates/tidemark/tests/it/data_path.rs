@@ -73,6 +73,36 @@ async fn a_miss_is_fetched_then_cached() {
     assert_eq!(direct["found"], true);
     assert_eq!(direct["recovering"], false);
     assert!(direct.get("source").is_none());
+
+    // The DB server's read cache never answers with a value older than the
+    // last acknowledged order, for found and not-found keys alike.
+    for round in 0..20 {
+        get_json(&key_url(&db.url, "+81312345678")).await;
+        get_json(&key_url(&db.url, "+81377777777")).await;
+        let mut input = order_line("+81312345678", json!({"credit_limit": round}));
+        input.push_str(&order_line("+81377777777", json!({"credit_limit": round})));
+        submit(tmp.path(), &db.url, &input).await;
+        for k in ["+81312345678", "+81377777777"] {
+            let (status, r) = get_json(&key_url(&db.url, k)).await;
+            assert_eq!(
+                (status, r["fields"]["credit_limit"].as_i64()),
+                (200, Some(round)),
+                "{k} after round {round}"
+            );
+        }
+    }
+    let metrics = reqwest::get(format!("{}/metrics", db.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tidemark_read_cache_hits_total ") && !l.ends_with(" 0")),
+        "repeated reads are served from the read cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,150 @@
+//! A cache of serialised record answers in front of the store, for the
+//! read path of a DB server in the `normal` state.
+//!
+//! Invariants:
+//! - It is consulted and filled only while no recovery is in progress (the
+//!   caller checks), so a cached answer never hides a recovering flag.
+//! - Every commit invalidates the keys it changed *after* it is durable and
+//!   visible, and bumps the shard's generation; a reader fills the cache
+//!   only if the generation it saw *before* reading the store is unchanged.
+//!   So an answer read before a commit can never be cached after it.
+
+use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+
+const SHARDS: usize = 64;
+
+/// A cached answer: status (200 or 404) and body.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub found: bool,
+    pub body: Bytes,
+}
+
+struct Shard {
+    map: LruCache<Box<str>, Cached>,
+    generation: u64,
+}
+
+/// Proof of the shard generation seen before a store read.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    shard: usize,
+    generation: u64,
+}
+
+pub struct ReadCache {
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache").finish_non_exhaustive()
+    }
+}
+
+fn slot(table: &str, key: &str) -> (usize, String) {
+    let mut s = String::with_capacity(table.len() + key.len() + 1);
+    s.push_str(table);
+    s.push('\0');
+    s.push_str(key);
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    ((h.finish() as usize) % SHARDS, s)
+}
+
+impl ReadCache {
+    /// `None` when `capacity` is 0 (cache off).
+    pub fn new(capacity: usize) -> Option<Self> {
+        let per = NonZeroUsize::new(capacity.div_ceil(SHARDS))?;
+        Some(Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: LruCache::new(per),
+                        generation: 0,
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// The cached answer, or a ticket to fill it after reading the store.
+    pub fn get(&self, table: &str, key: &str) -> Result<Cached, Ticket> {
+        let (i, s) = slot(table, key);
+        let mut shard = self.shards[i].lock();
+        match shard.map.get(s.as_str()) {
+            Some(c) => Ok(c.clone()),
+            None => Err(Ticket {
+                shard: i,
+                generation: shard.generation,
+            }),
+        }
+    }
+
+    /// Caches an answer read from the store, unless a commit touched the
+    /// shard since the ticket was taken.
+    pub fn fill(&self, ticket: Ticket, table: &str, key: &str, cached: Cached) {
+        let (i, s) = slot(table, key);
+        debug_assert_eq!(i, ticket.shard);
+        let mut shard = self.shards[i].lock();
+        if shard.generation == ticket.generation {
+            shard.map.put(s.into_boxed_str(), cached);
+        }
+    }
+
+    /// Forgets a changed key. Call after its commit.
+    pub fn invalidate(&self, table: &str, key: &str) {
+        let (i, s) = slot(table, key);
+        let mut shard = self.shards[i].lock();
+        shard.generation += 1;
+        shard.map.pop(s.as_str());
+    }
+
+    /// Forgets everything (e.g. when a recovery starts or ends).
+    pub fn clear(&self) {
+        for s in &self.shards {
+            let mut s = s.lock();
+            s.generation += 1;
+            s.map.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(body: &'static str) -> Cached {
+        Cached {
+            found: true,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_read_from_before_a_commit_is_not_cached() {
+        let cache = ReadCache::new(1000).unwrap();
+        let ticket = cache.get("t", "k").unwrap_err();
+        cache.invalidate("t", "k"); // a commit lands between the read and the fill
+        cache.fill(ticket, "t", "k", c("old"));
+        assert!(
+            cache.get("t", "k").is_err(),
+            "the old answer must not be cached"
+        );
+        let ticket = cache.get("t", "k").unwrap_err();
+        cache.fill(ticket, "t", "k", c("new"));
+        assert_eq!(cache.get("t", "k").unwrap().body, "new");
+        cache.invalidate("t", "k");
+        assert!(cache.get("t", "k").is_err());
+    }
+
+    #[test]
+    fn zero_capacity_is_off() {
+        assert!(ReadCache::new(0).is_none());
+    }
+}

@@ -5,7 +5,7 @@ use crate::policy::Freshness;
 use crate::service::Shared;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -71,7 +71,8 @@ impl IntoResponse for ReadError {
 async fn get_record(
     State(shared): State<Arc<Shared>>,
     path: Result<Path<(String, String)>, PathRejection>,
-    req_headers: HeaderMap,
+    // The request itself, not `HeaderMap`: that extractor copies every header.
+    req: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
     let Ok(Path((table, key))) = path else {
@@ -91,13 +92,15 @@ async fn get_record(
             None,
         );
     }
-    let header = req_headers
+    let header = req
+        .headers()
         .get(headers::FRESHNESS)
         .map(|v| v.to_str().unwrap_or("(not UTF-8)"));
     let freshness = match Freshness::of(shared.config.policy, header) {
         Ok(f) => f,
         Err(msg) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg, None),
     };
+    drop(req);
     let resp = match crate::fetch::read(&shared, &table, &key, freshness).await {
         Ok(served) => {
             let status = if served.found {

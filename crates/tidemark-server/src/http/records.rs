@@ -5,7 +5,7 @@ use super::AppState;
 use crate::read_cache::Cached;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use tidemark_api::{headers, ErrorCode, RecordAnswer, RecoveryState};
 pub async fn get_record(
     State(app): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, PathRejection>,
-    req_headers: HeaderMap,
+    // The request itself, not `HeaderMap`: that extractor copies every header.
+    req: axum::extract::Request,
 ) -> Result<Response, HttpError> {
     let started = Instant::now();
     let Path((table, key)) = path.map_err(|e| {
@@ -29,7 +30,8 @@ pub async fn get_record(
     let schema = app.store.schema();
     schema.table(&table).map_err(tidemark_api::ApiError::from)?;
     tidemark_api::schema::validate_key(&key).map_err(tidemark_api::ApiError::from)?;
-    if let Some(name) = req_headers
+    if let Some(name) = req
+        .headers()
         .get(headers::SUBSCRIBER)
         .and_then(|v| v.to_str().ok())
     {
@@ -38,6 +40,7 @@ pub async fn get_record(
             app.hub.register(id, &table, &key);
         }
     }
+    drop(req);
     // The cache serves only while no recovery is in progress.
     let cache = app
         .read_cache

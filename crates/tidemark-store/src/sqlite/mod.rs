@@ -95,11 +95,14 @@ fn configure_sqlite() {
     });
 }
 
-fn pragmas(conn: &Connection) -> Result<(), StoreError> {
+/// Page cache per connection, in KiB: the writer gets more, each reader
+/// less. No mmap: every connection would map the file again, and the
+/// process would look (and be accounted) many times its real size.
+fn pragmas(conn: &Connection, cache_kib: u32) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
-    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -{cache_kib}; PRAGMA mmap_size = 0; PRAGMA temp_store = MEMORY;"
+    ))?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(())
 }
@@ -152,7 +155,7 @@ impl SqliteStore {
             path: dir.display().to_string(),
             detail: format!("cannot open {}: {e}", path.display()),
         })?;
-        pragmas(&writer)?;
+        pragmas(&writer, 65_536)?;
         let is_new = !writer
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'tm_meta'",
@@ -194,7 +197,7 @@ impl SqliteStore {
                     &path,
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
-                pragmas(&c)?;
+                pragmas(&c, 16_384)?;
                 c.execute_batch("PRAGMA query_only = 1")?;
                 Ok(Mutex::new(c))
             })

@@ -33,6 +33,10 @@ pub enum ErrorCode {
     NotRecovering,
     /// `recovery/complete` before the final chunk of the schedule list.
     ScheduleIncomplete,
+    /// The server is offline after a quiesce notice (S4); retry elsewhere or later.
+    Quiescing,
+    /// A cancel with no quiesce notice in force.
+    NoQuiesce,
     /// A query parameter is missing or malformed.
     BadRequest,
     /// No such route.
@@ -58,9 +62,10 @@ impl ErrorCode {
                 400
             }
             UnknownTable | NotFound => 404,
-            OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete => 409,
+            OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete
+            | NoQuiesce => 409,
             PayloadTooLarge | BatchTooLarge => 413,
-            NotReady | StaleData | DbUnavailable => 503,
+            NotReady | StaleData | DbUnavailable | Quiescing => 503,
             StoreFailure | Internal => 500,
         }
     }
@@ -81,6 +86,8 @@ impl ErrorCode {
             OrderGap => "order_gap",
             NotRecovering => "not_recovering",
             ScheduleIncomplete => "schedule_incomplete",
+            Quiescing => "quiescing",
+            NoQuiesce => "no_quiesce",
             BadRequest => "bad_request",
             NotFound => "not_found",
             NotReady => "not_ready",
@@ -106,6 +113,8 @@ impl ErrorCode {
         ErrorCode::OrderGap,
         ErrorCode::NotRecovering,
         ErrorCode::ScheduleIncomplete,
+        ErrorCode::Quiescing,
+        ErrorCode::NoQuiesce,
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::NotReady,

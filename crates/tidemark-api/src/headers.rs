@@ -6,5 +6,8 @@ pub const SUBSCRIBER: &str = "tidemark-subscriber";
 pub const RECOVERING: &str = "tidemark-recovering";
 /// Request header on a service server: `latest` or `stale-ok`, overriding its policy (P9).
 pub const FRESHNESS: &str = "tidemark-freshness";
+/// Response header of a service server while a quiesce notice is in force:
+/// seconds until the DB server goes offline (S4).
+pub const QUIESCE_IN: &str = "tidemark-quiesce-in";
 /// SSE resumption header.
 pub const LAST_EVENT_ID: &str = "last-event-id";

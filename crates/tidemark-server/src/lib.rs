@@ -7,6 +7,7 @@
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
 //! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
 //! - [`metrics`]: the server's Prometheus metrics.
+//! - [`quiesce`]: the quiesce notice (S4): announce, cancel, go offline.
 //! - [`read_cache`]: serialised answers in front of the store (normal state only).
 //! - [`recovery`]: the recovery state machine, flags and the blanket window (P5–P10).
 //! - [`http`]: one module per group of endpoints, and the one error shape.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod quiesce;
 pub mod read_cache;
 pub mod recovery;
 pub mod server;

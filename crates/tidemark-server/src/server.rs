@@ -41,12 +41,14 @@ impl Server {
         metrics.epoch.set(meta.epoch as i64);
         let hub = Hub::new(config.push_queue);
         let recovery = crate::recovery::Recovery::load(store.clone()).await?;
+        let quiesce = crate::quiesce::Quiesce::load(store.as_ref()).await?;
         // A crash between the last flag clear and the state change is mended here.
         recovery.maybe_finish().await?;
         let state = Arc::new(AppState {
             store,
             hub,
             recovery,
+            quiesce,
             read_cache: crate::read_cache::ReadCache::new(config.read_cache_entries),
             metrics,
             config,

@@ -114,6 +114,15 @@ async fn get_record(
                 served.body,
             )
                 .into_response();
+            if let Some(at) = *shared.quiesce_at.lock() {
+                // S4: users see how long until the DB server goes offline.
+                let left = at
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs();
+                if let Ok(v) = HeaderValue::from_str(&left.to_string()) {
+                    resp.headers_mut().insert(headers::QUIESCE_IN, v);
+                }
+            }
             if served.recovering {
                 resp.headers_mut()
                     .insert(headers::RECOVERING, HeaderValue::from_static("1"));

@@ -38,6 +38,8 @@ pub struct Shared {
     pub db_epoch: AtomicU64,
     pub schema_version: AtomicU64,
     pub quiesce: Mutex<Option<QuiesceEvent>>,
+    /// When the DB server goes offline, per the quiesce notice in force.
+    pub quiesce_at: Mutex<Option<std::time::Instant>>,
     pub shutdown: CancellationToken,
 }
 
@@ -98,6 +100,7 @@ impl Service {
                 db_epoch: AtomicU64::new(0),
                 schema_version: AtomicU64::new(0),
                 quiesce: Mutex::new(None),
+                quiesce_at: Mutex::new(None),
                 shutdown,
                 config,
             }),

@@ -117,6 +117,12 @@ fn apply(shared: &Shared, ev: &SseEvent) -> bool {
         }
         WatchEvent::Quiesce(q) => {
             tracing::info!(notice = ?q.notice, cancelled = q.cancelled, "quiesce notice from the DB server");
+            *shared.quiesce_at.lock() = match (&q.notice, q.cancelled) {
+                (Some(n), false) => {
+                    Some(std::time::Instant::now() + Duration::from_secs(n.seconds_left))
+                }
+                _ => None,
+            };
             *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
         }
         WatchEvent::Schema(s) => {

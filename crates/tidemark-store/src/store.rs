@@ -187,6 +187,15 @@ pub trait Store: Send + Sync + 'static {
     /// complete). Returns how many were dropped.
     async fn clear_flags(&self) -> Result<u64, StoreError>;
 
+    // --- operational state (S4) ---
+
+    /// A small piece of operational state kept with the data (e.g. the
+    /// quiesce notice under `quiesce`). `None` removes it.
+    async fn set_note(&self, name: &str, value: Option<String>) -> Result<(), StoreError>;
+
+    /// Reads what [`Store::set_note`] wrote.
+    async fn note(&self, name: &str) -> Result<Option<String>, StoreError>;
+
     // --- backup (B1-B6) ---
 
     /// Writes one consistent snapshot of the whole store to the new file

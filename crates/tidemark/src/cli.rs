@@ -298,14 +298,19 @@ pub struct CleanupArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["in_secs", "cancel"])))]
 pub struct QuiesceArgs {
+    /// URL of the DB server.
     #[arg(long, value_name = "URL")]
     pub server: String,
+    /// Go offline after this many seconds; users see the time left.
     #[arg(long = "in", value_name = "SECONDS")]
     pub in_secs: Option<u64>,
-    #[arg(long, value_name = "TEXT")]
+    /// What users are told.
+    #[arg(long, value_name = "TEXT", requires = "in_secs")]
     pub message: Option<String>,
-    #[arg(long)]
+    /// Cancel the notice in force.
+    #[arg(long, conflicts_with = "in_secs")]
     pub cancel: bool,
 }
 

@@ -5,6 +5,7 @@ pub mod error;
 pub mod openapi;
 pub mod orders;
 pub mod probes;
+pub mod quiesce;
 pub mod records;
 pub mod recovery;
 pub mod watch;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
     pub recovery: crate::recovery::Recovery,
+    pub quiesce: crate::quiesce::Quiesce,
     /// Serialised answers, used only in the `normal` state; `None` if off.
     pub read_cache: Option<crate::read_cache::ReadCache>,
     pub metrics: ServerMetrics,
@@ -52,6 +54,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/schema", get(probes::schema))
         .route("/v1/backup", post(backup::snapshot))
         .route("/v1/backup/config", get(backup::config))
+        .route(
+            "/v1/quiesce",
+            post(quiesce::announce).delete(quiesce::cancel),
+        )
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))

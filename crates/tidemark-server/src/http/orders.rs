@@ -70,6 +70,9 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
         )
         .retry_after(1));
     }
+    if app.quiesce.offline() {
+        return Err(super::quiesce::offline_error());
+    }
     let _order = app.hub.commit_lock.lock().await;
     let outcome = app.store.apply(req.orders).await?;
     // After the commit, before anyone can be told of it.

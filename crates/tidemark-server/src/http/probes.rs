@@ -20,6 +20,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
+    if app.quiesce.offline() {
+        return Err(super::quiesce::offline_error());
+    }
     if app.ready.load(Ordering::SeqCst) {
         Ok(Json(serde_json::json!({"status": "ready"})))
     } else {
@@ -66,7 +69,7 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
         epoch: meta.epoch,
         seq: meta.seq,
         schema_version: meta.schema_version,
-        quiesce: None,
+        quiesce: app.quiesce.notice(),
         boot: app.boot.clone(),
         store: app.store.engine().to_owned(),
         recovery: Some(app.recovery.status(meta.epoch).await?),

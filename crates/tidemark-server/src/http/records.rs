@@ -27,6 +27,9 @@ pub async fn get_record(
             format!("{e}; percent-encode the table and key as UTF-8 path segments"),
         )
     })?;
+    if app.quiesce.offline() {
+        return Err(super::quiesce::offline_error());
+    }
     let schema = app.store.schema();
     schema.table(&table).map_err(tidemark_api::ApiError::from)?;
     tidemark_api::schema::validate_key(&key).map_err(tidemark_api::ApiError::from)?;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_api::event::{EpochEvent, EpochReason, EventId, HelloEvent};
+use tidemark_api::event::{EpochEvent, EpochReason, EventId, HelloEvent, QuiesceEvent};
 use tidemark_api::{headers, ErrorCode, RecordAnswer, WatchEvent};
 use tidemark_store::Change;
 use tokio::sync::{broadcast, mpsc};
@@ -186,6 +186,14 @@ impl WatchStream {
             resumed,
         };
         let mut alive = self.send(WatchEvent::Hello(hello)).await;
+        if let (true, Some(notice)) = (alive, self.app.quiesce.notice()) {
+            alive = self
+                .send(WatchEvent::Quiesce(QuiesceEvent {
+                    notice: Some(notice),
+                    cancelled: false,
+                }))
+                .await;
+        }
         if alive && cannot_resume {
             alive = self
                 .send(WatchEvent::Epoch(EpochEvent {

@@ -925,6 +925,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn set_note(&self, name: &str, value: Option<String>) -> Result<(), StoreError> {
+        let name = format!("note.{name}");
+        self.blocking(move |s| {
+            s.with_writer(|c| match &value {
+                Some(v) => meta_set(c, &name, v),
+                None => {
+                    c.execute("DELETE FROM tm_meta WHERE name = ?1", params![name])?;
+                    Ok(())
+                }
+            })
+        })
+        .await
+    }
+
+    async fn note(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.with_reader(|c| meta_get(c, &format!("note.{name}")))
+    }
+
     async fn needs_cleanup(&self) -> Result<bool, StoreError> {
         self.with_reader(|c| Ok(meta_get(c, "needs_cleanup")?.as_deref() == Some("1")))
     }
@@ -938,13 +956,13 @@ impl Store for SqliteStore {
         self.blocking(|s| {
             s.with_writer(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT name FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' ORDER BY name",
+                    "SELECT name FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' ORDER BY name",
                 )?;
                 let names = stmt
                     .query_map([], |r| r.get::<_, String>(0))?
                     .collect::<Result<Vec<_>, _>>()?;
                 c.execute(
-                    "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%'",
+                    "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%'",
                     [],
                 )?;
                 meta_set(c, "needs_cleanup", "0")?;

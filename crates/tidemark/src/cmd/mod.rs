@@ -4,6 +4,7 @@ mod backup;
 mod cleanup;
 mod demo;
 mod ops;
+mod quiesce;
 mod recovery;
 mod restore;
 mod server;
@@ -26,7 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(cmd) => backup::run(config.server, cmd).await,
         Command::Restore(args) => restore::run(config.server, args).await,
         Command::Cleanup(args) => cleanup::run(config.server, args).await,
-        Command::Quiesce(_) => not_yet("quiesce", "the high-availability work"),
+        Command::Quiesce(args) => quiesce::run(args).await,
         Command::Promote(_) => not_yet("promote", "the high-availability work"),
         Command::Schema(_) => not_yet("schema", "the schema-publication work"),
         Command::Demo(args) => demo::run_demo(args).await,

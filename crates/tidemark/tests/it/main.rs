@@ -6,4 +6,5 @@ mod bad_input;
 mod cli;
 mod data_path;
 mod harness;
+mod quiesce;
 mod recovery;

@@ -1,0 +1,74 @@
+//! `POST /v1/quiesce` and `DELETE /v1/quiesce` (S4).
+
+use super::error::HttpError;
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use std::sync::Arc;
+use tidemark_api::state::QuiesceNotice;
+use tidemark_api::ErrorCode;
+
+/// The longest notice accepted: a day.
+const MAX_SECONDS: u64 = 86_400;
+
+#[derive(Debug, Deserialize)]
+struct Announce {
+    seconds: u64,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// What a request gets once the notice's deadline has passed.
+pub fn offline_error() -> HttpError {
+    HttpError::new(
+        ErrorCode::Quiescing,
+        "this server is offline after a quiesce notice; retry later or use another server",
+    )
+    .retry_after(30)
+}
+
+/// Announces that the server goes offline in `seconds`.
+pub async fn announce(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<QuiesceNotice>, HttpError> {
+    let req: Announce = serde_json::from_slice(&body).map_err(|e| {
+        HttpError::new(
+            ErrorCode::BadJson,
+            format!("{e}; send {{\"seconds\": N, \"message\": \"…\"}}"),
+        )
+    })?;
+    if req.seconds > MAX_SECONDS {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "a quiesce notice can be at most {MAX_SECONDS} seconds ahead, not {}",
+                req.seconds
+            ),
+        ));
+    }
+    let message = req
+        .message
+        .unwrap_or_else(|| "this server goes offline for maintenance; save your work".into());
+    Ok(Json(
+        app.quiesce
+            .announce(app.store.as_ref(), &app.hub, req.seconds, message)
+            .await?,
+    ))
+}
+
+/// Cancels the notice in force.
+pub async fn cancel(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    if app.quiesce.cancel(app.store.as_ref(), &app.hub).await? {
+        Ok(Json(serde_json::json!({"cancelled": true})))
+    } else {
+        Err(HttpError::new(
+            ErrorCode::NoQuiesce,
+            "there is no quiesce notice to cancel",
+        ))
+    }
+}

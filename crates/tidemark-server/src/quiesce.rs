@@ -1,0 +1,111 @@
+//! The quiesce notice (S4): "this server goes offline in N seconds".
+//!
+//! A notice is announced to every watch stream (service servers show the
+//! time left to their users), kept in the store so a restart does not lose
+//! it, and cancellable. Once its deadline passes the server is offline:
+//! `/readyz`, reads and orders answer `503 quiescing` with `Retry-After`.
+//! A server that starts with an expired notice drops it: the restart was
+//! the maintenance the notice announced.
+
+use crate::hub::{Hub, Push};
+use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tidemark_api::event::QuiesceEvent;
+use tidemark_api::state::QuiesceNotice;
+use tidemark_store::{Store, StoreError};
+
+const NOTE: &str = "quiesce";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    deadline: DateTime<Utc>,
+    message: String,
+}
+
+/// The notice in force, if any.
+#[derive(Debug, Default)]
+pub struct Quiesce {
+    notice: RwLock<Option<Stored>>,
+}
+
+impl Quiesce {
+    pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let stored = match store.note(NOTE).await? {
+            Some(text) => serde_json::from_str::<Stored>(&text).ok(),
+            None => None,
+        };
+        let notice = match stored {
+            Some(s) if s.deadline > Utc::now() => Some(s),
+            Some(_) => {
+                tracing::info!("dropping an expired quiesce notice from before the restart");
+                store.set_note(NOTE, None).await?;
+                None
+            }
+            None => None,
+        };
+        Ok(Self {
+            notice: RwLock::new(notice),
+        })
+    }
+
+    /// The notice for `/v1/state` and events.
+    pub fn notice(&self) -> Option<QuiesceNotice> {
+        self.notice.read().as_ref().map(|s| {
+            let left = (s.deadline - Utc::now()).num_seconds().max(0) as u64;
+            QuiesceNotice {
+                deadline: s.deadline.to_rfc3339(),
+                seconds_left: left,
+                message: s.message.clone(),
+            }
+        })
+    }
+
+    /// True once a notice's deadline has passed: the server is offline.
+    pub fn offline(&self) -> bool {
+        self.notice
+            .read()
+            .as_ref()
+            .is_some_and(|s| s.deadline <= Utc::now())
+    }
+
+    /// Announces that the server goes offline in `seconds`.
+    pub async fn announce(
+        &self,
+        store: &dyn Store,
+        hub: &Hub,
+        seconds: u64,
+        message: String,
+    ) -> Result<QuiesceNotice, StoreError> {
+        let stored = Stored {
+            deadline: Utc::now() + chrono::Duration::seconds(seconds as i64),
+            message,
+        };
+        store
+            .set_note(NOTE, Some(serde_json::to_string(&stored)?))
+            .await?;
+        *self.notice.write() = Some(stored);
+        let notice = self.notice().expect("just set");
+        tracing::warn!(seconds, message = %notice.message, deadline = %notice.deadline, "quiesce notice sent");
+        hub.publish(Push::Quiesce(QuiesceEvent {
+            notice: Some(notice.clone()),
+            cancelled: false,
+        }));
+        Ok(notice)
+    }
+
+    /// Cancels the notice in force. Returns false if there was none.
+    pub async fn cancel(&self, store: &dyn Store, hub: &Hub) -> Result<bool, StoreError> {
+        if self.notice.read().is_none() {
+            return Ok(false);
+        }
+        store.set_note(NOTE, None).await?;
+        *self.notice.write() = None;
+        tracing::info!("quiesce notice cancelled: the server stays online");
+        hub.publish(Push::Quiesce(QuiesceEvent {
+            notice: None,
+            cancelled: true,
+        }));
+        Ok(true)
+    }
+}

@@ -1,0 +1,135 @@
+//! The quiesce notice (S4): announced, seen by users of service servers,
+//! cancelled; after its deadline the server is offline.
+
+use crate::harness::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let svc = service(dir, "svc-a", &db.url, "accept-stale", &[]).await;
+    let record = format!("{}/v1/records/subscriber/k1", svc.url);
+
+    let out = run(
+        dir,
+        &[
+            "quiesce",
+            "--server",
+            &db.url,
+            "--in",
+            "600",
+            "--message",
+            "upgrade at noon",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, state) = get_json(&format!("{}/v1/state", db.url)).await;
+    assert_eq!(state["quiesce"]["message"], "upgrade at noon");
+    assert!(state["quiesce"]["seconds_left"].as_u64().unwrap() > 590);
+    // Users of the service server see the time left.
+    let left = eventually(10, "the service server to learn of the notice", || {
+        let record = record.clone();
+        async move {
+            let r = reqwest::get(&record).await.ok()?;
+            r.headers()
+                .get("tidemark-quiesce-in")?
+                .to_str()
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        }
+    })
+    .await;
+    assert!(left > 590 && left <= 600, "{left}");
+    let status = run(dir, &["status", "--server", &db.url], None, &[]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("upgrade at noon"));
+
+    let out = run(
+        dir,
+        &["quiesce", "--server", &db.url, "--cancel"],
+        None,
+        &[],
+    );
+    assert!(out.status.success());
+    let (_, state) = get_json(&format!("{}/v1/state", db.url)).await;
+    assert!(state["quiesce"].is_null());
+    eventually(10, "the cancellation to reach the service server", || {
+        let record = record.clone();
+        async move {
+            reqwest::get(&record)
+                .await
+                .ok()?
+                .headers()
+                .get("tidemark-quiesce-in")
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Bad requests.
+    let (s, b) = post_raw(&format!("{}/v1/quiesce", db.url), "{\"secs\": 3}").await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_json")));
+    let (s, b) = post_raw(
+        &format!("{}/v1/quiesce", db.url),
+        json!({"seconds": 10_000_000}).to_string(),
+    )
+    .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_request")));
+    let out = run(
+        dir,
+        &["quiesce", "--server", &db.url, "--cancel"],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "cancelling nothing is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no quiesce notice"));
+    assert_eq!(
+        run(dir, &["quiesce", "--server", &db.url], None, &[])
+            .status
+            .code(),
+        Some(2),
+        "--in or --cancel is required"
+    );
+
+    // A notice that runs out takes the server offline.
+    let out = run(
+        dir,
+        &["quiesce", "--server", &db.url, "--in", "1"],
+        None,
+        &[],
+    );
+    assert!(out.status.success());
+    let readyz = format!("{}/readyz", db.url);
+    eventually(10, "the server to go offline", || {
+        let readyz = readyz.clone();
+        async move { (reqwest::get(&readyz).await.ok()?.status().as_u16() == 503).then_some(()) }
+    })
+    .await;
+    let r = reqwest::get(format!("{}/v1/records/subscriber/k1", db.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "quiescing");
+    let (s, b) = post_raw(
+        &format!("{}/v1/orders", db.url),
+        json!({"orders": [{"source": "o", "seq": 1, "table": "subscriber", "key": "k", "op": "upsert", "fields": {}}]}).to_string(),
+    )
+    .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (503, Some("quiescing")));
+    assert_eq!(
+        commit_seq(&db.url).await,
+        0,
+        "nothing was applied while offline"
+    );
+}

@@ -121,7 +121,7 @@ impl Hub {
     }
 
     /// Queues committed changes in commit order. Call with `commit_lock` held.
-    pub fn publish_changes(&self, changes: Vec<Change>) -> usize {
+    pub fn publish_changes(&self, changes: &[Change]) -> usize {
         let mut sent = 0;
         for change in changes {
             let holders: Arc<[SubscriberId]> = self.holders(&change.table, &change.key).into();
@@ -129,7 +129,9 @@ impl Hub {
                 continue;
             }
             sent += holders.len();
-            let _ = self.tx.send(Push::Change(Arc::new(change), holders));
+            let _ = self
+                .tx
+                .send(Push::Change(Arc::new(change.clone()), holders));
         }
         sent
     }
@@ -170,7 +172,7 @@ mod tests {
         hub.register(a, "subscriber", "k1");
         hub.register(b, "subscriber", "k2");
         let mut rx = hub.subscribe();
-        hub.publish_changes(vec![change("k1", 1), change("nobody", 2), change("k2", 3)]);
+        hub.publish_changes(&[change("k1", 1), change("nobody", 2), change("k2", 3)]);
         let mut got = Vec::new();
         while let Ok(Push::Change(c, holders)) = rx.try_recv() {
             got.push((c.version.seq, holders.to_vec()));

@@ -3,6 +3,7 @@
 //! the service servers that hold the key (P1, P3).
 //!
 //! # Layout
+//! - [`committer`]: group commit of concurrent order batches, in commit order.
 //! - [`config`]: [`ServerConfig`], every setting with its default.
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
 //! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
@@ -12,6 +13,7 @@
 //! - [`recovery`]: the recovery state machine, flags and the blanket window (P5–P10).
 //! - [`http`]: one module per group of endpoints, and the one error shape.
 
+pub mod committer;
 pub mod config;
 pub mod http;
 pub mod hub;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// A DB server with its store open, ready to serve.
 pub struct Server {
     state: Arc<AppState>,
+    commits: tokio::sync::mpsc::Receiver<crate::committer::Job>,
 }
 
 impl Server {
@@ -40,6 +41,7 @@ impl Server {
         metrics.seq.set(meta.seq as i64);
         metrics.epoch.set(meta.epoch as i64);
         let hub = Hub::new(config.push_queue);
+        let (committer, commits) = crate::committer::channel();
         let recovery = crate::recovery::Recovery::load(store.clone()).await?;
         let quiesce = crate::quiesce::Quiesce::load(store.as_ref()).await?;
         // A crash between the last flag clear and the state change is mended here.
@@ -50,13 +52,14 @@ impl Server {
             recovery,
             quiesce,
             read_cache: crate::read_cache::ReadCache::new(config.read_cache_entries),
+            committer,
             metrics,
             config,
             boot,
             ready: AtomicBool::new(false),
             shutdown,
         });
-        Ok(Self { state })
+        Ok(Self { state, commits })
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then: stops
@@ -64,6 +67,7 @@ impl Server {
     /// stops the workers, and closes the store.
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         let state = self.state;
+        let committer = tokio::spawn(crate::committer::run(state.clone(), self.commits));
         let shutdown = state.shutdown.clone();
         let addr = listener.local_addr()?;
         let workers = tokio::spawn(prune_worker(state.clone()));
@@ -89,6 +93,8 @@ impl Server {
             ),
         }
         let _ = workers.await;
+        // Batches already accepted are committed before the store closes.
+        let _ = committer.await;
         // Waits for any batch that is still committing, then closes.
         let _commit = state.hub.commit_lock.lock().await;
         state.store.close().await.context("closing the store")?;

@@ -77,8 +77,11 @@ impl Entry {
 /// Where an offered answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// We asked the DB server: its flag is the key's current flag.
-    Fetch,
+    /// We asked the DB server, whose current epoch is `db_epoch`, when the
+    /// cache generation was `generation`. The answer is stamped with that
+    /// generation: if an `epoch` event came in while it was in flight, the
+    /// answer is already suspect.
+    Fetch { db_epoch: u64, generation: u64 },
     /// The DB server pushed it.
     Push,
 }
@@ -136,21 +139,35 @@ impl Cache {
     }
 
     /// Offers an answer; returns what the cache holds afterwards. An older
-    /// version never replaces a newer one. A fetched answer, even an older
-    /// one, refreshes the recovering flag and validates the entry.
+    /// version never replaces a newer one. A fetched answer older than the
+    /// cached copy validates the entry, and lends it its recovering flag
+    /// only if the copy predates the DB server's current epoch (a copy newer
+    /// than the restored data); a copy written in the current epoch already
+    /// carries the DB server's flag for its own version, and the older
+    /// answer is just a response that lost a race with a push.
     pub fn offer(&self, answer: &RecordAnswer, origin: Origin) -> Arc<Entry> {
-        let generation = self.generation();
+        let generation = match origin {
+            Origin::Push => self.generation(),
+            Origin::Fetch { generation, .. } => generation.min(self.generation()),
+        };
         let slot = slot(&answer.table, &answer.key);
         let mut shard = self.shard(&slot).lock();
         let new_rank = answer.version.unwrap_or_default();
         let entry = match shard.get(&slot) {
             Some(old) if old.rank() > new_rank => match origin {
                 Origin::Push => return old.clone(),
-                Origin::Fetch => Arc::new(Entry::new(
-                    &old.answer(Source::Cache),
-                    answer.recovering,
-                    generation,
-                )),
+                Origin::Fetch { db_epoch, .. } => {
+                    let recovering = if old.rank().epoch >= db_epoch {
+                        old.recovering
+                    } else {
+                        answer.recovering
+                    };
+                    Arc::new(Entry::new(
+                        &old.answer(Source::Cache),
+                        recovering,
+                        generation,
+                    ))
+                }
             },
             Some(old)
                 if old.rank() == new_rank
@@ -213,7 +230,13 @@ mod tests {
         c.offer(&answer(5, "new", false), Origin::Push);
         let e = c.offer(&answer(3, "old", false), Origin::Push);
         assert_eq!(e.version, Some(Version::new(1, 5)));
-        let e = c.offer(&answer(3, "old", true), Origin::Fetch);
+        let e = c.offer(
+            &answer(3, "old", true),
+            Origin::Fetch {
+                db_epoch: 2,
+                generation: 0,
+            },
+        );
         assert_eq!(
             e.fields.as_ref().unwrap()["plan"],
             json!("new"),
@@ -229,9 +252,52 @@ mod tests {
     }
 
     #[test]
+    fn a_fetch_that_lost_a_race_with_a_push_does_not_flag_the_pushed_copy() {
+        let c = Cache::new(1000);
+        // Pushed after the restore (epoch 2): current, not recovering.
+        let mut pushed = answer(7, "replayed", false);
+        pushed.version = Some(Version::new(2, 7));
+        c.offer(&pushed, Origin::Push);
+        // A fetch sent before the push answers the restored copy, flagged.
+        let e = c.offer(
+            &answer(3, "restored", true),
+            Origin::Fetch {
+                db_epoch: 2,
+                generation: 0,
+            },
+        );
+        assert!(!e.recovering);
+        assert_eq!(e.fields.as_ref().unwrap()["plan"], json!("replayed"));
+    }
+
+    #[test]
+    fn an_answer_in_flight_across_an_epoch_event_stays_suspect() {
+        let c = Cache::new(1000);
+        let before = c.generation();
+        c.bump_generation(); // e.g. schedule_complete arrives while the fetch is in flight
+        let e = c.offer(
+            &answer(3, "blanket", true),
+            Origin::Fetch {
+                db_epoch: 2,
+                generation: before,
+            },
+        );
+        assert!(
+            e.generation < c.generation(),
+            "it must be revalidated on the next read"
+        );
+    }
+
+    #[test]
     fn epoch_makes_entries_suspect() {
         let c = Cache::new(1000);
-        c.offer(&answer(5, "a", false), Origin::Fetch);
+        c.offer(
+            &answer(5, "a", false),
+            Origin::Fetch {
+                db_epoch: 1,
+                generation: 0,
+            },
+        );
         assert_eq!(c.get("subscriber", "k").unwrap().generation, c.generation());
         c.bump_generation();
         assert!(c.get("subscriber", "k").unwrap().generation < c.generation());
@@ -243,7 +309,13 @@ mod tests {
         for i in 0..10_000u64 {
             let mut a = answer(i, "x", false);
             a.key = format!("k{i}");
-            c.offer(&a, Origin::Fetch);
+            c.offer(
+                &a,
+                Origin::Fetch {
+                    db_epoch: 1,
+                    generation: 0,
+                },
+            );
         }
         assert!(c.len() <= 64 * 4);
     }

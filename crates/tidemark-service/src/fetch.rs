@@ -137,6 +137,7 @@ pub async fn read(
             }
         }
         let mut hint = None;
+        let asked_in = shared.cache.generation();
         shared.metrics.db_fetches.inc();
         match shared
             .client
@@ -146,7 +147,13 @@ pub async fn read(
             Ok(read) => {
                 let entry = if shared.connected.load(Ordering::SeqCst) {
                     shared.changes.fetch_add(1, Ordering::Relaxed);
-                    shared.cache.offer(&read.answer, Origin::Fetch)
+                    shared.cache.offer(
+                        &read.answer,
+                        Origin::Fetch {
+                            db_epoch: shared.db_epoch.load(Ordering::SeqCst),
+                            generation: asked_in,
+                        },
+                    )
                 } else {
                     Arc::new(Entry::new(&read.answer, read.answer.recovering, generation))
                 };

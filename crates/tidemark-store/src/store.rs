@@ -139,6 +139,17 @@ pub trait Store: Send + Sync + 'static {
     /// all or nothing, idempotent by `(source, seq)` (P3, P10).
     async fn apply(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError>;
 
+    /// Applies several batches in one durable commit, each batch still all
+    /// or nothing (group commit). Results are in batch order; changes of a
+    /// later batch come after those of an earlier one.
+    async fn apply_group(&self, batches: Vec<Vec<Order>>) -> Vec<Result<ApplyOutcome, StoreError>> {
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            out.push(self.apply(b).await);
+        }
+        out
+    }
+
     /// Changes with seq greater than `after`, oldest first, at most `limit`.
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
 

@@ -29,7 +29,76 @@ pub async fn run(store: &dyn Store) {
     idempotency(store).await;
     atomic_batches(store).await;
     change_log(store).await;
+    group_commit(store).await;
     recovery_flags(store).await;
+}
+
+async fn group_commit(store: &dyn Store) {
+    let before = store.meta().await.unwrap().seq;
+    let out = store
+        .apply_group(vec![
+            vec![order("ops-g", 1, "g1", Op::Upsert, json!({"plan": "a"}))],
+            // Refused in the store (a conflict found mid-transaction): rolled back alone.
+            vec![
+                order("ops-g2", 1, "g2", Op::Upsert, json!({"plan": "b"})),
+                order("ops-g2", 1, "g2", Op::Upsert, json!({"plan": "c"})),
+            ],
+            // Refused before the transaction (invalid).
+            vec![order("ops-g3", 1, "g3", Op::Upsert, json!({"colour": 1}))],
+            vec![
+                order("ops-g", 2, "g1", Op::Upsert, json!({"plan": "d"})),
+                order("ops-g", 3, "g4", Op::Delete, json!({})),
+            ],
+        ])
+        .await;
+    assert_eq!(out.len(), 4);
+    assert!(out[0].is_ok() && out[3].is_ok());
+    assert!(
+        matches!(out[1], Err(StoreError::Conflict { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[2], Err(StoreError::Invalid { .. })),
+        "{:?}",
+        out[2]
+    );
+    let seqs: Vec<u64> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .flat_map(|o| o.changes.iter().map(|c| c.version.seq))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![before + 1, before + 2, before + 3],
+        "seqs stay contiguous around a refused batch"
+    );
+    assert_eq!(store.meta().await.unwrap().seq, before + 3);
+    assert!(
+        store
+            .get("subscriber", "g2")
+            .await
+            .unwrap()
+            .record
+            .is_none(),
+        "the refused batch left nothing"
+    );
+    assert!(!store
+        .high_water_marks()
+        .await
+        .unwrap()
+        .contains_key("ops-g2"));
+    assert_eq!(
+        store
+            .get("subscriber", "g1")
+            .await
+            .unwrap()
+            .record
+            .unwrap()
+            .fields["plan"],
+        json!("d")
+    );
+    assert_eq!(store.high_water_marks().await.unwrap()["ops-g"], 3);
 }
 
 async fn recovery_flags(store: &dyn Store) {

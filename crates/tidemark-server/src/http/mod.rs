@@ -28,6 +28,8 @@ pub struct AppState {
     pub quiesce: crate::quiesce::Quiesce,
     /// Serialised answers, used only in the `normal` state; `None` if off.
     pub read_cache: Option<crate::read_cache::ReadCache>,
+    /// The group-commit queue.
+    pub committer: tokio::sync::mpsc::Sender<crate::committer::Job>,
     pub metrics: ServerMetrics,
     pub config: ServerConfig,
     /// Names this process; part of every watch event id.

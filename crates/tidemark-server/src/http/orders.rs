@@ -73,22 +73,27 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     if app.quiesce.offline() {
         return Err(super::quiesce::offline_error());
     }
-    let _order = app.hub.commit_lock.lock().await;
-    let outcome = app.store.apply(req.orders).await?;
-    // After the commit, before anyone can be told of it.
-    if let Some(cache) = &app.read_cache {
-        for c in &outcome.changes {
-            cache.invalidate(&c.table, &c.key);
-        }
-    }
+    let (reply, result) = tokio::sync::oneshot::channel();
+    let job = crate::committer::Job {
+        orders: req.orders,
+        reply,
+    };
+    let shutting_down = || {
+        HttpError::new(
+            ErrorCode::NotReady,
+            "the server is shutting down; resubmit to the restarted server",
+        )
+        .retry_after(1)
+    };
+    app.committer.send(job).await.map_err(|_| shutting_down())?;
+    // The committer has applied, cached-invalidated and published the batch.
+    let outcome = result.await.map_err(|_| shutting_down())??;
     let applied = outcome.changes.len() as u64;
     let cleared = outcome.changes.iter().any(|c| c.cleared_flag);
     let duplicates = outcome.results.len() as u64 - applied;
     if let Some(last) = outcome.changes.last() {
         app.metrics.seq.set(last.version.seq as i64);
     }
-    app.hub.publish_changes(outcome.changes);
-    drop(_order);
     if cleared {
         if let Err(e) = app.recovery.after_clear().await {
             tracing::warn!(error = %e, "could not update the recovery state after clearing flags; it will be retried");

@@ -47,6 +47,17 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
+/// The running state of a group transaction, rolled back per batch.
+struct GroupState {
+    epoch: u64,
+    seq: u64,
+    check_flags: bool,
+    strict: bool,
+    flags_cleared: u64,
+    /// Source to (high-water mark, changed in this group).
+    high_water: HashMap<String, (u64, bool)>,
+}
+
 struct Inner {
     dir: PathBuf,
     /// The database file: in the current generation of `dir`, or in `dir`
@@ -340,21 +351,106 @@ impl SqliteStore {
         }))
     }
 
-    fn apply_blocking(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError> {
+    /// Applies several batches in one transaction (one durable commit, so
+    /// concurrent requests share one fsync). Each batch runs under its own
+    /// savepoint: a refused batch is rolled back alone and the others
+    /// stand, so every batch stays all-or-nothing.
+    fn apply_group_blocking(
+        &self,
+        batches: Vec<Vec<Order>>,
+    ) -> Vec<Result<ApplyOutcome, StoreError>> {
         let catalog = self.catalog();
-        validate_batch(&catalog.schema, &orders)?;
+        let mut out: Vec<Option<Result<ApplyOutcome, StoreError>>> = batches
+            .iter()
+            .map(|b| validate_batch(&catalog.schema, b).err().map(Err))
+            .collect();
         let mut conn = self.inner.writer.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
-        let mut seq = self.inner.seq.load(Ordering::SeqCst);
-        let check_flags = self.inner.flag_rows.load(Ordering::SeqCst) > 0;
-        let strict = self.inner.recovering.load(Ordering::SeqCst);
-        let mut flags_cleared = 0u64;
-        let mut high_water: HashMap<String, (u64, bool)> = HashMap::new();
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = e.to_string();
+                return out
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine(msg.clone()))))
+                    .collect();
+            }
+        };
+        let mut st = GroupState {
+            epoch: self.inner.epoch.load(Ordering::SeqCst),
+            seq: self.inner.seq.load(Ordering::SeqCst),
+            check_flags: self.inner.flag_rows.load(Ordering::SeqCst) > 0,
+            strict: self.inner.recovering.load(Ordering::SeqCst),
+            flags_cleared: 0,
+            high_water: HashMap::new(),
+        };
+        for (i, orders) in batches.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let saved = (st.seq, st.flags_cleared, st.high_water.clone());
+            let result = tx
+                .execute_batch("SAVEPOINT batch")
+                .map_err(StoreError::from)
+                .and_then(|_| Self::apply_in_tx(&catalog, &tx, orders, &mut st));
+            let result = match result {
+                Ok(outcome) => tx
+                    .execute_batch("RELEASE batch")
+                    .map(|_| outcome)
+                    .map_err(StoreError::from),
+                Err(e) => {
+                    let _ = tx.execute_batch("ROLLBACK TO batch; RELEASE batch");
+                    (st.seq, st.flags_cleared, st.high_water) = saved;
+                    Err(e)
+                }
+            };
+            out[i] = Some(result);
+        }
+        let finish = (|| {
+            for (source, (hw, dirty)) in &st.high_water {
+                if *dirty {
+                    tx.prepare_cached(
+                        "INSERT INTO tm_sources (source, high_water) VALUES (?1, ?2) ON CONFLICT(source) DO UPDATE SET high_water = excluded.high_water",
+                    )?
+                    .execute(params![source, *hw as i64])?;
+                }
+            }
+            meta_set(&tx, "seq", &st.seq.to_string())?;
+            tx.commit()?;
+            Ok::<(), StoreError>(())
+        })();
+        if let Err(e) = finish {
+            // Nothing of the group is durable: every batch failed.
+            let msg = e.to_string();
+            return out
+                .into_iter()
+                .map(|r| match r {
+                    Some(Err(e)) => Err(e),
+                    _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
+                })
+                .collect();
+        }
+        self.inner.seq.store(st.seq, Ordering::SeqCst);
+        if st.flags_cleared > 0 {
+            self.inner
+                .flag_rows
+                .fetch_sub(st.flags_cleared, Ordering::SeqCst);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine("batch skipped".into()))))
+            .collect()
+    }
+
+    /// One batch inside the group transaction.
+    fn apply_in_tx(
+        catalog: &Catalog,
+        tx: &Connection,
+        orders: &[Order],
+        st: &mut GroupState,
+    ) -> Result<ApplyOutcome, StoreError> {
         let mut results = Vec::with_capacity(orders.len());
         let mut changes = Vec::with_capacity(orders.len());
         for (index, order) in orders.iter().enumerate() {
-            let hw = match high_water.get(&order.source) {
+            let hw = match st.high_water.get(&order.source) {
                 Some((hw, _)) => *hw,
                 None => {
                     let hw: Option<i64> = tx
@@ -362,16 +458,16 @@ impl SqliteStore {
                         .query_row(params![order.source], |r| r.get(0))
                         .optional()?;
                     let hw = hw.unwrap_or(0) as u64;
-                    high_water.insert(order.source.clone(), (hw, false));
+                    st.high_water.insert(order.source.clone(), (hw, false));
                     hw
                 }
             };
             let digest = order.digest();
             if order.seq <= hw {
-                results.push(Self::duplicate(&tx, index, order, &digest, hw)?);
+                results.push(Self::duplicate(tx, index, order, &digest, hw)?);
                 continue;
             }
-            if strict && order.seq != hw + 1 {
+            if st.strict && order.seq != hw + 1 {
                 return Err(StoreError::Gap {
                     index,
                     source_name: order.source.clone(),
@@ -379,27 +475,28 @@ impl SqliteStore {
                     expected: hw + 1,
                 });
             }
-            seq += 1;
-            let version = Version::new(epoch, seq);
+            st.seq += 1;
+            let seq = st.seq;
+            let version = Version::new(st.epoch, seq);
             let t = &catalog.tables[&order.table];
             let fields = match order.op {
-                Op::Upsert => Some(Self::upsert(&tx, t, order, version)?),
+                Op::Upsert => Some(Self::upsert(tx, t, order, version)?),
                 Op::Delete => {
                     let removed = tx.prepare_cached(&t.delete)?.execute(params![order.key])?;
                     if removed > 0 {
                         tx.prepare_cached(
                             "INSERT INTO tm_tombstones (tbl, key, epoch, seq) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(tbl, key) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
                         )?
-                        .execute(params![order.table, order.key, epoch as i64, seq as i64])?;
+                        .execute(params![order.table, order.key, st.epoch as i64, seq as i64])?;
                     }
                     None
                 }
             };
-            let (cleared, flagged) = if check_flags {
+            let (cleared, flagged) = if st.check_flags {
                 let n = tx
                     .prepare_cached("DELETE FROM tm_flags WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq <= ?4")?
                     .execute(params![order.table, order.key, order.source, order.seq as i64])?;
-                flags_cleared += n as u64;
+                st.flags_cleared += n as u64;
                 let left: i64 = tx
                     .prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?
                     .query_row(params![order.table, order.key], |r| r.get(0))?;
@@ -413,7 +510,7 @@ impl SqliteStore {
             )?
             .execute(params![
                 seq as i64,
-                epoch as i64,
+                st.epoch as i64,
                 order.table,
                 order.key,
                 fields_text,
@@ -422,7 +519,8 @@ impl SqliteStore {
                 digest,
                 cleared
             ])?;
-            high_water.insert(order.source.clone(), (order.seq, true));
+            st.high_water
+                .insert(order.source.clone(), (order.seq, true));
             results.push(OrderResult {
                 source: order.source.clone(),
                 seq: order.seq,
@@ -437,22 +535,6 @@ impl SqliteStore {
                 cleared_flag: cleared,
                 flagged,
             });
-        }
-        for (source, (hw, dirty)) in &high_water {
-            if *dirty {
-                tx.prepare_cached(
-                    "INSERT INTO tm_sources (source, high_water) VALUES (?1, ?2) ON CONFLICT(source) DO UPDATE SET high_water = excluded.high_water",
-                )?
-                .execute(params![source, *hw as i64])?;
-            }
-        }
-        meta_set(&tx, "seq", &seq.to_string())?;
-        tx.commit()?;
-        self.inner.seq.store(seq, Ordering::SeqCst);
-        if flags_cleared > 0 {
-            self.inner
-                .flag_rows
-                .fetch_sub(flags_cleared, Ordering::SeqCst);
         }
         Ok(ApplyOutcome { results, changes })
     }
@@ -685,7 +767,36 @@ impl Store for SqliteStore {
                 "the store is closed (server shutting down); retry on the restarted server".into(),
             ));
         }
-        self.blocking(move |s| s.apply_blocking(orders)).await
+        let mut out = self.apply_group(vec![orders]).await;
+        out.pop()
+            .unwrap_or_else(|| Err(StoreError::Engine("no result".into())))
+    }
+
+    async fn apply_group(&self, batches: Vec<Vec<Order>>) -> Vec<Result<ApplyOutcome, StoreError>> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return batches
+                .iter()
+                .map(|_| {
+                    Err(StoreError::Engine(
+                        "the store is closed (server shutting down); retry on the restarted server"
+                            .into(),
+                    ))
+                })
+                .collect();
+        }
+        let n = batches.len();
+        match self
+            .blocking(move |s| Ok(s.apply_group_blocking(batches)))
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let msg = e.to_string();
+                (0..n)
+                    .map(|_| Err(StoreError::Engine(msg.clone())))
+                    .collect()
+            }
+        }
     }
 
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {

@@ -332,19 +332,20 @@ async fn latest_only_never_serves_outdated_data_through_a_disaster() {
     // Both service servers end with the latest data.
     for k in &w.keys {
         for base in [&w.latest.url, &w.stale.url] {
-            let (url, m, kk) = (key_url(base, k), w.model.clone(), k.clone());
-            eventually(
-                10,
-                "every key to be current on both service servers",
-                || {
-                    let (url, m, kk) = (url.clone(), m.clone(), kk.clone());
-                    async move {
-                        let (s, b) = get_json(&url).await;
-                        (m.is_latest(&kk, s, &b) && b["recovering"] != true).then_some(())
-                    }
-                },
-            )
-            .await;
+            let url = key_url(base, k);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let (s, b) = get_json(&url).await;
+                if w.model.is_latest(k, s, &b) && b["recovering"] != true {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{url} is not current after recovery: {s} {b}; latest is {:?}",
+                    w.model.0.get(k)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
         }
     }
     stop.store(true, Ordering::SeqCst);

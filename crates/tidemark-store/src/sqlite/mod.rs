@@ -109,6 +109,35 @@ fn configure_sqlite() {
 /// Page cache per connection, in KiB: the writer gets more, each reader
 /// less. No mmap: every connection would map the file again, and the
 /// process would look (and be accounted) many times its real size.
+/// Copies the WAL back into the database file every 200 ms with passive
+/// checkpoints from a connection of its own: readers and writers never wait
+/// for it, and commits never pay for a checkpoint. Ends when the store is
+/// closed or dropped.
+fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
+    let run = move || {
+        let Ok(conn) = Connection::open(&path) else {
+            return;
+        };
+        let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            match inner.upgrade() {
+                Some(i) if !i.closed.load(Ordering::SeqCst) => {}
+                _ => return,
+            }
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                tracing::debug!(error = %e, "background checkpoint failed; will retry");
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("tm-checkpoint".into())
+        .spawn(run)
+    {
+        tracing::warn!(error = %e, "cannot start the checkpoint thread; the WAL grows until close");
+    }
+}
+
 fn pragmas(conn: &Connection, cache_kib: u32) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(&format!(
@@ -213,7 +242,9 @@ impl SqliteStore {
                 Ok(Mutex::new(c))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Self {
+        // Checkpoints run in the background (below), not inside commits.
+        writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let store = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 db_path: path,
@@ -228,7 +259,9 @@ impl SqliteStore {
                 closed: AtomicBool::new(false),
                 _lock: lock,
             }),
-        })
+        };
+        spawn_checkpointer(Arc::downgrade(&store.inner), store.inner.db_path.clone());
+        Ok(store)
     }
 
     /// The data directory.

@@ -5,11 +5,9 @@
 //! # Layout
 //! - [`input`]: parsing service orders given as JSON lines.
 //! - [`journal`]: the append-only, fsynced journal of numbered orders.
-//! - [`failpoint`]: crash points for tests (`TIDEMARK_FAILPOINTS`).
 //! - [`recover`]: `tidemark ops recover`: schedule list, replay, complete.
 //! - [`submit`]: `tidemark ops submit`: journal first, then submit in batches.
 
-pub mod failpoint;
 pub mod input;
 pub mod journal;
 pub mod recover;

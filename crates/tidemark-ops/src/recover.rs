@@ -223,7 +223,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             send_with_retry(&client, &orders).await?;
             r.replayed += orders.len() as u64;
             b.inc(orders.len() as u64);
-            crate::failpoint::hit("ops.recover.after_batch");
+            tidemark_store::failpoint::hit("ops.recover.after_batch");
         }
     }
     b.finish_and_clear();

@@ -11,7 +11,7 @@
 //! - `stats`: latency histograms and the printed report.
 
 mod backup;
-mod compare;
+pub(crate) mod compare;
 mod http1;
 mod load;
 mod push;

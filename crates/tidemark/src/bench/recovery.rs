@@ -13,10 +13,7 @@
 
 use super::key_of;
 use super::load::fields_of;
-use anyhow::Context;
 use clap::Args;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,29 +44,6 @@ pub struct RecoveryArgs {
     pub dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub common: super::Common,
-}
-
-fn spawn(
-    args: &[&str],
-    dir: &std::path::Path,
-    log: &str,
-) -> anyhow::Result<(std::process::Child, String)> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(dir.join(log))?))
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .context("the child did not start; see its log")?
-        .to_owned();
-    Ok((child, url))
 }
 
 async fn ready(url: &str) -> anyhow::Result<()> {
@@ -136,27 +110,26 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     eprintln!("generated {} records in {gen_secs:.1}s", args.records);
 
     // 2. Real processes.
-    let (mut db, db_url) = spawn(
-        &["server", "--data-dir", data.to_str().unwrap_or("")],
+    let db = super::compare::peers::tidemark(
         &dir,
         "db.log",
+        &["server", "--data-dir", data.to_str().unwrap_or("")],
     )?;
+    let db_url = db.addr.clone();
     ready(&db_url).await?;
-    let (mut svc, svc_url) = spawn(
-        &[
-            "service",
-            "--db",
-            &db_url,
-            "--id",
-            "bench-latest",
-            "--policy",
-            "latest-only",
-            "--latest-deadline-ms",
-            "600000",
-        ],
-        &dir,
-        "svc.log",
-    )?;
+    let service_args = [
+        "service",
+        "--db",
+        &db_url,
+        "--id",
+        "bench-latest",
+        "--policy",
+        "latest-only",
+        "--latest-deadline-ms",
+        "600000",
+    ];
+    let svc = super::compare::peers::tidemark(&dir, "svc.log", &service_args)?;
+    let svc_url = svc.addr.clone();
     ready(&svc_url).await?;
     let client = DbClient::new(&db_url);
 
@@ -254,10 +227,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     let per_key = fetches as f64 / sample as f64;
     let naive = polls.load(Ordering::Relaxed) as f64 / sample as f64;
     let state: serde_json::Value = client.get_json("/v1/recovery").await?;
-    let _ = svc.kill();
-    let _ = db.kill();
-    let _ = svc.wait();
-    let _ = db.wait();
+    drop((svc, db));
 
     let result = serde_json::json!({
         "scenario": "recovery", "records": args.records, "flagged": args.flag,

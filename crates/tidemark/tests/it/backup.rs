@@ -10,13 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tidemark_backup::Manifest;
 
-fn key_url(base: &str, key: &str) -> String {
-    format!(
-        "{base}/v1/records/subscriber/{}",
-        tidemark_api::client::encode_path(key)
-    )
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

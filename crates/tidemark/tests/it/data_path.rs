@@ -7,13 +7,6 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use tidemark_api::{DbClient, WatchEvent};
 
-fn key_url(base: &str, key: &str) -> String {
-    format!(
-        "{base}/v1/records/subscriber/{}",
-        tidemark_api::client::encode_path(key)
-    )
-}
-
 async fn submit(dir: &std::path::Path, db: &str, input: &str) -> std::process::Output {
     let journal = dir.join("journal");
     let out = run(

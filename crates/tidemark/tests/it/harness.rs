@@ -252,6 +252,14 @@ pub async fn commit_seq(db: &str) -> u64 {
         .expect("seq in /v1/state")
 }
 
+/// The URL of record `key` of table `subscriber` on a server at `base`.
+pub fn key_url(base: &str, key: &str) -> String {
+    format!(
+        "{base}/v1/records/subscriber/{}",
+        tidemark_api::client::encode_path(key)
+    )
+}
+
 /// One input line for `ops submit`.
 pub fn order_line(key: &str, fields: serde_json::Value) -> String {
     serde_json::json!({"table": "subscriber", "key": key, "op": "upsert", "fields": fields})

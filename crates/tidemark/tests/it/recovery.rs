@@ -13,13 +13,6 @@ fn key(i: usize) -> String {
     format!("+8131{i:06}")
 }
 
-fn key_url(base: &str, k: &str) -> String {
-    format!(
-        "{base}/v1/records/subscriber/{}",
-        tidemark_api::client::encode_path(k)
-    )
-}
-
 /// What the latest data is: the journal applied in order.
 #[derive(Default, Clone)]
 struct Model(BTreeMap<String, Option<BTreeMap<String, Value>>>);

@@ -14,7 +14,7 @@
 
 mod chart;
 mod driver;
-mod peers;
+pub(crate) mod peers;
 mod pg;
 mod redis;
 

@@ -51,16 +51,18 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         if let Some(s) = &report.safety {
             println!("safety backup of the previous state: {}", s.display());
         }
+        let epoch = match report.previous_epoch {
+            Some(e) => format!("epoch {e} -> {}", report.new_epoch),
+            None => format!(
+                "epoch {} (no readable data was there before)",
+                report.new_epoch
+            ),
+        };
         println!(
-            "restored {} into {}: seq {}, epoch {} -> {}; the server will start in 'recovering'",
+            "restored {} into {}: seq {}, {epoch}; the server will start in 'recovering'",
             a.from.display(),
             data_dir.display(),
             report.manifest.seq,
-            report
-                .previous_epoch
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "-".into()),
-            report.new_epoch
         );
         if let Some(c) = &report.config_dir {
             println!("configuration files restored into {}", c.display());

@@ -132,6 +132,35 @@ impl WatchStream {
         .await
     }
 
+    /// Replays a logged change as the key's *current* record and flag. The
+    /// log has no flag state, and an old change of a key that is still being
+    /// recovered must not be taken as current; the current record never is
+    /// outdated, and sending it twice is harmless (caches order by version).
+    async fn send_current(&self, c: &Change) -> bool {
+        match self.app.store.get(&c.table, &c.key).await {
+            Ok(now) => {
+                let current = Change {
+                    table: c.table.clone(),
+                    key: c.key.clone(),
+                    version: now
+                        .record
+                        .as_ref()
+                        .map(|r| r.version)
+                        .or(now.tombstone)
+                        .unwrap_or(c.version),
+                    fields: now.record.map(|r| r.fields),
+                    cleared_flag: c.cleared_flag && !now.flagged,
+                    flagged: now.flagged,
+                };
+                self.send_change(&current).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watch replay could not read a record; closing the stream");
+                false
+            }
+        }
+    }
+
     /// Sends every logged change after the cursor that this subscriber holds.
     /// Returns false if the stream is gone.
     async fn replay(&mut self) -> bool {
@@ -165,7 +194,7 @@ impl WatchStream {
             }
             for c in page {
                 self.cursor = c.version.seq;
-                if self.app.hub.holds(self.id, &c.table, &c.key) && !self.send_change(&c).await {
+                if self.app.hub.holds(self.id, &c.table, &c.key) && !self.send_current(&c).await {
                     return false;
                 }
             }

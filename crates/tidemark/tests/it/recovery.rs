@@ -528,3 +528,78 @@ async fn an_operator_can_end_a_recovery_explicitly() {
         "the abort and its reason are logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_record_as_current() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut w = disaster(dir).await;
+    let db = restore_and_restart(dir, &mut w).await;
+    let cache = dir.join("resume-cache");
+    let extra = [
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--latest-deadline-ms",
+        "300",
+    ];
+    let mut svc = service(dir, "svc-resume", &db.url, "latest-only", &extra).await;
+    // Key 0 gets three orders after the backup. Register interest in it
+    // (the answer is "recovering": latest-only answers 503), then wait for
+    // a snapshot and kill the service server.
+    let k0 = key(0);
+    let (s, _) = get_json(&key_url(&svc.url, &k0)).await;
+    assert_eq!(s, 503);
+    let state_url = format!("{}/v1/state", svc.url);
+    eventually(10, "a cache snapshot", || async {
+        let (_, s) = get_json(&state_url).await;
+        (s["snapshot_event_id"].is_string() && s["snapshot_event_id"] == s["last_event_id"])
+            .then_some(())
+    })
+    .await;
+    svc.kill9();
+    // Part of the difference data is replayed while it is down: key 0 now
+    // holds its second order of three, still flagged.
+    let out = recover(
+        dir,
+        &db.url,
+        &w.backup,
+        &[("TIDEMARK_FAILPOINTS", "ops.recover.after_batch=2")],
+    );
+    assert!(!out.status.success());
+    let (_, direct) = get_json(&key_url(&db.url, &k0)).await;
+    assert_eq!(
+        direct["recovering"], true,
+        "key 0 is still flagged: {direct}"
+    );
+    // The restarted service server resumes from its snapshot's event id and
+    // is sent the replayed changes; none may make key 0 look current.
+    let svc = service(dir, "svc-resume", &db.url, "latest-only", &extra).await;
+    eventually(10, "the resumed stream to catch up", || async {
+        let (_, s) = get_json(&format!("{}/v1/state", svc.url)).await;
+        (s["connected"] == true).then_some(())
+    })
+    .await;
+    assert!(
+        svc.log_text().contains("resumed=true"),
+        "the stream was resumed with Last-Event-ID"
+    );
+    for _ in 0..10 {
+        let (s, b) = get_json(&key_url(&svc.url, &k0)).await;
+        assert!(
+            s == 503 || w.model.is_latest(&k0, s, &b),
+            "latest-only served an intermediate record: {s} {b}"
+        );
+    }
+    // Finishing the recovery makes it current.
+    assert!(recover(dir, &db.url, &w.backup, &[]).status.success());
+    let url = key_url(&svc.url, &k0);
+    let m = w.model.clone();
+    eventually(10, "key 0 to be current", || {
+        let (url, m, k0) = (url.clone(), m.clone(), k0.clone());
+        async move {
+            let (s, b) = get_json(&url).await;
+            m.is_latest(&k0, s, &b).then_some(())
+        }
+    })
+    .await;
+}

@@ -598,22 +598,28 @@ impl SqliteStore {
         order: &Order,
         version: Version,
     ) -> Result<Fields, StoreError> {
-        let set: Vec<&str> = order.fields.keys().map(String::as_str).collect();
-        let sql = t.upsert(&set);
-        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(set.len() + 3);
+        // Parameters in column order, matching the SQL for this column set.
+        // Validation guarantees every field names a column.
+        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(order.fields.len() + 3);
         args.push(order.key.clone().into());
         args.push((version.epoch as i64).into());
         args.push((version.seq as i64).into());
-        for name in &set {
-            // Validation guarantees the column exists.
-            let ty = t
-                .columns
-                .iter()
-                .find(|c| c.name == *name)
-                .map(|c| c.ty)
-                .unwrap_or(tidemark_api::ColumnType::Json);
-            args.push(values::to_sql(ty, &order.fields[*name]));
+        let mut mask = 0u128;
+        let mut names = Vec::new();
+        for (i, c) in t.columns.iter().enumerate() {
+            if let Some(v) = order.fields.get(&c.name) {
+                if i < 128 {
+                    mask |= 1u128 << i;
+                }
+                names.push(c.name.as_str());
+                args.push(values::to_sql(c.ty, v));
+            }
         }
+        let sql: std::sync::Arc<str> = if t.columns.len() <= 128 {
+            t.upsert_for(mask)
+        } else {
+            t.upsert(&names).into()
+        };
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
         let row = rows

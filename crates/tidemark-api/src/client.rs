@@ -71,10 +71,6 @@ impl DbClient {
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

@@ -53,7 +53,6 @@ pub async fn run(app: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
 }
 
 async fn commit(app: &AppState, mut jobs: Vec<Job>) {
-    let _order = app.hub.commit_lock.lock().await;
     let batches = jobs
         .iter_mut()
         .map(|j| std::mem::take(&mut j.orders))

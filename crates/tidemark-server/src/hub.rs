@@ -4,8 +4,8 @@
 //! - A reader registers interest *before* it reads the store, and the
 //!   publisher looks interest up *after* the commit. So a service server
 //!   that read the old value of a key is always sent the new one.
-//! - Changes are published in commit order: the commit lock is held from
-//!   the start of a batch until its changes are on the queue.
+//! - Changes are published in commit order: only the single committer
+//!   (`committer.rs`) publishes, right after each commit.
 //! - Interest lives in memory. A restarted server cannot know it, so it
 //!   refuses to resume streams from an earlier boot (they get `epoch`).
 
@@ -38,8 +38,6 @@ pub struct Hub {
     names: RwLock<HashMap<String, SubscriberId>>,
     shards: Vec<Mutex<HashMap<Box<str>, Vec<SubscriberId>>>>,
     tx: broadcast::Sender<Push>,
-    /// Held across "apply a batch, then publish its changes".
-    pub commit_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -65,7 +63,6 @@ impl Hub {
             names: RwLock::new(HashMap::new()),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             tx,
-            commit_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -120,7 +117,7 @@ impl Hub {
             .is_some_and(|ids| ids.contains(&subscriber))
     }
 
-    /// Queues committed changes in commit order. Call with `commit_lock` held.
+    /// Queues committed changes. Only the committer calls it, in commit order.
     pub fn publish_changes(&self, changes: &[Change]) -> usize {
         let mut sent = 0;
         for change in changes {

@@ -104,15 +104,6 @@ impl ReadCache {
         shard.generation += 1;
         shard.map.pop(s.as_str());
     }
-
-    /// Forgets everything (e.g. when a recovery starts or ends).
-    pub fn clear(&self) {
-        for s in &self.shards {
-            let mut s = s.lock();
-            s.generation += 1;
-            s.map.clear();
-        }
-    }
 }
 
 #[cfg(test)]

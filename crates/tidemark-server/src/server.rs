@@ -95,8 +95,6 @@ impl Server {
         let _ = workers.await;
         // Batches already accepted are committed before the store closes.
         let _ = committer.await;
-        // Waits for any batch that is still committing, then closes.
-        let _commit = state.hub.commit_lock.lock().await;
         state.store.close().await.context("closing the store")?;
         tracing::info!("shutdown complete: store closed cleanly");
         Ok(())

@@ -8,13 +8,12 @@ use crate::StoreError;
 use fs4::fs_std::FileExt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Held for as long as a process uses a data directory.
 #[derive(Debug)]
 pub struct DataDirLock {
     file: File,
-    path: PathBuf,
 }
 
 impl DataDirLock {
@@ -57,7 +56,7 @@ impl DataDirLock {
         let _ = file.seek(SeekFrom::Start(0));
         let _ = write!(file, "{} ({role})", std::process::id());
         let _ = file.sync_all();
-        Ok(Self { file, path })
+        Ok(Self { file })
     }
 
     /// Whether some live process holds the lock on `dir` right now.
@@ -75,10 +74,6 @@ impl DataDirLock {
                 Some(holder.trim().to_owned())
             }
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

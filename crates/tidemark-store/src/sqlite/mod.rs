@@ -264,11 +264,6 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
     /// The database file in use.
     pub fn db_path(&self) -> &Path {
         &self.inner.db_path

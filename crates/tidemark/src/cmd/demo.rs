@@ -231,6 +231,23 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     wait_ready(&db.url).await?;
     tl.say("db", &format!("DB server up at {}", db.url));
+    let db_url = db.url.clone();
+    let submit = |input: &str| {
+        run(
+            &exe,
+            &dir,
+            &[
+                "ops",
+                "submit",
+                "--db",
+                &db_url,
+                "--journal",
+                journal_s,
+                "-",
+            ],
+            Some(input),
+        )
+    };
     let latest = Proc::start(
         &exe,
         &dir,
@@ -284,20 +301,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             json!({"plan": "basic", "status": "active", "credit_limit": 1000}),
         );
     }
-    let out = run(
-        &exe,
-        &dir,
-        &[
-            "ops",
-            "submit",
-            "--db",
-            &db.url,
-            "--journal",
-            journal_s,
-            "-",
-        ],
-        Some(&input),
-    )?;
+    let out = submit(&input)?;
     tl.say("ops", &out);
     let keys: Vec<String> = (0..70).map(key).collect();
     for k in &keys {
@@ -339,20 +343,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     for i in 40..45 {
         input += &model.order(&key(i), "delete", json!({}));
     }
-    let out = run(
-        &exe,
-        &dir,
-        &[
-            "ops",
-            "submit",
-            "--db",
-            &db.url,
-            "--journal",
-            journal_s,
-            "-",
-        ],
-        Some(&input),
-    )?;
+    let out = submit(&input)?;
     tl.say("ops", &out);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -74,27 +74,7 @@ async fn submit_some(dir: &Path, db: &str, keys: std::ops::Range<u32>) {
     let input: String = keys
         .map(|i| order_line(&format!("+8130{i:06}"), json!({"plan": format!("v{i}")})))
         .collect();
-    let journal = dir.join("journal");
-    let out = run(
-        dir,
-        &[
-            "ops",
-            "submit",
-            "--db",
-            db,
-            "--journal",
-            s(&journal),
-            "--again",
-            "-",
-        ],
-        Some(input.as_bytes()),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ops_submit(dir, db, &input, &["--again"]);
 }
 
 /// Hashes every file under `dir` (symlinks by target), except the LOCK

@@ -7,41 +7,17 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use tidemark_api::{DbClient, WatchEvent};
 
-async fn submit(dir: &std::path::Path, db: &str, input: &str) -> std::process::Output {
-    let journal = dir.join("journal");
-    let out = run(
-        dir,
-        &[
-            "ops",
-            "submit",
-            "--db",
-            db,
-            "--journal",
-            journal.to_str().unwrap(),
-            "-",
-        ],
-        Some(input.as_bytes()),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "ops submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_miss_is_fetched_then_cached() {
     let tmp = tempfile::tempdir().unwrap();
     let db = db_server(tmp.path(), &[]).await;
     let svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
-    submit(
+    ops_submit(
         tmp.path(),
         &db.url,
         &order_line("+81312345678", json!({"plan": "gold"})),
-    )
-    .await;
+        &[],
+    );
 
     let (status, first) = get_json(&key_url(&svc.url, "+81312345678")).await;
     assert_eq!(status, 200);
@@ -74,7 +50,7 @@ async fn a_miss_is_fetched_then_cached() {
         get_json(&key_url(&db.url, "+81377777777")).await;
         let mut input = order_line("+81312345678", json!({"credit_limit": round}));
         input.push_str(&order_line("+81377777777", json!({"credit_limit": round})));
-        submit(tmp.path(), &db.url, &input).await;
+        ops_submit(tmp.path(), &db.url, &input, &[]);
         for k in ["+81312345678", "+81377777777"] {
             let (status, r) = get_json(&key_url(&db.url, k)).await;
             assert_eq!(
@@ -104,12 +80,12 @@ async fn orders_reach_both_service_servers_by_push_in_order() {
     let db = db_server(tmp.path(), &[]).await;
     let a = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
     let b = service(tmp.path(), "svc-b", &db.url, "accept-stale", &[]).await;
-    submit(
+    ops_submit(
         tmp.path(),
         &db.url,
         &order_line("k-push", json!({"credit_limit": 0})),
-    )
-    .await;
+        &[],
+    );
     for svc in [&a, &b] {
         let (_, r) = get_json(&key_url(&svc.url, "k-push")).await;
         assert_eq!(r["source"], "db");
@@ -205,12 +181,12 @@ async fn a_killed_service_server_catches_up_through_last_event_id() {
     let cache_dir = tmp.path().join("svc-cache");
     let extra = ["--cache-dir", cache_dir.to_str().unwrap()];
     let mut svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &extra).await;
-    submit(
+    ops_submit(
         tmp.path(),
         &db.url,
         &order_line("k1", json!({"plan": "v1"})),
-    )
-    .await;
+        &[],
+    );
     let (_, r) = get_json(&key_url(&svc.url, "k1")).await;
     assert_eq!(r["fields"]["plan"], "v1");
     // Wait until a snapshot holds what the cache holds.
@@ -226,18 +202,18 @@ async fn a_killed_service_server_catches_up_through_last_event_id() {
     svc.kill9();
 
     // Changes while the service server is down.
-    submit(
+    ops_submit(
         tmp.path(),
         &db.url,
         &order_line("k1", json!({"plan": "v2"})),
-    )
-    .await;
-    submit(
+        &[],
+    );
+    ops_submit(
         tmp.path(),
         &db.url,
         &order_line("k1", json!({"plan": "v3"})),
-    )
-    .await;
+        &[],
+    );
     let db_seq = commit_seq(&db.url).await;
 
     let svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &extra).await;
@@ -263,12 +239,12 @@ async fn a_server_restart_makes_service_servers_revalidate() {
     let tmp = tempfile::tempdir().unwrap();
     let mut db = db_server(tmp.path(), &[]).await;
     let svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
-    submit(
+    ops_submit(
         tmp.path(),
         &db.url,
         &order_line("k1", json!({"plan": "v1"})),
-    )
-    .await;
+        &[],
+    );
     get_json(&key_url(&svc.url, "k1")).await;
     let status = db.terminate();
     assert!(status.success(), "SIGTERM is a clean shutdown");
@@ -294,12 +270,12 @@ async fn a_server_restart_makes_service_servers_revalidate() {
             .then_some(())
     })
     .await;
-    submit(
+    ops_submit(
         tmp.path(),
         &db2.url,
         &order_line("k1", json!({"plan": "v2"})),
-    )
-    .await;
+        &[],
+    );
     // The suspect entry is revalidated (source db), then pushes flow again.
     let (_, r) = get_json(&key_url(&svc.url, "k1")).await;
     assert_eq!(r["fields"]["plan"], "v2");

@@ -260,6 +260,29 @@ pub fn key_url(base: &str, key: &str) -> String {
     )
 }
 
+/// `tidemark ops submit` of `input` (JSON lines) with the journal in
+/// `dir/journal`, plus `extra` flags; fails the test if it fails.
+pub fn ops_submit(dir: &Path, db: &str, input: &str, extra: &[&str]) -> std::process::Output {
+    let journal = dir.join("journal");
+    let mut args = vec![
+        "ops",
+        "submit",
+        "--db",
+        db,
+        "--journal",
+        journal.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push("-");
+    let out = run(dir, &args, Some(input.as_bytes()), &[]);
+    assert!(
+        out.status.success(),
+        "ops submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// One input line for `ops submit`.
 pub fn order_line(key: &str, fields: serde_json::Value) -> String {
     serde_json::json!({"table": "subscriber", "key": key, "op": "upsert", "fields": fields})

@@ -51,29 +51,6 @@ impl Model {
     }
 }
 
-fn ops(dir: &Path, db: &str, input: &str) {
-    let journal = dir.join("journal");
-    let out = run(
-        dir,
-        &[
-            "ops",
-            "submit",
-            "--db",
-            db,
-            "--journal",
-            journal.to_str().unwrap(),
-            "-",
-        ],
-        Some(input.as_bytes()),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "ops submit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct World {
     db: Proc,
     latest: Proc,
@@ -107,7 +84,7 @@ async fn disaster(dir: &Path) -> World {
             json!({"plan": "basic", "credit_limit": i, "roaming": false}),
         );
     }
-    ops(dir, &db.url, &input);
+    ops_submit(dir, &db.url, &input, &[]);
     let keys: Vec<String> = (0..150).map(key).collect();
     for k in &keys {
         get_json(&key_url(&latest.url, k)).await;
@@ -153,7 +130,7 @@ async fn disaster(dir: &Path) -> World {
         input += &model.line(&key(i), "delete", json!({}));
     }
     let after_backup = input.lines().count();
-    ops(dir, &db.url, &input);
+    ops_submit(dir, &db.url, &input, &[]);
     // Both service servers hold the latest data by push before the disaster.
     for k in &keys {
         let url = key_url(&latest.url, k);

@@ -71,6 +71,15 @@ pub struct HelloEvent {
     pub resumed: bool,
 }
 
+/// Payload of the `synced` event: everything the subscriber missed since
+/// the id it resumed from (or since `hello`) has been sent; from here on the
+/// stream is live. A service server vouches for its cached entries only
+/// while its stream is synced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncedEvent {
+    pub seq: u64,
+}
+
 /// Payload of the `quiesce` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuiesceEvent {
@@ -89,6 +98,7 @@ pub struct SchemaEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
     Hello(HelloEvent),
+    Synced(SyncedEvent),
     Update(RecordAnswer),
     Recovered(RecordAnswer),
     Epoch(EpochEvent),
@@ -101,6 +111,7 @@ impl WatchEvent {
     pub fn name(&self) -> &'static str {
         match self {
             WatchEvent::Hello(_) => "hello",
+            WatchEvent::Synced(_) => "synced",
             WatchEvent::Update(_) => "update",
             WatchEvent::Recovered(_) => "recovered",
             WatchEvent::Epoch(_) => "epoch",
@@ -113,6 +124,7 @@ impl WatchEvent {
     pub fn data(&self) -> String {
         let v = match self {
             WatchEvent::Hello(e) => serde_json::to_string(e),
+            WatchEvent::Synced(e) => serde_json::to_string(e),
             WatchEvent::Update(e) | WatchEvent::Recovered(e) => serde_json::to_string(e),
             WatchEvent::Epoch(e) => serde_json::to_string(e),
             WatchEvent::Quiesce(e) => serde_json::to_string(e),
@@ -126,6 +138,7 @@ impl WatchEvent {
     pub fn decode(name: &str, data: &str) -> Result<Option<Self>, serde_json::Error> {
         Ok(Some(match name {
             "hello" => WatchEvent::Hello(serde_json::from_str(data)?),
+            "synced" => WatchEvent::Synced(serde_json::from_str(data)?),
             "update" => WatchEvent::Update(serde_json::from_str(data)?),
             "recovered" => WatchEvent::Recovered(serde_json::from_str(data)?),
             "epoch" => WatchEvent::Epoch(serde_json::from_str(data)?),

@@ -24,6 +24,15 @@ pub struct Order {
     pub op: Op,
     #[serde(default)]
     pub fields: Fields,
+    /// For a replay of the difference data (P10): the version this order
+    /// produced when the DB server first acknowledged it, before the
+    /// disaster. While the server recovers, an order takes effect field by
+    /// field only where nothing newer has been applied (by this version, or
+    /// by the commit version for a live order), so the end state follows the
+    /// original commit order across sources whatever order replays arrive
+    /// in. Not part of the order's identity (the digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Version>,
 }
 
 impl Order {
@@ -100,6 +109,7 @@ mod tests {
 
     fn order(fields: serde_json::Value) -> Order {
         Order {
+            origin: None,
             source: "ops-1".into(),
             seq: 1,
             table: "subscriber".into(),

@@ -50,6 +50,14 @@ pub struct RecoveryStatus {
     /// Estimated end, from the clearing rate so far.
     #[serde(default)]
     pub estimated_end: Option<String>,
+    /// Sources the restored data knows (they had applied orders at the
+    /// backup point) whose final schedule chunk has not arrived and that no
+    /// operator has waived. The blanket stays until this is empty.
+    #[serde(default)]
+    pub waiting_for_sources: Vec<String>,
+    /// Sources an operator declared lost (`ops recover --without-source`).
+    #[serde(default)]
+    pub waived_sources: Vec<String>,
 }
 
 /// Body of `POST /v1/recovery/schedule` (P6, P7).
@@ -59,6 +67,11 @@ pub struct ScheduleChunk {
     pub entries: Vec<ScheduleEntry>,
     #[serde(default, rename = "final")]
     pub final_chunk: bool,
+    /// With `final`: sources the restored data knows but whose journals are
+    /// lost, so no schedule list will ever come for them. Their keys cannot
+    /// be recovered; naming them is an explicit, logged operator decision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without_sources: Vec<String>,
 }
 
 /// One key of the recovery schedule list.

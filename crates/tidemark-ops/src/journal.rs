@@ -4,6 +4,13 @@
 //! order the DB server acknowledged is always in the journal, and the
 //! journal is what recovery re-sends (P6, P10).
 //!
+//! Beside it, `SOURCE.acks` records the version the DB server acknowledged
+//! each order with. Recovery sends it with the replayed order (`origin`), so
+//! the DB server can apply difference data from several sources in their
+//! original commit order, whatever order the replays arrive in (P10). An
+//! order whose acknowledgement was never recorded (the OpS died between the
+//! answer and the append) is replayed without one and counts as newest.
+//!
 //! Each entry remembers the input it came from (a BLAKE3 digest of the
 //! whole input and the order's index in it), so running `ops submit` again
 //! on the same input after a crash resumes it instead of numbering the same
@@ -16,7 +23,7 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tidemark_api::Order;
+use tidemark_api::{Order, Version};
 
 /// One journaled order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,9 +40,17 @@ pub struct Entry {
     pub fields: tidemark_api::Fields,
 }
 
+/// One acknowledgement: the version order `seq` produced.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Ack {
+    seq: u64,
+    version: Version,
+}
+
 impl Entry {
     pub fn order(&self, source: &str) -> Order {
         Order {
+            origin: None,
             source: source.to_owned(),
             seq: self.seq,
             table: self.table.clone(),
@@ -54,6 +69,9 @@ pub struct Journal {
     entries: Vec<Entry>,
     /// Input digest to the number of its orders already journaled.
     inputs: HashMap<String, usize>,
+    acks_path: PathBuf,
+    /// The version each order was last acknowledged with, by seq.
+    acks: HashMap<u64, Version>,
 }
 
 fn valid_source(source: &str) -> bool {
@@ -115,12 +133,52 @@ impl Journal {
                 entries.push(e);
             }
         }
+        let acks_path = dir.join(format!("{source}.acks"));
+        let acks = load_acks(&acks_path)?;
         Ok(Self {
             path,
             source: source.to_owned(),
             entries,
             inputs,
+            acks_path,
+            acks,
         })
+    }
+
+    /// The version order `seq` was last acknowledged with, if recorded.
+    pub fn ack(&self, seq: u64) -> Option<Version> {
+        self.acks.get(&seq).copied()
+    }
+
+    /// Records the versions the DB server acknowledged orders with (a later
+    /// acknowledgement of the same seq, e.g. from a replay, replaces it).
+    pub fn record_acks(&mut self, acks: &[(u64, Version)]) -> anyhow::Result<()> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for (seq, version) in acks {
+            serde_json::to_writer(
+                &mut buf,
+                &Ack {
+                    seq: *seq,
+                    version: *version,
+                },
+            )?;
+            buf.push(b'\n');
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.acks_path)
+            .with_context(|| format!("opening {} for append", self.acks_path.display()))?;
+        f.write_all(&buf)
+            .and_then(|_| f.sync_data())
+            .with_context(|| format!("appending to {}", self.acks_path.display()))?;
+        for (seq, version) in acks {
+            self.acks.insert(*seq, *version);
+        }
+        Ok(())
     }
 
     pub fn source(&self) -> &str {
@@ -181,6 +239,37 @@ impl Journal {
     }
 }
 
+/// Reads an acknowledgement file. A torn last line (a crash mid-append) is
+/// ignored: that order is then replayed without an origin.
+fn load_acks(path: &Path) -> anyhow::Result<HashMap<u64, Version>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut acks = HashMap::new();
+    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    for (n, line) in lines.iter().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Ack>(line) {
+            Ok(a) => {
+                acks.insert(a.seq, a.version);
+            }
+            Err(_) if n + 1 == lines.len() => {
+                tracing::warn!(file = %path.display(), "ignoring a torn last acknowledgement left by a crash");
+            }
+            Err(e) => anyhow::bail!(
+                "{} line {} is damaged ({e}); delete the file to replay without original versions",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(acks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +318,26 @@ mod tests {
         j.append("d1", 2, &orders(1)).unwrap();
         let j = Journal::open(dir.path(), "ops-1").unwrap();
         assert_eq!(j.last_seq(), 3);
+    }
+
+    #[test]
+    fn acknowledgements_persist_and_the_latest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+            j.append("d1", 0, &orders(2)).unwrap();
+            j.record_acks(&[(1, Version::new(1, 10)), (2, Version::new(1, 11))])
+                .unwrap();
+            j.record_acks(&[(2, Version::new(2, 3))]).unwrap();
+        }
+        let path = dir.path().join("ops-1.acks");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":3,\"vers").unwrap();
+        drop(f);
+        let j = Journal::open(dir.path(), "ops-1").unwrap();
+        assert_eq!(j.ack(1), Some(Version::new(1, 10)));
+        assert_eq!(j.ack(2), Some(Version::new(2, 3)));
+        assert_eq!(j.ack(3), None, "a torn line is no acknowledgement");
     }
 
     #[test]

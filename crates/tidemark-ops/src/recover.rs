@@ -1,4 +1,4 @@
-//! `tidemark ops recover`: steps S3 and S8 of the recovery after a restore.
+//! `tidemark ops recover`: patent steps 3 and 8 of the recovery after a restore.
 //!
 //! 1. Read the backup's manifest: the applied-order high-water mark of each
 //!    source at the backup point. Every journaled order above it is missing
@@ -6,8 +6,13 @@
 //! 2. Send the recovery schedule list: each key touched by a missing order,
 //!    with the seq of the *last* missing order that touches it (P6), in
 //!    chunks; the last chunk says `final`.
-//! 3. Re-send exactly the missing orders, in order, in batches (P10).
-//! 4. Say complete.
+//! 3. Re-send exactly the missing orders (P10), merged across sources by
+//!    the version each was first acknowledged with, each carrying that
+//!    version as its `origin` so the server applies them in the original
+//!    commit order whatever order they arrive in.
+//! 4. Say complete, once the server waits for no other source: every source
+//!    the backup knows must be recovered (its journal given, in this run or
+//!    another) or explicitly waived with `--without-source`.
 //!
 //! Every step is idempotent, so a killed run is simply run again: the server
 //! skips schedule entries it already holds, and orders are idempotent by
@@ -26,8 +31,13 @@ use tidemark_api::{DbClient, RecoveryState, RecoveryStatus};
 #[derive(Debug, Clone)]
 pub struct RecoverOptions {
     pub db: String,
-    pub journal: PathBuf,
+    /// Journal directories; every `SOURCE.journal` in them is recovered
+    /// (a source may appear in one directory only).
+    pub journals: Vec<PathBuf>,
     pub backup: PathBuf,
+    /// Sources the backup knows whose journals are lost: the operator says
+    /// so explicitly, and the DB server stops waiting for them (logged).
+    pub without_sources: Vec<String>,
     /// Schedule entries per request.
     pub chunk: usize,
     /// Orders per replay request.
@@ -56,6 +66,9 @@ pub struct RecoverReport {
     pub state: Option<RecoveryState>,
     /// True when the server had already finished this recovery.
     pub already_done: bool,
+    /// Sources the DB server still waits for (their journals were not
+    /// given): the recovery is not complete until they are recovered too.
+    pub waiting_for_sources: Vec<String>,
 }
 
 /// The high-water marks recorded in a backup's manifest (checked against
@@ -72,6 +85,12 @@ pub fn backup_high_water(backup: &Path) -> anyhow::Result<BTreeMap<String, u64>>
 
 /// The sources that have a journal in `dir`.
 pub fn journal_sources(dir: &Path) -> anyhow::Result<Vec<String>> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "journal directory {} does not exist; point --journal at the OpS journal directory",
+            dir.display()
+        );
+    }
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)
         .with_context(|| format!("reading journal directory {}", dir.display()))?
@@ -101,20 +120,67 @@ fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
     b
 }
 
+/// Opens every journal in `dirs`; a source found twice is refused.
+fn open_journals(dirs: &[PathBuf]) -> anyhow::Result<Vec<Journal>> {
+    let mut journals: Vec<Journal> = Vec::new();
+    for dir in dirs {
+        for s in journal_sources(dir)? {
+            if journals.iter().any(|j| j.source() == s) {
+                anyhow::bail!(
+                    "source '{s}' has a journal in {} and in another --journal directory; give each source's journal once",
+                    dir.display()
+                );
+            }
+            journals.push(Journal::open(dir, &s)?);
+        }
+    }
+    if journals.is_empty() {
+        anyhow::bail!(
+            "no journal (*.journal) in {}; point --journal at the OpS journal directory",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    journals.sort_by(|a, b| a.source().cmp(b.source()));
+    Ok(journals)
+}
+
+/// The replay order: every missing order of every source, by the version
+/// it was first acknowledged with, so the DB server sees them roughly in
+/// their original commit order. Within a source the order stays by seq (the
+/// server requires it); an order without a recorded acknowledgement, and
+/// every later one of its source, sorts after all acknowledged ones. The
+/// server does not rely on this order for correctness (it applies by
+/// `origin`); it keeps intermediate states close to the original history.
+fn replay_plan(journals: &[Journal], from: &[u64]) -> Vec<(usize, usize)> {
+    let mut plan: Vec<((u64, u64), usize, usize)> = Vec::new();
+    for (j_idx, j) in journals.iter().enumerate() {
+        let mut floor = (0u64, 0u64);
+        for e_idx in from[j_idx] as usize..j.entries().len() {
+            let seq = j.entries()[e_idx].seq;
+            let key = j
+                .ack(seq)
+                .map_or((u64::MAX, u64::MAX), |v| (v.epoch, v.seq))
+                .max(floor);
+            floor = key;
+            plan.push((key, j_idx, e_idx));
+        }
+    }
+    plan.sort();
+    plan.into_iter().map(|(_, j, e)| (j, e)).collect()
+}
+
 /// Runs the recovery.
 pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let client = DbClient::new(&opts.db);
     let marks = backup_high_water(&opts.backup)?;
-    let sources = journal_sources(&opts.journal)?;
-    if sources.is_empty() {
-        anyhow::bail!(
-            "no journal (*.journal) in {}; point --journal at the OpS journal directory",
-            opts.journal.display()
-        );
-    }
-    let mut journals = Vec::new();
-    for s in &sources {
-        journals.push(Journal::open(&opts.journal, s)?);
+    let mut journals = open_journals(&opts.journals)?;
+    for w in &opts.without_sources {
+        if journals.iter().any(|j| j.source() == w) {
+            anyhow::bail!("--without-source {w}: its journal was given too; drop one of them");
+        }
     }
     let server_marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
     let status: RecoveryStatus = client.get_json("/v1/recovery").await?;
@@ -137,20 +203,34 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             behind.join(", ")
         );
     }
+    let unknown_waivers: Vec<&String> = opts
+        .without_sources
+        .iter()
+        .filter(|w| !status.waiting_for_sources.contains(w) && !status.waived_sources.contains(w))
+        .collect();
+    if !unknown_waivers.is_empty() {
+        anyhow::bail!(
+            "--without-source {:?}: the DB server does not wait for such a source (it waits for {:?}); name only sources the backup knows",
+            unknown_waivers,
+            status.waiting_for_sources
+        );
+    }
 
     // The schedule list: per source, each key with the last missing seq.
     let mut lists: Vec<(String, Vec<ScheduleEntry>)> = Vec::new();
+    let mut from = Vec::new();
     for j in &journals {
-        let from = marks.get(j.source()).copied().unwrap_or(0);
-        if from > j.last_seq() {
+        let backup_hw = marks.get(j.source()).copied().unwrap_or(0);
+        if backup_hw > j.last_seq() {
             anyhow::bail!(
-                "the backup holds source '{}' up to seq {from} but the journal ends at seq {}; this journal does not belong to that backup",
+                "the backup holds source '{}' up to seq {backup_hw} but the journal ends at seq {}; this journal does not belong to that backup",
                 j.source(),
                 j.last_seq()
             );
         }
+        from.push(backup_hw);
         let mut last: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for e in &j.entries()[from as usize..] {
+        for e in &j.entries()[backup_hw as usize..] {
             last.insert((e.table.as_str(), e.key.as_str()), e.seq);
         }
         let entries: Vec<ScheduleEntry> = last
@@ -163,7 +243,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             .collect();
         report.sources.push(SourceReport {
             source: j.source().to_owned(),
-            backup_high_water: from,
+            backup_high_water: backup_hw,
             journal_last_seq: j.last_seq(),
             scheduled_keys: entries.len() as u64,
             replayed: 0,
@@ -174,18 +254,26 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let total: u64 = lists.iter().map(|(_, e)| e.len() as u64).sum();
     let b = bar(opts.progress, total, "flagging ");
     let chunk = opts.chunk.max(1);
-    let last_source = lists.len() - 1;
-    for (i, (source, entries)) in lists.iter().enumerate() {
+    let mut waivers = opts.without_sources.clone();
+    for (source, entries) in &lists {
         let mut parts: Vec<&[ScheduleEntry]> = entries.chunks(chunk).collect();
         if parts.is_empty() {
             parts.push(&[]);
         }
         let n = parts.len();
         for (p, part) in parts.into_iter().enumerate() {
+            // Every source's last chunk is final: the server lifts the
+            // blanket once every source the backup knows has sent one.
+            let final_chunk = p + 1 == n;
             let body = ScheduleChunk {
                 source: source.clone(),
                 entries: part.to_vec(),
-                final_chunk: i == last_source && p + 1 == n,
+                final_chunk,
+                without_sources: if final_chunk {
+                    std::mem::take(&mut waivers)
+                } else {
+                    Vec::new()
+                },
             };
             let answer: ScheduleAnswer = client
                 .post_json("/v1/recovery/schedule", &body)
@@ -206,28 +294,51 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         "recovery schedule list sent"
     );
 
-    // The difference data, in order, from where the server stands now.
+    // The difference data, from where the server stands now, each order
+    // with the version it was first acknowledged with.
     let server_marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
-    let missing: u64 = journals
+    let from: Vec<u64> = journals
         .iter()
         .map(|j| {
-            j.last_seq()
-                .saturating_sub(server_marks.get(j.source()).copied().unwrap_or(0))
+            server_marks
+                .get(j.source())
+                .copied()
+                .unwrap_or(0)
+                .min(j.last_seq())
         })
-        .sum();
-    let b = bar(opts.progress, missing, "replaying");
-    for (j, r) in journals.iter().zip(report.sources.iter_mut()) {
-        let hw = server_marks.get(j.source()).copied().unwrap_or(0);
-        for batch in j.entries()[hw.min(j.last_seq()) as usize..].chunks(opts.batch.max(1)) {
-            let orders: Vec<_> = batch.iter().map(|e| e.order(j.source())).collect();
-            send_with_retry(&client, &orders).await?;
-            r.replayed += orders.len() as u64;
-            b.inc(orders.len() as u64);
-            tidemark_store::failpoint::hit("ops.recover.after_batch");
+        .collect();
+    let plan = replay_plan(&journals, &from);
+    let b = bar(opts.progress, plan.len() as u64, "replaying");
+    for batch in plan.chunks(opts.batch.max(1)) {
+        let orders: Vec<_> = batch
+            .iter()
+            .map(|&(j, e)| {
+                let entry = &journals[j].entries()[e];
+                let mut o = entry.order(journals[j].source());
+                o.origin = journals[j].ack(entry.seq);
+                o
+            })
+            .collect();
+        let resp = send_with_retry(&client, &orders).await?;
+        for (&(j, _), r) in batch.iter().zip(&resp.results) {
+            report.sources[j].replayed += 1;
+            if let Some(v) = r.version {
+                journals[j].record_acks(&[(r.seq, v)])?;
+            }
         }
+        b.inc(orders.len() as u64);
+        tidemark_store::failpoint::hit("ops.recover.after_batch");
     }
     b.finish_and_clear();
 
+    let status: RecoveryStatus = client.get_json("/v1/recovery").await?;
+    if !status.waiting_for_sources.is_empty() {
+        // The blanket stays: every read is answered as recovering until the
+        // missing sources are recovered or waived.
+        report.waiting_for_sources = status.waiting_for_sources;
+        report.state = Some(status.state);
+        return Ok(report);
+    }
     let status: RecoveryStatus = client
         .post_json("/v1/recovery/complete", &serde_json::json!({}))
         .await

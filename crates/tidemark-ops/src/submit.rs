@@ -106,7 +106,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             journal.last_seq()
         );
     }
-    let pending = &journal.entries()[high_water as usize..];
+    let pending = journal.entries()[high_water as usize..].to_vec();
     let bar = if opts.progress {
         ProgressBar::new(pending.len() as u64)
     } else {
@@ -129,6 +129,12 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     for chunk in pending.chunks(opts.batch.max(1)) {
         let batch: Vec<_> = chunk.iter().map(|e| e.order(&opts.source)).collect();
         let resp = send_with_retry(&client, &batch).await?;
+        let acks: Vec<_> = resp
+            .results
+            .iter()
+            .filter_map(|r| r.version.map(|v| (r.seq, v)))
+            .collect();
+        journal.record_acks(&acks)?;
         report.submitted += batch.len();
         for r in &resp.results {
             if r.duplicate {

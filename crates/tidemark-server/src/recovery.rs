@@ -102,6 +102,8 @@ impl Recovery {
             schedule_final: m.schedule_final,
             complete_requested: m.complete_requested,
             estimated_end,
+            waiting_for_sources: m.waiting_for_sources,
+            waived_sources: m.waived_sources,
         })
     }
 
@@ -112,6 +114,7 @@ impl Recovery {
         source: &str,
         entries: Vec<ScheduleEntry>,
         final_chunk: bool,
+        without: Vec<String>,
     ) -> Result<FlagsAdded, StoreError> {
         let _t = self.transition.lock().await;
         let was_blanket = self.blanket();
@@ -123,8 +126,17 @@ impl Recovery {
                 through_seq: e.through_seq,
             })
             .collect();
-        let added = self.store.add_flags(source, entries, final_chunk).await?;
+        if final_chunk && !without.is_empty() {
+            tracing::warn!(source, without = ?without, "recovery schedule: sources WAIVED by the operator; their keys changed since the backup cannot be recovered and will be served as current");
+        }
+        let added = self
+            .store
+            .add_flags(source, entries, final_chunk, without)
+            .await?;
         let m = self.refresh().await?;
+        if final_chunk && !m.waiting_for_sources.is_empty() {
+            tracing::info!(source, waiting = ?m.waiting_for_sources, "final schedule chunk of one source; still waiting for the others the backup knows");
+        }
         if was_blanket && !self.blanket() {
             tracing::info!(flagged = m.flagged_total, "recovery schedule list complete: only flagged records are answered as recovering now");
             hub.publish(Push::Epoch(EpochEvent {
@@ -146,7 +158,7 @@ impl Recovery {
             RecoveryState::Recovering => {}
         }
         if !m.schedule_final {
-            return Err(CompleteError::ScheduleIncomplete);
+            return Err(CompleteError::ScheduleIncomplete(m.waiting_for_sources));
         }
         {
             let _t = self.transition.lock().await;
@@ -235,9 +247,18 @@ impl Recovery {
 /// Why `recovery/complete` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CompleteError {
-    /// The final chunk of the schedule list has not arrived.
-    #[error("the recovery schedule list is not complete: send its last chunk with \"final\": true before completing")]
-    ScheduleIncomplete,
+    /// The final chunk of the schedule list has not arrived from every
+    /// source the restored data knows.
+    #[error("the recovery schedule list is not complete: still waiting for the final chunk of {}; run 'tidemark ops recover' with their journals, or name a source whose journal is lost with --without-source", waiting_list(.0))]
+    ScheduleIncomplete(Vec<String>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn waiting_list(sources: &[String]) -> String {
+    if sources.is_empty() {
+        "the list (send a chunk with \"final\": true)".to_owned()
+    } else {
+        format!("source(s) {}", sources.join(", "))
+    }
 }

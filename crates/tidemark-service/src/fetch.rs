@@ -2,8 +2,10 @@
 //! until the data is current (P2, P9).
 //!
 //! Invariant: a `latest-only` read never returns an entry the DB server
-//! flagged as recovering, nor a suspect entry (older cache generation)
-//! without revalidating it. A waiting read registers for the key's push
+//! flagged as recovering, nor a suspect entry (older cache generation), nor
+//! any cached entry while the watch stream is not synced, without
+//! revalidating it; a `stale-ok` read that cannot revalidate serves the
+//! cached entry marked `recovering`. A waiting read registers for the key's push
 //! *before* it asks the DB server, so a push that lands in between wakes it.
 
 use crate::cache::{Entry, Origin};
@@ -36,6 +38,21 @@ impl Served {
         }
     }
 
+    /// A cached entry served as possibly outdated (`recovering: true`).
+    fn marked(e: &Entry) -> Self {
+        if e.recovering {
+            return Self::from_entry(e);
+        }
+        let mut a = e.answer(Source::Cache);
+        a.recovering = true;
+        Served {
+            body: Bytes::from(serde_json::to_vec(&a).unwrap_or_default()),
+            found: e.found,
+            recovering: true,
+            source: Source::Cache,
+        }
+    }
+
     fn from_db(e: &Entry) -> Self {
         let mut a = e.answer(Source::Db);
         a.recovering = e.recovering;
@@ -64,8 +81,12 @@ pub struct ReadError {
     pub retry_after: Option<u64>,
 }
 
-fn usable(e: &Entry, generation: u64, freshness: Freshness) -> bool {
-    e.generation == generation && (!e.recovering || freshness == Freshness::StaleOk)
+/// Whether a cached entry may be served without asking the DB server: the
+/// stream is live (synced), the entry is not suspect, and it is current or
+/// the read accepts stale data. See ARCHITECTURE.md, "What a service server
+/// may serve".
+fn usable(e: &Entry, generation: u64, live: bool, freshness: Freshness) -> bool {
+    live && e.generation == generation && (!e.recovering || freshness == Freshness::StaleOk)
 }
 
 struct Waiter<'a> {
@@ -110,7 +131,12 @@ pub async fn read(
 ) -> Result<Served, ReadError> {
     let generation = shared.cache.generation();
     if let Some(e) = shared.cache.get(table, key) {
-        if usable(&e, generation, freshness) {
+        if usable(
+            &e,
+            generation,
+            shared.connected.load(Ordering::SeqCst),
+            freshness,
+        ) {
             shared.metrics.hits.inc();
             if e.recovering {
                 shared.metrics.stale_served.inc();
@@ -131,7 +157,8 @@ pub async fn read(
         if waited {
             // A push may have made the cached copy current: no request needed.
             if let Some(e) = shared.cache.get(table, key) {
-                if usable(&e, shared.cache.generation(), freshness) {
+                let live = shared.connected.load(Ordering::SeqCst);
+                if usable(&e, shared.cache.generation(), live, freshness) {
                     return Ok(Served::from_entry(&e));
                 }
             }
@@ -186,8 +213,10 @@ pub async fn read(
             Err(e) => {
                 if freshness == Freshness::StaleOk {
                     if let Some(cached) = shared.cache.get(table, key) {
+                        // We could not vouch for it (or it would have been
+                        // served above) and cannot ask: it may be outdated.
                         shared.metrics.stale_served.inc();
-                        return Ok(Served::from_entry(&cached));
+                        return Ok(Served::marked(&cached));
                     }
                 }
                 if Instant::now() >= deadline {

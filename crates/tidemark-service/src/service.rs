@@ -24,8 +24,10 @@ pub struct Shared {
     pub client: DbClient,
     pub cache: Cache,
     pub metrics: ServiceMetrics,
-    /// True while the watch stream is open; only then are fetched records
-    /// cached, because only then are their later changes sure to arrive.
+    /// True while the watch stream is open *and synced* (every missed
+    /// change applied). Only then are cached entries served as current and
+    /// fetched records cached, because only then are their later changes
+    /// sure to arrive.
     pub connected: AtomicBool,
     /// The id of the last watch event applied.
     pub last_event_id: Mutex<Option<String>>,

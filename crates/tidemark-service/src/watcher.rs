@@ -3,6 +3,11 @@
 //! Reconnects with exponential backoff and jitter, resuming with
 //! `Last-Event-ID`. The id is advanced only after its event is applied, so
 //! a snapshot never claims an event it does not hold.
+//!
+//! Invariant (P9, P11): `Shared::connected` is true only between the
+//! server's `synced` event and the end of that stream. Only then does the
+//! cache answer as current: while the stream is down, or catching up, a
+//! change may have been missed.
 
 use crate::cache::Origin;
 use crate::service::Shared;
@@ -91,15 +96,29 @@ fn apply(shared: &Shared, ev: &SseEvent) -> bool {
     match decoded {
         WatchEvent::Hello(h) => {
             shared.db_epoch.store(h.epoch, Ordering::SeqCst);
-            shared.connected.store(true, Ordering::SeqCst);
-            shared.metrics.connected.set(1);
+            if !h.resumed {
+                // The server will not replay what we missed (first
+                // connection, a cache snapshot it cannot resume, another
+                // boot): nothing cached can be vouched for any more.
+                let generation = shared.cache.bump_generation();
+                shared.changes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(generation, "watch stream not resumed: cached records will be revalidated on their next read");
+            }
             tracing::info!(
                 epoch = h.epoch,
                 seq = h.seq,
                 resumed = h.resumed,
-                "watch stream open"
+                "watch stream open; catching up"
             );
             hello = true;
+        }
+        WatchEvent::Synced(s) => {
+            // Every change we missed has been applied: from here on the
+            // cache is vouched for by the live stream.
+            shared.connected.store(true, Ordering::SeqCst);
+            shared.metrics.connected.set(1);
+            shared.notify_all();
+            tracing::info!(seq = s.seq, "watch stream synced: serving from the cache");
         }
         WatchEvent::Update(a) | WatchEvent::Recovered(a) => {
             shared.cache.offer(&a, Origin::Push);

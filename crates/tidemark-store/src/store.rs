@@ -20,6 +20,11 @@ pub struct RecoveryMeta {
     pub flagged_total: u64,
     /// Flags still set.
     pub remaining: u64,
+    /// Sources the restored data knows whose final chunk has not arrived
+    /// and that were not waived: the blanket stays until none is left.
+    pub waiting_for_sources: Vec<String>,
+    /// Sources an operator declared lost.
+    pub waived_sources: Vec<String>,
 }
 
 /// One entry of the recovery schedule list.
@@ -176,12 +181,16 @@ pub trait Store: Send + Sync + 'static {
     /// Flags keys named in a chunk of the recovery schedule list (P7). An
     /// entry whose order `(source, through_seq)` the store already holds is
     /// skipped: the restored data is current for it. `final_chunk` records
-    /// that the whole list has arrived. Time is proportional to the chunk.
+    /// that `source`'s whole list has arrived, and waives the sources in
+    /// `without` (known to the restored data, journals lost). The schedule
+    /// is final once every source the restored data knows has sent its
+    /// final chunk or been waived. Time is proportional to the chunk.
     async fn add_flags(
         &self,
         source: &str,
         entries: Vec<FlagEntry>,
         final_chunk: bool,
+        without: Vec<String>,
     ) -> Result<FlagsAdded, StoreError>;
 
     /// Sets the recovery state and the "OpS said complete" mark.

@@ -14,6 +14,7 @@ fn fields(v: serde_json::Value) -> Fields {
 /// An order of source `src` for `subscriber`.
 pub fn order(src: &str, seq: u64, key: &str, op: Op, f: serde_json::Value) -> Order {
     Order {
+        origin: None,
         source: src.into(),
         seq,
         table: "subscriber".into(),
@@ -31,6 +32,118 @@ pub async fn run(store: &dyn Store) {
     change_log(store).await;
     group_commit(store).await;
     recovery_flags(store).await;
+    replays_follow_the_original_order(store).await;
+}
+
+/// P10, P11: while recovering, a replayed order takes effect only where
+/// nothing newer (by original version, or a live order) has been applied,
+/// so sources replayed in any order, and live writers, end in the state of
+/// the original commit order.
+async fn replays_follow_the_original_order(store: &dyn Store) {
+    use crate::ApplyOutcome;
+    use tidemark_api::RecoveryState;
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    let replay = |src: &str, seq, key: &str, op, f, origin: u64| Order {
+        origin: Some(Version::new(epoch, origin)),
+        ..order(src, seq, key, op, f)
+    };
+    let mut last = store.meta().await.unwrap().seq;
+    let mut step = |out: ApplyOutcome| {
+        for c in &out.changes {
+            assert!(c.version.seq > last, "every order produces a newer version");
+            last = c.version.seq;
+        }
+        out
+    };
+    // A live write during recovery (its own version is the newest)...
+    step(
+        store
+            .apply(vec![order(
+                "live",
+                1,
+                "o1",
+                Op::Upsert,
+                json!({"plan": "live"}),
+            )])
+            .await
+            .unwrap(),
+    );
+    // ...is not undone by a replay of an older order, which still sets the
+    // field nothing newer set.
+    step(
+        store
+            .apply(vec![replay(
+                "ops-r",
+                1,
+                "o1",
+                Op::Upsert,
+                json!({"plan": "old", "roaming": true}),
+                1_000,
+            )])
+            .await
+            .unwrap(),
+    );
+    let got = store.get("subscriber", "o1").await.unwrap().record.unwrap();
+    assert_eq!(
+        (got.fields["plan"].clone(), got.fields["roaming"].clone()),
+        (json!("live"), json!(true))
+    );
+    // Two sources replayed newest first: ops-r deleted o2 after ops-q set it.
+    step(
+        store
+            .apply(vec![replay("ops-r", 2, "o2", Op::Delete, json!({}), 1_002)])
+            .await
+            .unwrap(),
+    );
+    let out = step(
+        store
+            .apply(vec![replay(
+                "ops-q",
+                1,
+                "o2",
+                Op::Upsert,
+                json!({"plan": "q"}),
+                1_001,
+            )])
+            .await
+            .unwrap(),
+    );
+    assert!(
+        out.changes[0].fields.is_none(),
+        "the older upsert does not resurrect o2"
+    );
+    let gone = store.get("subscriber", "o2").await.unwrap();
+    assert!(gone.record.is_none());
+    assert_eq!(gone.tombstone, Some(out.changes[0].version));
+    // An upsert newer than a delete that arrives later: the record stays,
+    // with only what the newer upsert set.
+    step(
+        store
+            .apply(vec![replay(
+                "ops-q",
+                2,
+                "o3",
+                Op::Upsert,
+                json!({"status": "new"}),
+                1_010,
+            )])
+            .await
+            .unwrap(),
+    );
+    step(
+        store
+            .apply(vec![replay("ops-r", 3, "o3", Op::Delete, json!({}), 1_005)])
+            .await
+            .unwrap(),
+    );
+    let o3 = store.get("subscriber", "o3").await.unwrap().record.unwrap();
+    assert_eq!(o3.fields["status"], json!("new"));
+    assert_eq!(o3.fields["plan"], json!(null));
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
 }
 
 async fn group_commit(store: &dyn Store) {
@@ -115,7 +228,9 @@ async fn recovery_flags(store: &dyn Store) {
     );
     assert!(
         matches!(
-            store.add_flags("ops-f", vec![entry("f1", 1)], true).await,
+            store
+                .add_flags("ops-f", vec![entry("f1", 1)], true, vec![])
+                .await,
             Err(StoreError::NotRecovering)
         ),
         "a schedule list is refused outside recovery"
@@ -150,12 +265,15 @@ async fn recovery_flags(store: &dyn Store) {
                 entry("f1", 2),
             ],
             false,
+            vec![],
         )
         .await
         .unwrap();
     assert_eq!((added.flagged, added.skipped), (2, 1));
     assert!(matches!(
-        store.add_flags("ops-f", vec![entry("f3", 0)], false).await,
+        store
+            .add_flags("ops-f", vec![entry("f3", 0)], false, vec![])
+            .await,
         Err(StoreError::BadSchedule(_))
     ));
     assert!(matches!(
@@ -167,14 +285,42 @@ async fn recovery_flags(store: &dyn Store) {
                     key: "k".into(),
                     through_seq: 1
                 }],
-                false
+                false,
+                vec![]
             )
             .await,
         Err(StoreError::Input(_))
     ));
-    store.add_flags("ops-f", vec![], true).await.unwrap();
+    // Every other source with applied orders at the restore point must send
+    // its final chunk too, or be waived, before the schedule is final.
+    let others: Vec<String> = store
+        .high_water_marks()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(s, hw)| s != "ops-f" && *hw > 0)
+        .map(|(s, _)| s)
+        .collect();
+    store
+        .add_flags("ops-f", vec![], true, vec![])
+        .await
+        .unwrap();
     let m = store.recovery_meta().await.unwrap();
-    assert!(m.schedule_final);
+    assert_eq!(m.waiting_for_sources, others);
+    assert_eq!(m.schedule_final, others.is_empty());
+    assert!(matches!(
+        store
+            .add_flags("ops-f", vec![], true, vec!["never-seen".into()])
+            .await,
+        Err(StoreError::BadSchedule(_))
+    ));
+    store
+        .add_flags("ops-f", vec![], true, others.clone())
+        .await
+        .unwrap();
+    let m = store.recovery_meta().await.unwrap();
+    assert!(m.schedule_final && m.waiting_for_sources.is_empty());
+    assert_eq!(m.waived_sources, others);
     assert_eq!((m.flagged_total, m.remaining), (2, 2));
     let missing = store.get("subscriber", "f1").await.unwrap();
     assert!(
@@ -447,6 +593,7 @@ async fn atomic_batches(store: &dyn Store) {
         vec![
             order("ops-3", 1, "atom-a", Op::Upsert, json!({"plan": "a"})),
             Order {
+                origin: None,
                 table: "nope".into(),
                 ..order("ops-3", 2, "atom-b", Op::Upsert, json!({}))
             },

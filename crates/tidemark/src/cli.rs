@@ -141,13 +141,20 @@ pub struct OpsRecoverArgs {
     /// URL of the DB server.
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
-    /// Journal directory (every SOURCE.journal in it is recovered).
+    /// Journal directory; every SOURCE.journal in it is recovered. Repeat
+    /// it to recover sources whose journals live in different directories.
     #[arg(long, value_name = "DIR")]
-    pub journal: Option<PathBuf>,
+    pub journal: Vec<PathBuf>,
     /// The backup the DB server was restored from (its manifest says which
     /// orders the restored data already holds).
     #[arg(long, value_name = "DIR")]
     pub backup: PathBuf,
+    /// A source the backup knows whose journal is lost. The DB server waits
+    /// for every such source before it trusts any record; naming it here
+    /// ends that wait, and its changes since the backup are not recovered
+    /// (logged on the server). Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub without_source: Vec<String>,
     /// Schedule-list entries per request.
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub chunk: usize,

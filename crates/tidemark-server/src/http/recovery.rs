@@ -45,7 +45,13 @@ pub async fn schedule(
     }
     let added = app
         .recovery
-        .schedule(&app.hub, &chunk.source, chunk.entries, chunk.final_chunk)
+        .schedule(
+            &app.hub,
+            &chunk.source,
+            chunk.entries,
+            chunk.final_chunk,
+            chunk.without_sources,
+        )
         .await?;
     tracing::info!(
         flagged = added.flagged,
@@ -63,11 +69,8 @@ pub async fn schedule(
 pub async fn complete(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryStatus>, HttpError> {
     match app.recovery.complete().await {
         Ok(_) => {}
-        Err(CompleteError::ScheduleIncomplete) => {
-            return Err(HttpError::new(
-                ErrorCode::ScheduleIncomplete,
-                CompleteError::ScheduleIncomplete.to_string(),
-            ))
+        Err(e @ CompleteError::ScheduleIncomplete(_)) => {
+            return Err(HttpError::new(ErrorCode::ScheduleIncomplete, e.to_string()))
         }
         Err(CompleteError::Store(e)) => return Err(e.into()),
     }

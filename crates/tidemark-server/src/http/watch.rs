@@ -18,7 +18,9 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_api::event::{EpochEvent, EpochReason, EventId, HelloEvent, QuiesceEvent};
+use tidemark_api::event::{
+    EpochEvent, EpochReason, EventId, HelloEvent, QuiesceEvent, SyncedEvent,
+};
 use tidemark_api::{headers, ErrorCode, RecordAnswer, WatchEvent};
 use tidemark_store::Change;
 use tokio::sync::{broadcast, mpsc};
@@ -233,6 +235,14 @@ impl WatchStream {
         }
         if alive && resumed {
             alive = self.replay().await;
+        }
+        if alive {
+            // Everything missed has been sent: the subscriber may vouch for
+            // its cache from here on (see ARCHITECTURE.md, "What a service
+            // server may serve").
+            alive = self
+                .send(WatchEvent::Synced(SyncedEvent { seq: self.cursor }))
+                .await;
         }
         while alive {
             let push = tokio::select! {

@@ -6,6 +6,7 @@
 //! never wait on the writer.
 
 mod catalog;
+mod lww;
 mod values;
 
 use crate::apply::validate_batch;
@@ -39,6 +40,7 @@ CREATE INDEX IF NOT EXISTS tm_changes_by_source ON tm_changes (source, source_se
 CREATE TABLE IF NOT EXISTS tm_sources (source TEXT PRIMARY KEY NOT NULL, high_water INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_tombstones (tbl TEXT NOT NULL, key TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_flags (tbl TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL, through_seq INTEGER NOT NULL, PRIMARY KEY (tbl, key, source)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_recovery_sources (source TEXT PRIMARY KEY NOT NULL, final INTEGER NOT NULL, waived INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// The SQLite engine. Cheap to clone.
@@ -174,6 +176,17 @@ fn meta_set(conn: &Connection, name: &str, value: &str) -> Result<(), StoreError
     Ok(())
 }
 
+/// Recovery sources matching a fixed condition, by name.
+fn sources_where(conn: &Connection, condition: &'static str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT source FROM tm_recovery_sources WHERE {condition} ORDER BY source"
+    ))?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`, taking the data
     /// directory lock for `role`.
@@ -207,6 +220,7 @@ impl SqliteStore {
                 StoreError::Format(format!("{} is not a Tidemark store: {e}", path.display()))
             })?;
         writer.execute_batch(INTERNAL_DDL)?;
+        writer.execute_batch(lww::DDL)?;
         if is_new {
             let tx = writer.unchecked_transaction()?;
             meta_set(&tx, "format", &FORMAT_VERSION.to_string())?;
@@ -528,6 +542,9 @@ impl SqliteStore {
             let version = Version::new(st.epoch, seq);
             let t = &catalog.tables[&order.table];
             let fields = match order.op {
+                // While recovering, replays and live orders interleave: the
+                // last writer by logical version wins, field by field.
+                _ if st.strict => lww::apply(tx, t, order, version)?,
                 Op::Upsert => Some(Self::upsert(tx, t, order, version)?),
                 Op::Delete => {
                     let removed = tx.prepare_cached(&t.delete)?.execute(params![order.key])?;
@@ -919,6 +936,14 @@ impl Store for SqliteStore {
             meta_set(&tx, "schedule_final", "0")?;
             meta_set(&tx, "recovery_started_at", &chrono::Utc::now().to_rfc3339())?;
             meta_set(&tx, "complete_requested", "0")?;
+            lww::clear(&tx)?;
+            // Every source with applied orders at the backup point must send
+            // its final schedule chunk (or be waived) before the blanket lifts.
+            tx.execute("DELETE FROM tm_recovery_sources", [])?;
+            tx.execute(
+                "INSERT INTO tm_recovery_sources (source, final, waived) SELECT source, 0, 0 FROM tm_sources WHERE high_water > 0",
+                [],
+            )?;
             // Flags the backup held stay: their orders are after its high-water mark.
             let rows: i64 = tx.query_row("SELECT count(*) FROM tm_flags", [], |r| r.get(0))?;
             meta_set(&tx, "recovery_flagged", &rows.to_string())?;
@@ -949,6 +974,8 @@ impl Store for SqliteStore {
                 started_at: meta_get(c, "recovery_started_at")?,
                 flagged_total: meta_u64(c, "recovery_flagged")?,
                 remaining: self.inner.flag_rows.load(Ordering::SeqCst),
+                waiting_for_sources: sources_where(c, "final = 0 AND waived = 0")?,
+                waived_sources: sources_where(c, "waived = 1")?,
             })
         })
     }
@@ -958,6 +985,7 @@ impl Store for SqliteStore {
         source: &str,
         entries: Vec<FlagEntry>,
         final_chunk: bool,
+        without: Vec<String>,
     ) -> Result<FlagsAdded, StoreError> {
         let catalog = self.catalog();
         if source.is_empty() || source.len() > 128 {
@@ -991,6 +1019,7 @@ impl Store for SqliteStore {
                 .optional()?
                 .unwrap_or(0) as u64;
             let mut added = FlagsAdded::default();
+            let mut dropped = 0u64;
             {
                 let mut insert =
                     tx.prepare_cached("INSERT OR IGNORE INTO tm_flags (tbl, key, source, through_seq) VALUES (?1, ?2, ?3, ?4)")?;
@@ -1013,10 +1042,33 @@ impl Store for SqliteStore {
             let total = meta_u64(&tx, "recovery_flagged")? + added.flagged;
             meta_set(&tx, "recovery_flagged", &total.to_string())?;
             if final_chunk {
-                meta_set(&tx, "schedule_final", "1")?;
+                for w in &without {
+                    let known = tx
+                        .execute("UPDATE tm_recovery_sources SET waived = 1 WHERE source = ?1", params![w])?;
+                    if known == 0 {
+                        return Err(StoreError::BadSchedule(format!(
+                            "source '{w}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources"
+                        )));
+                    }
+                    // No replay will come for a waived source: its flags could never clear.
+                    dropped += tx.execute("DELETE FROM tm_flags WHERE source = ?1", params![w])? as u64;
+                }
+                tx.execute(
+                    "INSERT INTO tm_recovery_sources (source, final, waived) VALUES (?1, 1, 0) ON CONFLICT(source) DO UPDATE SET final = 1",
+                    params![source],
+                )?;
+                let waiting: i64 = tx.query_row(
+                    "SELECT count(*) FROM tm_recovery_sources WHERE final = 0 AND waived = 0",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if waiting == 0 {
+                    meta_set(&tx, "schedule_final", "1")?;
+                }
             }
             tx.commit()?;
             s.inner.flag_rows.fetch_add(added.flagged, Ordering::SeqCst);
+            s.inner.flag_rows.fetch_sub(dropped, Ordering::SeqCst);
             Ok(added)
         })
         .await
@@ -1041,6 +1093,9 @@ impl Store for SqliteStore {
                 "complete_requested",
                 if complete_requested { "1" } else { "0" },
             )?;
+            if state != RecoveryState::Recovering {
+                lww::clear(&tx)?;
+            }
             tx.commit()?;
             s.inner
                 .recovering

@@ -77,11 +77,11 @@ proptest! {
                         let mut f = Fields::new();
                         if let Some(p) = plan { f.insert("plan".into(), json!(format!("p{p}"))); }
                         if let Some(l) = limit { f.insert("credit_limit".into(), json!(l)); }
-                        pending.push(Order { source: "m".into(), seq, table: "subscriber".into(), key: format!("k{key}"), op: Op::Upsert, fields: f });
+                        pending.push(Order { origin: None, source: "m".into(), seq, table: "subscriber".into(), key: format!("k{key}"), op: Op::Upsert, fields: f });
                     }
                     Step::Delete { key } => {
                         seq += 1;
-                        pending.push(Order { source: "m".into(), seq, table: "subscriber".into(), key: format!("k{key}"), op: Op::Delete, fields: Fields::new() });
+                        pending.push(Order { origin: None, source: "m".into(), seq, table: "subscriber".into(), key: format!("k{key}"), op: Op::Delete, fields: Fields::new() });
                     }
                     Step::Replay { back } => {
                         if !sent.is_empty() {
@@ -94,7 +94,7 @@ proptest! {
                         let mut bad = pending.clone();
                         let mut f = Fields::new();
                         f.insert("roaming".into(), json!("not a bool"));
-                        bad.push(Order { source: "m".into(), seq: seq + 1, table: "subscriber".into(), key: format!("k{key}"), op: Op::Upsert, fields: f });
+                        bad.push(Order { origin: None, source: "m".into(), seq: seq + 1, table: "subscriber".into(), key: format!("k{key}"), op: Op::Upsert, fields: f });
                         prop_assert!(store.apply(bad).await.is_err());
                     }
                 }

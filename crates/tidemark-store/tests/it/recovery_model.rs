@@ -21,6 +21,7 @@ fn orders(spec: &[(u8, bool, i64)]) -> Vec<Order> {
     spec.iter()
         .enumerate()
         .map(|(i, (k, delete, v))| Order {
+            origin: None,
             source: "ops-1".into(),
             seq: i as u64 + 1,
             table: "subscriber".into(),
@@ -87,7 +88,7 @@ proptest! {
                     Step::Chunk => {
                         if final_sent { continue; }
                         let (c, fin) = send_chunk(&mut sent, &mut final_sent);
-                        store.add_flags("ops-1", c, fin).await.unwrap();
+                        store.add_flags("ops-1", c, fin, vec![]).await.unwrap();
                     }
                     Step::Replay => {
                         if replayed < journal.len() {

@@ -75,6 +75,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             let n = (a.records - i).min(5000);
             let orders = (i..i + n)
                 .map(|k| Order {
+                    origin: None,
                     source: "bench".into(),
                     seq: k + 1,
                     table: "subscriber".into(),

@@ -70,6 +70,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                     .map(|i| {
                         seq += 1;
                         Order {
+                            origin: None,
                             source: source.clone(),
                             seq,
                             table: "subscriber".into(),

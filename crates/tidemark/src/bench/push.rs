@@ -97,6 +97,7 @@ pub async fn measure(
     let mut pending: HashMap<u64, (Instant, usize)> = HashMap::new();
     for i in 0..args.orders {
         let order = Order {
+            origin: None,
             source: source.clone(),
             seq: i + 1,
             table: "subscriber".into(),

@@ -90,6 +90,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
                 .map(|k| {
                     seq += 1;
                     Order {
+                        origin: None,
                         source: source.into(),
                         seq,
                         table: "subscriber".into(),
@@ -167,6 +168,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     while k < args.flag {
         let hi = (k + args.chunk).min(args.flag);
         let chunk = ScheduleChunk {
+            without_sources: Vec::new(),
             source: source.into(),
             entries: (k..hi)
                 .map(|i| ScheduleEntry {
@@ -192,6 +194,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
                 let mut f = fields_of(i);
                 f.insert("plan".into(), serde_json::json!("replayed"));
                 Order {
+                    origin: None,
                     source: source.into(),
                     seq: first + i + 1,
                     table: "subscriber".into(),

@@ -52,16 +52,27 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
 async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<()> {
     let opts = RecoverOptions {
         db: args.db.unwrap_or(config.db),
-        journal: args.journal.unwrap_or(config.journal),
+        journals: if args.journal.is_empty() {
+            vec![config.journal]
+        } else {
+            args.journal
+        },
         backup: args.backup,
+        without_sources: args.without_source,
         chunk: args.chunk,
         batch: args.batch.unwrap_or(config.batch),
         progress: std::io::stderr().is_terminal(),
     };
     let report = recover(&opts).await?;
+    let waiting = (!report.waiting_for_sources.is_empty()).then(|| {
+        anyhow::anyhow!(
+            "recovery is not complete: the DB server still waits for source(s) {} that the backup knows, and answers every read as recovering until then; run 'tidemark ops recover' again with their journals (--journal DIR), or, if a journal is lost, name the source with --without-source NAME",
+            report.waiting_for_sources.join(", ")
+        )
+    });
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
+        return waiting.map_or(Ok(()), Err);
     }
     if report.already_done {
         println!(
@@ -84,5 +95,5 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
             .state
             .unwrap_or(tidemark_api::RecoveryState::Recovering)
     );
-    Ok(())
+    waiting.map_or(Ok(()), Err)
 }

@@ -122,6 +122,71 @@ impl Drop for Waiter<'_> {
     }
 }
 
+/// The cached answer, if the cache may give it without asking the DB
+/// server (see [`usable`]).
+pub(crate) fn from_cache(
+    shared: &Shared,
+    table: &str,
+    key: &str,
+    freshness: Freshness,
+) -> Option<Served> {
+    let e = shared.cache.get(table, key)?;
+    let live = shared.connected.load(Ordering::SeqCst);
+    usable(&e, shared.cache.generation(), live, freshness).then(|| Served::from_entry(&e))
+}
+
+/// What a DB server's answer, asked for when the cache generation was
+/// `asked_in`, gives a read: the answer to serve, or `None` when the read
+/// must wait (a `latest` read of data flagged recovering). The answer is
+/// cached only while the stream is synced, so its later changes arrive.
+pub(crate) fn take_answer(
+    shared: &Shared,
+    answer: &RecordAnswer,
+    asked_in: u64,
+    freshness: Freshness,
+) -> Option<Served> {
+    let entry = if shared.connected.load(Ordering::SeqCst) {
+        shared.changes.fetch_add(1, Ordering::Relaxed);
+        shared.cache.offer(
+            answer,
+            Origin::Fetch {
+                db_epoch: shared.db_epoch.load(Ordering::SeqCst),
+                generation: asked_in,
+            },
+        )
+    } else {
+        Arc::new(Entry::new(answer, answer.recovering, asked_in))
+    };
+    if entry.recovering && freshness == Freshness::Latest {
+        return None;
+    }
+    if entry.recovering {
+        shared.metrics.stale_served.inc();
+    }
+    Some(if entry.version == answer.version {
+        Served::from_db(&entry)
+    } else {
+        Served::from_entry(&entry)
+    })
+}
+
+/// When the DB server cannot be asked: a `stale-ok` read gets the cached
+/// entry marked recovering (it could not be vouched for, or it would have
+/// been served from the cache); a `latest` read gets nothing.
+pub(crate) fn fallback(
+    shared: &Shared,
+    table: &str,
+    key: &str,
+    freshness: Freshness,
+) -> Option<Served> {
+    if freshness != Freshness::StaleOk {
+        return None;
+    }
+    let cached = shared.cache.get(table, key)?;
+    shared.metrics.stale_served.inc();
+    Some(Served::marked(&cached))
+}
+
 /// Reads `table/key` with the given freshness.
 pub async fn read(
     shared: &Shared,
@@ -129,20 +194,12 @@ pub async fn read(
     key: &str,
     freshness: Freshness,
 ) -> Result<Served, ReadError> {
-    let generation = shared.cache.generation();
-    if let Some(e) = shared.cache.get(table, key) {
-        if usable(
-            &e,
-            generation,
-            shared.connected.load(Ordering::SeqCst),
-            freshness,
-        ) {
-            shared.metrics.hits.inc();
-            if e.recovering {
-                shared.metrics.stale_served.inc();
-            }
-            return Ok(Served::from_entry(&e));
+    if let Some(served) = from_cache(shared, table, key, freshness) {
+        shared.metrics.hits.inc();
+        if served.recovering {
+            shared.metrics.stale_served.inc();
         }
+        return Ok(served);
     }
     shared.metrics.misses.inc();
     let deadline = Instant::now() + Duration::from_millis(shared.config.latest_deadline_ms);
@@ -156,11 +213,8 @@ pub async fn read(
         notified.as_mut().enable();
         if waited {
             // A push may have made the cached copy current: no request needed.
-            if let Some(e) = shared.cache.get(table, key) {
-                let live = shared.connected.load(Ordering::SeqCst);
-                if usable(&e, shared.cache.generation(), live, freshness) {
-                    return Ok(Served::from_entry(&e));
-                }
+            if let Some(served) = from_cache(shared, table, key, freshness) {
+                return Ok(served);
             }
         }
         let mut hint = None;
@@ -172,28 +226,8 @@ pub async fn read(
             .await
         {
             Ok(read) => {
-                let entry = if shared.connected.load(Ordering::SeqCst) {
-                    shared.changes.fetch_add(1, Ordering::Relaxed);
-                    shared.cache.offer(
-                        &read.answer,
-                        Origin::Fetch {
-                            db_epoch: shared.db_epoch.load(Ordering::SeqCst),
-                            generation: asked_in,
-                        },
-                    )
-                } else {
-                    Arc::new(Entry::new(&read.answer, read.answer.recovering, generation))
-                };
-                if !entry.recovering || freshness == Freshness::StaleOk {
-                    if entry.recovering {
-                        shared.metrics.stale_served.inc();
-                    }
-                    let same = entry.version == read.answer.version;
-                    return Ok(if same {
-                        Served::from_db(&entry)
-                    } else {
-                        Served::from_entry(&entry)
-                    });
+                if let Some(served) = take_answer(shared, &read.answer, asked_in, freshness) {
+                    return Ok(served);
                 }
                 hint = read.retry_after;
                 tracing::debug!(%table, %key, version = ?read.answer.version, "DB answered recovering; waiting");
@@ -211,13 +245,8 @@ pub async fn read(
                 });
             }
             Err(e) => {
-                if freshness == Freshness::StaleOk {
-                    if let Some(cached) = shared.cache.get(table, key) {
-                        // We could not vouch for it (or it would have been
-                        // served above) and cannot ask: it may be outdated.
-                        shared.metrics.stale_served.inc();
-                        return Ok(Served::marked(&cached));
-                    }
+                if let Some(served) = fallback(shared, table, key, freshness) {
+                    return Ok(served);
                 }
                 if Instant::now() >= deadline {
                     return Err(ReadError {

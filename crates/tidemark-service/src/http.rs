@@ -142,7 +142,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotReady,
-            "the watch stream to the DB server is not open; reads are served but not cached until it is".into(),
+            "the watch stream to the DB server is not open or not yet synced: cached records are not served as current until it is (latest-only reads ask the DB server, accept-stale marks what it cannot vouch for)".into(),
             Some(1),
         )
     }

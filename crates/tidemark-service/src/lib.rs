@@ -24,6 +24,9 @@ pub mod service;
 pub mod snapshot;
 pub mod watcher;
 
+#[cfg(test)]
+mod model_tests;
+
 pub use config::ServiceConfig;
 pub use policy::{Freshness, Policy};
 pub use service::Service;

@@ -66,8 +66,7 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        shared.connected.store(false, Ordering::SeqCst);
-        shared.metrics.connected.set(0);
+        stream_down(&shared);
         if shared.shutdown.is_cancelled() {
             break;
         }
@@ -82,8 +81,14 @@ pub async fn run(shared: Arc<Shared>) {
     shared.connected.store(false, Ordering::SeqCst);
 }
 
+/// The stream ended: from now on nothing cached is vouched for.
+pub(crate) fn stream_down(shared: &Shared) {
+    shared.connected.store(false, Ordering::SeqCst);
+    shared.metrics.connected.set(0);
+}
+
 /// Applies one event. Returns true for the `hello` that opens a stream.
-fn apply(shared: &Shared, ev: &SseEvent) -> bool {
+pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
     let decoded = match WatchEvent::decode(&ev.event, &ev.data) {
         Ok(Some(d)) => d,
         Ok(None) => return false,

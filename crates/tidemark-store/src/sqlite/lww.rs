@@ -126,7 +126,7 @@ fn decide(st: &mut KeyState, op: Op, fields: &Fields, columns: &[String], lv: Ve
             st.upsert = st.upsert.max(Some(lv));
             let mut set = Fields::new();
             for (name, value) in fields {
-                if st.fields.get(name).map_or(true, |v| lv > *v) {
+                if st.fields.get(name).is_none_or(|v| lv > *v) {
                     st.fields.insert(name.clone(), lv);
                     set.insert(name.clone(), value.clone());
                 }
@@ -138,7 +138,7 @@ fn decide(st: &mut KeyState, op: Op, fields: &Fields, columns: &[String], lv: Ve
             if st.upsert.is_some_and(|u| u > lv) {
                 let cleared: Vec<String> = columns
                     .iter()
-                    .filter(|c| st.fields.get(*c).map_or(true, |v| *v < lv))
+                    .filter(|c| st.fields.get(*c).is_none_or(|v| *v < lv))
                     .cloned()
                     .collect();
                 st.fields.retain(|_, v| *v > lv);

@@ -5,6 +5,7 @@ mod backup;
 mod bad_input;
 mod cli;
 mod data_path;
+mod faults;
 mod harness;
 mod quiesce;
 mod recovery;

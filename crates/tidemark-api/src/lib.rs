@@ -13,6 +13,7 @@
 //! - [`state`]: `/v1/state` and `/v1/recovery` answers.
 //! - [`error`]: the stable error codes and the one JSON error shape.
 //! - [`headers`]: the `Tidemark-*` header names.
+//! - [`keyslot`]: a record's name in in-memory maps, its shard, and shard sizing.
 //! - [`sse`]: a small Server-Sent Events parser.
 //! - [`client`]: the HTTP client for the DB server API.
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod error;
 pub mod event;
 pub mod headers;
+pub mod keyslot;
 pub mod order;
 pub mod record;
 pub mod schema;

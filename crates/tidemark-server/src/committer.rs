@@ -1,73 +1,247 @@
 //! Group commit: one task applies the order batches that are waiting, all
-//! in one durable transaction, then publishes their changes in commit order.
+//! in one durable transaction, then hands their changes on in commit order.
 //!
 //! Concurrent requests therefore share one fsync instead of queueing for one
 //! each. Every batch stays all-or-nothing (a savepoint each, in the store).
-//! On shutdown the task drains what was already accepted before it stops.
+//!
+//! Invariants:
+//! - The committer is the store's only writer of orders, so `after_commit`
+//!   sees changes in commit order, each once, and before any request is
+//!   answered (a reader told of a commit can rely on its push being queued).
+//! - On shutdown it drains what was already accepted before it stops.
 
-use crate::http::AppState;
 use std::sync::Arc;
 use tidemark_api::Order;
-use tidemark_store::{ApplyOutcome, StoreError};
+use tidemark_store::{ApplyOutcome, Change, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Most orders, and requests, committed together.
 const MAX_ORDERS: usize = 20_000;
 const MAX_JOBS: usize = 512;
 
 /// One request's batch and where its result goes.
-pub struct Job {
-    pub orders: Vec<Order>,
-    pub reply: oneshot::Sender<Result<ApplyOutcome, StoreError>>,
+struct Job {
+    orders: Vec<Order>,
+    reply: oneshot::Sender<Result<ApplyOutcome, StoreError>>,
 }
 
-pub fn channel() -> (mpsc::Sender<Job>, mpsc::Receiver<Job>) {
-    mpsc::channel(4096)
+/// What happens right after a commit, before its requests are answered:
+/// read-cache invalidation and the push fan-out.
+pub type AfterCommit = Arc<dyn Fn(&[Change]) + Send + Sync>;
+
+/// The handle requests submit their batches through.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Job>,
 }
 
-/// Runs until shutdown, then commits what is still queued.
-pub async fn run(app: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
-    loop {
-        let first = tokio::select! {
-            j = rx.recv() => j,
-            _ = app.shutdown.cancelled() => None,
-        };
-        let Some(first) = first else { break };
-        let mut total = first.orders.len();
-        let mut jobs = vec![first];
-        while total < MAX_ORDERS && jobs.len() < MAX_JOBS {
-            match rx.try_recv() {
-                Ok(j) => {
-                    total += j.orders.len();
-                    jobs.push(j);
-                }
-                Err(_) => break,
-            }
-        }
-        commit(&app, jobs).await;
+/// The committer has stopped (shutdown): the batch was not taken.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is shutting down; resubmit to the restarted server")]
+pub struct Stopped;
+
+/// Why a submitted batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Committer {
+    /// A committer and the worker that applies what it is given; run the
+    /// worker with [`Worker::run`].
+    pub fn new(store: Arc<dyn Store>, after_commit: AfterCommit) -> (Committer, Worker) {
+        let (tx, rx) = mpsc::channel(4096);
+        (
+            Committer { tx },
+            Worker {
+                store,
+                after_commit,
+                rx,
+            },
+        )
     }
-    rx.close();
-    while let Some(j) = rx.recv().await {
-        commit(&app, vec![j]).await;
+
+    /// Applies a batch (atomic, idempotent, durable) in the next group.
+    pub async fn submit(&self, orders: Vec<Order>) -> Result<ApplyOutcome, SubmitError> {
+        let (reply, result) = oneshot::channel();
+        self.tx
+            .send(Job { orders, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        Ok(result.await.map_err(|_| Stopped)??)
     }
 }
 
-async fn commit(app: &AppState, mut jobs: Vec<Job>) {
-    let batches = jobs
-        .iter_mut()
-        .map(|j| std::mem::take(&mut j.orders))
-        .collect();
-    let results = app.store.apply_group(batches).await;
-    for (job, result) in jobs.into_iter().zip(results) {
-        if let Ok(outcome) = &result {
-            // After the commit, before anyone can be told of it.
-            if let Some(cache) = &app.read_cache {
-                for c in &outcome.changes {
-                    cache.invalidate(&c.table, &c.key);
+/// The single task that commits.
+pub struct Worker {
+    store: Arc<dyn Store>,
+    after_commit: AfterCommit,
+    rx: mpsc::Receiver<Job>,
+}
+
+impl Worker {
+    /// Runs until `shutdown`, then commits what is still queued.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                j = self.rx.recv() => j,
+                _ = shutdown.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            let mut total = first.orders.len();
+            let mut jobs = vec![first];
+            while total < MAX_ORDERS && jobs.len() < MAX_JOBS {
+                match self.rx.try_recv() {
+                    Ok(j) => {
+                        total += j.orders.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
                 }
             }
-            app.hub.publish_changes(&outcome.changes);
+            self.commit(jobs).await;
         }
-        let _ = job.reply.send(result);
+        self.rx.close();
+        while let Some(j) = self.rx.recv().await {
+            self.commit(vec![j]).await;
+        }
+    }
+
+    async fn commit(&self, mut jobs: Vec<Job>) {
+        let batches = jobs
+            .iter_mut()
+            .map(|j| std::mem::take(&mut j.orders))
+            .collect();
+        let results = self.store.apply_group(batches).await;
+        for (job, result) in jobs.into_iter().zip(results) {
+            if let Ok(outcome) = &result {
+                // After the commit, before anyone can be told of it.
+                (self.after_commit)(&outcome.changes);
+            }
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use tidemark_api::Op;
+    use tidemark_store::SqliteStore;
+
+    fn order(source: &str, seq: u64, key: &str) -> Order {
+        Order {
+            source: source.into(),
+            seq,
+            table: "subscriber".into(),
+            key: key.into(),
+            op: Op::Upsert,
+            fields: serde_json::json!({"plan": format!("p{seq}")})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            origin: None,
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Committer, Worker, Arc<Mutex<Vec<u64>>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), "test").unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let (c, w) = Committer::new(
+            store,
+            Arc::new(move |changes: &[Change]| {
+                s.lock().extend(changes.iter().map(|c| c.version.seq));
+            }),
+        );
+        (dir, c, w, seen)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_are_published_once_each_in_commit_order() {
+        let (_dir, committer, worker, seen) = setup();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        let mut handles = Vec::new();
+        for s in 0..16 {
+            let c = committer.clone();
+            handles.push(tokio::spawn(async move {
+                let mut versions = Vec::new();
+                for seq in 1..=20 {
+                    let out = c
+                        .submit(vec![order(&format!("src-{s}"), seq, &format!("k{s}"))])
+                        .await
+                        .unwrap();
+                    versions.push(out.results[0].version.unwrap().seq);
+                }
+                versions
+            }));
+        }
+        let mut acked = Vec::new();
+        for h in handles {
+            acked.extend(h.await.unwrap());
+        }
+        let published = seen.lock().clone();
+        assert!(
+            published.windows(2).all(|w| w[0] < w[1]),
+            "published in commit order, each once"
+        );
+        acked.sort();
+        assert_eq!(published, acked, "every acknowledged change was published");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_publishes_nothing_and_others_stand() {
+        let (_dir, committer, worker, seen) = setup();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        committer.submit(vec![order("a", 1, "k")]).await.unwrap();
+        let mut bad = order("a", 1, "k");
+        bad.fields.insert("plan".into(), serde_json::json!("other"));
+        let err = committer.submit(vec![bad]).await.unwrap_err();
+        assert!(matches!(
+            err,
+            SubmitError::Store(StoreError::Conflict { .. })
+        ));
+        assert_eq!(seen.lock().len(), 1);
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!(
+            matches!(
+                committer.submit(vec![order("a", 2, "k")]).await,
+                Err(SubmitError::Stopped(_))
+            ),
+            "after shutdown nothing is taken"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_what_was_accepted() {
+        let (_dir, committer, worker, seen) = setup();
+        let shutdown = CancellationToken::new();
+        // Queue before the worker runs, then stop it at once.
+        let pending: Vec<_> = (1..=5)
+            .map(|seq| {
+                let c = committer.clone();
+                tokio::spawn(async move { c.submit(vec![order("d", seq, "k")]).await })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        shutdown.cancel();
+        worker.run(shutdown).await;
+        for p in pending {
+            p.await.unwrap().unwrap();
+        }
+        assert_eq!(seen.lock().len(), 5);
     }
 }

@@ -10,15 +10,12 @@
 //!   refuses to resume streams from an earlier boot (they get `epoch`).
 
 use parking_lot::{Mutex, RwLock};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tidemark_api::event::{EpochEvent, QuiesceEvent, SchemaEvent};
+use tidemark_api::keyslot::{KeySlot, SHARDS};
 use tidemark_store::Change;
 use tokio::sync::broadcast;
-
-const SHARDS: usize = 64;
 
 /// A subscriber's number, handed out per process.
 pub type SubscriberId = u32;
@@ -48,14 +45,6 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-fn slot(table: &str, key: &str) -> String {
-    let mut s = String::with_capacity(table.len() + key.len() + 1);
-    s.push_str(table);
-    s.push('\0');
-    s.push_str(key);
-    s
-}
-
 impl Hub {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
@@ -76,15 +65,13 @@ impl Hub {
         *names.entry(name.to_owned()).or_insert(next)
     }
 
-    fn shard(&self, slot: &str) -> &Mutex<HashMap<Box<str>, Vec<SubscriberId>>> {
-        let mut h = DefaultHasher::new();
-        slot.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+    fn shard(&self, slot: &KeySlot) -> &Mutex<HashMap<Box<str>, Vec<SubscriberId>>> {
+        &self.shards[slot.shard()]
     }
 
     /// Records that `subscriber` holds `table/key`. Call before reading.
     pub fn register(&self, subscriber: SubscriberId, table: &str, key: &str) {
-        let slot = slot(table, key);
+        let slot = KeySlot::new(table, key);
         let mut shard = self.shard(&slot).lock();
         match shard.get_mut(slot.as_str()) {
             Some(ids) => {
@@ -93,14 +80,14 @@ impl Hub {
                 }
             }
             None => {
-                shard.insert(slot.into_boxed_str(), vec![subscriber]);
+                shard.insert(slot.into_string().into_boxed_str(), vec![subscriber]);
             }
         }
     }
 
     /// The subscribers that hold `table/key`.
     pub fn holders(&self, table: &str, key: &str) -> Vec<SubscriberId> {
-        let slot = slot(table, key);
+        let slot = KeySlot::new(table, key);
         self.shard(&slot)
             .lock()
             .get(slot.as_str())
@@ -110,7 +97,7 @@ impl Hub {
 
     /// Whether `subscriber` holds `table/key`.
     pub fn holds(&self, subscriber: SubscriberId, table: &str, key: &str) -> bool {
-        let slot = slot(table, key);
+        let slot = KeySlot::new(table, key);
         self.shard(&slot)
             .lock()
             .get(slot.as_str())

@@ -6,11 +6,14 @@
 //! - [`committer`]: group commit of concurrent order batches, in commit order.
 //! - [`config`]: [`ServerConfig`], every setting with its default.
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
+//! - [`state`]: [`state::AppState`], everything handlers and workers share (no HTTP in it).
 //! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
 //! - [`metrics`]: the server's Prometheus metrics.
 //! - [`quiesce`]: the quiesce notice (S4): announce, cancel, go offline.
+//! - [`read`]: the read rule: interest first, then cache or store, flag or blanket.
 //! - [`read_cache`]: serialised answers in front of the store (normal state only).
 //! - [`recovery`]: the recovery state machine, flags and the blanket window (P5–P10).
+//! - [`watch`]: one subscriber's push stream: resume, replay, `synced`, live pushes.
 //! - [`http`]: one module per group of endpoints, and the one error shape.
 
 pub mod committer;
@@ -19,9 +22,15 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod quiesce;
+pub mod read;
 pub mod read_cache;
 pub mod recovery;
 pub mod server;
+pub mod state;
+pub mod watch;
+
+#[cfg(test)]
+mod testutil;
 
 pub use config::{ServerConfig, StoreKind};
 pub use server::Server;

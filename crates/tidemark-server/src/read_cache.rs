@@ -12,11 +12,8 @@
 use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
-
-const SHARDS: usize = 64;
+use tidemark_api::keyslot::{per_shard, KeySlot, SHARDS};
 
 /// A cached answer: status (200 or 404) and body.
 #[derive(Debug, Clone)]
@@ -48,19 +45,14 @@ impl std::fmt::Debug for ReadCache {
 }
 
 fn slot(table: &str, key: &str) -> (usize, String) {
-    let mut s = String::with_capacity(table.len() + key.len() + 1);
-    s.push_str(table);
-    s.push('\0');
-    s.push_str(key);
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    ((h.finish() as usize) % SHARDS, s)
+    let s = KeySlot::new(table, key);
+    (s.shard(), s.into_string())
 }
 
 impl ReadCache {
     /// `None` when `capacity` is 0 (cache off).
     pub fn new(capacity: usize) -> Option<Self> {
-        let per = NonZeroUsize::new(capacity.div_ceil(SHARDS))?;
+        let per = NonZeroUsize::new(per_shard(capacity))?;
         Some(Self {
             shards: (0..SHARDS)
                 .map(|_| {

@@ -13,11 +13,13 @@ use crate::hub::{Hub, Push};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so tests can pause and advance it.
 use tidemark_api::event::{EpochEvent, EpochReason};
 use tidemark_api::state::ScheduleEntry;
 use tidemark_api::{RecoveryState, RecoveryStatus};
 use tidemark_store::{FlagEntry, FlagsAdded, RecoveryMeta, Store, StoreError};
+use tokio::time::Instant;
 
 /// The recovery state of one server.
 pub struct Recovery {
@@ -260,5 +262,124 @@ fn waiting_list(sources: &[String]) -> String {
         "the list (send a chunk with \"final\": true)".to_owned()
     } else {
         format!("source(s) {}", sources.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{upsert, TestServer};
+    use tidemark_store::Store;
+
+    fn entry(key: &str, through_seq: u64) -> ScheduleEntry {
+        ScheduleEntry {
+            table: "subscriber".into(),
+            key: key.into(),
+            through_seq,
+        }
+    }
+
+    /// Orders of two sources, then a restore from before the last two.
+    async fn restored_two_sources(s: &dyn Store) {
+        s.apply(vec![
+            upsert("ops-1", 1, "a", "1"),
+            upsert("ops-2", 1, "b", "1"),
+        ])
+        .await
+        .unwrap();
+        let epoch = s.meta().await.unwrap().epoch;
+        s.mark_restored(epoch + 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_blanket_lifts_only_when_every_known_source_is_in() {
+        let t = TestServer::open(restored_two_sources).await;
+        let r = &t.app.recovery;
+        let mut pushes = t.app.hub.subscribe();
+        assert!(r.blanket());
+        r.schedule(&t.app.hub, "ops-1", vec![entry("a", 2)], true, vec![])
+            .await
+            .unwrap();
+        assert!(
+            r.blanket(),
+            "ops-2 is known to the backup and has not sent its list"
+        );
+        match r.complete().await {
+            Err(CompleteError::ScheduleIncomplete(w)) => assert_eq!(w, vec!["ops-2"]),
+            other => panic!("complete before every list must be refused: {other:?}"),
+        }
+        r.schedule(&t.app.hub, "ops-2", vec![], true, vec![])
+            .await
+            .unwrap();
+        assert!(!r.blanket());
+        match pushes.try_recv() {
+            Ok(Push::Epoch(e)) => assert_eq!(e.reason, EpochReason::ScheduleComplete),
+            other => panic!("waiting service servers must be told: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovered_once_flags_clear_then_normal_after_the_hold() {
+        let t = TestServer::open(restored_two_sources).await;
+        let r = &t.app.recovery;
+        r.schedule(
+            &t.app.hub,
+            "ops-1",
+            vec![entry("a", 2)],
+            true,
+            vec!["ops-2".into()],
+        )
+        .await
+        .unwrap();
+        r.complete().await.unwrap();
+        assert_eq!(r.state(), RecoveryState::Recovering, "a flag remains");
+        let out = t
+            .app
+            .committer
+            .submit(vec![upsert("ops-1", 2, "a", "2")])
+            .await
+            .unwrap();
+        assert!(out.changes[0].cleared_flag);
+        r.after_clear().await.unwrap();
+        assert_eq!(r.state(), RecoveryState::Recovered);
+        let hold = Duration::from_secs(30);
+        r.settle(hold).await.unwrap();
+        assert_eq!(r.state(), RecoveryState::Recovered, "held");
+        tokio::time::advance(hold).await;
+        r.settle(hold).await.unwrap();
+        assert_eq!(r.state(), RecoveryState::Normal);
+        assert_eq!(
+            t.store.recovery_meta().await.unwrap().state,
+            RecoveryState::Normal
+        );
+    }
+
+    #[tokio::test]
+    async fn abort_drops_every_flag_and_tells_the_service_servers() {
+        let t = TestServer::open(restored_two_sources).await;
+        let r = &t.app.recovery;
+        r.schedule(
+            &t.app.hub,
+            "ops-1",
+            vec![entry("a", 2)],
+            true,
+            vec!["ops-2".into()],
+        )
+        .await
+        .unwrap();
+        let mut pushes = t.app.hub.subscribe();
+        assert_eq!(r.abort(&t.app.hub, "test").await.unwrap(), 1);
+        assert_eq!(r.state(), RecoveryState::Normal);
+        assert!(matches!(
+            pushes.try_recv(),
+            Ok(Push::Epoch(EpochEvent {
+                reason: EpochReason::RecoveryAborted,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            r.abort(&t.app.hub, "again").await,
+            Err(StoreError::NotRecovering)
+        ));
     }
 }

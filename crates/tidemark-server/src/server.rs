@@ -2,10 +2,8 @@
 
 use crate::config::{ServerConfig, StoreKind};
 use crate::http::{self, AppState};
-use crate::hub::Hub;
-use crate::metrics::ServerMetrics;
 use anyhow::Context;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_store::{ProcessInfo, SqliteStore, Store};
@@ -15,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// A DB server with its store open, ready to serve.
 pub struct Server {
     state: Arc<AppState>,
-    commits: tokio::sync::mpsc::Receiver<crate::committer::Job>,
+    worker: crate::committer::Worker,
 }
 
 impl Server {
@@ -36,30 +34,8 @@ impl Server {
         };
         let boot = format!("{:08x}", rand::random::<u32>());
         record_process(store.as_ref(), &config, &boot).await?;
-        let metrics = ServerMetrics::new();
-        let meta = store.meta().await?;
-        metrics.seq.set(meta.seq as i64);
-        metrics.epoch.set(meta.epoch as i64);
-        let hub = Hub::new(config.push_queue);
-        let (committer, commits) = crate::committer::channel();
-        let recovery = crate::recovery::Recovery::load(store.clone()).await?;
-        let quiesce = crate::quiesce::Quiesce::load(store.as_ref()).await?;
-        // A crash between the last flag clear and the state change is mended here.
-        recovery.maybe_finish().await?;
-        let state = Arc::new(AppState {
-            store,
-            hub,
-            recovery,
-            quiesce,
-            read_cache: crate::read_cache::ReadCache::new(config.read_cache_entries),
-            committer,
-            metrics,
-            config,
-            boot,
-            ready: AtomicBool::new(false),
-            shutdown,
-        });
-        Ok(Self { state, commits })
+        let (state, worker) = AppState::new(store, config, boot, shutdown).await?;
+        Ok(Self { state, worker })
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then: stops
@@ -67,7 +43,7 @@ impl Server {
     /// stops the workers, and closes the store.
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         let state = self.state;
-        let committer = tokio::spawn(crate::committer::run(state.clone(), self.commits));
+        let committer = tokio::spawn(self.worker.run(state.shutdown.clone()));
         let shutdown = state.shutdown.clone();
         let addr = listener.local_addr()?;
         let workers = tokio::spawn(prune_worker(state.clone()));

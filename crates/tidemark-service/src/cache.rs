@@ -13,14 +13,11 @@
 use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tidemark_api::keyslot::{per_shard, KeySlot, SHARDS};
 use tidemark_api::{Fields, RecordAnswer, Source, Version};
-
-const SHARDS: usize = 64;
 
 /// One cached record (or a cached "not found").
 #[derive(Debug)]
@@ -98,17 +95,9 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-fn slot(table: &str, key: &str) -> String {
-    let mut s = String::with_capacity(table.len() + key.len() + 1);
-    s.push_str(table);
-    s.push('\0');
-    s.push_str(key);
-    s
-}
-
 impl Cache {
     pub fn new(capacity: usize) -> Self {
-        let per = NonZeroUsize::new((capacity / SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let per = NonZeroUsize::new(per_shard(capacity)).unwrap_or(NonZeroUsize::MIN);
         Self {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per)))
@@ -117,10 +106,8 @@ impl Cache {
         }
     }
 
-    fn shard(&self, slot: &str) -> &Mutex<LruCache<String, Arc<Entry>>> {
-        let mut h = DefaultHasher::new();
-        slot.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+    fn shard(&self, slot: &KeySlot) -> &Mutex<LruCache<String, Arc<Entry>>> {
+        &self.shards[slot.shard()]
     }
 
     pub fn generation(&self) -> u64 {
@@ -134,8 +121,8 @@ impl Cache {
 
     /// The entry for a key, if cached.
     pub fn get(&self, table: &str, key: &str) -> Option<Arc<Entry>> {
-        let slot = slot(table, key);
-        self.shard(&slot).lock().get(&slot).cloned()
+        let slot = KeySlot::new(table, key);
+        self.shard(&slot).lock().get(slot.as_str()).cloned()
     }
 
     /// Offers an answer; returns what the cache holds afterwards. An older
@@ -150,10 +137,10 @@ impl Cache {
             Origin::Push => self.generation(),
             Origin::Fetch { generation, .. } => generation.min(self.generation()),
         };
-        let slot = slot(&answer.table, &answer.key);
+        let slot = KeySlot::new(&answer.table, &answer.key);
         let mut shard = self.shard(&slot).lock();
         let new_rank = answer.version.unwrap_or_default();
-        let entry = match shard.get(&slot) {
+        let entry = match shard.get(slot.as_str()) {
             Some(old) if old.rank() > new_rank => match origin {
                 Origin::Push => return old.clone(),
                 Origin::Fetch { db_epoch, .. } => {
@@ -184,7 +171,7 @@ impl Cache {
             }
             _ => Arc::new(Entry::new(answer, answer.recovering, generation)),
         };
-        shard.put(slot, entry.clone());
+        shard.put(slot.into_string(), entry.clone());
         entry
     }
 

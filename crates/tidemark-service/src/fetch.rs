@@ -97,7 +97,7 @@ struct Waiter<'a> {
 
 impl<'a> Waiter<'a> {
     fn new(shared: &'a Shared, table: &str, key: &str) -> Self {
-        let slot = format!("{table}\0{key}");
+        let slot = tidemark_api::keyslot::KeySlot::new(table, key).into_string();
         let notify = shared
             .waiters
             .lock()

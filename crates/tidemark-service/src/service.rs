@@ -48,7 +48,7 @@ pub struct Shared {
 impl Shared {
     /// Wakes reads waiting on a key.
     pub fn notify(&self, table: &str, key: &str) {
-        let slot = format!("{table}\0{key}");
+        let slot = tidemark_api::keyslot::KeySlot::new(table, key).into_string();
         if let Some(n) = self.waiters.lock().get(&slot) {
             n.notify_waiters();
         }

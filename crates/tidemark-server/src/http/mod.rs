@@ -10,34 +10,10 @@ pub mod records;
 pub mod recovery;
 pub mod watch;
 
-use crate::config::ServerConfig;
-use crate::hub::Hub;
-use crate::metrics::ServerMetrics;
+pub use crate::state::AppState;
 use axum::routing::{get, post};
 use axum::Router;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tidemark_store::Store;
-use tokio_util::sync::CancellationToken;
-
-/// Everything a handler may touch.
-pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub hub: Hub,
-    pub recovery: crate::recovery::Recovery,
-    pub quiesce: crate::quiesce::Quiesce,
-    /// Serialised answers, used only in the `normal` state; `None` if off.
-    pub read_cache: Option<crate::read_cache::ReadCache>,
-    /// The group-commit queue.
-    pub committer: tokio::sync::mpsc::Sender<crate::committer::Job>,
-    pub metrics: ServerMetrics,
-    pub config: ServerConfig,
-    /// Names this process; part of every watch event id.
-    pub boot: String,
-    /// False until the store is open, and again once shutdown begins.
-    pub ready: AtomicBool,
-    pub shutdown: CancellationToken,
-}
 
 /// The router of every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {

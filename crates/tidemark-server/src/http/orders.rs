@@ -2,6 +2,7 @@
 
 use super::error::HttpError;
 use super::AppState;
+use crate::committer::SubmitError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -73,21 +74,17 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     if app.quiesce.offline() {
         return Err(super::quiesce::offline_error());
     }
-    let (reply, result) = tokio::sync::oneshot::channel();
-    let job = crate::committer::Job {
-        orders: req.orders,
-        reply,
-    };
-    let shutting_down = || {
-        HttpError::new(
-            ErrorCode::NotReady,
-            "the server is shutting down; resubmit to the restarted server",
-        )
-        .retry_after(1)
-    };
-    app.committer.send(job).await.map_err(|_| shutting_down())?;
-    // The committer has applied, cached-invalidated and published the batch.
-    let outcome = result.await.map_err(|_| shutting_down())??;
+    // The committer has applied, cache-invalidated and published the batch.
+    let outcome = app
+        .committer
+        .submit(req.orders)
+        .await
+        .map_err(|e| match e {
+            SubmitError::Store(e) => HttpError::from(e),
+            SubmitError::Stopped(s) => {
+                HttpError::new(ErrorCode::NotReady, s.to_string()).retry_after(1)
+            }
+        })?;
     let applied = outcome.changes.len() as u64;
     let cleared = outcome.changes.iter().any(|c| c.cleared_flag);
     let duplicates = outcome.results.len() as u64 - applied;

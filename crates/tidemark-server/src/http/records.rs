@@ -1,16 +1,15 @@
-//! `GET /v1/records/{table}/{key}` (P1, P3, P8).
+//! `GET /v1/records/{table}/{key}` (P1, P3, P8): the HTTP face of [`crate::read`].
 
 use super::error::HttpError;
 use super::AppState;
-use crate::read_cache::Cached;
+use crate::read::ReadError;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
-use tidemark_api::{headers, ErrorCode, RecordAnswer, RecoveryState};
+use tidemark_api::{headers, ErrorCode};
 
 /// Reads one record. With `Tidemark-Subscriber: NAME`, records that NAME
 /// holds the key, before reading, so it is sent every later change.
@@ -30,89 +29,37 @@ pub async fn get_record(
     if app.quiesce.offline() {
         return Err(super::quiesce::offline_error());
     }
-    let schema = app.store.schema();
-    schema.table(&table).map_err(tidemark_api::ApiError::from)?;
-    tidemark_api::schema::validate_key(&key).map_err(tidemark_api::ApiError::from)?;
-    if let Some(name) = req
+    let subscriber = req
         .headers()
         .get(headers::SUBSCRIBER)
         .and_then(|v| v.to_str().ok())
-    {
-        if !name.is_empty() && name.len() <= 128 {
-            let id = app.hub.subscriber(name);
-            app.hub.register(id, &table, &key);
-        }
-    }
+        .map(str::to_owned);
     drop(req);
-    // The cache serves only while no recovery is in progress.
-    let cache = app
-        .read_cache
-        .as_ref()
-        .filter(|_| app.recovery.state() == RecoveryState::Normal);
-    let ticket = match cache.map(|c| c.get(&table, &key)) {
-        Some(Ok(hit)) => {
-            app.metrics.reads.inc();
-            app.metrics.read_cache_hits.inc();
-            let status = if hit.found {
-                StatusCode::OK
-            } else {
-                StatusCode::NOT_FOUND
-            };
-            let resp = (
-                status,
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                hit.body,
-            )
-                .into_response();
-            app.metrics.read_latency.observe(started.elapsed());
-            return Ok(resp);
-        }
-        Some(Err(ticket)) => Some(ticket),
-        None => None,
-    };
-    let lookup = app.store.get(&table, &key).await?;
-    let recovering = lookup.flagged || app.recovery.blanket();
-    let (status, answer) = match lookup.record {
-        Some(record) => (
-            StatusCode::OK,
-            RecordAnswer::found(&table, &key, record, recovering),
-        ),
-        None => (
-            StatusCode::NOT_FOUND,
-            RecordAnswer::missing(&table, &key, lookup.tombstone, recovering),
-        ),
-    };
+    let answer = crate::read::read(&app, &table, &key, subscriber.as_deref())
+        .await
+        .map_err(|e| match e {
+            ReadError::Input(e) => HttpError::from(e),
+            ReadError::Store(e) => HttpError::from(e),
+        })?;
     app.metrics.reads.inc();
-    let body = Bytes::from(
-        serde_json::to_vec(&answer)
-            .map_err(|e| HttpError::new(ErrorCode::Internal, e.to_string()))?,
-    );
-    if let (Some(cache), Some(ticket)) = (cache, ticket) {
-        if !recovering {
-            cache.fill(
-                ticket,
-                &table,
-                &key,
-                Cached {
-                    found: status == StatusCode::OK,
-                    body: body.clone(),
-                },
-            );
-        }
+    if answer.from_cache {
+        app.metrics.read_cache_hits.inc();
     }
+    let status = if answer.found {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
     let mut resp = (
         status,
         [(
             axum::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body,
+        answer.body,
     )
         .into_response();
-    if recovering {
+    if answer.recovering {
         app.metrics.reads_recovering.inc();
         resp.headers_mut()
             .insert(headers::RECOVERING, HeaderValue::from_static("1"));

@@ -1,0 +1,82 @@
+//! Everything the handlers and the workers of one DB server share.
+
+use crate::committer::{AfterCommit, Committer, Worker};
+use crate::config::ServerConfig;
+use crate::hub::Hub;
+use crate::metrics::ServerMetrics;
+use crate::quiesce::Quiesce;
+use crate::read_cache::ReadCache;
+use crate::recovery::Recovery;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tidemark_store::{Change, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+/// The state of one DB server. Built without any HTTP, so the read rule,
+/// watch streams and recovery can be tested on a store directly.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    /// Interest registry and push queue; shared with the committer.
+    pub hub: Arc<Hub>,
+    pub recovery: Recovery,
+    pub quiesce: Quiesce,
+    /// Serialised answers, used only in the `normal` state; `None` if off.
+    pub read_cache: Option<Arc<ReadCache>>,
+    /// The group-commit queue.
+    pub committer: Committer,
+    pub metrics: ServerMetrics,
+    pub config: ServerConfig,
+    /// Names this process; part of every watch event id.
+    pub boot: String,
+    /// False until the server serves, and again once shutdown begins.
+    pub ready: AtomicBool,
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The state over an open store, and the committer's worker (run it
+    /// with [`Worker::run`]).
+    pub async fn new(
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+        boot: String,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<AppState>, Worker), StoreError> {
+        let metrics = ServerMetrics::new();
+        let meta = store.meta().await?;
+        metrics.seq.set(meta.seq as i64);
+        metrics.epoch.set(meta.epoch as i64);
+        let hub = Arc::new(Hub::new(config.push_queue));
+        let read_cache = ReadCache::new(config.read_cache_entries).map(Arc::new);
+        let after_commit: AfterCommit = {
+            let (hub, read_cache) = (hub.clone(), read_cache.clone());
+            Arc::new(move |changes: &[Change]| {
+                if let Some(cache) = &read_cache {
+                    for c in changes {
+                        cache.invalidate(&c.table, &c.key);
+                    }
+                }
+                hub.publish_changes(changes);
+            })
+        };
+        let (committer, worker) = Committer::new(store.clone(), after_commit);
+        let recovery = Recovery::load(store.clone()).await?;
+        let quiesce = Quiesce::load(store.as_ref()).await?;
+        // A crash between the last flag clear and the state change is mended here.
+        recovery.maybe_finish().await?;
+        let state = Arc::new(AppState {
+            store,
+            hub,
+            recovery,
+            quiesce,
+            read_cache,
+            committer,
+            metrics,
+            config,
+            boot,
+            ready: AtomicBool::new(false),
+            shutdown,
+        });
+        Ok((state, worker))
+    }
+}

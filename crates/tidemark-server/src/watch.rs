@@ -1,0 +1,332 @@
+//! The watch stream of one service server (P3), without HTTP: what it is
+//! sent, in which order, and from where it resumes.
+//!
+//! Invariants:
+//! - The stream subscribes to the push queue *before* it reads the store's
+//!   position, so every change committed after that position is either
+//!   replayed from the change log or received from the queue; events at or
+//!   below the cursor are skipped, so none is sent twice.
+//! - `synced` is sent once everything missed has been sent; a service
+//!   server vouches for its cache only after it (ARCHITECTURE.md).
+//! - A replayed change is sent as the key's *current* record and flag.
+
+use crate::hub::{Push, SubscriberId};
+use crate::state::AppState;
+use std::sync::Arc;
+use tidemark_api::event::{
+    EpochEvent, EpochReason, EventId, HelloEvent, QuiesceEvent, SyncedEvent,
+};
+use tidemark_api::{RecordAnswer, WatchEvent};
+use tidemark_store::{Change, StoreError};
+use tokio::sync::{broadcast, mpsc};
+
+/// An event and its id.
+pub type IdEvent = (String, WatchEvent);
+
+/// Opens the stream of subscriber `name`, resuming after `last_event_id`
+/// if it can. Events arrive on the receiver until it is dropped.
+pub async fn open(
+    app: &Arc<AppState>,
+    name: &str,
+    last_event_id: Option<&str>,
+) -> Result<mpsc::Receiver<IdEvent>, StoreError> {
+    let id = app.hub.subscriber(name);
+    let queue = app.hub.subscribe();
+    let meta = app.store.meta().await?;
+    let last = last_event_id.map(|s| s.parse::<EventId>());
+    let (cursor, resumed, cannot_resume) = match last {
+        Some(Ok(eid))
+            if eid.boot == app.boot
+                && eid.epoch == meta.epoch
+                && eid.seq <= meta.seq
+                && eid.seq + 1 >= meta.log_floor =>
+        {
+            (eid.seq, true, false)
+        }
+        Some(_) => (meta.seq, false, true),
+        None => (meta.seq, false, false),
+    };
+    tracing::info!(subscriber = %name, cursor, resumed, cannot_resume, "watch stream opened");
+    let (tx, rx) = mpsc::channel(1024);
+    let stream = WatchStream {
+        app: app.clone(),
+        id,
+        epoch: meta.epoch,
+        cursor,
+        tx,
+    };
+    tokio::spawn(stream.run(queue, resumed, cannot_resume));
+    Ok(rx)
+}
+
+struct WatchStream {
+    app: Arc<AppState>,
+    id: SubscriberId,
+    epoch: u64,
+    /// The last change-log seq this subscriber has been brought up to.
+    cursor: u64,
+    tx: mpsc::Sender<IdEvent>,
+}
+
+impl WatchStream {
+    fn event_id(&self) -> String {
+        EventId {
+            epoch: self.epoch,
+            seq: self.cursor,
+            boot: self.app.boot.clone(),
+        }
+        .to_string()
+    }
+
+    async fn send(&self, ev: WatchEvent) -> bool {
+        let ok = self.tx.send((self.event_id(), ev)).await.is_ok();
+        if ok {
+            self.app.metrics.pushes.inc();
+        }
+        ok
+    }
+
+    async fn send_change(&self, c: &Change) -> bool {
+        let recovering = c.flagged || self.app.recovery.blanket();
+        let answer = match &c.fields {
+            Some(f) => RecordAnswer {
+                table: c.table.clone(),
+                key: c.key.clone(),
+                found: true,
+                fields: Some(f.clone()),
+                version: Some(c.version),
+                recovering,
+                source: None,
+            },
+            None => RecordAnswer::missing(&c.table, &c.key, Some(c.version), recovering),
+        };
+        self.send(if c.cleared_flag {
+            WatchEvent::Recovered(answer)
+        } else {
+            WatchEvent::Update(answer)
+        })
+        .await
+    }
+
+    /// Replays a logged change as the key's *current* record and flag. The
+    /// log has no flag state, and an old change of a key that is still being
+    /// recovered must not be taken as current; the current record never is
+    /// outdated, and sending it twice is harmless (caches order by version).
+    async fn send_current(&self, c: &Change) -> bool {
+        match self.app.store.get(&c.table, &c.key).await {
+            Ok(now) => {
+                let current = Change {
+                    table: c.table.clone(),
+                    key: c.key.clone(),
+                    version: now
+                        .record
+                        .as_ref()
+                        .map(|r| r.version)
+                        .or(now.tombstone)
+                        .unwrap_or(c.version),
+                    fields: now.record.map(|r| r.fields),
+                    cleared_flag: c.cleared_flag && !now.flagged,
+                    flagged: now.flagged,
+                };
+                self.send_change(&current).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watch replay could not read a record; closing the stream");
+                false
+            }
+        }
+    }
+
+    /// Sends every logged change after the cursor that this subscriber holds.
+    /// Returns false if the stream is gone.
+    async fn replay(&mut self) -> bool {
+        loop {
+            let meta = match self.app.store.meta().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch replay could not read the store; closing the stream");
+                    return false;
+                }
+            };
+            if self.cursor + 1 < meta.log_floor {
+                // The log no longer reaches back: the subscriber must revalidate.
+                self.cursor = meta.seq;
+                return self
+                    .send(WatchEvent::Epoch(EpochEvent {
+                        epoch: self.epoch,
+                        reason: EpochReason::CannotResume,
+                    }))
+                    .await;
+            }
+            let page = match self.app.store.changes_since(self.cursor, 1000).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch replay failed; closing the stream");
+                    return false;
+                }
+            };
+            if page.is_empty() {
+                return true;
+            }
+            for c in page {
+                self.cursor = c.version.seq;
+                if self.app.hub.holds(self.id, &c.table, &c.key) && !self.send_current(&c).await {
+                    return false;
+                }
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut queue: broadcast::Receiver<Push>,
+        resumed: bool,
+        cannot_resume: bool,
+    ) {
+        self.app.metrics.watchers.add(1);
+        let hello = HelloEvent {
+            epoch: self.epoch,
+            seq: self.cursor,
+            boot: self.app.boot.clone(),
+            resumed,
+        };
+        let mut alive = self.send(WatchEvent::Hello(hello)).await;
+        if let (true, Some(notice)) = (alive, self.app.quiesce.notice()) {
+            alive = self
+                .send(WatchEvent::Quiesce(QuiesceEvent {
+                    notice: Some(notice),
+                    cancelled: false,
+                }))
+                .await;
+        }
+        if alive && cannot_resume {
+            alive = self
+                .send(WatchEvent::Epoch(EpochEvent {
+                    epoch: self.epoch,
+                    reason: EpochReason::CannotResume,
+                }))
+                .await;
+        }
+        if alive && resumed {
+            alive = self.replay().await;
+        }
+        if alive {
+            // Everything missed has been sent: the subscriber may vouch for
+            // its cache from here on.
+            alive = self
+                .send(WatchEvent::Synced(SyncedEvent { seq: self.cursor }))
+                .await;
+        }
+        while alive {
+            let push = tokio::select! {
+                _ = self.app.shutdown.cancelled() => break,
+                _ = self.tx.closed() => break,
+                p = queue.recv() => p,
+            };
+            alive = match push {
+                Ok(Push::Change(c, holders)) => {
+                    if c.version.seq <= self.cursor {
+                        continue;
+                    }
+                    self.cursor = c.version.seq;
+                    !holders.contains(&self.id) || self.send_change(&c).await
+                }
+                Ok(Push::Epoch(e)) => {
+                    self.epoch = e.epoch;
+                    self.send(WatchEvent::Epoch(e)).await
+                }
+                Ok(Push::Quiesce(q)) => self.send(WatchEvent::Quiesce(q)).await,
+                Ok(Push::Schema(s)) => self.send(WatchEvent::Schema(s)).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(
+                        skipped = n,
+                        "watch stream lagged; replaying from the change log"
+                    );
+                    self.replay().await
+                }
+                Err(broadcast::error::RecvError::Closed) => false,
+            };
+        }
+        self.app.metrics.watchers.add(-1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{upsert, TestServer};
+    use tidemark_store::Store;
+
+    async fn next(rx: &mut mpsc::Receiver<IdEvent>) -> IdEvent {
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event")
+            .expect("stream open")
+    }
+
+    fn plan(ev: &WatchEvent) -> String {
+        match ev {
+            WatchEvent::Update(a) | WatchEvent::Recovered(a) => a.fields.as_ref().unwrap()["plan"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            other => panic!("not a record: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_stream_replays_current_records_then_says_synced() {
+        let t = TestServer::open(async |_: &dyn Store| {}).await;
+        let app = &t.app;
+        let id = app.hub.subscriber("svc");
+        app.hub.register(id, "subscriber", "k");
+        let mut rx = open(app, "svc", None).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
+        let (last_id, ev) = next(&mut rx).await;
+        assert!(matches!(ev, WatchEvent::Synced(_)));
+        drop(rx);
+        // Missed while away: two changes of a held key, one of another key.
+        for (seq, plan) in [(1, "a"), (2, "b")] {
+            app.committer
+                .submit(vec![upsert("o", seq, "k", plan)])
+                .await
+                .unwrap();
+        }
+        app.committer
+            .submit(vec![upsert("o", 3, "other", "x")])
+            .await
+            .unwrap();
+        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if h.resumed));
+        // Both logged changes are sent as the current record, never "a".
+        let mut replayed = Vec::new();
+        loop {
+            match next(&mut rx).await.1 {
+                WatchEvent::Synced(_) => break,
+                ev => replayed.push(plan(&ev)),
+            }
+        }
+        assert_eq!(replayed, vec!["b", "b"]);
+        // Then live pushes, of held keys only.
+        app.committer
+            .submit(vec![upsert("o", 4, "other", "y"), upsert("o", 5, "k", "c")])
+            .await
+            .unwrap();
+        assert_eq!(plan(&next(&mut rx).await.1), "c");
+    }
+
+    #[tokio::test]
+    async fn an_id_from_another_boot_cannot_resume() {
+        let t = TestServer::open(async |_: &dyn Store| {}).await;
+        let mut rx = open(&t.app, "svc", Some("1-0-otherboot")).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
+        assert!(matches!(
+            next(&mut rx).await.1,
+            WatchEvent::Epoch(EpochEvent {
+                reason: EpochReason::CannotResume,
+                ..
+            })
+        ));
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Synced(_)));
+    }
+}

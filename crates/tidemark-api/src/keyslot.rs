@@ -4,7 +4,7 @@
 //! The DB server's interest registry and read cache and the service
 //! server's cache all shard by this, so a key means the same everywhere.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// Shards of every sharded map: enough that 2 cores never contend on one.
 pub const SHARDS: usize = 64;
@@ -24,11 +24,9 @@ impl KeySlot {
         name.push('\0');
         name.push_str(key);
         // A fixed-key hasher: the shard of a name never changes within a process.
-        let mut h =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .build_hasher();
-        name.hash(&mut h);
-        let shard = (h.finish() as usize) % SHARDS;
+        let hasher =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let shard = (hasher.hash_one(&name) as usize) % SHARDS;
         KeySlot { name, shard }
     }
 

@@ -10,14 +10,41 @@
 
 use crate::cache::{Entry, Origin};
 use crate::policy::Freshness;
-use crate::service::Shared;
+use crate::shared::Shared;
 use bytes::Bytes;
 use rand::Rng;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tidemark_api::{ClientError, ErrorCode, RecordAnswer, Source};
+use std::time::Duration;
+use tidemark_api::client::RecordRead;
+use tidemark_api::{ClientError, DbClient, ErrorCode, RecordAnswer, Source};
 use tokio::sync::Notify;
+// Tokio's clock: the wait logic is tested with a paused clock.
+use tokio::time::Instant;
+
+/// Where a read the cache cannot answer goes: the DB server.
+#[async_trait::async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    /// `GET /v1/records/{table}/{key}`, registering interest as `subscriber`.
+    async fn get_record(
+        &self,
+        table: &str,
+        key: &str,
+        subscriber: &str,
+    ) -> Result<RecordRead, ClientError>;
+}
+
+#[async_trait::async_trait]
+impl Upstream for DbClient {
+    async fn get_record(
+        &self,
+        table: &str,
+        key: &str,
+        subscriber: &str,
+    ) -> Result<RecordRead, ClientError> {
+        DbClient::get_record(self, table, key, Some(subscriber)).await
+    }
+}
 
 /// A read's answer.
 #[derive(Debug, Clone)]
@@ -221,8 +248,8 @@ pub async fn read(
         let asked_in = shared.cache.generation();
         shared.metrics.db_fetches.inc();
         match shared
-            .client
-            .get_record(table, key, Some(&shared.config.id))
+            .upstream
+            .get_record(table, key, &shared.config.id)
             .await
         {
             Ok(read) => {
@@ -301,5 +328,159 @@ pub async fn read(
             }
         }
         delay = (delay * 2).min(max_delay);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServiceConfig;
+    use crate::service::Service;
+    use crate::watcher;
+    use std::sync::atomic::AtomicUsize;
+    use tidemark_api::event::{HelloEvent, SyncedEvent};
+    use tidemark_api::sse::SseEvent;
+    use tidemark_api::{ApiError, Version, WatchEvent};
+    use tokio_util::sync::CancellationToken;
+
+    /// A DB server that answers by call number.
+    struct Scripted {
+        calls: AtomicUsize,
+        answer: Box<dyn Fn(usize) -> Result<RecordRead, ClientError> + Send + Sync>,
+    }
+
+    #[async_trait::async_trait]
+    impl Upstream for Scripted {
+        async fn get_record(&self, _: &str, _: &str, _: &str) -> Result<RecordRead, ClientError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            (self.answer)(n)
+        }
+    }
+
+    fn record(seq: u64, recovering: bool) -> RecordAnswer {
+        let mut fields = tidemark_api::Fields::new();
+        fields.insert("plan".into(), serde_json::json!(seq));
+        RecordAnswer {
+            table: "subscriber".into(),
+            key: "k".into(),
+            found: true,
+            fields: Some(fields),
+            version: Some(Version::new(2, seq)),
+            recovering,
+            source: None,
+        }
+    }
+
+    fn flagged(_: usize) -> Result<RecordRead, ClientError> {
+        Ok(RecordRead {
+            answer: record(1, true),
+            retry_after: Some(1),
+        })
+    }
+
+    fn unreachable(_: usize) -> Result<RecordRead, ClientError> {
+        Err(ClientError::Api {
+            status: 503,
+            error: ApiError::new(ErrorCode::NotReady, "down"),
+            retry_after: None,
+        })
+    }
+
+    fn service(
+        answer: fn(usize) -> Result<RecordRead, ClientError>,
+        synced: bool,
+    ) -> (Service, Arc<Scripted>) {
+        let up = Arc::new(Scripted {
+            calls: AtomicUsize::new(0),
+            answer: Box::new(answer),
+        });
+        let config = ServiceConfig {
+            id: "svc".into(),
+            ..ServiceConfig::default()
+        };
+        let svc = Service::with_upstream(config, CancellationToken::new(), up.clone()).unwrap();
+        if synced {
+            let ev = |e: WatchEvent| SseEvent {
+                id: Some("2-0-b".into()),
+                event: e.name().into(),
+                data: e.data(),
+            };
+            let hello = HelloEvent {
+                epoch: 2,
+                seq: 0,
+                boot: "b".into(),
+                resumed: false,
+            };
+            watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
+            watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
+        }
+        (svc, up)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_latest_read_of_a_flagged_key_asks_twice_then_answers_503_at_its_deadline() {
+        // P9: it never serves the flagged data; with the stream synced it
+        // waits for a push rather than polling (2 requests per flagged key).
+        let (svc, up) = service(flagged, true);
+        let started = Instant::now();
+        let err = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap_err();
+        assert_eq!((err.status, err.code), (503, ErrorCode::StaleData));
+        assert_eq!(err.retry_after, Some(1));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(svc.shared.config.latest_deadline_ms)
+        );
+        assert_eq!(up.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_push_wakes_a_waiting_read() {
+        let (svc, up) = service(flagged, true);
+        let shared = svc.shared.clone();
+        let waiting =
+            tokio::spawn(async move { read(&shared, "subscriber", "k", Freshness::Latest).await });
+        while up.calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let push = WatchEvent::Recovered(record(7, false));
+        watcher::apply(
+            &svc.shared,
+            &SseEvent {
+                id: Some("2-7-b".into()),
+                event: push.name().into(),
+                data: push.data(),
+            },
+        );
+        let served = waiting.await.unwrap().unwrap();
+        assert!(!served.recovering && served.source == Source::Cache);
+        assert_eq!(started.elapsed(), Duration::ZERO, "woken, not polled");
+        assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_db_server_latest_backs_off_and_stale_ok_is_marked() {
+        let (svc, up) = service(unreachable, false);
+        svc.shared.cache.offer(&record(3, false), Origin::Push);
+        let served = read(&svc.shared, "subscriber", "k", Freshness::StaleOk)
+            .await
+            .unwrap();
+        assert!(
+            served.recovering,
+            "a cached entry nobody vouches for is marked"
+        );
+        let before = up.calls.load(Ordering::SeqCst);
+        let err = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap_err();
+        assert_eq!((err.status, err.code), (503, ErrorCode::DbUnavailable));
+        let polls = up.calls.load(Ordering::SeqCst) - before;
+        // 20 ms doubling to 1 s (with jitter) within a 5 s deadline.
+        assert!(
+            (4..=15).contains(&polls),
+            "backoff, not a hammer: {polls} requests"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::fetch::ReadError;
 use crate::policy::Freshness;
-use crate::service::Shared;
+use crate::shared::Shared;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};

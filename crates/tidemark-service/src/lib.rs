@@ -12,6 +12,7 @@
 //! - [`snapshot`]: the optional on-disk cache snapshot for warm restarts.
 //! - [`http`]: the terminal-facing HTTP API.
 //! - [`metrics`]: the service server's Prometheus metrics.
+//! - [`shared`]: [`shared::Shared`], the state handlers, reads and workers share.
 //! - [`service`]: [`Service`]: wiring, `run(listener)`, shutdown.
 
 pub mod cache;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod policy;
 pub mod service;
+pub mod shared;
 pub mod snapshot;
 pub mod watcher;
 

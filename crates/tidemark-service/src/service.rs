@@ -1,10 +1,12 @@
-//! Wiring of a service server: shared state, workers, and shutdown order.
+//! Wiring of a service server: building its state, the workers, and the
+//! shutdown order.
 
 use crate::cache::{Cache, Origin};
 use crate::config::ServiceConfig;
-use crate::fetch::{self, Served};
+use crate::fetch::{self, Served, Upstream};
 use crate::metrics::ServiceMetrics;
 use crate::policy::Freshness;
+pub use crate::shared::Shared;
 use crate::{http, snapshot, watcher};
 use anyhow::Context;
 use parking_lot::Mutex;
@@ -12,55 +14,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_api::event::QuiesceEvent;
 use tidemark_api::DbClient;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-/// State shared by the HTTP handlers and the workers.
-pub struct Shared {
-    pub config: ServiceConfig,
-    pub client: DbClient,
-    pub cache: Cache,
-    pub metrics: ServiceMetrics,
-    /// True while the watch stream is open *and synced* (every missed
-    /// change applied). Only then are cached entries served as current and
-    /// fetched records cached, because only then are their later changes
-    /// sure to arrive.
-    pub connected: AtomicBool,
-    /// The id of the last watch event applied.
-    pub last_event_id: Mutex<Option<String>>,
-    /// Reads waiting for a key to become current, by cache slot.
-    pub waiters: Mutex<HashMap<String, Arc<Notify>>>,
-    /// The watch-event id of the last snapshot written.
-    pub snapshot_event_id: Mutex<Option<String>>,
-    /// Bumped on every cache change, so snapshots skip idle periods.
-    pub changes: AtomicU64,
-    pub db_epoch: AtomicU64,
-    pub schema_version: AtomicU64,
-    pub quiesce: Mutex<Option<QuiesceEvent>>,
-    /// When the DB server goes offline, per the quiesce notice in force.
-    pub quiesce_at: Mutex<Option<std::time::Instant>>,
-    pub shutdown: CancellationToken,
-}
-
-impl Shared {
-    /// Wakes reads waiting on a key.
-    pub fn notify(&self, table: &str, key: &str) {
-        let slot = tidemark_api::keyslot::KeySlot::new(table, key).into_string();
-        if let Some(n) = self.waiters.lock().get(&slot) {
-            n.notify_waiters();
-        }
-    }
-
-    /// Wakes every waiting read (after an `epoch` event).
-    pub fn notify_all(&self) {
-        for n in self.waiters.lock().values() {
-            n.notify_waiters();
-        }
-    }
-}
 
 /// A service server. Embed it with [`Service::new`] and [`Service::run`],
 /// or read through it directly with [`Service::read`].
@@ -72,6 +28,17 @@ pub struct Service {
 impl Service {
     /// Builds a service server; loads the cache snapshot if `cache_dir` has one.
     pub fn new(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let upstream = Arc::new(DbClient::new(&config.db));
+        Self::with_upstream(config, shutdown, upstream)
+    }
+
+    /// Builds a service server whose reads ask `upstream` (the DB server;
+    /// unit tests give a scripted one to drive the wait logic in time).
+    pub fn with_upstream(
+        config: ServiceConfig,
+        shutdown: CancellationToken,
+        upstream: Arc<dyn Upstream>,
+    ) -> anyhow::Result<Self> {
         if config.id.is_empty() || config.id.len() > 128 {
             anyhow::bail!("a service server needs --id NAME (1 to 128 bytes): the DB server pushes changes to it by this name");
         }
@@ -92,6 +59,7 @@ impl Service {
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
+                upstream,
                 cache,
                 metrics: ServiceMetrics::new(),
                 connected: AtomicBool::new(false),

@@ -5,9 +5,11 @@
 //! renamed, so a crash leaves the previous snapshot whole. The id is read
 //! *before* the entries: the entries are at least as new as the id says,
 //! and replaying from an older id is harmless because the cache orders by
-//! version.
+//! version. Suspect entries are not saved (see `save_now`), and a loaded
+//! snapshot vouches for nothing until the stream resumes from its id and
+//! says `synced`.
 
-use crate::service::Shared;
+use crate::shared::Shared;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufWriter, Write};
@@ -79,8 +81,18 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
     let Some(dir) = &shared.config.cache_dir else {
         return Ok(());
     };
+    // Only entries vouched for under the current generation are saved: a
+    // suspect entry (from before an `epoch` event or an unresumed stream)
+    // has no interest registered on the DB server of the saved position, so
+    // a stream resumed from it would never bring its changes.
+    let generation = shared.cache.generation();
     let last_event_id = shared.last_event_id.lock().clone();
-    let entries = shared.cache.entries();
+    let entries: Vec<_> = shared
+        .cache
+        .entries()
+        .into_iter()
+        .filter(|e| e.generation == generation)
+        .collect();
     let tmp = dir.join(format!("{FILE}.tmp"));
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

@@ -10,7 +10,7 @@
 //! change may have been missed.
 
 use crate::cache::Origin;
-use crate::service::Shared;
+use crate::shared::Shared;
 use futures::StreamExt;
 use rand::Rng;
 use std::sync::atomic::Ordering;
@@ -158,4 +158,102 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
         *shared.last_event_id.lock() = Some(id.clone());
     }
     hello
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServiceConfig;
+    use crate::service::Service;
+    use tidemark_api::event::{EpochEvent, EpochReason, HelloEvent, QuiesceEvent, SyncedEvent};
+    use tidemark_api::state::QuiesceNotice;
+    use tidemark_api::{RecordAnswer, Version};
+    use tokio_util::sync::CancellationToken;
+
+    fn ev(e: WatchEvent, id: &str) -> SseEvent {
+        SseEvent {
+            id: Some(id.into()),
+            event: e.name().into(),
+            data: e.data(),
+        }
+    }
+
+    fn hello(resumed: bool) -> WatchEvent {
+        WatchEvent::Hello(HelloEvent {
+            epoch: 1,
+            seq: 0,
+            boot: "b".into(),
+            resumed,
+        })
+    }
+
+    #[test]
+    fn the_cache_is_vouched_for_only_between_synced_and_the_end_of_the_stream() {
+        let svc = Service::new(
+            ServiceConfig {
+                id: "svc".into(),
+                ..ServiceConfig::default()
+            },
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let s = &svc.shared;
+        let g0 = s.cache.generation();
+        assert!(apply(s, &ev(hello(false), "1-0-b")));
+        assert!(
+            !s.connected.load(Ordering::SeqCst),
+            "hello alone is not synced"
+        );
+        assert!(
+            s.cache.generation() > g0,
+            "an unresumed stream vouches for nothing"
+        );
+        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        assert!(s.connected.load(Ordering::SeqCst));
+        let answer = RecordAnswer::missing("subscriber", "k", Some(Version::new(1, 4)), false);
+        apply(s, &ev(WatchEvent::Update(answer), "1-4-b"));
+        assert!(s.cache.get("subscriber", "k").is_some());
+        assert_eq!(s.last_event_id.lock().as_deref(), Some("1-4-b"));
+        stream_down(s);
+        assert!(!s.connected.load(Ordering::SeqCst));
+        // A resumed stream keeps the generation; an epoch event bumps it.
+        let g1 = s.cache.generation();
+        apply(s, &ev(hello(true), "1-4-b"));
+        assert_eq!(s.cache.generation(), g1);
+        let epoch = WatchEvent::Epoch(EpochEvent {
+            epoch: 2,
+            reason: EpochReason::Restore,
+        });
+        apply(s, &ev(epoch, "2-4-b"));
+        assert!(s.cache.generation() > g1);
+        assert_eq!(s.db_epoch.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_quiesce_notice_sets_and_a_cancel_clears_the_countdown() {
+        let svc = Service::new(
+            ServiceConfig {
+                id: "svc".into(),
+                ..ServiceConfig::default()
+            },
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let s = &svc.shared;
+        let notice = QuiesceNotice {
+            deadline: "later".into(),
+            seconds_left: 30,
+            message: "maintenance".into(),
+        };
+        let q = |cancelled: bool| {
+            WatchEvent::Quiesce(QuiesceEvent {
+                notice: (!cancelled).then(|| notice.clone()),
+                cancelled,
+            })
+        };
+        apply(s, &ev(q(false), "1-0-b"));
+        assert!(s.quiesce_at.lock().is_some() && s.quiesce.lock().is_some());
+        apply(s, &ev(q(true), "1-0-b"));
+        assert!(s.quiesce_at.lock().is_none() && s.quiesce.lock().is_none());
+    }
 }

@@ -1,7 +1,7 @@
 //! The recovery state machine of the DB server (P5–P10).
 //!
-//! `normal` → `recovering` (set by restore, S2) → `recovered` once the OpS
-//! has said it is complete and no flag remains (S10) → `normal` after a hold
+//! `normal` → `recovering` (set by restore, patent step 2) → `recovered` once the OpS
+//! has said it is complete and no flag remains (patent step 10) → `normal` after a hold
 //! period. The state lives in the store, so it survives restarts; this
 //! module keeps a copy for the read path.
 //!

@@ -172,7 +172,7 @@ pub trait Store: Send + Sync + 'static {
     /// Called by restore on the freshly restored copy, before it is swapped
     /// in: sets the epoch to `new_epoch` and the recovery state to
     /// `recovering` with no schedule list received yet, so the server starts
-    /// answering every read as recovering (P5, S2).
+    /// answering every read as recovering (P5, patent step 2).
     async fn mark_restored(&self, new_epoch: u64) -> Result<(), StoreError>;
 
     /// The persisted recovery state and progress.

@@ -66,7 +66,7 @@ pub fn document() -> Value {
             },
             "/v1/recovery/schedule": {"post": {"summary": "A chunk of the recovery schedule list (P6, P7).",
                 "responses": {"200": {"description": "flagged / skipped"}, "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref()}}},
-            "/v1/recovery/complete": {"post": {"summary": "The OpS has sent all difference data (P5, S10).",
+            "/v1/recovery/complete": {"post": {"summary": "The OpS has sent all difference data (P5, patent step 10).",
                 "responses": {"200": {"description": "Recovery"}, "409": error_ref()}}},
             "/v1/recovery/flags": {"get": {"summary": "Keys still flagged, and the order each waits for.", "responses": {"200": {"description": "Flags"}}}},
             "/v1/recovery/abort": {"post": {"summary": "Ends a recovery explicitly (drops every flag; logged). Body {\"reason\"}.",

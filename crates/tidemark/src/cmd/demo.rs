@@ -410,7 +410,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     tl.check(
         r["state"] == "recovering",
-        "the DB server moved to recovering by itself after the restore (P5, S2)",
+        "the DB server moved to recovering by itself after the restore (P5, patent step 2)",
     );
 
     // Terminals read every key from both service servers from now on.
@@ -569,7 +569,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     tl.check(
         r["state"] == "recovered" && r["remaining"] == 0,
         &format!(
-            "the DB server moved to recovered by itself ({} flagged, {} cleared) (P5, S10)",
+            "the DB server moved to recovered by itself ({} flagged, {} cleared) (P5, patent step 10)",
             r["flagged"], r["cleared"]
         ),
     );

@@ -146,6 +146,7 @@ async fn state(url: &str) -> (u64, u64) {
     (st["epoch"].as_u64().unwrap(), st["seq"].as_u64().unwrap())
 }
 
+/// B1, B5: an online backup is one consistent point, configuration included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn online_backup_under_load_restores_exactly_its_point() {
     let tmp = tempfile::tempdir().unwrap();
@@ -401,6 +402,7 @@ async fn every_damaged_backup_is_refused_and_nothing_changes() {
     assert!(data.join("current/config/effective.json").exists());
 }
 
+/// B3, B4: restore runs only with the servers stopped.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_is_refused_while_a_server_runs_and_allowed_after_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
@@ -464,6 +466,7 @@ async fn restore_is_refused_while_a_server_runs_and_allowed_after_kill_9() {
     assert_eq!(rows[0]["ok"], true, "{rows}");
 }
 
+/// B3, B4, P4: restore is atomic whatever step it dies at.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_at_any_step_of_restore_leaves_the_old_or_the_new_state() {
     let tmp = tempfile::tempdir().unwrap();
@@ -547,6 +550,7 @@ async fn a_crash_at_any_step_of_restore_leaves_the_old_or_the_new_state() {
     }
 }
 
+/// B6: process information left by an online backup must be cleaned first.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_refuses_uncleaned_data_until_cleanup_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -599,6 +603,7 @@ async fn a_server_refuses_uncleaned_data_until_cleanup_runs() {
     assert_eq!(state(&db.url).await, (2, 5));
 }
 
+/// B2: offline backups of a stopped server; retention.
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_backups_retention_and_interrupted_backups() {
     let tmp = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use tidemark_api::{DbClient, WatchEvent};
 
+/// P1, P2: a miss is asked of the DB server, then answered from the cache.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_miss_is_fetched_then_cached() {
     let tmp = tempfile::tempdir().unwrap();
@@ -74,6 +75,7 @@ async fn a_miss_is_fetched_then_cached() {
     );
 }
 
+/// P3: every change reaches each service server that holds the key, in commit order.
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_reach_both_service_servers_by_push_in_order() {
     let tmp = tempfile::tempdir().unwrap();
@@ -174,6 +176,7 @@ async fn orders_reach_both_service_servers_by_push_in_order() {
     }
 }
 
+/// P3, P11: a restarted service server resumes its stream without loss.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_service_server_catches_up_through_last_event_id() {
     let tmp = tempfile::tempdir().unwrap();
@@ -234,6 +237,7 @@ async fn a_killed_service_server_catches_up_through_last_event_id() {
     );
 }
 
+/// P3, P11: a DB server restart (interest lost) makes caches revalidate.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_restart_makes_service_servers_revalidate() {
     let tmp = tempfile::tempdir().unwrap();
@@ -282,6 +286,7 @@ async fn a_server_restart_makes_service_servers_revalidate() {
     assert_eq!(r["source"], "db");
 }
 
+/// P3, P10: orders are journaled first and applied exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ops_killed_mid_stream_applies_every_order_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();

@@ -255,6 +255,7 @@ fn recover(dir: &Path, db: &str, backup: &Path, env: &[(&str, &str)]) -> std::pr
     )
 }
 
+/// P4–P11: restore, the schedule list flags (P6, P7), flagged answers carry the identifier (P8), latest-only waits and accept-stale serves marked (P9), the difference data clears the flags (P10), and both end current (P11).
 #[tokio::test(flavor = "multi_thread")]
 async fn latest_only_never_serves_outdated_data_through_a_disaster() {
     let tmp = tempfile::tempdir().unwrap();
@@ -360,6 +361,7 @@ async fn latest_only_never_serves_outdated_data_through_a_disaster() {
     );
 }
 
+/// P5, P10: a recovery survives kill -9 of the DB server and the OpS.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state() {
     let tmp = tempfile::tempdir().unwrap();
@@ -434,6 +436,7 @@ async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state() {
     }
 }
 
+/// P5, P6: schedule lists and completion are refused outside recovery.
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_requests_in_the_wrong_state_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -462,6 +465,7 @@ async fn recovery_requests_in_the_wrong_state_are_refused() {
     assert_eq!(r["state"], "normal");
 }
 
+/// P5: the only way out besides completion is an explicit, logged abort.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_can_end_a_recovery_explicitly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -506,6 +510,7 @@ async fn an_operator_can_end_a_recovery_explicitly() {
     );
 }
 
+/// P9, P11: a resumed stream sends current records, never logged intermediate ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_record_as_current() {
     let tmp = tempfile::tempdir().unwrap();

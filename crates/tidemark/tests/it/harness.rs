@@ -13,6 +13,7 @@ use tidemark_testkit::process::{log_path, read_log};
 use tidemark_testkit::Program;
 
 pub use tidemark_testkit::orders::{key_url, upsert_line as order_line};
+pub use tidemark_testkit::Model;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidemark");
 

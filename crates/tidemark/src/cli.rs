@@ -55,7 +55,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Load generators and benchmarks.
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(tidemark_bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]

@@ -5,9 +5,9 @@
 //! - `config`: the TOML file and `TIDEMARK_*` environment layering.
 //! - `signals`: SIGINT/SIGTERM to a cancellation token.
 //! - `cmd`: one module per subcommand.
-//! - `bench`: load generators and benchmarks.
+//!
+//! `tidemark bench …` runs the load generators of the `tidemark-bench` crate.
 
-mod bench;
 mod cli;
 mod cmd;
 mod config;

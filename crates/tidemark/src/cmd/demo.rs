@@ -3,15 +3,13 @@
 //! fails.
 
 use crate::cli::DemoArgs;
-use anyhow::Context;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tidemark_testkit::orders::key_url;
+use tidemark_testkit::{Model, Program};
 
 /// One terminal read: which service server, key, status, body.
 type TerminalAnswer = (&'static str, String, u16, Value);
@@ -39,88 +37,9 @@ impl Timeline {
     }
 }
 
-/// A child `tidemark` process serving HTTP.
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Proc {
-    fn start(
-        exe: &Path,
-        dir: &Path,
-        log: &str,
-        args: &[&str],
-        listen: &str,
-    ) -> anyhow::Result<Proc> {
-        let log = std::fs::File::create(dir.join(log))?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .args(["--listen", listen])
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting a tidemark process")?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let url = line.trim().strip_prefix("listening on ").map(str::to_owned);
-        match url {
-            Some(url) => Ok(Proc { child, url }),
-            None => {
-                let _ = child.kill();
-                anyhow::bail!(
-                    "a demo process did not start; see its log in {}",
-                    dir.display()
-                )
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-async fn wait_ready(url: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(format!("{url}/readyz")).await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("{url} did not become ready")
-}
-
-fn run(exe: &Path, dir: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    let mut child = Command::new(exe)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
+/// Runs `tidemark ARGS` to completion; its trimmed stdout, or why it failed.
+fn run(exe: &Program, dir: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let out = exe.run(dir, args, stdin.map(str::as_bytes), &[])?;
     if !out.status.success() {
         anyhow::bail!(
             "tidemark {} failed: {}",
@@ -135,43 +54,8 @@ fn key(i: usize) -> String {
     format!("+8131{i:06}")
 }
 
-/// The latest data: every order applied in order.
-#[derive(Default, Clone)]
-struct Model(BTreeMap<String, Option<serde_json::Map<String, Value>>>);
-
-impl Model {
-    fn order(&mut self, k: &str, op: &str, fields: Value) -> String {
-        let e = self.0.entry(k.to_owned()).or_insert(None);
-        if op == "delete" {
-            *e = None;
-            return json!({"table": "subscriber", "key": k, "op": "delete"}).to_string() + "\n";
-        }
-        let rec = e.get_or_insert_with(|| {
-            ["plan", "status", "services", "roaming", "credit_limit"]
-                .iter()
-                .map(|c| (c.to_string(), Value::Null))
-                .collect()
-        });
-        for (f, v) in fields.as_object().into_iter().flatten() {
-            rec.insert(f.clone(), v.clone());
-        }
-        json!({"table": "subscriber", "key": k, "op": "upsert", "fields": fields}).to_string()
-            + "\n"
-    }
-    fn is_latest(&self, k: &str, status: u16, body: &Value) -> bool {
-        match self.0.get(k).cloned().flatten() {
-            Some(rec) => status == 200 && body["fields"].as_object() == Some(&rec),
-            None => status == 404,
-        }
-    }
-}
-
 async fn read(base: &str, k: &str) -> (u16, Value) {
-    let url = format!(
-        "{base}/v1/records/subscriber/{}",
-        tidemark_api::client::encode_path(k)
-    );
-    match reqwest::get(&url).await {
+    match reqwest::get(key_url(base, k)).await {
         Ok(r) => {
             let s = r.status().as_u16();
             (s, r.json().await.unwrap_or(Value::Null))
@@ -195,7 +79,7 @@ fn show(status: u16, b: &Value) -> String {
 }
 
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("finding the tidemark program")?;
+    let exe = Program::current_exe()?;
     let tmp = tempfile::Builder::new()
         .prefix("tidemark-demo-")
         .tempdir()?;
@@ -222,14 +106,14 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         1,
         "a DB server, a latest-only and an accept-stale service server",
     );
-    let mut db = Proc::start(
-        &exe,
+    let mut db = exe.start(
+        "db",
         &dir,
-        "db.log",
         &["server", "--data-dir", data_s],
+        &[],
         "127.0.0.1:0",
     )?;
-    wait_ready(&db.url).await?;
+    db.wait_ok("/readyz").await?;
     tl.say("db", &format!("DB server up at {}", db.url));
     let db_url = db.url.clone();
     let submit = |input: &str| {
@@ -248,10 +132,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             Some(input),
         )
     };
-    let latest = Proc::start(
-        &exe,
+    let latest = exe.start(
+        "svc-latest",
         &dir,
-        "svc-latest.log",
         &[
             "service",
             "--db",
@@ -263,12 +146,12 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             "--latest-deadline-ms",
             "30000",
         ],
+        &[],
         "127.0.0.1:0",
     )?;
-    let stale = Proc::start(
-        &exe,
+    let stale = exe.start(
+        "svc-stale",
         &dir,
-        "svc-stale.log",
         &[
             "service",
             "--db",
@@ -278,10 +161,11 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             "--policy",
             "accept-stale",
         ],
+        &[],
         "127.0.0.1:0",
     )?;
-    wait_ready(&latest.url).await?;
-    wait_ready(&stale.url).await?;
+    latest.wait_ok("/readyz").await?;
+    stale.wait_ok("/readyz").await?;
     tl.say(
         "svc-latest",
         &format!("latest-only service server at {}", latest.url),
@@ -295,7 +179,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut model = Model::default();
     let mut input = String::new();
     for i in 0..60 {
-        input += &model.order(
+        input += &model.line(
             &key(i),
             "upsert",
             json!({"plan": "basic", "status": "active", "credit_limit": 1000}),
@@ -330,18 +214,18 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut input = String::new();
     for round in ["silver", "gold", "platinum"] {
         for i in 0..10 {
-            input += &model.order(&key(i), "upsert", json!({"plan": round}));
+            input += &model.line(&key(i), "upsert", json!({"plan": round}));
         }
     }
     for i in 60..65 {
-        input += &model.order(
+        input += &model.line(
             &key(i),
             "upsert",
             json!({"plan": "new", "status": "active"}),
         );
     }
     for i in 40..45 {
-        input += &model.order(&key(i), "delete", json!({}));
+        input += &model.line(&key(i), "delete", json!({}));
     }
     let out = submit(&input)?;
     tl.say("ops", &out);
@@ -392,14 +276,14 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     for l in out.lines() {
         tl.say("restore", l);
     }
-    let db = Proc::start(
-        &exe,
+    let db = exe.start(
+        "db-restored",
         &dir,
-        "db-restored.log",
         &["server", "--data-dir", data_s],
+        &[],
         &addr,
     )?;
-    wait_ready(&db.url).await?;
+    db.wait_ok("/readyz").await?;
     let (_, r) = read_json(&format!("{}/v1/recovery", db.url)).await;
     tl.say(
         "db",

@@ -23,7 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ops(cmd) => ops::run(config.ops, cmd).await,
         Command::Status(args) => status::run(args).await,
         Command::Recovery(cmd) => recovery::run(cmd).await,
-        Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Bench(cmd) => tidemark_bench::run(cmd).await,
         Command::Backup(cmd) => backup::run(config.server, cmd).await,
         Command::Restore(args) => restore::run(config.server, args).await,
         Command::Cleanup(args) => cleanup::run(config.server, args).await,

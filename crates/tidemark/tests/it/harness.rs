@@ -1,23 +1,41 @@
-//! Starting real `tidemark` processes for tests.
+//! Starting real `tidemark` processes for tests: the test kit's starter
+//! (`tidemark_testkit::process`) bound to this build's `tidemark`, failing
+//! the test, with the process log, where the kit returns an error.
 //!
-//! Each process gets `--listen 127.0.0.1:0`; the harness reads the bound
-//! address from the first stdout line and waits on `/readyz` (or `/healthz`),
-//! never on a fixed sleep. Logs go to a file that is printed if the test
-//! fails (or always with TEST_LOG=1).
+//! Each process gets `--listen 127.0.0.1:0`; the kit reads the bound
+//! address from the first stdout line, and tests wait on `/readyz` (or
+//! `/healthz`), never on a fixed sleep. Logs go to a file that is printed if
+//! the test fails (or always with TEST_LOG=1).
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
+use tidemark_testkit::process::{log_path, read_log};
+use tidemark_testkit::Program;
+
+pub use tidemark_testkit::orders::{key_url, upsert_line as order_line};
+pub use tidemark_testkit::Model;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidemark");
 
-/// A running `tidemark` process.
-pub struct Proc {
-    pub name: String,
-    pub child: Option<Child>,
-    pub url: String,
-    pub log: PathBuf,
+fn program() -> Program {
+    Program::new(BIN)
+}
+
+/// A running `tidemark` process: the test kit's [`tidemark_testkit::Proc`]
+/// (fields, `kill9`, `log_text`), with the waits failing the test.
+pub struct Proc(tidemark_testkit::Proc);
+
+impl std::ops::Deref for Proc {
+    type Target = tidemark_testkit::Proc;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Proc {
@@ -32,125 +50,27 @@ impl Proc {
     }
 
     fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)], listen: &str) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).args(["--listen", listen]).current_dir(dir);
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .stdin(Stdio::null());
-        cmd.env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn tidemark");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("{name} did not report its address; log:\n{}", read(&log));
-            }
-        };
-        let url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Proc {
-            name: name.to_owned(),
-            child: Some(child),
-            url,
-            log,
+        let mut env_all = vec![("RUST_LOG", "info")];
+        env_all.extend_from_slice(env);
+        match program().start(name, dir, args, &env_all, listen) {
+            Ok(p) => Proc(p),
+            Err(e) => panic!("{e:#}; log:\n{}", read_log(&log_path(dir, name))),
         }
     }
 
     /// Waits until `path` answers 200.
     pub async fn wait_ok(&self, path: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(format!("{}{path}", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} never answered 200 on {path}; log:\n{}",
-                    self.name,
-                    read(&self.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Err(e) = self.0.wait_ok(path).await {
+            panic!("{e:#}; log:\n{}", self.log_text());
         }
     }
 
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!(
-                    "{} did not stop within 20 s of SIGTERM; log:\n{}",
-                    self.name,
-                    read(&self.log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0
+            .terminate()
+            .unwrap_or_else(|e| panic!("{e:#}; log:\n{}", self.0.log_text()))
     }
-
-    pub fn log_text(&self) -> String {
-        read(&self.log)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() || std::env::var("TEST_LOG").is_ok() {
-            eprintln!("----- log of {} -----\n{}", self.name, read(&self.log));
-        }
-    }
-}
-
-fn read(path: &Path) -> String {
-    let mut s = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut s);
-    }
-    s
 }
 
 /// Runs `tidemark ARGS` to completion with optional stdin.
@@ -160,26 +80,9 @@ pub fn run(
     stdin: Option<&[u8]>,
     env: &[(&str, &str)],
 ) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn tidemark");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        let mut s = child.stdin.take().expect("stdin");
-        s.write_all(input).expect("write stdin");
-    }
-    child.wait_with_output().expect("wait tidemark")
+    program()
+        .run(dir, args, stdin, env)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A DB server on the embedded engine in `dir/data`.
@@ -252,14 +155,6 @@ pub async fn commit_seq(db: &str) -> u64 {
         .expect("seq in /v1/state")
 }
 
-/// The URL of record `key` of table `subscriber` on a server at `base`.
-pub fn key_url(base: &str, key: &str) -> String {
-    format!(
-        "{base}/v1/records/subscriber/{}",
-        tidemark_api::client::encode_path(key)
-    )
-}
-
 /// `tidemark ops submit` of `input` (JSON lines) with the journal in
 /// `dir/journal`, plus `extra` flags; fails the test if it fails.
 pub fn ops_submit(dir: &Path, db: &str, input: &str, extra: &[&str]) -> std::process::Output {
@@ -281,11 +176,4 @@ pub fn ops_submit(dir: &Path, db: &str, input: &str, extra: &[&str]) -> std::pro
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// One input line for `ops submit`.
-pub fn order_line(key: &str, fields: serde_json::Value) -> String {
-    serde_json::json!({"table": "subscriber", "key": key, "op": "upsert", "fields": fields})
-        .to_string()
-        + "\n"
 }

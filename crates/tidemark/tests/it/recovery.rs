@@ -4,51 +4,12 @@
 
 use crate::harness::*;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 fn key(i: usize) -> String {
     format!("+8131{i:06}")
-}
-
-/// What the latest data is: the journal applied in order.
-#[derive(Default, Clone)]
-struct Model(BTreeMap<String, Option<BTreeMap<String, Value>>>);
-
-impl Model {
-    fn line(&mut self, k: &str, op: &str, fields: Value) -> String {
-        let entry = self.0.entry(k.to_owned()).or_insert(None);
-        if op == "delete" {
-            *entry = None;
-            return json!({"table": "subscriber", "key": k, "op": "delete"}).to_string() + "\n";
-        }
-        let rec = entry.get_or_insert_with(|| {
-            ["plan", "status", "services", "roaming", "credit_limit"]
-                .iter()
-                .map(|c| (c.to_string(), Value::Null))
-                .collect()
-        });
-        for (f, v) in fields.as_object().unwrap() {
-            rec.insert(f.clone(), v.clone());
-        }
-        json!({"table": "subscriber", "key": k, "op": "upsert", "fields": fields}).to_string()
-            + "\n"
-    }
-
-    /// Whether an answer shows exactly the latest data of its key.
-    fn is_latest(&self, k: &str, status: u16, body: &Value) -> bool {
-        match self.0.get(k).cloned().flatten() {
-            Some(rec) => {
-                status == 200
-                    && body["fields"]
-                        .as_object()
-                        .is_some_and(|f| f.iter().all(|(c, v)| rec.get(c) == Some(v)))
-            }
-            None => status == 404 && body["found"] == false,
-        }
-    }
 }
 
 struct World {

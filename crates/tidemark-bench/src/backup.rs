@@ -11,9 +11,9 @@ use super::load::fields_of;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tidemark_api::{Op, Order};
 use tidemark_backup::restore::RestoreOptions;
 use tidemark_store::{SqliteStore, Store};
+use tidemark_testkit::orders::upsert;
 
 #[derive(Debug, Args, Clone)]
 pub struct BackupArgs {
@@ -74,15 +74,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
         while i < a.records {
             let n = (a.records - i).min(5000);
             let orders = (i..i + n)
-                .map(|k| Order {
-                    origin: None,
-                    source: "bench".into(),
-                    seq: k + 1,
-                    table: "subscriber".into(),
-                    key: key_of(k),
-                    op: Op::Upsert,
-                    fields: fields_of(k),
-                })
+                .map(|k| upsert("bench", k + 1, key_of(k), fields_of(k)))
                 .collect();
             store.apply(orders).await?;
             i += n;

@@ -7,14 +7,14 @@
 //! to cancel machine drift. The result is a table of ratios
 //! (Tidemark ÷ peer), optionally JSON and a PNG chart.
 //!
-//! - `peers`: starting Tidemark, Redis and a temporary PostgreSQL cluster.
+//! - `peers`: starting Redis and a temporary PostgreSQL cluster.
 //! - `driver`: the one load loop all targets share.
 //! - `redis`: a minimal RESP client. `pg`: the PostgreSQL statements.
 //! - `chart`: the PNG chart.
 
 mod chart;
 mod driver;
-pub(crate) mod peers;
+mod peers;
 mod pg;
 mod redis;
 
@@ -29,6 +29,7 @@ use serde_json::json;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use tidemark_testkit::Program;
 
 #[derive(Debug, Args, Clone)]
 pub struct CompareArgs {
@@ -292,13 +293,13 @@ impl Env {
             }),
             ("postgres", "reads") => {
                 let c = pg::connect(self.pg_port).await?;
-                let stmt = c.prepare(pg::SELECT).await?;
+                let stmt = c.prepare(&pg::select()?).await?;
                 Box::new(PgGet { c, stmt })
             }
             ("postgres", "write1" | "write1000") => Box::new(self.pg_upsert(batch).await?),
             ("postgres", "mixed") => {
                 let c = pg::connect(self.pg_port).await?;
-                let stmt = c.prepare(pg::SELECT).await?;
+                let stmt = c.prepare(&pg::select()?).await?;
                 Box::new(Mixed {
                     read: Box::new(PgGet { c, stmt }),
                     write: Box::new(self.pg_upsert(1).await?),
@@ -388,18 +389,22 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
 
     eprintln!("starting peers in {}", dir.display());
     let data = dir.join("tidemark-data");
-    let db = peers::tidemark(
+    let tidemark = Program::current_exe()?;
+    let db = tidemark.start(
+        "tidemark-db",
         dir,
-        "tidemark-db.log",
         &["server", "--data-dir", data.to_str().unwrap_or("")],
+        &[],
+        "127.0.0.1:0",
     )?;
-    let svc = peers::tidemark(
+    db.wait_ok("/readyz").await?;
+    let svc = tidemark.start(
+        "tidemark-service",
         dir,
-        "tidemark-service.log",
         &[
             "service",
             "--db",
-            &db.addr,
+            &db.url,
             "--id",
             "cmp-svc",
             "--policy",
@@ -407,13 +412,16 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             "--cache-capacity",
             &(args.hot * 2).to_string(),
         ],
+        &[],
+        "127.0.0.1:0",
     )?;
+    svc.wait_ok("/readyz").await?;
     let redis_proc = peers::redis(dir).await?;
     let (pg_proc, pg_port) = peers::postgres(dir, &args.pg_bin).await?;
 
     eprintln!("loading {} records into each target", args.records);
     super::load::run(super::load::LoadArgs {
-        db: db.addr.clone(),
+        db: db.url.clone(),
         records: args.records,
         batch: 1000,
         writers: 2,
@@ -456,7 +464,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             let mut v: Vec<Box<dyn Op>> = Vec::new();
             for _ in 0..args.connections {
                 v.push(Box::new(HttpGet {
-                    conn: Conn::open(&svc.addr).await?,
+                    conn: Conn::open(&svc.url).await?,
                 }));
             }
             v
@@ -465,8 +473,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
 
     let env = Env {
-        db: db.addr.clone(),
-        svc: svc.addr.clone(),
+        db: db.url.clone(),
+        svc: svc.url.clone(),
         redis: redis_proc.addr.clone(),
         pg_port,
         records: args.records,
@@ -503,7 +511,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut push = None;
     if wanted("push") {
         eprintln!("push latency to 2 watch streams");
-        push = Some(super::push::measure(&db.addr, 2, 2000).await?);
+        push = Some(super::push::measure(&db.url, 2, 2000).await?);
     }
 
     let memory = json!({

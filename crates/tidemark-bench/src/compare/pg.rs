@@ -1,5 +1,6 @@
 //! The PostgreSQL side: schema, data load, and the statements compared.
 
+use tidemark_api::{ColumnType, Schema};
 use tokio_postgres::{Client, NoTls};
 
 pub async fn connect(port: u16) -> anyhow::Result<Client> {
@@ -14,14 +15,37 @@ pub async fn connect(port: u16) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// The PostgreSQL type that holds a column of `ty`.
+fn pg_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::String | ColumnType::Timestamp => "text",
+        ColumnType::Integer => "bigint",
+        ColumnType::Boolean => "boolean",
+        ColumnType::Json => "jsonb",
+    }
+}
+
+/// The columns of Tidemark's `subscriber` in the default schema.
+fn columns() -> anyhow::Result<Vec<tidemark_api::Column>> {
+    Ok(Schema::default_schema()
+        .table("subscriber")?
+        .columns
+        .clone())
+}
+
 /// The same table and data as Tidemark's `subscriber` after `bench load`.
 pub async fn load(client: &Client, records: u64) -> anyhow::Result<()> {
+    let columns: Vec<String> = columns()?
+        .iter()
+        .map(|c| format!("{} {}", c.name, pg_type(c.ty)))
+        .collect();
     client
-        .batch_execute(
-            "CREATE TABLE subscriber (key text PRIMARY KEY, plan text, status text, services jsonb, roaming boolean,
-                                      credit_limit bigint, epoch bigint NOT NULL, seq bigint NOT NULL);",
-        )
+        .batch_execute(&format!(
+            "CREATE TABLE subscriber (key text PRIMARY KEY, {}, epoch bigint NOT NULL, seq bigint NOT NULL);",
+            columns.join(", ")
+        ))
         .await?;
+    // The values of `fields_of`, in the schema's column order.
     client
         .execute(
             "INSERT INTO subscriber
@@ -35,8 +59,22 @@ pub async fn load(client: &Client, records: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The primary-key read.
-pub const SELECT: &str = "SELECT plan, status, services::text, roaming, credit_limit, epoch, seq FROM subscriber WHERE key = $1";
+/// The primary-key read: every column (JSON as text, as Tidemark answers
+/// it) and the version.
+pub fn select() -> anyhow::Result<String> {
+    let columns: Vec<String> = columns()?
+        .iter()
+        .map(|c| match c.ty {
+            ColumnType::Json => format!("{}::text", c.name),
+            _ => c.name.clone(),
+        })
+        .collect();
+    Ok(format!(
+        "SELECT {}, epoch, seq FROM subscriber WHERE key = $1",
+        columns.join(", ")
+    ))
+}
+
 /// A single upsert (autocommit: one durable commit each).
 pub const UPSERT: &str = "INSERT INTO subscriber (key, credit_limit, epoch, seq) VALUES ($1, $2, 1, 0)
      ON CONFLICT (key) DO UPDATE SET credit_limit = excluded.credit_limit, seq = subscriber.seq + 1";

@@ -7,7 +7,8 @@ use clap::Args;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tidemark_api::{DbClient, Op, Order, WatchEvent};
+use tidemark_api::{DbClient, WatchEvent};
+use tidemark_testkit::orders::upsert;
 
 #[derive(Debug, Args, Clone)]
 pub struct PushArgs {
@@ -96,18 +97,15 @@ pub async fn measure(
     let mut h = stats::histogram();
     let mut pending: HashMap<u64, (Instant, usize)> = HashMap::new();
     for i in 0..args.orders {
-        let order = Order {
-            origin: None,
-            source: source.clone(),
-            seq: i + 1,
-            table: "subscriber".into(),
-            key: keys[(i % keys.len() as u64) as usize].clone(),
-            op: Op::Upsert,
-            fields: serde_json::json!({"credit_limit": i})
+        let order = upsert(
+            &source,
+            i + 1,
+            keys[(i % keys.len() as u64) as usize].clone(),
+            serde_json::json!({"credit_limit": i})
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
-        };
+        );
         let t0 = Instant::now();
         let resp = client.post_orders(&[order]).await?;
         let seq = resp.results[0].version.map(|v| v.seq).unwrap_or(0);

@@ -1,10 +1,9 @@
-//! Starting the peers on loopback: Tidemark (DB and service server), Redis
-//! (Debian's `redis-server`) and a temporary PostgreSQL cluster. Nothing is
-//! installed here: a missing tool is reported with the command that
-//! installs it.
+//! Starting the peers on loopback: Redis (Debian's `redis-server`) and a
+//! temporary PostgreSQL cluster (Tidemark itself is started with the test
+//! kit's starter). Nothing is installed here: a missing tool is reported
+//! with the command that installs it.
 
 use anyhow::Context;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 pub struct Spawned {
     pub child: Child,
     pub pid: u32,
-    /// `host:port`, or a URL for Tidemark.
+    /// `host:port`.
     pub addr: String,
 }
 
@@ -61,30 +60,6 @@ pub fn check(pg_bin: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Starts `tidemark ARGS --listen 127.0.0.1:0` and reads its URL.
-pub fn tidemark(dir: &Path, log: &str, args: &[&str]) -> anyhow::Result<Spawned> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(dir.join(log))?))
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .context("tidemark did not start; see its log")?
-        .to_owned();
-    Ok(Spawned {
-        pid: child.id(),
-        child,
-        addr,
-    })
 }
 
 /// Redis with persistence that matches Tidemark's durable acknowledgements:

@@ -4,7 +4,8 @@ use super::key_of;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
-use tidemark_api::{DbClient, Fields, Op, Order};
+use tidemark_api::{DbClient, Fields, Order};
+use tidemark_testkit::orders::upsert;
 
 #[derive(Debug, Args, Clone)]
 pub struct LoadArgs {
@@ -69,15 +70,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let orders: Vec<Order> = (lo..hi)
                     .map(|i| {
                         seq += 1;
-                        Order {
-                            origin: None,
-                            source: source.clone(),
-                            seq,
-                            table: "subscriber".into(),
-                            key: key_of(i),
-                            op: Op::Upsert,
-                            fields: fields_of(i),
-                        }
+                        upsert(&source, seq, key_of(i), fields_of(i))
                     })
                     .collect();
                 tidemark_ops::submit::send_with_retry(&client, &orders).await?;

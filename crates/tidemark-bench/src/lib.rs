@@ -1,5 +1,10 @@
-//! Load generators and benchmarks (`tidemark bench …`).
+//! Tidemark's load generators and benchmarks, run as `tidemark bench …`.
 //!
+//! The `tidemark` program holds the command line and calls [`run`]; the
+//! benchmarks start real `tidemark` processes from the running program
+//! (`std::env::current_exe()`), so they are only meaningful from there.
+//!
+//! # Layout
 //! - `http1`: a minimal keep-alive HTTP/1 client on hyper, so the load
 //!   generator spends as little CPU as possible per request.
 //! - `load`: bulk-loads records through `POST /v1/orders` (orders/s).
@@ -11,7 +16,7 @@
 //! - `stats`: latency histograms and the printed report.
 
 mod backup;
-pub(crate) mod compare;
+mod compare;
 mod http1;
 mod load;
 mod push;
@@ -21,6 +26,7 @@ mod stats;
 
 use clap::{Args, Subcommand};
 
+/// `tidemark bench …`: one subcommand per benchmark.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Load N subscriber records through POST /v1/orders and report orders/s.
@@ -42,6 +48,7 @@ pub fn key_of(i: u64) -> String {
     format!("+8130{i:08}")
 }
 
+/// Flags every benchmark takes.
 #[derive(Debug, Args, Clone)]
 pub struct Common {
     /// Print the result as one JSON object.
@@ -49,6 +56,7 @@ pub struct Common {
     pub json: bool,
 }
 
+/// Runs one benchmark and prints its figures.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Load(a) => load::run(a).await,

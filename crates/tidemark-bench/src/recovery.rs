@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
-use tidemark_api::{DbClient, Op, Order};
+use tidemark_api::{DbClient, Order};
 use tidemark_store::{SqliteStore, Store};
+use tidemark_testkit::orders::upsert;
+use tidemark_testkit::Program;
 
 #[derive(Debug, Args, Clone)]
 pub struct RecoveryArgs {
@@ -44,19 +46,6 @@ pub struct RecoveryArgs {
     pub dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub common: super::Common,
-}
-
-async fn ready(url: &str) -> anyhow::Result<()> {
-    for _ in 0..1000 {
-        if reqwest::get(format!("{url}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("{url} did not become ready")
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -89,15 +78,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
             let orders: Vec<Order> = (i..hi)
                 .map(|k| {
                     seq += 1;
-                    Order {
-                        origin: None,
-                        source: source.into(),
-                        seq,
-                        table: "subscriber".into(),
-                        key: key_of(k),
-                        op: Op::Upsert,
-                        fields: fields_of(k),
-                    }
+                    upsert(source, seq, key_of(k), fields_of(k))
                 })
                 .collect();
             store.apply(orders).await?;
@@ -111,13 +92,16 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     eprintln!("generated {} records in {gen_secs:.1}s", args.records);
 
     // 2. Real processes.
-    let db = super::compare::peers::tidemark(
+    let tidemark = Program::current_exe()?;
+    let db = tidemark.start(
+        "db",
         &dir,
-        "db.log",
         &["server", "--data-dir", data.to_str().unwrap_or("")],
+        &[],
+        "127.0.0.1:0",
     )?;
-    let db_url = db.addr.clone();
-    ready(&db_url).await?;
+    let db_url = db.url.clone();
+    db.wait_ok("/readyz").await?;
     let service_args = [
         "service",
         "--db",
@@ -129,9 +113,9 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         "--latest-deadline-ms",
         "600000",
     ];
-    let svc = super::compare::peers::tidemark(&dir, "svc.log", &service_args)?;
-    let svc_url = svc.addr.clone();
-    ready(&svc_url).await?;
+    let svc = tidemark.start("svc", &dir, &service_args, &[], "127.0.0.1:0")?;
+    let svc_url = svc.url.clone();
+    svc.wait_ok("/readyz").await?;
     let client = DbClient::new(&db_url);
 
     // Terminal reads that wait (keys 0..S), and a naive poller (keys S..2S).
@@ -193,15 +177,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
             .map(|i| {
                 let mut f = fields_of(i);
                 f.insert("plan".into(), serde_json::json!("replayed"));
-                Order {
-                    origin: None,
-                    source: source.into(),
-                    seq: first + i + 1,
-                    table: "subscriber".into(),
-                    key: key_of(i),
-                    op: Op::Upsert,
-                    fields: f,
-                }
+                upsert(source, first + i + 1, key_of(i), f)
             })
             .collect();
         tidemark_ops::submit::send_with_retry(&client, &orders).await?;

@@ -254,16 +254,37 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let (s, b) = read(&stale.url, &key(0)).await;
     tl.say(
         "svc-stale",
-        &format!("{} -> {} (keeps serving its cache)", key(0), show(s, &b)),
-    );
-    let (s, b) = read(&latest.url, &key(0)).await;
-    tl.say(
-        "svc-latest",
         &format!(
-            "{} -> {} (its cache is still the latest it knows)",
+            "{} -> {} (keeps serving its cache, marked: with its stream down it cannot vouch for it)",
             key(0),
             show(s, &b)
         ),
+    );
+    tl.check(
+        s == 200 && b["recovering"] == true,
+        "accept-stale serves what it cannot vouch for marked recovering (P9)",
+    );
+    // latest-only waits (up to its deadline) rather than serve a cache it
+    // cannot vouch for; the terminal gives up after a moment.
+    let waited =
+        tokio::time::timeout(Duration::from_millis(1500), read(&latest.url, &key(0))).await;
+    let no_current = match &waited {
+        Err(_) => true,
+        Ok((s, b)) => *s == 503 || b["recovering"] == true,
+    };
+    tl.say(
+        "svc-latest",
+        &match waited {
+            Err(_) => format!(
+                "{} -> no answer within 1.5 s: it waits for the DB server rather than serve its cache as current",
+                key(0)
+            ),
+            Ok((s, b)) => format!("{} -> {}", key(0), show(s, &b)),
+        },
+    );
+    tl.check(
+        no_current,
+        "latest-only serves nothing it cannot vouch for while the DB server is gone (P9)",
     );
 
     tl.step(6, "restore from the online backup");

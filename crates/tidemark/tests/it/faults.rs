@@ -16,13 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-const COLUMNS: [&str; 5] = ["plan", "status", "services", "roaming", "credit_limit"];
-
 fn key(i: usize) -> String {
     format!("+8130{i:07}")
 }
 
-type Rec = Option<BTreeMap<String, Value>>;
+type Rec = Option<tidemark_api::Fields>;
 
 /// One state of a key: what an order made it, when the order was sent (it
 /// may show from then on) and when it was acknowledged (it is the latest
@@ -35,30 +33,20 @@ struct State {
 }
 
 /// The history of every key, in commit order: the latest acknowledged data.
+/// Each state is the test kit's one model of the latest data (upserts merge
+/// fields, deletes remove the record) after that order.
 #[derive(Default)]
-struct History(Mutex<BTreeMap<String, Vec<State>>>);
+struct History(Mutex<(Model, BTreeMap<String, Vec<State>>)>);
 
 impl History {
-    /// Folds an order into the key's latest state (upserts merge fields,
-    /// deletes remove the record). Returns the index of the new state.
+    /// Folds an order into the key's latest state. Returns the index of the
+    /// new state.
     fn apply(&self, k: &str, op: &str, fields: &Value, sent: Instant) -> usize {
         let mut h = self.0.lock().unwrap();
-        let states = h.entry(k.to_owned()).or_default();
-        let prev = states.last().and_then(|s| s.rec.clone());
-        let rec = if op == "delete" {
-            None
-        } else {
-            let mut r = prev.unwrap_or_else(|| {
-                COLUMNS
-                    .iter()
-                    .map(|c| (c.to_string(), Value::Null))
-                    .collect()
-            });
-            for (f, v) in fields.as_object().unwrap() {
-                r.insert(f.clone(), v.clone());
-            }
-            Some(r)
-        };
+        let (model, states) = &mut *h;
+        model.line(k, op, fields.clone());
+        let rec = model.latest(k).cloned();
+        let states = states.entry(k.to_owned()).or_default();
         states.push(State {
             rec,
             sent,
@@ -68,16 +56,7 @@ impl History {
     }
 
     fn ack(&self, k: &str, idx: usize, at: Instant) {
-        self.0.lock().unwrap().get_mut(k).unwrap()[idx].acked = Some(at);
-    }
-
-    /// The latest data of a key once everything is acknowledged.
-    fn last(&self, k: &str) -> Rec {
-        self.0
-            .lock()
-            .unwrap()
-            .get(k)
-            .and_then(|s| s.last().and_then(|s| s.rec.clone()))
+        self.0.lock().unwrap().1.get_mut(k).unwrap()[idx].acked = Some(at);
     }
 
     /// Whether an answer to a read that ran from `t0` to `t1` shows data
@@ -86,17 +65,13 @@ impl History {
     fn valid(&self, k: &str, t0: Instant, t1: Instant, status: u16, body: &Value) -> bool {
         let h = self.0.lock().unwrap();
         let empty = Vec::new();
-        let states = h.get(k).unwrap_or(&empty);
+        let states = h.1.get(k).unwrap_or(&empty);
         let latest_at_t0 = states
             .iter()
             .rposition(|s| s.acked.is_some_and(|a| a <= t0));
         let shows = |rec: &Rec| match rec {
             Some(r) => {
-                status == 200
-                    && body["found"] == true
-                    && body["fields"].as_object().is_some_and(|f| {
-                        f.len() == r.len() && f.iter().all(|(c, v)| r.get(c) == Some(v))
-                    })
+                status == 200 && body["found"] == true && body["fields"].as_object() == Some(r)
             }
             None => status == 404 && body["found"] == false,
         };
@@ -337,26 +312,17 @@ fn recover(
     run(dir, &args, None, &[])
 }
 
-/// Waits until every key reads as its latest data from `base`.
+/// Waits until every key reads as its latest data from `base`, unflagged.
 async fn converged(base: &str, keys: &[String], history: &History, what: &str) {
+    let model = history.0.lock().unwrap().0.clone();
     for k in keys {
         let url = key_url(base, k);
-        let want = history.last(k);
+        let model = &model;
         eventually(20, what, || {
-            let (url, want) = (url.clone(), want.clone());
+            let url = url.clone();
             async move {
                 let (s, b) = get_json(&url).await;
-                let ok = b["recovering"] == false
-                    && match &want {
-                        Some(r) => {
-                            s == 200
-                                && b["fields"].as_object().is_some_and(|f| {
-                                    f.len() == r.len() && f.iter().all(|(c, v)| r.get(c) == Some(v))
-                                })
-                        }
-                        None => s == 404,
-                    };
-                ok.then_some(())
+                (b["recovering"] == false && model.is_latest(k, s, &b)).then_some(())
             }
         })
         .await;

@@ -34,6 +34,18 @@ impl ColumnType {
             ColumnType::Json => "json",
         }
     }
+
+    /// The type named `name` (as [`ColumnType::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "string" => ColumnType::String,
+            "integer" => ColumnType::Integer,
+            "boolean" => ColumnType::Boolean,
+            "timestamp" => ColumnType::Timestamp,
+            "json" => ColumnType::Json,
+            _ => return None,
+        })
+    }
 }
 
 /// A nullable, typed column.

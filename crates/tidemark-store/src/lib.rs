@@ -9,6 +9,8 @@
 //! - [`store`]: the [`Store`] trait every engine implements, and its value types.
 //! - [`error`]: [`StoreError`], what callers branch on.
 //! - [`sqlite`]: the embedded engine (rusqlite, WAL).
+//! - [`postgres`]: the PostgreSQL engine (tokio-postgres, a deadpool pool), one schema.
+//! - [`recovery_rule`]: the engine-neutral ordering rule for orders during recovery.
 //! - [`layout`]: `current -> gen-N` generations and the atomic swap restore uses.
 //! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`lock`]: the data-directory lock that a crashed holder cannot leave stuck.
@@ -20,12 +22,15 @@ pub mod error;
 pub mod failpoint;
 pub mod layout;
 pub mod lock;
+pub mod postgres;
+pub mod recovery_rule;
 pub mod sqlite;
 pub mod store;
 pub mod testsuite;
 
 pub use error::StoreError;
 pub use lock::DataDirLock;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
     ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,

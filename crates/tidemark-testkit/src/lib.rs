@@ -11,11 +11,13 @@
 //! - [`process`]: [`Program`] and [`Proc`]: the one way to start a `tidemark`
 //!   process, read the address it bound, wait until it answers, and stop it.
 //! - [`model`]: [`Model`]: the one oracle of what the latest data is.
+//! - [`postgres`]: [`postgres::PgCluster`], a temporary PostgreSQL cluster for tests.
 //! - [`orders`]: order builders (`ops submit` input lines, API orders) and
 //!   record URLs for the default schema's table.
 
 pub mod model;
 pub mod orders;
+pub mod postgres;
 pub mod process;
 
 pub use model::Model;

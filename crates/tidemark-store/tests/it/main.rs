@@ -1,4 +1,5 @@
 //! Integration tests of the storage engines.
 
 mod model;
+mod pg;
 mod recovery_model;

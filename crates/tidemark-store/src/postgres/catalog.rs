@@ -1,0 +1,261 @@
+//! The PostgreSQL engine's DDL, the schema as stored in `tm_tables` /
+//! `tm_columns`, per-table SQL, and the conversion of field values.
+//! Only validated identifiers ever reach SQL text.
+
+use crate::StoreError;
+use bytes::BytesMut;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tidemark_api::schema::is_identifier;
+use tidemark_api::{Column, ColumnType, Schema, TableSchema};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::Row;
+
+/// Tidemark's own tables. Each statement is idempotent.
+pub const INTERNAL_DDL: &str = "
+CREATE TABLE IF NOT EXISTS tm_meta (name text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS tm_tables (name text PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS tm_columns (tbl text NOT NULL, name text NOT NULL, type text NOT NULL, ordinal integer NOT NULL, PRIMARY KEY (tbl, name));
+CREATE TABLE IF NOT EXISTS tm_changes (seq bigint PRIMARY KEY, epoch bigint NOT NULL, tbl text NOT NULL, key text NOT NULL, fields jsonb, source text NOT NULL, source_seq bigint NOT NULL, digest text NOT NULL, cleared boolean NOT NULL DEFAULT false);
+CREATE INDEX IF NOT EXISTS tm_changes_by_source ON tm_changes (source, source_seq);
+CREATE TABLE IF NOT EXISTS tm_sources (source text PRIMARY KEY, high_water bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS tm_tombstones (tbl text NOT NULL, key text NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL, PRIMARY KEY (tbl, key));
+CREATE TABLE IF NOT EXISTS tm_flags (tbl text NOT NULL, key text NOT NULL, source text NOT NULL, through_seq bigint NOT NULL, PRIMARY KEY (tbl, key, source));
+CREATE TABLE IF NOT EXISTS tm_recovery_sources (source text PRIMARY KEY, final boolean NOT NULL, waived boolean NOT NULL);
+CREATE TABLE IF NOT EXISTS tm_lww (tbl text NOT NULL, key text NOT NULL, upsert_v text, delete_v text, fields text NOT NULL, PRIMARY KEY (tbl, key));
+";
+
+fn sql_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::String | ColumnType::Timestamp => "text",
+        ColumnType::Json => "jsonb",
+        ColumnType::Integer => "bigint",
+        ColumnType::Boolean => "boolean",
+    }
+}
+
+/// `CREATE TABLE` of a schema table. `name` and the columns are validated.
+pub fn create_table_sql(name: &str, t: &TableSchema) -> Result<String, StoreError> {
+    if !is_identifier(name) || t.columns.iter().any(|c| !is_identifier(&c.name)) {
+        return Err(StoreError::Format(format!(
+            "table '{name}' has an invalid identifier"
+        )));
+    }
+    let mut ddl = format!(
+        "CREATE TABLE \"{name}\" (tm_key text PRIMARY KEY, tm_epoch bigint NOT NULL, tm_seq bigint NOT NULL"
+    );
+    for c in &t.columns {
+        ddl.push_str(&format!(", \"{}\" {}", c.name, sql_type(c.ty)));
+    }
+    ddl.push(')');
+    Ok(ddl)
+}
+
+/// Per-table SQL, built once per schema version.
+#[derive(Debug)]
+pub struct TableSql {
+    pub columns: Vec<Column>,
+    /// `SELECT tm_epoch, tm_seq, cols... FROM t WHERE tm_key = $1`
+    pub select: String,
+    pub delete: String,
+    pub quoted: String,
+    upserts: parking_lot::Mutex<HashMap<Vec<usize>, Arc<str>>>,
+}
+
+impl TableSql {
+    fn new(name: &str, t: &TableSchema) -> Self {
+        let quoted = format!("\"{name}\"");
+        let mut select = String::from("SELECT tm_epoch, tm_seq");
+        for c in &t.columns {
+            select.push_str(&format!(", \"{}\"", c.name));
+        }
+        select.push_str(&format!(" FROM {quoted} WHERE tm_key = $1"));
+        Self {
+            columns: t.columns.clone(),
+            select,
+            delete: format!("DELETE FROM {quoted} WHERE tm_key = $1"),
+            quoted,
+            upserts: Default::default(),
+        }
+    }
+
+    /// `INSERT ... ON CONFLICT DO UPDATE` of the columns at `set` (indexes
+    /// into `columns`), returning the whole row after the change. Cached.
+    pub fn upsert(&self, set: &[usize]) -> Arc<str> {
+        if let Some(sql) = self.upserts.lock().get(set) {
+            return sql.clone();
+        }
+        let mut names = String::from("tm_key, tm_epoch, tm_seq");
+        let mut values = String::from("$1, $2, $3");
+        let mut update = String::from("tm_epoch = excluded.tm_epoch, tm_seq = excluded.tm_seq");
+        for (i, &c) in set.iter().enumerate() {
+            let n = &self.columns[c].name;
+            names.push_str(&format!(", \"{n}\""));
+            values.push_str(&format!(", ${}", i + 4));
+            update.push_str(&format!(", \"{n}\" = excluded.\"{n}\""));
+        }
+        let returning: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let returning = if returning.is_empty() {
+            "tm_key".to_owned()
+        } else {
+            returning.join(", ")
+        };
+        let sql: Arc<str> = format!(
+            "INSERT INTO {} ({names}) VALUES ({values}) ON CONFLICT (tm_key) DO UPDATE SET {update} RETURNING {returning}",
+            self.quoted
+        )
+        .into();
+        self.upserts.lock().insert(set.to_vec(), sql.clone());
+        sql
+    }
+
+    /// The fields of a row whose columns start at `first`.
+    pub fn fields(&self, row: &Row, first: usize) -> Result<tidemark_api::Fields, StoreError> {
+        let mut out = tidemark_api::Fields::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            out.insert(c.name.clone(), from_row(c.ty, row, first + i)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The schema in force with its SQL.
+#[derive(Debug)]
+pub struct Catalog {
+    pub schema: Arc<Schema>,
+    pub tables: BTreeMap<String, TableSql>,
+}
+
+impl Catalog {
+    pub fn new(schema: Schema) -> Self {
+        let tables = schema
+            .tables
+            .iter()
+            .map(|(n, t)| (n.clone(), TableSql::new(n, t)))
+            .collect();
+        Self {
+            schema: Arc::new(schema),
+            tables,
+        }
+    }
+}
+
+/// Builds the schema from the rows of `tm_tables` and `tm_columns`.
+pub fn schema_from_rows(
+    version: u64,
+    tables: Vec<String>,
+    columns: Vec<(String, String, String)>,
+) -> Result<Schema, StoreError> {
+    let mut out: BTreeMap<String, TableSchema> = tables
+        .into_iter()
+        .map(|t| {
+            (
+                t,
+                TableSchema {
+                    columns: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for (tbl, name, ty) in columns {
+        if !is_identifier(&tbl) || !is_identifier(&name) {
+            return Err(StoreError::Format(format!(
+                "invalid identifier {tbl}.{name} in tm_columns"
+            )));
+        }
+        let ty = ColumnType::from_name(&ty).ok_or_else(|| {
+            StoreError::Format(format!("unknown column type '{ty}' in tm_columns"))
+        })?;
+        out.entry(tbl)
+            .or_insert_with(|| TableSchema {
+                columns: Vec::new(),
+            })
+            .columns
+            .push(Column { name, ty });
+    }
+    Ok(Schema {
+        version,
+        tables: out,
+    })
+}
+
+/// A validated field value as a PostgreSQL parameter of its column's type.
+#[derive(Debug)]
+pub enum PgValue {
+    Null,
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Json(Value),
+}
+
+impl PgValue {
+    pub fn of(ty: ColumnType, v: &Value) -> Self {
+        match (ty, v) {
+            (_, Value::Null) => PgValue::Null,
+            (ColumnType::Boolean, Value::Bool(b)) => PgValue::Bool(*b),
+            (ColumnType::Integer, Value::Number(n)) => {
+                n.as_i64().map_or(PgValue::Null, PgValue::Int)
+            }
+            (ColumnType::String | ColumnType::Timestamp, Value::String(s)) => {
+                PgValue::Text(s.clone())
+            }
+            (ColumnType::Json, v) => PgValue::Json(v.clone()),
+            // Validation runs first; anything else cannot reach here.
+            (_, v) => PgValue::Text(v.to_string()),
+        }
+    }
+}
+
+impl ToSql for PgValue {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            PgValue::Null => Ok(IsNull::Yes),
+            PgValue::Text(s) => s.to_sql(ty, out),
+            PgValue::Int(i) => i.to_sql(ty, out),
+            PgValue::Bool(b) => b.to_sql(ty, out),
+            PgValue::Json(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(
+            *ty,
+            Type::TEXT | Type::VARCHAR | Type::INT8 | Type::BOOL | Type::JSONB | Type::JSON
+        )
+    }
+
+    to_sql_checked!();
+}
+
+/// A stored value as JSON, by column type.
+pub fn from_row(ty: ColumnType, row: &Row, i: usize) -> Result<Value, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Format(format!("column {i}: {e}"));
+    Ok(match ty {
+        ColumnType::String | ColumnType::Timestamp => row
+            .try_get::<_, Option<String>>(i)
+            .map_err(bad)?
+            .map_or(Value::Null, Value::String),
+        ColumnType::Integer => row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(bad)?
+            .map_or(Value::Null, Value::from),
+        ColumnType::Boolean => row
+            .try_get::<_, Option<bool>>(i)
+            .map_err(bad)?
+            .map_or(Value::Null, Value::Bool),
+        ColumnType::Json => row
+            .try_get::<_, Option<Value>>(i)
+            .map_err(bad)?
+            .unwrap_or(Value::Null),
+    })
+}

@@ -1,0 +1,802 @@
+//! The PostgreSQL engine: everything the embedded engine keeps, in one
+//! PostgreSQL schema (`tidemark` by default), through a connection pool.
+//!
+//! Invariants:
+//! - Every table lives in the configured schema (each connection's
+//!   `search_path`), so several Tidemark deployments can share a database.
+//! - Each commit is one transaction; the seq counter is taken `FOR UPDATE`
+//!   inside it (see `write.rs`).
+//! - The bootstrap (creating the schema and tables) runs under an advisory
+//!   lock, so instances starting together cannot race.
+//! - A store left by a newer Tidemark, or a PostgreSQL older than 13, is
+//!   refused with a message that says what to do.
+
+mod catalog;
+mod write;
+
+use crate::store::{
+    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
+    SnapshotInfo, Store, StoreMeta,
+};
+use crate::StoreError;
+use async_trait::async_trait;
+use catalog::Catalog;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tidemark_api::schema::is_identifier;
+use tidemark_api::{Order, Record, RecoveryState, Schema, Version};
+
+/// The on-disk format this build reads and writes (same numbering as the
+/// embedded engine's).
+pub const FORMAT_VERSION: u64 = 1;
+/// The oldest PostgreSQL this engine runs on.
+const MIN_SERVER_VERSION: i32 = 130000;
+
+/// The PostgreSQL engine. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    schema_name: String,
+    catalog: RwLock<Arc<Catalog>>,
+    /// Mirrors `tm_meta.epoch`.
+    epoch: AtomicU64,
+    /// Mirrors `tm_meta.seq` after this process's last commit.
+    seq: AtomicU64,
+    /// Rows in `tm_flags`; reads skip the flag lookup while it is zero.
+    flag_rows: AtomicU64,
+    /// One writer per process; the database's row lock orders processes.
+    write: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.inner.schema_name)
+            .finish()
+    }
+}
+
+/// A PostgreSQL error as a store error. Connection failures say what to do.
+pub(crate) fn engine_error(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
+            return StoreError::DataDir {
+                path: "PostgreSQL".into(),
+                detail: format!(
+                    "{}; grant the Tidemark user CREATE on the database and USAGE, CREATE on its schema",
+                    db.message()
+                ),
+            };
+        }
+        return StoreError::Engine(format!("PostgreSQL: {}", db.message()));
+    }
+    StoreError::Engine(format!("PostgreSQL: {e}"))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Engine(format!(
+        "cannot get a PostgreSQL connection: {e}; check that PostgreSQL runs and --database-url is right"
+    ))
+}
+
+async fn meta_u64(client: &deadpool_postgres::Client, name: &str) -> Result<u64, StoreError> {
+    let v: Option<String> = client
+        .query_opt("SELECT value FROM tm_meta WHERE name = $1", &[&name])
+        .await
+        .map_err(engine_error)?
+        .map(|r| r.get(0));
+    match v {
+        None => Ok(0),
+        Some(v) => v
+            .parse()
+            .map_err(|_| StoreError::Format(format!("tm_meta.{name} is not a number: {v:?}"))),
+    }
+}
+
+const META_SET: &str = "INSERT INTO tm_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+
+impl PgStore {
+    /// Connects to `url` and opens (creating if needed) the store in
+    /// PostgreSQL schema `schema`.
+    pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
+        if !is_identifier(schema) {
+            return Err(StoreError::DataDir {
+                path: schema.into(),
+                detail:
+                    "the PostgreSQL schema name must be a plain identifier (letters, digits, '_')"
+                        .into(),
+            });
+        }
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::DataDir {
+            path: "--database-url".into(),
+            detail: format!("not a PostgreSQL URL ({e}); use postgres://USER@HOST:PORT/DATABASE"),
+        })?;
+        config.options(format!("-c search_path={schema}"));
+        if config.get_application_name().is_none() {
+            config.application_name("tidemark");
+        }
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| StoreError::Engine(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let store = PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                schema_name: schema.to_owned(),
+                catalog: RwLock::new(Arc::new(Catalog::new(Schema::default_schema()))),
+                epoch: AtomicU64::new(0),
+                seq: AtomicU64::new(0),
+                flag_rows: AtomicU64::new(0),
+                write: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        store.bootstrap().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine(
+                "the store is closed (server shutting down); retry on the restarted server".into(),
+            ));
+        }
+        self.inner.pool.get().await.map_err(pool_error)
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog.read().clone()
+    }
+
+    /// Creates what is missing, checks the format and loads the schema.
+    async fn bootstrap(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(engine_error)?
+            .get(0);
+        if version < MIN_SERVER_VERSION {
+            return Err(StoreError::Format(format!(
+                "PostgreSQL {}.{} is too old: Tidemark needs 13 or newer; upgrade it or use the embedded engine (--store sqlite)",
+                version / 10000,
+                version % 10000
+            )));
+        }
+        let schema = &self.inner.schema_name;
+        let tx = client.transaction().await.map_err(engine_error)?;
+        // One bootstrap at a time per database (instances may start together).
+        tx.execute("SELECT pg_advisory_xact_lock(7413020)", &[])
+            .await
+            .map_err(engine_error)?;
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await
+            .map_err(engine_error)?;
+        tx.batch_execute(catalog::INTERNAL_DDL)
+            .await
+            .map_err(engine_error)?;
+        let fresh = tx
+            .query_opt("SELECT value FROM tm_meta WHERE name = 'format'", &[])
+            .await
+            .map_err(engine_error)?
+            .is_none();
+        if fresh {
+            let schema = Schema::default_schema();
+            for (n, v) in [
+                ("format", FORMAT_VERSION.to_string()),
+                ("epoch", "1".into()),
+                ("seq", "0".into()),
+                ("schema_version", schema.version.to_string()),
+            ] {
+                tx.execute(META_SET, &[&n, &v])
+                    .await
+                    .map_err(engine_error)?;
+            }
+            for (name, t) in &schema.tables {
+                tx.batch_execute(&catalog::create_table_sql(name, t)?)
+                    .await
+                    .map_err(engine_error)?;
+                tx.execute("INSERT INTO tm_tables (name) VALUES ($1)", &[name])
+                    .await
+                    .map_err(engine_error)?;
+                for (i, c) in t.columns.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO tm_columns (tbl, name, type, ordinal) VALUES ($1, $2, $3, $4)",
+                        &[name, &c.name, &c.ty.name(), &(i as i32)],
+                    )
+                    .await
+                    .map_err(engine_error)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(engine_error)?;
+        let format = meta_u64(&client, "format").await?;
+        if format != FORMAT_VERSION {
+            return Err(StoreError::Format(format!(
+                "PostgreSQL schema '{schema}' has store format {format}, this build reads format {FORMAT_VERSION}: it was written by a newer Tidemark; use a matching tidemark version, or another --pg-schema"
+            )));
+        }
+        self.reload(&client).await
+    }
+
+    /// Reloads the schema and the meta mirrors from the database.
+    async fn reload(&self, client: &deadpool_postgres::Client) -> Result<(), StoreError> {
+        let tables: Vec<String> = client
+            .query("SELECT name FROM tm_tables", &[])
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let columns = client
+            .query(
+                "SELECT tbl, name, type FROM tm_columns ORDER BY tbl, ordinal",
+                &[],
+            )
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let version = meta_u64(client, "schema_version").await?;
+        let schema = catalog::schema_from_rows(version, tables, columns)?;
+        *self.inner.catalog.write() = Arc::new(Catalog::new(schema));
+        self.inner
+            .epoch
+            .store(meta_u64(client, "epoch").await?, Ordering::SeqCst);
+        self.inner
+            .seq
+            .store(meta_u64(client, "seq").await?, Ordering::SeqCst);
+        let flags: i64 = client
+            .query_one("SELECT count(*) FROM tm_flags", &[])
+            .await
+            .map_err(engine_error)?
+            .get(0);
+        self.inner.flag_rows.store(flags as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Runs `f` in one transaction under the writer lock.
+    async fn write_tx<T>(
+        &self,
+        f: impl for<'a> FnOnce(
+            &'a deadpool_postgres::Transaction<'a>,
+        ) -> futures::future::BoxFuture<'a, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let _w = self.inner.write.lock().await;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(engine_error)?;
+        let out = f(&tx).await?;
+        tx.commit().await.map_err(engine_error)?;
+        Ok(out)
+    }
+
+    async fn sources_where(
+        client: &deadpool_postgres::Client,
+        condition: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(client
+            .query(
+                &format!(
+                    "SELECT source FROM tm_recovery_sources WHERE {condition} ORDER BY source"
+                ),
+                &[],
+            )
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn schema(&self) -> Arc<Schema> {
+        self.catalog().schema.clone()
+    }
+
+    async fn meta(&self) -> Result<StoreMeta, StoreError> {
+        let client = self.client().await?;
+        let seq = meta_u64(&client, "seq").await?;
+        let floor: Option<i64> = client
+            .query_one("SELECT min(seq) FROM tm_changes", &[])
+            .await
+            .map_err(engine_error)?
+            .get(0);
+        Ok(StoreMeta {
+            epoch: self.inner.epoch.load(Ordering::SeqCst),
+            seq,
+            schema_version: self.catalog().schema.version,
+            log_floor: floor.map(|f| f as u64).unwrap_or(seq + 1),
+        })
+    }
+
+    async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError> {
+        let catalog = self.catalog();
+        catalog
+            .schema
+            .table(table)
+            .map_err(|e| StoreError::Input(Box::new(e)))?;
+        tidemark_api::schema::validate_key(key).map_err(|e| StoreError::Input(Box::new(e)))?;
+        let t = &catalog.tables[table];
+        let client = self.client().await?;
+        let record = match client
+            .query_opt(&t.select, &[&key])
+            .await
+            .map_err(engine_error)?
+        {
+            Some(row) => Some(Record {
+                version: Version::new(row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64),
+                fields: t.fields(&row, 2)?,
+            }),
+            None => None,
+        };
+        let tombstone = if record.is_none() {
+            client
+                .query_opt(
+                    "SELECT epoch, seq FROM tm_tombstones WHERE tbl = $1 AND key = $2",
+                    &[&table, &key],
+                )
+                .await
+                .map_err(engine_error)?
+                .map(|r| Version::new(r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+        } else {
+            None
+        };
+        let flagged = self.inner.flag_rows.load(Ordering::SeqCst) > 0
+            && client
+                .query_opt(
+                    "SELECT 1 FROM tm_flags WHERE tbl = $1 AND key = $2 LIMIT 1",
+                    &[&table, &key],
+                )
+                .await
+                .map_err(engine_error)?
+                .is_some();
+        Ok(Lookup {
+            record,
+            tombstone,
+            flagged,
+        })
+    }
+
+    async fn apply(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError> {
+        let mut out = self.apply_group_pg(vec![orders]).await;
+        out.pop()
+            .unwrap_or_else(|| Err(StoreError::Engine("no result".into())))
+    }
+
+    async fn apply_group(&self, batches: Vec<Vec<Order>>) -> Vec<Result<ApplyOutcome, StoreError>> {
+        self.apply_group_pg(batches).await
+    }
+
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, epoch, tbl, key, fields, cleared FROM tm_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&(after as i64), &(limit as i64)],
+            )
+            .await
+            .map_err(engine_error)?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                let fields = match r.get::<_, Option<serde_json::Value>>(4) {
+                    None => None,
+                    Some(serde_json::Value::Object(m)) => Some(m),
+                    Some(_) => {
+                        return Err(StoreError::Format(format!(
+                            "change {seq} holds non-object fields"
+                        )))
+                    }
+                };
+                Ok(Change {
+                    table: r.get(2),
+                    key: r.get(3),
+                    fields,
+                    version: Version::new(r.get::<_, i64>(1) as u64, seq as u64),
+                    cleared_flag: r.get(5),
+                    flagged: false,
+                })
+            })
+            .collect()
+    }
+
+    async fn high_water_marks(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query("SELECT source, high_water FROM tm_sources", &[])
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn prune_changes(&self, keep: u64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let seq = meta_u64(&client, "seq").await?;
+        client
+            .execute(
+                "DELETE FROM tm_changes WHERE seq <= $1",
+                &[&(seq.saturating_sub(keep) as i64)],
+            )
+            .await
+            .map_err(engine_error)
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Wait for a commit in progress, then let the pool go.
+        let _w = self.inner.write.lock().await;
+        self.inner.pool.close();
+        Ok(())
+    }
+
+    async fn mark_restored(&self, new_epoch: u64) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().to_rfc3339();
+        let flags = self
+            .write_tx(|tx| {
+                Box::pin(async move {
+                    for (n, v) in [
+                        ("epoch", new_epoch.to_string()),
+                        ("recovery_state", "recovering".into()),
+                        ("schedule_final", "0".into()),
+                        ("recovery_started_at", now),
+                        ("complete_requested", "0".into()),
+                    ] {
+                        tx.execute(META_SET, &[&n, &v]).await.map_err(engine_error)?;
+                    }
+                    tx.batch_execute(
+                        "DELETE FROM tm_lww; DELETE FROM tm_recovery_sources; INSERT INTO tm_recovery_sources (source, final, waived) SELECT source, false, false FROM tm_sources WHERE high_water > 0",
+                    )
+                    .await
+                    .map_err(engine_error)?;
+                    let rows: i64 = tx
+                        .query_one("SELECT count(*) FROM tm_flags", &[])
+                        .await
+                        .map_err(engine_error)?
+                        .get(0);
+                    tx.execute(META_SET, &[&"recovery_flagged", &rows.to_string()])
+                        .await
+                        .map_err(engine_error)?;
+                    Ok(rows)
+                })
+            })
+            .await?;
+        self.inner.epoch.store(new_epoch, Ordering::SeqCst);
+        self.inner.flag_rows.store(flags as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn recovery_meta(&self) -> Result<RecoveryMeta, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, value FROM tm_meta WHERE name IN ('recovery_state', 'schedule_final', 'complete_requested', 'recovery_started_at', 'recovery_flagged')",
+                &[],
+            )
+            .await
+            .map_err(engine_error)?;
+        let m: BTreeMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let state = match m.get("recovery_state").map(String::as_str) {
+            None | Some("normal") => RecoveryState::Normal,
+            Some("recovering") => RecoveryState::Recovering,
+            Some("recovered") => RecoveryState::Recovered,
+            Some(other) => {
+                return Err(StoreError::Format(format!(
+                    "unknown recovery state {other:?} in tm_meta"
+                )))
+            }
+        };
+        let flag = |n: &str| m.get(n).map(String::as_str) == Some("1");
+        Ok(RecoveryMeta {
+            state,
+            schedule_final: flag("schedule_final"),
+            complete_requested: flag("complete_requested"),
+            started_at: m.get("recovery_started_at").cloned(),
+            flagged_total: m
+                .get("recovery_flagged")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            remaining: self.inner.flag_rows.load(Ordering::SeqCst),
+            waiting_for_sources: Self::sources_where(&client, "NOT final AND NOT waived").await?,
+            waived_sources: Self::sources_where(&client, "waived").await?,
+        })
+    }
+
+    async fn add_flags(
+        &self,
+        source: &str,
+        entries: Vec<FlagEntry>,
+        final_chunk: bool,
+        without: Vec<String>,
+    ) -> Result<FlagsAdded, StoreError> {
+        let catalog = self.catalog();
+        if source.is_empty() || source.len() > 128 {
+            return Err(StoreError::BadSchedule(format!(
+                "source must be 1 to 128 bytes, got {}; name the OpS source whose orders the list covers",
+                source.len()
+            )));
+        }
+        for (i, e) in entries.iter().enumerate() {
+            catalog
+                .schema
+                .table(&e.table)
+                .map_err(|err| StoreError::Input(Box::new(err)))?;
+            tidemark_api::schema::validate_key(&e.key)
+                .map_err(|err| StoreError::Input(Box::new(err)))?;
+            if e.through_seq == 0 {
+                return Err(StoreError::BadSchedule(format!(
+                    "entry {i}: through_seq must be 1 or more"
+                )));
+            }
+        }
+        let source = source.to_owned();
+        let (added, dropped) = self
+            .write_tx(|tx| {
+                Box::pin(async move {
+                    let state: Option<String> = tx
+                        .query_opt("SELECT value FROM tm_meta WHERE name = 'recovery_state'", &[])
+                        .await
+                        .map_err(engine_error)?
+                        .map(|r| r.get(0));
+                    if state.as_deref() != Some("recovering") {
+                        return Err(StoreError::NotRecovering);
+                    }
+                    let hw: i64 = tx
+                        .query_opt("SELECT high_water FROM tm_sources WHERE source = $1", &[&source])
+                        .await
+                        .map_err(engine_error)?
+                        .map_or(0, |r| r.get(0));
+                    let mut added = FlagsAdded::default();
+                    let insert = tx
+                        .prepare("INSERT INTO tm_flags (tbl, key, source, through_seq) VALUES ($1, $2, $3, $4) ON CONFLICT (tbl, key, source) DO UPDATE SET through_seq = GREATEST(tm_flags.through_seq, excluded.through_seq) RETURNING (xmax = 0)")
+                        .await
+                        .map_err(engine_error)?;
+                    for e in &entries {
+                        if e.through_seq as i64 <= hw {
+                            added.skipped += 1;
+                            continue;
+                        }
+                        let inserted: bool = tx
+                            .query_one(&insert, &[&e.table, &e.key, &source, &(e.through_seq as i64)])
+                            .await
+                            .map_err(engine_error)?
+                            .get(0);
+                        if inserted {
+                            added.flagged += 1;
+                        }
+                    }
+                    let total: i64 = tx
+                        .query_opt("SELECT value::bigint FROM tm_meta WHERE name = 'recovery_flagged'", &[])
+                        .await
+                        .map_err(engine_error)?
+                        .map_or(0, |r| r.get(0));
+                    tx.execute(
+                        META_SET,
+                        &[&"recovery_flagged", &(total as u64 + added.flagged).to_string()],
+                    )
+                    .await
+                    .map_err(engine_error)?;
+                    let mut dropped = 0u64;
+                    if final_chunk {
+                        for w in &without {
+                            let known = tx
+                                .execute("UPDATE tm_recovery_sources SET waived = true WHERE source = $1", &[w])
+                                .await
+                                .map_err(engine_error)?;
+                            if known == 0 {
+                                return Err(StoreError::BadSchedule(format!(
+                                    "source '{w}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources"
+                                )));
+                            }
+                            dropped += tx
+                                .execute("DELETE FROM tm_flags WHERE source = $1", &[w])
+                                .await
+                                .map_err(engine_error)?;
+                        }
+                        tx.execute(
+                            "INSERT INTO tm_recovery_sources (source, final, waived) VALUES ($1, true, false) ON CONFLICT (source) DO UPDATE SET final = true",
+                            &[&source],
+                        )
+                        .await
+                        .map_err(engine_error)?;
+                        let waiting: i64 = tx
+                            .query_one("SELECT count(*) FROM tm_recovery_sources WHERE NOT final AND NOT waived", &[])
+                            .await
+                            .map_err(engine_error)?
+                            .get(0);
+                        if waiting == 0 {
+                            tx.execute(META_SET, &[&"schedule_final", &"1"])
+                                .await
+                                .map_err(engine_error)?;
+                        }
+                    }
+                    Ok((added, dropped))
+                })
+            })
+            .await?;
+        self.inner
+            .flag_rows
+            .fetch_add(added.flagged, Ordering::SeqCst);
+        self.inner.flag_rows.fetch_sub(dropped, Ordering::SeqCst);
+        Ok(added)
+    }
+
+    async fn set_recovery_state(
+        &self,
+        state: RecoveryState,
+        complete_requested: bool,
+    ) -> Result<RecoveryMeta, StoreError> {
+        self.write_tx(|tx| {
+            Box::pin(async move {
+                let name = match state {
+                    RecoveryState::Normal => "normal",
+                    RecoveryState::Recovering => "recovering",
+                    RecoveryState::Recovered => "recovered",
+                };
+                tx.execute(META_SET, &[&"recovery_state", &name])
+                    .await
+                    .map_err(engine_error)?;
+                let c = if complete_requested { "1" } else { "0" };
+                tx.execute(META_SET, &[&"complete_requested", &c])
+                    .await
+                    .map_err(engine_error)?;
+                if state != RecoveryState::Recovering {
+                    tx.execute("DELETE FROM tm_lww", &[])
+                        .await
+                        .map_err(engine_error)?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        self.recovery_meta().await
+    }
+
+    async fn list_flags(&self, limit: usize) -> Result<Vec<Flag>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT f.tbl, f.key, f.source, f.through_seq, coalesce(s.high_water, 0) FROM tm_flags f LEFT JOIN tm_sources s ON s.source = f.source ORDER BY f.tbl, f.key, f.source LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| Flag {
+                table: r.get(0),
+                key: r.get(1),
+                source: r.get(2),
+                through_seq: r.get::<_, i64>(3) as u64,
+                high_water: r.get::<_, i64>(4) as u64,
+            })
+            .collect())
+    }
+
+    async fn clear_flags(&self) -> Result<u64, StoreError> {
+        let n = self
+            .write_tx(|tx| {
+                Box::pin(async move {
+                    tx.execute("DELETE FROM tm_flags", &[])
+                        .await
+                        .map_err(engine_error)
+                })
+            })
+            .await?;
+        self.inner.flag_rows.store(0, Ordering::SeqCst);
+        Ok(n)
+    }
+
+    async fn set_note(&self, name: &str, value: Option<String>) -> Result<(), StoreError> {
+        let name = format!("note.{name}");
+        let client = self.client().await?;
+        match value {
+            Some(v) => client.execute(META_SET, &[&name, &v]).await,
+            None => {
+                client
+                    .execute("DELETE FROM tm_meta WHERE name = $1", &[&name])
+                    .await
+            }
+        }
+        .map_err(engine_error)?;
+        Ok(())
+    }
+
+    async fn note(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT value FROM tm_meta WHERE name = $1",
+                &[&format!("note.{name}")],
+            )
+            .await
+            .map_err(engine_error)?
+            .map(|r| r.get(0)))
+    }
+
+    async fn snapshot_to(&self, _path: &Path) -> Result<SnapshotInfo, StoreError> {
+        Err(StoreError::Engine(
+            "online backups of the PostgreSQL engine are not built yet; back the database up with pg_dump, or use the embedded engine".into(),
+        ))
+    }
+
+    async fn record_process(&self, info: &ProcessInfo) -> Result<(), StoreError> {
+        let text = serde_json::to_string(info)?;
+        let client = self.client().await?;
+        client
+            .execute(META_SET, &[&"process", &text])
+            .await
+            .map_err(engine_error)?;
+        Ok(())
+    }
+
+    async fn needs_cleanup(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(
+                "SELECT value FROM tm_meta WHERE name = 'needs_cleanup'",
+                &[],
+            )
+            .await
+            .map_err(engine_error)?
+            .is_some_and(|r| r.get::<_, String>(0) == "1"))
+    }
+
+    async fn mark_needs_cleanup(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(META_SET, &[&"needs_cleanup", &"1"])
+            .await
+            .map_err(engine_error)?;
+        Ok(())
+    }
+
+    async fn cleanup_process_info(&self) -> Result<Vec<String>, StoreError> {
+        self.write_tx(|tx| {
+            Box::pin(async move {
+                let names: Vec<String> = tx
+                    .query(
+                        "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' RETURNING name",
+                        &[],
+                    )
+                    .await
+                    .map_err(engine_error)?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                tx.execute(META_SET, &[&"needs_cleanup", &"0"])
+                    .await
+                    .map_err(engine_error)?;
+                let mut names = names;
+                names.sort();
+                Ok(names)
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,463 @@
+//! The PostgreSQL write path: group commit of order batches in one
+//! transaction, a savepoint per batch when several share it.
+//!
+//! Invariants (as in the SQLite engine):
+//! - A batch is all or nothing; orders are idempotent by `(source, seq)`.
+//! - The seq counter is read `FOR UPDATE` inside the transaction that uses
+//!   it, so two writers can never hand out the same seq, and a crash leaves
+//!   either the whole group or none of it.
+//! - While recovering, orders apply under the recovery ordering rule
+//!   ([`crate::recovery_rule`]).
+
+use super::catalog::{Catalog, PgValue, TableSql};
+use super::PgStore;
+use crate::recovery_rule::{decide, logical_version, Effect, KeyState};
+use crate::store::{ApplyOutcome, Change};
+use crate::StoreError;
+use deadpool_postgres::Transaction;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use tidemark_api::{Fields, Op, Order, OrderResult, Version};
+use tokio_postgres::types::ToSql;
+
+/// The running state of a group transaction, rolled back per batch.
+#[derive(Clone)]
+struct GroupState {
+    epoch: u64,
+    seq: u64,
+    check_flags: bool,
+    strict: bool,
+    flags_cleared: u64,
+    /// Source to (high-water mark, changed in this group).
+    high_water: HashMap<String, (u64, bool)>,
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    super::engine_error(e)
+}
+
+impl PgStore {
+    pub(super) async fn apply_group_pg(
+        &self,
+        batches: Vec<Vec<Order>>,
+    ) -> Vec<Result<ApplyOutcome, StoreError>> {
+        let catalog = self.catalog();
+        let mut out: Vec<Option<Result<ApplyOutcome, StoreError>>> = batches
+            .iter()
+            .map(|b| {
+                crate::apply::validate_batch(&catalog.schema, b)
+                    .err()
+                    .map(Err)
+            })
+            .collect();
+        let _writer = self.inner.write.lock().await;
+        let result = self.group_tx(&catalog, &batches, &mut out).await;
+        if let Err(e) = result {
+            // Nothing of the group is durable: every batch failed.
+            let msg = e.to_string();
+            return out
+                .into_iter()
+                .map(|r| match r {
+                    Some(Err(e)) => Err(e),
+                    _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
+                })
+                .collect();
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine("batch skipped".into()))))
+            .collect()
+    }
+
+    async fn group_tx(
+        &self,
+        catalog: &Catalog,
+        batches: &[Vec<Order>],
+        out: &mut [Option<Result<ApplyOutcome, StoreError>>],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let seq: String = tx
+            .query_one(
+                "SELECT value FROM tm_meta WHERE name = 'seq' FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        let state: Option<String> = tx
+            .query_opt(
+                "SELECT value FROM tm_meta WHERE name = 'recovery_state'",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        let mut st = GroupState {
+            epoch: self.inner.epoch.load(Ordering::SeqCst),
+            seq: seq
+                .parse()
+                .map_err(|_| StoreError::Format(format!("tm_meta.seq is not a number: {seq}")))?,
+            check_flags: self.inner.flag_rows.load(Ordering::SeqCst) > 0,
+            strict: state.as_deref() == Some("recovering"),
+            flags_cleared: 0,
+            high_water: HashMap::new(),
+        };
+        let pending = out.iter().filter(|r| r.is_none()).count();
+        let mut tx = tx;
+        for (i, orders) in batches.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            if pending == 1 {
+                // A lone batch needs no savepoint: its failure rolls back all.
+                let r = apply_batch(catalog, &tx, orders, &mut st).await;
+                let failed = r.is_err();
+                out[i] = Some(r);
+                if failed {
+                    return Ok(());
+                }
+                continue;
+            }
+            let saved = st.clone();
+            let sp = tx.savepoint("batch").await.map_err(pg)?;
+            let r = apply_batch(catalog, &sp, orders, &mut st).await;
+            match r {
+                Ok(outcome) => {
+                    sp.commit().await.map_err(pg)?;
+                    out[i] = Some(Ok(outcome));
+                }
+                Err(e) => {
+                    sp.rollback().await.map_err(pg)?;
+                    st = saved;
+                    out[i] = Some(Err(e));
+                }
+            }
+        }
+        for (source, (hw, dirty)) in &st.high_water {
+            if *dirty {
+                tx.execute(
+                    "INSERT INTO tm_sources (source, high_water) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE SET high_water = excluded.high_water",
+                    &[source, &(*hw as i64)],
+                )
+                .await
+                .map_err(pg)?;
+            }
+        }
+        tx.execute(
+            "UPDATE tm_meta SET value = $1 WHERE name = 'seq'",
+            &[&st.seq.to_string()],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        self.inner.seq.store(st.seq, Ordering::SeqCst);
+        if st.flags_cleared > 0 {
+            self.inner
+                .flag_rows
+                .fetch_sub(st.flags_cleared, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// One batch inside the group transaction.
+async fn apply_batch(
+    catalog: &Catalog,
+    tx: &Transaction<'_>,
+    orders: &[Order],
+    st: &mut GroupState,
+) -> Result<ApplyOutcome, StoreError> {
+    let mut results = Vec::with_capacity(orders.len());
+    let mut changes = Vec::with_capacity(orders.len());
+    for (index, order) in orders.iter().enumerate() {
+        let hw = match st.high_water.get(&order.source) {
+            Some((hw, _)) => *hw,
+            None => {
+                let hw: i64 = tx
+                    .query_opt(
+                        "SELECT high_water FROM tm_sources WHERE source = $1",
+                        &[&order.source],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .map_or(0, |r| r.get(0));
+                st.high_water
+                    .insert(order.source.clone(), (hw as u64, false));
+                hw as u64
+            }
+        };
+        let digest = order.digest();
+        if order.seq <= hw {
+            results.push(duplicate(tx, index, order, &digest, hw).await?);
+            continue;
+        }
+        if st.strict && order.seq != hw + 1 {
+            return Err(StoreError::Gap {
+                index,
+                source_name: order.source.clone(),
+                seq: order.seq,
+                expected: hw + 1,
+            });
+        }
+        st.seq += 1;
+        let version = Version::new(st.epoch, st.seq);
+        let t = &catalog.tables[&order.table];
+        let fields = if st.strict {
+            apply_recovering(tx, t, order, version).await?
+        } else {
+            match order.op {
+                Op::Upsert => Some(upsert(tx, t, &order.key, &order.fields, version).await?),
+                Op::Delete => {
+                    let removed = tx.execute(&t.delete, &[&order.key]).await.map_err(pg)?;
+                    if removed > 0 {
+                        tombstone(tx, &order.table, &order.key, version).await?;
+                    }
+                    None
+                }
+            }
+        };
+        let (cleared, flagged) = if st.check_flags {
+            let n = tx
+                .execute(
+                    "DELETE FROM tm_flags WHERE tbl = $1 AND key = $2 AND source = $3 AND through_seq <= $4",
+                    &[&order.table, &order.key, &order.source, &(order.seq as i64)],
+                )
+                .await
+                .map_err(pg)?;
+            st.flags_cleared += n;
+            let left: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM tm_flags WHERE tbl = $1 AND key = $2",
+                    &[&order.table, &order.key],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            (n > 0 && left == 0, left > 0)
+        } else {
+            (false, false)
+        };
+        let fields_json = fields.clone().map(serde_json::Value::Object);
+        tx.execute(
+            "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &(version.seq as i64),
+                &(version.epoch as i64),
+                &order.table,
+                &order.key,
+                &fields_json,
+                &order.source,
+                &(order.seq as i64),
+                &digest,
+                &cleared,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        st.high_water
+            .insert(order.source.clone(), (order.seq, true));
+        results.push(OrderResult {
+            source: order.source.clone(),
+            seq: order.seq,
+            version: Some(version),
+            duplicate: false,
+        });
+        changes.push(Change {
+            table: order.table.clone(),
+            key: order.key.clone(),
+            fields,
+            version,
+            cleared_flag: cleared,
+            flagged,
+        });
+    }
+    Ok(ApplyOutcome { results, changes })
+}
+
+async fn upsert(
+    tx: &Transaction<'_>,
+    t: &TableSql,
+    key: &str,
+    fields: &Fields,
+    version: Version,
+) -> Result<Fields, StoreError> {
+    let mut set = Vec::new();
+    let mut values: Vec<PgValue> = Vec::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        if let Some(v) = fields.get(&c.name) {
+            set.push(i);
+            values.push(PgValue::of(c.ty, v));
+        }
+    }
+    let sql = t.upsert(&set);
+    let (epoch, seq) = (version.epoch as i64, version.seq as i64);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key, &epoch, &seq];
+    for v in &values {
+        params.push(v);
+    }
+    let row = tx.query_one(&*sql, &params).await.map_err(pg)?;
+    t.fields(&row, 0)
+}
+
+async fn tombstone(
+    tx: &Transaction<'_>,
+    table: &str,
+    key: &str,
+    v: Version,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO tm_tombstones (tbl, key, epoch, seq) VALUES ($1, $2, $3, $4) ON CONFLICT (tbl, key) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+        &[&table, &key, &(v.epoch as i64), &(v.seq as i64)],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+async fn read_fields(
+    tx: &Transaction<'_>,
+    t: &TableSql,
+    key: &str,
+) -> Result<Option<Fields>, StoreError> {
+    match tx.query_opt(&t.select, &[&key]).await.map_err(pg)? {
+        Some(row) => Ok(Some(t.fields(&row, 2)?)),
+        None => Ok(None),
+    }
+}
+
+/// Applies `order` under the recovery ordering rule; returns the record
+/// after it (`None` if the key is missing).
+async fn apply_recovering(
+    tx: &Transaction<'_>,
+    t: &TableSql,
+    order: &Order,
+    version: Version,
+) -> Result<Option<Fields>, StoreError> {
+    let lv = logical_version(order, version);
+    let row = tx
+        .query_opt(
+            "SELECT upsert_v, delete_v, fields FROM tm_lww WHERE tbl = $1 AND key = $2",
+            &[&order.table, &order.key],
+        )
+        .await
+        .map_err(pg)?;
+    let mut st = match row {
+        None => KeyState::default(),
+        Some(r) => {
+            let (u, d, f): (Option<String>, Option<String>, String) =
+                (r.get(0), r.get(1), r.get(2));
+            KeyState::from_parts(u.as_deref(), d.as_deref(), &f).ok_or_else(|| {
+                StoreError::Format(format!("tm_lww of key {:?} is damaged", order.key))
+            })?
+        }
+    };
+    let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+    let effect = decide(&mut st, order.op, &order.fields, &columns, lv);
+    tx.execute(
+        "INSERT INTO tm_lww (tbl, key, upsert_v, delete_v, fields) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tbl, key) DO UPDATE SET upsert_v = excluded.upsert_v, delete_v = excluded.delete_v, fields = excluded.fields",
+        &[
+            &order.table,
+            &order.key,
+            &crate::recovery_rule::encode(st.upsert),
+            &crate::recovery_rule::encode(st.delete),
+            &st.fields_json(),
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    let (epoch, seq) = (version.epoch as i64, version.seq as i64);
+    match effect {
+        Effect::Upsert(set) => upsert(tx, t, &order.key, &set, version).await.map(Some),
+        Effect::Delete => {
+            tx.execute(&t.delete, &[&order.key]).await.map_err(pg)?;
+            tombstone(tx, &order.table, &order.key, version).await?;
+            Ok(None)
+        }
+        Effect::ClearFields(names) => {
+            let mut sql = format!("UPDATE {} SET tm_epoch = $1, tm_seq = $2", t.quoted);
+            for n in &names {
+                // Column names come from the validated schema only.
+                sql.push_str(&format!(", \"{n}\" = NULL"));
+            }
+            sql.push_str(" WHERE tm_key = $3");
+            tx.execute(&sql, &[&epoch, &seq, &order.key])
+                .await
+                .map_err(pg)?;
+            read_fields(tx, t, &order.key).await
+        }
+        Effect::Touch => {
+            let n = tx
+                .execute(
+                    &format!(
+                        "UPDATE {} SET tm_epoch = $1, tm_seq = $2 WHERE tm_key = $3",
+                        t.quoted
+                    ),
+                    &[&epoch, &seq, &order.key],
+                )
+                .await
+                .map_err(pg)?;
+            if n == 0 {
+                tombstone(tx, &order.table, &order.key, version).await?;
+                return Ok(None);
+            }
+            read_fields(tx, t, &order.key).await
+        }
+    }
+}
+
+/// An order at or below its source's high-water mark: acknowledge it if it
+/// is the same order, refuse it otherwise.
+async fn duplicate(
+    tx: &Transaction<'_>,
+    index: usize,
+    order: &Order,
+    digest: &str,
+    hw: u64,
+) -> Result<OrderResult, StoreError> {
+    let seen = tx
+        .query_opt(
+            "SELECT seq, epoch, digest FROM tm_changes WHERE source = $1 AND source_seq = $2",
+            &[&order.source, &(order.seq as i64)],
+        )
+        .await
+        .map_err(pg)?;
+    let ack = |version| OrderResult {
+        source: order.source.clone(),
+        seq: order.seq,
+        version,
+        duplicate: true,
+    };
+    match seen {
+        Some(r) if r.get::<_, String>(2) == digest => Ok(ack(Some(Version::new(
+            r.get::<_, i64>(1) as u64,
+            r.get::<_, i64>(0) as u64,
+        )))),
+        Some(_) => Err(StoreError::Conflict {
+            index,
+            source_name: order.source.clone(),
+            seq: order.seq,
+            high_water: hw,
+        }),
+        None => {
+            let oldest: Option<i64> = tx
+                .query_one(
+                    "SELECT min(source_seq) FROM tm_changes WHERE source = $1",
+                    &[&order.source],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            match oldest {
+                // Below what the log still holds: applied long ago, pruned since.
+                Some(o) if (order.seq as i64) < o => Ok(ack(None)),
+                None => Ok(ack(None)),
+                Some(_) => Err(StoreError::OutOfOrder {
+                    index,
+                    source_name: order.source.clone(),
+                    seq: order.seq,
+                    high_water: hw,
+                }),
+            }
+        }
+    }
+}

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub store: StoreKind,
     /// PostgreSQL connection URL, for `store = "postgres"`.
     pub database_url: Option<Secret>,
+    /// PostgreSQL schema that holds Tidemark's tables, for `store = "postgres"`.
+    pub pg_schema: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Most orders accepted in one `POST /v1/orders`.
@@ -67,6 +69,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./tidemark-data"),
             store: StoreKind::Sqlite,
             database_url: None,
+            pg_schema: "tidemark".into(),
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_orders: 10_000,
             change_log_keep: 1_000_000,

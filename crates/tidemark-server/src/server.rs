@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_store::{ProcessInfo, SqliteStore, Store};
+use tidemark_store::{PgStore, ProcessInfo, SqliteStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +28,7 @@ impl Server {
                     .context("opening the store")??;
                 Arc::new(store)
             }
-            StoreKind::Postgres => anyhow::bail!(
-                "the PostgreSQL engine is not built yet; run with --store sqlite (the default) for now"
-            ),
+            StoreKind::Postgres => Arc::new(connect_postgres(&config, &shutdown).await?),
         };
         let boot = format!("{:08x}", rand::random::<u32>());
         record_process(store.as_ref(), &config, &boot).await?;
@@ -74,6 +72,35 @@ impl Server {
         state.store.close().await.context("closing the store")?;
         tracing::info!("shutdown complete: store closed cleanly");
         Ok(())
+    }
+}
+
+/// Connects to PostgreSQL, retrying with backoff while it is unreachable
+/// (it may start after us); a refusal that retrying cannot mend (a newer
+/// store format, missing rights, a bad URL) ends the start at once.
+async fn connect_postgres(
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<PgStore> {
+    let url = config
+        .database_url
+        .as_ref()
+        .map(|s| s.0.clone())
+        .context("--store postgres needs --database-url URL")?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match PgStore::connect(&url, &config.pg_schema).await {
+            Ok(store) => return Ok(store),
+            Err(e @ StoreError::Engine(_)) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL is not reachable yet; retrying (the server is not ready until it connects)");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("shut down before PostgreSQL could be reached"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("opening the PostgreSQL store"),
+        }
     }
 }
 

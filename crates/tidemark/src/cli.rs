@@ -69,9 +69,14 @@ pub struct ServerArgs {
     /// Storage engine: sqlite or postgres [default: sqlite].
     #[arg(long, value_name = "ENGINE")]
     pub store: Option<String>,
-    /// PostgreSQL URL, with --store postgres.
+    /// PostgreSQL URL, with --store postgres, e.g.
+    /// postgres://tidemark@db-host:5432/tidemark (a multi-host URL with
+    /// target_session_attrs=read-write follows PostgreSQL's own failover).
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL schema that holds Tidemark's tables [default: tidemark].
+    #[arg(long, value_name = "NAME")]
+    pub pg_schema: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,9 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     if let Some(u) = args.database_url {
         config.database_url = Some(Secret(u));
     }
+    if let Some(s) = args.pg_schema {
+        config.pg_schema = s;
+    }
     if config.store == StoreKind::Postgres && config.database_url.is_none() {
         anyhow::bail!(
             "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"

@@ -36,9 +36,16 @@ fn order(seq: u64, key: &str, fields: serde_json::Value) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_bad_order_batch_is_refused_whole() {
+    for engine in engines("every_bad_order_batch_is_refused_whole") {
+        every_bad_order_batch_is_refused_whole_on(engine).await;
+    }
+}
+
+async fn every_bad_order_batch_is_refused_whole_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(
+    let db = db_server_on(
         tmp.path(),
+        engine,
         &[
             ("TIDEMARK_SERVER__MAX_BODY_BYTES", "65536"),
             ("TIDEMARK_SERVER__MAX_BATCH_ORDERS", "50"),
@@ -130,8 +137,14 @@ async fn every_bad_order_batch_is_refused_whole() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_reads_and_routes_are_refused_with_codes() {
+    for engine in engines("bad_reads_and_routes_are_refused_with_codes") {
+        bad_reads_and_routes_are_refused_with_codes_on(engine).await;
+    }
+}
+
+async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
+    let db = db_server_on(tmp.path(), engine, &[]).await;
     let svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
     let cases = [
         (
@@ -221,8 +234,14 @@ async fn a_server_refuses_a_locked_or_unusable_data_directory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ops_refuses_bad_input_before_journaling_anything() {
+    for engine in engines("ops_refuses_bad_input_before_journaling_anything") {
+        ops_refuses_bad_input_before_journaling_anything_on(engine).await;
+    }
+}
+
+async fn ops_refuses_bad_input_before_journaling_anything_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
+    let db = db_server_on(tmp.path(), engine, &[]).await;
     let journal = tmp.path().join("journal");
     let args = [
         "ops",

@@ -10,8 +10,14 @@ use tidemark_api::{DbClient, WatchEvent};
 /// P1, P2: a miss is asked of the DB server, then answered from the cache.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_miss_is_fetched_then_cached() {
+    for engine in engines("a_miss_is_fetched_then_cached") {
+        a_miss_is_fetched_then_cached_on(engine).await;
+    }
+}
+
+async fn a_miss_is_fetched_then_cached_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
+    let db = db_server_on(tmp.path(), engine, &[]).await;
     let svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
     ops_submit(
         tmp.path(),
@@ -78,8 +84,14 @@ async fn a_miss_is_fetched_then_cached() {
 /// P3: every change reaches each service server that holds the key, in commit order.
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_reach_both_service_servers_by_push_in_order() {
+    for engine in engines("orders_reach_both_service_servers_by_push_in_order") {
+        orders_reach_both_service_servers_by_push_in_order_on(engine).await;
+    }
+}
+
+async fn orders_reach_both_service_servers_by_push_in_order_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
+    let db = db_server_on(tmp.path(), engine, &[]).await;
     let a = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
     let b = service(tmp.path(), "svc-b", &db.url, "accept-stale", &[]).await;
     ops_submit(
@@ -179,8 +191,14 @@ async fn orders_reach_both_service_servers_by_push_in_order() {
 /// P3, P11: a restarted service server resumes its stream without loss.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_service_server_catches_up_through_last_event_id() {
+    for engine in engines("a_killed_service_server_catches_up_through_last_event_id") {
+        a_killed_service_server_catches_up_through_last_event_id_on(engine).await;
+    }
+}
+
+async fn a_killed_service_server_catches_up_through_last_event_id_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
+    let db = db_server_on(tmp.path(), engine, &[]).await;
     let cache_dir = tmp.path().join("svc-cache");
     let extra = ["--cache-dir", cache_dir.to_str().unwrap()];
     let mut svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &extra).await;
@@ -240,8 +258,14 @@ async fn a_killed_service_server_catches_up_through_last_event_id() {
 /// P3, P11: a DB server restart (interest lost) makes caches revalidate.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_restart_makes_service_servers_revalidate() {
+    for engine in engines("a_server_restart_makes_service_servers_revalidate") {
+        a_server_restart_makes_service_servers_revalidate_on(engine).await;
+    }
+}
+
+async fn a_server_restart_makes_service_servers_revalidate_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut db = db_server(tmp.path(), &[]).await;
+    let mut db = db_server_on(tmp.path(), engine, &[]).await;
     let svc = service(tmp.path(), "svc-a", &db.url, "latest-only", &[]).await;
     ops_submit(
         tmp.path(),
@@ -258,13 +282,10 @@ async fn a_server_restart_makes_service_servers_revalidate() {
     // not the point here: the same service must notice a new boot. So restart
     // on the same address.
     let addr = db.url.trim_start_matches("http://").to_owned();
-    let data = tmp.path().join("data");
-    let db2 = Proc::start_at(
-        "db2",
-        tmp.path(),
-        &["server", "--data-dir", data.to_str().unwrap()],
-        &addr,
-    );
+    let mut args = vec!["server".to_owned()];
+    args.extend(store_args(tmp.path(), engine));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let db2 = Proc::start_at("db2", tmp.path(), &args, &addr);
     db2.wait_ok("/readyz").await;
     let metrics_url = format!("{}/metrics", svc.url);
     eventually(15, "an epoch event on the service server", || async {
@@ -289,8 +310,14 @@ async fn a_server_restart_makes_service_servers_revalidate() {
 /// P3, P10: orders are journaled first and applied exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ops_killed_mid_stream_applies_every_order_exactly_once() {
+    for engine in engines("an_ops_killed_mid_stream_applies_every_order_exactly_once") {
+        an_ops_killed_mid_stream_applies_every_order_exactly_once_on(engine).await;
+    }
+}
+
+async fn an_ops_killed_mid_stream_applies_every_order_exactly_once_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
+    let db = db_server_on(tmp.path(), engine, &[]).await;
     let mut input = String::new();
     let mut model: BTreeMap<String, i64> = BTreeMap::new();
     for i in 0..3000i64 {

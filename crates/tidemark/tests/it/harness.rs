@@ -87,13 +87,61 @@ pub fn run(
 
 /// A DB server on the embedded engine in `dir/data`.
 pub async fn db_server(dir: &Path, env: &[(&str, &str)]) -> Proc {
-    let data = dir.join("data");
-    let p = Proc::start(
-        "db",
-        dir,
-        &["server", "--data-dir", data.to_str().unwrap()],
-        env,
-    );
+    db_server_on(dir, Engine::Sqlite, env).await
+}
+
+/// A storage engine a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// The engines a parameterised test runs on: the embedded engine always,
+/// PostgreSQL where its binaries are installed (and always with
+/// TIDEMARK_REQUIRE_POSTGRES=1; its absence then fails the test).
+pub fn engines(test: &str) -> Vec<Engine> {
+    let mut out = vec![Engine::Sqlite];
+    if tidemark_testkit::postgres::PgCluster::shared(test).is_some() {
+        out.push(Engine::Postgres);
+    }
+    out
+}
+
+/// `tidemark server` flags that select `engine` for the test in `dir`: its
+/// data directory, or its own PostgreSQL database (created on first use and
+/// kept for restarts in the same folder).
+pub fn store_args(dir: &Path, engine: Engine) -> Vec<String> {
+    match engine {
+        Engine::Sqlite => vec!["--data-dir".into(), dir.join("data").display().to_string()],
+        Engine::Postgres => {
+            let remembered = dir.join("pg-url");
+            let url = match std::fs::read_to_string(&remembered) {
+                Ok(u) => u,
+                Err(_) => {
+                    let cluster = tidemark_testkit::postgres::PgCluster::shared("store_args")
+                        .expect("a PostgreSQL test without PostgreSQL");
+                    let u = cluster.database("it").expect("a test database");
+                    std::fs::write(&remembered, &u).expect("remember the database");
+                    u
+                }
+            };
+            vec![
+                "--store".into(),
+                "postgres".into(),
+                "--database-url".into(),
+                url,
+            ]
+        }
+    }
+}
+
+/// A DB server on `engine`.
+pub async fn db_server_on(dir: &Path, engine: Engine, env: &[(&str, &str)]) -> Proc {
+    let mut args = vec!["server".to_owned()];
+    args.extend(store_args(dir, engine));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = Proc::start("db", dir, &args, env);
     p.wait_ok("/readyz").await;
     p
 }

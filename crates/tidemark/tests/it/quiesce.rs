@@ -6,9 +6,15 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline() {
+    for engine in engines("a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline") {
+        a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on(engine).await;
+    }
+}
+
+async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let db = db_server(dir, &[]).await;
+    let db = db_server_on(dir, engine, &[]).await;
     let svc = service(dir, "svc-a", &db.url, "accept-stale", &[]).await;
     let record = format!("{}/v1/records/subscriber/k1", svc.url);
 

@@ -49,6 +49,10 @@ pub enum ErrorCode {
     DbUnavailable,
     /// The store failed; the request had no effect.
     StoreFailure,
+    /// The storage engine cannot be reached (PostgreSQL down or failing
+    /// over); the request may or may not have taken effect: retry it, orders
+    /// are idempotent.
+    StoreUnavailable,
     /// A bug: the request had no effect; report it with the server log.
     Internal,
 }
@@ -65,7 +69,7 @@ impl ErrorCode {
             OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete
             | NoQuiesce => 409,
             PayloadTooLarge | BatchTooLarge => 413,
-            NotReady | StaleData | DbUnavailable | Quiescing => 503,
+            NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable => 503,
             StoreFailure | Internal => 500,
         }
     }
@@ -94,6 +98,7 @@ impl ErrorCode {
             StaleData => "stale_data",
             DbUnavailable => "db_unavailable",
             StoreFailure => "store_failure",
+            StoreUnavailable => "store_unavailable",
             Internal => "internal",
         }
     }
@@ -121,6 +126,7 @@ impl ErrorCode {
         ErrorCode::StaleData,
         ErrorCode::DbUnavailable,
         ErrorCode::StoreFailure,
+        ErrorCode::StoreUnavailable,
         ErrorCode::Internal,
     ];
 }

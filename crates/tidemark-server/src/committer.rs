@@ -30,6 +30,12 @@ struct Job {
 /// read-cache invalidation and the push fan-out.
 pub type AfterCommit = Arc<dyn Fn(&[Change]) + Send + Sync>;
 
+/// What happens after a group failed in a way that leaves its outcome
+/// unknown (the engine became unreachable mid-commit): it may have been
+/// committed without anyone being told, so caches and streams resync from
+/// the store.
+pub type AfterUnknown = Arc<dyn Fn() + Send + Sync>;
+
 /// The handle requests submit their batches through.
 #[derive(Clone)]
 pub struct Committer {
@@ -53,13 +59,18 @@ pub enum SubmitError {
 impl Committer {
     /// A committer and the worker that applies what it is given; run the
     /// worker with [`Worker::run`].
-    pub fn new(store: Arc<dyn Store>, after_commit: AfterCommit) -> (Committer, Worker) {
+    pub fn new(
+        store: Arc<dyn Store>,
+        after_commit: AfterCommit,
+        after_unknown: AfterUnknown,
+    ) -> (Committer, Worker) {
         let (tx, rx) = mpsc::channel(4096);
         (
             Committer { tx },
             Worker {
                 store,
                 after_commit,
+                after_unknown,
                 rx,
             },
         )
@@ -80,6 +91,7 @@ impl Committer {
 pub struct Worker {
     store: Arc<dyn Store>,
     after_commit: AfterCommit,
+    after_unknown: AfterUnknown,
     rx: mpsc::Receiver<Job>,
 }
 
@@ -117,6 +129,12 @@ impl Worker {
             .map(|j| std::mem::take(&mut j.orders))
             .collect();
         let results = self.store.apply_group(batches).await;
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::Unavailable(_))))
+        {
+            (self.after_unknown)();
+        }
         for (job, result) in jobs.into_iter().zip(results) {
             if let Ok(outcome) = &result {
                 // After the commit, before anyone can be told of it.
@@ -159,6 +177,7 @@ mod tests {
             Arc::new(move |changes: &[Change]| {
                 s.lock().extend(changes.iter().map(|c| c.version.seq));
             }),
+            Arc::new(|| {}),
         );
         (dir, c, w, seen)
     }

@@ -26,6 +26,9 @@ pub enum Push {
     /// A committed change and the subscribers that hold its key.
     Change(Arc<Change>, Arc<[SubscriberId]>),
     Epoch(EpochEvent),
+    /// A commit's outcome is unknown: every stream replays the change log
+    /// from its cursor, so a change committed without a push is sent.
+    Resync,
     Quiesce(QuiesceEvent),
     Schema(SchemaEvent),
 }

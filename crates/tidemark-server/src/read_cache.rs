@@ -90,6 +90,15 @@ impl ReadCache {
     }
 
     /// Forgets a changed key. Call after its commit.
+    /// Forgets everything (a commit's outcome is unknown).
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            shard.generation += 1;
+            shard.map.clear();
+        }
+    }
+
     pub fn invalidate(&self, table: &str, key: &str) {
         let (i, s) = slot(table, key);
         let mut shard = self.shards[i].lock();

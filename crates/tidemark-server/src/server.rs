@@ -91,7 +91,7 @@ async fn connect_postgres(
     loop {
         match PgStore::connect(&url, &config.pg_schema).await {
             Ok(store) => return Ok(store),
-            Err(e @ StoreError::Engine(_)) => {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Engine(_))) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL is not reachable yet; retrying (the server is not ready until it connects)");
                 tokio::select! {
                     _ = shutdown.cancelled() => anyhow::bail!("shut down before PostgreSQL could be reached"),

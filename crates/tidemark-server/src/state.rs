@@ -1,8 +1,8 @@
 //! Everything the handlers and the workers of one DB server share.
 
-use crate::committer::{AfterCommit, Committer, Worker};
+use crate::committer::{AfterCommit, AfterUnknown, Committer, Worker};
 use crate::config::ServerConfig;
-use crate::hub::Hub;
+use crate::hub::{Hub, Push};
 use crate::metrics::ServerMetrics;
 use crate::quiesce::Quiesce;
 use crate::read_cache::ReadCache;
@@ -59,7 +59,16 @@ impl AppState {
                 hub.publish_changes(changes);
             })
         };
-        let (committer, worker) = Committer::new(store.clone(), after_commit);
+        let after_unknown: AfterUnknown = {
+            let (hub, read_cache) = (hub.clone(), read_cache.clone());
+            Arc::new(move || {
+                if let Some(cache) = &read_cache {
+                    cache.clear();
+                }
+                hub.publish(Push::Resync);
+            })
+        };
+        let (committer, worker) = Committer::new(store.clone(), after_commit, after_unknown);
         let recovery = Recovery::load(store.clone()).await?;
         let quiesce = Quiesce::load(store.as_ref()).await?;
         // A crash between the last flag clear and the state change is mended here.

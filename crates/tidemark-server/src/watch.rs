@@ -235,6 +235,7 @@ impl WatchStream {
                     self.epoch = e.epoch;
                     self.send(WatchEvent::Epoch(e)).await
                 }
+                Ok(Push::Resync) => self.replay().await,
                 Ok(Push::Quiesce(q)) => self.send(WatchEvent::Quiesce(q)).await,
                 Ok(Push::Schema(s)) => self.send(WatchEvent::Schema(s)).await,
                 Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -59,6 +59,10 @@ pub enum StoreError {
     /// The engine failed; the operation had no effect.
     #[error("storage engine failed: {0}")]
     Engine(String),
+    /// The engine cannot be reached (its connection broke or it is down);
+    /// the operation may or may not have taken effect.
+    #[error("storage engine unreachable: {0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

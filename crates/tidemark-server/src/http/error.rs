@@ -49,6 +49,14 @@ impl From<StoreError> for HttpError {
             StoreError::Gap { .. } => HttpError::new(ErrorCode::OrderGap, message),
             StoreError::BadSchedule(_) => HttpError::new(ErrorCode::BadRequest, message),
             StoreError::NotRecovering => HttpError::new(ErrorCode::NotRecovering, message),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %message, "store unreachable");
+                HttpError::new(
+                    ErrorCode::StoreUnavailable,
+                    format!("{message}; retry in a moment (orders are idempotent: resend the same batch)"),
+                )
+                .retry_after(1)
+            }
             StoreError::DataDir { .. }
             | StoreError::Locked { .. }
             | StoreError::Format(_)

@@ -77,13 +77,19 @@ pub(crate) fn engine_error(e: tokio_postgres::Error) -> StoreError {
                 ),
             };
         }
+        let class = &db.code().code()[..2];
+        if class == "57" || class == "08" {
+            // Shutdown, crash recovery, or a broken connection.
+            return StoreError::Unavailable(format!("PostgreSQL: {}", db.message()));
+        }
         return StoreError::Engine(format!("PostgreSQL: {}", db.message()));
     }
-    StoreError::Engine(format!("PostgreSQL: {e}"))
+    // No answer from the server: the connection broke or never came up.
+    StoreError::Unavailable(format!("PostgreSQL: {e}"))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Engine(format!(
+    StoreError::Unavailable(format!(
         "cannot get a PostgreSQL connection: {e}; check that PostgreSQL runs and --database-url is right"
     ))
 }

@@ -53,12 +53,16 @@ impl PgStore {
         let _writer = self.inner.write.lock().await;
         let result = self.group_tx(&catalog, &batches, &mut out).await;
         if let Err(e) = result {
-            // Nothing of the group is durable: every batch failed.
+            // The group did not commit (or, with the connection lost, its
+            // outcome is unknown): every batch not refused on its own fails
+            // with the group's error.
+            let unavailable = matches!(e, StoreError::Unavailable(_));
             let msg = e.to_string();
             return out
                 .into_iter()
                 .map(|r| match r {
-                    Some(Err(e)) => Err(e),
+                    Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
+                    _ if unavailable => Err(StoreError::Unavailable(msg.clone())),
                     _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
                 })
                 .collect();

@@ -7,5 +7,6 @@ mod cli;
 mod data_path;
 mod faults;
 mod harness;
+mod postgres;
 mod quiesce;
 mod recovery;

@@ -11,8 +11,9 @@ use crate::manifest::{
 use crate::Progress;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use tidemark_failpoint as failpoint;
 use tidemark_store::layout::{fsync_dir, fsync_tree};
-use tidemark_store::{failpoint, DataDirLock, SqliteStore, Store};
+use tidemark_store::{DataDirLock, Engine, Store, StoreError};
 
 /// A backup being written. Dropped without [`BackupWriter::commit`], it
 /// removes its temporary directory.
@@ -85,14 +86,19 @@ impl BackupWriter {
         Ok(())
     }
 
-    /// Compresses the snapshot file `src` in as the database.
-    pub fn add_db_from(&mut self, src: &Path, progress: Progress) -> Result<(), BackupError> {
+    /// Compresses a snapshot stream in as the database.
+    pub fn add_db(
+        &mut self,
+        mut snapshot: impl Read,
+        progress: Progress,
+    ) -> Result<(), BackupError> {
         let mut sink = self.db_sink()?;
-        let mut file = std::fs::File::open(src).map_err(BackupError::io(src))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut done = 0u64;
         loop {
-            let n = file.read(&mut buf).map_err(BackupError::io(src))?;
+            let n = snapshot.read(&mut buf).map_err(|e| {
+                StoreError::Engine(format!("reading the snapshot failed: {e}; retry"))
+            })?;
             if n == 0 {
                 break;
             }
@@ -163,19 +169,21 @@ impl Drop for BackupWriter {
 
 /// Backs up an open store (offline backups, safety backups): one snapshot,
 /// compressed into `target`, with the configuration files a restore left
-/// beside the database (`current/config/*`), if any.
+/// in the data directory `data_dir` (`current/config/*`), if any.
 pub async fn from_store(
-    store: &SqliteStore,
+    store: &dyn Store,
+    data_dir: &Path,
     target: &Path,
     source: String,
     progress: Progress<'_>,
 ) -> Result<Manifest, BackupError> {
     let mut writer = BackupWriter::begin(target)?;
-    let snap = writer.tmp_dir().join(".snapshot.db");
-    let info = store.snapshot_to(&snap).await?;
-    writer.add_db_from(&snap, progress)?;
-    std::fs::remove_file(&snap).map_err(BackupError::io(&snap))?;
-    if let Some(config) = store.db_path().parent().map(|p| p.join("config")) {
+    let snapshot = store.snapshot(writer.tmp_dir()).await?;
+    writer.add_db(snapshot.reader, progress)?;
+    let info = snapshot.info;
+    if let Some(config) =
+        tidemark_store::layout::existing_db_dir(data_dir)?.map(|d| d.join("config"))
+    {
         for rel in [CONFIG_EFFECTIVE, CONFIG_FILE] {
             let name = rel.trim_start_matches("config/");
             match std::fs::read(config.join(name)) {
@@ -195,17 +203,17 @@ pub async fn offline(
     target: &Path,
     progress: Progress<'_>,
 ) -> Result<Manifest, BackupError> {
-    if tidemark_store::layout::existing_db_dir(data_dir)?.is_none() {
+    let Some(engine) = Engine::of_data_dir(data_dir)? else {
         return Err(BackupError::NoStore(data_dir.to_owned()));
-    }
+    };
     let lock = DataDirLock::acquire(data_dir, "backup")
         .map_err(|e| BackupError::from_lock("offline backup", e))?;
-    let store = SqliteStore::open_with_lock(data_dir, Some(lock))?;
+    let store = engine.open_with_lock(data_dir, Some(lock))?;
     let source = std::fs::canonicalize(data_dir)
         .unwrap_or_else(|_| data_dir.to_owned())
         .display()
         .to_string();
-    let result = from_store(&store, target, source, progress).await;
+    let result = from_store(store.as_ref(), data_dir, target, source, progress).await;
     store.close().await?;
     result
 }

@@ -1,12 +1,17 @@
 //! Backups, verification, retention, restore and cleanup (B1-B6).
 //!
 //! A backup is a directory: `manifest.json` (written last, with its own
-//! checksum line), `tidemark.db.zst` (one consistent SQLite snapshot,
+//! checksum line), `tidemark.db.zst` (one consistent snapshot of the store,
+//! in the snapshot format every engine shares (see `tidemark_store::engine`),
 //! zstd-compressed) and `config/*` (the server's configuration files).
 //! Every file is listed in the manifest with its size and BLAKE3 checksum.
 //! A backup is written into a hidden temporary directory and renamed into
 //! place only once complete, so an interrupted one is never mistaken for a
 //! good one.
+//!
+//! Stores are reached only through `tidemark_store`'s engine-neutral API
+//! ([`tidemark_store::Engine`], the `Store` trait, `inspect_snapshot`): this
+//! crate names no engine.
 //!
 //! # Layout
 //! - [`error`]: [`BackupError`]: what was refused, naming the file and what to do.

@@ -18,7 +18,8 @@ use crate::error::BackupError;
 use crate::manifest::Manifest;
 use crate::Progress;
 use std::path::{Path, PathBuf};
-use tidemark_store::{failpoint, layout, DataDirLock, SqliteStore, Store};
+use tidemark_failpoint as failpoint;
+use tidemark_store::{layout, DataDirLock, Engine, StoreError};
 
 /// What to restore, and how.
 #[derive(Debug, Clone)]
@@ -79,19 +80,19 @@ pub async fn run(
     let (gen_name, gen) =
         layout::stage_gen(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
     let staged = Staged(Some(gen.clone()));
-    crate::verify::decode_db(
-        &opts.from,
-        &manifest,
-        &gen.join(tidemark_store::sqlite::DB_FILE),
-        progress,
-    )?;
+    let snapshot = gen.join("snapshot");
+    crate::verify::decode_db(&opts.from, &manifest, &snapshot, progress)?;
     failpoint::hit("restore.after_stage");
 
-    let (previous_epoch, safety) = live_state(opts, progress).await?;
+    // The restored store keeps the live store's engine; a new directory
+    // gets the default one.
+    let live = Engine::of_data_dir(&opts.data_dir);
+    let engine = live.as_ref().ok().copied().flatten().unwrap_or_default();
+    let (previous_epoch, safety) = live_state(live, opts, progress).await?;
     failpoint::hit("restore.after_safety");
 
     let new_epoch = previous_epoch.unwrap_or(0).max(manifest.epoch) + 1;
-    let store = SqliteStore::open_with_lock(&gen, None)?;
+    let store = engine.load_snapshot(&snapshot, &gen)?;
     let marked = async {
         store.mark_restored(new_epoch).await?;
         let mut cleaned = Vec::new();
@@ -117,7 +118,7 @@ pub async fn run(
     staged.keep();
     failpoint::hit("restore.after_swap");
     layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
-    remove_flat_store(&opts.data_dir);
+    layout::remove_flat_store(&opts.data_dir);
     drop(lock);
     Ok(RestoreReport {
         previous_epoch,
@@ -133,11 +134,13 @@ pub async fn run(
 
 /// The live store's epoch (if readable), and the safety backup of it.
 async fn live_state(
+    live: Result<Option<Engine>, StoreError>,
     opts: &RestoreOptions,
     progress: Progress<'_>,
 ) -> Result<(Option<u64>, Option<PathBuf>), BackupError> {
-    let live = match layout::existing_db_dir(&opts.data_dir) {
-        Ok(Some(_)) => SqliteStore::open_with_lock(&opts.data_dir, None),
+    // The caller holds the lock: the live store is opened without it.
+    let live = match live {
+        Ok(Some(engine)) => engine.open_with_lock(&opts.data_dir, None),
         Ok(None) => return Ok((None, None)),
         Err(e) => Err(e),
     };
@@ -155,7 +158,9 @@ async fn live_state(
     let safety = match &opts.safety_to {
         Some(to) => {
             let source = opts.data_dir.display().to_string();
-            let made = crate::create::from_store(&store, to, source, progress).await;
+            let made =
+                crate::create::from_store(store.as_ref(), &opts.data_dir, to, source, progress)
+                    .await;
             if let Err(e) = made {
                 store.close().await?;
                 return Err(e);
@@ -182,14 +187,6 @@ fn copy_config(from: &Path, m: &Manifest, gen: &Path) -> Result<Option<PathBuf>,
     Ok(any)
 }
 
-/// A store from before generations sits directly in the data directory;
-/// once `current` exists it is shadowed, and goes.
-fn remove_flat_store(dir: &Path) {
-    for name in ["tidemark.db", "tidemark.db-wal", "tidemark.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-}
-
 /// Removes the staged generation unless it was swapped in.
 struct Staged(Option<PathBuf>);
 
@@ -210,14 +207,20 @@ impl Drop for Staged {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidemark_api::RecoveryState;
     use tidemark_store::testsuite;
+
+    /// Opens the store of `data` with the default engine.
+    fn open(data: &Path) -> std::sync::Arc<dyn tidemark_store::Store> {
+        Engine::default().open(data, "test").unwrap()
+    }
 
     #[tokio::test]
     async fn offline_backup_restores_to_its_point_with_a_raised_epoch() {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let store = SqliteStore::open(&data, "test").unwrap();
-        testsuite::load_some(&store).await;
+        let store = open(&data);
+        testsuite::load_some(store.as_ref()).await;
         let at_backup = store.meta().await.unwrap();
         store.close().await.unwrap();
         drop(store);
@@ -229,7 +232,7 @@ mod tests {
         crate::verify::full(&backup, &|_| {}).unwrap();
 
         // Later changes, then restore.
-        let store = SqliteStore::open(&data, "test").unwrap();
+        let store = open(&data);
         store.prune_changes(0).await.unwrap();
         store.close().await.unwrap();
         drop(store);
@@ -243,7 +246,7 @@ mod tests {
         assert_eq!(report.new_epoch, at_backup.epoch + 1);
         let safety = report.safety.unwrap();
         crate::verify::full(&safety, &|_| {}).unwrap();
-        let store = SqliteStore::open(&data, "test").unwrap();
+        let store = open(&data);
         let meta = store.meta().await.unwrap();
         assert_eq!(meta.seq, at_backup.seq);
         assert_eq!(meta.epoch, at_backup.epoch + 1);
@@ -251,20 +254,15 @@ mod tests {
             meta.log_floor, at_backup.log_floor,
             "the pruned log came back"
         );
-        testsuite::check_some(&store).await;
+        testsuite::check_some(store.as_ref()).await;
         assert!(!store.needs_cleanup().await.unwrap());
-        // The seam with recovery (P5): the server starts in `recovering`.
-        let conn = rusqlite::Connection::open(store.db_path()).unwrap();
-        let meta = |name: &str| -> String {
-            conn.query_row("SELECT value FROM tm_meta WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .unwrap()
-        };
-        assert_eq!(meta("recovery_state"), "recovering");
-        assert_eq!(meta("schedule_final"), "0");
-        assert_eq!(meta("epoch"), (at_backup.epoch + 1).to_string());
-        drop(conn);
+        // The seam with recovery (P5): the server starts in `recovering`,
+        // with no schedule list yet.
+        let recovery = store.recovery_meta().await.unwrap();
+        assert_eq!(recovery.state, RecoveryState::Recovering);
+        assert!(!recovery.schedule_final && recovery.started_at.is_some());
+        store.close().await.unwrap();
+        drop(store);
         // Only the new generation is left.
         let gens: Vec<_> = std::fs::read_dir(&data)
             .unwrap()
@@ -279,10 +277,10 @@ mod tests {
     async fn a_held_lock_or_a_damaged_backup_changes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let store = SqliteStore::open(&data, "test").unwrap();
-        testsuite::load_some(&store).await;
+        let store = open(&data);
+        testsuite::load_some(store.as_ref()).await;
         let backup = tmp.path().join("b");
-        crate::create::from_store(&store, &backup, "t".into(), &|_| {})
+        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), &|_| {})
             .await
             .unwrap();
         let opts = RestoreOptions {
@@ -304,27 +302,34 @@ mod tests {
         let err = run(&opts, &|_| {}).await.unwrap_err();
         assert!(matches!(err, BackupError::ChecksumMismatch { .. }), "{err}");
         assert!(err.to_string().contains("tidemark.db.zst"), "{err}");
-        let store = SqliteStore::open(&data, "test").unwrap();
+        let store = open(&data);
         assert_eq!(store.meta().await.unwrap().epoch, 1);
-        testsuite::check_some(&store).await;
+        testsuite::check_some(store.as_ref()).await;
     }
 
     #[tokio::test]
     async fn unreadable_live_data_needs_an_explicit_no_safety_backup() {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let store = SqliteStore::open(&data, "test").unwrap();
-        testsuite::load_some(&store).await;
+        let store = open(&data);
+        testsuite::load_some(store.as_ref()).await;
         let backup = tmp.path().join("b");
-        crate::create::from_store(&store, &backup, "t".into(), &|_| {})
+        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), &|_| {})
             .await
             .unwrap();
-        let db = store.db_path().to_owned();
         store.close().await.unwrap();
         drop(store);
-        std::fs::write(&db, b"not a database at all, the disk died").unwrap();
-        for ext in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+        // The disk died: every file of the live store is garbage.
+        const GARBAGE: &[u8] = b"not a database at all, the disk died";
+        let live = layout::current_gen(&data).unwrap().unwrap();
+        let files: Vec<PathBuf> = std::fs::read_dir(&live)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(!files.is_empty());
+        for f in &files {
+            std::fs::write(f, GARBAGE).unwrap();
         }
         let mut opts = RestoreOptions {
             from: backup,
@@ -335,15 +340,14 @@ mod tests {
         let err = run(&opts, &|_| {}).await.unwrap_err();
         assert!(matches!(err, BackupError::LiveUnreadable { .. }), "{err}");
         assert!(err.to_string().contains("--no-safety-backup"), "{err}");
-        assert_eq!(
-            std::fs::read(&db).unwrap(),
-            b"not a database at all, the disk died"
-        );
+        for f in &files {
+            assert_eq!(std::fs::read(f).unwrap(), GARBAGE, "{}", f.display());
+        }
         opts.safety_to = None;
         let report = run(&opts, &|_| {}).await.unwrap();
         assert_eq!(report.previous_epoch, None);
         assert_eq!(report.new_epoch, 2);
-        let store = SqliteStore::open(&data, "test").unwrap();
-        testsuite::check_some(&store).await;
+        let store = open(&data);
+        testsuite::check_some(store.as_ref()).await;
     }
 }

@@ -7,7 +7,7 @@ use crate::manifest::{Manifest, CONFIG_EFFECTIVE, DB_FILE};
 use crate::Progress;
 use std::io::Write;
 use std::path::Path;
-use tidemark_store::SnapshotInfo;
+use tidemark_store::{inspect_snapshot, SnapshotInfo};
 
 /// Checks the manifest and the size and BLAKE3 of every file it lists.
 pub fn checksums(dir: &Path, progress: Progress) -> Result<Manifest, BackupError> {
@@ -40,9 +40,9 @@ pub fn checksums(dir: &Path, progress: Progress) -> Result<Manifest, BackupError
     Ok(m)
 }
 
-/// Decompresses the backup's database to `dest`, checking its raw size and
-/// checksum, SQLite's integrity check, and that it holds what the manifest
-/// says (epoch, seq, high-water marks).
+/// Decompresses the backup's snapshot to the file `dest`, checking its raw
+/// size and checksum, the snapshot's own integrity check, and that it holds
+/// what the manifest says (epoch, seq, high-water marks).
 pub fn decode_db(
     dir: &Path,
     m: &Manifest,
@@ -90,8 +90,7 @@ pub fn decode_db(
             "the decompressed data does not match the manifest's checksum".into(),
         ));
     }
-    let info =
-        tidemark_store::sqlite::inspect_snapshot(dest).map_err(|e| undecodable(e.to_string()))?;
+    let info = inspect_snapshot(dest).map_err(|e| undecodable(e.to_string()))?;
     if info.epoch != m.epoch || info.seq != m.seq || info.high_water != m.high_water {
         return Err(undecodable(format!(
             "the data is at epoch {} seq {}, the manifest says epoch {} seq {} (or other high-water marks)",
@@ -110,7 +109,7 @@ pub fn full(dir: &Path, progress: Progress) -> Result<(Manifest, SnapshotInfo), 
         .prefix("tidemark-verify-")
         .tempdir()
         .map_err(BackupError::io(&std::env::temp_dir()))?;
-    let info = decode_db(dir, &m, &scratch.path().join("tidemark.db"), progress)?;
+    let info = decode_db(dir, &m, &scratch.path().join("snapshot"), progress)?;
     if m.file(CONFIG_EFFECTIVE).is_some() {
         let path = dir.join(CONFIG_EFFECTIVE);
         let bytes = std::fs::read(&path).map_err(BackupError::io(&path))?;

@@ -327,7 +327,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             }
         }
         b.inc(orders.len() as u64);
-        tidemark_store::failpoint::hit("ops.recover.after_batch");
+        tidemark_failpoint::hit("ops.recover.after_batch");
     }
     b.finish_and_clear();
 

@@ -95,7 +95,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
         );
     }
     journal.append(&digest, done, &orders[done..])?;
-    tidemark_store::failpoint::hit("ops.submit.after_journal");
+    tidemark_failpoint::hit("ops.submit.after_journal");
 
     let marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
     let high_water = marks.get(&opts.source).copied().unwrap_or(0);
@@ -145,7 +145,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
         }
         report.high_water = chunk.last().map(|e| e.seq).unwrap_or(report.high_water);
         bar.inc(chunk.len() as u64);
-        tidemark_store::failpoint::hit("ops.submit.after_batch");
+        tidemark_failpoint::hit("ops.submit.after_batch");
     }
     bar.finish_and_clear();
     Ok(report)

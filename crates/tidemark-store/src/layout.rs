@@ -22,8 +22,24 @@ use std::path::{Path, PathBuf};
 pub const CURRENT: &str = "current";
 const CURRENT_TMP: &str = "current.tmp";
 const GEN_PREFIX: &str = "gen-";
-/// Prefix of the temporary snapshot files an online backup writes.
+/// Prefix of the temporary snapshot files online backups and
+/// [`crate::Store::snapshot`] write.
 pub const SNAPSHOT_PREFIX: &str = "snapshot-";
+
+/// A new name for a temporary snapshot file in `dir`, of the kind
+/// [`remove_garbage`] removes if a crash leaves it behind.
+pub fn scratch_snapshot(dir: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    dir.join(format!(
+        "{SNAPSHOT_PREFIX}{:x}-{n:x}-{nanos:x}.tmp",
+        std::process::id()
+    ))
+}
 
 /// The directory name of generation `n`.
 pub fn gen_name(n: u64) -> String {
@@ -128,9 +144,9 @@ pub fn swap_current(dir: &Path, name: &str) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     std::os::unix::fs::symlink(name, &tmp)?;
-    crate::failpoint::hit("layout.swap.before_rename");
+    tidemark_failpoint::hit("layout.swap.before_rename");
     fs::rename(&tmp, dir.join(CURRENT))?;
-    crate::failpoint::hit("layout.swap.after_rename");
+    tidemark_failpoint::hit("layout.swap.after_rename");
     fsync_dir(dir)
 }
 
@@ -163,6 +179,16 @@ pub fn remove_garbage(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
+}
+
+/// A store from before generations sits directly in the data directory;
+/// once `current` exists it is shadowed, and its files go. Best effort:
+/// what cannot be removed stays shadowed.
+pub fn remove_flat_store(dir: &Path) {
+    let db = crate::sqlite::DB_FILE;
+    for name in [db.to_owned(), format!("{db}-wal"), format!("{db}-shm")] {
+        let _ = fs::remove_file(dir.join(name));
+    }
 }
 
 /// fsyncs a directory, so renames and new entries in it are durable.

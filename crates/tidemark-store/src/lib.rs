@@ -7,32 +7,36 @@
 //!
 //! # Layout
 //! - [`store`]: the [`Store`] trait every engine implements, and its value types.
+//! - [`engine`]: [`Engine`]: opening a store and loading or inspecting a
+//!   snapshot without naming the engine; the snapshot format every engine shares.
 //! - [`error`]: [`StoreError`], what callers branch on.
-//! - [`sqlite`]: the embedded engine (rusqlite, WAL).
+//! - [`sqlite`]: the embedded engine (rusqlite, WAL), one module per job.
 //! - [`postgres`]: the PostgreSQL engine (tokio-postgres, a deadpool pool), one schema.
 //! - [`recovery_rule`]: the engine-neutral ordering rule for orders during recovery.
 //! - [`layout`]: `current -> gen-N` generations and the atomic swap restore uses.
-//! - [`failpoint`]: crash points for fault-injection tests.
 //! - [`lock`]: the data-directory lock that a crashed holder cannot leave stuck.
 //! - [`apply`]: batch validation and the idempotency rules shared by engines.
-//! - [`testsuite`]: the one test suite every engine runs.
+//! - `testsuite` (feature `testsuite`, tests only): the one test suite every
+//!   engine runs.
 
 pub mod apply;
+pub mod engine;
 pub mod error;
-pub mod failpoint;
 pub mod layout;
 pub mod lock;
 pub mod postgres;
 pub mod recovery_rule;
 pub mod sqlite;
 pub mod store;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
+pub use engine::{inspect_snapshot, Engine};
 pub use error::StoreError;
 pub use lock::DataDirLock;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
+    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta, Snapshot,
     SnapshotInfo, Store, StoreMeta,
 };

@@ -116,6 +116,22 @@ pub struct SnapshotInfo {
     pub bytes: u64,
 }
 
+/// One consistent snapshot, handed over as a stream of bytes in the
+/// snapshot format (see [`crate::engine`]), with what it holds.
+pub struct Snapshot {
+    pub info: SnapshotInfo,
+    /// Exactly `info.bytes` bytes.
+    pub reader: Box<dyn std::io::Read + Send>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
 /// The process information a running server records in its store (B6).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessInfo {
@@ -218,10 +234,33 @@ pub trait Store: Send + Sync + 'static {
 
     // --- backup (B1-B6) ---
 
-    /// Writes one consistent snapshot of the whole store to the new file
-    /// `path` (one read transaction: writers are not blocked, and the copy
-    /// is never a file being written). Returns what the snapshot holds.
+    /// Writes one consistent snapshot of the whole store, in the snapshot
+    /// format (see [`crate::engine`]), to the new file `path` (one read
+    /// transaction: writers are not blocked, and the copy is never a file
+    /// being written). Returns what the snapshot holds.
     async fn snapshot_to(&self, path: &Path) -> Result<SnapshotInfo, StoreError>;
+
+    /// Takes one consistent snapshot and hands it over as a stream: what
+    /// backups read. The engine may put a temporary file in the directory
+    /// `scratch`; nothing is left there when this returns (the stream keeps
+    /// the file open). The default writes the file with
+    /// [`Store::snapshot_to`]; an engine that produces the format as it
+    /// reads overrides it.
+    async fn snapshot(&self, scratch: &Path) -> Result<Snapshot, StoreError> {
+        let path = crate::layout::scratch_snapshot(scratch);
+        let info = self.snapshot_to(&path).await?;
+        let file = std::fs::File::open(&path);
+        // Unlinked while open: the handle keeps the data until it is read.
+        let _ = std::fs::remove_file(&path);
+        let file = file.map_err(|e| StoreError::DataDir {
+            path: path.display().to_string(),
+            detail: format!("cannot read the snapshot just written: {e}"),
+        })?;
+        Ok(Snapshot {
+            info,
+            reader: Box::new(file),
+        })
+    }
 
     /// Records the running server's process information (B6); an online
     /// snapshot carries it, and `cleanup` removes it after a restore.

@@ -12,6 +12,7 @@
 //!   refused with a message that says what to do.
 
 mod catalog;
+pub mod snapshot;
 mod write;
 
 use crate::store::{
@@ -238,6 +239,12 @@ impl PgStore {
                 "PostgreSQL schema '{schema}' has store format {format}, this build reads format {FORMAT_VERSION}: it was written by a newer Tidemark; use a matching tidemark version, or another --pg-schema"
             )));
         }
+        self.reload(&client).await
+    }
+
+    /// Reloads the schema and the meta mirrors (after a load).
+    pub(crate) async fn reload_from_db(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
         self.reload(&client).await
     }
 
@@ -745,10 +752,8 @@ impl Store for PgStore {
             .map(|r| r.get(0)))
     }
 
-    async fn snapshot_to(&self, _path: &Path) -> Result<SnapshotInfo, StoreError> {
-        Err(StoreError::Engine(
-            "online backups of the PostgreSQL engine are not built yet; back the database up with pg_dump, or use the embedded engine".into(),
-        ))
+    async fn snapshot_to(&self, path: &Path) -> Result<SnapshotInfo, StoreError> {
+        self.snapshot_pg(path).await
     }
 
     async fn record_process(&self, info: &ProcessInfo) -> Result<(), StoreError> {

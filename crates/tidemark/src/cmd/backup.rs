@@ -164,7 +164,7 @@ async fn online(
         })?;
         received += chunk.len() as u64;
         progress(received);
-        tidemark_store::failpoint::hit("backup.online.chunk");
+        tidemark_failpoint::hit("backup.online.chunk");
     }
     if received != info.bytes {
         anyhow::bail!(

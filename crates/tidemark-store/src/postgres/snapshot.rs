@@ -1,0 +1,447 @@
+//! Snapshots of the PostgreSQL engine in the shared snapshot format (one
+//! SQLite file of the store's tables, see [`crate::engine`]), and loading
+//! one into PostgreSQL.
+//!
+//! Invariants:
+//! - A snapshot is one consistent point: every table is read in one
+//!   `REPEATABLE READ` transaction (writers are not blocked).
+//! - A load fills a fresh staging schema, which the caller prepares
+//!   (`mark_restored`) and then swaps in with [`swap_in`]: one transaction
+//!   renames it over the live schema, so a crash leaves the old store or
+//!   the new one, never a mix.
+
+use super::catalog::{self, PgValue};
+use super::{engine_error, PgStore};
+use crate::store::SnapshotInfo;
+use crate::StoreError;
+use futures::{pin_mut, TryStreamExt};
+use rusqlite::types::Value as SqlValue;
+use std::path::Path;
+use tidemark_api::{ColumnType, Schema};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+/// How a column of an internal table converts between the engines.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Int,
+    Bool,
+    Json,
+}
+
+/// The internal tables and their columns, in both engines' shapes.
+const INTERNAL: &[(&str, &[(&str, Kind)])] = &[
+    ("tm_meta", &[("name", Kind::Text), ("value", Kind::Text)]),
+    (
+        "tm_sources",
+        &[("source", Kind::Text), ("high_water", Kind::Int)],
+    ),
+    (
+        "tm_changes",
+        &[
+            ("seq", Kind::Int),
+            ("epoch", Kind::Int),
+            ("tbl", Kind::Text),
+            ("key", Kind::Text),
+            ("fields", Kind::Json),
+            ("source", Kind::Text),
+            ("source_seq", Kind::Int),
+            ("digest", Kind::Text),
+            ("cleared", Kind::Bool),
+        ],
+    ),
+    (
+        "tm_tombstones",
+        &[
+            ("tbl", Kind::Text),
+            ("key", Kind::Text),
+            ("epoch", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
+        "tm_flags",
+        &[
+            ("tbl", Kind::Text),
+            ("key", Kind::Text),
+            ("source", Kind::Text),
+            ("through_seq", Kind::Int),
+        ],
+    ),
+    (
+        "tm_recovery_sources",
+        &[
+            ("source", Kind::Text),
+            ("final", Kind::Bool),
+            ("waived", Kind::Bool),
+        ],
+    ),
+    (
+        "tm_lww",
+        &[
+            ("tbl", Kind::Text),
+            ("key", Kind::Text),
+            ("upsert_v", Kind::Text),
+            ("delete_v", Kind::Text),
+            ("fields", Kind::Text),
+        ],
+    ),
+];
+
+fn kind_of(ty: ColumnType) -> Kind {
+    match ty {
+        ColumnType::String | ColumnType::Timestamp => Kind::Text,
+        ColumnType::Integer => Kind::Int,
+        ColumnType::Boolean => Kind::Bool,
+        ColumnType::Json => Kind::Json,
+    }
+}
+
+/// The columns of every table of `schema`, internal ones first.
+fn tables(schema: &Schema) -> Vec<(String, Vec<(String, Kind)>)> {
+    let mut out: Vec<(String, Vec<(String, Kind)>)> = INTERNAL
+        .iter()
+        .map(|(t, cols)| {
+            (
+                t.to_string(),
+                cols.iter().map(|(c, k)| (c.to_string(), *k)).collect(),
+            )
+        })
+        .collect();
+    for (name, t) in &schema.tables {
+        let mut cols = vec![
+            ("tm_key".to_owned(), Kind::Text),
+            ("tm_epoch".to_owned(), Kind::Int),
+            ("tm_seq".to_owned(), Kind::Int),
+        ];
+        cols.extend(t.columns.iter().map(|c| (c.name.clone(), kind_of(c.ty))));
+        out.push((name.clone(), cols));
+    }
+    out
+}
+
+fn pg_to_sqlite(row: &Row, i: usize, kind: Kind) -> Result<SqlValue, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Format(format!("column {i}: {e}"));
+    Ok(match kind {
+        Kind::Text => row
+            .try_get::<_, Option<String>>(i)
+            .map_err(bad)?
+            .map_or(SqlValue::Null, SqlValue::Text),
+        Kind::Int => row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(bad)?
+            .map_or(SqlValue::Null, SqlValue::Integer),
+        Kind::Bool => row
+            .try_get::<_, Option<bool>>(i)
+            .map_err(bad)?
+            .map_or(SqlValue::Null, |b| SqlValue::Integer(i64::from(b))),
+        Kind::Json => row
+            .try_get::<_, Option<serde_json::Value>>(i)
+            .map_err(bad)?
+            .map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string())),
+    })
+}
+
+fn sqlite_to_pg(v: rusqlite::types::ValueRef<'_>, kind: Kind) -> Result<PgValue, StoreError> {
+    use rusqlite::types::ValueRef;
+    let bad = || StoreError::Format(format!("snapshot value {v:?} does not fit its column"));
+    Ok(match (kind, v) {
+        (_, ValueRef::Null) => PgValue::Null,
+        (Kind::Text, ValueRef::Text(t)) => {
+            PgValue::Text(std::str::from_utf8(t).map_err(|_| bad())?.to_owned())
+        }
+        (Kind::Int, ValueRef::Integer(i)) => PgValue::Int(i),
+        (Kind::Bool, ValueRef::Integer(i)) => PgValue::Bool(i != 0),
+        (Kind::Json, ValueRef::Text(t)) => PgValue::Json(serde_json::from_slice(t)?),
+        _ => return Err(bad()),
+    })
+}
+
+impl PgStore {
+    /// Writes one consistent snapshot of the store to the new file `dest`.
+    pub(super) async fn snapshot_pg(&self, dest: &Path) -> Result<SnapshotInfo, StoreError> {
+        if dest.exists() {
+            // Never overwritten, and never removed on failure below.
+            return Err(StoreError::DataDir {
+                path: dest.display().to_string(),
+                detail: "the snapshot file already exists; remove it".into(),
+            });
+        }
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(engine_error)?;
+        // The schema as of the snapshot's point, from the same transaction.
+        let names: Vec<String> = tx
+            .query("SELECT name FROM tm_tables", &[])
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let cols = tx
+            .query(
+                "SELECT tbl, name, type FROM tm_columns ORDER BY tbl, ordinal",
+                &[],
+            )
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let version: String = tx
+            .query_one(
+                "SELECT value FROM tm_meta WHERE name = 'schema_version'",
+                &[],
+            )
+            .await
+            .map_err(engine_error)?
+            .get(0);
+        let schema = catalog::schema_from_rows(version.parse().unwrap_or(0), names, cols)?;
+        // Rows go to a blocking writer in chunks, so memory stays bounded.
+        let (send, mut recv) = tokio::sync::mpsc::channel::<(String, Vec<Vec<SqlValue>>)>(4);
+        let writer = {
+            let (dest, schema) = (dest.to_owned(), schema.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                let mut conn = crate::sqlite::create_snapshot_file(&dest, &schema)?;
+                let tx = conn.transaction()?;
+                // The catalog rows come with tm_tables/tm_columns of the
+                // schema just created; everything else from PostgreSQL.
+                tx.execute("DELETE FROM tm_meta", [])?;
+                while let Some((table, rows)) = recv.blocking_recv() {
+                    let Some(first) = rows.first() else { continue };
+                    let marks = vec!["?"; first.len()].join(", ");
+                    let mut stmt =
+                        tx.prepare_cached(&format!("INSERT INTO \"{table}\" VALUES ({marks})"))?;
+                    for row in rows {
+                        stmt.execute(rusqlite::params_from_iter(row))?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+        };
+        let sent = async {
+            for (table, cols) in tables(&schema) {
+                let list = cols
+                    .iter()
+                    .map(|(c, _)| format!("\"{c}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let stream = tx
+                    .query_raw(
+                        &format!("SELECT {list} FROM \"{table}\""),
+                        std::iter::empty::<&(dyn ToSql + Sync)>(),
+                    )
+                    .await
+                    .map_err(engine_error)?;
+                pin_mut!(stream);
+                let mut chunk = Vec::with_capacity(10_000);
+                while let Some(row) = stream.try_next().await.map_err(engine_error)? {
+                    let mut out = Vec::with_capacity(cols.len());
+                    for (i, (_, kind)) in cols.iter().enumerate() {
+                        out.push(pg_to_sqlite(&row, i, *kind)?);
+                    }
+                    chunk.push(out);
+                    if chunk.len() == 10_000 {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(10_000));
+                        if send.send((table.clone(), full)).await.is_err() {
+                            return Ok(()); // the writer failed; its error is reported
+                        }
+                    }
+                }
+                if !chunk.is_empty() && send.send((table.clone(), chunk)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        let read = sent.await;
+        drop(send);
+        let written = writer
+            .await
+            .map_err(|e| StoreError::Engine(format!("snapshot writer failed: {e}")))?;
+        tx.commit().await.map_err(engine_error)?;
+        if let Err(e) = read.and(written) {
+            let _ = std::fs::remove_file(dest);
+            return Err(e);
+        }
+        std::fs::File::open(dest)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::DataDir {
+                path: dest.display().to_string(),
+                detail: format!("cannot fsync the snapshot: {e}"),
+            })?;
+        crate::engine::inspect_snapshot(dest)
+    }
+}
+
+/// Loads the snapshot file `snapshot` into the empty staging schema
+/// `staging` of the database at `url` (created here, replacing a leftover
+/// of a crashed load). Returns the staged store, for the caller to prepare
+/// and then [`swap_in`].
+pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgStore, StoreError> {
+    crate::engine::inspect_snapshot(snapshot)?;
+    {
+        let (client, conn) = connect_raw(url).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{staging}\" CASCADE"))
+            .await
+            .map_err(engine_error)?;
+    }
+    let store = PgStore::connect(url, staging).await?;
+    let schema = {
+        let src = rusqlite::Connection::open_with_flags(
+            snapshot,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        crate::sqlite::snapshot_schema(&src)?
+    };
+    let mut client = store.client().await?;
+    let tx = client.transaction().await.map_err(engine_error)?;
+    // The fresh store's own rows give way to the snapshot's.
+    tx.batch_execute("DELETE FROM tm_meta; DELETE FROM tm_columns; DELETE FROM tm_tables;")
+        .await
+        .map_err(engine_error)?;
+    for name in store.catalog().schema.tables.keys() {
+        tx.batch_execute(&format!("DROP TABLE \"{name}\""))
+            .await
+            .map_err(engine_error)?;
+    }
+    for (name, t) in &schema.tables {
+        tx.batch_execute(&catalog::create_table_sql(name, t)?)
+            .await
+            .map_err(engine_error)?;
+    }
+    let mut all = vec![
+        (
+            "tm_tables".to_owned(),
+            vec![("name".to_owned(), Kind::Text)],
+        ),
+        (
+            "tm_columns".to_owned(),
+            vec![
+                ("tbl".to_owned(), Kind::Text),
+                ("name".to_owned(), Kind::Text),
+                ("type".to_owned(), Kind::Text),
+                ("ordinal".to_owned(), Kind::Int),
+            ],
+        ),
+    ];
+    all.extend(tables(&schema));
+    for (table, cols) in all {
+        let list = cols
+            .iter()
+            .map(|(c, _)| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sink = tx
+            .copy_in(&format!(
+                "COPY \"{table}\" ({list}) FROM STDIN WITH (FORMAT csv)"
+            ))
+            .await
+            .map_err(engine_error)?;
+        pin_mut!(sink);
+        // A blocking reader turns the snapshot's rows into CSV chunks.
+        let (send, mut recv) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let reader = {
+            let (path, table, list) = (snapshot.to_owned(), table.clone(), list.clone());
+            let cols = cols.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                let src = rusqlite::Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                let mut stmt = src.prepare(&format!("SELECT {list} FROM \"{table}\""))?;
+                let mut rows = stmt.query([])?;
+                let mut buf = Vec::new();
+                while let Some(row) = rows.next()? {
+                    for (i, (_, kind)) in cols.iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b',');
+                        }
+                        csv_field(&mut buf, sqlite_to_pg(row.get_ref(i)?, *kind)?);
+                    }
+                    buf.push(b'\n');
+                    if buf.len() > 1 << 20
+                        && send.blocking_send(std::mem::take(&mut buf).into()).is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                if !buf.is_empty() {
+                    let _ = send.blocking_send(buf.into());
+                }
+                Ok(())
+            })
+        };
+        while let Some(chunk) = recv.recv().await {
+            use futures::SinkExt;
+            sink.send(chunk).await.map_err(engine_error)?;
+        }
+        reader
+            .await
+            .map_err(|e| StoreError::Engine(format!("snapshot reader failed: {e}")))??;
+        sink.as_mut().finish().await.map_err(engine_error)?;
+    }
+    tx.commit().await.map_err(engine_error)?;
+    drop(client);
+    store.reload_from_db().await?;
+    Ok(store)
+}
+
+/// One CSV field for COPY: NULL is an unquoted empty field, anything else
+/// is quoted.
+fn csv_field(buf: &mut Vec<u8>, v: PgValue) {
+    let text = match v {
+        PgValue::Null => return,
+        PgValue::Text(s) => s,
+        PgValue::Int(i) => i.to_string(),
+        PgValue::Bool(b) => (if b { "t" } else { "f" }).to_owned(),
+        PgValue::Json(j) => j.to_string(),
+    };
+    buf.push(b'"');
+    for b in text.bytes() {
+        if b == b'"' {
+            buf.push(b'"');
+        }
+        buf.push(b);
+    }
+    buf.push(b'"');
+}
+
+/// Makes the staged schema `staging` the live schema `live`, in one
+/// transaction; the schema it replaces is dropped (restore took a safety
+/// backup of it first).
+pub async fn swap_in(url: &str, staging: &str, live: &str) -> Result<(), StoreError> {
+    let (mut client, conn) = connect_raw(url).await?;
+    tokio::spawn(conn);
+    let tx = client.transaction().await.map_err(engine_error)?;
+    tx.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS \"{live}\" CASCADE; ALTER SCHEMA \"{staging}\" RENAME TO \"{live}\";"
+    ))
+    .await
+    .map_err(engine_error)?;
+    tx.commit().await.map_err(engine_error)?;
+    Ok(())
+}
+
+async fn connect_raw(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    StoreError,
+> {
+    tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(engine_error)
+}

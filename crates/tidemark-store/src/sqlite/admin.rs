@@ -1,0 +1,239 @@
+//! Snapshots and administration: writing and inspecting snapshots, taking
+//! a snapshot in as a private store, process information (B6), notes,
+//! cleanup, and close.
+//!
+//! A snapshot is one self-contained SQLite file (no `-wal` beside it),
+//! copied page by page inside one read transaction: a consistent point,
+//! and writers go on meanwhile.
+
+use super::{meta_get, meta_set, meta_u64, SqliteStore, DB_FILE, FORMAT_VERSION};
+use crate::store::{ProcessInfo, SnapshotInfo};
+use crate::StoreError;
+use rusqlite::{params, Connection, OpenFlags};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+pub(super) async fn snapshot_to(s: &SqliteStore, path: &Path) -> Result<SnapshotInfo, StoreError> {
+    let path = path.to_owned();
+    s.blocking(move |s| snapshot_blocking(s, &path)).await
+}
+
+fn snapshot_blocking(s: &SqliteStore, dest: &Path) -> Result<SnapshotInfo, StoreError> {
+    let fail = |detail: String| StoreError::DataDir {
+        path: dest.display().to_string(),
+        detail,
+    };
+    if dest.exists() {
+        return Err(fail("the snapshot file already exists; remove it".into()));
+    }
+    let src = Connection::open_with_flags(
+        &s.inner.db_path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    src.busy_timeout(std::time::Duration::from_secs(10))?;
+    src.execute_batch("PRAGMA query_only = 1")?;
+    let mut dst = Connection::open(dest)
+        .map_err(|e| fail(format!("cannot create the snapshot file: {e}")))?;
+    {
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        // One step copies every page inside one read transaction: a
+        // consistent point, and in WAL mode writers go on meanwhile.
+        let mut tries = 0;
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => {
+                    return Err(StoreError::Engine(format!(
+                        "the snapshot could not complete ({other:?}); retry"
+                    )))
+                }
+            }
+        }
+    }
+    // A self-contained file: no -wal beside it.
+    dst.execute_batch("PRAGMA journal_mode = DELETE;")?;
+    drop(dst);
+    std::fs::File::open(dest)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fail(format!("cannot fsync the snapshot: {e}")))?;
+    inspect_snapshot(dest)
+}
+
+/// Checks a snapshot file (a backup's database, decoded) without opening it
+/// as a store: SQLite's integrity check, the format, and what it holds.
+pub(crate) fn inspect_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        StoreError::Format(format!(
+            "{} is not a readable Tidemark snapshot: {e}",
+            path.display()
+        ))
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| bad(&e))?;
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| bad(&e))?;
+    if check != "ok" {
+        return Err(bad(&format!("integrity check failed: {check}")));
+    }
+    let has_meta: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('tm_meta', 'tm_sources')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| bad(&e))?;
+    if has_meta != 2 {
+        return Err(bad(&"it has no Tidemark tables"));
+    }
+    let store_format = meta_u64(&conn, "format")?;
+    if store_format != FORMAT_VERSION {
+        return Err(StoreError::Format(format!(
+            "{} has store format {store_format}, this build reads format {FORMAT_VERSION}; use a matching tidemark version",
+            path.display()
+        )));
+    }
+    let mut stmt = conn.prepare("SELECT source, high_water FROM tm_sources")?;
+    let high_water = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let process = match meta_get(&conn, "process")? {
+        Some(text) => Some(serde_json::from_str(&text)?),
+        None => None,
+    };
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Ok(SnapshotInfo {
+        store_format,
+        epoch: meta_u64(&conn, "epoch")?,
+        seq: meta_u64(&conn, "seq")?,
+        schema_version: meta_u64(&conn, "schema_version")?,
+        high_water,
+        process,
+        bytes,
+    })
+}
+
+/// Takes the checked snapshot file `snapshot` in as the store of the
+/// private directory `dir` (moving the file) and opens it, without a lock:
+/// restore stages a generation this way.
+/// Starts a snapshot file written by another engine: `path` gets the
+/// internal tables and the tables of `schema` (recorded in its catalog),
+/// all empty, for the caller to fill in one transaction. The file must not
+/// exist.
+pub(crate) fn create_snapshot_file(
+    path: &Path,
+    schema: &tidemark_api::Schema,
+) -> Result<Connection, StoreError> {
+    if path.exists() {
+        return Err(StoreError::DataDir {
+            path: path.display().to_string(),
+            detail: "the snapshot file already exists; remove it".into(),
+        });
+    }
+    let conn = Connection::open(path).map_err(|e| StoreError::DataDir {
+        path: path.display().to_string(),
+        detail: format!("cannot create the snapshot file: {e}"),
+    })?;
+    conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF;")?;
+    conn.execute_batch(super::open::INTERNAL_DDL)?;
+    conn.execute_batch(super::lww::DDL)?;
+    for (name, t) in &schema.tables {
+        super::catalog::create_table(&conn, name, t)?;
+    }
+    Ok(conn)
+}
+
+/// The schema a snapshot file holds.
+pub(crate) fn snapshot_schema(conn: &Connection) -> Result<tidemark_api::Schema, StoreError> {
+    super::catalog::load(conn, meta_u64(conn, "schema_version")?)
+}
+
+pub(crate) fn load_snapshot(snapshot: &Path, dir: &Path) -> Result<SqliteStore, StoreError> {
+    let db = dir.join(DB_FILE);
+    if snapshot != db {
+        std::fs::rename(snapshot, &db).map_err(|e| StoreError::DataDir {
+            path: dir.display().to_string(),
+            detail: format!("cannot move the snapshot {} in: {e}", snapshot.display()),
+        })?;
+    }
+    SqliteStore::open_with_lock(dir, None)
+}
+
+pub(super) async fn record_process(s: &SqliteStore, info: &ProcessInfo) -> Result<(), StoreError> {
+    let text = serde_json::to_string(info)?;
+    s.blocking(move |s| s.with_writer(|c| meta_set(c, "process", &text)))
+        .await
+}
+
+pub(super) async fn set_note(
+    s: &SqliteStore,
+    name: &str,
+    value: Option<String>,
+) -> Result<(), StoreError> {
+    let name = format!("note.{name}");
+    s.blocking(move |s| {
+        s.with_writer(|c| match &value {
+            Some(v) => meta_set(c, &name, v),
+            None => {
+                c.execute("DELETE FROM tm_meta WHERE name = ?1", params![name])?;
+                Ok(())
+            }
+        })
+    })
+    .await
+}
+
+pub(super) fn note(s: &SqliteStore, name: &str) -> Result<Option<String>, StoreError> {
+    s.with_reader(|c| meta_get(c, &format!("note.{name}")))
+}
+
+pub(super) fn needs_cleanup(s: &SqliteStore) -> Result<bool, StoreError> {
+    s.with_reader(|c| Ok(meta_get(c, "needs_cleanup")?.as_deref() == Some("1")))
+}
+
+pub(super) async fn mark_needs_cleanup(s: &SqliteStore) -> Result<(), StoreError> {
+    s.blocking(|s| s.with_writer(|c| meta_set(c, "needs_cleanup", "1")))
+        .await
+}
+
+pub(super) async fn cleanup_process_info(s: &SqliteStore) -> Result<Vec<String>, StoreError> {
+    s.blocking(|s| {
+        s.with_writer(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' ORDER BY name",
+            )?;
+            let names = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            c.execute(
+                "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%'",
+                [],
+            )?;
+            meta_set(c, "needs_cleanup", "0")?;
+            Ok(names)
+        })
+    })
+    .await
+}
+
+pub(super) async fn close(s: &SqliteStore) -> Result<(), StoreError> {
+    if s.inner.closed.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    s.blocking(|s| {
+        let conn = s.inner.writer.lock();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,182 @@
+//! Creating and opening a database: the internal tables, the pragmas every
+//! connection gets, and the background checkpointer.
+//!
+//! A new database gets the internal tables, format version, epoch 1 and the
+//! default schema in one transaction, so a half-created store never exists.
+
+use super::{
+    catalog, lww, meta_get, meta_set, meta_u64, Inner, SqliteStore, DB_FILE, FORMAT_VERSION,
+};
+use crate::lock::DataDirLock;
+use crate::StoreError;
+use catalog::Catalog;
+use parking_lot::{Mutex, RwLock};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tidemark_api::Schema;
+
+pub(super) const INTERNAL_DDL: &str = "
+CREATE TABLE IF NOT EXISTS tm_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_tables (name TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_columns (tbl TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, ordinal INTEGER NOT NULL, PRIMARY KEY (tbl, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_changes (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, fields TEXT, source TEXT NOT NULL, source_seq INTEGER NOT NULL, digest TEXT NOT NULL, cleared INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS tm_changes_by_source ON tm_changes (source, source_seq);
+CREATE TABLE IF NOT EXISTS tm_sources (source TEXT PRIMARY KEY NOT NULL, high_water INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_tombstones (tbl TEXT NOT NULL, key TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_flags (tbl TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL, through_seq INTEGER NOT NULL, PRIMARY KEY (tbl, key, source)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_recovery_sources (source TEXT PRIMARY KEY NOT NULL, final INTEGER NOT NULL, waived INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+/// Process-wide SQLite settings, applied once before the first connection:
+/// memory statistics off, because they take a global mutex on every
+/// allocation.
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config is called before any connection of this
+        // process exists; if SQLite was already initialised it returns
+        // SQLITE_MISUSE and changes nothing, which is harmless.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            );
+        }
+    });
+}
+
+/// Copies the WAL back into the database file every 200 ms with passive
+/// checkpoints from a connection of its own: readers and writers never wait
+/// for it, and commits never pay for a checkpoint. Ends when the store is
+/// closed or dropped.
+fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
+    let run = move || {
+        let Ok(conn) = Connection::open(&path) else {
+            return;
+        };
+        let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            match inner.upgrade() {
+                Some(i) if !i.closed.load(Ordering::SeqCst) => {}
+                _ => return,
+            }
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                tracing::debug!(error = %e, "background checkpoint failed; will retry");
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("tm-checkpoint".into())
+        .spawn(run)
+    {
+        tracing::warn!(error = %e, "cannot start the checkpoint thread; the WAL grows until close");
+    }
+}
+
+/// Connection settings. `cache_kib` is the page cache per connection: the
+/// writer gets more, each reader less. No mmap: every connection would map
+/// the file again, and the process would look (and be accounted) many times
+/// its real size.
+fn pragmas(conn: &Connection, cache_kib: u32) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -{cache_kib}; PRAGMA mmap_size = 0; PRAGMA temp_store = MEMORY;"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`, taking the data
+    /// directory lock for `role`.
+    pub fn open(dir: &Path, role: &str) -> Result<Self, StoreError> {
+        let lock = DataDirLock::acquire(dir, role)?;
+        Self::open_with_lock(dir, Some(lock))
+    }
+
+    /// Opens the store under a lock the caller already holds (or none, for
+    /// a private copy such as a backup being verified).
+    ///
+    /// With a lock, `dir` is a data directory (see [`crate::layout`]): a
+    /// fresh one gets its first generation. Without, the database lives
+    /// directly in `dir`.
+    pub fn open_with_lock(dir: &Path, lock: Option<DataDirLock>) -> Result<Self, StoreError> {
+        configure_sqlite();
+        let path = crate::layout::resolve_for_open(dir, lock.is_some())?.join(DB_FILE);
+        let writer = Connection::open(&path).map_err(|e| StoreError::DataDir {
+            path: dir.display().to_string(),
+            detail: format!("cannot open {}: {e}", path.display()),
+        })?;
+        pragmas(&writer, 65_536)?;
+        let is_new = !writer
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tm_meta'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| {
+                StoreError::Format(format!("{} is not a Tidemark store: {e}", path.display()))
+            })?;
+        writer.execute_batch(INTERNAL_DDL)?;
+        writer.execute_batch(lww::DDL)?;
+        if is_new {
+            let tx = writer.unchecked_transaction()?;
+            meta_set(&tx, "format", &FORMAT_VERSION.to_string())?;
+            meta_set(&tx, "epoch", "1")?;
+            meta_set(&tx, "seq", "0")?;
+            let schema = Schema::default_schema();
+            meta_set(&tx, "schema_version", &schema.version.to_string())?;
+            for (name, t) in &schema.tables {
+                catalog::create_table(&tx, name, t)?;
+            }
+            tx.commit()?;
+        }
+        let format = meta_u64(&writer, "format")?;
+        if format != FORMAT_VERSION {
+            return Err(StoreError::Format(format!(
+                "{} has store format {format}, this build reads format {FORMAT_VERSION}; use a matching tidemark version",
+                path.display()
+            )));
+        }
+        let schema = catalog::load(&writer, meta_u64(&writer, "schema_version")?)?;
+        let epoch = meta_u64(&writer, "epoch")?;
+        let seq = meta_u64(&writer, "seq")?;
+        let flag_rows: i64 = writer.query_row("SELECT count(*) FROM tm_flags", [], |r| r.get(0))?;
+        let recovering = meta_get(&writer, "recovery_state")?.as_deref() == Some("recovering");
+        let readers = (0..8)
+            .map(|_| {
+                let c = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                pragmas(&c, 16_384)?;
+                c.execute_batch("PRAGMA query_only = 1")?;
+                Ok(Mutex::new(c))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Checkpoints run in the background (below), not inside commits.
+        writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                db_path: path,
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                catalog: RwLock::new(Arc::new(Catalog::new(schema))),
+                epoch: AtomicU64::new(epoch),
+                seq: AtomicU64::new(seq),
+                flag_rows: AtomicU64::new(flag_rows as u64),
+                recovering: AtomicBool::new(recovering),
+                closed: AtomicBool::new(false),
+                _lock: lock,
+            }),
+        };
+        spawn_checkpointer(Arc::downgrade(&store.inner), store.inner.db_path.clone());
+        Ok(store)
+    }
+}

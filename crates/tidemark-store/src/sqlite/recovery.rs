@@ -1,0 +1,233 @@
+//! The recovery state and flags (P5-P10): marking a restored copy,
+//! schedule chunks, the state machine's persisted state, and operators'
+//! views of the flags.
+//!
+//! Invariants: `flag_rows` mirrors the row count of `tm_flags` (reads skip
+//! the flag lookup while it is zero); `recovering` mirrors
+//! `tm_meta.recovery_state`; `tm_lww` is emptied whenever recovery begins
+//! or ends.
+
+use super::{lww, meta_get, meta_set, meta_u64, SqliteStore};
+use crate::store::{Flag, FlagEntry, FlagsAdded, RecoveryMeta};
+use crate::StoreError;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::sync::atomic::Ordering;
+use tidemark_api::RecoveryState;
+
+pub(super) async fn mark_restored(s: &SqliteStore, new_epoch: u64) -> Result<(), StoreError> {
+    s.blocking(move |s| {
+        let mut conn = s.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        meta_set(&tx, "epoch", &new_epoch.to_string())?;
+        meta_set(&tx, "recovery_state", "recovering")?;
+        meta_set(&tx, "schedule_final", "0")?;
+        meta_set(&tx, "recovery_started_at", &chrono::Utc::now().to_rfc3339())?;
+        meta_set(&tx, "complete_requested", "0")?;
+        lww::clear(&tx)?;
+        // Every source with applied orders at the backup point must send
+        // its final schedule chunk (or be waived) before the blanket lifts.
+        tx.execute("DELETE FROM tm_recovery_sources", [])?;
+        tx.execute(
+            "INSERT INTO tm_recovery_sources (source, final, waived) SELECT source, 0, 0 FROM tm_sources WHERE high_water > 0",
+            [],
+        )?;
+        // Flags the backup held stay: their orders are after its high-water mark.
+        let rows: i64 = tx.query_row("SELECT count(*) FROM tm_flags", [], |r| r.get(0))?;
+        meta_set(&tx, "recovery_flagged", &rows.to_string())?;
+        tx.commit()?;
+        s.inner.epoch.store(new_epoch, Ordering::SeqCst);
+        s.inner.recovering.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+    .await
+}
+
+pub(super) fn recovery_meta(s: &SqliteStore) -> Result<RecoveryMeta, StoreError> {
+    s.with_reader(|c| {
+        let state = match meta_get(c, "recovery_state")?.as_deref() {
+            None | Some("normal") => RecoveryState::Normal,
+            Some("recovering") => RecoveryState::Recovering,
+            Some("recovered") => RecoveryState::Recovered,
+            Some(other) => {
+                return Err(StoreError::Format(format!(
+                    "unknown recovery state {other:?} in tm_meta"
+                )))
+            }
+        };
+        Ok(RecoveryMeta {
+            state,
+            schedule_final: meta_u64(c, "schedule_final")? == 1,
+            complete_requested: meta_u64(c, "complete_requested")? == 1,
+            started_at: meta_get(c, "recovery_started_at")?,
+            flagged_total: meta_u64(c, "recovery_flagged")?,
+            remaining: s.inner.flag_rows.load(Ordering::SeqCst),
+            waiting_for_sources: sources_where(c, "final = 0 AND waived = 0")?,
+            waived_sources: sources_where(c, "waived = 1")?,
+        })
+    })
+}
+
+pub(super) async fn add_flags(
+    s: &SqliteStore,
+    source: &str,
+    entries: Vec<FlagEntry>,
+    final_chunk: bool,
+    without: Vec<String>,
+) -> Result<FlagsAdded, StoreError> {
+    let catalog = s.catalog();
+    if source.is_empty() || source.len() > 128 {
+        return Err(StoreError::BadSchedule(format!(
+            "source must be 1 to 128 bytes, got {}; name the OpS source whose orders the list covers",
+            source.len()
+        )));
+    }
+    for (i, e) in entries.iter().enumerate() {
+        catalog
+            .schema
+            .table(&e.table)
+            .map_err(|err| StoreError::Input(Box::new(err)))?;
+        tidemark_api::schema::validate_key(&e.key)
+            .map_err(|err| StoreError::Input(Box::new(err)))?;
+        if e.through_seq == 0 {
+            return Err(StoreError::BadSchedule(format!(
+                "entry {i}: through_seq must be 1 or more"
+            )));
+        }
+    }
+    let source = source.to_owned();
+    s.blocking(move |s| {
+        let mut conn = s.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if meta_get(&tx, "recovery_state")?.as_deref() != Some("recovering") {
+            return Err(StoreError::NotRecovering);
+        }
+        let hw: u64 = tx
+            .query_row("SELECT high_water FROM tm_sources WHERE source = ?1", params![source], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0) as u64;
+        let mut added = FlagsAdded::default();
+        let mut dropped = 0u64;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT OR IGNORE INTO tm_flags (tbl, key, source, through_seq) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut raise = tx.prepare_cached(
+                "UPDATE tm_flags SET through_seq = ?4 WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq < ?4",
+            )?;
+            for e in &entries {
+                if e.through_seq <= hw {
+                    added.skipped += 1;
+                    continue;
+                }
+                let args = params![e.table, e.key, source, e.through_seq as i64];
+                if insert.execute(args)? == 1 {
+                    added.flagged += 1;
+                } else {
+                    raise.execute(args)?;
+                }
+            }
+        }
+        let total = meta_u64(&tx, "recovery_flagged")? + added.flagged;
+        meta_set(&tx, "recovery_flagged", &total.to_string())?;
+        if final_chunk {
+            for w in &without {
+                let known = tx
+                    .execute("UPDATE tm_recovery_sources SET waived = 1 WHERE source = ?1", params![w])?;
+                if known == 0 {
+                    return Err(StoreError::BadSchedule(format!(
+                        "source '{w}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources"
+                    )));
+                }
+                // No replay will come for a waived source: its flags could never clear.
+                dropped += tx.execute("DELETE FROM tm_flags WHERE source = ?1", params![w])? as u64;
+            }
+            tx.execute(
+                "INSERT INTO tm_recovery_sources (source, final, waived) VALUES (?1, 1, 0) ON CONFLICT(source) DO UPDATE SET final = 1",
+                params![source],
+            )?;
+            let waiting: i64 = tx.query_row(
+                "SELECT count(*) FROM tm_recovery_sources WHERE final = 0 AND waived = 0",
+                [],
+                |r| r.get(0),
+            )?;
+            if waiting == 0 {
+                meta_set(&tx, "schedule_final", "1")?;
+            }
+        }
+        tx.commit()?;
+        s.inner.flag_rows.fetch_add(added.flagged, Ordering::SeqCst);
+        s.inner.flag_rows.fetch_sub(dropped, Ordering::SeqCst);
+        Ok(added)
+    })
+    .await
+}
+
+pub(super) async fn set_recovery_state(
+    s: &SqliteStore,
+    state: RecoveryState,
+    complete_requested: bool,
+) -> Result<RecoveryMeta, StoreError> {
+    s.blocking(move |s| {
+        let mut conn = s.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let name = match state {
+            RecoveryState::Normal => "normal",
+            RecoveryState::Recovering => "recovering",
+            RecoveryState::Recovered => "recovered",
+        };
+        meta_set(&tx, "recovery_state", name)?;
+        meta_set(
+            &tx,
+            "complete_requested",
+            if complete_requested { "1" } else { "0" },
+        )?;
+        if state != RecoveryState::Recovering {
+            lww::clear(&tx)?;
+        }
+        tx.commit()?;
+        s.inner
+            .recovering
+            .store(state == RecoveryState::Recovering, Ordering::SeqCst);
+        Ok(())
+    })
+    .await?;
+    recovery_meta(s)
+}
+
+pub(super) fn list_flags(s: &SqliteStore, limit: usize) -> Result<Vec<Flag>, StoreError> {
+    s.with_reader(|c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT f.tbl, f.key, f.source, f.through_seq, coalesce(s.high_water, 0) FROM tm_flags f LEFT JOIN tm_sources s ON s.source = f.source ORDER BY f.tbl, f.key, f.source LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(Flag {
+                table: r.get(0)?,
+                key: r.get(1)?,
+                source: r.get(2)?,
+                through_seq: r.get::<_, i64>(3)? as u64,
+                high_water: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+}
+
+pub(super) async fn clear_flags(s: &SqliteStore) -> Result<u64, StoreError> {
+    s.blocking(|s| {
+        let conn = s.inner.writer.lock();
+        let n = conn.execute("DELETE FROM tm_flags", [])?;
+        s.inner.flag_rows.store(0, Ordering::SeqCst);
+        Ok(n as u64)
+    })
+    .await
+}
+
+/// Recovery sources matching a fixed condition, by name.
+fn sources_where(conn: &Connection, condition: &'static str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT source FROM tm_recovery_sources WHERE {condition} ORDER BY source"
+    ))?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names)
+}

@@ -1,0 +1,138 @@
+//! The SQLite engine's tests: the storage test suite, reopening, the lock,
+//! snapshots, and refusing what is not a Tidemark store.
+
+use super::{SqliteStore, DB_FILE};
+use crate::{ProcessInfo, Store, StoreError};
+use rusqlite::{Connection, OpenFlags};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[tokio::test]
+async fn sqlite_passes_the_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), "test").unwrap();
+    crate::testsuite::run(&store).await;
+}
+
+#[tokio::test]
+async fn reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path(), "test").unwrap();
+        crate::testsuite::load_some(&store).await;
+        store.close().await.unwrap();
+    }
+    let store = SqliteStore::open(dir.path(), "test").unwrap();
+    crate::testsuite::check_some(&store).await;
+}
+
+#[test]
+fn a_locked_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = SqliteStore::open(dir.path(), "server").unwrap();
+    let err = SqliteStore::open(dir.path(), "server").unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_snapshot_holds_everything_and_cleanup_normalises_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("data"), "test").unwrap();
+    crate::testsuite::load_some(&store).await;
+    let info = ProcessInfo {
+        pid: 7,
+        boot: "b".into(),
+        started_at: "now".into(),
+        listen: "x".into(),
+    };
+    store.record_process(&info).await.unwrap();
+    let snap = dir.path().join("snap.db");
+    let got = store.snapshot_to(&snap).await.unwrap();
+    let meta = store.meta().await.unwrap();
+    assert_eq!(got.seq, meta.seq);
+    assert_eq!(got.epoch, meta.epoch);
+    assert_eq!(got.high_water, store.high_water_marks().await.unwrap());
+    assert_eq!(got.process, Some(serde_json::to_value(&info).unwrap()));
+    assert!(store.snapshot_to(&snap).await.is_err(), "never overwrites");
+
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::copy(&snap, private.join(DB_FILE)).unwrap();
+    let copy = SqliteStore::open_with_lock(&private, None).unwrap();
+    crate::testsuite::check_some(&copy).await;
+    copy.mark_needs_cleanup().await.unwrap();
+    assert!(copy.needs_cleanup().await.unwrap());
+    assert_eq!(copy.cleanup_process_info().await.unwrap(), vec!["process"]);
+    assert!(!copy.needs_cleanup().await.unwrap());
+    assert!(!private.join(crate::layout::CURRENT).exists());
+}
+
+/// Every row of every table, as text, for comparing two databases.
+fn dump(path: &Path) -> BTreeMap<String, Vec<String>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables.sort();
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        out.insert(t, rows);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_snapshot_equals_its_source_in_every_table_flags_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("data"), "test").unwrap();
+    crate::testsuite::load_some(&store).await;
+    {
+        let w = store.inner.writer.lock();
+        w.execute(
+            "INSERT INTO tm_flags (tbl, key, source, through_seq) VALUES ('subscriber', 'k', 'ops-1', 9)",
+            [],
+        )
+        .unwrap();
+    }
+    let snap = dir.path().join("snap.db");
+    store.snapshot_to(&snap).await.unwrap();
+    store.close().await.unwrap();
+    let source = dump(store.db_path());
+    assert!(source["tm_flags"].len() == 1 && !source["tm_changes"].is_empty());
+    assert_eq!(dump(&snap), source);
+}
+
+#[test]
+fn a_foreign_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(DB_FILE),
+        b"this is not a database, just text",
+    )
+    .unwrap();
+    let err = SqliteStore::open(dir.path(), "server").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Format(_) | StoreError::DataDir { .. } | StoreError::Engine(_)
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,300 @@
+//! Recovery (P5-P10): marking a restored store, schedule lists and flags,
+//! gap-free replays, last writer by logical version, clearing flags.
+
+use super::{apply_ok, order, record};
+use crate::{ApplyOutcome, FlagEntry, Store, StoreError};
+use serde_json::json;
+use tidemark_api::{Op, Order, RecoveryState, Version};
+
+pub(super) async fn recovery_flags(store: &dyn Store) {
+    let entry = |key: &str, through_seq| FlagEntry {
+        table: "subscriber".into(),
+        key: key.into(),
+        through_seq,
+    };
+    assert_eq!(
+        store.recovery_meta().await.unwrap().state,
+        RecoveryState::Normal
+    );
+    assert!(
+        matches!(
+            store
+                .add_flags("ops-f", vec![entry("f1", 1)], true, vec![])
+                .await,
+            Err(StoreError::NotRecovering)
+        ),
+        "a schedule list is refused outside recovery"
+    );
+    apply_ok(
+        store,
+        order("ops-f", 1, "f0", Op::Upsert, json!({"plan": "old"})),
+    )
+    .await;
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    assert_eq!(store.meta().await.unwrap().epoch, epoch + 1);
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!(
+        (m.state, m.schedule_final, m.remaining),
+        (RecoveryState::Recovering, false, 0)
+    );
+
+    // f0 seq 1 is already held: skipped. f1 (absent) and f2 are flagged.
+    let added = store
+        .add_flags(
+            "ops-f",
+            vec![
+                entry("f0", 1),
+                entry("f1", 3),
+                entry("f2", 2),
+                entry("f1", 2),
+            ],
+            false,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!((added.flagged, added.skipped), (2, 1));
+    assert!(matches!(
+        store
+            .add_flags("ops-f", vec![entry("f3", 0)], false, vec![])
+            .await,
+        Err(StoreError::BadSchedule(_))
+    ));
+    assert!(matches!(
+        store
+            .add_flags(
+                "ops-f",
+                vec![FlagEntry {
+                    table: "nope".into(),
+                    key: "k".into(),
+                    through_seq: 1
+                }],
+                false,
+                vec![]
+            )
+            .await,
+        Err(StoreError::Input(_))
+    ));
+    // Every other source with applied orders at the restore point must send
+    // its final chunk too, or be waived, before the schedule is final.
+    let others: Vec<String> = store
+        .high_water_marks()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(s, hw)| s != "ops-f" && *hw > 0)
+        .map(|(s, _)| s)
+        .collect();
+    store
+        .add_flags("ops-f", vec![], true, vec![])
+        .await
+        .unwrap();
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!(m.waiting_for_sources, others);
+    assert_eq!(m.schedule_final, others.is_empty());
+    assert!(matches!(
+        store
+            .add_flags("ops-f", vec![], true, vec!["never-seen".into()])
+            .await,
+        Err(StoreError::BadSchedule(_))
+    ));
+    store
+        .add_flags("ops-f", vec![], true, others.clone())
+        .await
+        .unwrap();
+    let m = store.recovery_meta().await.unwrap();
+    assert!(m.schedule_final && m.waiting_for_sources.is_empty());
+    assert_eq!(m.waived_sources, others);
+    assert_eq!((m.flagged_total, m.remaining), (2, 2));
+    let missing = store.get("subscriber", "f1").await.unwrap();
+    assert!(
+        missing.record.is_none() && missing.flagged,
+        "a key absent from the restored data can be flagged"
+    );
+    assert!(!store.get("subscriber", "f0").await.unwrap().flagged);
+    let flags = store.list_flags(10).await.unwrap();
+    assert_eq!(flags.len(), 2);
+    assert_eq!(
+        (
+            flags[0].key.as_str(),
+            flags[0].through_seq,
+            flags[0].high_water
+        ),
+        ("f1", 3, 1)
+    );
+
+    // During recovery a source's orders must come without gaps.
+    assert!(matches!(
+        store
+            .apply(vec![order("ops-f", 3, "f1", Op::Upsert, json!({}))])
+            .await,
+        Err(StoreError::Gap { expected: 2, .. })
+    ));
+    // Seq 2 is the last order of f2: its flag clears; f1 stays flagged until seq 3.
+    let out = apply_ok(
+        store,
+        Order {
+            key: "f2".into(),
+            ..order("ops-f", 2, "f2", Op::Upsert, json!({"plan": "new"}))
+        },
+    )
+    .await;
+    assert!(out.changes[0].cleared_flag && !out.changes[0].flagged);
+    assert!(!store.get("subscriber", "f2").await.unwrap().flagged);
+    let out = apply_ok(
+        store,
+        order("ops-f", 3, "f1", Op::Upsert, json!({"plan": "new"})),
+    )
+    .await;
+    assert!(out.changes[0].cleared_flag);
+    assert_eq!(
+        out.changes[0].version.epoch,
+        epoch + 1,
+        "changes after a restore carry the new epoch"
+    );
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!(m.remaining, 0);
+    let m = store
+        .set_recovery_state(RecoveryState::Recovered, true)
+        .await
+        .unwrap();
+    assert_eq!(m.state, RecoveryState::Recovered);
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
+    // Outside recovery, gaps are allowed again.
+    apply_ok(store, order("ops-f", 9, "f9", Op::Upsert, json!({}))).await;
+}
+
+/// P10, P11: while recovering, a replayed order takes effect only where
+/// nothing newer (by original version, or a live order) has been applied,
+/// so sources replayed in any order, and live writers, end in the state of
+/// the original commit order.
+pub(super) async fn replays_follow_the_original_order(store: &dyn Store) {
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    let replay = |src: &str, seq, key: &str, op, f, origin: u64| Order {
+        origin: Some(Version::new(epoch, origin)),
+        ..order(src, seq, key, op, f)
+    };
+    let mut last = store.meta().await.unwrap().seq;
+    let mut step = |out: ApplyOutcome| {
+        for c in &out.changes {
+            assert!(c.version.seq > last, "every order produces a newer version");
+            last = c.version.seq;
+        }
+        out
+    };
+    // A live write during recovery (its own version is the newest)...
+    step(
+        apply_ok(
+            store,
+            order("live", 1, "o1", Op::Upsert, json!({"plan": "live"})),
+        )
+        .await,
+    );
+    // ...is not undone by a replay of an older order, which still sets the
+    // field nothing newer set.
+    step(
+        apply_ok(
+            store,
+            replay(
+                "ops-r",
+                1,
+                "o1",
+                Op::Upsert,
+                json!({"plan": "old", "roaming": true}),
+                1_000,
+            ),
+        )
+        .await,
+    );
+    let got = record(store, "o1").await;
+    assert_eq!(
+        (got.fields["plan"].clone(), got.fields["roaming"].clone()),
+        (json!("live"), json!(true))
+    );
+    // Two sources replayed newest first: ops-r deleted o2 after ops-q set it.
+    step(
+        apply_ok(
+            store,
+            replay("ops-r", 2, "o2", Op::Delete, json!({}), 1_002),
+        )
+        .await,
+    );
+    let out = step(
+        apply_ok(
+            store,
+            replay("ops-q", 1, "o2", Op::Upsert, json!({"plan": "q"}), 1_001),
+        )
+        .await,
+    );
+    assert!(
+        out.changes[0].fields.is_none(),
+        "the older upsert does not resurrect o2"
+    );
+    let gone = store.get("subscriber", "o2").await.unwrap();
+    assert!(gone.record.is_none());
+    assert_eq!(gone.tombstone, Some(out.changes[0].version));
+    // An upsert newer than a delete that arrives later: the record stays,
+    // with only what the newer upsert set.
+    step(
+        apply_ok(
+            store,
+            replay(
+                "ops-q",
+                2,
+                "o3",
+                Op::Upsert,
+                json!({"status": "new"}),
+                1_010,
+            ),
+        )
+        .await,
+    );
+    step(
+        apply_ok(
+            store,
+            replay("ops-r", 3, "o3", Op::Delete, json!({}), 1_005),
+        )
+        .await,
+    );
+    let o3 = record(store, "o3").await;
+    assert_eq!(o3.fields["status"], json!("new"));
+    assert_eq!(o3.fields["plan"], json!(null));
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
+}
+
+/// An operator ends a recovery the OpS will never complete (P5).
+pub(super) async fn clearing_flags(store: &dyn Store) {
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    let entries = ["c1", "c2", "c3"]
+        .map(|key| FlagEntry {
+            table: "subscriber".into(),
+            key: key.into(),
+            through_seq: 4,
+        })
+        .to_vec();
+    let added = store
+        .add_flags("ops-c", entries, false, vec![])
+        .await
+        .unwrap();
+    assert_eq!(added.flagged, 3);
+    assert_eq!(store.list_flags(2).await.unwrap().len(), 2, "limit holds");
+    assert!(store.get("subscriber", "c2").await.unwrap().flagged);
+    assert_eq!(store.clear_flags().await.unwrap(), 3);
+    assert_eq!(store.recovery_meta().await.unwrap().remaining, 0);
+    assert!(store.list_flags(10).await.unwrap().is_empty());
+    assert!(!store.get("subscriber", "c2").await.unwrap().flagged);
+    assert_eq!(store.clear_flags().await.unwrap(), 0);
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
+}

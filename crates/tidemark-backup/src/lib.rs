@@ -22,6 +22,7 @@
 //! - [`verify`]: checksums, and decoding the data, without restoring.
 //! - [`list`]: the backups under a folder, and retention (keep the last N).
 //! - [`restore`]: lock, verify, safety backup, stage, mark restored, swap.
+//! - [`restore_pg`]: the same restore into a PostgreSQL schema (staging schema, one swap).
 //! - [`cleanup`]: normalising process information left by an online backup.
 
 pub mod cleanup;
@@ -31,6 +32,7 @@ pub mod hashio;
 pub mod list;
 pub mod manifest;
 pub mod restore;
+pub mod restore_pg;
 pub mod verify;
 
 pub use error::BackupError;

@@ -174,6 +174,15 @@ async fn live_state(
 }
 
 fn copy_config(from: &Path, m: &Manifest, gen: &Path) -> Result<Option<PathBuf>, BackupError> {
+    copy_config_into(from, m, gen)
+}
+
+/// Copies the backup's configuration files into `dir/config/`.
+pub(crate) fn copy_config_into(
+    from: &Path,
+    m: &Manifest,
+    gen: &Path,
+) -> Result<Option<PathBuf>, BackupError> {
     let mut any = None;
     for f in m.files.iter().filter(|f| f.path.starts_with("config/")) {
         let src = from.join(&f.path);

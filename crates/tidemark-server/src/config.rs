@@ -62,6 +62,16 @@ pub struct ServerConfig {
     pub config_file: Option<PathBuf>,
 }
 
+impl ServerConfig {
+    /// The engine's name, as `--store` takes it.
+    pub fn store_name(&self) -> &'static str {
+        match self.store {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

@@ -90,7 +90,14 @@ async fn connect_postgres(
     let mut delay = Duration::from_millis(200);
     loop {
         match PgStore::connect(&url, &config.pg_schema).await {
-            Ok(store) => return Ok(store),
+            Ok(store) => {
+                // Held while the server runs: a restore is refused meanwhile.
+                store
+                    .hold_server_lock(&url)
+                    .await
+                    .context("locking the PostgreSQL schema for this server")?;
+                return Ok(store);
+            }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Engine(_))) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL is not reachable yet; retrying (the server is not ready until it connects)");
                 tokio::select! {

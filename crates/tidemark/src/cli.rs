@@ -285,8 +285,20 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
     /// The data directory to restore into [default: the server's data_dir].
+    /// With --store postgres: where the backup's configuration files go.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Restore into this engine: sqlite (a data directory) or postgres
+    /// [default: sqlite]. A backup of either engine restores into either:
+    /// this is how to move from the embedded engine to PostgreSQL.
+    #[arg(long, value_name = "ENGINE")]
+    pub store: Option<String>,
+    /// PostgreSQL URL, with --store postgres.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// PostgreSQL schema to restore into [default: tidemark].
+    #[arg(long, value_name = "NAME")]
+    pub pg_schema: Option<String>,
     /// Do not back up the current state first (it cannot be recovered afterwards).
     #[arg(long)]
     pub no_safety_backup: bool,

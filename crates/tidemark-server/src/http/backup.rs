@@ -41,7 +41,14 @@ fn ascii_json(value: &impl serde::Serialize) -> String {
 /// `POST /v1/backup`: the raw snapshot as the body.
 #[tracing::instrument(skip_all)]
 pub async fn snapshot(State(app): State<Arc<AppState>>) -> Result<Response, HttpError> {
-    let tmp = app.config.data_dir.join(format!(
+    // The snapshot file goes beside the data (same filesystem, cleaned by
+    // the next start); an engine without a data directory uses the
+    // temporary folder.
+    let scratch = match app.store.engine() {
+        "sqlite" => app.config.data_dir.clone(),
+        _ => std::env::temp_dir(),
+    };
+    let tmp = scratch.join(format!(
         "{SNAPSHOT_PREFIX}{:016x}.tmp",
         rand::random::<u64>()
     ));

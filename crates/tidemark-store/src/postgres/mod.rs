@@ -13,6 +13,7 @@
 
 mod catalog;
 pub mod snapshot;
+pub mod target;
 mod write;
 
 use crate::store::{
@@ -56,6 +57,8 @@ struct Inner {
     /// One writer per process; the database's row lock orders processes.
     write: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// The connection holding a running server's shared lock (see `target.rs`).
+    lock_conn: parking_lot::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -152,6 +155,7 @@ impl PgStore {
                 flag_rows: AtomicU64::new(0),
                 write: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
+                lock_conn: parking_lot::Mutex::new(None),
             }),
         };
         store.bootstrap().await?;
@@ -466,6 +470,7 @@ impl Store for PgStore {
         // Wait for a commit in progress, then let the pool go.
         let _w = self.inner.write.lock().await;
         self.inner.pool.close();
+        self.inner.lock_conn.lock().take();
         Ok(())
     }
 

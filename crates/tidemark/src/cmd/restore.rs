@@ -5,6 +5,15 @@ use tidemark_backup::restore::{default_safety_dir, RestoreOptions};
 use tidemark_server::ServerConfig;
 
 pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
+    let engine = a
+        .store
+        .clone()
+        .unwrap_or_else(|| config.store_name().to_owned());
+    match engine.as_str() {
+        "sqlite" => {}
+        "postgres" => return run_postgres(config, a).await,
+        other => anyhow::bail!("--store must be 'sqlite' or 'postgres', not '{other}'"),
+    }
     let data_dir = a.data_dir.clone().unwrap_or(config.data_dir);
     let safety_to = if a.no_safety_backup {
         eprintln!(
@@ -76,6 +85,79 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
             "note: run 'tidemark cleanup --data-dir {}' before starting the server",
             data_dir.display()
         );
+    }
+    Ok(())
+}
+
+/// `tidemark restore --store postgres`.
+async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
+    let url = a
+        .database_url
+        .clone()
+        .or_else(|| config.database_url.as_ref().map(|s| s.0.clone()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
+            )
+        })?;
+    let schema = a.pg_schema.clone().unwrap_or(config.pg_schema);
+    let safety_to = if a.no_safety_backup {
+        eprintln!("warning: --no-safety-backup: the current data in PostgreSQL schema '{schema}' is not backed up first and cannot be recovered after this restore");
+        None
+    } else {
+        Some(a.safety_dir.clone().unwrap_or_else(|| {
+            default_safety_dir(&std::path::PathBuf::from(format!("tidemark-{schema}")))
+        }))
+    };
+    let opts = tidemark_backup::restore_pg::PgRestoreOptions {
+        from: a.from.clone(),
+        database_url: url,
+        schema: schema.clone(),
+        safety_to,
+        cleanup: !a.no_cleanup,
+        config_to: a.data_dir.clone(),
+    };
+    let bar = super::backup::progress_bar("restoring");
+    let progress = |n: u64| bar.set_position(n);
+    let report = tidemark_backup::restore_pg::run(&opts, &progress).await?;
+    bar.finish_and_clear();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "from": a.from.display().to_string(),
+                "target": report.target,
+                "seq": report.manifest.seq,
+                "backup_epoch": report.manifest.epoch,
+                "previous_epoch": report.previous_epoch,
+                "epoch": report.new_epoch,
+                "state": "recovering",
+                "safety_backup": report.safety.as_ref().map(|p| p.display().to_string()),
+                "cleaned": report.cleaned,
+                "needs_cleanup": report.needs_cleanup,
+                "config_dir": report.config_dir.as_ref().map(|p| p.display().to_string()),
+            }))?
+        );
+        return Ok(());
+    }
+    if let Some(s) = &report.safety {
+        println!("safety backup of the previous state: {}", s.display());
+    }
+    let epoch = match report.previous_epoch {
+        Some(e) => format!("epoch {e} -> {}", report.new_epoch),
+        None => format!(
+            "epoch {} (the schema held no store before)",
+            report.new_epoch
+        ),
+    };
+    println!(
+        "restored {} into {}: seq {}, {epoch}; the server will start in 'recovering'",
+        a.from.display(),
+        report.target,
+        report.manifest.seq,
+    );
+    if !report.cleaned.is_empty() {
+        println!("cleanup: removed {}", report.cleaned.join(", "));
     }
     Ok(())
 }

@@ -154,3 +154,107 @@ async fn postgres_killed_under_load_loses_no_acknowledged_order() {
         );
     }
 }
+
+/// B4 on PostgreSQL, and the migration path: a backup of the embedded
+/// engine restores into PostgreSQL (refused while a DB server uses the
+/// schema), and the OpS recovers it there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_stop() {
+    if !engines("migration").contains(&Engine::Postgres) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lite = db_server(dir, &[]).await;
+    let mut model = Model::default();
+    let mut input = String::new();
+    for i in 0..50 {
+        input += &model.line(
+            &format!("k{i}"),
+            "upsert",
+            json!({"plan": "a", "credit_limit": i}),
+        );
+    }
+    ops_submit(dir, &lite.url, &input, &[]);
+    let backup = dir.join("b1");
+    let out = run(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            backup.to_str().unwrap(),
+            "--server",
+            &lite.url,
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut input = String::new();
+    for i in 0..10 {
+        input += &model.line(&format!("k{i}"), "upsert", json!({"plan": "b"}));
+    }
+    ops_submit(dir, &lite.url, &input, &[]);
+
+    let mut pg = db_server_on(dir, Engine::Postgres, &[]).await;
+    let mut restore: Vec<String> = vec![
+        "restore".into(),
+        "--from".into(),
+        backup.display().to_string(),
+    ];
+    restore.extend(store_args(dir, Engine::Postgres));
+    let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
+    let out = run(dir, &restore, None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PostgreSQL schema 'tidemark'"), "{stderr}");
+    pg.kill9();
+    let out = run(dir, &restore, None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut args = vec!["server".to_owned()];
+    args.extend(store_args(dir, Engine::Postgres));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pg = Proc::start("db-pg", dir, &args, &[]);
+    pg.wait_ok("/readyz").await;
+    let (_, r) = get_json(&format!("{}/v1/recovery", pg.url)).await;
+    assert_eq!(r["state"], "recovering", "{r}");
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "recover",
+            "--db",
+            &pg.url,
+            "--journal",
+            dir.join("journal").to_str().unwrap(),
+            "--backup",
+            backup.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..50 {
+        let k = format!("k{i}");
+        let (s, b) = get_json(&key_url(&pg.url, &k)).await;
+        assert!(
+            model.is_latest(&k, s, &b) && b["recovering"] == false,
+            "{k}: {b}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ fn key(i: usize) -> String {
 }
 
 struct World {
+    engine: Engine,
     db: Proc,
     latest: Proc,
     stale: Proc,
@@ -26,7 +27,11 @@ struct World {
 /// Load, back up online, change more (updates, several per key, creates,
 /// deletes), then lose the DB server and its data.
 async fn disaster(dir: &Path) -> World {
-    let db = db_server(dir, &[]).await;
+    disaster_on(dir, Engine::Sqlite).await
+}
+
+async fn disaster_on(dir: &Path, engine: Engine) -> World {
+    let db = db_server_on(dir, engine, &[]).await;
     let latest = service(
         dir,
         "svc-latest",
@@ -107,6 +112,7 @@ async fn disaster(dir: &Path) -> World {
         .await;
     }
     World {
+        engine,
         db,
         latest,
         stale,
@@ -165,31 +171,41 @@ fn terminals(
 async fn restore_and_restart(dir: &Path, w: &mut World) -> Proc {
     let addr = w.db.url.trim_start_matches("http://").to_owned();
     w.db.kill9();
-    let data = dir.join("data");
-    std::fs::remove_dir_all(&data).unwrap();
-    let out = run(
-        dir,
-        &[
-            "restore",
-            "--from",
-            w.backup.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+    let mut args: Vec<String> = vec![
+        "restore".into(),
+        "--from".into(),
+        w.backup.display().to_string(),
+    ];
+    match w.engine {
+        Engine::Sqlite => {
+            let data = dir.join("data");
+            std::fs::remove_dir_all(&data).unwrap();
+        }
+        Engine::Postgres => {
+            // The disaster: the database loses Tidemark's schema.
+            let url = std::fs::read_to_string(dir.join("pg-url")).unwrap();
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute("DROP SCHEMA tidemark CASCADE")
+                .await
+                .unwrap();
+        }
+    }
+    args.extend(store_args(dir, w.engine));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(dir, &args, None, &[]);
     assert!(
         out.status.success(),
         "restore: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let db = Proc::start_at(
-        "db-restored",
-        dir,
-        &["server", "--data-dir", data.to_str().unwrap()],
-        &addr,
-    );
+    let mut args = vec!["server".to_owned()];
+    args.extend(store_args(dir, w.engine));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let db = Proc::start_at("db-restored", dir, &args, &addr);
     db.wait_ok("/readyz").await;
     db
 }
@@ -219,9 +235,15 @@ fn recover(dir: &Path, db: &str, backup: &Path, env: &[(&str, &str)]) -> std::pr
 /// P4–P11: restore, the schedule list flags (P6, P7), flagged answers carry the identifier (P8), latest-only waits and accept-stale serves marked (P9), the difference data clears the flags (P10), and both end current (P11).
 #[tokio::test(flavor = "multi_thread")]
 async fn latest_only_never_serves_outdated_data_through_a_disaster() {
+    for engine in engines("latest_only_never_serves_outdated_data_through_a_disaster") {
+        latest_only_never_serves_outdated_data_through_a_disaster_on(engine).await;
+    }
+}
+
+async fn latest_only_never_serves_outdated_data_through_a_disaster_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut w = disaster(dir).await;
+    let mut w = disaster_on(dir, engine).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (log, tasks) = terminals(&w, stop.clone());
     let db = restore_and_restart(dir, &mut w).await;

@@ -1,0 +1,129 @@
+//! `tidemark restore --store postgres` (B3, B4, P4, P5): the same steps as a
+//! data-directory restore, on a PostgreSQL schema.
+//!
+//! 1. check the backup's manifest and checksums;
+//! 2. lock the schema exclusively (refused while a DB server uses it);
+//! 3. decode the snapshot into a temporary file;
+//! 4. take a safety backup of the live store, if the schema holds one;
+//! 5. load the snapshot into a staging schema; on it, raise the epoch and
+//!    enter `recovering` (`mark_restored`), mark and run cleanup for online
+//!    backups;
+//! 6. swap the staging schema in (one transaction).
+//!
+//! Until step 6 the old store is in use; from it on, the new one. A crash
+//! leaves a staging schema that the next restore replaces. The backup can
+//! come from either engine: the snapshot format is shared.
+
+use crate::error::BackupError;
+use crate::manifest::Manifest;
+use crate::Progress;
+use std::path::PathBuf;
+use tidemark_store::postgres::target::RestoreTarget;
+
+/// What to restore into PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgRestoreOptions {
+    pub from: PathBuf,
+    pub database_url: String,
+    pub schema: String,
+    /// Where the safety backup goes; `None` skips it.
+    pub safety_to: Option<PathBuf>,
+    /// Run cleanup on an online backup (the default).
+    pub cleanup: bool,
+    /// Where the backup's configuration files are copied, if anywhere.
+    pub config_to: Option<PathBuf>,
+}
+
+/// What a PostgreSQL restore did.
+#[derive(Debug)]
+pub struct PgRestoreReport {
+    pub manifest: Manifest,
+    pub previous_epoch: Option<u64>,
+    pub new_epoch: u64,
+    pub safety: Option<PathBuf>,
+    pub cleaned: Vec<String>,
+    pub needs_cleanup: bool,
+    pub target: String,
+    pub config_dir: Option<PathBuf>,
+}
+
+/// Restores `opts.from` into the PostgreSQL schema `opts.schema`.
+pub async fn run(
+    opts: &PgRestoreOptions,
+    progress: Progress<'_>,
+) -> Result<PgRestoreReport, BackupError> {
+    Manifest::load(&opts.from)?;
+    let manifest = crate::verify::checksums(&opts.from, progress)?;
+    let target = RestoreTarget::lock(&opts.database_url, &opts.schema)
+        .await
+        .map_err(|e| BackupError::from_lock("restore", e))?;
+    let scratch = tempfile::tempdir().map_err(BackupError::io(&std::env::temp_dir()))?;
+    let snapshot = scratch.path().join("snapshot");
+    crate::verify::decode_db(&opts.from, &manifest, &snapshot, progress)?;
+
+    let (previous_epoch, safety) = match target.open_live().await {
+        Ok(Some(live)) => {
+            let epoch = live.meta().await.ok().map(|m| m.epoch);
+            let safety = match &opts.safety_to {
+                Some(to) => {
+                    let made = crate::create::from_store(
+                        live.as_ref(),
+                        scratch.path(),
+                        to,
+                        target.describe(),
+                        progress,
+                    )
+                    .await;
+                    if let Err(e) = made {
+                        live.close().await?;
+                        return Err(e);
+                    }
+                    Some(to.clone())
+                }
+                None => None,
+            };
+            live.close().await?;
+            (epoch, safety)
+        }
+        Ok(None) => (None, None),
+        Err(e) if opts.safety_to.is_some() => {
+            return Err(BackupError::LiveUnreadable {
+                path: PathBuf::from(target.describe()),
+                detail: e.to_string(),
+            })
+        }
+        Err(_) => (None, None),
+    };
+
+    let new_epoch = previous_epoch.unwrap_or(0).max(manifest.epoch) + 1;
+    let staged = target.stage(&snapshot).await?;
+    let marked = async {
+        staged.mark_restored(new_epoch).await?;
+        let mut cleaned = Vec::new();
+        if manifest.needs_cleanup {
+            staged.mark_needs_cleanup().await?;
+            if opts.cleanup {
+                cleaned = staged.cleanup_process_info().await?;
+            }
+        }
+        Ok::<_, BackupError>(cleaned)
+    }
+    .await;
+    staged.close().await?;
+    let cleaned = marked?;
+    let config_dir = match &opts.config_to {
+        Some(dir) => crate::restore::copy_config_into(&opts.from, &manifest, dir)?,
+        None => None,
+    };
+    target.swap_in().await?;
+    Ok(PgRestoreReport {
+        previous_epoch,
+        new_epoch,
+        safety,
+        cleaned,
+        needs_cleanup: manifest.needs_cleanup && !opts.cleanup,
+        target: target.describe(),
+        config_dir,
+        manifest,
+    })
+}

@@ -36,6 +36,36 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
     super::engine_error(e)
 }
 
+// Every statement of the write path is prepared once per connection (the
+// pool keeps each connection's statement cache): one round trip, not two.
+
+async fn exec(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.execute(&st, params).await
+}
+
+async fn q_one(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.query_one(&st, params).await
+}
+
+async fn q_opt(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.query_opt(&st, params).await
+}
+
 impl PgStore {
     pub(super) async fn apply_group_pg(
         &self,
@@ -80,22 +110,22 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        let seq: String = tx
-            .query_one(
-                "SELECT value FROM tm_meta WHERE name = 'seq' FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        let state: Option<String> = tx
-            .query_opt(
-                "SELECT value FROM tm_meta WHERE name = 'recovery_state'",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| r.get(0));
+        let seq: String = q_one(
+            &tx,
+            "SELECT value FROM tm_meta WHERE name = 'seq' FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+        let state: Option<String> = q_opt(
+            &tx,
+            "SELECT value FROM tm_meta WHERE name = 'recovery_state'",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0));
         let mut st = GroupState {
             epoch: self.inner.epoch.load(Ordering::SeqCst),
             seq: seq
@@ -139,7 +169,7 @@ impl PgStore {
         }
         for (source, (hw, dirty)) in &st.high_water {
             if *dirty {
-                tx.execute(
+                exec(&tx,
                     "INSERT INTO tm_sources (source, high_water) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE SET high_water = excluded.high_water",
                     &[source, &(*hw as i64)],
                 )
@@ -147,7 +177,8 @@ impl PgStore {
                 .map_err(pg)?;
             }
         }
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE tm_meta SET value = $1 WHERE name = 'seq'",
             &[&st.seq.to_string()],
         )
@@ -177,14 +208,14 @@ async fn apply_batch(
         let hw = match st.high_water.get(&order.source) {
             Some((hw, _)) => *hw,
             None => {
-                let hw: i64 = tx
-                    .query_opt(
-                        "SELECT high_water FROM tm_sources WHERE source = $1",
-                        &[&order.source],
-                    )
-                    .await
-                    .map_err(pg)?
-                    .map_or(0, |r| r.get(0));
+                let hw: i64 = q_opt(
+                    tx,
+                    "SELECT high_water FROM tm_sources WHERE source = $1",
+                    &[&order.source],
+                )
+                .await
+                .map_err(pg)?
+                .map_or(0, |r| r.get(0));
                 st.high_water
                     .insert(order.source.clone(), (hw as u64, false));
                 hw as u64
@@ -212,7 +243,7 @@ async fn apply_batch(
             match order.op {
                 Op::Upsert => Some(upsert(tx, t, &order.key, &order.fields, version).await?),
                 Op::Delete => {
-                    let removed = tx.execute(&t.delete, &[&order.key]).await.map_err(pg)?;
+                    let removed = exec(tx, &t.delete, &[&order.key]).await.map_err(pg)?;
                     if removed > 0 {
                         tombstone(tx, &order.table, &order.key, version).await?;
                     }
@@ -221,28 +252,27 @@ async fn apply_batch(
             }
         };
         let (cleared, flagged) = if st.check_flags {
-            let n = tx
-                .execute(
+            let n = exec(tx,
                     "DELETE FROM tm_flags WHERE tbl = $1 AND key = $2 AND source = $3 AND through_seq <= $4",
                     &[&order.table, &order.key, &order.source, &(order.seq as i64)],
                 )
                 .await
                 .map_err(pg)?;
             st.flags_cleared += n;
-            let left: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM tm_flags WHERE tbl = $1 AND key = $2",
-                    &[&order.table, &order.key],
-                )
-                .await
-                .map_err(pg)?
-                .get(0);
+            let left: i64 = q_one(
+                tx,
+                "SELECT count(*) FROM tm_flags WHERE tbl = $1 AND key = $2",
+                &[&order.table, &order.key],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
             (n > 0 && left == 0, left > 0)
         } else {
             (false, false)
         };
         let fields_json = fields.clone().map(serde_json::Value::Object);
-        tx.execute(
+        exec(tx,
             "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &(version.seq as i64),
@@ -299,7 +329,7 @@ async fn upsert(
     for v in &values {
         params.push(v);
     }
-    let row = tx.query_one(&*sql, &params).await.map_err(pg)?;
+    let row = q_one(tx, &*sql, &params).await.map_err(pg)?;
     t.fields(&row, 0)
 }
 
@@ -309,7 +339,7 @@ async fn tombstone(
     key: &str,
     v: Version,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    exec(tx,
         "INSERT INTO tm_tombstones (tbl, key, epoch, seq) VALUES ($1, $2, $3, $4) ON CONFLICT (tbl, key) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
         &[&table, &key, &(v.epoch as i64), &(v.seq as i64)],
     )
@@ -323,7 +353,7 @@ async fn read_fields(
     t: &TableSql,
     key: &str,
 ) -> Result<Option<Fields>, StoreError> {
-    match tx.query_opt(&t.select, &[&key]).await.map_err(pg)? {
+    match q_opt(tx, &t.select, &[&key]).await.map_err(pg)? {
         Some(row) => Ok(Some(t.fields(&row, 2)?)),
         None => Ok(None),
     }
@@ -338,13 +368,13 @@ async fn apply_recovering(
     version: Version,
 ) -> Result<Option<Fields>, StoreError> {
     let lv = logical_version(order, version);
-    let row = tx
-        .query_opt(
-            "SELECT upsert_v, delete_v, fields FROM tm_lww WHERE tbl = $1 AND key = $2",
-            &[&order.table, &order.key],
-        )
-        .await
-        .map_err(pg)?;
+    let row = q_opt(
+        tx,
+        "SELECT upsert_v, delete_v, fields FROM tm_lww WHERE tbl = $1 AND key = $2",
+        &[&order.table, &order.key],
+    )
+    .await
+    .map_err(pg)?;
     let mut st = match row {
         None => KeyState::default(),
         Some(r) => {
@@ -357,7 +387,7 @@ async fn apply_recovering(
     };
     let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
     let effect = decide(&mut st, order.op, &order.fields, &columns, lv);
-    tx.execute(
+    exec(tx,
         "INSERT INTO tm_lww (tbl, key, upsert_v, delete_v, fields) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tbl, key) DO UPDATE SET upsert_v = excluded.upsert_v, delete_v = excluded.delete_v, fields = excluded.fields",
         &[
             &order.table,
@@ -373,7 +403,7 @@ async fn apply_recovering(
     match effect {
         Effect::Upsert(set) => upsert(tx, t, &order.key, &set, version).await.map(Some),
         Effect::Delete => {
-            tx.execute(&t.delete, &[&order.key]).await.map_err(pg)?;
+            exec(tx, &t.delete, &[&order.key]).await.map_err(pg)?;
             tombstone(tx, &order.table, &order.key, version).await?;
             Ok(None)
         }
@@ -384,22 +414,22 @@ async fn apply_recovering(
                 sql.push_str(&format!(", \"{n}\" = NULL"));
             }
             sql.push_str(" WHERE tm_key = $3");
-            tx.execute(&sql, &[&epoch, &seq, &order.key])
+            exec(tx, &sql, &[&epoch, &seq, &order.key])
                 .await
                 .map_err(pg)?;
             read_fields(tx, t, &order.key).await
         }
         Effect::Touch => {
-            let n = tx
-                .execute(
-                    &format!(
-                        "UPDATE {} SET tm_epoch = $1, tm_seq = $2 WHERE tm_key = $3",
-                        t.quoted
-                    ),
-                    &[&epoch, &seq, &order.key],
-                )
-                .await
-                .map_err(pg)?;
+            let n = exec(
+                tx,
+                &format!(
+                    "UPDATE {} SET tm_epoch = $1, tm_seq = $2 WHERE tm_key = $3",
+                    t.quoted
+                ),
+                &[&epoch, &seq, &order.key],
+            )
+            .await
+            .map_err(pg)?;
             if n == 0 {
                 tombstone(tx, &order.table, &order.key, version).await?;
                 return Ok(None);
@@ -418,13 +448,13 @@ async fn duplicate(
     digest: &str,
     hw: u64,
 ) -> Result<OrderResult, StoreError> {
-    let seen = tx
-        .query_opt(
-            "SELECT seq, epoch, digest FROM tm_changes WHERE source = $1 AND source_seq = $2",
-            &[&order.source, &(order.seq as i64)],
-        )
-        .await
-        .map_err(pg)?;
+    let seen = q_opt(
+        tx,
+        "SELECT seq, epoch, digest FROM tm_changes WHERE source = $1 AND source_seq = $2",
+        &[&order.source, &(order.seq as i64)],
+    )
+    .await
+    .map_err(pg)?;
     let ack = |version| OrderResult {
         source: order.source.clone(),
         seq: order.seq,
@@ -443,14 +473,14 @@ async fn duplicate(
             high_water: hw,
         }),
         None => {
-            let oldest: Option<i64> = tx
-                .query_one(
-                    "SELECT min(source_seq) FROM tm_changes WHERE source = $1",
-                    &[&order.source],
-                )
-                .await
-                .map_err(pg)?
-                .get(0);
+            let oldest: Option<i64> = q_one(
+                tx,
+                "SELECT min(source_seq) FROM tm_changes WHERE source = $1",
+                &[&order.source],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
             match oldest {
                 // Below what the log still holds: applied long ago, pruned since.
                 Some(o) if (order.seq as i64) < o => Ok(ack(None)),

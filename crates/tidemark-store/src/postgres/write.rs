@@ -329,7 +329,7 @@ async fn upsert(
     for v in &values {
         params.push(v);
     }
-    let row = q_one(tx, &*sql, &params).await.map_err(pg)?;
+    let row = q_one(tx, &sql, &params).await.map_err(pg)?;
     t.fields(&row, 0)
 }
 

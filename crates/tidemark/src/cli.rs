@@ -355,4 +355,12 @@ pub struct DemoArgs {
     /// Keep the temporary folder afterwards, and print where it is.
     #[arg(long)]
     pub keep: bool,
+    /// Tell the story on this engine: sqlite or postgres [default: sqlite].
+    #[arg(long, value_name = "ENGINE", default_value = "sqlite")]
+    pub store: String,
+    /// With --store postgres: the database to use (its schema 'tidemark_demo'
+    /// is replaced). Without, the demo starts a temporary PostgreSQL cluster
+    /// itself (needs Debian's 'postgresql' package).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 }

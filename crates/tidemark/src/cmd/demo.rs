@@ -94,10 +94,42 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     println!("Tidemark demo in {}", dir.display());
     let data = dir.join("data");
+    // Where the DB server keeps its data: a data directory, or a schema of
+    // a PostgreSQL database (given, or of a temporary cluster started here).
+    let mut _cluster = None;
+    let store: Vec<String> = match args.store.as_str() {
+        "sqlite" => vec!["--data-dir".into(), data.display().to_string()],
+        "postgres" => {
+            let url = match &args.database_url {
+                Some(u) => u.clone(),
+                None => {
+                    let bin = tidemark_testkit::postgres::bin_dir().ok_or_else(|| {
+                        anyhow::anyhow!("demo --store postgres without --database-url starts a temporary PostgreSQL cluster, and none is installed: apt-get install postgresql, or give --database-url URL")
+                    })?;
+                    let cluster = tidemark_testkit::postgres::PgCluster::start(&bin)?;
+                    let url = cluster.database("demo")?;
+                    _cluster = Some(cluster);
+                    url
+                }
+            };
+            vec![
+                "--store".into(),
+                "postgres".into(),
+                "--database-url".into(),
+                url,
+                "--pg-schema".into(),
+                "tidemark_demo".into(),
+            ]
+        }
+        other => anyhow::bail!("--store must be 'sqlite' or 'postgres', not '{other}'"),
+    };
+    let pg_url = (args.store == "postgres").then(|| store[3].clone());
+    let mut server_args = vec!["server"];
+    server_args.extend(store.iter().map(String::as_str));
+    let mut restore_args = vec!["restore", "--from"];
     let journal = dir.join("journal");
     let backup = dir.join("backups/b1");
-    let (data_s, journal_s, backup_s) = (
-        data.to_str().unwrap_or(""),
+    let (journal_s, backup_s) = (
         journal.to_str().unwrap_or(""),
         backup.to_str().unwrap_or(""),
     );
@@ -106,13 +138,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         1,
         "a DB server, a latest-only and an accept-stale service server",
     );
-    let mut db = exe.start(
-        "db",
-        &dir,
-        &["server", "--data-dir", data_s],
-        &[],
-        "127.0.0.1:0",
-    )?;
+    restore_args.push(backup_s);
+    restore_args.extend(store.iter().map(String::as_str));
+    let mut db = exe.start("db", &dir, &server_args, &[], "127.0.0.1:0")?;
     db.wait_ok("/readyz").await?;
     tl.say("db", &format!("DB server up at {}", db.url));
     let db_url = db.url.clone();
@@ -249,8 +277,20 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     tl.step(5, "disaster: the DB server dies and its data is lost");
     let addr = db.url.trim_start_matches("http://").to_owned();
     db.kill9();
-    std::fs::remove_dir_all(&data)?;
-    tl.say("db", "killed (-9); data directory deleted");
+    match &pg_url {
+        None => {
+            std::fs::remove_dir_all(&data)?;
+            tl.say("db", "killed (-9); data directory deleted");
+        }
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client
+                .batch_execute("DROP SCHEMA tidemark_demo CASCADE")
+                .await?;
+            tl.say("db", "killed (-9); its PostgreSQL schema dropped");
+        }
+    }
     let (s, b) = read(&stale.url, &key(0)).await;
     tl.say(
         "svc-stale",
@@ -288,22 +328,11 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     tl.step(6, "restore from the online backup");
-    let out = run(
-        &exe,
-        &dir,
-        &["restore", "--from", backup_s, "--data-dir", data_s],
-        None,
-    )?;
+    let out = run(&exe, &dir, &restore_args, None)?;
     for l in out.lines() {
         tl.say("restore", l);
     }
-    let db = exe.start(
-        "db-restored",
-        &dir,
-        &["server", "--data-dir", data_s],
-        &[],
-        &addr,
-    )?;
+    let db = exe.start("db-restored", &dir, &server_args, &[], &addr)?;
     db.wait_ok("/readyz").await?;
     let (_, r) = read_json(&format!("{}/v1/recovery", db.url)).await;
     tl.say(

@@ -258,3 +258,20 @@ async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_s
         );
     }
 }
+
+/// `tidemark demo --store postgres` tells the whole story on PostgreSQL,
+/// starting a temporary cluster itself, and exits 0 only if every check held.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_runs_on_postgres() {
+    if !engines("demo").contains(&Engine::Postgres) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(tmp.path(), &["demo", "--store", "postgres"], None, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks held") && !stdout.contains("FAIL"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

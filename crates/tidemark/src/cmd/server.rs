@@ -3,6 +3,7 @@
 use crate::cli::ServerArgs;
 use tidemark_server::config::Secret;
 use tidemark_server::{Server, ServerConfig, StoreKind};
+use tokio_util::sync::CancellationToken;
 
 pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
@@ -30,7 +31,40 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         );
     }
     let shutdown = crate::signals::shutdown_token();
-    let server = Server::open(config.clone(), shutdown).await?;
     let listener = super::bind(&config.listen, "DB server").await?;
-    server.run(listener).await
+    // The port is bound first: until the store is open (PostgreSQL may be
+    // unreachable for a while) the probes answer, alive but not ready.
+    let listener = listener.into_std()?;
+    let early = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let opened = CancellationToken::new();
+    let probes = tokio::spawn(not_ready_yet(early, opened.clone()));
+    let server = Server::open(config.clone(), shutdown).await;
+    opened.cancel();
+    let _ = probes.await;
+    server?
+        .run(tokio::net::TcpListener::from_std(listener)?)
+        .await
+}
+
+/// Serves `/healthz` (alive) and `503 not_ready` for everything else, until
+/// `opened` is cancelled.
+async fn not_ready_yet(listener: tokio::net::TcpListener, opened: CancellationToken) {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "starting"})) }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1"), (header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({"error": {"code": "not_ready", "message": "the DB server is opening its store (PostgreSQL may not be reachable yet); retry shortly"}}).to_string(),
+            )
+                .into_response()
+        });
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { opened.cancelled().await })
+        .await;
 }

@@ -275,3 +275,44 @@ async fn the_demo_runs_on_postgres() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// PostgreSQL unreachable at start: the server says so, keeps retrying,
+/// answers `/readyz` with 503 meanwhile, and is ready once it connects.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
+    let Some(bin) = bin_dir() else {
+        assert!(
+            !required(),
+            "TIDEMARK_REQUIRE_POSTGRES=1 but PostgreSQL is not installed"
+        );
+        eprintln!("skipped: no PostgreSQL server binaries");
+        return;
+    };
+    let cluster = PgCluster::start(&bin).expect("a PostgreSQL cluster");
+    let url = cluster.database("late").unwrap();
+    cluster.stop_immediate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Proc::start(
+        "db",
+        tmp.path(),
+        &["server", "--store", "postgres", "--database-url", &url],
+        &[],
+    );
+    db.wait_ok("/healthz").await;
+    let (s, b) = get_json(&format!("{}/readyz", db.url)).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("not_ready")),
+        "{b}"
+    );
+    eventually(10, "a retry logged", || async {
+        db.log_text()
+            .contains("PostgreSQL is not reachable yet")
+            .then_some(())
+    })
+    .await;
+    cluster.restart().unwrap();
+    db.wait_ok("/readyz").await;
+    let (s, _) = get_json(&key_url(&db.url, "k")).await;
+    assert_eq!(s, 404, "serving once connected");
+}

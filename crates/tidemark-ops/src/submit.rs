@@ -51,8 +51,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     let text = std::str::from_utf8(raw).context("the input is not UTF-8 text; send JSON lines")?;
     let orders = input::parse(text)?;
     let client = DbClient::new(&opts.db);
-    let schema: Schema = client
-        .get_json("/v1/schema")
+    let schema: Schema = get_with_retry(&client, "/v1/schema")
         .await
         .context("fetching the schema to validate orders")?;
     for (i, o) in orders.iter().enumerate() {
@@ -149,6 +148,26 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     }
     bar.finish_and_clear();
     Ok(report)
+}
+
+/// GETs a JSON document, retrying for a while when the DB server is
+/// unreachable or not ready yet (starting, or its store reconnecting).
+pub async fn get_with_retry<T: serde::de::DeserializeOwned>(
+    client: &DbClient,
+    path: &str,
+) -> Result<T, tidemark_api::ClientError> {
+    let mut delay = Duration::from_millis(100);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get_json(path).await {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "the DB server is not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Sends one batch, retrying while the DB server is unreachable or busy.

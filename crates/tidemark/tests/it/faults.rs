@@ -252,35 +252,18 @@ fn backup_online(dir: &Path, db: &str) -> PathBuf {
 
 /// Kills the DB server, loses its data, restores `backup` and restarts it
 /// on the same address.
-async fn disaster_and_restore(dir: &Path, db: &mut Proc, backup: &Path) -> Proc {
+async fn disaster_and_restore(dir: &Path, engine: Engine, db: &mut Proc, backup: &Path) -> Proc {
     let addr = db.url.trim_start_matches("http://").to_owned();
     db.kill9();
-    let data = dir.join("data");
-    std::fs::remove_dir_all(&data).unwrap();
-    restore(dir, backup);
-    let db = Proc::start_at(
-        "db-restored",
-        dir,
-        &["server", "--data-dir", data.to_str().unwrap()],
-        &addr,
-    );
+    lose_data(dir, engine).await;
+    restore(dir, engine, backup);
+    let db = Proc::start_at("db-restored", dir, &strs(&server_args(dir, engine)), &addr);
     db.wait_ok("/readyz").await;
     db
 }
 
-fn restore(dir: &Path, backup: &Path) {
-    let out = run(
-        dir,
-        &[
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+fn restore(dir: &Path, engine: Engine, backup: &Path) {
+    let out = run(dir, &strs(&restore_args(dir, engine, backup)), None, &[]);
     assert!(
         out.status.success(),
         "restore: {}",
@@ -373,11 +356,17 @@ fn two_sources_change_the_same_keys(dir: &Path, db: &str, j1: &Path, j2: &Path, 
 /// original commit order across sources, live writes included.
 #[tokio::test(flavor = "multi_thread")]
 async fn several_sources_and_live_writes_end_in_the_original_commit_order() {
+    for engine in engines("several_sources_and_live_writes_end_in_the_original_commit_order") {
+        several_sources_and_live_writes_end_in_the_original_commit_order_on(engine).await;
+    }
+}
+
+async fn several_sources_and_live_writes_end_in_the_original_commit_order_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (j1, j2, jl) = (dir.join("j1"), dir.join("j2"), dir.join("jlive"));
     let history = Arc::new(History::default());
-    let mut db = db_server(dir, &[]).await;
+    let mut db = db_server_on(dir, engine, &[]).await;
     let latest = service(
         dir,
         "svc-latest",
@@ -419,7 +408,7 @@ async fn several_sources_and_live_writes_end_in_the_original_commit_order() {
         &keys,
         history.clone(),
     );
-    db = disaster_and_restore(dir, &mut db, &backup).await;
+    db = disaster_and_restore(dir, engine, &mut db, &backup).await;
 
     // ops-1's journal alone: its list and replay go through, but the DB
     // server still waits for ops-2, which the backup knows (case 5).
@@ -491,11 +480,17 @@ async fn several_sources_and_live_writes_end_in_the_original_commit_order() {
 /// what it cannot vouch for, also when the DB server is unreachable.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cache_without_a_synced_stream_is_never_served_as_current() {
+    for engine in engines("a_cache_without_a_synced_stream_is_never_served_as_current") {
+        a_cache_without_a_synced_stream_is_never_served_as_current_on(engine).await;
+    }
+}
+
+async fn a_cache_without_a_synced_stream_is_never_served_as_current_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let journal = dir.join("journal");
     let history = Arc::new(History::default());
-    let mut db = db_server(dir, &[]).await;
+    let mut db = db_server_on(dir, engine, &[]).await;
     let db_url = db.url.clone();
     let snap = |name: &str| dir.join(format!("cache-{name}"));
     let start_service = |name: &'static str, policy: &'static str| {
@@ -553,7 +548,7 @@ async fn a_cache_without_a_synced_stream_is_never_served_as_current() {
     // ask (case 4).
     let addr = db.url.trim_start_matches("http://").to_owned();
     db.kill9();
-    std::fs::remove_dir_all(dir.join("data")).unwrap();
+    lose_data(dir, engine).await;
     latest = start_service("svc-latest", "latest-only").await;
     stale = start_service("svc-stale", "accept-stale").await;
     let (l, s) = (latest.url.clone(), stale.url.clone());
@@ -580,14 +575,9 @@ async fn a_cache_without_a_synced_stream_is_never_served_as_current() {
     );
     // Restore and restart; a live source changes every key during the
     // recovery (case 2: the caches' f3-3 is no longer the latest).
-    restore(dir, &backup);
-    db = Proc::start_at(
-        "db-restored",
-        dir,
-        &["server", "--data-dir", dir.join("data").to_str().unwrap()],
-        &addr,
-    );
-    db.wait_ok("/healthz").await;
+    restore(dir, engine, &backup);
+    db = Proc::start_at("db-restored", dir, &strs(&server_args(dir, engine)), &addr);
+    db.wait_ok("/readyz").await;
     submit(
         dir,
         &db.url,
@@ -637,7 +627,7 @@ async fn a_cache_without_a_synced_stream_is_never_served_as_current() {
     db = Proc::start_at(
         "db-restarted",
         dir,
-        &["server", "--data-dir", dir.join("data").to_str().unwrap()],
+        &strs(&server_args(dir, engine)),
         &addr2,
     );
     db.wait_ok("/readyz").await;
@@ -660,11 +650,17 @@ async fn a_cache_without_a_synced_stream_is_never_served_as_current() {
 /// it); a name the backup does not know is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_source_is_waived_only_explicitly() {
+    for engine in engines("a_lost_source_is_waived_only_explicitly") {
+        a_lost_source_is_waived_only_explicitly_on(engine).await;
+    }
+}
+
+async fn a_lost_source_is_waived_only_explicitly_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (j1, j2) = (dir.join("j1"), dir.join("j2"));
     let history = History::default();
-    let mut db = db_server(dir, &[]).await;
+    let mut db = db_server_on(dir, engine, &[]).await;
     let rows = |tag: &str| -> Vec<(String, &'static str, Value)> {
         (0..10)
             .map(|i| (key(i), "upsert", json!({"plan": tag})))
@@ -674,7 +670,7 @@ async fn a_lost_source_is_waived_only_explicitly() {
     submit(dir, &db.url, &j2, "ops-2", &history, &rows("y1"));
     let backup = backup_online(dir, &db.url);
     submit(dir, &db.url, &j1, "ops-1", &history, &rows("x2"));
-    db = disaster_and_restore(dir, &mut db, &backup).await;
+    db = disaster_and_restore(dir, engine, &mut db, &backup).await;
 
     let out = recover(
         dir,
@@ -721,11 +717,17 @@ async fn a_lost_source_is_waived_only_explicitly() {
 /// name order, so ops-1's older orders overwrote ops-2's newer ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_run_over_two_sources_follows_the_original_commit_order() {
+    for engine in engines("one_run_over_two_sources_follows_the_original_commit_order") {
+        one_run_over_two_sources_follows_the_original_commit_order_on(engine).await;
+    }
+}
+
+async fn one_run_over_two_sources_follows_the_original_commit_order_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let journal = dir.join("journal");
     let history = History::default();
-    let mut db = db_server(dir, &[]).await;
+    let mut db = db_server_on(dir, engine, &[]).await;
     let keys: Vec<String> = (0..60).map(key).collect();
     for (src, range) in [("ops-1", 0..30), ("ops-2", 30..60)] {
         let rows: Vec<_> = range
@@ -735,7 +737,7 @@ async fn one_run_over_two_sources_follows_the_original_commit_order() {
     }
     let backup = backup_online(dir, &db.url);
     two_sources_change_the_same_keys(dir, &db.url, &journal, &journal, &history);
-    db = disaster_and_restore(dir, &mut db, &backup).await;
+    db = disaster_and_restore(dir, engine, &mut db, &backup).await;
     let out = recover(dir, &db.url, &backup, &[&journal], &[]);
     assert!(
         out.status.success(),

@@ -136,6 +136,48 @@ pub fn store_args(dir: &Path, engine: Engine) -> Vec<String> {
     }
 }
 
+/// `tidemark server` with the flags of `engine` for the test in `dir`.
+pub fn server_args(dir: &Path, engine: Engine) -> Vec<String> {
+    let mut args = vec!["server".to_owned()];
+    args.extend(store_args(dir, engine));
+    args
+}
+
+/// `tidemark restore --from BACKUP` into `engine`'s store for `dir`.
+pub fn restore_args(dir: &Path, engine: Engine, backup: &Path) -> Vec<String> {
+    let mut args = vec![
+        "restore".to_owned(),
+        "--from".into(),
+        backup.display().to_string(),
+    ];
+    args.extend(store_args(dir, engine));
+    args
+}
+
+/// The disaster: the store's data is lost (the data directory deleted, or
+/// Tidemark's PostgreSQL schema dropped).
+pub async fn lose_data(dir: &Path, engine: Engine) {
+    match engine {
+        Engine::Sqlite => std::fs::remove_dir_all(dir.join("data")).expect("remove the data"),
+        Engine::Postgres => {
+            let url = std::fs::read_to_string(dir.join("pg-url")).expect("the test database");
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to PostgreSQL");
+            tokio::spawn(conn);
+            client
+                .batch_execute("DROP SCHEMA tidemark CASCADE")
+                .await
+                .expect("drop the schema");
+        }
+    }
+}
+
+/// Borrowed `&str`s of owned arguments.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A DB server on `engine`.
 pub async fn db_server_on(dir: &Path, engine: Engine, env: &[(&str, &str)]) -> Proc {
     let mut args = vec!["server".to_owned()];

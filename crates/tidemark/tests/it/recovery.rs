@@ -26,10 +26,6 @@ struct World {
 
 /// Load, back up online, change more (updates, several per key, creates,
 /// deletes), then lose the DB server and its data.
-async fn disaster(dir: &Path) -> World {
-    disaster_on(dir, Engine::Sqlite).await
-}
-
 async fn disaster_on(dir: &Path, engine: Engine) -> World {
     let db = db_server_on(dir, engine, &[]).await;
     let latest = service(
@@ -171,41 +167,24 @@ fn terminals(
 async fn restore_and_restart(dir: &Path, w: &mut World) -> Proc {
     let addr = w.db.url.trim_start_matches("http://").to_owned();
     w.db.kill9();
-    let mut args: Vec<String> = vec![
-        "restore".into(),
-        "--from".into(),
-        w.backup.display().to_string(),
-    ];
-    match w.engine {
-        Engine::Sqlite => {
-            let data = dir.join("data");
-            std::fs::remove_dir_all(&data).unwrap();
-        }
-        Engine::Postgres => {
-            // The disaster: the database loses Tidemark's schema.
-            let url = std::fs::read_to_string(dir.join("pg-url")).unwrap();
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client
-                .batch_execute("DROP SCHEMA tidemark CASCADE")
-                .await
-                .unwrap();
-        }
-    }
-    args.extend(store_args(dir, w.engine));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run(dir, &args, None, &[]);
+    lose_data(dir, w.engine).await;
+    let out = run(
+        dir,
+        &strs(&restore_args(dir, w.engine, &w.backup)),
+        None,
+        &[],
+    );
     assert!(
         out.status.success(),
         "restore: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut args = vec!["server".to_owned()];
-    args.extend(store_args(dir, w.engine));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let db = Proc::start_at("db-restored", dir, &args, &addr);
+    let db = Proc::start_at(
+        "db-restored",
+        dir,
+        &strs(&server_args(dir, w.engine)),
+        &addr,
+    );
     db.wait_ok("/readyz").await;
     db
 }
@@ -347,9 +326,15 @@ async fn latest_only_never_serves_outdated_data_through_a_disaster_on(engine: En
 /// P5, P10: a recovery survives kill -9 of the DB server and the OpS.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state() {
+    for engine in engines("killed_db_server_and_ops_during_recovery_end_in_the_journal_state") {
+        killed_db_server_and_ops_during_recovery_end_in_the_journal_state_on(engine).await;
+    }
+}
+
+async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut w = disaster(dir).await;
+    let mut w = disaster_on(dir, engine).await;
     let mut db = restore_and_restart(dir, &mut w).await;
     let addr = db.url.trim_start_matches("http://").to_owned();
 
@@ -378,13 +363,7 @@ async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state() {
 
     // The DB server dies too, and comes back still recovering, flags intact.
     db.kill9();
-    let data = dir.join("data");
-    let db = Proc::start_at(
-        "db-again",
-        dir,
-        &["server", "--data-dir", data.to_str().unwrap()],
-        &addr,
-    );
+    let db = Proc::start_at("db-again", dir, &strs(&server_args(dir, w.engine)), &addr);
     db.wait_ok("/readyz").await;
     let (_, r) = get_json(&format!("{}/v1/recovery", db.url)).await;
     assert_eq!(
@@ -422,8 +401,14 @@ async fn killed_db_server_and_ops_during_recovery_end_in_the_journal_state() {
 /// P5, P6: schedule lists and completion are refused outside recovery.
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_requests_in_the_wrong_state_are_refused() {
+    for engine in engines("recovery_requests_in_the_wrong_state_are_refused") {
+        recovery_requests_in_the_wrong_state_are_refused_on(engine).await;
+    }
+}
+
+async fn recovery_requests_in_the_wrong_state_are_refused_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
+    let db = db_server_on(tmp.path(), engine, &[]).await;
     let u = &db.url;
     let chunk = json!({"source": "ops-1", "entries": [{"table": "subscriber", "key": "k", "through_seq": 1}], "final": true});
     let (s, b) = post_raw(&format!("{u}/v1/recovery/schedule"), chunk.to_string()).await;
@@ -451,9 +436,15 @@ async fn recovery_requests_in_the_wrong_state_are_refused() {
 /// P5: the only way out besides completion is an explicit, logged abort.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_can_end_a_recovery_explicitly() {
+    for engine in engines("an_operator_can_end_a_recovery_explicitly") {
+        an_operator_can_end_a_recovery_explicitly_on(engine).await;
+    }
+}
+
+async fn an_operator_can_end_a_recovery_explicitly_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut w = disaster(dir).await;
+    let mut w = disaster_on(dir, engine).await;
     let db = restore_and_restart(dir, &mut w).await;
     let u = &db.url;
     // The schedule list arrives but the OpS never completes.
@@ -496,9 +487,22 @@ async fn an_operator_can_end_a_recovery_explicitly() {
 /// P9, P11: a resumed stream sends current records, never logged intermediate ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_record_as_current() {
+    for engine in engines(
+        "a_service_server_resuming_mid_recovery_never_takes_an_intermediate_record_as_current",
+    ) {
+        a_service_server_resuming_mid_recovery_never_takes_an_intermediate_record_as_current_on(
+            engine,
+        )
+        .await;
+    }
+}
+
+async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_record_as_current_on(
+    engine: Engine,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut w = disaster(dir).await;
+    let mut w = disaster_on(dir, engine).await;
     let db = restore_and_restart(dir, &mut w).await;
     let cache = dir.join("resume-cache");
     let extra = [

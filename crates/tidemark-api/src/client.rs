@@ -58,8 +58,20 @@ pub struct DbClient {
 
 impl DbClient {
     /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`.
+    /// Sends `TIDEMARK_TOKEN` (set by every client command's `--token`) as
+    /// `Authorization: Bearer`, if it is set.
     pub fn new(base: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(token) = std::env::var("TIDEMARK_TOKEN") {
+            if let Ok(mut v) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            {
+                v.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)

@@ -53,6 +53,13 @@ pub enum ErrorCode {
     /// over); the request may or may not have taken effect: retry it, orders
     /// are idempotent.
     StoreUnavailable,
+    /// No token, or a token the server does not know (or, with no token
+    /// created yet, a client that is not on loopback).
+    Unauthenticated,
+    /// The token's role does not allow this; the message names the role needed.
+    Forbidden,
+    /// A token with that name exists already.
+    TokenExists,
     /// A bug: the request had no effect; report it with the server log.
     Internal,
 }
@@ -67,7 +74,9 @@ impl ErrorCode {
             }
             UnknownTable | NotFound => 404,
             OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete
-            | NoQuiesce => 409,
+            | NoQuiesce | TokenExists => 409,
+            Unauthenticated => 401,
+            Forbidden => 403,
             PayloadTooLarge | BatchTooLarge => 413,
             NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable => 503,
             StoreFailure | Internal => 500,
@@ -99,6 +108,9 @@ impl ErrorCode {
             DbUnavailable => "db_unavailable",
             StoreFailure => "store_failure",
             StoreUnavailable => "store_unavailable",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
+            TokenExists => "token_exists",
             Internal => "internal",
         }
     }
@@ -127,6 +139,9 @@ impl ErrorCode {
         ErrorCode::DbUnavailable,
         ErrorCode::StoreFailure,
         ErrorCode::StoreUnavailable,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::TokenExists,
         ErrorCode::Internal,
     ];
 }

@@ -15,8 +15,10 @@
 //! - [`headers`]: the `Tidemark-*` header names.
 //! - [`keyslot`]: a record's name in in-memory maps, its shard, and shard sizing.
 //! - [`sse`]: a small Server-Sent Events parser.
+//! - [`auth`]: token roles, token and audit wire types.
 //! - [`client`]: the HTTP client for the DB server API.
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod event;

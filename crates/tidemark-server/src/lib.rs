@@ -3,6 +3,8 @@
 //! the service servers that hold the key (P1, P3).
 //!
 //! # Layout
+//! - [`auth`]: tokens with roles (stored hashed), protected mode.
+//! - [`audit`]: the audit trail of admin actions.
 //! - [`committer`]: group commit of concurrent order batches, in commit order.
 //! - [`config`]: [`ServerConfig`], every setting with its default.
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
@@ -16,6 +18,8 @@
 //! - [`watch`]: one subscriber's push stream: resume, replay, `synced`, live pushes.
 //! - [`http`]: one module per group of endpoints, and the one error shape.
 
+pub mod audit;
+pub mod auth;
 pub mod committer;
 pub mod config;
 pub mod http;

@@ -33,6 +33,13 @@ impl Server {
         let boot = format!("{:08x}", rand::random::<u32>());
         record_process(store.as_ref(), &config, &boot).await?;
         let (state, worker) = AppState::new(store, config, boot, shutdown).await?;
+        if !listens_on_loopback(&state.config.listen) && !state.auth.any() {
+            anyhow::bail!(
+                "refusing to listen on {} with no token created: anyone who can reach it could change or copy every record; start it on 127.0.0.1 first, create an admin token ('tidemark token create --server http://127.0.0.1:PORT --role admin --name NAME'), then restart it on {}",
+                state.config.listen,
+                state.config.listen
+            );
+        }
         Ok(Self { state, worker })
     }
 
@@ -52,6 +59,7 @@ impl Server {
 
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
         let signal = shutdown.clone();
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             signal.cancelled().await;
         });
@@ -72,6 +80,14 @@ impl Server {
         state.store.close().await.context("closing the store")?;
         tracing::info!("shutdown complete: store closed cleanly");
         Ok(())
+    }
+}
+
+/// Whether `listen` names a loopback address (protected mode allows only those).
+fn listens_on_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => listen.starts_with("localhost:"),
     }
 }
 

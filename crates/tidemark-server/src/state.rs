@@ -26,6 +26,10 @@ pub struct AppState {
     pub committer: Committer,
     pub metrics: ServerMetrics,
     pub config: ServerConfig,
+    /// Tokens and roles.
+    pub auth: crate::auth::Auth,
+    /// Who did which admin action.
+    pub audit: crate::audit::Audit,
     /// Names this process; part of every watch event id.
     pub boot: String,
     /// False until the server serves, and again once shutdown begins.
@@ -73,7 +77,11 @@ impl AppState {
         let quiesce = Quiesce::load(store.as_ref()).await?;
         // A crash between the last flag clear and the state change is mended here.
         recovery.maybe_finish().await?;
+        let auth = crate::auth::Auth::load(store.clone()).await?;
+        let audit = crate::audit::Audit::new(store.clone());
         let state = Arc::new(AppState {
+            auth,
+            audit,
             store,
             hub,
             recovery,

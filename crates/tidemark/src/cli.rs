@@ -20,6 +20,16 @@ pub struct Cli {
         env = "TIDEMARK_LOG_FORMAT"
     )]
     pub log_format: Option<String>,
+    /// The token client commands send to DB servers (Authorization: Bearer);
+    /// a service server sends it to its DB server.
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "TIDEMARK_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +61,11 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Stage, show and publish schema changes (S1).
     Schema(SchemaArgs),
+    /// Create, list or revoke the tokens of a DB server.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Who did which admin action on a DB server, and when.
+    Audit(AuditArgs),
     /// Run the whole disaster-recovery story with real processes and check it.
     Demo(DemoArgs),
     /// Load generators and benchmarks.
@@ -205,6 +220,50 @@ pub struct StatusArgs {
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (this is the only time it is shown).
+    /// Needs an admin token, except for a server's first token, which a
+    /// loopback client may create.
+    Create {
+        /// URL of the DB server.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// reader (records, watch, state), ops (also orders and recovery)
+        /// or admin (everything).
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// A name for the token (who did what in the audit trail).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
+    /// List the tokens (names and roles, never the secrets).
+    List {
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name.
+    Revoke {
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+        server: String,
+        /// The token's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// URL of the DB server.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }

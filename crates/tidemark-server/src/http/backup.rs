@@ -40,7 +40,10 @@ fn ascii_json(value: &impl serde::Serialize) -> String {
 
 /// `POST /v1/backup`: the raw snapshot as the body.
 #[tracing::instrument(skip_all)]
-pub async fn snapshot(State(app): State<Arc<AppState>>) -> Result<Response, HttpError> {
+pub async fn snapshot(
+    State(app): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<super::guard::Caller>,
+) -> Result<Response, HttpError> {
     // The snapshot file goes beside the data (same filesystem, cleaned by
     // the next start); an engine without a data directory uses the
     // temporary folder.
@@ -68,6 +71,13 @@ pub async fn snapshot(State(app): State<Arc<AppState>>) -> Result<Response, Http
         bytes = info.bytes,
         "online backup snapshot taken"
     );
+    app.audit
+        .record(
+            &caller.0,
+            "backup",
+            serde_json::json!({"epoch": info.epoch, "seq": info.seq, "bytes": info.bytes}),
+        )
+        .await;
     let meta = HeaderValue::from_str(&ascii_json(&info))
         .map_err(|e| HttpError::new(ErrorCode::Internal, format!("snapshot metadata: {e}")))?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 16));

@@ -2,12 +2,14 @@
 
 pub mod backup;
 pub mod error;
+pub mod guard;
 pub mod openapi;
 pub mod orders;
 pub mod probes;
 pub mod quiesce;
 pub mod records;
 pub mod recovery;
+pub mod tokens;
 pub mod watch;
 
 pub use crate::state::AppState;
@@ -40,7 +42,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{name}", axum::routing::delete(tokens::revoke))
+        .route("/v1/audit", get(tokens::audit))
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -1,9 +1,11 @@
 //! `POST /v1/quiesce` and `DELETE /v1/quiesce` (S4).
 
 use super::error::HttpError;
+use super::guard::Caller;
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub fn offline_error() -> HttpError {
 /// Announces that the server goes offline in `seconds`.
 pub async fn announce(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<QuiesceNotice>, HttpError> {
     let req: Announce = serde_json::from_slice(&body).map_err(|e| {
@@ -52,18 +55,29 @@ pub async fn announce(
     let message = req
         .message
         .unwrap_or_else(|| "this server goes offline for maintenance; save your work".into());
-    Ok(Json(
-        app.quiesce
-            .announce(app.store.as_ref(), &app.hub, req.seconds, message)
-            .await?,
-    ))
+    let notice = app
+        .quiesce
+        .announce(app.store.as_ref(), &app.hub, req.seconds, message)
+        .await?;
+    app.audit
+        .record(
+            &caller.0,
+            "quiesce",
+            serde_json::json!({"seconds": req.seconds, "message": notice.message}),
+        )
+        .await;
+    Ok(Json(notice))
 }
 
 /// Cancels the notice in force.
 pub async fn cancel(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     if app.quiesce.cancel(app.store.as_ref(), &app.hub).await? {
+        app.audit
+            .record(&caller.0, "quiesce_cancel", serde_json::Value::Null)
+            .await;
         Ok(Json(serde_json::json!({"cancelled": true})))
     } else {
         Err(HttpError::new(

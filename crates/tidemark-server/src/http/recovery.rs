@@ -2,10 +2,12 @@
 //! flags, and the operator's explicit abort.
 
 use super::error::HttpError;
+use super::guard::Caller;
 use super::AppState;
 use crate::recovery::CompleteError;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<RecoverySta
 #[tracing::instrument(skip_all, fields(source, entries, final_chunk))]
 pub async fn schedule(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<ScheduleAnswer>, HttpError> {
     let chunk: ScheduleChunk = serde_json::from_slice(&body).map_err(|e| {
@@ -43,6 +46,11 @@ pub async fn schedule(
             format!("the chunk holds {} entries, at most {MAX_CHUNK} are accepted; send the list in more chunks", chunk.entries.len()),
         ));
     }
+    let (final_chunk, source, without) = (
+        chunk.final_chunk,
+        chunk.source.clone(),
+        chunk.without_sources.clone(),
+    );
     let added = app
         .recovery
         .schedule(
@@ -58,6 +66,15 @@ pub async fn schedule(
         skipped = added.skipped,
         "schedule chunk applied"
     );
+    if final_chunk {
+        app.audit
+            .record(
+                &caller.0,
+                "schedule_final",
+                serde_json::json!({"source": source, "without_sources": without}),
+            )
+            .await;
+    }
     Ok(Json(ScheduleAnswer {
         flagged: added.flagged,
         skipped: added.skipped,
@@ -116,6 +133,7 @@ pub struct AbortBody {
 /// complete. Explicit and logged; requires a reason.
 pub async fn abort(
     State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let reason = serde_json::from_slice::<AbortBody>(&body)
@@ -129,6 +147,13 @@ pub async fn abort(
             )
         })?;
     let dropped = app.recovery.abort(&app.hub, &reason).await?;
+    app.audit
+        .record(
+            &caller.0,
+            "recovery_abort",
+            serde_json::json!({"reason": reason, "dropped_flags": dropped}),
+        )
+        .await;
     Ok(Json(
         serde_json::json!({"dropped_flags": dropped, "state": "normal", "reason": reason}),
     ))

@@ -10,11 +10,16 @@ mod restore;
 mod server;
 mod service;
 mod status;
+mod token;
 
 use crate::cli::{Cli, Command};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(t) = &cli.token {
+        // Every DB-server client this process makes sends it.
+        std::env::set_var("TIDEMARK_TOKEN", t);
+    }
     let mut config = crate::config::load(cli.config.as_deref())?;
     config.server.config_file = cli.config.clone();
     match cli.command {
@@ -31,6 +36,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Promote(_) => not_yet("promote", "the high-availability work"),
         Command::Schema(_) => not_yet("schema", "the schema-publication work"),
         Command::Demo(args) => demo::run_demo(args).await,
+        Command::Token(cmd) => token::run(cmd).await,
+        Command::Audit(args) => token::audit(args).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real `tidemark` program, started as processes on
 //! free ports in temporary folders, driven over HTTP.
 
+mod auth;
 mod backup;
 mod bad_input;
 mod cli;

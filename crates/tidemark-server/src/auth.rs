@@ -1,0 +1,196 @@
+//! Tokens with roles, and who may call what (CONTRACT.md, Authentication).
+//!
+//! Invariants:
+//! - A token is 256 random bits, shown once; the store keeps only its
+//!   SHA-256 (in the store, so every instance over one PostgreSQL shares
+//!   them). Checking a token compares digests in constant time.
+//! - With no token created, the server serves loopback clients only
+//!   (protected mode) and refuses to start on another address; the first
+//!   token may be created from loopback without one.
+//! - The probes never need a token.
+
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tidemark_api::auth::{AccessRole, TokenCreated, TokenInfo};
+use tidemark_store::{Store, StoreError};
+
+const NOTE: &str = "tokens";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct TokenRecord {
+    name: String,
+    role: AccessRole,
+    sha256: String,
+    created_at: String,
+}
+
+/// Why a token could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// A token with this name exists; revoke it first.
+    #[error("a token named '{0}' exists already; revoke it first ('tidemark token revoke {0}') or pick another name")]
+    Exists(String),
+    /// The name is not usable.
+    #[error("a token name is 1 to 64 letters, digits, '-', '_' or '.'")]
+    BadName,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The tokens of one server, kept in the store and mirrored in memory.
+pub struct Auth {
+    store: Arc<dyn Store>,
+    tokens: RwLock<Vec<TokenRecord>>,
+    write: tokio::sync::Mutex<()>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Equal in time independent of where the inputs differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Auth {
+    pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let tokens = match store.note(NOTE).await? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                StoreError::Format(format!(
+                    "the stored tokens are unreadable ({e}); restore them from a backup"
+                ))
+            })?,
+            None => Vec::new(),
+        };
+        Ok(Auth {
+            store,
+            tokens: RwLock::new(tokens),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether any token exists (if not: protected mode).
+    pub fn any(&self) -> bool {
+        !self.tokens.read().is_empty()
+    }
+
+    /// The name and role of `token`, if it is one of ours.
+    pub fn check(&self, token: &str) -> Option<(String, AccessRole)> {
+        let d = hex(&digest(token));
+        let mut found = None;
+        // Every record is compared, so the time says nothing of which matched.
+        for t in self.tokens.read().iter() {
+            if ct_eq(t.sha256.as_bytes(), d.as_bytes()) {
+                found = Some((t.name.clone(), t.role));
+            }
+        }
+        found
+    }
+
+    pub fn list(&self) -> Vec<TokenInfo> {
+        self.tokens
+            .read()
+            .iter()
+            .map(|t| TokenInfo {
+                name: t.name.clone(),
+                role: t.role,
+                created_at: t.created_at.clone(),
+            })
+            .collect()
+    }
+
+    async fn save(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        self.store
+            .set_note(NOTE, Some(serde_json::to_string(tokens)?))
+            .await
+    }
+
+    /// Creates a token; its secret is returned this once.
+    pub async fn create(&self, name: &str, role: AccessRole) -> Result<TokenCreated, TokenError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(TokenError::BadName);
+        }
+        let _w = self.write.lock().await;
+        let mut tokens = self.tokens.read().clone();
+        if tokens.iter().any(|t| t.name == name) {
+            return Err(TokenError::Exists(name.to_owned()));
+        }
+        let secret: [u8; 32] = rand::random();
+        let token = format!("tm_{}", hex(&secret));
+        tokens.push(TokenRecord {
+            name: name.to_owned(),
+            role,
+            sha256: hex(&digest(&token)),
+            created_at: chrono::Utc::now().to_rfc3339(),
+        });
+        self.save(&tokens).await?;
+        *self.tokens.write() = tokens;
+        Ok(TokenCreated {
+            name: name.to_owned(),
+            role,
+            token,
+        })
+    }
+
+    /// Revokes a token; false if there was none by that name.
+    pub async fn revoke(&self, name: &str) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tokens = self.tokens.read().clone();
+        let before = tokens.len();
+        tokens.retain(|t| t.name != name);
+        if tokens.len() == before {
+            return Ok(false);
+        }
+        self.save(&tokens).await?;
+        *self.tokens.write() = tokens;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_and_checked_by_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
+        let auth = Auth::load(store.clone()).await.unwrap();
+        assert!(!auth.any());
+        let t = auth.create("ops-1", AccessRole::Ops).await.unwrap();
+        assert!(t.token.starts_with("tm_") && t.token.len() == 3 + 64);
+        assert!(matches!(
+            auth.create("ops-1", AccessRole::Admin).await,
+            Err(TokenError::Exists(_))
+        ));
+        assert!(matches!(
+            auth.create("bad name", AccessRole::Admin).await,
+            Err(TokenError::BadName)
+        ));
+        assert_eq!(
+            auth.check(&t.token),
+            Some(("ops-1".into(), AccessRole::Ops))
+        );
+        assert_eq!(auth.check("tm_wrong"), None);
+        let stored = store.note(NOTE).await.unwrap().unwrap();
+        assert!(!stored.contains(&t.token), "only the digest is stored");
+        // Another instance over the same store sees it.
+        let again = Auth::load(store).await.unwrap();
+        assert!(again.check(&t.token).is_some());
+        assert!(again.revoke("ops-1").await.unwrap());
+        assert!(!again.revoke("ops-1").await.unwrap());
+        assert!(again.check(&t.token).is_none());
+    }
+}

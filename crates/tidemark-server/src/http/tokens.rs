@@ -1,0 +1,71 @@
+//! `POST/GET /v1/tokens`, `DELETE /v1/tokens/{name}`, `GET /v1/audit`.
+
+use super::error::HttpError;
+use super::guard::Caller;
+use super::AppState;
+use crate::auth::TokenError;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use std::sync::Arc;
+use tidemark_api::auth::{AuditEntry, TokenCreated, TokenInfo, TokenRequest};
+use tidemark_api::ErrorCode;
+
+/// `POST /v1/tokens`: a new token, shown once.
+pub async fn create(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<TokenCreated>, HttpError> {
+    let req: TokenRequest = serde_json::from_slice(&body).map_err(|e| {
+        HttpError::new(
+            ErrorCode::BadJson,
+            format!("the body is not a token request ({e}); send {{\"name\": \"…\", \"role\": \"reader\" | \"ops\" | \"admin\"}}"),
+        )
+    })?;
+    let created = app
+        .auth
+        .create(&req.name, req.role)
+        .await
+        .map_err(|e| match e {
+            TokenError::Exists(_) => HttpError::new(ErrorCode::TokenExists, e.to_string()),
+            TokenError::BadName => HttpError::new(ErrorCode::BadRequest, e.to_string()),
+            TokenError::Store(s) => s.into(),
+        })?;
+    app.audit
+        .record(
+            &caller.0,
+            "token_create",
+            serde_json::json!({"name": created.name, "role": created.role}),
+        )
+        .await;
+    Ok(Json(created))
+}
+
+/// `GET /v1/tokens`: names and roles, never secrets.
+pub async fn list(State(app): State<Arc<AppState>>) -> Json<Vec<TokenInfo>> {
+    Json(app.auth.list())
+}
+
+/// `DELETE /v1/tokens/{name}`.
+pub async fn revoke(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    if !app.auth.revoke(&name).await? {
+        return Err(HttpError::new(
+            ErrorCode::NotFound,
+            format!("no token named '{name}'; 'tidemark token list' shows them"),
+        ));
+    }
+    app.audit
+        .record(&caller.0, "token_revoke", serde_json::json!({"name": name}))
+        .await;
+    Ok(Json(serde_json::json!({"revoked": name})))
+}
+
+/// `GET /v1/audit`: every admin action kept, oldest first.
+pub async fn audit(State(app): State<Arc<AppState>>) -> Result<Json<Vec<AuditEntry>>, HttpError> {
+    Ok(Json(app.audit.list().await?))
+}

@@ -1,0 +1,296 @@
+//! Tokens, roles and protected mode (issue 13; CONTRACT.md, Authentication),
+//! with the real program.
+
+use crate::harness::*;
+use serde_json::json;
+
+async fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut req = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        "DELETE" => client.delete(url),
+        other => panic!("method {other}"),
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if !body.is_empty() {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+fn create_token(
+    dir: &std::path::Path,
+    db: &str,
+    role: &str,
+    name: &str,
+    token: Option<&str>,
+) -> String {
+    let mut args = vec![
+        "token", "create", "--server", db, "--role", role, "--name", name,
+    ];
+    if let Some(t) = token {
+        args.extend(["--token", t]);
+    }
+    let out = run(dir, &args, None, &[]);
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Protected mode: without tokens only loopback is served, and a server
+/// will not listen elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_tokens_a_server_refuses_to_listen_beyond_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = run(
+        tmp.path(),
+        &[
+            "server",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("token create"),
+        "says how to create one: {stderr}"
+    );
+}
+
+/// Every endpoint against every role, and no token.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_endpoint_needs_its_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let u = &db.url;
+    // Protected mode: loopback needs no token, and may create the first.
+    let (s, _) = call("GET", &key_url(u, "k"), None, "").await;
+    assert_eq!(s, 404);
+    let admin = create_token(dir, u, "admin", "root", None);
+    let ops = create_token(dir, u, "ops", "ops-1", Some(&admin));
+    let reader = create_token(dir, u, "reader", "svc", Some(&admin));
+    // A second token without a token is now refused, even from loopback.
+    let out = run(
+        dir,
+        &[
+            "token", "create", "--server", u, "--role", "admin", "--name", "x",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
+
+    let order = json!({"orders": [{"source": "s", "seq": 1, "table": "subscriber", "key": "k", "op": "upsert", "fields": {"plan": "a"}}]}).to_string();
+    // (method, path, body, role needed: 0 none, 1 reader, 2 ops, 3 admin)
+    let endpoints: Vec<(&str, String, String, u8)> = vec![
+        ("GET", "/healthz".into(), String::new(), 0),
+        ("GET", "/readyz".into(), String::new(), 0),
+        ("GET", "/metrics".into(), String::new(), 0),
+        ("GET", "/openapi.json".into(), String::new(), 0),
+        ("GET", "/v1/records/subscriber/k".into(), String::new(), 1),
+        ("GET", "/v1/state".into(), String::new(), 1),
+        ("GET", "/v1/recovery".into(), String::new(), 1),
+        ("GET", "/v1/recovery/flags".into(), String::new(), 1),
+        ("GET", "/v1/sources".into(), String::new(), 1),
+        ("GET", "/v1/schema".into(), String::new(), 1),
+        ("POST", "/v1/orders".into(), order, 2),
+        (
+            "POST",
+            "/v1/recovery/schedule".into(),
+            json!({"source": "s", "entries": [], "final": true}).to_string(),
+            2,
+        ),
+        ("POST", "/v1/recovery/complete".into(), "{}".into(), 2),
+        (
+            "POST",
+            "/v1/recovery/abort".into(),
+            json!({"reason": "x"}).to_string(),
+            3,
+        ),
+        ("GET", "/v1/backup/config".into(), String::new(), 3),
+        (
+            "POST",
+            "/v1/quiesce".into(),
+            json!({"seconds": 3600}).to_string(),
+            3,
+        ),
+        ("DELETE", "/v1/quiesce".into(), String::new(), 3),
+        ("GET", "/v1/tokens".into(), String::new(), 3),
+        ("GET", "/v1/audit".into(), String::new(), 3),
+    ];
+    let roles = [
+        (None, 0u8, "none"),
+        (Some(reader.as_str()), 1, "reader"),
+        (Some(ops.as_str()), 2, "ops"),
+        (Some(admin.as_str()), 3, "admin"),
+    ];
+    for (method, path, body, need) in &endpoints {
+        for (token, level, name) in roles {
+            let (s, b) = call(method, &format!("{u}{path}"), token, body).await;
+            if level >= *need {
+                assert!(s != 401 && s != 403, "{method} {path} as {name}: {s} {b}");
+            } else if token.is_none() {
+                assert_eq!(
+                    (s, b["error"]["code"].as_str()),
+                    (401, Some("unauthenticated")),
+                    "{method} {path} with no token"
+                );
+            } else {
+                assert_eq!(
+                    (s, b["error"]["code"].as_str()),
+                    (403, Some("forbidden")),
+                    "{method} {path} as {name}"
+                );
+                let needed = ["", "reader", "ops", "admin"][*need as usize];
+                assert!(
+                    b["error"]["message"].as_str().unwrap().contains(needed),
+                    "names the role needed: {b}"
+                );
+            }
+        }
+    }
+    let (s, _) = call("GET", &format!("{u}/v1/state"), Some("tm_not-a-token"), "").await;
+    assert_eq!(s, 401);
+
+    // The audit trail names who did what; tokens are listed without secrets.
+    let (_, audit) = call("GET", &format!("{u}/v1/audit"), Some(&admin), "").await;
+    let actions: Vec<(String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("loopback".into(), "token_create".into())),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&("root".into(), "token_create".into())));
+    assert!(actions.contains(&("root".into(), "quiesce".into())));
+    let (_, list) = call("GET", &format!("{u}/v1/tokens"), Some(&admin), "").await;
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert!(
+        !list.to_string().contains(&admin[3..]),
+        "no secret in the list"
+    );
+
+    // Revoked: refused from then on.
+    let out = run(
+        dir,
+        &["token", "revoke", "--server", u, "--token", &admin, "svc"],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, _) = call("GET", &format!("{u}/v1/state"), Some(&reader), "").await;
+    assert_eq!(s, 401);
+}
+
+/// Client commands and service servers carry their token (--token or
+/// TIDEMARK_TOKEN).
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_and_service_servers_use_their_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let admin = create_token(dir, &db.url, "admin", "root", None);
+    let ops = create_token(dir, &db.url, "ops", "ops-1", Some(&admin));
+    let reader = create_token(dir, &db.url, "reader", "svc-a", Some(&admin));
+    let input = order_line("k1", json!({"plan": "v1"}));
+    let journal = dir.join("journal");
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "-",
+        ],
+        Some(input.as_bytes()),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "no token: refused");
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "-",
+        ],
+        Some(input.as_bytes()),
+        &[("TIDEMARK_TOKEN", &ops)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svc = Proc::start(
+        "svc-a",
+        dir,
+        &[
+            "service",
+            "--db",
+            &db.url,
+            "--id",
+            "svc-a",
+            "--policy",
+            "latest-only",
+            "--token",
+            &reader,
+        ],
+        &[],
+    );
+    svc.wait_ok("/readyz").await;
+    let (s, b) = get_json(&key_url(&svc.url, "k1")).await;
+    assert_eq!((s, b["fields"]["plan"].as_str()), (200, Some("v1")));
+    let out = run(
+        dir,
+        &["status", "--server", &db.url, "--token", &reader],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

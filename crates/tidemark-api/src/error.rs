@@ -173,11 +173,13 @@ impl From<crate::schema::InvalidInput> for ApiError {
     fn from(e: crate::schema::InvalidInput) -> Self {
         use crate::schema::InvalidInput::*;
         let code = match &e {
-            Key(_) => ErrorCode::InvalidKey,
+            Key(_) | DotKey => ErrorCode::InvalidKey,
+            FieldTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            BadName { .. } => ErrorCode::BadRequest,
             UnknownTable { .. } => ErrorCode::UnknownTable,
             UnknownColumn { .. } => ErrorCode::UnknownColumn,
             FieldType { .. } => ErrorCode::WrongFieldType,
-            DeleteWithFields | Source(_) | ZeroSeq => ErrorCode::InvalidOrder,
+            DeleteWithFields | Source(_) | ZeroSeq | SeqTooLarge(_) => ErrorCode::InvalidOrder,
         };
         ApiError::new(code, e.to_string())
     }

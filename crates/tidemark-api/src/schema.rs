@@ -116,6 +116,36 @@ pub enum InvalidInput {
     /// Order seqs start at 1.
     #[error("seq must be 1 or more; the OpS numbers its orders from 1")]
     ZeroSeq,
+    /// A seq beyond what any source can have numbered.
+    #[error("seq {0} is beyond {MAX_SEQ}; the OpS numbers its orders from 1, one by one")]
+    SeqTooLarge(u64),
+    /// A key that cannot be addressed in a URL path.
+    #[error("the keys '.' and '..' cannot be addressed in a URL path (HTTP clients normalise them away); use another terminal ID")]
+    DotKey,
+    /// A string or JSON field larger than [`MAX_FIELD_BYTES`].
+    #[error("field '{column}' is {bytes} bytes; a field holds at most {MAX_FIELD_BYTES} bytes")]
+    FieldTooLarge { column: String, bytes: usize },
+    /// A name with control characters or of the wrong size.
+    #[error("a {what} name is 1 to 128 printable characters, got {got:?}")]
+    BadName { what: &'static str, got: String },
+}
+
+/// The largest seq an order may carry (what the stores keep as a signed
+/// 64-bit integer).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+/// The largest string or JSON value one field may hold, in bytes.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// A source or subscriber name: 1 to 128 bytes, no control characters (it
+/// goes into logs and headers).
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), InvalidInput> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(InvalidInput::BadName {
+            what,
+            got: truncate(name),
+        });
+    }
+    Ok(())
 }
 
 impl Schema {
@@ -159,6 +189,19 @@ impl Schema {
                 column: truncate(name),
                 known: t.column_names(),
             })?;
+            let bytes = match value {
+                serde_json::Value::String(s) => s.len(),
+                serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+                    value.to_string().len()
+                }
+                _ => 0,
+            };
+            if bytes > MAX_FIELD_BYTES {
+                return Err(InvalidInput::FieldTooLarge {
+                    column: name.clone(),
+                    bytes,
+                });
+            }
             if !value_fits(column.ty, value) {
                 return Err(InvalidInput::FieldType {
                     table: table.to_owned(),
@@ -176,6 +219,9 @@ impl Schema {
 pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(InvalidInput::Key(key.len()));
+    }
+    if key == "." || key == ".." {
+        return Err(InvalidInput::DotKey);
     }
     Ok(())
 }

@@ -44,7 +44,9 @@ pub async fn read(
 ) -> Result<ReadAnswer, ReadError> {
     app.store.schema().table(table).map_err(ApiError::from)?;
     tidemark_api::schema::validate_key(key).map_err(ApiError::from)?;
-    if let Some(name) = subscriber.filter(|n| !n.is_empty() && n.len() <= 128) {
+    if let Some(name) =
+        subscriber.filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
+    {
         let id = app.hub.subscriber(name);
         app.hub.register(id, table, key);
     }

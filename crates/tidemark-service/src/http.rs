@@ -84,6 +84,18 @@ async fn get_record(
             None,
         );
     };
+    if !tidemark_api::schema::is_identifier(&table) {
+        // Never let a segment like '..' reach the DB server's URL space.
+        return error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownTable,
+            format!(
+                "table '{}' cannot exist: table names are lower-case identifiers",
+                table.escape_debug()
+            ),
+            None,
+        );
+    }
     if let Err(e) = tidemark_api::schema::validate_key(&key) {
         return error(
             StatusCode::BAD_REQUEST,

@@ -39,7 +39,7 @@ impl Service {
         shutdown: CancellationToken,
         upstream: Arc<dyn Upstream>,
     ) -> anyhow::Result<Self> {
-        if config.id.is_empty() || config.id.len() > 128 {
+        if tidemark_api::schema::validate_name("service", &config.id).is_err() {
             anyhow::bail!("a service server needs --id NAME (1 to 128 bytes): the DB server pushes changes to it by this name");
         }
         let client = DbClient::new(&config.db);

@@ -20,6 +20,12 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
         if order.seq == 0 {
             return Err(invalid(InvalidInput::ZeroSeq));
         }
+        if order.seq > tidemark_api::schema::MAX_SEQ {
+            return Err(invalid(InvalidInput::SeqTooLarge(order.seq)));
+        }
+        if order.source.chars().any(char::is_control) {
+            return Err(invalid(InvalidInput::Source(order.source.len())));
+        }
         validate_key(&order.key).map_err(invalid)?;
         match order.op {
             Op::Upsert => schema
@@ -32,6 +38,24 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// How far ahead of its source's high-water mark an order (or a schedule
+/// entry) may be. A seq further ahead cannot have been numbered by an OpS
+/// counting one by one, and accepting it would lock the source out.
+pub const MAX_SEQ_GAP: u64 = 1_000_000;
+
+/// Refuses an order too far ahead of its source's high-water mark `hw`.
+pub fn check_gap(index: usize, order: &Order, hw: u64) -> Result<(), StoreError> {
+    if order.seq > hw.saturating_add(MAX_SEQ_GAP) {
+        return Err(StoreError::TooFarAhead {
+            index,
+            source_name: order.source.clone(),
+            seq: order.seq,
+            high_water: hw,
+        });
     }
     Ok(())
 }

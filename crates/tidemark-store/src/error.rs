@@ -38,6 +38,14 @@ pub enum StoreError {
         seq: u64,
         expected: u64,
     },
+    /// A seq implausibly far ahead of its source's high-water mark.
+    #[error("order {index}: source '{source_name}' seq {seq} is more than {} ahead of its high-water mark {high_water}; an OpS numbers its orders one by one: check the seq; nothing in the batch was applied", crate::apply::MAX_SEQ_GAP)]
+    TooFarAhead {
+        index: usize,
+        source_name: String,
+        seq: u64,
+        high_water: u64,
+    },
     /// A recovery schedule entry is malformed.
     #[error("{0}")]
     BadSchedule(String),

@@ -47,6 +47,7 @@ impl From<StoreError> for HttpError {
             StoreError::Conflict { .. } => HttpError::new(ErrorCode::OrderConflict, message),
             StoreError::OutOfOrder { .. } => HttpError::new(ErrorCode::OrderOutOfOrder, message),
             StoreError::Gap { .. } => HttpError::new(ErrorCode::OrderGap, message),
+            StoreError::TooFarAhead { .. } => HttpError::new(ErrorCode::InvalidOrder, message),
             StoreError::BadSchedule(_) => HttpError::new(ErrorCode::BadRequest, message),
             StoreError::NotRecovering => HttpError::new(ErrorCode::NotRecovering, message),
             StoreError::Unavailable(_) => {

@@ -31,11 +31,11 @@ pub async fn watch(
     let name = query
         .ok()
         .and_then(|Query(q)| q.subscriber)
-        .filter(|n| !n.is_empty() && n.len() <= 128)
+        .filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
         .ok_or_else(|| {
             HttpError::new(
                 ErrorCode::BadRequest,
-                "the query parameter 'subscriber' (1 to 128 bytes) is required: name the service server, e.g. /v1/watch?subscriber=svc-1",
+                "the query parameter 'subscriber' (1 to 128 printable characters) is required: name the service server, e.g. /v1/watch?subscriber=svc-1",
             )
         })?;
     let last = req_headers

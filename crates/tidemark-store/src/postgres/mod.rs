@@ -596,6 +596,12 @@ impl Store for PgStore {
                         .await
                         .map_err(engine_error)?;
                     for e in &entries {
+                        if e.through_seq > (hw as u64).saturating_add(crate::apply::MAX_SEQ_GAP) {
+                            return Err(StoreError::BadSchedule(format!(
+                                "key {:?}: through_seq {} is more than {} ahead of source '{source}''s high-water mark {hw}; send the seqs the OpS journal holds",
+                                e.key, e.through_seq, crate::apply::MAX_SEQ_GAP
+                            )));
+                        }
                         if e.through_seq as i64 <= hw {
                             added.skipped += 1;
                             continue;

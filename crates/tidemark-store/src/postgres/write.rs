@@ -226,6 +226,7 @@ async fn apply_batch(
             results.push(duplicate(tx, index, order, &digest, hw).await?);
             continue;
         }
+        crate::apply::check_gap(index, order, hw)?;
         if st.strict && order.seq != hw + 1 {
             return Err(StoreError::Gap {
                 index,

@@ -114,6 +114,12 @@ pub(super) async fn add_flags(
                 "UPDATE tm_flags SET through_seq = ?4 WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq < ?4",
             )?;
             for e in &entries {
+                if e.through_seq > hw.saturating_add(crate::apply::MAX_SEQ_GAP) {
+                    return Err(StoreError::BadSchedule(format!(
+                        "key {:?}: through_seq {} is more than {} ahead of source '{source}''s high-water mark {hw}; send the seqs the OpS journal holds",
+                        e.key, e.through_seq, crate::apply::MAX_SEQ_GAP
+                    )));
+                }
                 if e.through_seq <= hw {
                     added.skipped += 1;
                     continue;

@@ -215,6 +215,7 @@ impl SqliteStore {
                 results.push(Self::duplicate(tx, index, order, &digest, hw)?);
                 continue;
             }
+            crate::apply::check_gap(index, order, hw)?;
             if st.strict && order.seq != hw + 1 {
                 return Err(StoreError::Gap {
                     index,

@@ -61,6 +61,21 @@ pub(super) async fn recovery_flags(store: &dyn Store) {
             .await,
         Err(StoreError::BadSchedule(_))
     ));
+    // A flag no OpS could ever clear (it would keep the recovery open for
+    // good) is refused, and nothing of the chunk is kept.
+    let before = store.recovery_meta().await.unwrap().remaining;
+    assert!(matches!(
+        store
+            .add_flags(
+                "ops-f",
+                vec![entry("f4", 2), entry("f5", u64::MAX)],
+                false,
+                vec![]
+            )
+            .await,
+        Err(StoreError::BadSchedule(_))
+    ));
+    assert_eq!(store.recovery_meta().await.unwrap().remaining, before);
     assert!(matches!(
         store
             .add_flags(

@@ -270,3 +270,73 @@ async fn ops_refuses_bad_input_before_journaling_anything_on(engine: Engine) {
     );
     assert_eq!(commit_seq(&db.url).await, 0);
 }
+
+/// Holes an outside probe found (issue 13, items 4, 6, 7, 8): seqs that
+/// would lock a source out, keys no URL can carry, a path segment that
+/// escapes the record space on a service server, names that forge log
+/// lines, and oversized fields.
+#[tokio::test(flavor = "multi_thread")]
+async fn implausible_input_is_refused_before_it_can_do_harm() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let u = &db.url;
+    let order = |seq: u64, key: &str, fields: serde_json::Value| {
+        json!({"orders": [{"source": "ops-1", "seq": seq, "table": "subscriber", "key": key, "op": "upsert", "fields": fields}]}).to_string()
+    };
+    let post = |body: String| {
+        let url = format!("{u}/v1/orders");
+        async move { post_raw(&url, body).await }
+    };
+    let (s, b) = post(order(u64::MAX, "k", json!({}))).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_order")),
+        "{b}"
+    );
+    let (s, b) = post(order(5_000_000, "k", json!({}))).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_order")),
+        "{b}"
+    );
+    let (s, b) = post(order(1, "k", json!({"plan": "a"}))).await;
+    assert_eq!(s, 200, "the source is not locked out: {b}");
+    for dot in [".", ".."] {
+        let (s, b) = post(order(2, dot, json!({}))).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (400, Some("invalid_key")),
+            "{b}"
+        );
+    }
+    let big = "x".repeat(200_000);
+    let (s, b) = post(order(2, "k", json!({ "plan": big }))).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
+    let (s, b) = get_json(&format!("{u}/v1/watch?subscriber=svc%0Aforged%20line")).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{b}"
+    );
+
+    // A raw request (no client normalises the dots away) to a service server.
+    let svc = service(tmp.path(), "svc-a", u, "latest-only", &[]).await;
+    let addr = svc.url.trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(
+        b"GET /v1/records/%2E%2E/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.contains("unknown_table") && !answer.contains("\"boot\""),
+        "no DB endpoint leaks: {answer}"
+    );
+}

@@ -55,6 +55,10 @@ pub enum BackupError {
         path: PathBuf,
         holder: String,
     },
+    /// The target directory holds things restore did not create and cannot
+    /// account for; it refuses rather than delete them.
+    #[error("restore refused: {path} holds {} that Tidemark cannot account for{}; nothing was changed. If it is Tidemark data whose 'current' link was lost, relink it (ln -s gen-NNNNNN {path}/current) so restore can back it up first; otherwise move it away or restore into an empty directory", entries.join(", "), if entries.iter().any(|e| e.starts_with("gen-")) { " (generations with no 'current' link naming the live one)" } else { "" })]
+    UnknownDataDir { path: PathBuf, entries: Vec<String> },
     /// The current data cannot be read, so no safety backup can be taken.
     #[error("the current data in {path} cannot be read ({detail}), so no safety backup can be taken; rerun with --no-safety-backup to restore anyway")]
     LiveUnreadable { path: PathBuf, detail: String },

@@ -74,6 +74,15 @@ pub async fn run(
         .map_err(|e| BackupError::from_lock("restore", e))?;
     let manifest = crate::verify::checksums(&opts.from, progress)?;
     failpoint::hit("restore.after_verify");
+    // Never delete what restore did not create.
+    let foreign =
+        layout::foreign_entries(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
+    if !foreign.is_empty() {
+        return Err(BackupError::UnknownDataDir {
+            path: opts.data_dir.clone(),
+            entries: foreign,
+        });
+    }
 
     // Leftovers of an interrupted restore go first.
     layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;

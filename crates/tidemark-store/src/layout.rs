@@ -152,6 +152,34 @@ pub fn swap_current(dir: &Path, name: &str) -> io::Result<()> {
 
 /// Removes generations `current` does not name, a stray `current.tmp`, and
 /// left-over snapshot files. Only the lock holder may call it.
+/// What in `dir` Tidemark did not put there, or cannot account for: any
+/// entry other than its lock, `current`, the generation `current` names
+/// (and older ones beside it), a flat store and temporary files; and, when
+/// `current` is missing, every generation too (nothing says which is live,
+/// so none may be taken for garbage). Restore refuses such a directory
+/// rather than delete what it did not create.
+pub fn foreign_entries(dir: &Path) -> io::Result<Vec<String>> {
+    let has_current = fs::symlink_metadata(dir.join(CURRENT)).is_ok();
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        let known = matches!(name.as_str(), "LOCK" | CURRENT | CURRENT_TMP)
+            || (name.starts_with(SNAPSHOT_PREFIX) && name.ends_with(".tmp"))
+            || name.starts_with(crate::sqlite::DB_FILE)
+            || (gen_number(&name).is_some() && has_current);
+        if !known {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 pub fn remove_garbage(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let keep = match fs::read_link(dir.join(CURRENT)) {
         Ok(t) => Some(t.to_string_lossy().to_string()),

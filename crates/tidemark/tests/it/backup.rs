@@ -771,3 +771,48 @@ async fn a_full_disk_during_backup_leaves_no_half_backup() {
     );
     ok(dir, &["backup", "verify", s(&to)]);
 }
+
+/// Issue 13, item 5: restore never deletes what it did not create. A data
+/// directory whose `current` link is lost, or an unrelated folder, is
+/// refused (with what to do), and left exactly as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_a_directory_it_cannot_account_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = db_server(dir, &[]).await;
+    submit_some(dir, &db.url, 0..20).await;
+    let backup = dir.join("b1");
+    ok(
+        dir,
+        &["backup", "create", "--to", s(&backup), "--server", &db.url],
+    );
+    db.kill9();
+    let data = dir.join("data");
+    std::fs::remove_file(data.join("current")).unwrap();
+    let before = tree_digest(&data);
+    let (success, _, stderr) = tm(
+        dir,
+        &["restore", "--from", s(&backup), "--data-dir", s(&data)],
+        &[],
+    );
+    assert!(!success, "refused");
+    assert!(
+        stderr.contains("gen-000001") && stderr.contains("ln -s"),
+        "{stderr}"
+    );
+    assert_eq!(tree_digest(&data), before, "nothing was deleted");
+
+    let other = dir.join("photos");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("holiday.jpg"), b"not tidemark").unwrap();
+    let (success, _, stderr) = tm(
+        dir,
+        &["restore", "--from", s(&backup), "--data-dir", s(&other)],
+        &[],
+    );
+    assert!(!success && stderr.contains("holiday.jpg"), "{stderr}");
+    assert_eq!(
+        std::fs::read(other.join("holiday.jpg")).unwrap(),
+        b"not tidemark"
+    );
+}

@@ -42,8 +42,12 @@ pub enum TokenError {
 pub struct Auth {
     store: Arc<dyn Store>,
     tokens: RwLock<Vec<TokenRecord>>,
+    /// Watch subscriber name to the token that first used it.
+    subscribers: RwLock<std::collections::BTreeMap<String, String>>,
     write: tokio::sync::Mutex<()>,
 }
+
+const SUBSCRIBERS: &str = "subscribers";
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -68,11 +72,45 @@ impl Auth {
             })?,
             None => Vec::new(),
         };
+        let subscribers = match store.note(SUBSCRIBERS).await? {
+            Some(text) => serde_json::from_str(&text).unwrap_or_default(),
+            None => Default::default(),
+        };
         Ok(Auth {
             store,
             tokens: RwLock::new(tokens),
+            subscribers: RwLock::new(subscribers),
             write: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Binds watch subscriber `name` to `token` on first use; refuses it to
+    /// any other token afterwards, so nobody can take over another service
+    /// server's stream (and the replay of what it holds).
+    pub async fn bind_subscriber(&self, name: &str, token: &str) -> Result<(), String> {
+        if let Some(owner) = self.subscribers.read().get(name) {
+            return if owner == token {
+                Ok(())
+            } else {
+                Err(owner.clone())
+            };
+        }
+        let _w = self.write.lock().await;
+        let mut map = self.subscribers.read().clone();
+        if let Some(owner) = map.get(name) {
+            return if owner == token {
+                Ok(())
+            } else {
+                Err(owner.clone())
+            };
+        }
+        map.insert(name.to_owned(), token.to_owned());
+        let text = serde_json::to_string(&map).map_err(|e| e.to_string())?;
+        if let Err(e) = self.store.set_note(SUBSCRIBERS, Some(text)).await {
+            tracing::warn!(error = %e, "could not store a subscriber binding; it holds until restart");
+        }
+        *self.subscribers.write() = map;
+        Ok(())
     }
 
     /// Whether any token exists (if not: protected mode).

@@ -25,6 +25,7 @@ pub struct WatchQuery {
 /// Opens a watch stream.
 pub async fn watch(
     State(app): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<super::guard::Caller>,
     query: Result<Query<WatchQuery>, QueryRejection>,
     req_headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, HttpError> {
@@ -38,6 +39,17 @@ pub async fn watch(
                 "the query parameter 'subscriber' (1 to 128 printable characters) is required: name the service server, e.g. /v1/watch?subscriber=svc-1",
             )
         })?;
+    if app.auth.any() {
+        if let Err(owner) = app.auth.bind_subscriber(&name, &caller.0).await {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "subscriber '{}' belongs to token '{owner}'; a service server watches with its own token and name",
+                    name.escape_debug()
+                ),
+            ));
+        }
+    }
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());

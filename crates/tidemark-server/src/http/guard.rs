@@ -21,8 +21,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
     let get = method == Method::GET || method == Method::HEAD;
     match path {
         "/healthz" | "/readyz" | "/metrics" | "/openapi.json" => None,
+        // The console page holds no data; its feed needs a reader.
+        "/console" if get => None,
         "/v1/watch" | "/v1/state" | "/v1/sources" | "/v1/schema" | "/v1/recovery"
-        | "/v1/recovery/flags" | "/console"
+        | "/v1/recovery/flags" | "/v1/console/events"
             if get =>
         {
             Some(AccessRole::Reader)

@@ -1,6 +1,7 @@
 //! The HTTP API of the DB server, one module per group of endpoints.
 
 pub mod backup;
+pub mod console;
 pub mod error;
 pub mod guard;
 pub mod openapi;
@@ -45,6 +46,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{name}", axum::routing::delete(tokens::revoke))
         .route("/v1/audit", get(tokens::audit))
+        .route("/console", get(console::page))
+        .route("/v1/console/events", get(console::events))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

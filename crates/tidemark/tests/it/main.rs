@@ -5,6 +5,7 @@ mod auth;
 mod backup;
 mod bad_input;
 mod cli;
+mod console;
 mod data_path;
 mod faults;
 mod harness;

@@ -70,7 +70,21 @@ impl DbClient {
                 headers.insert(reqwest::header::AUTHORIZATION, v);
             }
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = std::env::var_os("TIDEMARK_CA_CERT") {
+            // A bad CA file fails every request with a message naming it.
+            match std::fs::read(&ca)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(cert) => builder = builder.add_root_certificate(cert),
+                Err(e) => eprintln!(
+                    "error: cannot use the --ca-cert file {}: {e}",
+                    std::path::Path::new(&ca).display()
+                ),
+            }
+        }
+        let http = builder
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub database_url: Option<Secret>,
     /// PostgreSQL schema that holds Tidemark's tables, for `store = "postgres"`.
     pub pg_schema: String,
+    /// PEM certificate chain: with `tls_key`, the server serves https.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Most orders accepted in one `POST /v1/orders`.
@@ -80,6 +84,8 @@ impl Default for ServerConfig {
             store: StoreKind::Sqlite,
             database_url: None,
             pg_schema: "tidemark".into(),
+            tls_cert: None,
+            tls_key: None,
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_orders: 10_000,
             change_log_keep: 1_000_000,

@@ -15,6 +15,7 @@
 //! - [`read`]: the read rule: interest first, then cache or store, flag or blanket.
 //! - [`read_cache`]: serialised answers in front of the store (normal state only).
 //! - [`recovery`]: the recovery state machine, flags and the blanket window (P5–P10).
+//! - [`tls`]: https with rustls.
 //! - [`watch`]: one subscriber's push stream: resume, replay, `synced`, live pushes.
 //! - [`http`]: one module per group of endpoints, and the one error shape.
 
@@ -31,6 +32,7 @@ pub mod read_cache;
 pub mod recovery;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod watch;
 
 #[cfg(test)]

@@ -60,10 +60,25 @@ impl Server {
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
         let signal = shutdown.clone();
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            signal.cancelled().await;
-        });
-        let serve = tokio::spawn(async move { serve.await });
+        let serve = match crate::tls::config(&state.config).await? {
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { signal.cancelled().await })
+                    .await
+            }),
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    signal.cancelled().await;
+                    stopper.graceful_shutdown(Some(grace));
+                });
+                let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)
+                    .context("serving https on the bound port")?
+                    .handle(handle);
+                tokio::spawn(async move { server.serve(app).await })
+            }
+        };
         shutdown.cancelled().await;
         state.ready.store(false, Ordering::SeqCst);
         tracing::info!("shutdown: no longer accepting; waiting for requests in flight");

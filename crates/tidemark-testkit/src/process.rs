@@ -253,7 +253,8 @@ mod tests {
     #[test]
     fn start_reads_the_address_and_sends_stderr_to_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let script = "echo \"listening on http://$1\"; echo \"x=$X\" >&2; exec sleep 30";
+        // stderr first: by the time the address is read, the log holds it.
+        let script = "echo \"x=$X\" >&2; echo \"listening on http://$1\"; exec sleep 30";
         let mut p = sh()
             .start(
                 "srv",

@@ -30,6 +30,9 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// The CA certificate (PEM) that https DB-server URLs are checked against.
+    #[arg(long, global = true, value_name = "FILE", env = "TIDEMARK_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -92,6 +95,12 @@ pub struct ServerArgs {
     /// PostgreSQL schema that holds Tidemark's tables [default: tidemark].
     #[arg(long, value_name = "NAME")]
     pub pg_schema: Option<String>,
+    /// Serve https with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // Every DB-server client this process makes sends it.
         std::env::set_var("TIDEMARK_TOKEN", t);
     }
+    if let Some(ca) = &cli.ca_cert {
+        std::env::set_var("TIDEMARK_CA_CERT", ca);
+    }
     let mut config = crate::config::load(cli.config.as_deref())?;
     config.server.config_file = cli.config.clone();
     match cli.command {
@@ -50,12 +53,21 @@ fn not_yet(what: &str, issue: &str) -> anyhow::Result<()> {
 /// Binds a listener, printing the bound address on stdout so scripts and
 /// tests that pass port 0 can find it.
 pub async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    bind_scheme(addr, what, "http").await
+}
+
+/// [`bind`], printing `scheme://` (https for a TLS server).
+pub async fn bind_scheme(
+    addr: &str,
+    what: &str,
+    scheme: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr} for the {what}: {e}; choose another address with --listen"
         )
     })?;
     let bound = listener.local_addr()?;
-    println!("listening on http://{bound}");
+    println!("listening on {scheme}://{bound}");
     Ok(listener)
 }

@@ -25,13 +25,22 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     if let Some(s) = args.pg_schema {
         config.pg_schema = s;
     }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+        config.tls_key = args.tls_key;
+    }
     if config.store == StoreKind::Postgres && config.database_url.is_none() {
         anyhow::bail!(
             "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
         );
     }
     let shutdown = crate::signals::shutdown_token();
-    let listener = super::bind(&config.listen, "DB server").await?;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let listener = super::bind_scheme(&config.listen, "DB server", scheme).await?;
     // The port is bound first: until the store is open (PostgreSQL may be
     // unreachable for a while) the probes answer, alive but not ready.
     let listener = listener.into_std()?;

@@ -12,3 +12,4 @@ mod harness;
 mod postgres;
 mod quiesce;
 mod recovery;
+mod tls;

@@ -36,11 +36,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(config.server, args).await,
         Command::Cleanup(args) => cleanup::run(config.server, args).await,
         Command::Quiesce(args) => quiesce::run(args).await,
-        Command::Promote(_) => not_yet("promote", "the high-availability work"),
-        Command::Schema(_) => not_yet("schema", "the schema-publication work"),
+        Command::Promote(args) => promote(args).await,
+        Command::Schema(args) => schema(args).await,
         Command::Demo(args) => demo::run_demo(args).await,
         Command::Token(cmd) => token::run(cmd).await,
         Command::Audit(args) => token::audit(args).await,
+    }
+}
+
+/// `tidemark promote`: HA (primary and standbys) runs over PostgreSQL only;
+/// the instances and the lease are not built yet.
+async fn promote(args: crate::cli::PromoteArgs) -> anyhow::Result<()> {
+    let state = tidemark_api::DbClient::new(&args.server).state().await?;
+    if state.store == "sqlite" {
+        anyhow::bail!(
+            "promote refused: {} runs the embedded engine, which has one instance and no standby; high availability needs the PostgreSQL engine (--store postgres)",
+            args.server
+        );
+    }
+    not_yet("promote", "the high-availability work")
+}
+
+/// `tidemark schema show --server URL`: the schema in force. Staging and
+/// publishing are not built yet.
+async fn schema(args: crate::cli::SchemaArgs) -> anyhow::Result<()> {
+    let mut it = args.args.iter();
+    let sub = it.next().map(String::as_str);
+    let mut server = "http://127.0.0.1:7070".to_owned();
+    let mut pending = false;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--server" => server = it.next().cloned().unwrap_or_default(),
+            "--pending" => pending = true,
+            _ => {}
+        }
+    }
+    match sub {
+        Some("show") if !pending => {
+            let v: serde_json::Value = tidemark_api::DbClient::new(&server)
+                .get_json("/v1/schema")
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Some("show") => not_yet("schema show --pending", "the schema-publication work"),
+        Some(other) => not_yet(&format!("schema {other}"), "the schema-publication work"),
+        None => anyhow::bail!("usage: tidemark schema show --server URL"),
     }
 }
 

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// Record answers kept in memory in front of the store (0 turns the
     /// cache off). Used only while no recovery is in progress.
     pub read_cache_entries: usize,
+    /// Bytes the read cache may hold at most (answers are evicted, least
+    /// recently used first, to stay under it).
+    pub read_cache_bytes: usize,
     /// The `--config` file the server was started with, if any; online
     /// backups include its content. Not a setting: filled in by the program.
     #[serde(skip)]
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
             push_queue: 65_536,
             recovered_hold_secs: 300,
             read_cache_entries: 1_000_000,
+            read_cache_bytes: 256 * 1024 * 1024,
             config_file: None,
         }
     }

@@ -25,6 +25,13 @@ pub struct Cached {
 struct Shard {
     map: LruCache<Box<str>, Cached>,
     generation: u64,
+    /// Bytes held (keys and bodies); kept under the shard's byte budget.
+    bytes: usize,
+    max_bytes: usize,
+}
+
+fn cost(key: &str, c: &Cached) -> usize {
+    key.len() + c.body.len() + 64
 }
 
 /// Proof of the shard generation seen before a store read.
@@ -50,8 +57,9 @@ fn slot(table: &str, key: &str) -> (usize, String) {
 }
 
 impl ReadCache {
-    /// `None` when `capacity` is 0 (cache off).
-    pub fn new(capacity: usize) -> Option<Self> {
+    /// `None` when `capacity` is 0 (cache off). Holds at most `capacity`
+    /// answers and about `max_bytes` bytes, whichever is reached first.
+    pub fn new(capacity: usize, max_bytes: usize) -> Option<Self> {
         let per = NonZeroUsize::new(per_shard(capacity))?;
         Some(Self {
             shards: (0..SHARDS)
@@ -59,6 +67,8 @@ impl ReadCache {
                     Mutex::new(Shard {
                         map: LruCache::new(per),
                         generation: 0,
+                        bytes: 0,
+                        max_bytes: max_bytes.div_ceil(SHARDS).max(1),
                     })
                 })
                 .collect(),
@@ -85,7 +95,21 @@ impl ReadCache {
         debug_assert_eq!(i, ticket.shard);
         let mut shard = self.shards[i].lock();
         if shard.generation == ticket.generation {
-            shard.map.put(s.into_boxed_str(), cached);
+            let add = cost(&s, &cached);
+            if add > shard.max_bytes {
+                return;
+            }
+            shard.bytes += add;
+            let key = s.into_boxed_str();
+            if let Some((k, old)) = shard.map.push(key, cached) {
+                shard.bytes -= cost(&k, &old);
+            }
+            while shard.bytes > shard.max_bytes {
+                match shard.map.pop_lru() {
+                    Some((k, old)) => shard.bytes -= cost(&k, &old),
+                    None => break,
+                }
+            }
         }
     }
 
@@ -96,6 +120,7 @@ impl ReadCache {
             let mut shard = shard.lock();
             shard.generation += 1;
             shard.map.clear();
+            shard.bytes = 0;
         }
     }
 
@@ -103,7 +128,9 @@ impl ReadCache {
         let (i, s) = slot(table, key);
         let mut shard = self.shards[i].lock();
         shard.generation += 1;
-        shard.map.pop(s.as_str());
+        if let Some(old) = shard.map.pop(s.as_str()) {
+            shard.bytes -= cost(&s, &old);
+        }
     }
 }
 
@@ -120,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_read_from_before_a_commit_is_not_cached() {
-        let cache = ReadCache::new(1000).unwrap();
+        let cache = ReadCache::new(1000, usize::MAX).unwrap();
         let ticket = cache.get("t", "k").unwrap_err();
         cache.invalidate("t", "k"); // a commit lands between the read and the fill
         cache.fill(ticket, "t", "k", c("old"));
@@ -137,6 +164,35 @@ mod tests {
 
     #[test]
     fn zero_capacity_is_off() {
-        assert!(ReadCache::new(0).is_none());
+        assert!(ReadCache::new(0, usize::MAX).is_none());
+    }
+
+    #[test]
+    fn it_stays_under_its_byte_budget() {
+        let cache = ReadCache::new(1_000_000, 64 * 4096).unwrap();
+        let body = Bytes::from(vec![b'x'; 1000]);
+        for i in 0..10_000 {
+            let key = format!("k{i}");
+            let t = cache.get("subscriber", &key).unwrap_err();
+            cache.fill(
+                t,
+                "subscriber",
+                &key,
+                Cached {
+                    found: true,
+                    body: body.clone(),
+                },
+            );
+        }
+        let held: usize = cache.shards.iter().map(|s| s.lock().bytes).sum();
+        let count: usize = cache.shards.iter().map(|s| s.lock().map.len()).sum();
+        assert!(held <= 64 * 4096, "{held} bytes held");
+        assert!(count > 0 && count < 10_000, "{count} answers kept");
+        let recomputed: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().map.iter().map(|(k, c)| cost(k, c)).sum::<usize>())
+            .sum();
+        assert_eq!(held, recomputed, "the byte count is exact");
     }
 }

@@ -51,7 +51,8 @@ impl AppState {
         metrics.seq.set(meta.seq as i64);
         metrics.epoch.set(meta.epoch as i64);
         let hub = Arc::new(Hub::new(config.push_queue));
-        let read_cache = ReadCache::new(config.read_cache_entries).map(Arc::new);
+        let read_cache =
+            ReadCache::new(config.read_cache_entries, config.read_cache_bytes).map(Arc::new);
         let after_commit: AfterCommit = {
             let (hub, read_cache) = (hub.clone(), read_cache.clone());
             Arc::new(move |changes: &[Change]| {

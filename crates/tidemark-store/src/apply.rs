@@ -59,3 +59,30 @@ pub fn check_gap(index: usize, order: &Order, hw: u64) -> Result<(), StoreError>
     }
     Ok(())
 }
+
+/// Checks a chunk of the recovery schedule list against the schema, before
+/// any transaction opens (the same for every engine).
+pub fn validate_schedule(
+    schema: &Schema,
+    source: &str,
+    entries: &[crate::FlagEntry],
+) -> Result<(), StoreError> {
+    if source.is_empty() || source.len() > 128 || source.chars().any(char::is_control) {
+        return Err(StoreError::BadSchedule(format!(
+            "source must be 1 to 128 printable bytes, got {}; name the OpS source whose orders the list covers",
+            source.len()
+        )));
+    }
+    for (i, e) in entries.iter().enumerate() {
+        schema
+            .table(&e.table)
+            .map_err(|err| StoreError::Input(Box::new(err)))?;
+        validate_key(&e.key).map_err(|err| StoreError::Input(Box::new(err)))?;
+        if e.through_seq == 0 {
+            return Err(StoreError::BadSchedule(format!(
+                "entry {i}: through_seq must be 1 or more"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -553,26 +553,7 @@ impl Store for PgStore {
         final_chunk: bool,
         without: Vec<String>,
     ) -> Result<FlagsAdded, StoreError> {
-        let catalog = self.catalog();
-        if source.is_empty() || source.len() > 128 {
-            return Err(StoreError::BadSchedule(format!(
-                "source must be 1 to 128 bytes, got {}; name the OpS source whose orders the list covers",
-                source.len()
-            )));
-        }
-        for (i, e) in entries.iter().enumerate() {
-            catalog
-                .schema
-                .table(&e.table)
-                .map_err(|err| StoreError::Input(Box::new(err)))?;
-            tidemark_api::schema::validate_key(&e.key)
-                .map_err(|err| StoreError::Input(Box::new(err)))?;
-            if e.through_seq == 0 {
-                return Err(StoreError::BadSchedule(format!(
-                    "entry {i}: through_seq must be 1 or more"
-                )));
-            }
-        }
+        crate::apply::validate_schedule(&self.catalog().schema, source, &entries)?;
         let source = source.to_owned();
         let (added, dropped) = self
             .write_tx(|tx| {

@@ -195,8 +195,141 @@ impl PgStore {
     }
 }
 
-/// One batch inside the group transaction.
+/// One batch inside the group transaction: pipelined where it can be,
+/// one statement after another where an order depends on what the store
+/// answers (duplicates, flags, the recovery rule).
 async fn apply_batch(
+    catalog: &Catalog,
+    tx: &Transaction<'_>,
+    orders: &[Order],
+    st: &mut GroupState,
+) -> Result<ApplyOutcome, StoreError> {
+    if !st.strict && !st.check_flags {
+        if let Some(out) = apply_pipelined(catalog, tx, orders, st).await? {
+            return Ok(out);
+        }
+    }
+    apply_one_by_one(catalog, tx, orders, st).await
+}
+
+/// The common case, with no recovery in progress and no order at or below
+/// its source's high-water mark: every order's statement is sent without
+/// waiting for the one before (PostgreSQL runs them in the order sent, so
+/// two orders of one key still apply in order), then every change-log row.
+/// `None` (nothing done) when the batch needs the one-by-one path.
+async fn apply_pipelined(
+    catalog: &Catalog,
+    tx: &Transaction<'_>,
+    orders: &[Order],
+    st: &mut GroupState,
+) -> Result<Option<ApplyOutcome>, StoreError> {
+    // Plan: seqs and versions, in memory; any duplicate candidate bails out.
+    let mut marks = HashMap::new();
+    for order in orders {
+        if !marks.contains_key(&order.source) && !st.high_water.contains_key(&order.source) {
+            let hw: i64 = q_opt(
+                tx,
+                "SELECT high_water FROM tm_sources WHERE source = $1",
+                &[&order.source],
+            )
+            .await
+            .map_err(pg)?
+            .map_or(0, |r| r.get(0));
+            st.high_water
+                .insert(order.source.clone(), (hw as u64, false));
+        }
+        let hw = marks
+            .get(&order.source)
+            .copied()
+            .unwrap_or_else(|| st.high_water[&order.source].0);
+        if order.seq <= hw {
+            return Ok(None);
+        }
+        marks.insert(order.source.clone(), order.seq);
+    }
+    let mut seq = st.seq;
+    let mut planned = Vec::with_capacity(orders.len());
+    for (index, order) in orders.iter().enumerate() {
+        let hw = st.high_water[&order.source].0;
+        crate::apply::check_gap(index, order, hw)?;
+        seq += 1;
+        planned.push(Version::new(st.epoch, seq));
+        st.high_water.insert(order.source.clone(), (order.seq, true));
+    }
+    st.seq = seq;
+    // The record statements, pipelined.
+    let records = futures::future::try_join_all(orders.iter().zip(&planned).map(|(order, v)| {
+        let t = &catalog.tables[&order.table];
+        let v = *v;
+        async move {
+            match order.op {
+                Op::Upsert => upsert(tx, t, &order.key, &order.fields, v).await.map(Some),
+                Op::Delete => {
+                    let sql = format!(
+                        "WITH d AS (DELETE FROM {} WHERE tm_key = $1 RETURNING 1) INSERT INTO tm_tombstones (tbl, key, epoch, seq) SELECT $2, $1, $3, $4 WHERE EXISTS (SELECT 1 FROM d) ON CONFLICT (tbl, key) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+                        t.quoted
+                    );
+                    exec(tx, &sql, &[&order.key, &order.table, &(v.epoch as i64), &(v.seq as i64)])
+                        .await
+                        .map_err(pg)?;
+                    Ok(None)
+                }
+            }
+        }
+    }))
+    .await?;
+    // The change log, pipelined.
+    futures::future::try_join_all(orders.iter().zip(&planned).zip(&records).map(
+        |((order, v), fields)| async move {
+            let fields_json = fields.clone().map(serde_json::Value::Object);
+            exec(
+                tx,
+                "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &(v.seq as i64),
+                    &(v.epoch as i64),
+                    &order.table,
+                    &order.key,
+                    &fields_json,
+                    &order.source,
+                    &(order.seq as i64),
+                    &order.digest(),
+                    &false,
+                ],
+            )
+            .await
+            .map_err(pg)
+        },
+    ))
+    .await?;
+    let results = orders
+        .iter()
+        .zip(&planned)
+        .map(|(o, v)| OrderResult {
+            source: o.source.clone(),
+            seq: o.seq,
+            version: Some(*v),
+            duplicate: false,
+        })
+        .collect();
+    let changes = orders
+        .iter()
+        .zip(planned)
+        .zip(records)
+        .map(|((o, v), fields)| Change {
+            table: o.table.clone(),
+            key: o.key.clone(),
+            fields,
+            version: v,
+            cleared_flag: false,
+            flagged: false,
+        })
+        .collect();
+    Ok(Some(ApplyOutcome { results, changes }))
+}
+
+/// Every order in turn, each statement waiting for the one before.
+async fn apply_one_by_one(
     catalog: &Catalog,
     tx: &Transaction<'_>,
     orders: &[Order],

@@ -254,7 +254,8 @@ async fn apply_pipelined(
         crate::apply::check_gap(index, order, hw)?;
         seq += 1;
         planned.push(Version::new(st.epoch, seq));
-        st.high_water.insert(order.source.clone(), (order.seq, true));
+        st.high_water
+            .insert(order.source.clone(), (order.seq, true));
     }
     st.seq = seq;
     // The record statements, pipelined.

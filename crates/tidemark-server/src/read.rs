@@ -67,8 +67,12 @@ pub async fn read(
         Some(Err(ticket)) => Some(ticket),
         None => None,
     };
+    // The blanket is read *before* the store: it only ever lifts, and it
+    // lifts after the final chunk's flags are committed, so if it is off
+    // now the read below sees every flag.
+    let blanket = app.recovery.blanket();
     let lookup = app.store.get(table, key).await?;
-    let recovering = lookup.flagged || app.recovery.blanket();
+    let recovering = lookup.flagged || blanket;
     let found = lookup.record.is_some();
     let answer = match lookup.record {
         Some(record) => RecordAnswer::found(table, key, record, recovering),

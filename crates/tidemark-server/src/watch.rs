@@ -113,6 +113,8 @@ impl WatchStream {
     /// recovered must not be taken as current; the current record never is
     /// outdated, and sending it twice is harmless (caches order by version).
     async fn send_current(&self, c: &Change) -> bool {
+        // The blanket is read before the store (see `read.rs`).
+        let blanket = self.app.recovery.blanket();
         match self.app.store.get(&c.table, &c.key).await {
             Ok(now) => {
                 let current = Change {
@@ -126,7 +128,7 @@ impl WatchStream {
                         .unwrap_or(c.version),
                     fields: now.record.map(|r| r.fields),
                     cleared_flag: c.cleared_flag && !now.flagged,
-                    flagged: now.flagged,
+                    flagged: now.flagged || blanket,
                 };
                 self.send_change(&current).await
             }

@@ -59,6 +59,9 @@ pub struct TableSql {
     /// `SELECT tm_epoch, tm_seq, cols... FROM t WHERE tm_key = $1`
     pub select: String,
     pub delete: String,
+    /// One statement, so one snapshot: the record (if any), the tombstone
+    /// and whether the key is flagged. `$1` the key, `$2` the table name.
+    pub lookup: String,
     pub quoted: String,
     upserts: parking_lot::Mutex<HashMap<Vec<usize>, Arc<str>>>,
 }
@@ -71,8 +74,16 @@ impl TableSql {
             select.push_str(&format!(", \"{}\"", c.name));
         }
         select.push_str(&format!(" FROM {quoted} WHERE tm_key = $1"));
+        let mut lookup = String::from("SELECT r.tm_epoch, r.tm_seq");
+        for c in &t.columns {
+            lookup.push_str(&format!(", r.\"{}\"", c.name));
+        }
+        lookup.push_str(&format!(
+            ", tb.epoch, tb.seq, EXISTS (SELECT 1 FROM tm_flags f WHERE f.tbl = $2 AND f.key = $1) FROM (SELECT 1) AS one LEFT JOIN {quoted} r ON r.tm_key = $1 LEFT JOIN tm_tombstones tb ON tb.tbl = $2 AND tb.key = $1"
+        ));
         Self {
             columns: t.columns.clone(),
+            lookup,
             select,
             delete: format!("DELETE FROM {quoted} WHERE tm_key = $1"),
             quoted,

@@ -358,38 +358,32 @@ impl Store for PgStore {
         tidemark_api::schema::validate_key(key).map_err(|e| StoreError::Input(Box::new(e)))?;
         let t = &catalog.tables[table];
         let client = self.client().await?;
-        let record = match client
-            .query_opt(&t.select, &[&key])
+        // One statement: the record, its tombstone and its flag are read in
+        // one snapshot, so a commit between them cannot pair an old record
+        // with a cleared flag.
+        let st = client
+            .prepare_cached(&t.lookup)
             .await
-            .map_err(engine_error)?
-        {
-            Some(row) => Some(Record {
-                version: Version::new(row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64),
+            .map_err(engine_error)?;
+        let row = client
+            .query_one(&st, &[&key, &table])
+            .await
+            .map_err(engine_error)?;
+        let n = t.columns.len();
+        let record = match row.get::<_, Option<i64>>(0) {
+            Some(epoch) => Some(Record {
+                version: Version::new(epoch as u64, row.get::<_, i64>(1) as u64),
                 fields: t.fields(&row, 2)?,
             }),
             None => None,
         };
-        let tombstone = if record.is_none() {
-            client
-                .query_opt(
-                    "SELECT epoch, seq FROM tm_tombstones WHERE tbl = $1 AND key = $2",
-                    &[&table, &key],
-                )
-                .await
-                .map_err(engine_error)?
-                .map(|r| Version::new(r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
-        } else {
-            None
+        let tombstone = match (&record, row.get::<_, Option<i64>>(n + 2)) {
+            (None, Some(epoch)) => {
+                Some(Version::new(epoch as u64, row.get::<_, i64>(n + 3) as u64))
+            }
+            _ => None,
         };
-        let flagged = self.inner.flag_rows.load(Ordering::SeqCst) > 0
-            && client
-                .query_opt(
-                    "SELECT 1 FROM tm_flags WHERE tbl = $1 AND key = $2 LIMIT 1",
-                    &[&table, &key],
-                )
-                .await
-                .map_err(engine_error)?
-                .is_some();
+        let flagged: bool = row.get(n + 4);
         Ok(Lookup {
             record,
             tombstone,

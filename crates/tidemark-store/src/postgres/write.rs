@@ -27,6 +27,9 @@ struct GroupState {
     seq: u64,
     check_flags: bool,
     strict: bool,
+    /// Recovering and the schedule list not yet complete (read in this
+    /// transaction): every change is flagged.
+    blanket: bool,
     flags_cleared: u64,
     /// Source to (high-water mark, changed in this group).
     high_water: HashMap<String, (u64, bool)>,
@@ -126,7 +129,17 @@ impl PgStore {
         .await
         .map_err(pg)?
         .map(|r| r.get(0));
+        let schedule_final: Option<String> = q_opt(
+            &tx,
+            "SELECT value FROM tm_meta WHERE name = 'schedule_final'",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0));
         let mut st = GroupState {
+            blanket: state.as_deref() == Some("recovering")
+                && schedule_final.as_deref() != Some("1"),
             epoch: self.inner.epoch.load(Ordering::SeqCst),
             seq: seq
                 .parse()
@@ -402,9 +415,9 @@ async fn apply_one_by_one(
             .await
             .map_err(pg)?
             .get(0);
-            (n > 0 && left == 0, left > 0)
+            (n > 0 && left == 0, left > 0 || st.blanket)
         } else {
-            (false, false)
+            (false, st.blanket)
         };
         let fields_json = fields.clone().map(serde_json::Value::Object);
         exec(tx,

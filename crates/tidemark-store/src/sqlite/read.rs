@@ -34,7 +34,15 @@ pub(super) fn get(s: &SqliteStore, table: &str, key: &str) -> Result<Lookup, Sto
     let t = &catalog.tables[table];
     // Point reads are a few microseconds; they run inline rather than
     // paying for a blocking-pool hop.
+    // Read before the snapshot begins: a flag cleared after it is still
+    // seen inside it (the mirror drops only after the clearing commit).
+    let flags_may_exist = s.inner.flag_rows.load(Ordering::SeqCst) > 0;
     s.with_reader(|c| {
+        // One read transaction: the record, its tombstone and its flag come
+        // from one snapshot, so a commit between them cannot pair an old
+        // record with a cleared flag.
+        let tx = c.unchecked_transaction()?;
+        let c = &*tx;
         let record = read_record(c, t, key)?;
         let tombstone = if record.is_none() {
             c.prepare_cached("SELECT epoch, seq FROM tm_tombstones WHERE tbl = ?1 AND key = ?2")?
@@ -48,11 +56,12 @@ pub(super) fn get(s: &SqliteStore, table: &str, key: &str) -> Result<Lookup, Sto
         } else {
             None
         };
-        let flagged = s.inner.flag_rows.load(Ordering::SeqCst) > 0
+        let flagged = flags_may_exist
             && c.prepare_cached("SELECT 1 FROM tm_flags WHERE tbl = ?1 AND key = ?2 LIMIT 1")?
                 .query_row(params![table, key], |_| Ok(()))
                 .optional()?
                 .is_some();
+        tx.commit()?;
         Ok(Lookup {
             record,
             tombstone,

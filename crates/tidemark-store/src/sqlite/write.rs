@@ -22,6 +22,9 @@ struct GroupState {
     seq: u64,
     check_flags: bool,
     strict: bool,
+    /// Recovering and the schedule list not yet complete (read in this
+    /// transaction): every change is flagged.
+    blanket: bool,
     flags_cleared: u64,
     /// Source to (high-water mark, changed in this group).
     high_water: HashMap<String, (u64, bool)>,
@@ -108,6 +111,12 @@ impl SqliteStore {
             seq: self.inner.seq.load(Ordering::SeqCst),
             check_flags: self.inner.flag_rows.load(Ordering::SeqCst) > 0,
             strict: self.inner.recovering.load(Ordering::SeqCst),
+            blanket: self.inner.recovering.load(Ordering::SeqCst)
+                && super::meta_get(&tx, "schedule_final")
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    != Some("1"),
             flags_cleared: 0,
             high_water: HashMap::new(),
         };
@@ -252,9 +261,9 @@ impl SqliteStore {
                 let left: i64 = tx
                     .prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?
                     .query_row(params![order.table, order.key], |r| r.get(0))?;
-                (n > 0 && left == 0, left > 0)
+                (n > 0 && left == 0, left > 0 || st.blanket)
             } else {
-                (false, false)
+                (false, st.blanket)
             };
             let fields_text = fields.as_ref().map(serde_json::to_string).transpose()?;
             tx.prepare_cached(

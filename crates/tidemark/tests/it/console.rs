@@ -54,6 +54,7 @@ async fn a_real_browser_shows_the_live_state() {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--disable-dev-shm-usage",
             "--disable-quic",
             "--no-first-run",
             "--disable-background-networking",

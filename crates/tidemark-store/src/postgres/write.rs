@@ -113,39 +113,30 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        let seq: String = q_one(
-            &tx,
-            "SELECT value FROM tm_meta WHERE name = 'seq' FOR UPDATE",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .get(0);
-        let state: Option<String> = q_opt(
-            &tx,
-            "SELECT value FROM tm_meta WHERE name = 'recovery_state'",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .map(|r| r.get(0));
-        let schedule_final: Option<String> = q_opt(
-            &tx,
-            "SELECT value FROM tm_meta WHERE name = 'schedule_final'",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .map(|r| r.get(0));
+        // The counter and the recovery state in one round trip; the lock on
+        // the counter orders writers.
+        let meta: HashMap<String, String> = tx
+            .query(
+                "SELECT name, value FROM tm_meta WHERE name IN ('seq', 'recovery_state', 'schedule_final') FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let seq = meta.get("seq").cloned().unwrap_or_default();
+        let state = meta.get("recovery_state");
+        let schedule_final = meta.get("schedule_final");
         let mut st = GroupState {
-            blanket: state.as_deref() == Some("recovering")
-                && schedule_final.as_deref() != Some("1"),
+            blanket: state.map(String::as_str) == Some("recovering")
+                && schedule_final.map(String::as_str) != Some("1"),
             epoch: self.inner.epoch.load(Ordering::SeqCst),
             seq: seq
                 .parse()
                 .map_err(|_| StoreError::Format(format!("tm_meta.seq is not a number: {seq}")))?,
             check_flags: self.inner.flag_rows.load(Ordering::SeqCst) > 0,
-            strict: state.as_deref() == Some("recovering"),
+            strict: state.map(String::as_str) == Some("recovering"),
             flags_cleared: 0,
             high_water: HashMap::new(),
         };
@@ -208,6 +199,27 @@ impl PgStore {
     }
 }
 
+/// The high-water mark of `source` as this group sees it (read once).
+async fn high_water(
+    tx: &Transaction<'_>,
+    st: &mut GroupState,
+    source: &str,
+) -> Result<u64, StoreError> {
+    if let Some((hw, _)) = st.high_water.get(source) {
+        return Ok(*hw);
+    }
+    let hw: i64 = q_opt(
+        tx,
+        "SELECT high_water FROM tm_sources WHERE source = $1",
+        &[&source],
+    )
+    .await
+    .map_err(pg)?
+    .map_or(0, |r| r.get(0));
+    st.high_water.insert(source.to_owned(), (hw as u64, false));
+    Ok(hw as u64)
+}
+
 /// One batch inside the group transaction: pipelined where it can be,
 /// one statement after another where an order depends on what the store
 /// answers (duplicates, flags, the recovery rule).
@@ -239,17 +251,8 @@ async fn apply_pipelined(
     // Plan: seqs and versions, in memory; any duplicate candidate bails out.
     let mut marks = HashMap::new();
     for order in orders {
-        if !marks.contains_key(&order.source) && !st.high_water.contains_key(&order.source) {
-            let hw: i64 = q_opt(
-                tx,
-                "SELECT high_water FROM tm_sources WHERE source = $1",
-                &[&order.source],
-            )
-            .await
-            .map_err(pg)?
-            .map_or(0, |r| r.get(0));
-            st.high_water
-                .insert(order.source.clone(), (hw as u64, false));
+        if !marks.contains_key(&order.source) {
+            high_water(tx, st, &order.source).await?;
         }
         let hw = marks
             .get(&order.source)
@@ -352,22 +355,7 @@ async fn apply_one_by_one(
     let mut results = Vec::with_capacity(orders.len());
     let mut changes = Vec::with_capacity(orders.len());
     for (index, order) in orders.iter().enumerate() {
-        let hw = match st.high_water.get(&order.source) {
-            Some((hw, _)) => *hw,
-            None => {
-                let hw: i64 = q_opt(
-                    tx,
-                    "SELECT high_water FROM tm_sources WHERE source = $1",
-                    &[&order.source],
-                )
-                .await
-                .map_err(pg)?
-                .map_or(0, |r| r.get(0));
-                st.high_water
-                    .insert(order.source.clone(), (hw as u64, false));
-                hw as u64
-            }
-        };
+        let hw = high_water(tx, st, &order.source).await?;
         let digest = order.digest();
         if order.seq <= hw {
             results.push(duplicate(tx, index, order, &digest, hw).await?);

@@ -38,11 +38,15 @@ pub(super) fn get(s: &SqliteStore, table: &str, key: &str) -> Result<Lookup, Sto
     // seen inside it (the mirror drops only after the clearing commit).
     let flags_may_exist = s.inner.flag_rows.load(Ordering::SeqCst) > 0;
     s.with_reader(|c| {
-        // One read transaction: the record, its tombstone and its flag come
-        // from one snapshot, so a commit between them cannot pair an old
-        // record with a cleared flag.
-        let tx = c.unchecked_transaction()?;
-        let c = &*tx;
+        // While flags may exist, one read transaction: the record and its
+        // flag come from one snapshot, so a commit between them cannot pair
+        // an old record with a cleared flag. Otherwise (the common case) no
+        // transaction is needed.
+        let tx = if flags_may_exist {
+            Some(c.unchecked_transaction()?)
+        } else {
+            None
+        };
         let record = read_record(c, t, key)?;
         let tombstone = if record.is_none() {
             c.prepare_cached("SELECT epoch, seq FROM tm_tombstones WHERE tbl = ?1 AND key = ?2")?
@@ -61,7 +65,9 @@ pub(super) fn get(s: &SqliteStore, table: &str, key: &str) -> Result<Lookup, Sto
                 .query_row(params![table, key], |_| Ok(()))
                 .optional()?
                 .is_some();
-        tx.commit()?;
+        if let Some(tx) = tx {
+            tx.commit()?;
+        }
         Ok(Lookup {
             record,
             tombstone,

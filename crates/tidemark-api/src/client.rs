@@ -49,15 +49,24 @@ pub struct RecordRead {
     pub retry_after: Option<u64>,
 }
 
-/// A client for one DB server. Cheap to clone; keeps a connection pool.
+/// A client for one DB server, or for the instances of one cluster
+/// (`URL1,URL2,…`). Cheap to clone (clones share the instance in use);
+/// keeps a connection pool.
+///
+/// With several instances, it talks to one at a time and moves to the next
+/// when that one cannot be reached or says it is not ready or quiescing;
+/// a call that failed so is retried on the next instance (every call it
+/// makes is idempotent: orders by `(source, seq)`).
 #[derive(Debug, Clone)]
 pub struct DbClient {
-    base: String,
+    bases: std::sync::Arc<[String]>,
+    active: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
 }
 
 impl DbClient {
-    /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`.
+    /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`, or several
+    /// separated by commas (the instances of one cluster).
     /// Sends `TIDEMARK_TOKEN` (set by every client command's `--token`) as
     /// `Authorization: Bearer`, if it is set.
     pub fn new(base: &str) -> Self {
@@ -91,9 +100,79 @@ impl DbClient {
             .tcp_nodelay(true)
             .build()
             .expect("a default reqwest client always builds");
+        let mut bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            bases.push(String::new());
+        }
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases.into(),
+            active: Default::default(),
             http,
+        }
+    }
+
+    /// The instance in use.
+    pub fn base(&self) -> &str {
+        let i = self.active.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+        &self.bases[i]
+    }
+
+    /// Every instance named.
+    pub fn bases(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// Moves to the next instance if `from` is still the one in use.
+    /// Returns whether there is another instance to move to.
+    pub fn move_on(&self, from: &str) -> bool {
+        if self.bases.len() < 2 {
+            return false;
+        }
+        let i = self.active.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+        if self.bases[i] == from {
+            let _ = self.active.compare_exchange(
+                i,
+                (i + 1) % self.bases.len(),
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        true
+    }
+
+    /// Whether a failed call should be tried on the next instance.
+    fn worth_moving(e: &ClientError) -> bool {
+        match e {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { error, .. } => matches!(
+                error.code,
+                crate::ErrorCode::NotReady | crate::ErrorCode::Quiescing
+            ),
+            ClientError::Decode { .. } => false,
+        }
+    }
+
+    /// Runs `call` against the instance in use, then the others in turn
+    /// while it fails in a way another instance may not.
+    async fn each<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut tries = self.bases.len();
+        loop {
+            let base = self.base().to_owned();
+            match call(base.clone()).await {
+                Err(e) if tries > 1 && Self::worth_moving(&e) => {
+                    self.move_on(&base);
+                    tries -= 1;
+                }
+                r => return r,
+            }
         }
     }
 
@@ -102,7 +181,7 @@ impl DbClient {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        format!("{}{}", self.base(), path)
     }
 
     /// `GET /v1/records/{table}/{key}`; registers interest as `subscriber`.
@@ -112,11 +191,27 @@ impl DbClient {
         key: &str,
         subscriber: Option<&str>,
     ) -> Result<RecordRead, ClientError> {
-        let url = self.url(&format!(
-            "/v1/records/{}/{}",
+        if self.bases.len() > 1 {
+            return self
+                .each(|base| self.get_record_at(base, table, key, subscriber))
+                .await;
+        }
+        self.get_record_at(self.base().to_owned(), table, key, subscriber)
+            .await
+    }
+
+    async fn get_record_at(
+        &self,
+        base: String,
+        table: &str,
+        key: &str,
+        subscriber: Option<&str>,
+    ) -> Result<RecordRead, ClientError> {
+        let url = format!(
+            "{base}/v1/records/{}/{}",
             encode_path(table),
             encode_path(key)
-        ));
+        );
         let mut req = self.http.get(&url).timeout(Duration::from_secs(10));
         if let Some(name) = subscriber {
             req = req.header(headers::SUBSCRIBER, name);
@@ -163,14 +258,17 @@ impl DbClient {
         &self,
         path: &str,
     ) -> Result<T, ClientError> {
-        let url = self.url(path);
-        let resp = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await;
-        Self::finish(url, resp).await
+        self.each(|base| async move {
+            let url = format!("{base}{path}");
+            let resp = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            Self::finish(url, resp).await
+        })
+        .await
     }
 
     /// POST a JSON document, decode a JSON answer.
@@ -179,15 +277,61 @@ impl DbClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let url = self.url(path);
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(120))
-            .json(body)
-            .send()
-            .await;
-        Self::finish(url, resp).await
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: self.url(path),
+            status: 0,
+            detail: format!("cannot encode the request: {e}"),
+        })?;
+        self.each(|base| {
+            let body = body.clone();
+            async move {
+                let url = format!("{base}{path}");
+                let resp = self
+                    .http
+                    .post(&url)
+                    .timeout(Duration::from_secs(120))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                Self::finish(url, resp).await
+            }
+        })
+        .await
+    }
+
+    /// `POST /v1/watch/interest` in chunks: declares every key `subscriber`
+    /// holds, so its next stream on this instance resumes.
+    pub async fn declare_interest(
+        &self,
+        subscriber: &str,
+        keys: Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
+        const CHUNK: usize = 20_000;
+        let mut chunks: Vec<Vec<(String, String)>> =
+            keys.chunks(CHUNK).map(|c| c.to_vec()).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let n = chunks.len();
+        let base = self.base().to_owned();
+        for (i, keys) in chunks.into_iter().enumerate() {
+            let url = format!("{base}/v1/watch/interest");
+            let body = crate::state::InterestDeclaration {
+                subscriber: subscriber.to_owned(),
+                keys,
+                final_chunk: i + 1 == n,
+            };
+            let resp = self
+                .http
+                .post(&url)
+                .timeout(Duration::from_secs(60))
+                .json(&body)
+                .send()
+                .await;
+            let _: serde_json::Value = Self::finish(url, resp).await?;
+        }
+        Ok(())
     }
 
     async fn finish<T: serde::de::DeserializeOwned>(
@@ -229,15 +373,26 @@ impl DbClient {
         if let Some(id) = last_event_id {
             req = req.header(headers::LAST_EVENT_ID, id);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        let base = self.base().to_owned();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(source) => {
+                self.move_on(&base);
+                return Err(ClientError::Transport {
+                    url: url.clone(),
+                    source,
+                });
+            }
+        };
         let status = resp.status().as_u16();
         if status != 200 {
             let ra = retry_after(&resp);
             let bytes = resp.bytes().await.unwrap_or_default();
-            return Err(decode_error(&url, status, &bytes, ra));
+            let e = decode_error(&url, status, &bytes, ra);
+            if Self::worth_moving(&e) {
+                self.move_on(&base);
+            }
+            return Err(e);
         }
         let mut parser = SseParser::new();
         let stream = resp

@@ -60,6 +60,11 @@ pub enum ErrorCode {
     Forbidden,
     /// A token with that name exists already.
     TokenExists,
+    /// No primary is online (a failover): the write was held up to
+    /// `--failover-wait` seconds; retry after `Retry-After`.
+    NoPrimary,
+    /// A promote that cannot be done: the instance is not a live standby.
+    PromoteRefused,
     /// A bug: the request had no effect; report it with the server log.
     Internal,
 }
@@ -74,11 +79,11 @@ impl ErrorCode {
             }
             UnknownTable | NotFound => 404,
             OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete
-            | NoQuiesce | TokenExists => 409,
+            | NoQuiesce | TokenExists | PromoteRefused => 409,
             Unauthenticated => 401,
             Forbidden => 403,
             PayloadTooLarge | BatchTooLarge => 413,
-            NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable => 503,
+            NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary => 503,
             StoreFailure | Internal => 500,
         }
     }
@@ -111,6 +116,8 @@ impl ErrorCode {
             Unauthenticated => "unauthenticated",
             Forbidden => "forbidden",
             TokenExists => "token_exists",
+            NoPrimary => "no_primary",
+            PromoteRefused => "promote_refused",
             Internal => "internal",
         }
     }
@@ -142,6 +149,8 @@ impl ErrorCode {
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::TokenExists,
+        ErrorCode::NoPrimary,
+        ErrorCode::PromoteRefused,
         ErrorCode::Internal,
     ];
 }

@@ -69,6 +69,11 @@ pub struct HelloEvent {
     pub seq: u64,
     pub boot: String,
     pub resumed: bool,
+    /// The server is one instance of a cluster: a stream resumes there (or
+    /// at another instance) only after the subscriber declared what it
+    /// holds (`POST /v1/watch/interest`) just before reconnecting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub declare: bool,
 }
 
 /// Payload of the `synced` event: everything the subscriber missed since

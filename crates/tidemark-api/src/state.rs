@@ -121,4 +121,54 @@ pub struct ServerState {
     /// Recovery progress (also at `/v1/recovery`).
     #[serde(default)]
     pub recovery: Option<RecoveryStatus>,
+    /// With the PostgreSQL engine: the lease term this instance knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// With the PostgreSQL engine: the primary's advertised URL, if one is online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// With the PostgreSQL engine: this instance's advertised URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// With the PostgreSQL engine: every live instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberInfo>,
+}
+
+/// One instance of a cluster, as `GET /v1/state` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Its advertised URL.
+    pub url: String,
+    pub role: Role,
+    /// The term it last saw.
+    pub term: u64,
+    /// RFC 3339 time of its last heartbeat.
+    pub last_heartbeat: String,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// The program version it runs.
+    pub version: String,
+    pub schema_version: u64,
+    #[serde(default)]
+    pub quiesce: Option<QuiesceNotice>,
+}
+
+/// Body of `POST /v1/watch/interest`: what a service server holds, sent in
+/// chunks before it reconnects its stream to an instance of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterestDeclaration {
+    pub subscriber: String,
+    /// `[table, key]` pairs.
+    pub keys: Vec<(String, String)>,
+    /// The last chunk: the stream opened next resumes.
+    #[serde(rename = "final")]
+    pub final_chunk: bool,
+}
+
+/// Body of `POST /v1/cluster/handover` (instance to instance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The advertised URL of the standby that becomes primary.
+    pub to: String,
 }

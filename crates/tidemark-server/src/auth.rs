@@ -84,6 +84,16 @@ impl Auth {
         })
     }
 
+    /// Re-reads the tokens and subscriber bindings another instance may
+    /// have changed (a standby follows the primary's).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let fresh = Auth::load(self.store.clone()).await?;
+        let _w = self.write.lock().await;
+        *self.tokens.write() = fresh.tokens.into_inner();
+        *self.subscribers.write() = fresh.subscribers.into_inner();
+        Ok(())
+    }
+
     /// Binds watch subscriber `name` to `token` on first use; refuses it to
     /// any other token afterwards, so nobody can take over another service
     /// server's stream (and the replay of what it holds).

@@ -63,6 +63,19 @@ pub struct ServerConfig {
     /// Bytes the read cache may hold at most (answers are evicted, least
     /// recently used first, to stay under it).
     pub read_cache_bytes: usize,
+    /// How the other instances and clients reach this one, with the
+    /// PostgreSQL engine (several instances form one cluster); defaults to
+    /// the address it listens on.
+    pub advertise: Option<String>,
+    /// How long the primary's lease lasts without renewal, in ms: a dead
+    /// primary is replaced about this long after it stopped renewing.
+    pub lease_ttl_ms: u64,
+    /// Seconds a write is held while no primary is online (a failover),
+    /// before it is answered `503 no_primary`.
+    pub failover_wait_secs: u64,
+    /// Start even though other live instances run another program version
+    /// (a rolling upgrade you have checked is compatible).
+    pub allow_version_skew: bool,
     /// The `--config` file the server was started with, if any; online
     /// backups include its content. Not a setting: filled in by the program.
     #[serde(skip)]
@@ -97,6 +110,10 @@ impl Default for ServerConfig {
             recovered_hold_secs: 300,
             read_cache_entries: 1_000_000,
             read_cache_bytes: 256 * 1024 * 1024,
+            advertise: None,
+            lease_ttl_ms: 1200,
+            failover_wait_secs: 10,
+            allow_version_skew: false,
             config_file: None,
         }
     }

@@ -7,7 +7,15 @@
 //! - Changes are published in commit order: only the single committer
 //!   (`committer.rs`) publishes, right after each commit.
 //! - Interest lives in memory. A restarted server cannot know it, so it
-//!   refuses to resume streams from an earlier boot (they get `epoch`).
+//!   refuses to resume streams from an earlier boot (they get `epoch`),
+//!   unless the subscriber declared all it holds first (`declare`, used
+//!   when a service server moves between the instances of a cluster).
+//! - The *watermark* is the last seq published. Changes are published at
+//!   most once each, in seq order: one at or below the watermark is
+//!   dropped, so the committer and the change-log tail of a cluster
+//!   instance may both offer a change without it going out twice. Every
+//!   change at or below the watermark has been published (or is in the
+//!   change log for streams to replay).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -36,6 +44,11 @@ pub enum Push {
 /// The interest registry and the push queue.
 pub struct Hub {
     names: RwLock<HashMap<String, SubscriberId>>,
+    /// Subscribers that declared everything they hold since their last
+    /// stream opened here.
+    declared: Mutex<std::collections::HashSet<SubscriberId>>,
+    /// The last seq published; the lock orders publishers.
+    watermark: Mutex<u64>,
     shards: Vec<Mutex<HashMap<Box<str>, Vec<SubscriberId>>>>,
     tx: broadcast::Sender<Push>,
 }
@@ -53,6 +66,8 @@ impl Hub {
         let (tx, _) = broadcast::channel(capacity.max(16));
         Self {
             names: RwLock::new(HashMap::new()),
+            declared: Mutex::new(Default::default()),
+            watermark: Mutex::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             tx,
         }
@@ -107,10 +122,16 @@ impl Hub {
             .is_some_and(|ids| ids.contains(&subscriber))
     }
 
-    /// Queues committed changes. Only the committer calls it, in commit order.
+    /// Queues committed changes, in seq order; those at or below the
+    /// watermark were published already and are skipped.
     pub fn publish_changes(&self, changes: &[Change]) -> usize {
+        let mut watermark = self.watermark.lock();
         let mut sent = 0;
         for change in changes {
+            if change.version.seq <= *watermark {
+                continue;
+            }
+            *watermark = change.version.seq;
             let holders: Arc<[SubscriberId]> = self.holders(&change.table, &change.key).into();
             if holders.is_empty() {
                 continue;
@@ -121,6 +142,28 @@ impl Hub {
                 .send(Push::Change(Arc::new(change.clone()), holders));
         }
         sent
+    }
+
+    /// The last seq published.
+    pub fn watermark(&self) -> u64 {
+        *self.watermark.lock()
+    }
+
+    /// Starts the watermark at the store's position (before serving).
+    pub fn start_at(&self, seq: u64) {
+        let mut w = self.watermark.lock();
+        *w = (*w).max(seq);
+    }
+
+    /// Records that `subscriber` declared everything it holds.
+    pub fn declare(&self, subscriber: SubscriberId) {
+        self.declared.lock().insert(subscriber);
+    }
+
+    /// Whether `subscriber` declared what it holds since its last stream
+    /// opened; forgets the declaration (the next stream needs a new one).
+    pub fn take_declared(&self, subscriber: SubscriberId) -> bool {
+        self.declared.lock().remove(&subscriber)
     }
 
     /// Queues a server-wide event.

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`auth`]: tokens with roles (stored hashed), protected mode.
 //! - [`audit`]: the audit trail of admin actions.
+//! - [`cluster`]: several instances on one PostgreSQL: the lease and roles, the standby's change-log tail, write forwarding.
 //! - [`committer`]: group commit of concurrent order batches, in commit order.
 //! - [`config`]: [`ServerConfig`], every setting with its default.
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
@@ -21,6 +22,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod committer;
 pub mod config;
 pub mod http;

@@ -27,11 +27,19 @@ struct Stored {
 #[derive(Debug, Default)]
 pub struct Quiesce {
     notice: RwLock<Option<Stored>>,
+    /// The store note it lives under: one per instance of a cluster.
+    note: String,
 }
 
 impl Quiesce {
-    pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
-        let stored = match store.note(NOTE).await? {
+    /// The notice of this server; `instance` names it within a cluster
+    /// (each instance has its own notice).
+    pub async fn load(store: &dyn Store, instance: Option<&str>) -> Result<Self, StoreError> {
+        let note = match instance {
+            Some(url) => format!("{NOTE}@{url}"),
+            None => NOTE.to_owned(),
+        };
+        let stored = match store.note(&note).await? {
             Some(text) => serde_json::from_str::<Stored>(&text).ok(),
             None => None,
         };
@@ -39,13 +47,14 @@ impl Quiesce {
             Some(s) if s.deadline > Utc::now() => Some(s),
             Some(_) => {
                 tracing::info!("dropping an expired quiesce notice from before the restart");
-                store.set_note(NOTE, None).await?;
+                store.set_note(&note, None).await?;
                 None
             }
             None => None,
         };
         Ok(Self {
             notice: RwLock::new(notice),
+            note,
         })
     }
 
@@ -82,7 +91,7 @@ impl Quiesce {
             message,
         };
         store
-            .set_note(NOTE, Some(serde_json::to_string(&stored)?))
+            .set_note(&self.note, Some(serde_json::to_string(&stored)?))
             .await?;
         *self.notice.write() = Some(stored);
         let notice = self.notice().expect("just set");
@@ -99,7 +108,7 @@ impl Quiesce {
         if self.notice.read().is_none() {
             return Ok(false);
         }
-        store.set_note(NOTE, None).await?;
+        store.set_note(&self.note, None).await?;
         *self.notice.write() = None;
         tracing::info!("quiesce notice cancelled: the server stays online");
         hub.publish(Push::Quiesce(QuiesceEvent {

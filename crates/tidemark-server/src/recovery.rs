@@ -73,7 +73,8 @@ impl Recovery {
         *self.meta.write() = meta;
     }
 
-    async fn refresh(&self) -> Result<RecoveryMeta, StoreError> {
+    /// Re-reads the state from the store (a standby follows the primary's).
+    pub async fn refresh(&self) -> Result<RecoveryMeta, StoreError> {
         let m = self.store.recovery_meta().await?;
         self.set(m.clone());
         Ok(m)

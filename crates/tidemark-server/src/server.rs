@@ -20,19 +20,23 @@ impl Server {
     /// Opens the store named by `config`. Fails with a message that says
     /// what to do if the data directory is unusable or locked.
     pub async fn open(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let store: Arc<dyn Store> = match config.store {
+        let boot = format!("{:08x}", rand::random::<u32>());
+        let (store, cluster): (Arc<dyn Store>, _) = match config.store {
             StoreKind::Sqlite => {
                 let dir = config.data_dir.clone();
                 let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, "server"))
                     .await
                     .context("opening the store")??;
-                Arc::new(store)
+                (Arc::new(store), None)
             }
-            StoreKind::Postgres => Arc::new(connect_postgres(&config, &shutdown).await?),
+            StoreKind::Postgres => {
+                let store = connect_postgres(&config, &shutdown).await?;
+                let cluster = Arc::new(join_cluster(store.clone(), &config, &boot).await?);
+                (Arc::new(store), Some(cluster))
+            }
         };
-        let boot = format!("{:08x}", rand::random::<u32>());
         record_process(store.as_ref(), &config, &boot).await?;
-        let (state, worker) = AppState::new(store, config, boot, shutdown).await?;
+        let (state, worker) = AppState::new(store, config, boot, cluster, shutdown).await?;
         if !listens_on_loopback(&state.config.listen) && !state.auth.any() {
             anyhow::bail!(
                 "refusing to listen on {} with no token created: anyone who can reach it could change or copy every record; start it on 127.0.0.1 first, create an admin token ('tidemark token create --server http://127.0.0.1:PORT --role admin --name NAME'), then restart it on {}",
@@ -52,6 +56,12 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let addr = listener.local_addr()?;
         let workers = tokio::spawn(prune_worker(state.clone()));
+        let cluster_tasks = state.cluster.clone().map(|c| {
+            (
+                tokio::spawn(crate::cluster::lease::run(state.clone(), c.clone())),
+                tokio::spawn(crate::cluster::tail::run(state.clone(), c)),
+            )
+        });
         let app = http::router(state.clone());
         state.ready.store(true, Ordering::SeqCst);
         let meta = state.store.meta().await?;
@@ -90,6 +100,11 @@ impl Server {
             ),
         }
         let _ = workers.await;
+        if let Some((lease, tail)) = cluster_tasks {
+            // Gives the lease up (a standby takes over at once).
+            let _ = lease.await;
+            let _ = tail.await;
+        }
         // Batches already accepted are committed before the store closes.
         let _ = committer.await;
         state.store.close().await.context("closing the store")?;
@@ -142,6 +157,56 @@ async fn connect_postgres(
     }
 }
 
+/// This instance's place among the instances on one PostgreSQL. Refuses
+/// to join live instances that run another program version, unless told.
+async fn join_cluster(
+    store: PgStore,
+    config: &ServerConfig,
+    boot: &str,
+) -> anyhow::Result<crate::cluster::Cluster> {
+    let url = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    let ttl = Duration::from_millis(config.lease_ttl_ms);
+    let cluster = crate::cluster::Cluster::new(
+        store.clone(),
+        url.clone(),
+        boot,
+        config
+            .database_url
+            .as_ref()
+            .map(|s| s.0.clone())
+            .unwrap_or_default(),
+        ttl,
+        Duration::from_secs(config.failover_wait_secs),
+    );
+    let live = store
+        .members(crate::cluster::lease::live_within_ms(&cluster))
+        .await
+        .context("reading the cluster's members")?;
+    let mine = env!("CARGO_PKG_VERSION");
+    let skewed: Vec<String> = live
+        .iter()
+        .filter(|m| m.version != mine && m.url != url)
+        .map(|m| format!("{} runs {}", m.url, m.version))
+        .collect();
+    if !skewed.is_empty() {
+        if config.allow_version_skew {
+            tracing::warn!(others = ?skewed, mine, "joining instances of another version (--allow-version-skew)");
+        } else {
+            anyhow::bail!(
+                "refusing to join the cluster: this is tidemark {mine} but {}; run the same version on every instance (upgrade one at a time with --allow-version-skew only if the versions are compatible)",
+                skewed.join(", ")
+            );
+        }
+    }
+    if let Some(other) = live.iter().find(|m| m.url == url) {
+        tracing::info!(url = %url, previous = %other.id, "an instance with this URL was live recently; taking its place");
+    }
+    Ok(cluster)
+}
+
 /// Refuses data restored from an online backup that still needs cleanup
 /// (B6), then records this process in the store, so an online backup
 /// carries it.
@@ -176,6 +241,10 @@ async fn prune_worker(state: Arc<AppState>) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if state.cluster.as_ref().is_some_and(|c| !c.is_primary()) {
+            // The primary's job.
+            continue;
         }
         if let Err(e) = state
             .recovery

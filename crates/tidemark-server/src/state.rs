@@ -30,8 +30,13 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// Who did which admin action.
     pub audit: crate::audit::Audit,
-    /// Names this process; part of every watch event id.
+    /// Names this process.
     pub boot: String,
+    /// Part of every watch event id: the boot of this process, or with
+    /// several instances the cluster's, so an id means the same on each.
+    pub stream_id: String,
+    /// With the PostgreSQL engine: this instance's place in the cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// False until the server serves, and again once shutdown begins.
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
@@ -44,6 +49,7 @@ impl AppState {
         store: Arc<dyn Store>,
         config: ServerConfig,
         boot: String,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
         shutdown: CancellationToken,
     ) -> Result<(Arc<AppState>, Worker), StoreError> {
         let metrics = ServerMetrics::new();
@@ -51,6 +57,7 @@ impl AppState {
         metrics.seq.set(meta.seq as i64);
         metrics.epoch.set(meta.epoch as i64);
         let hub = Arc::new(Hub::new(config.push_queue));
+        hub.start_at(meta.seq);
         let read_cache =
             ReadCache::new(config.read_cache_entries, config.read_cache_bytes).map(Arc::new);
         let after_commit: AfterCommit = {
@@ -75,9 +82,17 @@ impl AppState {
         };
         let (committer, worker) = Committer::new(store.clone(), after_commit, after_unknown);
         let recovery = Recovery::load(store.clone()).await?;
-        let quiesce = Quiesce::load(store.as_ref()).await?;
-        // A crash between the last flag clear and the state change is mended here.
-        recovery.maybe_finish().await?;
+        let quiesce =
+            Quiesce::load(store.as_ref(), cluster.as_ref().map(|c| c.url.as_str())).await?;
+        if cluster.is_none() {
+            // A crash between the last flag clear and the state change is
+            // mended here (in a cluster, by whoever becomes primary).
+            recovery.maybe_finish().await?;
+        }
+        let stream_id = match &cluster {
+            Some(c) => c.store.cluster_id().await?,
+            None => boot.clone(),
+        };
         let auth = crate::auth::Auth::load(store.clone()).await?;
         let audit = crate::audit::Audit::new(store.clone());
         let state = Arc::new(AppState {
@@ -92,6 +107,8 @@ impl AppState {
             metrics,
             config,
             boot,
+            stream_id,
+            cluster,
             ready: AtomicBool::new(false),
             shutdown,
         });

@@ -29,6 +29,7 @@ impl TestServer {
             store.clone(),
             ServerConfig::default(),
             "boot1".into(),
+            None,
             shutdown.clone(),
         )
         .await

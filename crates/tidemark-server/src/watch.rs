@@ -33,18 +33,24 @@ pub async fn open(
     let id = app.hub.subscriber(name);
     let queue = app.hub.subscribe();
     let meta = app.store.meta().await?;
+    let clustered = app.cluster.is_some();
+    // In a cluster, interest known here is complete only if the subscriber
+    // declared it just before this stream (it may have read elsewhere).
+    let declared = clustered && app.hub.take_declared(id);
     let last = last_event_id.map(|s| s.parse::<EventId>());
     let (cursor, resumed, cannot_resume) = match last {
         Some(Ok(eid))
-            if eid.boot == app.boot
+            if eid.boot == app.stream_id
                 && eid.epoch == meta.epoch
                 && eid.seq <= meta.seq
-                && eid.seq + 1 >= meta.log_floor =>
+                && eid.seq + 1 >= meta.log_floor
+                && (!clustered || declared)
+                && caught_up(app, eid.seq).await =>
         {
             (eid.seq, true, false)
         }
-        Some(_) => (meta.seq, false, true),
-        None => (meta.seq, false, false),
+        Some(_) => (start(app, meta.seq), false, true),
+        None => (start(app, meta.seq), false, false),
     };
     tracing::info!(subscriber = %name, cursor, resumed, cannot_resume, "watch stream opened");
     let (tx, rx) = mpsc::channel(1024);
@@ -57,6 +63,46 @@ pub async fn open(
     };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
     Ok(rx)
+}
+
+/// Whether this instance's own view (what it has published) reaches `seq`.
+/// A standby trails the primary by a moment; a stream that resumes from an
+/// id the primary gave waits for it, so no change at or below the id can
+/// still be on its way here (and be skipped as already sent).
+async fn caught_up(app: &Arc<AppState>, seq: u64) -> bool {
+    let Some(cluster) = &app.cluster else {
+        return true;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        if cluster.is_primary() || app.hub.watermark() >= seq {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        cluster.tail_wake.notify_one();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Where a stream that does not resume starts: the store's position, or on
+/// a standby what it has published so far (the rest comes from its tail).
+fn start(app: &AppState, seq: u64) -> u64 {
+    match &app.cluster {
+        Some(c) if !c.is_primary() => app.hub.watermark(),
+        _ => seq,
+    }
+}
+
+/// How far a replay from the change log may go: on a standby, only up to
+/// what it has published (its read cache is coherent up to there; later
+/// changes arrive from its tail, in order).
+fn replay_bound(app: &AppState) -> u64 {
+    match &app.cluster {
+        Some(c) if !c.is_primary() => app.hub.watermark(),
+        _ => u64::MAX,
+    }
 }
 
 struct WatchStream {
@@ -73,7 +119,7 @@ impl WatchStream {
         EventId {
             epoch: self.epoch,
             seq: self.cursor,
-            boot: self.app.boot.clone(),
+            boot: self.app.stream_id.clone(),
         }
         .to_string()
     }
@@ -167,10 +213,11 @@ impl WatchStream {
                     return false;
                 }
             };
-            if page.is_empty() {
+            let bound = replay_bound(&self.app);
+            if page.first().is_none_or(|c| c.version.seq > bound) {
                 return true;
             }
-            for c in page {
+            for c in page.into_iter().take_while(|c| c.version.seq <= bound) {
                 self.cursor = c.version.seq;
                 if self.app.hub.holds(self.id, &c.table, &c.key) && !self.send_current(&c).await {
                     return false;
@@ -191,6 +238,7 @@ impl WatchStream {
             seq: self.cursor,
             boot: self.app.boot.clone(),
             resumed,
+            declare: self.app.cluster.is_some(),
         };
         let mut alive = self.send(WatchEvent::Hello(hello)).await;
         if let (true, Some(notice)) = (alive, self.app.quiesce.notice()) {

@@ -410,6 +410,7 @@ mod tests {
                 seq: 0,
                 boot: "b".into(),
                 resumed: false,
+                declare: false,
             };
             watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
             watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));

@@ -227,6 +227,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         seq: cursor.unwrap_or(db.seq),
                         boot: format!("b{}", db.boot),
                         resumed,
+                        declare: false,
                     })
                 };
                 db.stream_up = true;

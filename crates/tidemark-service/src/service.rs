@@ -28,8 +28,12 @@ pub struct Service {
 impl Service {
     /// Builds a service server; loads the cache snapshot if `cache_dir` has one.
     pub fn new(config: ServiceConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let upstream = Arc::new(DbClient::new(&config.db));
-        Self::with_upstream(config, shutdown, upstream)
+        // Reads and the watch stream share one client, so they use the same
+        // instance of a cluster: interest registered by a read is known to
+        // the instance that pushes.
+        let client = DbClient::new(&config.db);
+        let upstream = Arc::new(client.clone());
+        Self::build(config, shutdown, upstream, client)
     }
 
     /// Builds a service server whose reads ask `upstream` (the DB server;
@@ -39,10 +43,19 @@ impl Service {
         shutdown: CancellationToken,
         upstream: Arc<dyn Upstream>,
     ) -> anyhow::Result<Self> {
+        let client = DbClient::new(&config.db);
+        Self::build(config, shutdown, upstream, client)
+    }
+
+    fn build(
+        config: ServiceConfig,
+        shutdown: CancellationToken,
+        upstream: Arc<dyn Upstream>,
+        client: DbClient,
+    ) -> anyhow::Result<Self> {
         if tidemark_api::schema::validate_name("service", &config.id).is_err() {
             anyhow::bail!("a service server needs --id NAME (1 to 128 bytes): the DB server pushes changes to it by this name");
         }
-        let client = DbClient::new(&config.db);
         let cache = Cache::new(config.cache_capacity);
         let mut last_event_id = None;
         if let Some(dir) = &config.cache_dir {
@@ -70,6 +83,9 @@ impl Service {
                 db_epoch: AtomicU64::new(0),
                 schema_version: AtomicU64::new(0),
                 quiesce: Mutex::new(None),
+                // Until a server says otherwise (a restart from a snapshot
+                // may resume at an instance of a cluster).
+                declare: AtomicBool::new(true),
                 quiesce_at: Mutex::new(None),
                 shutdown,
                 config,

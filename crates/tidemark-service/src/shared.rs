@@ -40,6 +40,9 @@ pub struct Shared {
     pub db_epoch: AtomicU64,
     pub schema_version: AtomicU64,
     pub quiesce: Mutex<Option<QuiesceEvent>>,
+    /// The DB server said it is one instance of a cluster: before a stream
+    /// resumes, declare what the cache holds (`POST /v1/watch/interest`).
+    pub declare: AtomicBool,
     /// When the DB server goes offline, per the quiesce notice in force.
     pub quiesce_at: Mutex<Option<std::time::Instant>>,
     pub shutdown: CancellationToken,

@@ -28,6 +28,10 @@ pub async fn run(shared: Arc<Shared>) {
             break;
         }
         let last = shared.last_event_id.lock().clone();
+        if last.is_some() && shared.declare.load(Ordering::SeqCst) {
+            declare(&shared).await;
+        }
+        let base = shared.client.base().to_owned();
         match shared
             .client
             .watch(&shared.config.id, last.as_deref())
@@ -35,10 +39,20 @@ pub async fn run(shared: Arc<Shared>) {
         {
             Ok(stream) => {
                 tokio::pin!(stream);
+                let mut check = tokio::time::interval(Duration::from_millis(50));
                 loop {
                     let next = tokio::select! {
                         _ = shared.shutdown.cancelled() => break,
                         n = stream.next() => n,
+                        _ = check.tick() => {
+                            if shared.client.base() != base {
+                                // Reads moved to another instance (this one
+                                // failed or is quiescing): the stream follows.
+                                tracing::info!(from = %base, to = %shared.client.base(), "moving the watch stream to another DB-server instance");
+                                break;
+                            }
+                            continue;
+                        }
                     };
                     match next {
                         Some(Ok(ev)) => {
@@ -81,6 +95,28 @@ pub async fn run(shared: Arc<Shared>) {
     shared.connected.store(false, Ordering::SeqCst);
 }
 
+/// Tells the instance about to be watched every key the cache holds, so
+/// the stream resumes there (it may not have seen our reads).
+async fn declare(shared: &Shared) {
+    let keys: Vec<(String, String)> = shared
+        .cache
+        .entries()
+        .iter()
+        .map(|e| (e.table.clone(), e.key.clone()))
+        .collect();
+    let n = keys.len();
+    match shared
+        .client
+        .declare_interest(&shared.config.id, keys)
+        .await
+    {
+        Ok(()) => tracing::debug!(keys = n, base = %shared.client.base(), "interest declared"),
+        Err(e) => {
+            tracing::info!(error = %e, "could not declare interest; the stream will not resume and cached records will be revalidated")
+        }
+    }
+}
+
 /// The stream ended: from now on nothing cached is vouched for.
 pub(crate) fn stream_down(shared: &Shared) {
     shared.connected.store(false, Ordering::SeqCst);
@@ -101,6 +137,7 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
     match decoded {
         WatchEvent::Hello(h) => {
             shared.db_epoch.store(h.epoch, Ordering::SeqCst);
+            shared.declare.store(h.declare, Ordering::SeqCst);
             if !h.resumed {
                 // The server will not replay what we missed (first
                 // connection, a cache snapshot it cannot resume, another
@@ -147,6 +184,12 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 }
                 _ => None,
             };
+            if !q.cancelled && q.notice.is_some() && shared.client.bases().len() > 1 {
+                // S4, S8: move to another instance before the deadline.
+                let base = shared.client.base().to_owned();
+                shared.client.move_on(&base);
+                tracing::info!(from = %base, to = %shared.client.base(), "DB-server instance quiescing; moving to another");
+            }
             *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
         }
         WatchEvent::Schema(s) => {
@@ -184,6 +227,7 @@ mod tests {
             seq: 0,
             boot: "b".into(),
             resumed,
+            declare: false,
         })
     }
 

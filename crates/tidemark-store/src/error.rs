@@ -67,6 +67,10 @@ pub enum StoreError {
     /// The engine failed; the operation had no effect.
     #[error("storage engine failed: {0}")]
     Engine(String),
+    /// Several instances share the store and this one does not hold the
+    /// lease: it may not write (the write belongs to the primary).
+    #[error("this DB-server instance is not the primary; send the write to the primary (any instance forwards it)")]
+    NotPrimary,
     /// The engine cannot be reached (its connection broke or it is down);
     /// the operation may or may not have taken effect.
     #[error("storage engine unreachable: {0}")]

@@ -101,6 +101,23 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With --store postgres: how the other instances and clients reach
+    /// this one, e.g. http://db-1:7070 [default: the address it listens on].
+    /// Several instances on one PostgreSQL form one cluster: one primary
+    /// (chosen by a lease in PostgreSQL), the rest standbys.
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+    /// Seconds a write is held while no primary is online (a failover)
+    /// before it is answered 503 no_primary [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub failover_wait: Option<u64>,
+    /// How long the primary's lease lasts without renewal, in ms
+    /// [default: 1200]: a dead primary is replaced about this long after.
+    #[arg(long, value_name = "MS")]
+    pub lease_ttl_ms: Option<u64>,
+    /// Start even if other live instances run another tidemark version.
+    #[arg(long)]
+    pub allow_version_skew: bool,
 }
 
 #[derive(Debug, Args)]
@@ -408,6 +425,9 @@ pub struct QuiesceArgs {
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
+    /// The standby to make primary (its --advertise URL). The old primary
+    /// finishes its commits in flight and becomes a standby; writes sent
+    /// meanwhile, to any instance, are held and committed by the new one.
     #[arg(long, value_name = "URL")]
     pub server: String,
 }

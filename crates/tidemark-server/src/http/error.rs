@@ -58,6 +58,11 @@ impl From<StoreError> for HttpError {
                 )
                 .retry_after(1)
             }
+            StoreError::NotPrimary => HttpError::new(
+                ErrorCode::NoPrimary,
+                format!("{message}; no primary is online yet (a failover): retry in a moment"),
+            )
+            .retry_after(1),
             StoreError::DataDir { .. }
             | StoreError::Locked { .. }
             | StoreError::Format(_)
@@ -73,8 +78,14 @@ impl From<StoreError> for HttpError {
     }
 }
 
+/// Marks an answer whose write was not applied because this instance is not
+/// the primary (see `cluster::forward`).
+#[derive(Debug, Clone, Copy)]
+pub struct NotPrimaryMark;
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        let not_primary = self.error.code == ErrorCode::NoPrimary;
         let status = StatusCode::from_u16(self.error.code.status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&ErrorBody { error: self.error }).unwrap_or_default();
@@ -89,6 +100,13 @@ impl IntoResponse for HttpError {
                 resp.headers_mut()
                     .insert(axum::http::header::RETRY_AFTER, v);
             }
+        }
+        if not_primary {
+            resp.extensions_mut().insert(NotPrimaryMark);
+            resp.headers_mut().insert(
+                crate::cluster::NOT_PRIMARY_HEADER,
+                HeaderValue::from_static("1"),
+            );
         }
         resp
     }

@@ -30,6 +30,8 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
             Some(AccessRole::Reader)
         }
         p if get && p.starts_with("/v1/records/") => Some(AccessRole::Reader),
+        // A service server's own interest, like its watch stream.
+        "/v1/watch/interest" if method == Method::POST => Some(AccessRole::Reader),
         "/v1/orders" | "/v1/recovery/schedule" | "/v1/recovery/complete"
             if method == Method::POST =>
         {

@@ -1,6 +1,7 @@
 //! The HTTP API of the DB server, one module per group of endpoints.
 
 pub mod backup;
+pub mod cluster;
 pub mod console;
 pub mod error;
 pub mod guard;
@@ -25,6 +26,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/records/{table}/{key}", get(records::get_record))
         .route("/v1/orders", post(orders::post_orders))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/watch/interest", post(cluster::declare))
+        .route("/v1/cluster/promote", post(cluster::promote))
+        .route("/v1/cluster/handover", post(cluster::handover))
         .route("/v1/state", get(probes::state))
         .route("/v1/recovery", get(recovery::status))
         .route("/v1/recovery/schedule", post(recovery::schedule))
@@ -49,6 +53,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/console", get(console::page))
         .route("/v1/console/events", get(console::events))
         .fallback(error::not_found)
+        // Inside the guard: a write is forwarded only once its caller is known.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::forward::forward,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,

@@ -9,6 +9,7 @@ use axum::Json;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tidemark_api::state::MemberInfo;
 use tidemark_api::{ErrorCode, Role, ServerState};
 
 /// `GET /healthz`: the process is up.
@@ -63,9 +64,44 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 /// `GET /v1/state`.
 pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>, HttpError> {
     let meta = app.store.meta().await?;
+    let (role, term, primary, advertise, members) = match &app.cluster {
+        None => (Role::Primary, None, None, None, Vec::new()),
+        Some(c) => {
+            let view = c.view();
+            let members = c
+                .members
+                .read()
+                .iter()
+                .map(|m| MemberInfo {
+                    url: m.url.clone(),
+                    role: if m.role == "primary" {
+                        Role::Primary
+                    } else {
+                        Role::Standby
+                    },
+                    term: m.term,
+                    last_heartbeat: m.heartbeat.clone(),
+                    heartbeat_age_ms: m.heartbeat_age_ms.max(0) as u64,
+                    version: m.version.clone(),
+                    schema_version: m.schema_version,
+                    quiesce: m
+                        .quiesce
+                        .as_deref()
+                        .and_then(|q| serde_json::from_str(q).ok()),
+                })
+                .collect();
+            (
+                view.role,
+                Some(view.term),
+                view.primary,
+                Some(c.url.clone()),
+                members,
+            )
+        }
+    };
     Ok(Json(ServerState {
         state: app.recovery.state(),
-        role: Role::Primary,
+        role,
         epoch: meta.epoch,
         seq: meta.seq,
         schema_version: meta.schema_version,
@@ -73,6 +109,10 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
         boot: app.boot.clone(),
         store: app.store.engine().to_owned(),
         recovery: Some(app.recovery.status(meta.epoch).await?),
+        term,
+        primary,
+        advertise,
+        members,
     }))
 }
 

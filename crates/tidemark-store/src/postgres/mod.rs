@@ -12,6 +12,7 @@
 //!   refused with a message that says what to do.
 
 mod catalog;
+pub mod cluster;
 pub mod snapshot;
 pub mod target;
 mod write;
@@ -35,6 +36,8 @@ use tidemark_api::{Order, Record, RecoveryState, Schema, Version};
 /// The on-disk format this build reads and writes (same numbering as the
 /// embedded engine's).
 pub const FORMAT_VERSION: u64 = 1;
+/// How long PostgreSQL lets a pooled connection sit idle inside a transaction.
+const IDLE_TX_LIMIT_MS: u64 = 1000;
 /// The oldest PostgreSQL this engine runs on.
 const MIN_SERVER_VERSION: i32 = 130000;
 
@@ -59,6 +62,12 @@ struct Inner {
     closed: AtomicBool,
     /// The connection holding a running server's shared lock (see `target.rs`).
     lock_conn: parking_lot::Mutex<Option<tokio_postgres::Client>>,
+    /// Set once this store serves one instance of several (see
+    /// `cluster.rs`): every write transaction then checks the lease.
+    fenced: AtomicBool,
+    /// The term and holder id a write transaction must find in the lease;
+    /// `None`: this instance may not write.
+    fence: RwLock<Option<(u64, String)>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -130,7 +139,12 @@ impl PgStore {
             path: "--database-url".into(),
             detail: format!("not a PostgreSQL URL ({e}); use postgres://USER@HOST:PORT/DATABASE"),
         })?;
-        config.options(format!("-c search_path={schema}"));
+        // A transaction left idle (its instance paused or cut off mid-commit)
+        // is ended by PostgreSQL after a second, so it cannot hold the lease
+        // row and stall a failover (see `cluster.rs`); long reads opt out.
+        config.options(format!(
+            "-c search_path={schema} -c idle_in_transaction_session_timeout={IDLE_TX_LIMIT_MS}"
+        ));
         if config.get_application_name().is_none() {
             config.application_name("tidemark");
         }
@@ -156,6 +170,8 @@ impl PgStore {
                 write: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
                 lock_conn: parking_lot::Mutex::new(None),
+                fenced: AtomicBool::new(false),
+                fence: RwLock::new(None),
             }),
         };
         store.bootstrap().await?;
@@ -200,6 +216,9 @@ impl PgStore {
             .await
             .map_err(engine_error)?;
         tx.batch_execute(catalog::INTERNAL_DDL)
+            .await
+            .map_err(engine_error)?;
+        tx.batch_execute(cluster::CLUSTER_DDL)
             .await
             .map_err(engine_error)?;
         let fresh = tx
@@ -299,9 +318,37 @@ impl PgStore {
         let _w = self.inner.write.lock().await;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(engine_error)?;
+        self.check_fence(&tx).await?;
         let out = f(&tx).await?;
         tx.commit().await.map_err(engine_error)?;
         Ok(out)
+    }
+
+    /// With fencing on (several instances), holds the lease row `FOR SHARE`
+    /// for the rest of `tx` and fails unless this instance holds the lease
+    /// at its term (see `cluster.rs`).
+    pub(crate) async fn check_fence(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<(), StoreError> {
+        if !self.inner.fenced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let fence = self.inner.fence.read().clone();
+        let Some((term, me)) = fence else {
+            return Err(StoreError::NotPrimary);
+        };
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM tm_lease WHERE id = 1 AND term = $1 AND holder = $2 FOR SHARE",
+                &[&(term as i64), &me],
+            )
+            .await
+            .map_err(engine_error)?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotPrimary),
+        }
     }
 
     async fn sources_where(

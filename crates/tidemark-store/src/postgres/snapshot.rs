@@ -176,6 +176,11 @@ impl PgStore {
             .start()
             .await
             .map_err(engine_error)?;
+        // Long reads with client work between them: exempt from the pool's
+        // idle-in-transaction limit (see `PgStore::connect`).
+        tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+            .await
+            .map_err(engine_error)?;
         // The schema as of the snapshot's point, from the same transaction.
         let names: Vec<String> = tx
             .query("SELECT name FROM tm_tables", &[])
@@ -305,6 +310,9 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
     };
     let mut client = store.client().await?;
     let tx = client.transaction().await.map_err(engine_error)?;
+    tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        .await
+        .map_err(engine_error)?;
     // The fresh store's own rows give way to the snapshot's.
     tx.batch_execute("DELETE FROM tm_meta; DELETE FROM tm_columns; DELETE FROM tm_tables;")
         .await

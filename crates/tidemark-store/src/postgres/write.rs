@@ -89,6 +89,17 @@ impl PgStore {
             // The group did not commit (or, with the connection lost, its
             // outcome is unknown): every batch not refused on its own fails
             // with the group's error.
+            if matches!(e, StoreError::NotPrimary) {
+                // Fenced: nothing was written; the whole group belongs to
+                // the primary.
+                return out
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
+                        _ => Err(StoreError::NotPrimary),
+                    })
+                    .collect();
+            }
             let unavailable = matches!(e, StoreError::Unavailable(_));
             let msg = e.to_string();
             return out
@@ -113,6 +124,9 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // Several instances: only the lease holder of the current term
+        // commits (the lease row stays share-locked until the commit).
+        self.check_fence(&tx).await?;
         // The counter and the recovery state in one round trip; the lock on
         // the counter orders writers.
         let meta: HashMap<String, String> = tx
@@ -188,6 +202,16 @@ impl PgStore {
         )
         .await
         .map_err(pg)?;
+        if self.inner.fenced.load(Ordering::SeqCst) {
+            // Wakes the other instances' change-log tails at the commit.
+            exec(
+                &tx,
+                "SELECT pg_notify($1, $2)",
+                &[&self.channel(), &st.seq.to_string()],
+            )
+            .await
+            .map_err(pg)?;
+        }
         tx.commit().await.map_err(pg)?;
         self.inner.seq.store(st.seq, Ordering::SeqCst);
         if st.flags_cleared > 0 {

@@ -4,6 +4,7 @@ mod backup;
 mod cleanup;
 mod demo;
 mod ops;
+mod promote;
 mod quiesce;
 mod recovery;
 mod restore;
@@ -36,25 +37,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(config.server, args).await,
         Command::Cleanup(args) => cleanup::run(config.server, args).await,
         Command::Quiesce(args) => quiesce::run(args).await,
-        Command::Promote(args) => promote(args).await,
+        Command::Promote(args) => promote::run(args).await,
         Command::Schema(args) => schema(args).await,
         Command::Demo(args) => demo::run_demo(args).await,
         Command::Token(cmd) => token::run(cmd).await,
         Command::Audit(args) => token::audit(args).await,
     }
-}
-
-/// `tidemark promote`: HA (primary and standbys) runs over PostgreSQL only;
-/// the instances and the lease are not built yet.
-async fn promote(args: crate::cli::PromoteArgs) -> anyhow::Result<()> {
-    let state = tidemark_api::DbClient::new(&args.server).state().await?;
-    if state.store == "sqlite" {
-        anyhow::bail!(
-            "promote refused: {} runs the embedded engine, which has one instance and no standby; high availability needs the PostgreSQL engine (--store postgres)",
-            args.server
-        );
-    }
-    not_yet("promote", "the high-availability work")
 }
 
 /// `tidemark schema show --server URL`: the schema in force. Staging and

@@ -29,6 +29,21 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
     }
+    if let Some(a) = args.advertise {
+        config.advertise = Some(a);
+    }
+    if let Some(w) = args.failover_wait {
+        config.failover_wait_secs = w;
+    }
+    if let Some(t) = args.lease_ttl_ms {
+        if t < 100 {
+            anyhow::bail!("--lease-ttl-ms must be at least 100");
+        }
+        config.lease_ttl_ms = t;
+    }
+    if args.allow_version_skew {
+        config.allow_version_skew = true;
+    }
     if config.store == StoreKind::Postgres && config.database_url.is_none() {
         anyhow::bail!(
             "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
@@ -43,6 +58,9 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     let listener = super::bind_scheme(&config.listen, "DB server", scheme).await?;
     // The port is bound first: until the store is open (PostgreSQL may be
     // unreachable for a while) the probes answer, alive but not ready.
+    if config.advertise.is_none() {
+        config.advertise = Some(format!("{scheme}://{}", listener.local_addr()?));
+    }
     let listener = listener.into_std()?;
     let early = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
     let opened = CancellationToken::new();

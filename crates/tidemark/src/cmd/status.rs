@@ -48,5 +48,28 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         ),
         None => println!("quiesce       none"),
     }
+    if let Some(term) = state.term {
+        println!(
+            "cluster       term {term}, primary {}",
+            state
+                .primary
+                .as_deref()
+                .unwrap_or("none online (failover in progress)")
+        );
+        for m in &state.members {
+            println!(
+                "  member      {} {:?} term {} v{} heartbeat {} ms ago{}",
+                m.url,
+                m.role,
+                m.term,
+                m.version,
+                m.heartbeat_age_ms,
+                m.quiesce
+                    .as_ref()
+                    .map(|q| format!(", quiescing: offline in {}s", q.seconds_left))
+                    .unwrap_or_default()
+            );
+        }
+    }
     Ok(())
 }

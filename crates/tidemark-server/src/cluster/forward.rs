@@ -1,0 +1,162 @@
+//! Writes reach the primary wherever they are sent (S5).
+//!
+//! A write on a standby is forwarded to the primary with the caller's
+//! token. While no primary is online (a failover, a promote in progress)
+//! it is held, up to `--failover-wait`, then answered `503 no_primary` with
+//! `Retry-After`. A write the primary's own store refuses as fenced (it
+//! lost the lease mid-request) is held and forwarded the same way: nothing
+//! was written, so it is not refused and not lost ("kept and delayed until
+//! the new background server is online").
+
+use super::Cluster;
+use crate::http::error::{HttpError, NotPrimaryMark};
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_api::state::Role;
+use tidemark_api::ErrorCode;
+
+/// The header a forwarded request carries, so it is never forwarded twice.
+const FORWARDED: &str = "tidemark-forwarded";
+
+/// Whether a request changes shared data (and so belongs to the primary).
+/// A quiesce notice is per instance, interest is per instance, a backup
+/// only reads, and the cluster endpoints decide themselves.
+fn belongs_to_primary(method: &Method, path: &str) -> bool {
+    if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
+        return false;
+    }
+    !(path == "/v1/quiesce"
+        || path == "/v1/backup"
+        || path == "/v1/watch/interest"
+        || path.starts_with("/v1/cluster/"))
+}
+
+/// The middleware (after the guard: the caller is known).
+pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(cluster) = app.cluster.clone() else {
+        return next.run(req).await;
+    };
+    if !belongs_to_primary(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let limit = app.config.max_body_bytes;
+    let bytes =
+        match axum::body::to_bytes(body, limit).await {
+            Ok(b) => b,
+            Err(_) => return HttpError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body is over {limit} bytes or was cut off; send smaller batches"
+                ),
+            )
+            .into_response(),
+        };
+    let already_forwarded = parts.headers.contains_key(FORWARDED);
+    let deadline = Instant::now() + cluster.failover_wait;
+    loop {
+        let view = cluster.view();
+        match (view.role, view.primary) {
+            (Role::Primary, _) => {
+                let req = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
+                let resp = next.clone().run(req).await;
+                if resp.extensions().get::<NotPrimaryMark>().is_none() {
+                    return resp;
+                }
+                // Deposed while it ran: nothing was written; hold it.
+                cluster.lease_wake.notify_one();
+            }
+            (Role::Standby, _) if already_forwarded => {
+                // The sender thought we were primary: it holds and retries.
+                return no_primary(&cluster, true);
+            }
+            (Role::Standby, Some(primary)) => {
+                match send(&cluster, &primary, &parts, bytes.clone()).await {
+                    Ok(resp) => return resp,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %primary, "forward to the primary failed; holding the write")
+                    }
+                }
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return no_primary(&cluster, already_forwarded);
+        }
+        cluster.changed(Duration::from_millis(50)).await;
+    }
+}
+
+fn no_primary(cluster: &Cluster, forwarded: bool) -> Response {
+    let msg = if forwarded {
+        "this instance is not the primary any more; the instance that forwarded the write holds it until the new primary is online".to_owned()
+    } else {
+        format!(
+            "no primary DB server came online within {} s (a failover is in progress or PostgreSQL is unreachable); the write was not applied: resend it (orders are idempotent)",
+            cluster.failover_wait.as_secs()
+        )
+    };
+    let mut resp = HttpError::new(ErrorCode::NoPrimary, msg)
+        .retry_after(1)
+        .into_response();
+    if forwarded {
+        // The forwarding instance holds and retries it.
+        resp.extensions_mut().insert(NotPrimaryMark);
+    }
+    resp
+}
+
+/// Sends the write to the primary. `Err` if it could not be delivered, or
+/// the primary says it no longer is one (so the write was not applied).
+async fn send(
+    cluster: &Cluster,
+    primary: &str,
+    parts: &axum::http::request::Parts,
+    body: bytes::Bytes,
+) -> Result<Response, String> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{}", primary.trim_end_matches('/'), path);
+    let mut headers = HeaderMap::new();
+    for name in [
+        axum::http::header::AUTHORIZATION,
+        axum::http::header::CONTENT_TYPE,
+    ] {
+        if let Some(v) = parts.headers.get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    headers.insert(FORWARDED, axum::http::HeaderValue::from_static("1"));
+    let resp = cluster
+        .http
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .body(body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let not_primary = resp.headers().get(super::NOT_PRIMARY_HEADER).is_some();
+    if not_primary {
+        return Err(format!("{primary} is no longer the primary"));
+    }
+    let mut out = Response::builder()
+        .status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY));
+    for (k, v) in resp.headers() {
+        if k == axum::http::header::CONTENT_TYPE || k == axum::http::header::RETRY_AFTER {
+            out = out.header(k, v);
+        }
+    }
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    out.body(Body::from(bytes)).map_err(|e| e.to_string())
+}

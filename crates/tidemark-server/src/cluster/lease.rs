@@ -1,0 +1,202 @@
+//! The lease loop: the only place a role changes.
+//!
+//! - A primary renews its lease every tick. If it cannot for a whole lease
+//!   (PostgreSQL unreachable, the process was paused), or the lease moved,
+//!   it becomes a standby: first the fence (no write of ours commits),
+//!   then the view.
+//! - A standby reads the lease every tick. An expired or free lease is
+//!   taken (a new term); a lease handed to it (a promote) is adopted.
+//!   Before it serves as primary, it publishes every change committed
+//!   under earlier terms (`tail::catch_up`) and re-reads the shared state.
+
+use super::{role_name, tail, Cluster, View};
+use crate::state::AppState;
+use std::sync::Arc;
+use std::time::Instant;
+use tidemark_api::state::Role;
+use tidemark_store::postgres::cluster::MemberReport;
+use tidemark_store::StoreError;
+
+/// Runs until shutdown; then gives the lease up if it holds it, so a
+/// standby takes over at once instead of after the lease expires.
+pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
+    let mut last_renew = Instant::now();
+    let mut beat = 0u32;
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(cluster.tick()) => {}
+            _ = cluster.lease_wake.notified() => {}
+        }
+        let view = cluster.view();
+        match view.role {
+            Role::Primary => {
+                match cluster
+                    .store
+                    .lease_renew(&cluster.id, view.term, ttl_ms(&cluster))
+                    .await
+                {
+                    Ok(true) => last_renew = Instant::now(),
+                    Ok(false) => step_down(&cluster, "the lease moved to another instance"),
+                    Err(e) if last_renew.elapsed() >= cluster.lease_ttl => {
+                        step_down(&cluster, &format!("the lease could not be renewed: {e}"))
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                }
+            }
+            Role::Standby => {
+                if let Err(e) = follow(&app, &cluster).await {
+                    tracing::debug!(error = %e, "lease check failed; retrying");
+                }
+                last_renew = Instant::now();
+            }
+        }
+        beat += 1;
+        if beat % 3 == 1 {
+            heartbeat(&app, &cluster).await;
+        }
+    }
+    let view = cluster.view();
+    if view.role == Role::Primary {
+        cluster.store.set_fence(None);
+        match cluster.store.lease_release(&cluster.id, view.term).await {
+            Ok(true) => tracing::info!(term = view.term, "lease released at shutdown"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the lease; it expires by itself")
+            }
+        }
+    }
+    let _ = cluster.store.leave(&cluster.id).await;
+}
+
+fn ttl_ms(cluster: &Cluster) -> u64 {
+    cluster.lease_ttl.as_millis() as u64
+}
+
+/// A primary that lost its lease: the fence first, so nothing of ours
+/// commits any more, then the role.
+fn step_down(cluster: &Cluster, why: &str) {
+    cluster.store.set_fence(None);
+    let view = cluster.view();
+    tracing::warn!(
+        term = view.term,
+        why,
+        "no longer the primary; serving as a standby"
+    );
+    cluster.set_view(View {
+        role: Role::Standby,
+        term: view.term,
+        primary: None,
+    });
+    cluster.tail_wake.notify_one();
+}
+
+/// The primary gave its lease to `to` (a promote): it is a standby now.
+pub fn handed_over(cluster: &Cluster, term: u64, to: String) {
+    cluster.store.set_fence(None);
+    tracing::info!(term, primary = %to, "lease handed over; serving as a standby");
+    cluster.set_view(View {
+        role: Role::Standby,
+        term,
+        primary: Some(to),
+    });
+    cluster.tail_wake.notify_one();
+}
+
+/// A standby's look at the lease: follow the primary, or take over.
+async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), StoreError> {
+    let lease = cluster.store.lease().await?;
+    let term = if lease.held_by(&cluster.id) {
+        // Handed to us by a promote.
+        lease.term
+    } else if lease.holder.is_none() || lease.expires_in_ms <= 0 {
+        match cluster
+            .store
+            .lease_acquire(&cluster.id, &cluster.url, ttl_ms(cluster))
+            .await?
+        {
+            Some(l) => l.term,
+            None => return Ok(()),
+        }
+    } else {
+        cluster.set_view(View {
+            role: Role::Standby,
+            term: lease.term,
+            primary: lease.url,
+        });
+        return Ok(());
+    };
+    take_over(app, cluster, term).await
+}
+
+/// Becomes primary at `term`: fence, publish what earlier terms committed,
+/// re-read the shared state, then serve.
+async fn take_over(
+    app: &Arc<AppState>,
+    cluster: &Arc<Cluster>,
+    term: u64,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    cluster.store.set_fence(Some((term, cluster.id.clone())));
+    let ready = async {
+        cluster.store.refresh_shared().await?;
+        // Nobody else commits now: the tail reaches the end of the log.
+        tail::catch_up(app).await?;
+        app.recovery.refresh().await?;
+        app.auth.reload().await?;
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    if let Err(e) = ready {
+        cluster.store.set_fence(None);
+        tracing::warn!(error = %e, term, "could not take over as primary; the lease will expire and be taken again");
+        return Err(e);
+    }
+    cluster.set_view(View {
+        role: Role::Primary,
+        term,
+        primary: Some(cluster.url.clone()),
+    });
+    app.metrics.seq.set(app.hub.watermark() as i64);
+    tracing::info!(
+        term,
+        took_ms = started.elapsed().as_millis() as u64,
+        "this instance is now the primary"
+    );
+    // A crash between the last flag clear and the state change is mended here.
+    if let Err(e) = app.recovery.maybe_finish().await {
+        tracing::warn!(error = %e, "recovery state check failed; will retry");
+    }
+    Ok(())
+}
+
+async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
+    let view = cluster.view();
+    let quiesce = app
+        .quiesce
+        .notice()
+        .and_then(|n| serde_json::to_string(&n).ok());
+    let report = MemberReport {
+        id: &cluster.id,
+        url: &cluster.url,
+        role: role_name(view.role),
+        term: view.term,
+        version: env!("CARGO_PKG_VERSION"),
+        schema_version: app.store.schema().version,
+        quiesce,
+    };
+    if let Err(e) = cluster.store.heartbeat(&report).await {
+        tracing::debug!(error = %e, "heartbeat failed; retrying");
+        return;
+    }
+    match cluster.store.members(live_within_ms(cluster)).await {
+        Ok(m) => *cluster.members.write() = m,
+        Err(e) => tracing::debug!(error = %e, "member list unreadable; retrying"),
+    }
+}
+
+/// A member is live if it reported within three leases.
+pub fn live_within_ms(cluster: &Cluster) -> u64 {
+    3 * ttl_ms(cluster).max(1000)
+}

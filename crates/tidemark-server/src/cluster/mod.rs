@@ -1,0 +1,148 @@
+//! Several DB-server instances on one PostgreSQL (S3, S5, S8, S10): who is
+//! primary, and what a standby does differently.
+//!
+//! - `lease`: the loop that takes, renews and gives up the lease; the role
+//!   follows from it, never from a flag, so an instance restarted at any
+//!   moment rejoins in the right role by itself.
+//! - `tail`: a standby publishes the primary's changes from the change log
+//!   (LISTEN/NOTIFY wakes it; a poll is the safety net).
+//! - `forward`: a write sent to a standby goes to the primary, or is held
+//!   while no primary is online (`--failover-wait`).
+//!
+//! Invariants:
+//! - Only the lease holder of the current term commits: the store checks
+//!   the term inside every write transaction (`PgStore::set_fence`).
+//! - An instance becomes primary only after it has published every change
+//!   committed under earlier terms, so pushes stay in seq order, each once.
+
+pub mod forward;
+pub mod lease;
+pub mod tail;
+
+use parking_lot::RwLock;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_api::state::Role;
+use tidemark_store::PgStore;
+use tokio::sync::{watch, Notify};
+
+/// Set on an answer whose write was not applied because the instance is
+/// not the primary: whoever forwarded it holds it and tries again.
+pub const NOT_PRIMARY_HEADER: &str = "tidemark-not-primary";
+
+/// What this instance knows of the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub role: Role,
+    /// The term this instance last saw.
+    pub term: u64,
+    /// The primary's advertised URL, if one is online.
+    pub primary: Option<String>,
+}
+
+/// One instance of a cluster.
+pub struct Cluster {
+    pub store: PgStore,
+    /// Unique per process: the advertised URL and the boot.
+    pub id: String,
+    /// How the other instances and clients reach this one.
+    pub url: String,
+    pub database_url: String,
+    pub lease_ttl: Duration,
+    pub failover_wait: Duration,
+    view: watch::Sender<View>,
+    /// Wakes the lease loop (a promote) and the tail (a commit).
+    pub lease_wake: Notify,
+    pub tail_wake: Notify,
+    /// Forwards writes to the primary.
+    pub http: reqwest::Client,
+    /// The live members, as last read (for `/v1/state`).
+    pub members: RwLock<Vec<tidemark_store::postgres::cluster::Member>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("view", &*self.view.borrow())
+            .finish()
+    }
+}
+
+impl Cluster {
+    pub fn new(
+        store: PgStore,
+        url: String,
+        boot: &str,
+        database_url: String,
+        lease_ttl: Duration,
+        failover_wait: Duration,
+    ) -> Self {
+        // Until the lease loop has looked, this instance may not write.
+        store.set_fence(None);
+        let (view, _) = watch::channel(View {
+            role: Role::Standby,
+            term: 0,
+            primary: None,
+        });
+        Self {
+            store,
+            id: format!("{url}#{boot}"),
+            url,
+            database_url,
+            lease_ttl,
+            failover_wait,
+            view,
+            lease_wake: Notify::new(),
+            tail_wake: Notify::new(),
+            members: RwLock::new(Vec::new()),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .build()
+                .expect("a default reqwest client always builds"),
+        }
+    }
+
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.view.borrow().role == Role::Primary
+    }
+
+    pub(crate) fn set_view(&self, v: View) {
+        self.view.send_if_modified(|old| {
+            let changed = *old != v;
+            *old = v;
+            changed
+        });
+    }
+
+    /// Waits until the view changes or `within` passes.
+    pub async fn changed(&self, within: Duration) {
+        let mut rx = self.view.subscribe();
+        let _ = tokio::time::timeout(within, rx.changed()).await;
+    }
+
+    /// How often the lease loop looks: a fraction of the lease, so a
+    /// primary renews several times per term and a standby notices an
+    /// expiry soon after it happens.
+    pub fn tick(&self) -> Duration {
+        (self.lease_ttl / 6).clamp(Duration::from_millis(20), Duration::from_millis(500))
+    }
+}
+
+/// Mirrors `tidemark_api::state::Role` as the member table spells it.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+    }
+}
+
+/// The cluster of `app`, if its store is shared.
+pub fn of(app: &crate::state::AppState) -> Option<&Arc<Cluster>> {
+    app.cluster.as_ref()
+}

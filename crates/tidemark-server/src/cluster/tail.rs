@@ -1,0 +1,134 @@
+//! A standby's view of the primary's commits: the change log, read by seq.
+//!
+//! Invariants:
+//! - Changes are published from the log in seq order, after the read cache
+//!   dropped their keys, through the same hub as the committer's (which
+//!   skips what was published already); so no change is lost, reordered or
+//!   sent twice across a reconnect or a failover.
+//! - LISTEN/NOTIFY only wakes the tail; a poll every few ticks is the
+//!   safety net (notifications die with their connection).
+//! - While a recovery runs, a change read from the log is pushed marked
+//!   recovering (the log does not say whether its key is still flagged); a
+//!   service server then asks, and the read answers with the key's flag.
+
+use super::Cluster;
+use crate::hub::Push;
+use crate::state::AppState;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_api::event::{EpochEvent, EpochReason};
+use tidemark_api::RecoveryState;
+use tidemark_store::StoreError;
+
+/// How often a standby polls the log without a wake-up.
+const POLL: Duration = Duration::from_millis(200);
+/// How often a standby re-reads the shared state (recovery, tokens, schema).
+const REFRESH: Duration = Duration::from_millis(500);
+
+/// Runs until shutdown.
+pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
+    let mut listener: Option<tokio::sync::mpsc::Receiver<()>> = None;
+    let mut refreshed = Instant::now();
+    loop {
+        if listener.is_none() {
+            listener = cluster
+                .store
+                .listen_commits(&cluster.database_url)
+                .await
+                .map_err(|e| tracing::debug!(error = %e, "LISTEN failed; polling"))
+                .ok();
+        }
+        let woken = async {
+            match listener.as_mut() {
+                Some(rx) => rx.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+            _ = cluster.tail_wake.notified() => {}
+            alive = woken => if !alive { listener = None; }
+        }
+        if cluster.is_primary() {
+            // The committer publishes.
+            continue;
+        }
+        if refreshed.elapsed() >= REFRESH {
+            refreshed = Instant::now();
+            if let Err(e) = follow_shared_state(&app).await {
+                tracing::debug!(error = %e, "shared state unreadable; retrying");
+            }
+        }
+        if let Err(e) = catch_up(&app).await {
+            tracing::debug!(error = %e, "change-log tail failed; retrying");
+        }
+    }
+}
+
+/// Publishes every logged change after the hub's watermark, up to the end
+/// of the log.
+pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
+    loop {
+        let after = app.hub.watermark();
+        let mut page = app.store.changes_since(after, 1000).await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        let recovering = app.recovery.state() == RecoveryState::Recovering;
+        for c in &mut page {
+            if let Some(cache) = &app.read_cache {
+                cache.invalidate(&c.table, &c.key);
+            }
+            c.flagged |= recovering && !c.cleared_flag;
+        }
+        app.hub.publish_changes(&page);
+        if let Some(last) = page.last() {
+            app.metrics.seq.set(last.version.seq as i64);
+        }
+    }
+}
+
+/// Follows what the primary changed besides records: the recovery state
+/// (and the events its transitions send), tokens, the schema and flags.
+async fn follow_shared_state(app: &AppState) -> Result<(), StoreError> {
+    let before = (app.recovery.state(), app.recovery.blanket());
+    app.store_refresh().await?;
+    let m = app.recovery.refresh().await?;
+    app.auth.reload().await?;
+    let epoch = app.store.meta().await?.epoch;
+    let after_blanket = app.recovery.blanket();
+    if before.1 && !after_blanket && m.state == RecoveryState::Recovering {
+        // The schedule list became final on the primary.
+        app.hub.publish(Push::Epoch(EpochEvent {
+            epoch,
+            reason: EpochReason::ScheduleComplete,
+        }));
+    } else if before.0 == RecoveryState::Recovering
+        && m.state == RecoveryState::Normal
+        && m.remaining == 0
+        && !m.complete_requested
+    {
+        // An operator ended the recovery on the primary: flags dropped.
+        app.hub.publish(Push::Epoch(EpochEvent {
+            epoch,
+            reason: EpochReason::RecoveryAborted,
+        }));
+    }
+    if let Some(cache) = &app.read_cache {
+        if m.state != RecoveryState::Normal {
+            cache.clear();
+        }
+    }
+    Ok(())
+}
+
+impl AppState {
+    /// Re-reads what another instance may have changed in the store.
+    async fn store_refresh(&self) -> Result<(), StoreError> {
+        match &self.cluster {
+            Some(c) => c.store.refresh_shared().await,
+            None => Ok(()),
+        }
+    }
+}

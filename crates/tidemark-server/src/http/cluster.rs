@@ -1,0 +1,232 @@
+//! The endpoints of several instances on one PostgreSQL (S3, S5):
+//! `POST /v1/cluster/promote` (a planned switchover to this instance),
+//! `POST /v1/cluster/handover` (the primary's half of it) and
+//! `POST /v1/watch/interest` (a service server that moves here declares
+//! what it holds, so its stream resumes without revalidating).
+
+use super::error::HttpError;
+use super::guard::Caller;
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::{Extension, Json};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_api::state::{Handover, InterestDeclaration, Role};
+use tidemark_api::ErrorCode;
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T, HttpError> {
+    serde_json::from_slice(body)
+        .map_err(|e| HttpError::new(ErrorCode::BadJson, format!("{e}; send {shape}")))
+}
+
+fn single_instance() -> HttpError {
+    HttpError::new(
+        ErrorCode::PromoteRefused,
+        "this DB server uses the embedded engine, which runs as one instance: high availability (standbys, promote, failover) needs the PostgreSQL engine (tidemark server --store postgres --database-url URL --advertise URL)",
+    )
+}
+
+/// The live standbys, for refusals.
+async fn live_standbys(cluster: &crate::cluster::Cluster) -> String {
+    let within = crate::cluster::lease::live_within_ms(cluster);
+    match cluster.store.members(within).await {
+        Ok(ms) => {
+            let s: Vec<String> = ms
+                .into_iter()
+                .filter(|m| m.role == "standby")
+                .map(|m| m.url)
+                .collect();
+            if s.is_empty() {
+                "none".into()
+            } else {
+                s.join(", ")
+            }
+        }
+        Err(_) => "unknown (PostgreSQL unreachable)".into(),
+    }
+}
+
+/// `POST /v1/cluster/promote`: makes this standby the primary. The primary
+/// hands the lease over once its commits in flight end; writes arriving
+/// meanwhile, at any instance, are held and committed by the new primary.
+pub async fn promote(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let Some(cluster) = app.cluster.clone() else {
+        return Err(single_instance());
+    };
+    let before = cluster.view();
+    if before.role == Role::Primary {
+        return Ok(Json(
+            json!({"promoted": true, "already_primary": true, "term": before.term, "primary": cluster.url}),
+        ));
+    }
+    let lease = cluster.store.lease().await?;
+    if let (Some(primary), true) = (lease.url.clone(), lease.expires_in_ms > 0) {
+        let mut req = cluster
+            .http
+            .post(format!(
+                "{}/v1/cluster/handover",
+                primary.trim_end_matches('/')
+            ))
+            .json(&Handover {
+                to: cluster.url.clone(),
+            })
+            .timeout(Duration::from_secs(15));
+        if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+            req = req.header(axum::http::header::AUTHORIZATION, auth.clone());
+        }
+        let resp = req.send().await.map_err(|e| {
+            HttpError::new(
+                ErrorCode::NoPrimary,
+                format!("cannot reach the primary at {primary} to hand over ({e}); if it is dead, a standby takes over by itself once its lease expires"),
+            )
+            .retry_after(1)
+        })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            let err = serde_json::from_str::<tidemark_api::error::ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| {
+                    tidemark_api::ApiError::new(
+                        ErrorCode::PromoteRefused,
+                        format!("the primary at {primary} answered {status}: {body}"),
+                    )
+                });
+            return Err(err.into());
+        }
+    }
+    // Take it (handed over, or free/expired) and wait until we serve as primary.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.is_primary() {
+        if Instant::now() >= deadline {
+            return Err(HttpError::new(
+                ErrorCode::NoPrimary,
+                "the lease was handed over but this instance did not come up as primary within 10 s; see its log ('tidemark status' shows who is primary now)",
+            )
+            .retry_after(1));
+        }
+        cluster.lease_wake.notify_one();
+        cluster.changed(Duration::from_millis(50)).await;
+    }
+    let view = cluster.view();
+    app.audit
+        .record(
+            &caller.0,
+            "promote",
+            json!({"instance": cluster.url, "term": view.term}),
+        )
+        .await;
+    Ok(Json(
+        json!({"promoted": true, "already_primary": false, "term": view.term, "primary": cluster.url}),
+    ))
+}
+
+/// `POST /v1/cluster/handover`: the primary gives its lease to a live
+/// standby. The lease row's lock makes it wait for this instance's commits
+/// in flight; after it, none of ours can commit.
+pub async fn handover(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let Some(cluster) = app.cluster.clone() else {
+        return Err(single_instance());
+    };
+    let req: Handover = parse(&body, "{\"to\": \"http://standby:7070\"}")?;
+    let view = cluster.view();
+    if view.role != Role::Primary {
+        return Err(HttpError::new(
+            ErrorCode::PromoteRefused,
+            format!(
+                "this instance is not the primary (the primary is {}); promote through the standby: tidemark promote --server STANDBY_URL",
+                view.primary.as_deref().unwrap_or("unknown right now")
+            ),
+        ));
+    }
+    let within = crate::cluster::lease::live_within_ms(&cluster);
+    let members = cluster.store.members(within).await?;
+    let Some(target) = members
+        .iter()
+        .find(|m| m.url == req.to && m.role == "standby" && m.url != cluster.url)
+    else {
+        return Err(HttpError::new(
+            ErrorCode::PromoteRefused,
+            format!(
+                "{} is not a live standby of this cluster (stopped, unknown, or not started with that --advertise URL); live standbys: {}",
+                req.to,
+                live_standbys(&cluster).await
+            ),
+        ));
+    };
+    let ttl = cluster.lease_ttl.as_millis() as u64;
+    let moved = cluster
+        .store
+        .lease_hand_over(&cluster.id, view.term, &target.id, &target.url, ttl)
+        .await?;
+    if !moved {
+        return Err(HttpError::new(
+            ErrorCode::PromoteRefused,
+            "the lease moved while handing it over (a failover happened); check 'tidemark status' and promote again if needed",
+        ));
+    }
+    crate::cluster::lease::handed_over(&cluster, view.term + 1, target.url.clone());
+    app.audit
+        .record(
+            &caller.0,
+            "handover",
+            json!({"from": cluster.url, "to": target.url, "term": view.term + 1}),
+        )
+        .await;
+    Ok(Json(
+        json!({"handed_over": true, "term": view.term + 1, "primary": target.url}),
+    ))
+}
+
+/// `POST /v1/watch/interest`: registers keys a subscriber holds; the final
+/// chunk lets its next stream here resume from `Last-Event-ID`.
+pub async fn declare(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let d: InterestDeclaration = parse(
+        &body,
+        "{\"subscriber\": \"svc-1\", \"keys\": [[\"subscriber\", \"KEY\"]], \"final\": true}",
+    )?;
+    tidemark_api::schema::validate_name("subscriber", &d.subscriber)
+        .map_err(|e| HttpError::new(ErrorCode::BadRequest, e.to_string()))?;
+    if app.auth.any() {
+        if let Err(owner) = app.auth.bind_subscriber(&d.subscriber, &caller.0).await {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "subscriber '{}' belongs to token '{owner}'; a service server declares with its own token and name",
+                    d.subscriber.escape_debug()
+                ),
+            ));
+        }
+    }
+    let schema = app.store.schema();
+    let id = app.hub.subscriber(&d.subscriber);
+    let mut registered = 0u64;
+    for (table, key) in &d.keys {
+        // A key of a table that is gone, or malformed, cannot change: skip it.
+        if schema.table(table).is_ok() && tidemark_api::schema::validate_key(key).is_ok() {
+            app.hub.register(id, table, key);
+            registered += 1;
+        }
+    }
+    if d.final_chunk {
+        app.hub.declare(id);
+    }
+    Ok(Json(
+        json!({"registered": registered, "final": d.final_chunk}),
+    ))
+}

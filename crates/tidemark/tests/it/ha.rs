@@ -1,0 +1,624 @@
+//! High availability (issue 11; S3, S5, S8, S10): several DB-server
+//! instances on one PostgreSQL, under continuous orders and reads.
+//!
+//! After each fault: every acknowledged order is in the change log exactly
+//! once, the service server ends on the latest record of every key, and
+//! its pushes kept arriving.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidemark_testkit::postgres::PgCluster;
+
+/// A fast lease, so failovers in tests take about a second.
+const LEASE_MS: &str = "600";
+
+/// The test's database on the shared cluster, or None (skipped).
+fn database(test: &str) -> Option<String> {
+    let cluster = PgCluster::shared(test)?;
+    Some(cluster.database("ha").expect("a test database"))
+}
+
+/// One instance of the cluster on `url`'s database.
+fn instance(dir: &Path, name: &str, url: &str, listen: &str) -> Proc {
+    Proc::start_at(
+        name,
+        dir,
+        &[
+            "server",
+            "--store",
+            "postgres",
+            "--database-url",
+            url,
+            "--lease-ttl-ms",
+            LEASE_MS,
+            "--failover-wait",
+            "15",
+        ],
+        listen,
+    )
+}
+
+async fn state(url: &str) -> Option<Value> {
+    let r = reqwest::Client::new()
+        .get(format!("{url}/v1/state"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Waits until exactly one of `urls` says it is primary and the others
+/// agree; returns its index.
+async fn primary_of(urls: &[String]) -> usize {
+    eventually(20, "one primary that every live instance names", || async {
+        let mut primary = None;
+        let mut named = BTreeSet::new();
+        for (i, u) in urls.iter().enumerate() {
+            let s = state(u).await?;
+            if s["role"] == "primary" {
+                if primary.is_some() {
+                    return None;
+                }
+                primary = Some(i);
+            }
+            named.insert(s["primary"].as_str()?.to_owned());
+        }
+        let p = primary?;
+        (named.len() == 1 && named.contains(&urls[p])).then_some(p)
+    })
+    .await
+}
+
+/// Orders from `writers` sources, sent round-robin to every instance (a
+/// write reaches the primary wherever it is sent), each batch resent until
+/// acknowledged. Records what was acknowledged and every refusal.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeSet<(usize, u64)>>>,
+    refused: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const KEYS: u64 = 13;
+
+impl Load {
+    fn start(urls: Vec<String>, writers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<BTreeSet<(usize, u64)>>> = Default::default();
+        let refused: Arc<Mutex<Vec<String>>> = Default::default();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (stop, acked, refused, urls) =
+                (stop.clone(), acked.clone(), refused.clone(), urls.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut seq = 1u64;
+                let mut turn = w;
+                while !stop.load(Ordering::SeqCst) {
+                    let orders: Vec<Value> = (0..4)
+                        .map(|i| {
+                            json!({"source": format!("w{w}"), "seq": seq + i, "table": "subscriber",
+                                   "key": format!("k{}", (seq + i) % KEYS), "op": "upsert",
+                                   "fields": {"credit_limit": seq + i, "plan": format!("w{w}")}})
+                        })
+                        .collect();
+                    turn += 1;
+                    let base = &urls[turn % urls.len()];
+                    let r = client
+                        .post(format!("{base}/v1/orders"))
+                        .json(&json!({ "orders": orders }))
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => {
+                            let mut a = acked.lock().unwrap();
+                            for i in 0..4 {
+                                a.insert((w, seq + i));
+                            }
+                            seq += 4;
+                        }
+                        Ok(r) => {
+                            let s = r.status().as_u16();
+                            let body = r.text().await.unwrap_or_default();
+                            refused.lock().unwrap().push(format!("{s} {body}"));
+                        }
+                        // The instance was killed: the same batch goes to the next.
+                        Err(_) => {}
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            acked,
+            refused,
+            tasks,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits for `n` more acknowledged orders.
+    async fn progress(&self, n: usize, what: &str) {
+        let target = self.acked() + n;
+        let acked = self.acked.clone();
+        eventually(30, what, || {
+            let acked = acked.clone();
+            async move { (acked.lock().unwrap().len() >= target).then_some(()) }
+        })
+        .await;
+    }
+
+    async fn stop(self) -> (BTreeSet<(usize, u64)>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let refused = self.refused.lock().unwrap().clone();
+        (acked, refused)
+    }
+}
+
+/// Every acknowledged order is in the change log, none twice.
+async fn assert_exactly_once(url: &str, acked: &BTreeSet<(usize, u64)>) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT source, source_seq, count(*) FROM tidemark.tm_changes GROUP BY source, source_seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut logged = BTreeSet::new();
+    for r in &rows {
+        let (src, seq, n): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!(n, 1, "{src} seq {seq} applied {n} times");
+        if let Some(w) = src.strip_prefix('w') {
+            logged.insert((w.parse::<usize>().unwrap(), seq as u64));
+        }
+    }
+    let missing: Vec<_> = acked.difference(&logged).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged orders missing: {missing:?}"
+    );
+}
+
+/// The latest record of every key, from any instance.
+async fn latest(db: &str) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for k in 0..KEYS {
+        let (_, r) = get_json(&format!("{db}/v1/records/subscriber/k{k}")).await;
+        out.insert(format!("k{k}"), r["version"].clone());
+    }
+    out
+}
+
+/// A `latest-only` service server ends on the latest record of every key.
+async fn assert_service_current(svc: &str, db: &str) {
+    let want = latest(db).await;
+    eventually(20, "the service server to hold the latest records", || {
+        let want = want.clone();
+        async move {
+            for (k, v) in &want {
+                let (s, r) = get_json(&format!("{svc}/v1/records/subscriber/{k}")).await;
+                if s != 200 || &r["version"] != v || r["recovering"] != false {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+}
+
+/// Reads every key through a `latest-only` service server in a loop and
+/// checks each answer against the commits: a version older than one the
+/// same reader already saw acknowledged-and-read is an outdated answer.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Reader {
+    fn start(svc: String) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), reads.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut seen: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            let mut bad = Vec::new();
+            let mut k = 0;
+            while !s.load(Ordering::SeqCst) {
+                k = (k + 1) % KEYS;
+                let Ok(r) = client
+                    .get(format!("{svc}/v1/records/subscriber/k{k}"))
+                    .timeout(Duration::from_secs(20))
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let status = r.status().as_u16();
+                let Ok(body) = r.json::<Value>().await else {
+                    continue;
+                };
+                n.fetch_add(1, Ordering::Relaxed);
+                if status != 200 {
+                    if status != 404 && status != 503 {
+                        bad.push(format!("k{k}: {status} {body}"));
+                    }
+                    continue;
+                }
+                let v = (
+                    body["version"]["epoch"].as_u64().unwrap_or(0),
+                    body["version"]["seq"].as_u64().unwrap_or(0),
+                );
+                if let Some(prev) = seen.get(&k) {
+                    // Versions of one key never go back for one reader.
+                    if v < *prev {
+                        bad.push(format!("k{k}: went back from {prev:?} to {v:?}"));
+                    }
+                }
+                seen.insert(k, v);
+            }
+            bad
+        });
+        Reader { stop, reads, task }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let bad = self.task.await.unwrap();
+        (self.reads.load(Ordering::Relaxed), bad)
+    }
+}
+
+async fn metric(url: &str, name: &str) -> u64 {
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// S3, S10: kill -9 the primary under load, three times; each time the
+/// standby takes over by itself, and the killed instance, restarted,
+/// rejoins as a standby. No acknowledged order is lost or doubled; the
+/// service server (watching through both instances) ends current.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_primary_killed_under_load_is_replaced_and_nothing_is_lost() {
+    let Some(url) = database("the_primary_killed_under_load_is_replaced_and_nothing_is_lost")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs = [free_addr(), free_addr()];
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
+        .collect();
+    for p in &procs {
+        p.wait_ok("/readyz").await;
+    }
+    let first = primary_of(&urls).await;
+    let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
+    let load = Load::start(urls.clone(), 3);
+    let reader = Reader::start(svc.url.clone());
+    load.progress(100, "orders before the first kill").await;
+    let mut primary = first;
+    for cycle in 0..3 {
+        let killed_at = Instant::now();
+        procs[primary].kill9();
+        let next = primary_of(&[urls[1 - primary].clone()]).await;
+        assert_eq!(next, 0);
+        load.progress(40, "orders acknowledged by the new primary")
+            .await;
+        eprintln!(
+            "cycle {cycle}: orders flowing again {} ms after the kill",
+            killed_at.elapsed().as_millis()
+        );
+        // The killed instance comes back and rejoins as a standby.
+        procs[primary] = instance(
+            tmp.path(),
+            &format!("db{primary}-{cycle}"),
+            &url,
+            &addrs[primary],
+        );
+        procs[primary].wait_ok("/readyz").await;
+        let again = primary_of(&urls).await;
+        assert_eq!(again, 1 - primary, "the restarted instance is a standby");
+        primary = again;
+        load.progress(40, "orders with both instances up").await;
+    }
+    let (acked, refused) = load.stop().await;
+    let (reads, bad) = reader.stop().await;
+    assert!(reads > 0);
+    assert!(bad.is_empty(), "outdated or failed reads: {bad:?}");
+    // Orders may be refused only as "retry" (503) while no primary was
+    // online; none may be refused otherwise.
+    assert!(
+        refused.iter().all(|r| r.starts_with("503")),
+        "refused: {refused:?}"
+    );
+    assert_exactly_once(&url, &acked).await;
+    assert_service_current(&svc.url, &urls[primary]).await;
+}
+
+/// S5: promote back and forth under load: no order is refused or lost,
+/// and the old primary serves on as a standby. Promoting the primary
+/// says so; promoting an unknown instance, or on the embedded engine, is
+/// refused with a message that says what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_back_and_forth_refuses_and_loses_nothing() {
+    let Some(url) = database("promote_back_and_forth_refuses_and_loses_nothing") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs = [free_addr(), free_addr()];
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
+        .collect();
+    for p in &procs {
+        p.wait_ok("/readyz").await;
+    }
+    let mut primary = primary_of(&urls).await;
+    let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
+    let load = Load::start(urls.clone(), 3);
+    let reader = Reader::start(svc.url.clone());
+    load.progress(60, "orders before the promote").await;
+    for _ in 0..4 {
+        let standby = 1 - primary;
+        let out = run(
+            tmp.path(),
+            &["promote", "--server", &urls[standby]],
+            None,
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "promote failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(primary_of(&urls).await, standby);
+        primary = standby;
+        load.progress(40, "orders after the promote").await;
+    }
+    // The primary itself: nothing to do.
+    let out = run(
+        tmp.path(),
+        &["promote", "--server", &urls[primary]],
+        None,
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already the primary"));
+    // An instance that does not run.
+    let out = run(
+        tmp.path(),
+        &["promote", "--server", "http://127.0.0.1:9"],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be reached"));
+    // A handover to an unknown instance is refused, naming the live standbys.
+    let (s, b) = post_raw(
+        &format!("{}/v1/cluster/handover", urls[primary]),
+        r#"{"to": "http://127.0.0.1:9"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("promote_refused"))
+    );
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&urls[1 - primary]),
+        "{b}"
+    );
+    let (acked, refused) = load.stop().await;
+    let (_, bad) = reader.stop().await;
+    assert!(
+        refused.is_empty(),
+        "a switchover refuses nothing: {refused:?}"
+    );
+    assert!(bad.is_empty(), "outdated or failed reads: {bad:?}");
+    assert_exactly_once(&url, &acked).await;
+    assert_service_current(&svc.url, &urls[primary]).await;
+    let (_, st) = get_json(&format!("{}/v1/state", urls[primary])).await;
+    assert_eq!(st["members"].as_array().map(Vec::len), Some(2), "{st}");
+    drop(procs);
+}
+
+/// S3, S8: a service server whose instance dies moves to another and
+/// resumes its stream there with Last-Event-ID: no epoch revalidation, and
+/// pushes keep arriving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_moves_to_another_instance_without_revalidating() {
+    let Some(url) = database("a_service_server_moves_to_another_instance_without_revalidating")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs = [free_addr(), free_addr()];
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
+        .collect();
+    for p in &procs {
+        p.wait_ok("/readyz").await;
+    }
+    let primary = primary_of(&urls).await;
+    let standby = 1 - primary;
+    // The service server watches the standby first.
+    let svc = service(
+        tmp.path(),
+        "svc",
+        &format!("{},{}", urls[standby], urls[primary]),
+        "latest-only",
+        &[],
+    )
+    .await;
+    let put = |seq: u64, limit: u64| {
+        let base = urls[primary].clone();
+        async move {
+            let (s, b) = post_raw(
+                &format!("{base}/v1/orders"),
+                json!({"orders": [{"source": "ops", "seq": seq, "table": "subscriber", "key": "k",
+                                   "op": "upsert", "fields": {"credit_limit": limit}}]})
+                .to_string(),
+            )
+            .await;
+            assert_eq!(s, 200, "{b}");
+        }
+    };
+    put(1, 10).await;
+    let read = |want: u64| {
+        let svc = svc.url.clone();
+        async move {
+            eventually(20, "the service server to serve the change", || {
+                let svc = svc.clone();
+                async move {
+                    let (_, r) = get_json(&format!("{svc}/v1/records/subscriber/k")).await;
+                    (r["fields"]["credit_limit"] == want && r["source"] == "cache").then_some(())
+                }
+            })
+            .await
+        }
+    };
+    read(10).await;
+    put(2, 20).await;
+    read(20).await;
+    let epochs = metric(&svc.url, "tidemark_service_epoch_events_total").await;
+    // Its instance dies; a change is made meanwhile (reads ask the DB
+    // server until the stream is back).
+    procs[standby].kill9();
+    put(3, 30).await;
+    read(30).await;
+    eventually(20, "the stream to resume on the other instance", || async {
+        svc.log_text()
+            .matches("watch stream synced")
+            .count()
+            .ge(&2)
+            .then_some(())
+    })
+    .await;
+    let pushes = metric(&svc.url, "tidemark_service_pushes_total").await;
+    let fetches = metric(&svc.url, "tidemark_service_db_fetches_total").await;
+    put(4, 40).await;
+    read(40).await;
+    assert_eq!(
+        metric(&svc.url, "tidemark_service_epoch_events_total").await,
+        epochs,
+        "the stream resumed on the other instance: no revalidation"
+    );
+    assert!(metric(&svc.url, "tidemark_service_pushes_total").await > pushes);
+    assert_eq!(
+        metric(&svc.url, "tidemark_service_db_fetches_total").await,
+        fetches,
+        "the changes arrived as pushes, not fetches"
+    );
+    let log = svc.log_text();
+    assert!(
+        log.contains("moving") || log.contains("reconnecting"),
+        "{log}"
+    );
+}
+
+/// S4, S8: a quiesce notice on one instance moves its service servers to
+/// another before the deadline; `tidemark status` lists every member.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiesced_instance_loses_its_service_servers_to_another() {
+    let Some(url) = database("a_quiesced_instance_loses_its_service_servers_to_another") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs = [free_addr(), free_addr()];
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
+        .collect();
+    for p in &procs {
+        p.wait_ok("/readyz").await;
+    }
+    let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
+    // Its stream is on the first instance.
+    let (_, r) = get_json(&format!("{}/v1/records/subscriber/none", svc.url)).await;
+    assert_eq!(r["found"], false);
+    let out = run(
+        tmp.path(),
+        &[
+            "quiesce",
+            "--server",
+            &urls[0],
+            "--in",
+            "30",
+            "--message",
+            "maintenance",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(10, "the service server to move", || async {
+        svc.log_text()
+            .contains("quiescing; moving to another")
+            .then_some(())
+    })
+    .await;
+    // Members report their notices with their heartbeat.
+    let text = eventually(10, "status to show the quiescing member", || async {
+        let out = run(tmp.path(), &["status", "--server", &urls[1]], None, &[]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("quiescing").then_some(text)
+    })
+    .await;
+    for u in &urls {
+        assert!(text.contains(u.as_str()), "status lists {u}: {text}");
+    }
+    drop(procs);
+}

@@ -47,17 +47,18 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
     }
     let (parts, body) = req.into_parts();
     let limit = app.config.max_body_bytes;
-    let bytes =
-        match axum::body::to_bytes(body, limit).await {
-            Ok(b) => b,
-            Err(_) => return HttpError::new(
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return HttpError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "the request body is over {limit} bytes or was cut off; send smaller batches"
                 ),
             )
-            .into_response(),
-        };
+            .into_response()
+        }
+    };
     let already_forwarded = parts.headers.contains_key(FORWARDED);
     let deadline = Instant::now() + cluster.failover_wait;
     loop {

@@ -13,10 +13,12 @@
 //! - `recovery`: schedule-list and replay rates, requests per flagged key.
 //! - `backup`: backup/verify/restore MB/s against cp and sqlite3 .backup.
 //! - `compare`: side by side with Redis and PostgreSQL.
+//! - `failover`: kill -9 of the primary DB-server instance, time to the next acknowledged order.
 //! - `stats`: latency histograms and the printed report.
 
 mod backup;
 mod compare;
+mod failover;
 mod http1;
 mod load;
 mod push;
@@ -41,6 +43,8 @@ pub enum BenchCommand {
     Compare(compare::CompareArgs),
     /// Backup, verify and restore MB/s against cp and sqlite3 .backup.
     Backup(backup::BackupArgs),
+    /// HA failover: kill -9 the primary instance N times; time to the first order acknowledged by the new one.
+    Failover(failover::FailoverArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -65,5 +69,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Recovery(a) => recovery::run(a).await,
         BenchCommand::Compare(a) => compare::run(a).await,
         BenchCommand::Backup(a) => backup::run(a).await,
+        BenchCommand::Failover(a) => failover::run(a).await,
     }
 }

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use tidemark_api::state::Role;
 use tidemark_api::ErrorCode;
 
+/// The lease term of the primary that handled a write.
+pub const TERM_HEADER: &str = "tidemark-term";
+
 /// The header a forwarded request carries, so it is never forwarded twice.
 const FORWARDED: &str = "tidemark-forwarded";
 
@@ -66,8 +69,13 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
         match (view.role, view.primary) {
             (Role::Primary, _) => {
                 let req = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
-                let resp = next.clone().run(req).await;
+                let mut resp = next.clone().run(req).await;
                 if resp.extensions().get::<NotPrimaryMark>().is_none() {
+                    // Which term committed it (clients and benchmarks can
+                    // tell a failover's first commit).
+                    if let Ok(v) = axum::http::HeaderValue::from_str(&view.term.to_string()) {
+                        resp.headers_mut().insert(TERM_HEADER, v);
+                    }
                     return resp;
                 }
                 // Deposed while it ran: nothing was written; hold it.
@@ -154,7 +162,10 @@ async fn send(
     let mut out = Response::builder()
         .status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY));
     for (k, v) in resp.headers() {
-        if k == axum::http::header::CONTENT_TYPE || k == axum::http::header::RETRY_AFTER {
+        if k == axum::http::header::CONTENT_TYPE
+            || k == axum::http::header::RETRY_AFTER
+            || k.as_str() == TERM_HEADER
+        {
             out = out.header(k, v);
         }
     }

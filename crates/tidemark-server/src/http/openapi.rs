@@ -33,7 +33,7 @@ pub fn document() -> Value {
                 }
             }},
             "/v1/orders": {"post": {
-                "summary": "Apply a batch of service orders: atomic, idempotent by (source, seq), durable before the answer (P3, P10).",
+                "summary": "Apply a batch of service orders: atomic, idempotent by (source, seq), durable before the answer (P3, P10). On a standby it is forwarded to the primary, or held up to --failover-wait while none is online (then 503 no_primary). The answer carries Tidemark-Term: the lease term that committed it.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OrdersRequest"}}}},
                 "responses": {"200": {"description": "Applied", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OrdersResponse"}}}},
                               "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref(), "503": error_ref()}
@@ -71,6 +71,12 @@ pub fn document() -> Value {
             "/v1/recovery/flags": {"get": {"summary": "Keys still flagged, and the order each waits for.", "responses": {"200": {"description": "Flags"}}}},
             "/v1/recovery/abort": {"post": {"summary": "Ends a recovery explicitly (drops every flag; logged). Body {\"reason\"}.",
                 "responses": {"200": {"description": "Ended"}, "400": error_ref(), "409": error_ref()}}},
+            "/v1/watch/interest": {"post": {"summary": "A service server declares every key it holds (in chunks; the last has final=true) before its stream reconnects to an instance of a cluster, so the stream resumes there with Last-Event-ID instead of revalidating. Body {\"subscriber\", \"keys\": [[table, key], …], \"final\"}.",
+                "responses": {"200": {"description": "registered"}, "400": error_ref(), "403": error_ref()}}},
+            "/v1/cluster/promote": {"post": {"summary": "PostgreSQL engine: makes this standby the primary (S5). The primary hands its lease over once its commits in flight end; writes sent meanwhile to any instance are held and committed by the new primary. 409 promote_refused on the embedded engine.",
+                "responses": {"200": {"description": "promoted, term, primary"}, "409": error_ref(), "503": error_ref()}}},
+            "/v1/cluster/handover": {"post": {"summary": "Instance to instance (promote): the primary gives its lease to the live standby {\"to\": URL}; refused naming the live standbys otherwise.",
+                "responses": {"200": {"description": "handed over"}, "409": error_ref()}}},
             "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Readiness.", "responses": {"200": {"description": "ready"}, "503": error_ref()}}},
             "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "text/plain"}}}},
@@ -90,7 +96,12 @@ pub fn document() -> Value {
                 "source": {"type": "string"}, "seq": {"type": "integer"}, "version": {"$ref": "#/components/schemas/Version"}, "duplicate": {"type": "boolean"}}}}}},
             "State": {"type": "object", "properties": {"state": {"type": "string", "enum": ["normal", "recovering", "recovered"]},
                 "role": {"type": "string", "enum": ["primary", "standby"]}, "epoch": {"type": "integer"}, "seq": {"type": "integer"},
-                "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}, "boot": {"type": "string"}, "store": {"type": "string"}}},
+                "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}, "boot": {"type": "string"}, "store": {"type": "string"},
+                "term": {"type": "integer", "description": "PostgreSQL engine: the lease term"}, "primary": {"type": "string", "description": "PostgreSQL engine: the primary's advertised URL"},
+                "advertise": {"type": "string"}, "members": {"type": "array", "items": {"type": "object", "properties": {
+                    "url": {"type": "string"}, "role": {"type": "string", "enum": ["primary", "standby"]}, "term": {"type": "integer"},
+                    "last_heartbeat": {"type": "string"}, "heartbeat_age_ms": {"type": "integer"}, "version": {"type": "string"},
+                    "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}}}}}},
             "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer"},
                 "cleared": {"type": "integer"}, "started_at": {"type": "string", "nullable": true}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {

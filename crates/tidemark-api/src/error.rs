@@ -65,6 +65,9 @@ pub enum ErrorCode {
     NoPrimary,
     /// A promote that cannot be done: the instance is not a live standby.
     PromoteRefused,
+    /// A per-token or per-server limit on concurrent streams (watch
+    /// streams, backup streams) was reached; close one or retry later.
+    TooManyStreams,
     /// A bug: the request had no effect; report it with the server log.
     Internal,
 }
@@ -83,6 +86,7 @@ impl ErrorCode {
             Unauthenticated => 401,
             Forbidden => 403,
             PayloadTooLarge | BatchTooLarge => 413,
+            TooManyStreams => 429,
             NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary => 503,
             StoreFailure | Internal => 500,
         }
@@ -118,6 +122,7 @@ impl ErrorCode {
             TokenExists => "token_exists",
             NoPrimary => "no_primary",
             PromoteRefused => "promote_refused",
+            TooManyStreams => "too_many_streams",
             Internal => "internal",
         }
     }
@@ -151,6 +156,7 @@ impl ErrorCode {
         ErrorCode::TokenExists,
         ErrorCode::NoPrimary,
         ErrorCode::PromoteRefused,
+        ErrorCode::TooManyStreams,
         ErrorCode::Internal,
     ];
 }

@@ -76,6 +76,14 @@ pub struct ServerConfig {
     /// Start even though other live instances run another program version
     /// (a rolling upgrade you have checked is compatible).
     pub allow_version_skew: bool,
+    /// Watch streams one token (or, in protected mode, the loopback) may
+    /// hold open at once.
+    pub max_watch_per_token: usize,
+    /// Backup snapshot streams served at once.
+    pub max_backup_streams: usize,
+    /// Seconds a backup stream may go unread before it is closed (its
+    /// snapshot file is released).
+    pub backup_stall_secs: u64,
     /// The `--config` file the server was started with, if any; online
     /// backups include its content. Not a setting: filled in by the program.
     #[serde(skip)]
@@ -110,6 +118,9 @@ impl Default for ServerConfig {
             recovered_hold_secs: 300,
             read_cache_entries: 1_000_000,
             read_cache_bytes: 256 * 1024 * 1024,
+            max_watch_per_token: 64,
+            max_backup_streams: 2,
+            backup_stall_secs: 60,
             advertise: None,
             lease_ttl_ms: 1200,
             failover_wait_secs: 10,

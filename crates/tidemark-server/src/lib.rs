@@ -11,6 +11,7 @@
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
 //! - [`state`]: [`state::AppState`], everything handlers and workers share (no HTTP in it).
 //! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
+//! - [`limits`]: open streams per caller.
 //! - [`metrics`]: the server's Prometheus metrics.
 //! - [`quiesce`]: the quiesce notice (S4): announce, cancel, go offline.
 //! - [`read`]: the read rule: interest first, then cache or store, flag or blanket.
@@ -27,6 +28,7 @@ pub mod committer;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod quiesce;
 pub mod read;

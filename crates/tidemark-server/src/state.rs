@@ -37,6 +37,10 @@ pub struct AppState {
     pub stream_id: String,
     /// With the PostgreSQL engine: this instance's place in the cluster.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Open watch streams per caller (token name), for the per-token limit.
+    pub streams: crate::limits::Streams,
+    /// Backup streams being served.
+    pub backups: Arc<tokio::sync::Semaphore>,
     /// False until the server serves, and again once shutdown begins.
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
@@ -95,6 +99,9 @@ impl AppState {
         };
         let auth = crate::auth::Auth::load(store.clone()).await?;
         let audit = crate::audit::Audit::new(store.clone());
+        let backups = Arc::new(tokio::sync::Semaphore::new(
+            config.max_backup_streams.max(1),
+        ));
         let state = Arc::new(AppState {
             auth,
             audit,
@@ -109,6 +116,8 @@ impl AppState {
             boot,
             stream_id,
             cluster,
+            streams: Default::default(),
+            backups,
             ready: AtomicBool::new(false),
             shutdown,
         });

@@ -44,6 +44,16 @@ pub async fn snapshot(
     State(app): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<super::guard::Caller>,
 ) -> Result<Response, HttpError> {
+    let Ok(permit) = app.backups.clone().try_acquire_owned() else {
+        return Err(HttpError::new(
+            ErrorCode::TooManyStreams,
+            format!(
+                "{} backup streams are being served already (max_backup_streams); wait for one to finish",
+                app.config.max_backup_streams
+            ),
+        )
+        .retry_after(10));
+    };
     // The snapshot file goes beside the data (same filesystem, cleaned by
     // the next start); an engine without a data directory uses the
     // temporary folder.
@@ -80,7 +90,11 @@ pub async fn snapshot(
         .await;
     let meta = HeaderValue::from_str(&ascii_json(&info))
         .map_err(|e| HttpError::new(ErrorCode::Internal, format!("snapshot metadata: {e}")))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 16));
+    let body = Body::from_stream(relay(
+        file,
+        std::time::Duration::from_secs(app.config.backup_stall_secs.max(1)),
+        permit,
+    ));
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -90,6 +104,39 @@ pub async fn snapshot(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(info.bytes));
     h.insert(SNAPSHOT_HEADER, meta);
     Ok(resp)
+}
+
+/// The snapshot file as a body that ends (and releases the file and its
+/// place) once the client has not taken a chunk for `stall`: an unread
+/// stream cannot pin a deleted snapshot for ever.
+fn relay(
+    file: tokio::fs::File,
+    stall: std::time::Duration,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 16);
+        while let Some(chunk) = chunks.next().await {
+            match tokio::time::timeout(stall, tx.send(chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        stall_secs = stall.as_secs(),
+                        "backup stream unread; closing it and releasing its snapshot"
+                    );
+                    let _ = tx.try_send(Err(std::io::Error::other(
+                        "backup stream unread for too long",
+                    )));
+                    return;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// `GET /v1/backup/config`: the effective configuration (secrets
@@ -125,6 +172,35 @@ pub async fn config(
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn an_unread_backup_stream_ends_and_frees_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        std::fs::write(&path, vec![7u8; 4 << 20]).unwrap();
+        let places = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = places.clone().try_acquire_owned().unwrap();
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        let stall = std::time::Duration::from_millis(100);
+        let mut body = Box::pin(super::relay(file, stall, permit));
+        let first = body.next().await.unwrap().unwrap();
+        assert!(!first.is_empty());
+        assert_eq!(places.available_permits(), 0, "held while streaming");
+        // The client stops reading for longer than the stall limit.
+        tokio::time::sleep(stall * 4).await;
+        let mut total = first.len();
+        let mut failed = false;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => total += c.len(),
+                Err(_) => failed = true,
+            }
+        }
+        assert!(total < 4 << 20 || failed, "the stream was cut short");
+        assert_eq!(places.available_permits(), 1, "its place is free again");
+    }
+
     #[test]
     fn header_json_is_ascii_and_still_json() {
         let text = super::ascii_json(&serde_json::json!({"source": "ops-é😀"}));

@@ -42,7 +42,7 @@ pub fn document() -> Value {
                 "summary": "Server-Sent Events for one service server: hello, update, recovered, epoch, quiesce, schema. Resumable with Last-Event-ID.",
                 "parameters": [{"name": "subscriber", "in": "query", "required": true, "schema": {"type": "string"}},
                                {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "text/event-stream"}, "400": error_ref()}
+                "responses": {"200": {"description": "text/event-stream"}, "400": error_ref(), "429": error_ref()}
             }},
             "/v1/state": {"get": {"summary": "State, role, epoch, seq, schema version, quiesce notice.",
                 "responses": {"200": {"description": "State", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/State"}}}}}}},
@@ -54,7 +54,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "Schema", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/v1/backup": {"post": {"summary": "Online backup (B1, B5): one consistent snapshot of the whole store, streamed as the body (application/octet-stream, a SQLite database); the header Tidemark-Snapshot carries its epoch, seq, schema version, high-water marks and process information as JSON. Used by 'tidemark backup create --server URL'.",
                 "responses": {"200": {"description": "The snapshot", "headers": {"Tidemark-Snapshot": {"schema": {"type": "string"}}},
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, "500": error_ref(), "503": error_ref()}}},
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, "429": error_ref(), "500": error_ref(), "503": error_ref()}}},
             "/v1/backup/config": {"get": {"summary": "The server's effective configuration (secrets redacted) and its --config file, for backups.",
                 "responses": {"200": {"description": "effective + file", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/v1/quiesce": {

@@ -50,11 +50,24 @@ pub async fn watch(
             ));
         }
     }
+    let max = app.config.max_watch_per_token;
+    let Some(permit) = app.streams.take(&caller.0, max) else {
+        return Err(HttpError::new(
+            ErrorCode::TooManyStreams,
+            format!(
+                "'{}' already holds {max} watch streams open (the per-token limit, max_watch_per_token); close one, or give each service server its own token",
+                caller.0.escape_debug()
+            ),
+        )
+        .retry_after(5));
+    };
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());
     let rx = crate::watch::open(&app, &name, last).await?;
-    let events = ReceiverStream::new(rx).map(|(id, ev): (String, WatchEvent)| {
+    let events = ReceiverStream::new(rx).map(move |(id, ev): (String, WatchEvent)| {
+        // Held as long as the stream is: dropping the body frees the place.
+        let _held = &permit;
         Ok(Event::default().id(id).event(ev.name()).data(ev.data()))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

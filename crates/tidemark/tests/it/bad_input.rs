@@ -340,3 +340,37 @@ async fn implausible_input_is_refused_before_it_can_do_harm() {
         "no DB endpoint leaks: {answer}"
     );
 }
+
+/// Issue 13 (resources): one token holds at most `max_watch_per_token`
+/// watch streams; the next is refused `429 too_many_streams` saying what
+/// to do, and a closed stream frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_streams_per_token_are_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[("TIDEMARK_SERVER__MAX_WATCH_PER_TOKEN", "2")]).await;
+    let client = reqwest::Client::new();
+    let open = |name: &str| {
+        client
+            .get(format!("{}/v1/watch?subscriber={name}", db.url))
+            .send()
+    };
+    let a = open("svc-a").await.unwrap();
+    let b = open("svc-b").await.unwrap();
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let c = open("svc-c").await.unwrap();
+    assert_eq!(c.status().as_u16(), 429);
+    assert!(c.headers().contains_key("retry-after"));
+    let body: serde_json::Value = c.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_watch_per_token"));
+    drop(a);
+    eventually(10, "a closed stream to free its place", || async {
+        let r = open("svc-c").await.ok()?;
+        (r.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    drop(b);
+}

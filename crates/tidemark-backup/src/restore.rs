@@ -196,6 +196,20 @@ pub(crate) fn copy_config_into(
     for f in m.files.iter().filter(|f| f.path.starts_with("config/")) {
         let src = from.join(&f.path);
         let dst = gen.join(&f.path);
+        // Only plain files inside the backup: a link (to /etc/…) or a path
+        // that climbs out is never followed.
+        let plain = std::fs::symlink_metadata(&src)
+            .map(|md| md.file_type().is_file())
+            .unwrap_or(false);
+        let inside = std::path::Path::new(&f.path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || !inside {
+            return Err(BackupError::Undecodable {
+                path: src,
+                detail: "a configuration file of a backup must be a plain file inside it (this is a link, or a path outside the backup); the backup was altered".into(),
+            });
+        }
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
         }
@@ -226,6 +240,25 @@ impl Drop for Staged {
 mod tests {
     use super::*;
     use tidemark_api::RecoveryState;
+
+    #[test]
+    fn a_config_file_that_is_a_link_is_never_followed() {
+        let from = tempfile::tempdir().unwrap();
+        let gen = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(from.path().join("config")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", from.path().join("config/tidemark.toml"))
+            .unwrap();
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format": "tidemark-backup", "format_version": 1, "kind": "online", "source": "x",
+            "created_at": "2026-01-01T00:00:00Z", "epoch": 1, "seq": 0, "schema_version": 1,
+            "store_format": 1, "high_water": {}, "needs_cleanup": false,
+            "files": [{"path": "config/tidemark.toml", "size": 1, "blake3": ""}]
+        }))
+        .expect("a manifest");
+        let err = copy_config_into(from.path(), &m, gen.path()).unwrap_err();
+        assert!(err.to_string().contains("plain file"), "{err}");
+        assert!(!gen.path().join("config/tidemark.toml").exists());
+    }
     use tidemark_store::testsuite;
 
     /// Opens the store of `data` with the default engine.

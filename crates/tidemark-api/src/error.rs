@@ -68,6 +68,27 @@ pub enum ErrorCode {
     /// A per-token or per-server limit on concurrent streams (watch
     /// streams, backup streams) was reached; close one or retry later.
     TooManyStreams,
+    /// A staged schema document is malformed (names, duplicates, limits).
+    SchemaInvalid,
+    /// A staged schema drops a table or a column of the current version.
+    SchemaDropRefused,
+    /// A staged schema changes the type of an existing column.
+    SchemaTypeChangeRefused,
+    /// A staged schema renames a column (seen as one dropped, one added).
+    SchemaRenameRefused,
+    /// A staged schema is the same as the current version.
+    SchemaUnchanged,
+    /// A plan or publish with no schema staged.
+    NoPendingSchema,
+    /// The staged schema was staged on an older version; stage it again.
+    PendingOutdated,
+    /// A publish or rollback is already running.
+    PublishInProgress,
+    /// A rollback that cannot be undone (data in an added column or table,
+    /// or no earlier version).
+    RollbackRefused,
+    /// A service server cannot understand the cluster's schema version (S10).
+    SchemaSkew,
     /// A bug: the request had no effect; report it with the server log.
     Internal,
 }
@@ -82,12 +103,16 @@ impl ErrorCode {
             }
             UnknownTable | NotFound => 404,
             OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete
-            | NoQuiesce | TokenExists | PromoteRefused => 409,
+            | NoQuiesce | TokenExists | PromoteRefused | SchemaDropRefused
+            | SchemaTypeChangeRefused | SchemaRenameRefused | SchemaUnchanged | NoPendingSchema
+            | PendingOutdated | PublishInProgress | RollbackRefused => 409,
+            SchemaInvalid => 400,
             Unauthenticated => 401,
             Forbidden => 403,
             PayloadTooLarge | BatchTooLarge => 413,
             TooManyStreams => 429,
-            NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary => 503,
+            NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary
+            | SchemaSkew => 503,
             StoreFailure | Internal => 500,
         }
     }
@@ -123,6 +148,16 @@ impl ErrorCode {
             NoPrimary => "no_primary",
             PromoteRefused => "promote_refused",
             TooManyStreams => "too_many_streams",
+            SchemaInvalid => "schema_invalid",
+            SchemaDropRefused => "schema_drop_refused",
+            SchemaTypeChangeRefused => "schema_type_change_refused",
+            SchemaRenameRefused => "schema_rename_refused",
+            SchemaUnchanged => "schema_unchanged",
+            NoPendingSchema => "no_pending_schema",
+            PendingOutdated => "pending_outdated",
+            PublishInProgress => "publish_in_progress",
+            RollbackRefused => "rollback_refused",
+            SchemaSkew => "schema_skew",
             Internal => "internal",
         }
     }
@@ -157,6 +192,16 @@ impl ErrorCode {
         ErrorCode::NoPrimary,
         ErrorCode::PromoteRefused,
         ErrorCode::TooManyStreams,
+        ErrorCode::SchemaInvalid,
+        ErrorCode::SchemaDropRefused,
+        ErrorCode::SchemaTypeChangeRefused,
+        ErrorCode::SchemaRenameRefused,
+        ErrorCode::SchemaUnchanged,
+        ErrorCode::NoPendingSchema,
+        ErrorCode::PendingOutdated,
+        ErrorCode::PublishInProgress,
+        ErrorCode::RollbackRefused,
+        ErrorCode::SchemaSkew,
         ErrorCode::Internal,
     ];
 }

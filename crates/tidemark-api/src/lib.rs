@@ -9,6 +9,7 @@
 //! - [`record`]: the record answer of `GET /v1/records/{table}/{key}`.
 //! - [`order`]: service orders and the answer to `POST /v1/orders`.
 //! - [`schema`]: tables, typed columns, the default schema, key and field validation.
+//! - [`schema_change`]: the schema document, the unsafe-change rules, the diff between versions, the publish wire types.
 //! - [`event`]: the watch-stream events and their resumable ids.
 //! - [`state`]: `/v1/state` and `/v1/recovery` answers.
 //! - [`error`]: the stable error codes and the one JSON error shape.
@@ -27,6 +28,7 @@ pub mod keyslot;
 pub mod order;
 pub mod record;
 pub mod schema;
+pub mod schema_change;
 pub mod sse;
 pub mod state;
 pub mod version;
@@ -36,7 +38,7 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{EventId, WatchEvent};
 pub use order::{Op, Order, OrderResult, OrdersRequest, OrdersResponse};
 pub use record::{Record, RecordAnswer, Source};
-pub use schema::{Column, ColumnType, Schema, TableSchema};
+pub use schema::{Column, ColumnType, Index, Schema, TableSchema};
 pub use state::{RecoveryState, RecoveryStatus, Role, ServerState};
 pub use version::Version;
 

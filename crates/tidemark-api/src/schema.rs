@@ -56,10 +56,19 @@ pub struct Column {
     pub ty: ColumnType,
 }
 
-/// A table: its columns in order. Every table is keyed by the terminal ID.
+/// A secondary index of a table, over one or more of its columns in order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Index {
+    pub columns: Vec<String>,
+}
+
+/// A table: its columns in order, and its indexes. Every table is keyed by
+/// the terminal ID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSchema {
     pub columns: Vec<Column>,
+    #[serde(default)]
+    pub indexes: Vec<Index>,
 }
 
 impl TableSchema {
@@ -163,6 +172,7 @@ impl Schema {
                 col("roaming", ColumnType::Boolean),
                 col("credit_limit", ColumnType::Integer),
             ],
+            indexes: Vec::new(),
         };
         Schema {
             version: 1,

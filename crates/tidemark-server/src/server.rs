@@ -63,6 +63,16 @@ impl Server {
             )
         });
         let app = http::router(state.clone());
+        // A publish a crash left unfinished ends on one version before we serve.
+        match crate::schema_publish::resume_publish(&state).await {
+            Ok(Some(job)) => {
+                tracing::info!(version = job.to_version, step = ?job.step, "unfinished schema job resumed")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not resume an unfinished schema job; 'tidemark schema publish' retries it")
+            }
+        }
         state.ready.store(true, Ordering::SeqCst);
         let meta = state.store.meta().await?;
         tracing::info!(%addr, store = state.store.engine(), epoch = meta.epoch, seq = meta.seq, boot = %state.boot, recovery = ?state.recovery.state(), "DB server ready");

@@ -30,6 +30,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// Who did which admin action.
     pub audit: crate::audit::Audit,
+    /// The staged schema and who runs which schema version.
+    pub schema: crate::schema_publish::SchemaPublication,
     /// Names this process.
     pub boot: String,
     /// Part of every watch event id: the boot of this process, or with
@@ -102,9 +104,11 @@ impl AppState {
         let backups = Arc::new(tokio::sync::Semaphore::new(
             config.max_backup_streams.max(1),
         ));
+        let schema = crate::schema_publish::SchemaPublication::load(store.as_ref()).await?;
         let state = Arc::new(AppState {
             auth,
             audit,
+            schema,
             store,
             hub,
             recovery,

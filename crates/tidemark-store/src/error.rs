@@ -52,6 +52,10 @@ pub enum StoreError {
     /// A recovery request while the server is not recovering.
     #[error("the DB server is not recovering: a schedule list is only taken after a restore ('tidemark restore') and until the recovery completes")]
     NotRecovering,
+    /// A schema change the store will not make (a rollback that would lose
+    /// data, or a job for a version the store is not next at).
+    #[error("{0}")]
+    SchemaRefused(String),
     /// A read named something invalid (unknown table, bad key).
     #[error("{0}")]
     Input(Box<InvalidInput>),

@@ -15,6 +15,7 @@
 //! - [`recovery_rule`]: the engine-neutral ordering rule for orders during recovery.
 //! - [`layout`]: `current -> gen-N` generations and the atomic swap restore uses.
 //! - [`lock`]: the data-directory lock that a crashed holder cannot leave stuck.
+//! - `schema_ddl`: the schema registry's engine-neutral part: DDL from one version to the next.
 //! - [`apply`]: batch validation and the idempotency rules shared by engines.
 //! - `testsuite` (feature `testsuite`, tests only): the one test suite every
 //!   engine runs.
@@ -26,6 +27,7 @@ pub mod layout;
 pub mod lock;
 pub mod postgres;
 pub mod recovery_rule;
+pub(crate) mod schema_ddl;
 pub mod sqlite;
 pub mod store;
 #[cfg(any(test, feature = "testsuite"))]

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use tidemark_api::schema_change::SchemaVersionInfo;
 use tidemark_api::{Fields, Order, OrderResult, Record, RecoveryState, Schema, Version};
 
 /// The recovery state as the store keeps it (P5).
@@ -222,6 +223,29 @@ pub trait Store: Send + Sync + 'static {
     /// Drops every flag (an operator ending a recovery the OpS will never
     /// complete). Returns how many were dropped.
     async fn clear_flags(&self) -> Result<u64, StoreError>;
+
+    // --- the schema registry (S1, S9) ---
+
+    /// Every published version of the schema, oldest first, with who
+    /// published it and when.
+    async fn schema_versions(&self) -> Result<Vec<SchemaVersionInfo>, StoreError>;
+
+    /// The statements that would take the store from the schema in force to
+    /// `target`, for this engine: what a publish of `target` runs.
+    fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError>;
+
+    /// Publishes `target` (version = the version in force + 1) in one
+    /// transaction: the DDL, the catalog, the registry row (`by`, now) and
+    /// the version bump; then serves it. Columns or tables `target` lacks
+    /// are dropped only if they hold no data (a rollback), else
+    /// [`StoreError::SchemaRefused`]. Returns false, changing nothing, if
+    /// the store already is at `target.version` or later (a resumed job).
+    async fn publish_schema(&self, target: &Schema, by: &str) -> Result<bool, StoreError>;
+
+    /// Reads the schema in force from the database again: for an instance
+    /// that did not run the publish itself (another instance over the same
+    /// PostgreSQL).
+    async fn reload_schema(&self) -> Result<(), StoreError>;
 
     // --- operational state (S4) ---
 

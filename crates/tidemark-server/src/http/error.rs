@@ -50,6 +50,7 @@ impl From<StoreError> for HttpError {
             StoreError::TooFarAhead { .. } => HttpError::new(ErrorCode::InvalidOrder, message),
             StoreError::BadSchedule(_) => HttpError::new(ErrorCode::BadRequest, message),
             StoreError::NotRecovering => HttpError::new(ErrorCode::NotRecovering, message),
+            StoreError::SchemaRefused(_) => HttpError::new(ErrorCode::RollbackRefused, message),
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %message, "store unreachable");
                 HttpError::new(

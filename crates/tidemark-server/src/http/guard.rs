@@ -23,8 +23,17 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
         "/healthz" | "/readyz" | "/metrics" | "/openapi.json" => None,
         // The console page holds no data; its feed needs a reader.
         "/console" if get => None,
-        "/v1/watch" | "/v1/state" | "/v1/sources" | "/v1/schema" | "/v1/recovery"
-        | "/v1/recovery/flags" | "/v1/console/events"
+        "/v1/watch"
+        | "/v1/state"
+        | "/v1/sources"
+        | "/v1/schema"
+        | "/v1/recovery"
+        | "/v1/recovery/flags"
+        | "/v1/console/events"
+        | "/v1/schema/versions"
+        | "/v1/schema/pending"
+        | "/v1/schema/plan"
+        | "/v1/schema/publish"
             if get =>
         {
             Some(AccessRole::Reader)
@@ -32,6 +41,8 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
         p if get && p.starts_with("/v1/records/") => Some(AccessRole::Reader),
         // A service server's own interest, like its watch stream.
         "/v1/watch/interest" if method == Method::POST => Some(AccessRole::Reader),
+        // A service server reports the schema version it runs.
+        "/v1/schema/ack" if method == Method::POST => Some(AccessRole::Reader),
         "/v1/orders" | "/v1/recovery/schedule" | "/v1/recovery/complete"
             if method == Method::POST =>
         {
@@ -129,6 +140,16 @@ mod tests {
             (Method::GET, "/v1/tokens", Some(Admin)),
             (Method::GET, "/v1/audit", Some(Admin)),
             (Method::POST, "/v1/records/subscriber/k", Some(Admin)),
+            (Method::GET, "/v1/schema", Some(Reader)),
+            (Method::GET, "/v1/schema/versions", Some(Reader)),
+            (Method::GET, "/v1/schema/pending", Some(Reader)),
+            (Method::GET, "/v1/schema/plan", Some(Reader)),
+            (Method::GET, "/v1/schema/publish", Some(Reader)),
+            (Method::POST, "/v1/schema/ack", Some(Reader)),
+            (Method::PUT, "/v1/schema/pending", Some(Admin)),
+            (Method::DELETE, "/v1/schema/pending", Some(Admin)),
+            (Method::POST, "/v1/schema/publish", Some(Admin)),
+            (Method::POST, "/v1/schema/rollback", Some(Admin)),
         ];
         for (m, p, want) in cases {
             assert_eq!(required_role(&m, p), want, "{m} {p}");

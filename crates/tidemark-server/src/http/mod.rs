@@ -11,6 +11,7 @@ pub mod probes;
 pub mod quiesce;
 pub mod records;
 pub mod recovery;
+pub mod schema;
 pub mod tokens;
 pub mod watch;
 
@@ -37,6 +38,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/recovery/abort", post(recovery::abort))
         .route("/v1/sources", get(probes::sources))
         .route("/v1/schema", get(probes::schema))
+        .route("/v1/schema/versions", get(schema::versions))
+        .route(
+            "/v1/schema/pending",
+            get(schema::get_pending)
+                .put(schema::put_pending)
+                .delete(schema::delete_pending),
+        )
+        .route("/v1/schema/plan", get(schema::plan))
+        .route(
+            "/v1/schema/publish",
+            get(schema::status).post(schema::publish),
+        )
+        .route("/v1/schema/rollback", post(schema::rollback))
+        .route("/v1/schema/ack", post(schema::ack))
         .route("/v1/backup", post(backup::snapshot))
         .route("/v1/backup/config", get(backup::config))
         .route(

@@ -80,7 +80,11 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
         .submit(req.orders)
         .await
         .map_err(|e| match e {
-            SubmitError::Store(e) => HttpError::from(e),
+            // An order naming a column that is only staged says so.
+            SubmitError::Store(e) => match app.schema.explain(e) {
+                Ok(refusal) => HttpError::from(refusal),
+                Err(e) => HttpError::from(e),
+            },
             SubmitError::Stopped(s) => {
                 HttpError::new(ErrorCode::NotReady, s.to_string()).retry_after(1)
             }

@@ -65,9 +65,11 @@ pub async fn watch(
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());
     let rx = crate::watch::open(&app, &name, last).await?;
+    // Counts the stream as connected (schema publication) until it ends.
+    let connection = crate::schema_publish::SchemaPublication::connect(&app, &name);
     let events = ReceiverStream::new(rx).map(move |(id, ev): (String, WatchEvent)| {
         // Held as long as the stream is: dropping the body frees the place.
-        let _held = &permit;
+        let _held = (&permit, &connection);
         Ok(Event::default().id(id).event(ev.name()).data(ev.data()))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

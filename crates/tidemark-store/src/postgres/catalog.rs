@@ -24,9 +24,10 @@ CREATE TABLE IF NOT EXISTS tm_tombstones (tbl text NOT NULL, key text NOT NULL, 
 CREATE TABLE IF NOT EXISTS tm_flags (tbl text NOT NULL, key text NOT NULL, source text NOT NULL, through_seq bigint NOT NULL, PRIMARY KEY (tbl, key, source));
 CREATE TABLE IF NOT EXISTS tm_recovery_sources (source text PRIMARY KEY, final boolean NOT NULL, waived boolean NOT NULL);
 CREATE TABLE IF NOT EXISTS tm_lww (tbl text NOT NULL, key text NOT NULL, upsert_v text, delete_v text, fields text NOT NULL, PRIMARY KEY (tbl, key));
+CREATE TABLE IF NOT EXISTS tm_schema_versions (version bigint PRIMARY KEY, schema text NOT NULL, published_by text NOT NULL, published_at text, changes text NOT NULL DEFAULT '[]');
 ";
 
-fn sql_type(ty: ColumnType) -> &'static str {
+pub fn sql_type(ty: ColumnType) -> &'static str {
     match ty {
         ColumnType::String | ColumnType::Timestamp => "text",
         ColumnType::Json => "jsonb",
@@ -169,6 +170,7 @@ pub fn schema_from_rows(
                 t,
                 TableSchema {
                     columns: Vec::new(),
+                    indexes: Vec::new(),
                 },
             )
         })
@@ -185,6 +187,7 @@ pub fn schema_from_rows(
         out.entry(tbl)
             .or_insert_with(|| TableSchema {
                 columns: Vec::new(),
+                indexes: Vec::new(),
             })
             .columns
             .push(Column { name, ty });

@@ -13,6 +13,7 @@
 
 mod catalog;
 pub mod cluster;
+mod schema_registry;
 pub mod snapshot;
 pub mod target;
 mod write;
@@ -254,6 +255,7 @@ impl PgStore {
                     .map_err(engine_error)?;
                 }
             }
+            schema_registry::record_initial(&tx, &schema).await?;
         }
         tx.commit().await.map_err(engine_error)?;
         let format = meta_u64(&client, "format").await?;
@@ -291,7 +293,16 @@ impl PgStore {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
         let version = meta_u64(client, "schema_version").await?;
-        let schema = catalog::schema_from_rows(version, tables, columns)?;
+        let mut schema = catalog::schema_from_rows(version, tables, columns)?;
+        let registry: Option<String> = client
+            .query_opt(
+                "SELECT schema FROM tm_schema_versions WHERE version = $1",
+                &[&(version as i64)],
+            )
+            .await
+            .map_err(engine_error)?
+            .map(|r| r.get(0));
+        crate::schema_ddl::attach_indexes(&mut schema, registry.as_deref());
         *self.inner.catalog.write() = Arc::new(Catalog::new(schema));
         self.inner
             .epoch
@@ -756,6 +767,24 @@ impl Store for PgStore {
             .await?;
         self.inner.flag_rows.store(0, Ordering::SeqCst);
         Ok(n)
+    }
+
+    async fn schema_versions(
+        &self,
+    ) -> Result<Vec<tidemark_api::schema_change::SchemaVersionInfo>, StoreError> {
+        schema_registry::versions(self).await
+    }
+
+    fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError> {
+        crate::schema_ddl::ddl(&schema_registry::Postgres, &self.catalog().schema, target)
+    }
+
+    async fn publish_schema(&self, target: &Schema, by: &str) -> Result<bool, StoreError> {
+        schema_registry::publish(self, target, by).await
+    }
+
+    async fn reload_schema(&self) -> Result<(), StoreError> {
+        self.reload_from_db().await
     }
 
     async fn set_note(&self, name: &str, value: Option<String>) -> Result<(), StoreError> {

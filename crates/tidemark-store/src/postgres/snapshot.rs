@@ -78,6 +78,16 @@ const INTERNAL: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
+        "tm_schema_versions",
+        &[
+            ("version", Kind::Int),
+            ("schema", Kind::Text),
+            ("published_by", Kind::Text),
+            ("published_at", Kind::Text),
+            ("changes", Kind::Text),
+        ],
+    ),
+    (
         "tm_lww",
         &[
             ("tbl", Kind::Text),
@@ -207,7 +217,16 @@ impl PgStore {
             .await
             .map_err(engine_error)?
             .get(0);
-        let schema = catalog::schema_from_rows(version.parse().unwrap_or(0), names, cols)?;
+        let mut schema = catalog::schema_from_rows(version.parse().unwrap_or(0), names, cols)?;
+        let registry: Option<String> = tx
+            .query_opt(
+                "SELECT schema FROM tm_schema_versions WHERE version = $1",
+                &[&(schema.version as i64)],
+            )
+            .await
+            .map_err(engine_error)?
+            .map(|r| r.get(0));
+        crate::schema_ddl::attach_indexes(&mut schema, registry.as_deref());
         // Rows go to a blocking writer in chunks, so memory stays bounded.
         let (send, mut recv) = tokio::sync::mpsc::channel::<(String, Vec<Vec<SqlValue>>)>(4);
         let writer = {
@@ -326,7 +345,27 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
         tx.batch_execute(&catalog::create_table_sql(name, t)?)
             .await
             .map_err(engine_error)?;
+        for ix in &t.indexes {
+            tx.batch_execute(&crate::schema_ddl::create_index(name, ix)?)
+                .await
+                .map_err(engine_error)?;
+        }
     }
+    // The fresh store's registry row gives way to the snapshot's.
+    tx.batch_execute("DELETE FROM tm_schema_versions")
+        .await
+        .map_err(engine_error)?;
+    let present: std::collections::BTreeSet<String> = {
+        let src = rusqlite::Connection::open_with_flags(
+            snapshot,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut stmt = src.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        names
+    };
     let mut all = vec![
         (
             "tm_tables".to_owned(),
@@ -343,6 +382,8 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
         ),
     ];
     all.extend(tables(&schema));
+    // A snapshot older than the schema registry has no tm_schema_versions.
+    all.retain(|(t, _)| present.contains(t));
     for (table, cols) in all {
         let list = cols
             .iter()

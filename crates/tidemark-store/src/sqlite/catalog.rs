@@ -3,7 +3,7 @@
 
 use super::values::column_ddl;
 use crate::StoreError;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidemark_api::schema::is_identifier;
@@ -140,6 +140,7 @@ pub fn load(conn: &Connection, version: u64) -> Result<Schema, StoreError> {
             t?,
             TableSchema {
                 columns: Vec::new(),
+                indexes: Vec::new(),
             },
         );
     }
@@ -161,6 +162,7 @@ pub fn load(conn: &Connection, version: u64) -> Result<Schema, StoreError> {
             .entry(tbl)
             .or_insert_with(|| TableSchema {
                 columns: Vec::new(),
+                indexes: Vec::new(),
             })
             .columns
             .push(Column {
@@ -168,12 +170,44 @@ pub fn load(conn: &Connection, version: u64) -> Result<Schema, StoreError> {
                 ty: type_from_name(&ty)?,
             });
     }
-    Ok(Schema { version, tables })
+    let mut schema = Schema { version, tables };
+    let registry: Option<String> = conn
+        .query_row(
+            "SELECT schema FROM tm_schema_versions WHERE version = ?1",
+            params![version as i64],
+            |r| r.get(0),
+        )
+        .optional()
+        // A snapshot older than the registry has no such table.
+        .unwrap_or(None);
+    crate::schema_ddl::attach_indexes(&mut schema, registry.as_deref());
+    Ok(schema)
 }
 
 /// Creates a table and records it in the catalog. Runs inside the caller's
 /// transaction.
 pub fn create_table(conn: &Connection, name: &str, t: &TableSchema) -> Result<(), StoreError> {
+    conn.execute_batch(&create_table_sql(name, t)?)?;
+    for ix in &t.indexes {
+        conn.execute_batch(&crate::schema_ddl::create_index(name, ix)?)?;
+    }
+    insert_rows(conn, name, t)
+}
+
+/// Records a table and its columns in `tm_tables` / `tm_columns`.
+pub fn insert_rows(conn: &Connection, name: &str, t: &TableSchema) -> Result<(), StoreError> {
+    conn.execute("INSERT INTO tm_tables (name) VALUES (?1)", params![name])?;
+    for (i, c) in t.columns.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO tm_columns (tbl, name, type, ordinal) VALUES (?1, ?2, ?3, ?4)",
+            params![name, c.name, c.ty.name(), i as i64],
+        )?;
+    }
+    Ok(())
+}
+
+/// `CREATE TABLE` of a schema table (without its indexes).
+pub fn create_table_sql(name: &str, t: &TableSchema) -> Result<String, StoreError> {
     if !is_identifier(name) || t.columns.iter().any(|c| !is_identifier(&c.name)) {
         return Err(StoreError::Format(format!(
             "table '{name}' has an invalid identifier"
@@ -187,13 +221,5 @@ pub fn create_table(conn: &Connection, name: &str, t: &TableSchema) -> Result<()
         ddl.push_str(&column_ddl(&c.name, c.ty));
     }
     ddl.push_str(") WITHOUT ROWID");
-    conn.execute_batch(&ddl)?;
-    conn.execute("INSERT INTO tm_tables (name) VALUES (?1)", params![name])?;
-    for (i, c) in t.columns.iter().enumerate() {
-        conn.execute(
-            "INSERT INTO tm_columns (tbl, name, type, ordinal) VALUES (?1, ?2, ?3, ?4)",
-            params![name, c.name, c.ty.name(), i as i64],
-        )?;
-    }
-    Ok(())
+    Ok(ddl)
 }

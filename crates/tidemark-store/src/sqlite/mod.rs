@@ -14,6 +14,7 @@
 //! - `recovery`: restore marking, recovery state and flags (P5-P10);
 //! - `admin`: snapshots, process information, notes, cleanup, close;
 //! - `catalog`: the stored schema and the SQL built from it;
+//! - `schema_registry`: every published schema version, and the publish transaction;
 //! - `values`: JSON values to SQLite values and back;
 //! - `lww`: applying orders while recovering, last writer by logical version.
 
@@ -23,6 +24,7 @@ mod lww;
 mod open;
 mod read;
 mod recovery;
+mod schema_registry;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -238,6 +240,24 @@ impl Store for SqliteStore {
 
     async fn clear_flags(&self) -> Result<u64, StoreError> {
         recovery::clear_flags(self).await
+    }
+
+    async fn schema_versions(
+        &self,
+    ) -> Result<Vec<tidemark_api::schema_change::SchemaVersionInfo>, StoreError> {
+        schema_registry::versions(self)
+    }
+
+    fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError> {
+        schema_registry::ddl(self, target)
+    }
+
+    async fn publish_schema(&self, target: &Schema, by: &str) -> Result<bool, StoreError> {
+        schema_registry::publish(self, target.clone(), by.to_owned()).await
+    }
+
+    async fn reload_schema(&self) -> Result<(), StoreError> {
+        schema_registry::reload(self).await
     }
 
     async fn set_note(&self, name: &str, value: Option<String>) -> Result<(), StoreError> {

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS tm_sources (source TEXT PRIMARY KEY NOT NULL, high_wa
 CREATE TABLE IF NOT EXISTS tm_tombstones (tbl TEXT NOT NULL, key TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_flags (tbl TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL, through_seq INTEGER NOT NULL, PRIMARY KEY (tbl, key, source)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_recovery_sources (source TEXT PRIMARY KEY NOT NULL, final INTEGER NOT NULL, waived INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tm_schema_versions (version INTEGER PRIMARY KEY NOT NULL, schema TEXT NOT NULL, published_by TEXT NOT NULL, published_at TEXT, changes TEXT NOT NULL DEFAULT '[]');
 ";
 
 /// Process-wide SQLite settings, applied once before the first connection:
@@ -133,6 +134,7 @@ impl SqliteStore {
             for (name, t) in &schema.tables {
                 catalog::create_table(&tx, name, t)?;
             }
+            super::schema_registry::record_initial(&tx, &schema)?;
             tx.commit()?;
         }
         let format = meta_u64(&writer, "format")?;

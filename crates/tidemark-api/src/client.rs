@@ -334,6 +334,38 @@ impl DbClient {
         Ok(())
     }
 
+    /// PUT a JSON document, decode a JSON answer.
+    pub async fn put_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let resp = self
+            .http
+            .put(&url)
+            .timeout(Duration::from_secs(120))
+            .json(body)
+            .send()
+            .await;
+        Self::finish(url, resp).await
+    }
+
+    /// DELETE, decode a JSON answer.
+    pub async fn delete_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let resp = self
+            .http
+            .delete(&url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        Self::finish(url, resp).await
+    }
+
     async fn finish<T: serde::de::DeserializeOwned>(
         url: String,
         resp: Result<reqwest::Response, reqwest::Error>,

@@ -444,6 +444,7 @@ async fn apply_step(app: &AppState, j: &mut PublishJob) -> Result<(), SchemaErro
             });
         }
     }
+    forget_answers(app);
     tidemark_failpoint::hit("schema.publish.after_apply");
     j.step = PublishStep::Announcing;
     write_note(app.store.as_ref(), JOB, Some(&*j)).await?;
@@ -495,6 +496,26 @@ pub async fn resume_publish(app: &Arc<AppState>) -> Result<Option<PublishJob>, S
     apply_step(app, &mut j).await?;
     announce_step(app, &mut j).await?;
     Ok(Some(j))
+}
+
+/// Drops the serialised answers: they were made with the old columns. A
+/// read in flight across the catalog swap cannot fill the cache (the clear
+/// bumps every shard's generation).
+fn forget_answers(app: &AppState) {
+    if let Some(cache) = &app.read_cache {
+        cache.clear();
+    }
+}
+
+/// Makes this instance serve the schema version in force in the store,
+/// when another instance published it (over one PostgreSQL): reloads the
+/// catalog and drops the answers made with the old one. The HA work calls
+/// it on an instance that did not run the publish.
+pub async fn adopt_published(app: &AppState) -> Result<u64, StoreError> {
+    app.store.reload_schema().await?;
+    forget_answers(app);
+    pending(app).await?;
+    Ok(app.store.schema().version)
 }
 
 /// Who runs which version, and whether the last job is complete.

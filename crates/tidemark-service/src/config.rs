@@ -37,6 +37,10 @@ pub struct ServiceConfig {
     pub snapshot_interval_secs: u64,
     /// Seconds that in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
+    /// Run even on a DB-server schema this build cannot understand (S10):
+    /// records are served as the DB server sends them. Off: such a server
+    /// refuses to start, or refuses reads with `503 schema_skew`.
+    pub ignore_schema_skew: bool,
 }
 
 impl Default for ServiceConfig {
@@ -54,6 +58,7 @@ impl Default for ServiceConfig {
             cache_dir: None,
             snapshot_interval_secs: 1,
             shutdown_grace_secs: 10,
+            ignore_schema_skew: false,
         }
     }
 }

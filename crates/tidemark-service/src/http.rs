@@ -113,6 +113,14 @@ async fn get_record(
         Err(msg) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg, None),
     };
     drop(req);
+    if let Some(msg) = shared.skew.lock().clone() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SchemaSkew,
+            msg,
+            Some(30),
+        );
+    }
     let resp = match crate::fetch::read(&shared, &table, &key, freshness).await {
         Ok(served) => {
             let status = if served.found {

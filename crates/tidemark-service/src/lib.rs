@@ -10,6 +10,7 @@
 //! - [`watcher`]: keeps the watch stream open and applies pushed events.
 //! - [`fetch`]: the miss path, and the wait of `latest-only` reads.
 //! - [`snapshot`]: the optional on-disk cache snapshot for warm restarts.
+//! - [`schema`]: adopting the DB server's schema without a restart; refusing one it cannot understand (S2, S10).
 //! - [`http`]: the terminal-facing HTTP API.
 //! - [`metrics`]: the service server's Prometheus metrics.
 //! - [`shared`]: [`shared::Shared`], the state handlers, reads and workers share.
@@ -21,6 +22,7 @@ pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod schema;
 pub mod service;
 pub mod shared;
 pub mod snapshot;

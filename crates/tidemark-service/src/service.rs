@@ -82,6 +82,8 @@ impl Service {
                 snapshot_event_id: Mutex::new(None),
                 db_epoch: AtomicU64::new(0),
                 schema_version: AtomicU64::new(0),
+                skew: Mutex::new(None),
+                schema_refresh: tokio::sync::Notify::new(),
                 quiesce: Mutex::new(None),
                 // Until a server says otherwise (a restart from a snapshot
                 // may resume at an instance of a cluster).
@@ -114,6 +116,8 @@ impl Service {
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         let shared = self.shared.clone();
         let addr = listener.local_addr()?;
+        crate::schema::check_at_start(&shared).await?;
+        let schema = tokio::spawn(crate::schema::worker(shared.clone()));
         let watch = tokio::spawn(watcher::run(shared.clone()));
         let snap = tokio::spawn(snapshot::worker(shared.clone()));
         let app = http::router(shared.clone());
@@ -135,6 +139,7 @@ impl Service {
         }
         let _ = watch.await;
         let _ = snap.await;
+        let _ = schema.await;
         if shared.config.cache_dir.is_some() {
             snapshot::save_now(&shared).context("writing the final cache snapshot")?;
         }

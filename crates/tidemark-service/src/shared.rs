@@ -39,6 +39,11 @@ pub struct Shared {
     pub changes: AtomicU64,
     pub db_epoch: AtomicU64,
     pub schema_version: AtomicU64,
+    /// Set when the DB server's schema cannot be understood (S10): reads
+    /// are refused with this message.
+    pub skew: Mutex<Option<String>>,
+    /// The watcher asks the schema worker to fetch the schema again.
+    pub schema_refresh: Notify,
     pub quiesce: Mutex<Option<QuiesceEvent>>,
     /// The DB server said it is one instance of a cluster: before a stream
     /// resumes, declare what the cache holds (`POST /v1/watch/interest`).

@@ -153,6 +153,8 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 "watch stream open; catching up"
             );
             hello = true;
+            // The schema may have changed while we were away.
+            shared.schema_refresh.notify_one();
         }
         WatchEvent::Synced(s) => {
             // Every change we missed has been applied: from here on the
@@ -175,6 +177,8 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             shared.changes.fetch_add(1, Ordering::Relaxed);
             tracing::info!(epoch = e.epoch, reason = ?e.reason, generation, "epoch event: cached records will be revalidated on their next read");
             shared.notify_all();
+            // A restore brings back the schema of its backup.
+            shared.schema_refresh.notify_one();
         }
         WatchEvent::Quiesce(q) => {
             tracing::info!(notice = ?q.notice, cancelled = q.cancelled, "quiesce notice from the DB server");
@@ -193,8 +197,11 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
         }
         WatchEvent::Schema(s) => {
-            tracing::info!(version = s.version, "schema published on the DB server");
-            shared.schema_version.store(s.version, Ordering::SeqCst);
+            tracing::info!(
+                version = s.version,
+                "schema published on the DB server; adopting it"
+            );
+            shared.schema_refresh.notify_one();
         }
     }
     if let Some(id) = &ev.id {

@@ -62,8 +62,9 @@ pub enum Command {
     Quiesce(QuiesceArgs),
     /// Make a standby DB server the primary (S5).
     Promote(PromoteArgs),
-    /// Stage, show and publish schema changes (S1).
-    Schema(SchemaArgs),
+    /// Stage, plan, publish and roll back schema changes (S1, S2, S9).
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// Create, list or revoke the tokens of a DB server.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -143,6 +144,9 @@ pub struct ServiceArgs {
     /// How long a latest-only read waits for current data, in ms [default: 5000].
     #[arg(long, value_name = "MS")]
     pub latest_deadline_ms: Option<u64>,
+    /// Start and serve even if the DB server's schema uses something this build does not understand (S10).
+    #[arg(long)]
+    pub ignore_schema_skew: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -432,10 +436,68 @@ pub struct PromoteArgs {
     pub server: String,
 }
 
-#[derive(Debug, Args)]
-pub struct SchemaArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// The schema in force (or, with --pending, the staged one), as a schema document.
+    Show {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Show the staged (not yet published) schema instead.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Every published version: who published it, when, and what it changed.
+    Versions {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Print the registry as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store FILE, a schema document (the full desired schema), as the pending version. Unsafe changes are refused.
+    Stage {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The schema document ('-' reads standard input).
+        file: PathBuf,
+    },
+    /// Drop the staged schema without publishing it.
+    Discard {
+        #[arg(long, value_name = "URL")]
+        server: String,
+    },
+    /// The pending change in S1's five parts, and the DDL for the engine in use.
+    Plan {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish the pending version; exits 0 once the DB server and every connected service server run it.
+    Publish {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// How long to wait for the service servers to report the new version.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait: u64,
+    },
+    /// The last publish or rollback, and which server runs which version.
+    Status {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to the previous version (as a new version), where that can be undone: added columns and tables still empty.
+    Rollback {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// How long to wait for the service servers to report the new version.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Args)]

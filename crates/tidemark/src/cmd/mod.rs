@@ -8,6 +8,7 @@ mod promote;
 mod quiesce;
 mod recovery;
 mod restore;
+mod schema;
 mod server;
 mod service;
 mod status;
@@ -38,45 +39,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cleanup(args) => cleanup::run(config.server, args).await,
         Command::Quiesce(args) => quiesce::run(args).await,
         Command::Promote(args) => promote::run(args).await,
-        Command::Schema(args) => schema(args).await,
+        Command::Schema(cmd) => schema::run(cmd).await,
         Command::Demo(args) => demo::run_demo(args).await,
         Command::Token(cmd) => token::run(cmd).await,
         Command::Audit(args) => token::audit(args).await,
     }
-}
-
-/// `tidemark schema show --server URL`: the schema in force. Staging and
-/// publishing are not built yet.
-async fn schema(args: crate::cli::SchemaArgs) -> anyhow::Result<()> {
-    let mut it = args.args.iter();
-    let sub = it.next().map(String::as_str);
-    let mut server = "http://127.0.0.1:7070".to_owned();
-    let mut pending = false;
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--server" => server = it.next().cloned().unwrap_or_default(),
-            "--pending" => pending = true,
-            _ => {}
-        }
-    }
-    match sub {
-        Some("show") if !pending => {
-            let v: serde_json::Value = tidemark_api::DbClient::new(&server)
-                .get_json("/v1/schema")
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
-        }
-        Some("show") => not_yet("schema show --pending", "the schema-publication work"),
-        Some(other) => not_yet(&format!("schema {other}"), "the schema-publication work"),
-        None => anyhow::bail!("usage: tidemark schema show --server URL"),
-    }
-}
-
-fn not_yet(what: &str, issue: &str) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "'tidemark {what}' is not built yet in this version (planned in {issue}); nothing was done"
-    )
 }
 
 /// Binds a listener, printing the bound address on stdout so scripts and

@@ -27,6 +27,9 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
     if let Some(v) = args.latest_deadline_ms {
         config.latest_deadline_ms = v;
     }
+    if args.ignore_schema_skew {
+        config.ignore_schema_skew = true;
+    }
     let shutdown = crate::signals::shutdown_token();
     let service = Service::new(config.clone(), shutdown)?;
     let listener = super::bind(&config.listen, "service server").await?;

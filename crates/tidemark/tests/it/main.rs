@@ -13,4 +13,5 @@ mod harness;
 mod postgres;
 mod quiesce;
 mod recovery;
+mod schema;
 mod tls;

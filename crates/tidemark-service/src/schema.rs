@@ -1,0 +1,147 @@
+//! Adopting the DB server's schema without a restart (S2), and refusing a
+//! schema this build cannot understand (S10).
+//!
+//! The watcher asks for a refresh on every `hello` (a new stream: the
+//! schema may have changed while we were away), `schema` event (a publish)
+//! and `epoch` event (a restore brings back its own schema). The worker
+//! here then fetches `GET /v1/schema`, checks it, revalidates the cache if
+//! the version changed (so records cached before a new column read it as
+//! null, as the DB server does), and reports the version it runs
+//! (`POST /v1/schema/ack`), which `tidemark schema publish` waits for.
+//!
+//! A schema with a column type this build does not know is *skew*: the
+//! server refuses to start, or, found later, answers reads with
+//! `503 schema_skew`, unless started with `--ignore-schema-skew`.
+
+use crate::shared::Shared;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tidemark_api::schema_change::SchemaAck;
+use tidemark_api::ColumnType;
+
+/// Checks that every column type of `schema` (as `GET /v1/schema` sends
+/// it) is one this build knows. Returns the version, or what it does not
+/// understand.
+pub fn understand(schema: &serde_json::Value) -> Result<u64, String> {
+    let version = schema["version"].as_u64().unwrap_or(0);
+    let Some(tables) = schema["tables"].as_object() else {
+        return Err(format!(
+            "the DB server's schema version {version} has no 'tables' this build can read"
+        ));
+    };
+    for (table, t) in tables {
+        for c in t["columns"].as_array().into_iter().flatten() {
+            let ty = c["type"].as_str().unwrap_or("");
+            if ColumnType::from_name(ty).is_none() {
+                return Err(format!(
+                    "the DB server runs schema version {version}, whose column '{table}.{}' has type '{ty}', which this tidemark build does not know",
+                    c["name"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    Ok(version)
+}
+
+fn skew_message(detail: &str) -> String {
+    format!("{detail}; upgrade this service server to a tidemark build that knows it, or start it with --ignore-schema-skew to serve records as the DB server sends them")
+}
+
+/// Fetches the schema and adopts it. Errors are what to log.
+pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
+    let schema: serde_json::Value = shared.client.get_json("/v1/schema").await?;
+    let version = match understand(&schema) {
+        Ok(v) => {
+            if shared.skew.lock().take().is_some() {
+                tracing::info!(version = v, "the DB server's schema is understood again");
+            }
+            v
+        }
+        Err(detail) if shared.config.ignore_schema_skew => {
+            tracing::warn!(%detail, "schema skew ignored (--ignore-schema-skew)");
+            schema["version"].as_u64().unwrap_or(0)
+        }
+        Err(detail) => {
+            let msg = skew_message(&detail);
+            tracing::error!(%msg, "schema skew: refusing reads");
+            *shared.skew.lock() = Some(msg);
+            return Ok(());
+        }
+    };
+    let before = shared.schema_version.swap(version, Ordering::SeqCst);
+    if before != 0 && before != version {
+        let generation = shared.cache.bump_generation();
+        shared.changes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            from = before,
+            to = version,
+            generation,
+            "schema adopted: cached records will be revalidated on their next read"
+        );
+    } else if before != version {
+        tracing::info!(version, "schema adopted");
+    }
+    let _: serde_json::Value = shared
+        .client
+        .post_json(
+            "/v1/schema/ack",
+            &SchemaAck {
+                subscriber: shared.config.id.clone(),
+                version,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// At start: refuses to run on a schema this build cannot understand. A DB
+/// server that cannot be reached is not a refusal (the watcher adopts the
+/// schema once it can).
+pub async fn check_at_start(shared: &Shared) -> anyhow::Result<()> {
+    let schema: serde_json::Value = match shared.client.get_json("/v1/schema").await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the DB server's schema at start; checking it once the watch stream opens");
+            return Ok(());
+        }
+    };
+    match understand(&schema) {
+        Ok(_) => Ok(()),
+        Err(detail) if shared.config.ignore_schema_skew => {
+            tracing::warn!(%detail, "schema skew ignored (--ignore-schema-skew)");
+            Ok(())
+        }
+        Err(detail) => anyhow::bail!("service server refused to start: {}", skew_message(&detail)),
+    }
+}
+
+/// Adopts the schema each time the watcher asks, until shutdown.
+pub async fn worker(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = shared.schema_refresh.notified() => {}
+        }
+        if let Err(e) = adopt(&shared).await {
+            tracing::warn!(error = %e, "could not adopt the DB server's schema; retrying at the next stream event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_unknown_column_type_is_skew() {
+        let ok = json!({"version": 3, "tables": {"subscriber": {"columns": [{"name": "plan", "type": "string"}]}}});
+        assert_eq!(understand(&ok), Ok(3));
+        let newer = json!({"version": 4, "tables": {"subscriber": {"columns": [{"name": "price", "type": "decimal"}]}}});
+        let err = understand(&newer).unwrap_err();
+        assert!(
+            err.contains("subscriber.price") && err.contains("decimal"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! `tidemark schema …`: stage, plan, publish, roll back (S1, S2, S9).
+
+use crate::cli::SchemaCommand;
+use anyhow::Context;
+use std::io::Read;
+use std::time::{Duration, Instant};
+use tidemark_api::schema_change::{
+    PendingSchema, PublishStatus, PublishStep, SchemaDocument, SchemaPlan, SchemaVersions,
+};
+use tidemark_api::{DbClient, Schema};
+
+pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
+    match cmd {
+        SchemaCommand::Show { server, pending } => {
+            let client = DbClient::new(&server);
+            let v: serde_json::Value = if pending {
+                let p: PendingSchema = client.get_json("/v1/schema/pending").await?;
+                serde_json::json!({"version": p.version, "base_version": p.base_version,
+                    "staged_by": p.staged_by, "staged_at": p.staged_at, "tables": p.tables})
+            } else {
+                client.get_json("/v1/schema").await?
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        SchemaCommand::Versions { server, json } => {
+            let v: SchemaVersions = DbClient::new(&server)
+                .get_json("/v1/schema/versions")
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for e in &v.versions {
+                let mark = if e.version == v.current { "*" } else { " " };
+                println!(
+                    "{mark} version {:<4} by {:<16} at {}",
+                    e.version,
+                    e.published_by,
+                    e.published_at.as_deref().unwrap_or("-")
+                );
+                for c in &e.changes {
+                    println!("      {c}");
+                }
+            }
+            Ok(())
+        }
+        SchemaCommand::Stage { server, file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(&file).with_context(|| {
+                    format!("cannot read the schema document {}", file.display())
+                })?
+            };
+            let doc: SchemaDocument = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a schema document: {e}; write the full desired schema, e.g. the output of 'tidemark schema show' with tables or columns added",
+                    file.display()
+                )
+            })?;
+            let p: PendingSchema = DbClient::new(&server)
+                .put_json("/v1/schema/pending", &doc)
+                .await
+                .context("stage refused")?;
+            println!(
+                "staged schema version {} (on version {}); review it with 'tidemark schema plan --server {server}', then 'tidemark schema publish --server {server}'",
+                p.version, p.base_version
+            );
+            Ok(())
+        }
+        SchemaCommand::Discard { server } => {
+            let v: serde_json::Value = DbClient::new(&server)
+                .delete_json("/v1/schema/pending")
+                .await?;
+            if v["discarded"].as_bool() == Some(true) {
+                println!("staged schema discarded");
+            } else {
+                println!("no schema was staged");
+            }
+            Ok(())
+        }
+        SchemaCommand::Plan { server, json } => {
+            let plan: SchemaPlan = DbClient::new(&server)
+                .get_json("/v1/schema/plan")
+                .await
+                .context("no plan")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print_plan(&plan);
+            }
+            Ok(())
+        }
+        SchemaCommand::Publish { server, wait } => {
+            let client = DbClient::new(&server);
+            let st: PublishStatus = client
+                .post_json("/v1/schema/publish", &serde_json::json!({}))
+                .await
+                .context("publish refused")?;
+            println!(
+                "schema version {} is in force on the DB server; announcing it to the service servers",
+                st.current_version
+            );
+            follow(&client, st, Duration::from_secs(wait)).await
+        }
+        SchemaCommand::Rollback { server, wait } => {
+            let client = DbClient::new(&server);
+            let st: PublishStatus = client
+                .post_json("/v1/schema/rollback", &serde_json::json!({}))
+                .await
+                .context("rollback refused")?;
+            println!(
+                "rolled back: schema version {} (the previous version's tables) is in force on the DB server",
+                st.current_version
+            );
+            follow(&client, st, Duration::from_secs(wait)).await
+        }
+        SchemaCommand::Status { server, json } => {
+            let st: PublishStatus = DbClient::new(&server)
+                .get_json("/v1/schema/publish")
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_plan(p: &SchemaPlan) {
+    println!(
+        "plan: schema version {} -> {} ({})",
+        p.from_version, p.to_version, p.engine
+    );
+    println!("\n1. object-schema changes");
+    for c in &p.changes {
+        println!("   {c}");
+    }
+    println!("\n2. full table/column schema (version {})", p.to_version);
+    let schema = Schema {
+        version: p.to_version,
+        tables: p.tables.clone(),
+    };
+    for (name, t) in &schema.tables {
+        println!("   {name}");
+        for c in &t.columns {
+            println!("     {:<24} {}", c.name, c.ty.name());
+        }
+    }
+    println!("\n3. index definitions");
+    if p.indexes.is_empty() {
+        println!("   (none)");
+    }
+    for ix in &p.indexes {
+        println!(
+            "   {} ON {} ({}){}",
+            ix.name,
+            ix.table,
+            ix.columns.join(", "),
+            if ix.new { "  [new]" } else { "" }
+        );
+    }
+    println!("\n4. new columns not yet in the database");
+    if p.new_columns.is_empty() {
+        println!("   (none)");
+    }
+    for c in &p.new_columns {
+        println!("   {}.{} {}", c.table, c.name, c.ty.name());
+    }
+    println!("\n5. new tables not yet in the database");
+    if p.new_tables.is_empty() {
+        println!("   (none)");
+    }
+    for t in &p.new_tables {
+        println!("   {t}");
+    }
+    println!("\nDDL ({}, one transaction)", p.engine);
+    for d in &p.ddl {
+        println!("   {d};");
+    }
+}
+
+fn print_status(st: &PublishStatus) {
+    println!("schema version in force  {}", st.current_version);
+    if let Some(p) = st.pending_version {
+        println!("pending                  version {p} (staged, not published)");
+    }
+    if let Some(j) = &st.job {
+        println!(
+            "last job                 {:?} {} -> {}: {:?}, by {} at {}{}{}",
+            j.kind,
+            j.from_version,
+            j.to_version,
+            j.step,
+            j.started_by,
+            j.started_at,
+            if j.resumed > 0 {
+                format!(", resumed {} time(s) after a crash", j.resumed)
+            } else {
+                String::new()
+            },
+            j.error
+                .as_ref()
+                .map(|e| format!(", failed: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for s in &st.servers {
+        println!(
+            "  {:<24} {:<15} version {:<6} {}",
+            s.name,
+            s.kind,
+            s.version.map(|v| v.to_string()).unwrap_or("?".into()),
+            if s.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        );
+    }
+    if st.complete {
+        println!(
+            "complete: every connected server runs version {}",
+            st.current_version
+        );
+    } else if !st.lagging.is_empty() {
+        println!(
+            "not yet on version {}: {}",
+            st.current_version,
+            st.lagging.join(", ")
+        );
+    }
+}
+
+/// Waits until every connected service server reports the version in
+/// force, printing each one as it does.
+async fn follow(client: &DbClient, mut st: PublishStatus, wait: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut shown = std::collections::BTreeSet::new();
+    loop {
+        for s in &st.servers {
+            if s.version == Some(st.current_version) && shown.insert(s.name.clone()) {
+                println!("  {} runs version {}", s.name, st.current_version);
+            }
+        }
+        if let Some(j) = &st.job {
+            if j.step == PublishStep::Failed {
+                anyhow::bail!(
+                    "the job failed and version {} stays in force: {}",
+                    st.current_version,
+                    j.error.as_deref().unwrap_or("no reason recorded")
+                );
+            }
+        }
+        if st.complete {
+            println!(
+                "done: the DB server and every connected service server run schema version {}",
+                st.current_version
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let lag: Vec<String> = st
+                .servers
+                .iter()
+                .filter(|s| st.lagging.contains(&s.name))
+                .map(|s| {
+                    format!(
+                        "{} (reports {})",
+                        s.name,
+                        s.version
+                            .map(|v| format!("version {v}"))
+                            .unwrap_or("nothing yet".into())
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "schema version {} is in force on the DB server, but after {}s these service servers have not reported it: {}; check that they run and are connected, then follow with 'tidemark schema status'",
+                st.current_version,
+                wait.as_secs(),
+                if lag.is_empty() { "(the announcement is still going out)".to_owned() } else { lag.join(", ") }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        st = client.get_json("/v1/schema/publish").await?;
+    }
+}

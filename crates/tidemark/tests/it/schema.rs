@@ -1,0 +1,591 @@
+//! Schema publication (S1, S2, S9, S10): stage, plan, publish to the DB
+//! server and to service servers that adopt it live, orders on the new
+//! column, refusals, rollback, and a crash at every step of a publish.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// The default schema plus `extra` columns of `subscriber`, `indexes` on
+/// it, and `more` tables.
+fn document(extra: Value, indexes: Value, more: Value) -> Value {
+    let mut cols = json!([
+        {"name": "plan", "type": "string"}, {"name": "status", "type": "string"},
+        {"name": "services", "type": "json"}, {"name": "roaming", "type": "boolean"},
+        {"name": "credit_limit", "type": "integer"}
+    ]);
+    cols.as_array_mut()
+        .unwrap()
+        .extend(extra.as_array().unwrap().iter().cloned());
+    let mut tables = json!({"subscriber": {"columns": cols, "indexes": indexes}});
+    for (k, v) in more.as_object().unwrap() {
+        tables[k] = v.clone();
+    }
+    json!({"tables": tables})
+}
+
+/// The document of the test's publish: a column, an index, a table.
+fn v2_document() -> Value {
+    document(
+        json!([{"name": "tier", "type": "integer"}]),
+        json!([{"columns": ["plan"]}]),
+        json!({"device": {"columns": [{"name": "model", "type": "string"}]}}),
+    )
+}
+
+/// `tidemark schema ARGS`; returns (success, stdout, stderr).
+fn schema_cmd(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["schema"];
+    all.extend_from_slice(args);
+    let out = run(dir, &all, None, &[]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Stages `doc` from a file; returns (success, stderr).
+fn stage(dir: &Path, db: &str, doc: &Value) -> (bool, String) {
+    let file = dir.join("schema.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    let (ok, _, err) = schema_cmd(dir, &["stage", "--server", db, file.to_str().unwrap()]);
+    (ok, err)
+}
+
+async fn schema_version(url: &str) -> u64 {
+    get_json(&format!("{url}/v1/schema")).await.1["version"]
+        .as_u64()
+        .expect("version in /v1/schema")
+}
+
+async fn versions(db: &str) -> Vec<u64> {
+    let (_, v) = get_json(&format!("{db}/v1/schema/versions")).await;
+    v["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect()
+}
+
+async fn field(url: &str, table: &str, key: &str, name: &str) -> Option<Value> {
+    let (status, body) = get_json(&format!("{url}/v1/records/{table}/{key}")).await;
+    (status == 200).then(|| body["fields"].get(name).cloned())?
+}
+
+fn order(seq: u64, table: &str, key: &str, fields: Value) -> Value {
+    json!({"orders": [{"source": "t", "seq": seq, "table": table, "key": key, "op": "upsert", "fields": fields}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_is_staged_planned_published_and_served_live() {
+    for engine in engines("a_schema_is_staged_planned_published_and_served_live") {
+        a_schema_is_staged_planned_published_and_served_live_on(engine).await;
+    }
+}
+
+async fn a_schema_is_staged_planned_published_and_served_live_on(engine: Engine) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server_on(dir, engine, &[]).await;
+    let svc_a = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
+    let svc_b = service(dir, "svc-b", &db.url, "accept-stale", &[]).await;
+    let orders = format!("{}/v1/orders", db.url);
+
+    // A record cached by both service servers before the publish.
+    let (s, _) = post_raw(
+        &orders,
+        order(1, "subscriber", "k1", json!({"plan": "gold"})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for svc in [&svc_a, &svc_b] {
+        assert_eq!(
+            field(&svc.url, "subscriber", "k1", "plan").await,
+            Some(json!("gold"))
+        );
+        assert_eq!(field(&svc.url, "subscriber", "k1", "tier").await, None);
+    }
+    assert_eq!(versions(&db.url).await, vec![1]);
+
+    // Unsafe changes are refused, each with its own code.
+    let dropped =
+        json!({"tables": {"subscriber": {"columns": [{"name": "plan", "type": "string"}]}}});
+    let retyped = document(json!([]), json!([]), json!({}));
+    let mut retyped = retyped;
+    retyped["tables"]["subscriber"]["columns"][4]["type"] = json!("string");
+    let mut renamed = document(json!([]), json!([]), json!({}));
+    renamed["tables"]["subscriber"]["columns"][0]["name"] = json!("tariff");
+    for (doc, code) in [
+        (dropped, "schema_drop_refused"),
+        (retyped, "schema_type_change_refused"),
+        (renamed, "schema_rename_refused"),
+        (
+            document(json!([]), json!([]), json!({})),
+            "schema_unchanged",
+        ),
+    ] {
+        let (ok, err) = stage(dir, &db.url, &doc);
+        assert!(!ok && err.contains(code), "{code}: {err}");
+    }
+    let (s, _) = get_json(&format!("{}/v1/schema/pending", db.url)).await;
+    assert_eq!(s, 409, "nothing was staged by the refusals");
+
+    // Stage version 2.
+    let (ok, err) = stage(dir, &db.url, &v2_document());
+    assert!(ok, "{err}");
+    let (ok, out, _) = schema_cmd(dir, &["show", "--server", &db.url, "--pending"]);
+    assert!(
+        ok && out.contains("\"tier\"") && out.contains("\"version\": 2"),
+        "{out}"
+    );
+
+    // An order naming the staged column is refused, naming the version.
+    let (s, body) = post_raw(
+        &orders,
+        order(2, "subscriber", "k1", json!({"tier": 3})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_column");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("pending schema version 2"), "{msg}");
+
+    // The plan: S1's five parts and the engine's DDL.
+    let (ok, out, err) = schema_cmd(dir, &["plan", "--server", &db.url, "--json"]);
+    assert!(ok, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (plan["from_version"].as_u64(), plan["to_version"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        plan["new_columns"],
+        json!([{"table": "subscriber", "name": "tier", "type": "integer"}])
+    );
+    assert_eq!(plan["new_tables"], json!(["device"]));
+    assert!(plan["tables"]["subscriber"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "tier"));
+    assert_eq!(plan["indexes"][0]["columns"], json!(["plan"]));
+    assert_eq!(plan["indexes"][0]["new"], json!(true));
+    assert_eq!(plan["changes"].as_array().unwrap().len(), 3, "{plan}");
+    let ddl: Vec<&str> = plan["ddl"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let int = match engine {
+        Engine::Sqlite => "INTEGER",
+        Engine::Postgres => "bigint",
+    };
+    assert!(
+        ddl.contains(&format!("ALTER TABLE \"subscriber\" ADD COLUMN \"tier\" {int}").as_str()),
+        "{ddl:?}"
+    );
+    assert!(
+        ddl.iter().any(|d| d.starts_with("CREATE TABLE \"device\"")),
+        "{ddl:?}"
+    );
+    assert!(ddl.iter().any(|d| d.starts_with("CREATE INDEX")), "{ddl:?}");
+    let (ok, text, _) = schema_cmd(dir, &["plan", "--server", &db.url]);
+    assert!(
+        ok && text.contains("5. new tables") && text.contains("ADD COLUMN"),
+        "{text}"
+    );
+    assert_eq!(schema_version(&db.url).await, 1, "planning changes nothing");
+
+    // Publish: exits 0 once the DB server and both service servers run it.
+    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &db.url, "--wait", "30"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("svc-a runs version 2") && out.contains("svc-b runs version 2"),
+        "{out}"
+    );
+    assert_eq!(schema_version(&db.url).await, 2);
+    for svc in [&svc_a, &svc_b] {
+        let (_, st) = get_json(&format!("{}/v1/state", svc.url)).await;
+        assert_eq!(st["schema_version"], 2, "{st}");
+    }
+    let (_, reg) = get_json(&format!("{}/v1/schema/versions", db.url)).await;
+    assert_eq!(reg["current"], 2);
+    assert_eq!(reg["versions"][1]["published_by"], "local");
+    assert!(reg["versions"][1]["published_at"].is_string());
+    assert_eq!(
+        reg["versions"][1]["schema"]["tables"]["subscriber"]["indexes"],
+        json!([{"columns": ["plan"]}])
+    );
+    let (s, _) = get_json(&format!("{}/v1/schema/pending", db.url)).await;
+    assert_eq!(s, 409, "the pending version is gone once published");
+
+    // Old records read the new column as null, through every server.
+    assert_eq!(
+        field(&db.url, "subscriber", "k1", "tier").await,
+        Some(Value::Null)
+    );
+    for svc in [&svc_a, &svc_b] {
+        assert_eq!(
+            field(&svc.url, "subscriber", "k1", "tier").await,
+            Some(Value::Null),
+            "{} serves the new column of an old record",
+            svc.name
+        );
+    }
+    // Orders on the new column and the new table are accepted and pushed.
+    let (s, body) = post_raw(
+        &orders,
+        order(2, "subscriber", "k1", json!({"tier": 3})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = post_raw(
+        &orders,
+        order(3, "device", "d1", json!({"model": "x1"})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    for svc in [&svc_a, &svc_b] {
+        let url = svc.url.clone();
+        eventually(
+            10,
+            "the new column's value to reach the service server",
+            || {
+                let url = url.clone();
+                async move {
+                    (field(&url, "subscriber", "k1", "tier").await == Some(json!(3))).then_some(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            field(&svc.url, "device", "d1", "model").await,
+            Some(json!("x1"))
+        );
+    }
+
+    // Rollback of version 2 is refused: its column holds data.
+    let (ok, _, err) = schema_cmd(dir, &["rollback", "--server", &db.url]);
+    assert!(
+        !ok && err.contains("rollback_refused") && err.contains("holds data"),
+        "{err}"
+    );
+    assert_eq!(schema_version(&db.url).await, 2);
+
+    // Version 3 adds an empty column; its rollback is version 4.
+    let doc3 = document(
+        json!([{"name": "tier", "type": "integer"}, {"name": "note", "type": "string"}]),
+        json!([{"columns": ["plan"]}]),
+        json!({"device": {"columns": [{"name": "model", "type": "string"}]}}),
+    );
+    let (ok, err) = stage(dir, &db.url, &doc3);
+    assert!(ok, "{err}");
+    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &db.url, "--wait", "30"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        field(&db.url, "subscriber", "k1", "note").await,
+        Some(Value::Null)
+    );
+    let (ok, out, err) = schema_cmd(dir, &["rollback", "--server", &db.url, "--wait", "30"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(schema_version(&db.url).await, 4);
+    assert_eq!(versions(&db.url).await, vec![1, 2, 3, 4]);
+    assert_eq!(field(&db.url, "subscriber", "k1", "note").await, None);
+    assert_eq!(
+        field(&db.url, "subscriber", "k1", "tier").await,
+        Some(json!(3))
+    );
+    for svc in [&svc_a, &svc_b] {
+        let (_, st) = get_json(&format!("{}/v1/state", svc.url)).await;
+        assert_eq!(st["schema_version"], 4, "{st}");
+    }
+    let (s, body) = post_raw(
+        &orders,
+        order(4, "subscriber", "k1", json!({"note": "x"})).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("unknown_column"))
+    );
+
+    let (ok, out, _) = schema_cmd(dir, &["status", "--server", &db.url]);
+    assert!(ok && out.contains("complete"), "{out}");
+    let (_, audit) = get_json(&format!("{}/v1/audit", db.url)).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("audit entries")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in ["schema_stage", "schema_publish", "schema_rollback"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+}
+
+/// The steps of a publish a crash can hit, in order.
+const STEPS: &[&str] = &[
+    "schema.publish.after_job",
+    "schema.publish.before_apply",
+    "schema.ddl.before_commit",
+    "schema.publish.after_apply",
+    "schema.publish.after_announce",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_at_any_step_of_a_publish_ends_on_exactly_one_version() {
+    for engine in engines("a_crash_at_any_step_of_a_publish_ends_on_exactly_one_version") {
+        for step in STEPS {
+            a_crash_during_publish_on(engine, step).await;
+        }
+    }
+}
+
+async fn a_crash_during_publish_on(engine: Engine, step: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = format!("{step}=1");
+    let mut db = db_server_on(dir, engine, &[("TIDEMARK_FAILPOINTS", &spec)]).await;
+    let (s, _) = post_raw(
+        &format!("{}/v1/orders", db.url),
+        order(1, "subscriber", "k1", json!({"plan": "gold"})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (ok, err) = stage(dir, &db.url, &v2_document());
+    assert!(ok, "{err}");
+    // The publish request dies with the server (or, at the last step, is
+    // answered just before the announcement kills it).
+    let _ = reqwest::Client::new()
+        .post(format!("{}/v1/schema/publish", db.url))
+        .send()
+        .await;
+    let child = db.child.as_mut().expect("running");
+    let status = tokio::task::block_in_place(|| child.wait()).expect("wait for the crash");
+    assert!(!status.success(), "{step}: the server must have crashed");
+    assert!(
+        db.log_text().contains(&format!("failpoint {step} hit")),
+        "{step}: {}",
+        db.log_text()
+    );
+    db.child = None;
+
+    // Restarted, it resumes the job before it serves.
+    let args = server_args(dir, engine);
+    let db2 = Proc::start("db2", dir, &strs(&args), &[]);
+    db2.wait_ok("/readyz").await;
+    assert_eq!(schema_version(&db2.url).await, 2, "{step}");
+    assert_eq!(
+        versions(&db2.url).await,
+        vec![1, 2],
+        "{step}: exactly one new version"
+    );
+    let (_, st) = get_json(&format!("{}/v1/schema/publish", db2.url)).await;
+    assert_eq!(st["job"]["step"], "done", "{step}: {st}");
+    assert!(st["job"]["resumed"].as_u64().unwrap() >= 1, "{step}: {st}");
+    assert!(st["pending_version"].is_null(), "{step}: {st}");
+    let (s, body) = post_raw(
+        &format!("{}/v1/orders", db2.url),
+        order(2, "subscriber", "k1", json!({"tier": 7})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{step}: {body}");
+    assert_eq!(
+        field(&db2.url, "subscriber", "k1", "tier").await,
+        Some(json!(7))
+    );
+    assert_eq!(
+        field(&db2.url, "subscriber", "k1", "plan").await,
+        Some(json!("gold"))
+    );
+    let (s, _) = post_raw(
+        &format!("{}/v1/orders", db2.url),
+        order(3, "device", "d1", json!({"model": "m"})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{step}: the new table exists");
+}
+
+/// A stand-in DB server whose schema has a column type this build does
+/// not know; every other request is answered 503.
+async fn newer_db_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if req.starts_with("GET /v1/schema ") {
+                    ("200 OK", json!({"version": 9, "tables": {"subscriber": {"columns": [
+                        {"name": "plan", "type": "string"}, {"name": "price", "type": "decimal"}]}}}).to_string())
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        json!({"error": {"code": "not_ready", "message": "stand-in"}}).to_string(),
+                    )
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_refuses_a_schema_it_cannot_understand_unless_told_to_ignore_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = newer_db_server().await;
+    let args = [
+        "service",
+        "--db",
+        &db,
+        "--id",
+        "svc-old",
+        "--policy",
+        "accept-stale",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let out = run(dir, &args, None, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused to start")
+            && err.contains("subscriber.price")
+            && err.contains("--ignore-schema-skew"),
+        "{err}"
+    );
+    // With the explicit override it runs.
+    let svc = Proc::start(
+        "svc-override",
+        dir,
+        &[
+            "service",
+            "--db",
+            &db,
+            "--id",
+            "svc-old",
+            "--policy",
+            "accept-stale",
+            "--ignore-schema-skew",
+        ],
+        &[],
+    );
+    svc.wait_ok("/healthz").await;
+    assert!(
+        svc.log_text().contains("schema skew ignored"),
+        "{}",
+        svc.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_carries_the_schema_version_and_a_restore_brings_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = db_server(dir, &[]).await;
+    let (ok, err) = stage(dir, &db.url, &v2_document());
+    assert!(ok, "{err}");
+    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &db.url, "--wait", "10"]);
+    assert!(ok, "{out}{err}");
+    let (s, _) = post_raw(
+        &format!("{}/v1/orders", db.url),
+        order(1, "subscriber", "k1", json!({"tier": 5})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let backup = dir.join("backups/b1");
+    let out = run(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            backup.to_str().unwrap(),
+            "--server",
+            &db.url,
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = std::fs::read_to_string(backup.join("manifest.json")).expect("a manifest");
+    assert!(
+        manifest.contains("\"schema_version\": 2") || manifest.contains("\"schema_version\":2"),
+        "{manifest}"
+    );
+
+    db.terminate();
+    std::fs::remove_dir_all(dir.join("data")).unwrap();
+    let out = run(
+        dir,
+        &[
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        dir,
+        &["cleanup", "--data-dir", dir.join("data").to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = server_args(dir, Engine::Sqlite);
+    let db2 = Proc::start("db2", dir, &strs(&args), &[]);
+    db2.wait_ok("/readyz").await;
+    assert_eq!(schema_version(&db2.url).await, 2);
+    assert_eq!(versions(&db2.url).await, vec![1, 2]);
+    let (_, schema) = get_json(&format!("{}/v1/schema", db2.url)).await;
+    assert_eq!(
+        schema["tables"]["subscriber"]["indexes"],
+        json!([{"columns": ["plan"]}])
+    );
+    // A service server started on the restored server runs its version.
+    let svc = service(dir, "svc-a", &db2.url, "accept-stale", &[]).await;
+    let url = svc.url.clone();
+    eventually(
+        10,
+        "the service server to adopt the restored schema",
+        || {
+            let url = url.clone();
+            async move {
+                let (_, st) = get_json(&format!("{url}/v1/state")).await;
+                (st["schema_version"] == 2).then_some(())
+            }
+        },
+    )
+    .await;
+}

@@ -107,6 +107,12 @@ pub(super) async fn snapshots(store: &dyn Store) {
         );
     }
     assert!(copy.get("subscriber", "s1").await.unwrap().record.is_none());
+    // The schema and its registry travel with the data (indexes included).
+    assert_eq!(copy.schema(), store.schema());
+    assert_eq!(
+        copy.schema_versions().await.unwrap(),
+        store.schema_versions().await.unwrap()
+    );
     assert_eq!(
         copy.changes_since(0, 10_000).await.unwrap(),
         store.changes_since(0, 10_000).await.unwrap()[..(meta.seq + 1 - meta.log_floor) as usize]

@@ -8,12 +8,14 @@
 //! - `data`: reads, writes, idempotency, atomic batches, the change log,
 //!   group commit (P1, P3);
 //! - `recovery`: restore marking, schedule lists, flags, replays (P5-P10);
+//! - `schema`: the schema registry: publish, old records, rollback (S1, S9);
 //! - `admin`: engine and schema, notes, snapshots, process information,
 //!   cleanup, close (B1-B6, S4).
 
 mod admin;
 mod data;
 mod recovery;
+mod schema;
 
 use crate::Store;
 use serde_json::json;
@@ -58,6 +60,7 @@ pub async fn run(store: &dyn Store) {
     recovery::recovery_flags(store).await;
     recovery::replays_follow_the_original_order(store).await;
     recovery::clearing_flags(store).await;
+    schema::registry(store).await;
     admin::notes(store).await;
     admin::snapshots(store).await;
     admin::process_info_and_cleanup(store).await;

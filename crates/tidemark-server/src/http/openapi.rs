@@ -50,8 +50,32 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "Recovery", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recovery"}}}}}}},
             "/v1/sources": {"get": {"summary": "Applied-order high-water mark per OpS source.",
                 "responses": {"200": {"description": "source -> seq", "content": {"application/json": {"schema": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}},
-            "/v1/schema": {"get": {"summary": "The schema in force: tables and typed columns.",
-                "responses": {"200": {"description": "Schema", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/v1/schema": {"get": {"summary": "The schema in force: version, tables, typed columns and indexes.",
+                "responses": {"200": {"description": "Schema", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Schema"}}}}}}},
+            "/v1/schema/versions": {"get": {"summary": "The schema registry (S1): every published version, oldest first, with who published it, when, and what it changed.",
+                "responses": {"200": {"description": "{current, versions: [{version, published_at, published_by, changes, schema}]}", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/v1/schema/pending": {
+                "get": {"summary": "The staged schema: {version, base_version, staged_by, staged_at, tables}.",
+                    "responses": {"200": {"description": "Pending schema"}, "409": error_ref()}},
+                "put": {"summary": "Stage a schema document (the full desired schema: GET /v1/schema without version). Only additions are accepted: dropping a table or column (schema_drop_refused), changing a type (schema_type_change_refused) and renaming (schema_rename_refused) are refused; a document equal to the version in force is schema_unchanged; a malformed one schema_invalid. Admin.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SchemaDocument"}}}},
+                    "responses": {"200": {"description": "Pending schema"}, "400": error_ref(), "409": error_ref()}},
+                "delete": {"summary": "Drop the staged schema. Admin.", "responses": {"200": {"description": "{discarded}"}}}
+            },
+            "/v1/schema/plan": {"get": {"summary": "The pending change in S1's five parts (changes, tables, indexes, new_columns, new_tables) and the exact DDL for the engine in use (one transaction).",
+                "responses": {"200": {"description": "Plan", "content": {"application/json": {"schema": {"type": "object"}}}}, "409": error_ref()}}},
+            "/v1/schema/publish": {
+                "post": {"summary": "Publish the pending version (S2, S9): a job stored in the database; the DDL, the registry row and the version bump commit in one transaction before the answer, then the `schema` watch event goes to every service server. A job left by a crash is resumed at start. Errors: no_pending_schema, pending_outdated, publish_in_progress. Admin.",
+                    "responses": {"200": {"description": "Publish status", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PublishStatus"}}}}, "409": error_ref(), "503": error_ref()}},
+                "get": {"summary": "The last publish or rollback job, and the schema version each server (the DB server, each service server) reports; `complete` once every connected one runs the version in force.",
+                    "responses": {"200": {"description": "Publish status", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PublishStatus"}}}}}}
+            },
+            "/v1/schema/rollback": {"post": {"summary": "Back to the previous version's tables, as a new version (the version only grows). Refused (rollback_refused) if there is no earlier version or an added column or table holds data. Admin.",
+                "responses": {"200": {"description": "Publish status", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PublishStatus"}}}}, "409": error_ref()}}},
+            "/v1/schema/ack": {"post": {"summary": "A service server reports the schema version it runs: {subscriber, version}. Reader.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["subscriber", "version"],
+                    "properties": {"subscriber": {"type": "string"}, "version": {"type": "integer"}}}}}},
+                "responses": {"200": {"description": "{version}: the version in force"}, "400": error_ref(), "403": error_ref()}}},
             "/v1/backup": {"post": {"summary": "Online backup (B1, B5): one consistent snapshot of the whole store, streamed as the body (application/octet-stream, a SQLite database); the header Tidemark-Snapshot carries its epoch, seq, schema version, high-water marks and process information as JSON. Used by 'tidemark backup create --server URL'.",
                 "responses": {"200": {"description": "The snapshot", "headers": {"Tidemark-Snapshot": {"schema": {"type": "string"}}},
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, "429": error_ref(), "500": error_ref(), "503": error_ref()}}},
@@ -104,6 +128,22 @@ pub fn document() -> Value {
                     "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}}}}}},
             "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer"},
                 "cleared": {"type": "integer"}, "started_at": {"type": "string", "nullable": true}}},
+            "Schema": {"type": "object", "required": ["version", "tables"], "properties": {"version": {"type": "integer"},
+                "tables": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Table"}}}},
+            "SchemaDocument": {"type": "object", "required": ["tables"], "properties": {
+                "tables": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Table"}}}},
+            "Table": {"type": "object", "required": ["columns"], "properties": {
+                "columns": {"type": "array", "items": {"type": "object", "required": ["name", "type"], "properties": {
+                    "name": {"type": "string"}, "type": {"type": "string", "enum": ["string", "integer", "boolean", "timestamp", "json"]}}}},
+                "indexes": {"type": "array", "items": {"type": "object", "required": ["columns"], "properties": {"columns": {"type": "array", "items": {"type": "string"}}}}}}},
+            "PublishStatus": {"type": "object", "properties": {"current_version": {"type": "integer"}, "pending_version": {"type": "integer", "nullable": true},
+                "job": {"type": "object", "nullable": true, "properties": {"kind": {"type": "string", "enum": ["publish", "rollback"]},
+                    "from_version": {"type": "integer"}, "to_version": {"type": "integer"},
+                    "step": {"type": "string", "enum": ["applying", "announcing", "done", "failed"]}, "started_by": {"type": "string"},
+                    "started_at": {"type": "string"}, "finished_at": {"type": "string"}, "error": {"type": "string"}, "resumed": {"type": "integer"}}},
+                "servers": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
+                    "version": {"type": "integer", "nullable": true}, "connected": {"type": "boolean"}, "reported_at": {"type": "string"}}}},
+                "lagging": {"type": "array", "items": {"type": "string"}}, "complete": {"type": "boolean"}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
                 "code": {"type": "string", "enum": codes}, "message": {"type": "string"}}}}}
         }}

@@ -15,6 +15,7 @@ async fn call(
         "GET" => client.get(url),
         "POST" => client.post(url),
         "DELETE" => client.delete(url),
+        "PUT" => client.put(url).header("content-type", "application/json"),
         other => panic!("method {other}"),
     };
     if let Some(t) = token {
@@ -140,6 +141,19 @@ async fn every_endpoint_needs_its_role() {
         ("DELETE", "/v1/quiesce".into(), String::new(), 3),
         ("GET", "/v1/tokens".into(), String::new(), 3),
         ("GET", "/v1/audit".into(), String::new(), 3),
+        ("GET", "/v1/schema/versions".into(), String::new(), 1),
+        ("GET", "/v1/schema/pending".into(), String::new(), 1),
+        ("GET", "/v1/schema/plan".into(), String::new(), 1),
+        ("GET", "/v1/schema/publish".into(), String::new(), 1),
+        (
+            "PUT",
+            "/v1/schema/pending".into(),
+            json!({"tables": {}}).to_string(),
+            3,
+        ),
+        ("DELETE", "/v1/schema/pending".into(), String::new(), 3),
+        ("POST", "/v1/schema/publish".into(), "{}".into(), 3),
+        ("POST", "/v1/schema/rollback".into(), "{}".into(), 3),
     ];
     let roles = [
         (None, 0u8, "none"),
@@ -194,6 +208,31 @@ async fn every_endpoint_needs_its_role() {
     );
     assert!(actions.contains(&("root".into(), "token_create".into())));
     assert!(actions.contains(&("root".into(), "quiesce".into())));
+
+    // A published version records the token that published it.
+    let (_, mut doc) = call("GET", &format!("{u}/v1/schema"), Some(&reader), "").await;
+    doc["tables"]["subscriber"]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "tier", "type": "integer"}));
+    let (s, b) = call(
+        "PUT",
+        &format!("{u}/v1/schema/pending"),
+        Some(&admin),
+        &doc.to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        "POST",
+        &format!("{u}/v1/schema/publish"),
+        Some(&admin),
+        "{}",
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, reg) = call("GET", &format!("{u}/v1/schema/versions"), Some(&reader), "").await;
+    assert_eq!(reg["versions"][1]["published_by"], "root", "{reg}");
     let (_, list) = call("GET", &format!("{u}/v1/tokens"), Some(&admin), "").await;
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert!(

@@ -131,6 +131,22 @@ async fn file_then_environment_then_flags() {
     let (_, doc) = get_json(&format!("{}/openapi.json", db.url)).await;
     assert_eq!(doc["openapi"], "3.0.3");
     assert!(doc["paths"]["/v1/orders"].is_object());
+    for path in [
+        "/v1/schema/versions",
+        "/v1/schema/pending",
+        "/v1/schema/plan",
+        "/v1/schema/publish",
+        "/v1/schema/rollback",
+        "/v1/schema/ack",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    let codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+        ["enum"]
+        .to_string();
+    for code in ["schema_drop_refused", "rollback_refused", "schema_skew"] {
+        assert!(codes.contains(code), "{code} is documented");
+    }
     let metrics = reqwest::get(format!("{}/metrics", db.url))
         .await
         .unwrap()

@@ -46,6 +46,37 @@ pub struct SubmitReport {
     pub high_water: u64,
 }
 
+/// For an order naming a table or column the schema in force lacks: says
+/// so if the DB server has it staged but not published (the schema is
+/// fetched for every run, so a published one is always seen).
+async fn staged_note(client: &DbClient, e: &tidemark_api::schema::InvalidInput) -> String {
+    use tidemark_api::schema::InvalidInput::{UnknownColumn, UnknownTable};
+    let (table, column) = match e {
+        UnknownColumn { table, column, .. } => (table, Some(column)),
+        UnknownTable { table, .. } => (table, None),
+        _ => return String::new(),
+    };
+    let Ok(p) = client
+        .get_json::<tidemark_api::schema_change::PendingSchema>("/v1/schema/pending")
+        .await
+    else {
+        return String::new();
+    };
+    let staged = p
+        .tables
+        .get(table)
+        .is_some_and(|t| column.is_none_or(|c| t.column(c).is_some()));
+    if staged {
+        format!(
+            " ('{table}{}' is staged in pending schema version {}, not published yet: run 'tidemark schema publish' first)",
+            column.map(|c| format!(".{c}")).unwrap_or_default(),
+            p.version
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Runs `ops submit` on the raw input bytes.
 pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitReport> {
     let text = std::str::from_utf8(raw).context("the input is not UTF-8 text; send JSON lines")?;
@@ -62,12 +93,13 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             }
             tidemark_api::Op::Delete => schema.table(&o.table).map(|_| ()),
         };
-        check.map_err(|e| {
-            anyhow::anyhow!(
-                "order {} of the input: {e}; nothing was journaled or submitted",
+        if let Err(e) = check {
+            let staged = staged_note(&client, &e).await;
+            anyhow::bail!(
+                "order {} of the input: {e}{staged}; nothing was journaled or submitted",
                 i + 1
-            )
-        })?;
+            );
+        }
     }
     let mut digest = blake3::Hasher::new();
     digest.update(raw);

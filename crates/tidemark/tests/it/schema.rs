@@ -152,6 +152,30 @@ async fn a_schema_is_staged_planned_published_and_served_live_on(engine: Engine)
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("pending schema version 2"), "{msg}");
 
+    // The OpS, which validates against the schema in force, says the same.
+    let journal = dir.join("journal");
+    let line = json!({"table": "subscriber", "key": "k2", "op": "upsert", "fields": {"tier": 1}})
+        .to_string();
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "-",
+        ],
+        Some(line.as_bytes()),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("pending schema version 2"),
+        "{err}"
+    );
+
     // The plan: S1's five parts and the engine's DDL.
     let (ok, out, err) = schema_cmd(dir, &["plan", "--server", &db.url, "--json"]);
     assert!(ok, "{err}");
@@ -266,6 +290,13 @@ async fn a_schema_is_staged_planned_published_and_served_live_on(engine: Engine)
             Some(json!("x1"))
         );
     }
+
+    // The OpS fetches the schema per run: it now accepts the column.
+    ops_submit(dir, &db.url, &format!("{line}\n"), &[]);
+    assert_eq!(
+        field(&db.url, "subscriber", "k2", "tier").await,
+        Some(json!(1))
+    );
 
     // Rollback of version 2 is refused: its column holds data.
     let (ok, _, err) = schema_cmd(dir, &["rollback", "--server", &db.url]);

@@ -182,7 +182,7 @@ pub fn schema_from_rows(
             )));
         }
         let ty = ColumnType::from_name(&ty).ok_or_else(|| {
-            StoreError::Format(format!("unknown column type '{ty}' in tm_columns"))
+            StoreError::Format(format!("the store's schema has a column of type '{ty}', which this tidemark build does not know (S10): it was published by a newer Tidemark; run a matching tidemark version"))
         })?;
         out.entry(tbl)
             .or_insert_with(|| TableSchema {

@@ -122,7 +122,7 @@ fn type_from_name(name: &str) -> Result<ColumnType, StoreError> {
         "json" => ColumnType::Json,
         other => {
             return Err(StoreError::Format(format!(
-                "unknown column type '{other}' in tm_columns"
+                "the store's schema has a column of type '{other}', which this tidemark build does not know (S10): it was published by a newer Tidemark; run a matching tidemark version"
             )))
         }
     })

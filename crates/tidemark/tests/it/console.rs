@@ -73,4 +73,8 @@ async fn a_real_browser_shows_the_live_state() {
         "the page shows the live state; chromium said: {}\n{dom}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        dom.contains("id=\"schema-current\">version 1"),
+        "the page shows the schema version in force: {dom}"
+    );
 }

@@ -23,6 +23,7 @@
 //! - [`list`]: the backups under a folder, and retention (keep the last N).
 //! - [`restore`]: lock, verify, safety backup, stage, mark restored, swap.
 //! - [`restore_pg`]: the same restore into a PostgreSQL schema (staging schema, one swap).
+//! - [`schema_forward`]: a restore keeps the schema versions the live store published after the backup.
 //! - [`cleanup`]: normalising process information left by an online backup.
 
 pub mod cleanup;
@@ -33,6 +34,7 @@ pub mod list;
 pub mod manifest;
 pub mod restore;
 pub mod restore_pg;
+pub mod schema_forward;
 pub mod verify;
 
 pub use error::BackupError;

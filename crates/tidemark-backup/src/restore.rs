@@ -46,6 +46,9 @@ pub struct RestoreReport {
     pub needs_cleanup: bool,
     /// The generation now in use.
     pub generation: PathBuf,
+    /// Schema versions the live store had published after the backup,
+    /// published again on the restored data (the version only grows).
+    pub schema_carried: Vec<u64>,
     /// The restored configuration files, if the backup had any.
     pub config_dir: Option<PathBuf>,
 }
@@ -97,12 +100,13 @@ pub async fn run(
     // gets the default one.
     let live = Engine::of_data_dir(&opts.data_dir);
     let engine = live.as_ref().ok().copied().flatten().unwrap_or_default();
-    let (previous_epoch, safety) = live_state(live, opts, progress).await?;
+    let (previous_epoch, safety, live_schema) = live_state(live, opts, progress).await?;
     failpoint::hit("restore.after_safety");
 
     let new_epoch = previous_epoch.unwrap_or(0).max(manifest.epoch) + 1;
     let store = engine.load_snapshot(&snapshot, &gen)?;
     let marked = async {
+        let carried = crate::schema_forward::carry_forward(store.as_ref(), &live_schema).await?;
         store.mark_restored(new_epoch).await?;
         let mut cleaned = Vec::new();
         if manifest.needs_cleanup {
@@ -112,11 +116,11 @@ pub async fn run(
             }
         }
         store.close().await?;
-        Ok::<_, BackupError>(cleaned)
+        Ok::<_, BackupError>((cleaned, carried))
     }
     .await;
     drop(store);
-    let cleaned = marked?;
+    let (cleaned, schema_carried) = marked?;
     failpoint::hit("restore.after_mark");
 
     let config_dir = copy_config(&opts.from, &manifest, &gen)?;
@@ -136,21 +140,30 @@ pub async fn run(
         cleaned,
         needs_cleanup: manifest.needs_cleanup && !opts.cleanup,
         generation: gen,
+        schema_carried,
         config_dir,
         manifest,
     })
 }
 
-/// The live store's epoch (if readable), and the safety backup of it.
+/// The live store's epoch and schema versions (if readable), and the
+/// safety backup of it.
 async fn live_state(
     live: Result<Option<Engine>, StoreError>,
     opts: &RestoreOptions,
     progress: Progress<'_>,
-) -> Result<(Option<u64>, Option<PathBuf>), BackupError> {
+) -> Result<
+    (
+        Option<u64>,
+        Option<PathBuf>,
+        Vec<tidemark_api::schema_change::SchemaVersionInfo>,
+    ),
+    BackupError,
+> {
     // The caller holds the lock: the live store is opened without it.
     let live = match live {
         Ok(Some(engine)) => engine.open_with_lock(&opts.data_dir, None),
-        Ok(None) => return Ok((None, None)),
+        Ok(None) => return Ok((None, None, Vec::new())),
         Err(e) => Err(e),
     };
     let store = match live {
@@ -161,9 +174,10 @@ async fn live_state(
                 detail: e.to_string(),
             })
         }
-        Err(_) => return Ok((None, None)),
+        Err(_) => return Ok((None, None, Vec::new())),
     };
     let epoch = store.meta().await.ok().map(|m| m.epoch);
+    let schema = crate::schema_forward::live_versions(store.as_ref()).await;
     let safety = match &opts.safety_to {
         Some(to) => {
             let source = opts.data_dir.display().to_string();
@@ -179,7 +193,7 @@ async fn live_state(
         None => None,
     };
     store.close().await?;
-    Ok((epoch, safety))
+    Ok((epoch, safety, schema))
 }
 
 fn copy_config(from: &Path, m: &Manifest, gen: &Path) -> Result<Option<PathBuf>, BackupError> {

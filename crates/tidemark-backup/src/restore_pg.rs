@@ -45,6 +45,8 @@ pub struct PgRestoreReport {
     pub needs_cleanup: bool,
     pub target: String,
     pub config_dir: Option<PathBuf>,
+    /// Schema versions carried onto the restored data (see [`crate::schema_forward`]).
+    pub schema_carried: Vec<u64>,
 }
 
 /// Restores `opts.from` into the PostgreSQL schema `opts.schema`.
@@ -61,9 +63,10 @@ pub async fn run(
     let snapshot = scratch.path().join("snapshot");
     crate::verify::decode_db(&opts.from, &manifest, &snapshot, progress)?;
 
-    let (previous_epoch, safety) = match target.open_live().await {
+    let (previous_epoch, safety, live_schema) = match target.open_live().await {
         Ok(Some(live)) => {
             let epoch = live.meta().await.ok().map(|m| m.epoch);
+            let schema = crate::schema_forward::live_versions(live.as_ref()).await;
             let safety = match &opts.safety_to {
                 Some(to) => {
                     let made = crate::create::from_store(
@@ -83,21 +86,22 @@ pub async fn run(
                 None => None,
             };
             live.close().await?;
-            (epoch, safety)
+            (epoch, safety, schema)
         }
-        Ok(None) => (None, None),
+        Ok(None) => (None, None, Vec::new()),
         Err(e) if opts.safety_to.is_some() => {
             return Err(BackupError::LiveUnreadable {
                 path: PathBuf::from(target.describe()),
                 detail: e.to_string(),
             })
         }
-        Err(_) => (None, None),
+        Err(_) => (None, None, Vec::new()),
     };
 
     let new_epoch = previous_epoch.unwrap_or(0).max(manifest.epoch) + 1;
     let staged = target.stage(&snapshot).await?;
     let marked = async {
+        let carried = crate::schema_forward::carry_forward(staged.as_ref(), &live_schema).await?;
         staged.mark_restored(new_epoch).await?;
         let mut cleaned = Vec::new();
         if manifest.needs_cleanup {
@@ -106,11 +110,11 @@ pub async fn run(
                 cleaned = staged.cleanup_process_info().await?;
             }
         }
-        Ok::<_, BackupError>(cleaned)
+        Ok::<_, BackupError>((cleaned, carried))
     }
     .await;
     staged.close().await?;
-    let cleaned = marked?;
+    let (cleaned, schema_carried) = marked?;
     let config_dir = match &opts.config_to {
         Some(dir) => crate::restore::copy_config_into(&opts.from, &manifest, dir)?,
         None => None,
@@ -124,6 +128,7 @@ pub async fn run(
         needs_cleanup: manifest.needs_cleanup && !opts.cleanup,
         target: target.describe(),
         config_dir,
+        schema_carried,
         manifest,
     })
 }

@@ -52,6 +52,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
                 "safety_backup": report.safety.as_ref().map(|p| p.display().to_string()),
                 "cleaned": report.cleaned,
                 "needs_cleanup": report.needs_cleanup,
+                "schema_carried": report.schema_carried,
                 "generation": report.generation.display().to_string(),
                 "config_dir": report.config_dir.as_ref().map(|p| p.display().to_string()),
             }))?
@@ -76,6 +77,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         if let Some(c) = &report.config_dir {
             println!("configuration files restored into {}", c.display());
         }
+        print_carried(&report.schema_carried);
         if !report.cleaned.is_empty() {
             println!("cleanup: removed {}", report.cleaned.join(", "));
         }
@@ -135,6 +137,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
                 "safety_backup": report.safety.as_ref().map(|p| p.display().to_string()),
                 "cleaned": report.cleaned,
                 "needs_cleanup": report.needs_cleanup,
+                "schema_carried": report.schema_carried,
                 "config_dir": report.config_dir.as_ref().map(|p| p.display().to_string()),
             }))?
         );
@@ -156,8 +159,18 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         report.target,
         report.manifest.seq,
     );
+    print_carried(&report.schema_carried);
     if !report.cleaned.is_empty() {
         println!("cleanup: removed {}", report.cleaned.join(", "));
     }
     Ok(())
+}
+
+/// Says which schema versions published after the backup were kept.
+fn print_carried(carried: &[u64]) {
+    if let (Some(first), Some(last)) = (carried.first(), carried.last()) {
+        println!(
+            "schema: versions {first}..={last}, published after the backup, were published again on the restored data (the version only grows)"
+        );
+    }
 }

@@ -525,21 +525,14 @@ async fn a_service_server_refuses_a_schema_it_cannot_understand_unless_told_to_i
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_backup_carries_the_schema_version_and_a_restore_brings_it_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let mut db = db_server(dir, &[]).await;
-    let (ok, err) = stage(dir, &db.url, &v2_document());
-    assert!(ok, "{err}");
-    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &db.url, "--wait", "10"]);
-    assert!(ok, "{out}{err}");
-    let (s, _) = post_raw(
-        &format!("{}/v1/orders", db.url),
-        order(1, "subscriber", "k1", json!({"tier": 5})).to_string(),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let backup = dir.join("backups/b1");
+async fn a_restore_keeps_the_schema_growing_and_service_servers_adopt_it() {
+    for engine in engines("a_restore_keeps_the_schema_growing_and_service_servers_adopt_it") {
+        a_restore_keeps_the_schema_growing_on(engine).await;
+    }
+}
+
+fn backup_to(dir: &Path, db: &str, name: &str) -> std::path::PathBuf {
+    let backup = dir.join("backups").join(name);
     let out = run(
         dir,
         &[
@@ -548,7 +541,7 @@ async fn a_backup_carries_the_schema_version_and_a_restore_brings_it_back() {
             "--to",
             backup.to_str().unwrap(),
             "--server",
-            &db.url,
+            db,
         ],
         None,
         &[],
@@ -558,65 +551,112 @@ async fn a_backup_carries_the_schema_version_and_a_restore_brings_it_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let manifest = std::fs::read_to_string(backup.join("manifest.json")).expect("a manifest");
-    assert!(
-        manifest.contains("\"schema_version\": 2") || manifest.contains("\"schema_version\":2"),
-        "{manifest}"
+    backup
+}
+
+fn manifest_schema_version(backup: &Path) -> u64 {
+    let text = std::fs::read_to_string(backup.join("manifest.json")).expect("a manifest");
+    let json_part = &text[..text.rfind('}').unwrap() + 1];
+    let m: Value = serde_json::from_str(json_part).unwrap_or_else(|e| panic!("{e}: {text}"));
+    m["schema_version"]
+        .as_u64()
+        .expect("schema_version in the manifest")
+}
+
+async fn svc_schema_version(svc: &str, want: u64, what: &str) {
+    let url = svc.to_owned();
+    eventually(20, what, || {
+        let url = url.clone();
+        async move {
+            let (_, st) = get_json(&format!("{url}/v1/state")).await;
+            (st["schema_version"] == want).then_some(())
+        }
+    })
+    .await;
+}
+
+async fn a_restore_keeps_the_schema_growing_on(engine: Engine) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = db_server_on(dir, engine, &[]).await;
+    let addr = db.url.trim_start_matches("http://").to_owned();
+    let svc = service(dir, "svc-a", &db.url, "accept-stale", &[]).await;
+    let (s, _) = post_raw(
+        &format!("{}/v1/orders", db.url),
+        order(1, "subscriber", "k1", json!({"plan": "gold"})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let b1 = backup_to(dir, &db.url, "b1");
+    assert_eq!(manifest_schema_version(&b1), 1);
+    let (ok, err) = stage(dir, &db.url, &v2_document());
+    assert!(ok, "{err}");
+    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &db.url, "--wait", "20"]);
+    assert!(ok, "{out}{err}");
+    let b2 = backup_to(dir, &db.url, "b2");
+    assert_eq!(
+        manifest_schema_version(&b2),
+        2,
+        "a backup carries the schema version"
     );
 
+    // Restoring the older backup over the live store keeps version 2: the
+    // version only grows, and the OpS can replay orders on its columns.
     db.terminate();
-    std::fs::remove_dir_all(dir.join("data")).unwrap();
-    let out = run(
-        dir,
-        &[
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+    let out = run(dir, &strs(&restore_args(dir, engine, &b1)), None, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = run(
-        dir,
-        &["cleanup", "--data-dir", dir.join("data").to_str().unwrap()],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let args = server_args(dir, Engine::Sqlite);
-    let db2 = Proc::start("db2", dir, &strs(&args), &[]);
-    db2.wait_ok("/readyz").await;
-    assert_eq!(schema_version(&db2.url).await, 2);
-    assert_eq!(versions(&db2.url).await, vec![1, 2]);
-    let (_, schema) = get_json(&format!("{}/v1/schema", db2.url)).await;
+    assert!(stdout.contains("published again"), "{stdout}");
+    let mut db = Proc::start_at("db-restored", dir, &strs(&server_args(dir, engine)), &addr);
+    db.wait_ok("/readyz").await;
+    assert_eq!(schema_version(&db.url).await, 2);
+    assert_eq!(versions(&db.url).await, vec![1, 2]);
+    let (_, schema) = get_json(&format!("{}/v1/schema", db.url)).await;
     assert_eq!(
         schema["tables"]["subscriber"]["indexes"],
         json!([{"columns": ["plan"]}])
     );
-    // A service server started on the restored server runs its version.
-    let svc = service(dir, "svc-a", &db2.url, "accept-stale", &[]).await;
-    let url = svc.url.clone();
-    eventually(
-        10,
+    assert!(schema["tables"]["device"].is_object());
+
+    // Disaster: the store is lost; the newer backup brings its schema
+    // back, and the connected service server adopts it on `epoch`.
+    let (ok, err) = stage(
+        dir,
+        &db.url,
+        &document(
+            json!([{"name": "tier", "type": "integer"}, {"name": "note", "type": "string"}]),
+            json!([{"columns": ["plan"]}]),
+            json!({"device": {"columns": [{"name": "model", "type": "string"}]}}),
+        ),
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &db.url, "--wait", "20"]);
+    assert!(ok, "{out}{err}");
+    svc_schema_version(&svc.url, 3, "the service server to run version 3").await;
+    db.kill9();
+    lose_data(dir, engine).await;
+    let out = run(dir, &strs(&restore_args(dir, engine, &b2)), None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = Proc::start_at(
+        "db-restored-2",
+        dir,
+        &strs(&server_args(dir, engine)),
+        &addr,
+    );
+    db.wait_ok("/readyz").await;
+    assert_eq!(schema_version(&db.url).await, 2);
+    svc_schema_version(
+        &svc.url,
+        2,
         "the service server to adopt the restored schema",
-        || {
-            let url = url.clone();
-            async move {
-                let (_, st) = get_json(&format!("{url}/v1/state")).await;
-                (st["schema_version"] == 2).then_some(())
-            }
-        },
     )
     .await;
 }

@@ -102,10 +102,22 @@ impl ErrorCode {
                 400
             }
             UnknownTable | NotFound => 404,
-            OrderConflict | OrderOutOfOrder | OrderGap | NotRecovering | ScheduleIncomplete
-            | NoQuiesce | TokenExists | PromoteRefused | SchemaDropRefused
-            | SchemaTypeChangeRefused | SchemaRenameRefused | SchemaUnchanged | NoPendingSchema
-            | PendingOutdated | PublishInProgress | RollbackRefused => 409,
+            OrderConflict
+            | OrderOutOfOrder
+            | OrderGap
+            | NotRecovering
+            | ScheduleIncomplete
+            | NoQuiesce
+            | TokenExists
+            | PromoteRefused
+            | SchemaDropRefused
+            | SchemaTypeChangeRefused
+            | SchemaRenameRefused
+            | SchemaUnchanged
+            | NoPendingSchema
+            | PendingOutdated
+            | PublishInProgress
+            | RollbackRefused => 409,
             SchemaInvalid => 400,
             Unauthenticated => 401,
             Forbidden => 403,

@@ -518,6 +518,39 @@ pub async fn adopt_published(app: &AppState) -> Result<u64, StoreError> {
     Ok(app.store.schema().version)
 }
 
+/// [`resume_publish`], logging the outcome: for server start and promotion.
+pub async fn resume_logged(app: &Arc<AppState>) {
+    match resume_publish(app).await {
+        Ok(Some(job)) => {
+            tracing::info!(version = job.to_version, step = ?job.step, "unfinished schema job resumed")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "could not resume an unfinished schema job; 'tidemark schema publish' retries it")
+        }
+    }
+}
+
+/// On an instance that follows another's commits (a standby), after it
+/// re-read the store: if the schema version changed under it, drop the
+/// answers made with the old columns and tell its own service servers.
+pub async fn follow_version(app: &AppState, before: u64) {
+    let now = app.store.schema().version;
+    if now == before {
+        return;
+    }
+    forget_answers(app);
+    if let Err(e) = pending(app).await {
+        tracing::debug!(error = %e, "could not re-read the staged schema; retrying at the next refresh");
+    }
+    app.hub.publish(Push::Schema(SchemaEvent { version: now }));
+    tracing::info!(
+        from = before,
+        to = now,
+        "schema version published by the primary adopted"
+    );
+}
+
 /// Who runs which version, and whether the last job is complete.
 pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
     let current = app.store.schema().version;
@@ -530,12 +563,31 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
         connected: true,
         reported_at: None,
     }];
+    if let Some(cluster) = &app.cluster {
+        // The other instances, by their heartbeats.
+        for m in cluster.members.read().iter() {
+            if m.url == cluster.url {
+                continue;
+            }
+            servers.push(ServerSchemaVersion {
+                name: m.url.clone(),
+                kind: "db_server".into(),
+                version: Some(m.schema_version),
+                connected: true,
+                reported_at: Some(m.heartbeat.clone()),
+            });
+        }
+    }
     let connected = app.schema.connected.lock().clone();
     let reports = app.schema.reports.lock().clone();
     let mut names: Vec<&String> = connected.keys().chain(reports.keys()).collect();
     names.sort();
     names.dedup();
-    let mut lagging = Vec::new();
+    let mut lagging: Vec<String> = servers
+        .iter()
+        .filter(|s| s.version != Some(current))
+        .map(|s| s.name.clone())
+        .collect();
     for name in names {
         let r = reports.get(name);
         let is_connected = connected.contains_key(name);

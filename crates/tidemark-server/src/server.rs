@@ -63,15 +63,10 @@ impl Server {
             )
         });
         let app = http::router(state.clone());
-        // A publish a crash left unfinished ends on one version before we serve.
-        match crate::schema_publish::resume_publish(&state).await {
-            Ok(Some(job)) => {
-                tracing::info!(version = job.to_version, step = ?job.step, "unfinished schema job resumed")
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "could not resume an unfinished schema job; 'tidemark schema publish' retries it")
-            }
+        // A publish a crash left unfinished ends on one version before we
+        // serve (in a cluster, the instance that becomes primary does it).
+        if state.cluster.is_none() {
+            crate::schema_publish::resume_logged(&state).await;
         }
         state.ready.store(true, Ordering::SeqCst);
         let meta = state.store.meta().await?;

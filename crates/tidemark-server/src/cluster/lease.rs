@@ -168,6 +168,8 @@ async fn take_over(
     if let Err(e) = app.recovery.maybe_finish().await {
         tracing::warn!(error = %e, "recovery state check failed; will retry");
     }
+    // A schema publish the old primary left unfinished ends on one version.
+    crate::schema_publish::resume_logged(app).await;
     Ok(())
 }
 

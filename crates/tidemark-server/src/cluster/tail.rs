@@ -93,7 +93,9 @@ pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
 /// (and the events its transitions send), tokens, the schema and flags.
 async fn follow_shared_state(app: &AppState) -> Result<(), StoreError> {
     let before = (app.recovery.state(), app.recovery.blanket());
+    let schema_before = app.store.schema().version;
     app.store_refresh().await?;
+    crate::schema_publish::follow_version(app, schema_before).await;
     let m = app.recovery.refresh().await?;
     app.auth.reload().await?;
     let epoch = app.store.meta().await?.epoch;

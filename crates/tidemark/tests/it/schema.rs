@@ -660,3 +660,148 @@ async fn a_restore_keeps_the_schema_growing_on(engine: Engine) {
     )
     .await;
 }
+
+/// S9 over PostgreSQL with two instances: the primary dies at a step of a
+/// publish; the standby takes over, finishes the job, and both instances
+/// (the dead one restarted) and the service server end on one version.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_primary_finishes_a_publish_the_dead_one_left() {
+    let Some(pg) = tidemark_testkit::postgres::PgCluster::shared("schema_ha") else {
+        eprintln!("skipped: no PostgreSQL");
+        return;
+    };
+    for (i, step) in [
+        "schema.publish.before_apply",
+        "schema.ddl.before_commit",
+        "schema.publish.after_apply",
+        "schema.publish.after_announce",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let url = pg.database(&format!("schema_ha_{i}")).expect("a database");
+        the_next_primary_finishes_at(&url, step).await;
+    }
+}
+
+fn instance_args(url: &str) -> Vec<&str> {
+    vec![
+        "server",
+        "--store",
+        "postgres",
+        "--database-url",
+        url,
+        "--lease-ttl-ms",
+        "600",
+        "--failover-wait",
+        "15",
+    ]
+}
+
+async fn role(url: &str) -> Option<String> {
+    let (s, st) = get_json(&format!("{url}/v1/state")).await;
+    (s == 200).then(|| st["role"].as_str().map(str::to_owned))?
+}
+
+async fn the_next_primary_finishes_at(url: &str, step: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = format!("{step}=1");
+    let mut a = Proc::start(
+        "a",
+        dir,
+        &instance_args(url),
+        &[("TIDEMARK_FAILPOINTS", &spec)],
+    );
+    a.wait_ok("/readyz").await;
+    let a_url = a.url.clone();
+    eventually(20, "the first instance to be primary", || {
+        let u = a_url.clone();
+        async move { (role(&u).await.as_deref() == Some("primary")).then_some(()) }
+    })
+    .await;
+    let b = Proc::start("b", dir, &instance_args(url), &[]);
+    b.wait_ok("/readyz").await;
+    let svc = service(
+        dir,
+        "svc-a",
+        &format!("{},{}", a.url, b.url),
+        "accept-stale",
+        &[],
+    )
+    .await;
+    let (s, body) = post_raw(
+        &format!("{}/v1/orders", b.url),
+        order(1, "subscriber", "k1", json!({"plan": "gold"})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{step}: {body}");
+    // Staged through the standby: forwarded to the primary.
+    let (ok, err) = stage(dir, &b.url, &v2_document());
+    assert!(ok, "{step}: {err}");
+    let _ = reqwest::Client::new()
+        .post(format!("{}/v1/schema/publish", a.url))
+        .send()
+        .await;
+    let child = a.child.as_mut().expect("running");
+    let status = tokio::task::block_in_place(|| child.wait()).expect("wait for the crash");
+    assert!(!status.success(), "{step}: the primary must have crashed");
+    assert!(
+        a.log_text().contains(&format!("failpoint {step} hit")),
+        "{step}"
+    );
+    a.child = None;
+
+    // The standby takes over and finishes the job.
+    let b_url = b.url.clone();
+    eventually(
+        30,
+        "the standby to take over and finish the publish",
+        || {
+            let u = b_url.clone();
+            async move {
+                let (_, st) = get_json(&format!("{u}/v1/schema/publish")).await;
+                (role(&u).await.as_deref() == Some("primary")
+                    && st["current_version"] == 2
+                    && st["job"]["step"] == "done")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        versions(&b.url).await,
+        vec![1, 2],
+        "{step}: exactly one new version"
+    );
+    let (_, st) = get_json(&format!("{}/v1/schema/publish", b.url)).await;
+    assert!(st["job"]["resumed"].as_u64().unwrap() >= 1, "{step}: {st}");
+    assert!(
+        b.log_text()
+            .contains("resuming a schema job left unfinished"),
+        "{step}: the new primary resumed it"
+    );
+    let (s, body) = post_raw(
+        &format!("{}/v1/orders", b.url),
+        order(2, "subscriber", "k1", json!({"tier": 7})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{step}: {body}");
+
+    // The dead instance, restarted, is a standby on the same version.
+    let a2 = Proc::start("a2", dir, &instance_args(url), &[]);
+    a2.wait_ok("/readyz").await;
+    assert_eq!(schema_version(&a2.url).await, 2, "{step}");
+    assert_eq!(
+        field(&a2.url, "subscriber", "k1", "tier").await,
+        Some(json!(7)),
+        "{step}"
+    );
+    svc_schema_version(&svc.url, 2, "the service server to run version 2").await;
+    let svc_url = svc.url.clone();
+    eventually(10, "the service server to serve the new column", || {
+        let u = svc_url.clone();
+        async move { (field(&u, "subscriber", "k1", "tier").await == Some(json!(7))).then_some(()) }
+    })
+    .await;
+}

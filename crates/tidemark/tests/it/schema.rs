@@ -404,11 +404,24 @@ async fn a_crash_during_publish_on(engine: Engine, step: &str) {
     );
     db.child = None;
 
-    // Restarted, it resumes the job before it serves.
+    // Restarted, it resumes the job: before it serves (the embedded
+    // engine), or once it holds the lease (PostgreSQL: the dead process's
+    // lease expires first).
     let args = server_args(dir, engine);
     let db2 = Proc::start("db2", dir, &strs(&args), &[]);
     db2.wait_ok("/readyz").await;
-    assert_eq!(schema_version(&db2.url).await, 2, "{step}");
+    if engine == Engine::Sqlite {
+        assert_eq!(schema_version(&db2.url).await, 2, "{step}");
+    }
+    let url = db2.url.clone();
+    eventually(30, "the restarted server to finish the publish", || {
+        let url = url.clone();
+        async move {
+            let (_, st) = get_json(&format!("{url}/v1/schema/publish")).await;
+            (st["current_version"] == 2 && st["job"]["step"] == "done").then_some(())
+        }
+    })
+    .await;
     assert_eq!(
         versions(&db2.url).await,
         vec![1, 2],
@@ -804,4 +817,61 @@ async fn the_next_primary_finishes_at(url: &str, step: &str) {
         async move { (field(&u, "subscriber", "k1", "tier").await == Some(json!(7))).then_some(()) }
     })
     .await;
+}
+
+/// Over PostgreSQL with two instances: a publish on the primary reaches a
+/// service server that watches only the standby, and the publish waits
+/// for the standby to run the new version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_adopts_a_publish_and_tells_its_service_servers() {
+    let Some(pg) = tidemark_testkit::postgres::PgCluster::shared("schema_standby") else {
+        eprintln!("skipped: no PostgreSQL");
+        return;
+    };
+    let url = pg.database("schema_standby").expect("a database");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = Proc::start("a", dir, &instance_args(&url), &[]);
+    a.wait_ok("/readyz").await;
+    let a_url = a.url.clone();
+    eventually(20, "the first instance to be primary", || {
+        let u = a_url.clone();
+        async move { (role(&u).await.as_deref() == Some("primary")).then_some(()) }
+    })
+    .await;
+    let b = Proc::start("b", dir, &instance_args(&url), &[]);
+    b.wait_ok("/readyz").await;
+    let svc = service(dir, "svc-b", &b.url, "accept-stale", &[]).await;
+    let (s, _) = post_raw(
+        &format!("{}/v1/orders", a.url),
+        order(1, "subscriber", "k1", json!({"plan": "gold"})).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let svc_url = svc.url.clone();
+    eventually(10, "the record to reach the service server", || {
+        let u = svc_url.clone();
+        async move { (field(&u, "subscriber", "k1", "plan").await == Some(json!("gold"))).then_some(()) }
+    })
+    .await;
+    assert_eq!(field(&svc.url, "subscriber", "k1", "tier").await, None);
+
+    let (ok, err) = stage(dir, &a.url, &v2_document());
+    assert!(ok, "{err}");
+    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &a.url, "--wait", "30"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("{} runs version 2", b.url)), "{out}");
+    assert_eq!(schema_version(&b.url).await, 2);
+    svc_schema_version(&svc.url, 2, "the standby's service server to run version 2").await;
+    assert_eq!(
+        field(&svc.url, "subscriber", "k1", "tier").await,
+        Some(Value::Null),
+        "the cached record is revalidated and reads the new column as null"
+    );
+    assert!(
+        b.log_text()
+            .contains("schema version published by the primary adopted"),
+        "{}",
+        b.log_text()
+    );
 }

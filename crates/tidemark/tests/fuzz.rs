@@ -106,6 +106,26 @@ proptest! {
         }
     }
 
+    /// Staging: any document that parses is staged or refused with a code,
+    /// never a panic; a staged one is the next version and keeps every
+    /// column of the version in force.
+    #[test]
+    fn staged_schema_documents_are_checked_without_panicking(v in json()) {
+        let v = match v {
+            serde_json::Value::Object(m) if !m.contains_key("tables") => serde_json::json!({"tables": m}),
+            other => other,
+        };
+        if let Ok(doc) = serde_json::from_value::<tidemark_api::schema_change::SchemaDocument>(v) {
+            let current = Schema::default_schema();
+            if let Ok(staged) = tidemark_api::schema_change::stage(&current, &doc) {
+                prop_assert_eq!(staged.version, current.version + 1);
+                for c in &current.tables["subscriber"].columns {
+                    prop_assert_eq!(staged.tables["subscriber"].column(&c.name), Some(c));
+                }
+            }
+        }
+    }
+
     /// The SSE parser: any bytes, split anywhere, give the same events as
     /// the same bytes fed at once.
     #[test]

@@ -232,7 +232,14 @@ pub fn fsync_tree(dir: &Path) -> io::Result<()> {
         if ty.is_dir() {
             fsync_tree(&entry.path())?;
         } else if ty.is_file() {
-            fs::File::open(entry.path())?.sync_all()?;
+            // A SQLite -wal/-shm file may be removed meanwhile, when a
+            // store's last connection (its checkpointer's) closes: a file
+            // that is gone needs no fsync.
+            match fs::File::open(entry.path()) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     fsync_dir(dir)

@@ -68,6 +68,11 @@ pub enum StoreError {
     /// The database is not a Tidemark store or has an unknown format.
     #[error("{0}")]
     Format(String),
+    /// The engine refuses to run where it was pointed (a PostgreSQL too old,
+    /// missing rights, a server lock lost to a restore); the message names
+    /// what to do.
+    #[error("{0}")]
+    Refused(String),
     /// The engine failed; the operation had no effect.
     #[error("storage engine failed: {0}")]
     Engine(String),

@@ -67,6 +67,7 @@ impl From<StoreError> for HttpError {
             StoreError::DataDir { .. }
             | StoreError::Locked { .. }
             | StoreError::Format(_)
+            | StoreError::Refused(_)
             | StoreError::Engine(_) => {
                 tracing::error!(error = %message, "store failure");
                 HttpError::new(

@@ -8,8 +8,9 @@
 //!   inside it (see `write.rs`).
 //! - The bootstrap (creating the schema and tables) runs under an advisory
 //!   lock, so instances starting together cannot race.
-//! - A store left by a newer Tidemark, or a PostgreSQL older than 13, is
-//!   refused with a message that says what to do.
+//! - A store left by a newer Tidemark (refused before any DDL touches it),
+//!   a PostgreSQL older than 13, or a role without the rights it needs, is
+//!   refused with a message that says what to do (naming the GRANT).
 
 mod catalog;
 pub mod cluster;
@@ -27,7 +28,7 @@ use async_trait::async_trait;
 use catalog::Catalog;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use parking_lot::RwLock;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,14 +62,18 @@ struct Inner {
     /// One writer per process; the database's row lock orders processes.
     write: tokio::sync::Mutex<()>,
     closed: AtomicBool,
-    /// The connection holding a running server's shared lock (see `target.rs`).
-    lock_conn: parking_lot::Mutex<Option<tokio_postgres::Client>>,
     /// Set once this store serves one instance of several (see
     /// `cluster.rs`): every write transaction then checks the lease.
     fenced: AtomicBool,
     /// The term and holder id a write transaction must find in the lease;
     /// `None`: this instance may not write.
     fence: RwLock<Option<(u64, String)>>,
+    /// The server lock's state (`target::LOCK_*`): whether this store may be
+    /// used while a restore could be running (see `target.rs`).
+    lock_state: std::sync::atomic::AtomicU8,
+    /// The task that holds the server lock and re-takes it after a
+    /// reconnect.
+    lock_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -83,13 +88,10 @@ impl std::fmt::Debug for PgStore {
 pub(crate) fn engine_error(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
-            return StoreError::DataDir {
-                path: "PostgreSQL".into(),
-                detail: format!(
-                    "{}; grant the Tidemark user CREATE on the database and USAGE, CREATE on its schema",
-                    db.message()
-                ),
-            };
+            return StoreError::Refused(format!(
+                "PostgreSQL refused: {}; grant the Tidemark user CREATE on the database and USAGE, CREATE on its schema (GRANT CREATE ON DATABASE ... TO ...; GRANT USAGE, CREATE ON SCHEMA ... TO ...), or run it as the owner of both",
+                db.message()
+            ));
         }
         let class = &db.code().code()[..2];
         if class == "57" || class == "08" {
@@ -120,6 +122,88 @@ async fn meta_u64(client: &deadpool_postgres::Client, name: &str) -> Result<u64,
             .parse()
             .map_err(|_| StoreError::Format(format!("tm_meta.{name} is not a number: {v:?}"))),
     }
+}
+
+/// Refuses a PostgreSQL older than [`MIN_SERVER_VERSION`], given its
+/// `server_version_num` (e.g. 150004 for 15.4, 90624 for 9.6.24).
+pub(crate) fn check_server_version(num: i32) -> Result<(), StoreError> {
+    if num >= MIN_SERVER_VERSION {
+        return Ok(());
+    }
+    // Before 10 the major version had two parts (9.6), after it one (15).
+    let shown = if num >= 100_000 {
+        format!("{}.{}", num / 10_000, num % 10_000)
+    } else {
+        format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100)
+    };
+    Err(StoreError::Refused(format!(
+        "PostgreSQL {shown} is too old: Tidemark needs PostgreSQL {} or newer (it uses features of 13); upgrade the PostgreSQL server, or keep the embedded engine (--store sqlite)",
+        MIN_SERVER_VERSION / 10_000
+    )))
+}
+
+/// Why a store of format `found` is refused by this build.
+fn format_refusal(schema: &str, found: u64) -> String {
+    if found > FORMAT_VERSION {
+        format!(
+            "PostgreSQL schema '{schema}' holds store format {found}, written by a newer Tidemark; this build reads format {FORMAT_VERSION} only and refuses to start, since it cannot know what the newer format changed and writing to it could damage it (there is no override); run the newer tidemark version, or restore a backup into another --pg-schema"
+        )
+    } else {
+        format!(
+            "PostgreSQL schema '{schema}' holds store format {found}, which this build (format {FORMAT_VERSION}) does not know; it was not written by Tidemark or is damaged; point --pg-schema elsewhere, or restore a backup into it"
+        )
+    }
+}
+
+/// Checks, before touching anything, that the connected role may create
+/// (or use) the store's schema, and names the GRANT that is missing.
+async fn check_rights(client: &deadpool_postgres::Client, schema: &str) -> Result<(), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text, has_database_privilege(current_database(), 'CREATE'), (SELECT nspname IS NOT NULL FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .map_err(engine_error)?;
+    let (user, db, create_db, exists): (String, String, bool, Option<bool>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if exists != Some(true) {
+        if create_db {
+            return Ok(());
+        }
+        return Err(StoreError::Refused(format!(
+            "PostgreSQL user '{user}' may not create the schema '{schema}' in database '{db}'; as the database owner or a superuser run: GRANT CREATE ON DATABASE \"{db}\" TO \"{user}\"; (or create the schema for it: CREATE SCHEMA \"{schema}\" AUTHORIZATION \"{user}\";)"
+        )));
+    }
+    let row = client
+        .query_one(
+            "SELECT has_schema_privilege($1, 'USAGE') AND has_schema_privilege($1, 'CREATE'), (SELECT c.oid IS NOT NULL FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'tm_meta')",
+            &[&schema],
+        )
+        .await
+        .map_err(engine_error)?;
+    let (usage_create, has_meta): (bool, Option<bool>) = (row.get(0), row.get(1));
+    if !usage_create {
+        return Err(StoreError::Refused(format!(
+            "PostgreSQL user '{user}' lacks USAGE or CREATE on the schema '{schema}' in database '{db}'; as its owner or a superuser run: GRANT USAGE, CREATE ON SCHEMA \"{schema}\" TO \"{user}\";"
+        )));
+    }
+    if has_meta == Some(true) {
+        let ok: bool = client
+            .query_one(
+                "SELECT has_table_privilege(format('%I.tm_meta', $1::text), 'SELECT, INSERT, UPDATE, DELETE')",
+                &[&schema],
+            )
+            .await
+            .map_err(engine_error)?
+            .get(0);
+        if !ok {
+            return Err(StoreError::Refused(format!(
+                "PostgreSQL user '{user}' may not read and write the Tidemark tables in schema '{schema}' (they belong to another role); run Tidemark as the role that created them, or as a superuser run: REASSIGN OWNED BY <that role> TO \"{user}\"; (in database '{db}')"
+            )));
+        }
+    }
+    Ok(())
 }
 
 const META_SET: &str = "INSERT INTO tm_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
@@ -170,9 +254,10 @@ impl PgStore {
                 flag_rows: AtomicU64::new(0),
                 write: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
-                lock_conn: parking_lot::Mutex::new(None),
                 fenced: AtomicBool::new(false),
                 fence: RwLock::new(None),
+                lock_state: std::sync::atomic::AtomicU8::new(target::LOCK_NOT_WANTED),
+                lock_task: parking_lot::Mutex::new(None),
             }),
         };
         store.bootstrap().await?;
@@ -185,6 +270,7 @@ impl PgStore {
                 "the store is closed (server shutting down); retry on the restarted server".into(),
             ));
         }
+        target::check_lock(&self.inner)?;
         self.inner.pool.get().await.map_err(pool_error)
     }
 
@@ -200,22 +286,48 @@ impl PgStore {
             .await
             .map_err(engine_error)?
             .get(0);
-        if version < MIN_SERVER_VERSION {
-            return Err(StoreError::Format(format!(
-                "PostgreSQL {}.{} is too old: Tidemark needs 13 or newer; upgrade it or use the embedded engine (--store sqlite)",
-                version / 10000,
-                version % 10000
-            )));
-        }
+        check_server_version(version)?;
         let schema = &self.inner.schema_name;
+        check_rights(&client, schema).await?;
         let tx = client.transaction().await.map_err(engine_error)?;
         // One bootstrap at a time per database (instances may start together).
         tx.execute("SELECT pg_advisory_xact_lock(7413020)", &[])
             .await
             .map_err(engine_error)?;
-        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        // A store of another format is refused before any DDL touches it.
+        let format: Option<String> = tx
+            .query_one(
+                "SELECT CASE WHEN to_regclass(format('%I.tm_meta', $1::text)) IS NULL THEN NULL ELSE 'exists' END",
+                &[schema],
+            )
             .await
-            .map_err(engine_error)?;
+            .map_err(engine_error)?
+            .get(0);
+        if format.is_some() {
+            let found = tx
+                .query_opt("SELECT value FROM tm_meta WHERE name = 'format'", &[])
+                .await
+                .map_err(engine_error)?
+                .map(|r| r.get::<_, String>(0));
+            if let Some(found) = found {
+                let n = found.parse().unwrap_or(u64::MAX);
+                if n != FORMAT_VERSION {
+                    return Err(StoreError::Format(format_refusal(schema, n)));
+                }
+            }
+        }
+        // Only when missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the
+        // database even where the schema exists.
+        let missing = tx
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
+            .await
+            .map_err(engine_error)?
+            .is_none();
+        if missing {
+            tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+                .await
+                .map_err(engine_error)?;
+        }
         tx.batch_execute(catalog::INTERNAL_DDL)
             .await
             .map_err(engine_error)?;
@@ -258,12 +370,6 @@ impl PgStore {
             schema_registry::record_initial(&tx, &schema).await?;
         }
         tx.commit().await.map_err(engine_error)?;
-        let format = meta_u64(&client, "format").await?;
-        if format != FORMAT_VERSION {
-            return Err(StoreError::Format(format!(
-                "PostgreSQL schema '{schema}' has store format {format}, this build reads format {FORMAT_VERSION}: it was written by a newer Tidemark; use a matching tidemark version, or another --pg-schema"
-            )));
-        }
         self.reload(&client).await
     }
 
@@ -522,7 +628,9 @@ impl Store for PgStore {
         // Wait for a commit in progress, then let the pool go.
         let _w = self.inner.write.lock().await;
         self.inner.pool.close();
-        self.inner.lock_conn.lock().take();
+        if let Some(task) = self.inner.lock_task.lock().take() {
+            task.abort();
+        }
         Ok(())
     }
 
@@ -624,10 +732,11 @@ impl Store for PgStore {
                         .map_err(engine_error)?
                         .map_or(0, |r| r.get(0));
                     let mut added = FlagsAdded::default();
-                    let insert = tx
-                        .prepare("INSERT INTO tm_flags (tbl, key, source, through_seq) VALUES ($1, $2, $3, $4) ON CONFLICT (tbl, key, source) DO UPDATE SET through_seq = GREATEST(tm_flags.through_seq, excluded.through_seq) RETURNING (xmax = 0)")
-                        .await
-                        .map_err(engine_error)?;
+                    // Every entry is checked before any is written; then the
+                    // flags go in as one multi-row statement, one row per key
+                    // (the highest through_seq of the chunk wins, as the
+                    // row-by-row upsert would leave it).
+                    let mut wanted: HashMap<(&str, &str), i64> = HashMap::new();
                     for e in &entries {
                         if e.through_seq > (hw as u64).saturating_add(crate::apply::MAX_SEQ_GAP) {
                             return Err(StoreError::BadSchedule(format!(
@@ -639,14 +748,27 @@ impl Store for PgStore {
                             added.skipped += 1;
                             continue;
                         }
-                        let inserted: bool = tx
-                            .query_one(&insert, &[&e.table, &e.key, &source, &(e.through_seq as i64)])
+                        let w = wanted.entry((e.table.as_str(), e.key.as_str())).or_insert(0);
+                        *w = (*w).max(e.through_seq as i64);
+                    }
+                    if !wanted.is_empty() {
+                        let mut tables = Vec::with_capacity(wanted.len());
+                        let mut keys = Vec::with_capacity(wanted.len());
+                        let mut seqs = Vec::with_capacity(wanted.len());
+                        for ((t, k), s) in &wanted {
+                            tables.push(*t);
+                            keys.push(*k);
+                            seqs.push(*s);
+                        }
+                        let inserted: i64 = tx
+                            .query_one(
+                                "WITH up AS (INSERT INTO tm_flags (tbl, key, source, through_seq) SELECT u.t, u.k, $4, u.s FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(t, k, s) ON CONFLICT (tbl, key, source) DO UPDATE SET through_seq = GREATEST(tm_flags.through_seq, excluded.through_seq) RETURNING (xmax = 0) AS fresh) SELECT count(*) FILTER (WHERE fresh) FROM up",
+                                &[&tables, &keys, &seqs, &source],
+                            )
                             .await
                             .map_err(engine_error)?
                             .get(0);
-                        if inserted {
-                            added.flagged += 1;
-                        }
+                        added.flagged += inserted as u64;
                     }
                     let total: i64 = tx
                         .query_opt("SELECT value::bigint FROM tm_meta WHERE name = 'recovery_flagged'", &[])
@@ -871,5 +993,35 @@ impl Store for PgStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version check on `server_version_num` values (faking an old
+    /// PostgreSQL server in a test is not practical; this is the function
+    /// `connect` calls with the server's own value).
+    #[test]
+    fn postgresql_older_than_13_is_refused_with_what_to_do() {
+        for ok in [130000, 130014, 140010, 150004, 160000, 170002] {
+            assert!(check_server_version(ok).is_ok(), "{ok}");
+        }
+        for (old, shown) in [(120017, "12.17"), (100023, "10.23"), (90624, "9.6.24")] {
+            let e = check_server_version(old).unwrap_err().to_string();
+            assert!(e.contains(&format!("PostgreSQL {shown} is too old")), "{e}");
+            assert!(e.contains("13 or newer") && e.contains("upgrade"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_newer_format_names_the_way_out_and_no_override() {
+        let e = format_refusal("tidemark", FORMAT_VERSION + 1);
+        assert!(
+            e.contains("newer Tidemark") && e.contains("no override"),
+            "{e}"
+        );
+        assert!(format_refusal("x", 0).contains("does not know"));
     }
 }

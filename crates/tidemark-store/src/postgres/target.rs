@@ -8,6 +8,10 @@
 //!   while any server uses the schema, and a server cannot start during a
 //!   restore. PostgreSQL drops a dead session's locks: a `kill -9`ed holder
 //!   never leaves it stuck.
+//! - PostgreSQL also drops the lock when it restarts under a running server:
+//!   the server's store then refuses use (unavailable) until a new
+//!   connection holds the lock again; if a restore took it meanwhile, the
+//!   store refuses everything until the server restarts.
 //! - The restored data is staged in a schema of its own and swapped in by
 //!   one transaction ([`super::snapshot::swap_in`]).
 
@@ -15,43 +19,148 @@ use super::{engine_error, PgStore};
 use crate::store::Store;
 use crate::StoreError;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 const LOCK_KEY: &str = "hashtext('tidemark:' || $1)";
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+/// No server lock asked for (tools, tests): the store is always usable.
+pub(super) const LOCK_NOT_WANTED: u8 = 0;
+/// The server lock is held.
+pub(super) const LOCK_HELD: u8 = 1;
+/// The lock's connection broke; it is being re-taken. Meanwhile a restore
+/// could start, so the store refuses use (as unavailable: retry).
+pub(super) const LOCK_RETAKING: u8 = 2;
+/// A restore took the lock while it was down: this process's view of the
+/// store may be stale, so it refuses everything until restarted.
+pub(super) const LOCK_LOST_TO_RESTORE: u8 = 3;
+
+/// Whether the store may be used now, as the server lock allows.
+pub(super) fn check_lock(inner: &super::Inner) -> Result<(), StoreError> {
+    match inner.lock_state.load(Ordering::SeqCst) {
+        LOCK_RETAKING => Err(StoreError::Unavailable(format!(
+            "the connection to PostgreSQL broke; re-taking this server's lock on schema '{}' before serving again",
+            inner.schema_name
+        ))),
+        LOCK_LOST_TO_RESTORE => Err(StoreError::Refused(format!(
+            "a restore took PostgreSQL schema '{}' while this server was reconnecting; its view of the data may be stale: restart this server",
+            inner.schema_name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A connection, and a task that ends when the connection does.
+async fn connect_watched(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(engine_error)?;
-    tokio::spawn(async move {
+    let ended = tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL lock connection ended");
         }
     });
-    Ok(client)
+    Ok((client, ended))
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    Ok(connect_watched(url).await?.0)
+}
+
+async fn try_lock_shared(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one(
+            &format!("SELECT pg_try_advisory_lock_shared({LOCK_KEY})"),
+            &[&schema],
+        )
+        .await
+        .map_err(engine_error)?
+        .get(0))
 }
 
 impl PgStore {
     /// Takes the shared server lock of this store's schema on a connection
-    /// of its own, kept for the life of the store.
+    /// of its own, kept for the life of the store. When that connection
+    /// breaks (PostgreSQL restarted), the store refuses use until a new
+    /// connection has the lock again, so a restore can never slip in under
+    /// a running server.
     pub async fn hold_server_lock(&self, url: &str) -> Result<(), StoreError> {
-        let client = connect(url).await?;
-        let got: bool = client
-            .query_one(
-                &format!("SELECT pg_try_advisory_lock_shared({LOCK_KEY})"),
-                &[&self.inner.schema_name],
-            )
-            .await
-            .map_err(engine_error)?
-            .get(0);
-        if !got {
+        let (client, ended) = connect_watched(url).await?;
+        if !try_lock_shared(&client, &self.inner.schema_name).await? {
             return Err(StoreError::Locked {
                 path: format!("PostgreSQL schema '{}'", self.inner.schema_name),
                 pid: "a restore in progress".into(),
             });
         }
-        *self.inner.lock_conn.lock() = Some(client);
+        self.inner.lock_state.store(LOCK_HELD, Ordering::SeqCst);
+        let task = tokio::spawn(keep_lock(
+            Arc::downgrade(&self.inner),
+            url.to_owned(),
+            client,
+            ended,
+        ));
+        if let Some(old) = self.inner.lock_task.lock().replace(task) {
+            old.abort();
+        }
         Ok(())
+    }
+}
+
+/// Holds the lock; after its connection ends, re-takes it on a new one.
+async fn keep_lock(
+    inner: Weak<super::Inner>,
+    url: String,
+    client: tokio_postgres::Client,
+    mut ended: tokio::task::JoinHandle<()>,
+) {
+    // Keeps the connection (and with it the lock) open.
+    let mut held = Some(client);
+    loop {
+        let _ = (&mut ended).await;
+        let Some(store) = inner.upgrade() else { return };
+        if store.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        store.lock_state.store(LOCK_RETAKING, Ordering::SeqCst);
+        let schema = store.schema_name.clone();
+        drop(store);
+        tracing::warn!(schema = %schema, "lost the PostgreSQL connection holding the server lock; re-taking it (orders are refused meanwhile)");
+        let mut delay = Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            let Some(store) = inner.upgrade() else { return };
+            let attempt = async {
+                let (c, e) = connect_watched(&url).await?;
+                let got = try_lock_shared(&c, &schema).await?;
+                Ok::<_, StoreError>((c, e, got))
+            };
+            match attempt.await {
+                Ok((c, e, true)) => {
+                    drop(held.replace(c));
+                    ended = e;
+                    store.lock_state.store(LOCK_HELD, Ordering::SeqCst);
+                    tracing::info!(schema = %schema, "server lock re-taken");
+                    break;
+                }
+                Ok((_, _, false)) => {
+                    store
+                        .lock_state
+                        .store(LOCK_LOST_TO_RESTORE, Ordering::SeqCst);
+                    tracing::error!(schema = %schema, "a restore holds the schema's lock: this server's data may be stale; it refuses every request until restarted");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "re-taking the server lock failed; retrying");
+                }
+            }
+        }
     }
 }
 

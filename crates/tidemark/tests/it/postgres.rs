@@ -321,3 +321,213 @@ async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
     let (s, _) = get_json(&key_url(&db.url, "k")).await;
     assert_eq!(s, 404, "serving once connected");
 }
+
+/// A superuser connection to the test database at `url`.
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// `tidemark server` on `url`, run to its end (it is expected to refuse).
+fn server_refusal(dir: &std::path::Path, url: &str) -> String {
+    let out = run(
+        dir,
+        &[
+            "server",
+            "--store",
+            "postgres",
+            "--database-url",
+            url,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "refused: {stderr}");
+    stderr
+}
+
+/// Missing rights: a role that may not create the schema, then one that
+/// may not use an existing schema, is refused with the exact GRANT to run;
+/// running that GRANT is all it takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_without_rights_is_refused_with_the_grant_to_run() {
+    let Some(cluster) = PgCluster::shared("rights") else {
+        return;
+    };
+    let url = cluster.database("rights").unwrap();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let su = admin(&url).await;
+    su.batch_execute(
+        "DO $$ BEGIN CREATE ROLE tm_limited LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    )
+    .await
+    .unwrap();
+    let limited = url.replace("postgres://postgres@", "postgres://tm_limited@");
+    let tmp = tempfile::tempdir().unwrap();
+
+    let err = server_refusal(tmp.path(), &limited);
+    assert!(
+        err.contains(&format!(
+            "GRANT CREATE ON DATABASE \"{db}\" TO \"tm_limited\""
+        )),
+        "{err}"
+    );
+    // The schema exists, made by another role, without grants.
+    su.batch_execute("CREATE SCHEMA tidemark").await.unwrap();
+    let err = server_refusal(tmp.path(), &limited);
+    assert!(
+        err.contains("GRANT USAGE, CREATE ON SCHEMA \"tidemark\" TO \"tm_limited\""),
+        "{err}"
+    );
+    su.batch_execute("GRANT USAGE, CREATE ON SCHEMA tidemark TO tm_limited")
+        .await
+        .unwrap();
+    let db = Proc::start(
+        "db",
+        tmp.path(),
+        &["server", "--store", "postgres", "--database-url", &limited],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    let (s, _) = post_raw(&format!("{}/v1/orders", db.url), r#"{"orders": [{"source": "o", "seq": 1, "table": "subscriber", "key": "k", "op": "upsert", "fields": {"plan": "a"}}]}"#).await;
+    assert_eq!(s, 200, "serving after the GRANT");
+}
+
+/// A schema left by a newer Tidemark (a higher store format in tm_meta):
+/// the server refuses to start, says there is no override, and leaves the
+/// schema as it found it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_from_a_newer_tidemark_keeps_the_server_from_starting() {
+    let Some(cluster) = PgCluster::shared("newer_it") else {
+        return;
+    };
+    let url = cluster.database("newer_it").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut db = Proc::start(
+        "db",
+        tmp.path(),
+        &["server", "--store", "postgres", "--database-url", &url],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    assert!(db.terminate().success());
+    let su = admin(&url).await;
+    su.batch_execute(
+        "UPDATE tidemark.tm_meta SET value = '2' WHERE name = 'format'; DROP TABLE tidemark.tm_lww",
+    )
+    .await
+    .unwrap();
+    let err = server_refusal(tmp.path(), &url);
+    assert!(
+        err.contains("holds store format 2, written by a newer Tidemark")
+            && err.contains("no override"),
+        "{err}"
+    );
+    let untouched = su
+        .query_one(
+            "SELECT to_regclass('tidemark.tm_lww') IS NULL AND (SELECT value FROM tidemark.tm_meta WHERE name = 'format') = '2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0);
+    assert!(untouched, "the refused start changed the newer schema");
+}
+
+/// After PostgreSQL restarts under a running server, the server re-takes
+/// its shared lock before it takes orders again, so a restore stays
+/// refused until the server stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_postgres_restarts_under_a_running_server_restore_is_still_refused() {
+    let Some(bin) = bin_dir() else {
+        assert!(
+            !required(),
+            "TIDEMARK_REQUIRE_POSTGRES=1 but PostgreSQL is not installed"
+        );
+        eprintln!("skipped: no PostgreSQL server binaries");
+        return;
+    };
+    // A cluster of its own: this test restarts it.
+    let cluster = PgCluster::start(&bin).expect("a PostgreSQL cluster");
+    let url = cluster.database("relock").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = Proc::start(
+        "db",
+        dir,
+        &["server", "--store", "postgres", "--database-url", &url],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    let order = |seq: u64| {
+        format!(
+            r#"{{"orders": [{{"source": "o", "seq": {seq}, "table": "subscriber", "key": "k{seq}", "op": "upsert", "fields": {{"plan": "a"}}}}]}}"#
+        )
+    };
+    let (s, _) = post_raw(&format!("{}/v1/orders", db.url), order(1)).await;
+    assert_eq!(s, 200);
+    let backup = dir.join("b1");
+    let out = run(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            backup.to_str().unwrap(),
+            "--server",
+            &db.url,
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    cluster.stop_immediate().unwrap();
+    cluster.restart().unwrap();
+    // Orders are taken again only once the lock is back.
+    let orders_url = format!("{}/v1/orders", db.url);
+    eventually(30, "orders accepted after the restart", || {
+        let (u, body) = (orders_url.clone(), order(2));
+        async move { (post_raw(&u, body).await.0 == 200).then_some(()) }
+    })
+    .await;
+    let restore = [
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--store",
+        "postgres",
+        "--database-url",
+        &url,
+    ];
+    let out = run(dir, &restore, None, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "restore under a live server: {stderr}"
+    );
+    assert!(stderr.contains("PostgreSQL schema 'tidemark'"), "{stderr}");
+    assert!(
+        db.log_text().contains("server lock re-taken"),
+        "{}",
+        db.log_text()
+    );
+    assert!(db.terminate().success());
+    let out = run(dir, &restore, None, &[]);
+    assert!(
+        out.status.success(),
+        "restore once the server stopped: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -65,6 +65,10 @@ pub struct TableSql {
     pub lookup: String,
     pub quoted: String,
     upserts: parking_lot::Mutex<HashMap<Vec<usize>, Arc<str>>>,
+    bulk_upserts: parking_lot::Mutex<HashMap<Vec<usize>, Arc<str>>>,
+    /// Deletes many keys and writes their tombstones in one statement:
+    /// `$1` keys, `$2` seqs, `$3` the table name, `$4` the epoch.
+    pub bulk_delete: String,
 }
 
 impl TableSql {
@@ -87,8 +91,12 @@ impl TableSql {
             lookup,
             select,
             delete: format!("DELETE FROM {quoted} WHERE tm_key = $1"),
+            bulk_delete: format!(
+                "WITH u AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS u(k, s)), d AS (DELETE FROM {quoted} r USING u WHERE r.tm_key = u.k RETURNING r.tm_key) INSERT INTO tm_tombstones (tbl, key, epoch, seq) SELECT $3, u.k, $4, u.s FROM u JOIN d ON d.tm_key = u.k ON CONFLICT (tbl, key) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq"
+            ),
             quoted,
             upserts: Default::default(),
+            bulk_upserts: Default::default(),
         }
     }
 
@@ -123,6 +131,41 @@ impl TableSql {
         )
         .into();
         self.upserts.lock().insert(set.to_vec(), sql.clone());
+        sql
+    }
+
+    /// The multi-row form of [`Self::upsert`]: one statement for many keys
+    /// (all distinct), from arrays. `$1` keys, `$2` the epoch, `$3` seqs,
+    /// then one array per column of `set`. Returns `tm_key` then every
+    /// column. Cached.
+    pub fn bulk_upsert(&self, set: &[usize]) -> Arc<str> {
+        if let Some(sql) = self.bulk_upserts.lock().get(set) {
+            return sql.clone();
+        }
+        let mut names = String::from("tm_key, tm_epoch, tm_seq");
+        let mut select = String::from("u.k, $2, u.s");
+        let mut arrays = String::from("$1::text[], $3::bigint[]");
+        let mut aliases = String::from("k, s");
+        let mut update = String::from("tm_epoch = excluded.tm_epoch, tm_seq = excluded.tm_seq");
+        for (i, &c) in set.iter().enumerate() {
+            let col = &self.columns[c];
+            let n = &col.name;
+            names.push_str(&format!(", \"{n}\""));
+            select.push_str(&format!(", u.c{i}"));
+            arrays.push_str(&format!(", ${}::{}[]", i + 4, sql_type(col.ty)));
+            aliases.push_str(&format!(", c{i}"));
+            update.push_str(&format!(", \"{n}\" = excluded.\"{n}\""));
+        }
+        let mut returning = String::from("tm_key");
+        for c in &self.columns {
+            returning.push_str(&format!(", \"{}\"", c.name));
+        }
+        let sql: Arc<str> = format!(
+            "INSERT INTO {} ({names}) SELECT {select} FROM unnest({arrays}) AS u({aliases}) ON CONFLICT (tm_key) DO UPDATE SET {update} RETURNING {returning}",
+            self.quoted
+        )
+        .into();
+        self.bulk_upserts.lock().insert(set.to_vec(), sql.clone());
         sql
     }
 
@@ -245,6 +288,68 @@ impl ToSql for PgValue {
         matches!(
             *ty,
             Type::TEXT | Type::VARCHAR | Type::INT8 | Type::BOOL | Type::JSONB | Type::JSON
+        )
+    }
+
+    to_sql_checked!();
+}
+
+/// One column's values for a multi-row statement, as a PostgreSQL array of
+/// the column's type (`None` is SQL NULL).
+#[derive(Debug)]
+pub enum PgArray {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Bool(Vec<Option<bool>>),
+    Json(Vec<Option<Value>>),
+}
+
+impl PgArray {
+    pub fn new(ty: ColumnType, capacity: usize) -> Self {
+        match ty {
+            ColumnType::String | ColumnType::Timestamp => {
+                PgArray::Text(Vec::with_capacity(capacity))
+            }
+            ColumnType::Integer => PgArray::Int(Vec::with_capacity(capacity)),
+            ColumnType::Boolean => PgArray::Bool(Vec::with_capacity(capacity)),
+            ColumnType::Json => PgArray::Json(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// Appends a validated value (as [`PgValue::of`] converts it).
+    pub fn push(&mut self, v: &Value) {
+        match (self, v) {
+            (PgArray::Text(a), Value::Null) => a.push(None),
+            (PgArray::Int(a), Value::Null) => a.push(None),
+            (PgArray::Bool(a), Value::Null) => a.push(None),
+            (PgArray::Json(a), Value::Null) => a.push(None),
+            (PgArray::Text(a), Value::String(s)) => a.push(Some(s.clone())),
+            (PgArray::Text(a), v) => a.push(Some(v.to_string())),
+            (PgArray::Int(a), v) => a.push(v.as_i64()),
+            (PgArray::Bool(a), v) => a.push(v.as_bool()),
+            (PgArray::Json(a), v) => a.push(Some(v.clone())),
+        }
+    }
+}
+
+impl ToSql for PgArray {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            PgArray::Text(a) => a.to_sql(ty, out),
+            PgArray::Int(a) => a.to_sql(ty, out),
+            PgArray::Bool(a) => a.to_sql(ty, out),
+            PgArray::Json(a) => a.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(
+            *ty,
+            Type::TEXT_ARRAY | Type::INT8_ARRAY | Type::BOOL_ARRAY | Type::JSONB_ARRAY
         )
     }
 

@@ -9,16 +9,16 @@
 //! - While recovering, orders apply under the recovery ordering rule
 //!   ([`crate::recovery_rule`]).
 
-use super::catalog::{Catalog, PgValue, TableSql};
+use super::catalog::{Catalog, PgArray, PgValue, TableSql};
 use super::PgStore;
 use crate::recovery_rule::{decide, logical_version, Effect, KeyState};
 use crate::store::{ApplyOutcome, Change};
 use crate::StoreError;
 use deadpool_postgres::Transaction;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use tidemark_api::{Fields, Op, Order, OrderResult, Version};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Json, ToSql};
 
 /// The running state of a group transaction, rolled back per batch.
 #[derive(Clone)]
@@ -298,51 +298,20 @@ async fn apply_pipelined(
             .insert(order.source.clone(), (order.seq, true));
     }
     st.seq = seq;
-    // The record statements, pipelined.
-    let records = futures::future::try_join_all(orders.iter().zip(&planned).map(|(order, v)| {
-        let t = &catalog.tables[&order.table];
-        let v = *v;
-        async move {
-            match order.op {
-                Op::Upsert => upsert(tx, t, &order.key, &order.fields, v).await.map(Some),
-                Op::Delete => {
-                    let sql = format!(
-                        "WITH d AS (DELETE FROM {} WHERE tm_key = $1 RETURNING 1) INSERT INTO tm_tombstones (tbl, key, epoch, seq) SELECT $2, $1, $3, $4 WHERE EXISTS (SELECT 1 FROM d) ON CONFLICT (tbl, key) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
-                        t.quoted
-                    );
-                    exec(tx, &sql, &[&order.key, &order.table, &(v.epoch as i64), &(v.seq as i64)])
-                        .await
-                        .map_err(pg)?;
-                    Ok(None)
-                }
-            }
-        }
-    }))
-    .await?;
-    // The change log, pipelined.
-    futures::future::try_join_all(orders.iter().zip(&planned).zip(&records).map(
-        |((order, v), fields)| async move {
-            let fields_json = fields.clone().map(serde_json::Value::Object);
-            exec(
-                tx,
-                "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &(v.seq as i64),
-                    &(v.epoch as i64),
-                    &order.table,
-                    &order.key,
-                    &fields_json,
-                    &order.source,
-                    &(order.seq as i64),
-                    &order.digest(),
-                    &false,
-                ],
-            )
-            .await
-            .map_err(pg)
-        },
-    ))
-    .await?;
+    // Keys distinct within the batch (the common case): one multi-row
+    // statement per table and column set; otherwise one statement per
+    // order, pipelined (PostgreSQL runs them in the order sent, so two
+    // orders of one key still apply in order).
+    let mut seen = HashSet::with_capacity(orders.len());
+    let distinct = orders
+        .iter()
+        .all(|o| seen.insert((o.table.as_str(), o.key.as_str())));
+    let records = if distinct {
+        bulk_records(catalog, tx, orders, &planned).await?
+    } else {
+        pipelined_records(catalog, tx, orders, &planned).await?
+    };
+    bulk_changes(tx, orders, &planned, &records).await?;
     let results = orders
         .iter()
         .zip(&planned)
@@ -367,6 +336,151 @@ async fn apply_pipelined(
         })
         .collect();
     Ok(Some(ApplyOutcome { results, changes }))
+}
+
+/// One statement per order, pipelined; the record after each order.
+async fn pipelined_records(
+    catalog: &Catalog,
+    tx: &Transaction<'_>,
+    orders: &[Order],
+    planned: &[Version],
+) -> Result<Vec<Option<Fields>>, StoreError> {
+    futures::future::try_join_all(orders.iter().zip(planned).map(|(order, v)| {
+        let t = &catalog.tables[&order.table];
+        let v = *v;
+        async move {
+            match order.op {
+                Op::Upsert => upsert(tx, t, &order.key, &order.fields, v).await.map(Some),
+                Op::Delete => {
+                    let keys = [order.key.as_str()];
+                    let seqs = [v.seq as i64];
+                    exec(
+                        tx,
+                        &t.bulk_delete,
+                        &[&&keys[..], &&seqs[..], &order.table, &(v.epoch as i64)],
+                    )
+                    .await
+                    .map_err(pg)?;
+                    Ok(None)
+                }
+            }
+        }
+    }))
+    .await
+}
+
+/// Orders of distinct keys: one multi-row upsert per table and column set,
+/// one multi-row delete (with its tombstones) per table, all pipelined.
+/// Returns the record after each order.
+async fn bulk_records(
+    catalog: &Catalog,
+    tx: &Transaction<'_>,
+    orders: &[Order],
+    planned: &[Version],
+) -> Result<Vec<Option<Fields>>, StoreError> {
+    let mut upserts: HashMap<(&str, Vec<usize>), Vec<usize>> = HashMap::new();
+    let mut deletes: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, o) in orders.iter().enumerate() {
+        match o.op {
+            Op::Upsert => {
+                let t = &catalog.tables[&o.table];
+                let set: Vec<usize> = (0..t.columns.len())
+                    .filter(|&c| o.fields.contains_key(&t.columns[c].name))
+                    .collect();
+                upserts.entry((o.table.as_str(), set)).or_default().push(i);
+            }
+            Op::Delete => deletes.entry(o.table.as_str()).or_default().push(i),
+        }
+    }
+    let Some(first) = planned.first() else {
+        return Ok(Vec::new());
+    };
+    let epoch = first.epoch as i64;
+    let ups = futures::future::try_join_all(upserts.iter().map(|((table, set), idx)| async move {
+        let t = &catalog.tables[*table];
+        let keys: Vec<&str> = idx.iter().map(|&i| orders[i].key.as_str()).collect();
+        let seqs: Vec<i64> = idx.iter().map(|&i| planned[i].seq as i64).collect();
+        let columns: Vec<PgArray> = set
+            .iter()
+            .map(|&c| {
+                let col = &t.columns[c];
+                let mut a = PgArray::new(col.ty, idx.len());
+                for &i in idx {
+                    a.push(
+                        orders[i]
+                            .fields
+                            .get(&col.name)
+                            .unwrap_or(&serde_json::Value::Null),
+                    );
+                }
+                a
+            })
+            .collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys, &epoch, &seqs];
+        params.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
+        let st = tx.prepare_cached(&t.bulk_upsert(set)).await.map_err(pg)?;
+        let rows = tx.query(&st, &params).await.map_err(pg)?;
+        let mut after: HashMap<String, Fields> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            after.insert(row.get(0), t.fields(row, 1)?);
+        }
+        idx.iter()
+            .map(|&i| {
+                after
+                    .remove(&orders[i].key)
+                    .map(|f| (i, Some(f)))
+                    .ok_or_else(|| {
+                        StoreError::Engine(format!(
+                            "the upsert of key {:?} returned no row",
+                            orders[i].key
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    }));
+    let dels = futures::future::try_join_all(deletes.iter().map(|(table, idx)| async move {
+        let t = &catalog.tables[*table];
+        let keys: Vec<&str> = idx.iter().map(|&i| orders[i].key.as_str()).collect();
+        let seqs: Vec<i64> = idx.iter().map(|&i| planned[i].seq as i64).collect();
+        exec(tx, &t.bulk_delete, &[&keys, &seqs, table, &epoch])
+            .await
+            .map_err(pg)?;
+        Ok::<_, StoreError>(())
+    }));
+    let (ups, _) = futures::future::try_join(ups, dels).await?;
+    let mut out: Vec<Option<Fields>> = vec![None; orders.len()];
+    for (i, f) in ups.into_iter().flatten() {
+        out[i] = f;
+    }
+    Ok(out)
+}
+
+/// The change-log rows of a batch in one statement.
+async fn bulk_changes(
+    tx: &Transaction<'_>,
+    orders: &[Order],
+    planned: &[Version],
+    records: &[Option<Fields>],
+) -> Result<(), StoreError> {
+    let Some(first) = planned.first() else {
+        return Ok(());
+    };
+    let epoch = first.epoch as i64;
+    let seqs: Vec<i64> = planned.iter().map(|v| v.seq as i64).collect();
+    let tables: Vec<&str> = orders.iter().map(|o| o.table.as_str()).collect();
+    let keys: Vec<&str> = orders.iter().map(|o| o.key.as_str()).collect();
+    let fields: Vec<Option<Json<&Fields>>> = records.iter().map(|f| f.as_ref().map(Json)).collect();
+    let sources: Vec<&str> = orders.iter().map(|o| o.source.as_str()).collect();
+    let source_seqs: Vec<i64> = orders.iter().map(|o| o.seq as i64).collect();
+    let digests: Vec<String> = orders.iter().map(Order::digest).collect();
+    exec(
+        tx,
+        "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) SELECT u.s, $1, u.t, u.k, u.f, u.src, u.ss, u.d, false FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[], $8::text[]) AS u(s, t, k, f, src, ss, d)",
+        &[&epoch, &seqs, &tables, &keys, &fields, &sources, &source_seqs, &digests],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
 }
 
 /// Every order in turn, each statement waiting for the one before.

@@ -22,6 +22,8 @@
 //! - [`watch`]: one subscriber's push stream: resume, replay, `synced`, live pushes.
 //! - [`http`]: one module per group of endpoints, and the one error shape.
 
+#![recursion_limit = "256"]
+
 pub mod audit;
 pub mod auth;
 pub mod cluster;

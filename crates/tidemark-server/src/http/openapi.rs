@@ -29,7 +29,8 @@ pub fn document() -> Value {
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Record"}}}},
                     "404": {"description": "Not found (or unknown table: error shape)",
                             "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Record"}, {"$ref": "#/components/schemas/Error"}]}}}},
-                    "400": error_ref()
+                    "400": error_ref(), "401": error_ref(), "403": error_ref(),
+                    "503": error_ref()
                 }
             }},
             "/v1/orders": {"post": {
@@ -40,7 +41,7 @@ pub fn document() -> Value {
             }},
             "/v1/watch": {"get": {
                 "summary": "Server-Sent Events for one service server: hello, update, recovered, epoch, quiesce, schema. Resumable with Last-Event-ID.",
-                "parameters": [{"name": "subscriber", "in": "query", "required": true, "schema": {"type": "string"}},
+                "parameters": [{"name": "subscriber", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[\\x21-\\x7e]+$"}},
                                {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "text/event-stream"}, "400": error_ref(), "429": error_ref()}
             }},
@@ -84,18 +85,29 @@ pub fn document() -> Value {
             "/v1/quiesce": {
                 "post": {"summary": "Quiesce notice (S4): the server goes offline after `seconds`; every watch stream is told.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["seconds"],
-                        "properties": {"seconds": {"type": "integer"}, "message": {"type": "string"}}}}}},
+                        "properties": {"seconds": {"type": "integer", "minimum": 0, "maximum": 86400}, "message": {"type": "string", "nullable": true}}}}}},
                     "responses": {"200": {"description": "The notice"}, "400": error_ref()}},
                 "delete": {"summary": "Cancels the quiesce notice.", "responses": {"200": {"description": "Cancelled"}, "409": error_ref()}}
             },
             "/v1/recovery/schedule": {"post": {"summary": "A chunk of the recovery schedule list (P6, P7).",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source", "entries"], "properties": {
+                    "source": {"type": "string", "minLength": 1, "maxLength": 128}, "final": {"type": "boolean"},
+                    "without_sources": {"type": "array", "items": {"type": "string"}},
+                    "entries": {"type": "array", "items": {"type": "object", "required": ["table", "key", "through_seq"], "properties": {
+                        "table": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "through_seq": {"type": "integer", "minimum": 1}}}}}}}}},
                 "responses": {"200": {"description": "flagged / skipped"}, "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref()}}},
             "/v1/recovery/complete": {"post": {"summary": "The OpS has sent all difference data (P5, patent step 10).",
                 "responses": {"200": {"description": "Recovery"}, "409": error_ref()}}},
             "/v1/recovery/flags": {"get": {"summary": "Keys still flagged, and the order each waits for.", "responses": {"200": {"description": "Flags"}}}},
             "/v1/recovery/abort": {"post": {"summary": "Ends a recovery explicitly (drops every flag; logged). Body {\"reason\"}.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["reason"],
+                    "properties": {"reason": {"type": "string", "minLength": 1}}}}}},
                 "responses": {"200": {"description": "Ended"}, "400": error_ref(), "409": error_ref()}}},
-            "/v1/watch/interest": {"post": {"summary": "A service server declares every key it holds (in chunks; the last has final=true) before its stream reconnects to an instance of a cluster, so the stream resumes there with Last-Event-ID instead of revalidating. Body {\"subscriber\", \"keys\": [[table, key], …], \"final\"}.",
+            "/v1/watch/interest": {"post": {
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["subscriber", "keys"], "properties": {
+                    "subscriber": {"type": "string", "minLength": 1, "maxLength": 128}, "final": {"type": "boolean"},
+                    "keys": {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "string"}}}}}}}},"summary": "A service server declares every key it holds (in chunks; the last has final=true) before its stream reconnects to an instance of a cluster, so the stream resumes there with Last-Event-ID instead of revalidating. Body {\"subscriber\", \"keys\": [[table, key], …], \"final\"}.",
                 "responses": {"200": {"description": "registered"}, "400": error_ref(), "403": error_ref()}}},
             "/v1/cluster/promote": {"post": {"summary": "PostgreSQL engine: makes this standby the primary (S5). The primary hands its lease over once its commits in flight end; writes sent meanwhile to any instance are held and committed by the new primary. 409 promote_refused on the embedded engine.",
                 "responses": {"200": {"description": "promoted, term, primary"}, "409": error_ref(), "503": error_ref()}}},
@@ -113,8 +125,8 @@ pub fn document() -> Value {
                 "fields": {"type": "object"}, "version": {"$ref": "#/components/schemas/Version"},
                 "recovering": {"type": "boolean"}, "source": {"type": "string", "enum": ["cache", "db"]}}},
             "Order": {"type": "object", "required": ["source", "seq", "table", "key", "op"], "properties": {
-                "source": {"type": "string"}, "seq": {"type": "integer", "minimum": 1}, "table": {"type": "string"},
-                "key": {"type": "string"}, "op": {"type": "string", "enum": ["upsert", "delete"]}, "fields": {"type": "object"}}},
+                "source": {"type": "string", "minLength": 1, "maxLength": 128}, "seq": {"type": "integer", "minimum": 1}, "table": {"type": "string", "minLength": 1},
+                "key": {"type": "string", "minLength": 1, "maxLength": 256}, "op": {"type": "string", "enum": ["upsert", "delete"]}, "fields": {"type": "object"}}},
             "OrdersRequest": {"type": "object", "required": ["orders"], "properties": {"orders": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}}},
             "OrdersResponse": {"type": "object", "properties": {"results": {"type": "array", "items": {"type": "object", "properties": {
                 "source": {"type": "string"}, "seq": {"type": "integer"}, "version": {"$ref": "#/components/schemas/Version"}, "duplicate": {"type": "boolean"}}}}}},

@@ -56,10 +56,23 @@ pub async fn promote(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let Some(cluster) = app.cluster.clone() else {
         return Err(single_instance());
     };
+    // `{"url": URL}` promotes that instance (the console asks the instance
+    // it runs on); no body promotes this one.
+    if !body.is_empty() {
+        #[derive(serde::Deserialize)]
+        struct Target {
+            url: Option<String>,
+        }
+        let t: Target = parse(&body, "{\"url\": \"http://standby:7070\"} or no body")?;
+        if let Some(url) = t.url.filter(|u| u.trim_end_matches('/') != cluster.url) {
+            return promote_other(&cluster, &url, &headers).await;
+        }
+    }
     let before = cluster.view();
     if before.role == Role::Primary {
         return Ok(Json(
@@ -126,6 +139,50 @@ pub async fn promote(
     Ok(Json(
         json!({"promoted": true, "already_primary": false, "term": view.term, "primary": cluster.url}),
     ))
+}
+
+/// Asks the live standby at `url` to promote itself.
+async fn promote_other(
+    cluster: &crate::cluster::Cluster,
+    url: &str,
+    headers: &HeaderMap,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let within = crate::cluster::lease::live_within_ms(cluster);
+    let members = cluster.store.members(within).await?;
+    let url = url.trim_end_matches('/');
+    if !members.iter().any(|m| m.url == url && m.role == "standby") {
+        return Err(HttpError::new(
+            ErrorCode::PromoteRefused,
+            format!(
+                "{url} is not a live standby of this cluster (stopped, unknown, or the primary already); live standbys: {}",
+                live_standbys(cluster).await
+            ),
+        ));
+    }
+    let mut req = cluster
+        .http
+        .post(format!("{url}/v1/cluster/promote"))
+        .timeout(Duration::from_secs(20));
+    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+        req = req.header(axum::http::header::AUTHORIZATION, auth.clone());
+    }
+    let resp = req.send().await.map_err(|e| {
+        HttpError::new(
+            ErrorCode::PromoteRefused,
+            format!("cannot reach {url} to promote it ({e}); check that it runs"),
+        )
+    })?;
+    let ok = resp.status().is_success();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if ok {
+        return Ok(Json(body));
+    }
+    let err = serde_json::from_value::<tidemark_api::error::ErrorBody>(body.clone())
+        .map(|b| b.error)
+        .unwrap_or_else(|_| {
+            tidemark_api::ApiError::new(ErrorCode::PromoteRefused, format!("{url} answered {body}"))
+        });
+    Err(err.into())
 }
 
 /// `POST /v1/cluster/handover`: the primary gives its lease to a live

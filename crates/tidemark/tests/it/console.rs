@@ -74,6 +74,10 @@ async fn a_real_browser_shows_the_live_state() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
+        dom.contains("single instance (embedded engine"),
+        "the cluster section says HA needs PostgreSQL: {dom}"
+    );
+    assert!(
         dom.contains("id=\"schema-current\">version 1"),
         "the page shows the schema version in force: {dom}"
     );

@@ -461,6 +461,34 @@ async fn promote_back_and_forth_refuses_and_loses_nothing() {
             .contains(&urls[1 - primary]),
         "{b}"
     );
+    // Any instance promotes another (the console asks its own instance).
+    let (s, b) = post_raw(
+        &format!("{}/v1/cluster/promote", urls[primary]),
+        r#"{"url": "http://127.0.0.1:9"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("promote_refused")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&urls[1 - primary]),
+        "{b}"
+    );
+    let (s, b) = post_raw(
+        &format!("{}/v1/cluster/promote", urls[primary]),
+        json!({"url": urls[1 - primary]}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(primary_of(&urls).await, 1 - primary);
+    primary = 1 - primary;
+    load.progress(20, "orders after the promote through the other instance")
+        .await;
     let (acked, refused) = load.stop().await;
     let (_, bad) = reader.stop().await;
     assert!(

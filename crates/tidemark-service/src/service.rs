@@ -128,8 +128,8 @@ impl Service {
                 listener,
                 axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
             )
-                .with_graceful_shutdown(async move { signal.cancelled().await })
-                .await
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await
         });
         shared.shutdown.cancelled().await;
         tracing::info!("shutdown: no longer accepting; waiting for reads in flight");

@@ -628,23 +628,15 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         );
         // Every hot key once, so the cache-hit runs see hits only (random
         // draws left a quarter of them cold, and later rounds warmer).
-        let hot_n = args.hot.min(args.records);
-        let mut tasks = Vec::new();
-        for c in 0..args.connections as u64 {
-            let (url, step) = (svc.url.clone(), args.connections as u64);
-            tasks.push(tokio::spawn(async move {
-                let mut op = HttpGet::open(&url).await?;
-                let mut rng = SmallRng::seed_from_u64(c);
-                let mut i = c;
-                while i < hot_n {
-                    op.run(i, &mut rng).await?;
-                    i += step;
-                }
-                anyhow::Ok(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
+        warm(&svc.url, args.hot.min(args.records), args.connections).await?;
+    }
+    if wanted("reads") {
+        // Point reads are measured warm: every key once through each DB
+        // server's read cache.
+        eprintln!("warming the DB servers' read caches");
+        warm(&db.url, args.records, args.connections).await?;
+        if let Some(p) = &db_pg {
+            warm(&p.url, args.records, args.connections).await?;
         }
     }
 
@@ -744,6 +736,28 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     report(&args, &place, &results, push.as_ref(), &memory)?;
     drop((svc, db, db_pg, ceiling, redis_proc, pg_proc));
+    Ok(())
+}
+
+/// Reads keys `0..n` once each over `connections` connections.
+async fn warm(url: &str, n: u64, connections: usize) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for c in 0..connections as u64 {
+        let (url, step) = (url.to_owned(), connections as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut op = HttpGet::open(&url).await?;
+            let mut rng = SmallRng::seed_from_u64(c);
+            let mut i = c;
+            while i < n {
+                op.run(i, &mut rng).await?;
+                i += step;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
     Ok(())
 }
 

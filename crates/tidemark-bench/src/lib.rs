@@ -12,7 +12,6 @@
 //! - `push`: latency from order submission to arrival on watch streams.
 //! - `recovery`: schedule-list and replay rates, requests per flagged key.
 //! - `backup`: backup/verify/restore MB/s against cp and sqlite3 .backup.
-//! - `compare`: side by side with Redis and PostgreSQL.
 //! - `failover`: kill -9 of the primary DB-server instance, time to the next acknowledged order.
 //! - `compare`: side by side with Redis and PostgreSQL, pinned to cores.
 //! - `ceiling`: the HTTP ceiling `compare` measures against (a trivial

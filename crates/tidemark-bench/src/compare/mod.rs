@@ -881,7 +881,8 @@ fn report(
                 let goal = match (*scenario, *ours, *peer) {
                     ("reads", "tidemark-db", "redis") => Some(1.0),
                     ("cache", "tidemark-service", "redis") => Some(1.2),
-                    ("reads", "tidemark-db", "postgres") => Some(3.0),
+                    // The 3× goal against PostgreSQL is for cold reads; these
+                    // are warm, so none is judged here.
                     _ => None,
                 };
                 println!(

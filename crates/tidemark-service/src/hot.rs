@@ -74,6 +74,10 @@ fn cache_hit(shared: &Shared, req: &Request) -> Option<Response> {
     }
     let started = Instant::now();
     let (table, key) = record_path(req.uri().path())?;
+    if shared.skew.lock().is_some() {
+        // A schema skew refuses every read: the handler says why.
+        return None;
+    }
     if !tidemark_api::schema::is_identifier(table)
         || tidemark_api::schema::validate_key(key).is_err()
     {

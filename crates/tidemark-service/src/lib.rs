@@ -12,7 +12,6 @@
 //! - [`snapshot`]: the optional on-disk cache snapshot for warm restarts.
 //! - [`schema`]: adopting the DB server's schema without a restart; refusing one it cannot understand (S2, S10).
 //! - [`http`]: the terminal-facing HTTP API.
-//! - [`hot`]: cache hits answered before the router (the hot route).
 //! - [`metrics`]: the service server's Prometheus metrics.
 //! - [`shared`]: [`shared::Shared`], the state handlers, reads and workers share.
 //! - [`service`]: [`Service`]: wiring, `run(listener)`, shutdown.
@@ -20,7 +19,6 @@
 pub mod cache;
 pub mod config;
 pub mod fetch;
-pub mod hot;
 pub mod http;
 pub mod metrics;
 pub mod policy;

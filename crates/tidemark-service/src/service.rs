@@ -7,7 +7,7 @@ use crate::fetch::{self, Served, Upstream};
 use crate::metrics::ServiceMetrics;
 use crate::policy::Freshness;
 pub use crate::shared::Shared;
-use crate::{hot, http, snapshot, watcher};
+use crate::{http, snapshot, watcher};
 use anyhow::Context;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -120,16 +120,13 @@ impl Service {
         let schema = tokio::spawn(crate::schema::worker(shared.clone()));
         let watch = tokio::spawn(watcher::run(shared.clone()));
         let snap = tokio::spawn(snapshot::worker(shared.clone()));
-        let app = hot::Hot::new(shared.clone(), http::router(shared.clone()));
+        let app = http::router(shared.clone());
         tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server ready");
         let signal = shared.shutdown.clone();
         let serve = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
-            )
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { signal.cancelled().await })
+                .await
         });
         shared.shutdown.cancelled().await;
         tracing::info!("shutdown: no longer accepting; waiting for reads in flight");

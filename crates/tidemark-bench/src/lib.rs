@@ -12,11 +12,15 @@
 //! - `push`: latency from order submission to arrival on watch streams.
 //! - `recovery`: schedule-list and replay rates, requests per flagged key.
 //! - `backup`: backup/verify/restore MB/s against cp and sqlite3 .backup.
-//! - `compare`: side by side with Redis and PostgreSQL.
 //! - `failover`: kill -9 of the primary DB-server instance, time to the next acknowledged order.
+//! - `compare`: side by side with Redis and PostgreSQL, pinned to cores.
+//! - `ceiling`: the HTTP ceiling `compare` measures against (a trivial
+//!   axum handler serving pre-rendered JSON).
+//! - `wire`: raw HTTP/1 and RESP request loops for `compare`'s load.
 //! - `stats`: latency histograms and the printed report.
 
 mod backup;
+mod ceiling;
 mod compare;
 mod failover;
 mod http1;
@@ -25,6 +29,7 @@ mod push;
 mod reads;
 mod recovery;
 mod stats;
+mod wire;
 
 use clap::{Args, Subcommand};
 
@@ -45,6 +50,8 @@ pub enum BenchCommand {
     Backup(backup::BackupArgs),
     /// HA failover: kill -9 the primary instance N times; time to the first order acknowledged by the new one.
     Failover(failover::FailoverArgs),
+    /// The HTTP ceiling `compare` starts: pre-rendered JSON from a HashMap.
+    CeilingServer(ceiling::CeilingArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -70,5 +77,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Compare(a) => compare::run(a).await,
         BenchCommand::Backup(a) => backup::run(a).await,
         BenchCommand::Failover(a) => failover::run(a).await,
+        BenchCommand::CeilingServer(a) => ceiling::run(a).await,
     }
 }

@@ -35,6 +35,41 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
+fn register(app: &AppState, table: &str, key: &str, subscriber: Option<&str>) {
+    if let Some(name) =
+        subscriber.filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
+    {
+        let id = app.hub.subscriber(name);
+        app.hub.register(id, table, key);
+    }
+}
+
+/// The read cache's answer, if [`read`] would give it now: valid input, no
+/// recovery in progress, a cached answer. Registers `subscriber`'s interest
+/// first, like [`read`] (registering twice is harmless). `None`: ask
+/// [`read`].
+pub fn cached(
+    app: &AppState,
+    table: &str,
+    key: &str,
+    subscriber: Option<&str>,
+) -> Option<ReadAnswer> {
+    let cache = app.read_cache.as_ref()?;
+    app.store.schema().table(table).ok()?;
+    tidemark_api::schema::validate_key(key).ok()?;
+    if app.recovery.state() != RecoveryState::Normal {
+        return None;
+    }
+    register(app, table, key, subscriber);
+    let hit = cache.get(table, key).ok()?;
+    Some(ReadAnswer {
+        found: hit.found,
+        body: hit.body,
+        recovering: false,
+        from_cache: true,
+    })
+}
+
 /// Reads `table/key`; with `subscriber`, records first that it holds the key.
 pub async fn read(
     app: &AppState,
@@ -44,12 +79,7 @@ pub async fn read(
 ) -> Result<ReadAnswer, ReadError> {
     app.store.schema().table(table).map_err(ApiError::from)?;
     tidemark_api::schema::validate_key(key).map_err(ApiError::from)?;
-    if let Some(name) =
-        subscriber.filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
-    {
-        let id = app.hub.subscriber(name);
-        app.hub.register(id, table, key);
-    }
+    register(app, table, key, subscriber);
     // The cache serves only while no recovery is in progress.
     let cache = app
         .read_cache

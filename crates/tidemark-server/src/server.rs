@@ -74,10 +74,11 @@ impl Server {
 
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
         let signal = shutdown.clone();
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let hot_state = state.clone();
         let serve = match crate::tls::config(&state.config).await? {
             None => tokio::spawn(async move {
-                axum::serve(listener, app)
+                // Warm point reads take the hot route; the rest the router.
+                axum::serve(listener, http::hot::MakeHot::new(hot_state, app))
                     .with_graceful_shutdown(async move { signal.cancelled().await })
                     .await
             }),
@@ -91,6 +92,7 @@ impl Server {
                 let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)
                     .context("serving https on the bound port")?
                     .handle(handle);
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 tokio::spawn(async move { server.serve(app).await })
             }
         };

@@ -9,12 +9,16 @@
 //!   instead of being dropped all at once.
 //! - The answer body is serialised once, when the entry is stored, so a
 //!   hit only copies bytes.
+//! - A read takes its shard's lock shared and does not reorder the LRU
+//!   list (that write, on every hit, cost more than the lookup); it sets
+//!   the entry's `used` bit instead, and eviction gives a used entry a
+//!   second chance (CLOCK), so a read-hot entry is still kept.
 
 use bytes::Bytes;
 use lru::LruCache;
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tidemark_api::keyslot::{per_shard, KeySlot, SHARDS};
 use tidemark_api::{Fields, RecordAnswer, Source, Version};
@@ -32,6 +36,8 @@ pub struct Entry {
     pub generation: u64,
     /// The answer as served from the cache.
     pub body: Bytes,
+    /// Read since it was last passed over for eviction.
+    used: AtomicBool,
 }
 
 impl Entry {
@@ -50,6 +56,7 @@ impl Entry {
             recovering,
             generation,
             body,
+            used: AtomicBool::new(false),
         }
     }
 
@@ -85,7 +92,7 @@ pub enum Origin {
 
 /// The cache.
 pub struct Cache {
-    shards: Vec<Mutex<LruCache<String, Arc<Entry>>>>,
+    shards: Vec<RwLock<LruCache<String, Arc<Entry>>>>,
     generation: AtomicU64,
 }
 
@@ -100,13 +107,13 @@ impl Cache {
         let per = NonZeroUsize::new(per_shard(capacity)).unwrap_or(NonZeroUsize::MIN);
         Self {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per)))
+                .map(|_| RwLock::new(LruCache::new(per)))
                 .collect(),
             generation: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, slot: &KeySlot) -> &Mutex<LruCache<String, Arc<Entry>>> {
+    fn shard(&self, slot: &KeySlot) -> &RwLock<LruCache<String, Arc<Entry>>> {
         &self.shards[slot.shard()]
     }
 
@@ -122,7 +129,11 @@ impl Cache {
     /// The entry for a key, if cached.
     pub fn get(&self, table: &str, key: &str) -> Option<Arc<Entry>> {
         let slot = KeySlot::new(table, key);
-        self.shard(&slot).lock().get(slot.as_str()).cloned()
+        let e = self.shard(&slot).read().peek(slot.as_str()).cloned()?;
+        if !e.used.load(Ordering::Relaxed) {
+            e.used.store(true, Ordering::Relaxed);
+        }
+        Some(e)
     }
 
     /// Offers an answer; returns what the cache holds afterwards. An older
@@ -138,7 +149,7 @@ impl Cache {
             Origin::Fetch { generation, .. } => generation.min(self.generation()),
         };
         let slot = KeySlot::new(&answer.table, &answer.key);
-        let mut shard = self.shard(&slot).lock();
+        let mut shard = self.shard(&slot).write();
         let new_rank = answer.version.unwrap_or_default();
         let entry = match shard.get(slot.as_str()) {
             Some(old) if old.rank() > new_rank => match origin {
@@ -171,13 +182,26 @@ impl Cache {
             }
             _ => Arc::new(Entry::new(answer, answer.recovering, generation)),
         };
+        if shard.len() == shard.cap().get() && !shard.contains(slot.as_str()) {
+            // CLOCK: a used entry at the tail goes to the head, once.
+            for _ in 0..16 {
+                let Some((k, e)) = shard.peek_lru() else {
+                    break;
+                };
+                if !e.used.swap(false, Ordering::Relaxed) {
+                    break;
+                }
+                let k = k.clone();
+                shard.promote(&k);
+            }
+        }
         shard.put(slot.into_string(), entry.clone());
         entry
     }
 
     /// Records held.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.read().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -188,7 +212,7 @@ impl Cache {
     pub fn entries(&self) -> Vec<Arc<Entry>> {
         let mut out = Vec::new();
         for s in &self.shards {
-            out.extend(s.lock().iter().map(|(_, e)| e.clone()));
+            out.extend(s.read().iter().map(|(_, e)| e.clone()));
         }
         out
     }
@@ -288,6 +312,21 @@ mod tests {
         assert_eq!(c.get("subscriber", "k").unwrap().generation, c.generation());
         c.bump_generation();
         assert!(c.get("subscriber", "k").unwrap().generation < c.generation());
+    }
+
+    #[test]
+    fn eviction_keeps_an_entry_that_is_read() {
+        let c = Cache::new(64 * 2);
+        let offer = |i: u64| {
+            let mut a = answer(i, "x", false);
+            a.key = format!("k{i}");
+            c.offer(&a, Origin::Push);
+        };
+        offer(0);
+        for i in 1..10_000u64 {
+            assert!(c.get("subscriber", "k0").is_some(), "evicted after {i}");
+            offer(i);
+        }
     }
 
     #[test]

@@ -134,15 +134,7 @@ async fn get_record(
                 served.body,
             )
                 .into_response();
-            if let Some(at) = *shared.quiesce_at.lock() {
-                // S4: users see how long until the DB server goes offline.
-                let left = at
-                    .saturating_duration_since(std::time::Instant::now())
-                    .as_secs();
-                if let Ok(v) = HeaderValue::from_str(&left.to_string()) {
-                    resp.headers_mut().insert(headers::QUIESCE_IN, v);
-                }
-            }
+            quiesce_header(&shared, resp.headers_mut());
             if served.recovering {
                 resp.headers_mut()
                     .insert(headers::RECOVERING, HeaderValue::from_static("1"));
@@ -153,6 +145,19 @@ async fn get_record(
     };
     shared.metrics.read_latency.observe(started.elapsed());
     resp
+}
+
+/// S4: while a quiesce notice is in force, every answer says how long
+/// until the DB server goes offline.
+pub(crate) fn quiesce_header(shared: &Shared, h: &mut axum::http::HeaderMap) {
+    if let Some(at) = *shared.quiesce_at.lock() {
+        let left = at
+            .saturating_duration_since(std::time::Instant::now())
+            .as_secs();
+        if let Ok(v) = HeaderValue::from_str(&left.to_string()) {
+            h.insert(headers::QUIESCE_IN, v);
+        }
+    }
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

@@ -8,6 +8,8 @@
 //! the errors into test failures that print the process log.
 //!
 //! # Layout
+//! - [`affinity`]: pinning processes to cores (`sched_setaffinity`) for
+//!   the benchmarks, and the CPU time a process used.
 //! - [`process`]: [`Program`] and [`Proc`]: the one way to start a `tidemark`
 //!   process, read the address it bound, wait until it answers, and stop it.
 //! - [`model`]: [`Model`]: the one oracle of what the latest data is.
@@ -15,6 +17,7 @@
 //! - [`orders`]: order builders (`ops submit` input lines, API orders) and
 //!   record URLs for the default schema's table.
 
+pub mod affinity;
 pub mod model;
 pub mod orders;
 pub mod postgres;

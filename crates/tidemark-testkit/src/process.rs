@@ -21,18 +21,30 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub struct Program {
     bin: PathBuf,
+    /// The cores every process started from here is pinned to (benches).
+    cpus: Option<Vec<usize>>,
 }
 
 impl Program {
     /// The program at `bin`.
     pub fn new(bin: impl Into<PathBuf>) -> Self {
-        Self { bin: bin.into() }
+        Self {
+            bin: bin.into(),
+            cpus: None,
+        }
     }
 
     /// The running program.
     pub fn current_exe() -> anyhow::Result<Self> {
         let bin = std::env::current_exe().context("finding the tidemark program")?;
         Ok(Self::new(bin))
+    }
+
+    /// The same program, whose processes start pinned to `cpus`
+    /// (`sched_setaffinity` before `exec`; see [`crate::affinity`]).
+    pub fn pinned(mut self, cpus: Option<Vec<usize>>) -> Self {
+        self.cpus = cpus;
+        self
     }
 
     /// Starts `tidemark ARGS --listen LISTEN` in `dir` with `env` added to
@@ -52,7 +64,11 @@ impl Program {
             .append(true)
             .open(&log)
             .with_context(|| format!("creating the log file {}", log.display()))?;
-        let mut child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(cpus) = &self.cpus {
+            crate::affinity::pin_command(&mut cmd, cpus);
+        }
+        let mut child = cmd
             .args(args)
             .args(["--listen", listen])
             .current_dir(dir)

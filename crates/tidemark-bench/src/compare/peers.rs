@@ -7,6 +7,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tidemark_testkit::affinity;
 
 /// A process we started; killed on drop.
 pub struct Spawned {
@@ -64,11 +65,15 @@ pub fn check(pg_bin: &Path) -> anyhow::Result<()> {
 
 /// Redis with persistence that matches Tidemark's durable acknowledgements:
 /// an append-only file synced on every write.
-pub async fn redis(dir: &Path) -> anyhow::Result<Spawned> {
+pub async fn redis(dir: &Path, cpus: Option<&[usize]>) -> anyhow::Result<Spawned> {
     let port = free_port()?;
     let rdir = dir.join("redis");
     std::fs::create_dir_all(&rdir)?;
-    let child = Command::new("redis-server")
+    let mut cmd = Command::new("redis-server");
+    if let Some(cpus) = cpus {
+        affinity::pin_command(&mut cmd, cpus);
+    }
+    let child = cmd
         .args([
             "--port",
             &port.to_string(),
@@ -130,7 +135,11 @@ fn as_postgres(bin: &Path, tool: &str) -> Command {
 
 /// A temporary PostgreSQL cluster, durable like Tidemark (fsync on,
 /// synchronous commit).
-pub async fn postgres(dir: &Path, bin: &Path) -> anyhow::Result<(Spawned, u16)> {
+pub async fn postgres(
+    dir: &Path,
+    bin: &Path,
+    cpus: Option<&[usize]>,
+) -> anyhow::Result<(Spawned, u16)> {
     let data: PathBuf = dir.join("pg");
     std::fs::create_dir_all(&data)?;
     if unsafe { libc::geteuid() } == 0 {
@@ -159,7 +168,12 @@ pub async fn postgres(dir: &Path, bin: &Path) -> anyhow::Result<(Spawned, u16)> 
         String::from_utf8_lossy(&out.stderr)
     );
     let port = free_port()?;
-    let child = as_postgres(bin, "postgres")
+    let mut cmd = as_postgres(bin, "postgres");
+    if let Some(cpus) = cpus {
+        // Every backend is forked from the postmaster and inherits its set.
+        affinity::pin_command(&mut cmd, cpus);
+    }
+    let child = cmd
         .args([
             "-D",
             data.to_str().unwrap_or(""),
@@ -201,9 +215,17 @@ pub async fn postgres(dir: &Path, bin: &Path) -> anyhow::Result<(Spawned, u16)> 
     }
 }
 
-/// Peak resident memory (VmHWM) of a process and all its children, in bytes.
-pub fn peak_rss(pid: u32) -> u64 {
-    let mut total = hwm(pid);
+/// CPU seconds used by a process and its children (live, or reaped).
+pub fn tree_cpu(pid: u32) -> f64 {
+    let mut total = affinity::cpu_seconds(pid).unwrap_or(0.0);
+    for child in children(pid) {
+        total += affinity::cpu_seconds(child).unwrap_or(0.0);
+    }
+    total
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -218,11 +240,16 @@ pub fn peak_rss(pid: u32) -> u64 {
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
             if ppid == Some(pid) {
-                total += hwm(child);
+                out.push(child);
             }
         }
     }
-    total
+    out
+}
+
+/// Peak resident memory (VmHWM) of a process and all its children, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    hwm(pid) + children(pid).into_iter().map(hwm).sum::<u64>()
 }
 
 fn hwm(pid: u32) -> u64 {

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod console;
 pub mod error;
 pub mod guard;
+pub mod hot;
 pub mod openapi;
 pub mod orders;
 pub mod probes;

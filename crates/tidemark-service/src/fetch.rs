@@ -182,7 +182,23 @@ pub(crate) fn take_answer(
             },
         )
     } else {
-        Arc::new(Entry::new(answer, answer.recovering, asked_in))
+        // Not vouched for by a stream, so not cached; but an answer older
+        // than a version this server already holds in the same epoch is
+        // known to be outdated (an instance of a cluster that lags): the
+        // newer one is served instead.
+        match shared.cache.get(&answer.table, &answer.key) {
+            Some(cached)
+                if cached.version > answer.version
+                    && cached.version.map(|v| v.epoch) == answer.version.map(|v| v.epoch) =>
+            {
+                Arc::new(Entry::new(
+                    &cached.answer(tidemark_api::Source::Cache),
+                    cached.recovering || answer.recovering,
+                    asked_in,
+                ))
+            }
+            _ => Arc::new(Entry::new(answer, answer.recovering, asked_in)),
+        }
     };
     if entry.recovering && freshness == Freshness::Latest {
         return None;

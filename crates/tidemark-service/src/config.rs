@@ -41,6 +41,10 @@ pub struct ServiceConfig {
     /// records are served as the DB server sends them. Off: such a server
     /// refuses to start, or refuses reads with `503 schema_skew`.
     pub ignore_schema_skew: bool,
+    /// PEM certificate chain: with `tls_key`, the service server serves https.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -59,6 +63,8 @@ impl Default for ServiceConfig {
             snapshot_interval_secs: 1,
             shutdown_grace_secs: 10,
             ignore_schema_skew: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -147,6 +147,12 @@ pub struct ServiceArgs {
     /// Start and serve even if the DB server's schema uses something this build does not understand (S10).
     #[arg(long)]
     pub ignore_schema_skew: bool,
+    /// Serve https with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

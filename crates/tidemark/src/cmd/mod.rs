@@ -46,13 +46,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Binds a listener, printing the bound address on stdout so scripts and
-/// tests that pass port 0 can find it.
-pub async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    bind_scheme(addr, what, "http").await
-}
-
-/// [`bind`], printing `scheme://` (https for a TLS server).
+/// Binds a listener, printing `listening on scheme://ADDR` on stdout so
+/// scripts and tests that pass port 0 can find it (https for a TLS server).
 pub async fn bind_scheme(
     addr: &str,
     what: &str,

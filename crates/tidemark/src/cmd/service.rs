@@ -30,8 +30,17 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
     if args.ignore_schema_skew {
         config.ignore_schema_skew = true;
     }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+        config.tls_key = args.tls_key;
+    }
     let shutdown = crate::signals::shutdown_token();
     let service = Service::new(config.clone(), shutdown)?;
-    let listener = super::bind(&config.listen, "service server").await?;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let listener = super::bind_scheme(&config.listen, "service server", scheme).await?;
     service.run(listener).await
 }

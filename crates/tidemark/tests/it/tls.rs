@@ -100,6 +100,43 @@ async fn a_server_serves_https_and_clients_check_its_certificate() {
     svc.wait_ok("/readyz").await;
     let (s, b) = get_json(&key_url(&svc.url, "k1")).await;
     assert_eq!((s, b["fields"]["plan"].as_str()), (200, Some("tls")));
+    // A service server serving https itself (--tls-cert on `service`).
+    let svc_tls = Proc::start(
+        "svc-tls",
+        dir,
+        &[
+            "service",
+            "--db",
+            &db.url,
+            "--id",
+            "svc-tls",
+            "--policy",
+            "latest-only",
+            "--ca-cert",
+            ca,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(svc_tls.url.starts_with("https://"), "{}", svc_tls.url);
+    let body: serde_json::Value = eventually(20, "an https read from the service server", || {
+        let (c, u) = (trusting.clone(), key_url(&svc_tls.url, "k1"));
+        async move {
+            let r = c.get(u).send().await.ok()?;
+            r.status().is_success().then_some(())?;
+            r.json().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(body["fields"]["plan"], "tls");
+    let plain = reqwest::Client::new()
+        .get(key_url(&svc_tls.url, "k1"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "a client without the CA is refused");
 
     // No CA, or the wrong one: refused, and said so.
     for ca in [None, Some(other.to_str().unwrap())] {

@@ -841,6 +841,15 @@ async fn a_standby_adopts_a_publish_and_tells_its_service_servers() {
     .await;
     let b = Proc::start("b", dir, &instance_args(&url), &[]);
     b.wait_ok("/readyz").await;
+    // The primary knows the standby (by its heartbeat) before the publish.
+    eventually(20, "the primary to list both instances", || {
+        let u = a_url.clone();
+        async move {
+            let (_, st) = get_json(&format!("{u}/v1/state")).await;
+            (st["members"].as_array().map(Vec::len) == Some(2)).then_some(())
+        }
+    })
+    .await;
     let svc = service(dir, "svc-b", &b.url, "accept-stale", &[]).await;
     let (s, _) = post_raw(
         &format!("{}/v1/orders", a.url),

@@ -52,7 +52,8 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
             }
         }
         beat += 1;
-        if beat % 3 == 1 {
+        // Every third tick, and at once when the role changed.
+        if beat % 3 == 1 || cluster.view().role != view.role {
             heartbeat(&app, &cluster).await;
         }
     }

@@ -31,12 +31,15 @@ fn single_instance() -> HttpError {
 
 /// The live standbys, for refusals.
 async fn live_standbys(cluster: &crate::cluster::Cluster) -> String {
+    let primary = cluster.view().primary;
     let within = crate::cluster::lease::live_within_ms(cluster);
     match cluster.store.members(within).await {
         Ok(ms) => {
             let s: Vec<String> = ms
                 .into_iter()
-                .filter(|m| m.role == "standby")
+                // The lease says who is primary; every other live member
+                // is a standby.
+                .filter(|m| Some(&m.url) != primary.as_ref())
                 .map(|m| m.url)
                 .collect();
             if s.is_empty() {
@@ -150,7 +153,7 @@ async fn promote_other(
     let within = crate::cluster::lease::live_within_ms(cluster);
     let members = cluster.store.members(within).await?;
     let url = url.trim_end_matches('/');
-    if !members.iter().any(|m| m.url == url && m.role == "standby") {
+    if !members.iter().any(|m| m.url == url) {
         return Err(HttpError::new(
             ErrorCode::PromoteRefused,
             format!(
@@ -209,9 +212,11 @@ pub async fn handover(
     }
     let within = crate::cluster::lease::live_within_ms(&cluster);
     let members = cluster.store.members(within).await?;
+    // The lease, not a member's last heartbeat, says who is primary: any
+    // other live member is a standby.
     let Some(target) = members
         .iter()
-        .find(|m| m.url == req.to && m.role == "standby" && m.url != cluster.url)
+        .find(|m| m.url == req.to && m.url != cluster.url)
     else {
         return Err(HttpError::new(
             ErrorCode::PromoteRefused,

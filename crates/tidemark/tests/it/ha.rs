@@ -314,6 +314,22 @@ async fn metric(url: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Two instances on `url`'s database, both ready: their addresses, URLs
+/// and processes (index i listens on `addrs[i]`).
+async fn two_instances(dir: &Path, url: &str) -> ([String; 2], Vec<String>, Vec<Proc>) {
+    let addrs = [free_addr(), free_addr()];
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| instance(dir, &format!("db{i}"), url, a))
+        .collect();
+    for p in &procs {
+        p.wait_ok("/readyz").await;
+    }
+    (addrs, urls, procs)
+}
+
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
@@ -330,16 +346,7 @@ async fn the_primary_killed_under_load_is_replaced_and_nothing_is_lost() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let addrs = [free_addr(), free_addr()];
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let mut procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
-        .collect();
-    for p in &procs {
-        p.wait_ok("/readyz").await;
-    }
+    let (addrs, urls, mut procs) = two_instances(tmp.path(), &url).await;
     let first = primary_of(&urls).await;
     let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
     let load = Load::start(urls.clone(), 3);
@@ -396,16 +403,7 @@ async fn promote_back_and_forth_refuses_and_loses_nothing() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let addrs = [free_addr(), free_addr()];
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
-        .collect();
-    for p in &procs {
-        p.wait_ok("/readyz").await;
-    }
+    let (_, urls, procs) = two_instances(tmp.path(), &url).await;
     let mut primary = primary_of(&urls).await;
     let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
     let load = Load::start(urls.clone(), 3);
@@ -515,16 +513,7 @@ async fn a_service_server_moves_to_another_instance_without_revalidating() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let addrs = [free_addr(), free_addr()];
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let mut procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
-        .collect();
-    for p in &procs {
-        p.wait_ok("/readyz").await;
-    }
+    let (_, urls, mut procs) = two_instances(tmp.path(), &url).await;
     let primary = primary_of(&urls).await;
     let standby = 1 - primary;
     // The service server watches the standby first.
@@ -610,16 +599,7 @@ async fn a_quiesced_instance_loses_its_service_servers_to_another() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let addrs = [free_addr(), free_addr()];
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
-        .collect();
-    for p in &procs {
-        p.wait_ok("/readyz").await;
-    }
+    let (_, urls, procs) = two_instances(tmp.path(), &url).await;
     let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
     // Its stream is on the first instance.
     let (_, r) = get_json(&format!("{}/v1/records/subscriber/none", svc.url)).await;
@@ -679,16 +659,7 @@ async fn a_paused_primary_commits_nothing_and_rejoins_as_a_standby() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let addrs = [free_addr(), free_addr()];
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
-        .collect();
-    for p in &procs {
-        p.wait_ok("/readyz").await;
-    }
+    let (_, urls, procs) = two_instances(tmp.path(), &url).await;
     let old = primary_of(&urls).await;
     let (_, st) = get_json(&format!("{}/v1/state", urls[old])).await;
     let old_term = st["term"].as_u64().unwrap();
@@ -732,16 +703,7 @@ async fn a_rolling_restart_fails_no_read_and_loses_no_order() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let addrs = [free_addr(), free_addr()];
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let mut procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
-        .collect();
-    for p in &procs {
-        p.wait_ok("/readyz").await;
-    }
+    let (addrs, urls, mut procs) = two_instances(tmp.path(), &url).await;
     primary_of(&urls).await;
     let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
     let load = Load::start(urls.clone(), 2);
@@ -863,16 +825,7 @@ async fn a_postgres_restart_under_two_instances_loses_nothing() {
     let cluster = PgCluster::start(&bin).expect("a PostgreSQL cluster");
     let url = cluster.database("harestart").unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let addrs = [free_addr(), free_addr()];
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-    let procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| instance(tmp.path(), &format!("db{i}"), &url, a))
-        .collect();
-    for p in &procs {
-        p.wait_ok("/readyz").await;
-    }
+    let (_, urls, procs) = two_instances(tmp.path(), &url).await;
     primary_of(&urls).await;
     let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
     let load = Load::start(urls.clone(), 2);

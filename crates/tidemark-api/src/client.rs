@@ -57,6 +57,48 @@ pub struct RecordRead {
 /// when that one cannot be reached or says it is not ready or quiescing;
 /// a call that failed so is retried on the next instance (every call it
 /// makes is idempotent: orders by `(source, seq)`).
+/// A client builder that trusts `TIDEMARK_CA_CERT` (every client
+/// command's `--ca-cert`) and presents `TIDEMARK_CLIENT_CERT` with
+/// `TIDEMARK_CLIENT_KEY` (`--client-cert`/`--client-key`, for servers that
+/// ask for client certificates). A file that cannot be used fails every
+/// request, after a message naming it.
+pub fn tls_builder() -> reqwest::ClientBuilder {
+    let mut builder = reqwest::Client::builder();
+    if let Some(ca) = std::env::var_os("TIDEMARK_CA_CERT") {
+        match std::fs::read(&ca)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string()))
+        {
+            Ok(cert) => builder = builder.add_root_certificate(cert),
+            Err(e) => eprintln!(
+                "error: cannot use the --ca-cert file {}: {e}",
+                std::path::Path::new(&ca).display()
+            ),
+        }
+    }
+    let cert = std::env::var_os("TIDEMARK_CLIENT_CERT");
+    let key = std::env::var_os("TIDEMARK_CLIENT_KEY");
+    if let (Some(cert), Some(key)) = (cert, key) {
+        let identity = std::fs::read(&cert)
+            .and_then(|mut pem| {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(&key)?);
+                Ok(pem)
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|pem| reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string()));
+        match identity {
+            Ok(id) => builder = builder.identity(id),
+            Err(e) => eprintln!(
+                "error: cannot use the client certificate {} with key {}: {e}",
+                std::path::Path::new(&cert).display(),
+                std::path::Path::new(&key).display()
+            ),
+        }
+    }
+    builder
+}
+
 #[derive(Debug, Clone)]
 pub struct DbClient {
     bases: std::sync::Arc<[String]>,
@@ -79,24 +121,15 @@ impl DbClient {
                 headers.insert(reqwest::header::AUTHORIZATION, v);
             }
         }
-        let mut builder = reqwest::Client::builder();
-        if let Some(ca) = std::env::var_os("TIDEMARK_CA_CERT") {
-            // A bad CA file fails every request with a message naming it.
-            match std::fs::read(&ca)
-                .map_err(|e| e.to_string())
-                .and_then(|pem| reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string()))
-            {
-                Ok(cert) => builder = builder.add_root_certificate(cert),
-                Err(e) => eprintln!(
-                    "error: cannot use the --ca-cert file {}: {e}",
-                    std::path::Path::new(&ca).display()
-                ),
-            }
-        }
+        let builder = tls_builder();
         let http = builder
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)
+            // Below the servers' header timeout (10 s by default), which
+            // closes idle connections: a pooled one is never reused as the
+            // server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
             .expect("a default reqwest client always builds");

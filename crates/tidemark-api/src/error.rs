@@ -89,6 +89,12 @@ pub enum ErrorCode {
     RollbackRefused,
     /// A service server cannot understand the cluster's schema version (S10).
     SchemaSkew,
+    /// The request body did not arrive whole within the server's body
+    /// timeout (`body_timeout_secs`); nothing was done. Send it at once.
+    RequestTimeout,
+    /// The server holds its most connections (`max_connections`); retry
+    /// after `Retry-After`, or reuse a connection.
+    TooManyConnections,
     /// A bug: the request had no effect; report it with the server log.
     Internal,
 }
@@ -123,8 +129,9 @@ impl ErrorCode {
             Forbidden => 403,
             PayloadTooLarge | BatchTooLarge => 413,
             TooManyStreams => 429,
+            RequestTimeout => 408,
             NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary
-            | SchemaSkew => 503,
+            | SchemaSkew | TooManyConnections => 503,
             StoreFailure | Internal => 500,
         }
     }
@@ -170,6 +177,8 @@ impl ErrorCode {
             PublishInProgress => "publish_in_progress",
             RollbackRefused => "rollback_refused",
             SchemaSkew => "schema_skew",
+            RequestTimeout => "request_timeout",
+            TooManyConnections => "too_many_connections",
             Internal => "internal",
         }
     }
@@ -214,6 +223,8 @@ impl ErrorCode {
         ErrorCode::PublishInProgress,
         ErrorCode::RollbackRefused,
         ErrorCode::SchemaSkew,
+        ErrorCode::RequestTimeout,
+        ErrorCode::TooManyConnections,
         ErrorCode::Internal,
     ];
 }

@@ -44,6 +44,18 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// With https: serve only clients with a certificate signed by this CA
+    /// (PEM), e.g. service servers and operators (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Connections served at once; one more is answered
+    /// `503 too_many_connections`.
+    pub max_connections: usize,
+    /// Seconds for a TLS handshake and for each request's headers (and
+    /// for an idle keep-alive connection) before the connection is closed.
+    pub header_timeout_secs: u64,
+    /// Seconds for a whole request body, from its headers, before the
+    /// request is answered `408 request_timeout`.
+    pub body_timeout_secs: u64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Most orders accepted in one `POST /v1/orders`.
@@ -91,6 +103,15 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// What the front door holds every connection to.
+    pub fn front_door(&self) -> tidemark_serve::Settings {
+        tidemark_serve::Settings {
+            max_connections: self.max_connections,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
+        }
+    }
+
     /// The engine's name, as `--store` takes it.
     pub fn store_name(&self) -> &'static str {
         match self.store {
@@ -110,6 +131,10 @@ impl Default for ServerConfig {
             pg_schema: "tidemark".into(),
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_orders: 10_000,
             change_log_keep: 1_000_000,

@@ -73,34 +73,28 @@ impl Server {
         tracing::info!(%addr, store = state.store.engine(), epoch = meta.epoch, seq = meta.seq, boot = %state.boot, recovery = ?state.recovery.state(), "DB server ready");
 
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-        let signal = shutdown.clone();
-        let hot_state = state.clone();
-        let serve = match crate::tls::config(&state.config).await? {
-            None => tokio::spawn(async move {
-                // Warm point reads take the hot route; the rest the router.
-                axum::serve(listener, http::hot::MakeHot::new(hot_state, app))
-                    .with_graceful_shutdown(async move { signal.cancelled().await })
-                    .await
-            }),
-            Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                tokio::spawn(async move {
-                    signal.cancelled().await;
-                    stopper.graceful_shutdown(Some(grace));
-                });
-                let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)
-                    .context("serving https on the bound port")?
-                    .handle(handle);
-                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                tokio::spawn(async move { server.serve(app).await })
-            }
-        };
+        let c = &state.config;
+        let tls = tidemark_serve::tls::configured(
+            c.tls_cert.as_deref(),
+            c.tls_key.as_deref(),
+            c.tls_client_ca.as_deref(),
+        )?;
+        let stats = tidemark_serve::Stats::register(&state.metrics.registry, "tidemark");
+        // Warm point reads take the hot route; the rest the router.
+        let hot = http::hot::Hot::new(state.clone(), app);
+        let serve = tokio::spawn(tidemark_serve::serve(
+            listener,
+            tls,
+            c.front_door(),
+            stats,
+            move |peer| hot.for_peer(peer),
+            shutdown.clone(),
+        ));
         shutdown.cancelled().await;
         state.ready.store(false, Ordering::SeqCst);
         tracing::info!("shutdown: no longer accepting; waiting for requests in flight");
         match tokio::time::timeout(grace, serve).await {
-            Ok(r) => r.context("server task")?.context("serving")?,
+            Ok(r) => r.context("server task")?,
             Err(_) => tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "requests still in flight after the grace period; closing anyway"

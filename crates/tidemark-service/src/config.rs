@@ -45,6 +45,29 @@ pub struct ServiceConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// With https: serve only terminals with a certificate signed by this
+    /// CA (PEM).
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Connections served at once; one more is answered
+    /// `503 too_many_connections`.
+    pub max_connections: usize,
+    /// Seconds for a TLS handshake and for each request's headers (and
+    /// for an idle keep-alive connection) before the connection is closed.
+    pub header_timeout_secs: u64,
+    /// Seconds for a whole request body, from its headers, before the
+    /// request is answered `408 request_timeout`.
+    pub body_timeout_secs: u64,
+}
+
+impl ServiceConfig {
+    /// What the front door holds every connection to.
+    pub fn front_door(&self) -> tidemark_serve::Settings {
+        tidemark_serve::Settings {
+            max_connections: self.max_connections,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -65,6 +88,10 @@ impl Default for ServiceConfig {
             ignore_schema_skew: false,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            max_connections: 4096,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
         }
     }
 }

@@ -204,7 +204,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn openapi() -> Json<serde_json::Value> {
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
-    Json(json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Tidemark service server", "version": env!("CARGO_PKG_VERSION")},
         "paths": {
@@ -225,5 +225,7 @@ async fn openapi() -> Json<serde_json::Value> {
         },
         "components": {"schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "code": {"type": "string", "enum": codes}, "message": {"type": "string"}}}}}}}
-    }))
+    });
+    tidemark_serve::openapi::annotate(&mut doc);
+    Json(doc)
 }

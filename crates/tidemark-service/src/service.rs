@@ -124,29 +124,25 @@ impl Service {
         tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server ready");
         let signal = shared.shutdown.clone();
         let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
-        let serve = match tls_config(&shared.config).await? {
-            None => tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { signal.cancelled().await })
-                    .await
-            }),
-            Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                tokio::spawn(async move {
-                    signal.cancelled().await;
-                    stopper.graceful_shutdown(Some(grace));
-                });
-                let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)
-                    .context("serving https on the bound port")?
-                    .handle(handle);
-                tokio::spawn(async move { server.serve(app.into_make_service()).await })
-            }
-        };
+        let c = &shared.config;
+        let tls = tidemark_serve::tls::configured(
+            c.tls_cert.as_deref(),
+            c.tls_key.as_deref(),
+            c.tls_client_ca.as_deref(),
+        )?;
+        let stats = tidemark_serve::Stats::register(&shared.metrics.registry, "tidemark_service");
+        let serve = tokio::spawn(tidemark_serve::serve(
+            listener,
+            tls,
+            c.front_door(),
+            stats,
+            move |_| app.clone(),
+            signal,
+        ));
         shared.shutdown.cancelled().await;
         tracing::info!("shutdown: no longer accepting; waiting for reads in flight");
         match tokio::time::timeout(grace, serve).await {
-            Ok(r) => r.context("server task")?.context("serving")?,
+            Ok(r) => r.context("server task")?,
             Err(_) => {
                 tracing::warn!("reads still in flight after the grace period; closing anyway")
             }
@@ -160,28 +156,4 @@ impl Service {
         tracing::info!("shutdown complete");
         Ok(())
     }
-}
-
-/// The TLS configuration, if the service server serves https
-/// (`--tls-cert FILE --tls-key FILE`, rustls).
-async fn tls_config(
-    config: &ServiceConfig,
-) -> anyhow::Result<Option<axum_server::tls_rustls::RustlsConfig>> {
-    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
-        (None, None) => return Ok(None),
-        (Some(c), Some(k)) => (c, k),
-        _ => anyhow::bail!("https needs both --tls-cert FILE and --tls-key FILE"),
-    };
-    // One process-wide crypto provider (ring); a second install is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .with_context(|| {
-            format!(
-                "reading the TLS certificate {} and key {} (PEM)",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    Ok(Some(tls))
 }

@@ -33,6 +33,26 @@ pub struct Cli {
     /// The CA certificate (PEM) that https DB-server URLs are checked against.
     #[arg(long, global = true, value_name = "FILE", env = "TIDEMARK_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) to present to DB servers that ask for
+    /// one (their --tls-client-ca); with --client-key. A service server
+    /// presents it to its DB server.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "TIDEMARK_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "TIDEMARK_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -102,6 +122,8 @@ pub struct ServerArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub front_door: FrontDoorArgs,
     /// With --store postgres: how the other instances and clients reach
     /// this one, e.g. http://db-1:7070 [default: the address it listens on].
     /// Several instances on one PostgreSQL form one cluster: one primary
@@ -119,6 +141,21 @@ pub struct ServerArgs {
     /// Start even if other live instances run another tidemark version.
     #[arg(long)]
     pub allow_version_skew: bool,
+}
+
+/// How a server holds its connections (issue 13).
+#[derive(Debug, Args)]
+pub struct FrontDoorArgs {
+    /// With https: serve only clients whose certificate is signed by this
+    /// CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Connections served at once; one more is answered 503
+    /// too_many_connections [default: 1024 for a DB server, 4096 for a
+    /// service server]. Header and body deadlines: header_timeout_secs,
+    /// body_timeout_secs in the config file.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +190,8 @@ pub struct ServiceArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub front_door: FrontDoorArgs,
 }
 
 #[derive(Debug, Subcommand)]

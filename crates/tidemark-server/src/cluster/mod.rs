@@ -96,7 +96,8 @@ impl Cluster {
             lease_wake: Notify::new(),
             tail_wake: Notify::new(),
             members: RwLock::new(Vec::new()),
-            http: reqwest::Client::builder()
+            // Trusts --ca-cert and presents --client-cert, like every client.
+            http: tidemark_api::client::tls_builder()
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
                 .build()

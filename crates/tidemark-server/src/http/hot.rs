@@ -11,11 +11,10 @@
 use super::AppState;
 use crate::read;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
-use axum::serve::IncomingStream;
 use axum::Router;
 use futures::future::{ready, Either, Ready};
 use std::convert::Infallible;
@@ -25,38 +24,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tidemark_api::auth::AccessRole;
 use tidemark_api::headers;
-use tokio::net::TcpListener;
-
-/// Makes one [`Hot`] per connection, knowing its peer (for `axum::serve`).
-#[derive(Clone)]
-pub struct MakeHot {
-    app: Arc<AppState>,
-    router: Router,
-}
-
-impl MakeHot {
-    pub fn new(app: Arc<AppState>, router: Router) -> Self {
-        Self { app, router }
-    }
-}
-
-impl<'a> tower::Service<IncomingStream<'a, TcpListener>> for MakeHot {
-    type Response = Hot;
-    type Error = Infallible;
-    type Future = Ready<Result<Hot, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'a, TcpListener>) -> Self::Future {
-        ready(Ok(Hot {
-            app: self.app.clone(),
-            router: self.router.clone(),
-            peer: *stream.remote_addr(),
-        }))
-    }
-}
 
 /// One connection's service: the hot route, then the router.
 #[derive(Clone)]
@@ -64,6 +31,21 @@ pub struct Hot {
     app: Arc<AppState>,
     router: Router,
     peer: SocketAddr,
+}
+
+impl Hot {
+    pub fn new(app: Arc<AppState>, router: Router) -> Self {
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self { app, router, peer }
+    }
+
+    /// The service of one connection from `peer`.
+    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            ..self.clone()
+        }
+    }
 }
 
 impl tower::Service<Request> for Hot {
@@ -75,11 +57,11 @@ impl tower::Service<Request> for Hot {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, req: Request) -> Self::Future {
         if let Some(resp) = warm_read(&self.app, self.peer, &req) {
             return Either::Left(ready(Ok(resp)));
         }
-        req.extensions_mut().insert(ConnectInfo(self.peer));
+        // The front door has put the peer's ConnectInfo on the request.
         Either::Right(self.router.call(req))
     }
 }

@@ -163,5 +163,7 @@ pub fn document() -> Value {
 }
 
 pub async fn openapi() -> Json<Value> {
-    Json(document())
+    let mut doc = document();
+    tidemark_serve::openapi::annotate(&mut doc);
+    Json(doc)
 }

@@ -111,7 +111,9 @@ async fn online(
     progress: tidemark_backup::Progress<'_>,
 ) -> anyhow::Result<Manifest> {
     let url = url.trim_end_matches('/');
-    let client = reqwest::Client::new();
+    // Sends --token, trusts --ca-cert, presents --client-cert.
+    let db = tidemark_api::client::DbClient::new(url);
+    let client = db.http();
     let unreachable =
         || format!("cannot reach the DB server at {url}; check --server and that it runs");
     let resp = client

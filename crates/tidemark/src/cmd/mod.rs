@@ -25,6 +25,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(ca) = &cli.ca_cert {
         std::env::set_var("TIDEMARK_CA_CERT", ca);
     }
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        std::env::set_var("TIDEMARK_CLIENT_CERT", cert);
+        std::env::set_var("TIDEMARK_CLIENT_KEY", key);
+    }
     let mut config = crate::config::load(cli.config.as_deref())?;
     config.server.config_file = cli.config.clone();
     match cli.command {

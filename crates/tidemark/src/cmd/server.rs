@@ -29,6 +29,13 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
     }
+    if args.front_door.tls_client_ca.is_some() {
+        config.tls_client_ca = args.front_door.tls_client_ca;
+    }
+    if let Some(n) = args.front_door.max_connections {
+        config.max_connections = n;
+    }
+    config.front_door().check()?;
     if let Some(a) = args.advertise {
         config.advertise = Some(a);
     }

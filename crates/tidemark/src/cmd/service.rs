@@ -34,6 +34,13 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
     }
+    if args.front_door.tls_client_ca.is_some() {
+        config.tls_client_ca = args.front_door.tls_client_ca;
+    }
+    if let Some(n) = args.front_door.max_connections {
+        config.max_connections = n;
+    }
+    config.front_door().check()?;
     let shutdown = crate::signals::shutdown_token();
     let service = Service::new(config.clone(), shutdown)?;
     let scheme = if config.tls_cert.is_some() {

@@ -8,6 +8,7 @@ mod cli;
 mod console;
 mod data_path;
 mod faults;
+mod front_door;
 mod ha;
 mod harness;
 mod postgres;

@@ -1,0 +1,151 @@
+//! The HTTP front door both servers share (issue 13: resources and TLS).
+//!
+//! Invariants of [`serve`]:
+//! - at most `max_connections` connections are served at once; one more is
+//!   answered `503 too_many_connections` and closed (over https it is
+//!   closed before the handshake);
+//! - a TLS handshake, and each request's headers, must arrive within
+//!   `header_timeout`, or the connection is closed (slowloris); a
+//!   keep-alive connection idle that long is closed too;
+//! - a request body must arrive whole within `body_timeout` of its
+//!   headers, or the request is answered `408 request_timeout`, nothing
+//!   done, and the connection closed;
+//! - every request carries its peer as `ConnectInfo<SocketAddr>`;
+//! - once `shutdown` is cancelled nothing more is accepted, idle
+//!   connections close, and `serve` returns when the requests in flight
+//!   have finished (the caller bounds that wait by its grace period).
+
+mod conn;
+mod deadline;
+pub mod openapi;
+mod refuse;
+pub mod tls;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_telemetry::{Counter, Gauge, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use tokio_rustls::TlsAcceptor;
+
+/// Limits every connection is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time for a TLS handshake, and for each request's headers.
+    pub header_timeout: Duration,
+    /// Time for a whole request body, from its headers.
+    pub body_timeout: Duration,
+}
+
+impl Settings {
+    /// Checks the values a user gave, naming the setting to fix.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
+            anyhow::bail!("max_connections must be between 1 and {}", u32::MAX);
+        }
+        if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
+            anyhow::bail!("header_timeout_secs and body_timeout_secs must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What the front door counts, exported with the server's metrics.
+#[derive(Clone)]
+pub struct Stats {
+    open: Arc<Gauge>,
+    refused: Arc<Counter>,
+    timed_out: Arc<Counter>,
+}
+
+impl Stats {
+    /// Registers the front door's metrics as `{prefix}_connections_open`,
+    /// `{prefix}_connections_refused_total` and `{prefix}_connections_timed_out_total`.
+    pub fn register(registry: &Registry, prefix: &str) -> Self {
+        Self {
+            open: registry.gauge(
+                &format!("{prefix}_connections_open"),
+                "HTTP connections open now",
+                "",
+            ),
+            refused: registry.counter(
+                &format!("{prefix}_connections_refused_total"),
+                "Connections refused because max_connections were open",
+                "",
+            ),
+            timed_out: registry.counter(
+                &format!("{prefix}_connections_timed_out_total"),
+                "Connections closed because a handshake, headers or a body came too slowly",
+                "",
+            ),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown`; `make` builds the service of one
+/// connection from its peer address.
+pub async fn serve<M, S>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    settings: Settings,
+    stats: Stats,
+    make: M,
+    shutdown: CancellationToken,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let max = settings.max_connections.clamp(1, u32::MAX as usize);
+    let slots = Arc::new(Semaphore::new(max));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: neither ends the server.
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            stats.refused.inc();
+            if stats.refused.get() % 1000 == 1 {
+                tracing::warn!(%peer, max_connections = max, refused = stats.refused.get(), "connection refused: max_connections are open (raise max_connections, or reuse connections)");
+            }
+            if tls.is_none() {
+                tokio::spawn(refuse::too_many(stream));
+            }
+            continue;
+        };
+        let svc = make(peer);
+        tokio::spawn(conn::serve(
+            stream,
+            peer,
+            tls.clone(),
+            settings,
+            stats.clone(),
+            svc,
+            shutdown.clone(),
+            slot,
+        ));
+    }
+    // Every slot back means every connection has finished.
+    let _ = slots.acquire_many(max as u32).await;
+}

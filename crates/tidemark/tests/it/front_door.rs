@@ -1,0 +1,312 @@
+//! The front door (issue 13, resources and mTLS): slow headers and slow
+//! bodies are cut off, connections past the limit are refused while the
+//! server stays up, and client certificates are asked for when configured.
+//! Each of these failed before the front door (the probe's slowloris
+//! connections stayed open past 28 s).
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn addr(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(s: &mut TcpStream, within: Duration) -> String {
+    let mut got = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection in time");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}"))
+}
+
+/// Opens a connection to `url` and sends header lines every 200 ms, never
+/// the blank line that ends them; returns whether the server closed it
+/// within 10 s.
+async fn slowloris(url: &str) -> bool {
+    let mut s = TcpStream::connect(addr(url)).await.unwrap();
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for i in 0..200 {
+            if wr
+                .write_all(format!("x-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    closed.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_that_trickle_in_are_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[("TIDEMARK_SERVER__HEADER_TIMEOUT_SECS", "1")]).await;
+    assert!(
+        slowloris(&db.url).await,
+        "the DB server closes a slowloris connection"
+    );
+    assert!(metric(&db.url, "tidemark_connections_timed_out_total").await >= 1.0);
+    // The server still serves everyone else.
+    db.wait_ok("/readyz").await;
+    let svc = Proc::start(
+        "svc",
+        dir,
+        &[
+            "service",
+            "--db",
+            &db.url,
+            "--id",
+            "svc",
+            "--policy",
+            "accept-stale",
+        ],
+        &[("TIDEMARK_SERVICE__HEADER_TIMEOUT_SECS", "1")],
+    );
+    svc.wait_ok("/readyz").await;
+    assert!(slowloris(&svc.url).await, "so does a service server");
+    assert!(metric(&svc.url, "tidemark_service_connections_timed_out_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_does_not_arrive_gets_408_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[("TIDEMARK_SERVER__BODY_TIMEOUT_SECS", "1")]).await;
+    let before = commit_seq(&db.url).await;
+    let order = serde_json::json!({"orders": [{
+        "source": "ops-1", "seq": 1, "table": "subscriber", "key": "k1",
+        "op": "upsert", "fields": {"plan": "slow"}
+    }]})
+    .to_string();
+    let mut s = TcpStream::connect(addr(&db.url)).await.unwrap();
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        order.len() + 100
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(order.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut s, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert_eq!(commit_seq(&db.url).await, before, "nothing was applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_limit_are_refused_and_the_server_stays_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let db = Proc::start(
+        "db",
+        dir,
+        &[
+            "server",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--max-connections",
+            "3",
+        ],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    // Three kept-alive connections, each with an answered request: held.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr(&db.url)).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(addr(&db.url)).await.unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut extra, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"too_many_connections\""), "{answer}");
+    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+    // Places free again once the held connections go.
+    drop(held);
+    db.wait_ok("/readyz").await;
+    assert!(metric(&db.url, "tidemark_connections_refused_total").await >= 1.0);
+}
+
+/// A CA, and certificates it signed for the server (127.0.0.1) and a client.
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+    stranger: (PathBuf, PathBuf),
+}
+
+fn pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let write = |name: &str, cert: &rcgen::Certificate, key: &KeyPair| {
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert, key)
+    };
+    let (sc, sk) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (cc, ck) = leaf(vec!["svc-mtls".into()]);
+    // Signed by no CA the server knows.
+    let stranger = rcgen::generate_simple_self_signed(vec!["stranger".into()]).unwrap();
+    let (ca_pem, _) = write("ca", &ca, &ca_key);
+    Pki {
+        ca: ca_pem,
+        server: write("server", &sc, &sk),
+        client: write("client", &cc, &ck),
+        stranger: write("stranger", &stranger.cert, &stranger.key_pair),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = pki(dir);
+    let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let data = dir.join("data");
+    let db = Proc::start(
+        "db",
+        dir,
+        &[
+            "server",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tls-cert",
+            &p(&pki.server.0),
+            "--tls-key",
+            &p(&pki.server.1),
+            "--tls-client-ca",
+            &p(&pki.ca),
+        ],
+        &[],
+    );
+    assert!(db.url.starts_with("https://"), "{}", db.url);
+    let ca = p(&pki.ca);
+    let status = |cert: Option<&(PathBuf, PathBuf)>| {
+        let mut args = vec![
+            "status".to_owned(),
+            "--server".into(),
+            db.url.clone(),
+            "--ca-cert".into(),
+            ca.clone(),
+        ];
+        if let Some((c, k)) = cert {
+            args.extend(["--client-cert".into(), p(c), "--client-key".into(), p(k)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(dir, &args, None, &[])
+    };
+    let ok = eventually(20, "status with the client certificate", || {
+        let out = status(Some(&pki.client));
+        async move { out.status.success().then_some(out) }
+    })
+    .await;
+    let said = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        said.contains(&format!("server        {}", db.url)),
+        "{said}"
+    );
+    for cert in [None, Some(&pki.stranger)] {
+        let out = status(cert);
+        assert_eq!(out.status.code(), Some(1), "{cert:?} is refused");
+    }
+    // An order in, then read through a service server that presents its
+    // certificate to the DB server; an online backup over mTLS.
+    let (cc, ck) = (p(&pki.client.0), p(&pki.client.1));
+    let tls = [
+        "--ca-cert",
+        ca.as_str(),
+        "--client-cert",
+        &cc,
+        "--client-key",
+        &ck,
+    ];
+    let out = ops_submit(
+        dir,
+        &db.url,
+        &order_line("k1", serde_json::json!({"plan": "mtls"})),
+        &tls,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svc = service(dir, "svc-mtls", &db.url, "latest-only", &tls).await;
+    let (s, b) = get_json(&key_url(&svc.url, "k1")).await;
+    assert_eq!((s, b["fields"]["plan"].as_str()), (200, Some("mtls")));
+    let mut args = vec!["backup", "create", "--server", db.url.as_str(), "--to"];
+    let to = dir.join("b1");
+    args.push(to.to_str().unwrap());
+    args.extend(tls);
+    let out = run(dir, &args, None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -28,6 +28,7 @@ mod load;
 mod push;
 mod reads;
 mod recovery;
+mod security;
 mod stats;
 mod wire;
 
@@ -52,6 +53,8 @@ pub enum BenchCommand {
     Failover(failover::FailoverArgs),
     /// The HTTP ceiling `compare` starts: pre-rendered JSON from a HashMap.
     CeilingServer(ceiling::CeilingArgs),
+    /// Read throughput with a reader token, and with a token over https, against neither.
+    Security(security::SecurityArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -78,5 +81,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Backup(a) => backup::run(a).await,
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::CeilingServer(a) => ceiling::run(a).await,
+        BenchCommand::Security(a) => security::run(a).await,
     }
 }

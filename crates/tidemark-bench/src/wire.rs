@@ -8,27 +8,56 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A plain or a TLS connection.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 /// One connection and its receive buffer.
 pub struct Wire {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
 }
 
 impl Wire {
     pub async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
+        let stream = tcp(addr).await?;
         Ok(Self {
-            stream,
+            stream: Stream::Tcp(stream),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// A TLS connection to `addr`, whose certificate `tls` must accept for
+    /// the name `127.0.0.1`.
+    pub async fn connect_tls(addr: &str, tls: &tokio_rustls::TlsConnector) -> anyhow::Result<Self> {
+        let stream = tcp(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        let stream = tls
+            .connect(name, stream)
+            .await
+            .with_context(|| format!("TLS handshake with {addr}"))?;
+        Ok(Self {
+            stream: Stream::Tls(Box::new(stream)),
             buf: Vec::with_capacity(4096),
         })
     }
 
     async fn fill(&mut self) -> anyhow::Result<()> {
-        let n = self.stream.read_buf(&mut self.buf).await?;
+        let n = match &mut self.stream {
+            Stream::Tcp(s) => s.read_buf(&mut self.buf).await?,
+            Stream::Tls(s) => s.read_buf(&mut self.buf).await?,
+        };
         anyhow::ensure!(n > 0, "the server closed the connection");
+        Ok(())
+    }
+
+    async fn send(&mut self, req: &[u8]) -> anyhow::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(req).await?,
+            Stream::Tls(s) => s.write_all(req).await?,
+        }
         Ok(())
     }
 
@@ -36,7 +65,7 @@ impl Wire {
     /// returns its status.
     pub async fn http(&mut self, req: &[u8]) -> anyhow::Result<u16> {
         self.buf.clear();
-        self.stream.write_all(req).await?;
+        self.send(req).await?;
         loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buf[..end]).context("response head")?;
@@ -66,7 +95,7 @@ impl Wire {
     /// whether the key existed.
     pub async fn resp_bulk(&mut self, req: &[u8]) -> anyhow::Result<bool> {
         self.buf.clear();
-        self.stream.write_all(req).await?;
+        self.send(req).await?;
         loop {
             if let Some(end) = find(&self.buf, b"\r\n") {
                 anyhow::ensure!(
@@ -89,6 +118,14 @@ impl Wire {
     }
 }
 
+async fn tcp(addr: &str) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -96,6 +133,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// `GET path` with a Host header, as bytes.
 pub fn http_get(host: &str, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+/// `GET path` with a Host header and a bearer token, as bytes.
+pub fn http_get_with_token(host: &str, path: &str, token: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .into_bytes()
 }
 
 /// A RESP `GET key`, as bytes.

@@ -172,7 +172,8 @@ impl Proc {
     /// Waits until `GET {url}{path}` answers 200, for at most [`PATIENCE`].
     pub async fn wait_ok(&self, path: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + PATIENCE;
-        let client = reqwest::Client::new();
+        // Trusts TIDEMARK_CA_CERT, for servers that serve https.
+        let client = tidemark_api::client::tls_builder().build()?;
         loop {
             if let Ok(r) = client.get(format!("{}{path}", self.url)).send().await {
                 if r.status().is_success() {

@@ -26,8 +26,8 @@
 //! - `chart`: the PNG chart.
 
 mod chart;
-mod driver;
-mod peers;
+pub(crate) mod driver;
+pub(crate) mod peers;
 mod pg;
 mod redis;
 
@@ -408,16 +408,22 @@ fn is_tidemark(target: &str) -> bool {
 
 /// Where servers and load run.
 #[derive(Debug, Clone)]
-struct Placement {
+pub(crate) struct Placement {
     /// `None`: not pinned.
-    server: Option<Vec<usize>>,
-    load: Vec<usize>,
+    pub server: Option<Vec<usize>>,
+    pub load: Vec<usize>,
 }
 
 impl Placement {
     fn choose(args: &CompareArgs) -> anyhow::Result<Self> {
+        Self::new(args.pin, args.no_pin)
+    }
+
+    /// Servers on the first allowed core and load on the others, unless
+    /// `no_pin` or (without `pin`) fewer than two cores are allowed.
+    pub(crate) fn new(pin: bool, no_pin: bool) -> anyhow::Result<Self> {
         let cpus = affinity::allowed();
-        if args.no_pin || (cpus.len() < 2 && !args.pin) {
+        if no_pin || (cpus.len() < 2 && !pin) {
             return Ok(Placement {
                 server: None,
                 load: cpus,
@@ -434,7 +440,7 @@ impl Placement {
         })
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.server {
             Some(s) => format!(
                 "pinned: every server process on CPU {s:?}, the load generator on CPU {:?} (sched_setaffinity)",
@@ -455,7 +461,7 @@ struct Runs {
     rounds: Vec<(f64, f64)>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,

@@ -23,6 +23,32 @@ struct TokenRecord {
     role: AccessRole,
     sha256: String,
     created_at: String,
+    /// `sha256` decoded, compared on every request.
+    #[serde(skip)]
+    raw: [u8; 32],
+}
+
+impl TokenRecord {
+    /// Decodes `sha256` into `raw`; a malformed digest matches no token.
+    fn decoded(mut self) -> Self {
+        let bytes = self.sha256.as_bytes();
+        let ok = bytes.len() == 64
+            && bytes.chunks(2).enumerate().all(|(i, pair)| {
+                let v = std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|p| u8::from_str_radix(p, 16).ok());
+                if let Some(v) = v {
+                    self.raw[i] = v;
+                }
+                v.is_some()
+            });
+        if !ok {
+            // No SHA-256 output is known to be this; the all-ones digest
+            // stands for "matches nothing" in practice.
+            self.raw = [0xff; 32];
+        }
+        self
+    }
 }
 
 /// Why a token could not be created.
@@ -64,7 +90,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Auth {
     pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let tokens = match store.note(NOTE).await? {
+        let tokens: Vec<TokenRecord> = match store.note(NOTE).await? {
             Some(text) => serde_json::from_str(&text).map_err(|e| {
                 StoreError::Format(format!(
                     "the stored tokens are unreadable ({e}); restore them from a backup"
@@ -72,6 +98,7 @@ impl Auth {
             })?,
             None => Vec::new(),
         };
+        let tokens = tokens.into_iter().map(TokenRecord::decoded).collect();
         let subscribers = match store.note(SUBSCRIBERS).await? {
             Some(text) => serde_json::from_str(&text).unwrap_or_default(),
             None => Default::default(),
@@ -130,12 +157,22 @@ impl Auth {
 
     /// The name and role of `token`, if it is one of ours.
     pub fn check(&self, token: &str) -> Option<(String, AccessRole)> {
-        let d = hex(&digest(token));
+        self.find(token, |t| (t.name.clone(), t.role))
+    }
+
+    /// The role of `token`, if it is one of ours (no allocation: the hot
+    /// read path asks this).
+    pub fn role_of(&self, token: &str) -> Option<AccessRole> {
+        self.find(token, |t| t.role)
+    }
+
+    fn find<T>(&self, token: &str, what: impl Fn(&TokenRecord) -> T) -> Option<T> {
+        let d = digest(token);
         let mut found = None;
         // Every record is compared, so the time says nothing of which matched.
         for t in self.tokens.read().iter() {
-            if ct_eq(t.sha256.as_bytes(), d.as_bytes()) {
-                found = Some((t.name.clone(), t.role));
+            if ct_eq(&t.raw, &d) {
+                found = Some(what(t));
             }
         }
         found
@@ -176,12 +213,16 @@ impl Auth {
         }
         let secret: [u8; 32] = rand::random();
         let token = format!("tm_{}", hex(&secret));
-        tokens.push(TokenRecord {
-            name: name.to_owned(),
-            role,
-            sha256: hex(&digest(&token)),
-            created_at: chrono::Utc::now().to_rfc3339(),
-        });
+        tokens.push(
+            TokenRecord {
+                name: name.to_owned(),
+                role,
+                sha256: hex(&digest(&token)),
+                created_at: chrono::Utc::now().to_rfc3339(),
+                raw: [0; 32],
+            }
+            .decoded(),
+        );
         self.save(&tokens).await?;
         *self.tokens.write() = tokens;
         Ok(TokenCreated {

@@ -87,8 +87,8 @@ fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     token
-        .and_then(|t| app.auth.check(t))
-        .is_some_and(|(_, role)| role >= AccessRole::Reader)
+        .and_then(|t| app.auth.role_of(t))
+        .is_some_and(|role| role >= AccessRole::Reader)
 }
 
 fn warm_read(app: &AppState, peer: SocketAddr, req: &Request) -> Option<Response> {

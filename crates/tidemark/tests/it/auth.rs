@@ -332,4 +332,31 @@ async fn clients_and_service_servers_use_their_tokens() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An online backup streams with the admin token, and only with it
+    // (it once used a client without the token, and failed).
+    let to = dir.join("b1");
+    let backup = |token: &str| {
+        run(
+            dir,
+            &[
+                "backup",
+                "create",
+                "--server",
+                &db.url,
+                "--to",
+                to.to_str().unwrap(),
+                "--token",
+                token,
+            ],
+            None,
+            &[],
+        )
+    };
+    assert_eq!(backup(&reader).status.code(), Some(1), "a reader may not");
+    let out = backup(&admin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -20,6 +20,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/records/{table}/{key}", get(get_record))
         .route("/v1/state", get(state))
+        .route("/console", get(console))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -186,7 +187,19 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "snapshot_event_id": *shared.snapshot_event_id.lock(),
         "schema_version": shared.schema_version.load(Ordering::SeqCst),
         "quiesce": *shared.quiesce.lock(),
+        // Seconds until the DB server goes offline, while a notice is in force.
+        "quiesce_in": shared.quiesce_at.lock().map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
     }))
+}
+
+/// `GET /console`: this server's page for the people near its terminals:
+/// the quiesce countdown, its policy, cache and stream (embedded; no CDN).
+async fn console() -> Response {
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(include_str!("console.html")),
+    )
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -218,7 +231,8 @@ async fn openapi() -> Json<serde_json::Value> {
                 "responses": {"200": {"description": "Record, with source cache|db"}, "404": {"description": "Not found"},
                               "503": {"description": "Current data not available before the deadline (Retry-After)"}}
             }},
-            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache.", "responses": {"200": {"description": "State"}}}},
+            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce_in: seconds until the DB server goes offline, while a quiesce notice is in force.", "responses": {"200": {"description": "State"}}}},
+            "/console": {"get": {"summary": "This server's live page: the quiesce countdown, policy, cache and stream.", "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"responses": {"200": {"description": "watch stream open"}, "503": {"description": "not connected"}}}},
             "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}}

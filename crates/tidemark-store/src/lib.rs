@@ -39,6 +39,6 @@ pub use lock::DataDirLock;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta, Snapshot,
-    SnapshotInfo, Store, StoreMeta,
+    ApplyOutcome, Change, Flag, FlagEntry, FlagPage, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
+    Snapshot, SnapshotInfo, Store, StoreMeta,
 };

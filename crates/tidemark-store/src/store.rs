@@ -55,6 +55,18 @@ pub struct Flag {
     pub high_water: u64,
 }
 
+/// Which flags [`Store::flag_page`] lists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagPage {
+    /// Only this table (a `prefix` needs one).
+    pub table: Option<String>,
+    /// Only keys that start with this, within `table`.
+    pub prefix: Option<String>,
+    /// Start after this `(table, key, source)`.
+    pub after: Option<(String, String, String)>,
+    pub limit: usize,
+}
+
 /// One applied change, as kept in the change log and pushed to watchers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -219,6 +231,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` flags still set, in key order, for operators.
     async fn list_flags(&self, limit: usize) -> Result<Vec<Flag>, StoreError>;
+
+    /// One page of flags in `(table, key, source)` order, after `after`:
+    /// of `table` only, and then only keys starting with `prefix`, if
+    /// given. Served from the flags' primary key, so a page costs the same
+    /// with a million flags (the console's search and paging).
+    async fn flag_page(&self, page: &FlagPage) -> Result<Vec<Flag>, StoreError>;
 
     /// Drops every flag (an operator ending a recovery the OpS will never
     /// complete). Returns how many were dropped.

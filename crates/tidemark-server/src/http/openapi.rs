@@ -99,7 +99,18 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "flagged / skipped"}, "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref()}}},
             "/v1/recovery/complete": {"post": {"summary": "The OpS has sent all difference data (P5, patent step 10).",
                 "responses": {"200": {"description": "Recovery"}, "409": error_ref()}}},
-            "/v1/recovery/flags": {"get": {"summary": "Keys still flagged, and the order each waits for.", "responses": {"200": {"description": "Flags"}}}},
+            "/v1/recovery/flags": {"get": {"summary": "Keys still flagged, and the order each waits for: one page in (table, key, source) order, served from the flags' index; 'next' is the cursor of the page after (null at the end).",
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                    {"name": "table", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "prefix", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Only keys that start with this."},
+                    {"name": "after", "in": "query", "required": false, "schema": {"type": "string"}, "description": "The 'next' of the previous page."}
+                ],
+                "responses": {"200": {"description": "Flags", "content": {"application/json": {"schema": {"type": "object", "required": ["remaining", "flags", "next"], "properties": {
+                    "remaining": {"type": "integer"}, "next": {"type": "string", "nullable": true},
+                    "flags": {"type": "array", "items": {"type": "object", "properties": {"table": {"type": "string"}, "key": {"type": "string"},
+                        "source": {"type": "string"}, "through_seq": {"type": "integer"}, "high_water": {"type": "integer"}}}}}}}}},
+                    "400": error_ref()}}},
             "/v1/recovery/abort": {"post": {"summary": "Ends a recovery explicitly (drops every flag; logged). Body {\"reason\"}.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["reason"],
                     "properties": {"reason": {"type": "string", "minLength": 1}}}}}},

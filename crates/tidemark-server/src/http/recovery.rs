@@ -6,6 +6,7 @@ use super::guard::Caller;
 use super::AppState;
 use crate::recovery::CompleteError;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Extension;
 use axum::Json;
@@ -97,18 +98,79 @@ pub async fn complete(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryS
 #[derive(Debug, Deserialize)]
 pub struct FlagsQuery {
     limit: Option<usize>,
+    /// Only this table.
+    table: Option<String>,
+    /// Only keys that start with this.
+    prefix: Option<String>,
+    /// The `next` of the previous page.
+    after: Option<String>,
 }
 
-/// `GET /v1/recovery/flags?limit=N`: which keys are still flagged, and why.
+/// `GET /v1/recovery/flags?limit=N[&table=T][&prefix=P][&after=CURSOR]`:
+/// which keys are still flagged, and the order each waits for; one page,
+/// in key order, read from the flags' index, with `next` for the page
+/// after (null at the end).
 pub async fn flags(
     State(app): State<Arc<AppState>>,
-    Query(q): Query<FlagsQuery>,
+    query: Result<Query<FlagsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    let flags: Vec<FlagInfo> = app
-        .store
-        .list_flags(limit)
-        .await?
+    let Query(q) = query.map_err(|e| {
+        HttpError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{}; 'limit' is a number from 1 to 10000, 'table', 'prefix' and 'after' are text",
+                e.body_text()
+            ),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let mut after = match &q.after {
+        Some(c) => Some(cursor::decode(c).ok_or_else(|| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                "'after' is not a cursor this server gave (use the 'next' of the previous page, or leave it out to start again)",
+            )
+        })?),
+        None => None,
+    };
+    // A prefix is searched table by table, each through its own index.
+    let tables: Vec<Option<String>> = match (&q.table, &q.prefix) {
+        (Some(t), _) => vec![Some(t.clone())],
+        (None, Some(_)) => app
+            .store
+            .schema()
+            .tables
+            .keys()
+            .cloned()
+            .map(Some)
+            .collect(),
+        (None, None) => vec![None],
+    };
+    let mut flags = Vec::new();
+    for table in tables {
+        if let (Some(t), Some((at, _, _))) = (&table, &after) {
+            if t < at {
+                continue;
+            }
+        }
+        let page = tidemark_store::FlagPage {
+            after: after
+                .take()
+                .filter(|(at, _, _)| table.as_ref().is_none_or(|t| t == at)),
+            table,
+            prefix: q.prefix.clone(),
+            limit: limit - flags.len(),
+        };
+        flags.extend(app.store.flag_page(&page).await?);
+        if flags.len() >= limit {
+            break;
+        }
+    }
+    let next = (flags.len() >= limit)
+        .then(|| flags.last())
+        .flatten()
+        .map(|f| cursor::encode(&f.table, &f.key, &f.source));
+    let flags: Vec<FlagInfo> = flags
         .into_iter()
         .map(|f| FlagInfo {
             table: f.table,
@@ -120,8 +182,43 @@ pub async fn flags(
         .collect();
     let remaining = app.store.recovery_meta().await?.remaining;
     Ok(Json(
-        serde_json::json!({"remaining": remaining, "flags": flags}),
+        serde_json::json!({"remaining": remaining, "flags": flags, "next": next}),
     ))
+}
+
+/// Page cursors: the last flag's `(table, key, source)`, as hex of its
+/// JSON, so any key survives a URL.
+mod cursor {
+    pub fn encode(table: &str, key: &str, source: &str) -> String {
+        let json = serde_json::json!([table, key, source]).to_string();
+        json.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn decode(c: &str) -> Option<(String, String, String)> {
+        if c.len() % 2 != 0 || c.len() > 4096 {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..c.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
+            .collect();
+        serde_json::from_slice(&bytes?).ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_cursor_round_trips_any_key_and_junk_is_refused() {
+            let c = super::encode("subscriber", "+81 3/é\"", "ops-1");
+            assert_eq!(
+                super::decode(&c),
+                Some(("subscriber".into(), "+81 3/é\"".into(), "ops-1".into()))
+            );
+            assert_eq!(super::decode("zz"), None);
+            assert_eq!(super::decode("5b"), None);
+            assert_eq!(super::decode(&c[1..]), None);
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

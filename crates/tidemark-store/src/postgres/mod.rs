@@ -14,6 +14,7 @@
 
 mod catalog;
 pub mod cluster;
+mod flag_page;
 mod schema_registry;
 pub mod snapshot;
 pub mod target;
@@ -855,6 +856,10 @@ impl Store for PgStore {
         })
         .await?;
         self.recovery_meta().await
+    }
+
+    async fn flag_page(&self, page: &crate::FlagPage) -> Result<Vec<Flag>, StoreError> {
+        flag_page::flag_page(self, page).await
     }
 
     async fn list_flags(&self, limit: usize) -> Result<Vec<Flag>, StoreError> {

@@ -20,6 +20,7 @@
 
 mod admin;
 mod catalog;
+mod flag_page;
 mod lww;
 mod open;
 mod read;
@@ -232,6 +233,10 @@ impl Store for SqliteStore {
         complete_requested: bool,
     ) -> Result<RecoveryMeta, StoreError> {
         recovery::set_recovery_state(self, state, complete_requested).await
+    }
+
+    async fn flag_page(&self, page: &crate::FlagPage) -> Result<Vec<Flag>, StoreError> {
+        flag_page::flag_page(self, page)
     }
 
     async fn list_flags(&self, limit: usize) -> Result<Vec<Flag>, StoreError> {

@@ -9,11 +9,13 @@
 //!   group commit (P1, P3);
 //! - `recovery`: restore marking, schedule lists, flags, replays (P5-P10);
 //! - `schema`: the schema registry: publish, old records, rollback (S1, S9);
+//! - `flag_pages`: pages of flags by table, key prefix and cursor;
 //! - `admin`: engine and schema, notes, snapshots, process information,
 //!   cleanup, close (B1-B6, S4).
 
 mod admin;
 mod data;
+mod flag_pages;
 mod recovery;
 mod schema;
 
@@ -61,6 +63,7 @@ pub async fn run(store: &dyn Store) {
     recovery::replays_follow_the_original_order(store).await;
     recovery::clearing_flags(store).await;
     schema::registry(store).await;
+    flag_pages::pages(store).await;
     admin::notes(store).await;
     admin::snapshots(store).await;
     admin::process_info_and_cleanup(store).await;

@@ -82,3 +82,367 @@ async fn a_real_browser_shows_the_live_state() {
         "the page shows the schema version in force: {dom}"
     );
 }
+
+/// Orders of the source `story`: `seqs` upserting `key-{seq % 100}`.
+fn story_orders(seqs: std::ops::RangeInclusive<u64>, plan: &str) -> serde_json::Value {
+    let orders: Vec<serde_json::Value> = seqs
+        .map(|seq| {
+            serde_json::json!({"source": "story", "seq": seq, "table": "subscriber",
+                "key": format!("key-{:02}", (seq - 1) % 100), "op": "upsert", "fields": {"plan": plan}})
+        })
+        .collect();
+    serde_json::json!({ "orders": orders })
+}
+
+/// The scripted story in a real headless Chromium (issue 15): load, online
+/// backup, disaster, restore, recovery watched on the page (remaining
+/// falling, an ETA, the final "recovered"), a quiesce announced from the
+/// page with an admin token and counted down on the DB server's and a
+/// service server's pages, and no actions for a wrong or absent token.
+/// Screenshots go to `$CARGO_TARGET_TMPDIR/console-screenshots/`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_story_in_a_real_browser() {
+    let Some(chromium) = crate::cdp::chromium() else {
+        eprintln!("skipped: no Chromium (apt-get install chromium)");
+        return;
+    };
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = db_server(dir, &[]).await;
+    let http = reqwest::Client::new();
+    let post = |url: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let r = http.post(&url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(status < 300, "POST {url}: {status} {body}");
+            body
+        }
+    };
+    // Load: 100 records; online backup; then 60 more orders.
+    post(
+        format!("{}/v1/orders", db.url),
+        story_orders(1..=100, "before"),
+    )
+    .await;
+    let backup = dir.join("b1");
+    let out = run(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--server",
+            &db.url,
+            "--to",
+            backup.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    post(
+        format!("{}/v1/orders", db.url),
+        story_orders(101..=160, "after"),
+    )
+    .await;
+    // Disaster, restore, and the server starts recovering.
+    db.kill9();
+    lose_data(dir, Engine::Sqlite).await;
+    let out = run(
+        dir,
+        &strs(&restore_args(dir, Engine::Sqlite, &backup)),
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = db_server(dir, &[]).await;
+    let svc = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut b = crate::cdp::Browser::launch(chromium, profile.path()).await;
+    let page = b.open(&format!("{}/console", db.url), 1280, 1000).await;
+    b.wait_for(
+        &page,
+        "the recovering state",
+        "document.getElementById('state').textContent === 'recovering'",
+        20,
+    )
+    .await;
+    // Protected mode (no token yet, a loopback client): the page shows
+    // data but no action. Then tokens: every request needs one.
+    assert_eq!(
+        b.eval(
+            &page,
+            "document.querySelectorAll('.admin:not(.hidden)').length"
+        )
+        .await,
+        serde_json::json!(0)
+    );
+    let token = |role: &str, name: &str, with: Option<&str>| {
+        let mut args = vec![
+            "token",
+            "create",
+            "--server",
+            db.url.as_str(),
+            "--role",
+            role,
+            "--name",
+            name,
+        ];
+        if let Some(t) = with {
+            args.extend(["--token", t]);
+        }
+        let out = run(dir, &args, None, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.starts_with("tm_"))
+            .expect("the token on stdout")
+            .to_owned()
+    };
+    let admin = token("admin", "operator", None);
+    let reader = token("reader", "wallboard", Some(&admin));
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {admin}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let post = |path: &str, body: serde_json::Value| {
+        let (http, url) = (http.clone(), format!("{}{path}", db.url));
+        async move {
+            let r = http.post(&url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(status < 300, "POST {url}: {status} {body}");
+            body
+        }
+    };
+
+    b.eval(
+        &page,
+        &format!("document.getElementById('token').value = '{admin}'; document.getElementById('token-form').requestSubmit(); true"),
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "the admin token accepted",
+        "document.getElementById('token-state').textContent === 'admin'",
+        20,
+    )
+    .await;
+
+    // Recovery: the schedule list names the 60 keys changed since the
+    // backup; the difference data follows in three steps.
+    let entries: Vec<serde_json::Value> = (101..=160u64)
+        .map(|seq| serde_json::json!({"table": "subscriber", "key": format!("key-{:02}", (seq - 1) % 100), "through_seq": seq}))
+        .collect();
+    post(
+        "/v1/recovery/schedule",
+        serde_json::json!({"source": "story", "entries": entries, "final": true}),
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "60 remaining",
+        "document.getElementById('remaining').textContent === '60'",
+        20,
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "flagged keys listed",
+        "document.querySelectorAll('#flags tr').length === 50",
+        20,
+    )
+    .await;
+    for (step, seqs) in [(1, 101..=120), (2, 121..=140)] {
+        post("/v1/orders", story_orders(seqs, "after")).await;
+        let left = 60 - 20 * step;
+        b.wait_for(
+            &page,
+            &format!("{left} remaining"),
+            &format!("document.getElementById('remaining').textContent === '{left}'"),
+            20,
+        )
+        .await;
+    }
+    b.wait_for(
+        &page,
+        "an ETA",
+        "document.getElementById('eta').textContent.startsWith('in ')",
+        20,
+    )
+    .await;
+    // The paging and search happen on the server.
+    b.eval(
+        &page,
+        "const s = document.getElementById('flag-search'); s.value = 'key-5'; s.dispatchEvent(new Event('input')); true",
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "the search's matches",
+        "[...document.querySelectorAll('#flags tr')].length > 0 && [...document.querySelectorAll('#flags tr')].every((tr) => tr.children[1].textContent.startsWith('key-5'))",
+        20,
+    )
+    .await;
+    b.screenshot(&page, &shots.join("console-recovery.png"))
+        .await;
+    post("/v1/orders", story_orders(141..=160, "after")).await;
+    b.wait_for(
+        &page,
+        "0 remaining",
+        "document.getElementById('remaining').textContent === '0'",
+        20,
+    )
+    .await;
+    post("/v1/recovery/complete", serde_json::json!({})).await;
+    b.wait_for(
+        &page,
+        "recovered",
+        "document.getElementById('state').textContent === 'recovered'",
+        20,
+    )
+    .await;
+    b.screenshot(&page, &shots.join("console-recovered.png"))
+        .await;
+
+    // Quiesce, announced from the page, counted down on both pages.
+    b.eval(
+        &page,
+        "document.getElementById('q-secs').value = '120'; document.getElementById('q-msg').value = 'maintenance'; document.getElementById('q-send').click(); true",
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "the countdown",
+        "/^offline in 1[01][0-9] s$/.test(document.getElementById('quiesce').textContent)",
+        20,
+    )
+    .await;
+    let svc_page = b.open(&format!("{}/console", svc.url), 1024, 600).await;
+    b.wait_for(
+        &svc_page,
+        "the service server's countdown",
+        "/^offline in 1[01][0-9] s$/.test(document.getElementById('quiesce').textContent)",
+        20,
+    )
+    .await;
+    assert_eq!(b.text(&svc_page, "policy").await, "latest-only");
+    b.screenshot(&page, &shots.join("console-quiesce.png"))
+        .await;
+    b.screenshot(&svc_page, &shots.join("service-console-quiesce.png"))
+        .await;
+    b.eval(&page, "document.getElementById('q-cancel').click(); true")
+        .await;
+    b.wait_for(
+        &page,
+        "the notice cancelled",
+        "document.getElementById('quiesce').textContent === 'none'",
+        20,
+    )
+    .await;
+    b.wait_for(
+        &svc_page,
+        "the notice cancelled",
+        "document.getElementById('quiesce').textContent === 'none'",
+        20,
+    )
+    .await;
+
+    // A wrong token gets no action.
+    let wrong = b.open(&format!("{}/console", db.url), 1280, 1000).await;
+    b.wait_for(
+        &wrong,
+        "the page",
+        "document.getElementById('token-form') !== null",
+        20,
+    )
+    .await;
+    b.eval(
+        &wrong,
+        "document.getElementById('token').value = 'tm_wrong'; document.getElementById('token-form').requestSubmit(); true",
+    )
+    .await;
+    b.wait_for(
+        &wrong,
+        "the token refused",
+        "document.getElementById('token-state').textContent.startsWith('token refused')",
+        20,
+    )
+    .await;
+    assert_eq!(
+        b.eval(
+            &wrong,
+            "document.querySelectorAll('.admin:not(.hidden)').length"
+        )
+        .await,
+        serde_json::json!(0)
+    );
+    let (status, _) = {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/quiesce", db.url))
+            .bearer_auth("tm_wrong")
+            .json(&serde_json::json!({"seconds": 60}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(status, 401, "the server refuses the action too");
+    // A reader token shows the data, and no action either.
+    let wall = b.open(&format!("{}/console", db.url), 1280, 1000).await;
+    b.wait_for(
+        &wall,
+        "the page",
+        "document.getElementById('token-form') !== null",
+        20,
+    )
+    .await;
+    b.eval(
+        &wall,
+        &format!("document.getElementById('token').value = '{reader}'; document.getElementById('token-form').requestSubmit(); true"),
+    )
+    .await;
+    b.wait_for(
+        &wall,
+        "the state",
+        "document.getElementById('state').textContent === 'recovered'",
+        20,
+    )
+    .await;
+    b.wait_for(
+        &wall,
+        "not an admin",
+        "document.getElementById('token-state').textContent.startsWith('not an admin')",
+        20,
+    )
+    .await;
+    assert_eq!(
+        b.eval(
+            &wall,
+            "document.querySelectorAll('.admin:not(.hidden)').length"
+        )
+        .await,
+        serde_json::json!(0)
+    );
+}

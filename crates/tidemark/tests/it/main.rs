@@ -4,6 +4,7 @@
 mod auth;
 mod backup;
 mod bad_input;
+mod cdp;
 mod cli;
 mod console;
 mod data_path;

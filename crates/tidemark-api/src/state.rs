@@ -172,3 +172,29 @@ pub struct Handover {
     /// The advertised URL of the standby that becomes primary.
     pub to: String,
 }
+
+/// Body of `POST /v1/services/report`: a service server says, every few
+/// seconds, how it runs (for the operator console).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    pub subscriber: String,
+    /// `latest-only` or `accept-stale`.
+    pub policy: String,
+    /// Records in its cache.
+    pub cache_entries: u64,
+    /// The schema version it runs.
+    pub schema_version: u64,
+}
+
+/// One service server in `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub policy: String,
+    pub cache_entries: u64,
+    pub schema_version: u64,
+    /// Whether its watch stream is open on this instance.
+    pub connected: bool,
+    /// Milliseconds since its last report.
+    pub report_age_ms: u64,
+}

@@ -18,6 +18,7 @@
 //! - [`read_cache`]: serialised answers in front of the store (normal state only).
 //! - [`recovery`]: the recovery state machine, flags and the blanket window (P5–P10).
 //! - [`schema_publish`]: the staged schema, the plan, and the publish job kept in the store (S1, S9); [`schema_publish::resume_publish`].
+//! - [`services`]: the service servers heard from (policy, cache size), for the console.
 //! - [`watch`]: one subscriber's push stream: resume, replay, `synced`, live pushes.
 //! - [`http`]: one module per group of endpoints, and the one error shape; served through `tidemark_serve` (TLS, connection limit, header and body deadlines).
 
@@ -38,6 +39,7 @@ pub mod read_cache;
 pub mod recovery;
 pub mod schema_publish;
 pub mod server;
+pub mod services;
 pub mod state;
 pub mod watch;
 

@@ -121,6 +121,11 @@ impl SchemaPublication {
         }
     }
 
+    /// Whether subscriber `name`'s watch stream is open here.
+    pub fn is_connected(&self, name: &str) -> bool {
+        self.connected.lock().contains_key(name)
+    }
+
     /// Records the version a service server reports it runs.
     pub fn report(&self, subscriber: &str, version: u64) {
         self.reports.lock().insert(

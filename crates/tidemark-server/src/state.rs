@@ -32,6 +32,8 @@ pub struct AppState {
     pub audit: crate::audit::Audit,
     /// The staged schema and who runs which schema version.
     pub schema: crate::schema_publish::SchemaPublication,
+    /// The service servers heard from (their reports).
+    pub services: crate::services::Services,
     /// Names this process.
     pub boot: String,
     /// Part of every watch event id: the boot of this process, or with
@@ -109,6 +111,7 @@ impl AppState {
             auth,
             audit,
             schema,
+            services: Default::default(),
             store,
             hub,
             recovery,

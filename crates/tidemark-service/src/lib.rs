@@ -11,6 +11,7 @@
 //! - [`fetch`]: the miss path, and the wait of `latest-only` reads.
 //! - [`snapshot`]: the optional on-disk cache snapshot for warm restarts.
 //! - [`schema`]: adopting the DB server's schema without a restart; refusing one it cannot understand (S2, S10).
+//! - [`report`]: tells the DB server its policy, cache size and schema version (for the console).
 //! - [`http`]: the terminal-facing HTTP API.
 //! - [`metrics`]: the service server's Prometheus metrics.
 //! - [`shared`]: [`shared::Shared`], the state handlers, reads and workers share.
@@ -22,6 +23,7 @@ pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod report;
 pub mod schema;
 pub mod service;
 pub mod shared;

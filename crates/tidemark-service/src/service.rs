@@ -120,6 +120,7 @@ impl Service {
         let schema = tokio::spawn(crate::schema::worker(shared.clone()));
         let watch = tokio::spawn(watcher::run(shared.clone()));
         let snap = tokio::spawn(snapshot::worker(shared.clone()));
+        let report = tokio::spawn(crate::report::worker(shared.clone()));
         let app = http::router(shared.clone());
         tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server ready");
         let signal = shared.shutdown.clone();
@@ -149,6 +150,7 @@ impl Service {
         }
         let _ = watch.await;
         let _ = snap.await;
+        let _ = report.await;
         let _ = schema.await;
         if shared.config.cache_dir.is_some() {
             snapshot::save_now(&shared).context("writing the final cache snapshot")?;

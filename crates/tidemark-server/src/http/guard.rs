@@ -34,6 +34,7 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
         | "/v1/schema/pending"
         | "/v1/schema/plan"
         | "/v1/schema/publish"
+        | "/v1/services"
             if get =>
         {
             Some(AccessRole::Reader)
@@ -43,6 +44,8 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
         "/v1/watch/interest" if method == Method::POST => Some(AccessRole::Reader),
         // A service server reports the schema version it runs.
         "/v1/schema/ack" if method == Method::POST => Some(AccessRole::Reader),
+        // And how it runs (policy, cache size), for the console.
+        "/v1/services/report" if method == Method::POST => Some(AccessRole::Reader),
         "/v1/orders" | "/v1/recovery/schedule" | "/v1/recovery/complete"
             if method == Method::POST =>
         {
@@ -146,6 +149,8 @@ mod tests {
             (Method::GET, "/v1/schema/plan", Some(Reader)),
             (Method::GET, "/v1/schema/publish", Some(Reader)),
             (Method::POST, "/v1/schema/ack", Some(Reader)),
+            (Method::POST, "/v1/services/report", Some(Reader)),
+            (Method::GET, "/v1/services", Some(Reader)),
             (Method::PUT, "/v1/schema/pending", Some(Admin)),
             (Method::DELETE, "/v1/schema/pending", Some(Admin)),
             (Method::POST, "/v1/schema/publish", Some(Admin)),

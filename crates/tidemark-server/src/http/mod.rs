@@ -13,6 +13,7 @@ pub mod quiesce;
 pub mod records;
 pub mod recovery;
 pub mod schema;
+pub mod services;
 pub mod tokens;
 pub mod watch;
 
@@ -53,6 +54,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/schema/rollback", post(schema::rollback))
         .route("/v1/schema/ack", post(schema::ack))
+        .route("/v1/services/report", post(services::report))
+        .route("/v1/services", get(services::list))
         .route("/v1/backup", post(backup::snapshot))
         .route("/v1/backup/config", get(backup::config))
         .route(

@@ -195,7 +195,7 @@ mod cursor {
     }
 
     pub fn decode(c: &str) -> Option<(String, String, String)> {
-        if c.len() % 2 != 0 || c.len() > 4096 {
+        if !c.len().is_multiple_of(2) || c.len() > 4096 {
             return None;
         }
         let bytes: Option<Vec<u8>> = (0..c.len())

@@ -166,7 +166,6 @@ async fn the_story_in_a_real_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
     let db = db_server(dir, &[]).await;
-    let svc = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
     let profile = tempfile::tempdir().unwrap();
     let mut b = crate::cdp::Browser::launch(chromium, profile.path()).await;
     let page = b.open(&format!("{}/console", db.url), 1280, 1000).await;
@@ -215,6 +214,7 @@ async fn the_story_in_a_real_browser() {
     };
     let admin = token("admin", "operator", None);
     let reader = token("reader", "wallboard", Some(&admin));
+    let svc = service(dir, "svc-a", &db.url, "latest-only", &["--token", &reader]).await;
     let http = reqwest::Client::builder()
         .default_headers(
             [(
@@ -302,6 +302,13 @@ async fn the_story_in_a_real_browser() {
         &page,
         "the search's matches",
         "[...document.querySelectorAll('#flags tr')].length > 0 && [...document.querySelectorAll('#flags tr')].every((tr) => tr.children[1].textContent.startsWith('key-5'))",
+        20,
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "the service server listed with its policy",
+        "[...document.querySelectorAll('#services tr')].some((tr) => tr.children[0].textContent === 'svc-a' && tr.children[1].textContent === 'latest-only' && tr.children[4].textContent === 'connected')",
         20,
     )
     .await;

@@ -1,0 +1,53 @@
+//! `POST /v1/services/report` and `GET /v1/services`: the service servers
+//! this instance has heard from (the operator console lists them).
+
+use super::error::HttpError;
+use super::guard::Caller;
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::{Extension, Json};
+use std::sync::Arc;
+use tidemark_api::state::{ServiceInfo, ServiceReport};
+use tidemark_api::ErrorCode;
+
+/// A service server reports how it runs; its name is bound to its token,
+/// like its watch stream.
+pub async fn report(
+    State(app): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let r: ServiceReport = serde_json::from_slice(&body).map_err(|e| {
+        HttpError::new(
+            ErrorCode::BadJson,
+            format!("{e}; send {{\"subscriber\": NAME, \"policy\": \"latest-only\" | \"accept-stale\", \"cache_entries\": N, \"schema_version\": N}}"),
+        )
+    })?;
+    if tidemark_api::schema::validate_name("subscriber", &r.subscriber).is_err()
+        || !matches!(r.policy.as_str(), "latest-only" | "accept-stale")
+    {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "'subscriber' is the service server's name (1 to 128 printable characters) and 'policy' is latest-only or accept-stale",
+        ));
+    }
+    if app.auth.any() {
+        if let Err(owner) = app.auth.bind_subscriber(&r.subscriber, &caller.0).await {
+            return Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "subscriber '{}' belongs to token '{owner}'; a service server reports with its own token and name",
+                    r.subscriber.escape_debug()
+                ),
+            ));
+        }
+    }
+    app.services.report(r);
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+/// Every service server heard from in the last five minutes.
+pub async fn list(State(app): State<Arc<AppState>>) -> Json<Vec<ServiceInfo>> {
+    Json(app.services.list(|name| app.schema.is_connected(name)))
+}

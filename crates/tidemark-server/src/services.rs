@@ -1,0 +1,72 @@
+//! The service servers this instance has heard from: each reports its
+//! policy, cache size and schema version every few seconds (for the
+//! operator console). Kept in memory only; a report older than
+//! [`FORGET_AFTER`] is dropped.
+
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tidemark_api::state::{ServiceInfo, ServiceReport};
+
+/// Most service servers remembered (a bound on what reports may hold).
+const MAX: usize = 10_000;
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default)]
+pub struct Services {
+    seen: Mutex<BTreeMap<String, (ServiceReport, Instant)>>,
+}
+
+impl Services {
+    pub fn report(&self, r: ServiceReport) {
+        let mut seen = self.seen.lock();
+        seen.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
+        if seen.len() < MAX || seen.contains_key(&r.subscriber) {
+            seen.insert(r.subscriber.clone(), (r, Instant::now()));
+        }
+    }
+
+    /// Every service server heard from lately, by name; `connected` says
+    /// whose watch stream is open here.
+    pub fn list(&self, connected: impl Fn(&str) -> bool) -> Vec<ServiceInfo> {
+        self.seen
+            .lock()
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < FORGET_AFTER)
+            .map(|(name, (r, at))| ServiceInfo {
+                name: name.clone(),
+                policy: r.policy.clone(),
+                cache_entries: r.cache_entries,
+                schema_version: r.schema_version,
+                connected: connected(name),
+                report_age_ms: at.elapsed().as_millis() as u64,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_report_of_each_server_is_listed() {
+        let s = Services::default();
+        let r = |name: &str, n| ServiceReport {
+            subscriber: name.into(),
+            policy: "latest-only".into(),
+            cache_entries: n,
+            schema_version: 1,
+        };
+        s.report(r("b", 1));
+        s.report(r("a", 2));
+        s.report(r("b", 3));
+        let l = s.list(|n| n == "a");
+        assert_eq!(
+            l.iter()
+                .map(|i| (i.name.as_str(), i.cache_entries, i.connected))
+                .collect::<Vec<_>>(),
+            [("a", 2, true), ("b", 3, false)]
+        );
+    }
+}

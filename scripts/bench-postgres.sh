@@ -14,7 +14,14 @@
 #   rss       the DB server's RSS after loading and reading N records
 #   flagging  FLAG_KEYS keys (default N) flagged by `POST /v1/recovery/schedule`
 #             in chunks of 50,000 in the N-record store after the restore
+#
+# PARTS (default "raw backup flagging") picks what runs besides the orders,
+# reads and RSS: `PARTS= scripts/bench-postgres.sh BIN 10000000` loads 10M
+# records and measures reads and RSS only (flagging in a 10M store without
+# a 10M restore: `tidemark bench recovery --store postgres`).
 set -u
+PARTS=${PARTS-raw backup flagging}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 BIN=/usr/lib/postgresql/15/bin
 TM=${1:?usage: scripts/bench-postgres.sh TIDEMARK_BIN [N] [FLAG_KEYS]}
 N=${2:-1000000}
@@ -55,6 +62,7 @@ echo "tidemark-pg reads cold: $($TM bench reads --target http://$LISTEN --record
 echo "tidemark-pg reads warm: $($TM bench reads --target http://$LISTEN --records $N --duration 8 --json)"
 echo "tidemark-pg RSS after reads: $(rss)"
 
+if part raw; then
 # Raw PostgreSQL, same cluster: the rows `bench load` writes (same columns,
 # same values), 1,000 per statement, over 2 connections; then PK selects.
 psql -d tm -c "CREATE TABLE raw (k text PRIMARY KEY, plan text, status text, services jsonb, roaming boolean, credit_limit bigint); CREATE SEQUENCE raw_batch START 0 MINVALUE 0"
@@ -72,7 +80,9 @@ echo "raw upserts: $((T * 2 * 1000)) rows in $(secs $t0 $t1) s = $(rate $((T * 2
 psql -d tm -c "CHECKPOINT"
 echo "raw pk selects (32 connections): $($BIN/pgbench -h 127.0.0.1 -p $PORT -U postgres -n -f $D/sel.sql -c 32 -j 2 -T 8 -M prepared tm 2>/dev/null | grep -E '^tps')"
 psql -d tm -c "DROP TABLE raw; DROP SEQUENCE raw_batch"
+fi
 
+if ! part backup; then stop_server; exit 0; fi
 # Backup: Tidemark (online, through the server) vs pg_dump -Fc.
 SIZE=$(psql -d tm -c "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tidemark' AND c.relkind = 'r'")
 echo "database: tidemark schema $(mb $SIZE) MB in PostgreSQL"
@@ -100,6 +110,7 @@ echo "pg_restore: $(secs $t0 $t1) s, $(rate $(mb $SIZE) $(secs $t0 $t1)) MB/s of
 $BIN/dropdb -h 127.0.0.1 -p $PORT -U postgres tm2
 rm -rf $D/b1 $D/dump.fc
 
+if ! part flagging; then exit 0; fi
 # Flagging after the restore: the schedule list for FLAG keys, 50,000 a request.
 start_server
 SRC=bench-load-0

@@ -14,7 +14,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidemark_testkit::postgres::{bin_dir, PgCluster};
 use tidemark_testkit::Program;
 
 #[derive(Debug, Args)]
@@ -52,19 +51,7 @@ async fn role(client: &reqwest::Client, url: &str) -> Option<(String, u64)> {
 }
 
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
-    let _cluster;
-    let url = match &args.database_url {
-        Some(u) => u.clone(),
-        None => {
-            let bin = bin_dir().ok_or_else(|| {
-                anyhow::anyhow!("no PostgreSQL server binaries found (install 'postgresql' or set TIDEMARK_PG_BIN), or pass --database-url")
-            })?;
-            let c = PgCluster::start(&bin)?;
-            let u = c.database("failover")?;
-            _cluster = c;
-            u
-        }
-    };
+    let (url, _cluster) = super::postgres_database(args.database_url.as_deref(), "failover")?;
     let dir = tempfile::tempdir()?;
     let tidemark = Program::current_exe()?;
     let ttl = args.lease_ttl_ms.to_string();

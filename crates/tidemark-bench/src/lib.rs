@@ -62,6 +62,24 @@ pub fn key_of(i: u64) -> String {
     format!("+8130{i:08}")
 }
 
+/// The PostgreSQL database a benchmark runs on: `given`, or a new one
+/// named after `name` in a temporary cluster started here, which lives as
+/// long as the returned handle.
+pub fn postgres_database(
+    given: Option<&str>,
+    name: &str,
+) -> anyhow::Result<(String, Option<tidemark_testkit::postgres::PgCluster>)> {
+    use tidemark_testkit::postgres::{bin_dir, PgCluster};
+    if let Some(url) = given {
+        return Ok((url.to_owned(), None));
+    }
+    let bin = bin_dir().ok_or_else(|| {
+        anyhow::anyhow!("no PostgreSQL server binaries found (install 'postgresql' or set TIDEMARK_PG_BIN), or pass --database-url")
+    })?;
+    let cluster = PgCluster::start(&bin)?;
+    Ok((cluster.database(name)?, Some(cluster)))
+}
+
 /// Flags every benchmark takes.
 #[derive(Debug, Args, Clone)]
 pub struct Common {

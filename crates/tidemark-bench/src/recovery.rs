@@ -2,7 +2,8 @@
 //!
 //! 1. Generates a store of N records in-process (fast, no HTTP), plus the
 //!    "missing" orders for F of its keys, and marks it restored — as
-//!    `tidemark restore` would leave it.
+//!    `tidemark restore` would leave it. `--store postgres` does this in
+//!    PostgreSQL (`--database-url`, or a temporary cluster started here).
 //! 2. Starts a real DB server and a real `latest-only` service server on it.
 //! 3. Times the schedule list for F keys (`POST /v1/recovery/schedule`),
 //!    then the replay of the F missing orders (`POST /v1/orders`).
@@ -19,9 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
 use tidemark_api::{DbClient, Order};
-use tidemark_store::{SqliteStore, Store};
+use tidemark_store::{PgStore, SqliteStore, Store};
 use tidemark_testkit::orders::upsert;
 use tidemark_testkit::Program;
+
+/// The engine the benchmark's DB server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
 
 #[derive(Debug, Args, Clone)]
 pub struct RecoveryArgs {
@@ -44,6 +52,25 @@ pub struct RecoveryArgs {
     /// Work folder (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Measure the schedule list only: no replay, no waiting reads (the
+    /// replay on PostgreSQL applies one order at a time).
+    #[arg(long)]
+    pub flag_only: bool,
+    /// Only generate the store (into `--dir` or `--database-url`), marked
+    /// restored, and stop: copies of it serve several `--reuse` runs.
+    #[arg(long)]
+    pub generate_only: bool,
+    /// The store already holds `--records` records, marked restored (a
+    /// copy of one made with `--generate-only`): do not generate it.
+    #[arg(long, conflicts_with = "generate_only")]
+    pub reuse: bool,
+    /// The DB server's store.
+    #[arg(long, value_enum, default_value_t = Engine::Sqlite)]
+    pub store: Engine,
+    /// With `--store postgres`: an empty database to use (default: a
+    /// temporary cluster started here, `fsync=off`).
+    #[arg(long)]
+    pub database_url: Option<String>,
     #[command(flatten)]
     pub common: super::Common,
 }
@@ -68,38 +95,35 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     let source = "bench-gen";
 
     // 1. The store as a restore leaves it.
-    let t = Instant::now();
-    {
-        let store = SqliteStore::open(&data, "bench")?;
-        let mut seq = 0u64;
-        let mut i = 0u64;
-        while i < args.records {
-            let hi = (i + 10_000).min(args.records);
-            let orders: Vec<Order> = (i..hi)
-                .map(|k| {
-                    seq += 1;
-                    upsert(source, seq, key_of(k), fields_of(k))
-                })
-                .collect();
-            store.apply(orders).await?;
-            i = hi;
+    let (url, _cluster) = match args.store {
+        Engine::Sqlite => (None, None),
+        Engine::Postgres => {
+            let (url, cluster) =
+                super::postgres_database(args.database_url.as_deref(), "recovery")?;
+            (Some(url), cluster)
         }
-        let epoch = store.meta().await?.epoch;
-        store.mark_restored(epoch + 1).await?;
-        store.close().await?;
+    };
+    let t = Instant::now();
+    match &url {
+        _ if args.reuse => {}
+        None => generate(&SqliteStore::open(&data, "bench")?, &args, source).await?,
+        Some(u) => generate(&PgStore::connect(u, "tidemark").await?, &args, source).await?,
     }
     let gen_secs = t.elapsed().as_secs_f64();
     eprintln!("generated {} records in {gen_secs:.1}s", args.records);
+    if args.generate_only {
+        return Ok(());
+    }
 
     // 2. Real processes.
     let tidemark = Program::current_exe()?;
-    let db = tidemark.start(
-        "db",
-        &dir,
-        &["server", "--data-dir", data.to_str().unwrap_or("")],
-        &[],
-        "127.0.0.1:0",
-    )?;
+    let data_dir = data.to_str().unwrap_or("");
+    let server_args: Vec<&str> = match &url {
+        None => vec!["server", "--data-dir", data_dir],
+        Some(u) => vec!["server", "--store", "postgres", "--database-url", u],
+    };
+    let db = tidemark.start("db", &dir, &server_args, &[], "127.0.0.1:0")?;
+    let db_pid = db.pid;
     let db_url = db.url.clone();
     db.wait_ok("/readyz").await?;
     let service_args = [
@@ -119,7 +143,11 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     let client = DbClient::new(&db_url);
 
     // Terminal reads that wait (keys 0..S), and a naive poller (keys S..2S).
-    let sample = args.sample.min(args.flag / 2).max(1);
+    let sample = if args.flag_only {
+        0
+    } else {
+        args.sample.min(args.flag / 2).max(1)
+    };
     let mut waiting = Vec::new();
     for k in 0..sample {
         let url = format!(
@@ -167,6 +195,17 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         k = hi;
     }
     let flag_secs = t.elapsed().as_secs_f64();
+    eprintln!("flagged {} keys in {flag_secs:.2}s", args.flag);
+    if args.flag_only {
+        let result = serde_json::json!({
+            "scenario": "recovery-flagging", "store": format!("{:?}", args.store).to_lowercase(),
+            "records": args.records, "flagged": args.flag, "generate_seconds": gen_secs,
+            "flag_seconds": flag_secs, "flag_keys_per_sec": args.flag as f64 / flag_secs,
+            "db_rss_mb": rss_mb(db_pid, "VmRSS:"), "db_peak_rss_mb": rss_mb(db_pid, "VmHWM:"),
+        });
+        println!("{result}");
+        return Ok(());
+    }
 
     // 3b. The replay.
     let t = Instant::now();
@@ -206,23 +245,25 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     let per_key = fetches as f64 / sample as f64;
     let naive = polls.load(Ordering::Relaxed) as f64 / sample as f64;
     let state: serde_json::Value = client.get_json("/v1/recovery").await?;
+    let (db_rss, db_peak) = (rss_mb(db_pid, "VmRSS:"), rss_mb(db_pid, "VmHWM:"));
     drop((svc, db));
 
     let result = serde_json::json!({
-        "scenario": "recovery", "records": args.records, "flagged": args.flag,
+        "scenario": "recovery", "store": format!("{:?}", args.store).to_lowercase(),
+        "records": args.records, "flagged": args.flag,
         "generate_seconds": gen_secs,
         "flag_seconds": flag_secs, "flag_keys_per_sec": args.flag as f64 / flag_secs,
         "replay_seconds": replay_secs, "replay_orders_per_sec": args.flag as f64 / replay_secs,
         "latest_only_reads": sample, "latest_only_served": served,
         "db_requests_per_flagged_key_push": per_key, "db_requests_per_flagged_key_naive_10ms_polling": naive,
-        "final_state": state["state"],
+        "final_state": state["state"], "db_rss_mb": db_rss, "db_peak_rss_mb": db_peak,
     });
     if args.common.json {
         println!("{result}");
     } else {
         println!(
-            "store of {} records, {} keys changed after the backup",
-            args.records, args.flag
+            "{:?} store of {} records, {} keys changed after the backup",
+            args.store, args.records, args.flag
         );
         println!(
             "  schedule list: {} keys flagged in {flag_secs:.2}s ({:.0} keys/s)",
@@ -239,6 +280,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
             "  latest-only reads of flagged keys: {served}/{sample} served current data; DB requests per key: {per_key:.2} with pushes, {naive:.1} for a client polling every 10 ms"
         );
         println!("  final state: {}", state["state"]);
+        println!("  DB server RSS at the end: {db_rss} MB (peak {db_peak} MB)");
     }
     anyhow::ensure!(
         served == sample,
@@ -246,4 +288,39 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         sample - served
     );
     Ok(())
+}
+
+/// Fills `store` with the benchmark's records, as one source's orders, and
+/// marks it restored.
+async fn generate(store: &impl Store, args: &RecoveryArgs, source: &str) -> anyhow::Result<()> {
+    let mut seq = 0u64;
+    let mut i = 0u64;
+    while i < args.records {
+        let hi = (i + 10_000).min(args.records);
+        let orders: Vec<Order> = (i..hi)
+            .map(|k| {
+                seq += 1;
+                upsert(source, seq, key_of(k), fields_of(k))
+            })
+            .collect();
+        store.apply(orders).await?;
+        i = hi;
+    }
+    let epoch = store.meta().await?.epoch;
+    store.mark_restored(epoch + 1).await?;
+    store.close().await?;
+    Ok(())
+}
+
+/// A `/proc/PID/status` memory line (`VmRSS:`, `VmHWM:`) in MB; 0 if unreadable.
+fn rss_mb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }

@@ -15,6 +15,7 @@
 mod catalog;
 pub mod cluster;
 mod flag_page;
+mod flags;
 mod schema_registry;
 pub mod snapshot;
 pub mod target;
@@ -29,7 +30,7 @@ use async_trait::async_trait;
 use catalog::Catalog;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -734,10 +735,10 @@ impl Store for PgStore {
                         .map_or(0, |r| r.get(0));
                     let mut added = FlagsAdded::default();
                     // Every entry is checked before any is written; then the
-                    // flags go in as one multi-row statement, one row per key
+                    // chunk's flags are written in one pass, one row per key
                     // (the highest through_seq of the chunk wins, as the
                     // row-by-row upsert would leave it).
-                    let mut wanted: HashMap<(&str, &str), i64> = HashMap::new();
+                    let mut wanted = flags::Wanted::new();
                     for e in &entries {
                         if e.through_seq > (hw as u64).saturating_add(crate::apply::MAX_SEQ_GAP) {
                             return Err(StoreError::BadSchedule(format!(
@@ -753,23 +754,7 @@ impl Store for PgStore {
                         *w = (*w).max(e.through_seq as i64);
                     }
                     if !wanted.is_empty() {
-                        let mut tables = Vec::with_capacity(wanted.len());
-                        let mut keys = Vec::with_capacity(wanted.len());
-                        let mut seqs = Vec::with_capacity(wanted.len());
-                        for ((t, k), s) in &wanted {
-                            tables.push(*t);
-                            keys.push(*k);
-                            seqs.push(*s);
-                        }
-                        let inserted: i64 = tx
-                            .query_one(
-                                "WITH up AS (INSERT INTO tm_flags (tbl, key, source, through_seq) SELECT u.t, u.k, $4, u.s FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(t, k, s) ON CONFLICT (tbl, key, source) DO UPDATE SET through_seq = GREATEST(tm_flags.through_seq, excluded.through_seq) RETURNING (xmax = 0) AS fresh) SELECT count(*) FILTER (WHERE fresh) FROM up",
-                                &[&tables, &keys, &seqs, &source],
-                            )
-                            .await
-                            .map_err(engine_error)?
-                            .get(0);
-                        added.flagged += inserted as u64;
+                        added.flagged += flags::write(tx, &source, &wanted).await?;
                     }
                     let total: i64 = tx
                         .query_opt("SELECT value::bigint FROM tm_meta WHERE name = 'recovery_flagged'", &[])

@@ -88,31 +88,23 @@ pub(super) async fn add_flags(
             .unwrap_or(0) as u64;
         let mut added = FlagsAdded::default();
         let mut dropped = 0u64;
-        {
-            let mut insert =
-                tx.prepare_cached("INSERT OR IGNORE INTO tm_flags (tbl, key, source, through_seq) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut raise = tx.prepare_cached(
-                "UPDATE tm_flags SET through_seq = ?4 WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq < ?4",
-            )?;
-            for e in &entries {
-                if e.through_seq > hw.saturating_add(crate::apply::MAX_SEQ_GAP) {
-                    return Err(StoreError::BadSchedule(format!(
-                        "key {:?}: through_seq {} is more than {} ahead of source '{source}''s high-water mark {hw}; send the seqs the OpS journal holds",
-                        e.key, e.through_seq, crate::apply::MAX_SEQ_GAP
-                    )));
-                }
-                if e.through_seq <= hw {
-                    added.skipped += 1;
-                    continue;
-                }
-                let args = params![e.table, e.key, source, e.through_seq as i64];
-                if insert.execute(args)? == 1 {
-                    added.flagged += 1;
-                } else {
-                    raise.execute(args)?;
-                }
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in &entries {
+            if e.through_seq > hw.saturating_add(crate::apply::MAX_SEQ_GAP) {
+                return Err(StoreError::BadSchedule(format!(
+                    "key {:?}: through_seq {} is more than {} ahead of source '{source}''s high-water mark {hw}; send the seqs the OpS journal holds",
+                    e.key, e.through_seq, crate::apply::MAX_SEQ_GAP
+                )));
             }
+            if e.through_seq <= hw {
+                added.skipped += 1;
+                continue;
+            }
+            rows.push((e.table.as_str(), e.key.as_str(), e.through_seq as i64));
         }
+        // In key order, so the inserts walk the index once.
+        rows.sort_unstable();
+        added.flagged = write_flags(&tx, &source, &rows)?;
         let total = meta_u64(&tx, "recovery_flagged")? + added.flagged;
         meta_set(&tx, "recovery_flagged", &total.to_string())?;
         if final_chunk {
@@ -206,6 +198,66 @@ pub(super) async fn clear_flags(s: &SqliteStore) -> Result<u64, StoreError> {
         Ok(n as u64)
     })
     .await
+}
+
+/// Flags per multi-row insert (3 parameters each, plus the source).
+const FLAG_ROWS: usize = 500;
+
+/// Writes `(table, key, through_seq)` flags of `source`, keeping the higher
+/// `through_seq` where a key is flagged already; returns how many are new.
+/// A key is inserted in multi-row `INSERT OR IGNORE`s; only a group in
+/// which some row was ignored (flagged before, or twice in the chunk) runs
+/// the per-row raise, which leaves a row just inserted unchanged.
+fn write_flags(
+    tx: &rusqlite::Transaction<'_>,
+    source: &str,
+    rows: &[(&str, &str, i64)],
+) -> Result<u64, StoreError> {
+    let mut raise = tx.prepare_cached(
+        "UPDATE tm_flags SET through_seq = ?4 WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq < ?4",
+    )?;
+    static FULL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let mut full = tx.prepare_cached(FULL.get_or_init(|| insert_flags_sql(FLAG_ROWS)))?;
+    let mut inserted = 0u64;
+    for group in rows.chunks(FLAG_ROWS) {
+        // The last, shorter group is prepared once (not cached).
+        let mut short;
+        let insert = if group.len() == FLAG_ROWS {
+            &mut full
+        } else {
+            short = tx.prepare(&insert_flags_sql(group.len()))?;
+            &mut short
+        };
+        insert.raw_bind_parameter(1, source)?;
+        for (i, (table, key, seq)) in group.iter().enumerate() {
+            insert.raw_bind_parameter(3 * i + 2, table)?;
+            insert.raw_bind_parameter(3 * i + 3, key)?;
+            insert.raw_bind_parameter(3 * i + 4, seq)?;
+        }
+        let n = insert.raw_execute()?;
+        inserted += n as u64;
+        if n < group.len() {
+            for (table, key, seq) in group {
+                raise.execute(params![table, key, source, seq])?;
+            }
+        }
+    }
+    Ok(inserted)
+}
+
+/// `INSERT OR IGNORE` of `n` flags: `?1` is the source, then
+/// `(table, key, through_seq)` per row.
+fn insert_flags_sql(n: usize) -> String {
+    let mut sql =
+        String::from("INSERT OR IGNORE INTO tm_flags (tbl, key, source, through_seq) VALUES ");
+    for i in 0..n {
+        let p = 3 * i + 2;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(?{p}, ?{}, ?1, ?{})", p + 1, p + 2));
+    }
+    sql
 }
 
 /// Recovery sources matching a fixed condition, by name.

@@ -62,6 +62,7 @@ pub async fn run(store: &dyn Store) {
     recovery::recovery_flags(store).await;
     recovery::replays_follow_the_original_order(store).await;
     recovery::clearing_flags(store).await;
+    recovery::schedule_sent_again(store).await;
     schema::registry(store).await;
     flag_pages::pages(store).await;
     admin::notes(store).await;

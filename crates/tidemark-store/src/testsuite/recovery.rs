@@ -313,3 +313,69 @@ pub(super) async fn clearing_flags(store: &dyn Store) {
         .await
         .unwrap();
 }
+
+/// A schedule list sent again, in part or whole (an `ops recover` run
+/// again): a key already flagged keeps the higher `through_seq` and is not
+/// counted as newly flagged; chunks span several write groups.
+pub(super) async fn schedule_sent_again(store: &dyn Store) {
+    let entry = |key: String, through_seq| FlagEntry {
+        table: "subscriber".into(),
+        key,
+        through_seq,
+    };
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    // s5 twice in one fresh chunk: the higher through_seq wins.
+    let first: Vec<FlagEntry> = (0..1234)
+        .map(|i| entry(format!("s{i}"), 5))
+        .chain([entry("s5".into(), 6)])
+        .collect();
+    let added = store
+        .add_flags("ops-s", first.clone(), false, vec![])
+        .await
+        .unwrap();
+    assert_eq!((added.flagged, added.skipped), (1234, 0));
+    let again = store
+        .add_flags("ops-s", first, false, vec![])
+        .await
+        .unwrap();
+    assert_eq!(again.flagged, 0, "a chunk sent again flags nothing new");
+    // Raised, kept (not lowered), new, and a new key twice in the chunk.
+    let added = store
+        .add_flags(
+            "ops-s",
+            vec![
+                entry("s1".into(), 9),
+                entry("s2".into(), 3),
+                entry("s9999".into(), 4),
+                entry("s1".into(), 7),
+                entry("s9998".into(), 6),
+                entry("s9998".into(), 8),
+            ],
+            false,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.flagged, 2);
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!((m.flagged_total, m.remaining), (1236, 1236));
+    let flags = store.list_flags(10_000).await.unwrap();
+    assert_eq!(flags.len(), 1236);
+    let seq_of = |key: &str| {
+        flags
+            .iter()
+            .find(|f| f.key == key && f.source == "ops-s")
+            .map(|f| f.through_seq)
+    };
+    assert_eq!(
+        ["s1", "s2", "s5", "s9999", "s9998", "s1233"].map(seq_of),
+        [Some(9), Some(5), Some(6), Some(4), Some(8), Some(5)]
+    );
+    assert!(store.get("subscriber", "s1233").await.unwrap().flagged);
+    assert_eq!(store.clear_flags().await.unwrap(), 1236);
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
+}

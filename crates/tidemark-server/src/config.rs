@@ -142,7 +142,7 @@ impl Default for ServerConfig {
             push_queue: 65_536,
             recovered_hold_secs: 300,
             read_cache_entries: 1_000_000,
-            read_cache_bytes: 256 * 1024 * 1024,
+            read_cache_bytes: 128 * 1024 * 1024,
             max_watch_per_token: 64,
             max_backup_streams: 2,
             backup_stall_secs: 60,

@@ -122,6 +122,9 @@ fn listens_on_loopback(listen: &str) -> bool {
     }
 }
 
+/// How long a starting server waits for a restore's lock to go.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Connects to PostgreSQL, retrying with backoff while it is unreachable
 /// (it may start after us); a refusal that retrying cannot mend (a newer
 /// store format, missing rights, a bad URL) ends the start at once.
@@ -139,11 +142,21 @@ async fn connect_postgres(
         match PgStore::connect(&url, &config.pg_schema).await {
             Ok(store) => {
                 // Held while the server runs: a restore is refused meanwhile.
-                store
-                    .hold_server_lock(&url)
-                    .await
-                    .context("locking the PostgreSQL schema for this server")?;
-                return Ok(store);
+                // A restore that just ended may hold it a moment longer (its
+                // PostgreSQL session is still closing): wait a little.
+                let until = tokio::time::Instant::now() + LOCK_PATIENCE;
+                loop {
+                    match store.hold_server_lock(&url).await {
+                        Ok(()) => return Ok(store),
+                        Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < until => {
+                            tracing::info!("the PostgreSQL schema is locked by a restore; waiting for it to end");
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(e) => {
+                            return Err(e).context("locking the PostgreSQL schema for this server")
+                        }
+                    }
+                }
             }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Engine(_))) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL is not reachable yet; retrying (the server is not ready until it connects)");

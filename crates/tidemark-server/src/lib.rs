@@ -13,6 +13,7 @@
 //! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
 //! - [`limits`]: open streams per caller.
 //! - [`metrics`]: the server's Prometheus metrics.
+//! - [`progress`]: remaining flags over time since the recovery started (the console's chart).
 //! - [`quiesce`]: the quiesce notice (S4): announce, cancel, go offline.
 //! - [`read`]: the read rule: interest first, then cache or store, flag or blanket.
 //! - [`read_cache`]: serialised answers in front of the store (normal state only).
@@ -33,6 +34,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod progress;
 pub mod quiesce;
 pub mod read;
 pub mod read_cache;

@@ -256,8 +256,15 @@ async fn prune_worker(state: Arc<AppState>) {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if n.is_multiple_of(2) {
+            if let Ok(m) = state.store.recovery_meta().await {
+                let now = chrono::Utc::now().timestamp_millis();
+                state.progress.sample(m.state, m.remaining, now);
+            }
+        }
         if state.cluster.as_ref().is_some_and(|c| !c.is_primary()) {
             // The primary's job.
+            n += 1;
             continue;
         }
         if let Err(e) = state

@@ -34,6 +34,8 @@ pub struct AppState {
     pub schema: crate::schema_publish::SchemaPublication,
     /// The service servers heard from (their reports).
     pub services: crate::services::Services,
+    /// Remaining flags over time, for the console's chart.
+    pub progress: crate::progress::Progress,
     /// Names this process.
     pub boot: String,
     /// Part of every watch event id: the boot of this process, or with
@@ -112,6 +114,7 @@ impl AppState {
             audit,
             schema,
             services: Default::default(),
+            progress: Default::default(),
             store,
             hub,
             recovery,

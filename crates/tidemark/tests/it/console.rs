@@ -27,11 +27,13 @@ async fn the_console_page_and_its_feed() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let mut got = String::new();
-    while !got.contains("\n\n") {
+    while got.matches("\n\n").count() < 2 {
         let chunk = r.chunk().await.unwrap().expect("an event");
         got.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(got.starts_with("event: state\ndata: {"), "{got}");
+    // The progress so far (none: no recovery ran), then the state.
+    assert!(got.starts_with("event: progress\ndata: []\n\n"), "{got}");
+    assert!(got.contains("event: state\ndata: {"), "{got}");
     assert!(got.contains("\"state\":\"normal\""), "{got}");
 }
 
@@ -289,6 +291,21 @@ async fn the_story_in_a_real_browser() {
         &page,
         "an ETA",
         "document.getElementById('eta').textContent.startsWith('in ')",
+        20,
+    )
+    .await;
+    // A page opened now still draws the recovery from its start: the
+    // server sends the samples it took.
+    let late = b.open(&format!("{}/console", db.url), 1280, 1000).await;
+    b.eval(
+        &late,
+        &format!("document.getElementById('token').value = '{reader}'; document.getElementById('token-form').requestSubmit(); true"),
+    )
+    .await;
+    b.wait_for(
+        &late,
+        "the chart from the server's samples",
+        "history.length > 1 && history[0][0] < performance.timeOrigin",
         20,
     )
     .await;

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +22,16 @@ pub async fn page() -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
 }
 
-/// The page's live feed: the server state (as `GET /v1/state`) once a
-/// second, as server-sent events.
+/// The page's live feed: first `progress` (the remaining flags sampled
+/// since the recovery started, `[[unix ms, remaining], …]`), then `state`
+/// (as `GET /v1/state`) once a second, as server-sent events.
 pub async fn events(
     State(app): State<Arc<AppState>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, HttpError> {
     // The first event at once, then one a second.
+    let progress = serde_json::to_string(&app.progress.samples()).unwrap_or_default();
+    let first =
+        futures::stream::once(async move { Ok(Event::default().event("progress").data(progress)) });
     let stream = futures::stream::unfold((app, true), |(app, first)| async move {
         if !first {
             tokio::select! {
@@ -41,5 +45,8 @@ pub async fn events(
         };
         Some((Ok(Event::default().event("state").data(data)), (app, false)))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(
+        Sse::new(first.chain(stream))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    )
 }

@@ -175,7 +175,7 @@ async fn the_story_in_a_real_browser() {
         &page,
         "the recovering state",
         "document.getElementById('state').textContent === 'recovering'",
-        20,
+        60,
     )
     .await;
     // Protected mode (no token yet, a loopback client): the page shows
@@ -248,7 +248,7 @@ async fn the_story_in_a_real_browser() {
         &page,
         "the admin token accepted",
         "document.getElementById('token-state').textContent === 'admin'",
-        20,
+        60,
     )
     .await;
 
@@ -266,14 +266,14 @@ async fn the_story_in_a_real_browser() {
         &page,
         "60 remaining",
         "document.getElementById('remaining').textContent === '60'",
-        20,
+        60,
     )
     .await;
     b.wait_for(
         &page,
         "flagged keys listed",
         "document.querySelectorAll('#flags tr').length === 50",
-        20,
+        60,
     )
     .await;
     for (step, seqs) in [(1, 101..=120), (2, 121..=140)] {
@@ -283,7 +283,7 @@ async fn the_story_in_a_real_browser() {
             &page,
             &format!("{left} remaining"),
             &format!("document.getElementById('remaining').textContent === '{left}'"),
-            20,
+            60,
         )
         .await;
     }
@@ -291,7 +291,7 @@ async fn the_story_in_a_real_browser() {
         &page,
         "an ETA",
         "document.getElementById('eta').textContent.startsWith('in ')",
-        20,
+        60,
     )
     .await;
     // A page opened now still draws the recovery from its start: the
@@ -306,7 +306,7 @@ async fn the_story_in_a_real_browser() {
         &late,
         "the chart from the server's samples",
         "history.length > 1 && history[0][0] < performance.timeOrigin",
-        20,
+        60,
     )
     .await;
     // The paging and search happen on the server.
@@ -319,14 +319,14 @@ async fn the_story_in_a_real_browser() {
         &page,
         "the search's matches",
         "[...document.querySelectorAll('#flags tr')].length > 0 && [...document.querySelectorAll('#flags tr')].every((tr) => tr.children[1].textContent.startsWith('key-5'))",
-        20,
+        60,
     )
     .await;
     b.wait_for(
         &page,
         "the service server listed with its policy",
         "[...document.querySelectorAll('#services tr')].some((tr) => tr.children[0].textContent === 'svc-a' && tr.children[1].textContent === 'latest-only' && tr.children[4].textContent === 'connected')",
-        20,
+        60,
     )
     .await;
     b.screenshot(&page, &shots.join("console-recovery.png"))
@@ -336,7 +336,7 @@ async fn the_story_in_a_real_browser() {
         &page,
         "0 remaining",
         "document.getElementById('remaining').textContent === '0'",
-        20,
+        60,
     )
     .await;
     post("/v1/recovery/complete", serde_json::json!({})).await;
@@ -344,7 +344,7 @@ async fn the_story_in_a_real_browser() {
         &page,
         "recovered",
         "document.getElementById('state').textContent === 'recovered'",
-        20,
+        60,
     )
     .await;
     b.screenshot(&page, &shots.join("console-recovered.png"))
@@ -359,16 +359,16 @@ async fn the_story_in_a_real_browser() {
     b.wait_for(
         &page,
         "the countdown",
-        "/^offline in 1[01][0-9] s$/.test(document.getElementById('quiesce').textContent)",
-        20,
+        "/^offline in 1[0-2][0-9] s$/.test(document.getElementById('quiesce').textContent)",
+        60,
     )
     .await;
     let svc_page = b.open(&format!("{}/console", svc.url), 1024, 600).await;
     b.wait_for(
         &svc_page,
         "the service server's countdown",
-        "/^offline in 1[01][0-9] s$/.test(document.getElementById('quiesce').textContent)",
-        20,
+        "/^offline in 1[0-2][0-9] s$/.test(document.getElementById('quiesce').textContent)",
+        60,
     )
     .await;
     assert_eq!(b.text(&svc_page, "policy").await, "latest-only");
@@ -382,14 +382,14 @@ async fn the_story_in_a_real_browser() {
         &page,
         "the notice cancelled",
         "document.getElementById('quiesce').textContent === 'none'",
-        20,
+        60,
     )
     .await;
     b.wait_for(
         &svc_page,
         "the notice cancelled",
         "document.getElementById('quiesce').textContent === 'none'",
-        20,
+        60,
     )
     .await;
 
@@ -399,7 +399,7 @@ async fn the_story_in_a_real_browser() {
         &wrong,
         "the page",
         "document.getElementById('token-form') !== null",
-        20,
+        60,
     )
     .await;
     b.eval(
@@ -411,7 +411,7 @@ async fn the_story_in_a_real_browser() {
         &wrong,
         "the token refused",
         "document.getElementById('token-state').textContent.startsWith('token refused')",
-        20,
+        60,
     )
     .await;
     assert_eq!(
@@ -439,7 +439,7 @@ async fn the_story_in_a_real_browser() {
         &wall,
         "the page",
         "document.getElementById('token-form') !== null",
-        20,
+        60,
     )
     .await;
     b.eval(
@@ -451,14 +451,14 @@ async fn the_story_in_a_real_browser() {
         &wall,
         "the state",
         "document.getElementById('state').textContent === 'recovered'",
-        20,
+        60,
     )
     .await;
     b.wait_for(
         &wall,
         "not an admin",
         "document.getElementById('token-state').textContent.startsWith('not an admin')",
-        20,
+        60,
     )
     .await;
     assert_eq!(

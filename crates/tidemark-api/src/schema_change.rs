@@ -481,6 +481,11 @@ pub struct PublishJob {
 pub struct SchemaAck {
     pub subscriber: String,
     pub version: u64,
+    /// The version the service server ran before, when it was newer than
+    /// `version`: the DB server's schema went back (a restore after the
+    /// store was lost brought back the backup's older schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
 }
 
 /// One server and the schema version it reports.
@@ -510,6 +515,10 @@ pub struct PublishStatus {
     pub lagging: Vec<String>,
     /// The job is done and no connected server lags.
     pub complete: bool,
+    /// What the operator must act on, with the fix (e.g. a restore that
+    /// brought back an older schema than the service servers ran).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[cfg(test)]

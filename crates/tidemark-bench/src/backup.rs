@@ -6,14 +6,11 @@
 //! files are fresh, so reads mostly hit the page cache; every write path
 //! fsyncs as it does in production (cp and sqlite3 do not).
 
-use super::key_of;
-use super::load::fields_of;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tidemark_backup::restore::RestoreOptions;
 use tidemark_store::{SqliteStore, Store};
-use tidemark_testkit::orders::upsert;
 
 #[derive(Debug, Args, Clone)]
 pub struct BackupArgs {
@@ -70,15 +67,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     {
         let store = SqliteStore::open(&data, "bench")?;
-        let mut i = 0;
-        while i < a.records {
-            let n = (a.records - i).min(5000);
-            let orders = (i..i + n)
-                .map(|k| upsert("bench", k + 1, key_of(k), fields_of(k)))
-                .collect();
-            store.apply(orders).await?;
-            i += n;
-        }
+        super::load::fill(&store, a.records, "bench").await?;
         store.close().await?;
     }
     let db_file = tidemark_store::layout::existing_db_dir(&data)?

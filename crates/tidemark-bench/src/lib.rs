@@ -12,6 +12,8 @@
 //! - `push`: latency from order submission to arrival on watch streams.
 //! - `recovery`: schedule-list and replay rates, requests per flagged key.
 //! - `backup`: backup/verify/restore MB/s against cp and sqlite3 .backup.
+//! - `schema_publish`: one column published on a big table under steady
+//!   reads and orders; p99 during the publish against without it (issue 12).
 //! - `failover`: kill -9 of the primary DB-server instance, time to the next acknowledged order.
 //! - `compare`: side by side with Redis and PostgreSQL, pinned to cores.
 //! - `ceiling`: the HTTP ceiling `compare` measures against (a trivial
@@ -28,6 +30,7 @@ mod load;
 mod push;
 mod reads;
 mod recovery;
+mod schema_publish;
 mod security;
 mod stats;
 mod wire;
@@ -53,6 +56,8 @@ pub enum BenchCommand {
     Failover(failover::FailoverArgs),
     /// The HTTP ceiling `compare` starts: pre-rendered JSON from a HashMap.
     CeilingServer(ceiling::CeilingArgs),
+    /// Publish one new column on an N-record table under steady reads and orders; p99 against without a publish.
+    SchemaPublish(schema_publish::SchemaPublishArgs),
     /// Read throughput with a reader token, and with a token over https, against neither.
     Security(security::SecurityArgs),
 }
@@ -100,5 +105,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Failover(a) => failover::run(a).await,
         BenchCommand::CeilingServer(a) => ceiling::run(a).await,
         BenchCommand::Security(a) => security::run(a).await,
+        BenchCommand::SchemaPublish(a) => schema_publish::run(a).await,
     }
 }

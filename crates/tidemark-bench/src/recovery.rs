@@ -293,19 +293,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
 /// Fills `store` with the benchmark's records, as one source's orders, and
 /// marks it restored.
 async fn generate(store: &impl Store, args: &RecoveryArgs, source: &str) -> anyhow::Result<()> {
-    let mut seq = 0u64;
-    let mut i = 0u64;
-    while i < args.records {
-        let hi = (i + 10_000).min(args.records);
-        let orders: Vec<Order> = (i..hi)
-            .map(|k| {
-                seq += 1;
-                upsert(source, seq, key_of(k), fields_of(k))
-            })
-            .collect();
-        store.apply(orders).await?;
-        i = hi;
-    }
+    super::load::fill(store, args.records, source).await?;
     let epoch = store.meta().await?.epoch;
     store.mark_restored(epoch + 1).await?;
     store.close().await?;

@@ -80,6 +80,9 @@ pub struct SchemaPublication {
     reports: Mutex<BTreeMap<String, Report>>,
     /// Open watch streams per subscriber name.
     connected: Mutex<BTreeMap<String, usize>>,
+    /// Service servers that ran a newer version than this store's before
+    /// it was restored (name -> that version), until the next publish.
+    ahead: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Counts an open watch stream until dropped.
@@ -126,8 +129,20 @@ impl SchemaPublication {
         self.connected.lock().contains_key(name)
     }
 
-    /// Records the version a service server reports it runs.
-    pub fn report(&self, subscriber: &str, version: u64) {
+    /// Records the version a service server reports it runs, and, if it
+    /// ran a newer one than this store's before (`previous`), that the
+    /// restored store's schema went back.
+    pub fn report(&self, subscriber: &str, version: u64, previous: Option<u64>, current: u64) {
+        if let Some(p) = previous.filter(|p| *p > current) {
+            tracing::error!(
+                subscriber,
+                ran = p,
+                current,
+                "{}",
+                went_back(subscriber, p, current)
+            );
+            self.ahead.lock().insert(subscriber.to_owned(), p);
+        }
         self.reports.lock().insert(
             subscriber.to_owned(),
             Report {
@@ -138,8 +153,10 @@ impl SchemaPublication {
     }
 
     /// The refusal of an order naming a column that is only staged: says
-    /// which pending version adds it. Other errors pass unchanged.
-    pub fn explain(&self, e: StoreError) -> Result<ApiError, StoreError> {
+    /// which pending version adds it; or, after a restore brought back an
+    /// older schema than service servers ran, says so with the fix. Other
+    /// errors pass unchanged. `current` is the version in force.
+    pub fn explain(&self, e: StoreError, current: u64) -> Result<ApiError, StoreError> {
         let StoreError::Invalid { error, .. } = &e else {
             return Err(e);
         };
@@ -152,7 +169,16 @@ impl SchemaPublication {
                 .get(table)
                 .is_some_and(|t| t.column(column).is_some())
         }) else {
-            return Err(e);
+            // Not staged: if the store went back to an older schema, the
+            // column is probably one of the lost versions'.
+            let ahead = self.ahead.lock();
+            return match ahead.iter().next() {
+                Some((name, v)) => Ok(ApiError::new(
+                    ErrorCode::UnknownColumn,
+                    format!("{e}; {}", went_back(name, *v, current)),
+                )),
+                None => Err(e),
+            };
         };
         Ok(ApiError::new(
             ErrorCode::UnknownColumn,
@@ -162,6 +188,14 @@ impl SchemaPublication {
             ),
         ))
     }
+}
+
+/// The warning of a store whose schema went back below what service
+/// server `name` ran, with the fix.
+fn went_back(name: &str, ran: u64, current: u64) -> String {
+    format!(
+        "service server '{name}' ran schema version {ran}, but this store is at version {current}: a restore brought back an older schema (the store was lost, so no newer version could be carried forward); stage and publish the newer schema again ('tidemark schema stage', 'tidemark schema publish') before 'ops recover' replays orders naming its columns"
+    )
 }
 
 async fn read_note<T: serde::de::DeserializeOwned>(
@@ -469,6 +503,9 @@ async fn announce_step(app: &AppState, j: &mut PublishJob) -> Result<(), StoreEr
     app.hub.publish(Push::Schema(SchemaEvent {
         version: j.to_version,
     }));
+    // The operator published again: what service servers ran before the
+    // restore is no longer the question.
+    app.schema.ahead.lock().clear();
     tidemark_failpoint::hit("schema.publish.after_announce");
     j.step = PublishStep::Done;
     j.finished_at = Some(chrono::Utc::now().to_rfc3339());
@@ -608,7 +645,15 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
         });
     }
     let job_done = job.as_ref().is_none_or(|j| j.step == PublishStep::Done);
+    let warnings = app
+        .schema
+        .ahead
+        .lock()
+        .iter()
+        .map(|(name, v)| went_back(name, *v, current))
+        .collect();
     Ok(PublishStatus {
+        warnings,
         current_version: current,
         pending_version: pending,
         complete: job_done && lagging.is_empty(),

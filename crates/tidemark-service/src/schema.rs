@@ -81,6 +81,17 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
     } else if before != version {
         tracing::info!(version, "schema adopted");
     }
+    // The version only grows (S6, S7), except when a restore had no newer
+    // store to carry versions from (the store was lost): say so loudly,
+    // and tell the DB server, which shows it in `schema status`.
+    let previous = (before > version).then_some(before);
+    if let Some(p) = previous {
+        tracing::error!(
+            from = p,
+            to = version,
+            "the DB server's schema went back from version {p} to {version}: a restore brought back an older schema (the store was lost, so no newer version could be carried forward); stage and publish the newer schema again ('tidemark schema stage', 'tidemark schema publish') before 'ops recover' replays orders naming its columns"
+        );
+    }
     let _: serde_json::Value = shared
         .client
         .post_json(
@@ -88,6 +99,7 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
             &SchemaAck {
                 subscriber: shared.config.id.clone(),
                 version,
+                previous,
             },
         )
         .await?;

@@ -42,6 +42,27 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Re-checks, once the writer is held, the batches of a group that were
+/// validated against a catalog a publish or rollback has since replaced
+/// (the catalog is swapped under the writer, so the one seen under it is
+/// the one the transaction runs against). A batch that no longer fits is
+/// refused with its own code (`unknown_column`, `unknown_table`), never
+/// run into an engine error (S9: a change of version never fails an order
+/// with a retryable 500).
+pub fn revalidate<T>(
+    schema: &Schema,
+    batches: &[Vec<Order>],
+    out: &mut [Option<Result<T, StoreError>>],
+) {
+    for (b, r) in batches.iter().zip(out.iter_mut()) {
+        if r.is_none() {
+            if let Err(e) = validate_batch(schema, b) {
+                *r = Some(Err(e));
+            }
+        }
+    }
+}
+
 /// How far ahead of its source's high-water mark an order (or a schedule
 /// entry) may be. A seq further ahead cannot have been numbered by an OpS
 /// counting one by one, and accepting it would lock the source out.

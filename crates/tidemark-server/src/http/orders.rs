@@ -81,7 +81,7 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
         .await
         .map_err(|e| match e {
             // An order naming a column that is only staged says so.
-            SubmitError::Store(e) => match app.schema.explain(e) {
+            SubmitError::Store(e) => match app.schema.explain(e, app.store.schema().version) {
                 Ok(refusal) => HttpError::from(refusal),
                 Err(e) => HttpError::from(e),
             },

@@ -166,7 +166,12 @@ pub async fn ack(
             ));
         }
     }
-    app.schema.report(&a.subscriber, a.version);
+    app.schema.report(
+        &a.subscriber,
+        a.version,
+        a.previous,
+        app.store.schema().version,
+    );
     Ok(Json(
         serde_json::json!({"version": app.store.schema().version}),
     ))

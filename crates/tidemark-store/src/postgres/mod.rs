@@ -211,6 +211,53 @@ async fn check_rights(client: &deadpool_postgres::Client, schema: &str) -> Resul
 const META_SET: &str = "INSERT INTO tm_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
 impl PgStore {
+    /// A point read with the given catalog.
+    async fn get_with(
+        &self,
+        catalog: &Catalog,
+        table: &str,
+        key: &str,
+    ) -> Result<Lookup, StoreError> {
+        catalog
+            .schema
+            .table(table)
+            .map_err(|e| StoreError::Input(Box::new(e)))?;
+        tidemark_api::schema::validate_key(key).map_err(|e| StoreError::Input(Box::new(e)))?;
+        let t = &catalog.tables[table];
+        let client = self.client().await?;
+        // One statement: the record, its tombstone and its flag are read in
+        // one snapshot, so a commit between them cannot pair an old record
+        // with a cleared flag.
+        let st = client
+            .prepare_cached(&t.lookup)
+            .await
+            .map_err(engine_error)?;
+        let row = client
+            .query_one(&st, &[&key, &table])
+            .await
+            .map_err(engine_error)?;
+        let n = t.columns.len();
+        let record = match row.get::<_, Option<i64>>(0) {
+            Some(epoch) => Some(Record {
+                version: Version::new(epoch as u64, row.get::<_, i64>(1) as u64),
+                fields: t.fields(&row, 2)?,
+            }),
+            None => None,
+        };
+        let tombstone = match (&record, row.get::<_, Option<i64>>(n + 2)) {
+            (None, Some(epoch)) => {
+                Some(Version::new(epoch as u64, row.get::<_, i64>(n + 3) as u64))
+            }
+            _ => None,
+        };
+        let flagged: bool = row.get(n + 4);
+        Ok(Lookup {
+            record,
+            tombstone,
+            flagged,
+        })
+    }
+
     /// Connects to `url` and opens (creating if needed) the store in
     /// PostgreSQL schema `schema`.
     pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
@@ -517,44 +564,14 @@ impl Store for PgStore {
 
     async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError> {
         let catalog = self.catalog();
-        catalog
-            .schema
-            .table(table)
-            .map_err(|e| StoreError::Input(Box::new(e)))?;
-        tidemark_api::schema::validate_key(key).map_err(|e| StoreError::Input(Box::new(e)))?;
-        let t = &catalog.tables[table];
-        let client = self.client().await?;
-        // One statement: the record, its tombstone and its flag are read in
-        // one snapshot, so a commit between them cannot pair an old record
-        // with a cleared flag.
-        let st = client
-            .prepare_cached(&t.lookup)
-            .await
-            .map_err(engine_error)?;
-        let row = client
-            .query_one(&st, &[&key, &table])
-            .await
-            .map_err(engine_error)?;
-        let n = t.columns.len();
-        let record = match row.get::<_, Option<i64>>(0) {
-            Some(epoch) => Some(Record {
-                version: Version::new(epoch as u64, row.get::<_, i64>(1) as u64),
-                fields: t.fields(&row, 2)?,
-            }),
-            None => None,
-        };
-        let tombstone = match (&record, row.get::<_, Option<i64>>(n + 2)) {
-            (None, Some(epoch)) => {
-                Some(Version::new(epoch as u64, row.get::<_, i64>(n + 3) as u64))
+        match self.get_with(&catalog, table, key).await {
+            // A rollback dropped a column or table under the read: read
+            // again with the version in force (S9).
+            Err(StoreError::Engine(_)) if !Arc::ptr_eq(&catalog, &self.catalog()) => {
+                self.get_with(&self.catalog(), table, key).await
             }
-            _ => None,
-        };
-        let flagged: bool = row.get(n + 4);
-        Ok(Lookup {
-            record,
-            tombstone,
-            flagged,
-        })
+            r => r,
+        }
     }
 
     async fn apply(&self, orders: Vec<Order>) -> Result<ApplyOutcome, StoreError> {
@@ -888,7 +905,10 @@ impl Store for PgStore {
     }
 
     fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError> {
-        crate::schema_ddl::ddl(&schema_registry::Postgres, &self.catalog().schema, target)
+        Ok(
+            crate::schema_ddl::staged(&schema_registry::Postgres, &self.catalog().schema, target)?
+                .all(),
+        )
     }
 
     async fn publish_schema(&self, target: &Schema, by: &str) -> Result<bool, StoreError> {

@@ -17,6 +17,7 @@ use crate::StoreError;
 use deadpool_postgres::Transaction;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tidemark_api::{Fields, Op, Order, OrderResult, Version};
 use tokio_postgres::types::{Json, ToSql};
 
@@ -74,7 +75,7 @@ impl PgStore {
         &self,
         batches: Vec<Vec<Order>>,
     ) -> Vec<Result<ApplyOutcome, StoreError>> {
-        let catalog = self.catalog();
+        let mut catalog = self.catalog();
         let mut out: Vec<Option<Result<ApplyOutcome, StoreError>>> = batches
             .iter()
             .map(|b| {
@@ -84,6 +85,12 @@ impl PgStore {
             })
             .collect();
         let _writer = self.inner.write.lock().await;
+        // A publish swaps the catalog under this lock (see `revalidate`).
+        let now = self.catalog();
+        if !Arc::ptr_eq(&now, &catalog) {
+            crate::apply::revalidate(&now.schema, &batches, &mut out);
+            catalog = now;
+        }
         let result = self.group_tx(&catalog, &batches, &mut out).await;
         if let Err(e) = result {
             // The group did not commit (or, with the connection lost, its

@@ -26,6 +26,22 @@ pub(super) fn meta(s: &SqliteStore) -> Result<StoreMeta, StoreError> {
 
 pub(super) fn get(s: &SqliteStore, table: &str, key: &str) -> Result<Lookup, StoreError> {
     let catalog = s.catalog();
+    match get_with(s, &catalog, table, key) {
+        // A rollback dropped a column or table under the read: read again
+        // with the version in force (S9: a change of version fails no read).
+        Err(_) if !std::sync::Arc::ptr_eq(&catalog, &s.catalog()) => {
+            get_with(s, &s.catalog(), table, key)
+        }
+        r => r,
+    }
+}
+
+fn get_with(
+    s: &SqliteStore,
+    catalog: &super::catalog::Catalog,
+    table: &str,
+    key: &str,
+) -> Result<Lookup, StoreError> {
     catalog
         .schema
         .table(table)

@@ -14,6 +14,7 @@ use crate::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tidemark_api::{Fields, Op, Order, OrderResult, Version};
 
 /// The running state of a group transaction, rolled back per batch.
@@ -90,12 +91,17 @@ impl SqliteStore {
         &self,
         batches: Vec<Vec<Order>>,
     ) -> Vec<Result<ApplyOutcome, StoreError>> {
-        let catalog = self.catalog();
+        let mut catalog = self.catalog();
         let mut out: Vec<Option<Result<ApplyOutcome, StoreError>>> = batches
             .iter()
             .map(|b| validate_batch(&catalog.schema, b).err().map(Err))
             .collect();
         let mut conn = self.inner.writer.lock();
+        let now = self.catalog();
+        if !Arc::ptr_eq(&now, &catalog) {
+            crate::apply::revalidate(&now.schema, &batches, &mut out);
+            catalog = now;
+        }
         let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {

@@ -235,6 +235,9 @@ fn print_status(st: &PublishStatus) {
             st.lagging.join(", ")
         );
     }
+    for w in &st.warnings {
+        println!("WARNING: {w}");
+    }
 }
 
 /// Waits until every connected service server reports the version in

@@ -123,7 +123,8 @@ impl Browser {
         page
     }
 
-    /// Evaluates `expr` in `page` (awaiting a promise); returns its value.
+    /// Evaluates `expr` in `page` (awaiting a promise); returns its value,
+    /// or null if it threw (e.g. the page has not loaded yet).
     pub async fn eval(&mut self, page: &Page, expr: &str) -> Value {
         let r = self
             .call(
@@ -132,7 +133,23 @@ impl Browser {
                 json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
             )
             .await;
+        if r.get("exceptionDetails").is_some() {
+            return Value::Null;
+        }
         r["result"]["value"].clone()
+    }
+
+    /// Evaluates a statement that must run (the page is loaded): panics
+    /// with the exception otherwise.
+    pub async fn run(&mut self, page: &Page, stmt: &str) {
+        let r = self
+            .call(
+                Some(page),
+                "Runtime.evaluate",
+                json!({"expression": stmt, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        assert!(r.get("exceptionDetails").is_none(), "{stmt}: {r}");
     }
 
     /// Waits until `expr` is true in `page`; panics after `secs` with the

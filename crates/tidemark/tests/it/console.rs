@@ -239,7 +239,7 @@ async fn the_story_in_a_real_browser() {
         }
     };
 
-    b.eval(
+    b.run(
         &page,
         &format!("document.getElementById('token').value = '{admin}'; document.getElementById('token-form').requestSubmit(); true"),
     )
@@ -297,7 +297,14 @@ async fn the_story_in_a_real_browser() {
     // A page opened now still draws the recovery from its start: the
     // server sends the samples it took.
     let late = b.open(&format!("{}/console", db.url), 1280, 1000).await;
-    b.eval(
+    b.wait_for(
+        &late,
+        "the page",
+        "document.getElementById('token-form') !== null",
+        60,
+    )
+    .await;
+    b.run(
         &late,
         &format!("document.getElementById('token').value = '{reader}'; document.getElementById('token-form').requestSubmit(); true"),
     )
@@ -310,7 +317,7 @@ async fn the_story_in_a_real_browser() {
     )
     .await;
     // The paging and search happen on the server.
-    b.eval(
+    b.run(
         &page,
         "const s = document.getElementById('flag-search'); s.value = 'key-5'; s.dispatchEvent(new Event('input')); true",
     )
@@ -351,7 +358,7 @@ async fn the_story_in_a_real_browser() {
         .await;
 
     // Quiesce, announced from the page, counted down on both pages.
-    b.eval(
+    b.run(
         &page,
         "document.getElementById('q-secs').value = '120'; document.getElementById('q-msg').value = 'maintenance'; document.getElementById('q-send').click(); true",
     )
@@ -376,7 +383,7 @@ async fn the_story_in_a_real_browser() {
         .await;
     b.screenshot(&svc_page, &shots.join("service-console-quiesce.png"))
         .await;
-    b.eval(&page, "document.getElementById('q-cancel').click(); true")
+    b.run(&page, "document.getElementById('q-cancel').click(); true")
         .await;
     b.wait_for(
         &page,
@@ -402,7 +409,7 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
-    b.eval(
+    b.run(
         &wrong,
         "document.getElementById('token').value = 'tm_wrong'; document.getElementById('token-form').requestSubmit(); true",
     )
@@ -442,7 +449,7 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
-    b.eval(
+    b.run(
         &wall,
         &format!("document.getElementById('token').value = '{reader}'; document.getElementById('token-form').requestSubmit(); true"),
     )

@@ -16,6 +16,7 @@ mod catalog;
 pub mod cluster;
 mod flag_page;
 mod flags;
+mod replay;
 mod schema_registry;
 pub mod snapshot;
 pub mod target;

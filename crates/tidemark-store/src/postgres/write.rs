@@ -23,20 +23,20 @@ use tokio_postgres::types::{Json, ToSql};
 
 /// The running state of a group transaction, rolled back per batch.
 #[derive(Clone)]
-struct GroupState {
-    epoch: u64,
-    seq: u64,
-    check_flags: bool,
-    strict: bool,
+pub(super) struct GroupState {
+    pub(super) epoch: u64,
+    pub(super) seq: u64,
+    pub(super) check_flags: bool,
+    pub(super) strict: bool,
     /// Recovering and the schedule list not yet complete (read in this
     /// transaction): every change is flagged.
-    blanket: bool,
-    flags_cleared: u64,
+    pub(super) blanket: bool,
+    pub(super) flags_cleared: u64,
     /// Source to (high-water mark, changed in this group).
-    high_water: HashMap<String, (u64, bool)>,
+    pub(super) high_water: HashMap<String, (u64, bool)>,
 }
 
-fn pg(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn pg(e: tokio_postgres::Error) -> StoreError {
     super::engine_error(e)
 }
 
@@ -231,7 +231,7 @@ impl PgStore {
 }
 
 /// The high-water mark of `source` as this group sees it (read once).
-async fn high_water(
+pub(super) async fn high_water(
     tx: &Transaction<'_>,
     st: &mut GroupState,
     source: &str,
@@ -260,10 +260,13 @@ async fn apply_batch(
     orders: &[Order],
     st: &mut GroupState,
 ) -> Result<ApplyOutcome, StoreError> {
-    if !st.strict && !st.check_flags {
-        if let Some(out) = apply_pipelined(catalog, tx, orders, st).await? {
-            return Ok(out);
-        }
+    let bulk = if !st.strict && !st.check_flags {
+        apply_pipelined(catalog, tx, orders, st).await?
+    } else {
+        super::replay::apply_flagged(catalog, tx, orders, st).await?
+    };
+    if let Some(out) = bulk {
+        return Ok(out);
     }
     apply_one_by_one(catalog, tx, orders, st).await
 }
@@ -318,7 +321,20 @@ async fn apply_pipelined(
     } else {
         pipelined_records(catalog, tx, orders, &planned).await?
     };
-    bulk_changes(tx, orders, &planned, &records).await?;
+    let unflagged = vec![(false, false); orders.len()];
+    let cleared: Vec<bool> = unflagged.iter().map(|f| f.0).collect();
+    bulk_changes(tx, orders, &planned, &records, &cleared).await?;
+    Ok(Some(outcome(orders, planned, records, unflagged)))
+}
+
+/// A batch's answer: each order's result and change, from its version, the
+/// record after it, and `(cleared_flag, flagged)`.
+pub(super) fn outcome(
+    orders: &[Order],
+    planned: Vec<Version>,
+    records: Vec<Option<Fields>>,
+    flags: Vec<(bool, bool)>,
+) -> ApplyOutcome {
     let results = orders
         .iter()
         .zip(&planned)
@@ -333,16 +349,17 @@ async fn apply_pipelined(
         .iter()
         .zip(planned)
         .zip(records)
-        .map(|((o, v), fields)| Change {
+        .zip(flags)
+        .map(|(((o, v), fields), (cleared_flag, flagged))| Change {
             table: o.table.clone(),
             key: o.key.clone(),
             fields,
             version: v,
-            cleared_flag: false,
-            flagged: false,
+            cleared_flag,
+            flagged,
         })
         .collect();
-    Ok(Some(ApplyOutcome { results, changes }))
+    ApplyOutcome { results, changes }
 }
 
 /// One statement per order, pipelined; the record after each order.
@@ -463,11 +480,12 @@ async fn bulk_records(
 }
 
 /// The change-log rows of a batch in one statement.
-async fn bulk_changes(
+pub(super) async fn bulk_changes(
     tx: &Transaction<'_>,
     orders: &[Order],
     planned: &[Version],
     records: &[Option<Fields>],
+    cleared: &[bool],
 ) -> Result<(), StoreError> {
     let Some(first) = planned.first() else {
         return Ok(());
@@ -482,8 +500,8 @@ async fn bulk_changes(
     let digests: Vec<String> = orders.iter().map(Order::digest).collect();
     exec(
         tx,
-        "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) SELECT u.s, $1, u.t, u.k, u.f, u.src, u.ss, u.d, false FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[], $8::text[]) AS u(s, t, k, f, src, ss, d)",
-        &[&epoch, &seqs, &tables, &keys, &fields, &sources, &source_seqs, &digests],
+        "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) SELECT u.s, $1, u.t, u.k, u.f, u.src, u.ss, u.d, u.c FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[], $8::text[], $9::bool[]) AS u(s, t, k, f, src, ss, d, c)",
+        &[&epoch, &seqs, &tables, &keys, &fields, &sources, &source_seqs, &digests, &cleared],
     )
     .await
     .map_err(pg)?;

@@ -61,6 +61,7 @@ pub async fn run(store: &dyn Store) {
     data::group_commit(store).await;
     recovery::recovery_flags(store).await;
     recovery::replays_follow_the_original_order(store).await;
+    recovery::replays_in_batches(store).await;
     recovery::clearing_flags(store).await;
     recovery::schedule_sent_again(store).await;
     schema::registry(store).await;

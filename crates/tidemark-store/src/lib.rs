@@ -42,3 +42,8 @@ pub use store::{
     ApplyOutcome, Change, Flag, FlagEntry, FlagPage, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
     Snapshot, SnapshotInfo, Store, StoreMeta,
 };
+
+/// Change-log rows one pruning statement deletes at most.
+pub const PRUNE_CHUNK: u64 = 5_000;
+/// The pause between two pruning chunks, in which writers go first.
+pub const PRUNE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);

@@ -190,7 +190,10 @@ pub trait Store: Send + Sync + 'static {
     /// The applied-order high-water mark of every source.
     async fn high_water_marks(&self) -> Result<BTreeMap<String, u64>, StoreError>;
 
-    /// Drops change-log entries so that at most `keep` remain.
+    /// Drops change-log entries so that at most `keep` remain, in chunks of
+    /// [`crate::PRUNE_CHUNK`] rows with a pause between them: writers wait
+    /// for one chunk at most, never for the whole backlog (10M rows after a
+    /// bulk load took the writer for 20 s in one statement).
     async fn prune_changes(&self, keep: u64) -> Result<u64, StoreError>;
 
     /// Makes everything durable and releases the engine.

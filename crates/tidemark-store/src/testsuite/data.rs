@@ -249,6 +249,23 @@ pub(super) async fn change_log(store: &dyn Store) {
     .await;
     assert!(again.results[0].duplicate);
     assert_eq!(store.meta().await.unwrap().seq, seq);
+
+    // A backlog of several pruning chunks (after a bulk load) goes in one call.
+    let backlog = 2 * crate::PRUNE_CHUNK + 100;
+    let orders: Vec<Order> = (1..=backlog)
+        .map(|i| order("ops-4b", i, &format!("bulk-{i}"), Op::Upsert, json!({})))
+        .collect();
+    for batch in orders.chunks(1000) {
+        store.apply(batch.to_vec()).await.unwrap();
+    }
+    let seq = store.meta().await.unwrap().seq;
+    let pruned = store.prune_changes(20).await.unwrap();
+    assert_eq!(
+        pruned, backlog,
+        "the whole backlog but the newest 20 is pruned"
+    );
+    assert_eq!(store.meta().await.unwrap().log_floor, seq - 19);
+    assert_eq!(store.changes_since(0, 1000).await.unwrap().len(), 20);
 }
 
 pub(super) async fn group_commit(store: &dyn Store) {

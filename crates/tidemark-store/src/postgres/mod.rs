@@ -566,9 +566,22 @@ impl Store for PgStore {
     async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError> {
         let catalog = self.catalog();
         match self.get_with(&catalog, table, key).await {
-            // A rollback dropped a column or table under the read: read
-            // again with the version in force (S9).
-            Err(StoreError::Engine(_)) if !Arc::ptr_eq(&catalog, &self.catalog()) => {
+            // A rollback may have dropped a column or table under the read
+            // (S9). Its DDL commits before this process swaps its catalog,
+            // under the write lock: wait for that swap; if the catalog is
+            // still the one read with (another instance changed the
+            // schema), load it from the database. Then read again with the
+            // version in force; an error that was not the schema stands.
+            Err(e @ StoreError::Engine(_)) => {
+                if Arc::ptr_eq(&catalog, &self.catalog()) {
+                    drop(self.inner.write.lock().await);
+                }
+                if Arc::ptr_eq(&catalog, &self.catalog()) {
+                    self.reload_from_db().await?;
+                }
+                if catalog.schema.version == self.catalog().schema.version {
+                    return Err(e);
+                }
                 self.get_with(&self.catalog(), table, key).await
             }
             r => r,

@@ -27,9 +27,17 @@ pub(super) fn meta(s: &SqliteStore) -> Result<StoreMeta, StoreError> {
 pub(super) fn get(s: &SqliteStore, table: &str, key: &str) -> Result<Lookup, StoreError> {
     let catalog = s.catalog();
     match get_with(s, &catalog, table, key) {
-        // A rollback dropped a column or table under the read: read again
+        // A rollback may have dropped a column or table under the read: its
+        // DDL commits just before the catalog swap, under the writer lock,
+        // so wait for the swap (on this error path only), then read again
         // with the version in force (S9: a change of version fails no read).
-        Err(_) if !std::sync::Arc::ptr_eq(&catalog, &s.catalog()) => {
+        Err(e) if !matches!(e, StoreError::Input(_)) => {
+            if std::sync::Arc::ptr_eq(&catalog, &s.catalog()) {
+                drop(s.inner.writer.lock());
+            }
+            if catalog.schema.version == s.catalog().schema.version {
+                return Err(e);
+            }
             get_with(s, &s.catalog(), table, key)
         }
         r => r,

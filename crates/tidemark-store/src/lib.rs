@@ -47,3 +47,22 @@ pub use store::{
 pub const PRUNE_CHUNK: u64 = 5_000;
 /// The pause between two pruning chunks, in which writers go first.
 pub const PRUNE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Runs `chunk` (which deletes at most [`PRUNE_CHUNK`] of the oldest
+/// change-log rows and says how many) until a chunk comes up short, pausing
+/// [`PRUNE_PAUSE`] between chunks; the rows deleted in all.
+pub(crate) async fn prune_in_chunks<F, Fut>(mut chunk: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = chunk().await?;
+        total += n;
+        if n < PRUNE_CHUNK {
+            return Ok(total);
+        }
+        tokio::time::sleep(PRUNE_PAUSE).await;
+    }
+}

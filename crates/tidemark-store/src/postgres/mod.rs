@@ -643,31 +643,26 @@ impl Store for PgStore {
     }
 
     async fn prune_changes(&self, keep: u64) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
+        let client = self.client().await?;
+        let below = meta_u64(&client, "seq").await?.saturating_sub(keep) as i64;
+        drop(client);
+        crate::prune_in_chunks(|| async move {
             let client = self.client().await?;
-            let seq = meta_u64(&client, "seq").await?;
-            let below = seq.saturating_sub(keep) as i64;
             let oldest: Option<i64> = client
                 .query_one("SELECT min(seq) FROM tm_changes", &[])
                 .await
                 .map_err(engine_error)?
                 .get(0);
             let Some(oldest) = oldest.filter(|&o| o <= below) else {
-                return Ok(total);
+                return Ok(0);
             };
             let upto = below.min(oldest + crate::PRUNE_CHUNK as i64 - 1);
-            let n = client
+            client
                 .execute("DELETE FROM tm_changes WHERE seq <= $1", &[&upto])
                 .await
-                .map_err(engine_error)?;
-            drop(client);
-            total += n;
-            if n < crate::PRUNE_CHUNK {
-                return Ok(total);
-            }
-            tokio::time::sleep(crate::PRUNE_PAUSE).await;
-        }
+                .map_err(engine_error)
+        })
+        .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -91,17 +91,21 @@ pub(super) async fn apply_flagged(
     let mut cleared = Vec::with_capacity(orders.len());
     let mut flagged = Vec::with_capacity(orders.len());
     let mut unflag: Vec<(&str, &str, String)> = Vec::new();
+    // Each table's column names, for the rule.
+    let mut names: HashMap<&str, Vec<String>> = HashMap::new();
     for (order, v) in orders.iter().zip(&planned) {
         let key = (order.table.clone(), order.key.clone());
         writes.push(if st.strict {
-            let t = &catalog.tables[&order.table];
-            let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+            let columns = names.entry(&order.table).or_insert_with(|| {
+                let t = &catalog.tables[&order.table];
+                t.columns.iter().map(|c| c.name.clone()).collect()
+            });
             let state = states.entry(key.clone()).or_default();
             match decide(
                 state,
                 order.op,
                 &order.fields,
-                &columns,
+                columns,
                 logical_version(order, *v),
             ) {
                 Effect::Upsert(set) => Write::Upsert(set),

@@ -70,34 +70,27 @@ pub(super) async fn apply_group(
 }
 
 pub(super) async fn prune_changes(s: &SqliteStore, keep: u64) -> Result<u64, StoreError> {
-    let mut total = 0;
-    loop {
-        let n = s
-            .blocking(move |s| {
-                let conn = s.inner.writer.lock();
-                let below = s.inner.seq.load(Ordering::SeqCst).saturating_sub(keep);
-                // `seq` is the rowid: the oldest chunk is a range scan, with
-                // constant bounds (a subquery in the bound made SQLite take
-                // a second per chunk instead of milliseconds).
-                let oldest: Option<i64> =
-                    conn.query_row("SELECT min(seq) FROM tm_changes", [], |r| r.get(0))?;
-                let Some(oldest) = oldest.filter(|&o| o as u64 <= below) else {
-                    return Ok(0);
-                };
-                let upto = below.min(oldest as u64 + crate::PRUNE_CHUNK - 1);
-                let n = conn.execute(
-                    "DELETE FROM tm_changes WHERE seq <= ?1",
-                    params![upto as i64],
-                )?;
-                Ok(n as u64)
-            })
-            .await?;
-        total += n;
-        if n < crate::PRUNE_CHUNK {
-            return Ok(total);
-        }
-        tokio::time::sleep(crate::PRUNE_PAUSE).await;
-    }
+    let below = s.inner.seq.load(Ordering::SeqCst).saturating_sub(keep);
+    crate::prune_in_chunks(|| {
+        s.blocking(move |s| {
+            let conn = s.inner.writer.lock();
+            // `seq` is the rowid: the oldest chunk is a range scan, with
+            // constant bounds (a subquery in the bound made SQLite take a
+            // second per chunk instead of milliseconds).
+            let oldest: Option<i64> =
+                conn.query_row("SELECT min(seq) FROM tm_changes", [], |r| r.get(0))?;
+            let Some(oldest) = oldest.filter(|&o| o as u64 <= below) else {
+                return Ok(0);
+            };
+            let upto = below.min(oldest as u64 + crate::PRUNE_CHUNK - 1);
+            let n = conn.execute(
+                "DELETE FROM tm_changes WHERE seq <= ?1",
+                params![upto as i64],
+            )?;
+            Ok(n as u64)
+        })
+    })
+    .await
 }
 
 impl SqliteStore {

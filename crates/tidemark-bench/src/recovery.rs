@@ -75,7 +75,7 @@ pub struct RecoveryArgs {
     pub common: super::Common,
 }
 
-fn metric(text: &str, name: &str) -> u64 {
+pub(crate) fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().last())
@@ -176,10 +176,10 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     // 3a. The schedule list.
     let first = args.records; // the missing orders are seqs records+1 ..= records+flag
     let t = Instant::now();
-    let mut k = 0;
-    while k < args.flag {
-        let hi = (k + args.chunk).min(args.flag);
-        let chunk = ScheduleChunk {
+    let chunk = args.chunk.max(1);
+    let chunks = (0..args.flag).step_by(chunk as usize).map(|k| {
+        let hi = (k + chunk).min(args.flag);
+        ScheduleChunk {
             without_sources: Vec::new(),
             source: source.into(),
             entries: (k..hi)
@@ -190,10 +190,9 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
                 })
                 .collect(),
             final_chunk: hi == args.flag,
-        };
-        let _: serde_json::Value = client.post_json("/v1/recovery/schedule", &chunk).await?;
-        k = hi;
-    }
+        }
+    });
+    tidemark_ops::schedule::send_schedule(&client, chunks, |_, _| {}).await?;
     let flag_secs = t.elapsed().as_secs_f64();
     eprintln!("flagged {} keys in {flag_secs:.2}s", args.flag);
     if args.flag_only {
@@ -302,6 +301,11 @@ async fn generate(store: &impl Store, args: &RecoveryArgs, source: &str) -> anyh
 
 /// A `/proc/PID/status` memory line (`VmRSS:`, `VmHWM:`) in MB; 0 if unreadable.
 fn rss_mb(pid: u32, field: &str) -> u64 {
+    rss_kb(pid, field) / 1024
+}
+
+/// The same in kB.
+pub(crate) fn rss_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -310,5 +314,5 @@ fn rss_mb(pid: u32, field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .map_or(0, |kb| kb / 1024)
+        .unwrap_or(0)
 }

@@ -6,11 +6,13 @@
 //! - [`input`]: parsing service orders given as JSON lines.
 //! - [`journal`]: the append-only, fsynced journal of numbered orders.
 //! - [`recover`]: `tidemark ops recover`: schedule list, replay, complete.
+//! - [`schedule`]: sending the schedule list, chunks in flight together.
 //! - [`submit`]: `tidemark ops submit`: journal first, then submit in batches.
 
 pub mod input;
 pub mod journal;
 pub mod recover;
+pub mod schedule;
 pub mod submit;
 
 pub use journal::Journal;

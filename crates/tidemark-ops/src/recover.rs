@@ -19,12 +19,13 @@
 //! `(source, seq)`; replay resumes at the server's high-water mark.
 
 use crate::journal::Journal;
+use crate::schedule::send_schedule;
 use crate::submit::send_with_retry;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tidemark_api::state::{ScheduleAnswer, ScheduleChunk, ScheduleEntry};
+use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
 use tidemark_api::{DbClient, RecoveryState, RecoveryStatus};
 
 /// What `ops recover` is asked to do.
@@ -255,6 +256,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let b = bar(opts.progress, total, "flagging ");
     let chunk = opts.chunk.max(1);
     let mut waivers = opts.without_sources.clone();
+    let mut chunks = Vec::new();
     for (source, entries) in &lists {
         let mut parts: Vec<&[ScheduleEntry]> = entries.chunks(chunk).collect();
         if parts.is_empty() {
@@ -265,27 +267,28 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             // Every source's last chunk is final: the server lifts the
             // blanket once every source the backup knows has sent one.
             let final_chunk = p + 1 == n;
-            let body = ScheduleChunk {
-                source: source.clone(),
-                entries: part.to_vec(),
-                final_chunk,
-                without_sources: if final_chunk {
-                    std::mem::take(&mut waivers)
-                } else {
-                    Vec::new()
-                },
-            };
-            let answer: ScheduleAnswer = client
-                .post_json("/v1/recovery/schedule", &body)
-                .await
-                .context(
-                    "sending the recovery schedule list; run the same command again to resume",
-                )?;
-            report.flagged += answer.flagged;
-            report.skipped += answer.skipped;
-            b.inc(part.len() as u64);
+            chunks.push((source, part, final_chunk));
         }
     }
+    let bodies = chunks
+        .into_iter()
+        .map(|(source, part, final_chunk)| ScheduleChunk {
+            source: source.clone(),
+            entries: part.to_vec(),
+            final_chunk,
+            without_sources: if final_chunk {
+                std::mem::take(&mut waivers)
+            } else {
+                Vec::new()
+            },
+        });
+    send_schedule(&client, bodies, |n, answer| {
+        report.flagged += answer.flagged;
+        report.skipped += answer.skipped;
+        b.inc(n as u64);
+    })
+    .await
+    .context("sending the recovery schedule list; run the same command again to resume")?;
     b.finish_and_clear();
     tracing::info!(
         keys = total,

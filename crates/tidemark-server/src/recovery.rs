@@ -148,7 +148,12 @@ impl Recovery {
             }));
         }
         drop(_t);
-        self.maybe_finish().await?;
+        // Only a chunk after `complete` can finish the recovery (a waiver
+        // dropping the last flags); others skip the transition lock, which
+        // the next chunk holds while it writes.
+        if m.complete_requested && m.remaining == 0 {
+            self.maybe_finish().await?;
+        }
         Ok(added)
     }
 

@@ -15,6 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tidemark_api::Schema;
 
 pub(super) const INTERNAL_DDL: &str = "
@@ -48,24 +49,56 @@ fn configure_sqlite() {
     });
 }
 
-/// Copies the WAL back into the database file every 200 ms with passive
-/// checkpoints from a connection of its own: readers and writers never wait
-/// for it, and commits never pay for a checkpoint. Ends when the store is
-/// closed or dropped.
+/// How often the checkpointer looks at the WAL.
+const CHECKPOINT_TICK: Duration = Duration::from_millis(200);
+/// The longest a burst of commits goes without a checkpoint.
+const CHECKPOINT_MAX_GAP: Duration = Duration::from_secs(1);
+
+/// Copies the WAL back into the database file with passive checkpoints from
+/// a connection of its own: readers and writers never wait for it, and
+/// commits never pay for a checkpoint. Ends when the store is closed or
+/// dropped.
+///
+/// It checkpoints once the WAL has been left unchanged for a tick (writes
+/// paused), and during a burst at most every [`CHECKPOINT_MAX_GAP`]: a
+/// checkpoint's writes and its fsync of the database file make the
+/// commits' own WAL fsyncs wait (on ext4, up to 200 ms each), so a
+/// checkpoint every tick halved the speed of a schedule list or a replay.
 fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
     let run = move || {
         let Ok(conn) = Connection::open(&path) else {
             return;
         };
-        let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+        let _ = conn.busy_timeout(Duration::from_millis(100));
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let modified = || std::fs::metadata(&wal).and_then(|m| m.modified()).ok();
+        let mut seen = modified();
+        let mut checkpointed = Instant::now();
+        let mut pending = true;
         loop {
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(CHECKPOINT_TICK);
             match inner.upgrade() {
                 Some(i) if !i.closed.load(Ordering::SeqCst) => {}
                 _ => return,
             }
-            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                tracing::debug!(error = %e, "background checkpoint failed; will retry");
+            let now = modified();
+            let writing = now != seen;
+            seen = now;
+            pending |= writing;
+            if !checkpoint_due(pending, writing, checkpointed.elapsed()) {
+                continue;
+            }
+            checkpointed = Instant::now();
+            // (busy, frames in the WAL, frames copied): a reader's snapshot
+            // can hold frames back, which the next tick copies.
+            let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
+            });
+            match done {
+                Ok(all) => pending = !all,
+                Err(e) => tracing::debug!(error = %e, "background checkpoint failed; will retry"),
             }
         }
     };
@@ -75,6 +108,13 @@ fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
     {
         tracing::warn!(error = %e, "cannot start the checkpoint thread; the WAL grows until close");
     }
+}
+
+/// Whether to checkpoint now: something is left to copy, and the WAL was
+/// left alone for a tick or the last checkpoint is [`CHECKPOINT_MAX_GAP`]
+/// old.
+fn checkpoint_due(pending: bool, writing: bool, since_last: Duration) -> bool {
+    pending && (!writing || since_last >= CHECKPOINT_MAX_GAP)
 }
 
 /// Connection settings. `cache_kib` is the page cache per connection: the
@@ -180,5 +220,22 @@ impl SqliteStore {
         };
         spawn_checkpointer(Arc::downgrade(&store.inner), store.inner.db_path.clone());
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_waits_for_a_pause_or_the_longest_gap() {
+        let tick = CHECKPOINT_TICK;
+        // Nothing written since the last one: nothing to do.
+        assert!(!checkpoint_due(false, false, CHECKPOINT_MAX_GAP * 2));
+        // Writes paused: copy now.
+        assert!(checkpoint_due(true, false, tick));
+        // A burst goes on: not every tick, but at the latest after the gap.
+        assert!(!checkpoint_due(true, true, tick));
+        assert!(checkpoint_due(true, true, CHECKPOINT_MAX_GAP));
     }
 }

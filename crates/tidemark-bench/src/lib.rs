@@ -11,6 +11,7 @@
 //! - `reads`: point reads at N connections against a DB or service server.
 //! - `push`: latency from order submission to arrival on watch streams.
 //! - `recovery`: schedule-list and replay rates, requests per flagged key.
+//! - `cache_memory`: the service server's memory per cached record.
 //! - `backup`: backup/verify/restore MB/s against cp and sqlite3 .backup.
 //! - `schema_publish`: one column published on a big table under steady
 //!   reads and orders; p99 during the publish against without it (issue 12).
@@ -22,6 +23,7 @@
 //! - `stats`: latency histograms and the printed report.
 
 mod backup;
+mod cache_memory;
 mod ceiling;
 mod compare;
 mod failover;
@@ -60,6 +62,8 @@ pub enum BenchCommand {
     SchemaPublish(schema_publish::SchemaPublishArgs),
     /// Read throughput with a reader token, and with a token over https, against neither.
     Security(security::SecurityArgs),
+    /// The service server's memory per cached record, against the record's JSON answer.
+    CacheMemory(cache_memory::CacheMemoryArgs),
 }
 
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
@@ -106,5 +110,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::CeilingServer(a) => ceiling::run(a).await,
         BenchCommand::Security(a) => security::run(a).await,
         BenchCommand::SchemaPublish(a) => schema_publish::run(a).await,
+        BenchCommand::CacheMemory(a) => cache_memory::run(a).await,
     }
 }

@@ -17,27 +17,46 @@
 use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::RwLock;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use tidemark_api::keyslot::{per_shard, KeySlot, SHARDS};
-use tidemark_api::{Fields, RecordAnswer, Source, Version};
+use tidemark_api::{RecordAnswer, Source, Version};
 
 /// One cached record (or a cached "not found").
+///
+/// The served body is the only copy of the record: table, key and fields
+/// are read back from it on the rare paths that need them, and the entry
+/// lives inline in its LRU node, so it costs little more than its JSON
+/// (issue 14: under 2×). A hit copies the body out under the shard's read
+/// lock (one small allocation): cheaper in memory than a shared buffer,
+/// whose first clone allocates its reference count.
 #[derive(Debug)]
 pub struct Entry {
-    pub table: String,
-    pub key: String,
     pub found: bool,
-    pub fields: Option<Fields>,
-    pub version: Option<Version>,
     /// The DB server flagged this key as recovering when we last heard.
     pub recovering: bool,
-    pub generation: u64,
-    /// The answer as served from the cache.
-    pub body: Bytes,
+    has_version: bool,
     /// Read since it was last passed over for eviction.
     used: AtomicBool,
+    /// The cache generation this entry was validated in (it is suspect
+    /// once the cache's is higher; see [`Cache::generation`]).
+    generation: u32,
+    version: Version,
+    /// The answer as served from the cache, exactly sized.
+    body: Box<[u8]>,
+}
+
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Entry {
+            found: self.found,
+            recovering: self.recovering,
+            has_version: self.has_version,
+            used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
+            generation: self.generation,
+            version: self.version,
+            body: self.body.clone(),
+        }
+    }
 }
 
 impl Entry {
@@ -46,35 +65,44 @@ impl Entry {
         let mut served = a.clone();
         served.recovering = recovering;
         served.source = Some(Source::Cache);
-        let body = Bytes::from(serde_json::to_vec(&served).unwrap_or_default());
+        let body = serde_json::to_vec(&served).unwrap_or_default();
         Entry {
-            table: a.table.clone(),
-            key: a.key.clone(),
             found: a.found,
-            fields: a.fields.clone(),
-            version: a.version,
             recovering,
-            generation,
-            body,
+            has_version: a.version.is_some(),
             used: AtomicBool::new(false),
+            generation: generation as u32,
+            version: a.version.unwrap_or_default(),
+            body: body.into_boxed_slice(),
         }
     }
 
-    /// The answer this entry stands for.
+    /// The answer this entry stands for, read back from its body.
     pub fn answer(&self, source: Source) -> RecordAnswer {
-        RecordAnswer {
-            table: self.table.clone(),
-            key: self.key.clone(),
-            found: self.found,
-            fields: self.fields.clone(),
-            version: self.version,
-            recovering: self.recovering,
-            source: Some(source),
-        }
+        let mut a: RecordAnswer = serde_json::from_slice(&self.body)
+            .expect("a cache entry's body is a RecordAnswer serialised by Entry::new");
+        a.recovering = self.recovering;
+        a.source = Some(source);
+        a
+    }
+
+    /// The record's version (`None` for a key never written).
+    pub fn version(&self) -> Option<Version> {
+        self.has_version.then_some(self.version)
+    }
+
+    /// The cache generation this entry was validated in.
+    pub fn generation(&self) -> u64 {
+        u64::from(self.generation)
+    }
+
+    /// The answer as served from the cache.
+    pub fn body(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.body)
     }
 
     fn rank(&self) -> Version {
-        self.version.unwrap_or_default()
+        self.version
     }
 }
 
@@ -92,7 +120,10 @@ pub enum Origin {
 
 /// The cache.
 pub struct Cache {
-    shards: Vec<RwLock<LruCache<String, Arc<Entry>>>>,
+    /// Each grows as it fills (no table sized for the capacity up front)
+    /// and holds at most `per_shard` entries.
+    shards: Vec<RwLock<LruCache<Box<str>, Entry>>>,
+    per_shard: usize,
     generation: AtomicU64,
 }
 
@@ -104,16 +135,16 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     pub fn new(capacity: usize) -> Self {
-        let per = NonZeroUsize::new(per_shard(capacity)).unwrap_or(NonZeroUsize::MIN);
         Self {
             shards: (0..SHARDS)
-                .map(|_| RwLock::new(LruCache::new(per)))
+                .map(|_| RwLock::new(LruCache::unbounded()))
                 .collect(),
+            per_shard: per_shard(capacity).max(1),
             generation: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, slot: &KeySlot) -> &RwLock<LruCache<String, Arc<Entry>>> {
+    fn shard(&self, slot: &KeySlot) -> &RwLock<LruCache<Box<str>, Entry>> {
         &self.shards[slot.shard()]
     }
 
@@ -127,13 +158,19 @@ impl Cache {
     }
 
     /// The entry for a key, if cached.
-    pub fn get(&self, table: &str, key: &str) -> Option<Arc<Entry>> {
+    pub fn get(&self, table: &str, key: &str) -> Option<Entry> {
+        self.read(table, key, Entry::clone)
+    }
+
+    /// `f` of the entry for a key, if cached, under its shard's read lock.
+    pub fn read<R>(&self, table: &str, key: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let slot = KeySlot::new(table, key);
-        let e = self.shard(&slot).read().peek(slot.as_str()).cloned()?;
+        let shard = self.shard(&slot).read();
+        let e = shard.peek(slot.as_str())?;
         if !e.used.load(Ordering::Relaxed) {
             e.used.store(true, Ordering::Relaxed);
         }
-        Some(e)
+        Some(f(e))
     }
 
     /// Offers an answer; returns what the cache holds afterwards. An older
@@ -143,7 +180,7 @@ impl Cache {
     /// than the restored data); a copy written in the current epoch already
     /// carries the DB server's flag for its own version, and the older
     /// answer is just a response that lost a race with a push.
-    pub fn offer(&self, answer: &RecordAnswer, origin: Origin) -> Arc<Entry> {
+    pub fn offer(&self, answer: &RecordAnswer, origin: Origin) -> Entry {
         let generation = match origin {
             Origin::Push => self.generation(),
             Origin::Fetch { generation, .. } => generation.min(self.generation()),
@@ -160,29 +197,21 @@ impl Cache {
                     } else {
                         answer.recovering
                     };
-                    Arc::new(Entry::new(
-                        &old.answer(Source::Cache),
-                        recovering,
-                        generation,
-                    ))
+                    Entry::new(&old.answer(Source::Cache), recovering, generation)
                 }
             },
             Some(old)
                 if old.rank() == new_rank
                     && origin == Origin::Push
-                    && old.generation == generation =>
+                    && old.generation() == generation =>
             {
                 // A replayed push of what we already hold changes nothing
                 // but may clear the flag.
-                Arc::new(Entry::new(
-                    &old.answer(Source::Cache),
-                    answer.recovering,
-                    generation,
-                ))
+                Entry::new(&old.answer(Source::Cache), answer.recovering, generation)
             }
-            _ => Arc::new(Entry::new(answer, answer.recovering, generation)),
+            _ => Entry::new(answer, answer.recovering, generation),
         };
-        if shard.len() == shard.cap().get() && !shard.contains(slot.as_str()) {
+        if shard.len() >= self.per_shard && !shard.contains(slot.as_str()) {
             // CLOCK: a used entry at the tail goes to the head, once.
             for _ in 0..16 {
                 let Some((k, e)) = shard.peek_lru() else {
@@ -194,8 +223,11 @@ impl Cache {
                 let k = k.clone();
                 shard.promote(&k);
             }
+            while shard.len() >= self.per_shard {
+                shard.pop_lru();
+            }
         }
-        shard.put(slot.into_string(), entry.clone());
+        shard.put(slot.into_string().into_boxed_str(), entry.clone());
         entry
     }
 
@@ -208,8 +240,20 @@ impl Cache {
         self.len() == 0
     }
 
+    /// Every key held, as `(table, key)`.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            out.extend(s.read().iter().filter_map(|(slot, _)| {
+                let (table, key) = slot.split_once('\0')?;
+                Some((table.to_owned(), key.to_owned()))
+            }));
+        }
+        out
+    }
+
     /// Every entry, for a snapshot.
-    pub fn entries(&self) -> Vec<Arc<Entry>> {
+    pub fn entries(&self) -> Vec<Entry> {
         let mut out = Vec::new();
         for s in &self.shards {
             out.extend(s.read().iter().map(|(_, e)| e.clone()));
@@ -236,11 +280,30 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_gives_back_the_answer_it_was_made_from() {
+        let c = Cache::new(1000);
+        let a = answer(5, "gold", true);
+        c.offer(&a, Origin::Push);
+        let e = c.get("subscriber", "k").unwrap();
+        let mut expected = a.clone();
+        expected.source = Some(Source::Cache);
+        assert_eq!(e.answer(Source::Cache), expected);
+        let served: RecordAnswer = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(served, expected, "the body served on a hit");
+        assert_eq!(e.version(), Some(Version::new(1, 5)));
+        assert_eq!(c.keys(), vec![("subscriber".to_owned(), "k".to_owned())]);
+        let mut missing = answer(0, "", false);
+        (missing.key, missing.found, missing.fields, missing.version) =
+            ("gone".into(), false, None, None);
+        assert_eq!(c.offer(&missing, Origin::Push).version(), None);
+    }
+
+    #[test]
     fn never_replaces_newer_with_older() {
         let c = Cache::new(1000);
         c.offer(&answer(5, "new", false), Origin::Push);
         let e = c.offer(&answer(3, "old", false), Origin::Push);
-        assert_eq!(e.version, Some(Version::new(1, 5)));
+        assert_eq!(e.version(), Some(Version::new(1, 5)));
         let e = c.offer(
             &answer(3, "old", true),
             Origin::Fetch {
@@ -249,7 +312,7 @@ mod tests {
             },
         );
         assert_eq!(
-            e.fields.as_ref().unwrap()["plan"],
+            e.answer(Source::Cache).fields.unwrap()["plan"],
             json!("new"),
             "a fetched older copy does not replace a newer one"
         );
@@ -257,7 +320,11 @@ mod tests {
         let e = c.offer(&answer(6, "newest", false), Origin::Push);
         assert!(!e.recovering);
         assert_eq!(
-            c.get("subscriber", "k").unwrap().fields.as_ref().unwrap()["plan"],
+            c.get("subscriber", "k")
+                .unwrap()
+                .answer(Source::Cache)
+                .fields
+                .unwrap()["plan"],
             json!("newest")
         );
     }
@@ -278,7 +345,10 @@ mod tests {
             },
         );
         assert!(!e.recovering);
-        assert_eq!(e.fields.as_ref().unwrap()["plan"], json!("replayed"));
+        assert_eq!(
+            e.answer(Source::Cache).fields.unwrap()["plan"],
+            json!("replayed")
+        );
     }
 
     #[test]
@@ -294,7 +364,7 @@ mod tests {
             },
         );
         assert!(
-            e.generation < c.generation(),
+            e.generation() < c.generation(),
             "it must be revalidated on the next read"
         );
     }
@@ -309,9 +379,12 @@ mod tests {
                 generation: 0,
             },
         );
-        assert_eq!(c.get("subscriber", "k").unwrap().generation, c.generation());
+        assert_eq!(
+            c.get("subscriber", "k").unwrap().generation(),
+            c.generation()
+        );
         c.bump_generation();
-        assert!(c.get("subscriber", "k").unwrap().generation < c.generation());
+        assert!(c.get("subscriber", "k").unwrap().generation() < c.generation());
     }
 
     #[test]
@@ -326,7 +399,13 @@ mod tests {
         for i in 1..10_000u64 {
             assert!(c.get("subscriber", "k0").is_some(), "evicted after {i}");
             offer(i);
+            assert!(
+                c.len() <= 64 * 2,
+                "{} entries held past the capacity",
+                c.len()
+            );
         }
+        assert_eq!(c.keys().len(), c.len());
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Served {
 impl Served {
     fn from_entry(e: &Entry) -> Self {
         Served {
-            body: e.body.clone(),
+            body: e.body(),
             found: e.found,
             recovering: e.recovering,
             source: Source::Cache,
@@ -113,7 +113,7 @@ pub struct ReadError {
 /// the read accepts stale data. See ARCHITECTURE.md, "What a service server
 /// may serve".
 fn usable(e: &Entry, generation: u64, live: bool, freshness: Freshness) -> bool {
-    live && e.generation == generation && (!e.recovering || freshness == Freshness::StaleOk)
+    live && e.generation() == generation && (!e.recovering || freshness == Freshness::StaleOk)
 }
 
 struct Waiter<'a> {
@@ -157,9 +157,14 @@ pub(crate) fn from_cache(
     key: &str,
     freshness: Freshness,
 ) -> Option<Served> {
-    let e = shared.cache.get(table, key)?;
     let live = shared.connected.load(Ordering::SeqCst);
-    usable(&e, shared.cache.generation(), live, freshness).then(|| Served::from_entry(&e))
+    let generation = shared.cache.generation();
+    shared
+        .cache
+        .read(table, key, |e| {
+            usable(e, generation, live, freshness).then(|| Served::from_entry(e))
+        })
+        .flatten()
 }
 
 /// What a DB server's answer, asked for when the cache generation was
@@ -188,16 +193,16 @@ pub(crate) fn take_answer(
         // newer one is served instead.
         match shared.cache.get(&answer.table, &answer.key) {
             Some(cached)
-                if cached.version > answer.version
-                    && cached.version.map(|v| v.epoch) == answer.version.map(|v| v.epoch) =>
+                if cached.version() > answer.version
+                    && cached.version().map(|v| v.epoch) == answer.version.map(|v| v.epoch) =>
             {
-                Arc::new(Entry::new(
+                Entry::new(
                     &cached.answer(tidemark_api::Source::Cache),
                     cached.recovering || answer.recovering,
                     asked_in,
-                ))
+                )
             }
-            _ => Arc::new(Entry::new(answer, answer.recovering, asked_in)),
+            _ => Entry::new(answer, answer.recovering, asked_in),
         }
     };
     if entry.recovering && freshness == Freshness::Latest {
@@ -206,7 +211,7 @@ pub(crate) fn take_answer(
     if entry.recovering {
         shared.metrics.stale_served.inc();
     }
-    Some(if entry.version == answer.version {
+    Some(if entry.version() == answer.version {
         Served::from_db(&entry)
     } else {
         Served::from_entry(&entry)

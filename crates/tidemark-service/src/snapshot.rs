@@ -91,7 +91,7 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
         .cache
         .entries()
         .into_iter()
-        .filter(|e| e.generation == generation)
+        .filter(|e| e.generation() == generation)
         .collect();
     let tmp = dir.join(format!("{FILE}.tmp"));
     let file =

@@ -98,12 +98,7 @@ pub async fn run(shared: Arc<Shared>) {
 /// Tells the instance about to be watched every key the cache holds, so
 /// the stream resumes there (it may not have seen our reads).
 async fn declare(shared: &Shared) {
-    let keys: Vec<(String, String)> = shared
-        .cache
-        .entries()
-        .iter()
-        .map(|e| (e.table.clone(), e.key.clone()))
-        .collect();
+    let keys = shared.cache.keys();
     let n = keys.len();
     match shared
         .client

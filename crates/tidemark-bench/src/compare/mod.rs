@@ -746,7 +746,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
 }
 
 /// Reads keys `0..n` once each over `connections` connections.
-async fn warm(url: &str, n: u64, connections: usize) -> anyhow::Result<()> {
+pub(crate) async fn warm(url: &str, n: u64, connections: usize) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for c in 0..connections as u64 {
         let (url, step) = (url.to_owned(), connections as u64);

@@ -18,8 +18,8 @@ use futures::{pin_mut, TryStreamExt};
 use rusqlite::types::Value as SqlValue;
 use std::path::Path;
 use tidemark_api::{ColumnType, Schema};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
+use tokio_postgres::types::Type;
 
 /// How a column of an internal table converts between the engines.
 #[derive(Clone, Copy)]
@@ -99,6 +99,18 @@ const INTERNAL: &[(&str, &[(&str, Kind)])] = &[
     ),
 ];
 
+impl Kind {
+    /// The PostgreSQL type of a column of this kind (`catalog::pg_type`).
+    fn pg_type(self) -> Type {
+        match self {
+            Kind::Text => Type::TEXT,
+            Kind::Int => Type::INT8,
+            Kind::Bool => Type::BOOL,
+            Kind::Json => Type::JSONB,
+        }
+    }
+}
+
 fn kind_of(ty: ColumnType) -> Kind {
     match ty {
         ColumnType::String | ColumnType::Timestamp => Kind::Text,
@@ -131,23 +143,23 @@ fn tables(schema: &Schema) -> Vec<(String, Vec<(String, Kind)>)> {
     out
 }
 
-fn pg_to_sqlite(row: &Row, i: usize, kind: Kind) -> Result<SqlValue, StoreError> {
+fn pg_to_sqlite(row: &BinaryCopyOutRow, i: usize, kind: Kind) -> Result<SqlValue, StoreError> {
     let bad = |e: tokio_postgres::Error| StoreError::Format(format!("column {i}: {e}"));
     Ok(match kind {
         Kind::Text => row
-            .try_get::<_, Option<String>>(i)
+            .try_get::<Option<String>>(i)
             .map_err(bad)?
             .map_or(SqlValue::Null, SqlValue::Text),
         Kind::Int => row
-            .try_get::<_, Option<i64>>(i)
+            .try_get::<Option<i64>>(i)
             .map_err(bad)?
             .map_or(SqlValue::Null, SqlValue::Integer),
         Kind::Bool => row
-            .try_get::<_, Option<bool>>(i)
+            .try_get::<Option<bool>>(i)
             .map_err(bad)?
             .map_or(SqlValue::Null, |b| SqlValue::Integer(i64::from(b))),
         Kind::Json => row
-            .try_get::<_, Option<serde_json::Value>>(i)
+            .try_get::<Option<serde_json::Value>>(i)
             .map_err(bad)?
             .map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string())),
     })
@@ -257,13 +269,16 @@ impl PgStore {
                     .map(|(c, _)| format!("\"{c}\""))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let stream = tx
-                    .query_raw(
-                        &format!("SELECT {list} FROM \"{table}\""),
-                        std::iter::empty::<&(dyn ToSql + Sync)>(),
-                    )
+                // Binary COPY: PostgreSQL's fastest way out, typed as the
+                // catalog made the columns.
+                let types: Vec<Type> = cols.iter().map(|(_, k)| k.pg_type()).collect();
+                let out = tx
+                    .copy_out(&format!(
+                        "COPY (SELECT {list} FROM \"{table}\") TO STDOUT (FORMAT binary)"
+                    ))
                     .await
                     .map_err(engine_error)?;
+                let stream = BinaryCopyOutStream::new(out, &types);
                 pin_mut!(stream);
                 let mut chunk = Vec::with_capacity(10_000);
                 while let Some(row) = stream.try_next().await.map_err(engine_error)? {

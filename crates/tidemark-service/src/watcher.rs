@@ -28,15 +28,23 @@ pub async fn run(shared: Arc<Shared>) {
             break;
         }
         let last = shared.last_event_id.lock().clone();
-        if last.is_some() && shared.declare.load(Ordering::SeqCst) {
-            declare(&shared).await;
-        }
+        // A declaration refused for a while (the instance is still opening
+        // its store, or unreachable) is tried again after the backoff: a
+        // stream opened without it could not resume.
+        let retry_declaration = last.is_some()
+            && shared.declare.load(Ordering::SeqCst)
+            && declare(&shared).await == Declared::Retry;
         let base = shared.client.base().to_owned();
-        match shared
-            .client
-            .watch(&shared.config.id, last.as_deref())
-            .await
-        {
+        let opened = if retry_declaration {
+            Err(None)
+        } else {
+            shared
+                .client
+                .watch(&shared.config.id, last.as_deref())
+                .await
+                .map_err(Some)
+        };
+        match opened {
             Ok(stream) => {
                 tokio::pin!(stream);
                 let mut check = tokio::time::interval(Duration::from_millis(50));
@@ -73,7 +81,8 @@ pub async fn run(shared: Arc<Shared>) {
                     }
                 }
             }
-            Err(e) => {
+            Err(None) => {}
+            Err(Some(e)) => {
                 if !reported_down {
                     tracing::warn!(error = %e, "cannot open the watch stream; serving from cache and retrying");
                     reported_down = true;
@@ -97,7 +106,7 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Tells the instance about to be watched every key the cache holds, so
 /// the stream resumes there (it may not have seen our reads).
-async fn declare(shared: &Shared) {
+async fn declare(shared: &Shared) -> Declared {
     let keys = shared.cache.keys();
     let n = keys.len();
     match shared
@@ -105,11 +114,29 @@ async fn declare(shared: &Shared) {
         .declare_interest(&shared.config.id, keys)
         .await
     {
-        Ok(()) => tracing::debug!(keys = n, base = %shared.client.base(), "interest declared"),
+        Ok(()) => {
+            tracing::debug!(keys = n, base = %shared.client.base(), "interest declared");
+            Declared::Yes
+        }
+        Err(e) if e.is_retryable() => {
+            tracing::info!(error = %e, "could not declare interest yet; retrying before the stream opens");
+            Declared::Retry
+        }
         Err(e) => {
-            tracing::info!(error = %e, "could not declare interest; the stream will not resume and cached records will be revalidated")
+            tracing::info!(error = %e, "could not declare interest; the stream will not resume and cached records will be revalidated");
+            Declared::Refused
         }
     }
+}
+
+/// How a declaration of interest went.
+#[derive(Debug, PartialEq, Eq)]
+enum Declared {
+    Yes,
+    /// The instance may take it later (starting, unreachable, 503).
+    Retry,
+    /// Refused for good: the stream opens, and does not resume.
+    Refused,
 }
 
 /// The stream ended: from now on nothing cached is vouched for.

@@ -158,10 +158,13 @@ pub(crate) fn from_cache(
     freshness: Freshness,
 ) -> Option<Served> {
     let live = shared.connected.load(Ordering::SeqCst);
-    let generation = shared.cache.generation();
     shared
         .cache
         .read(table, key, |e| {
+            // The generation is read after the entry, as before this read
+            // went under the lock: an `epoch` event that lands in between
+            // makes the entry suspect rather than served.
+            let generation = shared.cache.generation();
             usable(e, generation, live, freshness).then(|| Served::from_entry(e))
         })
         .flatten()

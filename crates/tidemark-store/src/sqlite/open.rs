@@ -62,7 +62,7 @@ const CHECKPOINT_MAX_GAP: Duration = Duration::from_secs(1);
 /// It checkpoints once the WAL has been left unchanged for a tick (writes
 /// paused), and during a burst at most every [`CHECKPOINT_MAX_GAP`]: a
 /// checkpoint's writes and its fsync of the database file make the
-/// commits' own WAL fsyncs wait (on ext4, up to 200 ms each), so a
+/// commits' own WAL fsyncs wait (on ext4, 80–250 ms each), so a
 /// checkpoint every tick halved the speed of a schedule list or a replay.
 fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
     let run = move || {

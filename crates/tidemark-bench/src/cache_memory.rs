@@ -12,7 +12,8 @@
 use super::compare::warm;
 use super::http1::Conn;
 use super::key_of;
-use super::recovery::{metric, rss_kb};
+use super::recovery::metric;
+use super::rss_kb;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -80,8 +81,9 @@ pub async fn run(args: CacheMemoryArgs) -> anyhow::Result<()> {
     )?;
     db.wait_ok("/readyz").await?;
     // Room to spare: each of the cache's shards holds capacity / shards,
-    // and keys do not fall evenly.
-    let capacity = (args.records + args.records / 8 + 64).to_string();
+    // and keys do not fall evenly (a small run needs the most). Shards grow
+    // as they fill, so the capacity itself costs no memory.
+    let capacity = (args.records + args.records / 4 + 1024).to_string();
     let svc = tidemark.start(
         "svc",
         &dir,

@@ -66,6 +66,20 @@ pub enum BenchCommand {
     CacheMemory(cache_memory::CacheMemoryArgs),
 }
 
+/// A `/proc/PID/status` memory line (`VmRSS:`, `VmHWM:`) in kB; 0 if
+/// unreadable.
+pub(crate) fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The key of record `i` in benchmark data: a phone-number-like terminal ID.
 pub fn key_of(i: u64) -> String {
     format!("+8130{i:08}")

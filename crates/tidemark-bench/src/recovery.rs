@@ -301,18 +301,5 @@ async fn generate(store: &impl Store, args: &RecoveryArgs, source: &str) -> anyh
 
 /// A `/proc/PID/status` memory line (`VmRSS:`, `VmHWM:`) in MB; 0 if unreadable.
 fn rss_mb(pid: u32, field: &str) -> u64 {
-    rss_kb(pid, field) / 1024
-}
-
-/// The same in kB.
-pub(crate) fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
+    super::rss_kb(pid, field) / 1024
 }

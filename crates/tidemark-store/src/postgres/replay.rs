@@ -144,8 +144,17 @@ pub(super) async fn apply_flagged(
     Ok(Some(outcome(orders, planned, records, marks)))
 }
 
-fn unzip(keys: &[Key]) -> (Vec<&str>, Vec<&str>) {
-    keys.iter().map(|(t, k)| (t.as_str(), k.as_str())).unzip()
+/// The rows `sql` selects for `keys`, given as `$1` (tables) and `$2`
+/// (keys), two parallel text arrays.
+async fn rows_of_keys(
+    tx: &Transaction<'_>,
+    sql: &str,
+    keys: &[Key],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let (tables, names): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, k)| (t.as_str(), k.as_str())).unzip();
+    let st = tx.prepare_cached(sql).await.map_err(pg)?;
+    tx.query(&st, &[&tables, &names]).await.map_err(pg)
 }
 
 /// The recovery state of `keys` (only while recovering).
@@ -158,12 +167,8 @@ async fn read_states(
     if !strict {
         return Ok(out);
     }
-    let (tables, names) = unzip(keys);
-    let st = tx
-        .prepare_cached("SELECT l.tbl, l.key, l.upsert_v, l.delete_v, l.fields FROM tm_lww l JOIN unnest($1::text[], $2::text[]) AS u(t, k) ON l.tbl = u.t AND l.key = u.k")
-        .await
-        .map_err(pg)?;
-    for r in tx.query(&st, &[&tables, &names]).await.map_err(pg)? {
+    let sql = "SELECT l.tbl, l.key, l.upsert_v, l.delete_v, l.fields FROM tm_lww l JOIN unnest($1::text[], $2::text[]) AS u(t, k) ON l.tbl = u.t AND l.key = u.k";
+    for r in rows_of_keys(tx, sql, keys).await? {
         let (tbl, key): (String, String) = (r.get(0), r.get(1));
         let (u, d, f): (Option<String>, Option<String>, String) = (r.get(2), r.get(3), r.get(4));
         let state = KeyState::from_parts(u.as_deref(), d.as_deref(), &f)
@@ -184,12 +189,8 @@ async fn read_flags(
     if !check {
         return Ok(out);
     }
-    let (tables, names) = unzip(keys);
-    let st = tx
-        .prepare_cached("SELECT f.tbl, f.key, f.source, f.through_seq FROM tm_flags f JOIN unnest($1::text[], $2::text[]) AS u(t, k) ON f.tbl = u.t AND f.key = u.k")
-        .await
-        .map_err(pg)?;
-    for r in tx.query(&st, &[&tables, &names]).await.map_err(pg)? {
+    let sql = "SELECT f.tbl, f.key, f.source, f.through_seq FROM tm_flags f JOIN unnest($1::text[], $2::text[]) AS u(t, k) ON f.tbl = u.t AND f.key = u.k";
+    for r in rows_of_keys(tx, sql, keys).await? {
         out.entry((r.get(0), r.get(1)))
             .or_default()
             .push((r.get(2), r.get(3)));

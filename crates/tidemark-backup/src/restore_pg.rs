@@ -30,6 +30,8 @@ pub struct PgRestoreOptions {
     pub safety_to: Option<PathBuf>,
     /// Run cleanup on an online backup (the default).
     pub cleanup: bool,
+    /// Also run SQLite's integrity check of the decoded snapshot first.
+    pub integrity_check: bool,
     /// Where the backup's configuration files are copied, if anywhere.
     pub config_to: Option<PathBuf>,
 }
@@ -62,6 +64,9 @@ pub async fn run(
     let scratch = tempfile::tempdir().map_err(BackupError::io(&std::env::temp_dir()))?;
     let snapshot = scratch.path().join("snapshot");
     crate::verify::decode_db(&opts.from, &manifest, &snapshot, progress)?;
+    if opts.integrity_check {
+        crate::verify::check_integrity(&opts.from, &snapshot)?;
+    }
 
     let (previous_epoch, safety, live_schema) = match target.open_live().await {
         Ok(Some(live)) => {

@@ -20,6 +20,10 @@ pub struct BackupArgs {
     /// Scratch folder [default: a temporary folder, removed afterwards].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Use the store already in `--dir` (left by an earlier run) instead of
+    /// building one; its restores leave it as it was (same records).
+    #[arg(long, requires = "dir")]
+    pub reuse: bool,
     #[command(flatten)]
     pub common: super::Common,
 }
@@ -65,10 +69,28 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     let data = root.join("data");
     let started = Instant::now();
-    {
+    let built = tidemark_store::layout::existing_db_dir(&data)?.is_some();
+    if !(a.reuse && built) {
+        anyhow::ensure!(
+            !built,
+            "{} already holds a store; give --reuse to measure it, or another --dir",
+            data.display()
+        );
         let store = SqliteStore::open(&data, "bench")?;
         super::load::fill(&store, a.records, "bench").await?;
         store.close().await?;
+    }
+    // Scratch output of an earlier run.
+    for old in [
+        "cp.db",
+        "sqlite3-backup.db",
+        "backups",
+        "restored",
+        "safety",
+    ] {
+        let p = root.join(old);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir_all(&p);
     }
     let db_file = tidemark_store::layout::existing_db_dir(&data)?
         .map(|d| d.join(tidemark_store::sqlite::DB_FILE))
@@ -132,6 +154,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             data_dir: fresh,
             safety_to: None,
             cleanup: true,
+            integrity_check: false,
         },
         &|_| {},
     )
@@ -149,6 +172,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             data_dir: data.clone(),
             safety_to: Some(root.join("safety")),
             cleanup: true,
+            integrity_check: false,
         },
         &|_| {},
     )

@@ -95,8 +95,14 @@ fn not_a_data_dir(dir: &Path) -> StoreError {
 }
 
 /// Checks a snapshot file (a backup's data, decoded) without opening it as
-/// a store: integrity, the store format, and what it holds. The same for
-/// every engine, since they share the snapshot format.
+/// a store: its structure, the store format, and what it holds. The same
+/// for every engine, since they share the snapshot format.
 pub fn inspect_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> {
     crate::sqlite::inspect_snapshot(path)
+}
+
+/// The deep check of a snapshot file: SQLite's integrity check of every
+/// page and index (what `backup verify` adds to the checksums).
+pub fn check_snapshot_integrity(path: &Path) -> Result<(), StoreError> {
+    crate::sqlite::check_snapshot_integrity(path)
 }

@@ -33,7 +33,7 @@ pub mod store;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
-pub use engine::{inspect_snapshot, Engine};
+pub use engine::{check_snapshot_integrity, inspect_snapshot, Engine};
 pub use error::StoreError;
 pub use lock::DataDirLock;
 pub use postgres::PgStore;

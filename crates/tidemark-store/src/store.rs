@@ -292,19 +292,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::snapshot_to`]; an engine that produces the format as it
     /// reads overrides it.
     async fn snapshot(&self, scratch: &Path) -> Result<Snapshot, StoreError> {
-        let path = crate::layout::scratch_snapshot(scratch);
-        let info = self.snapshot_to(&path).await?;
-        let file = std::fs::File::open(&path);
-        // Unlinked while open: the handle keeps the data until it is read.
-        let _ = std::fs::remove_file(&path);
-        let file = file.map_err(|e| StoreError::DataDir {
-            path: path.display().to_string(),
-            detail: format!("cannot read the snapshot just written: {e}"),
-        })?;
-        Ok(Snapshot {
-            info,
-            reader: Box::new(file),
-        })
+        snapshot_via_file(self, scratch).await
     }
 
     /// Records the running server's process information (B6); an online
@@ -322,4 +310,25 @@ pub trait Store: Send + Sync + 'static {
     /// and any quiesce notice, and clears the needs-cleanup mark. Returns
     /// the names of the entries removed.
     async fn cleanup_process_info(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// [`Store::snapshot`] through a scratch file written by
+/// [`Store::snapshot_to`], unlinked while open: the handle keeps the data
+/// until it is read.
+pub(crate) async fn snapshot_via_file<S: Store + ?Sized>(
+    store: &S,
+    scratch: &Path,
+) -> Result<Snapshot, StoreError> {
+    let path = crate::layout::scratch_snapshot(scratch);
+    let info = store.snapshot_to(&path).await?;
+    let file = std::fs::File::open(&path);
+    let _ = std::fs::remove_file(&path);
+    let file = file.map_err(|e| StoreError::DataDir {
+        path: path.display().to_string(),
+        detail: format!("cannot read the snapshot just written: {e}"),
+    })?;
+    Ok(Snapshot {
+        info,
+        reader: Box::new(file),
+    })
 }

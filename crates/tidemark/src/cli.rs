@@ -443,6 +443,11 @@ pub struct RestoreArgs {
     /// refuses to start until 'tidemark cleanup' has run.
     #[arg(long)]
     pub no_cleanup: bool,
+    /// Also run SQLite's integrity check of every page before anything
+    /// changes (seconds per GB; 'backup verify' runs the same). Without it,
+    /// restore trusts the data by its checksums and checks its structure.
+    #[arg(long)]
+    pub check_integrity: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

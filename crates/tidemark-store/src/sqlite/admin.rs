@@ -64,25 +64,55 @@ fn snapshot_blocking(s: &SqliteStore, dest: &Path) -> Result<SnapshotInfo, Store
     inspect_snapshot(dest)
 }
 
-/// Checks a snapshot file (a backup's database, decoded) without opening it
-/// as a store: SQLite's integrity check, the format, and what it holds.
-pub(crate) fn inspect_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> {
-    let bad = |e: &dyn std::fmt::Display| {
-        StoreError::Format(format!(
-            "{} is not a readable Tidemark snapshot: {e}",
-            path.display()
-        ))
-    };
-    let conn = Connection::open_with_flags(
+fn snapshot_error(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Format(format!(
+        "{} is not a readable Tidemark snapshot: {e}",
+        path.display()
+    ))
+}
+
+fn open_snapshot(path: &Path) -> Result<Connection, StoreError> {
+    Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| bad(&e))?;
+    .map_err(|e| snapshot_error(path, &e))
+}
+
+/// SQLite's full integrity check of a snapshot file: every page and index
+/// (seconds per GB; `backup verify` runs it, restore trusts the BLAKE3 of
+/// the bytes the backup wrote).
+pub(crate) fn check_snapshot_integrity(path: &Path) -> Result<(), StoreError> {
+    let conn = open_snapshot(path)?;
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|e| bad(&e))?;
+        .map_err(|e| snapshot_error(path, &e))?;
     if check != "ok" {
-        return Err(bad(&format!("integrity check failed: {check}")));
+        return Err(snapshot_error(
+            path,
+            &format!("integrity check failed: {check}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a snapshot file (a backup's database, decoded) without opening it
+/// as a store: its structure (a SQLite file exactly as long as its pages,
+/// with Tidemark's tables), the format, and what it holds. Cheap: it reads
+/// a few pages. [`check_snapshot_integrity`] reads them all.
+pub(crate) fn inspect_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| snapshot_error(path, e);
+    let conn = open_snapshot(path)?;
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let pages = |pragma: &str| {
+        conn.query_row(pragma, [], |r| r.get::<_, i64>(0))
+            .map_err(|e| bad(&e))
+    };
+    let (page_size, page_count) = (pages("PRAGMA page_size")?, pages("PRAGMA page_count")?);
+    if (page_size * page_count) as u64 != bytes {
+        return Err(bad(&format!(
+            "it is {bytes} bytes long, but its header says {page_count} pages of {page_size}"
+        )));
     }
     let has_meta: i64 = conn
         .query_row(
@@ -94,11 +124,21 @@ pub(crate) fn inspect_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> 
     if has_meta != 2 {
         return Err(bad(&"it has no Tidemark tables"));
     }
-    let store_format = meta_u64(&conn, "format")?;
+    snapshot_info(&conn, bytes, &path.display().to_string())
+}
+
+/// What the database `conn` holds, as a snapshot of `bytes` bytes (read
+/// from a snapshot file, or inside the transaction a stream reads):
+/// refused unless it has this build's store format. `what` names it.
+pub(super) fn snapshot_info(
+    conn: &Connection,
+    bytes: u64,
+    what: &str,
+) -> Result<SnapshotInfo, StoreError> {
+    let store_format = meta_u64(conn, "format")?;
     if store_format != FORMAT_VERSION {
         return Err(StoreError::Format(format!(
-            "{} has store format {store_format}, this build reads format {FORMAT_VERSION}; use a matching tidemark version",
-            path.display()
+            "{what} has store format {store_format}, this build reads format {FORMAT_VERSION}; use a matching tidemark version"
         )));
     }
     let mut stmt = conn.prepare("SELECT source, high_water FROM tm_sources")?;
@@ -107,16 +147,15 @@ pub(crate) fn inspect_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> 
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?
         .collect::<Result<BTreeMap<_, _>, _>>()?;
-    let process = match meta_get(&conn, "process")? {
+    let process = match meta_get(conn, "process")? {
         Some(text) => Some(serde_json::from_str(&text)?),
         None => None,
     };
-    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(SnapshotInfo {
         store_format,
-        epoch: meta_u64(&conn, "epoch")?,
-        seq: meta_u64(&conn, "seq")?,
-        schema_version: meta_u64(&conn, "schema_version")?,
+        epoch: meta_u64(conn, "epoch")?,
+        seq: meta_u64(conn, "seq")?,
+        schema_version: meta_u64(conn, "schema_version")?,
         high_water,
         process,
         bytes,

@@ -23,6 +23,7 @@ mod catalog;
 mod flag_page;
 mod lww;
 mod open;
+mod page_stream;
 mod read;
 mod recovery;
 mod schema_registry;
@@ -31,11 +32,14 @@ mod tests;
 mod values;
 mod write;
 
-pub(crate) use admin::{create_snapshot_file, inspect_snapshot, load_snapshot, snapshot_schema};
+pub(crate) use admin::{
+    check_snapshot_integrity, create_snapshot_file, inspect_snapshot, load_snapshot,
+    snapshot_schema,
+};
 
 use crate::lock::DataDirLock;
 use crate::store::{
-    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
+    ApplyOutcome, Change, Flag, FlagEntry, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta, Snapshot,
     SnapshotInfo, Store, StoreMeta,
 };
 use crate::StoreError;
@@ -275,6 +279,13 @@ impl Store for SqliteStore {
 
     async fn snapshot_to(&self, path: &Path) -> Result<SnapshotInfo, StoreError> {
         admin::snapshot_to(self, path).await
+    }
+
+    async fn snapshot(&self, scratch: &Path) -> Result<Snapshot, StoreError> {
+        match page_stream::open(self).await? {
+            Some(snapshot) => Ok(snapshot),
+            None => crate::store::snapshot_via_file(self, scratch).await,
+        }
     }
 
     async fn record_process(&self, info: &ProcessInfo) -> Result<(), StoreError> {

@@ -119,6 +119,40 @@ async fn a_snapshot_equals_its_source_in_every_table_flags_included() {
     assert_eq!(dump(&snap), source);
 }
 
+/// The streamed snapshot (pages read inside one transaction) is this
+/// build's path, not the scratch-file fallback, and its bytes are a
+/// self-contained rollback-journal database equal to the source.
+#[tokio::test]
+async fn a_streamed_snapshot_equals_its_source_and_stands_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("data"), "test").unwrap();
+    crate::testsuite::load_some(&store).await;
+    assert!(
+        super::page_stream::available(&store.inner.writer.lock()),
+        "sqlite_dbpage is compiled in (.cargo/config.toml)"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let mut snap = store.snapshot(scratch.path()).await.unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut snap.reader, &mut bytes).unwrap();
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "no scratch file"
+    );
+    assert_eq!((bytes[18], bytes[19]), (1, 1), "rollback-journal header");
+    let file = dir.path().join("streamed.db");
+    std::fs::write(&file, &bytes).unwrap();
+    let conn = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    drop(conn);
+    store.close().await.unwrap();
+    assert_eq!(dump(&file), dump(store.db_path()));
+}
+
 #[test]
 fn a_foreign_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();

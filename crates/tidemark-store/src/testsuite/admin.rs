@@ -69,23 +69,36 @@ pub(super) async fn snapshots(store: &dyn Store) {
         "a snapshot never overwrites a file"
     );
 
+    // The stream holds its point from the moment it is opened: a write
+    // between opening and reading is not in it.
     let mut streamed = store.snapshot(scratch.path()).await.unwrap();
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut streamed.reader, &mut bytes).unwrap();
-    assert_eq!(bytes.len() as u64, streamed.info.bytes);
-    assert_eq!(streamed.info.seq, meta.seq);
-    let left: Vec<_> = std::fs::read_dir(scratch.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, vec!["snap"], "the stream leaves nothing behind");
-
-    // Later writes are not in it.
     apply_ok(
         store,
         order("ops-s", 1, "s1", Op::Upsert, json!({"plan": "after"})),
     )
     .await;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut streamed.reader, &mut bytes).unwrap();
+    assert_eq!(bytes.len() as u64, streamed.info.bytes);
+    let left: Vec<_> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec!["snap"], "the stream leaves nothing behind");
+    // What the stream says it holds is what the bytes hold, and they are a
+    // sound database: the same snapshot as the file.
+    let decoded = scratch.path().join("streamed");
+    std::fs::write(&decoded, &bytes).unwrap();
+    crate::check_snapshot_integrity(&decoded).unwrap();
+    assert_eq!(crate::inspect_snapshot(&decoded).unwrap(), streamed.info);
+    let same_point = crate::SnapshotInfo {
+        bytes: info.bytes,
+        ..streamed.info.clone()
+    };
+    assert_eq!(same_point, info, "the stream and the file hold one point");
+    std::fs::remove_file(&decoded).unwrap();
+
+    // Later writes are not in the file either.
     assert_eq!(crate::inspect_snapshot(&path).unwrap().seq, meta.seq);
 
     let copy_dir = scratch.path().join("copy");

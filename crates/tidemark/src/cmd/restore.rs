@@ -33,6 +33,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         safety_to,
         cleanup: !a.no_cleanup,
+        integrity_check: a.check_integrity,
     };
     let bar = super::backup::progress_bar("restoring");
     let progress = |n: u64| bar.set_position(n);
@@ -117,6 +118,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         schema: schema.clone(),
         safety_to,
         cleanup: !a.no_cleanup,
+        integrity_check: a.check_integrity,
         config_to: a.data_dir.clone(),
     };
     let bar = super::backup::progress_bar("restoring");

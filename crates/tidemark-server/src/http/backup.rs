@@ -1,11 +1,14 @@
 //! Online backup through the running server (B1, B5).
 //!
-//! `POST /v1/backup` takes one consistent snapshot (SQLite online backup
-//! API, one read transaction: writers go on) into a temporary file in the
-//! data directory and streams it back as the body; what the snapshot holds
-//! comes in the `Tidemark-Snapshot` header as JSON. The file is unlinked as
-//! soon as it is open, so nothing is left behind even if the client goes
-//! away. `GET /v1/backup/config` returns the server's configuration.
+//! `POST /v1/backup` takes one consistent snapshot ([`Store::snapshot`]:
+//! SQLite streams its pages from one read transaction, writers go on; an
+//! engine that writes a scratch file unlinks it as soon as it is open, so
+//! nothing is left behind even if the client goes away) and streams it back
+//! as the body; what the snapshot holds comes in the `Tidemark-Snapshot`
+//! header as JSON. `GET /v1/backup/config` returns the server's
+//! configuration.
+//!
+//! [`Store::snapshot`]: tidemark_store::Store::snapshot
 
 use super::error::HttpError;
 use super::AppState;
@@ -16,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
 use tidemark_api::ErrorCode;
-use tidemark_store::layout::SNAPSHOT_PREFIX;
 
 /// The response header carrying the snapshot's metadata.
 pub const SNAPSHOT_HEADER: &str = "tidemark-snapshot";
@@ -54,27 +56,15 @@ pub async fn snapshot(
         )
         .retry_after(10));
     };
-    // The snapshot file goes beside the data (same filesystem, cleaned by
-    // the next start); an engine without a data directory uses the
-    // temporary folder.
+    // A scratch snapshot file goes beside the data (same filesystem,
+    // cleaned by the next start); an engine without a data directory uses
+    // the temporary folder.
     let scratch = match app.store.engine() {
         "sqlite" => app.config.data_dir.clone(),
         _ => std::env::temp_dir(),
     };
-    let tmp = scratch.join(format!(
-        "{SNAPSHOT_PREFIX}{:016x}.tmp",
-        rand::random::<u64>()
-    ));
-    let info = app.store.snapshot_to(&tmp).await?;
-    let file = tokio::fs::File::open(&tmp).await;
-    // Unlinked while open: the handle keeps the data until the body is sent.
-    let _ = tokio::fs::remove_file(&tmp).await;
-    let file = file.map_err(|e| {
-        HttpError::new(
-            ErrorCode::StoreFailure,
-            format!("cannot read the snapshot {}: {e}; retry", tmp.display()),
-        )
-    })?;
+    let snapshot = app.store.snapshot(&scratch).await?;
+    let info = snapshot.info;
     tracing::info!(
         epoch = info.epoch,
         seq = info.seq,
@@ -91,7 +81,7 @@ pub async fn snapshot(
     let meta = HeaderValue::from_str(&ascii_json(&info))
         .map_err(|e| HttpError::new(ErrorCode::Internal, format!("snapshot metadata: {e}")))?;
     let body = Body::from_stream(relay(
-        file,
+        snapshot.reader,
         std::time::Duration::from_secs(app.config.backup_stall_secs.max(1)),
         permit,
     ));
@@ -106,23 +96,36 @@ pub async fn snapshot(
     Ok(resp)
 }
 
-/// The snapshot file as a body that ends (and releases the file and its
-/// place) once the client has not taken a chunk for `stall`: an unread
-/// stream cannot pin a deleted snapshot for ever.
+/// The snapshot stream as a body that ends (and releases the snapshot and
+/// its place) once the client has not taken a chunk for `stall`: an unread
+/// stream cannot pin a read transaction or a deleted snapshot for ever.
 fn relay(
-    file: tokio::fs::File,
+    mut snapshot: Box<dyn std::io::Read + Send>,
     stall: std::time::Duration,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
-    use futures::StreamExt;
+    const CHUNK: usize = 1 << 20;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
+    let runtime = tokio::runtime::Handle::current();
+    // The snapshot is a blocking reader: read on a blocking thread, handed
+    // over with the stall limit.
+    tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 16);
-        while let Some(chunk) = chunks.next().await {
-            match tokio::time::timeout(stall, tx.send(chunk)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let chunk = match snapshot.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    Ok(bytes::Bytes::from(chunk))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            match runtime.block_on(tokio::time::timeout(stall, tx.send(chunk))) {
+                Ok(Ok(())) if !failed => {}
+                Ok(_) => return,
                 Err(_) => {
                     tracing::warn!(
                         stall_secs = stall.as_secs(),
@@ -181,9 +184,9 @@ mod tests {
         std::fs::write(&path, vec![7u8; 4 << 20]).unwrap();
         let places = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
         let permit = places.clone().try_acquire_owned().unwrap();
-        let file = tokio::fs::File::open(&path).await.unwrap();
+        let file = std::fs::File::open(&path).unwrap();
         let stall = std::time::Duration::from_millis(100);
-        let mut body = Box::pin(super::relay(file, stall, permit));
+        let mut body = Box::pin(super::relay(Box::new(file), stall, permit));
         let first = body.next().await.unwrap().unwrap();
         assert!(!first.is_empty());
         assert_eq!(places.available_permits(), 0, "held while streaming");

@@ -80,6 +80,12 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
             manifest.files.len(),
             human(manifest.total_size())
         );
+        // The backup is checksummed as written; SQLite's check of every
+        // page is left to `verify`, off the backup's path.
+        println!(
+            "check it deeply (SQLite's integrity check of every page): tidemark backup verify {}",
+            a.to.display()
+        );
     }
     if let Some(keep) = a.keep {
         let root = match a.to.parent() {

@@ -233,7 +233,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         &["backup", "create", "--to", backup_s, "--server", &db.url],
         None,
     )?;
-    tl.say("backup", out.lines().last().unwrap_or(""));
+    tl.say("backup", out.lines().next().unwrap_or(""));
 
     tl.step(
         4,

@@ -10,7 +10,7 @@
 //!   renames it over the live schema, so a crash leaves the old store or
 //!   the new one, never a mix.
 
-use super::catalog::{self, PgValue};
+use super::catalog;
 use super::{engine_error, PgStore};
 use crate::store::SnapshotInfo;
 use crate::StoreError;
@@ -159,25 +159,61 @@ fn pg_to_sqlite(row: &BinaryCopyOutRow, i: usize, kind: Kind) -> Result<SqlValue
             .map_err(bad)?
             .map_or(SqlValue::Null, |b| SqlValue::Integer(i64::from(b))),
         Kind::Json => row
-            .try_get::<Option<serde_json::Value>>(i)
+            .try_get::<Option<JsonText>>(i)
             .map_err(bad)?
-            .map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string())),
+            .map_or(SqlValue::Null, |v| SqlValue::Text(v.0)),
     })
 }
 
-fn sqlite_to_pg(v: rusqlite::types::ValueRef<'_>, kind: Kind) -> Result<PgValue, StoreError> {
-    use rusqlite::types::ValueRef;
-    let bad = || StoreError::Format(format!("snapshot value {v:?} does not fit its column"));
-    Ok(match (kind, v) {
-        (_, ValueRef::Null) => PgValue::Null,
-        (Kind::Text, ValueRef::Text(t)) => {
-            PgValue::Text(std::str::from_utf8(t).map_err(|_| bad())?.to_owned())
+/// A `json`/`jsonb` value's text as PostgreSQL sends it, compacted but not
+/// parsed: what the snapshot stores, without a parse and a print per value.
+struct JsonText(String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = if *ty == Type::JSONB {
+            // Binary jsonb: a format version byte, then the text.
+            match raw.split_first() {
+                Some((1, text)) => text,
+                _ => return Err("unknown jsonb binary format version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(JsonText(compact_json(std::str::from_utf8(text)?)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON || *ty == Type::JSONB
+    }
+}
+
+/// `text` (valid JSON) without the whitespace outside its strings, as
+/// `serde_json` prints it (`jsonb` prints `{"a": 1, "b": [1, 2]}`).
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
         }
-        (Kind::Int, ValueRef::Integer(i)) => PgValue::Int(i),
-        (Kind::Bool, ValueRef::Integer(i)) => PgValue::Bool(i != 0),
-        (Kind::Json, ValueRef::Text(t)) => PgValue::Json(serde_json::from_slice(t)?),
-        _ => return Err(bad()),
-    })
+    }
+    out
 }
 
 impl PgStore {
@@ -464,7 +500,7 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
                         if i > 0 {
                             buf.push(b',');
                         }
-                        csv_field(&mut buf, sqlite_to_pg(row.get_ref(i)?, *kind)?);
+                        csv_field(&mut buf, row.get_ref(i)?, *kind)?;
                     }
                     buf.push(b'\n');
                     if buf.len() > 1 << 20
@@ -498,24 +534,41 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
     Ok(store)
 }
 
-/// One CSV field for COPY: NULL is an unquoted empty field, anything else
-/// is quoted.
-fn csv_field(buf: &mut Vec<u8>, v: PgValue) {
-    let text = match v {
-        PgValue::Null => return,
-        PgValue::Text(s) => s,
-        PgValue::Int(i) => i.to_string(),
-        PgValue::Bool(b) => (if b { "t" } else { "f" }).to_owned(),
-        PgValue::Json(j) => j.to_string(),
-    };
-    buf.push(b'"');
-    for b in text.bytes() {
-        if b == b'"' {
-            buf.push(b'"');
+/// One CSV field for COPY from a snapshot value: NULL is an unquoted empty
+/// field, anything else is quoted. Written straight from the value: JSON
+/// text goes as it is stored (PostgreSQL checks it as it parses it, and a
+/// damaged value fails the load, which then changes nothing).
+fn csv_field(
+    buf: &mut Vec<u8>,
+    v: rusqlite::types::ValueRef<'_>,
+    kind: Kind,
+) -> Result<(), StoreError> {
+    use rusqlite::types::ValueRef;
+    use std::io::Write;
+    let bad = || StoreError::Format(format!("snapshot value {v:?} does not fit its column"));
+    let quoted = |buf: &mut Vec<u8>, text: &[u8]| {
+        buf.push(b'"');
+        for &b in text {
+            if b == b'"' {
+                buf.push(b'"');
+            }
+            buf.push(b);
         }
-        buf.push(b);
+        buf.push(b'"');
+    };
+    match (kind, v) {
+        (_, ValueRef::Null) => {}
+        (Kind::Text | Kind::Json, ValueRef::Text(t)) => {
+            std::str::from_utf8(t).map_err(|_| bad())?;
+            quoted(buf, t);
+        }
+        (Kind::Int, ValueRef::Integer(i)) => {
+            let _ = write!(buf, "{i}");
+        }
+        (Kind::Bool, ValueRef::Integer(i)) => buf.push(if i != 0 { b't' } else { b'f' }),
+        _ => return Err(bad()),
     }
-    buf.push(b'"');
+    Ok(())
 }
 
 /// Makes the staged schema `staging` the live schema `live`, in one
@@ -546,4 +599,23 @@ async fn connect_raw(
     tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(engine_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_json;
+
+    #[test]
+    fn compact_json_drops_only_the_whitespace_outside_strings() {
+        // As jsonb prints it: spaces after ':' and ','; strings with
+        // spaces, escaped quotes and backslashes, and non-ASCII text.
+        let pg = r#"{"a": 1, "b": [1, 2.5, null], "c": "x  y\" z\\", "d": {"é": "日本 語"}}"#;
+        let compact = compact_json(pg);
+        assert_eq!(
+            compact,
+            r#"{"a":1,"b":[1,2.5,null],"c":"x  y\" z\\","d":{"é":"日本 語"}}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(pg).unwrap();
+        assert_eq!(compact, parsed.to_string(), "what serde_json prints");
+    }
 }

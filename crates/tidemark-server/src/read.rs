@@ -44,6 +44,24 @@ fn register(app: &AppState, table: &str, key: &str, subscriber: Option<&str>) {
     }
 }
 
+/// The read cache, where it may answer and be filled: no recovery in
+/// progress, and not on a standby. A standby learns of the primary's
+/// commits only through its change-log tail, so its cache would lag behind
+/// them, and a client that moves between instances could read a record go
+/// back in version; a standby reads the store. Taking over as primary
+/// catches the tail up to the end of the log (invalidating what changed)
+/// before the cache is used again.
+fn usable_cache(app: &AppState) -> Option<&std::sync::Arc<crate::read_cache::ReadCache>> {
+    let cache = app.read_cache.as_ref()?;
+    if app.recovery.state() != RecoveryState::Normal {
+        return None;
+    }
+    if app.cluster.as_ref().is_some_and(|c| !c.is_primary()) {
+        return None;
+    }
+    Some(cache)
+}
+
 /// The read cache's answer, if [`read`] would give it now: valid input, no
 /// recovery in progress, a cached answer. Registers `subscriber`'s interest
 /// first, like [`read`] (registering twice is harmless). `None`: ask
@@ -54,12 +72,9 @@ pub fn cached(
     key: &str,
     subscriber: Option<&str>,
 ) -> Option<ReadAnswer> {
-    let cache = app.read_cache.as_ref()?;
+    let cache = usable_cache(app)?;
     app.store.schema().table(table).ok()?;
     tidemark_api::schema::validate_key(key).ok()?;
-    if app.recovery.state() != RecoveryState::Normal {
-        return None;
-    }
     register(app, table, key, subscriber);
     let hit = cache.get(table, key).ok()?;
     Some(ReadAnswer {
@@ -80,11 +95,7 @@ pub async fn read(
     app.store.schema().table(table).map_err(ApiError::from)?;
     tidemark_api::schema::validate_key(key).map_err(ApiError::from)?;
     register(app, table, key, subscriber);
-    // The cache serves only while no recovery is in progress.
-    let cache = app
-        .read_cache
-        .as_ref()
-        .filter(|_| app.recovery.state() == RecoveryState::Normal);
+    let cache = usable_cache(app);
     let ticket = match cache.map(|c| c.get(table, key)) {
         Some(Ok(hit)) => {
             return Ok(ReadAnswer {

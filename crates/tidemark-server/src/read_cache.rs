@@ -2,8 +2,10 @@
 //! read path of a DB server in the `normal` state.
 //!
 //! Invariants:
-//! - It is consulted and filled only while no recovery is in progress (the
-//!   caller checks), so a cached answer never hides a recovering flag.
+//! - It is consulted and filled only while no recovery is in progress and
+//!   not on a standby (the caller checks, `read::usable_cache`), so a
+//!   cached answer never hides a recovering flag nor lags behind the
+//!   primary's commits.
 //! - Every commit invalidates the keys it changed *after* it is durable and
 //!   visible, and bumps the shard's generation; a reader fills the cache
 //!   only if the generation it saw *before* reading the store is unchanged.

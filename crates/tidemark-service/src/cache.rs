@@ -211,6 +211,34 @@ impl Cache {
             }
             _ => Entry::new(answer, answer.recovering, generation),
         };
+        self.put(&mut shard, slot, entry.clone());
+        entry
+    }
+
+    /// Keeps `answer`, which no watch stream vouches for, as a floor for
+    /// its key: the entry is suspect (an older generation), so no read is
+    /// served from it without asking the DB server, but an older answer
+    /// (from an instance that lags) is then known to be outdated. Never
+    /// replaces a newer entry.
+    pub fn remember(&self, answer: &RecordAnswer) {
+        let slot = KeySlot::new(&answer.table, &answer.key);
+        let mut shard = self.shard(&slot).write();
+        if let Some(old) = shard.peek(slot.as_str()) {
+            if old.rank() >= answer.version.unwrap_or_default() {
+                return;
+            }
+        }
+        let suspect = self.generation().wrapping_sub(1);
+        self.put(
+            &mut shard,
+            slot,
+            Entry::new(answer, answer.recovering, suspect),
+        );
+    }
+
+    /// Puts `entry` for `slot` into its shard, evicting to stay within the
+    /// shard's capacity.
+    fn put(&self, shard: &mut LruCache<Box<str>, Entry>, slot: KeySlot, entry: Entry) {
         if shard.len() >= self.per_shard && !shard.contains(slot.as_str()) {
             // CLOCK: a used entry at the tail goes to the head, once.
             for _ in 0..16 {
@@ -227,8 +255,7 @@ impl Cache {
                 shard.pop_lru();
             }
         }
-        shard.put(slot.into_string().into_boxed_str(), entry.clone());
-        entry
+        shard.put(slot.into_string().into_boxed_str(), entry);
     }
 
     /// Records held.

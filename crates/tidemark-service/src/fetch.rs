@@ -190,11 +190,12 @@ pub(crate) fn take_answer(
             },
         )
     } else {
-        // Not vouched for by a stream, so not cached; but an answer older
-        // than a version this server already holds in the same epoch is
-        // known to be outdated (an instance of a cluster that lags): the
-        // newer one is served instead.
-        match shared.cache.get(&answer.table, &answer.key) {
+        // Not vouched for by a stream, so not served from the cache later;
+        // but an answer older than a version this server already holds or
+        // served in the same epoch is known to be outdated (an instance of
+        // a cluster that lags): the newer one is served instead. What is
+        // served is remembered (suspect) for the next such answer.
+        let entry = match shared.cache.get(&answer.table, &answer.key) {
             Some(cached)
                 if cached.version() > answer.version
                     && cached.version().map(|v| v.epoch) == answer.version.map(|v| v.epoch) =>
@@ -206,7 +207,9 @@ pub(crate) fn take_answer(
                 )
             }
             _ => Entry::new(answer, answer.recovering, asked_in),
-        }
+        };
+        shared.cache.remember(answer);
+        entry
     };
     if entry.recovering && freshness == Freshness::Latest {
         return None;
@@ -483,6 +486,41 @@ mod tests {
         assert!(!served.recovering && served.source == Source::Cache);
         assert_eq!(started.elapsed(), Duration::ZERO, "woken, not polled");
         assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Two instances of a cluster, the second lagging: answers 9 then 5.
+    fn current_then_lagging(n: usize) -> Result<RecordRead, ClientError> {
+        Ok(RecordRead {
+            answer: record(if n == 0 { 9 } else { 5 }, false),
+            retry_after: None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn between_streams_a_read_never_goes_back_to_a_lagging_instance() {
+        // No stream vouches for anything (the service server is moving to
+        // another instance): reads go to the DB server every time, and the
+        // one answered after a newer answer was served must not go back.
+        let (svc, up) = service(current_then_lagging, false);
+        let version = |s: &Served| {
+            serde_json::from_slice::<RecordAnswer>(&s.body)
+                .unwrap()
+                .version
+        };
+        let first = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap();
+        assert_eq!(version(&first), Some(Version::new(2, 9)));
+        let second = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap();
+        assert_eq!(up.calls.load(Ordering::SeqCst), 2, "both asked the DB");
+        assert_eq!(version(&second), Some(Version::new(2, 9)), "not 5");
+        // What it remembered is suspect: no read is served from it without
+        // asking the DB server, once a stream is back either.
+        let kept = svc.shared.cache.get("subscriber", "k").unwrap();
+        assert_eq!(kept.version(), Some(Version::new(2, 9)));
+        assert_ne!(kept.generation(), svc.shared.cache.generation());
     }
 
     #[tokio::test(start_paused = true)]

@@ -282,6 +282,18 @@ mod tests {
     }
     use tidemark_store::testsuite;
 
+    /// Restoring `from` into `data`: cleanup on, no safety backup, no
+    /// integrity check; each test sets what it needs.
+    fn options(from: &Path, data: &Path) -> RestoreOptions {
+        RestoreOptions {
+            from: from.to_owned(),
+            data_dir: data.to_owned(),
+            safety_to: None,
+            cleanup: true,
+            integrity_check: false,
+        }
+    }
+
     /// Opens the store of `data` with the default engine.
     fn open(data: &Path) -> std::sync::Arc<dyn tidemark_store::Store> {
         Engine::default().open(data, "test").unwrap()
@@ -309,11 +321,8 @@ mod tests {
         store.close().await.unwrap();
         drop(store);
         let opts = RestoreOptions {
-            from: backup.clone(),
-            data_dir: data.clone(),
             safety_to: Some(default_safety_dir(&data)),
-            cleanup: true,
-            integrity_check: false,
+            ..options(&backup, &data)
         };
         let report = run(&opts, &|_| {}).await.unwrap();
         assert_eq!(report.new_epoch, at_backup.epoch + 1);
@@ -388,11 +397,8 @@ mod tests {
         assert!(matches!(err, BackupError::Undecodable { .. }), "{err}");
         assert!(err.to_string().contains("integrity check failed"), "{err}");
         let opts = RestoreOptions {
-            from: backup.clone(),
-            data_dir: data.clone(),
-            safety_to: None,
-            cleanup: true,
             integrity_check: true,
+            ..options(&backup, &data)
         };
         let err = run(&opts, &|_| {}).await.unwrap_err();
         assert!(err.to_string().contains("integrity check failed"), "{err}");
@@ -412,13 +418,7 @@ mod tests {
         crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), &|_| {})
             .await
             .unwrap();
-        let opts = RestoreOptions {
-            from: backup.clone(),
-            data_dir: data.clone(),
-            safety_to: None,
-            cleanup: true,
-            integrity_check: false,
-        };
+        let opts = options(&backup, &data);
         let err = run(&opts, &|_| {}).await.unwrap_err();
         assert!(matches!(err, BackupError::InUse { .. }), "{err}");
         store.close().await.unwrap();
@@ -462,11 +462,8 @@ mod tests {
             std::fs::write(f, GARBAGE).unwrap();
         }
         let mut opts = RestoreOptions {
-            from: backup,
-            data_dir: data.clone(),
             safety_to: Some(tmp.path().join("safety")),
-            cleanup: true,
-            integrity_check: false,
+            ..options(&backup, &data)
         };
         let err = run(&opts, &|_| {}).await.unwrap_err();
         assert!(matches!(err, BackupError::LiveUnreadable { .. }), "{err}");

@@ -3,16 +3,23 @@
 //!
 //! Concurrent requests therefore share one fsync instead of queueing for one
 //! each. Every batch stays all-or-nothing (a savepoint each, in the store).
+//! An engine that can overlap groups (PostgreSQL, [`Store::group_depth`])
+//! gets the next groups while earlier ones are still committing; it commits
+//! them in the order they were begun.
 //!
 //! Invariants:
 //! - The committer is the store's only writer of orders, so `after_commit`
 //!   sees changes in commit order, each once, and before any request is
 //!   answered (a reader told of a commit can rely on its push being queued).
+//!   Groups are settled strictly in the order they were begun; a group that
+//!   must run again alone ([`Ended::Again`]) runs in its place, and nothing
+//!   new begins until every group begun before has settled.
 //! - On shutdown it drains what was already accepted before it stops.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tidemark_api::Order;
-use tidemark_store::{ApplyOutcome, Change, Store, StoreError};
+use tidemark_store::{ApplyOutcome, Begun, Change, Ended, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -95,40 +102,111 @@ pub struct Worker {
     rx: mpsc::Receiver<Job>,
 }
 
+/// Groups begun and not yet settled, oldest first.
+type Running = VecDeque<(Vec<Job>, tokio::task::JoinHandle<Ended>)>;
+
 impl Worker {
     /// Runs until `shutdown`, then commits what is still queued.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let depth = self.store.group_depth().max(1);
+        let mut running = Running::new();
         loop {
-            let first = tokio::select! {
-                j = self.rx.recv() => j,
-                _ = shutdown.cancelled() => None,
-            };
-            let Some(first) = first else { break };
-            let mut total = first.orders.len();
-            let mut jobs = vec![first];
-            while total < MAX_ORDERS && jobs.len() < MAX_JOBS {
-                match self.rx.try_recv() {
-                    Ok(j) => {
-                        total += j.orders.len();
-                        jobs.push(j);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                ended = async { (&mut running.front_mut().expect("checked").1).await },
+                    if !running.is_empty() =>
+                {
+                    let (jobs, _) = running.pop_front().expect("checked");
+                    if self.settle(jobs, ended).await {
+                        self.settle_all(&mut running).await;
                     }
-                    Err(_) => break,
+                }
+                first = self.rx.recv(), if running.len() < depth => {
+                    let Some(first) = first else { break };
+                    let jobs = self.gather(first);
+                    self.begin(jobs, &mut running).await;
                 }
             }
-            self.commit(jobs).await;
         }
+        self.settle_all(&mut running).await;
         self.rx.close();
         while let Some(j) = self.rx.recv().await {
             self.commit(vec![j]).await;
         }
     }
 
+    /// `first` and whatever else is waiting, up to the group limits.
+    fn gather(&mut self, first: Job) -> Vec<Job> {
+        let mut total = first.orders.len();
+        let mut jobs = vec![first];
+        while total < MAX_ORDERS && jobs.len() < MAX_JOBS {
+            match self.rx.try_recv() {
+                Ok(j) => {
+                    total += j.orders.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        jobs
+    }
+
+    async fn begin(&self, mut jobs: Vec<Job>, running: &mut Running) {
+        let batches = take_orders(&mut jobs);
+        match self.store.begin_group(batches).await {
+            Begun::Running(group) => running.push_back((jobs, tokio::spawn(group))),
+            Begun::Alone(batches) => {
+                self.settle_all(running).await;
+                let results = self.store.apply_group(batches).await;
+                self.publish(jobs, results);
+            }
+        }
+    }
+
+    /// Settles every running group, oldest first.
+    async fn settle_all(&self, running: &mut Running) {
+        while let Some((jobs, group)) = running.pop_front() {
+            self.settle(jobs, group.await).await;
+        }
+    }
+
+    /// Publishes how a group ended, applying it alone first if it must run
+    /// again; `true` if it did (every group running after it must then be
+    /// settled before anything new begins).
+    async fn settle(&self, jobs: Vec<Job>, ended: Result<Ended, tokio::task::JoinError>) -> bool {
+        match ended {
+            Ok(Ended::Done(results)) => {
+                self.publish(jobs, results);
+                false
+            }
+            Ok(Ended::Again(batches)) => {
+                let results = self.store.apply_group(batches).await;
+                self.publish(jobs, results);
+                true
+            }
+            Err(e) => {
+                // The group's task died: whether it committed is unknown.
+                tracing::error!(error = %e, "a commit task failed");
+                (self.after_unknown)();
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(
+                        "the commit's outcome is unknown (its task failed); read the records back before you resubmit".into(),
+                    )));
+                }
+                true
+            }
+        }
+    }
+
     async fn commit(&self, mut jobs: Vec<Job>) {
-        let batches = jobs
-            .iter_mut()
-            .map(|j| std::mem::take(&mut j.orders))
-            .collect();
+        let batches = take_orders(&mut jobs);
         let results = self.store.apply_group(batches).await;
+        self.publish(jobs, results);
+    }
+
+    /// After the commit, before anyone can be told of it.
+    fn publish(&self, jobs: Vec<Job>, results: Vec<Result<ApplyOutcome, StoreError>>) {
         if results
             .iter()
             .any(|r| matches!(r, Err(StoreError::Unavailable(_))))
@@ -137,12 +215,17 @@ impl Worker {
         }
         for (job, result) in jobs.into_iter().zip(results) {
             if let Ok(outcome) = &result {
-                // After the commit, before anyone can be told of it.
                 (self.after_commit)(&outcome.changes);
             }
             let _ = job.reply.send(result);
         }
     }
+}
+
+fn take_orders(jobs: &mut [Job]) -> Vec<Vec<Order>> {
+    jobs.iter_mut()
+        .map(|j| std::mem::take(&mut j.orders))
+        .collect()
 }
 
 #[cfg(test)]

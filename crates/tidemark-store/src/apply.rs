@@ -42,6 +42,18 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Each batch of a group checked on its own: `Some(Err)` for a batch refused
+/// before any transaction opens, `None` for one still to run.
+pub fn validate_group<T>(
+    schema: &Schema,
+    batches: &[Vec<Order>],
+) -> Vec<Option<Result<T, StoreError>>> {
+    batches
+        .iter()
+        .map(|b| validate_batch(schema, b).err().map(Err))
+        .collect()
+}
+
 /// Re-checks, once the writer is held, the batches of a group that were
 /// validated against a catalog a publish or rollback has since replaced
 /// (the catalog is swapped under the writer, so the one seen under it is

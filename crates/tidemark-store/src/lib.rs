@@ -39,8 +39,8 @@ pub use lock::DataDirLock;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
-    ApplyOutcome, Change, Flag, FlagEntry, FlagPage, FlagsAdded, Lookup, ProcessInfo, RecoveryMeta,
-    Snapshot, SnapshotInfo, Store, StoreMeta,
+    ApplyOutcome, Begun, Change, Ended, Flag, FlagEntry, FlagPage, FlagsAdded, Lookup, ProcessInfo,
+    RecoveryMeta, Snapshot, SnapshotInfo, Store, StoreMeta,
 };
 
 /// Change-log rows one pruning statement deletes at most.

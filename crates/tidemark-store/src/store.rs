@@ -8,6 +8,27 @@ use std::sync::Arc;
 use tidemark_api::schema_change::SchemaVersionInfo;
 use tidemark_api::{Fields, Order, OrderResult, Record, RecoveryState, Schema, Version};
 
+/// A group of batches after [`Store::begin_group`].
+pub enum Begun {
+    /// Running on its own; it commits only after every group begun before
+    /// it has committed.
+    Running(futures::future::BoxFuture<'static, Ended>),
+    /// It must run alone: let every running group end, then
+    /// [`Store::apply_group`] it.
+    Alone(Vec<Vec<Order>>),
+}
+
+/// How a running group ended.
+pub enum Ended {
+    /// Its results, in batch order, as [`Store::apply_group`] gives them.
+    Done(Vec<Result<ApplyOutcome, StoreError>>),
+    /// Rolled back, nothing applied (a group begun before it failed, or it
+    /// needs the engine's careful path): apply it alone, in its place in the
+    /// order, once the groups begun before it have ended. Every group
+    /// running after it ends the same way.
+    Again(Vec<Vec<Order>>),
+}
+
 /// The recovery state as the store keeps it (P5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryMeta {
@@ -182,6 +203,19 @@ pub trait Store: Send + Sync + 'static {
             out.push(self.apply(b).await);
         }
         out
+    }
+
+    /// Begins a group of batches: its place in the commit order is fixed
+    /// when this returns. An engine that can overlap groups returns
+    /// [`Begun::Running`]: it commits after every group begun before it. The
+    /// default overlaps nothing: the caller applies the group alone.
+    async fn begin_group(&self, batches: Vec<Vec<Order>>) -> Begun {
+        Begun::Alone(batches)
+    }
+
+    /// How many begun groups may run at once (1: none overlap).
+    fn group_depth(&self) -> usize {
+        1
     }
 
     /// Changes with seq greater than `after`, oldest first, at most `limit`.

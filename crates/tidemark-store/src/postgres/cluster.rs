@@ -7,11 +7,14 @@
 //! - Expiry is judged by PostgreSQL's clock (`now()`), never by an
 //!   instance's, so clock skew between instances cannot make two holders.
 //! - Fencing: once [`PgStore::set_fence`] is set, every write transaction
-//!   first takes the lease row `FOR SHARE` and checks its term and holder
-//!   (see `write.rs`). Changing the holder takes the row `FOR UPDATE`, so it
-//!   waits for every write transaction of the old term to end, and every
-//!   later one of the old holder finds the new term and commits nothing.
-//!   Two writing primaries are impossible by construction.
+//!   first takes the lease row `FOR KEY SHARE` and checks its term and
+//!   holder (see `write.rs`). Changing the holder first takes the row
+//!   `FOR UPDATE` in its own transaction, so it waits for every write
+//!   transaction of the old term to end, and every later one of the old
+//!   holder finds the new term and commits nothing. Two writing primaries
+//!   are impossible by construction. A renewal changes only the expiry (no
+//!   `FOR UPDATE`): it never waits for write transactions, so overlapping
+//!   ones (pipelined commits) cannot starve it.
 
 use super::{engine_error, PgStore};
 use crate::StoreError;
@@ -84,6 +87,20 @@ fn lease_from(row: &tokio_postgres::Row) -> Lease {
 const LEASE_COLUMNS: &str =
     "term, holder, url, (extract(epoch from (expires_at - now())) * 1000)::float8";
 
+/// A transaction that may change the lease's holder: it holds the lease row
+/// `FOR UPDATE`, so every write transaction of the old term has ended, and
+/// none of the old holder's can begin until it commits. The change itself
+/// must be its next statement, which sees the row as it is now.
+async fn holder_change(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    let tx = client.transaction().await.map_err(engine_error)?;
+    tx.execute("SELECT 1 FROM tm_lease WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .map_err(engine_error)?;
+    Ok(tx)
+}
+
 impl PgStore {
     /// Makes every later write transaction check that `holder` holds the
     /// lease at `term` (`None`: this instance may not write at all).
@@ -114,8 +131,9 @@ impl PgStore {
         url: &str,
         ttl_ms: u64,
     ) -> Result<Option<Lease>, StoreError> {
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = holder_change(&mut client).await?;
+        let row = tx
             .query_opt(
                 &format!(
                     "UPDATE tm_lease SET term = term + 1, holder = $1, url = $2, expires_at = now() + make_interval(secs => $3::float8 / 1000) \
@@ -125,6 +143,7 @@ impl PgStore {
             )
             .await
             .map_err(engine_error)?;
+        tx.commit().await.map_err(engine_error)?;
         Ok(row.as_ref().map(lease_from))
     }
 
@@ -154,8 +173,9 @@ impl PgStore {
         to_url: &str,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = client
+        let mut client = self.client().await?;
+        let tx = holder_change(&mut client).await?;
+        let n = tx
             .execute(
                 "UPDATE tm_lease SET term = term + 1, holder = $3, url = $4, expires_at = now() + make_interval(secs => $5::float8 / 1000) \
                  WHERE id = 1 AND term = $1 AND holder = $2",
@@ -163,20 +183,23 @@ impl PgStore {
             )
             .await
             .map_err(engine_error)?;
+        tx.commit().await.map_err(engine_error)?;
         Ok(n == 1)
     }
 
     /// Gives up the lease `me` holds at `term` at once (a clean shutdown),
     /// so a standby need not wait for it to expire.
     pub async fn lease_release(&self, me: &str, term: u64) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = client
+        let mut client = self.client().await?;
+        let tx = holder_change(&mut client).await?;
+        let n = tx
             .execute(
                 "UPDATE tm_lease SET term = term + 1, holder = NULL, url = NULL, expires_at = now() WHERE id = 1 AND term = $1 AND holder = $2",
                 &[&(term as i64), &me],
             )
             .await
             .map_err(engine_error)?;
+        tx.commit().await.map_err(engine_error)?;
         Ok(n == 1)
     }
 

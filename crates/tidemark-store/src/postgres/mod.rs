@@ -16,6 +16,7 @@ mod catalog;
 pub mod cluster;
 mod flag_page;
 mod flags;
+mod pipeline;
 mod replay;
 mod schema_registry;
 pub mod snapshot;
@@ -63,7 +64,12 @@ struct Inner {
     /// Rows in `tm_flags`; reads skip the flag lookup while it is zero.
     flag_rows: AtomicU64,
     /// One writer per process; the database's row lock orders processes.
-    write: tokio::sync::Mutex<()>,
+    /// It also guards where the commit pipeline stands (`pipeline.rs`).
+    write: tokio::sync::Mutex<pipeline::Chain>,
+    /// A permit per pipelined group running; all of them: none runs.
+    running: Arc<tokio::sync::Semaphore>,
+    /// A pipelined group failed: the next group runs alone.
+    poisoned: AtomicBool,
     closed: AtomicBool,
     /// Set once this store serves one instance of several (see
     /// `cluster.rs`): every write transaction then checks the lease.
@@ -302,7 +308,9 @@ impl PgStore {
                 epoch: AtomicU64::new(0),
                 seq: AtomicU64::new(0),
                 flag_rows: AtomicU64::new(0),
-                write: tokio::sync::Mutex::new(()),
+                write: tokio::sync::Mutex::new(pipeline::Chain::default()),
+                running: Arc::new(tokio::sync::Semaphore::new(pipeline::DEPTH)),
+                poisoned: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 fenced: AtomicBool::new(false),
                 fence: RwLock::new(None),
@@ -475,6 +483,27 @@ impl PgStore {
         Ok(())
     }
 
+    /// The writer lock with no pipelined group running: each one begun has
+    /// ended, and the next group learns the seq and marks afresh. (A
+    /// running group never takes the writer lock, so this cannot deadlock.)
+    async fn alone(
+        &self,
+    ) -> (
+        tokio::sync::MutexGuard<'_, pipeline::Chain>,
+        tokio::sync::SemaphorePermit<'_>,
+    ) {
+        let mut chain = self.inner.write.lock().await;
+        let all = self
+            .inner
+            .running
+            .acquire_many(pipeline::DEPTH as u32)
+            .await
+            .expect("the semaphore is never closed");
+        chain.reset();
+        self.inner.poisoned.store(false, Ordering::SeqCst);
+        (chain, all)
+    }
+
     /// Runs `f` in one transaction under the writer lock.
     async fn write_tx<T>(
         &self,
@@ -482,7 +511,7 @@ impl PgStore {
             &'a deadpool_postgres::Transaction<'a>,
         ) -> futures::future::BoxFuture<'a, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let _w = self.inner.write.lock().await;
+        let _w = self.alone().await;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(engine_error)?;
         self.check_fence(&tx).await?;
@@ -491,9 +520,10 @@ impl PgStore {
         Ok(out)
     }
 
-    /// With fencing on (several instances), holds the lease row `FOR SHARE`
-    /// for the rest of `tx` and fails unless this instance holds the lease
-    /// at its term (see `cluster.rs`).
+    /// With fencing on (several instances), holds the lease row
+    /// `FOR KEY SHARE` for the rest of `tx` (a change of holder waits for
+    /// it; a renewal does not) and fails unless this instance holds the
+    /// lease at its term (see `cluster.rs`).
     pub(crate) async fn check_fence(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -507,7 +537,7 @@ impl PgStore {
         };
         let held = tx
             .query_opt(
-                "SELECT 1 FROM tm_lease WHERE id = 1 AND term = $1 AND holder = $2 FOR SHARE",
+                "SELECT 1 FROM tm_lease WHERE id = 1 AND term = $1 AND holder = $2 FOR KEY SHARE",
                 &[&(term as i64), &me],
             )
             .await
@@ -598,6 +628,14 @@ impl Store for PgStore {
         self.apply_group_pg(batches).await
     }
 
+    async fn begin_group(&self, batches: Vec<Vec<Order>>) -> crate::store::Begun {
+        self.begin_group_pg(batches).await
+    }
+
+    fn group_depth(&self) -> usize {
+        pipeline::DEPTH
+    }
+
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -669,8 +707,8 @@ impl Store for PgStore {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        // Wait for a commit in progress, then let the pool go.
-        let _w = self.inner.write.lock().await;
+        // Wait for the commits in progress, then let the pool go.
+        let _w = self.alone().await;
         self.inner.pool.close();
         if let Some(task) = self.inner.lock_task.lock().take() {
             task.abort();

@@ -195,7 +195,7 @@ async fn build_indexes(s: &PgStore, target: &Schema) -> Result<(), StoreError> {
 
 async fn publish_tx(s: &PgStore, target: &Schema, by: &str) -> Result<bool, Attempt> {
     // This process's writes wait until the new catalog is in place.
-    let _w = s.inner.write.lock().await;
+    let _w = s.alone().await;
     let mut client = s.client().await?;
     let tx = client.transaction().await.map_err(engine_error)?;
     tx.execute("SELECT pg_advisory_xact_lock(7413020)", &[])

@@ -10,6 +10,7 @@
 //!   ([`crate::recovery_rule`]).
 
 use super::catalog::{Catalog, PgArray, PgValue, TableSql};
+use super::pipeline::ChainState;
 use super::PgStore;
 use crate::recovery_rule::{decide, logical_version, Effect, KeyState};
 use crate::store::{ApplyOutcome, Change};
@@ -76,47 +77,30 @@ impl PgStore {
         batches: Vec<Vec<Order>>,
     ) -> Vec<Result<ApplyOutcome, StoreError>> {
         let mut catalog = self.catalog();
-        let mut out: Vec<Option<Result<ApplyOutcome, StoreError>>> = batches
-            .iter()
-            .map(|b| {
-                crate::apply::validate_batch(&catalog.schema, b)
-                    .err()
-                    .map(Err)
-            })
-            .collect();
-        let _writer = self.inner.write.lock().await;
+        let mut out = crate::apply::validate_group(&catalog.schema, &batches);
+        let (mut chain, _all) = self.alone().await;
         // A publish swaps the catalog under this lock (see `revalidate`).
         let now = self.catalog();
         if !Arc::ptr_eq(&now, &catalog) {
             crate::apply::revalidate(&now.schema, &batches, &mut out);
             catalog = now;
         }
-        let result = self.group_tx(&catalog, &batches, &mut out).await;
-        if let Err(e) = result {
-            // The group did not commit (or, with the connection lost, its
-            // outcome is unknown): every batch not refused on its own fails
-            // with the group's error.
-            if matches!(e, StoreError::NotPrimary) {
-                // Fenced: nothing was written; the whole group belongs to
-                // the primary.
-                return out
-                    .into_iter()
-                    .map(|r| match r {
-                        Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
-                        _ => Err(StoreError::NotPrimary),
-                    })
-                    .collect();
+        let term = self.fence_term();
+        match self.group_tx(&catalog, &batches, &mut out).await {
+            Ok(Some(st)) if !st.strict && !st.blanket && term == self.fence_term() => {
+                // The plain state, committed: later groups may pipeline on it.
+                chain.state = Some(ChainState {
+                    seq: st.seq,
+                    high_water: st
+                        .high_water
+                        .into_iter()
+                        .map(|(s, (hw, _))| (s, hw))
+                        .collect(),
+                    term,
+                });
             }
-            let unavailable = matches!(e, StoreError::Unavailable(_));
-            let msg = e.to_string();
-            return out
-                .into_iter()
-                .map(|r| match r {
-                    Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
-                    _ if unavailable => Err(StoreError::Unavailable(msg.clone())),
-                    _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
-                })
-                .collect();
+            Ok(_) => {}
+            Err(e) => return group_failed(out, e),
         }
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine("batch skipped".into()))))
@@ -128,11 +112,11 @@ impl PgStore {
         catalog: &Catalog,
         batches: &[Vec<Order>],
         out: &mut [Option<Result<ApplyOutcome, StoreError>>],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<GroupState>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         // Several instances: only the lease holder of the current term
-        // commits (the lease row stays share-locked until the commit).
+        // commits (the lease row stays key-share-locked until the commit).
         self.check_fence(&tx).await?;
         // The counter and the recovery state in one round trip; the lock on
         // the counter orders writers.
@@ -173,7 +157,8 @@ impl PgStore {
                 let failed = r.is_err();
                 out[i] = Some(r);
                 if failed {
-                    return Ok(());
+                    // Nothing committed.
+                    return Ok(None);
                 }
                 continue;
             }
@@ -226,8 +211,37 @@ impl PgStore {
                 .flag_rows
                 .fetch_sub(st.flags_cleared, Ordering::SeqCst);
         }
-        Ok(())
+        Ok(Some(st))
     }
+}
+
+/// The results of a group that did not commit (or, with the connection
+/// lost, whose outcome is unknown): every batch not refused on its own
+/// fails with the group's error.
+pub(super) fn group_failed(
+    out: Vec<Option<Result<ApplyOutcome, StoreError>>>,
+    e: StoreError,
+) -> Vec<Result<ApplyOutcome, StoreError>> {
+    if matches!(e, StoreError::NotPrimary) {
+        // Fenced: nothing was written; the whole group belongs to the
+        // primary.
+        return out
+            .into_iter()
+            .map(|r| match r {
+                Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
+                _ => Err(StoreError::NotPrimary),
+            })
+            .collect();
+    }
+    let unavailable = matches!(e, StoreError::Unavailable(_));
+    let msg = e.to_string();
+    out.into_iter()
+        .map(|r| match r {
+            Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
+            _ if unavailable => Err(StoreError::Unavailable(msg.clone())),
+            _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
+        })
+        .collect()
 }
 
 /// The high-water mark of `source` as this group sees it (read once).
@@ -282,32 +296,66 @@ async fn apply_pipelined(
     orders: &[Order],
     st: &mut GroupState,
 ) -> Result<Option<ApplyOutcome>, StoreError> {
-    // Plan: seqs and versions, in memory; any duplicate candidate bails out.
-    let mut marks = HashMap::new();
     for order in orders {
-        if !marks.contains_key(&order.source) {
+        if !st.high_water.contains_key(&order.source) {
             high_water(tx, st, &order.source).await?;
         }
-        let hw = marks
-            .get(&order.source)
+    }
+    let Some(planned) = plan_batch(orders, st.epoch, &mut st.seq, &mut st.high_water)? else {
+        return Ok(None);
+    };
+    execute_plain(catalog, tx, orders, planned).await.map(Some)
+}
+
+/// Seqs and versions of a batch on the plain path, in memory. `None` if an
+/// order is at or below its source's high-water mark (a duplicate
+/// candidate: the batch needs the one-by-one path). `seq` and `marks` change
+/// only when versions are returned; every source of the batch must be in
+/// `marks` (source to mark and whether this group moved it).
+pub(super) fn plan_batch(
+    orders: &[Order],
+    epoch: u64,
+    seq: &mut u64,
+    marks: &mut HashMap<String, (u64, bool)>,
+) -> Result<Option<Vec<Version>>, StoreError> {
+    let mut running: HashMap<&str, u64> = HashMap::new();
+    for order in orders {
+        let hw = running
+            .get(order.source.as_str())
             .copied()
-            .unwrap_or_else(|| st.high_water[&order.source].0);
+            .unwrap_or_else(|| marks[&order.source].0);
         if order.seq <= hw {
             return Ok(None);
         }
-        marks.insert(order.source.clone(), order.seq);
+        running.insert(&order.source, order.seq);
     }
-    let mut seq = st.seq;
+    running.clear();
+    let mut next = *seq;
     let mut planned = Vec::with_capacity(orders.len());
     for (index, order) in orders.iter().enumerate() {
-        let hw = st.high_water[&order.source].0;
+        let hw = running
+            .get(order.source.as_str())
+            .copied()
+            .unwrap_or_else(|| marks[&order.source].0);
         crate::apply::check_gap(index, order, hw)?;
-        seq += 1;
-        planned.push(Version::new(st.epoch, seq));
-        st.high_water
-            .insert(order.source.clone(), (order.seq, true));
+        next += 1;
+        planned.push(Version::new(epoch, next));
+        running.insert(&order.source, order.seq);
     }
-    st.seq = seq;
+    *seq = next;
+    for (source, hw) in running {
+        marks.insert(source.to_owned(), (hw, true));
+    }
+    Ok(Some(planned))
+}
+
+/// A planned batch's statements: its records, then its change-log rows.
+pub(super) async fn execute_plain(
+    catalog: &Catalog,
+    tx: &Transaction<'_>,
+    orders: &[Order],
+    planned: Vec<Version>,
+) -> Result<ApplyOutcome, StoreError> {
     // Keys distinct within the batch (the common case): one multi-row
     // statement per table and column set; otherwise one statement per
     // order, pipelined (PostgreSQL runs them in the order sent, so two
@@ -324,7 +372,7 @@ async fn apply_pipelined(
     let unflagged = vec![(false, false); orders.len()];
     let cleared: Vec<bool> = unflagged.iter().map(|f| f.0).collect();
     bulk_changes(tx, orders, &planned, &records, &cleared).await?;
-    Ok(Some(outcome(orders, planned, records, unflagged)))
+    Ok(outcome(orders, planned, records, unflagged))
 }
 
 /// A batch's answer: each order's result and change, from its version, the

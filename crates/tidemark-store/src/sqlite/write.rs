@@ -8,7 +8,6 @@
 
 use super::catalog::{Catalog, TableSql};
 use super::{lww, meta_set, values, SqliteStore};
-use crate::apply::validate_batch;
 use crate::store::{ApplyOutcome, Change};
 use crate::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -103,10 +102,7 @@ impl SqliteStore {
         batches: Vec<Vec<Order>>,
     ) -> Vec<Result<ApplyOutcome, StoreError>> {
         let mut catalog = self.catalog();
-        let mut out: Vec<Option<Result<ApplyOutcome, StoreError>>> = batches
-            .iter()
-            .map(|b| validate_batch(&catalog.schema, b).err().map(Err))
-            .collect();
+        let mut out = crate::apply::validate_group(&catalog.schema, &batches);
         let mut conn = self.inner.writer.lock();
         let now = self.catalog();
         if !Arc::ptr_eq(&now, &catalog) {

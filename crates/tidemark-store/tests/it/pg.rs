@@ -11,6 +11,15 @@ async fn store(test: &str) -> Option<PgStore> {
     Some(PgStore::connect(&url, "tidemark").await.expect("connect"))
 }
 
+/// A plain connection to the test database, beside the store's.
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_passes_the_store_suite() {
     let Some(s) = store("suite").await else {
@@ -51,11 +60,8 @@ async fn a_store_from_a_newer_tidemark_is_refused() {
         let s = PgStore::connect(&url, "tidemark").await.unwrap();
         s.close().await.unwrap();
     }
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    sql(&url)
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
         .execute(
             "UPDATE tidemark.tm_meta SET value = '99' WHERE name = 'format'",
             &[],
@@ -153,4 +159,172 @@ async fn snapshots_cross_engines_and_keep_everything() {
         want,
         "PostgreSQL -> SQLite"
     );
+}
+
+mod pipeline {
+    //! Pipelined group commits (issue 10): groups begun one after another
+    //! run at once and commit in the order they began.
+
+    use super::store;
+    use serde_json::json;
+    use tidemark_api::{Op, Order};
+    use tidemark_store::testsuite::order;
+    use tidemark_store::{Begun, Ended, PgStore, Store};
+    use tidemark_testkit::postgres::PgCluster;
+
+    fn upsert(src: &str, seq: u64, key: &str, plan: &str) -> Order {
+        order(src, seq, key, Op::Upsert, json!({ "plan": plan }))
+    }
+
+    async fn running(s: &dyn Store, batches: Vec<Vec<Order>>) -> tokio::task::JoinHandle<Ended> {
+        match s.begin_group(batches).await {
+            Begun::Running(group) => tokio::spawn(group),
+            Begun::Alone(_) => panic!("a plain group on a single instance runs pipelined"),
+        }
+    }
+
+    /// Every change-log seq from 1 to the store's seq, each once, in order.
+    async fn log_is_gap_free(s: &dyn Store) -> Vec<tidemark_store::Change> {
+        let seq = s.meta().await.unwrap().seq;
+        let changes = s.changes_since(0, 100_000).await.unwrap();
+        let seqs: Vec<u64> = changes.iter().map(|c| c.version.seq).collect();
+        assert_eq!(seqs, (1..=seq).collect::<Vec<_>>(), "a gap-free log");
+        changes
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_begun_together_commit_in_the_order_they_began() {
+        let Some(s) = store("pipeline_order").await else {
+            return;
+        };
+        // The first group runs alone and learns the seq and marks.
+        s.apply(vec![upsert("a", 1, "k0", "p0")]).await.unwrap();
+        let mut groups = std::collections::VecDeque::new();
+        let mut begun = Vec::new();
+        let mut last = 0;
+        let mut settle = |g: usize, ended: Ended| {
+            let Ended::Done(results) = ended else {
+                panic!("group {g} should commit");
+            };
+            let outcome = results.into_iter().next().unwrap().unwrap();
+            for r in &outcome.results {
+                let v = r.version.unwrap().seq;
+                assert!(
+                    v > last,
+                    "group {g} takes seqs after every group begun before it"
+                );
+                last = v;
+            }
+        };
+        for g in 0..8u64 {
+            // As the committer does: at most `group_depth` running.
+            if groups.len() == s.group_depth() {
+                let (n, h): (usize, tokio::task::JoinHandle<Ended>) = groups.pop_front().unwrap();
+                settle(n, h.await.unwrap());
+            }
+            // Sources a and b alternate; groups 4 and 5 rewrite keys of
+            // groups 0 and 1 (and run after them), the rest touch keys of
+            // their own.
+            let src = if g % 2 == 0 { "a" } else { "b" };
+            let first = 10 + g / 2 * 100;
+            let key_group = if g == 4 || g == 5 { g - 4 } else { g };
+            let batch: Vec<Order> = (0..50)
+                .map(|i| {
+                    upsert(
+                        src,
+                        first + i,
+                        &format!("k{key_group}-{i}"),
+                        &format!("g{g}"),
+                    )
+                })
+                .collect();
+            begun.push(batch.clone());
+            groups.push_back((g as usize, running(&s, vec![batch]).await));
+        }
+        for (n, h) in groups {
+            settle(n, h.await.unwrap());
+        }
+        let changes = log_is_gap_free(&s).await;
+        assert_eq!(changes.len(), 1 + 8 * 50);
+        for g in [0u64, 1, 2, 3, 6, 7] {
+            let key_group = if g < 2 { g + 4 } else { g };
+            let rec = s
+                .get("subscriber", &format!("k{g}-7"))
+                .await
+                .unwrap()
+                .record
+                .unwrap();
+            assert_eq!(
+                rec.fields["plan"],
+                json!(format!("g{key_group}")),
+                "the later group's write of a shared key stands"
+            );
+        }
+        let marks = s.high_water_marks().await.unwrap();
+        assert_eq!(marks["a"], begun[6].last().unwrap().seq);
+        assert_eq!(marks["b"], begun[7].last().unwrap().seq);
+        // A duplicate resubmitted after the pipeline is acknowledged, not
+        // applied twice.
+        let again = s.apply(begun[3].clone()).await.unwrap();
+        assert!(again.results.iter().all(|r| r.duplicate));
+        assert_eq!(log_is_gap_free(&s).await.len(), 1 + 8 * 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_group_makes_every_group_after_it_run_again_in_order() {
+        let Some(cluster) = PgCluster::shared("pipeline_failure") else {
+            return;
+        };
+        let url = cluster.database("pipeline_failure").unwrap();
+        let s = PgStore::connect(&url, "tidemark").await.unwrap();
+        s.apply(vec![upsert("a", 1, "k0", "p0")]).await.unwrap();
+        // A constraint of the DBA's that validation knows nothing of: the
+        // first group fails inside PostgreSQL.
+        super::sql(&url)
+            .await
+            .execute(
+                "ALTER TABLE tidemark.subscriber ADD CONSTRAINT no_bad CHECK (plan <> 'bad')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let g1 = running(&s, vec![vec![upsert("a", 2, "k1", "bad")]]).await;
+        let g2 = running(&s, vec![vec![upsert("a", 3, "k2", "ok")]]).await;
+        let g3 = running(&s, vec![vec![upsert("b", 1, "k3", "ok")]]).await;
+        let mut again = Vec::new();
+        for (g, h) in [g1, g2, g3].into_iter().enumerate() {
+            match h.await.unwrap() {
+                Ended::Again(batches) => again.push(batches),
+                Ended::Done(_) => panic!(
+                    "group {} must run again: nothing commits on top of a failure",
+                    g + 1
+                ),
+            }
+        }
+        assert!(
+            matches!(
+                s.begin_group(vec![vec![upsert("b", 2, "k4", "ok")]]).await,
+                Begun::Alone(_)
+            ),
+            "after a failure the next group runs alone"
+        );
+        // Applied again alone, in order: the bad batch is refused, the others
+        // take the seqs right after the last commit.
+        let mut results = Vec::new();
+        for batches in again {
+            results.push(s.apply_group(batches).await.remove(0));
+        }
+        assert!(results[0].is_err(), "{:?}", results[0]);
+        assert!(results[1].is_ok() && results[2].is_ok(), "{results:?}");
+        let changes = log_is_gap_free(&s).await;
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["k0", "k2", "k3"]);
+        assert!(s.get("subscriber", "k1").await.unwrap().record.is_none());
+        let marks = s.high_water_marks().await.unwrap();
+        assert_eq!((marks["a"], marks["b"]), (3, 1));
+        // And the pipeline runs again once a group has run alone.
+        let g = running(&s, vec![vec![upsert("b", 2, "k4", "ok")]]).await;
+        assert!(matches!(g.await.unwrap(), Ended::Done(_)));
+        log_is_gap_free(&s).await;
+    }
 }

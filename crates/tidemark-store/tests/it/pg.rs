@@ -328,3 +328,75 @@ mod pipeline {
         log_is_gap_free(&s).await;
     }
 }
+
+/// Fencing as a write transaction takes it (`FOR KEY SHARE` on the lease
+/// row): the holder's renewal goes through while writes are open, and a
+/// change of holder waits until they have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_never_waits_for_writes_and_a_change_of_holder_always_does() {
+    let Some(cluster) = PgCluster::shared("fence_locks") else {
+        return;
+    };
+    let url = cluster.database("fence_locks").unwrap();
+    let s = PgStore::connect(&url, "tidemark").await.unwrap();
+    let lease = s
+        .lease_acquire("a", "http://a", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    // A write transaction of the holder, open.
+    let mut writer = sql(&url).await;
+    let write = writer.transaction().await.unwrap();
+    let held = write
+        .query_opt(
+            "SELECT 1 FROM tidemark.tm_lease WHERE id = 1 AND term = $1 AND holder = 'a' FOR KEY SHARE",
+            &[&(lease.term as i64)],
+        )
+        .await
+        .unwrap();
+    assert!(held.is_some());
+    let renewed = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        s.lease_renew("a", lease.term, 60_000),
+    )
+    .await
+    .expect("a renewal does not wait for the holder's writes");
+    assert!(renewed.unwrap());
+    let handover = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.lease_hand_over("a", lease.term, "b", "http://b", 60_000)
+                .await
+        })
+    };
+    // The handover waits on the lease row's lock while the write is open.
+    let watcher = sql(&url).await;
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%tm_lease%FOR UPDATE%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            !handover.is_finished(),
+            "the handover went through an open write"
+        );
+        if waiting == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    write.commit().await.unwrap();
+    assert!(
+        handover.await.unwrap().unwrap(),
+        "handed over once the write ended"
+    );
+    let now = s.lease().await.unwrap();
+    assert_eq!(
+        (now.term, now.holder.as_deref()),
+        (lease.term + 1, Some("b"))
+    );
+}

@@ -256,12 +256,12 @@ impl From<crate::schema::InvalidInput> for ApiError {
     fn from(e: crate::schema::InvalidInput) -> Self {
         use crate::schema::InvalidInput::*;
         let code = match &e {
-            Key(_) | DotKey => ErrorCode::InvalidKey,
+            Key(_) | DotKey | NulInKey => ErrorCode::InvalidKey,
             FieldTooLarge { .. } => ErrorCode::PayloadTooLarge,
             BadName { .. } => ErrorCode::BadRequest,
             UnknownTable { .. } => ErrorCode::UnknownTable,
             UnknownColumn { .. } => ErrorCode::UnknownColumn,
-            FieldType { .. } => ErrorCode::WrongFieldType,
+            FieldType { .. } | NulInField { .. } => ErrorCode::WrongFieldType,
             DeleteWithFields | Source(_) | ZeroSeq | SeqTooLarge(_) => ErrorCode::InvalidOrder,
         };
         ApiError::new(code, e.to_string())

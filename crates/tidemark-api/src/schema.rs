@@ -134,6 +134,13 @@ pub enum InvalidInput {
     /// A string or JSON field larger than [`MAX_FIELD_BYTES`].
     #[error("field '{column}' is {bytes} bytes; a field holds at most {MAX_FIELD_BYTES} bytes")]
     FieldTooLarge { column: String, bytes: usize },
+    /// A key with the NUL character, which PostgreSQL cannot store: refused
+    /// on every engine, so that any store can move to any other.
+    #[error("a key cannot contain the NUL character (U+0000): PostgreSQL cannot store it, so no Tidemark engine takes it; send the terminal ID without it")]
+    NulInKey,
+    /// A string (or a string inside a JSON value) with the NUL character.
+    #[error("field '{column}' contains the NUL character (U+0000): PostgreSQL cannot store it, so no Tidemark engine takes it; remove it, or encode the value (base64, hex)")]
+    NulInField { column: String },
     /// A name with control characters or of the wrong size.
     #[error("a {what} name is 1 to 128 printable characters, got {got:?}")]
     BadName { what: &'static str, got: String },
@@ -212,6 +219,11 @@ impl Schema {
                     bytes,
                 });
             }
+            if holds_nul(value) {
+                return Err(InvalidInput::NulInField {
+                    column: name.clone(),
+                });
+            }
             if !value_fits(column.ty, value) {
                 return Err(InvalidInput::FieldType {
                     table: table.to_owned(),
@@ -233,7 +245,22 @@ pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
     if key == "." || key == ".." {
         return Err(InvalidInput::DotKey);
     }
+    if key.contains('\0') {
+        return Err(InvalidInput::NulInKey);
+    }
     Ok(())
+}
+
+/// Whether a value holds the NUL character in a string or an object key,
+/// at any depth.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// A name that may become an SQL identifier: `[a-z][a-z0-9_]{0,62}`, not

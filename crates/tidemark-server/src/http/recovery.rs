@@ -133,6 +133,23 @@ pub async fn flags(
         })?),
         None => None,
     };
+    // No engine stores NUL, so none can match it (and PostgreSQL refuses
+    // it in a query).
+    let texts = [q.table.as_deref(), q.prefix.as_deref()];
+    let cursor_texts = after
+        .iter()
+        .flat_map(|(t, k, s)| [t.as_str(), k.as_str(), s.as_str()]);
+    if texts
+        .into_iter()
+        .flatten()
+        .chain(cursor_texts)
+        .any(|t| t.contains('\0'))
+    {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "'table', 'prefix' and 'after' cannot contain the NUL character (U+0000): no stored key holds it; remove it",
+        ));
+    }
     // A prefix is searched table by table, each through its own index.
     let tables: Vec<Option<String>> = match (&q.table, &q.prefix) {
         (Some(t), _) => vec![Some(t.clone())],

@@ -96,6 +96,38 @@ async fn every_bad_order_batch_is_refused_whole_on(engine: Engine) {
         "invalid_key",
     )
     .await;
+    // NUL, which PostgreSQL cannot store: refused alike on every engine,
+    // in a key, a string field, or anywhere inside a JSON field.
+    let m = refused(
+        u,
+        batch(json!([good, order(2, "k\u{0}1", json!({}))])),
+        400,
+        "invalid_key",
+    )
+    .await;
+    assert!(m.contains("NUL"), "{m}");
+    refused(
+        u,
+        batch(json!([good, order(2, "k", json!({"plan": "a\u{0}b"}))])),
+        400,
+        "wrong_field_type",
+    )
+    .await;
+    let m = refused(
+        u,
+        batch(json!([
+            good,
+            order(
+                2,
+                "k",
+                json!({"services": {"voice": [true, {"a\u{0}": 1}]}})
+            )
+        ])),
+        400,
+        "wrong_field_type",
+    )
+    .await;
+    assert!(m.contains("services") && m.contains("NUL"), "{m}");
     refused(u, batch(json!([good, {"source": "ops-t", "seq": 2, "table": "subscriber", "key": "k", "op": "delete", "fields": {"plan": "x"}}])), 400, "invalid_order").await;
     refused(
         u,
@@ -156,6 +188,26 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
             format!("{}/v1/records/subscriber/{}", db.url, "x".repeat(257)),
             400,
             "invalid_key",
+        ),
+        (
+            format!("{}/v1/records/subscriber/k%001", db.url),
+            400,
+            "invalid_key",
+        ),
+        (
+            format!("{}/v1/records/subscriber/k%001", svc.url),
+            400,
+            "invalid_key",
+        ),
+        (
+            format!("{}/v1/recovery/flags?prefix=a%00", db.url),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("{}/v1/recovery/flags?table=subscriber%00", db.url),
+            400,
+            "bad_request",
         ),
         (format!("{}/v1/nothing", db.url), 404, "not_found"),
         (format!("{}/v1/watch", db.url), 400, "bad_request"),

@@ -535,11 +535,14 @@ impl PgStore {
         let Some((term, me)) = fence else {
             return Err(StoreError::NotPrimary);
         };
-        let held = tx
-            .query_opt(
+        let st = tx
+            .prepare_cached(
                 "SELECT 1 FROM tm_lease WHERE id = 1 AND term = $1 AND holder = $2 FOR KEY SHARE",
-                &[&(term as i64), &me],
             )
+            .await
+            .map_err(engine_error)?;
+        let held = tx
+            .query_opt(&st, &[&(term as i64), &me])
             .await
             .map_err(engine_error)?;
         match held {

@@ -269,29 +269,10 @@ impl PgStore {
             plan.out[i] = Some(Ok(outcome));
         }
         wait_for(&plan.prev).await?;
-        for (source, hw) in &plan.moved {
-            tx.execute(
-                "INSERT INTO tm_sources (source, high_water) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE SET high_water = excluded.high_water",
-                &[source, &(*hw as i64)],
-            )
+        let moved: Vec<(&str, u64)> = plan.moved.iter().map(|(s, hw)| (s.as_str(), *hw)).collect();
+        self.finish_group(&tx, &moved, plan.seq)
             .await
             .map_err(|_| Failure::Again)?;
-        }
-        tx.execute(
-            "UPDATE tm_meta SET value = $1 WHERE name = 'seq'",
-            &[&plan.seq.to_string()],
-        )
-        .await
-        .map_err(|_| Failure::Again)?;
-        if self.inner.fenced.load(Ordering::SeqCst) {
-            // Wakes the other instances' change-log tails at the commit.
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&self.channel(), &plan.seq.to_string()],
-            )
-            .await
-            .map_err(|_| Failure::Again)?;
-        }
         tx.commit().await.map_err(|e| Failure::Commit(pg(e)))
     }
 }

@@ -177,33 +177,13 @@ impl PgStore {
                 }
             }
         }
-        for (source, (hw, dirty)) in &st.high_water {
-            if *dirty {
-                exec(&tx,
-                    "INSERT INTO tm_sources (source, high_water) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE SET high_water = excluded.high_water",
-                    &[source, &(*hw as i64)],
-                )
-                .await
-                .map_err(pg)?;
-            }
-        }
-        exec(
-            &tx,
-            "UPDATE tm_meta SET value = $1 WHERE name = 'seq'",
-            &[&st.seq.to_string()],
-        )
-        .await
-        .map_err(pg)?;
-        if self.inner.fenced.load(Ordering::SeqCst) {
-            // Wakes the other instances' change-log tails at the commit.
-            exec(
-                &tx,
-                "SELECT pg_notify($1, $2)",
-                &[&self.channel(), &st.seq.to_string()],
-            )
-            .await
-            .map_err(pg)?;
-        }
+        let moved: Vec<(&str, u64)> = st
+            .high_water
+            .iter()
+            .filter(|(_, (_, dirty))| *dirty)
+            .map(|(s, (hw, _))| (s.as_str(), *hw))
+            .collect();
+        self.finish_group(&tx, &moved, st.seq).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         self.inner.seq.store(st.seq, Ordering::SeqCst);
         if st.flags_cleared > 0 {
@@ -212,6 +192,31 @@ impl PgStore {
                 .fetch_sub(st.flags_cleared, Ordering::SeqCst);
         }
         Ok(Some(st))
+    }
+}
+
+impl PgStore {
+    /// A group's last statement before its commit, in one round trip: the
+    /// marks of the sources it moved, the seq counter, and (several
+    /// instances) the notice that wakes the other instances' tails.
+    pub(super) async fn finish_group(
+        &self,
+        tx: &Transaction<'_>,
+        moved: &[(&str, u64)],
+        seq: u64,
+    ) -> Result<(), tokio_postgres::Error> {
+        const MARKS_AND_SEQ: &str = "WITH s AS (INSERT INTO tm_sources (source, high_water) SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (source) DO UPDATE SET high_water = excluded.high_water), m AS (UPDATE tm_meta SET value = $3 WHERE name = 'seq')";
+        let sources: Vec<&str> = moved.iter().map(|(s, _)| *s).collect();
+        let marks: Vec<i64> = moved.iter().map(|(_, hw)| *hw as i64).collect();
+        let seq = seq.to_string();
+        if self.inner.fenced.load(Ordering::SeqCst) {
+            let sql = format!("{MARKS_AND_SEQ} SELECT pg_notify($4, $3)");
+            q_one(tx, &sql, &[&sources, &marks, &seq, &self.channel()]).await?;
+        } else {
+            let sql = format!("{MARKS_AND_SEQ} SELECT 1");
+            q_one(tx, &sql, &[&sources, &marks, &seq]).await?;
+        }
+        Ok(())
     }
 }
 

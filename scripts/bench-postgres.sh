@@ -6,7 +6,9 @@
 # Usage: scripts/bench-postgres.sh TIDEMARK_BIN [N] [FLAG_KEYS]
 #   orders    Tidemark `bench load` (batches of 1,000, 2 writers) vs raw
 #             PostgreSQL batched upserts of the same rows (same columns and
-#             values, 1,000 rows per statement, 2 connections)
+#             values, 1,000 rows per statement, 2 connections), and vs the
+#             data model's ceiling: those upserts plus their change-log rows
+#             in plain SQL, one transaction per 1,000, no Tidemark
 #   reads     Tidemark point reads (cold: first pass; warm) vs raw PK SELECTs
 #             (32 connections each)
 #   backup    `tidemark backup create` vs `pg_dump -Fc` of the same database
@@ -77,6 +79,23 @@ SQL
 T=$((N / 1000 / 2))
 t0=$(now); $BIN/pgbench -h 127.0.0.1 -p $PORT -U postgres -n -f $D/up.sql -c 2 -j 2 -t $T tm >/dev/null 2>&1; t1=$(now)
 echo "raw upserts: $((T * 2 * 1000)) rows in $(secs $t0 $t1) s = $(rate $((T * 2 * 1000)) $(secs $t0 $t1)) rows/s (batches of 1000, 2 connections)"
+# The ceiling of Tidemark's data model, with no Tidemark in the loop: the same
+# upsert plus one change-log row per order (jsonb record, source, seq,
+# digest; the change log's two indexes), one transaction per 1,000 rows,
+# 2 connections. Tidemark cannot beat this ratio to the raw upserts.
+psql -d tm -c "CREATE TABLE model (tm_key text PRIMARY KEY, tm_epoch bigint NOT NULL, tm_seq bigint NOT NULL, plan text, status text, services jsonb, roaming boolean, credit_limit bigint); CREATE TABLE model_log (seq bigint PRIMARY KEY, epoch bigint NOT NULL, tbl text NOT NULL, key text NOT NULL, fields jsonb, source text NOT NULL, source_seq bigint NOT NULL, digest text NOT NULL, cleared boolean NOT NULL DEFAULT false); CREATE INDEX ON model_log (source, source_seq); CREATE SEQUENCE model_batch START 0 MINVALUE 0"
+cat > $D/model.sql <<'SQL'
+SELECT nextval('model_batch') AS b \gset
+BEGIN;
+INSERT INTO model (tm_key, tm_epoch, tm_seq, plan, status, services, roaming, credit_limit) SELECT '+8130' || lpad((:b * 1000 + g)::text, 8, '0'), 1, :b * 1000 + g, (ARRAY['basic','gold','platinum'])[(:b * 1000 + g) % 3 + 1], 'active', jsonb_build_object('voice', true, 'sms', (:b * 1000 + g) % 2 = 0), (:b * 1000 + g) % 5 = 0, ((:b * 1000 + g) % 100) * 1000 FROM generate_series(0, 999) g ON CONFLICT (tm_key) DO UPDATE SET tm_epoch = excluded.tm_epoch, tm_seq = excluded.tm_seq, plan = excluded.plan, status = excluded.status, services = excluded.services, roaming = excluded.roaming, credit_limit = excluded.credit_limit RETURNING tm_key, plan, status, services, roaming, credit_limit;
+INSERT INTO model_log (seq, epoch, tbl, key, fields, source, source_seq, digest) SELECT :b * 1000 + g, 1, 'subscriber', '+8130' || lpad((:b * 1000 + g)::text, 8, '0'), jsonb_build_object('plan', (ARRAY['basic','gold','platinum'])[(:b * 1000 + g) % 3 + 1], 'status', 'active', 'services', jsonb_build_object('voice', true, 'sms', (:b * 1000 + g) % 2 = 0), 'roaming', (:b * 1000 + g) % 5 = 0, 'credit_limit', ((:b * 1000 + g) % 100) * 1000), 'bench-load-' || (:b % 2), :b * 1000 + g + 1, md5(g::text) || md5((:b * 1000 + g)::text) FROM generate_series(0, 999) g;
+UPDATE tm_meta_model SET value = (:b * 1000 + 999)::text WHERE name = 'seq' AND value::bigint < :b * 1000 + 999;
+COMMIT;
+SQL
+psql -d tm -c "CREATE TABLE tm_meta_model (name text PRIMARY KEY, value text NOT NULL); INSERT INTO tm_meta_model VALUES ('seq', '0')"
+t0=$(now); $BIN/pgbench -h 127.0.0.1 -p $PORT -U postgres -n -f $D/model.sql -c 2 -j 2 -t $T tm >/dev/null 2>&1; t1=$(now)
+echo "data-model ceiling (the upserts plus their change-log rows, plain SQL, no Tidemark): $((T * 2 * 1000)) rows in $(secs $t0 $t1) s = $(rate $((T * 2 * 1000)) $(secs $t0 $t1)) rows/s (batches of 1000, 2 connections)"
+psql -d tm -c "DROP TABLE model, model_log, tm_meta_model; DROP SEQUENCE model_batch"
 psql -d tm -c "CHECKPOINT"
 echo "raw pk selects (32 connections): $($BIN/pgbench -h 127.0.0.1 -p $PORT -U postgres -n -f $D/sel.sql -c 32 -j 2 -T 8 -M prepared tm 2>/dev/null | grep -E '^tps')"
 psql -d tm -c "DROP TABLE raw; DROP SEQUENCE raw_batch"

@@ -253,6 +253,11 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Committer, Worker, Arc<Mutex<Vec<u64>>>) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), "test").unwrap());
+        let (c, w, seen) = committer_on(store);
+        (dir, c, w, seen)
+    }
+
+    fn committer_on(store: Arc<dyn Store>) -> (Committer, Worker, Arc<Mutex<Vec<u64>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let (c, w) = Committer::new(
@@ -262,12 +267,16 @@ mod tests {
             }),
             Arc::new(|| {}),
         );
-        (dir, c, w, seen)
+        (c, w, seen)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_batches_are_published_once_each_in_commit_order() {
-        let (_dir, committer, worker, seen) = setup();
+    /// 16 writers of 20 batches each, one source each, through `committer`:
+    /// every acknowledged change is published once, in commit order.
+    async fn publish_in_commit_order(
+        committer: Committer,
+        worker: Worker,
+        seen: Arc<Mutex<Vec<u64>>>,
+    ) {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
         let mut handles = Vec::new();
@@ -298,6 +307,75 @@ mod tests {
         assert_eq!(published, acked, "every acknowledged change was published");
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_are_published_once_each_in_commit_order() {
+        let (_dir, committer, worker, seen) = setup();
+        publish_in_commit_order(committer, worker, seen).await;
+    }
+
+    /// The same on PostgreSQL, whose groups overlap (pipelined commits):
+    /// the change log holds exactly what was published, in the same order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_groups_are_published_once_each_in_commit_order() {
+        let Some(cluster) = tidemark_testkit::postgres::PgCluster::shared("committer") else {
+            return;
+        };
+        let url = cluster.database("committer").unwrap();
+        let store = Arc::new(
+            tidemark_store::PgStore::connect(&url, "tidemark")
+                .await
+                .unwrap(),
+        );
+        assert!(store.group_depth() > 1, "PostgreSQL overlaps groups");
+        let (committer, worker, seen) = committer_on(store.clone());
+        // A reader of the log while groups commit: what it sees is always a
+        // gap-free prefix (a later group never commits before an earlier one).
+        let done = CancellationToken::new();
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !done.is_cancelled() {
+                    let seqs: Vec<u64> = store
+                        .changes_since(0, 10_000)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.version.seq)
+                        .collect();
+                    assert_eq!(
+                        seqs,
+                        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+                        "a gap-free prefix"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        publish_in_commit_order(committer, worker, seen.clone()).await;
+        done.cancel();
+        assert!(reader.await.unwrap() > 0);
+        assert_eq!(
+            store.meta().await.unwrap().seq,
+            16 * 20,
+            "the counter ends at the last seq"
+        );
+        let logged: Vec<u64> = store
+            .changes_since(0, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.version.seq)
+            .collect();
+        assert_eq!(logged, *seen.lock(), "the log is what was published");
+        assert_eq!(
+            logged,
+            (1..=16 * 20).collect::<Vec<u64>>(),
+            "a gap-free log"
+        );
     }
 
     #[tokio::test]

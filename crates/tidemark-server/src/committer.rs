@@ -315,6 +315,12 @@ mod tests {
         publish_in_commit_order(committer, worker, seen).await;
     }
 
+    /// The seqs in the change log, in order.
+    async fn logged(store: &dyn Store) -> Vec<u64> {
+        let changes = store.changes_since(0, 10_000).await.unwrap();
+        changes.iter().map(|c| c.version.seq).collect()
+    }
+
     /// The same on PostgreSQL, whose groups overlap (pipelined commits):
     /// the change log holds exactly what was published, in the same order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,13 +344,7 @@ mod tests {
             tokio::spawn(async move {
                 let mut reads = 0;
                 while !done.is_cancelled() {
-                    let seqs: Vec<u64> = store
-                        .changes_since(0, 10_000)
-                        .await
-                        .unwrap()
-                        .iter()
-                        .map(|c| c.version.seq)
-                        .collect();
+                    let seqs = logged(store.as_ref()).await;
                     assert_eq!(
                         seqs,
                         (1..=seqs.len() as u64).collect::<Vec<_>>(),
@@ -363,13 +363,7 @@ mod tests {
             16 * 20,
             "the counter ends at the last seq"
         );
-        let logged: Vec<u64> = store
-            .changes_since(0, 10_000)
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.version.seq)
-            .collect();
+        let logged = logged(store.as_ref()).await;
         assert_eq!(logged, *seen.lock(), "the log is what was published");
         assert_eq!(
             logged,

@@ -268,6 +268,62 @@ pub(super) async fn change_log(store: &dyn Store) {
     assert_eq!(store.changes_since(0, 1000).await.unwrap().len(), 20);
 }
 
+/// Every change-log entry carries the record after its order, exactly as
+/// the order's own outcome and a read give it: every column type, nulls,
+/// partial upserts of existing records, deletes.
+pub(super) async fn changes_carry_the_record_after(store: &dyn Store) {
+    store
+        .apply(vec![
+            order(
+                "ops-rec",
+                1,
+                "rec-1",
+                Op::Upsert,
+                json!({"plan": "gold", "credit_limit": -5}),
+            ),
+            order("ops-rec", 2, "rec-2", Op::Upsert, json!({"plan": "x"})),
+        ])
+        .await
+        .unwrap();
+    let start = store.meta().await.unwrap().seq;
+    let batch = vec![
+        // A partial upsert of an existing record: the entry holds all of it.
+        order(
+            "ops-rec",
+            3,
+            "rec-1",
+            Op::Upsert,
+            json!({"roaming": true, "services": {"voice": true, "list": [1, "two", null, {"deep": 1.5}], "text": "é\"\\"}}),
+        ),
+        order(
+            "ops-rec",
+            4,
+            "rec-3",
+            Op::Upsert,
+            json!({"plan": null, "status": "active", "credit_limit": i64::MAX, "roaming": false, "services": "just a string"}),
+        ),
+        order("ops-rec", 5, "rec-2", Op::Delete, json!({})),
+        order("ops-rec", 6, "rec-4", Op::Upsert, json!({})),
+    ];
+    let out = store.apply(batch.clone()).await.unwrap();
+    let logged = store.changes_since(start, 100).await.unwrap();
+    assert_eq!(logged.len(), batch.len());
+    for ((o, c), from_outcome) in batch.iter().zip(&logged).zip(&out.changes) {
+        assert_eq!(
+            c.fields, from_outcome.fields,
+            "{}: the log holds the outcome's record",
+            o.key
+        );
+        let read = store.get("subscriber", &o.key).await.unwrap().record;
+        assert_eq!(
+            c.fields,
+            read.map(|r| r.fields),
+            "{}: the log holds what a read gives",
+            o.key
+        );
+    }
+}
+
 pub(super) async fn group_commit(store: &dyn Store) {
     let before = store.meta().await.unwrap().seq;
     let out = store

@@ -58,6 +58,7 @@ pub async fn run(store: &dyn Store) {
     data::idempotency(store).await;
     data::atomic_batches(store).await;
     data::change_log(store).await;
+    data::changes_carry_the_record_after(store).await;
     data::group_commit(store).await;
     recovery::recovery_flags(store).await;
     recovery::replays_follow_the_original_order(store).await;

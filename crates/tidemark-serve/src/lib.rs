@@ -17,6 +17,7 @@
 
 mod conn;
 mod deadline;
+pub mod hot;
 pub mod openapi;
 mod refuse;
 pub mod tls;

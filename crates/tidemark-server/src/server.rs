@@ -81,7 +81,7 @@ impl Server {
         )?;
         let stats = tidemark_serve::Stats::register(&state.metrics.registry, "tidemark");
         // Warm point reads take the hot route; the rest the router.
-        let hot = http::hot::Hot::new(state.clone(), app);
+        let hot = tidemark_serve::hot::HotRoute::new(state.clone(), app, http::hot::warm_read);
         let serve = tokio::spawn(tidemark_serve::serve(
             listener,
             tls,

@@ -12,7 +12,8 @@
 //! - [`snapshot`]: the optional on-disk cache snapshot for warm restarts.
 //! - [`schema`]: adopting the DB server's schema without a restart; refusing one it cannot understand (S2, S10).
 //! - [`report`]: tells the DB server its policy, cache size and schema version (for the console).
-//! - [`http`]: the terminal-facing HTTP API.
+//! - [`http`]: the terminal-facing HTTP API; `hot`: its cache hits, answered
+//!   before the router by the same serving rule.
 //! - [`metrics`]: the service server's Prometheus metrics.
 //! - [`shared`]: [`shared::Shared`], the state handlers, reads and workers share.
 //! - [`service`]: [`Service`]: wiring, `run(listener)`, shutdown.
@@ -20,6 +21,7 @@
 pub mod cache;
 pub mod config;
 pub mod fetch;
+mod hot;
 pub mod http;
 pub mod metrics;
 pub mod policy;

@@ -121,7 +121,13 @@ impl Service {
         let watch = tokio::spawn(watcher::run(shared.clone()));
         let snap = tokio::spawn(snapshot::worker(shared.clone()));
         let report = tokio::spawn(crate::report::worker(shared.clone()));
-        let app = http::router(shared.clone());
+        // Cache hits answered before the router (`hot.rs`), inside the
+        // front door: connection limits, deadlines and TLS apply alike.
+        let app = tidemark_serve::hot::HotRoute::new(
+            shared.clone(),
+            http::router(shared.clone()),
+            crate::hot::cache_hit,
+        );
         tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server ready");
         let signal = shared.shutdown.clone();
         let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
@@ -137,7 +143,7 @@ impl Service {
             tls,
             c.front_door(),
             stats,
-            move |_| app.clone(),
+            move |peer| app.for_peer(peer),
             signal,
         ));
         shared.shutdown.cancelled().await;

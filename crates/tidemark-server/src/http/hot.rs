@@ -14,66 +14,11 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use axum::routing::future::RouteFuture;
-use axum::Router;
-use futures::future::{ready, Either, Ready};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 use tidemark_api::auth::AccessRole;
 use tidemark_api::headers;
-
-/// One connection's service: the hot route, then the router.
-#[derive(Clone)]
-pub struct Hot {
-    app: Arc<AppState>,
-    router: Router,
-    peer: SocketAddr,
-}
-
-impl Hot {
-    pub fn new(app: Arc<AppState>, router: Router) -> Self {
-        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
-        Self { app, router, peer }
-    }
-
-    /// The service of one connection from `peer`.
-    pub fn for_peer(&self, peer: SocketAddr) -> Self {
-        Self {
-            peer,
-            ..self.clone()
-        }
-    }
-}
-
-impl tower::Service<Request> for Hot {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, RouteFuture<Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        if let Some(resp) = warm_read(&self.app, self.peer, &req) {
-            return Either::Left(ready(Ok(resp)));
-        }
-        // The front door has put the peer's ConnectInfo on the request.
-        Either::Right(self.router.call(req))
-    }
-}
-
-/// `table` and `key` of a record path whose segments need no decoding.
-fn record_path(path: &str) -> Option<(&str, &str)> {
-    let (table, key) = path.strip_prefix("/v1/records/")?.split_once('/')?;
-    if key.contains(['/', '%']) || table.contains('%') {
-        return None;
-    }
-    Some((table, key))
-}
 
 /// Whether the guard would let this caller read records.
 fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
@@ -91,12 +36,13 @@ fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
         .is_some_and(|role| role >= AccessRole::Reader)
 }
 
-fn warm_read(app: &AppState, peer: SocketAddr, req: &Request) -> Option<Response> {
+/// The hot route's answer (see [`tidemark_serve::hot`]).
+pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Request) -> Option<Response> {
     if req.method() != Method::GET {
         return None;
     }
     let started = Instant::now();
-    let (table, key) = record_path(req.uri().path())?;
+    let (table, key) = tidemark_serve::hot::plain_record_path(req.uri().path())?;
     if !may_read(app, peer, req) || app.quiesce.offline() {
         return None;
     }
@@ -117,21 +63,4 @@ fn warm_read(app: &AppState, peer: SocketAddr, req: &Request) -> Option<Response
     );
     app.metrics.read_latency.observe(started.elapsed());
     Some(resp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plain_record_paths_take_the_hot_route() {
-        assert_eq!(
-            record_path("/v1/records/subscriber/+81312345678"),
-            Some(("subscriber", "+81312345678"))
-        );
-        assert_eq!(record_path("/v1/records/subscriber/a%2Fb"), None);
-        assert_eq!(record_path("/v1/records/subscriber/a/b"), None);
-        assert_eq!(record_path("/v1/records/subscriber"), None);
-        assert_eq!(record_path("/v1/orders"), None);
-    }
 }

@@ -1,0 +1,66 @@
+//! The hot route: a cache hit of `GET /v1/records/{table}/{key}` answered
+//! before the router.
+//!
+//! A hit needs no routing table, no extractor and no future: it is a path
+//! split, the same checks the handler makes, one cache lookup and a
+//! response whose headers are static. Everything else (a miss, a suspect
+//! or flagged entry a read may not take, percent-encoded segments, bad
+//! input, any other endpoint) goes to the router unchanged, whose handler
+//! decides again from the start, so the two paths cannot disagree on
+//! anything but speed. The serving rule is [`fetch::from_cache`], the one
+//! the handler uses.
+
+use crate::fetch;
+use crate::policy::Freshness;
+use crate::shared::Shared;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tidemark_api::headers;
+
+/// The response to `req` if it is a read the cache may answer as it is.
+pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Request) -> Option<Response> {
+    if req.method() != Method::GET {
+        return None;
+    }
+    let started = Instant::now();
+    let (table, key) = tidemark_serve::hot::plain_record_path(req.uri().path())?;
+    if shared.skew.lock().is_some() {
+        // A schema skew refuses every read: the handler says why.
+        return None;
+    }
+    if !tidemark_api::schema::is_identifier(table)
+        || tidemark_api::schema::validate_key(key).is_err()
+    {
+        return None;
+    }
+    let header = match req.headers().get(headers::FRESHNESS) {
+        Some(v) => Some(v.to_str().ok()?),
+        None => None,
+    };
+    let freshness = Freshness::of(shared.config.policy, header).ok()?;
+    let served = fetch::from_cache(shared, table, key, freshness)?;
+    shared.metrics.hits.inc();
+    if served.recovering {
+        shared.metrics.stale_served.inc();
+    }
+    let mut resp = Response::new(Body::from(served.body));
+    if !served.found {
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+    }
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    crate::http::quiesce_header(shared, h);
+    if served.recovering {
+        h.insert(headers::RECOVERING, HeaderValue::from_static("1"));
+    }
+    shared.metrics.read_latency.observe(started.elapsed());
+    Some(resp)
+}

@@ -247,18 +247,15 @@ impl PgStore {
 
     async fn statements_and_commit(&self, plan: &mut Plan) -> Result<(), Failure> {
         let again = |_| Failure::Again;
+        if plan.wait_first {
+            // Before the transaction opens: no lock held while waiting.
+            wait_for(&plan.prev).await?;
+        }
         let mut client = self.client().await.map_err(again)?;
         let tx = client.transaction().await.map_err(|_| Failure::Again)?;
-        // Waiting for the group before is idle time in this transaction:
-        // past the pool's idle limit (1 s, so that a paused primary cannot
-        // stall a failover) PostgreSQL ends it, and the group runs again
-        // alone.
         // Several instances: only the lease holder of the current term
         // commits (the lease row stays key-share-locked until the commit).
         self.check_fence(&tx).await.map_err(again)?;
-        if plan.wait_first {
-            wait_for(&plan.prev).await?;
-        }
         for (i, orders) in plan.batches.iter().enumerate() {
             let Some(versions) = plan.versions[i].take() else {
                 continue;
@@ -268,6 +265,10 @@ impl PgStore {
                 .map_err(again)?;
             plan.out[i] = Some(Ok(outcome));
         }
+        // Waiting for the group before is idle time in this transaction:
+        // past the pool's idle limit (1 s, so that a paused primary cannot
+        // stall a failover) PostgreSQL ends it, and the group runs again
+        // alone.
         wait_for(&plan.prev).await?;
         let moved: Vec<(&str, u64)> = plan.moved.iter().map(|(s, hw)| (s.as_str(), *hw)).collect();
         self.finish_group(&tx, &moved, plan.seq)

@@ -43,6 +43,25 @@ async fn a_miss_is_fetched_then_cached_on(engine: Engine) {
     let (_, missing) = get_json(&key_url(&svc.url, "+81300000000")).await;
     assert_eq!(missing["source"], "cache");
 
+    // A cache hit answered before the router (a plain path) and by the
+    // handler (the same key percent-encoded, which the hot route leaves to
+    // the router) are the same answer.
+    for key in ["81312345678", "81300000000"] {
+        let plain = reqwest::get(format!("{}/v1/records/subscriber/+{key}", svc.url))
+            .await
+            .unwrap();
+        let routed = reqwest::get(format!("{}/v1/records/subscriber/%2B{key}", svc.url))
+            .await
+            .unwrap();
+        assert_eq!(plain.status(), routed.status(), "{key}");
+        assert_eq!(
+            plain.headers().get("content-type"),
+            routed.headers().get("content-type")
+        );
+        let (plain, routed) = (plain.text().await.unwrap(), routed.text().await.unwrap());
+        assert_eq!(plain, routed, "{key}: the hot route and the handler agree");
+    }
+
     // The DB server answers directly in the contract's shape.
     let (status, direct) = get_json(&key_url(&db.url, "+81312345678")).await;
     assert_eq!(status, 200);

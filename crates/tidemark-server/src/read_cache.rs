@@ -115,7 +115,6 @@ impl ReadCache {
         }
     }
 
-    /// Forgets a changed key. Call after its commit.
     /// Forgets everything (a commit's outcome is unknown).
     pub fn clear(&self) {
         for shard in &self.shards {
@@ -126,6 +125,7 @@ impl ReadCache {
         }
     }
 
+    /// Forgets a changed key. Call after its commit.
     pub fn invalidate(&self, table: &str, key: &str) {
         let (i, s) = slot(table, key);
         let mut shard = self.shards[i].lock();

@@ -228,7 +228,9 @@ async fn openapi() -> Json<serde_json::Value> {
                     {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}},
                     {"name": "Tidemark-Freshness", "in": "header", "required": false, "schema": {"type": "string", "enum": ["latest", "stale-ok"]}}
                 ],
-                "responses": {"200": {"description": "Record, with source cache|db"}, "404": {"description": "Not found"},
+                "responses": {"200": {"description": "Record, with source cache|db"},
+                              "400": {"description": "A key that cannot exist, a path segment that is not UTF-8, or a Tidemark-Freshness other than latest or stale-ok (Error)"},
+                              "404": {"description": "Not found"},
                               "503": {"description": "Current data not available before the deadline (Retry-After)"}}
             }},
             "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce_in: seconds until the DB server goes offline, while a quiesce notice is in force.", "responses": {"200": {"description": "State"}}}},

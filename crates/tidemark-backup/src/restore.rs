@@ -299,6 +299,21 @@ mod tests {
         Engine::default().open(data, "test").unwrap()
     }
 
+    /// A store under `dir/data` holding `load_some`, and an online backup
+    /// of it in `dir/b`.
+    async fn loaded_and_backed_up(
+        dir: &Path,
+    ) -> (PathBuf, std::sync::Arc<dyn tidemark_store::Store>, PathBuf) {
+        let data = dir.join("data");
+        let store = open(&data);
+        testsuite::load_some(store.as_ref()).await;
+        let backup = dir.join("b");
+        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), &|_| {})
+            .await
+            .unwrap();
+        (data, store, backup)
+    }
+
     #[tokio::test]
     async fn offline_backup_restores_to_its_point_with_a_raised_epoch() {
         let tmp = tempfile::tempdir().unwrap();
@@ -411,13 +426,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_lock_or_a_damaged_backup_changes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let store = open(&data);
-        testsuite::load_some(store.as_ref()).await;
-        let backup = tmp.path().join("b");
-        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), &|_| {})
-            .await
-            .unwrap();
+        let (data, store, backup) = loaded_and_backed_up(tmp.path()).await;
         let opts = options(&backup, &data);
         let err = run(&opts, &|_| {}).await.unwrap_err();
         assert!(matches!(err, BackupError::InUse { .. }), "{err}");
@@ -440,13 +449,7 @@ mod tests {
     #[tokio::test]
     async fn unreadable_live_data_needs_an_explicit_no_safety_backup() {
         let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let store = open(&data);
-        testsuite::load_some(store.as_ref()).await;
-        let backup = tmp.path().join("b");
-        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), &|_| {})
-            .await
-            .unwrap();
+        let (data, store, backup) = loaded_and_backed_up(tmp.path()).await;
         store.close().await.unwrap();
         drop(store);
         // The disk died: every file of the live store is garbage.

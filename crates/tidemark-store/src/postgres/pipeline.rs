@@ -24,6 +24,7 @@ use crate::StoreError;
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tidemark_api::{Order, Version};
@@ -59,7 +60,9 @@ pub(super) struct ChainState {
 }
 
 struct Busy {
-    keys: HashSet<(String, String)>,
+    /// A hash of each `(table, key)`: a collision only makes a later
+    /// group wait when it need not, never the reverse.
+    keys: HashSet<u64>,
     ended: AtomicBool,
 }
 
@@ -156,11 +159,13 @@ impl PgStore {
             }
         }
         chain.busy.retain(|b| !b.ended.load(Ordering::SeqCst));
-        let keys: HashSet<(String, String)> = batches
+        let hasher =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let keys: HashSet<u64> = batches
             .iter()
             .zip(&versions)
             .filter(|(_, v)| v.is_some())
-            .flat_map(|(b, _)| b.iter().map(|o| (o.table.clone(), o.key.clone())))
+            .flat_map(|(b, _)| b.iter().map(|o| hasher.hash_one((&o.table, &o.key))))
             .collect();
         let wait_first = chain
             .busy

@@ -195,6 +195,14 @@ impl PgStore {
     }
 }
 
+/// The marks a group moved (`$1` sources, `$2` marks) and the seq counter
+/// (`$3`), as a statement's leading CTEs.
+macro_rules! marks_and_seq {
+    () => {
+        "WITH s AS (INSERT INTO tm_sources (source, high_water) SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (source) DO UPDATE SET high_water = excluded.high_water), m AS (UPDATE tm_meta SET value = $3 WHERE name = 'seq')"
+    };
+}
+
 impl PgStore {
     /// A group's last statement before its commit, in one round trip: the
     /// marks of the sources it moved, the seq counter, and (several
@@ -205,16 +213,15 @@ impl PgStore {
         moved: &[(&str, u64)],
         seq: u64,
     ) -> Result<(), tokio_postgres::Error> {
-        const MARKS_AND_SEQ: &str = "WITH s AS (INSERT INTO tm_sources (source, high_water) SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (source) DO UPDATE SET high_water = excluded.high_water), m AS (UPDATE tm_meta SET value = $3 WHERE name = 'seq')";
         let sources: Vec<&str> = moved.iter().map(|(s, _)| *s).collect();
         let marks: Vec<i64> = moved.iter().map(|(_, hw)| *hw as i64).collect();
         let seq = seq.to_string();
         if self.inner.fenced.load(Ordering::SeqCst) {
-            let sql = format!("{MARKS_AND_SEQ} SELECT pg_notify($4, $3)");
-            q_one(tx, &sql, &[&sources, &marks, &seq, &self.channel()]).await?;
+            const SQL: &str = concat!(marks_and_seq!(), " SELECT pg_notify($4, $3)");
+            q_one(tx, SQL, &[&sources, &marks, &seq, &self.channel()]).await?;
         } else {
-            let sql = format!("{MARKS_AND_SEQ} SELECT 1");
-            q_one(tx, &sql, &[&sources, &marks, &seq]).await?;
+            const SQL: &str = concat!(marks_and_seq!(), " SELECT 1");
+            q_one(tx, SQL, &[&sources, &marks, &seq]).await?;
         }
         Ok(())
     }

@@ -5,9 +5,15 @@
 use tidemark_store::{PgStore, Store};
 use tidemark_testkit::postgres::PgCluster;
 
-async fn store(test: &str) -> Option<PgStore> {
+/// A new database on the shared cluster (`None`: PostgreSQL is not
+/// installed and not required, so the test is skipped).
+fn database(test: &str) -> Option<String> {
     let cluster = PgCluster::shared(test)?;
-    let url = cluster.database(test).expect("a test database");
+    Some(cluster.database(test).expect("a test database"))
+}
+
+async fn store(test: &str) -> Option<PgStore> {
+    let url = database(test)?;
     Some(PgStore::connect(&url, "tidemark").await.expect("connect"))
 }
 
@@ -30,10 +36,9 @@ async fn postgres_passes_the_store_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_keeps_everything_and_another_schema_is_another_store() {
-    let Some(cluster) = PgCluster::shared("reopen") else {
+    let Some(url) = database("reopen") else {
         return;
     };
-    let url = cluster.database("reopen").unwrap();
     {
         let s = PgStore::connect(&url, "tidemark").await.unwrap();
         tidemark_store::testsuite::load_some(&s).await;
@@ -52,10 +57,9 @@ async fn reopen_keeps_everything_and_another_schema_is_another_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_from_a_newer_tidemark_is_refused() {
-    let Some(cluster) = PgCluster::shared("newer") else {
+    let Some(url) = database("newer") else {
         return;
     };
-    let url = cluster.database("newer").unwrap();
     {
         let s = PgStore::connect(&url, "tidemark").await.unwrap();
         s.close().await.unwrap();
@@ -118,10 +122,9 @@ async fn fingerprint(s: &dyn Store) -> String {
 async fn snapshots_cross_engines_and_keep_everything() {
     use tidemark_store::postgres::snapshot::{load_into, swap_in};
     use tidemark_store::{Engine, FlagEntry, SqliteStore};
-    let Some(cluster) = PgCluster::shared("cross") else {
+    let Some(url) = database("cross") else {
         return;
     };
-    let url = cluster.database("cross").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lite = SqliteStore::open(&dir.path().join("a"), "test").unwrap();
     tidemark_store::testsuite::load_some(&lite).await;
@@ -170,7 +173,6 @@ mod pipeline {
     use tidemark_api::{Op, Order};
     use tidemark_store::testsuite::order;
     use tidemark_store::{Begun, Ended, PgStore, Store};
-    use tidemark_testkit::postgres::PgCluster;
 
     fn upsert(src: &str, seq: u64, key: &str, plan: &str) -> Order {
         order(src, seq, key, Op::Upsert, json!({ "plan": plan }))
@@ -272,10 +274,9 @@ mod pipeline {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_group_makes_every_group_after_it_run_again_in_order() {
-        let Some(cluster) = PgCluster::shared("pipeline_failure") else {
+        let Some(url) = super::database("pipeline_failure") else {
             return;
         };
-        let url = cluster.database("pipeline_failure").unwrap();
         let s = PgStore::connect(&url, "tidemark").await.unwrap();
         s.apply(vec![upsert("a", 1, "k0", "p0")]).await.unwrap();
         // A constraint of the DBA's that validation knows nothing of: the
@@ -334,10 +335,9 @@ mod pipeline {
 /// change of holder waits until they have ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_never_waits_for_writes_and_a_change_of_holder_always_does() {
-    let Some(cluster) = PgCluster::shared("fence_locks") else {
+    let Some(url) = database("fence_locks") else {
         return;
     };
-    let url = cluster.database("fence_locks").unwrap();
     let s = PgStore::connect(&url, "tidemark").await.unwrap();
     let lease = s
         .lease_acquire("a", "http://a", 60_000)

@@ -56,9 +56,10 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let addr = listener.local_addr()?;
         let workers = tokio::spawn(prune_worker(state.clone()));
+        let (looked, first_look) = tokio::sync::oneshot::channel();
         let cluster_tasks = state.cluster.clone().map(|c| {
             (
-                tokio::spawn(crate::cluster::lease::run(state.clone(), c.clone())),
+                tokio::spawn(crate::cluster::lease::run(state.clone(), c.clone(), looked)),
                 tokio::spawn(crate::cluster::tail::run(state.clone(), c)),
             )
         });
@@ -67,6 +68,11 @@ impl Server {
         // serve (in a cluster, the instance that becomes primary does it).
         if state.cluster.is_none() {
             crate::schema_publish::resume_logged(&state).await;
+        } else {
+            // Ready once the lease was looked at: a lone instance is then
+            // the primary, a second one follows it. A look that hangs
+            // (PostgreSQL stalled) does not keep the server from serving.
+            let _ = tokio::time::timeout(FIRST_LOOK_PATIENCE, first_look).await;
         }
         state.ready.store(true, Ordering::SeqCst);
         let meta = state.store.meta().await?;
@@ -121,6 +127,10 @@ fn listens_on_loopback(listen: &str) -> bool {
         Err(_) => listen.starts_with("localhost:"),
     }
 }
+
+/// How long a starting cluster member waits for its first look at the lease
+/// before it reports ready anyway.
+const FIRST_LOOK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long a starting server waits for a restore's lock to go.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);

@@ -19,15 +19,19 @@ use tidemark_store::StoreError;
 
 /// Runs until shutdown; then gives the lease up if it holds it, so a
 /// standby takes over at once instead of after the lease expires.
-pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
+///
+/// The first look at the lease happens at once, and `looked` fires after
+/// it: the server is not ready before it knows whether it is the primary
+/// (a lone instance would otherwise answer `no_primary` for a tick).
+pub async fn run(
+    app: Arc<AppState>,
+    cluster: Arc<Cluster>,
+    looked: tokio::sync::oneshot::Sender<()>,
+) {
     let mut last_renew = Instant::now();
     let mut beat = 0u32;
+    let mut looked = Some(looked);
     loop {
-        tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(cluster.tick()) => {}
-            _ = cluster.lease_wake.notified() => {}
-        }
         let view = cluster.view();
         match view.role {
             Role::Primary => {
@@ -55,6 +59,14 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
         // Every third tick, and at once when the role changed.
         if beat % 3 == 1 || cluster.view().role != view.role {
             heartbeat(&app, &cluster).await;
+        }
+        if let Some(tx) = looked.take() {
+            let _ = tx.send(());
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(cluster.tick()) => {}
+            _ = cluster.lease_wake.notified() => {}
         }
     }
     let view = cluster.view();

@@ -282,7 +282,8 @@ async fn the_demo_runs_on_postgres() {
 }
 
 /// PostgreSQL unreachable at start: the server says so, keeps retrying,
-/// answers `/readyz` with 503 meanwhile, and is ready once it connects.
+/// answers `/readyz` with 503 meanwhile, and is ready once it connects
+/// and holds the lease: the first order after ready is accepted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
     let Some(bin) = bin_dir() else {
@@ -318,8 +319,17 @@ async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
     .await;
     cluster.restart().unwrap();
     db.wait_ok("/readyz").await;
+    // Ready means able to write: a lone instance is the primary by then
+    // (it used to report ready a lease tick before it took the lease, and
+    // an order sent at once got 503 no_primary).
+    let (s, b) = get_json(&format!("{}/v1/state", db.url)).await;
+    assert_eq!((s, b["role"].as_str()), (200, Some("primary")), "{b}");
+    let order = json!({"orders": [{"source": "ops", "seq": 1, "table": "subscriber",
+        "key": "k", "op": "upsert", "fields": {"plan": "basic"}}]});
+    let (s, b) = post_raw(&format!("{}/v1/orders", db.url), order.to_string()).await;
+    assert_eq!(s, 200, "the first order after ready: {b}");
     let (s, _) = get_json(&key_url(&db.url, "k")).await;
-    assert_eq!(s, 404, "serving once connected");
+    assert_eq!(s, 200, "serving once connected");
 }
 
 /// A superuser connection to the test database at `url`.

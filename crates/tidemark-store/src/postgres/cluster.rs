@@ -111,7 +111,7 @@ impl PgStore {
 
     /// The lease now.
     pub async fn lease(&self) -> Result<Lease, StoreError> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let row = client
             .query_one(
                 &format!("SELECT {LEASE_COLUMNS} FROM tm_lease WHERE id = 1"),
@@ -131,7 +131,7 @@ impl PgStore {
         url: &str,
         ttl_ms: u64,
     ) -> Result<Option<Lease>, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.lease_client().await?;
         let tx = holder_change(&mut client).await?;
         let row = tx
             .query_opt(
@@ -149,7 +149,7 @@ impl PgStore {
 
     /// Extends the lease `me` holds at `term`; false if it was lost.
     pub async fn lease_renew(&self, me: &str, term: u64, ttl_ms: u64) -> Result<bool, StoreError> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let n = client
             .execute(
                 "UPDATE tm_lease SET expires_at = now() + make_interval(secs => $3::float8 / 1000) \
@@ -173,7 +173,7 @@ impl PgStore {
         to_url: &str,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.lease_client().await?;
         let tx = holder_change(&mut client).await?;
         let n = tx
             .execute(
@@ -190,7 +190,7 @@ impl PgStore {
     /// Gives up the lease `me` holds at `term` at once (a clean shutdown),
     /// so a standby need not wait for it to expire.
     pub async fn lease_release(&self, me: &str, term: u64) -> Result<bool, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.lease_client().await?;
         let tx = holder_change(&mut client).await?;
         let n = tx
             .execute(
@@ -205,7 +205,7 @@ impl PgStore {
 
     /// Records this instance's heartbeat.
     pub async fn heartbeat(&self, m: &MemberReport<'_>) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         client
             .execute(
                 "INSERT INTO tm_members (id, url, role, term, version, schema_version, started_at, heartbeat, quiesce) \
@@ -229,7 +229,7 @@ impl PgStore {
 
     /// Forgets an instance (it stopped cleanly).
     pub async fn leave(&self, id: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         client
             .execute("DELETE FROM tm_members WHERE id = $1", &[&id])
             .await
@@ -239,7 +239,7 @@ impl PgStore {
 
     /// Every instance that reported within `within_ms`, oldest first.
     pub async fn members(&self, within_ms: u64) -> Result<Vec<Member>, StoreError> {
-        let client = self.client().await?;
+        let client = self.lease_client().await?;
         let rows = client
             .query(
                 "SELECT id, url, role, term, version, schema_version, started_at::text, heartbeat::text, \

@@ -55,6 +55,10 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// The lease loop's own connections: a renewal never waits behind
+    /// orders and reads for a pooled connection (under load it used to,
+    /// past the lease, and the holder stepped down and took it again).
+    lease_pool: Pool,
     schema_name: String,
     catalog: RwLock<Arc<Catalog>>,
     /// Mirrors `tm_meta.epoch`.
@@ -111,6 +115,21 @@ pub(crate) fn engine_error(e: tokio_postgres::Error) -> StoreError {
     }
     // No answer from the server: the connection broke or never came up.
     StoreError::Unavailable(format!("PostgreSQL: {e}"))
+}
+
+/// A pool of at most `size` connections to `config`.
+fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| StoreError::Engine(format!("cannot build the PostgreSQL pool: {e}")))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -289,20 +308,12 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("tidemark");
         }
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .build()
-            .map_err(|e| StoreError::Engine(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let pool = build_pool(config.clone(), 16)?;
+        let lease_pool = build_pool(config, 2)?;
         let store = PgStore {
             inner: Arc::new(Inner {
                 pool,
+                lease_pool,
                 schema_name: schema.to_owned(),
                 catalog: RwLock::new(Arc::new(Catalog::new(Schema::default_schema()))),
                 epoch: AtomicU64::new(0),
@@ -323,13 +334,23 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.usable()?;
+        self.inner.pool.get().await.map_err(pool_error)
+    }
+
+    /// A connection of the lease loop's own (`Inner::lease_pool`).
+    async fn lease_client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.usable()?;
+        self.inner.lease_pool.get().await.map_err(pool_error)
+    }
+
+    fn usable(&self) -> Result<(), StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Engine(
                 "the store is closed (server shutting down); retry on the restarted server".into(),
             ));
         }
-        target::check_lock(&self.inner)?;
-        self.inner.pool.get().await.map_err(pool_error)
+        target::check_lock(&self.inner)
     }
 
     fn catalog(&self) -> Arc<Catalog> {
@@ -713,6 +734,7 @@ impl Store for PgStore {
         // Wait for the commits in progress, then let the pool go.
         let _w = self.alone().await;
         self.inner.pool.close();
+        self.inner.lease_pool.close();
         if let Some(task) = self.inner.lock_task.lock().take() {
             task.abort();
         }

@@ -26,6 +26,30 @@ async fn sql(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A store on a new database whose lease "a" (at `http://a`) holds for a minute.
+async fn leased(test: &str) -> Option<(String, PgStore, tidemark_store::postgres::cluster::Lease)> {
+    let url = database(test)?;
+    let s = PgStore::connect(&url, "tidemark").await.unwrap();
+    let lease = s
+        .lease_acquire("a", "http://a", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    Some((url, s, lease))
+}
+
+/// How many sessions wait on a lock with a query `LIKE pattern`.
+async fn waiting_on_locks(watcher: &tokio_postgres::Client, pattern: &str) -> i64 {
+    watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            &[&pattern],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_passes_the_store_suite() {
     let Some(s) = store("suite").await else {
@@ -335,15 +359,9 @@ mod pipeline {
 /// change of holder waits until they have ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_never_waits_for_writes_and_a_change_of_holder_always_does() {
-    let Some(url) = database("fence_locks") else {
+    let Some((url, s, lease)) = leased("fence_locks").await else {
         return;
     };
-    let s = PgStore::connect(&url, "tidemark").await.unwrap();
-    let lease = s
-        .lease_acquire("a", "http://a", 60_000)
-        .await
-        .unwrap()
-        .unwrap();
     // A write transaction of the holder, open.
     let mut writer = sql(&url).await;
     let write = writer.transaction().await.unwrap();
@@ -371,24 +389,17 @@ async fn a_renewal_never_waits_for_writes_and_a_change_of_holder_always_does() {
     };
     // The handover waits on the lease row's lock while the write is open.
     let watcher = sql(&url).await;
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%tm_lease%FOR UPDATE%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+    while waiting_on_locks(&watcher, "%tm_lease%FOR UPDATE%").await < 1 {
         assert!(
             !handover.is_finished(),
             "the handover went through an open write"
         );
-        if waiting == 1 {
-            break;
-        }
         tokio::task::yield_now().await;
     }
+    assert!(
+        !handover.is_finished(),
+        "the handover went through an open write"
+    );
     write.commit().await.unwrap();
     assert!(
         handover.await.unwrap().unwrap(),
@@ -399,4 +410,48 @@ async fn a_renewal_never_waits_for_writes_and_a_change_of_holder_always_does() {
         (now.term, now.holder.as_deref()),
         (lease.term + 1, Some("b"))
     );
+}
+
+/// The lease has connections of its own: with every pooled connection
+/// stuck behind a lock (slow reads under load), the holder still renews,
+/// and a standby still reads the lease. Before, the renewal queued for a
+/// pooled connection past the lease, and the holder stepped down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_never_waits_for_a_pooled_connection() {
+    let Some((url, s, lease)) = leased("lease_pool").await else {
+        return;
+    };
+    let mut locker = sql(&url).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        "LOCK TABLE tidemark.tm_sources IN ACCESS EXCLUSIVE MODE",
+        &[],
+    )
+    .await
+    .unwrap();
+    // More readers than the pool has connections, each stuck on the lock.
+    let readers: Vec<_> = (0..24)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.high_water_marks().await })
+        })
+        .collect();
+    let watcher = sql(&url).await;
+    while waiting_on_locks(&watcher, "%tm_sources%").await < 16 {
+        tokio::task::yield_now().await;
+    }
+    let patience = std::time::Duration::from_secs(10);
+    let renewed = tokio::time::timeout(patience, s.lease_renew("a", lease.term, 60_000))
+        .await
+        .expect("a renewal does not queue behind the pool");
+    assert!(renewed.unwrap());
+    let now = tokio::time::timeout(patience, s.lease())
+        .await
+        .expect("reading the lease does not queue behind the pool")
+        .unwrap();
+    assert_eq!(now.holder.as_deref(), Some("a"));
+    lock.commit().await.unwrap();
+    for r in readers {
+        r.await.unwrap().unwrap();
+    }
 }

@@ -173,6 +173,10 @@ impl PgStore {
         to_url: &str,
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
+        // Our groups overlap without a break under load, each holding the
+        // row FOR KEY SHARE, and key-share locks never queue behind the
+        // FOR UPDATE below: drain them and hold new ones back first.
+        let _alone = self.alone().await;
         let mut client = self.lease_client().await?;
         let tx = holder_change(&mut client).await?;
         let n = tx

@@ -535,7 +535,7 @@ impl PgStore {
         let _w = self.alone().await;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(engine_error)?;
-        self.check_fence(&tx).await?;
+        self.check_fence(&tx, None).await?;
         let out = f(&tx).await?;
         tx.commit().await.map_err(engine_error)?;
         Ok(out)
@@ -544,10 +544,12 @@ impl PgStore {
     /// With fencing on (several instances), holds the lease row
     /// `FOR KEY SHARE` for the rest of `tx` (a change of holder waits for
     /// it; a renewal does not) and fails unless this instance holds the
-    /// lease at its term (see `cluster.rs`).
+    /// lease at its term (see `cluster.rs`), and, if `planned` names one,
+    /// unless that term is still the current one.
     pub(crate) async fn check_fence(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
+        planned: Option<u64>,
     ) -> Result<(), StoreError> {
         if !self.inner.fenced.load(Ordering::SeqCst) {
             return Ok(());
@@ -556,6 +558,9 @@ impl PgStore {
         let Some((term, me)) = fence else {
             return Err(StoreError::NotPrimary);
         };
+        if planned.is_some_and(|p| p != term) {
+            return Err(StoreError::NotPrimary);
+        }
         let st = tx
             .prepare_cached(
                 "SELECT 1 FROM tm_lease WHERE id = 1 AND term = $1 AND holder = $2 FOR KEY SHARE",

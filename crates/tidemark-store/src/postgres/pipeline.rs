@@ -83,6 +83,10 @@ struct Plan {
     /// The sources this group moves, and their marks after it.
     moved: Vec<(String, u64)>,
     seq: u64,
+    /// The lease term the group was planned under: it commits only while
+    /// the lease is still at it (a term later, another primary may have
+    /// changed what the plan rests on).
+    term: Option<u64>,
     /// Shares a key with a running group: run the statements only after
     /// the group before has committed.
     wait_first: bool,
@@ -185,6 +189,7 @@ impl PgStore {
             .collect();
         state.seq = seq;
         state.high_water = marks.into_iter().map(|(s, (hw, _))| (s, hw)).collect();
+        let term = state.term;
         chain.state = Some(state);
         let plan = Plan {
             catalog,
@@ -193,6 +198,7 @@ impl PgStore {
             versions,
             moved,
             seq,
+            term,
             wait_first,
             prev,
             done,
@@ -260,7 +266,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(|_| Failure::Again)?;
         // Several instances: only the lease holder of the current term
         // commits (the lease row stays key-share-locked until the commit).
-        self.check_fence(&tx).await.map_err(again)?;
+        self.check_fence(&tx, plan.term).await.map_err(again)?;
         for (i, orders) in plan.batches.iter().enumerate() {
             let Some(versions) = plan.versions[i].take() else {
                 continue;

@@ -117,7 +117,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg)?;
         // Several instances: only the lease holder of the current term
         // commits (the lease row stays key-share-locked until the commit).
-        self.check_fence(&tx).await?;
+        self.check_fence(&tx, None).await?;
         // The counter and the recovery state in one round trip; the lock on
         // the counter orders writers.
         let meta: HashMap<String, String> = tx

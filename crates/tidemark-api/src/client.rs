@@ -21,6 +21,9 @@ pub enum ClientError {
         error: ApiError,
         retry_after: Option<u64>,
     },
+    /// A watch stream sent nothing, not even a keepalive, for too long.
+    #[error("the watch stream from {url} sent nothing, not even a keepalive, for {secs} s; reconnecting")]
+    Silent { url: String, secs: u64 },
     /// The server answered something this client cannot decode.
     #[error("unexpected answer from the DB server at {url} (status {status}): {detail}")]
     Decode {
@@ -30,11 +33,15 @@ pub enum ClientError {
     },
 }
 
+/// How long a watch stream may stay silent: over twice the DB server's
+/// keepalive interval (15 s).
+pub const WATCH_SILENCE: Duration = Duration::from_secs(35);
+
 impl ClientError {
     /// True if retrying later may succeed (transport errors and 503s).
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Transport { .. } => true,
+            ClientError::Transport { .. } | ClientError::Silent { .. } => true,
             ClientError::Api { status, .. } => *status == 503,
             ClientError::Decode { status, .. } => *status >= 500,
         }
@@ -104,6 +111,8 @@ pub struct DbClient {
     bases: std::sync::Arc<[String]>,
     active: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
+    /// How long a watch stream may stay silent ([`WATCH_SILENCE`]).
+    silence: Duration,
 }
 
 impl DbClient {
@@ -145,7 +154,15 @@ impl DbClient {
             bases: bases.into(),
             active: Default::default(),
             http,
+            silence: WATCH_SILENCE,
         }
+    }
+
+    /// The same client, with watch streams that may stay silent for
+    /// `silence` instead of [`WATCH_SILENCE`].
+    pub fn with_watch_silence(mut self, silence: Duration) -> Self {
+        self.silence = silence;
+        self
     }
 
     /// The instance in use.
@@ -180,7 +197,7 @@ impl DbClient {
     /// Whether a failed call should be tried on the next instance.
     fn worth_moving(e: &ClientError) -> bool {
         match e {
-            ClientError::Transport { .. } => true,
+            ClientError::Transport { .. } | ClientError::Silent { .. } => true,
             ClientError::Api { error, .. } => matches!(
                 error.code,
                 crate::ErrorCode::NotReady | crate::ErrorCode::Quiescing
@@ -460,15 +477,36 @@ impl DbClient {
             return Err(e);
         }
         let mut parser = SseParser::new();
-        let stream = resp
-            .bytes_stream()
-            .map(move |chunk| match chunk {
-                Ok(bytes) => Ok(parser.feed(&bytes)),
-                Err(source) => Err(ClientError::Transport {
-                    url: url.clone(),
-                    source,
-                }),
-            })
+        // A stream that sends nothing, not even the server's keepalive, is
+        // dead (a partition, a crashed host): it ends with an error, so
+        // the caller reconnects instead of trusting its cache meanwhile.
+        let silence = self.silence;
+        let chunks = futures::stream::unfold(
+            Some(Box::pin(resp.bytes_stream())),
+            move |body| async move {
+                let mut body = body?;
+                match tokio::time::timeout(silence, body.next()).await {
+                    Ok(Some(chunk)) => Some((chunk.map_err(Some), Some(body))),
+                    Ok(None) => None,
+                    // Silent: the error, then the end.
+                    Err(_) => Some((Err(None), None)),
+                }
+            },
+        );
+        let stream = chunks
+            .map(
+                move |chunk: Result<bytes::Bytes, Option<reqwest::Error>>| match chunk {
+                    Ok(bytes) => Ok(parser.feed(&bytes)),
+                    Err(Some(source)) => Err(ClientError::Transport {
+                        url: url.clone(),
+                        source,
+                    }),
+                    Err(None) => Err(ClientError::Silent {
+                        url: url.clone(),
+                        secs: silence.as_secs_f64().ceil() as u64,
+                    }),
+                },
+            )
             .flat_map(|r| {
                 futures::stream::iter(match r {
                     Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
@@ -521,6 +559,54 @@ pub fn encode_path(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DB server stand-in that answers a watch with the stream's headers,
+    /// then sends a keepalive comment every `every` until `until`, then
+    /// nothing (the connection stays open).
+    async fn keepalives(every: Duration, until: Duration) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await.unwrap();
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let end = tokio::time::Instant::now() + until;
+            while tokio::time::Instant::now() < end {
+                conn.write_all(b"3\r\n:\n\n\r\n").await.unwrap();
+                tokio::time::sleep(every).await;
+            }
+            // Silent, but open: a partition looks like this.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(conn);
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_silent_watch_stream_ends_with_an_error_and_keepalives_keep_it() {
+        let silence = Duration::from_millis(400);
+        let alive_for = Duration::from_millis(1500);
+        let base = keepalives(Duration::from_millis(100), alive_for).await;
+        let client = DbClient::new(&base).with_watch_silence(silence);
+        let started = tokio::time::Instant::now();
+        let stream = client.watch("svc", None).await.unwrap();
+        futures::pin_mut!(stream);
+        let first = stream.next().await.expect("an error, not the end");
+        assert!(
+            matches!(first, Err(ClientError::Silent { .. })),
+            "{first:?}"
+        );
+        assert!(
+            started.elapsed() >= alive_for,
+            "keepalives kept the stream: it ended after {:?}",
+            started.elapsed()
+        );
+        assert!(stream.next().await.is_none(), "the stream ends after it");
+    }
 
     #[test]
     fn encodes_reserved_bytes() {

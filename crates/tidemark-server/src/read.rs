@@ -50,13 +50,19 @@ fn register(app: &AppState, table: &str, key: &str, subscriber: Option<&str>) {
 /// them, and a client that moves between instances could read a record go
 /// back in version; a standby reads the store. Taking over as primary
 /// catches the tail up to the end of the log (invalidating what changed)
-/// before the cache is used again.
+/// before the cache is used again. Nor on a primary that cannot be sure
+/// it still holds the lease (cut off from PostgreSQL, paused): another
+/// instance may be committing already.
 fn usable_cache(app: &AppState) -> Option<&std::sync::Arc<crate::read_cache::ReadCache>> {
     let cache = app.read_cache.as_ref()?;
     if app.recovery.state() != RecoveryState::Normal {
         return None;
     }
-    if app.cluster.as_ref().is_some_and(|c| !c.is_primary()) {
+    if app
+        .cluster
+        .as_ref()
+        .is_some_and(|c| !c.is_primary() || !c.lease_held())
+    {
         return None;
     }
     Some(cache)

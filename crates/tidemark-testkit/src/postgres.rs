@@ -242,6 +242,40 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) PostgreSQL and every process
+    /// it started: connections stay open and answer nothing, as behind a
+    /// network partition.
+    pub fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
+        let postmaster = self
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.id())
+            .context("PostgreSQL is not running")?;
+        let mut pids = vec![postmaster.to_string()];
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, not ") ".
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let ok = Command::new("kill")
+            .arg(if frozen { "-STOP" } else { "-CONT" })
+            .args(&pids)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill failed");
+        Ok(())
+    }
+
     /// Starts the stopped cluster again on the same port.
     pub fn restart(&self) -> anyhow::Result<()> {
         self.run_server()

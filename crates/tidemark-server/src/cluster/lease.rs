@@ -12,7 +12,7 @@
 use super::{role_name, tail, Cluster, View};
 use crate::state::AppState;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tidemark_api::state::Role;
 use tidemark_store::postgres::cluster::MemberReport;
 use tidemark_store::StoreError;
@@ -28,21 +28,24 @@ pub async fn run(
     cluster: Arc<Cluster>,
     looked: tokio::sync::oneshot::Sender<()>,
 ) {
-    let mut last_renew = Instant::now();
     let mut beat = 0u32;
     let mut looked = Some(looked);
     loop {
         let view = cluster.view();
         match view.role {
             Role::Primary => {
-                match cluster
-                    .store
-                    .lease_renew(&cluster.id, view.term, ttl_ms(&cluster))
-                    .await
-                {
-                    Ok(true) => last_renew = Instant::now(),
+                let sent = Instant::now();
+                let renewed = bounded(
+                    &cluster,
+                    cluster
+                        .store
+                        .lease_renew(&cluster.id, view.term, ttl_ms(&cluster)),
+                )
+                .await;
+                match renewed {
+                    Ok(true) => cluster.lease_held_for(sent, cluster.lease_ttl),
                     Ok(false) => step_down(&cluster, "the lease moved to another instance"),
-                    Err(e) if last_renew.elapsed() >= cluster.lease_ttl => {
+                    Err(e) if !cluster.lease_held() => {
                         step_down(&cluster, &format!("the lease could not be renewed: {e}"))
                     }
                     Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
@@ -52,13 +55,12 @@ pub async fn run(
                 if let Err(e) = follow(&app, &cluster).await {
                     tracing::debug!(error = %e, "lease check failed; retrying");
                 }
-                last_renew = Instant::now();
             }
         }
         beat += 1;
         // Every third tick, and at once when the role changed.
         if beat % 3 == 1 || cluster.view().role != view.role {
-            heartbeat(&app, &cluster).await;
+            let _ = tokio::time::timeout(cluster.lease_ttl, heartbeat(&app, &cluster)).await;
         }
         if let Some(tx) = looked.take() {
             let _ = tx.send(());
@@ -87,9 +89,26 @@ fn ttl_ms(cluster: &Cluster) -> u64 {
     cluster.lease_ttl.as_millis() as u64
 }
 
+/// A lease statement, given half a lease to answer: PostgreSQL cut off
+/// (a partition, a hung connection) must not stop the loop from stepping
+/// down when the lease runs out.
+async fn bounded<T>(
+    cluster: &Cluster,
+    statement: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(cluster.lease_ttl / 2, statement).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "PostgreSQL did not answer a lease statement within {} ms",
+            ttl_ms(cluster) / 2
+        ))),
+    }
+}
+
 /// A primary that lost its lease: the fence first, so nothing of ours
 /// commits any more, then the role.
 fn step_down(cluster: &Cluster, why: &str) {
+    cluster.lease_lost();
     cluster.store.set_fence(None);
     let view = cluster.view();
     tracing::warn!(
@@ -107,6 +126,7 @@ fn step_down(cluster: &Cluster, why: &str) {
 
 /// The primary gave its lease to `to` (a promote): it is a standby now.
 pub fn handed_over(cluster: &Cluster, term: u64, to: String) {
+    cluster.lease_lost();
     cluster.store.set_fence(None);
     tracing::info!(term, primary = %to, "lease handed over; serving as a standby");
     cluster.set_view(View {
@@ -119,17 +139,24 @@ pub fn handed_over(cluster: &Cluster, term: u64, to: String) {
 
 /// A standby's look at the lease: follow the primary, or take over.
 async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), StoreError> {
-    let lease = cluster.store.lease().await?;
-    let term = if lease.held_by(&cluster.id) {
+    let sent = Instant::now();
+    let lease = bounded(cluster, cluster.store.lease()).await?;
+    let (term, left) = if lease.held_by(&cluster.id) {
         // Handed to us by a promote.
-        lease.term
+        (
+            lease.term,
+            Duration::from_millis(lease.expires_in_ms.max(0) as u64),
+        )
     } else if lease.holder.is_none() || lease.expires_in_ms <= 0 {
-        match cluster
-            .store
-            .lease_acquire(&cluster.id, &cluster.url, ttl_ms(cluster))
-            .await?
-        {
-            Some(l) => l.term,
+        let acquired = bounded(
+            cluster,
+            cluster
+                .store
+                .lease_acquire(&cluster.id, &cluster.url, ttl_ms(cluster)),
+        )
+        .await?;
+        match acquired {
+            Some(l) => (l.term, cluster.lease_ttl),
             None => return Ok(()),
         }
     } else {
@@ -140,7 +167,7 @@ async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), Store
         });
         return Ok(());
     };
-    take_over(app, cluster, term).await
+    take_over(app, cluster, term, (sent, left)).await
 }
 
 /// Becomes primary at `term`: fence, publish what earlier terms committed,
@@ -149,6 +176,7 @@ async fn take_over(
     app: &Arc<AppState>,
     cluster: &Arc<Cluster>,
     term: u64,
+    (sent, left): (Instant, Duration),
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     cluster.store.set_fence(Some((term, cluster.id.clone())));
@@ -166,6 +194,7 @@ async fn take_over(
         tracing::warn!(error = %e, term, "could not take over as primary; the lease will expire and be taken again");
         return Err(e);
     }
+    cluster.lease_held_for(sent, left);
     cluster.set_view(View {
         role: Role::Primary,
         term,

@@ -20,8 +20,9 @@ pub mod lease;
 pub mod tail;
 
 use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tidemark_api::state::Role;
 use tidemark_store::PgStore;
 use tokio::sync::{watch, Notify};
@@ -58,6 +59,13 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// The live members, as last read (for `/v1/state`).
     pub members: RwLock<Vec<tidemark_store::postgres::cluster::Member>>,
+    /// Until when (ms after `epoch`) the lease is surely still ours: the
+    /// moment the last renewal (or take-over) was sent, plus what was left
+    /// of the lease, less a margin. Only then may the read cache answer: a
+    /// primary cut off from PostgreSQL, whose lease another instance may
+    /// already hold, would otherwise go on serving what it cached.
+    lease_until_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -96,6 +104,8 @@ impl Cluster {
             lease_wake: Notify::new(),
             tail_wake: Notify::new(),
             members: RwLock::new(Vec::new()),
+            lease_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             // Trusts --ca-cert and presents --client-cert, like every client.
             http: tidemark_api::client::tls_builder()
                 .connect_timeout(Duration::from_secs(2))
@@ -111,6 +121,25 @@ impl Cluster {
 
     pub fn is_primary(&self) -> bool {
         self.view.borrow().role == Role::Primary
+    }
+
+    /// Whether the lease is surely still ours now (see `lease_until_ms`).
+    pub fn lease_held(&self) -> bool {
+        (self.epoch.elapsed().as_millis() as u64) < self.lease_until_ms.load(Ordering::SeqCst)
+    }
+
+    /// The lease, as read or renewed by a statement sent at `sent`, has
+    /// `left` to run.
+    pub(crate) fn lease_held_for(&self, sent: Instant, left: Duration) {
+        let margin = self.lease_ttl / 10;
+        let until = sent.saturating_duration_since(self.epoch) + left.saturating_sub(margin);
+        self.lease_until_ms
+            .store(until.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The lease is not ours (any more).
+    pub(crate) fn lease_lost(&self) {
+        self.lease_until_ms.store(0, Ordering::SeqCst);
     }
 
     pub(crate) fn set_view(&self, v: View) {

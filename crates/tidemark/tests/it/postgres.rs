@@ -8,22 +8,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tidemark_testkit::postgres::{bin_dir, required, PgCluster};
 
-/// Every order acknowledged across a PostgreSQL crash is present exactly
-/// once afterwards; in-flight orders get 503 with Retry-After, never a
-/// half-applied batch; the server reconnects by itself.
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_killed_under_load_loses_no_acknowledged_order() {
+/// A PostgreSQL cluster of the test's own (it stops, restarts or freezes
+/// it) and a database `name` on it; `None`: PostgreSQL is not installed
+/// and not required, so the test is skipped.
+fn own_cluster(name: &str) -> Option<(PgCluster, String)> {
     let Some(bin) = bin_dir() else {
         assert!(
             !required(),
             "TIDEMARK_REQUIRE_POSTGRES=1 but PostgreSQL is not installed"
         );
         eprintln!("skipped: no PostgreSQL server binaries");
+        return None;
+    };
+    let cluster = PgCluster::start(&bin).expect("a PostgreSQL cluster");
+    let url = cluster.database(name).unwrap();
+    Some((cluster, url))
+}
+
+/// Every order acknowledged across a PostgreSQL crash is present exactly
+/// once afterwards; in-flight orders get 503 with Retry-After, never a
+/// half-applied batch; the server reconnects by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_killed_under_load_loses_no_acknowledged_order() {
+    // A cluster of its own: this test stops it.
+    let Some((cluster, url)) = own_cluster("crash") else {
         return;
     };
-    // A cluster of its own: this test stops it.
-    let cluster = PgCluster::start(&bin).expect("a PostgreSQL cluster");
-    let url = cluster.database("crash").unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let db = Proc::start(
         "db",
@@ -286,16 +296,9 @@ async fn the_demo_runs_on_postgres() {
 /// and holds the lease: the first order after ready is accepted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
-    let Some(bin) = bin_dir() else {
-        assert!(
-            !required(),
-            "TIDEMARK_REQUIRE_POSTGRES=1 but PostgreSQL is not installed"
-        );
-        eprintln!("skipped: no PostgreSQL server binaries");
+    let Some((cluster, url)) = own_cluster("late") else {
         return;
     };
-    let cluster = PgCluster::start(&bin).expect("a PostgreSQL cluster");
-    let url = cluster.database("late").unwrap();
     cluster.stop_immediate().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let db = Proc::start(
@@ -455,17 +458,10 @@ async fn a_schema_from_a_newer_tidemark_keeps_the_server_from_starting() {
 /// refused until the server stops.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_postgres_restarts_under_a_running_server_restore_is_still_refused() {
-    let Some(bin) = bin_dir() else {
-        assert!(
-            !required(),
-            "TIDEMARK_REQUIRE_POSTGRES=1 but PostgreSQL is not installed"
-        );
-        eprintln!("skipped: no PostgreSQL server binaries");
+    // A cluster of its own: this test restarts it.
+    let Some((cluster, url)) = own_cluster("relock") else {
         return;
     };
-    // A cluster of its own: this test restarts it.
-    let cluster = PgCluster::start(&bin).expect("a PostgreSQL cluster");
-    let url = cluster.database("relock").unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut db = Proc::start(
@@ -540,4 +536,66 @@ async fn after_postgres_restarts_under_a_running_server_restore_is_still_refused
         "restore once the server stopped: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A primary cut off from PostgreSQL (its connections open but answering
+/// nothing, as behind a partition) stops answering from its read cache
+/// once its lease may have run out: another instance may be committing by
+/// then. Once PostgreSQL answers again, it serves again. (Before, the
+/// lease renewal waited on the hung connection for good, so the instance
+/// stayed primary and served what it had cached.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_cut_off_from_postgres_stops_answering_from_its_read_cache() {
+    // A cluster of its own: this test freezes it.
+    let Some((cluster, url)) = own_cluster("cutoff") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Proc::start(
+        "db",
+        tmp.path(),
+        &[
+            "server",
+            "--store",
+            "postgres",
+            "--database-url",
+            &url,
+            "--lease-ttl-ms",
+            "1000",
+        ],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    let order = json!({"orders": [{"source": "ops", "seq": 1, "table": "subscriber",
+        "key": "k", "op": "upsert", "fields": {"plan": "basic"}}]});
+    let (s, b) = post_raw(&format!("{}/v1/orders", db.url), order.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let key = key_url(&db.url, "k");
+    let read = || async {
+        client
+            .get(&key)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    // The second read is a cache hit.
+    assert_eq!((read().await, read().await), (Some(200), Some(200)));
+    cluster.freeze(true).unwrap();
+    eventually(10, "no more answers from the read cache", || async {
+        (read().await != Some(200)).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        assert_ne!(read().await, Some(200), "a cached answer while cut off");
+    }
+    cluster.freeze(false).unwrap();
+    eventually(30, "serving again once PostgreSQL answers", || async {
+        (read().await == Some(200)).then_some(())
+    })
+    .await;
 }

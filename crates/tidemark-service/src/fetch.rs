@@ -10,7 +10,7 @@
 
 use crate::cache::{Entry, Origin};
 use crate::policy::Freshness;
-use crate::shared::Shared;
+use crate::shared::{Asked, Shared};
 use bytes::Bytes;
 use rand::Rng;
 use std::sync::atomic::Ordering;
@@ -170,17 +170,20 @@ pub(crate) fn from_cache(
         .flatten()
 }
 
-/// What a DB server's answer, asked for when the cache generation was
-/// `asked_in`, gives a read: the answer to serve, or `None` when the read
-/// must wait (a `latest` read of data flagged recovering). The answer is
-/// cached only while the stream is synced, so its later changes arrive.
+/// What a DB server's answer, asked for at `asked`, gives a read: the
+/// answer to serve, or `None` when the read must wait (a `latest` read of
+/// data flagged recovering). The answer is cached as current only if the
+/// stream synced when it was asked for still is, so its later changes
+/// arrive (a stream opened since, perhaps on another instance, may not
+/// know of the interest the fetch registered).
 pub(crate) fn take_answer(
     shared: &Shared,
     answer: &RecordAnswer,
-    asked_in: u64,
+    asked: Asked,
     freshness: Freshness,
 ) -> Option<Served> {
-    let entry = if shared.connected.load(Ordering::SeqCst) {
+    let asked_in = asked.generation;
+    let entry = if asked.same_stream(shared) {
         shared.changes.fetch_add(1, Ordering::Relaxed);
         shared.cache.offer(
             answer,
@@ -272,7 +275,7 @@ pub async fn read(
             }
         }
         let mut hint = None;
-        let asked_in = shared.cache.generation();
+        let asked = Asked::now(shared);
         shared.metrics.db_fetches.inc();
         match shared
             .upstream
@@ -280,7 +283,7 @@ pub async fn read(
             .await
         {
             Ok(read) => {
-                if let Some(served) = take_answer(shared, &read.answer, asked_in, freshness) {
+                if let Some(served) = take_answer(shared, &read.answer, asked, freshness) {
                     return Ok(served);
                 }
                 hint = read.retry_after;
@@ -427,22 +430,27 @@ mod tests {
         };
         let svc = Service::with_upstream(config, CancellationToken::new(), up.clone()).unwrap();
         if synced {
-            let ev = |e: WatchEvent| SseEvent {
-                id: Some("2-0-b".into()),
-                event: e.name().into(),
-                data: e.data(),
-            };
-            let hello = HelloEvent {
-                epoch: 2,
-                seq: 0,
-                boot: "b".into(),
-                resumed: false,
-                declare: false,
-            };
-            watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
-            watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
+            stream_synced(&svc, false);
         }
         (svc, up)
+    }
+
+    /// A watch stream opens (`resumed`: it replays what was missed) and syncs.
+    fn stream_synced(svc: &Service, resumed: bool) {
+        let ev = |e: WatchEvent| SseEvent {
+            id: Some("2-0-b".into()),
+            event: e.name().into(),
+            data: e.data(),
+        };
+        let hello = HelloEvent {
+            epoch: 2,
+            seq: 0,
+            boot: "b".into(),
+            resumed,
+            declare: resumed,
+        };
+        watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
+        watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
     }
 
     #[tokio::test(start_paused = true)]
@@ -521,6 +529,29 @@ mod tests {
         let kept = svc.shared.cache.get("subscriber", "k").unwrap();
         assert_eq!(kept.version(), Some(Version::new(2, 9)));
         assert_ne!(kept.generation(), svc.shared.cache.generation());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_asked_for_under_another_stream_is_not_cached_as_current() {
+        // The fetch registered interest with the instance it asked; the
+        // stream moved (perhaps to another instance, resumed, so nothing
+        // else marks the cache) before the answer came: nothing will push
+        // the key's next change, so the answer must not be served from the
+        // cache later.
+        let (svc, _up) = service(flagged, true);
+        let asked = Asked::now(&svc.shared);
+        watcher::stream_down(&svc.shared);
+        stream_synced(&svc, true);
+        let served = take_answer(&svc.shared, &record(3, false), asked, Freshness::Latest);
+        assert!(served.is_some(), "the answer itself is served");
+        assert!(
+            from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_none(),
+            "but not cached as current"
+        );
+        // Asked for under the stream that is synced now, it is.
+        let asked = Asked::now(&svc.shared);
+        take_answer(&svc.shared, &record(4, false), asked, Freshness::Latest).unwrap();
+        assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());
     }
 
     #[tokio::test(start_paused = true)]

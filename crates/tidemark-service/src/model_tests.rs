@@ -279,8 +279,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     None if db_reachable => {
                         // The read rule: register interest, then read.
                         db.interest.insert(key);
-                        let asked_in = svc.shared.cache.generation();
-                        fetch::take_answer(&svc.shared, &db.answer(key), asked_in, freshness)
+                        let asked = crate::shared::Asked::now(&svc.shared);
+                        fetch::take_answer(&svc.shared, &db.answer(key), asked, freshness)
                     }
                     None => fetch::fallback(&svc.shared, table, &name, freshness),
                 };

@@ -76,6 +76,7 @@ impl Service {
                 cache,
                 metrics: ServiceMetrics::new(),
                 connected: AtomicBool::new(false),
+                stream_serial: AtomicU64::new(0),
                 last_event_id: Mutex::new(last_event_id),
                 waiters: Mutex::new(HashMap::new()),
                 changes: AtomicU64::new(0),

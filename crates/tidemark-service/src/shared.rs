@@ -29,6 +29,11 @@ pub struct Shared {
     /// fetched records cached, because only then are their later changes
     /// sure to arrive.
     pub connected: AtomicBool,
+    /// Bumped when a stream syncs and when it goes down: a fetch answer is
+    /// cached as current only if the stream synced when it was asked for
+    /// is still the one (see [`Asked`]). Another stream, perhaps on
+    /// another instance, may not know of the fetch's interest.
+    pub stream_serial: AtomicU64,
     /// The id of the last watch event applied.
     pub last_event_id: Mutex<Option<String>>,
     /// Reads waiting for a key to become current, by cache slot.
@@ -67,5 +72,39 @@ impl Shared {
         for n in self.waiters.lock().values() {
             n.notify_waiters();
         }
+    }
+}
+
+/// When a fetch was asked for: the cache generation, and the synced
+/// stream's serial (`None`: no stream was synced).
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    pub generation: u64,
+    pub stream: Option<u64>,
+}
+
+impl Asked {
+    /// Now. `connected` is read before the serial: a serial read while
+    /// connected is the synced stream's, or one bumped since (a mismatch
+    /// later, never a false match).
+    pub fn now(shared: &Shared) -> Asked {
+        let stream = shared
+            .connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| {
+                shared
+                    .stream_serial
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            });
+        Asked {
+            generation: shared.cache.generation(),
+            stream,
+        }
+    }
+
+    /// Whether the stream synced when this was asked is still synced.
+    pub fn same_stream(&self, shared: &Shared) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        shared.connected.load(SeqCst) && self.stream == Some(shared.stream_serial.load(SeqCst))
     }
 }

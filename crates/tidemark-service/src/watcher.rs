@@ -101,7 +101,7 @@ pub async fn run(shared: Arc<Shared>) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-    shared.connected.store(false, Ordering::SeqCst);
+    stream_down(&shared);
 }
 
 /// Tells the instance about to be watched every key the cache holds, so
@@ -142,6 +142,7 @@ enum Declared {
 /// The stream ended: from now on nothing cached is vouched for.
 pub(crate) fn stream_down(shared: &Shared) {
     shared.connected.store(false, Ordering::SeqCst);
+    shared.stream_serial.fetch_add(1, Ordering::SeqCst);
     shared.metrics.connected.set(0);
 }
 
@@ -181,6 +182,8 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
         WatchEvent::Synced(s) => {
             // Every change we missed has been applied: from here on the
             // cache is vouched for by the live stream.
+            // A serial of this stream's own first, then connected.
+            shared.stream_serial.fetch_add(1, Ordering::SeqCst);
             shared.connected.store(true, Ordering::SeqCst);
             shared.metrics.connected.set(1);
             shared.notify_all();

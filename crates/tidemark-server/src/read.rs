@@ -134,6 +134,7 @@ pub async fn read(
             Cached {
                 found,
                 body: body.clone(),
+                version: answer.version,
             },
         );
     }

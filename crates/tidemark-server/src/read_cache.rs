@@ -10,6 +10,9 @@
 //!   visible, and bumps the shard's generation; a reader fills the cache
 //!   only if the generation it saw *before* reading the store is unchanged.
 //!   So an answer read before a commit can never be cached after it.
+//! - A fill never replaces a newer answer: two reads that took their
+//!   tickets before a commit's invalidation may read either side of it,
+//!   and the older must not overwrite the newer.
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -22,6 +25,8 @@ use tidemark_api::keyslot::{per_shard, KeySlot, SHARDS};
 pub struct Cached {
     pub found: bool,
     pub body: Bytes,
+    /// The answer's version (`None`: a key never written).
+    pub version: Option<tidemark_api::Version>,
 }
 
 struct Shard {
@@ -97,6 +102,11 @@ impl ReadCache {
         debug_assert_eq!(i, ticket.shard);
         let mut shard = self.shards[i].lock();
         if shard.generation == ticket.generation {
+            if let Some(held) = shard.map.peek(s.as_str()) {
+                if held.version > cached.version {
+                    return;
+                }
+            }
             let add = cost(&s, &cached);
             if add > shard.max_bytes {
                 return;
@@ -141,10 +151,36 @@ mod tests {
     use super::*;
 
     fn c(body: &'static str) -> Cached {
+        at(body, 1)
+    }
+
+    fn at(body: &'static str, seq: u64) -> Cached {
         Cached {
             found: true,
             body: Bytes::from_static(body.as_bytes()),
+            version: Some(tidemark_api::Version::new(1, seq)),
         }
+    }
+
+    #[test]
+    fn an_older_answer_never_replaces_a_newer_one() {
+        let cache = ReadCache::new(1000, usize::MAX).unwrap();
+        // Two reads take their tickets before a commit's invalidation; the
+        // one that read after the commit fills first.
+        let before = cache.get("t", "k").unwrap_err();
+        let after = cache.get("t", "k").unwrap_err();
+        cache.fill(after, "t", "k", at("new", 2));
+        cache.fill(before, "t", "k", at("old", 1));
+        assert_eq!(cache.get("t", "k").unwrap().body, "new");
+        let missing = Cached {
+            found: false,
+            body: Bytes::from_static(b"none"),
+            version: None,
+        };
+        let t = cache.get("t", "k2").unwrap_err();
+        cache.fill(t, "t", "k2", at("created", 1));
+        cache.fill(t, "t", "k2", missing);
+        assert_eq!(cache.get("t", "k2").unwrap().body, "created");
     }
 
     #[test]
@@ -183,6 +219,7 @@ mod tests {
                 Cached {
                     found: true,
                     body: body.clone(),
+                    version: None,
                 },
             );
         }

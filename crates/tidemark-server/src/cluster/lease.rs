@@ -97,7 +97,12 @@ async fn bounded<T>(
     statement: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(cluster.lease_ttl / 2, statement).await {
-        Ok(r) => r,
+        Ok(r) => {
+            if r.is_ok() {
+                cluster.reached_postgres();
+            }
+            r
+        }
         Err(_) => Err(StoreError::Unavailable(format!(
             "PostgreSQL did not answer a lease statement within {} ms",
             ttl_ms(cluster) / 2

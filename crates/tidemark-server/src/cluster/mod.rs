@@ -65,6 +65,9 @@ pub struct Cluster {
     /// primary cut off from PostgreSQL, whose lease another instance may
     /// already hold, would otherwise go on serving what it cached.
     lease_until_ms: AtomicU64,
+    /// When (ms after `epoch`) a lease statement last got an answer from
+    /// PostgreSQL (every tick, in either role).
+    reached_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -105,6 +108,7 @@ impl Cluster {
             tail_wake: Notify::new(),
             members: RwLock::new(Vec::new()),
             lease_until_ms: AtomicU64::new(0),
+            reached_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             // Trusts --ca-cert and presents --client-cert, like every client.
             http: tidemark_api::client::tls_builder()
@@ -135,6 +139,23 @@ impl Cluster {
         let until = sent.saturating_duration_since(self.epoch) + left.saturating_sub(margin);
         self.lease_until_ms
             .store(until.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// A lease statement got an answer from PostgreSQL just now.
+    pub(crate) fn reached_postgres(&self) {
+        self.reached_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Whether this instance has been cut off from PostgreSQL for over two
+    /// leases (at least 2 s): what it knows may be outdated by then, as
+    /// another instance may hold the lease and commit. It then ends its
+    /// watch streams and opens none, so service servers move to an
+    /// instance that is current instead of trusting their caches.
+    pub fn cut_off(&self) -> bool {
+        let limit = (2 * self.lease_ttl).max(Duration::from_secs(2)).as_millis() as u64;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        now.saturating_sub(self.reached_ms.load(Ordering::SeqCst)) > limit
     }
 
     /// The lease is not ours (any more).

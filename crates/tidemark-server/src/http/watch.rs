@@ -14,7 +14,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_api::{headers, ErrorCode, WatchEvent};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +49,9 @@ pub async fn watch(
             ));
         }
     }
+    if app.cluster.as_ref().is_some_and(|c| c.cut_off()) {
+        return Err(cut_off_error());
+    }
     let max = app.config.max_watch_per_token;
     let Some(permit) = app.streams.take(&caller.0, max) else {
         return Err(HttpError::new(
@@ -67,10 +69,45 @@ pub async fn watch(
     let rx = crate::watch::open(&app, &name, last).await?;
     // Counts the stream as connected (schema publication) until it ends.
     let connection = crate::schema_publish::SchemaPublication::connect(&app, &name);
-    let events = ReceiverStream::new(rx).map(move |(id, ev): (String, WatchEvent)| {
+    // The stream ends when the instance is cut off from PostgreSQL: its
+    // subscriber reconnects, is refused here, and moves to another
+    // instance rather than trusting a cache nothing updates any more.
+    let cluster = app.cluster.clone();
+    let events = futures::stream::unfold(
+        (rx, tokio::time::interval(CUT_OFF_CHECK)),
+        move |(mut rx, mut check)| {
+            let cluster = cluster.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        next = rx.recv() => return next.map(|item| (item, (rx, check))),
+                        _ = check.tick() => {
+                            if cluster.as_ref().is_some_and(|c| c.cut_off()) {
+                                tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .map(move |(id, ev): (String, WatchEvent)| {
         // Held as long as the stream is: dropping the body frees the place.
         let _held = (&permit, &connection);
         Ok(Event::default().id(id).event(ev.name()).data(ev.data()))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// How often an open stream checks that its instance still reaches
+/// PostgreSQL.
+const CUT_OFF_CHECK: Duration = Duration::from_millis(500);
+
+fn cut_off_error() -> HttpError {
+    HttpError::new(
+        ErrorCode::NotReady,
+        "this instance has not reached PostgreSQL for over two leases, so what it would stream may be outdated; watch another instance of the cluster (a service server given every instance with --db moves by itself)",
+    )
+    .retry_after(1)
 }

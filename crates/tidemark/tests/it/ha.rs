@@ -888,3 +888,129 @@ async fn a_postgres_restart_under_two_instances_loses_nothing() {
     assert_service_current(&svc.url, &urls[0]).await;
     drop(procs);
 }
+
+/// A TCP relay to PostgreSQL that can be frozen: its connections stay open
+/// and carry nothing, as behind a partition that cuts off one instance.
+struct Relay {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(relay_one_way(cr, sw, f.clone()));
+                    relay_one_way(sr, cw, f).await;
+                });
+            }
+        });
+        Relay { port, frozen }
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while `frozen`.
+async fn relay_one_way(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A partition cuts the primary off from PostgreSQL while its service
+/// server still reaches it. The other instance takes over and commits a
+/// change; the cut-off instance ends its watch streams and refuses new
+/// ones, so the `latest-only` service server moves to the new primary and
+/// serves the change (before, the cut-off instance kept its stream alive
+/// with keepalives and the service server served the old record for good).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_cut_off_from_postgres_hands_its_service_servers_on() {
+    let test = "a_primary_cut_off_from_postgres_hands_its_service_servers_on";
+    let Some(url) = database(test) else {
+        return;
+    };
+    let pg_port = PgCluster::shared(test).unwrap().port();
+    let relay = Relay::start(pg_port).await;
+    let relayed = url.replace(&format!(":{pg_port}/"), &format!(":{}/", relay.port));
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs = [free_addr(), free_addr()];
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    // The first instance, through the relay, takes the lease.
+    let a = instance(tmp.path(), "db0", &relayed, &addrs[0]);
+    a.wait_ok("/readyz").await;
+    let b = instance(tmp.path(), "db1", &url, &addrs[1]);
+    b.wait_ok("/readyz").await;
+    assert_eq!(primary_of(&urls).await, 0);
+    let svc = service(
+        tmp.path(),
+        "svc",
+        &format!("{},{}", urls[0], urls[1]),
+        "latest-only",
+        &[],
+    )
+    .await;
+    let put = |base: String, seq: u64, plan: &'static str| async move {
+        let (s, b) = post_raw(
+            &format!("{base}/v1/orders"),
+            json!({"orders": [{"source": "ops", "seq": seq, "table": "subscriber", "key": "k",
+                               "op": "upsert", "fields": {"plan": plan}}]})
+            .to_string(),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+    };
+    let serves = |plan: &'static str, what: &'static str| {
+        let svc = svc.url.clone();
+        async move {
+            eventually(40, what, || {
+                let svc = svc.clone();
+                async move {
+                    let (_, r) = get_json(&format!("{svc}/v1/records/subscriber/k")).await;
+                    (r["fields"]["plan"] == plan && r["source"] == "cache").then_some(())
+                }
+            })
+            .await
+        }
+    };
+    put(urls[0].clone(), 1, "before").await;
+    serves("before", "the record cached").await;
+    relay.frozen.store(true, Ordering::SeqCst);
+    eventually(20, "the other instance to take over", || async {
+        (state(&urls[1]).await?["role"] == "primary").then_some(())
+    })
+    .await;
+    put(urls[1].clone(), 2, "after").await;
+    serves(
+        "after",
+        "the service server to serve the new primary's change",
+    )
+    .await;
+    assert!(
+        a.log_text().contains("cut off from PostgreSQL"),
+        "{}",
+        a.log_text()
+    );
+    relay.frozen.store(false, Ordering::SeqCst);
+    drop(b);
+}

@@ -197,12 +197,13 @@ impl DbClient {
     /// Whether a failed call should be tried on the next instance.
     fn worth_moving(e: &ClientError) -> bool {
         match e {
-            ClientError::Transport { .. } | ClientError::Silent { .. } => true,
+            ClientError::Transport { .. } => true,
             ClientError::Api { error, .. } => matches!(
                 error.code,
                 crate::ErrorCode::NotReady | crate::ErrorCode::Quiescing
             ),
-            ClientError::Decode { .. } => false,
+            // Silent only ends a stream already open: its caller reconnects.
+            ClientError::Decode { .. } | ClientError::Silent { .. } => false,
         }
     }
 
@@ -588,8 +589,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_watch_stream_ends_with_an_error_and_keepalives_keep_it() {
-        let silence = Duration::from_millis(400);
-        let alive_for = Duration::from_millis(1500);
+        // Keepalives every 100 ms, 10 to a silence: slack for a busy machine.
+        let silence = Duration::from_millis(1000);
+        let alive_for = Duration::from_millis(2500);
         let base = keepalives(Duration::from_millis(100), alive_for).await;
         let client = DbClient::new(&base).with_watch_silence(silence);
         let started = tokio::time::Instant::now();

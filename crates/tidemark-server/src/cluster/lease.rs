@@ -1,9 +1,10 @@
 //! The lease loop: the only place a role changes.
 //!
-//! - A primary renews its lease every tick. If it cannot for a whole lease
-//!   (PostgreSQL unreachable, the process was paused), or the lease moved,
-//!   it becomes a standby: first the fence (no write of ours commits),
-//!   then the view.
+//! - A primary renews its lease every tick. If it cannot for 0.9 of a
+//!   lease from the last renewal it sent (PostgreSQL unreachable, the
+//!   process was paused), or the lease moved, it becomes a standby: first
+//!   the fence (no write of ours commits), then the view. Every lease
+//!   statement gets half a lease to answer (`bounded`).
 //! - A standby reads the lease every tick. An expired or free lease is
 //!   taken (a new term); a lease handed to it (a promote) is adopted.
 //!   Before it serves as primary, it publishes every change committed
@@ -60,7 +61,7 @@ pub async fn run(
         beat += 1;
         // Every third tick, and at once when the role changed.
         if beat % 3 == 1 || cluster.view().role != view.role {
-            let _ = tokio::time::timeout(cluster.lease_ttl, heartbeat(&app, &cluster)).await;
+            let _ = tokio::time::timeout(cluster.lease_ttl / 2, heartbeat(&app, &cluster)).await;
         }
         if let Some(tx) = looked.take() {
             let _ = tx.send(());
@@ -73,8 +74,16 @@ pub async fn run(
     }
     let view = cluster.view();
     if view.role == Role::Primary {
+        // Requests still in flight must not trust the lease any more: a
+        // standby takes it as soon as it is released.
+        cluster.lease_lost();
         cluster.store.set_fence(None);
-        match cluster.store.lease_release(&cluster.id, view.term).await {
+        match bounded(
+            &cluster,
+            cluster.store.lease_release(&cluster.id, view.term),
+        )
+        .await
+        {
             Ok(true) => tracing::info!(term = view.term, "lease released at shutdown"),
             Ok(false) => {}
             Err(e) => {
@@ -82,7 +91,7 @@ pub async fn run(
             }
         }
     }
-    let _ = cluster.store.leave(&cluster.id).await;
+    let _ = bounded(&cluster, cluster.store.leave(&cluster.id)).await;
 }
 
 fn ttl_ms(cluster: &Cluster) -> u64 {
@@ -172,7 +181,11 @@ async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), Store
         });
         return Ok(());
     };
-    take_over(app, cluster, term, (sent, left)).await
+    take_over(app, cluster, term, (sent, left)).await?;
+    // A take-over can take long (the tail's catch-up): it reached
+    // PostgreSQL throughout.
+    cluster.reached_postgres();
+    Ok(())
 }
 
 /// Becomes primary at `term`: fence, publish what earlier terms committed,
@@ -239,6 +252,7 @@ async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
         tracing::debug!(error = %e, "heartbeat failed; retrying");
         return;
     }
+    cluster.reached_postgres();
     match cluster.store.members(live_within_ms(cluster)).await {
         Ok(m) => *cluster.members.write() = m,
         Err(e) => tracing::debug!(error = %e, "member list unreadable; retrying"),

@@ -147,13 +147,17 @@ impl Cluster {
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
     }
 
-    /// Whether this instance has been cut off from PostgreSQL for over two
-    /// leases (at least 2 s): what it knows may be outdated by then, as
-    /// another instance may hold the lease and commit. It then ends its
-    /// watch streams and opens none, so service servers move to an
-    /// instance that is current instead of trusting their caches.
+    /// Whether what this instance knows may be outdated: it is the primary
+    /// but not surely the lease holder any more, or it has not reached
+    /// PostgreSQL for over a lease (at least 1 s), so another instance may
+    /// hold the lease and commit. It then ends its watch streams and opens
+    /// none, so service servers move to an instance that is current
+    /// instead of trusting their caches.
     pub fn cut_off(&self) -> bool {
-        let limit = (2 * self.lease_ttl).max(Duration::from_secs(2)).as_millis() as u64;
+        if self.is_primary() && !self.lease_held() {
+            return true;
+        }
+        let limit = self.lease_ttl.max(Duration::from_secs(1)).as_millis() as u64;
         let now = self.epoch.elapsed().as_millis() as u64;
         now.saturating_sub(self.reached_ms.load(Ordering::SeqCst)) > limit
     }

@@ -73,25 +73,31 @@ pub async fn watch(
     // subscriber reconnects, is refused here, and moves to another
     // instance rather than trusting a cache nothing updates any more.
     let cluster = app.cluster.clone();
-    let events = futures::stream::unfold(
-        (rx, tokio::time::interval(CUT_OFF_CHECK)),
-        move |(mut rx, mut check)| {
-            let cluster = cluster.clone();
-            async move {
-                loop {
-                    tokio::select! {
-                        next = rx.recv() => return next.map(|item| (item, (rx, check))),
-                        _ = check.tick() => {
-                            if cluster.as_ref().is_some_and(|c| c.cut_off()) {
-                                tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
-                                return None;
-                            }
+    let check = cluster
+        .as_ref()
+        .map(|_| tokio::time::interval(CUT_OFF_CHECK));
+    let events = futures::stream::unfold((rx, check), move |(mut rx, mut check)| {
+        let cluster = cluster.clone();
+        async move {
+            loop {
+                let tick = async {
+                    match check.as_mut() {
+                        Some(c) => c.tick().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    next = rx.recv() => return next.map(|item| (item, (rx, check))),
+                    _ = tick => {
+                        if cluster.as_ref().is_some_and(|c| c.cut_off()) {
+                            tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
+                            return None;
                         }
                     }
                 }
             }
-        },
-    )
+        }
+    })
     .map(move |(id, ev): (String, WatchEvent)| {
         // Held as long as the stream is: dropping the body frees the place.
         let _held = (&permit, &connection);
@@ -107,7 +113,7 @@ const CUT_OFF_CHECK: Duration = Duration::from_millis(500);
 fn cut_off_error() -> HttpError {
     HttpError::new(
         ErrorCode::NotReady,
-        "this instance has not reached PostgreSQL for over two leases, so what it would stream may be outdated; watch another instance of the cluster (a service server given every instance with --db moves by itself)",
+        "this instance has not reached PostgreSQL for over a lease (or no longer surely holds it), so what it would stream may be outdated; watch another instance of the cluster (a service server given every instance with --db moves by itself)",
     )
     .retry_after(1)
 }

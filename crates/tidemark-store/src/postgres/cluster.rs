@@ -176,8 +176,8 @@ impl PgStore {
         // Our groups overlap without a break under load, each holding the
         // row FOR KEY SHARE, and key-share locks never queue behind the
         // FOR UPDATE below: drain them and hold new ones back first.
-        let _alone = self.alone().await;
         let mut client = self.lease_client().await?;
+        let _alone = self.alone().await;
         let tx = holder_change(&mut client).await?;
         let n = tx
             .execute(

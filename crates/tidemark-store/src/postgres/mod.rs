@@ -44,6 +44,9 @@ use tidemark_api::{Order, Record, RecoveryState, Schema, Version};
 pub const FORMAT_VERSION: u64 = 1;
 /// How long PostgreSQL lets a pooled connection sit idle inside a transaction.
 const IDLE_TX_LIMIT_MS: u64 = 1000;
+/// How long PostgreSQL lets a statement of the lease's own connections run,
+/// or wait for a lock.
+const LEASE_STATEMENT_LIMIT_MS: u64 = 2000;
 /// The oldest PostgreSQL this engine runs on.
 const MIN_SERVER_VERSION: i32 = 130000;
 
@@ -55,9 +58,11 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
-    /// The lease loop's own connections: a renewal never waits behind
-    /// orders and reads for a pooled connection (under load it used to,
-    /// past the lease, and the holder stepped down and took it again).
+    /// The lease's own connections (the lease loop, and the cluster
+    /// endpoints' lease and member reads and handovers): a renewal never
+    /// waits behind orders and reads for a pooled connection (under load
+    /// it used to, past the lease, and the holder stepped down and took
+    /// it again).
     lease_pool: Pool,
     schema_name: String,
     catalog: RwLock<Arc<Catalog>>,
@@ -309,7 +314,14 @@ impl PgStore {
             config.application_name("tidemark");
         }
         let pool = build_pool(config.clone(), 16)?;
-        let lease_pool = build_pool(config, 2)?;
+        // A lease statement its caller gave up on (half a lease) must not
+        // hold one of the two connections for long: PostgreSQL ends it.
+        let mut lease_config = config;
+        lease_config.options(format!(
+            "-c search_path={schema} -c idle_in_transaction_session_timeout={IDLE_TX_LIMIT_MS} \
+             -c statement_timeout={LEASE_STATEMENT_LIMIT_MS} -c lock_timeout={LEASE_STATEMENT_LIMIT_MS}"
+        ));
+        let lease_pool = build_pool(lease_config, 2)?;
         let store = PgStore {
             inner: Arc::new(Inner {
                 pool,

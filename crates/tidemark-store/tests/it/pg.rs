@@ -387,9 +387,8 @@ mod pipeline {
     /// row `FOR KEY SHARE`; a key-share lock never queues behind a waiting
     /// `FOR UPDATE`. A handover (a promote) must still get through: it
     /// drains the pipeline and holds new groups back until it is done.
-    /// (Here the groups leave gaps and the handover got through without
-    /// the drain too; the test guards the property, it did not show the
-    /// starvation.)
+    /// (A smoke test: here the groups leave gaps and the handover got
+    /// through without the drain too; it did not show the starvation.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_handover_gets_through_overlapping_groups() {
         let Some((_url, s, lease)) = super::leased("pipeline_handover").await else {
@@ -429,9 +428,13 @@ mod pipeline {
                 }
             })
         };
-        while committed.load(std::sync::atomic::Ordering::SeqCst) < 20 {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while committed.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("20 groups commit");
         let handed = tokio::time::timeout(
             std::time::Duration::from_secs(20),
             s.lease_hand_over("a", lease.term, "b", "http://b", 60_000),
@@ -483,13 +486,17 @@ async fn a_renewal_never_waits_for_writes_and_a_change_of_holder_always_does() {
     };
     // The handover waits on the lease row's lock while the write is open.
     let watcher = sql(&url).await;
-    while waiting_on_locks(&watcher, "%tm_lease%FOR UPDATE%").await < 1 {
-        assert!(
-            !handover.is_finished(),
-            "the handover went through an open write"
-        );
-        tokio::task::yield_now().await;
-    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while waiting_on_locks(&watcher, "%tm_lease%FOR UPDATE%").await < 1 {
+            assert!(
+                !handover.is_finished(),
+                "the handover went through an open write"
+            );
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the handover waits on the lease row");
     assert!(
         !handover.is_finished(),
         "the handover went through an open write"
@@ -531,9 +538,13 @@ async fn the_lease_never_waits_for_a_pooled_connection() {
         })
         .collect();
     let watcher = sql(&url).await;
-    while waiting_on_locks(&watcher, "%tm_sources%").await < 16 {
-        tokio::task::yield_now().await;
-    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while waiting_on_locks(&watcher, "%tm_sources%").await < 16 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every pooled connection waits on the lock");
     let patience = std::time::Duration::from_secs(10);
     let renewed = tokio::time::timeout(patience, s.lease_renew("a", lease.term, 60_000))
         .await

@@ -243,6 +243,17 @@ impl Auth {
         }
         self.save(&tokens).await?;
         *self.tokens.write() = tokens;
+        // Its subscriber names go with it: a name claimed by a token that
+        // should not have had it is freed by revoking that token.
+        let mut map = self.subscribers.read().clone();
+        let bound = map.len();
+        map.retain(|_, owner| owner != name);
+        if map.len() != bound {
+            self.store
+                .set_note(SUBSCRIBERS, Some(serde_json::to_string(&map)?))
+                .await?;
+            *self.subscribers.write() = map;
+        }
         Ok(true)
     }
 }
@@ -281,5 +292,31 @@ mod tests {
         assert!(again.revoke("ops-1").await.unwrap());
         assert!(!again.revoke("ops-1").await.unwrap());
         assert!(again.check(&t.token).is_none());
+    }
+
+    #[tokio::test]
+    async fn revoking_a_token_frees_the_subscriber_names_it_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
+        let auth = Auth::load(store.clone()).await.unwrap();
+        auth.create("squatter", AccessRole::Reader).await.unwrap();
+        auth.create("svc-2", AccessRole::Reader).await.unwrap();
+        auth.bind_subscriber("svc-2", "squatter").await.unwrap();
+        auth.bind_subscriber("other", "svc-2").await.unwrap();
+        assert_eq!(
+            auth.bind_subscriber("svc-2", "svc-2").await,
+            Err("squatter".into())
+        );
+        assert!(auth.revoke("squatter").await.unwrap());
+        assert_eq!(auth.bind_subscriber("svc-2", "svc-2").await, Ok(()));
+        // Stored: another instance over the same store sees the same.
+        let again = Auth::load(store).await.unwrap();
+        assert_eq!(again.bind_subscriber("svc-2", "svc-2").await, Ok(()));
+        assert_eq!(
+            again.bind_subscriber("other", "x").await,
+            Err("svc-2".into()),
+            "other tokens' names stay bound"
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! schedule chunks, the state machine's persisted state, and operators'
 //! views of the flags.
 //!
-//! Invariants: `flag_rows` mirrors the row count of `tm_flags` (reads skip
-//! the flag lookup while it is zero); `recovering` mirrors
+//! Invariants: `flag_rows` is the row count of `tm_flags`, or above it
+//! while flags are being added or cleared, never below (reads skip the flag
+//! lookup while it is zero); `recovering` mirrors
 //! `tm_meta.recovery_state`; `tm_lww` is emptied whenever recovery begins
 //! or ends.
 
@@ -132,8 +133,15 @@ pub(super) async fn add_flags(
                 meta_set(&tx, "schedule_final", "1")?;
             }
         }
-        tx.commit()?;
+        // Counted before the flags are visible, uncounted after they are
+        // gone: a read that finds no flag rows skips the lookup, so the
+        // count may run high but never low (a reader that saw this commit's
+        // `schedule_final` lift the blanket must also see its flags).
         s.inner.flag_rows.fetch_add(added.flagged, Ordering::SeqCst);
+        if let Err(e) = tx.commit() {
+            s.inner.flag_rows.fetch_sub(added.flagged, Ordering::SeqCst);
+            return Err(e.into());
+        }
         s.inner.flag_rows.fetch_sub(dropped, Ordering::SeqCst);
         Ok(added)
     })

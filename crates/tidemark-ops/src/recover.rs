@@ -155,6 +155,40 @@ fn open_journals(dirs: &[PathBuf]) -> anyhow::Result<Vec<Journal>> {
 /// every later one of its source, sorts after all acknowledged ones. The
 /// server does not rely on this order for correctness (it applies by
 /// `origin`); it keeps intermediate states close to the original history.
+/// The schedule list as chunks of at most `chunk` entries: every source's
+/// entries first, none final, then an empty final chunk per source (the
+/// first carries `waivers`). The server lifts the blanket once every source
+/// the restored data knows has sent its final chunk; a source that began
+/// after the backup is unknown to it, so its flags must all be in before
+/// any final chunk, or its keys would read as current in between.
+fn schedule_chunks(
+    lists: &[(String, Vec<ScheduleEntry>)],
+    chunk: usize,
+    waivers: Vec<String>,
+) -> Vec<ScheduleChunk> {
+    let mut out = Vec::new();
+    for (source, entries) in lists {
+        for part in entries.chunks(chunk.max(1)) {
+            out.push(ScheduleChunk {
+                source: source.clone(),
+                entries: part.to_vec(),
+                final_chunk: false,
+                without_sources: Vec::new(),
+            });
+        }
+    }
+    let mut waivers = Some(waivers);
+    for (source, _) in lists {
+        out.push(ScheduleChunk {
+            source: source.clone(),
+            entries: Vec::new(),
+            final_chunk: true,
+            without_sources: waivers.take().unwrap_or_default(),
+        });
+    }
+    out
+}
+
 fn replay_plan(journals: &[Journal], from: &[u64]) -> Vec<(usize, usize)> {
     let mut plan: Vec<((u64, u64), usize, usize)> = Vec::new();
     for (j_idx, j) in journals.iter().enumerate() {
@@ -254,34 +288,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
 
     let total: u64 = lists.iter().map(|(_, e)| e.len() as u64).sum();
     let b = bar(opts.progress, total, "flagging ");
-    let chunk = opts.chunk.max(1);
-    let mut waivers = opts.without_sources.clone();
-    let mut chunks = Vec::new();
-    for (source, entries) in &lists {
-        let mut parts: Vec<&[ScheduleEntry]> = entries.chunks(chunk).collect();
-        if parts.is_empty() {
-            parts.push(&[]);
-        }
-        let n = parts.len();
-        for (p, part) in parts.into_iter().enumerate() {
-            // Every source's last chunk is final: the server lifts the
-            // blanket once every source the backup knows has sent one.
-            let final_chunk = p + 1 == n;
-            chunks.push((source, part, final_chunk));
-        }
-    }
-    let bodies = chunks
-        .into_iter()
-        .map(|(source, part, final_chunk)| ScheduleChunk {
-            source: source.clone(),
-            entries: part.to_vec(),
-            final_chunk,
-            without_sources: if final_chunk {
-                std::mem::take(&mut waivers)
-            } else {
-                Vec::new()
-            },
-        });
+    let bodies = schedule_chunks(&lists, opts.chunk, opts.without_sources.clone());
     send_schedule(&client, bodies, |n, answer| {
         report.flagged += answer.flagged;
         report.skipped += answer.skipped;
@@ -348,4 +355,48 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         .context("telling the DB server that all difference data was sent")?;
     report.state = Some(status.state);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: u64) -> Vec<ScheduleEntry> {
+        (0..n)
+            .map(|i| ScheduleEntry {
+                table: "subscriber".into(),
+                key: format!("k{i}"),
+                through_seq: i + 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_flag_of_every_source_goes_before_any_final_chunk() {
+        // "ops-1" is known to the backup; "ops-2" began after it, and its
+        // one chunk used to be its final one, sent after "ops-1"'s.
+        let lists = vec![
+            ("ops-1".to_owned(), entries(5)),
+            ("ops-2".to_owned(), entries(2)),
+        ];
+        let chunks = schedule_chunks(&lists, 2, vec!["lost".into()]);
+        let first_final = chunks.iter().position(|c| c.final_chunk).unwrap();
+        assert!(chunks[..first_final].iter().all(|c| !c.final_chunk));
+        assert!(chunks[first_final..]
+            .iter()
+            .all(|c| c.final_chunk && c.entries.is_empty()));
+        let sent: usize = chunks.iter().map(|c| c.entries.len()).sum();
+        assert_eq!(sent, 7, "every entry once");
+        let finals: Vec<&str> = chunks[first_final..]
+            .iter()
+            .map(|c| c.source.as_str())
+            .collect();
+        assert_eq!(finals, ["ops-1", "ops-2"], "a final chunk per source");
+        assert_eq!(chunks[first_final].without_sources, ["lost"]);
+        assert!(chunks[first_final + 1].without_sources.is_empty());
+        // A source with nothing to flag still ends with its final chunk.
+        let chunks = schedule_chunks(&[("ops-1".to_owned(), Vec::new())], 2, Vec::new());
+        assert_eq!(chunks.len(), 1);
+        assert!(chunks[0].final_chunk);
+    }
 }

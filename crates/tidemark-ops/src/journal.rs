@@ -9,7 +9,8 @@
 //! the DB server can apply difference data from several sources in their
 //! original commit order, whatever order the replays arrive in (P10). An
 //! order whose acknowledgement was never recorded (the OpS died between the
-//! answer and the append) is replayed without one and counts as newest.
+//! answer and the append) is replayed as the last order of the epoch
+//! before the restore: older than every order made during the recovery.
 //!
 //! Each entry remembers the input it came from (a BLAKE3 digest of the
 //! whole input and the order's index in it), so running `ops submit` again

@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
-use tidemark_api::{DbClient, RecoveryState, RecoveryStatus};
+use tidemark_api::{DbClient, RecoveryState, RecoveryStatus, Version};
 
 /// What `ops recover` is asked to do.
 #[derive(Debug, Clone)]
@@ -318,6 +318,11 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         })
         .collect();
     let plan = replay_plan(&journals, &from);
+    // An order whose acknowledgement was never recorded was made before
+    // the restore: it is older than every order of the recovery (the
+    // restored epoch), newer than every acknowledged one before it.
+    let unacknowledged =
+        (status.epoch > 0).then(|| Version::new(status.epoch - 1, i64::MAX as u64));
     let b = bar(opts.progress, plan.len() as u64, "replaying");
     for batch in plan.chunks(opts.batch.max(1)) {
         let orders: Vec<_> = batch
@@ -325,7 +330,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             .map(|&(j, e)| {
                 let entry = &journals[j].entries()[e];
                 let mut o = entry.order(journals[j].source());
-                o.origin = journals[j].ack(entry.seq);
+                o.origin = journals[j].ack(entry.seq).or(unacknowledged);
                 o
             })
             .collect();

@@ -572,3 +572,50 @@ async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_reco
     })
     .await;
 }
+
+/// P10: an order whose acknowledgement was lost before the disaster (the
+/// OpS died between the answer and recording it) is replayed as older than
+/// every order made during the recovery: a live change to its key made
+/// during the recovery stands. (It used to count as the newest order.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one() {
+    for engine in engines("a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one")
+    {
+        a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one_on(engine).await;
+    }
+}
+
+async fn a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one_on(engine: Engine) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut w = disaster_on(dir, engine).await;
+    // The last order submitted (a delete of key 109) lost its
+    // acknowledgement: its line leaves the acknowledgements file.
+    let acks = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "acks"))
+        .expect("an acknowledgements file");
+    let text = std::fs::read_to_string(&acks).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop().expect("acknowledgements");
+    std::fs::write(&acks, lines.join("\n") + "\n").unwrap();
+    let db = restore_and_restart(dir, &mut w).await;
+    // During the recovery, another source recreates that key.
+    let live = json!({"orders": [{"source": "live", "seq": 1, "table": "subscriber",
+        "key": key(109), "op": "upsert", "fields": {"plan": "silver"}}]});
+    let (s, b) = post_raw(&format!("{}/v1/orders", db.url), live.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let out = recover(dir, &db.url, &w.backup, &[]);
+    assert!(
+        out.status.success(),
+        "ops recover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, b) = get_json(&key_url(&db.url, &key(109))).await;
+    assert_eq!(
+        (s, b["fields"]["plan"].as_str()),
+        (200, Some("silver")),
+        "the live order is newer than the replayed delete: {b}"
+    );
+}

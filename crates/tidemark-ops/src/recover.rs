@@ -335,10 +335,16 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             })
             .collect();
         let resp = send_with_retry(&client, &orders).await?;
-        for (&(j, _), r) in batch.iter().zip(&resp.results) {
+        for ((&(j, _), r), o) in batch.iter().zip(&resp.results).zip(&orders) {
             report.sources[j].replayed += 1;
-            if let Some(v) = r.version {
-                journals[j].record_acks(&[(r.seq, v)])?;
+            // The first acknowledgement stays: it is the order's place in
+            // the original commit order, which a later recovery from the
+            // same backup needs again (the replay's own version is not).
+            // One never recorded is recorded as the place it was given.
+            if r.version.is_some() && journals[j].ack(r.seq).is_none() {
+                if let Some(origin) = o.origin {
+                    journals[j].record_acks(&[(r.seq, origin)])?;
+                }
             }
         }
         b.inc(orders.len() as u64);

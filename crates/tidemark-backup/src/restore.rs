@@ -35,6 +35,18 @@ pub struct RestoreOptions {
     /// changes (what `backup verify` runs; seconds per GB). Without it the
     /// data is trusted by its BLAKE3 and checked for structure.
     pub integrity_check: bool,
+    /// The restored store's epoch is at least this (0: one above the lost
+    /// store's and the backup's). See [`new_epoch`].
+    pub min_epoch: u64,
+}
+
+/// The epoch a restore gives the store: one above the lost store's (if it
+/// could be read) and the backup's, and at least `min_epoch`. With the data
+/// directory lost, an epoch handed out since the backup (an earlier
+/// restore from it) is unknown here; `ops recover` finds it in the OpS's
+/// acknowledgements and names the `min_epoch` to restore with.
+pub fn new_epoch(previous: Option<u64>, backup: u64, min_epoch: u64) -> u64 {
+    (previous.unwrap_or(0).max(backup) + 1).max(min_epoch)
 }
 
 /// What a restore did.
@@ -110,7 +122,7 @@ pub async fn run(
     let (previous_epoch, safety, live_schema) = live_state(live, opts, progress).await?;
     failpoint::hit("restore.after_safety");
 
-    let new_epoch = previous_epoch.unwrap_or(0).max(manifest.epoch) + 1;
+    let new_epoch = new_epoch(previous_epoch, manifest.epoch, opts.min_epoch);
     let store = engine.load_snapshot(&snapshot, &gen)?;
     let marked = async {
         let carried = crate::schema_forward::carry_forward(store.as_ref(), &live_schema).await?;
@@ -291,6 +303,7 @@ mod tests {
             safety_to: None,
             cleanup: true,
             integrity_check: false,
+            min_epoch: 0,
         }
     }
 
@@ -413,6 +426,7 @@ mod tests {
         assert!(err.to_string().contains("integrity check failed"), "{err}");
         let opts = RestoreOptions {
             integrity_check: true,
+            min_epoch: 0,
             ..options(&backup, &data)
         };
         let err = run(&opts, &|_| {}).await.unwrap_err();

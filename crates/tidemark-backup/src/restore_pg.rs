@@ -32,6 +32,9 @@ pub struct PgRestoreOptions {
     pub cleanup: bool,
     /// Also run SQLite's integrity check of the decoded snapshot first.
     pub integrity_check: bool,
+    /// The restored store's epoch is at least this (see
+    /// [`crate::restore::new_epoch`]).
+    pub min_epoch: u64,
     /// Where the backup's configuration files are copied, if anywhere.
     pub config_to: Option<PathBuf>,
 }
@@ -103,7 +106,7 @@ pub async fn run(
         Err(_) => (None, None, Vec::new()),
     };
 
-    let new_epoch = previous_epoch.unwrap_or(0).max(manifest.epoch) + 1;
+    let new_epoch = crate::restore::new_epoch(previous_epoch, manifest.epoch, opts.min_epoch);
     let staged = target.stage(&snapshot).await?;
     let marked = async {
         let carried = crate::schema_forward::carry_forward(staged.as_ref(), &live_schema).await?;

@@ -155,6 +155,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             safety_to: None,
             cleanup: true,
             integrity_check: false,
+            min_epoch: 0,
         },
         &|_| {},
     )
@@ -173,6 +174,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             safety_to: Some(root.join("safety")),
             cleanup: true,
             integrity_check: false,
+            min_epoch: 0,
         },
         &|_| {},
     )

@@ -151,6 +151,11 @@ impl Journal {
         self.acks.get(&seq).copied()
     }
 
+    /// Every recorded acknowledgement: seq and version.
+    pub fn acks(&self) -> impl Iterator<Item = (u64, Version)> + '_ {
+        self.acks.iter().map(|(s, v)| (*s, *v))
+    }
+
     /// Records the versions the DB server acknowledged orders with (a later
     /// acknowledgement of the same seq, e.g. from a replay, replaces it).
     pub fn record_acks(&mut self, acks: &[(u64, Version)]) -> anyhow::Result<()> {

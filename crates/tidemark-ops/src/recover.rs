@@ -238,6 +238,29 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             behind.join(", ")
         );
     }
+    // An acknowledgement the restored DB server cannot have given: of a
+    // later epoch, or of its own epoch for an order it does not hold. The
+    // data directory was lost after an earlier restore, and the restore
+    // reused an epoch: service servers may hold versions of it that would
+    // look newer than the DB server's answers.
+    let reused = journals
+        .iter()
+        .flat_map(|j| {
+            let mark = server_marks.get(j.source()).copied().unwrap_or(0);
+            j.acks()
+                .filter(move |(seq, v)| {
+                    v.epoch > status.epoch || (v.epoch == status.epoch && *seq > mark)
+                })
+                .map(|(_, v)| v.epoch)
+        })
+        .max();
+    if let Some(seen) = reused {
+        anyhow::bail!(
+            "the journals hold orders acknowledged in epoch {seen} that this DB server (epoch {}) never applied: the data directory was lost after an earlier restore and the epoch was reused, so service servers could keep copies that look newer than the DB server's; restore again with 'tidemark restore --min-epoch {}'",
+            status.epoch,
+            seen + 1
+        );
+    }
     let unknown_waivers: Vec<&String> = opts
         .without_sources
         .iter()

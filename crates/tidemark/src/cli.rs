@@ -448,6 +448,11 @@ pub struct RestoreArgs {
     /// restore trusts the data by its checksums and checks its structure.
     #[arg(long)]
     pub check_integrity: bool,
+    /// The restored store's epoch is at least N (by default one above the
+    /// lost store's and the backup's). Needed when the data directory was
+    /// lost after an earlier restore: 'ops recover' says which N.
+    #[arg(long, value_name = "N")]
+    pub min_epoch: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

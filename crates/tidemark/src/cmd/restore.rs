@@ -34,6 +34,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         safety_to,
         cleanup: !a.no_cleanup,
         integrity_check: a.check_integrity,
+        min_epoch: a.min_epoch.unwrap_or(0),
     };
     let bar = super::backup::progress_bar("restoring");
     let progress = |n: u64| bar.set_position(n);
@@ -119,6 +120,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         safety_to,
         cleanup: !a.no_cleanup,
         integrity_check: a.check_integrity,
+        min_epoch: a.min_epoch.unwrap_or(0),
         config_to: a.data_dir.clone(),
     };
     let bar = super::backup::progress_bar("restoring");

@@ -165,15 +165,17 @@ fn terminals(
 }
 
 async fn restore_and_restart(dir: &Path, w: &mut World) -> Proc {
+    restore_and_restart_with(dir, w, &[]).await
+}
+
+/// Loses the data, restores `w.backup` with `extra` flags, and restarts.
+async fn restore_and_restart_with(dir: &Path, w: &mut World, extra: &[&str]) -> Proc {
     let addr = w.db.url.trim_start_matches("http://").to_owned();
     w.db.kill9();
     lose_data(dir, w.engine).await;
-    let out = run(
-        dir,
-        &strs(&restore_args(dir, w.engine, &w.backup)),
-        None,
-        &[],
-    );
+    let mut args = restore_args(dir, w.engine, &w.backup);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = run(dir, &strs(&args), None, &[]);
     assert!(
         out.status.success(),
         "restore: {}",
@@ -578,7 +580,9 @@ async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_reco
 /// every order made during the recovery: a live change to its key made
 /// during the recovery stands (it used to count as the newest order). And
 /// a second restore from the same backup ends the same way (the replay
-/// used to record its own version as the order's place).
+/// used to record its own version as the order's place), once it is given
+/// an epoch above every one handed out before (`ops recover` refuses a
+/// reused one and names the `--min-epoch` to restore with).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one() {
     for engine in engines("a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one")
@@ -623,8 +627,19 @@ async fn a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one_
             "{round} restore: the live order is newer than the replayed delete: {b}"
         );
         if round == "first" {
-            // Disaster again: the same backup, restored once more.
+            // Disaster again, the data directory lost again: the same
+            // backup restored once more would reuse the epoch, which
+            // `ops recover` refuses, naming the epoch to restore with.
+            let (_, state) = get_json(&format!("{}/v1/state", w.db.url)).await;
+            let epoch = state["epoch"].as_u64().unwrap();
             w.db = restore_and_restart(dir, &mut w).await;
+            let out = recover(dir, &w.db.url, &w.backup, &[]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            let min_epoch = format!("--min-epoch {}", epoch + 1);
+            assert!(!out.status.success() && err.contains(&min_epoch), "{err}");
+            w.db =
+                restore_and_restart_with(dir, &mut w, &["--min-epoch", &(epoch + 1).to_string()])
+                    .await;
         }
     }
 }

@@ -77,7 +77,6 @@ pub async fn run(
         // Requests still in flight must not trust the lease any more: a
         // standby takes it as soon as it is released.
         cluster.lease_lost();
-        cluster.store.set_fence(None);
         match bounded(
             &cluster,
             cluster.store.lease_release(&cluster.id, view.term),
@@ -123,7 +122,6 @@ async fn bounded<T>(
 /// commits any more, then the role.
 fn step_down(cluster: &Cluster, why: &str) {
     cluster.lease_lost();
-    cluster.store.set_fence(None);
     let view = cluster.view();
     tracing::warn!(
         term = view.term,
@@ -141,7 +139,6 @@ fn step_down(cluster: &Cluster, why: &str) {
 /// The primary gave its lease to `to` (a promote): it is a standby now.
 pub fn handed_over(cluster: &Cluster, term: u64, to: String) {
     cluster.lease_lost();
-    cluster.store.set_fence(None);
     tracing::info!(term, primary = %to, "lease handed over; serving as a standby");
     cluster.set_view(View {
         role: Role::Standby,

@@ -162,8 +162,10 @@ impl Cluster {
         now.saturating_sub(self.reached_ms.load(Ordering::SeqCst)) > limit
     }
 
-    /// The lease is not ours (any more).
+    /// The lease is not ours (any more): nothing of ours commits (the
+    /// fence first), and the read cache stops answering.
     pub(crate) fn lease_lost(&self) {
+        self.store.set_fence(None);
         self.lease_until_ms.store(0, Ordering::SeqCst);
     }
 

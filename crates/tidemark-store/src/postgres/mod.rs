@@ -307,9 +307,10 @@ impl PgStore {
         // A transaction left idle (its instance paused or cut off mid-commit)
         // is ended by PostgreSQL after a second, so it cannot hold the lease
         // row and stall a failover (see `cluster.rs`); long reads opt out.
-        config.options(format!(
+        let session = format!(
             "-c search_path={schema} -c idle_in_transaction_session_timeout={IDLE_TX_LIMIT_MS}"
-        ));
+        );
+        config.options(&session);
         if config.get_application_name().is_none() {
             config.application_name("tidemark");
         }
@@ -318,8 +319,7 @@ impl PgStore {
         // hold one of the two connections for long: PostgreSQL ends it.
         let mut lease_config = config;
         lease_config.options(format!(
-            "-c search_path={schema} -c idle_in_transaction_session_timeout={IDLE_TX_LIMIT_MS} \
-             -c statement_timeout={LEASE_STATEMENT_LIMIT_MS} -c lock_timeout={LEASE_STATEMENT_LIMIT_MS}"
+            "{session} -c statement_timeout={LEASE_STATEMENT_LIMIT_MS} -c lock_timeout={LEASE_STATEMENT_LIMIT_MS}"
         ));
         let lease_pool = build_pool(lease_config, 2)?;
         let store = PgStore {

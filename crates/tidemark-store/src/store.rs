@@ -99,7 +99,9 @@ pub struct Change {
     /// True if applying this change cleared the key's last recovery flag.
     pub cleared_flag: bool,
     /// True if the key is still flagged after this change (more orders of
-    /// the recovery schedule are still to come for it).
+    /// the recovery schedule are still to come for it), or the schedule list
+    /// was not yet complete when it committed. The change log keeps it as
+    /// committed, so a reader of the log learns what the committer pushed.
     pub flagged: bool,
 }
 

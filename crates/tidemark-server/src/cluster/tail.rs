@@ -7,9 +7,13 @@
 //!   sent twice across a reconnect or a failover.
 //! - LISTEN/NOTIFY only wakes the tail; a poll every few ticks is the
 //!   safety net (notifications die with their connection).
-//! - While a recovery runs, a change read from the log is pushed marked
-//!   recovering (the log does not say whether its key is still flagged); a
-//!   service server then asks, and the read answers with the key's flag.
+//! - A change is pushed marked recovering if its key was flagged when it
+//!   committed (the log keeps that), as the primary pushed it; so an
+//!   intermediate record of a key still being recovered is never pushed as
+//!   current, even when the recovery has ended by the time it is read.
+//! - While a recovery runs, every change not clearing a flag is also
+//!   marked (a flag may have come after the change); a service server then
+//!   asks, and the read answers with the key's flag.
 
 use super::Cluster;
 use crate::hub::Push;
@@ -80,6 +84,7 @@ pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
             if let Some(cache) = &app.read_cache {
                 cache.invalidate(&c.table, &c.key);
             }
+            // `c.flagged` is the flag the change committed with.
             c.flagged |= recovering && !c.cleared_flag;
         }
         app.hub.publish_changes(&page);

@@ -17,7 +17,7 @@ pub const INTERNAL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS tm_meta (name text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS tm_tables (name text PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS tm_columns (tbl text NOT NULL, name text NOT NULL, type text NOT NULL, ordinal integer NOT NULL, PRIMARY KEY (tbl, name));
-CREATE TABLE IF NOT EXISTS tm_changes (seq bigint PRIMARY KEY, epoch bigint NOT NULL, tbl text NOT NULL, key text NOT NULL, fields jsonb, source text NOT NULL, source_seq bigint NOT NULL, digest text NOT NULL, cleared boolean NOT NULL DEFAULT false);
+CREATE TABLE IF NOT EXISTS tm_changes (seq bigint PRIMARY KEY, epoch bigint NOT NULL, tbl text NOT NULL, key text NOT NULL, fields jsonb, source text NOT NULL, source_seq bigint NOT NULL, digest text NOT NULL, cleared boolean NOT NULL DEFAULT false, flagged boolean NOT NULL DEFAULT false);
 CREATE INDEX IF NOT EXISTS tm_changes_by_source ON tm_changes (source, source_seq);
 CREATE TABLE IF NOT EXISTS tm_sources (source text PRIMARY KEY, high_water bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS tm_tombstones (tbl text NOT NULL, key text NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL, PRIMARY KEY (tbl, key));

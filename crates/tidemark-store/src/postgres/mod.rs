@@ -422,6 +422,24 @@ impl PgStore {
         tx.batch_execute(catalog::INTERNAL_DDL)
             .await
             .map_err(engine_error)?;
+        // Columns added since format 1, each with a default, so older and
+        // newer builds share a store. Only when missing: ALTER TABLE would
+        // wait for every open transaction on the table.
+        let has_flagged = tx
+            .query_opt(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = 'tm_changes'::regclass AND attname = 'flagged' AND NOT attisdropped",
+                &[],
+            )
+            .await
+            .map_err(engine_error)?
+            .is_some();
+        if !has_flagged {
+            tx.batch_execute(
+                "ALTER TABLE tm_changes ADD COLUMN flagged boolean NOT NULL DEFAULT false",
+            )
+            .await
+            .map_err(engine_error)?;
+        }
         tx.batch_execute(cluster::CLUSTER_DDL)
             .await
             .map_err(engine_error)?;
@@ -681,7 +699,7 @@ impl Store for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT seq, epoch, tbl, key, fields, cleared FROM tm_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, epoch, tbl, key, fields, cleared, flagged FROM tm_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
                 &[&(after as i64), &(limit as i64)],
             )
             .await
@@ -704,7 +722,7 @@ impl Store for PgStore {
                     fields,
                     version: Version::new(r.get::<_, i64>(1) as u64, seq as u64),
                     cleared_flag: r.get(5),
-                    flagged: false,
+                    flagged: r.get(6),
                 })
             })
             .collect()

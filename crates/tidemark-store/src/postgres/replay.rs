@@ -138,9 +138,8 @@ pub(super) async fn apply_flagged(
     let lww = write_states(tx, &states, st.strict);
     let unflagged = delete_flags(tx, &unflag);
     let (records, _, _) = futures::future::try_join3(records, lww, unflagged).await?;
-    bulk_changes(tx, orders, &planned, &records, &cleared).await?;
-
-    let marks = cleared.iter().copied().zip(flagged).collect();
+    let marks: Vec<(bool, bool)> = cleared.into_iter().zip(flagged).collect();
+    bulk_changes(tx, orders, &planned, &records, &marks).await?;
     Ok(Some(outcome(orders, planned, records, marks)))
 }
 

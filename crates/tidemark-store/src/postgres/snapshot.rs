@@ -17,6 +17,7 @@ use crate::StoreError;
 use futures::{pin_mut, TryStreamExt};
 use rusqlite::types::Value as SqlValue;
 use std::path::Path;
+use std::sync::Arc;
 use tidemark_api::{ColumnType, Schema};
 use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
 use tokio_postgres::types::Type;
@@ -49,6 +50,7 @@ const INTERNAL: &[(&str, &[(&str, Kind)])] = &[
             ("source_seq", Kind::Int),
             ("digest", Kind::Text),
             ("cleared", Kind::Bool),
+            ("flagged", Kind::Bool),
         ],
     ),
     (
@@ -276,7 +278,10 @@ impl PgStore {
             .map(|r| r.get(0));
         crate::schema_ddl::attach_indexes(&mut schema, registry.as_deref());
         // Rows go to a blocking writer in chunks, so memory stays bounded.
-        let (send, mut recv) = tokio::sync::mpsc::channel::<(String, Vec<Vec<SqlValue>>)>(4);
+        // Each chunk names its table and columns (a store may have columns
+        // a snapshot does not carry, each with a default).
+        type Chunk = (String, Arc<str>, Vec<Vec<SqlValue>>);
+        let (send, mut recv) = tokio::sync::mpsc::channel::<Chunk>(4);
         let writer = {
             let (dest, schema) = (dest.to_owned(), schema.clone());
             tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
@@ -285,11 +290,12 @@ impl PgStore {
                 // The catalog rows come with tm_tables/tm_columns of the
                 // schema just created; everything else from PostgreSQL.
                 tx.execute("DELETE FROM tm_meta", [])?;
-                while let Some((table, rows)) = recv.blocking_recv() {
+                while let Some((table, list, rows)) = recv.blocking_recv() {
                     let Some(first) = rows.first() else { continue };
                     let marks = vec!["?"; first.len()].join(", ");
-                    let mut stmt =
-                        tx.prepare_cached(&format!("INSERT INTO \"{table}\" VALUES ({marks})"))?;
+                    let mut stmt = tx.prepare_cached(&format!(
+                        "INSERT INTO \"{table}\" ({list}) VALUES ({marks})"
+                    ))?;
                     for row in rows {
                         stmt.execute(rusqlite::params_from_iter(row))?;
                     }
@@ -305,6 +311,7 @@ impl PgStore {
                     .map(|(c, _)| format!("\"{c}\""))
                     .collect::<Vec<_>>()
                     .join(", ");
+                let list: Arc<str> = list.into();
                 // Binary COPY: PostgreSQL's fastest way out, typed as the
                 // catalog made the columns.
                 let types: Vec<Type> = cols.iter().map(|(_, k)| k.pg_type()).collect();
@@ -325,12 +332,21 @@ impl PgStore {
                     chunk.push(out);
                     if chunk.len() == 10_000 {
                         let full = std::mem::replace(&mut chunk, Vec::with_capacity(10_000));
-                        if send.send((table.clone(), full)).await.is_err() {
+                        if send
+                            .send((table.clone(), list.clone(), full))
+                            .await
+                            .is_err()
+                        {
                             return Ok(()); // the writer failed; its error is reported
                         }
                     }
                 }
-                if !chunk.is_empty() && send.send((table.clone(), chunk)).await.is_err() {
+                if !chunk.is_empty()
+                    && send
+                        .send((table.clone(), list.clone(), chunk))
+                        .await
+                        .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -406,16 +422,21 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
     tx.batch_execute("DELETE FROM tm_schema_versions")
         .await
         .map_err(engine_error)?;
-    let present: std::collections::BTreeSet<String> = {
+    // Each table's columns as the snapshot has them.
+    let present: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = {
         let src = rusqlite::Connection::open_with_flags(
             snapshot,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
-        let mut stmt = src.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
-        let names = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<_, _>>()?;
-        names
+        let mut stmt = src.prepare(
+            "SELECT m.name, c.name FROM sqlite_master m, pragma_table_info(m.name) c WHERE m.type = 'table'",
+        )?;
+        let mut present = std::collections::BTreeMap::<_, std::collections::BTreeSet<_>>::new();
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (table, column) = row?;
+            present.entry(table).or_default().insert(column);
+        }
+        present
     };
     let mut all = vec![
         (
@@ -433,8 +454,12 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
         ),
     ];
     all.extend(tables(&schema));
-    // A snapshot older than the schema registry has no tm_schema_versions.
-    all.retain(|(t, _)| present.contains(t));
+    // A snapshot older than the schema registry has no tm_schema_versions,
+    // and one older than a column loads with the column's default.
+    all.retain(|(t, _)| present.contains_key(t));
+    for (t, cols) in &mut all {
+        cols.retain(|(c, _)| present[t.as_str()].contains(c));
+    }
     // As pg_restore does: load without indexes, build them afterwards
     // (one sort per index instead of an index insert per row).
     let mut rebuild = Vec::new();

@@ -382,8 +382,7 @@ pub(super) async fn execute_plain(
         pipelined_records(catalog, tx, orders, &planned).await?
     };
     let unflagged = vec![(false, false); orders.len()];
-    let cleared: Vec<bool> = unflagged.iter().map(|f| f.0).collect();
-    bulk_changes(tx, orders, &planned, &records, &cleared).await?;
+    bulk_changes(tx, orders, &planned, &records, &unflagged).await?;
     Ok(outcome(orders, planned, records, unflagged))
 }
 
@@ -545,7 +544,7 @@ pub(super) async fn bulk_changes(
     orders: &[Order],
     planned: &[Version],
     records: &[Option<Fields>],
-    cleared: &[bool],
+    marks: &[(bool, bool)],
 ) -> Result<(), StoreError> {
     let Some(first) = planned.first() else {
         return Ok(());
@@ -558,10 +557,12 @@ pub(super) async fn bulk_changes(
     let sources: Vec<&str> = orders.iter().map(|o| o.source.as_str()).collect();
     let source_seqs: Vec<i64> = orders.iter().map(|o| o.seq as i64).collect();
     let digests: Vec<String> = orders.iter().map(Order::digest).collect();
+    let cleared: Vec<bool> = marks.iter().map(|m| m.0).collect();
+    let flagged: Vec<bool> = marks.iter().map(|m| m.1).collect();
     exec(
         tx,
-        "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) SELECT u.s, $1, u.t, u.k, u.f, u.src, u.ss, u.d, u.c FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[], $8::text[], $9::bool[]) AS u(s, t, k, f, src, ss, d, c)",
-        &[&epoch, &seqs, &tables, &keys, &fields, &sources, &source_seqs, &digests, &cleared],
+        "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared, flagged) SELECT u.s, $1, u.t, u.k, u.f, u.src, u.ss, u.d, u.c, u.fl FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[], $8::text[], $9::bool[], $10::bool[]) AS u(s, t, k, f, src, ss, d, c, fl)",
+        &[&epoch, &seqs, &tables, &keys, &fields, &sources, &source_seqs, &digests, &cleared, &flagged],
     )
     .await
     .map_err(pg)?;
@@ -632,7 +633,7 @@ async fn apply_one_by_one(
         };
         let fields_json = fields.clone().map(serde_json::Value::Object);
         exec(tx,
-            "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared, flagged) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &(version.seq as i64),
                 &(version.epoch as i64),
@@ -643,6 +644,7 @@ async fn apply_one_by_one(
                 &(order.seq as i64),
                 &digest,
                 &cleared,
+                &flagged,
             ],
         )
         .await

@@ -22,7 +22,7 @@ pub(super) const INTERNAL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS tm_meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_tables (name TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_columns (tbl TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, ordinal INTEGER NOT NULL, PRIMARY KEY (tbl, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tm_changes (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, fields TEXT, source TEXT NOT NULL, source_seq INTEGER NOT NULL, digest TEXT NOT NULL, cleared INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS tm_changes (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL, fields TEXT, source TEXT NOT NULL, source_seq INTEGER NOT NULL, digest TEXT NOT NULL, cleared INTEGER NOT NULL DEFAULT 0, flagged INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS tm_changes_by_source ON tm_changes (source, source_seq);
 CREATE TABLE IF NOT EXISTS tm_sources (source TEXT PRIMARY KEY NOT NULL, high_water INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_tombstones (tbl TEXT NOT NULL, key TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;
@@ -30,6 +30,20 @@ CREATE TABLE IF NOT EXISTS tm_flags (tbl TEXT NOT NULL, key TEXT NOT NULL, sourc
 CREATE TABLE IF NOT EXISTS tm_recovery_sources (source TEXT PRIMARY KEY NOT NULL, final INTEGER NOT NULL, waived INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_schema_versions (version INTEGER PRIMARY KEY NOT NULL, schema TEXT NOT NULL, published_by TEXT NOT NULL, published_at TEXT, changes TEXT NOT NULL DEFAULT '[]');
 ";
+
+/// Columns added to the internal tables since format 1, for stores made
+/// before them: each with a default, so older and newer builds share a store.
+fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
+    let has_flagged: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('tm_changes') WHERE name = 'flagged'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_flagged == 0 {
+        conn.execute_batch("ALTER TABLE tm_changes ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
 
 /// Process-wide SQLite settings, applied once before the first connection:
 /// memory statistics off, because they take a global mutex on every
@@ -163,6 +177,7 @@ impl SqliteStore {
                 StoreError::Format(format!("{} is not a Tidemark store: {e}", path.display()))
             })?;
         writer.execute_batch(INTERNAL_DDL)?;
+        add_missing_columns(&writer)?;
         writer.execute_batch(lww::DDL)?;
         if is_new {
             let tx = writer.unchecked_transaction()?;

@@ -108,7 +108,7 @@ pub(super) async fn changes_since(
     s.blocking(move |s| {
         s.with_reader(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, epoch, tbl, key, fields, cleared FROM tm_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, epoch, tbl, key, fields, cleared, flagged FROM tm_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
                 Ok((
@@ -118,11 +118,12 @@ pub(super) async fn changes_since(
                     r.get::<_, String>(3)?,
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, bool>(5)?,
+                    r.get::<_, bool>(6)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, epoch, table, key, fields, cleared) = row?;
+                let (seq, epoch, table, key, fields, cleared, flagged) = row?;
                 let fields = match fields {
                     Some(text) => match serde_json::from_str(&text)? {
                         serde_json::Value::Object(m) => Some(m),
@@ -130,7 +131,7 @@ pub(super) async fn changes_since(
                     },
                     None => None,
                 };
-                out.push(Change { table, key, fields, version: Version::new(epoch as u64, seq as u64), cleared_flag: cleared, flagged: false });
+                out.push(Change { table, key, fields, version: Version::new(epoch as u64, seq as u64), cleared_flag: cleared, flagged });
             }
             Ok(out)
         })

@@ -280,7 +280,7 @@ impl SqliteStore {
             };
             let fields_text = fields.as_ref().map(serde_json::to_string).transpose()?;
             tx.prepare_cached(
-                "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared, flagged) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 seq as i64,
@@ -291,7 +291,8 @@ impl SqliteStore {
                 order.source,
                 order.seq as i64,
                 digest,
-                cleared
+                cleared,
+                flagged
             ])?;
             st.high_water
                 .insert(order.source.clone(), (order.seq, true));

@@ -2,7 +2,7 @@
 //! gap-free replays, last writer by logical version, clearing flags.
 
 use super::{apply_ok, order, record};
-use crate::{ApplyOutcome, FlagEntry, Store, StoreError};
+use crate::{ApplyOutcome, Change, FlagEntry, Store, StoreError};
 use serde_json::json;
 use tidemark_api::{Op, Order, RecoveryState, Version};
 
@@ -468,6 +468,7 @@ pub(super) async fn replays_in_batches(store: &dyn Store) {
             .add_flags(&format!("batch-{copy}x"), vec![stuck], true, vec![])
             .await
             .unwrap();
+        let logged_after = store.meta().await.unwrap().seq;
         let mut changes = Vec::new();
         if copy == "one" {
             for o in orders {
@@ -478,6 +479,17 @@ pub(super) async fn replays_in_batches(store: &dyn Store) {
                 changes.extend(store.apply(batch.to_vec()).await.unwrap().changes);
             }
         }
+        // The log keeps each change's flag as committed, so a standby that
+        // tails it pushes what the primary pushed, whatever the flags are
+        // by the time it reads (S3).
+        let logged = store.changes_since(logged_after, 10_000).await.unwrap();
+        let marks = |cs: &[Change]| -> Vec<_> {
+            cs.iter()
+                .map(|c| (c.version, c.cleared_flag, c.flagged))
+                .collect()
+        };
+        assert_eq!(marks(&logged), marks(&changes), "{copy}: the log's flags");
+        assert!(changes.iter().any(|c| c.flagged), "some change was flagged");
         let seen: Vec<_> = changes
             .into_iter()
             .map(|c| {

@@ -186,6 +186,40 @@ async fn snapshots_cross_engines_and_keep_everything() {
         want,
         "PostgreSQL -> SQLite"
     );
+
+    // A snapshot made before the change log kept each change's flag loads
+    // on both engines, its changes unflagged.
+    let old = dir.path().join("old");
+    std::fs::copy(&s1, &old).unwrap();
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch("ALTER TABLE tm_changes DROP COLUMN flagged")
+        .unwrap();
+    let log = lite.changes_since(0, 100_000).await.unwrap();
+    let unflagged: Vec<_> = log
+        .into_iter()
+        .map(|c| tidemark_store::Change {
+            flagged: false,
+            ..c
+        })
+        .collect();
+    let staged = load_into(&url, "tidemark_old", &old).await.unwrap();
+    assert_eq!(
+        fingerprint(&staged).await,
+        want,
+        "an older snapshot -> PostgreSQL"
+    );
+    assert_eq!(staged.changes_since(0, 100_000).await.unwrap(), unflagged);
+    staged.close().await.unwrap();
+    let old_dir = dir.path().join("o");
+    std::fs::create_dir(&old_dir).unwrap();
+    let reopened = Engine::Sqlite.load_snapshot(&old, &old_dir).unwrap();
+    assert_eq!(
+        fingerprint(reopened.as_ref()).await,
+        want,
+        "an older snapshot -> SQLite"
+    );
+    assert_eq!(reopened.changes_since(0, 100_000).await.unwrap(), unflagged);
 }
 
 mod pipeline {

@@ -98,6 +98,9 @@ impl PgStore {
                 pid: "a restore in progress".into(),
             });
         }
+        // The store was read before the lock: a restore may have swapped
+        // in other data (another epoch, flags, schema) since.
+        self.reload_from_db().await?;
         self.inner.lock_state.store(LOCK_HELD, Ordering::SeqCst);
         let task = tokio::spawn(keep_lock(
             Arc::downgrade(&self.inner),
@@ -138,7 +141,8 @@ async fn keep_lock(
             let Some(store) = inner.upgrade() else { return };
             let attempt = async {
                 let (c, e) = connect_watched(&url).await?;
-                let got = try_lock_shared(&c, &schema).await?;
+                let got = try_lock_shared(&c, &schema).await?
+                    && !restored_meanwhile(&c, &schema, store.epoch.load(Ordering::SeqCst)).await?;
                 Ok::<_, StoreError>((c, e, got))
             };
             match attempt.await {
@@ -150,6 +154,8 @@ async fn keep_lock(
                     break;
                 }
                 Ok((_, _, false)) => {
+                    // Locked by a restore now, or one ran while the lock
+                    // was down (every restore starts a new epoch).
                     store
                         .lock_state
                         .store(LOCK_LOST_TO_RESTORE, Ordering::SeqCst);
@@ -162,6 +168,23 @@ async fn keep_lock(
             }
         }
     }
+}
+
+/// Whether the schema's epoch is no longer `epoch`: a restore ran.
+async fn restored_meanwhile(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    epoch: u64,
+) -> Result<bool, StoreError> {
+    let now: Option<String> = client
+        .query_opt(
+            &format!("SELECT value FROM \"{schema}\".tm_meta WHERE name = 'epoch'"),
+            &[],
+        )
+        .await
+        .map_err(engine_error)?
+        .map(|r| r.get(0));
+    Ok(now.and_then(|v| v.parse::<u64>().ok()) != Some(epoch))
 }
 
 /// A schema being restored: held exclusively until dropped.

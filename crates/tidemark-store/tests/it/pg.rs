@@ -222,6 +222,61 @@ async fn snapshots_cross_engines_and_keep_everything() {
     assert_eq!(reopened.changes_since(0, 100_000).await.unwrap(), unflagged);
 }
 
+/// B4: a server that opened its store before a restore swapped in other
+/// data, and got the lock after it, works on the restored data: its orders
+/// carry the restored epoch. Before, it kept the epoch it had read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_locking_after_a_restore_sees_the_restored_store() {
+    use tidemark_store::postgres::target::RestoreTarget;
+    let Some(url) = database("lock_after_restore") else {
+        return;
+    };
+    let server = PgStore::connect(&url, "tidemark").await.unwrap();
+    let before = server.meta().await.unwrap().epoch;
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    server.snapshot_to(&snap).await.unwrap();
+
+    let target = RestoreTarget::lock(&url, "tidemark").await.unwrap();
+    assert!(
+        matches!(
+            server.hold_server_lock(&url).await,
+            Err(tidemark_store::StoreError::Locked { .. })
+        ),
+        "no server starts during a restore"
+    );
+    let staged = target.stage(&snap).await.unwrap();
+    staged.mark_restored(before + 1).await.unwrap();
+    staged.close().await.unwrap();
+    target.swap_in().await.unwrap();
+    drop(target);
+
+    // The restore's session may still be closing.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(e) = server.hold_server_lock(&url).await {
+        assert!(
+            std::time::Instant::now() < until,
+            "the lock stays taken: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = server
+        .apply(vec![tidemark_store::testsuite::order(
+            "after",
+            1,
+            "k",
+            tidemark_api::Op::Upsert,
+            serde_json::json!({ "plan": "p" }),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.results[0].version.unwrap().epoch,
+        before + 1,
+        "orders carry the restored epoch"
+    );
+}
+
 mod pipeline {
     //! Pipelined group commits (issue 10): groups begun one after another
     //! run at once and commit in the order they began.

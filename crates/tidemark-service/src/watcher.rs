@@ -176,6 +176,11 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 "watch stream open; catching up"
             );
             hello = true;
+            // A notice still in force follows the hello (S4); one that
+            // ended while we were away, or was another instance's, must
+            // not count down for good.
+            *shared.quiesce_at.lock() = None;
+            *shared.quiesce.lock() = None;
             // The schema may have changed while we were away.
             shared.schema_refresh.notify_one();
         }
@@ -330,6 +335,18 @@ mod tests {
         apply(s, &ev(q(false), "1-0-b"));
         assert!(s.quiesce_at.lock().is_some() && s.quiesce.lock().is_some());
         apply(s, &ev(q(true), "1-0-b"));
+        assert!(s.quiesce_at.lock().is_none() && s.quiesce.lock().is_none());
+        // A new stream's hello ends an old notice: the server sends one
+        // still in force right after it.
+        apply(s, &ev(q(false), "1-0-b"));
+        let hello = WatchEvent::Hello(HelloEvent {
+            epoch: 1,
+            seq: 0,
+            boot: "b".into(),
+            resumed: true,
+            declare: false,
+        });
+        apply(s, &ev(hello, "1-0-b"));
         assert!(s.quiesce_at.lock().is_none() && s.quiesce.lock().is_none());
     }
 }

@@ -71,7 +71,8 @@ pub fn decode_db(
     // of a restore's time overlap.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let (written, decoded) = std::thread::scope(|scope| {
-        let decoder = scope.spawn(move || decompress(input, &tx));
+        let limit = entry.raw_size.unwrap_or(0);
+        let decoder = scope.spawn(move || decompress(input, limit, &tx));
         let mut written = Ok(0u64);
         let mut flushed = 0u64;
         for chunk in rx {
@@ -140,9 +141,11 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 
 /// Decompresses `input` into chunks sent to `tx`, hashing them; returns the
 /// raw size and BLAKE3. Stops early (with what it has) when the receiver
-/// is gone.
+/// is gone, and with an error as soon as the data outgrows `limit` (the
+/// manifest's raw size): a forged backup cannot fill the disk.
 fn decompress(
     input: std::fs::File,
+    limit: u64,
     tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
 ) -> Result<(u64, String), String> {
     const CHUNK: usize = 1 << 20;
@@ -164,8 +167,13 @@ fn decompress(
             break;
         }
         chunk.truncate(filled);
-        hasher.update(&chunk);
         size += filled as u64;
+        if size > limit {
+            return Err(format!(
+                "the data decompresses to more than the {limit} bytes the manifest says"
+            ));
+        }
+        hasher.update(&chunk);
         if tx.send(chunk).is_err() {
             break;
         }
@@ -205,4 +213,33 @@ pub fn full(dir: &Path, progress: Progress) -> Result<(Manifest, SnapshotInfo), 
         })?;
     }
     Ok((m, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decompress;
+
+    /// A backup whose data decompresses past the manifest's size is refused
+    /// as soon as it does, not after it has been written out.
+    #[test]
+    fn decompression_stops_at_the_manifests_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.zst");
+        let raw = vec![7u8; 3 << 20];
+        std::fs::write(&path, zstd::stream::encode_all(&raw[..], 3).unwrap()).unwrap();
+        let run = |limit: u64| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let drain =
+                std::thread::spawn(move || rx.iter().map(|c: Vec<u8>| c.len()).sum::<usize>());
+            let out = decompress(std::fs::File::open(&path).unwrap(), limit, &tx);
+            drop(tx);
+            (out, drain.join().unwrap())
+        };
+        let (out, passed) = run(1 << 20);
+        assert!(out.unwrap_err().contains("more than"), "refused");
+        assert!(passed <= 1 << 20, "nothing past the limit is passed on");
+        let (out, passed) = run(raw.len() as u64);
+        assert_eq!(out.unwrap().0, raw.len() as u64);
+        assert_eq!(passed, raw.len());
+    }
 }

@@ -98,6 +98,8 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
             doc.tables.len()
         ));
     }
+    // Index names are one namespace across tables (PostgreSQL, SQLite).
+    let mut index_names = BTreeMap::new();
     for (name, t) in &doc.tables {
         if !is_identifier(name) {
             return invalid(format!("table name {name:?} is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_'"));
@@ -149,6 +151,13 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
                 return invalid(format!(
                     "the index on ({}) of table '{name}' appears twice; list each index once",
                     ix.columns.join(", ")
+                ));
+            }
+            if let Some(other) = index_names.insert(index_name(name, ix), name.as_str()) {
+                return invalid(format!(
+                    "the index on ({}) of table '{name}' would get the same name as one of table '{other}' ({}); rename one of the tables or columns so their names do not run into each other across '__'",
+                    ix.columns.join(", "),
+                    index_name(name, ix)
                 ));
             }
         }
@@ -624,6 +633,14 @@ mod tests {
             ),
             (
                 json!({"tables": {"subscriber": {"columns": subscriber_with(json!([])), "indexes": [{"columns": ["nope"]}]}}}),
+                SchemaInvalid,
+            ),
+            // Two indexes whose names would be the same (tm_ix_a__b__c).
+            (
+                json!({"tables": {
+                    "subscriber": {"columns": subscriber_with(json!([]))},
+                    "a__b": {"columns": [{"name": "c", "type": "string"}], "indexes": [{"columns": ["c"]}]},
+                    "a": {"columns": [{"name": "b__c", "type": "string"}], "indexes": [{"columns": ["b__c"]}]}}}),
                 SchemaInvalid,
             ),
         ];

@@ -24,8 +24,10 @@
 //! - [`restore`]: lock, verify, safety backup, stage, mark restored, swap.
 //! - [`restore_pg`]: the same restore into a PostgreSQL schema (staging schema, one swap).
 //! - [`schema_forward`]: a restore keeps the schema versions the live store published after the backup.
+//! - [`access_forward`]: a restore keeps the live store's tokens, subscriber names and audit log.
 //! - [`cleanup`]: normalising process information left by an online backup.
 
+pub mod access_forward;
 pub mod cleanup;
 pub mod create;
 pub mod error;

@@ -65,6 +65,9 @@ pub struct RestoreReport {
     /// Schema versions the live store had published after the backup,
     /// published again on the restored data (the version only grows).
     pub schema_carried: Vec<u64>,
+    /// The live store's tokens, subscriber names and audit log replaced the
+    /// backup's (false: there was no live store; the backup's stay).
+    pub access_carried: bool,
     /// The restored configuration files, if the backup had any.
     pub config_dir: Option<PathBuf>,
 }
@@ -119,13 +122,15 @@ pub async fn run(
     // gets the default one.
     let live = Engine::of_data_dir(&opts.data_dir);
     let engine = live.as_ref().ok().copied().flatten().unwrap_or_default();
-    let (previous_epoch, safety, live_schema) = live_state(live, opts, progress).await?;
+    let (previous_epoch, safety, live_schema, live_access) =
+        live_state(live, opts, progress).await?;
     failpoint::hit("restore.after_safety");
 
     let new_epoch = new_epoch(previous_epoch, manifest.epoch, opts.min_epoch);
     let store = engine.load_snapshot(&snapshot, &gen)?;
     let marked = async {
         let carried = crate::schema_forward::carry_forward(store.as_ref(), &live_schema).await?;
+        let access = crate::access_forward::carry(store.as_ref(), &live_access).await?;
         store.mark_restored(new_epoch).await?;
         let mut cleaned = Vec::new();
         if manifest.needs_cleanup {
@@ -135,11 +140,11 @@ pub async fn run(
             }
         }
         store.close().await?;
-        Ok::<_, BackupError>((cleaned, carried))
+        Ok::<_, BackupError>((cleaned, (carried, access)))
     }
     .await;
     drop(store);
-    let (cleaned, schema_carried) = marked?;
+    let (cleaned, (schema_carried, access_carried)) = marked?;
     failpoint::hit("restore.after_mark");
 
     let config_dir = copy_config(&opts.from, &manifest, &gen)?;
@@ -160,6 +165,7 @@ pub async fn run(
         needs_cleanup: manifest.needs_cleanup && !opts.cleanup,
         generation: gen,
         schema_carried,
+        access_carried,
         config_dir,
         manifest,
     })
@@ -176,13 +182,14 @@ async fn live_state(
         Option<u64>,
         Option<PathBuf>,
         Vec<tidemark_api::schema_change::SchemaVersionInfo>,
+        crate::access_forward::LiveAccess,
     ),
     BackupError,
 > {
     // The caller holds the lock: the live store is opened without it.
     let live = match live {
         Ok(Some(engine)) => engine.open_with_lock(&opts.data_dir, None),
-        Ok(None) => return Ok((None, None, Vec::new())),
+        Ok(None) => return Ok(Default::default()),
         Err(e) => Err(e),
     };
     let store = match live {
@@ -193,10 +200,11 @@ async fn live_state(
                 detail: e.to_string(),
             })
         }
-        Err(_) => return Ok((None, None, Vec::new())),
+        Err(_) => return Ok(Default::default()),
     };
     let epoch = store.meta().await.ok().map(|m| m.epoch);
     let schema = crate::schema_forward::live_versions(store.as_ref()).await;
+    let access = crate::access_forward::read(store.as_ref()).await;
     let safety = match &opts.safety_to {
         Some(to) => {
             let source = opts.data_dir.display().to_string();
@@ -212,7 +220,7 @@ async fn live_state(
         None => None,
     };
     store.close().await?;
-    Ok((epoch, safety, schema))
+    Ok((epoch, safety, schema, access))
 }
 
 fn copy_config(from: &Path, m: &Manifest, gen: &Path) -> Result<Option<PathBuf>, BackupError> {

@@ -52,6 +52,9 @@ pub struct PgRestoreReport {
     pub config_dir: Option<PathBuf>,
     /// Schema versions carried onto the restored data (see [`crate::schema_forward`]).
     pub schema_carried: Vec<u64>,
+    /// The live store's tokens, subscriber names and audit log replaced the
+    /// backup's (false: there was no live store; the backup's stay).
+    pub access_carried: bool,
 }
 
 /// Restores `opts.from` into the PostgreSQL schema `opts.schema`.
@@ -71,10 +74,11 @@ pub async fn run(
         crate::verify::check_integrity(&opts.from, &snapshot)?;
     }
 
-    let (previous_epoch, safety, live_schema) = match target.open_live().await {
+    let (previous_epoch, safety, live_schema, live_access) = match target.open_live().await {
         Ok(Some(live)) => {
             let epoch = live.meta().await.ok().map(|m| m.epoch);
             let schema = crate::schema_forward::live_versions(live.as_ref()).await;
+            let access = crate::access_forward::read(live.as_ref()).await;
             let safety = match &opts.safety_to {
                 Some(to) => {
                     let made = crate::create::from_store(
@@ -94,22 +98,23 @@ pub async fn run(
                 None => None,
             };
             live.close().await?;
-            (epoch, safety, schema)
+            (epoch, safety, schema, access)
         }
-        Ok(None) => (None, None, Vec::new()),
+        Ok(None) => Default::default(),
         Err(e) if opts.safety_to.is_some() => {
             return Err(BackupError::LiveUnreadable {
                 path: PathBuf::from(target.describe()),
                 detail: e.to_string(),
             })
         }
-        Err(_) => (None, None, Vec::new()),
+        Err(_) => Default::default(),
     };
 
     let new_epoch = crate::restore::new_epoch(previous_epoch, manifest.epoch, opts.min_epoch);
     let staged = target.stage(&snapshot).await?;
     let marked = async {
         let carried = crate::schema_forward::carry_forward(staged.as_ref(), &live_schema).await?;
+        let access = crate::access_forward::carry(staged.as_ref(), &live_access).await?;
         staged.mark_restored(new_epoch).await?;
         let mut cleaned = Vec::new();
         if manifest.needs_cleanup {
@@ -118,11 +123,11 @@ pub async fn run(
                 cleaned = staged.cleanup_process_info().await?;
             }
         }
-        Ok::<_, BackupError>((cleaned, carried))
+        Ok::<_, BackupError>((cleaned, (carried, access)))
     }
     .await;
     staged.close().await?;
-    let (cleaned, schema_carried) = marked?;
+    let (cleaned, (schema_carried, access_carried)) = marked?;
     let config_dir = match &opts.config_to {
         Some(dir) => crate::restore::copy_config_into(&opts.from, &manifest, dir)?,
         None => None,
@@ -137,6 +142,7 @@ pub async fn run(
         target: target.describe(),
         config_dir,
         schema_carried,
+        access_carried,
         manifest,
     })
 }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use tidemark_api::auth::AuditEntry;
 use tidemark_store::{Store, StoreError};
 
+/// Restores carry this note over from the live store
+/// (`tidemark_backup::access_forward`).
 const NOTE: &str = "audit";
 const KEEP: usize = 10_000;
 

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use tidemark_api::auth::{AccessRole, TokenCreated, TokenInfo};
 use tidemark_store::{Store, StoreError};
 
+/// Restores carry this note (and `SUBSCRIBERS`) over from the live store
+/// (`tidemark_backup::access_forward`).
 const NOTE: &str = "tokens";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

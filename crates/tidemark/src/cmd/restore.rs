@@ -55,6 +55,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
                 "cleaned": report.cleaned,
                 "needs_cleanup": report.needs_cleanup,
                 "schema_carried": report.schema_carried,
+                "access_carried": report.access_carried,
                 "generation": report.generation.display().to_string(),
                 "config_dir": report.config_dir.as_ref().map(|p| p.display().to_string()),
             }))?
@@ -79,7 +80,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         if let Some(c) = &report.config_dir {
             println!("configuration files restored into {}", c.display());
         }
-        print_carried(&report.schema_carried);
+        print_carried(&report.schema_carried, report.access_carried);
         if !report.cleaned.is_empty() {
             println!("cleanup: removed {}", report.cleaned.join(", "));
         }
@@ -142,6 +143,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
                 "cleaned": report.cleaned,
                 "needs_cleanup": report.needs_cleanup,
                 "schema_carried": report.schema_carried,
+                "access_carried": report.access_carried,
                 "config_dir": report.config_dir.as_ref().map(|p| p.display().to_string()),
             }))?
         );
@@ -163,7 +165,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         report.target,
         report.manifest.seq,
     );
-    print_carried(&report.schema_carried);
+    print_carried(&report.schema_carried, report.access_carried);
     if !report.cleaned.is_empty() {
         println!("cleanup: removed {}", report.cleaned.join(", "));
     }
@@ -171,10 +173,15 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
 }
 
 /// Says which schema versions published after the backup were kept.
-fn print_carried(carried: &[u64]) {
+fn print_carried(carried: &[u64], access: bool) {
     if let (Some(first), Some(last)) = (carried.first(), carried.last()) {
         println!(
             "schema: versions {first}..={last}, published after the backup, were published again on the restored data (the version only grows)"
         );
+    }
+    if access {
+        println!("tokens and audit log: kept as the live store had them");
+    } else {
+        println!("tokens and audit log: the backup's (no live store to keep them from); revoke any token revoked since the backup again ('tidemark token list')");
     }
 }

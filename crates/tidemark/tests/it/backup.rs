@@ -25,9 +25,7 @@ fn tm(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let (success, stdout, stderr) = tm(dir, args, &[]);
-    assert!(success, "tidemark {args:?} failed: {stderr}");
-    stdout
+    run_ok(dir, args)
 }
 
 /// Sends one batch of orders; returns (key, fields or None for delete, seq) per order.

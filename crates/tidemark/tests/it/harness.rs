@@ -85,6 +85,18 @@ pub fn run(
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Runs `tidemark ARGS` and returns its standard output; fails the test,
+/// with its standard error, if it does not succeed.
+pub fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args, None, &[]);
+    assert!(
+        out.status.success(),
+        "tidemark {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A DB server on the embedded engine in `dir/data`.
 pub async fn db_server(dir: &Path, env: &[(&str, &str)]) -> Proc {
     db_server_on(dir, Engine::Sqlite, env).await

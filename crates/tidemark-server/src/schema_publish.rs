@@ -15,8 +15,10 @@
 //! 2. `announcing`: the version is in force; the pending schema is cleared
 //!    and the `schema` watch event goes to every service server.
 //! 3. `done`. Service servers fetch the schema and report their version
-//!    (`POST /v1/schema/ack`); the job is complete once every connected
-//!    one runs it.
+//!    (`POST /v1/schema/ack`) to the instance their watch stream is open
+//!    at; each instance's heartbeat carries what its own service servers
+//!    reported, so the job is complete once every connected one, at any
+//!    instance, runs it.
 //!
 //! So every crash ends on exactly one version, the version only grows, and
 //! there is no control file: the version in force lives in the store.
@@ -67,6 +69,15 @@ struct Report {
     at: String,
 }
 
+/// A service server whose watch stream is open at this instance, as its
+/// heartbeat tells the other instances.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LocalService {
+    pub name: String,
+    pub version: Option<u64>,
+    pub reported_at: Option<String>,
+}
+
 /// The in-memory side of schema publication on one DB server.
 #[derive(Default)]
 pub struct SchemaPublication {
@@ -97,6 +108,9 @@ impl Drop for Connection {
         if let Some(n) = c.get_mut(&self.name) {
             *n -= 1;
             if *n == 0 {
+                // Reports are kept only while their stream is open: a
+                // name that comes and goes leaves nothing behind.
+                self.app.schema.reports.lock().remove(&self.name);
                 c.remove(&self.name);
             }
         }
@@ -127,6 +141,24 @@ impl SchemaPublication {
     /// Whether subscriber `name`'s watch stream is open here.
     pub fn is_connected(&self, name: &str) -> bool {
         self.connected.lock().contains_key(name)
+    }
+
+    /// The service servers whose streams are open here, with what each
+    /// reported (for this instance's heartbeat).
+    pub fn local_services(&self) -> Vec<LocalService> {
+        let reports = self.reports.lock();
+        self.connected
+            .lock()
+            .keys()
+            .map(|name| {
+                let r = reports.get(name);
+                LocalService {
+                    name: name.clone(),
+                    version: r.map(|r| r.version),
+                    reported_at: r.map(|r| r.at.clone()),
+                }
+            })
+            .collect()
     }
 
     /// Records the version a service server reports it runs, and, if it
@@ -605,6 +637,8 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
         connected: true,
         reported_at: None,
     }];
+    // Service servers connected to the other instances, by their heartbeats.
+    let mut elsewhere = Vec::new();
     if let Some(cluster) = &app.cluster {
         // The other instances, by their heartbeats.
         for m in cluster.members.read().iter() {
@@ -618,6 +652,12 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
                 connected: true,
                 reported_at: Some(m.heartbeat.clone()),
             });
+            let services: Vec<LocalService> = m
+                .services
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            elsewhere.extend(services);
         }
     }
     let connected = app.schema.connected.lock().clone();
@@ -642,6 +682,21 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
             version: r.map(|r| r.version),
             connected: is_connected,
             reported_at: r.map(|r| r.at.clone()),
+        });
+    }
+    for s in elsewhere {
+        if connected.contains_key(&s.name) {
+            continue; // its stream moved here: this instance's view is newer
+        }
+        if s.version != Some(current) {
+            lagging.push(s.name.clone());
+        }
+        servers.push(ServerSchemaVersion {
+            name: s.name,
+            kind: "service_server".into(),
+            version: s.version,
+            connected: true,
+            reported_at: s.reported_at,
         });
     }
     let job_done = job.as_ref().is_none_or(|j| j.step == PublishStep::Done);

@@ -28,8 +28,9 @@ pub const TERM_HEADER: &str = "tidemark-term";
 const FORWARDED: &str = "tidemark-forwarded";
 
 /// Whether a request changes shared data (and so belongs to the primary).
-/// A quiesce notice is per instance, interest is per instance, a backup
-/// only reads, and the cluster endpoints decide themselves.
+/// A quiesce notice is per instance, interest is per instance, a schema
+/// report belongs where its watch stream is, a backup only reads, and the
+/// cluster endpoints decide themselves.
 fn belongs_to_primary(method: &Method, path: &str) -> bool {
     if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
         return false;
@@ -37,6 +38,7 @@ fn belongs_to_primary(method: &Method, path: &str) -> bool {
     !(path == "/v1/quiesce"
         || path == "/v1/backup"
         || path == "/v1/watch/interest"
+        || path == "/v1/schema/ack"
         || path.starts_with("/v1/cluster/"))
 }
 

@@ -244,6 +244,7 @@ async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
         version: env!("CARGO_PKG_VERSION"),
         schema_version: app.store.schema().version,
         quiesce,
+        services: serde_json::to_string(&app.schema.local_services()).ok(),
     };
     if let Err(e) = cluster.store.heartbeat(&report).await {
         tracing::debug!(error = %e, "heartbeat failed; retrying");

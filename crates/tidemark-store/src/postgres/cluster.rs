@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 pub(super) const CLUSTER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS tm_lease (id integer PRIMARY KEY CHECK (id = 1), term bigint NOT NULL, holder text, url text, expires_at timestamptz NOT NULL);
 INSERT INTO tm_lease (id, term, holder, url, expires_at) VALUES (1, 0, NULL, NULL, now()) ON CONFLICT (id) DO NOTHING;
-CREATE TABLE IF NOT EXISTS tm_members (url text PRIMARY KEY, id text NOT NULL, role text NOT NULL, term bigint NOT NULL, version text NOT NULL, schema_version bigint NOT NULL, started_at timestamptz NOT NULL, heartbeat timestamptz NOT NULL, quiesce text);
+CREATE TABLE IF NOT EXISTS tm_members (url text PRIMARY KEY, id text NOT NULL, role text NOT NULL, term bigint NOT NULL, version text NOT NULL, schema_version bigint NOT NULL, started_at timestamptz NOT NULL, heartbeat timestamptz NOT NULL, quiesce text, services text);
 ";
 
 /// The lease as the database holds it.
@@ -61,6 +61,9 @@ pub struct Member {
     pub heartbeat_age_ms: i64,
     /// Its quiesce notice, if any (JSON).
     pub quiesce: Option<String>,
+    /// The service servers whose watch streams are open at it, with the
+    /// schema versions they reported (JSON), if any.
+    pub services: Option<String>,
 }
 
 /// What an instance reports of itself on every heartbeat.
@@ -73,6 +76,7 @@ pub struct MemberReport<'a> {
     pub version: &'a str,
     pub schema_version: u64,
     pub quiesce: Option<String>,
+    pub services: Option<String>,
 }
 
 fn lease_from(row: &tokio_postgres::Row) -> Lease {
@@ -212,10 +216,10 @@ impl PgStore {
         let client = self.lease_client().await?;
         client
             .execute(
-                "INSERT INTO tm_members (id, url, role, term, version, schema_version, started_at, heartbeat, quiesce) \
-                 VALUES ($1, $2, $3, $4, $5, $6, now(), now(), $7) \
+                "INSERT INTO tm_members (id, url, role, term, version, schema_version, started_at, heartbeat, quiesce, services) \
+                 VALUES ($1, $2, $3, $4, $5, $6, now(), now(), $7, $8) \
                  ON CONFLICT (url) DO UPDATE SET id = excluded.id, started_at = CASE WHEN tm_members.id = excluded.id THEN tm_members.started_at ELSE now() END, role = excluded.role, term = excluded.term, \
-                 version = excluded.version, schema_version = excluded.schema_version, heartbeat = now(), quiesce = excluded.quiesce",
+                 version = excluded.version, schema_version = excluded.schema_version, heartbeat = now(), quiesce = excluded.quiesce, services = excluded.services",
                 &[
                     &m.id,
                     &m.url,
@@ -224,6 +228,7 @@ impl PgStore {
                     &m.version,
                     &(m.schema_version as i64),
                     &m.quiesce,
+                    &m.services,
                 ],
             )
             .await
@@ -247,7 +252,7 @@ impl PgStore {
         let rows = client
             .query(
                 "SELECT id, url, role, term, version, schema_version, started_at::text, heartbeat::text, \
-                 (extract(epoch from (now() - heartbeat)) * 1000)::float8, quiesce \
+                 (extract(epoch from (now() - heartbeat)) * 1000)::float8, quiesce, services \
                  FROM tm_members WHERE heartbeat > now() - make_interval(secs => $1::float8 / 1000) ORDER BY started_at, id",
                 &[&(within_ms as f64)],
             )
@@ -266,6 +271,7 @@ impl PgStore {
                 heartbeat: r.get(7),
                 heartbeat_age_ms: r.get::<_, f64>(8) as i64,
                 quiesce: r.get(9),
+                services: r.get(10),
             })
             .collect())
     }

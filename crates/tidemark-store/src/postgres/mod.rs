@@ -42,6 +42,13 @@ use tidemark_api::{Order, Record, RecoveryState, Schema, Version};
 /// The on-disk format this build reads and writes (same numbering as the
 /// embedded engine's).
 pub const FORMAT_VERSION: u64 = 1;
+
+/// Columns added to the internal tables since format 1: (table, column,
+/// type with its default).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("tm_changes", "flagged", "boolean NOT NULL DEFAULT false"),
+    ("tm_members", "services", "text"),
+];
 /// How long PostgreSQL lets a pooled connection sit idle inside a transaction.
 const IDLE_TX_LIMIT_MS: u64 = 1000;
 /// How long PostgreSQL lets a statement of the lease's own connections run,
@@ -422,27 +429,27 @@ impl PgStore {
         tx.batch_execute(catalog::INTERNAL_DDL)
             .await
             .map_err(engine_error)?;
-        // Columns added since format 1, each with a default, so older and
-        // newer builds share a store. Only when missing: ALTER TABLE would
-        // wait for every open transaction on the table.
-        let has_flagged = tx
-            .query_opt(
-                "SELECT 1 FROM pg_attribute WHERE attrelid = 'tm_changes'::regclass AND attname = 'flagged' AND NOT attisdropped",
-                &[],
-            )
-            .await
-            .map_err(engine_error)?
-            .is_some();
-        if !has_flagged {
-            tx.batch_execute(
-                "ALTER TABLE tm_changes ADD COLUMN flagged boolean NOT NULL DEFAULT false",
-            )
-            .await
-            .map_err(engine_error)?;
-        }
         tx.batch_execute(cluster::CLUSTER_DDL)
             .await
             .map_err(engine_error)?;
+        // Columns added since format 1, each with a default, so older and
+        // newer builds share a store. Only when missing: ALTER TABLE would
+        // wait for every open transaction on the table.
+        for (table, column, ty) in ADDED_COLUMNS {
+            let present = tx
+                .query_opt(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = $2 AND NOT attisdropped",
+                    &[table, column],
+                )
+                .await
+                .map_err(engine_error)?
+                .is_some();
+            if !present {
+                tx.batch_execute(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .await
+                    .map_err(engine_error)?;
+            }
+        }
         let fresh = tx
             .query_opt("SELECT value FROM tm_meta WHERE name = 'format'", &[])
             .await

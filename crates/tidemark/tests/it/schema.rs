@@ -926,6 +926,39 @@ async fn a_standby_adopts_a_publish_and_tells_its_service_servers() {
         "{}",
         b.log_text()
     );
+    // The primary counts the standby's service server as connected (by the
+    // standby's heartbeat), running version 2; before, it only had the
+    // forwarded report and never waited for it.
+    let a_url = a.url.clone();
+    eventually(
+        20,
+        "the primary to see svc-b connected, at version 2",
+        || {
+            let u = a_url.clone();
+            async move {
+                let (_, st) = get_json(&format!("{u}/v1/schema/publish")).await;
+                let servers = st["servers"].as_array()?.clone();
+                servers
+                    .iter()
+                    .any(|s| s["name"] == "svc-b" && s["connected"] == true && s["version"] == 2)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Published through the standby, it completes once svc-b runs the new
+    // version: before, the standby held no report of it (they went to the
+    // primary) and waited for good.
+    let mut v3 = v2_document();
+    v3["tables"]["device"]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "maker", "type": "string"}));
+    let (ok, err) = stage(dir, &b.url, &v3);
+    assert!(ok, "{err}");
+    let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &b.url, "--wait", "30"]);
+    assert!(ok, "{out}{err}");
+    svc_schema_version(&svc.url, 3, "the standby's service server to run version 3").await;
 }
 
 /// POSTs `path` until it is not refused `publish_in_progress` (the last

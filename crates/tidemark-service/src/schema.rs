@@ -16,6 +16,7 @@
 use crate::shared::Shared;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tidemark_api::schema_change::SchemaAck;
 use tidemark_api::ColumnType;
 
@@ -127,15 +128,32 @@ pub async fn check_at_start(shared: &Shared) -> anyhow::Result<()> {
     }
 }
 
-/// Adopts the schema each time the watcher asks, until shutdown.
+/// Adopts the schema each time the watcher asks, until shutdown. A failed
+/// adoption (or report) is tried again with backoff until it succeeds, so
+/// `tidemark schema publish` does not wait on a report lost in a failover.
 pub async fn worker(shared: Arc<Shared>) {
+    let mut retry: Option<Duration> = None;
     loop {
+        let wait = async {
+            match retry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = shared.schema_refresh.notified() => {}
+            _ = wait => {}
         }
-        if let Err(e) = adopt(&shared).await {
-            tracing::warn!(error = %e, "could not adopt the DB server's schema; retrying at the next stream event");
+        match adopt(&shared).await {
+            Ok(()) => retry = None,
+            Err(e) => {
+                let next = retry.map_or(Duration::from_millis(500), |d| {
+                    (d * 2).min(Duration::from_secs(10))
+                });
+                tracing::warn!(error = %e, retry_in_ms = next.as_millis() as u64, "could not adopt the DB server's schema; retrying");
+                retry = Some(next);
+            }
         }
     }
 }

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     BadRequest,
     /// No such route.
     NotFound,
+    /// The route exists, not with this method (the `Allow` header lists them).
+    MethodNotAllowed,
     /// The server is quiescing or not yet ready; retry after `Retry-After`.
     NotReady,
     /// A `latest-only` read could not get current data before its deadline.
@@ -108,6 +110,7 @@ impl ErrorCode {
                 400
             }
             UnknownTable | NotFound => 404,
+            MethodNotAllowed => 405,
             OrderConflict
             | OrderOutOfOrder
             | OrderGap
@@ -156,6 +159,7 @@ impl ErrorCode {
             NoQuiesce => "no_quiesce",
             BadRequest => "bad_request",
             NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
             NotReady => "not_ready",
             StaleData => "stale_data",
             DbUnavailable => "db_unavailable",
@@ -202,6 +206,7 @@ impl ErrorCode {
         ErrorCode::NoQuiesce,
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::NotReady,
         ErrorCode::StaleData,
         ErrorCode::DbUnavailable,

@@ -64,6 +64,8 @@ pub struct RecoveryStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleChunk {
     pub source: String,
+    /// Absent: none (an empty final chunk: nothing changed since the backup).
+    #[serde(default)]
     pub entries: Vec<ScheduleEntry>,
     #[serde(default, rename = "final")]
     pub final_chunk: bool,
@@ -197,4 +199,18 @@ pub struct ServiceInfo {
     pub connected: bool,
     /// Milliseconds since its last report.
     pub report_age_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScheduleChunk;
+
+    /// CONTRACT.md: "An empty final chunk means nothing changed since the
+    /// backup"; it may leave out `entries`.
+    #[test]
+    fn a_final_chunk_may_leave_out_its_entries() {
+        let c: ScheduleChunk =
+            serde_json::from_str(r#"{"source": "ops-1", "final": true}"#).unwrap();
+        assert!(c.final_chunk && c.entries.is_empty());
+    }
 }

@@ -11,8 +11,13 @@ pub struct InputOrder {
     pub table: String,
     pub key: String,
     pub op: Op,
-    #[serde(default)]
+    /// Absent or `null`: none (a delete).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub fields: Fields,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+    Ok(Option::<Fields>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Why the input was refused. Nothing is journaled if any line is bad.
@@ -51,8 +56,10 @@ mod tests {
 
     #[test]
     fn parses_lines_and_names_the_bad_one() {
-        let ok = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"plan\":\"x\"}}\n\n{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"delete\"}\n";
-        assert_eq!(parse(ok).unwrap().len(), 2);
+        let ok = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"plan\":\"x\"}}\n\n{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"delete\"}\n{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"delete\",\"fields\":null}\n";
+        let parsed = parse(ok).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert!(parsed[2].fields.is_empty(), "null fields are none");
         let bad = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\"}\n{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"merge\"}\n";
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.starts_with("line 2:"), "{err}");

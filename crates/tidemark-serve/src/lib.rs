@@ -18,6 +18,7 @@
 mod conn;
 mod deadline;
 pub mod hot;
+mod json_errors;
 pub mod openapi;
 mod refuse;
 pub mod tls;
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use json_errors::json_errors;
 pub use tokio_rustls::TlsAcceptor;
 
 /// Limits every connection is held to.

@@ -33,6 +33,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 None,
             )
         })
+        .layer(axum::middleware::from_fn(tidemark_serve::json_errors))
         .with_state(shared)
 }
 

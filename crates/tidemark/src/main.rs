@@ -47,7 +47,11 @@ fn main() -> ExitCode {
             // One line: what failed, why, what to do.
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
-            ExitCode::from(1)
+            if e.downcast_ref::<cmd::Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -82,5 +82,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             guard::guard,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(tidemark_serve::json_errors))
         .with_state(state)
 }

@@ -99,7 +99,7 @@ pub fn document() -> Value {
                 "delete": {"summary": "Cancels the quiesce notice.", "responses": {"200": {"description": "Cancelled"}, "409": error_ref()}}
             },
             "/v1/recovery/schedule": {"post": {"summary": "A chunk of the recovery schedule list (P6, P7).",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source", "entries"], "properties": {
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source"], "properties": {
                     "source": {"type": "string", "minLength": 1, "maxLength": 128}, "final": {"type": "boolean"},
                     "without_sources": {"type": "array", "items": {"type": "string"}},
                     "entries": {"type": "array", "items": {"type": "object", "required": ["table", "key", "through_seq"], "properties": {

@@ -53,7 +53,7 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
                 .await
                 .map_err(anyhow::Error::from)
         }
-        _ => anyhow::bail!(
+        _ => super::usage!(
             "backup create needs either --server URL (online) or --offline [--data-dir DIR]; nothing was done"
         ),
     };

@@ -121,7 +121,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 "tidemark_demo".into(),
             ]
         }
-        other => anyhow::bail!("--store must be 'sqlite' or 'postgres', not '{other}'"),
+        other => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
     };
     let pg_url = (args.store == "postgres").then(|| store[3].clone());
     let mut server_args = vec!["server"];

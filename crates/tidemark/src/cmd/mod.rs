@@ -16,6 +16,27 @@ mod token;
 
 use crate::cli::{Cli, Command};
 
+/// Bad usage found after parsing (a flag's value, a missing setting):
+/// the program exits 2, as for what clap refuses.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Returns early with a [`Usage`] error.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::cmd::Usage(format!($($arg)*))))
+    };
+}
+pub(crate) use usage;
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = &cli.token {

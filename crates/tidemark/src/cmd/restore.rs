@@ -12,7 +12,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     match engine.as_str() {
         "sqlite" => {}
         "postgres" => return run_postgres(config, a).await,
-        other => anyhow::bail!("--store must be 'sqlite' or 'postgres', not '{other}'"),
+        other => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
     }
     let data_dir = a.data_dir.clone().unwrap_or(config.data_dir);
     let safety_to = if a.no_safety_backup {

@@ -16,7 +16,7 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.store = match s.as_str() {
             "sqlite" => StoreKind::Sqlite,
             "postgres" => StoreKind::Postgres,
-            other => anyhow::bail!("--store must be 'sqlite' or 'postgres', not '{other}'"),
+            other => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
         };
     }
     if let Some(u) = args.database_url {
@@ -44,7 +44,7 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     }
     if let Some(t) = args.lease_ttl_ms {
         if t < 100 {
-            anyhow::bail!("--lease-ttl-ms must be at least 100");
+            super::usage!("--lease-ttl-ms must be at least 100");
         }
         config.lease_ttl_ms = t;
     }
@@ -52,7 +52,7 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.allow_version_skew = true;
     }
     if config.store == StoreKind::Postgres && config.database_url.is_none() {
-        anyhow::bail!(
+        super::usage!(
             "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
         );
     }

@@ -10,10 +10,14 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
     if let Some(v) = args.id {
         config.id = v;
     }
+    if tidemark_api::schema::validate_name("service", &config.id).is_err() {
+        super::usage!("a service server needs --id NAME (1 to 128 bytes, or TIDEMARK_SERVICE__ID): the DB server pushes changes to it by this name");
+    }
     if let Some(v) = args.policy {
-        config.policy = v
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
+        config.policy = match v.parse() {
+            Ok(p) => p,
+            Err(e) => super::usage!("--policy: {e}"),
+        };
     }
     if let Some(v) = args.listen {
         config.listen = v;

@@ -7,7 +7,10 @@ use tidemark_api::DbClient;
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create { server, role, name } => {
-            let role: AccessRole = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let role: AccessRole = match role.parse() {
+                Ok(r) => r,
+                Err(e) => super::usage!("--role: {e}"),
+            };
             let client = DbClient::new(&server);
             let created: TokenCreated = client
                 .post_json("/v1/tokens", &TokenRequest { name, role })

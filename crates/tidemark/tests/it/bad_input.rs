@@ -239,6 +239,29 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
     assert_eq!(r.status().as_u16(), 400);
     let b: serde_json::Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "bad_request");
+
+    // A wrong method, and a body over the limit on an endpoint other than
+    // orders, get the JSON error body too (they were axum's plain text).
+    let client = reqwest::Client::new();
+    for req in [
+        client.delete(format!("{}/v1/orders", db.url)),
+        client.post(format!("{}/v1/records/subscriber/k", svc.url)),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 405);
+        let b: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["code"], "method_not_allowed", "{b}");
+    }
+    let r = client
+        .post(format!("{}/v1/quiesce", db.url))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 17 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "payload_too_large", "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

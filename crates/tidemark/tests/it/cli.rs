@@ -62,10 +62,37 @@ fn bad_usage_exits_2_and_failures_exit_1() {
     );
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "a service server without --id is refused"
+        Some(2),
+        "a service server without --id is bad usage"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--id"));
+    // Bad values that clap cannot see are bad usage too (exit 2), each
+    // with one line naming the flag.
+    for (args, flag) in [
+        (
+            &["service", "--id", "s", "--policy", "bogus"][..],
+            "--policy",
+        ),
+        (&["server", "--store", "bogus"][..], "--store"),
+        (&["server", "--store", "postgres"][..], "--database-url"),
+        (
+            &["restore", "--from", "nowhere", "--store", "bogus"][..],
+            "--store",
+        ),
+        (
+            &["token", "create", "--role", "bogus", "--name", "n"][..],
+            "--role",
+        ),
+        (&["backup", "create", "--to", "nowhere"][..], "--offline"),
+    ] {
+        let out = run(tmp.path(), args, None, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(flag) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
     let out = run(
         tmp.path(),
         &["--config", "missing.toml", "status"],

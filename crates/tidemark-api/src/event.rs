@@ -53,6 +53,10 @@ pub enum EpochReason {
     ScheduleComplete,
     /// An operator ended a recovery: flags were dropped.
     RecoveryAborted,
+    /// Keys were flagged after the schedule list was complete (the list of
+    /// a source the backup did not know): answers given as current before
+    /// may be outdated now.
+    FlagsAdded,
 }
 
 /// Payload of the `epoch` event.

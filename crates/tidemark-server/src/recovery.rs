@@ -68,6 +68,11 @@ impl Recovery {
         self.meta.read().state
     }
 
+    /// Keys flagged in this recovery so far (it only grows).
+    pub fn flagged_total(&self) -> u64 {
+        self.meta.read().flagged_total
+    }
+
     fn set(&self, meta: RecoveryMeta) {
         self.blanket.store(blanket(&meta), Ordering::SeqCst);
         *self.meta.write() = meta;
@@ -145,6 +150,15 @@ impl Recovery {
             hub.publish(Push::Epoch(EpochEvent {
                 epoch: self.store.meta().await?.epoch,
                 reason: EpochReason::ScheduleComplete,
+            }));
+        } else if !was_blanket && added.flagged > 0 {
+            // A source the backup did not know sent its list after the
+            // others lifted the blanket: service servers may hold these
+            // keys as current, so every cached answer is revalidated.
+            tracing::warn!(source, flagged = added.flagged, "keys flagged after the schedule list was complete (a source the backup did not know); service servers revalidate what they cached. Give every journal to one 'ops recover' run to avoid this");
+            hub.publish(Push::Epoch(EpochEvent {
+                epoch: self.store.meta().await?.epoch,
+                reason: EpochReason::FlagsAdded,
             }));
         }
         drop(_t);
@@ -321,6 +335,15 @@ mod tests {
         match pushes.try_recv() {
             Ok(Push::Epoch(e)) => assert_eq!(e.reason, EpochReason::ScheduleComplete),
             other => panic!("waiting service servers must be told: {other:?}"),
+        }
+        // A source the backup did not know flags keys after that: what
+        // service servers cached as current since must be revalidated.
+        r.schedule(&t.app.hub, "late", vec![entry("c", 4)], true, vec![])
+            .await
+            .unwrap();
+        match pushes.try_recv() {
+            Ok(Push::Epoch(e)) => assert_eq!(e.reason, EpochReason::FlagsAdded),
+            other => panic!("service servers must be told of late flags: {other:?}"),
         }
     }
 

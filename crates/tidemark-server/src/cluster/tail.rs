@@ -98,6 +98,7 @@ pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
 /// (and the events its transitions send), tokens, the schema and flags.
 async fn follow_shared_state(app: &AppState) -> Result<(), StoreError> {
     let before = (app.recovery.state(), app.recovery.blanket());
+    let flagged_before = app.recovery.flagged_total();
     let schema_before = app.store.schema().version;
     app.store_refresh().await?;
     crate::schema_publish::follow_version(app, schema_before).await;
@@ -110,6 +111,16 @@ async fn follow_shared_state(app: &AppState) -> Result<(), StoreError> {
         app.hub.publish(Push::Epoch(EpochEvent {
             epoch,
             reason: EpochReason::ScheduleComplete,
+        }));
+    } else if !before.1
+        && !after_blanket
+        && m.state == RecoveryState::Recovering
+        && m.flagged_total > flagged_before
+    {
+        // Keys flagged after the list was complete (see `Recovery::schedule`).
+        app.hub.publish(Push::Epoch(EpochEvent {
+            epoch,
+            reason: EpochReason::FlagsAdded,
         }));
     } else if before.0 == RecoveryState::Recovering
         && m.state == RecoveryState::Normal

@@ -244,6 +244,10 @@ pub(crate) fn fallback(
     Some(Served::marked(&cached))
 }
 
+/// How long a `stale-ok` read with a cached copy waits for the DB server
+/// before it serves the copy marked recovering.
+const STALE_OK_WAIT: Duration = Duration::from_millis(500);
+
 /// Reads `table/key` with the given freshness.
 pub async fn read(
     shared: &Shared,
@@ -277,11 +281,34 @@ pub async fn read(
         let mut hint = None;
         let asked = Asked::now(shared);
         shared.metrics.db_fetches.inc();
-        match shared
-            .upstream
-            .get_record(table, key, &shared.config.id)
-            .await
-        {
+        // The DB server's answer is awaited no longer than the read's
+        // deadline, and a read that may fall back on its cached copy waits
+        // only briefly: a DB server that hangs (a partition) does not hang
+        // the terminals (P4, P9).
+        let mut budget = deadline.saturating_duration_since(Instant::now());
+        if freshness == Freshness::StaleOk && shared.cache.get(table, key).is_some() {
+            budget = budget.min(STALE_OK_WAIT);
+        }
+        let answer = tokio::time::timeout(
+            budget,
+            shared.upstream.get_record(table, key, &shared.config.id),
+        )
+        .await;
+        let Ok(answer) = answer else {
+            if let Some(served) = fallback(shared, table, key, freshness) {
+                return Ok(served);
+            }
+            return Err(ReadError {
+                code: ErrorCode::DbUnavailable,
+                status: 503,
+                message: format!(
+                    "the DB server did not answer within this read's deadline ({} ms, latest_deadline_ms) and this read has no cached answer to fall back on; retry later",
+                    shared.config.latest_deadline_ms
+                ),
+                retry_after: Some(1),
+            });
+        };
+        match answer {
             Ok(read) => {
                 if let Some(served) = take_answer(shared, &read.answer, asked, freshness) {
                     return Ok(served);
@@ -377,6 +404,43 @@ mod tests {
     struct Scripted {
         calls: AtomicUsize,
         answer: Box<dyn Fn(usize) -> Result<RecordRead, ClientError> + Send + Sync>,
+    }
+
+    /// A DB server that never answers (a partition that drops packets).
+    struct Hung;
+
+    #[async_trait::async_trait]
+    impl Upstream for Hung {
+        async fn get_record(&self, _: &str, _: &str, _: &str) -> Result<RecordRead, ClientError> {
+            std::future::pending().await
+        }
+    }
+
+    /// A hung DB server holds a read no longer than its deadline, and a
+    /// stale-ok read with a cached copy serves it, marked, after a moment.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_db_server_holds_reads_no_longer_than_their_deadline() {
+        let config = ServiceConfig {
+            id: "svc".into(),
+            ..ServiceConfig::default()
+        };
+        let svc = Service::with_upstream(config, CancellationToken::new(), Arc::new(Hung)).unwrap();
+        let started = Instant::now();
+        let err = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap_err();
+        assert_eq!((err.status, err.code), (503, ErrorCode::DbUnavailable));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(svc.shared.config.latest_deadline_ms)
+        );
+        svc.shared.cache.offer(&record(3, false), Origin::Push);
+        let started = Instant::now();
+        let served = read(&svc.shared, "subscriber", "k", Freshness::StaleOk)
+            .await
+            .unwrap();
+        assert!(served.recovering, "served marked: it could not be checked");
+        assert_eq!(started.elapsed(), STALE_OK_WAIT);
     }
 
     #[async_trait::async_trait]

@@ -31,12 +31,13 @@ pub async fn open(
     last_event_id: Option<&str>,
 ) -> Result<mpsc::Receiver<IdEvent>, StoreError> {
     let id = app.hub.subscriber(name);
-    let queue = app.hub.subscribe();
-    let meta = app.store.meta().await?;
-    let clustered = app.cluster.is_some();
     // In a cluster, interest known here is complete only if the subscriber
     // declared it just before this stream (it may have read elsewhere).
-    let declared = clustered && app.hub.take_declared(id);
+    // Taken first, so a failed open leaves none for the next.
+    let clustered = app.cluster.is_some();
+    let declared = app.hub.take_declared(id) && clustered;
+    let queue = app.hub.subscribe();
+    let meta = app.store.meta().await?;
     let last = last_event_id.map(|s| s.parse::<EventId>());
     let (cursor, resumed, cannot_resume) = match last {
         Some(Ok(eid))

@@ -30,11 +30,17 @@ pub async fn run(shared: Arc<Shared>) {
         let last = shared.last_event_id.lock().clone();
         // A declaration refused for a while (the instance is still opening
         // its store, or unreachable) is tried again after the backoff: a
-        // stream opened without it could not resume.
+        // stream opened without it could not resume. The stream opens at
+        // the instance that took the declaration: if a read moved the
+        // client meanwhile, declare again there first.
+        let declared_at = shared.client.base().to_owned();
         let retry_declaration = last.is_some()
             && shared.declare.load(Ordering::SeqCst)
             && declare(&shared).await == Declared::Retry;
         let base = shared.client.base().to_owned();
+        if base != declared_at && last.is_some() && shared.declare.load(Ordering::SeqCst) {
+            continue;
+        }
         let opened = if retry_declaration {
             Err(None)
         } else {

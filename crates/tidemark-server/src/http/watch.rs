@@ -49,19 +49,26 @@ pub async fn watch(
             ));
         }
     }
+    // A stream refused below must not leave a declaration of interest for
+    // a later one that the subscriber did not declare for (it may have read
+    // elsewhere since): that one would resume with incomplete interest.
+    let refused = |e: HttpError| {
+        app.hub.take_declared(app.hub.subscriber(&name));
+        e
+    };
     if app.cluster.as_ref().is_some_and(|c| c.cut_off()) {
-        return Err(cut_off_error());
+        return Err(refused(cut_off_error()));
     }
     let max = app.config.max_watch_per_token;
     let Some(permit) = app.streams.take(&caller.0, max) else {
-        return Err(HttpError::new(
+        return Err(refused(HttpError::new(
             ErrorCode::TooManyStreams,
             format!(
                 "'{}' already holds {max} watch streams open (the per-token limit, max_watch_per_token); close one, or give each service server its own token",
                 caller.0.escape_debug()
             ),
         )
-        .retry_after(5));
+        .retry_after(5)));
     };
     let last = req_headers
         .get(headers::LAST_EVENT_ID)

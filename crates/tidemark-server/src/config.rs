@@ -91,6 +91,11 @@ pub struct ServerConfig {
     /// Watch streams one token (or, in protected mode, the loopback) may
     /// hold open at once.
     pub max_watch_per_token: usize,
+    /// Keys one service server may hold interest in here (about 150 bytes
+    /// each). One over it (a terminal reading random keys) loses all its
+    /// interest and revalidates its cache. Keep it over the service
+    /// servers' cache capacity.
+    pub max_interest_per_subscriber: usize,
     /// Backup snapshot streams served at once.
     pub max_backup_streams: usize,
     /// Seconds a backup stream may go unread before it is closed (its
@@ -144,6 +149,7 @@ impl Default for ServerConfig {
             read_cache_entries: 1_000_000,
             read_cache_bytes: 128 * 1024 * 1024,
             max_watch_per_token: 64,
+            max_interest_per_subscriber: 4_000_000,
             max_backup_streams: 2,
             backup_stall_secs: 60,
             advertise: None,

@@ -10,6 +10,14 @@
 //!   refuses to resume streams from an earlier boot (they get `epoch`),
 //!   unless the subscriber declared all it holds first (`declare`, used
 //!   when a service server moves between the instances of a cluster).
+//! - Interest is bounded: a subscriber that comes to hold more than
+//!   `max_interest` keys (a terminal reading random keys through its
+//!   service server) is *forgotten*: all its interest is dropped, its open
+//!   stream ends, and its next stream cannot resume (it gets `epoch`, so
+//!   the service server revalidates everything it cached).
+//! - At most `MAX_NAMES` subscriber names are remembered; a read naming
+//!   one more registers nothing (and says so in the log). A stream always
+//!   gets its name.
 //! - The *watermark* is the last seq published. Changes are published at
 //!   most once each, in seq order: one at or below the watermark is
 //!   dropped, so the committer and the change-log tail of a cluster
@@ -28,6 +36,10 @@ use tokio::sync::broadcast;
 /// A subscriber's number, handed out per process.
 pub type SubscriberId = u32;
 
+/// The most subscriber names a read may introduce (service servers are
+/// few; names are never forgotten while the process runs).
+pub const MAX_NAMES: usize = 10_000;
+
 /// What flows to every watch stream.
 #[derive(Debug, Clone)]
 pub enum Push {
@@ -39,6 +51,9 @@ pub enum Push {
     Resync,
     Quiesce(QuiesceEvent),
     Schema(SchemaEvent),
+    /// The subscriber's interest was dropped (over `max_interest`): its
+    /// stream ends.
+    Forget(SubscriberId),
 }
 
 /// The interest registry and the push queue.
@@ -47,6 +62,12 @@ pub struct Hub {
     /// Subscribers that declared everything they hold since their last
     /// stream opened here.
     declared: Mutex<std::collections::HashSet<SubscriberId>>,
+    /// Subscribers whose interest was dropped since their last stream
+    /// opened here: their next stream must not resume.
+    forgotten: Mutex<std::collections::HashSet<SubscriberId>>,
+    /// Keys each subscriber holds, and the most it may.
+    held: Mutex<HashMap<SubscriberId, usize>>,
+    max_interest: usize,
     /// The last seq published; the lock orders publishers.
     watermark: Mutex<u64>,
     shards: Vec<Mutex<HashMap<Box<str>, Vec<SubscriberId>>>>,
@@ -62,11 +83,14 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_interest: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
         Self {
             names: RwLock::new(HashMap::new()),
             declared: Mutex::new(Default::default()),
+            forgotten: Mutex::new(Default::default()),
+            held: Mutex::new(HashMap::new()),
+            max_interest: max_interest.max(1),
             watermark: Mutex::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             tx,
@@ -83,6 +107,25 @@ impl Hub {
         *names.entry(name.to_owned()).or_insert(next)
     }
 
+    /// The id of a subscriber name a read gives, assigned on first use
+    /// while fewer than [`MAX_NAMES`] are known; `None` past that.
+    pub fn subscriber_for_read(&self, name: &str) -> Option<SubscriberId> {
+        if let Some(id) = self.names.read().get(name) {
+            return Some(*id);
+        }
+        let mut names = self.names.write();
+        if names.len() >= MAX_NAMES && !names.contains_key(name) {
+            tracing::warn!(
+                subscriber = name,
+                known = names.len(),
+                "too many subscriber names; this read registers no interest (give service servers stable names)"
+            );
+            return None;
+        }
+        let next = names.len() as SubscriberId;
+        Some(*names.entry(name.to_owned()).or_insert(next))
+    }
+
     fn shard(&self, slot: &KeySlot) -> &Mutex<HashMap<Box<str>, Vec<SubscriberId>>> {
         &self.shards[slot.shard()]
     }
@@ -90,17 +133,61 @@ impl Hub {
     /// Records that `subscriber` holds `table/key`. Call before reading.
     pub fn register(&self, subscriber: SubscriberId, table: &str, key: &str) {
         let slot = KeySlot::new(table, key);
-        let mut shard = self.shard(&slot).lock();
-        match shard.get_mut(slot.as_str()) {
-            Some(ids) => {
-                if !ids.contains(&subscriber) {
+        let added = {
+            let mut shard = self.shard(&slot).lock();
+            match shard.get_mut(slot.as_str()) {
+                Some(ids) if ids.contains(&subscriber) => false,
+                Some(ids) => {
                     ids.push(subscriber);
+                    true
+                }
+                None => {
+                    shard.insert(slot.into_string().into_boxed_str(), vec![subscriber]);
+                    true
                 }
             }
-            None => {
-                shard.insert(slot.into_string().into_boxed_str(), vec![subscriber]);
+        };
+        if added {
+            let over = {
+                let mut held = self.held.lock();
+                let n = held.entry(subscriber).or_insert(0);
+                *n += 1;
+                *n > self.max_interest
+            };
+            if over {
+                self.forget(subscriber);
             }
         }
+    }
+
+    /// Drops all of `subscriber`'s interest; its stream ends and its next
+    /// one does not resume.
+    fn forget(&self, subscriber: SubscriberId) {
+        tracing::warn!(
+            subscriber,
+            max_interest = self.max_interest,
+            "a service server holds more keys than max_interest_per_subscriber: its interest is dropped and its stream restarted (it revalidates what it cached)"
+        );
+        self.forgotten.lock().insert(subscriber);
+        for shard in &self.shards {
+            shard.lock().retain(|_, ids| {
+                ids.retain(|id| *id != subscriber);
+                !ids.is_empty()
+            });
+        }
+        self.held.lock().remove(&subscriber);
+        let _ = self.tx.send(Push::Forget(subscriber));
+    }
+
+    /// Whether `subscriber`'s interest was dropped since its last stream
+    /// opened here; forgets that (the stream opening now starts afresh).
+    pub fn take_forgotten(&self, subscriber: SubscriberId) -> bool {
+        self.forgotten.lock().remove(&subscriber)
+    }
+
+    /// How many keys `subscriber` holds here.
+    pub fn interest_of(&self, subscriber: SubscriberId) -> usize {
+        self.held.lock().get(&subscriber).copied().unwrap_or(0)
     }
 
     /// The subscribers that hold `table/key`.
@@ -194,7 +281,7 @@ mod tests {
 
     #[test]
     fn pushes_only_to_holders_in_order() {
-        let hub = Hub::new(64);
+        let hub = Hub::new(64, 1000);
         let a = hub.subscriber("svc-a");
         let b = hub.subscriber("svc-b");
         assert_eq!(hub.subscriber("svc-a"), a);
@@ -209,5 +296,40 @@ mod tests {
         }
         assert_eq!(got, vec![(1, vec![a]), (3, vec![b])]);
         assert!(hub.holds(a, "subscriber", "k1") && !hub.holds(b, "subscriber", "k1"));
+    }
+
+    /// Interest is bounded: a subscriber over the limit loses all of it,
+    /// its stream is told to end, and its next stream must not resume;
+    /// others keep theirs.
+    #[test]
+    fn a_subscriber_over_its_interest_limit_is_forgotten() {
+        let hub = Hub::new(64, 3);
+        let a = hub.subscriber("svc-a");
+        let b = hub.subscriber("svc-b");
+        hub.register(b, "subscriber", "k0");
+        let mut rx = hub.subscribe();
+        for i in 0..3 {
+            hub.register(a, "subscriber", &format!("k{i}"));
+        }
+        assert_eq!(hub.interest_of(a), 3);
+        assert!(rx.try_recv().is_err(), "within the limit");
+        hub.register(a, "subscriber", "k3");
+        assert!(matches!(rx.try_recv(), Ok(Push::Forget(id)) if id == a));
+        assert_eq!(hub.interest_of(a), 0);
+        assert!(!hub.holds(a, "subscriber", "k0") && hub.holds(b, "subscriber", "k0"));
+        assert!(hub.take_forgotten(a) && !hub.take_forgotten(a));
+        assert!(!hub.take_forgotten(b));
+    }
+
+    /// Reads cannot introduce names without end; streams always get one.
+    #[test]
+    fn reads_introduce_a_bounded_number_of_names() {
+        let hub = Hub::new(64, 10);
+        for i in 0..MAX_NAMES {
+            assert!(hub.subscriber_for_read(&format!("n{i}")).is_some());
+        }
+        assert_eq!(hub.subscriber_for_read("one-more"), None);
+        assert_eq!(hub.subscriber_for_read("n7"), Some(7));
+        assert_eq!(hub.subscriber("a-stream") as usize, MAX_NAMES);
     }
 }

@@ -39,8 +39,9 @@ fn register(app: &AppState, table: &str, key: &str, subscriber: Option<&str>) {
     if let Some(name) =
         subscriber.filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
     {
-        let id = app.hub.subscriber(name);
-        app.hub.register(id, table, key);
+        if let Some(id) = app.hub.subscriber_for_read(name) {
+            app.hub.register(id, table, key);
+        }
     }
 }
 

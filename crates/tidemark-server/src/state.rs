@@ -66,7 +66,10 @@ impl AppState {
         let meta = store.meta().await?;
         metrics.seq.set(meta.seq as i64);
         metrics.epoch.set(meta.epoch as i64);
-        let hub = Arc::new(Hub::new(config.push_queue));
+        let hub = Arc::new(Hub::new(
+            config.push_queue,
+            config.max_interest_per_subscriber,
+        ));
         hub.start_at(meta.seq);
         let read_cache =
             ReadCache::new(config.read_cache_entries, config.read_cache_bytes).map(Arc::new);

@@ -21,13 +21,21 @@ impl TestServer {
     /// A fresh store; `prepare` may change it (orders, a restore) before
     /// the server state is built over it.
     pub async fn open(prepare: impl AsyncFnOnce(&dyn Store)) -> TestServer {
+        Self::open_with(ServerConfig::default(), prepare).await
+    }
+
+    /// The same, with `config`.
+    pub async fn open_with(
+        config: ServerConfig,
+        prepare: impl AsyncFnOnce(&dyn Store),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), "test").unwrap());
         prepare(store.as_ref()).await;
         let shutdown = CancellationToken::new();
         let (app, worker) = AppState::new(
             store.clone(),
-            ServerConfig::default(),
+            config,
             "boot1".into(),
             None,
             shutdown.clone(),

@@ -36,6 +36,8 @@ pub async fn open(
     // Taken first, so a failed open leaves none for the next.
     let clustered = app.cluster.is_some();
     let declared = app.hub.take_declared(id) && clustered;
+    // Interest dropped since the last stream: nothing may resume.
+    let forgotten = app.hub.take_forgotten(id);
     let queue = app.hub.subscribe();
     let meta = app.store.meta().await?;
     let last = last_event_id.map(|s| s.parse::<EventId>());
@@ -46,6 +48,7 @@ pub async fn open(
                 && eid.seq <= meta.seq
                 && eid.seq + 1 >= meta.log_floor
                 && (!clustered || declared)
+                && !forgotten
                 && caught_up(app, eid.seq).await =>
         {
             (eid.seq, true, false)
@@ -289,6 +292,9 @@ impl WatchStream {
                 Ok(Push::Resync) => self.replay().await,
                 Ok(Push::Quiesce(q)) => self.send(WatchEvent::Quiesce(q)).await,
                 Ok(Push::Schema(s)) => self.send(WatchEvent::Schema(s)).await,
+                // Its interest was dropped: the subscriber reconnects and
+                // cannot resume (`open`).
+                Ok(Push::Forget(id)) => id != self.id,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(
                         skipped = n,
@@ -324,6 +330,34 @@ mod tests {
                 .to_owned(),
             other => panic!("not a record: {other:?}"),
         }
+    }
+
+    /// A subscriber over its interest limit loses its stream, and the next
+    /// one cannot resume: the service server revalidates what it cached,
+    /// since changes of keys it held were no longer pushed.
+    #[tokio::test]
+    async fn a_subscriber_over_its_interest_limit_restarts_without_resuming() {
+        let config = crate::config::ServerConfig {
+            max_interest_per_subscriber: 2,
+            ..Default::default()
+        };
+        let t = TestServer::open_with(config, async |_: &dyn Store| {}).await;
+        let app = &t.app;
+        let mut rx = open(app, "svc", None).await.unwrap();
+        next(&mut rx).await;
+        let (last_id, ev) = next(&mut rx).await;
+        assert!(matches!(ev, WatchEvent::Synced(_)));
+        let id = app.hub.subscriber("svc");
+        for key in ["k1", "k2", "k3"] {
+            app.hub.register(id, "subscriber", key);
+        }
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the stream ends");
+        assert!(ended.is_none(), "the stream ends: {ended:?}");
+        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Epoch(_)));
     }
 
     #[tokio::test]

@@ -240,6 +240,12 @@ async fn record_process(
     boot: &str,
 ) -> anyhow::Result<()> {
     if store.needs_cleanup().await? {
+        if config.store == StoreKind::Postgres {
+            let schema = &config.pg_schema;
+            anyhow::bail!(
+                "PostgreSQL schema '{schema}' holds process information restored from an online backup; run 'tidemark cleanup --store postgres --database-url URL --pg-schema {schema}' first"
+            );
+        }
         let dir = config.data_dir.display();
         anyhow::bail!(
             "data directory {dir} holds process information restored from an online backup; run 'tidemark cleanup --data-dir {dir}' first"

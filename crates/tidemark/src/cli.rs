@@ -463,6 +463,16 @@ pub struct CleanupArgs {
     /// The data directory of a stopped server [default: the server's data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The engine of the store: sqlite (a data directory) or postgres
+    /// [default: the server's store].
+    #[arg(long, value_name = "ENGINE")]
+    pub store: Option<String>,
+    /// PostgreSQL URL, with --store postgres.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// PostgreSQL schema [default: tidemark].
+    #[arg(long, value_name = "NAME")]
+    pub pg_schema: Option<String>,
 }
 
 #[derive(Debug, Args)]

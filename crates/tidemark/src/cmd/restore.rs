@@ -169,6 +169,11 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
     if !report.cleaned.is_empty() {
         println!("cleanup: removed {}", report.cleaned.join(", "));
     }
+    if report.needs_cleanup {
+        eprintln!(
+            "note: run 'tidemark cleanup --store postgres --database-url URL --pg-schema {schema}' before starting the server"
+        );
+    }
     Ok(())
 }
 

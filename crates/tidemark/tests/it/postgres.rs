@@ -239,7 +239,7 @@ async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_s
     let mut args = vec!["server".to_owned()];
     args.extend(store_args(dir, Engine::Postgres));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pg = Proc::start("db-pg", dir, &args, &[]);
+    let mut pg = Proc::start("db-pg", dir, &args, &[]);
     pg.wait_ok("/readyz").await;
     let (_, r) = get_json(&format!("{}/v1/recovery", pg.url)).await;
     assert_eq!(r["state"], "recovering", "{r}");
@@ -272,6 +272,33 @@ async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_s
             "{k}: {b}"
         );
     }
+
+    // B6 on PostgreSQL: restored without its cleanup, the server refuses
+    // to start and names the cleanup to run; after it, it starts. Before,
+    // cleanup knew only data directories.
+    pg.terminate();
+    let mut no_cleanup = restore.clone();
+    no_cleanup.push("--no-cleanup");
+    let out = run(dir, &no_cleanup, None, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tidemark cleanup --store postgres"),
+        "{stderr}"
+    );
+    let out = run(dir, &args, None, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tidemark cleanup --store postgres"),
+        "{stderr}"
+    );
+    let mut cleanup = vec!["cleanup".to_owned()];
+    cleanup.extend(store_args(dir, Engine::Postgres));
+    let printed = run_ok(dir, &strs(&cleanup));
+    assert!(printed.contains("removed"), "{printed}");
+    let pg = Proc::start("db-pg", dir, &args, &[]);
+    pg.wait_ok("/readyz").await;
 }
 
 /// `tidemark demo --store postgres` tells the whole story on PostgreSQL,

@@ -62,8 +62,9 @@ pub struct Hub {
     /// Subscribers that declared everything they hold since their last
     /// stream opened here.
     declared: Mutex<std::collections::HashSet<SubscriberId>>,
-    /// Subscribers whose interest was dropped since their last stream
-    /// opened here: their next stream must not resume.
+    /// Subscribers whose interest was dropped, or whose stream missed
+    /// pushes, since their last stream opened here: their next stream must
+    /// not resume.
     forgotten: Mutex<std::collections::HashSet<SubscriberId>>,
     /// Keys each subscriber holds, and the most it may.
     held: Mutex<HashMap<SubscriberId, usize>>,
@@ -179,8 +180,15 @@ impl Hub {
         let _ = self.tx.send(Push::Forget(subscriber));
     }
 
-    /// Whether `subscriber`'s interest was dropped since its last stream
-    /// opened here; forgets that (the stream opening now starts afresh).
+    /// Marks `subscriber`'s next stream as one that must not resume (its
+    /// stream missed pushes).
+    pub fn refuse_resume(&self, subscriber: SubscriberId) {
+        self.forgotten.lock().insert(subscriber);
+    }
+
+    /// Whether `subscriber`'s interest was dropped (or its stream missed
+    /// pushes) since its last stream opened here; forgets that (the stream
+    /// opening now starts afresh).
     pub fn take_forgotten(&self, subscriber: SubscriberId) -> bool {
         self.forgotten.lock().remove(&subscriber)
     }

@@ -296,11 +296,16 @@ impl WatchStream {
                 // cannot resume (`open`).
                 Ok(Push::Forget(id)) => id != self.id,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(
+                    // Skipped pushes may include events the change log does
+                    // not hold (epoch reasons, schema, quiesce): the stream
+                    // ends, and the next one starts afresh (`epoch`), so the
+                    // subscriber revalidates everything.
+                    tracing::warn!(
                         skipped = n,
-                        "watch stream lagged; replaying from the change log"
+                        "watch stream fell behind the push queue (push_queue); ending it, its subscriber reconnects and revalidates"
                     );
-                    self.replay().await
+                    self.app.hub.refuse_resume(self.id);
+                    false
                 }
                 Err(broadcast::error::RecvError::Closed) => false,
             };
@@ -330,6 +335,38 @@ mod tests {
                 .to_owned(),
             other => panic!("not a record: {other:?}"),
         }
+    }
+
+    /// A stream that falls behind the push queue ends, and the next one
+    /// cannot resume: skipped pushes may have held events the change log
+    /// does not (here a schema event). Before, it replayed the log only.
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_ends_and_the_next_does_not_resume() {
+        let config = crate::config::ServerConfig {
+            push_queue: 16,
+            ..Default::default()
+        };
+        let t = TestServer::open_with(config, async |_: &dyn Store| {}).await;
+        let app = &t.app;
+        let mut rx = open(app, "svc", None).await.unwrap();
+        // On this (current-thread) runtime the stream's task has not run
+        // yet: the queue overflows before it reads.
+        for version in 0..20 {
+            app.hub
+                .publish(crate::hub::Push::Schema(tidemark_api::event::SchemaEvent {
+                    version,
+                }));
+        }
+        let mut last_id = None;
+        let wait = std::time::Duration::from_secs(5);
+        while let Some((id, _)) = tokio::time::timeout(wait, rx.recv())
+            .await
+            .expect("the stream ends")
+        {
+            last_id = Some(id);
+        }
+        let mut rx = open(app, "svc", last_id.as_deref()).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
     }
 
     /// A subscriber over its interest limit loses its stream, and the next

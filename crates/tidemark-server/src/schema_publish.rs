@@ -94,6 +94,12 @@ pub struct SchemaPublication {
     /// Service servers that ran a newer version than this store's before
     /// it was restored (name -> that version), until the next publish.
     ahead: Mutex<BTreeMap<String, u64>>,
+    /// The version this instance last told its service servers of. The
+    /// store's catalog may be re-read in several places (a standby's
+    /// refresh, a read that met a dropped column, a take-over): comparing
+    /// with this, not with the version before one of them, none goes
+    /// untold.
+    announced: std::sync::atomic::AtomicU64,
 }
 
 /// Counts an open watch stream until dropped.
@@ -122,6 +128,7 @@ impl SchemaPublication {
     pub async fn load(store: &dyn Store) -> Result<Self, StoreError> {
         let me = SchemaPublication::default();
         *me.pending.lock() = read_note(store, PENDING).await?;
+        me.announced.store(store.schema().version, Ordering::SeqCst);
         Ok(me)
     }
 
@@ -532,6 +539,9 @@ async fn announce_step(app: &AppState, j: &mut PublishJob) -> Result<(), StoreEr
             *app.schema.pending.lock() = None;
         }
     }
+    app.schema
+        .announced
+        .fetch_max(j.to_version, Ordering::SeqCst);
     app.hub.publish(Push::Schema(SchemaEvent {
         version: j.to_version,
     }));
@@ -605,11 +615,13 @@ pub async fn resume_logged(app: &Arc<AppState>) {
     }
 }
 
-/// On an instance that follows another's commits (a standby), after it
-/// re-read the store: if the schema version changed under it, drop the
-/// answers made with the old columns and tell its own service servers.
-pub async fn follow_version(app: &AppState, before: u64) {
+/// On an instance that follows another's commits (a standby, or one just
+/// promoted), after it re-read the store: if the schema version is not the
+/// one it last told of, drop the answers made with the old columns and
+/// tell its own service servers.
+pub async fn follow_version(app: &AppState) {
     let now = app.store.schema().version;
+    let before = app.schema.announced.swap(now, Ordering::SeqCst);
     if now == before {
         return;
     }
@@ -716,4 +728,39 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
         servers,
         lagging,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestServer;
+    use tidemark_api::schema::{Column, ColumnType};
+
+    /// A version the store moved to under this instance is told of once,
+    /// even when the catalog was re-read before the instance looked (a read
+    /// that met a dropped column, a take-over): before, the tail compared
+    /// with the version just before its own refresh and told nobody.
+    #[tokio::test]
+    async fn a_version_the_store_moved_to_is_told_of_once() {
+        let t = TestServer::open(async |_: &dyn Store| {}).await;
+        let mut pushes = t.app.hub.subscribe();
+        let mut v2 = t.store.schema().as_ref().clone();
+        v2.version += 1;
+        v2.tables
+            .get_mut("subscriber")
+            .unwrap()
+            .columns
+            .push(Column {
+                name: "tier".into(),
+                ty: ColumnType::Integer,
+            });
+        t.store.publish_schema(&v2, "elsewhere").await.unwrap();
+        follow_version(&t.app).await;
+        match pushes.try_recv() {
+            Ok(Push::Schema(s)) => assert_eq!(s.version, v2.version),
+            other => panic!("the new version is told of: {other:?}"),
+        }
+        follow_version(&t.app).await;
+        assert!(pushes.try_recv().is_err(), "and only once");
+    }
 }

@@ -201,6 +201,8 @@ async fn take_over(
         tail::catch_up(app).await?;
         app.recovery.refresh().await?;
         app.auth.reload().await?;
+        // A schema version the tail had not told of yet.
+        crate::schema_publish::follow_version(app).await;
         Ok::<_, StoreError>(())
     }
     .await;

@@ -99,9 +99,8 @@ pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
 async fn follow_shared_state(app: &AppState) -> Result<(), StoreError> {
     let before = (app.recovery.state(), app.recovery.blanket());
     let flagged_before = app.recovery.flagged_total();
-    let schema_before = app.store.schema().version;
     app.store_refresh().await?;
-    crate::schema_publish::follow_version(app, schema_before).await;
+    crate::schema_publish::follow_version(app).await;
     let m = app.recovery.refresh().await?;
     app.auth.reload().await?;
     let epoch = app.store.meta().await?.epoch;

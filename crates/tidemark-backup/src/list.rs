@@ -47,20 +47,92 @@ pub fn list(root: &Path, deep: bool) -> Result<Vec<Listed>, BackupError> {
     Ok(out)
 }
 
-/// Keeps the newest `keep` backups under `root` and removes older ones.
-/// Only directories with a readable Tidemark manifest are ever removed;
-/// anything else under `root` is left alone. Returns what was removed.
-pub fn prune(root: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
-    let mut ours: Vec<(String, PathBuf)> = list(root, false)?
-        .into_iter()
-        .filter_map(|l| l.manifest.map(|m| (m.created_at, l.dir)))
-        .collect();
-    ours.sort();
-    let excess = ours.len().saturating_sub(keep);
-    let mut removed = Vec::new();
-    for (_, dir) in ours.into_iter().take(excess) {
-        std::fs::remove_dir_all(&dir).map_err(BackupError::io(&dir))?;
-        removed.push(dir);
+/// What [`prune`] did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub removed: Vec<PathBuf>,
+    /// Backups that fail their checksums: never counted as kept, never
+    /// removed (the operator looks at them).
+    pub failing: Vec<(PathBuf, String)>,
+}
+
+/// Keeps the newest `keep` (at least one) backups under `root` that verify
+/// by their checksums, and removes older ones that verify. A backup that
+/// fails is neither counted nor removed, and `protect` (the one just
+/// written) is never removed, so a run can never leave fewer good backups
+/// than it found, nor none. Anything else under `root` is left alone.
+pub fn prune(root: &Path, keep: usize, protect: Option<&Path>) -> Result<Pruned, BackupError> {
+    let mut out = Pruned::default();
+    let mut good: Vec<(String, PathBuf)> = Vec::new();
+    for l in list(root, false)? {
+        let Some(m) = l.manifest else { continue };
+        match l.problem {
+            Some(p) => out.failing.push((l.dir, p)),
+            None => good.push((m.created_at, l.dir)),
+        }
     }
-    Ok(removed)
+    good.sort();
+    let protected = |dir: &Path| {
+        protect.is_some_and(|p| {
+            let canon = |d: &Path| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_owned());
+            canon(p) == canon(dir)
+        })
+    };
+    let excess = good.len().saturating_sub(keep.max(1));
+    for (_, dir) in good.into_iter().take(excess) {
+        if protected(&dir) {
+            continue;
+        }
+        std::fs::remove_dir_all(&dir).map_err(BackupError::io(&dir))?;
+        out.removed.push(dir);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup as far as prune sees it: a manifest created at `at`, and
+    /// its one file, intact or not.
+    fn backup(root: &Path, name: &str, at: &str, intact: bool) -> PathBuf {
+        let dir = root.join(name);
+        let mut w = crate::create::BackupWriter::begin(&dir).unwrap();
+        w.add_db(&b"not a real snapshot"[..], &|_| {}).unwrap();
+        w.add_plain("config/x", b"x").unwrap();
+        let info = tidemark_store::SnapshotInfo {
+            store_format: 1,
+            epoch: 1,
+            seq: 1,
+            schema_version: 1,
+            high_water: Default::default(),
+            process: None,
+            bytes: 1,
+        };
+        let mut m =
+            crate::manifest::Manifest::new(crate::manifest::Kind::Offline, "t".into(), &info);
+        m.created_at = at.into();
+        w.commit(m).unwrap();
+        if !intact {
+            std::fs::write(dir.join("config/x"), b"y").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn prune_keeps_good_backups_and_never_the_one_just_written() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let old = backup(r, "a", "2026-01-01T00:00:00Z", true);
+        let mid = backup(r, "b", "2026-01-02T00:00:00Z", true);
+        let bad = backup(r, "c", "2026-01-03T00:00:00Z", false);
+        let future = backup(r, "d", "2030-01-01T00:00:00Z", true);
+        // Written now, with a clock behind the copied-in "future" one.
+        let now = backup(r, "e", "2026-01-04T00:00:00Z", true);
+        let p = prune(r, 1, Some(&now)).unwrap();
+        assert_eq!(p.removed, vec![old.clone(), mid.clone()]);
+        assert_eq!(p.failing.len(), 1);
+        assert!(bad.exists() && future.exists() && now.exists());
+        assert!(!old.exists() && !mid.exists());
+    }
 }

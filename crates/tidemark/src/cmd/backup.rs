@@ -92,9 +92,11 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => std::path::PathBuf::from("."),
         };
-        for dir in tidemark_backup::list::prune(&root, keep as usize)? {
+        let pruned = tidemark_backup::list::prune(&root, keep as usize, Some(&a.to))?;
+        for dir in &pruned.removed {
             eprintln!("removed old backup {} (--keep {keep})", dir.display());
         }
+        print_failing(&pruned.failing);
     }
     Ok(())
 }
@@ -284,15 +286,26 @@ fn list(a: BackupListArgs) -> anyhow::Result<()> {
 }
 
 fn prune(a: &BackupPruneArgs) -> anyhow::Result<()> {
-    let removed = tidemark_backup::list::prune(&a.root, a.keep as usize)?;
-    for dir in &removed {
+    let pruned = tidemark_backup::list::prune(&a.root, a.keep as usize, None)?;
+    for dir in &pruned.removed {
         println!("removed {}", dir.display());
     }
     println!(
-        "kept the newest {} backups under {}; removed {}",
+        "kept the newest {} backups that verify under {}; removed {}",
         a.keep,
         a.root.display(),
-        removed.len()
+        pruned.removed.len()
     );
+    print_failing(&pruned.failing);
     Ok(())
+}
+
+/// Backups prune neither counted nor removed, because they fail.
+fn print_failing(failing: &[(std::path::PathBuf, String)]) {
+    for (dir, why) in failing {
+        eprintln!(
+            "warning: {} fails verification and was left alone (not counted as kept): {why}",
+            dir.display()
+        );
+    }
 }

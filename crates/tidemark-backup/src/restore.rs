@@ -153,6 +153,7 @@ pub async fn run(
 
     layout::swap_current(&opts.data_dir, &gen_name).map_err(BackupError::io(&opts.data_dir))?;
     staged.keep();
+    layout::unmark_staged(&gen).map_err(BackupError::io(&gen))?;
     failpoint::hit("restore.after_swap");
     layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
     layout::remove_flat_store(&opts.data_dir);

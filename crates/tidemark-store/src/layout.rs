@@ -12,6 +12,12 @@
 //! `rename`, so a crash at any moment leaves the old generation or the new
 //! one in use, never a mix. Generations that `current` does not name are
 //! garbage, removed by whoever holds the lock next.
+//!
+//! A generation being staged holds a `STAGING` mark until `current` names
+//! it. A marked generation `current` does not name is an interrupted
+//! restore's, garbage even where there is no `current` (the first restore
+//! into an empty directory), so a rerun or a server never takes it for
+//! data.
 
 use crate::StoreError;
 use std::fs;
@@ -21,6 +27,8 @@ use std::path::{Path, PathBuf};
 /// The symlink naming the generation in use.
 pub const CURRENT: &str = "current";
 const CURRENT_TMP: &str = "current.tmp";
+/// The file in a generation that is still being staged.
+const STAGING_MARK: &str = "STAGING";
 const GEN_PREFIX: &str = "gen-";
 /// Prefix of the temporary snapshot files online backups and
 /// [`crate::Store::snapshot`] write.
@@ -131,7 +139,24 @@ pub fn stage_gen(dir: &Path) -> io::Result<(String, PathBuf)> {
     let name = gen_name(next);
     let path = dir.join(&name);
     fs::create_dir(&path)?;
+    fs::File::create(path.join(STAGING_MARK))?.sync_all()?;
+    fsync_dir(&path)?;
+    fsync_dir(dir)?;
     Ok((name, path))
+}
+
+/// Takes the staging mark off generation `gen` (once `current` names it).
+pub fn unmark_staged(gen: &Path) -> io::Result<()> {
+    match fs::remove_file(gen.join(STAGING_MARK)) {
+        Ok(()) => fsync_dir(gen),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `path` is a generation an interrupted restore was staging.
+fn is_staging(path: &Path) -> bool {
+    path.join(STAGING_MARK).exists()
 }
 
 /// Points `current` at generation `name` atomically: a new link
@@ -167,11 +192,12 @@ pub fn foreign_entries(dir: &Path) -> io::Result<Vec<String>> {
         Err(e) => return Err(e),
     };
     for entry in entries {
-        let name = entry?.file_name().to_string_lossy().to_string();
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
         let known = matches!(name.as_str(), "LOCK" | CURRENT | CURRENT_TMP)
             || (name.starts_with(SNAPSHOT_PREFIX) && name.ends_with(".tmp"))
             || name.starts_with(crate::sqlite::DB_FILE)
-            || (gen_number(&name).is_some() && has_current);
+            || (gen_number(&name).is_some() && (has_current || is_staging(&entry.path())));
         if !known {
             out.push(name);
         }
@@ -195,8 +221,10 @@ pub fn remove_garbage(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
         let path = entry.path();
-        // Without a `current` link there is nothing to compare with: keep all.
-        if gen_number(&name).is_some() && keep.is_some() && keep.as_deref() != Some(&name) {
+        // Without a `current` link there is nothing to compare with: keep
+        // all but an interrupted restore's.
+        let is_gen = gen_number(&name).is_some();
+        if is_gen && keep.as_deref() != Some(&name) && (keep.is_some() || is_staging(&path)) {
             fs::remove_dir_all(&path)?;
             removed.push(path);
         } else if name == CURRENT_TMP

@@ -483,6 +483,14 @@ async fn a_crash_at_any_step_of_restore_leaves_the_old_or_the_new_state() {
     copy_tree(&data, &original);
     let old = (1, 15);
     let new = (2, 10);
+    let restore = [
+        "restore",
+        "--from",
+        s(&bk),
+        "--data-dir",
+        s(&data),
+        "--no-safety-backup",
+    ];
 
     // (failpoint, whether the new state is in use after the crash)
     let steps = [
@@ -499,18 +507,7 @@ async fn a_crash_at_any_step_of_restore_leaves_the_old_or_the_new_state() {
         let _ = std::fs::remove_dir_all(&data);
         copy_tree(&original, &data);
         let spec = format!("{fp}=1");
-        let (success, _, stderr) = tm(
-            dir,
-            &[
-                "restore",
-                "--from",
-                s(&bk),
-                "--data-dir",
-                s(&data),
-                "--no-safety-backup",
-            ],
-            &[("TIDEMARK_FAILPOINTS", &spec)],
-        );
+        let (success, _, stderr) = tm(dir, &restore, &[("TIDEMARK_FAILPOINTS", &spec)]);
         assert!(!success, "{fp}: the failpoint did not fire: {stderr}");
         assert!(
             stderr.contains(&format!("failpoint {fp} hit")),
@@ -526,17 +523,7 @@ async fn a_crash_at_any_step_of_restore_leaves_the_old_or_the_new_state() {
         db.terminate();
         // Whatever the crash left behind, restore runs again and succeeds,
         // leaving one generation.
-        ok(
-            dir,
-            &[
-                "restore",
-                "--from",
-                s(&bk),
-                "--data-dir",
-                s(&data),
-                "--no-safety-backup",
-            ],
-        );
+        ok(dir, &restore);
         let gens: Vec<_> = std::fs::read_dir(&data)
             .unwrap()
             .flatten()
@@ -546,6 +533,28 @@ async fn a_crash_at_any_step_of_restore_leaves_the_old_or_the_new_state() {
         let db = db_server(dir, &[]).await;
         assert_eq!(state(&db.url).await.1, 10, "{fp}: restored after the rerun");
     }
+
+    // The disaster case: the data directory is gone and the first restore
+    // into it is killed while staging. A server started then begins empty
+    // (it never takes the half-staged generation for data), and a rerun of
+    // the restore succeeds; before, every rerun was refused for good.
+    let killed_while_staging = || {
+        let _ = std::fs::remove_dir_all(&data);
+        let fp = [("TIDEMARK_FAILPOINTS", "restore.after_stage=1")];
+        assert!(!tm(dir, &restore, &fp).0, "the failpoint fired");
+    };
+    killed_while_staging();
+    let mut db = db_server(dir, &[]).await;
+    assert_eq!(
+        state(&db.url).await,
+        (1, 0),
+        "an empty store, not the half-staged one"
+    );
+    db.terminate();
+    killed_while_staging();
+    ok(dir, &restore);
+    let db = db_server(dir, &[]).await;
+    assert_eq!(state(&db.url).await, new, "restored by the rerun");
 }
 
 /// B6: process information left by an online backup must be cleaned first.

@@ -423,9 +423,11 @@ pub async fn publish(app: &Arc<AppState>, by: &str) -> Result<PublishJob, Schema
 }
 
 /// Starts a rollback to the previous version: a new version with the
-/// previous version's tables, published like any other. Refused if there
-/// is no previous version; the store refuses it if an added column or
-/// table holds data.
+/// previous version's tables, published like any other. "Previous" is the
+/// version before the first one with the tables in force now, so a second
+/// rollback goes on back (v4 rolled v3 back to v2's tables: the next goes
+/// to v1's, not v3's again). Refused if there is no previous version; the
+/// store refuses it if an added column or table holds data.
 pub async fn rollback(app: &Arc<AppState>, by: &str) -> Result<PublishJob, SchemaError> {
     let _l = app.schema.lock.lock().await;
     if let Some(j) = active(&job(app).await?) {
@@ -433,7 +435,15 @@ pub async fn rollback(app: &Arc<AppState>, by: &str) -> Result<PublishJob, Schem
     }
     let current = app.store.schema();
     let versions = app.store.schema_versions().await?;
-    let Some(prev) = versions.iter().rev().find(|v| v.version < current.version) else {
+    let first_alike = versions
+        .iter()
+        .filter(|v| {
+            v.version <= current.version && schema_change::same_content(&v.schema, &current)
+        })
+        .map(|v| v.version)
+        .min()
+        .unwrap_or(current.version);
+    let Some(prev) = versions.iter().rev().find(|v| v.version < first_alike) else {
         return Err(SchemaError::new(
             ErrorCode::RollbackRefused,
             format!(

@@ -354,6 +354,15 @@ async fn a_schema_is_staged_planned_published_and_served_live_on(engine: Engine)
     for a in ["schema_stage", "schema_publish", "schema_rollback"] {
         assert!(actions.contains(&a), "{a} in {actions:?}");
     }
+
+    // A second rollback goes on back, to version 1's tables (refused: the
+    // tier column holds data); before, it brought version 3's note back.
+    let (ok, _, err) = schema_cmd(dir, &["rollback", "--server", &db.url]);
+    assert!(
+        !ok && err.contains("rollback_refused") && err.contains("holds data"),
+        "{err}"
+    );
+    assert_eq!(schema_version(&db.url).await, 4);
 }
 
 /// The steps of a publish a crash can hit, in order.

@@ -24,6 +24,10 @@ pub struct ServerMetrics {
     pub recovery_state: Arc<Gauge>,
     pub recovery_flagged: Arc<Gauge>,
     pub recovery_remaining: Arc<Gauge>,
+    /// When the gauges read from the store were last refreshed: at most
+    /// once a second, however often `/metrics` (which needs no token) is
+    /// asked.
+    pub store_gauges_at: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 impl ServerMetrics {
@@ -95,6 +99,7 @@ impl ServerMetrics {
                 "",
             ),
             recovery_remaining: r.gauge("tidemark_recovery_remaining", "Flags still set.", ""),
+            store_gauges_at: Default::default(),
             registry: r,
         }
     }

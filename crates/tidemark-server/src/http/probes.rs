@@ -37,7 +37,19 @@ pub async fn readyz(
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    if let Ok(meta) = app.store.meta().await {
+    let refresh = {
+        let mut at = app.metrics.store_gauges_at.lock();
+        let due = at.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            *at = Some(std::time::Instant::now());
+        }
+        due
+    };
+    let meta = match refresh {
+        true => app.store.meta().await.ok(),
+        false => None,
+    };
+    if let Some(meta) = meta {
         app.metrics.seq.set(meta.seq as i64);
         app.metrics.epoch.set(meta.epoch as i64);
         if let Ok(r) = app.recovery.status(meta.epoch).await {

@@ -167,21 +167,45 @@ impl Drop for BackupWriter {
     }
 }
 
+/// Adds the server's configuration as `GET /v1/backup/config` gives it
+/// (`{"effective", "file": {"path", "content"} | null}`) (B1).
+pub fn add_config(
+    writer: &mut BackupWriter,
+    manifest: &mut Manifest,
+    config: &serde_json::Value,
+) -> Result<(), BackupError> {
+    let effective = serde_json::to_vec_pretty(&config["effective"]).unwrap_or_default();
+    writer.add_plain(CONFIG_EFFECTIVE, &effective)?;
+    if let (Some(path), Some(content)) = (
+        config["file"]["path"].as_str(),
+        config["file"]["content"].as_str(),
+    ) {
+        writer.add_plain(CONFIG_FILE, content.as_bytes())?;
+        manifest.config_source = Some(path.to_owned());
+    }
+    Ok(())
+}
+
 /// Backs up an open store (offline backups, safety backups): one snapshot,
-/// compressed into `target`, with the configuration files a restore left
-/// in the data directory `data_dir` (`current/config/*`), if any.
+/// compressed into `target`, with the server's configuration `config` (see
+/// [`add_config`]), or without it the configuration files a restore left in
+/// the data directory `data_dir` (`current/config/*`), if any.
 pub async fn from_store(
     store: &dyn Store,
     data_dir: &Path,
     target: &Path,
     source: String,
+    config: Option<&serde_json::Value>,
     progress: Progress<'_>,
 ) -> Result<Manifest, BackupError> {
     let mut writer = BackupWriter::begin(target)?;
     let snapshot = store.snapshot(writer.tmp_dir()).await?;
     writer.add_db(snapshot.reader, progress)?;
     let info = snapshot.info;
-    if let Some(config) =
+    let mut manifest = Manifest::new(Kind::Offline, source, &info);
+    if let Some(config) = config {
+        add_config(&mut writer, &mut manifest, config)?;
+    } else if let Some(config) =
         tidemark_store::layout::existing_db_dir(data_dir)?.map(|d| d.join("config"))
     {
         for rel in [CONFIG_EFFECTIVE, CONFIG_FILE] {
@@ -193,14 +217,16 @@ pub async fn from_store(
             }
         }
     }
-    writer.commit(Manifest::new(Kind::Offline, source, &info))
+    writer.commit(manifest)
 }
 
 /// `backup create --offline`: the data directory of a stopped server
-/// (refused while anything holds its lock) (B2).
+/// (refused while anything holds its lock) (B2), with its configuration
+/// `config` if given (see [`add_config`]).
 pub async fn offline(
     data_dir: &Path,
     target: &Path,
+    config: Option<&serde_json::Value>,
     progress: Progress<'_>,
 ) -> Result<Manifest, BackupError> {
     let Some(engine) = Engine::of_data_dir(data_dir)? else {
@@ -213,7 +239,7 @@ pub async fn offline(
         .unwrap_or_else(|_| data_dir.to_owned())
         .display()
         .to_string();
-    let result = from_store(store.as_ref(), data_dir, target, source, progress).await;
+    let result = from_store(store.as_ref(), data_dir, target, source, config, progress).await;
     store.close().await?;
     result
 }

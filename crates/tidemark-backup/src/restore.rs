@@ -38,6 +38,10 @@ pub struct RestoreOptions {
     /// The restored store's epoch is at least this (0: one above the lost
     /// store's and the backup's). See [`new_epoch`].
     pub min_epoch: u64,
+    /// The server's configuration for the safety backup (B3), as
+    /// [`crate::create::add_config`] takes it; `None`: the files a restore
+    /// left in the data directory.
+    pub live_config: Option<serde_json::Value>,
 }
 
 /// The epoch a restore gives the store: one above the lost store's (if it
@@ -209,9 +213,15 @@ async fn live_state(
     let safety = match &opts.safety_to {
         Some(to) => {
             let source = opts.data_dir.display().to_string();
-            let made =
-                crate::create::from_store(store.as_ref(), &opts.data_dir, to, source, progress)
-                    .await;
+            let made = crate::create::from_store(
+                store.as_ref(),
+                &opts.data_dir,
+                to,
+                source,
+                opts.live_config.as_ref(),
+                progress,
+            )
+            .await;
             if let Err(e) = made {
                 store.close().await?;
                 return Err(e);
@@ -313,6 +323,7 @@ mod tests {
             cleanup: true,
             integrity_check: false,
             min_epoch: 0,
+            live_config: None,
         }
     }
 
@@ -330,7 +341,7 @@ mod tests {
         let store = open(&data);
         testsuite::load_some(store.as_ref()).await;
         let backup = dir.join("b");
-        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), &|_| {})
+        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), None, &|_| {})
             .await
             .unwrap();
         (data, store, backup)
@@ -346,7 +357,7 @@ mod tests {
         store.close().await.unwrap();
         drop(store);
         let backup = tmp.path().join("b/1");
-        let m = crate::create::offline(&data, &backup, &|_| {})
+        let m = crate::create::offline(&data, &backup, None, &|_| {})
             .await
             .unwrap();
         assert_eq!(m.seq, at_backup.seq);
@@ -404,7 +415,7 @@ mod tests {
         store.close().await.unwrap();
         drop(store);
         let backup = tmp.path().join("b");
-        crate::create::offline(&data, &backup, &|_| {})
+        crate::create::offline(&data, &backup, None, &|_| {})
             .await
             .unwrap();
 
@@ -436,6 +447,7 @@ mod tests {
         let opts = RestoreOptions {
             integrity_check: true,
             min_epoch: 0,
+            live_config: None,
             ..options(&backup, &data)
         };
         let err = run(&opts, &|_| {}).await.unwrap_err();

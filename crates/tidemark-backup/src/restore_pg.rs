@@ -37,6 +37,9 @@ pub struct PgRestoreOptions {
     pub min_epoch: u64,
     /// Where the backup's configuration files are copied, if anywhere.
     pub config_to: Option<PathBuf>,
+    /// The server's configuration for the safety backup (B3); see
+    /// [`crate::restore::RestoreOptions::live_config`].
+    pub live_config: Option<serde_json::Value>,
 }
 
 /// What a PostgreSQL restore did.
@@ -86,6 +89,7 @@ pub async fn run(
                         scratch.path(),
                         to,
                         target.describe(),
+                        opts.live_config.as_ref(),
                         progress,
                     )
                     .await;
@@ -128,11 +132,12 @@ pub async fn run(
     .await;
     staged.close().await?;
     let (cleaned, (schema_carried, access_carried)) = marked?;
+    // The databases first, then the configuration files (B3).
+    target.swap_in().await?;
     let config_dir = match &opts.config_to {
         Some(dir) => crate::restore::copy_config_into(&opts.from, &manifest, dir)?,
         None => None,
     };
-    target.swap_in().await?;
     Ok(PgRestoreReport {
         previous_epoch,
         new_epoch,

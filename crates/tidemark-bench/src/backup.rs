@@ -131,7 +131,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
 
     let bk = root.join("backups/b1");
     let t = Instant::now();
-    let m = tidemark_backup::create::offline(&data, &bk, &|_| {}).await?;
+    let m = tidemark_backup::create::offline(&data, &bk, None, &|_| {}).await?;
     rows.push(Row {
         name: "tidemark backup create --offline",
         secs: t.elapsed().as_secs_f64(),
@@ -156,6 +156,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             cleanup: true,
             integrity_check: false,
             min_epoch: 0,
+            live_config: None,
         },
         &|_| {},
     )
@@ -175,6 +176,7 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<()> {
             cleanup: true,
             integrity_check: false,
             min_epoch: 0,
+            live_config: None,
         },
         &|_| {},
     )

@@ -27,6 +27,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup_config;
 pub mod cluster;
 pub mod committer;
 pub mod config;

@@ -147,80 +147,20 @@ fn relay(
 pub async fn config(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    let mut effective = serde_json::to_value(&app.config).unwrap_or_default();
-    if let Some(url) = effective.get_mut("database_url") {
-        if !url.is_null() {
-            *url = "***".into();
-        }
-    }
-    let file = match &app.config.config_file {
-        Some(path) => {
-            let content = tokio::fs::read_to_string(path).await.map_err(|e| {
-                HttpError::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "cannot read the server's config file {}: {e}; restore it, or restart the server without --config",
-                        path.display()
-                    ),
-                )
-            })?;
-            serde_json::json!({"path": path.display().to_string(), "content": redact_url_passwords(&content)})
-        }
-        None => serde_json::Value::Null,
-    };
-    Ok(Json(
-        serde_json::json!({"effective": effective, "file": file}),
-    ))
-}
-
-/// `text` with the password of every URL in it (`scheme://user:PASSWORD@`)
-/// replaced by `***`: the config file goes into online backups, and an admin
-/// token must not hand out the database's own password.
-fn redact_url_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        // The authority ends at a path, a quote or whitespace.
-        let end = tail
-            .find(|c: char| c == '/' || c == '"' || c == '\'' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(userinfo_end) => {
-                let userinfo = &authority[..userinfo_end];
-                match userinfo.find(':') {
-                    Some(colon) => {
-                        out.push_str(&userinfo[..colon]);
-                        out.push_str(":***");
-                    }
-                    None => out.push_str(userinfo),
-                }
-                out.push_str(&authority[userinfo_end..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
+    crate::backup_config::for_backup(&app.config)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            HttpError::new(
+                ErrorCode::Internal,
+                format!("{e}; restore it, or restart the server without --config"),
+            )
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
-
-    #[test]
-    fn url_passwords_are_redacted_and_nothing_else_changes() {
-        let text = "listen = \"127.0.0.1:7070\"\ndatabase_url = \"postgres://tm:s3cr:et@db.example:5432/tm?sslmode=require\"\n# postgresql://ops@host/db has no password\nother = 'http://a:b@c/d' x://@y\n";
-        assert_eq!(
-            super::redact_url_passwords(text),
-            "listen = \"127.0.0.1:7070\"\ndatabase_url = \"postgres://tm:***@db.example:5432/tm?sslmode=require\"\n# postgresql://ops@host/db has no password\nother = 'http://a:***@c/d' x://@y\n"
-        );
-        let plain = "[server]\nlisten = \"0.0.0.0:7070\"\n";
-        assert_eq!(super::redact_url_passwords(plain), plain);
-    }
 
     #[tokio::test]
     async fn an_unread_backup_stream_ends_and_frees_its_place() {

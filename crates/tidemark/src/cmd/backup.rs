@@ -9,7 +9,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use tidemark_backup::create::BackupWriter;
-use tidemark_backup::manifest::{CONFIG_EFFECTIVE, CONFIG_FILE};
 use tidemark_backup::{Kind, Manifest};
 use tidemark_server::ServerConfig;
 use tidemark_store::SnapshotInfo;
@@ -48,8 +47,9 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
     let made = match (&a.server, a.offline) {
         (Some(url), false) => online(url, &a.to, &progress).await,
         (None, true) => {
+            let files = tidemark_server::backup_config::for_backup(&config).await?;
             let dir = a.data_dir.clone().unwrap_or(config.data_dir);
-            tidemark_backup::create::offline(&dir, &a.to, &progress)
+            tidemark_backup::create::offline(&dir, &a.to, Some(&files), &progress)
                 .await
                 .map_err(anyhow::Error::from)
         }
@@ -184,17 +184,7 @@ async fn online(
     }
     writer.finish_db(sink)?;
     let mut manifest = Manifest::new(Kind::Online, url.to_owned(), &info);
-    writer.add_plain(
-        CONFIG_EFFECTIVE,
-        &serde_json::to_vec_pretty(&config["effective"])?,
-    )?;
-    if let (Some(path), Some(content)) = (
-        config["file"]["path"].as_str(),
-        config["file"]["content"].as_str(),
-    ) {
-        writer.add_plain(CONFIG_FILE, content.as_bytes())?;
-        manifest.config_source = Some(path.to_owned());
-    }
+    tidemark_backup::create::add_config(&mut writer, &mut manifest, &config)?;
     Ok(writer.commit(manifest)?)
 }
 

@@ -14,7 +14,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         "postgres" => return run_postgres(config, a).await,
         other => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
     }
-    let data_dir = a.data_dir.clone().unwrap_or(config.data_dir);
+    let data_dir = a.data_dir.clone().unwrap_or(config.data_dir.clone());
     let safety_to = if a.no_safety_backup {
         eprintln!(
             "warning: --no-safety-backup: the current data in {} is not backed up first and cannot be recovered after this restore",
@@ -35,6 +35,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         cleanup: !a.no_cleanup,
         integrity_check: a.check_integrity,
         min_epoch: a.min_epoch.unwrap_or(0),
+        live_config: Some(tidemark_server::backup_config::for_backup(&config).await?),
     };
     let bar = super::backup::progress_bar("restoring");
     let progress = |n: u64| bar.set_position(n);
@@ -105,7 +106,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
                 "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
             )
         })?;
-    let schema = a.pg_schema.clone().unwrap_or(config.pg_schema);
+    let schema = a.pg_schema.clone().unwrap_or(config.pg_schema.clone());
     let safety_to = if a.no_safety_backup {
         eprintln!("warning: --no-safety-backup: the current data in PostgreSQL schema '{schema}' is not backed up first and cannot be recovered after this restore");
         None
@@ -123,6 +124,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         integrity_check: a.check_integrity,
         min_epoch: a.min_epoch.unwrap_or(0),
         config_to: a.data_dir.clone(),
+        live_config: Some(tidemark_server::backup_config::for_backup(&config).await?),
     };
     let bar = super::backup::progress_bar("restoring");
     let progress = |n: u64| bar.set_position(n);

@@ -717,6 +717,53 @@ async fn offline_backups_retention_and_interrupted_backups() {
         &[],
     );
     assert!(!success && stderr.contains("already exists"), "{stderr}");
+
+    // B1, B3: an offline backup and a restore's safety backup carry the
+    // server's configuration (its --config file, secrets redacted); they
+    // carried only files an earlier restore had left.
+    let conf = dir.join("server.toml");
+    std::fs::write(
+        &conf,
+        "[server]\ndatabase_url = \"postgres://tm:s3cret@db/tm\"\n",
+    )
+    .unwrap();
+    let with_conf = root.join("with-config");
+    ok(
+        dir,
+        &[
+            "--config",
+            s(&conf),
+            "backup",
+            "create",
+            "--to",
+            s(&with_conf),
+            "--offline",
+            "--data-dir",
+            s(&data),
+        ],
+    );
+    let carried = std::fs::read_to_string(with_conf.join("config/config.toml")).unwrap();
+    assert!(carried.contains("postgres://tm:***@db/tm"), "{carried}");
+    assert!(with_conf.join("config/effective.json").exists());
+    let safety = dir.join("safety");
+    ok(
+        dir,
+        &[
+            "--config",
+            s(&conf),
+            "restore",
+            "--from",
+            s(&names[3]),
+            "--data-dir",
+            s(&data),
+            "--safety-dir",
+            s(&safety),
+        ],
+    );
+    assert!(
+        safety.join("config/config.toml").exists(),
+        "the safety backup carries the configuration"
+    );
 }
 
 /// A full disk while the backup is written (simulated with a file-size

@@ -328,6 +328,18 @@ impl DbClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
+        self.post_json_within(path, body, Duration::from_secs(120))
+            .await
+    }
+
+    /// The same, waiting up to `timeout` for the answer (a schema publish
+    /// builds indexes before it answers).
+    pub async fn post_json_within<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
             url: self.url(path),
             status: 0,
@@ -340,7 +352,7 @@ impl DbClient {
                 let resp = self
                     .http
                     .post(&url)
-                    .timeout(Duration::from_secs(120))
+                    .timeout(timeout)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()

@@ -42,6 +42,17 @@ fn belongs_to_primary(method: &Method, path: &str) -> bool {
         || path.starts_with("/v1/cluster/"))
 }
 
+/// How long a forwarded request may take: a schema publish or rollback
+/// answers once its DDL has run, and PostgreSQL may wait up to 300 s for
+/// the table locks and build indexes; everything else answers quickly.
+fn forward_timeout(path: &str) -> Duration {
+    if path == "/v1/schema/publish" || path == "/v1/schema/rollback" {
+        Duration::from_secs(330)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
 /// The middleware (after the guard: the caller is known).
 pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(cluster) = app.cluster.clone() else {
@@ -152,7 +163,7 @@ async fn send(
         .request(parts.method.clone(), &url)
         .headers(headers)
         .body(body)
-        .timeout(Duration::from_secs(30))
+        .timeout(forward_timeout(parts.uri.path()))
         .send()
         .await
         .map_err(|e| e.to_string())?;

@@ -96,8 +96,7 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
         }
         SchemaCommand::Publish { server, wait } => {
             let client = DbClient::new(&server);
-            let st: PublishStatus = client
-                .post_json("/v1/schema/publish", &serde_json::json!({}))
+            let st = start(&client, "/v1/schema/publish")
                 .await
                 .context("publish refused")?;
             println!(
@@ -108,8 +107,7 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
         }
         SchemaCommand::Rollback { server, wait } => {
             let client = DbClient::new(&server);
-            let st: PublishStatus = client
-                .post_json("/v1/schema/rollback", &serde_json::json!({}))
+            let st = start(&client, "/v1/schema/rollback")
                 .await
                 .context("rollback refused")?;
             println!(
@@ -129,6 +127,25 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Starts a publish or rollback (`path`). Its DDL runs before the answer,
+/// which may take minutes on PostgreSQL (index builds, lock waits); one
+/// already running (this command run again, or after its answer was lost)
+/// is followed rather than refused.
+async fn start(client: &DbClient, path: &str) -> anyhow::Result<PublishStatus> {
+    let started = client
+        .post_json_within(path, &serde_json::json!({}), Duration::from_secs(360))
+        .await;
+    match started {
+        Err(tidemark_api::ClientError::Api { error, .. })
+            if error.code == tidemark_api::ErrorCode::PublishInProgress =>
+        {
+            eprintln!("a schema job is already running on the DB server; following it");
+            Ok(client.get_json("/v1/schema/publish").await?)
+        }
+        other => Ok(other?),
     }
 }
 

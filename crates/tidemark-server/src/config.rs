@@ -65,7 +65,8 @@ pub struct ServerConfig {
     /// Seconds that in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
     /// Capacity of the in-memory push queue per process; a watcher that
-    /// falls further behind is served from the change log.
+    /// falls further behind is served from the change log (and told of a
+    /// skipped `epoch` event as one, so it revalidates).
     pub push_queue: usize,
     /// Seconds the state stays `recovered` before it returns to `normal`.
     pub recovered_hold_secs: u64,
@@ -92,9 +93,10 @@ pub struct ServerConfig {
     /// hold open at once.
     pub max_watch_per_token: usize,
     /// Keys one service server may hold interest in here (about 150 bytes
-    /// each). One over it (a terminal reading random keys) loses all its
-    /// interest and revalidates its cache. Keep it over the service
-    /// servers' cache capacity.
+    /// each): every key it read since its stream last started afresh, so
+    /// more than it caches. One over it (a terminal reading random keys)
+    /// loses all its interest and revalidates its cache. Keep it well over
+    /// the service servers' cache capacity.
     pub max_interest_per_subscriber: usize,
     /// Backup snapshot streams served at once.
     pub max_backup_streams: usize,

@@ -13,8 +13,12 @@
 //! - Interest is bounded: a subscriber that comes to hold more than
 //!   `max_interest` keys (a terminal reading random keys through its
 //!   service server) is *forgotten*: all its interest is dropped, its open
-//!   stream ends, and its next stream cannot resume (it gets `epoch`, so
-//!   the service server revalidates everything it cached).
+//!   stream ends, and no stream resumes from an event at or before the
+//!   forgetting (it gets `epoch`, so the service server revalidates
+//!   everything it cached). A stream that cannot resume the id it was
+//!   given drops its subscriber's interest too (everything it cached is
+//!   suspect, and registers again when read), so interest tracks what was
+//!   cached since.
 //! - At most `MAX_NAMES` subscriber names are remembered; a read naming
 //!   one more registers nothing (and says so in the log). A stream always
 //!   gets its name.
@@ -62,10 +66,11 @@ pub struct Hub {
     /// Subscribers that declared everything they hold since their last
     /// stream opened here.
     declared: Mutex<std::collections::HashSet<SubscriberId>>,
-    /// Subscribers whose interest was dropped, or whose stream missed
-    /// pushes, since their last stream opened here: their next stream must
-    /// not resume.
-    forgotten: Mutex<std::collections::HashSet<SubscriberId>>,
+    /// Subscribers whose interest was dropped, with the watermark then: no
+    /// stream of theirs resumes from an event at or before it.
+    forgotten_at: Mutex<HashMap<SubscriberId, u64>>,
+    /// `Epoch` pushes so far (a stream that lagged compares).
+    epoch_pushes: std::sync::atomic::AtomicU64,
     /// Keys each subscriber holds, and the most it may.
     held: Mutex<HashMap<SubscriberId, usize>>,
     max_interest: usize,
@@ -89,7 +94,8 @@ impl Hub {
         Self {
             names: RwLock::new(HashMap::new()),
             declared: Mutex::new(Default::default()),
-            forgotten: Mutex::new(Default::default()),
+            forgotten_at: Mutex::new(HashMap::new()),
+            epoch_pushes: Default::default(),
             held: Mutex::new(HashMap::new()),
             max_interest: max_interest.max(1),
             watermark: Mutex::new(0),
@@ -169,7 +175,15 @@ impl Hub {
             max_interest = self.max_interest,
             "a service server holds more keys than max_interest_per_subscriber: its interest is dropped and its stream restarted (it revalidates what it cached)"
         );
-        self.forgotten.lock().insert(subscriber);
+        let at = self.watermark();
+        self.forgotten_at.lock().insert(subscriber, at);
+        self.clear_interest(subscriber);
+        let _ = self.tx.send(Push::Forget(subscriber));
+    }
+
+    /// Drops all of `subscriber`'s interest (its stream did not resume, or
+    /// it was forgotten).
+    pub fn clear_interest(&self, subscriber: SubscriberId) {
         for shard in &self.shards {
             shard.lock().retain(|_, ids| {
                 ids.retain(|id| *id != subscriber);
@@ -177,20 +191,20 @@ impl Hub {
             });
         }
         self.held.lock().remove(&subscriber);
-        let _ = self.tx.send(Push::Forget(subscriber));
     }
 
-    /// Marks `subscriber`'s next stream as one that must not resume (its
-    /// stream missed pushes).
-    pub fn refuse_resume(&self, subscriber: SubscriberId) {
-        self.forgotten.lock().insert(subscriber);
+    /// Whether a stream of `subscriber` may not resume from an event at
+    /// `seq`: its interest was dropped at or after it.
+    pub fn must_not_resume(&self, subscriber: SubscriberId, seq: u64) -> bool {
+        self.forgotten_at
+            .lock()
+            .get(&subscriber)
+            .is_some_and(|at| seq <= *at)
     }
 
-    /// Whether `subscriber`'s interest was dropped (or its stream missed
-    /// pushes) since its last stream opened here; forgets that (the stream
-    /// opening now starts afresh).
-    pub fn take_forgotten(&self, subscriber: SubscriberId) -> bool {
-        self.forgotten.lock().remove(&subscriber)
+    /// `Epoch` pushes so far.
+    pub fn epoch_pushes(&self) -> u64 {
+        self.epoch_pushes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many keys `subscriber` holds here.
@@ -263,6 +277,10 @@ impl Hub {
 
     /// Queues a server-wide event.
     pub fn publish(&self, push: Push) {
+        if matches!(push, Push::Epoch(_)) {
+            self.epoch_pushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let _ = self.tx.send(push);
     }
 
@@ -325,8 +343,10 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Push::Forget(id)) if id == a));
         assert_eq!(hub.interest_of(a), 0);
         assert!(!hub.holds(a, "subscriber", "k0") && hub.holds(b, "subscriber", "k0"));
-        assert!(hub.take_forgotten(a) && !hub.take_forgotten(a));
-        assert!(!hub.take_forgotten(b));
+        // No stream resumes from an event at or before the forgetting.
+        let at = hub.watermark();
+        assert!(hub.must_not_resume(a, at) && !hub.must_not_resume(a, at + 1));
+        assert!(!hub.must_not_resume(b, at));
     }
 
     /// Reads cannot introduce names without end; streams always get one.

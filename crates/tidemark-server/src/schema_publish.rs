@@ -153,9 +153,11 @@ impl SchemaPublication {
     /// The service servers whose streams are open here, with what each
     /// reported (for this instance's heartbeat).
     pub fn local_services(&self) -> Vec<LocalService> {
+        // Lock order: `connected`, then `reports` (as `report` and a
+        // closing stream take them).
+        let connected = self.connected.lock();
         let reports = self.reports.lock();
-        self.connected
-            .lock()
+        connected
             .keys()
             .map(|name| {
                 let r = reports.get(name);
@@ -170,8 +172,20 @@ impl SchemaPublication {
 
     /// Records the version a service server reports it runs, and, if it
     /// ran a newer one than this store's before (`previous`), that the
-    /// restored store's schema went back.
-    pub fn report(&self, subscriber: &str, version: u64, previous: Option<u64>, current: u64) {
+    /// restored store's schema went back. Only while its watch stream is
+    /// open here (checked under the same lock its closing takes, so no
+    /// report outlives its stream); returns false otherwise.
+    pub fn report(
+        &self,
+        subscriber: &str,
+        version: u64,
+        previous: Option<u64>,
+        current: u64,
+    ) -> bool {
+        let connected = self.connected.lock();
+        if !connected.contains_key(subscriber) {
+            return false;
+        }
         if let Some(p) = previous.filter(|p| *p > current) {
             tracing::error!(
                 subscriber,
@@ -189,6 +203,7 @@ impl SchemaPublication {
                 at: chrono::Utc::now().to_rfc3339(),
             },
         );
+        true
     }
 
     /// The refusal of an order naming a column that is only staged: says

@@ -14,7 +14,7 @@ use crate::hub::{Push, SubscriberId};
 use crate::state::AppState;
 use std::sync::Arc;
 use tidemark_api::event::{
-    EpochEvent, EpochReason, EventId, HelloEvent, QuiesceEvent, SyncedEvent,
+    EpochEvent, EpochReason, EventId, HelloEvent, QuiesceEvent, SchemaEvent, SyncedEvent,
 };
 use tidemark_api::{RecordAnswer, WatchEvent};
 use tidemark_store::{Change, StoreError};
@@ -31,14 +31,14 @@ pub async fn open(
     last_event_id: Option<&str>,
 ) -> Result<mpsc::Receiver<IdEvent>, StoreError> {
     let id = app.hub.subscriber(name);
+    // Subscribed first: a push from here on reaches this stream.
+    let queue = app.hub.subscribe();
+    let epochs_seen = app.hub.epoch_pushes();
     // In a cluster, interest known here is complete only if the subscriber
     // declared it just before this stream (it may have read elsewhere).
     // Taken first, so a failed open leaves none for the next.
     let clustered = app.cluster.is_some();
     let declared = app.hub.take_declared(id) && clustered;
-    // Interest dropped since the last stream: nothing may resume.
-    let forgotten = app.hub.take_forgotten(id);
-    let queue = app.hub.subscribe();
     let meta = app.store.meta().await?;
     let last = last_event_id.map(|s| s.parse::<EventId>());
     let (cursor, resumed, cannot_resume) = match last {
@@ -48,7 +48,7 @@ pub async fn open(
                 && eid.seq <= meta.seq
                 && eid.seq + 1 >= meta.log_floor
                 && (!clustered || declared)
-                && !forgotten
+                && !app.hub.must_not_resume(id, eid.seq)
                 && caught_up(app, eid.seq).await =>
         {
             (eid.seq, true, false)
@@ -56,6 +56,12 @@ pub async fn open(
         Some(_) => (start(app, meta.seq), false, true),
         None => (start(app, meta.seq), false, false),
     };
+    if cannot_resume {
+        // Everything the subscriber cached is suspect now and registers
+        // again when read: interest starts afresh (see `hub.rs`). Not on a
+        // first stream: a client may register keys before it watches.
+        app.hub.clear_interest(id);
+    }
     tracing::info!(subscriber = %name, cursor, resumed, cannot_resume, "watch stream opened");
     let (tx, rx) = mpsc::channel(1024);
     let stream = WatchStream {
@@ -63,6 +69,7 @@ pub async fn open(
         id,
         epoch: meta.epoch,
         cursor,
+        epochs_seen,
         tx,
     };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
@@ -115,6 +122,8 @@ struct WatchStream {
     epoch: u64,
     /// The last change-log seq this subscriber has been brought up to.
     cursor: u64,
+    /// The hub's `Epoch` pushes this stream has had (or that came before it).
+    epochs_seen: u64,
     tx: mpsc::Sender<IdEvent>,
 }
 
@@ -230,6 +239,39 @@ impl WatchStream {
         }
     }
 
+    /// Catches up after skipped pushes: changes from the change log, then
+    /// what the log does not hold, as it stands now: an `epoch` event if
+    /// one was skipped (the subscriber revalidates), the schema version and
+    /// the quiesce notice (or its cancel). A skipped `Forget` of this
+    /// subscriber ends the stream.
+    async fn after_lag(&mut self) -> bool {
+        if self.app.hub.must_not_resume(self.id, self.cursor) {
+            return false;
+        }
+        if !self.replay().await {
+            return false;
+        }
+        let epochs = self.app.hub.epoch_pushes();
+        if epochs > self.epochs_seen {
+            self.epochs_seen = epochs;
+            let ev = EpochEvent {
+                epoch: self.epoch,
+                reason: EpochReason::CannotResume,
+            };
+            if !self.send(WatchEvent::Epoch(ev)).await {
+                return false;
+            }
+        }
+        let version = self.app.store.schema().version;
+        if !self.send(WatchEvent::Schema(SchemaEvent { version })).await {
+            return false;
+        }
+        let notice = self.app.quiesce.notice();
+        let cancelled = notice.is_none();
+        self.send(WatchEvent::Quiesce(QuiesceEvent { notice, cancelled }))
+            .await
+    }
+
     async fn run(
         mut self,
         mut queue: broadcast::Receiver<Push>,
@@ -286,6 +328,7 @@ impl WatchStream {
                     !holders.contains(&self.id) || self.send_change(&c).await
                 }
                 Ok(Push::Epoch(e)) => {
+                    self.epochs_seen += 1;
                     self.epoch = e.epoch;
                     self.send(WatchEvent::Epoch(e)).await
                 }
@@ -296,16 +339,11 @@ impl WatchStream {
                 // cannot resume (`open`).
                 Ok(Push::Forget(id)) => id != self.id,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    // Skipped pushes may include events the change log does
-                    // not hold (epoch reasons, schema, quiesce): the stream
-                    // ends, and the next one starts afresh (`epoch`), so the
-                    // subscriber revalidates everything.
                     tracing::warn!(
                         skipped = n,
-                        "watch stream fell behind the push queue (push_queue); ending it, its subscriber reconnects and revalidates"
+                        "watch stream fell behind the push queue (push_queue); catching up from the change log"
                     );
-                    self.app.hub.refuse_resume(self.id);
-                    false
+                    self.after_lag().await
                 }
                 Err(broadcast::error::RecvError::Closed) => false,
             };
@@ -337,11 +375,12 @@ mod tests {
         }
     }
 
-    /// A stream that falls behind the push queue ends, and the next one
-    /// cannot resume: skipped pushes may have held events the change log
-    /// does not (here a schema event). Before, it replayed the log only.
+    /// A stream that falls behind the push queue catches up on what the
+    /// change log cannot replay: a skipped `epoch` event (here flags_added)
+    /// comes as one, then the schema version and the quiesce state as they
+    /// stand. Before, it replayed the log only, and those were lost.
     #[tokio::test]
-    async fn a_stream_that_falls_behind_ends_and_the_next_does_not_resume() {
+    async fn a_stream_that_falls_behind_is_told_what_the_log_cannot_replay() {
         let config = crate::config::ServerConfig {
             push_queue: 16,
             ..Default::default()
@@ -350,23 +389,28 @@ mod tests {
         let app = &t.app;
         let mut rx = open(app, "svc", None).await.unwrap();
         // On this (current-thread) runtime the stream's task has not run
-        // yet: the queue overflows before it reads.
+        // yet: the queue overflows before it reads, dropping the epoch.
+        app.hub.publish(Push::Epoch(EpochEvent {
+            epoch: 1,
+            reason: EpochReason::FlagsAdded,
+        }));
         for version in 0..20 {
             app.hub
-                .publish(crate::hub::Push::Schema(tidemark_api::event::SchemaEvent {
-                    version,
-                }));
+                .publish(Push::Schema(tidemark_api::event::SchemaEvent { version }));
         }
-        let mut last_id = None;
-        let wait = std::time::Duration::from_secs(5);
-        while let Some((id, _)) = tokio::time::timeout(wait, rx.recv())
-            .await
-            .expect("the stream ends")
-        {
-            last_id = Some(id);
+        let mut epochs = 0;
+        loop {
+            match next(&mut rx).await.1 {
+                WatchEvent::Epoch(_) => epochs += 1,
+                WatchEvent::Schema(s) => assert_eq!(s.version, app.store.schema().version),
+                WatchEvent::Quiesce(q) => {
+                    assert!(q.cancelled && q.notice.is_none());
+                    break;
+                }
+                _ => {}
+            }
         }
-        let mut rx = open(app, "svc", last_id.as_deref()).await.unwrap();
-        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
+        assert_eq!(epochs, 1, "the skipped epoch event is made up for");
     }
 
     /// A subscriber over its interest limit loses its stream, and the next

@@ -285,16 +285,23 @@ pub async fn read(
         // deadline, and a read that may fall back on its cached copy waits
         // only briefly: a DB server that hangs (a partition) does not hang
         // the terminals (P4, P9).
-        let mut budget = deadline.saturating_duration_since(Instant::now());
+        let full = deadline.saturating_duration_since(Instant::now());
+        let mut budget = full;
         if freshness == Freshness::StaleOk && shared.cache.get(table, key).is_some() {
             budget = budget.min(STALE_OK_WAIT);
         }
+        let base = shared.client.base().to_owned();
         let answer = tokio::time::timeout(
             budget,
             shared.upstream.get_record(table, key, &shared.config.id),
         )
         .await;
         let Ok(answer) = answer else {
+            if budget == full && shared.client.move_on(&base) {
+                // The instance did not answer within a whole deadline: the
+                // next read (and the stream) try another.
+                tracing::warn!(from = %base, to = %shared.client.base(), "DB-server instance did not answer a read in time; moving to another");
+            }
             if let Some(served) = fallback(shared, table, key, freshness) {
                 return Ok(served);
             }

@@ -155,17 +155,6 @@ pub async fn ack(
             "'subscriber' must be 1 to 128 printable characters: the service server's name",
         ));
     }
-    // Only the instance the stream is open at counts it (and memory holds
-    // reports of open streams only).
-    if !app.schema.is_connected(&a.subscriber) {
-        return Err(HttpError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "no watch stream of subscriber '{}' is open at this DB server; a service server reports its schema version to the instance its watch stream is open at",
-                a.subscriber.escape_debug()
-            ),
-        ));
-    }
     if app.auth.any() {
         if let Err(owner) = app.auth.bind_subscriber(&a.subscriber, &caller.0).await {
             return Err(HttpError::new(
@@ -177,12 +166,21 @@ pub async fn ack(
             ));
         }
     }
-    app.schema.report(
-        &a.subscriber,
-        a.version,
-        a.previous,
-        app.store.schema().version,
-    );
+    // Only the instance the stream is open at counts it (and memory holds
+    // reports of open streams only).
+    let current = app.store.schema().version;
+    if !app
+        .schema
+        .report(&a.subscriber, a.version, a.previous, current)
+    {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "no watch stream of subscriber '{}' is open at this DB server; a service server reports its schema version to the instance its watch stream is open at",
+                a.subscriber.escape_debug()
+            ),
+        ));
+    }
     Ok(Json(
         serde_json::json!({"version": app.store.schema().version}),
     ))

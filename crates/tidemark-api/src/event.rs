@@ -57,6 +57,10 @@ pub enum EpochReason {
     /// a source the backup did not know): answers given as current before
     /// may be outdated now.
     FlagsAdded,
+    /// A reason a newer DB server gives that this build does not know: the
+    /// event still means "revalidate what you cached".
+    #[serde(other)]
+    Other,
 }
 
 /// Payload of the `epoch` event.

@@ -18,8 +18,18 @@ pub const NOTES: &[&str] = &["tokens", "subscribers", "audit"];
 #[derive(Debug, Clone, Default)]
 pub struct LiveAccess(Option<Vec<(&'static str, Option<String>)>>);
 
-/// Reads the live store's access notes.
+/// Reads the live store's access notes. A live store that never had a
+/// token (a server started once on the emptied data directory before the
+/// restore) gives none: the backup's stay.
 pub async fn read(live: &dyn Store) -> LiveAccess {
+    match live.note(NOTES[0]).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return LiveAccess(None),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the live store's tokens; the restored data keeps the backup's: check 'tidemark token list' after the restore");
+            return LiveAccess(None);
+        }
+    }
     let mut notes = Vec::new();
     for name in NOTES {
         match live.note(name).await {

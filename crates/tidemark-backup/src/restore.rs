@@ -157,7 +157,11 @@ pub async fn run(
 
     layout::swap_current(&opts.data_dir, &gen_name).map_err(BackupError::io(&opts.data_dir))?;
     staged.keep();
-    layout::unmark_staged(&gen).map_err(BackupError::io(&gen))?;
+    // The new state is in use already: a mark left behind only keeps the
+    // generation from being taken for garbage, which `current` does too.
+    if let Err(e) = layout::unmark_staged(&gen) {
+        tracing::warn!(error = %e, generation = %gen.display(), "could not remove the staging mark of the restored generation; it is in use all the same");
+    }
     failpoint::hit("restore.after_swap");
     layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
     layout::remove_flat_store(&opts.data_dir);

@@ -435,6 +435,12 @@ impl PgStore {
         // Columns added since format 1, each with a default, so older and
         // newer builds share a store. Only when missing: ALTER TABLE would
         // wait for every open transaction on the table.
+        // Bounded: an ALTER waits for every open transaction on the table (a
+        // backup streaming, say) and holds up every write meanwhile; a
+        // lock timeout fails this start, which is retried.
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+            .await
+            .map_err(engine_error)?;
         for (table, column, ty) in ADDED_COLUMNS {
             let present = tx
                 .query_opt(

@@ -177,7 +177,6 @@ impl SqliteStore {
                 StoreError::Format(format!("{} is not a Tidemark store: {e}", path.display()))
             })?;
         writer.execute_batch(INTERNAL_DDL)?;
-        add_missing_columns(&writer)?;
         writer.execute_batch(lww::DDL)?;
         if is_new {
             let tx = writer.unchecked_transaction()?;
@@ -199,6 +198,8 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        // Only a store of this format is changed.
+        add_missing_columns(&writer)?;
         let schema = catalog::load(&writer, meta_u64(&writer, "schema_version")?)?;
         let epoch = meta_u64(&writer, "epoch")?;
         let seq = meta_u64(&writer, "seq")?;

@@ -9,7 +9,8 @@ pub async fn run(config: ServerConfig, a: CleanupArgs) -> anyhow::Result<()> {
         Some("postgres") => true,
         Some("sqlite") => false,
         Some(other) => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
-        None => config.store == StoreKind::Postgres,
+        // An explicit data directory is the embedded engine's.
+        None => a.data_dir.is_none() && config.store == StoreKind::Postgres,
     };
     let (what, removed) = if postgres {
         let Some(url) = a

@@ -189,6 +189,6 @@ fn print_carried(carried: &[u64], access: bool) {
     if access {
         println!("tokens and audit log: kept as the live store had them");
     } else {
-        println!("tokens and audit log: the backup's (no live store to keep them from); revoke any token revoked since the backup again ('tidemark token list')");
+        println!("tokens and audit log: the backup's (no live store, or one without tokens, to keep them from); revoke any token revoked since the backup again ('tidemark token list')");
     }
 }

@@ -396,7 +396,7 @@ async fn a_restore_keeps_the_tokens_of_the_live_store() {
             printed.contains("kept as the live store had them"),
             "{printed}"
         );
-        let db = db_server_on(dir, engine, &[]).await;
+        let mut db = db_server_on(dir, engine, &[]).await;
         let state = format!("{}/v1/state", db.url);
         let (s, _) = call("GET", &state, Some(&leaked), "").await;
         assert_eq!(
@@ -408,5 +408,18 @@ async fn a_restore_keeps_the_tokens_of_the_live_store() {
             s, 200,
             "{engine:?}: a token created after the backup works: {b}"
         );
+
+        // The data lost, and a server started once on the empty store
+        // before the restore: that store has no tokens, so the backup's
+        // stay (before, the restore wiped them all).
+        db.terminate();
+        lose_data(dir, engine).await;
+        let mut empty = db_server_on(dir, engine, &[]).await;
+        empty.terminate();
+        let printed = run_ok(dir, &strs(&restore_args(dir, engine, &bk)));
+        assert!(printed.contains("the backup's"), "{printed}");
+        let db = db_server_on(dir, engine, &[]).await;
+        let (s, b) = call("GET", &format!("{}/v1/state", db.url), Some(&admin), "").await;
+        assert_eq!(s, 200, "{engine:?}: the backup's admin token works: {b}");
     }
 }

@@ -343,9 +343,22 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let plan = replay_plan(&journals, &from);
     // An order whose acknowledgement was never recorded was made before
     // the restore: it is older than every order of the recovery (the
-    // restored epoch), newer than every acknowledged one before it.
-    let unacknowledged =
-        (status.epoch > 0).then(|| Version::new(status.epoch - 1, i64::MAX as u64));
+    // restored epoch), newer than every acknowledged one before it. Each
+    // gets its own place, in plan order (its source's order), at the end
+    // of the epoch before: orders of one batch whose acknowledgements were
+    // lost together must not tie, or a later one (an upsert after a
+    // delete) loses to an earlier one. A rerun gives the rest the same
+    // places: they are the tail of the plan.
+    let mut unacked_left = plan
+        .iter()
+        .filter(|&&(j, e)| journals[j].ack(journals[j].entries()[e].seq).is_none())
+        .count() as u64;
+    let mut unacknowledged = || {
+        let v = (status.epoch > 0)
+            .then(|| Version::new(status.epoch - 1, i64::MAX as u64 - unacked_left));
+        unacked_left = unacked_left.saturating_sub(1);
+        v
+    };
     let b = bar(opts.progress, plan.len() as u64, "replaying");
     for batch in plan.chunks(opts.batch.max(1)) {
         let orders: Vec<_> = batch
@@ -353,7 +366,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             .map(|&(j, e)| {
                 let entry = &journals[j].entries()[e];
                 let mut o = entry.order(journals[j].source());
-                o.origin = journals[j].ack(entry.seq).or(unacknowledged);
+                o.origin = journals[j].ack(entry.seq).or_else(&mut unacknowledged);
                 o
             })
             .collect();

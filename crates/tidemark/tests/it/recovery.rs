@@ -643,3 +643,34 @@ async fn a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one_
         }
     }
 }
+
+/// P10: orders whose acknowledgements were all lost (a batch, or a whole
+/// run, killed before it recorded them) replay in their journal order. Key
+/// 0 got three upserts after the backup (gold-0, gold-1, gold-2): with one
+/// shared origin they tied, and the first won.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_whose_acknowledgements_were_all_lost_replay_in_journal_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut w = disaster_on(dir, Engine::Sqlite).await;
+    let acks = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "acks"))
+        .expect("an acknowledgements file");
+    let text = std::fs::read_to_string(&acks).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let kept = &lines[..lines.len() - w.after_backup];
+    std::fs::write(&acks, kept.join("\n") + "\n").unwrap();
+    w.db = restore_and_restart(dir, &mut w).await;
+    let out = recover(dir, &w.db.url, &w.backup, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for k in &w.keys {
+        let (s, b) = get_json(&key_url(&w.db.url, k)).await;
+        assert!(w.model.is_latest(k, s, &b), "{k}: {s} {b}");
+    }
+}

@@ -73,6 +73,49 @@ pub struct Journal {
     acks_path: PathBuf,
     /// The version each order was last acknowledged with, by seq.
     acks: HashMap<u64, Version>,
+    /// `SOURCE.lock`, held exclusively while this value lives: one run at a
+    /// time appends to (or replays) a source's journal.
+    _lock: std::fs::File,
+}
+
+/// How long a run waits for another one using the same journal.
+#[cfg(not(test))]
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+#[cfg(test)]
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Takes `dir/SOURCE.lock` exclusively, waiting up to [`LOCK_PATIENCE`].
+fn lock_source(dir: &Path, source: &str) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(format!("{source}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let until = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another 'tidemark ops submit' or 'ops recover' is using the journal of source '{source}' in {}; wait for it to finish, then run this again",
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Makes a new directory entry in `dir` durable.
+fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 fn valid_source(source: &str) -> bool {
@@ -91,8 +134,14 @@ impl Journal {
                 "source name {source:?} is invalid: use 1 to 128 letters, digits, '-', '_' or '.'"
             );
         }
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating journal directory {}", dir.display()))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating journal directory {}", dir.display()))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fsync_dir(parent)?;
+            }
+        }
+        let lock = lock_source(dir, source)?;
         let path = dir.join(format!("{source}.journal"));
         let mut entries = Vec::new();
         let mut inputs: HashMap<String, usize> = HashMap::new();
@@ -143,6 +192,7 @@ impl Journal {
             inputs,
             acks_path,
             acks,
+            _lock: lock,
         })
     }
 
@@ -173,6 +223,7 @@ impl Journal {
             )?;
             buf.push(b'\n');
         }
+        let new = !self.acks_path.exists();
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,6 +232,11 @@ impl Journal {
         f.write_all(&buf)
             .and_then(|_| f.sync_data())
             .with_context(|| format!("appending to {}", self.acks_path.display()))?;
+        if new {
+            if let Some(dir) = self.acks_path.parent() {
+                fsync_dir(dir)?;
+            }
+        }
         for (seq, version) in acks {
             self.acks.insert(*seq, *version);
         }
@@ -230,6 +286,7 @@ impl Journal {
             buf.push(b'\n');
             fresh.push(e);
         }
+        let new = !self.path.exists();
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
@@ -239,6 +296,11 @@ impl Journal {
             .with_context(|| format!("appending to journal {}", self.path.display()))?;
         f.sync_all()
             .with_context(|| format!("syncing journal {}", self.path.display()))?;
+        if new {
+            if let Some(dir) = self.path.parent() {
+                fsync_dir(dir)?;
+            }
+        }
         *self.inputs.entry(digest.to_owned()).or_default() += fresh.len();
         self.entries.extend(fresh);
         Ok(&self.entries[start..])
@@ -248,11 +310,24 @@ impl Journal {
 /// Reads an acknowledgement file. A torn last line (a crash mid-append) is
 /// ignored: that order is then replayed without an origin.
 fn load_acks(path: &Path) -> anyhow::Result<HashMap<u64, Version>> {
-    let bytes = match std::fs::read(path) {
+    let mut bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    // A torn last line (a crash mid-append) is cut off, so the next append
+    // starts on a line of its own.
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    if whole < bytes.len() {
+        tracing::warn!(file = %path.display(), "dropping a torn last acknowledgement left by a crash");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.set_len(whole as u64)?;
+        f.sync_all()?;
+        bytes.truncate(whole);
+    }
     let mut acks = HashMap::new();
     let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     for (n, line) in lines.iter().enumerate() {
@@ -322,6 +397,7 @@ mod tests {
         let mut j = Journal::open(dir.path(), "ops-1").unwrap();
         assert_eq!(j.last_seq(), 2);
         j.append("d1", 2, &orders(1)).unwrap();
+        drop(j);
         let j = Journal::open(dir.path(), "ops-1").unwrap();
         assert_eq!(j.last_seq(), 3);
     }
@@ -340,10 +416,35 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":3,\"vers").unwrap();
         drop(f);
+        {
+            let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+            assert_eq!(j.ack(1), Some(Version::new(1, 10)));
+            assert_eq!(j.ack(2), Some(Version::new(2, 3)));
+            assert_eq!(j.ack(3), None, "a torn line is no acknowledgement");
+            // The next append starts on a line of its own: before, it
+            // joined the torn line and the file could no longer be read.
+            j.record_acks(&[(3, Version::new(2, 4))]).unwrap();
+        }
         let j = Journal::open(dir.path(), "ops-1").unwrap();
-        assert_eq!(j.ack(1), Some(Version::new(1, 10)));
-        assert_eq!(j.ack(2), Some(Version::new(2, 3)));
-        assert_eq!(j.ack(3), None, "a torn line is no acknowledgement");
+        assert_eq!(j.ack(3), Some(Version::new(2, 4)));
+    }
+
+    /// One run at a time uses a source's journal; the next waits for it
+    /// (here: gives up after its patience), and gets it once it ends.
+    #[test]
+    fn one_run_at_a_time_uses_a_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path(), "ops-1").unwrap();
+        let Err(err) = Journal::open(dir.path(), "ops-1") else {
+            panic!("a second run is refused meanwhile");
+        };
+        assert!(err.to_string().contains("wait for it to finish"), "{err}");
+        assert!(
+            Journal::open(dir.path(), "ops-2").is_ok(),
+            "other sources are free"
+        );
+        drop(first);
+        assert!(Journal::open(dir.path(), "ops-1").is_ok());
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     let digest = digest.finalize().to_hex().to_string();
 
     let mut journal = Journal::open(&opts.journal, &opts.source)?;
+    let journaled_before = journal.last_seq();
     let done = journal.journaled_from(&digest);
     if done > orders.len() {
         anyhow::bail!("the journal holds {done} orders of this input but it has only {}; the journal does not match", orders.len());
@@ -136,6 +137,24 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             opts.source,
             journal.last_seq()
         );
+    }
+    if high_water < journaled_before {
+        // Orders journaled by earlier runs are missing from the DB server.
+        // After a restore they are the difference data: only `ops recover`
+        // replays them in their original order (sent here, they would be
+        // taken for the newest writes).
+        let status: tidemark_api::RecoveryStatus = client.get_json("/v1/recovery").await?;
+        if status.state == tidemark_api::RecoveryState::Recovering
+            && status.waiting_for_sources.contains(&opts.source)
+        {
+            anyhow::bail!(
+                "the DB server is recovering and lacks orders {}..={} of source '{}' journaled earlier: run 'tidemark ops recover --journal {} --backup BACKUP_DIR' first (it replays them in their original order), then run this again; this input is journaled",
+                high_water + 1,
+                journaled_before,
+                opts.source,
+                opts.journal.display()
+            );
+        }
     }
     let pending = journal.entries()[high_water as usize..].to_vec();
     let bar = if opts.progress {

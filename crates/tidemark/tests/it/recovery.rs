@@ -663,7 +663,34 @@ async fn orders_whose_acknowledgements_were_all_lost_replay_in_journal_order() {
     let kept = &lines[..lines.len() - w.after_backup];
     std::fs::write(&acks, kept.join("\n") + "\n").unwrap();
     w.db = restore_and_restart(dir, &mut w).await;
+    // A new order of the source before its recovery is journaled but not
+    // sent: it would send the source's missing orders as the newest writes.
+    let new = w.model.line(&key(0), "upsert", json!({"plan": "after"}));
+    let journal = dir.join("journal");
+    let journal = journal.to_str().unwrap();
+    let submit = [
+        "ops",
+        "submit",
+        "--db",
+        &w.db.url,
+        "--journal",
+        journal,
+        "-",
+    ];
+    let out = run(dir, &submit, Some(new.as_bytes()), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("ops recover"),
+        "{err}"
+    );
     let out = recover(dir, &w.db.url, &w.backup, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Recovered, the same submit sends it.
+    let out = run(dir, &submit, Some(new.as_bytes()), &[]);
     assert!(
         out.status.success(),
         "{}",

@@ -46,6 +46,11 @@ pub struct SubmitReport {
     pub high_water: u64,
 }
 
+/// At most this many applied orders without a recorded acknowledgement are
+/// sent again to learn their versions (a run killed between the server's
+/// answer and the journal's record leaves at most a few batches).
+const RESEND_UNACKNOWLEDGED: u64 = 3_000;
+
 /// For an order naming a table or column the schema in force lacks: says
 /// so if the DB server has it staged but not published (the schema is
 /// fetched for every run, so a published one is always seen).
@@ -156,7 +161,20 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             );
         }
     }
-    let pending = journal.entries()[high_water as usize..].to_vec();
+    // Orders the server applied whose acknowledgements a killed run never
+    // recorded are sent again (the server answers them as duplicates, with
+    // the version they were applied with while its log still has it): a
+    // later recovery replays them at their places.
+    let mut from = high_water;
+    while from > 0 && journal.ack(from).is_none() && high_water - from < RESEND_UNACKNOWLEDGED {
+        from -= 1;
+    }
+    let from = if journal.ack(from).is_some() || from == 0 {
+        from
+    } else {
+        high_water
+    };
+    let pending = journal.entries()[from as usize..].to_vec();
     let bar = if opts.progress {
         ProgressBar::new(pending.len() as u64)
     } else {

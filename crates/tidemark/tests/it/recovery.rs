@@ -597,11 +597,7 @@ async fn a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one_
     let mut w = disaster_on(dir, engine).await;
     // The last order submitted (a delete of key 109) lost its
     // acknowledgement: its line leaves the acknowledgements file.
-    let acks = std::fs::read_dir(dir.join("journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "acks"))
-        .expect("an acknowledgements file");
+    let acks = acks_file(dir);
     let text = std::fs::read_to_string(&acks).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     lines.pop().expect("acknowledgements");
@@ -644,6 +640,15 @@ async fn a_replayed_order_whose_acknowledgement_was_lost_never_beats_a_live_one_
     }
 }
 
+/// The OpS's acknowledgements file in `dir/journal` (one source).
+fn acks_file(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "acks"))
+        .expect("an acknowledgements file")
+}
+
 /// P10: orders whose acknowledgements were all lost (a batch, or a whole
 /// run, killed before it recorded them) replay in their journal order. Key
 /// 0 got three upserts after the backup (gold-0, gold-1, gold-2): with one
@@ -653,11 +658,7 @@ async fn orders_whose_acknowledgements_were_all_lost_replay_in_journal_order() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut w = disaster_on(dir, Engine::Sqlite).await;
-    let acks = std::fs::read_dir(dir.join("journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "acks"))
-        .expect("an acknowledgements file");
+    let acks = acks_file(dir);
     let text = std::fs::read_to_string(&acks).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let kept = &lines[..lines.len() - w.after_backup];
@@ -699,5 +700,32 @@ async fn orders_whose_acknowledgements_were_all_lost_replay_in_journal_order() {
     for k in &w.keys {
         let (s, b) = get_json(&key_url(&w.db.url, k)).await;
         assert!(w.model.is_latest(k, s, &b), "{k}: {s} {b}");
+    }
+}
+
+/// An `ops submit` killed between the server's answer and the journal's
+/// record leaves applied orders without acknowledgements; the next run
+/// sends them again and records the versions the server applied them with
+/// (its duplicate answers), so a later recovery has their places.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_acknowledgements_are_learned_again_by_the_next_submit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let mut model = Model::default();
+    let mut input = String::new();
+    for i in 0..5 {
+        input += &model.line(&key(i), "upsert", json!({"plan": "a"}));
+    }
+    ops_submit(dir, &db.url, &input, &[]);
+    let acks = acks_file(dir);
+    let before = std::fs::read_to_string(&acks).unwrap();
+    let lines: Vec<&str> = before.lines().collect();
+    std::fs::write(&acks, lines[..2].join("\n") + "\n").unwrap();
+    let more = model.line(&key(5), "upsert", json!({"plan": "b"}));
+    ops_submit(dir, &db.url, &more, &[]);
+    let after = std::fs::read_to_string(&acks).unwrap();
+    for line in &lines {
+        assert!(after.contains(line), "{line} learned again: {after}");
     }
 }

@@ -279,6 +279,27 @@ impl Cache {
         out
     }
 
+    /// Drops every entry of a table `keep` rejects (a table the schema in
+    /// force no longer has: dropped by a rollback, perhaps recreated later
+    /// with no rows and no tombstones, so a cached copy could not be told
+    /// outdated by the DB server's answers). Returns how many went.
+    pub fn retain_tables(&self, keep: impl Fn(&str) -> bool) -> usize {
+        let mut gone = 0;
+        for s in &self.shards {
+            let mut shard = s.write();
+            let doomed: Vec<Box<str>> = shard
+                .iter()
+                .filter(|(slot, _)| slot.split_once('\0').is_some_and(|(t, _)| !keep(t)))
+                .map(|(slot, _)| slot.clone())
+                .collect();
+            for slot in doomed {
+                shard.pop(&slot);
+                gone += 1;
+            }
+        }
+        gone
+    }
+
     /// Every entry, for a snapshot.
     pub fn entries(&self) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -323,6 +344,20 @@ mod tests {
         (missing.key, missing.found, missing.fields, missing.version) =
             ("gone".into(), false, None, None);
         assert_eq!(c.offer(&missing, Origin::Push).version(), None);
+    }
+
+    /// A table the schema no longer has takes its cached records with it:
+    /// recreated, its rows and tombstones are gone, and a not-found answer
+    /// without a version could never replace a copy cached before.
+    #[test]
+    fn the_records_of_a_dropped_table_go() {
+        let c = Cache::new(1000);
+        c.offer(&answer(5, "gold", false), Origin::Push);
+        let mut other = answer(6, "x", false);
+        other.table = "device".into();
+        c.offer(&other, Origin::Push);
+        assert_eq!(c.retain_tables(|t| t == "subscriber"), 1);
+        assert!(c.get("device", "k").is_none() && c.get("subscriber", "k").is_some());
     }
 
     #[test]

@@ -70,6 +70,17 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
         }
     };
     let before = shared.schema_version.swap(version, Ordering::SeqCst);
+    if before != version {
+        if let Some(tables) = schema["tables"].as_object() {
+            let gone = shared.cache.retain_tables(|t| tables.contains_key(t));
+            if gone > 0 {
+                tracing::info!(
+                    gone,
+                    "cached records of tables the schema no longer has dropped"
+                );
+            }
+        }
+    }
     if before != 0 && before != version {
         let generation = shared.cache.bump_generation();
         shared.changes.fetch_add(1, Ordering::Relaxed);

@@ -134,7 +134,10 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     journal.append(&digest, done, &orders[done..])?;
     tidemark_failpoint::hit("ops.submit.after_journal");
 
-    let marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
+    let marks: BTreeMap<String, u64> = client
+        .get_json("/v1/sources")
+        .await
+        .context("the orders are journaled; run the same command again to submit them")?;
     let high_water = marks.get(&opts.source).copied().unwrap_or(0);
     if high_water > journal.last_seq() {
         anyhow::bail!(

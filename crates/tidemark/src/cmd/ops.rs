@@ -46,6 +46,11 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
             report.high_water
         );
     }
+    if report.input_orders > 0 && report.already_journaled == report.input_orders {
+        eprintln!(
+            "note: this input was journaled before, so it was resumed, not sent as new orders; to send the same orders again as new ones, add --again"
+        );
+    }
     Ok(())
 }
 

@@ -728,4 +728,8 @@ async fn lost_acknowledgements_are_learned_again_by_the_next_submit() {
     for line in &lines {
         assert!(after.contains(line), "{line} learned again: {after}");
     }
+    // The same input again is resumed, not sent anew, and it says so.
+    let out = ops_submit(dir, &db.url, &more, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--again"), "{err}");
 }

@@ -137,8 +137,9 @@ impl Journal {
         if !dir.exists() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating journal directory {}", dir.display()))?;
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fsync_dir(parent)?;
+            match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => fsync_dir(p)?,
+                _ => fsync_dir(Path::new("."))?,
             }
         }
         let lock = lock_source(dir, source)?;

@@ -370,18 +370,23 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
                 o
             })
             .collect();
-        let resp = send_with_retry(&client, &orders).await?;
-        for ((&(j, _), r), o) in batch.iter().zip(&resp.results).zip(&orders) {
-            report.sources[j].replayed += 1;
-            // The first acknowledgement stays: it is the order's place in
-            // the original commit order, which a later recovery from the
-            // same backup needs again (the replay's own version is not).
-            // One never recorded is recorded as the place it was given.
-            if r.version.is_some() && journals[j].ack(r.seq).is_none() {
-                if let Some(origin) = o.origin {
-                    journals[j].record_acks(&[(r.seq, origin)])?;
-                }
+        // The first acknowledgement stays: it is the order's place in the
+        // original commit order, which a later recovery from the same backup
+        // needs again (the replay's own version is not). One never recorded
+        // is recorded as the place it is given, before it is sent, so no
+        // later run can record the replay's version for it instead.
+        let mut places: BTreeMap<usize, Vec<(u64, Version)>> = BTreeMap::new();
+        for (&(j, _), o) in batch.iter().zip(&orders) {
+            if let (None, Some(origin)) = (journals[j].ack(o.seq), o.origin) {
+                places.entry(j).or_default().push((o.seq, origin));
             }
+        }
+        for (j, acks) in places {
+            journals[j].record_acks(&acks)?;
+        }
+        let resp = send_with_retry(&client, &orders).await?;
+        for &(j, _) in batch.iter().take(resp.results.len()) {
+            report.sources[j].replayed += 1;
         }
         b.inc(orders.len() as u64);
         tidemark_failpoint::hit("ops.recover.after_batch");

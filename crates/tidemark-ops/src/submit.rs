@@ -46,6 +46,39 @@ pub struct SubmitReport {
     pub high_water: u64,
 }
 
+/// Refuses, before anything is journaled, to send orders an earlier run
+/// journaled that the DB server lacks while it is recovering: after a
+/// restore they are the difference data, and only `ops recover` replays
+/// them in their original order (sent here, they would be taken for the
+/// newest writes). The caller holds the source's journal lock.
+async fn refuse_during_recovery(
+    client: &DbClient,
+    source: &str,
+    journal: &std::path::Path,
+    journaled_before: u64,
+) -> anyhow::Result<()> {
+    if journaled_before == 0 {
+        return Ok(());
+    }
+    let marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
+    let high_water = marks.get(source).copied().unwrap_or(0);
+    if high_water >= journaled_before {
+        return Ok(());
+    }
+    let status: tidemark_api::RecoveryStatus = client.get_json("/v1/recovery").await?;
+    if status.state == tidemark_api::RecoveryState::Recovering
+        && !status.waived_sources.iter().any(|s| s == source)
+    {
+        anyhow::bail!(
+            "the DB server is recovering and lacks orders {}..={} of source '{source}' journaled earlier: run 'tidemark ops recover --journal {} --backup BACKUP_DIR' first (it replays them in their original order), then run this again; nothing was journaled",
+            high_water + 1,
+            journaled_before,
+            journal.display()
+        );
+    }
+    Ok(())
+}
+
 /// At most this many applied orders without a recorded acknowledgement are
 /// sent again to learn their versions (a run killed between the server's
 /// answer and the journal's record leaves at most a few batches).
@@ -131,6 +164,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             "this input was journaled before; resuming it (use --again to submit it as new orders)"
         );
     }
+    refuse_during_recovery(&client, &opts.source, &opts.journal, journaled_before).await?;
     journal.append(&digest, done, &orders[done..])?;
     tidemark_failpoint::hit("ops.submit.after_journal");
 
@@ -145,24 +179,6 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             opts.source,
             journal.last_seq()
         );
-    }
-    if high_water < journaled_before {
-        // Orders journaled by earlier runs are missing from the DB server.
-        // After a restore they are the difference data: only `ops recover`
-        // replays them in their original order (sent here, they would be
-        // taken for the newest writes).
-        let status: tidemark_api::RecoveryStatus = client.get_json("/v1/recovery").await?;
-        if status.state == tidemark_api::RecoveryState::Recovering
-            && status.waiting_for_sources.contains(&opts.source)
-        {
-            anyhow::bail!(
-                "the DB server is recovering and lacks orders {}..={} of source '{}' journaled earlier: run 'tidemark ops recover --journal {} --backup BACKUP_DIR' first (it replays them in their original order), then run this again; this input is journaled",
-                high_water + 1,
-                journaled_before,
-                opts.source,
-                opts.journal.display()
-            );
-        }
     }
     // Orders the server applied whose acknowledgements a killed run never
     // recorded are sent again (the server answers them as duplicates, with

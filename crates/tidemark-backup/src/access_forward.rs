@@ -22,17 +22,11 @@ pub struct LiveAccess(Option<Vec<(&'static str, Option<String>)>>);
 /// token (a server started once on the emptied data directory before the
 /// restore) gives none: the backup's stay.
 pub async fn read(live: &dyn Store) -> LiveAccess {
-    match live.note(NOTES[0]).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return LiveAccess(None),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the live store's tokens; the restored data keeps the backup's: check 'tidemark token list' after the restore");
-            return LiveAccess(None);
-        }
-    }
     let mut notes = Vec::new();
     for name in NOTES {
         match live.note(name).await {
+            // No tokens (NOTES[0]): nothing to keep.
+            Ok(None) if notes.is_empty() => return LiveAccess(None),
             Ok(v) => notes.push((*name, v)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the live store's tokens; the restored data keeps the backup's: check 'tidemark token list' after the restore");

@@ -56,12 +56,8 @@ async fn refuse_during_recovery(
     source: &str,
     journal: &std::path::Path,
     journaled_before: u64,
+    high_water: u64,
 ) -> anyhow::Result<()> {
-    if journaled_before == 0 {
-        return Ok(());
-    }
-    let marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
-    let high_water = marks.get(source).copied().unwrap_or(0);
     if high_water >= journaled_before {
         return Ok(());
     }
@@ -164,15 +160,23 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             "this input was journaled before; resuming it (use --again to submit it as new orders)"
         );
     }
-    refuse_during_recovery(&client, &opts.source, &opts.journal, journaled_before).await?;
-    journal.append(&digest, done, &orders[done..])?;
-    tidemark_failpoint::hit("ops.submit.after_journal");
-
+    // The source's mark cannot move while this run holds its journal.
     let marks: BTreeMap<String, u64> = client
         .get_json("/v1/sources")
         .await
-        .context("the orders are journaled; run the same command again to submit them")?;
+        .context("reading the DB server's high-water marks; nothing was journaled")?;
     let high_water = marks.get(&opts.source).copied().unwrap_or(0);
+    refuse_during_recovery(
+        &client,
+        &opts.source,
+        &opts.journal,
+        journaled_before,
+        high_water,
+    )
+    .await?;
+    journal.append(&digest, done, &orders[done..])?;
+    tidemark_failpoint::hit("ops.submit.after_journal");
+
     if high_water > journal.last_seq() {
         anyhow::bail!(
             "the DB server has applied source '{}' up to seq {high_water} but this journal ends at seq {}; point --journal at this source's journal, or use another --source",

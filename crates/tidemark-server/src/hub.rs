@@ -106,31 +106,39 @@ impl Hub {
 
     /// The id of a subscriber name, assigned on first use.
     pub fn subscriber(&self, name: &str) -> SubscriberId {
-        if let Some(id) = self.names.read().get(name) {
-            return *id;
-        }
-        let mut names = self.names.write();
-        let next = names.len() as SubscriberId;
-        *names.entry(name.to_owned()).or_insert(next)
+        self.intern(name, usize::MAX)
+            .expect("no limit: every name gets an id")
     }
 
     /// The id of a subscriber name a read gives, assigned on first use
     /// while fewer than [`MAX_NAMES`] are known; `None` past that.
     pub fn subscriber_for_read(&self, name: &str) -> Option<SubscriberId> {
+        let id = self.intern(name, MAX_NAMES);
+        if id.is_none() {
+            tracing::warn!(
+                subscriber = name,
+                "too many subscriber names; this read registers no interest (give service servers stable names)"
+            );
+        }
+        id
+    }
+
+    /// The id of `name`, assigned on first use while fewer than `limit`
+    /// names are known.
+    fn intern(&self, name: &str, limit: usize) -> Option<SubscriberId> {
         if let Some(id) = self.names.read().get(name) {
             return Some(*id);
         }
         let mut names = self.names.write();
-        if names.len() >= MAX_NAMES && !names.contains_key(name) {
-            tracing::warn!(
-                subscriber = name,
-                known = names.len(),
-                "too many subscriber names; this read registers no interest (give service servers stable names)"
-            );
+        if let Some(id) = names.get(name) {
+            return Some(*id);
+        }
+        if names.len() >= limit {
             return None;
         }
         let next = names.len() as SubscriberId;
-        Some(*names.entry(name.to_owned()).or_insert(next))
+        names.insert(name.to_owned(), next);
+        Some(next)
     }
 
     fn shard(&self, slot: &KeySlot) -> &Mutex<HashMap<Box<str>, Vec<SubscriberId>>> {

@@ -97,9 +97,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     // Where the DB server keeps its data: a data directory, or a schema of
     // a PostgreSQL database (given, or of a temporary cluster started here).
     let mut _cluster = None;
-    let store: Vec<String> = match args.store.as_str() {
-        "sqlite" => vec!["--data-dir".into(), data.display().to_string()],
-        "postgres" => {
+    let store: Vec<String> = match super::store_kind(&args.store)? {
+        tidemark_server::StoreKind::Sqlite => vec!["--data-dir".into(), data.display().to_string()],
+        tidemark_server::StoreKind::Postgres => {
             let url = match &args.database_url {
                 Some(u) => u.clone(),
                 None => {
@@ -121,7 +121,6 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 "tidemark_demo".into(),
             ]
         }
-        other => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
     };
     let pg_url = (args.store == "postgres").then(|| store[3].clone());
     let mut server_args = vec!["server"];

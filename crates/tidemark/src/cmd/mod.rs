@@ -37,6 +37,29 @@ macro_rules! usage {
 }
 pub(crate) use usage;
 
+/// The engine a `--store` flag names (bad usage otherwise).
+pub(crate) fn store_kind(flag: &str) -> anyhow::Result<tidemark_server::StoreKind> {
+    match flag {
+        "sqlite" => Ok(tidemark_server::StoreKind::Sqlite),
+        "postgres" => Ok(tidemark_server::StoreKind::Postgres),
+        other => usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
+    }
+}
+
+/// The PostgreSQL URL: `--database-url`, else the configuration's (bad
+/// usage if neither).
+pub(crate) fn database_url(
+    flag: Option<String>,
+    config: &tidemark_server::ServerConfig,
+) -> anyhow::Result<String> {
+    match flag.or_else(|| config.database_url.as_ref().map(|s| s.0.clone())) {
+        Some(url) => Ok(url),
+        None => {
+            usage!("--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)")
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = &cli.token {

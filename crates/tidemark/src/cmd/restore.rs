@@ -9,10 +9,8 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         .store
         .clone()
         .unwrap_or_else(|| config.store_name().to_owned());
-    match engine.as_str() {
-        "sqlite" => {}
-        "postgres" => return run_postgres(config, a).await,
-        other => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
+    if super::store_kind(&engine)? == tidemark_server::StoreKind::Postgres {
+        return run_postgres(config, a).await;
     }
     let data_dir = a.data_dir.clone().unwrap_or(config.data_dir.clone());
     let safety_to = if a.no_safety_backup {
@@ -97,15 +95,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
 
 /// `tidemark restore --store postgres`.
 async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
-    let url = a
-        .database_url
-        .clone()
-        .or_else(|| config.database_url.as_ref().map(|s| s.0.clone()))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
-            )
-        })?;
+    let url = super::database_url(a.database_url.clone(), &config)?;
     let schema = a.pg_schema.clone().unwrap_or(config.pg_schema.clone());
     let safety_to = if a.no_safety_backup {
         eprintln!("warning: --no-safety-backup: the current data in PostgreSQL schema '{schema}' is not backed up first and cannot be recovered after this restore");

@@ -13,11 +13,7 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.data_dir = d;
     }
     if let Some(s) = args.store {
-        config.store = match s.as_str() {
-            "sqlite" => StoreKind::Sqlite,
-            "postgres" => StoreKind::Postgres,
-            other => super::usage!("--store must be 'sqlite' or 'postgres', not '{other}'"),
-        };
+        config.store = super::store_kind(&s)?;
     }
     if let Some(u) = args.database_url {
         config.database_url = Some(Secret(u));
@@ -51,10 +47,8 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     if args.allow_version_skew {
         config.allow_version_skew = true;
     }
-    if config.store == StoreKind::Postgres && config.database_url.is_none() {
-        super::usage!(
-            "--store postgres needs --database-url URL (or TIDEMARK_SERVER__DATABASE_URL)"
-        );
+    if config.store == StoreKind::Postgres {
+        super::database_url(None, &config)?;
     }
     let shutdown = crate::signals::shutdown_token();
     let scheme = if config.tls_cert.is_some() {

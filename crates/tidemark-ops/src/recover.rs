@@ -207,6 +207,69 @@ fn replay_plan(journals: &[Journal], from: &[u64]) -> Vec<(usize, usize)> {
     plan.into_iter().map(|(_, j, e)| (j, e)).collect()
 }
 
+/// The origin each planned order is sent with: the version it was first
+/// acknowledged with, or, for an order whose acknowledgement was never
+/// recorded (it was made before the restore), a place of its own.
+/// - Followed in its source by an acknowledged order, it committed between
+///   the acknowledged orders around it, each such order on a seq of its own:
+///   it gets the seqs just below the next acknowledged one, so it stays
+///   older than the orders its source made after it.
+/// - Otherwise (the source's tail), it is older than every order of the
+///   recovery (the restored epoch) and newer than every acknowledged one:
+///   the end of the epoch before, one place each in plan order. Orders of
+///   one batch whose acknowledgements were lost together must not tie, or
+///   a later one (an upsert after a delete) loses to an earlier one. A
+///   rerun gives the rest the same places: they are the tail of the plan.
+fn origins(journals: &[Journal], plan: &[(usize, usize)], epoch: u64) -> Vec<Option<Version>> {
+    let ack = |j: usize, e: usize| journals[j].ack(journals[j].entries()[e].seq);
+    let mut out: Vec<Option<Version>> = plan.iter().map(|&(j, e)| ack(j, e)).collect();
+    let mut by_source: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &(j, _)) in plan.iter().enumerate() {
+        by_source.entry(j).or_default().push(i);
+    }
+    for (&j, idx) in &by_source {
+        let mut run: Vec<usize> = Vec::new();
+        for &i in idx {
+            let Some(next) = out[i] else {
+                run.push(i);
+                continue;
+            };
+            if let Some(&first) = run.first() {
+                // The nearest acknowledged order before the run.
+                let prev = (0..plan[first].1)
+                    .rev()
+                    .find_map(|e| ack(j, e))
+                    .unwrap_or_default();
+                if let Some(places) = between(prev, next, run.len() as u64) {
+                    for (&r, v) in run.iter().zip(places) {
+                        out[r] = Some(v);
+                    }
+                }
+                run.clear();
+            }
+        }
+    }
+    let mut left = out.iter().filter(|o| o.is_none()).count() as u64;
+    for o in out.iter_mut().filter(|o| o.is_none()) {
+        *o = (epoch > 0).then(|| Version::new(epoch - 1, i64::MAX as u64 - left));
+        left -= 1;
+    }
+    out
+}
+
+/// `count` versions above `prev` and below `next`: just below `next` in its
+/// epoch, or, where `next` opened its epoch, in the middle of the epoch
+/// before (below the tails' places at its end). `None` if they do not fit
+/// (the acknowledgements around are not in order).
+fn between(prev: Version, next: Version, count: u64) -> Option<Vec<Version>> {
+    let run = |epoch: u64, end: u64| {
+        let first = end.checked_sub(count).filter(|&s| s >= 1)?;
+        (Version::new(epoch, first) > prev)
+            .then(|| (first..end).map(|s| Version::new(epoch, s)).collect())
+    };
+    run(next.epoch, next.seq).or_else(|| run(next.epoch.checked_sub(1)?, i64::MAX as u64 / 2))
+}
+
 /// Runs the recovery.
 pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let client = DbClient::new(&opts.db);
@@ -341,24 +404,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         })
         .collect();
     let plan = replay_plan(&journals, &from);
-    // An order whose acknowledgement was never recorded was made before
-    // the restore: it is older than every order of the recovery (the
-    // restored epoch), newer than every acknowledged one before it. Each
-    // gets its own place, in plan order (its source's order), at the end
-    // of the epoch before: orders of one batch whose acknowledgements were
-    // lost together must not tie, or a later one (an upsert after a
-    // delete) loses to an earlier one. A rerun gives the rest the same
-    // places: they are the tail of the plan.
-    let mut unacked_left = plan
-        .iter()
-        .filter(|&&(j, e)| journals[j].ack(journals[j].entries()[e].seq).is_none())
-        .count() as u64;
-    let mut unacknowledged = || {
-        let v = (status.epoch > 0)
-            .then(|| Version::new(status.epoch - 1, i64::MAX as u64 - unacked_left));
-        unacked_left = unacked_left.saturating_sub(1);
-        v
-    };
+    let mut origins = origins(&journals, &plan, status.epoch).into_iter();
     let b = bar(opts.progress, plan.len() as u64, "replaying");
     for batch in plan.chunks(opts.batch.max(1)) {
         let orders: Vec<_> = batch
@@ -366,7 +412,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             .map(|&(j, e)| {
                 let entry = &journals[j].entries()[e];
                 let mut o = entry.order(journals[j].source());
-                o.origin = journals[j].ack(entry.seq).or_else(&mut unacknowledged);
+                o.origin = origins.next().flatten();
                 o
             })
             .collect();
@@ -421,6 +467,75 @@ mod tests {
                 through_seq: i + 1,
             })
             .collect()
+    }
+
+    fn journal(dir: &std::path::Path, source: &str, n: usize, acks: &[(u64, Version)]) -> Journal {
+        let orders: Vec<crate::input::InputOrder> = (0..n)
+            .map(|i| crate::input::InputOrder {
+                table: "subscriber".into(),
+                key: format!("k{i}"),
+                op: tidemark_api::Op::Upsert,
+                fields: Default::default(),
+            })
+            .collect();
+        let mut j = Journal::open(dir, source).unwrap();
+        j.append("input", 0, &orders).unwrap();
+        j.record_acks(acks).unwrap();
+        j
+    }
+
+    #[test]
+    fn an_unacknowledged_order_stays_older_than_the_later_orders_of_its_source() {
+        // P10/P11: "a" lost the acknowledgements of seqs 2-3 and 6, not of
+        // 4-5; "b" lost its last one. Before, 2-3 were placed at the end of
+        // epoch 1, after 4 and 5, so a replay of 2 undid 4 on a shared field.
+        let dir = tempfile::tempdir().unwrap();
+        let v = Version::new;
+        let a = journal(
+            dir.path(),
+            "a",
+            6,
+            &[(1, v(1, 10)), (4, v(1, 20)), (5, v(1, 21))],
+        );
+        let b = journal(dir.path(), "b", 2, &[(1, v(1, 11))]);
+        let journals = vec![a, b];
+        let plan = replay_plan(&journals, &[0, 0]);
+        let got = origins(&journals, &plan, 2);
+        let of = |j: usize, seq: u64| {
+            let i = plan
+                .iter()
+                .position(|&(pj, e)| pj == j && journals[pj].entries()[e].seq == seq);
+            got[i.unwrap()].unwrap()
+        };
+        assert_eq!(
+            of(0, 1),
+            v(1, 10),
+            "an acknowledged order keeps its version"
+        );
+        assert!(v(1, 10) < of(0, 2) && of(0, 2) < of(0, 3) && of(0, 3) < v(1, 20));
+        assert_eq!(of(0, 4), v(1, 20));
+        // Tails: after every acknowledged order, below the restored epoch,
+        // one place each.
+        let tails = [of(0, 6), of(1, 2)];
+        for t in tails {
+            assert!(t > v(1, 21) && t < v(2, 0), "{t:?}");
+        }
+        assert_ne!(tails[0], tails[1]);
+        // No room below the next acknowledgement (it opened epoch 2 with
+        // seq 1): the end of epoch 1, still between the two.
+        let c = journal(dir.path(), "c", 3, &[(1, v(1, 30)), (3, v(2, 1))]);
+        let journals = vec![c];
+        let plan = replay_plan(&journals, &[0]);
+        let got = origins(&journals, &plan, 3);
+        let i = plan.iter().position(|&(_, e)| e == 1).unwrap();
+        assert!(got[i].unwrap() > v(1, 30) && got[i].unwrap() < v(2, 1));
+        // Out of order around: no place between, so the tail's.
+        assert!(
+            between(v(1, 5), v(1, 6), 1).is_none(),
+            "no seq between 5 and 6"
+        );
+        assert!(between(v(2, 5), v(1, 6), 1).is_none());
+        assert_eq!(between(v(1, 5), v(1, 7), 1), Some(vec![v(1, 6)]));
     }
 
     #[test]

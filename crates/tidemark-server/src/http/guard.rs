@@ -4,7 +4,7 @@
 use super::error::HttpError;
 use super::AppState;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::Method;
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
@@ -55,6 +55,60 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
     }
 }
 
+/// Why a loopback request in protected mode is not trusted: a page of
+/// another site, in a browser on this host, reaching the server (a
+/// cross-site request, or DNS rebinding: another name pointed at this
+/// host). Loopback trust is for the programs on the host; a browser marks
+/// what it sends for a page (`Origin`, `Sec-Fetch-*`) and names the page's
+/// own host in `Host`. Requests without those marks are not a browser's
+/// and stay trusted whatever their `Host`. `None`: trusted.
+pub fn foreign_browser(h: &HeaderMap) -> Option<String> {
+    let browser = ["origin", "sec-fetch-site", "sec-fetch-mode"]
+        .iter()
+        .any(|n| h.contains_key(*n));
+    if !browser {
+        return None;
+    }
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    match host {
+        Some(host) if loopback_host(host) => {}
+        _ => {
+            return Some(format!(
+                "a browser page under the name {:?}, which is not this host's",
+                host.unwrap_or("")
+            ))
+        }
+    }
+    if let Some(site) = h.get("sec-fetch-site") {
+        if matches!(site.as_bytes(), b"cross-site" | b"same-site") {
+            return Some("a request a browser made for a page of another site".into());
+        }
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("null");
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if authority.is_none() || authority != host {
+            return Some(format!("a request a browser made for a page of {origin:?}"));
+        }
+    }
+    None
+}
+
+/// Whether `host` (a `Host` header: name or address, with or without a
+/// port) names this host's loopback interface.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The middleware.
 pub async fn guard(
     State(app): State<Arc<AppState>>,
@@ -74,6 +128,15 @@ pub async fn guard(
     if !app.auth.any() {
         // Protected mode: no token exists yet.
         if peer.ip().is_loopback() {
+            if let Some(why) = foreign_browser(req.headers()) {
+                return HttpError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "this server has no token yet, so it trusts programs on its own host, but not {why}; open the console as http://127.0.0.1:PORT/console, or create a token ('tidemark token create') and use it"
+                    ),
+                )
+                .into_response();
+            }
             req.extensions_mut().insert(Caller("loopback".into()));
             return next.run(req).await;
         }
@@ -118,6 +181,64 @@ pub async fn guard(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protected_mode_trusts_no_browser_page_of_another_site() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                let name = axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+                m.insert(name, v.parse().unwrap());
+            }
+            foreign_browser(&m)
+        };
+        // Programs on the host (curl, the CLI, service servers, raw
+        // sockets), whatever they name as the host.
+        assert_eq!(h(&[]), None);
+        assert_eq!(h(&[("host", "127.0.0.1:7070")]), None);
+        assert_eq!(h(&[("host", "x")]), None);
+        // The console, same origin, under any loopback name.
+        for host in [
+            "127.0.0.1:7070",
+            "localhost:7070",
+            "[::1]:7070",
+            "127.0.0.1",
+        ] {
+            let origin = format!("http://{host}");
+            let same = [
+                ("host", host),
+                ("origin", &origin),
+                ("sec-fetch-site", "same-origin"),
+            ];
+            assert_eq!(h(&same), None, "{host}");
+            assert_eq!(h(&[("host", host), ("sec-fetch-mode", "navigate")]), None);
+        }
+        // Another site's page, in a browser on this host.
+        assert!(h(&[
+            ("host", "127.0.0.1:7070"),
+            ("origin", "https://evil.example")
+        ])
+        .is_some());
+        assert!(h(&[
+            ("host", "127.0.0.1:7070"),
+            ("origin", "http://127.0.0.1:8000")
+        ])
+        .is_some());
+        assert!(h(&[("host", "127.0.0.1:7070"), ("origin", "null")]).is_some());
+        assert!(h(&[("host", "127.0.0.1:7070"), ("sec-fetch-site", "cross-site")]).is_some());
+        // DNS rebinding: another name pointed at 127.0.0.1, same origin.
+        let rebound = [
+            ("host", "evil.example:7070"),
+            ("origin", "http://evil.example:7070"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        assert!(h(&rebound).is_some());
+        assert!(h(&[
+            ("host", "127.0.0.1.evil.example"),
+            ("sec-fetch-mode", "cors")
+        ])
+        .is_some());
+    }
 
     #[test]
     fn every_endpoint_needs_the_role_the_contract_names() {

@@ -23,7 +23,7 @@ use tidemark_api::headers;
 /// Whether the guard would let this caller read records.
 fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
     if !app.auth.any() {
-        return peer.ip().is_loopback();
+        return peer.ip().is_loopback() && super::guard::foreign_browser(req.headers()).is_none();
     }
     let token = req
         .headers()

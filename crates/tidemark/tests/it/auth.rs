@@ -423,3 +423,69 @@ async fn a_restore_keeps_the_tokens_of_the_live_store() {
         assert_eq!(s, 200, "{engine:?}: the backup's admin token works: {b}");
     }
 }
+
+/// Protected mode trusts the programs on the server's host, not a page of
+/// another site open in a browser there: a cross-site request (which needs
+/// no CORS answer to change something) and DNS rebinding (another name
+/// pointed at 127.0.0.1) are refused `403`, and change nothing; the
+/// console's own requests still work.
+#[tokio::test(flavor = "multi_thread")]
+async fn protected_mode_refuses_pages_of_other_sites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let u = &db.url;
+    let host = u.trim_start_matches("http://");
+    let client = reqwest::Client::new();
+    let quiesce = |origin: &str, site: &str| {
+        client
+            .post(format!("{u}/v1/quiesce"))
+            .header("origin", origin)
+            .header("sec-fetch-site", site)
+            .header("content-type", "application/json")
+            .body(r#"{"seconds": 600, "message": "forged"}"#)
+            .send()
+    };
+    let r = quiesce("https://evil.example", "cross-site").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("/console") && message.contains("token"),
+        "{message}"
+    );
+    let (_, state) = get_json(&format!("{u}/v1/state")).await;
+    assert!(state["quiesce"].is_null(), "nothing announced: {state}");
+
+    // DNS rebinding: same origin to the browser, another name to us; also
+    // on a warm read, which the hot route answers before the router.
+    let order =
+        r#"{"table": "subscriber", "key": "k1", "op": "upsert", "fields": {"plan": "gold"}}"#;
+    let out = ops_submit(tmp.path(), u, order, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = key_url(u, "k1");
+    for _ in 0..2 {
+        assert_eq!(get_json(&key).await.0, 200);
+    }
+    let rebound = client
+        .get(&key)
+        .header("host", "evil.example:7070")
+        .header("origin", "http://evil.example:7070")
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+
+    // The console's own request: same origin, under a loopback name.
+    let r = quiesce(&format!("http://{host}"), "same-origin")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, state) = get_json(&format!("{u}/v1/state")).await;
+    assert_eq!(state["quiesce"]["message"], "forged", "{state}");
+}

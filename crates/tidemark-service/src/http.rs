@@ -21,6 +21,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/records/{table}/{key}", get(get_record))
         .route("/v1/state", get(state))
         .route("/console", get(console))
+        .route("/console.js", get(console_script))
+        .route("/", get(to_console))
+        .route("/console/", get(to_console))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -193,14 +196,43 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     }))
 }
 
+/// What the console page and its script are served with: only this
+/// server's own script runs, no other site may frame them, and nothing is
+/// cached or leaks through a referrer.
+const CONSOLE_HEADERS: [(&str, &str); 5] = [
+    ("content-security-policy", "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
+fn console_file(content_type: &'static str, body: &'static str) -> Response {
+    let mut resp = ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
+    resp.headers_mut().extend(CONSOLE_HEADERS.map(|(n, v)| {
+        (
+            axum::http::HeaderName::from_static(n),
+            HeaderValue::from_static(v),
+        )
+    }));
+    resp
+}
+
 /// `GET /console`: this server's page for the people near its terminals:
 /// the quiesce countdown, its policy, cache and stream (embedded; no CDN).
 async fn console() -> Response {
-    (
-        [(axum::http::header::CACHE_CONTROL, "no-store")],
-        axum::response::Html(include_str!("console.html")),
-    )
-        .into_response()
+    console_file("text/html; charset=utf-8", include_str!("console.html"))
+}
+
+/// `GET /console.js`: the page's script (no inline script: the policy
+/// above runs only this server's own).
+async fn console_script() -> Response {
+    console_file("text/javascript; charset=utf-8", include_str!("console.js"))
+}
+
+/// `GET /` and `GET /console/`: the console.
+async fn to_console() -> axum::response::Redirect {
+    axum::response::Redirect::to("/console")
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -236,6 +268,9 @@ async fn openapi() -> Json<serde_json::Value> {
             }},
             "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce_in: seconds until the DB server goes offline, while a quiesce notice is in force.", "responses": {"200": {"description": "State"}}}},
             "/console": {"get": {"summary": "This server's live page: the quiesce countdown, policy, cache and stream.", "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/console.js": {"get": {"summary": "The console page's script (the page runs no inline script).", "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}}},
+            "/": {"get": {"summary": "Redirects to /console.", "responses": {"303": {"description": "See /console"}}}},
+            "/console/": {"get": {"summary": "Redirects to /console.", "responses": {"303": {"description": "See /console"}}}},
             "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"responses": {"200": {"description": "watch stream open"}, "503": {"description": "not connected"}}}},
             "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}}

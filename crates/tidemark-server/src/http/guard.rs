@@ -23,6 +23,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
         "/healthz" | "/readyz" | "/metrics" | "/openapi.json" => None,
         // The console page holds no data; its feed needs a reader.
         "/console" if get => None,
+        // Its script holds none either; `/` and `/console/` lead to it.
+        "/console.js" | "/console/" | "/" if get => None,
+        // Says only what the presented token is.
+        "/v1/whoami" if get => None,
         "/v1/watch"
         | "/v1/state"
         | "/v1/sources"

@@ -70,7 +70,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tokens/{name}", axum::routing::delete(tokens::revoke))
         .route("/v1/audit", get(tokens::audit))
         .route("/console", get(console::page))
+        .route("/console.js", get(console::script))
+        .route("/", get(console::to_console))
+        .route("/console/", get(console::to_console))
         .route("/v1/console/events", get(console::events))
+        .route("/v1/whoami", get(console::whoami))
         .fallback(error::not_found)
         // Inside the guard: a write is forwarded only once its caller is known.
         .layer(axum::middleware::from_fn_with_state(

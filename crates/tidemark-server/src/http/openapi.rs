@@ -136,7 +136,18 @@ pub fn document() -> Value {
             "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Readiness.", "responses": {"200": {"description": "ready"}, "503": error_ref()}}},
             "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "text/plain"}}}},
-            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3"}}}}
+            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3"}}}},
+            "/console": {"get": {"summary": "The operator's live page (state, recovery progress, quiesce, members, schema, service servers, flagged keys). Holds no data: no token. Served with a Content-Security-Policy that runs only /console.js.",
+                "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/console.js": {"get": {"summary": "The console page's script. No token.",
+                "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}}},
+            "/": {"get": {"summary": "Redirects to /console. No token.", "responses": {"303": {"description": "See /console"}}}},
+            "/console/": {"get": {"summary": "Redirects to /console. No token.", "responses": {"303": {"description": "See /console"}}}},
+            "/v1/console/events": {"get": {"summary": "The console's live feed, as server-sent events: `progress` once ([[unix ms, remaining], …]: the remaining flags sampled since the recovery began), then once a second `state` (as GET /v1/state, plus now_ms: the server's clock) or `error` ({\"error\": {code, message}}: the state could not be read, e.g. the store is unreachable during a failover). Reader.",
+                "responses": {"200": {"description": "text/event-stream"}, "401": error_ref(), "403": error_ref()}}},
+            "/v1/whoami": {"get": {"summary": "What the presented token is: {name, role: reader|ops|admin|null, protected}. role is null for no token or an unknown or revoked one. In protected mode (no token exists yet) a loopback program is reported as name loopback, role admin. Needs no token.",
+                "responses": {"200": {"description": "Who", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "role", "protected"], "properties": {
+                    "name": {"type": "string", "nullable": true}, "role": {"type": "string", "enum": ["reader", "ops", "admin"], "nullable": true}, "protected": {"type": "boolean"}}}}}}}}}
         },
         "components": {"schemas": {
             "Version": {"type": "object", "required": ["epoch", "seq"], "properties": {"epoch": {"type": "integer"}, "seq": {"type": "integer"}}},

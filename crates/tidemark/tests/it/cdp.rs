@@ -99,10 +99,16 @@ impl Browser {
         }
     }
 
-    /// Opens `url` in a new page of `width`×`height` pixels.
+    /// Opens `url` in a new page of `width`×`height` pixels, in a window of
+    /// its own: a tab behind another would be `document.hidden`, and the
+    /// console pauses its polling while hidden.
     pub async fn open(&mut self, url: &str, width: u32, height: u32) -> Page {
         let t = self
-            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .call(
+                None,
+                "Target.createTarget",
+                json!({"url": "about:blank", "newWindow": true}),
+            )
             .await;
         let s = self
             .call(

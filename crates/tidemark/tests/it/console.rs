@@ -31,10 +31,143 @@ async fn the_console_page_and_its_feed() {
         let chunk = r.chunk().await.unwrap().expect("an event");
         got.push_str(&String::from_utf8_lossy(&chunk));
     }
-    // The progress so far (none: no recovery ran), then the state.
+    // The progress so far (none: no recovery ran), then the state, with
+    // the server's clock.
     assert!(got.starts_with("event: progress\ndata: []\n\n"), "{got}");
     assert!(got.contains("event: state\ndata: {"), "{got}");
     assert!(got.contains("\"state\":\"normal\""), "{got}");
+    assert!(got.contains("\"now_ms\":"), "{got}");
+}
+
+/// The headers every console file is served with.
+const SECURITY: [(&str, &str); 5] = [
+    ("content-security-policy", "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+];
+
+/// A server's console: the page and its script, with the security headers
+/// and their content types, no inline script, and `/` and `/console/`
+/// leading to the page, all without a token.
+async fn check_console_files(base: &str) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (path, content_type) in [
+        ("/console", "text/html; charset=utf-8"),
+        ("/console.js", "text/javascript; charset=utf-8"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{base}{path}");
+        let h = r.headers();
+        assert_eq!(h["content-type"], content_type, "{path}");
+        for (name, value) in SECURITY {
+            assert_eq!(
+                h.get(name).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{path}: {name}"
+            );
+        }
+        let body = r.text().await.unwrap();
+        if path == "/console" {
+            assert!(
+                body.contains("<script src=\"/console.js\"></script>")
+                    && !body.contains("<script>"),
+                "the page's script is a file of its own: {body}"
+            );
+        } else {
+            assert!(body.starts_with("\"use strict\";"), "{body}");
+        }
+    }
+    for path in ["/", "/console/"] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{base}{path}");
+        assert_eq!(r.headers()["location"], "/console", "{base}{path}");
+    }
+}
+
+/// A new token of `role` named `name`, created with the token `with` (the
+/// first one needs none from loopback).
+fn token(dir: &std::path::Path, db: &str, role: &str, name: &str, with: Option<&str>) -> String {
+    let mut args = vec![
+        "token", "create", "--server", db, "--role", role, "--name", name,
+    ];
+    if let Some(t) = with {
+        args.extend(["--token", t]);
+    }
+    let out = run(dir, &args, None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("tm_"))
+        .expect("the token on stdout")
+        .to_owned()
+}
+
+/// The consoles of both servers are served with the headers that keep
+/// other sites and scripts out, and are reached from `/` and `/console/`
+/// without a token, before and after tokens exist; `GET /v1/whoami` says
+/// what the presented token is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consoles_are_served_safely_and_say_who_the_token_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    check_console_files(&db.url).await;
+    let whoami = |t: Option<String>| {
+        let url = format!("{}/v1/whoami", db.url);
+        async move {
+            let mut req = reqwest::Client::new().get(url);
+            if let Some(t) = t {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    assert_eq!(
+        whoami(None).await,
+        serde_json::json!({"name": "loopback", "role": "admin", "protected": true}),
+        "protected mode trusts this host's programs"
+    );
+    let admin = token(dir, &db.url, "admin", "root", None);
+    let reader = token(dir, &db.url, "reader", "wall", Some(&admin));
+    // Every console file still needs no token; the feed does.
+    check_console_files(&db.url).await;
+    let r = reqwest::get(format!("{}/v1/console/events", db.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    for (t, want) in [
+        (
+            None,
+            serde_json::json!({"name": null, "role": null, "protected": false}),
+        ),
+        (
+            Some("tm_wrong".to_owned()),
+            serde_json::json!({"name": null, "role": null, "protected": false}),
+        ),
+        (
+            Some(reader),
+            serde_json::json!({"name": "wall", "role": "reader", "protected": false}),
+        ),
+        (
+            Some(admin.clone()),
+            serde_json::json!({"name": "root", "role": "admin", "protected": false}),
+        ),
+    ] {
+        assert_eq!(whoami(t.clone()).await, want, "{t:?}");
+    }
+    let svc = service(dir, "svc-a", &db.url, "accept-stale", &["--token", &admin]).await;
+    check_console_files(&svc.url).await;
 }
 
 /// A real browser loads the page and shows the live state. Skipped where
@@ -188,34 +321,8 @@ async fn the_story_in_a_real_browser() {
         .await,
         serde_json::json!(0)
     );
-    let token = |role: &str, name: &str, with: Option<&str>| {
-        let mut args = vec![
-            "token",
-            "create",
-            "--server",
-            db.url.as_str(),
-            "--role",
-            role,
-            "--name",
-            name,
-        ];
-        if let Some(t) = with {
-            args.extend(["--token", t]);
-        }
-        let out = run(dir, &args, None, &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .find(|w| w.starts_with("tm_"))
-            .expect("the token on stdout")
-            .to_owned()
-    };
-    let admin = token("admin", "operator", None);
-    let reader = token("reader", "wallboard", Some(&admin));
+    let admin = token(dir, &db.url, "admin", "operator", None);
+    let reader = token(dir, &db.url, "reader", "wallboard", Some(&admin));
     let svc = service(dir, "svc-a", &db.url, "latest-only", &["--token", &reader]).await;
     let http = reqwest::Client::builder()
         .default_headers(
@@ -312,7 +419,7 @@ async fn the_story_in_a_real_browser() {
     b.wait_for(
         &late,
         "the chart from the server's samples",
-        "history.length > 1 && history[0][0] < performance.timeOrigin",
+        "chartSamples.length > 1 && chartSamples[0][0] < performance.timeOrigin",
         60,
     )
     .await;
@@ -336,6 +443,30 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
+    // The tables keep their rows across refreshes (a button or row found
+    // before a refresh is still the one on the page): two more polls of
+    // the service servers remove no row and add none.
+    b.run(
+        &page,
+        "performance.clearResourceTimings(); window.kept = document.querySelector('#services tr'); window.churn = 0; new MutationObserver((ms) => { for (const m of ms) window.churn += m.addedNodes.length + m.removedNodes.length; }).observe(document.getElementById('services'), {childList: true}); true",
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "two more polls of the service servers",
+        "performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/v1/services')).length >= 2",
+        60,
+    )
+    .await;
+    assert_eq!(
+        b.eval(
+            &page,
+            "window.churn === 0 && window.kept === document.querySelector('#services tr') && window.kept.dataset.key === 'svc-a'"
+        )
+        .await,
+        serde_json::json!(true),
+        "the services table was rebuilt"
+    );
     b.screenshot(&page, &shots.join("console-recovery.png"))
         .await;
     post("/v1/orders", story_orders(141..=160, "after")).await;
@@ -360,7 +491,7 @@ async fn the_story_in_a_real_browser() {
     // Quiesce, announced from the page, counted down on both pages.
     b.run(
         &page,
-        "document.getElementById('q-secs').value = '120'; document.getElementById('q-msg').value = 'maintenance'; document.getElementById('q-send').click(); true",
+        "window.confirm = () => true; document.getElementById('q-secs').value = '120'; document.getElementById('q-msg').value = 'maintenance'; document.getElementById('q-send').click(); true",
     )
     .await;
     b.wait_for(
@@ -370,6 +501,7 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
+    assert_eq!(b.text(&page, "quiesce-message").await, "maintenance");
     let svc_page = b.open(&format!("{}/console", svc.url), 1024, 600).await;
     b.wait_for(
         &svc_page,
@@ -409,6 +541,15 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
+    // Tokens exist now: without one, the feed is refused and the page says
+    // what to do.
+    b.wait_for(
+        &wrong,
+        "the request for a token",
+        "document.getElementById('status-line').textContent.startsWith('enter a token above')",
+        60,
+    )
+    .await;
     b.run(
         &wrong,
         "document.getElementById('token').value = 'tm_wrong'; document.getElementById('token-form').requestSubmit(); true",
@@ -418,6 +559,13 @@ async fn the_story_in_a_real_browser() {
         &wrong,
         "the token refused",
         "document.getElementById('token-state').textContent.startsWith('token refused')",
+        60,
+    )
+    .await;
+    b.wait_for(
+        &wrong,
+        "the feed refused",
+        "document.getElementById('status-line').textContent === 'the token was refused; enter a token above'",
         60,
     )
     .await;
@@ -476,4 +624,121 @@ async fn the_story_in_a_real_browser() {
         .await,
         serde_json::json!(0)
     );
+
+    // A quiesce notice sent through the API: its message and countdown,
+    // counted from the seconds the server said were left.
+    post(
+        "/v1/quiesce",
+        serde_json::json!({"seconds": 90, "message": "back at 06:00"}),
+    )
+    .await;
+    b.wait_for(
+        &wall,
+        "the quiesce message and countdown",
+        "document.getElementById('quiesce-message').textContent === 'back at 06:00' && /^offline in (90|[5-8][0-9]) s$/.test(document.getElementById('quiesce').textContent)",
+        60,
+    )
+    .await;
+    // An empty token signs out: the session forgets it, the feed asks for one.
+    b.run(
+        &wall,
+        "document.getElementById('token').value = ''; document.getElementById('token-form').requestSubmit(); true",
+    )
+    .await;
+    b.wait_for(
+        &wall,
+        "signed out",
+        "sessionStorage.getItem('tidemark-token') === null && document.getElementById('status-line').textContent.startsWith('enter a token above')",
+        60,
+    )
+    .await;
+}
+
+/// PostgreSQL unreachable (as in a failover): the feed sends `error`, not
+/// a blank state, and the page says why in its status line and keeps the
+/// last state it had; once PostgreSQL is back, the page is live again.
+/// Skipped where PostgreSQL is not installed (unless required).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_that_cannot_be_read_keeps_the_last_one_on_the_page() {
+    use tidemark_testkit::postgres::{bin_dir, required, PgCluster};
+    let Some(bin) = bin_dir() else {
+        assert!(!required(), "TIDEMARK_REQUIRE_POSTGRES=1 but no PostgreSQL");
+        eprintln!("skipped: no PostgreSQL server binaries");
+        return;
+    };
+    // A cluster of its own: this test stops it.
+    let pg = PgCluster::start(&bin).expect("a PostgreSQL cluster");
+    let url = pg.database("console").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["server", "--store", "postgres", "--database-url", &url];
+    let db = Proc::start("db", tmp.path(), &args, &[]);
+    db.wait_ok("/readyz").await;
+    let browser = match crate::cdp::chromium() {
+        Some(bin) => {
+            let profile = tmp.path().join("chromium-profile");
+            let mut b = crate::cdp::Browser::launch(bin, &profile).await;
+            let page = b.open(&format!("{}/console", db.url), 1280, 1000).await;
+            b.wait_for(&page, "the live state", "document.getElementById('status-line').textContent === 'live' && document.getElementById('state').textContent === 'normal'", 60).await;
+            Some((b, page))
+        }
+        None => {
+            eprintln!("no Chromium: the feed alone is checked");
+            None
+        }
+    };
+    let mut feed = reqwest::get(format!("{}/v1/console/events", db.url))
+        .await
+        .unwrap();
+    pg.stop_immediate().expect("pg_ctl stop -m immediate");
+    // Events until the first error, or an error sent as a state.
+    let mut got = String::new();
+    let read = async {
+        loop {
+            let chunk = feed.chunk().await.unwrap().expect("the feed open");
+            got.push_str(&String::from_utf8_lossy(&chunk));
+            if got.contains("event: state\ndata: {\"error\"") {
+                return None;
+            }
+            let Some(at) = got.find("event: error\ndata: ") else {
+                continue;
+            };
+            let rest = &got[at + "event: error\ndata: ".len()..];
+            if let Some(end) = rest.find("\n\n") {
+                return Some(serde_json::from_str::<serde_json::Value>(&rest[..end]).unwrap());
+            }
+        }
+    };
+    let error = tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("an error event within 60 s")
+        .unwrap_or_else(|| panic!("an error sent as a state: {got}"));
+    assert!(error["error"]["message"].is_string(), "{error}");
+    if let Some((mut b, page)) = browser {
+        b.wait_for(
+            &page,
+            "the server's error",
+            "document.getElementById('status-line').textContent.startsWith('server: ')",
+            60,
+        )
+        .await;
+        assert_eq!(
+            b.text(&page, "state").await,
+            "normal",
+            "the last state kept"
+        );
+        assert!(
+            !b.text(&page, "primary")
+                .await
+                .starts_with("single instance"),
+            "the cluster section kept"
+        );
+        pg.restart().expect("PostgreSQL restarted");
+        b.wait_for(
+            &page,
+            "live again",
+            "document.getElementById('status-line').textContent === 'live'",
+            60,
+        )
+        .await;
+    }
 }

@@ -1,0 +1,49 @@
+"use strict";
+// The service server's console script, served as /console.js (the page's
+// Content-Security-Policy runs no inline script). It polls this server's
+// own state once a second, one request at a time and not while the page
+// is hidden; the countdown ticks locally from the seconds the server last
+// said were left (the browser's clock may be off the server's). When a
+// poll fails, the page keeps the last values and says so.
+const $ = (id) => document.getElementById(id);
+let offlineAt = null, busy = false;
+function tick() {
+  if (offlineAt === null) { $("quiesce").textContent = "none"; return; }
+  const left = Math.max(0, Math.round((offlineAt - Date.now()) / 1000));
+  const text = left > 0 ? "offline in " + left + " s" : "offline";
+  if ($("quiesce").textContent !== text) $("quiesce").textContent = text;
+}
+function status(text, stale) {
+  $("status-line").textContent = text;
+  $("status-line").classList.toggle("stale", !!stale);
+}
+async function refresh() {
+  if (busy || document.hidden) return;
+  busy = true;
+  try {
+    const r = await fetch("/v1/state");
+    const s = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error((s.error && s.error.message) || r.statusText);
+    $("id").textContent = "· " + s.id;
+    $("policy").textContent = s.policy;
+    $("cache").textContent = s.cache_entries;
+    $("db").textContent = s.db;
+    $("connected").textContent = s.connected ? "connected" : "disconnected";
+    $("connected").className = s.connected ? "ok" : "bad";
+    $("epoch").textContent = s.db_epoch;
+    $("schema").textContent = s.schema_version;
+    offlineAt = s.quiesce_in === null || s.quiesce_in === undefined ? null : Date.now() + 1000 * s.quiesce_in;
+    const n = s.quiesce && s.quiesce.notice;
+    $("quiesce-message").textContent = offlineAt !== null && n ? n.message : "";
+    status("live");
+    tick();
+  } catch (e) {
+    status("reconnecting: " + e.message + " (showing the last state received)", true);
+  } finally {
+    busy = false;
+  }
+}
+document.addEventListener("visibilitychange", refresh);
+refresh();
+setInterval(refresh, 1000);
+setInterval(tick, 250);

@@ -742,3 +742,46 @@ async fn a_state_that_cannot_be_read_keeps_the_last_one_on_the_page() {
         .await;
     }
 }
+
+/// A feed that goes silent (a host that crashed, a laptop that slept: the
+/// connection hangs without closing) is given up after 20 s without a
+/// byte and opened again, not shown as live over frozen data. The browser
+/// holds the feed's requests unanswered (DevTools' Fetch interception),
+/// then lets them through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_feed_is_given_up_and_opened_again() {
+    let Some(chromium) = crate::cdp::chromium() else {
+        eprintln!("skipped: no Chromium (apt-get install chromium)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let mut b = crate::cdp::Browser::launch(chromium, &tmp.path().join("profile")).await;
+    let page = b.open("about:blank", 1280, 1000).await;
+    let hold = serde_json::json!({"patterns": [{"urlPattern": "*/v1/console/events*"}]});
+    b.call(Some(&page), "Fetch.enable", hold).await;
+    let url = format!("{}/console", db.url);
+    b.call(
+        Some(&page),
+        "Page.navigate",
+        serde_json::json!({ "url": url }),
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "the silent feed given up",
+        "document.getElementById('status-line').textContent === 'reconnecting: no data for 20 s'",
+        60,
+    )
+    .await;
+    assert_eq!(b.text(&page, "state").await, "–", "no state ever came");
+    b.call(Some(&page), "Fetch.disable", serde_json::json!({}))
+        .await;
+    b.wait_for(
+        &page,
+        "the feed opened again",
+        "document.getElementById('status-line').textContent === 'live' && document.getElementById('state').textContent === 'normal'",
+        60,
+    )
+    .await;
+}

@@ -70,6 +70,10 @@ pub enum ErrorCode {
     /// A per-token or per-server limit on concurrent streams (watch
     /// streams, backup streams) was reached; close one or retry later.
     TooManyStreams,
+    /// The token has bound as many watch subscriber names as it may
+    /// (`max_subscribers_per_token`); reuse one, or give the service server
+    /// its own token.
+    TooManySubscribers,
     /// A staged schema document is malformed (names, duplicates, limits).
     SchemaInvalid,
     /// A staged schema drops a table or a column of the current version.
@@ -131,7 +135,7 @@ impl ErrorCode {
             Unauthenticated => 401,
             Forbidden => 403,
             PayloadTooLarge | BatchTooLarge => 413,
-            TooManyStreams => 429,
+            TooManyStreams | TooManySubscribers => 429,
             RequestTimeout => 408,
             NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary
             | SchemaSkew | TooManyConnections => 503,
@@ -171,6 +175,7 @@ impl ErrorCode {
             NoPrimary => "no_primary",
             PromoteRefused => "promote_refused",
             TooManyStreams => "too_many_streams",
+            TooManySubscribers => "too_many_subscribers",
             SchemaInvalid => "schema_invalid",
             SchemaDropRefused => "schema_drop_refused",
             SchemaTypeChangeRefused => "schema_type_change_refused",
@@ -218,6 +223,7 @@ impl ErrorCode {
         ErrorCode::NoPrimary,
         ErrorCode::PromoteRefused,
         ErrorCode::TooManyStreams,
+        ErrorCode::TooManySubscribers,
         ErrorCode::SchemaInvalid,
         ErrorCode::SchemaDropRefused,
         ErrorCode::SchemaTypeChangeRefused,

@@ -60,10 +60,21 @@ pub enum TokenError {
     #[error("a token named '{0}' exists already; revoke it first ('tidemark token revoke {0}') or pick another name")]
     Exists(String),
     /// The name is not usable.
-    #[error("a token name is 1 to 64 letters, digits, '-', '_' or '.'")]
+    #[error("a token name is 1 to 64 letters, digits, '-', '_' or '.', beginning with a letter or digit ('loopback' stands for protected mode's callers)")]
     BadName,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a subscriber name was not bound to a token.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum BindError {
+    /// Another token bound it first.
+    #[error("it belongs to token '{0}'")]
+    Taken(String),
+    /// The token holds this many names already.
+    #[error("the token holds {0} subscriber names already")]
+    TooMany(usize),
 }
 
 /// The tokens of one server, kept in the store and mirrored in memory.
@@ -73,9 +84,18 @@ pub struct Auth {
     /// Watch subscriber name to the token that first used it.
     subscribers: RwLock<std::collections::BTreeMap<String, String>>,
     write: tokio::sync::Mutex<()>,
+    /// Subscriber names one token may bind: every name costs memory here
+    /// (its interest) and a rewrite of the stored bindings.
+    max_per_token: usize,
+    /// Bumped whenever the tokens change: open streams check that their
+    /// caller is still one ([`Auth::still_valid`]).
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 const SUBSCRIBERS: &str = "subscribers";
+
+/// The caller in protected mode (no token yet): a client on loopback.
+pub const LOOPBACK: &str = "loopback";
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -91,7 +111,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Auth {
-    pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    pub async fn load(store: Arc<dyn Store>, max_per_token: usize) -> Result<Self, StoreError> {
         let tokens: Vec<TokenRecord> = match store.note(NOTE).await? {
             Some(text) => serde_json::from_str(&text).map_err(|e| {
                 StoreError::Format(format!(
@@ -110,43 +130,94 @@ impl Auth {
             tokens: RwLock::new(tokens),
             subscribers: RwLock::new(subscribers),
             write: tokio::sync::Mutex::new(()),
+            max_per_token: max_per_token.max(1),
+            generation: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes whenever the tokens do (created, revoked, reloaded).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Whether `caller` (a token's name, or `loopback` in protected mode)
+    /// may still call: its token was not revoked, or no token was created
+    /// since. An open stream ends when this turns false.
+    pub fn still_valid(&self, caller: &str) -> bool {
+        let tokens = self.tokens.read();
+        if tokens.is_empty() {
+            return caller == LOOPBACK;
+        }
+        tokens.iter().any(|t| t.name == caller)
+    }
+
+    /// Whether subscriber `name` is bound to the token presented as `token`
+    /// (a read registers interest under a name only for its owner).
+    pub fn bound_to(&self, name: &str, token: &str) -> bool {
+        let subscribers = self.subscribers.read();
+        let Some(owner) = subscribers.get(name) else {
+            return false;
+        };
+        self.find(token, |t| t.name == *owner).unwrap_or(false)
     }
 
     /// Re-reads the tokens and subscriber bindings another instance may
     /// have changed (a standby follows the primary's).
     pub async fn reload(&self) -> Result<(), StoreError> {
-        let fresh = Auth::load(self.store.clone()).await?;
+        let fresh = Auth::load(self.store.clone(), self.max_per_token).await?;
         let _w = self.write.lock().await;
-        *self.tokens.write() = fresh.tokens.into_inner();
+        let tokens = fresh.tokens.into_inner();
+        let same = {
+            let now = self.tokens.read();
+            now.len() == tokens.len() && now.iter().zip(&tokens).all(|(a, b)| a.raw == b.raw)
+        };
+        *self.tokens.write() = tokens;
         *self.subscribers.write() = fresh.subscribers.into_inner();
+        if !same {
+            self.changed();
+        }
         Ok(())
     }
 
-    /// Binds watch subscriber `name` to `token` on first use; refuses it to
-    /// any other token afterwards, so nobody can take over another service
-    /// server's stream (and the replay of what it holds).
-    pub async fn bind_subscriber(&self, name: &str, token: &str) -> Result<(), String> {
-        if let Some(owner) = self.subscribers.read().get(name) {
-            return if owner == token {
-                Ok(())
-            } else {
-                Err(owner.clone())
-            };
+    /// Binds watch subscriber `name` to the token named `token` on first
+    /// use; refuses it to any other token afterwards, so nobody can take
+    /// over another service server's stream (and the replay of what it
+    /// holds), and refuses a token more than `max_per_token` names.
+    pub async fn bind_subscriber(&self, name: &str, token: &str) -> Result<(), BindError> {
+        let owned = |map: &std::collections::BTreeMap<String, String>| {
+            map.get(name).map(|owner| {
+                if owner == token {
+                    Ok(())
+                } else {
+                    Err(BindError::Taken(owner.clone()))
+                }
+            })
+        };
+        if let Some(r) = owned(&self.subscribers.read()) {
+            return r;
         }
         let _w = self.write.lock().await;
         let mut map = self.subscribers.read().clone();
-        if let Some(owner) = map.get(name) {
-            return if owner == token {
-                Ok(())
-            } else {
-                Err(owner.clone())
-            };
+        if let Some(r) = owned(&map) {
+            return r;
+        }
+        if map.values().filter(|owner| *owner == token).count() >= self.max_per_token {
+            return Err(BindError::TooMany(self.max_per_token));
         }
         map.insert(name.to_owned(), token.to_owned());
-        let text = serde_json::to_string(&map).map_err(|e| e.to_string())?;
-        if let Err(e) = self.store.set_note(SUBSCRIBERS, Some(text)).await {
-            tracing::warn!(error = %e, "could not store a subscriber binding; it holds until restart");
+        match serde_json::to_string(&map) {
+            Ok(text) => {
+                if let Err(e) = self.store.set_note(SUBSCRIBERS, Some(text)).await {
+                    tracing::warn!(error = %e, "could not store a subscriber binding; it holds until restart");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store a subscriber binding; it holds until restart")
+            }
         }
         *self.subscribers.write() = map;
         Ok(())
@@ -200,11 +271,14 @@ impl Auth {
 
     /// Creates a token; its secret is returned this once.
     pub async fn create(&self, name: &str, role: AccessRole) -> Result<TokenCreated, TokenError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
+        // A name is a path segment of `DELETE /v1/tokens/NAME`: "." or ".."
+        // would be normalised away, so a name begins with a letter or digit.
+        let ok = name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
             && name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && name != LOOPBACK;
         if !ok {
             return Err(TokenError::BadName);
         }
@@ -227,6 +301,7 @@ impl Auth {
         );
         self.save(&tokens).await?;
         *self.tokens.write() = tokens;
+        self.changed();
         Ok(TokenCreated {
             name: name.to_owned(),
             role,
@@ -245,6 +320,7 @@ impl Auth {
         }
         self.save(&tokens).await?;
         *self.tokens.write() = tokens;
+        self.changed();
         // Its subscriber names go with it: a name claimed by a token that
         // should not have had it is freed by revoking that token.
         let mut map = self.subscribers.read().clone();
@@ -269,7 +345,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
-        let auth = Auth::load(store.clone()).await.unwrap();
+        let auth = Auth::load(store.clone(), 16).await.unwrap();
         assert!(!auth.any());
         let t = auth.create("ops-1", AccessRole::Ops).await.unwrap();
         assert!(t.token.starts_with("tm_") && t.token.len() == 3 + 64);
@@ -277,10 +353,15 @@ mod tests {
             auth.create("ops-1", AccessRole::Admin).await,
             Err(TokenError::Exists(_))
         ));
-        assert!(matches!(
-            auth.create("bad name", AccessRole::Admin).await,
-            Err(TokenError::BadName)
-        ));
+        for bad in ["bad name", ".", "..", "-x", "loopback", ""] {
+            assert!(
+                matches!(
+                    auth.create(bad, AccessRole::Admin).await,
+                    Err(TokenError::BadName)
+                ),
+                "{bad:?}"
+            );
+        }
         assert_eq!(
             auth.check(&t.token),
             Some(("ops-1".into(), AccessRole::Ops))
@@ -289,7 +370,7 @@ mod tests {
         let stored = store.note(NOTE).await.unwrap().unwrap();
         assert!(!stored.contains(&t.token), "only the digest is stored");
         // Another instance over the same store sees it.
-        let again = Auth::load(store).await.unwrap();
+        let again = Auth::load(store, 16).await.unwrap();
         assert!(again.check(&t.token).is_some());
         assert!(again.revoke("ops-1").await.unwrap());
         assert!(!again.revoke("ops-1").await.unwrap());
@@ -301,24 +382,78 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
-        let auth = Auth::load(store.clone()).await.unwrap();
+        let auth = Auth::load(store.clone(), 16).await.unwrap();
         auth.create("squatter", AccessRole::Reader).await.unwrap();
         auth.create("svc-2", AccessRole::Reader).await.unwrap();
         auth.bind_subscriber("svc-2", "squatter").await.unwrap();
         auth.bind_subscriber("other", "svc-2").await.unwrap();
         assert_eq!(
             auth.bind_subscriber("svc-2", "svc-2").await,
-            Err("squatter".into())
+            Err(BindError::Taken("squatter".into()))
         );
         assert!(auth.revoke("squatter").await.unwrap());
         assert_eq!(auth.bind_subscriber("svc-2", "svc-2").await, Ok(()));
         // Stored: another instance over the same store sees the same.
-        let again = Auth::load(store).await.unwrap();
+        let again = Auth::load(store, 16).await.unwrap();
         assert_eq!(again.bind_subscriber("svc-2", "svc-2").await, Ok(()));
         assert_eq!(
             again.bind_subscriber("other", "x").await,
-            Err("svc-2".into()),
+            Err(BindError::Taken("svc-2".into())),
             "other tokens' names stay bound"
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_binds_a_limited_number_of_subscriber_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
+        let auth = Auth::load(store.clone(), 2).await.unwrap();
+        auth.create("svc", AccessRole::Reader).await.unwrap();
+        auth.bind_subscriber("a", "svc").await.unwrap();
+        auth.bind_subscriber("b", "svc").await.unwrap();
+        assert_eq!(
+            auth.bind_subscriber("a", "svc").await,
+            Ok(()),
+            "its own again"
+        );
+        assert_eq!(
+            auth.bind_subscriber("c", "svc").await,
+            Err(BindError::TooMany(2))
+        );
+        assert_eq!(
+            auth.bind_subscriber("c", "other").await,
+            Ok(()),
+            "per token"
+        );
+        let again = Auth::load(store, 2).await.unwrap();
+        assert_eq!(
+            again.bind_subscriber("c", "svc").await,
+            Err(BindError::Taken("other".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_learn_when_their_caller_is_no_longer_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
+        let auth = Auth::load(store.clone(), 16).await.unwrap();
+        let mut changes = auth.changes();
+        assert!(auth.still_valid(LOOPBACK) && !auth.still_valid("svc"));
+        let t = auth.create("svc", AccessRole::Reader).await.unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert!(!auth.still_valid(LOOPBACK), "protected mode ended");
+        assert!(auth.still_valid("svc"));
+        auth.bind_subscriber("svc-1", "svc").await.unwrap();
+        assert!(auth.bound_to("svc-1", &t.token));
+        assert!(!auth.bound_to("svc-2", &t.token) && !auth.bound_to("svc-1", "tm_x"));
+        // Revoked on another instance: its reload tells the streams here.
+        let other = Auth::load(store, 16).await.unwrap();
+        other.revoke("svc").await.unwrap();
+        auth.reload().await.unwrap();
+        assert!(changes.has_changed().unwrap());
+        assert!(!auth.still_valid("svc"));
     }
 }

@@ -92,6 +92,10 @@ pub struct ServerConfig {
     /// Watch streams one token (or, in protected mode, the loopback) may
     /// hold open at once.
     pub max_watch_per_token: usize,
+    /// Watch subscriber names one token may claim (each service server
+    /// uses one; its interest costs memory here). Past it a new name is
+    /// refused `429 too_many_subscribers`.
+    pub max_subscribers_per_token: usize,
     /// Keys one service server may hold interest in here (about 150 bytes
     /// each): every key it read since its stream last started afresh, so
     /// more than it caches. One over it (a terminal reading random keys)
@@ -151,6 +155,7 @@ impl Default for ServerConfig {
             read_cache_entries: 1_000_000,
             read_cache_bytes: 128 * 1024 * 1024,
             max_watch_per_token: 64,
+            max_subscribers_per_token: 16,
             max_interest_per_subscriber: 4_000_000,
             max_backup_streams: 2,
             backup_stall_secs: 60,

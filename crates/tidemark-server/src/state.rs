@@ -106,7 +106,7 @@ impl AppState {
             Some(c) => c.store.cluster_id().await?,
             None => boot.clone(),
         };
-        let auth = crate::auth::Auth::load(store.clone()).await?;
+        let auth = crate::auth::Auth::load(store.clone(), config.max_subscribers_per_token).await?;
         let audit = crate::audit::Audit::new(store.clone());
         let backups = Arc::new(tokio::sync::Semaphore::new(
             config.max_backup_streams.max(1),

@@ -264,17 +264,7 @@ pub async fn declare(
     )?;
     tidemark_api::schema::validate_name("subscriber", &d.subscriber)
         .map_err(|e| HttpError::new(ErrorCode::BadRequest, e.to_string()))?;
-    if app.auth.any() {
-        if let Err(owner) = app.auth.bind_subscriber(&d.subscriber, &caller.0).await {
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "subscriber '{}' belongs to token '{owner}'; a service server declares with its own token and name",
-                    d.subscriber.escape_debug()
-                ),
-            ));
-        }
-    }
+    super::watch::claim(&app, &caller, &d.subscriber, "declares").await?;
     let schema = app.store.schema();
     let id = app.hub.subscriber(&d.subscriber);
     let mut registered = 0u64;

@@ -25,15 +25,18 @@ fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
     if !app.auth.any() {
         return peer.ip().is_loopback() && super::guard::foreign_browser(req.headers()).is_none();
     }
-    let token = req
-        .headers()
+    bearer(req)
+        .and_then(|t| app.auth.role_of(t))
+        .is_some_and(|role| role >= AccessRole::Reader)
+}
+
+/// The bearer token a request presents.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    token
-        .and_then(|t| app.auth.role_of(t))
-        .is_some_and(|role| role >= AccessRole::Reader)
+        .map(str::trim)
 }
 
 /// The hot route's answer (see [`tidemark_serve::hot`]).
@@ -50,6 +53,13 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Request) -> Option
         Some(v) => Some(v.to_str().ok()?),
         None => None,
     };
+    // Interest only under the caller's own name (the router claims a
+    // name not bound yet, or refuses another token's).
+    if let Some(name) = subscriber {
+        if app.auth.any() && !app.auth.bound_to(name, bearer(req)?) {
+            return None;
+        }
+    }
     let answer = read::cached(app, table, key, subscriber)?;
     app.metrics.reads.inc();
     app.metrics.read_cache_hits.inc();

@@ -34,6 +34,16 @@ pub async fn get_record(
         .get(headers::SUBSCRIBER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if let (Some(name), Some(caller)) =
+        (&subscriber, req.extensions().get::<super::guard::Caller>())
+    {
+        // Interest only under the caller's own name: registering under
+        // another service server's (up to its limit) would make it forget
+        // everything it holds.
+        if tidemark_api::schema::validate_name("subscriber", name).is_ok() {
+            super::watch::claim(&app, caller, name, "reads").await?;
+        }
+    }
     drop(req);
     let answer = crate::read::read(&app, &table, &key, subscriber.as_deref())
         .await

@@ -155,17 +155,7 @@ pub async fn ack(
             "'subscriber' must be 1 to 128 printable characters: the service server's name",
         ));
     }
-    if app.auth.any() {
-        if let Err(owner) = app.auth.bind_subscriber(&a.subscriber, &caller.0).await {
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "subscriber '{}' belongs to token '{owner}'; a service server reports with its own token and name",
-                    a.subscriber.escape_debug()
-                ),
-            ));
-        }
-    }
+    super::watch::claim(&app, &caller, &a.subscriber, "reports").await?;
     // Only the instance the stream is open at counts it (and memory holds
     // reports of open streams only).
     let current = app.store.schema().version;

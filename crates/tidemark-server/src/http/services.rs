@@ -32,17 +32,7 @@ pub async fn report(
             "'subscriber' is the service server's name (1 to 128 printable characters) and 'policy' is latest-only or accept-stale",
         ));
     }
-    if app.auth.any() {
-        if let Err(owner) = app.auth.bind_subscriber(&r.subscriber, &caller.0).await {
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "subscriber '{}' belongs to token '{owner}'; a service server reports with its own token and name",
-                    r.subscriber.escape_debug()
-                ),
-            ));
-        }
-    }
+    super::watch::claim(&app, &caller, &r.subscriber, "reports").await?;
     app.services.report(r);
     Ok(Json(serde_json::json!({"ok": true})))
 }

@@ -4,6 +4,7 @@
 
 use super::error::HttpError;
 use super::AppState;
+use crate::auth::BindError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -38,17 +39,6 @@ pub async fn watch(
                 "the query parameter 'subscriber' (1 to 128 printable characters) is required: name the service server, e.g. /v1/watch?subscriber=svc-1",
             )
         })?;
-    if app.auth.any() {
-        if let Err(owner) = app.auth.bind_subscriber(&name, &caller.0).await {
-            return Err(HttpError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "subscriber '{}' belongs to token '{owner}'; a service server watches with its own token and name",
-                    name.escape_debug()
-                ),
-            ));
-        }
-    }
     // A stream refused below must not leave a declaration of interest for
     // a later one that the subscriber did not declare for (it may have read
     // elsewhere since): that one would resume with incomplete interest.
@@ -70,6 +60,8 @@ pub async fn watch(
         )
         .retry_after(5)));
     };
+    // Claimed only once the stream may open: a refused one binds nothing.
+    claim(&app, &caller, &name, "watches").await?;
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());
@@ -78,12 +70,15 @@ pub async fn watch(
     let connection = crate::schema_publish::SchemaPublication::connect(&app, &name);
     // The stream ends when the instance is cut off from PostgreSQL: its
     // subscriber reconnects, is refused here, and moves to another
-    // instance rather than trusting a cache nothing updates any more.
+    // instance rather than trusting a cache nothing updates any more. It
+    // also ends when its caller's token is revoked (or, in protected mode,
+    // the first token is created).
     let cluster = app.cluster.clone();
     let check = cluster
         .as_ref()
         .map(|_| tokio::time::interval(CUT_OFF_CHECK));
-    let events = futures::stream::unfold((rx, check), move |(mut rx, mut check)| {
+    let auth = (app.clone(), app.auth.changes(), caller.0.clone());
+    let events = futures::stream::unfold((rx, check, auth), move |(mut rx, mut check, mut auth)| {
         let cluster = cluster.clone();
         async move {
             loop {
@@ -94,10 +89,17 @@ pub async fn watch(
                     }
                 };
                 tokio::select! {
-                    next = rx.recv() => return next.map(|item| (item, (rx, check))),
+                    next = rx.recv() => return next.map(|item| (item, (rx, check, auth))),
                     _ = tick => {
                         if cluster.as_ref().is_some_and(|c| c.cut_off()) {
                             tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
+                            return None;
+                        }
+                    }
+                    changed = auth.1.changed() => {
+                        let (app, _, caller) = &auth;
+                        if changed.is_err() || !app.auth.still_valid(caller) {
+                            tracing::info!(caller = %caller.escape_debug(), "the caller's token was revoked: ending its watch stream");
                             return None;
                         }
                     }
@@ -111,6 +113,38 @@ pub async fn watch(
         Ok(Event::default().id(id).event(ev.name()).data(ev.data()))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Claims subscriber `name` for the caller's token (with tokens only; in
+/// protected mode the loopback holds every name), or refuses: another
+/// token's name, or one more than the token may hold. `doing` says what
+/// the service server was doing ("watches", "reads", …).
+pub async fn claim(
+    app: &AppState,
+    caller: &super::guard::Caller,
+    name: &str,
+    doing: &str,
+) -> Result<(), HttpError> {
+    if !app.auth.any() {
+        return Ok(());
+    }
+    match app.auth.bind_subscriber(name, &caller.0).await {
+        Ok(()) => Ok(()),
+        Err(e @ BindError::Taken(_)) => Err(HttpError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "subscriber '{}': {e}; a service server {doing} with its own token and name",
+                name.escape_debug()
+            ),
+        )),
+        Err(e @ BindError::TooMany(_)) => Err(HttpError::new(
+            ErrorCode::TooManySubscribers,
+            format!(
+                "subscriber '{}' is refused: {e} (max_subscribers_per_token); give each service server a stable name, or its own token",
+                name.escape_debug()
+            ),
+        )),
+    }
 }
 
 /// How often an open stream checks that its instance still reaches

@@ -489,3 +489,99 @@ async fn protected_mode_refuses_pages_of_other_sites() {
     let (_, state) = get_json(&format!("{u}/v1/state")).await;
     assert_eq!(state["quiesce"]["message"], "forged", "{state}");
 }
+
+/// A reader token registers interest only under its own subscriber names
+/// (before, any reader could read 4 M keys under another service server's
+/// name and make the DB server forget everything that one held), claims at
+/// most `max_subscribers_per_token` names, and loses its open watch stream
+/// when it is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriber_names_belong_to_their_token_and_revocation_ends_its_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[("TIDEMARK_SERVER__MAX_SUBSCRIBERS_PER_TOKEN", "2")]).await;
+    let u = &db.url;
+    let admin = create_token(dir, u, "admin", "root", None);
+    let ops = create_token(dir, u, "ops", "ops-1", Some(&admin));
+    let svc = create_token(dir, u, "reader", "svc", Some(&admin));
+    let other = create_token(dir, u, "reader", "other", Some(&admin));
+    let input = order_line("k1", json!({"plan": "v1"}));
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            u,
+            "--journal",
+            dir.join("j").to_str().unwrap(),
+            "-",
+        ],
+        Some(input.as_bytes()),
+        &[("TIDEMARK_TOKEN", &ops)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = reqwest::Client::new();
+    let read = |token: &str, name: &str| {
+        client
+            .get(key_url(u, "k1"))
+            .bearer_auth(token)
+            .header("tidemark-subscriber", name)
+            .send()
+    };
+    // "svc" claims svc-1 by watching with it.
+    let mut stream = client
+        .get(format!("{u}/v1/watch?subscriber=svc-1"))
+        .bearer_auth(&svc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // Its own reads register, twice (the second from the read cache).
+    for _ in 0..2 {
+        assert_eq!(read(&svc, "svc-1").await.unwrap().status(), 200);
+    }
+    // Another token's reads under svc-1 are refused, cached or not.
+    for _ in 0..2 {
+        let r = read(&other, "svc-1").await.unwrap();
+        assert_eq!(r.status(), 403);
+        let b: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("'svc'"),
+            "{b}"
+        );
+    }
+    // A read without a name is served to anyone with the role.
+    let r = client
+        .get(key_url(u, "k1"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Names per token: svc-2 is the second, svc-3 one too many.
+    assert_eq!(read(&svc, "svc-2").await.unwrap().status(), 200);
+    let r = read(&svc, "svc-3").await.unwrap();
+    assert_eq!(r.status(), 429);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "too_many_subscribers", "{b}");
+
+    // Revoking "svc" ends its open stream.
+    let (s, _) = call("DELETE", &format!("{u}/v1/tokens/svc"), Some(&admin), "").await;
+    assert_eq!(s, 200);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked token's stream ended");
+    assert_eq!(read(&svc, "svc-1").await.unwrap().status(), 401);
+}

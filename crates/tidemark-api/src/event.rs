@@ -117,6 +117,20 @@ pub enum WatchEvent {
     Epoch(EpochEvent),
     Quiesce(QuiesceEvent),
     Schema(SchemaEvent),
+    Lease(LeaseEvent),
+}
+
+/// Payload of the `lease` event (an instance of a cluster, about every
+/// half second, without an `id`): what the instance streams is current
+/// until `valid_until_ms` (Unix milliseconds): it surely holds the lease
+/// (a primary) or reached PostgreSQL within a lease (a standby) until
+/// then. A paused or cut-off instance sends none, so a service server
+/// stops vouching for its cache when the last one runs out, not when the
+/// stream falls silent for good. Clocks of one cluster are assumed to
+/// agree within a few milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseEvent {
+    pub valid_until_ms: u64,
 }
 
 impl WatchEvent {
@@ -130,6 +144,7 @@ impl WatchEvent {
             WatchEvent::Epoch(_) => "epoch",
             WatchEvent::Quiesce(_) => "quiesce",
             WatchEvent::Schema(_) => "schema",
+            WatchEvent::Lease(_) => "lease",
         }
     }
 
@@ -142,6 +157,7 @@ impl WatchEvent {
             WatchEvent::Epoch(e) => serde_json::to_string(e),
             WatchEvent::Quiesce(e) => serde_json::to_string(e),
             WatchEvent::Schema(e) => serde_json::to_string(e),
+            WatchEvent::Lease(e) => serde_json::to_string(e),
         };
         v.unwrap_or_else(|_| "{}".to_owned())
     }
@@ -157,6 +173,7 @@ impl WatchEvent {
             "epoch" => WatchEvent::Epoch(serde_json::from_str(data)?),
             "quiesce" => WatchEvent::Quiesce(serde_json::from_str(data)?),
             "schema" => WatchEvent::Schema(serde_json::from_str(data)?),
+            "lease" => WatchEvent::Lease(serde_json::from_str(data)?),
             _ => return Ok(None),
         }))
     }

@@ -157,7 +157,7 @@ pub(crate) fn from_cache(
     key: &str,
     freshness: Freshness,
 ) -> Option<Served> {
-    let live = shared.connected.load(Ordering::SeqCst);
+    let live = shared.vouched();
     shared
         .cache
         .read(table, key, |e| {
@@ -508,6 +508,7 @@ mod tests {
 
     /// A watch stream opens (`resumed`: it replays what was missed) and syncs.
     fn stream_synced(svc: &Service, resumed: bool) {
+        let hello_declares = resumed;
         let ev = |e: WatchEvent| SseEvent {
             id: Some("2-0-b".into()),
             event: e.name().into(),
@@ -518,10 +519,17 @@ mod tests {
             seq: 0,
             boot: "b".into(),
             resumed,
-            declare: resumed,
+            declare: hello_declares,
         };
         watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
         watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
+        if hello_declares {
+            // An instance of a cluster vouches for its stream.
+            let lease = tidemark_api::event::LeaseEvent {
+                valid_until_ms: crate::shared::unix_ms() + 3_600_000,
+            };
+            watcher::apply(&svc.shared, &ev(WatchEvent::Lease(lease)));
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -622,6 +630,27 @@ mod tests {
         // Asked for under the stream that is synced now, it is.
         let asked = Asked::now(&svc.shared);
         take_answer(&svc.shared, &record(4, false), asked, Freshness::Latest).unwrap();
+        assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_is_current_only_while_its_instance_vouches_for_the_stream() {
+        // P9 across a failover: a paused instance's stream stays open but
+        // sends no `lease`; once the last one runs out, nothing cached is
+        // served as current.
+        let (svc, _up) = service(flagged, true);
+        stream_synced(&svc, true);
+        svc.shared.cache.offer(&record(3, false), Origin::Push);
+        assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());
+        let lease = |valid_until_ms| SseEvent {
+            id: None,
+            event: "lease".into(),
+            data: WatchEvent::Lease(tidemark_api::event::LeaseEvent { valid_until_ms }).data(),
+        };
+        watcher::apply(&svc.shared, &lease(crate::shared::unix_ms() - 1));
+        assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_none());
+        // A new stream (hello, synced, then its lease) vouches again.
+        stream_synced(&svc, true);
         assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());
     }
 

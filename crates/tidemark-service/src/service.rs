@@ -76,6 +76,7 @@ impl Service {
                 cache,
                 metrics: ServiceMetrics::new(),
                 connected: AtomicBool::new(false),
+                vouched_until_ms: AtomicU64::new(u64::MAX),
                 stream_serial: AtomicU64::new(0),
                 last_event_id: Mutex::new(last_event_id),
                 waiters: Mutex::new(HashMap::new()),

@@ -29,6 +29,11 @@ pub struct Shared {
     /// fetched records cached, because only then are their later changes
     /// sure to arrive.
     pub connected: AtomicBool,
+    /// Until when (Unix ms) the instance watched vouches for its stream
+    /// (its last `lease` event); `u64::MAX` for a single DB server, which
+    /// sends none. Past it the stream may be a paused or cut-off
+    /// instance's, and the cache answers as current no longer.
+    pub vouched_until_ms: AtomicU64,
     /// Bumped when a stream syncs and when it goes down: a fetch answer is
     /// cached as current only if the stream synced when it was asked for
     /// is still the one (see [`Asked`]). Another stream, perhaps on
@@ -59,6 +64,17 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Whether the cache may answer as current: the stream is synced and
+    /// its instance still vouches for it (see `vouched_until_ms`).
+    pub fn vouched(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.connected.load(SeqCst) {
+            return false;
+        }
+        let until = self.vouched_until_ms.load(SeqCst);
+        until == u64::MAX || unix_ms() < until
+    }
+
     /// Wakes reads waiting on a key.
     pub fn notify(&self, table: &str, key: &str) {
         let slot = KeySlot::new(table, key).into_string();
@@ -102,9 +118,17 @@ impl Asked {
         }
     }
 
-    /// Whether the stream synced when this was asked is still synced.
+    /// Whether the stream synced when this was asked is still synced (and
+    /// vouched for).
     pub fn same_stream(&self, shared: &Shared) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
-        shared.connected.load(SeqCst) && self.stream == Some(shared.stream_serial.load(SeqCst))
+        shared.vouched() && self.stream == Some(shared.stream_serial.load(SeqCst))
     }
+}
+
+/// Now, in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

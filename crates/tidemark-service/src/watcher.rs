@@ -7,7 +7,9 @@
 //! Invariant (P9, P11): `Shared::connected` is true only between the
 //! server's `synced` event and the end of that stream. Only then does the
 //! cache answer as current: while the stream is down, or catching up, a
-//! change may have been missed.
+//! change may have been missed. An instance of a cluster must also vouch
+//! for its stream (`lease` events): a paused instance's stream stays open
+//! but silent while another instance takes over and commits.
 
 use crate::cache::Origin;
 use crate::shared::Shared;
@@ -18,6 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_api::sse::SseEvent;
 use tidemark_api::WatchEvent;
+
+/// How long past its instance's last vouch a synced stream is kept (the
+/// cache answers as current no longer meanwhile) before it is dropped for
+/// a new one, perhaps at another instance.
+const LEASE_PATIENCE_MS: u64 = 3000;
 
 /// Runs until shutdown.
 pub async fn run(shared: Arc<Shared>) {
@@ -59,6 +66,15 @@ pub async fn run(shared: Arc<Shared>) {
                         _ = shared.shutdown.cancelled() => break,
                         n = stream.next() => n,
                         _ = check.tick() => {
+                            let until = shared.vouched_until_ms.load(Ordering::SeqCst);
+                            if shared.connected.load(Ordering::SeqCst)
+                                && until != u64::MAX
+                                && crate::shared::unix_ms() > until.saturating_add(LEASE_PATIENCE_MS)
+                            {
+                                // Paused, or cut off and not saying so.
+                                tracing::warn!(base = %base, "the DB-server instance stopped vouching for its watch stream; reconnecting");
+                                break;
+                            }
                             if shared.client.base() != base {
                                 // Reads moved to another instance (this one
                                 // failed or is quiescing): the stream follows.
@@ -167,6 +183,10 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
         WatchEvent::Hello(h) => {
             shared.db_epoch.store(h.epoch, Ordering::SeqCst);
             shared.declare.store(h.declare, Ordering::SeqCst);
+            // An instance of a cluster vouches for its stream with `lease`
+            // events; until the first, nothing cached is vouched for.
+            let vouched = if h.declare { 0 } else { u64::MAX };
+            shared.vouched_until_ms.store(vouched, Ordering::SeqCst);
             if !h.resumed {
                 // The server will not replay what we missed (first
                 // connection, a cache snapshot it cannot resume, another
@@ -231,6 +251,11 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 tracing::info!(from = %base, to = %shared.client.base(), "DB-server instance quiescing; moving to another");
             }
             *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
+        }
+        WatchEvent::Lease(l) => {
+            shared
+                .vouched_until_ms
+                .store(l.valid_until_ms, Ordering::SeqCst);
         }
         WatchEvent::Schema(s) => {
             tracing::info!(

@@ -162,6 +162,26 @@ impl Cluster {
         now.saturating_sub(self.reached_ms.load(Ordering::SeqCst)) > limit
     }
 
+    /// Until when (Unix ms) what this instance streams is surely current:
+    /// the moment [`Cluster::cut_off`] would turn true if nothing changed
+    /// (the lease's end on a primary, a lease after PostgreSQL last
+    /// answered on either role). `None` if it is already cut off.
+    pub fn vouched_until_unix_ms(&self) -> Option<u64> {
+        if self.cut_off() {
+            return None;
+        }
+        let limit = self.lease_ttl.max(Duration::from_secs(1)).as_millis() as u64;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let mut until = self.reached_ms.load(Ordering::SeqCst) + limit;
+        if self.is_primary() {
+            until = until.min(self.lease_until_ms.load(Ordering::SeqCst));
+        }
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Some(wall + until.saturating_sub(now))
+    }
+
     /// The lease is not ours (any more): nothing of ours commits (the
     /// fence first), and the read cache stops answering.
     pub(crate) fn lease_lost(&self) {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark_api::event::LeaseEvent;
 use tidemark_api::{headers, ErrorCode, WatchEvent};
 use tokio_stream::StreamExt;
 
@@ -77,29 +78,39 @@ pub async fn watch(
     let check = cluster
         .as_ref()
         .map(|_| tokio::time::interval(CUT_OFF_CHECK));
-    let auth = (app.clone(), app.auth.changes(), caller.0.clone());
-    let events = futures::stream::unfold((rx, check, auth), move |(mut rx, mut check, mut auth)| {
+    let state = OpenStream {
+        rx,
+        check,
+        app: app.clone(),
+        changes: app.auth.changes(),
+        caller: caller.0.clone(),
+        lease_now: false,
+    };
+    let events = futures::stream::unfold(state, move |mut st| {
         let cluster = cluster.clone();
         async move {
             loop {
+                if std::mem::take(&mut st.lease_now) {
+                    // Right after `synced`: the service server vouches for
+                    // its cache from here, not a tick later.
+                    return lease(cluster.as_deref()).map(|ev| ((None, ev), st));
+                }
                 let tick = async {
-                    match check.as_mut() {
+                    match st.check.as_mut() {
                         Some(c) => c.tick().await,
                         None => std::future::pending().await,
                     }
                 };
                 tokio::select! {
-                    next = rx.recv() => return next.map(|item| (item, (rx, check, auth))),
-                    _ = tick => {
-                        if cluster.as_ref().is_some_and(|c| c.cut_off()) {
-                            tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
-                            return None;
-                        }
+                    next = st.rx.recv() => {
+                        let (id, ev) = next?;
+                        st.lease_now = cluster.is_some() && matches!(ev, WatchEvent::Synced(_));
+                        return Some(((Some(id), ev), st));
                     }
-                    changed = auth.1.changed() => {
-                        let (app, _, caller) = &auth;
-                        if changed.is_err() || !app.auth.still_valid(caller) {
-                            tracing::info!(caller = %caller.escape_debug(), "the caller's token was revoked: ending its watch stream");
+                    _ = tick => return lease(cluster.as_deref()).map(|ev| ((None, ev), st)),
+                    changed = st.changes.changed() => {
+                        if changed.is_err() || !st.app.auth.still_valid(&st.caller) {
+                            tracing::info!(caller = %st.caller.escape_debug(), "the caller's token was revoked: ending its watch stream");
                             return None;
                         }
                     }
@@ -107,10 +118,14 @@ pub async fn watch(
             }
         }
     })
-    .map(move |(id, ev): (String, WatchEvent)| {
+    .map(move |(id, ev): (Option<String>, WatchEvent)| {
         // Held as long as the stream is: dropping the body frees the place.
         let _held = (&permit, &connection);
-        Ok(Event::default().id(id).event(ev.name()).data(ev.data()))
+        let event = Event::default().event(ev.name()).data(ev.data());
+        Ok(match id {
+            Some(id) => event.id(id),
+            None => event,
+        })
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
@@ -147,9 +162,36 @@ pub async fn claim(
     }
 }
 
+/// An open stream's state between its events.
+struct OpenStream {
+    rx: tokio::sync::mpsc::Receiver<(String, WatchEvent)>,
+    /// Cluster only: when to check for a cut-off and send a `lease`.
+    check: Option<tokio::time::Interval>,
+    app: Arc<AppState>,
+    /// The tokens changed: is the caller still one?
+    changes: tokio::sync::watch::Receiver<u64>,
+    caller: String,
+    /// Send a `lease` before the next event.
+    lease_now: bool,
+}
+
+/// The `lease` event of an instance that is not cut off; `None` (the
+/// stream ends, so its service server moves to another instance) if it is.
+fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
+    let Some(until) = cluster.and_then(|c| c.vouched_until_unix_ms()) else {
+        tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
+        return None;
+    };
+    // No id: it is not a change to resume from.
+    Some(WatchEvent::Lease(LeaseEvent {
+        valid_until_ms: until,
+    }))
+}
+
 /// How often an open stream checks that its instance still reaches
-/// PostgreSQL.
-const CUT_OFF_CHECK: Duration = Duration::from_millis(500);
+/// PostgreSQL and, if so, sends a `lease` event: well within a lease, so
+/// a service server's vouch runs on while the instance runs.
+const CUT_OFF_CHECK: Duration = Duration::from_millis(300);
 
 fn cut_off_error() -> HttpError {
     HttpError::new(

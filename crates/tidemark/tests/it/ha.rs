@@ -330,6 +330,18 @@ async fn two_instances(dir: &Path, url: &str) -> ([String; 2], Vec<String>, Vec<
     (addrs, urls, procs)
 }
 
+/// Sets key `k`'s credit limit through `base`, as order `seq` of "ops".
+async fn put_limit(base: String, seq: u64, limit: u64) {
+    let (s, b) = post_raw(
+        &format!("{base}/v1/orders"),
+        json!({"orders": [{"source": "ops", "seq": seq, "table": "subscriber", "key": "k",
+                           "op": "upsert", "fields": {"credit_limit": limit}}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+}
+
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
@@ -569,19 +581,7 @@ async fn a_service_server_moves_to_another_instance_without_revalidating() {
         &[],
     )
     .await;
-    let put = |seq: u64, limit: u64| {
-        let base = urls[primary].clone();
-        async move {
-            let (s, b) = post_raw(
-                &format!("{base}/v1/orders"),
-                json!({"orders": [{"source": "ops", "seq": seq, "table": "subscriber", "key": "k",
-                                   "op": "upsert", "fields": {"credit_limit": limit}}]})
-                .to_string(),
-            )
-            .await;
-            assert_eq!(s, 200, "{b}");
-        }
-    };
+    let put = |seq: u64, limit: u64| put_limit(urls[primary].clone(), seq, limit);
     put(1, 10).await;
     let read = |want: u64| {
         let svc = svc.url.clone();
@@ -737,6 +737,59 @@ async fn a_paused_primary_commits_nothing_and_rejoins_as_a_standby() {
     // carries the new primary's orders only through the fence.
     let log = procs[old].log_text();
     assert!(log.contains("no longer the primary"), "{log}");
+}
+
+/// P9 across a failover: a service server watching a primary that is
+/// paused (SIGSTOP: its stream stays open, but silent) stops serving its
+/// cache as current once the instance no longer vouches for it (`lease`
+/// events), so a change the new primary acknowledged is never answered
+/// with the record before it. Before, the cache answered as current until
+/// 35 s of silence ended the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_watching_a_paused_primary_serves_nothing_outdated() {
+    let Some(url) = database("a_service_server_watching_a_paused_primary_serves_nothing_outdated")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, urls, procs) = two_instances(tmp.path(), &url).await;
+    let old = primary_of(&urls).await;
+    let new = 1 - old;
+    let svc = service(
+        tmp.path(),
+        "svc",
+        &format!("{},{}", urls[old], urls[new]),
+        "latest-only",
+        &[],
+    )
+    .await;
+    put_limit(urls[old].clone(), 1, 10).await;
+    let key = format!("{}/v1/records/subscriber/k", svc.url);
+    eventually(20, "the service server to cache the record", || async {
+        let (_, r) = get_json(&key).await;
+        (r["fields"]["credit_limit"] == 10 && r["source"] == "cache").then_some(())
+    })
+    .await;
+    signal(&procs[old], libc::SIGSTOP);
+    assert_eq!(primary_of(&[urls[new].clone()]).await, 0);
+    put_limit(urls[new].clone(), 2, 20).await;
+    // Every read now gives the new record, or none (503); never the old
+    // one, cached or not.
+    for _ in 0..3 {
+        let r = reqwest::Client::new()
+            .get(&key)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let b: Value = r.json().await.unwrap();
+        assert!(
+            (status == 200 && b["fields"]["credit_limit"] == 20) || status == 503,
+            "{status} {b}"
+        );
+    }
+    signal(&procs[old], libc::SIGCONT);
 }
 
 /// S4, S8: a rolling restart of every instance, one at a time, under load

@@ -86,7 +86,11 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
                 .iter()
                 .map(|m| MemberInfo {
                     url: m.url.clone(),
-                    role: if m.role == "primary" {
+                    // By the lease, as `primary` says, not by what each
+                    // member last said of itself: a dead primary's last
+                    // heartbeat said "primary" for seconds after the
+                    // takeover, and `members` listed two.
+                    role: if view.primary.as_deref() == Some(m.url.as_str()) {
                         Role::Primary
                     } else {
                         Role::Standby

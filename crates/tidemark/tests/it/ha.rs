@@ -712,6 +712,17 @@ async fn a_paused_primary_commits_nothing_and_rejoins_as_a_standby() {
     signal(&procs[old], libc::SIGSTOP);
     let new = primary_of(&[urls[1 - old].clone()]).await;
     assert_eq!(new, 0);
+    // The paused one's last heartbeat still says "primary": members are
+    // listed by the lease, so one primary, the new one.
+    let st = state(&urls[1 - old]).await.unwrap();
+    let primaries: Vec<&Value> = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "primary")
+        .collect();
+    assert_eq!(primaries.len(), 1, "{st}");
+    assert_eq!(primaries[0]["url"], urls[1 - old].as_str(), "{st}");
     load.progress(
         60,
         "orders committed by the new primary while the old one sleeps",

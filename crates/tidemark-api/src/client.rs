@@ -322,13 +322,16 @@ impl DbClient {
         .await
     }
 
-    /// POST a JSON document, decode a JSON answer.
+    /// POST a JSON document, decode a JSON answer. An instance that does
+    /// not answer within 30 s (paused, or a host gone without a reset) is
+    /// given up for the next one: orders are idempotent, and a standby
+    /// holds a write no longer than its failover wait.
     pub async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.post_json_within(path, body, Duration::from_secs(120))
+        self.post_json_within(path, body, Duration::from_secs(30))
             .await
     }
 

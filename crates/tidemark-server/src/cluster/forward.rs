@@ -99,10 +99,20 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                 return no_primary(&cluster, true);
             }
             (Role::Standby, Some(primary)) => {
-                match send(&cluster, &primary, &parts, bytes.clone()).await {
-                    Ok(resp) => return resp,
-                    Err(e) => {
-                        tracing::debug!(error = %e, %primary, "forward to the primary failed; holding the write")
+                tokio::select! {
+                    sent = send(&cluster, &primary, &parts, bytes.clone()) => match sent {
+                        Ok(resp) => return resp,
+                        Err(e) => {
+                            tracing::debug!(error = %e, %primary, "forward to the primary failed; holding the write")
+                        }
+                    },
+                    // A paused primary holds the request without a word
+                    // while another instance takes over: the write goes to
+                    // the new one (orders are idempotent by (source, seq);
+                    // the old one, fenced, commits nothing).
+                    () = moved_from(&cluster, &primary) => {
+                        tracing::info!(%primary, "the primary changed while a write was forwarded to it; sending it on to the new one");
+                        continue;
                     }
                 }
             }
@@ -112,6 +122,17 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
             return no_primary(&cluster, already_forwarded);
         }
         cluster.changed(Duration::from_millis(50)).await;
+    }
+}
+
+/// Returns once `primary` is no longer the primary this instance knows.
+async fn moved_from(cluster: &Cluster, primary: &str) {
+    loop {
+        cluster.changed(Duration::from_millis(200)).await;
+        let view = cluster.view();
+        if view.role == Role::Primary || view.primary.as_deref() != Some(primary) {
+            return;
+        }
     }
 }
 

@@ -55,11 +55,23 @@ pub struct TokenInfo {
 }
 
 /// Answer of `POST /v1/tokens`: the secret, shown this once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenCreated {
     pub name: String,
     pub role: AccessRole,
     pub token: String,
+}
+
+/// Without the secret: a `{:?}` in a log or a panic message must not
+/// print it.
+impl std::fmt::Debug for TokenCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreated")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("token", &"***")
+            .finish()
+    }
 }
 
 /// One entry of the audit trail (`GET /v1/audit`).

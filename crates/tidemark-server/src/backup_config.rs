@@ -24,7 +24,7 @@ pub async fn for_backup(config: &ServerConfig) -> std::io::Result<serde_json::Va
                     ),
                 )
             })?;
-            serde_json::json!({"path": path.display().to_string(), "content": redact_url_passwords(&content)})
+            serde_json::json!({"path": path.display().to_string(), "content": redact_keyword_passwords(&redact_url_passwords(&content))})
         }
         None => serde_json::Value::Null,
     };
@@ -65,8 +65,40 @@ fn redact_url_passwords(text: &str) -> String {
     out
 }
 
+/// `text` with every `password=VALUE` (a libpq keyword connection string,
+/// `host=db password=secret`, or a URL's `?password=`) replaced by
+/// `password=***`; the value ends at whitespace, a quote or `&`.
+fn redact_keyword_passwords(text: &str) -> String {
+    const KEY: &str = "password=";
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(found) = lower[at..].find(KEY) {
+        let value = at + found + KEY.len();
+        out.push_str(&text[at..value]);
+        let end = text[value..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '&')
+            .map_or(text.len(), |e| value + e);
+        if end > value {
+            out.push_str("***");
+        }
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keyword_passwords_are_redacted_too() {
+        let text = "database_url = \"host=db user=tm password=s3cret dbname=tm\"\nurl = \"postgres://db/tm?user=tm&Password=x&sslmode=require\"\nempty = 'password='\n";
+        assert_eq!(
+            super::redact_keyword_passwords(text),
+            "database_url = \"host=db user=tm password=*** dbname=tm\"\nurl = \"postgres://db/tm?user=tm&Password=***&sslmode=require\"\nempty = 'password='\n"
+        );
+    }
+
     #[test]
     fn url_passwords_are_redacted_and_nothing_else_changes() {
         let text = "listen = \"127.0.0.1:7070\"\ndatabase_url = \"postgres://tm:s3cr:et@db.example:5432/tm?sslmode=require\"\n# postgresql://ops@host/db has no password\nother = 'http://a:b@c/d' x://@y\n";

@@ -123,7 +123,7 @@ impl Server {
 /// Whether `listen` names a loopback address (protected mode allows only those).
 fn listens_on_loopback(listen: &str) -> bool {
     match listen.parse::<std::net::SocketAddr>() {
-        Ok(a) => a.ip().is_loopback(),
+        Ok(a) => a.ip().to_canonical().is_loopback(),
         Err(_) => listen.starts_with("localhost:"),
     }
 }

@@ -131,7 +131,7 @@ pub async fn guard(
         .map(|t| t.trim().to_owned());
     if !app.auth.any() {
         // Protected mode: no token exists yet.
-        if peer.ip().is_loopback() {
+        if peer.ip().to_canonical().is_loopback() {
             if let Some(why) = foreign_browser(req.headers()) {
                 return HttpError::new(
                     ErrorCode::Forbidden,

@@ -23,7 +23,8 @@ use tidemark_api::headers;
 /// Whether the guard would let this caller read records.
 fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
     if !app.auth.any() {
-        return peer.ip().is_loopback() && super::guard::foreign_browser(req.headers()).is_none();
+        return peer.ip().to_canonical().is_loopback()
+            && super::guard::foreign_browser(req.headers()).is_none();
     }
     bearer(req)
         .and_then(|t| app.auth.role_of(t))

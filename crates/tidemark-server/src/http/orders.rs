@@ -38,7 +38,9 @@ pub async fn post_orders(
         Ok(_) => app.metrics.order_latency.observe(started.elapsed()),
         Err(e) => {
             app.metrics.orders_refused.inc();
-            tracing::info!(code = e.error.code.as_str(), message = %e.error.message, "order batch refused");
+            // Debug-quoted: the message names client-given tables and
+            // columns, which must not forge log lines.
+            tracing::info!(code = e.error.code.as_str(), message = ?e.error.message, "order batch refused");
         }
     }
     result.map(Json)

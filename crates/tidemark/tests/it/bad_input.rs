@@ -262,6 +262,20 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
     assert_eq!(r.status().as_u16(), 413);
     let b: serde_json::Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "payload_too_large", "{b}");
+    // A path segment that is not UTF-8 (the framework's own plain-text
+    // refusal before), in protected mode where loopback is admin.
+    let r = client
+        .delete(format!("{}/v1/tokens/%FF", db.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "bad_request", "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("openapi"),
+        "{b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,7 +13,7 @@
 use super::{role_name, tail, Cluster, View};
 use crate::state::AppState;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tidemark_api::state::Role;
 use tidemark_store::postgres::cluster::MemberReport;
 use tidemark_store::StoreError;
@@ -30,6 +30,7 @@ pub async fn run(
     looked: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut beat = 0u32;
+    let beating = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut looked = Some(looked);
     loop {
         let view = cluster.view();
@@ -59,9 +60,17 @@ pub async fn run(
             }
         }
         beat += 1;
-        // Every third tick, and at once when the role changed.
-        if beat % 3 == 1 || cluster.view().role != view.role {
-            let _ = tokio::time::timeout(cluster.lease_ttl / 2, heartbeat(&app, &cluster)).await;
+        // Every third tick, and at once when the role changed; beside the
+        // loop, so renewals keep their pace on a slow PostgreSQL.
+        if (beat % 3 == 1 || cluster.view().role != view.role)
+            && !beating.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let (app, cluster, beating) = (app.clone(), cluster.clone(), beating.clone());
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(cluster.lease_ttl / 2, heartbeat(&app, &cluster)).await;
+                beating.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
         }
         if let Some(tx) = looked.take() {
             let _ = tx.send(());
@@ -150,14 +159,10 @@ pub fn handed_over(cluster: &Cluster, term: u64, to: String) {
 
 /// A standby's look at the lease: follow the primary, or take over.
 async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), StoreError> {
-    let sent = Instant::now();
     let lease = bounded(cluster, cluster.store.lease()).await?;
-    let (term, left) = if lease.held_by(&cluster.id) {
+    let term = if lease.held_by(&cluster.id) {
         // Handed to us by a promote.
-        (
-            lease.term,
-            Duration::from_millis(lease.expires_in_ms.max(0) as u64),
-        )
+        lease.term
     } else if lease.holder.is_none() || lease.expires_in_ms <= 0 {
         let acquired = bounded(
             cluster,
@@ -167,7 +172,7 @@ async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), Store
         )
         .await?;
         match acquired {
-            Some(l) => (l.term, cluster.lease_ttl),
+            Some(l) => l.term,
             None => return Ok(()),
         }
     } else {
@@ -178,7 +183,7 @@ async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), Store
         });
         return Ok(());
     };
-    take_over(app, cluster, term, (sent, left)).await?;
+    take_over(app, cluster, term).await?;
     // A take-over can take long (the tail's catch-up): it reached
     // PostgreSQL throughout.
     cluster.reached_postgres();
@@ -186,12 +191,11 @@ async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), Store
 }
 
 /// Becomes primary at `term`: fence, publish what earlier terms committed,
-/// re-read the shared state, then serve.
+/// re-read the shared state, renew the lease, then serve.
 async fn take_over(
     app: &Arc<AppState>,
     cluster: &Arc<Cluster>,
     term: u64,
-    (sent, left): (Instant, Duration),
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     cluster.store.set_fence(Some((term, cluster.id.clone())));
@@ -206,12 +210,40 @@ async fn take_over(
         Ok::<_, StoreError>(())
     }
     .await;
-    if let Err(e) = ready {
-        cluster.store.set_fence(None);
-        tracing::warn!(error = %e, term, "could not take over as primary; the lease will expire and be taken again");
-        return Err(e);
-    }
-    cluster.lease_held_for(sent, left);
+    // The catch-up may have used much of the lease (a promote hands over
+    // a short one): renewed before serving, so the first renewal of the
+    // loop is not already too late and the promote does not bounce back.
+    let renewed = match ready {
+        Ok(()) => {
+            let sent = Instant::now();
+            bounded(
+                cluster,
+                cluster
+                    .store
+                    .lease_renew(&cluster.id, term, ttl_ms(cluster)),
+            )
+            .await
+            .map(|held| held.then_some(sent))
+        }
+        Err(e) => Err(e),
+    };
+    let renewed_at = match renewed {
+        Ok(Some(at)) => at,
+        Ok(None) => {
+            cluster.store.set_fence(None);
+            tracing::warn!(
+                term,
+                "the lease moved while taking over; serving as a standby"
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            cluster.store.set_fence(None);
+            tracing::warn!(error = %e, term, "could not take over as primary; the lease will expire and be taken again");
+            return Err(e);
+        }
+    };
+    cluster.lease_held_for(renewed_at, cluster.lease_ttl);
     cluster.set_view(View {
         role: Role::Primary,
         term,
@@ -223,12 +255,18 @@ async fn take_over(
         took_ms = started.elapsed().as_millis() as u64,
         "this instance is now the primary"
     );
-    // A crash between the last flag clear and the state change is mended here.
-    if let Err(e) = app.recovery.maybe_finish().await {
-        tracing::warn!(error = %e, "recovery state check failed; will retry");
-    }
-    // A schema publish the old primary left unfinished ends on one version.
-    crate::schema_publish::resume_logged(app).await;
+    // Beside the lease loop, which must go on renewing meanwhile.
+    let app = app.clone();
+    tokio::spawn(async move {
+        // A crash between the last flag clear and the state change is
+        // mended here.
+        if let Err(e) = app.recovery.maybe_finish().await {
+            tracing::warn!(error = %e, "recovery state check failed; will retry");
+        }
+        // A schema publish the old primary left unfinished ends on one
+        // version.
+        crate::schema_publish::resume_logged(&app).await;
+    });
     Ok(())
 }
 

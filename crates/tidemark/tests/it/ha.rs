@@ -421,6 +421,8 @@ async fn promote_back_and_forth_refuses_and_loses_nothing() {
     let load = Load::start(urls.clone(), 3);
     let reader = Reader::start(svc.url.clone());
     load.progress(60, "orders before the promote").await;
+    let term = |s: Value| s["term"].as_u64().unwrap();
+    let first_term = term(state(&urls[primary]).await.unwrap());
     for _ in 0..4 {
         let standby = 1 - primary;
         let out = run(
@@ -438,6 +440,9 @@ async fn promote_back_and_forth_refuses_and_loses_nothing() {
         primary = standby;
         load.progress(40, "orders after the promote").await;
     }
+    // One term per promote: none bounced back (a new primary whose first
+    // renewal came too late lost the lease to the old one, term + 2).
+    assert_eq!(term(state(&urls[primary]).await.unwrap()), first_term + 4);
     // The primary itself: nothing to do.
     let out = run(
         tmp.path(),

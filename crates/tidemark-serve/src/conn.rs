@@ -1,6 +1,7 @@
 //! One connection: the TLS handshake if any, then HTTP/1.1 under the
 //! header deadline, until the peer leaves or the server shuts down.
 
+use crate::slots::Slot;
 use crate::{deadline, Settings, Stats};
 use axum::body::Body;
 use axum::http::{Request, Response};
@@ -10,11 +11,12 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// Holds one of the `max_connections` slots (`_slot`) until it ends.
+/// Holds one of the `max_connections` slots (`slot`) until it ends, and
+/// tells it when a request is in flight; ends gracefully when the slot is
+/// taken for a newer connection.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<S>(
     stream: TcpStream,
@@ -24,7 +26,7 @@ pub async fn serve<S>(
     stats: Stats,
     svc: S,
     shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
 ) where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -35,10 +37,10 @@ pub async fn serve<S>(
     stats.open.add(1);
     let _open = Open(&stats);
     match tls {
-        None => http(stream, peer, settings, &stats, svc, shutdown).await,
+        None => http(stream, peer, settings, &stats, svc, shutdown, &slot).await,
         Some(acceptor) => {
             match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => http(stream, peer, settings, &stats, svc, shutdown).await,
+                Ok(Ok(stream)) => http(stream, peer, settings, &stats, svc, shutdown, &slot).await,
                 // A client without an accepted certificate, or not TLS at all.
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
@@ -49,6 +51,9 @@ pub async fn serve<S>(
         }
     }
 }
+
+/// How long a connection chosen to make room may take to close by itself.
+pub(crate) const EVICTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counts the connection open while it lives.
 struct Open<'a>(&'a Stats);
@@ -66,6 +71,7 @@ async fn http<I, S>(
     stats: &Stats,
     svc: S,
     shutdown: CancellationToken,
+    slot: &Slot,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -75,8 +81,21 @@ async fn http<I, S>(
     S::Future: Send + 'static,
 {
     let body_timeout = settings.body_timeout;
-    let service =
-        hyper::service::service_fn(move |req| deadline::call(svc.clone(), req, peer, body_timeout));
+    let conn = slot.conn.clone();
+    let service = hyper::service::service_fn(move |req| {
+        conn.busy();
+        let answer = deadline::call(svc.clone(), req, peer, body_timeout);
+        let conn = conn.clone();
+        async move {
+            let resp = answer.await;
+            // A body of unknown length is a stream (a watch, a backup).
+            let streaming = resp
+                .as_ref()
+                .is_ok_and(|r| http_body::Body::size_hint(r.body()).exact().is_none());
+            conn.answered(streaming);
+            resp
+        }
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -90,6 +109,19 @@ async fn http<I, S>(
             // Finishes the request in flight, then closes.
             conn.as_mut().graceful_shutdown();
             conn.as_mut().await
+        }
+        _ = slot.conn.evict.cancelled() => {
+            // Its slot went to a newer connection. Idle, it closes at once;
+            // headers still trickling in (slowloris) get a second, then the
+            // connection is dropped.
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(EVICTION_GRACE, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::debug!(%peer, "an idle connection made room for a new one");
+                    Ok(())
+                }
+            }
         }
     };
     if let Err(e) = ended {

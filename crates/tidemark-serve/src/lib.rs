@@ -1,9 +1,11 @@
 //! The HTTP front door both servers share (issue 13: resources and TLS).
 //!
 //! Invariants of [`serve`]:
-//! - at most `max_connections` connections are served at once; one more is
-//!   answered `503 too_many_connections` and closed (over https it is
-//!   closed before the handshake);
+//! - at most `max_connections` connections are served at once; one more
+//!   first closes the connection idle longest ([`slots`]: no request in
+//!   flight, no stream), and only if every one is busy is it answered
+//!   `503 too_many_connections` and closed (over https it is closed before
+//!   the handshake);
 //! - a TLS handshake, and each request's headers, must arrive within
 //!   `header_timeout`, or the connection is closed (slowloris); a
 //!   keep-alive connection idle that long is closed too;
@@ -21,6 +23,7 @@ pub mod hot;
 mod json_errors;
 pub mod openapi;
 mod refuse;
+mod slots;
 pub mod tls;
 
 use axum::body::Body;
@@ -31,7 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_telemetry::{Counter, Gauge, Registry};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use json_errors::json_errors;
@@ -66,12 +68,14 @@ impl Settings {
 pub struct Stats {
     open: Arc<Gauge>,
     refused: Arc<Counter>,
+    evicted: Arc<Counter>,
     timed_out: Arc<Counter>,
 }
 
 impl Stats {
     /// Registers the front door's metrics as `{prefix}_connections_open`,
-    /// `{prefix}_connections_refused_total` and `{prefix}_connections_timed_out_total`.
+    /// `{prefix}_connections_refused_total`, `{prefix}_connections_evicted_total`
+    /// and `{prefix}_connections_timed_out_total`.
     pub fn register(registry: &Registry, prefix: &str) -> Self {
         Self {
             open: registry.gauge(
@@ -82,6 +86,11 @@ impl Stats {
             refused: registry.counter(
                 &format!("{prefix}_connections_refused_total"),
                 "Connections refused because max_connections were open",
+                "",
+            ),
+            evicted: registry.counter(
+                &format!("{prefix}_connections_evicted_total"),
+                "Connections served in the room an idle one made (max_connections were open)",
                 "",
             ),
             timed_out: registry.counter(
@@ -111,7 +120,7 @@ pub async fn serve<M, S>(
     S::Future: Send + 'static,
 {
     let max = settings.max_connections.clamp(1, u32::MAX as usize);
-    let slots = Arc::new(Semaphore::new(max));
+    let slots = slots::Slots::new(max);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -127,28 +136,34 @@ pub async fn serve<M, S>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            stats.refused.inc();
-            if stats.refused.get() % 1000 == 1 {
-                tracing::warn!(%peer, max_connections = max, refused = stats.refused.get(), "connection refused: max_connections are open (raise max_connections, or reuse connections)");
-            }
-            if tls.is_none() {
-                tokio::spawn(refuse::too_many(stream));
-            }
-            continue;
-        };
         let svc = make(peer);
-        tokio::spawn(conn::serve(
-            stream,
-            peer,
-            tls.clone(),
-            settings,
-            stats.clone(),
-            svc,
-            shutdown.clone(),
-            slot,
-        ));
+        let (tls, stats, shutdown) = (tls.clone(), stats.clone(), shutdown.clone());
+        if let Some(slot) = slots.try_take() {
+            tokio::spawn(conn::serve(
+                stream, peer, tls, settings, stats, svc, shutdown, slot,
+            ));
+            continue;
+        }
+        // Full: the connection idle longest makes room, if there is one.
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            match slots.take_making_room(conn::EVICTION_GRACE * 2).await {
+                Some(slot) => {
+                    stats.evicted.inc();
+                    conn::serve(stream, peer, tls, settings, stats, svc, shutdown, slot).await
+                }
+                None => {
+                    stats.refused.inc();
+                    if stats.refused.get() % 1000 == 1 {
+                        tracing::warn!(%peer, max_connections = max, refused = stats.refused.get(), "connection refused: max_connections are open and busy (raise max_connections, or reuse connections)");
+                    }
+                    if tls.is_none() {
+                        refuse::too_many(stream).await;
+                    }
+                }
+            }
+        });
     }
     // Every slot back means every connection has finished.
-    let _ = slots.acquire_many(max as u32).await;
+    slots.all_free().await;
 }

@@ -132,8 +132,13 @@ async fn a_body_that_does_not_arrive_gets_408_and_changes_nothing() {
     assert_eq!(commit_seq(&db.url).await, before, "nothing was applied");
 }
 
+/// Connections past `max_connections` (3 here): idle ones (kept alive, or
+/// headers trickling in) make room for new ones, oldest first, so nobody
+/// holds every slot by opening connections and doing nothing; only when
+/// every connection is busy (streams) is a new one refused `503
+/// too_many_connections`, and the server stays up.
 #[tokio::test(flavor = "multi_thread")]
-async fn connections_past_the_limit_are_refused_and_the_server_stays_up() {
+async fn connections_past_the_limit_make_room_or_are_refused_and_the_server_stays_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = dir.join("data");
@@ -150,28 +155,65 @@ async fn connections_past_the_limit_are_refused_and_the_server_stays_up() {
         &[],
     );
     db.wait_ok("/readyz").await;
-    // Three kept-alive connections, each with an answered request: held.
-    // (The readiness probe's own connection may still be closing: a place
-    // it holds is taken once it has gone.)
-    let mut held = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while held.len() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the probe's place never came free"
-        );
-        let mut s = TcpStream::connect(addr(&db.url)).await.unwrap();
+    let healthz = |s: TcpStream| async move {
+        let mut s = s;
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
         let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await.unwrap();
-        if buf[..n].starts_with(b"HTTP/1.1 200") {
-            held.push(s);
-        } else {
-            assert!(buf[..n].starts_with(b"HTTP/1.1 503"), "{:?}", &buf[..n]);
-            assert!(held.len() == 2, "only the probe's place can be taken");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    // Three kept-alive connections, each with an answered request, then a
+    // fourth: it is served, and the oldest of the three is closed.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (s, answer) = healthz(TcpStream::connect(addr(&db.url)).await.unwrap()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(s);
+    }
+    let (_fourth, answer) = healthz(TcpStream::connect(addr(&db.url)).await.unwrap()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = read_to_close(&mut held[0], Duration::from_secs(10)).await;
+    assert!(
+        closed.is_empty(),
+        "the oldest idle one was closed: {closed}"
+    );
+    drop(held);
+    // Headers that never finish (slowloris) hold no slot against a newcomer.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr(&db.url)).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+        slow.push(s);
+    }
+    let (_s, answer) = healthz(TcpStream::connect(addr(&db.url)).await.unwrap()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(slow);
+    assert!(metric(&db.url, "tidemark_connections_evicted_total").await >= 2.0);
+    // Three watch streams: every connection busy, so the next is refused.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut streams = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while streams.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "three streams never opened"
+        );
+        match client
+            .get(format!("{}/v1/watch?subscriber=s{}", db.url, streams.len()))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => streams.push(r),
+            // A place still held by a connection closing.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     let mut extra = TcpStream::connect(addr(&db.url)).await.unwrap();
@@ -183,8 +225,8 @@ async fn connections_past_the_limit_are_refused_and_the_server_stays_up() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("\"too_many_connections\""), "{answer}");
     assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
-    // Places free again once the held connections go.
-    drop(held);
+    // Places free again once the streams go.
+    drop(streams);
     db.wait_ok("/readyz").await;
     assert!(metric(&db.url, "tidemark_connections_refused_total").await >= 1.0);
 }

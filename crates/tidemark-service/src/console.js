@@ -1,8 +1,8 @@
 "use strict";
 // The service server's console script, served as /console.js (the page's
 // Content-Security-Policy runs no inline script). It polls this server's
-// own state once a second, one request at a time and not while the page
-// is hidden; the countdown ticks locally from the seconds the server last
+// own state once a second, one request at a time (also in a hidden tab:
+// the page must be current when it is looked at); the countdown ticks locally from the seconds the server last
 // said were left (the browser's clock may be off the server's). When a
 // poll fails, the page keeps the last values and says so.
 const $ = (id) => document.getElementById(id);
@@ -18,7 +18,7 @@ function status(text, stale) {
   $("status-line").classList.toggle("stale", !!stale);
 }
 async function refresh() {
-  if (busy || document.hidden) return;
+  if (busy) return;
   busy = true;
   try {
     const r = await fetch("/v1/state");

@@ -570,18 +570,27 @@ async fn subscriber_names_belong_to_their_token_and_revocation_ends_its_stream()
     let b: serde_json::Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "too_many_subscribers", "{b}");
 
-    // Revoking "svc" ends its open stream.
+    // Revoking "svc" ends its open streams: the watch, and a console feed.
+    let mut feed = client
+        .get(format!("{u}/v1/console/events"))
+        .bearer_auth(&svc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
     let (s, _) = call("DELETE", &format!("{u}/v1/tokens/svc"), Some(&admin), "").await;
     assert_eq!(s, 200);
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            match stream.chunk().await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return,
+    for (what, stream) in [("watch", &mut stream), ("console feed", &mut feed)] {
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match stream.chunk().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return,
+                }
             }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the revoked token's stream ended");
+        })
+        .await;
+        assert!(ended.is_ok(), "the revoked token's {what} ended");
+    }
     assert_eq!(read(&svc, "svc-1").await.unwrap().status(), 401);
 }

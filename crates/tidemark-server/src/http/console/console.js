@@ -276,21 +276,19 @@ async function stream() {
   }
 }
 
-// Pollers never overlap (a tick is skipped while the last request runs)
-// and rest while the page is hidden; they run at once when it shows again.
-const pollers = [];
+// Pollers never overlap (a tick is skipped while the last request runs).
+// They go on in a hidden tab: a page behind another must be current when
+// it is looked at, and a browser slows hidden timers by itself.
 function poll(fn, ms) {
   let busy = false;
   const tick = async () => {
-    if (busy || document.hidden) return;
+    if (busy) return;
     busy = true;
     try { await fn(); } finally { busy = false; }
   };
-  pollers.push(tick);
   setInterval(tick, ms);
   tick();
 }
-document.addEventListener("visibilitychange", () => { if (!document.hidden) for (const tick of pollers) tick(); });
 
 function showAdmin() {
   for (const el of document.querySelectorAll(".admin")) el.classList.toggle("hidden", !isAdmin);
@@ -348,8 +346,8 @@ $("schema-rollback").addEventListener("click", () => {
   }
 });
 $("q-send").addEventListener("click", () => {
+  // No confirmation: a notice is cancelled as easily (Cancel).
   const seconds = Number($("q-secs").value);
-  if (!confirm("Announce to every service server that this server goes offline in " + seconds + " s?")) return;
   api("POST", "/v1/quiesce", {seconds, message: $("q-msg").value || undefined}).catch((e) => alert(e.message));
 });
 $("q-cancel").addEventListener("click", () => api("DELETE", "/v1/quiesce").catch((e) => alert(e.message)));

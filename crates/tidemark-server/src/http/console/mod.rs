@@ -54,6 +54,9 @@ pub async fn script() -> Response {
     served("text/javascript; charset=utf-8", SCRIPT)
 }
 
+/// Console feeds one token (or the loopback) may hold open at once.
+const MAX_FEEDS_PER_TOKEN: usize = 8;
+
 /// `GET /` and `GET /console/`: where an operator types the server's
 /// address, the console.
 pub async fn to_console() -> Redirect {
@@ -65,23 +68,47 @@ pub async fn to_console() -> Redirect {
 /// (as `GET /v1/state`, plus `now_ms`: the server's clock) once a second,
 /// or `error` (`{"error": {…}}`) for a second in which the state could not
 /// be read, as server-sent events.
+///
+/// A token holds at most [`MAX_FEEDS_PER_TOKEN`] feeds (each reads the
+/// state once a second, and holds a connection); a feed ends when its
+/// token is revoked.
 pub async fn events(
     State(app): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<super::guard::Caller>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, HttpError> {
+    let Some(permit) = app
+        .streams
+        .take(&format!("console:{}", caller.0), MAX_FEEDS_PER_TOKEN)
+    else {
+        return Err(HttpError::new(
+            tidemark_api::ErrorCode::TooManyStreams,
+            format!(
+                "'{}' already holds {MAX_FEEDS_PER_TOKEN} console feeds open; close a console page",
+                caller.0.escape_debug()
+            ),
+        )
+        .retry_after(5));
+    };
     // The first event at once, then one a second.
     let progress = serde_json::to_string(&app.progress.samples()).unwrap_or_default();
     let first =
         futures::stream::once(async move { Ok(Event::default().event("progress").data(progress)) });
-    let stream = futures::stream::unfold((app, true), |(app, first)| async move {
+    let feed = (app.clone(), app.auth.changes(), caller.0, permit);
+    let stream = futures::stream::unfold((feed, true), |(mut feed, first)| async move {
         if !first {
             tokio::select! {
-                _ = app.shutdown.cancelled() => return None,
+                _ = feed.0.shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                changed = feed.1.changed() => {
+                    if changed.is_err() || !feed.0.auth.still_valid(&feed.2) {
+                        return None;
+                    }
+                }
             }
         }
-        let read = super::probes::state(State(app.clone())).await;
+        let read = super::probes::state(State(feed.0.clone())).await;
         let (kind, data) = state_event(read.map(|Json(s)| s), unix_ms());
-        Some((Ok(Event::default().event(kind).data(data)), (app, false)))
+        Some((Ok(Event::default().event(kind).data(data)), (feed, false)))
     });
     Ok(
         Sse::new(first.chain(stream))

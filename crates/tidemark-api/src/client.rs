@@ -324,8 +324,8 @@ impl DbClient {
 
     /// POST a JSON document, decode a JSON answer. An instance that does
     /// not answer within 30 s (paused, or a host gone without a reset) is
-    /// given up for the next one: orders are idempotent, and a standby
-    /// holds a write no longer than its failover wait.
+    /// given up for the next one: orders are idempotent, so one sent again
+    /// is applied once.
     pub async fn post_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         path: &str,

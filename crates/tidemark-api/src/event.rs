@@ -82,6 +82,11 @@ pub struct HelloEvent {
     /// holds (`POST /v1/watch/interest`) just before reconnecting.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub declare: bool,
+    /// The server vouches for this stream with `lease` events: what it
+    /// streams is current only while its last one runs. A server without
+    /// it (a single DB server, an older one) is vouched for while synced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vouches: bool,
 }
 
 /// Payload of the `synced` event: everything the subscriber missed since
@@ -120,17 +125,17 @@ pub enum WatchEvent {
     Lease(LeaseEvent),
 }
 
-/// Payload of the `lease` event (an instance of a cluster, about every
-/// half second, without an `id`): what the instance streams is current
-/// until `valid_until_ms` (Unix milliseconds): it surely holds the lease
-/// (a primary) or reached PostgreSQL within a lease (a standby) until
-/// then. A paused or cut-off instance sends none, so a service server
-/// stops vouching for its cache when the last one runs out, not when the
-/// stream falls silent for good. Clocks of one cluster are assumed to
-/// agree within a few milliseconds.
+/// Payload of the `lease` event (an instance of a cluster, right after
+/// `synced` and every 300 ms, without an `id`): what the instance streams
+/// is current for `valid_for_ms` more milliseconds: it surely holds the
+/// lease (a primary) or reached PostgreSQL within a lease (a standby) that
+/// long. A paused or cut-off instance sends none, so a service server
+/// stops vouching for its cache when the last one runs out (counted from
+/// when it arrived, on its own clock), not when the stream falls silent
+/// for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseEvent {
-    pub valid_until_ms: u64,
+    pub valid_for_ms: u64,
 }
 
 impl WatchEvent {

@@ -39,7 +39,12 @@ pub async fn serve<S>(
     match tls {
         None => http(stream, peer, settings, &stats, svc, shutdown, &slot).await,
         Some(acceptor) => {
-            match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await {
+            let handshake = tokio::select! {
+                h = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)) => h,
+                // Chosen to make room while still shaking hands.
+                _ = slot.conn.evict.cancelled() => return,
+            };
+            match handshake {
                 Ok(Ok(stream)) => http(stream, peer, settings, &stats, svc, shutdown, &slot).await,
                 // A client without an accepted certificate, or not TLS at all.
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -94,7 +94,8 @@ pub struct ServerConfig {
     pub max_watch_per_token: usize,
     /// Watch subscriber names one token may claim (each service server
     /// uses one; its interest costs memory here). Past it a new name is
-    /// refused `429 too_many_subscribers`.
+    /// refused `429 too_many_subscribers`; names are freed by revoking the
+    /// token, so give service servers stable names (`--id`).
     pub max_subscribers_per_token: usize,
     /// Keys one service server may hold interest in here (about 150 bytes
     /// each): every key it read since its stream last started afresh, so
@@ -155,7 +156,7 @@ impl Default for ServerConfig {
             read_cache_entries: 1_000_000,
             read_cache_bytes: 128 * 1024 * 1024,
             max_watch_per_token: 64,
-            max_subscribers_per_token: 16,
+            max_subscribers_per_token: 256,
             max_interest_per_subscriber: 4_000_000,
             max_backup_streams: 2,
             backup_stall_secs: 60,

@@ -285,6 +285,7 @@ impl WatchStream {
             boot: self.app.boot.clone(),
             resumed,
             declare: self.app.cluster.is_some(),
+            vouches: self.app.cluster.is_some(),
         };
         let mut alive = self.send(WatchEvent::Hello(hello)).await;
         if let (true, Some(notice)) = (alive, self.app.quiesce.notice()) {

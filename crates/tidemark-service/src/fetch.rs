@@ -520,13 +520,14 @@ mod tests {
             boot: "b".into(),
             resumed,
             declare: hello_declares,
+            vouches: hello_declares,
         };
         watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
         watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
         if hello_declares {
             // An instance of a cluster vouches for its stream.
             let lease = tidemark_api::event::LeaseEvent {
-                valid_until_ms: crate::shared::unix_ms() + 3_600_000,
+                valid_for_ms: 3_600_000,
             };
             watcher::apply(&svc.shared, &ev(WatchEvent::Lease(lease)));
         }
@@ -642,13 +643,31 @@ mod tests {
         stream_synced(&svc, true);
         svc.shared.cache.offer(&record(3, false), Origin::Push);
         assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());
-        let lease = |valid_until_ms| SseEvent {
+        let lease = |valid_for_ms| SseEvent {
             id: None,
             event: "lease".into(),
-            data: WatchEvent::Lease(tidemark_api::event::LeaseEvent { valid_until_ms }).data(),
+            data: WatchEvent::Lease(tidemark_api::event::LeaseEvent { valid_for_ms }).data(),
         };
-        watcher::apply(&svc.shared, &lease(crate::shared::unix_ms() - 1));
+        watcher::apply(&svc.shared, &lease(0));
         assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_none());
+        // A cluster instance without lease events (an older one) says so
+        // in its hello: it is vouched for while synced, as before.
+        let old = HelloEvent {
+            epoch: 2,
+            seq: 0,
+            boot: "b".into(),
+            resumed: true,
+            declare: true,
+            vouches: false,
+        };
+        let ev = |e: WatchEvent| SseEvent {
+            id: Some("2-0-b".into()),
+            event: e.name().into(),
+            data: e.data(),
+        };
+        watcher::apply(&svc.shared, &ev(WatchEvent::Hello(old)));
+        watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
+        assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());
         // A new stream (hello, synced, then its lease) vouches again.
         stream_synced(&svc, true);
         assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());

@@ -228,6 +228,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         boot: format!("b{}", db.boot),
                         resumed,
                         declare: false,
+                        vouches: false,
                     })
                 };
                 db.stream_up = true;

@@ -29,10 +29,11 @@ pub struct Shared {
     /// fetched records cached, because only then are their later changes
     /// sure to arrive.
     pub connected: AtomicBool,
-    /// Until when (Unix ms) the instance watched vouches for its stream
-    /// (its last `lease` event); `u64::MAX` for a single DB server, which
-    /// sends none. Past it the stream may be a paused or cut-off
-    /// instance's, and the cache answers as current no longer.
+    /// Until when ([`mono_ms`]) the instance watched vouches for its stream
+    /// (its last `lease` event, counted from its arrival); `u64::MAX` for a
+    /// server that sends none (a single DB server, an older one). Past it
+    /// the stream may be a paused or cut-off instance's, and the cache
+    /// answers as current no longer.
     pub vouched_until_ms: AtomicU64,
     /// Bumped when a stream syncs and when it goes down: a fetch answer is
     /// cached as current only if the stream synced when it was asked for
@@ -72,7 +73,7 @@ impl Shared {
             return false;
         }
         let until = self.vouched_until_ms.load(SeqCst);
-        until == u64::MAX || unix_ms() < until
+        until == u64::MAX || mono_ms() < until
     }
 
     /// Wakes reads waiting on a key.
@@ -126,9 +127,12 @@ impl Asked {
     }
 }
 
-/// Now, in Unix milliseconds.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Now, in milliseconds of this process's monotonic clock (so a vouch does
+/// not depend on how this host's clock agrees with the DB server's).
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }

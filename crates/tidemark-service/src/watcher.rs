@@ -69,10 +69,12 @@ pub async fn run(shared: Arc<Shared>) {
                             let until = shared.vouched_until_ms.load(Ordering::SeqCst);
                             if shared.connected.load(Ordering::SeqCst)
                                 && until != u64::MAX
-                                && crate::shared::unix_ms() > until.saturating_add(LEASE_PATIENCE_MS)
+                                && crate::shared::mono_ms() > until.saturating_add(LEASE_PATIENCE_MS)
                             {
-                                // Paused, or cut off and not saying so.
-                                tracing::warn!(base = %base, "the DB-server instance stopped vouching for its watch stream; reconnecting");
+                                // Paused, or cut off and not saying so: the
+                                // next instance, if there is one.
+                                tracing::warn!(base = %base, "the DB-server instance stopped vouching for its watch stream; moving on");
+                                shared.client.move_on(&base);
                                 break;
                             }
                             if shared.client.base() != base {
@@ -184,8 +186,13 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             shared.db_epoch.store(h.epoch, Ordering::SeqCst);
             shared.declare.store(h.declare, Ordering::SeqCst);
             // An instance of a cluster vouches for its stream with `lease`
-            // events; until the first, nothing cached is vouched for.
-            let vouched = if h.declare { 0 } else { u64::MAX };
+            // events; until the first, nothing cached is vouched for (and
+            // the patience for one counts from here).
+            let vouched = if h.vouches {
+                crate::shared::mono_ms()
+            } else {
+                u64::MAX
+            };
             shared.vouched_until_ms.store(vouched, Ordering::SeqCst);
             if !h.resumed {
                 // The server will not replay what we missed (first
@@ -253,9 +260,10 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
         }
         WatchEvent::Lease(l) => {
-            shared
-                .vouched_until_ms
-                .store(l.valid_until_ms, Ordering::SeqCst);
+            shared.vouched_until_ms.store(
+                crate::shared::mono_ms().saturating_add(l.valid_for_ms),
+                Ordering::SeqCst,
+            );
         }
         WatchEvent::Schema(s) => {
             tracing::info!(
@@ -296,6 +304,7 @@ mod tests {
             boot: "b".into(),
             resumed,
             declare: false,
+            vouches: false,
         })
     }
 
@@ -376,6 +385,7 @@ mod tests {
             boot: "b".into(),
             resumed: true,
             declare: false,
+            vouches: false,
         });
         apply(s, &ev(hello, "1-0-b"));
         assert!(s.quiesce_at.lock().is_none() && s.quiesce.lock().is_none());

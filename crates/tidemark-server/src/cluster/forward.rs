@@ -107,10 +107,11 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                         }
                     },
                     // A paused primary holds the request without a word
-                    // while another instance takes over: the write goes to
-                    // the new one (orders are idempotent by (source, seq);
-                    // the old one, fenced, commits nothing).
-                    () = moved_from(&cluster, &primary) => {
+                    // while another instance takes over: a write that may
+                    // be sent twice goes to the new one (orders are
+                    // idempotent by (source, seq); the old one, fenced,
+                    // commits nothing). Others wait for their answer.
+                    () = moved_from(&cluster, &primary), if resendable(parts.uri.path()) => {
                         tracing::info!(%primary, "the primary changed while a write was forwarded to it; sending it on to the new one");
                         continue;
                     }
@@ -123,6 +124,15 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
         }
         cluster.changed(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether a write may be sent again to another primary without being
+/// applied twice or answered differently.
+fn resendable(path: &str) -> bool {
+    matches!(
+        path,
+        "/v1/orders" | "/v1/recovery/schedule" | "/v1/recovery/complete"
+    )
 }
 
 /// Returns once `primary` is no longer the primary this instance knows.

@@ -162,11 +162,11 @@ impl Cluster {
         now.saturating_sub(self.reached_ms.load(Ordering::SeqCst)) > limit
     }
 
-    /// Until when (Unix ms) what this instance streams is surely current:
-    /// the moment [`Cluster::cut_off`] would turn true if nothing changed
-    /// (the lease's end on a primary, a lease after PostgreSQL last
-    /// answered on either role). `None` if it is already cut off.
-    pub fn vouched_until_unix_ms(&self) -> Option<u64> {
+    /// For how long (ms from now) what this instance streams is surely
+    /// current: until [`Cluster::cut_off`] would turn true if nothing
+    /// changed (the lease's end on a primary, a lease after PostgreSQL
+    /// last answered on either role). `None` if it is already cut off.
+    pub fn vouched_for_ms(&self) -> Option<u64> {
         if self.cut_off() {
             return None;
         }
@@ -176,10 +176,7 @@ impl Cluster {
         if self.is_primary() {
             until = until.min(self.lease_until_ms.load(Ordering::SeqCst));
         }
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Some(wall + until.saturating_sub(now))
+        Some(until.saturating_sub(now))
     }
 
     /// The lease is not ours (any more): nothing of ours commits (the

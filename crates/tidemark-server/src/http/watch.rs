@@ -62,7 +62,9 @@ pub async fn watch(
         .retry_after(5)));
     };
     // Claimed only once the stream may open: a refused one binds nothing.
-    claim(&app, &caller, &name, "watches").await?;
+    claim(&app, &caller, &name, "watches")
+        .await
+        .map_err(refused)?;
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());
@@ -77,7 +79,11 @@ pub async fn watch(
     let cluster = app.cluster.clone();
     let check = cluster
         .as_ref()
-        .map(|_| tokio::time::interval(CUT_OFF_CHECK));
+        // The first after a period: `hello` comes first, and `synced` is
+        // followed by a lease of its own.
+        .map(|_| {
+            tokio::time::interval_at(tokio::time::Instant::now() + CUT_OFF_CHECK, CUT_OFF_CHECK)
+        });
     let state = OpenStream {
         rx,
         check,
@@ -178,14 +184,12 @@ struct OpenStream {
 /// The `lease` event of an instance that is not cut off; `None` (the
 /// stream ends, so its service server moves to another instance) if it is.
 fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
-    let Some(until) = cluster.and_then(|c| c.vouched_until_unix_ms()) else {
+    let Some(valid_for_ms) = cluster.and_then(|c| c.vouched_for_ms()) else {
         tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
         return None;
     };
     // No id: it is not a change to resume from.
-    Some(WatchEvent::Lease(LeaseEvent {
-        valid_until_ms: until,
-    }))
+    Some(WatchEvent::Lease(LeaseEvent { valid_for_ms }))
 }
 
 /// How often an open stream checks that its instance still reaches

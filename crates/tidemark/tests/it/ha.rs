@@ -815,6 +815,16 @@ async fn a_service_server_watching_a_paused_primary_serves_nothing_outdated() {
             "{status} {b}"
         );
     }
+    // And it moves on: the new record, served from its cache again.
+    eventually(
+        30,
+        "the service server to serve the new record from its cache",
+        || async {
+            let (_, r) = get_json(&key).await;
+            (r["fields"]["credit_limit"] == 20 && r["source"] == "cache").then_some(())
+        },
+    )
+    .await;
     signal(&procs[old], libc::SIGCONT);
 }
 

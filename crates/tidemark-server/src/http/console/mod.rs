@@ -159,7 +159,8 @@ pub async fn whoami(
 ) -> Json<serde_json::Value> {
     let protected = !app.auth.any();
     let who = if protected {
-        let trusted = peer.ip().is_loopback() && super::guard::foreign_browser(&headers).is_none();
+        let trusted = peer.ip().to_canonical().is_loopback()
+            && super::guard::foreign_browser(&headers).is_none();
         trusted.then(|| ("loopback".to_owned(), tidemark_api::auth::AccessRole::Admin))
     } else {
         headers

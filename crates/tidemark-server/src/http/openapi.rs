@@ -30,7 +30,7 @@ pub fn document() -> Value {
                     "404": {"description": "Not found (or unknown table: error shape)",
                             "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Record"}, {"$ref": "#/components/schemas/Error"}]}}}},
                     "400": error_ref(), "401": error_ref(), "403": error_ref(),
-                    "503": error_ref()
+                    "429": error_ref(), "503": error_ref()
                 }
             }},
             "/v1/orders": {"post": {
@@ -40,7 +40,7 @@ pub fn document() -> Value {
                               "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref(), "503": error_ref()}
             }},
             "/v1/watch": {"get": {
-                "summary": "Server-Sent Events for one service server: hello, update, recovered, epoch, quiesce, schema. Resumable with Last-Event-ID.",
+                "summary": "Server-Sent Events for one service server: hello, synced, update, recovered, epoch, quiesce, schema; and, from an instance of a cluster, lease ({\"valid_for_ms\": N}, no id: the stream is current that much longer). Resumable with Last-Event-ID.",
                 "parameters": [{"name": "subscriber", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[\\x21-\\x7e]+$"}},
                                {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "text/event-stream"}, "400": error_ref(), "429": error_ref()}

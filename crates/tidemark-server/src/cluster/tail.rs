@@ -79,6 +79,9 @@ pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
         if page.is_empty() {
             return Ok(());
         }
+        if page[0].version.seq > after + 1 {
+            skipped_pruned(app, after).await?;
+        }
         let recovering = app.recovery.state() == RecoveryState::Recovering;
         for c in &mut page {
             if let Some(cache) = &app.read_cache {
@@ -92,6 +95,31 @@ pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
             app.metrics.seq.set(last.version.seq as i64);
         }
     }
+}
+
+/// The log starts past the watermark (this instance was paused, or cut
+/// off, for longer than the change log is kept): if the changes in between
+/// were pruned, nobody can publish them. Every cached answer is dropped and
+/// every stream told to revalidate (`epoch`, `cannot_resume`), rather than
+/// serving and pushing on as if nothing was missed.
+async fn skipped_pruned(app: &AppState, after: u64) -> Result<(), StoreError> {
+    let meta = app.store.meta().await?;
+    if meta.log_floor <= after + 1 {
+        return Ok(());
+    }
+    tracing::warn!(
+        watermark = after,
+        log_floor = meta.log_floor,
+        "changes this instance never published were pruned from the change log; caches revalidate"
+    );
+    if let Some(cache) = &app.read_cache {
+        cache.clear();
+    }
+    app.hub.publish(Push::Epoch(EpochEvent {
+        epoch: meta.epoch,
+        reason: EpochReason::CannotResume,
+    }));
+    Ok(())
 }
 
 /// Follows what the primary changed besides records: the recovery state
@@ -147,5 +175,37 @@ impl AppState {
             Some(c) => c.store.refresh_shared().await,
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Push;
+    use crate::testutil::{upsert, TestServer};
+
+    #[tokio::test]
+    async fn a_tail_behind_the_pruned_log_tells_every_stream_to_revalidate() {
+        let t = TestServer::open(async |_| {}).await;
+        // Another instance commits, and the log is pruned, while this one
+        // publishes nothing (paused).
+        for seq in 1..=5 {
+            t.store
+                .apply(vec![upsert("ops", seq, &format!("k{seq}"), "gold")])
+                .await
+                .unwrap();
+        }
+        t.store.prune_changes(1).await.unwrap();
+        let mut rx = t.app.hub.subscribe();
+        catch_up(&t.app).await.unwrap();
+        let mut told = false;
+        while let Ok(push) = rx.try_recv() {
+            told |= matches!(&push, Push::Epoch(e) if e.reason == EpochReason::CannotResume);
+        }
+        assert!(told, "an epoch event, cannot_resume");
+        assert_eq!(t.app.hub.watermark(), 5, "and the rest published");
+        // Caught up: no more.
+        catch_up(&t.app).await.unwrap();
+        assert!(rx.try_recv().is_err());
     }
 }

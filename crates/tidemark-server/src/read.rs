@@ -62,7 +62,7 @@ fn usable_cache(app: &AppState) -> Option<&std::sync::Arc<crate::read_cache::Rea
     if app
         .cluster
         .as_ref()
-        .is_some_and(|c| !c.is_primary() || !c.lease_held())
+        .is_some_and(|c| !c.may_use_read_cache())
     {
         return None;
     }

@@ -45,7 +45,10 @@ pub async fn run(
                 )
                 .await;
                 match renewed {
-                    Ok(true) => cluster.lease_held_for(sent, cluster.lease_ttl),
+                    Ok(true) => {
+                        cluster.lease_held_for(sent, cluster.lease_ttl);
+                        cluster.renewed_after_handover();
+                    }
                     Ok(false) => step_down(&cluster, "the lease moved to another instance"),
                     Err(e) if !cluster.lease_held() => {
                         step_down(&cluster, &format!("the lease could not be renewed: {e}"))

@@ -68,6 +68,12 @@ pub struct Cluster {
     /// When (ms after `epoch`) a lease statement last got an answer from
     /// PostgreSQL (every tick, in either role).
     reached_ms: AtomicU64,
+    /// A handover is being committed: the read cache stops answering
+    /// before the lease moves, not once the answer says it moved (an
+    /// answer lost would leave it serving while the new primary commits).
+    /// 0: none; 1: in progress; 2: over, outcome unknown (until the lease
+    /// loop renews the lease, or finds it gone).
+    handing_over: std::sync::atomic::AtomicU8,
     epoch: Instant,
 }
 
@@ -109,6 +115,7 @@ impl Cluster {
             members: RwLock::new(Vec::new()),
             lease_until_ms: AtomicU64::new(0),
             reached_ms: AtomicU64::new(0),
+            handing_over: Default::default(),
             epoch: Instant::now(),
             // Trusts --ca-cert and presents --client-cert, like every client.
             http: tidemark_api::client::tls_builder()
@@ -125,6 +132,31 @@ impl Cluster {
 
     pub fn is_primary(&self) -> bool {
         self.view.borrow().role == Role::Primary
+    }
+
+    /// A handover starts.
+    pub fn handover_started(&self) {
+        self.handing_over.store(1, Ordering::SeqCst);
+    }
+
+    /// A handover ended: `known` if its outcome is (the lease moved, or is
+    /// surely still ours), else the lease loop's next renewal decides.
+    pub fn handover_ended(&self, known: bool) {
+        self.handing_over
+            .store(if known { 0 } else { 2 }, Ordering::SeqCst);
+    }
+
+    /// The lease was renewed: a handover of unknown outcome did not happen.
+    pub(crate) fn renewed_after_handover(&self) {
+        let _ = self
+            .handing_over
+            .compare_exchange(2, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Whether this instance's read cache may answer: the primary, surely
+    /// holding the lease, and not handing it over.
+    pub fn may_use_read_cache(&self) -> bool {
+        self.is_primary() && self.lease_held() && self.handing_over.load(Ordering::SeqCst) == 0
     }
 
     /// Whether the lease is surely still ours now (see `lease_until_ms`).

@@ -29,7 +29,8 @@ pub struct Browser {
 
 /// One open page (a flattened session).
 #[derive(Clone)]
-pub struct Page(String);
+/// A page: its DevTools session, and its target (to close it).
+pub struct Page(String, String);
 
 impl Browser {
     /// Starts headless Chromium with its profile in `profile`.
@@ -100,8 +101,8 @@ impl Browser {
     }
 
     /// Opens `url` in a new page of `width`×`height` pixels, in a window of
-    /// its own: a tab behind another would be `document.hidden`, and the
-    /// console pauses its polling while hidden.
+    /// its own, as a person looking at it would have it (not a tab behind
+    /// another, whose timers the browser slows).
     pub async fn open(&mut self, url: &str, width: u32, height: u32) -> Page {
         let t = self
             .call(
@@ -117,7 +118,10 @@ impl Browser {
                 json!({"targetId": t["targetId"], "flatten": true}),
             )
             .await;
-        let page = Page(s["sessionId"].as_str().unwrap().to_owned());
+        let page = Page(
+            s["sessionId"].as_str().unwrap().to_owned(),
+            t["targetId"].as_str().unwrap().to_owned(),
+        );
         self.call(
             Some(&page),
             "Emulation.setDeviceMetricsOverride",
@@ -127,6 +131,14 @@ impl Browser {
         self.call(Some(&page), "Page.navigate", json!({"url": url}))
             .await;
         page
+    }
+
+    /// Closes `page`. A browser keeps at most 6 connections to one host,
+    /// and every console page holds one for its live feed: a test that
+    /// opens many pages closes those it is done with.
+    pub async fn close(&mut self, page: Page) {
+        self.call(None, "Target.closeTarget", json!({"targetId": page.1}))
+            .await;
     }
 
     /// Evaluates `expr` in `page` (awaiting a promise); returns its value,

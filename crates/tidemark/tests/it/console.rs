@@ -531,6 +531,11 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
+    // Each page holds a connection for its feed, of the 6 a browser opens
+    // to one host.
+    for done in [page, late, svc_page] {
+        b.close(done).await;
+    }
 
     // A wrong token gets no action.
     let wrong = b.open(&format!("{}/console", db.url), 1280, 1000).await;
@@ -588,6 +593,7 @@ async fn the_story_in_a_real_browser() {
         (r.status().as_u16(), ())
     };
     assert_eq!(status, 401, "the server refuses the action too");
+    b.close(wrong).await;
     // A reader token shows the data, and no action either.
     let wall = b.open(&format!("{}/console", db.url), 1280, 1000).await;
     b.wait_for(

@@ -27,25 +27,19 @@ pub(super) async fn write(
     source: &str,
     wanted: &Wanted<'_>,
 ) -> Result<u64, crate::StoreError> {
-    // A COPY waits for this process's rows: a process paused mid-COPY
-    // would keep the transaction active (no idle-in-transaction timeout)
-    // and its lock on the lease row, stalling a failover until it wakes.
-    // A chunk of the schedule list copies in well under a second.
-    tx.batch_execute("SAVEPOINT tm_flags_copy; SET LOCAL statement_timeout = '60s'")
+    tx.batch_execute("SAVEPOINT tm_flags_copy")
         .await
         .map_err(engine_error)?;
     match copy(tx, source, wanted).await {
         Ok(rows) => {
-            tx.batch_execute(
-                "RELEASE SAVEPOINT tm_flags_copy; SET LOCAL statement_timeout = DEFAULT",
-            )
-            .await
-            .map_err(engine_error)?;
+            tx.batch_execute("RELEASE SAVEPOINT tm_flags_copy")
+                .await
+                .map_err(engine_error)?;
             Ok(rows)
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.batch_execute(
-                "ROLLBACK TO SAVEPOINT tm_flags_copy; RELEASE SAVEPOINT tm_flags_copy; SET LOCAL statement_timeout = DEFAULT",
+                "ROLLBACK TO SAVEPOINT tm_flags_copy; RELEASE SAVEPOINT tm_flags_copy",
             )
             .await
             .map_err(engine_error)?;

@@ -47,7 +47,7 @@ pub async fn run(
                 match renewed {
                     Ok(true) => {
                         cluster.lease_held_for(sent, cluster.lease_ttl);
-                        cluster.renewed_after_handover();
+                        cluster.renewed_after_handover(sent);
                     }
                     Ok(false) => step_down(&cluster, "the lease moved to another instance"),
                     Err(e) if !cluster.lease_held() => {

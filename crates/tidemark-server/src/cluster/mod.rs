@@ -72,8 +72,10 @@ pub struct Cluster {
     /// before the lease moves, not once the answer says it moved (an
     /// answer lost would leave it serving while the new primary commits).
     /// 0: none; 1: in progress; 2: over, outcome unknown (until the lease
-    /// loop renews the lease, or finds it gone).
+    /// loop renews the lease by a statement sent after it ended).
     handing_over: std::sync::atomic::AtomicU8,
+    /// When (ms after `epoch`) a handover of unknown outcome ended.
+    handover_ended_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -116,6 +118,7 @@ impl Cluster {
             lease_until_ms: AtomicU64::new(0),
             reached_ms: AtomicU64::new(0),
             handing_over: Default::default(),
+            handover_ended_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             // Trusts --ca-cert and presents --client-cert, like every client.
             http: tidemark_api::client::tls_builder()
@@ -134,29 +137,47 @@ impl Cluster {
         self.view.borrow().role == Role::Primary
     }
 
-    /// A handover starts.
-    pub fn handover_started(&self) {
+    /// A handover starts. Until the guard says how it ended, the read
+    /// cache is off and streams are vouched for no longer; a guard dropped
+    /// without a word (the request went away) counts as an unknown end.
+    pub fn handover_started(&self) -> HandoverGuard<'_> {
         self.handing_over.store(1, Ordering::SeqCst);
+        HandoverGuard {
+            cluster: self,
+            ended: false,
+        }
     }
 
-    /// A handover ended: `known` if its outcome is (the lease moved, or is
-    /// surely still ours), else the lease loop's next renewal decides.
-    pub fn handover_ended(&self, known: bool) {
-        self.handing_over
-            .store(if known { 0 } else { 2 }, Ordering::SeqCst);
+    fn handover_ended(&self, known: bool) {
+        if known {
+            self.handing_over.store(0, Ordering::SeqCst);
+        } else {
+            self.handover_ended_ms
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+            self.handing_over.store(2, Ordering::SeqCst);
+        }
     }
 
-    /// The lease was renewed: a handover of unknown outcome did not happen.
-    pub(crate) fn renewed_after_handover(&self) {
-        let _ = self
-            .handing_over
-            .compare_exchange(2, 0, Ordering::SeqCst, Ordering::SeqCst);
+    /// The lease was renewed by a statement sent at `sent`: if that was
+    /// after a handover of unknown outcome ended, the handover did not
+    /// happen (the lease is still ours).
+    pub(crate) fn renewed_after_handover(&self, sent: Instant) {
+        let sent_ms = sent.saturating_duration_since(self.epoch).as_millis() as u64;
+        if sent_ms > self.handover_ended_ms.load(Ordering::SeqCst) {
+            let _ = self
+                .handing_over
+                .compare_exchange(2, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::SeqCst) != 0
     }
 
     /// Whether this instance's read cache may answer: the primary, surely
     /// holding the lease, and not handing it over.
     pub fn may_use_read_cache(&self) -> bool {
-        self.is_primary() && self.lease_held() && self.handing_over.load(Ordering::SeqCst) == 0
+        self.is_primary() && self.lease_held() && !self.handing_over()
     }
 
     /// Whether the lease is surely still ours now (see `lease_until_ms`).
@@ -202,6 +223,10 @@ impl Cluster {
         if self.cut_off() {
             return None;
         }
+        if self.handing_over() {
+            // The lease may be moving: vouch for nothing (the stream stays).
+            return Some(0);
+        }
         let limit = self.lease_ttl.max(Duration::from_secs(1)).as_millis() as u64;
         let now = self.epoch.elapsed().as_millis() as u64;
         let mut until = self.reached_ms.load(Ordering::SeqCst) + limit;
@@ -237,6 +262,29 @@ impl Cluster {
     /// expiry soon after it happens.
     pub fn tick(&self) -> Duration {
         (self.lease_ttl / 6).clamp(Duration::from_millis(20), Duration::from_millis(500))
+    }
+}
+
+/// A handover in progress (see [`Cluster::handover_started`]).
+pub struct HandoverGuard<'a> {
+    cluster: &'a Cluster,
+    ended: bool,
+}
+
+impl HandoverGuard<'_> {
+    /// It ended: `known` if its outcome is (the lease moved, or surely did
+    /// not), else the lease loop's next renewal decides.
+    pub fn ended(mut self, known: bool) {
+        self.ended = true;
+        self.cluster.handover_ended(known);
+    }
+}
+
+impl Drop for HandoverGuard<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cluster.handover_ended(false);
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::schedule::send_schedule;
 use crate::submit::send_with_retry;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
 use tidemark_api::{DbClient, RecoveryState, RecoveryStatus, Version};
@@ -212,7 +212,7 @@ fn replay_plan(journals: &[Journal], from: &[u64]) -> Vec<(usize, usize)> {
 /// recorded (it was made before the restore), a place of its own.
 /// - Followed in its source by an acknowledged order, it committed between
 ///   the acknowledged orders around it, each such order on a seq of its own:
-///   it gets the seqs just below the next acknowledged one, so it stays
+///   it gets free seqs (no other order's) just below the next acknowledged one, so it stays
 ///   older than the orders its source made after it.
 /// - Otherwise (the source's tail), it is older than every order of the
 ///   recovery (the restored epoch) and newer than every acknowledged one:
@@ -223,6 +223,11 @@ fn replay_plan(journals: &[Journal], from: &[u64]) -> Vec<(usize, usize)> {
 fn origins(journals: &[Journal], plan: &[(usize, usize)], epoch: u64) -> Vec<Option<Version>> {
     let ack = |j: usize, e: usize| journals[j].ack(journals[j].entries()[e].seq);
     let mut out: Vec<Option<Version>> = plan.iter().map(|&(j, e)| ack(j, e)).collect();
+    // Every version some order holds already: no place may tie with one.
+    let mut taken: HashSet<Version> = journals
+        .iter()
+        .flat_map(|j| j.acks().map(|(_, v)| v))
+        .collect();
     let mut by_source: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, &(j, _)) in plan.iter().enumerate() {
         by_source.entry(j).or_default().push(i);
@@ -240,9 +245,10 @@ fn origins(journals: &[Journal], plan: &[(usize, usize)], epoch: u64) -> Vec<Opt
                     .rev()
                     .find_map(|e| ack(j, e))
                     .unwrap_or_default();
-                if let Some(places) = between(prev, next, run.len() as u64) {
+                if let Some(places) = between(prev, next, run.len() as u64, &taken) {
                     for (&r, v) in run.iter().zip(places) {
                         out[r] = Some(v);
+                        taken.insert(v);
                     }
                 }
                 run.clear();
@@ -257,15 +263,27 @@ fn origins(journals: &[Journal], plan: &[(usize, usize)], epoch: u64) -> Vec<Opt
     out
 }
 
-/// `count` versions above `prev` and below `next`: just below `next` in its
+/// `count` versions above `prev` and below `next`, none of them `taken`
+/// (another order's acknowledged version: a tie would let arrival order
+/// decide between the two): the highest free ones just below `next` in its
 /// epoch, or, where `next` opened its epoch, in the middle of the epoch
-/// before (below the tails' places at its end). `None` if they do not fit
-/// (the acknowledgements around are not in order).
-fn between(prev: Version, next: Version, count: u64) -> Option<Vec<Version>> {
+/// before (below the tails' places at its end). `None` if they do not fit.
+fn between(
+    prev: Version,
+    next: Version,
+    count: u64,
+    taken: &HashSet<Version>,
+) -> Option<Vec<Version>> {
     let run = |epoch: u64, end: u64| {
-        let first = end.checked_sub(count).filter(|&s| s >= 1)?;
-        (Version::new(epoch, first) > prev)
-            .then(|| (first..end).map(|s| Version::new(epoch, s)).collect())
+        let mut found: Vec<Version> = (1..end)
+            .rev()
+            .map(|s| Version::new(epoch, s))
+            .take_while(|v| *v > prev)
+            .filter(|v| !taken.contains(v))
+            .take(count as usize)
+            .collect();
+        found.reverse();
+        (found.len() as u64 == count).then_some(found)
     };
     run(next.epoch, next.seq).or_else(|| run(next.epoch.checked_sub(1)?, i64::MAX as u64 / 2))
 }
@@ -530,12 +548,20 @@ mod tests {
         let i = plan.iter().position(|&(_, e)| e == 1).unwrap();
         assert!(got[i].unwrap() > v(1, 30) && got[i].unwrap() < v(2, 1));
         // Out of order around: no place between, so the tail's.
+        let none = HashSet::new();
         assert!(
-            between(v(1, 5), v(1, 6), 1).is_none(),
+            between(v(1, 5), v(1, 6), 1, &none).is_none(),
             "no seq between 5 and 6"
         );
-        assert!(between(v(2, 5), v(1, 6), 1).is_none());
-        assert_eq!(between(v(1, 5), v(1, 7), 1), Some(vec![v(1, 6)]));
+        assert!(between(v(2, 5), v(1, 6), 1, &none).is_none());
+        assert_eq!(between(v(1, 5), v(1, 7), 1, &none), Some(vec![v(1, 6)]));
+        // Another order's version is skipped, never tied with.
+        let taken: HashSet<Version> = [v(1, 9)].into_iter().collect();
+        assert_eq!(
+            between(v(1, 5), v(1, 10), 2, &taken),
+            Some(vec![v(1, 7), v(1, 8)])
+        );
+        assert!(between(v(1, 5), v(1, 8), 2, &[v(1, 6)].into_iter().collect()).is_none());
     }
 
     #[test]

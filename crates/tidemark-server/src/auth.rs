@@ -155,6 +155,21 @@ impl Auth {
         tokens.iter().any(|t| t.name == caller)
     }
 
+    /// Returns once `caller` may call no longer ([`Auth::still_valid`]),
+    /// or the tokens are gone (shutdown): an open stream ends then.
+    /// `changes` is the stream's own [`Auth::changes`].
+    pub async fn until_revoked(
+        &self,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+        caller: &str,
+    ) {
+        while changes.changed().await.is_ok() {
+            if !self.still_valid(caller) {
+                return;
+            }
+        }
+    }
+
     /// Whether subscriber `name` is bound to the token presented as `token`
     /// (a read registers interest under a name only for its owner).
     pub fn bound_to(&self, name: &str, token: &str) -> bool {

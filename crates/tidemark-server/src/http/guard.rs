@@ -59,6 +59,20 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
     }
 }
 
+/// The bearer token a request presents.
+pub fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether protected mode trusts this caller: a program on this host
+/// (loopback), not a browser page of another site ([`foreign_browser`]).
+pub fn trusted_local(peer: SocketAddr, h: &HeaderMap) -> bool {
+    peer.ip().to_canonical().is_loopback() && foreign_browser(h).is_none()
+}
+
 /// Why a loopback request in protected mode is not trusted: a page of
 /// another site, in a browser on this host, reaching the server (a
 /// cross-site request, or DNS rebinding: another name pointed at this
@@ -123,12 +137,7 @@ pub async fn guard(
     let Some(need) = required_role(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let bearer = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
+    let bearer = bearer(req.headers()).map(str::to_owned);
     if !app.auth.any() {
         // Protected mode: no token exists yet.
         if peer.ip().to_canonical().is_loopback() {
@@ -141,7 +150,8 @@ pub async fn guard(
                 )
                 .into_response();
             }
-            req.extensions_mut().insert(Caller("loopback".into()));
+            req.extensions_mut()
+                .insert(Caller(crate::auth::LOOPBACK.into()));
             return next.run(req).await;
         }
         return HttpError::new(

@@ -23,8 +23,7 @@ use tidemark_api::headers;
 /// Whether the guard would let this caller read records.
 fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
     if !app.auth.any() {
-        return peer.ip().to_canonical().is_loopback()
-            && super::guard::foreign_browser(req.headers()).is_none();
+        return super::guard::trusted_local(peer, req.headers());
     }
     bearer(req)
         .and_then(|t| app.auth.role_of(t))
@@ -33,11 +32,7 @@ fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
 
 /// The bearer token a request presents.
 fn bearer(req: &Request) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    super::guard::bearer(req.headers())
 }
 
 /// The hot route's answer (see [`tidemark_serve::hot`]).

@@ -27,7 +27,7 @@ impl From<SchemaError> for HttpError {
 /// Who a version is recorded as published by: the token's name, or
 /// `local` for a loopback client in protected mode.
 fn who(c: &Caller) -> &str {
-    if c.0 == "loopback" {
+    if c.0 == crate::auth::LOOPBACK {
         "local"
     } else {
         &c.0

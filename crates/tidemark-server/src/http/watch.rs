@@ -95,31 +95,27 @@ pub async fn watch(
     let events = futures::stream::unfold(state, move |mut st| {
         let cluster = cluster.clone();
         async move {
-            loop {
-                if std::mem::take(&mut st.lease_now) {
-                    // Right after `synced`: the service server vouches for
-                    // its cache from here, not a tick later.
-                    return lease(cluster.as_deref()).map(|ev| ((None, ev), st));
+            if std::mem::take(&mut st.lease_now) {
+                // Right after `synced`: the service server vouches for its
+                // cache from here, not a tick later.
+                return lease(cluster.as_deref()).map(|ev| ((None, ev), st));
+            }
+            let tick = async {
+                match st.check.as_mut() {
+                    Some(c) => c.tick().await,
+                    None => std::future::pending().await,
                 }
-                let tick = async {
-                    match st.check.as_mut() {
-                        Some(c) => c.tick().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    next = st.rx.recv() => {
-                        let (id, ev) = next?;
-                        st.lease_now = cluster.is_some() && matches!(ev, WatchEvent::Synced(_));
-                        return Some(((Some(id), ev), st));
-                    }
-                    _ = tick => return lease(cluster.as_deref()).map(|ev| ((None, ev), st)),
-                    changed = st.changes.changed() => {
-                        if changed.is_err() || !st.app.auth.still_valid(&st.caller) {
-                            tracing::info!(caller = %st.caller.escape_debug(), "the caller's token was revoked: ending its watch stream");
-                            return None;
-                        }
-                    }
+            };
+            tokio::select! {
+                next = st.rx.recv() => {
+                    let (id, ev) = next?;
+                    st.lease_now = cluster.is_some() && matches!(ev, WatchEvent::Synced(_));
+                    Some(((Some(id), ev), st))
+                }
+                _ = tick => lease(cluster.as_deref()).map(|ev| ((None, ev), st)),
+                () = st.app.auth.until_revoked(&mut st.changes, &st.caller) => {
+                    tracing::info!(caller = %st.caller.escape_debug(), "the caller's token was revoked: ending its watch stream");
+                    None
                 }
             }
         }

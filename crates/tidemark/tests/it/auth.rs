@@ -31,28 +31,6 @@ async fn call(
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-fn create_token(
-    dir: &std::path::Path,
-    db: &str,
-    role: &str,
-    name: &str,
-    token: Option<&str>,
-) -> String {
-    let mut args = vec![
-        "token", "create", "--server", db, "--role", role, "--name", name,
-    ];
-    if let Some(t) = token {
-        args.extend(["--token", t]);
-    }
-    let out = run(dir, &args, None, &[]);
-    assert!(
-        out.status.success(),
-        "token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// Protected mode: without tokens only loopback is served, and a server
 /// will not listen elsewhere.
 #[tokio::test(flavor = "multi_thread")]
@@ -505,25 +483,11 @@ async fn subscriber_names_belong_to_their_token_and_revocation_ends_its_stream()
     let ops = create_token(dir, u, "ops", "ops-1", Some(&admin));
     let svc = create_token(dir, u, "reader", "svc", Some(&admin));
     let other = create_token(dir, u, "reader", "other", Some(&admin));
-    let input = order_line("k1", json!({"plan": "v1"}));
-    let out = run(
+    ops_submit(
         dir,
-        &[
-            "ops",
-            "submit",
-            "--db",
-            u,
-            "--journal",
-            dir.join("j").to_str().unwrap(),
-            "-",
-        ],
-        Some(input.as_bytes()),
-        &[("TIDEMARK_TOKEN", &ops)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        u,
+        &order_line("k1", json!({"plan": "v1"})),
+        &["--token", &ops],
     );
     let client = reqwest::Client::new();
     let read = |token: &str, name: &str| {

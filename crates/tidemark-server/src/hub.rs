@@ -183,15 +183,19 @@ impl Hub {
             max_interest = self.max_interest,
             "a service server holds more keys than max_interest_per_subscriber: its interest is dropped and its stream restarted (it revalidates what it cached)"
         );
-        let at = self.watermark();
+        // No stream resumes while the interest goes; then none from a
+        // change published while the subscriber still held its key.
+        self.forgotten_at.lock().insert(subscriber, u64::MAX);
+        let at = self.clear_interest(subscriber);
         self.forgotten_at.lock().insert(subscriber, at);
-        self.clear_interest(subscriber);
         let _ = self.tx.send(Push::Forget(subscriber));
     }
 
     /// Drops all of `subscriber`'s interest (its stream did not resume, or
-    /// it was forgotten).
-    pub fn clear_interest(&self, subscriber: SubscriberId) {
+    /// it was forgotten). Returns the watermark read after: every change
+    /// published with `subscriber` among its holders is at or below it, and
+    /// none above it is (until a read registers again).
+    pub fn clear_interest(&self, subscriber: SubscriberId) -> u64 {
         for shard in &self.shards {
             shard.lock().retain(|_, ids| {
                 ids.retain(|id| *id != subscriber);
@@ -199,6 +203,10 @@ impl Hub {
             });
         }
         self.held.lock().remove(&subscriber);
+        // A publish looks holders up under the watermark lock, after moving
+        // the watermark: one that still saw `subscriber` has finished (and
+        // moved the watermark) once the lock is ours.
+        self.watermark()
     }
 
     /// Whether a stream of `subscriber` may not resume from an event at

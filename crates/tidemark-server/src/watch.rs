@@ -9,6 +9,8 @@
 //! - `synced` is sent once everything missed has been sent; a service
 //!   server vouches for its cache only after it (ARCHITECTURE.md).
 //! - A replayed change is sent as the key's *current* record and flag.
+//! - A stream that does not resume from an id drops its subscriber's
+//!   interest, and sends no change published before that (`afresh`).
 
 use crate::hub::{Push, SubscriberId};
 use crate::state::AppState;
@@ -41,7 +43,7 @@ pub async fn open(
     let declared = app.hub.take_declared(id) && clustered;
     let meta = app.store.meta().await?;
     let last = last_event_id.map(|s| s.parse::<EventId>());
-    let (cursor, resumed, cannot_resume) = match last {
+    let (mut cursor, resumed, cannot_resume) = match last {
         Some(Ok(eid))
             if eid.boot == app.stream_id
                 && eid.epoch == meta.epoch
@@ -60,7 +62,7 @@ pub async fn open(
         // Everything the subscriber cached is suspect now and registers
         // again when read: interest starts afresh (see `hub.rs`). Not on a
         // first stream: a client may register keys before it watches.
-        app.hub.clear_interest(id);
+        cursor = afresh(app, id, cursor);
     }
     tracing::info!(subscriber = %name, cursor, resumed, cannot_resume, "watch stream opened");
     let (tx, rx) = mpsc::channel(1024);
@@ -74,6 +76,15 @@ pub async fn open(
     };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
     Ok(rx)
+}
+
+/// Where a stream that cannot resume starts, from `position` (the store's,
+/// read after subscribing): its subscriber's interest is dropped, and the
+/// stream skips every change published while it still held keys. Sent,
+/// such a change (committed after `position`, before the interest went)
+/// would leave its key cached as current, with no later change pushed.
+fn afresh(app: &AppState, id: SubscriberId, position: u64) -> u64 {
+    position.max(app.hub.clear_interest(id))
 }
 
 /// Whether this instance's own view (what it has published) reaches `seq`.
@@ -481,6 +492,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(plan(&next(&mut rx).await.1), "c");
+    }
+
+    /// A change committed after a stream that cannot resume read the
+    /// store's position, and published before it dropped its subscriber's
+    /// interest, is not sent: the interest is gone, so the key's next
+    /// change would not be, and the service server would serve the first
+    /// as current for good. A CI run once saw an accept-stale server keep
+    /// a recovering record that way after its DB server restarted in the
+    /// middle of a recovery.
+    #[tokio::test]
+    async fn a_stream_that_cannot_resume_sends_no_change_published_under_the_interest_it_drops() {
+        let t = TestServer::open(async |_: &dyn Store| {}).await;
+        let app = &t.app;
+        let id = app.hub.subscriber("svc");
+        app.hub.register(id, "subscriber", "k");
+        // What `open` does, with the commit landing in its window.
+        let mut queue = app.hub.subscribe();
+        let position = app.store.meta().await.unwrap().seq;
+        app.committer
+            .submit(vec![upsert("o", 1, "k", "a")])
+            .await
+            .unwrap();
+        let cursor = afresh(app, id, position);
+        let Ok(Push::Change(c, holders)) = queue.try_recv() else {
+            panic!("the change was published");
+        };
+        assert!(holders.contains(&id), "published while svc held k");
+        assert!(
+            c.version.seq <= cursor,
+            "the stream starts past it (cursor {cursor})"
+        );
+        // Later changes of k go to nobody until a read registers again.
+        app.committer
+            .submit(vec![upsert("o", 2, "k", "b")])
+            .await
+            .unwrap();
+        match queue.try_recv() {
+            Ok(Push::Change(c, holders)) => {
+                assert!(c.version.seq > cursor && !holders.contains(&id))
+            }
+            other => assert!(other.is_err(), "{other:?}"),
+        }
+        assert!(!app.hub.holds(id, "subscriber", "k"));
     }
 
     #[tokio::test]

@@ -54,6 +54,8 @@ pub struct RecordRead {
     pub answer: RecordAnswer,
     /// `Retry-After` seconds, if the server sent one.
     pub retry_after: Option<u64>,
+    /// The instance that answered (`None`: not known, the one in use).
+    pub base: Option<String>,
 }
 
 /// A client for one DB server, or for the instances of one cluster
@@ -285,6 +287,7 @@ impl DbClient {
                 return Ok(RecordRead {
                     answer,
                     retry_after,
+                    base: Some(base),
                 });
             }
         }

@@ -13,9 +13,17 @@
 //! - Interest is bounded: a subscriber that comes to hold more than
 //!   `max_interest` keys (a terminal reading random keys through its
 //!   service server) is *forgotten*: all its interest is dropped, its open
-//!   stream ends, and no stream resumes from an event at or before the
-//!   forgetting (it gets `epoch`, so the service server revalidates
-//!   everything it cached). A stream that cannot resume the id it was
+//!   stream ends, and none of its streams resumes until one has opened
+//!   afresh (it gets `epoch`, so the service server revalidates
+//!   everything it cached).
+//! - No stream resumes from an id at or below the watermark of the last
+//!   `Epoch` push that makes current answers suspect (flags added, a
+//!   pruned gap): a service server away then missed it, and the change log
+//!   cannot replay it. Nor, during a recovery, from an id below the
+//!   position this process started at (it cannot know what was pushed
+//!   before). Missing the end of the schedule list, or of a recovery, only
+//!   leaves answers marked recovering that are current now: a resume may
+//!   skip those. A stream that cannot resume the id it was
 //!   given drops its subscriber's interest too (everything it cached is
 //!   suspect, and registers again when read), so interest tracks what was
 //!   cached since.
@@ -66,11 +74,13 @@ pub struct Hub {
     /// Subscribers that declared everything they hold since their last
     /// stream opened here.
     declared: Mutex<std::collections::HashSet<SubscriberId>>,
-    /// Subscribers whose interest was dropped, with the watermark then: no
-    /// stream of theirs resumes from an event at or before it.
-    forgotten_at: Mutex<HashMap<SubscriberId, u64>>,
+    /// Per subscriber: how often its interest was dropped, and whether no
+    /// stream has opened afresh since (then none of its streams resumes).
+    forgotten: Mutex<HashMap<SubscriberId, (u64, bool)>>,
     /// `Epoch` pushes so far (a stream that lagged compares).
     epoch_pushes: std::sync::atomic::AtomicU64,
+    /// No stream resumes from an id below it (see the invariants).
+    resume_floor: std::sync::atomic::AtomicU64,
     /// Keys each subscriber holds, and the most it may.
     held: Mutex<HashMap<SubscriberId, usize>>,
     max_interest: usize,
@@ -94,8 +104,9 @@ impl Hub {
         Self {
             names: RwLock::new(HashMap::new()),
             declared: Mutex::new(Default::default()),
-            forgotten_at: Mutex::new(HashMap::new()),
+            forgotten: Mutex::new(HashMap::new()),
             epoch_pushes: Default::default(),
+            resume_floor: Default::default(),
             held: Mutex::new(HashMap::new()),
             max_interest: max_interest.max(1),
             watermark: Mutex::new(0),
@@ -183,11 +194,12 @@ impl Hub {
             max_interest = self.max_interest,
             "a service server holds more keys than max_interest_per_subscriber: its interest is dropped and its stream restarted (it revalidates what it cached)"
         );
-        // No stream resumes while the interest goes; then none from a
-        // change published while the subscriber still held its key.
-        self.forgotten_at.lock().insert(subscriber, u64::MAX);
-        let at = self.clear_interest(subscriber);
-        self.forgotten_at.lock().insert(subscriber, at);
+        {
+            let mut f = self.forgotten.lock();
+            let e = f.entry(subscriber).or_insert((0, false));
+            *e = (e.0 + 1, true);
+        }
+        self.clear_interest(subscriber);
         let _ = self.tx.send(Push::Forget(subscriber));
     }
 
@@ -209,13 +221,34 @@ impl Hub {
         self.watermark()
     }
 
-    /// Whether a stream of `subscriber` may not resume from an event at
-    /// `seq`: its interest was dropped at or after it.
-    pub fn must_not_resume(&self, subscriber: SubscriberId, seq: u64) -> bool {
-        self.forgotten_at
-            .lock()
-            .get(&subscriber)
-            .is_some_and(|at| seq <= *at)
+    /// Whether a stream of `subscriber` may resume from an event id at
+    /// `seq`: it was not forgotten since its last fresh stream, and no
+    /// revalidation was pushed after that id.
+    pub fn may_resume(&self, subscriber: SubscriberId, seq: u64) -> bool {
+        let forgotten = self.forgotten.lock().get(&subscriber).is_some_and(|f| f.1);
+        !forgotten && seq >= self.resume_floor.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How often `subscriber` was forgotten (a stream that lagged over its
+    /// own `Forget` compares).
+    pub fn forgets_of(&self, subscriber: SubscriberId) -> u64 {
+        self.forgotten.lock().get(&subscriber).map_or(0, |f| f.0)
+    }
+
+    /// A stream of `subscriber` opens afresh: its interest is dropped (see
+    /// [`Hub::clear_interest`], whose watermark it returns), and its later
+    /// streams may resume again.
+    pub fn start_afresh(&self, subscriber: SubscriberId) -> u64 {
+        if let Some(f) = self.forgotten.lock().get_mut(&subscriber) {
+            f.1 = false;
+        }
+        self.clear_interest(subscriber)
+    }
+
+    /// No stream resumes from an id below `seq` (see the invariants).
+    pub fn raise_resume_floor(&self, seq: u64) {
+        self.resume_floor
+            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// `Epoch` pushes so far.
@@ -293,7 +326,13 @@ impl Hub {
 
     /// Queues a server-wide event.
     pub fn publish(&self, push: Push) {
-        if matches!(push, Push::Epoch(_)) {
+        if let Push::Epoch(e) = &push {
+            use tidemark_api::event::EpochReason::{RecoveryAborted, ScheduleComplete};
+            if !matches!(e.reason, ScheduleComplete | RecoveryAborted) {
+                // Before the push: a stream that opens after it cannot
+                // resume from before it (one open now receives it).
+                self.raise_resume_floor(self.watermark() + 1);
+            }
             self.epoch_pushes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
@@ -359,10 +398,32 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Push::Forget(id)) if id == a));
         assert_eq!(hub.interest_of(a), 0);
         assert!(!hub.holds(a, "subscriber", "k0") && hub.holds(b, "subscriber", "k0"));
-        // No stream resumes from an event at or before the forgetting.
+        // None of its streams resumes, whatever id it gives, until one
+        // opened afresh; others' do.
         let at = hub.watermark();
-        assert!(hub.must_not_resume(a, at) && !hub.must_not_resume(a, at + 1));
-        assert!(!hub.must_not_resume(b, at));
+        assert!(!hub.may_resume(a, at + 7) && hub.may_resume(b, at + 1));
+        assert_eq!(hub.forgets_of(a), 1);
+        hub.start_afresh(a);
+        assert!(hub.may_resume(a, at + 1));
+    }
+
+    /// A revalidation (`Epoch`) pushed while a stream was away cannot be
+    /// replayed from the change log: no stream resumes from an id before
+    /// it. Before, a service server that missed `flags_added` resumed and
+    /// served the newly flagged keys as current.
+    #[test]
+    fn no_stream_resumes_from_before_an_epoch_push() {
+        let hub = Hub::new(64, 10);
+        let a = hub.subscriber("svc-a");
+        hub.publish_changes(&[change("k1", 1), change("k2", 2)]);
+        assert!(hub.may_resume(a, 1));
+        hub.publish(Push::Epoch(tidemark_api::event::EpochEvent {
+            epoch: 1,
+            reason: tidemark_api::event::EpochReason::FlagsAdded,
+        }));
+        assert!(!hub.may_resume(a, 1) && !hub.may_resume(a, 2));
+        hub.publish_changes(&[change("k1", 3)]);
+        assert!(hub.may_resume(a, 3), "an id given after it resumes");
     }
 
     /// Reads cannot introduce names without end; streams always get one.

@@ -31,6 +31,10 @@ pub struct Recovery {
     recovered_at: RwLock<Option<Instant>>,
     /// Serialises state transitions.
     transition: tokio::sync::Mutex<()>,
+    /// Flags were added after the list was final and their `flags_added`
+    /// is not out yet (a step after the commit failed): the chunk's retry
+    /// sends it, though its flags are no longer new then.
+    owed_flags_added: AtomicBool,
 }
 
 impl std::fmt::Debug for Recovery {
@@ -54,6 +58,7 @@ impl Recovery {
             meta: RwLock::new(meta),
             store,
             clearing_since: RwLock::new(None),
+            owed_flags_added: AtomicBool::new(false),
             recovered_at: RwLock::new(recovered_at),
             transition: tokio::sync::Mutex::new(()),
         })
@@ -141,6 +146,9 @@ impl Recovery {
             .store
             .add_flags(source, entries, final_chunk, without)
             .await?;
+        if !was_blanket && added.flagged > 0 {
+            self.owed_flags_added.store(true, Ordering::SeqCst);
+        }
         let m = self.refresh().await?;
         if final_chunk && !m.waiting_for_sources.is_empty() {
             tracing::info!(source, waiting = ?m.waiting_for_sources, "final schedule chunk of one source; still waiting for the others the backup knows");
@@ -151,7 +159,7 @@ impl Recovery {
                 epoch: self.store.meta().await?.epoch,
                 reason: EpochReason::ScheduleComplete,
             }));
-        } else if !was_blanket && added.flagged > 0 {
+        } else if !was_blanket && self.owed_flags_added.load(Ordering::SeqCst) {
             // A source the backup did not know sent its list after the
             // others lifted the blanket: service servers may hold these
             // keys as current, so every cached answer is revalidated.
@@ -160,6 +168,7 @@ impl Recovery {
                 epoch: self.store.meta().await?.epoch,
                 reason: EpochReason::FlagsAdded,
             }));
+            self.owed_flags_added.store(false, Ordering::SeqCst);
         }
         drop(_t);
         // Only a chunk after `complete` can finish the recovery (a waiver

@@ -95,6 +95,11 @@ impl AppState {
         };
         let (committer, worker) = Committer::new(store.clone(), after_commit, after_unknown);
         let recovery = Recovery::load(store.clone()).await?;
+        if recovery.state() == tidemark_api::RecoveryState::Recovering {
+            // A revalidation may have been pushed before this process
+            // started, by it or by another instance (see `hub.rs`).
+            hub.raise_resume_floor(meta.seq);
+        }
         let quiesce =
             Quiesce::load(store.as_ref(), cluster.as_ref().map(|c| c.url.as_str())).await?;
         if cluster.is_none() {

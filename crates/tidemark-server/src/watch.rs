@@ -36,6 +36,7 @@ pub async fn open(
     // Subscribed first: a push from here on reaches this stream.
     let queue = app.hub.subscribe();
     let epochs_seen = app.hub.epoch_pushes();
+    let forgets_seen = app.hub.forgets_of(id);
     // In a cluster, interest known here is complete only if the subscriber
     // declared it just before this stream (it may have read elsewhere).
     // Taken first, so a failed open leaves none for the next.
@@ -50,13 +51,13 @@ pub async fn open(
                 && eid.seq <= meta.seq
                 && eid.seq + 1 >= meta.log_floor
                 && (!clustered || declared)
-                && !app.hub.must_not_resume(id, eid.seq)
+                && app.hub.may_resume(id, eid.seq)
                 && caught_up(app, eid.seq).await =>
         {
             (eid.seq, true, false)
         }
-        Some(_) => (start(app, meta.seq), false, true),
-        None => (start(app, meta.seq), false, false),
+        Some(_) => (app.hub.watermark(), false, true),
+        None => (app.hub.watermark(), false, false),
     };
     if cannot_resume {
         // Everything the subscriber cached is suspect now and registers
@@ -72,6 +73,7 @@ pub async fn open(
         epoch: meta.epoch,
         cursor,
         epochs_seen,
+        forgets_seen,
         tx,
     };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
@@ -84,7 +86,7 @@ pub async fn open(
 /// such a change (committed after `position`, before the interest went)
 /// would leave its key cached as current, with no later change pushed.
 fn afresh(app: &AppState, id: SubscriberId, position: u64) -> u64 {
-    position.max(app.hub.clear_interest(id))
+    position.max(app.hub.start_afresh(id))
 }
 
 /// Whether this instance's own view (what it has published) reaches `seq`.
@@ -108,22 +110,17 @@ async fn caught_up(app: &Arc<AppState>, seq: u64) -> bool {
     }
 }
 
-/// Where a stream that does not resume starts: the store's position, or on
-/// a standby what it has published so far (the rest comes from its tail).
-fn start(app: &AppState, seq: u64) -> u64 {
-    match &app.cluster {
-        Some(c) if !c.is_primary() => app.hub.watermark(),
-        _ => seq,
-    }
-}
-
-/// How far a replay from the change log may go: on a standby, only up to
-/// what it has published (its read cache is coherent up to there; later
-/// changes arrive from its tail, in order).
-fn replay_bound(app: &AppState) -> u64 {
-    match &app.cluster {
-        Some(c) if !c.is_primary() => app.hub.watermark(),
-        _ => u64::MAX,
+/// How far a replay from the change log goes: up to what this instance has
+/// published (later changes arrive from the queue, which the stream joined
+/// before; a standby's read cache is coherent up to there). So an id never
+/// runs ahead of the watermark, which `Hub::may_resume` compares with.
+/// After a commit of unknown outcome (`Resync`), to the end of the log:
+/// such a change was never published.
+fn replay_bound(app: &AppState, to_end: bool) -> u64 {
+    if to_end {
+        u64::MAX
+    } else {
+        app.hub.watermark()
     }
 }
 
@@ -135,6 +132,8 @@ struct WatchStream {
     cursor: u64,
     /// The hub's `Epoch` pushes this stream has had (or that came before it).
     epochs_seen: u64,
+    /// Its subscriber's forgettings when it opened.
+    forgets_seen: u64,
     tx: mpsc::Sender<IdEvent>,
 }
 
@@ -209,9 +208,9 @@ impl WatchStream {
         }
     }
 
-    /// Sends every logged change after the cursor that this subscriber holds.
-    /// Returns false if the stream is gone.
-    async fn replay(&mut self) -> bool {
+    /// Sends every logged change after the cursor that this subscriber holds
+    /// (up to [`replay_bound`]). Returns false if the stream is gone.
+    async fn replay(&mut self, to_end: bool) -> bool {
         loop {
             let meta = match self.app.store.meta().await {
                 Ok(m) => m,
@@ -222,7 +221,7 @@ impl WatchStream {
             };
             if self.cursor + 1 < meta.log_floor {
                 // The log no longer reaches back: the subscriber must revalidate.
-                self.cursor = meta.seq;
+                self.cursor = meta.seq.min(replay_bound(&self.app, to_end));
                 return self
                     .send(WatchEvent::Epoch(EpochEvent {
                         epoch: self.epoch,
@@ -237,7 +236,7 @@ impl WatchStream {
                     return false;
                 }
             };
-            let bound = replay_bound(&self.app);
+            let bound = replay_bound(&self.app, to_end);
             if page.first().is_none_or(|c| c.version.seq > bound) {
                 return true;
             }
@@ -256,10 +255,10 @@ impl WatchStream {
     /// the quiesce notice (or its cancel). A skipped `Forget` of this
     /// subscriber ends the stream.
     async fn after_lag(&mut self) -> bool {
-        if self.app.hub.must_not_resume(self.id, self.cursor) {
+        if self.app.hub.forgets_of(self.id) > self.forgets_seen {
             return false;
         }
-        if !self.replay().await {
+        if !self.replay(false).await {
             return false;
         }
         let epochs = self.app.hub.epoch_pushes();
@@ -316,7 +315,7 @@ impl WatchStream {
                 .await;
         }
         if alive && resumed {
-            alive = self.replay().await;
+            alive = self.replay(false).await;
         }
         if alive {
             // Everything missed has been sent: the subscriber may vouch for
@@ -344,7 +343,7 @@ impl WatchStream {
                     self.epoch = e.epoch;
                     self.send(WatchEvent::Epoch(e)).await
                 }
-                Ok(Push::Resync) => self.replay().await,
+                Ok(Push::Resync) => self.replay(true).await,
                 Ok(Push::Quiesce(q)) => self.send(WatchEvent::Quiesce(q)).await,
                 Ok(Push::Schema(s)) => self.send(WatchEvent::Schema(s)).await,
                 // Its interest was dropped: the subscriber reconnects and
@@ -535,6 +534,44 @@ mod tests {
             other => assert!(other.is_err(), "{other:?}"),
         }
         assert!(!app.hub.holds(id, "subscriber", "k"));
+    }
+
+    /// A service server away while keys were flagged after the schedule
+    /// list was final (`flags_added`) cannot resume: the change log holds
+    /// no flag, so a replay would not tell it, and it would serve those
+    /// keys as current. Before, it resumed.
+    #[tokio::test]
+    async fn a_stream_away_during_a_revalidation_does_not_resume() {
+        let t = TestServer::open(async |_: &dyn Store| {}).await;
+        let app = &t.app;
+        let mut rx = open(app, "svc", None).await.unwrap();
+        next(&mut rx).await;
+        let (last_id, _) = next(&mut rx).await;
+        drop(rx);
+        app.hub.publish(Push::Epoch(EpochEvent {
+            epoch: 1,
+            reason: EpochReason::FlagsAdded,
+        }));
+        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Epoch(_)));
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Synced(_)));
+        // Its next stream, from an id given after the revalidation, does.
+        let last_id = next_id(&mut rx, app).await;
+        drop(rx);
+        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if h.resumed));
+    }
+
+    /// The id of the next event after a commit of a key `svc` holds.
+    async fn next_id(rx: &mut mpsc::Receiver<IdEvent>, app: &Arc<AppState>) -> String {
+        let id = app.hub.subscriber("svc");
+        app.hub.register(id, "subscriber", "k");
+        app.committer
+            .submit(vec![upsert("o", 1, "k", "a")])
+            .await
+            .unwrap();
+        next(rx).await.0
     }
 
     #[tokio::test]

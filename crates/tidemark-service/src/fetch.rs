@@ -317,6 +317,13 @@ pub async fn read(
         };
         match answer {
             Ok(read) => {
+                // Another instance answered (the client moved on in the
+                // read): its interest is not the stream's, which may stay
+                // where it is.
+                let asked = match &read.base {
+                    Some(b) if *b != *shared.stream_base.lock() => asked.elsewhere(),
+                    _ => asked,
+                };
                 if let Some(served) = take_answer(shared, &read.answer, asked, freshness) {
                     return Ok(served);
                 }
@@ -476,6 +483,7 @@ mod tests {
         Ok(RecordRead {
             answer: record(1, true),
             retry_after: Some(1),
+            base: None,
         })
     }
 
@@ -581,6 +589,7 @@ mod tests {
         Ok(RecordRead {
             answer: record(if n == 0 { 9 } else { 5 }, false),
             retry_after: None,
+            base: None,
         })
     }
 
@@ -632,6 +641,39 @@ mod tests {
         let asked = Asked::now(&svc.shared);
         take_answer(&svc.shared, &record(4, false), asked, Freshness::Latest).unwrap();
         assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_some());
+    }
+
+    /// Answered by another instance than the stream's (the client moved on
+    /// in the read): it registered interest there, so it is served but not
+    /// cached as current; the stream may stay where it is, and nothing
+    /// would push the key's next change.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_from_another_instance_than_the_streams_is_not_cached_as_current() {
+        fn from(base: &str) -> Result<RecordRead, ClientError> {
+            Ok(RecordRead {
+                answer: record(3, false),
+                retry_after: None,
+                base: Some(base.into()),
+            })
+        }
+        // Asked twice: from another instance, both go to the DB server;
+        // from the stream's, the second comes from the cache.
+        type Answer = fn(usize) -> Result<RecordRead, ClientError>;
+        let cases: [(Answer, usize); 2] = [
+            (|_| from("http://other:7400"), 2),
+            (|_| from("http://streamed:7400"), 1),
+        ];
+        for (answer, asked) in cases {
+            let (svc, up) = service(answer, true);
+            stream_synced(&svc, true);
+            *svc.shared.stream_base.lock() = "http://streamed:7400".into();
+            for _ in 0..2 {
+                read(&svc.shared, "subscriber", "k", Freshness::Latest)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(up.calls.load(Ordering::SeqCst), asked);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -69,6 +69,7 @@ impl Service {
                 last_event_id = snap.last_event_id;
             }
         }
+        let stream_base = client.base().to_owned();
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
@@ -78,6 +79,7 @@ impl Service {
                 connected: AtomicBool::new(false),
                 vouched_until_ms: AtomicU64::new(u64::MAX),
                 stream_serial: AtomicU64::new(0),
+                stream_base: Mutex::new(stream_base),
                 last_event_id: Mutex::new(last_event_id),
                 waiters: Mutex::new(HashMap::new()),
                 changes: AtomicU64::new(0),

@@ -40,6 +40,9 @@ pub struct Shared {
     /// is still the one (see [`Asked`]). Another stream, perhaps on
     /// another instance, may not know of the fetch's interest.
     pub stream_serial: AtomicU64,
+    /// The instance the watch stream was opened at: an answer from another
+    /// registered its interest there, not with the stream.
+    pub stream_base: Mutex<String>,
     /// The id of the last watch event applied.
     pub last_event_id: Mutex<Option<String>>,
     /// Reads waiting for a key to become current, by cache slot.
@@ -116,6 +119,15 @@ impl Asked {
         Asked {
             generation: shared.cache.generation(),
             stream,
+        }
+    }
+
+    /// As asked under no stream: the answer came from another instance
+    /// than the stream's (the client moved on during the read).
+    pub fn elsewhere(self) -> Asked {
+        Asked {
+            stream: None,
+            ..self
         }
     }
 

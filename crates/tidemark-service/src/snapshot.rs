@@ -85,14 +85,22 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
     // suspect entry (from before an `epoch` event or an unresumed stream)
     // has no interest registered on the DB server of the saved position, so
     // a stream resumed from it would never bring its changes.
-    let generation = shared.cache.generation();
+    // The id is read before the generation, so it is never newer than the
+    // stream the saved entries were vouched under (an older one only
+    // replays more); a generation that moves while they are collected (an
+    // `epoch` event, a stream that did not resume, whose interest starts
+    // afresh) leaves this snapshot unwritten.
     let last_event_id = shared.last_event_id.lock().clone();
+    let generation = shared.cache.generation();
     let entries: Vec<_> = shared
         .cache
         .entries()
         .into_iter()
         .filter(|e| e.generation() == generation)
         .collect();
+    if shared.cache.generation() != generation {
+        anyhow::bail!("the cache was revalidated while the snapshot was taken");
+    }
     let tmp = dir.join(format!("{FILE}.tmp"));
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

@@ -41,9 +41,19 @@ pub async fn run(shared: Arc<Shared>) {
         // the instance that took the declaration: if a read moved the
         // client meanwhile, declare again there first.
         let declared_at = shared.client.base().to_owned();
-        let retry_declaration = last.is_some()
-            && shared.declare.load(Ordering::SeqCst)
-            && declare(&shared).await == Declared::Retry;
+        let declared = if last.is_some() && shared.declare.load(Ordering::SeqCst) {
+            Some(declare(&shared).await)
+        } else {
+            None
+        };
+        let retry_declaration = declared == Some(Declared::Retry);
+        // Refused for good: the stream opens without resuming (a mark left
+        // there by an earlier declaration must not stand in for this one).
+        let last = if declared == Some(Declared::Refused) {
+            None
+        } else {
+            last
+        };
         let base = shared.client.base().to_owned();
         if base != declared_at && last.is_some() && shared.declare.load(Ordering::SeqCst) {
             continue;
@@ -59,6 +69,7 @@ pub async fn run(shared: Arc<Shared>) {
         };
         match opened {
             Ok(stream) => {
+                *shared.stream_base.lock() = base.clone();
                 tokio::pin!(stream);
                 let mut check = tokio::time::interval(Duration::from_millis(50));
                 loop {

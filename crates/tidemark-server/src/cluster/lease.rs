@@ -206,7 +206,8 @@ async fn take_over(
         cluster.store.refresh_shared().await?;
         // Nobody else commits now: the tail reaches the end of the log.
         tail::catch_up(app).await?;
-        app.recovery.refresh().await?;
+        // A transition the tail had not followed yet sends its event.
+        tail::follow_recovery(app, &cluster.followed).await?;
         app.auth.reload().await?;
         // A schema version the tail had not told of yet.
         crate::schema_publish::follow_version(app).await;

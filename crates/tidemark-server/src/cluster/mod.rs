@@ -76,6 +76,9 @@ pub struct Cluster {
     handing_over: std::sync::atomic::AtomicU8,
     /// When (ms after `epoch`) a handover of unknown outcome ended.
     handover_ended_ms: AtomicU64,
+    /// The recovery state as this instance last followed it (see
+    /// [`tail::Followed`]).
+    pub(crate) followed: parking_lot::Mutex<Option<tail::Followed>>,
     epoch: Instant,
 }
 
@@ -119,6 +122,7 @@ impl Cluster {
             reached_ms: AtomicU64::new(0),
             handing_over: Default::default(),
             handover_ended_ms: AtomicU64::new(0),
+            followed: parking_lot::Mutex::new(None),
             epoch: Instant::now(),
             // Trusts --ca-cert and presents --client-cert, like every client.
             http: tidemark_api::client::tls_builder()

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_api::event::{EpochEvent, EpochReason};
 use tidemark_api::RecoveryState;
-use tidemark_store::StoreError;
+use tidemark_store::{RecoveryMeta, StoreError};
 
 /// How often a standby polls the log without a wake-up.
 const POLL: Duration = Duration::from_millis(200);
@@ -33,6 +33,10 @@ const REFRESH: Duration = Duration::from_millis(500);
 pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
     let mut listener: Option<tokio::sync::mpsc::Receiver<()>> = None;
     let mut refreshed = Instant::now();
+    cluster
+        .followed
+        .lock()
+        .get_or_insert_with(|| Followed::now(&app));
     loop {
         if listener.is_none() {
             listener = cluster
@@ -60,7 +64,7 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
         }
         if refreshed.elapsed() >= REFRESH {
             refreshed = Instant::now();
-            if let Err(e) = follow_shared_state(&app).await {
+            if let Err(e) = follow_shared_state(&app, &cluster).await {
                 tracing::debug!(error = %e, "shared state unreadable; retrying");
             }
         }
@@ -122,50 +126,92 @@ async fn skipped_pruned(app: &AppState, after: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The recovery state as an instance last followed it: the baseline its
+/// `epoch` events compare with. Not `app.recovery`, which any status read
+/// refreshes from the store (`/v1/state`, `/metrics`, the console), so a
+/// change could be absorbed there before it was followed, and its event
+/// (`flags_added`) never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Followed {
+    state: RecoveryState,
+    blanket: bool,
+    flagged_total: u64,
+}
+
+impl Followed {
+    fn of(m: &RecoveryMeta, blanket: bool) -> Self {
+        Followed {
+            state: m.state,
+            blanket,
+            flagged_total: m.flagged_total,
+        }
+    }
+
+    fn now(app: &AppState) -> Self {
+        Followed {
+            state: app.recovery.state(),
+            blanket: app.recovery.blanket(),
+            flagged_total: app.recovery.flagged_total(),
+        }
+    }
+}
+
 /// Follows what the primary changed besides records: the recovery state
 /// (and the events its transitions send), tokens, the schema and flags.
-async fn follow_shared_state(app: &AppState) -> Result<(), StoreError> {
-    let before = (app.recovery.state(), app.recovery.blanket());
-    let flagged_before = app.recovery.flagged_total();
+async fn follow_shared_state(app: &AppState, cluster: &Cluster) -> Result<(), StoreError> {
     app.store_refresh().await?;
     crate::schema_publish::follow_version(app).await;
-    let m = app.recovery.refresh().await?;
+    let m = follow_recovery(app, &cluster.followed).await?;
     app.auth.reload().await?;
-    let epoch = app.store.meta().await?.epoch;
-    let after_blanket = app.recovery.blanket();
-    if before.1 && !after_blanket && m.state == RecoveryState::Recovering {
-        // The schedule list became final on the primary.
-        app.hub.publish(Push::Epoch(EpochEvent {
-            epoch,
-            reason: EpochReason::ScheduleComplete,
-        }));
-    } else if !before.1
-        && !after_blanket
-        && m.state == RecoveryState::Recovering
-        && m.flagged_total > flagged_before
-    {
-        // Keys flagged after the list was complete (see `Recovery::schedule`).
-        app.hub.publish(Push::Epoch(EpochEvent {
-            epoch,
-            reason: EpochReason::FlagsAdded,
-        }));
-    } else if before.0 == RecoveryState::Recovering
-        && m.state == RecoveryState::Normal
-        && m.remaining == 0
-        && !m.complete_requested
-    {
-        // An operator ended the recovery on the primary: flags dropped.
-        app.hub.publish(Push::Epoch(EpochEvent {
-            epoch,
-            reason: EpochReason::RecoveryAborted,
-        }));
-    }
     if let Some(cache) = &app.read_cache {
         if m.state != RecoveryState::Normal {
             cache.clear();
         }
     }
     Ok(())
+}
+
+/// Re-reads the recovery state and sends the `epoch` event of each
+/// transition since it was last followed (`followed`); the baseline moves
+/// only once the events are out.
+pub(crate) async fn follow_recovery(
+    app: &AppState,
+    followed: &parking_lot::Mutex<Option<Followed>>,
+) -> Result<RecoveryMeta, StoreError> {
+    let before = followed.lock().unwrap_or_else(|| Followed::now(app));
+    let m = app.recovery.refresh().await?;
+    let epoch = app.store.meta().await?.epoch;
+    let after = Followed::of(&m, app.recovery.blanket());
+    if let Some(reason) = transition(before, after, &m) {
+        app.hub.publish(Push::Epoch(EpochEvent { epoch, reason }));
+    }
+    *followed.lock() = Some(after);
+    Ok(m)
+}
+
+/// The `epoch` event a change of the recovery state from `before` to
+/// `after` (`m`) sends, as the primary sent it.
+fn transition(before: Followed, after: Followed, m: &RecoveryMeta) -> Option<EpochReason> {
+    if before.blanket && !after.blanket && m.state == RecoveryState::Recovering {
+        // The schedule list became final on the primary.
+        Some(EpochReason::ScheduleComplete)
+    } else if !before.blanket
+        && !after.blanket
+        && m.state == RecoveryState::Recovering
+        && after.flagged_total > before.flagged_total
+    {
+        // Keys flagged after the list was complete (see `Recovery::schedule`).
+        Some(EpochReason::FlagsAdded)
+    } else if before.state == RecoveryState::Recovering
+        && m.state == RecoveryState::Normal
+        && m.remaining == 0
+        && !m.complete_requested
+    {
+        // An operator ended the recovery on the primary: flags dropped.
+        Some(EpochReason::RecoveryAborted)
+    } else {
+        None
+    }
 }
 
 impl AppState {
@@ -206,6 +252,48 @@ mod tests {
         assert_eq!(t.app.hub.watermark(), 5, "and the rest published");
         // Caught up: no more.
         catch_up(&t.app).await.unwrap();
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// A standby sends `flags_added` for keys the primary flagged after
+    /// the schedule list was final, even when a status read (the console,
+    /// `/metrics`) refreshed its recovery state first. Before, the follow
+    /// compared with that refreshed state, saw nothing new, and its
+    /// service servers went on serving those keys as current.
+    #[tokio::test]
+    async fn a_standby_sends_flags_added_though_a_status_read_saw_the_flags_first() {
+        let t = TestServer::open(async |s: &dyn tidemark_store::Store| {
+            s.apply(vec![upsert("o", 1, "a", "x")]).await.unwrap();
+            let epoch = s.meta().await.unwrap().epoch;
+            s.mark_restored(epoch + 1).await.unwrap();
+        })
+        .await;
+        let app = &t.app;
+        let flag = |key: &str| tidemark_store::FlagEntry {
+            table: "subscriber".into(),
+            key: key.into(),
+            through_seq: 9,
+        };
+        t.store
+            .add_flags("o", vec![flag("a")], true, vec![])
+            .await
+            .unwrap();
+        let followed = parking_lot::Mutex::new(None);
+        follow_recovery(app, &followed).await.unwrap();
+        // The primary (another instance) flags one more key for a source
+        // the backup did not know; a status read here sees it first.
+        t.store
+            .add_flags("late", vec![flag("b")], true, vec![])
+            .await
+            .unwrap();
+        app.recovery.status(0).await.unwrap();
+        let mut rx = app.hub.subscribe();
+        follow_recovery(app, &followed).await.unwrap();
+        let told = std::iter::from_fn(|| rx.try_recv().ok())
+            .any(|p| matches!(&p, Push::Epoch(e) if e.reason == EpochReason::FlagsAdded));
+        assert!(told, "an epoch event, flags_added");
+        // Followed: not again.
+        follow_recovery(app, &followed).await.unwrap();
         assert!(rx.try_recv().is_err());
     }
 }

@@ -273,6 +273,9 @@ pub async fn declare(
     super::watch::claim(&app, &caller, &d.subscriber, "declares").await?;
     let schema = app.store.schema();
     let id = app.hub.subscriber(&d.subscriber);
+    // A mark an earlier declaration left unused does not vouch for this
+    // one until its final chunk arrives.
+    app.hub.take_declared(id);
     let mut registered = 0u64;
     for (table, key) in &d.keys {
         // A key of a table that is gone, or malformed, cannot change: skip it.

@@ -193,6 +193,16 @@ impl Recovery {
         }
         {
             let _t = self.transition.lock().await;
+            // Read again under the lock: a recovery that finished or was
+            // aborted meanwhile is not put back to recovering.
+            let m = self.refresh().await?;
+            match m.state {
+                RecoveryState::Normal => {
+                    return Err(CompleteError::Store(StoreError::NotRecovering))
+                }
+                RecoveryState::Recovered => return Ok(m),
+                RecoveryState::Recovering => {}
+            }
             let m = self
                 .store
                 .set_recovery_state(RecoveryState::Recovering, true)

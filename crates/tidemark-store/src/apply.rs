@@ -99,11 +99,17 @@ pub fn validate_schedule(
     schema: &Schema,
     source: &str,
     entries: &[crate::FlagEntry],
+    without: &[String],
 ) -> Result<(), StoreError> {
     if source.is_empty() || source.len() > 128 || source.chars().any(char::is_control) {
         return Err(StoreError::BadSchedule(format!(
             "source must be 1 to 128 printable bytes, got {}; name the OpS source whose orders the list covers",
             source.len()
+        )));
+    }
+    if without.iter().any(|w| w == source) {
+        return Err(StoreError::BadSchedule(format!(
+            "source '{source}' cannot waive itself: its final chunk says its list is complete and its replay follows; remove it from without_sources"
         )));
     }
     for (i, e) in entries.iter().enumerate() {
@@ -118,4 +124,16 @@ pub fn validate_schedule(
         }
     }
     Ok(())
+}
+
+/// Why a waiver of `source` (a final chunk's `without_sources`) is
+/// refused: no such source in the restored data, or (`known`) one that
+/// sent its own final chunk, whose replay is under way: waived, its keys
+/// would lose their flags before their difference data arrived.
+pub fn waiver_refused(source: &str, known: bool) -> StoreError {
+    StoreError::BadSchedule(if known {
+        format!("source '{source}' already sent its final chunk and is being replayed; a waiver would drop the flags of keys still waiting for their data. Remove it from without_sources")
+    } else {
+        format!("source '{source}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources")
+    })
 }

@@ -90,7 +90,7 @@ proptest! {
                     .iter()
                     .map(|e| FlagEntry { table: e.table.clone(), key: e.key.clone(), through_seq: e.through_seq })
                     .collect();
-                if let Err(e) = tidemark_store::apply::validate_schedule(&schema, &chunk.source, &entries) {
+                if let Err(e) = tidemark_store::apply::validate_schedule(&schema, &chunk.source, &entries, &chunk.without_sources) {
                     prop_assert!(!e.to_string().is_empty());
                 }
             }

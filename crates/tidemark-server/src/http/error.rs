@@ -114,6 +114,39 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// A request whose `Content-Length` is over `limit` is refused before its
+/// body is read: reading up to the limit first held the connection (and
+/// that much memory) for nothing, and a client still writing the rest
+/// when the refusal came found the connection closed under it.
+pub async fn refuse_declared_oversize(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => {
+            let mut resp = HttpError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body is {n} bytes, over this server's limit of {limit} (max_body_bytes); send smaller batches"
+                ),
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+            resp
+        }
+        _ => next.run(req).await,
+    }
+}
+
 /// Fallback for unknown routes.
 pub async fn not_found(uri: axum::http::Uri) -> HttpError {
     HttpError::new(

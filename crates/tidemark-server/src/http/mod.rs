@@ -86,6 +86,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             guard::guard,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            error::refuse_declared_oversize(limit, req, next)
+        }))
         .layer(axum::middleware::from_fn(tidemark_serve::json_errors))
         .with_state(state)
 }

@@ -804,7 +804,8 @@ impl Store for PgStore {
                         tx.execute(META_SET, &[&n, &v]).await.map_err(engine_error)?;
                     }
                     tx.batch_execute(
-                        "DELETE FROM tm_lww; DELETE FROM tm_recovery_sources; INSERT INTO tm_recovery_sources (source, final, waived) SELECT source, false, false FROM tm_sources WHERE high_water > 0",
+                        // `tm_lww` is kept (see `sqlite/recovery.rs`).
+                        "DELETE FROM tm_recovery_sources; INSERT INTO tm_recovery_sources (source, final, waived) SELECT source, false, false FROM tm_sources WHERE high_water > 0",
                     )
                     .await
                     .map_err(engine_error)?;
@@ -868,7 +869,7 @@ impl Store for PgStore {
         final_chunk: bool,
         without: Vec<String>,
     ) -> Result<FlagsAdded, StoreError> {
-        crate::apply::validate_schedule(&self.catalog().schema, source, &entries)?;
+        crate::apply::validate_schedule(&self.catalog().schema, source, &entries, &without)?;
         let source = source.to_owned();
         let (added, dropped) = self
             .write_tx(|tx| {
@@ -923,14 +924,19 @@ impl Store for PgStore {
                     let mut dropped = 0u64;
                     if final_chunk {
                         for w in &without {
-                            let known = tx
-                                .execute("UPDATE tm_recovery_sources SET waived = true WHERE source = $1", &[w])
+                            // As on SQLite: not a source that sent its own
+                            // final chunk, unless waived before.
+                            let waived = tx
+                                .execute("UPDATE tm_recovery_sources SET waived = true WHERE source = $1 AND (NOT final OR waived)", &[w])
                                 .await
                                 .map_err(engine_error)?;
-                            if known == 0 {
-                                return Err(StoreError::BadSchedule(format!(
-                                    "source '{w}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources"
-                                )));
+                            if waived == 0 {
+                                let known: i64 = tx
+                                    .query_one("SELECT count(*) FROM tm_recovery_sources WHERE source = $1", &[w])
+                                    .await
+                                    .map_err(engine_error)?
+                                    .get(0);
+                                return Err(crate::apply::waiver_refused(w, known > 0));
                             }
                             dropped += tx
                                 .execute("DELETE FROM tm_flags WHERE source = $1", &[w])

@@ -120,7 +120,7 @@ fn read_fields(tx: &Connection, t: &TableSql, key: &str) -> Result<Option<Fields
     Ok(Some(fields))
 }
 
-/// Forgets every key's logical history (recovery begins or ends).
+/// Forgets every key's logical history (a recovery ends).
 pub fn clear(tx: &Connection) -> Result<(), StoreError> {
     tx.execute("DELETE FROM tm_lww", [])?;
     Ok(())

@@ -5,8 +5,9 @@
 //! Invariants: `flag_rows` is the row count of `tm_flags`, or above it
 //! while flags are being added or cleared, never below (reads skip the flag
 //! lookup while it is zero); `recovering` mirrors
-//! `tm_meta.recovery_state`; `tm_lww` is emptied whenever recovery begins
-//! or ends.
+//! `tm_meta.recovery_state`; `tm_lww` is emptied whenever a recovery ends,
+//! and kept by a restore: empty in a backup taken outside a recovery, it
+//! holds the history the replays need in one taken during one.
 
 use super::{lww, meta_get, meta_set, meta_u64, SqliteStore};
 use crate::store::{Flag, FlagEntry, FlagsAdded, RecoveryMeta};
@@ -24,7 +25,9 @@ pub(super) async fn mark_restored(s: &SqliteStore, new_epoch: u64) -> Result<(),
         meta_set(&tx, "schedule_final", "0")?;
         meta_set(&tx, "recovery_started_at", &chrono::Utc::now().to_rfc3339())?;
         meta_set(&tx, "complete_requested", "0")?;
-        lww::clear(&tx)?;
+        // `tm_lww` is kept: a backup taken during a recovery holds which
+        // logical version last set each field; emptied, a replayed order
+        // older than a field's last writer would overwrite it.
         // Every source with applied orders at the backup point must send
         // its final schedule chunk (or be waived) before the blanket lifts.
         tx.execute("DELETE FROM tm_recovery_sources", [])?;
@@ -75,7 +78,7 @@ pub(super) async fn add_flags(
     final_chunk: bool,
     without: Vec<String>,
 ) -> Result<FlagsAdded, StoreError> {
-    crate::apply::validate_schedule(&s.catalog().schema, source, &entries)?;
+    crate::apply::validate_schedule(&s.catalog().schema, source, &entries, &without)?;
     let source = source.to_owned();
     s.blocking(move |s| {
         let mut conn = s.inner.writer.lock();
@@ -110,12 +113,19 @@ pub(super) async fn add_flags(
         meta_set(&tx, "recovery_flagged", &total.to_string())?;
         if final_chunk {
             for w in &without {
-                let known = tx
-                    .execute("UPDATE tm_recovery_sources SET waived = 1 WHERE source = ?1", params![w])?;
-                if known == 0 {
-                    return Err(StoreError::BadSchedule(format!(
-                        "source '{w}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources"
-                    )));
+                // Not one that sent its own final chunk (unless waived
+                // before: a resent chunk).
+                let waived = tx.execute(
+                    "UPDATE tm_recovery_sources SET waived = 1 WHERE source = ?1 AND (final = 0 OR waived = 1)",
+                    params![w],
+                )?;
+                if waived == 0 {
+                    let known: i64 = tx.query_row(
+                        "SELECT count(*) FROM tm_recovery_sources WHERE source = ?1",
+                        params![w],
+                        |r| r.get(0),
+                    )?;
+                    return Err(crate::apply::waiver_refused(w, known > 0));
                 }
                 // No replay will come for a waived source: its flags could never clear.
                 dropped += tx.execute("DELETE FROM tm_flags WHERE source = ?1", params![w])? as u64;

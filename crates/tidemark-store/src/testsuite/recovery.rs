@@ -114,6 +114,32 @@ pub(super) async fn recovery_flags(store: &dyn Store) {
             .await,
         Err(StoreError::BadSchedule(_))
     ));
+    // Nor may a final chunk waive its own source, or one that sent its own
+    // final chunk and is being replayed: its flags would go before its
+    // data came. Nothing changes.
+    let before = store.recovery_meta().await.unwrap();
+    for (source, waived) in [("ops-f", "ops-f"), ("ops-late", "ops-f")] {
+        let refused = store
+            .add_flags(source, vec![], true, vec![waived.into()])
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::BadSchedule(_))),
+            "{source} waiving {waived}: {refused:?}"
+        );
+    }
+    let after = store.recovery_meta().await.unwrap();
+    assert_eq!(
+        (
+            after.remaining,
+            after.waived_sources,
+            after.waiting_for_sources
+        ),
+        (
+            before.remaining,
+            before.waived_sources,
+            before.waiting_for_sources
+        )
+    );
     store
         .add_flags("ops-f", vec![], true, others.clone())
         .await
@@ -279,6 +305,27 @@ pub(super) async fn replays_follow_the_original_order(store: &dyn Store) {
     let o3 = record(store, "o3").await;
     assert_eq!(o3.fields["status"], json!("new"));
     assert_eq!(o3.fields["plan"], json!(null));
+    // Restored again from a backup taken during this recovery: the store
+    // still knows which version last set each field, so a replay older
+    // than o1's live write still does not undo it (a restore that emptied
+    // `tm_lww` let it).
+    let now = store.meta().await.unwrap().epoch;
+    store.mark_restored(now + 1).await.unwrap();
+    step(
+        apply_ok(
+            store,
+            replay(
+                "ops-r",
+                4,
+                "o1",
+                Op::Upsert,
+                json!({"plan": "older"}),
+                1_003,
+            ),
+        )
+        .await,
+    );
+    assert_eq!(record(store, "o1").await.fields["plan"], json!("live"));
     store
         .set_recovery_state(RecoveryState::Normal, false)
         .await

@@ -15,7 +15,8 @@
 //! Each entry remembers the input it came from (a BLAKE3 digest of the
 //! whole input and the order's index in it), so running `ops submit` again
 //! on the same input after a crash resumes it instead of numbering the same
-//! orders twice.
+//! orders twice. Only the journal's last run counts: the same input given
+//! again after it went through is new orders (see `submit.rs`).
 
 use crate::input::InputOrder;
 use anyhow::Context;
@@ -68,8 +69,6 @@ pub struct Journal {
     path: PathBuf,
     source: String,
     entries: Vec<Entry>,
-    /// Input digest to the number of its orders already journaled.
-    inputs: HashMap<String, usize>,
     acks_path: PathBuf,
     /// The version each order was last acknowledged with, by seq.
     acks: HashMap<u64, Version>,
@@ -145,7 +144,6 @@ impl Journal {
         let lock = lock_source(dir, source)?;
         let path = dir.join(format!("{source}.journal"));
         let mut entries = Vec::new();
-        let mut inputs: HashMap<String, usize> = HashMap::new();
         if path.exists() {
             let mut bytes = std::fs::read(&path)
                 .with_context(|| format!("reading journal {}", path.display()))?;
@@ -180,7 +178,6 @@ impl Journal {
                         entries.len() + 1
                     );
                 }
-                *inputs.entry(e.input.clone()).or_default() += 1;
                 entries.push(e);
             }
         }
@@ -190,7 +187,6 @@ impl Journal {
             path,
             source: source.to_owned(),
             entries,
-            inputs,
             acks_path,
             acks,
             _lock: lock,
@@ -257,9 +253,14 @@ impl Journal {
         self.entries.len() as u64
     }
 
-    /// How many orders of input `digest` are already journaled.
+    /// How many orders of input `digest` the journal's last run holds (0 if
+    /// the last run was of another input). A run's entries carry its digest
+    /// and their index in it, from 0 (a resumed run goes on counting).
     pub fn journaled_from(&self, digest: &str) -> usize {
-        self.inputs.get(digest).copied().unwrap_or(0)
+        match self.entries.last() {
+            Some(e) if e.input == digest => e.index + 1,
+            _ => 0,
+        }
     }
 
     /// Numbers and appends orders (from input `digest`, starting at input
@@ -302,7 +303,6 @@ impl Journal {
                 fsync_dir(dir)?;
             }
         }
-        *self.inputs.entry(digest.to_owned()).or_default() += fresh.len();
         self.entries.extend(fresh);
         Ok(&self.entries[start..])
     }
@@ -382,6 +382,10 @@ mod tests {
         assert_eq!(j.journaled_from("other"), 0);
         let new = j.append("d2", 0, &orders(1)).unwrap();
         assert_eq!(new[0].seq, 6);
+        // Only the last run counts: d1 again is a run of its own.
+        assert_eq!(j.journaled_from("d1"), 0);
+        j.append("d1", 0, &orders(2)).unwrap();
+        assert_eq!(j.journaled_from("d1"), 2);
     }
 
     #[test]

@@ -149,23 +149,38 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
 
     let mut journal = Journal::open(&opts.journal, &opts.source)?;
     let journaled_before = journal.last_seq();
-    let done = journal.journaled_from(&digest);
-    if done > orders.len() {
-        anyhow::bail!("the journal holds {done} orders of this input but it has only {}; the journal does not match", orders.len());
-    }
-    if done > 0 {
-        tracing::info!(
-            already = done,
-            total = orders.len(),
-            "this input was journaled before; resuming it (use --again to submit it as new orders)"
-        );
-    }
     // The source's mark cannot move while this run holds its journal.
     let marks: BTreeMap<String, u64> = client
         .get_json("/v1/sources")
         .await
         .context("reading the DB server's high-water marks; nothing was journaled")?;
     let high_water = marks.get(&opts.source).copied().unwrap_or(0);
+    // The same input as the journal's last run resumes it only while that
+    // run is unfinished: not all journaled, or not all applied (a crash).
+    // Given again after it went through, it is new orders (a key set back
+    // to an earlier value).
+    let last_run = journal.journaled_from(&digest);
+    if last_run > orders.len() {
+        anyhow::bail!("the journal holds {last_run} orders of this input but it has only {}; the journal does not match", orders.len());
+    }
+    let unfinished = last_run < orders.len() || high_water < journaled_before;
+    let done = if unfinished { last_run } else { 0 };
+    if done > 0 {
+        tracing::info!(
+            already = done,
+            total = orders.len(),
+            "this input's last run did not finish; resuming it (use --again to submit it as new orders)"
+        );
+    }
+    // Checked before anything is journaled: refused orders left in the
+    // journal would be replayed by a later recovery.
+    let journaled_after = journaled_before + (orders.len() - done) as u64;
+    if high_water > journaled_after {
+        anyhow::bail!(
+            "the DB server has applied source '{}' up to seq {high_water} but this journal ends at seq {journaled_after}; nothing was journaled. Point --journal at this source's journal, or use another --source",
+            opts.source,
+        );
+    }
     refuse_during_recovery(
         &client,
         &opts.source,
@@ -177,13 +192,6 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     journal.append(&digest, done, &orders[done..])?;
     tidemark_failpoint::hit("ops.submit.after_journal");
 
-    if high_water > journal.last_seq() {
-        anyhow::bail!(
-            "the DB server has applied source '{}' up to seq {high_water} but this journal ends at seq {}; point --journal at this source's journal, or use another --source",
-            opts.source,
-            journal.last_seq()
-        );
-    }
     // Orders the server applied whose acknowledgements a killed run never
     // recorded are sent again (the server answers them as duplicates, with
     // the version they were applied with while its log still has it): a

@@ -98,12 +98,29 @@ pub struct SyncedEvent {
     pub seq: u64,
 }
 
-/// Payload of the `quiesce` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Payload of the `quiesce` event: `notice` and `cancelled`, and the
+/// notice's `seconds_left`, `deadline` and `message` at the top level too
+/// (CONTRACT.md: the event carries the seconds left and the message).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct QuiesceEvent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub notice: Option<QuiesceNotice>,
     pub cancelled: bool,
+}
+
+impl Serialize for QuiesceEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        if let Some(n) = &self.notice {
+            m.serialize_entry("notice", n)?;
+            m.serialize_entry("seconds_left", &n.seconds_left)?;
+            m.serialize_entry("deadline", &n.deadline)?;
+            m.serialize_entry("message", &n.message)?;
+        }
+        m.serialize_entry("cancelled", &self.cancelled)?;
+        m.end()
+    }
 }
 
 /// Payload of the `schema` event.
@@ -187,6 +204,33 @@ impl WatchEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CONTRACT.md: the `quiesce` event carries the seconds left and the
+    /// message; they are at its top level as well as in `notice`.
+    #[test]
+    fn a_quiesce_event_carries_the_seconds_left_and_the_message_on_top() {
+        let ev = QuiesceEvent {
+            notice: Some(QuiesceNotice {
+                deadline: "2026-12-04T12:00:00Z".into(),
+                seconds_left: 30,
+                message: "upgrade".into(),
+            }),
+            cancelled: false,
+        };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            (v["seconds_left"].as_u64(), v["message"].as_str()),
+            (Some(30), Some("upgrade"))
+        );
+        assert_eq!(v["notice"]["seconds_left"], 30);
+        assert_eq!(serde_json::from_value::<QuiesceEvent>(v).unwrap(), ev);
+        let cancel = serde_json::to_value(QuiesceEvent {
+            notice: None,
+            cancelled: true,
+        })
+        .unwrap();
+        assert_eq!(cancel, serde_json::json!({"cancelled": true}));
+    }
 
     #[test]
     fn event_id_round_trips() {

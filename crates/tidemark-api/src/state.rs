@@ -126,8 +126,9 @@ pub struct ServerState {
     /// With the PostgreSQL engine: the lease term this instance knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
-    /// With the PostgreSQL engine: the primary's advertised URL, if one is online.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// With the PostgreSQL engine: the primary's advertised URL, if one is
+    /// online (`null` during a failover, and on a single DB server).
+    #[serde(default)]
     pub primary: Option<String>,
     /// With the PostgreSQL engine: this instance's advertised URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -61,7 +61,10 @@ impl Quiesce {
     /// The notice for `/v1/state` and events.
     pub fn notice(&self) -> Option<QuiesceNotice> {
         self.notice.read().as_ref().map(|s| {
-            let left = (s.deadline - Utc::now()).num_seconds().max(0) as u64;
+            // Rounded up: "offline in 30 s" right after `--in 30`, and 0
+            // only once the deadline has passed.
+            let ms = (s.deadline - Utc::now()).num_milliseconds().max(0) as u64;
+            let left = ms.div_ceil(1000);
             QuiesceNotice {
                 deadline: s.deadline.to_rfc3339(),
                 seconds_left: left,

@@ -244,6 +244,31 @@ pub(crate) fn fallback(
     Some(Served::marked(&cached))
 }
 
+/// A `latest` read whose deadline passed while its record was recovering.
+fn stale_data(table: &str, key: &str) -> ReadError {
+    ReadError {
+        code: ErrorCode::StaleData,
+        status: 503,
+        message: format!(
+            "{table}/{key} is being recovered on the DB server and this server serves only the latest data; retry later, or send 'Tidemark-Freshness: stale-ok' to accept data that may be outdated"
+        ),
+        retry_after: Some(1),
+    }
+}
+
+/// A read whose deadline passed with the DB server not answering.
+fn db_unavailable(shared: &Shared) -> ReadError {
+    ReadError {
+        code: ErrorCode::DbUnavailable,
+        status: 503,
+        message: format!(
+            "the DB server did not answer within this read's deadline ({} ms, latest_deadline_ms) and this read has no cached answer to fall back on; retry later",
+            shared.config.latest_deadline_ms
+        ),
+        retry_after: Some(1),
+    }
+}
+
 /// How long a `stale-ok` read with a cached copy waits for the DB server
 /// before it serves the copy marked recovering.
 const STALE_OK_WAIT: Duration = Duration::from_millis(500);
@@ -268,6 +293,9 @@ pub async fn read(
     let max_delay = Duration::from_millis(shared.config.retry_max_ms.max(1));
     let waiter = Waiter::new(shared, table, key);
     let mut waited = false;
+    // Why the last try failed: the DB server (unreachable, 503), or the
+    // record was still being recovered.
+    let mut db_failed = false;
     loop {
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
@@ -276,6 +304,16 @@ pub async fn read(
             // A push may have made the cached copy current: no request needed.
             if let Some(served) = from_cache(shared, table, key, freshness) {
                 return Ok(served);
+            }
+            if Instant::now() >= deadline {
+                // Woken at the deadline: a request now would have no time
+                // to be answered (and its timeout would blame the DB server).
+                return Err(if db_failed {
+                    db_unavailable(shared)
+                } else {
+                    shared.metrics.deadline_503.inc();
+                    stale_data(table, key)
+                });
             }
         }
         let mut hint = None;
@@ -305,18 +343,11 @@ pub async fn read(
             if let Some(served) = fallback(shared, table, key, freshness) {
                 return Ok(served);
             }
-            return Err(ReadError {
-                code: ErrorCode::DbUnavailable,
-                status: 503,
-                message: format!(
-                    "the DB server did not answer within this read's deadline ({} ms, latest_deadline_ms) and this read has no cached answer to fall back on; retry later",
-                    shared.config.latest_deadline_ms
-                ),
-                retry_after: Some(1),
-            });
+            return Err(db_unavailable(shared));
         };
         match answer {
             Ok(read) => {
+                db_failed = false;
                 // Another instance answered (the client moved on in the
                 // read): its interest is not the stream's, which may stay
                 // where it is.
@@ -343,6 +374,7 @@ pub async fn read(
                 });
             }
             Err(e) => {
+                db_failed = true;
                 if let Some(served) = fallback(shared, table, key, freshness) {
                     return Ok(served);
                 }
@@ -368,14 +400,7 @@ pub async fn read(
         let now = Instant::now();
         if now >= deadline {
             shared.metrics.deadline_503.inc();
-            return Err(ReadError {
-                code: ErrorCode::StaleData,
-                status: 503,
-                message: format!(
-                    "{table}/{key} is being recovered on the DB server and this server serves only the latest data; retry later, or send 'Tidemark-Freshness: stale-ok' to accept data that may be outdated"
-                ),
-                retry_after: Some(1),
-            });
+            return Err(stale_data(table, key));
         }
         // Exponential backoff with jitter, at least the server's hint. While
         // the watch stream is open the key's push (or an `epoch` event) wakes
@@ -542,9 +567,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_latest_read_of_a_flagged_key_asks_twice_then_answers_503_at_its_deadline() {
+    async fn a_latest_read_of_a_flagged_key_asks_once_then_answers_503_at_its_deadline() {
         // P9: it never serves the flagged data; with the stream synced it
-        // waits for a push rather than polling (2 requests per flagged key).
+        // waits for a push rather than polling (one request per flagged
+        // key: none at the deadline itself, which has no time left).
         let (svc, up) = service(flagged, true);
         let started = Instant::now();
         let err = read(&svc.shared, "subscriber", "k", Freshness::Latest)
@@ -556,7 +582,46 @@ mod tests {
             started.elapsed(),
             Duration::from_millis(svc.shared.config.latest_deadline_ms)
         );
-        assert_eq!(up.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Without a stream the read polls, and its last wake-up falls on the
+    /// deadline: it answers `stale_data`, not a request with no time left
+    /// whose timeout blamed the DB server (`db_unavailable`, and a move to
+    /// another instance), as a third of such reads did.
+    /// A DB server that takes 5 ms to answer that the key is recovering.
+    struct Slow;
+
+    #[async_trait::async_trait]
+    impl Upstream for Slow {
+        async fn get_record(&self, _: &str, _: &str, _: &str) -> Result<RecordRead, ClientError> {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            flagged(0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_polls_to_its_deadline_answers_stale_data() {
+        let config = ServiceConfig {
+            id: "svc".into(),
+            ..ServiceConfig::default()
+        };
+        let svc = Service::with_upstream(config, CancellationToken::new(), Arc::new(Slow)).unwrap();
+        let base = svc.shared.client.base().to_owned();
+        let err = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (503, ErrorCode::StaleData),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            svc.shared.client.base(),
+            base,
+            "no move to another instance"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -220,7 +220,7 @@ pub struct OpsSubmitArgs {
     /// Orders per request [default: 1000].
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
-    /// Submit this input as new orders even if the same input was submitted before.
+    /// Submit this input as new orders even if it is the same as the last run's and that run did not finish (by default the run is resumed, so no order is numbered twice; an input given again after its run finished is always new orders).
     #[arg(long)]
     pub again: bool,
     /// Print the report as JSON.

@@ -22,7 +22,10 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let format = match cli.log_format.as_deref().unwrap_or("plain").parse() {
         Ok(f) => f,
         Err(e) => {
@@ -30,7 +33,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tidemark_telemetry::init_logging(format, "info");
+    // The roles log what they do; a client command's failure is the one
+    // line below (CONTRACT.md), not the retries and steps before it.
+    // RUST_LOG shows those.
+    let default_filter = match &cli.command {
+        cli::Command::Server(_)
+        | cli::Command::Service(_)
+        | cli::Command::Demo(_)
+        | cli::Command::Bench(_) => "info",
+        _ => "error",
+    };
+    tidemark_telemetry::init_logging(format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,4 +67,38 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Bad usage: clap's first line and where to look, on one line, exit 2
+/// (CONTRACT.md: every failure prints one line). `--help` and `--version`
+/// print in full, exit 0.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("error: bad usage");
+    let usage = rendered
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("Usage: "))
+        .map(|u| format!("; usage: {u}"))
+        .unwrap_or_default();
+    eprintln!("{first}{usage}; see --help");
+    ExitCode::from(2)
 }

@@ -145,6 +145,18 @@ pub fn document() -> Value {
             "/console/": {"get": {"summary": "Redirects to /console. No token.", "responses": {"303": {"description": "See /console"}}}},
             "/v1/console/events": {"get": {"summary": "The console's live feed, as server-sent events: `progress` once ([[unix ms, remaining], …]: the remaining flags sampled since the recovery began), then once a second `state` (as GET /v1/state, plus now_ms: the server's clock) or `error` ({\"error\": {code, message}}: the state could not be read, e.g. the store is unreachable during a failover). Reader.",
                 "responses": {"200": {"description": "text/event-stream"}, "401": error_ref(), "403": error_ref()}}},
+            "/v1/tokens": {
+                "post": {"summary": "A new token {role: reader|ops|admin, name}; the secret is in the answer once ({name, role, token}). Admin, except the first token, which a loopback client may create (protected mode ends). 409 if the name is taken.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["role", "name"], "properties": {
+                        "role": {"type": "string", "enum": ["reader", "ops", "admin"]}, "name": {"type": "string"}}}}}},
+                    "responses": {"200": {"description": "The token, shown once"}, "400": error_ref(), "401": error_ref(), "403": error_ref(), "409": error_ref()}},
+                "get": {"summary": "Every token's name and role, never a secret. Admin.",
+                    "responses": {"200": {"description": "[{name, role, created_at}]"}, "401": error_ref(), "403": error_ref()}}},
+            "/v1/tokens/{name}": {"delete": {"summary": "Revokes a token: its requests and open streams end. Admin.",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Revoked"}, "401": error_ref(), "403": error_ref(), "404": error_ref()}}},
+            "/v1/audit": {"get": {"summary": "Who did which admin action, and when, oldest first: [{at, who, action, detail}]. Admin.",
+                "responses": {"200": {"description": "The audit log"}, "401": error_ref(), "403": error_ref()}}},
             "/v1/whoami": {"get": {"summary": "What the presented token is: {name, role: reader|ops|admin|null, protected}. role is null for no token or an unknown or revoked one. In protected mode (no token exists yet) a loopback program is reported as name loopback, role admin. Needs no token.",
                 "responses": {"200": {"description": "Who", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "role", "protected"], "properties": {
                     "name": {"type": "string", "nullable": true}, "role": {"type": "string", "enum": ["reader", "ops", "admin"], "nullable": true}, "protected": {"type": "boolean"}}}}}}}}}

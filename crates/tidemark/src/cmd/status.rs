@@ -5,25 +5,25 @@ use tidemark_api::{DbClient, RecoveryStatus, ServerState};
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let client = DbClient::new(&args.server);
-    let state: ServerState = client.state().await?;
+    let mut state: ServerState = client.state().await?;
     let recovery: RecoveryStatus = client.get_json("/v1/recovery").await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"state": state, "recovery": recovery})
-        );
+        // `/v1/state` as it is (`.state` is "normal", …), with the
+        // recovery's progress.
+        state.recovery = Some(recovery);
+        println!("{}", serde_json::to_string(&state)?);
         return Ok(());
     }
     println!("server        {}", args.server);
-    println!("state         {:?}", state.state);
-    println!("role          {:?}", state.role);
+    println!("state         {}", wire(&state.state));
+    println!("role          {}", wire(&state.role));
     println!("epoch         {}", state.epoch);
     println!("commit seq    {}", state.seq);
     println!("store         {}", state.store);
     println!("schema        version {}", state.schema_version);
     println!(
-        "recovery      {:?}: {} flagged, {} cleared, {} remaining{}{}{}",
-        recovery.state,
+        "recovery      {}: {} flagged, {} cleared, {} remaining{}{}{}",
+        wire(&recovery.state),
         recovery.flagged,
         recovery.cleared,
         recovery.remaining,
@@ -58,9 +58,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         );
         for m in &state.members {
             println!(
-                "  member      {} {:?} term {} v{} heartbeat {} ms ago{}",
+                "  member      {} {} term {} v{} heartbeat {} ms ago{}",
                 m.url,
-                m.role,
+                wire(&m.role),
                 m.term,
                 m.version,
                 m.heartbeat_age_ms,
@@ -72,4 +72,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A value as the API spells it (`normal`, `primary`, ...), not its Rust name.
+fn wire<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
 }

@@ -32,11 +32,14 @@ fn bad_usage_exits_2_and_failures_exit_1() {
             .code(),
         Some(2)
     );
-    assert_eq!(
-        run(tmp.path(), &["server", "--no-such-flag"], None, &[])
-            .status
-            .code(),
-        Some(2)
+    let out = run(tmp.path(), &["server", "--no-such-flag"], None, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    // One line, as every failure (clap printed its error, usage and a tip).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("--no-such-flag") && err.contains("--help"),
+        "{err}"
     );
     let out = run(
         tmp.path(),

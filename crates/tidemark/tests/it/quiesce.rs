@@ -56,7 +56,23 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
     .await;
     assert!(left > 590 && left <= 600, "{left}");
     let status = run(dir, &["status", "--server", &db.url], None, &[]);
-    assert!(String::from_utf8_lossy(&status.stdout).contains("upgrade at noon"));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("upgrade at noon"), "{text}");
+    // Values as the API spells them (it printed Rust's `Normal`, `Primary`).
+    for line in [
+        "state         normal",
+        "role          primary",
+        "recovery      normal",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    let status = run(dir, &["status", "--server", &db.url, "--json"], None, &[]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        (json["state"].as_str(), json["quiesce"]["message"].as_str()),
+        (Some("normal"), Some("upgrade at noon")),
+        "/v1/state as it is: {json}"
+    );
 
     let out = run(
         dir,

@@ -163,7 +163,11 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     if last_run > orders.len() {
         anyhow::bail!("the journal holds {last_run} orders of this input but it has only {}; the journal does not match", orders.len());
     }
-    let unfinished = last_run < orders.len() || high_water < journaled_before;
+    // Applied but not acknowledged here (the answer was lost, or the run
+    // was killed before it recorded it) is unfinished too.
+    let unfinished = last_run < orders.len()
+        || high_water < journaled_before
+        || (journaled_before > 0 && journal.ack(journaled_before).is_none());
     let done = if unfinished { last_run } else { 0 };
     if done > 0 {
         tracing::info!(
@@ -174,10 +178,11 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     }
     // Checked before anything is journaled: refused orders left in the
     // journal would be replayed by a later recovery.
-    let journaled_after = journaled_before + (orders.len() - done) as u64;
-    if high_water > journaled_after {
+    // Orders go to the server only once journaled: a server ahead of the
+    // journal has another journal's orders of this source.
+    if high_water > journaled_before {
         anyhow::bail!(
-            "the DB server has applied source '{}' up to seq {high_water} but this journal ends at seq {journaled_after}; nothing was journaled. Point --journal at this source's journal, or use another --source",
+            "the DB server has applied source '{}' up to seq {high_water} but this journal ends at seq {journaled_before}; nothing was journaled. Point --journal at this source's journal, or use another --source",
             opts.source,
         );
     }
@@ -261,7 +266,7 @@ pub async fn get_with_retry<T: serde::de::DeserializeOwned>(
     loop {
         match client.get_json(path).await {
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "the DB server is not ready; retrying");
+                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "the DB server is not ready; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -282,7 +287,7 @@ pub async fn send_with_retry(
         match client.post_orders(batch).await {
             Ok(r) => return Ok(r),
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
+                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -18,8 +18,9 @@
 //!   everything it cached).
 //! - No stream resumes from an id at or below the watermark of the last
 //!   `Epoch` push that makes current answers suspect (flags added, a
-//!   pruned gap): a service server away then missed it, and the change log
-//!   cannot replay it. Nor, during a recovery, from an id below the
+//!   pruned gap; for flags added, at or below the store's position then
+//!   too): a service server away then missed it, and the change log cannot
+//!   replay it. Nor, during a recovery, from an id below the
 //!   position this process started at (it cannot know what was pushed
 //!   before). Missing the end of the schedule list, or of a recovery, only
 //!   leaves answers marked recovering that are current now: a resume may
@@ -235,13 +236,19 @@ impl Hub {
         self.forgotten.lock().get(&subscriber).map_or(0, |f| f.0)
     }
 
+    /// A stream of `subscriber` opens without resuming: its later streams
+    /// may resume again (a forgetting is behind it).
+    pub fn opened_without_resuming(&self, subscriber: SubscriberId) {
+        if let Some(f) = self.forgotten.lock().get_mut(&subscriber) {
+            f.1 = false;
+        }
+    }
+
     /// A stream of `subscriber` opens afresh: its interest is dropped (see
     /// [`Hub::clear_interest`], whose watermark it returns), and its later
     /// streams may resume again.
     pub fn start_afresh(&self, subscriber: SubscriberId) -> u64 {
-        if let Some(f) = self.forgotten.lock().get_mut(&subscriber) {
-            f.1 = false;
-        }
+        self.opened_without_resuming(subscriber);
         self.clear_interest(subscriber)
     }
 
@@ -328,13 +335,18 @@ impl Hub {
     pub fn publish(&self, push: Push) {
         if let Push::Epoch(e) = &push {
             use tidemark_api::event::EpochReason::{RecoveryAborted, ScheduleComplete};
+            // Under the watermark lock: no change is queued between the
+            // floor and the push, so every id below the floor was given
+            // before the push, and a stream that opens after it cannot
+            // resume from before it (one open now receives it).
+            let watermark = self.watermark.lock();
             if !matches!(e.reason, ScheduleComplete | RecoveryAborted) {
-                // Before the push: a stream that opens after it cannot
-                // resume from before it (one open now receives it).
-                self.raise_resume_floor(self.watermark() + 1);
+                self.raise_resume_floor(*watermark + 1);
             }
             self.epoch_pushes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.tx.send(push);
+            return;
         }
         let _ = self.tx.send(push);
     }

@@ -154,6 +154,8 @@ impl Recovery {
             tracing::info!(source, waiting = ?m.waiting_for_sources, "final schedule chunk of one source; still waiting for the others the backup knows");
         }
         if was_blanket && !self.blanket() {
+            // Flags added under the blanket need no event of their own.
+            self.owed_flags_added.store(false, Ordering::SeqCst);
             tracing::info!(flagged = m.flagged_total, "recovery schedule list complete: only flagged records are answered as recovering now");
             hub.publish(Push::Epoch(EpochEvent {
                 epoch: self.store.meta().await?.epoch,
@@ -164,8 +166,12 @@ impl Recovery {
             // others lifted the blanket: service servers may hold these
             // keys as current, so every cached answer is revalidated.
             tracing::warn!(source, flagged = added.flagged, "keys flagged after the schedule list was complete (a source the backup did not know); service servers revalidate what they cached. Give every journal to one 'ops recover' run to avoid this");
+            let meta = self.store.meta().await?;
+            // A resumed stream's ids may run ahead of the watermark (its
+            // replay reads the log to its end): none resumes from before.
+            hub.raise_resume_floor(meta.seq + 1);
             hub.publish(Push::Epoch(EpochEvent {
-                epoch: self.store.meta().await?.epoch,
+                epoch: meta.epoch,
                 reason: EpochReason::FlagsAdded,
             }));
             self.owed_flags_added.store(false, Ordering::SeqCst);
@@ -255,6 +261,7 @@ impl Recovery {
             return Err(StoreError::NotRecovering);
         }
         let dropped = self.store.clear_flags().await?;
+        self.owed_flags_added.store(false, Ordering::SeqCst);
         let m = self
             .store
             .set_recovery_state(RecoveryState::Normal, false)

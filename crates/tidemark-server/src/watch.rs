@@ -64,6 +64,8 @@ pub async fn open(
         // again when read: interest starts afresh (see `hub.rs`). Not on a
         // first stream: a client may register keys before it watches.
         cursor = afresh(app, id, cursor);
+    } else if !resumed {
+        app.hub.opened_without_resuming(id);
     }
     tracing::info!(subscriber = %name, cursor, resumed, cannot_resume, "watch stream opened");
     let (tx, rx) = mpsc::channel(1024);
@@ -110,17 +112,17 @@ async fn caught_up(app: &Arc<AppState>, seq: u64) -> bool {
     }
 }
 
-/// How far a replay from the change log goes: up to what this instance has
-/// published (later changes arrive from the queue, which the stream joined
-/// before; a standby's read cache is coherent up to there). So an id never
-/// runs ahead of the watermark, which `Hub::may_resume` compares with.
-/// After a commit of unknown outcome (`Resync`), to the end of the log:
-/// such a change was never published.
+/// How far a replay from the change log may go: on a standby, only up to
+/// what it has published (its read cache is coherent up to there; later
+/// changes arrive from its tail, in order); on a primary, and after a
+/// commit of unknown outcome (`Resync`: such a change was never published),
+/// to the end of the log. A primary's ids may so run ahead of its
+/// watermark: the floor of a revalidation is raised to the store's
+/// position too (`Recovery::schedule`).
 fn replay_bound(app: &AppState, to_end: bool) -> u64 {
-    if to_end {
-        u64::MAX
-    } else {
-        app.hub.watermark()
+    match &app.cluster {
+        Some(c) if !to_end && !c.is_primary() => app.hub.watermark(),
+        _ => u64::MAX,
     }
 }
 

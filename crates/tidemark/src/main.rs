@@ -33,15 +33,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The roles log what they do; a client command's failure is the one
-    // line below (CONTRACT.md), not the retries and steps before it.
-    // RUST_LOG shows those.
+    // The roles log what they do; a client command logs only what the
+    // operator must act on (warnings): its failure is the one line below
+    // (CONTRACT.md), not the retries and steps before it (RUST_LOG shows
+    // those).
     let default_filter = match &cli.command {
         cli::Command::Server(_)
         | cli::Command::Service(_)
         | cli::Command::Demo(_)
         | cli::Command::Bench(_) => "info",
-        _ => "error",
+        _ => "warn",
     };
     tidemark_telemetry::init_logging(format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -87,18 +88,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         };
     }
+    // Every line of clap's message (what is wrong, the missing arguments,
+    // possible values, a tip, the usage) but its pointer to --help.
     let rendered = e.render().to_string();
-    let first = rendered
+    let parts: Vec<&str> = rendered
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("error: bad usage");
-    let usage = rendered
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("Usage: "))
-        .map(|u| format!("; usage: {u}"))
-        .unwrap_or_default();
-    eprintln!("{first}{usage}; see --help");
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    eprintln!("{}; see --help", parts.join("; ").replace(":;", ":"));
     ExitCode::from(2)
 }

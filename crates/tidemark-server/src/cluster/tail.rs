@@ -59,7 +59,9 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
             alive = woken => if !alive { listener = None; }
         }
         if cluster.is_primary() {
-            // The committer publishes.
+            // The committer publishes, and `Recovery` sends the events of
+            // its own transitions: a step down follows on from here.
+            *cluster.followed.lock() = Some(Followed::now(&app));
             continue;
         }
         if refreshed.elapsed() >= REFRESH {
@@ -180,10 +182,18 @@ pub(crate) async fn follow_recovery(
 ) -> Result<RecoveryMeta, StoreError> {
     let before = followed.lock().unwrap_or_else(|| Followed::now(app));
     let m = app.recovery.refresh().await?;
-    let epoch = app.store.meta().await?.epoch;
+    let meta = app.store.meta().await?;
     let after = Followed::of(&m, app.recovery.blanket());
     if let Some(reason) = transition(before, after, &m) {
-        app.hub.publish(Push::Epoch(EpochEvent { epoch, reason }));
+        if reason == EpochReason::FlagsAdded {
+            // This instance's watermark may trail ids the primary gave
+            // out: none from before the primary's position resumes here.
+            app.hub.raise_resume_floor(meta.seq + 1);
+        }
+        app.hub.publish(Push::Epoch(EpochEvent {
+            epoch: meta.epoch,
+            reason,
+        }));
     }
     *followed.lock() = Some(after);
     Ok(m)

@@ -176,7 +176,7 @@ pub fn document() -> Value {
             "State": {"type": "object", "properties": {"state": {"type": "string", "enum": ["normal", "recovering", "recovered"]},
                 "role": {"type": "string", "enum": ["primary", "standby"]}, "epoch": {"type": "integer"}, "seq": {"type": "integer"},
                 "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}, "boot": {"type": "string"}, "store": {"type": "string"},
-                "term": {"type": "integer", "description": "PostgreSQL engine: the lease term"}, "primary": {"type": "string", "description": "PostgreSQL engine: the primary's advertised URL"},
+                "term": {"type": "integer", "description": "PostgreSQL engine: the lease term"}, "primary": {"type": "string", "nullable": true, "description": "The primary's advertised URL (PostgreSQL engine); null when none is online, and on the embedded engine"},
                 "advertise": {"type": "string"}, "members": {"type": "array", "items": {"type": "object", "properties": {
                     "url": {"type": "string"}, "role": {"type": "string", "enum": ["primary", "standby"]}, "term": {"type": "integer"},
                     "last_heartbeat": {"type": "string"}, "heartbeat_age_ms": {"type": "integer"}, "version": {"type": "string"},

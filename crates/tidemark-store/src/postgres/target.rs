@@ -200,14 +200,23 @@ impl RestoreTarget {
     /// another restore) uses it.
     pub async fn lock(url: &str, schema: &str) -> Result<RestoreTarget, StoreError> {
         let client = connect(url).await?;
-        let got: bool = client
-            .query_one(
-                &format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
-                &[&schema],
-            )
-            .await
-            .map_err(engine_error)?
-            .get(0);
+        // A DB server killed a moment ago still holds its lock until
+        // PostgreSQL sees its connection close: a few tries, briefly.
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let got = loop {
+            let got: bool = client
+                .query_one(
+                    &format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
+                    &[&schema],
+                )
+                .await
+                .map_err(engine_error)?
+                .get(0);
+            if got || std::time::Instant::now() >= patience {
+                break got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         if !got {
             let pid = client
                 .query_opt(

@@ -19,6 +19,27 @@ pub enum Role {
     Standby,
 }
 
+impl RecoveryState {
+    /// As the API spells it (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryState::Normal => "normal",
+            RecoveryState::Recovering => "recovering",
+            RecoveryState::Recovered => "recovered",
+        }
+    }
+}
+
+impl Role {
+    /// As the API spells it (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
 /// A quiesce notice in force (S4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuiesceNotice {
@@ -204,7 +225,22 @@ pub struct ServiceInfo {
 
 #[cfg(test)]
 mod tests {
-    use super::ScheduleChunk;
+
+    #[test]
+    fn names_are_the_serde_names() {
+        for st in [
+            RecoveryState::Normal,
+            RecoveryState::Recovering,
+            RecoveryState::Recovered,
+        ] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
+        for r in [Role::Primary, Role::Standby] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+
+    use super::{RecoveryState, Role, ScheduleChunk};
 
     /// CONTRACT.md: "An empty final chunk means nothing changed since the
     /// backup"; it may leave out `entries`.

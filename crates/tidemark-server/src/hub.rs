@@ -333,21 +333,22 @@ impl Hub {
 
     /// Queues a server-wide event.
     pub fn publish(&self, push: Push) {
-        if let Push::Epoch(e) = &push {
+        // An `Epoch` is queued under the watermark lock: no change is
+        // queued between the floor and the push, so every id below the
+        // floor was given before the push, and a stream that opens after it
+        // cannot resume from before it (one open now receives it).
+        let _held = if let Push::Epoch(e) = &push {
             use tidemark_api::event::EpochReason::{RecoveryAborted, ScheduleComplete};
-            // Under the watermark lock: no change is queued between the
-            // floor and the push, so every id below the floor was given
-            // before the push, and a stream that opens after it cannot
-            // resume from before it (one open now receives it).
             let watermark = self.watermark.lock();
             if !matches!(e.reason, ScheduleComplete | RecoveryAborted) {
                 self.raise_resume_floor(*watermark + 1);
             }
             self.epoch_pushes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = self.tx.send(push);
-            return;
-        }
+            Some(watermark)
+        } else {
+            None
+        };
         let _ = self.tx.send(push);
     }
 

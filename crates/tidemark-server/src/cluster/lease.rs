@@ -10,7 +10,7 @@
 //!   Before it serves as primary, it publishes every change committed
 //!   under earlier terms (`tail::catch_up`) and re-reads the shared state.
 
-use super::{role_name, tail, Cluster, View};
+use super::{tail, Cluster, View};
 use crate::state::AppState;
 use std::sync::Arc;
 use std::time::Instant;
@@ -283,7 +283,7 @@ async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
     let report = MemberReport {
         id: &cluster.id,
         url: &cluster.url,
-        role: role_name(view.role),
+        role: view.role.as_str(),
         term: view.term,
         version: env!("CARGO_PKG_VERSION"),
         schema_version: app.store.schema().version,

@@ -292,14 +292,6 @@ impl Drop for HandoverGuard<'_> {
     }
 }
 
-/// Mirrors `tidemark_api::state::Role` as the member table spells it.
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Primary => "primary",
-        Role::Standby => "standby",
-    }
-}
-
 /// The cluster of `app`, if its store is shared.
 pub fn of(app: &crate::state::AppState) -> Option<&Arc<Cluster>> {
     app.cluster.as_ref()

@@ -182,9 +182,9 @@ pub(crate) async fn follow_recovery(
 ) -> Result<RecoveryMeta, StoreError> {
     let before = followed.lock().unwrap_or_else(|| Followed::now(app));
     let m = app.recovery.refresh().await?;
-    let meta = app.store.meta().await?;
     let after = Followed::of(&m, app.recovery.blanket());
     if let Some(reason) = transition(before, after, &m) {
+        let meta = app.store.meta().await?;
         if reason == EpochReason::FlagsAdded {
             // This instance's watermark may trail ids the primary gave
             // out: none from before the primary's position resumes here.

@@ -978,12 +978,7 @@ impl Store for PgStore {
     ) -> Result<RecoveryMeta, StoreError> {
         self.write_tx(|tx| {
             Box::pin(async move {
-                let name = match state {
-                    RecoveryState::Normal => "normal",
-                    RecoveryState::Recovering => "recovering",
-                    RecoveryState::Recovered => "recovered",
-                };
-                tx.execute(META_SET, &[&"recovery_state", &name])
+                tx.execute(META_SET, &[&"recovery_state", &state.as_str()])
                     .await
                     .map_err(engine_error)?;
                 let c = if complete_requested { "1" } else { "0" };

@@ -166,12 +166,7 @@ pub(super) async fn set_recovery_state(
     s.blocking(move |s| {
         let mut conn = s.inner.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let name = match state {
-            RecoveryState::Normal => "normal",
-            RecoveryState::Recovering => "recovering",
-            RecoveryState::Recovered => "recovered",
-        };
-        meta_set(&tx, "recovery_state", name)?;
+        meta_set(&tx, "recovery_state", state.as_str())?;
         meta_set(
             &tx,
             "complete_requested",

@@ -15,15 +15,15 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("server        {}", args.server);
-    println!("state         {}", wire(&state.state));
-    println!("role          {}", wire(&state.role));
+    println!("state         {}", state.state.as_str());
+    println!("role          {}", state.role.as_str());
     println!("epoch         {}", state.epoch);
     println!("commit seq    {}", state.seq);
     println!("store         {}", state.store);
     println!("schema        version {}", state.schema_version);
     println!(
         "recovery      {}: {} flagged, {} cleared, {} remaining{}{}{}",
-        wire(&recovery.state),
+        recovery.state.as_str(),
         recovery.flagged,
         recovery.cleared,
         recovery.remaining,
@@ -60,7 +60,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!(
                 "  member      {} {} term {} v{} heartbeat {} ms ago{}",
                 m.url,
-                wire(&m.role),
+                m.role.as_str(),
                 m.term,
                 m.version,
                 m.heartbeat_age_ms,
@@ -72,13 +72,4 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A value as the API spells it (`normal`, `primary`, ...), not its Rust name.
-fn wire<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => "?".into(),
-    }
 }

@@ -279,7 +279,7 @@ impl PgStore {
     /// Re-reads what another instance may have changed: the flag count and
     /// the schema (a standby, or an instance just promoted).
     pub async fn refresh_shared(&self) -> Result<(), StoreError> {
-        self.reload_from_db().await
+        self.reload_all().await
     }
 }
 

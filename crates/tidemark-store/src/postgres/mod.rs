@@ -77,8 +77,16 @@ struct Inner {
     epoch: AtomicU64,
     /// Mirrors `tm_meta.seq` after this process's last commit.
     seq: AtomicU64,
-    /// Rows in `tm_flags`; reads skip the flag lookup while it is zero.
+    /// Rows in `tm_flags`: while it is zero, groups skip the flag checks
+    /// and may run pipelined. It changes only under the writer lock, after
+    /// the commit that changed the rows, and is recounted only with no
+    /// group running ([`PgStore::recount_flags`]), so it is exact whenever
+    /// the lock is free. (Counted outside the lock, a recount racing a
+    /// commit that cleared flags subtracted them twice.)
     flag_rows: AtomicU64,
+    /// A commit that changed flags failed with its outcome unknown: the
+    /// next recovery read counts them again.
+    flags_unknown: AtomicBool,
     /// One writer per process; the database's row lock orders processes.
     /// It also guards where the commit pipeline stands (`pipeline.rs`).
     write: tokio::sync::Mutex<pipeline::Chain>,
@@ -338,6 +346,7 @@ impl PgStore {
                 epoch: AtomicU64::new(0),
                 seq: AtomicU64::new(0),
                 flag_rows: AtomicU64::new(0),
+                flags_unknown: AtomicBool::new(false),
                 write: tokio::sync::Mutex::new(pipeline::Chain::default()),
                 running: Arc::new(tokio::sync::Semaphore::new(pipeline::DEPTH)),
                 poisoned: AtomicBool::new(false),
@@ -492,13 +501,23 @@ impl PgStore {
             schema_registry::record_initial(&tx, &schema).await?;
         }
         tx.commit().await.map_err(engine_error)?;
-        self.reload(&client).await
+        drop(client);
+        self.reload_all().await
     }
 
-    /// Reloads the schema and the meta mirrors (after a load).
+    /// Reloads the schema and the meta mirrors: the catalog, epoch and
+    /// seq, not the flag count (see [`Self::reload_all`]).
     pub(crate) async fn reload_from_db(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         self.reload(&client).await
+    }
+
+    /// [`Self::reload_from_db`] and the flag count: after opening or
+    /// loading the store, or where another instance may have written.
+    /// Never call it holding the writer lock.
+    pub(crate) async fn reload_all(&self) -> Result<(), StoreError> {
+        self.reload_from_db().await?;
+        self.recount_flags().await
     }
 
     /// Reloads the schema and the meta mirrors from the database.
@@ -538,13 +557,47 @@ impl PgStore {
         self.inner
             .seq
             .store(meta_u64(client, "seq").await?, Ordering::SeqCst);
-        let flags: i64 = client
-            .query_one("SELECT count(*) FROM tm_flags", &[])
-            .await
-            .map_err(engine_error)?
-            .get(0);
-        self.inner.flag_rows.store(flags as u64, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Counts `tm_flags` again, with no group running (see
+    /// `Inner::flag_rows`): after opening or loading the store, and on an
+    /// instance that follows another's writes. Never call it holding the
+    /// writer lock.
+    pub(crate) async fn recount_flags(&self) -> Result<(), StoreError> {
+        let _w = self.alone().await;
+        self.inner.flags_unknown.store(false, Ordering::SeqCst);
+        let client = self.client().await?;
+        match client.query_one("SELECT count(*) FROM tm_flags", &[]).await {
+            Ok(r) => {
+                self.inner
+                    .flag_rows
+                    .store(r.get::<_, i64>(0) as u64, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.flags_unknown.store(true, Ordering::SeqCst);
+                Err(engine_error(e))
+            }
+        }
+    }
+
+    /// Takes `n` flags off the count, under the writer lock, after the
+    /// commit that cleared them.
+    pub(super) fn flags_cleared(&self, n: u64) {
+        // Never wraps: a count that ran low would read as no flags left.
+        let _ = self
+            .inner
+            .flag_rows
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                Some(c.saturating_sub(n))
+            });
+    }
+
+    /// A commit that would have changed the flags failed: whether it
+    /// committed is unknown, so the count is not trusted until recounted.
+    pub(super) fn flags_in_doubt(&self) {
+        self.inner.flags_unknown.store(true, Ordering::SeqCst);
     }
 
     /// The writer lock with no pipelined group running: each one begun has
@@ -575,12 +628,29 @@ impl PgStore {
             &'a deadpool_postgres::Transaction<'a>,
         ) -> futures::future::BoxFuture<'a, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.write_tx_then(f, |_| {}).await
+    }
+
+    /// [`Self::write_tx`], then `after` with its outcome, still under the
+    /// writer lock: where a change of the flags is counted. If the commit
+    /// fails, the flags are in doubt (its outcome is unknown).
+    async fn write_tx_then<T>(
+        &self,
+        f: impl for<'a> FnOnce(
+            &'a deadpool_postgres::Transaction<'a>,
+        ) -> futures::future::BoxFuture<'a, Result<T, StoreError>>,
+        after: impl FnOnce(&T),
+    ) -> Result<T, StoreError> {
         let _w = self.alone().await;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(engine_error)?;
         self.check_fence(&tx, None).await?;
         let out = f(&tx).await?;
-        tx.commit().await.map_err(engine_error)?;
+        if let Err(e) = tx.commit().await {
+            self.flags_in_doubt();
+            return Err(engine_error(e));
+        }
+        after(&out);
         Ok(out)
     }
 
@@ -791,8 +861,8 @@ impl Store for PgStore {
 
     async fn mark_restored(&self, new_epoch: u64) -> Result<(), StoreError> {
         let now = chrono::Utc::now().to_rfc3339();
-        let flags = self
-            .write_tx(|tx| {
+        self.write_tx_then(
+            |tx| {
                 Box::pin(async move {
                     for (n, v) in [
                         ("epoch", new_epoch.to_string()),
@@ -819,14 +889,20 @@ impl Store for PgStore {
                         .map_err(engine_error)?;
                     Ok(rows)
                 })
-            })
-            .await?;
-        self.inner.epoch.store(new_epoch, Ordering::SeqCst);
-        self.inner.flag_rows.store(flags as u64, Ordering::SeqCst);
+            },
+            |rows| {
+                self.inner.epoch.store(new_epoch, Ordering::SeqCst);
+                self.inner.flag_rows.store(*rows as u64, Ordering::SeqCst);
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn recovery_meta(&self) -> Result<RecoveryMeta, StoreError> {
+        if self.inner.flags_unknown.load(Ordering::SeqCst) {
+            self.recount_flags().await?;
+        }
         let client = self.client().await?;
         let rows = client
             .query(
@@ -871,8 +947,9 @@ impl Store for PgStore {
     ) -> Result<FlagsAdded, StoreError> {
         crate::apply::validate_schedule(&self.catalog().schema, source, &entries, &without)?;
         let source = source.to_owned();
-        let (added, dropped) = self
-            .write_tx(|tx| {
+        let (added, _) = self
+            .write_tx_then(
+                |tx| {
                 Box::pin(async move {
                     let state: Option<String> = tx
                         .query_opt("SELECT value FROM tm_meta WHERE name = 'recovery_state'", &[])
@@ -962,12 +1039,15 @@ impl Store for PgStore {
                     }
                     Ok((added, dropped))
                 })
-            })
+                },
+                |(added, dropped): &(FlagsAdded, u64)| {
+                    self.inner
+                        .flag_rows
+                        .fetch_add(added.flagged, Ordering::SeqCst);
+                    self.flags_cleared(*dropped);
+                },
+            )
             .await?;
-        self.inner
-            .flag_rows
-            .fetch_add(added.flagged, Ordering::SeqCst);
-        self.inner.flag_rows.fetch_sub(dropped, Ordering::SeqCst);
         Ok(added)
     }
 
@@ -1022,17 +1102,17 @@ impl Store for PgStore {
     }
 
     async fn clear_flags(&self) -> Result<u64, StoreError> {
-        let n = self
-            .write_tx(|tx| {
+        self.write_tx_then(
+            |tx| {
                 Box::pin(async move {
                     tx.execute("DELETE FROM tm_flags", &[])
                         .await
                         .map_err(engine_error)
                 })
-            })
-            .await?;
-        self.inner.flag_rows.store(0, Ordering::SeqCst);
-        Ok(n)
+            },
+            |_| self.inner.flag_rows.store(0, Ordering::SeqCst),
+        )
+        .await
     }
 
     async fn schema_versions(

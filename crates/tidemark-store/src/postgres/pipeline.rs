@@ -113,6 +113,7 @@ impl PgStore {
         if !Arc::ptr_eq(&self.catalog(), &catalog)
             || self.inner.poisoned.load(Ordering::SeqCst)
             || self.inner.flag_rows.load(Ordering::SeqCst) > 0
+            || self.inner.flags_unknown.load(Ordering::SeqCst)
         {
             return Begun::Alone(batches);
         }

@@ -555,7 +555,7 @@ pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgSt
     }
     tx.commit().await.map_err(engine_error)?;
     drop(client);
-    store.reload_from_db().await?;
+    store.reload_all().await?;
     Ok(store)
 }
 

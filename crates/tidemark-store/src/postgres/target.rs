@@ -100,7 +100,7 @@ impl PgStore {
         }
         // The store was read before the lock: a restore may have swapped
         // in other data (another epoch, flags, schema) since.
-        self.reload_from_db().await?;
+        self.reload_all().await?;
         self.inner.lock_state.store(LOCK_HELD, Ordering::SeqCst);
         let task = tokio::spawn(keep_lock(
             Arc::downgrade(&self.inner),

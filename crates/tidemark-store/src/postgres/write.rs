@@ -140,7 +140,8 @@ impl PgStore {
             seq: seq
                 .parse()
                 .map_err(|_| StoreError::Format(format!("tm_meta.seq is not a number: {seq}")))?,
-            check_flags: self.inner.flag_rows.load(Ordering::SeqCst) > 0,
+            check_flags: self.inner.flag_rows.load(Ordering::SeqCst) > 0
+                || self.inner.flags_unknown.load(Ordering::SeqCst),
             strict: state.map(String::as_str) == Some("recovering"),
             flags_cleared: 0,
             high_water: HashMap::new(),
@@ -184,13 +185,15 @@ impl PgStore {
             .map(|(s, (hw, _))| (s.as_str(), *hw))
             .collect();
         self.finish_group(&tx, &moved, st.seq).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
-        self.inner.seq.store(st.seq, Ordering::SeqCst);
-        if st.flags_cleared > 0 {
-            self.inner
-                .flag_rows
-                .fetch_sub(st.flags_cleared, Ordering::SeqCst);
+        if let Err(e) = tx.commit().await {
+            if st.flags_cleared > 0 {
+                self.flags_in_doubt();
+            }
+            return Err(pg(e));
         }
+        self.inner.seq.store(st.seq, Ordering::SeqCst);
+        // Under the writer lock (this group runs alone).
+        self.flags_cleared(st.flags_cleared);
         Ok(Some(st))
     }
 }

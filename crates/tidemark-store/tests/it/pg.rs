@@ -277,6 +277,81 @@ async fn a_server_locking_after_a_restore_sees_the_restored_store() {
     );
 }
 
+/// P10: the flag count a recovery ends on stays exact while another
+/// instance's refresh re-reads the store under clearing orders. Counted
+/// outside the writer lock, a re-read racing a commit that cleared flags
+/// counted them twice or not at all: a count left high kept the recovery
+/// open for good, one left low could end it with keys still flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flag_count_stays_exact_under_refreshes() {
+    use tidemark_store::FlagEntry;
+    let Some(url) = database("flag_count") else {
+        return;
+    };
+    let s = PgStore::connect(&url, "tidemark").await.unwrap();
+    let watcher = sql(&url).await;
+    let epoch = s.meta().await.unwrap().epoch;
+    s.mark_restored(epoch + 1).await.unwrap();
+    const KEYS: u64 = 1000;
+    let entries = (1..=KEYS)
+        .map(|i| FlagEntry {
+            table: "subscriber".into(),
+            key: format!("k{i}"),
+            through_seq: i,
+        })
+        .collect();
+    assert_eq!(
+        s.add_flags("ops-c", entries, true, vec![])
+            .await
+            .unwrap()
+            .flagged,
+        KEYS
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Several at once, so that some re-read overlaps nearly every commit.
+    let refreshers: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut refreshes = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    s.refresh_shared().await.unwrap();
+                    refreshes += 1;
+                }
+                refreshes
+            })
+        })
+        .collect();
+    for i in 1..=KEYS {
+        let out = s
+            .apply(vec![tidemark_store::testsuite::order(
+                "ops-c",
+                i,
+                &format!("k{i}"),
+                tidemark_api::Op::Upsert,
+                serde_json::json!({ "plan": "p" }),
+            )])
+            .await
+            .unwrap();
+        assert!(out.results[0].version.is_some(), "{:?}", out.results[0]);
+        if i % 100 == 0 {
+            let counted = s.recovery_meta().await.unwrap().remaining;
+            let rows: i64 = watcher
+                .query_one("SELECT count(*) FROM tidemark.tm_flags", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(counted, rows as u64, "after {i} clearing orders");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in refreshers {
+        assert!(r.await.unwrap() > 0, "the refreshes ran");
+    }
+    assert_eq!(s.recovery_meta().await.unwrap().remaining, 0);
+}
+
 mod pipeline {
     //! Pipelined group commits (issue 10): groups begun one after another
     //! run at once and commit in the order they began.

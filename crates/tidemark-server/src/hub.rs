@@ -252,6 +252,11 @@ impl Hub {
         self.clear_interest(subscriber)
     }
 
+    /// No stream resumes from an id below it.
+    pub fn resume_floor(&self) -> u64 {
+        self.resume_floor.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// No stream resumes from an id below `seq` (see the invariants).
     pub fn raise_resume_floor(&self, seq: u64) {
         self.resume_floor

@@ -40,6 +40,7 @@ pub mod quiesce;
 pub mod read;
 pub mod read_cache;
 pub mod recovery;
+pub mod resume_floor;
 pub mod schema_publish;
 pub mod server;
 pub mod services;

@@ -73,6 +73,11 @@ impl Recovery {
         self.meta.read().state
     }
 
+    /// The state as last read.
+    pub fn meta(&self) -> RecoveryMeta {
+        self.meta.read().clone()
+    }
+
     /// Keys flagged in this recovery so far (it only grows).
     pub fn flagged_total(&self) -> u64 {
         self.meta.read().flagged_total
@@ -157,10 +162,12 @@ impl Recovery {
             // Flags added under the blanket need no event of their own.
             self.owed_flags_added.store(false, Ordering::SeqCst);
             tracing::info!(flagged = m.flagged_total, "recovery schedule list complete: only flagged records are answered as recovering now");
+            let epoch = self.store.meta().await?.epoch;
             hub.publish(Push::Epoch(EpochEvent {
-                epoch: self.store.meta().await?.epoch,
+                epoch,
                 reason: EpochReason::ScheduleComplete,
             }));
+            crate::resume_floor::keep(self.store.as_ref(), hub, epoch, &m).await;
         } else if !was_blanket && self.owed_flags_added.load(Ordering::SeqCst) {
             // A source the backup did not know sent its list after the
             // others lifted the blanket: service servers may hold these
@@ -175,6 +182,7 @@ impl Recovery {
                 reason: EpochReason::FlagsAdded,
             }));
             self.owed_flags_added.store(false, Ordering::SeqCst);
+            crate::resume_floor::keep(self.store.as_ref(), hub, meta.epoch, &m).await;
         }
         drop(_t);
         // Only a chunk after `complete` can finish the recovery (a waiver

@@ -98,7 +98,7 @@ impl AppState {
         if recovery.state() == tidemark_api::RecoveryState::Recovering {
             // A revalidation may have been pushed before this process
             // started, by it or by another instance (see `hub.rs`).
-            hub.raise_resume_floor(meta.seq);
+            crate::resume_floor::restore(store.as_ref(), &hub, &meta, &recovery.meta()).await?;
         }
         let quiesce =
             Quiesce::load(store.as_ref(), cluster.as_ref().map(|c| c.url.as_str())).await?;

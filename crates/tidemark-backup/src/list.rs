@@ -56,36 +56,52 @@ pub struct Pruned {
     pub failing: Vec<(PathBuf, String)>,
 }
 
-/// Keeps the newest `keep` (at least one) backups under `root` that verify
-/// by their checksums, and removes older ones that verify. A backup that
-/// fails is neither counted nor removed, and `protect` (the one just
-/// written) is never removed, so a run can never leave fewer good backups
-/// than it found, nor none. Anything else under `root` is left alone.
-pub fn prune(root: &Path, keep: usize, protect: Option<&Path>) -> Result<Pruned, BackupError> {
+/// Keeps the newest `keep` (at least one) backups of each source under
+/// `root` that verify by their checksums, and removes older ones that
+/// verify; with `only_source`, looks at that source's backups alone. A
+/// backup that fails is neither counted nor removed, and `protect` (the
+/// one just written) is never removed, so a run can never leave fewer good
+/// backups of a source than it found, nor none. Anything else under `root`
+/// (another server's backups too) is left alone.
+pub fn prune(
+    root: &Path,
+    keep: usize,
+    protect: Option<&Path>,
+    only_source: Option<&str>,
+) -> Result<Pruned, BackupError> {
     let mut out = Pruned::default();
-    let mut good: Vec<(String, PathBuf)> = Vec::new();
+    let mut good: std::collections::BTreeMap<String, Vec<(String, PathBuf)>> = Default::default();
     for l in list(root, false)? {
         let Some(m) = l.manifest else { continue };
+        if only_source.is_some_and(|s| s != m.source) {
+            continue;
+        }
         match l.problem {
             Some(p) => out.failing.push((l.dir, p)),
-            None => good.push((m.created_at, l.dir)),
+            None => good
+                .entry(m.source)
+                .or_default()
+                .push((m.created_at, l.dir)),
         }
     }
-    good.sort();
     let protected = |dir: &Path| {
         protect.is_some_and(|p| {
             let canon = |d: &Path| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_owned());
             canon(p) == canon(dir)
         })
     };
-    let excess = good.len().saturating_sub(keep.max(1));
-    for (_, dir) in good.into_iter().take(excess) {
-        if protected(&dir) {
-            continue;
+    for (_, mut of_source) in good {
+        of_source.sort();
+        let excess = of_source.len().saturating_sub(keep.max(1));
+        for (_, dir) in of_source.into_iter().take(excess) {
+            if protected(&dir) {
+                continue;
+            }
+            std::fs::remove_dir_all(&dir).map_err(BackupError::io(&dir))?;
+            out.removed.push(dir);
         }
-        std::fs::remove_dir_all(&dir).map_err(BackupError::io(&dir))?;
-        out.removed.push(dir);
     }
+    out.removed.sort();
     Ok(out)
 }
 
@@ -96,6 +112,10 @@ mod tests {
     /// A backup as far as prune sees it: a manifest created at `at`, and
     /// its one file, intact or not.
     fn backup(root: &Path, name: &str, at: &str, intact: bool) -> PathBuf {
+        backup_of(root, name, "t", at, intact)
+    }
+
+    fn backup_of(root: &Path, name: &str, source: &str, at: &str, intact: bool) -> PathBuf {
         let dir = root.join(name);
         let mut w = crate::create::BackupWriter::begin(&dir).unwrap();
         w.add_db(&b"not a real snapshot"[..], &|_| {}).unwrap();
@@ -110,7 +130,7 @@ mod tests {
             bytes: 1,
         };
         let mut m =
-            crate::manifest::Manifest::new(crate::manifest::Kind::Offline, "t".into(), &info);
+            crate::manifest::Manifest::new(crate::manifest::Kind::Offline, source.into(), &info);
         m.created_at = at.into();
         w.commit(m).unwrap();
         if !intact {
@@ -129,10 +149,28 @@ mod tests {
         let future = backup(r, "d", "2030-01-01T00:00:00Z", true);
         // Written now, with a clock behind the copied-in "future" one.
         let now = backup(r, "e", "2026-01-04T00:00:00Z", true);
-        let p = prune(r, 1, Some(&now)).unwrap();
+        let p = prune(r, 1, Some(&now), None).unwrap();
         assert_eq!(p.removed, vec![old.clone(), mid.clone()]);
         assert_eq!(p.failing.len(), 1);
         assert!(bad.exists() && future.exists() && now.exists());
         assert!(!old.exists() && !mid.exists());
+    }
+
+    /// Servers sharing a backup folder: one's retention never removes the
+    /// other's backups (it removed every older one, whoever took it).
+    #[test]
+    fn prune_counts_and_removes_each_sources_backups_apart() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let a1 = backup_of(r, "a1", "http://a", "2026-01-01T00:00:00Z", true);
+        let b1 = backup_of(r, "b1", "http://b", "2026-01-02T00:00:00Z", true);
+        let b2 = backup_of(r, "b2", "http://b", "2026-01-03T00:00:00Z", true);
+        let a2 = backup_of(r, "a2", "http://a", "2026-01-04T00:00:00Z", true);
+        let p = prune(r, 1, Some(&a2), Some("http://a")).unwrap();
+        assert_eq!(p.removed, vec![a1.clone()]);
+        assert!(b1.exists() && b2.exists() && a2.exists());
+        let p = prune(r, 1, None, None).unwrap();
+        assert_eq!(p.removed, vec![b1.clone()]);
+        assert!(b2.exists() && a2.exists());
     }
 }

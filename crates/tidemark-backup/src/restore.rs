@@ -286,7 +286,9 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
+        // A swap that renamed the link and then failed (its fsync) may have
+        // made the staged generation the live one: it is kept then.
+        if let Some(p) = self.0.take().filter(|p| !layout::is_current(p)) {
             let _ = std::fs::remove_dir_all(p);
         }
     }

@@ -159,6 +159,23 @@ fn is_staging(path: &Path) -> bool {
     path.join(STAGING_MARK).exists()
 }
 
+/// The generation `current` names, if that generation is there. A link
+/// that dangles (a swap whose fsync failed, damage) names nothing: it must
+/// not make the other generations look like garbage.
+pub fn live_current(dir: &Path) -> Option<String> {
+    let target = fs::read_link(dir.join(CURRENT)).ok()?;
+    let name = target.to_string_lossy().to_string();
+    (gen_number(&name).is_some() && dir.join(&target).is_dir()).then_some(name)
+}
+
+/// Whether `current` names generation `gen` (a path in the data directory).
+pub fn is_current(gen: &Path) -> bool {
+    let (Some(dir), Some(name)) = (gen.parent(), gen.file_name()) else {
+        return false;
+    };
+    fs::read_link(dir.join(CURRENT)).is_ok_and(|t| t.as_os_str() == name)
+}
+
 /// Points `current` at generation `name` atomically: a new link
 /// `current.tmp`, renamed over `current`, then the directory fsynced.
 pub fn swap_current(dir: &Path, name: &str) -> io::Result<()> {
@@ -184,7 +201,7 @@ pub fn swap_current(dir: &Path, name: &str) -> io::Result<()> {
 /// so none may be taken for garbage). Restore refuses such a directory
 /// rather than delete what it did not create.
 pub fn foreign_entries(dir: &Path) -> io::Result<Vec<String>> {
-    let has_current = fs::symlink_metadata(dir.join(CURRENT)).is_ok();
+    let has_current = live_current(dir).is_some();
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -207,10 +224,7 @@ pub fn foreign_entries(dir: &Path) -> io::Result<Vec<String>> {
 }
 
 pub fn remove_garbage(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let keep = match fs::read_link(dir.join(CURRENT)) {
-        Ok(t) => Some(t.to_string_lossy().to_string()),
-        Err(_) => None,
-    };
+    let keep = live_current(dir);
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -312,6 +326,27 @@ mod tests {
         std::os::unix::fs::symlink("gen-000009", dir.path().join(CURRENT)).unwrap();
         let err = resolve_for_open(dir.path(), true).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    /// B3, B4: a `current` that names a missing generation (a swap whose
+    /// fsync failed, then the staged generation removed) made every other
+    /// generation garbage: a restore deleted the live data before it could
+    /// take its safety backup. Now they are unaccounted for, and kept.
+    #[test]
+    fn a_dangling_current_makes_no_generation_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        resolve_for_open(dir.path(), true).unwrap();
+        let live = dir.path().join("gen-000001");
+        fs::write(live.join("x"), b"live").unwrap();
+        let (name, staged) = stage_gen(dir.path()).unwrap();
+        swap_current(dir.path(), &name).unwrap();
+        assert!(is_current(&staged));
+        assert!(!is_current(&live));
+        fs::remove_dir_all(&staged).unwrap();
+        assert_eq!(live_current(dir.path()), None);
+        assert_eq!(foreign_entries(dir.path()).unwrap(), vec!["gen-000001"]);
+        assert!(remove_garbage(dir.path()).unwrap().is_empty());
+        assert!(live.join("x").exists());
     }
 
     #[test]

@@ -369,7 +369,7 @@ pub struct BackupCreateArgs {
     /// Back up a stopped server's data directory (refused while anything uses it).
     #[arg(long)]
     pub offline: bool,
-    /// After the backup, keep only the newest N backups beside it (in the parent of --to).
+    /// After the backup, keep only the newest N backups of the same server beside it (in the parent of --to); other servers' backups there are left alone. Keep the backup a recovery reads from (ops recover --backup) until the recovery is over.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: Option<u64>,
     /// Print the manifest as JSON.
@@ -408,7 +408,7 @@ pub struct BackupPruneArgs {
     /// The folder holding backup directories.
     #[arg(value_name = "ROOT")]
     pub root: PathBuf,
-    /// How many of the newest backups to keep.
+    /// How many of the newest backups to keep, per server (backups name the server or data directory they were taken from). Backups that fail their checksums are neither counted nor removed.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
 }

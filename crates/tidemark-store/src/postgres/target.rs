@@ -187,6 +187,59 @@ async fn restored_meanwhile(
     Ok(now.and_then(|v| v.parse::<u64>().ok()) != Some(epoch))
 }
 
+/// What dropping `schema` would take besides Tidemark's own tables (those
+/// named `tm_*` and those `tm_tables` lists, with their indexes): other
+/// relations and functions in it, and objects elsewhere that depend on
+/// its tables (views, foreign keys). Empty if the schema does not exist.
+async fn foreign_objects(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<Vec<String>, StoreError> {
+    let listed = client
+        .query_opt(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'tm_tables' AND c.relkind = 'r'",
+            &[&schema],
+        )
+        .await
+        .map_err(engine_error)?
+        .is_some();
+    let ours: Vec<String> = if listed {
+        client
+            .query(&format!("SELECT name FROM \"{schema}\".tm_tables"), &[])
+            .await
+            .map_err(engine_error)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let rows = client
+        .query(
+            "SELECT format('%s %I', CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' ELSE 'table' END, c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+               AND c.relname NOT LIKE 'tm\\_%' AND NOT (c.relkind = 'r' AND c.relname = ANY($2)) \
+             UNION ALL \
+             SELECT format('function %I', p.proname) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 \
+             UNION ALL \
+             SELECT DISTINCT format('%s.%s (depends on %I)', dn.nspname, dc.relname, t.relname) \
+             FROM pg_depend d \
+             JOIN pg_class t ON t.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass \
+             JOIN pg_namespace tn ON tn.oid = t.relnamespace \
+             LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid \
+             LEFT JOIN pg_constraint k ON d.classid = 'pg_constraint'::regclass AND k.oid = d.objid \
+             JOIN pg_class dc ON dc.oid = coalesce(r.ev_class, k.conrelid) \
+             JOIN pg_namespace dn ON dn.oid = dc.relnamespace \
+             WHERE tn.nspname = $1 AND dn.nspname <> $1 \
+             ORDER BY 1",
+            &[&schema, &ours],
+        )
+        .await
+        .map_err(engine_error)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// A schema being restored: held exclusively until dropped.
 pub struct RestoreTarget {
     url: String,
@@ -235,10 +288,22 @@ impl RestoreTarget {
                 pid,
             });
         }
+        let staging = format!("{schema}_restoring");
+        // The swap drops the live schema and the load drops the staging one
+        // (B4): neither may hold anything but Tidemark's own tables.
+        for name in [schema, staging.as_str()] {
+            let foreign = foreign_objects(&client, name).await?;
+            if !foreign.is_empty() {
+                return Err(StoreError::Refused(format!(
+                    "PostgreSQL schema '{name}' holds objects that are not Tidemark's, or that other schemas depend on: {}; a restore replaces the whole schema, so it would drop them. Move them out of the schema, or restore into a schema of Tidemark's own (--pg-schema)",
+                    foreign.join(", ")
+                )));
+            }
+        }
         Ok(RestoreTarget {
             url: url.to_owned(),
             schema: schema.to_owned(),
-            staging: format!("{schema}_restoring"),
+            staging,
             _lock: client,
         })
     }

@@ -352,6 +352,65 @@ async fn the_flag_count_stays_exact_under_refreshes() {
     assert_eq!(s.recovery_meta().await.unwrap().remaining, 0);
 }
 
+/// B4: a restore replaces the whole schema, so it is refused while the
+/// schema holds anything that is not Tidemark's (it dropped other
+/// applications' tables with it), or while another schema depends on its
+/// tables; nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_is_refused_where_it_would_drop_what_is_not_tidemarks() {
+    use tidemark_store::postgres::target::RestoreTarget;
+    let Some(url) = database("foreign_objects") else {
+        return;
+    };
+    let s = PgStore::connect(&url, "tidemark").await.unwrap();
+    s.close().await.unwrap();
+    drop(s);
+    let c = sql(&url).await;
+    // Tidemark's own schema alone: a restore may go on.
+    drop(RestoreTarget::lock(&url, "tidemark").await.unwrap());
+
+    let refused = |r: Result<RestoreTarget, tidemark_store::StoreError>| match r {
+        Err(tidemark_store::StoreError::Refused(m)) => m,
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => panic!("a restore was let through"),
+    };
+    c.batch_execute("CREATE TABLE tidemark.billing (id int); CREATE FUNCTION tidemark.f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        .await
+        .unwrap();
+    let m = refused(RestoreTarget::lock(&url, "tidemark").await);
+    assert!(
+        m.contains("table billing") && m.contains("function f") && m.contains("--pg-schema"),
+        "{m}"
+    );
+    c.batch_execute("DROP TABLE tidemark.billing; DROP FUNCTION tidemark.f()")
+        .await
+        .unwrap();
+    // A view elsewhere on one of its tables.
+    c.batch_execute("CREATE VIEW public.subs AS SELECT tm_key FROM tidemark.subscriber")
+        .await
+        .unwrap();
+    let m = refused(RestoreTarget::lock(&url, "tidemark").await);
+    assert!(m.contains("public.subs (depends on subscriber)"), "{m}");
+    c.batch_execute("DROP VIEW public.subs").await.unwrap();
+    // The staging schema's name taken by something else.
+    c.batch_execute(
+        "CREATE SCHEMA tidemark_restoring; CREATE TABLE tidemark_restoring.orders (id int)",
+    )
+    .await
+    .unwrap();
+    let m = refused(RestoreTarget::lock(&url, "tidemark").await);
+    assert!(
+        m.contains("'tidemark_restoring'") && m.contains("table orders"),
+        "{m}"
+    );
+    let kept: i64 = c
+        .query_one("SELECT count(*) FROM tidemark_restoring.orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0, "the table is still there");
+}
+
 mod pipeline {
     //! Pipelined group commits (issue 10): groups begun one after another
     //! run at once and commit in the order they began.

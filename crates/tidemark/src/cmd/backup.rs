@@ -92,7 +92,12 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => std::path::PathBuf::from("."),
         };
-        let pruned = tidemark_backup::list::prune(&root, keep as usize, Some(&a.to))?;
+        let pruned = tidemark_backup::list::prune(
+            &root,
+            keep as usize,
+            Some(&a.to),
+            Some(&manifest.source),
+        )?;
         for dir in &pruned.removed {
             eprintln!("removed old backup {} (--keep {keep})", dir.display());
         }
@@ -276,7 +281,7 @@ fn list(a: BackupListArgs) -> anyhow::Result<()> {
 }
 
 fn prune(a: &BackupPruneArgs) -> anyhow::Result<()> {
-    let pruned = tidemark_backup::list::prune(&a.root, a.keep as usize, None)?;
+    let pruned = tidemark_backup::list::prune(&a.root, a.keep as usize, None, None)?;
     for dir in &pruned.removed {
         println!("removed {}", dir.display());
     }

@@ -102,7 +102,21 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                 tokio::select! {
                     sent = send(&cluster, &primary, &parts, bytes.clone()) => match sent {
                         Ok(resp) => return resp,
-                        Err(e) => {
+                        Err(Undelivered::Unknown(e)) if !resendable(parts.uri.path()) => {
+                            // It may have been applied: sent again, a
+                            // rollback would run twice, a token be lost.
+                            return HttpError::new(
+                                ErrorCode::StoreUnavailable,
+                                format!(
+                                    "the primary {primary} did not answer this forwarded {} {} ({e}); it may or may not have taken effect: check before sending it again",
+                                    parts.method,
+                                    parts.uri.path()
+                                ),
+                            )
+                            .retry_after(1)
+                            .into_response();
+                        }
+                        Err(Undelivered::NotSent(e) | Undelivered::Unknown(e)) => {
                             tracing::debug!(error = %e, %primary, "forward to the primary failed; holding the write")
                         }
                     },
@@ -165,6 +179,14 @@ fn no_primary(cluster: &Cluster, forwarded: bool) -> Response {
     resp
 }
 
+/// Why a forwarded write has no answer.
+enum Undelivered {
+    /// Not applied: no connection, or the primary says it no longer is one.
+    NotSent(String),
+    /// Sent, but no answer came back: it may have been applied.
+    Unknown(String),
+}
+
 /// Sends the write to the primary. `Err` if it could not be delivered, or
 /// the primary says it no longer is one (so the write was not applied).
 async fn send(
@@ -172,7 +194,7 @@ async fn send(
     primary: &str,
     parts: &axum::http::request::Parts,
     body: bytes::Bytes,
-) -> Result<Response, String> {
+) -> Result<Response, Undelivered> {
     let path = parts
         .uri
         .path_and_query()
@@ -197,11 +219,19 @@ async fn send(
         .timeout(forward_timeout(parts.uri.path()))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            if e.is_connect() {
+                Undelivered::NotSent(e.to_string())
+            } else {
+                Undelivered::Unknown(e.to_string())
+            }
+        })?;
     let status = resp.status();
     let not_primary = resp.headers().get(super::NOT_PRIMARY_HEADER).is_some();
     if not_primary {
-        return Err(format!("{primary} is no longer the primary"));
+        return Err(Undelivered::NotSent(format!(
+            "{primary} is no longer the primary"
+        )));
     }
     let mut out = Response::builder()
         .status(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY));
@@ -213,6 +243,10 @@ async fn send(
             out = out.header(k, v);
         }
     }
-    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-    out.body(Body::from(bytes)).map_err(|e| e.to_string())
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Undelivered::Unknown(e.to_string()))?;
+    out.body(Body::from(bytes))
+        .map_err(|e| Undelivered::Unknown(e.to_string()))
 }

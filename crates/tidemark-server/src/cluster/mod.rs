@@ -76,6 +76,13 @@ pub struct Cluster {
     handing_over: std::sync::atomic::AtomicU8,
     /// When (ms after `epoch`) a handover of unknown outcome ended.
     handover_ended_ms: AtomicU64,
+    /// Standby: when (ms after `epoch`) the last tail pass began whose
+    /// catch-up reached the end of the log, and the last whose follow of
+    /// the shared state (recovery flags) succeeded. What it streams is
+    /// current as of the older one: a commit acknowledged before then was
+    /// published.
+    caught_up_ms: AtomicU64,
+    shared_followed_ms: AtomicU64,
     /// The recovery state as this instance last followed it (see
     /// [`tail::Followed`]).
     pub(crate) followed: parking_lot::Mutex<Option<tail::Followed>>,
@@ -122,6 +129,8 @@ impl Cluster {
             reached_ms: AtomicU64::new(0),
             handing_over: Default::default(),
             handover_ended_ms: AtomicU64::new(0),
+            caught_up_ms: AtomicU64::new(0),
+            shared_followed_ms: AtomicU64::new(0),
             followed: parking_lot::Mutex::new(None),
             epoch: Instant::now(),
             // Trusts --ca-cert and presents --client-cert, like every client.
@@ -198,6 +207,22 @@ impl Cluster {
             .store(until.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Now, in ms after `epoch`.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Standby: a tail pass begun at `began_ms` caught up with the log.
+    pub(crate) fn caught_up(&self, began_ms: u64) {
+        self.caught_up_ms.fetch_max(began_ms, Ordering::SeqCst);
+    }
+
+    /// Standby: a tail pass begun at `began_ms` followed the shared state.
+    pub(crate) fn shared_followed(&self, began_ms: u64) {
+        self.shared_followed_ms
+            .fetch_max(began_ms, Ordering::SeqCst);
+    }
+
     /// A lease statement got an answer from PostgreSQL just now.
     pub(crate) fn reached_postgres(&self) {
         self.reached_ms
@@ -211,31 +236,51 @@ impl Cluster {
     /// none, so service servers move to an instance that is current
     /// instead of trusting their caches.
     pub fn cut_off(&self) -> bool {
-        if self.is_primary() && !self.lease_held() {
+        self.cut_off_at(self.now_ms())
+    }
+
+    fn cut_off_at(&self, now: u64) -> bool {
+        if self.is_primary() && now >= self.lease_until_ms.load(Ordering::SeqCst) {
             return true;
         }
-        let limit = self.lease_ttl.max(Duration::from_secs(1)).as_millis() as u64;
-        let now = self.epoch.elapsed().as_millis() as u64;
-        now.saturating_sub(self.reached_ms.load(Ordering::SeqCst)) > limit
+        now.saturating_sub(self.reached_ms.load(Ordering::SeqCst)) > self.vouch_limit_ms()
+    }
+
+    /// A lease, and at least 1 s.
+    fn vouch_limit_ms(&self) -> u64 {
+        self.lease_ttl.max(Duration::from_secs(1)).as_millis() as u64
     }
 
     /// For how long (ms from now) what this instance streams is surely
     /// current: until [`Cluster::cut_off`] would turn true if nothing
     /// changed (the lease's end on a primary, a lease after PostgreSQL
-    /// last answered on either role). `None` if it is already cut off.
+    /// last answered on either role), and on a standby no longer than a
+    /// lease after its tail was last current (a tail stuck while the lease
+    /// loop still reaches PostgreSQL, on a broken LISTEN connection or an
+    /// exhausted pool, vouched for changes it never published). `None` if
+    /// it is already cut off.
     pub fn vouched_for_ms(&self) -> Option<u64> {
-        if self.cut_off() {
+        self.vouched_at(self.now_ms())
+    }
+
+    fn vouched_at(&self, now: u64) -> Option<u64> {
+        if self.cut_off_at(now) {
             return None;
         }
         if self.handing_over() {
             // The lease may be moving: vouch for nothing (the stream stays).
             return Some(0);
         }
-        let limit = self.lease_ttl.max(Duration::from_secs(1)).as_millis() as u64;
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let limit = self.vouch_limit_ms();
         let mut until = self.reached_ms.load(Ordering::SeqCst) + limit;
         if self.is_primary() {
             until = until.min(self.lease_until_ms.load(Ordering::SeqCst));
+        } else {
+            let current = self
+                .caught_up_ms
+                .load(Ordering::SeqCst)
+                .min(self.shared_followed_ms.load(Ordering::SeqCst));
+            until = until.min(current + limit);
         }
         Some(until.saturating_sub(now))
     }
@@ -295,4 +340,47 @@ impl Drop for HandoverGuard<'_> {
 /// The cluster of `app`, if its store is shared.
 pub fn of(app: &crate::state::AppState) -> Option<&Arc<Cluster>> {
     app.cluster.as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// S3, P9: a standby whose lease loop reaches PostgreSQL but whose tail
+    /// is stuck (a broken LISTEN connection, an exhausted pool) vouches for
+    /// no longer than a lease after its tail was last current; it vouched
+    /// on, and its service servers served cached records the primary had
+    /// changed since.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standby_vouches_only_as_far_as_its_tail_is_current() {
+        let Some(pg) = tidemark_testkit::postgres::PgCluster::shared("cluster_vouch") else {
+            return;
+        };
+        let url = pg.database("cluster_vouch").unwrap();
+        let store = PgStore::connect(&url, "tidemark").await.unwrap();
+        let c = Cluster::new(
+            store,
+            "http://a".into(),
+            "boot",
+            url,
+            Duration::from_millis(1000),
+            Duration::from_secs(15),
+        );
+        assert!(!c.is_primary());
+        let at = |ms: u64, a: &AtomicU64| a.store(ms, Ordering::SeqCst);
+        // PostgreSQL answered the lease loop just now, at 60 s.
+        at(60_000, &c.reached_ms);
+        at(59_900, &c.caught_up_ms);
+        at(59_800, &c.shared_followed_ms);
+        assert_eq!(c.vouched_at(60_000), Some(800), "the older of the two");
+        // The tail stuck since 50 s: nothing vouched for, the stream stays.
+        at(50_000, &c.caught_up_ms);
+        assert_eq!(c.vouched_at(60_000), Some(0));
+        at(59_900, &c.caught_up_ms);
+        at(50_000, &c.shared_followed_ms);
+        assert_eq!(c.vouched_at(60_000), Some(0));
+        // Cut off from PostgreSQL altogether: the stream ends.
+        at(59_900, &c.shared_followed_ms);
+        assert_eq!(c.vouched_at(61_200), None);
+    }
 }

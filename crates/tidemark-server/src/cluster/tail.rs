@@ -28,6 +28,8 @@ use tidemark_store::{RecoveryMeta, StoreError};
 const POLL: Duration = Duration::from_millis(200);
 /// How often a standby re-reads the shared state (recovery, tokens, schema).
 const REFRESH: Duration = Duration::from_millis(500);
+/// How long a standby waits for its LISTEN connection before it polls on.
+const LISTEN_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Runs until shutdown.
 pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
@@ -39,12 +41,18 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
         .get_or_insert_with(|| Followed::now(&app));
     loop {
         if listener.is_none() {
-            listener = cluster
-                .store
-                .listen_commits(&cluster.database_url)
-                .await
-                .map_err(|e| tracing::debug!(error = %e, "LISTEN failed; polling"))
-                .ok();
+            // Bounded: polling goes on while PostgreSQL is out of reach.
+            listener = tokio::time::timeout(
+                LISTEN_PATIENCE,
+                cluster.store.listen_commits(&cluster.database_url),
+            )
+            .await
+            .map_err(|_| tracing::debug!("LISTEN timed out; polling"))
+            .ok()
+            .and_then(|r| {
+                r.map_err(|e| tracing::debug!(error = %e, "LISTEN failed; polling"))
+                    .ok()
+            });
         }
         let woken = async {
             match listener.as_mut() {
@@ -62,16 +70,23 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
             // The committer publishes, and `Recovery` sends the events of
             // its own transitions: a step down follows on from here.
             *cluster.followed.lock() = Some(Followed::now(&app));
+            // What it commits it publishes: a step down starts current.
+            let now = cluster.now_ms();
+            cluster.caught_up(now);
+            cluster.shared_followed(now);
             continue;
         }
+        let began = cluster.now_ms();
         if refreshed.elapsed() >= REFRESH {
             refreshed = Instant::now();
-            if let Err(e) = follow_shared_state(&app, &cluster).await {
-                tracing::debug!(error = %e, "shared state unreadable; retrying");
+            match follow_shared_state(&app, &cluster).await {
+                Ok(()) => cluster.shared_followed(began),
+                Err(e) => tracing::debug!(error = %e, "shared state unreadable; retrying"),
             }
         }
-        if let Err(e) = catch_up(&app).await {
-            tracing::debug!(error = %e, "change-log tail failed; retrying");
+        match catch_up(&app).await {
+            Ok(()) => cluster.caught_up(began),
+            Err(e) => tracing::debug!(error = %e, "change-log tail failed; retrying"),
         }
     }
 }

@@ -32,6 +32,7 @@ pub async fn run(
     let mut beat = 0u32;
     let beating = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut looked = Some(looked);
+    let mut told_offline = false;
     loop {
         let view = cluster.view();
         match view.role {
@@ -48,6 +49,9 @@ pub async fn run(
                     Ok(true) => {
                         cluster.lease_held_for(sent, cluster.lease_ttl);
                         cluster.renewed_after_handover(sent);
+                        if app.quiesce.offline() {
+                            hand_on_when_offline(&cluster, view.term, &mut told_offline).await;
+                        }
                     }
                     Ok(false) => step_down(&cluster, "the lease moved to another instance"),
                     Err(e) if !cluster.lease_held() => {
@@ -160,13 +164,69 @@ pub fn handed_over(cluster: &Cluster, term: u64, to: String) {
     cluster.tail_wake.notify_one();
 }
 
+/// Hands the lease at `term` to `to` (a live member's id and URL), as a
+/// promote does: `false` if it moved meanwhile (a failover). Until its end
+/// is known, the read cache is off and streams are not vouched for.
+pub async fn hand_over(
+    cluster: &Cluster,
+    term: u64,
+    to_id: &str,
+    to_url: &str,
+) -> Result<bool, StoreError> {
+    let guard = cluster.handover_started();
+    let moved = cluster
+        .store
+        .lease_hand_over(&cluster.id, term, to_id, to_url, ttl_ms(cluster))
+        .await?;
+    if moved {
+        handed_over(cluster, term + 1, to_url.to_owned());
+    }
+    guard.ended(true);
+    Ok(moved)
+}
+
+/// A primary past its quiesce deadline refuses writes, and standbys
+/// forward theirs to it: it hands the lease to a live standby that is not
+/// quiescing, so the cluster takes writes again. With none, it keeps the
+/// lease (writes wait for one) and says so once.
+async fn hand_on_when_offline(cluster: &Cluster, term: u64, told: &mut bool) {
+    let members = match cluster.store.members(live_within_ms(cluster)).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "members unreadable; handing on later");
+            return;
+        }
+    };
+    let Some(to) = members
+        .iter()
+        .find(|m| m.id != cluster.id && m.url != cluster.url && m.quiesce.is_none())
+    else {
+        if !*told {
+            *told = true;
+            tracing::warn!("past its quiesce deadline, this primary refuses writes, and no live standby that is not quiescing can take the lease: start one, or cancel the notice (tidemark quiesce --cancel)");
+        }
+        return;
+    };
+    match hand_over(cluster, term, &to.id, &to.url).await {
+        Ok(true) => {
+            tracing::warn!(to = %to.url, "past its quiesce deadline: lease handed to a standby")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "handing the lease on at the quiesce deadline failed; retrying")
+        }
+    }
+}
+
 /// A standby's look at the lease: follow the primary, or take over.
 async fn follow(app: &Arc<AppState>, cluster: &Arc<Cluster>) -> Result<(), StoreError> {
     let lease = bounded(cluster, cluster.store.lease()).await?;
     let term = if lease.held_by(&cluster.id) {
         // Handed to us by a promote.
         lease.term
-    } else if lease.holder.is_none() || lease.expires_in_ms <= 0 {
+    } else if (lease.holder.is_none() || lease.expires_in_ms <= 0) && !app.quiesce.offline() {
+        // (An instance past its quiesce deadline takes no lease: it would
+        // refuse the writes it was made primary for.)
         let acquired = bounded(
             cluster,
             cluster

@@ -33,7 +33,7 @@ const LISTEN_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Runs until shutdown.
 pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
-    let mut listener: Option<tokio::sync::mpsc::Receiver<()>> = None;
+    let mut listener: Option<tokio::sync::mpsc::Receiver<bool>> = None;
     let mut refreshed = Instant::now();
     cluster
         .followed
@@ -56,15 +56,25 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
         }
         let woken = async {
             match listener.as_mut() {
-                Some(rx) => rx.recv().await.is_some(),
+                Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             }
         };
+        let mut shared = false;
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
             _ = cluster.tail_wake.notified() => {}
-            alive = woken => if !alive { listener = None; }
+            notice = woken => match notice {
+                Some(s) => shared = s,
+                None => listener = None,
+            }
+        }
+        if let Some(rx) = listener.as_mut() {
+            // Every notice queued meanwhile is this wake's too.
+            while let Ok(s) = rx.try_recv() {
+                shared |= s;
+            }
         }
         if cluster.is_primary() {
             // The committer publishes, and `Recovery` sends the events of
@@ -77,7 +87,9 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
             continue;
         }
         let began = cluster.now_ms();
-        if refreshed.elapsed() >= REFRESH {
+        // The primary changed the recovery state or flags: followed at
+        // once, not at the next refresh.
+        if shared || refreshed.elapsed() >= REFRESH {
             refreshed = Instant::now();
             match follow_shared_state(&app, &cluster).await {
                 Ok(()) => cluster.shared_followed(began),

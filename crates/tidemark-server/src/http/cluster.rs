@@ -227,24 +227,16 @@ pub async fn handover(
             ),
         ));
     };
-    let ttl = cluster.lease_ttl.as_millis() as u64;
-    // Until its end is known, the read cache is off and streams are not
-    // vouched for (an error, or this request going away, leaves it to the
-    // lease loop's next renewal).
-    let guard = cluster.handover_started();
-    let moved = cluster
-        .store
-        .lease_hand_over(&cluster.id, view.term, &target.id, &target.url, ttl)
-        .await?;
+    // An error, or this request going away, leaves the handover's end to
+    // the lease loop's next renewal.
+    let moved =
+        crate::cluster::lease::hand_over(&cluster, view.term, &target.id, &target.url).await?;
     if !moved {
-        guard.ended(true);
         return Err(HttpError::new(
             ErrorCode::PromoteRefused,
             "the lease moved while handing it over (a failover happened); check 'tidemark status' and promote again if needed",
         ));
     }
-    crate::cluster::lease::handed_over(&cluster, view.term + 1, target.url.clone());
-    guard.ended(true);
     app.audit
         .record(
             &caller.0,

@@ -303,24 +303,27 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    /// The NOTIFY channel of this store's commits.
+    /// The NOTIFY channel of this store's commits (the payload: the seq
+    /// reached, or [`SHARED_NOTICE`]).
     pub(crate) fn channel(&self) -> String {
         format!("tidemark_changes_{}", self.inner.schema_name)
     }
 
     /// Listens for this store's commits on a connection of its own: a
     /// message arrives on the receiver after each commit of another
-    /// instance. Only a wake-up: notifications are lost with a dropped
-    /// connection (the receiver then closes), so callers poll as well.
+    /// instance, `true` if it changed the shared state rather than records
+    /// ([`SHARED_NOTICE`]: recovery state, flags). Only a wake-up:
+    /// notifications are lost with a dropped connection (the receiver then
+    /// closes) or a full queue, so callers poll as well.
     pub async fn listen_commits(
         &self,
         url: &str,
-    ) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
+    ) -> Result<tokio::sync::mpsc::Receiver<bool>, StoreError> {
         use futures::StreamExt;
         let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .map_err(engine_error)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         let (up_tx, up_rx) = tokio::sync::oneshot::channel::<()>();
         let closed = tx.clone();
@@ -328,8 +331,8 @@ impl PgStore {
             let _up = up_tx;
             while let Some(m) = messages.next().await {
                 match m {
-                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                        let _ = tx.try_send(());
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        let _ = tx.try_send(n.payload() == SHARED_NOTICE);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -354,6 +357,9 @@ impl PgStore {
         Ok(rx)
     }
 }
+
+/// The payload of a notice that the shared state changed.
+pub const SHARED_NOTICE: &str = "shared";
 
 /// 64 bits that differ between calls and processes.
 fn rand_id() -> u64 {

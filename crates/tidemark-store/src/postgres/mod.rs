@@ -646,6 +646,16 @@ impl PgStore {
         let tx = client.transaction().await.map_err(engine_error)?;
         self.check_fence(&tx, None).await?;
         let out = f(&tx).await?;
+        if self.inner.fenced.load(Ordering::SeqCst) {
+            // Wakes the other instances to follow it at once (a flag added
+            // after the list was final: `flags_added`).
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&self.channel(), &cluster::SHARED_NOTICE],
+            )
+            .await
+            .map_err(engine_error)?;
+        }
         if let Err(e) = tx.commit().await {
             self.flags_in_doubt();
             return Err(engine_error(e));

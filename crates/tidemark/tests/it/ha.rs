@@ -692,6 +692,50 @@ async fn a_quiesced_instance_loses_its_service_servers_to_another() {
     drop(procs);
 }
 
+/// S4, S8: a primary past its quiesce deadline refuses writes, and its
+/// standbys forward theirs to it; it hands the lease to a live standby, so
+/// the cluster takes writes again through either instance. Before, every
+/// write failed 503 quiescing until the quiesced process stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_past_its_quiesce_deadline_hands_the_lease_on() {
+    let Some(url) = database("a_primary_past_its_quiesce_deadline_hands_the_lease_on") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, urls, _procs) = two_instances(tmp.path(), &url).await;
+    let old = primary_of(&urls).await;
+    let out = run(
+        tmp.path(),
+        &["quiesce", "--server", &urls[old], "--in", "1"],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(20, "the other instance to become primary", || async {
+        let s = state(&urls[1 - old]).await?;
+        (s["role"] == "primary").then_some(())
+    })
+    .await;
+    // Through either instance: the offline one forwards to the new primary.
+    for (seq, base) in [(1, &urls[old]), (2, &urls[1 - old])] {
+        let (s, b) = post_raw(
+            &format!("{base}/v1/orders"),
+            json!({"orders": [{"source": "ops-q", "seq": seq, "table": "subscriber", "key": "q",
+                               "op": "upsert", "fields": {"credit_limit": seq}}]})
+            .to_string(),
+        )
+        .await;
+        assert_eq!(s, 200, "through {base}: {b}");
+    }
+    // The offline instance does not take the lease back.
+    let s = state(&urls[old]).await.unwrap();
+    assert_eq!(s["role"], "standby", "{s}");
+}
+
 fn signal(p: &Proc, sig: libc::c_int) {
     // SAFETY: kill(2) on the pid of a child we have not reaped.
     unsafe {

@@ -101,6 +101,10 @@ pub enum ErrorCode {
     /// The server holds its most connections (`max_connections`); retry
     /// after `Retry-After`, or reuse a connection.
     TooManyConnections,
+    /// A write forwarded to the primary got no answer, and it is not safe
+    /// to send twice: it may or may not have taken effect. Check before
+    /// sending it again (no `Retry-After`: not to be retried blindly).
+    OutcomeUnknown,
     /// A bug: the request had no effect; report it with the server log.
     Internal,
 }
@@ -140,6 +144,7 @@ impl ErrorCode {
             NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary
             | SchemaSkew | TooManyConnections => 503,
             StoreFailure | Internal => 500,
+            OutcomeUnknown => 502,
         }
     }
 
@@ -188,6 +193,7 @@ impl ErrorCode {
             SchemaSkew => "schema_skew",
             RequestTimeout => "request_timeout",
             TooManyConnections => "too_many_connections",
+            OutcomeUnknown => "outcome_unknown",
             Internal => "internal",
         }
     }
@@ -236,6 +242,7 @@ impl ErrorCode {
         ErrorCode::SchemaSkew,
         ErrorCode::RequestTimeout,
         ErrorCode::TooManyConnections,
+        ErrorCode::OutcomeUnknown,
         ErrorCode::Internal,
     ];
 }

@@ -192,7 +192,7 @@ pub fn add_config(
 /// the data directory `data_dir` (`current/config/*`), if any.
 pub async fn from_store(
     store: &dyn Store,
-    data_dir: &Path,
+    data_dir: Option<&Path>,
     target: &Path,
     source: String,
     config: Option<&serde_json::Value>,
@@ -205,9 +205,10 @@ pub async fn from_store(
     let mut manifest = Manifest::new(Kind::Offline, source, &info);
     if let Some(config) = config {
         add_config(&mut writer, &mut manifest, config)?;
-    } else if let Some(config) =
-        tidemark_store::layout::existing_db_dir(data_dir)?.map(|d| d.join("config"))
-    {
+    } else if let Some(config) = match data_dir {
+        Some(d) => tidemark_store::layout::existing_db_dir(d)?.map(|d| d.join("config")),
+        None => None,
+    } {
         for rel in [CONFIG_EFFECTIVE, CONFIG_FILE] {
             let name = rel.trim_start_matches("config/");
             match std::fs::read(config.join(name)) {
@@ -239,7 +240,64 @@ pub async fn offline(
         .unwrap_or_else(|_| data_dir.to_owned())
         .display()
         .to_string();
-    let result = from_store(store.as_ref(), data_dir, target, source, config, progress).await;
+    let result = from_store(
+        store.as_ref(),
+        Some(data_dir),
+        target,
+        source,
+        config,
+        progress,
+    )
+    .await;
     store.close().await?;
     result
+}
+
+/// `backup create --offline --store postgres`: the PostgreSQL schema of a
+/// stopped cluster (B2), refused while any DB server uses it (the restore
+/// lock, taken exclusively), with its configuration `config` if given.
+pub async fn offline_pg(
+    database_url: &str,
+    schema: &str,
+    target: &Path,
+    config: Option<&serde_json::Value>,
+    progress: Progress<'_>,
+) -> Result<Manifest, BackupError> {
+    use tidemark_store::postgres::target::RestoreTarget;
+    let locked = RestoreTarget::lock(database_url, schema)
+        .await
+        .map_err(|e| BackupError::from_lock("offline backup", e))?;
+    let Some(store) = locked.open_live().await? else {
+        return Err(BackupError::NoStore(PathBuf::from(locked.describe())));
+    };
+    let source = format!("postgres:{}/{schema}", without_secrets(database_url));
+    let result = from_store(store.as_ref(), None, target, source, config, progress).await;
+    store.close().await?;
+    drop(locked);
+    result
+}
+
+/// `url` without a user name and password (a manifest is not a secret).
+fn without_secrets(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod pg_tests {
+    #[test]
+    fn a_manifest_names_the_database_without_its_password() {
+        assert_eq!(
+            super::without_secrets("postgres://tm:s3cret@db:5432/prod?sslmode=require"),
+            "postgres://db:5432/prod?sslmode=require"
+        );
+        assert_eq!(
+            super::without_secrets("postgres://db/prod"),
+            "postgres://db/prod"
+        );
+    }
 }

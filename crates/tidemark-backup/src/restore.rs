@@ -219,7 +219,7 @@ async fn live_state(
             let source = opts.data_dir.display().to_string();
             let made = crate::create::from_store(
                 store.as_ref(),
-                &opts.data_dir,
+                Some(&opts.data_dir),
                 to,
                 source,
                 opts.live_config.as_ref(),
@@ -347,9 +347,16 @@ mod tests {
         let store = open(&data);
         testsuite::load_some(store.as_ref()).await;
         let backup = dir.join("b");
-        crate::create::from_store(store.as_ref(), &data, &backup, "t".into(), None, &|_| {})
-            .await
-            .unwrap();
+        crate::create::from_store(
+            store.as_ref(),
+            Some(&data),
+            &backup,
+            "t".into(),
+            None,
+            &|_| {},
+        )
+        .await
+        .unwrap();
         (data, store, backup)
     }
 

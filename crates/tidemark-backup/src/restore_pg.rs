@@ -70,6 +70,7 @@ pub async fn run(
     let target = RestoreTarget::lock(&opts.database_url, &opts.schema)
         .await
         .map_err(|e| BackupError::from_lock("restore", e))?;
+    target.refuse_foreign().await?;
     let scratch = tempfile::tempdir().map_err(BackupError::io(&std::env::temp_dir()))?;
     let snapshot = scratch.path().join("snapshot");
     crate::verify::decode_db(&opts.from, &manifest, &snapshot, progress)?;
@@ -86,7 +87,7 @@ pub async fn run(
                 Some(to) => {
                     let made = crate::create::from_store(
                         live.as_ref(),
-                        scratch.path(),
+                        None,
                         to,
                         target.describe(),
                         opts.live_config.as_ref(),

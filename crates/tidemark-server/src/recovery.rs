@@ -147,10 +147,21 @@ impl Recovery {
         if final_chunk && !without.is_empty() {
             tracing::warn!(source, without = ?without, "recovery schedule: sources WAIVED by the operator; their keys changed since the backup cannot be recovered and will be served as current");
         }
-        let added = self
+        let added = match self
             .store
             .add_flags(source, entries, final_chunk, without)
-            .await?;
+            .await
+        {
+            Ok(added) => added,
+            Err(e) => {
+                if !was_blanket && matches!(e, StoreError::Engine(_) | StoreError::Unavailable(_)) {
+                    // Its commit's outcome is unknown: if it added flags,
+                    // the retry finds none new, and would send no event.
+                    self.owed_flags_added.store(true, Ordering::SeqCst);
+                }
+                return Err(e);
+            }
+        };
         if !was_blanket && added.flagged > 0 {
             self.owed_flags_added.store(true, Ordering::SeqCst);
         }

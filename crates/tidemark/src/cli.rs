@@ -366,9 +366,20 @@ pub struct BackupCreateArgs {
     /// With --offline: the data directory of a stopped server [default: the server's data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Back up a stopped server's data directory (refused while anything uses it).
+    /// Back up a stopped server's data directory, or with --store postgres
+    /// its PostgreSQL schema (refused while anything uses it).
     #[arg(long)]
     pub offline: bool,
+    /// With --offline: the engine of the store, sqlite (a data directory)
+    /// or postgres [default: the server's store].
+    #[arg(long, value_name = "ENGINE", requires = "offline")]
+    pub store: Option<String>,
+    /// With --offline --store postgres: the PostgreSQL URL.
+    #[arg(long, value_name = "URL", requires = "offline")]
+    pub database_url: Option<String>,
+    /// With --offline --store postgres: the schema [default: tidemark].
+    #[arg(long, value_name = "NAME", requires = "offline")]
+    pub pg_schema: Option<String>,
     /// After the backup, keep only the newest N backups of the same server beside it (in the parent of --to); other servers' backups there are left alone. Keep the backup a recovery reads from (ops recover --backup) until the recovery is over.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: Option<u64>,

@@ -106,14 +106,13 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                             // It may have been applied: sent again, a
                             // rollback would run twice, a token be lost.
                             return HttpError::new(
-                                ErrorCode::StoreUnavailable,
+                                ErrorCode::OutcomeUnknown,
                                 format!(
-                                    "the primary {primary} did not answer this forwarded {} {} ({e}); it may or may not have taken effect: check before sending it again",
+                                    "the primary {primary} did not answer this forwarded {} {} ({e}); it may or may not have taken effect: check (tidemark status, GET the resource) before sending it again",
                                     parts.method,
                                     parts.uri.path()
                                 ),
                             )
-                            .retry_after(1)
                             .into_response();
                         }
                         Err(Undelivered::NotSent(e) | Undelivered::Unknown(e)) => {

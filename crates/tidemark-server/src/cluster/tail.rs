@@ -28,53 +28,28 @@ use tidemark_store::{RecoveryMeta, StoreError};
 const POLL: Duration = Duration::from_millis(200);
 /// How often a standby re-reads the shared state (recovery, tokens, schema).
 const REFRESH: Duration = Duration::from_millis(500);
-/// How long a standby waits for its LISTEN connection before it polls on.
+/// How long a LISTEN connect may take, and the pause before the next.
 const LISTEN_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Runs until shutdown.
 pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
-    let mut listener: Option<tokio::sync::mpsc::Receiver<bool>> = None;
+    let mut notices = listen(app.clone(), cluster.clone());
     let mut refreshed = Instant::now();
     cluster
         .followed
         .lock()
         .get_or_insert_with(|| Followed::now(&app));
     loop {
-        if listener.is_none() {
-            // Bounded: polling goes on while PostgreSQL is out of reach.
-            listener = tokio::time::timeout(
-                LISTEN_PATIENCE,
-                cluster.store.listen_commits(&cluster.database_url),
-            )
-            .await
-            .map_err(|_| tracing::debug!("LISTEN timed out; polling"))
-            .ok()
-            .and_then(|r| {
-                r.map_err(|e| tracing::debug!(error = %e, "LISTEN failed; polling"))
-                    .ok()
-            });
-        }
-        let woken = async {
-            match listener.as_mut() {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         let mut shared = false;
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
             _ = cluster.tail_wake.notified() => {}
-            notice = woken => match notice {
-                Some(s) => shared = s,
-                None => listener = None,
-            }
+            Some(s) = notices.recv() => shared = s,
         }
-        if let Some(rx) = listener.as_mut() {
-            // Every notice queued meanwhile is this wake's too.
-            while let Ok(s) = rx.try_recv() {
-                shared |= s;
-            }
+        // Every notice queued meanwhile is this wake's too.
+        while let Ok(s) = notices.try_recv() {
+            shared |= s;
         }
         if cluster.is_primary() {
             // The committer publishes, and `Recovery` sends the events of
@@ -101,6 +76,40 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
             Err(e) => tracing::debug!(error = %e, "change-log tail failed; retrying"),
         }
     }
+}
+
+/// Keeps a LISTEN connection beside the tail, reconnecting after a pause,
+/// and passes its notices on (`true`: the shared state changed). The tail
+/// never waits on its connect: while it is down, the tail polls.
+fn listen(app: Arc<AppState>, cluster: Arc<Cluster>) -> tokio::sync::mpsc::Receiver<bool> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let connected = tokio::time::timeout(
+                LISTEN_PATIENCE,
+                cluster.store.listen_commits(&cluster.database_url),
+            )
+            .await;
+            match connected {
+                Ok(Ok(mut inner)) => loop {
+                    tokio::select! {
+                        _ = app.shutdown.cancelled() => return,
+                        notice = inner.recv() => match notice {
+                            Some(s) => { let _ = tx.try_send(s); }
+                            None => break,
+                        }
+                    }
+                },
+                Ok(Err(e)) => tracing::debug!(error = %e, "LISTEN failed; polling"),
+                Err(_) => tracing::debug!("LISTEN timed out; polling"),
+            }
+            tokio::select! {
+                _ = app.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(LISTEN_PATIENCE) => {}
+            }
+        }
+    });
+    rx
 }
 
 /// Publishes every logged change after the hub's watermark, up to the end

@@ -566,20 +566,17 @@ impl PgStore {
     /// writer lock.
     pub(crate) async fn recount_flags(&self) -> Result<(), StoreError> {
         let _w = self.alone().await;
-        self.inner.flags_unknown.store(false, Ordering::SeqCst);
+        // The doubt stands until a count succeeds.
         let client = self.client().await?;
-        match client.query_one("SELECT count(*) FROM tm_flags", &[]).await {
-            Ok(r) => {
-                self.inner
-                    .flag_rows
-                    .store(r.get::<_, i64>(0) as u64, Ordering::SeqCst);
-                Ok(())
-            }
-            Err(e) => {
-                self.inner.flags_unknown.store(true, Ordering::SeqCst);
-                Err(engine_error(e))
-            }
-        }
+        let r = client
+            .query_one("SELECT count(*) FROM tm_flags", &[])
+            .await
+            .map_err(engine_error)?;
+        self.inner
+            .flag_rows
+            .store(r.get::<_, i64>(0) as u64, Ordering::SeqCst);
+        self.inner.flags_unknown.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Takes `n` flags off the count, under the writer lock, after the

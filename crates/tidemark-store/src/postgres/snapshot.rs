@@ -379,12 +379,11 @@ impl PgStore {
 pub async fn load_into(url: &str, staging: &str, snapshot: &Path) -> Result<PgStore, StoreError> {
     crate::engine::inspect_snapshot(snapshot)?;
     {
-        let (client, conn) = connect_raw(url).await?;
+        let (mut client, conn) = connect_raw(url).await?;
         tokio::spawn(conn);
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{staging}\" CASCADE"))
-            .await
-            .map_err(engine_error)?;
+        let tx = client.transaction().await.map_err(engine_error)?;
+        drop_schema(&tx, staging).await?;
+        tx.commit().await.map_err(engine_error)?;
     }
     let store = PgStore::connect(url, staging).await?;
     let schema = {
@@ -603,13 +602,81 @@ pub async fn swap_in(url: &str, staging: &str, live: &str) -> Result<(), StoreEr
     let (mut client, conn) = connect_raw(url).await?;
     tokio::spawn(conn);
     let tx = client.transaction().await.map_err(engine_error)?;
-    tx.batch_execute(&format!(
-        "DROP SCHEMA IF EXISTS \"{live}\" CASCADE; ALTER SCHEMA \"{staging}\" RENAME TO \"{live}\";"
-    ))
-    .await
-    .map_err(engine_error)?;
+    drop_schema(&tx, live).await?;
+    tx.batch_execute(&format!("ALTER SCHEMA \"{staging}\" RENAME TO \"{live}\";"))
+        .await
+        .map_err(engine_error)?;
     tx.commit().await.map_err(engine_error)?;
     Ok(())
+}
+
+/// Drops schema `name`, if it exists, and Tidemark's tables in it (those
+/// named `tm_*` and those `tm_tables` lists), without CASCADE: anything
+/// else in it, or depending on them from elsewhere, makes PostgreSQL
+/// refuse, and nothing is dropped (B4; `RestoreTarget::refuse_foreign`
+/// says so earlier, this holds it at the moment of the drop).
+async fn drop_schema(
+    client: &impl tokio_postgres::GenericClient,
+    name: &str,
+) -> Result<(), StoreError> {
+    let tables: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND (c.relname LIKE 'tm\\_%' OR c.relname = ANY($2))",
+            &[&name, &listed_tables(client, name).await?],
+        )
+        .await
+        .map_err(engine_error)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let refused = |e: tokio_postgres::Error| {
+        let detail = e
+            .as_db_error()
+            .map(|d| match d.detail() {
+                Some(more) => format!("{} ({more})", d.message()),
+                None => d.message().to_owned(),
+            })
+            .unwrap_or_else(|| e.to_string());
+        StoreError::Refused(format!(
+            "PostgreSQL schema '{name}' holds objects that are not Tidemark's, or that other schemas depend on: {detail}; a restore replaces the whole schema, so it would drop them, and nothing was changed. Move them out of the schema, or restore into a schema of Tidemark's own (--pg-schema)"
+        ))
+    };
+    if !tables.is_empty() {
+        client
+            .batch_execute(&format!("DROP TABLE {}", tables.join(", ")))
+            .await
+            .map_err(refused)?;
+    }
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\""))
+        .await
+        .map_err(refused)
+}
+
+/// The tables `tm_tables` of schema `name` lists (none if it has none).
+async fn listed_tables(
+    client: &impl tokio_postgres::GenericClient,
+    name: &str,
+) -> Result<Vec<String>, StoreError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass(format('%I.tm_tables', $1::text)) IS NOT NULL",
+            &[&name],
+        )
+        .await
+        .map_err(engine_error)?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(&format!("SELECT name FROM \"{name}\".tm_tables"), &[])
+        .await
+        .map_err(engine_error)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 async fn connect_raw(

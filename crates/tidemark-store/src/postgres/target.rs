@@ -288,11 +288,29 @@ impl RestoreTarget {
                 pid,
             });
         }
-        let staging = format!("{schema}_restoring");
-        // The swap drops the live schema and the load drops the staging one
-        // (B4): neither may hold anything but Tidemark's own tables.
-        for name in [schema, staging.as_str()] {
-            let foreign = foreign_objects(&client, name).await?;
+        Ok(RestoreTarget {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            staging: format!("{schema}_restoring"),
+            _lock: client,
+        })
+    }
+
+    /// Refuses a restore that would drop what is not Tidemark's: the swap
+    /// drops the live schema and the load the staging one (B4), so neither
+    /// may hold anything but Tidemark's own tables (the drops themselves
+    /// refuse it too, atomically; this says so before any work), and the
+    /// staging schema's name must not be cut to the live one's.
+    pub async fn refuse_foreign(&self) -> Result<(), StoreError> {
+        if !tidemark_api::schema::is_identifier(&self.staging) {
+            // PostgreSQL would cut it to 63 bytes: the live schema's name.
+            return Err(StoreError::Refused(format!(
+                "a restore stages into schema '{}', which is too long for PostgreSQL (63 bytes); keep --pg-schema to at most 53 characters",
+                self.staging
+            )));
+        }
+        for name in [&self.schema, &self.staging] {
+            let foreign = foreign_objects(&self._lock, name).await?;
             if !foreign.is_empty() {
                 return Err(StoreError::Refused(format!(
                     "PostgreSQL schema '{name}' holds objects that are not Tidemark's, or that other schemas depend on: {}; a restore replaces the whole schema, so it would drop them. Move them out of the schema, or restore into a schema of Tidemark's own (--pg-schema)",
@@ -300,12 +318,7 @@ impl RestoreTarget {
                 )));
             }
         }
-        Ok(RestoreTarget {
-            url: url.to_owned(),
-            schema: schema.to_owned(),
-            staging,
-            _lock: client,
-        })
+        Ok(())
     }
 
     /// The live store, if the schema holds one.

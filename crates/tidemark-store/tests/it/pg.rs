@@ -366,18 +366,25 @@ async fn a_restore_is_refused_where_it_would_drop_what_is_not_tidemarks() {
     s.close().await.unwrap();
     drop(s);
     let c = sql(&url).await;
+    let check = || async {
+        RestoreTarget::lock(&url, "tidemark")
+            .await
+            .unwrap()
+            .refuse_foreign()
+            .await
+    };
     // Tidemark's own schema alone: a restore may go on.
-    drop(RestoreTarget::lock(&url, "tidemark").await.unwrap());
+    check().await.unwrap();
 
-    let refused = |r: Result<RestoreTarget, tidemark_store::StoreError>| match r {
+    let refused = |r: Result<(), tidemark_store::StoreError>| match r {
         Err(tidemark_store::StoreError::Refused(m)) => m,
         Err(e) => panic!("refused otherwise: {e}"),
-        Ok(_) => panic!("a restore was let through"),
+        Ok(()) => panic!("a restore was let through"),
     };
     c.batch_execute("CREATE TABLE tidemark.billing (id int); CREATE FUNCTION tidemark.f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
         .await
         .unwrap();
-    let m = refused(RestoreTarget::lock(&url, "tidemark").await);
+    let m = refused(check().await);
     assert!(
         m.contains("table billing") && m.contains("function f") && m.contains("--pg-schema"),
         "{m}"
@@ -389,7 +396,7 @@ async fn a_restore_is_refused_where_it_would_drop_what_is_not_tidemarks() {
     c.batch_execute("CREATE VIEW public.subs AS SELECT tm_key FROM tidemark.subscriber")
         .await
         .unwrap();
-    let m = refused(RestoreTarget::lock(&url, "tidemark").await);
+    let m = refused(check().await);
     assert!(m.contains("public.subs (depends on subscriber)"), "{m}");
     c.batch_execute("DROP VIEW public.subs").await.unwrap();
     // The staging schema's name taken by something else.
@@ -398,7 +405,7 @@ async fn a_restore_is_refused_where_it_would_drop_what_is_not_tidemarks() {
     )
     .await
     .unwrap();
-    let m = refused(RestoreTarget::lock(&url, "tidemark").await);
+    let m = refused(check().await);
     assert!(
         m.contains("'tidemark_restoring'") && m.contains("table orders"),
         "{m}"
@@ -409,6 +416,51 @@ async fn a_restore_is_refused_where_it_would_drop_what_is_not_tidemarks() {
         .unwrap()
         .get(0);
     assert_eq!(kept, 0, "the table is still there");
+    c.batch_execute("DROP SCHEMA tidemark_restoring CASCADE")
+        .await
+        .unwrap();
+
+    // What the early look misses (a type), the drops themselves refuse:
+    // the swap changes nothing.
+    c.batch_execute("CREATE TYPE tidemark.mood AS ENUM ('ok')")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    let s = PgStore::connect(&url, "tidemark").await.unwrap();
+    s.snapshot_to(&snap).await.unwrap();
+    s.close().await.unwrap();
+    drop(s);
+    let target = RestoreTarget::lock(&url, "tidemark").await.unwrap();
+    target.refuse_foreign().await.unwrap();
+    target.stage(&snap).await.unwrap().close().await.unwrap();
+    let m = match target.swap_in().await {
+        Err(tidemark_store::StoreError::Refused(m)) => m,
+        other => panic!("the swap went on: {:?}", other.err()),
+    };
+    assert!(
+        m.contains("mood") && m.contains("nothing was changed"),
+        "{m}"
+    );
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'tidemark' AND t.typname IN ('mood', 'tm_meta')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2, "the type and the live store are still there");
+    // And a schema name whose staging name PostgreSQL would cut to it.
+    let long = format!("s{}", "x".repeat(55));
+    let m = refused(
+        RestoreTarget::lock(&url, &long)
+            .await
+            .unwrap()
+            .refuse_foreign()
+            .await,
+    );
+    assert!(m.contains("at most 53"), "{m}");
 }
 
 mod pipeline {

@@ -48,10 +48,22 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
         (Some(url), false) => online(url, &a.to, &progress).await,
         (None, true) => {
             let files = tidemark_server::backup_config::for_backup(&config).await?;
-            let dir = a.data_dir.clone().unwrap_or(config.data_dir);
-            tidemark_backup::create::offline(&dir, &a.to, Some(&files), &progress)
-                .await
-                .map_err(anyhow::Error::from)
+            let engine = a
+                .store
+                .clone()
+                .unwrap_or_else(|| config.store_name().to_owned());
+            if super::store_kind(&engine)? == tidemark_server::StoreKind::Postgres {
+                let url = super::database_url(a.database_url.clone(), &config)?;
+                let schema = a.pg_schema.clone().unwrap_or(config.pg_schema.clone());
+                tidemark_backup::create::offline_pg(&url, &schema, &a.to, Some(&files), &progress)
+                    .await
+                    .map_err(anyhow::Error::from)
+            } else {
+                let dir = a.data_dir.clone().unwrap_or(config.data_dir);
+                tidemark_backup::create::offline(&dir, &a.to, Some(&files), &progress)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
         }
         _ => super::usage!(
             "backup create needs either --server URL (online) or --offline [--data-dir DIR]; nothing was done"

@@ -301,6 +301,70 @@ async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_s
     pg.wait_ok("/readyz").await;
 }
 
+/// B2 on PostgreSQL: `backup create --offline --store postgres` backs up
+/// the schema of a stopped cluster, and is refused while a DB server uses
+/// it; the backup restores (here into the embedded engine) with every
+/// record. Before, --offline read only a data directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_backup_of_postgres_waits_for_the_server_to_stop() {
+    if !engines("offline_pg_backup").contains(&Engine::Postgres) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut pg = db_server_on(dir, Engine::Postgres, &[]).await;
+    let mut model = Model::default();
+    let mut input = String::new();
+    for i in 0..30 {
+        input += &model.line(&format!("k{i}"), "upsert", json!({"credit_limit": i}));
+    }
+    assert!(ops_submit(dir, &pg.url, &input, &[]).status.success());
+    let backup = dir.join("offline");
+    let mut create = vec![
+        "backup".to_owned(),
+        "create".into(),
+        "--offline".into(),
+        "--to".into(),
+        backup.display().to_string(),
+        "--store".into(),
+        "postgres".into(),
+    ];
+    create.extend(store_args(dir, Engine::Postgres).into_iter().skip(2));
+    let out = run(dir, &strs(&create), None, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stop it first"), "{stderr}");
+    assert!(!backup.exists(), "nothing partial is left");
+    pg.terminate();
+    let printed = run_ok(dir, &strs(&create));
+    assert!(printed.contains("offline"), "{printed}");
+    run_ok(dir, &["backup", "verify", backup.to_str().unwrap()]);
+
+    let lite = dir.join("lite");
+    run_ok(
+        dir,
+        &[
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data-dir",
+            lite.to_str().unwrap(),
+        ],
+    );
+    let db = Proc::start(
+        "lite",
+        dir,
+        &["server", "--data-dir", lite.to_str().unwrap()],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    for i in 0..30 {
+        let k = format!("k{i}");
+        let (s, b) = get_json(&key_url(&db.url, &k)).await;
+        assert!(model.is_latest(&k, s, &b), "{k}: {s} {b}");
+    }
+}
+
 /// `tidemark demo --store postgres` tells the whole story on PostgreSQL,
 /// starting a temporary cluster itself, and exits 0 only if every check held.
 #[tokio::test(flavor = "multi_thread")]

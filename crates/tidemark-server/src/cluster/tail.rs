@@ -115,6 +115,15 @@ fn listen(app: Arc<AppState>, cluster: Arc<Cluster>) -> tokio::sync::mpsc::Recei
 /// Publishes every logged change after the hub's watermark, up to the end
 /// of the log.
 pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
+    catch_up_following(app, app.cluster.as_ref().map(|c| &c.followed)).await
+}
+
+/// [`catch_up`], following the recovery state from `followed` (the
+/// cluster's baseline) during a recovery.
+async fn catch_up_following(
+    app: &AppState,
+    followed: Option<&parking_lot::Mutex<Option<Followed>>>,
+) -> Result<(), StoreError> {
     loop {
         let after = app.hub.watermark();
         let mut page = app.store.changes_since(after, 1000).await?;
@@ -123,6 +132,14 @@ pub async fn catch_up(app: &AppState) -> Result<(), StoreError> {
         }
         if page[0].version.seq > after + 1 {
             skipped_pruned(app, after).await?;
+        }
+        if let (RecoveryState::Recovering, Some(followed)) = (app.recovery.state(), followed) {
+            // Flags committed before a change of this page are visible
+            // now: their `flags_added` goes out (and the resume floor
+            // rises) before the change does, so no id past the primary's
+            // floor is given here before it (a client that took one and
+            // missed the push would resume past it anywhere).
+            follow_recovery(app, followed).await?;
         }
         let recovering = app.recovery.state() == RecoveryState::Recovering;
         for c in &mut page {
@@ -341,5 +358,53 @@ mod tests {
         // Followed: not again.
         follow_recovery(app, &followed).await.unwrap();
         assert!(rx.try_recv().is_err());
+    }
+
+    /// P9: a standby's tail publishes a change that came after keys were
+    /// flagged late only after their `flags_added` (and the resume floor's
+    /// rise): it gave ids past the primary's floor before it, and a client
+    /// that took one and missed the push resumed past it at any instance.
+    #[tokio::test]
+    async fn a_standby_sends_flags_added_before_a_change_committed_after_the_flags() {
+        let t = TestServer::open(async |s: &dyn tidemark_store::Store| {
+            s.apply(vec![upsert("o", 1, "a", "x")]).await.unwrap();
+            let epoch = s.meta().await.unwrap().epoch;
+            s.mark_restored(epoch + 1).await.unwrap();
+        })
+        .await;
+        let app = &t.app;
+        let flag = |key: &str| tidemark_store::FlagEntry {
+            table: "subscriber".into(),
+            key: key.into(),
+            through_seq: 9,
+        };
+        t.store
+            .add_flags("o", vec![flag("a")], true, vec![])
+            .await
+            .unwrap();
+        let followed = parking_lot::Mutex::new(None);
+        follow_recovery(app, &followed).await.unwrap();
+        catch_up_following(app, Some(&followed)).await.unwrap();
+        let s = app.hub.subscriber("s");
+        app.hub.register(s, "subscriber", "c");
+        // The primary flags a key late, then commits a change.
+        t.store
+            .add_flags("late", vec![flag("b")], true, vec![])
+            .await
+            .unwrap();
+        t.store.apply(vec![upsert("p", 1, "c", "y")]).await.unwrap();
+        let mut rx = app.hub.subscribe();
+        catch_up_following(app, Some(&followed)).await.unwrap();
+        let pushes: Vec<Push> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let epoch = pushes
+            .iter()
+            .position(|p| matches!(p, Push::Epoch(e) if e.reason == EpochReason::FlagsAdded));
+        let change = pushes.iter().position(|p| matches!(p, Push::Change(..)));
+        assert!(
+            epoch.is_some() && epoch < change,
+            "flags_added ({epoch:?}) before the change ({change:?})"
+        );
+        let seq = app.store.meta().await.unwrap().seq;
+        assert!(!app.hub.may_resume(s, seq), "no resume from before it");
     }
 }

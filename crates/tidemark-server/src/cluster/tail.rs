@@ -318,6 +318,33 @@ mod tests {
         assert!(rx.try_recv().is_err());
     }
 
+    /// Key `k` flagged with a through_seq no order reached.
+    fn flag(key: &str) -> tidemark_store::FlagEntry {
+        tidemark_store::FlagEntry {
+            table: "subscriber".into(),
+            key: key.into(),
+            through_seq: 9,
+        }
+    }
+
+    /// A restored store whose schedule list is final (key `a` flagged),
+    /// with the recovery state followed.
+    async fn listed_and_followed() -> (TestServer, parking_lot::Mutex<Option<Followed>>) {
+        let t = TestServer::open(async |s: &dyn tidemark_store::Store| {
+            s.apply(vec![upsert("o", 1, "a", "x")]).await.unwrap();
+            let epoch = s.meta().await.unwrap().epoch;
+            s.mark_restored(epoch + 1).await.unwrap();
+        })
+        .await;
+        t.store
+            .add_flags("o", vec![flag("a")], true, vec![])
+            .await
+            .unwrap();
+        let followed = parking_lot::Mutex::new(None);
+        follow_recovery(&t.app, &followed).await.unwrap();
+        (t, followed)
+    }
+
     /// A standby sends `flags_added` for keys the primary flagged after
     /// the schedule list was final, even when a status read (the console,
     /// `/metrics`) refreshed its recovery state first. Before, the follow
@@ -325,24 +352,8 @@ mod tests {
     /// service servers went on serving those keys as current.
     #[tokio::test]
     async fn a_standby_sends_flags_added_though_a_status_read_saw_the_flags_first() {
-        let t = TestServer::open(async |s: &dyn tidemark_store::Store| {
-            s.apply(vec![upsert("o", 1, "a", "x")]).await.unwrap();
-            let epoch = s.meta().await.unwrap().epoch;
-            s.mark_restored(epoch + 1).await.unwrap();
-        })
-        .await;
+        let (t, followed) = listed_and_followed().await;
         let app = &t.app;
-        let flag = |key: &str| tidemark_store::FlagEntry {
-            table: "subscriber".into(),
-            key: key.into(),
-            through_seq: 9,
-        };
-        t.store
-            .add_flags("o", vec![flag("a")], true, vec![])
-            .await
-            .unwrap();
-        let followed = parking_lot::Mutex::new(None);
-        follow_recovery(app, &followed).await.unwrap();
         // The primary (another instance) flags one more key for a source
         // the backup did not know; a status read here sees it first.
         t.store
@@ -366,24 +377,8 @@ mod tests {
     /// that took one and missed the push resumed past it at any instance.
     #[tokio::test]
     async fn a_standby_sends_flags_added_before_a_change_committed_after_the_flags() {
-        let t = TestServer::open(async |s: &dyn tidemark_store::Store| {
-            s.apply(vec![upsert("o", 1, "a", "x")]).await.unwrap();
-            let epoch = s.meta().await.unwrap().epoch;
-            s.mark_restored(epoch + 1).await.unwrap();
-        })
-        .await;
+        let (t, followed) = listed_and_followed().await;
         let app = &t.app;
-        let flag = |key: &str| tidemark_store::FlagEntry {
-            table: "subscriber".into(),
-            key: key.into(),
-            through_seq: 9,
-        };
-        t.store
-            .add_flags("o", vec![flag("a")], true, vec![])
-            .await
-            .unwrap();
-        let followed = parking_lot::Mutex::new(None);
-        follow_recovery(app, &followed).await.unwrap();
         catch_up_following(app, Some(&followed)).await.unwrap();
         let s = app.hub.subscriber("s");
         app.hub.register(s, "subscriber", "c");

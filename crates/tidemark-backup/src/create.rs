@@ -33,6 +33,35 @@ pub fn tmp_dir_for(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Removes the temporary directories under `root` of backups whose
+/// process is gone (killed, crashed: nothing else removes them), those of
+/// backups named `only` if given; returns what it removed. A process that
+/// is still running keeps its own.
+pub fn remove_abandoned(root: &Path, only: Option<&str>) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some((backup, pid)) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(b, p)| Some((b, p.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if alive || only.is_some_and(|o| o != backup) || !entry.path().is_dir() {
+            continue;
+        }
+        if std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 impl BackupWriter {
     /// Starts a backup that will appear at `target`, which must not exist
     /// (or be an empty directory).
@@ -49,6 +78,9 @@ impl BackupWriter {
         let tmp = tmp_dir_for(target);
         if let Some(parent) = tmp.parent() {
             std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
+            // An earlier attempt at the same backup that was killed.
+            let name = target.file_name().map(|n| n.to_string_lossy().to_string());
+            remove_abandoned(parent, Some(name.as_deref().unwrap_or("backup")));
         }
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(BackupError::io(&tmp))?;
@@ -284,6 +316,37 @@ fn without_secrets(url: &str) -> String {
             format!("{}{}", &url[..scheme + 3], &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod abandoned_tests {
+    /// A backup killed half-way leaves its hidden temporary directory: the
+    /// next attempt at the same backup removes it, and prune removes any
+    /// whose process is gone; a running one's stays.
+    #[test]
+    fn temporary_directories_of_dead_backups_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // No process has a pid this high (Linux's limit is 2^22).
+        let dead = |name: &str| {
+            let d = r.join(format!(".{name}.tmp-999999999"));
+            std::fs::create_dir_all(d.join("config")).unwrap();
+            d
+        };
+        let (b, other) = (dead("b"), dead("other"));
+        let mine = r.join(format!(".b.tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&mine).unwrap();
+        let w = super::BackupWriter::begin(&r.join("b")).unwrap();
+        assert!(!b.exists(), "the same backup's leftover went");
+        assert!(other.exists(), "another backup's is left to prune");
+        drop(w);
+        let pruned = crate::list::prune(r, 1, None, None).unwrap();
+        assert_eq!(pruned.abandoned, vec![other.clone()]);
+        assert!(!other.exists());
+        std::fs::create_dir_all(&mine).unwrap();
+        assert!(super::remove_abandoned(r, None).is_empty());
+        assert!(mine.exists(), "a running process keeps its own");
     }
 }
 

@@ -51,12 +51,15 @@ pub fn list(root: &Path, deep: bool) -> Result<Vec<Listed>, BackupError> {
 #[derive(Debug, Default)]
 pub struct Pruned {
     pub removed: Vec<PathBuf>,
+    /// Temporary directories of backups whose process is gone.
+    pub abandoned: Vec<PathBuf>,
     /// Backups that fail their checksums: never counted as kept, never
     /// removed (the operator looks at them).
     pub failing: Vec<(PathBuf, String)>,
 }
 
-/// Keeps the newest `keep` (at least one) backups of each source under
+/// Removes the temporary directories of backups whose process is gone,
+/// then keeps the newest `keep` (at least one) backups of each source under
 /// `root` that verify by their checksums, and removes older ones that
 /// verify; with `only_source`, looks at that source's backups alone. A
 /// backup that fails is neither counted nor removed, and `protect` (the
@@ -69,7 +72,10 @@ pub fn prune(
     protect: Option<&Path>,
     only_source: Option<&str>,
 ) -> Result<Pruned, BackupError> {
-    let mut out = Pruned::default();
+    let mut out = Pruned {
+        abandoned: crate::create::remove_abandoned(root, None),
+        ..Default::default()
+    };
     let mut good: std::collections::BTreeMap<String, Vec<(String, PathBuf)>> = Default::default();
     for l in list(root, false)? {
         let Some(m) = l.manifest else { continue };

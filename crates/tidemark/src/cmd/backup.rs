@@ -36,6 +36,38 @@ pub(super) fn progress_bar(what: &str) -> ProgressBar {
     bar
 }
 
+/// The store a backup or restore command was pointed at.
+pub(super) enum Pointed<'a> {
+    DataDir(&'a std::path::Path),
+    Postgres { url: &'a str, schema: &'a str },
+}
+
+/// The server configuration an offline or safety backup records (B1, B3):
+/// the config file's (`--config`) with the store this command was pointed
+/// at. Without `--config` it is what this command sees (defaults and
+/// TIDEMARK_SERVER__* variables), not necessarily the server's: a note
+/// says so.
+pub(super) async fn config_for_backup(
+    mut config: ServerConfig,
+    pointed: Pointed<'_>,
+) -> anyhow::Result<serde_json::Value> {
+    match pointed {
+        Pointed::DataDir(dir) => {
+            config.store = tidemark_server::StoreKind::Sqlite;
+            config.data_dir = dir.to_owned();
+        }
+        Pointed::Postgres { url, schema } => {
+            config.store = tidemark_server::StoreKind::Postgres;
+            config.database_url = Some(tidemark_server::config::Secret(url.to_owned()));
+            config.pg_schema = schema.to_owned();
+        }
+    }
+    if config.config_file.is_none() {
+        eprintln!("note: no --config given, so the backup records the settings this command sees (defaults and TIDEMARK_SERVER__* variables), not the server's own config file; give the server's --config FILE to keep it with the backup");
+    }
+    Ok(tidemark_server::backup_config::for_backup(&config).await?)
+}
+
 /// `12.3 MiB`.
 pub(super) fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
@@ -47,7 +79,6 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
     let made = match (&a.server, a.offline) {
         (Some(url), false) => online(url, &a.to, &progress).await,
         (None, true) => {
-            let files = tidemark_server::backup_config::for_backup(&config).await?;
             let engine = a
                 .store
                 .clone()
@@ -55,11 +86,17 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
             if super::store_kind(&engine)? == tidemark_server::StoreKind::Postgres {
                 let url = super::database_url(a.database_url.clone(), &config)?;
                 let schema = a.pg_schema.clone().unwrap_or(config.pg_schema.clone());
+                let pointed = Pointed::Postgres {
+                    url: &url,
+                    schema: &schema,
+                };
+                let files = config_for_backup(config.clone(), pointed).await?;
                 tidemark_backup::create::offline_pg(&url, &schema, &a.to, Some(&files), &progress)
                     .await
                     .map_err(anyhow::Error::from)
             } else {
-                let dir = a.data_dir.clone().unwrap_or(config.data_dir);
+                let dir = a.data_dir.clone().unwrap_or(config.data_dir.clone());
+                let files = config_for_backup(config, Pointed::DataDir(&dir)).await?;
                 tidemark_backup::create::offline(&dir, &a.to, Some(&files), &progress)
                     .await
                     .map_err(anyhow::Error::from)
@@ -297,8 +334,14 @@ fn prune(a: &BackupPruneArgs) -> anyhow::Result<()> {
     for dir in &pruned.removed {
         println!("removed {}", dir.display());
     }
+    for dir in &pruned.abandoned {
+        println!(
+            "removed {} (an interrupted backup's temporary directory)",
+            dir.display()
+        );
+    }
     println!(
-        "kept the newest {} backups that verify under {}; removed {}",
+        "kept the newest {} backups of each server that verify under {}; removed {}",
         a.keep,
         a.root.display(),
         pruned.removed.len()

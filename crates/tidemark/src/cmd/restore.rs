@@ -26,6 +26,17 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| default_safety_dir(&data_dir)),
         )
     };
+    // Only a safety backup records it.
+    let live_config = match &safety_to {
+        Some(_) => Some(
+            super::backup::config_for_backup(
+                config.clone(),
+                super::backup::Pointed::DataDir(&data_dir),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let opts = RestoreOptions {
         from: a.from.clone(),
         data_dir: data_dir.clone(),
@@ -33,7 +44,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         cleanup: !a.no_cleanup,
         integrity_check: a.check_integrity,
         min_epoch: a.min_epoch.unwrap_or(0),
-        live_config: Some(tidemark_server::backup_config::for_backup(&config).await?),
+        live_config,
     };
     let bar = super::backup::progress_bar("restoring");
     let progress = |n: u64| bar.set_position(n);
@@ -105,6 +116,19 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
             default_safety_dir(&std::path::PathBuf::from(format!("tidemark-{schema}")))
         }))
     };
+    let live_config = match &safety_to {
+        Some(_) => Some(
+            super::backup::config_for_backup(
+                config.clone(),
+                super::backup::Pointed::Postgres {
+                    url: &url,
+                    schema: &schema,
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let opts = tidemark_backup::restore_pg::PgRestoreOptions {
         from: a.from.clone(),
         database_url: url,
@@ -114,8 +138,11 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         integrity_check: a.check_integrity,
         min_epoch: a.min_epoch.unwrap_or(0),
         config_to: a.data_dir.clone(),
-        live_config: Some(tidemark_server::backup_config::for_backup(&config).await?),
+        live_config,
     };
+    if a.data_dir.is_none() {
+        eprintln!("note: the backup's configuration files are not restored (no --data-dir to put them in); give --data-dir DIR to restore them beside the data");
+    }
     let bar = super::backup::progress_bar("restoring");
     let progress = |n: u64| bar.set_position(n);
     let report = tidemark_backup::restore_pg::run(&opts, &progress).await?;

@@ -744,7 +744,12 @@ async fn offline_backups_retention_and_interrupted_backups() {
     );
     let carried = std::fs::read_to_string(with_conf.join("config/config.toml")).unwrap();
     assert!(carried.contains("postgres://tm:***@db/tm"), "{carried}");
-    assert!(with_conf.join("config/effective.json").exists());
+    // The settings recorded are the server's with the data directory the
+    // command was given (it recorded the command's default, ./tidemark-data).
+    let effective = std::fs::read_to_string(with_conf.join("config/effective.json")).unwrap();
+    let effective: serde_json::Value = serde_json::from_str(&effective).unwrap();
+    assert_eq!(effective["data_dir"], s(&data), "{effective}");
+    assert_eq!(effective["store"], "sqlite", "{effective}");
     let safety = dir.join("safety");
     ok(
         dir,

@@ -37,7 +37,7 @@ pub async fn run(
         let view = cluster.view();
         match view.role {
             Role::Primary => {
-                let sent = Instant::now();
+                let sent = cluster.now_ms();
                 let renewed = bounded(
                     &cluster,
                     cluster
@@ -279,7 +279,7 @@ async fn take_over(
     // loop is not already too late and the promote does not bounce back.
     let renewed = match ready {
         Ok(()) => {
-            let sent = Instant::now();
+            let sent = cluster.now_ms();
             bounded(
                 cluster,
                 cluster

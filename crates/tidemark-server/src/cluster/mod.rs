@@ -22,7 +22,7 @@ pub mod tail;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tidemark_api::state::Role;
 use tidemark_store::PgStore;
 use tokio::sync::{watch, Notify};
@@ -86,7 +86,8 @@ pub struct Cluster {
     /// The recovery state as this instance last followed it (see
     /// [`tail::Followed`]).
     pub(crate) followed: parking_lot::Mutex<Option<tail::Followed>>,
-    epoch: Instant,
+    /// What the `_ms` times are counted from (see [`boot_clock_ms`]).
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -132,7 +133,7 @@ impl Cluster {
             caught_up_ms: AtomicU64::new(0),
             shared_followed_ms: AtomicU64::new(0),
             followed: parking_lot::Mutex::new(None),
-            epoch: Instant::now(),
+            epoch: boot_clock_ms(),
             // Trusts --ca-cert and presents --client-cert, like every client.
             http: tidemark_api::client::tls_builder()
                 .connect_timeout(Duration::from_secs(2))
@@ -166,7 +167,7 @@ impl Cluster {
             self.handing_over.store(0, Ordering::SeqCst);
         } else {
             self.handover_ended_ms
-                .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+                .store(self.now_ms(), Ordering::SeqCst);
             self.handing_over.store(2, Ordering::SeqCst);
         }
     }
@@ -174,8 +175,7 @@ impl Cluster {
     /// The lease was renewed by a statement sent at `sent`: if that was
     /// after a handover of unknown outcome ended, the handover did not
     /// happen (the lease is still ours).
-    pub(crate) fn renewed_after_handover(&self, sent: Instant) {
-        let sent_ms = sent.saturating_duration_since(self.epoch).as_millis() as u64;
+    pub(crate) fn renewed_after_handover(&self, sent_ms: u64) {
         if sent_ms > self.handover_ended_ms.load(Ordering::SeqCst) {
             let _ = self
                 .handing_over
@@ -195,21 +195,20 @@ impl Cluster {
 
     /// Whether the lease is surely still ours now (see `lease_until_ms`).
     pub fn lease_held(&self) -> bool {
-        (self.epoch.elapsed().as_millis() as u64) < self.lease_until_ms.load(Ordering::SeqCst)
+        self.now_ms() < self.lease_until_ms.load(Ordering::SeqCst)
     }
 
     /// The lease, as read or renewed by a statement sent at `sent`, has
     /// `left` to run.
-    pub(crate) fn lease_held_for(&self, sent: Instant, left: Duration) {
+    pub(crate) fn lease_held_for(&self, sent_ms: u64, left: Duration) {
         let margin = self.lease_ttl / 10;
-        let until = sent.saturating_duration_since(self.epoch) + left.saturating_sub(margin);
-        self.lease_until_ms
-            .store(until.as_millis() as u64, Ordering::SeqCst);
+        let until = sent_ms + left.saturating_sub(margin).as_millis() as u64;
+        self.lease_until_ms.store(until, Ordering::SeqCst);
     }
 
     /// Now, in ms after `epoch`.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        boot_clock_ms().saturating_sub(self.epoch)
     }
 
     /// Standby: a tail pass begun at `began_ms` caught up with the log.
@@ -225,8 +224,7 @@ impl Cluster {
 
     /// A lease statement got an answer from PostgreSQL just now.
     pub(crate) fn reached_postgres(&self) {
-        self.reached_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.reached_ms.store(self.now_ms(), Ordering::SeqCst);
     }
 
     /// Whether what this instance knows may be outdated: it is the primary
@@ -335,6 +333,23 @@ impl Drop for HandoverGuard<'_> {
             self.cluster.handover_ended(false);
         }
     }
+}
+
+/// Milliseconds of CLOCK_BOOTTIME: monotonic, and counting the time the
+/// machine was suspended. `Instant` (CLOCK_MONOTONIC) stops then, so after
+/// a resume a lease that ran out while suspended would still look held, and
+/// the read cache and stream vouches would trust it (writes stay fenced by
+/// PostgreSQL either way).
+pub fn boot_clock_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_BOOTTIME
+    // exists on every Linux this runs on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// The cluster of `app`, if its store is shared.

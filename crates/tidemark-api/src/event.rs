@@ -213,6 +213,7 @@ mod tests {
             notice: Some(QuiesceNotice {
                 deadline: "2026-12-04T12:00:00Z".into(),
                 seconds_left: 30,
+                ms_left: Some(29_400),
                 message: "upgrade".into(),
             }),
             cancelled: false,

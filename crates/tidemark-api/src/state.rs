@@ -45,7 +45,12 @@ impl Role {
 pub struct QuiesceNotice {
     /// RFC 3339 time at which the server goes offline.
     pub deadline: String,
+    /// Whole seconds left, rounded up (for people).
     pub seconds_left: u64,
+    /// Milliseconds left (for programs: `seconds_left` may be up to a
+    /// second more than what is left). Absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms_left: Option<u64>,
     pub message: String,
 }
 

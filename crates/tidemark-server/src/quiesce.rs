@@ -68,6 +68,7 @@ impl Quiesce {
             QuiesceNotice {
                 deadline: s.deadline.to_rfc3339(),
                 seconds_left: left,
+                ms_left: Some(ms),
                 message: s.message.clone(),
             }
         })

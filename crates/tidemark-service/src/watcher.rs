@@ -257,9 +257,13 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
         WatchEvent::Quiesce(q) => {
             tracing::info!(notice = ?q.notice, cancelled = q.cancelled, "quiesce notice from the DB server");
             *shared.quiesce_at.lock() = match (&q.notice, q.cancelled) {
-                (Some(n), false) => {
-                    Some(std::time::Instant::now() + Duration::from_secs(n.seconds_left))
-                }
+                // The milliseconds: the seconds are rounded up.
+                (Some(n), false) => Some(
+                    std::time::Instant::now()
+                        + n.ms_left
+                            .map(Duration::from_millis)
+                            .unwrap_or(Duration::from_secs(n.seconds_left)),
+                ),
                 _ => None,
             };
             if !q.cancelled && q.notice.is_some() && shared.client.bases().len() > 1 {
@@ -375,6 +379,7 @@ mod tests {
         let notice = QuiesceNotice {
             deadline: "later".into(),
             seconds_left: 30,
+            ms_left: Some(29_400),
             message: "maintenance".into(),
         };
         let q = |cancelled: bool| {
@@ -385,6 +390,9 @@ mod tests {
         };
         apply(s, &ev(q(false), "1-0-b"));
         assert!(s.quiesce_at.lock().is_some() && s.quiesce.lock().is_some());
+        // By the milliseconds left, not the rounded-up seconds.
+        let at = s.quiesce_at.lock().unwrap();
+        assert!(at <= std::time::Instant::now() + Duration::from_millis(29_400));
         apply(s, &ev(q(true), "1-0-b"));
         assert!(s.quiesce_at.lock().is_none() && s.quiesce.lock().is_none());
         // A new stream's hello ends an old notice: the server sends one

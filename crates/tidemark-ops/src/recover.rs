@@ -20,7 +20,7 @@
 
 use crate::journal::Journal;
 use crate::schedule::send_schedule;
-use crate::submit::send_with_retry;
+use crate::submit::{get_with_retry, send_with_retry};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashSet};
@@ -298,8 +298,8 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             anyhow::bail!("--without-source {w}: its journal was given too; drop one of them");
         }
     }
-    let server_marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
-    let status: RecoveryStatus = client.get_json("/v1/recovery").await?;
+    let server_marks: BTreeMap<String, u64> = get_with_retry(&client, "/v1/sources").await?;
+    let status: RecoveryStatus = get_with_retry(&client, "/v1/recovery").await?;
     let mut report = RecoverReport::default();
 
     if status.state != RecoveryState::Recovering {
@@ -359,7 +359,22 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let mut lists: Vec<(String, Vec<ScheduleEntry>)> = Vec::new();
     let mut from = Vec::new();
     for j in &journals {
-        let backup_hw = marks.get(j.source()).copied().unwrap_or(0);
+        let named_hw = marks.get(j.source()).copied().unwrap_or(0);
+        // The server holds what was restored (and replayed since): a mark
+        // below the backup's says --backup names another, newer backup
+        // than the one restored. The list starts at the lower of the two,
+        // so no key changed in between is left out (entries the server
+        // holds already are skipped by it).
+        let held = server_marks.get(j.source()).copied().unwrap_or(0);
+        if held < named_hw {
+            tracing::warn!(
+                source = j.source(),
+                backup = named_hw,
+                server = held,
+                "--backup holds this source further than the DB server does: it is not the backup that was restored; the schedule list starts from the server's mark"
+            );
+        }
+        let backup_hw = named_hw.min(held);
         if backup_hw > j.last_seq() {
             anyhow::bail!(
                 "the backup holds source '{}' up to seq {backup_hw} but the journal ends at seq {}; this journal does not belong to that backup",
@@ -410,7 +425,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
 
     // The difference data, from where the server stands now, each order
     // with the version it was first acknowledged with.
-    let server_marks: BTreeMap<String, u64> = client.get_json("/v1/sources").await?;
+    let server_marks: BTreeMap<String, u64> = get_with_retry(&client, "/v1/sources").await?;
     let from: Vec<u64> = journals
         .iter()
         .map(|j| {
@@ -457,7 +472,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     }
     b.finish_and_clear();
 
-    let status: RecoveryStatus = client.get_json("/v1/recovery").await?;
+    let status: RecoveryStatus = get_with_retry(&client, "/v1/recovery").await?;
     if !status.waiting_for_sources.is_empty() {
         // The blanket stays: every read is answered as recovering until the
         // missing sources are recovered or waived.

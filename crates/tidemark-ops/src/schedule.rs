@@ -25,10 +25,19 @@ pub async fn send_schedule<I>(
 where
     I: IntoIterator<Item = ScheduleChunk>,
 {
-    pipeline(
-        chunks,
-        |chunk| async move { client.post_json("/v1/recovery/schedule", &chunk).await },
-        answered,
+    pipeline(chunks, |chunk| post_with_retry(client, chunk), answered).await
+}
+
+/// Sends one chunk, retrying while the DB server is unreachable, busy or
+/// restarting (a chunk is idempotent: flags are upserted).
+async fn post_with_retry(
+    client: &DbClient,
+    chunk: ScheduleChunk,
+) -> Result<ScheduleAnswer, ClientError> {
+    crate::submit::retrying(
+        "schedule chunk not taken",
+        std::time::Duration::from_secs(30),
+        || client.post_json("/v1/recovery/schedule", &chunk),
     )
     .await
 }

@@ -135,17 +135,11 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
             );
         }
     }
-    let mut digest = blake3::Hasher::new();
-    digest.update(raw);
-    if opts.again {
-        digest.update(
-            &std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-                .to_le_bytes(),
-        );
-    }
-    let digest = digest.finalize().to_hex().to_string();
+    // The input's own digest, --again or not: a run of it that stops
+    // half-way is resumed by the next run of the same input (a digest
+    // salted for --again matched nothing, so that rerun journaled and
+    // applied the whole input a second time).
+    let digest = blake3::hash(raw).to_hex().to_string();
 
     let mut journal = Journal::open(&opts.journal, &opts.source)?;
     let journaled_before = journal.last_seq();
@@ -168,7 +162,11 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     let unfinished = last_run < orders.len()
         || high_water < journaled_before
         || (journaled_before > 0 && journal.ack(journaled_before).is_none());
-    let done = if unfinished { last_run } else { 0 };
+    let done = if unfinished && !opts.again {
+        last_run
+    } else {
+        0
+    };
     if done > 0 {
         tracing::info!(
             already = done,
@@ -232,7 +230,14 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     };
     for chunk in pending.chunks(opts.batch.max(1)) {
         let batch: Vec<_> = chunk.iter().map(|e| e.order(&opts.source)).collect();
-        let resp = send_with_retry(&client, &batch).await?;
+        let resp = send_with_retry(&client, &batch).await.map_err(|e| {
+            if opts.again {
+                // The same command would submit it a third time.
+                e.context("to resume, run the same command without --again")
+            } else {
+                e
+            }
+        })?;
         let acks: Vec<_> = resp
             .results
             .iter()
@@ -261,12 +266,32 @@ pub async fn get_with_retry<T: serde::de::DeserializeOwned>(
     client: &DbClient,
     path: &str,
 ) -> Result<T, tidemark_api::ClientError> {
+    retrying(
+        "the DB server is not ready",
+        Duration::from_secs(30),
+        || client.get_json(path),
+    )
+    .await
+}
+
+/// Calls `f` until it succeeds or fails for good: a retryable failure (the
+/// DB server unreachable, busy or restarting) is tried again, with backoff
+/// up to 2 s, for up to `patience`; `what` names it in the log.
+pub async fn retrying<T, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut f: F,
+) -> Result<T, tidemark_api::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tidemark_api::ClientError>>,
+{
     let mut delay = Duration::from_millis(100);
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    let give_up = tokio::time::Instant::now() + patience;
     loop {
-        match client.get_json(path).await {
+        match f().await {
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
-                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "the DB server is not ready; retrying");
+                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

@@ -75,10 +75,16 @@ pub fn revalidate<T>(
     }
 }
 
-/// How far ahead of its source's high-water mark an order (or a schedule
-/// entry) may be. A seq further ahead cannot have been numbered by an OpS
-/// counting one by one, and accepting it would lock the source out.
+/// How far ahead of its source's high-water mark an order may be. A seq
+/// further ahead cannot have been numbered by an OpS counting one by one,
+/// and accepting it would lock the source out.
 pub const MAX_SEQ_GAP: u64 = 1_000_000;
+
+/// How far ahead of its source's high-water mark a schedule entry may be:
+/// every order since the backup (a busy OpS makes millions between daily
+/// backups), but not a seq no OpS could reach (a flag nothing clears would
+/// keep the recovery open for good).
+pub const MAX_SCHEDULE_GAP: u64 = 1 << 40;
 
 /// Refuses an order too far ahead of its source's high-water mark `hw`.
 pub fn check_gap(index: usize, order: &Order, hw: u64) -> Result<(), StoreError> {

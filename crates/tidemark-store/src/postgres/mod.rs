@@ -978,10 +978,10 @@ impl Store for PgStore {
                     // row-by-row upsert would leave it).
                     let mut wanted = flags::Wanted::new();
                     for e in &entries {
-                        if e.through_seq > (hw as u64).saturating_add(crate::apply::MAX_SEQ_GAP) {
+                        if e.through_seq > (hw as u64).saturating_add(crate::apply::MAX_SCHEDULE_GAP) {
                             return Err(StoreError::BadSchedule(format!(
                                 "key {:?}: through_seq {} is more than {} ahead of source '{source}''s high-water mark {hw}; send the seqs the OpS journal holds",
-                                e.key, e.through_seq, crate::apply::MAX_SEQ_GAP
+                                e.key, e.through_seq, crate::apply::MAX_SCHEDULE_GAP
                             )));
                         }
                         if e.through_seq as i64 <= hw {

@@ -94,10 +94,10 @@ pub(super) async fn add_flags(
         let mut dropped = 0u64;
         let mut rows = Vec::with_capacity(entries.len());
         for e in &entries {
-            if e.through_seq > hw.saturating_add(crate::apply::MAX_SEQ_GAP) {
+            if e.through_seq > hw.saturating_add(crate::apply::MAX_SCHEDULE_GAP) {
                 return Err(StoreError::BadSchedule(format!(
                     "key {:?}: through_seq {} is more than {} ahead of source '{source}''s high-water mark {hw}; send the seqs the OpS journal holds",
-                    e.key, e.through_seq, crate::apply::MAX_SEQ_GAP
+                    e.key, e.through_seq, crate::apply::MAX_SCHEDULE_GAP
                 )));
             }
             if e.through_seq <= hw {

@@ -170,3 +170,30 @@ fn a_foreign_file_is_refused() {
         "{err}"
     );
 }
+
+/// P6: a source with more than a million orders since the backup can be
+/// scheduled (the order gap limit refused every chunk of it), while a seq
+/// no OpS could reach is still refused.
+#[tokio::test]
+async fn a_schedule_reaches_millions_of_orders_past_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), "test").unwrap();
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    let entry = |key: &str, through_seq| crate::FlagEntry {
+        table: "subscriber".into(),
+        key: key.into(),
+        through_seq,
+    };
+    let added = store
+        .add_flags("busy", vec![entry("k", 5_000_000)], false, vec![])
+        .await
+        .unwrap();
+    assert_eq!(added.flagged, 1);
+    assert!(matches!(
+        store
+            .add_flags("busy", vec![entry("j", u64::MAX)], false, vec![])
+            .await,
+        Err(StoreError::BadSchedule(_))
+    ));
+}

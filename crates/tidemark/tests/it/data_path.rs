@@ -479,6 +479,64 @@ async fn an_ops_killed_mid_stream_applies_every_order_exactly_once_on(engine: En
     assert_eq!(commit_seq(&db.url).await, 6000);
 }
 
+/// `ops submit --again` stopped half-way is resumed by the next run of the
+/// same input, without --again (as its error says), and by a run with it:
+/// each order of the --again run is applied once. Before, the --again run's
+/// digest was salted with the time, so no rerun recognised it, and the
+/// whole input was journaled and applied once more (found by a review).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_again_run_is_resumed_not_applied_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let input: String = (0..500i64)
+        .map(|i| order_line(&format!("+8191{:04}", i % 50), json!({"credit_limit": i})))
+        .collect();
+    let journal = tmp.path().join("journal");
+    let args = |again: bool| {
+        let mut a = vec![
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "--batch",
+            "100",
+            "--json",
+        ];
+        if again {
+            a.push("--again");
+        }
+        a.push("-");
+        a
+    };
+    let out = run(tmp.path(), &args(false), Some(input.as_bytes()), &[]);
+    assert!(out.status.success());
+    assert_eq!(commit_seq(&db.url).await, 500);
+    // Again, stopped after two batches.
+    let out = run(
+        tmp.path(),
+        &args(true),
+        Some(input.as_bytes()),
+        &[("TIDEMARK_FAILPOINTS", "ops.submit.after_batch=2")],
+    );
+    assert!(!out.status.success(), "the failpoint aborts the OpS");
+    assert_eq!(commit_seq(&db.url).await, 700);
+    let out = run(tmp.path(), &args(false), Some(input.as_bytes()), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["already_journaled"], 500, "{report}");
+    assert_eq!(
+        commit_seq(&db.url).await,
+        1000,
+        "the --again run's orders, each once"
+    );
+}
+
 /// An order line given again in a later run is a new order: a key set back
 /// to an earlier value gets it. Before, the OpS took any input it had
 /// journaled once for a resume, and said "submitted 0" (found by a

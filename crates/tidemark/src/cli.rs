@@ -238,6 +238,9 @@ pub struct OpsRecoverArgs {
     pub db: Option<String>,
     /// Journal directory; every SOURCE.journal in it is recovered. Repeat
     /// it to recover sources whose journals live in different directories.
+    /// Give every journal to one run: the run ends the recovery, and a
+    /// source that began after the backup, recovered in a later run, would
+    /// come too late (its keys were served as current meanwhile).
     #[arg(long, value_name = "DIR")]
     pub journal: Vec<PathBuf>,
     /// The backup the DB server was restored from (its manifest says which

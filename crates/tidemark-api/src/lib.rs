@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod error;
 pub mod event;
 pub mod headers;

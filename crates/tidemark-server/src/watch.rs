@@ -297,7 +297,10 @@ impl WatchStream {
             boot: self.app.boot.clone(),
             resumed,
             declare: self.app.cluster.is_some(),
-            vouches: self.app.cluster.is_some(),
+            // Every server vouches with `lease` events (a single one too:
+            // a stream whose pushes stop arriving, a half-open connection,
+            // stops vouching within a lease, not after 35 s of silence).
+            vouches: true,
         };
         let mut alive = self.send(WatchEvent::Hello(hello)).await;
         if let (true, Some(notice)) = (alive, self.app.quiesce.notice()) {

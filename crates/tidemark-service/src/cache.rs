@@ -236,6 +236,20 @@ impl Cache {
         );
     }
 
+    /// Makes the entry of `table`/`key` suspect (validated a generation ago)
+    /// if it is still at `version`: it was cached as current by a fetch
+    /// whose stream ended meanwhile.
+    pub fn demote(&self, table: &str, key: &str, version: Option<Version>) {
+        let slot = KeySlot::new(table, key);
+        let mut shard = self.shard(&slot).write();
+        let suspect = (self.generation() as u32).wrapping_sub(1);
+        if let Some(e) = shard.peek_mut(slot.as_str()) {
+            if e.version() == version && e.generation >= suspect.wrapping_add(1) {
+                e.generation = suspect;
+            }
+        }
+    }
+
     /// Puts `entry` for `slot` into its shard, evicting to stay within the
     /// shard's capacity.
     fn put(&self, shard: &mut LruCache<Box<str>, Entry>, slot: KeySlot, entry: Entry) {

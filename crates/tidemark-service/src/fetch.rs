@@ -185,13 +185,22 @@ pub(crate) fn take_answer(
     let asked_in = asked.generation;
     let entry = if asked.same_stream(shared) {
         shared.changes.fetch_add(1, Ordering::Relaxed);
-        shared.cache.offer(
+        let entry = shared.cache.offer(
             answer,
             Origin::Fetch {
                 db_epoch: shared.db_epoch.load(Ordering::SeqCst),
                 generation: asked_in,
             },
-        )
+        );
+        if !asked.same_stream(shared) {
+            // The stream ended between the check and the offer (and may
+            // have declared the cache's keys elsewhere without this one):
+            // not current after all.
+            shared
+                .cache
+                .demote(&answer.table, &answer.key, entry.version());
+        }
+        entry
     } else {
         // Not vouched for by a stream, so not served from the cache later;
         // but an answer older than a version this server already holds or
@@ -317,6 +326,8 @@ pub async fn read(
             }
         }
         let mut hint = None;
+        // Whether the answer's key has a stream that will push its change.
+        let mut pushed_to_us = false;
         let asked = Asked::now(shared);
         shared.metrics.db_fetches.inc();
         // The DB server's answer is awaited no longer than the read's
@@ -355,17 +366,24 @@ pub async fn read(
                     Some(b) if *b != *shared.stream_base.lock() => asked.elsewhere(),
                     _ => asked,
                 };
+                pushed_to_us = asked.same_stream(shared);
                 if let Some(served) = take_answer(shared, &read.answer, asked, freshness) {
                     return Ok(served);
                 }
                 hint = read.retry_after;
                 tracing::debug!(%table, %key, version = ?read.answer.version, "DB answered recovering; waiting");
             }
+            // The terminal's own mistakes (a bad key, an unknown table)
+            // are its answer. The rest is this server's trouble with the
+            // DB server (its token refused, a limit, a store failure): a
+            // cached copy is served where the read allows, or the read
+            // retries as on a 503, and the terminal is not told about a
+            // token it never sent.
             Err(ClientError::Api {
                 status,
                 error,
                 retry_after,
-            }) if status != 503 => {
+            }) if matches!(status, 400 | 404 | 405 | 413) => {
                 return Err(ReadError {
                     code: error.code,
                     status,
@@ -374,6 +392,11 @@ pub async fn read(
                 });
             }
             Err(e) => {
+                if let ClientError::Api { status, error, .. } = &e {
+                    if *status != 503 {
+                        tracing::warn!(status, code = error.code.as_str(), message = %error.message, "the DB server refused a read; check this service server's token and the DB server's log");
+                    }
+                }
                 db_failed = true;
                 if let Some(served) = fallback(shared, table, key, freshness) {
                     return Ok(served);
@@ -412,7 +435,10 @@ pub async fn read(
             .map(Duration::from_secs)
             .unwrap_or_default()
             .max(jittered);
-        if shared.connected.load(Ordering::SeqCst) && hint.is_some() {
+        // Only a stream that vouches for the key sends its `recovered`
+        // push (an answer from another instance, or a vouch run out,
+        // does not): otherwise polling is the only way to learn it.
+        if pushed_to_us && hint.is_some() {
             pause = pause.max(Duration::from_millis(shared.config.recovering_poll_ms));
         }
         let pause = pause.min(deadline - now);

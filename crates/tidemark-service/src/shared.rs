@@ -139,12 +139,12 @@ impl Asked {
     }
 }
 
-/// Now, in milliseconds of this process's monotonic clock (so a vouch does
-/// not depend on how this host's clock agrees with the DB server's).
+/// Now, in milliseconds since this process first asked, of a monotonic
+/// clock that counts suspended time (so a vouch does not depend on how
+/// this host's clock agrees with the DB server's, and one that ran out
+/// while the host was suspended is not trusted after the resume).
 pub fn mono_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let now = tidemark_api::clock::boot_ms();
+    now.saturating_sub(*START.get_or_init(|| now))
 }

@@ -335,21 +335,10 @@ impl Drop for HandoverGuard<'_> {
     }
 }
 
-/// Milliseconds of CLOCK_BOOTTIME: monotonic, and counting the time the
-/// machine was suspended. `Instant` (CLOCK_MONOTONIC) stops then, so after
-/// a resume a lease that ran out while suspended would still look held, and
-/// the read cache and stream vouches would trust it (writes stay fenced by
-/// PostgreSQL either way).
+/// The clock the lease is timed by: it counts suspended time too (see
+/// [`tidemark_api::clock::boot_ms`]).
 pub fn boot_clock_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_BOOTTIME
-    // exists on every Linux this runs on.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    tidemark_api::clock::boot_ms()
 }
 
 /// The cluster of `app`, if its store is shared.

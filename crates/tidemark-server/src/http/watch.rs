@@ -77,13 +77,12 @@ pub async fn watch(
     // also ends when its caller's token is revoked (or, in protected mode,
     // the first token is created).
     let cluster = app.cluster.clone();
-    let check = cluster
-        .as_ref()
-        // The first after a period: `hello` comes first, and `synced` is
-        // followed by a lease of its own.
-        .map(|_| {
-            tokio::time::interval_at(tokio::time::Instant::now() + CUT_OFF_CHECK, CUT_OFF_CHECK)
-        });
+    // The first after a period: `hello` comes first, and `synced` is
+    // followed by a lease of its own.
+    let check = Some(tokio::time::interval_at(
+        tokio::time::Instant::now() + CUT_OFF_CHECK,
+        CUT_OFF_CHECK,
+    ));
     let state = OpenStream {
         rx,
         check,
@@ -109,7 +108,7 @@ pub async fn watch(
             tokio::select! {
                 next = st.rx.recv() => {
                     let (id, ev) = next?;
-                    st.lease_now = cluster.is_some() && matches!(ev, WatchEvent::Synced(_));
+                    st.lease_now = matches!(ev, WatchEvent::Synced(_));
                     Some(((Some(id), ev), st))
                 }
                 _ = tick => lease(cluster.as_deref()).map(|ev| ((None, ev), st)),
@@ -167,7 +166,7 @@ pub async fn claim(
 /// An open stream's state between its events.
 struct OpenStream {
     rx: tokio::sync::mpsc::Receiver<(String, WatchEvent)>,
-    /// Cluster only: when to check for a cut-off and send a `lease`.
+    /// When to check for a cut-off and send a `lease`.
     check: Option<tokio::time::Interval>,
     app: Arc<AppState>,
     /// The tokens changed: is the caller still one?
@@ -179,8 +178,13 @@ struct OpenStream {
 
 /// The `lease` event of an instance that is not cut off; `None` (the
 /// stream ends, so its service server moves to another instance) if it is.
+/// A single server, which nothing else writes beside, vouches for a fixed
+/// while: its pushes are all there is, as long as they arrive.
 fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
-    let Some(valid_for_ms) = cluster.and_then(|c| c.vouched_for_ms()) else {
+    let Some(valid_for_ms) = (match cluster {
+        Some(c) => c.vouched_for_ms(),
+        None => Some(SINGLE_VOUCH_MS),
+    }) else {
         tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
         return None;
     };
@@ -192,6 +196,11 @@ fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
 /// PostgreSQL and, if so, sends a `lease` event: well within a lease, so
 /// a service server's vouch runs on while the instance runs.
 const CUT_OFF_CHECK: Duration = Duration::from_millis(300);
+
+/// How long a single server's `lease` vouches for: several checks, so a
+/// busy moment does not end it, and far less than the 35 s of silence
+/// that ends a stream.
+const SINGLE_VOUCH_MS: u64 = 2_000;
 
 fn cut_off_error() -> HttpError {
     HttpError::new(

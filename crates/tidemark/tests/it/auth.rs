@@ -337,6 +337,30 @@ async fn clients_and_service_servers_use_their_tokens() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The service server's token revoked: a terminal is not told about a
+    // token it never sent (the DB server's 401 went straight to it); a
+    // stale-ok read gets the cached copy, and one with none a 503.
+    run_ok(
+        dir,
+        &[
+            "token", "revoke", "--server", &db.url, "--token", &admin, "svc-a",
+        ],
+    );
+    let stale_ok = |key: &str| {
+        reqwest::Client::new()
+            .get(key_url(&svc.url, key))
+            .header("Tidemark-Freshness", "stale-ok")
+            .send()
+    };
+    let r = stale_ok("k1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["fields"]["plan"], "v1", "{b}");
+    let r = stale_ok("never-read").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "db_unavailable", "{b}");
 }
 
 /// B3 with tokens: a restore keeps the live store's tokens. A token revoked

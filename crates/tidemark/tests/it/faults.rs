@@ -752,3 +752,56 @@ async fn one_run_over_two_sources_follows_the_original_commit_order_on(engine: E
     )
     .await;
 }
+
+/// P9: a latest-only service server stops taking its cached copies as
+/// current within a lease once its single DB server's stream goes silent
+/// (here: the DB server paused, as a half-open connection would look).
+/// Before, only a clustered DB server sent `lease` events, and a single
+/// one's stream was vouched for until 35 s of silence ended it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_single_db_server_stops_vouching_for_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let svc = service(
+        dir,
+        "svc",
+        &db.url,
+        "latest-only",
+        &["--latest-deadline-ms", "300"],
+    )
+    .await;
+    ops_submit(
+        dir,
+        &db.url,
+        &format!(
+            "{}\n",
+            json!({"table": "subscriber", "key": "v", "op": "upsert", "fields": {"plan": "a"}})
+        ),
+        &[],
+    );
+    let url = key_url(&svc.url, "v");
+    eventually(10, "the record served from the cache", || async {
+        let (s, b) = get_json(&url).await;
+        (s == 200 && b["source"] == "cache").then_some(())
+    })
+    .await;
+    // SAFETY: kill(2) on the pid of a child we have not reaped.
+    unsafe { libc::kill(db.pid as libc::pid_t, libc::SIGSTOP) };
+    let outcome = eventually(10, "the cache no longer vouched for", || async {
+        let (s, b) = get_json(&url).await;
+        (s == 503).then_some(b)
+    })
+    .await;
+    // SAFETY: as above.
+    unsafe { libc::kill(db.pid as libc::pid_t, libc::SIGCONT) };
+    assert!(
+        outcome["error"]["code"] == "stale_data" || outcome["error"]["code"] == "db_unavailable",
+        "{outcome}"
+    );
+    eventually(10, "the cache vouched for again", || async {
+        let (s, b) = get_json(&url).await;
+        (s == 200 && b["source"] == "cache").then_some(())
+    })
+    .await;
+}

@@ -22,6 +22,8 @@ pub struct BackupWriter {
     tmp: PathBuf,
     files: Vec<FileEntry>,
     committed: bool,
+    /// Held while the backup is written (see [`remove_abandoned`]).
+    _writing: std::fs::File,
 }
 
 /// The hidden temporary directory for `target`; `list` skips such names.
@@ -33,11 +35,25 @@ pub fn tmp_dir_for(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Removes the temporary directories under `root` of backups whose
-/// process is gone (killed, crashed: nothing else removes them), those of
-/// backups named `only` if given; returns what it removed. A process that
-/// is still running keeps its own.
-pub fn remove_abandoned(root: &Path, only: Option<&str>) -> Vec<PathBuf> {
+/// The file a backup being written holds locked (`flock`) in its
+/// temporary directory; a dot-file, so the commit removes it.
+const WRITING: &str = ".writing";
+
+/// How old an unlocked temporary directory must be before `prune` takes
+/// it for abandoned: a writer on another host, or in another PID
+/// namespace, is not seen in this `/proc`, and over some network file
+/// systems its lock may not be either.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the temporary directories under `root` of backups that are
+/// surely abandoned (killed, crashed: nothing else removes them), those of
+/// backups named `only` if given: no process with its pid here, its lock
+/// free, and untouched for `older_than`. Returns what it removed.
+pub fn remove_abandoned(
+    root: &Path,
+    only: Option<&str>,
+    older_than: std::time::Duration,
+) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {
         return removed;
@@ -51,15 +67,46 @@ pub fn remove_abandoned(root: &Path, only: Option<&str>) -> Vec<PathBuf> {
         else {
             continue;
         };
+        let path = entry.path();
         let alive = Path::new("/proc").join(pid.to_string()).exists();
-        if alive || only.is_some_and(|o| o != backup) || !entry.path().is_dir() {
+        if alive || only.is_some_and(|o| o != backup) || !path.is_dir() {
             continue;
         }
-        if std::fs::remove_dir_all(entry.path()).is_ok() {
-            removed.push(entry.path());
+        let old_enough = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if !old_enough || held(&path.join(WRITING)) {
+            continue;
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
         }
     }
     removed
+}
+
+/// Whether another process holds `lock` (a missing file is not held).
+fn held(lock: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(lock) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released when `f` closes.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// Takes the lock of a backup being written in `tmp` (see [`WRITING`]).
+fn lock_writing(tmp: &Path) -> Result<std::fs::File, BackupError> {
+    use std::os::fd::AsRawFd;
+    let path = tmp.join(WRITING);
+    let f = std::fs::File::create(&path).map_err(BackupError::io(&path))?;
+    // SAFETY: as in `held`.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(BackupError::io(&path)(std::io::Error::last_os_error()));
+    }
+    Ok(f)
 }
 
 impl BackupWriter {
@@ -80,17 +127,23 @@ impl BackupWriter {
             std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
             // An earlier attempt at the same backup that was killed.
             let name = target.file_name().map(|n| n.to_string_lossy().to_string());
-            remove_abandoned(parent, Some(name.as_deref().unwrap_or("backup")));
+            remove_abandoned(
+                parent,
+                Some(name.as_deref().unwrap_or("backup")),
+                std::time::Duration::ZERO,
+            );
         }
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(BackupError::io(&tmp))?;
         }
         std::fs::create_dir_all(tmp.join("config")).map_err(BackupError::io(&tmp))?;
+        let writing = lock_writing(&tmp)?;
         Ok(Self {
             target: target.to_owned(),
             tmp,
             files: Vec::new(),
             committed: false,
+            _writing: writing,
         })
     }
 
@@ -253,6 +306,15 @@ pub async fn from_store(
     writer.commit(manifest)
 }
 
+/// What backups of data directory `dir` record as their source: the same
+/// for every backup of it (offline, safety).
+pub fn data_dir_source(dir: &Path) -> String {
+    std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .display()
+        .to_string()
+}
+
 /// `backup create --offline`: the data directory of a stopped server
 /// (refused while anything holds its lock) (B2), with its configuration
 /// `config` if given (see [`add_config`]).
@@ -268,10 +330,7 @@ pub async fn offline(
     let lock = DataDirLock::acquire(data_dir, "backup")
         .map_err(|e| BackupError::from_lock("offline backup", e))?;
     let store = engine.open_with_lock(data_dir, Some(lock))?;
-    let source = std::fs::canonicalize(data_dir)
-        .unwrap_or_else(|_| data_dir.to_owned())
-        .display()
-        .to_string();
+    let source = data_dir_source(data_dir);
     let result = from_store(
         store.as_ref(),
         Some(data_dir),
@@ -302,30 +361,22 @@ pub async fn offline_pg(
     let Some(store) = locked.open_live().await? else {
         return Err(BackupError::NoStore(PathBuf::from(locked.describe())));
     };
-    let source = format!("postgres:{}/{schema}", without_secrets(database_url));
+    let source = locked.source_name();
     let result = from_store(store.as_ref(), None, target, source, config, progress).await;
     store.close().await?;
     drop(locked);
     result
 }
 
-/// `url` without a user name and password (a manifest is not a secret).
-fn without_secrets(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod abandoned_tests {
     /// A backup killed half-way leaves its hidden temporary directory: the
     /// next attempt at the same backup removes it, and prune removes any
-    /// whose process is gone; a running one's stays.
+    /// surely abandoned (no such process, unlocked, old enough); one a
+    /// running writer holds locked stays.
     #[test]
     fn temporary_directories_of_dead_backups_are_removed() {
+        use std::time::Duration;
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         // No process has a pid this high (Linux's limit is 2^22).
@@ -335,32 +386,22 @@ mod abandoned_tests {
             d
         };
         let (b, other) = (dead("b"), dead("other"));
-        let mine = r.join(format!(".b.tmp-{}", std::process::id()));
-        std::fs::create_dir_all(&mine).unwrap();
         let w = super::BackupWriter::begin(&r.join("b")).unwrap();
         assert!(!b.exists(), "the same backup's leftover went");
         assert!(other.exists(), "another backup's is left to prune");
-        drop(w);
+        // Not old enough for prune's patience: kept.
         let pruned = crate::list::prune(r, 1, None, None).unwrap();
-        assert_eq!(pruned.abandoned, vec![other.clone()]);
-        assert!(!other.exists());
-        std::fs::create_dir_all(&mine).unwrap();
-        assert!(super::remove_abandoned(r, None).is_empty());
-        assert!(mine.exists(), "a running process keeps its own");
-    }
-}
-
-#[cfg(test)]
-mod pg_tests {
-    #[test]
-    fn a_manifest_names_the_database_without_its_password() {
+        assert!(pruned.abandoned.is_empty() && other.exists());
         assert_eq!(
-            super::without_secrets("postgres://tm:s3cret@db:5432/prod?sslmode=require"),
-            "postgres://db:5432/prod?sslmode=require"
+            super::remove_abandoned(r, None, Duration::ZERO),
+            vec![other.clone()]
         );
-        assert_eq!(
-            super::without_secrets("postgres://db/prod"),
-            "postgres://db/prod"
-        );
+        // A writer whose pid this /proc does not show (another container)
+        // but who holds its lock: kept.
+        let foreign = r.join(".c.tmp-999999998");
+        std::fs::create_dir_all(&foreign).unwrap();
+        let _lock = super::lock_writing(&foreign).unwrap();
+        assert!(super::remove_abandoned(r, None, Duration::ZERO).is_empty());
+        assert!(foreign.exists() && w.tmp_dir().exists());
     }
 }

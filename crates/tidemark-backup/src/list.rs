@@ -72,8 +72,14 @@ pub fn prune(
     protect: Option<&Path>,
     only_source: Option<&str>,
 ) -> Result<Pruned, BackupError> {
+    // Only a prune of every server's backups looks at temporary
+    // directories, which name no server.
+    let abandoned = match only_source {
+        None => crate::create::remove_abandoned(root, None, crate::create::ABANDONED_AFTER),
+        Some(_) => Vec::new(),
+    };
     let mut out = Pruned {
-        abandoned: crate::create::remove_abandoned(root, None),
+        abandoned,
         ..Default::default()
     };
     let mut good: std::collections::BTreeMap<String, Vec<(String, PathBuf)>> = Default::default();

@@ -216,7 +216,7 @@ async fn live_state(
     let access = crate::access_forward::read(store.as_ref()).await;
     let safety = match &opts.safety_to {
         Some(to) => {
-            let source = opts.data_dir.display().to_string();
+            let source = crate::create::data_dir_source(&opts.data_dir);
             let made = crate::create::from_store(
                 store.as_ref(),
                 Some(&opts.data_dir),

@@ -89,7 +89,7 @@ pub async fn run(
                         live.as_ref(),
                         None,
                         to,
-                        target.describe(),
+                        target.source_name(),
                         opts.live_config.as_ref(),
                         progress,
                     )

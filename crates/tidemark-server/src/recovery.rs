@@ -156,8 +156,19 @@ impl Recovery {
             Err(e) => {
                 if !was_blanket && matches!(e, StoreError::Engine(_) | StoreError::Unavailable(_)) {
                     // Its commit's outcome is unknown: if it added flags,
-                    // the retry finds none new, and would send no event.
-                    self.owed_flags_added.store(true, Ordering::SeqCst);
+                    // a retry finds none new (and the OpS may give up), so
+                    // the event goes out now; if it added none, it only
+                    // costs a revalidation. Owed while it cannot.
+                    match self.store.meta().await {
+                        Ok(meta) => {
+                            hub.raise_resume_floor(meta.seq + 1);
+                            hub.publish(Push::Epoch(EpochEvent {
+                                epoch: meta.epoch,
+                                reason: EpochReason::FlagsAdded,
+                            }));
+                        }
+                        Err(_) => self.owed_flags_added.store(true, Ordering::SeqCst),
+                    }
                 }
                 return Err(e);
             }

@@ -393,7 +393,17 @@ pub async fn read(
             }
             Err(e) => {
                 if let ClientError::Api { status, error, .. } = &e {
-                    if *status != 503 {
+                    // Once per 10 s at most: every read retries it.
+                    static WARNED_MS: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    let now = crate::shared::mono_ms() + 10_000;
+                    let last = WARNED_MS.load(Ordering::Relaxed);
+                    if *status != 503
+                        && now >= last + 10_000
+                        && WARNED_MS
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
                         tracing::warn!(status, code = error.code.as_str(), message = %error.message, "the DB server refused a read; check this service server's token and the DB server's log");
                     }
                 }

@@ -49,8 +49,15 @@ pub async fn run(
                     Ok(true) => {
                         cluster.lease_held_for(sent, cluster.lease_ttl);
                         cluster.renewed_after_handover(sent);
-                        if app.quiesce.offline() {
-                            hand_on_when_offline(&cluster, view.term, &mut told_offline).await;
+                        if app.quiesce.offline() && !cluster.handing_over() {
+                            // Bounded like a lease statement: a PostgreSQL
+                            // cut off must not stop the loop's renewals and
+                            // step-downs (nor shutdown).
+                            let _ = tokio::time::timeout(
+                                cluster.lease_ttl / 2,
+                                hand_on_when_offline(&cluster, view.term, &mut told_offline),
+                            )
+                            .await;
                         }
                     }
                     Ok(false) => step_down(&cluster, "the lease moved to another instance"),
@@ -197,10 +204,15 @@ async fn hand_on_when_offline(cluster: &Cluster, term: u64, told: &mut bool) {
             return;
         }
     };
-    let Some(to) = members
-        .iter()
-        .find(|m| m.id != cluster.id && m.url != cluster.url && m.quiesce.is_none())
-    else {
+    // A standby heard from within a lease (one that crashed a moment ago
+    // would leave the cluster without a primary for a lease).
+    let Some(to) = members.iter().find(|m| {
+        m.id != cluster.id
+            && m.url != cluster.url
+            && m.quiesce.is_none()
+            && m.role == "standby"
+            && m.heartbeat_age_ms <= ttl_ms(cluster) as i64
+    }) else {
         if !*told {
             *told = true;
             tracing::warn!("past its quiesce deadline, this primary refuses writes, and no live standby that is not quiescing can take the lease: start one, or cancel the notice (tidemark quiesce --cancel)");

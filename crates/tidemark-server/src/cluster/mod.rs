@@ -183,7 +183,7 @@ impl Cluster {
         }
     }
 
-    fn handing_over(&self) -> bool {
+    pub(crate) fn handing_over(&self) -> bool {
         self.handing_over.load(Ordering::SeqCst) != 0
     }
 

@@ -233,6 +233,11 @@ pub(crate) async fn follow_recovery(
     app: &AppState,
     followed: &parking_lot::Mutex<Option<Followed>>,
 ) -> Result<RecoveryMeta, StoreError> {
+    // One follow at a time (the tail and a take-over may both run one):
+    // two would both send a transition's event, and the slower could set
+    // the baseline back.
+    static FOLLOWING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = FOLLOWING.lock().await;
     let before = followed.lock().unwrap_or_else(|| Followed::now(app));
     let m = app.recovery.refresh().await?;
     let after = Followed::of(&m, app.recovery.blanket());

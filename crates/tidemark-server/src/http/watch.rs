@@ -197,10 +197,10 @@ fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
 /// a service server's vouch runs on while the instance runs.
 const CUT_OFF_CHECK: Duration = Duration::from_millis(300);
 
-/// How long a single server's `lease` vouches for: several checks, so a
-/// busy moment does not end it, and far less than the 35 s of silence
-/// that ends a stream.
-const SINGLE_VOUCH_MS: u64 = 2_000;
+/// How long a single server's `lease` vouches for: many checks, so a
+/// busy moment (events queued behind a burst of pushes) does not end it,
+/// and far less than the 35 s of silence that ends a stream.
+const SINGLE_VOUCH_MS: u64 = 5_000;
 
 fn cut_off_error() -> HttpError {
     HttpError::new(

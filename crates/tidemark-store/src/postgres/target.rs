@@ -240,6 +240,30 @@ async fn foreign_objects(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// A name for the store in PostgreSQL database `url`, schema `schema`, that
+/// backups record as their source: the same for every backup of it
+/// (offline, safety), and without credentials (a manifest is not a secret).
+pub fn source_name(url: &str, schema: &str) -> String {
+    use tokio_postgres::config::Host;
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return format!("postgres schema {schema}");
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}:{port}/{} schema {schema}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
 /// A schema being restored: held exclusively until dropped.
 pub struct RestoreTarget {
     url: String,
@@ -352,8 +376,28 @@ impl RestoreTarget {
         super::snapshot::swap_in(&self.url, &self.staging, &self.schema).await
     }
 
+    /// What backups of it record as their source ([`source_name`]).
+    pub fn source_name(&self) -> String {
+        source_name(&self.url, &self.schema)
+    }
+
     /// A name for reports.
     pub fn describe(&self) -> String {
         format!("PostgreSQL schema '{}'", self.schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_source_name_has_no_credentials() {
+        for url in [
+            "postgres://tm:s3cret@db:5433/prod?sslmode=disable",
+            "host=db port=5433 user=tm password=s3cret dbname=prod",
+            "postgres://db:5433/prod?password=s3cret",
+        ] {
+            let name = super::source_name(url, "tidemark");
+            assert_eq!(name, "postgres://db:5433/prod schema tidemark", "{url}");
+        }
     }
 }

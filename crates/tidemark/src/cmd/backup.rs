@@ -79,11 +79,22 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
     let made = match (&a.server, a.offline) {
         (Some(url), false) => online(url, &a.to, &progress).await,
         (None, true) => {
-            let engine = a
-                .store
-                .clone()
-                .unwrap_or_else(|| config.store_name().to_owned());
-            if super::store_kind(&engine)? == tidemark_server::StoreKind::Postgres {
+            // --database-url or --pg-schema name a PostgreSQL store.
+            let engine = a.store.clone().unwrap_or_else(|| {
+                if a.database_url.is_some() || a.pg_schema.is_some() {
+                    "postgres".to_owned()
+                } else {
+                    config.store_name().to_owned()
+                }
+            });
+            let postgres = super::store_kind(&engine)? == tidemark_server::StoreKind::Postgres;
+            if postgres && a.data_dir.is_some() {
+                super::usage!("--data-dir names a data directory, but the store is PostgreSQL (--store postgres); give one or the other; nothing was done");
+            }
+            if !postgres && (a.database_url.is_some() || a.pg_schema.is_some()) {
+                super::usage!("--database-url and --pg-schema need --store postgres; nothing was done");
+            }
+            if postgres {
                 let url = super::database_url(a.database_url.clone(), &config)?;
                 let schema = a.pg_schema.clone().unwrap_or(config.pg_schema.clone());
                 let pointed = Pointed::Postgres {

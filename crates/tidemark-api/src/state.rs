@@ -100,6 +100,13 @@ pub struct ScheduleChunk {
     /// be recovered; naming them is an explicit, logged operator decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub without_sources: Vec<String>,
+    /// Sources the restored data does not know (they began after the
+    /// backup) whose lists another `ops recover` run will send: the
+    /// schedule is not final, and every record is answered as recovering,
+    /// until each has sent its final chunk or been waived. Refused once the
+    /// schedule is final.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_sources: Vec<String>,
 }
 
 /// One key of the recovery schedule list.

@@ -181,6 +181,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         let hi = (k + chunk).min(args.flag);
         ScheduleChunk {
             without_sources: Vec::new(),
+            expect_sources: Vec::new(),
             source: source.into(),
             entries: (k..hi)
                 .map(|i| ScheduleEntry {

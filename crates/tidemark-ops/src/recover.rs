@@ -39,6 +39,10 @@ pub struct RecoverOptions {
     /// Sources the backup knows whose journals are lost: the operator says
     /// so explicitly, and the DB server stops waiting for them (logged).
     pub without_sources: Vec<String>,
+    /// Sources the backup does not know (they began after it) whose
+    /// journals another run recovers: the DB server waits for their lists
+    /// too, answering every record as recovering until they arrive.
+    pub expect_sources: Vec<String>,
     /// Schedule entries per request.
     pub chunk: usize,
     /// Orders per replay request.
@@ -160,11 +164,14 @@ fn open_journals(dirs: &[PathBuf]) -> anyhow::Result<Vec<Journal>> {
 /// first carries `waivers`). The server lifts the blanket once every source
 /// the restored data knows has sent its final chunk; a source that began
 /// after the backup is unknown to it, so its flags must all be in before
-/// any final chunk, or its keys would read as current in between.
+/// any final chunk, or its keys would read as current in between. Sources
+/// whose lists another run sends (`expect`) go with the very first chunk,
+/// so the server waits for them before any final chunk can lift it.
 fn schedule_chunks(
     lists: &[(String, Vec<ScheduleEntry>)],
     chunk: usize,
     waivers: Vec<String>,
+    expect: Vec<String>,
 ) -> Vec<ScheduleChunk> {
     let mut out = Vec::new();
     for (source, entries) in lists {
@@ -174,6 +181,7 @@ fn schedule_chunks(
                 entries: part.to_vec(),
                 final_chunk: false,
                 without_sources: Vec::new(),
+                expect_sources: Vec::new(),
             });
         }
     }
@@ -184,7 +192,11 @@ fn schedule_chunks(
             entries: Vec::new(),
             final_chunk: true,
             without_sources: waivers.take().unwrap_or_default(),
+            expect_sources: Vec::new(),
         });
+    }
+    if let Some(first) = out.first_mut() {
+        first.expect_sources = expect;
     }
     out
 }
@@ -407,7 +419,12 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
 
     let total: u64 = lists.iter().map(|(_, e)| e.len() as u64).sum();
     let b = bar(opts.progress, total, "flagging ");
-    let bodies = schedule_chunks(&lists, opts.chunk, opts.without_sources.clone());
+    let bodies = schedule_chunks(
+        &lists,
+        opts.chunk,
+        opts.without_sources.clone(),
+        opts.expect_sources.clone(),
+    );
     send_schedule(&client, bodies, |n, answer| {
         report.flagged += answer.flagged;
         report.skipped += answer.skipped;
@@ -587,7 +604,7 @@ mod tests {
             ("ops-1".to_owned(), entries(5)),
             ("ops-2".to_owned(), entries(2)),
         ];
-        let chunks = schedule_chunks(&lists, 2, vec!["lost".into()]);
+        let chunks = schedule_chunks(&lists, 2, vec!["lost".into()], vec!["later".into()]);
         let first_final = chunks.iter().position(|c| c.final_chunk).unwrap();
         assert!(chunks[..first_final].iter().all(|c| !c.final_chunk));
         assert!(chunks[first_final..]
@@ -602,8 +619,16 @@ mod tests {
         assert_eq!(finals, ["ops-1", "ops-2"], "a final chunk per source");
         assert_eq!(chunks[first_final].without_sources, ["lost"]);
         assert!(chunks[first_final + 1].without_sources.is_empty());
+        // Sources another run sends go first of all, before any final.
+        assert_eq!(chunks[0].expect_sources, ["later"]);
+        assert!(chunks[1..].iter().all(|c| c.expect_sources.is_empty()));
         // A source with nothing to flag still ends with its final chunk.
-        let chunks = schedule_chunks(&[("ops-1".to_owned(), Vec::new())], 2, Vec::new());
+        let chunks = schedule_chunks(
+            &[("ops-1".to_owned(), Vec::new())],
+            2,
+            Vec::new(),
+            Vec::new(),
+        );
         assert_eq!(chunks.len(), 1);
         assert!(chunks[0].final_chunk);
     }

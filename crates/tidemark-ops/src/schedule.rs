@@ -99,6 +99,7 @@ mod tests {
                 .collect(),
             final_chunk,
             without_sources: Vec::new(),
+            expect_sources: Vec::new(),
         }
     }
 

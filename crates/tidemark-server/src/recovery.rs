@@ -125,6 +125,16 @@ impl Recovery {
         })
     }
 
+    /// Sources the restored data does not know whose lists another run
+    /// sends: the schedule waits for them too (so the blanket stays).
+    pub async fn expect(&self, sources: &[String]) -> Result<(), StoreError> {
+        let _t = self.transition.lock().await;
+        self.store.expect_sources(sources).await?;
+        tracing::info!(sources = ?sources, "recovery schedule: waiting for sources the backup did not know, as the OpS asked");
+        self.refresh().await?;
+        Ok(())
+    }
+
     /// A chunk of the schedule list (P6, P7).
     pub async fn schedule(
         &self,

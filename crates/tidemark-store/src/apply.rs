@@ -101,18 +101,33 @@ pub fn check_gap(index: usize, order: &Order, hw: u64) -> Result<(), StoreError>
 
 /// Checks a chunk of the recovery schedule list against the schema, before
 /// any transaction opens (the same for every engine).
-pub fn validate_schedule(
-    schema: &Schema,
-    source: &str,
-    entries: &[crate::FlagEntry],
-    without: &[String],
-) -> Result<(), StoreError> {
+/// Refuses a source name no OpS could have (empty, over 128 bytes, control
+/// characters).
+pub fn validate_source_name(source: &str) -> Result<(), StoreError> {
     if source.is_empty() || source.len() > 128 || source.chars().any(char::is_control) {
         return Err(StoreError::BadSchedule(format!(
             "source must be 1 to 128 printable bytes, got {}; name the OpS source whose orders the list covers",
             source.len()
         )));
     }
+    Ok(())
+}
+
+/// The refusal of sources expected after the schedule list went final.
+pub fn expected_too_late(sources: &[String]) -> StoreError {
+    StoreError::BadSchedule(format!(
+        "the schedule list is final already, so it is too late to expect {}: their keys were answered as current meanwhile. Send their lists now (ops recover with their journals), and pass --expect-source in the first run next time",
+        sources.join(", ")
+    ))
+}
+
+pub fn validate_schedule(
+    schema: &Schema,
+    source: &str,
+    entries: &[crate::FlagEntry],
+    without: &[String],
+) -> Result<(), StoreError> {
+    validate_source_name(source)?;
     if without.iter().any(|w| w == source) {
         return Err(StoreError::BadSchedule(format!(
             "source '{source}' cannot waive itself: its final chunk says its list is complete and its replay follows; remove it from without_sources"

@@ -261,6 +261,12 @@ pub trait Store: Send + Sync + 'static {
         without: Vec<String>,
     ) -> Result<FlagsAdded, StoreError>;
 
+    /// Makes the schedule wait for `sources` too (sources the restored data
+    /// does not know, whose lists another run sends): it is not final until
+    /// each has sent its final chunk or been waived. Refused outside a
+    /// recovery, and once the schedule is final. Idempotent.
+    async fn expect_sources(&self, sources: &[String]) -> Result<(), StoreError>;
+
     /// Sets the recovery state and the "OpS said complete" mark.
     async fn set_recovery_state(
         &self,

@@ -238,9 +238,11 @@ pub struct OpsRecoverArgs {
     pub db: Option<String>,
     /// Journal directory; every SOURCE.journal in it is recovered. Repeat
     /// it to recover sources whose journals live in different directories.
-    /// Give every journal to one run: the run ends the recovery, and a
-    /// source that began after the backup, recovered in a later run, would
-    /// come too late (its keys were served as current meanwhile).
+    /// Give every journal to one run, or name with --expect-source each
+    /// source that began after the backup whose journal a later run
+    /// recovers: a run ends the recovery once every source the DB server
+    /// waits for is in, and such a source, unknown to the backup, would
+    /// come too late (its keys served as current meanwhile).
     #[arg(long, value_name = "DIR")]
     pub journal: Vec<PathBuf>,
     /// The backup the DB server was restored from (its manifest says which
@@ -253,6 +255,12 @@ pub struct OpsRecoverArgs {
     /// (logged on the server). Repeatable.
     #[arg(long, value_name = "NAME")]
     pub without_source: Vec<String>,
+    /// A source that began after the backup (so the backup does not know
+    /// it) whose journal a later run recovers: the DB server waits for its
+    /// list too, answering every record as recovering until it arrives.
+    /// Give it in the first run. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub expect_source: Vec<String>,
     /// Schedule-list entries per request.
     #[arg(long, value_name = "N", default_value_t = 50_000)]
     pub chunk: usize,

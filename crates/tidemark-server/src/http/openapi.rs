@@ -102,6 +102,7 @@ pub fn document() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source"], "properties": {
                     "source": {"type": "string", "minLength": 1, "maxLength": 128}, "final": {"type": "boolean"},
                     "without_sources": {"type": "array", "items": {"type": "string"}},
+                    "expect_sources": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 128}},
                     "entries": {"type": "array", "items": {"type": "object", "required": ["table", "key", "through_seq"], "properties": {
                         "table": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1, "maxLength": 256},
                         "through_seq": {"type": "integer", "minimum": 1}}}}}}}}},

@@ -47,6 +47,9 @@ pub async fn schedule(
             format!("the chunk holds {} entries, at most {MAX_CHUNK} are accepted; send the list in more chunks", chunk.entries.len()),
         ));
     }
+    if !chunk.expect_sources.is_empty() {
+        app.recovery.expect(&chunk.expect_sources).await?;
+    }
     let (final_chunk, source, without) = (
         chunk.final_chunk,
         chunk.source.clone(),

@@ -1058,6 +1058,43 @@ impl Store for PgStore {
         Ok(added)
     }
 
+    async fn expect_sources(&self, sources: &[String]) -> Result<(), StoreError> {
+        for src in sources {
+            crate::apply::validate_source_name(src)?;
+        }
+        let sources = sources.to_vec();
+        self.write_tx(|tx| {
+            Box::pin(async move {
+                let meta: BTreeMap<String, String> = tx
+                    .query(
+                        "SELECT name, value FROM tm_meta WHERE name IN ('recovery_state', 'schedule_final') FOR UPDATE",
+                        &[],
+                    )
+                    .await
+                    .map_err(engine_error)?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                if meta.get("recovery_state").map(String::as_str) != Some("recovering") {
+                    return Err(StoreError::NotRecovering);
+                }
+                if meta.get("schedule_final").map(String::as_str) == Some("1") {
+                    return Err(crate::apply::expected_too_late(&sources));
+                }
+                for src in &sources {
+                    tx.execute(
+                        "INSERT INTO tm_recovery_sources (source, final, waived) VALUES ($1, false, false) ON CONFLICT (source) DO NOTHING",
+                        &[src],
+                    )
+                    .await
+                    .map_err(engine_error)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn set_recovery_state(
         &self,
         state: RecoveryState,

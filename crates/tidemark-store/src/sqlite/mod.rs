@@ -231,6 +231,10 @@ impl Store for SqliteStore {
         recovery::add_flags(self, source, entries, final_chunk, without).await
     }
 
+    async fn expect_sources(&self, sources: &[String]) -> Result<(), StoreError> {
+        recovery::expect_sources(self, sources.to_vec()).await
+    }
+
     async fn set_recovery_state(
         &self,
         state: RecoveryState,

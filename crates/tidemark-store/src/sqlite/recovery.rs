@@ -71,6 +71,34 @@ pub(super) fn recovery_meta(s: &SqliteStore) -> Result<RecoveryMeta, StoreError>
     })
 }
 
+pub(super) async fn expect_sources(
+    s: &SqliteStore,
+    sources: Vec<String>,
+) -> Result<(), StoreError> {
+    for src in &sources {
+        crate::apply::validate_source_name(src)?;
+    }
+    s.blocking(move |s| {
+        let mut conn = s.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if meta_get(&tx, "recovery_state")?.as_deref() != Some("recovering") {
+            return Err(StoreError::NotRecovering);
+        }
+        if meta_get(&tx, "schedule_final")?.as_deref() == Some("1") {
+            return Err(crate::apply::expected_too_late(&sources));
+        }
+        for src in &sources {
+            tx.execute(
+                "INSERT INTO tm_recovery_sources (source, final, waived) VALUES (?1, 0, 0) ON CONFLICT(source) DO NOTHING",
+                params![src],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    })
+    .await
+}
+
 pub(super) async fn add_flags(
     s: &SqliteStore,
     source: &str,

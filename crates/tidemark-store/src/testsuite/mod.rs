@@ -65,6 +65,7 @@ pub async fn run(store: &dyn Store) {
     recovery::replays_in_batches(store).await;
     recovery::clearing_flags(store).await;
     recovery::schedule_sent_again(store).await;
+    recovery::expected_sources(store).await;
     schema::registry(store).await;
     flag_pages::pages(store).await;
     admin::notes(store).await;

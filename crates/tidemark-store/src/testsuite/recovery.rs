@@ -602,3 +602,62 @@ pub(super) async fn replays_in_batches(store: &dyn Store) {
         .await
         .unwrap();
 }
+
+/// P6, P8: sources the restored data does not know, expected by the OpS
+/// (another run sends their lists), keep the schedule from going final
+/// until they send their final chunks; expecting one is refused outside a
+/// recovery and once the schedule is final.
+pub(super) async fn expected_sources(store: &dyn Store) {
+    if store.recovery_meta().await.unwrap().state != RecoveryState::Normal {
+        store
+            .set_recovery_state(RecoveryState::Normal, false)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store.expect_sources(&["later".into()]).await,
+        Err(StoreError::NotRecovering)
+    ));
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    store
+        .expect_sources(&["later".into(), "later".into()])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.expect_sources(&[String::new()]).await,
+        Err(StoreError::BadSchedule(_))
+    ));
+    // Every source the restored data knows sends its final chunk.
+    let known: Vec<String> = store
+        .recovery_meta()
+        .await
+        .unwrap()
+        .waiting_for_sources
+        .into_iter()
+        .filter(|s| s != "later")
+        .collect();
+    for s in &known {
+        store.add_flags(s, vec![], true, vec![]).await.unwrap();
+    }
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!(
+        (m.schedule_final, m.waiting_for_sources),
+        (false, vec!["later".to_owned()]),
+        "the expected source is still awaited"
+    );
+    store
+        .add_flags("later", vec![], true, vec![])
+        .await
+        .unwrap();
+    let m = store.recovery_meta().await.unwrap();
+    assert!(m.schedule_final && m.waiting_for_sources.is_empty());
+    assert!(matches!(
+        store.expect_sources(&["too-late".into()]).await,
+        Err(StoreError::BadSchedule(_))
+    ));
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
+}

@@ -64,6 +64,7 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
         },
         backup: args.backup,
         without_sources: args.without_source,
+        expect_sources: args.expect_source,
         chunk: args.chunk,
         batch: args.batch.unwrap_or(config.batch),
         progress: std::io::stderr().is_terminal(),
@@ -71,7 +72,7 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
     let report = recover(&opts).await?;
     let waiting = (!report.waiting_for_sources.is_empty()).then(|| {
         anyhow::anyhow!(
-            "recovery is not complete: the DB server still waits for source(s) {} that the backup knows, and answers every read as recovering until then; run 'tidemark ops recover' again with their journals (--journal DIR), or, if a journal is lost, name the source with --without-source NAME",
+            "recovery is not complete: the DB server still waits for source(s) {} (known to the backup, or expected with --expect-source), and answers every read as recovering until then; run 'tidemark ops recover' again with their journals (--journal DIR), or, if a journal is lost, name the source with --without-source NAME",
             report.waiting_for_sources.join(", ")
         )
     });

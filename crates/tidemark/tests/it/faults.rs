@@ -805,3 +805,64 @@ async fn a_silent_single_db_server_stops_vouching_for_the_cache() {
     })
     .await;
 }
+
+/// P6, P8: a source that began after the backup, whose journal a later
+/// `ops recover` run recovers, is named with --expect-source in the first:
+/// the DB server then keeps answering every record as recovering until its
+/// list arrives, and only the second run ends the recovery. Before, the
+/// first run lifted the blanket and ended the recovery, and the late
+/// source's keys were served as current, outdated, in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_recovered_in_a_later_run_is_expected_by_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let engine = Engine::Sqlite;
+    let (j1, j2) = (dir.join("j1"), dir.join("j2"));
+    let history = History::default();
+    let mut db = db_server_on(dir, engine, &[]).await;
+    // Keys `ks` set to `v` by `source` (journal `j`).
+    let set = |j: &Path, source: &str, ks: std::ops::Range<usize>, v: i64| {
+        let orders: Vec<_> = ks
+            .map(|k| (key(k), "upsert", json!({"credit_limit": v})))
+            .collect();
+        submit(dir, &db.url, j, source, &history, &orders);
+    };
+    set(&j1, "ops-1", 0..10, 1);
+    let backup = backup_online(dir, &db.url);
+    // After the backup: ops-1 changes keys 0..5, and ops-2 begins, with
+    // keys 10..15.
+    set(&j1, "ops-1", 0..5, 2);
+    set(&j2, "ops-2", 10..15, 3);
+    let db = disaster_and_restore(dir, engine, &mut db, &backup).await;
+
+    let out = recover(dir, &db.url, &backup, &[&j1], &["--expect-source", "ops-2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ops-2") && stderr.contains("--expect-source"),
+        "{stderr}"
+    );
+    let (_, r) = get_json(&format!("{}/v1/recovery", db.url)).await;
+    assert_eq!(r["state"], "recovering", "{r}");
+    assert_eq!(r["waiting_for_sources"], json!(["ops-2"]), "{r}");
+    // The late source's key is not answered as current meanwhile.
+    let (_, b) = get_json(&key_url(&db.url, &key(10))).await;
+    assert_eq!(b["recovering"], true, "{b}");
+
+    let out = recover(dir, &db.url, &backup, &[&j2], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<String> = (0..15).map(key).collect();
+    converged(
+        &db.url,
+        &keys,
+        &history,
+        "every key current after the second run",
+    )
+    .await;
+    let (_, r) = get_json(&format!("{}/v1/recovery", db.url)).await;
+    assert_ne!(r["state"], "recovering", "{r}");
+}

@@ -35,10 +35,6 @@ pub fn tmp_dir_for(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// The file a backup being written holds locked (`flock`) in its
-/// temporary directory; a dot-file, so the commit removes it.
-const WRITING: &str = ".writing";
-
 /// How old an unlocked temporary directory must be before `prune` takes
 /// it for abandoned: a writer on another host, or in another PID
 /// namespace, is not seen in this `/proc`, and over some network file
@@ -72,12 +68,10 @@ pub fn remove_abandoned(
         if alive || only.is_some_and(|o| o != backup) || !path.is_dir() {
             continue;
         }
-        let old_enough = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .ok()
+        let old_enough = newest_change(&path)
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age >= older_than);
-        if !old_enough || held(&path.join(WRITING)) {
+        if !old_enough || held(&path) {
             continue;
         }
         if std::fs::remove_dir_all(&path).is_ok() {
@@ -87,24 +81,41 @@ pub fn remove_abandoned(
     removed
 }
 
-/// Whether another process holds `lock` (a missing file is not held).
-fn held(lock: &Path) -> bool {
+/// The latest modification time in the tree at `dir` (a big file being
+/// written changes its own time, not its directory's).
+fn newest_change(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = std::fs::metadata(dir).and_then(|m| m.modified()).ok()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let t = if entry.path().is_dir() {
+            newest_change(&entry.path())
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t.unwrap_or(newest));
+    }
+    Some(newest)
+}
+
+/// Whether another process holds the lock of the temporary directory
+/// `dir` (see [`lock_writing`]).
+fn held(dir: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::File::open(lock) else {
+    let Ok(f) = std::fs::File::open(dir) else {
         return false;
     };
     // SAFETY: flock on a descriptor we own; released when `f` closes.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
-/// Takes the lock of a backup being written in `tmp` (see [`WRITING`]).
+/// Takes the lock of a backup being written in `tmp`: a `flock` on the
+/// directory itself, held until the writer is dropped (it survives the
+/// commit's rename, and leaves nothing in the backup).
 fn lock_writing(tmp: &Path) -> Result<std::fs::File, BackupError> {
     use std::os::fd::AsRawFd;
-    let path = tmp.join(WRITING);
-    let f = std::fs::File::create(&path).map_err(BackupError::io(&path))?;
+    let f = std::fs::File::open(tmp).map_err(BackupError::io(tmp))?;
     // SAFETY: as in `held`.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(BackupError::io(&path)(std::io::Error::last_os_error()));
+        return Err(BackupError::io(tmp)(std::io::Error::last_os_error()));
     }
     Ok(f)
 }

@@ -309,6 +309,9 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         if journals.iter().any(|j| j.source() == w) {
             anyhow::bail!("--without-source {w}: its journal was given too; drop one of them");
         }
+        if opts.expect_sources.contains(w) {
+            anyhow::bail!("--without-source {w} and --expect-source {w}: a source is either lost or recovered later; drop one of them");
+        }
     }
     let server_marks: BTreeMap<String, u64> = get_with_retry(&client, "/v1/sources").await?;
     let status: RecoveryStatus = get_with_retry(&client, "/v1/recovery").await?;

@@ -167,18 +167,17 @@ impl Recovery {
                 if !was_blanket && matches!(e, StoreError::Engine(_) | StoreError::Unavailable(_)) {
                     // Its commit's outcome is unknown: if it added flags,
                     // a retry finds none new (and the OpS may give up), so
-                    // the event goes out now; if it added none, it only
-                    // costs a revalidation. Owed while it cannot.
-                    match self.store.meta().await {
-                        Ok(meta) => {
-                            hub.raise_resume_floor(meta.seq + 1);
-                            hub.publish(Push::Epoch(EpochEvent {
-                                epoch: meta.epoch,
-                                reason: EpochReason::FlagsAdded,
-                            }));
-                        }
-                        Err(_) => self.owed_flags_added.store(true, Ordering::SeqCst),
+                    // the event goes out now (if it added none, it only
+                    // costs a revalidation), and again with the next chunk
+                    // (a commit that failed may become visible only later).
+                    if let Ok(meta) = self.store.meta().await {
+                        hub.raise_resume_floor(meta.seq + 1);
+                        hub.publish(Push::Epoch(EpochEvent {
+                            epoch: meta.epoch,
+                            reason: EpochReason::FlagsAdded,
+                        }));
                     }
+                    self.owed_flags_added.store(true, Ordering::SeqCst);
                 }
                 return Err(e);
             }

@@ -48,7 +48,20 @@ pub async fn schedule(
         ));
     }
     if !chunk.expect_sources.is_empty() {
+        // Checked like the chunk's own source first: nothing of a chunk
+        // that is refused stays behind.
+        for s in &chunk.expect_sources {
+            tidemark_store::apply::validate_source_name(s).map_err(HttpError::from)?;
+        }
         app.recovery.expect(&chunk.expect_sources).await?;
+        // Keeping the blanket up is an operator's decision, as a waiver is.
+        app.audit
+            .record(
+                &caller.0,
+                "expect_sources",
+                serde_json::json!({"source": chunk.source, "expect_sources": chunk.expect_sources}),
+            )
+            .await;
     }
     let (final_chunk, source, without) = (
         chunk.final_chunk,

@@ -1078,10 +1078,32 @@ impl Store for PgStore {
                 if meta.get("recovery_state").map(String::as_str) != Some("recovering") {
                     return Err(StoreError::NotRecovering);
                 }
-                if meta.get("schedule_final").map(String::as_str) == Some("1") {
-                    return Err(crate::apply::expected_too_late(&sources));
-                }
+                // Sources awaited or heard from already need nothing (a
+                // run resumed after the schedule went final names them
+                // again).
+                let known: Vec<String> = tx
+                    .query(
+                        "SELECT source FROM tm_recovery_sources WHERE source = ANY($1)",
+                        &[&sources],
+                    )
+                    .await
+                    .map_err(engine_error)?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut new: Vec<String> = Vec::new();
                 for src in &sources {
+                    if !known.contains(src) && !new.contains(src) {
+                        new.push(src.clone());
+                    }
+                }
+                if new.is_empty() {
+                    return Ok(());
+                }
+                if meta.get("schedule_final").map(String::as_str) == Some("1") {
+                    return Err(crate::apply::expected_too_late(&new));
+                }
+                for src in &new {
                     tx.execute(
                         "INSERT INTO tm_recovery_sources (source, final, waived) VALUES ($1, false, false) ON CONFLICT (source) DO NOTHING",
                         &[src],

@@ -84,10 +84,26 @@ pub(super) async fn expect_sources(
         if meta_get(&tx, "recovery_state")?.as_deref() != Some("recovering") {
             return Err(StoreError::NotRecovering);
         }
-        if meta_get(&tx, "schedule_final")?.as_deref() == Some("1") {
-            return Err(crate::apply::expected_too_late(&sources));
-        }
+        // Sources awaited or heard from already need nothing (a run
+        // resumed after the schedule went final names them again).
+        let mut new = Vec::new();
         for src in &sources {
+            let known: i64 = tx.query_row(
+                "SELECT count(*) FROM tm_recovery_sources WHERE source = ?1",
+                params![src],
+                |r| r.get(0),
+            )?;
+            if known == 0 && !new.contains(src) {
+                new.push(src.clone());
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        if meta_get(&tx, "schedule_final")?.as_deref() == Some("1") {
+            return Err(crate::apply::expected_too_late(&new));
+        }
+        for src in &new {
             tx.execute(
                 "INSERT INTO tm_recovery_sources (source, final, waived) VALUES (?1, 0, 0) ON CONFLICT(source) DO NOTHING",
                 params![src],

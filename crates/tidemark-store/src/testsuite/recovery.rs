@@ -656,6 +656,8 @@ pub(super) async fn expected_sources(store: &dyn Store) {
         store.expect_sources(&["too-late".into()]).await,
         Err(StoreError::BadSchedule(_))
     ));
+    // A resumed first run names it again: nothing new, so no refusal.
+    store.expect_sources(&["later".into()]).await.unwrap();
     store
         .set_recovery_state(RecoveryState::Normal, false)
         .await

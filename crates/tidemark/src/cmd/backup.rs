@@ -79,10 +79,13 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
     let made = match (&a.server, a.offline) {
         (Some(url), false) => online(url, &a.to, &progress).await,
         (None, true) => {
-            // --database-url or --pg-schema name a PostgreSQL store.
+            // --database-url or --pg-schema name a PostgreSQL store, and
+            // --data-dir an embedded one.
             let engine = a.store.clone().unwrap_or_else(|| {
                 if a.database_url.is_some() || a.pg_schema.is_some() {
                     "postgres".to_owned()
+                } else if a.data_dir.is_some() {
+                    "sqlite".to_owned()
                 } else {
                     config.store_name().to_owned()
                 }

@@ -13,6 +13,8 @@ use tidemark_api::{Column, ColumnType, Schema, TableSchema};
 #[derive(Debug)]
 pub struct TableSql {
     pub columns: Vec<Column>,
+    /// The names of `columns`, in order.
+    pub column_names: Vec<String>,
     /// `SELECT tm_epoch, tm_seq, cols... FROM t WHERE tm_key = ?1`
     pub select: String,
     /// `DELETE FROM t WHERE tm_key = ?1 RETURNING tm_key`
@@ -39,6 +41,7 @@ impl TableSql {
         select.push_str(&format!(" FROM {quoted} WHERE tm_key = ?1"));
         Self {
             columns: t.columns.clone(),
+            column_names: t.columns.iter().map(|c| c.name.clone()).collect(),
             select,
             delete: format!("DELETE FROM {quoted} WHERE tm_key = ?1"),
             quoted,

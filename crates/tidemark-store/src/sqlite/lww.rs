@@ -53,17 +53,10 @@ pub fn apply(
 ) -> Result<Option<Fields>, StoreError> {
     let lv = logical_version(order, version);
     let mut st = load(tx, &order.table, &order.key)?;
-    let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
-    let effect = decide(&mut st, order.op, &order.fields, &columns, lv);
+    let effect = decide(&mut st, order.op, &order.fields, &t.column_names, lv);
     save(tx, &order.table, &order.key, &st)?;
     match effect {
-        Effect::Upsert(set) => {
-            let filtered = Order {
-                fields: set,
-                ..order.clone()
-            };
-            SqliteStore::upsert(tx, t, &filtered, version).map(Some)
-        }
+        Effect::Upsert(set) => SqliteStore::upsert(tx, t, &order.key, &set, version).map(Some),
         Effect::Delete => {
             tx.prepare_cached(&t.delete)?.execute(params![order.key])?;
             tombstone(tx, &order.table, &order.key, version)?;

@@ -78,7 +78,7 @@ const CHECKPOINT_MAX_GAP: Duration = Duration::from_secs(1);
 /// checkpoint's writes and its fsync of the database file make the
 /// commits' own WAL fsyncs wait (on ext4, 80–250 ms each), so a
 /// checkpoint every tick halved the speed of a schedule list or a replay.
-fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
+fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf, wal_bound: u64) {
     let run = move || {
         let Ok(conn) = Connection::open(&path) else {
             return;
@@ -105,11 +105,21 @@ fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
                 continue;
             }
             checkpointed = Instant::now();
-            // (busy, frames in the WAL, frames copied): a reader's snapshot
-            // can hold frames back, which the next tick copies.
-            let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
-            });
+            let mut done = passive_checkpoint(&conn);
+            if done.is_ok() && file_len(&wal) > wal_bound {
+                // The WAL starts over only at a write transaction that
+                // begins with every frame copied. Under back-to-back
+                // commits one is always open while the copy runs, so it
+                // grew without end (500 MB over a replay of 1 M orders, and
+                // appending to it cost the writer a tenth of its time in
+                // the kernel, zeroing new blocks). So what came since is
+                // copied between two transactions, with the writer held:
+                // the next one starts the WAL over, and
+                // `journal_size_limit` trims the file back to the bound.
+                let Some(i) = inner.upgrade() else { return };
+                let _writer = i.writer.lock();
+                done = passive_checkpoint(&conn);
+            }
             match done {
                 Ok(all) => pending = !all,
                 Err(e) => tracing::debug!(error = %e, "background checkpoint failed; will retry"),
@@ -122,6 +132,38 @@ fn spawn_checkpointer(inner: std::sync::Weak<Inner>, path: PathBuf) {
     {
         tracing::warn!(error = %e, "cannot start the checkpoint thread; the WAL grows until close");
     }
+}
+
+/// The WAL size past which a checkpoint that falls behind the commits
+/// finishes with them held back (and the size it is trimmed to).
+const WAL_BOUND: u64 = 64 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// A smaller [`WAL_BOUND`] for stores opened on this thread (tests).
+    pub(super) static TEST_WAL_BOUND: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
+}
+
+fn wal_bound() -> u64 {
+    #[cfg(test)]
+    if let Some(b) = TEST_WAL_BOUND.with(|c| c.get()) {
+        return b;
+    }
+    WAL_BOUND
+}
+
+/// One passive checkpoint: whether it copied every frame (a reader's
+/// snapshot can hold frames back, which the next tick copies). The pragma
+/// answers (busy, frames in the WAL, frames copied).
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
+    })
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Whether to checkpoint now: something is left to copy, and the WAL was
@@ -217,7 +259,10 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         // Checkpoints run in the background (below), not inside commits.
-        writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let wal_bound = wal_bound();
+        writer.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {wal_bound}"
+        ))?;
         let store = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -234,7 +279,11 @@ impl SqliteStore {
                 _lock: lock,
             }),
         };
-        spawn_checkpointer(Arc::downgrade(&store.inner), store.inner.db_path.clone());
+        spawn_checkpointer(
+            Arc::downgrade(&store.inner),
+            store.inner.db_path.clone(),
+            wal_bound,
+        );
         Ok(store)
     }
 }

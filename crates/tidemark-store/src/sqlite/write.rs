@@ -254,7 +254,7 @@ impl SqliteStore {
                 // While recovering, replays and live orders interleave: the
                 // last writer by logical version wins, field by field.
                 _ if st.strict => lww::apply(tx, t, order, version)?,
-                Op::Upsert => Some(Self::upsert(tx, t, order, version)?),
+                Op::Upsert => Some(Self::upsert(tx, t, &order.key, &order.fields, version)?),
                 Op::Delete => {
                     let removed = tx.prepare_cached(&t.delete)?.execute(params![order.key])?;
                     if removed > 0 {
@@ -317,19 +317,20 @@ impl SqliteStore {
     pub(super) fn upsert(
         conn: &Connection,
         t: &TableSql,
-        order: &Order,
+        key: &str,
+        set: &Fields,
         version: Version,
     ) -> Result<Fields, StoreError> {
         // Parameters in column order, matching the SQL for this column set.
         // Validation guarantees every field names a column.
-        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(order.fields.len() + 3);
-        args.push(order.key.clone().into());
+        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(set.len() + 3);
+        args.push(key.to_owned().into());
         args.push((version.epoch as i64).into());
         args.push((version.seq as i64).into());
         let mut mask = 0u128;
         let mut names = Vec::new();
         for (i, c) in t.columns.iter().enumerate() {
-            if let Some(v) = order.fields.get(&c.name) {
+            if let Some(v) = set.get(&c.name) {
                 if i < 128 {
                     mask |= 1u128 << i;
                 }

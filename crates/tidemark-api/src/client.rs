@@ -4,7 +4,7 @@
 use crate::error::{ApiError, ErrorBody};
 use crate::sse::{SseEvent, SseParser};
 use crate::state::ServerState;
-use crate::{headers, Order, OrdersRequest, OrdersResponse, RecordAnswer};
+use crate::{encode_orders, headers, Order, OrdersResponse, RecordAnswer};
 use futures::{Stream, StreamExt};
 use std::time::Duration;
 
@@ -296,10 +296,22 @@ impl DbClient {
 
     /// `POST /v1/orders`.
     pub async fn post_orders(&self, orders: &[Order]) -> Result<OrdersResponse, ClientError> {
-        let body = OrdersRequest {
-            orders: orders.to_vec(),
-        };
-        self.post_json("/v1/orders", &body).await
+        let body = encode_orders(orders).map_err(|e| ClientError::Decode {
+            url: self.url("/v1/orders"),
+            status: 0,
+            detail: format!("cannot encode the request: {e}"),
+        })?;
+        self.post_orders_encoded(body).await
+    }
+
+    /// `POST /v1/orders` with a body made by [`encode_orders`]: a caller
+    /// that sends batch after batch encodes the next while one is in flight.
+    pub async fn post_orders_encoded(
+        &self,
+        body: bytes::Bytes,
+    ) -> Result<OrdersResponse, ClientError> {
+        self.post_body_within("/v1/orders", body, Duration::from_secs(30))
+            .await
     }
 
     /// `GET /v1/state`.
@@ -351,6 +363,17 @@ impl DbClient {
             status: 0,
             detail: format!("cannot encode the request: {e}"),
         })?;
+        self.post_body_within(path, body.into(), timeout).await
+    }
+
+    /// POST an encoded JSON body (sent again as is to the next instance),
+    /// decode a JSON answer.
+    async fn post_body_within<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         self.each(|base| {
             let body = body.clone();
             async move {

@@ -37,7 +37,7 @@ pub mod version;
 pub use client::{ClientError, DbClient};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{EventId, WatchEvent};
-pub use order::{Op, Order, OrderResult, OrdersRequest, OrdersResponse};
+pub use order::{encode_orders, Op, Order, OrderResult, OrdersRequest, OrdersResponse};
 pub use record::{Record, RecordAnswer, Source};
 pub use schema::{Column, ColumnType, Index, Schema, TableSchema};
 pub use state::{RecoveryState, RecoveryStatus, Role, ServerState};

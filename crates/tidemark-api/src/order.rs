@@ -83,6 +83,16 @@ pub struct OrdersRequest {
     pub orders: Vec<Order>,
 }
 
+/// The body of `POST /v1/orders` for `orders`, encoded without copying them
+/// into an [`OrdersRequest`] first.
+pub fn encode_orders(orders: &[Order]) -> serde_json::Result<bytes::Bytes> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        orders: &'a [Order],
+    }
+    serde_json::to_vec(&Body { orders }).map(Into::into)
+}
+
 /// What one order produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderResult {
@@ -129,5 +139,18 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         let c = order(serde_json::json!({"plan": "b", "status": "x"}));
         assert_ne!(a.digest(), c.digest());
+    }
+
+    #[test]
+    fn an_encoded_batch_is_the_request_the_server_reads() {
+        let mut b = order(serde_json::json!({"plan": "b"}));
+        b.seq = 2;
+        b.op = Op::Delete;
+        let batch = vec![order(serde_json::json!({"plan": "a", "roaming": true})), b];
+        let body = encode_orders(&batch).unwrap();
+        let read: OrdersRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(read.orders, batch);
+        let read: OrdersRequest = serde_json::from_slice(&encode_orders(&[]).unwrap()).unwrap();
+        assert!(read.orders.is_empty());
     }
 }

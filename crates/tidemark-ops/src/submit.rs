@@ -306,10 +306,19 @@ pub async fn send_with_retry(
     client: &DbClient,
     batch: &[tidemark_api::Order],
 ) -> anyhow::Result<tidemark_api::OrdersResponse> {
+    let body = tidemark_api::encode_orders(batch).context("encoding a batch of orders")?;
+    send_encoded_with_retry(client, body).await
+}
+
+/// The same for a batch encoded with [`tidemark_api::encode_orders`].
+async fn send_encoded_with_retry(
+    client: &DbClient,
+    body: bytes::Bytes,
+) -> anyhow::Result<tidemark_api::OrdersResponse> {
     let mut delay = Duration::from_millis(100);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match client.post_orders(batch).await {
+        match client.post_orders_encoded(body.clone()).await {
             Ok(r) => return Ok(r),
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
                 tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");

@@ -8,53 +8,69 @@ use super::values;
 use super::SqliteStore;
 use crate::recovery_rule::{decide, encode, logical_version, Effect, KeyState};
 use crate::StoreError;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use tidemark_api::{Fields, Order, Version};
 
 pub const DDL: &str = "CREATE TABLE IF NOT EXISTS tm_lww (tbl TEXT NOT NULL, key TEXT NOT NULL, upsert_v TEXT, delete_v TEXT, fields TEXT NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;";
 
-fn load(tx: &Connection, table: &str, key: &str) -> Result<KeyState, StoreError> {
-    let row: Option<(Option<String>, Option<String>, String)> = tx
-        .prepare_cached(
-            "SELECT upsert_v, delete_v, fields FROM tm_lww WHERE tbl = ?1 AND key = ?2",
-        )?
-        .query_row(params![table, key], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
-    let Some((u, d, f)) = row else {
-        return Ok(KeyState::default());
-    };
-    KeyState::from_parts(u.as_deref(), d.as_deref(), &f)
-        .ok_or_else(|| StoreError::Format(format!("tm_lww of key {key:?} is damaged")))
+/// The rule's two statements, prepared once per batch: rusqlite's statement
+/// cache hashes the SQL text at every use.
+pub(super) struct Stmts<'c> {
+    load: CachedStatement<'c>,
+    save: CachedStatement<'c>,
 }
 
-fn save(tx: &Connection, table: &str, key: &str, st: &KeyState) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO tm_lww (tbl, key, upsert_v, delete_v, fields) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(tbl, key) DO UPDATE SET upsert_v = excluded.upsert_v, delete_v = excluded.delete_v, fields = excluded.fields",
-    )?
-    .execute(params![
-        table,
-        key,
-        encode(st.upsert),
-        encode(st.delete),
-        st.fields_json()
-    ])?;
-    Ok(())
+impl<'c> Stmts<'c> {
+    pub(super) fn prepare(tx: &'c Connection) -> Result<Self, StoreError> {
+        Ok(Self {
+            load: tx.prepare_cached(
+                "SELECT upsert_v, delete_v, fields FROM tm_lww WHERE tbl = ?1 AND key = ?2",
+            )?,
+            save: tx.prepare_cached(
+                "INSERT INTO tm_lww (tbl, key, upsert_v, delete_v, fields) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(tbl, key) DO UPDATE SET upsert_v = excluded.upsert_v, delete_v = excluded.delete_v, fields = excluded.fields",
+            )?,
+        })
+    }
+
+    fn load(&mut self, table: &str, key: &str) -> Result<KeyState, StoreError> {
+        let row: Option<(Option<String>, Option<String>, String)> = self
+            .load
+            .query_row(params![table, key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let Some((u, d, f)) = row else {
+            return Ok(KeyState::default());
+        };
+        KeyState::from_parts(u.as_deref(), d.as_deref(), &f)
+            .ok_or_else(|| StoreError::Format(format!("tm_lww of key {key:?} is damaged")))
+    }
+
+    fn save(&mut self, table: &str, key: &str, st: &KeyState) -> Result<(), StoreError> {
+        self.save.execute(params![
+            table,
+            key,
+            encode(st.upsert),
+            encode(st.delete),
+            st.fields_json()
+        ])?;
+        Ok(())
+    }
 }
 
 /// Applies `order` at commit `version` under the recovery rule. Returns the
 /// record after it (`None` if the key is missing).
 pub fn apply(
     tx: &Connection,
+    stmts: &mut Stmts<'_>,
     t: &TableSql,
     order: &Order,
     version: Version,
 ) -> Result<Option<Fields>, StoreError> {
     let lv = logical_version(order, version);
-    let mut st = load(tx, &order.table, &order.key)?;
+    let mut st = stmts.load(&order.table, &order.key)?;
     let effect = decide(&mut st, order.op, &order.fields, &t.column_names, lv);
-    save(tx, &order.table, &order.key, &st)?;
+    stmts.save(&order.table, &order.key, &st)?;
     match effect {
         Effect::Upsert(set) => SqliteStore::upsert(tx, t, &order.key, &set, version).map(Some),
         Effect::Delete => {

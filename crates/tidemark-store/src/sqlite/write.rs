@@ -219,6 +219,22 @@ impl SqliteStore {
     ) -> Result<ApplyOutcome, StoreError> {
         let mut results = Vec::with_capacity(orders.len());
         let mut changes = Vec::with_capacity(orders.len());
+        // The statements every order runs, prepared once per batch
+        // (rusqlite's statement cache hashes the SQL text at every use).
+        // `lww_stmts` is there exactly when the store is strict.
+        let mut lww_stmts = st.strict.then(|| lww::Stmts::prepare(tx)).transpose()?;
+        let mut flag_stmts = st
+            .check_flags
+            .then(|| {
+                Ok::<_, StoreError>((
+                    tx.prepare_cached("DELETE FROM tm_flags WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq <= ?4")?,
+                    tx.prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?,
+                ))
+            })
+            .transpose()?;
+        let mut change_insert = tx.prepare_cached(
+            "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared, flagged) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
         for (index, order) in orders.iter().enumerate() {
             let hw = match st.high_water.get(&order.source) {
                 Some((hw, _)) => *hw,
@@ -250,12 +266,14 @@ impl SqliteStore {
             let seq = st.seq;
             let version = Version::new(st.epoch, seq);
             let t = &catalog.tables[&order.table];
-            let fields = match order.op {
+            let fields = match (lww_stmts.as_mut(), order.op) {
                 // While recovering, replays and live orders interleave: the
                 // last writer by logical version wins, field by field.
-                _ if st.strict => lww::apply(tx, t, order, version)?,
-                Op::Upsert => Some(Self::upsert(tx, t, &order.key, &order.fields, version)?),
-                Op::Delete => {
+                (Some(stmts), _) => lww::apply(tx, stmts, t, order, version)?,
+                (None, Op::Upsert) => {
+                    Some(Self::upsert(tx, t, &order.key, &order.fields, version)?)
+                }
+                (None, Op::Delete) => {
                     let removed = tx.prepare_cached(&t.delete)?.execute(params![order.key])?;
                     if removed > 0 {
                         tx.prepare_cached(
@@ -266,23 +284,21 @@ impl SqliteStore {
                     None
                 }
             };
-            let (cleared, flagged) = if st.check_flags {
-                let n = tx
-                    .prepare_cached("DELETE FROM tm_flags WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq <= ?4")?
-                    .execute(params![order.table, order.key, order.source, order.seq as i64])?;
+            let (cleared, flagged) = if let Some((clear, count)) = flag_stmts.as_mut() {
+                let n = clear.execute(params![
+                    order.table,
+                    order.key,
+                    order.source,
+                    order.seq as i64
+                ])?;
                 st.flags_cleared += n as u64;
-                let left: i64 = tx
-                    .prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?
-                    .query_row(params![order.table, order.key], |r| r.get(0))?;
+                let left: i64 = count.query_row(params![order.table, order.key], |r| r.get(0))?;
                 (n > 0 && left == 0, left > 0 || st.blanket)
             } else {
                 (false, st.blanket)
             };
             let fields_text = fields.as_ref().map(serde_json::to_string).transpose()?;
-            tx.prepare_cached(
-                "INSERT INTO tm_changes (seq, epoch, tbl, key, fields, source, source_seq, digest, cleared, flagged) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
+            change_insert.execute(params![
                 seq as i64,
                 st.epoch as i64,
                 order.table,

@@ -296,16 +296,12 @@ impl DbClient {
 
     /// `POST /v1/orders`.
     pub async fn post_orders(&self, orders: &[Order]) -> Result<OrdersResponse, ClientError> {
-        let body = encode_orders(orders).map_err(|e| ClientError::Decode {
-            url: self.url("/v1/orders"),
-            status: 0,
-            detail: format!("cannot encode the request: {e}"),
-        })?;
+        let body = encode_orders(orders).map_err(|e| self.encode_error("/v1/orders", e))?;
         self.post_orders_encoded(body).await
     }
 
-    /// `POST /v1/orders` with a body made by [`encode_orders`]: a caller
-    /// that sends batch after batch encodes the next while one is in flight.
+    /// `POST /v1/orders` with a body made by [`encode_orders`], so that a
+    /// caller sending it again (a retry) encodes it once.
     pub async fn post_orders_encoded(
         &self,
         body: bytes::Bytes,
@@ -358,12 +354,16 @@ impl DbClient {
         body: &B,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+        let body = serde_json::to_vec(body).map_err(|e| self.encode_error(path, e))?;
+        self.post_body_within(path, body.into(), timeout).await
+    }
+
+    fn encode_error(&self, path: &str, e: serde_json::Error) -> ClientError {
+        ClientError::Decode {
             url: self.url(path),
             status: 0,
             detail: format!("cannot encode the request: {e}"),
-        })?;
-        self.post_body_within(path, body.into(), timeout).await
+        }
     }
 
     /// POST an encoded JSON body (sent again as is to the next instance),

@@ -307,14 +307,6 @@ pub async fn send_with_retry(
     batch: &[tidemark_api::Order],
 ) -> anyhow::Result<tidemark_api::OrdersResponse> {
     let body = tidemark_api::encode_orders(batch).context("encoding a batch of orders")?;
-    send_encoded_with_retry(client, body).await
-}
-
-/// The same for a batch encoded with [`tidemark_api::encode_orders`].
-async fn send_encoded_with_retry(
-    client: &DbClient,
-    body: bytes::Bytes,
-) -> anyhow::Result<tidemark_api::OrdersResponse> {
     let mut delay = Duration::from_millis(100);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -8,12 +8,15 @@
 //!   connections cannot hold every slot while others wait; only when
 //!   every connection is busy is it refused;
 //! - a connection that ever answered with a stream (a watch stream, a
-//!   backup) is never chosen: closing it would cut the stream.
+//!   backup) is never chosen: closing it would cut the stream;
+//! - no more connections are closing than newcomers wait for room: one
+//!   closing slowly (headers trickling in get a second) is not joined by
+//!   another at each retry, which could close a newcomer just let in.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -27,15 +30,20 @@ pub struct Slots {
     max: usize,
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
     next: AtomicU64,
-    epoch: Instant,
+    /// Newcomers waiting in `take_making_room`.
+    waiting: AtomicUsize,
+    /// Ticks once each time a connection becomes idle.
+    idle_clock: Arc<AtomicU64>,
 }
 
 /// What one connection is doing, as its slot's owner sees it.
 pub struct ConnState {
     state: AtomicU8,
-    /// Since when (ms after the slots' epoch) it has been idle.
-    idle_since_ms: AtomicU64,
-    epoch: Instant,
+    /// When it became idle, on `idle_clock`: the least is idle longest.
+    /// A tick, not a time, so connections idle within the same
+    /// millisecond still have an order.
+    idle_since: AtomicU64,
+    idle_clock: Arc<AtomicU64>,
     /// Cancelled to close it (gracefully: a response being written ends).
     pub evict: CancellationToken,
 }
@@ -55,11 +63,22 @@ impl ConnState {
             self.state.store(STREAMING, Ordering::SeqCst);
             return;
         }
-        self.idle_since_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.idle_since.store(
+            self.idle_clock.fetch_add(1, Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
         let _ = self
             .state
             .compare_exchange(BUSY, IDLE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Counts a newcomer waiting for room while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -84,7 +103,8 @@ impl Slots {
             max,
             conns: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
-            epoch: Instant::now(),
+            waiting: AtomicUsize::new(0),
+            idle_clock: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -105,11 +125,14 @@ impl Slots {
     /// once if every connection is busy and none is closing.
     pub async fn take_making_room(self: &Arc<Self>, patience: Duration) -> Option<Slot> {
         let until = tokio::time::Instant::now() + patience;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         loop {
             if let Some(slot) = self.try_take() {
                 return Some(slot);
             }
-            if !self.evict_one() && !self.closing() {
+            let closing = self.closing();
+            if closing < self.waiting.load(Ordering::SeqCst) && !self.evict_one() && closing == 0 {
                 return None;
             }
             let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -125,17 +148,20 @@ impl Slots {
         }
     }
 
-    /// Whether a connection is closing to make room.
-    fn closing(&self) -> bool {
-        self.conns().values().any(|c| c.evict.is_cancelled())
+    /// How many connections are closing to make room.
+    fn closing(&self) -> usize {
+        self.conns()
+            .values()
+            .filter(|c| c.evict.is_cancelled())
+            .count()
     }
 
     fn slot(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ConnState {
             state: AtomicU8::new(IDLE),
-            idle_since_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
-            epoch: self.epoch,
+            idle_since: AtomicU64::new(self.idle_clock.fetch_add(1, Ordering::SeqCst)),
+            idle_clock: self.idle_clock.clone(),
             evict: CancellationToken::new(),
         });
         self.conns().insert(id, conn.clone());
@@ -154,7 +180,7 @@ impl Slots {
         let victim = conns
             .values()
             .filter(|c| c.state.load(Ordering::SeqCst) == IDLE && !c.evict.is_cancelled())
-            .min_by_key(|c| c.idle_since_ms.load(Ordering::SeqCst));
+            .min_by_key(|c| c.idle_since.load(Ordering::SeqCst));
         match victim {
             Some(c) => {
                 c.evict.cancel();
@@ -181,10 +207,10 @@ mod tests {
         let stream = slots.try_take().unwrap();
         stream.conn.busy();
         stream.conn.answered(true);
-        tokio::time::sleep(Duration::from_millis(5)).await;
         let young = slots.try_take().unwrap();
         assert!(slots.try_take().is_none(), "all taken");
-        // The oldest idle one goes, not the stream, not the younger.
+        // The oldest idle one goes, not the stream, not the younger (taken
+        // within the same millisecond: the order is a tick, not a time).
         assert!(slots.evict_one());
         assert!(old.conn.evict.is_cancelled());
         assert!(!stream.conn.evict.is_cancelled() && !young.conn.evict.is_cancelled());
@@ -199,5 +225,39 @@ mod tests {
         young.conn.answered(false);
         assert!(slots.evict_one());
         assert!(young.conn.evict.is_cancelled());
+    }
+
+    /// A connection chosen to make room may take a while to close (its
+    /// headers get a second): the newcomer waiting for it closes no other
+    /// at its retries, so the connection let in just before it is kept.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_newcomer_closes_one_connection_however_long_it_waits() {
+        let slots = Slots::new(2);
+        let old = slots.try_take().unwrap();
+        let young = slots.try_take().unwrap();
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take_making_room(Duration::from_secs(2)).await }
+        });
+        old.conn.evict.cancelled().await;
+        // Past several retries (200 ms apart), `old` still closing.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            !young.conn.evict.is_cancelled(),
+            "only one closes per newcomer"
+        );
+        drop(old);
+        let slot = waiter.await.unwrap().expect("the room `old` made");
+        assert!(!young.conn.evict.is_cancelled());
+        // A second newcomer: `young` is now the one idle longest.
+        drop(slot);
+        assert!(slots
+            .take_making_room(Duration::from_secs(1))
+            .await
+            .is_some());
+        assert!(
+            !young.conn.evict.is_cancelled(),
+            "a free slot closes nobody"
+        );
     }
 }

@@ -95,15 +95,21 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
     }
     // The version only grows (S6, S7), except when a restore had no newer
     // store to carry versions from (the store was lost): say so loudly,
-    // and tell the DB server, which shows it in `schema status`.
-    let previous = (before > version).then_some(before);
-    if let Some(p) = previous {
+    // and tell the DB server, which shows it in `schema status`. Told at
+    // every report until the version is back, so neither a report refused
+    // (the stream not yet open there) nor a DB server restarted loses it.
+    if before > version {
+        shared
+            .schema_went_back_from
+            .fetch_max(before, Ordering::SeqCst);
         tracing::error!(
-            from = p,
+            from = before,
             to = version,
-            "the DB server's schema went back from version {p} to {version}: a restore brought back an older schema (the store was lost, so no newer version could be carried forward); stage and publish the newer schema again ('tidemark schema stage', 'tidemark schema publish') before 'ops recover' replays orders naming its columns"
+            "the DB server's schema went back from version {before} to {version}: a restore brought back an older schema (the store was lost, so no newer version could be carried forward); stage and publish the newer schema again ('tidemark schema stage', 'tidemark schema publish') before 'ops recover' replays orders naming its columns"
         );
     }
+    let ran = shared.schema_went_back_from.load(Ordering::SeqCst);
+    let previous = (ran > version).then_some(ran);
     let _: serde_json::Value = shared
         .client
         .post_json(

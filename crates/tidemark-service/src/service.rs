@@ -86,6 +86,7 @@ impl Service {
                 snapshot_event_id: Mutex::new(None),
                 db_epoch: AtomicU64::new(0),
                 schema_version: AtomicU64::new(0),
+                schema_went_back_from: AtomicU64::new(0),
                 skew: Mutex::new(None),
                 schema_refresh: tokio::sync::Notify::new(),
                 quiesce: Mutex::new(None),

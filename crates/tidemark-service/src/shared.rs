@@ -53,6 +53,9 @@ pub struct Shared {
     pub changes: AtomicU64,
     pub db_epoch: AtomicU64,
     pub schema_version: AtomicU64,
+    /// The newer version this server ran before the DB server's schema
+    /// went back (0: none); reported with every version below it.
+    pub schema_went_back_from: AtomicU64,
     /// Set when the DB server's schema cannot be understood (S10): reads
     /// are refused with this message.
     pub skew: Mutex<Option<String>>,

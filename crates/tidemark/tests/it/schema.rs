@@ -596,6 +596,22 @@ async fn svc_schema_version(svc: &str, want: u64, what: &str) {
     .await;
 }
 
+/// `GET /v1/schema/publish` once it has warnings.
+async fn publish_warnings(db: &str, what: &str) -> Value {
+    let url = db.to_owned();
+    eventually(20, what, || {
+        let url = url.clone();
+        async move {
+            let (_, st) = get_json(&format!("{url}/v1/schema/publish")).await;
+            st["warnings"]
+                .as_array()
+                .is_some_and(|w| !w.is_empty())
+                .then_some(st)
+        }
+    })
+    .await
+}
+
 async fn a_restore_keeps_the_schema_growing_on(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -666,7 +682,7 @@ async fn a_restore_keeps_the_schema_growing_on(engine: Engine) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let db = Proc::start_at(
+    let mut db = Proc::start_at(
         "db-restored-2",
         dir,
         &strs(&server_args(dir, engine)),
@@ -685,22 +701,7 @@ async fn a_restore_keeps_the_schema_growing_on(engine: Engine) {
     // fix in `schema status` and in the refusal of an order naming a
     // column of the lost version.
     let fix = "stage and publish the newer schema again";
-    let url = db.url.clone();
-    let st = eventually(
-        20,
-        "schema status to warn that the schema went back",
-        || {
-            let url = url.clone();
-            async move {
-                let (_, st) = get_json(&format!("{url}/v1/schema/publish")).await;
-                st["warnings"]
-                    .as_array()
-                    .is_some_and(|w| !w.is_empty())
-                    .then_some(st)
-            }
-        },
-    )
-    .await;
+    let st = publish_warnings(&db.url, "schema status to warn that the schema went back").await;
     let w = st["warnings"][0].as_str().unwrap();
     assert!(
         w.contains("'svc-a' ran schema version 3") && w.contains(fix),
@@ -723,6 +724,20 @@ async fn a_restore_keeps_the_schema_growing_on(engine: Engine) {
         svc.log_text().contains("went back from version 3 to 2"),
         "{}",
         svc.log_text()
+    );
+    // The warning lives in the DB server's memory: a restart loses it, and
+    // the service server, reporting again on its new stream, brings it
+    // back (it says so at every report until the version is 3 again).
+    db.terminate();
+    let db = Proc::start_at("db-restarted", dir, &strs(&server_args(dir, engine)), &addr);
+    db.wait_ok("/readyz").await;
+    let st = publish_warnings(&db.url, "the warning back after a restart").await;
+    assert!(
+        st["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("'svc-a' ran schema version 3"),
+        "{st}"
     );
 }
 

@@ -1,8 +1,9 @@
 //! One connection: the TLS handshake if any, then HTTP/1.1 under the
 //! header deadline, until the peer leaves or the server shuts down.
 
+use crate::hot::HotRoute;
 use crate::slots::Slot;
-use crate::{deadline, Settings, Stats};
+use crate::{deadline, fast, Settings, Stats};
 use axum::body::Body;
 use axum::http::{Request, Response};
 use hyper::server::conn::http1;
@@ -16,27 +17,40 @@ use tokio_util::sync::CancellationToken;
 
 /// Holds one of the `max_connections` slots (`slot`) until it ends, and
 /// tells it when a request is in flight; ends gracefully when the slot is
-/// taken for a newer connection.
+/// taken for a newer connection. Plain HTTP starts on the fast path
+/// (`fast.rs`), and goes to hyper at the first request that is not hot.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<S>(
-    stream: TcpStream,
+pub async fn serve<T>(
+    mut stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     settings: Settings,
     stats: Stats,
-    svc: S,
+    svc: HotRoute<T>,
     shutdown: CancellationToken,
     slot: Slot,
 ) where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    T: Clone + Send + Sync + 'static,
 {
     stats.open.add(1);
     let _open = Open(&stats);
     match tls {
+        None if settings.fast_path => {
+            let left = fast::serve(
+                &mut stream,
+                peer,
+                &svc,
+                settings.header_timeout,
+                &stats,
+                &slot,
+                &shutdown,
+            )
+            .await;
+            if let fast::Left::Handoff(read) = left {
+                let io = fast::Prefixed::new(read, stream);
+                http(io, peer, settings, &stats, svc, shutdown, &slot).await
+            }
+        }
         None => http(stream, peer, settings, &stats, svc, shutdown, &slot).await,
         Some(acceptor) => {
             let handshake = tokio::select! {

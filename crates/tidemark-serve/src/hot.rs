@@ -3,18 +3,26 @@
 //! hot route does not answer as it stands goes to the router unchanged
 //! (with the peer's `ConnectInfo`, which the front door put on it) and is
 //! decided there from the start, so the two paths can differ only in speed.
+//!
+//! The hot route sees only a request's head, and answers whole (a body in
+//! memory): the front door's plain-HTTP fast path (`fast.rs`) can then ask
+//! it before hyper parses anything.
 
+use axum::body::Body;
 use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use axum::Router;
+use bytes::Bytes;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
-/// What a server answers before its router: `None` sends the request on.
-pub type Hit<S> = fn(&S, SocketAddr, &Request) -> Option<Response>;
+/// What a server answers before its router, from the request's head:
+/// `None` sends the request on.
+pub type Hit<S> = fn(&S, SocketAddr, &Parts) -> Option<Response<Bytes>>;
 
 /// One connection's service: `hit`, then the router.
 pub struct HotRoute<S> {
@@ -53,6 +61,11 @@ impl<S: Clone> HotRoute<S> {
             ..self.clone()
         }
     }
+
+    /// The hot route's whole answer to a request with this head, if any.
+    pub fn answer(&self, head: &Parts) -> Option<Response<Bytes>> {
+        (self.hit)(&self.state, self.peer, head)
+    }
 }
 
 /// A response the hot route gave, or the router's future.
@@ -84,9 +97,10 @@ impl<S: Clone> tower::Service<Request> for HotRoute<S> {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match (self.hit)(&self.state, self.peer, &req) {
-            Some(resp) => HotFuture::Hit(ready(Ok(resp))),
-            None => HotFuture::Routed(self.router.call(req)),
+        let (head, body) = req.into_parts();
+        match self.answer(&head) {
+            Some(resp) => HotFuture::Hit(ready(Ok(resp.map(Body::from)))),
+            None => HotFuture::Routed(self.router.call(Request::from_parts(head, body))),
         }
     }
 }

@@ -19,6 +19,7 @@
 
 mod conn;
 mod deadline;
+mod fast;
 pub mod hot;
 mod json_errors;
 pub mod openapi;
@@ -26,9 +27,6 @@ mod refuse;
 mod slots;
 pub mod tls;
 
-use axum::body::Body;
-use axum::http::{Request, Response};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +46,17 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Time for a whole request body, from its headers.
     pub body_timeout: Duration,
+    /// Whether plain HTTP requests the hot route answers skip hyper
+    /// (`fast.rs`); on unless `TIDEMARK_HTTP_FAST_PATH=off`.
+    pub fast_path: bool,
+}
+
+/// Whether the environment leaves the fast path on.
+pub fn fast_path_from_env() -> bool {
+    !matches!(
+        std::env::var("TIDEMARK_HTTP_FAST_PATH").as_deref(),
+        Ok("off" | "0" | "false")
+    )
 }
 
 impl Settings {
@@ -104,7 +113,7 @@ impl Stats {
 
 /// Serves `listener` until `shutdown`; `make` builds the service of one
 /// connection from its peer address.
-pub async fn serve<M, S>(
+pub async fn serve<M, T>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     settings: Settings,
@@ -112,12 +121,8 @@ pub async fn serve<M, S>(
     make: M,
     shutdown: CancellationToken,
 ) where
-    M: Fn(SocketAddr) -> S,
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    M: Fn(SocketAddr) -> hot::HotRoute<T>,
+    T: Clone + Send + Sync + 'static,
 {
     let max = settings.max_connections.clamp(1, u32::MAX as usize);
     let slots = slots::Slots::new(max);

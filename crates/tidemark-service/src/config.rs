@@ -66,6 +66,7 @@ impl ServiceConfig {
             max_connections: self.max_connections,
             header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
             body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
+            fast_path: tidemark_serve::fast_path_from_env(),
         }
     }
 }

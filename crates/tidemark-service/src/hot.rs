@@ -13,22 +13,21 @@
 use crate::fetch;
 use crate::policy::Freshness;
 use crate::shared::Shared;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, Response, StatusCode};
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tidemark_api::headers;
 
 /// The response to `req` if it is a read the cache may answer as it is.
-pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Request) -> Option<Response> {
-    if req.method() != Method::GET {
+pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Parts) -> Option<Response<Bytes>> {
+    if req.method != Method::GET {
         return None;
     }
     let started = Instant::now();
-    let (table, key) = tidemark_serve::hot::plain_record_path(req.uri().path())?;
+    let (table, key) = tidemark_serve::hot::plain_record_path(req.uri.path())?;
     if shared.skew.lock().is_some() {
         // A schema skew refuses every read: the handler says why.
         return None;
@@ -38,7 +37,7 @@ pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Request) -> Opti
     {
         return None;
     }
-    let header = match req.headers().get(headers::FRESHNESS) {
+    let header = match req.headers.get(headers::FRESHNESS) {
         Some(v) => Some(v.to_str().ok()?),
         None => None,
     };
@@ -48,7 +47,7 @@ pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Request) -> Opti
     if served.recovering {
         shared.metrics.stale_served.inc();
     }
-    let mut resp = Response::new(Body::from(served.body));
+    let mut resp = Response::new(served.body);
     if !served.found {
         *resp.status_mut() = StatusCode::NOT_FOUND;
     }

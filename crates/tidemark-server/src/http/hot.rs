@@ -10,10 +10,9 @@
 
 use super::AppState;
 use crate::read;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, Response, StatusCode};
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +20,9 @@ use tidemark_api::auth::AccessRole;
 use tidemark_api::headers;
 
 /// Whether the guard would let this caller read records.
-fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
+fn may_read(app: &AppState, peer: SocketAddr, req: &Parts) -> bool {
     if !app.auth.any() {
-        return super::guard::trusted_local(peer, req.headers());
+        return super::guard::trusted_local(peer, &req.headers);
     }
     bearer(req)
         .and_then(|t| app.auth.role_of(t))
@@ -31,21 +30,21 @@ fn may_read(app: &AppState, peer: SocketAddr, req: &Request) -> bool {
 }
 
 /// The bearer token a request presents.
-fn bearer(req: &Request) -> Option<&str> {
-    super::guard::bearer(req.headers())
+fn bearer(req: &Parts) -> Option<&str> {
+    super::guard::bearer(&req.headers)
 }
 
 /// The hot route's answer (see [`tidemark_serve::hot`]).
-pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Request) -> Option<Response> {
-    if req.method() != Method::GET {
+pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<Response<Bytes>> {
+    if req.method != Method::GET {
         return None;
     }
     let started = Instant::now();
-    let (table, key) = tidemark_serve::hot::plain_record_path(req.uri().path())?;
+    let (table, key) = tidemark_serve::hot::plain_record_path(req.uri.path())?;
     if !may_read(app, peer, req) || app.quiesce.offline() {
         return None;
     }
-    let subscriber = match req.headers().get(headers::SUBSCRIBER) {
+    let subscriber = match req.headers.get(headers::SUBSCRIBER) {
         Some(v) => Some(v.to_str().ok()?),
         None => None,
     };
@@ -59,7 +58,7 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Request) -> Option
     let answer = read::cached(app, table, key, subscriber)?;
     app.metrics.reads.inc();
     app.metrics.read_cache_hits.inc();
-    let mut resp = Response::new(Body::from(answer.body));
+    let mut resp = Response::new(answer.body);
     if !answer.found {
         *resp.status_mut() = StatusCode::NOT_FOUND;
     }

@@ -1,0 +1,446 @@
+//! The fast path of a plain-HTTP connection: requests the hot route
+//! answers whole are parsed and answered here, without hyper; the first
+//! request it does not answer hands the connection, with every byte read
+//! so far, to hyper for good.
+//!
+//! Invariants:
+//! - only a `GET` over HTTP/1.1 whose head says it has no body (no
+//!   `content-length`, `transfer-encoding`, `expect`, `upgrade` or
+//!   `connection`) and parses whole is taken here; anything else, and
+//!   anything malformed, is hyper's to answer or refuse, from its first
+//!   byte, exactly as before;
+//! - answers go out in request order (pipelined requests included), with
+//!   the headers hyper would add (`content-length`, `date`);
+//! - the header deadline, eviction and shutdown hold as in hyper: a head
+//!   must arrive within `header_timeout` of the previous answer (or of the
+//!   connection), and an idle connection closes when its slot is taken or
+//!   the server shuts down.
+
+use crate::hot::HotRoute;
+use crate::slots::Slot;
+use crate::Stats;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use bytes::{Bytes, BytesMut};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A head longer than this goes to hyper, which has its own limits.
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers a head taken here may have.
+const MAX_HEADERS: usize = 32;
+
+/// How the fast path left a connection.
+pub enum Left {
+    /// Closed: the peer left, its head came too slowly, it was chosen to
+    /// make room, or the server shuts down.
+    Closed,
+    /// Hyper's from here: `read` holds the bytes already read, which it
+    /// must see first.
+    Handoff(Bytes),
+}
+
+/// What one parsed head is (on the stack for one request: boxing the head
+/// would cost an allocation each).
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// Not whole yet.
+    Partial,
+    /// A head the hot route may answer, and its length in bytes.
+    Plain(Parts, usize),
+    /// Anything else: hyper's.
+    Hyper,
+}
+
+/// Serves `stream` while the hot route answers its requests.
+pub async fn serve<T>(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    route: &HotRoute<T>,
+    header_timeout: Duration,
+    stats: &Stats,
+    slot: &Slot,
+    shutdown: &CancellationToken,
+) -> Left
+where
+    T: Clone,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        // Answer every whole head read, in order.
+        loop {
+            match parse(&buf) {
+                Head::Partial => break,
+                Head::Hyper => return flush_then_handoff(stream, &out, buf).await,
+                Head::Plain(head, len) => {
+                    slot.conn.busy();
+                    let Some(resp) = route.answer(&head) else {
+                        return flush_then_handoff(stream, &out, buf).await;
+                    };
+                    encode(&resp, &mut out);
+                    let _ = buf.split_to(len);
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return Left::Closed;
+            }
+            out.clear();
+            slot.conn.answered(false);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Left::Handoff(buf.freeze());
+        }
+        // The next head (or the rest of this one), under the deadline.
+        let read = tokio::select! {
+            r = tokio::time::timeout(header_timeout, stream.read_buf(&mut buf)) => r,
+            _ = slot.conn.evict.cancelled() => return Left::Closed,
+            _ = shutdown.cancelled() => return Left::Closed,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return Left::Closed,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                stats.timed_out.inc();
+                tracing::debug!(%peer, "request headers too slow; connection closed");
+                return Left::Closed;
+            }
+        }
+    }
+}
+
+/// Writes the answers so far, then gives the connection to hyper.
+async fn flush_then_handoff(stream: &mut TcpStream, out: &[u8], buf: BytesMut) -> Left {
+    if !out.is_empty() && stream.write_all(out).await.is_err() {
+        return Left::Closed;
+    }
+    Left::Handoff(buf.freeze())
+}
+
+/// Parses the head at the start of `buf`.
+fn parse(buf: &[u8]) -> Head {
+    if buf.is_empty() {
+        return Head::Partial;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Hyper,
+    };
+    if req.method != Some("GET") || req.version != Some(1) {
+        return Head::Hyper;
+    }
+    let Some(uri) = req
+        .path
+        .filter(|p| p.starts_with('/'))
+        .and_then(|p| Uri::try_from(p).ok())
+    else {
+        return Head::Hyper;
+    };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::Hyper;
+        };
+        // A body, a protocol switch, or connection management: hyper's.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+            || name == header::CONNECTION
+        {
+            return Head::Hyper;
+        }
+        map.append(name, value);
+    }
+    // No `ConnectInfo` extension: the hot route is given the peer itself.
+    let mut request = Request::new(());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = map;
+    Head::Plain(request.into_parts().0, len)
+}
+
+/// Appends `resp` as HTTP/1.1 to `out`, as hyper writes it.
+fn encode(resp: &Response<Bytes>, out: &mut Vec<u8>) {
+    let status = resp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !resp.headers().contains_key(header::CONTENT_LENGTH) {
+        let _ = write!(out, "content-length: {}\r\n", resp.body().len());
+    }
+    out.extend_from_slice(b"date: ");
+    date(|d| out.extend_from_slice(d));
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(resp.body());
+}
+
+/// The `date` header's value, rendered once a second per thread.
+fn date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        f(d.1.as_bytes())
+    })
+}
+
+/// A stream that reads `prefix` before the stream itself: hyper's view of
+/// a connection the fast path has read from.
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let taken = self.prefix.split_to(n);
+            buf.put_slice(&taken);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Settings, Stats};
+    use tidemark_telemetry::Registry;
+    use tokio::net::TcpListener;
+
+    fn plain_len(head: &[u8]) -> Option<usize> {
+        match parse(head) {
+            Head::Plain(_, len) => Some(len),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn only_bodiless_http11_gets_are_taken_here() {
+        let get = b"GET /v1/records/t/k HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(plain_len(get), Some(get.len()));
+        // Pipelined: the first head only.
+        let two = [&get[..], &get[..]].concat();
+        assert_eq!(plain_len(&two), Some(get.len()));
+        assert!(matches!(parse(&get[..get.len() - 2]), Head::Partial));
+        assert!(matches!(parse(b""), Head::Partial));
+        for hyper in [
+            &b"GET /a HTTP/1.0\r\n\r\n"[..],
+            b"POST /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"HEAD /a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+            b"GET http://x/a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nbad header\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ] {
+            assert!(
+                matches!(parse(hyper), Head::Hyper),
+                "{}",
+                String::from_utf8_lossy(hyper)
+            );
+        }
+        let head = match parse(b"GET /p?q=1 HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n") {
+            Head::Plain(head, _) => head,
+            _ => panic!("a plain head"),
+        };
+        assert_eq!(head.uri.path(), "/p");
+        assert_eq!(head.uri.query(), Some("q=1"));
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_stream_reads_what_was_read_first() {
+        let inner: &[u8] = b" world";
+        let mut s = Prefixed::new(Bytes::from_static(b"hello"), inner);
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello world");
+    }
+
+    /// A front door whose hot route answers `GET /hot` and whose router
+    /// answers `GET /routed`; returns its address.
+    async fn front_door(fast_path: bool) -> SocketAddr {
+        fn hit(_: &(), _: SocketAddr, head: &Parts) -> Option<Response<Bytes>> {
+            if head.uri.path() != "/hot" {
+                return None;
+            }
+            let mut r = Response::new(Bytes::from_static(b"{\"hot\":true}"));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert("x-tidemark-test", HeaderValue::from_static("1"));
+            Some(r)
+        }
+        let router =
+            axum::Router::new().route("/routed", axum::routing::get(|| async { "routed" }));
+        let route = HotRoute::new((), router, hit);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = Settings {
+            max_connections: 8,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            fast_path,
+        };
+        let stats = Stats::register(&Registry::new(), "t");
+        tokio::spawn(crate::serve(
+            listener,
+            None,
+            settings,
+            stats,
+            move |peer| route.for_peer(peer),
+            CancellationToken::new(),
+        ));
+        addr
+    }
+
+    /// Sends `requests` in one write; reads `n` answers (each whole by its
+    /// content-length), returned with their `date` values blanked.
+    async fn exchange(addr: SocketAddr, requests: &[u8], n: usize) -> Vec<String> {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(requests).await.unwrap();
+        let mut buf = Vec::new();
+        let mut answers = Vec::new();
+        while answers.len() < n {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+                let len: usize = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                    .expect("a content-length");
+                if buf.len() >= head + len {
+                    let text = String::from_utf8(buf.drain(..head + len).collect()).unwrap();
+                    let blanked: Vec<String> = text
+                        .split("\r\n")
+                        .map(|l| match l.strip_prefix("date: ") {
+                            Some(_) => "date: -".to_owned(),
+                            None => l.to_owned(),
+                        })
+                        .collect();
+                    answers.push(blanked.join("\r\n"));
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("answers in time")
+                .unwrap();
+            assert!(got > 0, "closed after {} answers", answers.len());
+            buf.extend_from_slice(&chunk[..got]);
+        }
+        answers
+    }
+
+    /// Pipelined hot and routed requests are answered in order, and a hot
+    /// answer is byte for byte what hyper sends for it (but the date).
+    #[tokio::test]
+    async fn hot_answers_match_hypers_and_keep_their_order() {
+        let hot = b"GET /hot HTTP/1.1\r\nHost: x\r\n\r\n";
+        let routed = b"GET /routed HTTP/1.1\r\nHost: x\r\n\r\n";
+        let all = [&hot[..], hot, routed, hot, b"GET /missing HTTP/1.1\r\n\r\n"].concat();
+        let fast = exchange(front_door(true).await, &all, 5).await;
+        let hyper = exchange(front_door(false).await, &all, 5).await;
+        assert_eq!(fast, hyper);
+        assert!(fast[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", fast[0]);
+        assert!(fast[0].contains("x-tidemark-test: 1\r\n"), "{}", fast[0]);
+        assert!(fast[0].ends_with("{\"hot\":true}"), "{}", fast[0]);
+        assert!(fast[2].ends_with("routed"), "{}", fast[2]);
+        assert!(fast[3].ends_with("{\"hot\":true}"), "{}", fast[3]);
+        assert!(fast[4].starts_with("HTTP/1.1 404"), "{}", fast[4]);
+        // A head split across writes is read whole.
+        let addr = front_door(true).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /hot HTTP/1.1\r\nHo").await.unwrap();
+        s.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        s.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.unwrap();
+        let text = String::from_utf8_lossy(&chunk[..n]);
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    }
+}

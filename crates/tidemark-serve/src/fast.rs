@@ -1,7 +1,9 @@
 //! The fast path of a plain-HTTP connection: requests the hot route
-//! answers whole are parsed and answered here, without hyper; the first
-//! request it does not answer hands the connection, with every byte read
-//! so far, to hyper for good.
+//! answers whole are parsed and answered here, without hyper, and so are
+//! the record reads it leaves to the router (a miss, a read that waits):
+//! the router's answer is collected and written the same way. The first
+//! other request hands the connection, with every byte read so far, to
+//! hyper for good.
 //!
 //! Invariants:
 //! - only a `GET` over HTTP/1.1 whose head says it has no body (no
@@ -10,7 +12,9 @@
 //!   anything malformed, is hyper's to answer or refuse, from its first
 //!   byte, exactly as before;
 //! - answers go out in request order (pipelined requests included), with
-//!   the headers hyper would add (`content-length`, `date`);
+//!   the headers hyper would add (`content-length`, `date`); an answer
+//!   that says `connection: close` closes the connection after it, as
+//!   hyper does;
 //! - the header deadline, eviction and shutdown hold as in hyper: a head
 //!   must arrive within `header_timeout` of the previous answer (or of the
 //!   connection), and an idle connection closes when its slot is taken or
@@ -19,6 +23,8 @@
 use crate::hot::HotRoute;
 use crate::slots::Slot;
 use crate::Stats;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use bytes::{Bytes, BytesMut};
@@ -35,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_HEAD: usize = 16 * 1024;
 /// Headers a head taken here may have.
 const MAX_HEADERS: usize = 32;
+/// The largest routed answer collected here (a record's answer is far
+/// smaller; past it the connection closes, as a failed body does).
+const MAX_ROUTED_BODY: usize = 64 * 1024 * 1024;
 
 /// How the fast path left a connection.
 pub enum Left {
@@ -69,7 +78,7 @@ pub async fn serve<T>(
     shutdown: &CancellationToken,
 ) -> Left
 where
-    T: Clone,
+    T: Clone + Send + Sync + 'static,
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
@@ -81,11 +90,30 @@ where
                 Head::Hyper => return flush_then_handoff(stream, &out, buf).await,
                 Head::Plain(head, len) => {
                     slot.conn.busy();
-                    let Some(resp) = route.answer(&head) else {
-                        return flush_then_handoff(stream, &out, buf).await;
+                    let resp = match route.answer(&head) {
+                        Some(resp) => resp,
+                        None if head.uri.path().starts_with("/v1/records/") => {
+                            // The router may take a while: earlier answers
+                            // go out first.
+                            if !out.is_empty() {
+                                if stream.write_all(&out).await.is_err() {
+                                    return Left::Closed;
+                                }
+                                out.clear();
+                            }
+                            match routed(route, head, peer).await {
+                                Some(resp) => resp,
+                                None => return Left::Closed,
+                            }
+                        }
+                        None => return flush_then_handoff(stream, &out, buf).await,
                     };
                     encode(&resp, &mut out);
                     let _ = buf.split_to(len);
+                    if closes(&resp) {
+                        let _ = stream.write_all(&out).await;
+                        return Left::Closed;
+                    }
                 }
             }
         }
@@ -115,6 +143,39 @@ where
             }
         }
     }
+}
+
+/// The router's whole answer to a record read; `None` if its body failed
+/// or is too large (hyper would cut the connection too).
+async fn routed<T>(
+    route: &HotRoute<T>,
+    mut head: Parts,
+    peer: SocketAddr,
+) -> Option<Response<Bytes>>
+where
+    T: Clone + Send + Sync + 'static,
+{
+    head.extensions.insert(ConnectInfo(peer));
+    let resp = match route.route(Request::from_parts(head, Body::empty())).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    };
+    let (parts, body) = resp.into_parts();
+    match axum::body::to_bytes(body, MAX_ROUTED_BODY).await {
+        Ok(bytes) => Some(Response::from_parts(parts, bytes)),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "a routed answer's body failed; connection closed");
+            None
+        }
+    }
+}
+
+/// Whether an answer closes its connection.
+fn closes(resp: &Response<Bytes>) -> bool {
+    resp.headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// Writes the answers so far, then gives the connection to hyper.
@@ -351,8 +412,19 @@ mod tests {
             h.insert("x-tidemark-test", HeaderValue::from_static("1"));
             Some(r)
         }
-        let router =
-            axum::Router::new().route("/routed", axum::routing::get(|| async { "routed" }));
+        let router = axum::Router::new()
+            .route("/routed", axum::routing::get(|| async { "routed" }))
+            .route(
+                "/v1/records/{table}/{key}",
+                axum::routing::get(|| async {
+                    tokio::task::yield_now().await;
+                    ([("x-tidemark-routed", "1")], "a routed record")
+                }),
+            )
+            .route(
+                "/v1/records/closing/{key}",
+                axum::routing::get(|| async { ([(header::CONNECTION, "close")], "bye") }),
+            );
         let route = HotRoute::new((), router, hit);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -421,16 +493,43 @@ mod tests {
     async fn hot_answers_match_hypers_and_keep_their_order() {
         let hot = b"GET /hot HTTP/1.1\r\nHost: x\r\n\r\n";
         let routed = b"GET /routed HTTP/1.1\r\nHost: x\r\n\r\n";
-        let all = [&hot[..], hot, routed, hot, b"GET /missing HTTP/1.1\r\n\r\n"].concat();
-        let fast = exchange(front_door(true).await, &all, 5).await;
-        let hyper = exchange(front_door(false).await, &all, 5).await;
+        let record = b"GET /v1/records/t/k HTTP/1.1\r\nHost: x\r\n\r\n";
+        let all = [
+            &hot[..],
+            hot,
+            record,
+            hot,
+            routed,
+            hot,
+            b"GET /missing HTTP/1.1\r\n\r\n",
+        ]
+        .concat();
+        let fast = exchange(front_door(true).await, &all, 7).await;
+        let hyper = exchange(front_door(false).await, &all, 7).await;
         assert_eq!(fast, hyper);
+        assert!(fast[2].contains("x-tidemark-routed: 1\r\n"), "{}", fast[2]);
+        assert!(fast[2].ends_with("a routed record"), "{}", fast[2]);
+        // An answer that closes its connection closes it, on both paths.
+        let closing = [&b"GET /v1/records/closing/k HTTP/1.1\r\n\r\n"[..], hot].concat();
+        for fast_path in [true, false] {
+            let mut s = TcpStream::connect(front_door(fast_path).await)
+                .await
+                .unwrap();
+            s.write_all(&closing).await.unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+                .await
+                .expect("closed in time")
+                .unwrap();
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.ends_with("bye"), "fast path {fast_path}: {text}");
+        }
         assert!(fast[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", fast[0]);
         assert!(fast[0].contains("x-tidemark-test: 1\r\n"), "{}", fast[0]);
         assert!(fast[0].ends_with("{\"hot\":true}"), "{}", fast[0]);
-        assert!(fast[2].ends_with("routed"), "{}", fast[2]);
-        assert!(fast[3].ends_with("{\"hot\":true}"), "{}", fast[3]);
-        assert!(fast[4].starts_with("HTTP/1.1 404"), "{}", fast[4]);
+        assert!(fast[4].ends_with("routed"), "{}", fast[4]);
+        assert!(fast[5].ends_with("{\"hot\":true}"), "{}", fast[5]);
+        assert!(fast[6].starts_with("HTTP/1.1 404"), "{}", fast[6]);
         // A head split across writes is read whole.
         let addr = front_door(true).await;
         let mut s = TcpStream::connect(addr).await.unwrap();

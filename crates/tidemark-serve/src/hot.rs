@@ -66,6 +66,11 @@ impl<S: Clone> HotRoute<S> {
     pub fn answer(&self, head: &Parts) -> Option<Response<Bytes>> {
         (self.hit)(&self.state, self.peer, head)
     }
+
+    /// The router's answer to `req` (which the hot route did not answer).
+    pub fn route(&self, req: Request) -> RouteFuture<Infallible> {
+        tower::Service::call(&mut self.router.clone(), req)
+    }
 }
 
 /// A response the hot route gave, or the router's future.

@@ -82,6 +82,9 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
+    // The whole next head is due by then (not each read of it: a head
+    // trickling in a byte at a time must not hold the connection).
+    let mut due = tokio::time::Instant::now() + header_timeout;
     loop {
         // Answer every whole head read, in order.
         loop {
@@ -123,13 +126,14 @@ where
             }
             out.clear();
             slot.conn.answered(false);
+            due = tokio::time::Instant::now() + header_timeout;
         }
         if buf.len() >= MAX_HEAD {
             return Left::Handoff(buf.freeze());
         }
         // The next head (or the rest of this one), under the deadline.
         let read = tokio::select! {
-            r = tokio::time::timeout(header_timeout, stream.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout_at(due, stream.read_buf(&mut buf)) => r,
             _ = slot.conn.evict.cancelled() => return Left::Closed,
             _ = shutdown.cancelled() => return Left::Closed,
         };

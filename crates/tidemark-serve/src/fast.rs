@@ -20,27 +20,30 @@
 //!   connection), and an idle connection closes when its slot is taken or
 //!   the server shuts down.
 
+mod answer;
+mod head;
+mod prefixed;
+
+pub use prefixed::Prefixed;
+
 use crate::hot::HotRoute;
 use crate::slots::Slot;
 use crate::Stats;
+use answer::{closes, encode};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use axum::http::{Request, Response};
 use bytes::{Bytes, BytesMut};
-use std::io::{self, Write};
+use head::{parse, Head};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// A head longer than this goes to hyper, which has its own limits.
 const MAX_HEAD: usize = 16 * 1024;
-/// Headers a head taken here may have.
-const MAX_HEADERS: usize = 32;
 /// The largest routed answer collected here (a record's answer is far
 /// smaller; past it the connection closes, as a failed body does).
 const MAX_ROUTED_BODY: usize = 64 * 1024 * 1024;
@@ -50,24 +53,13 @@ pub enum Left {
     /// Closed: the peer left, its head came too slowly, it was chosen to
     /// make room, or the server shuts down.
     Closed,
-    /// Hyper's from here: `read` holds the bytes already read, which it
-    /// must see first.
+    /// Hyper's from here, given the bytes already read, which it must see
+    /// first.
     Handoff(Bytes),
 }
 
-/// What one parsed head is (on the stack for one request: boxing the head
-/// would cost an allocation each).
-#[allow(clippy::large_enum_variant)]
-enum Head {
-    /// Not whole yet.
-    Partial,
-    /// A head the hot route may answer, and its length in bytes.
-    Plain(Parts, usize),
-    /// Anything else: hyper's.
-    Hyper,
-}
-
-/// Serves `stream` while the hot route answers its requests.
+/// Serves `stream` while its requests are record reads (answered by the
+/// hot route, or by the router through it).
 pub async fn serve<T>(
     stream: &mut TcpStream,
     peer: SocketAddr,
@@ -174,14 +166,6 @@ where
     }
 }
 
-/// Whether an answer closes its connection.
-fn closes(resp: &Response<Bytes>) -> bool {
-    resp.headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
-}
-
 /// Writes the answers so far, then gives the connection to hyper.
 async fn flush_then_handoff(stream: &mut TcpStream, out: &[u8], buf: BytesMut) -> Left {
     if !out.is_empty() && stream.write_all(out).await.is_err() {
@@ -190,215 +174,13 @@ async fn flush_then_handoff(stream: &mut TcpStream, out: &[u8], buf: BytesMut) -
     Left::Handoff(buf.freeze())
 }
 
-/// Parses the head at the start of `buf`.
-fn parse(buf: &[u8]) -> Head {
-    if buf.is_empty() {
-        return Head::Partial;
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Head::Partial,
-        Err(_) => return Head::Hyper,
-    };
-    if req.method != Some("GET") || req.version != Some(1) {
-        return Head::Hyper;
-    }
-    let Some(uri) = req
-        .path
-        .filter(|p| p.starts_with('/'))
-        .and_then(|p| Uri::try_from(p).ok())
-    else {
-        return Head::Hyper;
-    };
-    let mut map = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) else {
-            return Head::Hyper;
-        };
-        // A body, a protocol switch, or connection management: hyper's.
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE
-            || name == header::CONNECTION
-        {
-            return Head::Hyper;
-        }
-        map.append(name, value);
-    }
-    // No `ConnectInfo` extension: the hot route is given the peer itself.
-    let mut request = Request::new(());
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = map;
-    Head::Plain(request.into_parts().0, len)
-}
-
-/// Appends `resp` as HTTP/1.1 to `out`, as hyper writes it.
-fn encode(resp: &Response<Bytes>, out: &mut Vec<u8>) {
-    let status = resp.status();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in resp.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !resp.headers().contains_key(header::CONTENT_LENGTH) {
-        let _ = write!(out, "content-length: {}\r\n", resp.body().len());
-    }
-    out.extend_from_slice(b"date: ");
-    date(|d| out.extend_from_slice(d));
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(resp.body());
-}
-
-/// The `date` header's value, rendered once a second per thread.
-fn date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
-    use std::cell::RefCell;
-    thread_local! {
-        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs {
-            *d = (secs, httpdate::fmt_http_date(now));
-        }
-        f(d.1.as_bytes())
-    })
-}
-
-/// A stream that reads `prefix` before the stream itself: hyper's view of
-/// a connection the fast path has read from.
-pub struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    pub fn new(prefix: Bytes, inner: S) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let taken = self.prefix.split_to(n);
-            buf.put_slice(&taken);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Settings, Stats};
+    use axum::http::{header, HeaderValue};
     use tidemark_telemetry::Registry;
     use tokio::net::TcpListener;
-
-    fn plain_len(head: &[u8]) -> Option<usize> {
-        match parse(head) {
-            Head::Plain(_, len) => Some(len),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn only_bodiless_http11_gets_are_taken_here() {
-        let get = b"GET /v1/records/t/k HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(plain_len(get), Some(get.len()));
-        // Pipelined: the first head only.
-        let two = [&get[..], &get[..]].concat();
-        assert_eq!(plain_len(&two), Some(get.len()));
-        assert!(matches!(parse(&get[..get.len() - 2]), Head::Partial));
-        assert!(matches!(parse(b""), Head::Partial));
-        for hyper in [
-            &b"GET /a HTTP/1.0\r\n\r\n"[..],
-            b"POST /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
-            b"HEAD /a HTTP/1.1\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-            b"GET /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
-            b"GET http://x/a HTTP/1.1\r\n\r\n",
-            b"GET /a HTTP/1.1\r\nbad header\r\n\r\n",
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-        ] {
-            assert!(
-                matches!(parse(hyper), Head::Hyper),
-                "{}",
-                String::from_utf8_lossy(hyper)
-            );
-        }
-        let head = match parse(b"GET /p?q=1 HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n") {
-            Head::Plain(head, _) => head,
-            _ => panic!("a plain head"),
-        };
-        assert_eq!(head.uri.path(), "/p");
-        assert_eq!(head.uri.query(), Some("q=1"));
-        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_prefixed_stream_reads_what_was_read_first() {
-        let inner: &[u8] = b" world";
-        let mut s = Prefixed::new(Bytes::from_static(b"hello"), inner);
-        let mut got = String::new();
-        s.read_to_string(&mut got).await.unwrap();
-        assert_eq!(got, "hello world");
-    }
 
     /// A front door whose hot route answers `GET /hot` and whose router
     /// answers `GET /routed`; returns its address.

@@ -1,0 +1,118 @@
+//! A request head, as the fast path reads it: whole, a `GET` over HTTP/1.1
+//! with no body, or hyper's.
+
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+
+/// Headers a head taken here may have.
+const MAX_HEADERS: usize = 32;
+
+/// What one parsed head is (on the stack for one request: boxing the head
+/// would cost an allocation each).
+#[allow(clippy::large_enum_variant)]
+pub enum Head {
+    /// Not whole yet.
+    Partial,
+    /// A head this path may answer, and its length in bytes.
+    Plain(Parts, usize),
+    /// Anything else: hyper's.
+    Hyper,
+}
+
+/// Parses the head at the start of `buf`.
+pub fn parse(buf: &[u8]) -> Head {
+    if buf.is_empty() {
+        return Head::Partial;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Hyper,
+    };
+    if req.method != Some("GET") || req.version != Some(1) {
+        return Head::Hyper;
+    }
+    let Some(uri) = req
+        .path
+        .filter(|p| p.starts_with('/'))
+        .and_then(|p| Uri::try_from(p).ok())
+    else {
+        return Head::Hyper;
+    };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::Hyper;
+        };
+        // A body, a protocol switch, or connection management: hyper's.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+            || name == header::CONNECTION
+        {
+            return Head::Hyper;
+        }
+        map.append(name, value);
+    }
+    // No `ConnectInfo` extension: the hot route is given the peer itself.
+    let mut request = Request::new(());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = map;
+    Head::Plain(request.into_parts().0, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain_len(head: &[u8]) -> Option<usize> {
+        match parse(head) {
+            Head::Plain(_, len) => Some(len),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn only_bodiless_http11_gets_are_taken_here() {
+        let get = b"GET /v1/records/t/k HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(plain_len(get), Some(get.len()));
+        // Pipelined: the first head only.
+        let two = [&get[..], &get[..]].concat();
+        assert_eq!(plain_len(&two), Some(get.len()));
+        assert!(matches!(parse(&get[..get.len() - 2]), Head::Partial));
+        assert!(matches!(parse(b""), Head::Partial));
+        for hyper in [
+            &b"GET /a HTTP/1.0\r\n\r\n"[..],
+            b"POST /a HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"HEAD /a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /a HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nconnection: close\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+            b"GET http://x/a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nbad header\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ] {
+            assert!(
+                matches!(parse(hyper), Head::Hyper),
+                "{}",
+                String::from_utf8_lossy(hyper)
+            );
+        }
+        let head = match parse(b"GET /p?q=1 HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n") {
+            Head::Plain(head, _) => head,
+            _ => panic!("a plain head"),
+        };
+        assert_eq!(head.uri.path(), "/p");
+        assert_eq!(head.uri.query(), Some("q=1"));
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+    }
+}

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// Holds one of the `max_connections` slots (`slot`) until it ends, and
 /// tells it when a request is in flight; ends gracefully when the slot is
 /// taken for a newer connection. Plain HTTP starts on the fast path
-/// (`fast.rs`), and goes to hyper at the first request that is not hot.
+/// (`fast.rs`), and goes to hyper at the first request that is not a
+/// record read.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<T>(
     mut stream: TcpStream,

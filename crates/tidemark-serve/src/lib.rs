@@ -12,7 +12,11 @@
 //! - a request body must arrive whole within `body_timeout` of its
 //!   headers, or the request is answered `408 request_timeout`, nothing
 //!   done, and the connection closed;
-//! - every request carries its peer as `ConnectInfo<SocketAddr>`;
+//! - every request the router sees carries its peer as
+//!   `ConnectInfo<SocketAddr>` (the hot route is given it directly);
+//! - over plain HTTP, record reads are parsed and answered without hyper
+//!   (`fast.rs`), byte for byte as hyper answers them; a connection's first
+//!   other request hands it to hyper for good;
 //! - once `shutdown` is cancelled nothing more is accepted, idle
 //!   connections close, and `serve` returns when the requests in flight
 //!   have finished (the caller bounds that wait by its grace period).

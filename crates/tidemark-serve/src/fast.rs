@@ -82,41 +82,37 @@ where
         loop {
             match parse(&buf) {
                 Head::Partial => break,
-                Head::Hyper => return flush_then_handoff(stream, &out, buf).await,
+                Head::Hyper => return handoff(stream, &mut out, buf).await,
                 Head::Plain(head, len) => {
                     slot.conn.busy();
                     let resp = match route.answer(&head) {
                         Some(resp) => resp,
-                        None if head.uri.path().starts_with("/v1/records/") => {
+                        None if head.uri.path().starts_with(crate::hot::RECORDS) => {
                             // The router may take a while: earlier answers
                             // go out first.
-                            if !out.is_empty() {
-                                if stream.write_all(&out).await.is_err() {
-                                    return Left::Closed;
-                                }
-                                out.clear();
+                            if flush(stream, &mut out).await.is_err() {
+                                return Left::Closed;
                             }
                             match routed(route, head, peer).await {
                                 Some(resp) => resp,
                                 None => return Left::Closed,
                             }
                         }
-                        None => return flush_then_handoff(stream, &out, buf).await,
+                        None => return handoff(stream, &mut out, buf).await,
                     };
                     encode(&resp, &mut out);
                     let _ = buf.split_to(len);
                     if closes(&resp) {
-                        let _ = stream.write_all(&out).await;
+                        let _ = flush(stream, &mut out).await;
                         return Left::Closed;
                     }
                 }
             }
         }
         if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
+            if flush(stream, &mut out).await.is_err() {
                 return Left::Closed;
             }
-            out.clear();
             slot.conn.answered(false);
             due = tokio::time::Instant::now() + header_timeout;
         }
@@ -166,12 +162,21 @@ where
     }
 }
 
-/// Writes the answers so far, then gives the connection to hyper.
-async fn flush_then_handoff(stream: &mut TcpStream, out: &[u8], buf: BytesMut) -> Left {
-    if !out.is_empty() && stream.write_all(out).await.is_err() {
-        return Left::Closed;
+/// Writes the answers not yet written, if any.
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
     }
-    Left::Handoff(buf.freeze())
+    Ok(())
+}
+
+/// Writes the answers so far, then gives the connection to hyper.
+async fn handoff(stream: &mut TcpStream, out: &mut Vec<u8>, buf: BytesMut) -> Left {
+    match flush(stream, out).await {
+        Ok(()) => Left::Handoff(buf.freeze()),
+        Err(_) => Left::Closed,
+    }
 }
 
 #[cfg(test)]

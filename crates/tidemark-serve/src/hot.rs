@@ -110,11 +110,14 @@ impl<S: Clone> tower::Service<Request> for HotRoute<S> {
     }
 }
 
+/// The path prefix of a record read, `GET /v1/records/{table}/{key}`.
+pub const RECORDS: &str = "/v1/records/";
+
 /// `table` and `key` of `GET /v1/records/{table}/{key}` when its segments
 /// need no decoding; `None` for anything else, which the router decodes
 /// (or refuses) as it always does.
 pub fn plain_record_path(path: &str) -> Option<(&str, &str)> {
-    let (table, key) = path.strip_prefix("/v1/records/")?.split_once('/')?;
+    let (table, key) = path.strip_prefix(RECORDS)?.split_once('/')?;
     if key.contains(['/', '%']) || table.contains('%') {
         return None;
     }

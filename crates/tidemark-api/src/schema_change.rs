@@ -438,8 +438,13 @@ pub struct SchemaPlan {
     pub new_columns: Vec<NewColumn>,
     /// 5. the new tables not yet in the database.
     pub new_tables: Vec<String>,
-    /// The statements the publish runs, in order, in one transaction.
+    /// The statements the publish runs, in order: the first
+    /// `ddl_before_transaction` one at a time (PostgreSQL's concurrent
+    /// index builds, and the new columns they name), the rest in one
+    /// transaction.
     pub ddl: Vec<String>,
+    #[serde(default)]
+    pub ddl_before_transaction: usize,
 }
 
 /// A publish job's step. The job is stored in the database, so a restarted

@@ -90,7 +90,14 @@ pub struct Auth {
     /// Bumped whenever the tokens change: open streams check that their
     /// caller is still one ([`Auth::still_valid`]).
     generation: tokio::sync::watch::Sender<u64>,
+    /// When an unknown token last made this instance re-read the tokens
+    /// ([`Auth::reload_for_unknown`]).
+    reread_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// The least time between two re-reads for unknown tokens: a stream of
+/// bad tokens costs the store at most ten small reads a second.
+const REREAD_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 const SUBSCRIBERS: &str = "subscribers";
 
@@ -132,7 +139,30 @@ impl Auth {
             write: tokio::sync::Mutex::new(()),
             max_per_token: max_per_token.max(1),
             generation: tokio::sync::watch::Sender::new(0),
+            reread_at: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Re-reads the tokens from the store for a token this instance does
+    /// not know, unless that was done in the last [`REREAD_GAP`]; whether
+    /// it re-read them. Over a shared PostgreSQL another instance may have
+    /// just created it (a standby follows the tokens only every half
+    /// second).
+    pub async fn reload_for_unknown(&self) -> bool {
+        {
+            let mut at = self.reread_at.lock();
+            if at.is_some_and(|t| t.elapsed() < REREAD_GAP) {
+                return false;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        match self.reload().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not re-read the tokens");
+                false
+            }
+        }
     }
 
     /// Changes whenever the tokens do (created, revoked, reloaded).

@@ -402,6 +402,7 @@ pub async fn plan(app: &AppState) -> Result<SchemaPlan, SchemaError> {
             .collect(),
         new_tables: diff.new_tables.iter().map(|(t, _)| t.clone()).collect(),
         ddl: app.store.schema_ddl(&target)?,
+        ddl_before_transaction: app.store.schema_ddl_before_transaction(&target)?,
     })
 }
 
@@ -735,6 +736,16 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
             connected: true,
             reported_at: s.reported_at,
         });
+    }
+    // The job is read from the store, the version in force from the
+    // catalog this instance reads with, which a standby follows (every
+    // half second): until it has, this instance does not run the job's
+    // version, and its reads still leave out what the job added.
+    if job
+        .as_ref()
+        .is_some_and(|j| j.step != PublishStep::Failed && j.to_version > current)
+    {
+        lagging.insert(0, "db".into());
     }
     let job_done = job.as_ref().is_none_or(|j| j.step == PublishStep::Done);
     let warnings = app

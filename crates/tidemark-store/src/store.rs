@@ -189,6 +189,12 @@ pub trait Store: Send + Sync + 'static {
     /// Epoch, seq and schema version.
     async fn meta(&self) -> Result<StoreMeta, StoreError>;
 
+    /// Whether the engine answers now (the readiness probe). An embedded
+    /// engine always does; a remote one is asked a trivial query.
+    async fn reachable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Point read of one record (P1). The table must be in the schema.
     async fn get(&self, table: &str, key: &str) -> Result<Lookup, StoreError>;
 
@@ -296,6 +302,14 @@ pub trait Store: Send + Sync + 'static {
     /// The statements that would take the store from the schema in force to
     /// `target`, for this engine: what a publish of `target` runs.
     fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError>;
+
+    /// How many of [`Store::schema_ddl`]'s statements run one at a time
+    /// before the publish's transaction (PostgreSQL builds the new indexes
+    /// of existing tables concurrently, outside any transaction); the rest
+    /// run in the one transaction.
+    fn schema_ddl_before_transaction(&self, _target: &Schema) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 
     /// Publishes `target` (version = the version in force + 1) in one
     /// transaction: the DDL, the catalog, the registry row (`by`, now) and

@@ -592,7 +592,7 @@ pub struct DemoArgs {
     /// Keep the temporary folder afterwards, and print where it is.
     #[arg(long)]
     pub keep: bool,
-    /// Tell the story on this engine: sqlite or postgres [default: sqlite].
+    /// Tell the story on this engine: sqlite or postgres.
     #[arg(long, value_name = "ENGINE", default_value = "sqlite")]
     pub store: String,
     /// With --store postgres: the database to use (its schema 'tidemark_demo'

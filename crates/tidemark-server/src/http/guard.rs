@@ -170,7 +170,12 @@ pub async fn guard(
         )
         .into_response();
     };
-    match app.auth.check(&token) {
+    let mut found = app.auth.check(&token);
+    if found.is_none() && app.cluster.is_some() && app.auth.reload_for_unknown().await {
+        // Created a moment ago through another instance, perhaps.
+        found = app.auth.check(&token);
+    }
+    match found {
         None => HttpError::new(
             ErrorCode::Unauthenticated,
             "the token is unknown or was revoked; ask an admin for a new one ('tidemark token create')",

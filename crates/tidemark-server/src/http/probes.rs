@@ -17,7 +17,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: the store is open and the server is not shutting down.
+/// How long the readiness probe waits for the storage engine.
+const READY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz`: the store is open and answers, and the server is not
+/// shutting down.
 pub async fn readyz(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
@@ -25,6 +29,24 @@ pub async fn readyz(
         return Err(super::quiesce::offline_error());
     }
     if app.ready.load(Ordering::SeqCst) {
+        // Ready means the store answers: with PostgreSQL down, every read
+        // and order would be refused.
+        let asked = tokio::time::timeout(READY_PATIENCE, app.store.reachable()).await;
+        let unreachable = match asked {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "the storage engine did not answer within {} s",
+                READY_PATIENCE.as_secs()
+            )),
+        };
+        if let Some(why) = unreachable {
+            return Err(HttpError::new(
+                ErrorCode::NotReady,
+                format!("{why}; the server reconnects by itself once the storage engine is back"),
+            )
+            .retry_after(1));
+        }
         Ok(Json(serde_json::json!({"status": "ready"})))
     } else {
         Err(HttpError::new(

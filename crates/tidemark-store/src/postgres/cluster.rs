@@ -251,7 +251,8 @@ impl PgStore {
         let client = self.lease_client().await?;
         let rows = client
             .query(
-                "SELECT id, url, role, term, version, schema_version, started_at::text, heartbeat::text, \
+                "SELECT id, url, role, term, version, schema_version, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), \
+                 to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), \
                  (extract(epoch from (now() - heartbeat)) * 1000)::float8, quiesce, services \
                  FROM tm_members WHERE heartbeat > now() - make_interval(secs => $1::float8 / 1000) ORDER BY started_at, id",
                 &[&(within_ms as f64)],

@@ -153,9 +153,26 @@ fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, Store
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!(
-        "cannot get a PostgreSQL connection: {e}; check that PostgreSQL runs and --database-url is right"
-    ))
+    // A refusal by PostgreSQL itself (no such database or role, a bad
+    // password) displays as just "db error": name PostgreSQL's reason.
+    let refused = match &e {
+        deadpool_postgres::PoolError::Backend(pe) => pe.as_db_error().map(|db| {
+            format!(
+                "PostgreSQL refused the connection: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            )
+        }),
+        _ => None,
+    };
+    match refused {
+        Some(reason) => StoreError::Unavailable(format!(
+            "{reason}; check the user, password and database in --database-url, or create them"
+        )),
+        None => StoreError::Unavailable(format!(
+            "cannot get a PostgreSQL connection: {e}; check that PostgreSQL runs and --database-url is right"
+        )),
+    }
 }
 
 async fn meta_u64(client: &deadpool_postgres::Client, name: &str) -> Result<u64, StoreError> {
@@ -322,8 +339,10 @@ impl PgStore {
         // A transaction left idle (its instance paused or cut off mid-commit)
         // is ended by PostgreSQL after a second, so it cannot hold the lease
         // row and stall a failover (see `cluster.rs`); long reads opt out.
+        // Notices ("relation ... already exists, skipping" from each
+        // instance's IF NOT EXISTS at start) are not worth a log line.
         let session = format!(
-            "-c search_path={schema} -c idle_in_transaction_session_timeout={IDLE_TX_LIMIT_MS}"
+            "-c search_path={schema} -c idle_in_transaction_session_timeout={IDLE_TX_LIMIT_MS} -c client_min_messages=warning"
         );
         config.options(&session);
         if config.get_application_name().is_none() {
@@ -720,6 +739,15 @@ impl PgStore {
 impl Store for PgStore {
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn reachable(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(engine_error)?;
+        Ok(())
     }
 
     fn schema(&self) -> Arc<Schema> {
@@ -1191,6 +1219,14 @@ impl Store for PgStore {
         Ok(
             crate::schema_ddl::staged(&schema_registry::Postgres, &self.catalog().schema, target)?
                 .all(),
+        )
+    }
+
+    fn schema_ddl_before_transaction(&self, target: &Schema) -> Result<usize, StoreError> {
+        Ok(
+            crate::schema_ddl::staged(&schema_registry::Postgres, &self.catalog().schema, target)?
+                .before
+                .len(),
         )
     }
 

@@ -248,12 +248,16 @@ pub(super) fn group_failed(
             })
             .collect();
     }
-    let unavailable = matches!(e, StoreError::Unavailable(_));
     let msg = e.to_string();
+    // Passed on as it is: its message already says it is unreachable.
+    let unavailable = match &e {
+        StoreError::Unavailable(inner) => Some(inner.clone()),
+        _ => None,
+    };
     out.into_iter()
-        .map(|r| match r {
-            Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
-            _ if unavailable => Err(StoreError::Unavailable(msg.clone())),
+        .map(|r| match (r, &unavailable) {
+            (Some(Err(e)), _) if !matches!(e, StoreError::Engine(_)) => Err(e),
+            (_, Some(inner)) => Err(StoreError::Unavailable(inner.clone())),
             _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
         })
         .collect()

@@ -196,8 +196,22 @@ fn print_plan(p: &SchemaPlan) {
     for t in &p.new_tables {
         println!("   {t}");
     }
+    let split = p.ddl_before_transaction.min(p.ddl.len());
+    let (before, tx) = p.ddl.split_at(split);
+    if !before.is_empty() {
+        println!(
+            "\nDDL ({}), one statement at a time before the transaction (indexes built without blocking writes):",
+            p.engine
+        );
+        for d in before {
+            println!("   {d};");
+        }
+    }
     println!("\nDDL ({}, one transaction)", p.engine);
-    for d in &p.ddl {
+    if before.iter().any(|d| d.contains("ADD COLUMN")) {
+        println!("   -- ADD COLUMN IF NOT EXISTS is a no-op for a column added above; it is there for a resumed publish");
+    }
+    for d in tx {
         println!("   {d};");
     }
 }
@@ -259,13 +273,19 @@ fn print_status(st: &PublishStatus) {
 
 /// Waits until every connected service server reports the version in
 /// force, printing each one as it does.
+///
+/// `st` is the answer to the publish (or rollback), from the primary: its
+/// version is the target. The answers after come from `client`'s server,
+/// which may be a standby that has not followed yet; until its version in
+/// force reaches the target, the publish is not done.
 async fn follow(client: &DbClient, mut st: PublishStatus, wait: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait;
+    let target = st.current_version;
     let mut shown = std::collections::BTreeSet::new();
     loop {
         for s in &st.servers {
-            if s.version == Some(st.current_version) && shown.insert(s.name.clone()) {
-                println!("  {} runs version {}", s.name, st.current_version);
+            if s.version == Some(target) && shown.insert(s.name.clone()) {
+                println!("  {} runs version {}", s.name, target);
             }
         }
         if let Some(j) = &st.job {
@@ -277,7 +297,7 @@ async fn follow(client: &DbClient, mut st: PublishStatus, wait: Duration) -> any
                 );
             }
         }
-        if st.complete {
+        if st.complete && st.current_version >= target {
             println!(
                 "done: the DB server and every connected service server run schema version {}",
                 st.current_version
@@ -300,8 +320,8 @@ async fn follow(client: &DbClient, mut st: PublishStatus, wait: Duration) -> any
                 })
                 .collect();
             anyhow::bail!(
-                "schema version {} is in force on the DB server, but after {}s these service servers have not reported it: {}; check that they run and are connected, then follow with 'tidemark schema status'",
-                st.current_version,
+                "schema version {} is in force on the primary, but after {}s these servers have not reported it: {}; check that they run and are connected, then follow with 'tidemark schema status'",
+                target,
                 wait.as_secs(),
                 if lag.is_empty() { "(the announcement is still going out)".to_owned() } else { lag.join(", ") }
             );

@@ -1140,3 +1140,56 @@ async fn a_primary_cut_off_from_postgres_hands_its_service_servers_on() {
     relay.frozen.store(false, Ordering::SeqCst);
     drop(b);
 }
+
+/// A token created through a standby works on that standby at once: an
+/// instance that does not know a token re-reads the tokens before it
+/// refuses it (it followed them only every half second, so the token was
+/// refused as "unknown or revoked" for a moment).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_created_through_a_standby_works_there_at_once() {
+    let Some(url) = database("a_token_created_through_a_standby_works_there_at_once") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, urls, _procs) = two_instances(dir, &url).await;
+    let primary = primary_of(&urls).await;
+    let standby = urls[1 - primary].clone();
+    let admin = create_token(dir, &urls[primary], "admin", "root", None);
+    let status_with = |token: String, base: String| async move {
+        reqwest::Client::new()
+            .get(format!("{base}/v1/records/subscriber/tk"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // The standby knows the admin token (and so that tokens exist).
+    eventually(10, "the standby to know the admin token", || {
+        let (a, s) = (admin.clone(), standby.clone());
+        async move { (status_with(a, s).await == 404).then_some(()) }
+    })
+    .await;
+    for n in 0..10 {
+        // Over HTTP, and used at once (the CLI's own start-up gave the
+        // standby time to follow).
+        let created: Value = reqwest::Client::new()
+            .post(format!("{standby}/v1/tokens"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": format!("r{n}"), "role": "reader"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let reader = created["token"].as_str().expect("a token").to_owned();
+        assert_eq!(
+            status_with(reader, standby.clone()).await,
+            404,
+            "token r{n}, used on the standby right after it was created there"
+        );
+    }
+}

@@ -25,6 +25,16 @@ fn own_cluster(name: &str) -> Option<(PgCluster, String)> {
     Some((cluster, url))
 }
 
+/// A DB server on the PostgreSQL database `url`.
+fn pg_server(dir: &std::path::Path, url: &str) -> Proc {
+    Proc::start(
+        "db",
+        dir,
+        &["server", "--store", "postgres", "--database-url", url],
+        &[],
+    )
+}
+
 /// Every order acknowledged across a PostgreSQL crash is present exactly
 /// once afterwards; in-flight orders get 503 with Retry-After, never a
 /// half-applied batch; the server reconnects by itself.
@@ -35,12 +45,7 @@ async fn postgres_killed_under_load_loses_no_acknowledged_order() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let db = Proc::start(
-        "db",
-        tmp.path(),
-        &["server", "--store", "postgres", "--database-url", &url],
-        &[],
-    );
+    let db = pg_server(tmp.path(), &url);
     db.wait_ok("/readyz").await;
     let acked: Arc<Mutex<BTreeSet<(usize, u64)>>> = Default::default();
     let statuses: Arc<Mutex<BTreeSet<u16>>> = Default::default();
@@ -382,6 +387,30 @@ async fn the_demo_runs_on_postgres() {
     );
 }
 
+/// A database that does not exist: the server names PostgreSQL's own
+/// reason and what to do (it logged just "db error" before), and is not
+/// ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_database_is_named_with_what_to_do() {
+    let Some(pg) = tidemark_testkit::postgres::PgCluster::shared("nodb") else {
+        eprintln!("skipped: no PostgreSQL");
+        return;
+    };
+    let url = pg.url("tidemark_no_such_database");
+    let tmp = tempfile::tempdir().unwrap();
+    let db = pg_server(tmp.path(), &url);
+    db.wait_ok("/healthz").await;
+    eventually(10, "the refusal logged with its reason", || async {
+        let log = db.log_text();
+        (log.contains("\"tidemark_no_such_database\" does not exist")
+            && log.contains("check the user, password and database in --database-url"))
+        .then_some(())
+    })
+    .await;
+    let (s, b) = get_json(&format!("{}/readyz", db.url)).await;
+    assert_eq!(s, 503, "{b}");
+}
+
 /// PostgreSQL unreachable at start: the server says so, keeps retrying,
 /// answers `/readyz` with 503 meanwhile, and is ready once it connects
 /// and holds the lease: the first order after ready is accepted.
@@ -392,12 +421,7 @@ async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
     };
     cluster.stop_immediate().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let db = Proc::start(
-        "db",
-        tmp.path(),
-        &["server", "--store", "postgres", "--database-url", &url],
-        &[],
-    );
+    let db = pg_server(tmp.path(), &url);
     db.wait_ok("/healthz").await;
     let (s, b) = get_json(&format!("{}/readyz", db.url)).await;
     assert_eq!(
@@ -513,12 +537,7 @@ async fn a_schema_from_a_newer_tidemark_keeps_the_server_from_starting() {
     };
     let url = cluster.database("newer_it").unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut db = Proc::start(
-        "db",
-        tmp.path(),
-        &["server", "--store", "postgres", "--database-url", &url],
-        &[],
-    );
+    let mut db = pg_server(tmp.path(), &url);
     db.wait_ok("/readyz").await;
     assert!(db.terminate().success());
     let su = admin(&url).await;
@@ -555,12 +574,7 @@ async fn after_postgres_restarts_under_a_running_server_restore_is_still_refused
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut db = Proc::start(
-        "db",
-        dir,
-        &["server", "--store", "postgres", "--database-url", &url],
-        &[],
-    );
+    let mut db = pg_server(dir, &url);
     db.wait_ok("/readyz").await;
     let order = |seq: u64| {
         format!(
@@ -590,7 +604,20 @@ async fn after_postgres_restarts_under_a_running_server_restore_is_still_refused
     );
 
     cluster.stop_immediate().unwrap();
+    // Not ready while PostgreSQL is down: every read and order would be
+    // refused (it answered ready before).
+    let (s, b) = get_json(&format!("{}/readyz", db.url)).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["error"]["code"], "not_ready", "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("PostgreSQL"),
+        "{b}"
+    );
     cluster.restart().unwrap();
+    db.wait_ok("/readyz").await;
     // Orders are taken again only once the lock is back.
     let orders_url = format!("{}/v1/orders", db.url);
     eventually(30, "orders accepted after the restart", || {

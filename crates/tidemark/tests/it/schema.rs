@@ -215,9 +215,34 @@ async fn a_schema_is_staged_planned_published_and_served_live_on(engine: Engine)
         "{ddl:?}"
     );
     assert!(ddl.iter().any(|d| d.starts_with("CREATE INDEX")), "{ddl:?}");
+    // PostgreSQL builds the index on the existing table concurrently,
+    // before the transaction; the plan says which statements run there.
+    let before = plan["ddl_before_transaction"].as_u64().unwrap() as usize;
+    match engine {
+        Engine::Sqlite => assert_eq!(before, 0, "{plan}"),
+        Engine::Postgres => {
+            assert!(
+                ddl[..before].iter().all(|d| !d.starts_with("CREATE TABLE")),
+                "{ddl:?}"
+            );
+            assert!(
+                ddl[..before].iter().any(|d| d.contains("CONCURRENTLY")),
+                "{ddl:?}"
+            );
+            assert!(
+                ddl[before..].iter().all(|d| !d.contains("CONCURRENTLY")),
+                "{ddl:?}"
+            );
+        }
+    }
     let (ok, text, _) = schema_cmd(dir, &["plan", "--server", &db.url]);
     assert!(
         ok && text.contains("5. new tables") && text.contains("ADD COLUMN"),
+        "{text}"
+    );
+    assert_eq!(
+        text.contains("before the transaction"),
+        engine == Engine::Postgres,
         "{text}"
     );
     assert_eq!(schema_version(&db.url).await, 1, "planning changes nothing");
@@ -982,7 +1007,16 @@ async fn a_standby_adopts_a_publish_and_tells_its_service_servers() {
     assert!(ok, "{err}");
     let (ok, out, err) = schema_cmd(dir, &["publish", "--server", &b.url, "--wait", "30"]);
     assert!(ok, "{out}{err}");
-    svc_schema_version(&svc.url, 3, "the standby's service server to run version 3").await;
+    // It exits 0 only once the standby it was sent to, and the service
+    // server watching that standby, run version 3 (it used to exit as soon
+    // as the standby's own, older, view looked complete).
+    assert!(
+        out.contains("every connected service server run schema version 3"),
+        "{out}"
+    );
+    assert_eq!(schema_version(&b.url).await, 3, "{out}");
+    let (_, st) = get_json(&format!("{}/v1/state", svc.url)).await;
+    assert_eq!(st["schema_version"], 3, "{out}");
 }
 
 /// POSTs `path` until it is not refused `publish_in_progress` (the last

@@ -57,6 +57,10 @@ pub enum EpochReason {
     /// a source the backup did not know): answers given as current before
     /// may be outdated now.
     FlagsAdded,
+    /// Flags were dropped whose order had been applied to another key than
+    /// the schedule list named: answers given as "recovering" may be
+    /// current now.
+    FlagsSettled,
     /// A reason a newer DB server gives that this build does not know: the
     /// event still means "revalidate what you cached".
     #[serde(other)]

@@ -35,7 +35,14 @@ pub struct Recovery {
     /// is not out yet (a step after the commit failed): the chunk's retry
     /// sends it, though its flags are no longer new then.
     owed_flags_added: AtomicBool,
+    /// [`Recovery::maybe_finish`] dropped flags whose order had been
+    /// applied to another key, and their `flags_settled` is not out yet.
+    owed_flags_settled: AtomicBool,
 }
+
+/// With a completion requested and at most this many flags left, they are
+/// checked against their sources' high-water marks (a scan of them all).
+const SETTLE_AT_MOST: u64 = 100_000;
 
 impl std::fmt::Debug for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,6 +66,7 @@ impl Recovery {
             store,
             clearing_since: RwLock::new(None),
             owed_flags_added: AtomicBool::new(false),
+            owed_flags_settled: AtomicBool::new(false),
             recovered_at: RwLock::new(recovered_at),
             transition: tokio::sync::Mutex::new(()),
         })
@@ -71,6 +79,12 @@ impl Recovery {
 
     pub fn state(&self) -> RecoveryState {
         self.meta.read().state
+    }
+
+    /// Recovering, with the OpS's completion requested (as last read).
+    pub fn completion_requested(&self) -> bool {
+        let m = self.meta.read();
+        m.state == RecoveryState::Recovering && m.complete_requested
     }
 
     /// The state as last read.
@@ -271,9 +285,32 @@ impl Recovery {
     }
 
     /// Moves to `recovered` once complete was requested and no flag remains.
+    ///
+    /// A flag clears with its key's order `(source, through_seq)`. One
+    /// whose schedule entry named another key than that order changed would
+    /// stay for good, though its order has been applied (CONTRACT.md: a key
+    /// stays flagged until that order has been applied): once completion is
+    /// requested and few flags are left, those are dropped, and the
+    /// `flags_settled` event tells caches to revalidate
+    /// ([`Recovery::announce_settled`]).
     pub async fn maybe_finish(&self) -> Result<(), StoreError> {
         let _t = self.transition.lock().await;
-        let m = self.refresh().await?;
+        let mut m = self.refresh().await?;
+        if m.state == RecoveryState::Recovering
+            && m.schedule_final
+            && m.complete_requested
+            && (1..=SETTLE_AT_MOST).contains(&m.remaining)
+        {
+            let settled = self.store.settle_flags().await?;
+            if settled > 0 {
+                self.owed_flags_settled.store(true, Ordering::SeqCst);
+                tracing::warn!(
+                    settled,
+                    "dropped flags whose order (source, through_seq) was applied to another key: the schedule list named the wrong key for them"
+                );
+                m = self.refresh().await?;
+            }
+        }
         if m.state == RecoveryState::Recovering
             && m.schedule_final
             && m.complete_requested
@@ -291,6 +328,24 @@ impl Recovery {
             *self.recovered_at.write() = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Sends the `epoch` event owed for flags [`Recovery::maybe_finish`]
+    /// dropped, if any.
+    pub async fn announce_settled(&self, hub: &Hub) {
+        if !self.owed_flags_settled.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match self.store.meta().await {
+            Ok(meta) => hub.publish(Push::Epoch(EpochEvent {
+                epoch: meta.epoch,
+                reason: EpochReason::FlagsSettled,
+            })),
+            Err(e) => {
+                self.owed_flags_settled.store(true, Ordering::SeqCst);
+                tracing::warn!(error = %e, "could not send the flags_settled event; it is sent at the next check");
+            }
+        }
     }
 
     /// Ends a recovery the OpS will never complete: drops every flag.

@@ -293,6 +293,14 @@ pub trait Store: Send + Sync + 'static {
     /// complete). Returns how many were dropped.
     async fn clear_flags(&self) -> Result<u64, StoreError>;
 
+    /// Drops every flag whose order has been applied: its `through_seq` is
+    /// at or below its source's high-water mark. A flag is cleared with the
+    /// order of its own key; one whose order changed another key (a
+    /// schedule entry naming the wrong key) would otherwise stay for good.
+    /// Returns how many were dropped. Scans every flag: call it when few
+    /// remain.
+    async fn settle_flags(&self) -> Result<u64, StoreError>;
+
     // --- the schema registry (S1, S9) ---
 
     /// Every published version of the schema, oldest first, with who

@@ -339,6 +339,7 @@ async fn take_over(
         if let Err(e) = app.recovery.maybe_finish().await {
             tracing::warn!(error = %e, "recovery state check failed; will retry");
         }
+        app.recovery.announce_settled(&app.hub).await;
         // A schema publish the old primary left unfinished ends on one
         // version.
         crate::schema_publish::resume_logged(&app).await;

@@ -108,6 +108,7 @@ pub async fn complete(State(app): State<Arc<AppState>>) -> Result<Json<RecoveryS
         }
         Err(CompleteError::Store(e)) => return Err(e.into()),
     }
+    app.recovery.announce_settled(&app.hub).await;
     status(State(app)).await
 }
 

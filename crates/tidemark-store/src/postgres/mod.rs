@@ -1209,6 +1209,23 @@ impl Store for PgStore {
         .await
     }
 
+    async fn settle_flags(&self) -> Result<u64, StoreError> {
+        self.write_tx_then(
+            |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "DELETE FROM tm_flags WHERE through_seq <= coalesce((SELECT high_water FROM tm_sources WHERE tm_sources.source = tm_flags.source), 0)",
+                        &[],
+                    )
+                    .await
+                    .map_err(engine_error)
+                })
+            },
+            |n| self.flags_cleared(*n),
+        )
+        .await
+    }
+
     async fn schema_versions(
         &self,
     ) -> Result<Vec<tidemark_api::schema_change::SchemaVersionInfo>, StoreError> {

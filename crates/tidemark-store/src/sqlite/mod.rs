@@ -255,6 +255,10 @@ impl Store for SqliteStore {
         recovery::clear_flags(self).await
     }
 
+    async fn settle_flags(&self) -> Result<u64, StoreError> {
+        recovery::settle_flags(self).await
+    }
+
     async fn schema_versions(
         &self,
     ) -> Result<Vec<tidemark_api::schema_change::SchemaVersionInfo>, StoreError> {

@@ -257,6 +257,21 @@ pub(super) async fn clear_flags(s: &SqliteStore) -> Result<u64, StoreError> {
     .await
 }
 
+pub(super) async fn settle_flags(s: &SqliteStore) -> Result<u64, StoreError> {
+    s.blocking(|s| {
+        let conn = s.inner.writer.lock();
+        let n = conn.execute(
+            "DELETE FROM tm_flags WHERE through_seq <= coalesce((SELECT high_water FROM tm_sources WHERE tm_sources.source = tm_flags.source), 0)",
+            [],
+        )? as u64;
+        if n > 0 {
+            s.inner.flag_rows.fetch_sub(n, Ordering::SeqCst);
+        }
+        Ok(n)
+    })
+    .await
+}
+
 /// Flags per multi-row insert (3 parameters each, plus the source).
 const FLAG_ROWS: usize = 500;
 

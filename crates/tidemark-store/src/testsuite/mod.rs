@@ -64,6 +64,7 @@ pub async fn run(store: &dyn Store) {
     recovery::replays_follow_the_original_order(store).await;
     recovery::replays_in_batches(store).await;
     recovery::clearing_flags(store).await;
+    recovery::settling_flags(store).await;
     recovery::schedule_sent_again(store).await;
     recovery::expected_sources(store).await;
     schema::registry(store).await;

@@ -361,6 +361,42 @@ pub(super) async fn clearing_flags(store: &dyn Store) {
         .unwrap();
 }
 
+/// A flag whose order was applied to another key is dropped by
+/// `settle_flags`; one whose order has not come is kept.
+pub(super) async fn settling_flags(store: &dyn Store) {
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    let entries = [("s1", 1), ("s2", 2)]
+        .map(|(key, through_seq)| FlagEntry {
+            table: "subscriber".into(),
+            key: key.into(),
+            through_seq,
+        })
+        .to_vec();
+    let added = store
+        .add_flags("ops-settle", entries, true, vec![])
+        .await
+        .unwrap();
+    assert_eq!(added.flagged, 2);
+    assert_eq!(store.settle_flags().await.unwrap(), 0, "no order yet");
+    // ops-settle seq 1 changes another key than the flag named.
+    apply_ok(
+        store,
+        order("ops-settle", 1, "s-other", Op::Upsert, json!({"plan": "x"})),
+    )
+    .await;
+    assert!(store.get("subscriber", "s1").await.unwrap().flagged);
+    assert_eq!(store.settle_flags().await.unwrap(), 1);
+    assert!(!store.get("subscriber", "s1").await.unwrap().flagged);
+    assert!(store.get("subscriber", "s2").await.unwrap().flagged);
+    assert_eq!(store.recovery_meta().await.unwrap().remaining, 1);
+    assert_eq!(store.clear_flags().await.unwrap(), 1);
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
+}
+
 /// A schedule list sent again, in part or whole (an `ops recover` run
 /// again): a key already flagged keeps the higher `through_seq` and is not
 /// counted as newly flagged; chunks span several write groups.

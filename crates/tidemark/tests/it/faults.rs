@@ -11,7 +11,7 @@
 use crate::harness::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -227,50 +227,6 @@ impl Readers {
     }
 }
 
-fn backup_online(dir: &Path, db: &str) -> PathBuf {
-    let backup = dir.join("backups").join("b1");
-    let out = run(
-        dir,
-        &[
-            "backup",
-            "create",
-            "--to",
-            backup.to_str().unwrap(),
-            "--server",
-            db,
-        ],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "backup create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    backup
-}
-
-/// Kills the DB server, loses its data, restores `backup` and restarts it
-/// on the same address.
-async fn disaster_and_restore(dir: &Path, engine: Engine, db: &mut Proc, backup: &Path) -> Proc {
-    let addr = db.url.trim_start_matches("http://").to_owned();
-    db.kill9();
-    lose_data(dir, engine).await;
-    restore(dir, engine, backup);
-    let db = Proc::start_at("db-restored", dir, &strs(&server_args(dir, engine)), &addr);
-    db.wait_ok("/readyz").await;
-    db
-}
-
-fn restore(dir: &Path, engine: Engine, backup: &Path) {
-    let out = run(dir, &strs(&restore_args(dir, engine, backup)), None, &[]);
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn recover(
     dir: &Path,
     db: &str,
@@ -408,7 +364,7 @@ async fn several_sources_and_live_writes_end_in_the_original_commit_order_on(eng
         &keys,
         history.clone(),
     );
-    db = disaster_and_restore(dir, engine, &mut db, &backup).await;
+    db = lose_restore_restart(dir, engine, &mut db, &backup, &[]).await;
 
     // ops-1's journal alone: its list and replay go through, but the DB
     // server still waits for ops-2, which the backup knows (case 5).
@@ -575,7 +531,7 @@ async fn a_cache_without_a_synced_stream_is_never_served_as_current_on(engine: E
     );
     // Restore and restart; a live source changes every key during the
     // recovery (case 2: the caches' f3-3 is no longer the latest).
-    restore(dir, engine, &backup);
+    run_ok(dir, &strs(&restore_args(dir, engine, &backup)));
     db = Proc::start_at("db-restored", dir, &strs(&server_args(dir, engine)), &addr);
     db.wait_ok("/readyz").await;
     submit(
@@ -670,7 +626,7 @@ async fn a_lost_source_is_waived_only_explicitly_on(engine: Engine) {
     submit(dir, &db.url, &j2, "ops-2", &history, &rows("y1"));
     let backup = backup_online(dir, &db.url);
     submit(dir, &db.url, &j1, "ops-1", &history, &rows("x2"));
-    db = disaster_and_restore(dir, engine, &mut db, &backup).await;
+    db = lose_restore_restart(dir, engine, &mut db, &backup, &[]).await;
 
     let out = recover(
         dir,
@@ -737,7 +693,7 @@ async fn one_run_over_two_sources_follows_the_original_commit_order_on(engine: E
     }
     let backup = backup_online(dir, &db.url);
     two_sources_change_the_same_keys(dir, &db.url, &journal, &journal, &history);
-    db = disaster_and_restore(dir, engine, &mut db, &backup).await;
+    db = lose_restore_restart(dir, engine, &mut db, &backup, &[]).await;
     let out = recover(dir, &db.url, &backup, &[&journal], &[]);
     assert!(
         out.status.success(),
@@ -833,7 +789,7 @@ async fn a_source_recovered_in_a_later_run_is_expected_by_the_first() {
     // keys 10..15.
     set(&j1, "ops-1", 0..5, 2);
     set(&j2, "ops-2", 10..15, 3);
-    let db = disaster_and_restore(dir, engine, &mut db, &backup).await;
+    let db = lose_restore_restart(dir, engine, &mut db, &backup, &[]).await;
 
     let out = recover(dir, &db.url, &backup, &[&j1], &["--expect-source", "ops-2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -303,3 +303,57 @@ pub fn create_token(
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// Backs up the DB server `db` online into `dir/backups/b1`.
+pub fn backup_online(dir: &Path, db: &str) -> std::path::PathBuf {
+    backup_to(dir, db, "b1")
+}
+
+/// Backs up the DB server `db` online into `dir/backups/NAME`.
+pub fn backup_to(dir: &Path, db: &str, name: &str) -> std::path::PathBuf {
+    let backup = dir.join("backups").join(name);
+    let out = run(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            backup.to_str().unwrap(),
+            "--server",
+            db,
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "backup create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    backup
+}
+
+/// Kills `db`, loses its data, restores `backup` with `extra` flags, and
+/// starts a DB server at the same address.
+pub async fn lose_restore_restart(
+    dir: &Path,
+    engine: Engine,
+    db: &mut Proc,
+    backup: &Path,
+    extra: &[&str],
+) -> Proc {
+    let addr = db.url.trim_start_matches("http://").to_owned();
+    db.kill9();
+    lose_data(dir, engine).await;
+    let mut args = restore_args(dir, engine, backup);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = run(dir, &strs(&args), None, &[]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = Proc::start_at("db-restored", dir, &strs(&server_args(dir, engine)), &addr);
+    db.wait_ok("/readyz").await;
+    db
+}

@@ -196,25 +196,7 @@ async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_s
         );
     }
     ops_submit(dir, &lite.url, &input, &[]);
-    let backup = dir.join("b1");
-    let out = run(
-        dir,
-        &[
-            "backup",
-            "create",
-            "--to",
-            backup.to_str().unwrap(),
-            "--server",
-            &lite.url,
-        ],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let backup = backup_online(dir, &lite.url);
     let mut input = String::new();
     for i in 0..10 {
         input += &model.line(&format!("k{i}"), "upsert", json!({"plan": "b"}));

@@ -52,25 +52,7 @@ async fn disaster_on(dir: &Path, engine: Engine) -> World {
         get_json(&key_url(&latest.url, k)).await;
         get_json(&key_url(&stale.url, k)).await;
     }
-    let backup = dir.join("backups").join("b1");
-    let out = run(
-        dir,
-        &[
-            "backup",
-            "create",
-            "--to",
-            backup.to_str().unwrap(),
-            "--server",
-            &db.url,
-        ],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "backup create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let backup = backup_online(dir, &db.url);
     let mut input = String::new();
     for round in 0..3 {
         for i in 0..40 {
@@ -170,25 +152,7 @@ async fn restore_and_restart(dir: &Path, w: &mut World) -> Proc {
 
 /// Loses the data, restores `w.backup` with `extra` flags, and restarts.
 async fn restore_and_restart_with(dir: &Path, w: &mut World, extra: &[&str]) -> Proc {
-    let addr = w.db.url.trim_start_matches("http://").to_owned();
-    w.db.kill9();
-    lose_data(dir, w.engine).await;
-    let mut args = restore_args(dir, w.engine, &w.backup);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let out = run(dir, &strs(&args), None, &[]);
-    assert!(
-        out.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = Proc::start_at(
-        "db-restored",
-        dir,
-        &strs(&server_args(dir, w.engine)),
-        &addr,
-    );
-    db.wait_ok("/readyz").await;
-    db
+    lose_restore_restart(dir, w.engine, &mut w.db, &w.backup, extra).await
 }
 
 fn recover(dir: &Path, db: &str, backup: &Path, env: &[(&str, &str)]) -> std::process::Output {
@@ -784,4 +748,67 @@ async fn lost_acknowledgements_are_learned_again_by_the_next_submit() {
     ops_submit(dir, &db.url, &more, &[]);
     let again = std::fs::read_to_string(&acks).unwrap();
     assert_eq!(again.lines().count(), after.lines().count() + 1, "{again}");
+}
+
+/// CONTRACT.md: "a key stays flagged until the order (source, through_seq)
+/// has been applied". A schedule entry that names another key than that
+/// order changed (x9 waits for ops-x seq 2, which changed a2) no longer
+/// keeps the recovery from ending: once completion is requested, such a
+/// flag is dropped when its order has been applied, whether the orders
+/// arrive before the completion or after it. Before, x9 stayed recovering
+/// for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flag_naming_another_key_than_its_order_clears_once_that_order_is_applied() {
+    for engine in engines("a_flag_naming_another_key_than_its_order_clears") {
+        for complete_first in [false, true] {
+            a_flag_naming_another_key_clears_on(engine, complete_first).await;
+        }
+    }
+}
+
+async fn a_flag_naming_another_key_clears_on(engine: Engine, complete_first: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = db_server_on(dir, engine, &[]).await;
+    let upsert = |seq: u64, key: &str| {
+        json!({"orders": [{"source": "ops-x", "seq": seq, "table": "subscriber", "key": key,
+                           "op": "upsert", "fields": {"plan": format!("p{seq}")}}]})
+        .to_string()
+    };
+    let (s, b) = post_raw(&format!("{}/v1/orders", db.url), upsert(1, "a0")).await;
+    assert_eq!(s, 200, "{b}");
+    let backup = backup_online(dir, &db.url);
+    let db = lose_restore_restart(dir, engine, &mut db, &backup, &[]).await;
+    let u = db.url.clone();
+    let schedule = json!({"source": "ops-x", "entries": [
+        {"table": "subscriber", "key": "a1", "through_seq": 2},
+        {"table": "subscriber", "key": "x9", "through_seq": 3}], "final": true});
+    let (s, b) = post_raw(&format!("{u}/v1/recovery/schedule"), schedule.to_string()).await;
+    assert_eq!((s, b["flagged"].as_u64()), (200, Some(2)), "{b}");
+    let complete = || async {
+        let (s, b) = post_raw(&format!("{u}/v1/recovery/complete"), "{}").await;
+        assert_eq!(s, 200, "{b}");
+    };
+    if complete_first {
+        complete().await;
+    }
+    for (seq, key) in [(2, "a1"), (3, "a2")] {
+        let (s, b) = post_raw(&format!("{u}/v1/orders"), upsert(seq, key)).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    if !complete_first {
+        complete().await;
+    }
+    let (_, r) = get_json(&format!("{u}/v1/recovery")).await;
+    assert_eq!(
+        r["state"], "recovered",
+        "complete first: {complete_first}: {r}"
+    );
+    let (s, b) = get_json(&key_url(&u, "x9")).await;
+    assert_eq!((s, b["recovering"].as_bool()), (404, Some(false)), "{b}");
+    assert!(
+        db.log_text().contains("was applied to another key"),
+        "{}",
+        db.log_text()
+    );
 }

@@ -577,29 +577,6 @@ async fn a_restore_keeps_the_schema_growing_and_service_servers_adopt_it() {
     }
 }
 
-fn backup_to(dir: &Path, db: &str, name: &str) -> std::path::PathBuf {
-    let backup = dir.join("backups").join(name);
-    let out = run(
-        dir,
-        &[
-            "backup",
-            "create",
-            "--to",
-            backup.to_str().unwrap(),
-            "--server",
-            db,
-        ],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    backup
-}
-
 fn manifest_schema_version(backup: &Path) -> u64 {
     let text = std::fs::read_to_string(backup.join("manifest.json")).expect("a manifest");
     let json_part = &text[..text.rfind('}').unwrap() + 1];

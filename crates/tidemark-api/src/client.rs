@@ -11,8 +11,9 @@ use std::time::Duration;
 /// Why a call to the DB server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server could not be reached (refused, reset, timed out).
-    #[error("could not reach the DB server at {url}: {source}; check that it runs and that the URL is right")]
+    /// The server could not be reached (refused, reset, timed out, or its
+    /// certificate not trusted).
+    #[error("could not reach the DB server at {url}: {}", transport_detail(.source))]
     Transport { url: String, source: reqwest::Error },
     /// The server answered with an API error.
     #[error("DB server refused the request ({status} {}): {}", .error.code.as_str(), .error.message)]
@@ -33,11 +34,41 @@ pub enum ClientError {
     },
 }
 
+/// What went wrong in reaching a server, and what to do: reqwest's own
+/// text repeats the URL, its causes say what failed.
+fn transport_detail(e: &reqwest::Error) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    let detail = if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    };
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        format!("{detail}; its TLS certificate is not trusted here: pass the CA certificate that signed it with --ca-cert FILE (or TIDEMARK_CA_CERT)")
+    } else {
+        format!("{detail}; check that it runs and that the URL is right")
+    }
+}
+
 /// How long a watch stream may stay silent: over twice the DB server's
 /// keepalive interval (15 s).
 pub const WATCH_SILENCE: Duration = Duration::from_secs(35);
 
 impl ClientError {
+    /// The server is offline after a quiesce notice (S4).
+    pub fn is_quiescing(&self) -> bool {
+        matches!(self, ClientError::Api { error, .. } if error.code == crate::ErrorCode::Quiescing)
+    }
+
     /// True if retrying later may succeed (transport errors and 503s).
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -62,6 +62,9 @@ pub enum ErrorCode {
     Forbidden,
     /// A token with that name exists already.
     TokenExists,
+    /// The last admin token cannot be revoked while other tokens remain:
+    /// nobody could manage tokens afterwards.
+    LastAdmin,
     /// No primary is online (a failover): the write was held up to
     /// `--failover-wait` seconds; retry after `Retry-After`.
     NoPrimary,
@@ -126,6 +129,7 @@ impl ErrorCode {
             | ScheduleIncomplete
             | NoQuiesce
             | TokenExists
+            | LastAdmin
             | PromoteRefused
             | SchemaDropRefused
             | SchemaTypeChangeRefused
@@ -177,6 +181,7 @@ impl ErrorCode {
             Unauthenticated => "unauthenticated",
             Forbidden => "forbidden",
             TokenExists => "token_exists",
+            LastAdmin => "last_admin",
             NoPrimary => "no_primary",
             PromoteRefused => "promote_refused",
             TooManyStreams => "too_many_streams",
@@ -226,6 +231,7 @@ impl ErrorCode {
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::TokenExists,
+        ErrorCode::LastAdmin,
         ErrorCode::NoPrimary,
         ErrorCode::PromoteRefused,
         ErrorCode::TooManyStreams,

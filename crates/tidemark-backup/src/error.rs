@@ -43,7 +43,7 @@ pub enum BackupError {
     #[error("{path} does not decode: {detail}; choose another backup")]
     Undecodable { path: PathBuf, detail: String },
     /// The destination already holds something.
-    #[error("{0} already exists and is not empty; choose a new --to directory")]
+    #[error("{0} already exists and is not empty; name a new or empty directory (backup create --to, restore --safety-dir)")]
     DestinationExists(PathBuf),
     /// Offline backup or cleanup of a directory without a store.
     #[error("{0} holds no Tidemark store; check --data-dir")]

@@ -312,6 +312,11 @@ pub async fn send_with_retry(
     loop {
         match client.post_orders_encoded(body.clone()).await {
             Ok(r) => return Ok(r),
+            // Offline on purpose (every instance given, if several): it
+            // will not take orders for a while, so say so at once.
+            Err(e) if e.is_quiescing() => {
+                return Err(e).context("the DB server is offline after a quiesce notice; the orders stay journaled: run the same command again once it is back, or name another instance with --db")
+            }
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
                 tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
                 tokio::time::sleep(delay).await;

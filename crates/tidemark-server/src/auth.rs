@@ -66,6 +66,21 @@ pub enum TokenError {
     Store(#[from] StoreError),
 }
 
+/// Why a token was not revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// No token has this name.
+    #[error("no token named '{0}'; 'tidemark token list' shows them")]
+    Unknown(String),
+    /// It is the last admin token and other tokens remain: nobody could
+    /// create or revoke tokens afterwards, and protected mode (no token at
+    /// all) would not come back.
+    #[error("token '{0}' is the last admin token, and other tokens remain: without it nobody could manage tokens; create another admin token first ('tidemark token create --role admin --name NAME'), or revoke the other tokens first")]
+    LastAdmin(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Why a subscriber name was not bound to a token.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum BindError {
@@ -355,13 +370,17 @@ impl Auth {
     }
 
     /// Revokes a token; false if there was none by that name.
-    pub async fn revoke(&self, name: &str) -> Result<bool, StoreError> {
+    pub async fn revoke(&self, name: &str) -> Result<(), RevokeError> {
         let _w = self.write.lock().await;
         let mut tokens = self.tokens.read().clone();
-        let before = tokens.len();
+        let admin = |t: &TokenRecord| t.role == AccessRole::Admin;
+        let Some(gone) = tokens.iter().find(|t| t.name == name) else {
+            return Err(RevokeError::Unknown(name.to_owned()));
+        };
+        let was_admin = admin(gone);
         tokens.retain(|t| t.name != name);
-        if tokens.len() == before {
-            return Ok(false);
+        if was_admin && !tokens.is_empty() && !tokens.iter().any(admin) {
+            return Err(RevokeError::LastAdmin(name.to_owned()));
         }
         self.save(&tokens).await?;
         *self.tokens.write() = tokens;
@@ -373,11 +392,14 @@ impl Auth {
         map.retain(|_, owner| owner != name);
         if map.len() != bound {
             self.store
-                .set_note(SUBSCRIBERS, Some(serde_json::to_string(&map)?))
+                .set_note(
+                    SUBSCRIBERS,
+                    Some(serde_json::to_string(&map).map_err(StoreError::from)?),
+                )
                 .await?;
             *self.subscribers.write() = map;
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -417,9 +439,35 @@ mod tests {
         // Another instance over the same store sees it.
         let again = Auth::load(store, 16).await.unwrap();
         assert!(again.check(&t.token).is_some());
-        assert!(again.revoke("ops-1").await.unwrap());
-        assert!(!again.revoke("ops-1").await.unwrap());
+        again.revoke("ops-1").await.unwrap();
+        assert!(matches!(
+            again.revoke("ops-1").await,
+            Err(RevokeError::Unknown(_))
+        ));
         assert!(again.check(&t.token).is_none());
+    }
+
+    /// The last admin token goes only with the other tokens: revoked
+    /// first, nobody could manage tokens again (found by an outside audit).
+    #[tokio::test]
+    async fn the_last_admin_token_is_revoked_only_after_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
+        let auth = Auth::load(store, 16).await.unwrap();
+        auth.create("root", AccessRole::Admin).await.unwrap();
+        auth.create("ops-1", AccessRole::Ops).await.unwrap();
+        assert!(matches!(
+            auth.revoke("root").await,
+            Err(RevokeError::LastAdmin(_))
+        ));
+        assert!(auth.list().iter().any(|t| t.name == "root"), "kept");
+        // With a second admin, or once it is the only token, it may go.
+        auth.create("root-2", AccessRole::Admin).await.unwrap();
+        auth.revoke("root").await.unwrap();
+        auth.revoke("ops-1").await.unwrap();
+        auth.revoke("root-2").await.unwrap();
+        assert!(!auth.any(), "back to protected mode");
     }
 
     #[tokio::test]
@@ -436,7 +484,7 @@ mod tests {
             auth.bind_subscriber("svc-2", "svc-2").await,
             Err(BindError::Taken("squatter".into()))
         );
-        assert!(auth.revoke("squatter").await.unwrap());
+        auth.revoke("squatter").await.unwrap();
         assert_eq!(auth.bind_subscriber("svc-2", "svc-2").await, Ok(()));
         // Stored: another instance over the same store sees the same.
         let again = Auth::load(store, 16).await.unwrap();

@@ -3,7 +3,7 @@
 use super::error::HttpError;
 use super::guard::Caller;
 use super::AppState;
-use crate::auth::TokenError;
+use crate::auth::{RevokeError, TokenError};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -53,12 +53,11 @@ pub async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, HttpError> {
-    if !app.auth.revoke(&name).await? {
-        return Err(HttpError::new(
-            ErrorCode::NotFound,
-            format!("no token named '{name}'; 'tidemark token list' shows them"),
-        ));
-    }
+    app.auth.revoke(&name).await.map_err(|e| match e {
+        RevokeError::Unknown(_) => HttpError::new(ErrorCode::NotFound, e.to_string()),
+        RevokeError::LastAdmin(_) => HttpError::new(ErrorCode::LastAdmin, e.to_string()),
+        RevokeError::Store(s) => s.into(),
+    })?;
     app.audit
         .record(&caller.0, "token_revoke", serde_json::json!({"name": name}))
         .await;

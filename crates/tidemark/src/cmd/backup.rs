@@ -62,10 +62,16 @@ pub(super) async fn config_for_backup(
             config.pg_schema = schema.to_owned();
         }
     }
+    Ok(tidemark_server::backup_config::for_backup(&config).await?)
+}
+
+/// After a backup that recorded the settings of `config` succeeded: a
+/// note if they are not the server's own file. Printed only then, so a
+/// failure stays one line.
+pub(super) fn note_settings_source(config: &ServerConfig) {
     if config.config_file.is_none() {
         eprintln!("note: no --config given, so the backup records the settings this command sees (defaults and TIDEMARK_SERVER__* variables), not the server's own config file; give the server's --config FILE to keep it with the backup");
     }
-    Ok(tidemark_server::backup_config::for_backup(&config).await?)
 }
 
 /// `12.3 MiB`.
@@ -74,6 +80,8 @@ pub(super) fn human(bytes: u64) -> String {
 }
 
 async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()> {
+    // An offline backup records this command's settings (see below).
+    let settings = a.offline.then(|| config.clone());
     let bar = progress_bar("backing up");
     let progress = |n: u64| bar.set_position(n);
     let made = match (&a.server, a.offline) {
@@ -127,6 +135,9 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
         )
     })?;
     bar.finish_and_clear();
+    if let Some(c) = &settings {
+        note_settings_source(c);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     } else {

@@ -27,6 +27,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         )
     };
     // Only a safety backup records it.
+    let live_config_taken = safety_to.is_some();
     let live_config = match &safety_to {
         Some(_) => Some(
             super::backup::config_for_backup(
@@ -50,6 +51,9 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     let progress = |n: u64| bar.set_position(n);
     let report = tidemark_backup::restore::run(&opts, &progress).await?;
     bar.finish_and_clear();
+    if live_config_taken {
+        super::backup::note_settings_source(&config);
+    }
     if a.json {
         println!(
             "{}",
@@ -116,6 +120,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
             default_safety_dir(&std::path::PathBuf::from(format!("tidemark-{schema}")))
         }))
     };
+    let live_config_taken = safety_to.is_some();
     let live_config = match &safety_to {
         Some(_) => Some(
             super::backup::config_for_backup(
@@ -147,6 +152,9 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
     let progress = |n: u64| bar.set_position(n);
     let report = tidemark_backup::restore_pg::run(&opts, &progress).await?;
     bar.finish_and_clear();
+    if live_config_taken {
+        super::backup::note_settings_source(&config);
+    }
     if a.json {
         println!(
             "{}",

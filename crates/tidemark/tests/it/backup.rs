@@ -426,6 +426,8 @@ async fn restore_is_refused_while_a_server_runs_and_allowed_after_kill_9() {
         "{stderr}"
     );
     assert!(stderr.contains("server"), "names the holder: {stderr}");
+    // One line (CONTRACT.md): the note on recorded settings came first.
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let (success, _, stderr) = tm(
         dir,
         &[
@@ -443,6 +445,7 @@ async fn restore_is_refused_while_a_server_runs_and_allowed_after_kill_9() {
         !success && stderr.contains("in use"),
         "offline backup refused: {stderr}"
     );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let (success, _, stderr) = tm(dir, &["cleanup", "--data-dir", s(&data)], &[]);
     assert!(
         !success && stderr.contains("in use"),

@@ -149,6 +149,31 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
     )
     .await;
     assert_eq!((s, b["error"]["code"].as_str()), (503, Some("quiescing")));
+    // `ops submit` says so at once, in one line, and keeps the orders
+    // journaled (it retried silently for a minute before).
+    let journal = dir.join("journal");
+    let line = r#"{"table": "subscriber", "key": "k", "op": "upsert", "fields": {"plan": "x"}}"#;
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "-",
+        ],
+        Some(format!("{line}\n").as_bytes()),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("offline after a quiesce notice") && stderr.contains("stay journaled"),
+        "{stderr}"
+    );
     assert_eq!(
         commit_seq(&db.url).await,
         0,

@@ -61,10 +61,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
 
 /// The bearer token a request presents.
 pub fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    // The scheme's name is case-insensitive (RFC 9110, 11.1).
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Whether protected mode trusts this caller: a program on this host
@@ -200,6 +200,20 @@ pub async fn guard(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let with = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, v.parse().unwrap());
+            bearer(&m).map(str::to_owned)
+        };
+        for v in ["Bearer tm_x", "bearer tm_x", "BEARER  tm_x"] {
+            assert_eq!(with(v).as_deref(), Some("tm_x"), "{v}");
+        }
+        assert_eq!(with("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(with("Bearertm_x"), None);
+    }
 
     #[test]
     fn protected_mode_trusts_no_browser_page_of_another_site() {

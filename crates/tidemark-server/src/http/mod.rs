@@ -90,5 +90,22 @@ pub fn router(state: Arc<AppState>) -> Router {
             error::refuse_declared_oversize(limit, req, next)
         }))
         .layer(axum::middleware::from_fn(tidemark_serve::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_errors,
+        ))
         .with_state(state)
+}
+
+/// Counts every answer with an error status (`tidemark_http_errors_total`).
+async fn count_errors(
+    axum::extract::State(app): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let resp = next.run(req).await;
+    if resp.status().as_u16() >= 400 {
+        app.metrics.errors.inc();
+    }
+    resp
 }

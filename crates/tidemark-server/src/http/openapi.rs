@@ -206,8 +206,104 @@ pub fn document() -> Value {
     })
 }
 
+/// Documents authentication (CONTRACT.md): the bearer scheme, and on
+/// every operation that needs a token the role the guard asks for, with
+/// its 401 and 403 answers. The scheme is not made a requirement of the
+/// operations: in protected mode (no token created yet) a loopback client
+/// needs none, which a checker would take for ignored authentication.
+fn secure(doc: &mut Value) {
+    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer",
+        "description": "A token from 'tidemark token create'. With no token created yet, the server serves loopback clients without one (protected mode)."}});
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in ops.iter_mut() {
+            let Ok(m) = method.to_ascii_uppercase().parse::<axum::http::Method>() else {
+                continue;
+            };
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            match super::guard::required_role(&m, path) {
+                None => {}
+                Some(role) => {
+                    let said = op
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let d = format!(
+                        "{said} Needs a token with role '{}' or higher.",
+                        role.as_str()
+                    );
+                    op.insert(
+                        "description".into(),
+                        Value::String(d.trim_start().to_owned()),
+                    );
+                    if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                        r.entry("401").or_insert_with(|| {
+                            json!({"description": "No token, or one the server does not know (unauthenticated)",
+                                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+                        });
+                        r.entry("403").or_insert_with(|| {
+                            json!({"description": "The token's role is not enough (forbidden); the message names the role needed",
+                                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub async fn openapi() -> Json<Value> {
     let mut doc = document();
+    secure(&mut doc);
     tidemark_serve::openapi::annotate(&mut doc);
     Json(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation that needs a token documents its role and its 401
+    /// and 403 answers; the probes document neither.
+    #[test]
+    fn the_document_says_which_role_each_operation_needs() {
+        let mut doc = document();
+        secure(&mut doc);
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let orders = &doc["paths"]["/v1/orders"]["post"];
+        assert!(
+            orders["description"]
+                .as_str()
+                .unwrap()
+                .contains("role 'ops'"),
+            "{orders}"
+        );
+        for status in ["401", "403"] {
+            assert!(
+                orders["responses"][status].is_object(),
+                "{status}: {orders}"
+            );
+        }
+        let read = &doc["paths"]["/v1/records/{table}/{key}"]["get"];
+        assert!(
+            read["description"]
+                .as_str()
+                .unwrap()
+                .contains("role 'reader'"),
+            "{read}"
+        );
+        let probe = &doc["paths"]["/healthz"]["get"];
+        assert!(probe["responses"]["401"].is_null(), "{probe}");
+        assert!(probe.get("description").is_none(), "{probe}");
+    }
 }

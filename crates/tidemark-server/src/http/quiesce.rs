@@ -14,6 +14,8 @@ use tidemark_api::ErrorCode;
 
 /// The longest notice accepted: a day.
 const MAX_SECONDS: u64 = 86_400;
+/// The longest quiesce message.
+const MAX_MESSAGE_CHARS: usize = 1000;
 
 #[derive(Debug, Deserialize)]
 struct Announce {
@@ -51,6 +53,18 @@ pub async fn announce(
                 req.seconds
             ),
         ));
+    }
+    // It goes to every watch stream and into the audit log.
+    if let Some(m) = &req.message {
+        if m.chars().count() > MAX_MESSAGE_CHARS {
+            return Err(HttpError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a quiesce message can be at most {MAX_MESSAGE_CHARS} characters, not {}; shorten it",
+                    m.chars().count()
+                ),
+            ));
+        }
     }
     let message = req
         .message

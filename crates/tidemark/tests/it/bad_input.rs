@@ -222,6 +222,7 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
             "invalid_key",
         ),
     ];
+    let db_cases = cases.iter().filter(|c| c.0.starts_with(&db.url)).count() as u64;
     for (url, status, code) in cases {
         let (s, b) = get_json(&url).await;
         assert_eq!(
@@ -230,6 +231,23 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
             "{url}: {b}"
         );
     }
+    // The DB server counts them (it counted none before).
+    let metrics = reqwest::get(format!("{}/metrics", db.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidemark_http_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .expect("tidemark_http_errors_total in /metrics");
+    assert!(
+        counted >= db_cases,
+        "{counted} errors counted, {db_cases} sent"
+    );
     let r = reqwest::Client::new()
         .get(format!("{}/v1/records/subscriber/k", svc.url))
         .header("Tidemark-Freshness", "yesterday")

@@ -122,6 +122,19 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
         "--in or --cancel is required"
     );
 
+    // A message goes to every stream and into the audit log: its length
+    // is bounded.
+    let (s, b) = post_raw(
+        &format!("{}/v1/quiesce", db.url),
+        json!({"seconds": 30, "message": "x".repeat(1001)}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{b}"
+    );
+
     // A notice that runs out takes the server offline.
     let out = run(
         dir,

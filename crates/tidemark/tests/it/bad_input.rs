@@ -232,18 +232,7 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
         );
     }
     // The DB server counts them (it counted none before).
-    let metrics = reqwest::get(format!("{}/metrics", db.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tidemark_http_errors_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .expect("tidemark_http_errors_total in /metrics");
+    let counted = metric(&db.url, "tidemark_http_errors_total").await;
     assert!(
         counted >= db_cases,
         "{counted} errors counted, {db_cases} sent"

@@ -191,18 +191,7 @@ async fn orders_reach_both_service_servers_by_push_in_order_on(engine: Engine) {
         .await;
         assert_eq!(r["source"], "cache");
         assert_eq!(r["fields"]["credit_limit"], 30);
-        let m = reqwest::get(format!("{}/metrics", svc.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let fetches: u64 = m
-            .lines()
-            .find(|l| l.starts_with("tidemark_service_db_fetches_total"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap();
+        let fetches = metric(&svc.url, "tidemark_service_db_fetches_total").await;
         assert_eq!(fetches, 1, "only the first read went to the DB server");
     }
 }

@@ -299,21 +299,6 @@ impl Reader {
     }
 }
 
-async fn metric(url: &str, name: &str) -> u64 {
-    let m = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    m.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 /// Two instances on `url`'s database, both ready: their addresses, URLs
 /// and processes (index i listens on `addrs[i]`).
 async fn two_instances(dir: &Path, url: &str) -> ([String; 2], Vec<String>, Vec<Proc>) {

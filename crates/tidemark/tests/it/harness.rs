@@ -357,3 +357,19 @@ pub async fn lose_restore_restart(
     db.wait_ok("/readyz").await;
     db
 }
+
+/// The value of metric `name` on the server at `url` (0 if absent).
+pub async fn metric(url: &str, name: &str) -> u64 {
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}

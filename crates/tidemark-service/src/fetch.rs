@@ -278,6 +278,17 @@ fn db_unavailable(shared: &Shared) -> ReadError {
     }
 }
 
+/// A read the DB server refused because of this service server's own
+/// token: said at once, without the DB server's details.
+fn credentials_refused() -> ReadError {
+    ReadError {
+        code: ErrorCode::DbUnavailable,
+        status: 503,
+        message: "the DB server refused this service server's token, and this read has no cached answer to fall back on; the operator must give the service server a valid token (its log says more); retry later".into(),
+        retry_after: Some(5),
+    }
+}
+
 /// How long a `stale-ok` read with a cached copy waits for the DB server
 /// before it serves the copy marked recovering.
 const STALE_OK_WAIT: Duration = Duration::from_millis(500);
@@ -410,6 +421,14 @@ pub async fn read(
                 db_failed = true;
                 if let Some(served) = fallback(shared, table, key, freshness) {
                     return Ok(served);
+                }
+                if let ClientError::Api {
+                    status: 401 | 403, ..
+                } = &e
+                {
+                    // Its own credentials: waiting out the deadline would
+                    // not mend them, only hold the terminal.
+                    return Err(credentials_refused());
                 }
                 if Instant::now() >= deadline {
                     return Err(ReadError {

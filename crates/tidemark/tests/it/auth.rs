@@ -361,6 +361,24 @@ async fn clients_and_service_servers_use_their_tokens() {
     assert_eq!(r.status(), 503);
     let b: serde_json::Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "db_unavailable", "{b}");
+    // A latest read with nothing cached is told at once (it waited out its
+    // whole deadline before), and what the operator must do.
+    let started = std::time::Instant::now();
+    let (s, b) = get_json(&key_url(&svc.url, "never-read-2")).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("db_unavailable")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("token"),
+        "{b}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "answered after {:?}",
+        started.elapsed()
+    );
 }
 
 /// B3 with tokens: a restore keeps the live store's tokens. A token revoked

@@ -282,7 +282,12 @@ pub enum RecoveryCommand {
 
 #[derive(Debug, Args)]
 pub struct RecoveryFlagsArgs {
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIDEMARK_CLIENT__SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub server: String,
     /// Most flags to list.
     #[arg(long, default_value_t = 100)]
@@ -293,7 +298,12 @@ pub struct RecoveryFlagsArgs {
 
 #[derive(Debug, Args)]
 pub struct RecoveryAbortArgs {
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIDEMARK_CLIENT__SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub server: String,
     /// Why the recovery is ended (required; written to the server log).
     #[arg(long, value_name = "TEXT")]
@@ -303,7 +313,12 @@ pub struct RecoveryAbortArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// URL of the DB server.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIDEMARK_CLIENT__SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub server: String,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -317,7 +332,12 @@ pub enum TokenCommand {
     /// loopback client may create.
     Create {
         /// URL of the DB server.
-        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TIDEMARK_CLIENT__SERVER",
+            default_value = "http://127.0.0.1:7070"
+        )]
         server: String,
         /// reader (records, watch, state), ops (also orders and recovery)
         /// or admin (everything).
@@ -329,7 +349,12 @@ pub enum TokenCommand {
     },
     /// List the tokens (names and roles, never the secrets).
     List {
-        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TIDEMARK_CLIENT__SERVER",
+            default_value = "http://127.0.0.1:7070"
+        )]
         server: String,
         /// Print JSON.
         #[arg(long)]
@@ -337,7 +362,12 @@ pub enum TokenCommand {
     },
     /// Revoke a token by name.
     Revoke {
-        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TIDEMARK_CLIENT__SERVER",
+            default_value = "http://127.0.0.1:7070"
+        )]
         server: String,
         /// The token's name.
         name: String,
@@ -347,7 +377,12 @@ pub enum TokenCommand {
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// URL of the DB server.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TIDEMARK_CLIENT__SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub server: String,
     /// Print JSON.
     #[arg(long)]
@@ -501,7 +536,7 @@ pub struct CleanupArgs {
 #[command(group(clap::ArgGroup::new("what").required(true).args(["in_secs", "cancel"])))]
 pub struct QuiesceArgs {
     /// URL of the DB server.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
     pub server: String,
     /// Go offline after this many seconds; users see the time left.
     #[arg(long = "in", value_name = "SECONDS")]
@@ -519,7 +554,7 @@ pub struct PromoteArgs {
     /// The standby to make primary (its --advertise URL). The old primary
     /// finishes its commits in flight and becomes a standby; writes sent
     /// meanwhile, to any instance, are held and committed by the new one.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
     pub server: String,
 }
 
@@ -527,7 +562,7 @@ pub struct PromoteArgs {
 pub enum SchemaCommand {
     /// The schema in force (or, with --pending, the staged one), as a schema document.
     Show {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Show the staged (not yet published) schema instead.
         #[arg(long)]
@@ -535,7 +570,7 @@ pub enum SchemaCommand {
     },
     /// Every published version: who published it, when, and what it changed.
     Versions {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the registry as JSON.
         #[arg(long)]
@@ -543,19 +578,19 @@ pub enum SchemaCommand {
     },
     /// Store FILE, a schema document (the full desired schema), as the pending version. Unsafe changes are refused.
     Stage {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// The schema document ('-' reads standard input).
         file: PathBuf,
     },
     /// Drop the staged schema without publishing it.
     Discard {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
     },
     /// The pending change in S1's five parts, and the DDL for the engine in use.
     Plan {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the plan as JSON.
         #[arg(long)]
@@ -563,7 +598,7 @@ pub enum SchemaCommand {
     },
     /// Publish the pending version; exits 0 once the DB server and every connected service server run it.
     Publish {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// How long to wait for the service servers to report the new version.
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -571,7 +606,7 @@ pub enum SchemaCommand {
     },
     /// The last publish or rollback, and which server runs which version.
     Status {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the status as JSON.
         #[arg(long)]
@@ -579,7 +614,7 @@ pub enum SchemaCommand {
     },
     /// Go back to the previous version (as a new version), where that can be undone: added columns and tables still empty.
     Rollback {
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// How long to wait for the service servers to report the new version.
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]

@@ -34,6 +34,20 @@ impl Default for OpsConfig {
     }
 }
 
+/// What every command that talks to a DB server uses (section
+/// `[client]`): the client commands' `--server`, `--token` and
+/// `--ca-cert`, and a service server's token and CA.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The DB server's URL (`--server`; env `TIDEMARK_CLIENT__SERVER`).
+    pub server: Option<String>,
+    /// The token to send (`--token`; env `TIDEMARK_TOKEN`).
+    pub token: Option<String>,
+    /// The CA certificate for https URLs (`--ca-cert`; env `TIDEMARK_CA_CERT`).
+    pub ca_cert: Option<PathBuf>,
+}
+
 /// The whole file. Unknown top-level keys are ignored (other TIDEMARK_*
 /// variables exist); unknown keys inside a section are refused.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +56,49 @@ pub struct Config {
     pub server: ServerConfig,
     pub service: ServiceConfig,
     pub ops: OpsConfig,
+    pub client: ClientConfig,
+}
+
+/// The environment variable that stands for each `[client]` setting; the
+/// flags read them (clap `env`), so a flag beats the variable.
+const CLIENT_ENV: [&str; 3] = [
+    "TIDEMARK_CLIENT__SERVER",
+    "TIDEMARK_TOKEN",
+    "TIDEMARK_CA_CERT",
+];
+
+/// Before the flags are parsed: the `[client]` settings of the `--config`
+/// file in `args` become the environment variables their flags read,
+/// where those are not set. So flags beat the environment, which beats the
+/// file. A file that cannot be read is left to [`load`], which says why.
+/// Runs before any thread starts (it sets environment variables).
+pub fn client_settings_into_env(args: &[std::ffi::OsString]) {
+    let mut path = None;
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            path = it.next().map(PathBuf::from);
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let Some(path) = path.filter(|p| p.is_file()) else {
+        return;
+    };
+    let Ok(client) = Figment::from(Toml::file(&path)).extract_inner::<ClientConfig>("client")
+    else {
+        return;
+    };
+    let values = [
+        client.server,
+        client.token,
+        client.ca_cert.map(|p| p.display().to_string()),
+    ];
+    for (name, value) in CLIENT_ENV.iter().zip(values) {
+        if let (Some(v), None) = (value, std::env::var_os(name)) {
+            std::env::set_var(name, v);
+        }
+    }
 }
 
 /// Loads defaults, then the file (if given), then the environment.
@@ -58,7 +115,7 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     }
     fig = fig.merge(Env::prefixed("TIDEMARK_").split("__").filter(|k| {
         let k = k.as_str().to_ascii_lowercase();
-        ["server.", "service.", "ops."]
+        ["server.", "service.", "ops.", "client."]
             .iter()
             .any(|p| k.starts_with(p))
     }));

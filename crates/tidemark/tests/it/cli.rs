@@ -185,3 +185,62 @@ async fn file_then_environment_then_flags() {
         .unwrap();
     assert!(metrics.contains("# TYPE tidemark_reads_total counter"));
 }
+
+/// Client commands take their server, token and CA from `[client]` in
+/// the file, the environment overrides it and the flag both (they read
+/// only their flags before, so `status --config` went to the default
+/// address).
+#[tokio::test(flavor = "multi_thread")]
+async fn client_commands_take_server_and_token_from_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let admin = create_token(dir, &db.url, "admin", "root", None);
+    std::fs::write(
+        dir.join("client.toml"),
+        format!("[client]\nserver = \"{}\"\ntoken = \"{admin}\"\n", db.url),
+    )
+    .unwrap();
+    // `token list` needs the admin token: both come from the file.
+    let out = run(
+        dir,
+        &["--config", "client.toml", "token", "list"],
+        None,
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("root"));
+    // The environment beats the file.
+    let dead = "http://127.0.0.1:9";
+    let env = [("TIDEMARK_CLIENT__SERVER", dead)];
+    let out = run(dir, &["--config", "client.toml", "status"], None, &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    // The flag beats both.
+    let out = run(
+        dir,
+        &["--config", "client.toml", "status", "--server", &db.url],
+        None,
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong key in the section is refused, naming it.
+    std::fs::write(dir.join("bad.toml"), "[client]\nsrever = \"x\"\n").unwrap();
+    let out = run(
+        dir,
+        &["--config", "bad.toml", "status", "--server", &db.url],
+        None,
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("srever"),
+        "{stderr}"
+    );
+}

@@ -61,12 +61,33 @@ pub(crate) fn database_url(
 }
 
 /// Runs the parsed command line.
+/// Refuses a `--ca-cert` that is not a readable PEM file with at least one
+/// certificate, before anything is sent (a bad one was reported, then
+/// ignored, and every https request failed as untrusted).
+fn check_ca_cert(path: &std::path::Path) -> anyhow::Result<()> {
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => usage!(
+            "cannot read the --ca-cert file {}: {e}; give the PEM file of the CA that signed the server's certificate",
+            path.display()
+        ),
+    };
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(()),
+        Ok(_) | Err(_) => usage!(
+            "the --ca-cert file {} holds no PEM certificate ('-----BEGIN CERTIFICATE-----'); give the CA certificate that signed the server's",
+            path.display()
+        ),
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = &cli.token {
         // Every DB-server client this process makes sends it.
         std::env::set_var("TIDEMARK_TOKEN", t);
     }
     if let Some(ca) = &cli.ca_cert {
+        check_ca_cert(ca)?;
         std::env::set_var("TIDEMARK_CA_CERT", ca);
     }
     if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {

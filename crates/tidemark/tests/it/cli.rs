@@ -87,7 +87,30 @@ fn bad_usage_exits_2_and_failures_exit_1() {
             "--role",
         ),
         (&["backup", "create", "--to", "nowhere"][..], "--offline"),
+        // A CA file that is missing, or holds no certificate, is refused
+        // before anything is sent (it was reported, then ignored).
+        (
+            &[
+                "status",
+                "--server",
+                "https://127.0.0.1:1",
+                "--ca-cert",
+                "nosuch.pem",
+            ][..],
+            "--ca-cert",
+        ),
+        (
+            &[
+                "status",
+                "--server",
+                "https://127.0.0.1:1",
+                "--ca-cert",
+                "not-pem.txt",
+            ][..],
+            "--ca-cert",
+        ),
     ] {
+        std::fs::write(tmp.path().join("not-pem.txt"), "[client]\n").unwrap();
         let out = run(tmp.path(), args, None, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");

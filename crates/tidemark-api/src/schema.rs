@@ -294,6 +294,10 @@ fn describe(value: &serde_json::Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(_) => "a boolean".into(),
         Value::Number(n) if n.is_i64() => "an integer".into(),
+        // Past i64: an integer all the same, but not one a column holds.
+        Value::Number(n) if n.is_u64() => {
+            "an integer above 9223372036854775807 (integer columns are 64-bit signed)".into()
+        }
         Value::Number(_) => "a non-integer number".into(),
         Value::String(s) => format!("the string {:?}", truncate(s)),
         Value::Array(_) => "an array".into(),

@@ -19,6 +19,7 @@ use tidemark_api::{headers, ApiError, ErrorBody, ErrorCode};
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/records/{table}/{key}", get(get_record))
+        .route("/v1/records/{table}/", get(empty_key))
         .route("/v1/state", get(state))
         .route("/console", get(console))
         .route("/console.js", get(console_script))
@@ -38,6 +39,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         })
         .layer(axum::middleware::from_fn(tidemark_serve::json_errors))
         .with_state(shared)
+}
+
+/// `GET /v1/records/{table}/`: a read with an empty key (a terminal's
+/// mistake, not a missing endpoint).
+async fn empty_key() -> Response {
+    let e = ApiError::from(tidemark_api::schema::InvalidInput::Key(0));
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, e.code, e.message, None)
 }
 
 fn error(

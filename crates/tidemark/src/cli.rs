@@ -160,13 +160,15 @@ pub struct FrontDoorArgs {
 
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
-    /// URL of the DB server, e.g. http://127.0.0.1:7070.
+    /// URL of the DB server, or the instances of one cluster separated by
+    /// commas [default: http://127.0.0.1:7070].
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
     /// This service server's name; the DB server pushes changes to it by this name.
     #[arg(long, value_name = "NAME")]
     pub id: Option<String>,
-    /// latest-only (never serve data known to be outdated) or accept-stale.
+    /// latest-only (never serve data known to be outdated) or accept-stale
+    /// [default: latest-only].
     #[arg(long, value_name = "POLICY")]
     pub policy: Option<String>,
     /// Address to listen on [default: 127.0.0.1:7080].
@@ -208,10 +210,11 @@ pub enum OpsCommand {
 
 #[derive(Debug, Args)]
 pub struct OpsSubmitArgs {
-    /// URL of the DB server.
+    /// URL of the DB server, or the instances of one cluster separated by
+    /// commas [default: http://127.0.0.1:7070].
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
-    /// Journal directory.
+    /// Journal directory, created if missing [default: ./tidemark-journal].
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
     /// The OpS source name that numbers the orders [default: ops-1].
@@ -233,7 +236,8 @@ pub struct OpsSubmitArgs {
 
 #[derive(Debug, Args)]
 pub struct OpsRecoverArgs {
-    /// URL of the DB server.
+    /// URL of the DB server, or the instances of one cluster separated by
+    /// commas [default: http://127.0.0.1:7070].
     #[arg(long, value_name = "URL")]
     pub db: Option<String>,
     /// Journal directory; every SOURCE.journal in it is recovered. Repeat
@@ -282,6 +286,7 @@ pub enum RecoveryCommand {
 
 #[derive(Debug, Args)]
 pub struct RecoveryFlagsArgs {
+    /// The DB server's URL (or [client] server in --config).
     #[arg(
         long,
         value_name = "URL",
@@ -292,12 +297,14 @@ pub struct RecoveryFlagsArgs {
     /// Most flags to list.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RecoveryAbortArgs {
+    /// The DB server's URL (or [client] server in --config).
     #[arg(
         long,
         value_name = "URL",
@@ -349,6 +356,7 @@ pub enum TokenCommand {
     },
     /// List the tokens (names and roles, never the secrets).
     List {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(
             long,
             value_name = "URL",
@@ -362,6 +370,7 @@ pub enum TokenCommand {
     },
     /// Revoke a token by name.
     Revoke {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(
             long,
             value_name = "URL",
@@ -562,6 +571,7 @@ pub struct PromoteArgs {
 pub enum SchemaCommand {
     /// The schema in force (or, with --pending, the staged one), as a schema document.
     Show {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Show the staged (not yet published) schema instead.
@@ -570,6 +580,7 @@ pub enum SchemaCommand {
     },
     /// Every published version: who published it, when, and what it changed.
     Versions {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the registry as JSON.
@@ -578,6 +589,7 @@ pub enum SchemaCommand {
     },
     /// Store FILE, a schema document (the full desired schema), as the pending version. Unsafe changes are refused.
     Stage {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// The schema document ('-' reads standard input).
@@ -585,11 +597,13 @@ pub enum SchemaCommand {
     },
     /// Drop the staged schema without publishing it.
     Discard {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
     },
     /// The pending change in S1's five parts, and the DDL for the engine in use.
     Plan {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the plan as JSON.
@@ -598,6 +612,7 @@ pub enum SchemaCommand {
     },
     /// Publish the pending version; exits 0 once the DB server and every connected service server run it.
     Publish {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// How long to wait for the service servers to report the new version.
@@ -606,6 +621,7 @@ pub enum SchemaCommand {
     },
     /// The last publish or rollback, and which server runs which version.
     Status {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the status as JSON.
@@ -614,6 +630,7 @@ pub enum SchemaCommand {
     },
     /// Go back to the previous version (as a new version), where that can be undone: added columns and tables still empty.
     Rollback {
+        /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// How long to wait for the service servers to report the new version.

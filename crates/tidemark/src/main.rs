@@ -77,18 +77,35 @@ fn main() -> ExitCode {
 /// print in full, exit 0.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let _ = e.print();
-        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        };
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `tidemark ops` alone: which subcommands there are, on one line.
+        let help = e.render().to_string();
+        let usage = help
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Usage: "))
+            .unwrap_or("tidemark <COMMAND>");
+        let commands: Vec<&str> = help
+            .lines()
+            .skip_while(|l| l.trim() != "Commands:")
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .collect();
+        let command = usage
+            .split(" [")
+            .next()
+            .unwrap_or(usage)
+            .replace(" <COMMAND>", "");
+        eprintln!(
+            "error: '{command}' needs a subcommand: {}; see '{command} --help'",
+            commands.join(", ")
+        );
+        return ExitCode::from(2);
     }
     // Every line of clap's message (what is wrong, the missing arguments,
     // possible values, a tip, the usage) but its pointer to --help.

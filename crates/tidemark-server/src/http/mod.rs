@@ -27,6 +27,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/v1/records/{table}/{key}", get(records::get_record))
+        .route("/v1/records/{table}/", get(records::empty_key))
         .route("/v1/orders", post(orders::post_orders))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/watch/interest", post(cluster::declare))

@@ -11,6 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use tidemark_api::{headers, ErrorCode};
 
+/// `GET /v1/records/{table}/`: a read with an empty key, refused as the
+/// bad key it is (it was a 404 for a missing endpoint).
+pub async fn empty_key() -> HttpError {
+    tidemark_api::ApiError::from(tidemark_api::schema::InvalidInput::Key(0)).into()
+}
+
 /// Reads one record. With `Tidemark-Subscriber: NAME`, records that NAME
 /// holds the key, before reading, so it is sent every later change.
 pub async fn get_record(

@@ -23,7 +23,10 @@ pub async fn run(config: ServerConfig, a: CleanupArgs) -> anyhow::Result<()> {
     if removed.is_empty() {
         println!("{what}: no process information to clean up; ready to start");
     } else {
-        println!("{what}: removed {}; ready to start", removed.join(", "));
+        println!(
+            "{what}: removed the process information an online backup carried over ({}); ready to start",
+            removed.join(", ")
+        );
     }
     Ok(())
 }

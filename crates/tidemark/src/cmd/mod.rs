@@ -122,11 +122,16 @@ pub async fn bind_scheme(
     what: &str,
     scheme: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        // Not an address at all: bad usage (exit 2), not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => usage!(
+            "--listen {addr} is not an address to listen on ({e}); give HOST:PORT, e.g. 127.0.0.1:7070"
+        ),
+        Err(e) => anyhow::bail!(
             "cannot listen on {addr} for the {what}: {e}; choose another address with --listen"
-        )
-    })?;
+        ),
+    };
     let bound = listener.local_addr()?;
     println!("listening on {scheme}://{bound}");
     Ok(listener)

@@ -82,8 +82,11 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
     }
     if report.already_done {
         println!(
-            "nothing to do: the DB server is {:?} and holds every journaled order",
-            report.state.unwrap_or(tidemark_api::RecoveryState::Normal)
+            "nothing to do: the DB server is {} and holds every journaled order",
+            report
+                .state
+                .unwrap_or(tidemark_api::RecoveryState::Normal)
+                .as_str()
         );
         return Ok(());
     }
@@ -94,12 +97,13 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
         );
     }
     println!(
-        "schedule list: {} flags set, {} entries already current; recovery state now {:?}",
+        "schedule list: {} flags set, {} entries already current; recovery state now {}",
         report.flagged,
         report.skipped,
         report
             .state
             .unwrap_or(tidemark_api::RecoveryState::Recovering)
+            .as_str()
     );
     waiting.map_or(Ok(()), Err)
 }

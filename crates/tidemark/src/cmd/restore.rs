@@ -96,7 +96,10 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         }
         print_carried(&report.schema_carried, report.access_carried);
         if !report.cleaned.is_empty() {
-            println!("cleanup: removed {}", report.cleaned.join(", "));
+            println!(
+                "cleanup: removed the process information an online backup carried over ({})",
+                report.cleaned.join(", ")
+            );
         }
     }
     if report.needs_cleanup {
@@ -194,7 +197,10 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
     );
     print_carried(&report.schema_carried, report.access_carried);
     if !report.cleaned.is_empty() {
-        println!("cleanup: removed {}", report.cleaned.join(", "));
+        println!(
+            "cleanup: removed the process information an online backup carried over ({})",
+            report.cleaned.join(", ")
+        );
     }
     if report.needs_cleanup {
         eprintln!(

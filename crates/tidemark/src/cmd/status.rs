@@ -32,9 +32,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             .map(|s| format!(", started {s}"))
             .unwrap_or_default(),
         if recovery.state == tidemark_api::RecoveryState::Recovering && !recovery.schedule_final {
-            ", waiting for the schedule list (every read is answered as recovering)"
+            if recovery.waiting_for_sources.is_empty() {
+                ", waiting for the schedule list (every read is answered as recovering)".to_owned()
+            } else {
+                format!(
+                    ", waiting for the schedule list of {} (every read is answered as recovering)",
+                    recovery.waiting_for_sources.join(", ")
+                )
+            }
         } else {
-            ""
+            String::new()
         },
         recovery
             .estimated_end

@@ -606,7 +606,7 @@ async fn a_server_refuses_uncleaned_data_until_cleanup_runs() {
         "{stderr}"
     );
     let out = ok(dir, &["cleanup", "--data-dir", s(&data)]);
-    assert!(out.contains("removed process"), "{out}");
+    assert!(out.contains("removed the process information"), "{out}");
     let out = ok(dir, &["cleanup", "--data-dir", s(&data)]);
     assert!(out.contains("no process information"), "idempotent: {out}");
     let db = db_server(dir, &[]).await;

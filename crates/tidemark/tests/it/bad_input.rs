@@ -210,6 +210,17 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
             "bad_request",
         ),
         (format!("{}/v1/nothing", db.url), 404, "not_found"),
+        // An empty key is a bad key, not a missing endpoint.
+        (
+            format!("{}/v1/records/subscriber/", db.url),
+            400,
+            "invalid_key",
+        ),
+        (
+            format!("{}/v1/records/subscriber/", svc.url),
+            400,
+            "invalid_key",
+        ),
         (format!("{}/v1/watch", db.url), 400, "bad_request"),
         (
             format!("{}/v1/records/nope/k", svc.url),

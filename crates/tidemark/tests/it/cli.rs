@@ -87,6 +87,11 @@ fn bad_usage_exits_2_and_failures_exit_1() {
             "--role",
         ),
         (&["backup", "create", "--to", "nowhere"][..], "--offline"),
+        (&["server", "--listen", "notanaddr"][..], "--listen"),
+        // A subcommand missing: which there are, on one line (the whole
+        // help was printed).
+        (&["ops"][..], "submit, recover"),
+        (&["backup"][..], "create"),
         // A CA file that is missing, or holds no certificate, is refused
         // before anything is sent (it was reported, then ignored).
         (

@@ -127,7 +127,7 @@ where
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Left::Closed,
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => slot.conn.heard(),
             Err(_) => {
                 stats.timed_out.inc();
                 tracing::debug!(%peer, "request headers too slow; connection closed");

@@ -11,14 +11,21 @@
 //!   backup) is never chosen: closing it would cut the stream;
 //! - no more connections are closing than newcomers wait for room: one
 //!   closing slowly (headers trickling in get a second) is not joined by
-//!   another at each retry, which could close a newcomer just let in.
+//!   another at each retry, which could close a newcomer just let in;
+//! - a connection that has sent nothing yet is not chosen in its first
+//!   second ([`FRESH`]): its request may be on the way. Otherwise a
+//!   newcomer still waiting could close another just let in, before its
+//!   task read the request (the client saw a reset).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+
+/// How long a connection that has sent nothing is not chosen.
+const FRESH: Duration = Duration::from_secs(1);
 
 const IDLE: u8 = 0;
 const BUSY: u8 = 1;
@@ -44,13 +51,34 @@ pub struct ConnState {
     /// millisecond still have an order.
     idle_since: AtomicU64,
     idle_clock: Arc<AtomicU64>,
+    /// When its slot was taken.
+    born: tokio::time::Instant,
+    /// It has sent something: a byte of a head, or a whole request.
+    heard: AtomicBool,
     /// Cancelled to close it (gracefully: a response being written ends).
     pub evict: CancellationToken,
 }
 
 impl ConnState {
+    /// Bytes came in.
+    pub fn heard(&self) {
+        self.heard.store(true, Ordering::SeqCst);
+    }
+
+    /// Idle, and not closing: it may be chosen, now or once it is no
+    /// longer fresh.
+    fn idle(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == IDLE && !self.evict.is_cancelled()
+    }
+
+    /// It may be chosen now (see [`FRESH`]).
+    fn choosable(&self) -> bool {
+        self.idle() && (self.heard.load(Ordering::SeqCst) || self.born.elapsed() >= FRESH)
+    }
+
     /// A request came in.
     pub fn busy(&self) {
+        self.heard();
         let _ = self
             .state
             .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst);
@@ -132,7 +160,11 @@ impl Slots {
                 return Some(slot);
             }
             let closing = self.closing();
-            if closing < self.waiting.load(Ordering::SeqCst) && !self.evict_one() && closing == 0 {
+            if closing < self.waiting.load(Ordering::SeqCst)
+                && !self.evict_one()
+                && closing == 0
+                && !self.any_fresh()
+            {
                 return None;
             }
             let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -162,6 +194,8 @@ impl Slots {
             state: AtomicU8::new(IDLE),
             idle_since: AtomicU64::new(self.idle_clock.fetch_add(1, Ordering::SeqCst)),
             idle_clock: self.idle_clock.clone(),
+            born: tokio::time::Instant::now(),
+            heard: AtomicBool::new(false),
             evict: CancellationToken::new(),
         });
         self.conns().insert(id, conn.clone());
@@ -173,13 +207,13 @@ impl Slots {
         }
     }
 
-    /// Closes the connection idle longest, not one already closing; false
-    /// if every connection is busy or streaming.
+    /// Closes the connection idle longest, not one already closing nor
+    /// one still fresh; false if there is none.
     pub fn evict_one(&self) -> bool {
         let conns = self.conns();
         let victim = conns
             .values()
-            .filter(|c| c.state.load(Ordering::SeqCst) == IDLE && !c.evict.is_cancelled())
+            .filter(|c| c.choosable())
             .min_by_key(|c| c.idle_since.load(Ordering::SeqCst));
         match victim {
             Some(c) => {
@@ -188,6 +222,12 @@ impl Slots {
             }
             None => false,
         }
+    }
+
+    /// Whether an idle connection is too fresh to choose yet (waiting may
+    /// make room: it sends its request, or its grace runs out).
+    fn any_fresh(&self) -> bool {
+        self.conns().values().any(|c| c.idle() && !c.choosable())
     }
 
     /// Returns once every slot is free (every connection has ended).
@@ -204,10 +244,12 @@ mod tests {
     async fn the_connection_idle_longest_gives_its_slot_up_and_streams_never_do() {
         let slots = Slots::new(3);
         let old = slots.try_take().unwrap();
+        old.conn.heard();
         let stream = slots.try_take().unwrap();
         stream.conn.busy();
         stream.conn.answered(true);
         let young = slots.try_take().unwrap();
+        young.conn.heard();
         assert!(slots.try_take().is_none(), "all taken");
         // The oldest idle one goes, not the stream, not the younger (taken
         // within the same millisecond: the order is a tick, not a time).
@@ -235,6 +277,8 @@ mod tests {
         let slots = Slots::new(2);
         let old = slots.try_take().unwrap();
         let young = slots.try_take().unwrap();
+        old.conn.heard();
+        young.conn.heard();
         let waiter = tokio::spawn({
             let slots = slots.clone();
             async move { slots.take_making_room(Duration::from_secs(2)).await }
@@ -259,5 +303,29 @@ mod tests {
             !young.conn.evict.is_cancelled(),
             "a free slot closes nobody"
         );
+    }
+
+    /// A connection let in a moment ago that has sent nothing yet is not
+    /// closed for a newcomer still waiting: its request may be on the way.
+    /// Once it has sent something, or its first second is over, it may be.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_has_sent_nothing_yet_keeps_its_slot_for_a_second() {
+        let slots = Slots::new(1);
+        let fresh = slots.try_take().unwrap();
+        assert!(!slots.evict_one(), "too fresh to choose");
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take_making_room(Duration::from_secs(2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!fresh.conn.evict.is_cancelled(), "kept in its first second");
+        assert!(!waiter.is_finished(), "the newcomer waits, not refused");
+        fresh.conn.evict.cancelled().await;
+        drop(fresh);
+        assert!(waiter.await.unwrap().is_some(), "the room it made");
+        // Heard from: it may be chosen at once.
+        let spoke = slots.try_take().unwrap();
+        spoke.conn.heard();
+        assert!(slots.evict_one());
     }
 }

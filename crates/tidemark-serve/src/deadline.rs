@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::http::{Request, Response, StatusCode};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tidemark_api::error::{ApiError, ErrorBody, ErrorCode};
+use tidemark_api::error::ErrorCode;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
@@ -53,24 +53,14 @@ where
 }
 
 fn too_slow(timeout: Duration) -> Response<Body> {
-    let body = ErrorBody {
-        error: ApiError::new(
-            ErrorCode::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} s of its headers (body_timeout_secs); nothing was done: send the whole body at once",
-                timeout.as_secs()
-            ),
+    crate::json_errors::closing_error(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::RequestTimeout,
+        format!(
+            "the request body did not arrive within {} s of its headers (body_timeout_secs); nothing was done: send the whole body at once",
+            timeout.as_secs()
         ),
-    };
-    let mut resp = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
-    *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
+    )
 }
 
 /// A body that fails once its deadline passes before it has all arrived.

@@ -48,6 +48,16 @@ const MAX_HEAD: usize = 16 * 1024;
 /// smaller; past it the connection closes, as a failed body does).
 const MAX_ROUTED_BODY: usize = 64 * 1024 * 1024;
 
+/// `400 bad_request` with the JSON error, closing the connection: the
+/// answer to a head that is not HTTP.
+fn bad_request(why: &str) -> Response<Bytes> {
+    crate::json_errors::closing_error(
+        axum::http::StatusCode::BAD_REQUEST,
+        tidemark_api::ErrorCode::BadRequest,
+        format!("{why}; send a well-formed HTTP/1.1 request"),
+    )
+}
+
 /// How the fast path left a connection.
 pub enum Left {
     /// Closed: the peer left, its head came too slowly, it was chosen to
@@ -83,6 +93,14 @@ where
             match parse(&buf) {
                 Head::Partial => break,
                 Head::Hyper => return handoff(stream, &mut out, buf).await,
+                Head::Bad(why) => {
+                    // Earlier answers first, then this one, then close.
+                    encode(&bad_request(&why), &mut out);
+                    if flush(stream, &mut out).await.is_ok() {
+                        let _ = stream.shutdown().await;
+                    }
+                    return Left::Closed;
+                }
                 Head::Plain(head, len) => {
                     slot.conn.busy();
                     let resp = match route.answer(&head) {

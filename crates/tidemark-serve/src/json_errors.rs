@@ -75,3 +75,26 @@ fn json(resp: Response, code: ErrorCode, message: &str) -> Response {
     );
     Response::from_parts(parts, Body::from(body))
 }
+
+/// An error answer with the JSON body, closing its connection (the front
+/// door's own refusals: a body too slow, a head that is not HTTP).
+pub(crate) fn closing_error<B: From<Vec<u8>>>(
+    status: axum::http::StatusCode,
+    code: tidemark_api::ErrorCode,
+    message: String,
+) -> axum::http::Response<B> {
+    use axum::http::{header, HeaderValue};
+    let body = tidemark_api::ErrorBody {
+        error: tidemark_api::ApiError::new(code, message),
+    };
+    let mut resp =
+        axum::http::Response::new(B::from(serde_json::to_vec(&body).unwrap_or_default()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}

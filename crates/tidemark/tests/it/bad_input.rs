@@ -302,6 +302,22 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
         b["error"]["message"].as_str().unwrap().contains("openapi"),
         "{b}"
     );
+    // Bytes that are not HTTP, and a path byte outside ASCII, get the JSON
+    // error too, on both servers (hyper's 400 had an empty body).
+    for base in [&db.url, &svc.url] {
+        for raw in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"GET /v1/records/subscriber/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let mut conn =
+                std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+            conn.write_all(raw).unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+            assert!(answer.contains("\"bad_request\""), "{answer}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,8 +13,10 @@ use std::time::Duration;
 pub enum ClientError {
     /// The server could not be reached (refused, reset, timed out, or its
     /// certificate not trusted).
-    #[error("could not reach the DB server at {url}: {}", transport_detail(.source))]
-    Transport { url: String, source: reqwest::Error },
+    /// (`error`, not `source`: its text is in this one's already, and a
+    /// source would print it again in an error chain.)
+    #[error("could not reach the DB server at {url}: {}", transport_detail(.error))]
+    Transport { url: String, error: reqwest::Error },
     /// The server answered with an API error.
     #[error("DB server refused the request ({status} {}): {}", .error.code.as_str(), .error.message)]
     Api {
@@ -52,8 +54,15 @@ fn transport_detail(e: &reqwest::Error) -> String {
         causes.join(": ")
     };
     let lower = detail.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("unknownissuer") {
+    // Signed by a CA not given, or by another than the one given.
+    if ["unknownissuer", "unknown issuer", "badsignature"]
+        .iter()
+        .any(|s| lower.contains(s))
+    {
         format!("{detail}; its TLS certificate is not trusted here: pass the CA certificate that signed it with --ca-cert FILE (or TIDEMARK_CA_CERT)")
+    } else if lower.contains("certificate") {
+        // Expired, for another name, or one the server asks of this client.
+        format!("{detail}; check the TLS certificates: the server's (its name and dates; --ca-cert), and this client's if the server asks for one (--client-cert, --client-key)")
     } else {
         format!("{detail}; check that it runs and that the URL is right")
     }
@@ -302,7 +311,7 @@ impl DbClient {
         }
         let resp = req.send().await.map_err(|source| ClientError::Transport {
             url: url.clone(),
-            source,
+            error: source,
         })?;
         let status = resp.status().as_u16();
         let retry_after = retry_after(&resp);
@@ -311,7 +320,7 @@ impl DbClient {
             .await
             .map_err(|source| ClientError::Transport {
                 url: url.clone(),
-                source,
+                error: source,
             })?;
         if status == 200 || status == 404 {
             if let Ok(answer) = serde_json::from_slice::<RecordAnswer>(&bytes) {
@@ -495,7 +504,7 @@ impl DbClient {
     ) -> Result<T, ClientError> {
         let resp = resp.map_err(|source| ClientError::Transport {
             url: url.clone(),
-            source,
+            error: source,
         })?;
         let status = resp.status().as_u16();
         let retry_after = retry_after(&resp);
@@ -504,7 +513,7 @@ impl DbClient {
             .await
             .map_err(|source| ClientError::Transport {
                 url: url.clone(),
-                source,
+                error: source,
             })?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
@@ -535,7 +544,7 @@ impl DbClient {
                 self.move_on(&base);
                 return Err(ClientError::Transport {
                     url: url.clone(),
-                    source,
+                    error: source,
                 });
             }
         };
@@ -572,7 +581,7 @@ impl DbClient {
                     Ok(bytes) => Ok(parser.feed(&bytes)),
                     Err(Some(source)) => Err(ClientError::Transport {
                         url: url.clone(),
-                        source,
+                        error: source,
                     }),
                     Err(None) => Err(ClientError::Silent {
                         url: url.clone(),

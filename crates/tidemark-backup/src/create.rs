@@ -124,6 +124,15 @@ impl BackupWriter {
     /// Starts a backup that will appear at `target`, which must not exist
     /// (or be an empty directory).
     pub fn begin(target: &Path) -> Result<Self, BackupError> {
+        // A bare name (`--to b1`) has the empty path as its parent, which
+        // no directory call takes: it is `./b1`.
+        let relative;
+        let target = if target.parent().is_some_and(|p| p.as_os_str().is_empty()) {
+            relative = Path::new(".").join(target);
+            relative.as_path()
+        } else {
+            target
+        };
         if target.exists() {
             let empty = std::fs::read_dir(target)
                 .map(|mut d| d.next().is_none())

@@ -312,9 +312,10 @@ pub async fn send_with_retry(
     loop {
         match client.post_orders_encoded(body.clone()).await {
             Ok(r) => return Ok(r),
-            // Offline on purpose (every instance given, if several): it
-            // will not take orders for a while, so say so at once.
-            Err(e) if e.is_quiescing() => {
+            // Offline on purpose: it will not take orders for a while, so
+            // say so at once. With several instances the client moves on
+            // by itself, and retrying lets it try the others again.
+            Err(e) if e.is_quiescing() && client.bases().len() == 1 => {
                 return Err(e).context("the DB server is offline after a quiesce notice; the orders stay journaled: run the same command again once it is back, or name another instance with --db")
             }
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {

@@ -105,13 +105,12 @@ pub struct Auth {
     /// Bumped whenever the tokens change: open streams check that their
     /// caller is still one ([`Auth::still_valid`]).
     generation: tokio::sync::watch::Sender<u64>,
-    /// When an unknown token last made this instance re-read the tokens
-    /// ([`Auth::reload_for_unknown`]).
-    reread_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// When the last re-read for an unknown token started
+    /// ([`Auth::reload_for_unknown`]); held while one runs.
+    reread_at: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-/// The least time between two re-reads for unknown tokens: a stream of
-/// bad tokens costs the store at most ten small reads a second.
+/// The least time between the starts of two re-reads for unknown tokens.
 const REREAD_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 const SUBSCRIBERS: &str = "subscribers";
@@ -154,23 +153,27 @@ impl Auth {
             write: tokio::sync::Mutex::new(()),
             max_per_token: max_per_token.max(1),
             generation: tokio::sync::watch::Sender::new(0),
-            reread_at: parking_lot::Mutex::new(None),
+            reread_at: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// Re-reads the tokens from the store for a token this instance does
-    /// not know, unless that was done in the last [`REREAD_GAP`]; whether
-    /// it re-read them. Over a shared PostgreSQL another instance may have
-    /// just created it (a standby follows the tokens only every half
-    /// second).
+    /// Waits for a re-read of the tokens that started after this call, for
+    /// a token this instance does not know: over a shared PostgreSQL
+    /// another instance may have just created it (a standby follows the
+    /// tokens only every half second). One re-read runs at a time, and
+    /// they start at least [`REREAD_GAP`] apart, so a stream of bad tokens
+    /// costs the store at most ten reads a second; callers that arrive
+    /// meanwhile share the next one. Whether the tokens were re-read.
     pub async fn reload_for_unknown(&self) -> bool {
-        {
-            let mut at = self.reread_at.lock();
-            if at.is_some_and(|t| t.elapsed() < REREAD_GAP) {
-                return false;
-            }
-            *at = Some(std::time::Instant::now());
+        let asked = tokio::time::Instant::now();
+        let mut last = self.reread_at.lock().await;
+        if last.is_some_and(|t| t >= asked) {
+            return true; // one that started after we asked has run
         }
+        if let Some(t) = *last {
+            tokio::time::sleep_until(t + REREAD_GAP).await;
+        }
+        *last = Some(tokio::time::Instant::now());
         match self.reload().await {
             Ok(()) => true,
             Err(e) => {
@@ -226,10 +229,12 @@ impl Auth {
     }
 
     /// Re-reads the tokens and subscriber bindings another instance may
-    /// have changed (a standby follows the primary's).
+    /// have changed (a standby follows the primary's). Read under the
+    /// writer lock: a create, revoke or binding of this instance between
+    /// the read and the swap would be undone by it (a revoked token back).
     pub async fn reload(&self) -> Result<(), StoreError> {
-        let fresh = Auth::load(self.store.clone(), self.max_per_token).await?;
         let _w = self.write.lock().await;
+        let fresh = Auth::load(self.store.clone(), self.max_per_token).await?;
         let tokens = fresh.tokens.into_inner();
         let same = {
             let now = self.tokens.read();
@@ -445,6 +450,24 @@ mod tests {
             Err(RevokeError::Unknown(_))
         ));
         assert!(again.check(&t.token).is_none());
+    }
+
+    /// A token another instance created a moment ago is learned before it
+    /// is refused, however soon after the last re-read it comes (the
+    /// second was refused without a re-read before, inside 100 ms).
+    #[tokio::test]
+    async fn an_unknown_token_waits_for_a_fresh_read_of_the_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(tidemark_store::SqliteStore::open(dir.path(), "test").unwrap());
+        let here = Auth::load(store.clone(), 16).await.unwrap();
+        let there = Auth::load(store, 16).await.unwrap();
+        for name in ["first", "second"] {
+            let t = there.create(name, AccessRole::Reader).await.unwrap();
+            assert!(here.check(&t.token).is_none(), "not followed yet");
+            assert!(here.reload_for_unknown().await);
+            assert!(here.check(&t.token).is_some(), "{name}");
+        }
     }
 
     /// The last admin token goes only with the other tokens: revoked

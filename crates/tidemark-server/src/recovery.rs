@@ -38,6 +38,9 @@ pub struct Recovery {
     /// [`Recovery::maybe_finish`] dropped flags whose order had been
     /// applied to another key, and their `flags_settled` is not out yet.
     owed_flags_settled: AtomicBool,
+    /// When flags were last settled: a scan of them all, at most once a
+    /// second but at the completion itself.
+    settled_at: parking_lot::Mutex<Option<Instant>>,
 }
 
 /// With a completion requested and at most this many flags left, they are
@@ -67,6 +70,7 @@ impl Recovery {
             clearing_since: RwLock::new(None),
             owed_flags_added: AtomicBool::new(false),
             owed_flags_settled: AtomicBool::new(false),
+            settled_at: parking_lot::Mutex::new(None),
             recovered_at: RwLock::new(recovered_at),
             transition: tokio::sync::Mutex::new(()),
         })
@@ -268,7 +272,7 @@ impl Recovery {
                 .await?;
             self.set(m);
         }
-        self.maybe_finish().await?;
+        self.finish_check(true).await?;
         Ok(self.meta.read().clone())
     }
 
@@ -294,9 +298,24 @@ impl Recovery {
     /// `flags_settled` event tells caches to revalidate
     /// ([`Recovery::announce_settled`]).
     pub async fn maybe_finish(&self) -> Result<(), StoreError> {
+        self.finish_check(false).await
+    }
+
+    /// [`Recovery::maybe_finish`]; `now` settles flags even within a second
+    /// of the last time (the completion itself).
+    async fn finish_check(&self, now: bool) -> Result<(), StoreError> {
         let _t = self.transition.lock().await;
         let mut m = self.refresh().await?;
-        if m.state == RecoveryState::Recovering
+        let due = {
+            let mut at = self.settled_at.lock();
+            let due = now || at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        };
+        if due
+            && m.state == RecoveryState::Recovering
             && m.schedule_final
             && m.complete_requested
             && (1..=SETTLE_AT_MOST).contains(&m.remaining)
@@ -337,10 +356,15 @@ impl Recovery {
             return;
         }
         match self.store.meta().await {
-            Ok(meta) => hub.publish(Push::Epoch(EpochEvent {
-                epoch: meta.epoch,
-                reason: EpochReason::FlagsSettled,
-            })),
+            Ok(meta) => {
+                // A stream resuming from before it is told too (it may
+                // hold a settled key as recovering).
+                hub.raise_resume_floor(meta.seq + 1);
+                hub.publish(Push::Epoch(EpochEvent {
+                    epoch: meta.epoch,
+                    reason: EpochReason::FlagsSettled,
+                }));
+            }
             Err(e) => {
                 self.owed_flags_settled.store(true, Ordering::SeqCst);
                 tracing::warn!(error = %e, "could not send the flags_settled event; it is sent at the next check");

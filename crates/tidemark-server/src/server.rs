@@ -263,7 +263,9 @@ async fn record_process(
     Ok(())
 }
 
-/// Keeps the change log bounded, and moves `recovered` back to `normal`.
+/// Keeps the change log bounded, moves `recovered` back to `normal`, and,
+/// once the OpS asked to complete, settles flags whose orders were applied
+/// to another key (`Recovery::maybe_finish`) once a second.
 async fn prune_worker(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
@@ -289,6 +291,12 @@ async fn prune_worker(state: Arc<AppState>) {
             .await
         {
             tracing::warn!(error = %e, "recovery state update failed; will retry");
+        }
+        if state.recovery.completion_requested() {
+            if let Err(e) = state.recovery.maybe_finish().await {
+                tracing::warn!(error = %e, "recovery state check failed; will retry");
+            }
+            state.recovery.announce_settled(&state.hub).await;
         }
         n += 1;
         if !n.is_multiple_of(30) {

@@ -49,6 +49,10 @@ pub struct AppState {
     pub backups: Arc<tokio::sync::Semaphore>,
     /// False until the server serves, and again once shutdown begins.
     pub ready: AtomicBool,
+    /// The store's last answer to the readiness probe (`None`: it answers)
+    /// and when it was asked: reused for a second, one probe asking at a
+    /// time, so probes take no pool connections from reads and orders.
+    pub store_ready: tokio::sync::Mutex<Option<(tokio::time::Instant, Option<String>)>>,
     pub shutdown: CancellationToken,
 }
 
@@ -137,6 +141,7 @@ impl AppState {
             streams: Default::default(),
             backups,
             ready: AtomicBool::new(false),
+            store_ready: tokio::sync::Mutex::new(None),
             shutdown,
         });
         Ok((state, worker))

@@ -422,13 +422,15 @@ pub async fn read(
                 if let Some(served) = fallback(shared, table, key, freshness) {
                     return Ok(served);
                 }
-                if let ClientError::Api {
-                    status: 401 | 403, ..
-                } = &e
-                {
-                    // Its own credentials: waiting out the deadline would
-                    // not mend them, only hold the terminal.
-                    return Err(credentials_refused());
+                if let ClientError::Api { status, error, .. } = &e {
+                    // Its own credentials (no token, an unknown one, one
+                    // without the role; not a name another token holds):
+                    // waiting out the deadline would not mend them, only
+                    // hold the terminal.
+                    let name_taken = error.message.starts_with("subscriber '");
+                    if *status == 401 || (*status == 403 && !name_taken) {
+                        return Err(credentials_refused());
+                    }
                 }
                 if Instant::now() >= deadline {
                     return Err(ReadError {

@@ -14,7 +14,7 @@ pub enum StoreError {
         error: Box<InvalidInput>,
     },
     /// A used `(source, seq)` came with different content.
-    #[error("order {index}: source '{source_name}' seq {seq} is taken, with different content, by an order already applied or by an earlier order of this batch; give every new order its own seq after the source's high-water mark ({high_water}, counting this batch); nothing in the batch was applied")]
+    #[error("order {index}: source '{source_name}' seq {seq} is taken, with different content, by an order already applied or by an earlier order of this batch; give every order its own seq (GET /v1/sources shows each source's high-water mark; {high_water} counts this refused batch); nothing in the batch was applied")]
     Conflict {
         index: usize,
         source_name: String,

@@ -68,11 +68,22 @@ const CLIENT_ENV: [&str; 3] = [
 ];
 
 /// Before the flags are parsed: the `[client]` settings of the `--config`
-/// file in `args` become the environment variables their flags read,
-/// where those are not set. So flags beat the environment, which beats the
-/// file. A file that cannot be read is left to [`load`], which says why.
-/// Runs before any thread starts (it sets environment variables).
-pub fn client_settings_into_env(args: &[std::ffi::OsString]) {
+/// file in `args`, and the `TIDEMARK_CLIENT__*` variables, become the
+/// variables the flags read, where those are not set. So a flag beats
+/// `TIDEMARK_TOKEN` and `TIDEMARK_CA_CERT`, which beat
+/// `TIDEMARK_CLIENT__TOKEN` and `TIDEMARK_CLIENT__CA_CERT`, which beat the
+/// file. A `[client]` section that is wrong is bad usage (its key named);
+/// a file that cannot be read is left to [`load`], which says why. Runs
+/// before any thread starts (it sets environment variables).
+pub fn client_settings_into_env(args: &[std::ffi::OsString]) -> Result<(), String> {
+    for (section, flag) in [
+        ("TIDEMARK_CLIENT__TOKEN", "TIDEMARK_TOKEN"),
+        ("TIDEMARK_CLIENT__CA_CERT", "TIDEMARK_CA_CERT"),
+    ] {
+        if let (Some(v), None) = (std::env::var_os(section), std::env::var_os(flag)) {
+            std::env::set_var(flag, v);
+        }
+    }
     let mut path = None;
     let mut it = args.iter().filter_map(|a| a.to_str());
     while let Some(a) = it.next() {
@@ -83,12 +94,15 @@ pub fn client_settings_into_env(args: &[std::ffi::OsString]) {
         }
     }
     let Some(path) = path.filter(|p| p.is_file()) else {
-        return;
+        return Ok(());
     };
-    let Ok(client) = Figment::from(Toml::file(&path)).extract_inner::<ClientConfig>("client")
-    else {
-        return;
-    };
+    let file = Figment::from(Toml::file(&path));
+    if !file.contains("client") {
+        return Ok(());
+    }
+    let client = file
+        .extract_inner::<ClientConfig>("client")
+        .map_err(|e| format!("invalid configuration in {}: {e}", path.display()))?;
     let values = [
         client.server,
         client.token,
@@ -99,6 +113,7 @@ pub fn client_settings_into_env(args: &[std::ffi::OsString]) {
             std::env::set_var(name, v);
         }
     }
+    Ok(())
 }
 
 /// Loads defaults, then the file (if given), then the environment.

@@ -23,7 +23,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    config::client_settings_into_env(&args);
+    if let Err(e) = config::client_settings_into_env(&args) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let cli = match cli::Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

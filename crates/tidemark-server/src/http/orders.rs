@@ -97,9 +97,9 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     if let Some(last) = outcome.changes.last() {
         app.metrics.seq.set(last.version.seq as i64);
     }
-    // After a completion was requested, any applied order may be the one
-    // a flag of another key waits for (see `Recovery::maybe_finish`).
-    if cleared || (applied > 0 && app.recovery.completion_requested()) {
+    // (A flag of another key that an applied order settles is dropped by
+    // the maintenance tick, once a second: `Recovery::maybe_finish`.)
+    if cleared {
         if let Err(e) = app.recovery.after_clear().await {
             tracing::warn!(error = %e, "could not update the recovery state after clearing flags; it will be retried");
         }

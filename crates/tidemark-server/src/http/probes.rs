@@ -20,6 +20,27 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// How long the readiness probe waits for the storage engine.
 const READY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Why the store does not answer, if it does not: asked at most once a
+/// second (see `AppState::store_ready`).
+async fn store_unreachable(app: &AppState) -> Option<String> {
+    let mut last = app.store_ready.lock().await;
+    if let Some((at, why)) = last.as_ref() {
+        if at.elapsed() < std::time::Duration::from_secs(1) {
+            return why.clone();
+        }
+    }
+    let why = match tokio::time::timeout(READY_PATIENCE, app.store.reachable()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "the storage engine did not answer within {} s",
+            READY_PATIENCE.as_secs()
+        )),
+    };
+    *last = Some((tokio::time::Instant::now(), why.clone()));
+    why
+}
+
 /// `GET /readyz`: the store is open and answers, and the server is not
 /// shutting down.
 pub async fn readyz(
@@ -31,16 +52,7 @@ pub async fn readyz(
     if app.ready.load(Ordering::SeqCst) {
         // Ready means the store answers: with PostgreSQL down, every read
         // and order would be refused.
-        let asked = tokio::time::timeout(READY_PATIENCE, app.store.reachable()).await;
-        let unreachable = match asked {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!(
-                "the storage engine did not answer within {} s",
-                READY_PATIENCE.as_secs()
-            )),
-        };
-        if let Some(why) = unreachable {
+        if let Some(why) = store_unreachable(&app).await {
             return Err(HttpError::new(
                 ErrorCode::NotReady,
                 format!("{why}; the server reconnects by itself once the storage engine is back"),

@@ -84,7 +84,14 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
     let settings = a.offline.then(|| config.clone());
     let bar = progress_bar("backing up");
     let progress = |n: u64| bar.set_position(n);
-    let made = match (&a.server, a.offline) {
+    // Without --server or --offline, `[client] server` (or
+    // TIDEMARK_CLIENT__SERVER) names the server, as for every client command.
+    let server = a.server.clone().or_else(|| {
+        (!a.offline)
+            .then(|| std::env::var("TIDEMARK_CLIENT__SERVER").ok())
+            .flatten()
+    });
+    let made = match (&server, a.offline) {
         (Some(url), false) => online(url, &a.to, &progress).await,
         (None, true) => {
             // --database-url or --pg-schema name a PostgreSQL store, and

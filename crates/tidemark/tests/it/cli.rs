@@ -258,17 +258,46 @@ async fn client_commands_take_server_and_token_from_the_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A wrong key in the section is refused, naming it.
-    std::fs::write(dir.join("bad.toml"), "[client]\nsrever = \"x\"\n").unwrap();
+    // An online backup takes its server from the file too.
     let out = run(
         dir,
-        &["--config", "bad.toml", "status", "--server", &db.url],
+        &["--config", "client.toml", "backup", "create", "--to", "b1"],
         None,
         &[],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && stderr.contains("srever"),
-        "{stderr}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    // TIDEMARK_CLIENT__TOKEN stands for the section's token.
+    std::fs::write(
+        dir.join("server-only.toml"),
+        format!("[client]\nserver = \"{}\"\n", db.url),
+    )
+    .unwrap();
+    let out = run(
+        dir,
+        &["--config", "server-only.toml", "token", "list"],
+        None,
+        &[("TIDEMARK_CLIENT__TOKEN", admin.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong key in the section is bad usage, naming it, even where the
+    // file was to give a required --server.
+    std::fs::write(dir.join("bad.toml"), "[client]\nsrever = \"x\"\n").unwrap();
+    for args in [
+        &["--config", "bad.toml", "status", "--server", &db.url][..],
+        &["--config", "bad.toml", "quiesce", "--cancel"][..],
+    ] {
+        let out = run(dir, args, None, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("srever"), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
 }

@@ -587,9 +587,17 @@ async fn after_postgres_restarts_under_a_running_server_restore_is_still_refused
 
     cluster.stop_immediate().unwrap();
     // Not ready while PostgreSQL is down: every read and order would be
-    // refused (it answered ready before).
-    let (s, b) = get_json(&format!("{}/readyz", db.url)).await;
-    assert_eq!(s, 503, "{b}");
+    // refused (it answered ready before). The probe asks the store at
+    // most once a second.
+    let readyz = format!("{}/readyz", db.url);
+    let b = eventually(10, "not ready while PostgreSQL is down", || {
+        let readyz = readyz.clone();
+        async move {
+            let (s, b) = get_json(&readyz).await;
+            (s == 503).then_some(b)
+        }
+    })
+    .await;
     assert_eq!(b["error"]["code"], "not_ready", "{b}");
     assert!(
         b["error"]["message"]

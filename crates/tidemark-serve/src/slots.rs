@@ -62,7 +62,10 @@ pub struct ConnState {
 impl ConnState {
     /// Bytes came in.
     pub fn heard(&self) {
-        self.heard.store(true, Ordering::SeqCst);
+        // Read first: every request passes here, and the flag is set once.
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Idle, and not closing: it may be chosen, now or once it is no

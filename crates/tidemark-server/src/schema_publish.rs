@@ -384,6 +384,7 @@ pub async fn plan(app: &AppState) -> Result<SchemaPlan, SchemaError> {
             });
         }
     }
+    let ddl = app.store.schema_ddl(&target)?;
     Ok(SchemaPlan {
         from_version: current.version,
         to_version: target.version,
@@ -401,8 +402,8 @@ pub async fn plan(app: &AppState) -> Result<SchemaPlan, SchemaError> {
             })
             .collect(),
         new_tables: diff.new_tables.iter().map(|(t, _)| t.clone()).collect(),
-        ddl: app.store.schema_ddl(&target)?,
-        ddl_before_transaction: app.store.schema_ddl_before_transaction(&target)?,
+        ddl: ddl.statements,
+        ddl_before_transaction: ddl.before_transaction,
     })
 }
 

@@ -40,7 +40,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{
     ApplyOutcome, Begun, Change, Ended, Flag, FlagEntry, FlagPage, FlagsAdded, Lookup, ProcessInfo,
-    RecoveryMeta, Snapshot, SnapshotInfo, Store, StoreMeta,
+    RecoveryMeta, SchemaDdl, Snapshot, SnapshotInfo, Store, StoreMeta,
 };
 
 /// Change-log rows one pruning statement deletes at most.

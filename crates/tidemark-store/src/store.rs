@@ -177,6 +177,16 @@ pub struct ProcessInfo {
     pub listen: String,
 }
 
+/// What a publish runs, in order: the first `before_transaction`
+/// statements one at a time (PostgreSQL builds the new indexes of existing
+/// tables concurrently, outside any transaction), the rest in one
+/// transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchemaDdl {
+    pub statements: Vec<String>,
+    pub before_transaction: usize,
+}
+
 /// An engine. Every method is atomic: it either happens whole or not at all.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -309,15 +319,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The statements that would take the store from the schema in force to
     /// `target`, for this engine: what a publish of `target` runs.
-    fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError>;
-
-    /// How many of [`Store::schema_ddl`]'s statements run one at a time
-    /// before the publish's transaction (PostgreSQL builds the new indexes
-    /// of existing tables concurrently, outside any transaction); the rest
-    /// run in the one transaction.
-    fn schema_ddl_before_transaction(&self, _target: &Schema) -> Result<usize, StoreError> {
-        Ok(0)
-    }
+    fn schema_ddl(&self, target: &Schema) -> Result<SchemaDdl, StoreError>;
 
     /// Publishes `target` (version = the version in force + 1) in one
     /// transaction: the DDL, the catalog, the registry row (`by`, now) and

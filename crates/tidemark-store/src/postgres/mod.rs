@@ -1232,19 +1232,13 @@ impl Store for PgStore {
         schema_registry::versions(self).await
     }
 
-    fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError> {
-        Ok(
-            crate::schema_ddl::staged(&schema_registry::Postgres, &self.catalog().schema, target)?
-                .all(),
-        )
-    }
-
-    fn schema_ddl_before_transaction(&self, target: &Schema) -> Result<usize, StoreError> {
-        Ok(
-            crate::schema_ddl::staged(&schema_registry::Postgres, &self.catalog().schema, target)?
-                .before
-                .len(),
-        )
+    fn schema_ddl(&self, target: &Schema) -> Result<crate::SchemaDdl, StoreError> {
+        let staged =
+            crate::schema_ddl::staged(&schema_registry::Postgres, &self.catalog().schema, target)?;
+        Ok(crate::SchemaDdl {
+            before_transaction: staged.before.len(),
+            statements: staged.all(),
+        })
     }
 
     async fn publish_schema(&self, target: &Schema, by: &str) -> Result<bool, StoreError> {

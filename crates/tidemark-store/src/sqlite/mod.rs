@@ -265,8 +265,11 @@ impl Store for SqliteStore {
         schema_registry::versions(self)
     }
 
-    fn schema_ddl(&self, target: &Schema) -> Result<Vec<String>, StoreError> {
-        schema_registry::ddl(self, target)
+    fn schema_ddl(&self, target: &Schema) -> Result<crate::SchemaDdl, StoreError> {
+        Ok(crate::SchemaDdl {
+            statements: schema_registry::ddl(self, target)?,
+            before_transaction: 0,
+        })
     }
 
     async fn publish_schema(&self, target: &Schema, by: &str) -> Result<bool, StoreError> {

@@ -66,7 +66,7 @@ pub(super) async fn registry(store: &dyn Store) {
             }],
         },
     );
-    let ddl = store.schema_ddl(&v2).unwrap();
+    let ddl = store.schema_ddl(&v2).unwrap().statements;
     assert_eq!(ddl.len(), 4, "{ddl:?}");
     assert!(
         // PostgreSQL's is resumable: ADD COLUMN IF NOT EXISTS.
@@ -78,7 +78,7 @@ pub(super) async fn registry(store: &dyn Store) {
     assert_eq!(*store.schema(), v2);
     assert_eq!(store.meta().await.unwrap().schema_version, base + 1);
     assert!(
-        store.schema_ddl(&v2).unwrap().is_empty(),
+        store.schema_ddl(&v2).unwrap().statements.is_empty(),
         "nothing left to do"
     );
     // Old records read the new column as null; new orders may set it.

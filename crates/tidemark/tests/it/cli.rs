@@ -230,15 +230,8 @@ async fn client_commands_take_server_and_token_from_the_file() {
     )
     .unwrap();
     // `token list` needs the admin token: both come from the file.
-    let out = run(
-        dir,
-        &["--config", "client.toml", "token", "list"],
-        None,
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("root"));
+    let listed = run_ok(dir, &["--config", "client.toml", "token", "list"]);
+    assert!(listed.contains("root"), "{listed}");
     // The environment beats the file.
     let dead = "http://127.0.0.1:9";
     let env = [("TIDEMARK_CLIENT__SERVER", dead)];
@@ -247,28 +240,15 @@ async fn client_commands_take_server_and_token_from_the_file() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
     // The flag beats both.
-    let out = run(
+    run_ok_env(
         dir,
         &["--config", "client.toml", "status", "--server", &db.url],
-        None,
         &env,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // An online backup takes its server from the file too.
-    let out = run(
+    run_ok(
         dir,
         &["--config", "client.toml", "backup", "create", "--to", "b1"],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // TIDEMARK_CLIENT__TOKEN stands for the section's token.
     std::fs::write(
@@ -276,16 +256,10 @@ async fn client_commands_take_server_and_token_from_the_file() {
         format!("[client]\nserver = \"{}\"\n", db.url),
     )
     .unwrap();
-    let out = run(
+    run_ok_env(
         dir,
         &["--config", "server-only.toml", "token", "list"],
-        None,
         &[("TIDEMARK_CLIENT__TOKEN", admin.as_str())],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // A wrong key in the section is bad usage, naming it, even where the
     // file was to give a required --server.

@@ -88,7 +88,12 @@ pub fn run(
 /// Runs `tidemark ARGS` and returns its standard output; fails the test,
 /// with its standard error, if it does not succeed.
 pub fn run_ok(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args, None, &[]);
+    run_ok_env(dir, args, &[])
+}
+
+/// [`run_ok`] with environment variables set.
+pub fn run_ok_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run(dir, args, None, env);
     assert!(
         out.status.success(),
         "tidemark {args:?} failed: {}",
@@ -260,6 +265,23 @@ pub async fn commit_seq(db: &str) -> u64 {
 /// `tidemark ops submit` of `input` (JSON lines) with the journal in
 /// `dir/journal`, plus `extra` flags; fails the test if it fails.
 pub fn ops_submit(dir: &Path, db: &str, input: &str, extra: &[&str]) -> std::process::Output {
+    let out = ops_submit_output(dir, db, input, extra);
+    assert!(
+        out.status.success(),
+        "ops submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `tidemark ops submit` of `input` (JSON lines) to `db`, journaled in
+/// `dir/journal`, whatever its outcome.
+pub fn ops_submit_output(
+    dir: &Path,
+    db: &str,
+    input: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let journal = dir.join("journal");
     let mut args = vec![
         "ops",
@@ -271,13 +293,7 @@ pub fn ops_submit(dir: &Path, db: &str, input: &str, extra: &[&str]) -> std::pro
     ];
     args.extend_from_slice(extra);
     args.push("-");
-    let out = run(dir, &args, Some(input.as_bytes()), &[]);
-    assert!(
-        out.status.success(),
-        "ops submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run(dir, &args, Some(input.as_bytes()), &[])
 }
 
 /// A new token of `role` named `name`, created with the token `with`

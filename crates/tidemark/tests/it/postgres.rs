@@ -565,25 +565,7 @@ async fn after_postgres_restarts_under_a_running_server_restore_is_still_refused
     };
     let (s, _) = post_raw(&format!("{}/v1/orders", db.url), order(1)).await;
     assert_eq!(s, 200);
-    let backup = dir.join("b1");
-    let out = run(
-        dir,
-        &[
-            "backup",
-            "create",
-            "--to",
-            backup.to_str().unwrap(),
-            "--server",
-            &db.url,
-        ],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let backup = backup_online(dir, &db.url);
 
     cluster.stop_immediate().unwrap();
     // Not ready while PostgreSQL is down: every read and order would be

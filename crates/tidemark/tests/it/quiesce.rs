@@ -164,22 +164,8 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
     assert_eq!((s, b["error"]["code"].as_str()), (503, Some("quiescing")));
     // `ops submit` says so at once, in one line, and keeps the orders
     // journaled (it retried silently for a minute before).
-    let journal = dir.join("journal");
     let line = r#"{"table": "subscriber", "key": "k", "op": "upsert", "fields": {"plan": "x"}}"#;
-    let out = run(
-        dir,
-        &[
-            "ops",
-            "submit",
-            "--db",
-            &db.url,
-            "--journal",
-            journal.to_str().unwrap(),
-            "-",
-        ],
-        Some(format!("{line}\n").as_bytes()),
-        &[],
-    );
+    let out = ops_submit_output(dir, &db.url, &format!("{line}\n"), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

@@ -101,6 +101,12 @@ pub enum ErrorCode {
     /// The request body did not arrive whole within the server's body
     /// timeout (`body_timeout_secs`); nothing was done. Send it at once.
     RequestTimeout,
+    /// The request line (method and path) is over the server's limit;
+    /// nothing was done. Shorten the path or query.
+    UriTooLong,
+    /// The request's head (its headers) is over the server's limit, in
+    /// bytes or in number; nothing was done. Send fewer or smaller headers.
+    HeadersTooLarge,
     /// The server holds its most connections (`max_connections`); retry
     /// after `Retry-After`, or reuse a connection.
     TooManyConnections,
@@ -145,6 +151,8 @@ impl ErrorCode {
             PayloadTooLarge | BatchTooLarge => 413,
             TooManyStreams | TooManySubscribers => 429,
             RequestTimeout => 408,
+            UriTooLong => 414,
+            HeadersTooLarge => 431,
             NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary
             | SchemaSkew | TooManyConnections => 503,
             StoreFailure | Internal => 500,
@@ -197,6 +205,8 @@ impl ErrorCode {
             RollbackRefused => "rollback_refused",
             SchemaSkew => "schema_skew",
             RequestTimeout => "request_timeout",
+            UriTooLong => "uri_too_long",
+            HeadersTooLarge => "headers_too_large",
             TooManyConnections => "too_many_connections",
             OutcomeUnknown => "outcome_unknown",
             Internal => "internal",
@@ -247,6 +257,8 @@ impl ErrorCode {
         ErrorCode::RollbackRefused,
         ErrorCode::SchemaSkew,
         ErrorCode::RequestTimeout,
+        ErrorCode::UriTooLong,
+        ErrorCode::HeadersTooLarge,
         ErrorCode::TooManyConnections,
         ErrorCode::OutcomeUnknown,
         ErrorCode::Internal,

@@ -42,20 +42,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// A head longer than this goes to hyper, which has its own limits.
-const MAX_HEAD: usize = 16 * 1024;
+/// A head longer than this is refused (`414` or `431`, with the JSON
+/// error; hyper's own refusals have an empty body).
+const MAX_HEAD: usize = 64 * 1024;
 /// The largest routed answer collected here (a record's answer is far
 /// smaller; past it the connection closes, as a failed body does).
 const MAX_ROUTED_BODY: usize = 64 * 1024 * 1024;
 
-/// `400 bad_request` with the JSON error, closing the connection: the
-/// answer to a head that is not HTTP.
-fn bad_request(why: &str) -> Response<Bytes> {
-    crate::json_errors::closing_error(
-        axum::http::StatusCode::BAD_REQUEST,
-        tidemark_api::ErrorCode::BadRequest,
-        format!("{why}; send a well-formed HTTP/1.1 request"),
-    )
+/// The JSON error for a head refused here, closing the connection: one
+/// that is not HTTP (`400`), or too long (`414`, `431`).
+fn refusal(code: tidemark_api::ErrorCode, why: &str) -> Response<Bytes> {
+    let status = axum::http::StatusCode::from_u16(code.status())
+        .unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    let message = match code {
+        tidemark_api::ErrorCode::BadRequest => {
+            format!("{why}; send a well-formed HTTP/1.1 request")
+        }
+        _ => why.to_owned(),
+    };
+    crate::json_errors::closing_error(status, code, message)
 }
 
 /// How the fast path left a connection.
@@ -90,12 +95,17 @@ where
     loop {
         // Answer every whole head read, in order.
         loop {
-            match parse(&buf) {
+            let head = match parse(&buf) {
+                Head::Partial if buf.len() >= MAX_HEAD => head::too_long(&buf),
+                head => head,
+            };
+            match head {
                 Head::Partial => break,
                 Head::Hyper => return handoff(stream, &mut out, buf).await,
-                Head::Bad(why) => {
+                Head::Bad(code, why) => {
                     // Earlier answers first, then this one, then close.
-                    encode(&bad_request(&why), &mut out);
+                    stats.refused_heads.inc();
+                    encode(&refusal(code, &why), &mut out);
                     if flush(stream, &mut out).await.is_ok() {
                         let _ = stream.shutdown().await;
                     }
@@ -133,9 +143,6 @@ where
             }
             slot.conn.answered(false);
             due = tokio::time::Instant::now() + header_timeout;
-        }
-        if buf.len() >= MAX_HEAD {
-            return Left::Handoff(buf.freeze());
         }
         // The next head (or the rest of this one), under the deadline.
         let read = tokio::select! {
@@ -350,5 +357,47 @@ mod tests {
         let n = s.read(&mut chunk).await.unwrap();
         let text = String::from_utf8_lossy(&chunk[..n]);
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    }
+
+    /// Heads hyper would refuse with an empty body (a very long path, a
+    /// very long head, too many headers) get the JSON error here, and the
+    /// connection closes; hyper still takes more headers than the hot
+    /// route does.
+    #[tokio::test]
+    async fn overlong_heads_get_the_json_error() {
+        let addr = front_door(true).await;
+        let long_path = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(MAX_HEAD));
+        let long_head = format!(
+            "GET /hot HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+            "b".repeat(MAX_HEAD)
+        );
+        let many: String = (0..=head::MOST_HEADERS)
+            .map(|i| format!("x-h{i}: 1\r\n"))
+            .collect();
+        let many = format!("GET /hot HTTP/1.1\r\n{many}\r\n");
+        for (request, status, code) in [
+            (long_path, "414", "uri_too_long"),
+            (long_head, "431", "headers_too_large"),
+            (many, "431", "headers_too_large"),
+        ] {
+            let answer = exchange(addr, request.as_bytes(), 1).await.remove(0);
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{answer}"
+            );
+            assert!(answer.contains("connection: close\r\n"), "{answer}");
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(body).expect(body);
+            assert_eq!(v["error"]["code"], code, "{body}");
+        }
+        // Forty headers: more than the hot route takes, fewer than hyper's limit.
+        let some: String = (0..40).map(|i| format!("x-h{i}: 1\r\n")).collect();
+        let answer = exchange(
+            addr,
+            format!("GET /hot HTTP/1.1\r\n{some}\r\n").as_bytes(),
+            1,
+        )
+        .await;
+        assert!(answer[0].starts_with("HTTP/1.1 200 OK"), "{}", answer[0]);
     }
 }

@@ -83,12 +83,14 @@ pub struct Stats {
     refused: Arc<Counter>,
     evicted: Arc<Counter>,
     timed_out: Arc<Counter>,
+    refused_heads: Arc<Counter>,
 }
 
 impl Stats {
     /// Registers the front door's metrics as `{prefix}_connections_open`,
     /// `{prefix}_connections_refused_total`, `{prefix}_connections_evicted_total`
-    /// and `{prefix}_connections_timed_out_total`.
+    /// `{prefix}_connections_timed_out_total` and
+    /// `{prefix}_requests_refused_total`.
     pub fn register(registry: &Registry, prefix: &str) -> Self {
         Self {
             open: registry.gauge(
@@ -109,6 +111,11 @@ impl Stats {
             timed_out: registry.counter(
                 &format!("{prefix}_connections_timed_out_total"),
                 "Connections closed because a handshake, headers or a body came too slowly",
+                "",
+            ),
+            refused_heads: registry.counter(
+                &format!("{prefix}_requests_refused_total"),
+                "Request heads refused before routing: not HTTP, or too long (400, 414, 431)",
                 "",
             ),
         }

@@ -94,6 +94,7 @@ mod tests {
             started_at: None,
             flagged_total: total,
             remaining: total,
+            settled: 0,
             waiting_for_sources: vec![],
             waived_sources: vec![],
         }

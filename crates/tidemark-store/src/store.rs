@@ -42,6 +42,10 @@ pub struct RecoveryMeta {
     pub flagged_total: u64,
     /// Flags still set.
     pub remaining: u64,
+    /// How many times flags were settled (dropped, their order applied to
+    /// another key) in this store's life: a standby that sees it grow
+    /// sends `flags_settled`, as the primary did.
+    pub settled: u64,
     /// Sources the restored data knows whose final chunk has not arrived
     /// and that were not waived: the blanket stays until none is left.
     pub waiting_for_sources: Vec<String>,

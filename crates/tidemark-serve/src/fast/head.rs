@@ -3,9 +3,12 @@
 
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use tidemark_api::ErrorCode;
 
 /// Headers a head taken here may have.
 const MAX_HEADERS: usize = 32;
+/// Headers any request may have (hyper's own limit).
+pub const MOST_HEADERS: usize = 100;
 
 /// What one parsed head is (on the stack for one request: boxing the head
 /// would cost an allocation each).
@@ -17,10 +20,11 @@ pub enum Head {
     Plain(Parts, usize),
     /// Anything else: hyper's.
     Hyper,
-    /// Not a request hyper would take either: a malformed head, or a path
-    /// that is no URI. Hyper answers those with an empty body; here they
-    /// get the JSON error (CONTRACT.md: every error has one).
-    Bad(String),
+    /// Not a request hyper would take either: a malformed head, a path
+    /// that is no URI, too many headers. Hyper answers those with an empty
+    /// body; here they get the JSON error (CONTRACT.md: every error has
+    /// one), with this code and reason.
+    Bad(ErrorCode, String),
 }
 
 /// Parses the head at the start of `buf`.
@@ -33,9 +37,14 @@ pub fn parse(buf: &[u8]) -> Head {
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
-        // Hyper takes more headers than this path.
-        Err(httparse::Error::TooManyHeaders) => return Head::Hyper,
-        Err(e) => return Head::Bad(format!("a malformed request head: {e}")),
+        // Hyper takes more headers than this path, up to its own limit.
+        Err(httparse::Error::TooManyHeaders) => return too_many_headers(buf),
+        Err(e) => {
+            return Head::Bad(
+                ErrorCode::BadRequest,
+                format!("a malformed request head: {e}"),
+            )
+        }
     };
     if req.method != Some("GET") || req.version != Some(1) {
         return Head::Hyper;
@@ -45,6 +54,7 @@ pub fn parse(buf: &[u8]) -> Head {
     };
     let Ok(uri) = Uri::try_from(path) else {
         return Head::Bad(
+            ErrorCode::BadRequest,
             "a request path that is not a valid URI (percent-encode bytes outside ASCII)".into(),
         );
     };
@@ -73,6 +83,36 @@ pub fn parse(buf: &[u8]) -> Head {
     *request.uri_mut() = uri;
     *request.headers_mut() = map;
     Head::Plain(request.into_parts().0, len)
+}
+
+/// A head with more headers than this path takes: hyper's, unless it has
+/// more than hyper takes either.
+fn too_many_headers(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MOST_HEADERS];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Err(httparse::Error::TooManyHeaders) => Head::Bad(
+            ErrorCode::HeadersTooLarge,
+            format!("a request with more than {MOST_HEADERS} headers; send fewer headers"),
+        ),
+        _ => Head::Hyper,
+    }
+}
+
+/// What a head that is still partial at the fast path's limit is refused
+/// as: its request line, or its headers, is too long.
+pub fn too_long(buf: &[u8]) -> Head {
+    let kib = buf.len() / 1024;
+    if buf.windows(2).any(|w| w == b"\r\n") {
+        Head::Bad(
+            ErrorCode::HeadersTooLarge,
+            format!("a request head over {kib} KiB; send fewer or smaller headers"),
+        )
+    } else {
+        Head::Bad(
+            ErrorCode::UriTooLong,
+            format!("a request line over {kib} KiB; shorten the path or query"),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -121,7 +161,7 @@ mod tests {
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         ] {
             assert!(
-                matches!(parse(bad), Head::Bad(_)),
+                matches!(parse(bad), Head::Bad(ErrorCode::BadRequest, _)),
                 "{}",
                 String::from_utf8_lossy(bad)
             );

@@ -191,6 +191,7 @@ pub struct Followed {
     state: RecoveryState,
     blanket: bool,
     flagged_total: u64,
+    settled: u64,
 }
 
 impl Followed {
@@ -199,6 +200,7 @@ impl Followed {
             state: m.state,
             blanket,
             flagged_total: m.flagged_total,
+            settled: m.settled,
         }
     }
 
@@ -207,6 +209,7 @@ impl Followed {
             state: app.recovery.state(),
             blanket: app.recovery.blanket(),
             flagged_total: app.recovery.flagged_total(),
+            settled: app.recovery.meta().settled,
         }
     }
 }
@@ -243,9 +246,10 @@ pub(crate) async fn follow_recovery(
     let after = Followed::of(&m, app.recovery.blanket());
     if let Some(reason) = transition(before, after, &m) {
         let meta = app.store.meta().await?;
-        if reason == EpochReason::FlagsAdded {
+        if matches!(reason, EpochReason::FlagsAdded | EpochReason::FlagsSettled) {
             // This instance's watermark may trail ids the primary gave
-            // out: none from before the primary's position resumes here.
+            // out: none from before the primary's position resumes here
+            // (a stream may hold a newly flagged, or a settled, key wrong).
             app.hub.raise_resume_floor(meta.seq + 1);
         }
         app.hub.publish(Push::Epoch(EpochEvent {
@@ -260,7 +264,11 @@ pub(crate) async fn follow_recovery(
 /// The `epoch` event a change of the recovery state from `before` to
 /// `after` (`m`) sends, as the primary sent it.
 fn transition(before: Followed, after: Followed, m: &RecoveryMeta) -> Option<EpochReason> {
-    if before.blanket && !after.blanket && m.state == RecoveryState::Recovering {
+    if after.settled > before.settled {
+        // The primary dropped flags whose order was applied to another key
+        // (`Recovery::maybe_finish`): no `recovered` event tells of them.
+        Some(EpochReason::FlagsSettled)
+    } else if before.blanket && !after.blanket && m.state == RecoveryState::Recovering {
         // The schedule list became final on the primary.
         Some(EpochReason::ScheduleComplete)
     } else if !before.blanket
@@ -406,5 +414,36 @@ mod tests {
         );
         let seq = app.store.meta().await.unwrap().seq;
         assert!(!app.hub.may_resume(s, seq), "no resume from before it");
+    }
+
+    /// A standby relays `flags_settled`: the primary dropped a flag whose
+    /// order was applied to another key, and no `recovered` event tells
+    /// of that key, so streams here must revalidate (and resume from no
+    /// id before it).
+    #[tokio::test]
+    async fn a_standby_relays_flags_settled() {
+        let (t, followed) = listed_and_followed().await;
+        let app = &t.app;
+        // The primary (another instance) applies order 9 of `o` to key
+        // `z`, not `a`, and settles `a`'s flag.
+        for seq in 2..=9 {
+            t.store
+                .apply(vec![upsert("o", seq, "z", "y")])
+                .await
+                .unwrap();
+        }
+        catch_up_following(app, Some(&followed)).await.unwrap();
+        let mut rx = app.hub.subscribe();
+        assert_eq!(t.store.settle_flags().await.unwrap(), 1);
+        follow_recovery(app, &followed).await.unwrap();
+        let told = std::iter::from_fn(|| rx.try_recv().ok())
+            .any(|p| matches!(&p, Push::Epoch(e) if e.reason == EpochReason::FlagsSettled));
+        assert!(told, "an epoch event, flags_settled");
+        let s = app.hub.subscriber("s");
+        let seq = app.store.meta().await.unwrap().seq;
+        assert!(!app.hub.may_resume(s, seq), "no resume from before it");
+        // Followed: not again.
+        follow_recovery(app, &followed).await.unwrap();
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -941,7 +941,7 @@ impl Store for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT name, value FROM tm_meta WHERE name IN ('recovery_state', 'schedule_final', 'complete_requested', 'recovery_started_at', 'recovery_flagged')",
+                "SELECT name, value FROM tm_meta WHERE name IN ('recovery_state', 'schedule_final', 'complete_requested', 'recovery_started_at', 'recovery_flagged', 'flags_settled')",
                 &[],
             )
             .await
@@ -968,6 +968,10 @@ impl Store for PgStore {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             remaining: self.inner.flag_rows.load(Ordering::SeqCst),
+            settled: m
+                .get("flags_settled")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             waiting_for_sources: Self::sources_where(&client, "NOT final AND NOT waived").await?,
             waived_sources: Self::sources_where(&client, "waived").await?,
         })
@@ -1213,12 +1217,22 @@ impl Store for PgStore {
         self.write_tx_then(
             |tx| {
                 Box::pin(async move {
-                    tx.execute(
+                    let n = tx.execute(
                         "DELETE FROM tm_flags WHERE through_seq <= coalesce((SELECT high_water FROM tm_sources WHERE tm_sources.source = tm_flags.source), 0)",
                         &[],
                     )
                     .await
-                    .map_err(engine_error)
+                    .map_err(engine_error)?;
+                    if n > 0 {
+                        // Counted, for standbys to relay (`RecoveryMeta::settled`).
+                        tx.execute(
+                            "INSERT INTO tm_meta (name, value) VALUES ('flags_settled', '1') ON CONFLICT (name) DO UPDATE SET value = (tm_meta.value::bigint + 1)::text",
+                            &[],
+                        )
+                        .await
+                        .map_err(engine_error)?;
+                    }
+                    Ok(n)
                 })
             },
             |n| self.flags_cleared(*n),

@@ -65,6 +65,7 @@ pub(super) fn recovery_meta(s: &SqliteStore) -> Result<RecoveryMeta, StoreError>
             started_at: meta_get(c, "recovery_started_at")?,
             flagged_total: meta_u64(c, "recovery_flagged")?,
             remaining: s.inner.flag_rows.load(Ordering::SeqCst),
+            settled: meta_u64(c, "flags_settled")?,
             waiting_for_sources: sources_where(c, "final = 0 AND waived = 0")?,
             waived_sources: sources_where(c, "waived = 1")?,
         })
@@ -259,11 +260,17 @@ pub(super) async fn clear_flags(s: &SqliteStore) -> Result<u64, StoreError> {
 
 pub(super) async fn settle_flags(s: &SqliteStore) -> Result<u64, StoreError> {
     s.blocking(|s| {
-        let conn = s.inner.writer.lock();
-        let n = conn.execute(
+        let mut conn = s.inner.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "DELETE FROM tm_flags WHERE through_seq <= coalesce((SELECT high_water FROM tm_sources WHERE tm_sources.source = tm_flags.source), 0)",
             [],
         )? as u64;
+        if n > 0 {
+            let times = meta_u64(&tx, "flags_settled")? + 1;
+            meta_set(&tx, "flags_settled", &times.to_string())?;
+        }
+        tx.commit()?;
         if n > 0 {
             s.inner.flag_rows.fetch_sub(n, Ordering::SeqCst);
         }

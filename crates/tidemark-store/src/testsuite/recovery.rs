@@ -378,7 +378,9 @@ pub(super) async fn settling_flags(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(added.flagged, 2);
+    let settled_before = store.recovery_meta().await.unwrap().settled;
     assert_eq!(store.settle_flags().await.unwrap(), 0, "no order yet");
+    assert_eq!(store.recovery_meta().await.unwrap().settled, settled_before);
     // ops-settle seq 1 changes another key than the flag named.
     apply_ok(
         store,
@@ -389,7 +391,13 @@ pub(super) async fn settling_flags(store: &dyn Store) {
     assert_eq!(store.settle_flags().await.unwrap(), 1);
     assert!(!store.get("subscriber", "s1").await.unwrap().flagged);
     assert!(store.get("subscriber", "s2").await.unwrap().flagged);
-    assert_eq!(store.recovery_meta().await.unwrap().remaining, 1);
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!(m.remaining, 1);
+    assert_eq!(
+        m.settled,
+        settled_before + 1,
+        "counted, for standbys to relay"
+    );
     assert_eq!(store.clear_flags().await.unwrap(), 1);
     store
         .set_recovery_state(RecoveryState::Normal, false)

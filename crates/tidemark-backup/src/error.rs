@@ -49,10 +49,11 @@ pub enum BackupError {
     #[error("{0} holds no Tidemark store; check --data-dir")]
     NoStore(PathBuf),
     /// A server or command holds the data directory.
-    #[error("{what} refused: data directory {path} is in use by another process ({holder}); stop it first")]
+    #[error("{what} refused: {place} is in use by another process ({holder}); stop it first")]
     InUse {
         what: &'static str,
-        path: PathBuf,
+        /// "data directory DIR", "PostgreSQL schema 'NAME'".
+        place: String,
         holder: String,
     },
     /// The target directory holds things restore did not create and cannot
@@ -84,10 +85,10 @@ impl BackupError {
     /// Maps a lock refusal to [`BackupError::InUse`] for `what`.
     pub(crate) fn from_lock(what: &'static str, e: StoreError) -> BackupError {
         match e {
-            StoreError::Locked { path, pid } => BackupError::InUse {
+            StoreError::Locked { place, holder } => BackupError::InUse {
                 what,
-                path: path.into(),
-                holder: format!("pid {pid}"),
+                place,
+                holder,
             },
             other => BackupError::Store(other),
         }

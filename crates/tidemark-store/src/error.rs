@@ -62,9 +62,10 @@ pub enum StoreError {
     /// The data directory cannot be used.
     #[error("cannot use data directory {path}: {detail}")]
     DataDir { path: String, detail: String },
-    /// Another process holds the data directory.
-    #[error("data directory {path} is in use by another process (pid {pid}); stop it first, or point --data-dir elsewhere")]
-    Locked { path: String, pid: String },
+    /// Another process holds the store: `place` says which ("data
+    /// directory DIR", "PostgreSQL schema 'NAME'"), `holder` who ("pid N").
+    #[error("{place} is in use by another process ({holder}); stop it first, or point --data-dir elsewhere")]
+    Locked { place: String, holder: String },
     /// The database is not a Tidemark store or has an unknown format.
     #[error("{0}")]
     Format(String),

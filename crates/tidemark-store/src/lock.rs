@@ -41,8 +41,8 @@ impl DataDirLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 return Err(StoreError::Locked {
-                    path: dir.display().to_string(),
-                    pid: holder.trim().to_owned(),
+                    place: format!("data directory {}", dir.display()),
+                    holder: format!("pid {}", holder.trim()),
                 });
             }
             Err(e) => {
@@ -93,8 +93,8 @@ mod tests {
         let first = DataDirLock::acquire(dir.path(), "server").unwrap();
         assert!(DataDirLock::holder(dir.path()).unwrap().contains("server"));
         match DataDirLock::acquire(dir.path(), "restore") {
-            Err(StoreError::Locked { pid, .. }) => {
-                assert!(pid.contains(&std::process::id().to_string()))
+            Err(StoreError::Locked { holder, .. }) => {
+                assert!(holder.contains(&std::process::id().to_string()))
             }
             other => panic!("expected Locked, got {other:?}"),
         }

@@ -70,6 +70,53 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
     Ok(connect_watched(url).await?.0)
 }
 
+/// Who holds `schema`'s server lock, as PostgreSQL sees it: the sessions
+/// holding it and where from (every instance of a cluster holds one), and
+/// the pid the instance started last recorded.
+async fn holders(client: &tokio_postgres::Client, schema: &str) -> String {
+    let sessions = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(string_agg(DISTINCT coalesce(host(a.client_addr), 'a local socket'), ', '), '') \
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid() \
+                 AND l.classid::bigint = (({LOCK_KEY})::bigint >> 32) & 4294967295 \
+                 AND l.objid::bigint = ({LOCK_KEY})::bigint & 4294967295"
+            ),
+            &[&schema],
+        )
+        .await
+        .ok()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
+    let last = client
+        .query_opt(
+            &format!("SELECT value FROM \"{schema}\".tm_meta WHERE name = 'process'"),
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["pid"].as_u64());
+    let last = last.map(|p| format!("the instance started last recorded pid {p}"));
+    match (sessions, last) {
+        (Some((n, from)), last) if n > 0 => {
+            let who = if n == 1 {
+                "1 PostgreSQL session".to_owned()
+            } else {
+                format!("{n} PostgreSQL sessions")
+            };
+            match last {
+                Some(last) => format!("{who} from {from} hold it; {last}"),
+                None => format!("{who} from {from} hold it"),
+            }
+        }
+        (_, Some(last)) => last,
+        _ => "a DB server or another restore".to_owned(),
+    }
+}
+
 async fn try_lock_shared(
     client: &tokio_postgres::Client,
     schema: &str,
@@ -94,8 +141,8 @@ impl PgStore {
         let (client, ended) = connect_watched(url).await?;
         if !try_lock_shared(&client, &self.inner.schema_name).await? {
             return Err(StoreError::Locked {
-                path: format!("PostgreSQL schema '{}'", self.inner.schema_name),
-                pid: "a restore in progress".into(),
+                place: format!("PostgreSQL schema '{}'", self.inner.schema_name),
+                holder: "a restore in progress".into(),
             });
         }
         // The store was read before the lock: a restore may have swapped
@@ -295,21 +342,9 @@ impl RestoreTarget {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         if !got {
-            let pid = client
-                .query_opt(
-                    &format!("SELECT value FROM \"{schema}\".tm_meta WHERE name = 'process'"),
-                    &[],
-                )
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| r.get::<_, Option<String>>(0))
-                .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
-                .and_then(|p| p["pid"].as_u64())
-                .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
             return Err(StoreError::Locked {
-                path: format!("PostgreSQL schema '{schema}'"),
-                pid,
+                place: format!("PostgreSQL schema '{schema}'"),
+                holder: holders(&client, schema).await,
             });
         }
         Ok(RestoreTarget {

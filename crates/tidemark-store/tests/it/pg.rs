@@ -835,3 +835,31 @@ async fn the_lease_never_waits_for_a_pooled_connection() {
         r.await.unwrap().unwrap();
     }
 }
+
+/// B4: a restore refused while DB servers hold the schema says who holds
+/// it as PostgreSQL sees it (every instance of a cluster holds the lock;
+/// the pid recorded is only the instance started last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_refused_by_running_servers_names_their_sessions() {
+    use tidemark_store::postgres::target::RestoreTarget;
+    let Some(url) = database("lock_holders") else {
+        return;
+    };
+    let a = PgStore::connect(&url, "tidemark").await.unwrap();
+    a.hold_server_lock(&url).await.unwrap();
+    let b = PgStore::connect(&url, "tidemark").await.unwrap();
+    b.hold_server_lock(&url).await.unwrap();
+    match RestoreTarget::lock(&url, "tidemark").await {
+        Err(tidemark_store::StoreError::Locked { place, holder }) => {
+            assert_eq!(place, "PostgreSQL schema 'tidemark'");
+            assert!(
+                holder.starts_with("2 PostgreSQL sessions from "),
+                "{holder}"
+            );
+        }
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => panic!("a restore was let through"),
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -60,6 +60,8 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
     app.metrics.read_cache_hits.inc();
     let mut resp = Response::new(answer.body);
     if !answer.found {
+        // Counted as the router counts it (`count_errors`).
+        app.metrics.errors.inc();
         *resp.status_mut() = StatusCode::NOT_FOUND;
     }
     resp.headers_mut().insert(
@@ -68,4 +70,36 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
     );
     app.metrics.read_latency.observe(started.elapsed());
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestServer;
+
+    fn get(path: &str) -> Parts {
+        axum::http::Request::get(path)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    /// A warm 404 is answered here and counted as an error, as the router
+    /// counts it (`tidemark_http_errors_total`).
+    #[tokio::test]
+    async fn a_warm_not_found_is_counted_as_an_error() {
+        let t = TestServer::open(async |_| {}).await;
+        let app = &t.app;
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let req = get("/v1/records/subscriber/missing");
+        assert!(warm_read(app, peer, &req).is_none(), "cold at first");
+        read::read(app, "subscriber", "missing", None)
+            .await
+            .unwrap();
+        let before = app.metrics.errors.get();
+        let resp = warm_read(app, peer, &req).expect("a warm answer");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(app.metrics.errors.get(), before + 1);
+    }
 }

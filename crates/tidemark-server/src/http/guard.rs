@@ -76,26 +76,19 @@ pub fn trusted_local(peer: SocketAddr, h: &HeaderMap) -> bool {
 /// Why a loopback request in protected mode is not trusted: a page of
 /// another site, in a browser on this host, reaching the server (a
 /// cross-site request, or DNS rebinding: another name pointed at this
-/// host). Loopback trust is for the programs on the host; a browser marks
-/// what it sends for a page (`Origin`, `Sec-Fetch-*`) and names the page's
-/// own host in `Host`. Requests without those marks are not a browser's
-/// and stay trusted whatever their `Host`. `None`: trusted.
+/// host). Loopback trust is for the programs on the host, which reach it
+/// under a loopback name (`localhost`, `127.0.0.1`, `[::1]`, or no `Host`
+/// at all). A page reached by DNS rebinding names its own site in `Host`
+/// and, for a plain-http same-origin `GET`, sends no other mark (no
+/// `Origin`, no `Sec-Fetch-*`), so any other `Host` is refused; a browser
+/// page under a loopback name is refused when its marks say it is another
+/// site's. `None`: trusted.
 pub fn foreign_browser(h: &HeaderMap) -> Option<String> {
-    let browser = ["origin", "sec-fetch-site", "sec-fetch-mode"]
-        .iter()
-        .any(|n| h.contains_key(*n));
-    if !browser {
-        return None;
-    }
-    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
-    match host {
-        Some(host) if loopback_host(host) => {}
-        _ => {
-            return Some(format!(
-                "a browser page under the name {:?}, which is not this host's",
-                host.unwrap_or("")
-            ))
-        }
+    let host = h.get(header::HOST).map(|v| v.to_str().unwrap_or(""));
+    if let Some(host) = host.filter(|host| !loopback_host(host)) {
+        return Some(format!(
+            "a request under the name {host:?}, which is not a loopback name (a web page reached by DNS rebinding looks like this)"
+        ));
     }
     if let Some(site) = h.get("sec-fetch-site") {
         if matches!(site.as_bytes(), b"cross-site" | b"same-site") {
@@ -121,7 +114,11 @@ fn loopback_host(host: &str) -> bool {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(n, _)| n),
     };
+    let name = name.strip_suffix('.').unwrap_or(name);
     name.eq_ignore_ascii_case("localhost")
+        || name
+            .get(name.len().saturating_sub(10)..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(".localhost"))
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
@@ -226,10 +223,18 @@ mod tests {
             foreign_browser(&m)
         };
         // Programs on the host (curl, the CLI, service servers, raw
-        // sockets), whatever they name as the host.
+        // sockets), under a loopback name or none.
         assert_eq!(h(&[]), None);
         assert_eq!(h(&[("host", "127.0.0.1:7070")]), None);
-        assert_eq!(h(&[("host", "x")]), None);
+        assert_eq!(h(&[("host", "localhost")]), None);
+        assert_eq!(h(&[("host", "db.localhost:7070")]), None);
+        assert_eq!(h(&[("host", "127.0.0.2:7070")]), None);
+        // DNS rebinding: a page of another site, same origin, plain http,
+        // a GET with no browser mark but its own name.
+        assert!(h(&[("host", "evil.example:7070")]).is_some());
+        assert!(h(&[("host", "x")]).is_some());
+        assert!(h(&[("host", "localhost.evil.example")]).is_some());
+        assert!(h(&[("host", "")]).is_some());
         // The console, same origin, under any loopback name.
         for host in [
             "127.0.0.1:7070",

@@ -500,6 +500,29 @@ async fn protected_mode_refuses_pages_of_other_sites() {
         .await
         .unwrap();
     assert_eq!(rebound.status(), 403);
+    // A same-origin GET from a plain-http page carries no browser mark at
+    // all (no Origin, no Sec-Fetch-*): only its Host names another site.
+    for url in [key.clone(), format!("{u}/v1/state")] {
+        let rebound = client
+            .get(&url)
+            .header("host", "evil.example:7070")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), 403, "{url}");
+        let body: serde_json::Value = rebound.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    }
+    let who: serde_json::Value = client
+        .get(format!("{u}/v1/whoami"))
+        .header("host", "evil.example:7070")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(who["role"].is_null(), "not admin under another name: {who}");
 
     // The console's own request: same origin, under a loopback name.
     let r = quiesce(&format!("http://{host}"), "same-origin")

@@ -277,7 +277,7 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
     let mut conn = std::net::TcpStream::connect(db.url.trim_start_matches("http://")).unwrap();
     conn.write_all(
         format!(
-            "POST /v1/quiesce HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n   ",
+            "POST /v1/quiesce HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n   ",
             17 << 20
         )
         .as_bytes(),
@@ -307,7 +307,7 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
     for base in [&db.url, &svc.url] {
         for raw in [
             &b"GARBAGE\r\n\r\n"[..],
-            b"GET /v1/records/subscriber/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /v1/records/subscriber/\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
         ] {
             let mut conn =
                 std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
@@ -460,7 +460,7 @@ async fn implausible_input_is_refused_before_it_can_do_harm() {
     let addr = svc.url.trim_start_matches("http://").to_owned();
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     conn.write_all(
-        b"GET /v1/records/%2E%2E/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/records/%2E%2E/state HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     let mut answer = String::new();

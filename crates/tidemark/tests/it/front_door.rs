@@ -37,7 +37,7 @@ async fn read_to_close(s: &mut TcpStream, within: Duration) -> String {
 /// reset by each line would let this run for its 200 lines).
 async fn slowloris(url: &str) -> bool {
     let mut s = TcpStream::connect(addr(url)).await.unwrap();
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
     let (mut rd, mut wr) = s.into_split();
@@ -110,7 +110,7 @@ async fn a_body_that_does_not_arrive_gets_408_and_changes_nothing() {
     .to_string();
     let mut s = TcpStream::connect(addr(&db.url)).await.unwrap();
     let head = format!(
-        "POST /v1/orders HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST /v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         order.len() + 100
     );
     s.write_all(head.as_bytes()).await.unwrap();
@@ -146,7 +146,7 @@ async fn connections_past_the_limit_make_room_or_are_refused_and_the_server_stay
     db.wait_ok("/readyz").await;
     let healthz = |s: TcpStream| async move {
         let mut s = s;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
         let mut buf = [0u8; 1024];
@@ -188,7 +188,7 @@ async fn connections_past_the_limit_make_room_or_are_refused_and_the_server_stay
         let url = url.clone();
         async move {
             let mut s = TcpStream::connect(addr(&url)).await.ok()?;
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 .await
                 .ok()?;
             let mut buf = [0u8; 1024];
@@ -229,7 +229,7 @@ async fn connections_past_the_limit_make_room_or_are_refused_and_the_server_stay
     }
     let mut extra = TcpStream::connect(addr(&db.url)).await.unwrap();
     extra
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let answer = read_to_close(&mut extra, Duration::from_secs(10)).await;

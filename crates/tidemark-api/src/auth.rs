@@ -41,6 +41,7 @@ impl FromStr for AccessRole {
 
 /// Body of `POST /v1/tokens`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
     pub role: AccessRole,

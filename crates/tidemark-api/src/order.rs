@@ -15,7 +15,10 @@ pub enum Op {
 }
 
 /// One service order, numbered by its source. Idempotent by `(source, seq)`.
+/// An unknown property is refused (a misspelt `fields` would otherwise use
+/// up the seq and change nothing).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Order {
     pub source: String,
     pub seq: u64,
@@ -79,6 +82,7 @@ impl std::io::Write for Fnv1a {
 
 /// Body of `POST /v1/orders`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OrdersRequest {
     pub orders: Vec<Order>,
 }

@@ -31,6 +31,51 @@ pub struct SchemaDocument {
     pub tables: BTreeMap<String, TableSchema>,
 }
 
+impl SchemaDocument {
+    /// Reads a schema document, refusing properties it does not know (a
+    /// misspelt `indexes` would stage the schema without them). `version`
+    /// is allowed at the top, and ignored.
+    pub fn parse(body: &[u8]) -> Result<SchemaDocument, String> {
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        unknown_properties(&value)?;
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+}
+
+/// The first property of a schema document that is not one of its own.
+fn unknown_properties(doc: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    fn only(v: &Value, known: &[&str], at: &str) -> Result<(), String> {
+        if let Value::Object(m) = v {
+            if let Some(k) = m.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(format!(
+                    "unknown property {k:?} in {at}; expected one of: {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+    only(doc, &["tables", "version"], "the document")?;
+    let Some(Value::Object(tables)) = doc.get("tables") else {
+        return Ok(());
+    };
+    for (name, table) in tables {
+        only(table, &["columns", "indexes"], &format!("table {name:?}"))?;
+        for (part, known) in [
+            ("columns", &["name", "type"][..]),
+            ("indexes", &["columns"][..]),
+        ] {
+            if let Some(Value::Array(items)) = table.get(part) {
+                for item in items {
+                    only(item, known, &format!("the {part} of table {name:?}"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why a staged schema was refused. Each message says why and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaRefusal {
@@ -671,5 +716,35 @@ mod tests {
                 }
             )
         );
+    }
+}
+
+#[cfg(test)]
+mod document_tests {
+    use super::SchemaDocument;
+
+    #[test]
+    fn a_document_with_a_property_it_does_not_know_is_refused() {
+        let good = br#"{"version": 4, "tables": {"t": {"columns": [{"name": "a", "type": "string"}], "indexes": [{"columns": ["a"]}]}}}"#;
+        let doc = SchemaDocument::parse(good).unwrap();
+        assert_eq!(doc.tables["t"].indexes.len(), 1);
+        for (bad, names) in [
+            (
+                &br#"{"tables": {"t": {"columns": [], "indexs": [{"columns": ["a"]}]}}}"#[..],
+                "\"indexs\"",
+            ),
+            (br#"{"tables": {}, "table": {}}"#, "\"table\""),
+            (
+                br#"{"tables": {"t": {"columns": [{"name": "a", "typ": "string"}]}}}"#,
+                "\"typ\"",
+            ),
+            (
+                br#"{"tables": {"t": {"columns": [], "indexes": [{"cols": ["a"]}]}}}"#,
+                "\"cols\"",
+            ),
+        ] {
+            let e = SchemaDocument::parse(bad).unwrap_err();
+            assert!(e.contains(names) && e.contains("expected one of"), "{e}");
+        }
     }
 }

@@ -86,8 +86,10 @@ pub struct RecoveryStatus {
     pub waived_sources: Vec<String>,
 }
 
-/// Body of `POST /v1/recovery/schedule` (P6, P7).
+/// Body of `POST /v1/recovery/schedule` (P6, P7). Unknown properties are
+/// refused (a misspelt `final` would leave the list open).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduleChunk {
     pub source: String,
     /// Absent: none (an empty final chunk: nothing changed since the backup).
@@ -111,6 +113,7 @@ pub struct ScheduleChunk {
 
 /// One key of the recovery schedule list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduleEntry {
     pub table: String,
     pub key: String,

@@ -68,6 +68,7 @@ pub async fn promote(
     // it runs on); no body promotes this one.
     if !body.is_empty() {
         #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct Target {
             url: Option<String>,
         }

@@ -17,7 +17,10 @@ const MAX_SECONDS: u64 = 86_400;
 /// The longest quiesce message.
 const MAX_MESSAGE_CHARS: usize = 1000;
 
+/// Unknown properties are refused (a misspelt `message` would announce
+/// the default one).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Announce {
     seconds: u64,
     #[serde(default)]

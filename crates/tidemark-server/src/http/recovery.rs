@@ -256,6 +256,7 @@ mod cursor {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AbortBody {
     reason: Option<String>,
 }

@@ -60,7 +60,7 @@ pub async fn put_pending(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<PendingSchema>, HttpError> {
-    let doc: SchemaDocument = serde_json::from_slice(&body).map_err(|e| {
+    let doc = SchemaDocument::parse(&body).map_err(|e| {
         HttpError::new(
             ErrorCode::BadJson,
             format!("{e}; send a schema document: {{\"tables\": {{\"NAME\": {{\"columns\": [{{\"name\": \"…\", \"type\": \"string|integer|boolean|timestamp|json\"}}], \"indexes\": [{{\"columns\": [\"…\"]}}]}}}}}}"),

@@ -55,7 +55,7 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
                     format!("cannot read the schema document {}", file.display())
                 })?
             };
-            let doc: SchemaDocument = serde_json::from_str(&text).map_err(|e| {
+            let doc = SchemaDocument::parse(text.as_bytes()).map_err(|e| {
                 anyhow::anyhow!(
                     "{} is not a schema document: {e}; write the full desired schema, e.g. the output of 'tidemark schema show' with tables or columns added",
                     file.display()

@@ -129,6 +129,17 @@ async fn every_bad_order_batch_is_refused_whole_on(engine: Engine) {
     .await;
     assert!(m.contains("services") && m.contains("NUL"), "{m}");
     refused(u, batch(json!([good, {"source": "ops-t", "seq": 2, "table": "subscriber", "key": "k", "op": "delete", "fields": {"plan": "x"}}])), 400, "invalid_order").await;
+    // A misspelt property: refused, not an order that changes nothing and
+    // uses up its seq (the `good` order at seq 1 is applied below).
+    let m = refused(u, batch(json!([{"source": "ops-t", "seq": 1, "table": "subscriber", "key": "good", "op": "upsert", "feilds": {"plan": "a"}}])), 400, "bad_json").await;
+    assert!(m.contains("feilds"), "{m}");
+    refused(
+        u,
+        json!({"orders": [], "extra": 1}).to_string(),
+        400,
+        "bad_json",
+    )
+    .await;
     refused(
         u,
         batch(json!([order(0, "k", json!({}))])),

@@ -134,6 +134,19 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
         (400, Some("bad_request")),
         "{b}"
     );
+    // A misspelt message is refused, not announced as the default one.
+    let (s, b) = post_raw(
+        &format!("{}/v1/quiesce", db.url),
+        json!({"seconds": 30, "mesage": "hi"}).to_string(),
+    )
+    .await;
+    assert_eq!(s / 100, 4, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("mesage"),
+        "{b}"
+    );
+    let (_, state) = get_json(&format!("{}/v1/state", db.url)).await;
+    assert!(state["quiesce"].is_null(), "nothing announced: {state}");
 
     // A notice that runs out takes the server offline.
     let out = run(

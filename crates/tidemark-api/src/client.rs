@@ -96,6 +96,9 @@ pub struct RecordRead {
     pub retry_after: Option<u64>,
     /// The instance that answered (`None`: not known, the one in use).
     pub base: Option<String>,
+    /// The store history the answer is from ([`headers::HISTORY`]; `None`:
+    /// a server that does not say).
+    pub history: Option<String>,
 }
 
 /// A client for one DB server, or for the instances of one cluster
@@ -315,6 +318,11 @@ impl DbClient {
         })?;
         let status = resp.status().as_u16();
         let retry_after = retry_after(&resp);
+        let history = resp
+            .headers()
+            .get(headers::HISTORY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = resp
             .bytes()
             .await
@@ -328,6 +336,7 @@ impl DbClient {
                     answer,
                     retry_after,
                     base: Some(base),
+                    history,
                 });
             }
         }

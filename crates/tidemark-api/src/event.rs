@@ -91,6 +91,16 @@ pub struct HelloEvent {
     /// it (a single DB server, an older one) is vouched for while synced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vouches: bool,
+    /// The store's history: an id made when the store was created, and
+    /// anew by every restore. Versions compare only within one history: a
+    /// restore whose live data was lost counts its epoch from the backup's
+    /// (so it may reuse one), and a DB server started over on an empty
+    /// store begins again at epoch 1; a cached copy from another history
+    /// may look newer than the DB server's data while it is not. A service
+    /// server that sees the history change drops its cache. Empty: an
+    /// older server that does not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub history: String,
 }
 
 /// Payload of the `synced` event: everything the subscriber missed since

@@ -4,6 +4,10 @@
 pub const SUBSCRIBER: &str = "tidemark-subscriber";
 /// Response header set to `1` when the answer carries the recovering identifier (P8).
 pub const RECOVERING: &str = "tidemark-recovering";
+/// Response header of a DB server's record answer: the store's history
+/// (`HelloEvent::history`), so a service server learns of another history
+/// from its first answer, before its watch stream is back.
+pub const HISTORY: &str = "tidemark-history";
 /// Request header on a service server: `latest` or `stale-ok`, overriding its policy (P9).
 pub const FRESHNESS: &str = "tidemark-freshness";
 /// Response header of a service server while a quiesce notice is in force:

@@ -10,6 +10,7 @@
 //! - [`config`]: [`ServerConfig`], every setting with its default.
 //! - [`server`]: [`Server`]: opens the store, builds the router, runs until shutdown.
 //! - [`state`]: [`state::AppState`], everything handlers and workers share (no HTTP in it).
+//! - [`history`]: the store's history id, new with every store and restore (told in `hello`).
 //! - [`hub`]: who holds which key, and the ordered fan-out of committed changes.
 //! - [`limits`]: open streams per caller.
 //! - [`metrics`]: the server's Prometheus metrics.
@@ -31,6 +32,7 @@ pub mod backup_config;
 pub mod cluster;
 pub mod committer;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -38,6 +38,8 @@ pub struct AppState {
     pub progress: crate::progress::Progress,
     /// Names this process.
     pub boot: String,
+    /// The store's history (`history.rs`), told in every `hello`.
+    pub history: String,
     /// Part of every watch event id: the boot of this process, or with
     /// several instances the cluster's, so an id means the same on each.
     pub stream_id: String,
@@ -111,6 +113,7 @@ impl AppState {
             // mended here (in a cluster, by whoever becomes primary).
             recovery.maybe_finish().await?;
         }
+        let history = crate::history::current(store.as_ref(), &meta, &recovery.meta()).await?;
         let stream_id = match &cluster {
             Some(c) => c.store.cluster_id().await?,
             None => boot.clone(),
@@ -136,6 +139,7 @@ impl AppState {
             metrics,
             config,
             boot,
+            history,
             stream_id,
             cluster,
             streams: Default::default(),

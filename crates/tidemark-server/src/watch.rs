@@ -301,6 +301,7 @@ impl WatchStream {
             // a stream whose pushes stop arriving, a half-open connection,
             // stops vouching within a lease, not after 35 s of silence).
             vouches: true,
+            history: self.app.history.clone(),
         };
         let mut alive = self.send(WatchEvent::Hello(hello)).await;
         if let (true, Some(notice)) = (alive, self.app.quiesce.notice()) {

@@ -125,6 +125,9 @@ pub struct Cache {
     shards: Vec<RwLock<LruCache<Box<str>, Entry>>>,
     per_shard: usize,
     generation: AtomicU64,
+    /// The generation the DB server's current store history began in: an
+    /// entry validated before it is *foreign* (see [`Cache::begin_history`]).
+    history_from: AtomicU64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -141,6 +144,7 @@ impl Cache {
                 .collect(),
             per_shard: per_shard(capacity).max(1),
             generation: AtomicU64::new(0),
+            history_from: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +159,24 @@ impl Cache {
     /// Makes every entry suspect (after an `epoch` event).
     pub fn bump_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The DB server's store is another history (`HelloEvent::history`: a
+    /// restore that may have reused its epoch, a store started over): every
+    /// entry becomes suspect and *foreign*. A foreign entry's version does
+    /// not compare with the DB server's: it never stands against an answer
+    /// the DB server gives as current, and stays foreign while it stands
+    /// against a flagged one (an `accept-stale` read may still serve it,
+    /// marked recovering).
+    pub fn begin_history(&self) -> u64 {
+        let generation = self.bump_generation();
+        self.history_from.store(generation, Ordering::SeqCst);
+        generation
+    }
+
+    /// Whether `e` is from an earlier store history ([`Cache::begin_history`]).
+    pub fn is_foreign(&self, e: &Entry) -> bool {
+        e.generation() < self.history_from.load(Ordering::SeqCst)
     }
 
     /// The entry for a key, if cached.
@@ -174,12 +196,23 @@ impl Cache {
     }
 
     /// Offers an answer; returns what the cache holds afterwards. An older
-    /// version never replaces a newer one. A fetched answer older than the
-    /// cached copy validates the entry, and lends it its recovering flag
-    /// only if the copy predates the DB server's current epoch (a copy newer
-    /// than the restored data); a copy written in the current epoch already
-    /// carries the DB server's flag for its own version, and the older
-    /// answer is just a response that lost a race with a push.
+    /// version does not replace a newer one, with one exception below. A
+    /// fetched answer older than the cached copy:
+    /// - copy written in the DB server's current epoch: the answer is just
+    ///   a response that lost a race with a push; the copy stands, with its
+    ///   own flag;
+    /// - copy from before the current epoch (newer than the restored data)
+    ///   and the answer flagged recovering: the copy stands, flagged, until
+    ///   the replay brings the key past it;
+    /// - copy from before the current epoch and the answer *not* flagged:
+    ///   the DB server says its restored data is current (the key was not
+    ///   in the schedule list, its source was waived, or the recovery was
+    ///   aborted), so the copy's newer version is from a history that was
+    ///   lost: the answer replaces it (P11: every service server ends up
+    ///   with the DB server's data).
+    ///
+    /// A foreign copy ([`Cache::begin_history`]) counts as one from before
+    /// the current epoch whatever its epoch, and a push replaces it.
     pub fn offer(&self, answer: &RecordAnswer, origin: Origin) -> Entry {
         let generation = match origin {
             Origin::Push => self.generation(),
@@ -189,17 +222,26 @@ impl Cache {
         let mut shard = self.shard(&slot).write();
         let new_rank = answer.version.unwrap_or_default();
         let entry = match shard.get(slot.as_str()) {
-            Some(old) if old.rank() > new_rank => match origin {
-                Origin::Push => return old.clone(),
-                Origin::Fetch { db_epoch, .. } => {
-                    let recovering = if old.rank().epoch >= db_epoch {
-                        old.recovering
-                    } else {
-                        answer.recovering
-                    };
-                    Entry::new(&old.answer(Source::Cache), recovering, generation)
+            Some(old) if old.rank() > new_rank => {
+                let foreign = self.is_foreign(old);
+                match origin {
+                    Origin::Push if !foreign => return old.clone(),
+                    Origin::Push => Entry::new(answer, answer.recovering, generation),
+                    Origin::Fetch { db_epoch, .. } if old.rank().epoch >= db_epoch && !foreign => {
+                        Entry::new(&old.answer(Source::Cache), old.recovering, generation)
+                    }
+                    Origin::Fetch { .. } if answer.recovering => {
+                        // Still foreign, so the next answer is judged alike.
+                        let kept = if foreign {
+                            old.generation()
+                        } else {
+                            generation
+                        };
+                        Entry::new(&old.answer(Source::Cache), true, kept)
+                    }
+                    Origin::Fetch { .. } => Entry::new(answer, false, generation),
                 }
-            },
+            }
             Some(old)
                 if old.rank() == new_rank
                     && origin == Origin::Push
@@ -375,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn never_replaces_newer_with_older() {
+    fn a_newer_copy_stands_unless_a_restore_made_older_data_current() {
         let c = Cache::new(1000);
         c.offer(&answer(5, "new", false), Origin::Push);
         let e = c.offer(&answer(3, "old", false), Origin::Push);
@@ -393,6 +435,22 @@ mod tests {
             "a fetched older copy does not replace a newer one"
         );
         assert!(e.recovering, "but it does carry the DB server's flag");
+        // The DB server says its older data is current after all (the key
+        // not listed, its source waived, the recovery aborted): the copy
+        // from the lost history goes.
+        let e = c.offer(
+            &answer(3, "restored", false),
+            Origin::Fetch {
+                db_epoch: 2,
+                generation: 0,
+            },
+        );
+        assert_eq!(e.version(), Some(Version::new(1, 3)));
+        assert!(!e.recovering);
+        assert_eq!(
+            e.answer(Source::Cache).fields.unwrap()["plan"],
+            json!("restored")
+        );
         let e = c.offer(&answer(6, "newest", false), Origin::Push);
         assert!(!e.recovering);
         assert_eq!(

@@ -210,7 +210,8 @@ pub(crate) fn take_answer(
         let entry = match shared.cache.get(&answer.table, &answer.key) {
             Some(cached)
                 if cached.version() > answer.version
-                    && cached.version().map(|v| v.epoch) == answer.version.map(|v| v.epoch) =>
+                    && cached.version().map(|v| v.epoch) == answer.version.map(|v| v.epoch)
+                    && !shared.cache.is_foreign(&cached) =>
             {
                 Entry::new(
                     &cached.answer(tidemark_api::Source::Cache),
@@ -378,6 +379,9 @@ pub async fn read(
                     _ => asked,
                 };
                 pushed_to_us = asked.same_stream(shared);
+                if let Some(history) = &read.history {
+                    crate::watcher::heard_history(shared, history);
+                }
                 if let Some(served) = take_answer(shared, &read.answer, asked, freshness) {
                     return Ok(served);
                 }
@@ -566,6 +570,7 @@ mod tests {
             answer: record(1, true),
             retry_after: Some(1),
             base: None,
+            history: None,
         })
     }
 
@@ -611,6 +616,7 @@ mod tests {
             resumed,
             declare: hello_declares,
             vouches: hello_declares,
+            history: String::new(),
         };
         watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
         watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
@@ -712,6 +718,7 @@ mod tests {
             answer: record(if n == 0 { 9 } else { 5 }, false),
             retry_after: None,
             base: None,
+            history: None,
         })
     }
 
@@ -776,6 +783,7 @@ mod tests {
                 answer: record(3, false),
                 retry_after: None,
                 base: Some(base.into()),
+                history: None,
             })
         }
         // Asked twice: from another instance, both go to the DB server;
@@ -823,6 +831,7 @@ mod tests {
             resumed: true,
             declare: true,
             vouches: false,
+            history: String::new(),
         };
         let ev = |e: WatchEvent| SseEvent {
             id: Some("2-0-b".into()),

@@ -229,6 +229,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         resumed,
                         declare: false,
                         vouches: false,
+                        history: String::new(),
                     })
                 };
                 db.stream_up = true;

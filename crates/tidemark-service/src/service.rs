@@ -58,6 +58,7 @@ impl Service {
         }
         let cache = Cache::new(config.cache_capacity);
         let mut last_event_id = None;
+        let mut history = String::new();
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating cache directory {}", dir.display()))?;
@@ -67,6 +68,7 @@ impl Service {
                 }
                 tracing::info!(entries = snap.answers.len(), last_event_id = ?snap.last_event_id, "cache snapshot loaded");
                 last_event_id = snap.last_event_id;
+                history = snap.history;
             }
         }
         let stream_base = client.base().to_owned();
@@ -85,6 +87,7 @@ impl Service {
                 changes: AtomicU64::new(0),
                 snapshot_event_id: Mutex::new(None),
                 db_epoch: AtomicU64::new(0),
+                history: Mutex::new(history),
                 schema_version: AtomicU64::new(0),
                 schema_went_back_from: AtomicU64::new(0),
                 skew: Mutex::new(None),

@@ -52,6 +52,9 @@ pub struct Shared {
     /// Bumped on every cache change, so snapshots skip idle periods.
     pub changes: AtomicU64,
     pub db_epoch: AtomicU64,
+    /// The DB server's store history last heard (`HelloEvent::history`;
+    /// empty: none yet, or an older server).
+    pub history: Mutex<String>,
     pub schema_version: AtomicU64,
     /// The newer version this server ran before the DB server's schema
     /// went back (0: none); reported with every version below it.

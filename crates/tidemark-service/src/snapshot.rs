@@ -27,12 +27,16 @@ struct Header {
     format: u32,
     id: String,
     last_event_id: Option<String>,
+    /// The DB server's store history the entries came from.
+    #[serde(default)]
+    history: String,
 }
 
 /// A loaded snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
     pub last_event_id: Option<String>,
+    pub history: String,
     pub answers: Vec<RecordAnswer>,
 }
 
@@ -72,6 +76,7 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
     }
     Ok(Some(Snapshot {
         last_event_id: header.last_event_id,
+        history: header.history,
         answers,
     }))
 }
@@ -91,6 +96,7 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
     // `epoch` event, a stream that did not resume, whose interest starts
     // afresh) leaves this snapshot unwritten.
     let last_event_id = shared.last_event_id.lock().clone();
+    let history = shared.history.lock().clone();
     let generation = shared.cache.generation();
     let entries: Vec<_> = shared
         .cache
@@ -112,6 +118,7 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
             format: FORMAT,
             id: shared.config.id.clone(),
             last_event_id,
+            history,
         },
     )?;
     w.write_all(b"\n")?;

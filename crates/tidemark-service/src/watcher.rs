@@ -181,6 +181,34 @@ pub(crate) fn stream_down(shared: &Shared) {
     shared.metrics.connected.set(0);
 }
 
+/// Notes the DB server's store history, from a `hello` or a record answer
+/// (whichever comes first after a restart). Versions of another history
+/// do not compare with the DB server's: a copy that looks newer may be
+/// outdated, so every cached copy becomes foreign ([`Cache::begin_history`]).
+/// Empty: a server that does not say.
+///
+/// [`Cache::begin_history`]: crate::cache::Cache::begin_history
+pub(crate) fn heard_history(shared: &Shared, history: &str) {
+    if history.is_empty() {
+        return;
+    }
+    let mut known = shared.history.lock();
+    if *known == history {
+        return;
+    }
+    if !known.is_empty() {
+        let generation = shared.cache.begin_history();
+        shared.changes.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            generation,
+            before = %known,
+            now = %history,
+            "the DB server's store is another history (restored, perhaps reusing an epoch, or started over empty): no cached record is trusted over its answers"
+        );
+    }
+    *known = history.to_owned();
+}
+
 /// Applies one event. Returns true for the `hello` that opens a stream.
 pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
     let decoded = match WatchEvent::decode(&ev.event, &ev.data) {
@@ -194,6 +222,7 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
     let mut hello = false;
     match decoded {
         WatchEvent::Hello(h) => {
+            heard_history(shared, &h.history);
             shared.db_epoch.store(h.epoch, Ordering::SeqCst);
             shared.declare.store(h.declare, Ordering::SeqCst);
             // An instance of a cluster vouches for its stream with `lease`
@@ -320,6 +349,7 @@ mod tests {
             resumed,
             declare: false,
             vouches: false,
+            history: String::new(),
         })
     }
 
@@ -405,8 +435,78 @@ mod tests {
             resumed: true,
             declare: false,
             vouches: false,
+            history: String::new(),
         });
         apply(s, &ev(hello, "1-0-b"));
         assert!(s.quiesce_at.lock().is_none() && s.quiesce.lock().is_none());
+    }
+
+    /// A hello from another store history (a restore that reused its
+    /// epoch, a DB server started over empty) makes every cached record
+    /// foreign: a copy from the old history could look newer than the DB
+    /// server's data and be served as current. The same history keeps
+    /// them trusted.
+    #[test]
+    fn another_store_history_makes_the_cache_foreign() {
+        let svc = Service::new(
+            ServiceConfig {
+                id: "svc".into(),
+                ..ServiceConfig::default()
+            },
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let s = &svc.shared;
+        let hello_of = |history: &str| {
+            WatchEvent::Hello(HelloEvent {
+                epoch: 2,
+                seq: 0,
+                boot: "b".into(),
+                resumed: false,
+                declare: false,
+                vouches: false,
+                history: history.into(),
+            })
+        };
+        let cached = || {
+            let answer = RecordAnswer::missing("subscriber", "k", Some(Version::new(2, 3)), false);
+            apply(s, &ev(WatchEvent::Update(answer), "2-3-b"));
+            assert!(s.cache.get("subscriber", "k").is_some());
+        };
+        apply(s, &ev(hello_of("h1"), "2-0-b"));
+        cached();
+        apply(s, &ev(hello_of("h1"), "2-3-b"));
+        let kept = |s: &Shared| !s.cache.is_foreign(&s.cache.get("subscriber", "k").unwrap());
+        assert!(kept(s), "same history: trusted");
+        apply(s, &ev(hello_of(""), "2-3-b"));
+        assert!(kept(s), "an older server: trusted");
+        let g = s.cache.generation();
+        apply(s, &ev(hello_of("h2"), "2-0-b"));
+        assert_eq!(*s.history.lock(), "h2");
+        let e = s.cache.get("subscriber", "k").unwrap();
+        assert!(
+            s.cache.is_foreign(&e) && s.cache.generation() > g,
+            "another history: foreign"
+        );
+        // The DB server's own older data, flagged: the copy stands, flagged
+        // and still foreign; given as current: it replaces the copy.
+        let fetch = crate::cache::Origin::Fetch {
+            db_epoch: 2,
+            generation: s.cache.generation(),
+        };
+        let restored = |recovering| {
+            RecordAnswer::missing("subscriber", "k", Some(Version::new(1, 1)), recovering)
+        };
+        let e = s.cache.offer(&restored(true), fetch);
+        assert_eq!(
+            (e.version(), e.recovering),
+            (Some(Version::new(2, 3)), true)
+        );
+        assert!(s.cache.is_foreign(&e));
+        let e = s.cache.offer(&restored(false), fetch);
+        assert_eq!(
+            (e.version(), e.recovering),
+            (Some(Version::new(1, 1)), false)
+        );
     }
 }

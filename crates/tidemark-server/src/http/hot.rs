@@ -44,8 +44,13 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
     if !may_read(app, peer, req) || app.quiesce.offline() {
         return None;
     }
+    // A name that is not one goes to the router, which refuses it.
     let subscriber = match req.headers.get(headers::SUBSCRIBER) {
-        Some(v) => Some(v.to_str().ok()?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())?,
+        ),
         None => None,
     };
     // Interest only under the caller's own name (the router claims a
@@ -68,6 +73,9 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Ok(history) = HeaderValue::from_str(&app.history) {
+        resp.headers_mut().insert(headers::HISTORY, history);
+    }
     app.metrics.read_latency.observe(started.elapsed());
     Some(resp)
 }

@@ -170,8 +170,10 @@ pub fn document() -> Value {
                 "recovering": {"type": "boolean"}, "source": {"type": "string", "enum": ["cache", "db"]}}},
             "Order": {"type": "object", "required": ["source", "seq", "table", "key", "op"], "properties": {
                 "source": {"type": "string", "minLength": 1, "maxLength": 128}, "seq": {"type": "integer", "minimum": 1}, "table": {"type": "string", "minLength": 1},
-                "key": {"type": "string", "minLength": 1, "maxLength": 256}, "op": {"type": "string", "enum": ["upsert", "delete"]}, "fields": {"type": "object"}}},
-            "OrdersRequest": {"type": "object", "required": ["orders"], "properties": {"orders": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}}},
+                "key": {"type": "string", "minLength": 1, "maxLength": 256}, "op": {"type": "string", "enum": ["upsert", "delete"]}, "fields": {"type": "object"},
+                "origin": {"$ref": "#/components/schemas/Version", "description": "For a replay of the difference data (P10): the version this order produced when the DB server first acknowledged it, before the disaster (ops recover sends it from its journal). While the server recovers, an order takes effect field by field only where nothing newer by this version has been applied, so replays from several sources end in their original commit order whatever order they arrive in; without it a replay counts as new as it arrives. Not part of the order's identity."}},
+                "additionalProperties": false},
+            "OrdersRequest": {"type": "object", "required": ["orders"], "additionalProperties": false, "properties": {"orders": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}}},
             "OrdersResponse": {"type": "object", "properties": {"results": {"type": "array", "items": {"type": "object", "properties": {
                 "source": {"type": "string"}, "seq": {"type": "integer"}, "version": {"$ref": "#/components/schemas/Version"}, "duplicate": {"type": "boolean"}}}}}},
             "State": {"type": "object", "properties": {"state": {"type": "string", "enum": ["normal", "recovering", "recovered"]},
@@ -182,8 +184,8 @@ pub fn document() -> Value {
                     "url": {"type": "string"}, "role": {"type": "string", "enum": ["primary", "standby"]}, "term": {"type": "integer"},
                     "last_heartbeat": {"type": "string"}, "heartbeat_age_ms": {"type": "integer"}, "version": {"type": "string"},
                     "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}}}}}},
-            "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer"},
-                "cleared": {"type": "integer"}, "started_at": {"type": "string", "nullable": true}}},
+            "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer", "description": "Flags set since the recovery began (it does not go down; see remaining)"},
+                "cleared": {"type": "integer"}, "remaining": {"type": "integer", "description": "Flags still set: flagged - cleared"}, "started_at": {"type": "string", "nullable": true}}},
             "Schema": {"type": "object", "required": ["version", "tables"], "properties": {"version": {"type": "integer"},
                 "tables": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Table"}}}},
             "SchemaDocument": {"type": "object", "required": ["tables"], "properties": {

@@ -35,20 +35,31 @@ pub async fn get_record(
     if app.quiesce.offline() {
         return Err(super::quiesce::offline_error());
     }
-    let subscriber = req
-        .headers()
-        .get(headers::SUBSCRIBER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // A name that cannot be one is refused, not ignored: the caller would
+    // think it holds the key and never hear of its changes (P3).
+    let subscriber = match req.headers().get(headers::SUBSCRIBER) {
+        None => None,
+        Some(v) => {
+            let name = v
+                .to_str()
+                .ok()
+                .filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
+                .ok_or_else(|| {
+                    HttpError::new(
+                        ErrorCode::BadRequest,
+                        "the Tidemark-Subscriber header is not a subscriber name (1 to 128 bytes of UTF-8, no control characters, as /v1/watch?subscriber= takes); send the service server's --id",
+                    )
+                })?;
+            Some(name.to_owned())
+        }
+    };
     if let (Some(name), Some(caller)) =
         (&subscriber, req.extensions().get::<super::guard::Caller>())
     {
         // Interest only under the caller's own name: registering under
         // another service server's (up to its limit) would make it forget
         // everything it holds.
-        if tidemark_api::schema::validate_name("subscriber", name).is_ok() {
-            super::watch::claim(&app, caller, name, "reads").await?;
-        }
+        super::watch::claim(&app, caller, name, "reads").await?;
     }
     drop(req);
     let answer = crate::read::read(&app, &table, &key, subscriber.as_deref())
@@ -75,6 +86,9 @@ pub async fn get_record(
         answer.body,
     )
         .into_response();
+    if let Ok(history) = HeaderValue::from_str(&app.history) {
+        resp.headers_mut().insert(headers::HISTORY, history);
+    }
     if answer.recovering {
         app.metrics.reads_recovering.inc();
         resp.headers_mut()

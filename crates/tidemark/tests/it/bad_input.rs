@@ -259,6 +259,22 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
         counted >= db_cases,
         "{counted} errors counted, {db_cases} sent"
     );
+    // A subscriber name that cannot be one is refused, not ignored (the
+    // caller would believe it holds the key), cold and warm alike.
+    for _ in 0..2 {
+        for name in ["x".repeat(129), "a\tb".to_owned()] {
+            let r = reqwest::Client::new()
+                .get(format!("{}/v1/records/subscriber/k", db.url))
+                .header("Tidemark-Subscriber", name.as_str())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 400, "{name:?}");
+            let b: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(b["error"]["code"], "bad_request", "{b}");
+        }
+        get_json(&format!("{}/v1/records/subscriber/k", db.url)).await;
+    }
     let r = reqwest::Client::new()
         .get(format!("{}/v1/records/subscriber/k", svc.url))
         .header("Tidemark-Freshness", "yesterday")

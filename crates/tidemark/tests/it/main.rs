@@ -12,6 +12,7 @@ mod faults;
 mod front_door;
 mod ha;
 mod harness;
+mod history;
 mod postgres;
 mod quiesce;
 mod recovery;

@@ -147,7 +147,7 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
     let mut index_names = BTreeMap::new();
     for (name, t) in &doc.tables {
         if !is_identifier(name) {
-            return invalid(format!("table name {name:?} is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_'"));
+            return invalid(format!("table name {name:?} is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_' or 'sqlite_'"));
         }
         if t.columns.len() > MAX_COLUMNS {
             return invalid(format!(
@@ -158,7 +158,7 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
         let mut seen = BTreeSet::new();
         for c in &t.columns {
             if !is_identifier(&c.name) {
-                return invalid(format!("column name {:?} of table '{name}' is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_'", c.name));
+                return invalid(format!("column name {:?} of table '{name}' is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_' or 'sqlite_'", c.name));
             }
             if !seen.insert(c.name.as_str()) {
                 return invalid(format!(

@@ -99,7 +99,8 @@ impl Quiesce {
             .await?;
         *self.notice.write() = Some(stored);
         let notice = self.notice().expect("just set");
-        tracing::warn!(seconds, message = %notice.message, deadline = %notice.deadline, "quiesce notice sent");
+        // Debug-quoted: an operator's message must not forge log lines.
+        tracing::warn!(seconds, message = ?notice.message, deadline = %notice.deadline, "quiesce notice sent");
         hub.publish(Push::Quiesce(QuiesceEvent {
             notice: Some(notice.clone()),
             cancelled: false,

@@ -346,8 +346,16 @@ $("schema-rollback").addEventListener("click", () => {
   }
 });
 $("q-send").addEventListener("click", () => {
-  // No confirmation: a notice is cancelled as easily (Cancel).
-  const seconds = Number($("q-secs").value);
+  // A notice is cancelled as easily (Cancel), so only one that takes the
+  // server offline at once is confirmed; an empty field is not 0 (S4: users
+  // are told ahead of time).
+  const text = $("q-secs").value.trim();
+  const seconds = Number(text);
+  if (text === "" || !Number.isInteger(seconds) || seconds < 0) {
+    alert("give the seconds until the server goes offline: a whole number, 0 or more");
+    return;
+  }
+  if (seconds === 0 && !confirm("Take this server offline now, with no warning to its users?")) return;
   api("POST", "/v1/quiesce", {seconds, message: $("q-msg").value || undefined}).catch((e) => alert(e.message));
 });
 $("q-cancel").addEventListener("click", () => api("DELETE", "/v1/quiesce").catch((e) => alert(e.message)));

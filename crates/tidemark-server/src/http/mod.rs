@@ -76,16 +76,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/console/", get(console::to_console))
         .route("/v1/console/events", get(console::events))
         .route("/v1/whoami", get(console::whoami))
-        .fallback(error::not_found)
         // Inside the guard: a write is forwarded only once its caller is known.
-        .layer(axum::middleware::from_fn_with_state(
+        // Both wrap the routes only: a path no route has is `404` to
+        // anyone (it reveals nothing `/openapi.json` does not), not a
+        // refusal that names the admin role.
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::cluster::forward::forward,
         ))
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,
         ))
+        .fallback(error::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| {
             error::refuse_declared_oversize(limit, req, next)

@@ -166,6 +166,18 @@ async fn every_endpoint_needs_its_role() {
     }
     let (s, _) = call("GET", &format!("{u}/v1/state"), Some("tm_not-a-token"), "").await;
     assert_eq!(s, 401);
+    // A path no endpoint has is not found, to anyone (it was a refusal
+    // naming the admin role, and the console's favicon logged a 401).
+    for (token, _, name) in roles {
+        for path in ["/nonexistent", "/favicon.ico", "/v1/records/subscriber"] {
+            let (s, b) = call("GET", &format!("{u}{path}"), token, "").await;
+            assert_eq!(
+                (s, b["error"]["code"].as_str()),
+                (404, Some("not_found")),
+                "GET {path} as {name}"
+            );
+        }
+    }
 
     // The audit trail names who did what; tokens are listed without secrets.
     let (_, audit) = call("GET", &format!("{u}/v1/audit"), Some(&admin), "").await;

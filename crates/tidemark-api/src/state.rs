@@ -191,6 +191,15 @@ pub struct MemberInfo {
     pub schema_version: u64,
     #[serde(default)]
     pub quiesce: Option<QuiesceNotice>,
+    /// False for an instance whose heartbeats stopped without a clean
+    /// leave (killed, crashed, cut off from PostgreSQL): listed for ten
+    /// minutes as down, with its last heartbeat.
+    #[serde(default = "alive_default")]
+    pub alive: bool,
+}
+
+fn alive_default() -> bool {
+    true
 }
 
 /// Body of `POST /v1/watch/interest`: what a service server holds, sent in

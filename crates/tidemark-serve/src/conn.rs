@@ -54,6 +54,9 @@ pub async fn serve<T>(
         }
         None => http(stream, peer, settings, &stats, svc, shutdown, &slot).await,
         Some(acceptor) => {
+            if plain_http_at_tls(&mut stream, settings.header_timeout).await {
+                return;
+            }
             let handshake = tokio::select! {
                 h = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)) => h,
                 // Chosen to make room while still shaking hands.
@@ -70,6 +73,42 @@ pub async fn serve<T>(
             }
         }
     }
+}
+
+/// A plain-HTTP request sent to an https port (a TLS handshake begins with
+/// byte 0x16; a request with a capital letter) is told to use https, as
+/// JSON, and closed: a silent close left the caller guessing. True if it
+/// was.
+async fn plain_http_at_tls(stream: &mut TcpStream, patience: std::time::Duration) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    let plain = matches!(
+        tokio::time::timeout(patience, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0].is_ascii_uppercase()
+    );
+    if plain {
+        let resp: Response<bytes::Bytes> = crate::json_errors::closing_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            tidemark_api::ErrorCode::BadRequest,
+            "this port serves https, not plain http; use an https:// URL (with --ca-cert if its certificate is not publicly trusted)".into(),
+        );
+        let mut out = Vec::new();
+        crate::fast::encode_response(&resp, &mut out);
+        let _ = tokio::time::timeout(patience, async {
+            // What was sent is read first, so closing does not reset the
+            // connection before the answer is read.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                tokio::io::AsyncReadExt::read(stream, &mut sink),
+            )
+            .await;
+            stream.write_all(&out).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+    plain
 }
 
 /// How long a connection chosen to make room may take to close by itself.

@@ -24,6 +24,8 @@ mod answer;
 mod head;
 mod prefixed;
 
+/// Writes an answer as the fast path does (status line, headers, `date`).
+pub(crate) use answer::encode as encode_response;
 pub use prefixed::Prefixed;
 
 use crate::hot::HotRoute;

@@ -138,7 +138,13 @@ impl Recovery {
             schedule_final: m.schedule_final,
             complete_requested: m.complete_requested,
             estimated_end,
-            waiting_for_sources: m.waiting_for_sources,
+            // Only a recovery in progress waits (an aborted one listed the
+            // sources it had waited for).
+            waiting_for_sources: if m.state == RecoveryState::Recovering {
+                m.waiting_for_sources
+            } else {
+                Vec::new()
+            },
             waived_sources: m.waived_sources,
         })
     }

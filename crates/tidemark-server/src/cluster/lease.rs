@@ -368,11 +368,22 @@ async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
         return;
     }
     cluster.reached_postgres();
-    match cluster.store.members(live_within_ms(cluster)).await {
-        Ok(m) => *cluster.members.write() = m,
+    let live = live_within_ms(cluster);
+    match cluster.store.members(DOWN_SHOWN_MS.max(live)).await {
+        Ok(all) => {
+            let (up, down) = all
+                .into_iter()
+                .partition(|m| m.heartbeat_age_ms <= live as i64);
+            *cluster.members.write() = up;
+            *cluster.members_down.write() = down;
+        }
         Err(e) => tracing::debug!(error = %e, "member list unreadable; retrying"),
     }
 }
+
+/// How long a member that stopped without leaving (a clean stop removes
+/// its row) is still listed, as down.
+pub const DOWN_SHOWN_MS: u64 = 10 * 60 * 1000;
 
 /// A member is live if it reported within three leases.
 pub fn live_within_ms(cluster: &Cluster) -> u64 {

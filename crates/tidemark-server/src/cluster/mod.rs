@@ -59,6 +59,10 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// The live members, as last read (for `/v1/state`).
     pub members: RwLock<Vec<tidemark_store::postgres::cluster::Member>>,
+    /// Members whose heartbeats stopped within [`lease::DOWN_SHOWN_MS`]
+    /// without a clean leave (killed, crashed, cut off): listed as down,
+    /// so an operator sees the redundancy lost.
+    pub members_down: RwLock<Vec<tidemark_store::postgres::cluster::Member>>,
     /// Until when (ms after `epoch`) the lease is surely still ours: the
     /// moment the last renewal (or take-over) was sent, plus what was left
     /// of the lease, less a margin. Only then may the read cache answer: a
@@ -126,6 +130,7 @@ impl Cluster {
             lease_wake: Notify::new(),
             tail_wake: Notify::new(),
             members: RwLock::new(Vec::new()),
+            members_down: RwLock::new(Vec::new()),
             lease_until_ms: AtomicU64::new(0),
             reached_ms: AtomicU64::new(0),
             handing_over: Default::default(),

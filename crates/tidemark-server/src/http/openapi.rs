@@ -183,7 +183,8 @@ pub fn document() -> Value {
                 "advertise": {"type": "string"}, "members": {"type": "array", "items": {"type": "object", "properties": {
                     "url": {"type": "string"}, "role": {"type": "string", "enum": ["primary", "standby"]}, "term": {"type": "integer"},
                     "last_heartbeat": {"type": "string"}, "heartbeat_age_ms": {"type": "integer"}, "version": {"type": "string"},
-                    "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}}}}}},
+                    "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true},
+                    "alive": {"type": "boolean", "description": "false: its heartbeats stopped without a clean leave (listed as down for ten minutes)"}}}}}},
             "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer", "description": "Flags set since the recovery began (it does not go down; see remaining)"},
                 "cleared": {"type": "integer"}, "remaining": {"type": "integer", "description": "Flags still set: flagged - cleared"}, "started_at": {"type": "string", "nullable": true}}},
             "Schema": {"type": "object", "required": ["version", "tables"], "properties": {"version": {"type": "integer"},

@@ -114,17 +114,18 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
         None => (Role::Primary, None, None, None, Vec::new()),
         Some(c) => {
             let view = c.view();
-            let members = c
-                .members
-                .read()
-                .iter()
-                .map(|m| MemberInfo {
+            let up = c.members.read().clone();
+            let down = c.members_down.read().clone();
+            let alive = up.iter().map(|m| (m, true));
+            let members = alive
+                .chain(down.iter().map(|m| (m, false)))
+                .map(|(m, alive)| MemberInfo {
                     url: m.url.clone(),
                     // By the lease, as `primary` says, not by what each
                     // member last said of itself: a dead primary's last
                     // heartbeat said "primary" for seconds after the
                     // takeover, and `members` listed two.
-                    role: if view.primary.as_deref() == Some(m.url.as_str()) {
+                    role: if alive && view.primary.as_deref() == Some(m.url.as_str()) {
                         Role::Primary
                     } else {
                         Role::Standby
@@ -138,6 +139,7 @@ pub async fn state(State(app): State<Arc<AppState>>) -> Result<Json<ServerState>
                         .quiesce
                         .as_deref()
                         .and_then(|q| serde_json::from_str(q).ok()),
+                    alive,
                 })
                 .collect();
             (

@@ -122,6 +122,19 @@ pub async fn bind_scheme(
     what: &str,
     scheme: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = bind_quietly(addr, what).await?;
+    announce(&listener, scheme)?;
+    Ok(listener)
+}
+
+/// Prints `listening on scheme://ADDR` for `listener`.
+pub fn announce(listener: &tokio::net::TcpListener, scheme: &str) -> anyhow::Result<()> {
+    println!("listening on {scheme}://{}", listener.local_addr()?);
+    Ok(())
+}
+
+/// Binds a listener without saying so yet ([`announce`]).
+pub async fn bind_quietly(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         // Not an address at all: bad usage (exit 2), not a failure.
@@ -132,7 +145,5 @@ pub async fn bind_scheme(
             "cannot listen on {addr} for the {what}: {e}; choose another address with --listen"
         ),
     };
-    let bound = listener.local_addr()?;
-    println!("listening on {scheme}://{bound}");
     Ok(listener)
 }

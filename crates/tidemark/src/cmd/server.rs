@@ -56,9 +56,16 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     } else {
         "http"
     };
-    let listener = super::bind_scheme(&config.listen, "DB server", scheme).await?;
+    let listener = super::bind_quietly(&config.listen, "DB server").await?;
     // The port is bound first: until the store is open (PostgreSQL may be
-    // unreachable for a while) the probes answer, alive but not ready.
+    // unreachable for a while) the probes answer, alive but not ready, so
+    // it is announced at once. The embedded store opens at once: it is
+    // announced once open, so a refusal to start (the data in use, a
+    // cleanup due, no token on a public address) never follows it.
+    let early_announce = config.store == StoreKind::Postgres;
+    if early_announce {
+        super::announce(&listener, scheme)?;
+    }
     if config.advertise.is_none() {
         config.advertise = Some(format!("{scheme}://{}", listener.local_addr()?));
     }
@@ -69,9 +76,12 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     let server = Server::open(config.clone(), shutdown).await;
     opened.cancel();
     let _ = probes.await;
-    server?
-        .run(tokio::net::TcpListener::from_std(listener)?)
-        .await
+    let server = server?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    if !early_announce {
+        super::announce(&listener, scheme)?;
+    }
+    server.run(listener).await
 }
 
 /// Serves `/healthz` (alive) and `503 not_ready` for everything else, until

@@ -67,7 +67,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!(
                 "  member      {} {} term {} v{} heartbeat {} ms ago{}",
                 m.url,
-                m.role.as_str(),
+                if m.alive {
+                    m.role.as_str()
+                } else {
+                    "DOWN (no heartbeat)"
+                },
                 m.term,
                 m.version,
                 m.heartbeat_age_ms,

@@ -229,13 +229,22 @@ async fn connections_past_the_limit_make_room_or_are_refused_and_the_server_stay
     }
     let mut extra = TcpStream::connect(addr(&db.url)).await.unwrap();
     extra
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(b"GET /v1/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let answer = read_to_close(&mut extra, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("\"too_many_connections\""), "{answer}");
     assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+    // The liveness probe is answered even so: a full server is alive.
+    let mut probe = TcpStream::connect(addr(&db.url)).await.unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut probe, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{\"status\":\"ok\"}"), "{answer}");
     // Places free again once the streams go.
     drop(streams);
     db.wait_ok("/readyz").await;

@@ -1178,3 +1178,40 @@ async fn a_token_created_through_a_standby_works_there_at_once() {
         );
     }
 }
+
+/// An instance killed (no clean leave) stays in `members`, as down, so an
+/// operator sees the redundancy lost; it was dropped from the list once
+/// its heartbeat aged past the live window (an outside audit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_instance_is_listed_as_down() {
+    let Some(url) = database("a_killed_instance_is_listed_as_down") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, urls, mut procs) = two_instances(tmp.path(), &url).await;
+    let old = primary_of(&urls).await;
+    procs[old].kill9();
+    let survivor = &urls[1 - old];
+    let st = eventually(30, "the killed instance listed as down", || async {
+        let st = state(survivor).await?;
+        let listed = st["members"].as_array()?.iter().any(|m| {
+            m["url"] == urls[old].as_str() && m["alive"] == false && m["role"] == "standby"
+        });
+        listed.then_some(st)
+    })
+    .await;
+    let members = st["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{st}");
+    assert!(
+        members
+            .iter()
+            .any(|m| m["url"] == survivor.as_str() && m["alive"] == true && m["role"] == "primary"),
+        "{st}"
+    );
+    let out = run(tmp.path(), &["status", "--server", survivor], None, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DOWN"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

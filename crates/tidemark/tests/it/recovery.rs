@@ -483,6 +483,7 @@ async fn an_operator_can_end_a_recovery_explicitly_on(engine: Engine) {
     );
     let (_, r) = get_json(&format!("{u}/v1/recovery")).await;
     assert_eq!(r["state"], "normal");
+    assert_eq!(r["waiting_for_sources"], json!([]), "nothing waits: {r}");
     let (s, b) = get_json(&key_url(u, &key(1))).await;
     assert_eq!((s, b["recovering"].as_bool()), (200, Some(false)));
     assert!(

@@ -56,6 +56,18 @@ async fn a_server_serves_https_and_clients_check_its_certificate() {
         }
     })
     .await;
+    // Plain http to the https port is told to use https, not closed silently.
+    let plain = db.url.replacen("https://", "http://", 1);
+    let (s, b) = get_json(&format!("{plain}/v1/state")).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("https"),
+        "{b}"
+    );
     // Round trip: an order in, a read back, through the CLI and a service server.
     let ca = cert.to_str().unwrap();
     let input = order_line("k1", serde_json::json!({"plan": "tls"}));

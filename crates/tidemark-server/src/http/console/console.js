@@ -89,7 +89,7 @@ function renderCluster(s) {
   setText("term", s.term);
   setText("primary", s.primary || "none online (failover in progress)");
   syncRows($("members"), s.members || [], (m) => m.url,
-    (m) => [m.url, m.role, m.term, m.heartbeat_age_ms + " ms ago", m.version, m.quiesce ? "offline in " + m.quiesce.seconds_left + " s" : ""],
+    (m) => [m.url, m.alive === false ? "down" : m.role, m.term, m.heartbeat_age_ms + " ms ago", m.version, m.quiesce ? "offline in " + m.quiesce.seconds_left + " s" : ""],
     (tr, m) => {
       const td = document.createElement("td"), b = document.createElement("button");
       b.type = "button"; b.textContent = "Promote"; b.className = "admin-only" + (isAdmin ? "" : " hidden");
@@ -99,7 +99,7 @@ function renderCluster(s) {
       });
       td.append(b); tr.append(td);
     },
-    (tr, m) => { tr.querySelector("button").hidden = m.role !== "standby"; });
+    (tr, m) => { tr.querySelector("button").hidden = m.role !== "standby" || m.alive === false; });
 }
 
 // The quiesce countdown ticks from the seconds the server said were left
@@ -115,7 +115,10 @@ function render(s) {
   if (!s || s.error) { showServerError(s && s.error); return; }
   const now = s.now_ms ?? Date.now();
   const st = s.state || "–";
-  setText("state", st); $("state").className = "big state-" + st;
+  // A server past its quiesce deadline is offline, whatever its data's state.
+  const offline = s.quiesce && s.quiesce.seconds_left === 0;
+  setText("state", offline ? "offline (" + st + ")" : st);
+  $("state").className = "big state-" + (offline ? "offline" : st);
   setText("role", s.role ? "· " + s.role : "");
   setText("epoch", s.epoch); setText("seq", s.seq);
   setText("schema", s.schema_version); setText("store", s.store); setText("boot", s.boot);
@@ -235,6 +238,8 @@ async function stream() {
       const r = await fetch("/v1/console/events", {headers: headers(), signal: ctrl.signal});
       if (r.status === 401) {
         wait = 5000;
+        // A revoked token: its actions go too (the server refuses them).
+        if (isAdmin && token) { isAdmin = false; showAdmin(); $("token-state").textContent = "token refused: no actions"; }
         throw new Error(token ? "the token was refused; enter a token above" : "enter a token above (reader or admin)");
       }
       if (!r.ok) { const j = await r.json().catch(() => ({})); throw new Error((j.error && j.error.message) || r.statusText); }
@@ -302,8 +307,10 @@ async function checkToken() {
   try {
     const w = await api("GET", "/v1/whoami");
     if (asked !== token) return;
+    // Actions need a typed admin token, even in protected mode (the page
+    // then shows data only): a browser acts only as someone.
     isAdmin = !!token && w.role === "admin";
-    if (!token) text = "";
+    if (!token) text = w.protected ? "protected mode: create an admin token ('tidemark token create') and enter it to act here" : "";
     else if (w.role === "admin") text = "admin";
     else if (w.role) text = "not an admin token: no actions";
     else text = "token refused: no actions";

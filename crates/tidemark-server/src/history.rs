@@ -2,7 +2,7 @@
 //! within one history. A restore whose live data was lost counts its epoch
 //! from the backup's, so a second restore from the same backup reuses an
 //! epoch (and its versions); a DB server started over on an empty store
-//! begins again at epoch 1. Service servers drop what they cached from
+//! begins again at epoch 1. Service servers trust nothing they cached from
 //! another history, which could otherwise look newer than the DB server's
 //! data (CONTRACT.md: a newer cached copy is kept).
 //!
@@ -10,7 +10,11 @@
 //! restored: it is kept in a note with the epoch and the recovery start
 //! (set by every restore) it was made for, and made anew when they differ
 //! (a restore) or when there is no note (a new store). Notes travel with
-//! backups, so a restored note names its old epoch and start.
+//! backups, so a restored note names its old epoch and start. On
+//! PostgreSQL, where several instances start at once after a restore, the
+//! id is not drawn but derived from the store's cluster id (made once per
+//! store, atomically) and that epoch and start, so every instance tells
+//! the same one.
 
 use tidemark_store::{RecoveryMeta, Store, StoreError, StoreMeta};
 
@@ -33,13 +37,21 @@ fn id_for<'n>(note: Option<&'n str>, mark: &str) -> Option<&'n str> {
         .map(|(id, _)| id)
 }
 
-/// The store's history id, made (and noted) if this is a new history.
+/// The store's history id: with `cluster_id` (PostgreSQL), derived from it;
+/// otherwise made (and noted) if this is a new history.
 pub async fn current(
     store: &dyn Store,
     meta: &StoreMeta,
     recovery: &RecoveryMeta,
+    cluster_id: Option<&str>,
 ) -> Result<String, StoreError> {
     let mark = mark(meta, recovery);
+    if let Some(cluster) = cluster_id {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{cluster} {mark}").as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        return Ok(format!("h{hex}"));
+    }
     if let Some(id) = id_for(store.note(NOTE).await?.as_deref(), &mark) {
         return Ok(id.to_owned());
     }
@@ -72,6 +84,7 @@ mod tests {
                 s,
                 &s.meta().await.unwrap(),
                 &s.recovery_meta().await.unwrap(),
+                None,
             )
             .await
             .unwrap()
@@ -88,5 +101,16 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let fresh = SqliteStore::open(other.path(), "test").unwrap();
         assert_ne!(now(&fresh).await, first, "a new store");
+        // Derived from a cluster id: the same on every instance, and new
+        // with a restore.
+        let derived = async |s: &SqliteStore, c: &str| {
+            let (meta, recovery) = (s.meta().await.unwrap(), s.recovery_meta().await.unwrap());
+            current(s, &meta, &recovery, Some(c)).await.unwrap()
+        };
+        let a = derived(&store, "c1").await;
+        assert_eq!(derived(&store, "c1").await, a);
+        assert_ne!(derived(&store, "c2").await, a);
+        store.mark_restored(2).await.unwrap();
+        assert_ne!(derived(&store, "c1").await, a);
     }
 }

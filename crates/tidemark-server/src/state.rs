@@ -113,11 +113,18 @@ impl AppState {
             // mended here (in a cluster, by whoever becomes primary).
             recovery.maybe_finish().await?;
         }
-        let history = crate::history::current(store.as_ref(), &meta, &recovery.meta()).await?;
-        let stream_id = match &cluster {
-            Some(c) => c.store.cluster_id().await?,
-            None => boot.clone(),
+        let cluster_id = match &cluster {
+            Some(c) => Some(c.store.cluster_id().await?),
+            None => None,
         };
+        let history = crate::history::current(
+            store.as_ref(),
+            &meta,
+            &recovery.meta(),
+            cluster_id.as_deref(),
+        )
+        .await?;
+        let stream_id = cluster_id.unwrap_or_else(|| boot.clone());
         let auth = crate::auth::Auth::load(store.clone(), config.max_subscribers_per_token).await?;
         let audit = crate::audit::Audit::new(store.clone());
         let backups = Arc::new(tokio::sync::Semaphore::new(

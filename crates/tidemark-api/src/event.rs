@@ -162,11 +162,19 @@ pub enum WatchEvent {
 /// lease (a primary) or reached PostgreSQL within a lease (a standby) that
 /// long. A paused or cut-off instance sends none, so a service server
 /// stops vouching for its cache when the last one runs out (counted from
-/// when it arrived, on its own clock), not when the stream falls silent
-/// for good.
+/// when it was sent, on its own clock: see `sent_ms`), not when the stream
+/// falls silent for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseEvent {
     pub valid_for_ms: u64,
+    /// The server's clock (ms, monotonic, its own base) when it sent the
+    /// event. A service server compares it with its own clock at arrival:
+    /// the smallest difference seen is the clocks' offset plus the least
+    /// delay, and a lease that arrives later than that (it waited in the
+    /// socket while the service server was paused, with the changes after
+    /// it) vouches only from when it was sent. Absent: an older server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_ms: Option<u64>,
 }
 
 impl WatchEvent {

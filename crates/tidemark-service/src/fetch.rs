@@ -624,6 +624,7 @@ mod tests {
             // An instance of a cluster vouches for its stream.
             let lease = tidemark_api::event::LeaseEvent {
                 valid_for_ms: 3_600_000,
+                sent_ms: None,
             };
             watcher::apply(&svc.shared, &ev(WatchEvent::Lease(lease)));
         }
@@ -818,7 +819,11 @@ mod tests {
         let lease = |valid_for_ms| SseEvent {
             id: None,
             event: "lease".into(),
-            data: WatchEvent::Lease(tidemark_api::event::LeaseEvent { valid_for_ms }).data(),
+            data: WatchEvent::Lease(tidemark_api::event::LeaseEvent {
+                valid_for_ms,
+                sent_ms: None,
+            })
+            .data(),
         };
         watcher::apply(&svc.shared, &lease(0));
         assert!(from_cache(&svc.shared, "subscriber", "k", Freshness::Latest).is_none());

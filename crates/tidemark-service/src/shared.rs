@@ -35,6 +35,9 @@ pub struct Shared {
     /// the stream may be a paused or cut-off instance's, and the cache
     /// answers as current no longer.
     pub vouched_until_ms: AtomicU64,
+    /// The watched server's clock against ours, from its `lease` events
+    /// (reset with each stream).
+    pub lease_clock: Mutex<LeaseClock>,
     /// Bumped when a stream syncs and when it goes down: a fetch answer is
     /// cached as current only if the stream synced when it was asked for
     /// is still the one (see [`Asked`]). Another stream, perhaps on
@@ -153,4 +156,51 @@ pub fn mono_ms() -> u64 {
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let now = tidemark_api::clock::boot_ms();
     now.saturating_sub(*START.get_or_init(|| now))
+}
+
+/// How long a `lease` vouches at most from when it was sent: a few of the
+/// server's 300 ms leases. A stream whose leases arrive later than that
+/// behind their sending is not kept up with (the service server was
+/// paused, or is busy), whatever they promise: the changes sent after
+/// them are not applied yet.
+pub const LEASE_FRESH_MS: u64 = 1_000;
+
+/// Tells how late a `lease` arrives: the smallest (arrival - sent) of the
+/// last minute or so is the two clocks' offset plus the least delay; a
+/// lease that took longer than that waited somewhere (in the socket,
+/// while this process was paused). Two 30 s windows, so a slow drift
+/// between the clocks is followed.
+#[derive(Debug, Default)]
+pub struct LeaseClock {
+    /// (window start, its least offset) now and before.
+    current: Option<(u64, i64)>,
+    previous: Option<i64>,
+}
+
+const LEASE_WINDOW_MS: u64 = 30_000;
+
+impl LeaseClock {
+    /// Notes a lease sent at `sent` (the server's clock) that arrived at
+    /// `now` (ours); returns how late it is (ms) behind the least delay.
+    pub fn late_ms(&mut self, sent: u64, now: u64) -> u64 {
+        let offset = now as i64 - sent as i64;
+        match self.current {
+            Some((start, least)) if now.saturating_sub(start) < LEASE_WINDOW_MS => {
+                self.current = Some((start, least.min(offset)));
+            }
+            Some((_, least)) => {
+                self.previous = Some(least);
+                self.current = Some((now, offset));
+            }
+            None => self.current = Some((now, offset)),
+        }
+        let least = self
+            .current
+            .map(|(_, l)| l)
+            .into_iter()
+            .chain(self.previous)
+            .min()
+            .unwrap_or(offset);
+        offset.saturating_sub(least).max(0) as u64
+    }
 }

@@ -234,6 +234,8 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 u64::MAX
             };
             shared.vouched_until_ms.store(vouched, Ordering::SeqCst);
+            // Another stream: perhaps another server, another clock.
+            *shared.lease_clock.lock() = Default::default();
             if !h.resumed {
                 // The server will not replay what we missed (first
                 // connection, a cache snapshot it cannot resume, another
@@ -304,10 +306,19 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
         }
         WatchEvent::Lease(l) => {
-            shared.vouched_until_ms.store(
-                crate::shared::mono_ms().saturating_add(l.valid_for_ms),
-                Ordering::SeqCst,
-            );
+            let now = crate::shared::mono_ms();
+            let until = match l.sent_ms {
+                // From when it was sent, and for a few leases at most: a
+                // lease that waited in the socket (this process paused)
+                // vouches for nothing the changes behind it have changed.
+                Some(sent) => {
+                    let late = shared.lease_clock.lock().late_ms(sent, now);
+                    now.saturating_add(l.valid_for_ms.min(crate::shared::LEASE_FRESH_MS))
+                        .saturating_sub(late)
+                }
+                None => now.saturating_add(l.valid_for_ms),
+            };
+            shared.vouched_until_ms.store(until, Ordering::SeqCst);
         }
         WatchEvent::Schema(s) => {
             tracing::info!(
@@ -507,6 +518,60 @@ mod tests {
         assert_eq!(
             (e.version(), e.recovering),
             (Some(Version::new(1, 1)), false)
+        );
+    }
+
+    /// A lease that waited in the socket (this process paused, the changes
+    /// behind it not applied yet) vouches only from when it was sent: the
+    /// cache is not served as current until a timely one comes. Before, it
+    /// vouched from its arrival, and reads right after a 2 s pause got
+    /// values superseded seconds before (an outside audit).
+    #[test]
+    fn a_lease_that_arrives_late_vouches_only_from_when_it_was_sent() {
+        let svc = Service::new(
+            ServiceConfig {
+                id: "svc".into(),
+                ..ServiceConfig::default()
+            },
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let s = &svc.shared;
+        let hello = WatchEvent::Hello(HelloEvent {
+            epoch: 1,
+            seq: 0,
+            boot: "b".into(),
+            resumed: false,
+            declare: false,
+            vouches: true,
+            history: String::new(),
+        });
+        apply(s, &ev(hello, "1-0-b"));
+        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        // The server's clock runs 50 s ahead of ours.
+        let server = |ms: u64| crate::shared::mono_ms() + 50_000 - ms;
+        let lease = |sent: u64| {
+            WatchEvent::Lease(tidemark_api::event::LeaseEvent {
+                valid_for_ms: 5_000,
+                sent_ms: Some(sent),
+            })
+        };
+        apply(s, &ev(lease(server(0)), "1-0-b"));
+        assert!(s.vouched(), "a timely lease vouches");
+        // Sent 3 s ago, read only now: past the freshness bound.
+        apply(s, &ev(lease(server(3_000)), "1-0-b"));
+        assert!(!s.vouched(), "a lease 3 s late vouches for nothing");
+        apply(s, &ev(lease(server(0)), "1-0-b"));
+        assert!(s.vouched(), "until a timely one comes");
+        // A short lateness shortens the vouch, no more.
+        let mut clock = crate::shared::LeaseClock::default();
+        assert_eq!(clock.late_ms(1_000, 11_000), 0);
+        assert_eq!(clock.late_ms(1_300, 11_305), 5);
+        assert_eq!(clock.late_ms(1_600, 13_600), 2_000);
+        assert_eq!(
+            clock.late_ms(1_900, 11_898),
+            0,
+            "a smaller delay is the new least"
         );
     }
 }

@@ -83,6 +83,17 @@ pub async fn promote(
             json!({"promoted": true, "already_primary": true, "term": before.term, "primary": cluster.url}),
         ));
     }
+    if app.quiesce.offline() {
+        // It would hand the lease on again at once (an offline primary
+        // does), after the old primary had given it up.
+        return Err(HttpError::new(
+            ErrorCode::PromoteRefused,
+            format!(
+                "{} is offline after its quiesce notice, so it cannot become the primary; cancel the notice first ('tidemark quiesce --server {} --cancel'), or promote another standby",
+                cluster.url, cluster.url
+            ),
+        ));
+    }
     let lease = cluster.store.lease().await?;
     if let (Some(primary), true) = (lease.url.clone(), lease.expires_in_ms > 0) {
         let mut req = cluster

@@ -189,7 +189,10 @@ fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
         return None;
     };
     // No id: it is not a change to resume from.
-    Some(WatchEvent::Lease(LeaseEvent { valid_for_ms }))
+    Some(WatchEvent::Lease(LeaseEvent {
+        valid_for_ms,
+        sent_ms: Some(tidemark_api::clock::boot_ms()),
+    }))
 }
 
 /// How often an open stream checks that its instance still reaches

@@ -20,7 +20,8 @@ pub async fn run(args: PromoteArgs) -> anyhow::Result<()> {
         );
     }
     let before = state.primary.clone();
-    eprintln!(
+    // On stdout: a refusal is then the one line on stderr (CONTRACT.md).
+    println!(
         "promoting {} (primary now: {})…",
         args.server,
         before.as_deref().unwrap_or("none")

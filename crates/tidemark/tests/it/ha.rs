@@ -1215,3 +1215,40 @@ async fn a_killed_instance_is_listed_as_down() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// S4, S5: a standby past its quiesce deadline is not promoted: it would
+/// hand the lease on again at once. It said "now the primary" and did that
+/// (an outside audit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_past_its_quiesce_deadline_is_not_promoted() {
+    let Some(url) = database("a_standby_past_its_quiesce_deadline_is_not_promoted") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, urls, _procs) = two_instances(tmp.path(), &url).await;
+    let primary = primary_of(&urls).await;
+    let standby = &urls[1 - primary];
+    let out = run(
+        tmp.path(),
+        &["quiesce", "--server", standby, "--in", "1"],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let readyz = format!("{standby}/readyz");
+    eventually(10, "the standby offline", || {
+        let readyz = readyz.clone();
+        async move { (reqwest::get(&readyz).await.ok()?.status().as_u16() == 503).then_some(()) }
+    })
+    .await;
+    let out = run(tmp.path(), &["promote", "--server", standby], None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quiesce") && err.contains("--cancel"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(primary_of(&urls).await, primary, "the primary stays");
+}

@@ -1228,17 +1228,7 @@ async fn a_standby_past_its_quiesce_deadline_is_not_promoted() {
     let (_, urls, _procs) = two_instances(tmp.path(), &url).await;
     let primary = primary_of(&urls).await;
     let standby = &urls[1 - primary];
-    let out = run(
-        tmp.path(),
-        &["quiesce", "--server", standby, "--in", "1"],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(tmp.path(), &["quiesce", "--server", standby, "--in", "1"]);
     let readyz = format!("{standby}/readyz");
     eventually(10, "the standby offline", || {
         let readyz = readyz.clone();

@@ -264,15 +264,13 @@ fn holds_nul(value: &serde_json::Value) -> bool {
 }
 
 /// A name that may become an SQL identifier: `[a-z][a-z0-9_]{0,62}`, not
-/// starting with the reserved prefixes `tm_` (Tidemark's own tables) or
-/// `sqlite_` (SQLite's: it refuses such a table at publish).
+/// starting with the reserved prefix `tm_`.
 pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('a'..='z'))
         && name.len() <= 63
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
         && !name.starts_with("tm_")
-        && !name.starts_with("sqlite_")
 }
 
 fn value_fits(ty: ColumnType, value: &serde_json::Value) -> bool {
@@ -374,7 +372,6 @@ mod tests {
         assert!(!is_identifier("Subscriber"));
         assert!(!is_identifier("a;drop table x"));
         assert!(!is_identifier("tm_changes"));
-        assert!(!is_identifier("sqlite_stat1") && !is_identifier("sqlite_master"));
         assert!(!is_identifier(""));
     }
 }

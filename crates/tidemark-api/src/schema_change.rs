@@ -33,8 +33,10 @@ pub struct SchemaDocument {
 
 impl SchemaDocument {
     /// Reads a schema document, refusing properties it does not know (a
-    /// misspelt `indexes` would stage the schema without them). `version`
-    /// is allowed at the top, and ignored.
+    /// misspelt `indexes` would stage the schema without them). What
+    /// `schema show [--pending]` prints at the top besides the tables
+    /// (`version`, `base_version`, `staged_by`, `staged_at`) is allowed, and
+    /// ignored.
     pub fn parse(body: &[u8]) -> Result<SchemaDocument, String> {
         let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         unknown_properties(&value)?;
@@ -56,7 +58,19 @@ fn unknown_properties(doc: &serde_json::Value) -> Result<(), String> {
         }
         Ok(())
     }
-    only(doc, &["tables", "version"], "the document")?;
+    // What `schema show` and `schema show --pending` print besides the
+    // tables is allowed, and ignored: their output stages as it is.
+    only(
+        doc,
+        &[
+            "tables",
+            "version",
+            "base_version",
+            "staged_by",
+            "staged_at",
+        ],
+        "the document",
+    )?;
     let Some(Value::Object(tables)) = doc.get("tables") else {
         return Ok(());
     };
@@ -147,7 +161,7 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
     let mut index_names = BTreeMap::new();
     for (name, t) in &doc.tables {
         if !is_identifier(name) {
-            return invalid(format!("table name {name:?} is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_' or 'sqlite_'"));
+            return invalid(format!("table name {name:?} is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_'"));
         }
         if t.columns.len() > MAX_COLUMNS {
             return invalid(format!(
@@ -158,7 +172,7 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
         let mut seen = BTreeSet::new();
         for c in &t.columns {
             if !is_identifier(&c.name) {
-                return invalid(format!("column name {:?} of table '{name}' is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_' or 'sqlite_'", c.name));
+                return invalid(format!("column name {:?} of table '{name}' is not allowed: use lower-case letters, digits and '_', starting with a letter, at most 63 characters, not starting with 'tm_'", c.name));
             }
             if !seen.insert(c.name.as_str()) {
                 return invalid(format!(
@@ -215,6 +229,18 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
 /// new columns after them. Refuses unsafe changes.
 pub fn stage(current: &Schema, doc: &SchemaDocument) -> Result<Schema, SchemaRefusal> {
     validate_document(doc)?;
+    // SQLite keeps the prefix for its own tables, and refuses a new one at
+    // publish (a 500 after the stage was taken); a table of that name that
+    // already exists (on PostgreSQL) stays.
+    if let Some(name) = doc
+        .tables
+        .keys()
+        .find(|n| n.starts_with("sqlite_") && !current.tables.contains_key(*n))
+    {
+        return Err(SchemaRefusal::Invalid(format!(
+            "table name {name:?} is not allowed: names starting with 'sqlite_' are reserved by SQLite; choose another"
+        )));
+    }
     let version = current.version;
     for (name, cur) in &current.tables {
         let Some(want) = doc.tables.get(name) else {
@@ -620,6 +646,34 @@ mod tests {
         assert!(diff.dropped_columns.is_empty() && diff.dropped_tables.is_empty());
     }
 
+    /// A new table may not take SQLite's prefix (its publish failed 500);
+    /// one that exists already (PostgreSQL allows it), and a column of that
+    /// name, stay.
+    #[test]
+    fn a_new_table_named_sqlite_something_is_refused() {
+        let with = |t: &str| {
+            doc(json!({"tables": {
+                "subscriber": {"columns": subscriber_with(json!([{"name": "sqlite_x", "type": "integer"}]))},
+                t: {"columns": [{"name": "a", "type": "string"}]}
+            }}))
+        };
+        let e = stage(&current(), &with("sqlite_stat1")).unwrap_err();
+        assert!(e.to_string().contains("reserved by SQLite"), "{e}");
+        assert!(stage(&current(), &with("device")).is_ok(), "a column may");
+        let mut existing = current();
+        existing
+            .tables
+            .insert("sqlite_stat1".into(), existing.tables["subscriber"].clone());
+        let keep = doc(json!({"tables": {
+            "subscriber": {"columns": subscriber_with(json!([]))},
+            "sqlite_stat1": {"columns": subscriber_with(json!([]))}
+        }}));
+        assert!(
+            !matches!(stage(&existing, &keep), Err(SchemaRefusal::Invalid(_))),
+            "an existing one stays"
+        );
+    }
+
     #[test]
     fn existing_columns_keep_their_order() {
         let mut cols = subscriber_with(json!([{"name": "tier", "type": "integer"}]));
@@ -728,6 +782,9 @@ mod document_tests {
         let good = br#"{"version": 4, "tables": {"t": {"columns": [{"name": "a", "type": "string"}], "indexes": [{"columns": ["a"]}]}}}"#;
         let doc = SchemaDocument::parse(good).unwrap();
         assert_eq!(doc.tables["t"].indexes.len(), 1);
+        // What `schema show --pending` prints stages as it is.
+        let pending = br#"{"version": 5, "base_version": 4, "staged_by": "root", "staged_at": "2026-12-04T00:00:00Z", "tables": {"t": {"columns": []}}}"#;
+        assert!(SchemaDocument::parse(pending).is_ok());
         for (bad, names) in [
             (
                 &br#"{"tables": {"t": {"columns": [], "indexs": [{"columns": ["a"]}]}}}"#[..],

@@ -54,11 +54,19 @@ pub async fn serve<T>(
         }
         None => http(stream, peer, settings, &stats, svc, shutdown, &slot).await,
         Some(acceptor) => {
-            if plain_http_at_tls(&mut stream, settings.header_timeout).await {
+            // One deadline for the first byte and the handshake; a
+            // connection still silent is evicted or shut down as before.
+            let deadline = tokio::time::Instant::now() + settings.header_timeout;
+            let plain = tokio::select! {
+                p = plain_http_at_tls(&mut stream, deadline) => p,
+                _ = slot.conn.evict.cancelled() => return,
+                _ = shutdown.cancelled() => return,
+            };
+            if plain {
                 return;
             }
             let handshake = tokio::select! {
-                h = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)) => h,
+                h = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => h,
                 // Chosen to make room while still shaking hands.
                 _ = slot.conn.evict.cancelled() => return,
             };
@@ -79,11 +87,11 @@ pub async fn serve<T>(
 /// byte 0x16; a request with a capital letter) is told to use https, as
 /// JSON, and closed: a silent close left the caller guessing. True if it
 /// was.
-async fn plain_http_at_tls(stream: &mut TcpStream, patience: std::time::Duration) -> bool {
+async fn plain_http_at_tls(stream: &mut TcpStream, deadline: tokio::time::Instant) -> bool {
     use tokio::io::AsyncWriteExt;
     let mut first = [0u8; 1];
     let plain = matches!(
-        tokio::time::timeout(patience, stream.peek(&mut first)).await,
+        tokio::time::timeout_at(deadline, stream.peek(&mut first)).await,
         Ok(Ok(1)) if first[0].is_ascii_uppercase()
     );
     if plain {
@@ -94,7 +102,7 @@ async fn plain_http_at_tls(stream: &mut TcpStream, patience: std::time::Duration
         );
         let mut out = Vec::new();
         crate::fast::encode_response(&resp, &mut out);
-        let _ = tokio::time::timeout(patience, async {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
             // What was sent is read first, so closing does not reset the
             // connection before the answer is read.
             let mut sink = [0u8; 4096];

@@ -1,8 +1,11 @@
 //! The bounded, versioned record cache.
 //!
 //! Invariants:
-//! - An entry is never replaced by an older version (P11; CONTRACT.md: a
-//!   cached copy newer than the DB server's answer is kept).
+//! - An entry is not replaced by an older version (P11; CONTRACT.md: a
+//!   cached copy newer than the DB server's answer is kept), except where
+//!   the DB server's history changed: a copy from before its epoch, or
+//!   from another store history (*foreign*), gives way to an answer the
+//!   DB server gives as current (see [`Cache::offer`]).
 //! - Each entry remembers the cache generation it was validated in; an
 //!   `epoch` event bumps the generation, which makes every older entry
 //!   *suspect*: it is revalidated with the DB server on its next read
@@ -143,7 +146,9 @@ impl Cache {
                 .map(|_| RwLock::new(LruCache::unbounded()))
                 .collect(),
             per_shard: per_shard(capacity).max(1),
-            generation: AtomicU64::new(0),
+            // From 1: a suspect entry is stamped one generation back, which
+            // must not wrap (a wrapped one would look newest, never foreign).
+            generation: AtomicU64::new(1),
             history_from: AtomicU64::new(0),
         }
     }
@@ -169,8 +174,12 @@ impl Cache {
     /// against a flagged one (an `accept-stale` read may still serve it,
     /// marked recovering).
     pub fn begin_history(&self) -> u64 {
+        // Two bumps: entries made suspect from now on (stamped one
+        // generation back: `remember`, `demote`) are of this history, not
+        // foreign; everything validated before is.
+        self.bump_generation();
         let generation = self.bump_generation();
-        self.history_from.store(generation, Ordering::SeqCst);
+        self.history_from.store(generation - 1, Ordering::SeqCst);
         generation
     }
 
@@ -426,7 +435,7 @@ mod tests {
             &answer(3, "old", true),
             Origin::Fetch {
                 db_epoch: 2,
-                generation: 0,
+                generation: 1,
             },
         );
         assert_eq!(
@@ -442,7 +451,7 @@ mod tests {
             &answer(3, "restored", false),
             Origin::Fetch {
                 db_epoch: 2,
-                generation: 0,
+                generation: 1,
             },
         );
         assert_eq!(e.version(), Some(Version::new(1, 3)));
@@ -475,7 +484,7 @@ mod tests {
             &answer(3, "restored", true),
             Origin::Fetch {
                 db_epoch: 2,
-                generation: 0,
+                generation: 1,
             },
         );
         assert!(!e.recovering);
@@ -510,7 +519,7 @@ mod tests {
             &answer(5, "a", false),
             Origin::Fetch {
                 db_epoch: 1,
-                generation: 0,
+                generation: 1,
             },
         );
         assert_eq!(
@@ -552,10 +561,30 @@ mod tests {
                 &a,
                 Origin::Fetch {
                     db_epoch: 1,
-                    generation: 0,
+                    generation: 1,
                 },
             );
         }
         assert!(c.len() <= 64 * 4);
+    }
+
+    /// Suspect entries (stamped a generation back) are foreign exactly when
+    /// they were stamped before the history changed: one remembered before
+    /// any stream (generation 1, stamped 0, which must not wrap to the
+    /// newest) is, and one remembered after is not.
+    #[test]
+    fn suspect_entries_are_foreign_only_from_before_the_history_changed() {
+        let c = Cache::new(1000);
+        c.remember(&answer(3, "before", false));
+        let before = c.get("subscriber", "k").unwrap();
+        assert!(before.generation() < c.generation(), "suspect");
+        c.begin_history();
+        assert!(c.is_foreign(&c.get("subscriber", "k").unwrap()));
+        let mut later = answer(4, "after", false);
+        later.key = "k2".into();
+        c.remember(&later);
+        let after = c.get("subscriber", "k2").unwrap();
+        assert!(after.generation() < c.generation(), "suspect");
+        assert!(!c.is_foreign(&after), "of this history");
     }
 }

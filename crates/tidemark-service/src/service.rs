@@ -81,6 +81,7 @@ impl Service {
                 connected: AtomicBool::new(false),
                 vouched_until_ms: AtomicU64::new(u64::MAX),
                 lease_clock: Mutex::new(Default::default()),
+                lease_alive_until_ms: AtomicU64::new(u64::MAX),
                 stream_serial: AtomicU64::new(0),
                 stream_base: Mutex::new(stream_base),
                 last_event_id: Mutex::new(last_event_id),

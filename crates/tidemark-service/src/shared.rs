@@ -38,6 +38,11 @@ pub struct Shared {
     /// The watched server's clock against ours, from its `lease` events
     /// (reset with each stream).
     pub lease_clock: Mutex<LeaseClock>,
+    /// Until when ([`mono_ms`]) the last `lease` promised, counted from
+    /// its arrival: the stream's liveness (a stream past it by a patience
+    /// is dropped), not what the cache may answer (`vouched_until_ms`,
+    /// counted from its sending).
+    pub lease_alive_until_ms: AtomicU64,
     /// Bumped when a stream syncs and when it goes down: a fetch answer is
     /// cached as current only if the stream synced when it was asked for
     /// is still the one (see [`Asked`]). Another stream, perhaps on

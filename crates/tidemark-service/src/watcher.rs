@@ -77,7 +77,9 @@ pub async fn run(shared: Arc<Shared>) {
                         _ = shared.shutdown.cancelled() => break,
                         n = stream.next() => n,
                         _ = check.tick() => {
-                            let until = shared.vouched_until_ms.load(Ordering::SeqCst);
+                            // By arrival: a lease read late (a busy or
+                            // paused moment here) says the instance lives.
+                            let until = shared.lease_alive_until_ms.load(Ordering::SeqCst);
                             if shared.connected.load(Ordering::SeqCst)
                                 && until != u64::MAX
                                 && crate::shared::mono_ms() > until.saturating_add(LEASE_PATIENCE_MS)
@@ -234,6 +236,7 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 u64::MAX
             };
             shared.vouched_until_ms.store(vouched, Ordering::SeqCst);
+            shared.lease_alive_until_ms.store(vouched, Ordering::SeqCst);
             // Another stream: perhaps another server, another clock.
             *shared.lease_clock.lock() = Default::default();
             if !h.resumed {
@@ -319,6 +322,9 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 None => now.saturating_add(l.valid_for_ms),
             };
             shared.vouched_until_ms.store(until, Ordering::SeqCst);
+            shared
+                .lease_alive_until_ms
+                .store(now.saturating_add(l.valid_for_ms), Ordering::SeqCst);
         }
         WatchEvent::Schema(s) => {
             tracing::info!(

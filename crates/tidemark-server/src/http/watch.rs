@@ -200,9 +200,10 @@ fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
 /// a service server's vouch runs on while the instance runs.
 const CUT_OFF_CHECK: Duration = Duration::from_millis(300);
 
-/// How long a single server's `lease` vouches for: many checks, so a
-/// busy moment (events queued behind a burst of pushes) does not end it,
-/// and far less than the 35 s of silence that ends a stream.
+/// How long a single server's `lease` says it vouches for: many checks,
+/// and far less than the 35 s of silence that ends a stream (a service
+/// server takes at most 1 s of it, counted from the sending: see its
+/// `LEASE_FRESH_MS`).
 const SINGLE_VOUCH_MS: u64 = 5_000;
 
 fn cut_off_error() -> HttpError {

@@ -88,7 +88,6 @@ pub async fn serve<T>(
 /// JSON, and closed: a silent close left the caller guessing. True if it
 /// was.
 async fn plain_http_at_tls(stream: &mut TcpStream, deadline: tokio::time::Instant) -> bool {
-    use tokio::io::AsyncWriteExt;
     let mut first = [0u8; 1];
     let plain = matches!(
         tokio::time::timeout_at(deadline, stream.peek(&mut first)).await,
@@ -102,19 +101,7 @@ async fn plain_http_at_tls(stream: &mut TcpStream, deadline: tokio::time::Instan
         );
         let mut out = Vec::new();
         crate::fast::encode_response(&resp, &mut out);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            // What was sent is read first, so closing does not reset the
-            // connection before the answer is read.
-            let mut sink = [0u8; 4096];
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_millis(100),
-                tokio::io::AsyncReadExt::read(stream, &mut sink),
-            )
-            .await;
-            stream.write_all(&out).await?;
-            stream.shutdown().await
-        })
-        .await;
+        crate::refuse::answer_and_close(stream, &out, true).await;
     }
     plain
 }

@@ -101,6 +101,11 @@ impl Recovery {
         self.meta.read().flagged_total
     }
 
+    /// Times flags were settled in the store's life (it only grows).
+    pub fn settled(&self) -> u64 {
+        self.meta.read().settled
+    }
+
     fn set(&self, meta: RecoveryMeta) {
         self.blanket.store(blanket(&meta), Ordering::SeqCst);
         *self.meta.write() = meta;

@@ -40,6 +40,9 @@ pub struct AppState {
     pub boot: String,
     /// The store's history (`history.rs`), told in every `hello`.
     pub history: String,
+    /// The same, as the `Tidemark-History` header of record answers (made
+    /// once: warm reads add it to every answer).
+    pub history_header: axum::http::HeaderValue,
     /// Part of every watch event id: the boot of this process, or with
     /// several instances the cluster's, so an id means the same on each.
     pub stream_id: String,
@@ -146,6 +149,8 @@ impl AppState {
             metrics,
             config,
             boot,
+            history_header: axum::http::HeaderValue::from_str(&history)
+                .expect("a history id is ASCII"),
             history,
             stream_id,
             cluster,

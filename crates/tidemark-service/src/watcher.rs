@@ -358,6 +358,19 @@ mod tests {
         }
     }
 
+    /// A service server (no DB server behind it) whose events are applied
+    /// by hand.
+    fn service() -> Service {
+        Service::new(
+            ServiceConfig {
+                id: "svc".into(),
+                ..ServiceConfig::default()
+            },
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
     fn hello(resumed: bool) -> WatchEvent {
         WatchEvent::Hello(HelloEvent {
             epoch: 1,
@@ -372,14 +385,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_vouched_for_only_between_synced_and_the_end_of_the_stream() {
-        let svc = Service::new(
-            ServiceConfig {
-                id: "svc".into(),
-                ..ServiceConfig::default()
-            },
-            CancellationToken::new(),
-        )
-        .unwrap();
+        let svc = service();
         let s = &svc.shared;
         let g0 = s.cache.generation();
         assert!(apply(s, &ev(hello(false), "1-0-b")));
@@ -414,14 +420,7 @@ mod tests {
 
     #[test]
     fn a_quiesce_notice_sets_and_a_cancel_clears_the_countdown() {
-        let svc = Service::new(
-            ServiceConfig {
-                id: "svc".into(),
-                ..ServiceConfig::default()
-            },
-            CancellationToken::new(),
-        )
-        .unwrap();
+        let svc = service();
         let s = &svc.shared;
         let notice = QuiesceNotice {
             deadline: "later".into(),
@@ -465,14 +464,7 @@ mod tests {
     /// them trusted.
     #[test]
     fn another_store_history_makes_the_cache_foreign() {
-        let svc = Service::new(
-            ServiceConfig {
-                id: "svc".into(),
-                ..ServiceConfig::default()
-            },
-            CancellationToken::new(),
-        )
-        .unwrap();
+        let svc = service();
         let s = &svc.shared;
         let hello_of = |history: &str| {
             WatchEvent::Hello(HelloEvent {
@@ -534,14 +526,7 @@ mod tests {
     /// values superseded seconds before (an outside audit).
     #[test]
     fn a_lease_that_arrives_late_vouches_only_from_when_it_was_sent() {
-        let svc = Service::new(
-            ServiceConfig {
-                id: "svc".into(),
-                ..ServiceConfig::default()
-            },
-            CancellationToken::new(),
-        )
-        .unwrap();
+        let svc = service();
         let s = &svc.shared;
         let hello = WatchEvent::Hello(HelloEvent {
             epoch: 1,

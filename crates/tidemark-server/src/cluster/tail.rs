@@ -209,7 +209,7 @@ impl Followed {
             state: app.recovery.state(),
             blanket: app.recovery.blanket(),
             flagged_total: app.recovery.flagged_total(),
-            settled: app.recovery.meta().settled,
+            settled: app.recovery.settled(),
         }
     }
 }

@@ -73,9 +73,8 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(history) = HeaderValue::from_str(&app.history) {
-        resp.headers_mut().insert(headers::HISTORY, history);
-    }
+    resp.headers_mut()
+        .insert(headers::HISTORY, app.history_header.clone());
     app.metrics.read_latency.observe(started.elapsed());
     Some(resp)
 }

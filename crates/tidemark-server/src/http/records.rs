@@ -86,9 +86,8 @@ pub async fn get_record(
         answer.body,
     )
         .into_response();
-    if let Ok(history) = HeaderValue::from_str(&app.history) {
-        resp.headers_mut().insert(headers::HISTORY, history);
-    }
+    resp.headers_mut()
+        .insert(headers::HISTORY, app.history_header.clone());
     if answer.recovering {
         app.metrics.reads_recovering.inc();
         resp.headers_mut()

@@ -58,6 +58,13 @@ impl Server {
         let workers = tokio::spawn(prune_worker(state.clone()));
         let (looked, first_look) = tokio::sync::oneshot::channel();
         let cluster_tasks = state.cluster.clone().map(|c| {
+            let gate = c.clone();
+            let shutdown = state.shutdown.clone();
+            tokio::spawn(async move {
+                gate.gate
+                    .run(gate.store.clone(), gate.id.clone(), shutdown)
+                    .await
+            });
             (
                 tokio::spawn(crate::cluster::lease::run(state.clone(), c.clone(), looked)),
                 tokio::spawn(crate::cluster::tail::run(state.clone(), c)),

@@ -368,6 +368,11 @@ async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
         return;
     }
     cluster.reached_postgres();
+    if view.role == Role::Primary {
+        if let Err(e) = cluster.store.vouch_prune().await {
+            tracing::debug!(error = %e, "could not drop old vouches; retrying");
+        }
+    }
     let live = live_within_ms(cluster);
     match cluster.store.members(DOWN_SHOWN_MS.max(live)).await {
         Ok(all) => {

@@ -18,6 +18,7 @@
 pub mod forward;
 pub mod lease;
 pub mod tail;
+pub mod vouch;
 
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +88,11 @@ pub struct Cluster {
     /// published.
     caught_up_ms: AtomicU64,
     shared_followed_ms: AtomicU64,
+    /// Standby: until when (ms after `epoch`) its registered vouch lets it
+    /// vouch (see [`vouch`]).
+    pub(crate) vouch_until_ms: AtomicU64,
+    /// Primary: where commits wait for the standbys' vouches.
+    pub gate: vouch::Gate,
     /// The recovery state as this instance last followed it (see
     /// [`tail::Followed`]).
     pub(crate) followed: parking_lot::Mutex<Option<tail::Followed>>,
@@ -137,6 +143,8 @@ impl Cluster {
             handover_ended_ms: AtomicU64::new(0),
             caught_up_ms: AtomicU64::new(0),
             shared_followed_ms: AtomicU64::new(0),
+            vouch_until_ms: AtomicU64::new(0),
+            gate: vouch::Gate::default(),
             followed: parking_lot::Mutex::new(None),
             epoch: boot_clock_ms(),
             // Trusts --ca-cert and presents --client-cert, like every client.
@@ -260,7 +268,9 @@ impl Cluster {
     /// last answered on either role), and on a standby no longer than a
     /// lease after its tail was last current (a tail stuck while the lease
     /// loop still reaches PostgreSQL, on a broken LISTEN connection or an
-    /// exhausted pool, vouched for changes it never published). `None` if
+    /// exhausted pool, vouched for changes it never published), nor past
+    /// its registered vouch, which the primary waits out before it
+    /// acknowledges what this standby has not seen ([`vouch`]). `None` if
     /// it is already cut off.
     pub fn vouched_for_ms(&self) -> Option<u64> {
         self.vouched_at(self.now_ms())
@@ -283,7 +293,9 @@ impl Cluster {
                 .caught_up_ms
                 .load(Ordering::SeqCst)
                 .min(self.shared_followed_ms.load(Ordering::SeqCst));
-            until = until.min(current + limit);
+            until = until
+                .min(current + limit)
+                .min(self.vouch_until_ms.load(Ordering::SeqCst));
         }
         Some(until.saturating_sub(now))
     }
@@ -381,7 +393,12 @@ mod tests {
         at(60_000, &c.reached_ms);
         at(59_900, &c.caught_up_ms);
         at(59_800, &c.shared_followed_ms);
+        at(60_850, &c.vouch_until_ms);
         assert_eq!(c.vouched_at(60_000), Some(800), "the older of the two");
+        // Its registration in PostgreSQL runs out first: no further.
+        at(60_500, &c.vouch_until_ms);
+        assert_eq!(c.vouched_at(60_000), Some(500));
+        at(60_850, &c.vouch_until_ms);
         // The tail stuck since 50 s: nothing vouched for, the stream stays.
         at(50_000, &c.caught_up_ms);
         assert_eq!(c.vouched_at(60_000), Some(0));

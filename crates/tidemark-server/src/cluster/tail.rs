@@ -15,7 +15,7 @@
 //!   marked (a flag may have come after the change); a service server then
 //!   asks, and the read answers with the key's flag.
 
-use super::Cluster;
+use super::{vouch, Cluster};
 use crate::hub::Push;
 use crate::state::AppState;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ const LISTEN_PATIENCE: Duration = Duration::from_secs(1);
 pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
     let mut notices = listen(app.clone(), cluster.clone());
     let mut refreshed = Instant::now();
+    let mut passes = vouch::Passes::default();
     cluster
         .followed
         .lock()
@@ -59,20 +60,35 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
             let now = cluster.now_ms();
             cluster.caught_up(now);
             cluster.shared_followed(now);
+            if passes.begun() {
+                vouch::withdraw(&cluster, &mut passes).await;
+            }
             continue;
         }
         let began = cluster.now_ms();
+        // What this pass reads includes every commit returned before this.
+        let as_of = passes.begin(&cluster).await;
         // The primary changed the recovery state or flags: followed at
         // once, not at the next refresh.
         if shared || refreshed.elapsed() >= REFRESH {
             refreshed = Instant::now();
             match follow_shared_state(&app, &cluster).await {
-                Ok(()) => cluster.shared_followed(began),
-                Err(e) => tracing::debug!(error = %e, "shared state unreadable; retrying"),
+                Ok(()) => {
+                    cluster.shared_followed(began);
+                    passes.followed(as_of, true);
+                }
+                Err(e) => {
+                    passes.followed(None, false);
+                    tracing::debug!(error = %e, "shared state unreadable; retrying")
+                }
             }
         }
         match catch_up(&app).await {
-            Ok(()) => cluster.caught_up(began),
+            Ok(()) => {
+                cluster.caught_up(began);
+                passes.caught_up(as_of);
+                vouch::renew(&cluster, &mut passes).await;
+            }
             Err(e) => tracing::debug!(error = %e, "change-log tail failed; retrying"),
         }
     }

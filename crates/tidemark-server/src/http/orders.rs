@@ -2,6 +2,7 @@
 
 use super::error::HttpError;
 use super::AppState;
+use crate::cluster::vouch::Covers;
 use crate::committer::SubmitError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -44,6 +45,24 @@ pub async fn post_orders(
         }
     }
     result.map(Json)
+}
+
+/// Primary of a cluster: waits until every standby that vouches to its
+/// service servers has seen what was committed, or its vouch has run out
+/// (S3, P9: a standby frozen after vouching never has a change served
+/// outdated once it is acknowledged). At once elsewhere.
+pub(crate) async fn standbys_confirmed(app: &AppState, covers: Covers) -> Result<(), HttpError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(());
+    };
+    if !cluster.is_primary() {
+        return Ok(());
+    }
+    cluster
+        .gate
+        .confirmed(covers)
+        .await
+        .map_err(|e| HttpError::new(ErrorCode::StoreUnavailable, e.to_string()).retry_after(1))
 }
 
 async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError> {
@@ -108,6 +127,8 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     app.metrics.order_batches.inc();
     app.metrics.orders_applied.add(applied);
     app.metrics.orders_duplicate.add(duplicates);
+    // A duplicate too: its first answer may have been this wait's 503.
+    standbys_confirmed(app, Covers::Log).await?;
     Ok(OrdersResponse {
         results: outcome.results,
     })

@@ -4,6 +4,7 @@
 use super::error::HttpError;
 use super::guard::Caller;
 use super::AppState;
+use crate::cluster::vouch::Covers;
 use crate::recovery::CompleteError;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -83,6 +84,9 @@ pub async fn schedule(
         skipped = added.skipped,
         "schedule chunk applied"
     );
+    // Keys flagged here are not served as current by any standby's
+    // service server once this is answered.
+    super::orders::standbys_confirmed(&app, Covers::Shared).await?;
     if final_chunk {
         app.audit
             .record(

@@ -24,7 +24,38 @@ pub(super) const CLUSTER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS tm_lease (id integer PRIMARY KEY CHECK (id = 1), term bigint NOT NULL, holder text, url text, expires_at timestamptz NOT NULL);
 INSERT INTO tm_lease (id, term, holder, url, expires_at) VALUES (1, 0, NULL, NULL, now()) ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS tm_members (url text PRIMARY KEY, id text NOT NULL, role text NOT NULL, term bigint NOT NULL, version text NOT NULL, schema_version bigint NOT NULL, started_at timestamptz NOT NULL, heartbeat timestamptz NOT NULL, quiesce text, services text);
+CREATE TABLE IF NOT EXISTS tm_vouches (id text PRIMARY KEY, log_as_of bigint NOT NULL, shared_as_of bigint NOT NULL, active_since bigint NOT NULL, expires_at timestamptz NOT NULL);
 ";
+
+/// PostgreSQL's clock now, in microseconds since 1970 (what the `_as_of`
+/// and `active_since` columns of `tm_vouches` hold).
+const PG_NOW_US: &str = "(extract(epoch from clock_timestamp()) * 1000000)::int8";
+
+/// A standby's vouch as the database holds it (see
+/// [`PgStore::vouch_renew`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vouch {
+    /// PostgreSQL's clock when the renewal ran (µs): the as-of of the
+    /// standby's next pass, whose reads all come after it.
+    pub now_us: i64,
+    /// Since when (µs) the row has been live without a break. A vouch
+    /// may stand only for passes begun after it: before, the primary may
+    /// have acknowledged commits without waiting for this standby.
+    pub active_since_us: i64,
+}
+
+/// What a primary must wait for before it acknowledges (see
+/// [`PgStore::vouch_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VouchCheck {
+    /// PostgreSQL's clock when the check ran (µs): after every commit
+    /// that had returned before it was sent.
+    pub now_us: i64,
+    /// The oldest as-of of the change log among live vouches, if any.
+    pub log_as_of_us: Option<i64>,
+    /// The oldest as-of of the shared state among live vouches, if any.
+    pub shared_as_of_us: Option<i64>,
+}
 
 /// The lease as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +274,10 @@ impl PgStore {
             .execute("DELETE FROM tm_members WHERE id = $1", &[&id])
             .await
             .map_err(engine_error)?;
+        client
+            .execute("DELETE FROM tm_vouches WHERE id = $1", &[&id])
+            .await
+            .map_err(engine_error)?;
         Ok(())
     }
 
@@ -275,6 +310,95 @@ impl PgStore {
                 services: r.get(10),
             })
             .collect())
+    }
+
+    /// A standby's vouch (S3, P9): its last complete pass began after
+    /// PostgreSQL's clock read `log_as_of_us` (the change log) and
+    /// `shared_as_of_us` (the shared state), so every commit that returned
+    /// before then is in what it streams; it vouches so for `ttl_ms` by
+    /// the database's clock. A row that had expired is live again only
+    /// from now (`active_since`).
+    pub async fn vouch_renew(
+        &self,
+        me: &str,
+        log_as_of_us: i64,
+        shared_as_of_us: i64,
+        ttl_ms: u64,
+    ) -> Result<Vouch, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "INSERT INTO tm_vouches (id, log_as_of, shared_as_of, active_since, expires_at) \
+                     VALUES ($1, $2, $3, {PG_NOW_US}, clock_timestamp() + make_interval(secs => $4::float8 / 1000)) \
+                     ON CONFLICT (id) DO UPDATE SET log_as_of = excluded.log_as_of, shared_as_of = excluded.shared_as_of, \
+                     active_since = CASE WHEN tm_vouches.expires_at > clock_timestamp() THEN tm_vouches.active_since ELSE excluded.active_since END, \
+                     expires_at = excluded.expires_at \
+                     RETURNING active_since, {PG_NOW_US}"
+                ),
+                &[&me, &log_as_of_us, &shared_as_of_us, &(ttl_ms as f64)],
+            )
+            .await
+            .map_err(engine_error)?;
+        Ok(Vouch {
+            active_since_us: row.get(0),
+            now_us: row.get(1),
+        })
+    }
+
+    /// PostgreSQL's clock now (µs since 1970).
+    pub async fn clock_us(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(&format!("SELECT {PG_NOW_US}"), &[])
+            .await
+            .map_err(engine_error)?;
+        Ok(row.get(0))
+    }
+
+    /// Withdraws `me`'s vouch (it became the primary, or stops).
+    pub async fn vouch_drop(&self, me: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM tm_vouches WHERE id = $1", &[&me])
+            .await
+            .map_err(engine_error)?;
+        Ok(())
+    }
+
+    /// The live vouches of every instance but `me`: a primary acknowledges
+    /// a commit only once each is as of a time after it (or has expired).
+    /// Rows long expired (instances gone) are dropped on the way.
+    pub async fn vouch_check(&self, me: &str) -> Result<VouchCheck, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT {PG_NOW_US}, min(log_as_of), min(shared_as_of) FROM tm_vouches \
+                     WHERE id <> $1 AND expires_at > clock_timestamp()"
+                ),
+                &[&me],
+            )
+            .await
+            .map_err(engine_error)?;
+        Ok(VouchCheck {
+            now_us: row.get(0),
+            log_as_of_us: row.get(1),
+            shared_as_of_us: row.get(2),
+        })
+    }
+
+    /// Drops vouches expired for over a minute (instances gone).
+    pub async fn vouch_prune(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM tm_vouches WHERE expires_at < clock_timestamp() - interval '1 minute'",
+                &[],
+            )
+            .await
+            .map_err(engine_error)?;
+        Ok(())
     }
 
     /// Re-reads what another instance may have changed: the flag count and

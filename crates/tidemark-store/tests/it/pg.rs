@@ -863,3 +863,50 @@ async fn a_restore_refused_by_running_servers_names_their_sessions() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// S3, P9: a standby's registered vouch. It stays live without a break
+/// while renewed in time (its `active_since` holds), starts anew after it
+/// expired (a frozen standby's old passes vouch for nothing), and the
+/// primary's check sees only live vouches of others, the oldest as-of
+/// of each kind.
+#[tokio::test]
+async fn a_vouch_is_live_while_renewed_and_starts_anew_after_it_expired() {
+    let Some(s) = store("vouch_live_and_renewed").await else {
+        return;
+    };
+    let t0 = s.clock_us().await.unwrap();
+    let first = s.vouch_renew("b", t0, t0, 60_000).await.unwrap();
+    assert!(first.active_since_us >= t0, "{first:?}");
+    assert!(first.now_us >= first.active_since_us, "{first:?}");
+    let again = s
+        .vouch_renew("b", first.now_us, first.now_us - 5, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(again.active_since_us, first.active_since_us, "no break");
+    // Another standby, behind on the change log; and the primary itself.
+    let c = s
+        .vouch_renew("c", t0 - 10, first.now_us, 60_000)
+        .await
+        .unwrap();
+    s.vouch_renew("a", t0 - 99, t0 - 99, 60_000).await.unwrap();
+    let check = s.vouch_check("a").await.unwrap();
+    assert!(check.now_us >= c.now_us, "{check:?}");
+    assert_eq!(check.log_as_of_us, Some(t0 - 10), "{check:?}");
+    assert_eq!(check.shared_as_of_us, Some(first.now_us - 5), "{check:?}");
+    // "c" lets its vouch run out (it froze), then renews: live again only
+    // from then.
+    s.vouch_renew("c", t0, t0, 0).await.unwrap();
+    let check = s.vouch_check("a").await.unwrap();
+    assert_eq!(check.log_as_of_us, Some(first.now_us), "only b: {check:?}");
+    let back = s.vouch_renew("c", t0, t0, 60_000).await.unwrap();
+    assert!(back.active_since_us > c.active_since_us, "{back:?} {c:?}");
+    assert!(
+        back.active_since_us > t0,
+        "its old passes vouch for nothing"
+    );
+    // Withdrawn: waited for no more.
+    s.vouch_drop("b").await.unwrap();
+    s.vouch_drop("c").await.unwrap();
+    let check = s.vouch_check("a").await.unwrap();
+    assert_eq!((check.log_as_of_us, check.shared_as_of_us), (None, None));
+}

@@ -791,24 +791,9 @@ async fn a_service_server_watching_a_paused_primary_serves_nothing_outdated() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (_, urls, procs) = two_instances(tmp.path(), &url).await;
-    let old = primary_of(&urls).await;
+    let w = Watched::start(tmp.path(), &url, Role::Primary).await;
+    let (urls, procs, key, old) = (&w.urls, &w.procs, &w.key, w.primary);
     let new = 1 - old;
-    let svc = service(
-        tmp.path(),
-        "svc",
-        &format!("{},{}", urls[old], urls[new]),
-        "latest-only",
-        &[],
-    )
-    .await;
-    put_limit(urls[old].clone(), 1, 10).await;
-    let key = format!("{}/v1/records/subscriber/k", svc.url);
-    eventually(20, "the service server to cache the record", || async {
-        let (_, r) = get_json(&key).await;
-        (r["fields"]["credit_limit"] == 10 && r["source"] == "cache").then_some(())
-    })
-    .await;
     signal(&procs[old], libc::SIGSTOP);
     // Sent at once, to the standby: it forwards it to the paused primary,
     // then, once it has taken over itself, applies it (before, the forward
@@ -823,9 +808,70 @@ async fn a_service_server_watching_a_paused_primary_serves_nothing_outdated() {
     assert_eq!(primary_of(&[urls[new].clone()]).await, 0);
     // Every read now gives the new record, or none (503); never the old
     // one, cached or not.
+    new_record_or_none(key, 20).await;
+    // And it moves on: the new record, served from its cache again.
+    served_from_cache(
+        key,
+        20,
+        "the service server to serve the new record from its cache",
+    )
+    .await;
+    signal(&procs[old], libc::SIGCONT);
+}
+
+/// Two instances, and a latest-only service server whose stream goes to
+/// the instance in `watched` (named first), serving record `k` (credit
+/// limit 10, order `ops` 1) from its cache.
+struct Watched {
+    urls: Vec<String>,
+    procs: Vec<Proc>,
+    primary: usize,
+    /// The record's URL at the service server.
+    key: String,
+    _svc: Proc,
+}
+
+#[derive(PartialEq)]
+enum Role {
+    Primary,
+    Standby,
+}
+
+impl Watched {
+    async fn start(dir: &Path, url: &str, watched: Role) -> Watched {
+        let (_, urls, procs) = two_instances(dir, url).await;
+        let primary = primary_of(&urls).await;
+        let first = if watched == Role::Primary {
+            primary
+        } else {
+            1 - primary
+        };
+        let svc = service(
+            dir,
+            "svc",
+            &format!("{},{}", urls[first], urls[1 - first]),
+            "latest-only",
+            &[],
+        )
+        .await;
+        put_limit(urls[primary].clone(), 1, 10).await;
+        let key = format!("{}/v1/records/subscriber/k", svc.url);
+        served_from_cache(&key, 10, "the service server to cache the record").await;
+        Watched {
+            urls,
+            procs,
+            primary,
+            key,
+            _svc: svc,
+        }
+    }
+}
+
+/// Three reads of `key`: each the record with `limit`, or `503`.
+async fn new_record_or_none(key: &str, limit: u64) {
     for _ in 0..3 {
         let r = reqwest::Client::new()
-            .get(&key)
+            .get(key)
             .timeout(Duration::from_secs(20))
             .send()
             .await
@@ -833,21 +879,59 @@ async fn a_service_server_watching_a_paused_primary_serves_nothing_outdated() {
         let status = r.status().as_u16();
         let b: Value = r.json().await.unwrap();
         assert!(
-            (status == 200 && b["fields"]["credit_limit"] == 20) || status == 503,
+            (status == 200 && b["fields"]["credit_limit"] == limit) || status == 503,
             "{status} {b}"
         );
     }
-    // And it moves on: the new record, served from its cache again.
-    eventually(
+}
+
+/// Waits until the service server serves `key` with `limit` from its cache.
+async fn served_from_cache(key: &str, limit: u64, what: &str) {
+    eventually(30, what, || async {
+        let (_, r) = get_json(key).await;
+        (r["fields"]["credit_limit"] == limit && r["source"] == "cache").then_some(())
+    })
+    .await;
+}
+
+/// S3, P9: a service server watching a standby that freezes (SIGSTOP)
+/// right after vouching for its stream never serves a record the primary
+/// changed and acknowledged meanwhile. The primary acknowledges a change
+/// only once every standby's registered vouch covers it or has run out.
+/// Before, the order was acknowledged at once and the service server
+/// answered the old record from its cache, as current, until the frozen
+/// standby's last vouch ran out (about 0.65 s per stall in an audit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_watching_a_paused_standby_serves_nothing_outdated() {
+    let Some(url) = database("a_service_server_watching_a_paused_standby_serves_nothing_outdated")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let w = Watched::start(tmp.path(), &url, Role::Standby).await;
+    let (urls, procs, key, primary) = (&w.urls, &w.procs, &w.key, w.primary);
+    let standby = 1 - primary;
+    signal(&procs[standby], libc::SIGSTOP);
+    let sent = Instant::now();
+    put_limit(urls[primary].clone(), 2, 20).await;
+    // Held back no longer than the frozen standby's vouch lives.
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    // Acknowledged: every read now gives the new record, or none (503).
+    new_record_or_none(key, 20).await;
+    signal(&procs[standby], libc::SIGCONT);
+    // The standby vouches again, and the primary waits for it again: a
+    // change is acknowledged and then served from the cache, current.
+    put_limit(urls[primary].clone(), 3, 30).await;
+    served_from_cache(
+        key,
         30,
-        "the service server to serve the new record from its cache",
-        || async {
-            let (_, r) = get_json(&key).await;
-            (r["fields"]["credit_limit"] == 20 && r["source"] == "cache").then_some(())
-        },
+        "the service server to serve the newest record from its cache",
     )
     .await;
-    signal(&procs[old], libc::SIGCONT);
 }
 
 /// S4, S8: a rolling restart of every instance, one at a time, under load

@@ -74,6 +74,9 @@ pub struct RecoverReport {
     /// Sources the DB server still waits for (their journals were not
     /// given): the recovery is not complete until they are recovered too.
     pub waiting_for_sources: Vec<String>,
+    /// Flags still set once all was sent: their orders are in no journal
+    /// given, so the recovery is not complete.
+    pub remaining: u64,
 }
 
 /// The high-water marks recorded in a backup's manifest (checked against
@@ -500,13 +503,26 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         report.state = Some(status.state);
         return Ok(report);
     }
-    let status: RecoveryStatus = client
+    let mut status: RecoveryStatus = client
         .post_json("/v1/recovery/complete", &serde_json::json!({}))
         .await
         .context("telling the DB server that all difference data was sent")?;
+    // Flags an applied order settled for another key are dropped by the
+    // server's maintenance tick (once a second): what remains after a few
+    // ticks, no journal given can clear.
+    let settle_by = std::time::Instant::now() + SETTLE_PATIENCE;
+    while status.state == RecoveryState::Recovering && std::time::Instant::now() < settle_by {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        status = get_with_retry(&client, "/v1/recovery").await?;
+    }
     report.state = Some(status.state);
+    report.remaining = status.remaining;
     Ok(report)
 }
+
+/// How long `recover` waits, after saying complete, for the flags the
+/// server settles by itself.
+const SETTLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(4);
 
 #[cfg(test)]
 mod tests {

@@ -70,12 +70,22 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
         progress: std::io::stderr().is_terminal(),
     };
     let report = recover(&opts).await?;
-    let waiting = (!report.waiting_for_sources.is_empty()).then(|| {
-        anyhow::anyhow!(
+    let stuck =
+        report.state == Some(tidemark_api::RecoveryState::Recovering) && report.remaining > 0;
+    let waiting = if !report.waiting_for_sources.is_empty() {
+        Some(anyhow::anyhow!(
             "recovery is not complete: the DB server still waits for source(s) {} (known to the backup, or expected with --expect-source), and answers every read as recovering until then; run 'tidemark ops recover' again with their journals (--journal DIR), or, if a journal is lost, name the source with --without-source NAME",
             report.waiting_for_sources.join(", ")
-        )
-    });
+        ))
+    } else if stuck {
+        let server = opts.db.split(',').next().unwrap_or_default();
+        Some(anyhow::anyhow!(
+            "recovery is not complete: {} key(s) are still flagged, and no journal given holds the order each waits for, so their records are answered as recovering; list them with 'tidemark recovery flags --server {server}', then rerun 'tidemark ops recover' with the journals that hold those orders (--journal DIR), or, if they are lost, end the recovery with 'tidemark recovery abort --server {server} --reason TEXT' (their records are then served as current)",
+            report.remaining,
+        ))
+    } else {
+        None
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return waiting.map_or(Ok(()), Err);

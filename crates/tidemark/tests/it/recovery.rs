@@ -819,3 +819,34 @@ async fn a_flag_naming_another_key_clears_on(engine: Engine, complete_first: boo
         db.log_text()
     );
 }
+
+/// P5, P8: `ops recover` does not report success while flags remain that
+/// none of its journals can clear (here a key flagged by another source's
+/// list whose order never comes): it exits non-zero, says how many, and
+/// names the ways on (`recovery flags`, more journals, `recovery abort`).
+/// Before, it exited 0 with the recovery still running.
+#[tokio::test(flavor = "multi_thread")]
+async fn ops_recover_fails_while_flags_remain_that_its_journals_cannot_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut w = disaster_on(dir, Engine::Sqlite).await;
+    let db = restore_and_restart(dir, &mut w).await;
+    let u = &db.url;
+    let chunk = json!({"source": "ops-elsewhere", "entries": [{"table": "subscriber", "key": key(1), "through_seq": 7}], "final": true});
+    let (s, b) = post_raw(&format!("{u}/v1/recovery/schedule"), chunk.to_string()).await;
+    assert_eq!(s, 200, "{b}");
+    let out = recover(dir, u, &w.backup, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, r) = get_json(&format!("{u}/v1/recovery")).await;
+    assert_eq!(r["state"], "recovering", "{r}");
+    assert_eq!(report["remaining"], r["remaining"], "{report} {r}");
+    assert!(r["remaining"].as_u64().unwrap() >= 1, "{r}");
+    for hint in ["still flagged", "recovery flags", "recovery abort"] {
+        assert!(stderr.contains(hint), "{hint}: {stderr}");
+    }
+    // The journals' own keys were recovered all the same.
+    let (s, b) = get_json(&key_url(u, &key(2))).await;
+    assert_eq!((s, b["recovering"].as_bool()), (200, Some(false)), "{b}");
+}

@@ -94,40 +94,34 @@ pub async fn promote(
             ),
         ));
     }
-    let lease = cluster.store.lease().await?;
-    if let (Some(primary), true) = (lease.url.clone(), lease.expires_in_ms > 0) {
-        let mut req = cluster
-            .http
-            .post(format!(
-                "{}/v1/cluster/handover",
-                primary.trim_end_matches('/')
-            ))
-            .json(&Handover {
-                to: cluster.url.clone(),
-            })
-            .timeout(Duration::from_secs(15));
-        if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
-            req = req.header(axum::http::header::AUTHORIZATION, auth.clone());
+    // The primary hands over; a primary that is frozen never answers, but
+    // its lease runs out and an instance takes over by itself: then this
+    // one is the primary, or the hand-over is asked of the new one.
+    let asked = Instant::now();
+    loop {
+        if cluster.is_primary() {
+            break;
         }
-        let resp = req.send().await.map_err(|e| {
-            HttpError::new(
+        let lease = cluster.store.lease().await?;
+        let primary = match (lease.url.clone(), lease.expires_in_ms > 0) {
+            (Some(primary), true) if primary != cluster.url => primary,
+            _ => break,
+        };
+        if asked.elapsed() > HANDOVER_PATIENCE {
+            return Err(HttpError::new(
                 ErrorCode::NoPrimary,
-                format!("cannot reach the primary at {primary} to hand over ({e}); if it is dead, a standby takes over by itself once its lease expires"),
+                format!("the primary at {primary} did not hand over within {} s; see its log ('tidemark status' shows who is primary now)", HANDOVER_PATIENCE.as_secs()),
             )
-            .retry_after(1)
-        })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
-            let err = serde_json::from_str::<tidemark_api::error::ErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| {
-                    tidemark_api::ApiError::new(
-                        ErrorCode::PromoteRefused,
-                        format!("the primary at {primary} answered {status}: {body}"),
-                    )
-                });
-            return Err(err.into());
+            .retry_after(1));
+        }
+        tokio::select! {
+            handed = ask_handover(&cluster, &primary, &headers) => {
+                handed?;
+                break;
+            }
+            () = lease_moves(&cluster, lease.term) => {
+                tracing::info!(from = %primary, "the lease moved while a hand-over was asked of a primary that did not answer; promoting anew");
+            }
         }
     }
     // Take it (handed over, or free/expired) and wait until we serve as primary.
@@ -154,6 +148,67 @@ pub async fn promote(
     Ok(Json(
         json!({"promoted": true, "already_primary": false, "term": view.term, "primary": cluster.url}),
     ))
+}
+
+/// How long a promote waits for the primary's hand-over in all.
+const HANDOVER_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Asks the primary at `primary` to hand the lease to this instance.
+async fn ask_handover(
+    cluster: &crate::cluster::Cluster,
+    primary: &str,
+    headers: &HeaderMap,
+) -> Result<(), HttpError> {
+    let mut req = cluster
+        .http
+        .post(format!(
+            "{}/v1/cluster/handover",
+            primary.trim_end_matches('/')
+        ))
+        .json(&Handover {
+            to: cluster.url.clone(),
+        })
+        .timeout(HANDOVER_PATIENCE);
+    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+        req = req.header(axum::http::header::AUTHORIZATION, auth.clone());
+    }
+    let resp = req.send().await.map_err(|e| {
+        HttpError::new(
+            ErrorCode::NoPrimary,
+            format!("cannot reach the primary at {primary} to hand over ({e}); if it is dead, a standby takes over by itself once its lease expires"),
+        )
+        .retry_after(1)
+    })?;
+    if resp.status().is_success() {
+        return Ok(());
+    }
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    let err = serde_json::from_str::<tidemark_api::error::ErrorBody>(&body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| {
+            tidemark_api::ApiError::new(
+                ErrorCode::PromoteRefused,
+                format!("the primary at {primary} answered {status}: {body}"),
+            )
+        });
+    Err(err.into())
+}
+
+/// Returns once the lease is under another term than `term` (or this
+/// instance became the primary).
+async fn lease_moves(cluster: &crate::cluster::Cluster, term: u64) {
+    loop {
+        cluster.changed(cluster.tick()).await;
+        if cluster.is_primary() {
+            return;
+        }
+        if let Ok(l) = cluster.store.lease().await {
+            if l.term != term {
+                return;
+            }
+        }
+    }
 }
 
 /// Asks the live standby at `url` to promote itself.

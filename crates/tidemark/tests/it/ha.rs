@@ -867,6 +867,41 @@ impl Watched {
     }
 }
 
+/// S5: `promote` of a standby while the primary is frozen (SIGSTOP) ends
+/// as soon as the frozen primary's lease ran out and this standby took
+/// over, rather than waiting out the hand-over it asked of the frozen one.
+/// Before, it waited 15 s and then failed `503 no_primary`, although the
+/// standby had been the primary for most of that time.
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_while_the_primary_is_frozen_ends_once_the_standby_took_over() {
+    let Some(url) = database("promote_while_the_primary_is_frozen_ends_once_the_standby_took_over")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, urls, procs) = two_instances(tmp.path(), &url).await;
+    let primary = primary_of(&urls).await;
+    let standby = 1 - primary;
+    signal(&procs[primary], libc::SIGSTOP);
+    let asked = Instant::now();
+    let out = run(
+        tmp.path(),
+        &["promote", "--server", &urls[standby]],
+        None,
+        &[],
+    );
+    let took = asked.elapsed();
+    signal(&procs[primary], libc::SIGCONT);
+    assert!(
+        out.status.success(),
+        "promote failed after {took:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Well before the 15 s it gives a hand-over (the lease is 1 s).
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(primary_of(&urls).await, standby);
+}
+
 /// Three reads of `key`: each the record with `limit`, or `503`.
 async fn new_record_or_none(key: &str, limit: u64) {
     for _ in 0..3 {

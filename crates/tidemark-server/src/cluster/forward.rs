@@ -125,7 +125,13 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                     // idempotent by (source, seq); the old one, fenced,
                     // commits nothing). Others wait for their answer.
                     () = moved_from(&cluster, &primary), if resendable(parts.uri.path()) => {
-                        tracing::info!(%primary, "the primary changed while a write was forwarded to it; sending it on to the new one");
+                        let now = cluster.view();
+                        let new_primary = if now.role == Role::Primary {
+                            cluster.url.clone()
+                        } else {
+                            now.primary.unwrap_or_else(|| "none yet".into())
+                        };
+                        tracing::info!(old_primary = %primary, %new_primary, "the primary changed while a write was forwarded to it; sending it on to the new one");
                         continue;
                     }
                 }

@@ -133,8 +133,19 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
 /// Starts a publish or rollback (`path`). Its DDL runs before the answer,
 /// which may take minutes on PostgreSQL (index builds, lock waits); one
 /// already running (this command run again, or after its answer was lost)
-/// is followed rather than refused.
+/// is followed rather than refused. A publish whose answer was lost (the
+/// primary died mid-request, and the next one finished the job) is
+/// recognised by the version it was to make current.
 async fn start(client: &DbClient, path: &str) -> anyhow::Result<PublishStatus> {
+    let target = if path.ends_with("/publish") {
+        client
+            .get_json::<PublishStatus>("/v1/schema/publish")
+            .await
+            .ok()
+            .and_then(|s| s.pending_version)
+    } else {
+        None
+    };
     let started = client
         .post_json_within(path, &serde_json::json!({}), Duration::from_secs(360))
         .await;
@@ -145,8 +156,58 @@ async fn start(client: &DbClient, path: &str) -> anyhow::Result<PublishStatus> {
             eprintln!("a schema job is already running on the DB server; following it");
             Ok(client.get_json("/v1/schema/publish").await?)
         }
+        Err(e) if answer_lost(&e) => match (target, outcome(client, target).await) {
+            (Some(v), Some(st)) => {
+                eprintln!(
+                    "the answer to the publish was lost ({e}), but schema version {v} is in force; following it"
+                );
+                Ok(st)
+            }
+            _ => Err(e.into()),
+        },
         other => Ok(other?),
     }
+}
+
+/// Whether `e` leaves the outcome open: no answer, or the primary went
+/// away while the request was with it.
+fn answer_lost(e: &tidemark_api::ClientError) -> bool {
+    use tidemark_api::ErrorCode::*;
+    match e {
+        tidemark_api::ClientError::Transport { .. } => true,
+        tidemark_api::ClientError::Api { error, .. } => matches!(
+            error.code,
+            OutcomeUnknown | NoPrimary | NotReady | StoreUnavailable
+        ),
+        _ => false,
+    }
+}
+
+/// How long a publish whose answer was lost is looked for: a failover,
+/// and the next primary finishing the job.
+const OUTCOME_PATIENCE: Duration = Duration::from_secs(45);
+
+/// The status once `target` is in force (`Some`), or once it surely is not
+/// (no job runs and it is still pending) or could not be told (`None`).
+async fn outcome(client: &DbClient, target: Option<u64>) -> Option<PublishStatus> {
+    let target = target?;
+    let give_up = Instant::now() + OUTCOME_PATIENCE;
+    while Instant::now() < give_up {
+        if let Ok(st) = client.get_json::<PublishStatus>("/v1/schema/publish").await {
+            if st.current_version >= target {
+                return Some(st);
+            }
+            let running = st
+                .job
+                .as_ref()
+                .is_some_and(|j| matches!(j.step, PublishStep::Applying | PublishStep::Announcing));
+            if !running && st.pending_version == Some(target) {
+                return None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    None
 }
 
 fn print_plan(p: &SchemaPlan) {

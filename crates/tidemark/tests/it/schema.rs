@@ -821,10 +821,15 @@ async fn the_next_primary_finishes_at(url: &str, step: &str) {
     // Staged through the standby: forwarded to the primary.
     let (ok, err) = stage(dir, &b.url, &v2_document());
     assert!(ok, "{step}: {err}");
-    let _ = reqwest::Client::new()
-        .post(format!("{}/v1/schema/publish", a.url))
-        .send()
-        .await;
+    // Published through the standby, which forwards it to the primary:
+    // the primary dies with the request, so the answer is lost.
+    let (cli_dir, b_for_cli) = (dir.to_path_buf(), b.url.clone());
+    let publish = tokio::task::spawn_blocking(move || {
+        schema_cmd(
+            &cli_dir,
+            &["publish", "--server", &b_for_cli, "--wait", "30"],
+        )
+    });
     let child = a.child.as_mut().expect("running");
     let status = tokio::task::block_in_place(|| child.wait()).expect("wait for the crash");
     assert!(!status.success(), "{step}: the primary must have crashed");
@@ -858,6 +863,14 @@ async fn the_next_primary_finishes_at(url: &str, step: &str) {
     );
     let (_, st) = get_json(&format!("{}/v1/schema/publish", b.url)).await;
     assert!(st["job"]["resumed"].as_u64().unwrap() >= 1, "{step}: {st}");
+    // The command tells the publish happened, though its answer was lost
+    // (before, it said "publish refused" and failed).
+    let (ok, out, err) = publish.await.unwrap();
+    assert!(ok, "{step}: {out} {err}");
+    assert!(
+        err.contains("the answer to the publish was lost"),
+        "{step}: {err}"
+    );
     assert!(
         b.log_text()
             .contains("resuming a schema job left unfinished"),

@@ -510,10 +510,15 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     // Flags an applied order settled for another key are dropped by the
     // server's maintenance tick (once a second): what remains after a few
     // ticks, no journal given can clear.
-    let settle_by = std::time::Instant::now() + SETTLE_PATIENCE;
-    while status.state == RecoveryState::Recovering && std::time::Instant::now() < settle_by {
+    // It waits while the count still falls (a busy server's tick is late).
+    let mut progress_at = std::time::Instant::now();
+    while status.state == RecoveryState::Recovering && progress_at.elapsed() < SETTLE_PATIENCE {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let before = status.remaining;
         status = get_with_retry(&client, "/v1/recovery").await?;
+        if status.remaining < before {
+            progress_at = std::time::Instant::now();
+        }
     }
     report.state = Some(status.state);
     report.remaining = status.remaining;
@@ -521,7 +526,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
 }
 
 /// How long `recover` waits, after saying complete, for the flags the
-/// server settles by itself.
+/// server settles by itself to fall further.
 const SETTLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(4);
 
 #[cfg(test)]

@@ -121,10 +121,12 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
         if !path.exists() {
-            anyhow::bail!(
+            // Bad usage (exit 2, CONTRACT.md), not a failed operation.
+            return Err(crate::cmd::Usage(format!(
                 "config file {} does not exist; check the --config path",
                 path.display()
-            );
+            ))
+            .into());
         }
         fig = fig.merge(Toml::file(path));
     }

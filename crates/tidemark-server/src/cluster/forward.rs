@@ -184,6 +184,12 @@ fn no_primary(cluster: &Cluster, forwarded: bool) -> Response {
     resp
 }
 
+/// Whether an error answer says `not_ready`, which applies nothing.
+fn not_ready(body: &[u8]) -> bool {
+    serde_json::from_slice::<tidemark_api::error::ErrorBody>(body)
+        .is_ok_and(|b| b.error.code == ErrorCode::NotReady)
+}
+
 /// Why a forwarded write has no answer.
 enum Undelivered {
     /// Not applied: no connection, or the primary says it no longer is one.
@@ -252,6 +258,11 @@ async fn send(
         .bytes()
         .await
         .map_err(|e| Undelivered::Unknown(e.to_string()))?;
+    if status == StatusCode::SERVICE_UNAVAILABLE && not_ready(&bytes) {
+        // Restarted and still opening its store (or stopping): it took
+        // nothing, so the write is held like one sent during a failover.
+        return Err(Undelivered::NotSent(format!("{primary} is not ready")));
+    }
     out.body(Body::from(bytes))
         .map_err(|e| Undelivered::Unknown(e.to_string()))
 }

@@ -368,11 +368,6 @@ async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
         return;
     }
     cluster.reached_postgres();
-    if view.role == Role::Primary {
-        if let Err(e) = cluster.store.vouch_prune().await {
-            tracing::debug!(error = %e, "could not drop old vouches; retrying");
-        }
-    }
     let live = live_within_ms(cluster);
     match cluster.store.members(DOWN_SHOWN_MS.max(live)).await {
         Ok(all) => {
@@ -383,6 +378,11 @@ async fn heartbeat(app: &Arc<AppState>, cluster: &Arc<Cluster>) {
             *cluster.members_down.write() = down;
         }
         Err(e) => tracing::debug!(error = %e, "member list unreadable; retrying"),
+    }
+    if view.role == Role::Primary {
+        if let Err(e) = cluster.store.vouch_prune().await {
+            tracing::debug!(error = %e, "could not drop old vouches; retrying");
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_api::event::{EpochEvent, EpochReason};
 use tidemark_api::RecoveryState;
+use tidemark_store::postgres::cluster::Notice;
 use tidemark_store::{RecoveryMeta, StoreError};
 
 /// How often a standby polls the log without a wake-up.
@@ -43,7 +44,7 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
     loop {
         let mut shared = false;
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = app.shutdown.cancelled() => break,
             _ = tokio::time::sleep(POLL) => {}
             _ = cluster.tail_wake.notified() => {}
             Some(s) = notices.recv() => shared = s,
@@ -66,19 +67,27 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
             continue;
         }
         let began = cluster.now_ms();
-        // What this pass reads includes every commit returned before this.
-        let as_of = passes.begin(&cluster).await;
+        let pass = passes.begin();
         // The primary changed the recovery state or flags: followed at
-        // once, not at the next refresh.
-        if shared || refreshed.elapsed() >= REFRESH {
+        // once, not at the next refresh; and again at once after a follow
+        // failed (nothing is vouched for meanwhile).
+        if shared || passes.must_follow() || refreshed.elapsed() >= REFRESH {
             refreshed = Instant::now();
-            match follow_shared_state(&app, &cluster).await {
-                Ok(()) => {
+            // The generation first: what is followed after it includes
+            // every shared commit up to it.
+            let followed = async {
+                let gen = cluster.store.shared_gen().await?;
+                follow_shared_state(&app, &cluster).await?;
+                Ok::<_, StoreError>(gen)
+            }
+            .await;
+            match followed {
+                Ok(gen) => {
                     cluster.shared_followed(began);
-                    passes.followed(as_of, true);
+                    passes.followed(Some(gen));
                 }
                 Err(e) => {
-                    passes.followed(None, false);
+                    passes.followed(None);
                     tracing::debug!(error = %e, "shared state unreadable; retrying")
                 }
             }
@@ -86,16 +95,22 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
         match catch_up(&app).await {
             Ok(()) => {
                 cluster.caught_up(began);
-                passes.caught_up(as_of);
-                vouch::renew(&cluster, &mut passes).await;
+                passes.caught_up(app.hub.watermark());
+                vouch::renew(&cluster, &mut passes, pass).await;
             }
             Err(e) => tracing::debug!(error = %e, "change-log tail failed; retrying"),
         }
     }
+    // Stopping: waited for no more (the lease loop's leave drops it too,
+    // but a renewal of this loop could come after that).
+    if passes.begun() {
+        vouch::withdraw(&cluster, &mut passes).await;
+    }
 }
 
 /// Keeps a LISTEN connection beside the tail, reconnecting after a pause,
-/// and passes its notices on (`true`: the shared state changed). The tail
+/// and passes its notices on (`true`: the shared state changed); a
+/// standby's vouch renewal wakes the gate instead. The tail
 /// never waits on its connect: while it is down, the tail polls.
 fn listen(app: Arc<AppState>, cluster: Arc<Cluster>) -> tokio::sync::mpsc::Receiver<bool> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -111,7 +126,10 @@ fn listen(app: Arc<AppState>, cluster: Arc<Cluster>) -> tokio::sync::mpsc::Recei
                     tokio::select! {
                         _ = app.shutdown.cancelled() => return,
                         notice = inner.recv() => match notice {
-                            Some(s) => { let _ = tx.try_send(s); }
+                            // A renewal wakes commits waiting for it, not
+                            // the tail (standbys would wake each other).
+                            Some(Notice::Vouch) => cluster.gate.wake.notify_one(),
+                            Some(n) => { let _ = tx.try_send(n == Notice::Shared); }
                             None => break,
                         }
                     }

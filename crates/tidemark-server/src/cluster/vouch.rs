@@ -4,106 +4,140 @@
 //! the standby vouches (`lease` events). A standby that freezes cannot
 //! take back a vouch already sent, and the primary meanwhile commits what
 //! it cannot push. So every vouch is registered in PostgreSQL first, and
-//! the primary acknowledges a commit only once every live registration is
-//! as of a time after it, or has expired, as lease-based follower reads do.
+//! an instance acknowledges a commit only once every other live
+//! registration covers it, or has expired, as lease-based follower reads
+//! do.
 //!
 //! Invariants:
-//! - Times are PostgreSQL's clock, never an instance's. A registration's
-//!   as-of is the clock at the standby's previous registration statement:
-//!   every read of the pass after it sees each commit that had returned
-//!   before then.
+//! - A registration says what the standby's last pass published: the
+//!   change log up to `seen_seq` (its hub's watermark), the shared state
+//!   up to `shared_gen` (read before that state was). A commit is covered
+//!   once each live registration is at or past its seq (records) or the
+//!   generation read after it returned (shared state).
+//! - A commit is judged only by checks sent after it returned, so a
+//!   registration a check did not see became live after the commit, and
+//!   every pass it vouches for began after that (next invariant).
 //! - A standby vouches no longer than its registration lives, counted from
 //!   when it sent the statement (so before the database's expiry), and
-//!   only for passes begun after the row was last live without a break: in
-//!   a break, the primary did not wait for it.
+//!   only for passes begun after its row was last seen live without a
+//!   break. A renewal counts as unbroken if the row was live when it ran
+//!   and it answered within [`GRACE`]; the primary counts a row live for
+//!   [`GRACE`] past its expiry, so an unbroken renewal was visible before
+//!   the primary stopped waiting for the row.
 //! - A registration is renewed only after a pass that caught up, so a
 //!   standby that cannot keep up stops holding the primary back within
-//!   [`TTL`] (and stops vouching).
+//!   [`TTL`] and [`GRACE`] (and stops vouching).
+//! - What a standby has published may still be on its way to a service
+//!   server, as a primary's pushes may be when it answers: the window is
+//!   the push in flight, not the vouch.
 
 use super::Cluster;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tidemark_store::PgStore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-/// How long a registration lives: the longest a frozen standby holds the
-/// primary's acknowledgements back.
+/// How long a registration lives: with [`GRACE`], the longest a frozen
+/// standby holds the primary's acknowledgements back.
 pub const TTL: Duration = Duration::from_millis(1_000);
+/// How long past its expiry the primary still counts a registration, and
+/// the longest a renewal may take to count as unbroken.
+pub const GRACE: Duration = Duration::from_millis(200);
 /// What a standby takes off its registration's life for clock drift.
 const MARGIN_MS: u64 = 150;
-/// How often the primary looks again while a commit waits.
-const RECHECK: Duration = Duration::from_millis(2);
+/// How often the primary looks again while a commit waits and no renewal
+/// woke it (notices are lost with their connection).
+const RECHECK: Duration = Duration::from_millis(25);
 /// The pause after the primary could not look (PostgreSQL unreachable).
 const RETRY: Duration = Duration::from_millis(50);
+/// The longest one look may take.
+const CHECK_PATIENCE: Duration = Duration::from_secs(1);
 /// The longest a commit waits before its request is answered `503`.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
-/// What a standby's pass covered, as of PostgreSQL's clock (µs).
+/// What a standby's passes covered.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Passes {
-    /// The as-of of the next pass: the clock at the last registration (or
-    /// clock read).
-    next: Option<i64>,
-    /// The as-of of the last pass that caught up with the change log.
-    log: Option<i64>,
-    /// The as-of of the last pass that followed the shared state, if the
-    /// latest attempt succeeded.
-    shared: Option<i64>,
+    /// The number of the pass running (or last run).
+    pass: u64,
+    /// The first pass that may vouch: it began after the row was last seen
+    /// live without a break.
+    clean_from: u64,
+    /// The hub's watermark after the last pass that caught up.
+    seen: Option<u64>,
+    /// The shared-state generation the last follow began at, if the latest
+    /// attempt succeeded.
+    gen: Option<u64>,
 }
 
 impl Passes {
-    /// A pass begins: what it covers is as of the last registration, or
-    /// of a clock read now, before the first.
-    pub async fn begin(&mut self, cluster: &Cluster) -> Option<i64> {
-        if self.next.is_none() {
-            self.next = cluster.store.clock_us().await.ok();
-        }
-        self.next
+    /// A pass begins; its number.
+    pub fn begin(&mut self) -> u64 {
+        self.pass += 1;
+        self.pass
     }
 
-    /// Whether anything was registered (or read) since the last withdraw.
+    pub fn caught_up(&mut self, watermark: u64) {
+        self.seen = Some(watermark);
+    }
+
+    /// The shared state was followed from generation `gen` (`None`: the
+    /// follow failed; it is tried again on the next pass).
+    pub fn followed(&mut self, gen: Option<u64>) {
+        self.gen = gen;
+    }
+
+    /// Whether the next pass must follow the shared state (the last
+    /// attempt failed).
+    pub fn must_follow(&self) -> bool {
+        self.gen.is_none()
+    }
+
+    /// Whether anything was registered since the last withdraw.
     pub fn begun(&self) -> bool {
-        self.next.is_some()
-    }
-
-    pub fn caught_up(&mut self, as_of: Option<i64>) {
-        self.log = as_of.or(self.log);
-    }
-
-    pub fn followed(&mut self, as_of: Option<i64>, ok: bool) {
-        self.shared = if ok { as_of.or(self.shared) } else { None };
+        self.pass > 0
     }
 }
 
-/// Standby: registers what the last pass covered, and vouches by it. Not
-/// renewed when it covers nothing yet (the row then expires).
-pub async fn renew(cluster: &Cluster, passes: &mut Passes) {
-    let (Some(log), Some(shared)) = (passes.log, passes.shared) else {
+/// Standby: registers what pass `pass` covered, and vouches by it if the
+/// registration went on without a break since before the pass began. Not
+/// renewed while it covers nothing (the row then expires).
+pub async fn renew(cluster: &Cluster, passes: &mut Passes, pass: u64) {
+    let (Some(seen), Some(gen)) = (passes.seen, passes.gen) else {
         return;
     };
     let sent = cluster.now_ms();
     let ttl = TTL.as_millis() as u64;
-    match tokio::time::timeout(
+    let renewed = tokio::time::timeout(
         TTL / 2,
-        cluster.store.vouch_renew(&cluster.id, log, shared, ttl),
+        cluster.store.vouch_renew(&cluster.id, seen, gen, ttl),
     )
-    .await
-    {
-        Ok(Ok(v)) => {
-            passes.next = Some(v.now_us);
-            if log.min(shared) >= v.active_since_us {
-                cluster
-                    .vouch_until_ms
-                    .fetch_max(sent + ttl - MARGIN_MS, Ordering::SeqCst);
-            }
+    .await;
+    let took = cluster.now_ms().saturating_sub(sent);
+    let unbroken = match renewed {
+        Ok(Ok(live)) => live && took < GRACE.as_millis() as u64,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "vouch renewal failed; retrying");
+            false
         }
-        Ok(Err(e)) => tracing::debug!(error = %e, "vouch renewal failed; retrying"),
-        Err(_) => tracing::debug!("vouch renewal timed out; retrying"),
+        Err(_) => {
+            tracing::debug!("vouch renewal timed out; retrying");
+            false
+        }
+    };
+    if !unbroken {
+        // Whatever this pass saw, the primary may not have waited for it.
+        passes.clean_from = passes.pass + 1;
+    } else if pass >= passes.clean_from {
+        cluster
+            .vouch_until_ms
+            .fetch_max(sent + ttl - MARGIN_MS, Ordering::SeqCst);
     }
 }
 
-/// Standby turned primary: it vouches no more, and is waited for no more.
+/// Standby turned primary, or stopping: it vouches no more, and is waited
+/// for no more.
 pub async fn withdraw(cluster: &Cluster, passes: &mut Passes) {
     *passes = Passes::default();
     cluster.vouch_until_ms.store(0, Ordering::SeqCst);
@@ -115,26 +149,34 @@ pub async fn withdraw(cluster: &Cluster, passes: &mut Passes) {
 /// What a commit needs covered before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Covers {
-    /// Records (orders): the change log.
-    Log,
-    /// The recovery state and flags.
-    Shared,
+    /// Records: the change log up to this seq.
+    Log(u64),
+    /// The recovery state and flags: the shared state up to this
+    /// generation.
+    Shared(u64),
 }
 
 /// The standbys did not confirm within [`PATIENCE`].
 #[derive(Debug, thiserror::Error)]
-#[error("the change was committed, but not every standby confirmed it within {} s (PostgreSQL unreachable?); resubmitting it is safe, and is answered once they have", PATIENCE.as_secs())]
-pub struct Unconfirmed;
+#[error("the change was committed, but not every standby confirmed it within {} s ({why}); resubmitting it is safe, and is answered once they have", PATIENCE.as_secs())]
+pub struct Unconfirmed {
+    why: String,
+}
 
 struct Waiter {
     covers: Covers,
     done: oneshot::Sender<()>,
 }
 
-/// The primary's side: commits wait here before they are acknowledged.
+/// Where commits wait before they are acknowledged (every instance: one
+/// that stepped down after committing still waits).
 pub struct Gate {
     tx: mpsc::UnboundedSender<Waiter>,
     rx: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Waiter>>>,
+    /// A standby renewed its vouch: look again.
+    pub wake: Notify,
+    /// Why the last look failed, if it did.
+    failing: parking_lot::Mutex<Option<String>>,
 }
 
 impl Default for Gate {
@@ -143,25 +185,36 @@ impl Default for Gate {
         Gate {
             tx,
             rx: parking_lot::Mutex::new(Some(rx)),
+            wake: Notify::new(),
+            failing: parking_lot::Mutex::new(None),
         }
     }
 }
 
 impl Gate {
-    /// Waits until every standby's vouch covers what was committed before
-    /// the call (or has expired).
+    /// Waits until every other instance's live vouch covers `covers`, as
+    /// seen by a check sent after this call (or has expired).
     pub async fn confirmed(&self, covers: Covers) -> Result<(), Unconfirmed> {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Waiter { covers, done }).is_err() {
-            return Err(Unconfirmed);
-        }
+        let gone = || Unconfirmed {
+            why: "the server is shutting down".into(),
+        };
+        self.tx.send(Waiter { covers, done }).map_err(|_| gone())?;
         match tokio::time::timeout(PATIENCE, wait).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(Unconfirmed),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(Unconfirmed {
+                why: self
+                    .failing
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| "a standby is slow or frozen".into()),
+            }),
         }
     }
 
-    /// Runs until shutdown: one check serves every commit waiting.
+    /// Runs until the store is closed: one check serves every commit
+    /// waiting.
     pub async fn run(
         &self,
         store: PgStore,
@@ -171,66 +224,83 @@ impl Gate {
         let Some(mut rx) = self.rx.lock().take() else {
             return;
         };
-        // Waiters with the clock their check must pass, oldest first.
-        let mut waiting: VecDeque<(i64, Waiter)> = VecDeque::new();
+        // Waiters, and whether a check was sent since they came.
+        let mut waiting: VecDeque<(bool, Waiter)> = VecDeque::new();
+        let mut told = false;
         loop {
             if waiting.is_empty() {
+                // Requests finishing while the server drains still wait
+                // here: it stops once the store is closed.
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
                     w = rx.recv() => match w {
-                        Some(w) => new_waiters(&mut rx, w, &mut waiting),
+                        Some(w) => waiting.push_back((false, w)),
                         None => return,
                     },
-                }
-            } else {
-                while let Ok(w) = rx.try_recv() {
-                    waiting.push_back((i64::MIN, w));
+                    _ = shutdown.cancelled() => {
+                        if store.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
                 }
             }
+            while let Ok(w) = rx.try_recv() {
+                waiting.push_back((false, w));
+            }
             // Everyone in `waiting` now came before this check was sent.
-            let check = match store.vouch_check(&me).await {
-                Ok(c) => c,
+            for (eligible, _) in waiting.iter_mut() {
+                *eligible = true;
+            }
+            let checked = tokio::time::timeout(
+                CHECK_PATIENCE,
+                store.vouch_check(&me, GRACE.as_millis() as u64),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(tidemark_store::StoreError::Unavailable(
+                    "PostgreSQL did not answer the check within 1 s".into(),
+                ))
+            });
+            let check = match checked {
+                Ok(c) => {
+                    *self.failing.lock() = None;
+                    told = false;
+                    c
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "vouch check failed; retrying");
+                    if !told {
+                        tracing::warn!(error = %e, "cannot check the standbys' vouches; acknowledgements wait");
+                        told = true;
+                    }
+                    *self.failing.lock() = Some(format!("cannot check the standbys' vouches: {e}"));
+                    waiting.retain(|(_, w)| !w.done.is_closed());
+                    if store.is_closed() && waiting.is_empty() {
+                        return;
+                    }
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
             };
             let mut still = VecDeque::with_capacity(waiting.len());
-            for (target, w) in waiting.drain(..) {
-                let target = if target == i64::MIN {
-                    check.now_us
-                } else {
-                    target
-                };
+            for (eligible, w) in waiting.drain(..) {
                 let covered = match w.covers {
-                    Covers::Log => check.log_as_of_us,
-                    Covers::Shared => check.shared_as_of_us,
+                    Covers::Log(seq) => check.seen_seq.is_none_or(|s| s >= seq),
+                    Covers::Shared(gen) => check.shared_gen.is_none_or(|g| g >= gen),
                 };
-                match covered {
-                    Some(as_of) if as_of < target && !w.done.is_closed() => {
-                        still.push_back((target, w))
-                    }
-                    _ => {
-                        let _ = w.done.send(());
-                    }
+                if eligible && covered {
+                    let _ = w.done.send(());
+                } else if !w.done.is_closed() {
+                    still.push_back((eligible, w));
                 }
             }
             waiting = still;
             if !waiting.is_empty() {
-                tokio::time::sleep(RECHECK).await;
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(RECHECK) => {}
+                }
             }
         }
-    }
-}
-
-fn new_waiters(
-    rx: &mut mpsc::UnboundedReceiver<Waiter>,
-    first: Waiter,
-    waiting: &mut VecDeque<(i64, Waiter)>,
-) {
-    waiting.push_back((i64::MIN, first));
-    while let Ok(w) = rx.try_recv() {
-        waiting.push_back((i64::MIN, w));
     }
 }

@@ -114,8 +114,9 @@ pub async fn promote(
             )
             .retry_after(1));
         }
+        let left = HANDOVER_PATIENCE.saturating_sub(asked.elapsed());
         tokio::select! {
-            handed = ask_handover(&cluster, &primary, &headers) => {
+            handed = ask_handover(&cluster, &primary, &headers, left) => {
                 handed?;
                 break;
             }
@@ -158,6 +159,7 @@ async fn ask_handover(
     cluster: &crate::cluster::Cluster,
     primary: &str,
     headers: &HeaderMap,
+    within: Duration,
 ) -> Result<(), HttpError> {
     let mut req = cluster
         .http
@@ -168,7 +170,7 @@ async fn ask_handover(
         .json(&Handover {
             to: cluster.url.clone(),
         })
-        .timeout(HANDOVER_PATIENCE);
+        .timeout(within);
     if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
         req = req.header(axum::http::header::AUTHORIZATION, auth.clone());
     }
@@ -195,19 +197,15 @@ async fn ask_handover(
     Err(err.into())
 }
 
-/// Returns once the lease is under another term than `term` (or this
-/// instance became the primary).
+/// Returns once this instance's lease loop saw the lease under a later
+/// term than `term` (or this instance became the primary).
 async fn lease_moves(cluster: &crate::cluster::Cluster, term: u64) {
     loop {
-        cluster.changed(cluster.tick()).await;
-        if cluster.is_primary() {
+        let view = cluster.view();
+        if view.role == Role::Primary || view.term > term {
             return;
         }
-        if let Ok(l) = cluster.store.lease().await {
-            if l.term != term {
-                return;
-            }
-        }
+        cluster.changed(cluster.tick()).await;
     }
 }
 

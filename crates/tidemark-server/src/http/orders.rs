@@ -47,17 +47,15 @@ pub async fn post_orders(
     result.map(Json)
 }
 
-/// Primary of a cluster: waits until every standby that vouches to its
-/// service servers has seen what was committed, or its vouch has run out
-/// (S3, P9: a standby frozen after vouching never has a change served
-/// outdated once it is acknowledged). At once elsewhere.
+/// An instance of a cluster that committed: waits until every standby that
+/// vouches to its service servers has published `covers`, or its vouch has
+/// run out (S3, P9: a standby frozen after vouching never has a change
+/// served outdated once it is acknowledged). Also after a step down
+/// between the commit and now. At once on a single server.
 pub(crate) async fn standbys_confirmed(app: &AppState, covers: Covers) -> Result<(), HttpError> {
     let Some(cluster) = &app.cluster else {
         return Ok(());
     };
-    if !cluster.is_primary() {
-        return Ok(());
-    }
     cluster
         .gate
         .confirmed(covers)
@@ -127,8 +125,13 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
     app.metrics.order_batches.inc();
     app.metrics.orders_applied.add(applied);
     app.metrics.orders_duplicate.add(duplicates);
-    // A duplicate too: its first answer may have been this wait's 503.
-    standbys_confirmed(app, Covers::Log).await?;
+    // A duplicate too (its first answer may have been this wait's 503):
+    // up to everything published here so far.
+    let seq = outcome
+        .changes
+        .last()
+        .map_or_else(|| app.hub.watermark(), |c| c.version.seq);
+    standbys_confirmed(app, Covers::Log(seq)).await?;
     Ok(OrdersResponse {
         results: outcome.results,
     })

@@ -86,7 +86,10 @@ pub async fn schedule(
     );
     // Keys flagged here are not served as current by any standby's
     // service server once this is answered.
-    super::orders::standbys_confirmed(&app, Covers::Shared).await?;
+    if let Some(cluster) = &app.cluster {
+        let gen = cluster.store.shared_gen().await?;
+        super::orders::standbys_confirmed(&app, Covers::Shared(gen)).await?;
+    }
     if final_chunk {
         app.audit
             .record(

@@ -105,17 +105,21 @@ pub async fn watch(
                     None => std::future::pending().await,
                 }
             };
+            // Queued changes go before a lease (a revocation before both):
+            // a lease sent ahead of them would vouch for a cache they have
+            // not reached yet.
             tokio::select! {
+                biased;
+                () = st.app.auth.until_revoked(&mut st.changes, &st.caller) => {
+                    tracing::info!(caller = %st.caller.escape_debug(), "the caller's token was revoked: ending its watch stream");
+                    None
+                }
                 next = st.rx.recv() => {
                     let (id, ev) = next?;
                     st.lease_now = matches!(ev, WatchEvent::Synced(_));
                     Some(((Some(id), ev), st))
                 }
                 _ = tick => lease(cluster.as_deref()).map(|ev| ((None, ev), st)),
-                () = st.app.auth.until_revoked(&mut st.changes, &st.caller) => {
-                    tracing::info!(caller = %st.caller.escape_debug(), "the caller's token was revoked: ending its watch stream");
-                    None
-                }
             }
         }
     })

@@ -24,38 +24,22 @@ pub(super) const CLUSTER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS tm_lease (id integer PRIMARY KEY CHECK (id = 1), term bigint NOT NULL, holder text, url text, expires_at timestamptz NOT NULL);
 INSERT INTO tm_lease (id, term, holder, url, expires_at) VALUES (1, 0, NULL, NULL, now()) ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS tm_members (url text PRIMARY KEY, id text NOT NULL, role text NOT NULL, term bigint NOT NULL, version text NOT NULL, schema_version bigint NOT NULL, started_at timestamptz NOT NULL, heartbeat timestamptz NOT NULL, quiesce text, services text);
-CREATE TABLE IF NOT EXISTS tm_vouches (id text PRIMARY KEY, log_as_of bigint NOT NULL, shared_as_of bigint NOT NULL, active_since bigint NOT NULL, expires_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS tm_vouches (id text PRIMARY KEY, seen_seq bigint NOT NULL, shared_gen bigint NOT NULL, expires_at timestamptz NOT NULL);
+INSERT INTO tm_meta (name, value) VALUES ('shared_gen', '0') ON CONFLICT (name) DO NOTHING;
 ";
-
-/// PostgreSQL's clock now, in microseconds since 1970 (what the `_as_of`
-/// and `active_since` columns of `tm_vouches` hold).
-const PG_NOW_US: &str = "(extract(epoch from clock_timestamp()) * 1000000)::int8";
-
-/// A standby's vouch as the database holds it (see
-/// [`PgStore::vouch_renew`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vouch {
-    /// PostgreSQL's clock when the renewal ran (µs): the as-of of the
-    /// standby's next pass, whose reads all come after it.
-    pub now_us: i64,
-    /// Since when (µs) the row has been live without a break. A vouch
-    /// may stand only for passes begun after it: before, the primary may
-    /// have acknowledged commits without waiting for this standby.
-    pub active_since_us: i64,
-}
 
 /// What a primary must wait for before it acknowledges (see
 /// [`PgStore::vouch_check`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VouchCheck {
-    /// PostgreSQL's clock when the check ran (µs): after every commit
-    /// that had returned before it was sent.
-    pub now_us: i64,
-    /// The oldest as-of of the change log among live vouches, if any.
-    pub log_as_of_us: Option<i64>,
-    /// The oldest as-of of the shared state among live vouches, if any.
-    pub shared_as_of_us: Option<i64>,
+    /// The lowest change-log seq published among live vouches, if any.
+    pub seen_seq: Option<u64>,
+    /// The lowest shared-state generation followed among live vouches.
+    pub shared_gen: Option<u64>,
 }
+
+/// The payload of a notice that a standby renewed its vouch.
+pub const VOUCH_NOTICE: &str = "vouch";
 
 /// The lease as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,48 +296,52 @@ impl PgStore {
             .collect())
     }
 
-    /// A standby's vouch (S3, P9): its last complete pass began after
-    /// PostgreSQL's clock read `log_as_of_us` (the change log) and
-    /// `shared_as_of_us` (the shared state), so every commit that returned
-    /// before then is in what it streams; it vouches so for `ttl_ms` by
-    /// the database's clock. A row that had expired is live again only
-    /// from now (`active_since`).
+    /// A standby's vouch (S3, P9): it has published every change up to
+    /// `seen_seq` and followed the shared state up to `shared_gen`, and
+    /// vouches so for `ttl_ms` by the database's clock. True if its row was
+    /// live when this ran, so the vouch went on without a break. Wakes the
+    /// primary's waiting commits ([`VOUCH_NOTICE`]).
     pub async fn vouch_renew(
         &self,
         me: &str,
-        log_as_of_us: i64,
-        shared_as_of_us: i64,
+        seen_seq: u64,
+        shared_gen: u64,
         ttl_ms: u64,
-    ) -> Result<Vouch, StoreError> {
+    ) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(
-                &format!(
-                    "INSERT INTO tm_vouches (id, log_as_of, shared_as_of, active_since, expires_at) \
-                     VALUES ($1, $2, $3, {PG_NOW_US}, clock_timestamp() + make_interval(secs => $4::float8 / 1000)) \
-                     ON CONFLICT (id) DO UPDATE SET log_as_of = excluded.log_as_of, shared_as_of = excluded.shared_as_of, \
-                     active_since = CASE WHEN tm_vouches.expires_at > clock_timestamp() THEN tm_vouches.active_since ELSE excluded.active_since END, \
-                     expires_at = excluded.expires_at \
-                     RETURNING active_since, {PG_NOW_US}"
-                ),
-                &[&me, &log_as_of_us, &shared_as_of_us, &(ttl_ms as f64)],
+                "WITH old AS (SELECT expires_at > clock_timestamp() AS live FROM tm_vouches WHERE id = $1) \
+                 INSERT INTO tm_vouches (id, seen_seq, shared_gen, expires_at) \
+                 VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4::float8 / 1000)) \
+                 ON CONFLICT (id) DO UPDATE SET seen_seq = excluded.seen_seq, shared_gen = excluded.shared_gen, expires_at = excluded.expires_at \
+                 RETURNING coalesce((SELECT live FROM old), false), pg_notify($5, $6)::text",
+                &[
+                    &me,
+                    &(seen_seq as i64),
+                    &(shared_gen as i64),
+                    &(ttl_ms as f64),
+                    &self.channel(),
+                    &VOUCH_NOTICE,
+                ],
             )
             .await
             .map_err(engine_error)?;
-        Ok(Vouch {
-            active_since_us: row.get(0),
-            now_us: row.get(1),
-        })
+        Ok(row.get(0))
     }
 
-    /// PostgreSQL's clock now (µs since 1970).
-    pub async fn clock_us(&self) -> Result<i64, StoreError> {
+    /// The shared state's generation: every write of it (recovery state,
+    /// flags, tokens, schema) adds one, in its own transaction.
+    pub async fn shared_gen(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one(&format!("SELECT {PG_NOW_US}"), &[])
+            .query_opt(
+                "SELECT value::bigint FROM tm_meta WHERE name = 'shared_gen'",
+                &[],
+            )
             .await
             .map_err(engine_error)?;
-        Ok(row.get(0))
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
 
     /// Withdraws `me`'s vouch (it became the primary, or stops).
@@ -366,25 +354,23 @@ impl PgStore {
         Ok(())
     }
 
-    /// The live vouches of every instance but `me`: a primary acknowledges
-    /// a commit only once each is as of a time after it (or has expired).
-    /// Rows long expired (instances gone) are dropped on the way.
-    pub async fn vouch_check(&self, me: &str) -> Result<VouchCheck, StoreError> {
+    /// The live vouches of every instance but `me`, a row counting as live
+    /// until `grace_ms` past its expiry (a renewal that ran before the
+    /// expiry may become visible only after it). A primary acknowledges a
+    /// commit only once each covers it.
+    pub async fn vouch_check(&self, me: &str, grace_ms: u64) -> Result<VouchCheck, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(
-                &format!(
-                    "SELECT {PG_NOW_US}, min(log_as_of), min(shared_as_of) FROM tm_vouches \
-                     WHERE id <> $1 AND expires_at > clock_timestamp()"
-                ),
-                &[&me],
+                "SELECT min(seen_seq), min(shared_gen) FROM tm_vouches \
+                 WHERE id <> $1 AND expires_at + make_interval(secs => $2::float8 / 1000) > clock_timestamp()",
+                &[&me, &(grace_ms as f64)],
             )
             .await
             .map_err(engine_error)?;
         Ok(VouchCheck {
-            now_us: row.get(0),
-            log_as_of_us: row.get(1),
-            shared_as_of_us: row.get(2),
+            seen_seq: row.get::<_, Option<i64>>(0).map(|v| v as u64),
+            shared_gen: row.get::<_, Option<i64>>(1).map(|v| v as u64),
         })
     }
 
@@ -435,15 +421,14 @@ impl PgStore {
     }
 
     /// Listens for this store's commits on a connection of its own: a
-    /// message arrives on the receiver after each commit of another
-    /// instance, `true` if it changed the shared state rather than records
-    /// ([`SHARED_NOTICE`]: recovery state, flags). Only a wake-up:
+    /// [`Notice`] arrives on the receiver after each commit of another
+    /// instance, and after each standby's vouch renewal. Only a wake-up:
     /// notifications are lost with a dropped connection (the receiver then
     /// closes) or a full queue, so callers poll as well.
     pub async fn listen_commits(
         &self,
         url: &str,
-    ) -> Result<tokio::sync::mpsc::Receiver<bool>, StoreError> {
+    ) -> Result<tokio::sync::mpsc::Receiver<Notice>, StoreError> {
         use futures::StreamExt;
         let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
@@ -457,7 +442,11 @@ impl PgStore {
             while let Some(m) = messages.next().await {
                 match m {
                     Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                        let _ = tx.try_send(n.payload() == SHARED_NOTICE);
+                        let _ = tx.try_send(match n.payload() {
+                            SHARED_NOTICE => Notice::Shared,
+                            VOUCH_NOTICE => Notice::Vouch,
+                            _ => Notice::Commit,
+                        });
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -485,6 +474,17 @@ impl PgStore {
 
 /// The payload of a notice that the shared state changed.
 pub const SHARED_NOTICE: &str = "shared";
+
+/// What another instance did (see [`PgStore::listen_commits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Committed records.
+    Commit,
+    /// Changed the shared state (recovery state, flags, tokens, schema).
+    Shared,
+    /// Renewed its vouch (a standby).
+    Vouch,
+}
 
 /// 64 bits that differ between calls and processes.
 fn rand_id() -> u64 {

@@ -391,6 +391,11 @@ impl PgStore {
         self.inner.lease_pool.get().await.map_err(pool_error)
     }
 
+    /// Whether the store was closed (the server is stopping).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
     fn usable(&self) -> Result<(), StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Engine(
@@ -665,8 +670,11 @@ impl PgStore {
         if self.inner.fenced.load(Ordering::SeqCst) {
             // Wakes the other instances to follow it at once (a flag added
             // after the list was final: `flags_added`).
+            // And counts the shared state's generation, which standbys
+            // register as followed (`vouch_renew`).
             tx.execute(
-                "SELECT pg_notify($1, $2)",
+                "WITH g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
+                 SELECT pg_notify($1, $2)",
                 &[&self.channel(), &cluster::SHARED_NOTICE],
             )
             .await

@@ -864,49 +864,53 @@ async fn a_restore_refused_by_running_servers_names_their_sessions() {
     b.close().await.unwrap();
 }
 
-/// S3, P9: a standby's registered vouch. It stays live without a break
-/// while renewed in time (its `active_since` holds), starts anew after it
-/// expired (a frozen standby's old passes vouch for nothing), and the
-/// primary's check sees only live vouches of others, the oldest as-of
-/// of each kind.
+/// S3, P9: a standby's registered vouch. A renewal tells whether the
+/// row was live (the vouch went on without a break); the primary's check
+/// sees only live vouches of others (and for a grace past their expiry),
+/// the lowest of each kind; a write of the shared state counts its
+/// generation.
 #[tokio::test]
 async fn a_vouch_is_live_while_renewed_and_starts_anew_after_it_expired() {
     let Some(s) = store("vouch_live_and_renewed").await else {
         return;
     };
-    let t0 = s.clock_us().await.unwrap();
-    let first = s.vouch_renew("b", t0, t0, 60_000).await.unwrap();
-    assert!(first.active_since_us >= t0, "{first:?}");
-    assert!(first.now_us >= first.active_since_us, "{first:?}");
-    let again = s
-        .vouch_renew("b", first.now_us, first.now_us - 5, 60_000)
-        .await
-        .unwrap();
-    assert_eq!(again.active_since_us, first.active_since_us, "no break");
-    // Another standby, behind on the change log; and the primary itself.
-    let c = s
-        .vouch_renew("c", t0 - 10, first.now_us, 60_000)
-        .await
-        .unwrap();
-    s.vouch_renew("a", t0 - 99, t0 - 99, 60_000).await.unwrap();
-    let check = s.vouch_check("a").await.unwrap();
-    assert!(check.now_us >= c.now_us, "{check:?}");
-    assert_eq!(check.log_as_of_us, Some(t0 - 10), "{check:?}");
-    assert_eq!(check.shared_as_of_us, Some(first.now_us - 5), "{check:?}");
-    // "c" lets its vouch run out (it froze), then renews: live again only
-    // from then.
-    s.vouch_renew("c", t0, t0, 0).await.unwrap();
-    let check = s.vouch_check("a").await.unwrap();
-    assert_eq!(check.log_as_of_us, Some(first.now_us), "only b: {check:?}");
-    let back = s.vouch_renew("c", t0, t0, 60_000).await.unwrap();
-    assert!(back.active_since_us > c.active_since_us, "{back:?} {c:?}");
     assert!(
-        back.active_since_us > t0,
-        "its old passes vouch for nothing"
+        !s.vouch_renew("b", 5, 1, 60_000).await.unwrap(),
+        "a new row"
     );
+    assert!(s.vouch_renew("b", 6, 2, 60_000).await.unwrap(), "no break");
+    // Another standby, behind on the change log; and the checker itself.
+    s.vouch_renew("c", 3, 4, 60_000).await.unwrap();
+    s.vouch_renew("a", 0, 0, 60_000).await.unwrap();
+    let check = s.vouch_check("a", 0).await.unwrap();
+    assert_eq!((check.seen_seq, check.shared_gen), (Some(3), Some(2)));
+    // "c" lets its vouch run out (it froze): not waited for (past the
+    // grace), and its next renewal is a break.
+    s.vouch_renew("c", 3, 4, 0).await.unwrap();
+    assert_eq!(
+        s.vouch_check("a", 60_000).await.unwrap().seen_seq,
+        Some(3),
+        "within the grace, still waited for"
+    );
+    let check = s.vouch_check("a", 0).await.unwrap();
+    assert_eq!((check.seen_seq, check.shared_gen), (Some(6), Some(2)));
+    assert!(!s.vouch_renew("c", 9, 9, 60_000).await.unwrap(), "a break");
     // Withdrawn: waited for no more.
     s.vouch_drop("b").await.unwrap();
     s.vouch_drop("c").await.unwrap();
-    let check = s.vouch_check("a").await.unwrap();
-    assert_eq!((check.log_as_of_us, check.shared_as_of_us), (None, None));
+    let check = s.vouch_check("a", 0).await.unwrap();
+    assert_eq!((check.seen_seq, check.shared_gen), (None, None));
+}
+
+/// S3: every write of the shared state counts its generation, so a
+/// standby can say which it followed.
+#[tokio::test]
+async fn a_shared_write_counts_the_generation() {
+    let Some((_, s, lease)) = leased("shared_gen_counts").await else {
+        return;
+    };
+    s.set_fence(Some((lease.term, "a".into())));
+    let before = s.shared_gen().await.unwrap();
+    s.mark_restored(2).await.unwrap();
+    assert!(s.shared_gen().await.unwrap() > before);
 }

@@ -163,7 +163,9 @@ async fn start(client: &DbClient, path: &str) -> anyhow::Result<PublishStatus> {
                 );
                 Ok(st)
             }
-            _ => Err(e.into()),
+            _ => Err(anyhow::Error::from(e).context(
+                "the publish's outcome is unknown (its answer was lost and it is not in force); see 'tidemark schema status', then run the publish again if it is still pending",
+            )),
         },
         other => Ok(other?),
     }

@@ -130,7 +130,9 @@ fn bad_usage_exits_2_and_failures_exit_1() {
         None,
         &[],
     );
-    assert_eq!(out.status.code(), Some(1));
+    // A --config path that names no file is bad usage, like a missing
+    // --ca-cert file (CONTRACT.md: exit 2); it exited 1.
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
 

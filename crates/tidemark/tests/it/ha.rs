@@ -25,6 +25,11 @@ fn database(test: &str) -> Option<String> {
 
 /// One instance of the cluster on `url`'s database.
 fn instance(dir: &Path, name: &str, url: &str, listen: &str) -> Proc {
+    instance_leased(dir, name, url, listen, LEASE_MS)
+}
+
+/// [`instance`] with a lease of `lease_ms`.
+fn instance_leased(dir: &Path, name: &str, url: &str, listen: &str, lease_ms: &str) -> Proc {
     Proc::start_at(
         name,
         dir,
@@ -35,7 +40,7 @@ fn instance(dir: &Path, name: &str, url: &str, listen: &str) -> Proc {
             "--database-url",
             url,
             "--lease-ttl-ms",
-            LEASE_MS,
+            lease_ms,
             "--failover-wait",
             "15",
         ],
@@ -902,6 +907,57 @@ async fn promote_while_the_primary_is_frozen_ends_once_the_standby_took_over() {
     assert_eq!(primary_of(&urls).await, standby);
 }
 
+/// S3, S10: a write forwarded to a primary that was killed and restarted
+/// at once, and is still opening its store (`503 not_ready`: it took
+/// nothing), is held like one sent during a failover, and committed once
+/// a primary is online. Before, the standby passed the `503 not_ready` on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_forwarded_to_a_restarting_primary_is_held() {
+    let Some(url) = database("a_write_forwarded_to_a_restarting_primary_is_held") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A longer lease: the write reaches the restarted one before it ends.
+    let addrs = [free_addr(), free_addr()];
+    let mut procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| instance_leased(tmp.path(), &format!("db{i}"), &url, a, "4000"))
+        .collect();
+    for p in &procs {
+        p.wait_ok("/readyz").await;
+    }
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let primary = primary_of(&urls).await;
+    let standby = 1 - primary;
+    procs[primary].kill9();
+    // Restarted on its address, it cannot reach PostgreSQL (a closed
+    // port): it answers, but stays not ready.
+    let nowhere = "postgres://postgres@127.0.0.1:1/nowhere";
+    let restarted = instance_leased(tmp.path(), "db-restarted", nowhere, &addrs[primary], "4000");
+    let (s, b) = get_json(&format!("{}/v1/state", urls[primary])).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("not_ready")),
+        "{b}"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/orders", urls[standby]))
+        .json(
+            &json!({"orders": [{"source": "ops", "seq": 1, "table": "subscriber", "key": "k",
+                                   "op": "upsert", "fields": {"credit_limit": 1}}]}),
+        )
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(primary_of(&urls[standby..=standby]).await, 0);
+    drop(restarted);
+}
+
 /// Three reads of `key`: each the record with `limit`, or `503`.
 async fn new_record_or_none(key: &str, limit: u64) {
     for _ in 0..3 {
@@ -946,27 +1002,31 @@ async fn a_service_server_watching_a_paused_standby_serves_nothing_outdated() {
     let w = Watched::start(tmp.path(), &url, Role::Standby).await;
     let (urls, procs, key, primary) = (&w.urls, &w.procs, &w.key, w.primary);
     let standby = 1 - primary;
-    signal(&procs[standby], libc::SIGSTOP);
-    let sent = Instant::now();
-    put_limit(urls[primary].clone(), 2, 20).await;
-    // Held back no longer than the frozen standby's vouch lives.
-    assert!(
-        sent.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        sent.elapsed()
-    );
-    // Acknowledged: every read now gives the new record, or none (503).
-    new_record_or_none(key, 20).await;
-    signal(&procs[standby], libc::SIGCONT);
-    // The standby vouches again, and the primary waits for it again: a
-    // change is acknowledged and then served from the cache, current.
-    put_limit(urls[primary].clone(), 3, 30).await;
-    served_from_cache(
-        key,
-        30,
-        "the service server to serve the newest record from its cache",
-    )
-    .await;
+    // Twice: the second time after the standby vouches again (its
+    // registration expired while it was frozen, and began anew).
+    for (seq, limit) in [(2, 20), (4, 40)] {
+        signal(&procs[standby], libc::SIGSTOP);
+        let sent = Instant::now();
+        put_limit(urls[primary].clone(), seq, limit).await;
+        // Held back no longer than the frozen standby's vouch lives.
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            sent.elapsed()
+        );
+        // Acknowledged: every read now gives the new record, or none (503).
+        new_record_or_none(key, limit).await;
+        signal(&procs[standby], libc::SIGCONT);
+        // The standby vouches again, and the primary waits for it again: a
+        // change is acknowledged and then served from the cache, current.
+        put_limit(urls[primary].clone(), seq + 1, limit + 5).await;
+        served_from_cache(
+            key,
+            limit + 5,
+            "the service server to serve the newest record from its cache",
+        )
+        .await;
+    }
 }
 
 /// S4, S8: a rolling restart of every instance, one at a time, under load

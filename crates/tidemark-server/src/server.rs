@@ -61,9 +61,11 @@ impl Server {
             let gate = c.clone();
             let shutdown = state.shutdown.clone();
             tokio::spawn(async move {
-                gate.gate
-                    .run(gate.store.clone(), gate.id.clone(), shutdown)
-                    .await
+                let vouches = crate::cluster::vouch::PgVouches {
+                    store: gate.store.clone(),
+                    me: gate.id.clone(),
+                };
+                gate.gate.run(vouches, shutdown).await
             });
             (
                 tokio::spawn(crate::cluster::lease::run(state.clone(), c.clone(), looked)),

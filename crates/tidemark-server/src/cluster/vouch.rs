@@ -35,7 +35,8 @@ use super::Cluster;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tidemark_store::PgStore;
+use tidemark_store::postgres::cluster::VouchCheck;
+use tidemark_store::{PgStore, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// How long a registration lives: with [`GRACE`], the longest a frozen
@@ -168,9 +169,38 @@ struct Waiter {
     done: oneshot::Sender<()>,
 }
 
+/// Where the gate reads the standbys' vouches: PostgreSQL ([`PgVouches`]),
+/// or a fake in tests.
+pub trait Vouches: Send + Sync {
+    /// The live vouches of every other instance.
+    fn check(&self) -> impl std::future::Future<Output = Result<VouchCheck, StoreError>> + Send;
+    /// Whether the store was closed (the server stopped).
+    fn closed(&self) -> bool;
+}
+
+/// The vouches in PostgreSQL, as instance `me` sees them.
+pub struct PgVouches {
+    pub store: PgStore,
+    pub me: String,
+}
+
+impl Vouches for PgVouches {
+    async fn check(&self) -> Result<VouchCheck, StoreError> {
+        self.store
+            .vouch_check(&self.me, GRACE.as_millis() as u64)
+            .await
+    }
+
+    fn closed(&self) -> bool {
+        self.store.is_closed()
+    }
+}
+
 /// Where commits wait before they are acknowledged (every instance: one
 /// that stepped down after committing still waits).
 pub struct Gate {
+    /// The longest a commit waits ([`PATIENCE`]).
+    patience: Duration,
     tx: mpsc::UnboundedSender<Waiter>,
     rx: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Waiter>>>,
     /// A standby renewed its vouch: look again.
@@ -181,17 +211,22 @@ pub struct Gate {
 
 impl Default for Gate {
     fn default() -> Self {
+        Gate::with_patience(PATIENCE)
+    }
+}
+
+impl Gate {
+    fn with_patience(patience: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Gate {
+            patience,
             tx,
             rx: parking_lot::Mutex::new(Some(rx)),
             wake: Notify::new(),
             failing: parking_lot::Mutex::new(None),
         }
     }
-}
 
-impl Gate {
     /// Waits until every other instance's live vouch covers `covers`, as
     /// seen by a check sent after this call (or has expired).
     pub async fn confirmed(&self, covers: Covers) -> Result<(), Unconfirmed> {
@@ -200,7 +235,7 @@ impl Gate {
             why: "the server is shutting down".into(),
         };
         self.tx.send(Waiter { covers, done }).map_err(|_| gone())?;
-        match tokio::time::timeout(PATIENCE, wait).await {
+        match tokio::time::timeout(self.patience, wait).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(gone()),
             Err(_) => Err(Unconfirmed {
@@ -215,17 +250,13 @@ impl Gate {
 
     /// Runs until the store is closed: one check serves every commit
     /// waiting.
-    pub async fn run(
-        &self,
-        store: PgStore,
-        me: String,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
+    pub async fn run(&self, vouches: impl Vouches, shutdown: tokio_util::sync::CancellationToken) {
         let Some(mut rx) = self.rx.lock().take() else {
             return;
         };
-        // Waiters, and whether a check was sent since they came.
-        let mut waiting: VecDeque<(bool, Waiter)> = VecDeque::new();
+        // Waiters; each came before the next check is sent (they are
+        // taken from the channel only then).
+        let mut waiting: VecDeque<Waiter> = VecDeque::new();
         let mut told = false;
         loop {
             if waiting.is_empty() {
@@ -233,11 +264,11 @@ impl Gate {
                 // here: it stops once the store is closed.
                 tokio::select! {
                     w = rx.recv() => match w {
-                        Some(w) => waiting.push_back((false, w)),
+                        Some(w) => waiting.push_back(w),
                         None => return,
                     },
                     _ = shutdown.cancelled() => {
-                        if store.is_closed() {
+                        if vouches.closed() {
                             return;
                         }
                         tokio::time::sleep(RETRY).await;
@@ -246,22 +277,15 @@ impl Gate {
                 }
             }
             while let Ok(w) = rx.try_recv() {
-                waiting.push_back((false, w));
+                waiting.push_back(w);
             }
-            // Everyone in `waiting` now came before this check was sent.
-            for (eligible, _) in waiting.iter_mut() {
-                *eligible = true;
-            }
-            let checked = tokio::time::timeout(
-                CHECK_PATIENCE,
-                store.vouch_check(&me, GRACE.as_millis() as u64),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(tidemark_store::StoreError::Unavailable(
-                    "PostgreSQL did not answer the check within 1 s".into(),
-                ))
-            });
+            let checked = tokio::time::timeout(CHECK_PATIENCE, vouches.check())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "PostgreSQL did not answer the check within 1 s".into(),
+                    ))
+                });
             let check = match checked {
                 Ok(c) => {
                     *self.failing.lock() = None;
@@ -274,8 +298,8 @@ impl Gate {
                         told = true;
                     }
                     *self.failing.lock() = Some(format!("cannot check the standbys' vouches: {e}"));
-                    waiting.retain(|(_, w)| !w.done.is_closed());
-                    if store.is_closed() && waiting.is_empty() {
+                    waiting.retain(|w| !w.done.is_closed());
+                    if vouches.closed() && waiting.is_empty() {
                         return;
                     }
                     tokio::time::sleep(RETRY).await;
@@ -283,15 +307,15 @@ impl Gate {
                 }
             };
             let mut still = VecDeque::with_capacity(waiting.len());
-            for (eligible, w) in waiting.drain(..) {
+            for w in waiting.drain(..) {
                 let covered = match w.covers {
                     Covers::Log(seq) => check.seen_seq.is_none_or(|s| s >= seq),
                     Covers::Shared(gen) => check.shared_gen.is_none_or(|g| g >= gen),
                 };
-                if eligible && covered {
+                if covered {
                     let _ = w.done.send(());
                 } else if !w.done.is_closed() {
-                    still.push_back((eligible, w));
+                    still.push_back(w);
                 }
             }
             waiting = still;
@@ -302,5 +326,224 @@ impl Gate {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    /// The vouches as a test sets them; every check waits for a permit.
+    struct Fake {
+        now: parking_lot::Mutex<Result<VouchCheck, String>>,
+        permits: Semaphore,
+        closed: AtomicBool,
+    }
+
+    #[derive(Clone)]
+    struct Shared(Arc<Fake>);
+
+    impl Vouches for Shared {
+        async fn check(&self) -> Result<VouchCheck, StoreError> {
+            self.0.permits.acquire().await.expect("open").forget();
+            self.0.now.lock().clone().map_err(StoreError::Unavailable)
+        }
+
+        fn closed(&self) -> bool {
+            self.0.closed.load(Ordering::SeqCst)
+        }
+    }
+
+    fn vouches(seen: Option<u64>, gen: Option<u64>) -> Shared {
+        Shared(Arc::new(Fake {
+            now: parking_lot::Mutex::new(Ok(VouchCheck {
+                seen_seq: seen,
+                shared_gen: gen,
+            })),
+            permits: Semaphore::new(0),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    fn started(
+        gate: Arc<Gate>,
+        v: &Shared,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (v, s) = (v.clone(), shutdown.clone());
+        (tokio::spawn(async move { gate.run(v, s).await }), shutdown)
+    }
+
+    fn waiting(
+        gate: &Arc<Gate>,
+        covers: Covers,
+    ) -> tokio::task::JoinHandle<Result<(), Unconfirmed>> {
+        let gate = gate.clone();
+        tokio::spawn(async move { gate.confirmed(covers).await })
+    }
+
+    /// Lets every task run as far as it can.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    /// A commit is judged only by a check sent after it came: a check
+    /// already on its way when it came may predate its commit.
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_is_judged_only_by_a_check_sent_after_it_came() {
+        let gate = Arc::new(Gate::default());
+        let v = vouches(Some(10), Some(1));
+        let _run = started(gate.clone(), &v);
+        let first = waiting(&gate, Covers::Log(5));
+        settle().await;
+        // The check for `first` is on its way; `second` comes now.
+        let second = waiting(&gate, Covers::Log(5));
+        settle().await;
+        v.0.permits.add_permits(1);
+        settle().await;
+        assert!(first.is_finished(), "covered by the check sent after it");
+        assert!(!second.is_finished(), "not by a check sent before it came");
+        v.0.permits.add_permits(1);
+        settle().await;
+        assert!(second.is_finished());
+        assert!(first.await.unwrap().is_ok() && second.await.unwrap().is_ok());
+    }
+
+    /// Records wait for every live vouch's seq, flags for its generation;
+    /// with no live vouch, nothing waits.
+    #[tokio::test(start_paused = true)]
+    async fn each_kind_waits_for_its_own_mark() {
+        let gate = Arc::new(Gate::default());
+        let v = vouches(Some(3), Some(1));
+        v.0.permits.add_permits(1_000);
+        let _run = started(gate.clone(), &v);
+        let order = waiting(&gate, Covers::Log(5));
+        let flags = waiting(&gate, Covers::Shared(2));
+        let old = waiting(&gate, Covers::Log(3));
+        settle().await;
+        assert!(old.is_finished(), "seq 3 is published everywhere");
+        assert!(!order.is_finished() && !flags.is_finished());
+        *v.0.now.lock() = Ok(VouchCheck {
+            seen_seq: Some(5),
+            shared_gen: Some(1),
+        });
+        gate.wake.notify_one();
+        settle().await;
+        assert!(order.is_finished(), "seq 5 now is");
+        assert!(!flags.is_finished(), "generation 2 is not yet");
+        // The standby stopped vouching (its row expired): waited for no
+        // more.
+        *v.0.now.lock() = Ok(VouchCheck {
+            seen_seq: None,
+            shared_gen: None,
+        });
+        tokio::time::sleep(RECHECK * 2).await;
+        assert!(flags.is_finished(), "the safety-net poll looked again");
+        for w in [order, flags, old] {
+            assert!(w.await.unwrap().is_ok());
+        }
+    }
+
+    /// A gate that cannot look answers, after its patience, that the
+    /// change was committed but not confirmed, and why.
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_that_cannot_look_says_why_after_its_patience() {
+        let gate = Arc::new(Gate::with_patience(Duration::from_millis(500)));
+        let v = vouches(None, None);
+        *v.0.now.lock() = Err("connection refused".into());
+        v.0.permits.add_permits(1_000);
+        let (run, shutdown) = started(gate.clone(), &v);
+        let e = gate
+            .confirmed(Covers::Log(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("was committed") && e.contains("resubmitting it is safe"),
+            "{e}"
+        );
+        assert!(e.contains("connection refused"), "{e}");
+        // It runs until the store is closed, then stops.
+        shutdown.cancel();
+        settle().await;
+        assert!(!run.is_finished(), "requests draining still wait here");
+        v.0.closed.store(true, Ordering::SeqCst);
+        tokio::time::sleep(RETRY * 2).await;
+        assert!(run.is_finished());
+    }
+}
+
+#[cfg(test)]
+mod renew_tests {
+    use super::*;
+
+    async fn standby(test: &str) -> Option<Cluster> {
+        let pg = tidemark_testkit::postgres::PgCluster::shared(test)?;
+        let url = pg.database(test).unwrap();
+        let store = PgStore::connect(&url, "tidemark").await.unwrap();
+        Some(Cluster::new(
+            store,
+            "http://b".into(),
+            "boot",
+            url,
+            Duration::from_millis(1000),
+            Duration::from_secs(15),
+        ))
+    }
+
+    fn vouch_until(c: &Cluster) -> u64 {
+        c.vouch_until_ms.load(Ordering::SeqCst)
+    }
+
+    /// S3, P9: a standby vouches only for passes begun after a renewal
+    /// that found its row live: its first registration, and the first
+    /// after its row expired (it froze), vouch for nothing, since the
+    /// primary may have acknowledged commits without waiting for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_standby_vouches_only_for_passes_begun_after_its_row_was_live() {
+        let Some(c) = standby("vouch_renew_breaks").await else {
+            return;
+        };
+        let mut passes = Passes::default();
+        // Nothing covered yet: nothing registered.
+        let p = passes.begin();
+        renew(&c, &mut passes, p).await;
+        assert_eq!(c.store.vouch_check("a", 0).await.unwrap().seen_seq, None);
+        passes.followed(Some(0));
+        passes.caught_up(7);
+        renew(&c, &mut passes, p).await;
+        let check = c.store.vouch_check("a", 0).await.unwrap();
+        assert_eq!((check.seen_seq, check.shared_gen), (Some(7), Some(0)));
+        assert_eq!(
+            vouch_until(&c),
+            0,
+            "a new row: this pass vouches for nothing"
+        );
+        let p = passes.begin();
+        renew(&c, &mut passes, p).await;
+        assert!(vouch_until(&c) > c.now_ms(), "the next pass does");
+        // The row expires (the standby froze), then is renewed.
+        c.store.vouch_renew(&c.id, 7, 0, 0).await.unwrap();
+        c.vouch_until_ms.store(0, Ordering::SeqCst);
+        let p = passes.begin();
+        renew(&c, &mut passes, p).await;
+        assert_eq!(
+            vouch_until(&c),
+            0,
+            "after a break, this pass vouches for nothing"
+        );
+        let p = passes.begin();
+        renew(&c, &mut passes, p).await;
+        assert!(vouch_until(&c) > c.now_ms(), "the pass after it does");
+        // Withdrawn: not waited for.
+        withdraw(&c, &mut passes).await;
+        assert_eq!(c.store.vouch_check("a", 0).await.unwrap().seen_seq, None);
+        assert_eq!(vouch_until(&c), 0);
     }
 }

@@ -237,6 +237,12 @@ async fn join_cluster(
     if let Some(other) = live.iter().find(|m| m.url == url) {
         tracing::info!(url = %url, previous = %other.id, "an instance with this URL was live recently; taking its place");
     }
+    // Waited for (as a standby that has seen nothing yet) from before it
+    // reads its state: a change committed meanwhile is not acknowledged
+    // until its first pass followed it (S3).
+    crate::cluster::vouch::register_at_start(&cluster)
+        .await
+        .context("registering with the cluster's primary")?;
     Ok(cluster)
 }
 

@@ -36,18 +36,22 @@ const LISTEN_PATIENCE: Duration = Duration::from_secs(1);
 pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
     let mut notices = listen(app.clone(), cluster.clone());
     let mut refreshed = Instant::now();
-    let mut passes = vouch::Passes::default();
+    let mut passes = vouch::Passes::registered_at_start();
     cluster
         .followed
         .lock()
         .get_or_insert_with(|| Followed::now(&app));
+    // The first pass at once: a standby is waited for from its start.
+    let mut first = true;
     loop {
         let mut shared = false;
-        tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(POLL) => {}
-            _ = cluster.tail_wake.notified() => {}
-            Some(s) = notices.recv() => shared = s,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(POLL) => {}
+                _ = cluster.tail_wake.notified() => {}
+                Some(s) = notices.recv() => shared = s,
+            }
         }
         // Every notice queued meanwhile is this wake's too.
         while let Ok(s) = notices.try_recv() {

@@ -70,6 +70,8 @@ pub struct Passes {
     /// The shared-state generation the last follow began at, if the latest
     /// attempt succeeded.
     gen: Option<u64>,
+    /// Registered at start ([`register_at_start`]), before any pass.
+    at_start: bool,
 }
 
 impl Passes {
@@ -97,8 +99,28 @@ impl Passes {
 
     /// Whether anything was registered since the last withdraw.
     pub fn begun(&self) -> bool {
-        self.pass > 0
+        self.pass > 0 || self.at_start
     }
+
+    /// After [`register_at_start`]: its row may be live.
+    pub fn registered_at_start() -> Self {
+        Passes {
+            at_start: true,
+            ..Passes::default()
+        }
+    }
+}
+
+/// Registers a starting instance as a standby that has seen nothing yet,
+/// before it reads its state: until its first pass renews the row (or it
+/// expires), every commit elsewhere waits for it. A lone instance that
+/// becomes the primary withdraws it at its first look.
+pub async fn register_at_start(cluster: &Cluster) -> Result<(), StoreError> {
+    cluster
+        .store
+        .vouch_renew(&cluster.id, 0, 0, TTL.as_millis() as u64)
+        .await
+        .map(|_| ())
 }
 
 /// Standby: registers what pass `pass` covered, and vouches by it if the

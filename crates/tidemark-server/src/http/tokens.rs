@@ -4,6 +4,7 @@ use super::error::HttpError;
 use super::guard::Caller;
 use super::AppState;
 use crate::auth::{RevokeError, TokenError};
+use crate::cluster::vouch::Covers;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -39,7 +40,20 @@ pub async fn create(
             serde_json::json!({"name": created.name, "role": created.role}),
         )
         .await;
+    // Every standby knows it once this is answered (the first token ends
+    // protected mode there too).
+    followed_by_standbys(&app).await?;
     Ok(Json(created))
+}
+
+/// A cluster: waits until every standby followed the tokens as written now
+/// (S3). Nothing to wait for on a single server.
+async fn followed_by_standbys(app: &AppState) -> Result<(), HttpError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(());
+    };
+    let gen = cluster.store.shared_gen().await?;
+    super::orders::standbys_confirmed(app, Covers::Shared(gen)).await
 }
 
 /// `GET /v1/tokens`: names and roles, never secrets.
@@ -61,6 +75,8 @@ pub async fn revoke(
     app.audit
         .record(&caller.0, "token_revoke", serde_json::json!({"name": name}))
         .await;
+    // No standby takes it any more once this is answered.
+    followed_by_standbys(&app).await?;
     Ok(Json(serde_json::json!({"revoked": name})))
 }
 

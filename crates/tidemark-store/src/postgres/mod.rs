@@ -45,6 +45,13 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// Columns added to the internal tables since format 1: (table, column,
 /// type with its default).
+/// Counts a change of the shared state (its generation, which standbys
+/// register as followed) and wakes the other instances to follow it:
+/// `$1` the channel, `$2` [`cluster::SHARED_NOTICE`].
+const SHARED_CHANGED: &str =
+    "WITH g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
+     SELECT pg_notify($1, $2)";
+
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tm_changes", "flagged", "boolean NOT NULL DEFAULT false"),
     ("tm_members", "services", "text"),
@@ -672,13 +679,9 @@ impl PgStore {
             // after the list was final: `flags_added`).
             // And counts the shared state's generation, which standbys
             // register as followed (`vouch_renew`).
-            tx.execute(
-                "WITH g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
-                 SELECT pg_notify($1, $2)",
-                &[&self.channel(), &cluster::SHARED_NOTICE],
-            )
-            .await
-            .map_err(engine_error)?;
+            tx.execute(SHARED_CHANGED, &[&self.channel(), &cluster::SHARED_NOTICE])
+                .await
+                .map_err(engine_error)?;
         }
         if let Err(e) = tx.commit().await {
             self.flags_in_doubt();
@@ -1273,16 +1276,24 @@ impl Store for PgStore {
 
     async fn set_note(&self, name: &str, value: Option<String>) -> Result<(), StoreError> {
         let name = format!("note.{name}");
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(engine_error)?;
         match value {
-            Some(v) => client.execute(META_SET, &[&name, &v]).await,
+            Some(v) => tx.execute(META_SET, &[&name, &v]).await,
             None => {
-                client
-                    .execute("DELETE FROM tm_meta WHERE name = $1", &[&name])
+                tx.execute("DELETE FROM tm_meta WHERE name = $1", &[&name])
                     .await
             }
         }
         .map_err(engine_error)?;
+        if self.inner.fenced.load(Ordering::SeqCst) {
+            // Notes are shared state too (tokens): counted, and the other
+            // instances woken to follow them at once.
+            tx.execute(SHARED_CHANGED, &[&self.channel(), &cluster::SHARED_NOTICE])
+                .await
+                .map_err(engine_error)?;
+        }
+        tx.commit().await.map_err(engine_error)?;
         Ok(())
     }
 

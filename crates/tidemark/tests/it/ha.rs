@@ -1358,6 +1358,80 @@ async fn a_token_created_through_a_standby_works_there_at_once() {
     }
 }
 
+/// S3: a change of the tokens holds on every instance once it is
+/// answered. The first token ends protected mode on the standby, and a
+/// revoked token is refused there, at once: the answer waits until every
+/// standby followed the tokens. Before, a standby followed them only every
+/// half second, and for that long still let anyone on loopback in, or
+/// still took the revoked token.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_changes_hold_on_every_instance_once_answered() {
+    let Some(url) = database("token_changes_hold_on_every_instance_once_answered") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, urls, _procs) = two_instances(tmp.path(), &url).await;
+    let primary = urls[primary_of(&urls).await].clone();
+    let standby = urls.iter().find(|u| **u != primary).unwrap().clone();
+    let client = reqwest::Client::new();
+    let read = |token: Option<String>| {
+        let (client, standby) = (client.clone(), standby.clone());
+        async move {
+            let mut r = client.get(format!("{standby}/v1/records/subscriber/tk"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(read(None).await, 404, "protected mode: loopback is let in");
+    let token = |r: reqwest::Response| async move {
+        let v: Value = r.json().await.unwrap();
+        v["token"].as_str().expect("a token").to_owned()
+    };
+    let admin = token(
+        client
+            .post(format!("{primary}/v1/tokens"))
+            .json(&json!({"name": "root", "role": "admin"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        read(None).await,
+        401,
+        "the first token ends protected mode at once"
+    );
+    let reader = token(
+        client
+            .post(format!("{primary}/v1/tokens"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "r", "role": "reader"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        read(Some(reader.clone())).await,
+        404,
+        "a new token works at once"
+    );
+    let r = client
+        .delete(format!("{primary}/v1/tokens/r"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        read(Some(reader)).await,
+        401,
+        "a revoked token is refused at once"
+    );
+}
+
 /// An instance killed (no clean leave) stays in `members`, as down, so an
 /// operator sees the redundancy lost; it was dropped from the list once
 /// its heartbeat aged past the live window (an outside audit).

@@ -36,15 +36,30 @@ impl Server {
             }
         };
         record_process(store.as_ref(), &config, &boot).await?;
-        let (state, worker) = AppState::new(store, config, boot, cluster, shutdown).await?;
-        if !listens_on_loopback(&state.config.listen) && !state.auth.any() {
-            anyhow::bail!(
-                "refusing to listen on {} with no token created: anyone who can reach it could change or copy every record; start it on 127.0.0.1 first, create an admin token ('tidemark token create --server http://127.0.0.1:PORT --role admin --name NAME'), then restart it on {}",
-                state.config.listen,
-                state.config.listen
-            );
+        // Waited for (as a standby that has seen nothing yet) from before
+        // it reads its state: a change committed meanwhile is not
+        // acknowledged until its first pass followed it (S3).
+        if let Some(c) = &cluster {
+            crate::cluster::vouch::register_at_start(c).await;
         }
-        Ok(Self { state, worker })
+        let opened = async {
+            let (state, worker) =
+                AppState::new(store, config, boot, cluster.clone(), shutdown).await?;
+            if !listens_on_loopback(&state.config.listen) && !state.auth.any() {
+                anyhow::bail!(
+                    "refusing to listen on {} with no token created: anyone who can reach it could change or copy every record; start it on 127.0.0.1 first, create an admin token ('tidemark token create --server http://127.0.0.1:PORT --role admin --name NAME'), then restart it on {}",
+                    state.config.listen,
+                    state.config.listen
+                );
+            }
+            Ok(Self { state, worker })
+        }
+        .await;
+        if let (Err(_), Some(c)) = (&opened, &cluster) {
+            // It will not start: waited for no more.
+            let _ = c.store.vouch_drop(&c.id).await;
+        }
+        opened
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then: stops
@@ -237,12 +252,6 @@ async fn join_cluster(
     if let Some(other) = live.iter().find(|m| m.url == url) {
         tracing::info!(url = %url, previous = %other.id, "an instance with this URL was live recently; taking its place");
     }
-    // Waited for (as a standby that has seen nothing yet) from before it
-    // reads its state: a change committed meanwhile is not acknowledged
-    // until its first pass followed it (S3).
-    crate::cluster::vouch::register_at_start(&cluster)
-        .await
-        .context("registering with the cluster's primary")?;
     Ok(cluster)
 }
 

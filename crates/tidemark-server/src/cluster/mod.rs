@@ -91,8 +91,11 @@ pub struct Cluster {
     /// Standby: until when (ms after `epoch`) its registered vouch lets it
     /// vouch (see [`vouch`]).
     pub(crate) vouch_until_ms: AtomicU64,
-    /// Primary: where commits wait for the standbys' vouches.
+    /// Where commits wait for the standbys' vouches.
     pub gate: vouch::Gate,
+    /// A shared-state notice found the tail's queue full: followed at the
+    /// next pass all the same.
+    pub(crate) shared_missed: std::sync::atomic::AtomicBool,
     /// The recovery state as this instance last followed it (see
     /// [`tail::Followed`]).
     pub(crate) followed: parking_lot::Mutex<Option<tail::Followed>>,
@@ -145,6 +148,7 @@ impl Cluster {
             shared_followed_ms: AtomicU64::new(0),
             vouch_until_ms: AtomicU64::new(0),
             gate: vouch::Gate::default(),
+            shared_missed: Default::default(),
             followed: parking_lot::Mutex::new(None),
             epoch: boot_clock_ms(),
             // Trusts --ca-cert and presents --client-cert, like every client.

@@ -57,7 +57,18 @@ pub async fn run(app: Arc<AppState>, cluster: Arc<Cluster>) {
         while let Ok(s) = notices.try_recv() {
             shared |= s;
         }
+        shared |= cluster
+            .shared_missed
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
         if cluster.is_primary() {
+            if shared {
+                // Subscriber bindings a standby wrote (a service server
+                // that connected there): known here too before this
+                // instance writes the bindings again.
+                if let Err(e) = app.auth.reload().await {
+                    tracing::debug!(error = %e, "tokens unreadable; retrying at the next notice");
+                }
+            }
             // The committer publishes, and `Recovery` sends the events of
             // its own transitions: a step down follows on from here.
             *cluster.followed.lock() = Some(Followed::now(&app));
@@ -133,7 +144,14 @@ fn listen(app: Arc<AppState>, cluster: Arc<Cluster>) -> tokio::sync::mpsc::Recei
                             // A renewal wakes commits waiting for it, not
                             // the tail (standbys would wake each other).
                             Some(Notice::Vouch) => cluster.gate.wake.notify_one(),
-                            Some(n) => { let _ = tx.try_send(n == Notice::Shared); }
+                            Some(n) => {
+                                // A full queue drops a wake-up, never a
+                                // shared change: it is kept aside.
+                                if tx.try_send(n == Notice::Shared).is_err() && n == Notice::Shared {
+                                    cluster.shared_missed.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    cluster.tail_wake.notify_one();
+                                }
+                            }
                             None => break,
                         }
                     }

@@ -421,8 +421,9 @@ impl PgStore {
     }
 
     /// Listens for this store's commits on a connection of its own: a
-    /// [`Notice`] arrives on the receiver after each commit of another
-    /// instance, and after each standby's vouch renewal. Only a wake-up:
+    /// [`Notice`] arrives on the receiver after each commit and shared
+    /// write (this instance's own among them), and after each standby's
+    /// vouch renewal. Only a wake-up:
     /// notifications are lost with a dropped connection (the receiver then
     /// closes) or a full queue, so callers poll as well.
     pub async fn listen_commits(

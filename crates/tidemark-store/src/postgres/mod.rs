@@ -43,8 +43,6 @@ use tidemark_api::{Order, Record, RecoveryState, Schema, Version};
 /// embedded engine's).
 pub const FORMAT_VERSION: u64 = 1;
 
-/// Columns added to the internal tables since format 1: (table, column,
-/// type with its default).
 /// Counts a change of the shared state (its generation, which standbys
 /// register as followed) and wakes the other instances to follow it:
 /// `$1` the channel, `$2` [`cluster::SHARED_NOTICE`].
@@ -52,6 +50,12 @@ const SHARED_CHANGED: &str =
     "WITH g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
      SELECT pg_notify($1, $2)";
 
+/// Notes the other instances follow (tokens, subscriber bindings): a write
+/// of one counts the shared generation and wakes them.
+const SHARED_NOTES: &[&str] = &["note.tokens", "note.subscribers"];
+
+/// Columns added to the internal tables since format 1: (table, column,
+/// type with its default).
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tm_changes", "flagged", "boolean NOT NULL DEFAULT false"),
     ("tm_members", "services", "text"),
@@ -1276,24 +1280,40 @@ impl Store for PgStore {
 
     async fn set_note(&self, name: &str, value: Option<String>) -> Result<(), StoreError> {
         let name = format!("note.{name}");
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(engine_error)?;
-        match value {
-            Some(v) => tx.execute(META_SET, &[&name, &v]).await,
-            None => {
-                tx.execute("DELETE FROM tm_meta WHERE name = $1", &[&name])
+        let client = self.client().await?;
+        let shared =
+            self.inner.fenced.load(Ordering::SeqCst) && SHARED_NOTES.contains(&name.as_str());
+        // One statement: the generation's row is locked only while it runs
+        // (a standby that froze mid-transaction would hold every write).
+        match (value, shared) {
+            (Some(v), false) => client.execute(META_SET, &[&name, &v]).await,
+            (None, false) => {
+                client
+                    .execute("DELETE FROM tm_meta WHERE name = $1", &[&name])
+                    .await
+            }
+            (Some(v), true) => {
+                client
+                    .execute(
+                        "WITH n AS (INSERT INTO tm_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value), \
+                         g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
+                         SELECT pg_notify($3, $4)",
+                        &[&name, &v, &self.channel(), &cluster::SHARED_NOTICE],
+                    )
+                    .await
+            }
+            (None, true) => {
+                client
+                    .execute(
+                        "WITH n AS (DELETE FROM tm_meta WHERE name = $1), \
+                         g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
+                         SELECT pg_notify($2, $3)",
+                        &[&name, &self.channel(), &cluster::SHARED_NOTICE],
+                    )
                     .await
             }
         }
         .map_err(engine_error)?;
-        if self.inner.fenced.load(Ordering::SeqCst) {
-            // Notes are shared state too (tokens): counted, and the other
-            // instances woken to follow them at once.
-            tx.execute(SHARED_CHANGED, &[&self.channel(), &cluster::SHARED_NOTICE])
-                .await
-                .map_err(engine_error)?;
-        }
-        tx.commit().await.map_err(engine_error)?;
         Ok(())
     }
 

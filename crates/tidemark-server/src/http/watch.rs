@@ -90,6 +90,7 @@ pub async fn watch(
         changes: app.auth.changes(),
         caller: caller.0.clone(),
         lease_now: false,
+        last_lease: tokio::time::Instant::now(),
     };
     let events = futures::stream::unfold(state, move |mut st| {
         let cluster = cluster.clone();
@@ -97,7 +98,17 @@ pub async fn watch(
             if std::mem::take(&mut st.lease_now) {
                 // Right after `synced`: the service server vouches for its
                 // cache from here, not a tick later.
+                st.last_lease = tokio::time::Instant::now();
                 return lease(cluster.as_deref()).map(|ev| ((None, ev), st));
+            }
+            if behind_too_long(st.rx.len(), st.last_lease.elapsed()) {
+                // Changes keep coming faster than they go out, so the tick
+                // never wins: a lease that vouches for nothing keeps the
+                // stream alive (its service server would drop it after 3 s
+                // without one) and vouches for no cache the queue has not
+                // reached.
+                st.last_lease = tokio::time::Instant::now();
+                return lease(cluster.as_deref()).map(|ev| ((None, vouching_nothing(ev)), st));
             }
             let tick = async {
                 match st.check.as_mut() {
@@ -119,7 +130,10 @@ pub async fn watch(
                     st.lease_now = matches!(ev, WatchEvent::Synced(_));
                     Some(((Some(id), ev), st))
                 }
-                _ = tick => lease(cluster.as_deref()).map(|ev| ((None, ev), st)),
+                _ = tick => {
+                    st.last_lease = tokio::time::Instant::now();
+                    lease(cluster.as_deref()).map(|ev| ((None, ev), st))
+                }
             }
         }
     })
@@ -178,6 +192,8 @@ struct OpenStream {
     caller: String,
     /// Send a `lease` before the next event.
     lease_now: bool,
+    /// When the last `lease` went out.
+    last_lease: tokio::time::Instant,
 }
 
 /// The `lease` event of an instance that is not cut off; `None` (the
@@ -199,6 +215,23 @@ fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
     }))
 }
 
+/// Whether a stream whose queue holds `queued` changes, and whose last
+/// lease went out `since` ago, must send one that vouches for nothing.
+fn behind_too_long(queued: usize, since: Duration) -> bool {
+    queued > 0 && since >= CUT_OFF_CHECK * 2
+}
+
+/// `ev` (a lease) vouching for nothing.
+fn vouching_nothing(ev: WatchEvent) -> WatchEvent {
+    match ev {
+        WatchEvent::Lease(l) => WatchEvent::Lease(LeaseEvent {
+            valid_for_ms: 0,
+            ..l
+        }),
+        other => other,
+    }
+}
+
 /// How often an open stream checks that its instance still reaches
 /// PostgreSQL and, if so, sends a `lease` event: well within a lease, so
 /// a service server's vouch runs on while the instance runs.
@@ -216,4 +249,36 @@ fn cut_off_error() -> HttpError {
         "this instance has not reached PostgreSQL for over a lease (or no longer surely holds it), so what it would stream may be outdated; watch another instance of the cluster (a service server given every instance with --db moves by itself)",
     )
     .retry_after(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that keeps falling behind still sends leases (its service
+    /// server would drop it after 3 s without one), but only ones that
+    /// vouch for nothing, and only while changes wait.
+    #[test]
+    fn a_stream_behind_sends_leases_that_vouch_for_nothing() {
+        assert!(
+            !behind_too_long(0, Duration::from_secs(10)),
+            "nothing waits: the tick's lease"
+        );
+        assert!(
+            !behind_too_long(5, CUT_OFF_CHECK),
+            "a lease went out lately"
+        );
+        assert!(behind_too_long(5, CUT_OFF_CHECK * 2));
+        let ev = vouching_nothing(WatchEvent::Lease(LeaseEvent {
+            valid_for_ms: 900,
+            sent_ms: Some(7),
+        }));
+        assert_eq!(
+            ev,
+            WatchEvent::Lease(LeaseEvent {
+                valid_for_ms: 0,
+                sent_ms: Some(7),
+            })
+        );
+    }
 }

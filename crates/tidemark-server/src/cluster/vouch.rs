@@ -289,7 +289,6 @@ impl Gate {
         // Waiters; each came before the next check is sent (they are
         // taken from the channel only then).
         let mut waiting: VecDeque<Waiter> = VecDeque::new();
-        let mut told = false;
         loop {
             if waiting.is_empty() {
                 // Requests finishing while the server drains still wait
@@ -321,15 +320,18 @@ impl Gate {
             let check = match checked {
                 Ok(c) => {
                     *self.failing.lock() = None;
-                    told = false;
                     c
                 }
                 Err(e) => {
-                    if !told {
+                    // Told once per run of failures.
+                    let first = self
+                        .failing
+                        .lock()
+                        .replace(format!("cannot check the standbys' vouches: {e}"))
+                        .is_none();
+                    if first {
                         tracing::warn!(error = %e, "cannot check the standbys' vouches; acknowledgements wait");
-                        told = true;
                     }
-                    *self.failing.lock() = Some(format!("cannot check the standbys' vouches: {e}"));
                     waiting.retain(|w| !w.done.is_closed());
                     if vouches.closed() && waiting.is_empty() {
                         return;

@@ -185,16 +185,21 @@ async fn ask_handover(
         return Ok(());
     }
     let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
-    let err = serde_json::from_str::<tidemark_api::error::ErrorBody>(&body)
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    Err(relayed(body, || {
+        format!("the primary at {primary} answered {status}")
+    }))
+}
+
+/// The error another instance answered (`body`), passed on as it is; or,
+/// if it is not one of ours, `promote_refused` saying `who` answered it.
+fn relayed(body: serde_json::Value, who: impl FnOnce() -> String) -> HttpError {
+    serde_json::from_value::<tidemark_api::error::ErrorBody>(body.clone())
         .map(|b| b.error)
         .unwrap_or_else(|_| {
-            tidemark_api::ApiError::new(
-                ErrorCode::PromoteRefused,
-                format!("the primary at {primary} answered {status}: {body}"),
-            )
-        });
-    Err(err.into())
+            tidemark_api::ApiError::new(ErrorCode::PromoteRefused, format!("{}: {body}", who()))
+        })
+        .into()
 }
 
 /// Returns once this instance's lease loop saw the lease under a later
@@ -245,12 +250,7 @@ async fn promote_other(
     if ok {
         return Ok(Json(body));
     }
-    let err = serde_json::from_value::<tidemark_api::error::ErrorBody>(body.clone())
-        .map(|b| b.error)
-        .unwrap_or_else(|_| {
-            tidemark_api::ApiError::new(ErrorCode::PromoteRefused, format!("{url} answered {body}"))
-        });
-    Err(err.into())
+    Err(relayed(body, || format!("{url} answered")))
 }
 
 /// `POST /v1/cluster/handover`: the primary gives its lease to a live

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod confirm;
 pub mod console;
 pub mod error;
 pub mod guard;

@@ -47,22 +47,6 @@ pub async fn post_orders(
     result.map(Json)
 }
 
-/// An instance of a cluster that committed: waits until every standby that
-/// vouches to its service servers has published `covers`, or its vouch has
-/// run out (S3, P9: a standby frozen after vouching never has a change
-/// served outdated once it is acknowledged). Also after a step down
-/// between the commit and now. At once on a single server.
-pub(crate) async fn standbys_confirmed(app: &AppState, covers: Covers) -> Result<(), HttpError> {
-    let Some(cluster) = &app.cluster else {
-        return Ok(());
-    };
-    cluster
-        .gate
-        .confirmed(covers)
-        .await
-        .map_err(|e| HttpError::new(ErrorCode::StoreUnavailable, e.to_string()).retry_after(1))
-}
-
 async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError> {
     let req: OrdersRequest = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(
@@ -131,7 +115,7 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
         .changes
         .last()
         .map_or_else(|| app.hub.watermark(), |c| c.version.seq);
-    standbys_confirmed(app, Covers::Log(seq)).await?;
+    super::confirm::standbys_confirmed(app, Covers::Log(seq)).await?;
     Ok(OrdersResponse {
         results: outcome.results,
     })

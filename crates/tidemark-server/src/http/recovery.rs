@@ -4,7 +4,6 @@
 use super::error::HttpError;
 use super::guard::Caller;
 use super::AppState;
-use crate::cluster::vouch::Covers;
 use crate::recovery::CompleteError;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -86,10 +85,7 @@ pub async fn schedule(
     );
     // Keys flagged here are not served as current by any standby's
     // service server once this is answered.
-    if let Some(cluster) = &app.cluster {
-        let gen = cluster.store.shared_gen().await?;
-        super::orders::standbys_confirmed(&app, Covers::Shared(gen)).await?;
-    }
+    super::confirm::shared_confirmed(&app).await?;
     if final_chunk {
         app.audit
             .record(

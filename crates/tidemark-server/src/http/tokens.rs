@@ -4,7 +4,6 @@ use super::error::HttpError;
 use super::guard::Caller;
 use super::AppState;
 use crate::auth::{RevokeError, TokenError};
-use crate::cluster::vouch::Covers;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -52,17 +51,8 @@ pub async fn create(
 /// answered even if the standbys did not confirm (a standby that misses it
 /// stops vouching, and follows it within a second of coming back).
 async fn followed_by_standbys(app: &AppState) {
-    let Some(cluster) = &app.cluster else {
-        return;
-    };
-    let confirmed = match cluster.store.shared_gen().await {
-        Ok(gen) => super::orders::standbys_confirmed(app, Covers::Shared(gen))
-            .await
-            .map_err(|e| e.error.message),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(why) = confirmed {
-        tracing::warn!(why = %why, "a token change was answered before every standby confirmed it");
+    if let Err(e) = super::confirm::shared_confirmed(app).await {
+        tracing::warn!(why = %e.error.message, "a token change was answered before every standby confirmed it");
     }
 }
 

@@ -43,12 +43,17 @@ use tidemark_api::{Order, Record, RecoveryState, Schema, Version};
 /// embedded engine's).
 pub const FORMAT_VERSION: u64 = 1;
 
-/// Counts a change of the shared state (its generation, which standbys
-/// register as followed) and wakes the other instances to follow it:
-/// `$1` the channel, `$2` [`cluster::SHARED_NOTICE`].
-const SHARED_CHANGED: &str =
-    "WITH g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
-     SELECT pg_notify($1, $2)";
+/// The CTE that counts a change of the shared state (its generation,
+/// which standbys register as followed).
+macro_rules! count_shared_gen {
+    () => {
+        "g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen')"
+    };
+}
+
+/// Counts a change of the shared state and wakes the other instances to
+/// follow it: `$1` the channel, `$2` [`cluster::SHARED_NOTICE`].
+const SHARED_CHANGED: &str = concat!("WITH ", count_shared_gen!(), " SELECT pg_notify($1, $2)");
 
 /// Notes the other instances follow (tokens, subscriber bindings): a write
 /// of one counts the shared generation and wakes them.
@@ -408,7 +413,7 @@ impl PgStore {
     }
 
     fn usable(&self) -> Result<(), StoreError> {
-        if self.inner.closed.load(Ordering::SeqCst) {
+        if self.is_closed() {
             return Err(StoreError::Engine(
                 "the store is closed (server shutting down); retry on the restarted server".into(),
             ));
@@ -1295,9 +1300,11 @@ impl Store for PgStore {
             (Some(v), true) => {
                 client
                     .execute(
-                        "WITH n AS (INSERT INTO tm_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value), \
-                         g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
-                         SELECT pg_notify($3, $4)",
+                        concat!(
+                            "WITH n AS (INSERT INTO tm_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value), ",
+                            count_shared_gen!(),
+                            " SELECT pg_notify($3, $4)"
+                        ),
                         &[&name, &v, &self.channel(), &cluster::SHARED_NOTICE],
                     )
                     .await
@@ -1305,9 +1312,11 @@ impl Store for PgStore {
             (None, true) => {
                 client
                     .execute(
-                        "WITH n AS (DELETE FROM tm_meta WHERE name = $1), \
-                         g AS (UPDATE tm_meta SET value = (value::bigint + 1)::text WHERE name = 'shared_gen') \
-                         SELECT pg_notify($2, $3)",
+                        concat!(
+                            "WITH n AS (DELETE FROM tm_meta WHERE name = $1), ",
+                            count_shared_gen!(),
+                            " SELECT pg_notify($2, $3)"
+                        ),
                         &[&name, &self.channel(), &cluster::SHARED_NOTICE],
                     )
                     .await

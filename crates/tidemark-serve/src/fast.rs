@@ -94,6 +94,15 @@ where
     // The whole next head is due by then (not each read of it: a head
     // trickling in a byte at a time must not hold the connection).
     let mut due = tokio::time::Instant::now() + header_timeout;
+    // Armed once per connection, not per request: the timer is moved to
+    // `due` only when it fires before it (at most once per
+    // `header_timeout`), and the two cancellations stay registered, so a
+    // request costs no timer-wheel or waiter-list update.
+    let timer = tokio::time::sleep_until(due);
+    let evicted = slot.conn.evict.cancelled();
+    let stopping = shutdown.cancelled();
+    tokio::pin!(timer, evicted, stopping);
+    let mut reads = 0u32;
     loop {
         // Answer every whole head read, in order.
         loop {
@@ -146,16 +155,32 @@ where
             slot.conn.answered(false);
             due = tokio::time::Instant::now() + header_timeout;
         }
-        // The next head (or the rest of this one), under the deadline.
-        let read = tokio::select! {
-            r = tokio::time::timeout_at(due, stream.read_buf(&mut buf)) => r,
-            _ = slot.conn.evict.cancelled() => return Left::Closed,
-            _ = shutdown.cancelled() => return Left::Closed,
+        // The next head (or the rest of this one), under the deadline. A
+        // read that is ready goes first; eviction and shutdown are looked
+        // at whenever it waits, and every 32nd read, so a peer that never
+        // stops sending cannot hold them off.
+        reads = reads.wrapping_add(1);
+        if reads.is_multiple_of(32) && (slot.conn.evict.is_cancelled() || shutdown.is_cancelled()) {
+            return Left::Closed;
+        }
+        let read = loop {
+            tokio::select! {
+                biased;
+                r = stream.read_buf(&mut buf) => break Some(r),
+                _ = &mut evicted => return Left::Closed,
+                _ = &mut stopping => return Left::Closed,
+                _ = &mut timer => {
+                    if tokio::time::Instant::now() >= due {
+                        break None;
+                    }
+                    timer.as_mut().reset(due);
+                }
+            }
         };
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return Left::Closed,
-            Ok(Ok(_)) => slot.conn.heard(),
-            Err(_) => {
+            Some(Ok(0)) | Some(Err(_)) => return Left::Closed,
+            Some(Ok(_)) => slot.conn.heard(),
+            None => {
                 stats.timed_out.inc();
                 tracing::debug!(%peer, "request headers too slow; connection closed");
                 return Left::Closed;
@@ -217,6 +242,11 @@ mod tests {
     /// A front door whose hot route answers `GET /hot` and whose router
     /// answers `GET /routed`; returns its address.
     async fn front_door(fast_path: bool) -> SocketAddr {
+        front_door_with(fast_path, Duration::from_secs(5)).await
+    }
+
+    /// The same, with a head deadline of `header_timeout`.
+    async fn front_door_with(fast_path: bool, header_timeout: Duration) -> SocketAddr {
         fn hit(_: &(), _: SocketAddr, head: &Parts) -> Option<Response<Bytes>> {
             if head.uri.path() != "/hot" {
                 return None;
@@ -248,7 +278,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let settings = Settings {
             max_connections: 8,
-            header_timeout: Duration::from_secs(5),
+            header_timeout,
             body_timeout: Duration::from_secs(5),
             fast_path,
         };
@@ -359,6 +389,41 @@ mod tests {
         let n = s.read(&mut chunk).await.unwrap();
         let text = String::from_utf8_lossy(&chunk[..n]);
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    }
+
+    /// The head deadline counts from the previous answer: a connection
+    /// that was answered lives on past its first deadline (the timer,
+    /// armed once, moves when it fires early), and a head that then does
+    /// not come whole in time is still cut off.
+    #[tokio::test]
+    async fn the_head_deadline_moves_with_each_answer() {
+        let timeout = Duration::from_millis(1000);
+        let addr = front_door_with(true, timeout).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let hot = b"GET /hot HTTP/1.1\r\nHost: x\r\n\r\n";
+        let started = tokio::time::Instant::now();
+        let mut chunk = [0u8; 1024];
+        // Answered at about 0.7 s and 1.4 s: the second past the first
+        // deadline (1 s), inside the one the first answer set (1.7 s).
+        for at in [700, 1400] {
+            tokio::time::sleep_until(started + Duration::from_millis(at)).await;
+            s.write_all(hot).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            let text = String::from_utf8_lossy(&chunk[..n]);
+            assert!(text.starts_with("HTTP/1.1 200 OK"), "at {at} ms: {text}");
+        }
+        // Half a head, never finished: closed about a second later.
+        s.write_all(b"GET /hot HTTP/1.1\r\n").await.unwrap();
+        let sent = tokio::time::Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("closed in time")
+            .unwrap();
+        assert_eq!(n, 0, "closed without an answer");
+        assert!(sent.elapsed() >= timeout / 2, "{:?}", sent.elapsed());
     }
 
     /// Heads hyper would refuse with an empty body (a very long path, a

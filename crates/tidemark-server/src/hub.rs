@@ -153,27 +153,22 @@ impl Hub {
         Some(next)
     }
 
-    fn shard(&self, slot: &KeySlot) -> &Mutex<HashMap<Box<str>, Vec<SubscriberId>>> {
-        &self.shards[slot.shard()]
-    }
-
     /// Records that `subscriber` holds `table/key`. Call before reading.
     pub fn register(&self, subscriber: SubscriberId, table: &str, key: &str) {
-        let slot = KeySlot::new(table, key);
-        let added = {
-            let mut shard = self.shard(&slot).lock();
-            match shard.get_mut(slot.as_str()) {
+        let added = KeySlot::with(table, key, |name, i| {
+            let mut shard = self.shards[i].lock();
+            match shard.get_mut(name) {
                 Some(ids) if ids.contains(&subscriber) => false,
                 Some(ids) => {
                     ids.push(subscriber);
                     true
                 }
                 None => {
-                    shard.insert(slot.into_string().into_boxed_str(), vec![subscriber]);
+                    shard.insert(name.into(), vec![subscriber]);
                     true
                 }
             }
-        };
+        });
         if added {
             let over = {
                 let mut held = self.held.lock();
@@ -275,21 +270,19 @@ impl Hub {
 
     /// The subscribers that hold `table/key`.
     pub fn holders(&self, table: &str, key: &str) -> Vec<SubscriberId> {
-        let slot = KeySlot::new(table, key);
-        self.shard(&slot)
-            .lock()
-            .get(slot.as_str())
-            .cloned()
-            .unwrap_or_default()
+        KeySlot::with(table, key, |name, i| {
+            self.shards[i].lock().get(name).cloned().unwrap_or_default()
+        })
     }
 
     /// Whether `subscriber` holds `table/key`.
     pub fn holds(&self, subscriber: SubscriberId, table: &str, key: &str) -> bool {
-        let slot = KeySlot::new(table, key);
-        self.shard(&slot)
-            .lock()
-            .get(slot.as_str())
-            .is_some_and(|ids| ids.contains(&subscriber))
+        KeySlot::with(table, key, |name, i| {
+            self.shards[i]
+                .lock()
+                .get(name)
+                .is_some_and(|ids| ids.contains(&subscriber))
+        })
     }
 
     /// Queues committed changes, in seq order; those at or below the

@@ -16,8 +16,8 @@
 
 use bytes::Bytes;
 use lru::LruCache;
-use parking_lot::Mutex;
-use std::num::NonZeroUsize;
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tidemark_api::keyslot::{per_shard, KeySlot, SHARDS};
 
 /// A cached answer: status (200 or 404) and body.
@@ -29,12 +29,53 @@ pub struct Cached {
     pub version: Option<tidemark_api::Version>,
 }
 
+/// An answer as held, with its mark for the second chance: set by a read
+/// (under the shared lock, so reads never reorder the list), cleared when
+/// eviction passes it over.
+struct Held {
+    cached: Cached,
+    used: AtomicBool,
+}
+
 struct Shard {
-    map: LruCache<Box<str>, Cached>,
+    /// In fill order; reads do not move entries (see [`Shard::evict_one`]).
+    map: LruCache<Box<str>, Held>,
     generation: u64,
     /// Bytes held (keys and bodies); kept under the shard's byte budget.
     bytes: usize,
     max_bytes: usize,
+    max_entries: usize,
+}
+
+/// Entries eviction passes over (moved to the front, mark cleared) before
+/// it takes the oldest whatever its mark: bounds a fill's work.
+const SECOND_CHANCES: usize = 8;
+
+impl Shard {
+    /// Drops one answer: the oldest not read since eviction last passed
+    /// it (the oldest of all after `SECOND_CHANCES` read ones). False if
+    /// empty.
+    fn evict_one(&mut self) -> bool {
+        for _ in 0..SECOND_CHANCES {
+            let read = match self.map.peek_lru() {
+                Some((_, held)) => held.used.swap(false, Ordering::Relaxed),
+                None => return false,
+            };
+            if !read {
+                break;
+            }
+            if let Some((key, held)) = self.map.pop_lru() {
+                self.map.push(key, held);
+            }
+        }
+        match self.map.pop_lru() {
+            Some((key, held)) => {
+                self.bytes -= cost(&key, &held.cached);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn cost(key: &str, c: &Cached) -> usize {
@@ -49,7 +90,7 @@ pub struct Ticket {
 }
 
 pub struct ReadCache {
-    shards: Vec<Mutex<Shard>>,
+    shards: Vec<RwLock<Shard>>,
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -58,24 +99,23 @@ impl std::fmt::Debug for ReadCache {
     }
 }
 
-fn slot(table: &str, key: &str) -> (usize, String) {
-    let s = KeySlot::new(table, key);
-    (s.shard(), s.into_string())
-}
-
 impl ReadCache {
     /// `None` when `capacity` is 0 (cache off). Holds at most `capacity`
     /// answers and about `max_bytes` bytes, whichever is reached first.
     pub fn new(capacity: usize, max_bytes: usize) -> Option<Self> {
-        let per = NonZeroUsize::new(per_shard(capacity))?;
+        let per = per_shard(capacity);
+        if per == 0 {
+            return None;
+        }
         Some(Self {
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(Shard {
-                        map: LruCache::new(per),
+                    RwLock::new(Shard {
+                        map: LruCache::unbounded(),
                         generation: 0,
                         bytes: 0,
                         max_bytes: max_bytes.div_ceil(SHARDS).max(1),
+                        max_entries: per,
                     })
                 })
                 .collect(),
@@ -84,43 +124,52 @@ impl ReadCache {
 
     /// The cached answer, or a ticket to fill it after reading the store.
     pub fn get(&self, table: &str, key: &str) -> Result<Cached, Ticket> {
-        let (i, s) = slot(table, key);
-        let mut shard = self.shards[i].lock();
-        match shard.map.get(s.as_str()) {
-            Some(c) => Ok(c.clone()),
-            None => Err(Ticket {
-                shard: i,
-                generation: shard.generation,
-            }),
-        }
+        KeySlot::with(table, key, |name, i| {
+            let shard = self.shards[i].read();
+            match shard.map.peek(name) {
+                Some(held) => {
+                    if !held.used.load(Ordering::Relaxed) {
+                        held.used.store(true, Ordering::Relaxed);
+                    }
+                    Ok(held.cached.clone())
+                }
+                None => Err(Ticket {
+                    shard: i,
+                    generation: shard.generation,
+                }),
+            }
+        })
     }
 
     /// Caches an answer read from the store, unless a commit touched the
     /// shard since the ticket was taken.
     pub fn fill(&self, ticket: Ticket, table: &str, key: &str, cached: Cached) {
-        let (i, s) = slot(table, key);
-        debug_assert_eq!(i, ticket.shard);
-        let mut shard = self.shards[i].lock();
-        if shard.generation == ticket.generation {
-            if let Some(held) = shard.map.peek(s.as_str()) {
-                if held.version > cached.version {
-                    return;
-                }
-            }
-            let add = cost(&s, &cached);
-            if add > shard.max_bytes {
+        let slot = KeySlot::new(table, key);
+        debug_assert_eq!(slot.shard(), ticket.shard);
+        let mut shard = self.shards[slot.shard()].write();
+        if shard.generation != ticket.generation {
+            return;
+        }
+        if let Some(held) = shard.map.peek(slot.as_str()) {
+            if held.cached.version > cached.version {
                 return;
             }
-            shard.bytes += add;
-            let key = s.into_boxed_str();
-            if let Some((k, old)) = shard.map.push(key, cached) {
-                shard.bytes -= cost(&k, &old);
-            }
-            while shard.bytes > shard.max_bytes {
-                match shard.map.pop_lru() {
-                    Some((k, old)) => shard.bytes -= cost(&k, &old),
-                    None => break,
-                }
+        }
+        let add = cost(slot.as_str(), &cached);
+        if add > shard.max_bytes {
+            return;
+        }
+        shard.bytes += add;
+        let held = Held {
+            cached,
+            used: AtomicBool::new(false),
+        };
+        if let Some((k, old)) = shard.map.push(slot.into_string().into_boxed_str(), held) {
+            shard.bytes -= cost(&k, &old.cached);
+        }
+        while shard.bytes > shard.max_bytes || shard.map.len() > shard.max_entries {
+            if !shard.evict_one() {
+                break;
             }
         }
     }
@@ -128,7 +177,7 @@ impl ReadCache {
     /// Forgets everything (a commit's outcome is unknown).
     pub fn clear(&self) {
         for shard in &self.shards {
-            let mut shard = shard.lock();
+            let mut shard = shard.write();
             shard.generation += 1;
             shard.map.clear();
             shard.bytes = 0;
@@ -137,12 +186,13 @@ impl ReadCache {
 
     /// Forgets a changed key. Call after its commit.
     pub fn invalidate(&self, table: &str, key: &str) {
-        let (i, s) = slot(table, key);
-        let mut shard = self.shards[i].lock();
-        shard.generation += 1;
-        if let Some(old) = shard.map.pop(s.as_str()) {
-            shard.bytes -= cost(&s, &old);
-        }
+        KeySlot::with(table, key, |name, i| {
+            let mut shard = self.shards[i].write();
+            shard.generation += 1;
+            if let Some(old) = shard.map.pop(name) {
+                shard.bytes -= cost(name, &old.cached);
+            }
+        })
     }
 }
 
@@ -223,15 +273,49 @@ mod tests {
                 },
             );
         }
-        let held: usize = cache.shards.iter().map(|s| s.lock().bytes).sum();
-        let count: usize = cache.shards.iter().map(|s| s.lock().map.len()).sum();
+        let held: usize = cache.shards.iter().map(|s| s.read().bytes).sum();
+        let count: usize = cache.shards.iter().map(|s| s.read().map.len()).sum();
         assert!(held <= 64 * 4096, "{held} bytes held");
         assert!(count > 0 && count < 10_000, "{count} answers kept");
         let recomputed: usize = cache
             .shards
             .iter()
-            .map(|s| s.lock().map.iter().map(|(k, c)| cost(k, c)).sum::<usize>())
+            .map(|s| {
+                s.read()
+                    .map
+                    .iter()
+                    .map(|(k, h)| cost(k, &h.cached))
+                    .sum::<usize>()
+            })
             .sum();
         assert_eq!(held, recomputed, "the byte count is exact");
+    }
+
+    /// A read entry outlives unread ones older than it (its second
+    /// chance); the count bound holds.
+    #[test]
+    fn an_answer_read_since_it_came_outlives_unread_ones() {
+        // One entry per shard at most: fill keys of one shard only.
+        let cache = ReadCache::new(SHARDS * 3, usize::MAX).unwrap();
+        let shard_of = |k: &str| KeySlot::new("t", k).shard();
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| shard_of(k) == shard_of("k0"))
+            .take(5)
+            .collect();
+        let fill = |k: &str| {
+            let t = cache.get("t", k).unwrap_err();
+            cache.fill(t, "t", k, c("v"));
+        };
+        for k in &keys[..3] {
+            fill(k);
+        }
+        assert!(cache.get("t", &keys[0]).is_ok(), "the oldest is read");
+        fill(&keys[3]);
+        assert!(cache.get("t", &keys[0]).is_ok(), "read: kept");
+        assert!(cache.get("t", &keys[1]).is_err(), "the oldest unread went");
+        fill(&keys[4]);
+        let kept = keys.iter().filter(|k| cache.get("t", k).is_ok()).count();
+        assert_eq!(kept, 3, "at most 3 per shard");
     }
 }

@@ -195,13 +195,14 @@ impl Cache {
 
     /// `f` of the entry for a key, if cached, under its shard's read lock.
     pub fn read<R>(&self, table: &str, key: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let slot = KeySlot::new(table, key);
-        let shard = self.shard(&slot).read();
-        let e = shard.peek(slot.as_str())?;
-        if !e.used.load(Ordering::Relaxed) {
-            e.used.store(true, Ordering::Relaxed);
-        }
-        Some(f(e))
+        KeySlot::with(table, key, |name, i| {
+            let shard = self.shards[i].read();
+            let e = shard.peek(name)?;
+            if !e.used.load(Ordering::Relaxed) {
+                e.used.store(true, Ordering::Relaxed);
+            }
+            Some(f(e))
+        })
     }
 
     /// Offers an answer; returns what the cache holds afterwards. An older

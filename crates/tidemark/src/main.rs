@@ -42,14 +42,17 @@ fn main() -> ExitCode {
     // operator must act on (warnings): its failure is the one line below
     // (CONTRACT.md), not the retries and steps before it (RUST_LOG shows
     // those).
-    let default_filter = match &cli.command {
+    let role = matches!(
+        &cli.command,
         cli::Command::Server(_)
-        | cli::Command::Service(_)
-        | cli::Command::Demo(_)
-        | cli::Command::Bench(_) => "info",
-        _ => "warn",
-    };
-    tidemark_telemetry::init_logging(format, default_filter);
+            | cli::Command::Service(_)
+            | cli::Command::Demo(_)
+            | cli::Command::Bench(_)
+    );
+    tidemark_telemetry::init_logging(format, if role { "info" } else { "warn" });
+    if !role {
+        quiet_on_closed_output();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,6 +75,19 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+/// A client command whose output goes into a reader that stopped early
+/// (`| head`) ends there, quietly, as any Unix tool does; Rust ignores
+/// SIGPIPE, so the print would fail and panic instead. The roles keep
+/// ignoring it (a peer that left is their business, not a reason to die).
+/// Sockets are unaffected either way: they are written with MSG_NOSIGNAL.
+fn quiet_on_closed_output() {
+    // SAFETY: sets the disposition of one signal to its default, before
+    // any thread that could depend on it is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -91,6 +91,7 @@ pub async fn watch(
         caller: caller.0.clone(),
         lease_now: false,
         last_lease: tokio::time::Instant::now(),
+        last_id: None,
     };
     let events = futures::stream::unfold(state, move |mut st| {
         let cluster = cluster.clone();
@@ -99,7 +100,8 @@ pub async fn watch(
                 // Right after `synced`: the service server vouches for its
                 // cache from here, not a tick later.
                 st.last_lease = tokio::time::Instant::now();
-                return lease(cluster.as_deref()).map(|ev| ((None, ev), st));
+                let id = st.last_id.clone();
+                return lease(cluster.as_deref()).map(|ev| ((id, ev), st));
             }
             if behind_too_long(st.rx.len(), st.last_lease.elapsed()) {
                 // Changes keep coming faster than they go out, so the tick
@@ -108,7 +110,8 @@ pub async fn watch(
                 // without one) and vouches for no cache the queue has not
                 // reached.
                 st.last_lease = tokio::time::Instant::now();
-                return lease(cluster.as_deref()).map(|ev| ((None, vouching_nothing(ev)), st));
+                let id = st.last_id.clone();
+                return lease(cluster.as_deref()).map(|ev| ((id, vouching_nothing(ev)), st));
             }
             let tick = async {
                 match st.check.as_mut() {
@@ -128,11 +131,13 @@ pub async fn watch(
                 next = st.rx.recv() => {
                     let (id, ev) = next?;
                     st.lease_now = matches!(ev, WatchEvent::Synced(_));
+                    st.last_id = Some(id.clone());
                     Some(((Some(id), ev), st))
                 }
                 _ = tick => {
                     st.last_lease = tokio::time::Instant::now();
-                    lease(cluster.as_deref()).map(|ev| ((None, ev), st))
+                    let id = st.last_id.clone();
+                    lease(cluster.as_deref()).map(|ev| ((id, ev), st))
                 }
             }
         }
@@ -194,6 +199,9 @@ struct OpenStream {
     lease_now: bool,
     /// When the last `lease` went out.
     last_lease: tokio::time::Instant,
+    /// The id of the last event sent, which a `lease` repeats (CONTRACT.md:
+    /// every event has an id; a `lease` moves no resume position).
+    last_id: Option<String>,
 }
 
 /// The `lease` event of an instance that is not cut off; `None` (the

@@ -1095,6 +1095,15 @@ impl Store for PgStore {
                                 .await
                                 .map_err(engine_error)?;
                         }
+                    } else {
+                        // As on SQLite: a source that began its list is
+                        // awaited until its final chunk (P6).
+                        tx.execute(
+                            "INSERT INTO tm_recovery_sources (source, final, waived) SELECT $1, false, false WHERE NOT EXISTS (SELECT 1 FROM tm_meta WHERE name = 'schedule_final' AND value = '1') ON CONFLICT (source) DO NOTHING",
+                            &[&source],
+                        )
+                        .await
+                        .map_err(engine_error)?;
                     }
                     Ok((added, dropped))
                 })

@@ -849,11 +849,21 @@ async fn duplicate(
             .await
             .map_err(pg)?
             .get(0);
+            // The log still starts at the first change ever (seq 1): nothing
+            // was pruned, so an order it lacks was never applied.
+            let whole: bool = q_one(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM tm_changes WHERE seq = 1)",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
             match oldest {
                 // Below what the log still holds: applied long ago, pruned since.
-                Some(o) if (order.seq as i64) < o => Ok(ack(None)),
-                None => Ok(ack(None)),
-                Some(_) => Err(StoreError::OutOfOrder {
+                Some(o) if (order.seq as i64) < o && !whole => Ok(ack(None)),
+                None if !whole => Ok(ack(None)),
+                _ => Err(StoreError::OutOfOrder {
                     index,
                     source_name: order.source.clone(),
                     seq: order.seq,

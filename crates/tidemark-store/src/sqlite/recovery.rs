@@ -187,6 +187,14 @@ pub(super) async fn add_flags(
             if waiting == 0 {
                 meta_set(&tx, "schedule_final", "1")?;
             }
+        } else if meta_get(&tx, "schedule_final")?.as_deref() != Some("1") {
+            // A source that began its list is awaited until its final
+            // chunk, known to the restored data or not: every read stays
+            // recovering until then (P6).
+            tx.execute(
+                "INSERT INTO tm_recovery_sources (source, final, waived) VALUES (?1, 0, 0) ON CONFLICT(source) DO NOTHING",
+                params![source],
+            )?;
         }
         // Counted before the flags are visible, uncounted after they are
         // gone: a read that finds no flag rows skips the lookup, so the

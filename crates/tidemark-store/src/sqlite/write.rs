@@ -408,21 +408,22 @@ impl SqliteStore {
                 let oldest: Option<i64> = conn
                     .prepare_cached("SELECT min(source_seq) FROM tm_changes WHERE source = ?1")?
                     .query_row(params![order.source], |r| r.get(0))?;
+                // The log still starts at the first change ever (seq 1):
+                // nothing was pruned, so an order it lacks was never applied.
+                let whole: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM tm_changes WHERE seq = 1)")?
+                    .query_row([], |r| r.get(0))?;
+                let pruned = OrderResult {
+                    source: order.source.clone(),
+                    seq: order.seq,
+                    version: None,
+                    duplicate: true,
+                };
                 match oldest {
                     // Below what the log still holds: applied long ago, pruned since.
-                    Some(o) if (order.seq as i64) < o => Ok(OrderResult {
-                        source: order.source.clone(),
-                        seq: order.seq,
-                        version: None,
-                        duplicate: true,
-                    }),
-                    None => Ok(OrderResult {
-                        source: order.source.clone(),
-                        seq: order.seq,
-                        version: None,
-                        duplicate: true,
-                    }),
-                    Some(_) => Err(StoreError::OutOfOrder {
+                    Some(o) if (order.seq as i64) < o && !whole => Ok(pruned),
+                    None if !whole => Ok(pruned),
+                    _ => Err(StoreError::OutOfOrder {
                         index,
                         source_name: order.source.clone(),
                         seq: order.seq,

@@ -142,6 +142,39 @@ pub(super) async fn idempotency(store: &dyn Store) {
         Err(StoreError::OutOfOrder { .. })
     ));
     assert_eq!(store.high_water_marks().await.unwrap()["ops-2"], 5);
+
+    // Below the first order a source sent, with nothing ever pruned from
+    // the log: never applied, so refused, not acknowledged and dropped.
+    apply_ok(
+        store,
+        order("ops-2b", 10, "first-10", Op::Upsert, json!({"plan": "a"})),
+    )
+    .await;
+    assert!(matches!(
+        store
+            .apply(vec![order("ops-2b", 5, "first-5", Op::Upsert, json!({}))])
+            .await,
+        Err(StoreError::OutOfOrder { seq: 5, .. })
+    ));
+    // The same inside one batch: nothing of it is applied.
+    assert!(matches!(
+        store
+            .apply(vec![
+                order("ops-2c", 3, "batch-3", Op::Upsert, json!({})),
+                order("ops-2c", 2, "batch-2", Op::Upsert, json!({})),
+            ])
+            .await,
+        Err(StoreError::OutOfOrder { index: 1, .. })
+    ));
+    for key in ["first-5", "batch-3", "batch-2"] {
+        let got = store.get("subscriber", key).await.unwrap();
+        assert!(got.record.is_none(), "{key} was not applied");
+    }
+    assert!(!store
+        .high_water_marks()
+        .await
+        .unwrap()
+        .contains_key("ops-2c"));
 }
 
 pub(super) async fn atomic_batches(store: &dyn Store) {

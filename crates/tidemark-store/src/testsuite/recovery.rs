@@ -690,8 +690,24 @@ pub(super) async fn expected_sources(store: &dyn Store) {
         (false, vec!["later".to_owned()]),
         "the expected source is still awaited"
     );
+    // A source nobody named that begins its list is awaited too, until
+    // its final chunk.
+    store
+        .add_flags("unnamed", vec![], false, vec![])
+        .await
+        .unwrap();
     store
         .add_flags("later", vec![], true, vec![])
+        .await
+        .unwrap();
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!(
+        (m.schedule_final, m.waiting_for_sources),
+        (false, vec!["unnamed".to_owned()]),
+        "a source that began its list is awaited"
+    );
+    store
+        .add_flags("unnamed", vec![], true, vec![])
         .await
         .unwrap();
     let m = store.recovery_meta().await.unwrap();

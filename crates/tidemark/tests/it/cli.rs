@@ -23,6 +23,31 @@ fn every_subcommand_has_help() {
     }
 }
 
+/// A client command whose output reader has gone (`| head`, `| true`)
+/// ends quietly: no panic, no backtrace, as any Unix tool.
+#[test]
+fn a_client_command_piped_into_a_closed_reader_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // every write to the pipe now fails (EPIPE)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["backup", "list"])
+        .arg(tmp.path())
+        .arg("--json")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}
+
 #[test]
 fn bad_usage_exits_2_and_failures_exit_1() {
     let tmp = tempfile::tempdir().unwrap();

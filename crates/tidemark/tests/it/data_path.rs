@@ -263,6 +263,51 @@ async fn a_killed_service_server_catches_up_through_last_event_id_on(engine: Eng
     );
 }
 
+/// CONTRACT.md: every event of a watch stream has an id. A `lease` moves
+/// no resume position, so it repeats the id of the event before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_watch_event_has_an_id_and_a_lease_repeats_the_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let mut resp = reqwest::get(format!("{}/v1/watch?subscriber=ids", db.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // (event, id) of each event, until two leases came.
+    let mut events: Vec<(String, Option<String>)> = Vec::new();
+    let mut text = String::new();
+    while events.iter().filter(|(e, _)| e == "lease").count() < 2 {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("events in time")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            if let Some(event) = field("event:") {
+                events.push((event, field("id:")));
+            }
+        }
+    }
+    assert_eq!(events[0].0, "hello", "{events:?}");
+    for (i, (event, id)) in events.iter().enumerate() {
+        assert!(id.is_some(), "event {i} ({event}) has no id: {events:?}");
+        if event == "lease" {
+            assert_eq!(
+                id,
+                &events[i - 1].1,
+                "a lease repeats the last id: {events:?}"
+            );
+        }
+    }
+}
+
 /// P3, P11: a DB server restart (interest lost) makes caches revalidate;
 /// on PostgreSQL the service server declares its interest and resumes.
 #[tokio::test(flavor = "multi_thread")]

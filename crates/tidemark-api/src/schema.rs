@@ -298,6 +298,10 @@ fn describe(value: &serde_json::Value) -> String {
         Value::Number(n) if n.is_u64() => {
             "an integer above 9223372036854775807 (integer columns are 64-bit signed)".into()
         }
+        // Past u64: serde_json reads it as a float, integral or not.
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+            "an integer beyond 64 bits (integer columns are 64-bit signed)".into()
+        }
         Value::Number(_) => "a non-integer number".into(),
         Value::String(s) => format!("the string {:?}", truncate(s)),
         Value::Array(_) => "an array".into(),
@@ -356,6 +360,13 @@ mod tests {
                 Err(InvalidInput::FieldType { .. })
             ));
         }
+        // An integer past 64 bits is named as one, not as a fraction.
+        let huge: serde_json::Value = serde_json::from_str("99999999999999999999999").unwrap();
+        let err = s
+            .validate_fields("subscriber", &fields(json!({"credit_limit": huge})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("an integer beyond 64 bits"), "{err}");
     }
 
     #[test]

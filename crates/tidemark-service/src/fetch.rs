@@ -266,14 +266,26 @@ fn stale_data(table: &str, key: &str) -> ReadError {
     }
 }
 
+/// Why a read the DB server did not answer gets nothing from the cache:
+/// it holds no copy, or the read takes only the latest data and the copy
+/// cannot be confirmed current.
+fn no_fallback(shared: &Shared, table: &str, key: &str, freshness: Freshness) -> &'static str {
+    if freshness == Freshness::Latest && shared.cache.get(table, key).is_some() {
+        "this read takes only the latest data, and the cached copy cannot be confirmed current without the DB server (send 'Tidemark-Freshness: stale-ok' to accept data that may be outdated)"
+    } else {
+        "this read has no cached answer to fall back on"
+    }
+}
+
 /// A read whose deadline passed with the DB server not answering.
-fn db_unavailable(shared: &Shared) -> ReadError {
+fn db_unavailable(shared: &Shared, table: &str, key: &str, freshness: Freshness) -> ReadError {
     ReadError {
         code: ErrorCode::DbUnavailable,
         status: 503,
         message: format!(
-            "the DB server did not answer within this read's deadline ({} ms, latest_deadline_ms) and this read has no cached answer to fall back on; retry later",
-            shared.config.latest_deadline_ms
+            "the DB server did not answer within this read's deadline ({} ms, latest_deadline_ms) and {}; retry later",
+            shared.config.latest_deadline_ms,
+            no_fallback(shared, table, key, freshness)
         ),
         retry_after: Some(1),
     }
@@ -281,11 +293,11 @@ fn db_unavailable(shared: &Shared) -> ReadError {
 
 /// A read the DB server refused because of this service server's own
 /// token: said at once, without the DB server's details.
-fn credentials_refused() -> ReadError {
+fn credentials_refused(why: &str) -> ReadError {
     ReadError {
         code: ErrorCode::DbUnavailable,
         status: 503,
-        message: "the DB server refused this service server's token, and this read has no cached answer to fall back on; the operator must give the service server a valid token (its log says more); retry later".into(),
+        message: format!("the DB server refused this service server's token, and {why}; the operator must give the service server a valid token (its log says more); retry later"),
         retry_after: Some(5),
     }
 }
@@ -330,7 +342,7 @@ pub async fn read(
                 // Woken at the deadline: a request now would have no time
                 // to be answered (and its timeout would blame the DB server).
                 return Err(if db_failed {
-                    db_unavailable(shared)
+                    db_unavailable(shared, table, key, freshness)
                 } else {
                     shared.metrics.deadline_503.inc();
                     stale_data(table, key)
@@ -366,7 +378,7 @@ pub async fn read(
             if let Some(served) = fallback(shared, table, key, freshness) {
                 return Ok(served);
             }
-            return Err(db_unavailable(shared));
+            return Err(db_unavailable(shared, table, key, freshness));
         };
         match answer {
             Ok(read) => {
@@ -433,7 +445,9 @@ pub async fn read(
                     // hold the terminal.
                     let name_taken = error.message.starts_with("subscriber '");
                     if *status == 401 || (*status == 403 && !name_taken) {
-                        return Err(credentials_refused());
+                        return Err(credentials_refused(no_fallback(
+                            shared, table, key, freshness,
+                        )));
                     }
                 }
                 if Instant::now() >= deadline {
@@ -441,7 +455,8 @@ pub async fn read(
                         code: ErrorCode::DbUnavailable,
                         status: 503,
                         message: format!(
-                            "{e}; this read has no cached answer to fall back on, retry later"
+                            "{e}; {}; retry later",
+                            no_fallback(shared, table, key, freshness)
                         ),
                         retry_after: Some(1),
                     });

@@ -52,7 +52,13 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
     let Some(first) = lines.next() else {
         return Ok(None);
     };
-    let header: Header = serde_json::from_str(&first?).with_context(|| {
+    let first = first.with_context(|| {
+        format!(
+            "{} cannot be read as a cache snapshot; delete it to start cold",
+            path.display()
+        )
+    })?;
+    let header: Header = serde_json::from_str(&first).with_context(|| {
         format!(
             "{} is not a cache snapshot; delete it to start cold",
             path.display()
@@ -64,8 +70,11 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
     }
     let mut answers = Vec::new();
     for line in lines {
-        let line = line?;
-        match serde_json::from_str(&line) {
+        // A damaged byte (not UTF-8) is damage like any other.
+        let parsed = line
+            .map_err(anyhow::Error::from)
+            .and_then(|l| Ok(serde_json::from_str(&l)?));
+        match parsed {
             Ok(a) => answers.push(a),
             Err(_) => {
                 // A torn snapshot is not trusted at all.
@@ -158,5 +167,31 @@ pub async fn worker(shared: Arc<Shared>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "cache snapshot failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "cache snapshot task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache is disposable: a snapshot damaged after its header (a torn
+    /// line, a byte that is not UTF-8) starts the cache cold instead of
+    /// stopping the service server.
+    #[test]
+    fn a_damaged_snapshot_starts_cold() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = serde_json::json!({"format": FORMAT, "id": "svc", "last_event_id": null});
+        let header = header.to_string();
+        let path = dir.path().join(FILE);
+        for body in [&b"{\"torn"[..], &b"{\"key\": \"\xff\xfe\"}"[..]] {
+            let mut bytes = format!("{header}\n").into_bytes();
+            bytes.extend_from_slice(body);
+            bytes.push(b'\n');
+            std::fs::write(&path, bytes).unwrap();
+            assert!(load(dir.path(), "svc").unwrap().is_none());
+        }
+        std::fs::write(&path, b"\xff\xfe\n").unwrap();
+        let err = load(dir.path(), "svc").unwrap_err().to_string();
+        assert!(err.contains("delete it to start cold"), "{err}");
     }
 }

@@ -24,7 +24,10 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
             return Err(invalid(InvalidInput::SeqTooLarge(order.seq)));
         }
         if order.source.chars().any(char::is_control) {
-            return Err(invalid(InvalidInput::Source(order.source.len())));
+            return Err(invalid(InvalidInput::BadName {
+                what: "source",
+                got: order.source.chars().take(64).collect(),
+            }));
         }
         validate_key(&order.key).map_err(invalid)?;
         match order.op {

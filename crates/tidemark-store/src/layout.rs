@@ -111,6 +111,23 @@ pub fn existing_db_dir(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
 /// copy and the database lives directly in it.
 pub fn resolve_for_open(dir: &Path, owned: bool) -> Result<PathBuf, StoreError> {
     let found = existing_db_dir(dir)?;
+    if let Some(gen) = &found {
+        // A generation that lost its database (or had a data directory
+        // made inside it) is damage, not a fresh start: opening it would
+        // serve an empty store as current.
+        let db = gen.join(crate::sqlite::DB_FILE);
+        let traces = ["tidemark.db-wal", "LOCK", CURRENT];
+        if !db.exists() && traces.iter().any(|t| gen.join(t).exists()) {
+            return Err(data_dir_err(
+                dir,
+                format!(
+                    "the generation in use, {}, has no database but holds what a database or a data directory leaves behind; it is damaged: restore from a backup (tidemark restore --from BACKUP --data-dir {})",
+                    gen.display(),
+                    dir.display()
+                ),
+            ));
+        }
+    }
     if owned {
         remove_garbage(dir).map_err(|e| data_dir_err(dir, format!("cannot tidy up: {e}")))?;
     }
@@ -300,6 +317,29 @@ mod tests {
             fs::read_link(dir.path().join(CURRENT)).unwrap(),
             PathBuf::from("gen-000001")
         );
+    }
+
+    /// A generation in use whose database is gone, with traces of one (or
+    /// of a data directory made inside it), is refused, not opened empty;
+    /// an empty one (a first start cut short) is opened.
+    #[test]
+    fn a_generation_that_lost_its_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen = resolve_for_open(dir.path(), true).unwrap();
+        assert_eq!(resolve_for_open(dir.path(), true).unwrap(), gen);
+        for trace in ["tidemark.db-wal", "LOCK"] {
+            fs::write(gen.join(trace), b"").unwrap();
+            match resolve_for_open(dir.path(), true) {
+                Err(StoreError::DataDir { detail, .. }) => {
+                    assert!(detail.contains("restore from a backup"), "{detail}")
+                }
+                other => panic!("{trace}: expected a refusal, got {other:?}"),
+            }
+            fs::remove_file(gen.join(trace)).unwrap();
+        }
+        fs::write(gen.join(crate::sqlite::DB_FILE), b"").unwrap();
+        fs::write(gen.join("tidemark.db-wal"), b"").unwrap();
+        assert_eq!(resolve_for_open(dir.path(), true).unwrap(), gen);
     }
 
     #[test]

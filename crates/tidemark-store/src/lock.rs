@@ -20,6 +20,18 @@ impl DataDirLock {
     /// Takes the lock on `dir`, creating the directory if needed. `role`
     /// names the holder (e.g. `server`, `restore`).
     pub fn acquire(dir: &Path, role: &str) -> Result<Self, StoreError> {
+        if let Some(outer) = enclosing_data_dir(dir) {
+            // Its own lock would not be the one a server holds: a restore
+            // there would replace a live server's files (B4).
+            return Err(StoreError::DataDir {
+                path: dir.display().to_string(),
+                detail: format!(
+                    "it is inside the data directory {} (a generation or part of one, which only Tidemark manages); give --data-dir {}",
+                    outer.display(),
+                    outer.display()
+                ),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(|e| StoreError::DataDir {
             path: dir.display().to_string(),
             detail: format!("{e}; create it or choose another --data-dir"),
@@ -77,6 +89,33 @@ impl DataDirLock {
     }
 }
 
+/// The data directory `dir` lies inside, if any: the nearest ancestor of
+/// its real path (links resolved: `DATA/current` is its generation) that
+/// holds both a `LOCK` and a `current` link. A path that does not exist
+/// yet is judged by its nearest existing ancestor.
+fn enclosing_data_dir(dir: &Path) -> Option<std::path::PathBuf> {
+    let mut existing = dir;
+    let real = loop {
+        match existing.canonicalize() {
+            Ok(real) => break real,
+            Err(_) => existing = existing.parent()?,
+        }
+    };
+    // `dir` itself may be a data directory; only its ancestors are asked.
+    let from = if existing == dir {
+        real.parent()?
+    } else {
+        real.as_path()
+    };
+    from.ancestors()
+        .find(|a| {
+            a.join("LOCK").is_file()
+                && std::fs::symlink_metadata(a.join(crate::layout::CURRENT))
+                    .is_ok_and(|m| m.file_type().is_symlink())
+        })
+        .map(Path::to_path_buf)
+}
+
 impl Drop for DataDirLock {
     fn drop(&mut self) {
         let _ = FileExt::unlock(&self.file);
@@ -101,5 +140,33 @@ mod tests {
         drop(first);
         assert!(DataDirLock::holder(dir.path()).is_none());
         DataDirLock::acquire(dir.path(), "restore").unwrap();
+    }
+
+    /// B4: no part of a data directory is taken for a data directory of
+    /// its own (a restore there would replace a live server's files);
+    /// the data directory itself, and one beside it, still are.
+    #[test]
+    fn a_folder_inside_a_data_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let held = DataDirLock::acquire(&data, "server").unwrap();
+        crate::layout::resolve_for_open(&data, true).unwrap();
+        for inside in [
+            data.join("current"),
+            data.join("gen-000001"),
+            data.join("current").join("config"),
+            data.join("gen-000009"),
+        ] {
+            match DataDirLock::acquire(&inside, "restore") {
+                Err(StoreError::DataDir { detail, .. }) => {
+                    assert!(detail.contains(&data.display().to_string()), "{detail}")
+                }
+                other => panic!("{}: expected a refusal, got {other:?}", inside.display()),
+            }
+        }
+        assert!(!data.join("gen-000009").exists(), "nothing was created");
+        drop(held);
+        DataDirLock::acquire(&data, "restore").unwrap();
+        DataDirLock::acquire(&tmp.path().join("beside"), "restore").unwrap();
     }
 }

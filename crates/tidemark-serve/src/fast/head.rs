@@ -46,6 +46,9 @@ pub fn parse(buf: &[u8]) -> Head {
             )
         }
     };
+    if let Some(why) = bad_framing(req.headers) {
+        return Head::Bad(ErrorCode::BadRequest, why);
+    }
     if req.method != Some("GET") || req.version != Some(1) {
         return Head::Hyper;
     }
@@ -83,6 +86,53 @@ pub fn parse(buf: &[u8]) -> Head {
     *request.uri_mut() = uri;
     *request.headers_mut() = map;
     Head::Plain(request.into_parts().0, len)
+}
+
+/// Why a head's body framing is one hyper refuses (with an empty body),
+/// if it is: `Content-Length` values that are not one and the same
+/// number, or a `Transfer-Encoding` whose last coding is not `chunked`
+/// (RFC 9112, 6.3: the length cannot be known). `None`: hyper's to frame.
+fn bad_framing(headers: &[httparse::Header<'_>]) -> Option<String> {
+    let mut length: Option<u64> = None;
+    let mut last_coding: Option<String> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let text = std::str::from_utf8(h.value).unwrap_or("");
+            for part in text.split(',') {
+                let part = part.trim();
+                let n = part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| part.parse::<u64>().ok())
+                    .flatten();
+                match (n, length) {
+                    (None, _) => {
+                        return Some(format!(
+                            "a Content-Length of {:?}, which is not a byte count; send one Content-Length with the body's size",
+                            String::from_utf8_lossy(h.value)
+                        ))
+                    }
+                    (Some(n), Some(l)) if n != l => {
+                        return Some(
+                            "two Content-Length values that differ; send one Content-Length with the body's size".into(),
+                        )
+                    }
+                    (Some(n), _) => length = Some(n),
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let text = String::from_utf8_lossy(h.value);
+            if let Some(coding) = text.split(',').map(str::trim).rfind(|c| !c.is_empty()) {
+                last_coding = Some(coding.to_ascii_lowercase());
+            }
+        }
+    }
+    match last_coding.as_deref() {
+        Some(c) if c != "chunked" => Some(format!(
+            "a Transfer-Encoding ending in {c:?}, so the body's length cannot be known; send the body chunked, or with a Content-Length"
+        )),
+        _ => None,
+    }
 }
 
 /// A head with more headers than this path takes: hyper's, unless it has
@@ -145,6 +195,8 @@ mod tests {
             b"GET /a HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
             b"GET /a HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
             b"GET http://x/a HTTP/1.1\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ncontent-length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
         ] {
             assert!(
                 matches!(parse(hyper), Head::Hyper),
@@ -159,6 +211,12 @@ mod tests {
             b"GARBAGE\r\n\r\n",
             b"GET /a\xff HTTP/1.1\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            // Body framing hyper refuses with an empty 400.
+            b"POST /a HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ncontent-length: +5\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: xchunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
         ] {
             assert!(
                 matches!(parse(bad), Head::Bad(ErrorCode::BadRequest, _)),

@@ -428,6 +428,31 @@ async fn restore_is_refused_while_a_server_runs_and_allowed_after_kill_9() {
     assert!(stderr.contains("server"), "names the holder: {stderr}");
     // One line (CONTRACT.md): the note on recorded settings came first.
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // Nor through the generation in use, nor as an offline backup there:
+    // its own lock is not the one the server holds.
+    let inside = data.join("current");
+    for args in [
+        vec!["restore", "--from", s(&bk), "--data-dir", s(&inside)],
+        vec![
+            "backup",
+            "create",
+            "--to",
+            s(&dir.join("off-inside")),
+            "--offline",
+            "--data-dir",
+            s(&inside),
+        ],
+    ] {
+        let (success, _, stderr) = tm(dir, &args, &[]);
+        assert!(
+            !success && stderr.contains("inside the data directory"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("--data-dir {}", data.display())),
+            "{stderr}"
+        );
+    }
     let (success, _, stderr) = tm(
         dir,
         &[

@@ -482,6 +482,28 @@ async fn implausible_input_is_refused_before_it_can_do_harm() {
         "{b}"
     );
 
+    // Body framing hyper refuses with an empty 400 gets the JSON error,
+    // and nothing is applied.
+    let addr = u.trim_start_matches("http://").to_owned();
+    for framing in [
+        "Content-Length: 2\r\nContent-Length: 3",
+        "Content-Length: 99999999999999999999",
+        "Transfer-Encoding: xchunked",
+    ] {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            conn,
+            "POST /v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{framing}\r\n\r\n{{}}"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{framing}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).expect(&answer);
+        assert_eq!(v["error"]["code"], "bad_request", "{framing}: {answer}");
+    }
+
     // A raw request (no client normalises the dots away) to a service server.
     let svc = service(tmp.path(), "svc-a", u, "latest-only", &[]).await;
     let addr = svc.url.trim_start_matches("http://").to_owned();

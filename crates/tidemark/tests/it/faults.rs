@@ -755,6 +755,13 @@ async fn a_silent_single_db_server_stops_vouching_for_the_cache() {
         outcome["error"]["code"] == "stale_data" || outcome["error"]["code"] == "db_unavailable",
         "{outcome}"
     );
+    // It says why the copy it holds was not served.
+    let message = outcome["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        outcome["error"]["code"] == "stale_data"
+            || message.contains("cached copy cannot be confirmed current"),
+        "{outcome}"
+    );
     eventually(10, "the cache vouched for again", || async {
         let (s, b) = get_json(&url).await;
         (s == 200 && b["source"] == "cache").then_some(())

@@ -4,7 +4,7 @@
 use super::error::HttpError;
 use super::AppState;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
@@ -128,9 +128,86 @@ fn loopback_host(host: &str) -> bool {
 pub async fn guard(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let answer = check(app, peer, req, next).await;
+    // A refusal of a method the path does not take says so (405), as the
+    // router would to a caller it let through: the role was never the
+    // problem. Only refusals are replaced, so nothing runs unchecked.
+    let refused = matches!(
+        answer.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    );
+    match refused.then(|| methods_of(&path)).flatten() {
+        Some(allowed)
+            if !allowed
+                .iter()
+                .any(|m| *m == method || (method == Method::HEAD && *m == Method::GET)) =>
+        {
+            not_allowed(&method, &path, allowed)
+        }
+        _ => answer,
+    }
+}
+
+/// The methods the documented path `path` takes (`/openapi.json`), if it
+/// is one.
+fn methods_of(path: &str) -> Option<&'static [Method]> {
+    static TABLE: std::sync::OnceLock<Vec<(Vec<String>, Vec<Method>)>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let doc = super::openapi::document();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        paths
+            .iter()
+            .map(|(template, ops)| {
+                let segments = template.split('/').map(str::to_owned).collect();
+                let methods = ops
+                    .as_object()
+                    .map(|o| {
+                        o.keys()
+                            .filter_map(|m| {
+                                Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (segments, methods)
+            })
+            .collect()
+    });
+    let parts: Vec<&str> = path.split('/').collect();
+    table
+        .iter()
+        .find(|(segments, _)| {
+            segments.len() == parts.len()
+                && segments.iter().zip(&parts).all(|(s, p)| {
+                    s == p || (s.starts_with('{') && s.ends_with('}') && !p.is_empty())
+                })
+        })
+        .map(|(_, methods)| methods.as_slice())
+}
+
+/// `405 method_not_allowed`, with the `Allow` header.
+fn not_allowed(method: &Method, path: &str, allowed: &[Method]) -> Response {
+    let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let mut resp = HttpError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{path} does not take {method}; it takes {}",
+            list.join(", ")
+        ),
+    )
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&list.join(", ")) {
+        resp.headers_mut().insert(axum::http::header::ALLOW, v);
+    }
+    resp
+}
+
+/// The guard's decision: the caller's role against what the endpoint needs.
+async fn check(app: Arc<AppState>, peer: SocketAddr, mut req: Request, next: Next) -> Response {
     let Some(need) = required_role(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };

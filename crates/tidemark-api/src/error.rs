@@ -297,8 +297,12 @@ impl From<crate::schema::InvalidInput> for ApiError {
             BadName { .. } => ErrorCode::BadRequest,
             UnknownTable { .. } => ErrorCode::UnknownTable,
             UnknownColumn { .. } => ErrorCode::UnknownColumn,
-            FieldType { .. } | NulInField { .. } => ErrorCode::WrongFieldType,
-            DeleteWithFields | Source(_) | ZeroSeq | SeqTooLarge(_) => ErrorCode::InvalidOrder,
+            FieldType { .. } | NulInField { .. } | InexactNumber { .. } => {
+                ErrorCode::WrongFieldType
+            }
+            DeleteWithFields | Source(_) | SourceChars(_) | ZeroSeq | SeqTooLarge(_) => {
+                ErrorCode::InvalidOrder
+            }
         };
         ApiError::new(code, e.to_string())
     }

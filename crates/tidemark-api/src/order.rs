@@ -25,7 +25,7 @@ pub struct Order {
     pub table: String,
     pub key: String,
     pub op: Op,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_fields")]
     pub fields: Fields,
     /// For a replay of the difference data (P10): the version this order
     /// produced when the DB server first acknowledged it, before the
@@ -36,6 +36,32 @@ pub struct Order {
     /// in. Not part of the order's identity (the digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Version>,
+}
+
+/// An order's `fields`, refusing a field named twice: which value was
+/// meant is not for the server to guess (JSON parsers differ on it).
+fn unique_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Fields;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of fields")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+            let mut fields = Fields::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let value: serde_json::Value = map.next_value()?;
+                if fields.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "field {name:?} is named twice in one order; name each field once"
+                    )));
+                }
+                fields.insert(name, value);
+            }
+            Ok(fields)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 impl Order {
@@ -120,6 +146,24 @@ pub struct OrdersResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A field named twice is refused, not resolved by the last one; one
+    /// named once, and an order without fields, are read as before.
+    #[test]
+    fn a_field_named_twice_is_refused() {
+        let head = r#"{"source":"s","seq":1,"table":"subscriber","key":"k","op":"upsert""#;
+        let twice = format!(r#"{head},"fields":{{"plan":"a","plan":"b"}}}}"#);
+        let err = serde_json::from_str::<Order>(&twice)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"plan\" is named twice"), "{err}");
+        let once: Order =
+            serde_json::from_str(&format!(r#"{head},"fields":{{"plan":"a","status":"b"}}}}"#))
+                .unwrap();
+        assert_eq!(once.fields.len(), 2);
+        let none: Order = serde_json::from_str(&format!("{head}}}")).unwrap();
+        assert!(none.fields.is_empty());
+    }
 
     fn order(fields: serde_json::Value) -> Order {
         Order {

@@ -122,6 +122,9 @@ pub enum InvalidInput {
     /// The order's source name is empty or too long.
     #[error("source must be 1 to 128 bytes, got {0} bytes; name the OpS that numbers the orders")]
     Source(usize),
+    /// The order's source name holds a control character.
+    #[error("source {0:?} holds a control character; a source name is 1 to 128 printable characters, naming the OpS that numbers the orders")]
+    SourceChars(String),
     /// Order seqs start at 1.
     #[error("seq must be 1 or more; the OpS numbers its orders from 1")]
     ZeroSeq,
@@ -141,6 +144,10 @@ pub enum InvalidInput {
     /// A string (or a string inside a JSON value) with the NUL character.
     #[error("field '{column}' contains the NUL character (U+0000): PostgreSQL cannot store it, so no Tidemark engine takes it; remove it, or encode the value (base64, hex)")]
     NulInField { column: String },
+    /// A JSON value with a whole number past 64 bits, which would be kept
+    /// rounded (JSON numbers are held as 64-bit integers or doubles).
+    #[error("field '{column}' holds a whole number past 64 bits, which would be kept rounded, not as sent; send it as a string")]
+    InexactNumber { column: String },
     /// A name with control characters or of the wrong size.
     #[error("a {what} name is 1 to 128 printable characters, got {got:?}")]
     BadName { what: &'static str, got: String },
@@ -224,6 +231,11 @@ impl Schema {
                     column: name.clone(),
                 });
             }
+            if column.ty == ColumnType::Json && holds_inexact(value) {
+                return Err(InvalidInput::InexactNumber {
+                    column: name.clone(),
+                });
+            }
             if !value_fits(column.ty, value) {
                 return Err(InvalidInput::FieldType {
                     table: table.to_owned(),
@@ -259,6 +271,23 @@ fn holds_nul(value: &serde_json::Value) -> bool {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(holds_nul),
         Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// Whether a value holds, at any depth, a whole number too large for 64
+/// bits: read as a double, so kept rounded.
+fn holds_inexact(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            !n.is_i64()
+                && !n.is_u64()
+                && n.as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 1.8e19)
+        }
+        Value::Array(items) => items.iter().any(holds_inexact),
+        Value::Object(map) => map.values().any(holds_inexact),
         _ => false,
     }
 }
@@ -367,6 +396,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("an integer beyond 64 bits"), "{err}");
+        // Nor inside a JSON value, where it would be kept rounded.
+        let nested = json!({"services": {"n": [1, huge], "ok": 18446744073709551615u64, "f": 1.5}});
+        let err = s
+            .validate_fields("subscriber", &fields(nested))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("past 64 bits"), "{err}");
+        let fine = json!({"services": {"ok": 18446744073709551615u64, "f": 1.5, "neg": -9223372036854775808i64}});
+        s.validate_fields("subscriber", &fields(fine)).unwrap();
     }
 
     #[test]

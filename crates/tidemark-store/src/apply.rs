@@ -24,10 +24,9 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
             return Err(invalid(InvalidInput::SeqTooLarge(order.seq)));
         }
         if order.source.chars().any(char::is_control) {
-            return Err(invalid(InvalidInput::BadName {
-                what: "source",
-                got: order.source.chars().take(64).collect(),
-            }));
+            return Err(invalid(InvalidInput::SourceChars(
+                order.source.chars().take(64).collect(),
+            )));
         }
         validate_key(&order.key).map_err(invalid)?;
         match order.op {
@@ -160,4 +159,31 @@ pub fn waiver_refused(source: &str, known: bool) -> StoreError {
     } else {
         format!("source '{source}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source with a control character is an invalid order, and says
+    /// why (not that its length is wrong).
+    #[test]
+    fn a_source_with_a_control_character_is_named_as_such() {
+        let order = Order {
+            source: "a\0b".into(),
+            seq: 1,
+            table: "subscriber".into(),
+            key: "k".into(),
+            op: Op::Upsert,
+            fields: Default::default(),
+            origin: None,
+        };
+        let err = validate_batch(&Schema::default_schema(), &[order]).unwrap_err();
+        let api = tidemark_api::ApiError::from(match err {
+            StoreError::Invalid { error, .. } => *error,
+            other => panic!("{other:?}"),
+        });
+        assert_eq!(api.code, tidemark_api::ErrorCode::InvalidOrder);
+        assert!(api.message.contains("control character"), "{}", api.message);
+    }
 }

@@ -84,6 +84,11 @@ pub fn trusted_local(peer: SocketAddr, h: &HeaderMap) -> bool {
 /// page under a loopback name is refused when its marks say it is another
 /// site's. `None`: trusted.
 pub fn foreign_browser(h: &HeaderMap) -> Option<String> {
+    if h.get_all(header::HOST).iter().nth(1).is_some() {
+        // Which one a proxy or this server would go by is anyone's guess
+        // (RFC 9112 makes it a 400).
+        return Some("a request with more than one Host header".into());
+    }
     let host = h.get(header::HOST).map(|v| v.to_str().unwrap_or(""));
     if let Some(host) = host.filter(|host| !loopback_host(host)) {
         return Some(format!(
@@ -215,7 +220,18 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, mut req: Request, next: Nex
     if !app.auth.any() {
         // Protected mode: no token exists yet.
         if peer.ip().to_canonical().is_loopback() {
-            if let Some(why) = foreign_browser(req.headers()) {
+            // An absolute-form target names the host instead of `Host`.
+            let named = req
+                .uri()
+                .authority()
+                .filter(|a| !loopback_host(a.as_str()))
+                .map(|a| {
+                    format!(
+                        "a request for {:?}, which is not a loopback name",
+                        a.as_str()
+                    )
+                });
+            if let Some(why) = named.or_else(|| foreign_browser(req.headers())) {
                 return HttpError::new(
                     ErrorCode::Forbidden,
                     format!(
@@ -353,6 +369,11 @@ mod tests {
             ("sec-fetch-mode", "cors")
         ])
         .is_some());
+        // Two Host headers: which one counts is anyone's guess.
+        let mut two = HeaderMap::new();
+        two.append(header::HOST, "127.0.0.1".parse().unwrap());
+        two.append(header::HOST, "evil.example".parse().unwrap());
+        assert!(foreign_browser(&two).is_some());
     }
 
     #[test]

@@ -525,6 +525,19 @@ async fn protected_mode_refuses_pages_of_other_sites() {
     );
     let (_, state) = get_json(&format!("{u}/v1/state")).await;
     assert!(state["quiesce"].is_null(), "nothing announced: {state}");
+    // Raw requests (not from a browser): a target that names another host,
+    // and two Host headers, are not taken for loopback programs.
+    for request in [
+        format!("GET http://evil.example/v1/state HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        format!("GET /v1/state HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),
+    ] {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(host).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{request}: {answer}");
+    }
 
     // DNS rebinding: same origin to the browser, another name to us; also
     // on a warm read, which the hot route answers before the router.

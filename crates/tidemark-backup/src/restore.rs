@@ -96,19 +96,53 @@ pub async fn run(
     // The backup must be there before anything else is touched (even the
     // data directory's creation).
     Manifest::load(&opts.from)?;
+    // A folder holding what Tidemark did not put there is refused before
+    // anything (even the lock file) is written into it.
+    refuse_foreign(&opts.data_dir)?;
+    let created = !opts.data_dir.exists();
+    let result = restore(opts, progress).await;
+    if result.is_err() && created {
+        // A refused or failed restore leaves no folder it made behind.
+        remove_if_only_lock(&opts.data_dir);
+    }
+    result
+}
+
+fn refuse_foreign(data_dir: &Path) -> Result<(), BackupError> {
+    let foreign = layout::foreign_entries(data_dir).map_err(BackupError::io(data_dir))?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(BackupError::UnknownDataDir {
+        path: data_dir.to_owned(),
+        entries: foreign,
+    })
+}
+
+/// Removes `dir` if all it holds is the lock file.
+fn remove_if_only_lock(dir: &Path) {
+    let only_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|names| names.len() == 1 && names[0] == "LOCK")
+    });
+    if only_lock {
+        let _ = std::fs::remove_file(dir.join("LOCK"));
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+async fn restore(
+    opts: &RestoreOptions,
+    progress: Progress<'_>,
+) -> Result<RestoreReport, BackupError> {
     let lock = DataDirLock::acquire(&opts.data_dir, "restore")
         .map_err(|e| BackupError::from_lock("restore", e))?;
     let manifest = crate::verify::checksums(&opts.from, progress)?;
     failpoint::hit("restore.after_verify");
-    // Never delete what restore did not create.
-    let foreign =
-        layout::foreign_entries(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
-    if !foreign.is_empty() {
-        return Err(BackupError::UnknownDataDir {
-            path: opts.data_dir.clone(),
-            entries: foreign,
-        });
-    }
+    // Never delete what restore did not create (asked again under the lock).
+    refuse_foreign(&opts.data_dir)?;
 
     // Leftovers of an interrupted restore go first.
     layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;

@@ -902,4 +902,26 @@ async fn restore_refuses_a_directory_it_cannot_account_for() {
         std::fs::read(other.join("holiday.jpg")).unwrap(),
         b"not tidemark"
     );
+    let names = |d: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(names(&other), ["holiday.jpg"], "not even a lock file");
+    // A restore that fails into a folder it made leaves no folder behind.
+    let damaged = backup;
+    let db_file = damaged.join("tidemark.db.zst");
+    let mut bytes = std::fs::read(&db_file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&db_file, bytes).unwrap();
+    let fresh = dir.join("fresh");
+    let (success, _, stderr) = tm(
+        dir,
+        &["restore", "--from", s(&damaged), "--data-dir", s(&fresh)],
+        &[],
+    );
+    assert!(!success, "a damaged backup is refused: {stderr}");
+    assert!(!fresh.exists(), "{:?}", names(&fresh));
 }

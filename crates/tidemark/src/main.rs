@@ -67,8 +67,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: what failed, why, what to do.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&e));
             if e.downcast_ref::<cmd::Usage>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -76,6 +75,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// An error and its causes on one line, each said once (an error that
+/// already quotes its cause is not followed by it again), with what to do
+/// when the disk is full.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let said = cause.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.ends_with(&said)) {
+            parts.push(said);
+        }
+    }
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    });
+    let mut line = parts.join(": ");
+    if full {
+        line.push_str("; the file system is full: free space on it (or choose another place) and run the command again");
+    }
+    line
 }
 
 /// A client command whose output goes into a reader that stopped early
@@ -136,4 +157,22 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .collect();
     eprintln!("{}; see --help", parts.join("; ").replace(":;", ":"));
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each cause is said once, and a full disk says what to do.
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let said = io.to_string();
+        let e = anyhow::Error::new(io).context(format!("/data/gen-000002: {said}"));
+        let line = one_line(&e);
+        assert_eq!(line.matches(&said).count(), 1, "{line}");
+        assert!(line.contains("free space"), "{line}");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&e), "outer: inner");
+    }
 }

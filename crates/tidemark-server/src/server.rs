@@ -24,6 +24,13 @@ impl Server {
         let (store, cluster): (Arc<dyn Store>, _) = match config.store {
             StoreKind::Sqlite => {
                 let dir = config.data_dir.clone();
+                // A store not made yet holds no token: refused before it
+                // is made (and before anything is logged).
+                if !listens_on_loopback(&config.listen)
+                    && matches!(tidemark_store::layout::existing_db_dir(&dir), Ok(None))
+                {
+                    return Err(no_token_yet(&config.listen));
+                }
                 let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, "server"))
                     .await
                     .context("opening the store")??;
@@ -46,11 +53,7 @@ impl Server {
             let (state, worker) =
                 AppState::new(store, config, boot, cluster.clone(), shutdown).await?;
             if !listens_on_loopback(&state.config.listen) && !state.auth.any() {
-                anyhow::bail!(
-                    "refusing to listen on {} with no token created: anyone who can reach it could change or copy every record; start it on 127.0.0.1 first, create an admin token ('tidemark token create --server http://127.0.0.1:PORT --role admin --name NAME'), then restart it on {}",
-                    state.config.listen,
-                    state.config.listen
-                );
+                return Err(no_token_yet(&state.config.listen));
             }
             Ok(Self { state, worker })
         }
@@ -142,6 +145,13 @@ impl Server {
         tracing::info!("shutdown complete: store closed cleanly");
         Ok(())
     }
+}
+
+/// The refusal to serve beyond loopback in protected mode.
+fn no_token_yet(listen: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "refusing to listen on {listen} with no token created: anyone who can reach it could change or copy every record; start it on 127.0.0.1 first, create an admin token ('tidemark token create --server http://127.0.0.1:PORT --role admin --name NAME'), then restart it on {listen}"
+    )
 }
 
 /// Whether `listen` names a loopback address (protected mode allows only those).

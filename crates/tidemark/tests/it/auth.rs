@@ -55,6 +55,9 @@ async fn without_tokens_a_server_refuses_to_listen_beyond_loopback() {
         stderr.contains("token create"),
         "says how to create one: {stderr}"
     );
+    // Refused before a store is made, in one line.
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!data.join("current").exists(), "no store was made");
 }
 
 /// Every endpoint against every role, and no token.

@@ -28,6 +28,11 @@ pub fn list(root: &Path, deep: bool) -> Result<Vec<Listed>, BackupError> {
             continue;
         }
         let dir = entry.path();
+        // A data directory beside the backups (its lock, no manifest) is
+        // not a damaged backup.
+        if !dir.join(crate::manifest::MANIFEST_FILE).exists() && dir.join("LOCK").is_file() {
+            continue;
+        }
         let manifest = Manifest::load(&dir).ok();
         let check = if deep {
             crate::verify::full(&dir, &|_| {}).map(|_| ())
@@ -149,6 +154,26 @@ mod tests {
             std::fs::write(dir.join("config/x"), b"y").unwrap();
         }
         dir
+    }
+
+    /// A data directory beside the backups is not listed as a damaged
+    /// backup; a folder without a manifest and without a lock still is.
+    #[test]
+    fn a_data_directory_beside_the_backups_is_not_listed() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        backup(r, "a", "2026-01-01T00:00:00Z", true);
+        let data = r.join("data");
+        let _lock = tidemark_store::DataDirLock::acquire(&data, "server").unwrap();
+        tidemark_store::layout::resolve_for_open(&data, true).unwrap();
+        std::fs::create_dir(r.join("broken")).unwrap();
+        let mut names: Vec<String> = list(r, false)
+            .unwrap()
+            .iter()
+            .map(|l| l.dir.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "broken"]);
     }
 
     #[test]

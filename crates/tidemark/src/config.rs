@@ -1,7 +1,6 @@
 //! The one configuration file: TOML sections per role, overridden by
 //! `TIDEMARK_<SECTION>__<FIELD>` environment variables, overridden by flags.
 
-use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -136,9 +135,13 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
             .iter()
             .any(|p| k.starts_with(p))
     }));
-    fig.extract()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("invalid configuration (file or TIDEMARK_* environment)")
+    // Bad usage too (exit 2): the operator's input, not a failed operation.
+    fig.extract().map_err(|e| {
+        crate::cmd::Usage(format!(
+            "invalid configuration (file or TIDEMARK_* environment): {e}; fix it and run the command again"
+        ))
+        .into()
+    })
 }
 
 #[cfg(test)]

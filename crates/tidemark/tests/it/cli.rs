@@ -51,6 +51,25 @@ fn a_client_command_piped_into_a_closed_reader_ends_quietly() {
 #[test]
 fn bad_usage_exits_2_and_failures_exit_1() {
     let tmp = tempfile::tempdir().unwrap();
+    // A config file that does not parse, or names a key that is not one,
+    // is bad usage as a missing one is, in one line.
+    for (name, text) in [
+        ("bad.toml", "[server\n"),
+        ("unknown.toml", "[server]\nlisten_on = \"x\"\n"),
+    ] {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = run(
+            tmp.path(),
+            &["status", "--config", path.to_str().unwrap()],
+            None,
+            &[],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("invalid configuration"), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
+    }
     assert_eq!(
         run(tmp.path(), &["no-such-command"], None, &[])
             .status

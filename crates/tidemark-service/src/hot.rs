@@ -14,12 +14,16 @@ use crate::fetch;
 use crate::policy::Freshness;
 use crate::shared::Shared;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, Response, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tidemark_api::headers;
+
+// Header names made once, not parsed at every request.
+const FRESHNESS: HeaderName = HeaderName::from_static(headers::FRESHNESS);
+const RECOVERING: HeaderName = HeaderName::from_static(headers::RECOVERING);
 
 /// The response to `req` if it is a read the cache may answer as it is.
 pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Parts) -> Option<Response<Bytes>> {
@@ -37,7 +41,7 @@ pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Parts) -> Option
     {
         return None;
     }
-    let header = match req.headers.get(headers::FRESHNESS) {
+    let header = match req.headers.get(&FRESHNESS) {
         Some(v) => Some(v.to_str().ok()?),
         None => None,
     };
@@ -58,7 +62,7 @@ pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Parts) -> Option
     );
     crate::http::quiesce_header(shared, h);
     if served.recovering {
-        h.insert(headers::RECOVERING, HeaderValue::from_static("1"));
+        h.insert(RECOVERING, HeaderValue::from_static("1"));
     }
     shared.metrics.read_latency.observe(started.elapsed());
     Some(resp)

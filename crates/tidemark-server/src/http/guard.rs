@@ -95,7 +95,9 @@ pub fn foreign_browser(h: &HeaderMap) -> Option<String> {
             "a request under the name {host:?}, which is not a loopback name (a web page reached by DNS rebinding looks like this)"
         ));
     }
-    if let Some(site) = h.get("sec-fetch-site") {
+    const SEC_FETCH_SITE: axum::http::HeaderName =
+        axum::http::HeaderName::from_static("sec-fetch-site");
+    if let Some(site) = h.get(&SEC_FETCH_SITE) {
         if matches!(site.as_bytes(), b"cross-site" | b"same-site") {
             return Some("a request a browser made for a page of another site".into());
         }

@@ -11,13 +11,17 @@
 use super::AppState;
 use crate::read;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, Response, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, Response, StatusCode};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tidemark_api::auth::AccessRole;
 use tidemark_api::headers;
+
+// Header names made once, not parsed at every request.
+const SUBSCRIBER: HeaderName = HeaderName::from_static(headers::SUBSCRIBER);
+const HISTORY: HeaderName = HeaderName::from_static(headers::HISTORY);
 
 /// Whether the guard would let this caller read records.
 fn may_read(app: &AppState, peer: SocketAddr, req: &Parts) -> bool {
@@ -45,7 +49,7 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
         return None;
     }
     // A name that is not one goes to the router, which refuses it.
-    let subscriber = match req.headers.get(headers::SUBSCRIBER) {
+    let subscriber = match req.headers.get(&SUBSCRIBER) {
         Some(v) => Some(
             v.to_str()
                 .ok()
@@ -74,7 +78,7 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
         HeaderValue::from_static("application/json"),
     );
     resp.headers_mut()
-        .insert(headers::HISTORY, app.history_header.clone());
+        .insert(HISTORY, app.history_header.clone());
     app.metrics.read_latency.observe(started.elapsed());
     Some(resp)
 }

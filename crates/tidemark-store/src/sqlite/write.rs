@@ -310,8 +310,10 @@ impl SqliteStore {
                 cleared,
                 flagged
             ])?;
-            st.high_water
-                .insert(order.source.clone(), (order.seq, true));
+            // Present since the top of the loop: no new key to allocate.
+            if let Some(hw) = st.high_water.get_mut(&order.source) {
+                *hw = (order.seq, true);
+            }
             results.push(OrderResult {
                 source: order.source.clone(),
                 seq: order.seq,

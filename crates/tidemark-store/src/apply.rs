@@ -88,6 +88,17 @@ pub const MAX_SEQ_GAP: u64 = 1_000_000;
 /// keep the recovery open for good).
 pub const MAX_SCHEDULE_GAP: u64 = 1 << 40;
 
+/// Whether `order` skips ahead of its source's high-water mark `hw` where
+/// that is refused: while recovering (`strict`), a live order must follow
+/// `hw` without a gap, so it cannot pass difference data not yet replayed
+/// (P10). A replay (an order with its `origin`) may skip: `ops recover`
+/// sends its source's journal in order, and a seq missing there was never
+/// used (the contract lets a source skip seqs), so waiting for it would
+/// keep the key flagged for good.
+pub fn skips_ahead(order: &Order, hw: u64, strict: bool) -> bool {
+    strict && order.origin.is_none() && order.seq != hw + 1
+}
+
 /// Refuses an order too far ahead of its source's high-water mark `hw`.
 pub fn check_gap(index: usize, order: &Order, hw: u64) -> Result<(), StoreError> {
     if order.seq > hw.saturating_add(MAX_SEQ_GAP) {

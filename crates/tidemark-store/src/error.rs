@@ -29,9 +29,10 @@ pub enum StoreError {
         seq: u64,
         high_water: u64,
     },
-    /// During recovery, orders of a source must arrive without gaps, so the
-    /// difference data is replayed in order (P10).
-    #[error("order {index}: source '{source_name}' seq {seq} skips ahead of seq {expected}; the DB server is recovering and applies each source's orders strictly in order; send seq {expected} first (run 'tidemark ops recover'); nothing in the batch was applied")]
+    /// During recovery, a live order of a source must follow its high-water
+    /// mark without a gap, so it cannot pass difference data not yet
+    /// replayed (P10); replays may skip seqs never used.
+    #[error("order {index}: source '{source_name}' seq {seq} skips ahead of seq {expected}; the DB server is recovering and applies each source's orders strictly in order; send seq {expected} first (run 'tidemark ops recover', which replays each source's journal), or, if this source never used seq {expected}, send this order again once the recovery has completed; nothing in the batch was applied")]
     Gap {
         index: usize,
         source_name: String,

@@ -60,7 +60,7 @@ pub(super) async fn apply_flagged(
             Some(hw) => *hw,
             None => high_water(tx, st, &order.source).await?,
         };
-        if order.seq <= hw || (st.strict && order.seq != hw + 1) {
+        if order.seq <= hw || crate::apply::skips_ahead(order, hw, st.strict) {
             return Ok(None);
         }
         crate::apply::check_gap(index, order, hw)?;

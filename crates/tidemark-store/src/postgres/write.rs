@@ -593,7 +593,7 @@ async fn apply_one_by_one(
             continue;
         }
         crate::apply::check_gap(index, order, hw)?;
-        if st.strict && order.seq != hw + 1 {
+        if crate::apply::skips_ahead(order, hw, st.strict) {
             return Err(StoreError::Gap {
                 index,
                 source_name: order.source.clone(),

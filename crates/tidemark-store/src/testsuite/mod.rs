@@ -67,6 +67,7 @@ pub async fn run(store: &dyn Store) {
     recovery::settling_flags(store).await;
     recovery::schedule_sent_again(store).await;
     recovery::expected_sources(store).await;
+    recovery::replays_skip_unused_seqs(store).await;
     schema::registry(store).await;
     flag_pages::pages(store).await;
     admin::notes(store).await;

@@ -723,3 +723,66 @@ pub(super) async fn expected_sources(store: &dyn Store) {
         .await
         .unwrap();
 }
+
+/// P10: a source may skip seqs (the contract does not make them
+/// consecutive). While recovering, a live order must still follow its
+/// source's high-water mark, but a replay (with its `origin`) may skip a
+/// seq its source never used, so its key's flag clears and the recovery
+/// can complete.
+pub(super) async fn replays_skip_unused_seqs(store: &dyn Store) {
+    if store.recovery_meta().await.unwrap().state != RecoveryState::Normal {
+        store
+            .set_recovery_state(RecoveryState::Normal, false)
+            .await
+            .unwrap();
+    }
+    apply_ok(store, order("ops-skip", 1, "skip1", Op::Upsert, json!({}))).await;
+    let epoch = store.meta().await.unwrap().epoch;
+    store.mark_restored(epoch + 1).await.unwrap();
+    let others: Vec<String> = store
+        .recovery_meta()
+        .await
+        .unwrap()
+        .waiting_for_sources
+        .into_iter()
+        .filter(|s| s != "ops-skip")
+        .collect();
+    // Seq 2 was never used: the key was last changed by seq 3.
+    let flag = FlagEntry {
+        table: "subscriber".into(),
+        key: "skip1".into(),
+        through_seq: 3,
+    };
+    store
+        .add_flags("ops-skip", vec![flag], true, others)
+        .await
+        .unwrap();
+    let live = order("ops-skip", 3, "skip1", Op::Upsert, json!({"plan": "live"}));
+    assert!(
+        matches!(
+            store.apply(vec![live]).await,
+            Err(StoreError::Gap { expected: 2, .. })
+        ),
+        "a live order still may not pass difference data not yet replayed"
+    );
+    let replay = Order {
+        origin: Some(Version::new(epoch, 2)),
+        ..order("ops-skip", 3, "skip1", Op::Upsert, json!({"plan": "three"}))
+    };
+    let out = apply_ok(store, replay).await;
+    assert!(
+        out.changes[0].cleared_flag,
+        "the replay clears its key's flag"
+    );
+    let m = store.recovery_meta().await.unwrap();
+    assert_eq!(m.remaining, 0);
+    assert_eq!(
+        record(store, "skip1").await.fields["plan"],
+        json!("three"),
+        "the replay took effect"
+    );
+    store
+        .set_recovery_state(RecoveryState::Normal, false)
+        .await
+        .unwrap();
+}

@@ -162,7 +162,7 @@ pub struct FrontDoorArgs {
 pub struct ServiceArgs {
     /// URL of the DB server, or the instances of one cluster separated by
     /// commas [default: http://127.0.0.1:7070].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = db_urls)]
     pub db: Option<String>,
     /// This service server's name; the DB server pushes changes to it by this name.
     #[arg(long, value_name = "NAME")]
@@ -212,7 +212,7 @@ pub enum OpsCommand {
 pub struct OpsSubmitArgs {
     /// URL of the DB server, or the instances of one cluster separated by
     /// commas [default: http://127.0.0.1:7070].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = db_urls)]
     pub db: Option<String>,
     /// Journal directory, created if missing [default: ./tidemark-journal].
     #[arg(long, value_name = "DIR")]
@@ -238,7 +238,7 @@ pub struct OpsSubmitArgs {
 pub struct OpsRecoverArgs {
     /// URL of the DB server, or the instances of one cluster separated by
     /// commas [default: http://127.0.0.1:7070].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = db_urls)]
     pub db: Option<String>,
     /// Journal directory; every SOURCE.journal in it is recovered. Repeat
     /// it to recover sources whose journals live in different directories.
@@ -290,6 +290,7 @@ pub struct RecoveryFlagsArgs {
     #[arg(
         long,
         value_name = "URL",
+        value_parser = db_urls,
         env = "TIDEMARK_CLIENT__SERVER",
         default_value = "http://127.0.0.1:7070"
     )]
@@ -308,6 +309,7 @@ pub struct RecoveryAbortArgs {
     #[arg(
         long,
         value_name = "URL",
+        value_parser = db_urls,
         env = "TIDEMARK_CLIENT__SERVER",
         default_value = "http://127.0.0.1:7070"
     )]
@@ -323,6 +325,7 @@ pub struct StatusArgs {
     #[arg(
         long,
         value_name = "URL",
+        value_parser = db_urls,
         env = "TIDEMARK_CLIENT__SERVER",
         default_value = "http://127.0.0.1:7070"
     )]
@@ -342,6 +345,7 @@ pub enum TokenCommand {
         #[arg(
             long,
             value_name = "URL",
+            value_parser = db_urls,
             env = "TIDEMARK_CLIENT__SERVER",
             default_value = "http://127.0.0.1:7070"
         )]
@@ -360,6 +364,7 @@ pub enum TokenCommand {
         #[arg(
             long,
             value_name = "URL",
+            value_parser = db_urls,
             env = "TIDEMARK_CLIENT__SERVER",
             default_value = "http://127.0.0.1:7070"
         )]
@@ -374,6 +379,7 @@ pub enum TokenCommand {
         #[arg(
             long,
             value_name = "URL",
+            value_parser = db_urls,
             env = "TIDEMARK_CLIENT__SERVER",
             default_value = "http://127.0.0.1:7070"
         )]
@@ -389,6 +395,7 @@ pub struct AuditArgs {
     #[arg(
         long,
         value_name = "URL",
+        value_parser = db_urls,
         env = "TIDEMARK_CLIENT__SERVER",
         default_value = "http://127.0.0.1:7070"
     )]
@@ -416,7 +423,7 @@ pub struct BackupCreateArgs {
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
     /// Back up this running DB server online, e.g. http://127.0.0.1:7070.
-    #[arg(long, value_name = "URL", conflicts_with = "offline")]
+    #[arg(long, value_name = "URL", value_parser = db_urls, conflicts_with = "offline")]
     pub server: Option<String>,
     /// With --offline: the data directory of a stopped server [default: the server's data_dir].
     #[arg(long, value_name = "DIR")]
@@ -545,7 +552,7 @@ pub struct CleanupArgs {
 #[command(group(clap::ArgGroup::new("what").required(true).args(["in_secs", "cancel"])))]
 pub struct QuiesceArgs {
     /// URL of the DB server.
-    #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+    #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
     pub server: String,
     /// Go offline after this many seconds; users see the time left.
     #[arg(long = "in", value_name = "SECONDS")]
@@ -563,7 +570,7 @@ pub struct PromoteArgs {
     /// The standby to make primary (its --advertise URL). The old primary
     /// finishes its commits in flight and becomes a standby; writes sent
     /// meanwhile, to any instance, are held and committed by the new one.
-    #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+    #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
     pub server: String,
 }
 
@@ -572,7 +579,7 @@ pub enum SchemaCommand {
     /// The schema in force (or, with --pending, the staged one), as a schema document.
     Show {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Show the staged (not yet published) schema instead.
         #[arg(long)]
@@ -581,7 +588,7 @@ pub enum SchemaCommand {
     /// Every published version: who published it, when, and what it changed.
     Versions {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the registry as JSON.
         #[arg(long)]
@@ -590,7 +597,7 @@ pub enum SchemaCommand {
     /// Store FILE, a schema document (the full desired schema), as the pending version. Unsafe changes are refused.
     Stage {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// The schema document ('-' reads standard input).
         file: PathBuf,
@@ -598,13 +605,13 @@ pub enum SchemaCommand {
     /// Drop the staged schema without publishing it.
     Discard {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
     },
     /// The pending change in S1's five parts, and the DDL for the engine in use.
     Plan {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the plan as JSON.
         #[arg(long)]
@@ -613,7 +620,7 @@ pub enum SchemaCommand {
     /// Publish the pending version; exits 0 once the DB server and every connected service server run it.
     Publish {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// How long to wait for the service servers to report the new version.
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -622,7 +629,7 @@ pub enum SchemaCommand {
     /// The last publish or rollback, and which server runs which version.
     Status {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// Print the status as JSON.
         #[arg(long)]
@@ -631,7 +638,7 @@ pub enum SchemaCommand {
     /// Go back to the previous version (as a new version), where that can be undone: added columns and tables still empty.
     Rollback {
         /// The DB server's URL (or [client] server in --config).
-        #[arg(long, value_name = "URL", env = "TIDEMARK_CLIENT__SERVER")]
+        #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
         server: String,
         /// How long to wait for the service servers to report the new version.
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -652,4 +659,29 @@ pub struct DemoArgs {
     /// itself (needs Debian's 'postgresql' package).
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+}
+
+/// Checks a DB-server URL, or the instances of one cluster separated by
+/// commas: each an `http://` or `https://` URL with a host (a value that is
+/// not one made a service server retry for good, and client commands fail
+/// as if the server were down).
+pub fn db_urls(s: &str) -> Result<String, String> {
+    let mut any = false;
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        any = true;
+        let url = reqwest::Url::parse(part).map_err(|e| {
+            format!(
+                "{part:?} is not a URL ({e}); give the DB server's URL, e.g. http://127.0.0.1:7070"
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "{part:?} is not an http:// or https:// URL with a host; give the DB server's URL, e.g. http://127.0.0.1:7070"
+            ));
+        }
+    }
+    if !any {
+        return Err("no URL given; give the DB server's URL, e.g. http://127.0.0.1:7070, or several separated by commas".into());
+    }
+    Ok(s.to_owned())
 }

@@ -81,6 +81,53 @@ fn check_ca_cert(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses a `--client-cert`/`--client-key` pair a client cannot present
+/// (unreadable, not PEM, a key that is not the certificate's, an X.509 v1
+/// certificate), before anything is sent: it made every command panic, or
+/// was reported and then ignored.
+fn check_client_identity(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
+    let read = |path: &std::path::Path, flag: &str| match std::fs::read(path) {
+        Ok(pem) => Ok(pem),
+        Err(e) => Err(format!(
+            "cannot read the {flag} file {}: {e}",
+            path.display()
+        )),
+    };
+    let checked = read(cert, "--client-cert")
+        .and_then(|mut pem| {
+            pem.push(b'\n');
+            pem.extend(read(key, "--client-key")?);
+            Ok(pem)
+        })
+        .and_then(|pem| {
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| chain(&e))?;
+            reqwest::Client::builder()
+                .identity(id)
+                .build()
+                .map(drop)
+                .map_err(|e| chain(&e))
+        });
+    if let Err(why) = checked {
+        usage!(
+            "cannot use the client certificate {} with key {}: {why}; give a PEM X.509 v3 certificate and the PEM private key that belongs to it",
+            cert.display(),
+            key.display()
+        );
+    }
+    Ok(())
+}
+
+/// An error with its causes, `outer: inner: …`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = &cli.token {
         // Every DB-server client this process makes sends it.
@@ -91,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         std::env::set_var("TIDEMARK_CA_CERT", ca);
     }
     if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        check_client_identity(cert, key)?;
         std::env::set_var("TIDEMARK_CLIENT_CERT", cert);
         std::env::set_var("TIDEMARK_CLIENT_KEY", key);
     }

@@ -24,7 +24,7 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
         std::fs::read(&args.file).with_context(|| format!("reading orders from {}", args.file))?
     };
     let opts = SubmitOptions {
-        db: args.db.unwrap_or(config.db),
+        db: checked_db(args.db.unwrap_or(config.db))?,
         journal: args.journal.unwrap_or(config.journal),
         source: args.source.unwrap_or(config.source),
         batch: args.batch.unwrap_or(config.batch),
@@ -56,7 +56,7 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
 
 async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<()> {
     let opts = RecoverOptions {
-        db: args.db.unwrap_or(config.db),
+        db: checked_db(args.db.unwrap_or(config.db))?,
         journals: if args.journal.is_empty() {
             vec![config.journal]
         } else {
@@ -116,4 +116,12 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
             .as_str()
     );
     waiting.map_or(Ok(()), Err)
+}
+
+/// The DB-server URL from the config file, checked as `--db` is.
+fn checked_db(db: String) -> anyhow::Result<String> {
+    match crate::cli::db_urls(&db) {
+        Ok(db) => Ok(db),
+        Err(e) => super::usage!("db: {e}"),
+    }
 }

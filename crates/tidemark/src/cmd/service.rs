@@ -7,6 +7,9 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
     if let Some(v) = args.db {
         config.db = v;
     }
+    if let Err(e) = crate::cli::db_urls(&config.db) {
+        super::usage!("--db: {e}");
+    }
     if let Some(v) = args.id {
         config.id = v;
     }

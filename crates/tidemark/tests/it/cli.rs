@@ -158,8 +158,48 @@ fn bad_usage_exits_2_and_failures_exit_1() {
             ][..],
             "--ca-cert",
         ),
+        // A DB-server URL that is not one (a service server retried it for
+        // good).
+        (&["status", "--server", "notaurl"][..], "--server"),
+        (&["status", "--server", "ftp://h"][..], "--server"),
+        (&["service", "--id", "s", "--db", "notaurl"][..], "--db"),
+        // A client certificate with another's key, or not PEM at all: the
+        // commands panicked, or went on without it.
+        (
+            &[
+                "status",
+                "--server",
+                "https://127.0.0.1:1",
+                "--client-cert",
+                "a.pem",
+                "--client-key",
+                "b.key",
+            ][..],
+            "client certificate a.pem",
+        ),
+        (
+            &[
+                "service",
+                "--id",
+                "s",
+                "--client-cert",
+                "not-pem.txt",
+                "--client-key",
+                "not-pem.txt",
+            ][..],
+            "client certificate not-pem.txt",
+        ),
     ] {
         std::fs::write(tmp.path().join("not-pem.txt"), "[client]\n").unwrap();
+        for name in ["a", "b"] {
+            let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            std::fs::write(tmp.path().join(format!("{name}.pem")), c.cert.pem()).unwrap();
+            std::fs::write(
+                tmp.path().join(format!("{name}.key")),
+                c.key_pair.serialize_pem(),
+            )
+            .unwrap();
+        }
         let out = run(tmp.path(), args, None, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");

@@ -4,7 +4,7 @@
 use super::error::HttpError;
 use super::AppState;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
@@ -69,8 +69,25 @@ pub fn bearer(h: &HeaderMap) -> Option<&str> {
 
 /// Whether protected mode trusts this caller: a program on this host
 /// (loopback), not a browser page of another site ([`foreign_browser`]).
-pub fn trusted_local(peer: SocketAddr, h: &HeaderMap) -> bool {
-    peer.ip().to_canonical().is_loopback() && foreign_browser(h).is_none()
+/// Every path that trusts loopback goes by this (the guard, the hot
+/// route's record reads, `whoami`), so none can skip a check.
+pub fn trusted_local(peer: SocketAddr, uri: &Uri, h: &HeaderMap) -> bool {
+    peer.ip().to_canonical().is_loopback() && untrusted_local(uri, h).is_none()
+}
+
+/// Why a loopback request in protected mode is not trusted: it names
+/// another host (an absolute-form target names it instead of `Host`), or
+/// it comes from a page of another site ([`foreign_browser`]).
+pub fn untrusted_local(uri: &Uri, h: &HeaderMap) -> Option<String> {
+    uri.authority()
+        .filter(|a| !loopback_host(a.as_str()))
+        .map(|a| {
+            format!(
+                "a request for {:?}, which is not a loopback name",
+                a.as_str()
+            )
+        })
+        .or_else(|| foreign_browser(h))
 }
 
 /// Why a loopback request in protected mode is not trusted: a page of
@@ -222,18 +239,7 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, mut req: Request, next: Nex
     if !app.auth.any() {
         // Protected mode: no token exists yet.
         if peer.ip().to_canonical().is_loopback() {
-            // An absolute-form target names the host instead of `Host`.
-            let named = req
-                .uri()
-                .authority()
-                .filter(|a| !loopback_host(a.as_str()))
-                .map(|a| {
-                    format!(
-                        "a request for {:?}, which is not a loopback name",
-                        a.as_str()
-                    )
-                });
-            if let Some(why) = named.or_else(|| foreign_browser(req.headers())) {
+            if let Some(why) = untrusted_local(req.uri(), req.headers()) {
                 return HttpError::new(
                     ErrorCode::Forbidden,
                     format!(

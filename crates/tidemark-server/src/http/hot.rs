@@ -26,7 +26,7 @@ const HISTORY: HeaderName = HeaderName::from_static(headers::HISTORY);
 /// Whether the guard would let this caller read records.
 fn may_read(app: &AppState, peer: SocketAddr, req: &Parts) -> bool {
     if !app.auth.any() {
-        return super::guard::trusted_local(peer, &req.headers);
+        return super::guard::trusted_local(peer, &req.uri, &req.headers);
     }
     bearer(req)
         .and_then(|t| app.auth.role_of(t))

@@ -578,6 +578,25 @@ async fn protected_mode_refuses_pages_of_other_sites() {
         let body: serde_json::Value = rebound.json().await.unwrap();
         assert_eq!(body["error"]["code"], "forbidden", "{body}");
     }
+    // A target that names another host, on the warm read the hot route
+    // answers before the router, and on whoami.
+    let path = key.strip_prefix(u.as_str()).unwrap();
+    for target in [path, "/v1/whoami"] {
+        use std::io::{Read, Write};
+        let request = format!(
+            "GET http://evil.example{target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        let mut conn = std::net::TcpStream::connect(host).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        let trusted = if target == path {
+            answer.starts_with("HTTP/1.1 200")
+        } else {
+            answer.contains("\"admin\"")
+        };
+        assert!(!trusted, "{request}: {answer}");
+    }
     let who: serde_json::Value = client
         .get(format!("{u}/v1/whoami"))
         .header("host", "evil.example:7070")

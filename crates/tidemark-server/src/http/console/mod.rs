@@ -151,11 +151,12 @@ fn error_event(e: HttpError) -> (&'static str, String) {
 pub async fn whoami(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Json<serde_json::Value> {
     let protected = !app.auth.any();
     let who = if protected {
-        super::guard::trusted_local(peer, &headers).then(|| {
+        super::guard::trusted_local(peer, &uri, &headers).then(|| {
             (
                 crate::auth::LOOPBACK.to_owned(),
                 tidemark_api::auth::AccessRole::Admin,

@@ -280,16 +280,23 @@ fn holds_nul(value: &serde_json::Value) -> bool {
 fn holds_inexact(value: &serde_json::Value) -> bool {
     use serde_json::Value;
     match value {
-        Value::Number(n) => {
-            !n.is_i64()
-                && !n.is_u64()
-                && n.as_f64()
-                    .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 1.8e19)
-        }
+        Value::Number(n) => !n.is_i64() && !n.is_u64() && n.as_f64().is_some_and(past_64_bits),
         Value::Array(items) => items.iter().any(holds_inexact),
         Value::Object(map) => map.values().any(holds_inexact),
         _ => false,
     }
+}
+
+/// Whether `f`, a number serde_json read as a double, was most likely a
+/// whole number written out past 64 bits (below `i64::MIN`, at or above
+/// 2^64), such as a 20- to 22-digit identifier (an ICCID). serde_json does
+/// not keep how it was written, so `1e20` looks the same; past 22 digits a
+/// whole double is taken for a float written so (`6.02e23` is one a JSON
+/// column may hold).
+fn past_64_bits(f: f64) -> bool {
+    f.fract() == 0.0
+        && (f >= 18_446_744_073_709_551_616.0 || f <= -9_223_372_036_854_775_808.0)
+        && f.abs() < 1e22
 }
 
 /// A name that may become an SQL identifier: `[a-z][a-z0-9_]{0,62}`, not
@@ -328,7 +335,7 @@ fn describe(value: &serde_json::Value) -> String {
             "an integer above 9223372036854775807 (integer columns are 64-bit signed)".into()
         }
         // Past u64: serde_json reads it as a float, integral or not.
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+        Value::Number(n) if n.as_f64().is_some_and(past_64_bits) => {
             "an integer beyond 64 bits (integer columns are 64-bit signed)".into()
         }
         Value::Number(_) => "a non-integer number".into(),
@@ -390,7 +397,7 @@ mod tests {
             ));
         }
         // An integer past 64 bits is named as one, not as a fraction.
-        let huge: serde_json::Value = serde_json::from_str("99999999999999999999999").unwrap();
+        let huge: serde_json::Value = serde_json::from_str("123456789012345678901").unwrap();
         let err = s
             .validate_fields("subscriber", &fields(json!({"credit_limit": huge})))
             .unwrap_err()
@@ -403,8 +410,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("past 64 bits"), "{err}");
-        let fine = json!({"services": {"ok": 18446744073709551615u64, "f": 1.5, "neg": -9223372036854775808i64}});
+        // Below i64::MIN too.
+        let low: serde_json::Value = serde_json::from_str("-10000000000000000001").unwrap();
+        let err = s
+            .validate_fields("subscriber", &fields(json!({"services": {"n": low}})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("past 64 bits"), "{err}");
+        // Floats written with an exponent, and whole floats, are floats.
+        let big: serde_json::Value = serde_json::from_str("6.02e23").unwrap();
+        let vast: serde_json::Value = serde_json::from_str("1e300").unwrap();
+        let fine = json!({"services": {"ok": 18446744073709551615u64, "f": 1.5, "neg": -9223372036854775808i64, "big": big, "vast": vast}});
         s.validate_fields("subscriber", &fields(fine)).unwrap();
+        let err = s
+            .validate_fields("subscriber", &fields(json!({"credit_limit": 5.0})))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("64 bits"),
+            "5.0 is no integer past 64 bits: {err}"
+        );
     }
 
     #[test]

@@ -100,11 +100,16 @@ pub async fn run(
     // anything (even the lock file) is written into it.
     refuse_foreign(&opts.data_dir)?;
     let created = !opts.data_dir.exists();
+    let lock = DataDirLock::acquire(&opts.data_dir, "restore")
+        .map_err(|e| BackupError::from_lock("restore", e))?;
     let result = restore(opts, progress).await;
     if result.is_err() && created {
-        // A refused or failed restore leaves no folder it made behind.
+        // A failed restore leaves no folder it made behind. Only under its
+        // own lock: a restore refused because another holds the lock must
+        // not remove that one's folder.
         remove_if_only_lock(&opts.data_dir);
     }
+    drop(lock);
     result
 }
 
@@ -133,12 +138,11 @@ fn remove_if_only_lock(dir: &Path) {
     }
 }
 
+/// The restore itself; the caller holds the data directory's lock.
 async fn restore(
     opts: &RestoreOptions,
     progress: Progress<'_>,
 ) -> Result<RestoreReport, BackupError> {
-    let lock = DataDirLock::acquire(&opts.data_dir, "restore")
-        .map_err(|e| BackupError::from_lock("restore", e))?;
     let manifest = crate::verify::checksums(&opts.from, progress)?;
     failpoint::hit("restore.after_verify");
     // Never delete what restore did not create (asked again under the lock).
@@ -199,7 +203,6 @@ async fn restore(
     failpoint::hit("restore.after_swap");
     layout::remove_garbage(&opts.data_dir).map_err(BackupError::io(&opts.data_dir))?;
     layout::remove_flat_store(&opts.data_dir);
-    drop(lock);
     Ok(RestoreReport {
         previous_epoch,
         new_epoch,

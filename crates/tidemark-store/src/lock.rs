@@ -94,7 +94,9 @@ impl DataDirLock {
 /// holds both a `LOCK` and a `current` link. A path that does not exist
 /// yet is judged by its nearest existing ancestor.
 fn enclosing_data_dir(dir: &Path) -> Option<std::path::PathBuf> {
-    let mut existing = dir;
+    // Absolute first: a bare relative name (`newdir`) has only `""` above it.
+    let dir = &std::path::absolute(dir).ok()?;
+    let mut existing = dir.as_path();
     let real = loop {
         match existing.canonicalize() {
             Ok(real) => break real,

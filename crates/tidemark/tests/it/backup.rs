@@ -453,6 +453,16 @@ async fn restore_is_refused_while_a_server_runs_and_allowed_after_kill_9() {
             "{stderr}"
         );
     }
+    // A bare relative name, from inside it, too (it has only "" above it).
+    let (success, _, stderr) = tm(
+        &inside,
+        &["restore", "--from", s(&bk), "--data-dir", "newdir"],
+        &[],
+    );
+    assert!(
+        !success && stderr.contains("inside the data directory"),
+        "{stderr}"
+    );
     let (success, _, stderr) = tm(
         dir,
         &[

@@ -42,7 +42,7 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Re
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .context("the TLS certificate and key do not match, or the key is unsupported")?;
+        .context("the TLS certificate and key do not match, or one is unsupported (give --tls-cert a PEM X.509 v3 certificate and --tls-key the PEM private key that belongs to it)")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -115,6 +115,18 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// Loads the TLS files the settings name, as serving will: a start
+    /// checks them before it announces anything, so a certificate that
+    /// cannot be used never follows `listening on https://…`.
+    pub fn check_tls(&self) -> anyhow::Result<()> {
+        tidemark_serve::tls::configured(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_client_ca.as_deref(),
+        )
+        .map(drop)
+    }
+
     /// What the front door holds every connection to.
     pub fn front_door(&self) -> tidemark_serve::Settings {
         tidemark_serve::Settings {

@@ -32,6 +32,9 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.max_connections = n;
     }
     config.front_door().check()?;
+    if let Err(e) = config.check_tls() {
+        super::usage!("{e:#}");
+    }
     if let Some(a) = args.advertise {
         config.advertise = Some(a);
     }

@@ -189,6 +189,22 @@ fn bad_usage_exits_2_and_failures_exit_1() {
             ][..],
             "client certificate not-pem.txt",
         ),
+        // A server certificate with another's key: refused before it says
+        // it listens (it announced https, then exited).
+        (
+            &[
+                "server",
+                "--data-dir",
+                "srv",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "a.pem",
+                "--tls-key",
+                "b.key",
+            ][..],
+            "--tls-cert",
+        ),
     ] {
         std::fs::write(tmp.path().join("not-pem.txt"), "[client]\n").unwrap();
         for name in ["a", "b"] {
@@ -207,6 +223,7 @@ fn bad_usage_exits_2_and_failures_exit_1() {
             err.contains(flag) && err.trim().lines().count() == 1,
             "{args:?}: {err}"
         );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing announced");
     }
     let out = run(
         tmp.path(),

@@ -40,7 +40,7 @@ pub struct Order {
 
 /// An order's `fields`, refusing a field named twice: which value was
 /// meant is not for the server to guess (JSON parsers differ on it).
-fn unique_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+pub fn unique_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
     struct Unique;
     impl<'de> serde::de::Visitor<'de> for Unique {
         type Value = Fields;

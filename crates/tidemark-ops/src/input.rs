@@ -16,8 +16,18 @@ pub struct InputOrder {
     pub fields: Fields,
 }
 
+/// Absent or `null` as no fields; a field named twice is refused, as the
+/// DB server refuses it (the journal must not keep a guess of which).
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
-    Ok(Option::<Fields>::deserialize(d)?.unwrap_or_default())
+    struct Unique(Fields);
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            tidemark_api::order::unique_fields(d).map(Unique)
+        }
+    }
+    Ok(Option::<Unique>::deserialize(d)?
+        .map(|u| u.0)
+        .unwrap_or_default())
 }
 
 /// Why the input was refused. Nothing is journaled if any line is bad.
@@ -64,5 +74,9 @@ mod tests {
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.starts_with("line 2:"), "{err}");
         assert!(parse("{\"table\":\"subscriber\",\"key\":\"\",\"op\":\"delete\"}").is_err());
+        // A field named twice: refused, not journaled as the last one.
+        let twice = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"plan\":\"a\",\"plan\":\"b\"}}";
+        let err = parse(twice).unwrap_err().to_string();
+        assert!(err.contains("named twice"), "{err}");
     }
 }

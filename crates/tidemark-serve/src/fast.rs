@@ -397,15 +397,17 @@ mod tests {
     /// not come whole in time is still cut off.
     #[tokio::test]
     async fn the_head_deadline_moves_with_each_answer() {
-        let timeout = Duration::from_millis(1000);
+        let timeout = Duration::from_millis(2000);
         let addr = front_door_with(true, timeout).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let hot = b"GET /hot HTTP/1.1\r\nHost: x\r\n\r\n";
         let started = tokio::time::Instant::now();
         let mut chunk = [0u8; 1024];
-        // Answered at about 0.7 s and 1.4 s: the second past the first
-        // deadline (1 s), inside the one the first answer set (1.7 s).
-        for at in [700, 1400] {
+        // Answered at about 1.2 s and 2.3 s: the second past the first
+        // deadline (2 s; a sleep never ends early), inside the one the
+        // first answer set (3.2 s), with most of a second to spare each way
+        // on a busy machine.
+        for at in [1200, 2300] {
             tokio::time::sleep_until(started + Duration::from_millis(at)).await;
             s.write_all(hot).await.unwrap();
             let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))

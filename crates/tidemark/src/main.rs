@@ -53,10 +53,12 @@ fn main() -> ExitCode {
     if !role {
         quiet_on_closed_output();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if !role {
+        builder.on_thread_start(sigpipe_as_error);
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -103,12 +105,28 @@ fn one_line(e: &anyhow::Error) -> String {
 /// (`| head`) ends there, quietly, as any Unix tool does; Rust ignores
 /// SIGPIPE, so the print would fail and panic instead. The roles keep
 /// ignoring it (a peer that left is their business, not a reason to die).
-/// Sockets are unaffected either way: they are written with MSG_NOSIGNAL.
+/// Only the main thread, which prints, takes the signal: the runtime's
+/// threads block it ([`sigpipe_as_error`]).
 fn quiet_on_closed_output() {
     // SAFETY: sets the disposition of one signal to its default, before
     // any thread that could depend on it is started.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Blocks SIGPIPE on a runtime thread of a client command: a write there
+/// to a peer that left fails with `EPIPE`, which is handled, instead of
+/// killing the process without a word. TCP is written with MSG_NOSIGNAL,
+/// but a Unix socket (PostgreSQL at `host=/var/run/postgresql`) is not.
+fn sigpipe_as_error() {
+    // SAFETY: changes only this thread's signal mask, with a set built
+    // here.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

@@ -52,8 +52,7 @@ pub struct RecoveryArgs {
     /// Work folder (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
-    /// Measure the schedule list only: no replay, no waiting reads (the
-    /// replay on PostgreSQL applies one order at a time).
+    /// Measure the schedule list only: no replay, no waiting reads.
     #[arg(long)]
     pub flag_only: bool,
     /// Only generate the store (into `--dir` or `--database-url`), marked

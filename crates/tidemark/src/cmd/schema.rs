@@ -12,15 +12,28 @@ use tidemark_api::{DbClient, Schema};
 pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
     match cmd {
         SchemaCommand::Show { server, pending } => {
+            // Standard output holds the schema document alone (CONTRACT.md:
+            // what `schema stage` takes, without `version`); which version
+            // it is goes to standard error.
             let client = DbClient::new(&server);
-            let v: serde_json::Value = if pending {
+            let tables = if pending {
                 let p: PendingSchema = client.get_json("/v1/schema/pending").await?;
-                serde_json::json!({"version": p.version, "base_version": p.base_version,
-                    "staged_by": p.staged_by, "staged_at": p.staged_at, "tables": p.tables})
+                eprintln!(
+                    "staged schema version {} (on version {}), by {} at {}",
+                    p.version, p.base_version, p.staged_by, p.staged_at
+                );
+                serde_json::to_value(&p.tables)?
             } else {
-                client.get_json("/v1/schema").await?
+                let mut v: serde_json::Value = client.get_json("/v1/schema").await?;
+                if let Some(n) = v.get("version") {
+                    eprintln!("schema version {n}");
+                }
+                v.get_mut("tables")
+                    .map(serde_json::Value::take)
+                    .unwrap_or_default()
             };
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let doc = serde_json::json!({ "tables": tables });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(())
         }
         SchemaCommand::Versions { server, json } => {

@@ -99,6 +99,23 @@ pub fn skips_ahead(order: &Order, hw: u64, strict: bool) -> bool {
     strict && order.origin.is_none() && order.seq != hw + 1
 }
 
+/// Fills `tm_pruned` (per source, the highest seq whose change was pruned
+/// from the log) for a store whose log was pruned before the table existed,
+/// or whose table did not travel (a restore across engines): each source's
+/// seqs below the oldest the log still holds count as pruned, as they did
+/// before. A no-op once the table has rows, and while the log is whole
+/// (nothing pruned). The same SQL for both engines.
+pub const PRUNED_BACKFILL: &str = "INSERT INTO tm_pruned (source, through_seq) SELECT s.source, coalesce((SELECT min(c.source_seq) - 1 FROM tm_changes c WHERE c.source = s.source), s.high_water) FROM tm_sources s WHERE NOT EXISTS (SELECT 1 FROM tm_pruned) AND NOT EXISTS (SELECT 1 FROM tm_changes WHERE seq = 1) ON CONFLICT (source) DO NOTHING";
+
+/// How an order that is at or below its source's high-water mark, and not
+/// in the log, is answered: acknowledged as applied long ago if its change
+/// was pruned (`pruned_through`: the source's highest pruned seq), refused
+/// as out of order otherwise (it was never applied: acknowledging it would
+/// drop it without a word).
+pub fn was_pruned(order: &Order, pruned_through: Option<i64>) -> bool {
+    pruned_through.is_some_and(|t| order.seq as i64 <= t)
+}
+
 /// Refuses an order too far ahead of its source's high-water mark `hw`.
 pub fn check_gap(index: usize, order: &Order, hw: u64) -> Result<(), StoreError> {
     if order.seq > hw.saturating_add(MAX_SEQ_GAP) {

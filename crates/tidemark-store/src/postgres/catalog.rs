@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS tm_columns (tbl text NOT NULL, name text NOT NULL, ty
 CREATE TABLE IF NOT EXISTS tm_changes (seq bigint PRIMARY KEY, epoch bigint NOT NULL, tbl text NOT NULL, key text NOT NULL, fields jsonb, source text NOT NULL, source_seq bigint NOT NULL, digest text NOT NULL, cleared boolean NOT NULL DEFAULT false, flagged boolean NOT NULL DEFAULT false);
 CREATE INDEX IF NOT EXISTS tm_changes_by_source ON tm_changes (source, source_seq);
 CREATE TABLE IF NOT EXISTS tm_sources (source text PRIMARY KEY, high_water bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS tm_pruned (source text PRIMARY KEY, through_seq bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS tm_tombstones (tbl text NOT NULL, key text NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL, PRIMARY KEY (tbl, key));
 CREATE TABLE IF NOT EXISTS tm_flags (tbl text NOT NULL, key text NOT NULL, source text NOT NULL, through_seq bigint NOT NULL, PRIMARY KEY (tbl, key, source));
 CREATE TABLE IF NOT EXISTS tm_recovery_sources (source text PRIMARY KEY, final boolean NOT NULL, waived boolean NOT NULL);

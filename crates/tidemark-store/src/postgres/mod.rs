@@ -505,6 +505,9 @@ impl PgStore {
                     .map_err(engine_error)?;
             }
         }
+        tx.execute(crate::apply::PRUNED_BACKFILL, &[])
+            .await
+            .map_err(engine_error)?;
         let fresh = tx
             .query_opt("SELECT value FROM tm_meta WHERE name = 'format'", &[])
             .await
@@ -892,10 +895,22 @@ impl Store for PgStore {
                 return Ok(0);
             };
             let upto = below.min(oldest + crate::PRUNE_CHUNK as i64 - 1);
-            client
+            // Each source's highest pruned seq goes with the changes it
+            // outlives, in one transaction (see `apply::was_pruned`).
+            let mut client = client;
+            let tx = client.transaction().await.map_err(engine_error)?;
+            tx.execute(
+                "INSERT INTO tm_pruned (source, through_seq) SELECT source, max(source_seq) FROM tm_changes WHERE seq <= $1 GROUP BY source ON CONFLICT (source) DO UPDATE SET through_seq = greatest(tm_pruned.through_seq, excluded.through_seq)",
+                &[&upto],
+            )
+            .await
+            .map_err(engine_error)?;
+            let n = tx
                 .execute("DELETE FROM tm_changes WHERE seq <= $1", &[&upto])
                 .await
-                .map_err(engine_error)
+                .map_err(engine_error)?;
+            tx.commit().await.map_err(engine_error)?;
+            Ok(n)
         })
         .await
     }

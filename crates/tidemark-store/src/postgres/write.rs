@@ -841,35 +841,24 @@ async fn duplicate(
             high_water: hw,
         }),
         None => {
-            let oldest: Option<i64> = q_one(
+            let through: Option<i64> = q_one(
                 tx,
-                "SELECT min(source_seq) FROM tm_changes WHERE source = $1",
+                "SELECT (SELECT through_seq FROM tm_pruned WHERE source = $1)",
                 &[&order.source],
             )
             .await
             .map_err(pg)?
             .get(0);
-            // The log still starts at the first change ever (seq 1): nothing
-            // was pruned, so an order it lacks was never applied.
-            let whole: bool = q_one(
-                tx,
-                "SELECT EXISTS (SELECT 1 FROM tm_changes WHERE seq = 1)",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-            match oldest {
-                // Below what the log still holds: applied long ago, pruned since.
-                Some(o) if (order.seq as i64) < o && !whole => Ok(ack(None)),
-                None if !whole => Ok(ack(None)),
-                _ => Err(StoreError::OutOfOrder {
-                    index,
-                    source_name: order.source.clone(),
-                    seq: order.seq,
-                    high_water: hw,
-                }),
+            if crate::apply::was_pruned(order, through) {
+                // Applied long ago; its change was pruned since.
+                return Ok(ack(None));
             }
+            Err(StoreError::OutOfOrder {
+                index,
+                source_name: order.source.clone(),
+                seq: order.seq,
+                high_water: hw,
+            })
         }
     }
 }

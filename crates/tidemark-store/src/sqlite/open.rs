@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS tm_tombstones (tbl TEXT NOT NULL, key TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS tm_flags (tbl TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL, through_seq INTEGER NOT NULL, PRIMARY KEY (tbl, key, source)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_recovery_sources (source TEXT PRIMARY KEY NOT NULL, final INTEGER NOT NULL, waived INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tm_schema_versions (version INTEGER PRIMARY KEY NOT NULL, schema TEXT NOT NULL, published_by TEXT NOT NULL, published_at TEXT, changes TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE IF NOT EXISTS tm_pruned (source TEXT PRIMARY KEY NOT NULL, through_seq INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Columns added to the internal tables since format 1, for stores made
@@ -242,6 +243,7 @@ impl SqliteStore {
         }
         // Only a store of this format is changed.
         add_missing_columns(&writer)?;
+        writer.execute(crate::apply::PRUNED_BACKFILL, [])?;
         let schema = catalog::load(&writer, meta_u64(&writer, "schema_version")?)?;
         let epoch = meta_u64(&writer, "epoch")?;
         let seq = meta_u64(&writer, "seq")?;

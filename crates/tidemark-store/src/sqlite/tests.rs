@@ -26,6 +26,49 @@ async fn reopen_keeps_everything() {
     crate::testsuite::check_some(&store).await;
 }
 
+/// A store whose log was pruned before `tm_pruned` existed (an older
+/// build, or a restore across engines) is given it at open, from what the
+/// log still holds: a pruned order is acknowledged as before, one never
+/// applied is refused.
+#[tokio::test]
+async fn a_log_pruned_before_tm_pruned_existed_is_read_as_before() {
+    use tidemark_api::Op;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path(), "test").unwrap();
+        let orders = (1..=10)
+            .map(|i| {
+                crate::testsuite::order(
+                    "old",
+                    i,
+                    &format!("k{i}"),
+                    Op::Upsert,
+                    serde_json::json!({}),
+                )
+            })
+            .collect();
+        store.apply(orders).await.unwrap();
+        store.prune_changes(3).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let db = dir.path().join(crate::layout::CURRENT).join(DB_FILE);
+    let db = if db.exists() {
+        db
+    } else {
+        dir.path().join(DB_FILE)
+    };
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TABLE tm_pruned")
+        .unwrap();
+    let store = SqliteStore::open(dir.path(), "test").unwrap();
+    let again = crate::testsuite::order("old", 2, "k2", Op::Upsert, serde_json::json!({}));
+    let out = store.apply(vec![again]).await.unwrap();
+    assert!(out.results[0].duplicate && out.results[0].version.is_none());
+    let logged = crate::testsuite::order("old", 9, "k9", Op::Upsert, serde_json::json!({}));
+    assert!(store.apply(vec![logged]).await.unwrap().results[0].duplicate);
+}
+
 /// A steady stream of commits does not grow the WAL without end: past its
 /// bound the checkpointer copies the rest between two transactions, the
 /// next one starts the WAL over, and the file is trimmed back to the bound.

@@ -72,7 +72,7 @@ pub(super) async fn prune_changes(s: &SqliteStore, keep: u64) -> Result<u64, Sto
     let below = s.inner.seq.load(Ordering::SeqCst).saturating_sub(keep);
     crate::prune_in_chunks(|| {
         s.blocking(move |s| {
-            let conn = s.inner.writer.lock();
+            let mut conn = s.inner.writer.lock();
             // `seq` is the rowid: the oldest chunk is a range scan, with
             // constant bounds (a subquery in the bound made SQLite take a
             // second per chunk instead of milliseconds).
@@ -82,10 +82,18 @@ pub(super) async fn prune_changes(s: &SqliteStore, keep: u64) -> Result<u64, Sto
                 return Ok(0);
             };
             let upto = below.min(oldest as u64 + crate::PRUNE_CHUNK - 1);
-            let n = conn.execute(
+            // Each source's highest pruned seq goes with the changes it
+            // outlives, in one transaction (see `apply::was_pruned`).
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO tm_pruned (source, through_seq) SELECT source, max(source_seq) FROM tm_changes WHERE seq <= ?1 GROUP BY source ON CONFLICT(source) DO UPDATE SET through_seq = max(tm_pruned.through_seq, excluded.through_seq)",
+                params![upto as i64],
+            )?;
+            let n = tx.execute(
                 "DELETE FROM tm_changes WHERE seq <= ?1",
                 params![upto as i64],
             )?;
+            tx.commit()?;
             Ok(n as u64)
         })
     })
@@ -407,31 +415,25 @@ impl SqliteStore {
                 high_water: hw,
             }),
             None => {
-                let oldest: Option<i64> = conn
-                    .prepare_cached("SELECT min(source_seq) FROM tm_changes WHERE source = ?1")?
-                    .query_row(params![order.source], |r| r.get(0))?;
-                // The log still starts at the first change ever (seq 1):
-                // nothing was pruned, so an order it lacks was never applied.
-                let whole: bool = conn
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM tm_changes WHERE seq = 1)")?
-                    .query_row([], |r| r.get(0))?;
-                let pruned = OrderResult {
-                    source: order.source.clone(),
-                    seq: order.seq,
-                    version: None,
-                    duplicate: true,
-                };
-                match oldest {
-                    // Below what the log still holds: applied long ago, pruned since.
-                    Some(o) if (order.seq as i64) < o && !whole => Ok(pruned),
-                    None if !whole => Ok(pruned),
-                    _ => Err(StoreError::OutOfOrder {
-                        index,
-                        source_name: order.source.clone(),
+                let through: Option<i64> = conn
+                    .prepare_cached("SELECT through_seq FROM tm_pruned WHERE source = ?1")?
+                    .query_row(params![order.source], |r| r.get(0))
+                    .optional()?;
+                if crate::apply::was_pruned(order, through) {
+                    // Applied long ago; its change was pruned since.
+                    return Ok(OrderResult {
+                        source: order.source.clone(),
                         seq: order.seq,
-                        high_water: hw,
-                    }),
+                        version: None,
+                        duplicate: true,
+                    });
                 }
+                Err(StoreError::OutOfOrder {
+                    index,
+                    source_name: order.source.clone(),
+                    seq: order.seq,
+                    high_water: hw,
+                })
             }
         }
     }

@@ -282,6 +282,22 @@ pub(super) async fn change_log(store: &dyn Store) {
     .await;
     assert!(again.results[0].duplicate);
     assert_eq!(store.meta().await.unwrap().seq, seq);
+    // Once the log was pruned, an order below the first of a source none
+    // of whose changes were pruned is still refused: it was never applied
+    // (it was taken for a pruned one, acknowledged and dropped).
+    apply_ok(store, order("ops-late", 3, "late-3", Op::Upsert, json!({}))).await;
+    assert!(matches!(
+        store
+            .apply(vec![order("ops-late", 2, "late-2", Op::Upsert, json!({}))])
+            .await,
+        Err(StoreError::OutOfOrder { seq: 2, .. })
+    ));
+    assert!(store
+        .get("subscriber", "late-2")
+        .await
+        .unwrap()
+        .record
+        .is_none());
 
     // A backlog of several pruning chunks (after a bulk load) goes in one call.
     let backlog = 2 * crate::PRUNE_CHUNK + 100;
@@ -294,8 +310,9 @@ pub(super) async fn change_log(store: &dyn Store) {
     let seq = store.meta().await.unwrap().seq;
     let pruned = store.prune_changes(20).await.unwrap();
     assert_eq!(
-        pruned, backlog,
-        "the whole backlog but the newest 20 is pruned"
+        pruned,
+        backlog + 1,
+        "the whole backlog (and ops-late's change) but the newest 20 is pruned"
     );
     assert_eq!(store.meta().await.unwrap().log_floor, seq - 19);
     assert_eq!(store.changes_since(0, 1000).await.unwrap().len(), 20);

@@ -38,10 +38,15 @@ fn schema_cmd(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let mut all = vec!["schema"];
     all.extend_from_slice(args);
     let out = run(dir, &all, None, &[]);
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        // How it ended (a signal leaves no line), for the failure message.
+        err.push_str(&format!(" [{}]", out.status));
+    }
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        err,
     )
 }
 

@@ -404,11 +404,20 @@ impl Recovery {
         Ok(dropped)
     }
 
-    /// `recovered` becomes `normal` after `hold`.
+    /// `recovered` becomes `normal` after `hold`. The hold starts when the
+    /// recovery completed here, or when this instance first settles it (a
+    /// standby that followed the state and was promoted since: it never
+    /// saw the transition, and without a start it stayed `recovered`).
     pub async fn settle(&self, hold: Duration) -> Result<(), StoreError> {
-        let due = matches!(*self.recovered_at.read(), Some(t) if t.elapsed() >= hold);
-        if due && self.state() == RecoveryState::Recovered {
+        if self.state() != RecoveryState::Recovered {
+            return Ok(());
+        }
+        let since = *self.recovered_at.write().get_or_insert_with(Instant::now);
+        if since.elapsed() >= hold {
             let _t = self.transition.lock().await;
+            if self.state() != RecoveryState::Recovered {
+                return Ok(()); // moved on meanwhile (a new restore)
+            }
             let m = self
                 .store
                 .set_recovery_state(RecoveryState::Normal, false)
@@ -526,6 +535,9 @@ mod tests {
         assert!(out.changes[0].cleared_flag);
         r.after_clear().await.unwrap();
         assert_eq!(r.state(), RecoveryState::Recovered);
+        // As on an instance that followed the state and was promoted since:
+        // its hold starts when it first settles.
+        *r.recovered_at.write() = None;
         let hold = Duration::from_secs(30);
         r.settle(hold).await.unwrap();
         assert_eq!(r.state(), RecoveryState::Recovered, "held");

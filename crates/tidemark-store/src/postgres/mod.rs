@@ -362,7 +362,9 @@ impl PgStore {
         );
         config.options(&session);
         if config.get_application_name().is_none() {
-            config.application_name("tidemark");
+            // Names the schema: a restore or offline backup refuses while
+            // sessions under it live (`target::server_sessions`).
+            config.application_name(target::application_name(schema));
         }
         let pool = build_pool(config.clone(), 16)?;
         // A lease statement its caller gave up on (half a lease) must not

@@ -80,6 +80,7 @@ async fn holders(client: &tokio_postgres::Client, schema: &str) -> String {
                 "SELECT count(*), coalesce(string_agg(DISTINCT coalesce(host(a.client_addr), 'a local socket'), ', '), '') \
                  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
                  WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid() \
+                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                  AND l.classid::bigint = (({LOCK_KEY})::bigint >> 32) & 4294967295 \
                  AND l.objid::bigint = ({LOCK_KEY})::bigint & 4294967295"
             ),
@@ -182,32 +183,46 @@ async fn keep_lock(
         drop(store);
         tracing::warn!(schema = %schema, "lost the PostgreSQL connection holding the server lock; re-taking it (orders are refused meanwhile)");
         let mut delay = Duration::from_millis(50);
+        let mut told = false;
         loop {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
             let Some(store) = inner.upgrade() else { return };
             let attempt = async {
                 let (c, e) = connect_watched(&url).await?;
-                let got = try_lock_shared(&c, &schema).await?
-                    && !restored_meanwhile(&c, &schema, store.epoch.load(Ordering::SeqCst)).await?;
-                Ok::<_, StoreError>((c, e, got))
+                if !try_lock_shared(&c, &schema).await? {
+                    return Ok(None);
+                }
+                let restored =
+                    restored_meanwhile(&c, &schema, store.epoch.load(Ordering::SeqCst)).await?;
+                Ok::<_, StoreError>(Some((c, e, restored)))
             };
             match attempt.await {
-                Ok((c, e, true)) => {
+                Ok(Some((c, e, false))) => {
                     drop(held.replace(c));
                     ended = e;
                     store.lock_state.store(LOCK_HELD, Ordering::SeqCst);
                     tracing::info!(schema = %schema, "server lock re-taken");
                     break;
                 }
-                Ok((_, _, false)) => {
-                    // Locked by a restore now, or one ran while the lock
-                    // was down (every restore starts a new epoch).
+                Ok(Some((_, _, true))) => {
+                    // A restore ran while the lock was down (every restore
+                    // starts a new epoch): what this server holds is stale.
                     store
                         .lock_state
                         .store(LOCK_LOST_TO_RESTORE, Ordering::SeqCst);
-                    tracing::error!(schema = %schema, "a restore holds the schema's lock: this server's data may be stale; it refuses every request until restarted");
+                    tracing::error!(schema = %schema, "a restore ran on the schema while this server's lock was down: its data may be stale; it refuses every request until restarted");
                     return;
+                }
+                Ok(None) => {
+                    // Held exclusively: an offline backup, a cleanup or a
+                    // restore. Only a restore changes the data, which the
+                    // epoch tells once the lock is ours again; until then
+                    // requests are refused as unavailable.
+                    if !told {
+                        told = true;
+                        tracing::warn!(schema = %schema, "another process holds the schema's lock (an offline backup, a cleanup or a restore); waiting for it");
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "re-taking the server lock failed; retrying");
@@ -311,6 +326,27 @@ pub fn source_name(url: &str, schema: &str) -> String {
     )
 }
 
+/// The `application_name` of the sessions a store on `schema` opens (at
+/// most 62 bytes: schema names are at most 53).
+pub fn application_name(schema: &str) -> String {
+    format!("tidemark:{schema}")
+}
+
+/// How many sessions of a store on `schema` PostgreSQL holds, other than
+/// this one's. The lock alone does not tell a live server whose lock's
+/// connection is being re-taken (PostgreSQL restarted a moment ago): its
+/// pool is connected all the same.
+async fn server_sessions(client: &tokio_postgres::Client, schema: &str) -> Result<i64, StoreError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()",
+            &[&application_name(schema)],
+        )
+        .await
+        .map_err(engine_error)?
+        .get(0))
+}
+
 /// A schema being restored: held exclusively until dropped.
 pub struct RestoreTarget {
     url: String,
@@ -346,6 +382,26 @@ impl RestoreTarget {
                 place: format!("PostgreSQL schema '{schema}'"),
                 holder: holders(&client, schema).await,
             });
+        }
+        // A server whose lock's connection is down, re-taking it, is still
+        // connected (B2, B4); one killed a moment ago is gone once
+        // PostgreSQL sees its connections close.
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let live = server_sessions(&client, schema).await?;
+            if live == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= patience {
+                return Err(StoreError::Locked {
+                    place: format!("PostgreSQL schema '{schema}'"),
+                    holder: format!(
+                        "a DB server whose lock is being re-taken ({live} PostgreSQL sessions named '{}')",
+                        application_name(schema)
+                    ),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         Ok(RestoreTarget {
             url: url.to_owned(),

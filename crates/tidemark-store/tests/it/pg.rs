@@ -231,7 +231,12 @@ async fn a_server_locking_after_a_restore_sees_the_restored_store() {
     let Some(url) = database("lock_after_restore") else {
         return;
     };
-    let server = PgStore::connect(&url, "tidemark").await.unwrap();
+    // Named apart: sessions of a store on the schema (a server re-taking
+    // its lock) keep a restore out; this one plays a server not started yet.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let server = PgStore::connect(&format!("{url}{sep}application_name=starting"), "tidemark")
+        .await
+        .unwrap();
     let before = server.meta().await.unwrap().epoch;
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snap");
@@ -913,4 +918,28 @@ async fn a_shared_write_counts_the_generation() {
     let before = s.shared_gen().await.unwrap();
     s.mark_restored(2).await.unwrap();
     assert!(s.shared_gen().await.unwrap() > before);
+}
+
+/// B2, B4: a store open on the schema without its lock (a server whose
+/// lock's connection is being re-taken after PostgreSQL restarted) keeps a
+/// restore or offline backup out, naming its sessions; once it is closed,
+/// the schema can be locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_its_lock_still_keeps_a_restore_out() {
+    use tidemark_store::postgres::target::RestoreTarget;
+    let Some(url) = database("lock_retaking") else {
+        return;
+    };
+    let server = PgStore::connect(&url, "tidemark").await.unwrap();
+    server.meta().await.unwrap();
+    match RestoreTarget::lock(&url, "tidemark").await {
+        Err(tidemark_store::StoreError::Locked { holder, .. }) => {
+            assert!(holder.contains("re-taken"), "{holder}");
+        }
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => panic!("a restore must not run beside a connected server"),
+    }
+    server.close().await.unwrap();
+    drop(server);
+    RestoreTarget::lock(&url, "tidemark").await.unwrap();
 }

@@ -260,7 +260,25 @@ async fn join_cluster(
         }
     }
     if let Some(other) = live.iter().find(|m| m.url == url) {
-        tracing::info!(url = %url, previous = %other.id, "an instance with this URL was live recently; taking its place");
+        // A predecessor that died beats no more; a live instance beats at
+        // least every 1.5 s (three ticks). Two live instances under one URL
+        // would send every write to whichever holds the lease's name.
+        tracing::info!(url = %url, previous = %other.id, "an instance with this URL was live recently; checking that it is gone");
+        let wait = Duration::from_secs(3);
+        tokio::time::sleep(wait).await;
+        let now = store
+            .members(crate::cluster::lease::live_within_ms(&cluster))
+            .await
+            .context("reading the cluster's members")?;
+        if let Some(alive) = now.iter().find(|m| {
+            m.url == url && m.id == other.id && m.heartbeat_age_ms < wait.as_millis() as i64
+        }) {
+            anyhow::bail!(
+                "refusing to join the cluster: a live instance (started {}) already advertises {url}; give this one its own --advertise URL (or --listen address), or stop that one first",
+                alive.started_at
+            );
+        }
+        tracing::info!(url = %url, previous = %other.id, "taking the place of an instance with this URL that is gone");
     }
     Ok(cluster)
 }

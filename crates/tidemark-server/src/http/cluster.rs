@@ -83,13 +83,19 @@ pub async fn promote(
             json!({"promoted": true, "already_primary": true, "term": before.term, "primary": cluster.url}),
         ));
     }
-    if app.quiesce.offline() {
-        // It would hand the lease on again at once (an offline primary
-        // does), after the old primary had given it up.
+    if app.quiesce.notice().is_some() {
+        // It would hand the lease on again at its deadline (at once if
+        // offline already), after the old primary had given it up; hand-
+        // overs go to a standby that is not quiescing.
+        let when = if app.quiesce.offline() {
+            "is offline after its quiesce notice"
+        } else {
+            "has a quiesce notice in force"
+        };
         return Err(HttpError::new(
             ErrorCode::PromoteRefused,
             format!(
-                "{} is offline after its quiesce notice, so it cannot become the primary; cancel the notice first ('tidemark quiesce --server {} --cancel'), or promote another standby",
+                "{} {when}, so it cannot become the primary; cancel the notice first ('tidemark quiesce --server {} --cancel'), or promote another standby",
                 cluster.url, cluster.url
             ),
         ));

@@ -42,8 +42,8 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         config.failover_wait_secs = w;
     }
     if let Some(t) = args.lease_ttl_ms {
-        if t < 100 {
-            super::usage!("--lease-ttl-ms must be at least 100");
+        if !(100..=60_000).contains(&t) {
+            super::usage!("--lease-ttl-ms must be from 100 to 60000 (a minute): a failover waits for a dead primary's lease to run out");
         }
         config.lease_ttl_ms = t;
     }

@@ -486,6 +486,41 @@ async fn promote_back_and_forth_refuses_and_loses_nothing() {
             .contains(&urls[1 - primary]),
         "{b}"
     );
+    // A standby with a quiesce notice in force is refused: it would hand
+    // the lease on again at its deadline.
+    let standby = &urls[1 - primary];
+    let out = run(
+        tmp.path(),
+        &["quiesce", "--server", standby, "--in", "600"],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, b) = post_raw(&format!("{standby}/v1/cluster/promote"), "").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("promote_refused")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("--cancel"),
+        "{b}"
+    );
+    let out = run(
+        tmp.path(),
+        &["quiesce", "--server", standby, "--cancel"],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (s, b) = post_raw(
         &format!("{}/v1/cluster/promote", urls[primary]),
         json!({"url": urls[1 - primary]}).to_string(),
@@ -1494,4 +1529,42 @@ async fn a_standby_past_its_quiesce_deadline_is_not_promoted() {
     assert!(err.contains("quiesce") && err.contains("--cancel"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(primary_of(&urls).await, primary, "the primary stays");
+}
+
+/// S5: an instance refuses to join under the URL a live instance already
+/// advertises (writes were sent to whichever held the lease's name, and
+/// failed for good); it takes the place of one that is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_refuses_the_url_a_live_instance_advertises() {
+    let Some(url) = database("an_instance_refuses_the_url_a_live_instance_advertises") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut first = instance(tmp.path(), "db0", &url, "127.0.0.1:0");
+    first.wait_ok("/readyz").await;
+    let taken = first.url.clone();
+    let args = [
+        "server",
+        "--store",
+        "postgres",
+        "--database-url",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--advertise",
+        &taken,
+    ];
+    let out = run(tmp.path(), &args, None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already advertises") && err.contains("--advertise"),
+        "{err}"
+    );
+    // Once it is gone (killed: its member row stays, unrenewed), the URL is
+    // free.
+    first.kill9();
+    // (Proc::start adds its own --listen.)
+    let second = Proc::start("db1", tmp.path(), &[&args[..5], &args[7..]].concat(), &[]);
+    second.wait_ok("/readyz").await;
 }

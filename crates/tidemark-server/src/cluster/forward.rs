@@ -77,9 +77,17 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
     };
     let already_forwarded = parts.headers.contains_key(FORWARDED);
     let deadline = Instant::now() + cluster.failover_wait;
+    // Past its quiesce deadline a primary hands the lease on within a tick
+    // or two: a write meanwhile is held for the next primary (S5: kept and
+    // delayed), not refused. With no standby to take the lease, it is
+    // refused (`503 quiescing`) after this.
+    let handover_hold = Instant::now() + OFFLINE_HANDOVER_HOLD.min(cluster.failover_wait);
     loop {
         let view = cluster.view();
         match (view.role, view.primary) {
+            (Role::Primary, _) if app.quiesce.offline() && Instant::now() < handover_hold => {
+                cluster.lease_wake.notify_one();
+            }
             (Role::Primary, _) => {
                 let req = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
                 let mut resp = next.clone().run(req).await;
@@ -144,6 +152,10 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
         cluster.changed(Duration::from_millis(50)).await;
     }
 }
+
+/// How long a write reaching a primary past its quiesce deadline waits for
+/// the lease to be handed on.
+const OFFLINE_HANDOVER_HOLD: Duration = Duration::from_secs(3);
 
 /// Whether a write may be sent again to another primary without being
 /// applied twice or answered differently.

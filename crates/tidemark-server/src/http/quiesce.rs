@@ -31,7 +31,7 @@ struct Announce {
 pub fn offline_error() -> HttpError {
     HttpError::new(
         ErrorCode::Quiescing,
-        "this server is offline after a quiesce notice; retry later or use another server",
+        "this server is offline after a quiesce notice; retry later or use another server (an operator ends the notice with 'tidemark quiesce --server URL --cancel')",
     )
     .retry_after(30)
 }

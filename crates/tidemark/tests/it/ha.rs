@@ -729,6 +729,30 @@ async fn a_primary_past_its_quiesce_deadline_hands_the_lease_on() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, urls, _procs) = two_instances(tmp.path(), &url).await;
     let old = primary_of(&urls).await;
+    // Orders to the quiescing primary across its deadline and the handover:
+    // held for the next primary, none refused.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (stop, base) = (stop.clone(), urls[old].clone());
+        tokio::spawn(async move {
+            let mut refused = Vec::new();
+            let mut seq = 0;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                let (s, b) = post_raw(
+                    &format!("{base}/v1/orders"),
+                    json!({"orders": [{"source": "ops-h", "seq": seq, "table": "subscriber", "key": "h",
+                                       "op": "upsert", "fields": {"credit_limit": seq}}]})
+                    .to_string(),
+                )
+                .await;
+                if s != 200 {
+                    refused.push(format!("{s} {b}"));
+                }
+            }
+            (seq, refused)
+        })
+    };
     run_ok(
         tmp.path(),
         &["quiesce", "--server", &urls[old], "--in", "1"],
@@ -738,6 +762,14 @@ async fn a_primary_past_its_quiesce_deadline_hands_the_lease_on() {
         (s["role"] == "primary").then_some(())
     })
     .await;
+    stop.store(true, Ordering::SeqCst);
+    let (sent, refused) = sender.await.unwrap();
+    assert!(
+        refused.is_empty(),
+        "{} of {sent} refused, the first: {:?}",
+        refused.len(),
+        refused.first()
+    );
     // Through either instance: the offline one forwards to the new primary.
     for (seq, base) in [(1, &urls[old]), (2, &urls[1 - old])] {
         let (s, b) = post_raw(

@@ -118,7 +118,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     let client = DbClient::new(&opts.db);
     let schema: Schema = get_with_retry(&client, "/v1/schema")
         .await
-        .context("fetching the schema to validate orders")?;
+        .context("fetching the schema to validate the orders against (nothing was journaled or submitted: run the same command again once the DB server answers)")?;
     for (i, o) in orders.iter().enumerate() {
         let check = match o.op {
             tidemark_api::Op::Upsert => schema.validate_fields(&o.table, &o.fields),

@@ -88,6 +88,7 @@ pub struct NotPrimaryMark;
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let not_primary = self.error.code == ErrorCode::NoPrimary;
+        let unauthenticated = self.error.code == ErrorCode::Unauthenticated;
         let status = StatusCode::from_u16(self.error.code.status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&ErrorBody { error: self.error }).unwrap_or_default();
@@ -102,6 +103,13 @@ impl IntoResponse for HttpError {
                 resp.headers_mut()
                     .insert(axum::http::header::RETRY_AFTER, v);
             }
+        }
+        if unauthenticated {
+            // RFC 6750: a 401 names the scheme it wants.
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tidemark\""),
+            );
         }
         if not_primary {
             resp.extensions_mut().insert(NotPrimaryMark);

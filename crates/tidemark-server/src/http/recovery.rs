@@ -138,7 +138,7 @@ pub async fn flags(
         HttpError::new(
             ErrorCode::BadRequest,
             format!(
-                "{}; 'limit' is a number from 1 to 10000, 'table', 'prefix' and 'after' are text",
+                "{}; 'limit' is a whole number (a page holds 1 to 10000 flags: a larger one is cut to 10000), 'table', 'prefix' and 'after' are text",
                 e.body_text()
             ),
         )

@@ -169,6 +169,20 @@ async fn every_endpoint_needs_its_role() {
     }
     let (s, _) = call("GET", &format!("{u}/v1/state"), Some("tm_not-a-token"), "").await;
     assert_eq!(s, 401);
+    // RFC 6750: a 401 names the scheme it wants.
+    let r = reqwest::Client::new()
+        .get(format!("{u}/v1/state"))
+        .bearer_auth("tm_not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer realm=\"tidemark\"")
+    );
     // A path no endpoint has is not found, to anyone (it was a refusal
     // naming the admin role, and the console's favicon logged a 401).
     for (token, _, name) in roles {

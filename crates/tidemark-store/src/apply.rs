@@ -164,13 +164,18 @@ pub fn validate_schedule(
         )));
     }
     for (i, e) in entries.iter().enumerate() {
-        schema
-            .table(&e.table)
-            .map_err(|err| StoreError::Input(Box::new(err)))?;
-        validate_key(&e.key).map_err(|err| StoreError::Input(Box::new(err)))?;
+        let entry = |err| StoreError::ScheduleEntry {
+            index: i,
+            table: e.table.clone(),
+            key: e.key.clone(),
+            error: Box::new(err),
+        };
+        schema.table(&e.table).map_err(entry)?;
+        validate_key(&e.key).map_err(entry)?;
         if e.through_seq == 0 {
             return Err(StoreError::BadSchedule(format!(
-                "entry {i}: through_seq must be 1 or more"
+                "entry {i} ({}/{:?}): through_seq must be 1 or more: the seq of the last order of this source that changed the key (seqs start at 1); nothing of the chunk was taken",
+                e.table, e.key
             )));
         }
     }

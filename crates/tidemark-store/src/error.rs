@@ -13,6 +13,15 @@ pub enum StoreError {
         seq: u64,
         error: Box<InvalidInput>,
     },
+    /// Entry `index` of a schedule chunk names an unknown table or an
+    /// invalid key; nothing of the chunk was taken.
+    #[error("entry {index} of the schedule chunk ({table}/{key:?}): {error}; nothing of the chunk was taken: fix or remove that entry and send the chunk again")]
+    ScheduleEntry {
+        index: usize,
+        table: String,
+        key: String,
+        error: Box<InvalidInput>,
+    },
     /// A used `(source, seq)` came with different content.
     #[error("order {index}: source '{source_name}' seq {seq} is taken, with different content, by an order already applied or by an earlier order of this batch; give every order its own seq (GET /v1/sources shows each source's high-water mark; {high_water} counts this refused batch); nothing in the batch was applied")]
     Conflict {

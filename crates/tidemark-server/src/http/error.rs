@@ -44,6 +44,9 @@ impl From<StoreError> for HttpError {
                 HttpError::new(code, message)
             }
             StoreError::Input(error) => ApiError::from(*error).into(),
+            StoreError::ScheduleEntry { error, .. } => {
+                HttpError::new(ApiError::from(*error).code, message)
+            }
             StoreError::Conflict { .. } => HttpError::new(ErrorCode::OrderConflict, message),
             StoreError::OutOfOrder { .. } => HttpError::new(ErrorCode::OrderOutOfOrder, message),
             StoreError::Gap { .. } => HttpError::new(ErrorCode::OrderGap, message),

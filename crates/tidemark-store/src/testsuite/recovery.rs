@@ -89,7 +89,7 @@ pub(super) async fn recovery_flags(store: &dyn Store) {
                 vec![]
             )
             .await,
-        Err(StoreError::Input(_))
+        Err(StoreError::ScheduleEntry { index: 0, .. })
     ));
     // Every other source with applied orders at the restore point must send
     // its final chunk too, or be waived, before the schedule is final.

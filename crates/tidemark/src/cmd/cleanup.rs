@@ -24,7 +24,7 @@ pub async fn run(config: ServerConfig, a: CleanupArgs) -> anyhow::Result<()> {
         println!("{what}: no process information to clean up; ready to start");
     } else {
         println!(
-            "{what}: removed the process information an online backup carried over ({}); ready to start",
+            "{what}: removed the process information of the last server that ran on it ({}; an online backup carries it over); ready to start",
             removed.join(", ")
         );
     }

@@ -97,7 +97,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         print_carried(&report.schema_carried, report.access_carried);
         if !report.cleaned.is_empty() {
             println!(
-                "cleanup: removed the process information an online backup carried over ({})",
+                "cleanup: removed the process information the backup carried over ({})",
                 report.cleaned.join(", ")
             );
         }
@@ -198,7 +198,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
     print_carried(&report.schema_carried, report.access_carried);
     if !report.cleaned.is_empty() {
         println!(
-            "cleanup: removed the process information an online backup carried over ({})",
+            "cleanup: removed the process information the backup carried over ({})",
             report.cleaned.join(", ")
         );
     }

@@ -454,6 +454,36 @@ async fn an_operator_can_end_a_recovery_explicitly_on(engine: Engine) {
     let mut w = disaster_on(dir, engine).await;
     let db = restore_and_restart(dir, &mut w).await;
     let u = &db.url;
+    // A chunk with a bad entry is refused whole, naming the entry.
+    for (bad, status, code) in [
+        (
+            json!({"table": "nope", "key": "k", "through_seq": 5}),
+            404,
+            "unknown_table",
+        ),
+        (
+            json!({"table": "subscriber", "key": "", "through_seq": 5}),
+            400,
+            "invalid_key",
+        ),
+        (
+            json!({"table": "subscriber", "key": "k", "through_seq": 0}),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let chunk = json!({"source": "ops-1", "entries": [{"table": "subscriber", "key": key(2), "through_seq": 999}, bad], "final": false});
+        let (s, b) = post_raw(&format!("{u}/v1/recovery/schedule"), chunk.to_string()).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{b}"
+        );
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(message.contains("entry 1"), "{message}");
+        let (_, r) = get_json(&format!("{u}/v1/recovery")).await;
+        assert_eq!(r["flagged"], 0, "nothing of the chunk was taken: {r}");
+    }
     // The schedule list arrives but the OpS never completes.
     let chunk = json!({"source": "ops-1", "entries": [{"table": "subscriber", "key": key(1), "through_seq": 999}], "final": false});
     let (s, _) = post_raw(&format!("{u}/v1/recovery/schedule"), chunk.to_string()).await;

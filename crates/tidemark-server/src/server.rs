@@ -169,6 +169,16 @@ const FIRST_LOOK_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a starting server waits for a restore's lock to go.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
+/// Why the store has not opened yet, while a start retries (shown by the
+/// probes that answer meanwhile, so a cause that will not mend by itself,
+/// such as a missing role, is not only in the log).
+static OPENING_PROBLEM: parking_lot::Mutex<Option<String>> = parking_lot::Mutex::new(None);
+
+/// The last reason the store could not be opened yet, if any.
+pub fn opening_problem() -> Option<String> {
+    OPENING_PROBLEM.lock().clone()
+}
+
 /// Connects to PostgreSQL, retrying with backoff while it is unreachable
 /// (it may start after us); a refusal that retrying cannot mend (a newer
 /// store format, missing rights, a bad URL) ends the start at once.
@@ -204,6 +214,7 @@ async fn connect_postgres(
             }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Engine(_))) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL is not reachable yet; retrying (the server is not ready until it connects)");
+                *OPENING_PROBLEM.lock() = Some(e.to_string());
                 tokio::select! {
                     _ = shutdown.cancelled() => anyhow::bail!("shut down before PostgreSQL could be reached"),
                     _ = tokio::time::sleep(delay) => {}

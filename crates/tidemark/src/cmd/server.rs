@@ -98,10 +98,14 @@ async fn not_ready_yet(listener: tokio::net::TcpListener, opened: CancellationTo
             axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "starting"})) }),
         )
         .fallback(|| async {
+            let message = match tidemark_server::server::opening_problem() {
+                Some(why) => format!("the DB server cannot open its store yet: {why}; it retries by itself (if this does not mend by itself, fix it: see the server's log)"),
+                None => "the DB server is opening its store (PostgreSQL may not be reachable yet); retry shortly".to_owned(),
+            };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "1"), (header::CONTENT_TYPE, "application/json")],
-                serde_json::json!({"error": {"code": "not_ready", "message": "the DB server is opening its store (PostgreSQL may not be reachable yet); retry shortly"}}).to_string(),
+                serde_json::json!({"error": {"code": "not_ready", "message": message}}).to_string(),
             )
                 .into_response()
         });

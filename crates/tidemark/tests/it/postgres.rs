@@ -417,6 +417,13 @@ async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
             .then_some(())
     })
     .await;
+    // The probes say why, not only the log.
+    let (_, b) = get_json(&format!("{}/v1/state", db.url)).await;
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cannot open its store yet") && message.contains("retries by itself"),
+        "{b}"
+    );
     cluster.restart().unwrap();
     db.wait_ok("/readyz").await;
     // Ready means able to write: a lone instance is the primary by then

@@ -112,10 +112,18 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
             let st = start(&client, "/v1/schema/publish")
                 .await
                 .context("publish refused")?;
-            println!(
-                "schema version {} is in force on the DB server; announcing it to the service servers",
-                st.current_version
-            );
+            let target = target_of(&st);
+            if st.current_version >= target {
+                println!(
+                    "schema version {target} is in force on the DB server; announcing it to the service servers"
+                );
+            } else {
+                // Another run's job, followed before it committed.
+                println!(
+                    "schema version {target} is being published (version {} is in force until it commits); following it",
+                    st.current_version
+                );
+            }
             follow(&client, st, Duration::from_secs(wait)).await
         }
         SchemaCommand::Rollback { server, wait } => {
@@ -354,9 +362,19 @@ fn print_status(st: &PublishStatus) {
 /// version is the target. The answers after come from `client`'s server,
 /// which may be a standby that has not followed yet; until its version in
 /// force reaches the target, the publish is not done.
+/// The version a publish or rollback makes current: its job's, while the
+/// job has not finished (a job another run started, followed before it
+/// committed), else the current one.
+fn target_of(st: &PublishStatus) -> u64 {
+    st.job
+        .as_ref()
+        .filter(|j| j.finished_at.is_none() && j.step != PublishStep::Failed)
+        .map_or(st.current_version, |j| j.to_version.max(st.current_version))
+}
+
 async fn follow(client: &DbClient, mut st: PublishStatus, wait: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait;
-    let target = st.current_version;
+    let target = target_of(&st);
     let mut shown = std::collections::BTreeSet::new();
     loop {
         for s in &st.servers {

@@ -46,7 +46,7 @@ pub fn parse(buf: &[u8]) -> Head {
             )
         }
     };
-    if let Some(why) = bad_framing(req.headers) {
+    if let Some(why) = bad_framing(req.headers, req.version == Some(1)) {
         return Head::Bad(ErrorCode::BadRequest, why);
     }
     if req.method != Some("GET") || req.version != Some(1) {
@@ -88,48 +88,52 @@ pub fn parse(buf: &[u8]) -> Head {
     Head::Plain(request.into_parts().0, len)
 }
 
-/// Why a head's body framing is one hyper refuses (with an empty body),
-/// if it is: `Content-Length` values that are not one and the same
-/// number, or a `Transfer-Encoding` whose last coding is not `chunked`
-/// (RFC 9112, 6.3: the length cannot be known). `None`: hyper's to frame.
-fn bad_framing(headers: &[httparse::Header<'_>]) -> Option<String> {
+/// Why a head's body framing is one hyper 1.x refuses (with an empty
+/// body), if it is, by hyper's own rules for a request (`proto/h1/role.rs`):
+/// a `Content-Length` before any `Transfer-Encoding` must be digits only,
+/// the whole value, and equal to any other (one after it is ignored); a
+/// `Transfer-Encoding` needs HTTP/1.1, and the last one's last comma piece
+/// must be `chunked` (RFC 9112, 6.3: else the length cannot be known).
+/// `None`: hyper's to frame.
+fn bad_framing(headers: &[httparse::Header<'_>], http11: bool) -> Option<String> {
     let mut length: Option<u64> = None;
-    let mut last_coding: Option<String> = None;
+    let mut chunked: Option<bool> = None;
+    let mut last_coding = String::new();
     for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(h.value).unwrap_or("");
-            for part in text.split(',') {
-                let part = part.trim();
-                let n = part
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| part.parse::<u64>().ok())
-                    .flatten();
-                match (n, length) {
-                    (None, _) => {
-                        return Some(format!(
-                            "a Content-Length of {:?}, which is not a byte count; send one Content-Length with the body's size",
-                            String::from_utf8_lossy(h.value)
-                        ))
-                    }
-                    (Some(n), Some(l)) if n != l => {
-                        return Some(
-                            "two Content-Length values that differ; send one Content-Length with the body's size".into(),
-                        )
-                    }
-                    (Some(n), _) => length = Some(n),
-                }
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if !http11 {
+                return Some(
+                    "a Transfer-Encoding in an HTTP/1.0 request, which cannot have one; send HTTP/1.1, or the body with a Content-Length".into(),
+                );
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let text = String::from_utf8_lossy(h.value);
-            if let Some(coding) = text.split(',').map(str::trim).rfind(|c| !c.is_empty()) {
-                last_coding = Some(coding.to_ascii_lowercase());
+            let last = text.rsplit(',').next().unwrap_or("").trim();
+            chunked = Some(last.eq_ignore_ascii_case("chunked"));
+            last_coding = last.to_owned();
+        } else if h.name.eq_ignore_ascii_case("content-length") && chunked.is_none() {
+            let digits = !h.value.is_empty() && h.value.iter().all(u8::is_ascii_digit);
+            let n = digits
+                .then(|| std::str::from_utf8(h.value).ok()?.parse::<u64>().ok())
+                .flatten();
+            match (n, length) {
+                (None, _) => {
+                    return Some(format!(
+                        "a Content-Length of {:?}, which is not a byte count (digits only, one value); send one Content-Length with the body's size",
+                        String::from_utf8_lossy(h.value)
+                    ))
+                }
+                (Some(n), Some(l)) if n != l => {
+                    return Some(
+                        "two Content-Length values that differ; send one Content-Length with the body's size".into(),
+                    )
+                }
+                (Some(n), _) => length = Some(n),
             }
         }
     }
-    match last_coding.as_deref() {
-        Some(c) if c != "chunked" => Some(format!(
-            "a Transfer-Encoding ending in {c:?}, so the body's length cannot be known; send the body chunked, or with a Content-Length"
+    match chunked {
+        Some(false) => Some(format!(
+            "a Transfer-Encoding ending in {last_coding:?}, not chunked, so the body's length cannot be known; send the body chunked, or with a Content-Length"
         )),
         _ => None,
     }
@@ -195,7 +199,8 @@ mod tests {
             b"GET /a HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
             b"GET /a HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
             b"GET http://x/a HTTP/1.1\r\n\r\n",
-            b"POST /a HTTP/1.1\r\ncontent-length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+            // A Content-Length after a Transfer-Encoding: ignored by hyper.
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: x\r\n\r\n",
             b"POST /a HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
         ] {
             assert!(
@@ -212,6 +217,10 @@ mod tests {
             b"GET /a\xff HTTP/1.1\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
             // Body framing hyper refuses with an empty 400.
+            b"POST /a HTTP/1.1\r\ncontent-length: 5, 5\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked,\r\n\r\n",
+            b"POST /a HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
             b"POST /a HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
             b"POST /a HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
             b"POST /a HTTP/1.1\r\ncontent-length: +5\r\n\r\n",

@@ -295,7 +295,7 @@ mod tests {
     /// chance); the count bound holds.
     #[test]
     fn an_answer_read_since_it_came_outlives_unread_ones() {
-        // One entry per shard at most: fill keys of one shard only.
+        // Three entries per shard at most: fill keys of one shard only.
         let cache = ReadCache::new(SHARDS * 3, usize::MAX).unwrap();
         let shard_of = |k: &str| KeySlot::new("t", k).shard();
         let keys: Vec<String> = (0..)

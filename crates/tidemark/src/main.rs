@@ -90,9 +90,11 @@ fn one_line(e: &anyhow::Error) -> String {
             parts.push(said);
         }
     }
+    // The file system's own error, or SQLite's (`SQLITE_FULL`).
     let full = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            || c.to_string().contains("database or disk is full")
     });
     let mut line = parts.join(": ");
     if full {
@@ -190,6 +192,9 @@ mod tests {
         let line = one_line(&e);
         assert_eq!(line.matches(&said).count(), 1, "{line}");
         assert!(line.contains("free space"), "{line}");
+        // SQLite's own word for it (SQLITE_FULL).
+        let e = anyhow::anyhow!("database or disk is full").context("applying orders");
+        assert!(one_line(&e).contains("free space"));
         let e = anyhow::anyhow!("inner").context("outer");
         assert_eq!(one_line(&e), "outer: inner");
     }

@@ -319,7 +319,9 @@ impl SqliteStore {
                 flagged
             ])?;
             // Present since the top of the loop: no new key to allocate.
-            if let Some(hw) = st.high_water.get_mut(&order.source) {
+            let entry = st.high_water.get_mut(&order.source);
+            debug_assert!(entry.is_some(), "the source's mark was read above");
+            if let Some(hw) = entry {
                 *hw = (order.seq, true);
             }
             results.push(OrderResult {

@@ -154,6 +154,9 @@ async fn http<I, S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
+        // The fast path's head limit, after a handoff and over https too
+        // (hyper's default is about 400 KB; its refusal is a bare 431).
+        .max_buf_size(crate::fast::MAX_HEAD)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);

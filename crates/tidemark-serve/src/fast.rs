@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A head longer than this is refused (`414` or `431`, with the JSON
 /// error; hyper's own refusals have an empty body).
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The largest routed answer collected here (a record's answer is far
 /// smaller; past it the connection closes, as a failed body does).
 const MAX_ROUTED_BODY: usize = 64 * 1024 * 1024;

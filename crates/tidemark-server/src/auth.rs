@@ -62,6 +62,12 @@ pub enum TokenError {
     /// The name is not usable.
     #[error("a token name is 1 to 64 letters, digits, '-', '_' or '.', beginning with a letter or digit ('loopback' stands for protected mode's callers)")]
     BadName,
+    /// The first token must be an admin.
+    #[error("the first token must have role admin: without an admin token nobody could ever create or revoke tokens; create it with --role admin, then the others with it")]
+    FirstNotAdmin,
+    /// A token exists by now: protected mode is over for this request.
+    #[error("a token was created while this request was sent, so this server now serves only callers with a token; nothing was done: ask its admin for a token")]
+    NotFirst,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -336,6 +342,31 @@ impl Auth {
 
     /// Creates a token; its secret is returned this once.
     pub async fn create(&self, name: &str, role: AccessRole) -> Result<TokenCreated, TokenError> {
+        self.create_checked(name, role, false).await
+    }
+
+    /// The first token, asked for by a caller protected mode trusted: it
+    /// must be an admin (without one nobody could ever manage tokens), and
+    /// it is refused if any token exists by now (another first one, or one
+    /// created while this request was sent), under the same lock as the
+    /// write, so two at once cannot both be first.
+    pub async fn create_first(
+        &self,
+        name: &str,
+        role: AccessRole,
+    ) -> Result<TokenCreated, TokenError> {
+        if role != AccessRole::Admin {
+            return Err(TokenError::FirstNotAdmin);
+        }
+        self.create_checked(name, role, true).await
+    }
+
+    async fn create_checked(
+        &self,
+        name: &str,
+        role: AccessRole,
+        first: bool,
+    ) -> Result<TokenCreated, TokenError> {
         // A name is a path segment of `DELETE /v1/tokens/NAME`: "." or ".."
         // would be normalised away, so a name begins with a letter or digit.
         let ok = name.len() <= 64
@@ -343,12 +374,15 @@ impl Auth {
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && name != LOOPBACK;
+            && !name.eq_ignore_ascii_case(LOOPBACK);
         if !ok {
             return Err(TokenError::BadName);
         }
         let _w = self.write.lock().await;
         let mut tokens = self.tokens.read().clone();
+        if first && !tokens.is_empty() {
+            return Err(TokenError::NotFirst);
+        }
         if tokens.iter().any(|t| t.name == name) {
             return Err(TokenError::Exists(name.to_owned()));
         }

@@ -60,8 +60,13 @@ pub fn required_role(method: &Method, path: &str) -> Option<AccessRole> {
 }
 
 /// The bearer token a request presents.
+/// `None` for two (the guard refuses those).
 pub fn bearer(h: &HeaderMap) -> Option<&str> {
-    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let mut all = h.get_all(header::AUTHORIZATION).iter();
+    let v = all.next()?.to_str().ok()?;
+    if all.next().is_some() {
+        return None;
+    }
     // The scheme's name is case-insensitive (RFC 9110, 11.1).
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -135,7 +140,18 @@ pub fn foreign_browser(h: &HeaderMap) -> Option<String> {
 /// port) names this host's loopback interface.
 fn loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
+        // `[addr]` or `[addr]:port`, nothing else after the bracket.
+        Some(rest) => match rest.split_once(']') {
+            Some((addr, "")) => addr,
+            Some((addr, port))
+                if port
+                    .strip_prefix(':')
+                    .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                addr
+            }
+            _ => return false,
+        },
         None => host.rsplit_once(':').map_or(host, |(n, _)| n),
     };
     let name = name.strip_suffix('.').unwrap_or(name);
@@ -230,11 +246,50 @@ fn not_allowed(method: &Method, path: &str, allowed: &[Method]) -> Response {
     resp
 }
 
+/// Reads the whole body of a request that has one, before the caller is
+/// let through: a body may take up to the body deadline to arrive, and a
+/// token revoked meanwhile (or protected mode ended by the first token)
+/// must not act with it, so the caller is judged again once it is here.
+async fn read_body(req: Request, limit: usize) -> Result<Request, Response> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        // (A body cut by the body deadline is answered 408 around this.)
+        Err(e) if e.to_string().contains("length limit exceeded") => Err(HttpError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is over this server's limit of {limit} bytes (max_body_bytes); send smaller batches"),
+        )
+        .into_response()),
+        Err(e) => Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("cannot read the request body ({e}); send the request again, whole"),
+        )
+        .into_response()),
+    }
+}
+
 /// The guard's decision: the caller's role against what the endpoint needs.
-async fn check(app: Arc<AppState>, peer: SocketAddr, mut req: Request, next: Next) -> Response {
+async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -> Response {
     let Some(need) = required_role(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // Which one a proxy in front went by is anyone's guess.
+        return HttpError::new(
+            ErrorCode::BadRequest,
+            "the request has two Authorization headers, so which token is meant cannot be told; send one",
+        )
+        .into_response();
+    }
     let bearer = bearer(req.headers()).map(str::to_owned);
     if !app.auth.any() {
         // Protected mode: no token exists yet.
@@ -245,6 +300,18 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, mut req: Request, next: Nex
                     format!(
                         "this server has no token yet, so it trusts programs on its own host, but not {why}; open the console as http://127.0.0.1:PORT/console, or create a token ('tidemark token create') and use it"
                     ),
+                )
+                .into_response();
+            }
+            let mut req = match read_body(req, app.config.max_body_bytes).await {
+                Ok(req) => req,
+                Err(refusal) => return refusal,
+            };
+            if app.auth.any() {
+                // Created while this body arrived: protected mode is over.
+                return HttpError::new(
+                    ErrorCode::Unauthenticated,
+                    "the first token was created while this request was being sent, so this server now serves only callers with a token; nothing was done: send it again with a token",
                 )
                 .into_response();
             }
@@ -280,6 +347,18 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, mut req: Request, next: Nex
         )
         .into_response(),
         Some((name, role)) if role >= need => {
+            let mut req = match read_body(req, app.config.max_body_bytes).await {
+                Ok(req) => req,
+                Err(refusal) => return refusal,
+            };
+            // Revoked (or lowered) while the body arrived: it must not act.
+            if app.auth.check(&token).is_none_or(|(_, role)| role < need) {
+                return HttpError::new(
+                    ErrorCode::Unauthenticated,
+                    format!("token '{name}' was revoked while this request was being sent; nothing was done"),
+                )
+                .into_response();
+            }
             req.extensions_mut().insert(Caller(name));
             next.run(req).await
         }
@@ -311,6 +390,11 @@ mod tests {
         }
         assert_eq!(with("Basic dXNlcjpwYXNz"), None);
         assert_eq!(with("Bearertm_x"), None);
+        // Two: neither (the guard refuses the request).
+        let mut two = HeaderMap::new();
+        two.append(header::AUTHORIZATION, "Bearer tm_a".parse().unwrap());
+        two.append(header::AUTHORIZATION, "Bearer tm_b".parse().unwrap());
+        assert_eq!(bearer(&two), None);
     }
 
     #[test]
@@ -330,6 +414,11 @@ mod tests {
         assert_eq!(h(&[("host", "localhost")]), None);
         assert_eq!(h(&[("host", "db.localhost:7070")]), None);
         assert_eq!(h(&[("host", "127.0.0.2:7070")]), None);
+        assert_eq!(h(&[("host", "[::1]:7070")]), None);
+        assert_eq!(h(&[("host", "[::1]")]), None);
+        // Text after the bracket is not a port: not a loopback name.
+        assert!(h(&[("host", "[::1]evil.example")]).is_some());
+        assert!(h(&[("host", "[::1]:7070evil")]).is_some());
         // DNS rebinding: a page of another site, same origin, plain http,
         // a GET with no browser mark but its own name.
         assert!(h(&[("host", "evil.example:7070")]).is_some());

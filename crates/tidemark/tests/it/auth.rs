@@ -721,3 +721,130 @@ async fn subscriber_names_belong_to_their_token_and_revocation_ends_its_stream()
     }
     assert_eq!(read(&svc, "svc-1").await.unwrap().status(), 401);
 }
+
+/// Sends the head of `POST path` (a body of `len` bytes to follow), with
+/// `token` if given, and returns once the server has let it through and
+/// waits for its body (its `100 Continue`); the body is sent later with
+/// [`finish`].
+fn start_slow_post(host: &str, path: &str, token: Option<&str>, len: usize) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(host).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("an interim answer");
+        got.push(byte[0]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 100"), "{got}");
+    conn
+}
+
+/// Sends the rest of a [`start_slow_post`] and reads the whole answer.
+fn finish(mut conn: std::net::TcpStream, body: &str) -> String {
+    use std::io::{Read, Write};
+    conn.write_all(body.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// A caller is judged again once its body has arrived: a token revoked
+/// while a request was being sent does not act with it (a revoked admin
+/// kept a request open and made itself a new token), and a protected-mode
+/// caller whose body arrives after the first token was created is no
+/// longer trusted. The first token must be an admin (a first reader left
+/// nobody able to manage tokens); two Authorization headers are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_is_judged_again_once_its_body_has_arrived() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let u = &db.url;
+    let host = u.trim_start_matches("http://").to_owned();
+    let tokens = format!("{u}/v1/tokens");
+    // Protected mode: a first token that is not an admin is refused.
+    let (s, b) = call(
+        "POST",
+        &tokens,
+        None,
+        r#"{"name": "first", "role": "reader"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("admin"),
+        "{b}"
+    );
+    // A protected-mode caller whose body is late, past the first token.
+    let late_body = r#"{"name": "backdoor", "role": "admin"}"#;
+    let late = tokio::task::spawn_blocking({
+        let host = host.clone();
+        move || start_slow_post(&host, "/v1/tokens", None, late_body.len())
+    })
+    .await
+    .unwrap();
+    let (s, root) = call(
+        "POST",
+        &tokens,
+        None,
+        r#"{"name": "root", "role": "admin"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{root}");
+    let root = root["token"].as_str().unwrap().to_owned();
+    let answer = tokio::task::spawn_blocking(move || finish(late, late_body))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A token revoked while its request was being sent.
+    let (s, b) = call(
+        "POST",
+        &tokens,
+        Some(&root),
+        r#"{"name": "evil", "role": "admin"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let evil = b["token"].as_str().unwrap().to_owned();
+    let body = r#"{"name": "persist", "role": "admin"}"#;
+    let pending = tokio::task::spawn_blocking({
+        let (host, evil) = (host.clone(), evil.clone());
+        move || start_slow_post(&host, "/v1/tokens", Some(&evil), body.len())
+    })
+    .await
+    .unwrap();
+    let (s, b) = call("DELETE", &format!("{tokens}/evil"), Some(&root), "").await;
+    assert_eq!(s, 200, "{b}");
+    let answer = tokio::task::spawn_blocking(move || finish(pending, body))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let (_, list) = call("GET", &tokens, Some(&root), "").await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["root"], "nothing was created: {list}");
+    // Two Authorization headers: which one is meant cannot be told.
+    let r = reqwest::Client::new()
+        .get(format!("{u}/v1/audit"))
+        .header("authorization", format!("Bearer {root}"))
+        .header("authorization", "Bearer tm_other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

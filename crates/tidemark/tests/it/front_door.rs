@@ -384,3 +384,34 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The 64 KiB head limit holds after a connection went to hyper too (its
+/// own limit was about 400 KB, and a 300 KB header was served).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_head_limit_holds_after_the_fast_path_hands_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    let mut s = TcpStream::connect(addr(&db.url)).await.unwrap();
+    // A request that is not a record read hands the connection to hyper;
+    // then a head far over the limit on the same connection.
+    let big = "x".repeat(300 * 1024);
+    let requests = format!(
+        "GET /v1/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /v1/state HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\n\r\n"
+    );
+    s.write_all(requests.as_bytes()).await.unwrap();
+    let got = read_to_close(&mut s, Duration::from_secs(10)).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    let second = got
+        .match_indices("HTTP/1.1 ")
+        .nth(1)
+        .map(|(i, _)| &got[i..]);
+    assert!(
+        second.is_some_and(|a| a.starts_with("HTTP/1.1 431")),
+        "{:?}",
+        second.map(|a| &a[..a.len().min(200)])
+    );
+}

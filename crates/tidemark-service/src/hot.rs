@@ -41,6 +41,10 @@ pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Parts) -> Option
     {
         return None;
     }
+    // Two go to the router, which refuses them.
+    if req.headers.get_all(&FRESHNESS).iter().nth(1).is_some() {
+        return None;
+    }
     let header = match req.headers.get(&FRESHNESS) {
         Some(v) => Some(v.to_str().ok()?),
         None => None,

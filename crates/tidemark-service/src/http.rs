@@ -118,6 +118,20 @@ async fn get_record(
             None,
         );
     }
+    if req
+        .headers()
+        .get_all(headers::FRESHNESS)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "the request has two Tidemark-Freshness headers; send one (latest or stale-ok)".into(),
+            None,
+        );
+    }
     let header = req
         .headers()
         .get(headers::FRESHNESS)

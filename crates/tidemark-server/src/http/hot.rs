@@ -48,7 +48,11 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
     if !may_read(app, peer, req) || app.quiesce.offline() {
         return None;
     }
-    // A name that is not one goes to the router, which refuses it.
+    // A name that is not one (or two names) goes to the router, which
+    // refuses it.
+    if req.headers.get_all(&SUBSCRIBER).iter().nth(1).is_some() {
+        return None;
+    }
     let subscriber = match req.headers.get(&SUBSCRIBER) {
         Some(v) => Some(
             v.to_str()

@@ -284,6 +284,29 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
     assert_eq!(r.status().as_u16(), 400);
     let b: serde_json::Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "bad_request");
+    // Two of a header that takes one: which is meant cannot be told
+    // (the first one won), cold and warm alike.
+    for _ in 0..2 {
+        for (url, name, values) in [
+            (&db.url, "Tidemark-Subscriber", ["svc-a", "svc-b"]),
+            (&svc.url, "Tidemark-Freshness", ["latest", "stale-ok"]),
+        ] {
+            let r = reqwest::Client::new()
+                .get(format!("{url}/v1/records/subscriber/k"))
+                .header(name, values[0])
+                .header(name, values[1])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 400, "{name}");
+            let b: serde_json::Value = r.json().await.unwrap();
+            assert!(
+                b["error"]["message"].as_str().unwrap().contains("two"),
+                "{b}"
+            );
+        }
+        get_json(&format!("{}/v1/records/subscriber/k", svc.url)).await;
+    }
 
     // A wrong method, and a body over the limit on an endpoint other than
     // orders, get the JSON error body too (they were axum's plain text).

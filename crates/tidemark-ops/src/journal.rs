@@ -72,9 +72,22 @@ pub struct Journal {
     acks_path: PathBuf,
     /// The version each order was last acknowledged with, by seq.
     acks: HashMap<u64, Version>,
+    /// `SOURCE.done`: the last run `ops submit` finished itself.
+    done_path: PathBuf,
+    finished: Option<Finished>,
     /// `SOURCE.lock`, held exclusively while this value lives: one run at a
     /// time appends to (or replays) a source's journal.
     _lock: std::fs::File,
+}
+
+/// A run `ops submit` saw through to its last acknowledgement: its input's
+/// digest, and the journal's last seq then. A run it did not finish (killed,
+/// and completed since by a recovery's replay) has none, so the same input
+/// given again resumes it instead of submitting it as new orders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Finished {
+    input: String,
+    through_seq: u64,
 }
 
 /// How long a run waits for another one using the same journal.
@@ -183,12 +196,20 @@ impl Journal {
         }
         let acks_path = dir.join(format!("{source}.acks"));
         let acks = load_acks(&acks_path)?;
+        let done_path = dir.join(format!("{source}.done"));
+        // Unreadable: as if no run finished here (the same input resumes,
+        // which sends nothing twice).
+        let finished = std::fs::read(&done_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         Ok(Self {
             path,
             source: source.to_owned(),
             entries,
             acks_path,
             acks,
+            done_path,
+            finished,
             _lock: lock,
         })
     }
@@ -242,6 +263,33 @@ impl Journal {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether `ops submit` itself finished the journal's last run, of input
+    /// `digest` (see [`Finished`]).
+    pub fn finished_last_run(&self, digest: &str) -> bool {
+        self.finished
+            .as_ref()
+            .is_some_and(|f| f.input == digest && f.through_seq == self.last_seq())
+    }
+
+    /// Records that `ops submit` finished the journal's last run, of input
+    /// `digest` (written whole, then renamed into place).
+    pub fn record_finished(&mut self, digest: &str) -> anyhow::Result<()> {
+        let f = Finished {
+            input: digest.to_owned(),
+            through_seq: self.last_seq(),
+        };
+        let tmp = self.done_path.with_extension("done.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&f)?)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &self.done_path))
+            .with_context(|| format!("writing {}", self.done_path.display()))?;
+        if let Some(dir) = self.done_path.parent() {
+            fsync_dir(dir)?;
+        }
+        self.finished = Some(f);
+        Ok(())
     }
 
     pub fn entries(&self) -> &[Entry] {

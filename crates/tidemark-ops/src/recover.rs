@@ -332,7 +332,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
             return Ok(report);
         }
         anyhow::bail!(
-            "the DB server is {:?}, not recovering, but it lacks journaled orders of {}; restore it first ('tidemark restore'), or resend with 'tidemark ops submit'",
+            "the DB server is {:?}, not recovering, but it lacks journaled orders of {}: the recovery ended without them, so they can only be put in their original order by another one (restore again with 'tidemark restore', then run this with every journal); 'tidemark ops submit' refuses to send the acknowledged ones as new writes unless told to leave them out (--skip-lost)",
             status.state,
             behind.join(", ")
         );

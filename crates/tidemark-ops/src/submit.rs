@@ -24,6 +24,9 @@ pub struct SubmitOptions {
     pub batch: usize,
     /// Journal the input as new orders even if the same input was journaled before.
     pub again: bool,
+    /// Leave unsent the orders a restore lost that the recovery did not
+    /// bring back ([`refuse_lost`]).
+    pub skip_lost: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -73,6 +76,43 @@ async fn refuse_during_recovery(
         );
     }
     Ok(())
+}
+
+/// Refuses, outside a recovery, to send orders an earlier run journaled
+/// that the DB server acknowledged once and lacks now: a restore lost them
+/// and the recovery ended without them (the source was waived, or left out
+/// of `ops recover`). Sent now they would be taken for the newest writes
+/// and undo newer ones; only a recovery puts them in their original order.
+/// With `skip_lost`, returns the seq after which this run may send (past
+/// them). Orders journaled but never acknowledged were never applied:
+/// sending them is resuming.
+fn refuse_lost(
+    journal: &Journal,
+    high_water: u64,
+    journaled_before: u64,
+    skip_lost: bool,
+) -> anyhow::Result<Option<u64>> {
+    let lost: Vec<u64> = (high_water + 1..=journaled_before)
+        .filter(|seq| journal.ack(*seq).is_some())
+        .collect();
+    let (Some(first), Some(last)) = (lost.first(), lost.last()) else {
+        return Ok(None);
+    };
+    if skip_lost {
+        tracing::warn!(
+            source = journal.source(),
+            first,
+            last,
+            count = lost.len(),
+            "leaving out orders a restore lost (--skip-lost); they stay in the journal"
+        );
+        return Ok(Some(journaled_before));
+    }
+    anyhow::bail!(
+        "the DB server lacks {} orders of source '{}' (seqs {first}..={last}) that it acknowledged before a restore, and the recovery ended without them; sent now they would be taken for the newest writes and undo newer ones. Nothing was journaled. For them to count, restore again and run 'tidemark ops recover' with this journal; to leave them out for good, run this again with --skip-lost (they stay in the journal, unsent)",
+        lost.len(),
+        journal.source()
+    )
 }
 
 /// At most this many applied orders without a recorded acknowledgement are
@@ -159,9 +199,12 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     }
     // Applied but not acknowledged here (the answer was lost, or the run
     // was killed before it recorded it) is unfinished too.
+    // And one this command did not see through itself: killed, and then
+    // completed by a recovery's replay, its orders are applied, not new.
     let unfinished = last_run < orders.len()
         || high_water < journaled_before
-        || (journaled_before > 0 && journal.ack(journaled_before).is_none());
+        || (journaled_before > 0 && journal.ack(journaled_before).is_none())
+        || (last_run > 0 && !journal.finished_last_run(&digest));
     let done = if unfinished && !opts.again {
         last_run
     } else {
@@ -192,6 +235,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
         high_water,
     )
     .await?;
+    let send_after = refuse_lost(&journal, high_water, journaled_before, opts.skip_lost)?;
     journal.append(&digest, done, &orders[done..])?;
     tidemark_failpoint::hit("ops.submit.after_journal");
 
@@ -208,6 +252,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
     } else {
         high_water
     };
+    let from = send_after.map_or(from, |after| from.max(after));
     let pending = journal.entries()[from as usize..].to_vec();
     let bar = if opts.progress {
         ProgressBar::new(pending.len() as u64)
@@ -257,6 +302,7 @@ pub async fn submit(opts: &SubmitOptions, raw: &[u8]) -> anyhow::Result<SubmitRe
         tidemark_failpoint::hit("ops.submit.after_batch");
     }
     bar.finish_and_clear();
+    journal.record_finished(&digest)?;
     Ok(report)
 }
 

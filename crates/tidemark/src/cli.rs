@@ -226,6 +226,9 @@ pub struct OpsSubmitArgs {
     /// Submit this input as new orders even if it is the same as the last run's and that run did not finish (by default the run is resumed, so no order is numbered twice; an input given again after its run finished is always new orders).
     #[arg(long)]
     pub again: bool,
+    /// Leave out, unsent, the orders of this source the DB server acknowledged before a restore and lost with it (a recovery that ended without them); by default this run is refused while any are left, since sent now they would undo newer writes. They stay in the journal.
+    #[arg(long)]
+    pub skip_lost: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -29,6 +29,7 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
         source: args.source.unwrap_or(config.source),
         batch: args.batch.unwrap_or(config.batch),
         again: args.again,
+        skip_lost: args.skip_lost,
         progress: std::io::stderr().is_terminal(),
     };
     let report = submit(&opts, &raw).await?;

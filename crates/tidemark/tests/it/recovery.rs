@@ -880,3 +880,161 @@ async fn ops_recover_fails_while_flags_remain_that_its_journals_cannot_clear() {
     let (s, b) = get_json(&key_url(u, &key(2))).await;
     assert_eq!((s, b["recovering"].as_bool()), (200, Some(false)), "{b}");
 }
+
+/// The OpS after a recovery (DR chaos audit): an `ops submit` killed
+/// mid-run, whose orders the recovery then replayed, is resumed when the
+/// same input is given again, so nothing is applied twice (it was taken for
+/// new orders and undid newer writes); and a source whose orders a restore
+/// lost, left out of the recovery, does not send them as new writes with
+/// its next input (they undid newer ones): refused, or left out with
+/// `--skip-lost`.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = db_server(dir, &[]).await;
+    let line = |k: &str, plan: &str| {
+        format!(
+            "{}\n",
+            json!({"table": "subscriber", "key": k, "op": "upsert", "fields": {"plan": plan}})
+        )
+    };
+    let submit_as = |source: &str, input: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let journal = dir.join(format!("journal-{source}"));
+        let mut args = vec![
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "--source",
+            source,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        args.push("-");
+        run(dir, &args, Some(input.as_bytes()), env)
+    };
+    assert!(submit_as("ops-1", &line("k0", "a"), &[], &[])
+        .status
+        .success());
+    assert!(submit_as("ops-2", &line("k9", "a"), &[], &[])
+        .status
+        .success());
+    let backup = backup_online(dir, &db.url);
+    // ops-1: a run of five orders killed after its second batch.
+    let input: String = (1..=5).map(|i| line(&format!("k{i}"), "x")).collect();
+    let out = submit_as(
+        "ops-1",
+        &input,
+        &["--batch", "1"],
+        &[("TIDEMARK_FAILPOINTS", "ops.submit.after_batch=2")],
+    );
+    assert!(!out.status.success(), "the failpoint stops the run");
+    // ops-2: an acknowledged order the restore will lose.
+    assert!(submit_as("ops-2", &line("k9", "lost"), &[], &[])
+        .status
+        .success());
+    let db = lose_restore_restart(dir, Engine::Sqlite, &mut db, &backup, &[]).await;
+    let out = run(
+        dir,
+        &[
+            "ops",
+            "recover",
+            "--db",
+            &db.url,
+            "--journal",
+            dir.join("journal-ops-1").to_str().unwrap(),
+            "--backup",
+            backup.to_str().unwrap(),
+            "--without-source",
+            "ops-2",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Newer writes by another source, after the recovery.
+    let submit_new = |input: &str, extra: &[&str]| {
+        let journal = dir.join("journal-ops-3");
+        let mut args = vec![
+            "ops",
+            "submit",
+            "--db",
+            &db.url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "--source",
+            "ops-3",
+        ];
+        args.extend_from_slice(extra);
+        args.push("-");
+        run(dir, &args, Some(input.as_bytes()), &[])
+    };
+    assert!(
+        submit_new(&(line("k1", "newest") + &line("k9", "newest")), &[])
+            .status
+            .success()
+    );
+    // The killed run given again: resumed, nothing applied twice.
+    let out = submit_as_db(dir, &db.url, "ops-1", &input, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["applied"], 0, "{report}");
+    let (_, r) = get_json(&key_url(&db.url, "k1")).await;
+    assert_eq!(r["fields"]["plan"], "newest", "{r}");
+    // ops-2's next input: its lost order would undo the newer write.
+    let out = submit_as_db(dir, &db.url, "ops-2", &line("k8", "b"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--skip-lost") && err.contains("ops recover"),
+        "{err}"
+    );
+    let out = submit_as_db(dir, &db.url, "ops-2", &line("k8", "b"), &["--skip-lost"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["applied"], 1, "only the new order: {report}");
+    let (_, r) = get_json(&key_url(&db.url, "k9")).await;
+    assert_eq!(r["fields"]["plan"], "newest", "{r}");
+    let (_, r) = get_json(&key_url(&db.url, "k8")).await;
+    assert_eq!(r["fields"]["plan"], "b", "{r}");
+}
+
+/// `ops submit --json` of `input` as `source` (journal `dir/journal-SOURCE`).
+fn submit_as_db(
+    dir: &Path,
+    db: &str,
+    source: &str,
+    input: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let journal = dir.join(format!("journal-{source}"));
+    let mut args = vec![
+        "ops",
+        "submit",
+        "--db",
+        db,
+        "--journal",
+        journal.to_str().unwrap(),
+        "--source",
+        source,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args.push("-");
+    run(dir, &args, Some(input.as_bytes()), &[])
+}

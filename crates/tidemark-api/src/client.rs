@@ -101,14 +101,23 @@ pub struct RecordRead {
     pub history: Option<String>,
 }
 
-/// A client for one DB server, or for the instances of one cluster
-/// (`URL1,URL2,…`). Cheap to clone (clones share the instance in use);
-/// keeps a connection pool.
-///
-/// With several instances, it talks to one at a time and moves to the next
-/// when that one cannot be reached or says it is not ready or quiescing;
-/// a call that failed so is retried on the next instance (every call it
-/// makes is idempotent: orders by `(source, seq)`).
+/// The client certificate in PEM file `cert` with its private key in
+/// `key`, as a client presents them; why not, naming the file it could not
+/// read.
+pub fn client_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<reqwest::Identity, String> {
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path)
+            .map_err(|e| format!("cannot read the {flag} file {}: {e}", path.display()))
+    };
+    let mut pem = read(cert, "--client-cert")?;
+    pem.push(b'\n');
+    pem.extend(read(key, "--client-key")?);
+    reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string())
+}
+
 /// A client builder that trusts `TIDEMARK_CA_CERT` (every client
 /// command's `--ca-cert`) and presents `TIDEMARK_CLIENT_CERT` with
 /// `TIDEMARK_CLIENT_KEY` (`--client-cert`/`--client-key`, for servers that
@@ -131,15 +140,7 @@ pub fn tls_builder() -> reqwest::ClientBuilder {
     let cert = std::env::var_os("TIDEMARK_CLIENT_CERT");
     let key = std::env::var_os("TIDEMARK_CLIENT_KEY");
     if let (Some(cert), Some(key)) = (cert, key) {
-        let identity = std::fs::read(&cert)
-            .and_then(|mut pem| {
-                pem.push(b'\n');
-                pem.extend(std::fs::read(&key)?);
-                Ok(pem)
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|pem| reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string()));
-        match identity {
+        match client_identity(cert.as_ref(), key.as_ref()) {
             Ok(id) => builder = builder.identity(id),
             Err(e) => eprintln!(
                 "error: cannot use the client certificate {} with key {}: {e}",
@@ -151,6 +152,14 @@ pub fn tls_builder() -> reqwest::ClientBuilder {
     builder
 }
 
+/// A client for one DB server, or for the instances of one cluster
+/// (`URL1,URL2,…`). Cheap to clone (clones share the instance in use);
+/// keeps a connection pool.
+///
+/// With several instances, it talks to one at a time and moves to the next
+/// when that one cannot be reached or says it is not ready or quiescing;
+/// a call that failed so is retried on the next instance (every call it
+/// makes is idempotent: orders by `(source, seq)`).
 #[derive(Debug, Clone)]
 pub struct DbClient {
     bases: std::sync::Arc<[String]>,

@@ -55,6 +55,16 @@ pub struct Settings {
     pub fast_path: bool,
 }
 
+/// Whether a request names header `name` more than once, where one is
+/// meant: which one a proxy in front went by is anyone's guess, so such a
+/// request is refused, not read by its first.
+pub fn named_twice<K: axum::http::header::AsHeaderName>(
+    headers: &axum::http::HeaderMap,
+    name: K,
+) -> bool {
+    headers.get_all(name).iter().nth(1).is_some()
+}
+
 /// Whether the environment leaves the fast path on.
 pub fn fast_path_from_env() -> bool {
     !matches!(

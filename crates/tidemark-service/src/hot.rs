@@ -42,7 +42,7 @@ pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Parts) -> Option
         return None;
     }
     // Two go to the router, which refuses them.
-    if req.headers.get_all(&FRESHNESS).iter().nth(1).is_some() {
+    if tidemark_serve::named_twice(&req.headers, &FRESHNESS) {
         return None;
     }
     let header = match req.headers.get(&FRESHNESS) {

@@ -118,13 +118,7 @@ async fn get_record(
             None,
         );
     }
-    if req
-        .headers()
-        .get_all(headers::FRESHNESS)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
+    if tidemark_serve::named_twice(req.headers(), headers::FRESHNESS) {
         return error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,

@@ -106,7 +106,7 @@ pub fn untrusted_local(uri: &Uri, h: &HeaderMap) -> Option<String> {
 /// page under a loopback name is refused when its marks say it is another
 /// site's. `None`: trusted.
 pub fn foreign_browser(h: &HeaderMap) -> Option<String> {
-    if h.get_all(header::HOST).iter().nth(1).is_some() {
+    if tidemark_serve::named_twice(h, header::HOST) {
         // Which one a proxy or this server would go by is anyone's guess
         // (RFC 9112 makes it a 400).
         return Some("a request with more than one Host header".into());
@@ -276,14 +276,7 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
     let Some(need) = required_role(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    if req
-        .headers()
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        // Which one a proxy in front went by is anyone's guess.
+    if tidemark_serve::named_twice(req.headers(), header::AUTHORIZATION) {
         return HttpError::new(
             ErrorCode::BadRequest,
             "the request has two Authorization headers, so which token is meant cannot be told; send one",

@@ -50,7 +50,7 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
     }
     // A name that is not one (or two names) goes to the router, which
     // refuses it.
-    if req.headers.get_all(&SUBSCRIBER).iter().nth(1).is_some() {
+    if tidemark_serve::named_twice(&req.headers, &SUBSCRIBER) {
         return None;
     }
     let subscriber = match req.headers.get(&SUBSCRIBER) {

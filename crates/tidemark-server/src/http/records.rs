@@ -37,13 +37,7 @@ pub async fn get_record(
     }
     // A name that cannot be one is refused, not ignored: the caller would
     // think it holds the key and never hear of its changes (P3).
-    if req
-        .headers()
-        .get_all(headers::SUBSCRIBER)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
+    if tidemark_serve::named_twice(req.headers(), headers::SUBSCRIBER) {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
             "the request has two Tidemark-Subscriber headers; send one, the service server's --id",

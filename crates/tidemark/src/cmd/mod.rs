@@ -86,27 +86,14 @@ fn check_ca_cert(path: &std::path::Path) -> anyhow::Result<()> {
 /// certificate), before anything is sent: it made every command panic, or
 /// was reported and then ignored.
 fn check_client_identity(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
-    let read = |path: &std::path::Path, flag: &str| match std::fs::read(path) {
-        Ok(pem) => Ok(pem),
-        Err(e) => Err(format!(
-            "cannot read the {flag} file {}: {e}",
-            path.display()
-        )),
-    };
-    let checked = read(cert, "--client-cert")
-        .and_then(|mut pem| {
-            pem.push(b'\n');
-            pem.extend(read(key, "--client-key")?);
-            Ok(pem)
-        })
-        .and_then(|pem| {
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| chain(&e))?;
-            reqwest::Client::builder()
-                .identity(id)
-                .build()
-                .map(drop)
-                .map_err(|e| chain(&e))
-        });
+    // Building a client is what checks the key against the certificate.
+    let checked = tidemark_api::client::client_identity(cert, key).and_then(|id| {
+        reqwest::Client::builder()
+            .identity(id)
+            .build()
+            .map(drop)
+            .map_err(|e| chain(&e))
+    });
     if let Err(why) = checked {
         usage!(
             "cannot use the client certificate {} with key {}: {why}; give a PEM X.509 v3 certificate and the PEM private key that belongs to it",

@@ -899,22 +899,9 @@ async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() 
             json!({"table": "subscriber", "key": k, "op": "upsert", "fields": {"plan": plan}})
         )
     };
+    let first_url = db.url.clone();
     let submit_as = |source: &str, input: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let journal = dir.join(format!("journal-{source}"));
-        let mut args = vec![
-            "ops",
-            "submit",
-            "--db",
-            &db.url,
-            "--journal",
-            journal.to_str().unwrap(),
-            "--source",
-            source,
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        args.push("-");
-        run(dir, &args, Some(input.as_bytes()), env)
+        submit_as_db(dir, &first_url, source, input, extra, env)
     };
     assert!(submit_as("ops-1", &line("k0", "a"), &[], &[])
         .status
@@ -960,29 +947,11 @@ async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() 
         String::from_utf8_lossy(&out.stderr)
     );
     // Newer writes by another source, after the recovery.
-    let submit_new = |input: &str, extra: &[&str]| {
-        let journal = dir.join("journal-ops-3");
-        let mut args = vec![
-            "ops",
-            "submit",
-            "--db",
-            &db.url,
-            "--journal",
-            journal.to_str().unwrap(),
-            "--source",
-            "ops-3",
-        ];
-        args.extend_from_slice(extra);
-        args.push("-");
-        run(dir, &args, Some(input.as_bytes()), &[])
-    };
-    assert!(
-        submit_new(&(line("k1", "newest") + &line("k9", "newest")), &[])
-            .status
-            .success()
-    );
+    let newest = line("k1", "newest") + &line("k9", "newest");
+    let out = submit_as_db(dir, &db.url, "ops-3", &newest, &[], &[]);
+    assert!(out.status.success());
     // The killed run given again: resumed, nothing applied twice.
-    let out = submit_as_db(dir, &db.url, "ops-1", &input, &[]);
+    let out = submit_as_db(dir, &db.url, "ops-1", &input, &[], &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -993,14 +962,21 @@ async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() 
     let (_, r) = get_json(&key_url(&db.url, "k1")).await;
     assert_eq!(r["fields"]["plan"], "newest", "{r}");
     // ops-2's next input: its lost order would undo the newer write.
-    let out = submit_as_db(dir, &db.url, "ops-2", &line("k8", "b"), &[]);
+    let out = submit_as_db(dir, &db.url, "ops-2", &line("k8", "b"), &[], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--skip-lost") && err.contains("ops recover"),
         "{err}"
     );
-    let out = submit_as_db(dir, &db.url, "ops-2", &line("k8", "b"), &["--skip-lost"]);
+    let out = submit_as_db(
+        dir,
+        &db.url,
+        "ops-2",
+        &line("k8", "b"),
+        &["--skip-lost"],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -1014,13 +990,15 @@ async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() 
     assert_eq!(r["fields"]["plan"], "b", "{r}");
 }
 
-/// `ops submit --json` of `input` as `source` (journal `dir/journal-SOURCE`).
+/// `ops submit --json` of `input` as `source` (journal `dir/journal-SOURCE`),
+/// with `extra` flags and `env` added.
 fn submit_as_db(
     dir: &Path,
     db: &str,
     source: &str,
     input: &str,
     extra: &[&str],
+    env: &[(&str, &str)],
 ) -> std::process::Output {
     let journal = dir.join(format!("journal-{source}"));
     let mut args = vec![
@@ -1036,5 +1014,5 @@ fn submit_as_db(
     ];
     args.extend_from_slice(extra);
     args.push("-");
-    run(dir, &args, Some(input.as_bytes()), &[])
+    run(dir, &args, Some(input.as_bytes()), env)
 }

@@ -39,9 +39,76 @@ impl SchemaDocument {
     /// ignored.
     pub fn parse(body: &[u8]) -> Result<SchemaDocument, String> {
         let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        named_once(body)?;
         unknown_properties(&value)?;
         serde_json::from_value(value).map_err(|e| e.to_string())
     }
+}
+
+/// Refuses a property named twice in one object, anywhere in the document
+/// (a table listed twice, `columns` given twice): which one was meant is
+/// not for the server to guess, and JSON parsers differ on it.
+fn named_once(body: &[u8]) -> Result<(), String> {
+    use serde::de::{Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+    /// Walks one value; `at` says where it is, for the message.
+    struct Walk(String);
+    impl<'de> Visitor<'de> for Walk {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq
+                .next_element_seed(Walk(format!("{}[{i}]", self.0)))?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let at = format!("{}.{name}", self.0);
+                if !seen.insert(name) {
+                    return Err(A::Error::custom(format!(
+                        "property {at:?} is named twice; name each property once"
+                    )));
+                }
+                map.next_value_seed(Walk(at))?;
+            }
+            Ok(())
+        }
+    }
+    impl<'de> serde::de::DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::de::DeserializeSeed::deserialize(Walk("document".into()), &mut de)
+        .map_err(|e| e.to_string())
 }
 
 /// The first property of a schema document that is not one of its own.
@@ -803,5 +870,44 @@ mod document_tests {
             let e = SchemaDocument::parse(bad).unwrap_err();
             assert!(e.contains(names) && e.contains("expected one of"), "{e}");
         }
+    }
+
+    /// A property named twice is refused wherever it is, not resolved by
+    /// the last one (which would stage a table other than the one meant).
+    #[test]
+    fn a_property_named_twice_is_refused() {
+        let col = r#"{"columns": [{"name": "a", "type": "string"}]}"#;
+        let other = r#"{"columns": [{"name": "b", "type": "integer"}]}"#;
+        for (bad, at) in [
+            (
+                format!(r#"{{"tables": {{"t": {col}, "t": {other}}}}}"#),
+                "document.tables.t",
+            ),
+            (
+                r#"{"tables": {"t": {"columns": [], "columns": []}}}"#.to_string(),
+                "document.tables.t.columns",
+            ),
+            (
+                format!(r#"{{"tables": {{"u": {col}}}, "tables": {{"t": {other}}}}}"#),
+                "document.tables",
+            ),
+            (
+                r#"{"tables": {"t": {"columns": [{"name": "a", "type": "string", "type": "json"}]}}}"#
+                    .to_string(),
+                "document.tables.t.columns[0].type",
+            ),
+        ] {
+            let e = SchemaDocument::parse(bad.as_bytes()).unwrap_err();
+            assert!(
+                e.contains(&format!("{at:?} is named twice")),
+                "{bad}: {e}"
+            );
+        }
+        // The same names in different objects are fine.
+        let ok = format!(r#"{{"tables": {{"t": {col}, "u": {col}}}}}"#);
+        assert_eq!(
+            SchemaDocument::parse(ok.as_bytes()).unwrap().tables.len(),
+            2
+        );
     }
 }

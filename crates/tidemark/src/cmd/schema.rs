@@ -421,6 +421,15 @@ async fn follow(client: &DbClient, mut st: PublishStatus, wait: Duration) -> any
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        st = client.get_json("/v1/schema/publish").await?;
+        // A failover while following (no primary for a moment, a standby
+        // not ready) is waited out until the deadline, not taken for the
+        // publish's failure.
+        match client.get_json("/v1/schema/publish").await {
+            Ok(next) => st = next,
+            Err(e) if answer_lost(&e) && Instant::now() < deadline => {
+                tracing::debug!("following the publish: {e}; asking again");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -52,18 +52,27 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
     let Some(first) = lines.next() else {
         return Ok(None);
     };
-    let first = first.with_context(|| {
-        format!(
-            "{} cannot be read as a cache snapshot; delete it to start cold",
-            path.display()
-        )
-    })?;
-    let header: Header = serde_json::from_str(&first).with_context(|| {
-        format!(
-            "{} is not a cache snapshot; delete it to start cold",
-            path.display()
-        )
-    })?;
+    // A cache is disposable: a header that cannot be read is damage, and
+    // the file is set aside (for whoever wants to look) rather than
+    // stopping the service server.
+    let header = first
+        .map_err(anyhow::Error::from)
+        .and_then(|l| Ok(serde_json::from_str::<Header>(&l)?));
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => {
+            let aside = dir.join(format!("{FILE}.damaged"));
+            match std::fs::rename(&path, &aside) {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %e, "cache snapshot header is damaged; set aside, starting cold")
+                }
+                Err(r) => {
+                    tracing::warn!(path = %path.display(), error = %e, rename_error = %r, "cache snapshot header is damaged; starting cold (it could not be set aside, and is replaced at the next snapshot)")
+                }
+            }
+            return Ok(None);
+        }
+    };
     if header.format != FORMAT || header.id != id {
         tracing::warn!(path = %path.display(), "cache snapshot is for another service id or format; starting cold");
         return Ok(None);
@@ -174,9 +183,9 @@ pub async fn worker(shared: Arc<Shared>) {
 mod tests {
     use super::*;
 
-    /// A cache is disposable: a snapshot damaged after its header (a torn
-    /// line, a byte that is not UTF-8) starts the cache cold instead of
-    /// stopping the service server.
+    /// A cache is disposable: a damaged snapshot (a torn line, a byte that
+    /// is not UTF-8, a header that cannot be read) starts the cache cold
+    /// instead of stopping the service server.
     #[test]
     fn a_damaged_snapshot_starts_cold() {
         let dir = tempfile::tempdir().unwrap();
@@ -190,8 +199,13 @@ mod tests {
             std::fs::write(&path, bytes).unwrap();
             assert!(load(dir.path(), "svc").unwrap().is_none());
         }
-        std::fs::write(&path, b"\xff\xfe\n").unwrap();
-        let err = load(dir.path(), "svc").unwrap_err().to_string();
-        assert!(err.contains("delete it to start cold"), "{err}");
+        // A damaged header too: the file is set aside, whole.
+        for damaged in [&b"\xff\xfe\n"[..], b"not json\n", b"{\"format\": 1}\n"] {
+            std::fs::write(&path, damaged).unwrap();
+            assert!(load(dir.path(), "svc").unwrap().is_none());
+            assert!(!path.exists());
+            let aside = dir.path().join(format!("{FILE}.damaged"));
+            assert_eq!(std::fs::read(&aside).unwrap(), damaged);
+        }
     }
 }

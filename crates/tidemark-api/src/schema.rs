@@ -250,6 +250,17 @@ impl Schema {
 }
 
 /// Checks a key: 1 to 256 bytes (UTF-8 is guaranteed by `&str`).
+/// Checks an OpS source name: 1 to 128 bytes, no control character.
+pub fn validate_source(source: &str) -> Result<(), InvalidInput> {
+    if source.is_empty() || source.len() > 128 {
+        return Err(InvalidInput::Source(source.len()));
+    }
+    if source.chars().any(char::is_control) {
+        return Err(InvalidInput::SourceChars(source.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
 pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(InvalidInput::Key(key.len()));

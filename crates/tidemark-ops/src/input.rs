@@ -49,10 +49,13 @@ pub fn parse(text: &str) -> Result<Vec<InputOrder>, InputError> {
             line: i + 1,
             detail: e.to_string(),
         })?;
-        if order.key.is_empty() || order.key.len() > tidemark_api::schema::MAX_KEY_BYTES {
+        // The key as the DB server checks it: one it would refuse must not
+        // reach the journal, where it would block the source (each later
+        // run sends the journal's unsent orders first).
+        if let Err(e) = tidemark_api::schema::validate_key(&order.key) {
             return Err(InputError::Line {
                 line: i + 1,
-                detail: format!("key must be 1 to 256 bytes, got {}", order.key.len()),
+                detail: e.to_string(),
             });
         }
         out.push(order);
@@ -73,7 +76,15 @@ mod tests {
         let bad = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\"}\n{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"merge\"}\n";
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.starts_with("line 2:"), "{err}");
-        assert!(parse("{\"table\":\"subscriber\",\"key\":\"\",\"op\":\"delete\"}").is_err());
+        // Keys the DB server refuses: empty, `.`/`..`, NUL.
+        for key in ["", ".", "..", "a\\u0000b"] {
+            let line = format!("{{\"table\":\"subscriber\",\"key\":\"{key}\",\"op\":\"delete\"}}");
+            let err = parse(&line).unwrap_err().to_string();
+            assert!(
+                err.starts_with("line 1: ") && err.contains("key"),
+                "{key}: {err}"
+            );
+        }
         // A field named twice: refused, not journaled as the last one.
         let twice = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"plan\":\"a\",\"plan\":\"b\"}}";
         let err = parse(twice).unwrap_err().to_string();

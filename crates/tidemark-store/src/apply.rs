@@ -2,7 +2,7 @@
 //! opens, so an invalid batch never touches the store.
 
 use crate::StoreError;
-use tidemark_api::schema::{validate_key, InvalidInput};
+use tidemark_api::schema::{validate_key, validate_source, InvalidInput};
 use tidemark_api::{Op, Order, Schema};
 
 /// Checks every order of a batch against the schema.
@@ -14,19 +14,12 @@ pub fn validate_batch(schema: &Schema, orders: &[Order]) -> Result<(), StoreErro
             seq: order.seq,
             error: Box::new(error),
         };
-        if order.source.is_empty() || order.source.len() > 128 {
-            return Err(invalid(InvalidInput::Source(order.source.len())));
-        }
+        validate_source(&order.source).map_err(invalid)?;
         if order.seq == 0 {
             return Err(invalid(InvalidInput::ZeroSeq));
         }
         if order.seq > tidemark_api::schema::MAX_SEQ {
             return Err(invalid(InvalidInput::SeqTooLarge(order.seq)));
-        }
-        if order.source.chars().any(char::is_control) {
-            return Err(invalid(InvalidInput::SourceChars(
-                order.source.chars().take(64).collect(),
-            )));
         }
         validate_key(&order.key).map_err(invalid)?;
         match order.op {

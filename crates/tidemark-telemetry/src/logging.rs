@@ -34,6 +34,11 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr (a log collector restarting) loses lines; the
+        // default reports that with `eprintln!`, which panics the task
+        // that logged (a signal handler, a watch stream) and leaves the
+        // process half-alive.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Plain => builder.with_target(false).try_init(),

@@ -437,6 +437,9 @@ async fn ops_refuses_bad_input_before_journaling_anything_on(engine: Engine) {
         ("{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\"}\nnot json\n", "line 2"),
         ("{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"colour\":1}}\n", "colour"),
         ("{\"table\":\"nope\",\"key\":\"a\",\"op\":\"delete\"}\n", "nope"),
+        // A key the DB server refuses: journaled, it blocked the source
+        // for good (every later run sends it first).
+        ("{\"table\":\"subscriber\",\"key\":\"..\",\"op\":\"delete\"}\n", "line 1"),
     ] {
         let out = run(tmp.path(), &args, Some(input.as_bytes()), &[]);
         assert_eq!(out.status.code(), Some(1));
@@ -450,6 +453,30 @@ async fn ops_refuses_bad_input_before_journaling_anything_on(engine: Engine) {
                 .is_empty()
     );
     assert_eq!(commit_seq(&db.url).await, 0);
+    // A source name the DB server refuses, likewise.
+    let mut bad_source = args.to_vec();
+    bad_source.splice(6..6, ["--source", "ops\u{1}"]);
+    let out = run(
+        tmp.path(),
+        &bad_source,
+        Some(b"{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"delete\"}\n"),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--source") && err.contains("control character"),
+        "{err}"
+    );
+    // The source is not blocked: its next good order goes through.
+    let good = "{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"delete\"}\n";
+    let out = run(tmp.path(), &args, Some(good.as_bytes()), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(commit_seq(&db.url).await, 1);
 }
 
 /// Holes an outside probe found (issue 13, items 4, 6, 7, 8): seqs that

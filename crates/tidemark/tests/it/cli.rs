@@ -378,3 +378,113 @@ async fn client_commands_take_server_and_token_from_the_file() {
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
 }
+
+/// Starts `tidemark ARGS --listen 127.0.0.1:0` with its stderr going into
+/// a pipe nobody reads any more (a log collector that went away): every
+/// log line it writes fails. Returns it and its URL.
+fn start_with_stderr_gone(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{args:?} printed {line:?}, not its address"))
+        .to_owned();
+    (child, url)
+}
+
+/// SIGTERM, then the exit status within the test kit's patience.
+async fn terminate(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on the pid of a child not reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let patience = tidemark_testkit::process::PATIENCE;
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not stop within {} s of SIGTERM",
+                patience.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A role whose stderr reader has gone (a log collector restarting) loses
+/// its log lines, not its work: it serves, pushes, and stops on SIGTERM.
+/// Before, the first line it failed to write panicked the task that
+/// logged it (the signal handler, so SIGTERM was never acted on; a watch
+/// stream, left connected but dead).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_whose_stderr_reader_has_gone_serves_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (mut db, db_url) =
+        start_with_stderr_gone(&["server", "--data-dir", data.to_str().unwrap()]);
+    eventually(20, "the DB server to be ready", || {
+        let u = format!("{db_url}/readyz");
+        async move { reqwest::get(u).await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    let (mut svc, svc_url) = start_with_stderr_gone(&[
+        "service",
+        "--db",
+        &db_url,
+        "--id",
+        "svc-quiet",
+        "--policy",
+        "latest-only",
+    ]);
+    eventually(20, "the service server to be ready", || {
+        let u = format!("{svc_url}/readyz");
+        async move { reqwest::get(u).await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    let order = |plan: &str| {
+        serde_json::json!({"orders": [{"source": "quiet", "seq": if plan == "gold" { 1 } else { 2 },
+            "table": "subscriber", "key": "k", "op": "upsert", "fields": {"plan": plan}}]})
+        .to_string()
+    };
+    let record = format!("{svc_url}/v1/records/subscriber/k");
+    assert_eq!(
+        post_raw(&format!("{db_url}/v1/orders"), order("gold"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(get_json(&record).await.1["fields"]["plan"], "gold");
+    // The change reaches the cached record: the watch stream lives.
+    assert_eq!(
+        post_raw(&format!("{db_url}/v1/orders"), order("silver"))
+            .await
+            .0,
+        200
+    );
+    eventually(20, "the push of the change to the cached record", || {
+        let u = record.clone();
+        async move { (get_json(&u).await.1["fields"]["plan"] == "silver").then_some(()) }
+    })
+    .await;
+    for (child, what) in [(&mut svc, "the service server"), (&mut db, "the DB server")] {
+        let status = terminate(child, what).await;
+        assert!(status.success(), "{what} ended {status:?}");
+    }
+}

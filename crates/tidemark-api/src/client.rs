@@ -24,6 +24,10 @@ pub enum ClientError {
         error: ApiError,
         retry_after: Option<u64>,
     },
+    /// A server took the connection but did not answer within the time a
+    /// live one answers in (paused, hung, or a host gone without a reset).
+    #[error("the DB server at {url} took the connection but did not answer within {secs} s (paused, hung or overloaded); check it, or name another instance with --db")]
+    Unanswered { url: String, secs: u64 },
     /// A watch stream sent nothing, not even a keepalive, for too long.
     #[error("the watch stream from {url} sent nothing, not even a keepalive, for {secs} s; reconnecting")]
     Silent { url: String, secs: u64 },
@@ -72,6 +76,12 @@ fn transport_detail(e: &reqwest::Error) -> String {
 /// keepalive interval (15 s).
 pub const WATCH_SILENCE: Duration = Duration::from_secs(35);
 
+/// How long the head of a watch stream's answer may take: a live DB server
+/// sends it once the stream is set up (at most a few seconds on a standby
+/// catching up); the backlog follows in the body. Past it, the instance
+/// is given up for the next one.
+pub const WATCH_ANSWER: Duration = Duration::from_secs(10);
+
 impl ClientError {
     /// The server is offline after a quiesce notice (S4).
     pub fn is_quiescing(&self) -> bool {
@@ -81,7 +91,9 @@ impl ClientError {
     /// True if retrying later may succeed (transport errors and 503s).
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Transport { .. } | ClientError::Silent { .. } => true,
+            ClientError::Transport { .. }
+            | ClientError::Silent { .. }
+            | ClientError::Unanswered { .. } => true,
             ClientError::Api { status, .. } => *status == 503,
             ClientError::Decode { status, .. } => *status >= 500,
         }
@@ -251,7 +263,7 @@ impl DbClient {
     /// Whether a failed call should be tried on the next instance.
     fn worth_moving(e: &ClientError) -> bool {
         match e {
-            ClientError::Transport { .. } => true,
+            ClientError::Transport { .. } | ClientError::Unanswered { .. } => true,
             ClientError::Api { error, .. } => matches!(
                 error.code,
                 crate::ErrorCode::NotReady | crate::ErrorCode::Quiescing
@@ -556,13 +568,20 @@ impl DbClient {
             req = req.header(headers::LAST_EVENT_ID, id);
         }
         let base = self.base().to_owned();
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(source) => {
+        let resp = match tokio::time::timeout(WATCH_ANSWER, req.send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(source)) => {
                 self.move_on(&base);
                 return Err(ClientError::Transport {
                     url: url.clone(),
                     error: source,
+                });
+            }
+            Err(_) => {
+                self.move_on(&base);
+                return Err(ClientError::Unanswered {
+                    url: url.clone(),
+                    secs: WATCH_ANSWER.as_secs(),
                 });
             }
         };

@@ -124,14 +124,28 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the start waits for the DB server's schema.
+const START_CHECK: Duration = Duration::from_secs(5);
+
 /// At start: refuses to run on a schema this build cannot understand. A DB
 /// server that cannot be reached is not a refusal (the watcher adopts the
 /// schema once it can).
 pub async fn check_at_start(shared: &Shared) -> anyhow::Result<()> {
-    let schema: serde_json::Value = match shared.client.get_json("/v1/schema").await {
-        Ok(s) => s,
-        Err(e) => {
+    // Bounded: the listener is bound but answers nothing until this is
+    // done, and an instance that takes connections without answering (a
+    // paused one) would otherwise hold even `/healthz` for 30 s.
+    let read = tokio::time::timeout(START_CHECK, shared.client.get_json("/v1/schema")).await;
+    let schema: serde_json::Value = match read {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot read the DB server's schema at start; checking it once the watch stream opens");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(
+                secs = START_CHECK.as_secs(),
+                "the DB server did not answer the schema read at start; checking it once the watch stream opens"
+            );
             return Ok(());
         }
     };

@@ -41,8 +41,13 @@ pub async fn run(shared: Arc<Shared>) {
         // the instance that took the declaration: if a read moved the
         // client meanwhile, declare again there first.
         let declared_at = shared.client.base().to_owned();
+        // Both requests below give way to shutdown: an instance that
+        // takes the connection and never answers must not hold the stop.
         let declared = if last.is_some() && shared.declare.load(Ordering::SeqCst) {
-            Some(declare(&shared).await)
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                d = declare(&shared) => Some(d),
+            }
         } else {
             None
         };
@@ -61,11 +66,10 @@ pub async fn run(shared: Arc<Shared>) {
         let opened = if retry_declaration {
             Err(None)
         } else {
-            shared
-                .client
-                .watch(&shared.config.id, last.as_deref())
-                .await
-                .map_err(Some)
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                o = shared.client.watch(&shared.config.id, last.as_deref()) => o.map_err(Some),
+            }
         };
         match opened {
             Ok(stream) => {

@@ -829,3 +829,145 @@ async fn a_source_recovered_in_a_later_run_is_expected_by_the_first() {
     let (_, r) = get_json(&format!("{}/v1/recovery", db.url)).await;
     assert_ne!(r["state"], "recovering", "{r}");
 }
+
+/// A DB-server address that takes connections and never answers (a paused
+/// instance, a host gone without a reset) holds the service server's watch
+/// stream for a bounded time only: it moves on to the instance that
+/// answers, and pushes resume. Before, the stream waited on the silent
+/// address for good, and the service server stayed unready, every read
+/// going to the DB server.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_that_never_answers_does_not_hold_the_watch_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (hung_url, connections) = silent_address();
+    let mut db = db_server(dir, &[]).await;
+    let addr = db.url.trim_start_matches("http://").to_owned();
+    let svc = service(
+        dir,
+        "svc-hung",
+        &format!("{},{hung_url}", db.url),
+        "latest-only",
+        &[],
+    )
+    .await;
+    let order = |seq: u64, plan: &str| {
+        json!({"orders": [{"source": "ops-h", "seq": seq, "table": "subscriber",
+                           "key": "h", "op": "upsert", "fields": {"plan": plan}}]})
+        .to_string()
+    };
+    assert_eq!(
+        post_raw(&format!("{}/v1/orders", db.url), order(1, "gold"))
+            .await
+            .0,
+        200
+    );
+    let record = format!("{}/v1/records/subscriber/h", svc.url);
+    assert_eq!(get_json(&record).await.1["fields"]["plan"], "gold");
+
+    // The DB server dies: the service server tries the next address, which
+    // takes the connection and says nothing.
+    db.kill9();
+    let connections = tokio::task::spawn_blocking(move || {
+        connections
+            .recv_timeout(tidemark_testkit::process::PATIENCE)
+            .expect("the service server to try the silent address");
+        connections
+    })
+    .await
+    .unwrap();
+    let db = Proc::start_at(
+        "db-again",
+        dir,
+        &strs(&server_args(dir, Engine::Sqlite)),
+        &addr,
+    );
+    db.wait_ok("/readyz").await;
+    assert_eq!(
+        post_raw(&format!("{}/v1/orders", db.url), order(2, "silver"))
+            .await
+            .0,
+        200
+    );
+    // Back on the DB server that answers, within the watch stream's answer
+    // deadline (tidemark_api::client::WATCH_ANSWER) and a retry.
+    let limit = tidemark_api::client::WATCH_ANSWER.as_secs() * 3;
+    let svc_url = svc.url.clone();
+    eventually(
+        limit,
+        "the service server's stream back on the live DB server",
+        || {
+            let u = svc_url.clone();
+            async move { (get_json(&format!("{u}/readyz")).await.0 == 200).then_some(()) }
+        },
+    )
+    .await;
+    eventually(20, "the push of the change to the cached record", || {
+        let u = record.clone();
+        async move { (get_json(&u).await.1["fields"]["plan"] == "silver").then_some(()) }
+    })
+    .await;
+    drop(connections);
+}
+
+/// An address that accepts every connection, reads nothing and answers
+/// nothing (a paused instance); the receiver hears of each connection.
+fn silent_address() -> (String, std::sync::mpsc::Receiver<()>) {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    let (arrived, connections) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hung.incoming().flatten() {
+            held.push(conn);
+            if arrived.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, connections)
+}
+
+/// A service server whose DB server takes connections and never answers
+/// starts serving its probes within a few seconds (not ready, saying why),
+/// instead of holding even `/healthz` for the 30 s of a request timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_db_address_does_not_hold_the_service_servers_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hung_url, _connections) = silent_address();
+    let svc = Proc::start(
+        "svc-silent",
+        tmp.path(),
+        &[
+            "service",
+            "--db",
+            &hung_url,
+            "--id",
+            "svc-silent",
+            "--policy",
+            "latest-only",
+        ],
+        &[],
+    );
+    // Each probe gives up after 2 s, so a held one cannot pass late.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let probe = |path: &'static str| {
+        let (client, url) = (client.clone(), format!("{}{path}", svc.url));
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
+        }
+    };
+    eventually(15, "/healthz to answer", || async {
+        (probe("/healthz").await == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(probe("/readyz").await, Some(503));
+}

@@ -277,8 +277,10 @@ fn no_fallback(shared: &Shared, table: &str, key: &str, freshness: Freshness) ->
     }
 }
 
-/// A read whose deadline passed with the DB server not answering.
+/// A read whose deadline passed with the DB server not answering (counted
+/// with the reads that gave up waiting).
 fn db_unavailable(shared: &Shared, table: &str, key: &str, freshness: Freshness) -> ReadError {
+    shared.metrics.deadline_503.inc();
     ReadError {
         code: ErrorCode::DbUnavailable,
         status: 503,
@@ -288,6 +290,29 @@ fn db_unavailable(shared: &Shared, table: &str, key: &str, freshness: Freshness)
             no_fallback(shared, table, key, freshness)
         ),
         retry_after: Some(1),
+    }
+}
+
+/// A read the DB server kept refusing (a 503: quiescing, no primary, not
+/// ready) until its deadline, or past it by its own `Retry-After`: its
+/// refusal and its `Retry-After`, not a claim that it did not answer.
+fn still_refused(
+    shared: &Shared,
+    refusal: &(String, Option<u64>),
+    table: &str,
+    key: &str,
+    freshness: Freshness,
+) -> ReadError {
+    shared.metrics.deadline_503.inc();
+    ReadError {
+        code: ErrorCode::DbUnavailable,
+        status: 503,
+        message: format!(
+            "{}; {}; retry later",
+            refusal.0,
+            no_fallback(shared, table, key, freshness)
+        ),
+        retry_after: refusal.1.or(Some(1)),
     }
 }
 
@@ -327,8 +352,10 @@ pub async fn read(
     let waiter = Waiter::new(shared, table, key);
     let mut waited = false;
     // Why the last try failed: the DB server (unreachable, 503), or the
-    // record was still being recovered.
+    // record was still being recovered; and the DB server's refusal, if it
+    // answered one.
     let mut db_failed = false;
+    let mut refusal: Option<(String, Option<u64>)> = None;
     loop {
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
@@ -342,7 +369,10 @@ pub async fn read(
                 // Woken at the deadline: a request now would have no time
                 // to be answered (and its timeout would blame the DB server).
                 return Err(if db_failed {
-                    db_unavailable(shared, table, key, freshness)
+                    match &refusal {
+                        Some(r) => still_refused(shared, r, table, key, freshness),
+                        None => db_unavailable(shared, table, key, freshness),
+                    }
                 } else {
                     shared.metrics.deadline_503.inc();
                     stale_data(table, key)
@@ -383,6 +413,7 @@ pub async fn read(
         match answer {
             Ok(read) => {
                 db_failed = false;
+                refusal = None;
                 // Another instance answered (the client moved on in the
                 // read): its interest is not the stream's, which may stay
                 // where it is.
@@ -450,19 +481,19 @@ pub async fn read(
                         )));
                     }
                 }
-                if Instant::now() >= deadline {
-                    return Err(ReadError {
-                        code: ErrorCode::DbUnavailable,
-                        status: 503,
-                        message: format!(
-                            "{e}; {}; retry later",
-                            no_fallback(shared, table, key, freshness)
-                        ),
-                        retry_after: Some(1),
-                    });
+                refusal = match &e {
+                    ClientError::Api { retry_after, .. } => Some((e.to_string(), *retry_after)),
+                    _ => None,
+                };
+                if let ClientError::Api { retry_after, .. } = &e {
+                    hint = *retry_after;
                 }
-                if let ClientError::Api { retry_after, .. } = e {
-                    hint = retry_after;
+                // Past the deadline, or told to come back after it (a
+                // quiesced DB server's `Retry-After: 30`): answered now.
+                let back_at = Instant::now() + Duration::from_secs(hint.unwrap_or(0));
+                if back_at >= deadline {
+                    let r = refusal.unwrap_or_else(|| (e.to_string(), Some(1)));
+                    return Err(still_refused(shared, &r, table, key, freshness));
                 }
             }
         }
@@ -549,6 +580,8 @@ mod tests {
             started.elapsed(),
             Duration::from_millis(svc.shared.config.latest_deadline_ms)
         );
+        // Counted with the reads that gave up waiting.
+        assert_eq!(svc.shared.metrics.deadline_503.get(), 1);
         svc.shared.cache.offer(&record(3, false), Origin::Push);
         let started = Instant::now();
         let served = read(&svc.shared, "subscriber", "k", Freshness::StaleOk)
@@ -643,6 +676,50 @@ mod tests {
             };
             watcher::apply(&svc.shared, &ev(WatchEvent::Lease(lease)));
         }
+    }
+
+    fn quiesced(_: usize) -> Result<RecordRead, ClientError> {
+        Err(ClientError::Api {
+            status: 503,
+            error: ApiError::new(ErrorCode::Quiescing, "offline for maintenance"),
+            retry_after: Some(30),
+        })
+    }
+
+    /// A DB server that refuses and says to come back after the read's
+    /// deadline (a quiesced one, `Retry-After: 30`) is answered for at once,
+    /// with its refusal and its `Retry-After`; one that refuses with no
+    /// such hint is retried until the deadline, and then its refusal is
+    /// what the terminal is told (before: "did not answer within this
+    /// read's deadline", `Retry-After: 1`, both times after the deadline).
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_db_server_is_reported_as_refusing() {
+        let (svc, up) = service(quiesced, false);
+        let started = Instant::now();
+        let err = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap_err();
+        assert_eq!((err.status, err.code), (503, ErrorCode::DbUnavailable));
+        assert_eq!(err.retry_after, Some(30));
+        assert!(
+            err.message.contains("offline for maintenance"),
+            "{}",
+            err.message
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+
+        let (svc, up) = service(unreachable, false);
+        let started = Instant::now();
+        let err = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap_err();
+        assert_eq!((err.status, err.code), (503, ErrorCode::DbUnavailable));
+        assert!(err.message.contains("down"), "{}", err.message);
+        assert!(!err.message.contains("did not answer"), "{}", err.message);
+        assert!(started.elapsed() <= Duration::from_millis(svc.shared.config.latest_deadline_ms));
+        assert!(up.calls.load(Ordering::SeqCst) > 1, "retried meanwhile");
+        assert_eq!(svc.shared.metrics.deadline_503.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

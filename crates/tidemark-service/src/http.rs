@@ -182,9 +182,18 @@ pub(crate) fn quiesce_header(shared: &Shared, h: &mut axum::http::HeaderMap) {
     }
 }
 
+/// Ready exactly while cached records are served as current (the reads'
+/// own test, [`Shared::vouched`]).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.connected.load(Ordering::SeqCst) {
+    if shared.vouched() {
         Json(json!({"status": "ready"})).into_response()
+    } else if shared.connected.load(Ordering::SeqCst) {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotReady,
+            "the watch stream to the DB server is open, but its instance has stopped vouching for it (paused, or cut off without saying so): cached records are not served as current until it does again or the stream moves to another instance".into(),
+            Some(1),
+        )
     } else {
         error(
             StatusCode::SERVICE_UNAVAILABLE,

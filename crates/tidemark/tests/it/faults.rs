@@ -749,8 +749,19 @@ async fn a_silent_single_db_server_stops_vouching_for_the_cache() {
         (s == 503).then_some(b)
     })
     .await;
+    // Its readiness says the same, at once: not ready while the cache is
+    // not served as current (before, it said ready until the stream broke).
+    let (s, ready) = get_json(&format!("{}/readyz", svc.url)).await;
     // SAFETY: as above.
     unsafe { libc::kill(db.pid as libc::pid_t, libc::SIGCONT) };
+    assert_eq!(s, 503, "{ready}");
+    assert!(
+        ready["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped vouching"),
+        "{ready}"
+    );
     assert!(
         outcome["error"]["code"] == "stale_data" || outcome["error"]["code"] == "db_unavailable",
         "{outcome}"

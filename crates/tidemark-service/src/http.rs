@@ -205,6 +205,17 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    // The notice as it stands now: its time left counts down from when it
+    // arrived (the event's own figures are of that moment).
+    let at = *shared.quiesce_at.lock();
+    let mut quiesce = shared.quiesce.lock().clone();
+    if let (Some(q), Some(at)) = (quiesce.as_mut(), at) {
+        if let Some(n) = q.notice.as_mut() {
+            let left = at.saturating_duration_since(Instant::now());
+            n.ms_left = Some(left.as_millis() as u64);
+            n.seconds_left = left.as_millis().div_ceil(1000) as u64;
+        }
+    }
     Json(json!({
         "id": shared.config.id,
         "policy": shared.config.policy.as_str(),
@@ -216,9 +227,9 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "last_event_id": *shared.last_event_id.lock(),
         "snapshot_event_id": *shared.snapshot_event_id.lock(),
         "schema_version": shared.schema_version.load(Ordering::SeqCst),
-        "quiesce": *shared.quiesce.lock(),
+        "quiesce": quiesce,
         // Seconds until the DB server goes offline, while a notice is in force.
-        "quiesce_in": shared.quiesce_at.lock().map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
+        "quiesce_in": at.map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
     }))
 }
 

@@ -55,6 +55,22 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
     })
     .await;
     assert!(left > 590 && left <= 600, "{left}");
+    // Its state counts the notice down too, not only `quiesce_in` (its
+    // `seconds_left` stayed what it was when the notice arrived).
+    let svc_state = format!("{}/v1/state", svc.url);
+    let st = eventually(10, "a few seconds of the notice to pass", || {
+        let u = svc_state.clone();
+        async move {
+            let (_, st) = get_json(&u).await;
+            (st["quiesce_in"].as_u64()? <= 597).then_some(st)
+        }
+    })
+    .await;
+    let (left, shown) = (
+        st["quiesce_in"].as_u64().unwrap(),
+        st["quiesce"]["seconds_left"].as_u64().unwrap(),
+    );
+    assert!(shown == left || shown == left + 1, "{st}");
     let status = run(dir, &["status", "--server", &db.url], None, &[]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("upgrade at noon"), "{text}");

@@ -458,6 +458,14 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
+    // Nothing remains, so no rate (before, one decayed for 30 s).
+    b.wait_for(
+        &page,
+        "no rate once nothing remains",
+        "document.getElementById('rate').textContent === '–'",
+        5,
+    )
+    .await;
     post("/v1/recovery/complete", serde_json::json!({})).await;
     b.wait_for(
         &page,

@@ -9,8 +9,12 @@ $("token").value = token ? "••••••" : "";
 let isAdmin = false;
 
 function headers() { const h = {"content-type": "application/json"}; if (token) h.authorization = "Bearer " + token; return h; }
+// The token the server last refused (401): the pollers wait for another
+// one (or for the feed to be let in) instead of being refused every 2 s.
+let refusedToken = null;
 async function api(method, path, body) {
   const r = await fetch(path, {method, headers: headers(), body: body ? JSON.stringify(body) : undefined});
+  if (r.status === 401) refusedToken = token;
   const j = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error((j.error && j.error.message) || r.statusText);
   return j;
@@ -137,10 +141,12 @@ function render(s) {
   const pct = st === "normal" || st === "recovered" ? 100 : (r.flagged ? Math.round(100 * (r.cleared || 0) / r.flagged) : 0);
   $("progress").style.width = pct + "%";
   addSample(now, r.remaining || 0);
-  // Rate: the fall from the highest point of the last 30 s.
-  const recent = chartSamples.filter(([t]) => now - t <= 30000);
+  // Rate: the fall from the highest point of the last 10 s, while keys
+  // remain (a finished recovery has none; a long wait before the replay
+  // is not spread over it).
+  const recent = chartSamples.filter(([t]) => now - t <= 10000);
   const peak = recent.reduce((a, b) => (b[1] >= a[1] ? b : a), recent[0] || [now, 0]);
-  const rate = now > peak[0] ? (peak[1] - (r.remaining || 0)) / ((now - peak[0]) / 1000) : 0;
+  const rate = r.remaining > 0 && now > peak[0] ? (peak[1] - r.remaining) / ((now - peak[0]) / 1000) : 0;
   setText("rate", rate > 0 ? rate.toFixed(1) + " keys/s" : null);
   drawChart();
   renderCluster(s);
@@ -243,6 +249,7 @@ async function stream() {
         throw new Error(token ? "the token was refused; enter a token above" : "enter a token above (reader or admin)");
       }
       if (!r.ok) { const j = await r.json().catch(() => ({})); throw new Error((j.error && j.error.message) || r.statusText); }
+      refusedToken = null;
       setStatus("connected");
       const reader = r.body.getReader(), dec = new TextDecoder();
       let buf = "";
@@ -287,7 +294,7 @@ async function stream() {
 function poll(fn, ms) {
   let busy = false;
   const tick = async () => {
-    if (busy) return;
+    if (busy || (refusedToken !== null && refusedToken === token)) return;
     busy = true;
     try { await fn(); } finally { busy = false; }
   };

@@ -482,12 +482,12 @@ pub async fn read(
                     }
                 }
                 refusal = match &e {
-                    ClientError::Api { retry_after, .. } => Some((e.to_string(), *retry_after)),
+                    ClientError::Api { retry_after, .. } => {
+                        hint = *retry_after;
+                        Some((e.to_string(), *retry_after))
+                    }
                     _ => None,
                 };
-                if let ClientError::Api { retry_after, .. } = &e {
-                    hint = *retry_after;
-                }
                 // Past the deadline, or told to come back after it (a
                 // quiesced DB server's `Retry-After: 30`): answered now.
                 let back_at = Instant::now() + Duration::from_secs(hint.unwrap_or(0));

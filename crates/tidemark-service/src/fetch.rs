@@ -327,6 +327,16 @@ fn credentials_refused(why: &str) -> ReadError {
     }
 }
 
+/// Returns once the client no longer uses the instance `base`.
+async fn moved_from(shared: &Shared, base: &str) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if shared.client.base() != base {
+            return;
+        }
+    }
+}
+
 /// How long a `stale-ok` read with a cached copy waits for the DB server
 /// before it serves the copy marked recovering.
 const STALE_OK_WAIT: Duration = Duration::from_millis(500);
@@ -394,11 +404,16 @@ pub async fn read(
             budget = budget.min(STALE_OK_WAIT);
         }
         let base = shared.client.base().to_owned();
-        let answer = tokio::time::timeout(
-            budget,
-            shared.upstream.get_record(table, key, &shared.config.id),
-        )
-        .await;
+        let answer = tokio::select! {
+            a = tokio::time::timeout(
+                budget,
+                shared.upstream.get_record(table, key, &shared.config.id),
+            ) => a,
+            // The watcher gave this instance up (it stopped vouching: paused,
+            // or cut off): asked again at once where the client went, rather
+            // than held to the deadline by an instance that will not answer.
+            () = moved_from(shared, &base), if shared.client.bases().len() > 1 => continue,
+        };
         let Ok(answer) = answer else {
             if budget == full && shared.client.move_on(&base) {
                 // The instance did not answer within a whole deadline: the
@@ -589,6 +604,52 @@ mod tests {
             .unwrap();
         assert!(served.recovering, "served marked: it could not be checked");
         assert_eq!(started.elapsed(), STALE_OK_WAIT);
+    }
+
+    /// The first instance asked never answers (paused); the next does.
+    struct PausedFirst(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Upstream for PausedFirst {
+        async fn get_record(&self, _: &str, _: &str, _: &str) -> Result<RecordRead, ClientError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok(RecordRead {
+                answer: record(4, false),
+                retry_after: None,
+                base: None,
+                history: None,
+            })
+        }
+    }
+
+    /// A read held by an instance the watcher gives up (it stopped
+    /// vouching for its stream) is asked again at once where the client
+    /// went, not held to its deadline and answered 503.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_follows_the_client_off_an_instance_given_up() {
+        let config = ServiceConfig {
+            id: "svc".into(),
+            db: "http://a.invalid:1,http://b.invalid:1".into(),
+            ..ServiceConfig::default()
+        };
+        let up = Arc::new(PausedFirst(AtomicUsize::new(0)));
+        let svc = Service::with_upstream(config, CancellationToken::new(), up.clone()).unwrap();
+        let shared = svc.shared.clone();
+        let give_up = Duration::from_millis(1200);
+        tokio::spawn(async move {
+            tokio::time::sleep(give_up).await;
+            // What the watcher does when the lease runs out.
+            shared.client.move_on("http://a.invalid:1");
+        });
+        let started = Instant::now();
+        let served = read(&svc.shared, "subscriber", "k", Freshness::Latest)
+            .await
+            .unwrap();
+        assert_eq!(served.answer().unwrap().version, Some(Version::new(2, 4)));
+        assert!(started.elapsed() < give_up + Duration::from_millis(100));
+        assert_eq!(up.0.load(Ordering::SeqCst), 2);
     }
 
     #[async_trait::async_trait]

@@ -50,7 +50,13 @@ pub struct RestoreOptions {
 /// restore from it) is unknown here; `ops recover` finds it in the OpS's
 /// acknowledgements and names the `min_epoch` to restore with.
 pub fn new_epoch(previous: Option<u64>, backup: u64, min_epoch: u64) -> u64 {
-    (previous.unwrap_or(0).max(backup) + 1).max(min_epoch)
+    // Saturating: an epoch near the top (only a forged store could hold
+    // one) must not wrap to 0, which would order every record first.
+    previous
+        .unwrap_or(0)
+        .max(backup)
+        .saturating_add(1)
+        .max(min_epoch)
 }
 
 /// What a restore did.

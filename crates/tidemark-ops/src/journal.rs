@@ -131,7 +131,10 @@ fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn valid_source(source: &str) -> bool {
+    // Its files are named after it: `.` and `..` would name directories.
     !source.is_empty()
+        && source != "."
+        && source != ".."
         && source.len() <= 128
         && source
             .chars()
@@ -157,6 +160,8 @@ impl Journal {
         let lock = lock_source(dir, source)?;
         let path = dir.join(format!("{source}.journal"));
         let mut entries = Vec::new();
+        // Where a torn append begins, and its length.
+        let mut torn = None;
         if path.exists() {
             let mut bytes = std::fs::read(&path)
                 .with_context(|| format!("reading journal {}", path.display()))?;
@@ -165,12 +170,9 @@ impl Journal {
             // from a crash, never submitted. Drop them.
             let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
             if whole < bytes.len() {
-                tracing::warn!(journal = %path.display(), bytes = bytes.len() - whole, "dropping a torn journal append left by a crash");
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(whole as u64)?;
-                f.sync_all()?;
-                bytes.truncate(whole);
+                torn = Some((whole, bytes.len() - whole));
             }
+            bytes.truncate(whole);
             for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
                 if line.is_empty() {
                     continue;
@@ -196,6 +198,24 @@ impl Journal {
         }
         let acks_path = dir.join(format!("{source}.acks"));
         let acks = load_acks(&acks_path)?;
+        // Every acknowledged order was journaled (and fsynced) before it was
+        // sent: an acknowledged seq past the journal's end means the journal
+        // lost orders the DB server took (cut short, or replaced). Replayed
+        // or resumed from it, they would be skipped without a word.
+        if let Some(&highest) = acks.keys().filter(|s| **s > entries.len() as u64).max() {
+            anyhow::bail!(
+                "journal {} ends at seq {}, but {} records seq {highest} as acknowledged by the DB server: the journal has lost orders the DB server took (it was cut short or replaced); restore it from a copy. Nothing was sent",
+                path.display(),
+                entries.len(),
+                acks_path.display()
+            );
+        }
+        if let Some((whole, bytes)) = torn {
+            tracing::warn!(journal = %path.display(), bytes, "dropping a torn journal append left by a crash");
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(whole as u64)?;
+            f.sync_all()?;
+        }
         let done_path = dir.join(format!("{source}.done"));
         // Unreadable: as if no run finished here (the same input resumes,
         // which sends nothing twice).
@@ -455,12 +475,61 @@ mod tests {
         assert_eq!(j.last_seq(), 3);
     }
 
+    /// A journal that lost acknowledged orders (cut short, a torn line the
+    /// DB server acknowledged, or replaced) is refused, and left as it is:
+    /// replayed or resumed from, those orders were skipped without a word.
+    #[test]
+    fn a_journal_shorter_than_its_acknowledgements_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+            j.append("d1", 0, &orders(3)).unwrap();
+            j.record_acks(&[
+                (1, Version::new(1, 1)),
+                (2, Version::new(1, 2)),
+                (3, Version::new(1, 3)),
+            ])
+            .unwrap();
+        }
+        let path = dir.path().join("ops-1.journal");
+        let whole = std::fs::read(&path).unwrap();
+        let two_lines = whole
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(1)
+            .unwrap()
+            .0
+            + 1;
+        // Cut at a line's end, and inside the last line.
+        for cut in [two_lines, whole.len() - 5] {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let err = Journal::open(dir.path(), "ops-1")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("ends at seq 2") && err.contains("seq 3"),
+                "{err}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                &whole[..cut],
+                "left as it is"
+            );
+        }
+        // `.` and `..` name directories, not sources.
+        for bad in [".", ".."] {
+            assert!(Journal::open(dir.path(), bad).is_err());
+        }
+    }
+
     #[test]
     fn acknowledgements_persist_and_the_latest_wins() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut j = Journal::open(dir.path(), "ops-1").unwrap();
-            j.append("d1", 0, &orders(2)).unwrap();
+            j.append("d1", 0, &orders(3)).unwrap();
             j.record_acks(&[(1, Version::new(1, 10)), (2, Version::new(1, 11))])
                 .unwrap();
             j.record_acks(&[(2, Version::new(2, 3))]).unwrap();

@@ -94,28 +94,46 @@ impl DataDirLock {
 /// holds both a `LOCK` and a `current` link. A path that does not exist
 /// yet is judged by its nearest existing ancestor.
 fn enclosing_data_dir(dir: &Path) -> Option<std::path::PathBuf> {
-    // Absolute first: a bare relative name (`newdir`) has only `""` above it.
-    let dir = &std::path::absolute(dir).ok()?;
-    let mut existing = dir.as_path();
-    let real = loop {
-        match existing.canonicalize() {
-            Ok(real) => break real,
-            Err(_) => existing = existing.parent()?,
-        }
-    };
+    let (real, exists) = real_path(dir)?;
     // `dir` itself may be a data directory; only its ancestors are asked.
-    let from = if existing == dir {
+    let from = if exists {
         real.parent()?
     } else {
         real.as_path()
     };
     from.ancestors()
-        .find(|a| {
-            a.join("LOCK").is_file()
-                && std::fs::symlink_metadata(a.join(crate::layout::CURRENT))
-                    .is_ok_and(|m| m.file_type().is_symlink())
-        })
+        .find(|a| is_data_dir(a))
         .map(Path::to_path_buf)
+}
+
+/// The data directory that `path` is, or lies inside: no place for a
+/// backup or a safety copy, which Tidemark would take for its own files
+/// (or delete with an old generation).
+pub fn data_dir_holding(path: &Path) -> Option<std::path::PathBuf> {
+    let (real, _) = real_path(path)?;
+    real.ancestors()
+        .find(|a| is_data_dir(a))
+        .map(Path::to_path_buf)
+}
+
+/// `path` made absolute with its longest existing part resolved (links
+/// followed), and whether all of it exists. Absolute first: a bare
+/// relative name (`newdir`) has only `""` above it.
+fn real_path(path: &Path) -> Option<(std::path::PathBuf, bool)> {
+    let path = &std::path::absolute(path).ok()?;
+    let mut existing = path.as_path();
+    loop {
+        match existing.canonicalize() {
+            Ok(real) => return Some((real, existing == path)),
+            Err(_) => existing = existing.parent()?,
+        }
+    }
+}
+
+fn is_data_dir(dir: &Path) -> bool {
+    dir.join("LOCK").is_file()
+        && std::fs::symlink_metadata(dir.join(crate::layout::CURRENT))
+            .is_ok_and(|m| m.file_type().is_symlink())
 }
 
 impl Drop for DataDirLock {

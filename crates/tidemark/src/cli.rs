@@ -527,7 +527,8 @@ pub struct RestoreArgs {
     /// The restored store's epoch is at least N (by default one above the
     /// lost store's and the backup's). Needed when the data directory was
     /// lost after an earlier restore: 'ops recover' says which N.
-    #[arg(long, value_name = "N")]
+    /// At most 2^40 (each restore adds one, so no store comes near it).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(..=1u64 << 40))]
     pub min_epoch: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]

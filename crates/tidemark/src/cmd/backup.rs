@@ -79,7 +79,22 @@ pub(super) fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
 }
 
+/// Refuses a backup (or safety copy) at `to` inside a data directory:
+/// Tidemark would take it for its own files there, or delete it with an
+/// old generation.
+pub(super) fn outside_data_dirs(to: &std::path::Path, flag: &str) -> anyhow::Result<()> {
+    if let Some(dir) = tidemark_store::lock::data_dir_holding(to) {
+        anyhow::bail!(
+            "{flag} {} is inside the data directory {}, which only Tidemark manages (a backup there is lost with the data it guards); choose a folder outside it",
+            to.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()> {
+    outside_data_dirs(&a.to, "--to")?;
     // An offline backup records this command's settings (see below).
     let settings = a.offline.then(|| config.clone());
     let bar = progress_bar("backing up");

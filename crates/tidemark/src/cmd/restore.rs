@@ -26,6 +26,11 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| default_safety_dir(&data_dir)),
         )
     };
+    // The default sits beside the data directory (which is itself refused
+    // if it lies inside another).
+    if let (Some(to), Some(_)) = (&safety_to, &a.safety_dir) {
+        super::backup::outside_data_dirs(to, "--safety-dir")?;
+    }
     // Only a safety backup records it.
     let live_config_taken = safety_to.is_some();
     let live_config = match &safety_to {

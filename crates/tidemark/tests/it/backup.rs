@@ -935,3 +935,64 @@ async fn restore_refuses_a_directory_it_cannot_account_for() {
     assert!(!success, "a damaged backup is refused: {stderr}");
     assert!(!fresh.exists(), "{:?}", names(&fresh));
 }
+
+/// A backup or a safety copy is never written inside a data directory:
+/// before, a restore's safety copy there was deleted with the generation it
+/// guarded, and a backup left there made every later restore refuse the
+/// folder. Refused at once, nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_backup_is_written_inside_a_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut db = db_server(dir, &[]).await;
+    ops_submit(dir, &db.url, &order_line("k", json!({"plan": "gold"})), &[]);
+    let backup = backup_online(dir, &db.url);
+    let data = dir.join("data");
+    let refused = |args: &[&str], place: &Path| {
+        let (ok, _, err) = tm(dir, args, &[]);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("inside the data directory"), "{args:?}: {err}");
+        assert!(!place.exists(), "{args:?} wrote {}", place.display());
+    };
+    for to in [data.join("bk"), data.join("current").join("bk")] {
+        refused(
+            &["backup", "create", "--to", s(&to), "--server", &db.url],
+            &to,
+        );
+    }
+    db.terminate();
+    let to = data.join("bk-offline");
+    refused(
+        &[
+            "backup",
+            "create",
+            "--to",
+            s(&to),
+            "--data-dir",
+            s(&data),
+            "--offline",
+        ],
+        &to,
+    );
+    let safety = data.join("current").join("sf");
+    refused(
+        &[
+            "restore",
+            "--from",
+            s(&backup),
+            "--data-dir",
+            s(&data),
+            "--safety-dir",
+            s(&safety),
+        ],
+        &safety,
+    );
+    // Nothing changed: the store serves what it held.
+    let db = db_server(dir, &[]).await;
+    let (status, body) = get_json(&key_url(&db.url, "k")).await;
+    assert_eq!(
+        (status, body["fields"]["plan"].as_str()),
+        (200, Some("gold")),
+        "{body}"
+    );
+}

@@ -297,7 +297,7 @@ impl From<crate::schema::InvalidInput> for ApiError {
             BadName { .. } => ErrorCode::BadRequest,
             UnknownTable { .. } => ErrorCode::UnknownTable,
             UnknownColumn { .. } => ErrorCode::UnknownColumn,
-            FieldType { .. } | NulInField { .. } | InexactNumber { .. } => {
+            FieldType { .. } | NulInField { .. } | InexactNumber { .. } | TooDeep { .. } => {
                 ErrorCode::WrongFieldType
             }
             DeleteWithFields | Source(_) | SourceChars(_) | ZeroSeq | SeqTooLarge(_) => {

@@ -148,6 +148,9 @@ pub enum InvalidInput {
     /// rounded (JSON numbers are held as 64-bit integers or doubles).
     #[error("field '{column}' holds a whole number past 64 bits, which would be kept rounded, not as sent; send it as a string")]
     InexactNumber { column: String },
+    /// A JSON value nested deeper than [`MAX_FIELD_DEPTH`].
+    #[error("field '{column}' nests arrays and objects more than {MAX_FIELD_DEPTH} levels deep; flatten the value")]
+    TooDeep { column: String },
     /// A name with control characters or of the wrong size.
     #[error("a {what} name is 1 to 128 printable characters, got {got:?}")]
     BadName { what: &'static str, got: String },
@@ -158,6 +161,10 @@ pub enum InvalidInput {
 pub const MAX_SEQ: u64 = i64::MAX as u64;
 /// The largest string or JSON value one field may hold, in bytes.
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// The deepest a field's JSON value may nest arrays and objects: well
+/// inside what a batch of orders may nest as a whole (JSON parsers stop at
+/// 128), so an order `ops submit` journals is one the DB server can read.
+pub const MAX_FIELD_DEPTH: usize = 64;
 
 /// A source or subscriber name: 1 to 128 bytes, no control characters (it
 /// goes into logs and headers).
@@ -226,6 +233,11 @@ impl Schema {
                     bytes,
                 });
             }
+            if depth(value) > MAX_FIELD_DEPTH {
+                return Err(InvalidInput::TooDeep {
+                    column: name.clone(),
+                });
+            }
             if holds_nul(value) {
                 return Err(InvalidInput::NulInField {
                     column: name.clone(),
@@ -249,7 +261,6 @@ impl Schema {
     }
 }
 
-/// Checks a key: 1 to 256 bytes (UTF-8 is guaranteed by `&str`).
 /// Checks an OpS source name: 1 to 128 bytes, no control character.
 pub fn validate_source(source: &str) -> Result<(), InvalidInput> {
     if source.is_empty() || source.len() > 128 {
@@ -261,6 +272,7 @@ pub fn validate_source(source: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// Checks a key: 1 to 256 bytes (UTF-8 is guaranteed by `&str`).
 pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(InvalidInput::Key(key.len()));
@@ -272,6 +284,16 @@ pub fn validate_key(key: &str) -> Result<(), InvalidInput> {
         return Err(InvalidInput::NulInKey);
     }
     Ok(())
+}
+
+/// How deep a value nests arrays and objects (a scalar: 0).
+fn depth(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Whether a value holds the NUL character in a string or an object key,

@@ -75,6 +75,16 @@ async fn every_bad_order_batch_is_refused_whole_on(engine: Engine) {
         "wrong_field_type",
     )
     .await;
+    let deep: serde_json::Value =
+        serde_json::from_str(&format!("{}{}", "[".repeat(70), "]".repeat(70))).unwrap();
+    let m = refused(
+        u,
+        batch(json!([good, order(2, "k", json!({ "services": deep }))])),
+        400,
+        "wrong_field_type",
+    )
+    .await;
+    assert!(m.contains("levels deep"), "{m}");
     refused(
         u,
         batch(json!([good, order(2, "k", json!({"credit_limit": 1.5}))])),
@@ -433,7 +443,15 @@ async fn ops_refuses_bad_input_before_journaling_anything_on(engine: Engine) {
         journal.to_str().unwrap(),
         "-",
     ];
+    // A value nested deeper than a batch may carry whole: journaled, the
+    // DB server could not read its batch, and the source was blocked.
+    let deep = format!(
+        "{{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{{\"services\":{}{}}}}}\n",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
     for (input, needle) in [
+        (deep.as_str(), "levels deep"),
         ("{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\"}\nnot json\n", "line 2"),
         ("{\"table\":\"subscriber\",\"key\":\"a\",\"op\":\"upsert\",\"fields\":{\"colour\":1}}\n", "colour"),
         ("{\"table\":\"nope\",\"key\":\"a\",\"op\":\"delete\"}\n", "nope"),

@@ -184,6 +184,18 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
         );
     }
     if let Some(keep) = a.keep {
+        // Older backups go only once this one is known restorable whole:
+        // a backup of a damaged store passes its checksums (they are of
+        // what was read), and pruning for it left no good backup at all.
+        let bar = progress_bar("checking the new backup before pruning");
+        let checked = tidemark_backup::verify::full(&a.to, &|n| bar.set_position(n));
+        bar.finish_and_clear();
+        if let Err(e) = checked {
+            anyhow::bail!(
+                "the new backup {} fails its integrity check ({e}), so no older backup was removed (--keep {keep}); the store it was taken from may be damaged: check it, and keep the older backups",
+                a.to.display()
+            );
+        }
         let root = match a.to.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => std::path::PathBuf::from("."),

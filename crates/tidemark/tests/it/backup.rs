@@ -723,6 +723,40 @@ async fn offline_backups_retention_and_interrupted_backups() {
     std::fs::create_dir(root.join("not-a-backup")).unwrap();
     ok(dir, &["backup", "prune", s(&root), "--keep", "1"]);
     assert!(names[3].exists() && !names[2].exists() && !names[1].exists());
+    // A backup of a damaged store passes its checksums (they are of what
+    // was read) but not its integrity check: it prunes nothing, so the
+    // last good backup stays (before, --keep 1 removed it).
+    let db_file = data.join("current").join("tidemark.db");
+    let mut bytes = std::fs::read(&db_file).unwrap();
+    let page = 4096;
+    let pages = bytes.len() / page;
+    assert!(pages > 3, "a store of more than three pages");
+    // The last page: no table the backup itself reads.
+    bytes[(pages - 1) * page..pages * page].fill(0xAB);
+    let intact = std::fs::read(&db_file).unwrap();
+    std::fs::write(&db_file, &bytes).unwrap();
+    let bad = root.join("off-damaged");
+    let (success, _, err) = tm(
+        dir,
+        &[
+            "backup",
+            "create",
+            "--to",
+            s(&bad),
+            "--offline",
+            "--data-dir",
+            s(&data),
+            "--keep",
+            "1",
+        ],
+        &[],
+    );
+    assert!(!success && err.contains("integrity check"), "{err}");
+    assert!(names[3].exists(), "the last good backup stays: {err}");
+    std::fs::write(&db_file, &intact).unwrap();
+    if bad.exists() {
+        std::fs::remove_dir_all(&bad).unwrap();
+    }
     assert!(
         root.join("not-a-backup").exists(),
         "prune only removes backups"

@@ -134,6 +134,25 @@ pub fn resolve_for_open(dir: &Path, owned: bool) -> Result<PathBuf, StoreError> 
     match found {
         Some(d) => Ok(d),
         None if owned => {
+            // A new store only where nothing else is: a folder of other
+            // files (a backup, notes) given by mistake would otherwise be
+            // served as an empty store, every key missing.
+            let foreign: Vec<String> = foreign_entries(dir)
+                .map_err(|e| data_dir_err(dir, e))?
+                .into_iter()
+                .filter(|n| !n.starts_with('.'))
+                .collect();
+            if !foreign.is_empty() {
+                let shown: Vec<&str> = foreign.iter().take(3).map(String::as_str).collect();
+                return Err(data_dir_err(
+                    dir,
+                    format!(
+                        "it holds no Tidemark store but other files ({}{}); a new store is made only in an empty or new directory: check --data-dir, or move those files out",
+                        shown.join(", "),
+                        if foreign.len() > 3 { ", …" } else { "" }
+                    ),
+                ));
+            }
             let gen = dir.join(gen_name(1));
             fs::create_dir_all(&gen).map_err(|e| data_dir_err(dir, e))?;
             swap_current(dir, &gen_name(1)).map_err(|e| data_dir_err(dir, e))?;
@@ -209,8 +228,6 @@ pub fn swap_current(dir: &Path, name: &str) -> io::Result<()> {
     fsync_dir(dir)
 }
 
-/// Removes generations `current` does not name, a stray `current.tmp`, and
-/// left-over snapshot files. Only the lock holder may call it.
 /// What in `dir` Tidemark did not put there, or cannot account for: any
 /// entry other than its lock, `current`, the generation `current` names
 /// (and older ones beside it), a flat store and temporary files; and, when
@@ -240,6 +257,8 @@ pub fn foreign_entries(dir: &Path) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Removes generations `current` does not name, a stray `current.tmp`, and
+/// left-over snapshot files. Only the lock holder may call it.
 pub fn remove_garbage(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let keep = live_current(dir);
     let mut removed = Vec::new();

@@ -421,6 +421,30 @@ async fn a_server_refuses_a_locked_or_unusable_data_directory() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot use data directory"), "{err}");
+
+    // A folder of other files (a backup, notes) given by mistake: before,
+    // a new empty store was made there and served, every key missing.
+    let notes = tmp.path().join("notes");
+    std::fs::create_dir(&notes).unwrap();
+    std::fs::write(notes.join("manifest.json"), b"{}").unwrap();
+    let args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        notes.to_str().unwrap(),
+    ];
+    let out = run(tmp.path(), &args, None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no Tidemark store") && err.contains("manifest.json"),
+        "{err}"
+    );
+    assert!(
+        !notes.join(tidemark_store::layout::CURRENT).exists(),
+        "no store was made"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

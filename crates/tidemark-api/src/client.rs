@@ -32,7 +32,7 @@ pub enum ClientError {
     #[error("the watch stream from {url} sent nothing, not even a keepalive, for {secs} s; reconnecting")]
     Silent { url: String, secs: u64 },
     /// The server answered something this client cannot decode.
-    #[error("unexpected answer from the DB server at {url} (status {status}): {detail}")]
+    #[error("unexpected answer from the DB server at {url} (status {status}): {detail}; check that the URL names a Tidemark DB server (not a service server) of this version")]
     Decode {
         url: String,
         status: u16,

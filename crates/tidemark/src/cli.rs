@@ -558,8 +558,9 @@ pub struct QuiesceArgs {
     /// URL of the DB server.
     #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
     pub server: String,
-    /// Go offline after this many seconds; users see the time left.
-    #[arg(long = "in", value_name = "SECONDS")]
+    /// Go offline after this many seconds (at most 86400, a day); users
+    /// see the time left.
+    #[arg(long = "in", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(..=86_400))]
     pub in_secs: Option<u64>,
     /// What users are told.
     #[arg(long, value_name = "TEXT", requires = "in_secs")]

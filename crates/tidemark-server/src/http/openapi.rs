@@ -120,7 +120,7 @@ pub fn document() -> Value {
                     "remaining": {"type": "integer"}, "next": {"type": "string", "nullable": true},
                     "flags": {"type": "array", "items": {"type": "object", "properties": {"table": {"type": "string"}, "key": {"type": "string"},
                         "source": {"type": "string"}, "through_seq": {"type": "integer"}, "high_water": {"type": "integer"}}}}}}}}},
-                    "400": error_ref()}}},
+                    "400": error_ref(), "404": error_ref()}}},
             "/v1/recovery/abort": {"post": {"summary": "Ends a recovery explicitly (drops every flag; logged). Body {\"reason\"}.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["reason"],
                     "properties": {"reason": {"type": "string", "minLength": 1}}}}}},

@@ -170,6 +170,14 @@ pub async fn flags(
             "'table', 'prefix' and 'after' cannot contain the NUL character (U+0000): no stored key holds it; remove it",
         ));
     }
+    // A table the schema lacks holds no flags: said, as a record read
+    // says it, not answered with an empty page.
+    if let Some(t) = &q.table {
+        app.store
+            .schema()
+            .table(t)
+            .map_err(|e| HttpError::from(tidemark_api::ApiError::from(e)))?;
+    }
     // A prefix is searched table by table, each through its own index.
     let tables: Vec<Option<String>> = match (&q.table, &q.prefix) {
         (Some(t), _) => vec![Some(t.clone())],

@@ -230,6 +230,12 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
             400,
             "bad_request",
         ),
+        // Flags of a table the schema lacks: said, not an empty page.
+        (
+            format!("{}/v1/recovery/flags?table=nope", db.url),
+            404,
+            "unknown_table",
+        ),
         (format!("{}/v1/nothing", db.url), 404, "not_found"),
         // An empty key is a bad key, not a missing endpoint.
         (

@@ -78,6 +78,24 @@ fn bad_usage_exits_2_and_failures_exit_1() {
     );
     let out = run(tmp.path(), &["server", "--no-such-flag"], None, &[]);
     assert_eq!(out.status.code(), Some(2));
+    // Numbers past what the command can use: a quiesce more than a day
+    // ahead (the server refuses it), an epoch no store comes near (one
+    // near 2^64 wrapped to 0, ordering every record first).
+    for args in [
+        &["quiesce", "--server", "http://127.0.0.1:9", "--in", "86401"][..],
+        &[
+            "restore",
+            "--from",
+            "no-such-backup",
+            "--min-epoch",
+            "18446744073709551615",
+        ],
+    ] {
+        let out = run(tmp.path(), args, None, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("is not in 0..="), "{args:?}: {err}");
+    }
     // One line, as every failure (clap printed its error, usage and a tip).
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");

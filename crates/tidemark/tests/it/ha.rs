@@ -489,17 +489,7 @@ async fn promote_back_and_forth_refuses_and_loses_nothing() {
     // A standby with a quiesce notice in force is refused: it would hand
     // the lease on again at its deadline.
     let standby = &urls[1 - primary];
-    let out = run(
-        tmp.path(),
-        &["quiesce", "--server", standby, "--in", "600"],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(tmp.path(), &["quiesce", "--server", standby, "--in", "600"]);
     let (s, b) = post_raw(&format!("{standby}/v1/cluster/promote"), "").await;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
@@ -510,17 +500,7 @@ async fn promote_back_and_forth_refuses_and_loses_nothing() {
         b["error"]["message"].as_str().unwrap().contains("--cancel"),
         "{b}"
     );
-    let out = run(
-        tmp.path(),
-        &["quiesce", "--server", standby, "--cancel"],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(tmp.path(), &["quiesce", "--server", standby, "--cancel"]);
     let (s, b) = post_raw(
         &format!("{}/v1/cluster/promote", urls[primary]),
         json!({"url": urls[1 - primary]}).to_string(),

@@ -924,7 +924,7 @@ async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() 
         .status
         .success());
     let db = lose_restore_restart(dir, Engine::Sqlite, &mut db, &backup, &[]).await;
-    let out = run(
+    run_ok(
         dir,
         &[
             "ops",
@@ -938,26 +938,13 @@ async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() 
             "--without-source",
             "ops-2",
         ],
-        None,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // Newer writes by another source, after the recovery.
     let newest = line("k1", "newest") + &line("k9", "newest");
     let out = submit_as_db(dir, &db.url, "ops-3", &newest, &[], &[]);
     assert!(out.status.success());
     // The killed run given again: resumed, nothing applied twice.
-    let out = submit_as_db(dir, &db.url, "ops-1", &input, &[], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = report_of(submit_as_db(dir, &db.url, "ops-1", &input, &[], &[]));
     assert_eq!(report["applied"], 0, "{report}");
     let (_, r) = get_json(&key_url(&db.url, "k1")).await;
     assert_eq!(r["fields"]["plan"], "newest", "{r}");
@@ -969,25 +956,29 @@ async fn after_a_recovery_the_ops_sends_nothing_twice_and_nothing_lost_as_new() 
         err.contains("--skip-lost") && err.contains("ops recover"),
         "{err}"
     );
-    let out = submit_as_db(
+    let report = report_of(submit_as_db(
         dir,
         &db.url,
         "ops-2",
         &line("k8", "b"),
         &["--skip-lost"],
         &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    ));
     assert_eq!(report["applied"], 1, "only the new order: {report}");
     let (_, r) = get_json(&key_url(&db.url, "k9")).await;
     assert_eq!(r["fields"]["plan"], "newest", "{r}");
     let (_, r) = get_json(&key_url(&db.url, "k8")).await;
     assert_eq!(r["fields"]["plan"], "b", "{r}");
+}
+
+/// The `--json` report of an `ops submit` that must have succeeded.
+fn report_of(out: std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `ops submit --json` of `input` as `source` (journal `dir/journal-SOURCE`),

@@ -88,6 +88,14 @@ impl ClientError {
         matches!(self, ClientError::Api { error, .. } if error.code == crate::ErrorCode::Quiescing)
     }
 
+    /// The HTTP status of an answer the server gave, if it gave one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// True if retrying later may succeed (transport errors and 503s).
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -410,7 +410,7 @@ mod abandoned_tests {
         assert!(!b.exists(), "the same backup's leftover went");
         assert!(other.exists(), "another backup's is left to prune");
         // Not old enough for prune's patience: kept.
-        let pruned = crate::list::prune(r, 1, None, None).unwrap();
+        let pruned = crate::list::prune(r, 1, None, None, false).unwrap();
         assert!(pruned.abandoned.is_empty() && other.exists());
         assert_eq!(
             super::remove_abandoned(r, None, Duration::ZERO),

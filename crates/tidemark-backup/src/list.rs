@@ -65,17 +65,21 @@ pub struct Pruned {
 
 /// Removes the temporary directories of backups whose process is gone,
 /// then keeps the newest `keep` (at least one) backups of each source under
-/// `root` that verify by their checksums, and removes older ones that
-/// verify; with `only_source`, looks at that source's backups alone. A
-/// backup that fails is neither counted nor removed, and `protect` (the
-/// one just written) is never removed, so a run can never leave fewer good
-/// backups of a source than it found, nor none. Anything else under `root`
-/// (another server's backups too) is left alone.
+/// `root` that verify, and removes older ones that verify by their
+/// checksums; with `only_source`, looks at that source's backups alone.
+/// With `deep`, a backup counts as kept only if it passes the full check
+/// too (a backup of a damaged store passes its checksums, which are of
+/// what was read); `protect` (the one just written, checked by the caller)
+/// counts as kept and is never removed. A backup that fails is neither
+/// counted nor removed, so a run can never leave fewer good backups of a
+/// source than it found, nor none. Anything else under `root` (another
+/// server's backups too) is left alone.
 pub fn prune(
     root: &Path,
     keep: usize,
     protect: Option<&Path>,
     only_source: Option<&str>,
+    deep: bool,
 ) -> Result<Pruned, BackupError> {
     // Only a prune of every server's backups looks at temporary
     // directories, which name no server.
@@ -108,10 +112,19 @@ pub fn prune(
         })
     };
     for (_, mut of_source) in good {
-        of_source.sort();
-        let excess = of_source.len().saturating_sub(keep.max(1));
-        for (_, dir) in of_source.into_iter().take(excess) {
+        // Newest first: the first `keep` that pass are kept, the rest go.
+        of_source.sort_by(|a, b| b.cmp(a));
+        let mut kept = 0;
+        for (_, dir) in of_source {
             if protected(&dir) {
+                kept += 1;
+                continue;
+            }
+            if kept < keep.max(1) {
+                match deep.then(|| crate::verify::full(&dir, &|_| {})) {
+                    Some(Err(e)) => out.failing.push((dir, e.to_string())),
+                    _ => kept += 1,
+                }
                 continue;
             }
             std::fs::remove_dir_all(&dir).map_err(BackupError::io(&dir))?;
@@ -186,7 +199,7 @@ mod tests {
         let future = backup(r, "d", "2030-01-01T00:00:00Z", true);
         // Written now, with a clock behind the copied-in "future" one.
         let now = backup(r, "e", "2026-01-04T00:00:00Z", true);
-        let p = prune(r, 1, Some(&now), None).unwrap();
+        let p = prune(r, 1, Some(&now), None, false).unwrap();
         assert_eq!(p.removed, vec![old.clone(), mid.clone()]);
         assert_eq!(p.failing.len(), 1);
         assert!(bad.exists() && future.exists() && now.exists());
@@ -203,10 +216,10 @@ mod tests {
         let b1 = backup_of(r, "b1", "http://b", "2026-01-02T00:00:00Z", true);
         let b2 = backup_of(r, "b2", "http://b", "2026-01-03T00:00:00Z", true);
         let a2 = backup_of(r, "a2", "http://a", "2026-01-04T00:00:00Z", true);
-        let p = prune(r, 1, Some(&a2), Some("http://a")).unwrap();
+        let p = prune(r, 1, Some(&a2), Some("http://a"), false).unwrap();
         assert_eq!(p.removed, vec![a1.clone()]);
         assert!(b1.exists() && b2.exists() && a2.exists());
-        let p = prune(r, 1, None, None).unwrap();
+        let p = prune(r, 1, None, None, false).unwrap();
         assert_eq!(p.removed, vec![b1.clone()]);
         assert!(b2.exists() && a2.exists());
     }

@@ -364,6 +364,14 @@ pub async fn send_with_retry(
             Err(e) if e.is_quiescing() && client.bases().len() == 1 => {
                 return Err(e).context("the DB server is offline after a quiesce notice; the orders stay journaled: run the same command again once it is back, or name another instance with --db")
             }
+            // The same batch would be refused again: only a smaller one
+            // helps (`--batch`, or the server's limits).
+            Err(e) if e.status() == Some(413) => {
+                return Err(e).context(format!(
+                    "the DB server refused a batch of {} orders as too large; the orders stay journaled: run the same command again with a smaller --batch (or raise the server's request limits)",
+                    batch.len()
+                ))
+            }
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
                 tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
                 tokio::time::sleep(delay).await;

@@ -116,6 +116,15 @@ pub fn data_dir_holding(path: &Path) -> Option<std::path::PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// Whether `path` is `dir` or lies inside it, links followed (a path not
+/// made yet is judged by its nearest existing ancestor).
+pub fn lies_within(path: &Path, dir: &Path) -> bool {
+    match (real_path(path), dir.canonicalize()) {
+        (Some((real, _)), Ok(dir)) => real.starts_with(dir),
+        _ => false,
+    }
+}
+
 /// `path` made absolute with its longest existing part resolved (links
 /// followed), and whether all of it exists. Absolute first: a bare
 /// relative name (`newdir`) has only `""` above it.

@@ -484,7 +484,7 @@ pub struct BackupPruneArgs {
     /// The folder holding backup directories.
     #[arg(value_name = "ROOT")]
     pub root: PathBuf,
-    /// How many of the newest backups to keep, per server (backups name the server or data directory they were taken from). Backups that fail their checksums are neither counted nor removed.
+    /// How many of the newest backups to keep, per server (backups name the server or data directory they were taken from). Only backups that pass the full check (as `backup verify`) count as kept; backups that fail it are neither counted nor removed.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
 }

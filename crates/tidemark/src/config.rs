@@ -47,8 +47,10 @@ pub struct ClientConfig {
     pub ca_cert: Option<PathBuf>,
 }
 
-/// The whole file. Unknown top-level keys are ignored (other TIDEMARK_*
-/// variables exist); unknown keys inside a section are refused.
+/// The whole file. Unknown keys are refused, at the top level (a section
+/// misspelt, or one of another program) as inside a section; the
+/// environment is read for these sections only (other TIDEMARK_*
+/// variables exist).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -115,6 +117,43 @@ pub fn client_settings_into_env(args: &[std::ffi::OsString]) -> Result<(), Strin
     Ok(())
 }
 
+/// The file's sections.
+const SECTIONS: [&str; 4] = ["server", "service", "ops", "client"];
+
+/// Refuses a `--config` path that is not a readable TOML file of known
+/// sections, as bad usage naming what is wrong. Figment would read a
+/// folder as an empty file, and skip a section it does not know: both ran
+/// the command on defaults without a word.
+fn check_sections(path: &Path) -> anyhow::Result<()> {
+    let usage = |why: String| anyhow::Error::from(crate::cmd::Usage(why));
+    if path.is_dir() {
+        return Err(usage(format!(
+            "--config {} is a folder; name the TOML file in it",
+            path.display()
+        )));
+    }
+    let top: figment::value::Dict = Figment::from(Toml::file(path)).extract().map_err(|e| {
+        usage(format!(
+            "invalid configuration in {}: {e}; fix it and run the command again",
+            path.display()
+        ))
+    })?;
+    let unknown: Vec<&str> = top
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !SECTIONS.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(usage(format!(
+            "invalid configuration in {}: unknown section or key {}; the file takes the sections {} only",
+            path.display(),
+            unknown.join(", "),
+            SECTIONS.map(|s| format!("[{s}]")).join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Loads defaults, then the file (if given), then the environment.
 pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
@@ -127,6 +166,7 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
             ))
             .into());
         }
+        check_sections(path)?;
         fig = fig.merge(Toml::file(path));
     }
     fig = fig.merge(Env::prefixed("TIDEMARK_").split("__").filter(|k| {
@@ -168,6 +208,32 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("t.toml", "[server]\nlisten_on = \"x\"\n")?;
             assert!(load(Some(Path::new("t.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    /// A misspelt section, and a folder given as the file, are refused as
+    /// bad usage naming them; before, both ran on the defaults.
+    #[test]
+    fn unknown_sections_and_folders_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "[sever]\nlisten = \"127.0.0.1:9000\"\n")?;
+            let e = load(Some(Path::new("t.toml"))).expect_err("a misspelt section");
+            assert!(e.downcast_ref::<crate::cmd::Usage>().is_some(), "{e}");
+            assert!(e.to_string().contains("sever"), "{e}");
+            jail.create_file("u.toml", "top = 1\n[server]\nlisten = \"127.0.0.1:9000\"\n")?;
+            let e = load(Some(Path::new("u.toml"))).expect_err("a top-level key");
+            assert!(e.to_string().contains("top"), "{e}");
+            std::fs::create_dir("conf").map_err(|e| e.to_string())?;
+            let e = load(Some(Path::new("conf"))).expect_err("a folder");
+            assert!(e.downcast_ref::<crate::cmd::Usage>().is_some(), "{e}");
+            assert!(e.to_string().contains("folder"), "{e}");
+            jail.create_file(
+                "ok.toml",
+                "[server]\nlisten = \"127.0.0.1:9000\"\n[ops]\nbatch = 5\n",
+            )?;
+            let c = load(Some(Path::new("ok.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.ops.batch, 5);
             Ok(())
         });
     }

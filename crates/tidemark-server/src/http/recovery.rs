@@ -143,7 +143,15 @@ pub async fn flags(
             ),
         )
     })?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    // A page of none would say nothing and give no `next`: refused, not
+    // taken as 1 (a larger one is cut, as documented).
+    if q.limit == Some(0) {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "'limit' is 0; a page holds 1 to 10000 flags: give 1 or more, or leave it out for 100",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).min(10_000);
     let mut after = match &q.after {
         Some(c) => Some(cursor::decode(c).ok_or_else(|| {
             HttpError::new(

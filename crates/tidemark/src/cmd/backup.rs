@@ -205,6 +205,9 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
             keep as usize,
             Some(&a.to),
             Some(&manifest.source),
+            // The new backup was checked whole above; the others kept
+            // beside it by their checksums.
+            false,
         )?;
         for dir in &pruned.removed {
             eprintln!("removed old backup {} (--keep {keep})", dir.display());
@@ -389,7 +392,9 @@ fn list(a: BackupListArgs) -> anyhow::Result<()> {
 }
 
 fn prune(a: &BackupPruneArgs) -> anyhow::Result<()> {
-    let pruned = tidemark_backup::list::prune(&a.root, a.keep as usize, None, None)?;
+    // Only backups that pass the full check count as kept: the newest of
+    // a damaged store must not cost the last good one.
+    let pruned = tidemark_backup::list::prune(&a.root, a.keep as usize, None, None, true)?;
     for dir in &pruned.removed {
         println!("removed {}", dir.display());
     }

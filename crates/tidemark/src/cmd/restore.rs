@@ -26,6 +26,21 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| default_safety_dir(&data_dir)),
         )
     };
+    // A restore writes its data directory and its safety copy: neither may
+    // lie inside the backup it reads (the backup would change under the
+    // restore, and take the restored files for damage afterwards).
+    for (what, path) in [
+        ("data directory", Some(&data_dir)),
+        ("--safety-dir", safety_to.as_ref()),
+    ] {
+        if let Some(path) = path.filter(|p| tidemark_store::lock::lies_within(p, &a.from)) {
+            anyhow::bail!(
+                "the {what} {} lies inside the backup {} being restored; nothing was changed: choose a {what} outside the backup",
+                path.display(),
+                a.from.display()
+            );
+        }
+    }
     // The default sits beside the data directory (which is itself refused
     // if it lies inside another).
     if let (Some(to), Some(_)) = (&safety_to, &a.safety_dir) {

@@ -753,10 +753,19 @@ async fn offline_backups_retention_and_interrupted_backups() {
     );
     assert!(!success && err.contains("integrity check"), "{err}");
     assert!(names[3].exists(), "the last good backup stays: {err}");
+    // `backup prune` alone does not count it as kept either (before, it
+    // passed its checksums and the last good backup went).
+    assert!(bad.exists(), "the damaged backup is left to look at");
+    let (success, out, err) = tm(dir, &["backup", "prune", s(&root), "--keep", "1"], &[]);
+    assert!(success, "{err}");
+    assert!(out.contains("removed 0"), "{out}");
+    assert!(names[3].exists(), "the last good backup stays: {out}");
+    assert!(
+        err.contains("off-damaged") && err.contains("fails verification"),
+        "{err}"
+    );
     std::fs::write(&db_file, &intact).unwrap();
-    if bad.exists() {
-        std::fs::remove_dir_all(&bad).unwrap();
-    }
+    std::fs::remove_dir_all(&bad).unwrap();
     assert!(
         root.join("not-a-backup").exists(),
         "prune only removes backups"
@@ -1021,6 +1030,36 @@ async fn no_backup_is_written_inside_a_data_directory() {
         ],
         &safety,
     );
+    // Nor is a restore written inside the backup it reads: its data
+    // directory, or its safety copy (before, both were).
+    let inner = backup.join("restored");
+    let sf = backup.join("sf");
+    for (args, place) in [
+        (
+            vec!["restore", "--from", s(&backup), "--data-dir", s(&inner)],
+            &inner,
+        ),
+        (
+            vec![
+                "restore",
+                "--from",
+                s(&backup),
+                "--data-dir",
+                s(&data),
+                "--safety-dir",
+                s(&sf),
+            ],
+            &sf,
+        ),
+    ] {
+        let (success, _, err) = tm(dir, &args, &[]);
+        assert!(
+            !success && err.contains("inside the backup"),
+            "{args:?}: {err}"
+        );
+        assert!(!place.exists(), "{args:?} wrote {}", place.display());
+    }
+    ok(dir, &["backup", "verify", s(&backup)]);
     // Nothing changed: the store serves what it held.
     let db = db_server(dir, &[]).await;
     let (status, body) = get_json(&key_url(&db.url, "k")).await;

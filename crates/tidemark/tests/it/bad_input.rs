@@ -161,6 +161,46 @@ async fn every_bad_order_batch_is_refused_whole_on(engine: Engine) {
     refused(u, batch(json!(big)), 413, "batch_too_large").await;
     let huge = batch(json!([order(1, "k", json!({"plan": "x".repeat(70_000)}))]));
     refused(u, huge, 413, "payload_too_large").await;
+    // `ops submit` told a batch is too large says that a smaller --batch
+    // helps (the same command again would be refused again), and a
+    // smaller one then sends the journaled orders.
+    let journal = tmp.path().join("journal");
+    let lines: String = (0..55)
+        .map(|i| format!("{{\"table\":\"subscriber\",\"key\":\"b{i}\",\"op\":\"delete\"}}\n"))
+        .collect();
+    let submit = |batch: &str| {
+        run(
+            tmp.path(),
+            &[
+                "ops",
+                "submit",
+                "--db",
+                u,
+                "--journal",
+                journal.to_str().unwrap(),
+                "--source",
+                "ops-b",
+                "--batch",
+                batch,
+                "-",
+            ],
+            Some(lines.as_bytes()),
+            &[],
+        )
+    };
+    let out = submit("55");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("smaller --batch") && err.lines().count() == 1,
+        "{err}"
+    );
+    let out = submit("50");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A reused (source, seq) with different content is a conflict; the same
     // order again is acknowledged, not applied twice.
@@ -227,6 +267,12 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
         ),
         (
             format!("{}/v1/recovery/flags?table=subscriber%00", db.url),
+            400,
+            "bad_request",
+        ),
+        // A page of no flags is refused, not taken as a page of one.
+        (
+            format!("{}/v1/recovery/flags?limit=0", db.url),
             400,
             "bad_request",
         ),

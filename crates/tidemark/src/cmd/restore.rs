@@ -131,10 +131,29 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A restore drops and recreates its PostgreSQL schema whole, and stages
+/// into `NAME_restoring` first: the name must be plain, leave room for
+/// that suffix (63 bytes in all), and be one Tidemark may own (not
+/// `public`, which would come back without its owner and grants).
+fn check_restore_schema(schema: &str) -> anyhow::Result<()> {
+    if !tidemark_api::schema::is_identifier(schema) || schema.len() > 53 {
+        anyhow::bail!(
+            "--pg-schema '{schema}' is not a schema name a restore can use; nothing was changed: give lowercase letters, digits and '_', starting with a letter, at most 53 characters"
+        );
+    }
+    if schema == "public" {
+        anyhow::bail!(
+            "--pg-schema 'public': a restore drops and recreates its schema, and 'public' would come back without its owner and grants; nothing was changed: restore into a schema of Tidemark's own (the default 'tidemark') and start the server with the same --pg-schema"
+        );
+    }
+    Ok(())
+}
+
 /// `tidemark restore --store postgres`.
 async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     let url = super::database_url(a.database_url.clone(), &config)?;
     let schema = a.pg_schema.clone().unwrap_or(config.pg_schema.clone());
+    check_restore_schema(&schema)?;
     let safety_to = if a.no_safety_backup {
         eprintln!("warning: --no-safety-backup: the current data in PostgreSQL schema '{schema}' is not backed up first and cannot be recovered after this restore");
         None

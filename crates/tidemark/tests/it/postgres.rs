@@ -211,6 +211,20 @@ async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_s
     ];
     restore.extend(store_args(dir, Engine::Postgres));
     let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
+    // Schema names a restore cannot own, or that are no names, are refused
+    // before anything is read, each saying why.
+    for (name, says) in [
+        ("public", "without its owner"),
+        ("My-Schema", "not a schema name"),
+        (&"s".repeat(60)[..], "at most 53"),
+    ] {
+        let mut args = restore.clone();
+        args.extend(["--pg-schema", name]);
+        let out = run(dir, &args, None, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+    }
     let out = run(dir, &restore, None, &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

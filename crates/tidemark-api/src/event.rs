@@ -101,6 +101,16 @@ pub struct HelloEvent {
     /// older server that does not say.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub history: String,
+    /// The schema version the server runs: records cached under another
+    /// (a restart from a cache snapshot taken before a publish) are
+    /// revalidated before anything is served from the cache. 0: an older
+    /// server that does not say.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schema_version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Payload of the `synced` event: everything the subscriber missed since

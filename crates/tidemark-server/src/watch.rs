@@ -302,6 +302,7 @@ impl WatchStream {
             // stops vouching within a lease, not after 35 s of silence).
             vouches: true,
             history: self.app.history.clone(),
+            schema_version: self.app.store.schema().version,
         };
         let mut alive = self.send(WatchEvent::Hello(hello)).await;
         if let (true, Some(notice)) = (alive, self.app.quiesce.notice()) {

@@ -726,6 +726,7 @@ mod tests {
             declare: hello_declares,
             vouches: hello_declares,
             history: String::new(),
+            schema_version: 0,
         };
         watcher::apply(&svc.shared, &ev(WatchEvent::Hello(hello)));
         watcher::apply(&svc.shared, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 })));
@@ -990,6 +991,7 @@ mod tests {
             declare: true,
             vouches: false,
             history: String::new(),
+            schema_version: 0,
         };
         let ev = |e: WatchEvent| SseEvent {
             id: Some("2-0-b".into()),

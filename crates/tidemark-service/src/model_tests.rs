@@ -230,6 +230,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         declare: false,
                         vouches: false,
                         history: String::new(),
+                        schema_version: 0,
                     })
                 };
                 db.stream_up = true;

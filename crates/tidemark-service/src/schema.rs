@@ -69,7 +69,9 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let before = shared.schema_version.swap(version, Ordering::SeqCst);
+    // The version is stored after the generation moves (a snapshot reads
+    // it first, see `snapshot::save_now`); only this worker adopts.
+    let before = shared.schema_version.load(Ordering::SeqCst);
     if before != version {
         if let Some(tables) = schema["tables"].as_object() {
             let gone = shared.cache.retain_tables(|t| tables.contains_key(t));
@@ -81,9 +83,12 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
             }
         }
     }
+    if before != version {
+        // A snapshot records the version (see `snapshot::save_now`).
+        shared.changes.fetch_add(1, Ordering::Relaxed);
+    }
     if before != 0 && before != version {
         let generation = shared.cache.bump_generation();
-        shared.changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             from = before,
             to = version,
@@ -93,6 +98,7 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
     } else if before != version {
         tracing::info!(version, "schema adopted");
     }
+    shared.schema_version.store(version, Ordering::SeqCst);
     // The version only grows (S6, S7), except when a restore had no newer
     // store to carry versions from (the store was lost): say so loudly,
     // and tell the DB server, which shows it in `schema status`. Told at

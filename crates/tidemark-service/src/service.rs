@@ -59,6 +59,7 @@ impl Service {
         let cache = Cache::new(config.cache_capacity);
         let mut last_event_id = None;
         let mut history = String::new();
+        let mut schema_version = 0;
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating cache directory {}", dir.display()))?;
@@ -69,6 +70,7 @@ impl Service {
                 tracing::info!(entries = snap.answers.len(), last_event_id = ?snap.last_event_id, "cache snapshot loaded");
                 last_event_id = snap.last_event_id;
                 history = snap.history;
+                schema_version = snap.schema_version;
             }
         }
         let stream_base = client.base().to_owned();
@@ -90,7 +92,9 @@ impl Service {
                 snapshot_event_id: Mutex::new(None),
                 db_epoch: AtomicU64::new(0),
                 history: Mutex::new(history),
-                schema_version: AtomicU64::new(0),
+                // The snapshot's, until a schema is adopted: a different
+                // one revalidates what it brought (see the watcher's hello).
+                schema_version: AtomicU64::new(schema_version),
                 schema_went_back_from: AtomicU64::new(0),
                 skew: Mutex::new(None),
                 schema_refresh: tokio::sync::Notify::new(),

@@ -30,6 +30,10 @@ struct Header {
     /// The DB server's store history the entries came from.
     #[serde(default)]
     history: String,
+    /// The schema version the entries were vouched under (0: unknown, an
+    /// older snapshot, which is not trusted).
+    #[serde(default)]
+    schema_version: u64,
 }
 
 /// A loaded snapshot.
@@ -37,6 +41,7 @@ struct Header {
 pub struct Snapshot {
     pub last_event_id: Option<String>,
     pub history: String,
+    pub schema_version: u64,
     pub answers: Vec<RecordAnswer>,
 }
 
@@ -77,6 +82,11 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
         tracing::warn!(path = %path.display(), "cache snapshot is for another service id or format; starting cold");
         return Ok(None);
     }
+    if header.schema_version == 0 {
+        // Its entries could predate a publish, and lack a column in force.
+        tracing::warn!(path = %path.display(), "cache snapshot does not say which schema version its records were cached under (an older build's); starting cold");
+        return Ok(None);
+    }
     let mut answers = Vec::new();
     for line in lines {
         // A damaged byte (not UTF-8) is damage like any other.
@@ -95,6 +105,7 @@ pub fn load(dir: &Path, id: &str) -> anyhow::Result<Option<Snapshot>> {
     Ok(Some(Snapshot {
         last_event_id: header.last_event_id,
         history: header.history,
+        schema_version: header.schema_version,
         answers,
     }))
 }
@@ -115,6 +126,16 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
     // afresh) leaves this snapshot unwritten.
     let last_event_id = shared.last_event_id.lock().clone();
     let history = shared.history.lock().clone();
+    // Read before the generation: a schema is adopted by bumping the
+    // generation first and storing its version after (`schema::adopt`), so
+    // entries of this generation are never older than this version.
+    let schema_version = shared.schema_version.load(Ordering::SeqCst);
+    if schema_version == 0 {
+        // No schema adopted yet: what the entries were cached under is
+        // unknown, and a snapshot that does not say is not loaded. The
+        // adoption counts as a change, so the next tick saves.
+        return Ok(());
+    }
     let generation = shared.cache.generation();
     let entries: Vec<_> = shared
         .cache
@@ -137,6 +158,7 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
             id: shared.config.id.clone(),
             last_event_id,
             history,
+            schema_version,
         },
     )?;
     w.write_all(b"\n")?;

@@ -243,6 +243,16 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             shared.lease_alive_until_ms.store(vouched, Ordering::SeqCst);
             // Another stream: perhaps another server, another clock.
             *shared.lease_clock.lock() = Default::default();
+            // Cached under another schema version (a snapshot taken before
+            // a publish): revalidated, so a record never lacks a column in
+            // force. Before `synced`, so nothing is served from the cache
+            // meanwhile; the schema worker adopts the version itself.
+            let cached_under = shared.schema_version.load(Ordering::SeqCst);
+            if h.schema_version != 0 && cached_under != 0 && cached_under != h.schema_version {
+                let generation = shared.cache.bump_generation();
+                shared.changes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(from = cached_under, to = h.schema_version, generation, "the DB server runs another schema version than the cache was filled under: cached records will be revalidated on their next read");
+            }
             if !h.resumed {
                 // The server will not replay what we missed (first
                 // connection, a cache snapshot it cannot resume, another
@@ -384,6 +394,7 @@ mod tests {
             declare: false,
             vouches: false,
             history: String::new(),
+            schema_version: 0,
         })
     }
 
@@ -456,6 +467,7 @@ mod tests {
             declare: false,
             vouches: false,
             history: String::new(),
+            schema_version: 0,
         });
         apply(s, &ev(hello, "1-0-b"));
         assert!(s.quiesce_at.lock().is_none() && s.quiesce.lock().is_none());
@@ -479,6 +491,7 @@ mod tests {
                 declare: false,
                 vouches: false,
                 history: history.into(),
+                schema_version: 0,
             })
         };
         let cached = || {
@@ -540,6 +553,7 @@ mod tests {
             declare: false,
             vouches: true,
             history: String::new(),
+            schema_version: 0,
         });
         apply(s, &ev(hello, "1-0-b"));
         apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));

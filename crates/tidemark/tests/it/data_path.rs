@@ -219,15 +219,7 @@ async fn a_killed_service_server_catches_up_through_last_event_id_on(engine: Eng
     let (_, r) = get_json(&key_url(&svc.url, "k1")).await;
     assert_eq!(r["fields"]["plan"], "v1");
     // Wait until a snapshot holds what the cache holds.
-    let state_url = format!("{}/v1/state", svc.url);
-    eventually(10, "a cache snapshot", || async {
-        let (_, s) = get_json(&state_url).await;
-        (s["snapshot_event_id"].is_string()
-            && s["snapshot_event_id"] == s["last_event_id"]
-            && s["cache_entries"] == 1)
-            .then_some(())
-    })
-    .await;
+    snapshot_taken(&svc.url, Some(1)).await;
     svc.kill9();
 
     // Changes while the service server is down.

@@ -389,3 +389,17 @@ pub async fn metric(url: &str, name: &str) -> u64 {
         .map(|v| v as u64)
         .unwrap_or(0)
 }
+
+/// Waits until the service server at `svc` has a cache snapshot of all it
+/// has applied (holding `entries` records, if given).
+pub async fn snapshot_taken(svc: &str, entries: Option<u64>) {
+    let state_url = format!("{svc}/v1/state");
+    eventually(10, "a cache snapshot of all applied", || async {
+        let (_, s) = get_json(&state_url).await;
+        (s["snapshot_event_id"].is_string()
+            && s["snapshot_event_id"] == s["last_event_id"]
+            && entries.is_none_or(|n| s["cache_entries"] == n))
+        .then_some(())
+    })
+    .await;
+}

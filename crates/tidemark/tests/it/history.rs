@@ -119,13 +119,7 @@ async fn a_second_restore_that_reuses_an_epoch_on(engine: Engine) {
         (r["source"] == "cache" && r["fields"]["plan"] == "v3").then_some(())
     })
     .await;
-    let state_url = format!("{}/v1/state", svc.url);
-    eventually(10, "a cache snapshot", || async {
-        let (_, s) = get_json(&state_url).await;
-        (s["snapshot_event_id"].is_string() && s["snapshot_event_id"] == s["last_event_id"])
-            .then_some(())
-    })
-    .await;
+    snapshot_taken(&svc.url, None).await;
     svc.kill9();
     write(dir, &db.url, "v4");
     // The second disaster, restored from the same backup: the live data is

@@ -556,13 +556,7 @@ async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_reco
     let k0 = key(0);
     let (s, _) = get_json(&key_url(&svc.url, &k0)).await;
     assert_eq!(s, 503);
-    let state_url = format!("{}/v1/state", svc.url);
-    eventually(10, "a cache snapshot", || async {
-        let (_, s) = get_json(&state_url).await;
-        (s["snapshot_event_id"].is_string() && s["snapshot_event_id"] == s["last_event_id"])
-            .then_some(())
-    })
-    .await;
+    snapshot_taken(&svc.url, None).await;
     svc.kill9();
     // Part of the difference data is replayed while it is down: key 0 now
     // holds its second order of three, still flagged.

@@ -1316,3 +1316,44 @@ async fn an_index_is_built_concurrently_and_a_crash_before_the_commit_is_resumed
     .await;
     assert_eq!(s, 200, "{body}");
 }
+
+/// S2, S9: a service server restarted from its cache snapshot, after a
+/// publish it was down for, serves the new column (null) for the records
+/// the snapshot brought back, from the cache too. Found by an outside
+/// audit: it served the snapshot's copies, without the column, as current.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_restarted_from_its_snapshot_serves_a_column_published_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let cache_dir = dir.join("svc-cache");
+    let extra = ["--cache-dir", cache_dir.to_str().unwrap()];
+    let mut svc = service(dir, "svc-a", &db.url, "latest-only", &extra).await;
+    ops_submit(dir, &db.url, &order_line("k1", json!({"plan": "v1"})), &[]);
+    let (_, r) = get_json(&key_url(&svc.url, "k1")).await;
+    assert_eq!(r["fields"]["plan"], "v1", "{r}");
+    snapshot_taken(&svc.url, Some(1)).await;
+    svc.kill9();
+    let tier = document(
+        json!([{"name": "tier", "type": "integer"}]),
+        json!([]),
+        json!({}),
+    );
+    publish_doc(&db.url, &tier).await;
+    let svc = service(dir, "svc-a", &db.url, "latest-only", &extra).await;
+    let url = key_url(&svc.url, "k1");
+    let r = eventually(15, "the record served from the cache again", || {
+        let url = url.clone();
+        async move {
+            let (status, r) = get_json(&url).await;
+            assert_eq!(status, 200, "{r}");
+            assert!(
+                r["fields"].get("tier").is_some_and(Value::is_null),
+                "every answer carries the published column: {r}"
+            );
+            (r["source"] == "cache").then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r["fields"]["plan"], "v1", "{r}");
+}

@@ -33,7 +33,8 @@ async function refresh() {
     $("epoch").textContent = s.db_epoch;
     $("schema").textContent = s.schema_version;
     offlineAt = s.quiesce_in === null || s.quiesce_in === undefined ? null : Date.now() + 1000 * s.quiesce_in;
-    const n = s.quiesce && s.quiesce.notice;
+    // This server's own notice (S8) first, else the DB server's.
+    const n = s.own_quiesce || (s.quiesce && s.quiesce.notice);
     $("quiesce-message").textContent = offlineAt !== null && n ? n.message : "";
     status("live");
     tick();

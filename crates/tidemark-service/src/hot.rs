@@ -32,8 +32,9 @@ pub fn cache_hit(shared: &Arc<Shared>, _peer: SocketAddr, req: &Parts) -> Option
     }
     let started = Instant::now();
     let (table, key) = tidemark_serve::hot::plain_record_path(req.uri.path())?;
-    if shared.skew.lock().is_some() {
-        // A schema skew refuses every read: the handler says why.
+    if shared.skew.lock().is_some() || crate::quiesce::offline(shared) {
+        // A schema skew, or this server offline, refuses every read: the
+        // handler says why.
         return None;
     }
     if !tidemark_api::schema::is_identifier(table)

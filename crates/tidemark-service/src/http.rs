@@ -21,6 +21,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/records/{table}/{key}", get(get_record))
         .route("/v1/records/{table}/", get(empty_key))
         .route("/v1/state", get(state))
+        .route(
+            "/v1/quiesce",
+            axum::routing::post(crate::quiesce::announce).delete(crate::quiesce::cancel),
+        )
         .route("/console", get(console))
         .route("/console.js", get(console_script))
         .route("/", get(to_console))
@@ -49,7 +53,7 @@ async fn empty_key() -> Response {
     error(status, e.code, e.message, None)
 }
 
-fn error(
+pub(crate) fn error(
     status: StatusCode,
     code: ErrorCode,
     message: String,
@@ -89,6 +93,9 @@ async fn get_record(
     req: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
+    if crate::quiesce::offline(&shared) {
+        return crate::quiesce::offline_error();
+    }
     let Ok(Path((table, key))) = path else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -170,9 +177,9 @@ async fn get_record(
 }
 
 /// S4: while a quiesce notice is in force, every answer says how long
-/// until the DB server goes offline.
+/// until the DB server, or this server (the sooner), goes offline.
 pub(crate) fn quiesce_header(shared: &Shared, h: &mut axum::http::HeaderMap) {
-    if let Some(at) = *shared.quiesce_at.lock() {
+    if let Some(at) = shared.offline_at() {
         let left = at
             .saturating_duration_since(std::time::Instant::now())
             .as_secs();
@@ -185,7 +192,9 @@ pub(crate) fn quiesce_header(shared: &Shared, h: &mut axum::http::HeaderMap) {
 /// Ready exactly while cached records are served as current (the reads'
 /// own test, [`Shared::vouched`]).
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.vouched() {
+    if crate::quiesce::offline(&shared) {
+        crate::quiesce::offline_error()
+    } else if shared.vouched() {
         Json(json!({"status": "ready"})).into_response()
     } else if shared.connected.load(Ordering::SeqCst) {
         error(
@@ -228,8 +237,11 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "snapshot_event_id": *shared.snapshot_event_id.lock(),
         "schema_version": shared.schema_version.load(Ordering::SeqCst),
         "quiesce": quiesce,
-        // Seconds until the DB server goes offline, while a notice is in force.
-        "quiesce_in": at.map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
+        // This server's own notice (S8), counted down to now.
+        "own_quiesce": shared.own_quiesce.lock().as_ref().map(crate::quiesce::OwnNotice::view),
+        // Seconds until the DB server or this server (the sooner) goes
+        // offline, while a notice is in force.
+        "quiesce_in": shared.offline_at().map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
     }))
 }
 
@@ -303,13 +315,20 @@ async fn openapi() -> Json<serde_json::Value> {
                               "404": {"description": "Not found"},
                               "503": {"description": "Current data not available before the deadline (Retry-After)"}}
             }},
-            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce_in: seconds until the DB server goes offline, while a quiesce notice is in force.", "responses": {"200": {"description": "State"}}}},
+            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce (the DB server's notice), own_quiesce (this server's), quiesce_in: seconds until the sooner goes offline, while a notice is in force.", "responses": {"200": {"description": "State"}}}},
+            "/v1/quiesce": {
+                "post": {"summary": "S4, S8: this service server goes offline in `seconds` (reads and readiness then answer 503 quiescing); from its own host only.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["seconds"], "additionalProperties": false,
+                        "properties": {"seconds": {"type": "integer", "minimum": 0, "maximum": 86400}, "message": {"type": "string", "maxLength": 1000}}}}}},
+                    "responses": {"200": {"description": "The notice: deadline, seconds_left, ms_left, message"}, "400": {"description": "Bad body (Error)"}, "403": {"description": "Not from this server's host (Error)"}}},
+                "delete": {"summary": "Cancels this service server's notice.", "responses": {"200": {"description": "{\"cancelled\": true}"}, "403": {"description": "Not from this server's host (Error)"}, "409": {"description": "No notice to cancel (Error)"}}}
+            },
             "/console": {"get": {"summary": "This server's live page: the quiesce countdown, policy, cache and stream.", "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/console.js": {"get": {"summary": "The console page's script (the page runs no inline script).", "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}}},
             "/": {"get": {"summary": "Redirects to /console.", "responses": {"303": {"description": "See /console"}}}},
             "/console/": {"get": {"summary": "Redirects to /console.", "responses": {"303": {"description": "See /console"}}}},
             "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}},
-            "/readyz": {"get": {"responses": {"200": {"description": "watch stream open"}, "503": {"description": "not connected"}}}},
+            "/readyz": {"get": {"responses": {"200": {"description": "watch stream open"}, "503": {"description": "not connected, or offline after this server's quiesce notice"}}}},
             "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}}
         },
         "components": {"schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {

@@ -25,6 +25,7 @@ mod hot;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod quiesce;
 pub mod report;
 pub mod schema;
 pub mod service;

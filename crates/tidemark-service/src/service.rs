@@ -103,6 +103,7 @@ impl Service {
                 // may resume at an instance of a cluster).
                 declare: AtomicBool::new(true),
                 quiesce_at: Mutex::new(None),
+                own_quiesce: Mutex::new(None),
                 shutdown,
                 config,
             }),

@@ -78,10 +78,20 @@ pub struct Shared {
     pub declare: AtomicBool,
     /// When the DB server goes offline, per the quiesce notice in force.
     pub quiesce_at: Mutex<Option<std::time::Instant>>,
+    /// This service server's own notice (S8), if one is in force.
+    pub own_quiesce: Mutex<Option<crate::quiesce::OwnNotice>>,
     pub shutdown: CancellationToken,
 }
 
 impl Shared {
+    /// When the sooner of the DB server's and this server's own quiesce
+    /// notices runs out, if any is in force.
+    pub fn offline_at(&self) -> Option<std::time::Instant> {
+        let db = *self.quiesce_at.lock();
+        let own = self.own_quiesce.lock().as_ref().map(|n| n.at());
+        db.into_iter().chain(own).min()
+    }
+
     /// Whether the cache may answer as current: the stream is synced and
     /// its instance still vouches for it (see `vouched_until_ms`).
     pub fn vouched(&self) -> bool {

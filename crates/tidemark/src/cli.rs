@@ -555,7 +555,9 @@ pub struct CleanupArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["in_secs", "cancel"])))]
 pub struct QuiesceArgs {
-    /// URL of the DB server.
+    /// URL of the DB server, or of a service server (S8: application
+    /// servers are quiesced one at a time; a service server takes the
+    /// notice from its own host only).
     #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]
     pub server: String,
     /// Go offline after this many seconds (at most 86400, a day); users

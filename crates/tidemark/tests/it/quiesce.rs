@@ -208,3 +208,101 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
         "nothing was applied while offline"
     );
 }
+
+/// S8: a service server is quiesced on its own, so its terminals move to
+/// the others before it goes offline: it shows the time left, then answers
+/// reads and readiness `503 quiescing` with `Retry-After`, while the DB
+/// server and the other service servers serve on; cancelling brings it
+/// back. Found by an outside audit: `quiesce --server SERVICE_URL` got 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_is_quiesced_on_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let a = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
+    let b = service(dir, "svc-b", &db.url, "latest-only", &[]).await;
+    ops_submit(
+        dir,
+        &db.url,
+        &order_line("k1", json!({"plan": "gold"})),
+        &[],
+    );
+    let quiesce = |args: &[&str]| {
+        let mut all = vec!["quiesce", "--server", a.url.as_str()];
+        all.extend_from_slice(args);
+        run(dir, &all, None, &[])
+    };
+    let out = quiesce(&["--in", "600", "--message", "moving you to svc-b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, st) = get_json(&format!("{}/v1/state", a.url)).await;
+    assert_eq!(st["own_quiesce"]["message"], "moving you to svc-b", "{st}");
+    let left = st["quiesce_in"].as_u64().expect("quiesce_in");
+    assert!(left > 590 && left <= 600, "{st}");
+    // Serving meanwhile, every answer saying how long is left.
+    let r = reqwest::get(key_url(&a.url, "k1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let left: u64 = r.headers()["tidemark-quiesce-in"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left > 590 && left <= 600, "{left}");
+
+    let out = quiesce(&["--in", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = key_url(&a.url, "k1");
+    let (retry, body) = eventually(10, "svc-a to go offline", || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(&url).await.ok()?;
+            if r.status() != 503 {
+                return None;
+            }
+            let retry = r.headers().get("retry-after").cloned();
+            Some((retry, r.json::<serde_json::Value>().await.ok()?))
+        }
+    })
+    .await;
+    assert_eq!(body["error"]["code"], "quiescing", "{body}");
+    assert!(retry.is_some(), "Retry-After on {body}");
+    let (s, body) = get_json(&format!("{}/readyz", a.url)).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (503, Some("quiescing"))
+    );
+    // The DB server and the other service server serve on.
+    for url in [key_url(&b.url, "k1"), key_url(&db.url, "k1")] {
+        let (s, r) = get_json(&url).await;
+        assert_eq!(
+            (s, r["fields"]["plan"].as_str()),
+            (200, Some("gold")),
+            "{url}"
+        );
+    }
+    let (s, _) = get_json(&format!("{}/readyz", db.url)).await;
+    assert_eq!(s, 200);
+
+    let out = quiesce(&["--cancel"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, r) = get_json(&key_url(&a.url, "k1")).await;
+    assert_eq!(
+        (s, r["fields"]["plan"].as_str()),
+        (200, Some("gold")),
+        "{r}"
+    );
+    let out = quiesce(&["--cancel"]);
+    assert_eq!(out.status.code(), Some(1), "cancelling nothing is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no quiesce notice"));
+}

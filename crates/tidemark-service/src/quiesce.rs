@@ -1,0 +1,174 @@
+//! This service server's own quiesce notice (S4, S8): application servers
+//! are quiesced one at a time, so the terminals move to the others before
+//! each goes offline. `POST /v1/quiesce` and `DELETE /v1/quiesce`, as on a
+//! DB server.
+//!
+//! Invariants: a notice is taken from this server's own host only (a
+//! service server has no tokens, and any terminal could otherwise take it
+//! offline); once its deadline passes, record reads and `/readyz` answer
+//! `503 quiescing` with `Retry-After`, and the rest (state, console,
+//! metrics, probes of liveness) still answer; it is not kept across a
+//! restart, which is the maintenance it announced.
+
+use crate::shared::Shared;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_api::state::QuiesceNotice;
+use tidemark_api::ErrorCode;
+
+/// The longest notice accepted: a day, as on a DB server.
+const MAX_SECONDS: u64 = 86_400;
+/// The longest message, as on a DB server.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// A notice in force on this server.
+#[derive(Debug, Clone)]
+pub struct OwnNotice {
+    at: Instant,
+    deadline: DateTime<Utc>,
+    message: String,
+}
+
+impl OwnNotice {
+    /// When it goes offline, on this process's clock.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// As `/v1/state` and the announce answer show it, counted down to now.
+    pub fn view(&self) -> QuiesceNotice {
+        let ms = self
+            .at
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        QuiesceNotice {
+            deadline: self.deadline.to_rfc3339(),
+            seconds_left: ms.div_ceil(1000),
+            ms_left: Some(ms),
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// True once this server's own notice has run out: it is offline.
+pub fn offline(shared: &Shared) -> bool {
+    shared
+        .own_quiesce
+        .lock()
+        .as_ref()
+        .is_some_and(|n| n.at <= Instant::now())
+}
+
+/// What a read gets while offline.
+pub fn offline_error() -> Response {
+    crate::http::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Quiescing,
+        "this service server is offline after a quiesce notice; use another service server (an operator on its host ends the notice with 'tidemark quiesce --server URL --cancel')".into(),
+        Some(30),
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Announce {
+    seconds: u64,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// The refusal of a caller that is not on this server's host, if it is not.
+fn not_local(peer: SocketAddr) -> Option<Response> {
+    if peer.ip().is_loopback() {
+        return None;
+    }
+    Some(crate::http::error(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!("a service server takes quiesce notices from its own host only (this request came from {}): run 'tidemark quiesce --server URL' on that host", peer.ip()),
+        None,
+    ))
+}
+
+fn bad(code: ErrorCode, message: String) -> Response {
+    crate::http::error(StatusCode::BAD_REQUEST, code, message, None)
+}
+
+/// `POST /v1/quiesce`: this server goes offline in `seconds`.
+pub async fn announce(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = not_local(peer) {
+        return refused;
+    }
+    let req: Announce = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(
+                ErrorCode::BadJson,
+                format!("{e}; send {{\"seconds\": N, \"message\": \"…\"}}"),
+            )
+        }
+    };
+    if req.seconds > MAX_SECONDS {
+        return bad(
+            ErrorCode::BadRequest,
+            format!(
+                "a quiesce notice can be at most {MAX_SECONDS} seconds ahead, not {}",
+                req.seconds
+            ),
+        );
+    }
+    let message = req.message.unwrap_or_else(|| {
+        "this service server goes offline for maintenance; your terminal moves to another".into()
+    });
+    if message.chars().count() > MAX_MESSAGE_CHARS {
+        return bad(
+            ErrorCode::BadRequest,
+            format!(
+                "a quiesce message can be at most {MAX_MESSAGE_CHARS} characters, not {}; shorten it",
+                message.chars().count()
+            ),
+        );
+    }
+    let left = Duration::from_secs(req.seconds);
+    let notice = OwnNotice {
+        at: Instant::now() + left,
+        deadline: Utc::now() + chrono::Duration::seconds(req.seconds as i64),
+        message,
+    };
+    let view = notice.view();
+    // Debug-quoted: an operator's message must not forge log lines.
+    tracing::warn!(seconds = req.seconds, message = ?view.message, deadline = %view.deadline, "quiesce notice for this service server");
+    *shared.own_quiesce.lock() = Some(notice);
+    Json(view).into_response()
+}
+
+/// `DELETE /v1/quiesce`: this server stays online.
+pub async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(refused) = not_local(peer) {
+        return refused;
+    }
+    if shared.own_quiesce.lock().take().is_none() {
+        return crate::http::error(
+            StatusCode::CONFLICT,
+            ErrorCode::NoQuiesce,
+            "there is no quiesce notice of this service server to cancel".into(),
+            None,
+        );
+    }
+    tracing::info!("quiesce notice cancelled: this service server stays online");
+    Json(serde_json::json!({"cancelled": true})).into_response()
+}

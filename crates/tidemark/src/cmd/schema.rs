@@ -109,9 +109,7 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
         }
         SchemaCommand::Publish { server, wait } => {
             let client = DbClient::new(&server);
-            let st = start(&client, "/v1/schema/publish")
-                .await
-                .context("publish refused")?;
+            let st = start(&client, "/v1/schema/publish", "publish").await?;
             let target = target_of(&st);
             if st.current_version >= target {
                 println!(
@@ -128,13 +126,20 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
         }
         SchemaCommand::Rollback { server, wait } => {
             let client = DbClient::new(&server);
-            let st = start(&client, "/v1/schema/rollback")
+            // A rollback discards a staged schema: said, not silent.
+            let staged = client
+                .get_json::<PublishStatus>("/v1/schema/publish")
                 .await
-                .context("rollback refused")?;
+                .ok()
+                .and_then(|s| s.pending_version);
+            let st = start(&client, "/v1/schema/rollback", "rollback").await?;
             println!(
                 "rolled back: schema version {} (the previous version's tables) is in force on the DB server",
                 st.current_version
             );
+            if staged.is_some() {
+                eprintln!("note: the rollback discarded the schema that was staged; stage it again ('tidemark schema stage') if it is still wanted");
+            }
             follow(&client, st, Duration::from_secs(wait)).await
         }
         SchemaCommand::Status { server, json } => {
@@ -157,7 +162,7 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
 /// is followed rather than refused. A publish whose answer was lost (the
 /// primary died mid-request, and the next one finished the job) is
 /// recognised by the version it was to make current.
-async fn start(client: &DbClient, path: &str) -> anyhow::Result<PublishStatus> {
+async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<PublishStatus> {
     let target = if path.ends_with("/publish") {
         client
             .get_json::<PublishStatus>("/v1/schema/publish")
@@ -177,19 +182,39 @@ async fn start(client: &DbClient, path: &str) -> anyhow::Result<PublishStatus> {
             eprintln!("a schema job is already running on the DB server; following it");
             Ok(client.get_json("/v1/schema/publish").await?)
         }
-        Err(e) if answer_lost(&e) => match (target, outcome(client, target).await) {
-            (Some(v), Some(st)) => {
+        // Never sent: nothing changed.
+        Err(tidemark_api::ClientError::Transport { url, error }) if error.is_connect() => {
+            anyhow::bail!(
+                "could not reach the DB server at {url} ({error}), so nothing was sent and no {what} began; check --server (name a live instance) and run the command again"
+            )
+        }
+        Err(e) if answer_lost(&e) => match outcome(client, target).await {
+            Outcome::InForce(v, st) => {
                 eprintln!(
                     "the answer to the publish was lost ({e}), but schema version {v} is in force; following it"
                 );
                 Ok(st)
             }
-            _ => Err(anyhow::Error::from(e).context(
-                "the publish's outcome is unknown (its answer was lost and it is not in force); see 'tidemark schema status', then run the publish again if it is still pending",
-            )),
+            Outcome::NotInForce(v) => Err(anyhow::Error::from(e).context(format!(
+                "the {what} did not take effect: its answer was lost, and version {v} is still pending with no job running; run the command again"
+            ))),
+            Outcome::Unknown => Err(anyhow::Error::from(e).context(format!(
+                "could not tell whether the {what} took effect: its answer was lost, and the DB server could not say within {} s; see 'tidemark schema status --server URL' (naming another instance if this one is down), then run the {what} again if the version is still pending",
+                OUTCOME_PATIENCE.as_secs()
+            ))),
         },
-        other => Ok(other?),
+        other => other.with_context(|| format!("{what} refused")),
     }
+}
+
+/// What became of a publish whose answer was lost.
+enum Outcome {
+    /// The version it was to make current is in force.
+    InForce(u64, PublishStatus),
+    /// No job runs and the version is still pending.
+    NotInForce(u64),
+    /// Neither could be told (not a publish, or no answer in time).
+    Unknown,
 }
 
 /// Whether `e` leaves the outcome open: no answer, or the primary went
@@ -210,27 +235,29 @@ fn answer_lost(e: &tidemark_api::ClientError) -> bool {
 /// and the next primary finishing the job.
 const OUTCOME_PATIENCE: Duration = Duration::from_secs(45);
 
-/// The status once `target` is in force (`Some`), or once it surely is not
-/// (no job runs and it is still pending) or could not be told (`None`).
-async fn outcome(client: &DbClient, target: Option<u64>) -> Option<PublishStatus> {
-    let target = target?;
+/// Whether `target` came in force, surely did not (no job runs and it is
+/// still pending), or could not be told within [`OUTCOME_PATIENCE`].
+async fn outcome(client: &DbClient, target: Option<u64>) -> Outcome {
+    let Some(target) = target else {
+        return Outcome::Unknown;
+    };
     let give_up = Instant::now() + OUTCOME_PATIENCE;
     while Instant::now() < give_up {
         if let Ok(st) = client.get_json::<PublishStatus>("/v1/schema/publish").await {
             if st.current_version >= target {
-                return Some(st);
+                return Outcome::InForce(target, st);
             }
             let running = st
                 .job
                 .as_ref()
                 .is_some_and(|j| matches!(j.step, PublishStep::Applying | PublishStep::Announcing));
             if !running && st.pending_version == Some(target) {
-                return None;
+                return Outcome::NotInForce(target);
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    None
+    Outcome::Unknown
 }
 
 fn print_plan(p: &SchemaPlan) {

@@ -359,8 +359,21 @@ async fn a_schema_is_staged_planned_published_and_served_live_on(engine: Engine)
         field(&db.url, "subscriber", "k1", "note").await,
         Some(Value::Null)
     );
+    // A schema staged meanwhile is discarded by the rollback, which says
+    // so (it was silent).
+    let staged = document(
+        json!([{"name": "tier", "type": "integer"}, {"name": "note", "type": "string"}, {"name": "later", "type": "string"}]),
+        json!([{"columns": ["plan"]}]),
+        json!({"device": {"columns": [{"name": "model", "type": "string"}]}}),
+    );
+    let (ok, err) = stage(dir, &db.url, &staged);
+    assert!(ok, "{err}");
     let (ok, out, err) = schema_cmd(dir, &["rollback", "--server", &db.url, "--wait", "30"]);
     assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("discarded the schema that was staged"),
+        "{err}"
+    );
     assert_eq!(schema_version(&db.url).await, 4);
     assert_eq!(versions(&db.url).await, vec![1, 2, 3, 4]);
     assert_eq!(field(&db.url, "subscriber", "k1", "note").await, None);
@@ -1356,4 +1369,28 @@ async fn a_service_server_restarted_from_its_snapshot_serves_a_column_published_
     })
     .await;
     assert_eq!(r["fields"]["plan"], "v1", "{r}");
+}
+
+/// A publish or rollback that never reached a server says so (nothing was
+/// sent), not that it was refused or that its outcome is unknown.
+#[test]
+fn a_publish_that_reaches_no_server_says_nothing_was_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port nothing listens on once the listener is gone.
+    let url = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    for cmd in ["publish", "rollback"] {
+        let (ok, _, err) = schema_cmd(tmp.path(), &[cmd, "--server", &url]);
+        assert!(!ok, "{cmd}");
+        assert!(
+            err.contains("could not reach") && err.contains("nothing was sent"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            !err.contains("refused") && !err.contains("unknown"),
+            "{cmd}: {err}"
+        );
+    }
 }

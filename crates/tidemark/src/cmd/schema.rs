@@ -193,7 +193,7 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
                 eprintln!(
                     "the answer to the publish was lost ({e}), but schema version {v} is in force; following it"
                 );
-                Ok(st)
+                Ok(*st)
             }
             Outcome::NotInForce(v) => Err(anyhow::Error::from(e).context(format!(
                 "the {what} did not take effect: its answer was lost, and version {v} is still pending with no job running; run the command again"
@@ -210,7 +210,7 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
 /// What became of a publish whose answer was lost.
 enum Outcome {
     /// The version it was to make current is in force.
-    InForce(u64, PublishStatus),
+    InForce(u64, Box<PublishStatus>),
     /// No job runs and the version is still pending.
     NotInForce(u64),
     /// Neither could be told (not a publish, or no answer in time).
@@ -245,7 +245,7 @@ async fn outcome(client: &DbClient, target: Option<u64>) -> Outcome {
     while Instant::now() < give_up {
         if let Ok(st) = client.get_json::<PublishStatus>("/v1/schema/publish").await {
             if st.current_version >= target {
-                return Outcome::InForce(target, st);
+                return Outcome::InForce(target, Box::new(st));
             }
             let running = st
                 .job

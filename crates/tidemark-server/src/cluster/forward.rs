@@ -102,11 +102,6 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                 // Deposed while it ran: nothing was written; hold it.
                 cluster.lease_wake.notify_one();
             }
-            // Past its own quiesce deadline an instance is offline to
-            // clients: the write goes to another instance, not through.
-            (Role::Standby, _) if app.quiesce.offline() => {
-                return crate::http::quiesce::offline_error().into_response();
-            }
             (Role::Standby, _) if already_forwarded => {
                 // The sender thought we were primary: it holds and retries.
                 return no_primary(&cluster, true);

@@ -131,14 +131,27 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                     // while another instance takes over: a write that may
                     // be sent twice goes to the new one (orders are
                     // idempotent by (source, seq); the old one, fenced,
-                    // commits nothing). Others wait for their answer.
-                    () = moved_from(&cluster, &primary), if resendable(parts.uri.path()) => {
+                    // commits nothing). Any other is answered at once as
+                    // of unknown outcome (the new primary may finish it, as
+                    // it does a publish), not after the old one's timeout.
+                    () = moved_from(&cluster, &primary) => {
                         let now = cluster.view();
                         let new_primary = if now.role == Role::Primary {
                             cluster.url.clone()
                         } else {
                             now.primary.unwrap_or_else(|| "none yet".into())
                         };
+                        if !resendable(parts.uri.path()) {
+                            return HttpError::new(
+                                ErrorCode::OutcomeUnknown,
+                                format!(
+                                    "the primary changed (from {primary} to {new_primary}) while this forwarded {} {} was with the old one; it may or may not have taken effect: check (tidemark status, tidemark schema status, GET the resource) before sending it again",
+                                    parts.method,
+                                    parts.uri.path()
+                                ),
+                            )
+                            .into_response();
+                        }
                         tracing::info!(old_primary = %primary, %new_primary, "the primary changed while a write was forwarded to it; sending it on to the new one");
                         continue;
                     }

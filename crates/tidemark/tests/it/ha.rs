@@ -1580,3 +1580,77 @@ async fn an_instance_refuses_the_url_a_live_instance_advertises() {
     let second = Proc::start("db1", tmp.path(), &[&args[..5], &args[7..]].concat(), &[]);
     second.wait_ok("/readyz").await;
 }
+
+/// S5, S9: a publish sent through a standby, whose primary is paused
+/// (SIGSTOP) while the publish's DDL waits, ends once the new primary has
+/// finished it: the forward answers "outcome unknown" when the primary
+/// changes, and the command follows the job. An outside audit found it
+/// waited out the forward's 330 s timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_forwarded_to_a_paused_primary_ends_with_the_takeover() {
+    let Some(url) = database("a_publish_forwarded_to_a_paused_primary_ends_with_the_takeover")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, urls, procs) = two_instances(dir, &url).await;
+    let primary = primary_of(&urls).await;
+    let standby = urls[1 - primary].clone();
+    let doc = json!({"tables": {"subscriber": {"columns": [
+        {"name": "plan", "type": "string"}, {"name": "status", "type": "string"},
+        {"name": "services", "type": "json"}, {"name": "roaming", "type": "boolean"},
+        {"name": "credit_limit", "type": "integer"}, {"name": "tier", "type": "integer"}
+    ]}}});
+    let file = dir.join("v2.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    run_ok(
+        dir,
+        &[
+            "schema",
+            "stage",
+            "--server",
+            &standby,
+            file.to_str().unwrap(),
+        ],
+    );
+    // A reader of the table holds the publish's DDL until it commits.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; LOCK TABLE tidemark.subscriber IN ACCESS SHARE MODE")
+        .await
+        .expect("hold the table");
+    let (cli_dir, via) = (dir.to_path_buf(), standby.clone());
+    let publish = tokio::task::spawn_blocking(move || {
+        run(
+            &cli_dir,
+            &["schema", "publish", "--server", &via, "--wait", "60"],
+            None,
+            &[],
+        )
+    });
+    let status = format!("{}/v1/schema/publish", urls[primary]);
+    eventually(20, "the publish to wait in its DDL", || async {
+        let (_, st) = get_json(&status).await;
+        (st["job"]["step"] == "applying").then_some(())
+    })
+    .await;
+    signal(&procs[primary], libc::SIGSTOP);
+    client
+        .batch_execute("COMMIT")
+        .await
+        .expect("release the table");
+    let out = tokio::time::timeout(Duration::from_secs(120), publish)
+        .await
+        .expect("the command ends with the takeover, not the forward's timeout")
+        .unwrap();
+    signal(&procs[primary], libc::SIGCONT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("is in force"), "{err}");
+    let (_, st) = get_json(&format!("{standby}/v1/schema")).await;
+    assert_eq!(st["version"], 2, "{st}");
+}

@@ -11,6 +11,11 @@ pub async fn run(args: PromoteArgs) -> anyhow::Result<()> {
             "promote refused: {} cannot be reached (stopped, or not an instance of this cluster); 'tidemark status --server OTHER_INSTANCE' lists the live members",
             args.server
         ),
+        // The state read is a reader's; promote itself is an admin's.
+        Err(e) if e.status() == Some(401) => anyhow::bail!(
+            "promote refused: {} needs a token ({e}); promote needs an 'admin' token: pass --token (or TIDEMARK_TOKEN)",
+            args.server
+        ),
         Err(e) => return Err(e.into()),
     };
     if state.store == "sqlite" {

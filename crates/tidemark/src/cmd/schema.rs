@@ -371,9 +371,11 @@ fn print_status(st: &PublishStatus) {
             st.current_version
         );
     } else if !st.lagging.is_empty() {
+        // While a job runs, the version it makes current (not the one
+        // still in force).
         println!(
             "not yet on version {}: {}",
-            st.current_version,
+            target_of(st),
             st.lagging.join(", ")
         );
     }

@@ -327,6 +327,15 @@ async fn clients_and_service_servers_use_their_tokens() {
         &[],
     );
     assert_eq!(out.status.code(), Some(1), "no token: refused");
+    // Promote without a token names the role promote needs (it named the
+    // state read's, 'reader').
+    let out = run(dir, &["promote", "--server", &db.url], None, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("'admin' token") && err.lines().count() == 1,
+        "{err}"
+    );
     let out = run(
         dir,
         &[

@@ -13,13 +13,11 @@ use tidemark_api::{Fields, Order, Version};
 
 pub const DDL: &str = "CREATE TABLE IF NOT EXISTS tm_lww (tbl TEXT NOT NULL, key TEXT NOT NULL, upsert_v TEXT, delete_v TEXT, fields TEXT NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID;";
 
-/// The rule's statements, prepared once per batch: rusqlite's statement
+/// The rule's two statements, prepared once per batch: rusqlite's statement
 /// cache hashes the SQL text at every use.
 pub(super) struct Stmts<'c> {
     load: CachedStatement<'c>,
     save: CachedStatement<'c>,
-    /// Saves a key's first state, and does nothing where it has one.
-    first: CachedStatement<'c>,
 }
 
 impl<'c> Stmts<'c> {
@@ -31,16 +29,7 @@ impl<'c> Stmts<'c> {
             save: tx.prepare_cached(
                 "INSERT INTO tm_lww (tbl, key, upsert_v, delete_v, fields) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(tbl, key) DO UPDATE SET upsert_v = excluded.upsert_v, delete_v = excluded.delete_v, fields = excluded.fields",
             )?,
-            first: tx.prepare_cached(
-                "INSERT INTO tm_lww (tbl, key, upsert_v, delete_v, fields) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(tbl, key) DO NOTHING",
-            )?,
         })
-    }
-
-    /// Saves `st` as the key's state if it has none yet; false (and
-    /// nothing written) if it has one.
-    fn save_first(&mut self, table: &str, key: &str, st: &KeyState) -> Result<bool, StoreError> {
-        Ok(write(&mut self.first, table, key, st)? == 1)
     }
 
     fn load(&mut self, table: &str, key: &str) -> Result<KeyState, StoreError> {
@@ -58,25 +47,15 @@ impl<'c> Stmts<'c> {
     }
 
     fn save(&mut self, table: &str, key: &str, st: &KeyState) -> Result<(), StoreError> {
-        write(&mut self.save, table, key, st)?;
+        self.save.execute(params![
+            table,
+            key,
+            encode(st.upsert),
+            encode(st.delete),
+            st.fields_json()
+        ])?;
         Ok(())
     }
-}
-
-/// Runs a save statement for `st`; the rows it wrote.
-fn write(
-    stmt: &mut CachedStatement<'_>,
-    table: &str,
-    key: &str,
-    st: &KeyState,
-) -> Result<usize, StoreError> {
-    Ok(stmt.execute(params![
-        table,
-        key,
-        encode(st.upsert),
-        encode(st.delete),
-        st.fields_json()
-    ])?)
 }
 
 /// Applies `order` at commit `version` under the recovery rule. Returns the
@@ -89,16 +68,9 @@ pub fn apply(
     version: Version,
 ) -> Result<Option<Fields>, StoreError> {
     let lv = logical_version(order, version);
-    // Most keys a recovery touches are touched once (a replay's key, or a
-    // live order's): decided as new and saved only if the key indeed has
-    // no state, in one statement; the rest are read, decided and saved.
-    let mut st = KeyState::default();
-    let mut effect = decide(&mut st, order.op, &order.fields, &t.column_names, lv);
-    if !stmts.save_first(&order.table, &order.key, &st)? {
-        st = stmts.load(&order.table, &order.key)?;
-        effect = decide(&mut st, order.op, &order.fields, &t.column_names, lv);
-        stmts.save(&order.table, &order.key, &st)?;
-    }
+    let mut st = stmts.load(&order.table, &order.key)?;
+    let effect = decide(&mut st, order.op, &order.fields, &t.column_names, lv);
+    stmts.save(&order.table, &order.key, &st)?;
     match effect {
         Effect::Upsert(set) => SqliteStore::upsert(tx, t, &order.key, &set, version).map(Some),
         Effect::Delete => {

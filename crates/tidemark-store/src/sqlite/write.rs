@@ -234,13 +234,8 @@ impl SqliteStore {
         let mut flag_stmts = st
             .check_flags
             .then(|| {
-                // The clear answers the flags it leaves: at most one row
-                // goes (by its primary key), and SQLite counts the key's
-                // flags once it is gone (the store suite checks the count
-                // both ways). A clear that removes nothing answers no
-                // row, and the count is asked apart.
                 Ok::<_, StoreError>((
-                    tx.prepare_cached("DELETE FROM tm_flags WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq <= ?4 RETURNING (SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2)")?,
+                    tx.prepare_cached("DELETE FROM tm_flags WHERE tbl = ?1 AND key = ?2 AND source = ?3 AND through_seq <= ?4")?,
                     tx.prepare_cached("SELECT count(*) FROM tm_flags WHERE tbl = ?1 AND key = ?2")?,
                 ))
             })
@@ -298,20 +293,14 @@ impl SqliteStore {
                 }
             };
             let (cleared, flagged) = if let Some((clear, count)) = flag_stmts.as_mut() {
-                let after: Option<i64> = clear
-                    .query_row(
-                        params![order.table, order.key, order.source, order.seq as i64],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let (n, left) = match after {
-                    Some(left) => (1, left),
-                    None => (
-                        0,
-                        count.query_row(params![order.table, order.key], |r| r.get::<_, i64>(0))?,
-                    ),
-                };
+                let n = clear.execute(params![
+                    order.table,
+                    order.key,
+                    order.source,
+                    order.seq as i64
+                ])?;
                 st.flags_cleared += n as u64;
+                let left: i64 = count.query_row(params![order.table, order.key], |r| r.get(0))?;
                 (n > 0 && left == 0, left > 0 || st.blanket)
             } else {
                 (false, st.blanket)

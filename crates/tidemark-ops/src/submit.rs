@@ -367,10 +367,15 @@ pub async fn send_with_retry(
             // The same batch would be refused again: only a smaller one
             // helps (`--batch`, or the server's limits).
             Err(e) if e.status() == Some(413) => {
+                let size = if batch.len() > 1 {
+                    "run the same command again with a smaller --batch (or raise the server's max_batch_orders or max_body_bytes)"
+                } else {
+                    "this one order alone is over the server's body limit: shorten its fields, or raise the server's max_body_bytes, then run the same command again"
+                };
                 return Err(e).context(format!(
-                    "the DB server refused a batch of {} orders as too large; the orders stay journaled: run the same command again with a smaller --batch (or raise the server's request limits)",
+                    "the DB server refused a batch of {} orders as too large; the orders stay journaled: {size}",
                     batch.len()
-                ))
+                ));
             }
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
                 tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");

@@ -26,6 +26,7 @@ mod deadline;
 mod fast;
 pub mod hot;
 mod json_errors;
+pub mod local;
 pub mod openapi;
 mod refuse;
 mod slots;

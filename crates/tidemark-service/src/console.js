@@ -33,8 +33,10 @@ async function refresh() {
     $("epoch").textContent = s.db_epoch;
     $("schema").textContent = s.schema_version;
     offlineAt = s.quiesce_in === null || s.quiesce_in === undefined ? null : Date.now() + 1000 * s.quiesce_in;
-    // This server's own notice (S8) first, else the DB server's.
-    const n = s.own_quiesce || (s.quiesce && s.quiesce.notice);
+    // The message of the notice the countdown is of: the sooner of this
+    // server's own (S8) and the DB server's.
+    const dbn = s.quiesce && s.quiesce.notice, own = s.own_quiesce;
+    const n = own && (!dbn || own.ms_left <= dbn.ms_left) ? own : dbn;
     $("quiesce-message").textContent = offlineAt !== null && n ? n.message : "";
     status("live");
     tick();

@@ -13,11 +13,12 @@
 use crate::shared::Shared;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_api::state::QuiesceNotice;
@@ -59,11 +60,12 @@ impl OwnNotice {
 
 /// True once this server's own notice has run out: it is offline.
 pub fn offline(shared: &Shared) -> bool {
-    shared
-        .own_quiesce
-        .lock()
-        .as_ref()
-        .is_some_and(|n| n.at <= Instant::now())
+    shared.own_quiesce_set.load(Ordering::Acquire)
+        && shared
+            .own_quiesce
+            .lock()
+            .as_ref()
+            .is_some_and(|n| n.at <= Instant::now())
 }
 
 /// What a read gets while offline.
@@ -84,15 +86,19 @@ struct Announce {
     message: Option<String>,
 }
 
-/// The refusal of a caller that is not on this server's host, if it is not.
-fn not_local(peer: SocketAddr) -> Option<Response> {
-    if peer.ip().is_loopback() {
+/// The refusal of a caller that is not a program on this server's host,
+/// if it is not: loopback, under a loopback name, and not a browser page
+/// of another site (the DB server's protected-mode test).
+fn not_local(peer: SocketAddr, uri: &Uri, h: &HeaderMap) -> Option<Response> {
+    if tidemark_serve::local::trusted_local(peer, uri, h) {
         return None;
     }
+    let why = tidemark_serve::local::untrusted_local(uri, h)
+        .unwrap_or_else(|| format!("this request came from {}", peer.ip()));
     Some(crate::http::error(
         StatusCode::FORBIDDEN,
         ErrorCode::Forbidden,
-        format!("a service server takes quiesce notices from its own host only (this request came from {}): run 'tidemark quiesce --server URL' on that host", peer.ip()),
+        format!("a service server takes quiesce notices from programs on its own host only ({why}): run 'tidemark quiesce --server URL' on that host"),
         None,
     ))
 }
@@ -105,10 +111,28 @@ fn bad(code: ErrorCode, message: String) -> Response {
 pub async fn announce(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = not_local(peer) {
+    if let Some(refused) = not_local(peer, &uri, &headers) {
         return refused;
+    }
+    // A form or a `text/plain` post (what a page may send without asking)
+    // is not taken, whatever it holds.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return bad(
+            ErrorCode::BadJson,
+            "send the notice as Content-Type: application/json, {\"seconds\": N, \"message\": \"…\"}".into(),
+        );
     }
     let req: Announce = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -150,6 +174,7 @@ pub async fn announce(
     // Debug-quoted: an operator's message must not forge log lines.
     tracing::warn!(seconds = req.seconds, message = ?view.message, deadline = %view.deadline, "quiesce notice for this service server");
     *shared.own_quiesce.lock() = Some(notice);
+    shared.own_quiesce_set.store(true, Ordering::Release);
     Json(view).into_response()
 }
 
@@ -157,11 +182,15 @@ pub async fn announce(
 pub async fn cancel(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = not_local(peer) {
+    if let Some(refused) = not_local(peer, &uri, &headers) {
         return refused;
     }
-    if shared.own_quiesce.lock().take().is_none() {
+    let had = shared.own_quiesce.lock().take().is_some();
+    shared.own_quiesce_set.store(false, Ordering::Release);
+    if !had {
         return crate::http::error(
             StatusCode::CONFLICT,
             ErrorCode::NoQuiesce,

@@ -83,10 +83,6 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
             }
         }
     }
-    if before != version {
-        // A snapshot records the version (see `snapshot::save_now`).
-        shared.changes.fetch_add(1, Ordering::Relaxed);
-    }
     if before != 0 && before != version {
         let generation = shared.cache.bump_generation();
         tracing::info!(
@@ -99,6 +95,11 @@ pub async fn adopt(shared: &Shared) -> anyhow::Result<()> {
         tracing::info!(version, "schema adopted");
     }
     shared.schema_version.store(version, Ordering::SeqCst);
+    if before != version {
+        // After the store: a snapshot records the version (and skips
+        // while there is none), so the tick after this one saves.
+        shared.changes.fetch_add(1, Ordering::Relaxed);
+    }
     // The version only grows (S6, S7), except when a restore had no newer
     // store to carry versions from (the store was lost): say so loudly,
     // and tell the DB server, which shows it in `schema status`. Told at

@@ -104,6 +104,7 @@ impl Service {
                 declare: AtomicBool::new(true),
                 quiesce_at: Mutex::new(None),
                 own_quiesce: Mutex::new(None),
+                own_quiesce_set: AtomicBool::new(false),
                 shutdown,
                 config,
             }),

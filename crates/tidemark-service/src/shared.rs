@@ -80,6 +80,9 @@ pub struct Shared {
     pub quiesce_at: Mutex<Option<std::time::Instant>>,
     /// This service server's own notice (S8), if one is in force.
     pub own_quiesce: Mutex<Option<crate::quiesce::OwnNotice>>,
+    /// Whether `own_quiesce` holds one: a cache hit looks here, and takes
+    /// the lock only while a notice is in force.
+    pub own_quiesce_set: AtomicBool,
     pub shutdown: CancellationToken,
 }
 
@@ -88,7 +91,14 @@ impl Shared {
     /// notices runs out, if any is in force.
     pub fn offline_at(&self) -> Option<std::time::Instant> {
         let db = *self.quiesce_at.lock();
-        let own = self.own_quiesce.lock().as_ref().map(|n| n.at());
+        let own = if self
+            .own_quiesce_set
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.own_quiesce.lock().as_ref().map(|n| n.at())
+        } else {
+            None
+        };
         db.into_iter().chain(own).min()
     }
 

@@ -107,8 +107,11 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                 return no_primary(&cluster, true);
             }
             (Role::Standby, Some(primary)) => {
+                let sending = send(&cluster, &primary, &parts, bytes.clone());
+                tokio::pin!(sending);
                 tokio::select! {
-                    sent = send(&cluster, &primary, &parts, bytes.clone()) => match sent {
+                    biased;
+                    sent = &mut sending => match sent {
                         Ok(resp) => return resp,
                         Err(Undelivered::Unknown(e)) if !resendable(parts.uri.path()) => {
                             // It may have been applied: sent again, a
@@ -142,6 +145,15 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                             now.primary.unwrap_or_else(|| "none yet".into())
                         };
                         if !resendable(parts.uri.path()) {
+                            // A handover (promote, quiesce) answers it, or
+                            // says it was not taken, within a lease: that
+                            // answer stands. Silent past it, the old one
+                            // is paused or cut off.
+                            match tokio::time::timeout(cluster.lease_ttl, &mut sending).await {
+                                Ok(Ok(resp)) => return resp,
+                                Ok(Err(Undelivered::NotSent(_))) => continue,
+                                Ok(Err(Undelivered::Unknown(_))) | Err(_) => {}
+                            }
                             return HttpError::new(
                                 ErrorCode::OutcomeUnknown,
                                 format!(

@@ -26,21 +26,13 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| default_safety_dir(&data_dir)),
         )
     };
-    // A restore writes its data directory and its safety copy: neither may
-    // lie inside the backup it reads (the backup would change under the
-    // restore, and take the restored files for damage afterwards).
-    for (what, path) in [
-        ("data directory", Some(&data_dir)),
-        ("--safety-dir", safety_to.as_ref()),
-    ] {
-        if let Some(path) = path.filter(|p| tidemark_store::lock::lies_within(p, &a.from)) {
-            anyhow::bail!(
-                "the {what} {} lies inside the backup {} being restored; nothing was changed: choose a {what} outside the backup",
-                path.display(),
-                a.from.display()
-            );
-        }
-    }
+    outside_backup(
+        &a.from,
+        [
+            ("data directory", Some(&data_dir)),
+            ("--safety-dir", safety_to.as_ref()),
+        ],
+    )?;
     // The default sits beside the data directory (which is itself refused
     // if it lies inside another).
     if let (Some(to), Some(_)) = (&safety_to, &a.safety_dir) {
@@ -131,6 +123,26 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A restore writes its data directory (or, on PostgreSQL, the folder its
+/// configuration files go to) and its safety copy: none may lie inside the
+/// backup it reads (the backup would change under the restore, and take
+/// the restored files for damage afterwards).
+fn outside_backup<'a>(
+    from: &std::path::Path,
+    places: impl IntoIterator<Item = (&'a str, Option<&'a std::path::PathBuf>)>,
+) -> anyhow::Result<()> {
+    for (what, path) in places {
+        if let Some(path) = path.filter(|p| tidemark_store::lock::lies_within(p, from)) {
+            anyhow::bail!(
+                "the {what} {} lies inside the backup {} being restored; nothing was changed: choose a {what} outside the backup",
+                path.display(),
+                from.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A restore drops and recreates its PostgreSQL schema whole, and stages
 /// into `NAME_restoring` first: the name must be plain, leave room for
 /// that suffix (63 bytes in all), and be one Tidemark may own (not
@@ -162,6 +174,13 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
             default_safety_dir(&std::path::PathBuf::from(format!("tidemark-{schema}")))
         }))
     };
+    outside_backup(
+        &a.from,
+        [
+            ("--data-dir", a.data_dir.as_ref()),
+            ("--safety-dir", safety_to.as_ref()),
+        ],
+    )?;
     let live_config_taken = safety_to.is_some();
     let live_config = match &safety_to {
         Some(_) => Some(

@@ -163,12 +163,14 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
 /// primary died mid-request, and the next one finished the job) is
 /// recognised by the version it was to make current.
 async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<PublishStatus> {
+    // The version a publish makes current: the pending one, or the next
+    // (an instance may not show a schema staged through another yet).
     let target = if path.ends_with("/publish") {
         client
             .get_json::<PublishStatus>("/v1/schema/publish")
             .await
             .ok()
-            .and_then(|s| s.pending_version)
+            .map(|s| s.pending_version.unwrap_or(s.current_version + 1))
     } else {
         None
     };
@@ -182,8 +184,11 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
             eprintln!("a schema job is already running on the DB server; following it");
             Ok(client.get_json("/v1/schema/publish").await?)
         }
-        // Never sent: nothing changed.
-        Err(tidemark_api::ClientError::Transport { url, error }) if error.is_connect() => {
+        // Never sent: nothing changed (with several instances, an earlier
+        // one may have had it before the last could not be reached).
+        Err(tidemark_api::ClientError::Transport { url, error })
+            if error.is_connect() && client.bases().len() == 1 =>
+        {
             anyhow::bail!(
                 "could not reach the DB server at {url} ({error}), so nothing was sent and no {what} began; check --server (name a live instance) and run the command again"
             )
@@ -198,9 +203,16 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
             Outcome::NotInForce(v) => Err(anyhow::Error::from(e).context(format!(
                 "the {what} did not take effect: its answer was lost, and version {v} is still pending with no job running; run the command again"
             ))),
+            // A rollback run twice goes back two versions: not resent.
+            Outcome::Unknown if target.is_none() => Err(anyhow::Error::from(e).context(format!(
+                "could not tell whether the {what} took effect: its answer was lost; see 'tidemark schema status --server URL' (naming another instance if this one is down) before running it again, which would go back one more version"
+            ))),
             Outcome::Unknown => Err(anyhow::Error::from(e).context(format!(
                 "could not tell whether the {what} took effect: its answer was lost, and the DB server could not say within {} s; see 'tidemark schema status --server URL' (naming another instance if this one is down), then run the {what} again if the version is still pending",
                 OUTCOME_PATIENCE.as_secs()
+            ))),
+            Outcome::Failed(v, why) => Err(anyhow::Error::from(e).context(format!(
+                "the {what} of version {v} failed on the DB server: {why}; fix that, then run the command again"
             ))),
         },
         other => other.with_context(|| format!("{what} refused")),
@@ -213,6 +225,8 @@ enum Outcome {
     InForce(u64, Box<PublishStatus>),
     /// No job runs and the version is still pending.
     NotInForce(u64),
+    /// Its job failed, saying why.
+    Failed(u64, String),
     /// Neither could be told (not a publish, or no answer in time).
     Unknown,
 }
@@ -246,6 +260,14 @@ async fn outcome(client: &DbClient, target: Option<u64>) -> Outcome {
         if let Ok(st) = client.get_json::<PublishStatus>("/v1/schema/publish").await {
             if st.current_version >= target {
                 return Outcome::InForce(target, Box::new(st));
+            }
+            if let Some(j) = st
+                .job
+                .as_ref()
+                .filter(|j| j.step == PublishStep::Failed && j.to_version == target)
+            {
+                let why = j.error.clone().unwrap_or_else(|| "no reason given".into());
+                return Outcome::Failed(target, why);
             }
             let running = st
                 .job

@@ -232,6 +232,47 @@ async fn a_service_server_is_quiesced_on_its_own() {
         all.extend_from_slice(args);
         run(dir, &all, None, &[])
     };
+    // What a web page on this host could send is refused, and changes
+    // nothing: a form or text post, a page of another site, DNS rebinding.
+    let endpoint = format!("{}/v1/quiesce", a.url);
+    let http = reqwest::Client::new();
+    for (headers, status, code) in [
+        (vec![("content-type", "text/plain")], 400, "bad_json"),
+        (
+            vec![
+                ("content-type", "application/json"),
+                ("origin", "http://evil.example"),
+            ],
+            403,
+            "forbidden",
+        ),
+        (
+            vec![
+                ("content-type", "application/json"),
+                ("host", "evil.example"),
+            ],
+            403,
+            "forbidden",
+        ),
+    ] {
+        let mut req = http.post(&endpoint).body("{\"seconds\": 0}");
+        for (n, v) in &headers {
+            req = req.header(*n, *v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{headers:?}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{headers:?}: {body}");
+    }
+    let r = http
+        .delete(&endpoint)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let (_, st) = get_json(&format!("{}/v1/state", a.url)).await;
+    assert!(st["own_quiesce"].is_null(), "{st}");
     let out = quiesce(&["--in", "600", "--message", "moving you to svc-b"]);
     assert!(
         out.status.success(),

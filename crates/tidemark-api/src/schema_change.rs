@@ -295,7 +295,12 @@ pub fn validate_document(doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
 /// stages: version `current.version + 1`, existing columns in their order,
 /// new columns after them. Refuses unsafe changes.
 pub fn stage(current: &Schema, doc: &SchemaDocument) -> Result<Schema, SchemaRefusal> {
-    validate_document(doc)?;
+    if let Err(invalid) = validate_document(doc) {
+        // A document that drops or renames a column often still indexes
+        // it: the drop is what to fix, and is named first.
+        refuse_unsafe(current, doc)?;
+        return Err(invalid);
+    }
     // SQLite keeps the prefix for its own tables, and refuses a new one at
     // publish (a 500 after the stage was taken); a table of that name that
     // already exists (on PostgreSQL) stays.
@@ -308,6 +313,41 @@ pub fn stage(current: &Schema, doc: &SchemaDocument) -> Result<Schema, SchemaRef
             "table name {name:?} is not allowed: names starting with 'sqlite_' are reserved by SQLite; choose another"
         )));
     }
+    refuse_unsafe(current, doc)?;
+    let version = current.version;
+    let mut tables = BTreeMap::new();
+    for (name, want) in &doc.tables {
+        let mut columns = current
+            .tables
+            .get(name)
+            .map(|t| t.columns.clone())
+            .unwrap_or_default();
+        for c in &want.columns {
+            if !columns.iter().any(|k| k.name == c.name) {
+                columns.push(c.clone());
+            }
+        }
+        tables.insert(
+            name.clone(),
+            TableSchema {
+                columns,
+                indexes: want.indexes.clone(),
+            },
+        );
+    }
+    let staged = Schema {
+        version: version + 1,
+        tables,
+    };
+    if same_content(current, &staged) {
+        return Err(SchemaRefusal::Unchanged(version));
+    }
+    Ok(staged)
+}
+
+/// Refuses what a document may not do to the schema in force: drop a
+/// table or a column, rename a column, change a column's type.
+fn refuse_unsafe(current: &Schema, doc: &SchemaDocument) -> Result<(), SchemaRefusal> {
     let version = current.version;
     for (name, cur) in &current.tables {
         let Some(want) = doc.tables.get(name) else {
@@ -357,34 +397,7 @@ pub fn stage(current: &Schema, doc: &SchemaDocument) -> Result<Schema, SchemaRef
             }
         }
     }
-    let mut tables = BTreeMap::new();
-    for (name, want) in &doc.tables {
-        let mut columns = current
-            .tables
-            .get(name)
-            .map(|t| t.columns.clone())
-            .unwrap_or_default();
-        for c in &want.columns {
-            if !columns.iter().any(|k| k.name == c.name) {
-                columns.push(c.clone());
-            }
-        }
-        tables.insert(
-            name.clone(),
-            TableSchema {
-                columns,
-                indexes: want.indexes.clone(),
-            },
-        );
-    }
-    let staged = Schema {
-        version: version + 1,
-        tables,
-    };
-    if same_content(current, &staged) {
-        return Err(SchemaRefusal::Unchanged(version));
-    }
-    Ok(staged)
+    Ok(())
 }
 
 /// Whether two schemas hold the same tables, columns and indexes (versions aside).
@@ -805,6 +818,24 @@ mod tests {
             (
                 json!({"tables": {"subscriber": {"columns": subscriber_with(json!([])), "indexes": [{"columns": ["nope"]}]}}}),
                 SchemaInvalid,
+            ),
+            // A dropped or renamed column its index still names: the drop,
+            // or the rename, is what is refused (it was `schema_invalid`,
+            // naming the index).
+            (
+                json!({"tables": {"subscriber": {"columns": [
+                {"name": "status", "type": "string"}, {"name": "services", "type": "json"},
+                {"name": "roaming", "type": "boolean"}, {"name": "credit_limit", "type": "integer"}],
+                "indexes": [{"columns": ["plan"]}]}}}),
+                SchemaDropRefused,
+            ),
+            (
+                json!({"tables": {"subscriber": {"columns": [
+                {"name": "tariff", "type": "string"}, {"name": "status", "type": "string"},
+                {"name": "services", "type": "json"}, {"name": "roaming", "type": "boolean"},
+                {"name": "credit_limit", "type": "integer"}],
+                "indexes": [{"columns": ["plan"]}]}}}),
+                SchemaRenameRefused,
             ),
             // Two indexes whose names would be the same (tm_ix_a__b__c).
             (

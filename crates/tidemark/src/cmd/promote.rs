@@ -13,7 +13,7 @@ pub async fn run(args: PromoteArgs) -> anyhow::Result<()> {
         ),
         // The state read is a reader's; promote itself is an admin's.
         Err(e) if e.status() == Some(401) => anyhow::bail!(
-            "promote refused: {} needs a token ({e}); promote needs an 'admin' token: pass --token (or TIDEMARK_TOKEN)",
+            "promote refused: {} took no valid token ({e}); promote needs an 'admin' token: pass it with --token (or TIDEMARK_TOKEN)",
             args.server
         ),
         Err(e) => return Err(e.into()),

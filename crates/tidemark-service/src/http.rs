@@ -176,13 +176,19 @@ async fn get_record(
     resp
 }
 
+/// Whole seconds until `at`, rounded up as a notice's `seconds_left` is:
+/// 0 only once it has passed.
+fn secs_left(at: Instant) -> u64 {
+    at.saturating_duration_since(Instant::now())
+        .as_millis()
+        .div_ceil(1000) as u64
+}
+
 /// S4: while a quiesce notice is in force, every answer says how long
 /// until the DB server, or this server (the sooner), goes offline.
 pub(crate) fn quiesce_header(shared: &Shared, h: &mut axum::http::HeaderMap) {
     if let Some(at) = shared.offline_at() {
-        let left = at
-            .saturating_duration_since(std::time::Instant::now())
-            .as_secs();
+        let left = secs_left(at);
         if let Ok(v) = HeaderValue::from_str(&left.to_string()) {
             h.insert(headers::QUIESCE_IN, v);
         }
@@ -241,7 +247,7 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "own_quiesce": shared.own_quiesce.lock().as_ref().map(crate::quiesce::OwnNotice::view),
         // Seconds until the DB server or this server (the sooner) goes
         // offline, while a notice is in force.
-        "quiesce_in": shared.offline_at().map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
+        "quiesce_in": shared.offline_at().map(secs_left),
     }))
 }
 

@@ -134,6 +134,13 @@ pub async fn announce(
             "send the notice as Content-Type: application/json, {\"seconds\": N, \"message\": \"…\"}".into(),
         );
     }
+    // An object only (serde would take `[5, "text"]` for the struct too).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return bad(
+            ErrorCode::BadJson,
+            "send a JSON object: {\"seconds\": N, \"message\": \"…\"}".into(),
+        );
+    }
     let req: Announce = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -173,8 +180,13 @@ pub async fn announce(
     let view = notice.view();
     // Debug-quoted: an operator's message must not forge log lines.
     tracing::warn!(seconds = req.seconds, message = ?view.message, deadline = %view.deadline, "quiesce notice for this service server");
-    *shared.own_quiesce.lock() = Some(notice);
-    shared.own_quiesce_set.store(true, Ordering::Release);
+    {
+        // The flag moves under the notice's lock, so a cancel racing this
+        // announce cannot leave a notice the reads do not see.
+        let mut own = shared.own_quiesce.lock();
+        *own = Some(notice);
+        shared.own_quiesce_set.store(true, Ordering::Release);
+    }
     Json(view).into_response()
 }
 
@@ -188,8 +200,11 @@ pub async fn cancel(
     if let Some(refused) = not_local(peer, &uri, &headers) {
         return refused;
     }
-    let had = shared.own_quiesce.lock().take().is_some();
-    shared.own_quiesce_set.store(false, Ordering::Release);
+    let had = {
+        let mut own = shared.own_quiesce.lock();
+        shared.own_quiesce_set.store(false, Ordering::Release);
+        own.take().is_some()
+    };
     if !had {
         return crate::http::error(
             StatusCode::CONFLICT,

@@ -42,6 +42,13 @@ pub async fn announce(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<QuiesceNotice>, HttpError> {
+    // An object only (serde would take `[5, "text"]` for the struct too).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(HttpError::new(
+            ErrorCode::BadJson,
+            "send a JSON object: {\"seconds\": N, \"message\": \"…\"}",
+        ));
+    }
     let req: Announce = serde_json::from_slice(&body).map_err(|e| {
         HttpError::new(
             ErrorCode::BadJson,

@@ -116,6 +116,13 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
     // Bad requests.
     let (s, b) = post_raw(&format!("{}/v1/quiesce", db.url), "{\"secs\": 3}").await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_json")));
+    // An array is not a notice (serde took `[3, "x"]` for one).
+    let (s, b) = post_raw(&format!("{}/v1/quiesce", db.url), "[3, \"x\"]").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("bad_json")),
+        "{b}"
+    );
     let (s, b) = post_raw(
         &format!("{}/v1/quiesce", db.url),
         json!({"seconds": 10_000_000}).to_string(),
@@ -238,6 +245,12 @@ async fn a_service_server_is_quiesced_on_its_own() {
     let http = reqwest::Client::new();
     for (headers, status, code) in [
         (vec![("content-type", "text/plain")], 400, "bad_json"),
+        // Not an object (serde took an array for the struct).
+        (
+            vec![("content-type", "application/json"), ("x-body", "array")],
+            400,
+            "bad_json",
+        ),
         (
             vec![
                 ("content-type", "application/json"),
@@ -255,7 +268,12 @@ async fn a_service_server_is_quiesced_on_its_own() {
             "forbidden",
         ),
     ] {
-        let mut req = http.post(&endpoint).body("{\"seconds\": 0}");
+        let body = if headers.contains(&("x-body", "array")) {
+            "[0, \"x\"]"
+        } else {
+            "{\"seconds\": 0}"
+        };
+        let mut req = http.post(&endpoint).body(body);
         for (n, v) in &headers {
             req = req.header(*n, *v);
         }

@@ -275,3 +275,59 @@ mod tests {
         assert!(c.final_chunk && c.entries.is_empty());
     }
 }
+
+/// The longest quiesce notice a server takes: a day.
+pub const MAX_QUIESCE_SECONDS: u64 = 86_400;
+/// The longest quiesce message.
+pub const MAX_QUIESCE_MESSAGE_CHARS: usize = 1000;
+
+/// The body of `POST /v1/quiesce` (both servers). Unknown properties are
+/// refused (a misspelt `message` would announce the default one).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuiesceRequest {
+    pub seconds: u64,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl QuiesceRequest {
+    /// Reads and checks a body: a JSON object (serde would take
+    /// `[5, "text"]` for the struct too) within the limits. The refusal
+    /// is `bad_json` or `bad_request`, with what to send.
+    pub fn parse(body: &[u8]) -> Result<Self, crate::ApiError> {
+        use crate::{ApiError, ErrorCode};
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                ErrorCode::BadJson,
+                "send a JSON object: {\"seconds\": N, \"message\": \"…\"}".to_owned(),
+            ));
+        }
+        let req: Self = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::BadJson,
+                format!("{e}; send {{\"seconds\": N, \"message\": \"…\"}}"),
+            )
+        })?;
+        if req.seconds > MAX_QUIESCE_SECONDS {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a quiesce notice can be at most {MAX_QUIESCE_SECONDS} seconds ahead, not {}",
+                    req.seconds
+                ),
+            ));
+        }
+        // It goes to watch streams, logs and the audit trail.
+        let chars = req.message.as_ref().map_or(0, |m| m.chars().count());
+        if chars > MAX_QUIESCE_MESSAGE_CHARS {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a quiesce message can be at most {MAX_QUIESCE_MESSAGE_CHARS} characters, not {chars}; shorten it"
+                ),
+            ));
+        }
+        Ok(req)
+    }
+}

@@ -21,13 +21,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidemark_api::state::QuiesceNotice;
+use tidemark_api::state::{QuiesceNotice, QuiesceRequest};
 use tidemark_api::ErrorCode;
-
-/// The longest notice accepted: a day, as on a DB server.
-const MAX_SECONDS: u64 = 86_400;
-/// The longest message, as on a DB server.
-const MAX_MESSAGE_CHARS: usize = 1000;
 
 /// A notice in force on this server.
 #[derive(Debug, Clone)]
@@ -78,14 +73,6 @@ pub fn offline_error() -> Response {
     )
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Announce {
-    seconds: u64,
-    #[serde(default)]
-    message: Option<String>,
-}
-
 /// The refusal of a caller that is not a program on this server's host,
 /// if it is not: loopback, under a loopback name, and not a browser page
 /// of another site (the DB server's protected-mode test).
@@ -134,43 +121,13 @@ pub async fn announce(
             "send the notice as Content-Type: application/json, {\"seconds\": N, \"message\": \"…\"}".into(),
         );
     }
-    // An object only (serde would take `[5, "text"]` for the struct too).
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return bad(
-            ErrorCode::BadJson,
-            "send a JSON object: {\"seconds\": N, \"message\": \"…\"}".into(),
-        );
-    }
-    let req: Announce = match serde_json::from_slice(&body) {
+    let req = match QuiesceRequest::parse(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return bad(
-                ErrorCode::BadJson,
-                format!("{e}; send {{\"seconds\": N, \"message\": \"…\"}}"),
-            )
-        }
+        Err(e) => return bad(e.code, e.message),
     };
-    if req.seconds > MAX_SECONDS {
-        return bad(
-            ErrorCode::BadRequest,
-            format!(
-                "a quiesce notice can be at most {MAX_SECONDS} seconds ahead, not {}",
-                req.seconds
-            ),
-        );
-    }
     let message = req.message.unwrap_or_else(|| {
         "this service server goes offline for maintenance; your terminal moves to another".into()
     });
-    if message.chars().count() > MAX_MESSAGE_CHARS {
-        return bad(
-            ErrorCode::BadRequest,
-            format!(
-                "a quiesce message can be at most {MAX_MESSAGE_CHARS} characters, not {}; shorten it",
-                message.chars().count()
-            ),
-        );
-    }
     let left = Duration::from_secs(req.seconds);
     let notice = OwnNotice {
         at: Instant::now() + left,

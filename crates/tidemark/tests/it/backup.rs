@@ -991,12 +991,17 @@ async fn no_backup_is_written_inside_a_data_directory() {
     ops_submit(dir, &db.url, &order_line("k", json!({"plan": "gold"})), &[]);
     let backup = backup_online(dir, &db.url);
     let data = dir.join("data");
-    let refused = |args: &[&str], place: &Path| {
+    // Refused, saying the place lies inside `what`, and nothing written.
+    let refused_inside = |args: &[&str], place: &Path, what: &str| {
         let (ok, _, err) = tm(dir, args, &[]);
         assert!(!ok, "{args:?}");
-        assert!(err.contains("inside the data directory"), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("inside the {what}")),
+            "{args:?}: {err}"
+        );
         assert!(!place.exists(), "{args:?} wrote {}", place.display());
     };
+    let refused = |args: &[&str], place: &Path| refused_inside(args, place, "data directory");
     for to in [data.join("bk"), data.join("current").join("bk")] {
         refused(
             &["backup", "create", "--to", s(&to), "--server", &db.url],
@@ -1034,31 +1039,24 @@ async fn no_backup_is_written_inside_a_data_directory() {
     // directory, or its safety copy (before, both were).
     let inner = backup.join("restored");
     let sf = backup.join("sf");
-    for (args, place) in [
-        (
-            vec!["restore", "--from", s(&backup), "--data-dir", s(&inner)],
-            &inner,
-        ),
-        (
-            vec![
-                "restore",
-                "--from",
-                s(&backup),
-                "--data-dir",
-                s(&data),
-                "--safety-dir",
-                s(&sf),
-            ],
-            &sf,
-        ),
-    ] {
-        let (success, _, err) = tm(dir, &args, &[]);
-        assert!(
-            !success && err.contains("inside the backup"),
-            "{args:?}: {err}"
-        );
-        assert!(!place.exists(), "{args:?} wrote {}", place.display());
-    }
+    refused_inside(
+        &["restore", "--from", s(&backup), "--data-dir", s(&inner)],
+        &inner,
+        "backup",
+    );
+    refused_inside(
+        &[
+            "restore",
+            "--from",
+            s(&backup),
+            "--data-dir",
+            s(&data),
+            "--safety-dir",
+            s(&sf),
+        ],
+        &sf,
+        "backup",
+    );
     ok(dir, &["backup", "verify", s(&backup)]);
     // Nothing changed: the store serves what it held.
     let db = db_server(dir, &[]).await;

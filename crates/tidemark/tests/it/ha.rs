@@ -186,10 +186,7 @@ impl Load {
 
 /// Every acknowledged order is in the change log, none twice.
 async fn assert_exactly_once(url: &str, acked: &BTreeSet<(usize, u64)>) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_client(url).await;
     let rows = client
         .query(
             "SELECT source, source_seq, count(*) FROM tidemark.tm_changes GROUP BY source, source_seq",
@@ -1140,10 +1137,7 @@ async fn an_instance_of_another_version_refuses_to_join() {
     let first = instance(tmp.path(), "db0", &url, "127.0.0.1:0");
     first.wait_ok("/readyz").await;
     // A live member that runs another version.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_client(&url).await;
     client
         .execute(
             "INSERT INTO tidemark.tm_members (url, id, role, term, version, schema_version, started_at, heartbeat) \
@@ -1615,10 +1609,7 @@ async fn a_publish_forwarded_to_a_paused_primary_ends_with_the_takeover() {
         ],
     );
     // A reader of the table holds the publish's DDL until it commits.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(conn);
+    let client = pg_client(&url).await;
     client
         .batch_execute("BEGIN; LOCK TABLE tidemark.subscriber IN ACCESS SHARE MODE")
         .await

@@ -178,10 +178,7 @@ pub async fn lose_data(dir: &Path, engine: Engine) {
         Engine::Sqlite => std::fs::remove_dir_all(dir.join("data")).expect("remove the data"),
         Engine::Postgres => {
             let url = std::fs::read_to_string(dir.join("pg-url")).expect("the test database");
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect to PostgreSQL");
-            tokio::spawn(conn);
+            let client = pg_client(&url).await;
             client
                 .batch_execute("DROP SCHEMA tidemark CASCADE")
                 .await
@@ -402,4 +399,13 @@ pub async fn snapshot_taken(svc: &str, entries: Option<u64>) {
         .then_some(())
     })
     .await;
+}
+
+/// A superuser connection to the test database at `url`.
+pub async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
 }

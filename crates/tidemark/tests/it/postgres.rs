@@ -139,10 +139,7 @@ async fn postgres_killed_under_load_loses_no_acknowledged_order() {
 
     // Exactly once: every acknowledged (source, seq) is in the change log,
     // and no order is in it twice.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_client(&url).await;
     let rows = client
         .query("SELECT source, source_seq, count(*) FROM tidemark.tm_changes GROUP BY source, source_seq", &[])
         .await
@@ -453,15 +450,6 @@ async fn a_server_waits_for_postgres_and_is_not_ready_meanwhile() {
     assert_eq!(s, 200, "serving once connected");
 }
 
-/// A superuser connection to the test database at `url`.
-async fn admin(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(conn);
-    client
-}
-
 /// `tidemark server` on `url`, run to its end (it is expected to refuse).
 fn server_refusal(dir: &std::path::Path, url: &str) -> String {
     let out = run(
@@ -493,7 +481,7 @@ async fn a_role_without_rights_is_refused_with_the_grant_to_run() {
     };
     let url = cluster.database("rights").unwrap();
     let db = url.rsplit('/').next().unwrap().to_owned();
-    let su = admin(&url).await;
+    let su = pg_client(&url).await;
     su.batch_execute(
         "DO $$ BEGIN CREATE ROLE tm_limited LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
     )
@@ -543,7 +531,7 @@ async fn a_schema_from_a_newer_tidemark_keeps_the_server_from_starting() {
     let mut db = pg_server(tmp.path(), &url);
     db.wait_ok("/readyz").await;
     assert!(db.terminate().success());
-    let su = admin(&url).await;
+    let su = pg_client(&url).await;
     su.batch_execute(
         "UPDATE tidemark.tm_meta SET value = '2' WHERE name = 'format'; DROP TABLE tidemark.tm_lww",
     )

@@ -1200,10 +1200,7 @@ fn next_probe() -> u64 {
 /// Whether index `name` exists in Tidemark's schema, and is valid.
 async fn pg_index(dir: &Path, name: &str) -> Option<bool> {
     let url = std::fs::read_to_string(dir.join("pg-url")).expect("the test database");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(conn);
+    let client = pg_client(&url).await;
     client
         .query_opt(
             "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tidemark' AND c.relname = $1",
@@ -1254,10 +1251,7 @@ async fn an_index_is_built_concurrently_and_a_crash_before_the_commit_is_resumed
     // publish uses (here: a unique build that failed on duplicates).
     {
         let url = std::fs::read_to_string(dir.join("pg-url")).unwrap();
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = pg_client(&url).await;
         let e = client
             .batch_execute(&format!(
                 "CREATE UNIQUE INDEX CONCURRENTLY \"{name}\" ON tidemark.subscriber (status)"

@@ -571,7 +571,13 @@ impl DbClient {
     ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + Send + 'static, ClientError>
     {
         let url = self.url(&format!("/v1/watch?subscriber={}", encode_path(subscriber)));
-        let mut req = self.http.get(&url).header("accept", "text/event-stream");
+        // A service server reports its schema version (the push
+        // benchmark, which does not, runs no publish).
+        let mut req = self
+            .http
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .header(headers::REPORTS_SCHEMA, "1");
         if let Some(id) = last_event_id {
             req = req.header(headers::LAST_EVENT_ID, id);
         }

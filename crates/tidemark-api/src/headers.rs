@@ -13,5 +13,10 @@ pub const FRESHNESS: &str = "tidemark-freshness";
 /// Response header of a service server while a quiesce notice is in force:
 /// seconds until the DB server goes offline (S4).
 pub const QUIESCE_IN: &str = "tidemark-quiesce-in";
+/// Request header of a watch stream, `1`: its subscriber reports the
+/// schema version it runs (`POST /v1/schema/ack`), as a service server
+/// does, so `schema publish` waits for it. A stream without it is waited
+/// for only once it has reported.
+pub const REPORTS_SCHEMA: &str = "tidemark-reports-schema";
 /// SSE resumption header.
 pub const LAST_EVENT_ID: &str = "last-event-id";

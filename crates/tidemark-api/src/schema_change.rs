@@ -658,6 +658,8 @@ pub struct SchemaAck {
 pub struct ServerSchemaVersion {
     /// `db` for the DB server itself, else the service server's name.
     pub name: String,
+    /// `db_server`, `service_server`, or `watch_stream`: a watch stream
+    /// that reports no schema version, which a publish does not wait for.
     pub kind: String,
     /// The version it last reported; `None` if it has not reported yet.
     pub version: Option<u64>,

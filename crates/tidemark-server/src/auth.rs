@@ -5,8 +5,9 @@
 //!   SHA-256 (in the store, so every instance over one PostgreSQL shares
 //!   them). Checking a token compares digests in constant time.
 //! - With no token created, the server serves loopback clients only
-//!   (protected mode) and refuses to start on another address; the first
-//!   token may be created from loopback without one.
+//!   (protected mode) and refuses to start on another address; tokens
+//!   may be created from loopback without one until an admin token exists
+//!   (the first token may have any role, and an admin can still follow).
 //! - The probes never need a token.
 
 use parking_lot::RwLock;
@@ -62,11 +63,8 @@ pub enum TokenError {
     /// The name is not usable.
     #[error("a token name is 1 to 64 letters, digits, '-', '_' or '.', beginning with a letter or digit ('loopback' stands for protected mode's callers)")]
     BadName,
-    /// The first token must be an admin.
-    #[error("the first token must have role admin: without an admin token nobody could ever create or revoke tokens; create it with --role admin, then the others with it")]
-    FirstNotAdmin,
-    /// A token exists by now: protected mode is over for this request.
-    #[error("a token was created while this request was sent, so this server now serves only callers with a token; nothing was done: ask its admin for a token")]
+    /// An admin token exists by now: tokens are made with one.
+    #[error("an admin token was created while this request was sent, so tokens are now created with an admin token only; nothing was done: ask its admin for a token")]
     NotFirst,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -299,6 +297,15 @@ impl Auth {
         !self.tokens.read().is_empty()
     }
 
+    /// Whether an admin token exists (if not: tokens are made from
+    /// loopback without one).
+    pub fn any_admin(&self) -> bool {
+        self.tokens
+            .read()
+            .iter()
+            .any(|t| t.role == AccessRole::Admin)
+    }
+
     /// The name and role of `token`, if it is one of ours.
     pub fn check(&self, token: &str) -> Option<(String, AccessRole)> {
         self.find(token, |t| (t.name.clone(), t.role))
@@ -345,19 +352,16 @@ impl Auth {
         self.create_checked(name, role, false).await
     }
 
-    /// The first token, asked for by a caller protected mode trusted: it
-    /// must be an admin (without one nobody could ever manage tokens), and
-    /// it is refused if any token exists by now (another first one, or one
-    /// created while this request was sent), under the same lock as the
-    /// write, so two at once cannot both be first.
+    /// A token asked for without one by a loopback caller, before any
+    /// admin token exists (the first token, of any role, or one after a
+    /// first that was not an admin): refused if an admin token exists by
+    /// now (created while this request was sent), under the same lock as
+    /// the write, so two at once cannot both make one.
     pub async fn create_first(
         &self,
         name: &str,
         role: AccessRole,
     ) -> Result<TokenCreated, TokenError> {
-        if role != AccessRole::Admin {
-            return Err(TokenError::FirstNotAdmin);
-        }
         self.create_checked(name, role, true).await
     }
 
@@ -380,7 +384,7 @@ impl Auth {
         }
         let _w = self.write.lock().await;
         let mut tokens = self.tokens.read().clone();
-        if first && !tokens.is_empty() {
+        if first && tokens.iter().any(|t| t.role == AccessRole::Admin) {
             return Err(TokenError::NotFirst);
         }
         if tokens.iter().any(|t| t.name == name) {

@@ -90,7 +90,7 @@ pub struct SchemaPublication {
     /// The version each service server last reported.
     reports: Mutex<BTreeMap<String, Report>>,
     /// Open watch streams per subscriber name.
-    connected: Mutex<BTreeMap<String, usize>>,
+    connected: Mutex<BTreeMap<String, Streams>>,
     /// Service servers that ran a newer version than this store's before
     /// it was restored (name -> that version), until the next publish.
     ahead: Mutex<BTreeMap<String, u64>>,
@@ -102,18 +102,29 @@ pub struct SchemaPublication {
     announced: std::sync::atomic::AtomicU64,
 }
 
+/// The watch streams open under one subscriber name.
+#[derive(Debug, Clone, Copy, Default)]
+struct Streams {
+    open: usize,
+    /// Of them, those that said they report the schema version they run
+    /// (`Tidemark-Reports-Schema`: a service server).
+    reporting: usize,
+}
+
 /// Counts an open watch stream until dropped.
 pub struct Connection {
     app: Arc<AppState>,
     name: String,
+    reporting: bool,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         let mut c = self.app.schema.connected.lock();
         if let Some(n) = c.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
+            n.open -= 1;
+            n.reporting -= usize::from(self.reporting);
+            if n.open == 0 {
                 // Reports are kept only while their stream is open: a
                 // name that comes and goes leaves nothing behind.
                 self.app.schema.reports.lock().remove(&self.name);
@@ -132,17 +143,31 @@ impl SchemaPublication {
         Ok(me)
     }
 
-    /// Marks subscriber `name`'s watch stream open while the guard lives.
-    pub fn connect(app: &Arc<AppState>, name: &str) -> Connection {
-        *app.schema
-            .connected
-            .lock()
-            .entry(name.to_owned())
-            .or_insert(0) += 1;
+    /// Marks subscriber `name`'s watch stream open while the guard lives;
+    /// `reporting`: it said it reports its schema version (a service
+    /// server), so a publish waits for it from the start.
+    pub fn connect(app: &Arc<AppState>, name: &str, reporting: bool) -> Connection {
+        let mut c = app.schema.connected.lock();
+        let n = c.entry(name.to_owned()).or_default();
+        n.open += 1;
+        n.reporting += usize::from(reporting);
         Connection {
             app: app.clone(),
             name: name.to_owned(),
+            reporting,
         }
+    }
+
+    /// Whether a publish waits for subscriber `name`: its stream said it
+    /// reports its version, or it has reported one (a service server of
+    /// an older build). Any other stream (a script reading events) reports
+    /// nothing ever, and waiting for it would fail every publish.
+    fn waited_for(
+        connected: &BTreeMap<String, Streams>,
+        reports: &BTreeMap<String, Report>,
+        name: &str,
+    ) -> bool {
+        reports.contains_key(name) || connected.get(name).is_some_and(|n| n.reporting > 0)
     }
 
     /// Whether subscriber `name`'s watch stream is open here.
@@ -151,7 +176,8 @@ impl SchemaPublication {
     }
 
     /// The service servers whose streams are open here, with what each
-    /// reported (for this instance's heartbeat).
+    /// reported (for this instance's heartbeat); streams a publish does
+    /// not wait for are left out.
     pub fn local_services(&self) -> Vec<LocalService> {
         // Lock order: `connected`, then `reports` (as `report` and a
         // closing stream take them).
@@ -159,6 +185,7 @@ impl SchemaPublication {
         let reports = self.reports.lock();
         connected
             .keys()
+            .filter(|name| Self::waited_for(&connected, &reports, name))
             .map(|name| {
                 let r = reports.get(name);
                 LocalService {
@@ -664,6 +691,10 @@ pub async fn follow_version(app: &AppState) {
     );
 }
 
+/// The kind of a watch stream that reports no schema version: listed,
+/// not waited for.
+const WATCH_STREAM: &str = "watch_stream";
+
 /// Who runs which version, and whether the last job is complete.
 pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
     let current = app.store.schema().version;
@@ -712,12 +743,18 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
     for name in names {
         let r = reports.get(name);
         let is_connected = connected.contains_key(name);
-        if is_connected && r.map(|r| r.version) != Some(current) {
+        let waited = SchemaPublication::waited_for(&connected, &reports, name);
+        if waited && is_connected && r.map(|r| r.version) != Some(current) {
             lagging.push(name.clone());
         }
         servers.push(ServerSchemaVersion {
             name: name.clone(),
-            kind: "service_server".into(),
+            kind: if waited {
+                "service_server"
+            } else {
+                WATCH_STREAM
+            }
+            .into(),
             version: r.map(|r| r.version),
             connected: is_connected,
             reported_at: r.map(|r| r.at.clone()),

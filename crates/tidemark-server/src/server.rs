@@ -55,6 +55,9 @@ impl Server {
             if !listens_on_loopback(&state.config.listen) && !state.auth.any() {
                 return Err(no_token_yet(&state.config.listen));
             }
+            if state.auth.any() && !state.auth.any_admin() {
+                tracing::warn!("no admin token exists yet: programs on this host may create tokens without one until an admin token is created ('tidemark token create --role admin --name NAME')");
+            }
             Ok(Self { state, worker })
         }
         .await;
@@ -191,6 +194,9 @@ async fn connect_postgres(
         .as_ref()
         .map(|s| s.0.clone())
         .context("--store postgres needs --database-url URL")?;
+    if let Some(why) = tidemark_store::postgres::target::unusable_schema(&config.pg_schema) {
+        anyhow::bail!("{why}");
+    }
     let mut delay = Duration::from_millis(200);
     loop {
         match PgStore::connect(&url, &config.pg_schema).await {

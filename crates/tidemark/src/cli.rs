@@ -341,8 +341,8 @@ pub struct StatusArgs {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token and print it (this is the only time it is shown).
-    /// Needs an admin token, except for a server's first token, which a
-    /// loopback client may create.
+    /// Needs an admin token, except until a server has one: then a client
+    /// on its host may create tokens without one (make the first an admin).
     Create {
         /// URL of the DB server.
         #[arg(

@@ -109,6 +109,7 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
             (Role::Standby, Some(primary)) => {
                 let sending = send(&cluster, &primary, &parts, bytes.clone());
                 tokio::pin!(sending);
+                let held_until = tokio::time::Instant::from_std(deadline);
                 tokio::select! {
                     biased;
                     sent = &mut sending => match sent {
@@ -130,6 +131,22 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                             tracing::debug!(error = %e, %primary, "forward to the primary failed; holding the write")
                         }
                     },
+                    // A primary frozen with its lease still running (a
+                    // lease longer than --failover-wait) holds a write no
+                    // longer than a failover would: one that may be sent
+                    // again is answered so, and resent by its client.
+                    () = tokio::time::sleep_until(held_until), if resendable(parts.uri.path()) => {
+                        return HttpError::new(
+                            ErrorCode::NoPrimary,
+                            format!(
+                                "the primary {primary} did not answer within {} s (--failover-wait); it may or may not have applied this {}: resend it (orders are idempotent by (source, seq))",
+                                cluster.failover_wait.as_secs(),
+                                parts.uri.path()
+                            ),
+                        )
+                        .retry_after(1)
+                        .into_response();
+                    }
                     // A paused primary holds the request without a word
                     // while another instance takes over: a write that may
                     // be sent twice goes to the new one (orders are

@@ -194,9 +194,15 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
         .into_response();
     }
     let bearer = bearer(req.headers()).map(str::to_owned);
-    if !app.auth.any() {
-        // Protected mode: no token exists yet.
-        if peer.ip().to_canonical().is_loopback() {
+    let loopback = peer.ip().to_canonical().is_loopback();
+    // Tokens made without one, from this host, until an admin token
+    // exists (the first token may have any role; an admin comes next).
+    let token_create = req.method() == Method::POST && req.uri().path() == "/v1/tokens";
+    let bootstrap = loopback && bearer.is_none() && token_create && !app.auth.any_admin();
+    if !app.auth.any() || bootstrap {
+        // Protected mode: no token exists yet (or no admin token, for
+        // making tokens).
+        if loopback {
             if let Some(why) = untrusted_local(req.uri(), req.headers()) {
                 return HttpError::new(
                     ErrorCode::Forbidden,
@@ -210,11 +216,17 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
                 Ok(req) => req,
                 Err(refusal) => return refusal,
             };
-            if app.auth.any() {
+            // Still trusted: no token, or making tokens with no admin yet.
+            let still = !app.auth.any() || (token_create && !app.auth.any_admin());
+            if !still {
                 // Created while this body arrived: protected mode is over.
                 return HttpError::new(
                     ErrorCode::Unauthenticated,
-                    "the first token was created while this request was being sent, so this server now serves only callers with a token; nothing was done: send it again with a token",
+                    if token_create {
+                        "an admin token was created while this request was being sent, so tokens are now created with an admin token only; nothing was done: send it again with one"
+                    } else {
+                        "the first token was created while this request was being sent, so this server now serves only callers with a token; nothing was done: send it again with a token"
+                    },
                 )
                 .into_response();
             }

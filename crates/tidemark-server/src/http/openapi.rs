@@ -42,7 +42,8 @@ pub fn document() -> Value {
             "/v1/watch": {"get": {
                 "summary": "Server-Sent Events for one service server: hello, synced, update, recovered, epoch, quiesce, schema; and, from an instance of a cluster, lease ({\"valid_for_ms\": N}, no id: the stream is current that much longer). Resumable with Last-Event-ID.",
                 "parameters": [{"name": "subscriber", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[\\x21-\\x7e]+$"}},
-                               {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}],
+                               {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}},
+                               {"name": "Tidemark-Reports-Schema", "in": "header", "required": false, "description": "1: the subscriber reports the schema version it runs (POST /v1/schema/ack), as a service server does, so a schema publish waits for it. Without it a stream is waited for only once it has reported (a script reading events is listed as watch_stream and not waited for).", "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "text/event-stream"}, "400": error_ref(), "429": error_ref()}
             }},
             "/v1/state": {"get": {"summary": "State, role, epoch, seq, schema version, quiesce notice.",
@@ -147,7 +148,7 @@ pub fn document() -> Value {
             "/v1/console/events": {"get": {"summary": "The console's live feed, as server-sent events: `progress` once ([[unix ms, remaining], …]: the remaining flags sampled since the recovery began), then once a second `state` (as GET /v1/state, plus now_ms: the server's clock) or `error` ({\"error\": {code, message}}: the state could not be read, e.g. the store is unreachable during a failover). Reader.",
                 "responses": {"200": {"description": "text/event-stream"}, "401": error_ref(), "403": error_ref()}}},
             "/v1/tokens": {
-                "post": {"summary": "A new token {role: reader|ops|admin, name}; the secret is in the answer once ({name, role, token}). Admin, except the first token, which a loopback client may create (protected mode ends). 409 if the name is taken.",
+                "post": {"summary": "A new token {role: reader|ops|admin, name}; the secret is in the answer once ({name, role, token}). Admin, except until an admin token exists: then a loopback client may create tokens without one (the first, of any role, ends protected mode for everything else). 409 if the name is taken.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["role", "name"], "properties": {
                         "role": {"type": "string", "enum": ["reader", "ops", "admin"]}, "name": {"type": "string"}}}}}},
                     "responses": {"200": {"description": "The token, shown once"}, "400": error_ref(), "401": error_ref(), "403": error_ref(), "409": error_ref()}},

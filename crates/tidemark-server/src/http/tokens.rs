@@ -23,7 +23,8 @@ pub async fn create(
             format!("the body is not a token request ({e}); send {{\"name\": \"…\", \"role\": \"reader\" | \"ops\" | \"admin\"}}"),
         )
     })?;
-    // Only protected mode's callers are `loopback` (no token may be so named).
+    // Only callers without a token before any admin token exists are
+    // `loopback` (no token may be so named).
     let created = if caller.0 == crate::auth::LOOPBACK {
         app.auth.create_first(&req.name, req.role).await
     } else {
@@ -31,9 +32,7 @@ pub async fn create(
     }
     .map_err(|e| match e {
         TokenError::Exists(_) => HttpError::new(ErrorCode::TokenExists, e.to_string()),
-        TokenError::BadName | TokenError::FirstNotAdmin => {
-            HttpError::new(ErrorCode::BadRequest, e.to_string())
-        }
+        TokenError::BadName => HttpError::new(ErrorCode::BadRequest, e.to_string()),
         TokenError::NotFirst => HttpError::new(ErrorCode::Unauthenticated, e.to_string()),
         TokenError::Store(s) => s.into(),
     })?;

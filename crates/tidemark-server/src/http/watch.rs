@@ -70,7 +70,10 @@ pub async fn watch(
         .and_then(|v| v.to_str().ok());
     let rx = crate::watch::open(&app, &name, last).await?;
     // Counts the stream as connected (schema publication) until it ends.
-    let connection = crate::schema_publish::SchemaPublication::connect(&app, &name);
+    let reporting = req_headers
+        .get(headers::REPORTS_SCHEMA)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let connection = crate::schema_publish::SchemaPublication::connect(&app, &name, reporting);
     // The stream ends when the instance is cut off from PostgreSQL: its
     // subscriber reconnects, is refused here, and moves to another
     // instance rather than trusting a cache nothing updates any more. It

@@ -326,8 +326,24 @@ pub fn source_name(url: &str, schema: &str) -> String {
     )
 }
 
+/// The longest schema a DB server may live in: a restore stages beside it
+/// as `{schema}_restoring`, and its sessions are named
+/// [`application_name`], both within PostgreSQL's 63 bytes.
+pub const MAX_SCHEMA_LEN: usize = 53;
+
+/// Why `schema` cannot hold a DB server's store (a server and a restore
+/// refuse the same names), or `None`.
+pub fn unusable_schema(schema: &str) -> Option<String> {
+    if !tidemark_api::schema::is_identifier(schema) || schema.len() > MAX_SCHEMA_LEN {
+        return Some(format!(
+            "--pg-schema '{schema}' is not a schema name Tidemark can use: give lowercase letters, digits and '_', starting with a letter (not 'tm_'), at most {MAX_SCHEMA_LEN} characters (a restore stages beside it as '<name>_restoring')"
+        ));
+    }
+    None
+}
+
 /// The `application_name` of the sessions a store on `schema` opens (at
-/// most 62 bytes: schema names are at most 53).
+/// most 62 bytes: schema names are at most [`MAX_SCHEMA_LEN`]).
 pub fn application_name(schema: &str) -> String {
     format!("tidemark:{schema}")
 }
@@ -420,7 +436,7 @@ impl RestoreTarget {
         if !tidemark_api::schema::is_identifier(&self.staging) {
             // PostgreSQL would cut it to 63 bytes: the live schema's name.
             return Err(StoreError::Refused(format!(
-                "a restore stages into schema '{}', which is too long for PostgreSQL (63 bytes); keep --pg-schema to at most 53 characters",
+                "a restore stages into schema '{}', which is too long for PostgreSQL (63 bytes); keep --pg-schema to at most {MAX_SCHEMA_LEN} characters",
                 self.staging
             )));
         }

@@ -148,10 +148,8 @@ fn outside_backup<'a>(
 /// that suffix (63 bytes in all), and be one Tidemark may own (not
 /// `public`, which would come back without its owner and grants).
 fn check_restore_schema(schema: &str) -> anyhow::Result<()> {
-    if !tidemark_api::schema::is_identifier(schema) || schema.len() > 53 {
-        anyhow::bail!(
-            "--pg-schema '{schema}' is not a schema name a restore can use; nothing was changed: give lowercase letters, digits and '_', starting with a letter, at most 53 characters"
-        );
+    if let Some(why) = tidemark_store::postgres::target::unusable_schema(schema) {
+        anyhow::bail!("{why}; nothing was changed");
     }
     if schema == "public" {
         anyhow::bail!(

@@ -380,7 +380,9 @@ fn print_status(st: &PublishStatus) {
             s.name,
             s.kind,
             s.version.map(|v| v.to_string()).unwrap_or("?".into()),
-            if s.connected {
+            if s.kind == "watch_stream" {
+                "connected, reports no version (not waited for)"
+            } else if s.connected {
                 "connected"
             } else {
                 "disconnected"
@@ -406,13 +408,6 @@ fn print_status(st: &PublishStatus) {
     }
 }
 
-/// Waits until every connected service server reports the version in
-/// force, printing each one as it does.
-///
-/// `st` is the answer to the publish (or rollback), from the primary: its
-/// version is the target. The answers after come from `client`'s server,
-/// which may be a standby that has not followed yet; until its version in
-/// force reaches the target, the publish is not done.
 /// The version a publish or rollback makes current: its job's, while the
 /// job has not finished (a job another run started, followed before it
 /// committed), else the current one.
@@ -423,6 +418,13 @@ fn target_of(st: &PublishStatus) -> u64 {
         .map_or(st.current_version, |j| j.to_version.max(st.current_version))
 }
 
+/// Waits until every connected service server reports the version in
+/// force, printing each one as it does.
+///
+/// `st` is the answer to the publish (or rollback), from the primary: its
+/// version is the target. The answers after come from `client`'s server,
+/// which may be a standby that has not followed yet; until its version in
+/// force reaches the target, the publish is not done.
 async fn follow(client: &DbClient, mut st: PublishStatus, wait: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait;
     let target = target_of(&st);

@@ -769,8 +769,10 @@ fn finish(mut conn: std::net::TcpStream, body: &str) -> String {
 /// while a request was being sent does not act with it (a revoked admin
 /// kept a request open and made itself a new token), and a protected-mode
 /// caller whose body arrives after the first token was created is no
-/// longer trusted. The first token must be an admin (a first reader left
-/// nobody able to manage tokens); two Authorization headers are refused.
+/// longer trusted. The first token may have any role (CONTRACT.md): until
+/// an admin token exists, loopback callers still make tokens without one
+/// (a first reader must not leave nobody able to manage tokens), and
+/// nothing else; two Authorization headers are refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_is_judged_again_once_its_body_has_arrived() {
     let tmp = tempfile::tempdir().unwrap();
@@ -778,7 +780,7 @@ async fn a_caller_is_judged_again_once_its_body_has_arrived() {
     let u = &db.url;
     let host = u.trim_start_matches("http://").to_owned();
     let tokens = format!("{u}/v1/tokens");
-    // Protected mode: a first token that is not an admin is refused.
+    // Protected mode: the first token may be a reader (before, refused).
     let (s, b) = call(
         "POST",
         &tokens,
@@ -786,16 +788,31 @@ async fn a_caller_is_judged_again_once_its_body_has_arrived() {
         r#"{"name": "first", "role": "reader"}"#,
     )
     .await;
+    assert_eq!(s, 200, "{b}");
+    let first = b["token"].as_str().unwrap().to_owned();
+    // Protected mode is over for everything but making tokens.
+    let (s, b) = call("GET", &format!("{u}/v1/state"), None, "").await;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
-        (400, Some("bad_request")),
+        (401, Some("unauthenticated")),
         "{b}"
     );
-    assert!(
-        b["error"]["message"].as_str().unwrap().contains("admin"),
+    let (s, _) = call("GET", &format!("{u}/v1/state"), Some(&first), "").await;
+    assert_eq!(s, 200);
+    // The reader's own token does not make tokens.
+    let (s, b) = call(
+        "POST",
+        &tokens,
+        Some(&first),
+        r#"{"name": "escalate", "role": "admin"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("forbidden")),
         "{b}"
     );
-    // A protected-mode caller whose body is late, past the first token.
+    // A caller without a token whose body is late, past the admin token.
     let late_body = r#"{"name": "backdoor", "role": "admin"}"#;
     let late = tokio::task::spawn_blocking({
         let host = host.clone();
@@ -846,7 +863,20 @@ async fn a_caller_is_judged_again_once_its_body_has_arrived() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(names, ["root"], "nothing was created: {list}");
+    assert_eq!(names, ["first", "root"], "nothing was created: {list}");
+    // With an admin token, none is made without one any more.
+    let (s, b) = call(
+        "POST",
+        &tokens,
+        None,
+        r#"{"name": "another", "role": "admin"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{b}"
+    );
     // Two Authorization headers: which one is meant cannot be told.
     let r = reqwest::Client::new()
         .get(format!("{u}/v1/audit"))

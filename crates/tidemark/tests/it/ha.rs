@@ -30,6 +30,18 @@ fn instance(dir: &Path, name: &str, url: &str, listen: &str) -> Proc {
 
 /// [`instance`] with a lease of `lease_ms`.
 fn instance_leased(dir: &Path, name: &str, url: &str, listen: &str, lease_ms: &str) -> Proc {
+    instance_timed(dir, name, url, listen, lease_ms, "15")
+}
+
+/// [`instance`] with a lease of `lease_ms` and `--failover-wait` of `wait`.
+fn instance_timed(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    listen: &str,
+    lease_ms: &str,
+    wait: &str,
+) -> Proc {
     Proc::start_at(
         name,
         dir,
@@ -42,7 +54,7 @@ fn instance_leased(dir: &Path, name: &str, url: &str, listen: &str, lease_ms: &s
             "--lease-ttl-ms",
             lease_ms,
             "--failover-wait",
-            "15",
+            wait,
         ],
         listen,
     )
@@ -949,6 +961,76 @@ async fn promote_while_the_primary_is_frozen_ends_once_the_standby_took_over() {
     // Well before the 15 s it gives a hand-over (the lease is 1 s).
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(primary_of(&urls).await, standby);
+}
+
+/// CONTRACT.md, writes on a standby: held up to `--failover-wait`, then
+/// `503` with `Retry-After`. A primary frozen (SIGSTOP) with a lease much
+/// longer than that is not replaced meanwhile; an order forwarded to it is
+/// answered `503 no_primary` at `--failover-wait` all the same, and, sent
+/// again once the primary wakes, is applied exactly once. Before, it hung
+/// for the forward's 30 s timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_forwarded_to_a_frozen_leased_primary_is_answered_at_the_failover_wait() {
+    let Some(url) =
+        database("an_order_forwarded_to_a_frozen_leased_primary_is_answered_at_the_failover_wait")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs = [free_addr(), free_addr()];
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| instance_timed(tmp.path(), &format!("db{i}"), &url, a, "30000", "2"))
+        .collect();
+    for p in &procs {
+        p.wait_ok("/readyz").await;
+    }
+    let primary = primary_of(&urls).await;
+    let standby = 1 - primary;
+    let order = json!({"orders": [{"source": "ops", "seq": 1, "table": "subscriber", "key": "k",
+                                   "op": "upsert", "fields": {"credit_limit": 5}}]});
+    signal(&procs[primary], libc::SIGSTOP);
+    let asked = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/orders", urls[standby]))
+        .json(&order)
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await;
+    let took = asked.elapsed();
+    signal(&procs[primary], libc::SIGCONT);
+    let r = r.unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r.headers().get("retry-after").is_some();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("no_primary")),
+        "after {took:?}: {body}"
+    );
+    assert!(retry_after, "{body}");
+    assert!(
+        took < Duration::from_secs(10),
+        "held {took:?}, not about 2 s"
+    );
+    // Sent again once the primary wakes: applied, once.
+    let (s, first) = post_raw(&format!("{}/v1/orders", urls[standby]), order.to_string()).await;
+    assert_eq!(s, 200, "{first}");
+    let (s, again) = post_raw(&format!("{}/v1/orders", urls[standby]), order.to_string()).await;
+    assert_eq!(s, 200, "{again}");
+    assert!(first["results"][0]["version"].is_object(), "{first}");
+    assert_eq!(
+        first["results"][0]["version"], again["results"][0]["version"],
+        "one version: {first} {again}"
+    );
+    let (s, rec) = get_json(&format!("{}/v1/records/subscriber/k", urls[primary])).await;
+    assert_eq!(
+        (s, &rec["fields"]["credit_limit"]),
+        (200, &json!(5)),
+        "{rec}"
+    );
 }
 
 /// S3, S10: a write forwarded to a primary that was killed and restarted

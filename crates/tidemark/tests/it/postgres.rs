@@ -222,6 +222,22 @@ async fn a_sqlite_backup_moves_to_postgres_and_restore_waits_for_the_server_to_s
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(says), "{name}: {stderr}");
     }
+    // A server refuses the names a restore could not stage beside, so no
+    // store is made that no restore can replace.
+    let mut server: Vec<String> = vec!["server".into()];
+    server.extend(store_args(dir, Engine::Postgres));
+    let long = "s".repeat(60);
+    server.extend([
+        "--pg-schema".into(),
+        long,
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let server: Vec<&str> = server.iter().map(String::as_str).collect();
+    let out = run(dir, &server, None, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at most 53"), "{stderr}");
     let out = run(dir, &restore, None, &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -66,7 +66,8 @@ pub enum Command {
     /// The operation system: journal and submit service orders, drive recovery.
     #[command(subcommand)]
     Ops(OpsCommand),
-    /// Show a DB server's state, role, epoch, recovery progress, quiesce and schema version.
+    /// Show a DB server's state, role, epoch, recovery progress, quiesce and schema version
+    /// (or a service server's: policy, connection, epoch, cache, schema, quiesce notices).
     Status(StatusArgs),
     /// Operator tools for a recovery in progress: list flagged keys, or end it.
     #[command(subcommand)]
@@ -324,7 +325,7 @@ pub struct RecoveryAbortArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// URL of the DB server.
+    /// URL of the DB server (or of a service server).
     #[arg(
         long,
         value_name = "URL",

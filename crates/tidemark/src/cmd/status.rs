@@ -1,11 +1,24 @@
-//! `tidemark status`.
+//! `tidemark status`: of a DB server, or of a service server.
 
 use crate::cli::StatusArgs;
+use anyhow::Context;
+use tidemark_api::event::QuiesceEvent;
+use tidemark_api::state::QuiesceNotice;
 use tidemark_api::{DbClient, RecoveryStatus, ServerState};
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let client = DbClient::new(&args.server);
-    let mut state: ServerState = client.state().await?;
+    let raw: serde_json::Value = client.get_json("/v1/state").await?;
+    // A service server's state has its policy, and no `state` of its own.
+    if raw.get("state").is_none() && raw.get("policy").is_some() {
+        return service(&args, raw).await;
+    }
+    let mut state: ServerState = serde_json::from_value(raw).with_context(|| {
+        format!(
+            "unexpected answer from {}/v1/state; check that the URL names a Tidemark DB server or service server of this version",
+            args.server
+        )
+    })?;
     let recovery: RecoveryStatus = client.get_json("/v1/recovery").await?;
     if args.json {
         // `/v1/state` as it is (`.state` is "normal", …), with the
@@ -81,6 +94,82 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     .unwrap_or_default()
             );
         }
+    }
+    Ok(())
+}
+
+/// What `status` reads of a service server's `GET /v1/state`.
+#[derive(serde::Deserialize)]
+struct ServiceState {
+    id: String,
+    policy: String,
+    db: String,
+    connected: bool,
+    db_epoch: u64,
+    cache_entries: u64,
+    schema_version: u64,
+    quiesce: Option<QuiesceEvent>,
+    own_quiesce: Option<QuiesceNotice>,
+}
+
+/// `tidemark status` of a service server: its own state, and the recovery
+/// progress of its DB server where that answers.
+async fn service(args: &StatusArgs, raw: serde_json::Value) -> anyhow::Result<()> {
+    if args.json {
+        println!("{raw}");
+        return Ok(());
+    }
+    let st: ServiceState = serde_json::from_value(raw).with_context(|| {
+        format!(
+            "unexpected answer from the service server at {}/v1/state; check that it runs this version",
+            args.server
+        )
+    })?;
+    println!("server        {} (service server '{}')", args.server, st.id);
+    println!("policy        {}", st.policy);
+    println!(
+        "DB server     {} ({})",
+        st.db,
+        if st.connected {
+            "watch stream connected"
+        } else {
+            "not connected: serving per its policy, reconnecting"
+        }
+    );
+    println!(
+        "epoch         {} (the DB server's, as last seen)",
+        st.db_epoch
+    );
+    println!("schema        version {}", st.schema_version);
+    println!("cache         {} records", st.cache_entries);
+    // Where the DB server answers (its first URL), its recovery progress.
+    let db = st.db.split(',').next().unwrap_or_default();
+    match DbClient::new(db)
+        .get_json::<RecoveryStatus>("/v1/recovery")
+        .await
+    {
+        Ok(r) => println!(
+            "recovery      {} (the DB server's): {} flagged, {} cleared, {} remaining",
+            r.state.as_str(),
+            r.flagged,
+            r.cleared,
+            r.remaining
+        ),
+        Err(e) => println!("recovery      unknown: the DB server did not answer ({e})"),
+    }
+    let notice = |n: &QuiesceNotice| {
+        format!(
+            "offline in {}s ({}): {}",
+            n.seconds_left, n.deadline, n.message
+        )
+    };
+    match &st.own_quiesce {
+        Some(n) => println!("quiesce       this server: {}", notice(n)),
+        None => println!("quiesce       this server: none"),
+    }
+    match st.quiesce.as_ref().and_then(|q| q.notice.as_ref()) {
+        Some(n) => println!("              the DB server: {}", notice(n)),
+        None => println!("              the DB server: none"),
     }
     Ok(())
 }

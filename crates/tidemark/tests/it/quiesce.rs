@@ -301,6 +301,23 @@ async fn a_service_server_is_quiesced_on_its_own() {
     assert_eq!(st["own_quiesce"]["message"], "moving you to svc-b", "{st}");
     let left = st["quiesce_in"].as_u64().expect("quiesce_in");
     assert!(left > 590 && left <= 600, "{st}");
+    // `tidemark status` of a service server shows it (before, exit 1: it
+    // read only a DB server's state).
+    let out = run(dir, &["status", "--server", &a.url], None, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("service server 'svc-a'")
+            && text.contains("this server: offline in")
+            && text.contains("moving you to svc-b")
+            && text.contains("the DB server: none")
+            && text.contains("recovery      normal"),
+        "{text}"
+    );
     // Serving meanwhile, every answer saying how long is left.
     let r = reqwest::get(key_url(&a.url, "k1")).await.unwrap();
     assert_eq!(r.status(), 200);

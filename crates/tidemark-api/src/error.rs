@@ -51,6 +51,9 @@ pub enum ErrorCode {
     DbUnavailable,
     /// The store failed; the request had no effect.
     StoreFailure,
+    /// The store's disk is full: nothing was applied; free space, then
+    /// send the request again (orders are idempotent).
+    StorageFull,
     /// The storage engine cannot be reached (PostgreSQL down or failing
     /// over); the request may or may not have taken effect: retry it, orders
     /// are idempotent.
@@ -156,6 +159,7 @@ impl ErrorCode {
             NotReady | StaleData | DbUnavailable | Quiescing | StoreUnavailable | NoPrimary
             | SchemaSkew | TooManyConnections => 503,
             StoreFailure | Internal => 500,
+            StorageFull => 507,
             OutcomeUnknown => 502,
         }
     }
@@ -185,6 +189,7 @@ impl ErrorCode {
             StaleData => "stale_data",
             DbUnavailable => "db_unavailable",
             StoreFailure => "store_failure",
+            StorageFull => "storage_full",
             StoreUnavailable => "store_unavailable",
             Unauthenticated => "unauthenticated",
             Forbidden => "forbidden",
@@ -237,6 +242,7 @@ impl ErrorCode {
         ErrorCode::StaleData,
         ErrorCode::DbUnavailable,
         ErrorCode::StoreFailure,
+        ErrorCode::StorageFull,
         ErrorCode::StoreUnavailable,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,

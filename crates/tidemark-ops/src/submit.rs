@@ -377,6 +377,10 @@ pub async fn send_with_retry(
                     batch.len()
                 ));
             }
+            // Not mended by waiting: space must be freed first.
+            Err(e) if e.status() == Some(507) => {
+                return Err(e).context("the DB server's disk is full; the orders stay journaled: free space where its data lives, then run the same command again")
+            }
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
                 tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
                 tokio::time::sleep(delay).await;

@@ -87,6 +87,9 @@ pub enum StoreError {
     /// The engine failed; the operation had no effect.
     #[error("storage engine failed: {0}")]
     Engine(String),
+    /// The disk under the store is full; the operation had no effect.
+    #[error("the store's disk is full ({0}); nothing was applied: free space where the data lives (the data directory, or PostgreSQL's disk), then send it again (orders are idempotent)")]
+    Full(String),
     /// Several instances share the store and this one does not hold the
     /// lease: it may not write (the write belongs to the primary).
     #[error("this DB-server instance is not the primary; send the write to the primary (any instance forwards it)")]
@@ -99,7 +102,12 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Engine(e.to_string())
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StoreError::Full(e.to_string())
+            }
+            _ => StoreError::Engine(e.to_string()),
+        }
     }
 }
 

@@ -67,6 +67,10 @@ impl From<StoreError> for HttpError {
                 format!("{message}; no primary is online yet (a failover): retry in a moment"),
             )
             .retry_after(1),
+            StoreError::Full(_) => {
+                tracing::error!(error = %message, "the store's disk is full: writes are refused until space is freed");
+                HttpError::new(ErrorCode::StorageFull, message)
+            }
             StoreError::DataDir { .. }
             | StoreError::Locked { .. }
             | StoreError::Format(_)

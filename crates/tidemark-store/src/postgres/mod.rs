@@ -142,6 +142,9 @@ pub(crate) fn engine_error(e: tokio_postgres::Error) -> StoreError {
                 db.message()
             ));
         }
+        if db.code() == &tokio_postgres::error::SqlState::DISK_FULL {
+            return StoreError::Full(format!("PostgreSQL: {}", db.message()));
+        }
         let class = &db.code().code()[..2];
         if class == "57" || class == "08" {
             // Shutdown, crash recovery, or a broken connection.

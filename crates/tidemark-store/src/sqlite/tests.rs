@@ -291,3 +291,107 @@ async fn a_schedule_reaches_millions_of_orders_past_the_backup() {
         Err(StoreError::BadSchedule(_))
     ));
 }
+
+/// `n` upserts of source "s" from seq `from`, each with a `size`-byte plan.
+fn big_batch(from: u64, n: u64, size: usize) -> Vec<tidemark_api::Order> {
+    (from..from + n)
+        .map(|i| {
+            crate::testsuite::order(
+                "s",
+                i,
+                &format!("k{i}"),
+                tidemark_api::Op::Upsert,
+                serde_json::json!({"plan": "x".repeat(size)}),
+            )
+        })
+        .collect()
+}
+
+/// Caps the writer's database at its pages now plus `extra` (SQLite's page
+/// limit stands in for a full disk: `SQLITE_FULL`). Returns the pages now.
+fn cap_pages(store: &SqliteStore, extra: i64) -> i64 {
+    let conn = store.inner.writer.lock();
+    let n: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    conn.query_row(&format!("PRAGMA max_page_count = {}", n + extra), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap();
+    n
+}
+
+/// A full disk refuses the batch as `Full` (the HTTP layer's `507
+/// storage_full`), not as a generic engine failure, and applies nothing of
+/// it: once there is room, the same batch is applied whole, at the seqs the
+/// refused one would have had.
+#[tokio::test]
+async fn a_full_disk_refuses_the_batch_whole_and_the_same_batch_goes_in_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), "test").unwrap();
+    store.apply(big_batch(1, 50, 500)).await.unwrap();
+    let pages = cap_pages(&store, 0);
+    let before = store.meta().await.unwrap().seq;
+    let refused = store.apply(big_batch(51, 50, 500)).await;
+    assert!(matches!(refused, Err(StoreError::Full(_))), "{refused:?}");
+    assert!(refused.unwrap_err().to_string().contains("free space"));
+    assert_eq!(store.meta().await.unwrap().seq, before, "nothing applied");
+    assert!(store
+        .get("subscriber", "k51")
+        .await
+        .unwrap()
+        .record
+        .is_none());
+    cap_pages(&store, pages * 100);
+    let out = store.apply(big_batch(51, 50, 500)).await.unwrap();
+    assert_eq!(out.results.len(), 50);
+    assert_eq!(out.results[0].version.unwrap().seq, before + 1);
+    assert!(out.results.iter().all(|r| !r.duplicate));
+}
+
+/// A full disk in the middle of a group of batches (one commit for all):
+/// each batch answered as applied is there, after a reopen too, and each
+/// refused one is not; the refused ones go in whole once there is room.
+/// SQLite may roll the whole transaction back by itself on a full disk:
+/// then no batch of the group may be answered as applied, and nothing may
+/// run after it outside a transaction (before, the next batch did, and was
+/// kept though answered as failed).
+#[tokio::test]
+async fn a_full_disk_in_a_group_answers_each_batch_as_it_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let group: Vec<Vec<tidemark_api::Order>> =
+        (0..4).map(|b| big_batch(1 + b * 40, 40, 700)).collect();
+    let answered = {
+        let store = SqliteStore::open(dir.path(), "test").unwrap();
+        cap_pages(&store, 40);
+        let out = store.apply_group(group.clone()).await;
+        assert!(
+            out.iter().any(|r| matches!(r, Err(StoreError::Full(_)))),
+            "the page limit is reached: {out:?}"
+        );
+        let oks: Vec<bool> = out.iter().map(Result::is_ok).collect();
+        // The in-memory seq and the store agree.
+        let applied = oks.iter().filter(|ok| **ok).count() as u64 * 40;
+        assert_eq!(store.meta().await.unwrap().seq, applied, "{oks:?}");
+        store.close().await.unwrap();
+        oks
+    };
+    let store = SqliteStore::open(dir.path(), "test").unwrap();
+    for (b, ok) in answered.iter().enumerate() {
+        for o in &group[b] {
+            let there = store
+                .get("subscriber", &o.key)
+                .await
+                .unwrap()
+                .record
+                .is_some();
+            assert_eq!(there, *ok, "batch {b} answered ok={ok}, key {}", o.key);
+        }
+    }
+    // With room, the refused batches go in, in order, whole.
+    for (b, ok) in answered.iter().enumerate() {
+        let out = store.apply(group[b].clone()).await.unwrap();
+        assert!(out.results.iter().all(|r| r.duplicate == *ok), "batch {b}");
+    }
+    assert_eq!(store.meta().await.unwrap().seq, 160);
+}

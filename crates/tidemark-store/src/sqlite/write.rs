@@ -178,6 +178,12 @@ impl SqliteStore {
                 Err(e) => {
                     let _ = tx.execute_batch("ROLLBACK TO batch; RELEASE batch");
                     (st.seq, st.flags_cleared, st.high_water) = saved;
+                    if tx.is_autocommit() {
+                        // SQLite rolled the whole transaction back itself
+                        // (a full disk, an I/O error): the batches before
+                        // went with it, and nothing more may run outside it.
+                        return Self::all_rolled_back(out, e);
+                    }
                     Err(e)
                 }
             };
@@ -199,10 +205,15 @@ impl SqliteStore {
         if let Err(e) = finish {
             // Nothing of the group is durable: every batch failed.
             let msg = e.to_string();
+            let full = match e {
+                StoreError::Full(detail) => Some(detail),
+                _ => None,
+            };
             return out
                 .into_iter()
-                .map(|r| match r {
-                    Some(Err(e)) => Err(e),
+                .map(|r| match (r, &full) {
+                    (Some(Err(e)), _) => Err(e),
+                    (_, Some(detail)) => Err(StoreError::Full(detail.clone())),
                     _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
                 })
                 .collect();
@@ -215,6 +226,32 @@ impl SqliteStore {
         }
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine("batch skipped".into()))))
+            .collect()
+    }
+
+    /// The group's answers once SQLite rolled its transaction back by
+    /// itself: every batch not refused already fails as `cause` did.
+    fn all_rolled_back(
+        out: Vec<Option<Result<ApplyOutcome, StoreError>>>,
+        cause: StoreError,
+    ) -> Vec<Result<ApplyOutcome, StoreError>> {
+        let full = match &cause {
+            StoreError::Full(detail) => Some(detail.clone()),
+            _ => None,
+        };
+        let msg = cause.to_string();
+        let mut cause = Some(cause);
+        out.into_iter()
+            .map(|r| match r {
+                Some(Err(e)) => Err(e),
+                _ => Err(match (&full, cause.take()) {
+                    (Some(detail), _) => StoreError::Full(detail.clone()),
+                    (None, Some(first)) => first,
+                    (None, None) => StoreError::Engine(format!(
+                        "the storage engine rolled the whole group back ({msg}); nothing of this batch was applied, retry it"
+                    )),
+                }),
+            })
             .collect()
     }
 

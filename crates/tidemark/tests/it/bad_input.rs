@@ -699,3 +699,105 @@ async fn watch_streams_per_token_are_limited() {
     .await;
     drop(b);
 }
+
+/// A small filesystem of its own (tmpfs), unmounted when dropped; `None`
+/// where this process may not mount (not root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_owned()))
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk refuses a batch as `507 storage_full`, saying to free
+/// space, and applies nothing of it; `ops submit` stops at once (no minute
+/// of retries) with the orders journaled, and the same command sends them
+/// once there is room. Before, the answer was `500 store_failure` "retry
+/// it", which `ops submit` passed on as a failure to retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_refused_as_such_and_the_orders_go_in_once_there_is_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(disk) = SmallDisk::mount(&dir.join("small"), "3M") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = dir.join("small").join("data");
+    let db = Proc::start(
+        "db",
+        dir,
+        &["server", "--data-dir", data.to_str().unwrap()],
+        &[],
+    );
+    db.wait_ok("/readyz").await;
+    // About 5 MB of orders: more than the disk holds.
+    let filler = "z".repeat(1000);
+    let input: String = (0..5000)
+        .map(|i| order_line(&format!("k{i}"), json!({"plan": filler})))
+        .collect();
+    let out = ops_submit_output(dir, &db.url, &input, &["--batch", "100"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("disk is full") && err.contains("free space") && err.contains("journaled"),
+        "{err}"
+    );
+    let (_, sources) = get_json(&format!("{}/v1/sources", db.url)).await;
+    let applied = sources
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .and_then(|v| v.as_u64());
+    let applied = applied.unwrap_or(0);
+    assert!(applied < 5000, "{sources}");
+    assert_eq!(applied % 100, 0, "whole batches only: {sources}");
+    // The next key is absent: nothing of the refused batch went in.
+    let (s, _) = get_json(&key_url(&db.url, &format!("k{applied}"))).await;
+    assert_eq!(s, 404);
+    // Reads go on meanwhile.
+    let (s, _) = get_json(&key_url(&db.url, "k0")).await;
+    assert_eq!(s, 200);
+
+    disk.grow("64M");
+    ops_submit(dir, &db.url, &input, &["--batch", "100"]);
+    let (_, sources) = get_json(&format!("{}/v1/sources", db.url)).await;
+    assert_eq!(
+        sources
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .and_then(|v| v.as_u64()),
+        Some(5000),
+        "{sources}"
+    );
+    let (s, rec) = get_json(&key_url(&db.url, "k4999")).await;
+    assert_eq!(s, 200, "{rec}");
+    drop(db);
+}

@@ -147,29 +147,35 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
         anyhow::bail!("the cache was revalidated while the snapshot was taken");
     }
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = BufWriter::new(file);
-    let last_event_id_saved = last_event_id.clone();
-    serde_json::to_writer(
-        &mut w,
-        &Header {
-            format: FORMAT,
-            id: shared.config.id.clone(),
-            last_event_id,
-            history,
-            schema_version,
-        },
-    )?;
-    w.write_all(b"\n")?;
-    for e in entries {
-        serde_json::to_writer(&mut w, &e.answer(Source::Cache))?;
+    let header = Header {
+        format: FORMAT,
+        id: shared.config.id.clone(),
+        last_event_id: last_event_id.clone(),
+        history,
+        schema_version,
+    };
+    let written = (|| {
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = BufWriter::new(file);
+        serde_json::to_writer(&mut w, &header)?;
         w.write_all(b"\n")?;
+        for e in entries {
+            serde_json::to_writer(&mut w, &e.answer(Source::Cache))?;
+            w.write_all(b"\n")?;
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(FILE))?;
+        anyhow::Ok(())
+    })();
+    if let Err(e) = written {
+        // The last snapshot stands; a part-written one would only hold
+        // the space a full disk lacks.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(FILE))?;
-    *shared.snapshot_event_id.lock() = last_event_id_saved;
+    *shared.snapshot_event_id.lock() = last_event_id;
     Ok(())
 }
 

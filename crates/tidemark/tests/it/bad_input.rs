@@ -801,3 +801,47 @@ async fn a_full_disk_is_refused_as_such_and_the_orders_go_in_once_there_is_room(
     assert_eq!(s, 200, "{rec}");
     drop(db);
 }
+
+/// A service server's cache snapshot that does not fit on its disk leaves
+/// no part-written file behind (it held the space a full disk lacks), and
+/// the server starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_snapshot_that_does_not_fit_leaves_no_part_written_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(_disk) = SmallDisk::mount(&dir.join("small"), "64K") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let db = db_server(dir, &[]).await;
+    let filler = "w".repeat(600);
+    let input: String = (0..300)
+        .map(|i| order_line(&format!("k{i}"), json!({"plan": filler})))
+        .collect();
+    ops_submit(dir, &db.url, &input, &[]);
+    let cache = dir.join("small").join("cache");
+    let cache_arg = ["--cache-dir", cache.to_str().unwrap()];
+    let mut svc = service(dir, "svc", &db.url, "accept-stale", &cache_arg).await;
+    for i in 0..300 {
+        let (s, _) = get_json(&key_url(&svc.url, &format!("k{i}"))).await;
+        assert_eq!(s, 200);
+    }
+    // Its final snapshot (some 200 KB) does not fit in 64 KB.
+    svc.terminate();
+    assert!(
+        svc.log_text().contains("No space left"),
+        "{}",
+        svc.log_text()
+    );
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !left.iter().any(|n| n.ends_with(".tmp")),
+        "a part-written snapshot was left: {left:?}"
+    );
+    let again = service(dir, "svc-again", &db.url, "accept-stale", &cache_arg).await;
+    let (s, _) = get_json(&key_url(&again.url, "k1")).await;
+    assert_eq!(s, 200);
+}

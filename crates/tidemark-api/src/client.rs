@@ -564,20 +564,20 @@ impl DbClient {
     }
 
     /// Opens `GET /v1/watch?subscriber=NAME`, resuming after `last_event_id`.
+    /// `reports_schema`: the caller reports the schema version it runs (a
+    /// service server), so a schema publish waits for it.
     pub async fn watch(
         &self,
         subscriber: &str,
         last_event_id: Option<&str>,
+        reports_schema: bool,
     ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + Send + 'static, ClientError>
     {
         let url = self.url(&format!("/v1/watch?subscriber={}", encode_path(subscriber)));
-        // A service server reports its schema version (the push
-        // benchmark, which does not, runs no publish).
-        let mut req = self
-            .http
-            .get(&url)
-            .header("accept", "text/event-stream")
-            .header(headers::REPORTS_SCHEMA, "1");
+        let mut req = self.http.get(&url).header("accept", "text/event-stream");
+        if reports_schema {
+            req = req.header(headers::REPORTS_SCHEMA, "1");
+        }
         if let Some(id) = last_event_id {
             req = req.header(headers::LAST_EVENT_ID, id);
         }
@@ -727,7 +727,7 @@ mod tests {
         let base = keepalives(Duration::from_millis(100), alive_for).await;
         let client = DbClient::new(&base).with_watch_silence(silence);
         let started = tokio::time::Instant::now();
-        let stream = client.watch("svc", None).await.unwrap();
+        let stream = client.watch("svc", None, false).await.unwrap();
         futures::pin_mut!(stream);
         let first = stream.next().await.expect("an error, not the end");
         assert!(

@@ -66,10 +66,11 @@ pub enum ErrorCode {
     /// A token with that name exists already.
     TokenExists,
     /// The last admin token cannot be revoked while other tokens remain:
-    /// nobody could manage tokens afterwards.
+    /// no token could manage tokens afterwards.
     LastAdmin,
-    /// No primary is online (a failover): the write was held up to
-    /// `--failover-wait` seconds; retry after `Retry-After`.
+    /// No primary is online (a failover), or the primary did not answer a
+    /// forwarded order: the write was held up to `--failover-wait` seconds;
+    /// retry after `Retry-After` (orders are idempotent).
     NoPrimary,
     /// A promote that cannot be done: the instance is not a live standby.
     PromoteRefused,

@@ -653,13 +653,21 @@ pub struct SchemaAck {
     pub previous: Option<u64>,
 }
 
+/// A [`ServerSchemaVersion`] of a DB-server instance.
+pub const KIND_DB_SERVER: &str = "db_server";
+/// A [`ServerSchemaVersion`] of a service server (its stream said it
+/// reports its version, or it has reported one).
+pub const KIND_SERVICE_SERVER: &str = "service_server";
+/// A [`ServerSchemaVersion`] of a watch stream that reports no schema
+/// version (a script reading events): listed, never waited for.
+pub const KIND_WATCH_STREAM: &str = "watch_stream";
+
 /// One server and the schema version it reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSchemaVersion {
     /// `db` for the DB server itself, else the service server's name.
     pub name: String,
-    /// `db_server`, `service_server`, or `watch_stream`: a watch stream
-    /// that reports no schema version, which a publish does not wait for.
+    /// [`KIND_DB_SERVER`], [`KIND_SERVICE_SERVER`] or [`KIND_WATCH_STREAM`].
     pub kind: String,
     /// The version it last reported; `None` if it has not reported yet.
     pub version: Option<u64>,

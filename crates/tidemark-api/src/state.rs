@@ -40,6 +40,32 @@ impl Role {
     }
 }
 
+/// Body of a service server's `GET /v1/state`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub id: String,
+    /// `latest-only` or `accept-stale`.
+    pub policy: String,
+    /// Its DB server's URL, or the cluster's URLs comma-separated (`--db`).
+    pub db: String,
+    /// Its watch stream is open.
+    pub connected: bool,
+    /// The DB server's epoch, as last seen.
+    pub db_epoch: u64,
+    pub cache_entries: u64,
+    pub cache_generation: u64,
+    pub last_event_id: Option<String>,
+    pub snapshot_event_id: Option<String>,
+    pub schema_version: u64,
+    /// The DB server's quiesce notice, counted down to now.
+    pub quiesce: Option<crate::event::QuiesceEvent>,
+    /// This server's own notice (S8), counted down to now.
+    pub own_quiesce: Option<QuiesceNotice>,
+    /// Seconds until the DB server or this server (the sooner) goes
+    /// offline, while a notice is in force.
+    pub quiesce_in: Option<u64>,
+}
+
 /// A quiesce notice in force (S4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuiesceNotice {

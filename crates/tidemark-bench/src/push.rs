@@ -65,7 +65,7 @@ pub async fn measure(
         for k in &keys {
             client.get_record("subscriber", k, Some(&name)).await?;
         }
-        let stream = client.watch(&name, None).await?;
+        let stream = client.watch(&name, None, false).await?;
         let (rtx, rrx) = tokio::sync::oneshot::channel();
         ready.push(rrx);
         let done_tx = done_tx.clone();

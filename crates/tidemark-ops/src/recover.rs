@@ -355,7 +355,7 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         .max();
     if let Some(seen) = reused {
         anyhow::bail!(
-            "the journals hold orders acknowledged in epoch {seen} that this DB server (epoch {}) never applied: the data directory was lost after an earlier restore and the epoch was reused, so service servers could keep copies that look newer than the DB server's; restore again with 'tidemark restore --min-epoch {}'",
+            "the journals hold orders acknowledged in epoch {seen} that this DB server (epoch {}) never applied: its store (data directory or PostgreSQL schema) was lost after an earlier restore and the epoch was reused, so service servers could keep copies that look newer than the DB server's; restore again with 'tidemark restore --min-epoch {}'",
             status.epoch,
             seen + 1
         );

@@ -355,6 +355,9 @@ pub async fn send_with_retry(
     let body = tidemark_api::encode_orders(batch).context("encoding a batch of orders")?;
     let mut delay = Duration::from_millis(100);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Said once at warning level (shown by default), so a DB server that
+    // went away is not a silent minute.
+    let mut said = false;
     loop {
         match client.post_orders_encoded(body.clone()).await {
             Ok(r) => return Ok(r),
@@ -382,7 +385,12 @@ pub async fn send_with_retry(
                 return Err(e).context("the DB server's disk is full; the orders stay journaled: free space where its data lives, then run the same command again")
             }
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
-                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
+                if said {
+                    tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
+                } else {
+                    tracing::warn!(error = %e, "the DB server did not take a batch; retrying for up to 60 s (the orders stay journaled)");
+                    said = true;
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -16,6 +16,10 @@ use std::sync::Arc;
 use tidemark_api::auth::{AccessRole, TokenCreated, TokenInfo};
 use tidemark_store::{Store, StoreError};
 
+/// Why a token asked for without one was refused: an admin token was
+/// created while the request was sent.
+pub const ADMIN_EXISTS: &str = "an admin token was created while this request was being sent, so tokens are now created with an admin token only; nothing was done: send it again with one";
+
 /// Restores carry this note (and `SUBSCRIBERS`) over from the live store
 /// (`tidemark_backup::access_forward`).
 const NOTE: &str = "tokens";
@@ -64,8 +68,8 @@ pub enum TokenError {
     #[error("a token name is 1 to 64 letters, digits, '-', '_' or '.', beginning with a letter or digit ('loopback' stands for protected mode's callers)")]
     BadName,
     /// An admin token exists by now: tokens are made with one.
-    #[error("an admin token was created while this request was sent, so tokens are now created with an admin token only; nothing was done: ask its admin for a token")]
-    NotFirst,
+    #[error("{ADMIN_EXISTS}")]
+    AdminExists,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -76,10 +80,10 @@ pub enum RevokeError {
     /// No token has this name.
     #[error("no token named '{0}'; 'tidemark token list' shows them")]
     Unknown(String),
-    /// It is the last admin token and other tokens remain: nobody could
-    /// create or revoke tokens afterwards, and protected mode (no token at
-    /// all) would not come back.
-    #[error("token '{0}' is the last admin token, and other tokens remain: without it nobody could manage tokens; create another admin token first ('tidemark token create --role admin --name NAME'), or revoke the other tokens first")]
+    /// It is the last admin token and other tokens remain: without it
+    /// only a program on the server's host could manage tokens, by making
+    /// one (an admin too) without any.
+    #[error("token '{0}' is the last admin token, and other tokens remain: without it no token could manage tokens (only programs on the server's host could, making one without a token); create another admin token first ('tidemark token create --role admin --name NAME'), or revoke the other tokens first")]
     LastAdmin(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -357,7 +361,7 @@ impl Auth {
     /// first that was not an admin): refused if an admin token exists by
     /// now (created while this request was sent), under the same lock as
     /// the write, so two at once cannot both make one.
-    pub async fn create_first(
+    pub async fn create_bootstrap(
         &self,
         name: &str,
         role: AccessRole,
@@ -369,7 +373,7 @@ impl Auth {
         &self,
         name: &str,
         role: AccessRole,
-        first: bool,
+        bootstrap: bool,
     ) -> Result<TokenCreated, TokenError> {
         // A name is a path segment of `DELETE /v1/tokens/NAME`: "." or ".."
         // would be normalised away, so a name begins with a letter or digit.
@@ -384,8 +388,8 @@ impl Auth {
         }
         let _w = self.write.lock().await;
         let mut tokens = self.tokens.read().clone();
-        if first && tokens.iter().any(|t| t.role == AccessRole::Admin) {
-            return Err(TokenError::NotFirst);
+        if bootstrap && tokens.iter().any(|t| t.role == AccessRole::Admin) {
+            return Err(TokenError::AdminExists);
         }
         if tokens.iter().any(|t| t.name == name) {
             return Err(TokenError::Exists(name.to_owned()));

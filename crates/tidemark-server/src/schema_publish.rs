@@ -691,10 +691,6 @@ pub async fn follow_version(app: &AppState) {
     );
 }
 
-/// The kind of a watch stream that reports no schema version: listed,
-/// not waited for.
-const WATCH_STREAM: &str = "watch_stream";
-
 /// Who runs which version, and whether the last job is complete.
 pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
     let current = app.store.schema().version;
@@ -702,7 +698,7 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
     let job = job(app).await?;
     let mut servers = vec![ServerSchemaVersion {
         name: "db".into(),
-        kind: "db_server".into(),
+        kind: schema_change::KIND_DB_SERVER.into(),
         version: Some(current),
         connected: true,
         reported_at: None,
@@ -717,7 +713,7 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
             }
             servers.push(ServerSchemaVersion {
                 name: m.url.clone(),
-                kind: "db_server".into(),
+                kind: schema_change::KIND_DB_SERVER.into(),
                 version: Some(m.schema_version),
                 connected: true,
                 reported_at: Some(m.heartbeat.clone()),
@@ -750,9 +746,9 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
         servers.push(ServerSchemaVersion {
             name: name.clone(),
             kind: if waited {
-                "service_server"
+                schema_change::KIND_SERVICE_SERVER
             } else {
-                WATCH_STREAM
+                schema_change::KIND_WATCH_STREAM
             }
             .into(),
             version: r.map(|r| r.version),
@@ -769,7 +765,7 @@ pub async fn status(app: &AppState) -> Result<PublishStatus, SchemaError> {
         }
         servers.push(ServerSchemaVersion {
             name: s.name,
-            kind: "service_server".into(),
+            kind: schema_change::KIND_SERVICE_SERVER.into(),
             version: s.version,
             connected: true,
             reported_at: s.reported_at,

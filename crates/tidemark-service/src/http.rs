@@ -219,7 +219,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+async fn state(State(shared): State<Arc<Shared>>) -> Json<tidemark_api::state::ServiceState> {
     // The notice as it stands now: its time left counts down from when it
     // arrived (the event's own figures are of that moment).
     let at = *shared.quiesce_at.lock();
@@ -231,24 +231,31 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
             n.seconds_left = left.as_millis().div_ceil(1000) as u64;
         }
     }
-    Json(json!({
-        "id": shared.config.id,
-        "policy": shared.config.policy.as_str(),
-        "db": shared.config.db,
-        "connected": shared.connected.load(Ordering::SeqCst),
-        "db_epoch": shared.db_epoch.load(Ordering::SeqCst),
-        "cache_entries": shared.cache.len(),
-        "cache_generation": shared.cache.generation(),
-        "last_event_id": *shared.last_event_id.lock(),
-        "snapshot_event_id": *shared.snapshot_event_id.lock(),
-        "schema_version": shared.schema_version.load(Ordering::SeqCst),
-        "quiesce": quiesce,
-        // This server's own notice (S8), counted down to now.
-        "own_quiesce": shared.own_quiesce.lock().as_ref().map(crate::quiesce::OwnNotice::view),
-        // Seconds until the DB server or this server (the sooner) goes
-        // offline, while a notice is in force.
-        "quiesce_in": shared.offline_at().map(secs_left),
-    }))
+    // Each lock taken and let go on its own (a guard held to the end of
+    // the struct below would deadlock `offline_at`, which takes them too).
+    let own_quiesce = shared
+        .own_quiesce
+        .lock()
+        .as_ref()
+        .map(crate::quiesce::OwnNotice::view);
+    let quiesce_in = shared.offline_at().map(secs_left);
+    let last_event_id = shared.last_event_id.lock().clone();
+    let snapshot_event_id = shared.snapshot_event_id.lock().clone();
+    Json(tidemark_api::state::ServiceState {
+        id: shared.config.id.clone(),
+        policy: shared.config.policy.as_str().to_owned(),
+        db: shared.config.db.clone(),
+        connected: shared.connected.load(Ordering::SeqCst),
+        db_epoch: shared.db_epoch.load(Ordering::SeqCst),
+        cache_entries: shared.cache.len() as u64,
+        cache_generation: shared.cache.generation(),
+        last_event_id,
+        snapshot_event_id,
+        schema_version: shared.schema_version.load(Ordering::SeqCst),
+        quiesce,
+        own_quiesce,
+        quiesce_in,
+    })
 }
 
 /// What the console page and its script are served with: only this

@@ -82,6 +82,8 @@ impl Service {
                 metrics: ServiceMetrics::new(),
                 connected: AtomicBool::new(false),
                 vouched_until_ms: AtomicU64::new(u64::MAX),
+                ticked_ms: AtomicU64::new(crate::shared::mono_ms()),
+                db_silent_until: Mutex::new(None),
                 lease_clock: Mutex::new(Default::default()),
                 lease_alive_until_ms: AtomicU64::new(u64::MAX),
                 stream_serial: AtomicU64::new(0),
@@ -137,6 +139,7 @@ impl Service {
         let watch = tokio::spawn(watcher::run(shared.clone()));
         let snap = tokio::spawn(snapshot::worker(shared.clone()));
         let report = tokio::spawn(crate::report::worker(shared.clone()));
+        crate::shared::pause_watch(&shared);
         // Cache hits answered before the router (`hot.rs`), inside the
         // front door: connection limits, deadlines and TLS apply alike.
         let app = tidemark_serve::hot::HotRoute::new(

@@ -146,7 +146,6 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
     if shared.cache.generation() != generation {
         anyhow::bail!("the cache was revalidated while the snapshot was taken");
     }
-    let tmp = dir.join(format!("{FILE}.tmp"));
     let header = Header {
         format: FORMAT,
         id: shared.config.id.clone(),
@@ -154,28 +153,36 @@ pub fn save_now(shared: &Shared) -> anyhow::Result<()> {
         history,
         schema_version,
     };
-    let written = (|| {
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut w = BufWriter::new(file);
-        serde_json::to_writer(&mut w, &header)?;
-        w.write_all(b"\n")?;
-        for e in entries {
-            serde_json::to_writer(&mut w, &e.answer(Source::Cache))?;
-            w.write_all(b"\n")?;
-        }
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dir.join(FILE))?;
-        anyhow::Ok(())
-    })();
-    if let Err(e) = written {
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    if let Err(e) = write_to(&tmp, &dir.join(FILE), &header, entries) {
         // The last snapshot stands; a part-written one would only hold
         // the space a full disk lacks.
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     *shared.snapshot_event_id.lock() = last_event_id;
+    Ok(())
+}
+
+/// Writes `header` and `entries` to `tmp`, durably, then renames it to
+/// `dest` (a reader sees the old snapshot or the new one, whole).
+fn write_to(
+    tmp: &std::path::Path,
+    dest: &std::path::Path,
+    header: &Header,
+    entries: Vec<crate::cache::Entry>,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = BufWriter::new(file);
+    serde_json::to_writer(&mut w, header)?;
+    w.write_all(b"\n")?;
+    for e in entries {
+        serde_json::to_writer(&mut w, &e.answer(Source::Cache))?;
+        w.write_all(b"\n")?;
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(tmp, dest)?;
     Ok(())
 }
 

@@ -68,7 +68,7 @@ pub async fn run(shared: Arc<Shared>) {
         } else {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
-                o = shared.client.watch(&shared.config.id, last.as_deref()) => o.map_err(Some),
+                o = shared.client.watch(&shared.config.id, last.as_deref(), true) => o.map_err(Some),
             }
         };
         match opened {
@@ -330,8 +330,15 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 // vouches for nothing the changes behind it have changed.
                 Some(sent) => {
                     let late = shared.lease_clock.lock().late_ms(sent, now);
-                    now.saturating_add(l.valid_for_ms.min(crate::shared::LEASE_FRESH_MS))
-                        .saturating_sub(late)
+                    if late > crate::shared::PAUSED_MS {
+                        // The changes sent in the meantime are queued
+                        // behind it: nothing is vouched for until a
+                        // timely one, which comes after them.
+                        0
+                    } else {
+                        now.saturating_add(l.valid_for_ms.min(crate::shared::LEASE_FRESH_MS))
+                            .saturating_sub(late)
+                    }
                 }
                 None => now.saturating_add(l.valid_for_ms),
             };
@@ -536,6 +543,47 @@ mod tests {
         );
     }
 
+    /// A pause of this process is seen by the pause watch: a read before
+    /// the watch has run again is not vouched for (the gap since its last
+    /// run), and once it runs the last lease vouches no more, until a
+    /// timely one comes (which follows the changes queued meanwhile).
+    #[test]
+    fn a_pause_of_this_process_withdraws_the_vouch_until_a_timely_lease() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let svc = service();
+        let s = &svc.shared;
+        let WatchEvent::Hello(mut leased) = hello(false) else {
+            unreachable!()
+        };
+        leased.vouches = true;
+        apply(s, &ev(WatchEvent::Hello(leased), "1-0-b"));
+        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        let lease = || {
+            WatchEvent::Lease(tidemark_api::event::LeaseEvent {
+                valid_for_ms: 5_000,
+                sent_ms: Some(crate::shared::mono_ms()),
+            })
+        };
+        apply(s, &ev(lease(), "1-0-b"));
+        assert!(s.vouched());
+        // The watch last ran over PAUSED_MS ago, as after a SIGSTOP.
+        s.ticked_ms.store(0, SeqCst);
+        while crate::shared::mono_ms() <= crate::shared::PAUSED_MS {
+            std::thread::yield_now();
+        }
+        assert!(!s.vouched(), "a read before the watch runs again");
+        crate::shared::pause_watch(s);
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while s.vouched_until_ms.load(SeqCst) != 0 && std::time::Instant::now() < give_up {
+            std::thread::yield_now();
+        }
+        assert_eq!(s.vouched_until_ms.load(SeqCst), 0, "the watch withdrew it");
+        assert!(!s.vouched(), "until a timely lease");
+        apply(s, &ev(lease(), "1-0-b"));
+        assert!(s.vouched(), "a timely lease vouches again");
+        svc.shared.shutdown.cancel();
+    }
+
     /// A lease that waited in the socket (this process paused, the changes
     /// behind it not applied yet) vouches only from when it was sent: the
     /// cache is not served as current until a timely one comes. Before, it
@@ -572,6 +620,12 @@ mod tests {
         assert!(!s.vouched(), "a lease 3 s late vouches for nothing");
         apply(s, &ev(lease(server(0)), "1-0-b"));
         assert!(s.vouched(), "until a timely one comes");
+        // Late by more than a pause's worth, though within the bound: the
+        // changes sent after it may still wait behind it.
+        apply(s, &ev(lease(server(300)), "1-0-b"));
+        assert!(!s.vouched(), "a lease 300 ms late vouches for nothing");
+        apply(s, &ev(lease(server(0)), "1-0-b"));
+        assert!(s.vouched());
         // A short lateness shortens the vouch, no more.
         let mut clock = crate::shared::LeaseClock::default();
         assert_eq!(clock.late_ms(1_000, 11_000), 0);

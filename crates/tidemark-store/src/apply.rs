@@ -1,6 +1,7 @@
 //! Batch validation shared by every engine: it runs before a transaction
 //! opens, so an invalid batch never touches the store.
 
+use crate::store::ApplyOutcome;
 use crate::StoreError;
 use tidemark_api::schema::{validate_key, validate_source, InvalidInput};
 use tidemark_api::{Op, Order, Schema};
@@ -185,6 +186,34 @@ pub fn waiver_refused(source: &str, known: bool) -> StoreError {
     } else {
         format!("source '{source}' had no applied orders in the restored data, so there is nothing to waive; remove it from without_sources")
     })
+}
+
+/// The results of a group whose transaction did not commit (or, with the
+/// connection lost, whose outcome is unknown): every batch not refused on
+/// its own fails with the group's error. A fenced writer (`NotPrimary`),
+/// an unreachable engine (`Unavailable`) and a full disk (`Full`) are
+/// passed on as they are, so each batch is answered for what happened;
+/// anything else is a failed transaction.
+pub fn group_failed(
+    out: Vec<Option<Result<ApplyOutcome, StoreError>>>,
+    cause: StoreError,
+) -> Vec<Result<ApplyOutcome, StoreError>> {
+    let msg = cause.to_string();
+    let each = || match &cause {
+        StoreError::NotPrimary => StoreError::NotPrimary,
+        StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
+        StoreError::Full(detail) => StoreError::Full(detail.clone()),
+        _ => StoreError::Engine(format!(
+            "the transaction of this batch's group failed ({msg}); nothing of the batch was applied"
+        )),
+    };
+    out.into_iter()
+        .map(|r| match r {
+            // Refused on its own (invalid, a conflict): that answer stands.
+            Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
+            _ => Err(each()),
+        })
+        .collect()
 }
 
 #[cfg(test)]

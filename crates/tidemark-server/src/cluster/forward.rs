@@ -3,7 +3,9 @@
 //! A write on a standby is forwarded to the primary with the caller's
 //! token. While no primary is online (a failover, a promote in progress)
 //! it is held, up to `--failover-wait`, then answered `503 no_primary` with
-//! `Retry-After`. A write the primary's own store refuses as fenced (it
+//! `Retry-After`; so is an order a primary holds without a word that long
+//! (frozen with its lease running), whose outcome is then unknown: it is
+//! resent, being idempotent. A write the primary's own store refuses as fenced (it
 //! lost the lease mid-request) is held and forwarded the same way: nothing
 //! was written, so it is not refused and not lost ("kept and delayed until
 //! the new background server is online").
@@ -109,7 +111,11 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
             (Role::Standby, Some(primary)) => {
                 let sending = send(&cluster, &primary, &parts, bytes.clone());
                 tokio::pin!(sending);
-                let held_until = tokio::time::Instant::from_std(deadline);
+                // At `--failover-wait`, but a primary that just took over
+                // is given a moment (`ANSWER_FLOOR`) to answer.
+                let sent_at = Instant::now();
+                let held_until =
+                    tokio::time::Instant::from_std(deadline.max(sent_at + ANSWER_FLOOR));
                 tokio::select! {
                     biased;
                     sent = &mut sending => match sent {
@@ -139,9 +145,10 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
                         return HttpError::new(
                             ErrorCode::NoPrimary,
                             format!(
-                                "the primary {primary} did not answer within {} s (--failover-wait); it may or may not have applied this {}: resend it (orders are idempotent by (source, seq))",
+                                "the primary {primary} did not answer this {} within {:.1} s (held up to --failover-wait, {} s, in all); it may or may not have applied it: resend it (orders are idempotent by (source, seq))",
+                                parts.uri.path(),
+                                sent_at.elapsed().as_secs_f64(),
                                 cluster.failover_wait.as_secs(),
-                                parts.uri.path()
                             ),
                         )
                         .retry_after(1)
@@ -194,6 +201,10 @@ pub async fn forward(State(app): State<Arc<AppState>>, req: Request, next: Next)
         cluster.changed(Duration::from_millis(50)).await;
     }
 }
+
+/// The least time a forwarded order is given to be answered, however
+/// little of `--failover-wait` is left when it is sent.
+const ANSWER_FLOOR: Duration = Duration::from_secs(1);
 
 /// How long a write reaching a primary past its quiesce deadline waits for
 /// the lease to be handed on.

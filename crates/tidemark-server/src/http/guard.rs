@@ -195,19 +195,25 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
     }
     let bearer = bearer(req.headers()).map(str::to_owned);
     let loopback = peer.ip().to_canonical().is_loopback();
-    // Tokens made without one, from this host, until an admin token
-    // exists (the first token may have any role; an admin comes next).
     let token_create = req.method() == Method::POST && req.uri().path() == "/v1/tokens";
-    let bootstrap = loopback && bearer.is_none() && token_create && !app.auth.any_admin();
-    if !app.auth.any() || bootstrap {
-        // Protected mode: no token exists yet (or no admin token, for
-        // making tokens).
+    // Trusted without a token: any request while no token exists
+    // (protected mode), and, from this host, making tokens until an admin
+    // token exists (the first token may have any role).
+    let trusted = |auth: &crate::auth::Auth| {
+        !auth.any() || (loopback && bearer.is_none() && token_create && !auth.any_admin())
+    };
+    if trusted(&app.auth) {
+        let no_token = if app.auth.any() {
+            "no admin token"
+        } else {
+            "no token"
+        };
         if loopback {
             if let Some(why) = untrusted_local(req.uri(), req.headers()) {
                 return HttpError::new(
                     ErrorCode::Forbidden,
                     format!(
-                        "this server has no token yet, so it trusts programs on its own host, but not {why}; open the console as http://127.0.0.1:PORT/console, or create a token ('tidemark token create') and use it"
+                        "this server has {no_token} yet, so it trusts programs on its own host, but not {why}; open the console as http://127.0.0.1:PORT/console, or create a token ('tidemark token create') and use it"
                     ),
                 )
                 .into_response();
@@ -216,14 +222,12 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
                 Ok(req) => req,
                 Err(refusal) => return refusal,
             };
-            // Still trusted: no token, or making tokens with no admin yet.
-            let still = !app.auth.any() || (token_create && !app.auth.any_admin());
-            if !still {
-                // Created while this body arrived: protected mode is over.
+            if !trusted(&app.auth) {
+                // A token created while this body arrived ended the trust.
                 return HttpError::new(
                     ErrorCode::Unauthenticated,
                     if token_create {
-                        "an admin token was created while this request was being sent, so tokens are now created with an admin token only; nothing was done: send it again with one"
+                        crate::auth::ADMIN_EXISTS
                     } else {
                         "the first token was created while this request was being sent, so this server now serves only callers with a token; nothing was done: send it again with a token"
                     },

@@ -26,14 +26,14 @@ pub async fn create(
     // Only callers without a token before any admin token exists are
     // `loopback` (no token may be so named).
     let created = if caller.0 == crate::auth::LOOPBACK {
-        app.auth.create_first(&req.name, req.role).await
+        app.auth.create_bootstrap(&req.name, req.role).await
     } else {
         app.auth.create(&req.name, req.role).await
     }
     .map_err(|e| match e {
         TokenError::Exists(_) => HttpError::new(ErrorCode::TokenExists, e.to_string()),
         TokenError::BadName => HttpError::new(ErrorCode::BadRequest, e.to_string()),
-        TokenError::NotFirst => HttpError::new(ErrorCode::Unauthenticated, e.to_string()),
+        TokenError::AdminExists => HttpError::new(ErrorCode::Unauthenticated, e.to_string()),
         TokenError::Store(s) => s.into(),
     })?;
     app.audit

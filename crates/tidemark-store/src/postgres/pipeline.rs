@@ -253,7 +253,7 @@ impl PgStore {
                     .collect(),
             ),
             Err(Failure::Again) => Ended::Again(plan.batches),
-            Err(Failure::Commit(e)) => Ended::Done(super::write::group_failed(plan.out, e)),
+            Err(Failure::Commit(e)) => Ended::Done(crate::apply::group_failed(plan.out, e)),
         }
     }
 

@@ -100,7 +100,7 @@ impl PgStore {
                 });
             }
             Ok(_) => {}
-            Err(e) => return group_failed(out, e),
+            Err(e) => return crate::apply::group_failed(out, e),
         }
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine("batch skipped".into()))))
@@ -228,39 +228,6 @@ impl PgStore {
         }
         Ok(())
     }
-}
-
-/// The results of a group that did not commit (or, with the connection
-/// lost, whose outcome is unknown): every batch not refused on its own
-/// fails with the group's error.
-pub(super) fn group_failed(
-    out: Vec<Option<Result<ApplyOutcome, StoreError>>>,
-    e: StoreError,
-) -> Vec<Result<ApplyOutcome, StoreError>> {
-    if matches!(e, StoreError::NotPrimary) {
-        // Fenced: nothing was written; the whole group belongs to the
-        // primary.
-        return out
-            .into_iter()
-            .map(|r| match r {
-                Some(Err(e)) if !matches!(e, StoreError::Engine(_)) => Err(e),
-                _ => Err(StoreError::NotPrimary),
-            })
-            .collect();
-    }
-    let msg = e.to_string();
-    // Passed on as it is: its message already says it is unreachable.
-    let unavailable = match &e {
-        StoreError::Unavailable(inner) => Some(inner.clone()),
-        _ => None,
-    };
-    out.into_iter()
-        .map(|r| match (r, &unavailable) {
-            (Some(Err(e)), _) if !matches!(e, StoreError::Engine(_)) => Err(e),
-            (_, Some(inner)) => Err(StoreError::Unavailable(inner.clone())),
-            _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
-        })
-        .collect()
 }
 
 /// The high-water mark of `source` as this group sees it (read once).

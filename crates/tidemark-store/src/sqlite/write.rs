@@ -119,13 +119,7 @@ impl SqliteStore {
         }
         let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
-            Err(e) => {
-                let msg = e.to_string();
-                return out
-                    .into_iter()
-                    .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine(msg.clone()))))
-                    .collect();
-            }
+            Err(e) => return crate::apply::group_failed(out, e.into()),
         };
         let mut st = GroupState {
             epoch: self.inner.epoch.load(Ordering::SeqCst),
@@ -182,7 +176,7 @@ impl SqliteStore {
                         // SQLite rolled the whole transaction back itself
                         // (a full disk, an I/O error): the batches before
                         // went with it, and nothing more may run outside it.
-                        return Self::all_rolled_back(out, e);
+                        return crate::apply::group_failed(out, e);
                     }
                     Err(e)
                 }
@@ -204,19 +198,7 @@ impl SqliteStore {
         })();
         if let Err(e) = finish {
             // Nothing of the group is durable: every batch failed.
-            let msg = e.to_string();
-            let full = match e {
-                StoreError::Full(detail) => Some(detail),
-                _ => None,
-            };
-            return out
-                .into_iter()
-                .map(|r| match (r, &full) {
-                    (Some(Err(e)), _) => Err(e),
-                    (_, Some(detail)) => Err(StoreError::Full(detail.clone())),
-                    _ => Err(StoreError::Engine(format!("commit failed: {msg}"))),
-                })
-                .collect();
+            return crate::apply::group_failed(out, e);
         }
         self.inner.seq.store(st.seq, Ordering::SeqCst);
         if st.flags_cleared > 0 {
@@ -226,32 +208,6 @@ impl SqliteStore {
         }
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StoreError::Engine("batch skipped".into()))))
-            .collect()
-    }
-
-    /// The group's answers once SQLite rolled its transaction back by
-    /// itself: every batch not refused already fails as `cause` did.
-    fn all_rolled_back(
-        out: Vec<Option<Result<ApplyOutcome, StoreError>>>,
-        cause: StoreError,
-    ) -> Vec<Result<ApplyOutcome, StoreError>> {
-        let full = match &cause {
-            StoreError::Full(detail) => Some(detail.clone()),
-            _ => None,
-        };
-        let msg = cause.to_string();
-        let mut cause = Some(cause);
-        out.into_iter()
-            .map(|r| match r {
-                Some(Err(e)) => Err(e),
-                _ => Err(match (&full, cause.take()) {
-                    (Some(detail), _) => StoreError::Full(detail.clone()),
-                    (None, Some(first)) => first,
-                    (None, None) => StoreError::Engine(format!(
-                        "the storage engine rolled the whole group back ({msg}); nothing of this batch was applied, retry it"
-                    )),
-                }),
-            })
             .collect()
     }
 

@@ -80,8 +80,9 @@ async fn run_recover(config: OpsConfig, args: OpsRecoverArgs) -> anyhow::Result<
         ))
     } else if stuck {
         let server = opts.db.split(',').next().unwrap_or_default();
+        let sources = flagged_sources(&opts.db).await;
         Some(anyhow::anyhow!(
-            "recovery is not complete: {} key(s) are still flagged, and no journal given holds the order each waits for, so their records are answered as recovering; list them with 'tidemark recovery flags --server {server}', then rerun 'tidemark ops recover' with the journals that hold those orders (--journal DIR), or, if they are lost, end the recovery with 'tidemark recovery abort --server {server} --reason TEXT' (their records are then served as current)",
+            "recovery is not complete: {} key(s) are still flagged, waiting for orders{sources} that no journal given holds, so their records are answered as recovering; rerun 'tidemark ops recover' with the journals of those sources (--journal DIR; a recover killed midway resumes), or, only if they are lost, end the recovery with 'tidemark recovery abort --server {server} --reason TEXT' (their records are then served as current, as restored); 'tidemark recovery flags --server {server}' lists them",
             report.remaining,
         ))
     } else {
@@ -124,5 +125,26 @@ fn checked_db(db: String) -> anyhow::Result<String> {
     match crate::cli::db_urls(&db) {
         Ok(db) => Ok(db),
         Err(e) => super::usage!("db: {e}"),
+    }
+}
+
+/// " of source(s) A, B": the sources the first flags still wait for (empty
+/// if the DB server does not say).
+async fn flagged_sources(db: &str) -> String {
+    let page: Option<serde_json::Value> = tidemark_api::DbClient::new(db)
+        .get_json("/v1/recovery/flags?limit=1000")
+        .await
+        .ok();
+    let mut sources: Vec<String> = page
+        .iter()
+        .flat_map(|p| p["flags"].as_array().into_iter().flatten())
+        .filter_map(|f| f["source"].as_str().map(str::to_owned))
+        .collect();
+    sources.sort();
+    sources.dedup();
+    if sources.is_empty() {
+        String::new()
+    } else {
+        format!(" of source(s) {}", sources.join(", "))
     }
 }

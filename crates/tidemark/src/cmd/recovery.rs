@@ -15,6 +15,18 @@ pub async fn run(cmd: RecoveryCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!("{} keys still flagged as recovering", v["remaining"]);
+            // Before the whole schedule list is in, every read is answered
+            // as recovering, flagged or not: said, so "0 keys" misleads no
+            // one.
+            let status: tidemark_api::RecoveryStatus = client.get_json("/v1/recovery").await?;
+            if status.state == tidemark_api::RecoveryState::Recovering && !status.schedule_final {
+                let whose = if status.waiting_for_sources.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of {}", status.waiting_for_sources.join(", "))
+                };
+                println!("the schedule list{whose} is not complete yet, so every read is answered as recovering: run 'tidemark ops recover' for each source");
+            }
             for f in v["flags"].as_array().into_iter().flatten() {
                 println!(
                     "  {}/{}: waits for order {} seq {} (applied up to {})",

@@ -380,7 +380,7 @@ fn print_status(st: &PublishStatus) {
             s.name,
             s.kind,
             s.version.map(|v| v.to_string()).unwrap_or("?".into()),
-            if s.kind == "watch_stream" {
+            if s.kind == tidemark_api::schema_change::KIND_WATCH_STREAM {
                 "connected, reports no version (not waited for)"
             } else if s.connected {
                 "connected"

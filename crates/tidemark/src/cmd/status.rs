@@ -2,23 +2,26 @@
 
 use crate::cli::StatusArgs;
 use anyhow::Context;
-use tidemark_api::event::QuiesceEvent;
-use tidemark_api::state::QuiesceNotice;
+use tidemark_api::state::{QuiesceNotice, ServiceState};
 use tidemark_api::{DbClient, RecoveryStatus, ServerState};
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let client = DbClient::new(&args.server);
     let raw: serde_json::Value = client.get_json("/v1/state").await?;
-    // A service server's state has its policy, and no `state` of its own.
-    if raw.get("state").is_none() && raw.get("policy").is_some() {
-        return service(&args, raw).await;
-    }
-    let mut state: ServerState = serde_json::from_value(raw).with_context(|| {
-        format!(
-            "unexpected answer from {}/v1/state; check that the URL names a Tidemark DB server or service server of this version",
-            args.server
-        )
-    })?;
+    let mut state: ServerState = match serde_json::from_value(raw.clone()) {
+        Ok(state) => state,
+        Err(not_db) => {
+            return match serde_json::from_value::<ServiceState>(raw) {
+                Ok(service_state) => service(&args, service_state).await,
+                Err(_) => Err(not_db).with_context(|| {
+                    format!(
+                        "unexpected answer from {}/v1/state; check that the URL names a Tidemark DB server or service server of this version",
+                        args.server
+                    )
+                }),
+            }
+        }
+    };
     let recovery: RecoveryStatus = client.get_json("/v1/recovery").await?;
     if args.json {
         // `/v1/state` as it is (`.state` is "normal", …), with the
@@ -98,33 +101,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `status` reads of a service server's `GET /v1/state`.
-#[derive(serde::Deserialize)]
-struct ServiceState {
-    id: String,
-    policy: String,
-    db: String,
-    connected: bool,
-    db_epoch: u64,
-    cache_entries: u64,
-    schema_version: u64,
-    quiesce: Option<QuiesceEvent>,
-    own_quiesce: Option<QuiesceNotice>,
-}
-
 /// `tidemark status` of a service server: its own state, and the recovery
 /// progress of its DB server where that answers.
-async fn service(args: &StatusArgs, raw: serde_json::Value) -> anyhow::Result<()> {
+async fn service(args: &StatusArgs, st: ServiceState) -> anyhow::Result<()> {
     if args.json {
-        println!("{raw}");
+        println!("{}", serde_json::to_string(&st)?);
         return Ok(());
     }
-    let st: ServiceState = serde_json::from_value(raw).with_context(|| {
-        format!(
-            "unexpected answer from the service server at {}/v1/state; check that it runs this version",
-            args.server
-        )
-    })?;
     println!("server        {} (service server '{}')", args.server, st.id);
     println!("policy        {}", st.policy);
     println!(

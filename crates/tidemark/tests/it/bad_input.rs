@@ -700,38 +700,12 @@ async fn watch_streams_per_token_are_limited() {
     drop(b);
 }
 
-/// A small filesystem of its own (tmpfs), unmounted when dropped; `None`
-/// where this process may not mount (not root).
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(at.to_owned()))
-    }
-
-    fn grow(&self, size: &str) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "remount {}", self.0.display());
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
+/// The high-water mark of the one source that sent orders to `db` (0 for
+/// none).
+async fn applied_of(db: &str) -> u64 {
+    let (_, sources) = get_json(&format!("{db}/v1/sources")).await;
+    let mut marks = sources.as_object().expect("an object").values();
+    marks.next().and_then(|v| v.as_u64()).unwrap_or(0)
 }
 
 /// A full disk refuses a batch as `507 storage_full`, saying to free
@@ -767,16 +741,9 @@ async fn a_full_disk_is_refused_as_such_and_the_orders_go_in_once_there_is_room(
         err.contains("disk is full") && err.contains("free space") && err.contains("journaled"),
         "{err}"
     );
-    let (_, sources) = get_json(&format!("{}/v1/sources", db.url)).await;
-    let applied = sources
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .and_then(|v| v.as_u64());
-    let applied = applied.unwrap_or(0);
-    assert!(applied < 5000, "{sources}");
-    assert_eq!(applied % 100, 0, "whole batches only: {sources}");
+    let applied = applied_of(&db.url).await;
+    assert!(applied < 5000, "{applied}");
+    assert_eq!(applied % 100, 0, "whole batches only: {applied}");
     // The next key is absent: nothing of the refused batch went in.
     let (s, _) = get_json(&key_url(&db.url, &format!("k{applied}"))).await;
     assert_eq!(s, 404);
@@ -786,17 +753,7 @@ async fn a_full_disk_is_refused_as_such_and_the_orders_go_in_once_there_is_room(
 
     disk.grow("64M");
     ops_submit(dir, &db.url, &input, &["--batch", "100"]);
-    let (_, sources) = get_json(&format!("{}/v1/sources", db.url)).await;
-    assert_eq!(
-        sources
-            .as_object()
-            .unwrap()
-            .values()
-            .next()
-            .and_then(|v| v.as_u64()),
-        Some(5000),
-        "{sources}"
-    );
+    assert_eq!(applied_of(&db.url).await, 5000);
     let (s, rec) = get_json(&key_url(&db.url, "k4999")).await;
     assert_eq!(s, 200, "{rec}");
     drop(db);

@@ -856,6 +856,20 @@ async fn ops_recover_fails_while_flags_remain_that_its_journals_cannot_clear() {
     let mut w = disaster_on(dir, Engine::Sqlite).await;
     let db = restore_and_restart(dir, &mut w).await;
     let u = &db.url;
+    // Before any schedule list, no key is flagged but every read is
+    // answered as recovering: `recovery flags` says so, not just "0 keys".
+    let out = run(dir, &["recovery", "flags", "--server", u], None, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("0 keys still flagged")
+            && text.contains("not complete yet, so every read is answered as recovering"),
+        "{text}"
+    );
     let chunk = json!({"source": "ops-elsewhere", "entries": [{"table": "subscriber", "key": key(1), "through_seq": 7}], "final": true});
     let (s, b) = post_raw(&format!("{u}/v1/recovery/schedule"), chunk.to_string()).await;
     assert_eq!(s, 200, "{b}");
@@ -867,7 +881,13 @@ async fn ops_recover_fails_while_flags_remain_that_its_journals_cannot_clear() {
     assert_eq!(r["state"], "recovering", "{r}");
     assert_eq!(report["remaining"], r["remaining"], "{report} {r}");
     assert!(r["remaining"].as_u64().unwrap() >= 1, "{r}");
-    for hint in ["still flagged", "recovery flags", "recovery abort"] {
+    // It names the source whose orders the flags wait for.
+    for hint in [
+        "still flagged",
+        "of source(s) ops-elsewhere",
+        "recovery flags",
+        "recovery abort",
+    ] {
         assert!(stderr.contains(hint), "{hint}: {stderr}");
     }
     // The journals' own keys were recovered all the same.

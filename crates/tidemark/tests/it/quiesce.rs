@@ -303,13 +303,7 @@ async fn a_service_server_is_quiesced_on_its_own() {
     assert!(left > 590 && left <= 600, "{st}");
     // `tidemark status` of a service server shows it (before, exit 1: it
     // read only a DB server's state).
-    let out = run(dir, &["status", "--server", &a.url], None, &[]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_ok(dir, &["status", "--server", &a.url]);
     assert!(
         text.contains("service server 'svc-a'")
             && text.contains("this server: offline in")

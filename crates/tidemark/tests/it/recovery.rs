@@ -858,13 +858,7 @@ async fn ops_recover_fails_while_flags_remain_that_its_journals_cannot_clear() {
     let u = &db.url;
     // Before any schedule list, no key is flagged but every read is
     // answered as recovering: `recovery flags` says so, not just "0 keys".
-    let out = run(dir, &["recovery", "flags", "--server", u], None, &[]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_ok(dir, &["recovery", "flags", "--server", u]);
     assert!(
         text.contains("0 keys still flagged")
             && text.contains("not complete yet, so every read is answered as recovering"),

@@ -135,11 +135,10 @@ async fn flagged_sources(db: &str) -> String {
         .get_json("/v1/recovery/flags?limit=1000")
         .await
         .ok();
-    let mut sources: Vec<String> = page
-        .iter()
-        .flat_map(|p| p["flags"].as_array().into_iter().flatten())
-        .filter_map(|f| f["source"].as_str().map(str::to_owned))
-        .collect();
+    let flags: Vec<tidemark_api::state::FlagInfo> = page
+        .and_then(|mut p| serde_json::from_value(p["flags"].take()).ok())
+        .unwrap_or_default();
+    let mut sources: Vec<String> = flags.into_iter().map(|f| f.source).collect();
     sources.sort();
     sources.dedup();
     if sources.is_empty() {

@@ -411,27 +411,32 @@ pub async fn pg_client(url: &str) -> tokio_postgres::Client {
 }
 
 /// A small filesystem of its own (tmpfs), unmounted when dropped; `None`
-/// where this process may not mount (not root).
+/// (the test says it is skipped) where this process may not mount (not
+/// root).
 pub struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
-    pub fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
+    pub fn mount(at: &Path, size: &str) -> Option<Self> {
         std::fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(at.to_owned()))
+        if !Self::tmpfs(&format!("size={size}"), at) {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk(at.to_owned()))
     }
 
     pub fn grow(&self, size: &str) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = Self::tmpfs(&format!("remount,size={size}"), &self.0);
         assert!(ok, "remount {}", self.0.display());
+    }
+
+    /// `mount -t tmpfs -o OPTIONS tmpfs AT`.
+    fn tmpfs(options: &str, at: &Path) -> bool {
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }
 

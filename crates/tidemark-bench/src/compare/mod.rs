@@ -9,7 +9,7 @@
 //! spread, optionally JSON and a PNG chart.
 //!
 //! Pinned (`--pin`, the default with at least two cores): every server
-//! process (Tidemark, Redis, PostgreSQL and its backends, the HTTP ceiling)
+//! process (Tidemark, Redis, PostgreSQL and its backends, the HTTP ceilings)
 //! runs on the first allowed core, and this process, the load generator, on
 //! the others, so each figure is per server core and no server is slowed by
 //! its own client. The CPU the servers used during each run is measured, so
@@ -18,7 +18,10 @@
 //! Targets: `tidemark-db` (embedded engine), `tidemark-db-pg` (the DB server
 //! on the PostgreSQL started here), `tidemark-service` (cache hits),
 //! `redis`, `postgres` (primary-key SELECT), `ceiling` (`bench
-//! ceiling-server`: a trivial axum handler, the HTTP ceiling).
+//! ceiling-server`: a trivial axum handler, the HTTP ceiling of Tidemark's
+//! stack) and `raw-ceiling` (`bench ceiling-server --raw`: one event loop
+//! with no runtime or HTTP library, the ceiling of any HTTP server on this
+//! kernel; its ratio to Redis is the most a goal against Redis can ask).
 //!
 //! - `peers`: starting Redis and a temporary PostgreSQL cluster.
 //! - `driver`: the one load loop all targets share.
@@ -266,6 +269,7 @@ struct Env {
     db_pg: Option<String>,
     svc: String,
     ceiling: String,
+    raw_ceiling: String,
     redis: String,
     pg_port: u16,
     records: u64,
@@ -300,6 +304,7 @@ impl Env {
             ("tidemark-db" | "tidemark-db-pg", "reads") => Box::new(HttpGet::open(db).await?),
             ("tidemark-service", "cache") => Box::new(HttpGet::open(&self.svc).await?),
             ("ceiling", "reads" | "cache") => Box::new(HttpGet::open(&self.ceiling).await?),
+            ("raw-ceiling", "reads" | "cache") => Box::new(HttpGet::open(&self.raw_ceiling).await?),
             ("tidemark-db" | "tidemark-db-pg", "write1" | "write1000") => Box::new(HttpOrders {
                 conn: Conn::open(db).await?,
                 source,
@@ -378,12 +383,13 @@ const SCENARIOS: &[(&str, &str, &[&str])] = &[
             "redis",
             "postgres",
             "ceiling",
+            "raw-ceiling",
         ],
     ),
     (
         "cache",
         "cache-hit reads",
-        &["tidemark-service", "redis", "ceiling"],
+        &["tidemark-service", "redis", "ceiling", "raw-ceiling"],
     ),
     (
         "write1",
@@ -562,6 +568,20 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         "127.0.0.1:0",
     )?;
     ceiling.wait_ok("/readyz").await?;
+    let raw_ceiling = tidemark.start(
+        "raw-ceiling",
+        dir,
+        &[
+            "bench",
+            "ceiling-server",
+            "--raw",
+            "--records",
+            &args.records.to_string(),
+        ],
+        &[],
+        "127.0.0.1:0",
+    )?;
+    raw_ceiling.wait_ok("/readyz").await?;
     let redis_proc = peers::redis(dir, server_cpus).await?;
     let (pg_proc, pg_port) = peers::postgres(dir, &args.pg_bin, server_cpus).await?;
     let db_pg = if skipped("tidemark-db-pg") {
@@ -651,6 +671,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         db_pg: db_pg.as_ref().map(|p| p.url.clone()),
         svc: svc.url.clone(),
         ceiling: ceiling.url.clone(),
+        raw_ceiling: raw_ceiling.url.clone(),
         redis: redis_proc.addr.clone(),
         pg_port,
         records: args.records,
@@ -663,6 +684,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             "tidemark-db-pg" => db_pg.iter().map(|p| p.pid).chain([pg_proc.pid]).collect(),
             "tidemark-service" => vec![svc.pid],
             "ceiling" => vec![ceiling.pid],
+            "raw-ceiling" => vec![raw_ceiling.pid],
             "redis" => vec![redis_proc.pid],
             "postgres" => vec![pg_proc.pid],
             _ => Vec::new(),
@@ -734,15 +756,74 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     let memory = json!({
         "tidemark-db": peers::peak_rss(db.pid), "tidemark-service": peers::peak_rss(svc.pid),
         "tidemark-db-pg": db_pg.as_ref().map(|p| peers::peak_rss(p.pid)).unwrap_or(0),
-        "ceiling": peers::peak_rss(ceiling.pid),
+        "ceiling": peers::peak_rss(ceiling.pid), "raw-ceiling": peers::peak_rss(raw_ceiling.pid),
         "redis": peers::peak_rss(redis_proc.pid), "postgres": peers::peak_rss(pg_proc.pid),
     });
     if wanted("cache") {
         eprintln!("cache misses during the cache-hit runs: {cache_misses}");
     }
     report(&args, &place, &results, push.as_ref(), &memory)?;
-    drop((svc, db, db_pg, ceiling, redis_proc, pg_proc));
+    drop((svc, db, db_pg, ceiling, raw_ceiling, redis_proc, pg_proc));
     Ok(())
+}
+
+/// One target against another over the same rounds: the median of the
+/// per-round ratios and their spread, by throughput (`r`) and per server
+/// CPU-second (`c`).
+struct Ratio {
+    r: f64,
+    lo: f64,
+    hi: f64,
+    c: f64,
+    clo: f64,
+    chi: f64,
+    per_round: Vec<f64>,
+    per_cpu: Vec<f64>,
+}
+
+impl Ratio {
+    fn of(a: &Runs, b: &Runs) -> Self {
+        let eff = |x: &(f64, f64)| x.0 / x.1.max(1e-9);
+        let per_round: Vec<f64> = a
+            .rounds
+            .iter()
+            .zip(&b.rounds)
+            .map(|(x, y)| x.0 / y.0.max(1e-9))
+            .collect();
+        let per_cpu: Vec<f64> = a
+            .rounds
+            .iter()
+            .zip(&b.rounds)
+            .map(|(x, y)| eff(x) / eff(y).max(1e-9))
+            .collect();
+        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        Self {
+            r: median(per_round.clone()),
+            lo: min(&per_round),
+            hi: max(&per_round),
+            c: median(per_cpu.clone()),
+            clo: min(&per_cpu),
+            chi: max(&per_cpu),
+            per_round,
+            per_cpu,
+        }
+    }
+
+    /// `= 0.89 [0.80–0.91]   per CPU-s 0.88 [0.78–0.91]`
+    fn shown(&self) -> String {
+        format!(
+            "= {:>5.2} [{:.2}–{:.2}]   per CPU-s {:>5.2} [{:.2}–{:.2}]",
+            self.r, self.lo, self.hi, self.c, self.clo, self.chi
+        )
+    }
+
+    /// `of` ÷ `peer` in the JSON results (`of` is under "tidemark").
+    fn json(&self, scenario: &str, of: &str, peer: &str, goal: Option<f64>) -> serde_json::Value {
+        json!({"scenario": scenario, "tidemark": of, "peer": peer, "ratio": self.r,
+            "per_round": self.per_round, "per_cpu_second": self.c,
+            "per_cpu_second_per_round": self.per_cpu, "goal": goal})
+    }
 }
 
 /// Reads keys `0..n` once each over `connections` connections.
@@ -863,27 +944,7 @@ fn report(
                 let Some(b) = runs_of(scenario, peer) else {
                     continue;
                 };
-                let per_round: Vec<f64> = a
-                    .rounds
-                    .iter()
-                    .zip(&b.rounds)
-                    .map(|(x, y)| x.0 / y.0.max(1e-9))
-                    .collect();
-                let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = per_round.iter().copied().fold(0.0, f64::max);
-                let r = median(per_round.clone());
-                let eff = |x: &(f64, f64)| x.0 / x.1.max(1e-9);
-                let per_cpu: Vec<f64> = a
-                    .rounds
-                    .iter()
-                    .zip(&b.rounds)
-                    .map(|(x, y)| eff(x) / eff(y).max(1e-9))
-                    .collect();
-                let (clo, chi) = (
-                    per_cpu.iter().copied().fold(f64::INFINITY, f64::min),
-                    per_cpu.iter().copied().fold(0.0, f64::max),
-                );
-                let c = median(per_cpu.clone());
+                let ratio = Ratio::of(a, b);
                 let goal = match (*scenario, *ours, *peer) {
                     ("reads", "tidemark-db", "redis") => Some(1.0),
                     ("cache", "tidemark-service", "redis") => Some(1.2),
@@ -892,19 +953,30 @@ fn report(
                     _ => None,
                 };
                 println!(
-                    "  {title:<30} {ours:<16} ÷ {peer:<9} = {r:>5.2} [{lo:.2}–{hi:.2}]   per CPU-s {c:>5.2} [{clo:.2}–{chi:.2}]{}",
+                    "  {title:<30} {ours:<16} ÷ {peer:<11} {}{}",
+                    ratio.shown(),
                     goal.map(|g| format!(
                         "   (goal ≥ {g}: {})",
-                        if r >= g { "met" } else { "not met" }
+                        if ratio.r >= g { "met" } else { "not met" }
                     ))
                     .unwrap_or_default()
                 );
-                ratios.push(
-                    json!({"scenario": scenario, "tidemark": ours, "peer": peer, "ratio": r,
-                    "per_round": per_round,
-                    "per_cpu_second": c, "per_cpu_second_per_round": per_cpu, "goal": goal}),
-                );
+                ratios.push(ratio.json(scenario, ours, peer, goal));
             }
+        }
+    }
+    // What the protocol leaves: the raw ceiling against Redis, the most any
+    // HTTP server reached here.
+    for (scenario, title, _) in SCENARIOS {
+        if let (Some(a), Some(b)) = (runs_of(scenario, "raw-ceiling"), runs_of(scenario, "redis")) {
+            let ratio = Ratio::of(a, b);
+            println!(
+                "  {title:<30} {:<16} ÷ {:<11} {}   (the most an HTTP server did here)",
+                "raw-ceiling",
+                "redis",
+                ratio.shown()
+            );
+            ratios.push(ratio.json(scenario, "raw-ceiling", "redis", None));
         }
     }
     for (scenario, target) in [("reads", "tidemark-db"), ("cache", "tidemark-service")] {

@@ -1,9 +1,17 @@
-//! `tidemark bench ceiling-server`: the HTTP ceiling of `bench compare`.
+//! `tidemark bench ceiling-server`: the HTTP ceilings of `bench compare`.
 //!
-//! A trivial axum handler that answers `GET /v1/records/{table}/{key}` with
-//! JSON pre-rendered into a `HashMap` at start: the least work an HTTP/1
-//! server on this stack can do per read. A Tidemark server near it spends
-//! its time in HTTP, not in its own logic.
+//! Both answer `GET /v1/records/{table}/{key}` with JSON pre-rendered into
+//! a `HashMap` at start, with the headers a Tidemark cache hit carries:
+//! - the default, a trivial axum handler: the least work an HTTP/1 server
+//!   on Tidemark's stack (tokio, hyper, axum) does per read. A Tidemark
+//!   server near it spends its time in HTTP, not in its own logic;
+//! - `--raw` (`raw`): one thread, one event loop, no runtime and no HTTP
+//!   library, the way Redis serves: the least any HTTP server can do per
+//!   read on this machine's kernel. What separates it from Redis is the
+//!   protocol alone, so a goal above its ratio to Redis is out of reach of
+//!   every HTTP server here.
+
+mod raw;
 
 use super::{key_of, load::fields_of};
 use axum::extract::{Path, State};
@@ -24,6 +32,10 @@ pub struct CeilingArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7090")]
     pub listen: String,
+    /// Serve from a single-threaded event loop with no runtime or HTTP
+    /// library (the raw ceiling) instead of axum.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 /// The body a service server answers for record `i` from its cache.
@@ -60,6 +72,11 @@ async fn record(
 
 pub async fn run(args: CeilingArgs) -> anyhow::Result<()> {
     let map: HashMap<String, Bytes> = (0..args.records).map(|i| (key_of(i), body_of(i))).collect();
+    if args.raw {
+        let listener = std::net::TcpListener::bind(&args.listen)?;
+        println!("listening on http://{}", listener.local_addr()?);
+        return tokio::task::spawn_blocking(move || raw::serve(listener, &map)).await?;
+    }
     let app = axum::Router::new()
         .route("/v1/records/{table}/{key}", get(record))
         .route("/readyz", get(|| async { "ready" }))

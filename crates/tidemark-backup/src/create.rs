@@ -64,7 +64,7 @@ pub fn remove_abandoned(
             continue;
         };
         let path = entry.path();
-        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        let alive = running(pid);
         if alive || only.is_some_and(|o| o != backup) || !path.is_dir() {
             continue;
         }
@@ -79,6 +79,18 @@ pub fn remove_abandoned(
         }
     }
     removed
+}
+
+/// Whether process `pid` is running here: a zombie (killed, its parent
+/// not yet told) writes nothing more.
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last `)`.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => Path::new("/proc").join(pid.to_string()).exists(),
+    }
 }
 
 /// The latest modification time in the tree at `dir` (a big file being
@@ -145,13 +157,16 @@ impl BackupWriter {
         let tmp = tmp_dir_for(target);
         if let Some(parent) = tmp.parent() {
             std::fs::create_dir_all(parent).map_err(BackupError::io(parent))?;
-            // An earlier attempt at the same backup that was killed.
+            // An earlier attempt at the same backup that was killed, and
+            // (surely abandoned, as `prune` judges) those of others: a
+            // restore's safety backup has a new name each time.
             let name = target.file_name().map(|n| n.to_string_lossy().to_string());
             remove_abandoned(
                 parent,
                 Some(name.as_deref().unwrap_or("backup")),
                 std::time::Duration::ZERO,
             );
+            remove_abandoned(parent, None, ABANDONED_AFTER);
         }
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(BackupError::io(&tmp))?;
@@ -390,6 +405,52 @@ pub async fn offline_pg(
 
 #[cfg(test)]
 mod abandoned_tests {
+    /// A backup killed a moment ago is a zombie until its parent reaps it:
+    /// it writes nothing more, so a rerun removes its leftover (before, the
+    /// rerun saw its pid and kept it). Another backup's leftover, old
+    /// enough, goes too (a restore's safety backup is named anew each time).
+    #[test]
+    fn a_zombie_s_leftover_and_old_ones_of_other_backups_are_removed_by_the_next_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Readiness: the child has exited and is not reaped yet.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while super::running(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never ended"
+            );
+            std::thread::yield_now();
+        }
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "still a zombie"
+        );
+        let zombie = r.join(format!(".b.tmp-{pid}"));
+        std::fs::create_dir_all(zombie.join("config")).unwrap();
+        let old = r.join(".safety-1.tmp-999999999");
+        std::fs::create_dir_all(old.join("config")).unwrap();
+        let long_ago = std::time::SystemTime::now() - super::ABANDONED_AFTER * 2;
+        for d in [old.join("config"), old.clone()] {
+            std::fs::File::open(&d)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        let recent = r.join(".safety-2.tmp-999999999");
+        std::fs::create_dir_all(&recent).unwrap();
+        let _w = super::BackupWriter::begin(&r.join("b")).unwrap();
+        assert!(!zombie.exists(), "the zombie's leftover went");
+        assert!(!old.exists(), "an old leftover of another backup went");
+        assert!(
+            recent.exists(),
+            "a recent one of another backup is left to prune"
+        );
+        child.wait().unwrap();
+    }
+
     /// A backup killed half-way leaves its hidden temporary directory: the
     /// next attempt at the same backup removes it, and prune removes any
     /// surely abandoned (no such process, unlocked, old enough); one a

@@ -313,16 +313,26 @@ pub async fn get_with_retry<T: serde::de::DeserializeOwned>(
     path: &str,
 ) -> Result<T, tidemark_api::ClientError> {
     retrying(
-        "the DB server is not ready",
+        "the DB server is unreachable or not ready",
         Duration::from_secs(30),
         || client.get_json(path),
     )
     .await
 }
 
+/// Whether a wait for the DB server is said as it begins, at warning
+/// level: to a person at a terminal, who would otherwise watch a silent
+/// wait. A script reading standard error gets the one line of the outcome
+/// (CONTRACT.md), and the waits at info level (`RUST_LOG=info`).
+fn shown_waiting() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
 /// Calls `f` until it succeeds or fails for good: a retryable failure (the
 /// DB server unreachable, busy or restarting) is tried again, with backoff
-/// up to 2 s, for up to `patience`; `what` names it in the log.
+/// up to 2 s, for up to `patience`; `what` names it in the log, the first
+/// time at warning level where [`shown_waiting`].
 pub async fn retrying<T, F, Fut>(
     what: &str,
     patience: Duration,
@@ -334,10 +344,16 @@ where
 {
     let mut delay = Duration::from_millis(100);
     let give_up = tokio::time::Instant::now() + patience;
+    let mut said = false;
     loop {
         match f().await {
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
-                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}; retrying");
+                if said || !shown_waiting() {
+                    tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}; retrying");
+                } else {
+                    tracing::warn!(error = %e, "{what}; retrying for up to {} s", patience.as_secs());
+                    said = true;
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -355,8 +371,8 @@ pub async fn send_with_retry(
     let body = tidemark_api::encode_orders(batch).context("encoding a batch of orders")?;
     let mut delay = Duration::from_millis(100);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    // Said once at warning level (shown by default), so a DB server that
-    // went away is not a silent minute.
+    // Said once at warning level (see `shown_waiting`), so a DB server
+    // that went away is not a silent minute.
     let mut said = false;
     loop {
         match client.post_orders_encoded(body.clone()).await {
@@ -385,7 +401,7 @@ pub async fn send_with_retry(
                 return Err(e).context("the DB server's disk is full; the orders stay journaled: free space where its data lives, then run the same command again")
             }
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < give_up => {
-                if said {
+                if said || !shown_waiting() {
                     tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "submit failed; retrying");
                 } else {
                     tracing::warn!(error = %e, "the DB server did not take a batch; retrying for up to 60 s (the orders stay journaled)");

@@ -100,7 +100,7 @@ impl Quiesce {
         *self.notice.write() = Some(stored);
         let notice = self.notice().expect("just set");
         // Debug-quoted: an operator's message must not forge log lines.
-        tracing::warn!(seconds, message = ?notice.message, deadline = %notice.deadline, "quiesce notice sent");
+        tracing::warn!(seconds, notice = ?notice.message, deadline = %notice.deadline, "quiesce notice sent");
         hub.publish(Push::Quiesce(QuiesceEvent {
             notice: Some(notice.clone()),
             cancelled: false,

@@ -499,7 +499,7 @@ pub async fn read(
                             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                             .is_ok()
                     {
-                        tracing::warn!(status, code = error.code.as_str(), message = %error.message, "the DB server refused a read; check this service server's token and the DB server's log");
+                        tracing::warn!(status, code = error.code.as_str(), reason = %error.message, "the DB server refused a read; check this service server's token and the DB server's log");
                     }
                 }
                 db_failed = true;

@@ -136,7 +136,7 @@ pub async fn announce(
     };
     let view = notice.view();
     // Debug-quoted: an operator's message must not forge log lines.
-    tracing::warn!(seconds = req.seconds, message = ?view.message, deadline = %view.deadline, "quiesce notice for this service server");
+    tracing::warn!(seconds = req.seconds, notice = ?view.message, deadline = %view.deadline, "quiesce notice for this service server");
     {
         // The flag moves under the notice's lock, so a cancel racing this
         // announce cannot leave a notice the reads do not see.

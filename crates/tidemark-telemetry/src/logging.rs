@@ -29,6 +29,7 @@ impl FromStr for LogFormat {
 /// `default_filter` (e.g. `info`). Safe to call twice: the second call is a
 /// no-op.
 pub fn init_logging(format: LogFormat, default_filter: &str) {
+    crate::say::set_format(format);
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()

@@ -202,13 +202,19 @@ impl Proc {
     /// SIGTERM, then its exit status; `kill -9` if it has not exited within
     /// [`PATIENCE`].
     pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `signal` (SIGTERM, SIGINT, SIGHUP), then its exit status; `kill -9`
+    /// if it has not exited within [`PATIENCE`].
+    pub fn stop_with(&mut self, signal: libc::c_int) -> anyhow::Result<ExitStatus> {
         let mut c = self
             .child
             .take()
             .with_context(|| format!("{} is not running", self.name))?;
         // SAFETY: kill(2) on the pid of a child we have not reaped yet.
         unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(c.id() as libc::pid_t, signal);
         }
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -219,7 +225,7 @@ impl Proc {
                 let _ = c.kill();
                 let _ = c.wait();
                 anyhow::bail!(
-                    "{} did not stop within {} s of SIGTERM; see its log {}",
+                    "{} did not stop within {} s of signal {signal}; see its log {}",
                     self.name,
                     PATIENCE.as_secs(),
                     self.log.display()
@@ -256,6 +262,40 @@ pub fn read_log(path: &Path) -> String {
         let _ = f.read_to_string(&mut s);
     }
     s
+}
+
+/// The child processes of `pid` (by the parent field of `/proc/*/stat`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // ppid is the 2nd field after the ")" that closes the command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether `pid` runs: a zombie (ended, not reaped yet), or no such
+/// process, does not.
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 #[cfg(test)]

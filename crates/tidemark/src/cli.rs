@@ -12,7 +12,7 @@ pub struct Cli {
     /// and flags override both.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log format: plain or json (env TIDEMARK_LOG_FORMAT).
+    /// Log format: plain or json [default: plain].
     #[arg(
         long,
         global = true,
@@ -60,8 +60,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the DB server: owns the records, applies orders, pushes changes.
+    #[command(
+        after_help = "Every setting, those without a flag included (shutdown_grace_secs, max_body_bytes, read_cache_bytes, ...), can be set in the [server] section of --config FILE or as TIDEMARK_SERVER__NAME (e.g. TIDEMARK_SERVER__LISTEN=0.0.0.0:7070); flags override the environment, which overrides the file. README.md, 'Configuration', lists them all with their defaults."
+    )]
     Server(ServerArgs),
     /// Run a service server: caches records and answers terminals by policy.
+    #[command(
+        after_help = "Every setting, those without a flag included (latest_deadline_ms, snapshot_interval_secs, shutdown_grace_secs, ...), can be set in the [service] section of --config FILE or as TIDEMARK_SERVICE__NAME (e.g. TIDEMARK_SERVICE__POLICY=accept-stale); flags override the environment, which overrides the file. README.md, 'Configuration', lists them all with their defaults."
+    )]
     Service(ServiceArgs),
     /// The operation system: journal and submit service orders, drive recovery.
     #[command(subcommand)]

@@ -101,9 +101,19 @@ pub fn client_settings_into_env(args: &[std::ffi::OsString]) -> Result<(), Strin
     if !file.contains("client") {
         return Ok(());
     }
+    #[derive(serde::Deserialize)]
+    struct ClientFile {
+        client: ClientConfig,
+    }
     let client = file
-        .extract_inner::<ClientConfig>("client")
-        .map_err(|e| format!("invalid configuration in {}: {e}", path.display()))?;
+        .extract::<ClientFile>()
+        .map_err(|e| {
+            format!(
+                "invalid configuration: {}; fix it and run the command again",
+                explain(e)
+            )
+        })?
+        .client;
     let values = [
         client.server,
         client.token,
@@ -178,10 +188,46 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     // Bad usage too (exit 2): the operator's input, not a failed operation.
     fig.extract().map_err(|e| {
         crate::cmd::Usage(format!(
-            "invalid configuration (file or TIDEMARK_* environment): {e}; fix it and run the command again"
+            "invalid configuration: {}; fix it and run the command again",
+            explain(e)
         ))
         .into()
     })
+}
+
+/// A configuration error in the operator's words: each key as it is
+/// written, in the file (`[server] listen`, and which file) or in the
+/// environment (`TIDEMARK_SERVER__LISTEN`), and what is wrong with it.
+fn explain(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path: Vec<&str> = e
+                .path
+                .iter()
+                .map(String::as_str)
+                .skip_while(|p| *p == "default")
+                .collect();
+            let env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            let key = match path.split_first() {
+                None => "the file".to_owned(),
+                Some(_) if env => format!("TIDEMARK_{}", path.join("__").to_uppercase()),
+                Some((section, [])) => format!("[{section}]"),
+                Some((section, rest)) => format!("[{section}] {}", rest.join(".")),
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .filter(|_| !env)
+                .map(|s| format!(" in {s}"))
+                .unwrap_or_default();
+            format!("{key}{source}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! # Layout
 //! - `cli`: every subcommand and flag (clap).
 //! - `config`: the TOML file and `TIDEMARK_*` environment layering.
-//! - `signals`: SIGINT/SIGTERM to a cancellation token.
+//! - `signals`: SIGINT, SIGTERM and SIGHUP: a graceful stop for the roles,
+//!   a stop where it stands (one line, exit 130) for every other command.
 //! - `cmd`: one module per subcommand.
 //!
 //! `tidemark bench …` runs the load generators of the `tidemark-bench` crate.
@@ -65,13 +66,41 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    // The roles stop gracefully on a signal by themselves. Every other
+    // command stops where it is and says so in one line
+    // (`signals::stop_client`).
+    let stops_by_itself = matches!(
+        &cli.command,
+        cli::Command::Server(_) | cli::Command::Service(_)
+    );
+    let outcome = runtime.block_on(async {
+        if stops_by_itself {
+            return cmd::run(cli).await;
+        }
+        let (stopped, stop) = tokio::sync::oneshot::channel();
+        let watch = tokio::spawn(signals::stop_client(stopped));
+        let r = tokio::select! {
+            r = cmd::run(cli) => r,
+            Ok(signal) = stop => Err(anyhow::Error::new(cmd::Interrupted(signal))),
+        };
+        watch.abort();
+        r
+    });
+    // An interrupted command's blocking work still running is not waited
+    // for.
+    if matches!(&outcome, Err(e) if e.downcast_ref::<cmd::Interrupted>().is_some()) {
+        runtime.shutdown_background();
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: what failed, why, what to do.
-            eprintln!("error: {}", one_line(&e));
+            // One line: what failed, why, what to do (in the log's
+            // format, so a JSON log pipeline reads why the process stopped).
+            tidemark_telemetry::say(tidemark_telemetry::Said::Error, one_line(&e));
             if e.downcast_ref::<cmd::Usage>().is_some() {
                 ExitCode::from(2)
+            } else if e.downcast_ref::<cmd::Interrupted>().is_some() {
+                ExitCode::from(130)
             } else {
                 ExitCode::from(1)
             }

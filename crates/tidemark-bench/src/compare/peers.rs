@@ -218,38 +218,19 @@ pub async fn postgres(
 /// CPU seconds used by a process and its children (live, or reaped).
 pub fn tree_cpu(pid: u32) -> f64 {
     let mut total = affinity::cpu_seconds(pid).unwrap_or(0.0);
-    for child in children(pid) {
+    for child in tidemark_testkit::process::children_of(pid) {
         total += affinity::cpu_seconds(child).unwrap_or(0.0);
     }
     total
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-                continue;
-            };
-            // ppid is the 2nd field after the ")" that closes the command name.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                out.push(child);
-            }
-        }
-    }
-    out
-}
-
 /// Peak resident memory (VmHWM) of a process and all its children, in bytes.
 pub fn peak_rss(pid: u32) -> u64 {
-    hwm(pid) + children(pid).into_iter().map(hwm).sum::<u64>()
+    hwm(pid)
+        + tidemark_testkit::process::children_of(pid)
+            .into_iter()
+            .map(hwm)
+            .sum::<u64>()
 }
 
 fn hwm(pid: u32) -> u64 {

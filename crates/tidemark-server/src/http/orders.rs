@@ -41,7 +41,7 @@ pub async fn post_orders(
             app.metrics.orders_refused.inc();
             // Debug-quoted: the message names client-given tables and
             // columns, which must not forge log lines.
-            tracing::info!(code = e.error.code.as_str(), message = ?e.error.message, "order batch refused");
+            tracing::info!(code = e.error.code.as_str(), reason = ?e.error.message, "order batch refused");
         }
     }
     result.map(Json)

@@ -12,6 +12,7 @@ use tidemark_backup::create::BackupWriter;
 use tidemark_backup::{Kind, Manifest};
 use tidemark_server::ServerConfig;
 use tidemark_store::SnapshotInfo;
+use tidemark_telemetry::{say, Said};
 
 pub async fn run(config: ServerConfig, cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
@@ -70,7 +71,7 @@ pub(super) async fn config_for_backup(
 /// failure stays one line.
 pub(super) fn note_settings_source(config: &ServerConfig) {
     if config.config_file.is_none() {
-        eprintln!("note: no --config given, so the backup records the settings this command sees (defaults and TIDEMARK_SERVER__* variables), not the server's own config file; give the server's --config FILE to keep it with the backup");
+        say(Said::Note, "no --config given, so the backup records the settings this command sees (defaults and TIDEMARK_SERVER__* variables), not the server's own config file; give the server's --config FILE to keep it with the backup");
     }
 }
 
@@ -210,7 +211,10 @@ async fn create(config: ServerConfig, a: BackupCreateArgs) -> anyhow::Result<()>
             false,
         )?;
         for dir in &pruned.removed {
-            eprintln!("removed old backup {} (--keep {keep})", dir.display());
+            say(
+                Said::Step,
+                format_args!("removed old backup {} (--keep {keep})", dir.display()),
+            );
         }
         print_failing(&pruned.failing);
     }
@@ -240,6 +244,9 @@ async fn online(
     let client = db.http();
     let unreachable =
         || format!("cannot reach the DB server at {url}; check --server and that it runs");
+    // The destination first: one that cannot be used is said before the
+    // server is asked anything.
+    let mut writer = BackupWriter::begin(to)?;
     let resp = client
         .get(format!("{url}/v1/backup/config"))
         .send()
@@ -256,7 +263,6 @@ async fn online(
         .await
         .context("reading the server's configuration")?;
 
-    let mut writer = BackupWriter::begin(to)?;
     let resp = client
         .post(format!("{url}/v1/backup"))
         .send()
@@ -417,9 +423,12 @@ fn prune(a: &BackupPruneArgs) -> anyhow::Result<()> {
 /// Backups prune neither counted nor removed, because they fail.
 fn print_failing(failing: &[(std::path::PathBuf, String)]) {
     for (dir, why) in failing {
-        eprintln!(
-            "warning: {} fails verification and was left alone (not counted as kept): {why}",
-            dir.display()
+        say(
+            Said::Warning,
+            format_args!(
+                "{} fails verification and was left alone (not counted as kept): {why}",
+                dir.display()
+            ),
         );
     }
 }

@@ -21,6 +21,22 @@ use crate::cli::{Cli, Command};
 #[derive(Debug)]
 pub struct Usage(pub String);
 
+/// A client command stopped by a signal before it finished (exit 130).
+#[derive(Debug)]
+pub struct Interrupted(pub &'static str);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted by {} before it finished: run the same command again, which clears or finishes what this one began (backups and restores keep nothing partial, ops commands resume from their journal, the demo stopped its servers)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -115,6 +131,21 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Text another party wrote (a quiesce message), fit for a terminal: its
+/// control characters escaped, so it cannot move the cursor, recolour or
+/// retitle the operator's terminal.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(t) = &cli.token {
         // Every DB-server client this process makes sends it.
@@ -181,4 +212,15 @@ pub async fn bind_quietly(addr: &str, what: &str) -> anyhow::Result<tokio::net::
         ),
     };
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(
+            super::printable("down at 5 \u{1b}[2J\nnow é"),
+            "down at 5 \\u{1b}[2J\\nnow é"
+        );
+    }
 }

@@ -5,6 +5,7 @@ use crate::config::OpsConfig;
 use anyhow::Context;
 use std::io::{IsTerminal, Read};
 use tidemark_ops::{recover, submit, RecoverOptions, SubmitOptions};
+use tidemark_telemetry::{say, Said};
 
 pub async fn run(config: OpsConfig, cmd: OpsCommand) -> anyhow::Result<()> {
     match cmd {
@@ -48,9 +49,7 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
         );
     }
     if report.input_orders > 0 && report.already_journaled == report.input_orders {
-        eprintln!(
-            "note: this input was journaled before, so it was resumed, not sent as new orders; to send the same orders again as new ones, add --again"
-        );
+        say(Said::Note, "this input was journaled before, so it was resumed, not sent as new orders; to send the same orders again as new ones, add --again");
     }
     Ok(())
 }

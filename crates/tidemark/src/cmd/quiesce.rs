@@ -29,7 +29,10 @@ pub async fn run(args: QuiesceArgs) -> anyhow::Result<()> {
     let notice: QuiesceNotice = client.post_json("/v1/quiesce", &body).await?;
     println!(
         "quiesce notice sent: {} goes offline in {}s (at {}): {}",
-        args.server, notice.seconds_left, notice.deadline, notice.message
+        args.server,
+        notice.seconds_left,
+        notice.deadline,
+        super::printable(&notice.message)
     );
     Ok(())
 }

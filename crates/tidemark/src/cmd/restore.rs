@@ -3,6 +3,7 @@
 use crate::cli::RestoreArgs;
 use tidemark_backup::restore::{default_safety_dir, RestoreOptions};
 use tidemark_server::ServerConfig;
+use tidemark_telemetry::{say, Said};
 
 pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     let engine = a
@@ -14,10 +15,10 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     }
     let data_dir = a.data_dir.clone().unwrap_or(config.data_dir.clone());
     let safety_to = if a.no_safety_backup {
-        eprintln!(
-            "warning: --no-safety-backup: the current data in {} is not backed up first and cannot be recovered after this restore",
+        say(Said::Warning, format_args!(
+            "--no-safety-backup: the current data in {} is not backed up first and cannot be recovered after this restore",
             data_dir.display()
-        );
+        ));
         None
     } else {
         Some(
@@ -63,7 +64,8 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     let progress = |n: u64| bar.set_position(n);
     let report = tidemark_backup::restore::run(&opts, &progress).await?;
     bar.finish_and_clear();
-    if live_config_taken {
+    // Said only when a safety backup was taken (there was a live store).
+    if live_config_taken && report.safety.is_some() {
         super::backup::note_settings_source(&config);
     }
     if a.json {
@@ -115,9 +117,12 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
         }
     }
     if report.needs_cleanup {
-        eprintln!(
-            "note: run 'tidemark cleanup --data-dir {}' before starting the server",
-            data_dir.display()
+        say(
+            Said::Note,
+            format_args!(
+                "run 'tidemark cleanup --data-dir {}' before starting the server",
+                data_dir.display()
+            ),
         );
     }
     Ok(())
@@ -165,7 +170,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
     let schema = a.pg_schema.clone().unwrap_or(config.pg_schema.clone());
     check_restore_schema(&schema)?;
     let safety_to = if a.no_safety_backup {
-        eprintln!("warning: --no-safety-backup: the current data in PostgreSQL schema '{schema}' is not backed up first and cannot be recovered after this restore");
+        say(Said::Warning, format_args!("--no-safety-backup: the current data in PostgreSQL schema '{schema}' is not backed up first and cannot be recovered after this restore"));
         None
     } else {
         Some(a.safety_dir.clone().unwrap_or_else(|| {
@@ -205,13 +210,14 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         live_config,
     };
     if a.data_dir.is_none() {
-        eprintln!("note: the backup's configuration files are not restored (no --data-dir to put them in); give --data-dir DIR to restore them beside the data");
+        say(Said::Note, "the backup's configuration files are not restored (no --data-dir to put them in); give --data-dir DIR to restore them beside the data");
     }
     let bar = super::backup::progress_bar("restoring");
     let progress = |n: u64| bar.set_position(n);
     let report = tidemark_backup::restore_pg::run(&opts, &progress).await?;
     bar.finish_and_clear();
-    if live_config_taken {
+    // Said only when a safety backup was taken (there was a live store).
+    if live_config_taken && report.safety.is_some() {
         super::backup::note_settings_source(&config);
     }
     if a.json {
@@ -259,9 +265,9 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
         );
     }
     if report.needs_cleanup {
-        eprintln!(
-            "note: run 'tidemark cleanup --store postgres --database-url URL --pg-schema {schema}' before starting the server"
-        );
+        say(Said::Note, format_args!(
+            "run 'tidemark cleanup --store postgres --database-url URL --pg-schema {schema}' before starting the server"
+        ));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use tidemark_api::schema_change::{
     PendingSchema, PublishStatus, PublishStep, SchemaDocument, SchemaPlan, SchemaVersions,
 };
 use tidemark_api::{DbClient, Schema};
+use tidemark_telemetry::{say, Said};
 
 pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
     match cmd {
@@ -18,15 +19,18 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
             let client = DbClient::new(&server);
             let tables = if pending {
                 let p: PendingSchema = client.get_json("/v1/schema/pending").await?;
-                eprintln!(
-                    "staged schema version {} (on version {}), by {} at {}",
-                    p.version, p.base_version, p.staged_by, p.staged_at
+                say(
+                    Said::Step,
+                    format_args!(
+                        "staged schema version {} (on version {}), by {} at {}",
+                        p.version, p.base_version, p.staged_by, p.staged_at
+                    ),
                 );
                 serde_json::to_value(&p.tables)?
             } else {
                 let mut v: serde_json::Value = client.get_json("/v1/schema").await?;
                 if let Some(n) = v.get("version") {
-                    eprintln!("schema version {n}");
+                    say(Said::Step, format_args!("schema version {n}"));
                 }
                 v.get_mut("tables")
                     .map(serde_json::Value::take)
@@ -138,7 +142,7 @@ pub async fn run(cmd: SchemaCommand) -> anyhow::Result<()> {
                 st.current_version
             );
             if staged.is_some() {
-                eprintln!("note: the rollback discarded the schema that was staged; stage it again ('tidemark schema stage') if it is still wanted");
+                say(Said::Note, "the rollback discarded the schema that was staged; stage it again ('tidemark schema stage') if it is still wanted");
             }
             follow(&client, st, Duration::from_secs(wait)).await
         }
@@ -181,7 +185,7 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
         Err(tidemark_api::ClientError::Api { error, .. })
             if error.code == tidemark_api::ErrorCode::PublishInProgress =>
         {
-            eprintln!("a schema job is already running on the DB server; following it");
+            say(Said::Step, "a schema job is already running on the DB server; following it");
             Ok(client.get_json("/v1/schema/publish").await?)
         }
         // Never sent: nothing changed (with several instances, an earlier
@@ -195,9 +199,9 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
         }
         Err(e) if answer_lost(&e) => match outcome(client, target).await {
             Outcome::InForce(v, st) => {
-                eprintln!(
+                say(Said::Step, format_args!(
                     "the answer to the publish was lost ({e}), but schema version {v} is in force; following it"
-                );
+                ));
                 Ok(*st)
             }
             Outcome::NotInForce(v) => Err(anyhow::Error::from(e).context(format!(

@@ -75,7 +75,7 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
     let listener = listener.into_std()?;
     let early = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
     let opened = CancellationToken::new();
-    let probes = tokio::spawn(not_ready_yet(early, opened.clone()));
+    let probes = tokio::spawn(not_ready_yet(early, opened.clone(), config.store));
     let server = Server::open(config.clone(), shutdown).await;
     opened.cancel();
     let _ = probes.await;
@@ -89,7 +89,11 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
 
 /// Serves `/healthz` (alive) and `503 not_ready` for everything else, until
 /// `opened` is cancelled.
-async fn not_ready_yet(listener: tokio::net::TcpListener, opened: CancellationToken) {
+async fn not_ready_yet(
+    listener: tokio::net::TcpListener,
+    opened: CancellationToken,
+    store: StoreKind,
+) {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
     let app = axum::Router::new()
@@ -97,10 +101,11 @@ async fn not_ready_yet(listener: tokio::net::TcpListener, opened: CancellationTo
             "/healthz",
             axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "starting"})) }),
         )
-        .fallback(|| async {
+        .fallback(move || async move {
             let message = match tidemark_server::server::opening_problem() {
                 Some(why) => format!("the DB server cannot open its store yet: {why}; it retries by itself (if this does not mend by itself, fix it: see the server's log)"),
-                None => "the DB server is opening its store (PostgreSQL may not be reachable yet); retry shortly".to_owned(),
+                None if store == StoreKind::Postgres => "the DB server is opening its store (PostgreSQL may not be reachable yet); retry shortly".to_owned(),
+                None => "the DB server is opening its store; retry shortly".to_owned(),
             };
             (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -67,7 +67,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     match state.quiesce {
         Some(q) => println!(
             "quiesce       offline in {}s ({}): {}",
-            q.seconds_left, q.deadline, q.message
+            q.seconds_left,
+            q.deadline,
+            super::printable(&q.message)
         ),
         None => println!("quiesce       none"),
     }
@@ -143,7 +145,9 @@ async fn service(args: &StatusArgs, st: ServiceState) -> anyhow::Result<()> {
     let notice = |n: &QuiesceNotice| {
         format!(
             "offline in {}s ({}): {}",
-            n.seconds_left, n.deadline, n.message
+            n.seconds_left,
+            n.deadline,
+            super::printable(&n.message)
         )
     };
     match &st.own_quiesce {

@@ -3,6 +3,7 @@
 use crate::cli::{AuditArgs, TokenCommand};
 use tidemark_api::auth::{AccessRole, AuditEntry, TokenCreated, TokenInfo, TokenRequest};
 use tidemark_api::DbClient;
+use tidemark_telemetry::{say, Said};
 
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
@@ -15,10 +16,13 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             let created: TokenCreated = client
                 .post_json("/v1/tokens", &TokenRequest { name, role })
                 .await?;
-            eprintln!(
-                "token '{}' ({}) created; it is shown only now: keep it secret",
-                created.name,
-                created.role.as_str()
+            say(
+                Said::Step,
+                format_args!(
+                    "token '{}' ({}) created; it is shown only now: keep it secret",
+                    created.name,
+                    created.role.as_str()
+                ),
             );
             println!("{}", created.token);
             Ok(())

@@ -70,6 +70,28 @@ fn bad_usage_exits_2_and_failures_exit_1() {
         assert!(err.contains("invalid configuration"), "{name}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
     }
+    // A wrong value names its key as the operator wrote it: in the file
+    // (`[server] max_connections`, and which file) or in the environment.
+    let wrong = tmp.path().join("wrong.toml");
+    std::fs::write(&wrong, "[server]\nmax_connections = \"many\"\n").unwrap();
+    let wrong = wrong.to_str().unwrap();
+    for (args, env, named) in [
+        (
+            &["server", "--config", wrong][..],
+            &[][..],
+            "[server] max_connections in ",
+        ),
+        (
+            &["server"][..],
+            &[("TIDEMARK_SERVER__MAX_CONNECTIONS", "abc")][..],
+            "TIDEMARK_SERVER__MAX_CONNECTIONS: ",
+        ),
+    ] {
+        let out = run(tmp.path(), args, None, env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(named), "{named}: {err}");
+    }
     assert_eq!(
         run(tmp.path(), &["no-such-command"], None, &[])
             .status
@@ -505,4 +527,245 @@ async fn a_role_whose_stderr_reader_has_gone_serves_and_stops_on_sigterm() {
         let status = terminate(child, what).await;
         assert!(status.success(), "{what} ended {status:?}");
     }
+}
+
+/// The exit status of `child`, within the test kit's patience.
+async fn exit_of(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    eventually(20, what, || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+}
+
+/// A client command stopped by a signal says so in one line (exit 130) and
+/// keeps nothing half-done: an online backup interrupted while it waits
+/// for the DB server leaves no hidden temporary directory, and the same
+/// command run again makes the backup. Before, SIGINT ended it without a
+/// word and its `.NAME.tmp-PID` stayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_backup_says_so_and_keeps_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    // The DB server frozen: the backup waits for it, half-begun.
+    // SAFETY: kill(2) on a child's pid.
+    unsafe { libc::kill(db.pid as libc::pid_t, libc::SIGSTOP) };
+    let target = tmp.path().join("b1");
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "backup",
+            "create",
+            "--to",
+            target.to_str().unwrap(),
+            "--server",
+            &db.url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = tmp.path().join(format!(".b1.tmp-{}", child.id()));
+    eventually(20, "the backup to begin its temporary directory", || {
+        let there = partial.exists();
+        async move { there.then_some(()) }
+    })
+    .await;
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = exit_of(&mut child, "the interrupted backup to end").await;
+    unsafe { libc::kill(db.pid as libc::pid_t, libc::SIGCONT) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "{status:?} (signal {:?}): {err}",
+        status.signal()
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: interrupted by SIGINT"), "{err}");
+    assert!(!partial.exists() && !target.exists(), "nothing kept: {err}");
+    run_ok(
+        tmp.path(),
+        &[
+            "backup",
+            "create",
+            "--to",
+            target.to_str().unwrap(),
+            "--server",
+            &db.url,
+        ],
+    );
+    assert!(target.join("manifest.json").exists());
+}
+
+/// `tidemark demo` stopped by SIGTERM sent to it alone (not its process
+/// group) stops the servers it started and removes its folder. Before,
+/// its service servers ran on, orphaned, and the folder stayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_demo_stops_its_servers_and_removes_its_files() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("demo")
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    // The rest of the timeline is drained, as a terminal would take it.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let dir = std::path::PathBuf::from(
+        first
+            .trim()
+            .strip_prefix("Tidemark demo in ")
+            .unwrap_or_else(|| panic!("the demo began with {first:?}")),
+    );
+    let demo = child.id();
+    // Its three servers: the DB server and two service servers.
+    let servers = eventually(60, "the demo to start its three servers", || {
+        let kids = tidemark_testkit::process::children_of(demo);
+        async move { (kids.len() >= 3).then_some(kids) }
+    })
+    .await;
+    // SAFETY: kill(2) on a child's pid.
+    unsafe { libc::kill(demo as libc::pid_t, libc::SIGTERM) };
+    let status = exit_of(&mut child, "the interrupted demo to end").await;
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}: {err}");
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    let left: Vec<u32> = servers
+        .into_iter()
+        .filter(|p| tidemark_testkit::process::running(*p))
+        .collect();
+    assert!(left.is_empty(), "servers left running: {left:?}");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
+
+/// A DB server told SIGHUP (its terminal closed) stops cleanly and says
+/// why, as on SIGTERM. Before, it ended at once without a word (exit 129).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_stops_cleanly_on_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut db = db_server(tmp.path(), &[]).await;
+    let status = db.stop_with(libc::SIGHUP).unwrap();
+    assert!(status.success(), "{status:?}: {}", db.log_text());
+    let log = db.log_text();
+    assert!(log.contains("SIGHUP received"), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+}
+
+/// README's configuration reference lists every setting of both servers
+/// with its default, so it cannot fall behind the code.
+#[test]
+fn the_readme_lists_every_server_and_service_setting_with_its_default() {
+    let readme = include_str!("../../../../README.md");
+    let sections = [
+        (
+            "server",
+            serde_json::to_value(tidemark_server::ServerConfig::default()).unwrap(),
+        ),
+        (
+            "service",
+            serde_json::to_value(tidemark_service::ServiceConfig::default()).unwrap(),
+        ),
+    ];
+    for (section, defaults) in sections {
+        let table = readme
+            .split(&format!("`[{section}]` (environment"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("README has no [{section}] reference"));
+        let rows: std::collections::BTreeMap<String, String> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                let name = cells.first()?.trim_start_matches("| ").strip_prefix('`')?;
+                Some((
+                    name.strip_suffix('`')?.to_owned(),
+                    cells.get(1)?.to_string(),
+                ))
+            })
+            .collect();
+        let expected: std::collections::BTreeMap<String, String> = defaults
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "config_file")
+            .map(|(k, v)| {
+                let shown = match v {
+                    serde_json::Value::Null => "–".to_owned(),
+                    serde_json::Value::String(s) if s.is_empty() => "(required)".to_owned(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), shown)
+            })
+            .collect();
+        // The README writes numbers with thousands separators, and sizes
+        // also in MiB.
+        let readme_rows: std::collections::BTreeMap<String, String> = rows
+            .into_iter()
+            .map(|(k, v)| {
+                let v = v.split(" (").next().unwrap_or(&v).replace(',', "");
+                (k, v)
+            })
+            .collect();
+        assert_eq!(readme_rows, expected, "README's [{section}] reference");
+    }
+}
+
+/// With `--log-format json` every line a process writes to stderr is one
+/// JSON object with one `message`: the log's lines (a refused batch's
+/// reason was a second `message` key, so parsers kept one or dropped the
+/// line), and a command's failure (it was plain text).
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_with_one_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[("TIDEMARK_LOG_FORMAT", "json")]).await;
+    let refused = serde_json::json!({"orders": [{"source": "j", "seq": 1, "table": "subscriber",
+        "key": "k", "op": "upsert", "fields": {"no_such_column": 1}}]});
+    assert_eq!(
+        post_raw(&format!("{}/v1/orders", db.url), refused.to_string())
+            .await
+            .0,
+        400
+    );
+    let log = eventually(20, "the refusal in the log", || {
+        let log = db.log_text();
+        async move { log.contains("order batch refused").then_some(log) }
+    })
+    .await;
+    let out = run(
+        tmp.path(),
+        &[
+            "status",
+            "--server",
+            "http://127.0.0.1:9",
+            "--log-format",
+            "json",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let failure = String::from_utf8_lossy(&out.stderr).into_owned();
+    for line in log.lines().chain(failure.lines()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+        assert!(v["level"].is_string(), "{line}");
+    }
+    let last: serde_json::Value = serde_json::from_str(failure.trim()).unwrap();
+    assert_eq!(last["level"], "ERROR", "{failure}");
+    assert!(
+        last["message"].as_str().unwrap().contains("127.0.0.1:9"),
+        "{failure}"
+    );
 }

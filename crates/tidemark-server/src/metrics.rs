@@ -19,6 +19,9 @@ pub struct ServerMetrics {
     pub pushes: Arc<Counter>,
     pub watchers: Arc<Gauge>,
     pub errors: Arc<Counter>,
+    /// The 5xx among them: what to alert on (a 4xx, a missing record
+    /// included, is the caller's).
+    pub server_errors: Arc<Counter>,
     pub seq: Arc<Gauge>,
     pub epoch: Arc<Gauge>,
     pub recovery_state: Arc<Gauge>,
@@ -79,7 +82,12 @@ impl ServerMetrics {
             watchers: r.gauge("tidemark_watchers", "Open watch streams.", ""),
             errors: r.counter(
                 "tidemark_http_errors_total",
-                "Requests answered with an error.",
+                "Requests answered with an error (4xx or 5xx; a record not found included).",
+                "",
+            ),
+            server_errors: r.counter(
+                "tidemark_http_server_errors_total",
+                "Requests answered with a server-side error (5xx).",
                 "",
             ),
             seq: r.gauge("tidemark_commit_seq", "Last committed change-log seq.", ""),

@@ -102,7 +102,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Counts every answer with an error status (`tidemark_http_errors_total`).
+/// Counts every answer with an error status (`tidemark_http_errors_total`),
+/// and the server-side ones apart (`tidemark_http_server_errors_total`).
 async fn count_errors(
     axum::extract::State(app): axum::extract::State<Arc<AppState>>,
     req: axum::extract::Request,
@@ -111,6 +112,9 @@ async fn count_errors(
     let resp = next.run(req).await;
     if resp.status().as_u16() >= 400 {
         app.metrics.errors.inc();
+    }
+    if resp.status().is_server_error() {
+        app.metrics.server_errors.inc();
     }
     resp
 }

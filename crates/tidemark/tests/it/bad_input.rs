@@ -321,6 +321,19 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
         counted >= db_cases,
         "{counted} errors counted, {db_cases} sent"
     );
+    // None of them is the server's failure: what an alert watches stays 0.
+    let metrics = reqwest::get(format!("{}/metrics", db.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tidemark_http_server_errors_total 0"),
+        "{metrics}"
+    );
     // A subscriber name that cannot be one is refused, not ignored (the
     // caller would believe it holds the key), cold and warm alike.
     for _ in 0..2 {

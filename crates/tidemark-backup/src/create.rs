@@ -8,7 +8,7 @@ use crate::hashio::CompressSink;
 use crate::manifest::{
     FileEntry, Kind, Manifest, CONFIG_EFFECTIVE, CONFIG_FILE, DB_FILE, MANIFEST_FILE,
 };
-use crate::Progress;
+use crate::{scratch, Progress};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use tidemark_failpoint as failpoint;
@@ -22,7 +22,7 @@ pub struct BackupWriter {
     tmp: PathBuf,
     files: Vec<FileEntry>,
     committed: bool,
-    /// Held while the backup is written (see [`remove_abandoned`]).
+    /// Held while the backup is written (see [`scratch::lock`]).
     _writing: std::fs::File,
 }
 
@@ -64,14 +64,7 @@ pub fn remove_abandoned(
             continue;
         };
         let path = entry.path();
-        let alive = running(pid);
-        if alive || only.is_some_and(|o| o != backup) || !path.is_dir() {
-            continue;
-        }
-        let old_enough = newest_change(&path)
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= older_than);
-        if !old_enough || held(&path) {
+        if only.is_some_and(|o| o != backup) || !scratch::abandoned(&path, pid, older_than) {
             continue;
         }
         if std::fs::remove_dir_all(&path).is_ok() {
@@ -79,57 +72,6 @@ pub fn remove_abandoned(
         }
     }
     removed
-}
-
-/// Whether process `pid` is running here: a zombie (killed, its parent
-/// not yet told) writes nothing more.
-fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S …`: the state follows the last `)`.
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
-        Err(_) => Path::new("/proc").join(pid.to_string()).exists(),
-    }
-}
-
-/// The latest modification time in the tree at `dir` (a big file being
-/// written changes its own time, not its directory's).
-fn newest_change(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = std::fs::metadata(dir).and_then(|m| m.modified()).ok()?;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let t = if entry.path().is_dir() {
-            newest_change(&entry.path())
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(t.unwrap_or(newest));
-    }
-    Some(newest)
-}
-
-/// Whether another process holds the lock of the temporary directory
-/// `dir` (see [`lock_writing`]).
-fn held(dir: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::File::open(dir) else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor we own; released when `f` closes.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
-}
-
-/// Takes the lock of a backup being written in `tmp`: a `flock` on the
-/// directory itself, held until the writer is dropped (it survives the
-/// commit's rename, and leaves nothing in the backup).
-fn lock_writing(tmp: &Path) -> Result<std::fs::File, BackupError> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(tmp).map_err(BackupError::io(tmp))?;
-    // SAFETY: as in `held`.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(BackupError::io(tmp)(std::io::Error::last_os_error()));
-    }
-    Ok(f)
 }
 
 impl BackupWriter {
@@ -172,7 +114,7 @@ impl BackupWriter {
             std::fs::remove_dir_all(&tmp).map_err(BackupError::io(&tmp))?;
         }
         std::fs::create_dir_all(tmp.join("config")).map_err(BackupError::io(&tmp))?;
-        let writing = lock_writing(&tmp)?;
+        let writing = scratch::lock(&tmp)?;
         Ok(Self {
             target: target.to_owned(),
             tmp,
@@ -417,7 +359,7 @@ mod abandoned_tests {
         let pid = child.id();
         // Readiness: the child has exited and is not reaped yet.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while super::running(pid) {
+        while crate::scratch::running(pid) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the child never ended"
@@ -481,7 +423,7 @@ mod abandoned_tests {
         // but who holds its lock: kept.
         let foreign = r.join(".c.tmp-999999998");
         std::fs::create_dir_all(&foreign).unwrap();
-        let _lock = super::lock_writing(&foreign).unwrap();
+        let _lock = crate::scratch::lock(&foreign).unwrap();
         assert!(super::remove_abandoned(r, None, Duration::ZERO).is_empty());
         assert!(foreign.exists() && w.tmp_dir().exists());
     }

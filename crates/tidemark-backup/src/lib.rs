@@ -20,6 +20,8 @@
 //! - [`create`]: [`create::BackupWriter`] (temp dir, fsync, manifest last,
 //!   rename) and offline backups of a stopped server's data directory.
 //! - [`verify`]: checksums, and decoding the data, without restoring.
+//! - `scratch`: temporary work on disk, locked while held, removed by the
+//!   next comer once surely abandoned.
 //! - [`list`]: the backups under a folder, and retention (keep the last N).
 //! - [`restore`]: lock, verify, safety backup, stage, mark restored, swap.
 //! - [`restore_pg`]: the same restore into a PostgreSQL schema (staging schema, one swap).
@@ -37,6 +39,7 @@ pub mod manifest;
 pub mod restore;
 pub mod restore_pg;
 pub mod schema_forward;
+mod scratch;
 pub mod verify;
 
 pub use error::BackupError;

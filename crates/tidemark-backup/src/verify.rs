@@ -190,15 +190,50 @@ pub fn check_integrity(dir: &Path, decoded: &Path) -> Result<(), BackupError> {
     })
 }
 
+/// The decoded copies `full` checks are `TMPDIR/tidemark-verify-PID-…`.
+const SCRATCH_PREFIX: &str = "tidemark-verify-";
+
+/// Removes the decoded copies in `tmp` of checks that were killed (as
+/// large as the database each; nothing else removes them).
+fn remove_abandoned_scratch(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix(SCRATCH_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if crate::scratch::abandoned(&path, pid, std::time::Duration::ZERO) {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed the decoded copy of a verification that was stopped")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove the decoded copy of a verification that was stopped")
+                }
+            }
+        }
+    }
+}
+
 /// The full check `backup verify` runs: checksums, then the data decodes
 /// (into a temporary file that is removed afterwards) and passes SQLite's
 /// integrity check, and the configuration parses.
 pub fn full(dir: &Path, progress: Progress) -> Result<(Manifest, SnapshotInfo), BackupError> {
     let m = checksums(dir, progress)?;
+    let tmp = std::env::temp_dir();
+    remove_abandoned_scratch(&tmp);
     let scratch = tempfile::Builder::new()
-        .prefix("tidemark-verify-")
-        .tempdir()
-        .map_err(BackupError::io(&std::env::temp_dir()))?;
+        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&tmp)
+        .map_err(BackupError::io(&tmp))?;
+    let _held = crate::scratch::lock(scratch.path())?;
     let snapshot = scratch.path().join("snapshot");
     let info = decode_db(dir, &m, &snapshot, progress)?;
     check_integrity(dir, &snapshot)?;
@@ -218,6 +253,31 @@ pub fn full(dir: &Path, progress: Progress) -> Result<(Manifest, SnapshotInfo), 
 #[cfg(test)]
 mod tests {
     use super::decompress;
+
+    /// The decoded copy of a verification that was killed is removed by
+    /// the next one (it is as large as the database, and nothing else
+    /// removes it); that of one that runs is left alone.
+    #[test]
+    fn a_killed_verifications_copy_is_removed_by_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = tmp
+            .path()
+            .join(format!("{}999999999-abc", super::SCRATCH_PREFIX));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("snapshot"), b"decoded").unwrap();
+        let live = tmp.path().join(format!(
+            "{}{}-def",
+            super::SCRATCH_PREFIX,
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&live).unwrap();
+        let _held = crate::scratch::lock(&live).unwrap();
+        let other = tmp.path().join("something-else");
+        std::fs::create_dir_all(&other).unwrap();
+        super::remove_abandoned_scratch(tmp.path());
+        assert!(!dead.exists(), "the killed one's copy went");
+        assert!(live.exists() && other.exists(), "the rest stays");
+    }
 
     /// A backup whose data decompresses past the manifest's size is refused
     /// as soon as it does, not after it has been written out.

@@ -24,6 +24,7 @@
 mod conn;
 mod deadline;
 mod fast;
+mod fd_limit;
 pub mod hot;
 mod json_errors;
 pub mod local;
@@ -133,6 +134,9 @@ impl Stats {
     }
 }
 
+/// How often a failing `accept` is logged at most.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Serves `listener` until `shutdown`; `make` builds the service of one
 /// connection from its peer address.
 pub async fn serve<M, T>(
@@ -147,7 +151,13 @@ pub async fn serve<M, T>(
     T: Clone + Send + Sync + 'static,
 {
     let max = settings.max_connections.clamp(1, u32::MAX as usize);
+    fd_limit::raise_for(max);
     let slots = slots::Slots::new(max);
+    // Failed accepts are logged once, then at most once per
+    // `ACCEPT_LOG_EVERY` with how many there were (out of descriptors, each
+    // waiting connection fails again every 20 ms).
+    let mut failed = 0u64;
+    let mut said_at: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -156,7 +166,12 @@ pub async fn serve<M, T>(
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before
                     // it was accepted: neither ends the server.
-                    tracing::warn!(error = %e, "accepting a connection failed; retrying");
+                    failed += 1;
+                    if said_at.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                        tracing::warn!(error = %e, failed, "accepting a connection failed; retrying (if the error is 'too many open files', raise the open-file limit or lower max_connections)");
+                        said_at = Some(tokio::time::Instant::now());
+                        failed = 0;
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }

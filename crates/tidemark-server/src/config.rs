@@ -103,6 +103,11 @@ pub struct ServerConfig {
     /// loses all its interest and revalidates its cache. Keep it well over
     /// the service servers' cache capacity.
     pub max_interest_per_subscriber: usize,
+    /// Seconds a subscriber may go without a watch stream before its
+    /// interest is dropped (a service server that went away for good, or
+    /// was replaced under a new `--id`, would hold it for ever). One that
+    /// comes back later revalidates what it cached.
+    pub forget_idle_subscriber_secs: u64,
     /// Backup snapshot streams served at once.
     pub max_backup_streams: usize,
     /// Seconds a backup stream may go unread before it is closed (its
@@ -171,6 +176,7 @@ impl Default for ServerConfig {
             max_watch_per_token: 64,
             max_subscribers_per_token: 256,
             max_interest_per_subscriber: 4_000_000,
+            forget_idle_subscriber_secs: 3600,
             max_backup_streams: 2,
             backup_stall_secs: 60,
             advertise: None,

@@ -28,6 +28,10 @@
 //!   given drops its subscriber's interest too (everything it cached is
 //!   suspect, and registers again when read), so interest tracks what was
 //!   cached since.
+//! - Interest of a subscriber that has gone away is not kept for ever: one
+//!   with no stream open for `forget_idle_subscriber_secs` is forgotten
+//!   (as above: its next stream does not resume, so a service server that
+//!   comes back revalidates what it cached). Its name stays.
 //! - At most `MAX_NAMES` subscriber names are remembered; a read naming
 //!   one more registers nothing (and says so in the log). A stream always
 //!   gets its name.
@@ -84,6 +88,8 @@ pub struct Hub {
     resume_floor: std::sync::atomic::AtomicU64,
     /// Keys each subscriber holds, and the most it may.
     held: Mutex<HashMap<SubscriberId, usize>>,
+    /// Per subscriber: its open streams, and since when it has had none.
+    streams: Mutex<HashMap<SubscriberId, (usize, std::time::Instant)>>,
     max_interest: usize,
     /// The last seq published; the lock orders publishers.
     watermark: Mutex<u64>,
@@ -109,6 +115,7 @@ impl Hub {
             epoch_pushes: Default::default(),
             resume_floor: Default::default(),
             held: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             max_interest: max_interest.max(1),
             watermark: Mutex::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -190,6 +197,59 @@ impl Hub {
             max_interest = self.max_interest,
             "a service server holds more keys than max_interest_per_subscriber: its interest is dropped and its stream restarted (it revalidates what it cached)"
         );
+        self.drop_interest(subscriber);
+    }
+
+    /// A stream of `subscriber` opened; [`Hub::stream_closed`] when it ends.
+    pub fn stream_opened(&self, subscriber: SubscriberId) {
+        let mut streams = self.streams.lock();
+        let e = streams
+            .entry(subscriber)
+            .or_insert((0, std::time::Instant::now()));
+        e.0 += 1;
+    }
+
+    /// A stream of `subscriber` ended.
+    pub fn stream_closed(&self, subscriber: SubscriberId) {
+        let mut streams = self.streams.lock();
+        if let Some(e) = streams.get_mut(&subscriber) {
+            e.0 = e.0.saturating_sub(1);
+            if e.0 == 0 {
+                e.1 = std::time::Instant::now();
+            }
+        }
+    }
+
+    /// Forgets the subscribers that hold keys and have had no stream open
+    /// for `idle` (a subscriber that read but never watched counts from
+    /// its first sweep). Returns how many.
+    pub fn forget_idle(&self, idle: std::time::Duration) -> usize {
+        let holding: Vec<SubscriberId> = self.held.lock().keys().copied().collect();
+        let now = std::time::Instant::now();
+        let gone: Vec<SubscriberId> = {
+            let mut streams = self.streams.lock();
+            holding
+                .into_iter()
+                .filter(|id| {
+                    let e = streams.entry(*id).or_insert((0, now));
+                    e.0 == 0 && now.duration_since(e.1) >= idle
+                })
+                .collect()
+        };
+        for id in &gone {
+            tracing::info!(
+                subscriber = *id,
+                idle_secs = idle.as_secs(),
+                "a subscriber had no watch stream open for forget_idle_subscriber_secs: its interest is dropped (it revalidates its cache when it comes back)"
+            );
+            self.drop_interest(*id);
+        }
+        gone.len()
+    }
+
+    /// Drops all of `subscriber`'s interest, ends its stream, and keeps its
+    /// next one from resuming.
+    fn drop_interest(&self, subscriber: SubscriberId) {
         {
             let mut f = self.forgotten.lock();
             let e = f.entry(subscriber).or_insert((0, false));
@@ -388,6 +448,40 @@ mod tests {
         }
         assert_eq!(got, vec![(1, vec![a]), (3, vec![b])]);
         assert!(hub.holds(a, "subscriber", "k1") && !hub.holds(b, "subscriber", "k1"));
+    }
+
+    /// A subscriber with no stream open for the idle time loses its
+    /// interest, and its next stream does not resume; one with a stream
+    /// open, or closed too recently, keeps it.
+    #[test]
+    fn a_subscriber_gone_for_the_idle_time_is_forgotten() {
+        let hub = Hub::new(64, 100);
+        let (gone, watching, left) = (
+            hub.subscriber("gone"),
+            hub.subscriber("watching"),
+            hub.subscriber("left"),
+        );
+        for id in [gone, watching, left] {
+            hub.register(id, "subscriber", "k");
+        }
+        hub.stream_opened(watching);
+        hub.stream_opened(left);
+        hub.stream_closed(left);
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(hub.forget_idle(hour), 0, "nobody has been gone an hour");
+        let mut rx = hub.subscribe();
+        assert_eq!(hub.forget_idle(std::time::Duration::ZERO), 2);
+        let mut forgotten = Vec::new();
+        while let Ok(Push::Forget(id)) = rx.try_recv() {
+            forgotten.push(id);
+        }
+        forgotten.sort();
+        assert_eq!(forgotten, vec![gone, left]);
+        assert_eq!((hub.interest_of(gone), hub.interest_of(left)), (0, 0));
+        assert_eq!(hub.interest_of(watching), 1);
+        let at = hub.watermark();
+        assert!(!hub.may_resume(gone, at) && !hub.may_resume(left, at));
+        assert!(hub.may_resume(watching, at));
     }
 
     /// Interest is bounded: a subscriber over the limit loses all of it,

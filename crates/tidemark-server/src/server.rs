@@ -332,7 +332,8 @@ async fn record_process(
     Ok(())
 }
 
-/// Keeps the change log bounded, moves `recovered` back to `normal`, and,
+/// Keeps the change log bounded, forgets the interest of subscribers gone
+/// for `forget_idle_subscriber_secs`, moves `recovered` back to `normal`, and,
 /// once the OpS asked to complete, settles flags whose orders were applied
 /// to another key (`Recovery::maybe_finish`) once a second.
 async fn prune_worker(state: Arc<AppState>) {
@@ -348,6 +349,12 @@ async fn prune_worker(state: Arc<AppState>) {
                 let now = chrono::Utc::now().timestamp_millis();
                 state.progress.sample(m.state, m.remaining, now);
             }
+        }
+        if n.is_multiple_of(30) {
+            // Every instance holds the interest of the streams it serves.
+            state.hub.forget_idle(Duration::from_secs(
+                state.config.forget_idle_subscriber_secs,
+            ));
         }
         if state.cluster.as_ref().is_some_and(|c| !c.is_primary()) {
             // The primary's job.

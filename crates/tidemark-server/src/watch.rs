@@ -26,11 +26,15 @@ use tokio::sync::{broadcast, mpsc};
 pub type IdEvent = (String, WatchEvent);
 
 /// Opens the stream of subscriber `name`, resuming after `last_event_id`
-/// if it can. Events arrive on the receiver until it is dropped.
+/// if it can. Events arrive on the receiver until it is dropped. `permit`
+/// (the caller's place under `max_watch_per_token`) is held as long as the
+/// stream's task runs, which is what the limit bounds: the task outlives
+/// the HTTP body until it next looks whether its receiver is gone.
 pub async fn open(
     app: &Arc<AppState>,
     name: &str,
     last_event_id: Option<&str>,
+    permit: Option<crate::limits::StreamPermit>,
 ) -> Result<mpsc::Receiver<IdEvent>, StoreError> {
     let id = app.hub.subscriber(name);
     // Subscribed first: a push from here on reaches this stream.
@@ -77,6 +81,7 @@ pub async fn open(
         epochs_seen,
         forgets_seen,
         tx,
+        _permit: permit,
     };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
     Ok(rx)
@@ -137,6 +142,7 @@ struct WatchStream {
     /// Its subscriber's forgettings when it opened.
     forgets_seen: u64,
     tx: mpsc::Sender<IdEvent>,
+    _permit: Option<crate::limits::StreamPermit>,
 }
 
 impl WatchStream {
@@ -214,6 +220,13 @@ impl WatchStream {
     /// (up to [`replay_bound`]). Returns false if the stream is gone.
     async fn replay(&mut self, to_end: bool) -> bool {
         loop {
+            // A subscriber that left is not replayed to: with nothing it
+            // holds in the log nothing is sent, so a failed send would
+            // never tell (a whole log's scan, its CPU and store reads, for
+            // nobody).
+            if self.tx.is_closed() {
+                return false;
+            }
             let meta = match self.app.store.meta().await {
                 Ok(m) => m,
                 Err(e) => {
@@ -291,6 +304,7 @@ impl WatchStream {
         cannot_resume: bool,
     ) {
         self.app.metrics.watchers.add(1);
+        self.app.hub.stream_opened(self.id);
         let hello = HelloEvent {
             epoch: self.epoch,
             seq: self.cursor,
@@ -366,6 +380,7 @@ impl WatchStream {
                 Err(broadcast::error::RecvError::Closed) => false,
             };
         }
+        self.app.hub.stream_closed(self.id);
         self.app.metrics.watchers.add(-1);
     }
 }
@@ -405,7 +420,7 @@ mod tests {
         };
         let t = TestServer::open_with(config, async |_: &dyn Store| {}).await;
         let app = &t.app;
-        let mut rx = open(app, "svc", None).await.unwrap();
+        let mut rx = open(app, "svc", None, None).await.unwrap();
         // On this (current-thread) runtime the stream's task has not run
         // yet: the queue overflows before it reads, dropping the epoch.
         app.hub.publish(Push::Epoch(EpochEvent {
@@ -442,7 +457,7 @@ mod tests {
         };
         let t = TestServer::open_with(config, async |_: &dyn Store| {}).await;
         let app = &t.app;
-        let mut rx = open(app, "svc", None).await.unwrap();
+        let mut rx = open(app, "svc", None, None).await.unwrap();
         next(&mut rx).await;
         let (last_id, ev) = next(&mut rx).await;
         assert!(matches!(ev, WatchEvent::Synced(_)));
@@ -454,9 +469,31 @@ mod tests {
             .await
             .expect("the stream ends");
         assert!(ended.is_none(), "the stream ends: {ended:?}");
-        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        let mut rx = open(app, "svc", Some(&last_id), None).await.unwrap();
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Epoch(_)));
+    }
+
+    /// A stream's place under `max_watch_per_token` is held by its task,
+    /// which can outlive the HTTP body (a resume replaying the log after its
+    /// client left), and freed when the task ends.
+    #[tokio::test]
+    async fn a_stream_holds_its_place_until_its_task_ends() {
+        let t = TestServer::open(async |_: &dyn Store| {}).await;
+        let streams = crate::limits::Streams::default();
+        let permit = streams.take("caller", 1).unwrap();
+        let mut rx = open(&t.app, "svc", None, Some(permit)).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(_)));
+        assert!(streams.take("caller", 1).is_none(), "its place is taken");
+        drop(rx);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while streams.take("caller", 1).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place was never freed"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]
@@ -465,7 +502,7 @@ mod tests {
         let app = &t.app;
         let id = app.hub.subscriber("svc");
         app.hub.register(id, "subscriber", "k");
-        let mut rx = open(app, "svc", None).await.unwrap();
+        let mut rx = open(app, "svc", None, None).await.unwrap();
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
         let (last_id, ev) = next(&mut rx).await;
         assert!(matches!(ev, WatchEvent::Synced(_)));
@@ -481,7 +518,7 @@ mod tests {
             .submit(vec![upsert("o", 3, "other", "x")])
             .await
             .unwrap();
-        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        let mut rx = open(app, "svc", Some(&last_id), None).await.unwrap();
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if h.resumed));
         // Both logged changes are sent as the current record, never "a".
         let mut replayed = Vec::new();
@@ -551,7 +588,7 @@ mod tests {
     async fn a_stream_away_during_a_revalidation_does_not_resume() {
         let t = TestServer::open(async |_: &dyn Store| {}).await;
         let app = &t.app;
-        let mut rx = open(app, "svc", None).await.unwrap();
+        let mut rx = open(app, "svc", None, None).await.unwrap();
         next(&mut rx).await;
         let (last_id, _) = next(&mut rx).await;
         drop(rx);
@@ -559,14 +596,14 @@ mod tests {
             epoch: 1,
             reason: EpochReason::FlagsAdded,
         }));
-        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        let mut rx = open(app, "svc", Some(&last_id), None).await.unwrap();
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Epoch(_)));
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Synced(_)));
         // Its next stream, from an id given after the revalidation, does.
         let last_id = next_id(&mut rx, app).await;
         drop(rx);
-        let mut rx = open(app, "svc", Some(&last_id)).await.unwrap();
+        let mut rx = open(app, "svc", Some(&last_id), None).await.unwrap();
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if h.resumed));
     }
 
@@ -584,7 +621,9 @@ mod tests {
     #[tokio::test]
     async fn an_id_from_another_boot_cannot_resume() {
         let t = TestServer::open(async |_: &dyn Store| {}).await;
-        let mut rx = open(&t.app, "svc", Some("1-0-otherboot")).await.unwrap();
+        let mut rx = open(&t.app, "svc", Some("1-0-otherboot"), None)
+            .await
+            .unwrap();
         assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
         assert!(matches!(
             next(&mut rx).await.1,

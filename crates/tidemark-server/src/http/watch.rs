@@ -68,7 +68,7 @@ pub async fn watch(
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());
-    let rx = crate::watch::open(&app, &name, last).await?;
+    let rx = crate::watch::open(&app, &name, last, Some(permit)).await?;
     // Counts the stream as connected (schema publication) until it ends.
     let reporting = req_headers
         .get(headers::REPORTS_SCHEMA)
@@ -146,8 +146,8 @@ pub async fn watch(
         }
     })
     .map(move |(id, ev): (Option<String>, WatchEvent)| {
-        // Held as long as the stream is: dropping the body frees the place.
-        let _held = (&permit, &connection);
+        // Held as long as the stream is.
+        let _held = &connection;
         let event = Event::default().event(ev.name()).data(ev.data());
         Ok(match id {
             Some(id) => event.id(id),

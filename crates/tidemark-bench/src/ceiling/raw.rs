@@ -25,6 +25,10 @@ struct Conn {
     pending: Vec<u8>,
     /// Answers not yet written (the socket was full).
     out: Vec<u8>,
+    /// Whether it is registered for writability (only while `out` waits):
+    /// changed only when that changes, one `epoll_ctl` then, none per
+    /// request.
+    writing: bool,
 }
 
 /// Serves `map` (key → JSON body) on `listener` until the process ends.
@@ -86,6 +90,7 @@ fn accept(
             stream,
             pending: Vec::new(),
             out: Vec::new(),
+            writing: false,
         });
     }
 }
@@ -136,10 +141,15 @@ fn flush(conn: &mut Conn, poll: &Poll, token: Token) -> bool {
         }
     }
     conn.out.drain(..sent);
-    let interest = if conn.out.is_empty() {
-        Interest::READABLE
-    } else {
+    let writing = !conn.out.is_empty();
+    if writing == conn.writing {
+        return true;
+    }
+    conn.writing = writing;
+    let interest = if writing {
         Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
     };
     poll.registry()
         .reregister(&mut conn.stream, token, interest)

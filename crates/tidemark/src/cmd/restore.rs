@@ -91,6 +91,7 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     } else {
         if let Some(s) = &report.safety {
             println!("safety backup of the previous state: {}", s.display());
+            note_safety_backups(s);
         }
         let epoch = match report.previous_epoch {
             Some(e) => format!("epoch {e} -> {}", report.new_epoch),
@@ -243,6 +244,7 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
     }
     if let Some(s) = &report.safety {
         println!("safety backup of the previous state: {}", s.display());
+        note_safety_backups(s);
     }
     let epoch = match report.previous_epoch {
         Some(e) => format!("epoch {e} -> {}", report.new_epoch),
@@ -285,3 +287,26 @@ fn print_carried(carried: &[u64], access: bool) {
         println!("tokens and audit log: the backup's (no live store, or one without tokens, to keep them from); revoke any token revoked since the backup again ('tidemark token list')");
     }
 }
+
+/// Safety backups are kept (each is a full copy, and which to drop is the
+/// operator's call): past [`SAFETY_KEPT`] of them, says how to prune.
+fn note_safety_backups(made: &std::path::Path) {
+    let Some(root) = made.parent() else { return };
+    let Ok(all) = tidemark_backup::list::list(root, false) else {
+        return;
+    };
+    if all.len() > SAFETY_KEPT {
+        say(
+            Said::Note,
+            format_args!(
+                "{} holds {} safety backups, a full copy each; keep the newest with 'tidemark backup prune {} --keep {SAFETY_KEPT}'",
+                root.display(),
+                all.len(),
+                root.display()
+            ),
+        );
+    }
+}
+
+/// Safety backups past which a restore says how to prune them.
+const SAFETY_KEPT: usize = 3;

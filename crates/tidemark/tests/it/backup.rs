@@ -500,6 +500,24 @@ async fn restore_is_refused_while_a_server_runs_and_allowed_after_kill_9() {
     let rows: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(rows[0]["seq"], 20, "{rows}");
     assert_eq!(rows[0]["ok"], true, "{rows}");
+    // Safety backups are kept, a full copy each: past three, the restore
+    // says how to prune them (and before, nothing).
+    let mut db = db;
+    for n in 2..=4 {
+        db.kill9();
+        let (success, _, stderr) = tm(
+            dir,
+            &["restore", "--from", s(&bk), "--data-dir", s(&data)],
+            &[],
+        );
+        assert!(success, "{stderr}");
+        assert_eq!(
+            stderr.contains("backup prune"),
+            n > 3,
+            "restore {n} with {n} safety backups: {stderr}"
+        );
+        db = db_server(dir, &[]).await;
+    }
 }
 
 /// B3, B4, P4: restore is atomic whatever step it dies at.

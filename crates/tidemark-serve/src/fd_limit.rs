@@ -42,21 +42,43 @@ pub fn raise_for(max_connections: usize) {
 
 #[cfg(test)]
 mod tests {
-    /// The soft limit is raised as far as the connection limit needs (and
-    /// the hard limit allows).
-    #[test]
-    fn the_soft_limit_is_raised_for_the_connections() {
+    fn get() -> libc::rlimit {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        // SAFETY: as in `raise_for`.
+        // SAFETY: getrlimit into a struct we own.
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        let want = (lim.rlim_max.min(1 << 16) as usize).saturating_sub(super::SPARE as usize);
-        super::raise_for(want);
-        let mut after = lim;
-        // SAFETY: as above.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut after) };
-        assert!(after.rlim_cur >= (want as u64 + super::SPARE).min(lim.rlim_max));
+        lim
+    }
+
+    fn set(lim: &libc::rlimit) {
+        // SAFETY: setrlimit from a struct we own.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) };
+    }
+
+    /// A soft limit below what the connections need is raised (as far as
+    /// the hard limit allows).
+    #[test]
+    fn a_low_soft_limit_is_raised_for_the_connections() {
+        let before = get();
+        if before.rlim_max < 1024 {
+            println!(
+                "skipped: the hard open-file limit here is {}",
+                before.rlim_max
+            );
+            return;
+        }
+        set(&libc::rlimit {
+            rlim_cur: 300,
+            rlim_max: before.rlim_max,
+        });
+        super::raise_for(512);
+        let after = get();
+        set(&libc::rlimit {
+            rlim_cur: before.rlim_cur.max(after.rlim_cur),
+            rlim_max: before.rlim_max,
+        });
+        assert_eq!(after.rlim_cur, 512 + super::SPARE);
     }
 }

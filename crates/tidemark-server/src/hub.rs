@@ -105,6 +105,19 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// A stream counted open (see [`Hub::stream_opened`]).
+#[derive(Debug)]
+pub struct OpenStream {
+    hub: Arc<Hub>,
+    subscriber: SubscriberId,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.hub.stream_closed(self.subscriber);
+    }
+}
+
 impl Hub {
     pub fn new(capacity: usize, max_interest: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
@@ -200,17 +213,24 @@ impl Hub {
         self.drop_interest(subscriber);
     }
 
-    /// A stream of `subscriber` opened; [`Hub::stream_closed`] when it ends.
-    pub fn stream_opened(&self, subscriber: SubscriberId) {
+    /// A stream of `subscriber` is opening: counted from before it decides
+    /// whether it resumes, so the idle sweep never forgets a subscriber
+    /// between that decision and the stream's start. Dropping the guard
+    /// counts it closed.
+    pub fn stream_opened(self: &Arc<Self>, subscriber: SubscriberId) -> OpenStream {
         let mut streams = self.streams.lock();
         let e = streams
             .entry(subscriber)
             .or_insert((0, std::time::Instant::now()));
         e.0 += 1;
+        OpenStream {
+            hub: self.clone(),
+            subscriber,
+        }
     }
 
     /// A stream of `subscriber` ended.
-    pub fn stream_closed(&self, subscriber: SubscriberId) {
+    fn stream_closed(&self, subscriber: SubscriberId) {
         let mut streams = self.streams.lock();
         if let Some(e) = streams.get_mut(&subscriber) {
             e.0 = e.0.saturating_sub(1);
@@ -226,16 +246,16 @@ impl Hub {
     pub fn forget_idle(&self, idle: std::time::Duration) -> usize {
         let holding: Vec<SubscriberId> = self.held.lock().keys().copied().collect();
         let now = std::time::Instant::now();
-        let gone: Vec<SubscriberId> = {
-            let mut streams = self.streams.lock();
-            holding
-                .into_iter()
-                .filter(|id| {
-                    let e = streams.entry(*id).or_insert((0, now));
-                    e.0 == 0 && now.duration_since(e.1) >= idle
-                })
-                .collect()
-        };
+        // Held to the end: no stream of a subscriber being forgotten opens
+        // (and decides to resume) meanwhile.
+        let mut streams = self.streams.lock();
+        let gone: Vec<SubscriberId> = holding
+            .into_iter()
+            .filter(|id| {
+                let e = streams.entry(*id).or_insert((0, now));
+                e.0 == 0 && now.duration_since(e.1) >= idle
+            })
+            .collect();
         for id in &gone {
             tracing::info!(
                 subscriber = *id,
@@ -248,7 +268,8 @@ impl Hub {
     }
 
     /// Drops all of `subscriber`'s interest, ends its stream, and keeps its
-    /// next one from resuming.
+    /// next one from resuming (takes `forgotten`, the shards, `held` and
+    /// the watermark: never under them, only under `streams`).
     fn drop_interest(&self, subscriber: SubscriberId) {
         {
             let mut f = self.forgotten.lock();
@@ -455,7 +476,7 @@ mod tests {
     /// open, or closed too recently, keeps it.
     #[test]
     fn a_subscriber_gone_for_the_idle_time_is_forgotten() {
-        let hub = Hub::new(64, 100);
+        let hub = Arc::new(Hub::new(64, 100));
         let (gone, watching, left) = (
             hub.subscriber("gone"),
             hub.subscriber("watching"),
@@ -464,9 +485,8 @@ mod tests {
         for id in [gone, watching, left] {
             hub.register(id, "subscriber", "k");
         }
-        hub.stream_opened(watching);
-        hub.stream_opened(left);
-        hub.stream_closed(left);
+        let _open = hub.stream_opened(watching);
+        drop(hub.stream_opened(left));
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(hub.forget_idle(hour), 0, "nobody has been gone an hour");
         let mut rx = hub.subscribe();

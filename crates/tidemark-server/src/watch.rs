@@ -37,6 +37,9 @@ pub async fn open(
     permit: Option<crate::limits::StreamPermit>,
 ) -> Result<mpsc::Receiver<IdEvent>, StoreError> {
     let id = app.hub.subscriber(name);
+    // Counted open before anything is decided: the idle sweep cannot
+    // forget this subscriber between the resume decision and the stream.
+    let counted = app.hub.stream_opened(id);
     // Subscribed first: a push from here on reaches this stream.
     let queue = app.hub.subscribe();
     let epochs_seen = app.hub.epoch_pushes();
@@ -82,6 +85,7 @@ pub async fn open(
         forgets_seen,
         tx,
         _permit: permit,
+        _counted: counted,
     };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
     Ok(rx)
@@ -143,6 +147,7 @@ struct WatchStream {
     forgets_seen: u64,
     tx: mpsc::Sender<IdEvent>,
     _permit: Option<crate::limits::StreamPermit>,
+    _counted: crate::hub::OpenStream,
 }
 
 impl WatchStream {
@@ -304,7 +309,6 @@ impl WatchStream {
         cannot_resume: bool,
     ) {
         self.app.metrics.watchers.add(1);
-        self.app.hub.stream_opened(self.id);
         let hello = HelloEvent {
             epoch: self.epoch,
             seq: self.cursor,
@@ -338,6 +342,12 @@ impl WatchStream {
         if alive && resumed {
             alive = self.replay(false).await;
         }
+        // Forgotten since it opened (over its interest limit, or idle): its
+        // interest is gone, so neither the replay nor the pushes to come
+        // cover what it cached. It must not say `synced` (its subscriber
+        // would vouch for that cache): it ends, and its next stream cannot
+        // resume. Later forgettings arrive as `Forget` pushes.
+        alive = alive && self.app.hub.forgets_of(self.id) == self.forgets_seen;
         if alive {
             // Everything missed has been sent: the subscriber may vouch for
             // its cache from here on.
@@ -380,7 +390,6 @@ impl WatchStream {
                 Err(broadcast::error::RecvError::Closed) => false,
             };
         }
-        self.app.hub.stream_closed(self.id);
         self.app.metrics.watchers.add(-1);
     }
 }
@@ -446,21 +455,58 @@ mod tests {
         assert_eq!(epochs, 1, "the skipped epoch event is made up for");
     }
 
-    /// A subscriber over its interest limit loses its stream, and the next
-    /// one cannot resume: the service server revalidates what it cached,
-    /// since changes of keys it held were no longer pushed.
-    #[tokio::test]
-    async fn a_subscriber_over_its_interest_limit_restarts_without_resuming() {
+    /// A server whose subscribers may hold 2 keys, with subscriber `svc`'s
+    /// first stream open and synced: the stream and its last event id.
+    async fn synced_with_interest_limit_2() -> (TestServer, mpsc::Receiver<IdEvent>, String) {
         let config = crate::config::ServerConfig {
             max_interest_per_subscriber: 2,
             ..Default::default()
         };
         let t = TestServer::open_with(config, async |_: &dyn Store| {}).await;
-        let app = &t.app;
-        let mut rx = open(app, "svc", None, None).await.unwrap();
+        let mut rx = open(&t.app, "svc", None, None).await.unwrap();
         next(&mut rx).await;
         let (last_id, ev) = next(&mut rx).await;
         assert!(matches!(ev, WatchEvent::Synced(_)));
+        (t, rx, last_id)
+    }
+
+    /// A subscriber forgotten while its stream opens (here over its
+    /// interest limit, between the resume decision and the stream's start;
+    /// the idle sweep cannot, the stream is counted first) gets no
+    /// `synced`: its cache would be vouched for with its interest gone.
+    #[tokio::test]
+    async fn a_stream_forgotten_while_it_opens_never_says_synced() {
+        let (t, rx, last_id) = synced_with_interest_limit_2().await;
+        let app = &t.app;
+        drop(rx);
+        // The test runs on one thread: the new stream's task has not run
+        // when `open` returns, so the forgetting falls between the two.
+        let mut rx = open(app, "svc", Some(&last_id), None).await.unwrap();
+        let id = app.hub.subscriber("svc");
+        for key in ["k1", "k2", "k3"] {
+            app.hub.register(id, "subscriber", key);
+        }
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if h.resumed));
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("the stream ends")
+            {
+                None => break,
+                Some((_, WatchEvent::Synced(_))) => panic!("synced after being forgotten"),
+                Some(_) => {}
+            }
+        }
+        assert!(!app.hub.may_resume(id, app.hub.watermark()));
+    }
+
+    /// A subscriber over its interest limit loses its stream, and the next
+    /// one cannot resume: the service server revalidates what it cached,
+    /// since changes of keys it held were no longer pushed.
+    #[tokio::test]
+    async fn a_subscriber_over_its_interest_limit_restarts_without_resuming() {
+        let (t, mut rx, last_id) = synced_with_interest_limit_2().await;
+        let app = &t.app;
         let id = app.hub.subscriber("svc");
         for key in ["k1", "k2", "k3"] {
             app.hub.register(id, "subscriber", key);

@@ -48,7 +48,8 @@ impl Said {
 }
 
 /// Writes one line to standard error in the process's log format. A
-/// closed standard error loses it (as the log does), never panics.
+/// closed standard error loses it, as it does the log's lines, without a
+/// panic (a client command, which takes SIGPIPE, ends there quietly).
 pub fn say(kind: Said, message: impl std::fmt::Display) {
     let line = render(
         FORMAT.get().copied().unwrap_or_default(),

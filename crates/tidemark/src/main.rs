@@ -79,10 +79,14 @@ fn main() -> ExitCode {
         }
         let (stopped, stop) = tokio::sync::oneshot::channel();
         let watch = tokio::spawn(signals::stop_client(stopped));
+        // The command first: one that finished as the signal came is not
+        // reported as interrupted (nor told to run again).
         let r = tokio::select! {
+            biased;
             r = cmd::run(cli) => r,
             Ok(signal) = stop => Err(anyhow::Error::new(cmd::Interrupted(signal))),
         };
+        signals::client_finished();
         watch.abort();
         r
     });

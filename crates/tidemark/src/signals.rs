@@ -1,80 +1,68 @@
 //! SIGINT, SIGTERM and SIGHUP: a cancellation token for the roles (a
 //! graceful stop), and the first of them for client commands, which stop
 //! where they are (see `main`).
+//!
+//! SIGHUP is watched only where it is not ignored: a process started with
+//! `nohup` is meant to outlive its terminal, and still does.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled on the first SIGINT, SIGTERM or SIGHUP (a closed
 /// terminal: its default would end the process without a word). A second
-/// one ends the process at once, for an operator who will not wait out the
-/// grace period of the requests in flight.
+/// SIGINT or SIGTERM ends the process at once, for an operator who will
+/// not wait out the grace period of the requests in flight (a second
+/// SIGHUP does not: a closing terminal sends two).
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (mut term, mut hup) = match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::hangup()),
-            ) {
-                (Ok(term), Ok(hup)) => (term, hup),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM or SIGHUP; only Ctrl-C stops the process cleanly");
-                    let _ = tokio::signal::ctrl_c().await;
-                    t.cancel();
-                    return;
-                }
-            };
-            let first = next(&mut term, &mut hup).await;
-            tracing::info!("{first} received: shutting down (a second signal stops at once)");
-            t.cancel();
-            let second = next(&mut term, &mut hup).await;
-            tracing::warn!(
-                "{second} received again: stopping now, without waiting for the requests in flight"
-            );
-            std::process::exit(130);
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            t.cancel();
+        let mut stops = match Stops::watch() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM or SIGHUP; only Ctrl-C stops the process cleanly");
+                let _ = tokio::signal::ctrl_c().await;
+                t.cancel();
+                return;
+            }
+        };
+        let first = stops.next().await;
+        tracing::info!(
+            "{first} received: shutting down (a second SIGINT or SIGTERM stops at once)"
+        );
+        t.cancel();
+        loop {
+            let again = stops.next().await;
+            if again != "SIGHUP" {
+                tracing::warn!(
+                    "{again} received again: stopping now, without waiting for the requests in flight"
+                );
+                std::process::exit(130);
+            }
         }
     });
     token
 }
 
-/// The name of the next stopping signal to arrive.
-#[cfg(unix)]
-async fn next(
-    term: &mut tokio::signal::unix::Signal,
-    hup: &mut tokio::signal::unix::Signal,
-) -> &'static str {
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
-    }
-}
-
 /// Waits for the first SIGINT, SIGTERM or SIGHUP and names it; never
 /// returns where they cannot be watched.
 pub async fn first_stop() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            return next(&mut term, &mut hup).await;
-        }
+    match Stops::watch() {
+        Ok(mut stops) => stops.next().await,
+        Err(_) => match tokio::signal::ctrl_c().await {
+            Ok(()) => "SIGINT",
+            Err(_) => std::future::pending().await,
+        },
     }
-    match tokio::signal::ctrl_c().await {
-        Ok(()) => "SIGINT",
-        Err(_) => std::future::pending().await,
-    }
+}
+
+/// Set once a client command's outcome is known (see [`stop_client`]).
+static FINISHED: AtomicBool = AtomicBool::new(false);
+
+/// A client command has finished (or stopped): a signal from now on does
+/// not end the process as interrupted.
+pub fn client_finished() {
+    FINISHED.store(true, Ordering::SeqCst);
 }
 
 /// For a client command: on the first SIGINT, SIGTERM or SIGHUP, names it
@@ -86,9 +74,77 @@ pub async fn stop_client(stopped: tokio::sync::oneshot::Sender<&'static str>) {
     let signal = first_stop().await;
     let _ = stopped.send(signal);
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    if FINISHED.load(Ordering::SeqCst) {
+        return;
+    }
     tidemark_telemetry::say(
         tidemark_telemetry::Said::Error,
         crate::cmd::Interrupted(signal),
     );
     std::process::exit(130);
+}
+
+/// The stopping signals, watched.
+struct Stops {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    /// `None` where SIGHUP is ignored (`nohup`).
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stops {
+    fn watch() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            // Asked before anything is installed: installing replaces it.
+            let hup = if hangup_ignored() {
+                None
+            } else {
+                Some(signal(SignalKind::hangup())?)
+            };
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                hup,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The name of the next stopping signal to arrive.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let hup = async {
+                match self.hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+                _ = hup => "SIGHUP",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Whether SIGHUP is ignored (the process was started with `nohup`).
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    // SAFETY: reads the current disposition into a struct we own; a null
+    // new action changes nothing.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }

@@ -6,10 +6,10 @@
 //!   on Tidemark's stack (tokio, hyper, axum) does per read. A Tidemark
 //!   server near it spends its time in HTTP, not in its own logic;
 //! - `--raw` (`raw`): one thread, one event loop, no runtime and no HTTP
-//!   library, the way Redis serves: the least any HTTP server can do per
-//!   read on this machine's kernel. What separates it from Redis is the
-//!   protocol alone, so a goal above its ratio to Redis is out of reach of
-//!   every HTTP server here.
+//!   library, the way Redis serves: about the least an HTTP server can do
+//!   per read on this machine's kernel (it checks nothing a real server
+//!   must). What separates it from Redis is mostly the protocol, so a goal
+//!   above its ratio to Redis is beyond what HTTP reads reach here.
 
 mod raw;
 

@@ -20,8 +20,9 @@
 //! `redis`, `postgres` (primary-key SELECT), `ceiling` (`bench
 //! ceiling-server`: a trivial axum handler, the HTTP ceiling of Tidemark's
 //! stack) and `raw-ceiling` (`bench ceiling-server --raw`: one event loop
-//! with no runtime or HTTP library, the ceiling of any HTTP server on this
-//! kernel; its ratio to Redis is the most a goal against Redis can ask).
+//! with no runtime or HTTP library, about the least an HTTP server does
+//! per read on this kernel; its ratio to Redis shows how far a goal
+//! against Redis is within reach of HTTP reads at all).
 //!
 //! - `peers`: starting Redis and a temporary PostgreSQL cluster.
 //! - `driver`: the one load loop all targets share.

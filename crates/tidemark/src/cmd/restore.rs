@@ -91,7 +91,9 @@ pub async fn run(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()> {
     } else {
         if let Some(s) = &report.safety {
             println!("safety backup of the previous state: {}", s.display());
-            note_safety_backups(s);
+            if a.safety_dir.is_none() {
+                note_safety_backups(s);
+            }
         }
         let epoch = match report.previous_epoch {
             Some(e) => format!("epoch {e} -> {}", report.new_epoch),
@@ -244,7 +246,9 @@ async fn run_postgres(config: ServerConfig, a: RestoreArgs) -> anyhow::Result<()
     }
     if let Some(s) = &report.safety {
         println!("safety backup of the previous state: {}", s.display());
-        note_safety_backups(s);
+        if a.safety_dir.is_none() {
+            note_safety_backups(s);
+        }
     }
     let epoch = match report.previous_epoch {
         Some(e) => format!("epoch {e} -> {}", report.new_epoch),
@@ -289,19 +293,29 @@ fn print_carried(carried: &[u64], access: bool) {
 }
 
 /// Safety backups are kept (each is a full copy, and which to drop is the
-/// operator's call): past [`SAFETY_KEPT`] of them, says how to prune.
+/// operator's call): past [`SAFETY_KEPT`] of them in the default folder
+/// (restore's own: a `--safety-dir` may hold other backups too), says how
+/// to prune. Counts manifests only; nothing is read or checked.
 fn note_safety_backups(made: &std::path::Path) {
     let Some(root) = made.parent() else { return };
-    let Ok(all) = tidemark_backup::list::list(root, false) else {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
-    if all.len() > SAFETY_KEPT {
+    let kept = entries
+        .flatten()
+        .filter(|e| {
+            e.path()
+                .join(tidemark_backup::manifest::MANIFEST_FILE)
+                .is_file()
+        })
+        .count();
+    if kept > SAFETY_KEPT {
         say(
             Said::Note,
             format_args!(
                 "{} holds {} safety backups, a full copy each; keep the newest with 'tidemark backup prune {} --keep {SAFETY_KEPT}'",
                 root.display(),
-                all.len(),
+                kept,
                 root.display()
             ),
         );

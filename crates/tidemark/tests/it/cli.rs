@@ -769,3 +769,94 @@ async fn json_logs_are_one_object_per_line_with_one_message() {
         "{failure}"
     );
 }
+
+/// A second SIGTERM stops a server at once, without waiting out the
+/// grace period of a request still in flight (here a body that never
+/// finishes arriving, with 60 s of grace); before, it waited it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_stops_a_server_at_once() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut db = db_server(
+        tmp.path(),
+        &[
+            ("TIDEMARK_SERVER__SHUTDOWN_GRACE_SECS", "60"),
+            ("TIDEMARK_SERVER__BODY_TIMEOUT_SECS", "60"),
+        ],
+    )
+    .await;
+    let addr = db.url.trim_start_matches("http://").to_owned();
+    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    held.write_all(b"POST /v1/orders HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n")
+        .unwrap();
+    // Readiness: the server asks for the body once the request is being
+    // handled, so it is in flight; then the body never finishes.
+    let mut got = [0u8; 64];
+    let n = std::io::Read::read(&mut held, &mut got).unwrap();
+    assert!(
+        got[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..n])
+    );
+    held.write_all(b"{\"orders\"").unwrap();
+    let pid = db.pid as libc::pid_t;
+    // SAFETY: kill(2) on a child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    eventually(20, "the first SIGTERM to be taken", || {
+        let log = db.log_text();
+        async move { log.contains("SIGTERM received").then_some(()) }
+    })
+    .await;
+    let status = db.stop_with(libc::SIGTERM).unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}: {}", db.log_text());
+    assert!(db.log_text().contains("received again: stopping now"));
+    drop(held);
+}
+
+/// A server started with `nohup` (SIGHUP ignored) outlives its terminal:
+/// SIGHUP is not watched there. Without a `nohup`, it stops cleanly on
+/// SIGHUP (`a_server_stops_cleanly_on_sighup`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_started_with_nohup_ignores_sighup() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = std::fs::File::create(tmp.path().join("db.log")).unwrap();
+    let mut child = std::process::Command::new("nohup")
+        .arg(BIN)
+        .args([
+            "server",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    // SAFETY: kill(2) on a child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    // Still serving after it; then stopped by SIGTERM, which it names.
+    for _ in 0..3 {
+        assert_eq!(get_json(&format!("{url}/healthz")).await.0, 200);
+    }
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = exit_of(&mut child, "the server to stop on SIGTERM").await;
+    let text = std::fs::read_to_string(tmp.path().join("db.log")).unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(
+        text.contains("SIGTERM received") && !text.contains("SIGHUP"),
+        "{text}"
+    );
+}

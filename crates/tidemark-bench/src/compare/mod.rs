@@ -556,32 +556,16 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         "127.0.0.1:0",
     )?;
     svc.wait_ok("/readyz").await?;
-    let ceiling = tidemark.start(
-        "ceiling",
-        dir,
-        &[
-            "bench",
-            "ceiling-server",
-            "--records",
-            &args.records.to_string(),
-        ],
-        &[],
-        "127.0.0.1:0",
-    )?;
+    // The two HTTP ceilings: axum, and the raw event loop (`--raw`).
+    let records = args.records.to_string();
+    let start_ceiling = |name: &str, raw: bool| {
+        let mut a = vec!["bench", "ceiling-server", "--records", &records];
+        a.extend(raw.then_some("--raw"));
+        tidemark.start(name, dir, &a, &[], "127.0.0.1:0")
+    };
+    let ceiling = start_ceiling("ceiling", false)?;
+    let raw_ceiling = start_ceiling("raw-ceiling", true)?;
     ceiling.wait_ok("/readyz").await?;
-    let raw_ceiling = tidemark.start(
-        "raw-ceiling",
-        dir,
-        &[
-            "bench",
-            "ceiling-server",
-            "--raw",
-            "--records",
-            &args.records.to_string(),
-        ],
-        &[],
-        "127.0.0.1:0",
-    )?;
     raw_ceiling.wait_ok("/readyz").await?;
     let redis_proc = peers::redis(dir, server_cpus).await?;
     let (pg_proc, pg_port) = peers::postgres(dir, &args.pg_bin, server_cpus).await?;

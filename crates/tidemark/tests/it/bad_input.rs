@@ -322,12 +322,7 @@ async fn bad_reads_and_routes_are_refused_with_codes_on(engine: Engine) {
         "{counted} errors counted, {db_cases} sent"
     );
     // None of them is the server's failure: what an alert watches stays 0.
-    let metrics = reqwest::get(format!("{}/metrics", db.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&db.url).await;
     assert!(
         metrics
             .lines()

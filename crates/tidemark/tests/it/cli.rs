@@ -348,12 +348,7 @@ async fn file_then_environment_then_flags() {
     for code in ["schema_drop_refused", "rollback_refused", "schema_skew"] {
         assert!(codes.contains(code), "{code} is documented");
     }
-    let metrics = reqwest::get(format!("{}/metrics", db.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&db.url).await;
     assert!(metrics.contains("# TYPE tidemark_reads_total counter"));
 }
 
@@ -450,6 +445,12 @@ fn start_with_stderr_gone(args: &[&str]) -> (std::process::Child, String) {
 async fn terminate(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     // SAFETY: kill(2) on the pid of a child not reaped yet.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    exit_of(child, &format!("{what} to stop on SIGTERM")).await
+}
+
+/// The exit status of `child`, within the test kit's patience; past it,
+/// the child is killed (not left running) and the test fails.
+async fn exit_of(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     let patience = tidemark_testkit::process::PATIENCE;
     let deadline = std::time::Instant::now() + patience;
     loop {
@@ -460,7 +461,7 @@ async fn terminate(child: &mut std::process::Child, what: &str) -> std::process:
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "{what} did not stop within {} s of SIGTERM",
+                "timed out after {} s waiting for {what}",
                 patience.as_secs()
             );
         }
@@ -529,15 +530,6 @@ async fn a_role_whose_stderr_reader_has_gone_serves_and_stops_on_sigterm() {
     }
 }
 
-/// The exit status of `child`, within the test kit's patience.
-async fn exit_of(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    eventually(20, what, || {
-        let status = child.try_wait().unwrap();
-        async move { status }
-    })
-    .await
-}
-
 /// A client command stopped by a signal says so in one line (exit 130) and
 /// keeps nothing half-done: an online backup interrupted while it waits
 /// for the DB server leaves no hidden temporary directory, and the same
@@ -552,15 +544,16 @@ async fn an_interrupted_backup_says_so_and_keeps_nothing() {
     // SAFETY: kill(2) on a child's pid.
     unsafe { libc::kill(db.pid as libc::pid_t, libc::SIGSTOP) };
     let target = tmp.path().join("b1");
+    let backup = [
+        "backup",
+        "create",
+        "--to",
+        target.to_str().unwrap(),
+        "--server",
+        &db.url,
+    ];
     let mut child = std::process::Command::new(BIN)
-        .args([
-            "backup",
-            "create",
-            "--to",
-            target.to_str().unwrap(),
-            "--server",
-            &db.url,
-        ])
+        .args(backup)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -586,17 +579,7 @@ async fn an_interrupted_backup_says_so_and_keeps_nothing() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: interrupted by SIGINT"), "{err}");
     assert!(!partial.exists() && !target.exists(), "nothing kept: {err}");
-    run_ok(
-        tmp.path(),
-        &[
-            "backup",
-            "create",
-            "--to",
-            target.to_str().unwrap(),
-            "--server",
-            &db.url,
-        ],
-    );
+    run_ok(tmp.path(), &backup);
     assert!(target.join("manifest.json").exists());
 }
 

@@ -86,12 +86,7 @@ async fn a_miss_is_fetched_then_cached_on(engine: Engine) {
             );
         }
     }
-    let metrics = reqwest::get(format!("{}/metrics", db.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&db.url).await;
     assert!(
         metrics
             .lines()

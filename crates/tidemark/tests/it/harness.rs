@@ -371,15 +371,21 @@ pub async fn lose_restore_restart(
     db
 }
 
-/// The value of metric `name` on the server at `url` (0 if absent).
-pub async fn metric(url: &str, name: &str) -> u64 {
-    let m = reqwest::get(format!("{url}/metrics"))
+/// The `/metrics` page of the server at `url`.
+pub async fn metrics_text(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    m.lines()
+        .unwrap()
+}
+
+/// The value of metric `name` on the server at `url` (0 if absent).
+pub async fn metric(url: &str, name: &str) -> u64 {
+    metrics_text(url)
+        .await
+        .lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse::<f64>().ok())

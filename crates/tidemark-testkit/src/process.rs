@@ -72,6 +72,9 @@ impl Program {
             .args(args)
             .args(["--listen", listen])
             .current_dir(dir)
+            // It stops by itself if this process dies without stopping it
+            // (SIGKILL): see `signals` in the tidemark crate.
+            .env("TIDEMARK_PARENT_PID", std::process::id().to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

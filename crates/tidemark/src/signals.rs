@@ -4,6 +4,11 @@
 //!
 //! SIGHUP is watched only where it is not ignored: a process started with
 //! `nohup` is meant to outlive its terminal, and still does.
+//!
+//! A process started with `TIDEMARK_PARENT_PID` (the demo, the benches and
+//! the tests set it for the servers they start) also stops, the same way,
+//! once that process is no longer its parent: a starter killed with
+//! SIGKILL, which cannot stop its children itself, leaves none running.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -27,13 +32,19 @@ pub fn shutdown_token() -> CancellationToken {
             }
         };
         let first = stops.next().await;
-        tracing::info!(
-            "{first} received: shutting down (a second SIGINT or SIGTERM stops at once)"
-        );
+        if first == PARENT_GONE {
+            tracing::warn!(
+                "the process that started this one (TIDEMARK_PARENT_PID) has exited: shutting down"
+            );
+        } else {
+            tracing::info!(
+                "{first} received: shutting down (a second SIGINT or SIGTERM stops at once)"
+            );
+        }
         t.cancel();
         loop {
             let again = stops.next().await;
-            if again != "SIGHUP" {
+            if again != "SIGHUP" && again != PARENT_GONE {
                 tracing::warn!(
                     "{again} received again: stopping now, without waiting for the requests in flight"
                 );
@@ -84,8 +95,39 @@ pub async fn stop_client(stopped: tokio::sync::oneshot::Sender<&'static str>) {
     std::process::exit(130);
 }
 
+/// What [`Stops::next`] names when the starting process has gone.
+const PARENT_GONE: &str = "the exit of the process that started it";
+
+/// How often the parent is looked at (`getppid`, no syscall beyond it).
+const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The starter's pid from `TIDEMARK_PARENT_PID`, if given and valid.
+fn starter() -> Option<u32> {
+    std::env::var("TIDEMARK_PARENT_PID")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p > 1)
+}
+
+/// Returns once `starter` is no longer this process's parent (it exited,
+/// and this one was handed to init or a subreaper). Checked from the
+/// start: a starter gone before the watch began counts too.
+async fn parent_gone(starter: u32) {
+    loop {
+        // SAFETY: getppid has no preconditions and cannot fail.
+        if unsafe { libc::getppid() } as u32 != starter {
+            return;
+        }
+        tokio::time::sleep(PARENT_CHECK).await;
+    }
+}
+
 /// The stopping signals, watched.
 struct Stops {
+    /// `TIDEMARK_PARENT_PID`: stop once it is not the parent any more.
+    starter: Option<u32>,
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     /// `None` where SIGHUP is ignored (`nohup`).
@@ -105,12 +147,13 @@ impl Stops {
                 Some(signal(SignalKind::hangup())?)
             };
             Ok(Self {
+                starter: starter(),
                 term: signal(SignalKind::terminate())?,
                 hup,
             })
         }
         #[cfg(not(unix))]
-        Ok(Self {})
+        Ok(Self { starter: None })
     }
 
     /// The name of the next stopping signal to arrive.
@@ -123,11 +166,24 @@ impl Stops {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let starter = self.starter;
+            let parent = async {
+                match starter {
+                    Some(p) => parent_gone(p).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let stop = tokio::select! {
                 _ = tokio::signal::ctrl_c() => "SIGINT",
                 _ = self.term.recv() => "SIGTERM",
                 _ = hup => "SIGHUP",
+                _ = parent => PARENT_GONE,
+            };
+            if stop == PARENT_GONE {
+                // Said once: the parent stays gone.
+                self.starter = None;
             }
+            stop
         }
         #[cfg(not(unix))]
         {

@@ -193,9 +193,16 @@ pub async fn bind_scheme(
     Ok(listener)
 }
 
-/// Prints `listening on scheme://ADDR` for `listener`.
+/// Prints `listening on scheme://ADDR` for `listener`. Standard output
+/// closed (a starter that died, a pipe nobody reads) is no reason to stop
+/// serving: the address goes to the log as well.
 pub fn announce(listener: &tokio::net::TcpListener, scheme: &str) -> anyhow::Result<()> {
-    println!("listening on {scheme}://{}", listener.local_addr()?);
+    use std::io::Write;
+    let line = format!("listening on {scheme}://{}", listener.local_addr()?);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        tracing::warn!(error = %e, "{line}, which standard output did not take");
+    }
     Ok(())
 }
 

@@ -843,3 +843,105 @@ async fn a_server_started_with_nohup_ignores_sighup() {
         "{text}"
     );
 }
+
+/// A server whose starter dies without stopping it (SIGKILL: the demo, a
+/// bench or a test harness killed) stops by itself, cleanly, once that
+/// starter (`TIDEMARK_PARENT_PID`) is no longer its parent. Before, it ran
+/// on, orphaned, holding its port and data directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_stops_once_the_process_that_started_it_is_killed() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log_path = tmp.path().join("db.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // The starter: a shell that starts the server as its child, naming
+    // itself as the parent to outlive, and prints the server's pid.
+    let script = r#"TIDEMARK_PARENT_PID=$$ "$0" server --data-dir "$1" --listen 127.0.0.1:0 & echo "pid $!"; wait"#;
+    let mut starter = std::process::Command::new("sh")
+        .args(["-c", script, BIN, data.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Two lines in either order: the server's pid and its address.
+    let mut lines = std::io::BufReader::new(starter.stdout.take().unwrap()).lines();
+    let (mut pid, mut url) = (None, None);
+    for _ in 0..2 {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(p) = line.strip_prefix("pid ") {
+            pid = p.trim().parse::<u32>().ok();
+        } else if let Some(u) = line.trim().strip_prefix("listening on ") {
+            url = Some(u.to_owned());
+        }
+    }
+    let (pid, url) = (pid.unwrap(), url.unwrap());
+    // Whatever happens below, the server does not outlive the test.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on a pid this test started.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(pid);
+    assert_eq!(get_json(&format!("{url}/healthz")).await.0, 200);
+    starter.kill().unwrap(); // SIGKILL: the starter stops nothing itself
+    starter.wait().unwrap();
+    eventually(20, "the orphaned server to stop", || async move {
+        (!tidemark_testkit::process::running(pid)).then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("(TIDEMARK_PARENT_PID) has exited: shutting down")
+            && text.contains("shutdown complete"),
+        "{text}"
+    );
+}
+
+/// A server whose standard output is closed before it says its address
+/// (a starter that died, a pipe nobody reads) serves on, the address in
+/// its log; before, printing it panicked and the server ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_serves_on_when_its_standard_output_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log_path = tmp.path().join("db.log");
+    // A pipe whose read end is closed before the server starts.
+    let mut ends = [0 as libc::c_int; 2];
+    // SAFETY: pipe(2) fills the two descriptors, which we then own.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    let (read_end, write_end) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(ends[0]),
+            std::os::fd::OwnedFd::from_raw_fd(ends[1]),
+        )
+    };
+    drop(read_end);
+    let mut child = std::process::Command::new(BIN)
+        .args(["server", "--data-dir", data.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = eventually(20, "the address in the log", || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        async move {
+            let line = text
+                .lines()
+                .find(|l| l.contains("which standard output did not take"))?;
+            let at = line.find("listening on ")? + "listening on ".len();
+            Some(line[at..].split([',', ' ']).next()?.to_owned())
+        }
+    })
+    .await;
+    assert_eq!(get_json(&format!("{url}/healthz")).await.0, 200);
+    // SAFETY: kill(2) on a child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = exit_of(&mut child, "the server to stop on SIGTERM").await;
+    assert!(status.success(), "{status:?}");
+}

@@ -198,6 +198,10 @@ async fn a_quiesce_notice_is_seen_cancelled_and_then_takes_the_server_offline_on
     )
     .await;
     assert_eq!((s, b["error"]["code"].as_str()), (503, Some("quiescing")));
+    // Counted where an alert looks for the server's own failures, planned
+    // 503s included (README): the read and the order above at least.
+    let counted = metric(&db.url, "tidemark_http_server_errors_total").await;
+    assert!(counted >= 2, "{counted} server errors counted");
     // `ops submit` says so at once, in one line, and keeps the orders
     // journaled (it retried silently for a minute before).
     let line = r#"{"table": "subscriber", "key": "k", "op": "upsert", "fields": {"plan": "x"}}"#;

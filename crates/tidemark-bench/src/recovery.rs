@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
 use tidemark_api::{DbClient, Order};
+use tidemark_ops::submit::{send_encoded, EncodedBatch};
 use tidemark_store::{PgStore, SqliteStore, Store};
 use tidemark_testkit::orders::upsert;
 use tidemark_testkit::Program;
@@ -206,20 +207,29 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // 3b. The replay.
+    // 3b. The replay, as `ops recover` sends it: one batch at a time, the
+    // next one encoded while the one before is on its way.
     let t = Instant::now();
-    let mut k = 0;
-    while k < args.flag {
-        let hi = (k + args.batch).min(args.flag);
-        let orders: Vec<Order> = (k..hi)
+    let batch = args.batch.max(1);
+    let encoded = |k: u64| {
+        let orders: Vec<Order> = (k..(k + batch).min(args.flag))
             .map(|i| {
                 let mut f = fields_of(i);
                 f.insert("plan".into(), serde_json::json!("replayed"));
                 upsert(source, first + i + 1, key_of(i), f)
             })
             .collect();
-        tidemark_ops::submit::send_with_retry(&client, &orders).await?;
-        k = hi;
+        EncodedBatch::new(&orders)
+    };
+    let mut next = (args.flag > 0).then(|| encoded(0)).transpose()?;
+    let mut k = 0;
+    while let Some(body) = next.take() {
+        k += batch;
+        let (sent, following) = tokio::join!(send_encoded(&client, &body), async {
+            (k < args.flag).then(|| encoded(k)).transpose()
+        });
+        sent?;
+        next = following?;
     }
     let replay_secs = t.elapsed().as_secs_f64();
     let _: serde_json::Value = client

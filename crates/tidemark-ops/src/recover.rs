@@ -20,13 +20,13 @@
 
 use crate::journal::Journal;
 use crate::schedule::send_schedule;
-use crate::submit::{get_with_retry, send_with_retry};
+use crate::submit::{get_with_retry, send_encoded, EncodedBatch};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use tidemark_api::state::{ScheduleChunk, ScheduleEntry};
-use tidemark_api::{DbClient, RecoveryState, RecoveryStatus, Version};
+use tidemark_api::{DbClient, Order, RecoveryState, RecoveryStatus, Version};
 
 /// What `ops recover` is asked to do.
 #[derive(Debug, Clone)]
@@ -303,6 +303,29 @@ fn between(
     run(next.epoch, next.seq).or_else(|| run(next.epoch.checked_sub(1)?, i64::MAX as u64 / 2))
 }
 
+/// Places in the replay plan: (journal, entry).
+type Places<'p> = &'p [(usize, usize)];
+
+/// The orders of one replay batch (`batch`: its places in the replay plan),
+/// each with the origin it is given, and their request body.
+fn replay_batch<'p>(
+    journals: &[Journal],
+    origins: &mut impl Iterator<Item = Option<Version>>,
+    batch: Places<'p>,
+) -> anyhow::Result<(Places<'p>, Vec<Order>, EncodedBatch)> {
+    let orders: Vec<Order> = batch
+        .iter()
+        .map(|&(j, e)| {
+            let entry = &journals[j].entries()[e];
+            let mut o = entry.order(journals[j].source());
+            o.origin = origins.next().flatten();
+            o
+        })
+        .collect();
+    let body = EncodedBatch::new(&orders)?;
+    Ok((batch, orders, body))
+}
+
 /// Runs the recovery.
 pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let client = DbClient::new(&opts.db);
@@ -462,16 +485,14 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
     let plan = replay_plan(&journals, &from);
     let mut origins = origins(&journals, &plan, status.epoch).into_iter();
     let b = bar(opts.progress, plan.len() as u64, "replaying");
-    for batch in plan.chunks(opts.batch.max(1)) {
-        let orders: Vec<_> = batch
-            .iter()
-            .map(|&(j, e)| {
-                let entry = &journals[j].entries()[e];
-                let mut o = entry.order(journals[j].source());
-                o.origin = origins.next().flatten();
-                o
-            })
-            .collect();
+    let mut batches = plan.chunks(opts.batch.max(1));
+    // Each batch is built and encoded while the one before is on its way
+    // (nothing of it is recorded or sent before that one is answered).
+    let mut next = batches
+        .next()
+        .map(|batch| replay_batch(&journals, &mut origins, batch))
+        .transpose()?;
+    while let Some((batch, orders, body)) = next.take() {
         // The first acknowledgement stays: it is the order's place in the
         // original commit order, which a later recovery from the same backup
         // needs again (the replay's own version is not). One never recorded
@@ -486,7 +507,14 @@ pub async fn recover(opts: &RecoverOptions) -> anyhow::Result<RecoverReport> {
         for (j, acks) in places {
             journals[j].record_acks(&acks)?;
         }
-        let resp = send_with_retry(&client, &orders).await?;
+        let (resp, following) = tokio::join!(send_encoded(&client, &body), async {
+            batches
+                .next()
+                .map(|batch| replay_batch(&journals, &mut origins, batch))
+                .transpose()
+        });
+        let resp = resp?;
+        next = following?;
         for &(j, _) in batch.iter().take(resp.results.len()) {
             report.sources[j].replayed += 1;
         }

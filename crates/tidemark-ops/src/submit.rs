@@ -362,13 +362,37 @@ where
     }
 }
 
+/// A batch of orders encoded as the body of `POST /v1/orders`, so the next
+/// one can be encoded while the one before is on its way.
+pub struct EncodedBatch {
+    body: bytes::Bytes,
+    orders: usize,
+}
+
+impl EncodedBatch {
+    pub fn new(batch: &[tidemark_api::Order]) -> anyhow::Result<Self> {
+        Ok(Self {
+            body: tidemark_api::encode_orders(batch).context("encoding a batch of orders")?,
+            orders: batch.len(),
+        })
+    }
+}
+
 /// Sends one batch, retrying while the DB server is unreachable or busy.
 /// The batch is idempotent, so a retry after a lost answer is harmless.
 pub async fn send_with_retry(
     client: &DbClient,
     batch: &[tidemark_api::Order],
 ) -> anyhow::Result<tidemark_api::OrdersResponse> {
-    let body = tidemark_api::encode_orders(batch).context("encoding a batch of orders")?;
+    send_encoded(client, &EncodedBatch::new(batch)?).await
+}
+
+/// [`send_with_retry`] of a batch encoded already.
+pub async fn send_encoded(
+    client: &DbClient,
+    batch: &EncodedBatch,
+) -> anyhow::Result<tidemark_api::OrdersResponse> {
+    let body = batch.body.clone();
     let mut delay = Duration::from_millis(100);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     // Said once at warning level (see `shown_waiting`), so a DB server
@@ -386,14 +410,14 @@ pub async fn send_with_retry(
             // The same batch would be refused again: only a smaller one
             // helps (`--batch`, or the server's limits).
             Err(e) if e.status() == Some(413) => {
-                let size = if batch.len() > 1 {
+                let size = if batch.orders > 1 {
                     "run the same command again with a smaller --batch (or raise the server's max_batch_orders or max_body_bytes)"
                 } else {
                     "this one order alone is over the server's body limit: shorten its fields, or raise the server's max_body_bytes, then run the same command again"
                 };
                 return Err(e).context(format!(
                     "the DB server refused a batch of {} orders as too large; the orders stay journaled: {size}",
-                    batch.len()
+                    batch.orders
                 ));
             }
             // Not mended by waiting: space must be freed first.

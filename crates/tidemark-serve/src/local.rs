@@ -45,6 +45,10 @@ pub fn foreign_browser(h: &HeaderMap) -> Option<String> {
         // (RFC 9112 makes it a 400).
         return Some("a request with more than one Host header".into());
     }
+    if crate::named_twice(h, header::ORIGIN) {
+        // Only one is looked at below; a browser sends one.
+        return Some("a request with more than one Origin header".into());
+    }
     let host = h.get(header::HOST).map(|v| v.to_str().unwrap_or(""));
     if let Some(host) = host.filter(|host| !loopback_host(host)) {
         return Some(format!(

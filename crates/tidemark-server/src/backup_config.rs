@@ -24,7 +24,8 @@ pub async fn for_backup(config: &ServerConfig) -> std::io::Result<serde_json::Va
                     ),
                 )
             })?;
-            serde_json::json!({"path": path.display().to_string(), "content": redact_keyword_passwords(&redact_url_passwords(&content))})
+            let content = redact_tokens(&redact_keyword_passwords(&redact_url_passwords(&content)));
+            serde_json::json!({"path": path.display().to_string(), "content": content})
         }
         None => serde_json::Value::Null,
     };
@@ -88,8 +89,50 @@ fn redact_keyword_passwords(text: &str) -> String {
     out
 }
 
+/// `text` with every Tidemark token (`tm_` and 64 hex digits, wherever it
+/// stands: `[client] token = …`, a comment) replaced by `tm_***`. A token
+/// is a stronger secret than the database password, and backups are often
+/// kept with wider access than the live host; a restored config names the
+/// token to set again instead.
+fn redact_tokens(text: &str) -> String {
+    const PREFIX: &str = "tm_";
+    const DIGITS: usize = 64;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PREFIX) {
+        let after = &rest[at + PREFIX.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_hexdigit).count();
+        // Only a whole token: not the start of some longer word.
+        let preceded = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        out.push_str(&rest[..at + PREFIX.len()]);
+        if digits == DIGITS && !preceded {
+            out.push_str("***");
+            rest = &after[DIGITS..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tokens_are_redacted_wherever_they_stand() {
+        let token = format!("tm_{}", "ab12".repeat(16));
+        let text = format!(
+            "[client]\ntoken = \"{token}\"\n# was {token}\nname = \"tm_table\"\nx{token}\n"
+        );
+        assert_eq!(
+            super::redact_tokens(&text),
+            format!("[client]\ntoken = \"tm_***\"\n# was tm_***\nname = \"tm_table\"\nx{token}\n")
+        );
+    }
+
     #[test]
     fn keyword_passwords_are_redacted_too() {
         let text = "database_url = \"host=db user=tm password=s3cret dbname=tm\"\nurl = \"postgres://db/tm?user=tm&Password=x&sslmode=require\"\nempty = 'password='\n";

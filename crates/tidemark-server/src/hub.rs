@@ -57,6 +57,9 @@ pub type SubscriberId = u32;
 /// few; names are never forgotten while the process runs).
 pub const MAX_NAMES: usize = 10_000;
 
+/// How often reads turned away for [`MAX_NAMES`] are said in the log.
+pub const NAMES_FULL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What flows to every watch stream.
 #[derive(Debug, Clone)]
 pub enum Push {
@@ -76,6 +79,8 @@ pub enum Push {
 /// The interest registry and the push queue.
 pub struct Hub {
     names: RwLock<HashMap<String, SubscriberId>>,
+    /// When reads past [`MAX_NAMES`] were last said, and how many came since.
+    names_full_said: Mutex<(Option<std::time::Instant>, u64)>,
     /// Subscribers that declared everything they hold since their last
     /// stream opened here.
     declared: Mutex<std::collections::HashSet<SubscriberId>>,
@@ -123,6 +128,7 @@ impl Hub {
         let (tx, _) = broadcast::channel(capacity.max(16));
         Self {
             names: RwLock::new(HashMap::new()),
+            names_full_said: Mutex::new((None, 0)),
             declared: Mutex::new(Default::default()),
             forgotten: Mutex::new(HashMap::new()),
             epoch_pushes: Default::default(),
@@ -142,15 +148,33 @@ impl Hub {
             .expect("no limit: every name gets an id")
     }
 
+    /// How many subscriber names are known.
+    pub fn names_known(&self) -> usize {
+        self.names.read().len()
+    }
+
+    /// The id of `name` if it is known; nothing is assigned.
+    pub fn known(&self, name: &str) -> Option<SubscriberId> {
+        self.names.read().get(name).copied()
+    }
+
     /// The id of a subscriber name a read gives, assigned on first use
-    /// while fewer than [`MAX_NAMES`] are known; `None` past that.
+    /// while fewer than [`MAX_NAMES`] are known; `None` past that (said at
+    /// most once per [`NAMES_FULL_LOG_EVERY`], with how many were turned
+    /// away: each such read would otherwise write a line).
     pub fn subscriber_for_read(&self, name: &str) -> Option<SubscriberId> {
         let id = self.intern(name, MAX_NAMES);
         if id.is_none() {
-            tracing::warn!(
-                subscriber = name,
-                "too many subscriber names; this read registers no interest (give service servers stable names)"
-            );
+            let mut said = self.names_full_said.lock();
+            said.1 += 1;
+            if said.0.is_none_or(|t| t.elapsed() >= NAMES_FULL_LOG_EVERY) {
+                tracing::warn!(
+                    subscriber = name,
+                    reads = said.1,
+                    "too many subscriber names; reads naming new ones register no interest (give service servers stable names)"
+                );
+                *said = (Some(std::time::Instant::now()), 0);
+            }
         }
         id
     }

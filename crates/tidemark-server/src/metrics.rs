@@ -18,6 +18,7 @@ pub struct ServerMetrics {
     pub order_latency: Arc<Histogram>,
     pub pushes: Arc<Counter>,
     pub watchers: Arc<Gauge>,
+    pub subscriber_names: Arc<Gauge>,
     pub errors: Arc<Counter>,
     /// The 5xx among them: what to alert on (a 4xx, a missing record
     /// included, is the caller's).
@@ -80,6 +81,11 @@ impl ServerMetrics {
                 "",
             ),
             watchers: r.gauge("tidemark_watchers", "Open watch streams.", ""),
+            subscriber_names: r.gauge(
+                "tidemark_subscriber_names",
+                "Subscriber (service server) names known since start; a growing count means new --id names keep arriving.",
+                "",
+            ),
             errors: r.counter(
                 "tidemark_http_errors_total",
                 "Requests answered with an error (4xx or 5xx; a record not found included).",

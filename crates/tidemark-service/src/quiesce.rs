@@ -11,7 +11,6 @@
 //! restart, which is the maintenance it announced.
 
 use crate::shared::Shared;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -94,14 +93,19 @@ fn bad(code: ErrorCode, message: String) -> Response {
     crate::http::error(StatusCode::BAD_REQUEST, code, message, None)
 }
 
+/// The largest quiesce request body taken (a number and a message).
+const MAX_NOTICE_BYTES: usize = 64 * 1024;
+
 /// `POST /v1/quiesce`: this server goes offline in `seconds`.
 pub async fn announce(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
+    // Refused before the body is read: a caller from elsewhere must not
+    // hold a connection slot while it sends one slowly.
     if let Some(refused) = not_local(peer, &uri, &headers) {
         return refused;
     }
@@ -121,6 +125,31 @@ pub async fn announce(
             "send the notice as Content-Type: application/json, {\"seconds\": N, \"message\": \"…\"}".into(),
         );
     }
+    let too_large = || {
+        crate::http::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("a quiesce notice is at most {MAX_NOTICE_BYTES} bytes: shorten its message"),
+            None,
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_NOTICE_BYTES as u64) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(request.into_body(), MAX_NOTICE_BYTES).await {
+        Ok(b) => b,
+        // Cut off, or chunked past the limit (a declared length over it is
+        // refused above).
+        Err(e) => {
+            return bad(
+                ErrorCode::BadRequest,
+                format!("cannot read the request body ({e}); send a notice of at most {MAX_NOTICE_BYTES} bytes"),
+            )
+        }
+    };
     let req = match QuiesceRequest::parse(&body) {
         Ok(r) => r,
         Err(e) => return bad(e.code, e.message),

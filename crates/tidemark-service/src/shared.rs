@@ -247,42 +247,54 @@ pub fn pause_watch(shared: &std::sync::Arc<Shared>) {
 /// them are not applied yet.
 pub const LEASE_FRESH_MS: u64 = 1_000;
 
-/// Tells how late a `lease` arrives: the smallest (arrival - sent) of the
-/// last minute or so is the two clocks' offset plus the least delay; a
-/// lease that took longer than that waited somewhere (in the socket,
-/// while this process was paused). Two 30 s windows, so a slow drift
-/// between the clocks is followed.
+/// Tells how late a `lease` arrives: the least (arrival - sent) seen is
+/// the two clocks' offset plus the least delay; a lease that took longer
+/// than that waited somewhere (in the socket, while this process was
+/// paused, on a link that became slow).
+///
+/// Invariant: the least believed falls at once to any smaller offset, and
+/// rises only by [`LEASE_DRIFT_MS`] per [`LEASE_WINDOW_MS`] toward the least
+/// of the window just ended: enough to follow two clocks drifting apart
+/// (about 170 ppm), while a link that stays slow keeps its leases counted
+/// late for long (before, a minute of it made them timely again, and the
+/// cache was vouched for with pushes the delay behind).
 #[derive(Debug, Default)]
 pub struct LeaseClock {
-    /// (window start, its least offset) now and before.
-    current: Option<(u64, i64)>,
-    previous: Option<i64>,
+    least: Option<i64>,
+    /// (start, least offset seen since) of the current window.
+    window: Option<(u64, i64)>,
 }
 
+/// How long a window of [`LeaseClock`] lasts.
 const LEASE_WINDOW_MS: u64 = 30_000;
+
+/// How far the least offset may rise per window (clock drift).
+pub const LEASE_DRIFT_MS: i64 = 5;
 
 impl LeaseClock {
     /// Notes a lease sent at `sent` (the server's clock) that arrived at
     /// `now` (ours); returns how late it is (ms) behind the least delay.
     pub fn late_ms(&mut self, sent: u64, now: u64) -> u64 {
         let offset = now as i64 - sent as i64;
-        match self.current {
-            Some((start, least)) if now.saturating_sub(start) < LEASE_WINDOW_MS => {
-                self.current = Some((start, least.min(offset)));
+        let mut least = self.least.map_or(offset, |l| l.min(offset));
+        match self.window {
+            Some((start, w)) if now.saturating_sub(start) < LEASE_WINDOW_MS => {
+                self.window = Some((start, w.min(offset)));
             }
-            Some((_, least)) => {
-                self.previous = Some(least);
-                self.current = Some((now, offset));
+            ended => {
+                if let Some((_, w)) = ended.filter(|(_, w)| *w > least) {
+                    if w - least > PAUSED_MS as i64 {
+                        tracing::warn!(
+                            late_ms = w - least,
+                            "the DB server's leases have arrived late for the last 30 s (a slow link, or clocks drifting apart); the cache is not vouched for by them meanwhile, so reads ask the DB server"
+                        );
+                    }
+                    least = w.min(least + LEASE_DRIFT_MS);
+                }
+                self.window = Some((now, offset));
             }
-            None => self.current = Some((now, offset)),
         }
-        let least = self
-            .current
-            .map(|(_, l)| l)
-            .into_iter()
-            .chain(self.previous)
-            .min()
-            .unwrap_or(offset);
+        self.least = Some(least);
         offset.saturating_sub(least).max(0) as u64
     }
 }

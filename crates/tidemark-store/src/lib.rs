@@ -17,10 +17,12 @@
 //! - [`lock`]: the data-directory lock that a crashed holder cannot leave stuck.
 //! - `schema_ddl`: the schema registry's engine-neutral part: DDL from one version to the next.
 //! - [`apply`]: batch validation and the idempotency rules shared by engines.
+//! - [`dropper`]: large batches freed off the path that answers.
 //! - `testsuite` (feature `testsuite`, tests only): the one test suite every
 //!   engine runs.
 
 pub mod apply;
+pub mod dropper;
 pub mod engine;
 pub mod error;
 pub mod layout;

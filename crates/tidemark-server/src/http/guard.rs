@@ -390,6 +390,14 @@ mod tests {
         two.append(header::HOST, "127.0.0.1".parse().unwrap());
         two.append(header::HOST, "evil.example".parse().unwrap());
         assert!(foreign_browser(&two).is_some());
+        // Two Origin headers, the first one this host's: only one was
+        // looked at, and the request served.
+        let mut two = HeaderMap::new();
+        two.append(header::HOST, "127.0.0.1:7070".parse().unwrap());
+        two.append(header::ORIGIN, "http://127.0.0.1:7070".parse().unwrap());
+        assert!(foreign_browser(&two).is_none());
+        two.append(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(foreign_browser(&two).is_some());
     }
 
     #[test]

@@ -115,6 +115,9 @@ async fn apply(app: &AppState, body: Bytes) -> Result<OrdersResponse, HttpError>
         .changes
         .last()
         .map_or_else(|| app.hub.watermark(), |c| c.version.seq);
+    // Pushed already: a replay's thousands are freed after the answer.
+    let changes = outcome.changes.len();
+    tidemark_store::dropper::drop_later(outcome.changes, changes);
     super::confirm::standbys_confirmed(app, Covers::Log(seq)).await?;
     Ok(OrdersResponse {
         results: outcome.results,

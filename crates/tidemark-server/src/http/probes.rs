@@ -83,6 +83,9 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         true => app.store.meta().await.ok(),
         false => None,
     };
+    app.metrics
+        .subscriber_names
+        .set(app.hub.names_known() as i64);
     if let Some(meta) = meta {
         app.metrics.seq.set(meta.seq as i64);
         app.metrics.epoch.set(meta.epoch as i64);

@@ -43,8 +43,12 @@ pub async fn watch(
     // A stream refused below must not leave a declaration of interest for
     // a later one that the subscriber did not declare for (it may have read
     // elsewhere since): that one would resume with incomplete interest.
+    // A name never known here has none, and is not made known: a refused
+    // request must not grow the names without end.
     let refused = |e: HttpError| {
-        app.hub.take_declared(app.hub.subscriber(&name));
+        if let Some(id) = app.hub.known(&name) {
+            app.hub.take_declared(id);
+        }
         e
     };
     if app.cluster.as_ref().is_some_and(|c| c.cut_off()) {

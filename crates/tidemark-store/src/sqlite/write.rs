@@ -55,7 +55,12 @@ pub(super) async fn apply_group(
     }
     let n = batches.len();
     match s
-        .blocking(move |s| Ok(s.apply_group_blocking(batches)))
+        .blocking(move |s| {
+            let out = s.apply_group_blocking(&batches);
+            let orders = batches.iter().map(Vec::len).sum();
+            crate::dropper::drop_later(batches, orders);
+            Ok(out)
+        })
         .await
     {
         Ok(out) => out,
@@ -107,14 +112,14 @@ impl SqliteStore {
     /// stand, so every batch stays all-or-nothing.
     fn apply_group_blocking(
         &self,
-        batches: Vec<Vec<Order>>,
+        batches: &[Vec<Order>],
     ) -> Vec<Result<ApplyOutcome, StoreError>> {
         let mut catalog = self.catalog();
-        let mut out = crate::apply::validate_group(&catalog.schema, &batches);
+        let mut out = crate::apply::validate_group(&catalog.schema, batches);
         let mut conn = self.inner.writer.lock();
         let now = self.catalog();
         if !Arc::ptr_eq(&now, &catalog) {
-            crate::apply::revalidate(&now.schema, &batches, &mut out);
+            crate::apply::revalidate(&now.schema, batches, &mut out);
             catalog = now;
         }
         let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {

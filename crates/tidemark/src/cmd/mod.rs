@@ -131,13 +131,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Text another party wrote (a quiesce message), fit for a terminal: its
-/// control characters escaped, so it cannot move the cursor, recolour or
-/// retitle the operator's terminal.
+/// Text another party wrote (a quiesce message, a key), fit for a
+/// terminal: its control characters and bidirectional overrides escaped,
+/// so it cannot move the cursor, recolour or retitle the operator's
+/// terminal, nor make a line read otherwise than it is.
 pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -228,6 +230,11 @@ mod tests {
         assert_eq!(
             super::printable("down at 5 \u{1b}[2J\nnow é"),
             "down at 5 \\u{1b}[2J\\nnow é"
+        );
+        // A right-to-left override would show this key as "key-exe.txt".
+        assert_eq!(
+            super::printable("key-\u{202e}txt.exe"),
+            "key-\\u{202e}txt.exe"
         );
     }
 }

@@ -30,9 +30,10 @@ pub async fn run(cmd: RecoveryCommand) -> anyhow::Result<()> {
             for f in v["flags"].as_array().into_iter().flatten() {
                 println!(
                     "  {}/{}: waits for order {} seq {} (applied up to {})",
-                    f["table"].as_str().unwrap_or("?"),
-                    f["key"].as_str().unwrap_or("?"),
-                    f["source"].as_str().unwrap_or("?"),
+                    // Keys may hold any character but NUL: escaped.
+                    super::printable(f["table"].as_str().unwrap_or("?")),
+                    super::printable(f["key"].as_str().unwrap_or("?")),
+                    super::printable(f["source"].as_str().unwrap_or("?")),
                     f["through_seq"],
                     f["high_water"]
                 );

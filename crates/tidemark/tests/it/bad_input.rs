@@ -699,6 +699,15 @@ async fn watch_streams_per_token_are_limited() {
         .as_str()
         .unwrap()
         .contains("max_watch_per_token"));
+    // Refused streams make no name known (before, each one did, for the
+    // life of the process: memory without end from a reader token).
+    let known = metric(&db.url, "tidemark_subscriber_names").await;
+    assert_eq!(known, 2, "svc-a and svc-b");
+    for i in 0..20 {
+        let r = open(&format!("refused-{i}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 429);
+    }
+    assert_eq!(metric(&db.url, "tidemark_subscriber_names").await, known);
     drop(a);
     eventually(10, "a closed stream to free its place", || async {
         let r = open("svc-c").await.ok()?;

@@ -415,3 +415,37 @@ async fn the_head_limit_holds_after_the_fast_path_hands_over() {
         second.map(|a| &a[..a.len().min(200)])
     );
 }
+
+/// A quiesce notice to a service server from a caller it does not trust
+/// (here a page reached by DNS rebinding: a foreign `Host`) is refused
+/// before its body is read, so a slow body from elsewhere holds no
+/// connection slot of the terminals'. Before, the refusal waited for the
+/// whole body (up to the body timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_refuses_a_foreign_quiesce_before_reading_its_body() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    // The body timeout is 30 s by default: far beyond the wait below.
+    let svc = service(dir, "svc", &db.url, "accept-stale", &[]).await;
+    let mut s = TcpStream::connect(addr(&svc.url)).await.unwrap();
+    s.write_all(b"POST /v1/quiesce HTTP/1.1\r\nHost: evil.example\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n{")
+        .await
+        .unwrap();
+    // The answer's head, as soon as it comes (the body never will).
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer:?}");
+    let (_, state) = get_json(&format!("{}/v1/state", svc.url)).await;
+    assert!(state["quiesce"].is_null(), "no notice taken: {state}");
+}

@@ -147,7 +147,8 @@ impl Service {
             http::router(shared.clone()),
             crate::hot::cache_hit,
         );
-        tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server ready");
+        // Serving; ready (`/readyz`) while its watch stream vouches.
+        tracing::info!(%addr, id = %shared.config.id, policy = shared.config.policy.as_str(), db = %shared.config.db, "service server listening (ready, on /readyz, while its watch stream to the DB server vouches for the cache)");
         let signal = shared.shutdown.clone();
         let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
         let c = &shared.config;

@@ -125,7 +125,12 @@ pub async fn run(shared: Arc<Shared>) {
             Err(None) => {}
             Err(Some(e)) => {
                 if !reported_down {
-                    tracing::warn!(error = %e, "cannot open the watch stream; serving from cache and retrying");
+                    // What the cache may still do without the stream.
+                    let meanwhile = match shared.config.policy {
+                        crate::policy::Policy::LatestOnly => "reads ask the DB server (503 db_unavailable if it does not answer by the deadline)",
+                        crate::policy::Policy::AcceptStale => "the cache is served, marked recovering",
+                    };
+                    tracing::warn!(error = %e, "cannot open the watch stream; retrying, and meanwhile {meanwhile}");
                     reported_down = true;
                 }
             }

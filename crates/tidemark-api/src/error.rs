@@ -75,7 +75,8 @@ pub enum ErrorCode {
     /// A promote that cannot be done: the instance is not a live standby.
     PromoteRefused,
     /// A per-token or per-server limit on concurrent streams (watch
-    /// streams, backup streams) was reached; close one or retry later.
+    /// streams, backup streams, request bodies being sent) was reached;
+    /// close one or retry later.
     TooManyStreams,
     /// The token has bound as many watch subscriber names as it may
     /// (`max_subscribers_per_token`); reuse one, or give the service server

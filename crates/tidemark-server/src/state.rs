@@ -50,6 +50,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Open watch streams per caller (token name), for the per-token limit.
     pub streams: crate::limits::Streams,
+    /// Request bodies arriving, per token (`guard::MAX_BODIES_PER_TOKEN`).
+    pub bodies: crate::limits::Streams,
     /// Backup streams being served.
     pub backups: Arc<tokio::sync::Semaphore>,
     /// False until the server serves, and again once shutdown begins.
@@ -155,6 +157,7 @@ impl AppState {
             stream_id,
             cluster,
             streams: Default::default(),
+            bodies: Default::default(),
             backups,
             ready: AtomicBool::new(false),
             store_ready: tokio::sync::Mutex::new(None),

@@ -156,14 +156,37 @@ fn not_allowed(method: &Method, path: &str, allowed: &[Method]) -> Response {
     resp
 }
 
+/// Request bodies one token may be sending at once.
+pub const MAX_BODIES_PER_TOKEN: usize = 256;
+
 /// Reads the whole body of a request that has one, before the caller is
 /// let through: a body may take up to the body deadline to arrive, and a
 /// token revoked meanwhile (or protected mode ended by the first token)
 /// must not act with it, so the caller is judged again once it is here.
-async fn read_body(req: Request, limit: usize) -> Result<Request, Response> {
+///
+/// A token has at most [`MAX_BODIES_PER_TOKEN`] bodies arriving at once
+/// (`bodies`): otherwise one token, a reader's, could hold every
+/// connection slot with bodies sent slowly, and shut out every other
+/// caller for the body deadline.
+async fn read_body(
+    req: Request,
+    limit: usize,
+    (bodies, caller): (&crate::limits::Streams, &str),
+) -> Result<Request, Response> {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(req);
     }
+    let Some(_arriving) = bodies.take(caller, MAX_BODIES_PER_TOKEN) else {
+        return Err(HttpError::new(
+            ErrorCode::TooManyStreams,
+            format!(
+                "token '{}' is already sending {MAX_BODIES_PER_TOKEN} request bodies; send each body at once, or fewer requests at a time",
+                caller.escape_debug()
+            ),
+        )
+        .retry_after(1)
+        .into_response());
+    };
     let (parts, body) = req.into_parts();
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
@@ -218,7 +241,8 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
                 )
                 .into_response();
             }
-            let mut req = match read_body(req, app.config.max_body_bytes).await {
+            let bodies = (&app.bodies, crate::auth::LOOPBACK);
+            let mut req = match read_body(req, app.config.max_body_bytes, bodies).await {
                 Ok(req) => req,
                 Err(refusal) => return refusal,
             };
@@ -266,7 +290,7 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
         )
         .into_response(),
         Some((name, role)) if role >= need => {
-            let mut req = match read_body(req, app.config.max_body_bytes).await {
+            let mut req = match read_body(req, app.config.max_body_bytes, (&app.bodies, &name)).await {
                 Ok(req) => req,
                 Err(refusal) => return refusal,
             };

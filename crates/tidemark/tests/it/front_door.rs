@@ -449,3 +449,86 @@ async fn a_service_server_refuses_a_foreign_quiesce_before_reading_its_body() {
     let (_, state) = get_json(&format!("{}/v1/state", svc.url)).await;
     assert!(state["quiesce"].is_null(), "no notice taken: {state}");
 }
+
+/// One caller has at most `MAX_BODIES_PER_TOKEN` (256) request bodies
+/// arriving at once: the next is refused `429 too_many_streams` at once,
+/// so slow bodies of one token (here the loopback caller of protected
+/// mode) cannot take every connection slot for the body deadline. A body
+/// that arrives frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_caller_sends_a_bounded_number_of_bodies_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(tmp.path(), &[]).await;
+    const MAX: usize = 256;
+    let head = "POST /v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n";
+    // Readiness: `100 Continue` comes once the server reads the body, so
+    // each of these holds its place when it has come.
+    async fn first_line(s: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(20), async {
+            while !got.windows(2).any(|w| w == b"\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&got)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    }
+    // A whole answer (head and `content-length` body), connection open.
+    async fn answer_of(s: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    });
+                    if !head.contains(" 100 ") && len.is_some_and(|n| rest.len() >= n) {
+                        break;
+                    }
+                }
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    let mut held = Vec::new();
+    for _ in 0..MAX {
+        let mut s = TcpStream::connect(addr(&db.url)).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    for s in &mut held {
+        assert_eq!(first_line(s).await, "HTTP/1.1 100 Continue");
+    }
+    let mut one_more = TcpStream::connect(addr(&db.url)).await.unwrap();
+    one_more.write_all(head.as_bytes()).await.unwrap();
+    let refused = answer_of(&mut one_more).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains("too_many_streams"), "{refused}");
+    // Everyone else is still served, and a place frees as a body arrives
+    // whole (a malformed one: refused, nothing applied).
+    assert_eq!(get_json(&format!("{}/v1/state", db.url)).await.0, 200);
+    held[0].write_all(&[b' '; 100]).await.unwrap();
+    let answer = answer_of(&mut held[0]).await;
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    let mut again = TcpStream::connect(addr(&db.url)).await.unwrap();
+    again.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(first_line(&mut again).await, "HTTP/1.1 100 Continue");
+    assert_eq!(commit_seq(&db.url).await, 0);
+}

@@ -114,6 +114,9 @@ impl BackupWriter {
             std::fs::remove_dir_all(&tmp).map_err(BackupError::io(&tmp))?;
         }
         std::fs::create_dir_all(tmp.join("config")).map_err(BackupError::io(&tmp))?;
+        // Every record and the server's config are in it: its owner's alone
+        // (the rename to the target keeps the mode).
+        tidemark_store::layout::make_private(&tmp).map_err(BackupError::io(&tmp))?;
         let writing = scratch::lock(&tmp)?;
         Ok(Self {
             target: target.to_owned(),

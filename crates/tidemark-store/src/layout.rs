@@ -155,6 +155,7 @@ pub fn resolve_for_open(dir: &Path, owned: bool) -> Result<PathBuf, StoreError> 
             }
             let gen = dir.join(gen_name(1));
             fs::create_dir_all(&gen).map_err(|e| data_dir_err(dir, e))?;
+            make_private(&gen).map_err(|e| data_dir_err(dir, e))?;
             swap_current(dir, &gen_name(1)).map_err(|e| data_dir_err(dir, e))?;
             Ok(gen)
         }
@@ -175,6 +176,7 @@ pub fn stage_gen(dir: &Path) -> io::Result<(String, PathBuf)> {
     let name = gen_name(next);
     let path = dir.join(&name);
     fs::create_dir(&path)?;
+    make_private(&path)?;
     fs::File::create(path.join(STAGING_MARK))?.sync_all()?;
     fsync_dir(&path)?;
     fsync_dir(dir)?;
@@ -297,6 +299,14 @@ pub fn remove_flat_store(dir: &Path) {
     }
 }
 
+/// Makes `dir` readable by its owner only (0700): a generation holds
+/// every record, and the umask (often 022) would let every local user read
+/// it.
+pub fn make_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
 /// fsyncs a directory, so renames and new entries in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
@@ -335,6 +345,17 @@ mod tests {
         assert_eq!(
             fs::read_link(dir.path().join(CURRENT)).unwrap(),
             PathBuf::from("gen-000001")
+        );
+        // Its records are its owner's alone, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let (_, staged) = stage_gen(dir.path()).unwrap();
+        assert_eq!(
+            fs::metadata(&staged).unwrap().permissions().mode() & 0o777,
+            0o700
         );
     }
 

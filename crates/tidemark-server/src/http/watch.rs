@@ -176,13 +176,18 @@ pub async fn claim(
     }
     match app.auth.bind_subscriber(name, &caller.0).await {
         Ok(()) => Ok(()),
-        Err(e @ BindError::Taken(_)) => Err(HttpError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "subscriber '{}': {e}; a service server {doing} with its own token and name",
-                name.escape_debug()
-            ),
-        )),
+        Err(BindError::Taken(owner)) => {
+            // The owner is named in the log only: a caller learns no
+            // other token's name.
+            tracing::info!(subscriber = ?name, owner = ?owner, caller = ?caller.0, "subscriber name refused: another token holds it");
+            Err(HttpError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "subscriber '{}' belongs to another token (the server log names it); a service server {doing} with its own token and name",
+                    name.escape_debug()
+                ),
+            ))
+        }
         Err(e @ BindError::TooMany(_)) => Err(HttpError::new(
             ErrorCode::TooManySubscribers,
             format!(

@@ -343,6 +343,10 @@ pub fn backup_to(dir: &Path, db: &str, name: &str) -> std::path::PathBuf {
         "backup create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Every backup is its owner's alone (records, config), whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", backup.display());
     backup
 }
 

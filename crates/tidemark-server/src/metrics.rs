@@ -19,6 +19,7 @@ pub struct ServerMetrics {
     pub pushes: Arc<Counter>,
     pub watchers: Arc<Gauge>,
     pub subscriber_names: Arc<Gauge>,
+    pub subscribers_forgotten: Arc<Counter>,
     pub errors: Arc<Counter>,
     /// The 5xx among them: what to alert on (a 4xx, a missing record
     /// included, is the caller's).
@@ -81,6 +82,11 @@ impl ServerMetrics {
                 "",
             ),
             watchers: r.gauge("tidemark_watchers", "Open watch streams.", ""),
+            subscribers_forgotten: r.counter(
+                "tidemark_subscribers_forgotten_total",
+                "Subscribers whose interest was dropped after forget_idle_subscriber_secs without a watch stream.",
+                "",
+            ),
             subscriber_names: r.gauge(
                 "tidemark_subscriber_names",
                 "Subscriber (service server) names known since start; a growing count means new --id names keep arriving.",

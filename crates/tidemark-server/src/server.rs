@@ -332,6 +332,12 @@ async fn record_process(
     Ok(())
 }
 
+/// Ticks between sweeps for idle subscribers: every 30 s, or twice per
+/// `forget_idle_secs` where that is shorter, so none is kept much past it.
+fn sweep_every(forget_idle_secs: u64) -> u64 {
+    (forget_idle_secs / 2).clamp(1, 30)
+}
+
 /// Keeps the change log bounded, forgets the interest of subscribers gone
 /// for `forget_idle_subscriber_secs`, moves `recovered` back to `normal`, and,
 /// once the OpS asked to complete, settles flags whose orders were applied
@@ -350,11 +356,12 @@ async fn prune_worker(state: Arc<AppState>) {
                 state.progress.sample(m.state, m.remaining, now);
             }
         }
-        if n.is_multiple_of(30) {
+        if n.is_multiple_of(sweep_every(state.config.forget_idle_subscriber_secs)) {
             // Every instance holds the interest of the streams it serves.
-            state.hub.forget_idle(Duration::from_secs(
+            let forgotten = state.hub.forget_idle(Duration::from_secs(
                 state.config.forget_idle_subscriber_secs,
             ));
+            state.metrics.subscribers_forgotten.add(forgotten as u64);
         }
         if state.cluster.as_ref().is_some_and(|c| !c.is_primary()) {
             // The primary's job.

@@ -817,3 +817,48 @@ async fn a_cache_snapshot_that_does_not_fit_leaves_no_part_written_file() {
     let (s, _) = get_json(&key_url(&again.url, "k1")).await;
     assert_eq!(s, 200);
 }
+
+/// The maintenance tick forgets the interest of a subscriber that has had
+/// no watch stream for `forget_idle_subscriber_secs` (sweeping twice per
+/// that time when it is under a minute), and counts it; one whose stream
+/// is open keeps its interest.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tick_forgets_a_subscriber_gone_for_the_idle_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = db_server(
+        tmp.path(),
+        &[("TIDEMARK_SERVER__FORGET_IDLE_SUBSCRIBER_SECS", "2")],
+    )
+    .await;
+    ops_submit(
+        tmp.path(),
+        &db.url,
+        r#"{"table": "subscriber", "key": "k", "op": "upsert", "fields": {"plan": "a"}}"#,
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let watching = client
+        .get(format!("{}/v1/watch?subscriber=svc-held", db.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watching.status().as_u16(), 200);
+    // Each reads the key under its name: both hold it now.
+    for name in ["svc-held", "svc-gone"] {
+        let r = client
+            .get(format!("{}/v1/records/subscriber/k", db.url))
+            .header("tidemark-subscriber", name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let forgotten = eventually(20, "the idle subscriber to be forgotten", || async {
+        let n = metric(&db.url, "tidemark_subscribers_forgotten_total").await;
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(forgotten, 1, "svc-gone only: svc-held has its stream open");
+    assert!(db.log_text().contains("its interest is dropped"));
+    drop(watching);
+}

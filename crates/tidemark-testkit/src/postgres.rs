@@ -172,22 +172,13 @@ impl PgCluster {
         } else {
             ""
         };
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {as_pg}{bin}/pg_ctl stop -D {data} -m immediate >/dev/null 2>&1; rm -rf {dir}",
-            pid = std::process::id(),
+        crate::process::after_exit(&format!(
+            "{as_pg}{bin}/pg_ctl stop -D {data} -m immediate >/dev/null 2>&1; rm -rf {dir}",
             bin = self.bin.display(),
             data = self.dir.join("data").display(),
             dir = self.dir.display(),
-        );
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the cluster's watchdog")?;
-        Ok(())
+        ))
+        .context("starting the cluster's watchdog")
     }
 
     pub fn port(&self) -> u16 {

@@ -267,6 +267,24 @@ pub fn read_log(path: &Path) -> String {
     s
 }
 
+/// Runs the shell command `script` once this process has ended, however
+/// it ends (a SIGKILL included): a watchdog shell polls for it twice a
+/// second. For what must not outlive it (a temporary cluster, a folder).
+pub fn after_exit(script: &str) -> std::io::Result<()> {
+    let watch = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {script}",
+        pid = std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(watch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(drop)
+}
+
 /// The child processes of `pid` (by the parent field of `/proc/*/stat`).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

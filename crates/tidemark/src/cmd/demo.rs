@@ -88,6 +88,16 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         tmp.path().to_owned()
     };
+    if !args.keep {
+        // Removed after a SIGKILL too (nothing here can run then): once this
+        // process is gone and its servers have stopped (they stop by
+        // themselves, `TIDEMARK_PARENT_PID`).
+        let quoted = format!("'{}'", dir.display().to_string().replace('\'', "'\\''"));
+        if let Err(e) = tidemark_testkit::process::after_exit(&format!("sleep 2; rm -rf {quoted}"))
+        {
+            tracing::debug!(error = %e, "no watchdog for the demo folder; a SIGKILL would leave it");
+        }
+    }
     let mut tl = Timeline {
         t0: Instant::now(),
         failed: Vec::new(),

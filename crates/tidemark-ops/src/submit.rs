@@ -370,6 +370,7 @@ pub struct EncodedBatch {
 }
 
 impl EncodedBatch {
+    /// `batch`, encoded.
     pub fn new(batch: &[tidemark_api::Order]) -> anyhow::Result<Self> {
         Ok(Self {
             body: tidemark_api::encode_orders(batch).context("encoding a batch of orders")?,

@@ -79,8 +79,8 @@ pub enum Push {
 /// The interest registry and the push queue.
 pub struct Hub {
     names: RwLock<HashMap<String, SubscriberId>>,
-    /// When reads past [`MAX_NAMES`] were last said, and how many came since.
-    names_full_said: Mutex<(Option<std::time::Instant>, u64)>,
+    /// Reads past [`MAX_NAMES`], said once per [`NAMES_FULL_LOG_EVERY`].
+    names_full_said: tidemark_telemetry::Every,
     /// Subscribers that declared everything they hold since their last
     /// stream opened here.
     declared: Mutex<std::collections::HashSet<SubscriberId>>,
@@ -128,7 +128,7 @@ impl Hub {
         let (tx, _) = broadcast::channel(capacity.max(16));
         Self {
             names: RwLock::new(HashMap::new()),
-            names_full_said: Mutex::new((None, 0)),
+            names_full_said: tidemark_telemetry::Every::new(NAMES_FULL_LOG_EVERY),
             declared: Mutex::new(Default::default()),
             forgotten: Mutex::new(HashMap::new()),
             epoch_pushes: Default::default(),
@@ -164,17 +164,13 @@ impl Hub {
     /// away: each such read would otherwise write a line).
     pub fn subscriber_for_read(&self, name: &str) -> Option<SubscriberId> {
         let id = self.intern(name, MAX_NAMES);
-        if id.is_none() {
-            let mut said = self.names_full_said.lock();
-            said.1 += 1;
-            if said.0.is_none_or(|t| t.elapsed() >= NAMES_FULL_LOG_EVERY) {
-                tracing::warn!(
-                    subscriber = name,
-                    reads = said.1,
-                    "too many subscriber names; reads naming new ones register no interest (give service servers stable names)"
-                );
-                *said = (Some(std::time::Instant::now()), 0);
-            }
+        let reads = id.is_none().then(|| self.names_full_said.due()).flatten();
+        if let Some(reads) = reads {
+            tracing::warn!(
+                subscriber = name,
+                reads,
+                "too many subscriber names; reads naming new ones register no interest (give service servers stable names)"
+            );
         }
         id
     }

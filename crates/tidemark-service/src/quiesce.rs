@@ -141,8 +141,10 @@ pub async fn announce(
     }
     let body = match axum::body::to_bytes(request.into_body(), MAX_NOTICE_BYTES).await {
         Ok(b) => b,
-        // Cut off, or chunked past the limit (a declared length over it is
-        // refused above).
+        // Chunked past the limit (a declared length over it is refused
+        // above).
+        Err(e) if e.to_string().contains("length limit exceeded") => return too_large(),
+        // Cut off.
         Err(e) => {
             return bad(
                 ErrorCode::BadRequest,

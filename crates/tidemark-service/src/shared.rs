@@ -247,19 +247,29 @@ pub fn pause_watch(shared: &std::sync::Arc<Shared>) {
 /// them are not applied yet.
 pub const LEASE_FRESH_MS: u64 = 1_000;
 
-/// Tells how late a `lease` arrives: the least (arrival - sent) seen is
-/// the two clocks' offset plus the least delay; a lease that took longer
-/// than that waited somewhere (in the socket, while this process was
-/// paused, on a link that became slow).
+/// Tells how late a `lease` arrives: the least (arrival - sent) seen from
+/// one server boot is the two clocks' offset plus the least delay; a lease
+/// that took longer than that waited somewhere (in the socket, while this
+/// process was paused, on a link that became slow).
 ///
-/// Invariant: the least believed falls at once to any smaller offset, and
-/// rises only by [`LEASE_DRIFT_MS`] per [`LEASE_WINDOW_MS`] toward the least
-/// of the window just ended: enough to follow two clocks drifting apart
-/// (about 170 ppm), while a link that stays slow keeps its leases counted
-/// late for long (before, a minute of it made them timely again, and the
-/// cache was vouched for with pushes the delay behind).
+/// Invariants:
+/// - The least believed falls at once to any smaller offset, and rises
+///   only by [`LEASE_DRIFT_MS`] per 30 s toward the least of the window
+///   just ended. So a link that becomes slow and stays slow keeps its
+///   leases counted late for minutes (before, one minute made them
+///   timely), while a clock corrected by NTP (up to about 150 ms) is
+///   followed within a minute, as before.
+/// - It is kept across streams from the same server boot (a reconnect
+///   over the slow link must not take the slow delay for the least), and
+///   starts afresh for another boot: another process, perhaps another
+///   host and clock.
+/// - One-way delay and clock offset cannot be told apart without a round
+///   trip: a link already slow when a boot is first heard counts as the
+///   least.
 #[derive(Debug, Default)]
 pub struct LeaseClock {
+    /// The boot of the server whose clock this is.
+    boot: Option<String>,
     least: Option<i64>,
     /// (start, least offset seen since) of the current window.
     window: Option<(u64, i64)>,
@@ -268,10 +278,22 @@ pub struct LeaseClock {
 /// How long a window of [`LeaseClock`] lasts.
 const LEASE_WINDOW_MS: u64 = 30_000;
 
-/// How far the least offset may rise per window (clock drift).
-pub const LEASE_DRIFT_MS: i64 = 5;
+/// How far the least offset may rise per window: an NTP correction of the
+/// server's clock, slewed, is followed at about 830 ppm.
+pub const LEASE_DRIFT_MS: i64 = 25;
 
 impl LeaseClock {
+    /// The clock of the server that booted as `boot`: kept if it is the
+    /// one heard before, started afresh otherwise.
+    pub fn for_server(&mut self, boot: &str) {
+        if self.boot.as_deref() != Some(boot) {
+            *self = Self {
+                boot: Some(boot.to_owned()),
+                ..Self::default()
+            };
+        }
+    }
+
     /// Notes a lease sent at `sent` (the server's clock) that arrived at
     /// `now` (ours); returns how late it is (ms) behind the least delay.
     pub fn late_ms(&mut self, sent: u64, now: u64) -> u64 {
@@ -286,7 +308,7 @@ impl LeaseClock {
                     if w - least > PAUSED_MS as i64 {
                         tracing::warn!(
                             late_ms = w - least,
-                            "the DB server's leases have arrived late for the last 30 s (a slow link, or clocks drifting apart); the cache is not vouched for by them meanwhile, so reads ask the DB server"
+                            "the DB server's leases have arrived late for 30 s or more (a slow link, or its clock corrected); the cache is not vouched for by them meanwhile, so reads ask the DB server"
                         );
                     }
                     least = w.min(least + LEASE_DRIFT_MS);

@@ -128,7 +128,7 @@ pub async fn run(shared: Arc<Shared>) {
                     // What the cache may still do without the stream.
                     let meanwhile = match shared.config.policy {
                         crate::policy::Policy::LatestOnly => "reads ask the DB server (503 db_unavailable if it does not answer by the deadline)",
-                        crate::policy::Policy::AcceptStale => "the cache is served, marked recovering",
+                        crate::policy::Policy::AcceptStale => "reads ask the DB server, and a cached copy is served, marked recovering, if it does not answer within 0.5 s",
                     };
                     tracing::warn!(error = %e, "cannot open the watch stream; retrying, and meanwhile {meanwhile}");
                     reported_down = true;
@@ -246,8 +246,8 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             };
             shared.vouched_until_ms.store(vouched, Ordering::SeqCst);
             shared.lease_alive_until_ms.store(vouched, Ordering::SeqCst);
-            // Another stream: perhaps another server, another clock.
-            *shared.lease_clock.lock() = Default::default();
+            // Another boot: another clock (the same one is kept).
+            shared.lease_clock.lock().for_server(&h.boot);
             // Cached under another schema version (a snapshot taken before
             // a publish): revalidated, so a record never lacks a column in
             // force. Before `synced`, so nothing is served from the cache
@@ -668,6 +668,16 @@ mod tests {
             late.last() < late.first(),
             "the least rises, slowly: {late:?}"
         );
+        // A reconnect to the same boot keeps what was learnt; another
+        // boot starts afresh.
+        let mut clock = crate::shared::LeaseClock::default();
+        clock.for_server("a");
+        assert_eq!(clock.late_ms(0, 10), 0);
+        assert_eq!(clock.late_ms(300, 610), 300, "the link became slow");
+        clock.for_server("a"); // the stream reconnects over it
+        assert_eq!(clock.late_ms(600, 910), 300, "still late");
+        clock.for_server("b");
+        assert_eq!(clock.late_ms(900, 1_210), 0, "another boot, another clock");
         // A drift of 3 ms per window from a 10 ms delay: followed, so a
         // lease on time is never counted late by more than the drift.
         let mut clock = crate::shared::LeaseClock::default();

@@ -1,28 +1,34 @@
 //! Freeing large values off the path that answers: a batch of thousands of
 //! orders, or of the changes it made, takes milliseconds to free (a map of
-//! fields per order), which a caller waiting for its answer need not wait.
+//! fields per order), which a caller waiting for its answer need not wait:
+//! handed to a thread of its own before the answer, and freed meanwhile.
 //!
 //! Invariant: only values owning nothing but memory are sent here (no
 //! lock, file or connection whose release someone waits for).
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::OnceLock;
 
 /// Below this many items a value is freed where it is: the hand-over
 /// costs more than the freeing.
 pub const LATER_FROM: usize = 256;
 
+/// Values waiting for the dropper thread, at most: past that (the thread
+/// starved of CPU), they are freed where they are, so garbage never piles
+/// up.
+const QUEUED: usize = 16;
+
 type Garbage = Box<dyn Send>;
 
 /// Frees `value` on the dropper thread if it holds at least [`LATER_FROM`]
-/// items (`len`), here otherwise (and here too if that thread is gone).
+/// items (`len`) and the thread's queue has room; here otherwise.
 pub fn drop_later<T: Send + 'static>(value: T, len: usize) {
     if len < LATER_FROM {
         return;
     }
-    static DROPPER: OnceLock<Option<Sender<Garbage>>> = OnceLock::new();
+    static DROPPER: OnceLock<Option<SyncSender<Garbage>>> = OnceLock::new();
     let sender = DROPPER.get_or_init(|| {
-        let (tx, rx) = channel::<Garbage>();
+        let (tx, rx) = sync_channel::<Garbage>(QUEUED);
         std::thread::Builder::new()
             .name("tm-drop".into())
             .spawn(move || for _ in rx {})
@@ -30,8 +36,8 @@ pub fn drop_later<T: Send + 'static>(value: T, len: usize) {
             .map(|_| tx)
     });
     if let Some(tx) = sender {
-        // A send fails only with the thread gone; then it drops here.
-        let _ = tx.send(Box::new(value));
+        // Full, or the thread gone: the value comes back and drops here.
+        let _ = tx.try_send(Box::new(value));
     }
 }
 

@@ -132,7 +132,15 @@ pub fn resolve_for_open(dir: &Path, owned: bool) -> Result<PathBuf, StoreError> 
         remove_garbage(dir).map_err(|e| data_dir_err(dir, format!("cannot tidy up: {e}")))?;
     }
     match found {
-        Some(d) => Ok(d),
+        Some(d) => {
+            if owned {
+                // One made before generations were private (0700).
+                if let Err(e) = make_private(&d) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot make the data generation readable by its owner only (chmod 700 it)");
+                }
+            }
+            Ok(d)
+        }
         None if owned => {
             // A new store only where nothing else is: a folder of other
             // files (a backup, notes) given by mistake would otherwise be
@@ -355,6 +363,15 @@ mod tests {
         let (_, staged) = stage_gen(dir.path()).unwrap();
         assert_eq!(
             fs::metadata(&staged).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // One made before (0755) is made private when its owner opens it.
+        fs::remove_dir_all(&staged).unwrap();
+        fs::File::create(db.join(crate::sqlite::DB_FILE)).unwrap();
+        fs::set_permissions(&db, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(resolve_for_open(dir.path(), true).unwrap(), db);
+        assert_eq!(
+            fs::metadata(&db).unwrap().permissions().mode() & 0o777,
             0o700
         );
     }

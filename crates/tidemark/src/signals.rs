@@ -44,6 +44,8 @@ pub fn shutdown_token() -> CancellationToken {
         t.cancel();
         loop {
             let again = stops.next().await;
+            // A starter that exits after its SIGTERM (the demo does) must
+            // not cut the graceful stop short.
             if again != "SIGHUP" && again != PARENT_GONE {
                 tracing::warn!(
                     "{again} received again: stopping now, without waiting for the requests in flight"
@@ -101,14 +103,33 @@ const PARENT_GONE: &str = "the exit of the process that started it";
 /// How often the parent is looked at (`getppid`, no syscall beyond it).
 const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// The starter's pid from `TIDEMARK_PARENT_PID`, if given and valid.
+/// The starter's pid from `TIDEMARK_PARENT_PID`, if given and valid. One
+/// that runs but is not this process's parent (a wrapper between them:
+/// `timeout`, a shell without `exec`) is not watched, and said: watched,
+/// it would look gone at once.
 fn starter() -> Option<u32> {
-    std::env::var("TIDEMARK_PARENT_PID")
+    let pid: u32 = std::env::var("TIDEMARK_PARENT_PID")
         .ok()?
         .trim()
         .parse()
         .ok()
-        .filter(|&p| p > 1)
+        .filter(|&p| p > 1)?;
+    // SAFETY: getppid has no preconditions; kill with signal 0 only asks
+    // whether the process exists.
+    let (parent, alive) = unsafe {
+        let alive = libc::kill(pid as libc::pid_t, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        (libc::getppid() as u32, alive)
+    };
+    if parent != pid && alive {
+        tracing::warn!(
+            starter = pid,
+            parent,
+            "TIDEMARK_PARENT_PID names a running process that is not this one's parent; not watched: start this process from it directly (exec)"
+        );
+        return None;
+    }
+    Some(pid)
 }
 
 /// Returns once `starter` is no longer this process's parent (it exited,

@@ -156,31 +156,37 @@ fn not_allowed(method: &Method, path: &str, allowed: &[Method]) -> Response {
     resp
 }
 
-/// Request bodies one token may be sending at once.
+/// Request bodies one token may be sending at once, at most; a quarter of
+/// `max_connections` where that is less (see [`bodies_per_token`]).
 pub const MAX_BODIES_PER_TOKEN: usize = 256;
+
+/// Request bodies one token may be sending at once on a server taking
+/// `max_connections`: so one token never holds more than a quarter of the
+/// connection slots with bodies.
+pub fn bodies_per_token(max_connections: usize) -> usize {
+    (max_connections / 4).clamp(1, MAX_BODIES_PER_TOKEN)
+}
 
 /// Reads the whole body of a request that has one, before the caller is
 /// let through: a body may take up to the body deadline to arrive, and a
 /// token revoked meanwhile (or protected mode ended by the first token)
 /// must not act with it, so the caller is judged again once it is here.
 ///
-/// A token has at most [`MAX_BODIES_PER_TOKEN`] bodies arriving at once
-/// (`bodies`): otherwise one token, a reader's, could hold every
-/// connection slot with bodies sent slowly, and shut out every other
-/// caller for the body deadline.
-async fn read_body(
-    req: Request,
-    limit: usize,
-    (bodies, caller): (&crate::limits::Streams, &str),
-) -> Result<Request, Response> {
+/// A caller has at most [`bodies_per_token`] bodies arriving at once:
+/// otherwise one token, a reader's, could hold every connection slot with
+/// bodies sent slowly, and shut out every other caller for the body
+/// deadline.
+async fn read_body(app: &AppState, req: Request, caller: &str) -> Result<Request, Response> {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(req);
     }
-    let Some(_arriving) = bodies.take(caller, MAX_BODIES_PER_TOKEN) else {
+    let limit = app.config.max_body_bytes;
+    let most = bodies_per_token(app.config.max_connections);
+    let Some(_arriving) = app.bodies.take(caller, most) else {
         return Err(HttpError::new(
             ErrorCode::TooManyStreams,
             format!(
-                "token '{}' is already sending {MAX_BODIES_PER_TOKEN} request bodies; send each body at once, or fewer requests at a time",
+                "'{}' is already sending {most} request bodies (a quarter of max_connections, at most {MAX_BODIES_PER_TOKEN}); send each body at once, or fewer requests at a time",
                 caller.escape_debug()
             ),
         )
@@ -241,8 +247,7 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
                 )
                 .into_response();
             }
-            let bodies = (&app.bodies, crate::auth::LOOPBACK);
-            let mut req = match read_body(req, app.config.max_body_bytes, bodies).await {
+            let mut req = match read_body(&app, req, crate::auth::LOOPBACK).await {
                 Ok(req) => req,
                 Err(refusal) => return refusal,
             };
@@ -290,7 +295,7 @@ async fn check(app: Arc<AppState>, peer: SocketAddr, req: Request, next: Next) -
         )
         .into_response(),
         Some((name, role)) if role >= need => {
-            let mut req = match read_body(req, app.config.max_body_bytes, (&app.bodies, &name)).await {
+            let mut req = match read_body(&app, req, &name).await {
                 Ok(req) => req,
                 Err(refusal) => return refusal,
             };

@@ -68,7 +68,11 @@ pub async fn watch(
     // Claimed only once the stream may open: a refused one binds nothing.
     claim(&app, &caller, &name, "watches")
         .await
-        .map_err(refused)?;
+        .map_err(|e| match e.error.code {
+            // Another token's name: its declaration is the owner's to keep.
+            ErrorCode::Forbidden => e,
+            _ => refused(e),
+        })?;
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());
@@ -177,9 +181,14 @@ pub async fn claim(
     match app.auth.bind_subscriber(name, &caller.0).await {
         Ok(()) => Ok(()),
         Err(BindError::Taken(owner)) => {
-            // The owner is named in the log only: a caller learns no
-            // other token's name.
-            tracing::info!(subscriber = ?name, owner = ?owner, caller = ?caller.0, "subscriber name refused: another token holds it");
+            // The owner is named in the log only (a caller learns no other
+            // token's name), once per 10 s: a caller repeating it cannot
+            // flood the log.
+            static SAID: tidemark_telemetry::Every =
+                tidemark_telemetry::Every::new(std::time::Duration::from_secs(10));
+            if let Some(times) = SAID.due() {
+                tracing::info!(subscriber = ?name, owner = ?owner, caller = ?caller.0, times, "subscriber name refused: another token holds it");
+            }
             Err(HttpError::new(
                 ErrorCode::Forbidden,
                 format!(

@@ -24,9 +24,7 @@ fn snapshot_blocking(s: &SqliteStore, dest: &Path) -> Result<SnapshotInfo, Store
         path: dest.display().to_string(),
         detail,
     };
-    if dest.exists() {
-        return Err(fail("the snapshot file already exists; remove it".into()));
-    }
+    create_private(dest)?;
     let src = Connection::open_with_flags(
         &s.inner.db_path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -169,16 +167,32 @@ pub(super) fn snapshot_info(
 /// internal tables and the tables of `schema` (recorded in its catalog),
 /// all empty, for the caller to fill in one transaction. The file must not
 /// exist.
+/// Creates the empty snapshot file `path`, readable by its owner only
+/// (0600; SQLite gives its journal the same mode): a snapshot holds every
+/// record, and SQLite would create it 0644. Never over an existing file.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| StoreError::DataDir {
+            path: path.display().to_string(),
+            detail: if e.kind() == std::io::ErrorKind::AlreadyExists {
+                "the snapshot file already exists; remove it".into()
+            } else {
+                format!("cannot create the snapshot file: {e}")
+            },
+        })
+}
+
 pub(crate) fn create_snapshot_file(
     path: &Path,
     schema: &tidemark_api::Schema,
 ) -> Result<Connection, StoreError> {
-    if path.exists() {
-        return Err(StoreError::DataDir {
-            path: path.display().to_string(),
-            detail: "the snapshot file already exists; remove it".into(),
-        });
-    }
+    create_private(path)?;
     let conn = Connection::open(path).map_err(|e| StoreError::DataDir {
         path: path.display().to_string(),
         detail: format!("cannot create the snapshot file: {e}"),

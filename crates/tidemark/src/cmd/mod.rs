@@ -138,7 +138,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            let bidi = matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
             if c.is_control() || bidi {
                 c.escape_default().to_string()
             } else {

@@ -609,9 +609,17 @@ async fn an_interrupted_demo_stops_its_servers_and_removes_its_files() {
             .unwrap_or_else(|| panic!("the demo began with {first:?}")),
     );
     let demo = child.id();
-    // Its three servers: the DB server and two service servers.
+    // Its three servers: the DB server and two service servers (its other
+    // child, the watchdog shell that removes its folder after a SIGKILL,
+    // is not one).
     let servers = eventually(60, "the demo to start its three servers", || {
-        let kids = tidemark_testkit::process::children_of(demo);
+        let kids: Vec<u32> = tidemark_testkit::process::children_of(demo)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe"))
+                    .is_ok_and(|exe| exe.file_name() == std::path::Path::new(BIN).file_name())
+            })
+            .collect();
         async move { (kids.len() >= 3).then_some(kids) }
     })
     .await;
@@ -877,12 +885,15 @@ async fn a_server_stops_once_the_process_that_started_it_is_killed() {
         }
     }
     let (pid, url) = (pid.unwrap(), url.unwrap());
-    // Whatever happens below, the server does not outlive the test.
+    // Whatever happens below, the server does not outlive the test (and
+    // once it is gone, its pid, perhaps another process's now, is left).
     struct Reap(u32);
     impl Drop for Reap {
         fn drop(&mut self) {
-            // SAFETY: kill(2) on a pid this test started.
-            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+            if tidemark_testkit::process::running(self.0) {
+                // SAFETY: kill(2) on a pid this test started, still running.
+                unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+            }
         }
     }
     let _reap = Reap(pid);

@@ -450,16 +450,25 @@ async fn a_service_server_refuses_a_foreign_quiesce_before_reading_its_body() {
     assert!(state["quiesce"].is_null(), "no notice taken: {state}");
 }
 
-/// One caller has at most `MAX_BODIES_PER_TOKEN` (256) request bodies
-/// arriving at once: the next is refused `429 too_many_streams` at once,
-/// so slow bodies of one token (here the loopback caller of protected
-/// mode) cannot take every connection slot for the body deadline. A body
-/// that arrives frees its place.
+/// One caller has at most a quarter of `max_connections` (and at most 256)
+/// request bodies arriving at once: the next is refused
+/// `429 too_many_streams` at once, so slow bodies of one token (here the
+/// loopback caller of protected mode) cannot take every connection slot
+/// for the body deadline. A body that arrives frees its place.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_caller_sends_a_bounded_number_of_bodies_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = db_server(tmp.path(), &[]).await;
-    const MAX: usize = 256;
+    // 40 connections: 10 bodies at once (a long body deadline, so the
+    // ones held are still arriving when the test ends).
+    let db = db_server(
+        tmp.path(),
+        &[
+            ("TIDEMARK_SERVER__MAX_CONNECTIONS", "40"),
+            ("TIDEMARK_SERVER__BODY_TIMEOUT_SECS", "120"),
+        ],
+    )
+    .await;
+    const MAX: usize = 10;
     let head = "POST /v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n";
     // Readiness: `100 Continue` comes once the server reads the body, so
     // each of these holds its place when it has come.

@@ -10,6 +10,9 @@ pub enum BackupError {
     /// The backup directory does not exist.
     #[error("backup {0} does not exist; check the path")]
     NotFound(PathBuf),
+    /// The folder said to hold backups does not exist.
+    #[error("{0} does not exist; give the folder that holds the backups (each backup a folder in it), e.g. the parent of a 'backup create --to' path")]
+    RootNotFound(PathBuf),
     /// No manifest: not a backup, or one that never completed.
     #[error("{0} has no manifest.json: it is not a Tidemark backup, or an interrupted one; choose another backup")]
     NoManifest(PathBuf),

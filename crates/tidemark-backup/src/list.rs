@@ -18,7 +18,7 @@ pub struct Listed {
 /// oldest first; each checked by checksum, or deeply with `deep`.
 pub fn list(root: &Path, deep: bool) -> Result<Vec<Listed>, BackupError> {
     if !root.is_dir() {
-        return Err(BackupError::NotFound(root.to_owned()));
+        return Err(BackupError::RootNotFound(root.to_owned()));
     }
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root).map_err(BackupError::io(root))? {

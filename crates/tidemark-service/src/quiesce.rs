@@ -197,7 +197,7 @@ pub async fn cancel(
         return crate::http::error(
             StatusCode::CONFLICT,
             ErrorCode::NoQuiesce,
-            "there is no quiesce notice of this service server to cancel".into(),
+            "there is no quiesce notice of this service server to cancel, so nothing was done ('tidemark status --server URL' shows any notice in force)".into(),
             None,
         );
     }

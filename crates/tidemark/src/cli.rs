@@ -631,7 +631,7 @@ pub enum SchemaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Publish the pending version; exits 0 once the DB server and every connected service server run it.
+    /// Publish the pending version to every instance and service server; exits 0 once all of them run it (every service server with a watch stream open; one that does not report it by --wait is named, exit 1).
     Publish {
         /// The DB server's URL (or [client] server in --config).
         #[arg(long, value_name = "URL", value_parser = db_urls, env = "TIDEMARK_CLIENT__SERVER")]

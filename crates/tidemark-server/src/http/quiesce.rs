@@ -57,7 +57,7 @@ pub async fn cancel(
     } else {
         Err(HttpError::new(
             ErrorCode::NoQuiesce,
-            "there is no quiesce notice to cancel",
+            "there is no quiesce notice to cancel, so nothing was done ('tidemark status --server URL' shows any notice in force)",
         ))
     }
 }

@@ -4,7 +4,9 @@ use serde_json::{json, Value};
 
 /// Documents the front door's answers: `408 request_timeout` on every
 /// operation that takes a body, and the connection limit in the
-/// description (`503 too_many_connections`, answered before routing).
+/// description (`503 too_many_connections`, answered before routing);
+/// and the `Retry-After` header of every `429` and `503` (CONTRACT.md:
+/// they carry it).
 pub fn annotate(doc: &mut Value) {
     if let Some(info) = doc.get_mut("info").and_then(Value::as_object_mut) {
         let said = info
@@ -27,6 +29,16 @@ pub fn annotate(doc: &mut Value) {
         .filter_map(Value::as_object_mut)
         .flat_map(|p| p.values_mut())
     {
+        if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+            for status in ["429", "503"] {
+                if let Some(answer) = r.get_mut(status).and_then(Value::as_object_mut) {
+                    answer.entry("headers").or_insert_with(|| {
+                        json!({"Retry-After": {"description": "Seconds to wait before trying again",
+                                               "schema": {"type": "integer", "minimum": 0}}})
+                    });
+                }
+            }
+        }
         if op.get("requestBody").is_none() {
             continue;
         }
@@ -55,5 +67,16 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("too_many_connections"));
+    }
+
+    #[test]
+    fn answers_429_and_503_declare_retry_after() {
+        let mut doc = json!({"paths": {
+            "/a": {"get": {"responses": {"404": {}, "429": {}, "503": {}}}}}});
+        annotate(&mut doc);
+        let r = &doc["paths"]["/a"]["get"]["responses"];
+        assert!(r["503"]["headers"]["Retry-After"].is_object());
+        assert!(r["429"]["headers"]["Retry-After"].is_object());
+        assert!(r["404"].get("headers").is_none());
     }
 }

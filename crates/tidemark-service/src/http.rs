@@ -323,7 +323,7 @@ async fn openapi() -> Json<serde_json::Value> {
                     {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}},
                     {"name": "Tidemark-Freshness", "in": "header", "required": false, "schema": {"type": "string", "enum": ["latest", "stale-ok"]}}
                 ],
-                "responses": {"200": {"description": "Record, with source cache|db"},
+                "responses": {"200": {"description": "Record, with source cache|db", "headers": {"Tidemark-Recovering": {"description": "1 when the record may be outdated (served as recovering)", "schema": {"type": "string"}}}},
                               "400": {"description": "A key that cannot exist, a path segment that is not UTF-8, or a Tidemark-Freshness other than latest or stale-ok (Error)"},
                               "404": {"description": "Not found"},
                               "503": {"description": "Current data not available before the deadline (Retry-After)"}}
@@ -342,7 +342,8 @@ async fn openapi() -> Json<serde_json::Value> {
             "/console/": {"get": {"summary": "Redirects to /console.", "responses": {"303": {"description": "See /console"}}}},
             "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"responses": {"200": {"description": "watch stream open"}, "503": {"description": "not connected, or offline after this server's quiesce notice"}}}},
-            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}}
+            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}},
+            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
         },
         "components": {"schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "code": {"type": "string", "enum": codes}, "message": {"type": "string"}}}}}}}

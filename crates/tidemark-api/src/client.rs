@@ -96,13 +96,16 @@ impl ClientError {
         }
     }
 
-    /// True if retrying later may succeed (transport errors and 503s).
+    /// True if retrying later may succeed (transport errors, 503s, and a
+    /// limit on what is in flight at once: `429 too_many_streams`).
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Transport { .. }
             | ClientError::Silent { .. }
             | ClientError::Unanswered { .. } => true,
-            ClientError::Api { status, .. } => *status == 503,
+            ClientError::Api { status, error, .. } => {
+                *status == 503 || (*status == 429 && error.code == crate::ErrorCode::TooManyStreams)
+            }
             ClientError::Decode { status, .. } => *status >= 500,
         }
     }
@@ -692,6 +695,19 @@ pub fn encode_path(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_on_what_is_in_flight_is_retried_and_other_refusals_are_not() {
+        let api = |status, code| ClientError::Api {
+            status,
+            error: crate::ApiError::new(code, "x"),
+            retry_after: Some(1),
+        };
+        assert!(api(429, crate::ErrorCode::TooManyStreams).is_retryable());
+        assert!(api(503, crate::ErrorCode::NotReady).is_retryable());
+        assert!(!api(429, crate::ErrorCode::TooManySubscribers).is_retryable());
+        assert!(!api(409, crate::ErrorCode::OrderConflict).is_retryable());
+    }
 
     /// A DB server stand-in that answers a watch with the stream's headers,
     /// then sends a keepalive comment every `every` until `until`, then

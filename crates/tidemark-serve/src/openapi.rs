@@ -33,7 +33,7 @@ pub fn annotate(doc: &mut Value) {
             for status in ["429", "503"] {
                 if let Some(answer) = r.get_mut(status).and_then(Value::as_object_mut) {
                     answer.entry("headers").or_insert_with(|| {
-                        json!({"Retry-After": {"description": "Seconds to wait before trying again",
+                        json!({"Retry-After": {"description": "Seconds to wait before trying again, when the refusal is temporary",
                                                "schema": {"type": "integer", "minimum": 0}}})
                     });
                 }

@@ -226,6 +226,15 @@ impl Auth {
         }
     }
 
+    /// Whether subscriber `name` is bound to a token other than the one
+    /// named `caller` (none is, with no token at all).
+    pub fn held_by_another(&self, name: &str, caller: &str) -> bool {
+        self.subscribers
+            .read()
+            .get(name)
+            .is_some_and(|owner| owner != caller)
+    }
+
     /// Whether subscriber `name` is bound to the token presented as `token`
     /// (a read registers interest under a name only for its owner).
     pub fn bound_to(&self, name: &str, token: &str) -> bool {
@@ -549,6 +558,10 @@ mod tests {
             auth.bind_subscriber("svc-2", "svc-2").await,
             Err(BindError::Taken("squatter".into()))
         );
+        // A refusal of svc-2's token leaves the squatter's name alone.
+        assert!(auth.held_by_another("svc-2", "svc-2"));
+        assert!(!auth.held_by_another("svc-2", "squatter"));
+        assert!(!auth.held_by_another("unbound", "svc-2"));
         auth.revoke("squatter").await.unwrap();
         assert_eq!(auth.bind_subscriber("svc-2", "svc-2").await, Ok(()));
         // Stored: another instance over the same store sees the same.

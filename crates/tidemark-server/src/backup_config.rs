@@ -106,9 +106,9 @@ fn redact_tokens(text: &str) -> String {
         // Whatever comes before it: a secret missed costs more than a
         // look-alike hidden.
         out.push_str(&rest[..at + PREFIX.len()]);
-        if digits == DIGITS {
+        if digits >= DIGITS {
             out.push_str("***");
-            rest = &after[DIGITS..];
+            rest = &after[digits..];
         } else {
             rest = after;
         }
@@ -123,11 +123,11 @@ mod tests {
     fn tokens_are_redacted_wherever_they_stand() {
         let token = format!("tm_{}", "ab12".repeat(16));
         let text = format!(
-            "[client]\ntoken = \"{token}\"\n# was {token}\nname = \"tm_table\"\nx{token}\n"
+            "[client]\ntoken = \"{token}\"\n# was {token}\nname = \"tm_table\"\nx{token}\n{token}a\n"
         );
         assert_eq!(
             super::redact_tokens(&text),
-            "[client]\ntoken = \"tm_***\"\n# was tm_***\nname = \"tm_table\"\nxtm_***\n"
+            "[client]\ntoken = \"tm_***\"\n# was tm_***\nname = \"tm_table\"\nxtm_***\ntm_***\n"
         );
     }
 

@@ -247,76 +247,42 @@ pub fn pause_watch(shared: &std::sync::Arc<Shared>) {
 /// them are not applied yet.
 pub const LEASE_FRESH_MS: u64 = 1_000;
 
-/// Tells how late a `lease` arrives: the least (arrival - sent) seen from
-/// one server boot is the two clocks' offset plus the least delay; a lease
-/// that took longer than that waited somewhere (in the socket, while this
-/// process was paused, on a link that became slow).
-///
-/// Invariants:
-/// - The least believed falls at once to any smaller offset, and rises
-///   only by [`LEASE_DRIFT_MS`] per 30 s toward the least of the window
-///   just ended. So a link that becomes slow and stays slow keeps its
-///   leases counted late for minutes (before, one minute made them
-///   timely), while a clock corrected by NTP (up to about 150 ms) is
-///   followed within a minute, as before.
-/// - It is kept across streams from the same server boot (a reconnect
-///   over the slow link must not take the slow delay for the least), and
-///   starts afresh for another boot: another process, perhaps another
-///   host and clock.
-/// - One-way delay and clock offset cannot be told apart without a round
-///   trip: a link already slow when a boot is first heard counts as the
-///   least.
+/// Tells how late a `lease` arrives: the smallest (arrival - sent) of the
+/// last minute or so is the two clocks' offset plus the least delay; a
+/// lease that took longer than that waited somewhere (in the socket,
+/// while this process was paused). Two 30 s windows, so a slow drift
+/// between the clocks is followed.
 #[derive(Debug, Default)]
 pub struct LeaseClock {
-    /// The boot of the server whose clock this is.
-    boot: Option<String>,
-    least: Option<i64>,
-    /// (start, least offset seen since) of the current window.
-    window: Option<(u64, i64)>,
+    /// (window start, its least offset) now and before.
+    current: Option<(u64, i64)>,
+    previous: Option<i64>,
 }
 
-/// How long a window of [`LeaseClock`] lasts.
 const LEASE_WINDOW_MS: u64 = 30_000;
 
-/// How far the least offset may rise per window: an NTP correction of the
-/// server's clock, slewed, is followed at about 830 ppm.
-pub const LEASE_DRIFT_MS: i64 = 25;
-
 impl LeaseClock {
-    /// The clock of the server that booted as `boot`: kept if it is the
-    /// one heard before, started afresh otherwise.
-    pub fn for_server(&mut self, boot: &str) {
-        if self.boot.as_deref() != Some(boot) {
-            *self = Self {
-                boot: Some(boot.to_owned()),
-                ..Self::default()
-            };
-        }
-    }
-
     /// Notes a lease sent at `sent` (the server's clock) that arrived at
     /// `now` (ours); returns how late it is (ms) behind the least delay.
     pub fn late_ms(&mut self, sent: u64, now: u64) -> u64 {
         let offset = now as i64 - sent as i64;
-        let mut least = self.least.map_or(offset, |l| l.min(offset));
-        match self.window {
-            Some((start, w)) if now.saturating_sub(start) < LEASE_WINDOW_MS => {
-                self.window = Some((start, w.min(offset)));
+        match self.current {
+            Some((start, least)) if now.saturating_sub(start) < LEASE_WINDOW_MS => {
+                self.current = Some((start, least.min(offset)));
             }
-            ended => {
-                if let Some((_, w)) = ended.filter(|(_, w)| *w > least) {
-                    if w - least > PAUSED_MS as i64 {
-                        tracing::warn!(
-                            late_ms = w - least,
-                            "the DB server's leases have arrived late for 30 s or more (a slow link, or its clock corrected); the cache is not vouched for by them meanwhile, so reads ask the DB server"
-                        );
-                    }
-                    least = w.min(least + LEASE_DRIFT_MS);
-                }
-                self.window = Some((now, offset));
+            Some((_, least)) => {
+                self.previous = Some(least);
+                self.current = Some((now, offset));
             }
+            None => self.current = Some((now, offset)),
         }
-        self.least = Some(least);
+        let least = self
+            .current
+            .map(|(_, l)| l)
+            .into_iter()
+            .chain(self.previous)
+            .min()
+            .unwrap_or(offset);
         offset.saturating_sub(least).max(0) as u64
     }
 }

@@ -133,8 +133,9 @@ pub fn resolve_for_open(dir: &Path, owned: bool) -> Result<PathBuf, StoreError> 
     }
     match found {
         Some(d) => {
-            if owned {
-                // One made before generations were private (0700).
+            // A generation made before they were private (0700); a flat
+            // store's folder, the data directory itself, is left as it is.
+            if owned && d != dir {
                 if let Err(e) = make_private(&d) {
                     tracing::warn!(dir = %d.display(), error = %e, "cannot make the data generation readable by its owner only (chmod 700 it)");
                 }

@@ -20,6 +20,7 @@ struct State {
 }
 
 impl Every {
+    /// Said at most once per `period`.
     pub const fn new(period: Duration) -> Self {
         Self {
             period,

@@ -172,12 +172,12 @@ impl PgCluster {
         } else {
             ""
         };
-        crate::process::after_exit(&format!(
-            "{as_pg}{bin}/pg_ctl stop -D {data} -m immediate >/dev/null 2>&1; rm -rf {dir}",
-            bin = self.bin.display(),
-            data = self.dir.join("data").display(),
-            dir = self.dir.display(),
-        ))
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.dir.join("data");
+        crate::process::after_exit(
+            &format!(r#"{as_pg}"$1" stop -D "$2" -m immediate >/dev/null 2>&1; rm -rf -- "$3""#),
+            &[pg_ctl.as_os_str(), data.as_os_str(), self.dir.as_os_str()],
+        )
         .context("starting the cluster's watchdog")
     }
 

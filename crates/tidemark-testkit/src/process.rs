@@ -270,7 +270,9 @@ pub fn read_log(path: &Path) -> String {
 /// Runs the shell command `script` once this process has ended, however
 /// it ends (a SIGKILL included): a watchdog shell polls for it twice a
 /// second. For what must not outlive it (a temporary cluster, a folder).
-pub fn after_exit(script: &str) -> std::io::Result<()> {
+/// `args` are the script's `$1`, `$2`, …: paths go there, never into the
+/// script's text, where a space or a quote would change what it does.
+pub fn after_exit(script: &str, args: &[&std::ffi::OsStr]) -> std::io::Result<()> {
     let watch = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {script}",
         pid = std::process::id()
@@ -278,6 +280,8 @@ pub fn after_exit(script: &str) -> std::io::Result<()> {
     Command::new("sh")
         .arg("-c")
         .arg(watch)
+        .arg("tidemark-watchdog") // $0
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

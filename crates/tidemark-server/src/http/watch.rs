@@ -44,10 +44,13 @@ pub async fn watch(
     // a later one that the subscriber did not declare for (it may have read
     // elsewhere since): that one would resume with incomplete interest.
     // A name never known here has none, and is not made known: a refused
-    // request must not grow the names without end.
+    // request must not grow the names without end. Another token's name
+    // keeps its declaration: its owner's next stream may resume.
     let refused = |e: HttpError| {
         if let Some(id) = app.hub.known(&name) {
-            app.hub.take_declared(id);
+            if !app.auth.held_by_another(&name, &caller.0) {
+                app.hub.take_declared(id);
+            }
         }
         e
     };
@@ -68,11 +71,7 @@ pub async fn watch(
     // Claimed only once the stream may open: a refused one binds nothing.
     claim(&app, &caller, &name, "watches")
         .await
-        .map_err(|e| match e.error.code {
-            // Another token's name: its declaration is the owner's to keep.
-            ErrorCode::Forbidden => e,
-            _ => refused(e),
-        })?;
+        .map_err(refused)?;
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());

@@ -20,11 +20,19 @@ pub(super) async fn snapshot_to(s: &SqliteStore, path: &Path) -> Result<Snapshot
 }
 
 fn snapshot_blocking(s: &SqliteStore, dest: &Path) -> Result<SnapshotInfo, StoreError> {
+    create_private(dest)?;
+    // A failed snapshot leaves nothing behind: the file is its own.
+    fill_snapshot(s, dest).inspect_err(|_| {
+        let _ = std::fs::remove_file(dest);
+    })
+}
+
+/// Copies the store into `dest`, created empty by [`create_private`].
+fn fill_snapshot(s: &SqliteStore, dest: &Path) -> Result<SnapshotInfo, StoreError> {
     let fail = |detail: String| StoreError::DataDir {
         path: dest.display().to_string(),
         detail,
     };
-    create_private(dest)?;
     let src = Connection::open_with_flags(
         &s.inner.db_path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -160,13 +168,6 @@ pub(super) fn snapshot_info(
     })
 }
 
-/// Takes the checked snapshot file `snapshot` in as the store of the
-/// private directory `dir` (moving the file) and opens it, without a lock:
-/// restore stages a generation this way.
-/// Starts a snapshot file written by another engine: `path` gets the
-/// internal tables and the tables of `schema` (recorded in its catalog),
-/// all empty, for the caller to fill in one transaction. The file must not
-/// exist.
 /// Creates the empty snapshot file `path`, readable by its owner only
 /// (0600; SQLite gives its journal the same mode): a snapshot holds every
 /// record, and SQLite would create it 0644. Never over an existing file.
@@ -188,6 +189,10 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
         })
 }
 
+/// Starts a snapshot file written by another engine: `path` gets the
+/// internal tables and the tables of `schema` (recorded in its catalog),
+/// all empty, for the caller to fill in one transaction. The file must not
+/// exist.
 pub(crate) fn create_snapshot_file(
     path: &Path,
     schema: &tidemark_api::Schema,
@@ -211,6 +216,9 @@ pub(crate) fn snapshot_schema(conn: &Connection) -> Result<tidemark_api::Schema,
     super::catalog::load(conn, meta_u64(conn, "schema_version")?)
 }
 
+/// Takes the checked snapshot file `snapshot` in as the store of the
+/// private directory `dir` (moving the file) and opens it, without a lock:
+/// restore stages a generation this way.
 pub(crate) fn load_snapshot(snapshot: &Path, dir: &Path) -> Result<SqliteStore, StoreError> {
     let db = dir.join(DB_FILE);
     if snapshot != db {

@@ -90,11 +90,13 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     if !args.keep {
         // Removed after a SIGKILL too (nothing here can run then): once this
-        // process is gone and its servers have stopped (they stop by
-        // themselves, `TIDEMARK_PARENT_PID`).
-        let quoted = format!("'{}'", dir.display().to_string().replace('\'', "'\\''"));
-        if let Err(e) = tidemark_testkit::process::after_exit(&format!("sleep 2; rm -rf {quoted}"))
-        {
+        // process is gone and no process works in the folder any more (its
+        // servers stop by themselves, `TIDEMARK_PARENT_PID`, within their
+        // shutdown grace), or after a minute.
+        let script = r#"n=0; while [ $n -lt 120 ]; do busy=; for c in /proc/[0-9]*/cwd; do case "$(readlink "$c" 2>/dev/null)" in "$1"|"$1"/*) busy=1;; esac; done; [ -z "$busy" ] && break; n=$((n+1)); sleep 0.5; done; rm -rf -- "$1""#;
+        // As `/proc/PID/cwd` names it.
+        let real = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        if let Err(e) = tidemark_testkit::process::after_exit(script, &[real.as_os_str()]) {
             tracing::debug!(error = %e, "no watchdog for the demo folder; a SIGKILL would leave it");
         }
     }

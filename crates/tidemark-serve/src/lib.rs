@@ -21,6 +21,7 @@
 //!   connections close, and `serve` returns when the requests in flight
 //!   have finished (the caller bounds that wait by its grace period).
 
+pub mod body;
 mod conn;
 mod deadline;
 mod fast;
@@ -156,8 +157,7 @@ pub async fn serve<M, T>(
     // Failed accepts are logged once, then at most once per
     // `ACCEPT_LOG_EVERY` with how many there were (out of descriptors, each
     // waiting connection fails again every 20 ms).
-    let mut failed = 0u64;
-    let mut said_at: Option<tokio::time::Instant> = None;
+    let failed = tidemark_telemetry::Every::new(ACCEPT_LOG_EVERY);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -166,11 +166,8 @@ pub async fn serve<M, T>(
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before
                     // it was accepted: neither ends the server.
-                    failed += 1;
-                    if said_at.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    if let Some(failed) = failed.due() {
                         tracing::warn!(error = %e, failed, "accepting a connection failed; retrying (if the error is 'too many open files', raise the open-file limit or lower max_connections)");
-                        said_at = Some(tokio::time::Instant::now());
-                        failed = 0;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;

@@ -104,6 +104,7 @@ pub async fn announce(
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Response {
+    use tidemark_serve::body::BodyError;
     // Refused before the body is read: a caller from elsewhere must not
     // hold a connection slot while it sends one slowly.
     if let Some(refused) = not_local(peer, &uri, &headers) {
@@ -139,13 +140,12 @@ pub async fn announce(
     if declared.is_some_and(|n| n > MAX_NOTICE_BYTES as u64) {
         return too_large();
     }
-    let body = match axum::body::to_bytes(request.into_body(), MAX_NOTICE_BYTES).await {
+    let body = match tidemark_serve::body::read_limited(request.into_body(), MAX_NOTICE_BYTES).await {
         Ok(b) => b,
         // Chunked past the limit (a declared length over it is refused
         // above).
-        Err(e) if e.to_string().contains("length limit exceeded") => return too_large(),
-        // Cut off.
-        Err(e) => {
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Unreadable(e)) => {
             return bad(
                 ErrorCode::BadRequest,
                 format!("cannot read the request body ({e}); send a notice of at most {MAX_NOTICE_BYTES} bytes"),

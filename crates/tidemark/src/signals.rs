@@ -114,14 +114,9 @@ fn starter() -> Option<u32> {
         .parse()
         .ok()
         .filter(|&p| p > 1)?;
-    // SAFETY: getppid has no preconditions; kill with signal 0 only asks
-    // whether the process exists.
-    let (parent, alive) = unsafe {
-        let alive = libc::kill(pid as libc::pid_t, 0) == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        (libc::getppid() as u32, alive)
-    };
-    if parent != pid && alive {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() } as u32;
+    if parent != pid && tidemark_testkit::process::running(pid) {
         tracing::warn!(
             starter = pid,
             parent,

@@ -177,6 +177,7 @@ pub fn bodies_per_token(max_connections: usize) -> usize {
 /// bodies sent slowly, and shut out every other caller for the body
 /// deadline.
 async fn read_body(app: &AppState, req: Request, caller: &str) -> Result<Request, Response> {
+    use tidemark_serve::body::BodyError;
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(req);
     }
@@ -194,15 +195,15 @@ async fn read_body(app: &AppState, req: Request, caller: &str) -> Result<Request
         .into_response());
     };
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, limit).await {
+    match tidemark_serve::body::read_limited(body, limit).await {
         Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
         // (A body cut by the body deadline is answered 408 around this.)
-        Err(e) if e.to_string().contains("length limit exceeded") => Err(HttpError::new(
+        Err(BodyError::TooLarge) => Err(HttpError::new(
             ErrorCode::PayloadTooLarge,
             format!("the request body is over this server's limit of {limit} bytes (max_body_bytes); send smaller batches"),
         )
         .into_response()),
-        Err(e) => Err(HttpError::new(
+        Err(BodyError::Unreadable(e)) => Err(HttpError::new(
             ErrorCode::BadRequest,
             format!("cannot read the request body ({e}); send the request again, whole"),
         )

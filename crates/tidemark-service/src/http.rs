@@ -206,7 +206,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotReady,
-            "the watch stream to the DB server is open, but its instance has stopped vouching for it (paused, or cut off without saying so): cached records are not served as current until it does again or the stream moves to another instance".into(),
+            format!("the watch stream to the DB server is open, but its instance has stopped vouching for it (paused, or cut off without saying so), or its leases arrive late (the last {} ms after its sending: a slow link, or this process starved): cached records are not served as current until it vouches again in time or the stream moves to another instance", shared.metrics.lease_late_ms.get()),
             Some(1),
         )
     } else {

@@ -11,6 +11,8 @@
 //! - [`fetch`]: the miss path, and the wait of `latest-only` reads.
 //! - [`snapshot`]: the optional on-disk cache snapshot for warm restarts.
 //! - [`schema`]: adopting the DB server's schema without a restart; refusing one it cannot understand (S2, S10).
+//! - [`round_trip`]: the DB server's clock against ours, timed by round
+//!   trips, so a lease a slow link delivers late is seen as late.
 //! - [`report`]: tells the DB server its policy, cache size and schema version (for the console).
 //! - [`http`]: the terminal-facing HTTP API; `hot`: its cache hits, answered
 //!   before the router by the same serving rule.
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod policy;
 pub mod quiesce;
 pub mod report;
+pub mod round_trip;
 pub mod schema;
 pub mod service;
 pub mod shared;

@@ -18,6 +18,8 @@ pub struct ServiceMetrics {
     pub epochs: Arc<Counter>,
     pub cache_entries: Arc<Gauge>,
     pub connected: Arc<Gauge>,
+    pub lease_late_ms: Arc<Gauge>,
+    pub round_trip_ms: Arc<Gauge>,
     pub read_latency: Arc<Histogram>,
 }
 
@@ -78,6 +80,16 @@ impl ServiceMetrics {
             connected: r.gauge(
                 "tidemark_service_watch_connected",
                 "1 while the watch stream is open.",
+                "",
+            ),
+            lease_late_ms: r.gauge(
+                "tidemark_service_lease_late_ms",
+                "How late the DB server's last lease arrived, in ms (judged by round trips to it where it tells its clock); over 100, the cache is not served as current.",
+                "",
+            ),
+            round_trip_ms: r.gauge(
+                "tidemark_service_db_round_trip_ms",
+                "The last round trip timed to the DB server's /healthz, in ms.",
                 "",
             ),
             read_latency: r.histogram(

@@ -85,6 +85,9 @@ impl Service {
                 ticked_ms: AtomicU64::new(crate::shared::mono_ms()),
                 db_silent_until: Mutex::new(None),
                 lease_clock: Mutex::new(Default::default()),
+                round_trip: Mutex::new(Default::default()),
+                stream_boot: Mutex::new(String::new()),
+                time_round_trip: tokio::sync::Notify::new(),
                 lease_alive_until_ms: AtomicU64::new(u64::MAX),
                 stream_serial: AtomicU64::new(0),
                 stream_base: Mutex::new(stream_base),
@@ -139,6 +142,7 @@ impl Service {
         let watch = tokio::spawn(watcher::run(shared.clone()));
         let snap = tokio::spawn(snapshot::worker(shared.clone()));
         let report = tokio::spawn(crate::report::worker(shared.clone()));
+        let round_trip = tokio::spawn(crate::round_trip::run(shared.clone()));
         crate::shared::pause_watch(&shared);
         // Cache hits answered before the router (`hot.rs`), inside the
         // front door: connection limits, deadlines and TLS apply alike.
@@ -177,6 +181,7 @@ impl Service {
         let _ = watch.await;
         let _ = snap.await;
         let _ = report.await;
+        let _ = round_trip.await;
         let _ = schema.await;
         if shared.config.cache_dir.is_some() {
             snapshot::save_now(&shared).context("writing the final cache snapshot")?;

@@ -40,6 +40,13 @@ pub struct Shared {
     /// The watched server's clock against ours, from its `lease` events
     /// (reset with each stream).
     pub lease_clock: Mutex<LeaseClock>,
+    /// The same, timed by round trips ([`crate::round_trip`]); it judges
+    /// the leases of the boot it timed, the lease clock the others.
+    pub round_trip: Mutex<crate::round_trip::RoundTrip>,
+    /// The server boot the open stream's `hello` named (empty: no stream).
+    pub stream_boot: Mutex<String>,
+    /// Asks for a round trip now (a stream opened, a lease came late).
+    pub time_round_trip: Notify,
     /// Until when ([`mono_ms`]) the last `lease` promised, counted from
     /// its arrival: the stream's liveness (a stream past it by a patience
     /// is dropped), not what the cache may answer (`vouched_until_ms`,

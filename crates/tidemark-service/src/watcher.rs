@@ -26,6 +26,10 @@ use tidemark_api::WatchEvent;
 /// a new one, perhaps at another instance.
 const LEASE_PATIENCE_MS: u64 = 3000;
 
+/// Late leases are said at most every 10 s, with their count.
+static LATE_LEASES: tidemark_telemetry::Every =
+    tidemark_telemetry::Every::new(Duration::from_secs(10));
+
 /// Runs until shutdown.
 pub async fn run(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(50);
@@ -188,6 +192,7 @@ enum Declared {
 /// The stream ended: from now on nothing cached is vouched for.
 pub(crate) fn stream_down(shared: &Shared) {
     shared.connected.store(false, Ordering::SeqCst);
+    shared.stream_boot.lock().clear();
     shared.stream_serial.fetch_add(1, Ordering::SeqCst);
     shared.metrics.connected.set(0);
 }
@@ -248,6 +253,11 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             shared.lease_alive_until_ms.store(vouched, Ordering::SeqCst);
             // Another stream: perhaps another server, another clock.
             *shared.lease_clock.lock() = Default::default();
+            *shared.stream_boot.lock() = h.boot.clone();
+            if h.vouches {
+                // Its leases are judged by a round trip as soon as one is timed.
+                shared.time_round_trip.notify_one();
+            }
             // Cached under another schema version (a snapshot taken before
             // a publish): revalidated, so a record never lacks a column in
             // force. Before `synced`, so nothing is served from the cache
@@ -334,8 +344,27 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 // lease that waited in the socket (this process paused)
                 // vouches for nothing the changes behind it have changed.
                 Some(sent) => {
-                    let late = shared.lease_clock.lock().late_ms(sent, now);
+                    let by_leases = shared.lease_clock.lock().late_ms(sent, now);
+                    // A round trip to this boot, where one was timed, tells
+                    // a slow link from the clocks' offset; the lease clock
+                    // takes a steady delay for offset.
+                    let timed =
+                        shared
+                            .round_trip
+                            .lock()
+                            .late_ms(&shared.stream_boot.lock(), sent, now);
+                    let late = timed.unwrap_or(by_leases);
+                    shared.metrics.lease_late_ms.set(late as i64);
                     if late > crate::shared::PAUSED_MS {
+                        if timed.is_some() {
+                            // Late by the round trip: a slow link, or the
+                            // server's clock stepped (a paused host), which
+                            // the next round trip sees.
+                            shared.time_round_trip.notify_one();
+                            if let Some(n) = LATE_LEASES.due() {
+                                tracing::warn!(late_ms = late, times = n, "leases from the DB server arrive late (a slow link, or this process starved): cached records are not served as current until one arrives within 100 ms of its sending");
+                            }
+                        }
                         // The changes sent in the meantime are queued
                         // behind it: nothing is vouched for until a
                         // timely one, which comes after them.

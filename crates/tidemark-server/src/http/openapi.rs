@@ -135,7 +135,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "promoted, term, primary"}, "409": error_ref(), "503": error_ref()}}},
             "/v1/cluster/handover": {"post": {"summary": "Instance to instance (promote): the primary gives its lease to the live standby {\"to\": URL}; refused naming the live standbys otherwise.",
                 "responses": {"200": {"description": "handed over"}, "409": error_ref()}}},
-            "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "ok"}}}},
+            "/healthz": {"get": {"summary": "Liveness. Also names this process's boot (as a watch stream's hello does) and reads its clock (clock_ms: milliseconds of CLOCK_BOOTTIME, the clock of lease events' sent_ms), so a service server can time a round trip against it. At the connection limit it answers {\"status\": \"ok\"} only.", "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}, "boot": {"type": "string"}, "clock_ms": {"type": "integer", "minimum": 0}}}}}}}}},
             "/readyz": {"get": {"summary": "Readiness.", "responses": {"200": {"description": "ready"}, "503": error_ref()}}},
             "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "text/plain"}}}},
             "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3"}}}},

@@ -12,9 +12,16 @@ use std::sync::Arc;
 use tidemark_api::state::MemberInfo;
 use tidemark_api::{ErrorCode, Role, ServerState};
 
-/// `GET /healthz`: the process is up.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// `GET /healthz`: the process is up. It also names this process's boot
+/// (as a watch stream's `hello` does) and reads its clock (`clock_ms`,
+/// the one `lease` events' `sent_ms` is on), so a service server can time
+/// a round trip and tell a slow link from the clocks' offset.
+pub async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "boot": app.boot,
+        "clock_ms": tidemark_api::clock::boot_ms(),
+    }))
 }
 
 /// How long the readiness probe waits for the storage engine.

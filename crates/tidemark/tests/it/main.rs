@@ -17,4 +17,5 @@ mod postgres;
 mod quiesce;
 mod recovery;
 mod schema;
+mod slow_link;
 mod tls;

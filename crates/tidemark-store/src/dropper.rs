@@ -20,25 +20,37 @@ const QUEUED: usize = 16;
 
 type Garbage = Box<dyn Send>;
 
+/// A thread that frees what it is handed, behind a queue of `queued`.
+struct Dropper(Option<SyncSender<Garbage>>);
+
+impl Dropper {
+    /// Starts the thread; without one (the system refused it) every value
+    /// is freed where it is.
+    fn start(queued: usize) -> Self {
+        let (tx, rx) = sync_channel::<Garbage>(queued);
+        let spawned = std::thread::Builder::new()
+            .name("tm-drop".into())
+            .spawn(move || for _ in rx {});
+        Self(spawned.ok().map(|_| tx))
+    }
+
+    /// Hands `value` over if its queue has room; frees it here otherwise.
+    fn take<T: Send + 'static>(&self, value: T) {
+        if let Some(tx) = &self.0 {
+            // Full, or the thread gone: the value comes back and drops here.
+            let _ = tx.try_send(Box::new(value));
+        }
+    }
+}
+
 /// Frees `value` on the dropper thread if it holds at least [`LATER_FROM`]
 /// items (`len`) and the thread's queue has room; here otherwise.
 pub fn drop_later<T: Send + 'static>(value: T, len: usize) {
     if len < LATER_FROM {
         return;
     }
-    static DROPPER: OnceLock<Option<SyncSender<Garbage>>> = OnceLock::new();
-    let sender = DROPPER.get_or_init(|| {
-        let (tx, rx) = sync_channel::<Garbage>(QUEUED);
-        std::thread::Builder::new()
-            .name("tm-drop".into())
-            .spawn(move || for _ in rx {})
-            .ok()
-            .map(|_| tx)
-    });
-    if let Some(tx) = sender {
-        // Full, or the thread gone: the value comes back and drops here.
-        let _ = tx.try_send(Box::new(value));
-    }
+    static DROPPER: OnceLock<Dropper> = OnceLock::new();
+    DROPPER.get_or_init(|| Dropper::start(QUEUED)).take(value);
 }
 
 #[cfg(test)]
@@ -57,6 +69,51 @@ mod tests {
             let on_dropper = std::thread::current().name() == Some("tm-drop");
             let n = if on_dropper { &self.there } else { &self.here };
             n.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A value that waits on its drop until let go.
+    struct Held(Arc<std::sync::Barrier>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            if std::thread::current().name() == Some("tm-drop") {
+                self.0.wait();
+            }
+        }
+    }
+
+    /// With its thread stuck (starved of CPU), a dropper queues at most
+    /// QUEUED values; the rest are freed where they are, at once.
+    #[test]
+    fn a_stuck_dropper_thread_queues_a_bounded_number_of_values() {
+        let dropper = Dropper::start(QUEUED);
+        let stuck = Arc::new(std::sync::Barrier::new(2));
+        dropper.take(Held(stuck.clone()));
+        let (here, there) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let counted = || Counted {
+            here: here.clone(),
+            there: there.clone(),
+        };
+        // The thread may not have taken the stuck value off the queue
+        // yet: one place less, at most.
+        for _ in 0..QUEUED + 10 {
+            dropper.take(counted());
+        }
+        let freed_here = here.load(Ordering::SeqCst);
+        stuck.wait();
+        assert!(
+            (10..=11).contains(&freed_here),
+            "{freed_here} of {} freed here, the queue holding {QUEUED}",
+            QUEUED + 10
+        );
+        drop(dropper);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while there.load(Ordering::SeqCst) + freed_here < QUEUED + 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queued ones never freed"
+            );
+            std::thread::yield_now();
         }
     }
 

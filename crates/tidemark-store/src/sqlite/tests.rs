@@ -147,6 +147,10 @@ async fn a_snapshot_holds_everything_and_cleanup_normalises_it() {
     assert_eq!(got.epoch, meta.epoch);
     assert_eq!(got.high_water, store.high_water_marks().await.unwrap());
     assert_eq!(got.process, Some(serde_json::to_value(&info).unwrap()));
+    // It holds every record: its owner's only, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&snap).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
     assert!(store.snapshot_to(&snap).await.is_err(), "never overwrites");
 
     let private = dir.path().join("private");

@@ -912,6 +912,44 @@ async fn a_server_stops_once_the_process_that_started_it_is_killed() {
     );
 }
 
+/// A `TIDEMARK_PARENT_PID` naming a running process that is not the
+/// server's parent (a wrapper in between, a variable inherited from
+/// further up) is not watched, and the log says why: watched, the server
+/// would take it for a starter gone and stop at its first check, 250 ms
+/// after the start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starter_that_is_not_the_parent_is_not_watched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut other = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let pid = other.id().to_string();
+    let db = Proc::start(
+        "db",
+        dir,
+        &strs(&server_args(dir, Engine::Sqlite)),
+        &[("TIDEMARK_PARENT_PID", pid.as_str())],
+    );
+    db.wait_ok("/readyz").await;
+    eventually(10, "the log to say it is not watched", || async {
+        db.log_text()
+            .contains("not this one's parent; not watched")
+            .then_some(())
+    })
+    .await;
+    // Eight checks' worth: still serving.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert_eq!(get_json(&format!("{}/healthz", db.url)).await.0, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!db.log_text().contains("has exited: shutting down"));
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
 /// A server whose standard output is closed before it says its address
 /// (a starter that died, a pipe nobody reads) serves on, the address in
 /// its log; before, printing it panicked and the server ended.

@@ -286,6 +286,32 @@ async fn a_service_server_is_quiesced_on_its_own() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "{headers:?}: {body}");
     }
+    // A body past 64 KiB without a declared length (chunked) is refused
+    // as it comes, 413, and changes nothing.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = a.url.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+        let head = format!("POST /v1/quiesce HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("{:x}\r\n{}\r\n", 8192, " ".repeat(8192));
+        let mut answer = Vec::new();
+        for _ in 0..9 {
+            // The server may answer and close before the last chunk.
+            if conn.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = conn.write_all(b"0\r\n\r\n").await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.read_to_end(&mut answer),
+        )
+        .await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
     let r = http
         .delete(&endpoint)
         .header("origin", "http://evil.example")

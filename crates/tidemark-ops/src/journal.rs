@@ -1,4 +1,6 @@
-//! The OpS journal: one append-only JSON-lines file per source.
+//! The OpS journal: one append-only JSON-lines file per source, each line
+//! sealed with its checksum ([`crate::sealed`]): a line damaged on disk is
+//! refused, never replayed with other values.
 //!
 //! Every order is written and fsynced here *before* it is submitted, so an
 //! order the DB server acknowledged is always in the journal, and the
@@ -173,10 +175,18 @@ impl Journal {
                 torn = Some((whole, bytes.len() - whole));
             }
             bytes.truncate(whole);
+            let mut sealed = crate::sealed::Reader::default();
             for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
                 if line.is_empty() {
                     continue;
                 }
+                let line = sealed.check(line).map_err(|why| {
+                    anyhow::anyhow!(
+                        "journal {} line {} is damaged ({why}); restore the journal from a copy. Nothing was sent",
+                        path.display(),
+                        n + 1
+                    )
+                })?;
                 let e: Entry = serde_json::from_slice(line).map_err(|e| {
                     anyhow::anyhow!(
                         "journal {} line {} is damaged ({e}); restore the journal from a copy",
@@ -252,14 +262,13 @@ impl Journal {
         }
         let mut buf = Vec::new();
         for (seq, version) in acks {
-            serde_json::to_writer(
+            crate::sealed::write_line(
                 &mut buf,
                 &Ack {
                     seq: *seq,
                     version: *version,
                 },
             )?;
-            buf.push(b'\n');
         }
         let new = !self.acks_path.exists();
         let mut f = OpenOptions::new()
@@ -352,8 +361,7 @@ impl Journal {
                 op: o.op,
                 fields: o.fields.clone(),
             };
-            serde_json::to_writer(&mut buf, &e)?;
-            buf.push(b'\n');
+            crate::sealed::write_line(&mut buf, &e)?;
             fresh.push(e);
         }
         let new = !self.path.exists();
@@ -398,11 +406,19 @@ fn load_acks(path: &Path) -> anyhow::Result<HashMap<u64, Version>> {
         bytes.truncate(whole);
     }
     let mut acks = HashMap::new();
+    let mut sealed = crate::sealed::Reader::default();
     let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     for (n, line) in lines.iter().enumerate() {
         if line.is_empty() {
             continue;
         }
+        let line = sealed.check(line).map_err(|why| {
+            anyhow::anyhow!(
+                "{} line {} is damaged ({why}); delete the file to replay without original versions",
+                path.display(),
+                n + 1
+            )
+        })?;
         match serde_json::from_slice::<Ack>(line) {
             Ok(a) => {
                 acks.insert(a.seq, a.version);
@@ -473,6 +489,78 @@ mod tests {
         drop(j);
         let j = Journal::open(dir.path(), "ops-1").unwrap();
         assert_eq!(j.last_seq(), 3);
+    }
+
+    /// A value changed on disk that still parses ("gold" read back as
+    /// "gole") is refused with the line it is on, journal or
+    /// acknowledgements, and nothing is replayed from it. Before, the
+    /// journal's lines carried no checksum and the other value was sent.
+    #[test]
+    fn a_value_changed_on_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+            j.append("d1", 0, &orders(3)).unwrap();
+            j.record_acks(&[(1, Version::new(1, 10)), (2, Version::new(1, 11))])
+                .unwrap();
+        }
+        let flip = |file: &str, from: &str, to: &str| {
+            let path = dir.path().join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let at = text
+                .rfind(from)
+                .unwrap_or_else(|| panic!("{from} in {text}"));
+            let changed = format!("{}{to}{}", &text[..at], &text[at + from.len()..]);
+            std::fs::write(&path, changed).unwrap();
+            text
+        };
+        let journal = flip("ops-1.journal", "\"k1\"", "\"k7\"");
+        let err = Journal::open(dir.path(), "ops-1").unwrap_err().to_string();
+        assert!(
+            err.contains("line 2 is damaged") && err.contains("checksum"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("ops-1.journal"), journal).unwrap();
+        flip("ops-1.acks", "\"seq\":11", "\"seq\":12");
+        let err = Journal::open(dir.path(), "ops-1").unwrap_err().to_string();
+        assert!(
+            err.contains("ops-1.acks line 2 is damaged") && err.contains("checksum"),
+            "{err}"
+        );
+    }
+
+    /// A journal written before lines were sealed is read as it is, and
+    /// goes on sealed; a line without a seal after a sealed one is refused.
+    #[test]
+    fn a_journal_from_before_seals_is_read_and_goes_on_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops-1.journal");
+        let old = Entry {
+            seq: 1,
+            input: "d0".into(),
+            index: 0,
+            table: "subscriber".into(),
+            key: "k0".into(),
+            op: Op::Upsert,
+            fields: Default::default(),
+        };
+        let mut line = serde_json::to_vec(&old).unwrap();
+        line.push(b'\n');
+        std::fs::write(&path, &line).unwrap();
+        {
+            let mut j = Journal::open(dir.path(), "ops-1").unwrap();
+            assert_eq!(j.entries(), std::slice::from_ref(&old));
+            j.append("d1", 0, &orders(1)).unwrap();
+        }
+        assert_eq!(Journal::open(dir.path(), "ops-1").unwrap().last_seq(), 2);
+        let mut third = old.clone();
+        third.seq = 3;
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        serde_json::to_writer(&mut f, &third).unwrap();
+        f.write_all(b"\n").unwrap();
+        drop(f);
+        let err = Journal::open(dir.path(), "ops-1").unwrap_err().to_string();
+        assert!(err.contains("line 3 is damaged"), "{err}");
     }
 
     /// A journal that lost acknowledged orders (cut short, a torn line the

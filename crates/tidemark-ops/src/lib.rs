@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`input`]: parsing service orders given as JSON lines.
 //! - [`journal`]: the append-only, fsynced journal of numbered orders.
+//! - [`sealed`]: JSON lines that carry their checksum (journal, acknowledgements).
 //! - [`recover`]: `tidemark ops recover`: schedule list, replay, complete.
 //! - [`schedule`]: sending the schedule list, chunks in flight together.
 //! - [`submit`]: `tidemark ops submit`: journal first, then submit in batches.
@@ -13,6 +14,7 @@ pub mod input;
 pub mod journal;
 pub mod recover;
 pub mod schedule;
+pub mod sealed;
 pub mod submit;
 
 pub use journal::Journal;

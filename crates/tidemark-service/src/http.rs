@@ -206,7 +206,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotReady,
-            format!("the watch stream to the DB server is open, but its instance has stopped vouching for it (paused, or cut off without saying so), or its leases arrive late (the last {} ms after its sending: a slow link, or this process starved): cached records are not served as current until it vouches again in time or the stream moves to another instance", shared.metrics.lease_late_ms.get()),
+            {
+                let late = shared.metrics.lease_late_ms.get();
+                let why = if late > crate::shared::PAUSED_MS as i64 {
+                    format!("its leases arrive late, the last {late} ms after its sending (a slow link, or this process starved)")
+                } else {
+                    "its instance has stopped vouching for it (paused, or cut off without saying so), or this process was paused".to_owned()
+                };
+                format!("the watch stream to the DB server is open, but {why}: cached records are not served as current until it vouches again in time or the stream moves to another instance")
+            },
             Some(1),
         )
     } else {

@@ -16,6 +16,23 @@ pub fn boot_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
+/// The boot clock as a server shows it to others (`lease` events'
+/// `sent_ms`, `/healthz`'s `clock_ms`): moved by an amount drawn once per
+/// process, so it tells differences, all a reader needs, and not how long
+/// the host has been up.
+pub fn shown_ms() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SHIFT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // Below 2^40 ms (35 years): no sum overflows.
+    let shift = *SHIFT.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            >> 24
+    });
+    boot_ms() + shift
+}
+
 #[cfg(test)]
 mod tests {
     /// It runs on, and never behind the clock that stops during a suspend.
@@ -31,5 +48,17 @@ mod tests {
         let a = super::boot_ms();
         assert!(a >= mono, "{a} < {mono}");
         assert!(super::boot_ms() >= a);
+    }
+
+    /// The shown clock runs as the boot clock does, from elsewhere.
+    #[test]
+    fn the_shown_clock_keeps_the_boot_clocks_differences() {
+        let (b1, s1) = (super::boot_ms(), super::shown_ms());
+        let (s2, b2) = (super::shown_ms(), super::boot_ms());
+        assert!(s2 >= s1);
+        assert!(s2 - s1 <= b2 - b1 + 1, "{s1} {s2} {b1} {b2}");
+        let boot = super::boot_ms();
+        let shift = super::shown_ms() - boot;
+        assert!(shift < 1 << 40, "{shift}");
     }
 }

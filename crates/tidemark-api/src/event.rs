@@ -177,12 +177,14 @@ pub enum WatchEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseEvent {
     pub valid_for_ms: u64,
-    /// The server's clock (ms, monotonic, its own base) when it sent the
-    /// event. A service server compares it with its own clock at arrival:
-    /// the smallest difference seen is the clocks' offset plus the least
-    /// delay, and a lease that arrives later than that (it waited in the
-    /// socket while the service server was paused, with the changes after
-    /// it) vouches only from when it was sent. Absent: an older server.
+    /// The server's clock (ms, monotonic, its own base: `clock::shown_ms`,
+    /// which its `/healthz` reads too) when it sent the event. A service
+    /// server judges from it how late the lease arrived, against round
+    /// trips to that `/healthz` (or, without them, the smallest difference
+    /// seen, the clocks' offset plus the least delay): a lease that arrives
+    /// late (it waited in the socket while the service server was paused,
+    /// or on a slow link, with the changes after it) vouches only from
+    /// when it was sent. Absent: an older server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_ms: Option<u64>,
 }

@@ -20,7 +20,7 @@ pub async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value
     Json(serde_json::json!({
         "status": "ok",
         "boot": app.boot,
-        "clock_ms": tidemark_api::clock::boot_ms(),
+        "clock_ms": tidemark_api::clock::shown_ms(),
     }))
 }
 

@@ -239,7 +239,7 @@ fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
     // No id: it is not a change to resume from.
     Some(WatchEvent::Lease(LeaseEvent {
         valid_for_ms,
-        sent_ms: Some(tidemark_api::clock::boot_ms()),
+        sent_ms: Some(tidemark_api::clock::shown_ms()),
     }))
 }
 

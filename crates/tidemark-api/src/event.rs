@@ -9,9 +9,12 @@ use std::str::FromStr;
 /// The id of a watch event: `{epoch}-{seq}-{boot}`.
 ///
 /// `seq` is the last change-log seq the subscriber has been sent. `boot`
-/// names the DB server process; the subscriber interest a server keeps is
-/// lost with the process, so an id from another boot or epoch cannot be
-/// resumed and the server answers with an `epoch` event instead.
+/// names the stream: on a single DB server `HISTORY.BOOT` (its store's
+/// history, then the process), in a cluster the cluster's id. The
+/// subscriber interest a server keeps is lost with the process, so an id
+/// from another boot resumes only right after the subscriber declared what
+/// it holds, and one from another epoch or history not at all: the server
+/// answers with an `epoch` event instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventId {
     pub epoch: u64,

@@ -9,7 +9,8 @@
 //! - Interest lives in memory. A restarted server cannot know it, so it
 //!   refuses to resume streams from an earlier boot (they get `epoch`),
 //!   unless the subscriber declared all it holds first (`declare`, used
-//!   when a service server moves between the instances of a cluster).
+//!   when a service server moves between the instances of a cluster, and
+//!   when a single server restarted: `watch::ours`).
 //! - Interest is bounded: a subscriber that comes to hold more than
 //!   `max_interest` keys (a terminal reading random keys through its
 //!   service server) is *forgotten*: all its interest is dropped, its open

@@ -29,6 +29,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backup_config;
+pub mod boots;
 pub mod cluster;
 pub mod committer;
 pub mod config;

@@ -20,7 +20,8 @@ impl Server {
     /// Opens the store named by `config`. Fails with a message that says
     /// what to do if the data directory is unusable or locked.
     pub async fn open(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let boot = format!("{:08x}", rand::random::<u32>());
+        // Wide enough that a restart never draws its predecessor's.
+        let boot = format!("{:016x}", rand::random::<u64>());
         let (store, cluster): (Arc<dyn Store>, _) = match config.store {
             StoreKind::Sqlite => {
                 let dir = config.data_dir.clone();

@@ -43,9 +43,13 @@ pub struct AppState {
     /// The same, as the `Tidemark-History` header of record answers (made
     /// once: warm reads add it to every answer).
     pub history_header: axum::http::HeaderValue,
-    /// Part of every watch event id: the boot of this process, or with
-    /// several instances the cluster's, so an id means the same on each.
+    /// Part of every watch event id: `HISTORY.BOOT` of this process, or
+    /// with several instances the cluster's, so an id means the same on
+    /// each.
     pub stream_id: String,
+    /// A single server's store's boots, this one last (`boots.rs`): how far
+    /// an earlier boot's stream ids may resume here. Empty in a cluster.
+    pub boots: crate::boots::Boots,
     /// With the PostgreSQL engine: this instance's place in the cluster.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Open watch streams per caller (token name), for the per-token limit.
@@ -129,7 +133,17 @@ impl AppState {
             cluster_id.as_deref(),
         )
         .await?;
-        let stream_id = cluster_id.unwrap_or_else(|| boot.clone());
+        // A cluster's ids resume at any instance (with a declaration); a
+        // single server's name this boot, after its store history, so a
+        // later boot can tell an id of its own store's (`watch::open`).
+        let boots = if cluster_id.is_none() {
+            // Before any stream: where the boot before this one ended.
+            let seq = store.meta().await?.seq;
+            crate::boots::record(store.as_ref(), &boot, seq).await?
+        } else {
+            Default::default()
+        };
+        let stream_id = cluster_id.unwrap_or_else(|| format!("{history}.{boot}"));
         let auth = crate::auth::Auth::load(store.clone(), config.max_subscribers_per_token).await?;
         let audit = crate::audit::Audit::new(store.clone());
         let backups = Arc::new(tokio::sync::Semaphore::new(
@@ -155,6 +169,7 @@ impl AppState {
                 .expect("a history id is ASCII"),
             history,
             stream_id,
+            boots,
             cluster,
             streams: Default::default(),
             bodies: Default::default(),

@@ -47,17 +47,15 @@ pub async fn open(
     // In a cluster, interest known here is complete only if the subscriber
     // declared it just before this stream (it may have read elsewhere).
     // Taken first, so a failed open leaves none for the next.
-    let clustered = app.cluster.is_some();
-    let declared = app.hub.take_declared(id) && clustered;
+    let declared = app.hub.take_declared(id);
     let meta = app.store.meta().await?;
     let last = last_event_id.map(|s| s.parse::<EventId>());
     let (mut cursor, resumed, cannot_resume) = match last {
         Some(Ok(eid))
-            if eid.boot == app.stream_id
+            if ours(app, &eid, declared)
                 && eid.epoch == meta.epoch
                 && eid.seq <= meta.seq
                 && eid.seq + 1 >= meta.log_floor
-                && (!clustered || declared)
                 && app.hub.may_resume(id, eid.seq)
                 && caught_up(app, eid.seq).await =>
         {
@@ -89,6 +87,30 @@ pub async fn open(
     };
     tokio::spawn(stream.run(queue, resumed, cannot_resume));
     Ok(rx)
+}
+
+/// Whether a stream id lets a subscriber resume here, given whether it
+/// `declared` what it holds just before: the interest pushes follow must
+/// be known here whole.
+/// - A cluster's id: with a declaration (it may have read elsewhere).
+/// - A single server's own (this boot's): it kept the interest.
+/// - One of an earlier boot of the same store history, up to where that
+///   boot's run ended in this store (`boots.rs`: a store put back by other
+///   means than a restore may have gone on from below it): with a
+///   declaration, which brings back the interest that boot took with it.
+///   The change log holds what was missed (checked by the caller), so a
+///   restart no longer makes every service server revalidate its cache.
+fn ours(app: &AppState, eid: &EventId, declared: bool) -> bool {
+    if app.cluster.is_some() {
+        return eid.boot == app.stream_id && declared;
+    }
+    if eid.boot == app.stream_id {
+        return true;
+    }
+    declared
+        && eid.boot.split_once('.').is_some_and(|(history, boot)| {
+            history == app.history && app.boots.ended_at(boot).is_some_and(|end| eid.seq <= end)
+        })
 }
 
 /// Where a stream that cannot resume starts, from `position` (the store's,

@@ -22,6 +22,11 @@ pub struct ServiceConfig {
     /// How long a `latest-only` read waits for current data before it
     /// answers 503, in milliseconds.
     pub latest_deadline_ms: u64,
+    /// How late the DB server's leases may arrive, in milliseconds, judged
+    /// by round trips to it, for the cache to be served as current: over
+    /// it, `latest-only` reads ask the DB server. The cache may serve a
+    /// record up to about this much behind (a push still on its way).
+    pub max_push_lag_ms: u64,
     /// First retry delay of a waiting read, in milliseconds (doubles, with jitter).
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
@@ -80,6 +85,7 @@ impl Default for ServiceConfig {
             policy: Policy::LatestOnly,
             cache_capacity: 1_000_000,
             latest_deadline_ms: 5_000,
+            max_push_lag_ms: 100,
             retry_initial_ms: 20,
             retry_max_ms: 1_000,
             recovering_poll_ms: 10_000,

@@ -208,8 +208,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             ErrorCode::NotReady,
             {
                 let late = shared.metrics.lease_late_ms.get();
-                let why = if late > crate::shared::PAUSED_MS as i64 {
-                    format!("its leases arrive late, the last {late} ms after its sending (a slow link, or this process starved)")
+                let why = if late > shared.config.max_push_lag_ms as i64 {
+                    format!("its leases arrive late, the last {late} ms after its sending, over max_push_lag_ms ({}): a slow link, or this process starved", shared.config.max_push_lag_ms)
                 } else {
                     "its instance has stopped vouching for it (paused, or cut off without saying so), or this process was paused".to_owned()
                 };

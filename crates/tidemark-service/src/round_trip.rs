@@ -16,8 +16,10 @@
 //!
 //! [`run`] asks once a second while a stream is open, at once when a
 //! stream opens, and when a lease arrives late (the clock may have
-//! stepped). Without a round trip to the stream's server boot (an older
-//! server, one not answered yet) the lease clock judges.
+//! stepped). Until a round trip to the stream's server boot has answered,
+//! its leases vouch for nothing ([`Judged::NotYet`]); where the server
+//! tells no clock (an older one) or round trips keep failing, the lease
+//! clock judges ([`Judged::Untimed`]).
 
 use crate::shared::{mono_ms, Shared};
 use std::collections::VecDeque;
@@ -27,8 +29,9 @@ use std::time::Duration;
 /// How long a round trip bounds the offset: clocks drift apart slowly
 /// (a few ms a minute at most), so older ones are dropped.
 const KEEP_MS: u64 = 60_000;
-/// At most this many round trips are kept (one a second: a minute's).
-const MAX_SAMPLES: usize = 64;
+/// At most this many round trips are kept (up to a few a second while
+/// leases come late: a minute's).
+const MAX_SAMPLES: usize = 256;
 /// How often a round trip is timed while a stream is open.
 const EVERY: Duration = Duration::from_secs(1);
 /// At least this long between two round trips (late leases ask for them).
@@ -50,18 +53,45 @@ struct Sample {
 pub struct RoundTrip {
     boot: String,
     samples: VecDeque<Sample>,
+    /// Round trips to `boot` that told no clock (an older server, one at
+    /// its connection limit) or failed, in a row.
+    untimed: u32,
 }
 
+/// How a lease is judged ([`RoundTrip::judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// Late by at most this many ms, by a round trip.
+    Late(u64),
+    /// No round trip to this boot has answered yet: a stream's first
+    /// moments. Vouching from the lease clock would take a delay present
+    /// from the start for the clocks' offset, so nothing is vouched for.
+    NotYet,
+    /// The server tells no clock, or round trips keep failing: the lease
+    /// clock judges (a steady delay is not seen).
+    Untimed,
+}
+
+/// Round trips that tell nothing, in a row, before the lease clock judges.
+const UNTIMED_AFTER: u32 = 3;
+
 impl RoundTrip {
+    /// Starts over for `boot` if the round trips so far were another's.
+    fn for_boot(&mut self, boot: &str) {
+        if self.boot != boot {
+            self.boot = boot.to_owned();
+            self.samples.clear();
+            self.untimed = 0;
+        }
+    }
+
     /// Notes a round trip to server boot `boot`: asked at `asked` (our
     /// clock), answered at `answered` (ours), with the server's clock
     /// reading `server` in between. Each clock is read in whole ms, hence
     /// the 1 ms of slack on each side.
     pub fn note(&mut self, boot: &str, asked: u64, server: u64, answered: u64) {
-        if self.boot != boot {
-            self.boot = boot.to_owned();
-            self.samples.clear();
-        }
+        self.for_boot(boot);
+        self.untimed = 0;
         let s = Sample {
             at: answered,
             lo: server as i64 - answered as i64 - 1,
@@ -77,30 +107,69 @@ impl RoundTrip {
         self.samples.push_back(s);
     }
 
-    /// How late (ms) a lease of server boot `boot`, sent at `sent` (its
-    /// clock), arrived at `now` (ours): at most this long after it was
-    /// sent. `None` without a round trip to that boot in the last minute.
-    pub fn late_ms(&self, boot: &str, sent: u64, now: u64) -> Option<u64> {
+    /// Notes a round trip to `boot` that told no clock, or failed. Returns
+    /// true the once the lease clock starts judging (to be said).
+    pub fn note_untimed(&mut self, boot: &str) -> bool {
+        self.for_boot(boot);
+        self.untimed = self.untimed.saturating_add(1);
+        self.untimed == UNTIMED_AFTER
+    }
+
+    /// How late a lease of server boot `boot`, sent at `sent` (its clock),
+    /// arrived at `now` (ours).
+    pub fn judge(&self, boot: &str, sent: u64, now: u64) -> Judged {
         if self.boot != boot {
-            return None;
+            return Judged::NotYet;
         }
         let hi = self
             .samples
             .iter()
             .filter(|s| now.saturating_sub(s.at) < KEEP_MS)
             .map(|s| s.hi)
-            .min()?;
-        // Sent at (sent − offset) on our clock, the offset at most `hi`;
-        // `now` read in whole ms.
-        Some((now as i64 + 1 - sent as i64 + hi).max(0) as u64)
+            .min();
+        match hi {
+            // Sent at (sent − offset) on our clock, the offset at most
+            // `hi`; `now` read in whole ms.
+            Some(hi) => Judged::Late((now as i64 + 1 - sent as i64 + hi).max(0) as u64),
+            None if self.untimed >= UNTIMED_AFTER => Judged::Untimed,
+            None => Judged::NotYet,
+        }
+    }
+
+    /// [`RoundTrip::judge`] as a lateness, where a round trip tells it.
+    #[cfg(test)]
+    pub fn late_ms(&self, boot: &str, sent: u64, now: u64) -> Option<u64> {
+        match self.judge(boot, sent, now) {
+            Judged::Late(l) => Some(l),
+            _ => None,
+        }
     }
 }
 
 /// What the DB server's `GET /healthz` says (an older one: `status` only).
 #[derive(Debug, serde::Deserialize)]
-struct Liveness {
-    boot: Option<String>,
-    clock_ms: Option<u64>,
+pub(crate) struct Liveness {
+    pub boot: Option<String>,
+    pub clock_ms: Option<u64>,
+}
+
+/// Asks the DB server at `base` for `GET /healthz`: its answer, and when
+/// it was asked and answered ([`mono_ms`]).
+pub(crate) async fn liveness(
+    shared: &Shared,
+    base: &str,
+) -> Result<(Liveness, u64, u64), reqwest::Error> {
+    let url = format!("{base}/healthz");
+    let asked = mono_ms();
+    let resp = shared
+        .client
+        .http()
+        .get(&url)
+        .timeout(PATIENCE)
+        .send()
+        .await?;
+    let live = resp.error_for_status()?.json::<Liveness>().await?;
+    Ok((live, asked, mono_ms()))
 }
 
 /// Times a round trip to the stream's DB server now and then (see the
@@ -126,35 +195,37 @@ pub async fn run(shared: Arc<Shared>) {
 /// One round trip to the instance the stream is open at, noted if that
 /// instance is still the boot the stream's `hello` named.
 async fn time_one(shared: &Shared, boot: &str) {
-    let url = format!("{}/healthz", shared.stream_base.lock());
-    let asked = mono_ms();
-    let answer = async {
-        let resp = shared
-            .client
-            .http()
-            .get(&url)
-            .timeout(PATIENCE)
-            .send()
-            .await?;
-        resp.error_for_status()?.json::<Liveness>().await
+    let base = shared.stream_base.lock().clone();
+    let answer = liveness(shared, &base).await;
+    let mut round_trip = shared.round_trip.lock();
+    // The stream may have moved on meanwhile: only its own boot counts.
+    if *shared.stream_boot.lock() != boot {
+        return;
     }
-    .await;
-    let answered = mono_ms();
-    match answer {
-        Ok(Liveness {
-            boot: Some(b),
-            clock_ms: Some(server),
-        }) if b == boot => {
-            shared.round_trip.lock().note(&b, asked, server, answered);
+    let untimed = match answer {
+        Ok((
+            Liveness {
+                boot: Some(b),
+                clock_ms: Some(server),
+            },
+            asked,
+            answered,
+        )) if b == boot => {
+            round_trip.note(&b, asked, server, answered);
             shared
                 .metrics
                 .round_trip_ms
                 .set(answered.saturating_sub(asked) as i64);
+            return;
         }
-        // Another boot behind the same address (a restart, a balancer),
-        // an older server, or no answer: the lease clock judges meanwhile.
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, %url, "timing a round trip to the DB server failed"),
+        // Another boot behind the same address (a restart, a balancer):
+        // the stream will say so; nothing is learnt.
+        Ok((Liveness { boot: Some(b), .. }, _, _)) if b != boot => return,
+        Ok(_) => "the DB server does not tell its clock on /healthz (an older version, or one at its connection limit)".to_owned(),
+        Err(e) => format!("GET {base}/healthz failed: {e}"),
+    };
+    if round_trip.note_untimed(boot) {
+        tracing::warn!(why = %untimed, "cannot time round trips to the DB server: its leases are judged by their own clock meanwhile, which takes a link slow from the start for the clocks' offset");
     }
 }
 
@@ -236,6 +307,28 @@ mod tests {
         rt.note("c", 2_000, 2_000, 2_001);
         assert_eq!(rt.late_ms("b", 2_500 + AHEAD, 2_500), None);
         assert!(rt.late_ms("c", 2_500, 2_500).is_some());
+    }
+
+    /// Until a round trip answers, nothing is judged timely; round trips
+    /// that tell no clock (an older server), three in a row, hand the
+    /// judging to the lease clock, and one that tells it takes it back.
+    #[test]
+    fn round_trips_that_tell_no_clock_leave_it_to_the_lease_clock() {
+        use super::Judged;
+        let mut rt = RoundTrip::default();
+        assert_eq!(rt.judge("b", AHEAD, 0), Judged::NotYet);
+        assert!(!rt.note_untimed("b"));
+        assert!(!rt.note_untimed("b"));
+        assert_eq!(rt.judge("b", AHEAD, 0), Judged::NotYet);
+        assert!(rt.note_untimed("b"), "said once");
+        assert_eq!(rt.judge("b", AHEAD, 0), Judged::Untimed);
+        assert!(!rt.note_untimed("b"));
+        assert_eq!(rt.judge("c", AHEAD, 0), Judged::NotYet, "another boot");
+        rt.note("b", 1_000, 1_000 + AHEAD, 1_001);
+        assert!(matches!(
+            rt.judge("b", 1_500 + AHEAD, 1_500),
+            Judged::Late(_)
+        ));
     }
 
     /// Of several round trips, the tightest bound counts: a slow one does

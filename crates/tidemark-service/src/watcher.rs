@@ -47,7 +47,18 @@ pub async fn run(shared: Arc<Shared>) {
         let declared_at = shared.client.base().to_owned();
         // Both requests below give way to shutdown: an instance that
         // takes the connection and never answers must not hold the stop.
-        let declared = if last.is_some() && shared.declare.load(Ordering::SeqCst) {
+        // A cluster's instances want a declaration before every resume; a
+        // single DB server only once it restarted (its interest went with
+        // the boot before).
+        let must_declare = match last.as_deref() {
+            None => false,
+            Some(_) if shared.declare.load(Ordering::SeqCst) => true,
+            Some(id) => tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                r = restarted_since(&shared, id) => r,
+            },
+        };
+        let declared = if must_declare {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
                 d = declare(&shared) => Some(d),
@@ -64,7 +75,7 @@ pub async fn run(shared: Arc<Shared>) {
             last
         };
         let base = shared.client.base().to_owned();
-        if base != declared_at && last.is_some() && shared.declare.load(Ordering::SeqCst) {
+        if base != declared_at && must_declare {
             continue;
         }
         let opened = if retry_declaration {
@@ -176,6 +187,27 @@ async fn declare(shared: &Shared) -> Declared {
             tracing::info!(error = %e, "could not declare interest; the stream will not resume and cached records will be revalidated");
             Declared::Refused
         }
+    }
+}
+
+/// Whether the single DB server that gave the stream id `last` has
+/// restarted since: its `/healthz` names another boot than the id's. Its
+/// interest in what is cached here went with the boot before; declared
+/// anew, it lets the stream resume (the change log holds what was missed)
+/// instead of the whole cache being revalidated. An id of a cluster or of
+/// an older server (no boot in it), or a server that does not say (an
+/// older one, unreachable): no, and the stream resumes or not as before.
+async fn restarted_since(shared: &Shared, last: &str) -> bool {
+    let Ok(id) = last.parse::<tidemark_api::event::EventId>() else {
+        return false;
+    };
+    let Some((_, boot)) = id.boot.split_once('.') else {
+        return false;
+    };
+    let base = shared.client.base().to_owned();
+    match crate::round_trip::liveness(shared, &base).await {
+        Ok((live, _, _)) => live.boot.is_some_and(|now| now != boot),
+        Err(_) => false,
     }
 }
 
@@ -345,24 +377,31 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
                 // vouches for nothing the changes behind it have changed.
                 Some(sent) => {
                     let by_leases = shared.lease_clock.lock().late_ms(sent, now);
-                    // A round trip to this boot, where one was timed, tells
-                    // a slow link from the clocks' offset; the lease clock
-                    // takes a steady delay for offset.
-                    let timed =
+                    // A round trip to this boot tells a slow link from the
+                    // clocks' offset; the lease clock takes a steady delay
+                    // for offset, so it judges only where none can be timed.
+                    use crate::round_trip::Judged;
+                    let judged =
                         shared
                             .round_trip
                             .lock()
-                            .late_ms(&shared.stream_boot.lock(), sent, now);
-                    let late = timed.unwrap_or(by_leases);
-                    shared.metrics.lease_late_ms.set(late as i64);
-                    if late > crate::shared::PAUSED_MS {
-                        if timed.is_some() {
+                            .judge(&shared.stream_boot.lock(), sent, now);
+                    let late = match judged {
+                        Judged::Late(l) => l,
+                        Judged::Untimed => by_leases,
+                        Judged::NotYet => u64::MAX,
+                    };
+                    if judged != Judged::NotYet {
+                        shared.metrics.lease_late_ms.set(late as i64);
+                    }
+                    if late > shared.config.max_push_lag_ms {
+                        if let Judged::Late(late) = judged {
                             // Late by the round trip: a slow link, or the
                             // server's clock stepped (a paused host), which
                             // the next round trip sees.
                             shared.time_round_trip.notify_one();
                             if let Some(n) = LATE_LEASES.due() {
-                                tracing::warn!(late_ms = late, times = n, "leases from the DB server arrive late (a slow link, or this process starved): cached records are not served as current until one arrives within 100 ms of its sending");
+                                tracing::warn!(late_ms = late, limit_ms = shared.config.max_push_lag_ms, times = n, "leases from the DB server arrive late (a slow link, or this process starved): cached records are not served as current until one arrives in time (max_push_lag_ms)");
                             }
                         }
                         // The changes sent in the meantime are queued
@@ -577,6 +616,53 @@ mod tests {
         );
     }
 
+    /// Round trips to server boot `boot` tell no clock (an older server):
+    /// its leases are judged by the lease clock.
+    fn untimed(s: &Shared, boot: &str) {
+        let mut rt = s.round_trip.lock();
+        while !rt.note_untimed(boot) {}
+    }
+
+    /// Until a round trip to the stream's boot has answered, its leases
+    /// vouch for nothing (a delay present from the start would pass for
+    /// the clocks' offset); the first round trip makes the next lease count.
+    #[test]
+    fn leases_vouch_only_once_a_round_trip_to_their_boot_answered() {
+        let svc = service();
+        let s = &svc.shared;
+        let WatchEvent::Hello(mut leased) = hello(false) else {
+            unreachable!()
+        };
+        leased.vouches = true;
+        apply(s, &ev(WatchEvent::Hello(leased), "1-0-b"));
+        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        // The server's clock runs 50 s ahead of ours.
+        let server = |ms: u64| crate::shared::mono_ms() + 50_000 - ms;
+        let lease = || {
+            WatchEvent::Lease(tidemark_api::event::LeaseEvent {
+                valid_for_ms: 5_000,
+                sent_ms: Some(server(0)),
+            })
+        };
+        apply(s, &ev(lease(), "1-0-b"));
+        assert!(!s.vouched(), "no round trip yet");
+        let now = crate::shared::mono_ms();
+        s.round_trip.lock().note("b", now, server(0), now);
+        apply(s, &ev(lease(), "1-0-b"));
+        assert!(s.vouched(), "timed, and timely");
+        // A round trip to another boot (the stream moved on) does not count.
+        let WatchEvent::Hello(mut other) = hello(false) else {
+            unreachable!()
+        };
+        other.vouches = true;
+        other.boot = "c".into();
+        apply(s, &ev(WatchEvent::Hello(other), "1-0-c"));
+        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-c"));
+        apply(s, &ev(lease(), "1-0-c"));
+        assert!(!s.vouched(), "boot c not timed yet");
+        svc.shared.shutdown.cancel();
+    }
+
     /// A pause of this process is seen by the pause watch: a read before
     /// the watch has run again is not vouched for (the gap since its last
     /// run), and once it runs the last lease vouches no more, until a
@@ -592,6 +678,7 @@ mod tests {
         leased.vouches = true;
         apply(s, &ev(WatchEvent::Hello(leased), "1-0-b"));
         apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        untimed(s, "b");
         let lease = || {
             WatchEvent::Lease(tidemark_api::event::LeaseEvent {
                 valid_for_ms: 5_000,
@@ -639,6 +726,7 @@ mod tests {
         });
         apply(s, &ev(hello, "1-0-b"));
         apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        untimed(s, "b");
         // The server's clock runs 50 s ahead of ours.
         let server = |ms: u64| crate::shared::mono_ms() + 50_000 - ms;
         let lease = |sent: u64| {

@@ -158,6 +158,35 @@ async fn a_link_that_stays_slow_is_not_vouched_for() {
         .await;
     }
 
+    // A service server told the link may lag this much (a DB server far
+    // away) serves its cache behind the same link.
+    let far = Proc::start(
+        "svc-far",
+        dir,
+        &[
+            "service",
+            "--db",
+            &proxy.url,
+            "--id",
+            "svc-far",
+            "--policy",
+            "latest-only",
+        ],
+        &[("TIDEMARK_SERVICE__MAX_PUSH_LAG_MS", "1000")],
+    );
+    far.wait_ok("/readyz").await;
+    let far_record = key_url(&far.url, "slow");
+    eventually(
+        10,
+        "the far service server answering from its cache",
+        || async {
+            let (s, b) = get_json(&far_record).await;
+            (s == 200 && b["source"] == "cache" && b["fields"]["plan"] == "plan-3").then_some(())
+        },
+    )
+    .await;
+    assert!(metric(&far.url, "tidemark_service_lease_late_ms").await >= 250);
+
     // The link is fast again: leases are timely by the same round trips,
     // and the cache answers as current.
     proxy.delay(0);

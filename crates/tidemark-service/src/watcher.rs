@@ -616,6 +616,18 @@ mod tests {
         );
     }
 
+    /// A stream of server boot `boot` that vouches with leases, synced.
+    fn synced_leased(s: &Shared, boot: &str) {
+        let WatchEvent::Hello(mut h) = hello(false) else {
+            unreachable!()
+        };
+        h.vouches = true;
+        h.boot = boot.into();
+        let id = format!("1-0-{boot}");
+        apply(s, &ev(WatchEvent::Hello(h), &id));
+        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), &id));
+    }
+
     /// Round trips to server boot `boot` tell no clock (an older server):
     /// its leases are judged by the lease clock.
     fn untimed(s: &Shared, boot: &str) {
@@ -630,12 +642,7 @@ mod tests {
     fn leases_vouch_only_once_a_round_trip_to_their_boot_answered() {
         let svc = service();
         let s = &svc.shared;
-        let WatchEvent::Hello(mut leased) = hello(false) else {
-            unreachable!()
-        };
-        leased.vouches = true;
-        apply(s, &ev(WatchEvent::Hello(leased), "1-0-b"));
-        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        synced_leased(s, "b");
         // The server's clock runs 50 s ahead of ours.
         let server = |ms: u64| crate::shared::mono_ms() + 50_000 - ms;
         let lease = || {
@@ -651,13 +658,7 @@ mod tests {
         apply(s, &ev(lease(), "1-0-b"));
         assert!(s.vouched(), "timed, and timely");
         // A round trip to another boot (the stream moved on) does not count.
-        let WatchEvent::Hello(mut other) = hello(false) else {
-            unreachable!()
-        };
-        other.vouches = true;
-        other.boot = "c".into();
-        apply(s, &ev(WatchEvent::Hello(other), "1-0-c"));
-        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-c"));
+        synced_leased(s, "c");
         apply(s, &ev(lease(), "1-0-c"));
         assert!(!s.vouched(), "boot c not timed yet");
         svc.shared.shutdown.cancel();
@@ -672,12 +673,7 @@ mod tests {
         use std::sync::atomic::Ordering::SeqCst;
         let svc = service();
         let s = &svc.shared;
-        let WatchEvent::Hello(mut leased) = hello(false) else {
-            unreachable!()
-        };
-        leased.vouches = true;
-        apply(s, &ev(WatchEvent::Hello(leased), "1-0-b"));
-        apply(s, &ev(WatchEvent::Synced(SyncedEvent { seq: 0 }), "1-0-b"));
+        synced_leased(s, "b");
         untimed(s, "b");
         let lease = || {
             WatchEvent::Lease(tidemark_api::event::LeaseEvent {

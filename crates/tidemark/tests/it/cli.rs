@@ -852,23 +852,42 @@ async fn a_server_started_with_nohup_ignores_sighup() {
     );
 }
 
-/// A server whose starter dies without stopping it (SIGKILL: the demo, a
-/// bench or a test harness killed) stops by itself, cleanly, once that
-/// starter (`TIDEMARK_PARENT_PID`) is no longer its parent. Before, it ran
-/// on, orphaned, holding its port and data directory.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_server_stops_once_the_process_that_started_it_is_killed() {
+/// A server started by a shell that names itself its starter
+/// (`TIDEMARK_PARENT_PID`), logging to `log_path`; the shell, the server's
+/// pid and URL, and a guard that kills the server if it outlives the test
+/// (and leaves its pid, perhaps another process's by then, once it is gone).
+struct ShellStarted {
+    starter: std::process::Child,
+    pid: u32,
+    url: String,
+    _reap: Reap,
+}
+
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if tidemark_testkit::process::running(self.0) {
+            // SAFETY: kill(2) on a pid this test started, still running.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+fn shell_started(
+    data: &std::path::Path,
+    log_path: &std::path::Path,
+    env: &[(&str, &str)],
+) -> ShellStarted {
     use std::io::BufRead;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let log_path = tmp.path().join("db.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log = std::fs::File::create(log_path).unwrap();
     // The starter: a shell that starts the server as its child, naming
     // itself as the parent to outlive, and prints the server's pid.
     let script = r#"TIDEMARK_PARENT_PID=$$ "$0" server --data-dir "$1" --listen 127.0.0.1:0 & echo "pid $!"; wait"#;
     let mut starter = std::process::Command::new("sh")
         .args(["-c", script, BIN, data.to_str().unwrap()])
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(log)
         .spawn()
@@ -884,19 +903,30 @@ async fn a_server_stops_once_the_process_that_started_it_is_killed() {
             url = Some(u.to_owned());
         }
     }
-    let (pid, url) = (pid.unwrap(), url.unwrap());
-    // Whatever happens below, the server does not outlive the test (and
-    // once it is gone, its pid, perhaps another process's now, is left).
-    struct Reap(u32);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            if tidemark_testkit::process::running(self.0) {
-                // SAFETY: kill(2) on a pid this test started, still running.
-                unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
-            }
-        }
+    let pid = pid.unwrap();
+    ShellStarted {
+        starter,
+        pid,
+        url: url.unwrap(),
+        _reap: Reap(pid),
     }
-    let _reap = Reap(pid);
+}
+
+/// A server whose starter dies without stopping it (SIGKILL: the demo, a
+/// bench or a test harness killed) stops by itself, cleanly, once that
+/// starter (`TIDEMARK_PARENT_PID`) is no longer its parent. Before, it ran
+/// on, orphaned, holding its port and data directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_stops_once_the_process_that_started_it_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log_path = tmp.path().join("db.log");
+    let ShellStarted {
+        mut starter,
+        pid,
+        url,
+        _reap,
+    } = shell_started(&data, &log_path, &[]);
     assert_eq!(get_json(&format!("{url}/healthz")).await.0, 200);
     starter.kill().unwrap(); // SIGKILL: the starter stops nothing itself
     starter.wait().unwrap();
@@ -910,6 +940,61 @@ async fn a_server_stops_once_the_process_that_started_it_is_killed() {
             && text.contains("shutdown complete"),
         "{text}"
     );
+}
+
+/// A starter that sends SIGTERM and then exits (the demo does, and a
+/// killed test harness may) does not cut the graceful stop short: the
+/// starter's end, after the signal, is not taken for a second signal, and
+/// the requests in flight get their grace period. Watched naively it would
+/// stop the server at once, as a second SIGTERM does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starter_gone_after_its_sigterm_leaves_the_graceful_stop_whole() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log_path = tmp.path().join("db.log");
+    let ShellStarted {
+        mut starter,
+        pid,
+        url,
+        _reap,
+    } = shell_started(
+        &data,
+        &log_path,
+        &[("TIDEMARK_SERVER__SHUTDOWN_GRACE_SECS", "2")],
+    );
+    assert_eq!(get_json(&format!("{url}/healthz")).await.0, 200);
+    // A request in flight: its body never comes whole.
+    let addr = url.trim_start_matches("http://");
+    let mut held = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!("POST /v1/orders HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"orders\"");
+    held.write_all(head.as_bytes()).unwrap();
+    // Taken (the probe's own connection is the other one).
+    eventually(10, "the held connection to be taken", || async {
+        (metric(&url, "tidemark_connections_open").await >= 2).then_some(())
+    })
+    .await;
+    // SAFETY: kill(2) on the server this test started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually(10, "the graceful stop to begin", || async {
+        log_text()
+            .contains("SIGTERM received: shutting down")
+            .then_some(())
+    })
+    .await;
+    starter.kill().unwrap();
+    starter.wait().unwrap();
+    eventually(20, "the server to stop", || async move {
+        (!tidemark_testkit::process::running(pid)).then_some(())
+    })
+    .await;
+    let text = log_text();
+    assert!(
+        !text.contains("stopping now") && text.contains("closing anyway"),
+        "the grace period waited out: {text}"
+    );
+    drop(held);
 }
 
 /// A `TIDEMARK_PARENT_PID` naming a running process that is not the

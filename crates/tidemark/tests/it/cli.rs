@@ -588,6 +588,20 @@ async fn an_interrupted_backup_says_so_and_keeps_nothing() {
 /// its service servers ran on, orphaned, and the folder stayed.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_demo_stops_its_servers_and_removes_its_files() {
+    interrupted_demo(libc::SIGTERM).await;
+}
+
+/// The same after SIGKILL, which the demo cannot act on: its servers stop
+/// by themselves (`TIDEMARK_PARENT_PID`), and a watchdog shell it left
+/// removes the folder once nothing works in it. Before, both stayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_demo_leaves_no_server_and_no_folder() {
+    interrupted_demo(libc::SIGKILL).await;
+}
+
+/// Starts `tidemark demo`, sends `signal` to it alone once its three
+/// servers run, and checks that none of them outlives it, nor its folder.
+async fn interrupted_demo(signal: libc::c_int) {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(BIN)
@@ -624,10 +638,28 @@ async fn an_interrupted_demo_stops_its_servers_and_removes_its_files() {
     })
     .await;
     // SAFETY: kill(2) on a child's pid.
-    unsafe { libc::kill(demo as libc::pid_t, libc::SIGTERM) };
+    unsafe { libc::kill(demo as libc::pid_t, signal) };
     let status = exit_of(&mut child, "the interrupted demo to end").await;
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    if signal == libc::SIGKILL {
+        // Nothing ran in the demo after the signal: its servers and the
+        // watchdog do the rest (the servers within their check and grace,
+        // the watchdog once no process works in the folder).
+        eventually(30, "the demo's servers to stop by themselves", || {
+            let left = servers
+                .iter()
+                .any(|p| tidemark_testkit::process::running(*p));
+            async move { (!left).then_some(()) }
+        })
+        .await;
+        eventually(70, "the watchdog to remove the demo's folder", || {
+            let gone = !dir.exists();
+            async move { gone.then_some(()) }
+        })
+        .await;
+        return;
+    }
     assert_eq!(status.code(), Some(130), "{status:?}: {err}");
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
     let left: Vec<u32> = servers

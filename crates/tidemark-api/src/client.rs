@@ -479,6 +479,7 @@ impl DbClient {
         &self,
         subscriber: &str,
         keys: Vec<(String, String)>,
+        newest: crate::Version,
     ) -> Result<(), ClientError> {
         const CHUNK: usize = 20_000;
         let mut chunks: Vec<Vec<(String, String)>> =
@@ -494,6 +495,7 @@ impl DbClient {
                 subscriber: subscriber.to_owned(),
                 keys,
                 final_chunk: i + 1 == n,
+                newest: (i + 1 == n).then_some(newest),
             };
             let resp = self
                 .http

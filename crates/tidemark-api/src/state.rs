@@ -229,7 +229,8 @@ fn alive_default() -> bool {
 }
 
 /// Body of `POST /v1/watch/interest`: what a service server holds, sent in
-/// chunks before it reconnects its stream to an instance of a cluster.
+/// chunks before it reconnects its stream to an instance of a cluster, or
+/// to a single server that restarted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InterestDeclaration {
     pub subscriber: String,
@@ -238,6 +239,13 @@ pub struct InterestDeclaration {
     /// The last chunk: the stream opened next resumes.
     #[serde(rename = "final")]
     pub final_chunk: bool,
+    /// With the last chunk: the newest version the subscriber holds
+    /// (`0.0` for none). A single server resumes a stream of an earlier
+    /// boot only if that boot's run in its store reached it: cached
+    /// records may be newer than the stream's id (fetched, not pushed).
+    /// Absent (an older service server): no such resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<crate::Version>,
 }
 
 /// Body of `POST /v1/cluster/handover` (instance to instance).

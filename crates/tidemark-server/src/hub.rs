@@ -48,6 +48,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tidemark_api::event::{EpochEvent, QuiesceEvent, SchemaEvent};
 use tidemark_api::keyslot::{KeySlot, SHARDS};
+use tidemark_api::Version;
 use tidemark_store::Change;
 use tokio::sync::broadcast;
 
@@ -84,7 +85,7 @@ pub struct Hub {
     names_full_said: tidemark_telemetry::Every,
     /// Subscribers that declared everything they hold since their last
     /// stream opened here.
-    declared: Mutex<std::collections::HashSet<SubscriberId>>,
+    declared: Mutex<HashMap<SubscriberId, Option<Version>>>,
     /// Per subscriber: how often its interest was dropped, and whether no
     /// stream has opened afresh since (then none of its streams resumes).
     forgotten: Mutex<HashMap<SubscriberId, (u64, bool)>>,
@@ -420,14 +421,16 @@ impl Hub {
         *w = (*w).max(seq);
     }
 
-    /// Records that `subscriber` declared everything it holds.
-    pub fn declare(&self, subscriber: SubscriberId) {
-        self.declared.lock().insert(subscriber);
+    /// Records that `subscriber` declared everything it holds, the newest
+    /// version among it with it (`None`: an older subscriber, silent).
+    pub fn declare(&self, subscriber: SubscriberId, newest: Option<Version>) {
+        self.declared.lock().insert(subscriber, newest);
     }
 
     /// Whether `subscriber` declared what it holds since its last stream
-    /// opened; forgets the declaration (the next stream needs a new one).
-    pub fn take_declared(&self, subscriber: SubscriberId) -> bool {
+    /// opened, and the newest version it said it holds; forgets the
+    /// declaration (the next stream needs a new one).
+    pub fn take_declared(&self, subscriber: SubscriberId) -> Option<Option<Version>> {
         self.declared.lock().remove(&subscriber)
     }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tidemark_api::event::{
     EpochEvent, EpochReason, EventId, HelloEvent, QuiesceEvent, SchemaEvent, SyncedEvent,
 };
-use tidemark_api::{RecordAnswer, WatchEvent};
+use tidemark_api::{RecordAnswer, Version, WatchEvent};
 use tidemark_store::{Change, StoreError};
 use tokio::sync::{broadcast, mpsc};
 
@@ -89,28 +89,39 @@ pub async fn open(
     Ok(rx)
 }
 
-/// Whether a stream id lets a subscriber resume here, given whether it
-/// `declared` what it holds just before: the interest pushes follow must
-/// be known here whole.
+/// Whether a stream id lets a subscriber resume here, given what it
+/// `declared` it holds just before (the newest version among it, if it
+/// said): the interest pushes follow must be known here whole.
 /// - A cluster's id: with a declaration (it may have read elsewhere).
 /// - A single server's own (this boot's): it kept the interest.
-/// - One of an earlier boot of the same store history, up to where that
-///   boot's run ended in this store (`boots.rs`: a store put back by other
-///   means than a restore may have gone on from below it): with a
-///   declaration, which brings back the interest that boot took with it.
+/// - One of an earlier boot of the same store history: with a declaration,
+///   which brings back the interest that boot took with it, and only if
+///   that boot's run in this store reached both the id and the newest
+///   version the subscriber holds (`boots.rs`). A store put back by other
+///   means than a restore may have gone on from below them, giving their
+///   seqs to other changes: a record cached at such a seq (fetched after
+///   the last push, so newer than the id) would never be replaced.
 ///   The change log holds what was missed (checked by the caller), so a
 ///   restart no longer makes every service server revalidate its cache.
-fn ours(app: &AppState, eid: &EventId, declared: bool) -> bool {
+fn ours(app: &AppState, eid: &EventId, declared: Option<Option<Version>>) -> bool {
     if app.cluster.is_some() {
-        return eid.boot == app.stream_id && declared;
+        return eid.boot == app.stream_id && declared.is_some();
     }
     if eid.boot == app.stream_id {
         return true;
     }
-    declared
-        && eid.boot.split_once('.').is_some_and(|(history, boot)| {
-            history == app.history && app.boots.ended_at(boot).is_some_and(|end| eid.seq <= end)
-        })
+    let Some(Some(newest)) = declared else {
+        return false;
+    };
+    // How far into the store the subscriber's knowledge reaches.
+    let reach = match newest.epoch.cmp(&eid.epoch) {
+        std::cmp::Ordering::Less => eid.seq,
+        std::cmp::Ordering::Equal => eid.seq.max(newest.seq),
+        std::cmp::Ordering::Greater => return false,
+    };
+    eid.boot.split_once('.').is_some_and(|(history, boot)| {
+        history == app.history && app.boots.ended_at(boot).is_some_and(|end| reach <= end)
+    })
 }
 
 /// Where a stream that cannot resume starts, from `position` (the store's,
@@ -684,6 +695,69 @@ mod tests {
             .await
             .unwrap();
         next(rx).await.0
+    }
+
+    /// A stream of an earlier boot of this store resumes only with a
+    /// declaration that says what it holds, and only if that boot's run in
+    /// this store reached both its id and the newest version it holds: a
+    /// store put back by hand may have given the seqs after it to other
+    /// changes (an outside audit: a record fetched at seq 7 after the id's
+    /// last push, on a copy put back at seq 6, was served as current for
+    /// good once the seq was reused).
+    #[tokio::test]
+    async fn an_earlier_boot_resumes_only_as_far_as_it_ran_here() {
+        use tidemark_api::Version;
+        // Boot "b0" ran here from seq 0 to 6; "boot1" began at 6.
+        let t = TestServer::open(async |store: &dyn Store| {
+            crate::boots::record(store, "b0", 0).await.unwrap();
+            let orders: Vec<_> = (1..=6).map(|i| upsert("o", i, "k", "a")).collect();
+            store.apply(orders).await.unwrap();
+        })
+        .await;
+        let app = &t.app;
+        let svc = app.hub.subscriber("svc");
+        let id = |seq: u64| format!("1-{seq}-{}.b0", app.history);
+        let resumes = async |seq: u64, declared: Option<Option<Version>>| {
+            if let Some(newest) = declared {
+                app.hub.declare(svc, newest);
+            }
+            let mut rx = open(app, "svc", Some(&id(seq)), None).await.unwrap();
+            let WatchEvent::Hello(h) = next(&mut rx).await.1 else {
+                panic!("a hello first")
+            };
+            h.resumed
+        };
+        assert!(resumes(2, Some(Some(Version::new(1, 6)))).await);
+        assert!(resumes(6, Some(Some(Version::new(1, 0)))).await);
+        assert!(
+            resumes(2, Some(Some(Version::new(0, 9)))).await,
+            "an older epoch's"
+        );
+        assert!(
+            !resumes(2, Some(Some(Version::new(1, 7)))).await,
+            "holds seq 7"
+        );
+        assert!(
+            !resumes(2, Some(Some(Version::new(2, 1)))).await,
+            "a later epoch"
+        );
+        assert!(
+            !resumes(7, Some(Some(Version::new(1, 0)))).await,
+            "an id past b0's run"
+        );
+        assert!(
+            !resumes(2, Some(None)).await,
+            "a declaration that does not say"
+        );
+        assert!(!resumes(2, None).await, "no declaration");
+        // An id of another history, or of a boot not listed here: never.
+        app.hub.declare(svc, Some(Version::new(1, 1)));
+        let mut rx = open(app, "svc", Some("1-2-hother.b0"), None).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
+        app.hub.declare(svc, Some(Version::new(1, 1)));
+        let other = format!("1-2-{}.b9", app.history);
+        let mut rx = open(app, "svc", Some(&other), None).await.unwrap();
+        assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
     }
 
     #[tokio::test]

@@ -333,6 +333,15 @@ impl Cache {
         self.len() == 0
     }
 
+    /// The newest version among the records held (`0.0` for none).
+    pub fn newest(&self) -> Version {
+        self.shards
+            .iter()
+            .filter_map(|s| s.read().iter().filter_map(|(_, e)| e.version()).max())
+            .max()
+            .unwrap_or(Version::new(0, 0))
+    }
+
     /// Every key held, as `(table, key)`.
     pub fn keys(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -391,6 +400,20 @@ mod tests {
             recovering,
             source: None,
         }
+    }
+
+    /// The newest version held, whatever its key: a
+    /// declaration of interest says it (see `watcher::declare`).
+    #[test]
+    fn the_newest_version_held_is_told() {
+        let c = Cache::new(1000);
+        assert_eq!(c.newest(), Version::new(0, 0), "none held");
+        for (key, seq) in [("a", 5), ("b", 9), ("c", 7)] {
+            let mut a = answer(seq, "x", false);
+            a.key = key.into();
+            c.offer(&a, Origin::Push);
+        }
+        assert_eq!(c.newest(), Version::new(1, 9));
     }
 
     #[test]

@@ -168,11 +168,14 @@ pub async fn run(shared: Arc<Shared>) {
 /// Tells the instance about to be watched every key the cache holds, so
 /// the stream resumes there (it may not have seen our reads).
 async fn declare(shared: &Shared) -> Declared {
+    // Nothing joins the cache meanwhile: answers fetched while no stream
+    // is synced are not cached, and pushes come only on a stream.
+    let newest = shared.cache.newest();
     let keys = shared.cache.keys();
     let n = keys.len();
     match shared
         .client
-        .declare_interest(&shared.config.id, keys)
+        .declare_interest(&shared.config.id, keys, newest)
         .await
     {
         Ok(()) => {

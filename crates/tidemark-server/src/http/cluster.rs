@@ -348,7 +348,7 @@ pub async fn declare(
         }
     }
     if d.final_chunk {
-        app.hub.declare(id);
+        app.hub.declare(id, d.newest);
     }
     Ok(Json(
         json!({"registered": registered, "final": d.final_chunk}),

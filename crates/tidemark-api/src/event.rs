@@ -64,6 +64,12 @@ pub enum EpochReason {
     /// the schedule list named: answers given as "recovering" may be
     /// current now.
     FlagsSettled,
+    /// The stream cannot resume, and its id shows the store went back
+    /// behind what the subscriber was told (a data directory put back by
+    /// other means than a restore, keeping its history): records cached
+    /// may be newer than anything the store holds, so none may be kept
+    /// for looking newer than the server's answer.
+    Rewound,
     /// A reason a newer DB server gives that this build does not know: the
     /// event still means "revalidate what you cached".
     #[serde(other)]

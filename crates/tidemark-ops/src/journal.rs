@@ -182,7 +182,7 @@ impl Journal {
                 }
                 let line = sealed.check(line).map_err(|why| {
                     anyhow::anyhow!(
-                        "journal {} line {} is damaged ({why}); restore the journal from a copy. Nothing was sent",
+                        "journal {} line {} is damaged ({why}); restore the journal from a copy. Without one, recover the other sources with `ops recover --without-source` naming this one, and send new orders under another --source. Nothing was sent",
                         path.display(),
                         n + 1
                     )

@@ -54,6 +54,18 @@ impl Boots {
         self.0.get(i + 1).map(|(_, seq)| *seq)
     }
 
+    /// Whether `boot` is listed (the current one included).
+    pub fn listed(&self, boot: &str) -> bool {
+        self.0.iter().any(|(b, _)| b == boot)
+    }
+
+    /// Whether every boot this store ran is listed: none was dropped for
+    /// [`KEEP`], so a boot of its history that is not listed ran on a copy
+    /// this store is not (it went back).
+    pub fn complete(&self) -> bool {
+        self.0.len() < KEEP
+    }
+
     fn push(&mut self, boot: &str, seq: u64) {
         self.0.push((boot.to_owned(), seq));
         let over = self.0.len().saturating_sub(KEEP);

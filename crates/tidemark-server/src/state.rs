@@ -138,6 +138,9 @@ impl AppState {
         // later boot can tell an id of its own store's (`watch::open`).
         let boots = if cluster_id.is_none() {
             // Before any stream: where the boot before this one ended.
+            // Nothing above adds to the change log (`maybe_finish` changes
+            // only the recovery state), so the seq read here is where the
+            // boot before this one left it.
             let seq = store.meta().await?.seq;
             crate::boots::record(store.as_ref(), &boot, seq).await?
         } else {

@@ -59,12 +59,16 @@ pub async fn open(
                 && app.hub.may_resume(id, eid.seq)
                 && caught_up(app, eid.seq).await =>
         {
-            (eid.seq, true, false)
+            (eid.seq, true, None)
         }
-        Some(_) => (app.hub.watermark(), false, true),
-        None => (app.hub.watermark(), false, false),
+        Some(Ok(eid)) if rewound(app, &eid, declared, meta.epoch, meta.seq) => {
+            tracing::warn!(subscriber = %name, id = %eid, "a stream id shows this store went back behind what its subscriber was told (a data directory put back by hand?): it treats everything it cached as foreign");
+            (app.hub.watermark(), false, Some(EpochReason::Rewound))
+        }
+        Some(_) => (app.hub.watermark(), false, Some(EpochReason::CannotResume)),
+        None => (app.hub.watermark(), false, None),
     };
-    if cannot_resume {
+    if cannot_resume.is_some() {
         // Everything the subscriber cached is suspect now and registers
         // again when read: interest starts afresh (see `hub.rs`). Not on a
         // first stream: a client may register keys before it watches.
@@ -72,7 +76,7 @@ pub async fn open(
     } else if !resumed {
         app.hub.opened_without_resuming(id);
     }
-    tracing::info!(subscriber = %name, cursor, resumed, cannot_resume, "watch stream opened");
+    tracing::info!(subscriber = %name, cursor, resumed, cannot_resume = cannot_resume.is_some(), "watch stream opened");
     let (tx, rx) = mpsc::channel(1024);
     let stream = WatchStream {
         app: app.clone(),
@@ -122,6 +126,42 @@ fn ours(app: &AppState, eid: &EventId, declared: Option<Option<Version>>) -> boo
     eid.boot.split_once('.').is_some_and(|(history, boot)| {
         history == app.history && app.boots.ended_at(boot).is_some_and(|end| reach <= end)
     })
+}
+
+/// Whether a single server's stream id that cannot resume shows the store
+/// went back behind what its subscriber was told: an id of this store's
+/// history (the epoch it is in) from a boot listed here whose run in this
+/// store did not reach the id or the newest version the subscriber said
+/// it holds, or from a boot not listed while every boot since the list
+/// began is (a later boot, lost with the copy), or past the store's end.
+/// A store that only pruned, restarted or was restored is none of these.
+fn rewound(
+    app: &AppState,
+    eid: &EventId,
+    declared: Option<Option<Version>>,
+    epoch: u64,
+    seq: u64,
+) -> bool {
+    if app.cluster.is_some() || eid.epoch != epoch {
+        return false;
+    }
+    let Some((history, boot)) = eid.boot.split_once('.') else {
+        return false;
+    };
+    if history != app.history || boot == app.boot {
+        return false;
+    }
+    if eid.seq > seq {
+        return true;
+    }
+    let newest = match declared {
+        Some(Some(v)) if v.epoch == eid.epoch => v.seq,
+        _ => 0,
+    };
+    match app.boots.ended_at(boot) {
+        Some(end) => eid.seq.max(newest) > end,
+        None => !app.boots.listed(boot) && app.boots.complete(),
+    }
 }
 
 /// Where a stream that cannot resume starts, from `position` (the store's,
@@ -339,7 +379,7 @@ impl WatchStream {
         mut self,
         mut queue: broadcast::Receiver<Push>,
         resumed: bool,
-        cannot_resume: bool,
+        cannot_resume: Option<EpochReason>,
     ) {
         self.app.metrics.watchers.add(1);
         let hello = HelloEvent {
@@ -364,11 +404,11 @@ impl WatchStream {
                 }))
                 .await;
         }
-        if alive && cannot_resume {
+        if let (true, Some(reason)) = (alive, cannot_resume) {
             alive = self
                 .send(WatchEvent::Epoch(EpochEvent {
                     epoch: self.epoch,
-                    reason: EpochReason::CannotResume,
+                    reason,
                 }))
                 .await;
         }
@@ -750,6 +790,43 @@ mod tests {
             "a declaration that does not say"
         );
         assert!(!resumes(2, None).await, "no declaration");
+        // Refused for showing the store went back (`rewound`: the service
+        // server then trusts nothing it cached), or for less.
+        let refused = async |stream: String, declared: Option<Version>| {
+            app.hub.declare(svc, declared);
+            let mut rx = open(app, "svc", Some(&stream), None).await.unwrap();
+            assert!(matches!(next(&mut rx).await.1, WatchEvent::Hello(h) if !h.resumed));
+            match next(&mut rx).await.1 {
+                WatchEvent::Epoch(e) => e.reason,
+                other => panic!("an epoch, not {other:?}"),
+            }
+        };
+        let rewound = EpochReason::Rewound;
+        assert_eq!(
+            refused(id(2), Some(Version::new(1, 7))).await,
+            rewound,
+            "held seq 7"
+        );
+        assert_eq!(
+            refused(id(7), Some(Version::new(1, 0))).await,
+            rewound,
+            "id past the run"
+        );
+        let later = format!("1-2-{}.b9", app.history);
+        assert_eq!(refused(later, None).await, rewound, "a boot after the copy");
+        let cannot = EpochReason::CannotResume;
+        assert_eq!(
+            refused(id(2), None).await,
+            cannot,
+            "undeclared, within the run"
+        );
+        assert_eq!(
+            refused("1-2-hother.b0".into(), None).await,
+            cannot,
+            "another history"
+        );
+        let other_epoch = format!("2-2-{}.b0", app.history);
+        assert_eq!(refused(other_epoch, None).await, cannot, "another epoch");
         // An id of another history, or of a boot not listed here: never.
         app.hub.declare(svc, Some(Version::new(1, 1)));
         let mut rx = open(app, "svc", Some("1-2-hother.b0"), None).await.unwrap();

@@ -333,11 +333,22 @@ impl Cache {
         self.len() == 0
     }
 
-    /// The newest version among the records held (`0.0` for none).
+    /// The newest version among the records held as current, not suspect
+    /// (`0.0` for none): what the last synced stream vouched for. Records
+    /// fetched while no stream was synced are left out: they may come from
+    /// a DB server restarted meanwhile, whose store holds them, and would
+    /// make its resume look like a store that went back.
     pub fn newest(&self) -> Version {
+        let current = self.generation();
         self.shards
             .iter()
-            .filter_map(|s| s.read().iter().filter_map(|(_, e)| e.version()).max())
+            .filter_map(|s| {
+                s.read()
+                    .iter()
+                    .filter(|(_, e)| e.generation() >= current)
+                    .filter_map(|(_, e)| e.version())
+                    .max()
+            })
             .max()
             .unwrap_or(Version::new(0, 0))
     }
@@ -402,8 +413,9 @@ mod tests {
         }
     }
 
-    /// The newest version held, whatever its key: a
-    /// declaration of interest says it (see `watcher::declare`).
+    /// The newest version held as current, whatever its key: a
+    /// declaration of interest says it (see `watcher::declare`). Suspect
+    /// records do not count.
     #[test]
     fn the_newest_version_held_is_told() {
         let c = Cache::new(1000);
@@ -414,6 +426,17 @@ mod tests {
             c.offer(&a, Origin::Push);
         }
         assert_eq!(c.newest(), Version::new(1, 9));
+        // Fetched while no stream was synced: suspect from the start.
+        let mut a = answer(12, "x", false);
+        a.key = "d".into();
+        c.remember(&a);
+        assert_eq!(
+            c.newest(),
+            Version::new(1, 9),
+            "a suspect one does not count"
+        );
+        c.bump_generation();
+        assert_eq!(c.newest(), Version::new(0, 0), "nothing vouched any more");
     }
 
     #[test]

@@ -24,8 +24,10 @@ pub struct ServiceConfig {
     pub latest_deadline_ms: u64,
     /// How late the DB server's leases may arrive, in milliseconds, judged
     /// by round trips to it, for the cache to be served as current: over
-    /// it, `latest-only` reads ask the DB server. The cache may serve a
-    /// record up to about this much behind (a push still on its way).
+    /// it, `latest-only` reads ask the DB server. Over a link steadily this
+    /// slow the cache may serve a record up to about this much behind (a
+    /// push still on its way); while the link stalls, up to 1 s, or this
+    /// plus 0.6 s where that is longer (a lease vouches that long).
     pub max_push_lag_ms: u64,
     /// First retry delay of a waiting read, in milliseconds (doubles, with jitter).
     pub retry_initial_ms: u64,

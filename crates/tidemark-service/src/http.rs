@@ -195,26 +195,22 @@ pub(crate) fn quiesce_header(shared: &Shared, h: &mut axum::http::HeaderMap) {
     }
 }
 
-/// Ready exactly while cached records are served as current (the reads'
-/// own test, [`Shared::vouched`]).
+/// Ready while cached records are served as current (the reads' own test,
+/// [`Shared::vouched`]), and, after a late lease, once a few timely ones
+/// came in a row ([`Shared::ready`]); otherwise 503 saying why.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if crate::quiesce::offline(&shared) {
         crate::quiesce::offline_error()
-    } else if shared.vouched() {
+    } else if shared.ready() {
         Json(json!({"status": "ready"})).into_response()
     } else if shared.connected.load(Ordering::SeqCst) {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotReady,
-            {
-                let late = shared.metrics.lease_late_ms.get();
-                let why = if late > shared.config.max_push_lag_ms as i64 {
-                    format!("its leases arrive late, the last {late} ms after its sending, over max_push_lag_ms ({}): a slow link, or this process starved", shared.config.max_push_lag_ms)
-                } else {
-                    "its instance has stopped vouching for it (paused, or cut off without saying so), or this process was paused".to_owned()
-                };
-                format!("the watch stream to the DB server is open, but {why}: cached records are not served as current until it vouches again in time or the stream moves to another instance")
-            },
+            format!(
+                "the watch stream to the DB server is open, but {}",
+                not_vouched_why(&shared)
+            ),
             Some(1),
         )
     } else {
@@ -225,6 +221,24 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             Some(1),
         )
     }
+}
+
+/// Why a synced stream does not make this server ready, and what follows.
+fn not_vouched_why(shared: &Shared) -> String {
+    let limit = shared.config.max_push_lag_ms;
+    if shared.vouched() {
+        return format!("its leases came late a moment ago: ready again after {} timely ones in a row (about a second); reads are served from the cache meanwhile", crate::shared::READY_AFTER_TIMELY);
+    }
+    let timed = shared.round_trip.lock().timed(&shared.stream_boot.lock());
+    if !timed {
+        return "no round trip to the DB server (GET /healthz) has answered yet for this stream, to time its leases: cached records are served as current once one has".into();
+    }
+    let late = shared.metrics.lease_late_ms.get();
+    if late > limit as i64 {
+        let round_trip = shared.metrics.round_trip_ms.get();
+        return format!("its leases arrive late, the last {late} ms after its sending, over max_push_lag_ms ({limit}; last round trip {round_trip} ms): a slow link, or this process starved. Latest-only reads ask the DB server meanwhile; for a DB server far away, raise max_push_lag_ms");
+    }
+    "its instance has stopped vouching for it (paused, or cut off without saying so), or this process was paused: cached records are not served as current until it vouches again in time or the stream moves to another instance".into()
 }
 
 async fn state(State(shared): State<Arc<Shared>>) -> Json<tidemark_api::state::ServiceState> {

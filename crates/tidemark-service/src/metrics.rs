@@ -84,7 +84,7 @@ impl ServiceMetrics {
             ),
             lease_late_ms: r.gauge(
                 "tidemark_service_lease_late_ms",
-                "How late the DB server's last lease arrived, in ms (judged by round trips to it where it tells its clock); over 100, the cache is not served as current.",
+                "How late the DB server's last lease arrived, in ms (judged by round trips to it where it tells its clock); over max_push_lag_ms, the cache is not served as current.",
                 "",
             ),
             round_trip_ms: r.gauge(

@@ -44,8 +44,8 @@ const PATIENCE: Duration = Duration::from_secs(2);
 struct Sample {
     /// When it was answered (ours).
     at: u64,
-    lo: i64,
-    hi: i64,
+    lo: i128,
+    hi: i128,
 }
 
 /// The round trips to one server boot (the stream's `hello` names it).
@@ -92,10 +92,11 @@ impl RoundTrip {
     pub fn note(&mut self, boot: &str, asked: u64, server: u64, answered: u64) {
         self.for_boot(boot);
         self.untimed = 0;
+        // In i128: a hostile or broken `clock_ms` cannot overflow.
         let s = Sample {
             at: answered,
-            lo: server as i64 - answered as i64 - 1,
-            hi: server as i64 + 1 - asked as i64,
+            lo: server as i128 - answered as i128 - 1,
+            hi: server as i128 + 1 - asked as i128,
         };
         // A round trip whose bounds exclude an older one's: a clock has
         // stepped since (a paused host), and the older ones hold no more.
@@ -115,6 +116,12 @@ impl RoundTrip {
         self.untimed == UNTIMED_AFTER
     }
 
+    /// Whether leases of `boot` are judged yet: a round trip to it told
+    /// its clock, or round trips have left it to the lease clock.
+    pub fn timed(&self, boot: &str) -> bool {
+        self.boot == boot && (!self.samples.is_empty() || self.untimed >= UNTIMED_AFTER)
+    }
+
     /// How late a lease of server boot `boot`, sent at `sent` (its clock),
     /// arrived at `now` (ours).
     pub fn judge(&self, boot: &str, sent: u64, now: u64) -> Judged {
@@ -130,7 +137,10 @@ impl RoundTrip {
         match hi {
             // Sent at (sent − offset) on our clock, the offset at most
             // `hi`; `now` read in whole ms.
-            Some(hi) => Judged::Late((now as i64 + 1 - sent as i64 + hi).max(0) as u64),
+            Some(hi) => {
+                let late = now as i128 + 1 - sent as i128 + hi;
+                Judged::Late(late.clamp(0, u64::MAX as i128) as u64)
+            }
             None if self.untimed >= UNTIMED_AFTER => Judged::Untimed,
             None => Judged::NotYet,
         }
@@ -218,9 +228,13 @@ async fn time_one(shared: &Shared, boot: &str) {
                 .set(answered.saturating_sub(asked) as i64);
             return;
         }
-        // Another boot behind the same address (a restart, a balancer):
-        // the stream will say so; nothing is learnt.
-        Ok((Liveness { boot: Some(b), .. }, _, _)) if b != boot => return,
+        // Another boot behind the same address: a restart (the stream
+        // will end), or a proxy or balancer that sends `/healthz` to
+        // another process than the stream; counted, so the second does not
+        // leave the stream unjudged for good.
+        Ok((Liveness { boot: Some(b), .. }, _, _)) if b != boot => {
+            format!("GET {base}/healthz names another process (boot {b}) than the watch stream's ({boot}): a proxy or balancer in between may send them to different DB-server processes")
+        }
         Ok(_) => "the DB server does not tell its clock on /healthz (an older version, or one at its connection limit)".to_owned(),
         Err(e) => format!("GET {base}/healthz failed: {e}"),
     };

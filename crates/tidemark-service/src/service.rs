@@ -82,6 +82,7 @@ impl Service {
                 metrics: ServiceMetrics::new(),
                 connected: AtomicBool::new(false),
                 vouched_until_ms: AtomicU64::new(u64::MAX),
+                timely_leases: std::sync::atomic::AtomicU32::new(crate::shared::READY_AFTER_TIMELY),
                 ticked_ms: AtomicU64::new(crate::shared::mono_ms()),
                 db_silent_until: Mutex::new(None),
                 lease_clock: Mutex::new(Default::default()),

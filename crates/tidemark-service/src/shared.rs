@@ -35,6 +35,11 @@ pub struct Shared {
     /// the stream may be a paused or cut-off instance's, and the cache
     /// answers as current no longer.
     pub vouched_until_ms: AtomicU64,
+    /// Timely leases in a row since the last late one (from
+    /// [`READY_AFTER_TIMELY`] up at the start): `/readyz` says ready again
+    /// only after that many, so a link near `max_push_lag_ms` does not
+    /// flap it with every lease. Reads follow each lease as it comes.
+    pub timely_leases: std::sync::atomic::AtomicU32,
     /// When ([`mono_ms`]) the pause watch last ran (see [`pause_watch`]).
     pub ticked_ms: AtomicU64,
     /// The watched server's clock against ours, from its `lease` events
@@ -130,6 +135,14 @@ impl Shared {
         // queued meanwhile are not applied, whatever the last lease said.
         let now = mono_ms();
         now < until && now.saturating_sub(self.ticked_ms.load(SeqCst)) <= PAUSED_MS
+    }
+
+    /// What `/readyz` says: vouched for, and, after a late lease, for
+    /// [`READY_AFTER_TIMELY`] timely ones in a row (a link near
+    /// `max_push_lag_ms` would flap it with every lease otherwise).
+    pub fn ready(&self) -> bool {
+        self.vouched()
+            && self.timely_leases.load(std::sync::atomic::Ordering::SeqCst) >= READY_AFTER_TIMELY
     }
 
     /// Wakes reads waiting on a key.
@@ -246,6 +259,10 @@ pub fn pause_watch(shared: &std::sync::Arc<Shared>) {
         tracing::warn!(error = %e, "could not start the pause watch; reads right after a pause of this process may be served from the cache");
     }
 }
+
+/// Timely leases in a row after a late one before `/readyz` says ready
+/// again (about a second of the server's 300 ms leases).
+pub const READY_AFTER_TIMELY: u32 = 3;
 
 /// How long a `lease` vouches at most from when it was sent: a few of the
 /// server's 300 ms leases. A stream whose leases arrive later than that

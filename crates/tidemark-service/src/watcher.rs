@@ -34,6 +34,8 @@ static LATE_LEASES: tidemark_telemetry::Every =
 pub async fn run(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(50);
     let mut reported_down = false;
+    // `/healthz` unanswered before a stream, in a row (see below).
+    let mut unasked = 0u32;
     loop {
         if shared.shutdown.is_cancelled() {
             break;
@@ -50,12 +52,26 @@ pub async fn run(shared: Arc<Shared>) {
         // A cluster's instances want a declaration before every resume; a
         // single DB server only once it restarted (its interest went with
         // the boot before).
+        // A server that does not answer `/healthz` is likely down, or just
+        // coming up: the stream waits for it a few times, rather than open
+        // undeclared on a server that restarted meanwhile (and revalidate).
+        let mut wait_for_healthz = false;
         let must_declare = match last.as_deref() {
             None => false,
             Some(_) if shared.declare.load(Ordering::SeqCst) => true,
-            Some(id) => tokio::select! {
+            Some(id) => match tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
                 r = restarted_since(&shared, id) => r,
+            } {
+                Some(restarted) => {
+                    unasked = 0;
+                    restarted
+                }
+                None => {
+                    unasked += 1;
+                    wait_for_healthz = unasked <= 3;
+                    false
+                }
             },
         };
         let declared = if must_declare {
@@ -66,7 +82,7 @@ pub async fn run(shared: Arc<Shared>) {
         } else {
             None
         };
-        let retry_declaration = declared == Some(Declared::Retry);
+        let retry_declaration = declared == Some(Declared::Retry) || wait_for_healthz;
         // Refused for good: the stream opens without resuming (a mark left
         // there by an earlier declaration must not stand in for this one).
         let last = if declared == Some(Declared::Refused) {
@@ -168,10 +184,11 @@ pub async fn run(shared: Arc<Shared>) {
 /// Tells the instance about to be watched every key the cache holds, so
 /// the stream resumes there (it may not have seen our reads).
 async fn declare(shared: &Shared) -> Declared {
-    // Nothing joins the cache meanwhile: answers fetched while no stream
-    // is synced are not cached, and pushes come only on a stream.
-    let newest = shared.cache.newest();
+    // The newest read after the keys: a record that joined the cache
+    // meanwhile (a fetch's answer, kept as suspect while no stream is
+    // synced) counts too.
     let keys = shared.cache.keys();
+    let newest = shared.cache.newest();
     let n = keys.len();
     match shared
         .client
@@ -199,18 +216,19 @@ async fn declare(shared: &Shared) -> Declared {
 /// anew, it lets the stream resume (the change log holds what was missed)
 /// instead of the whole cache being revalidated. An id of a cluster or of
 /// an older server (no boot in it), or a server that does not say (an
-/// older one, unreachable): no, and the stream resumes or not as before.
-async fn restarted_since(shared: &Shared, last: &str) -> bool {
+/// older one): no, and the stream resumes or not as before. `None`: the
+/// server did not answer.
+async fn restarted_since(shared: &Shared, last: &str) -> Option<bool> {
     let Ok(id) = last.parse::<tidemark_api::event::EventId>() else {
-        return false;
+        return Some(false);
     };
     let Some((_, boot)) = id.boot.split_once('.') else {
-        return false;
+        return Some(false);
     };
     let base = shared.client.base().to_owned();
     match crate::round_trip::liveness(shared, &base).await {
-        Ok((live, _, _)) => live.boot.is_some_and(|now| now != boot),
-        Err(_) => false,
+        Ok((live, _, _)) => Some(live.boot.is_some_and(|now| now != boot)),
+        Err(_) => None,
     }
 }
 
@@ -230,6 +248,49 @@ pub(crate) fn stream_down(shared: &Shared) {
     shared.stream_boot.lock().clear();
     shared.stream_serial.fetch_add(1, Ordering::SeqCst);
     shared.metrics.connected.set(0);
+}
+
+/// Until when ([`crate::shared::mono_ms`]) a lease sent at `sent` (the
+/// server's clock) and read at `now` (ours) vouches for the cache, and
+/// whether it came late (over `max_push_lag_ms`). From when it was sent,
+/// and for a few leases at most: a lease that waited in the socket (this
+/// process paused) or on a slow link vouches for nothing the changes
+/// behind it have changed.
+fn vouch_of(shared: &Shared, sent: u64, now: u64, valid_for_ms: u64) -> (u64, bool) {
+    use crate::round_trip::Judged;
+    let by_leases = shared.lease_clock.lock().late_ms(sent, now);
+    // A round trip to this boot tells a slow link from the clocks' offset;
+    // the lease clock takes a steady delay for offset, so it judges only
+    // where none can be timed.
+    let judged = shared
+        .round_trip
+        .lock()
+        .judge(&shared.stream_boot.lock(), sent, now);
+    let late = match judged {
+        Judged::Late(l) => l,
+        Judged::Untimed => by_leases,
+        // A stream's first moments: nothing vouched, nothing late.
+        Judged::NotYet => return (0, false),
+    };
+    shared.metrics.lease_late_ms.set(late as i64);
+    let limit = shared.config.max_push_lag_ms;
+    if late <= limit {
+        // A lag let up to `limit` must still leave a vouch that outlasts
+        // the next lease or two, whatever `limit` an operator set.
+        let fresh = valid_for_ms.min(crate::shared::LEASE_FRESH_MS.max(limit + 600));
+        return (now.saturating_add(fresh).saturating_sub(late), false);
+    }
+    if let Judged::Late(late) = judged {
+        // Late by the round trip: a slow link, or the server's clock
+        // stepped (a paused host), which the next round trip sees.
+        shared.time_round_trip.notify_one();
+        if let Some(n) = LATE_LEASES.due() {
+            tracing::warn!(late_ms = late, limit_ms = shared.config.max_push_lag_ms, times = n, "leases from the DB server arrive late (a slow link, or this process starved): cached records are not served as current until one arrives in time (max_push_lag_ms)");
+        }
+    }
+    // The changes sent in the meantime are queued behind it: nothing is
+    // vouched for until a timely one, which comes after them.
+    (0, true)
 }
 
 /// Notes the DB server's store history, from a `hello` or a record answer
@@ -343,7 +404,14 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             shared.notify(&a.table, &a.key);
         }
         WatchEvent::Epoch(e) => {
-            let generation = shared.cache.bump_generation();
+            let generation = if e.reason == tidemark_api::event::EpochReason::Rewound {
+                // Nothing cached may stand for looking newer than the
+                // server's answer: its store went back behind it.
+                tracing::warn!("the DB server's store went back behind what this server was told (put back by hand?): every cached record is revalidated and replaced by the server's answer");
+                shared.cache.begin_history()
+            } else {
+                shared.cache.bump_generation()
+            };
             shared.db_epoch.store(e.epoch, Ordering::SeqCst);
             shared.metrics.epochs.inc();
             shared.changes.fetch_add(1, Ordering::Relaxed);
@@ -374,51 +442,22 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
         }
         WatchEvent::Lease(l) => {
             let now = crate::shared::mono_ms();
-            let until = match l.sent_ms {
-                // From when it was sent, and for a few leases at most: a
-                // lease that waited in the socket (this process paused)
-                // vouches for nothing the changes behind it have changed.
-                Some(sent) => {
-                    let by_leases = shared.lease_clock.lock().late_ms(sent, now);
-                    // A round trip to this boot tells a slow link from the
-                    // clocks' offset; the lease clock takes a steady delay
-                    // for offset, so it judges only where none can be timed.
-                    use crate::round_trip::Judged;
-                    let judged =
-                        shared
-                            .round_trip
-                            .lock()
-                            .judge(&shared.stream_boot.lock(), sent, now);
-                    let late = match judged {
-                        Judged::Late(l) => l,
-                        Judged::Untimed => by_leases,
-                        Judged::NotYet => u64::MAX,
-                    };
-                    if judged != Judged::NotYet {
-                        shared.metrics.lease_late_ms.set(late as i64);
-                    }
-                    if late > shared.config.max_push_lag_ms {
-                        if let Judged::Late(late) = judged {
-                            // Late by the round trip: a slow link, or the
-                            // server's clock stepped (a paused host), which
-                            // the next round trip sees.
-                            shared.time_round_trip.notify_one();
-                            if let Some(n) = LATE_LEASES.due() {
-                                tracing::warn!(late_ms = late, limit_ms = shared.config.max_push_lag_ms, times = n, "leases from the DB server arrive late (a slow link, or this process starved): cached records are not served as current until one arrives in time (max_push_lag_ms)");
-                            }
-                        }
-                        // The changes sent in the meantime are queued
-                        // behind it: nothing is vouched for until a
-                        // timely one, which comes after them.
-                        0
-                    } else {
-                        now.saturating_add(l.valid_for_ms.min(crate::shared::LEASE_FRESH_MS))
-                            .saturating_sub(late)
-                    }
-                }
-                None => now.saturating_add(l.valid_for_ms),
+            let (until, late) = match l.sent_ms {
+                Some(sent) => vouch_of(shared, sent, now, l.valid_for_ms),
+                None => (now.saturating_add(l.valid_for_ms), false),
             };
             shared.vouched_until_ms.store(until, Ordering::SeqCst);
+            // `/readyz` follows with a hysteresis (READY_AFTER_TIMELY).
+            if late {
+                shared.timely_leases.store(0, Ordering::SeqCst);
+            } else if until > now {
+                let _ =
+                    shared
+                        .timely_leases
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            Some(n.saturating_add(1))
+                        });
+            }
             shared
                 .lease_alive_until_ms
                 .store(now.saturating_add(l.valid_for_ms), Ordering::SeqCst);
@@ -747,6 +786,13 @@ mod tests {
         assert!(!s.vouched(), "a lease 300 ms late vouches for nothing");
         apply(s, &ev(lease(server(0)), "1-0-b"));
         assert!(s.vouched());
+        // Readiness comes back only after a few timely ones in a row.
+        for _ in 1..crate::shared::READY_AFTER_TIMELY {
+            assert!(!s.ready(), "not ready yet");
+            apply(s, &ev(lease(server(0)), "1-0-b"));
+            assert!(s.vouched());
+        }
+        assert!(s.ready());
         // A short lateness shortens the vouch, no more.
         let mut clock = crate::shared::LeaseClock::default();
         assert_eq!(clock.late_ms(1_000, 11_000), 0);

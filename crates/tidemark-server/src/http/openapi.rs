@@ -40,7 +40,7 @@ pub fn document() -> Value {
                               "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref(), "503": error_ref()}
             }},
             "/v1/watch": {"get": {
-                "summary": "Server-Sent Events for one service server: hello, synced, update, recovered, epoch, quiesce, schema; and, from an instance of a cluster, lease ({\"valid_for_ms\": N}, no id: the stream is current that much longer). Resumable with Last-Event-ID.",
+                "summary": "Server-Sent Events for one service server: hello, synced, update, recovered, epoch, quiesce, schema, and lease ({\"valid_for_ms\": N, \"sent_ms\": T}: the stream is current that much longer; sent_ms is the server's clock, the one GET /healthz reads as clock_ms; it repeats the last event's id and moves no resume position). Resumable with Last-Event-ID.",
                 "parameters": [{"name": "subscriber", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[\\x21-\\x7e]+$"}},
                                {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}},
                                {"name": "Tidemark-Reports-Schema", "in": "header", "required": false, "description": "1: the subscriber reports the schema version it runs (POST /v1/schema/ack), as a service server does, so a schema publish waits for it. Without it a stream is waited for only once it has reported (a script reading events is listed as watch_stream and not waited for).", "schema": {"type": "string"}}],
@@ -127,7 +127,7 @@ pub fn document() -> Value {
                     "properties": {"reason": {"type": "string", "minLength": 1}}}}}},
                 "responses": {"200": {"description": "Ended"}, "400": error_ref(), "409": error_ref()}}},
             "/v1/watch/interest": {"post": {
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["subscriber", "keys"], "properties": {
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["subscriber", "keys", "final"], "properties": {
                     "subscriber": {"type": "string", "minLength": 1, "maxLength": 128}, "final": {"type": "boolean"},
                     "newest": {"type": "object", "required": ["epoch", "seq"], "properties": {"epoch": {"type": "integer", "minimum": 0}, "seq": {"type": "integer", "minimum": 0}}, "description": "With the final chunk: the newest version the subscriber holds (0.0 for none). A single server resumes a stream of an earlier boot only if that boot's run in its store reached it."},
                     "keys": {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "string"}}}}}}}},"summary": "A service server declares every key it holds (in chunks; the last has final=true) before its stream reconnects to an instance of a cluster, or to a single server that restarted, so the stream resumes there with Last-Event-ID instead of revalidating. Body {\"subscriber\", \"keys\": [[table, key], …], \"final\", \"newest\"}.",

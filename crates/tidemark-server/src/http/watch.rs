@@ -236,7 +236,7 @@ fn lease(cluster: Option<&crate::cluster::Cluster>) -> Option<WatchEvent> {
         tracing::warn!("cut off from PostgreSQL: ending a watch stream so its service server moves to another instance");
         return None;
     };
-    // No id: it is not a change to resume from.
+    // Not a change to resume from: the stream gives it the last event's id.
     Some(WatchEvent::Lease(LeaseEvent {
         valid_for_ms,
         sent_ms: Some(tidemark_api::clock::shown_ms()),

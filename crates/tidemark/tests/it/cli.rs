@@ -643,6 +643,8 @@ async fn interrupted_demo(signal: libc::c_int) {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     if signal == libc::SIGKILL {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
         // Nothing ran in the demo after the signal: its servers and the
         // watchdog do the rest (the servers within their check and grace,
         // the watchdog once no process works in the folder).
@@ -1038,11 +1040,20 @@ async fn a_starter_gone_after_its_sigterm_leaves_the_graceful_stop_whole() {
 async fn a_starter_that_is_not_the_parent_is_not_watched() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut other = std::process::Command::new("sleep")
+    let other = std::process::Command::new("sleep")
         .arg("120")
         .spawn()
         .unwrap();
+    // Ended however the test ends.
+    struct Ended(std::process::Child);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let pid = other.id().to_string();
+    let _other = Ended(other);
     let db = Proc::start(
         "db",
         dir,
@@ -1063,8 +1074,6 @@ async fn a_starter_that_is_not_the_parent_is_not_watched() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(!db.log_text().contains("has exited: shutting down"));
-    let _ = other.kill();
-    let _ = other.wait();
 }
 
 /// A server whose standard output is closed before it says its address

@@ -382,9 +382,14 @@ async fn a_server_restart_lets_service_servers_resume_on(engine: Engine) {
 /// restore` (here a copy of it, as a VM snapshot would) keeps its store
 /// history, and goes on from a seq below what a service server was sent:
 /// the orders it then takes reuse seqs the service server saw others
-/// under. Its stream must not resume there (it would skip them, and serve
-/// the lost value as current): the boot that sent them ended, in this
-/// store, where the copy was taken.
+/// under. Its stream must not resume there (it would skip them), and the
+/// record cached from the lost run, newer by its version than anything
+/// the store holds, must not stand against the store's answer: the key is
+/// left untouched after the put-back, so only the store's `v1` is current.
+/// The boot that pushed `v2` is not listed in the copy: the server says the
+/// store went back (`epoch`, reason `rewound`), and the service server
+/// trusts nothing it cached. Before, the stream resumed; then, refused, the
+/// cache kept `v2` for looking newer (an outside review).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_data_directory_put_back_by_hand_is_not_resumed_past() {
     let tmp = tempfile::tempdir().unwrap();
@@ -431,24 +436,26 @@ async fn a_data_directory_put_back_by_hand_is_not_resumed_past() {
     std::fs::rename(&copy, &data).unwrap();
     let mut elsewhere = Proc::start("db-elsewhere", dir, &args, &[]);
     elsewhere.wait_ok("/readyz").await;
-    post(elsewhere.url.clone(), order("b", 1, "k", "v3")).await;
-    post(elsewhere.url.clone(), order("b", 2, "other", "x")).await;
+    post(elsewhere.url.clone(), order("b", 1, "other", "x")).await;
+    post(elsewhere.url.clone(), order("b", 2, "other", "y")).await;
     assert!(elsewhere.terminate().success());
     let db = Proc::start_at("db-2", dir, &args, &addr);
     db.wait_ok("/readyz").await;
     eventually(
         15,
-        "the stream refused to resume, the cache revalidated",
-        || async {
-            (metric(&svc.url, "tidemark_service_epoch_events_total").await >= 1).then_some(())
-        },
+        "the service server told the store went back",
+        || async { svc.log_text().contains("went back behind").then_some(()) },
     )
     .await;
     let (_, r) = get_json(&url).await;
     assert_eq!(
-        r["fields"]["plan"], "v3",
+        r["fields"]["plan"], "v1",
         "the store's value, not the lost one: {r}"
     );
+    // Only the put-back is taken for one: the plain restart before it
+    // (with `v2` read from the new boot before its stream resumed) is not.
+    let log = svc.log_text();
+    assert_eq!(log.matches("went back behind").count(), 1, "{log}");
     drop(db);
 }
 

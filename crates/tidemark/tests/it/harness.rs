@@ -38,10 +38,37 @@ impl std::ops::DerefMut for Proc {
     }
 }
 
+/// A free address on this host outside the kernel's ephemeral port range,
+/// so a server started there can be restarted there: a port the kernel
+/// handed out (`--listen 127.0.0.1:0`) is, once free, the kernel's to give
+/// to an outgoing connection meanwhile, and the restart then fails with
+/// "Address already in use" (seen once in CI). Ports are taken in turn
+/// from a start that differs per process, each checked free by binding it.
+pub fn restartable_addr() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let ephemeral_from: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_from.max(10_001));
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() * 97 % (high - low);
+    for _ in 0..(high - low) {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = low + (start + n) % (high - low);
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+    // Every one taken: let the kernel choose.
+    "127.0.0.1:0".to_owned()
+}
+
 impl Proc {
-    /// Starts `tidemark ARGS --listen 127.0.0.1:0` and waits for its address.
+    /// Starts `tidemark ARGS --listen ADDR` on a free address of its own
+    /// ([`restartable_addr`]) and waits for its address.
     pub fn start(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        Self::spawn(name, dir, args, env, "127.0.0.1:0")
+        Self::spawn(name, dir, args, env, &restartable_addr())
     }
 
     /// Starts `tidemark ARGS --listen ADDR` (to restart on the same address).

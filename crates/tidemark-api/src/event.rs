@@ -22,6 +22,19 @@ pub struct EventId {
     pub boot: String,
 }
 
+impl EventId {
+    /// The stream part of a single DB server's ids: `HISTORY.BOOT`.
+    pub fn single_stream(history: &str, boot: &str) -> String {
+        format!("{history}.{boot}")
+    }
+
+    /// The store history and boot of a single DB server's id (`None`: a
+    /// cluster's, or an older server's, which name no history).
+    pub fn history_boot(&self) -> Option<(&str, &str)> {
+        self.boot.split_once('.')
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}-{}", self.epoch, self.seq, self.boot)

@@ -9,6 +9,7 @@ use crate::read_cache::ReadCache;
 use crate::recovery::Recovery;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use tidemark_api::event::EventId;
 use tidemark_store::{Change, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -146,7 +147,7 @@ impl AppState {
         } else {
             Default::default()
         };
-        let stream_id = cluster_id.unwrap_or_else(|| format!("{history}.{boot}"));
+        let stream_id = cluster_id.unwrap_or_else(|| EventId::single_stream(&history, &boot));
         let auth = crate::auth::Auth::load(store.clone(), config.max_subscribers_per_token).await?;
         let audit = crate::audit::Audit::new(store.clone());
         let backups = Arc::new(tokio::sync::Semaphore::new(

@@ -117,15 +117,33 @@ fn ours(app: &AppState, eid: &EventId, declared: Option<Option<Version>>) -> boo
     let Some(Some(newest)) = declared else {
         return false;
     };
-    // How far into the store the subscriber's knowledge reaches.
-    let reach = match newest.epoch.cmp(&eid.epoch) {
-        std::cmp::Ordering::Less => eid.seq,
-        std::cmp::Ordering::Equal => eid.seq.max(newest.seq),
-        std::cmp::Ordering::Greater => return false,
+    let Some(reach) = reach(eid, Some(newest)) else {
+        return false;
     };
-    eid.boot.split_once('.').is_some_and(|(history, boot)| {
-        history == app.history && app.boots.ended_at(boot).is_some_and(|end| reach <= end)
-    })
+    earlier_boot(app, eid)
+        .is_some_and(|boot| app.boots.ended_at(boot).is_some_and(|end| reach <= end))
+}
+
+/// The boot of a single server's stream id of this store's history, if it
+/// is an earlier one than this process.
+fn earlier_boot<'e>(app: &AppState, eid: &'e EventId) -> Option<&'e str> {
+    if app.cluster.is_some() {
+        return None;
+    }
+    eid.history_boot()
+        .filter(|(history, boot)| *history == app.history && *boot != app.boot)
+        .map(|(_, boot)| boot)
+}
+
+/// How far into the store a subscriber's knowledge reaches: its id's seq,
+/// or the newest version it holds of the id's epoch if later. `None`: it
+/// holds one of a later epoch than its id.
+fn reach(eid: &EventId, newest: Option<Version>) -> Option<u64> {
+    match newest.map(|v| (v.epoch.cmp(&eid.epoch), v.seq)) {
+        None | Some((std::cmp::Ordering::Less, _)) => Some(eid.seq),
+        Some((std::cmp::Ordering::Equal, seq)) => Some(eid.seq.max(seq)),
+        Some((std::cmp::Ordering::Greater, _)) => None,
+    }
 }
 
 /// Whether a single server's stream id that cannot resume shows the store
@@ -142,24 +160,17 @@ fn rewound(
     epoch: u64,
     seq: u64,
 ) -> bool {
-    if app.cluster.is_some() || eid.epoch != epoch {
+    if eid.epoch != epoch {
         return false;
     }
-    let Some((history, boot)) = eid.boot.split_once('.') else {
+    let Some(boot) = earlier_boot(app, eid) else {
         return false;
     };
-    if history != app.history || boot == app.boot {
-        return false;
-    }
     if eid.seq > seq {
         return true;
     }
-    let newest = match declared {
-        Some(Some(v)) if v.epoch == eid.epoch => v.seq,
-        _ => 0,
-    };
     match app.boots.ended_at(boot) {
-        Some(end) => eid.seq.max(newest) > end,
+        Some(end) => reach(eid, declared.flatten()).unwrap_or(eid.seq) > end,
         None => !app.boots.listed(boot) && app.boots.complete(),
     }
 }

@@ -222,7 +222,7 @@ async fn restarted_since(shared: &Shared, last: &str) -> Option<bool> {
     let Ok(id) = last.parse::<tidemark_api::event::EventId>() else {
         return Some(false);
     };
-    let Some((_, boot)) = id.boot.split_once('.') else {
+    let Some((_, boot)) = id.history_boot() else {
         return Some(false);
     };
     let base = shared.client.base().to_owned();

@@ -98,20 +98,20 @@ async fn a_link_that_stays_slow_is_not_vouched_for() {
     let db = db_server(dir, &[]).await;
     let proxy = DelayProxy::start(db.url.trim_start_matches("http://")).await;
     proxy.delay(300);
-    let svc = Proc::start(
-        "svc-slow",
-        dir,
-        &[
+    // A latest-only service server behind the relay.
+    let behind = |id: &str, env: &[(&str, &str)]| {
+        let args = [
             "service",
             "--db",
             &proxy.url,
             "--id",
-            "svc-slow",
+            id,
             "--policy",
             "latest-only",
-        ],
-        &[],
-    );
+        ];
+        Proc::start(id, dir, &args, env)
+    };
+    let svc = behind("svc-slow", &[]);
     svc.wait_ok("/healthz").await;
     // Synced, and its leases judged late by a round trip: the lease clock
     // alone takes a delay there from the start for the clocks' offset.
@@ -160,20 +160,7 @@ async fn a_link_that_stays_slow_is_not_vouched_for() {
 
     // A service server told the link may lag this much (a DB server far
     // away) serves its cache behind the same link.
-    let far = Proc::start(
-        "svc-far",
-        dir,
-        &[
-            "service",
-            "--db",
-            &proxy.url,
-            "--id",
-            "svc-far",
-            "--policy",
-            "latest-only",
-        ],
-        &[("TIDEMARK_SERVICE__MAX_PUSH_LAG_MS", "1000")],
-    );
+    let far = behind("svc-far", &[("TIDEMARK_SERVICE__MAX_PUSH_LAG_MS", "1000")]);
     far.wait_ok("/readyz").await;
     let far_record = key_url(&far.url, "slow");
     eventually(

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     Quiescing,
     /// A cancel with no quiesce notice in force.
     NoQuiesce,
+    /// A notice for a service server by name that has no watch stream open
+    /// on this instance (S8).
+    ServiceNotConnected,
     /// A query parameter is missing or malformed.
     BadRequest,
     /// No such route.
@@ -139,6 +142,7 @@ impl ErrorCode {
             | NotRecovering
             | ScheduleIncomplete
             | NoQuiesce
+            | ServiceNotConnected
             | TokenExists
             | LastAdmin
             | PromoteRefused
@@ -184,6 +188,7 @@ impl ErrorCode {
             ScheduleIncomplete => "schedule_incomplete",
             Quiescing => "quiescing",
             NoQuiesce => "no_quiesce",
+            ServiceNotConnected => "service_not_connected",
             BadRequest => "bad_request",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
@@ -237,6 +242,7 @@ impl ErrorCode {
         ErrorCode::ScheduleIncomplete,
         ErrorCode::Quiescing,
         ErrorCode::NoQuiesce,
+        ErrorCode::ServiceNotConnected,
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,

@@ -184,6 +184,9 @@ pub enum WatchEvent {
     Recovered(RecordAnswer),
     Epoch(EpochEvent),
     Quiesce(QuiesceEvent),
+    /// A quiesce notice for this service server itself, sent by name
+    /// through its DB server (S8), or its cancellation.
+    ServiceQuiesce(QuiesceEvent),
     Schema(SchemaEvent),
     Lease(LeaseEvent),
 }
@@ -221,6 +224,7 @@ impl WatchEvent {
             WatchEvent::Recovered(_) => "recovered",
             WatchEvent::Epoch(_) => "epoch",
             WatchEvent::Quiesce(_) => "quiesce",
+            WatchEvent::ServiceQuiesce(_) => "service_quiesce",
             WatchEvent::Schema(_) => "schema",
             WatchEvent::Lease(_) => "lease",
         }
@@ -233,7 +237,7 @@ impl WatchEvent {
             WatchEvent::Synced(e) => serde_json::to_string(e),
             WatchEvent::Update(e) | WatchEvent::Recovered(e) => serde_json::to_string(e),
             WatchEvent::Epoch(e) => serde_json::to_string(e),
-            WatchEvent::Quiesce(e) => serde_json::to_string(e),
+            WatchEvent::Quiesce(e) | WatchEvent::ServiceQuiesce(e) => serde_json::to_string(e),
             WatchEvent::Schema(e) => serde_json::to_string(e),
             WatchEvent::Lease(e) => serde_json::to_string(e),
         };
@@ -250,6 +254,7 @@ impl WatchEvent {
             "recovered" => WatchEvent::Recovered(serde_json::from_str(data)?),
             "epoch" => WatchEvent::Epoch(serde_json::from_str(data)?),
             "quiesce" => WatchEvent::Quiesce(serde_json::from_str(data)?),
+            "service_quiesce" => WatchEvent::ServiceQuiesce(serde_json::from_str(data)?),
             "schema" => WatchEvent::Schema(serde_json::from_str(data)?),
             "lease" => WatchEvent::Lease(serde_json::from_str(data)?),
             _ => return Ok(None),

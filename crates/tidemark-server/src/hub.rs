@@ -72,6 +72,9 @@ pub enum Push {
     /// from its cursor, so a change committed without a push is sent.
     Resync,
     Quiesce(QuiesceEvent),
+    /// A quiesce notice for one service server by name (S8), or its
+    /// cancellation: only that subscriber's streams send it.
+    ServiceQuiesce(SubscriberId, QuiesceEvent),
     Schema(SchemaEvent),
     /// The subscriber's interest was dropped (over `max_interest`): its
     /// stream ends.
@@ -249,6 +252,11 @@ impl Hub {
             hub: self.clone(),
             subscriber,
         }
+    }
+
+    /// How many streams of `subscriber` are open here.
+    pub fn open_streams(&self, subscriber: SubscriberId) -> usize {
+        self.streams.lock().get(&subscriber).map_or(0, |e| e.0)
     }
 
     /// A stream of `subscriber` ended.

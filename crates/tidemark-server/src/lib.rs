@@ -21,6 +21,7 @@
 //! - [`recovery`]: the recovery state machine, flags and the blanket window (P5–P10).
 //! - [`schema_publish`]: the staged schema, the plan, and the publish job kept in the store (S1, S9); [`schema_publish::resume_publish`].
 //! - [`services`]: the service servers heard from (policy, cache size), for the console.
+//! - [`service_quiesce`]: quiesce notices for service servers by name, sent down their watch streams (S8).
 //! - [`watch`]: one subscriber's push stream: resume, replay, `synced`, live pushes.
 //! - [`http`]: one module per group of endpoints, and the one error shape; served through `tidemark_serve` (TLS, connection limit, header and body deadlines).
 
@@ -46,6 +47,7 @@ pub mod recovery;
 pub mod resume_floor;
 pub mod schema_publish;
 pub mod server;
+pub mod service_quiesce;
 pub mod services;
 pub mod state;
 pub mod watch;

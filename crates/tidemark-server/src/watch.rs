@@ -81,6 +81,7 @@ pub async fn open(
     let stream = WatchStream {
         app: app.clone(),
         id,
+        name: name.to_owned(),
         epoch: meta.epoch,
         cursor,
         epochs_seen,
@@ -222,6 +223,8 @@ fn replay_bound(app: &AppState, to_end: bool) -> u64 {
 struct WatchStream {
     app: Arc<AppState>,
     id: SubscriberId,
+    /// The subscriber's name (its quiesce notice is kept under it).
+    name: String,
     epoch: u64,
     /// The last change-log seq this subscriber has been brought up to.
     cursor: u64,
@@ -382,8 +385,26 @@ impl WatchStream {
         }
         let notice = self.app.quiesce.notice();
         let cancelled = notice.is_none();
-        self.send(WatchEvent::Quiesce(QuiesceEvent { notice, cancelled }))
+        if !self
+            .send(WatchEvent::Quiesce(QuiesceEvent { notice, cancelled }))
             .await
+        {
+            return false;
+        }
+        self.send_own_notice().await
+    }
+
+    /// This subscriber's own quiesce notice by name (S8), as stored: sent
+    /// when the stream opens and after a lag (`service_quiesce.rs`).
+    async fn send_own_notice(&self) -> bool {
+        match crate::service_quiesce::on_open(&self.app, &self.name).await {
+            Ok(Some(ev)) => self.send(WatchEvent::ServiceQuiesce(ev)).await,
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the service server's quiesce notice; closing the stream");
+                false
+            }
+        }
     }
 
     async fn run(
@@ -414,6 +435,9 @@ impl WatchStream {
                     cancelled: false,
                 }))
                 .await;
+        }
+        if alive {
+            alive = self.send_own_notice().await;
         }
         if let (true, Some(reason)) = (alive, cannot_resume) {
             alive = self
@@ -460,6 +484,9 @@ impl WatchStream {
                 }
                 Ok(Push::Resync) => self.replay(true).await,
                 Ok(Push::Quiesce(q)) => self.send(WatchEvent::Quiesce(q)).await,
+                Ok(Push::ServiceQuiesce(id, q)) => {
+                    id != self.id || self.send(WatchEvent::ServiceQuiesce(q)).await
+                }
                 Ok(Push::Schema(s)) => self.send(WatchEvent::Schema(s)).await,
                 // Its interest was dropped: the subscriber reconnects and
                 // cannot resume (`open`).
@@ -484,11 +511,19 @@ mod tests {
     use crate::testutil::{upsert, TestServer};
     use tidemark_store::Store;
 
+    /// The next event but the one every stream gets when it opens while
+    /// its subscriber has no quiesce notice by name (`service_quiesce.rs`).
     async fn next(rx: &mut mpsc::Receiver<IdEvent>) -> IdEvent {
-        tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
-            .await
-            .expect("an event")
-            .expect("stream open")
+        loop {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event")
+                .expect("stream open");
+            match &got.1 {
+                WatchEvent::ServiceQuiesce(q) if q.cancelled => continue,
+                _ => return got,
+            }
+        }
     }
 
     fn plan(ev: &WatchEvent) -> String {

@@ -3,12 +3,18 @@
 //! each goes offline. `POST /v1/quiesce` and `DELETE /v1/quiesce`, as on a
 //! DB server.
 //!
-//! Invariants: a notice is taken from this server's own host only (a
-//! service server has no tokens, and any terminal could otherwise take it
-//! offline); once its deadline passes, record reads and `/readyz` answer
-//! `503 quiescing` with `Retry-After`, and the rest (state, console,
-//! metrics, probes of liveness) still answer; it is not kept across a
-//! restart, which is the maintenance it announced.
+//! Or by name, remotely (S8): an admin of the DB server sends it there,
+//! and it arrives down the watch stream as `service_quiesce` ([`from_db`]).
+//!
+//! Invariants: a notice is taken over HTTP from this server's own host
+//! only (a service server has no tokens, and any terminal could otherwise
+//! take it offline), or from its DB server by name; once its deadline
+//! passes, record reads and `/readyz` answer `503 quiescing` with
+//! `Retry-After`, and the rest (state, console, metrics, probes of
+//! liveness) still answer; it is not kept across a restart, which is the
+//! maintenance it announced (the DB server tells one sent by name again
+//! while its countdown runs); the DB server's cancel ends only a notice
+//! it sent.
 
 use crate::shared::Shared;
 use axum::extract::{ConnectInfo, State};
@@ -20,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidemark_api::event::QuiesceEvent;
 use tidemark_api::state::{QuiesceNotice, QuiesceRequest};
 use tidemark_api::ErrorCode;
 
@@ -29,6 +36,9 @@ pub struct OwnNotice {
     at: Instant,
     deadline: DateTime<Utc>,
     message: String,
+    /// Sent by name through the DB server (S8), not by a program on this
+    /// host: only the DB server's cancel ends it from afar.
+    from_db: bool,
 }
 
 impl OwnNotice {
@@ -67,7 +77,7 @@ pub fn offline_error() -> Response {
     crate::http::error(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Quiescing,
-        "this service server is offline after a quiesce notice; use another service server (an operator on its host ends the notice with 'tidemark quiesce --server URL --cancel')".into(),
+        "this service server is offline after a quiesce notice; use another service server (an operator ends the notice with 'tidemark quiesce --server URL --cancel' on its host, or one sent by name with 'tidemark quiesce --server DB_URL --service NAME --cancel')".into(),
         Some(30),
     )
 }
@@ -164,6 +174,7 @@ pub async fn announce(
         at: Instant::now() + left,
         deadline: Utc::now() + chrono::Duration::seconds(req.seconds as i64),
         message,
+        from_db: false,
     };
     let view = notice.view();
     // Debug-quoted: an operator's message must not forge log lines.
@@ -203,4 +214,97 @@ pub async fn cancel(
     }
     tracing::info!("quiesce notice cancelled: this service server stays online");
     Json(serde_json::json!({"cancelled": true})).into_response()
+}
+
+/// A notice for this server by name from its DB server (a `service_quiesce`
+/// event, S8), or its cancellation. A cancellation ends only a notice the
+/// DB server sent: one given on this host stands.
+pub fn from_db(shared: &Shared, event: &QuiesceEvent) {
+    match (&event.notice, event.cancelled) {
+        (Some(n), false) => {
+            // The milliseconds left (not the deadline: the clocks of the two
+            // hosts may differ).
+            let left = n
+                .ms_left
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::from_secs(n.seconds_left));
+            let notice = OwnNotice {
+                at: Instant::now() + left,
+                deadline: Utc::now() + chrono::Duration::milliseconds(left.as_millis() as i64),
+                message: n.message.clone(),
+                from_db: true,
+            };
+            tracing::warn!(seconds = n.seconds_left, notice = ?n.message, "quiesce notice for this service server, sent by name through the DB server");
+            let mut own = shared.own_quiesce.lock();
+            *own = Some(notice);
+            shared.own_quiesce_set.store(true, Ordering::Release);
+        }
+        _ => {
+            let mut own = shared.own_quiesce.lock();
+            if own.as_ref().is_some_and(|n| n.from_db) {
+                *own = None;
+                shared.own_quiesce_set.store(false, Ordering::Release);
+                tracing::info!(
+                    "the DB server cancelled this service server's quiesce notice: it stays online"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServiceConfig;
+    use crate::service::Service;
+    use tokio_util::sync::CancellationToken;
+
+    fn by_name(message: Option<&str>) -> QuiesceEvent {
+        QuiesceEvent {
+            notice: message.map(|m| QuiesceNotice {
+                deadline: "2026-12-06T12:00:00Z".into(),
+                seconds_left: 60,
+                ms_left: Some(59_500),
+                message: m.into(),
+            }),
+            cancelled: message.is_none(),
+        }
+    }
+
+    /// S8: a notice sent by name holds from the milliseconds left (not
+    /// the other host's deadline); the DB server's cancel ends it, and
+    /// only it: a notice given on this host stands.
+    #[test]
+    fn a_cancel_by_name_ends_only_a_notice_sent_by_name() {
+        let config = ServiceConfig {
+            id: "svc".into(),
+            ..ServiceConfig::default()
+        };
+        let svc = Service::new(config, CancellationToken::new()).unwrap();
+        let s = &svc.shared;
+        from_db(s, &by_name(Some("moving you")));
+        let held = s.own_quiesce.lock().clone().expect("a notice");
+        assert_eq!(held.view().message, "moving you");
+        let left = held.at().saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(58) && left <= Duration::from_millis(59_500));
+        assert!(s.own_quiesce_set.load(Ordering::Acquire));
+        from_db(s, &by_name(None));
+        assert!(s.own_quiesce.lock().is_none());
+        assert!(!s.own_quiesce_set.load(Ordering::Acquire));
+
+        // Given on this host: a cancel by name leaves it.
+        *s.own_quiesce.lock() = Some(OwnNotice {
+            at: Instant::now() + Duration::from_secs(60),
+            deadline: Utc::now(),
+            message: "local".into(),
+            from_db: false,
+        });
+        s.own_quiesce_set.store(true, Ordering::Release);
+        from_db(s, &by_name(None));
+        assert_eq!(
+            s.own_quiesce.lock().as_ref().map(|n| n.view().message),
+            Some("local".into())
+        );
+        assert!(s.own_quiesce_set.load(Ordering::Acquire));
+    }
 }

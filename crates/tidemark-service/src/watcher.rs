@@ -440,6 +440,7 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             }
             *shared.quiesce.lock() = if q.cancelled { None } else { Some(q) };
         }
+        WatchEvent::ServiceQuiesce(q) => crate::quiesce::from_db(shared, &q),
         WatchEvent::Lease(l) => {
             let now = crate::shared::mono_ms();
             let (until, late) = match l.sent_ms {

@@ -577,6 +577,13 @@ pub struct QuiesceArgs {
     /// Cancel the notice in force.
     #[arg(long, conflicts_with = "in_secs")]
     pub cancel: bool,
+    /// Quiesce the service server of this --id remotely, by name (S8):
+    /// --server names its DB server (every instance of a cluster may be
+    /// given; the one it streams from takes the notice), which sends the
+    /// notice down that service server's watch stream. Needs an admin
+    /// token.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Args)]

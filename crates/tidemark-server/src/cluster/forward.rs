@@ -30,7 +30,8 @@ pub const TERM_HEADER: &str = "tidemark-term";
 const FORWARDED: &str = "tidemark-forwarded";
 
 /// Whether a request changes shared data (and so belongs to the primary).
-/// A quiesce notice is per instance, interest is per instance, a schema
+/// A quiesce notice is per instance (one for a service server goes down
+/// its stream, open on the instance it is sent to), interest is per instance, a schema
 /// report belongs where its watch stream is, a backup only reads, and the
 /// cluster endpoints decide themselves.
 fn belongs_to_primary(method: &Method, path: &str) -> bool {
@@ -38,6 +39,7 @@ fn belongs_to_primary(method: &Method, path: &str) -> bool {
         return false;
     }
     !(path == "/v1/quiesce"
+        || (path.starts_with("/v1/services/") && path.ends_with("/quiesce"))
         || path == "/v1/backup"
         || path == "/v1/watch/interest"
         || path == "/v1/schema/ack"

@@ -457,6 +457,8 @@ mod tests {
             (Method::GET, "/v1/backup/config", Some(Admin)),
             (Method::POST, "/v1/quiesce", Some(Admin)),
             (Method::DELETE, "/v1/quiesce", Some(Admin)),
+            (Method::POST, "/v1/services/svc-1/quiesce", Some(Admin)),
+            (Method::DELETE, "/v1/services/svc-1/quiesce", Some(Admin)),
             (Method::POST, "/v1/tokens", Some(Admin)),
             (Method::GET, "/v1/tokens", Some(Admin)),
             (Method::GET, "/v1/audit", Some(Admin)),

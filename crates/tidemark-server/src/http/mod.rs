@@ -58,6 +58,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/schema/ack", post(schema::ack))
         .route("/v1/services/report", post(services::report))
         .route("/v1/services", get(services::list))
+        .route(
+            "/v1/services/{name}/quiesce",
+            post(quiesce::announce_service).delete(quiesce::cancel_service),
+        )
         .route("/v1/backup", post(backup::snapshot))
         .route("/v1/backup/config", get(backup::config))
         .route(

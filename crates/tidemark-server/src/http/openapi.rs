@@ -99,6 +99,14 @@ pub fn document() -> Value {
                     "responses": {"200": {"description": "The notice"}, "400": error_ref()}},
                 "delete": {"summary": "Cancels the quiesce notice.", "responses": {"200": {"description": "Cancelled"}, "409": error_ref()}}
             },
+            "/v1/services/{name}/quiesce": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}}],
+                "post": {"summary": "Quiesce notice for one service server by name (S8): sent down its watch stream, open on this instance; it goes offline after `seconds`, as with its own notice. Answers {service, streams, notice}; 409 service_not_connected (nothing sent) when no stream of that name is open here.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["seconds"],
+                        "properties": {"seconds": {"type": "integer", "minimum": 0, "maximum": 86400}, "message": {"type": "string", "nullable": true}}}}}},
+                    "responses": {"200": {"description": "Sent"}, "400": error_ref(), "409": error_ref()}},
+                "delete": {"summary": "Cancels that service server's notice (it is told now, or when its stream next opens).", "responses": {"200": {"description": "Cancelled"}, "400": error_ref(), "409": error_ref()}}
+            },
             "/v1/recovery/schedule": {"post": {"summary": "A chunk of the recovery schedule list (P6, P7).",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source"], "properties": {
                     "source": {"type": "string", "minLength": 1, "maxLength": 128}, "final": {"type": "boolean"},

@@ -1,10 +1,13 @@
-//! `tidemark quiesce` (S4).
+//! `tidemark quiesce` (S4, S8).
 
 use crate::cli::QuiesceArgs;
 use tidemark_api::state::QuiesceNotice;
 use tidemark_api::DbClient;
 
 pub async fn run(args: QuiesceArgs) -> anyhow::Result<()> {
+    if let Some(name) = &args.service {
+        return by_name(&args, name).await;
+    }
     let client = DbClient::new(&args.server);
     if args.cancel {
         let url = client.url("/v1/quiesce");
@@ -35,4 +38,84 @@ pub async fn run(args: QuiesceArgs) -> anyhow::Result<()> {
         super::printable(&notice.message)
     );
     Ok(())
+}
+
+/// S8, by name, remotely: the notice goes to the DB server, which sends it
+/// down the named service server's watch stream. Of several instances,
+/// each is asked in turn until the one the service server streams from
+/// takes it (the others answer `service_not_connected`); a cancel goes to
+/// every instance (each tells the streams open on it).
+async fn by_name(args: &QuiesceArgs, name: &str) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/services/{}/quiesce",
+        tidemark_api::client::encode_path(name)
+    );
+    let shown = super::printable(name);
+    let body = serde_json::json!({"seconds": args.in_secs.unwrap_or(0), "message": args.message});
+    let all = DbClient::new(&args.server);
+    let mut last = None;
+    let mut cancelled = false;
+    for base in all.bases() {
+        let client = DbClient::new(base);
+        let url = client.url(&path);
+        let req = if args.cancel {
+            client.http().delete(&url)
+        } else {
+            client.http().post(&url).json(&body)
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                last = Some(format!("could not reach {url}: {e}"));
+                continue;
+            }
+        };
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+        if status.is_success() {
+            if args.cancel {
+                cancelled = true;
+                continue;
+            }
+            let notice = &answer["notice"];
+            println!(
+                "quiesce notice sent through {base}: service server {shown} goes offline in {}s (at {}): {}",
+                notice["seconds_left"],
+                notice["deadline"].as_str().unwrap_or("?"),
+                super::printable(notice["message"].as_str().unwrap_or(""))
+            );
+            return Ok(());
+        }
+        let message = answer["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{url} answered {status}"));
+        if answer["error"]["code"] == "service_not_connected"
+            || (args.cancel && answer["error"]["code"] == "no_quiesce")
+        {
+            last = Some(message);
+            continue;
+        }
+        anyhow::bail!(
+            "{} refused: {message}",
+            if args.cancel {
+                "cancel"
+            } else {
+                "quiesce notice"
+            }
+        );
+    }
+    if cancelled {
+        println!("quiesce notice cancelled: service server {shown} stays online");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} for service server {shown}: {}",
+        if args.cancel {
+            "nothing cancelled"
+        } else {
+            "no quiesce notice sent"
+        },
+        last.unwrap_or_else(|| "no DB-server URL given".into())
+    )
 }

@@ -415,3 +415,130 @@ async fn a_service_server_is_quiesced_on_its_own() {
     assert_eq!(out.status.code(), Some(1), "cancelling nothing is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no quiesce notice"));
 }
+
+/// S8, "by name, remotely": `quiesce --server DB_URL --service NAME`
+/// reaches that one service server through its DB server's watch stream.
+/// It goes offline when the notice runs out, the others serve on; a
+/// service server restarted during the countdown is told again; a cancel
+/// by name brings it back. A name with no stream open is refused, and
+/// nothing is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let db = db_server(dir, &[]).await;
+    let mut a = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
+    let b = service(dir, "svc-b", &db.url, "latest-only", &[]).await;
+    ops_submit(
+        dir,
+        &db.url,
+        &order_line("k1", json!({"plan": "gold"})),
+        &[],
+    );
+    let by_name = |name: &str, args: &[&str]| {
+        let mut all = vec!["quiesce", "--server", db.url.as_str(), "--service", name];
+        all.extend_from_slice(args);
+        run(dir, &all, None, &[])
+    };
+    let own_notice = |url: String| async move {
+        let (_, st) = get_json(&format!("{url}/v1/state")).await;
+        st["own_quiesce"]["message"].as_str().map(str::to_owned)
+    };
+
+    // Nobody of that name watches: refused, exit 1, nothing sent.
+    let out = by_name("svc-x", &["--in", "60"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no watch stream open"), "{err}");
+    // A name no stream could have is bad input.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/services/{}/quiesce",
+            db.url,
+            "n".repeat(200)
+        ))
+        .json(&json!({"seconds": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let out = by_name("svc-a", &["--in", "600", "--message", "svc-a: update"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(10, "svc-a to hold the notice sent by name", || {
+        let url = a.url.clone();
+        async move { (own_notice(url).await.as_deref() == Some("svc-a: update")).then_some(()) }
+    })
+    .await;
+    // Only svc-a: not svc-b, and not the DB server itself.
+    assert_eq!(own_notice(b.url.clone()).await, None);
+    let (_, st) = get_json(&format!("{}/v1/state", db.url)).await;
+    assert!(st["quiesce"].is_null(), "{st}");
+    let r = reqwest::get(key_url(&a.url, "k1")).await.unwrap();
+    assert_eq!(r.status(), 200, "serving during the countdown");
+    assert!(r.headers().contains_key("tidemark-quiesce-in"));
+
+    // Restarted during the countdown: told again when its stream opens.
+    a.terminate();
+    let a = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
+    eventually(
+        10,
+        "the restarted svc-a to be told the notice again",
+        || {
+            let url = a.url.clone();
+            async move { (own_notice(url).await.as_deref() == Some("svc-a: update")).then_some(()) }
+        },
+    )
+    .await;
+
+    let out = by_name("svc-a", &["--in", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = key_url(&a.url, "k1");
+    let body = eventually(10, "svc-a to go offline", || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 503).then_some(())?;
+            r.json::<serde_json::Value>().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(body["error"]["code"], "quiescing", "{body}");
+    for url in [key_url(&b.url, "k1"), key_url(&db.url, "k1")] {
+        let (s, r) = get_json(&url).await;
+        assert_eq!(
+            (s, r["fields"]["plan"].as_str()),
+            (200, Some("gold")),
+            "{url}"
+        );
+    }
+
+    let out = by_name("svc-a", &["--cancel"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = key_url(&a.url, "k1");
+    eventually(10, "svc-a to serve again after the cancel by name", || {
+        let url = url.clone();
+        async move { (reqwest::get(&url).await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
+    // With no notice stored and no stream of that name, nothing to cancel.
+    let out = by_name("svc-x", &["--cancel"]);
+    assert_eq!(out.status.code(), Some(1));
+    let audit = run_ok(dir, &["audit", "--server", &db.url]);
+    assert!(
+        audit.contains("service_quiesce") && audit.contains("service_quiesce_cancel"),
+        "{audit}"
+    );
+}

@@ -1,0 +1,203 @@
+//! Quiesce notices for service servers by name (S8: "application servers
+//! are quiesced one at a time, locally or by name, remotely"). An admin
+//! asks the DB server; the notice travels down the named service server's
+//! watch stream as a `service_quiesce` event, and the service server takes
+//! it as its own notice (it goes offline when it runs out).
+//!
+//! Invariants:
+//! - A notice is sent only while a stream of that name is open on this
+//!   instance (otherwise nothing is stored and the caller is told): an
+//!   operator is never told "sent" for a server that will not hear it.
+//! - It is kept in the store under `service_quiesce/NAME`, so a stream
+//!   that reopens (a reconnect, a DB-server restart, another instance of a
+//!   cluster) is told again; a stream that opens with none stored is told
+//!   `cancelled` (a cancel it missed while away).
+//! - A notice whose deadline has passed is not sent to a stream that opens
+//!   later, and is not taken as cancelled either: the server that heard it
+//!   stays offline, and one restarted since (the maintenance it announced)
+//!   serves. It stays stored until it is cancelled or replaced.
+
+use crate::hub::Push;
+use crate::state::AppState;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tidemark_api::event::QuiesceEvent;
+use tidemark_api::state::QuiesceNotice;
+use tidemark_store::StoreError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    deadline: DateTime<Utc>,
+    message: String,
+}
+
+impl Stored {
+    /// As events and answers show it, counted down to now (rounded up, as
+    /// the DB server's own notice).
+    fn view(&self) -> QuiesceNotice {
+        let ms = (self.deadline - Utc::now()).num_milliseconds().max(0) as u64;
+        QuiesceNotice {
+            deadline: self.deadline.to_rfc3339(),
+            seconds_left: ms.div_ceil(1000),
+            ms_left: Some(ms),
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// The store note of `name`'s notice.
+fn note(name: &str) -> String {
+    format!("service_quiesce/{name}")
+}
+
+async fn stored(app: &AppState, name: &str) -> Result<Option<Stored>, StoreError> {
+    Ok(match app.store.note(&note(name)).await? {
+        // A note this version cannot read counts as none (it is replaced by
+        // the next notice or cancel).
+        Some(text) => serde_json::from_str(&text).ok(),
+        None => None,
+    })
+}
+
+/// What was done for a notice or a cancel.
+#[derive(Debug)]
+pub enum Sent {
+    /// Sent to this many open streams of the name.
+    To(usize, Option<QuiesceNotice>),
+    /// No stream of the name is open here: nothing was stored or sent.
+    NotConnected,
+    /// A cancel with no notice stored for the name.
+    NothingToCancel,
+}
+
+/// Tells service server `name` that it goes offline in `seconds`.
+pub async fn announce(
+    app: &AppState,
+    name: &str,
+    seconds: u64,
+    message: String,
+) -> Result<Sent, StoreError> {
+    let Some(id) = app.hub.known(name) else {
+        return Ok(Sent::NotConnected);
+    };
+    let streams = app.hub.open_streams(id);
+    if streams == 0 {
+        return Ok(Sent::NotConnected);
+    }
+    let s = Stored {
+        deadline: Utc::now() + chrono::Duration::seconds(seconds as i64),
+        message,
+    };
+    app.store
+        .set_note(&note(name), Some(serde_json::to_string(&s)?))
+        .await?;
+    let notice = s.view();
+    // Debug-quoted: neither may forge log lines.
+    tracing::warn!(service = ?name, seconds, notice = ?notice.message, "quiesce notice sent to a service server by name");
+    app.hub.publish(Push::ServiceQuiesce(
+        id,
+        QuiesceEvent {
+            notice: Some(notice.clone()),
+            cancelled: false,
+        },
+    ));
+    Ok(Sent::To(streams, Some(notice)))
+}
+
+/// Cancels the notice of service server `name`: removes it from the store
+/// (a stream that opens later is told), and tells the streams of that name
+/// open here, even with none stored (another instance of a cluster may
+/// have removed it, and a stream here still holds it).
+pub async fn cancel(app: &AppState, name: &str) -> Result<Sent, StoreError> {
+    let had = app.store.note(&note(name)).await?.is_some();
+    if had {
+        app.store.set_note(&note(name), None).await?;
+    }
+    let streams = app.hub.known(name).map_or(0, |id| app.hub.open_streams(id));
+    if !had && streams == 0 {
+        return Ok(Sent::NothingToCancel);
+    }
+    tracing::info!(service = ?name, streams, "quiesce notice of a service server cancelled");
+    if let Some(id) = app.hub.known(name).filter(|_| streams > 0) {
+        app.hub.publish(Push::ServiceQuiesce(
+            id,
+            QuiesceEvent {
+                notice: None,
+                cancelled: true,
+            },
+        ));
+    }
+    Ok(Sent::To(streams, None))
+}
+
+/// What a stream of `name` that opens (or caught up after a lag) is told:
+/// the notice in force, a cancellation when none is stored, and nothing
+/// for one whose deadline has passed (see the invariants).
+pub async fn on_open(app: &AppState, name: &str) -> Result<Option<QuiesceEvent>, StoreError> {
+    Ok(match stored(app, name).await? {
+        Some(s) if s.deadline > Utc::now() => Some(QuiesceEvent {
+            notice: Some(s.view()),
+            cancelled: false,
+        }),
+        Some(_) => None,
+        None => Some(QuiesceEvent {
+            notice: None,
+            cancelled: true,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestServer;
+
+    #[tokio::test]
+    async fn a_stream_that_opens_is_told_the_notice_in_force_and_not_one_past_its_deadline() {
+        let t = TestServer::open(async |_: &dyn tidemark_store::Store| {}).await;
+        let app = &t.app;
+        // Not connected: nothing stored.
+        let sent = announce(app, "svc-1", 60, "m".into()).await.unwrap();
+        assert!(matches!(sent, Sent::NotConnected), "{sent:?}");
+        assert_eq!(
+            on_open(app, "svc-1").await.unwrap().map(|e| e.cancelled),
+            Some(true)
+        );
+        let id = app.hub.subscriber("svc-1");
+        let _open = app.hub.stream_opened(id);
+        let sent = announce(app, "svc-1", 60, "upgrade".into()).await.unwrap();
+        assert!(matches!(sent, Sent::To(1, Some(_))), "{sent:?}");
+        let told = on_open(app, "svc-1").await.unwrap().unwrap();
+        assert!(!told.cancelled);
+        assert_eq!(told.notice.unwrap().message, "upgrade");
+        // Another name is told it has none.
+        assert!(on_open(app, "svc-2").await.unwrap().unwrap().cancelled);
+        // Past its deadline: neither sent nor taken as cancelled.
+        let past = Stored {
+            deadline: Utc::now() - chrono::Duration::seconds(1),
+            message: "old".into(),
+        };
+        app.store
+            .set_note(&note("svc-1"), Some(serde_json::to_string(&past).unwrap()))
+            .await
+            .unwrap();
+        assert!(on_open(app, "svc-1").await.unwrap().is_none());
+        // Cancelled: stored no more, told as cancelled. A second cancel
+        // still tells the open stream; with none open and nothing stored
+        // there is nothing to cancel.
+        assert!(matches!(
+            cancel(app, "svc-1").await.unwrap(),
+            Sent::To(1, None)
+        ));
+        assert!(on_open(app, "svc-1").await.unwrap().unwrap().cancelled);
+        assert!(matches!(
+            cancel(app, "svc-1").await.unwrap(),
+            Sent::To(1, None)
+        ));
+        drop(_open);
+        assert!(matches!(
+            cancel(app, "svc-1").await.unwrap(),
+            Sent::NothingToCancel
+        ));
+    }
+}

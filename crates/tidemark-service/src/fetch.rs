@@ -342,15 +342,27 @@ async fn moved_from(shared: &Shared, base: &str) {
 const STALE_OK_WAIT: Duration = Duration::from_millis(500);
 
 /// After a `stale-ok` read waited [`STALE_OK_WAIT`] in vain, how long the
-/// next ones with a cached copy serve it at once, without asking.
+/// next ones with a cached copy serve it at once, without asking; then one
+/// of them asks again while the others still do not wait.
 const SILENT_FOR: Duration = Duration::from_secs(2);
 
-/// Whether the DB server was silent to a `stale-ok` read a moment ago.
+/// Whether a `stale-ok` read with a cached copy serves it at once, the DB
+/// server having been silent a moment ago. Once [`SILENT_FOR`] has passed,
+/// the first read to come asks again (and waits up to [`STALE_OK_WAIT`]),
+/// and the silence is counted on meanwhile: a hung DB server holds one
+/// read that long per [`SILENT_FOR`], not every read that comes then.
 fn db_silent(shared: &Shared) -> bool {
-    shared
-        .db_silent_until
-        .lock()
-        .is_some_and(|until| tokio::time::Instant::now() < until)
+    let mut until = shared.db_silent_until.lock();
+    let now = tokio::time::Instant::now();
+    match *until {
+        Some(t) if now < t => true,
+        Some(_) => {
+            // This read asks; an answer ends the silence.
+            *until = Some(now + SILENT_FOR);
+            false
+        }
+        None => false,
+    }
 }
 
 /// Reads `table/key` with the given freshness.
@@ -368,7 +380,10 @@ pub async fn read(
         return Ok(served);
     }
     shared.metrics.misses.inc();
-    if freshness == Freshness::StaleOk && db_silent(shared) {
+    if freshness == Freshness::StaleOk
+        && shared.cache.read(table, key, |_| ()).is_some()
+        && db_silent(shared)
+    {
         // Each such read would wait as long in vain (the DB server hangs).
         if let Some(served) = fallback(shared, table, key, freshness) {
             return Ok(served);
@@ -634,13 +649,29 @@ mod tests {
             .unwrap();
         assert!(served.recovering);
         assert_eq!(started.elapsed(), Duration::ZERO);
-        // Then the DB server is asked again.
+        // Then the DB server is asked again, by one read: the others that
+        // come meanwhile are still served at once (before, each waited).
         tokio::time::advance(SILENT_FOR).await;
+        let started = Instant::now();
+        let shared = svc.shared.clone();
+        let asking =
+            tokio::spawn(async move { read(&shared, "subscriber", "k", Freshness::StaleOk).await });
+        tokio::task::yield_now().await;
+        for _ in 0..3 {
+            let served = read(&svc.shared, "subscriber", "k", Freshness::StaleOk)
+                .await
+                .unwrap();
+            assert!(served.recovering);
+            assert_eq!(started.elapsed(), Duration::ZERO);
+        }
+        asking.await.unwrap().unwrap();
+        assert_eq!(started.elapsed(), STALE_OK_WAIT);
+        // And, still silent, not again before another SILENT_FOR.
         let started = Instant::now();
         read(&svc.shared, "subscriber", "k", Freshness::StaleOk)
             .await
             .unwrap();
-        assert_eq!(started.elapsed(), STALE_OK_WAIT);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     /// The first instance asked never answers (paused); the next does.

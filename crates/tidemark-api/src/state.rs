@@ -266,6 +266,10 @@ pub struct ServiceReport {
     pub cache_entries: u64,
     /// The schema version it runs.
     pub schema_version: u64,
+    /// Its own quiesce notice in force (given on its host, or sent by name
+    /// through the DB server: S8), counted down to the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<QuiesceNotice>,
 }
 
 /// One service server in `GET /v1/services`.
@@ -279,6 +283,10 @@ pub struct ServiceInfo {
     pub connected: bool,
     /// Milliseconds since its last report.
     pub report_age_ms: u64,
+    /// Its own quiesce notice as of its last report, counted down to now
+    /// (`seconds_left` 0: offline).
+    #[serde(default)]
+    pub quiesce: Option<QuiesceNotice>,
 }
 
 #[cfg(test)]

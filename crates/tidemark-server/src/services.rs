@@ -1,12 +1,12 @@
 //! The service servers this instance has heard from: each reports its
-//! policy, cache size and schema version every few seconds (for the
-//! operator console). Kept in memory only; a report older than
+//! policy, cache size, schema version and own quiesce notice every few
+//! seconds (for the operator console). Kept in memory only; a report older than
 //! [`FORGET_AFTER`] is dropped.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tidemark_api::state::{ServiceInfo, ServiceReport};
+use tidemark_api::state::{QuiesceNotice, ServiceInfo, ServiceReport};
 
 /// Most service servers remembered (a bound on what reports may hold).
 const MAX: usize = 10_000;
@@ -40,8 +40,22 @@ impl Services {
                 schema_version: r.schema_version,
                 connected: connected(name),
                 report_age_ms: at.elapsed().as_millis() as u64,
+                quiesce: r.quiesce.as_ref().map(|q| since(q, at.elapsed())),
             })
             .collect()
+    }
+}
+
+/// A notice as reported `age` ago, counted down to now.
+fn since(q: &QuiesceNotice, age: std::time::Duration) -> QuiesceNotice {
+    let ms = q
+        .ms_left
+        .unwrap_or(q.seconds_left * 1000)
+        .saturating_sub(age.as_millis() as u64);
+    QuiesceNotice {
+        seconds_left: ms.div_ceil(1000),
+        ms_left: Some(ms),
+        ..q.clone()
     }
 }
 
@@ -57,6 +71,7 @@ mod tests {
             policy: "latest-only".into(),
             cache_entries: n,
             schema_version: 1,
+            quiesce: None,
         };
         s.report(r("b", 1));
         s.report(r("a", 2));
@@ -68,5 +83,21 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("a", 2, true), ("b", 3, false)]
         );
+    }
+
+    /// A reported notice is counted down by the report's age, to 0.
+    #[test]
+    fn a_reported_notice_is_counted_down_to_now() {
+        let q = QuiesceNotice {
+            deadline: "2026-12-06T12:00:00Z".into(),
+            seconds_left: 10,
+            ms_left: Some(9_500),
+            message: "m".into(),
+        };
+        let later = since(&q, Duration::from_millis(4_000));
+        assert_eq!((later.ms_left, later.seconds_left), (Some(5_500), 6));
+        let past = since(&q, Duration::from_secs(60));
+        assert_eq!((past.ms_left, past.seconds_left), (Some(0), 0));
+        assert_eq!(past.message, "m");
     }
 }

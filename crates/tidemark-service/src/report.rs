@@ -1,5 +1,6 @@
 //! Tells the DB server, every few seconds, how this service server runs
-//! (`POST /v1/services/report`: policy, cache size, schema version), for
+//! (`POST /v1/services/report`: policy, cache size, schema version, its
+//! own quiesce notice), for
 //! the operator console. A failed report is retried at the next tick.
 
 use crate::shared::Shared;
@@ -23,6 +24,11 @@ pub async fn worker(shared: Arc<Shared>) {
             policy: shared.config.policy.as_str().to_owned(),
             cache_entries: shared.cache.len() as u64,
             schema_version: shared.schema_version.load(Ordering::SeqCst),
+            quiesce: shared
+                .own_quiesce
+                .lock()
+                .as_ref()
+                .map(crate::quiesce::OwnNotice::view),
         };
         let sent: Result<serde_json::Value, _> = shared
             .client

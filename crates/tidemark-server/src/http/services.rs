@@ -24,12 +24,17 @@ pub async fn report(
             format!("{e}; send {{\"subscriber\": NAME, \"policy\": \"latest-only\" | \"accept-stale\", \"cache_entries\": N, \"schema_version\": N}}"),
         )
     })?;
+    let long_notice = r.quiesce.as_ref().is_some_and(|q| {
+        q.message.chars().count() > tidemark_api::state::MAX_QUIESCE_MESSAGE_CHARS
+            || q.deadline.len() > 64
+    });
     if tidemark_api::schema::validate_name("subscriber", &r.subscriber).is_err()
         || !matches!(r.policy.as_str(), "latest-only" | "accept-stale")
+        || long_notice
     {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
-            "'subscriber' is the service server's name (1 to 128 printable characters) and 'policy' is latest-only or accept-stale",
+            "'subscriber' is the service server's name (1 to 128 printable characters), 'policy' is latest-only or accept-stale, and a 'quiesce' notice's message is at most 1000 characters",
         ));
     }
     super::watch::claim(&app, &caller, &r.subscriber, "reports").await?;

@@ -520,6 +520,50 @@ async fn the_story_in_a_real_browser() {
         60,
     )
     .await;
+    // S8, by name: the service server quiesced from its row, through the
+    // DB server; its own page counts down, and so does its row (from its
+    // reports). Cancelled from the row the same way.
+    const ROW: &str = "document.querySelector('#services tr[data-key=\"svc-a\"]')";
+    b.run(
+        &page,
+        &format!("window.prompt = () => '120'; {ROW}.querySelector('.svc-quiesce').click(); true"),
+    )
+    .await;
+    b.wait_for(
+        &svc_page,
+        "the service server's countdown, sent by name",
+        "/^offline in 1[0-2][0-9] s$/.test(document.getElementById('quiesce').textContent)",
+        60,
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "the service server's row counting down",
+        &format!("/^offline in 1[0-2][0-9] s$/.test({ROW}.children[5].textContent)"),
+        60,
+    )
+    .await;
+    b.screenshot(&page, &shots.join("console-service-quiesce.png"))
+        .await;
+    b.run(
+        &page,
+        &format!("{ROW}.querySelector('.svc-cancel').click(); true"),
+    )
+    .await;
+    b.wait_for(
+        &svc_page,
+        "the notice by name cancelled",
+        "document.getElementById('quiesce').textContent === 'none'",
+        60,
+    )
+    .await;
+    b.wait_for(
+        &page,
+        "the service server's row without a notice",
+        &format!("{ROW}.children[5].textContent === ''"),
+        60,
+    )
+    .await;
     // Each page holds a connection for its feed, of the 6 a browser opens
     // to one host.
     for done in [page, late, svc_page] {

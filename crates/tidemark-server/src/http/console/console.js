@@ -188,11 +188,35 @@ async function refreshFlags() {
     setText("flags-page", "page " + flagCursors.length + " · " + (f.remaining ?? 0) + " flagged in all");
   } catch (e) { /* the feed's status line says what is wrong */ }
 }
+// S8, by name: a service server is quiesced through this DB server, which
+// sends the notice down its watch stream (so only one connected here).
+function serviceActions(tr, x) {
+  const td = document.createElement("td");
+  const send = document.createElement("button"), cancel = document.createElement("button");
+  send.type = cancel.type = "button";
+  send.textContent = "Quiesce…"; cancel.textContent = "Cancel notice";
+  send.className = "svc-quiesce admin-only" + (isAdmin ? "" : " hidden");
+  cancel.className = "svc-cancel admin-only" + (isAdmin ? "" : " hidden");
+  const path = "/v1/services/" + encodeURIComponent(x.name) + "/quiesce";
+  send.addEventListener("click", () => {
+    const text = (prompt("Take service server " + x.name + " offline in how many seconds? Its users are told.", "300") || "").trim();
+    if (text === "") return;
+    const seconds = Number(text);
+    if (!Number.isInteger(seconds) || seconds < 0) { alert("give a whole number of seconds, 0 or more"); return; }
+    api("POST", path, {seconds}).then(refreshServices).catch((e) => alert(e.message));
+  });
+  cancel.addEventListener("click", () => api("DELETE", path).then(refreshServices).catch((e) => alert(e.message)));
+  td.append(send, " ", cancel);
+  tr.append(td);
+}
 async function refreshServices() {
   try {
     const list = await api("GET", "/v1/services");
     syncRows($("services"), list, (x) => x.name,
-      (x) => [x.name, x.policy, x.cache_entries, x.schema_version, x.connected ? "connected" : "not here"]);
+      (x) => [x.name, x.policy, x.cache_entries, x.schema_version, x.connected ? "connected" : "not here",
+        x.quiesce ? (x.quiesce.seconds_left > 0 ? "offline in " + x.quiesce.seconds_left + " s" : "offline") : ""],
+      serviceActions,
+      (tr, x) => { tr.querySelector(".svc-quiesce").hidden = !x.connected; });
   } catch (e) { /* the feed's status line says what is wrong */ }
 }
 async function refreshSchema() {

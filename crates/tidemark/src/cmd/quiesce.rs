@@ -78,6 +78,12 @@ async fn by_name(args: &QuiesceArgs, name: &str) -> anyhow::Result<()> {
                 continue;
             }
             let notice = &answer["notice"];
+            let streams = answer["streams"].as_u64().unwrap_or(1);
+            if streams > 1 {
+                eprintln!(
+                    "note: {streams} watch streams of {shown} are open on {base} (two service servers under one --id, or one reconnecting): each was told"
+                );
+            }
             println!(
                 "quiesce notice sent through {base}: service server {shown} goes offline in {}s (at {}): {}",
                 notice["seconds_left"],

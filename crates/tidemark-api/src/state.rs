@@ -59,8 +59,17 @@ pub struct ServiceState {
     pub schema_version: u64,
     /// The DB server's quiesce notice, counted down to now.
     pub quiesce: Option<crate::event::QuiesceEvent>,
-    /// This server's own notice (S8), counted down to now.
+    /// This server's own notice (S8), counted down to now: the sooner of
+    /// one given on its host and one sent by name through the DB server.
     pub own_quiesce: Option<QuiesceNotice>,
+    /// Whether `own_quiesce` is the one sent by name (cancelled through
+    /// the DB server, not on this host).
+    #[serde(default)]
+    pub own_quiesce_by_name: bool,
+    /// The DB-server instance its watch stream was last opened at (one of
+    /// `db`), if any.
+    #[serde(default)]
+    pub stream_instance: Option<String>,
     /// Seconds until the DB server or this server (the sooner) goes
     /// offline, while a notice is in force.
     pub quiesce_in: Option<u64>,

@@ -59,15 +59,22 @@ async fn stored(app: &AppState, name: &str) -> Result<Option<Stored>, StoreError
     })
 }
 
-/// What was done for a notice or a cancel.
+/// What was done for a notice.
 #[derive(Debug)]
 pub enum Sent {
     /// Sent to this many open streams of the name.
-    To(usize, Option<QuiesceNotice>),
+    To(usize, QuiesceNotice),
     /// No stream of the name is open here: nothing was stored or sent.
     NotConnected,
-    /// A cancel with no notice stored for the name.
-    NothingToCancel,
+}
+
+/// What a cancel did.
+#[derive(Debug, PartialEq)]
+pub struct Cancelled {
+    /// A notice was stored (and is no more).
+    pub had: bool,
+    /// The open streams of the name here, told `cancelled`.
+    pub streams: usize,
 }
 
 /// Tells service server `name` that it goes offline in `seconds`.
@@ -101,24 +108,21 @@ pub async fn announce(
             cancelled: false,
         },
     ));
-    Ok(Sent::To(streams, Some(notice)))
+    Ok(Sent::To(streams, notice))
 }
 
 /// Cancels the notice of service server `name`: removes it from the store
 /// (a stream that opens later is told), and tells the streams of that name
 /// open here, even with none stored (another instance of a cluster may
 /// have removed it, and a stream here still holds it).
-pub async fn cancel(app: &AppState, name: &str) -> Result<Sent, StoreError> {
+pub async fn cancel(app: &AppState, name: &str) -> Result<Cancelled, StoreError> {
     let had = app.store.note(&note(name)).await?.is_some();
     if had {
         app.store.set_note(&note(name), None).await?;
     }
-    let streams = app.hub.known(name).map_or(0, |id| app.hub.open_streams(id));
-    if !had && streams == 0 {
-        return Ok(Sent::NothingToCancel);
-    }
-    tracing::info!(service = ?name, streams, "quiesce notice of a service server cancelled");
-    if let Some(id) = app.hub.known(name).filter(|_| streams > 0) {
+    let id = app.hub.known(name);
+    let streams = id.map_or(0, |id| app.hub.open_streams(id));
+    if let Some(id) = id.filter(|_| streams > 0) {
         app.hub.publish(Push::ServiceQuiesce(
             id,
             QuiesceEvent {
@@ -127,7 +131,10 @@ pub async fn cancel(app: &AppState, name: &str) -> Result<Sent, StoreError> {
             },
         ));
     }
-    Ok(Sent::To(streams, None))
+    if had || streams > 0 {
+        tracing::info!(service = ?name, had, streams, "quiesce notice of a service server cancelled");
+    }
+    Ok(Cancelled { had, streams })
 }
 
 /// What a stream of `name` that opens (or caught up after a lag) is told:
@@ -166,7 +173,7 @@ mod tests {
         let id = app.hub.subscriber("svc-1");
         let _open = app.hub.stream_opened(id);
         let sent = announce(app, "svc-1", 60, "upgrade".into()).await.unwrap();
-        assert!(matches!(sent, Sent::To(1, Some(_))), "{sent:?}");
+        assert!(matches!(sent, Sent::To(1, _)), "{sent:?}");
         let told = on_open(app, "svc-1").await.unwrap().unwrap();
         assert!(!told.cancelled);
         assert_eq!(told.notice.unwrap().message, "upgrade");
@@ -183,21 +190,13 @@ mod tests {
             .unwrap();
         assert!(on_open(app, "svc-1").await.unwrap().is_none());
         // Cancelled: stored no more, told as cancelled. A second cancel
-        // still tells the open stream; with none open and nothing stored
-        // there is nothing to cancel.
-        assert!(matches!(
-            cancel(app, "svc-1").await.unwrap(),
-            Sent::To(1, None)
-        ));
+        // still tells the open stream, with nothing stored; with none open
+        // either, it does nothing.
+        let c = |had, streams| Cancelled { had, streams };
+        assert_eq!(cancel(app, "svc-1").await.unwrap(), c(true, 1));
         assert!(on_open(app, "svc-1").await.unwrap().unwrap().cancelled);
-        assert!(matches!(
-            cancel(app, "svc-1").await.unwrap(),
-            Sent::To(1, None)
-        ));
+        assert_eq!(cancel(app, "svc-1").await.unwrap(), c(false, 1));
         drop(_open);
-        assert!(matches!(
-            cancel(app, "svc-1").await.unwrap(),
-            Sent::NothingToCancel
-        ));
+        assert_eq!(cancel(app, "svc-1").await.unwrap(), c(false, 0));
     }
 }

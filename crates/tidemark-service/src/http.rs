@@ -184,8 +184,9 @@ fn secs_left(at: Instant) -> u64 {
         .div_ceil(1000) as u64
 }
 
-/// S4: while a quiesce notice is in force, every answer says how long
-/// until the DB server, or this server (the sooner), goes offline.
+/// S4: while a quiesce notice is in force, every record read answered
+/// (`200`, `404`) says how long until the DB server, or this server (the
+/// sooner), goes offline; `/v1/state` says it too (`quiesce_in`).
 pub(crate) fn quiesce_header(shared: &Shared, h: &mut axum::http::HeaderMap) {
     if let Some(at) = shared.offline_at() {
         let left = secs_left(at);
@@ -255,12 +256,13 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<tidemark_api::state::S
     }
     // Each lock taken and let go on its own (a guard held to the end of
     // the struct below would deadlock `offline_at`, which takes them too).
-    let own_quiesce = shared
+    let (own_quiesce, own_quiesce_by_name) = shared
         .own_quiesce
         .lock()
-        .as_ref()
-        .map(crate::quiesce::OwnNotice::view);
+        .sooner()
+        .map_or((None, false), |(n, by_name)| (Some(n.view()), by_name));
     let quiesce_in = shared.offline_at().map(secs_left);
+    let stream_instance = Some(shared.stream_base.lock().clone()).filter(|b| !b.is_empty());
     let last_event_id = shared.last_event_id.lock().clone();
     let snapshot_event_id = shared.snapshot_event_id.lock().clone();
     Json(tidemark_api::state::ServiceState {
@@ -276,7 +278,9 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<tidemark_api::state::S
         schema_version: shared.schema_version.load(Ordering::SeqCst),
         quiesce,
         own_quiesce,
+        own_quiesce_by_name,
         quiesce_in,
+        stream_instance,
     })
 }
 
@@ -350,7 +354,7 @@ async fn openapi() -> Json<serde_json::Value> {
                               "404": {"description": "Not found"},
                               "503": {"description": "Current data not available before the deadline (Retry-After)"}}
             }},
-            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce (the DB server's notice), own_quiesce (this server's), quiesce_in: seconds until the sooner goes offline, while a notice is in force.", "responses": {"200": {"description": "State"}}}},
+            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce (the DB server's notice), own_quiesce (this server's: the sooner of one given on its host and one sent by name through the DB server, own_quiesce_by_name saying which), quiesce_in; stream_instance: the DB-server instance its stream was last opened at: seconds until the sooner goes offline, while a notice is in force.", "responses": {"200": {"description": "State"}}}},
             "/v1/quiesce": {
                 "post": {"summary": "S4, S8: this service server goes offline in `seconds` (reads and readiness then answer 503 quiescing); from its own host only.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["seconds"], "additionalProperties": false,

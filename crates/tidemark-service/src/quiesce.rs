@@ -13,8 +13,9 @@
 //! `Retry-After`, and the rest (state, console, metrics, probes of
 //! liveness) still answer; it is not kept across a restart, which is the
 //! maintenance it announced (the DB server tells one sent by name again
-//! while its countdown runs); the DB server's cancel ends only a notice
-//! it sent.
+//! while its countdown runs); each is cancelled where it was given (the
+//! DB server's cancel ends only the one it sent, a cancel on this host
+//! only the one given here), and the sooner of the two is in force.
 
 use crate::shared::Shared;
 use axum::extract::{ConnectInfo, State};
@@ -36,9 +37,29 @@ pub struct OwnNotice {
     at: Instant,
     deadline: DateTime<Utc>,
     message: String,
-    /// Sent by name through the DB server (S8), not by a program on this
-    /// host: only the DB server's cancel ends it from afar.
-    from_db: bool,
+}
+
+/// This server's notices: one given on its host, one sent by name through
+/// its DB server (S8). Each is cancelled where it was given; the sooner
+/// is the one in force.
+#[derive(Debug, Clone, Default)]
+pub struct OwnNotices {
+    pub local: Option<OwnNotice>,
+    pub by_name: Option<OwnNotice>,
+}
+
+impl OwnNotices {
+    /// The notice in force: the sooner of the two, and whether it is the
+    /// one sent by name.
+    pub fn sooner(&self) -> Option<(&OwnNotice, bool)> {
+        let local = self.local.as_ref().map(|n| (n, false));
+        let by_name = self.by_name.as_ref().map(|n| (n, true));
+        local.into_iter().chain(by_name).min_by_key(|(n, _)| n.at)
+    }
+
+    fn any(&self) -> bool {
+        self.local.is_some() || self.by_name.is_some()
+    }
 }
 
 impl OwnNotice {
@@ -68,8 +89,8 @@ pub fn offline(shared: &Shared) -> bool {
         && shared
             .own_quiesce
             .lock()
-            .as_ref()
-            .is_some_and(|n| n.at <= Instant::now())
+            .sooner()
+            .is_some_and(|(n, _)| n.at <= Instant::now())
 }
 
 /// What a read gets while offline.
@@ -174,7 +195,6 @@ pub async fn announce(
         at: Instant::now() + left,
         deadline: Utc::now() + chrono::Duration::seconds(req.seconds as i64),
         message,
-        from_db: false,
     };
     let view = notice.view();
     // Debug-quoted: an operator's message must not forge log lines.
@@ -183,7 +203,7 @@ pub async fn announce(
         // The flag moves under the notice's lock, so a cancel racing this
         // announce cannot leave a notice the reads do not see.
         let mut own = shared.own_quiesce.lock();
-        *own = Some(notice);
+        own.local = Some(notice);
         shared.own_quiesce_set.store(true, Ordering::Release);
     }
     Json(view).into_response()
@@ -199,11 +219,23 @@ pub async fn cancel(
     if let Some(refused) = not_local(peer, &uri, &headers) {
         return refused;
     }
-    let had = {
+    let (had, by_name) = {
         let mut own = shared.own_quiesce.lock();
-        shared.own_quiesce_set.store(false, Ordering::Release);
-        own.take().is_some()
+        let had = own.local.take().is_some();
+        shared.own_quiesce_set.store(own.any(), Ordering::Release);
+        (had, own.by_name.is_some())
     };
+    if !had && by_name {
+        return crate::http::error(
+            StatusCode::CONFLICT,
+            ErrorCode::NoQuiesce,
+            format!(
+                "the notice in force was sent by name through the DB server, so nothing was done here; cancel it there: 'tidemark quiesce --server DB_URL --service {} --cancel'",
+                shared.config.id
+            ),
+            None,
+        );
+    }
     if !had {
         return crate::http::error(
             StatusCode::CONFLICT,
@@ -232,20 +264,18 @@ pub fn from_db(shared: &Shared, event: &QuiesceEvent) {
                 at: Instant::now() + left,
                 deadline: Utc::now() + chrono::Duration::milliseconds(left.as_millis() as i64),
                 message: n.message.clone(),
-                from_db: true,
             };
             tracing::warn!(seconds = n.seconds_left, notice = ?n.message, "quiesce notice for this service server, sent by name through the DB server");
             let mut own = shared.own_quiesce.lock();
-            *own = Some(notice);
+            own.by_name = Some(notice);
             shared.own_quiesce_set.store(true, Ordering::Release);
         }
         _ => {
             let mut own = shared.own_quiesce.lock();
-            if own.as_ref().is_some_and(|n| n.from_db) {
-                *own = None;
-                shared.own_quiesce_set.store(false, Ordering::Release);
+            if own.by_name.take().is_some() {
+                shared.own_quiesce_set.store(own.any(), Ordering::Release);
                 tracing::info!(
-                    "the DB server cancelled this service server's quiesce notice: it stays online"
+                    "the DB server cancelled the quiesce notice it sent this service server"
                 );
             }
         }
@@ -283,28 +313,39 @@ mod tests {
         let svc = Service::new(config, CancellationToken::new()).unwrap();
         let s = &svc.shared;
         from_db(s, &by_name(Some("moving you")));
-        let held = s.own_quiesce.lock().clone().expect("a notice");
+        let (held, sent_by_name) = s
+            .own_quiesce
+            .lock()
+            .sooner()
+            .map(|(n, b)| (n.clone(), b))
+            .expect("a notice");
+        assert!(sent_by_name);
         assert_eq!(held.view().message, "moving you");
         let left = held.at().saturating_duration_since(Instant::now());
         assert!(left > Duration::from_secs(58) && left <= Duration::from_millis(59_500));
         assert!(s.own_quiesce_set.load(Ordering::Acquire));
         from_db(s, &by_name(None));
-        assert!(s.own_quiesce.lock().is_none());
+        assert!(s.own_quiesce.lock().sooner().is_none());
         assert!(!s.own_quiesce_set.load(Ordering::Acquire));
 
-        // Given on this host: a cancel by name leaves it.
-        *s.own_quiesce.lock() = Some(OwnNotice {
-            at: Instant::now() + Duration::from_secs(60),
+        // Given on this host, sooner than one sent by name after it: it
+        // stays in force, and a cancel by name leaves it.
+        s.own_quiesce.lock().local = Some(OwnNotice {
+            at: Instant::now() + Duration::from_secs(30),
             deadline: Utc::now(),
             message: "local".into(),
-            from_db: false,
         });
         s.own_quiesce_set.store(true, Ordering::Release);
+        from_db(s, &by_name(Some("later")));
+        let in_force = |s: &Shared| {
+            s.own_quiesce
+                .lock()
+                .sooner()
+                .map(|(n, b)| (n.view().message, b))
+        };
+        assert_eq!(in_force(s), Some(("local".into(), false)));
         from_db(s, &by_name(None));
-        assert_eq!(
-            s.own_quiesce.lock().as_ref().map(|n| n.view().message),
-            Some("local".into())
-        );
+        assert_eq!(in_force(s), Some(("local".into(), false)));
         assert!(s.own_quiesce_set.load(Ordering::Acquire));
     }
 }

@@ -24,11 +24,7 @@ pub async fn worker(shared: Arc<Shared>) {
             policy: shared.config.policy.as_str().to_owned(),
             cache_entries: shared.cache.len() as u64,
             schema_version: shared.schema_version.load(Ordering::SeqCst),
-            quiesce: shared
-                .own_quiesce
-                .lock()
-                .as_ref()
-                .map(crate::quiesce::OwnNotice::view),
+            quiesce: shared.own_quiesce.lock().sooner().map(|(n, _)| n.view()),
         };
         let sent: Result<serde_json::Value, _> = shared
             .client

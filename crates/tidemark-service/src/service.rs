@@ -109,7 +109,7 @@ impl Service {
                 // may resume at an instance of a cluster).
                 declare: AtomicBool::new(true),
                 quiesce_at: Mutex::new(None),
-                own_quiesce: Mutex::new(None),
+                own_quiesce: Mutex::new(Default::default()),
                 own_quiesce_set: AtomicBool::new(false),
                 shutdown,
                 config,

@@ -92,8 +92,9 @@ pub struct Shared {
     pub declare: AtomicBool,
     /// When the DB server goes offline, per the quiesce notice in force.
     pub quiesce_at: Mutex<Option<std::time::Instant>>,
-    /// This service server's own notice (S8), if one is in force.
-    pub own_quiesce: Mutex<Option<crate::quiesce::OwnNotice>>,
+    /// This service server's own notices (S8): given on its host, and
+    /// sent by name through the DB server.
+    pub own_quiesce: Mutex<crate::quiesce::OwnNotices>,
     /// Whether `own_quiesce` holds one: a cache hit looks here, and takes
     /// the lock only while a notice is in force.
     pub own_quiesce_set: AtomicBool,
@@ -113,7 +114,7 @@ impl Shared {
             .own_quiesce_set
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            self.own_quiesce.lock().as_ref().map(|n| n.at())
+            self.own_quiesce.lock().sooner().map(|(n, _)| n.at())
         } else {
             None
         };

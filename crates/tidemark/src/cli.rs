@@ -578,10 +578,10 @@ pub struct QuiesceArgs {
     #[arg(long, conflicts_with = "in_secs")]
     pub cancel: bool,
     /// Quiesce the service server of this --id remotely, by name (S8):
-    /// --server names its DB server (every instance of a cluster may be
-    /// given; the one it streams from takes the notice), which sends the
-    /// notice down that service server's watch stream. Needs an admin
-    /// token.
+    /// --server names its DB server (any instance of a cluster; several
+    /// are tried in turn), which sends the notice down that service
+    /// server's watch stream. Needs an admin token. --cancel then ends
+    /// only a notice sent by name.
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
 }

@@ -27,7 +27,7 @@ use tidemark_api::ErrorCode;
 pub const TERM_HEADER: &str = "tidemark-term";
 
 /// The header a forwarded request carries, so it is never forwarded twice.
-const FORWARDED: &str = "tidemark-forwarded";
+pub(crate) const FORWARDED: &str = "tidemark-forwarded";
 
 /// Whether a request changes shared data (and so belongs to the primary).
 /// A quiesce notice is per instance (one for a service server goes down

@@ -103,11 +103,11 @@ pub fn document() -> Value {
             },
             "/v1/services/{name}/quiesce": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}}],
-                "post": {"summary": "Quiesce notice for one service server by name (S8): sent down its watch stream, open on this instance; it goes offline after `seconds`, as with its own notice. Answers {service, streams, notice}; 409 service_not_connected (nothing sent) when no stream of that name is open here.",
+                "post": {"summary": "Quiesce notice for one service server by name (S8): sent down its watch stream (by the instance of a cluster that has it open; any instance may be asked); it goes offline after `seconds`, as with its own notice. Answers {service, streams, notice}; 409 service_not_connected (nothing sent) when no stream of that name is open.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["seconds"],
                         "properties": {"seconds": {"type": "integer", "minimum": 0, "maximum": 86400}, "message": {"type": "string", "nullable": true}}}}}},
                     "responses": {"200": {"description": "Sent"}, "400": error_ref(), "409": error_ref()}},
-                "delete": {"summary": "Cancels that service server's notice (it is told now, or when its stream next opens).", "responses": {"200": {"description": "Cancelled"}, "400": error_ref(), "409": error_ref()}}
+                "delete": {"summary": "Cancels that service server's notice sent by name (it is told now, or when its stream next opens); 409 no_quiesce when none is stored.", "responses": {"200": {"description": "Cancelled"}, "400": error_ref(), "409": error_ref()}}
             },
             "/v1/recovery/schedule": {"post": {"summary": "A chunk of the recovery schedule list (P6, P7).",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["source"], "properties": {

@@ -1407,7 +1407,7 @@ impl Store for PgStore {
             Box::pin(async move {
                 let names: Vec<String> = tx
                     .query(
-                        "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' RETURNING name",
+                        "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' OR name LIKE 'note.service_quiesce/%' RETURNING name",
                         &[],
                     )
                     .await

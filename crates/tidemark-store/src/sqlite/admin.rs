@@ -271,13 +271,13 @@ pub(super) async fn cleanup_process_info(s: &SqliteStore) -> Result<Vec<String>,
     s.blocking(|s| {
         s.with_writer(|c| {
             let mut stmt = c.prepare(
-                "SELECT name FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' ORDER BY name",
+                "SELECT name FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' OR name LIKE 'note.service_quiesce/%' ORDER BY name",
             )?;
             let names = stmt
                 .query_map([], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             c.execute(
-                "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%'",
+                "DELETE FROM tm_meta WHERE name = 'process' OR name LIKE 'quiesce%' OR name LIKE 'note.quiesce%' OR name LIKE 'note.service_quiesce/%'",
                 [],
             )?;
             meta_set(c, "needs_cleanup", "0")?;

@@ -138,16 +138,30 @@ pub(super) async fn snapshots(store: &dyn Store) {
 pub(super) async fn process_info_and_cleanup(store: &dyn Store) {
     store.record_process(&process_info()).await.unwrap();
     store.set_note("quiesce", Some("{}".into())).await.unwrap();
+    // A service server's notice by name (S8): one cancelled after the
+    // backup must not come back with it.
+    store
+        .set_note("service_quiesce/svc-1", Some("{}".into()))
+        .await
+        .unwrap();
     store.set_note("keep", Some("k".into())).await.unwrap();
     assert!(!store.needs_cleanup().await.unwrap());
     store.mark_needs_cleanup().await.unwrap();
     assert!(store.needs_cleanup().await.unwrap());
     let removed = store.cleanup_process_info().await.unwrap();
-    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert_eq!(removed.len(), 3, "{removed:?}");
     assert!(removed.iter().any(|n| n.contains("process")), "{removed:?}");
-    assert!(removed.iter().any(|n| n.contains("quiesce")), "{removed:?}");
+    assert!(
+        removed.iter().any(|n| n.ends_with(".quiesce")),
+        "{removed:?}"
+    );
+    assert!(
+        removed.iter().any(|n| n.contains("service_quiesce/svc-1")),
+        "{removed:?}"
+    );
     assert!(!store.needs_cleanup().await.unwrap());
     assert_eq!(store.note("quiesce").await.unwrap(), None);
+    assert_eq!(store.note("service_quiesce/svc-1").await.unwrap(), None);
     assert_eq!(store.note("keep").await.unwrap().as_deref(), Some("k"));
     assert!(store.cleanup_process_info().await.unwrap().is_empty());
     let scratch = tempfile::tempdir().unwrap();

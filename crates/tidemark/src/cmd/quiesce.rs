@@ -41,20 +41,31 @@ pub async fn run(args: QuiesceArgs) -> anyhow::Result<()> {
 }
 
 /// S8, by name, remotely: the notice goes to the DB server, which sends it
-/// down the named service server's watch stream. Of several instances,
-/// each is asked in turn until the one the service server streams from
-/// takes it (the others answer `service_not_connected`); a cancel goes to
-/// every instance (each tells the streams open on it).
+/// down the named service server's watch stream (an instance of a cluster
+/// asks the others, one of which has it open). Several `--server` URLs are
+/// tried in turn until one answers.
 async fn by_name(args: &QuiesceArgs, name: &str) -> anyhow::Result<()> {
+    if name == "." || name == ".." {
+        // A URL path cannot hold them: `/v1/services/../quiesce` is the
+        // DB server's own notice.
+        return Err(super::Usage(format!(
+            "a service server named {name:?} cannot be quiesced by name; run 'tidemark quiesce --server SERVICE_URL' on its host"
+        ))
+        .into());
+    }
     let path = format!(
         "/v1/services/{}/quiesce",
         tidemark_api::client::encode_path(name)
     );
     let shown = super::printable(name);
     let body = serde_json::json!({"seconds": args.in_secs.unwrap_or(0), "message": args.message});
+    let what = if args.cancel {
+        "cancel"
+    } else {
+        "quiesce notice"
+    };
     let all = DbClient::new(&args.server);
-    let mut last = None;
-    let mut cancelled = false;
+    let mut unreachable = Vec::new();
     for base in all.bases() {
         let client = DbClient::new(base);
         let url = client.url(&path);
@@ -66,62 +77,44 @@ async fn by_name(args: &QuiesceArgs, name: &str) -> anyhow::Result<()> {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                last = Some(format!("could not reach {url}: {e}"));
+                unreachable.push(format!("could not reach {url}: {e}"));
                 continue;
             }
         };
         let status = resp.status();
         let answer: serde_json::Value = resp.json().await.unwrap_or_default();
-        if status.is_success() {
-            if args.cancel {
-                cancelled = true;
-                continue;
+        if !status.is_success() {
+            let message = answer["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{url} answered {status}"));
+            anyhow::bail!("{what} refused: {message}");
+        }
+        let streams = answer["streams"].as_u64().unwrap_or(0);
+        if args.cancel {
+            if streams == 0 {
+                println!("quiesce notice cancelled: service server {shown} is told when its watch stream next opens");
+            } else {
+                println!("quiesce notice cancelled: service server {shown} stays online");
             }
-            let notice = &answer["notice"];
-            let streams = answer["streams"].as_u64().unwrap_or(1);
-            if streams > 1 {
-                eprintln!(
-                    "note: {streams} watch streams of {shown} are open on {base} (two service servers under one --id, or one reconnecting): each was told"
-                );
-            }
-            println!(
-                "quiesce notice sent through {base}: service server {shown} goes offline in {}s (at {}): {}",
-                notice["seconds_left"],
-                notice["deadline"].as_str().unwrap_or("?"),
-                super::printable(notice["message"].as_str().unwrap_or(""))
-            );
             return Ok(());
         }
-        let message = answer["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{url} answered {status}"));
-        if answer["error"]["code"] == "service_not_connected"
-            || (args.cancel && answer["error"]["code"] == "no_quiesce")
-        {
-            last = Some(message);
-            continue;
+        if streams > 1 {
+            eprintln!(
+                "note: {streams} watch streams of {shown} took the notice (two service servers under one --id, or one reconnecting)"
+            );
         }
-        anyhow::bail!(
-            "{} refused: {message}",
-            if args.cancel {
-                "cancel"
-            } else {
-                "quiesce notice"
-            }
+        let notice = &answer["notice"];
+        println!(
+            "quiesce notice sent through {base}: service server {shown} goes offline in {}s (at {}): {}",
+            notice["seconds_left"],
+            notice["deadline"].as_str().unwrap_or("?"),
+            super::printable(notice["message"].as_str().unwrap_or(""))
         );
-    }
-    if cancelled {
-        println!("quiesce notice cancelled: service server {shown} stays online");
         return Ok(());
     }
     anyhow::bail!(
-        "{} for service server {shown}: {}",
-        if args.cancel {
-            "nothing cancelled"
-        } else {
-            "no quiesce notice sent"
-        },
-        last.unwrap_or_else(|| "no DB-server URL given".into())
+        "{what} for service server {shown} not delivered: {}",
+        unreachable.join("; ")
     )
 }

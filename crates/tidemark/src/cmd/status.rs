@@ -116,9 +116,12 @@ async fn service(args: &StatusArgs, st: ServiceState) -> anyhow::Result<()> {
         "DB server     {} ({})",
         st.db,
         if st.connected {
-            "watch stream connected"
+            match &st.stream_instance {
+                Some(at) => format!("watch stream connected to {at}"),
+                None => "watch stream connected".into(),
+            }
         } else {
-            "not connected: serving per its policy, reconnecting"
+            "not connected: serving per its policy, reconnecting".into()
         }
     );
     println!(
@@ -143,14 +146,18 @@ async fn service(args: &StatusArgs, st: ServiceState) -> anyhow::Result<()> {
         Err(e) => println!("recovery      unknown: the DB server did not answer ({e})"),
     }
     let notice = |n: &QuiesceNotice| {
-        format!(
-            "offline in {}s ({}): {}",
-            n.seconds_left,
-            n.deadline,
-            super::printable(&n.message)
-        )
+        let when = if n.seconds_left == 0 {
+            "offline".to_owned()
+        } else {
+            format!("offline in {}s", n.seconds_left)
+        };
+        format!("{when} ({}): {}", n.deadline, super::printable(&n.message))
     };
     match &st.own_quiesce {
+        Some(n) if st.own_quiesce_by_name => println!(
+            "quiesce       this server: {} (sent by name through the DB server; cancel it there)",
+            notice(n)
+        ),
         Some(n) => println!("quiesce       this server: {}", notice(n)),
         None => println!("quiesce       this server: none"),
     }

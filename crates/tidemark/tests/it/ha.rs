@@ -706,6 +706,57 @@ async fn a_quiesced_instance_loses_its_service_servers_to_another() {
     drop(procs);
 }
 
+/// S8, by name, remotely, in a cluster: a notice for a service server and
+/// its cancel, sent to the instance its stream is *not* on, reach it (the
+/// instance asks the others). Before, the notice was refused there and a
+/// cancel said "cancelled" while the service server still went offline
+/// (an outside audit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_server_is_quiesced_by_name_through_either_instance() {
+    let Some(url) = database("a_service_server_is_quiesced_by_name_through_either_instance") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, urls, _procs) = two_instances(tmp.path(), &url).await;
+    let svc = service(tmp.path(), "svc", &urls.join(","), "latest-only", &[]).await;
+    let state = || async {
+        let (_, st) = get_json(&format!("{}/v1/state", svc.url)).await;
+        st
+    };
+    let at = eventually(10, "the service server's stream to be open", || async {
+        let st = state().await;
+        (st["connected"] == true).then(|| st["stream_instance"].as_str().map(str::to_owned))?
+    })
+    .await;
+    let other = urls.iter().find(|u| **u != at).expect("another instance");
+    let by_name = |args: &[&str]| {
+        let mut all = vec!["quiesce", "--server", other.as_str(), "--service", "svc"];
+        all.extend_from_slice(args);
+        let out = run(tmp.path(), &all, None, &[]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    by_name(&["--in", "600", "--message", "svc: update"]);
+    eventually(10, "the notice to reach the service server", || async {
+        (state().await["own_quiesce"]["message"] == "svc: update").then_some(())
+    })
+    .await;
+    assert_eq!(state().await["own_quiesce_by_name"], true);
+    by_name(&["--cancel"]);
+    eventually(10, "the cancel to reach the service server", || async {
+        state().await["own_quiesce"].is_null().then_some(())
+    })
+    .await;
+    assert_eq!(
+        state().await["stream_instance"].as_str(),
+        Some(at.as_str()),
+        "the stream stayed where it was: the instances passed it on"
+    );
+}
+
 /// S4, S8: a primary past its quiesce deadline refuses writes, and its
 /// standbys forward theirs to it; it hands the lease to a live standby, so
 /// the cluster takes writes again through either instance. Before, every

@@ -533,9 +533,22 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
         async move { (reqwest::get(&url).await.ok()?.status() == 200).then_some(()) }
     })
     .await;
-    // With no notice stored and no stream of that name, nothing to cancel.
-    let out = by_name("svc-x", &["--cancel"]);
-    assert_eq!(out.status.code(), Some(1));
+    // With no notice stored, nothing to cancel: refused as the DB
+    // server's own cancel is, whether or not a stream of the name is open.
+    for name in ["svc-a", "svc-x"] {
+        let out = by_name(name, &["--cancel"]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no quiesce notice"), "{err}");
+    }
+    // `.` and `..` cannot be named in a URL path (`/v1/services/../quiesce`
+    // would be the DB server's own notice): bad usage, nothing sent.
+    for name in [".", ".."] {
+        let out = by_name(name, &["--in", "600"]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+    }
+    let (_, st) = get_json(&format!("{}/v1/state", db.url)).await;
+    assert!(st["quiesce"].is_null(), "{st}");
     let audit = run_ok(dir, &["audit", "--server", &db.url]);
     assert!(
         audit.contains("service_quiesce") && audit.contains("service_quiesce_cancel"),

@@ -189,7 +189,8 @@ async function refreshFlags() {
   } catch (e) { /* the feed's status line says what is wrong */ }
 }
 // S8, by name: a service server is quiesced through this DB server, which
-// sends the notice down its watch stream (so only one connected here).
+// sends the notice down its watch stream (or has the instance of a cluster
+// that holds the stream send it; one connected nowhere is refused).
 function serviceActions(tr, x) {
   const td = document.createElement("td");
   const send = document.createElement("button"), cancel = document.createElement("button");
@@ -215,8 +216,7 @@ async function refreshServices() {
     syncRows($("services"), list, (x) => x.name,
       (x) => [x.name, x.policy, x.cache_entries, x.schema_version, x.connected ? "connected" : "not here",
         x.quiesce ? (x.quiesce.seconds_left > 0 ? "offline in " + x.quiesce.seconds_left + " s" : "offline") : ""],
-      serviceActions,
-      (tr, x) => { tr.querySelector(".svc-quiesce").hidden = !x.connected; });
+      serviceActions);
   } catch (e) { /* the feed's status line says what is wrong */ }
 }
 async function refreshSchema() {

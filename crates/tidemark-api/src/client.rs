@@ -581,7 +581,11 @@ impl DbClient {
         let url = self.url(&format!("/v1/watch?subscriber={}", encode_path(subscriber)));
         let mut req = self.http.get(&url).header("accept", "text/event-stream");
         if reports_schema {
-            req = req.header(headers::REPORTS_SCHEMA, "1");
+            // A service server: it reports its schema and takes quiesce
+            // notices by name.
+            req = req
+                .header(headers::REPORTS_SCHEMA, "1")
+                .header(headers::TAKES_QUIESCE, "1");
         }
         if let Some(id) = last_event_id {
             req = req.header(headers::LAST_EVENT_ID, id);

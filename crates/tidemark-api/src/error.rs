@@ -40,6 +40,9 @@ pub enum ErrorCode {
     /// A notice for a service server by name that has no watch stream open
     /// on this instance (S8).
     ServiceNotConnected,
+    /// A cancel on a service server's host of a notice its DB server sent
+    /// by name (S8): it is cancelled there.
+    QuiesceSentByName,
     /// A query parameter is missing or malformed.
     BadRequest,
     /// No such route.
@@ -143,6 +146,7 @@ impl ErrorCode {
             | ScheduleIncomplete
             | NoQuiesce
             | ServiceNotConnected
+            | QuiesceSentByName
             | TokenExists
             | LastAdmin
             | PromoteRefused
@@ -189,6 +193,7 @@ impl ErrorCode {
             Quiescing => "quiescing",
             NoQuiesce => "no_quiesce",
             ServiceNotConnected => "service_not_connected",
+            QuiesceSentByName => "quiesce_sent_by_name",
             BadRequest => "bad_request",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
@@ -243,6 +248,7 @@ impl ErrorCode {
         ErrorCode::Quiescing,
         ErrorCode::NoQuiesce,
         ErrorCode::ServiceNotConnected,
+        ErrorCode::QuiesceSentByName,
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,

@@ -154,6 +154,16 @@ pub struct QuiesceEvent {
     pub cancelled: bool,
 }
 
+impl QuiesceEvent {
+    /// The cancellation: no notice in force.
+    pub fn cancellation() -> Self {
+        Self {
+            notice: None,
+            cancelled: true,
+        }
+    }
+}
+
 impl Serialize for QuiesceEvent {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

@@ -18,5 +18,10 @@ pub const QUIESCE_IN: &str = "tidemark-quiesce-in";
 /// does, so `schema publish` waits for it. A stream without it is waited
 /// for only once it has reported.
 pub const REPORTS_SCHEMA: &str = "tidemark-reports-schema";
+/// Request header of a watch stream, `1`: its subscriber takes quiesce
+/// notices by name (`service_quiesce` events, S8). A notice by name is
+/// sent only while such a stream of the name is open: an older service
+/// server would skip the event without a word.
+pub const TAKES_QUIESCE: &str = "tidemark-takes-quiesce";
 /// SSE resumption header.
 pub const LAST_EVENT_ID: &str = "last-event-id";

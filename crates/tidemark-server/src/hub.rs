@@ -100,6 +100,8 @@ pub struct Hub {
     held: Mutex<HashMap<SubscriberId, usize>>,
     /// Per subscriber: its open streams, and since when it has had none.
     streams: Mutex<HashMap<SubscriberId, (usize, std::time::Instant)>>,
+    /// Per subscriber: its open streams that take quiesce notices by name.
+    takers: Mutex<HashMap<SubscriberId, usize>>,
     max_interest: usize,
     /// The last seq published; the lock orders publishers.
     watermark: Mutex<u64>,
@@ -120,11 +122,12 @@ impl std::fmt::Debug for Hub {
 pub struct OpenStream {
     hub: Arc<Hub>,
     subscriber: SubscriberId,
+    takes_quiesce: bool,
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.hub.stream_closed(self.subscriber);
+        self.hub.stream_closed(self.subscriber, self.takes_quiesce);
     }
 }
 
@@ -140,6 +143,7 @@ impl Hub {
             resume_floor: Default::default(),
             held: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
+            takers: Mutex::new(HashMap::new()),
             max_interest: max_interest.max(1),
             watermark: Mutex::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -241,31 +245,48 @@ impl Hub {
     /// A stream of `subscriber` is opening: counted from before it decides
     /// whether it resumes, so the idle sweep never forgets a subscriber
     /// between that decision and the stream's start. Dropping the guard
-    /// counts it closed.
-    pub fn stream_opened(self: &Arc<Self>, subscriber: SubscriberId) -> OpenStream {
+    /// counts it closed. `takes_quiesce`: its subscriber takes quiesce
+    /// notices by name (S8).
+    pub fn stream_opened(
+        self: &Arc<Self>,
+        subscriber: SubscriberId,
+        takes_quiesce: bool,
+    ) -> OpenStream {
         let mut streams = self.streams.lock();
         let e = streams
             .entry(subscriber)
             .or_insert((0, std::time::Instant::now()));
         e.0 += 1;
+        if takes_quiesce {
+            *self.takers.lock().entry(subscriber).or_insert(0) += 1;
+        }
         OpenStream {
             hub: self.clone(),
             subscriber,
+            takes_quiesce,
         }
     }
 
-    /// How many streams of `subscriber` are open here.
-    pub fn open_streams(&self, subscriber: SubscriberId) -> usize {
-        self.streams.lock().get(&subscriber).map_or(0, |e| e.0)
+    /// How many streams of `subscriber` are open here, and how many of
+    /// them take quiesce notices by name.
+    pub fn open_streams(&self, subscriber: SubscriberId) -> (usize, usize) {
+        let open = self.streams.lock().get(&subscriber).map_or(0, |e| e.0);
+        let takers = self.takers.lock().get(&subscriber).copied().unwrap_or(0);
+        (open, takers)
     }
 
     /// A stream of `subscriber` ended.
-    fn stream_closed(&self, subscriber: SubscriberId) {
+    fn stream_closed(&self, subscriber: SubscriberId, takes_quiesce: bool) {
         let mut streams = self.streams.lock();
         if let Some(e) = streams.get_mut(&subscriber) {
             e.0 = e.0.saturating_sub(1);
             if e.0 == 0 {
                 e.1 = std::time::Instant::now();
+            }
+        }
+        if takes_quiesce {
+            if let Some(n) = self.takers.lock().get_mut(&subscriber) {
+                *n = n.saturating_sub(1);
             }
         }
     }
@@ -517,8 +538,8 @@ mod tests {
         for id in [gone, watching, left] {
             hub.register(id, "subscriber", "k");
         }
-        let _open = hub.stream_opened(watching);
-        drop(hub.stream_opened(left));
+        let _open = hub.stream_opened(watching, false);
+        drop(hub.stream_opened(left, false));
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(hub.forget_idle(hour), 0, "nobody has been gone an hour");
         let mut rx = hub.subscribe();

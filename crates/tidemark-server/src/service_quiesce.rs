@@ -5,9 +5,11 @@
 //! it as its own notice (it goes offline when it runs out).
 //!
 //! Invariants:
-//! - A notice is sent only while a stream of that name is open on this
-//!   instance (otherwise nothing is stored and the caller is told): an
-//!   operator is never told "sent" for a server that will not hear it.
+//! - A notice is sent only while a stream of that name that takes notices
+//!   by name (`tidemark-takes-quiesce`) is open on this instance;
+//!   otherwise nothing is stored and the caller is told: an operator is
+//!   never told "sent" for a server that will not hear it (an older one
+//!   skips the event).
 //! - It is kept in the store under `service_quiesce/NAME`, so a stream
 //!   that reopens (a reconnect, a DB-server restart, another instance of a
 //!   cluster) is told again; a stream that opens with none stored is told
@@ -16,6 +18,9 @@
 //!   later, and is not taken as cancelled either: the server that heard it
 //!   stays offline, and one restarted since (the maintenance it announced)
 //!   serves. It stays stored until it is cancelled or replaced.
+//! - On one instance, the note's write and what its streams are told go
+//!   together ([`ORDER`]): a cancel racing a notice cannot leave a stream
+//!   holding what the store no longer has.
 
 use crate::hub::Push;
 use crate::state::AppState;
@@ -24,6 +29,9 @@ use serde::{Deserialize, Serialize};
 use tidemark_api::event::QuiesceEvent;
 use tidemark_api::state::QuiesceNotice;
 use tidemark_store::StoreError;
+
+/// Held from a note's write to the push that tells its streams.
+static ORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
@@ -64,8 +72,10 @@ async fn stored(app: &AppState, name: &str) -> Result<Option<Stored>, StoreError
 pub enum Sent {
     /// Sent to this many open streams of the name.
     To(usize, QuiesceNotice),
-    /// No stream of the name is open here: nothing was stored or sent.
-    NotConnected,
+    /// No stream of the name that takes it is open here: nothing was
+    /// stored or sent. `older`: streams of the name are open, of a service
+    /// server too old to take a notice by name.
+    NotConnected { older: usize },
 }
 
 /// What a cancel did.
@@ -77,6 +87,18 @@ pub struct Cancelled {
     pub streams: usize,
 }
 
+/// Streams of `name` open here: all of them, and those that take notices
+/// by name, with the name's id.
+fn streams_of(app: &AppState, name: &str) -> (Option<crate::hub::SubscriberId>, usize, usize) {
+    match app.hub.known(name) {
+        Some(id) => {
+            let (open, takers) = app.hub.open_streams(id);
+            (Some(id), open, takers)
+        }
+        None => (None, 0, 0),
+    }
+}
+
 /// Tells service server `name` that it goes offline in `seconds`.
 pub async fn announce(
     app: &AppState,
@@ -84,13 +106,11 @@ pub async fn announce(
     seconds: u64,
     message: String,
 ) -> Result<Sent, StoreError> {
-    let Some(id) = app.hub.known(name) else {
-        return Ok(Sent::NotConnected);
+    let _order = ORDER.lock().await;
+    let (id, open, takers) = streams_of(app, name);
+    let Some(id) = id.filter(|_| takers > 0) else {
+        return Ok(Sent::NotConnected { older: open });
     };
-    let streams = app.hub.open_streams(id);
-    if streams == 0 {
-        return Ok(Sent::NotConnected);
-    }
     let s = Stored {
         deadline: Utc::now() + chrono::Duration::seconds(seconds as i64),
         message,
@@ -108,7 +128,22 @@ pub async fn announce(
             cancelled: false,
         },
     ));
-    Ok(Sent::To(streams, notice))
+    Ok(Sent::To(takers, notice))
+}
+
+/// Tells the streams of `name` open here what is stored, as one that opens
+/// is told; returns how many. Another instance of a cluster asks this after
+/// it stored a notice: a stream that moved here just before was told
+/// `cancelled` when it opened.
+pub async fn retell(app: &AppState, name: &str) -> Result<usize, StoreError> {
+    let _order = ORDER.lock().await;
+    let (id, _, takers) = streams_of(app, name);
+    if let Some(id) = id.filter(|_| takers > 0) {
+        if let Some(ev) = on_open(app, name).await? {
+            app.hub.publish(Push::ServiceQuiesce(id, ev));
+        }
+    }
+    Ok(takers)
 }
 
 /// Cancels the notice of service server `name`: removes it from the store
@@ -116,20 +151,15 @@ pub async fn announce(
 /// open here, even with none stored (another instance of a cluster may
 /// have removed it, and a stream here still holds it).
 pub async fn cancel(app: &AppState, name: &str) -> Result<Cancelled, StoreError> {
+    let _order = ORDER.lock().await;
     let had = app.store.note(&note(name)).await?.is_some();
     if had {
         app.store.set_note(&note(name), None).await?;
     }
-    let id = app.hub.known(name);
-    let streams = id.map_or(0, |id| app.hub.open_streams(id));
+    let (id, _, streams) = streams_of(app, name);
     if let Some(id) = id.filter(|_| streams > 0) {
-        app.hub.publish(Push::ServiceQuiesce(
-            id,
-            QuiesceEvent {
-                notice: None,
-                cancelled: true,
-            },
-        ));
+        app.hub
+            .publish(Push::ServiceQuiesce(id, QuiesceEvent::cancellation()));
     }
     if had || streams > 0 {
         tracing::info!(service = ?name, had, streams, "quiesce notice of a service server cancelled");
@@ -147,10 +177,7 @@ pub async fn on_open(app: &AppState, name: &str) -> Result<Option<QuiesceEvent>,
             cancelled: false,
         }),
         Some(_) => None,
-        None => Some(QuiesceEvent {
-            notice: None,
-            cancelled: true,
-        }),
+        None => Some(QuiesceEvent::cancellation()),
     })
 }
 
@@ -165,13 +192,19 @@ mod tests {
         let app = &t.app;
         // Not connected: nothing stored.
         let sent = announce(app, "svc-1", 60, "m".into()).await.unwrap();
-        assert!(matches!(sent, Sent::NotConnected), "{sent:?}");
+        assert!(matches!(sent, Sent::NotConnected { older: 0 }), "{sent:?}");
         assert_eq!(
             on_open(app, "svc-1").await.unwrap().map(|e| e.cancelled),
             Some(true)
         );
         let id = app.hub.subscriber("svc-1");
-        let _open = app.hub.stream_opened(id);
+        // A stream of an older service server (it would skip the event):
+        // not sent, and said.
+        let older = app.hub.stream_opened(id, false);
+        let sent = announce(app, "svc-1", 60, "m".into()).await.unwrap();
+        assert!(matches!(sent, Sent::NotConnected { older: 1 }), "{sent:?}");
+        drop(older);
+        let _open = app.hub.stream_opened(id, true);
         let sent = announce(app, "svc-1", 60, "upgrade".into()).await.unwrap();
         assert!(matches!(sent, Sent::To(1, _)), "{sent:?}");
         let told = on_open(app, "svc-1").await.unwrap().unwrap();
@@ -198,5 +231,34 @@ mod tests {
         assert_eq!(cancel(app, "svc-1").await.unwrap(), c(false, 1));
         drop(_open);
         assert_eq!(cancel(app, "svc-1").await.unwrap(), c(false, 0));
+    }
+
+    /// Another instance stored a notice: the streams of the name open here
+    /// are told it (one that moved here was told `cancelled` on opening).
+    #[tokio::test]
+    async fn a_retell_tells_the_streams_open_here_what_is_stored() {
+        let t = TestServer::open(async |_: &dyn tidemark_store::Store| {}).await;
+        let app = &t.app;
+        let id = app.hub.subscriber("svc-1");
+        let mut pushes = app.hub.subscribe();
+        assert_eq!(retell(app, "svc-1").await.unwrap(), 0, "no stream here");
+        let _open = app.hub.stream_opened(id, true);
+        let s = Stored {
+            deadline: Utc::now() + chrono::Duration::seconds(60),
+            message: "moving".into(),
+        };
+        app.store
+            .set_note(&note("svc-1"), Some(serde_json::to_string(&s).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(retell(app, "svc-1").await.unwrap(), 1);
+        match pushes.try_recv() {
+            Ok(Push::ServiceQuiesce(to, ev)) => {
+                assert_eq!(to, id);
+                assert_eq!(ev.notice.map(|n| n.message).as_deref(), Some("moving"));
+            }
+            other => panic!("expected the stored notice, got {other:?}"),
+        }
+        assert!(pushes.try_recv().is_err(), "told once");
     }
 }

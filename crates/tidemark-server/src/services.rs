@@ -50,7 +50,7 @@ impl Services {
 fn since(q: &QuiesceNotice, age: std::time::Duration) -> QuiesceNotice {
     let ms = q
         .ms_left
-        .unwrap_or(q.seconds_left * 1000)
+        .unwrap_or(q.seconds_left.saturating_mul(1000))
         .saturating_sub(age.as_millis() as u64);
     QuiesceNotice {
         seconds_left: ms.div_ceil(1000),

@@ -36,10 +36,22 @@ pub async fn open(
     last_event_id: Option<&str>,
     permit: Option<crate::limits::StreamPermit>,
 ) -> Result<mpsc::Receiver<IdEvent>, StoreError> {
+    open_taking(app, name, last_event_id, permit, false).await
+}
+
+/// [`open`], for a subscriber that says whether it takes quiesce notices by
+/// name (`tidemark-takes-quiesce`, S8).
+pub async fn open_taking(
+    app: &Arc<AppState>,
+    name: &str,
+    last_event_id: Option<&str>,
+    permit: Option<crate::limits::StreamPermit>,
+    takes_quiesce: bool,
+) -> Result<mpsc::Receiver<IdEvent>, StoreError> {
     let id = app.hub.subscriber(name);
     // Counted open before anything is decided: the idle sweep cannot
     // forget this subscriber between the resume decision and the stream.
-    let counted = app.hub.stream_opened(id);
+    let counted = app.hub.stream_opened(id, takes_quiesce);
     // Subscribed first: a push from here on reaches this stream.
     let queue = app.hub.subscribe();
     let epochs_seen = app.hub.epoch_pushes();
@@ -659,6 +671,30 @@ mod tests {
             );
             tokio::task::yield_now().await;
         }
+    }
+
+    /// A stream that opens is told, before `synced`, whether its
+    /// subscriber has a quiesce notice by name in force (S8): here none,
+    /// which ends one it may hold from a cancel it missed.
+    #[tokio::test]
+    async fn a_stream_is_told_its_notice_by_name_before_synced() {
+        let t = TestServer::open(async |_: &dyn Store| {}).await;
+        let mut rx = open_taking(&t.app, "svc", None, None, true).await.unwrap();
+        let mut names = Vec::new();
+        loop {
+            let (_, ev) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event")
+                .expect("stream open");
+            names.push(ev.name());
+            if let WatchEvent::ServiceQuiesce(q) = &ev {
+                assert!(q.cancelled && q.notice.is_none(), "{q:?}");
+            }
+            if matches!(ev, WatchEvent::Synced(_)) {
+                break;
+            }
+        }
+        assert_eq!(names, ["hello", "service_quiesce", "synced"]);
     }
 
     #[tokio::test]

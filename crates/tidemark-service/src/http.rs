@@ -354,7 +354,7 @@ async fn openapi() -> Json<serde_json::Value> {
                               "404": {"description": "Not found"},
                               "503": {"description": "Current data not available before the deadline (Retry-After)"}}
             }},
-            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce (the DB server's notice), own_quiesce (this server's: the sooner of one given on its host and one sent by name through the DB server, own_quiesce_by_name saying which), quiesce_in; stream_instance: the DB-server instance its stream was last opened at: seconds until the sooner goes offline, while a notice is in force.", "responses": {"200": {"description": "State"}}}},
+            "/v1/state": {"get": {"summary": "Service state: policy, connection, cache; quiesce (the DB server's notice), own_quiesce (this server's: the sooner of one given on its host and one sent by name through the DB server, own_quiesce_by_name saying which), quiesce_in: seconds until the sooner of all goes offline, while a notice is in force; stream_instance: the DB-server instance its stream was last opened at.", "responses": {"200": {"description": "State"}}}},
             "/v1/quiesce": {
                 "post": {"summary": "S4, S8: this service server goes offline in `seconds` (reads and readiness then answer 503 quiescing); from its own host only.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["seconds"], "additionalProperties": false,

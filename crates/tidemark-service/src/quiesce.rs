@@ -228,9 +228,9 @@ pub async fn cancel(
     if !had && by_name {
         return crate::http::error(
             StatusCode::CONFLICT,
-            ErrorCode::NoQuiesce,
+            ErrorCode::QuiesceSentByName,
             format!(
-                "the notice in force was sent by name through the DB server, so nothing was done here; cancel it there: 'tidemark quiesce --server DB_URL --service {} --cancel'",
+                "the notice in force was sent by name through the DB server, so nothing was done here; cancel it there: 'tidemark quiesce --server DB_URL --service {:?} --cancel'",
                 shared.config.id
             ),
             None,

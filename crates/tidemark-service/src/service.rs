@@ -53,8 +53,11 @@ impl Service {
         upstream: Arc<dyn Upstream>,
         client: DbClient,
     ) -> anyhow::Result<Self> {
-        if tidemark_api::schema::validate_name("service", &config.id).is_err() {
-            anyhow::bail!("a service server needs --id NAME (1 to 128 bytes): the DB server pushes changes to it by this name");
+        if tidemark_api::schema::validate_name("service", &config.id).is_err()
+            || config.id == "."
+            || config.id == ".."
+        {
+            anyhow::bail!("a service server needs --id NAME (1 to 128 bytes, not . or ..): the DB server pushes changes to it, and quiesces it, by this name");
         }
         let cache = Cache::new(config.cache_capacity);
         let mut last_event_id = None;

@@ -8,6 +8,8 @@
 //!   (LISTEN/NOTIFY wakes it; a poll is the safety net).
 //! - `forward`: a write sent to a standby goes to the primary, or is held
 //!   while no primary is online (`--failover-wait`).
+//! - `ask`: a request asked of the other instances on a caller's behalf
+//!   (a service server's quiesce notice by name).
 //!
 //! Invariants:
 //! - Only the lease holder of the current term commits: the store checks
@@ -15,6 +17,7 @@
 //! - An instance becomes primary only after it has published every change
 //!   committed under earlier terms, so pushes stay in seq order, each once.
 
+pub mod ask;
 pub mod forward;
 pub mod lease;
 pub mod tail;

@@ -4,11 +4,11 @@
 use super::error::HttpError;
 use super::guard::Caller;
 use super::AppState;
-use crate::cluster::forward::FORWARDED;
+use crate::cluster::ask::{self, Answer};
 use crate::service_quiesce::{self, Sent};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, Uri};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method};
 use axum::Extension;
 use axum::Json;
 use std::sync::Arc;
@@ -67,117 +67,108 @@ pub async fn cancel(
 }
 
 /// The service server a by-name notice is for: the path's name, checked as
-/// a watch stream's name is.
+/// a watch stream's name is. `.` and `..` are refused: a path naming them
+/// is another path once normalised (`/v1/services/../quiesce` is this
+/// server's own notice), so no client could send them safely.
 fn service_name(name: &str) -> Result<&str, HttpError> {
-    tidemark_api::schema::validate_name("subscriber", name).map_err(|_| {
-        HttpError::new(
+    if tidemark_api::schema::validate_name("subscriber", name).is_err()
+        || name == "."
+        || name == ".."
+    {
+        return Err(HttpError::new(
             ErrorCode::BadRequest,
-            "name the service server as it watches (its --id: 1 to 128 printable characters), e.g. /v1/services/svc-1/quiesce",
-        )
-    })?;
+            "name the service server as it watches (its --id: 1 to 128 printable characters, not . or ..), e.g. /v1/services/svc-1/quiesce",
+        ));
+    }
     Ok(name)
 }
 
-fn not_connected(app: &AppState, name: &str) -> HttpError {
-    let here = if app.cluster.is_some() {
-        "any live instance of this DB cluster"
-    } else {
-        "this DB server"
-    };
-    HttpError::new(
-        ErrorCode::ServiceNotConnected,
-        format!(
-            "service server '{}' has no watch stream open on {here}, so no notice was sent; check its --id and that it is connected ('tidemark status --server SERVICE_URL'), or run 'tidemark quiesce --server SERVICE_URL' on its host",
-            name.escape_debug()
-        ),
+/// The path of `name`'s notice, as sent on to other instances.
+fn service_path(name: &str) -> String {
+    format!(
+        "/v1/services/{}/quiesce",
+        tidemark_api::client::encode_path(name)
     )
 }
 
-/// The same request, sent on to each other live instance of the cluster
-/// (marked forwarded, so none sends it further), with the caller's token:
-/// a service server's stream is open on one instance. The answers, as
-/// (status, body), of those that gave one; `stop` ends the round early.
-async fn ask_other_instances(
-    app: &AppState,
-    method: Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-    mut stop: impl FnMut(u16, &serde_json::Value) -> bool,
-) -> Vec<(u16, serde_json::Value)> {
-    let Some(cluster) = app.cluster.as_ref() else {
-        return Vec::new();
-    };
-    if headers.contains_key(FORWARDED) {
-        return Vec::new();
+/// The instances that could not be asked, each with why.
+fn unreached_of(answers: &[(String, Answer)]) -> Vec<String> {
+    answers
+        .iter()
+        .filter_map(|(url, a)| match a {
+            Answer::Unreached(why) => Some(format!("{url} ({why})")),
+            Answer::Gave(..) => None,
+        })
+        .collect()
+}
+
+/// The clause of a message naming the instances that could not be asked.
+fn not_asked(unreached: &[String]) -> String {
+    if unreached.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (these instances could not be asked: {})",
+            unreached.join(", ")
+        )
     }
-    // Read now (the heartbeat's list may not hold an instance that just
-    // joined yet), or as last read if PostgreSQL does not answer.
-    let live = crate::cluster::lease::live_within_ms(cluster);
-    let members = match cluster.store.members(live).await {
-        Ok(all) => all
-            .into_iter()
-            .filter(|m| m.heartbeat_age_ms <= live as i64)
-            .collect(),
-        Err(_) => cluster.members.read().clone(),
+}
+
+fn not_connected(app: &AppState, name: &str, older: usize, unreached: &[String]) -> HttpError {
+    let name = name.escape_debug();
+    let message = if older > 0 {
+        format!(
+            "service server '{name}' watches this DB server with a version too old to take a notice by name (it would skip it), so none was sent; upgrade it, or run 'tidemark quiesce --server SERVICE_URL' on its host"
+        )
+    } else {
+        let here = if app.cluster.is_some() {
+            "any live instance of this DB cluster"
+        } else {
+            "this DB server"
+        };
+        let asked = not_asked(unreached);
+        format!(
+            "service server '{name}' has no watch stream open on {here}{asked}, so no notice was sent; check its --id and that it is connected ('tidemark status --server SERVICE_URL' names the instance it streams from), or run 'tidemark quiesce --server SERVICE_URL' on its host"
+        )
     };
-    let others: Vec<String> = members
-        .into_iter()
-        .filter(|m| m.url != cluster.url)
-        .map(|m| m.url)
-        .collect();
-    let mut out = Vec::new();
-    for url in others {
-        let mut req = cluster
-            .http
-            .request(
-                method.clone(),
-                format!("{}{path}", url.trim_end_matches('/')),
-            )
-            .header(FORWARDED, "1")
-            .timeout(std::time::Duration::from_secs(5))
-            .body(body.clone());
-        for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
-            if let Some(v) = headers.get(&name) {
-                req = req.header(name, v.clone());
-            }
-        }
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let answer = resp.json().await.unwrap_or_default();
-                let done = stop(status, &answer);
-                out.push((status, answer));
-                if done {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, %url, "could not ask another instance for a service server's quiesce notice")
-            }
-        }
-    }
-    out
+    HttpError::new(ErrorCode::ServiceNotConnected, message)
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ServiceQuiesceQuery {
+    /// Asked on by the instance that stored a notice: tell the streams
+    /// open here what is stored (`service_quiesce::retell`).
+    #[serde(default)]
+    retell: Option<String>,
 }
 
 /// `POST /v1/services/{name}/quiesce`: service server `name` goes offline
-/// in `seconds` (S8: by name, remotely). Sent down its watch stream, by
-/// the instance of a cluster that has it open.
+/// in `seconds` (S8: by name, remotely). Stored and sent down its watch
+/// stream by the instance of a cluster that has it open; the others are
+/// then asked to tell theirs too (a stream that moved just before).
 pub async fn announce_service(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    uri: Uri,
+    Query(query): Query<ServiceQuiesceQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let name = service_name(&name)?;
+    let forwarded = ask::forwarded(&headers);
+    if forwarded && query.retell.is_some() {
+        let streams = service_quiesce::retell(&app, name).await?;
+        return Ok(Json(
+            serde_json::json!({"service": name, "streams": streams}),
+        ));
+    }
     let req = QuiesceRequest::parse(&body).map_err(HttpError::from)?;
     let message = req.message.clone().unwrap_or_else(|| {
         "this service server goes offline for maintenance; your terminal moves to another".into()
     });
+    let cluster = app.cluster.as_ref().filter(|_| !forwarded);
     match service_quiesce::announce(&app, name, req.seconds, message).await? {
-        Sent::To(streams, notice) => {
+        Sent::To(mut streams, notice) => {
             app.audit
                 .record(
                     &caller.0,
@@ -185,77 +176,125 @@ pub async fn announce_service(
                     serde_json::json!({"service": name, "seconds": req.seconds, "message": notice.message}),
                 )
                 .await;
+            if let Some(cluster) = cluster {
+                let path = format!("{}?retell=1", service_path(name));
+                for (_, answer) in ask::others(
+                    cluster,
+                    Method::POST,
+                    &path,
+                    &headers,
+                    Bytes::new(),
+                    |_, _| false,
+                )
+                .await
+                {
+                    if let Answer::Gave(200, v) = answer {
+                        streams += v["streams"].as_u64().unwrap_or(0) as usize;
+                    }
+                }
+            }
             Ok(Json(
                 serde_json::json!({"service": name, "streams": streams, "notice": notice}),
             ))
         }
-        Sent::NotConnected => {
-            let answers =
-                ask_other_instances(&app, Method::POST, uri.path(), &headers, body, |s, _| {
-                    s == 200
-                })
-                .await;
-            match answers.into_iter().find(|(s, _)| *s == 200) {
-                // Recorded in the audit trail by the instance that sent it.
-                Some((_, answer)) => Ok(Json(answer)),
-                None => Err(not_connected(&app, name)),
+        Sent::NotConnected { older } => {
+            let Some(cluster) = cluster else {
+                return Err(not_connected(&app, name, older, &[]));
+            };
+            let answers = ask::others(
+                cluster,
+                Method::POST,
+                &service_path(name),
+                &headers,
+                body,
+                |s, _| s == 200,
+            )
+            .await;
+            let unreached = unreached_of(&answers);
+            for (_, answer) in answers {
+                match answer {
+                    // Recorded in the audit trail by the instance that sent it.
+                    Answer::Gave(200, v) => return Ok(Json(v)),
+                    // Its own refusal of the caller (a token, the body).
+                    Answer::Gave(status, v)
+                        if status != 409 || v["error"]["code"] != "service_not_connected" =>
+                    {
+                        tracing::warn!(status, answer = %v, "another instance refused a quiesce notice by name");
+                    }
+                    _ => {}
+                }
             }
+            Err(not_connected(&app, name, older, &unreached))
         }
     }
 }
 
 /// `DELETE /v1/services/{name}/quiesce`: cancels that service server's
-/// notice; it is told now (by every instance of a cluster with its stream
-/// open), or when its stream next opens.
+/// notice sent by name; it is told now (by every instance of a cluster
+/// with its stream open), or when its stream next opens.
 pub async fn cancel_service(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let name = service_name(&name)?;
     let here = service_quiesce::cancel(&app, name).await?;
-    let others = ask_other_instances(
-        &app,
-        Method::DELETE,
-        uri.path(),
-        &headers,
-        Bytes::new(),
-        |_, _| false,
-    )
-    .await;
-    let mut had = here.had;
-    let mut streams = here.streams as u64;
-    for (status, answer) in &others {
-        if *status == 200 {
-            had |= answer["had"].as_bool().unwrap_or(false);
-            streams += answer["streams"].as_u64().unwrap_or(0);
-        }
+    if here.had {
+        // Where the note went, whoever asked: a caller that marks its
+        // request forwarded skips no record.
+        app.audit
+            .record(
+                &caller.0,
+                "service_quiesce_cancel",
+                serde_json::json!({"service": name}),
+            )
+            .await;
     }
-    if headers.contains_key(FORWARDED) {
+    let forwarded = ask::forwarded(&headers);
+    if forwarded {
         // Another instance asked on its caller's behalf: it answers them.
         return Ok(Json(
             serde_json::json!({"service": name, "had": here.had, "streams": here.streams}),
         ));
     }
-    if !had {
+    let answers = match app.cluster.as_ref() {
+        Some(cluster) => {
+            ask::others(
+                cluster,
+                Method::DELETE,
+                &service_path(name),
+                &headers,
+                Bytes::new(),
+                |_, _| false,
+            )
+            .await
+        }
+        None => Vec::new(),
+    };
+    let (mut had, mut streams) = (here.had, here.streams as u64);
+    for (_, answer) in &answers {
+        if let Answer::Gave(200, v) = answer {
+            had |= v["had"].as_bool().unwrap_or(false);
+            streams += v["streams"].as_u64().unwrap_or(0);
+        }
+    }
+    let unreached = unreached_of(&answers);
+    if !had && streams == 0 {
+        let asked = not_asked(&unreached);
         return Err(HttpError::new(
             ErrorCode::NoQuiesce,
             format!(
-                "there is no quiesce notice of service server '{}' to cancel, so nothing was done",
+                "there is no quiesce notice of service server '{}' sent by name to cancel, and no stream of it to tell{asked}, so nothing was done; a notice given on its host is cancelled there ('tidemark quiesce --server SERVICE_URL --cancel')",
                 name.escape_debug()
             ),
         ));
     }
-    app.audit
-        .record(
-            &caller.0,
-            "service_quiesce_cancel",
-            serde_json::json!({"service": name}),
-        )
-        .await;
-    Ok(Json(
-        serde_json::json!({"service": name, "cancelled": true, "streams": streams}),
-    ))
+    Ok(Json(serde_json::json!({
+        "service": name,
+        "cancelled": true,
+        "had": had,
+        "streams": streams,
+        "unreached": unreached,
+    })))
 }

@@ -24,17 +24,24 @@ pub async fn report(
             format!("{e}; send {{\"subscriber\": NAME, \"policy\": \"latest-only\" | \"accept-stale\", \"cache_entries\": N, \"schema_version\": N}}"),
         )
     })?;
-    let long_notice = r.quiesce.as_ref().is_some_and(|q| {
-        q.message.chars().count() > tidemark_api::state::MAX_QUIESCE_MESSAGE_CHARS
+    use tidemark_api::state::{MAX_QUIESCE_MESSAGE_CHARS, MAX_QUIESCE_SECONDS};
+    let bad_notice = r.quiesce.as_ref().is_some_and(|q| {
+        q.message.chars().count() > MAX_QUIESCE_MESSAGE_CHARS
             || q.deadline.len() > 64
+            || q.seconds_left > MAX_QUIESCE_SECONDS
+            || q.ms_left.is_some_and(|ms| ms > MAX_QUIESCE_SECONDS * 1000)
     });
+    // `.` and `..` cannot be named in a URL path: the console would act on
+    // another path for them (`/v1/services/../quiesce`).
     if tidemark_api::schema::validate_name("subscriber", &r.subscriber).is_err()
+        || r.subscriber == "."
+        || r.subscriber == ".."
         || !matches!(r.policy.as_str(), "latest-only" | "accept-stale")
-        || long_notice
+        || bad_notice
     {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
-            "'subscriber' is the service server's name (1 to 128 printable characters), 'policy' is latest-only or accept-stale, and a 'quiesce' notice's message is at most 1000 characters",
+            "'subscriber' is the service server's name (1 to 128 printable characters, not . or ..), 'policy' is latest-only or accept-stale, and a 'quiesce' notice has at most 86400 seconds left, a deadline of at most 64 characters and a message of at most 1000",
         ));
     }
     super::watch::claim(&app, &caller, &r.subscriber, "reports").await?;

@@ -75,7 +75,10 @@ pub async fn watch(
     let last = req_headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok());
-    let rx = crate::watch::open(&app, &name, last, Some(permit)).await?;
+    let takes_quiesce = req_headers
+        .get(headers::TAKES_QUIESCE)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let rx = crate::watch::open_taking(&app, &name, last, Some(permit), takes_quiesce).await?;
     // Counts the stream as connected (schema publication) until it ends.
     let reporting = req_headers
         .get(headers::REPORTS_SCHEMA)

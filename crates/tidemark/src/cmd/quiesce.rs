@@ -92,7 +92,19 @@ async fn by_name(args: &QuiesceArgs, name: &str) -> anyhow::Result<()> {
         }
         let streams = answer["streams"].as_u64().unwrap_or(0);
         if args.cancel {
-            if streams == 0 {
+            let unreached: Vec<&str> = answer["unreached"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|u| u.as_str()).collect())
+                .unwrap_or_default();
+            if !unreached.is_empty() {
+                eprintln!(
+                    "warning: these DB-server instances could not be told: {}; if {shown} streams from one of them it still holds the notice until its stream opens again: run the cancel again once they answer",
+                    unreached.join(", ")
+                );
+            }
+            if answer["had"] == false {
+                println!("no quiesce notice of service server {shown} sent by name was stored; its {streams} open stream(s) were told none is in force");
+            } else if streams == 0 {
                 println!("quiesce notice cancelled: service server {shown} is told when its watch stream next opens");
             } else {
                 println!("quiesce notice cancelled: service server {shown} stays online");
@@ -110,6 +122,10 @@ async fn by_name(args: &QuiesceArgs, name: &str) -> anyhow::Result<()> {
             notice["seconds_left"],
             notice["deadline"].as_str().unwrap_or("?"),
             super::printable(notice["message"].as_str().unwrap_or(""))
+        );
+        println!(
+            "restarting it before then does not end the notice; 'tidemark quiesce --server {} --service {shown} --cancel' does",
+            args.server
         );
         return Ok(());
     }

@@ -13,8 +13,11 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
     if let Some(v) = args.id {
         config.id = v;
     }
-    if tidemark_api::schema::validate_name("service", &config.id).is_err() {
-        super::usage!("a service server needs --id NAME (1 to 128 bytes, or TIDEMARK_SERVICE__ID): the DB server pushes changes to it by this name");
+    if tidemark_api::schema::validate_name("service", &config.id).is_err()
+        || config.id == "."
+        || config.id == ".."
+    {
+        super::usage!("a service server needs --id NAME (1 to 128 bytes, not . or .., or TIDEMARK_SERVICE__ID): the DB server pushes changes to it, and quiesces it, by this name");
     }
     if let Some(v) = args.policy {
         config.policy = match v.parse() {

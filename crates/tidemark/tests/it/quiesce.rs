@@ -476,6 +476,18 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
     .await;
     // Only svc-a: not svc-b, and not the DB server itself.
     assert_eq!(own_notice(b.url.clone()).await, None);
+    // It is cancelled where it was given: not on svc-a's host.
+    let out = run(dir, &["quiesce", "--server", &a.url, "--cancel"], None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sent by name") && err.contains("--service"),
+        "{err}"
+    );
+    assert_eq!(
+        own_notice(a.url.clone()).await.as_deref(),
+        Some("svc-a: update")
+    );
     let (_, st) = get_json(&format!("{}/v1/state", db.url)).await;
     assert!(st["quiesce"].is_null(), "{st}");
     let r = reqwest::get(key_url(&a.url, "k1")).await.unwrap();
@@ -533,14 +545,20 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
         async move { (reqwest::get(&url).await.ok()?.status() == 200).then_some(()) }
     })
     .await;
-    // With no notice stored, nothing to cancel: refused as the DB
-    // server's own cancel is, whether or not a stream of the name is open.
-    for name in ["svc-a", "svc-x"] {
-        let out = by_name(name, &["--cancel"]);
-        assert_eq!(out.status.code(), Some(1), "{name}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("no quiesce notice"), "{err}");
-    }
+    // With no notice stored, a connected service server is told none is in
+    // force (it may hold one whose cancel it missed), and the answer says
+    // nothing was stored; with no stream either, nothing to cancel.
+    let out = by_name("svc-a", &["--cancel"]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("was stored") && said.contains("1 open stream"),
+        "{said}"
+    );
+    let out = by_name("svc-x", &["--cancel"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no quiesce notice"), "{err}");
     // `.` and `..` cannot be named in a URL path (`/v1/services/../quiesce`
     // would be the DB server's own notice): bad usage, nothing sent.
     for name in [".", ".."] {

@@ -114,11 +114,15 @@ fn not_asked(unreached: &[String]) -> String {
     }
 }
 
+/// How a refusal says a service server is too old for a notice by name
+/// (an instance that asked another passes that refusal on).
+const TOO_OLD: &str = "too old to take a notice by name";
+
 fn not_connected(app: &AppState, name: &str, older: usize, unreached: &[String]) -> HttpError {
     let name = name.escape_debug();
     let message = if older > 0 {
         format!(
-            "service server '{name}' watches this DB server with a version too old to take a notice by name (it would skip it), so none was sent; upgrade it, or run 'tidemark quiesce --server SERVICE_URL' on its host"
+            "service server '{name}' watches this DB server with a version {TOO_OLD} (it would skip it), so none was sent; upgrade it, or run 'tidemark quiesce --server SERVICE_URL' on its host"
         )
     } else {
         let here = if app.cluster.is_some() {
@@ -211,27 +215,45 @@ pub async fn announce_service(
             )
             .await;
             let unreached = unreached_of(&answers);
+            let mut too_old = None;
             for (_, answer) in answers {
                 match answer {
                     // Recorded in the audit trail by the instance that sent it.
                     Answer::Gave(200, v) => return Ok(Json(v)),
-                    // Its own refusal of the caller (a token, the body).
-                    Answer::Gave(status, v)
-                        if status != 409 || v["error"]["code"] != "service_not_connected" =>
+                    // Another instance has a stream of the name, of a
+                    // service server too old to take it: its refusal says so.
+                    Answer::Gave(409, v)
+                        if v["error"]["code"] == "service_not_connected"
+                            && v["error"]["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains(TOO_OLD)) =>
                     {
+                        too_old = v["error"]["message"].as_str().map(str::to_owned);
+                    }
+                    Answer::Gave(409, v) if v["error"]["code"] == "service_not_connected" => {}
+                    // Its own refusal of the caller (a token, the body).
+                    Answer::Gave(status, v) => {
                         tracing::warn!(status, answer = %v, "another instance refused a quiesce notice by name");
                     }
-                    _ => {}
+                    Answer::Unreached(_) => {}
                 }
             }
-            Err(not_connected(&app, name, older, &unreached))
+            match too_old {
+                Some(message) if older == 0 => {
+                    Err(HttpError::new(ErrorCode::ServiceNotConnected, message))
+                }
+                _ => Err(not_connected(&app, name, older, &unreached)),
+            }
         }
     }
 }
 
 /// `DELETE /v1/services/{name}/quiesce`: cancels that service server's
 /// notice sent by name; it is told now (by every instance of a cluster
-/// with its stream open), or when its stream next opens.
+/// with its stream open), or when its stream next opens. An instance asked
+/// on by another does not touch the note (the asking instance removed it
+/// from the shared store; a notice stored since must stand): it tells its
+/// streams of the name what is stored.
 pub async fn cancel_service(
     State(app): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -239,10 +261,14 @@ pub async fn cancel_service(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, HttpError> {
     let name = service_name(&name)?;
+    if ask::forwarded(&headers) {
+        let streams = service_quiesce::retell(&app, name).await?;
+        return Ok(Json(
+            serde_json::json!({"service": name, "had": false, "streams": streams}),
+        ));
+    }
     let here = service_quiesce::cancel(&app, name).await?;
     if here.had {
-        // Where the note went, whoever asked: a caller that marks its
-        // request forwarded skips no record.
         app.audit
             .record(
                 &caller.0,
@@ -250,13 +276,6 @@ pub async fn cancel_service(
                 serde_json::json!({"service": name}),
             )
             .await;
-    }
-    let forwarded = ask::forwarded(&headers);
-    if forwarded {
-        // Another instance asked on its caller's behalf: it answers them.
-        return Ok(Json(
-            serde_json::json!({"service": name, "had": here.had, "streams": here.streams}),
-        ));
     }
     let answers = match app.cluster.as_ref() {
         Some(cluster) => {

@@ -33,11 +33,14 @@ pub async fn watch(
     let name = query
         .ok()
         .and_then(|Query(q)| q.subscriber)
-        .filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
+        // `.` and `..` could not be named in a URL path (a quiesce by name).
+        .filter(|n| {
+            tidemark_api::schema::validate_name("subscriber", n).is_ok() && n != "." && n != ".."
+        })
         .ok_or_else(|| {
             HttpError::new(
                 ErrorCode::BadRequest,
-                "the query parameter 'subscriber' (1 to 128 printable characters) is required: name the service server, e.g. /v1/watch?subscriber=svc-1",
+                "the query parameter 'subscriber' (1 to 128 printable characters, not . or ..) is required: name the service server, e.g. /v1/watch?subscriber=svc-1",
             )
         })?;
     // A stream refused below must not leave a declaration of interest for

@@ -488,6 +488,27 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
         own_notice(a.url.clone()).await.as_deref(),
         Some("svc-a: update")
     );
+    // A cancel marked as asked on by another instance only retells what is
+    // stored: it removes nothing (a late one, crossing a newer notice,
+    // removed that notice from the store while its service server held it:
+    // a second outside audit).
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/services/svc-a/quiesce", db.url))
+        .header("tidemark-forwarded", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["had"].as_bool(), v["streams"].as_u64()),
+        (Some(false), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        own_notice(a.url.clone()).await.as_deref(),
+        Some("svc-a: update")
+    );
     let (_, st) = get_json(&format!("{}/v1/state", db.url)).await;
     assert!(st["quiesce"].is_null(), "{st}");
     let r = reqwest::get(key_url(&a.url, "k1")).await.unwrap();
@@ -564,6 +585,8 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
     for name in [".", ".."] {
         let out = by_name(name, &["--in", "600"]);
         assert_eq!(out.status.code(), Some(2), "{name}");
+        let (s, _) = get_json(&format!("{}/v1/watch?subscriber={name}", db.url)).await;
+        assert_eq!(s, 400, "a watch stream under {name:?}");
     }
     let (_, st) = get_json(&format!("{}/v1/state", db.url)).await;
     assert!(st["quiesce"].is_null(), "{st}");

@@ -426,17 +426,18 @@ async fn a_service_server_is_quiesced_on_its_own() {
 async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let db = db_server(dir, &[]).await;
-    let mut a = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
-    let b = service(dir, "svc-b", &db.url, "latest-only", &[]).await;
+    let mut db = db_server(dir, &[]).await;
+    let db_url = db.url.clone();
+    let mut a = service(dir, "svc-a", &db_url, "latest-only", &[]).await;
+    let b = service(dir, "svc-b", &db_url, "latest-only", &[]).await;
     ops_submit(
         dir,
-        &db.url,
+        &db_url,
         &order_line("k1", json!({"plan": "gold"})),
         &[],
     );
     let by_name = |name: &str, args: &[&str]| {
-        let mut all = vec!["quiesce", "--server", db.url.as_str(), "--service", name];
+        let mut all = vec!["quiesce", "--server", db_url.as_str(), "--service", name];
         all.extend_from_slice(args);
         run(dir, &all, None, &[])
     };
@@ -454,7 +455,7 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
     let r = reqwest::Client::new()
         .post(format!(
             "{}/v1/services/{}/quiesce",
-            db.url,
+            db_url,
             "n".repeat(200)
         ))
         .json(&json!({"seconds": 1}))
@@ -493,7 +494,7 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
     // removed that notice from the store while its service server held it:
     // a second outside audit).
     let r = reqwest::Client::new()
-        .delete(format!("{}/v1/services/svc-a/quiesce", db.url))
+        .delete(format!("{}/v1/services/svc-a/quiesce", db_url))
         .header("tidemark-forwarded", "1")
         .send()
         .await
@@ -509,7 +510,7 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
         own_notice(a.url.clone()).await.as_deref(),
         Some("svc-a: update")
     );
-    let (_, st) = get_json(&format!("{}/v1/state", db.url)).await;
+    let (_, st) = get_json(&format!("{}/v1/state", db_url)).await;
     assert!(st["quiesce"].is_null(), "{st}");
     let r = reqwest::get(key_url(&a.url, "k1")).await.unwrap();
     assert_eq!(r.status(), 200, "serving during the countdown");
@@ -517,7 +518,7 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
 
     // Restarted during the countdown: told again when its stream opens.
     a.terminate();
-    let a = service(dir, "svc-a", &db.url, "latest-only", &[]).await;
+    let a = service(dir, "svc-a", &db_url, "latest-only", &[]).await;
     eventually(
         10,
         "the restarted svc-a to be told the notice again",
@@ -545,7 +546,34 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
     })
     .await;
     assert_eq!(body["error"]["code"], "quiescing", "{body}");
-    for url in [key_url(&b.url, "k1"), key_url(&db.url, "k1")] {
+    // Past its deadline, the DB server restarted: the reopened stream is
+    // told neither the notice nor a cancel, so svc-a stays offline.
+    assert!(db.terminate().success());
+    let addr = db_url.trim_start_matches("http://").to_owned();
+    db = Proc::start_at("db-2", dir, &strs(&server_args(dir, Engine::Sqlite)), &addr);
+    db.wait_ok("/readyz").await;
+    let (_, health) = get_json(&format!("{db_url}/healthz")).await;
+    let boot = health["boot"].as_str().expect("a boot").to_owned();
+    eventually(
+        20,
+        "svc-a's stream to reopen on the restarted DB server",
+        || {
+            let (url, boot) = (a.url.clone(), boot.clone());
+            async move {
+                let (_, st) = get_json(&format!("{url}/v1/state")).await;
+                let id = st["last_event_id"].as_str()?.to_owned();
+                (st["connected"] == true && id.ends_with(&boot)).then_some(())
+            }
+        },
+    )
+    .await;
+    let (s, body) = get_json(&key_url(&a.url, "k1")).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (503, Some("quiescing")),
+        "{body}"
+    );
+    for url in [key_url(&b.url, "k1"), key_url(&db_url, "k1")] {
         let (s, r) = get_json(&url).await;
         assert_eq!(
             (s, r["fields"]["plan"].as_str()),
@@ -585,12 +613,12 @@ async fn a_service_server_is_quiesced_by_name_through_its_db_server() {
     for name in [".", ".."] {
         let out = by_name(name, &["--in", "600"]);
         assert_eq!(out.status.code(), Some(2), "{name}");
-        let (s, _) = get_json(&format!("{}/v1/watch?subscriber={name}", db.url)).await;
+        let (s, _) = get_json(&format!("{}/v1/watch?subscriber={name}", db_url)).await;
         assert_eq!(s, 400, "a watch stream under {name:?}");
     }
-    let (_, st) = get_json(&format!("{}/v1/state", db.url)).await;
+    let (_, st) = get_json(&format!("{}/v1/state", db_url)).await;
     assert!(st["quiesce"].is_null(), "{st}");
-    let audit = run_ok(dir, &["audit", "--server", &db.url]);
+    let audit = run_ok(dir, &["audit", "--server", &db_url]);
     assert!(
         audit.contains("service_quiesce") && audit.contains("service_quiesce_cancel"),
         "{audit}"

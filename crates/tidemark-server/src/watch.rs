@@ -560,6 +560,13 @@ mod tests {
         };
         let t = TestServer::open_with(config, async |_: &dyn Store| {}).await;
         let app = &t.app;
+        // A notice by name for `svc` (S8), as `service_quiesce.rs` stores it.
+        let deadline = chrono::Utc::now() + chrono::Duration::seconds(600);
+        let note = serde_json::json!({"deadline": deadline, "message": "moving"});
+        app.store
+            .set_note("service_quiesce/svc", Some(note.to_string()))
+            .await
+            .unwrap();
         let mut rx = open(app, "svc", None, None).await.unwrap();
         // On this (current-thread) runtime the stream's task has not run
         // yet: the queue overflows before it reads, dropping the epoch.
@@ -584,6 +591,13 @@ mod tests {
             }
         }
         assert_eq!(epochs, 1, "the skipped epoch event is made up for");
+        // And its own notice by name, which a skipped push may have carried.
+        match next(&mut rx).await.1 {
+            WatchEvent::ServiceQuiesce(q) => {
+                assert_eq!(q.notice.map(|n| n.message).as_deref(), Some("moving"))
+            }
+            other => panic!("expected the notice by name, got {other:?}"),
+        }
     }
 
     /// A server whose subscribers may hold 2 keys, with subscriber `svc`'s

@@ -138,6 +138,31 @@ fn not_connected(app: &AppState, name: &str, older: usize, unreached: &[String])
     HttpError::new(ErrorCode::ServiceNotConnected, message)
 }
 
+/// Asks the other instances to tell their streams of `name` what is
+/// stored; how many streams they told.
+async fn retell_others(
+    cluster: &crate::cluster::Cluster,
+    name: &str,
+    headers: &HeaderMap,
+) -> usize {
+    let path = format!("{}?retell=1", service_path(name));
+    ask::others(
+        cluster,
+        Method::POST,
+        &path,
+        headers,
+        Bytes::new(),
+        |_, _| false,
+    )
+    .await
+    .into_iter()
+    .map(|(_, answer)| match answer {
+        Answer::Gave(200, v) => v["streams"].as_u64().unwrap_or(0) as usize,
+        _ => 0,
+    })
+    .sum()
+}
+
 #[derive(Debug, serde::Deserialize)]
 pub struct ServiceQuiesceQuery {
     /// Asked on by the instance that stored a notice: tell the streams
@@ -181,21 +206,7 @@ pub async fn announce_service(
                 )
                 .await;
             if let Some(cluster) = cluster {
-                let path = format!("{}?retell=1", service_path(name));
-                for (_, answer) in ask::others(
-                    cluster,
-                    Method::POST,
-                    &path,
-                    &headers,
-                    Bytes::new(),
-                    |_, _| false,
-                )
-                .await
-                {
-                    if let Answer::Gave(200, v) = answer {
-                        streams += v["streams"].as_u64().unwrap_or(0) as usize;
-                    }
-                }
+                streams += retell_others(cluster, name, &headers).await;
             }
             Ok(Json(
                 serde_json::json!({"service": name, "streams": streams, "notice": notice}),
@@ -218,8 +229,14 @@ pub async fn announce_service(
             let mut too_old = None;
             for (_, answer) in answers {
                 match answer {
-                    // Recorded in the audit trail by the instance that sent it.
-                    Answer::Gave(200, v) => return Ok(Json(v)),
+                    // Recorded in the audit trail by the instance that
+                    // sent it, which told no other instance: a stream that
+                    // moved here, or elsewhere, meanwhile is told now.
+                    Answer::Gave(200, v) => {
+                        service_quiesce::retell(&app, name).await?;
+                        retell_others(cluster, name, &headers).await;
+                        return Ok(Json(v));
+                    }
                     // Another instance has a stream of the name, of a
                     // service server too old to take it: its refusal says so.
                     Answer::Gave(409, v)

@@ -684,6 +684,12 @@ fn decode_error(url: &str, status: u16, bytes: &[u8], retry_after: Option<u64>) 
     }
 }
 
+/// The path of service server `name`'s quiesce notice by name on a DB
+/// server (S8); `name` passes [`crate::schema::is_service_name`].
+pub fn service_quiesce_path(name: &str) -> String {
+    format!("/v1/services/{}/quiesce", encode_path(name))
+}
+
 /// Percent-encodes a path segment: keys may hold any UTF-8, including `/`.
 pub fn encode_path(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());

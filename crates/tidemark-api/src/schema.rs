@@ -178,6 +178,14 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), InvalidInput>
     Ok(())
 }
 
+/// A service server's name (its `--id`, the subscriber of its watch
+/// stream): a name ([`validate_name`]) a URL path can carry, so not `.` or
+/// `..` (a path naming them is another path once normalised:
+/// `/v1/services/../quiesce` is the DB server's own quiesce notice).
+pub fn is_service_name(name: &str) -> bool {
+    validate_name("subscriber", name).is_ok() && name != "." && name != ".."
+}
+
 impl Schema {
     /// The built-in schema: table `subscriber` (CONTRACT.md, Records).
     pub fn default_schema() -> Self {

@@ -53,10 +53,7 @@ impl Service {
         upstream: Arc<dyn Upstream>,
         client: DbClient,
     ) -> anyhow::Result<Self> {
-        if tidemark_api::schema::validate_name("service", &config.id).is_err()
-            || config.id == "."
-            || config.id == ".."
-        {
+        if !tidemark_api::schema::is_service_name(&config.id) {
             anyhow::bail!("a service server needs --id NAME (1 to 128 bytes, not . or ..): the DB server pushes changes to it, and quiesces it, by this name");
         }
         let cache = Cache::new(config.cache_capacity);

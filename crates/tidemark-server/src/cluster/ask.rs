@@ -26,6 +26,17 @@ pub enum Answer {
     Unreached(String),
 }
 
+/// The instances in `answers` that could not be asked, each with why.
+pub fn unreached(answers: &[(String, Answer)]) -> Vec<String> {
+    answers
+        .iter()
+        .filter_map(|(url, a)| match a {
+            Answer::Unreached(why) => Some(format!("{url} ({why})")),
+            Answer::Gave(..) => None,
+        })
+        .collect()
+}
+
 /// Whether this request was asked on by another instance.
 pub fn forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED)

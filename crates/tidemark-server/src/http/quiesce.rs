@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method};
 use axum::Extension;
 use axum::Json;
 use std::sync::Arc;
+use tidemark_api::client::service_quiesce_path;
 use tidemark_api::state::{QuiesceNotice, QuiesceRequest};
 use tidemark_api::ErrorCode;
 
@@ -67,39 +68,15 @@ pub async fn cancel(
 }
 
 /// The service server a by-name notice is for: the path's name, checked as
-/// a watch stream's name is. `.` and `..` are refused: a path naming them
-/// is another path once normalised (`/v1/services/../quiesce` is this
-/// server's own notice), so no client could send them safely.
+/// a watch stream's name is.
 fn service_name(name: &str) -> Result<&str, HttpError> {
-    if tidemark_api::schema::validate_name("subscriber", name).is_err()
-        || name == "."
-        || name == ".."
-    {
+    if !tidemark_api::schema::is_service_name(name) {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
             "name the service server as it watches (its --id: 1 to 128 printable characters, not . or ..), e.g. /v1/services/svc-1/quiesce",
         ));
     }
     Ok(name)
-}
-
-/// The path of `name`'s notice, as sent on to other instances.
-fn service_path(name: &str) -> String {
-    format!(
-        "/v1/services/{}/quiesce",
-        tidemark_api::client::encode_path(name)
-    )
-}
-
-/// The instances that could not be asked, each with why.
-fn unreached_of(answers: &[(String, Answer)]) -> Vec<String> {
-    answers
-        .iter()
-        .filter_map(|(url, a)| match a {
-            Answer::Unreached(why) => Some(format!("{url} ({why})")),
-            Answer::Gave(..) => None,
-        })
-        .collect()
 }
 
 /// The clause of a message naming the instances that could not be asked.
@@ -145,7 +122,7 @@ async fn retell_others(
     name: &str,
     headers: &HeaderMap,
 ) -> usize {
-    let path = format!("{}?retell=1", service_path(name));
+    let path = format!("{}?retell=1", service_quiesce_path(name));
     ask::others(
         cluster,
         Method::POST,
@@ -219,13 +196,13 @@ pub async fn announce_service(
             let answers = ask::others(
                 cluster,
                 Method::POST,
-                &service_path(name),
+                &service_quiesce_path(name),
                 &headers,
                 body,
                 |s, _| s == 200,
             )
             .await;
-            let unreached = unreached_of(&answers);
+            let unreached = ask::unreached(&answers);
             let mut too_old = None;
             for (_, answer) in answers {
                 match answer {
@@ -299,7 +276,7 @@ pub async fn cancel_service(
             ask::others(
                 cluster,
                 Method::DELETE,
-                &service_path(name),
+                &service_quiesce_path(name),
                 &headers,
                 Bytes::new(),
                 |_, _| false,
@@ -308,14 +285,16 @@ pub async fn cancel_service(
         }
         None => Vec::new(),
     };
-    let (mut had, mut streams) = (here.had, here.streams as u64);
+    // The others never touch the note (see above): what they add is the
+    // streams they told.
+    let had = here.had;
+    let mut streams = here.streams as u64;
     for (_, answer) in &answers {
         if let Answer::Gave(200, v) = answer {
-            had |= v["had"].as_bool().unwrap_or(false);
             streams += v["streams"].as_u64().unwrap_or(0);
         }
     }
-    let unreached = unreached_of(&answers);
+    let unreached = ask::unreached(&answers);
     if !had && streams == 0 {
         let asked = not_asked(&unreached);
         return Err(HttpError::new(

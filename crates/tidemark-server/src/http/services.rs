@@ -31,11 +31,8 @@ pub async fn report(
             || q.seconds_left > MAX_QUIESCE_SECONDS
             || q.ms_left.is_some_and(|ms| ms > MAX_QUIESCE_SECONDS * 1000)
     });
-    // `.` and `..` cannot be named in a URL path: the console would act on
-    // another path for them (`/v1/services/../quiesce`).
-    if tidemark_api::schema::validate_name("subscriber", &r.subscriber).is_err()
-        || r.subscriber == "."
-        || r.subscriber == ".."
+    // The console names it in a URL path (its quiesce by name).
+    if !tidemark_api::schema::is_service_name(&r.subscriber)
         || !matches!(r.policy.as_str(), "latest-only" | "accept-stale")
         || bad_notice
     {

@@ -33,10 +33,7 @@ pub async fn watch(
     let name = query
         .ok()
         .and_then(|Query(q)| q.subscriber)
-        // `.` and `..` could not be named in a URL path (a quiesce by name).
-        .filter(|n| {
-            tidemark_api::schema::validate_name("subscriber", n).is_ok() && n != "." && n != ".."
-        })
+        .filter(|n| tidemark_api::schema::is_service_name(n))
         .ok_or_else(|| {
             HttpError::new(
                 ErrorCode::BadRequest,

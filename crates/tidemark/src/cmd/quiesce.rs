@@ -45,18 +45,13 @@ pub async fn run(args: QuiesceArgs) -> anyhow::Result<()> {
 /// asks the others, one of which has it open). Several `--server` URLs are
 /// tried in turn until one answers.
 async fn by_name(args: &QuiesceArgs, name: &str) -> anyhow::Result<()> {
-    if name == "." || name == ".." {
-        // A URL path cannot hold them: `/v1/services/../quiesce` is the
-        // DB server's own notice.
+    if !tidemark_api::schema::is_service_name(name) {
         return Err(super::Usage(format!(
-            "a service server named {name:?} cannot be quiesced by name; run 'tidemark quiesce --server SERVICE_URL' on its host"
+            "--service {name:?} is not a service server's name (1 to 128 printable characters, not . or ..)"
         ))
         .into());
     }
-    let path = format!(
-        "/v1/services/{}/quiesce",
-        tidemark_api::client::encode_path(name)
-    );
+    let path = tidemark_api::client::service_quiesce_path(name);
     let shown = super::printable(name);
     let body = serde_json::json!({"seconds": args.in_secs.unwrap_or(0), "message": args.message});
     let what = if args.cancel {

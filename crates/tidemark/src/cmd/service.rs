@@ -13,10 +13,7 @@ pub async fn run(mut config: ServiceConfig, args: ServiceArgs) -> anyhow::Result
     if let Some(v) = args.id {
         config.id = v;
     }
-    if tidemark_api::schema::validate_name("service", &config.id).is_err()
-        || config.id == "."
-        || config.id == ".."
-    {
+    if !tidemark_api::schema::is_service_name(&config.id) {
         super::usage!("a service server needs --id NAME (1 to 128 bytes, not . or .., or TIDEMARK_SERVICE__ID): the DB server pushes changes to it, and quiesces it, by this name");
     }
     if let Some(v) = args.policy {

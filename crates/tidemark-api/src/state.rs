@@ -89,6 +89,28 @@ pub struct QuiesceNotice {
     pub message: String,
 }
 
+impl QuiesceNotice {
+    /// A notice with `left` to go: the seconds rounded up ("offline in
+    /// 30 s" right after `--in 30`, and 0 only once the deadline passed).
+    pub fn with_left(deadline: String, left: std::time::Duration, message: String) -> Self {
+        let ms = left.as_millis() as u64;
+        Self {
+            deadline,
+            seconds_left: ms.div_ceil(1000),
+            ms_left: Some(ms),
+            message,
+        }
+    }
+
+    /// The time left as told: the milliseconds (the seconds are rounded
+    /// up), or the seconds from an older server.
+    pub fn left(&self) -> std::time::Duration {
+        self.ms_left
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(std::time::Duration::from_secs(self.seconds_left))
+    }
+}
+
 /// Body of `GET /v1/recovery`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryStatus {

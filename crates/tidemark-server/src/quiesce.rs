@@ -17,10 +17,20 @@ use tidemark_store::{Store, StoreError};
 
 const NOTE: &str = "quiesce";
 
+/// A notice as a store note holds it (this server's, and a service
+/// server's by name: `service_quiesce.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    deadline: DateTime<Utc>,
-    message: String,
+pub(crate) struct Stored {
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) message: String,
+}
+
+impl Stored {
+    /// As `/v1/state`, events and answers show it, counted down to now.
+    pub(crate) fn view(&self) -> QuiesceNotice {
+        let left = (self.deadline - Utc::now()).to_std().unwrap_or_default();
+        QuiesceNotice::with_left(self.deadline.to_rfc3339(), left, self.message.clone())
+    }
 }
 
 /// The notice in force, if any.
@@ -60,18 +70,7 @@ impl Quiesce {
 
     /// The notice for `/v1/state` and events.
     pub fn notice(&self) -> Option<QuiesceNotice> {
-        self.notice.read().as_ref().map(|s| {
-            // Rounded up: "offline in 30 s" right after `--in 30`, and 0
-            // only once the deadline has passed.
-            let ms = (s.deadline - Utc::now()).num_milliseconds().max(0) as u64;
-            let left = ms.div_ceil(1000);
-            QuiesceNotice {
-                deadline: s.deadline.to_rfc3339(),
-                seconds_left: left,
-                ms_left: Some(ms),
-                message: s.message.clone(),
-            }
-        })
+        self.notice.read().as_ref().map(Stored::view)
     }
 
     /// True once a notice's deadline has passed: the server is offline.

@@ -23,35 +23,15 @@
 //!   holding what the store no longer has.
 
 use crate::hub::Push;
+use crate::quiesce::Stored;
 use crate::state::AppState;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use tidemark_api::event::QuiesceEvent;
 use tidemark_api::state::QuiesceNotice;
 use tidemark_store::StoreError;
 
 /// Held from a note's write to the push that tells its streams.
 static ORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    deadline: DateTime<Utc>,
-    message: String,
-}
-
-impl Stored {
-    /// As events and answers show it, counted down to now (rounded up, as
-    /// the DB server's own notice).
-    fn view(&self) -> QuiesceNotice {
-        let ms = (self.deadline - Utc::now()).num_milliseconds().max(0) as u64;
-        QuiesceNotice {
-            deadline: self.deadline.to_rfc3339(),
-            seconds_left: ms.div_ceil(1000),
-            ms_left: Some(ms),
-            message: self.message.clone(),
-        }
-    }
-}
 
 /// The store note of `name`'s notice.
 fn note(name: &str) -> String {

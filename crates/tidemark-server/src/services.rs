@@ -48,15 +48,11 @@ impl Services {
 
 /// A notice as reported `age` ago, counted down to now.
 fn since(q: &QuiesceNotice, age: std::time::Duration) -> QuiesceNotice {
-    let ms = q
-        .ms_left
-        .unwrap_or(q.seconds_left.saturating_mul(1000))
-        .saturating_sub(age.as_millis() as u64);
-    QuiesceNotice {
-        seconds_left: ms.div_ceil(1000),
-        ms_left: Some(ms),
-        ..q.clone()
-    }
+    QuiesceNotice::with_left(
+        q.deadline.clone(),
+        q.left().saturating_sub(age),
+        q.message.clone(),
+    )
 }
 
 #[cfg(test)]

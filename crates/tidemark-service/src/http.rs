@@ -250,8 +250,11 @@ async fn state(State(shared): State<Arc<Shared>>) -> Json<tidemark_api::state::S
     if let (Some(q), Some(at)) = (quiesce.as_mut(), at) {
         if let Some(n) = q.notice.as_mut() {
             let left = at.saturating_duration_since(Instant::now());
-            n.ms_left = Some(left.as_millis() as u64);
-            n.seconds_left = left.as_millis().div_ceil(1000) as u64;
+            *n = tidemark_api::state::QuiesceNotice::with_left(
+                n.deadline.clone(),
+                left,
+                n.message.clone(),
+            );
         }
     }
     // Each lock taken and let go on its own (a guard held to the end of

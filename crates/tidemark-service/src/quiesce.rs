@@ -68,18 +68,22 @@ impl OwnNotice {
         self.at
     }
 
+    /// One that goes offline `left` from now.
+    fn new(left: Duration, message: String) -> Self {
+        Self {
+            at: Instant::now() + left,
+            deadline: Utc::now() + chrono::Duration::milliseconds(left.as_millis() as i64),
+            message,
+        }
+    }
+
     /// As `/v1/state` and the announce answer show it, counted down to now.
     pub fn view(&self) -> QuiesceNotice {
-        let ms = self
-            .at
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64;
-        QuiesceNotice {
-            deadline: self.deadline.to_rfc3339(),
-            seconds_left: ms.div_ceil(1000),
-            ms_left: Some(ms),
-            message: self.message.clone(),
-        }
+        QuiesceNotice::with_left(
+            self.deadline.to_rfc3339(),
+            self.at.saturating_duration_since(Instant::now()),
+            self.message.clone(),
+        )
     }
 }
 
@@ -191,11 +195,7 @@ pub async fn announce(
         "this service server goes offline for maintenance; your terminal moves to another".into()
     });
     let left = Duration::from_secs(req.seconds);
-    let notice = OwnNotice {
-        at: Instant::now() + left,
-        deadline: Utc::now() + chrono::Duration::seconds(req.seconds as i64),
-        message,
-    };
+    let notice = OwnNotice::new(left, message);
     let view = notice.view();
     // Debug-quoted: an operator's message must not forge log lines.
     tracing::warn!(seconds = req.seconds, notice = ?view.message, deadline = %view.deadline, "quiesce notice for this service server");
@@ -254,17 +254,9 @@ pub async fn cancel(
 pub fn from_db(shared: &Shared, event: &QuiesceEvent) {
     match (&event.notice, event.cancelled) {
         (Some(n), false) => {
-            // The milliseconds left (not the deadline: the clocks of the two
-            // hosts may differ).
-            let left = n
-                .ms_left
-                .map(Duration::from_millis)
-                .unwrap_or(Duration::from_secs(n.seconds_left));
-            let notice = OwnNotice {
-                at: Instant::now() + left,
-                deadline: Utc::now() + chrono::Duration::milliseconds(left.as_millis() as i64),
-                message: n.message.clone(),
-            };
+            // The time left (not the deadline: the clocks of the two hosts
+            // may differ).
+            let notice = OwnNotice::new(n.left(), n.message.clone());
             tracing::warn!(seconds = n.seconds_left, notice = ?n.message, "quiesce notice for this service server, sent by name through the DB server");
             let mut own = shared.own_quiesce.lock();
             own.by_name = Some(notice);

@@ -424,12 +424,7 @@ pub(crate) fn apply(shared: &Shared, ev: &SseEvent) -> bool {
             tracing::info!(notice = ?q.notice, cancelled = q.cancelled, "quiesce notice from the DB server");
             *shared.quiesce_at.lock() = match (&q.notice, q.cancelled) {
                 // The milliseconds: the seconds are rounded up.
-                (Some(n), false) => Some(
-                    std::time::Instant::now()
-                        + n.ms_left
-                            .map(Duration::from_millis)
-                            .unwrap_or(Duration::from_secs(n.seconds_left)),
-                ),
+                (Some(n), false) => Some(std::time::Instant::now() + n.left()),
                 _ => None,
             };
             if !q.cancelled && q.notice.is_some() && shared.client.bases().len() > 1 {

@@ -10,6 +10,9 @@ pub enum BackupError {
     /// The backup directory does not exist.
     #[error("backup {0} does not exist; check the path")]
     NotFound(PathBuf),
+    /// The path given as a backup is a file, not a folder.
+    #[error("{0} is a file, not a backup: give the folder that 'backup create --to' made")]
+    NotAFolder(PathBuf),
     /// The folder said to hold backups does not exist.
     #[error("{0} does not exist; give the folder that holds the backups (each backup a folder in it), e.g. the parent of a 'backup create --to' path")]
     RootNotFound(PathBuf),

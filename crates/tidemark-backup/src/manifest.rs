@@ -117,6 +117,9 @@ impl Manifest {
 
     /// Reads and checks `dir/manifest.json`: present, intact, ours, this version.
     pub fn load(dir: &Path) -> Result<Self, BackupError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(BackupError::NotAFolder(dir.to_owned()));
+        }
         if !dir.is_dir() {
             return Err(BackupError::NotFound(dir.to_owned()));
         }

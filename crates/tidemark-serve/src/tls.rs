@@ -15,9 +15,9 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Re
     // One process-wide crypto provider (ring); a second install is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chain = certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
-        format!(
-            "reading the TLS private key {} (PEM; PKCS#8, PKCS#1 or SEC1)",
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the TLS private key {}: {e}; give --tls-key a readable PEM private key (PKCS#8, PKCS#1 or SEC1)",
             key.display()
         )
     })?;
@@ -51,7 +51,12 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Re
 fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reading certificates from {} (PEM)", path.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the PEM certificates in {}: {e}; check the path, and that the file is readable PEM",
+                path.display()
+            )
+        })?;
     if certs.is_empty() {
         anyhow::bail!("{} holds no PEM certificate", path.display());
     }

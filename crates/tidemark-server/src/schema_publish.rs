@@ -491,7 +491,7 @@ pub async fn rollback(app: &Arc<AppState>, by: &str) -> Result<PublishJob, Schem
         return Err(SchemaError::new(
             ErrorCode::RollbackRefused,
             format!(
-                "rollback refused: schema version {} is the first one kept, there is nothing to go back to",
+                "rollback refused: schema version {} is the first one kept, there is nothing to go back to; to change the schema, stage the one you want ('tidemark schema stage') and publish it",
                 current.version
             ),
         ));

@@ -72,6 +72,10 @@ pub enum StoreError {
     /// The data directory cannot be used.
     #[error("cannot use data directory {path}: {detail}")]
     DataDir { path: String, detail: String },
+    /// The PostgreSQL database cannot be used as given: `what` names the
+    /// option (`--database-url`, `--pg-schema`).
+    #[error("cannot use {what}: {detail}")]
+    Database { what: String, detail: String },
     /// Another process holds the store: `place` says which ("data
     /// directory DIR", "PostgreSQL schema 'NAME'"), `holder` who ("pid N").
     #[error("{place} is in use by another process ({holder}); stop it first, or point --data-dir elsewhere")]

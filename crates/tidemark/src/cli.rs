@@ -519,7 +519,9 @@ pub struct RestoreArgs {
     /// Do not back up the current state first (it cannot be recovered afterwards).
     #[arg(long)]
     pub no_safety_backup: bool,
-    /// Where the safety backup goes [default: <data-dir>.safety/<timestamp>].
+    /// Where the safety backup goes [default: <data-dir>.safety/<timestamp>;
+    /// with --store postgres, tidemark-<pg-schema>.safety/<timestamp> in the
+    /// current folder].
     #[arg(long, value_name = "DIR", conflicts_with = "no_safety_backup")]
     pub safety_dir: Option<PathBuf>,
     /// Do not run cleanup after restoring an online backup; the server then

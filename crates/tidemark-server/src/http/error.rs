@@ -72,6 +72,7 @@ impl From<StoreError> for HttpError {
                 HttpError::new(ErrorCode::StorageFull, message)
             }
             StoreError::DataDir { .. }
+            | StoreError::Database { .. }
             | StoreError::Locked { .. }
             | StoreError::Format(_)
             | StoreError::Refused(_)

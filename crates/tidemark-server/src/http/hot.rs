@@ -57,7 +57,7 @@ pub fn warm_read(app: &Arc<AppState>, peer: SocketAddr, req: &Parts) -> Option<R
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())?,
+                .filter(|n| tidemark_api::schema::is_service_name(n))?,
         ),
         None => None,
     };

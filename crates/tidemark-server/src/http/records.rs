@@ -49,11 +49,11 @@ pub async fn get_record(
             let name = v
                 .to_str()
                 .ok()
-                .filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
+                .filter(|n| tidemark_api::schema::is_service_name(n))
                 .ok_or_else(|| {
                     HttpError::new(
                         ErrorCode::BadRequest,
-                        "the Tidemark-Subscriber header is not a subscriber name (1 to 128 bytes of UTF-8, no control characters, as /v1/watch?subscriber= takes); send the service server's --id",
+                        "the Tidemark-Subscriber header is not a subscriber name (1 to 128 bytes of UTF-8, no control characters, not . or .., as /v1/watch?subscriber= takes); send the service server's --id",
                     )
                 })?;
             Some(name.to_owned())

@@ -344,15 +344,15 @@ impl PgStore {
     /// PostgreSQL schema `schema`.
     pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
         if !is_identifier(schema) {
-            return Err(StoreError::DataDir {
-                path: schema.into(),
+            return Err(StoreError::Database {
+                what: format!("--pg-schema {schema}"),
                 detail:
                     "the PostgreSQL schema name must be a plain identifier (letters, digits, '_')"
                         .into(),
             });
         }
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::DataDir {
-            path: "--database-url".into(),
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Database {
+            what: "--database-url".into(),
             detail: format!("not a PostgreSQL URL ({e}); use postgres://USER@HOST:PORT/DATABASE"),
         })?;
         // A transaction left idle (its instance paused or cut off mid-commit)

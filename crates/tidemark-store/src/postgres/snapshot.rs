@@ -223,9 +223,9 @@ impl PgStore {
     pub(super) async fn snapshot_pg(&self, dest: &Path) -> Result<SnapshotInfo, StoreError> {
         if dest.exists() {
             // Never overwritten, and never removed on failure below.
-            return Err(StoreError::DataDir {
-                path: dest.display().to_string(),
-                detail: "the snapshot file already exists; remove it".into(),
+            return Err(StoreError::Database {
+                what: format!("snapshot file {}", dest.display()),
+                detail: "it already exists; remove it".into(),
             });
         }
         let mut client = self.client().await?;
@@ -364,9 +364,9 @@ impl PgStore {
         }
         std::fs::File::open(dest)
             .and_then(|f| f.sync_all())
-            .map_err(|e| StoreError::DataDir {
-                path: dest.display().to_string(),
-                detail: format!("cannot fsync the snapshot: {e}"),
+            .map_err(|e| StoreError::Database {
+                what: format!("snapshot file {}", dest.display()),
+                detail: format!("cannot fsync it: {e}"),
             })?;
         crate::engine::inspect_snapshot(dest)
     }

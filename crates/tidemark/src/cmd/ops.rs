@@ -22,7 +22,12 @@ async fn run_submit(config: OpsConfig, args: OpsSubmitArgs) -> anyhow::Result<()
             .context("reading orders from standard input")?;
         buf
     } else {
-        std::fs::read(&args.file).with_context(|| format!("reading orders from {}", args.file))?
+        std::fs::read(&args.file).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read orders from {}: {e}; give a file of JSON lines (one order a line), or - for standard input",
+                args.file
+            )
+        })?
     };
     let opts = SubmitOptions {
         db: checked_db(args.db.unwrap_or(config.db))?,

@@ -862,3 +862,67 @@ async fn the_tick_forgets_a_subscriber_gone_for_the_idle_time() {
     assert!(db.log_text().contains("its interest is dropped"));
     drop(watching);
 }
+
+/// Paths and URLs given wrong are named as what they are, with what to do
+/// (an outside audit found a file called a missing backup, a bad URL called
+/// a data directory, and an unreadable order file without advice).
+#[test]
+fn wrong_paths_and_urls_are_named_for_what_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-backup.txt");
+    std::fs::write(&file, b"x").unwrap();
+    let one_line = |out: &std::process::Output, code: i32, says: &[&str]| {
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        for s in says {
+            assert!(err.contains(s), "{s:?} in {err}");
+        }
+    };
+    let out = run(
+        tmp.path(),
+        &["backup", "verify", file.to_str().unwrap()],
+        None,
+        &[],
+    );
+    one_line(&out, 1, &["is a file, not a backup", "backup create --to"]);
+
+    let out = run(
+        tmp.path(),
+        &[
+            "ops",
+            "submit",
+            "--db",
+            "http://127.0.0.1:9",
+            "--journal",
+            tmp.path().join("j").to_str().unwrap(),
+            tmp.path().join("missing.jsonl").to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    one_line(
+        &out,
+        1,
+        &["cannot read orders from", "or - for standard input"],
+    );
+
+    let out = run(
+        tmp.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "postgres",
+            "--database-url",
+            "notaurl",
+        ],
+        None,
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("--database-url"), "{err}");
+    assert!(!err.contains("data directory"), "{err}");
+}

@@ -27,7 +27,7 @@ pub fn document() -> Value {
                 "responses": {
                     "200": {"description": "Found", "headers": {"Tidemark-Recovering": {"schema": {"type": "string"}}},
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Record"}}}},
-                    "404": {"description": "Not found (or unknown table: error shape)",
+                    "404": {"description": "Not found (or unknown table: error shape)", "headers": {"Tidemark-Recovering": {"schema": {"type": "string"}, "description": "1 when the key is flagged: a not-found answer can be outdated too"}},
                             "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Record"}, {"$ref": "#/components/schemas/Error"}]}}}},
                     "400": error_ref(), "401": error_ref(), "403": error_ref(),
                     "429": error_ref(), "503": error_ref()
@@ -98,8 +98,8 @@ pub fn document() -> Value {
                 "post": {"summary": "Quiesce notice (S4): the server goes offline after `seconds`; every watch stream is told.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["seconds"],
                         "properties": {"seconds": {"type": "integer", "minimum": 0, "maximum": 86400}, "message": {"type": "string", "nullable": true}}}}}},
-                    "responses": {"200": {"description": "The notice"}, "400": error_ref()}},
-                "delete": {"summary": "Cancels the quiesce notice.", "responses": {"200": {"description": "Cancelled"}, "409": error_ref()}}
+                    "responses": {"200": {"description": "The notice", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QuiesceNotice"}}}}, "400": error_ref()}},
+                "delete": {"summary": "Cancels the quiesce notice.", "responses": {"200": {"description": "Cancelled", "content": {"application/json": {"schema": {"type": "object", "required": ["cancelled"], "properties": {"cancelled": {"type": "boolean"}}}}}}, "409": error_ref()}}
             },
             "/v1/services/{name}/quiesce": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128}}],
@@ -117,9 +117,11 @@ pub fn document() -> Value {
                     "entries": {"type": "array", "items": {"type": "object", "required": ["table", "key", "through_seq"], "properties": {
                         "table": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1, "maxLength": 256},
                         "through_seq": {"type": "integer", "minimum": 1}}}}}}}}},
-                "responses": {"200": {"description": "flagged / skipped"}, "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref()}}},
+                "responses": {"200": {"description": "flagged / skipped", "content": {"application/json": {"schema": {"type": "object", "required": ["flagged", "skipped", "final"], "properties": {
+                    "flagged": {"type": "integer", "description": "Entries flagged by this chunk"}, "skipped": {"type": "integer", "description": "Entries whose order the restored data already holds"},
+                    "final": {"type": "boolean"}}}}}}, "400": error_ref(), "404": error_ref(), "409": error_ref(), "413": error_ref()}}},
             "/v1/recovery/complete": {"post": {"summary": "The OpS has sent all difference data (P5, patent step 10).",
-                "responses": {"200": {"description": "Recovery"}, "409": error_ref()}}},
+                "responses": {"200": {"description": "Recovery", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recovery"}}}}, "409": error_ref()}}},
             "/v1/recovery/flags": {"get": {"summary": "Keys still flagged, and the order each waits for: one page in (table, key, source) order, served from the flags' index; 'next' is the cursor of the page after (null at the end).",
                 "parameters": [
                     {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
@@ -162,14 +164,17 @@ pub fn document() -> Value {
                 "post": {"summary": "A new token {role: reader|ops|admin, name}; the secret is in the answer once ({name, role, token}). Admin, except until an admin token exists: then a loopback client may create tokens without one (the first, of any role, ends protected mode for everything else). 409 if the name is taken.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["role", "name"], "properties": {
                         "role": {"type": "string", "enum": ["reader", "ops", "admin"]}, "name": {"type": "string"}}}}}},
-                    "responses": {"200": {"description": "The token, shown once"}, "400": error_ref(), "401": error_ref(), "403": error_ref(), "409": error_ref()}},
+                    "responses": {"200": {"description": "The token, shown once", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "role", "token"], "properties": {
+                        "name": {"type": "string"}, "role": {"type": "string", "enum": ["reader", "ops", "admin"]}, "token": {"type": "string"}}}}}}, "400": error_ref(), "401": error_ref(), "403": error_ref(), "409": error_ref()}},
                 "get": {"summary": "Every token's name and role, never a secret. Admin.",
-                    "responses": {"200": {"description": "[{name, role, created_at}]"}, "401": error_ref(), "403": error_ref()}}},
+                    "responses": {"200": {"description": "[{name, role, created_at}]", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object", "required": ["name", "role", "created_at"], "properties": {
+                        "name": {"type": "string"}, "role": {"type": "string", "enum": ["reader", "ops", "admin"]}, "created_at": {"type": "string"}}}}}}}, "401": error_ref(), "403": error_ref()}}},
             "/v1/tokens/{name}": {"delete": {"summary": "Revokes a token: its requests and open streams end. Admin.",
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "Revoked"}, "401": error_ref(), "403": error_ref(), "404": error_ref()}}},
             "/v1/audit": {"get": {"summary": "Who did which admin action, and when, oldest first: [{at, who, action, detail}]. Admin.",
-                "responses": {"200": {"description": "The audit log"}, "401": error_ref(), "403": error_ref()}}},
+                "responses": {"200": {"description": "The audit log", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object", "required": ["at", "who", "action"], "properties": {
+                    "at": {"type": "string"}, "who": {"type": "string", "description": "The token's name, or loopback in protected mode"}, "action": {"type": "string"}, "detail": {}}}}}}}, "401": error_ref(), "403": error_ref()}}},
             "/v1/whoami": {"get": {"summary": "What the presented token is: {name, role: reader|ops|admin|null, protected}. role is null for no token or an unknown or revoked one. In protected mode (no token exists yet) a loopback program is reported as name loopback, role admin. Needs no token.",
                 "responses": {"200": {"description": "Who", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "role", "protected"], "properties": {
                     "name": {"type": "string", "nullable": true}, "role": {"type": "string", "enum": ["reader", "ops", "admin"], "nullable": true}, "protected": {"type": "boolean"}}}}}}}}}
@@ -190,7 +195,8 @@ pub fn document() -> Value {
                 "source": {"type": "string"}, "seq": {"type": "integer"}, "version": {"$ref": "#/components/schemas/Version"}, "duplicate": {"type": "boolean"}}}}}},
             "State": {"type": "object", "properties": {"state": {"type": "string", "enum": ["normal", "recovering", "recovered"]},
                 "role": {"type": "string", "enum": ["primary", "standby"]}, "epoch": {"type": "integer"}, "seq": {"type": "integer"},
-                "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}, "boot": {"type": "string"}, "store": {"type": "string"},
+                "schema_version": {"type": "integer"}, "quiesce": {"allOf": [{"$ref": "#/components/schemas/QuiesceNotice"}], "nullable": true}, "boot": {"type": "string"}, "store": {"type": "string"},
+                "recovery": {"$ref": "#/components/schemas/Recovery"},
                 "term": {"type": "integer", "description": "PostgreSQL engine: the lease term"}, "primary": {"type": "string", "nullable": true, "description": "The primary's advertised URL (PostgreSQL engine); null when none is online, and on the embedded engine"},
                 "advertise": {"type": "string"}, "members": {"type": "array", "items": {"type": "object", "properties": {
                     "url": {"type": "string"}, "role": {"type": "string", "enum": ["primary", "standby"]}, "term": {"type": "integer"},
@@ -198,7 +204,15 @@ pub fn document() -> Value {
                     "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true},
                     "alive": {"type": "boolean", "description": "false: its heartbeats stopped without a clean leave (listed as down for ten minutes)"}}}}}},
             "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer", "description": "Flags set since the recovery began (it does not go down; see remaining)"},
-                "cleared": {"type": "integer"}, "remaining": {"type": "integer", "description": "Flags still set: flagged - cleared"}, "started_at": {"type": "string", "nullable": true}}},
+                "cleared": {"type": "integer"}, "remaining": {"type": "integer", "description": "Flags still set: flagged - cleared"}, "started_at": {"type": "string", "nullable": true},
+                "schedule_final": {"type": "boolean", "description": "Every source's final schedule chunk has arrived (until then every read answers recovering)"},
+                "complete_requested": {"type": "boolean", "description": "POST /v1/recovery/complete was received; the state moves to recovered once no flag remains"},
+                "estimated_end": {"type": "string", "nullable": true, "description": "When the remaining flags would be cleared at the recent rate"},
+                "waiting_for_sources": {"type": "array", "items": {"type": "string"}, "description": "Sources whose final schedule chunk has not arrived"},
+                "waived_sources": {"type": "array", "items": {"type": "string"}, "description": "Sources declared lost (ops recover --without-source)"}}},
+            "QuiesceNotice": {"type": "object", "required": ["deadline", "seconds_left", "message"], "properties": {
+                "deadline": {"type": "string", "description": "RFC 3339, the server's clock"}, "seconds_left": {"type": "integer"},
+                "ms_left": {"type": "integer", "description": "Milliseconds left: count from this, not from the deadline (clock skew)"}, "message": {"type": "string"}}},
             "Schema": {"type": "object", "required": ["version", "tables"], "properties": {"version": {"type": "integer"},
                 "tables": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Table"}}}},
             "SchemaDocument": {"type": "object", "required": ["tables"], "properties": {
@@ -223,9 +237,10 @@ pub fn document() -> Value {
 
 /// Documents authentication (CONTRACT.md): the bearer scheme, and on
 /// every operation that needs a token the role the guard asks for, with
-/// its 401 and 403 answers. The scheme is not made a requirement of the
-/// operations: in protected mode (no token created yet) a loopback client
-/// needs none, which a checker would take for ignored authentication.
+/// its 401 and 403 answers. Such an operation takes the bearer scheme *or*
+/// none (`security: [{bearer: []}, {}]`): in protected mode (no token
+/// created yet) a loopback client needs none. The probes and documents
+/// say `security: []`.
 fn secure(doc: &mut Value) {
     doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer",
         "description": "A token from 'tidemark token create'. With no token created yet, the server serves loopback clients without one (protected mode)."}});
@@ -244,8 +259,11 @@ fn secure(doc: &mut Value) {
                 continue;
             };
             match super::guard::required_role(&m, path) {
-                None => {}
+                None => {
+                    op.insert("security".into(), json!([]));
+                }
                 Some(role) => {
+                    op.insert("security".into(), json!([{"bearer": []}, {}]));
                     let said = op
                         .get("description")
                         .and_then(Value::as_str)
@@ -317,8 +335,11 @@ mod tests {
                 .contains("role 'reader'"),
             "{read}"
         );
+        // A token, or none (protected mode).
+        assert_eq!(orders["security"], json!([{"bearer": []}, {}]));
         let probe = &doc["paths"]["/healthz"]["get"];
         assert!(probe["responses"]["401"].is_null(), "{probe}");
         assert!(probe.get("description").is_none(), "{probe}");
+        assert_eq!(probe["security"], json!([]));
     }
 }

@@ -219,11 +219,13 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
                 "the {what} of version {v} failed on the DB server: {why}; fix that, then run the command again"
             ))),
         },
-        // The server's message may already say what was refused.
-        Err(tidemark_api::ClientError::Api { error, .. })
-            if error.message.starts_with(&format!("{what} refused")) =>
+        // The server's message may already say what was refused: not
+        // said twice (its code stays in the line).
+        Err(e @ tidemark_api::ClientError::Api { .. })
+            if matches!(&e, tidemark_api::ClientError::Api { error, .. }
+                if error.message.starts_with(&format!("{what} refused"))) =>
         {
-            Err(anyhow::anyhow!(error.message))
+            Err(anyhow::Error::from(e))
         }
         other => other.with_context(|| format!("{what} refused")),
     }

@@ -375,6 +375,11 @@ async fn a_schema_is_staged_planned_published_and_served_live_on(engine: Engine)
         !ok && err.contains("rollback_refused") && err.contains("holds data"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("rollback refused").count(),
+        1,
+        "said once: {err}"
+    );
     assert_eq!(schema_version(&db.url).await, 2);
 
     // Version 3 adds an empty column; its rollback is version 4.

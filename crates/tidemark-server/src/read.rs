@@ -36,9 +36,7 @@ pub enum ReadError {
 }
 
 fn register(app: &AppState, table: &str, key: &str, subscriber: Option<&str>) {
-    if let Some(name) =
-        subscriber.filter(|n| tidemark_api::schema::validate_name("subscriber", n).is_ok())
-    {
+    if let Some(name) = subscriber.filter(|n| tidemark_api::schema::is_service_name(n)) {
         if let Some(id) = app.hub.subscriber_for_read(name) {
             app.hub.register(id, table, key);
         }

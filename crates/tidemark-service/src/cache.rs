@@ -271,12 +271,15 @@ impl Cache {
     /// its key: the entry is suspect (an older generation), so no read is
     /// served from it without asking the DB server, but an older answer
     /// (from an instance that lags) is then known to be outdated. Never
-    /// replaces a newer entry.
+    /// replaces a newer entry, but for a foreign one (an earlier store
+    /// history) against an answer the DB server gives as current: as in
+    /// [`Cache::offer`], it no longer stands against a later flagged one.
     pub fn remember(&self, answer: &RecordAnswer) {
         let slot = KeySlot::new(&answer.table, &answer.key);
         let mut shard = self.shard(&slot).write();
         if let Some(old) = shard.peek(slot.as_str()) {
-            if old.rank() >= answer.version.unwrap_or_default() {
+            let superseded = self.is_foreign(old) && !answer.recovering;
+            if old.rank() >= answer.version.unwrap_or_default() && !superseded {
                 return;
             }
         }
@@ -613,6 +616,31 @@ mod tests {
             );
         }
         assert!(c.len() <= 64 * 4);
+    }
+
+    /// A copy from an earlier history, newer by version, stays against a
+    /// flagged answer no stream vouches for, and goes once the DB server
+    /// gives one as current: a lagging instance's flagged answer after that
+    /// does not bring it back.
+    #[test]
+    fn a_foreign_copy_is_remembered_over_only_by_a_current_answer() {
+        let c = Cache::new(1000);
+        c.offer(&answer(9, "lost", false), Origin::Push);
+        c.begin_history();
+        c.remember(&answer(3, "restored", true));
+        let kept = c.get("subscriber", "k").unwrap();
+        assert_eq!(
+            kept.answer(Source::Cache).fields.unwrap()["plan"],
+            json!("lost")
+        );
+        c.remember(&answer(3, "restored", false));
+        let now = c.get("subscriber", "k").unwrap();
+        assert_eq!(
+            now.answer(Source::Cache).fields.unwrap()["plan"],
+            json!("restored")
+        );
+        assert!(!c.is_foreign(&now), "of this history");
+        assert!(now.generation() < c.generation(), "suspect");
     }
 
     /// Suspect entries (stamped a generation back) are foreign exactly when

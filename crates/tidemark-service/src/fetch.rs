@@ -208,8 +208,9 @@ pub(crate) fn take_answer(
         // a cluster that lags): the newer one is served instead. A newer
         // copy also stands, marked, against a flagged answer, even one from
         // an earlier history, as `Cache::offer` keeps it once a stream
-        // vouches: a read is not given the restored copy and then the newer
-        // one. What is served is remembered (suspect) for the next answer.
+        // vouches: while it holds the newer copy, a read is not given the
+        // restored copy and then the newer one. The DB server's answer is
+        // remembered (suspect) as a floor for the next one.
         let entry = match shared.cache.get(&answer.table, &answer.key) {
             Some(cached)
                 if cached.version() > answer.version

@@ -72,8 +72,9 @@ pub enum StoreError {
     /// The data directory cannot be used.
     #[error("cannot use data directory {path}: {detail}")]
     DataDir { path: String, detail: String },
-    /// The PostgreSQL database cannot be used as given: `what` names the
-    /// option (`--database-url`, `--pg-schema`).
+    /// The PostgreSQL database, or a file made from it, cannot be used as
+    /// given: `what` names it (`--database-url`, `--pg-schema NAME`,
+    /// `snapshot file PATH`).
     #[error("cannot use {what}: {detail}")]
     Database { what: String, detail: String },
     /// Another process holds the store: `place` says which ("data

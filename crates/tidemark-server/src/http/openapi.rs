@@ -88,7 +88,7 @@ pub fn document() -> Value {
             "/v1/services": {"get": {"summary": "The service servers heard from in the last five minutes: name, policy, cache size, schema version, whether their watch stream is open here, and their own quiesce notice as of their last report (counted down to now).",
                 "responses": {"200": {"description": "Service servers", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object", "properties": {
                     "name": {"type": "string"}, "policy": {"type": "string"}, "cache_entries": {"type": "integer"}, "schema_version": {"type": "integer"},
-                    "connected": {"type": "boolean"}, "report_age_ms": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true}}}}}}}}}},
+                    "connected": {"type": "boolean"}, "report_age_ms": {"type": "integer"}, "quiesce": {"allOf": [{"$ref": "#/components/schemas/QuiesceNotice"}], "nullable": true}}}}}}}}}},
             "/v1/backup": {"post": {"summary": "Online backup (B1, B5): one consistent snapshot of the whole store, streamed as the body (application/octet-stream, a SQLite database); the header Tidemark-Snapshot carries its epoch, seq, schema version, high-water marks and process information as JSON. Used by 'tidemark backup create --server URL'.",
                 "responses": {"200": {"description": "The snapshot", "headers": {"Tidemark-Snapshot": {"schema": {"type": "string"}}},
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, "429": error_ref(), "500": error_ref(), "503": error_ref()}}},
@@ -171,7 +171,7 @@ pub fn document() -> Value {
                         "name": {"type": "string"}, "role": {"type": "string", "enum": ["reader", "ops", "admin"]}, "created_at": {"type": "string"}}}}}}}, "401": error_ref(), "403": error_ref()}}},
             "/v1/tokens/{name}": {"delete": {"summary": "Revokes a token: its requests and open streams end. Admin.",
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "Revoked"}, "401": error_ref(), "403": error_ref(), "404": error_ref()}}},
+                "responses": {"200": {"description": "Revoked", "content": {"application/json": {"schema": {"type": "object", "required": ["revoked"], "properties": {"revoked": {"type": "string"}}}}}}, "401": error_ref(), "403": error_ref(), "404": error_ref()}}},
             "/v1/audit": {"get": {"summary": "Who did which admin action, and when, oldest first: [{at, who, action, detail}]. Admin.",
                 "responses": {"200": {"description": "The audit log", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object", "required": ["at", "who", "action"], "properties": {
                     "at": {"type": "string"}, "who": {"type": "string", "description": "The token's name, or loopback in protected mode"}, "action": {"type": "string"}, "detail": {}}}}}}}, "401": error_ref(), "403": error_ref()}}},
@@ -201,7 +201,7 @@ pub fn document() -> Value {
                 "advertise": {"type": "string"}, "members": {"type": "array", "items": {"type": "object", "properties": {
                     "url": {"type": "string"}, "role": {"type": "string", "enum": ["primary", "standby"]}, "term": {"type": "integer"},
                     "last_heartbeat": {"type": "string"}, "heartbeat_age_ms": {"type": "integer"}, "version": {"type": "string"},
-                    "schema_version": {"type": "integer"}, "quiesce": {"type": "object", "nullable": true},
+                    "schema_version": {"type": "integer"}, "quiesce": {"allOf": [{"$ref": "#/components/schemas/QuiesceNotice"}], "nullable": true},
                     "alive": {"type": "boolean", "description": "false: its heartbeats stopped without a clean leave (listed as down for ten minutes)"}}}}}},
             "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer", "description": "Flags set since the recovery began (it does not go down; see remaining)"},
                 "cleared": {"type": "integer"}, "remaining": {"type": "integer", "description": "Flags still set: flagged - cleared"}, "started_at": {"type": "string", "nullable": true},

@@ -221,7 +221,7 @@ async fn start(client: &DbClient, path: &str, what: &str) -> anyhow::Result<Publ
         },
         // The server's message may already say what was refused: not
         // said twice (its code stays in the line).
-        Err(e @ tidemark_api::ClientError::Api { .. })
+        Err(e)
             if matches!(&e, tidemark_api::ClientError::Api { error, .. }
                 if error.message.starts_with(&format!("{what} refused"))) =>
         {

@@ -36,14 +36,15 @@ pub async fn run(mut config: ServerConfig, args: ServerArgs) -> anyhow::Result<(
         super::usage!("{e:#}");
     }
     if let Some(a) = args.advertise {
-        if config.store != StoreKind::Postgres {
-            // Said, not silent: it only tells other instances of a cluster.
-            tidemark_telemetry::say(
-                tidemark_telemetry::Said::Warning,
-                "--advertise is used with --store postgres only (it tells the other instances of a cluster how to reach this one); the embedded engine ignores it",
-            );
-        }
         config.advertise = Some(a);
+    }
+    if config.advertise.is_some() && config.store != StoreKind::Postgres {
+        // Said, not silent (flag, file or environment): it only tells the
+        // other instances of a cluster.
+        tidemark_telemetry::say(
+            tidemark_telemetry::Said::Warning,
+            "--advertise (advertise) is used with --store postgres only (it tells the other instances of a cluster how to reach this one); the embedded engine ignores it",
+        );
     }
     if let Some(w) = args.failover_wait {
         config.failover_wait_secs = w;

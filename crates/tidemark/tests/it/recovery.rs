@@ -77,17 +77,19 @@ async fn disaster_on(dir: &Path, engine: Engine) -> World {
     ops_submit(dir, &db.url, &input, &[]);
     // Both service servers hold the latest data by push before the disaster.
     for k in &keys {
-        let url = key_url(&latest.url, k);
-        let m = model.clone();
-        let kk = k.clone();
-        eventually(10, "pushes to reach the cache", || {
-            let (url, m, kk) = (url.clone(), m.clone(), kk.clone());
-            async move {
-                let (s, b) = get_json(&url).await;
-                m.is_latest(&kk, s, &b).then_some(())
-            }
-        })
-        .await;
+        for base in [&latest.url, &stale.url] {
+            let url = key_url(base, k);
+            let m = model.clone();
+            let kk = k.clone();
+            eventually(10, "pushes to reach the cache", || {
+                let (url, m, kk) = (url.clone(), m.clone(), kk.clone());
+                async move {
+                    let (s, b) = get_json(&url).await;
+                    m.is_latest(&kk, s, &b).then_some(())
+                }
+            })
+            .await;
+        }
     }
     World {
         engine,

@@ -91,7 +91,10 @@ pub fn prune(
         abandoned,
         ..Default::default()
     };
-    let mut good: std::collections::BTreeMap<String, Vec<(String, PathBuf)>> = Default::default();
+    // By source and store history: two stores served under one URL or
+    // path (one after the other, or on several hosts) keep their own.
+    type Group = (String, Option<String>);
+    let mut good: std::collections::BTreeMap<Group, Vec<(String, PathBuf)>> = Default::default();
     for l in list(root, false)? {
         let Some(m) = l.manifest else { continue };
         if only_source.is_some_and(|s| s != m.source) {
@@ -100,7 +103,7 @@ pub fn prune(
         match l.problem {
             Some(p) => out.failing.push((l.dir, p)),
             None => good
-                .entry(m.source)
+                .entry((m.source, m.history))
                 .or_default()
                 .push((m.created_at, l.dir)),
         }
@@ -146,6 +149,18 @@ mod tests {
     }
 
     fn backup_of(root: &Path, name: &str, source: &str, at: &str, intact: bool) -> PathBuf {
+        backup_in(root, name, source, None, at, intact)
+    }
+
+    /// The same, taken in store history `history`.
+    fn backup_in(
+        root: &Path,
+        name: &str,
+        source: &str,
+        history: Option<&str>,
+        at: &str,
+        intact: bool,
+    ) -> PathBuf {
         let dir = root.join(name);
         let mut w = crate::create::BackupWriter::begin(&dir).unwrap();
         w.add_db(&b"not a real snapshot"[..], &|_| {}).unwrap();
@@ -158,6 +173,7 @@ mod tests {
             high_water: Default::default(),
             process: None,
             bytes: 1,
+            history: history.map(str::to_owned),
         };
         let mut m =
             crate::manifest::Manifest::new(crate::manifest::Kind::Offline, source.into(), &info);
@@ -222,5 +238,23 @@ mod tests {
         let p = prune(r, 1, None, None, false).unwrap();
         assert_eq!(p.removed, vec![b1.clone()]);
         assert!(b2.exists() && a2.exists());
+    }
+
+    /// Two stores served one after the other under one URL (or on several
+    /// hosts at the default one): one's retention never removes the other's
+    /// only backup (an outside audit saw `--keep 1` do it).
+    #[test]
+    fn prune_keeps_each_store_historys_backups_apart() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let src = "http://127.0.0.1:7070";
+        let a = backup_in(r, "a", src, Some("h-a"), "2026-01-01T00:00:00Z", true);
+        let b1 = backup_in(r, "b1", src, Some("h-b"), "2026-01-02T00:00:00Z", true);
+        let b2 = backup_in(r, "b2", src, Some("h-b"), "2026-01-03T00:00:00Z", true);
+        let p = prune(r, 1, Some(&b2), Some(src), false).unwrap();
+        assert_eq!(p.removed, vec![b1.clone()]);
+        assert!(a.exists() && b2.exists(), "store A's only backup stays");
+        let p = prune(r, 1, None, None, false).unwrap();
+        assert!(p.removed.is_empty(), "{:?}", p.removed);
     }
 }

@@ -64,6 +64,12 @@ pub struct Manifest {
     pub kind: Kind,
     /// The server URL or data directory it was taken from.
     pub source: String,
+    /// The store history it was taken in ([`SnapshotInfo::history`]):
+    /// `backup prune` and `backup create --keep` count each source's
+    /// backups of one history apart from another's, so a store served
+    /// under the same URL or path never prunes another's backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
     pub store_format: u64,
     pub epoch: u64,
     /// The backup's point: last committed seq.
@@ -88,6 +94,7 @@ impl Manifest {
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             kind,
             source,
+            history: info.history.clone(),
             store_format: info.store_format,
             epoch: info.epoch,
             seq: info.seq,
@@ -212,6 +219,7 @@ mod tests {
             high_water: [("ops-1".to_string(), 9)].into(),
             process: None,
             bytes: 4096,
+            history: Some("h1".into()),
         };
         let mut m = Manifest::new(Kind::Online, "http://x".into(), &info);
         m.files.push(FileEntry {

@@ -154,6 +154,11 @@ pub struct SnapshotInfo {
     pub process: Option<serde_json::Value>,
     /// Size of the snapshot file in bytes.
     pub bytes: u64,
+    /// The id of the store history it was taken in (the `history` note):
+    /// backups of different stores served under one URL or path tell apart
+    /// by it. `None` before the store noted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
 }
 
 /// One consistent snapshot, handed over as a stream of bytes in the

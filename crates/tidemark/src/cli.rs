@@ -452,7 +452,7 @@ pub struct BackupCreateArgs {
     /// With --offline --store postgres: the schema [default: tidemark].
     #[arg(long, value_name = "NAME", requires = "offline")]
     pub pg_schema: Option<String>,
-    /// After the backup, keep only the newest N backups of the same server beside it (in the parent of --to); other servers' backups there are left alone. Keep the backup a recovery reads from (ops recover --backup) until the recovery is over.
+    /// After the backup, keep only the newest N backups of the same server and store beside it (in the parent of --to); other servers' backups there, and backups of another store served at the same URL or path (or of this one before a restore), are left alone. Keep the backup a recovery reads from (ops recover --backup) until the recovery is over.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: Option<u64>,
     /// Print the manifest as JSON.
@@ -491,7 +491,7 @@ pub struct BackupPruneArgs {
     /// The folder holding backup directories.
     #[arg(value_name = "ROOT")]
     pub root: PathBuf,
-    /// How many of the newest backups to keep, per server (backups name the server or data directory they were taken from). Only backups that pass the full check (as `backup verify`) count as kept; backups that fail it are neither counted nor removed.
+    /// How many of the newest backups to keep, per server and store history (backups name the server or data directory they were taken from, and the store's history: another store served at the same URL or path, or this one before a restore, is counted apart and keeps its backups). Only backups that pass the full check (as `backup verify`) count as kept; backups that fail it are neither counted nor removed.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
 }

@@ -339,8 +339,18 @@ pub fn unusable_schema(schema: &str) -> Option<String> {
             "--pg-schema '{schema}' is not a schema name Tidemark can use: give lowercase letters, digits and '_', starting with a letter (not 'tm_'), at most {MAX_SCHEMA_LEN} characters (a restore stages beside it as '<name>_restoring')"
         ));
     }
+    if schema.ends_with(STAGING_SUFFIX) {
+        // A restore into the schema without the suffix would drop it.
+        return Some(format!(
+            "--pg-schema '{schema}' ends in '{STAGING_SUFFIX}', the name a restore into '{}' stages in and drops: give another name",
+            schema.trim_end_matches(STAGING_SUFFIX)
+        ));
+    }
     None
 }
+
+/// What a restore into schema `X` stages in: `X_restoring`.
+pub const STAGING_SUFFIX: &str = "_restoring";
 
 /// The `application_name` of the sessions a store on `schema` opens (at
 /// most 62 bytes: schema names are at most [`MAX_SCHEMA_LEN`]).
@@ -376,6 +386,22 @@ impl RestoreTarget {
     /// another restore) uses it.
     pub async fn lock(url: &str, schema: &str) -> Result<RestoreTarget, StoreError> {
         let client = connect(url).await?;
+        let staging = format!("{schema}{STAGING_SUFFIX}");
+        // The staging schema is dropped and loaded: held too, so a DB server
+        // of an older version that runs on such a name refuses the restore.
+        Self::hold(&client, schema).await?;
+        Self::hold(&client, &staging).await?;
+        Ok(RestoreTarget {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            staging,
+            _lock: client,
+        })
+    }
+
+    /// Takes the exclusive lock of `schema` on `client`; refused while a DB
+    /// server (or another restore) uses it.
+    async fn hold(client: &tokio_postgres::Client, schema: &str) -> Result<(), StoreError> {
         // A DB server killed a moment ago still holds its lock until
         // PostgreSQL sees its connection close: a few tries, briefly.
         let patience = std::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -396,7 +422,7 @@ impl RestoreTarget {
         if !got {
             return Err(StoreError::Locked {
                 place: format!("PostgreSQL schema '{schema}'"),
-                holder: holders(&client, schema).await,
+                holder: holders(client, schema).await,
             });
         }
         // A server whose lock's connection is down, re-taking it, is still
@@ -404,7 +430,7 @@ impl RestoreTarget {
         // PostgreSQL sees its connections close.
         let patience = std::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
-            let live = server_sessions(&client, schema).await?;
+            let live = server_sessions(client, schema).await?;
             if live == 0 {
                 break;
             }
@@ -419,12 +445,7 @@ impl RestoreTarget {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Ok(RestoreTarget {
-            url: url.to_owned(),
-            schema: schema.to_owned(),
-            staging: format!("{schema}_restoring"),
-            _lock: client,
-        })
+        Ok(())
     }
 
     /// Refuses a restore that would drop what is not Tidemark's: the swap
@@ -496,6 +517,17 @@ impl RestoreTarget {
 
 #[cfg(test)]
 mod tests {
+
+    /// A schema a restore stages in (and drops) can hold no store: a
+    /// restore into `aud` once dropped a live store in `aud_restoring`.
+    #[test]
+    fn a_staging_name_is_no_schema_for_a_store() {
+        assert!(super::unusable_schema("aud").is_none());
+        assert!(super::unusable_schema("restoring").is_none());
+        let why = super::unusable_schema("aud_restoring").unwrap();
+        assert!(why.contains("'aud'"), "{why}");
+    }
+
     #[test]
     fn a_source_name_has_no_credentials() {
         for url in [

@@ -165,6 +165,9 @@ pub(super) fn snapshot_info(
         high_water,
         process,
         bytes,
+        // The note is `ID MARK` (`tidemark-server/src/history.rs`).
+        history: meta_get(conn, "note.history")?
+            .and_then(|n| n.split_whitespace().next().map(str::to_owned)),
     })
 }
 

@@ -50,8 +50,14 @@ fn process_info() -> ProcessInfo {
 pub(super) async fn snapshots(store: &dyn Store) {
     let scratch = tempfile::tempdir().unwrap();
     store.record_process(&process_info()).await.unwrap();
+    // The history note (`ID MARK`) names the store in every backup of it.
+    store
+        .set_note("history", Some("h-1234 1 -".into()))
+        .await
+        .unwrap();
     let path = scratch.path().join("snap");
     let info = store.snapshot_to(&path).await.unwrap();
+    assert_eq!(info.history.as_deref(), Some("h-1234"));
     let meta = store.meta().await.unwrap();
     assert_eq!(
         (info.epoch, info.seq, info.schema_version),

@@ -50,7 +50,14 @@ pub async fn current(
         use sha2::Digest;
         let digest = sha2::Sha256::digest(format!("{cluster} {mark}").as_bytes());
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        return Ok(format!("h{hex}"));
+        let id = format!("h{hex}");
+        // Noted too (every instance derives the same), so backups name the
+        // store they were taken of (`backup prune` keeps stores apart).
+        let noted = format!("{id} {mark}");
+        if store.note(NOTE).await?.as_deref() != Some(noted.as_str()) {
+            store.set_note(NOTE, Some(noted)).await?;
+        }
+        return Ok(id);
     }
     if let Some(id) = id_for(store.note(NOTE).await?.as_deref(), &mark) {
         return Ok(id.to_owned());
@@ -109,6 +116,9 @@ mod tests {
         };
         let a = derived(&store, "c1").await;
         assert_eq!(derived(&store, "c1").await, a);
+        // Noted, so a backup of the store names it.
+        let noted = store.note(NOTE).await.unwrap().unwrap();
+        assert_eq!(noted.split_whitespace().next(), Some(a.as_str()));
         assert_ne!(derived(&store, "c2").await, a);
         store.mark_restored(2).await.unwrap();
         assert_ne!(derived(&store, "c1").await, a);

@@ -67,7 +67,7 @@ pub enum BackupError {
     #[error("restore refused: {path} holds {} that Tidemark cannot account for{}; nothing was changed. If it is Tidemark data whose 'current' link was lost, relink it (ln -s gen-NNNNNN {path}/current) so restore can back it up first; otherwise move it away or restore into an empty directory", entries.join(", "), if entries.iter().any(|e| e.starts_with("gen-")) { " (generations with no 'current' link naming the live one)" } else { "" })]
     UnknownDataDir { path: PathBuf, entries: Vec<String> },
     /// The current data cannot be read, so no safety backup can be taken.
-    #[error("the current data in {path} cannot be read ({detail}), so no safety backup can be taken; rerun with --no-safety-backup to restore anyway")]
+    #[error("the current data in {path} cannot be read ({detail}), so no safety backup can be taken and nothing was changed; if its disk is full, free space and run the restore again; only if the data is damaged beyond reading, rerun with --no-safety-backup to restore anyway (the current data is then lost)")]
     LiveUnreadable { path: PathBuf, detail: String },
     /// A file-system operation failed.
     #[error("{path}: {source}")]

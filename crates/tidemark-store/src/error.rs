@@ -93,7 +93,7 @@ pub enum StoreError {
     #[error("storage engine failed: {0}")]
     Engine(String),
     /// The disk under the store is full; the operation had no effect.
-    #[error("the store's disk is full ({0}); nothing was applied: free space where the data lives (the data directory, or PostgreSQL's disk), then send it again (orders are idempotent)")]
+    #[error("the store's disk is full ({0}); nothing was changed: free space where the data lives (the data directory, or PostgreSQL's disk), then do it again (orders are idempotent)")]
     Full(String),
     /// Several instances share the store and this one does not hold the
     /// lease: it may not write (the write belongs to the primary).

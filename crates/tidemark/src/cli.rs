@@ -421,7 +421,7 @@ pub enum BackupCommand {
     Create(BackupCreateArgs),
     /// Check a backup without restoring it: every checksum, and that the data decodes.
     Verify(BackupVerifyArgs),
-    /// List the backups under a folder: time, size, epoch, and whether each verifies.
+    /// List the backups under a folder: time, size, epoch, and whether each one's checksums hold (--deep: the full check of backup verify).
     List(BackupListArgs),
     /// Keep the newest N backups under a folder and remove older ones.
     Prune(BackupPruneArgs),
@@ -478,7 +478,9 @@ pub struct BackupListArgs {
     /// The folder holding backup directories.
     #[arg(value_name = "ROOT")]
     pub root: PathBuf,
-    /// Also decode each backup's data (slower).
+    /// Run the full check of each backup, as `backup verify` does (every
+    /// page of its data; slower). Without it only checksums are checked,
+    /// which damage the data had before it was backed up passes.
     #[arg(long)]
     pub deep: bool,
     /// Print JSON.

@@ -734,6 +734,13 @@ mod tests {
         }
     }
 
+    /// The version a served answer carries.
+    fn version(s: &Served) -> Option<Version> {
+        serde_json::from_slice::<RecordAnswer>(&s.body)
+            .unwrap()
+            .version
+    }
+
     fn record(seq: u64, recovering: bool) -> RecordAnswer {
         let mut fields = tidemark_api::Fields::new();
         fields.insert("plan".into(), serde_json::json!(seq));
@@ -957,11 +964,6 @@ mod tests {
         // another instance): reads go to the DB server every time, and the
         // one answered after a newer answer was served must not go back.
         let (svc, up) = service(current_then_lagging, false);
-        let version = |s: &Served| {
-            serde_json::from_slice::<RecordAnswer>(&s.body)
-                .unwrap()
-                .version
-        };
         let first = read(&svc.shared, "subscriber", "k", Freshness::Latest)
             .await
             .unwrap();
@@ -996,11 +998,6 @@ mod tests {
         let (svc, up) = service(restored, false);
         svc.shared.cache.offer(&record(9, false), Origin::Push);
         svc.shared.cache.begin_history();
-        let version = |s: &Served| {
-            serde_json::from_slice::<RecordAnswer>(&s.body)
-                .unwrap()
-                .version
-        };
         let unvouched = read(&svc.shared, "subscriber", "k", Freshness::StaleOk)
             .await
             .unwrap();

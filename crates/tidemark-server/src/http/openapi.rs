@@ -4,6 +4,11 @@ use axum::Json;
 use serde_json::{json, Value};
 use tidemark_api::ErrorCode;
 
+/// A quiesce notice, or `null` when none is in force.
+fn nullable_notice() -> Value {
+    json!({"allOf": [{"$ref": "#/components/schemas/QuiesceNotice"}], "nullable": true})
+}
+
 fn error_ref() -> Value {
     json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
@@ -88,7 +93,7 @@ pub fn document() -> Value {
             "/v1/services": {"get": {"summary": "The service servers heard from in the last five minutes: name, policy, cache size, schema version, whether their watch stream is open here, and their own quiesce notice as of their last report (counted down to now).",
                 "responses": {"200": {"description": "Service servers", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object", "properties": {
                     "name": {"type": "string"}, "policy": {"type": "string"}, "cache_entries": {"type": "integer"}, "schema_version": {"type": "integer"},
-                    "connected": {"type": "boolean"}, "report_age_ms": {"type": "integer"}, "quiesce": {"allOf": [{"$ref": "#/components/schemas/QuiesceNotice"}], "nullable": true}}}}}}}}}},
+                    "connected": {"type": "boolean"}, "report_age_ms": {"type": "integer"}, "quiesce": nullable_notice()}}}}}}}}},
             "/v1/backup": {"post": {"summary": "Online backup (B1, B5): one consistent snapshot of the whole store, streamed as the body (application/octet-stream, a SQLite database); the header Tidemark-Snapshot carries its epoch, seq, schema version, high-water marks and process information as JSON. Used by 'tidemark backup create --server URL'.",
                 "responses": {"200": {"description": "The snapshot", "headers": {"Tidemark-Snapshot": {"schema": {"type": "string"}}},
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, "429": error_ref(), "500": error_ref(), "503": error_ref()}}},
@@ -195,13 +200,13 @@ pub fn document() -> Value {
                 "source": {"type": "string"}, "seq": {"type": "integer"}, "version": {"$ref": "#/components/schemas/Version"}, "duplicate": {"type": "boolean"}}}}}},
             "State": {"type": "object", "properties": {"state": {"type": "string", "enum": ["normal", "recovering", "recovered"]},
                 "role": {"type": "string", "enum": ["primary", "standby"]}, "epoch": {"type": "integer"}, "seq": {"type": "integer"},
-                "schema_version": {"type": "integer"}, "quiesce": {"allOf": [{"$ref": "#/components/schemas/QuiesceNotice"}], "nullable": true}, "boot": {"type": "string"}, "store": {"type": "string"},
+                "schema_version": {"type": "integer"}, "quiesce": nullable_notice(), "boot": {"type": "string"}, "store": {"type": "string"},
                 "recovery": {"$ref": "#/components/schemas/Recovery"},
                 "term": {"type": "integer", "description": "PostgreSQL engine: the lease term"}, "primary": {"type": "string", "nullable": true, "description": "The primary's advertised URL (PostgreSQL engine); null when none is online, and on the embedded engine"},
                 "advertise": {"type": "string"}, "members": {"type": "array", "items": {"type": "object", "properties": {
                     "url": {"type": "string"}, "role": {"type": "string", "enum": ["primary", "standby"]}, "term": {"type": "integer"},
                     "last_heartbeat": {"type": "string"}, "heartbeat_age_ms": {"type": "integer"}, "version": {"type": "string"},
-                    "schema_version": {"type": "integer"}, "quiesce": {"allOf": [{"$ref": "#/components/schemas/QuiesceNotice"}], "nullable": true},
+                    "schema_version": {"type": "integer"}, "quiesce": nullable_notice(),
                     "alive": {"type": "boolean", "description": "false: its heartbeats stopped without a clean leave (listed as down for ten minutes)"}}}}}},
             "Recovery": {"type": "object", "properties": {"state": {"type": "string"}, "epoch": {"type": "integer"}, "flagged": {"type": "integer", "description": "Flags set since the recovery began (it does not go down; see remaining)"},
                 "cleared": {"type": "integer"}, "remaining": {"type": "integer", "description": "Flags still set: flagged - cleared"}, "started_at": {"type": "string", "nullable": true},

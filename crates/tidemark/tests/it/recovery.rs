@@ -78,17 +78,7 @@ async fn disaster_on(dir: &Path, engine: Engine) -> World {
     // Both service servers hold the latest data by push before the disaster.
     for k in &keys {
         for base in [&latest.url, &stale.url] {
-            let url = key_url(base, k);
-            let m = model.clone();
-            let kk = k.clone();
-            eventually(10, "pushes to reach the cache", || {
-                let (url, m, kk) = (url.clone(), m.clone(), kk.clone());
-                async move {
-                    let (s, b) = get_json(&url).await;
-                    m.is_latest(&kk, s, &b).then_some(())
-                }
-            })
-            .await;
+            until_latest(&model, base, k, "pushes to reach the cache").await;
         }
     }
     World {
@@ -101,6 +91,19 @@ async fn disaster_on(dir: &Path, engine: Engine) -> World {
         keys,
         after_backup,
     }
+}
+
+/// Waits (10 s at most) until `base` answers `key` as `model` holds it.
+async fn until_latest(model: &Model, base: &str, key: &str, what: &str) {
+    let url = key_url(base, key);
+    eventually(10, what, || {
+        let url = url.clone();
+        async move {
+            let (s, b) = get_json(&url).await;
+            model.is_latest(key, s, &b).then_some(())
+        }
+    })
+    .await;
 }
 
 #[derive(Debug, Clone)]
@@ -606,16 +609,7 @@ async fn a_service_server_resuming_mid_recovery_never_takes_an_intermediate_reco
     }
     // Finishing the recovery makes it current.
     assert!(recover(dir, &db.url, &w.backup, &[]).status.success());
-    let url = key_url(&svc.url, &k0);
-    let m = w.model.clone();
-    eventually(10, "key 0 to be current", || {
-        let (url, m, k0) = (url.clone(), m.clone(), k0.clone());
-        async move {
-            let (s, b) = get_json(&url).await;
-            m.is_latest(&k0, s, &b).then_some(())
-        }
-    })
-    .await;
+    until_latest(&w.model, &svc.url, &k0, "key 0 to be current").await;
 }
 
 /// P10: an order whose acknowledgement was lost before the disaster (the
